@@ -1,0 +1,37 @@
+"""Typed exceptions raised inside the node.
+
+The DICOM and HTTP boundaries translate these into status codes; everything
+inside raises them so a caller can tell *why* something failed.
+"""
+
+
+class AinodeError(Exception):
+    """Base class of every error the node raises on purpose."""
+
+
+class ConfigError(AinodeError):
+    """The configuration file is invalid; the message names file, key path and reason."""
+
+
+class SpoolError(AinodeError):
+    """An instance could not be written durably to the spool."""
+
+
+class VolumeError(AinodeError):
+    """A series cannot be assembled into a consistent volume (geometry, mixed sizes...)."""
+
+
+class InputRejected(AinodeError):
+    """A plugin refuses its input; the message says why (shown on the job)."""
+
+
+class PluginError(AinodeError):
+    """A plugin failed to import, load or run."""
+
+
+class TemplateError(AinodeError):
+    """A result template is invalid; the message names file, path inside it and reason."""
+
+
+class ExportError(AinodeError):
+    """Sending results to a destination failed."""

@@ -1,0 +1,1 @@
+"""Model runtime: series → Volume, plugin contract, workers."""

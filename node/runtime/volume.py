@@ -1,0 +1,193 @@
+"""Assemble a series of single-frame images into a geometrically checked volume.
+
+A :class:`Volume` is built once per job, sorted along the slice normal, with
+geometry validated before any model runs. It keeps the source headers (without
+pixel data) so result objects can reference them exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+
+from node.errors import VolumeError
+
+log = logging.getLogger(__name__)
+
+#: Relative tolerance on slice spacing before a gap is reported.
+SPACING_TOLERANCE = 0.05
+#: Tolerance on direction cosines when comparing orientations.
+ORIENTATION_TOLERANCE = 1e-3
+
+
+@dataclass(frozen=True)
+class Volume:
+    """Pixel data in real-world values plus the geometry of its source series.
+
+    Attributes
+    ----------
+    array
+        ``float32`` array shaped ``(slices, rows, columns)``, rescaled to
+        real-world values (Hounsfield units for CT).
+    spacing
+        Voxel spacing in mm as ``(slice, row, column)``; slice spacing is the
+        distance between consecutive slice positions along the normal.
+    affine
+        4×4 matrix mapping voxel index ``(column, row, slice, 1)`` to patient
+        coordinates (LPS, mm), as in DICOM.
+    datasets
+        Source headers (pixel data removed) in volume order: ``datasets[k]`` is
+        slice ``k`` of ``array``.
+    """
+
+    array: np.ndarray
+    spacing: tuple[float, float, float]
+    affine: np.ndarray
+    datasets: tuple[Dataset, ...] = field(repr=False)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        s, r, c = self.array.shape
+        return (s, r, c)
+
+    @property
+    def voxel_volume_mm3(self) -> float:
+        return float(self.spacing[0] * self.spacing[1] * self.spacing[2])
+
+    @property
+    def modality(self) -> str:
+        return str(self.datasets[0].get("Modality", ""))
+
+    @property
+    def study_instance_uid(self) -> str:
+        return str(self.datasets[0].StudyInstanceUID)
+
+    @property
+    def series_instance_uid(self) -> str:
+        return str(self.datasets[0].SeriesInstanceUID)
+
+    @property
+    def frame_of_reference_uid(self) -> str:
+        return str(self.datasets[0].get("FrameOfReferenceUID", ""))
+
+    @property
+    def sop_instance_uids(self) -> tuple[str, ...]:
+        return tuple(str(ds.SOPInstanceUID) for ds in self.datasets)
+
+    @property
+    def orientation(self) -> tuple[float, ...]:
+        return tuple(float(v) for v in self.datasets[0].ImageOrientationPatient)
+
+
+def _is_localizer(ds: Dataset) -> bool:
+    image_type = [str(v).upper() for v in ds.get("ImageType", [])]
+    return "LOCALIZER" in image_type
+
+
+def _slice_normal(orientation: Sequence[float]) -> np.ndarray:
+    row = np.asarray(orientation[:3], dtype=float)
+    col = np.asarray(orientation[3:6], dtype=float)
+    return np.cross(row, col)
+
+
+def _strip_pixels(ds: Dataset) -> Dataset:
+    header = Dataset()
+    header.file_meta = ds.file_meta
+    for elem in ds:
+        if elem.tag.group == 0x7FE0:
+            continue
+        header.add(elem)
+    return header
+
+
+def assemble_volume(datasets: Iterable[Dataset]) -> Volume:
+    """Sort, check and stack single-frame images into a :class:`Volume`.
+
+    Localizers are dropped. Raises :class:`~node.errors.VolumeError` when the
+    series has mixed orientations or sizes, missing geometry, duplicate
+    positions, or a gap in slice spacing.
+    """
+    images = [ds for ds in datasets if not _is_localizer(ds)]
+    if not images:
+        raise VolumeError("series has no non-localizer images")
+    for ds in images:
+        for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
+            if keyword not in ds:
+                raise VolumeError(f"instance {ds.SOPInstanceUID} lacks {keyword}")
+    orientation = [float(v) for v in images[0].ImageOrientationPatient]
+    for ds in images[1:]:
+        other = [float(v) for v in ds.ImageOrientationPatient]
+        if not np.allclose(orientation, other, atol=ORIENTATION_TOLERANCE):
+            raise VolumeError("series mixes image orientations")
+    size = (int(images[0].Rows), int(images[0].Columns))
+    if any((int(ds.Rows), int(ds.Columns)) != size for ds in images):
+        raise VolumeError("series mixes image sizes")
+    pixel_spacing = tuple(float(v) for v in images[0].PixelSpacing)
+    if any(
+        not np.allclose(pixel_spacing, [float(v) for v in ds.PixelSpacing], rtol=1e-4)
+        for ds in images
+    ):
+        raise VolumeError("series mixes pixel spacings")
+
+    normal = _slice_normal(orientation)
+    positions = [float(np.dot(normal, [float(v) for v in ds.ImagePositionPatient])) for ds in images]
+    order = np.argsort(positions, kind="stable")
+    images = [images[i] for i in order]
+    sorted_positions = np.asarray([positions[i] for i in order])
+
+    if len(images) > 1:
+        steps = np.diff(sorted_positions)
+        if np.any(steps < 1e-3):
+            raise VolumeError("series has two images at the same slice position")
+        slice_spacing = float(np.median(steps))
+        if np.any(np.abs(steps - slice_spacing) > SPACING_TOLERANCE * slice_spacing):
+            worst = int(np.argmax(np.abs(steps - slice_spacing)))
+            raise VolumeError(
+                f"slice spacing is not uniform: gap of {steps[worst]:.3f} mm after slice "
+                f"{worst} where {slice_spacing:.3f} mm is expected"
+            )
+    else:
+        slice_spacing = float(images[0].get("SliceThickness", 1.0) or 1.0)
+
+    slices = []
+    for ds in images:
+        pixels = ds.pixel_array.astype(np.float32)
+        slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
+        intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+        slices.append(pixels * slope + intercept)
+    array = np.stack(slices).astype(np.float32, copy=False)
+
+    row_cos = np.asarray(orientation[:3])
+    col_cos = np.asarray(orientation[3:6])
+    origin = np.asarray([float(v) for v in images[0].ImagePositionPatient])
+    affine = np.eye(4)
+    # DICOM PixelSpacing is (row spacing, column spacing): column index moves along
+    # the row direction by the column spacing.
+    affine[:3, 0] = row_cos * pixel_spacing[1]
+    affine[:3, 1] = col_cos * pixel_spacing[0]
+    affine[:3, 2] = normal * slice_spacing
+    affine[:3, 3] = origin
+
+    return Volume(
+        array=array,
+        spacing=(slice_spacing, pixel_spacing[0], pixel_spacing[1]),
+        affine=affine,
+        datasets=tuple(_strip_pixels(ds) for ds in images),
+    )
+
+
+def load_volume(paths: Iterable[Path]) -> Volume:
+    """Read spooled files and assemble them; a file that cannot be parsed is named."""
+    datasets = []
+    for path in paths:
+        try:
+            datasets.append(pydicom.dcmread(path))
+        except Exception as exc:  # pydicom raises many types for corrupt input
+            raise VolumeError(f"cannot read {path}: {exc}") from exc
+    return assemble_volume(datasets)
