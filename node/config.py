@@ -1,0 +1,275 @@
+"""One typed configuration, loaded and validated once at start-up.
+
+The YAML file is validated with pydantic (unknown keys are errors); a bad file
+raises :class:`~node.errors.ConfigError` whose message names the file, the key
+path and what is wrong. Environment variables override a few keys so a
+container or a test can move ports and data without editing the file.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from node.errors import ConfigError
+from node.routing import Condition, parse_conditions
+
+#: Environment variables that override configuration keys.
+ENV_OVERRIDES: Mapping[str, tuple[str, str]] = {
+    "AINODE_DICOM_PORT": ("node", "dicom_port"),
+    "AINODE_HTTP_PORT": ("node", "http_port"),
+    "AINODE_DATA_DIR": ("node", "data_dir"),
+}
+
+AE_TITLE_PATTERN = r"^[\x20-\x5b\x5d-\x7e]{1,16}$"  # printable ASCII without backslash
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NodeSettings(_Strict):
+    """The node's own identity and where it keeps its state."""
+
+    ae_title: str = Field("AINODE", pattern=AE_TITLE_PATTERN)
+    dicom_port: Port = 11112
+    http_port: Port = 8080
+    bind_address: str = "0.0.0.0"
+    data_dir: Path = Path("./var")
+    #: Largest PDU the SCP accepts; 128 KiB or more speeds up large images.
+    max_pdu: int = Field(131072, ge=16384)
+    #: Refuse new instances (0xA700) when free disk space falls below this.
+    min_free_disk_mb: int = Field(512, ge=0)
+
+
+class CompletionSettings(_Strict):
+    """When a series counts as complete."""
+
+    series_quiet_seconds: float = Field(10.0, gt=0)
+    #: How often the completion check runs.
+    poll_seconds: float = Field(1.0, gt=0)
+
+
+class DestinationSettings(_Strict):
+    """A DICOM peer that receives results by C-STORE."""
+
+    ae_title: str = Field(pattern=AE_TITLE_PATTERN)
+    host: str
+    port: Port
+    #: Total send attempts before the job fails (results stay on disk).
+    max_attempts: int = Field(5, ge=1)
+    #: First retry delay; doubles each attempt up to ``max_backoff_seconds``.
+    backoff_seconds: float = Field(2.0, ge=0)
+    max_backoff_seconds: float = Field(300.0, ge=0)
+    timeout_seconds: float = Field(30.0, gt=0)
+
+
+class RuleSettings(_Strict):
+    """A routing rule: match conditions, a plugin, and where the results go."""
+
+    name: str = Field(min_length=1)
+    match: dict[str, Any] = Field(default_factory=dict)
+    plugin: str
+    send_to: list[str] = Field(default_factory=list)
+    priority: int = Field(5, ge=0, le=9)
+    enabled: bool = True
+
+    @field_validator("match")
+    @classmethod
+    def _conditions_parse(cls, value: dict[str, Any]) -> dict[str, Any]:
+        parse_conditions(value)  # raises ValueError with the offending key path
+        return value
+
+    @property
+    def conditions(self) -> list[Condition]:
+        return parse_conditions(self.match)
+
+
+class WorkerSettings(_Strict):
+    """Inference workers."""
+
+    #: ``auto`` picks the first CUDA device when there is one, else the CPU.
+    device: Literal["auto", "cpu", "cuda"] | str = "auto"
+    #: Seconds a job may run before it is failed.
+    job_timeout_seconds: float = Field(1800.0, gt=0)
+
+
+class LoggingSettings(_Strict):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class Settings(_Strict):
+    """The whole configuration."""
+
+    node: NodeSettings = NodeSettings()
+    completion: CompletionSettings = CompletionSettings()
+    destinations: dict[str, DestinationSettings] = Field(default_factory=dict)
+    rules: list[RuleSettings] = Field(default_factory=list)
+    workers: WorkerSettings = WorkerSettings()
+    logging: LoggingSettings = LoggingSettings()
+    #: Directory of result templates; default: the repository's ``dicom_sr_templates``.
+    templates_dir: Path | None = None
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> Settings:
+        names = [rule.name for rule in self.rules]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"rule names must be unique; repeated: {', '.join(duplicates)}")
+        for index, rule in enumerate(self.rules):
+            for dest in rule.send_to:
+                if dest not in self.destinations:
+                    known = ", ".join(sorted(self.destinations)) or "none defined"
+                    raise _KeyedError(
+                        ("rules", index, "send_to"),
+                        f"unknown destination {dest!r} (known: {known})",
+                    )
+        return self
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.node.data_dir / "spool"
+
+    @property
+    def results_dir(self) -> Path:
+        return self.node.data_dir / "results"
+
+    @property
+    def database_path(self) -> Path:
+        return self.node.data_dir / "state.sqlite3"
+
+
+class _KeyedError(ValueError):
+    """A validation error that knows the key path it belongs to."""
+
+    def __init__(self, location: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.location = location
+
+
+#: The configuration ``make run`` uses when no file is given.
+DEFAULT_CONFIG: dict[str, Any] = {
+    "node": {"ae_title": "AINODE", "dicom_port": 11112, "http_port": 8080, "data_dir": "./var"},
+    "completion": {"series_quiet_seconds": 10},
+    "destinations": {},
+    "rules": [
+        {
+            "name": "chest-ct-lungs",
+            "match": {"Modality": "CT", "SeriesDescription": {"regex": "(?i)chest|thorax|lung"}},
+            "plugin": "ct_lungs",
+            "send_to": [],
+        }
+    ],
+}
+
+
+def _format_location(location: tuple[str | int, ...]) -> str:
+    text = ""
+    for part in location:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text or "(top level)"
+
+
+def _apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    merged = {
+        key: (dict(value) if isinstance(value, dict) else value) for key, value in raw.items()
+    }
+    for variable, (section, key) in ENV_OVERRIDES.items():
+        if variable in environ and environ[variable] != "":
+            merged.setdefault(section, {})
+            if not isinstance(merged[section], dict):
+                continue  # the type error is reported by validation
+            merged[section][key] = environ[variable]
+    return merged
+
+
+def settings_from_mapping(
+    raw: Mapping[str, Any], *, source: str = "<config>", environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Validate an already-parsed configuration mapping.
+
+    Parameters
+    ----------
+    raw
+        The parsed YAML document.
+    source
+        Name used in error messages (normally the file path).
+    environ
+        Environment for overrides; ``os.environ`` when omitted.
+    """
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{source}: the configuration must be a mapping of sections")
+    merged = _apply_env(dict(raw), os.environ if environ is None else environ)
+    try:
+        return Settings.model_validate(merged)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            location: tuple[str | int, ...] = tuple(error["loc"])
+            context = error.get("ctx", {}) or {}
+            cause = context.get("error")
+            if isinstance(cause, _KeyedError):
+                location = cause.location
+                message = str(cause)
+            elif error["type"] == "extra_forbidden":
+                message = "unknown key"
+            else:
+                message = str(cause) if cause is not None else error["msg"]
+            problems.append(f"{source}: {_format_location(location)}: {message}")
+        raise ConfigError("invalid configuration\n  " + "\n  ".join(problems)) from None
+
+
+def load_settings(
+    path: Path | None = None, *, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Load the configuration file (or the embedded defaults) and validate it.
+
+    ``AINODE_CONFIG`` names the file when ``path`` is not given.
+    """
+    env = os.environ if environ is None else environ
+    if path is None and env.get("AINODE_CONFIG"):
+        path = Path(env["AINODE_CONFIG"])
+    if path is None:
+        return settings_from_mapping(DEFAULT_CONFIG, source="<embedded defaults>", environ=env)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read configuration: {exc.strerror}") from None
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return settings_from_mapping(raw, source=str(path), environ=env)
+
+
+def check_plugins_known(settings: Settings, known: set[str], *, source: str) -> None:
+    """Fail start-up when a rule names a plugin that is not installed."""
+    for index, rule in enumerate(settings.rules):
+        if rule.plugin not in known:
+            names = ", ".join(sorted(known)) or "none installed"
+            raise ConfigError(
+                f"invalid configuration\n  {source}: rules[{index}].plugin: "
+                f"unknown plugin {rule.plugin!r} (installed: {names})"
+            )
+
+
+__all__ = [
+    "DEFAULT_CONFIG",
+    "CompletionSettings",
+    "DestinationSettings",
+    "NodeSettings",
+    "RuleSettings",
+    "Settings",
+    "check_plugins_known",
+    "load_settings",
+    "settings_from_mapping",
+]

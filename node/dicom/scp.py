@@ -1,0 +1,217 @@
+"""The DICOM listener: C-ECHO and C-STORE for every storage SOP class.
+
+The C-STORE handler does no heavy work. It reads the identifiers it needs,
+hands the encoded bytes to :class:`~node.ingest.Ingestor`, and returns
+0x0000 only once the instance is durable; every refusal is logged with the
+SOP Instance UID and the reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import threading
+from collections import Counter
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    JPEG2000,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+from pynetdicom import AE, evt
+from pynetdicom.presentation import AllStoragePresentationContexts
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
+
+from node.config import NodeSettings
+from node.dicom import status
+from node.errors import SpoolError
+from node.ingest import IncomingInstance, Ingestor, Outcome, OutOfResources
+from node.spool import is_valid_uid
+
+log = logging.getLogger(__name__)
+
+#: Uncompressed syntaxes plus the compressed ones pydicom can decode (with pylibjpeg).
+TRANSFER_SYNTAXES = [
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    JPEG2000Lossless,
+    JPEG2000,
+    RLELossless,
+]
+
+
+def _peer(event: Any) -> tuple[str, str]:
+    assoc = event.assoc
+    return str(assoc.requestor.ae_title).strip(), str(assoc.acceptor.ae_title).strip()
+
+
+class StorageSCP:
+    """A pynetdicom application entity serving C-ECHO and C-STORE."""
+
+    def __init__(self, settings: NodeSettings, ingestor: Ingestor) -> None:
+        self._settings = settings
+        self._ingestor = ingestor
+        self._server: ThreadedAssociationServer | None = None
+        self._counts: Counter[str] = Counter()
+        self._counts_lock = threading.Lock()
+        ae = AE(ae_title=settings.ae_title)
+        ae.maximum_pdu_size = settings.max_pdu
+        ae.maximum_associations = 32
+        ae.network_timeout = 60
+        ae.dimse_timeout = 60
+        ae.require_called_aet = False
+        ae.add_supported_context(Verification)
+        for context in AllStoragePresentationContexts:
+            assert context.abstract_syntax is not None
+            ae.add_supported_context(context.abstract_syntax, TRANSFER_SYNTAXES)
+        self._ae = ae
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Counters since start: instances stored, duplicates, refused, associations."""
+        with self._counts_lock:
+            return dict(self._counts)
+
+    def _count(self, key: str, amount: int = 1) -> None:
+        with self._counts_lock:
+            self._counts[key] += amount
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    def start(self) -> None:
+        handlers = [
+            (evt.EVT_CONN_OPEN, self._on_connection_open),
+            (evt.EVT_ACCEPTED, self._on_accepted),
+            (evt.EVT_RELEASED, self._on_released),
+            (evt.EVT_ABORTED, self._on_aborted),
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_C_STORE, self._on_store),
+        ]
+        self._server = self._ae.start_server(
+            (self._settings.bind_address, self._settings.dicom_port),
+            block=False,
+            evt_handlers=handlers,  # type: ignore[arg-type]
+        )
+        log.info(
+            "DICOM listener up ae_title=%s port=%s max_pdu=%s",
+            self._settings.ae_title,
+            self._settings.dicom_port,
+            self._settings.max_pdu,
+        )
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+
+    # -- event handlers -------------------------------------------------------
+
+    def _on_connection_open(self, event: Any) -> None:
+        # Without TCP_NODELAY every small DIMSE response waits for the peer's delayed ACK.
+        sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def _on_accepted(self, event: Any) -> None:
+        calling, called = _peer(event)
+        self._count("associations")
+        log.info("association accepted calling_ae=%s called_ae=%s", calling, called)
+
+    def _on_released(self, event: Any) -> None:
+        calling, _ = _peer(event)
+        log.info("association released calling_ae=%s", calling)
+
+    def _on_aborted(self, event: Any) -> None:
+        calling, _ = _peer(event)
+        log.warning("association aborted calling_ae=%s", calling)
+
+    def _on_echo(self, event: Any) -> int:
+        return status.SUCCESS
+
+    def _refuse(self, code: int, sop_uid: str, reason: str) -> int:
+        self._count("refused")
+        log.warning(
+            "C-STORE refused status=0x%04X sop_uid=%s reason=%s", code, sop_uid or "?", reason
+        )
+        return code
+
+    def _on_store(self, event: Any) -> int:
+        request = event.request
+        requested_sop = str(request.AffectedSOPInstanceUID or "")
+        requested_class = str(request.AffectedSOPClassUID or "")
+        try:
+            dataset: Dataset = event.dataset
+            sop_uid = str(dataset.get("SOPInstanceUID", "") or "")
+            sop_class = str(dataset.get("SOPClassUID", "") or "")
+            series_uid = str(dataset.get("SeriesInstanceUID", "") or "")
+            study_uid = str(dataset.get("StudyInstanceUID", "") or "")
+            modality = str(dataset.get("Modality", "") or "")
+        except Exception as exc:  # any decoding failure is the sender's malformed data set
+            return self._refuse(
+                status.CANNOT_UNDERSTAND, requested_sop, f"data set cannot be decoded: {exc}"
+            )
+        for name, uid in (
+            ("SOPInstanceUID", sop_uid),
+            ("SeriesInstanceUID", series_uid),
+            ("StudyInstanceUID", study_uid),
+        ):
+            if not is_valid_uid(uid):
+                return self._refuse(
+                    status.MISSING_IDENTIFIER, requested_sop, f"{name} missing or malformed"
+                )
+        if sop_uid != requested_sop:
+            return self._refuse(
+                status.SOP_INSTANCE_MISMATCH,
+                requested_sop,
+                "SOPInstanceUID differs from the request's Affected SOP Instance UID",
+            )
+        if sop_class and sop_class != requested_class:
+            return self._refuse(
+                status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                requested_sop,
+                "SOPClassUID differs from the request's Affected SOP Class UID",
+            )
+        calling, called = _peer(event)
+        incoming = IncomingInstance(
+            sop_uid=sop_uid,
+            sop_class_uid=requested_class,
+            series_uid=series_uid,
+            study_uid=study_uid,
+            transfer_syntax=str(event.context.transfer_syntax),
+            modality=modality,
+            calling_ae=calling,
+            called_ae=called,
+        )
+        try:
+            outcome = self._ingestor.accept(incoming, event.encoded_dataset())
+        except OutOfResources as exc:
+            return self._refuse(status.OUT_OF_RESOURCES, sop_uid, str(exc))
+        except SpoolError as exc:
+            return self._refuse(status.OUT_OF_RESOURCES, sop_uid, str(exc))
+        self._count("duplicates" if outcome is Outcome.DUPLICATE else "stored")
+        return status.SUCCESS

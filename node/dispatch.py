@@ -1,0 +1,81 @@
+"""From a complete series to jobs: read its header, match the rules, enqueue.
+
+Every enabled rule whose conditions hold creates one job (rules are not
+exclusive: a chest CT can feed a lung routine and a body-composition routine).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+import pydicom
+
+from node.config import RuleSettings
+from node.jobs.queue import JobQueue
+from node.routing import HeaderSubject, matching_rules
+from node.state.series import SeriesRow, SeriesStore
+
+log = logging.getLogger(__name__)
+
+
+class Dispatcher:
+    """Turns complete series into queued jobs."""
+
+    def __init__(
+        self,
+        series: SeriesStore,
+        queue: JobQueue,
+        rules: Callable[[], Sequence[RuleSettings]],
+        *,
+        clock: Callable[[], float],
+        on_enqueued: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._series = series
+        self._queue = queue
+        self._rules = rules
+        self._clock = clock
+        self._on_enqueued = on_enqueued
+
+    def header(self, row: SeriesRow) -> HeaderSubject | None:
+        """The series' first readable header, with the sender's AE titles."""
+        for path in self._series.instance_paths(row.series_uid):
+            try:
+                dataset = pydicom.dcmread(path, stop_before_pixels=True)
+            except Exception as exc:
+                log.warning("unreadable header skipped path=%s error=%s", path, exc)
+                continue
+            return HeaderSubject(dataset, calling_ae=row.calling_ae, called_ae=row.called_ae)
+        return None
+
+    def dispatch(self, row: SeriesRow) -> list[int]:
+        subject = self.header(row)
+        if subject is None:
+            log.warning("series has no readable instance series_uid=%s", row.series_uid)
+            return []
+        rules = matching_rules(self._rules(), subject)
+        if not rules:
+            log.info("no rule matched series_uid=%s", row.series_uid)
+            return []
+        now = self._clock()
+        job_ids = [
+            self._queue.enqueue(
+                series_uid=row.series_uid,
+                study_uid=row.study_uid,
+                generation=row.generation,
+                rule=rule.name,
+                plugin=rule.plugin,
+                destinations=list(rule.send_to),
+                priority=rule.priority,
+                now=now,
+            )
+            for rule in rules
+        ]
+        log.info(
+            "jobs queued series_uid=%s rules=%s job_ids=%s",
+            row.series_uid,
+            ",".join(rule.name for rule in rules),
+            ",".join(map(str, job_ids)),
+        )
+        self._on_enqueued()
+        return job_ids

@@ -1,0 +1,136 @@
+"""Delivering a job's results to its destinations, with bounded retries.
+
+Runs in its own thread so a destination that is down never blocks
+inference. Each attempt sends to the destinations still pending; failures
+are retried with exponential backoff (``backoff_seconds`` doubling up to
+``max_backoff_seconds``) until the destination's ``max_attempts``, after
+which the job fails with the reason. Results always stay on disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from node.config import DestinationSettings
+from node.errors import AinodeError
+from node.export.dimse import send_files
+from node.jobs.queue import Job, JobQueue
+
+log = logging.getLogger(__name__)
+
+Sender = Callable[[DestinationSettings, Sequence[Path]], None]
+
+
+def retry_delay(destination: DestinationSettings, attempt: int) -> float:
+    """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+    return float(
+        min(destination.backoff_seconds * 2 ** (attempt - 1), destination.max_backoff_seconds)
+    )
+
+
+def result_files(result_dir: Path) -> list[Path]:
+    return sorted(result_dir.glob("*.dcm"))
+
+
+class Exporter:
+    """Claims exporting jobs and sends their result files."""
+
+    def __init__(
+        self,
+        queue: JobQueue,
+        destinations: Callable[[], Mapping[str, DestinationSettings]],
+        *,
+        calling_ae: str,
+        clock: Callable[[], float],
+        sender: Sender | None = None,
+    ) -> None:
+        self._queue = queue
+        self._destinations = destinations
+        self._clock = clock
+        self._send = sender or (lambda d, p: send_files(d, p, calling_ae=calling_ae))
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def run_once(self) -> bool:
+        """Make one export attempt for the next due job; False when none was due."""
+        job = self._queue.claim_export(self._clock())
+        if job is None:
+            return False
+        self._attempt(job)
+        return True
+
+    def _attempt(self, job: Job) -> None:
+        assert job.result_dir is not None
+        files = result_files(job.result_dir)
+        destinations = self._destinations()
+        pending: list[str] = []
+        errors: list[str] = []
+        exhausted = False
+        for name in job.pending_destinations:
+            destination = destinations.get(name)
+            if destination is None:
+                self._queue.fail(
+                    job.id, f"destination {name!r} is no longer configured", self._clock()
+                )
+                return
+            try:
+                self._send(destination, files)
+            except (AinodeError, OSError, RuntimeError, ValueError) as exc:
+                errors.append(f"{name}: {exc}")
+                pending.append(name)
+                exhausted = exhausted or job.export_attempts >= destination.max_attempts
+                log.warning(
+                    "export failed job_id=%d destination=%s attempt=%d error=%s",
+                    job.id,
+                    name,
+                    job.export_attempts,
+                    exc,
+                )
+            else:
+                self._queue.add_event(job.id, self._clock(), "sent", name)
+        now = self._clock()
+        if not pending:
+            self._queue.finish(job.id, now, f"sent to {', '.join(job.pending_destinations)}")
+            log.info("job done job_id=%d destinations=%s", job.id, ",".join(job.destinations))
+            return
+        message = "; ".join(errors)
+        if exhausted:
+            self._queue.fail(
+                job.id,
+                f"export failed after {job.export_attempts} attempts: {message}"
+                f" (results kept in {job.result_dir})",
+                now,
+            )
+            return
+        delay = min(retry_delay(destinations[name], job.export_attempts) for name in pending)
+        self._queue.export_progress(job.id, pending, now, retry_at=now + delay, error=message)
+
+    # -- thread ---------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="exporter", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                busy = self.run_once()
+            except Exception:
+                log.exception("exporter loop error")
+                busy = False
+            if not busy:
+                self._wake.wait(0.5)
+                self._wake.clear()

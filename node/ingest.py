@@ -1,0 +1,106 @@
+"""Accepting an instance: durable file first, then the database row.
+
+Shared by every way instances arrive (DIMSE C-STORE, DICOMweb STOW-RS), so
+each gets the same promise: success is reported only once the instance is
+on disk and recorded.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from node.errors import SpoolError
+from node.spool import Spool
+from node.state.series import InstanceRecord, SeriesStore
+
+log = logging.getLogger(__name__)
+
+
+class OutOfResources(SpoolError):
+    """Not enough free disk space to accept more instances."""
+
+
+class Outcome(enum.Enum):
+    STORED = "stored"
+    DUPLICATE = "duplicate"
+
+
+@dataclass(frozen=True)
+class IncomingInstance:
+    """Identifiers of an instance being received (no patient data)."""
+
+    sop_uid: str
+    sop_class_uid: str
+    series_uid: str
+    study_uid: str
+    transfer_syntax: str
+    modality: str = ""
+    calling_ae: str = ""
+    called_ae: str = ""
+
+
+class Ingestor:
+    """Writes instances to the spool and records them."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        series: SeriesStore,
+        *,
+        clock: Callable[[], float],
+        min_free_bytes: int = 0,
+    ) -> None:
+        self._spool = spool
+        self._series = series
+        self._clock = clock
+        self._min_free_bytes = min_free_bytes
+
+    def accept(self, instance: IncomingInstance, encoded: bytes) -> Outcome:
+        """Store one encoded instance (preamble, file meta and data set).
+
+        Raises
+        ------
+        OutOfResources
+            Free disk space is below the configured minimum.
+        SpoolError
+            The file or its database row could not be written; nothing is left behind.
+        """
+        if self._series.has_instance(instance.sop_uid):
+            log.info(
+                "duplicate instance ignored sop_uid=%s series_uid=%s",
+                instance.sop_uid,
+                instance.series_uid,
+            )
+            return Outcome.DUPLICATE
+        if self._min_free_bytes and self._spool.free_bytes() < self._min_free_bytes + len(encoded):
+            raise OutOfResources("free disk space is below the configured minimum")
+        path = self._spool.write(instance.study_uid, instance.series_uid, instance.sop_uid, encoded)
+        record = InstanceRecord(
+            sop_uid=instance.sop_uid,
+            series_uid=instance.series_uid,
+            study_uid=instance.study_uid,
+            sop_class_uid=instance.sop_class_uid,
+            transfer_syntax=instance.transfer_syntax,
+            path=path,
+            size=len(encoded),
+            modality=instance.modality,
+            calling_ae=instance.calling_ae,
+            called_ae=instance.called_ae,
+        )
+        try:
+            added, reopened = self._series.record_instance(record, self._clock())
+        except Exception as exc:
+            path.unlink(missing_ok=True)
+            raise SpoolError(f"cannot record {path.name}: {exc}") from exc
+        if not added:  # lost a race with the same instance on another association
+            return Outcome.DUPLICATE
+        if reopened:
+            log.info(
+                "series re-opened by a late instance series_uid=%s sop_uid=%s",
+                instance.series_uid,
+                instance.sop_uid,
+            )
+        return Outcome.STORED

@@ -1,0 +1,257 @@
+"""The durable job queue: one row per (series completion, matching rule).
+
+States: ``queued`` → ``running`` (inference) → ``exporting`` (sending
+results, with retries) → ``done``; any stage can end in ``failed`` with the
+reason. Each transition is one transaction and leaves a ``job_events`` row,
+which is the job's timeline.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from node.state.db import Database
+
+log = logging.getLogger(__name__)
+
+JOB_STATES = ("queued", "running", "exporting", "done", "failed")
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    series_uid: str
+    study_uid: str
+    generation: int
+    rule: str
+    plugin: str
+    destinations: tuple[str, ...]
+    priority: int
+    state: str
+    attempts: int
+    export_attempts: int
+    next_attempt_at: float | None
+    error: str | None
+    result_dir: Path | None
+    pending_destinations: tuple[str, ...]
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    job_id: int
+    at: float
+    event: str
+    detail: str
+
+
+def _job(row: object) -> Job:
+    data = dict(row)  # type: ignore[call-overload]
+    data["destinations"] = tuple(json.loads(data["destinations"]))
+    data["pending_destinations"] = tuple(json.loads(data["pending_destinations"]))
+    data["result_dir"] = Path(data["result_dir"]) if data["result_dir"] else None
+    return Job(**data)
+
+
+class JobQueue:
+    """Job rows and their transitions; every method takes ``now`` explicitly."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def enqueue(
+        self,
+        *,
+        series_uid: str,
+        study_uid: str,
+        generation: int,
+        rule: str,
+        plugin: str,
+        destinations: list[str],
+        priority: int,
+        now: float,
+    ) -> int:
+        with self._db.transaction() as cursor:
+            cursor.execute(
+                "INSERT INTO jobs (series_uid, study_uid, generation, rule, plugin, destinations,"
+                " priority, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    series_uid,
+                    study_uid,
+                    generation,
+                    rule,
+                    plugin,
+                    json.dumps(destinations),
+                    priority,
+                    now,
+                    now,
+                ),
+            )
+            job_id = int(cursor.lastrowid or 0)
+            self._event(cursor, job_id, now, "queued", f"rule={rule} plugin={plugin}")
+        return job_id
+
+    @staticmethod
+    def _event(cursor: object, job_id: int, now: float, event: str, detail: str = "") -> None:
+        cursor.execute(  # type: ignore[attr-defined]
+            "INSERT INTO job_events (job_id, at, event, detail) VALUES (?, ?, ?, ?)",
+            (job_id, now, event, detail),
+        )
+
+    def add_event(self, job_id: int, now: float, event: str, detail: str = "") -> None:
+        with self._db.transaction() as cursor:
+            self._event(cursor, job_id, now, event, detail)
+
+    def claim_next(self, now: float) -> Job | None:
+        """Move the most urgent queued job to ``running`` and return it."""
+        with self._db.transaction() as cursor:
+            cursor.execute(
+                "SELECT id FROM jobs WHERE state = 'queued' ORDER BY priority, id LIMIT 1"
+            )
+            row = cursor.fetchone()
+            if row is None:
+                return None
+            cursor.execute(
+                "UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = ?,"
+                " updated_at = ?, error = NULL WHERE id = ?",
+                (now, now, row["id"]),
+            )
+            self._event(cursor, row["id"], now, "started")
+            cursor.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],))
+            return _job(cursor.fetchone())
+
+    def inference_done(self, job_id: int, result_dir: Path, now: float) -> Job:
+        """Results are on disk; send them next (or finish when there is nowhere to send)."""
+        with self._db.transaction() as cursor:
+            cursor.execute("SELECT destinations FROM jobs WHERE id = ?", (job_id,))
+            destinations = cursor.fetchone()["destinations"]
+            state = "exporting" if json.loads(destinations) else "done"
+            cursor.execute(
+                "UPDATE jobs SET state = ?, result_dir = ?, pending_destinations = ?,"
+                " next_attempt_at = ?, updated_at = ?, finished_at = ? WHERE id = ?",
+                (
+                    state,
+                    str(result_dir),
+                    destinations,
+                    now,
+                    now,
+                    now if state == "done" else None,
+                    job_id,
+                ),
+            )
+            self._event(cursor, job_id, now, "results_written", str(result_dir))
+            if state == "done":
+                self._event(cursor, job_id, now, "done", "no destinations")
+            cursor.execute("SELECT * FROM jobs WHERE id = ?", (job_id,))
+            return _job(cursor.fetchone())
+
+    def claim_export(self, now: float) -> Job | None:
+        """Return the next exporting job whose retry time has come, pushing its next try away.
+
+        The lease (``next_attempt_at`` moved an hour ahead) keeps a second
+        exporter from taking the same job while this one sends.
+        """
+        with self._db.transaction() as cursor:
+            cursor.execute(
+                "SELECT id FROM jobs WHERE state = 'exporting' AND next_attempt_at <= ?"
+                " ORDER BY priority, next_attempt_at LIMIT 1",
+                (now,),
+            )
+            row = cursor.fetchone()
+            if row is None:
+                return None
+            cursor.execute(
+                "UPDATE jobs SET next_attempt_at = ?, export_attempts = export_attempts + 1,"
+                " updated_at = ? WHERE id = ?",
+                (now + 3600.0, now, row["id"]),
+            )
+            cursor.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],))
+            return _job(cursor.fetchone())
+
+    def export_progress(
+        self, job_id: int, pending: list[str], now: float, *, retry_at: float | None, error: str
+    ) -> None:
+        """Record the destinations still pending after an attempt and when to retry."""
+        with self._db.transaction() as cursor:
+            cursor.execute(
+                "UPDATE jobs SET pending_destinations = ?, next_attempt_at = ?, error = ?,"
+                " updated_at = ? WHERE id = ?",
+                (json.dumps(pending), retry_at, error or None, now, job_id),
+            )
+            self._event(cursor, job_id, now, "export_retry_scheduled", error)
+
+    def finish(self, job_id: int, now: float, detail: str = "") -> None:
+        with self._db.transaction() as cursor:
+            cursor.execute(
+                "UPDATE jobs SET state = 'done', pending_destinations = '[]', error = NULL,"
+                " next_attempt_at = NULL, finished_at = ?, updated_at = ? WHERE id = ?",
+                (now, now, job_id),
+            )
+            self._event(cursor, job_id, now, "done", detail)
+
+    def fail(self, job_id: int, error: str, now: float) -> None:
+        with self._db.transaction() as cursor:
+            cursor.execute(
+                "UPDATE jobs SET state = 'failed', error = ?, next_attempt_at = NULL,"
+                " finished_at = ?, updated_at = ? WHERE id = ?",
+                (error, now, now, job_id),
+            )
+            self._event(cursor, job_id, now, "failed", error)
+
+    def requeue_interrupted(self, now: float) -> list[int]:
+        """On start-up: jobs left ``running`` by a crash go back to the queue."""
+        with self._db.transaction() as cursor:
+            cursor.execute("SELECT id FROM jobs WHERE state = 'running'")
+            ids = [int(row["id"]) for row in cursor.fetchall()]
+            for job_id in ids:
+                cursor.execute(
+                    "UPDATE jobs SET state = 'queued', updated_at = ? WHERE id = ?", (now, job_id)
+                )
+                self._event(cursor, job_id, now, "requeued", "node restarted while running")
+            # Exports interrupted mid-send are retried straight away.
+            cursor.execute("UPDATE jobs SET next_attempt_at = ? WHERE state = 'exporting'", (now,))
+        return ids
+
+    def get(self, job_id: int) -> Job | None:
+        rows = self._db.query("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        return _job(rows[0]) if rows else None
+
+    def jobs(self, *, state: str | None = None, series_uid: str | None = None) -> list[Job]:
+        clauses, parameters = [], []
+        if state is not None:
+            clauses.append("state = ?")
+            parameters.append(state)
+        if series_uid is not None:
+            clauses.append("series_uid = ?")
+            parameters.append(series_uid)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self._db.query(f"SELECT * FROM jobs{where} ORDER BY id", tuple(parameters))
+        return [_job(row) for row in rows]
+
+    def events(self, job_id: int) -> list[JobEvent]:
+        rows = self._db.query(
+            "SELECT job_id, at, event, detail FROM job_events WHERE job_id = ? ORDER BY id",
+            (job_id,),
+        )
+        return [JobEvent(**dict(row)) for row in rows]
+
+    def depth(self) -> dict[str, int]:
+        rows = self._db.query("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
+        counts = dict.fromkeys(JOB_STATES, 0)
+        counts.update({row["state"]: int(row["n"]) for row in rows})
+        return counts
+
+    def previous_result_dir(self, series_uid: str, rule: str, before_job: int) -> Path | None:
+        """The newest earlier finished result of the same series and rule (for supersede)."""
+        rows = self._db.query(
+            "SELECT result_dir FROM jobs WHERE series_uid = ? AND rule = ? AND id < ?"
+            " AND result_dir IS NOT NULL ORDER BY id DESC LIMIT 1",
+            (series_uid, rule, before_job),
+        )
+        return Path(rows[0]["result_dir"]) if rows else None

@@ -1,0 +1,66 @@
+"""Durable storage of received instances, exactly as they were encoded.
+
+``spool/<StudyUID>/<SeriesUID>/<SOPUID>.dcm`` is written to a temporary
+file in the same directory, fsynced, renamed into place and the directory
+fsynced: a reader sees either nothing or the whole file, and a crash never
+leaves a partial instance under its final name.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import uuid
+from pathlib import Path
+
+from node.errors import SpoolError
+
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+def is_valid_uid(value: str) -> bool:
+    """A DICOM UID: digits and dots, at most 64 characters (also safe as a path part)."""
+    return 0 < len(value) <= 64 and bool(_UID.match(value))
+
+
+class Spool:
+    """The directory tree of received instances."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def path_for(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
+        for name, uid in (("study", study_uid), ("series", series_uid), ("SOP instance", sop_uid)):
+            if not is_valid_uid(uid):
+                raise SpoolError(f"invalid {name} UID {uid[:80]!r}")
+        return self.root / study_uid / series_uid / f"{sop_uid}.dcm"
+
+    def free_bytes(self) -> int:
+        return shutil.disk_usage(self.root).free
+
+    def write(self, study_uid: str, series_uid: str, sop_uid: str, data: bytes) -> Path:
+        """Write ``data`` durably and return its final path.
+
+        Raises :class:`~node.errors.SpoolError` on any failure, after removing
+        the temporary file.
+        """
+        final = self.path_for(study_uid, series_uid, sop_uid)
+        temporary = final.with_name(f".{sop_uid}.{uuid.uuid4().hex}.tmp")
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            with open(temporary, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, final)
+            directory = os.open(final.parent, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+        except OSError as exc:
+            temporary.unlink(missing_ok=True)
+            raise SpoolError(f"cannot write {final.name}: {exc.strerror or exc}") from exc
+        return final

@@ -1,0 +1,131 @@
+"""The node's SQLite state database: one file, WAL mode, one schema.
+
+Every box keeps its own tables (``instances``/``series`` for ingest,
+``jobs``/``job_events`` for the queue) but shares this connection, so a
+single lock serialises writers and each write is one short transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS series (
+    series_uid      TEXT PRIMARY KEY,
+    study_uid       TEXT NOT NULL,
+    modality        TEXT NOT NULL DEFAULT '',
+    calling_ae      TEXT NOT NULL DEFAULT '',
+    called_ae       TEXT NOT NULL DEFAULT '',
+    first_received  REAL NOT NULL,
+    last_received   REAL NOT NULL,
+    instance_count  INTEGER NOT NULL DEFAULT 0,
+    state           TEXT NOT NULL DEFAULT 'receiving'
+                    CHECK (state IN ('receiving', 'complete')),
+    completed_at    REAL,
+    generation      INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS series_state ON series (state, last_received);
+
+CREATE TABLE IF NOT EXISTS instances (
+    sop_uid         TEXT PRIMARY KEY,
+    series_uid      TEXT NOT NULL REFERENCES series (series_uid),
+    study_uid       TEXT NOT NULL,
+    sop_class_uid   TEXT NOT NULL,
+    transfer_syntax TEXT NOT NULL,
+    path            TEXT NOT NULL,
+    size            INTEGER NOT NULL,
+    received_at     REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS instances_series ON instances (series_uid);
+
+CREATE TABLE IF NOT EXISTS jobs (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    series_uid      TEXT NOT NULL,
+    study_uid       TEXT NOT NULL,
+    generation      INTEGER NOT NULL,
+    rule            TEXT NOT NULL,
+    plugin          TEXT NOT NULL,
+    destinations    TEXT NOT NULL DEFAULT '[]',
+    priority        INTEGER NOT NULL DEFAULT 5,
+    state           TEXT NOT NULL DEFAULT 'queued'
+                    CHECK (state IN ('queued', 'running', 'exporting', 'done', 'failed')),
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    export_attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL,
+    error           TEXT,
+    result_dir      TEXT,
+    pending_destinations TEXT NOT NULL DEFAULT '[]',
+    created_at      REAL NOT NULL,
+    started_at      REAL,
+    finished_at     REAL,
+    updated_at      REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, priority, id);
+CREATE INDEX IF NOT EXISTS jobs_series ON jobs (series_uid);
+
+CREATE TABLE IF NOT EXISTS job_events (
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id  INTEGER NOT NULL REFERENCES jobs (id),
+    at      REAL NOT NULL,
+    event   TEXT NOT NULL,
+    detail  TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS job_events_job ON job_events (job_id, id);
+"""
+
+
+class Database:
+    """A thread-safe SQLite connection with the node's schema applied.
+
+    ``synchronous=FULL`` makes a committed row durable before the DICOM
+    handler answers success, which is the promise the SCP makes.
+    """
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.RLock()
+        self._connection = sqlite3.connect(
+            path, check_same_thread=False, isolation_level=None, timeout=30.0
+        )
+        self._connection.row_factory = sqlite3.Row
+        self._connection.execute("PRAGMA journal_mode=WAL")
+        self._connection.execute("PRAGMA synchronous=FULL")
+        self._connection.execute("PRAGMA foreign_keys=ON")
+        # executescript commits on its own; the schema statements are idempotent.
+        self._connection.executescript(SCHEMA)
+        self._connection.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Cursor]:
+        """Run statements in one ``BEGIN IMMEDIATE`` transaction under the lock."""
+        with self._lock:
+            cursor = self._connection.cursor()
+            cursor.execute("BEGIN IMMEDIATE")
+            try:
+                yield cursor
+            except BaseException:
+                cursor.execute("ROLLBACK")
+                raise
+            else:
+                cursor.execute("COMMIT")
+            finally:
+                cursor.close()
+
+    def query(self, sql: str, parameters: tuple[object, ...] = ()) -> list[sqlite3.Row]:
+        """Run a read-only statement and return all rows."""
+        with self._lock:
+            return list(self._connection.execute(sql, parameters).fetchall())
+
+    def close(self) -> None:
+        with self._lock:
+            self._connection.close()

@@ -1,0 +1,159 @@
+"""Instances and series as the node has received them.
+
+Rows here are the ingest side's record: which instances are durable in the
+spool, and per series when the last one arrived, so completion can be
+decided by a query with an injected ``now`` instead of timers in memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from node.state.db import Database
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    """One durable instance in the spool."""
+
+    sop_uid: str
+    series_uid: str
+    study_uid: str
+    sop_class_uid: str
+    transfer_syntax: str
+    path: Path
+    size: int
+    modality: str = ""
+    calling_ae: str = ""
+    called_ae: str = ""
+
+
+@dataclass(frozen=True)
+class SeriesRow:
+    series_uid: str
+    study_uid: str
+    modality: str
+    calling_ae: str
+    called_ae: str
+    first_received: float
+    last_received: float
+    instance_count: int
+    state: str
+    completed_at: float | None
+    generation: int
+
+
+def _series(row: object) -> SeriesRow:
+    return SeriesRow(**dict(row))  # type: ignore[call-overload]
+
+
+class SeriesStore:
+    """Ingest bookkeeping on top of :class:`~node.state.db.Database`."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def has_instance(self, sop_uid: str) -> bool:
+        return bool(self._db.query("SELECT 1 FROM instances WHERE sop_uid = ?", (sop_uid,)))
+
+    def record_instance(self, record: InstanceRecord, now: float) -> tuple[bool, bool]:
+        """Record a durable instance.
+
+        Returns
+        -------
+        (added, reopened)
+            ``added`` is False when the SOP Instance UID was already known
+            (stored once); ``reopened`` is True when the instance arrived for
+            a series that had already completed.
+        """
+        with self._db.transaction() as cursor:
+            cursor.execute("SELECT 1 FROM instances WHERE sop_uid = ?", (record.sop_uid,))
+            if cursor.fetchone():
+                return False, False
+            cursor.execute("SELECT state FROM series WHERE series_uid = ?", (record.series_uid,))
+            existing = cursor.fetchone()
+            reopened = existing is not None and existing["state"] == "complete"
+            if existing is None:
+                cursor.execute(
+                    "INSERT INTO series (series_uid, study_uid, modality, calling_ae, called_ae,"
+                    " first_received, last_received, instance_count)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, 1)",
+                    (
+                        record.series_uid,
+                        record.study_uid,
+                        record.modality,
+                        record.calling_ae,
+                        record.called_ae,
+                        now,
+                        now,
+                    ),
+                )
+            else:
+                cursor.execute(
+                    "UPDATE series SET last_received = ?, instance_count = instance_count + 1,"
+                    " state = 'receiving', calling_ae = ?, called_ae = ?"
+                    " WHERE series_uid = ?",
+                    (now, record.calling_ae, record.called_ae, record.series_uid),
+                )
+            cursor.execute(
+                "INSERT INTO instances (sop_uid, series_uid, study_uid, sop_class_uid,"
+                " transfer_syntax, path, size, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.sop_uid,
+                    record.series_uid,
+                    record.study_uid,
+                    record.sop_class_uid,
+                    record.transfer_syntax,
+                    str(record.path),
+                    record.size,
+                    now,
+                ),
+            )
+            return True, reopened
+
+    def quiet_series(self, now: float, quiet_seconds: float) -> list[SeriesRow]:
+        """Series still receiving whose last instance is at least ``quiet_seconds`` old."""
+        rows = self._db.query(
+            "SELECT * FROM series WHERE state = 'receiving' AND last_received <= ?"
+            " ORDER BY last_received",
+            (now - quiet_seconds,),
+        )
+        return [_series(row) for row in rows]
+
+    def mark_complete(self, series_uid: str, now: float, quiet_seconds: float) -> SeriesRow | None:
+        """Mark a series complete if it is still quiet; return it with its new generation.
+
+        The check is repeated inside the transaction so an instance that
+        arrives between the query and this call keeps the series open.
+        """
+        with self._db.transaction() as cursor:
+            cursor.execute(
+                "UPDATE series SET state = 'complete', completed_at = ?,"
+                " generation = generation + 1"
+                " WHERE series_uid = ? AND state = 'receiving' AND last_received <= ?",
+                (now, series_uid, now - quiet_seconds),
+            )
+            if cursor.rowcount != 1:
+                return None
+            cursor.execute("SELECT * FROM series WHERE series_uid = ?", (series_uid,))
+            return _series(cursor.fetchone())
+
+    def force_complete(self, series_uid: str, now: float) -> SeriesRow | None:
+        """Complete a series now, whatever its quiet time."""
+        return self.mark_complete(series_uid, now, quiet_seconds=-1e18)
+
+    def series(self, series_uid: str) -> SeriesRow | None:
+        rows = self._db.query("SELECT * FROM series WHERE series_uid = ?", (series_uid,))
+        return _series(rows[0]) if rows else None
+
+    def all_series(self, limit: int = 500) -> list[SeriesRow]:
+        rows = self._db.query("SELECT * FROM series ORDER BY last_received DESC LIMIT ?", (limit,))
+        return [_series(row) for row in rows]
+
+    def instance_paths(self, series_uid: str) -> list[Path]:
+        rows = self._db.query(
+            "SELECT path FROM instances WHERE series_uid = ? ORDER BY received_at, sop_uid",
+            (series_uid,),
+        )
+        return [Path(row["path"]) for row in rows]
