@@ -1,0 +1,179 @@
+"""Run the benchmarks, print a table and optionally write JSON.
+
+Usage::
+
+    python -m benchmarks                       # ingest + end-to-end
+    python -m benchmarks --only ingest --count 300 --repeat 3
+    python -m benchmarks --only e2e --e2e-runs 2 --json var/bench.json
+
+Benchmarks measure; they assert nothing about speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+SECTIONS = ("ingest", "e2e")
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+    }
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except ImportError:
+        info["torch"] = None
+    for tool, args in (("Orthanc", ["--version"]), ("storescu", ["--version"])):
+        try:
+            out = subprocess.run([tool, *args], capture_output=True, text=True, timeout=10)
+            info[tool] = out.stdout.splitlines()[0].strip() if out.stdout else None
+        except (OSError, subprocess.SubprocessError):
+            info[tool] = None
+    return info
+
+
+def ingest_table(result: dict[str, Any]) -> list[str]:
+    lines = [
+        f"Ingest: {result['runs']} runs x {result['images_per_run']} instances "
+        f"({result['image']}, {result['file_kib']} KiB/file), "
+        f"storescu, max PDU {result['max_pdu']}",
+        f"  {'receiver':<16} {'median img/s':>12}   runs (img/s)",
+    ]
+    for key in ("baseline", "node"):
+        entry = result[key]
+        if "error" in entry:
+            first = entry["error"].splitlines()[0]
+            lines.append(f"  {'ainode SCP':<16} {'-':>12}   not measured: {first}")
+            continue
+        runs = ", ".join(f"{r:.0f}" for r in entry["images_per_s"])
+        lines.append(f"  {entry['receiver']:<16} {entry['median_images_per_s']:>12.1f}   {runs}")
+    if "ratio_node_over_baseline" in result:
+        lines.append(f"  node / baseline: {result['ratio_node_over_baseline']:.3f}")
+    return lines
+
+
+def e2e_table(result: dict[str, Any]) -> list[str]:
+    lines = [
+        f"End to end: {result['slices']}-slice {result['rows']}x{result['columns']} chest phantom, "
+        f"Orthanc -> node -> Orthanc, quiet period {result['quiet_seconds']} s "
+        f"(node start {result['node_start_s']} s)",
+        f"  {'run':<4} {'upload':>8} {'send':>8} {'results':>8} {'total':>8}   (seconds)",
+    ]
+    for index, run in enumerate(result["runs"]):
+        lines.append(
+            f"  {index:<4} {run['upload_to_orthanc_s']:>8.2f} {run['send_to_node_s']:>8.2f} "
+            f"{run['wait_for_results_s']:>8.2f} {run['total_s']:>8.2f}"
+        )
+    lines.append("  total = send + wait until SEG and SR are in Orthanc (upload not included)")
+    events = result.get("job_events") or []
+    if events:
+        lines.append("  node job events (seconds since the job's first event):")
+        first: dict[int, float] = {}
+        for event in events:
+            start = first.setdefault(event["job_id"], event["at"])
+            detail = f"  {event['detail']}" if event["detail"] else ""
+            lines.append(
+                f"    job {event['job_id']:<3} {event['at'] - start:8.2f}  {event['event']}{detail}"
+            )
+    return lines
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks", description="ainode ingest and end-to-end benchmarks"
+    )
+    parser.add_argument("--only", choices=SECTIONS, action="append", help="run only this section")
+    parser.add_argument("--count", type=int, default=300, help="instances per ingest run")
+    parser.add_argument("--repeat", type=int, default=3, help="ingest runs per receiver")
+    parser.add_argument("--e2e-runs", type=int, default=1, help="studies sent end to end")
+    parser.add_argument("--slices", type=int, default=100, help="phantom slices (e2e)")
+    parser.add_argument("--rows", type=int, default=256, help="phantom rows = columns (e2e)")
+    parser.add_argument(
+        "--quiet-seconds", type=float, default=2.0, help="node's series completion quiet period"
+    )
+    parser.add_argument("--json", type=Path, help="write the results as JSON here")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    sections = args.only or list(SECTIONS)
+    workdir = Path(tempfile.mkdtemp(prefix="ainode-bench-"))
+    report: dict[str, Any] = {
+        "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+    }
+    failed = False
+
+    def attempt(name: str, run: Callable[[], dict[str, Any]]) -> None:
+        nonlocal failed
+        print(f"running {name} ...", file=sys.stderr, flush=True)
+        try:
+            report[name] = run()
+        except Exception as exc:  # report and go on with the next section
+            failed = True
+            report[name] = {"error": f"{type(exc).__name__}: {exc}"}
+            traceback.print_exc()
+
+    try:
+        if "ingest" in sections:
+            from benchmarks.ingest import run_ingest
+
+            attempt("ingest", lambda: run_ingest(workdir / "ingest", args.count, args.repeat))
+        if "e2e" in sections:
+            from benchmarks.end_to_end import run_end_to_end
+
+            attempt(
+                "end_to_end",
+                lambda: run_end_to_end(
+                    runs=args.e2e_runs,
+                    slices=args.slices,
+                    rows=args.rows,
+                    quiet_seconds=args.quiet_seconds,
+                    workdir=workdir / "e2e",
+                ),
+            )
+    finally:
+        if args.keep:
+            print(f"work directory kept: {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    lines = [f"machine: {report['machine']['cpus']} CPUs, cuda={report['machine'].get('cuda')}"]
+    for key, render in (("ingest", ingest_table), ("end_to_end", e2e_table)):
+        if key not in report:
+            continue
+        if "error" in report[key]:
+            lines.append(f"{key}: FAILED {report[key]['error'].splitlines()[0]}")
+        else:
+            lines.extend(render(report[key]))
+    print("\n".join(lines))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {args.json}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
