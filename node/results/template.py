@@ -1,0 +1,462 @@
+"""Result templates: how a routine's label map and measurements become coded DICOM content.
+
+A template is a versioned YAML file in ``dicom_sr_templates/`` (see its README). It is
+parsed into strict pydantic models (unknown keys rejected), then checked against the
+DICOM code dictionaries shipped with pydicom: segment categories must come from
+CID 7150, segment types from CID 7151, type modifiers from CID 244 (laterality), and
+a SNOMED CT or DCM code whose value pydicom knows must carry the meaning DICOM gives
+it. Units are UCUM codes from :data:`UCUM_UNITS`. Any problem raises
+:class:`~node.errors.TemplateError` naming the file, the path inside it
+(``segments[1].type.value``) and the reason.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from highdicom.color import CIELabColor
+from highdicom.sr import CodedConcept
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydicom.sr.codedict import Collection
+
+import node
+from node.errors import TemplateError
+
+log = logging.getLogger(__name__)
+
+#: Environment variable that overrides the default template directory.
+TEMPLATE_DIR_ENV = "AINODE_TEMPLATE_DIR"
+#: The only template format this code reads.
+FORMAT_VERSION = 1
+
+#: UCUM units a template may use, with the code meaning written into DICOM.
+UCUM_UNITS: dict[str, str] = {
+    "cm3": "cubic centimeter",
+    "mm3": "cubic millimeter",
+    "mL": "milliliter",
+    "cm2": "square centimeter",
+    "mm2": "square millimeter",
+    "cm": "centimeter",
+    "mm": "millimeter",
+    "[hnsf'U]": "Hounsfield unit",
+    "%": "percent",
+    "1": "no units",
+    "g": "gram",
+    "g/cm3": "gram per cubic centimeter",
+    "s": "second",
+}
+
+# DICOM value representation limits used below.
+_SH_MAX = 16  # Code Value, Coding Scheme Designator
+_LONG_CODE_MAX = 64  # Long Code Value (UC; we keep it within 64 for readability)
+_LO_MAX = 64  # Code Meaning, labels, names, versions
+_SERIES_DESCRIPTION_BASE_MAX = 24  # leaves room for " SEG (rev NN, supersedes earlier)"
+_UID_PATTERN = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
+_CS_PATTERN = re.compile(r"^[A-Z0-9_ ]{1,16}$")
+_KEY_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
+
+# Context groups checked when a template loads.
+_CATEGORY_CID = 7150
+_TYPE_CID = 7151
+_LATERALITY_CID = 244
+
+
+class _Strict(BaseModel):
+    """Base of every template model: unknown keys and type coercion are errors."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+def _check_text(value: str, max_len: int) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    if len(value) > max_len:
+        raise ValueError(f"is {len(value)} characters, at most {max_len} allowed")
+    if "\\" in value:
+        raise ValueError("must not contain a backslash")
+    return value
+
+
+class CodeSpec(_Strict):
+    """A coded concept (code value, coding scheme designator, code meaning)."""
+
+    value: str
+    scheme: str
+    meaning: str
+    scheme_version: str | None = None
+
+    @field_validator("value")
+    @classmethod
+    def _value_fits(cls, value: str) -> str:
+        _check_text(value, _LONG_CODE_MAX)
+        if value != value.strip():
+            raise ValueError("must not have leading or trailing spaces")
+        return value
+
+    @field_validator("scheme")
+    @classmethod
+    def _scheme_fits(cls, value: str) -> str:
+        return _check_text(value, _SH_MAX)
+
+    @field_validator("meaning")
+    @classmethod
+    def _meaning_fits(cls, value: str) -> str:
+        return _check_text(value, _LO_MAX)
+
+    @property
+    def concept(self) -> CodedConcept:
+        """The code as a highdicom concept (long values go to Long Code Value)."""
+        return CodedConcept(self.value, self.scheme, self.meaning, self.scheme_version)
+
+
+class AlgorithmSpec(_Strict):
+    """Identity of the routine that produced the results."""
+
+    name: str
+    version: str
+    family: CodeSpec
+    manufacturer: str
+    device_uid: str
+    source: str | None = None
+
+    @field_validator("name", "version", "manufacturer", "source")
+    @classmethod
+    def _lo(cls, value: str | None) -> str | None:
+        return None if value is None else _check_text(value, _LO_MAX)
+
+    @field_validator("device_uid")
+    @classmethod
+    def _uid(cls, value: str) -> str:
+        if len(value) > 64 or not _UID_PATTERN.match(value):
+            raise ValueError("is not a valid DICOM UID (digits and dots, at most 64 characters)")
+        return value
+
+
+class OutputSpec(_Strict):
+    """How output series are labelled."""
+
+    series_description: str
+    content_label: str
+
+    @field_validator("series_description")
+    @classmethod
+    def _description(cls, value: str) -> str:
+        return _check_text(value, _SERIES_DESCRIPTION_BASE_MAX)
+
+    @field_validator("content_label")
+    @classmethod
+    def _content_label(cls, value: str) -> str:
+        if not _CS_PATTERN.match(value):
+            raise ValueError("must be 1-16 characters of A-Z, 0-9, space or underscore")
+        return value
+
+
+_ColourComponent = Annotated[int, Field(ge=0, le=255)]
+
+
+class SegmentSpec(_Strict):
+    """One label value of the label map and how it is coded."""
+
+    label_value: Annotated[int, Field(ge=1, le=65535)]
+    label: str
+    tracking_id: str
+    category: CodeSpec
+    type: CodeSpec
+    type_modifier: CodeSpec | None = None
+    anatomic_region: CodeSpec | None = None
+    colour: Annotated[list[_ColourComponent], Field(min_length=3, max_length=3)]
+
+    @field_validator("label", "tracking_id")
+    @classmethod
+    def _lo(cls, value: str) -> str:
+        return _check_text(value, _LO_MAX)
+
+    @property
+    def display_colour(self) -> CIELabColor:
+        """The RGB colour converted to the CIELab value DICOM stores."""
+        red, green, blue = self.colour
+        return CIELabColor.from_rgb(red, green, blue)
+
+
+class MeasurementSpec(_Strict):
+    """A per-segment measurement: prediction key → coded concept and unit."""
+
+    key: str
+    concept: CodeSpec
+    unit: str
+    derivation: CodeSpec | None = None
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, value: str) -> str:
+        if not _KEY_PATTERN.match(value):
+            raise ValueError("must be lower-case letters, digits and underscores")
+        return value
+
+    @field_validator("unit")
+    @classmethod
+    def _unit(cls, value: str) -> str:
+        if value not in UCUM_UNITS:
+            known = ", ".join(sorted(UCUM_UNITS))
+            raise ValueError(f"unit {value!r} is not a known UCUM unit ({known})")
+        return value
+
+    @property
+    def unit_concept(self) -> CodedConcept:
+        return CodedConcept(self.unit, "UCUM", UCUM_UNITS[self.unit])
+
+
+class TemplateDocument(_Strict):
+    """The YAML document exactly as written (format version 1)."""
+
+    format_version: Literal[1]
+    name: str
+    description: str | None = None
+    algorithm: AlgorithmSpec
+    output: OutputSpec
+    procedure_reported: CodeSpec | None = None
+    segments: Annotated[list[SegmentSpec], Field(min_length=1)]
+    measurements: list[MeasurementSpec] = Field(default_factory=list)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _KEY_PATTERN.match(value):
+            raise ValueError("must be lower-case letters, digits and underscores")
+        return value
+
+
+@dataclass(frozen=True)
+class ResultTemplate:
+    """A validated template plus where it came from and the hash of its bytes.
+
+    Attributes
+    ----------
+    document
+        The parsed YAML.
+    path
+        The file it was read from.
+    sha256
+        SHA-256 (hex) of the file's bytes; recorded in every output.
+    """
+
+    document: TemplateDocument
+    path: Path
+    sha256: str
+
+    @property
+    def name(self) -> str:
+        return self.document.name
+
+    @property
+    def algorithm(self) -> AlgorithmSpec:
+        return self.document.algorithm
+
+    @property
+    def output(self) -> OutputSpec:
+        return self.document.output
+
+    @property
+    def segments(self) -> tuple[SegmentSpec, ...]:
+        return tuple(self.document.segments)
+
+    @property
+    def measurements(self) -> tuple[MeasurementSpec, ...]:
+        return tuple(self.document.measurements)
+
+    @property
+    def procedure_reported(self) -> CodeSpec | None:
+        return self.document.procedure_reported
+
+    def segment_number(self, label_value: int) -> int:
+        """DICOM segment number (1-based, template order) of a label value."""
+        for number, segment in enumerate(self.document.segments, start=1):
+            if segment.label_value == label_value:
+                return number
+        raise KeyError(label_value)
+
+    def measurement(self, key: str) -> MeasurementSpec:
+        for spec in self.document.measurements:
+            if spec.key == key:
+                return spec
+        raise KeyError(key)
+
+
+def default_template_dir() -> Path:
+    """``$AINODE_TEMPLATE_DIR`` if set, else the repository's ``dicom_sr_templates/``."""
+    override = os.environ.get(TEMPLATE_DIR_ENV)
+    if override:
+        return Path(override)
+    return Path(node.__file__).resolve().parents[1] / "dicom_sr_templates"
+
+
+def load_template_by_name(name: str, directory: Path | str | None = None) -> ResultTemplate:
+    """Load ``<directory>/<name>.yaml`` (directory defaults to :func:`default_template_dir`)."""
+    if not _KEY_PATTERN.match(name):
+        raise TemplateError(f"template name {name!r} is not a plain file stem")
+    base = Path(directory) if directory is not None else default_template_dir()
+    return load_template(base / f"{name}.yaml")
+
+
+def load_template(path: Path | str) -> ResultTemplate:
+    """Read, parse and validate one template file.
+
+    Raises
+    ------
+    TemplateError
+        When the file cannot be read, is not YAML, or fails validation; the
+        message is ``<file>: <path inside it>: <reason>``.
+    """
+    path = Path(path)
+    try:
+        content = path.read_bytes()
+    except OSError as exc:
+        raise TemplateError(f"{path}: cannot read template: {exc.strerror or exc}") from exc
+    try:
+        raw: Any = yaml.safe_load(content)
+    except yaml.YAMLError as exc:
+        raise TemplateError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise TemplateError(f"{path}: (root): expected a mapping of keys")
+    if raw.get("format_version") != FORMAT_VERSION:
+        raise TemplateError(
+            f"{path}: format_version: expected {FORMAT_VERSION}, "
+            f"found {raw.get('format_version')!r}"
+        )
+    try:
+        document = TemplateDocument.model_validate(raw)
+    except ValidationError as exc:
+        reasons = "; ".join(_describe(error) for error in exc.errors())
+        raise TemplateError(f"{path}: {reasons}") from exc
+    problems = _semantic_problems(document)
+    if problems:
+        reasons = "; ".join(f"{where}: {reason}" for where, reason in problems)
+        raise TemplateError(f"{path}: {reasons}")
+    if document.name != path.stem:
+        log.warning("template name differs from file stem name=%s file=%s", document.name, path)
+    sha256 = hashlib.sha256(content).hexdigest()
+    log.debug("template loaded name=%s sha256=%s", document.name, sha256)
+    return ResultTemplate(document=document, path=path, sha256=sha256)
+
+
+def _format_loc(loc: tuple[int | str, ...]) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else part
+    return text or "(root)"
+
+
+def _describe(error: Any) -> str:
+    location = _format_loc(tuple(error["loc"]))
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        reason = "unknown key"
+    elif kind == "missing":
+        reason = "required key is missing"
+    else:
+        reason = str(error["msg"]).removeprefix("Value error, ")
+    return f"{location}: {reason}"
+
+
+def _semantic_problems(document: TemplateDocument) -> list[tuple[str, str]]:
+    """Cross-field and terminology checks pydantic cannot express field by field."""
+    problems: list[tuple[str, str]] = []
+    _check_concept(document.algorithm.family, "algorithm.family", problems)
+    if document.procedure_reported is not None:
+        _check_concept(document.procedure_reported, "procedure_reported", problems)
+
+    segments = document.segments
+    problems += _duplicates([s.label_value for s in segments], "segments", "label_value")
+    problems += _duplicates([s.label for s in segments], "segments", "label")
+    problems += _duplicates([s.tracking_id for s in segments], "segments", "tracking_id")
+    for index, segment in enumerate(segments):
+        where = f"segments[{index}]"
+        _check_concept(segment.category, f"{where}.category", problems, cid=_CATEGORY_CID)
+        _check_concept(segment.type, f"{where}.type", problems, cid=_TYPE_CID)
+        if segment.type_modifier is not None:
+            _check_concept(
+                segment.type_modifier, f"{where}.type_modifier", problems, cid=_LATERALITY_CID
+            )
+        if segment.anatomic_region is not None:
+            _check_concept(segment.anatomic_region, f"{where}.anatomic_region", problems)
+
+    measurements = document.measurements
+    problems += _duplicates([m.key for m in measurements], "measurements", "key")
+    for index, measurement in enumerate(measurements):
+        where = f"measurements[{index}]"
+        _check_concept(measurement.concept, f"{where}.concept", problems)
+        if measurement.derivation is not None:
+            _check_concept(measurement.derivation, f"{where}.derivation", problems)
+    return problems
+
+
+def _duplicates(values: list[object], where: str, field_name: str) -> list[tuple[str, str]]:
+    first_index: dict[object, int] = {}
+    problems: list[tuple[str, str]] = []
+    for index, value in enumerate(values):
+        if value in first_index:
+            problems.append(
+                (
+                    f"{where}[{index}].{field_name}",
+                    f"duplicate {value!r} (also {where}[{first_index[value]}])",
+                )
+            )
+        else:
+            first_index[value] = index
+    return problems
+
+
+def _check_concept(
+    code: CodeSpec, where: str, problems: list[tuple[str, str]], cid: int | None = None
+) -> None:
+    """Check code length per scheme, meaning against pydicom's dictionary, CID membership."""
+    if len(code.value) > _SH_MAX and code.scheme in ("SCT", "DCM"):
+        problems.append((f"{where}.value", f"{code.scheme} code values are at most 16 characters"))
+    meanings = _known_meanings().get((code.scheme, code.value))
+    if meanings is not None and _normalise(code.meaning) not in {_normalise(m) for m in meanings}:
+        expected = " or ".join(repr(m) for m in sorted(meanings))
+        problems.append(
+            (
+                f"{where}.meaning",
+                f"{code.scheme} {code.value} means {expected}, not {code.meaning!r}",
+            )
+        )
+    if cid is not None and (code.scheme, code.value) not in _cid_members(cid):
+        problems.append(
+            (f"{where}.value", f"({code.scheme}, {code.value}) is not in DICOM CID {cid}")
+        )
+
+
+def _normalise(meaning: str) -> str:
+    return " ".join(meaning.split()).casefold()
+
+
+@functools.cache
+def _known_meanings() -> dict[tuple[str, str], frozenset[str]]:
+    """Meanings pydicom's dictionaries give each (scheme, value) of SCT and DCM.
+
+    LOINC is left out: DICOM uses several names for some LOINC codes (a procedure
+    and its report title share 24627-2).
+    """
+    table: dict[tuple[str, str], set[str]] = {}
+    for scheme in ("SCT", "DCM"):
+        for concept in Collection(scheme).concepts.values():
+            table.setdefault((scheme, concept.value), set()).add(concept.meaning)
+    return {key: frozenset(values) for key, values in table.items()}
+
+
+@functools.cache
+def _cid_members(cid: int) -> frozenset[tuple[str, str]]:
+    collection = Collection(f"CID{cid}")
+    return frozenset((c.scheme_designator, c.value) for c in collection.concepts.values())

@@ -1,0 +1,229 @@
+"""Result templates: the shipped one loads, broken ones are rejected with file, path and reason."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from node.errors import TemplateError
+from node.results.template import (
+    TEMPLATE_DIR_ENV,
+    default_template_dir,
+    load_template,
+    load_template_by_name,
+)
+
+SHIPPED = default_template_dir() / "ct_lungs.yaml"
+
+
+@pytest.fixture(scope="module")
+def shipped_document() -> dict[str, Any]:
+    return yaml.safe_load(SHIPPED.read_text())
+
+
+def write_variant(
+    directory: Path, document: dict[str, Any], change: Callable[[dict[str, Any]], None]
+) -> Path:
+    variant = copy.deepcopy(document)
+    change(variant)
+    path = directory / "ct_lungs.yaml"
+    path.write_text(yaml.safe_dump(variant, sort_keys=False))
+    return path
+
+
+def test_shipped_template_loads_with_its_codes():
+    template = load_template_by_name("ct_lungs")
+    assert template.path == SHIPPED
+    assert template.sha256 == hashlib.sha256(SHIPPED.read_bytes()).hexdigest()
+    assert template.algorithm.family.value == "123110"  # CID 7162 Artificial Intelligence
+    right, left = template.segments
+    assert (right.label_value, right.label) == (1, "Right lung")
+    assert (left.label_value, left.label) == (2, "Left lung")
+    assert right.category.value == left.category.value == "91723000"
+    assert right.type.value == left.type.value == "39607008"
+    assert right.type_modifier is not None and right.type_modifier.value == "24028007"
+    assert left.type_modifier is not None and left.type_modifier.value == "7771000"
+    volume = template.measurement("volume_cm3")
+    assert (volume.concept.value, volume.concept.scheme, volume.unit) == ("118565006", "SCT", "cm3")
+    mean = template.measurement("mean_hu")
+    assert (mean.concept.value, mean.concept.scheme) == ("112031", "DCM")
+    assert mean.derivation is not None and mean.derivation.value == "373098007"
+    assert mean.unit == "[hnsf'U]"
+    assert mean.unit_concept.CodeMeaning == "Hounsfield unit"
+    assert template.segment_number(2) == 2
+    # CIELab round trip of the display colour stays within one RGB step.
+    back = right.display_colour.to_rgb()
+    assert all(abs(a - b) <= 1 for a, b in zip(back, right.colour, strict=True))
+
+
+def test_template_hash_follows_file_bytes(tmp_path, shipped_document):
+    path = write_variant(tmp_path, shipped_document, lambda d: None)
+    first = load_template(path).sha256
+    path.write_text(path.read_text() + "# a comment changes the bytes\n")
+    second = load_template(path).sha256
+    assert first != second
+    assert second == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_directory_parameter_and_environment_override(tmp_path, shipped_document, monkeypatch):
+    write_variant(tmp_path, shipped_document, lambda d: d["segments"][0].update(label="R lung"))
+    assert load_template_by_name("ct_lungs", tmp_path).segments[0].label == "R lung"
+    monkeypatch.setenv(TEMPLATE_DIR_ENV, str(tmp_path))
+    assert load_template_by_name("ct_lungs").segments[0].label == "R lung"
+    with pytest.raises(TemplateError, match="cannot read template"):
+        load_template_by_name("no_such_template", tmp_path)
+    with pytest.raises(TemplateError, match="not a plain file stem"):
+        load_template_by_name("../ct_lungs", tmp_path)
+
+
+def _set(path: list[Any], value: Any) -> Callable[[dict[str, Any]], None]:
+    def change(document: dict[str, Any]) -> None:
+        target: Any = document
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value
+
+    return change
+
+
+def _delete(path: list[Any]) -> Callable[[dict[str, Any]], None]:
+    def change(document: dict[str, Any]) -> None:
+        target: Any = document
+        for key in path[:-1]:
+            target = target[key]
+        del target[path[-1]]
+
+    return change
+
+
+BROKEN = {
+    "unknown key": (
+        _set(["segments", 0, "colr"], [1, 2, 3]),
+        "segments[0].colr",
+        "unknown key",
+    ),
+    "unknown top-level key": (_set(["extra"], 1), "extra", "unknown key"),
+    "duplicate label": (
+        _set(["segments", 1, "label_value"], 1),
+        "segments[1].label_value",
+        "duplicate 1 (also segments[0])",
+    ),
+    "duplicate tracking id": (
+        _set(["segments", 1, "tracking_id"], "right-lung"),
+        "segments[1].tracking_id",
+        "duplicate",
+    ),
+    "label value zero": (
+        _set(["segments", 0, "label_value"], 0),
+        "segments[0].label_value",
+        "greater than or equal to 1",
+    ),
+    "bad unit": (
+        _set(["measurements", 0, "unit"], "cc"),
+        "measurements[0].unit",
+        "not a known UCUM unit",
+    ),
+    "bad colour": (
+        _set(["segments", 1, "colour"], [0, 300, 0]),
+        "segments[1].colour[1]",
+        "less than or equal to 255",
+    ),
+    "short colour": (
+        _set(["segments", 0, "colour"], [0, 3]),
+        "segments[0].colour",
+        "at least 3 items",
+    ),
+    "missing code": (
+        _delete(["segments", 1, "type"]),
+        "segments[1].type",
+        "required key is missing",
+    ),
+    "empty code value": (
+        _set(["segments", 1, "type", "value"], ""),
+        "segments[1].type.value",
+        "must not be empty",
+    ),
+    "unquoted code value": (
+        _set(["segments", 0, "type", "value"], 39607008),
+        "segments[0].type.value",
+        "valid string",
+    ),
+    "SNOMED value too long": (
+        _set(["segments", 0, "type", "value"], "3960800839607008399"),
+        "segments[0].type.value",
+        "at most 16 characters",
+    ),
+    "code value beyond long code value": (
+        _set(["measurements", 0, "concept", "value"], "9" * 65),
+        "measurements[0].concept.value",
+        "at most 64 allowed",
+    ),
+    "meaning does not match code": (
+        _set(["segments", 0, "type", "meaning"], "Liver"),
+        "segments[0].type.meaning",
+        "SCT 39607008 means 'Lung'",
+    ),
+    "category outside CID 7150": (
+        _set(["segments", 0, "category"], {"value": "39607008", "scheme": "SCT", "meaning": "Lung"}),
+        "segments[0].category.value",
+        "not in DICOM CID 7150",
+    ),
+    "modifier is not a laterality": (
+        _set(
+            ["segments", 1, "type_modifier"],
+            {"value": "91723000", "scheme": "SCT", "meaning": "Anatomical Structure"},
+        ),
+        "segments[1].type_modifier.value",
+        "not in DICOM CID 244",
+    ),
+    "duplicate measurement key": (
+        _set(["measurements", 1, "key"], "volume_cm3"),
+        "measurements[1].key",
+        "duplicate 'volume_cm3'",
+    ),
+    "bad device uid": (
+        _set(["algorithm", "device_uid"], "2.25.01"),
+        "algorithm.device_uid",
+        "not a valid DICOM UID",
+    ),
+    "version not a string": (
+        _set(["algorithm", "version"], 1.0),
+        "algorithm.version",
+        "valid string",
+    ),
+    "content label not CS": (
+        _set(["output", "content_label"], "lungs"),
+        "output.content_label",
+        "A-Z",
+    ),
+    "no segments": (_set(["segments"], []), "segments", "at least 1 item"),
+    "wrong format version": (_set(["format_version"], 2), "format_version", "expected 1"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_broken_template_is_rejected_with_file_path_and_reason(case, tmp_path, shipped_document):
+    change, where, reason = BROKEN[case]
+    path = write_variant(tmp_path, shipped_document, change)
+    with pytest.raises(TemplateError) as raised:
+        load_template(path)
+    message = str(raised.value)
+    assert message.startswith(f"{path}: "), message
+    assert f"{where}: " in message, message
+    assert reason in message, message
+
+
+def test_not_yaml_and_not_a_mapping(tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("segments: [unclosed\n")
+    with pytest.raises(TemplateError, match="not valid YAML"):
+        load_template(broken)
+    broken.write_text("- just\n- a list\n")
+    with pytest.raises(TemplateError, match=r"\(root\): expected a mapping"):
+        load_template(broken)
