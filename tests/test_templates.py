@@ -37,7 +37,7 @@ def write_variant(
     return path
 
 
-def test_shipped_template_loads_with_its_codes():
+def test_shipped_template_loads_with_its_codes() -> None:
     template = load_template_by_name("ct_lungs")
     assert template.path == SHIPPED
     assert template.sha256 == hashlib.sha256(SHIPPED.read_bytes()).hexdigest()
@@ -62,7 +62,9 @@ def test_shipped_template_loads_with_its_codes():
     assert all(abs(a - b) <= 1 for a, b in zip(back, right.colour, strict=True))
 
 
-def test_template_hash_follows_file_bytes(tmp_path, shipped_document):
+def test_template_hash_follows_file_bytes(
+    tmp_path: Path, shipped_document: dict[str, Any]
+) -> None:
     path = write_variant(tmp_path, shipped_document, lambda d: None)
     first = load_template(path).sha256
     path.write_text(path.read_text() + "# a comment changes the bytes\n")
@@ -71,7 +73,9 @@ def test_template_hash_follows_file_bytes(tmp_path, shipped_document):
     assert second == hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_directory_parameter_and_environment_override(tmp_path, shipped_document, monkeypatch):
+def test_directory_parameter_and_environment_override(
+    tmp_path: Path, shipped_document: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     write_variant(tmp_path, shipped_document, lambda d: d["segments"][0].update(label="R lung"))
     assert load_template_by_name("ct_lungs", tmp_path).segments[0].label == "R lung"
     monkeypatch.setenv(TEMPLATE_DIR_ENV, str(tmp_path))
@@ -170,7 +174,10 @@ BROKEN = {
         "SCT 39607008 means 'Lung'",
     ),
     "category outside CID 7150": (
-        _set(["segments", 0, "category"], {"value": "39607008", "scheme": "SCT", "meaning": "Lung"}),
+        _set(
+            ["segments", 0, "category"],
+            {"value": "39607008", "scheme": "SCT", "meaning": "Lung"},
+        ),
         "segments[0].category.value",
         "not in DICOM CID 7150",
     ),
@@ -208,7 +215,9 @@ BROKEN = {
 
 
 @pytest.mark.parametrize("case", sorted(BROKEN))
-def test_broken_template_is_rejected_with_file_path_and_reason(case, tmp_path, shipped_document):
+def test_broken_template_is_rejected_with_file_path_and_reason(
+    case: str, tmp_path: Path, shipped_document: dict[str, Any]
+) -> None:
     change, where, reason = BROKEN[case]
     path = write_variant(tmp_path, shipped_document, change)
     with pytest.raises(TemplateError) as raised:
@@ -219,7 +228,7 @@ def test_broken_template_is_rejected_with_file_path_and_reason(case, tmp_path, s
     assert reason in message, message
 
 
-def test_not_yaml_and_not_a_mapping(tmp_path):
+def test_not_yaml_and_not_a_mapping(tmp_path: Path) -> None:
     broken = tmp_path / "broken.yaml"
     broken.write_text("segments: [unclosed\n")
     with pytest.raises(TemplateError, match="not valid YAML"):
