@@ -211,9 +211,11 @@ def test_repository_dev_config_starts(tmp_path: Path) -> None:
 
 def test_failed_start_reports_log(tmp_path: Path) -> None:
     bad = OrthancServer(config_overrides={"StableAge": "soon"}, workdir=tmp_path)
-    with pytest.raises(RuntimeError, match=r"(?s)log tail.*StableAge"):
-        bad.start()
-    bad.stop()
+    try:
+        with pytest.raises(RuntimeError, match=r"(?s)log tail.*StableAge"):
+            bad.start()
+    finally:
+        bad.stop()
 
 
 def test_pydicom_reads_what_orthanc_stores(pacs: OrthancServer) -> None:
