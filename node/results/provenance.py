@@ -1,0 +1,77 @@
+"""Who made a result: algorithm identification and contributing equipment.
+
+Follows IHE AI Results (AIR): every output carries a Contributing Equipment item for
+the processing algorithm with purpose of reference (DCM 109102 "Processing
+Equipment": equipment that processed composite instances to create new ones), the
+manufacturer, Manufacturer's Model Name = algorithm name, Software Versions =
+algorithm version and Device UID. The SEG carries the Algorithm Identification
+Sequence, the SR the TID 4019 Algorithm Identification and a TID 1004 device observer.
+The template's name and SHA-256 are recorded as algorithm parameters everywhere.
+"""
+
+from __future__ import annotations
+
+import highdicom as hd
+from pydicom.sr.codedict import codes
+
+from node.results.template import ResultTemplate
+
+#: Purpose of reference of the algorithm's Contributing Equipment item.
+PROCESSING_EQUIPMENT = codes.DCM.ProcessingEquipment
+
+
+def algorithm_parameters(template: ResultTemplate) -> dict[str, str]:
+    """Parameters recorded with the algorithm identity: which template, which bytes."""
+    return {"template": template.name, "template_sha256": template.sha256}
+
+
+def seg_algorithm_identification(template: ResultTemplate) -> hd.AlgorithmIdentificationSequence:
+    """Algorithm Identification Sequence for SEG segments."""
+    algorithm = template.algorithm
+    return hd.AlgorithmIdentificationSequence(
+        name=algorithm.name,
+        family=algorithm.family.concept,
+        version=algorithm.version,
+        source=algorithm.source,
+        parameters=algorithm_parameters(template),
+    )
+
+
+def sr_algorithm_identification(template: ResultTemplate) -> hd.sr.AlgorithmIdentification:
+    """TID 4019 Algorithm Identification for SR measurement groups and measurements."""
+    return hd.sr.AlgorithmIdentification(
+        name=template.algorithm.name,
+        version=template.algorithm.version,
+        parameters=[f"{key}={value}" for key, value in algorithm_parameters(template).items()],
+    )
+
+
+def device_observer(template: ResultTemplate) -> hd.sr.DeviceObserverIdentifyingAttributes:
+    """TID 1004 device observer: the algorithm is the observer of every SR finding."""
+    algorithm = template.algorithm
+    return hd.sr.DeviceObserverIdentifyingAttributes(
+        uid=algorithm.device_uid,
+        name=algorithm.name,
+        manufacturer_name=algorithm.manufacturer,
+        model_name=algorithm.name,
+    )
+
+
+def processing_equipment(template: ResultTemplate) -> hd.ContributingEquipment:
+    """Contributing Equipment item for the processing algorithm (IHE AIR)."""
+    algorithm = template.algorithm
+    item = hd.ContributingEquipment(
+        manufacturer=algorithm.manufacturer,
+        purpose_of_reference=PROCESSING_EQUIPMENT,
+        manufacturer_model_name=algorithm.name,
+        software_versions=algorithm.version,
+        device_serial_number=algorithm.device_uid,
+        contribution_description=(
+            f"AI routine {algorithm.name} {algorithm.version}; result template "
+            f"{template.name} sha256={template.sha256}"
+        ),
+    )
+    # highdicom's constructor has no Device UID parameter; the attribute belongs to
+    # the Contributing Equipment Sequence item (PS3.3 C.12.1) and AIR requires it.
+    item.DeviceUID = algorithm.device_uid
+    return item
