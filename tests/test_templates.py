@@ -62,9 +62,7 @@ def test_shipped_template_loads_with_its_codes() -> None:
     assert all(abs(a - b) <= 1 for a, b in zip(back, right.colour, strict=True))
 
 
-def test_template_hash_follows_file_bytes(
-    tmp_path: Path, shipped_document: dict[str, Any]
-) -> None:
+def test_template_hash_follows_file_bytes(tmp_path: Path, shipped_document: dict[str, Any]) -> None:
     path = write_variant(tmp_path, shipped_document, lambda d: None)
     first = load_template(path).sha256
     path.write_text(path.read_text() + "# a comment changes the bytes\n")
