@@ -73,7 +73,8 @@ def send_with_storescu(files: list[Path], aet: str, port: int) -> float:
 
 
 def _count_dicom(directory: Path) -> int:
-    return sum(1 for p in directory.rglob("*") if p.is_file() and p.suffix in ("", ".dcm"))
+    """Files under ``directory`` (storescp names them ``CT.<SOP UID>``, the node ``<UID>.dcm``)."""
+    return sum(1 for p in directory.rglob("*") if p.is_file() and not p.name.endswith(".tmp"))
 
 
 def run_ingest(workdir: Path, count: int = 300, repeat: int = 3) -> dict[str, Any]:
