@@ -71,23 +71,34 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--quiet-seconds", type=float, default=3.0, help="node's series completion quiet period"
     )
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for results")
+    parser.add_argument(
+        "--work-dir", type=Path, default=DEMO_DIR, help="node config, log and data (recreated)"
+    )
+    parser.add_argument(
+        "--dicom-port", type=int, default=11112, help="node DICOM port if free (0: any free)"
+    )
+    parser.add_argument(
+        "--http-port", type=int, default=8080, help="node HTTP port if free (0: any free)"
+    )
     return parser.parse_args(argv)
 
 
 def _pick_port(preferred: int) -> int:
-    return preferred if port_is_free(preferred, "0.0.0.0") else free_port()
+    if preferred and port_is_free(preferred, "0.0.0.0"):
+        return preferred
+    return free_port()
 
 
-def node_config(pacs: dict[str, Any], quiet_seconds: float) -> dict[str, Any]:
-    """The demo node: ports 11112/8080 when free, results to ``pacs``, the chest rule."""
+def node_config(args: argparse.Namespace, pacs: dict[str, Any]) -> dict[str, Any]:
+    """The demo node: the requested ports when free, results to ``pacs``, the chest rule."""
     return {
         "node": {
             "ae_title": "AINODE",
-            "dicom_port": _pick_port(11112),
-            "http_port": _pick_port(8080),
-            "data_dir": str(DEMO_DIR / "data"),
+            "dicom_port": _pick_port(args.dicom_port),
+            "http_port": _pick_port(args.http_port),
+            "data_dir": str(args.work_dir.resolve() / "data"),
         },
-        "completion": {"series_quiet_seconds": quiet_seconds, "poll_seconds": 0.5},
+        "completion": {"series_quiet_seconds": args.quiet_seconds, "poll_seconds": 0.5},
         "destinations": {"pacs": pacs},
         "rules": [
             {
@@ -105,7 +116,7 @@ def node_config(pacs: dict[str, Any], quiet_seconds: float) -> dict[str, Any]:
 
 def _orthanc(stack: ExitStack, config: Path, timings: Timings) -> tuple[OrthancClient, bool]:
     """Reuse an Orthanc on the configured HTTP port, or start one; True when started."""
-    probe = OrthancServer(config_file=config, workdir=PROJECT_ROOT / "var")
+    probe = OrthancServer(config_file=config, workdir=config.resolve().parent.parent / "var")
     if probe.is_up():
         probe.close()
         client = stack.enter_context(_closing(OrthancClient(probe.url)))
@@ -133,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
         how = f"started from {args.orthanc_config}" if started_orthanc else "reused"
         print(f"Orthanc {system['Version']} AET {system['DicomAet']}:{system['DicomPort']} ({how})")
 
-        shutil.rmtree(DEMO_DIR, ignore_errors=True)
+        shutil.rmtree(args.work_dir, ignore_errors=True)
         destination = {
             "ae_title": system["DicomAet"],
             "host": LOCALHOST,
@@ -141,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
         }
         with timings.phase("start node"):
             node = stack.enter_context(
-                NodeProcess(node_config(destination, args.quiet_seconds), workdir=DEMO_DIR)
+                NodeProcess(node_config(args, destination), workdir=args.work_dir)
             )
         pacs.add_modality("ainode", node.ae_title, LOCALHOST, node.dicom_port)
         print(f"node AET {node.ae_title}:{node.dicom_port}, {node.url}, log {node.log_path}")
