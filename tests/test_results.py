@@ -20,6 +20,8 @@ from node.results import (
     ResultSet,
     ResultTemplate,
     build_results,
+    derive_uid,
+    instance_set_hash,
     load_template,
     load_template_by_name,
 )
@@ -461,3 +463,14 @@ def test_prediction_must_match_the_template(
         label_map = label_map.astype(np.float32)
     with pytest.raises(TemplateError, match=message.replace("[", r"\[").replace("]", r"\]")):
         build_results(case.volume, Prediction(label_map, measurements), template)
+
+
+def test_derived_uids_are_valid_and_keep_part_boundaries() -> None:
+    uid = derive_uid("ab", "c")
+    assert uid.startswith("2.25.") and len(uid) <= 64
+    assert pydicom.uid.UID(uid).is_valid
+    assert uid == derive_uid("ab", "c")
+    assert uid != derive_uid("a", "bc")
+    assert instance_set_hash(["2", "1", "1"]) == instance_set_hash(["1", "2"])
+    with pytest.raises(ValueError):
+        derive_uid()
