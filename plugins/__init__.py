@@ -1,0 +1,1 @@
+"""Inference routines, one sub-package per routine."""
