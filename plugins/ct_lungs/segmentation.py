@@ -269,7 +269,10 @@ def segment_lungs(hu: torch.Tensor, spacing: tuple[float, float, float]) -> Lung
     voxel_cm3 = ws[0] * ws[1] * ws[2] / 1000.0
 
     # Outside air and body, inside the box around everything denser than air.
-    tissue_box = _bounding_box(work > TISSUE_THRESHOLD_HU, margin=1)
+    tissue = work > TISSUE_THRESHOLD_HU
+    if not bool(tissue.any()):
+        raise LungsNotFoundError(f"nothing denser than {TISSUE_THRESHOLD_HU:g} HU in the volume")
+    tissue_box = _bounding_box(tissue, margin=1)
     air = work[tissue_box] < AIR_THRESHOLD_HU
     outside = touching_border(air, PLANAR_AXES)
     if not bool(outside.any()):
