@@ -20,6 +20,7 @@ from node.results import (
     ResultSet,
     ResultTemplate,
     build_results,
+    build_sr,
     derive_uid,
     instance_set_hash,
     load_template,
@@ -398,14 +399,31 @@ def test_revision_two_supersedes_the_first(
     assert again.sr.SOPInstanceUID == second.sr.SOPInstanceUID
 
 
-def test_an_sr_cannot_supersede_itself(case: Case, template: ResultTemplate) -> None:
+def test_same_input_again_rebuilds_the_same_sr_without_predecessor(
+    case: Case, template: ResultTemplate
+) -> None:
+    # The worker passes the previous SR; when the instances are the same (a re-sent
+    # series), that SR is this one: it must be re-created, not superseded by itself.
+    again = build_results(
+        case.volume,
+        case.prediction,
+        template,
+        revision=2,
+        predecessor_sr=case.results.sr_reference,
+    )
+    assert again.sr.SOPInstanceUID == case.results.sr.SOPInstanceUID
+    assert "PredecessorDocumentsSequence" not in again.sr
     with pytest.raises(ValueError, match="cannot supersede itself"):
-        build_results(
+        build_sr(
             case.volume,
             case.prediction,
             template,
+            case.results.seg,
+            series_instance_uid=case.results.uids.sr_series,
+            sop_instance_uid=case.results.uids.sr_instance,
+            series_number=SR_SERIES_NUMBER,
             revision=2,
-            predecessor_sr=case.results.sr_reference,
+            predecessor=case.results.sr_reference,
         )
     with pytest.raises(ValueError, match="revision"):
         build_results(case.volume, case.prediction, template, revision=0)

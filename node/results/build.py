@@ -83,14 +83,16 @@ def build_results(
         series changed and results are sent again.
     predecessor_sr
         The SR of the previous revision (a :class:`SOPReference` or the dataset);
-        the new SR lists it in PredecessorDocumentsSequence.
+        the new SR lists it in PredecessorDocumentsSequence. If it is the very SR this
+        input produces (the same instances were received again), it is not recorded:
+        the objects come out with the same UIDs as before and replace them on re-send.
 
     Raises
     ------
     TemplateError
         The prediction does not match the template.
     ValueError
-        ``revision`` < 1, or ``predecessor_sr`` is the SR this input produces.
+        ``revision`` < 1.
     """
     if revision < 1:
         raise ValueError(f"revision must be at least 1, got {revision}")
@@ -100,6 +102,12 @@ def build_results(
         else predecessor_sr
     )
     uids = ResultUIDs.for_volume(volume, template)
+    if predecessor is not None and predecessor.sop_instance_uid == uids.sr_instance:
+        log.info(
+            "predecessor is this input's own SR, rebuilding the same objects sr_uid=%s",
+            uids.sr_instance,
+        )
+        predecessor = None
     tracking_uids = {s.label_value: uids.tracking_uid(s.label_value) for s in template.segments}
     seg = build_seg(
         volume,
