@@ -54,8 +54,6 @@ def segment_numbers_map(
             f"template {template.name}: label map holds label values {unknown} that the "
             f"template does not declare (declared: {sorted(declared)})"
         )
-    if int(label_map.min(initial=0)) < 0:
-        raise TemplateError(f"template {template.name}: label map holds negative values")
     dtype = np.uint8 if len(template.segments) < 256 else np.uint16
     lookup = np.zeros(max(declared) + 1, dtype=dtype)
     for number, segment in enumerate(template.segments, start=1):
