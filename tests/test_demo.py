@@ -47,6 +47,9 @@ def test_demo_runs_the_whole_loop(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert f"SEG series    {base}#series?uuid=" in out
     assert f"SR series     {base}#series?uuid=" in out
     assert "send + results (end to end)" in out
+    volumes = [line.split() for line in out.splitlines() if "Volume" in line]
+    assert [v[0] for v in volumes] == ["right-lung", "left-lung"]
+    assert all(v[-1] == "cm3" and float(v[-2]) > 0 for v in volumes)
     # The demo stopped the Orthanc it started; its storage stays next to the config.
     assert not http_ok(f"http://127.0.0.1:{settings['HttpPort']}/system")
     assert (tmp_path / "var" / "orthanc").is_dir()

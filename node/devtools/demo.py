@@ -22,11 +22,13 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from types import FrameType
 from typing import Any
+
+import pydicom
 
 from node.devtools.net import LOCALHOST, free_port, port_is_free
 from node.devtools.node_process import PROJECT_ROOT, NodeProcess, NodeStartError
@@ -55,6 +57,33 @@ class Timings:
 
     def seconds(self, name: str) -> float:
         return dict(self.phases)[name]
+
+
+def sr_measurements(sr: pydicom.Dataset) -> list[tuple[str, str, float, str]]:
+    """``(tracking identifier, concept, value, unit)`` of each measurement group's NUM items."""
+    found: list[tuple[str, str, float, str]] = []
+
+    def meaning(item: pydicom.Dataset) -> str:
+        names = item.get("ConceptNameCodeSequence")
+        return str(names[0].CodeMeaning) if names else ""
+
+    def walk(items: Sequence[pydicom.Dataset]) -> None:
+        for item in items:
+            children = item.get("ContentSequence") or []
+            tracking = next(
+                (str(c.TextValue) for c in children if meaning(c) == "Tracking Identifier"), None
+            )
+            if tracking is not None:
+                for child in children:
+                    if child.ValueType == "NUM" and child.get("MeasuredValueSequence"):
+                        value = child.MeasuredValueSequence[0]
+                        unit = str(value.MeasurementUnitsCodeSequence[0].CodeValue)
+                        found.append((tracking, meaning(child), float(value.NumericValue), unit))
+            elif children:
+                walk(children)
+
+    walk(sr.get("ContentSequence") or [])
+    return found
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -190,9 +219,12 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{label:<13} {pacs.explorer_url('series', series['ID'])}")
         print(f"Node results  {node.results_dir}")
         print(
-            f"Phantom truth: right lung {truth.right_lung_cm3:.1f} cm3, "
-            f"left lung {truth.left_lung_cm3:.1f} cm3"
+            f"\nPhantom truth: right lung {truth.right_lung_cm3:.1f} cm3, "
+            f"left lung {truth.left_lung_cm3:.1f} cm3. The SR says:"
         )
+        sr_instance = pacs.instances(found["SR"][0]["ID"])[0]["ID"]
+        for tracking, concept, value, unit in sr_measurements(pacs.instance_dataset(sr_instance)):
+            print(f"  {tracking:<14} {concept:<24} {value:10.1f} {unit}")
         print("\nTimings (seconds)")
         for name, seconds in timings.phases:
             print(f"  {name:<32} {seconds:8.2f}")
