@@ -8,6 +8,7 @@ leaves a partial instance under its final name.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -61,6 +62,7 @@ class Spool:
             finally:
                 os.close(directory)
         except OSError as exc:
-            temporary.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                temporary.unlink(missing_ok=True)
             raise SpoolError(f"cannot write {final.name}: {exc.strerror or exc}") from exc
         return final

@@ -168,7 +168,10 @@ def _vessels(
     center = np.asarray(lung.center_mm)
     axes = np.asarray(lung.semi_axes_mm)
     min_axis = float(axes.min())
-    while len(spheres) < count:
+    # Bounded: a small lung may not fit ``count`` spheres; fewer vessels is fine.
+    for _ in range(200 * count):
+        if len(spheres) >= count:
+            break
         radius = float(rng.uniform(3.0, 6.0))
         # Normalised radius rho of the centre; the ball fits if rho + r/min_axis <= 1.
         direction = rng.normal(size=3)

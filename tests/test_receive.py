@@ -1,0 +1,165 @@
+"""The DICOM listener against real clients: dcmtk storescu/echoscu and a pynetdicom SCU."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pydicom
+import pytest
+from pynetdicom import AE, build_context
+
+from node.config import NodeSettings
+from node.dicom import status
+from node.dicom.scp import StorageSCP
+from node.ingest import Ingestor
+from node.spool import Spool
+from node.state.series import SeriesStore
+from node.synthetic.chest_ct import make_chest_ct, write_series
+from tests.support.net import free_port
+
+DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+
+@pytest.fixture
+def series_files(tmp_path_factory) -> list[Path]:
+    datasets, _ = make_chest_ct(n_slices=20, rows=64, columns=64, seed=3)
+    return write_series(datasets, tmp_path_factory.mktemp("series"))
+
+
+def dataset_bytes(path: Path) -> bytes:
+    """The encoded data set after the preamble and file meta group."""
+    meta = pydicom.dcmread(path, stop_before_pixels=True).file_meta
+    return path.read_bytes()[132 + 12 + int(meta.FileMetaInformationGroupLength) :]
+
+
+class Listener:
+    def __init__(self, root: Path, database, clock, min_free_bytes: int = 0) -> None:
+        self.port = free_port()
+        self.spool = Spool(root / "spool")
+        self.store = SeriesStore(database)
+        ingestor = Ingestor(self.spool, self.store, clock=clock, min_free_bytes=min_free_bytes)
+        settings = NodeSettings(ae_title="AINODE", dicom_port=self.port, bind_address="127.0.0.1")
+        self.scp = StorageSCP(settings, ingestor)
+
+    def spooled(self) -> list[Path]:
+        return sorted(p for p in self.spool.root.rglob("*") if p.is_file())
+
+
+@pytest.fixture
+def listener(tmp_path, database, clock):
+    node = Listener(tmp_path, database, clock)
+    node.scp.start()
+    yield node
+    node.scp.stop()
+
+
+def storescu(port: int, files: list[Path]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["storescu", "-aet", "SCANNER", "-aec", "AINODE", "127.0.0.1", str(port), *map(str, files)],
+        env=DCMTK_ENV,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_echoscu(listener):
+    result = subprocess.run(
+        ["echoscu", "-aec", "AINODE", "127.0.0.1", str(listener.port)],
+        env=DCMTK_ENV,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_storescu_series_is_spooled_byte_for_byte(listener, series_files):
+    result = storescu(listener.port, series_files)
+    assert result.returncode == 0, result.stderr
+    spooled = listener.spooled()
+    assert len(spooled) == len(series_files)
+    first = pydicom.dcmread(series_files[0])
+    expected = listener.spool.path_for(
+        first.StudyInstanceUID, first.SeriesInstanceUID, first.SOPInstanceUID
+    )
+    assert expected in spooled
+    # Written as received: the data set bytes after the file meta are identical.
+    assert dataset_bytes(series_files[0]) == dataset_bytes(expected)
+    row = listener.store.series(first.SeriesInstanceUID)
+    assert row.instance_count == len(series_files)
+    assert (row.calling_ae, row.called_ae, row.modality) == ("SCANNER", "AINODE", "CT")
+    assert not list(listener.spool.root.rglob("*.tmp"))
+
+
+def test_same_instance_twice_is_stored_once(listener, series_files):
+    assert storescu(listener.port, series_files[:2]).returncode == 0
+    assert storescu(listener.port, series_files[:2]).returncode == 0
+    assert len(listener.spooled()) == 2
+    series_uid = pydicom.dcmread(series_files[0]).SeriesInstanceUID
+    assert listener.store.series(series_uid).instance_count == 2
+    assert listener.scp.counts["duplicates"] == 2
+
+
+def corrupt_copy(source: Path, target: Path) -> Path:
+    """The same file cut off in the middle of its header (after the file meta)."""
+    data = source.read_bytes()
+    meta_end = data.index(b"\x08\x00\x05\x00")  # (0008,0005) starts the data set
+    target.write_bytes(data[: meta_end + 200])
+    return target
+
+
+def send_with_pynetdicom(port: int, files: list[Path]) -> list[int]:
+    ae = AE(ae_title="SCANNER")
+    ae.requested_contexts = [
+        build_context("1.2.840.10008.5.1.4.1.1.2", ["1.2.840.10008.1.2.1"])
+    ]
+    assoc = ae.associate("127.0.0.1", port, ae_title="AINODE")
+    assert assoc.is_established
+    try:
+        return [int(assoc.send_c_store(path).Status) for path in files]
+    finally:
+        assoc.release()
+
+
+def test_corrupt_instance_mid_association(listener, series_files, tmp_path, caplog):
+    corrupt = corrupt_copy(series_files[2], tmp_path / "corrupt.dcm")
+    corrupt_uid = pydicom.dcmread(series_files[2], stop_before_pixels=True).SOPInstanceUID
+    files = [*series_files[:2], corrupt, *series_files[3:]]
+    with caplog.at_level(logging.WARNING, logger="node.dicom.scp"):
+        statuses = send_with_pynetdicom(listener.port, files)
+    assert statuses[2] in (status.CANNOT_UNDERSTAND, status.MISSING_IDENTIFIER)
+    assert [s for i, s in enumerate(statuses) if i != 2] == [0] * (len(files) - 1)
+    assert any(corrupt_uid in r.getMessage() and "refused" in r.getMessage() for r in caplog.records)
+    spooled_names = {p.name for p in listener.spooled()}
+    assert f"{corrupt_uid}.dcm" not in spooled_names
+    assert len(spooled_names) == len(series_files) - 1
+
+
+def test_low_disk_space_refuses_with_out_of_resources(tmp_path, database, clock, series_files):
+    node = Listener(tmp_path, database, clock, min_free_bytes=2**62)
+    node.scp.start()
+    try:
+        statuses = send_with_pynetdicom(node.port, series_files[:1])
+    finally:
+        node.scp.stop()
+    assert statuses == [status.OUT_OF_RESOURCES]
+    assert node.spooled() == []
+
+
+def test_failed_write_returns_a700_and_leaves_no_partial_file(listener, series_files):
+    first = pydicom.dcmread(series_files[0], stop_before_pixels=True)
+    blocker = listener.spool.root / first.StudyInstanceUID
+    blocker.write_text("a file where the study directory should be")
+    statuses = send_with_pynetdicom(listener.port, series_files[:1])
+    assert statuses == [status.OUT_OF_RESOURCES]
+    assert [p for p in listener.spooled() if p != blocker] == []
+    assert listener.store.series(first.SeriesInstanceUID) is None
+
+
+def test_dcmtk_is_installed():
+    assert shutil.which("storescu") and shutil.which("echoscu")
