@@ -28,7 +28,7 @@ class CompletionMonitor:
         *,
         quiet_seconds: float,
         clock: Callable[[], float],
-        on_complete: Callable[[SeriesRow], None],
+        on_complete: Callable[[SeriesRow], object],
     ) -> None:
         self._series = series
         self._quiet_seconds = quiet_seconds

@@ -96,6 +96,8 @@ class WorkerSettings(_Strict):
 
     #: ``auto`` picks the first CUDA device when there is one, else the CPU.
     device: Literal["auto", "cpu", "cuda"] | str = "auto"
+    #: Threads for CPU inference; 0 picks ``cores - 1`` (at least 1) so receiving keeps a core.
+    cpu_threads: int = Field(0, ge=0)
     #: Seconds a job may run before it is failed.
     job_timeout_seconds: float = Field(1800.0, gt=0)
 

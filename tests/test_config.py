@@ -57,17 +57,25 @@ def test_ainode_config_variable_names_the_file(tmp_path):
 @pytest.mark.parametrize(
     ("mutation", "expected"),
     [
-        (("completion: {series_quiet_seconds: 10}", "completion: {series_quiet: 10}"),
-         "completion.series_quiet: unknown key"),
+        (
+            ("completion: {series_quiet_seconds: 10}", "completion: {series_quiet: 10}"),
+            "completion.series_quiet: unknown key",
+        ),
         (("dicom_port: 11112", "dicom_port: eleven"), "node.dicom_port"),
-        (("send_to: [pacs]", "send_to: [archive]"),
-         "rules[0].send_to: unknown destination 'archive'"),
-        (('{regex: "(?i)chest|thorax|lung"}', '{regex: "(unclosed"}'),
-         "match.SeriesDescription.regex: invalid regular expression"),
+        (
+            ("send_to: [pacs]", "send_to: [archive]"),
+            "rules[0].send_to: unknown destination 'archive'",
+        ),
+        (
+            ('{regex: "(?i)chest|thorax|lung"}', '{regex: "(unclosed"}'),
+            "match.SeriesDescription.regex: invalid regular expression",
+        ),
         (("Modality: CT", "Modalty: CT"), "'Modalty' is not a DICOM keyword"),
         (("port: 4242", "port: 70000"), "destinations.pacs.port"),
-        (("ae_title: ORTHANC", "ae_title: THIS_AE_TITLE_IS_TOO_LONG"),
-         "destinations.pacs.ae_title"),
+        (
+            ("ae_title: ORTHANC", "ae_title: THIS_AE_TITLE_IS_TOO_LONG"),
+            "destinations.pacs.ae_title",
+        ),
     ],
 )
 def test_bad_config_names_file_key_and_reason(tmp_path, mutation, expected):

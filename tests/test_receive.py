@@ -115,9 +115,7 @@ def corrupt_copy(source: Path, target: Path) -> Path:
 
 def send_with_pynetdicom(port: int, files: list[Path]) -> list[int]:
     ae = AE(ae_title="SCANNER")
-    ae.requested_contexts = [
-        build_context("1.2.840.10008.5.1.4.1.1.2", ["1.2.840.10008.1.2.1"])
-    ]
+    ae.requested_contexts = [build_context("1.2.840.10008.5.1.4.1.1.2", ["1.2.840.10008.1.2.1"])]
     assoc = ae.associate("127.0.0.1", port, ae_title="AINODE")
     assert assoc.is_established
     try:
@@ -134,7 +132,9 @@ def test_corrupt_instance_mid_association(listener, series_files, tmp_path, capl
         statuses = send_with_pynetdicom(listener.port, files)
     assert statuses[2] in (status.CANNOT_UNDERSTAND, status.MISSING_IDENTIFIER)
     assert [s for i, s in enumerate(statuses) if i != 2] == [0] * (len(files) - 1)
-    assert any(corrupt_uid in r.getMessage() and "refused" in r.getMessage() for r in caplog.records)
+    assert any(
+        corrupt_uid in r.getMessage() and "refused" in r.getMessage() for r in caplog.records
+    )
     spooled_names = {p.name for p in listener.spooled()}
     assert f"{corrupt_uid}.dcm" not in spooled_names
     assert len(spooled_names) == len(series_files) - 1

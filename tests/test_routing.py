@@ -85,7 +85,9 @@ def test_all_matching_rules_fire_in_order_and_disabled_rules_do_not():
 
 
 def test_evaluate_explains_failures():
-    outcome = evaluate("r", parse_conditions({"Modality": "MR", "BodyPartExamined": "CHEST"}), header())
+    outcome = evaluate(
+        "r", parse_conditions({"Modality": "MR", "BodyPartExamined": "CHEST"}), header()
+    )
     assert not outcome.matched
     assert outcome.failed == ("Modality equals 'MR'",)
 

@@ -39,7 +39,7 @@ class Volume:
         Voxel spacing in mm as ``(slice, row, column)``; slice spacing is the
         distance between consecutive slice positions along the normal.
     affine
-        4×4 matrix mapping voxel index ``(column, row, slice, 1)`` to patient
+        4x4 matrix mapping voxel index ``(column, row, slice, 1)`` to patient
         coordinates (LPS, mm), as in DICOM.
     datasets
         Source headers (pixel data removed) in volume order: ``datasets[k]`` is
@@ -136,7 +136,9 @@ def assemble_volume(datasets: Iterable[Dataset]) -> Volume:
         raise VolumeError("series mixes pixel spacings")
 
     normal = _slice_normal(orientation)
-    positions = [float(np.dot(normal, [float(v) for v in ds.ImagePositionPatient])) for ds in images]
+    positions = [
+        float(np.dot(normal, [float(v) for v in ds.ImagePositionPatient])) for ds in images
+    ]
     order = np.argsort(positions, kind="stable")
     images = [images[i] for i in order]
     sorted_positions = np.asarray([positions[i] for i in order])

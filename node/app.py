@@ -1,0 +1,141 @@
+"""Wiring: one :class:`Node` owns every box and starts/stops them in order.
+
+Start order: state → plugins → DICOM listener → completion timer →
+workers → exporter. Stop is the reverse, so nothing new is accepted while
+work in flight finishes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from node.completion import CompletionMonitor
+from node.config import Settings, check_plugins_known
+from node.dicom.scp import StorageSCP
+from node.dispatch import Dispatcher
+from node.export.exporter import Exporter
+from node.ingest import Ingestor
+from node.jobs.queue import JobQueue
+from node.runtime.registry import PluginRegistry, select_device
+from node.runtime.worker import InferenceWorker
+from node.spool import Spool
+from node.state.db import Database
+from node.state.series import SeriesStore
+
+log = logging.getLogger(__name__)
+
+
+class Node:
+    """The whole service minus HTTP (see :mod:`node.api`)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        source: str = "<config>",
+        clock: Callable[[], float] = time.time,
+        registry: PluginRegistry | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.registry = registry or PluginRegistry.discover()
+        check_plugins_known(
+            settings, self.registry.names | set(self.registry.errors), source=source
+        )
+        data_dir = settings.node.data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.db = Database(settings.database_path)
+        self.series = SeriesStore(self.db)
+        self.queue = JobQueue(self.db)
+        self.spool = Spool(settings.spool_dir)
+        self.ingestor = Ingestor(
+            self.spool,
+            self.series,
+            clock=clock,
+            min_free_bytes=settings.node.min_free_disk_mb * 1024 * 1024,
+        )
+        self.scp = StorageSCP(settings.node, self.ingestor)
+        self.device = select_device(settings.workers.device)
+        if self.device.type == "cpu":
+            threads = settings.workers.cpu_threads or max(1, (os.cpu_count() or 1) - 1)
+            torch.set_num_threads(threads)
+        self.exporter = Exporter(
+            self.queue,
+            lambda: self.settings.destinations,
+            calling_ae=settings.node.ae_title,
+            clock=clock,
+        )
+        self.worker = InferenceWorker(
+            self.queue,
+            self.series,
+            self.registry,
+            device=self.device,
+            results_dir=settings.results_dir,
+            templates_dir=settings.templates_dir,
+            clock=clock,
+            on_results=self.exporter.wake,
+        )
+        self.dispatcher = Dispatcher(
+            self.series,
+            self.queue,
+            lambda: self.settings.rules,
+            clock=clock,
+            on_enqueued=self.worker.wake,
+        )
+        self.completion = CompletionMonitor(
+            self.series,
+            quiet_seconds=settings.completion.series_quiet_seconds,
+            clock=clock,
+            on_complete=self.dispatcher.dispatch,
+        )
+        self._scheduler: BackgroundScheduler | None = None
+
+    @property
+    def results_dir(self) -> Path:
+        return self.settings.results_dir
+
+    def start(self) -> None:
+        requeued = self.queue.requeue_interrupted(self.clock())
+        if requeued:
+            log.info("jobs re-queued after restart job_ids=%s", ",".join(map(str, requeued)))
+        self.scp.start()
+        scheduler = BackgroundScheduler(daemon=True)
+        scheduler.add_job(
+            self.completion.poll,
+            "interval",
+            seconds=self.settings.completion.poll_seconds,
+            id="series-completion",
+            max_instances=1,
+            coalesce=True,
+        )
+        scheduler.start()
+        self._scheduler = scheduler
+        self.worker.start()
+        self.exporter.start()
+        if not self.settings.destinations or not any(r.send_to for r in self.settings.rules):
+            log.info("no destination configured: results stay in %s", self.results_dir.resolve())
+        log.info(
+            "node started ae_title=%s dicom_port=%d device=%s plugins=%s data_dir=%s",
+            self.settings.node.ae_title,
+            self.settings.node.dicom_port,
+            self.device,
+            ",".join(sorted(self.registry.names)) or "none",
+            self.settings.node.data_dir.resolve(),
+        )
+
+    def stop(self) -> None:
+        self.scp.stop()
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
+            self._scheduler = None
+        self.worker.stop()
+        self.exporter.stop()
+        self.db.close()
+        log.info("node stopped")
