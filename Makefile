@@ -1,0 +1,65 @@
+# Two entry points do all set-up on a fresh Debian machine (run as root, or with sudo for apt):
+#   make run   - create .venv, install the node, start it with embedded defaults
+#   make test  - create .venv with dev extras, install the Debian tools the tests use, run
+#                ruff, mypy and the whole pytest suite (slow end-to-end tests included)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# torch is pinned in pyproject.toml and named again here so pip resolves it together
+# with monai in one command (and takes the cached CPU wheel, not a CUDA build).
+TORCH := torch==2.13.0
+RUN_DEBS := dcmtk
+TEST_DEBS := orthanc orthanc-dicomweb orthanc-python dcmtk
+APT_GET := $(shell [ "$$(id -u)" = 0 ] || echo sudo) env DEBIAN_FRONTEND=noninteractive apt-get
+
+.PHONY: run test lint demo bench debs-run debs-test clean
+
+# Install only the Debian packages that are missing.
+define apt_install
+	@missing=""; for pkg in $(1); do dpkg -s $$pkg >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		$(APT_GET) update -qq && $(APT_GET) install -y -qq --no-install-recommends $$missing; \
+	fi
+endef
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || \
+		{ $(APT_GET) update -qq && $(APT_GET) install -y -qq python3-venv; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed-run: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q $(TORCH) -e .
+	@touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q $(TORCH) -e '.[dev]'
+	@touch $@ $(VENV)/.installed-run
+
+debs-run:
+	$(call apt_install,$(RUN_DEBS))
+
+debs-test:
+	$(call apt_install,$(TEST_DEBS))
+
+run: $(VENV)/.installed-run debs-run
+	TCP_NODELAY=1 $(BIN)/ainode serve $(if $(CONFIG),--config $(CONFIG))
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: $(VENV)/.installed-dev debs-test lint
+	TCP_NODELAY=1 $(BIN)/pytest
+
+demo: $(VENV)/.installed-run debs-test
+	TCP_NODELAY=1 $(BIN)/python -m node.devtools.demo
+
+bench: $(VENV)/.installed-dev debs-test
+	TCP_NODELAY=1 $(BIN)/python -m benchmarks
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache
