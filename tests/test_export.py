@@ -1,0 +1,144 @@
+"""Export to a real DICOM peer (dcmtk storescp), with retries driven by an injected clock."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from node.config import DestinationSettings
+from node.errors import ExportError
+from node.export.dimse import echo, send_files
+from node.export.exporter import Exporter, retry_delay
+from node.jobs.queue import JobQueue
+from node.synthetic.chest_ct import make_chest_ct, write_series
+from tests.support.net import free_port, port_is_free, wait_until
+
+
+@pytest.fixture(scope="module")
+def result_files(tmp_path_factory) -> list[Path]:
+    datasets, _ = make_chest_ct(n_slices=20, rows=64, columns=64, seed=5)
+    return write_series(datasets[:3], tmp_path_factory.mktemp("results"))
+
+
+class StoreSCP:
+    """dcmtk storescp on a port, writing what it receives into a directory."""
+
+    def __init__(self, port: int, directory: Path) -> None:
+        self.port, self.directory = port, directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            ["storescp", "-aet", "PACS", "-od", str(directory), str(port)],
+            env={**os.environ, "TCP_NODELAY": "1"},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_until(lambda: not port_is_free(port), 10, message="storescp listening")
+
+    def received(self) -> list[Path]:
+        return sorted(self.directory.iterdir())
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+@pytest.fixture
+def port() -> int:
+    return free_port()
+
+
+@pytest.fixture
+def storescp_factory(tmp_path) -> Iterator:
+    started: list[StoreSCP] = []
+
+    def start(port: int) -> StoreSCP:
+        started.append(StoreSCP(port, tmp_path / f"received-{len(started)}"))
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def destination(port: int, **overrides) -> DestinationSettings:
+    values = {"ae_title": "PACS", "host": "127.0.0.1", "port": port, "timeout_seconds": 5}
+    values.update(overrides)
+    return DestinationSettings(**values)
+
+
+def exporting_job(queue: JobQueue, clock, result_dir: Path) -> int:
+    job_id = queue.enqueue(
+        series_uid="1.2.3.1",
+        study_uid="1.2.3",
+        generation=1,
+        rule="chest",
+        plugin="ct_lungs",
+        destinations=["pacs"],
+        priority=5,
+        now=clock(),
+    )
+    queue.claim_next(clock())
+    queue.inference_done(job_id, result_dir, clock())
+    return job_id
+
+
+def test_send_files_and_echo(port, storescp_factory, result_files):
+    scp = storescp_factory(port)
+    assert echo(destination(port), calling_ae="AINODE") == 0
+    send_files(destination(port), result_files, calling_ae="AINODE")
+    assert len(scp.received()) == len(result_files)
+
+
+def test_unreachable_destination_raises_export_error(port, result_files):
+    with pytest.raises(ExportError, match=f"PACS@127.0.0.1:{port}"):
+        send_files(destination(port), result_files, calling_ae="AINODE")
+
+
+def test_down_destination_is_retried_with_backoff_then_delivered(
+    database, clock, port, storescp_factory, result_files
+):
+    queue = JobQueue(database)
+    settings = {"pacs": destination(port, backoff_seconds=2, max_attempts=5)}
+    exporter = Exporter(queue, lambda: settings, calling_ae="AINODE", clock=clock)
+    job_id = exporting_job(queue, clock, result_files[0].parent)
+
+    assert exporter.run_once()  # attempt 1: nobody listens
+    job = queue.get(job_id)
+    assert job.state == "exporting" and job.next_attempt_at == clock() + 2
+    assert "PACS@127.0.0.1" in job.error
+    assert not exporter.run_once()  # not due yet
+    clock.advance(2)
+    assert exporter.run_once()  # attempt 2 fails too: the delay doubles
+    assert queue.get(job_id).next_attempt_at == clock() + 4
+
+    scp = storescp_factory(port)
+    clock.advance(4)
+    assert exporter.run_once()
+    job = queue.get(job_id)
+    assert job.state == "done" and job.error is None
+    assert len(scp.received()) == len(result_files)
+    events = [e.event for e in queue.events(job_id)]
+    assert events.count("export_retry_scheduled") == 2 and events[-2:] == ["sent", "done"]
+
+
+def test_attempts_are_bounded_and_results_stay_on_disk(database, clock, port, result_files):
+    queue = JobQueue(database)
+    settings = {"pacs": destination(port, backoff_seconds=1, max_attempts=2)}
+    exporter = Exporter(queue, lambda: settings, calling_ae="AINODE", clock=clock)
+    job_id = exporting_job(queue, clock, result_files[0].parent)
+    exporter.run_once()
+    clock.advance(1)
+    exporter.run_once()
+    job = queue.get(job_id)
+    assert job.state == "failed"
+    assert "after 2 attempts" in job.error and str(result_files[0].parent) in job.error
+    assert all(path.exists() for path in result_files)
+
+
+def test_retry_delay_is_capped():
+    settings = destination(1, backoff_seconds=2, max_backoff_seconds=10)
+    assert [retry_delay(settings, n) for n in (1, 2, 3, 4, 5)] == [2, 4, 8, 10, 10]
