@@ -1,0 +1,93 @@
+"""The node's boxes wired together in-process, driven step by step with a fake clock."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from node.app import Node
+from node.config import settings_from_mapping
+from node.synthetic.chest_ct import make_chest_ct, write_series
+from tests.support.net import free_port
+
+
+@pytest.fixture
+def node(tmp_path, clock):
+    settings = settings_from_mapping(
+        {
+            "node": {"dicom_port": free_port(), "data_dir": str(tmp_path / "var")},
+            "completion": {"series_quiet_seconds": 10},
+            "rules": [
+                {"name": "chest", "match": {"Modality": "CT"}, "plugin": "ct_lungs"},
+                {"name": "never", "match": {"Modality": "MR"}, "plugin": "ct_lungs"},
+            ],
+        },
+        environ={},
+    )
+    node = Node(settings, clock=clock)
+    node.scp.start()
+    yield node
+    node.scp.stop()
+    node.db.close()
+
+
+def send(node: Node, files: list[Path]) -> None:
+    result = subprocess.run(
+        ["storescu", "-aec", "AINODE", "127.0.0.1", str(node.settings.node.dicom_port)]
+        + [str(f) for f in files],
+        env={**os.environ, "TCP_NODELAY": "1"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_failing_job_keeps_its_reason_and_the_node_keeps_serving(node, clock, tmp_path):
+    short, _ = make_chest_ct(n_slices=10, rows=64, columns=64, seed=1)
+    good, _ = make_chest_ct(n_slices=30, rows=96, columns=96, seed=2)
+    send(node, write_series(short, tmp_path / "short"))
+    clock.advance(5)
+    assert node.completion.poll() == []  # not quiet long enough
+    send(node, write_series(good, tmp_path / "good"))
+    clock.advance(10)
+    completed = node.completion.poll()
+    assert {row.instance_count for row in completed} == {10, 30}
+
+    jobs = node.queue.jobs()
+    assert [job.rule for job in jobs] == ["chest", "chest"]  # the MR rule did not fire
+    assert node.worker.run_once() and node.worker.run_once()
+    assert not node.worker.run_once()
+
+    by_series = {job.series_uid: node.queue.get(job.id) for job in jobs}
+    failed = by_series[short[0].SeriesInstanceUID]
+    assert failed.state == "failed"
+    assert "InputRejected" in failed.error and "20" in failed.error
+    done = by_series[good[0].SeriesInstanceUID]
+    assert done.state == "done"  # no destination: results stay on disk
+    written = sorted(done.result_dir.glob("*.dcm"))
+    assert {pydicom.dcmread(p).Modality for p in written} == {"SEG", "SR"}
+    assert done.result_dir.is_relative_to(node.results_dir)
+    events = [e.event for e in node.queue.events(done.id)]
+    assert events == [
+        "queued", "started", "volume_loaded", "inference_done", "encoded",
+        "results_written", "done",
+    ]  # fmt: skip
+
+
+def test_unknown_plugin_in_a_rule_stops_start_up(tmp_path):
+    from node.errors import ConfigError
+
+    settings = settings_from_mapping(
+        {
+            "node": {"data_dir": str(tmp_path)},
+            "rules": [{"name": "x", "match": {}, "plugin": "no_such_plugin"}],
+        },
+        environ={},
+    )
+    with pytest.raises(ConfigError, match=r"rules\[0\]\.plugin: unknown plugin 'no_such_plugin'"):
+        Node(settings)
