@@ -10,7 +10,6 @@ which the job fails with the reason. Results always stay on disk.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from node.config import DestinationSettings
 from node.errors import AinodeError
 from node.export.dimse import send_files
 from node.jobs.queue import Job, JobQueue
+from node.polling import PollingThread
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ def result_files(result_dir: Path) -> list[Path]:
     return sorted(result_dir.glob("*.dcm"))
 
 
-class Exporter:
+class Exporter(PollingThread):
     """Claims exporting jobs and sends their result files."""
 
     def __init__(
@@ -47,16 +47,11 @@ class Exporter:
         clock: Callable[[], float],
         sender: Sender | None = None,
     ) -> None:
+        super().__init__("exporter")
         self._queue = queue
         self._destinations = destinations
         self._clock = clock
         self._send = sender or (lambda d, p: send_files(d, p, calling_ae=calling_ae))
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def wake(self) -> None:
-        self._wake.set()
 
     def run_once(self) -> bool:
         """Make one export attempt for the next due job; False when none was due."""
@@ -111,26 +106,3 @@ class Exporter:
             return
         delay = min(retry_delay(destinations[name], job.export_attempts) for name in pending)
         self._queue.export_progress(job.id, pending, now, retry_at=now + delay, error=message)
-
-    # -- thread ---------------------------------------------------------------
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="exporter", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                busy = self.run_once()
-            except Exception:
-                log.exception("exporter loop error")
-                busy = False
-            if not busy:
-                self._wake.wait(0.5)
-                self._wake.clear()

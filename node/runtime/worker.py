@@ -10,7 +10,6 @@ the exception text; the worker carries on with the next one.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 from pydicom.dataset import Dataset
 
 from node.jobs.queue import Job, JobQueue
+from node.polling import PollingThread
 from node.results import build_results, load_template_by_name
 from node.runtime.plugin import RunContext
 from node.runtime.registry import PluginRegistry
@@ -40,7 +40,7 @@ def _previous_report(result_dir: Path | None) -> Dataset | None:
     return None
 
 
-class InferenceWorker:
+class InferenceWorker(PollingThread):
     """Runs queued jobs one at a time on one device."""
 
     def __init__(
@@ -55,6 +55,7 @@ class InferenceWorker:
         clock: Callable[[], float],
         on_results: Callable[[], None] = lambda: None,
     ) -> None:
+        super().__init__(f"worker-{device}")
         self._queue = queue
         self._series = series
         self._registry = registry
@@ -63,12 +64,6 @@ class InferenceWorker:
         self._templates_dir = templates_dir
         self._clock = clock
         self._on_results = on_results
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def wake(self) -> None:
-        self._wake.set()
 
     def run_once(self) -> bool:
         """Run the next queued job to its end; False when the queue was empty."""
@@ -132,28 +127,3 @@ class InferenceWorker:
             encoded - inferred,
         )
         self._on_results()
-
-    # -- thread ---------------------------------------------------------------
-
-    def start(self) -> None:
-        self._thread = threading.Thread(
-            target=self._loop, name=f"worker-{self.device}", daemon=True
-        )
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=60)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                busy = self.run_once()
-            except Exception:
-                log.exception("worker loop error")
-                busy = False
-            if not busy:
-                self._wake.wait(0.5)
-                self._wake.clear()
