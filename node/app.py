@@ -102,6 +102,7 @@ class Node:
         return self.settings.results_dir
 
     def start(self) -> None:
+        self.ingestor.recover()
         requeued = self.queue.requeue_interrupted(self.clock())
         if requeued:
             log.info("jobs re-queued after restart job_ids=%s", ",".join(map(str, requeued)))

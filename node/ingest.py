@@ -12,6 +12,8 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import pydicom
+
 from node.errors import SpoolError
 from node.spool import Spool
 from node.state.series import InstanceRecord, SeriesStore
@@ -104,3 +106,40 @@ class Ingestor:
                 instance.sop_uid,
             )
         return Outcome.STORED
+
+    def recover(self) -> int:
+        """Record spooled files that have no database row; return how many.
+
+        Runs at start-up. A row can be missing after a power failure (see
+        :class:`~node.state.db.Database`); the file itself was fsynced before
+        success was answered, so nothing accepted is lost. Leftover
+        temporary files from an interrupted write are removed.
+        """
+        partial = self._spool.remove_partial_files()
+        if partial:
+            log.info("removed partial spool files count=%d", partial)
+        known = self._series.known_instances()
+        recovered = 0
+        for path in self._spool.instance_files():
+            if path.stem in known:
+                continue
+            try:
+                header = pydicom.dcmread(path, stop_before_pixels=True)
+            except Exception as exc:
+                log.warning("unreadable spool file left alone path=%s error=%s", path, exc)
+                continue
+            record = InstanceRecord(
+                sop_uid=path.stem,
+                series_uid=path.parent.name,
+                study_uid=path.parent.parent.name,
+                sop_class_uid=str(header.get("SOPClassUID", "")),
+                transfer_syntax=str(header.file_meta.get("TransferSyntaxUID", "")),
+                path=path,
+                size=path.stat().st_size,
+                modality=str(header.get("Modality", "")),
+            )
+            added, _ = self._series.record_instance(record, path.stat().st_mtime)
+            recovered += int(added)
+        if recovered:
+            log.info("re-recorded spooled instances count=%d", recovered)
+        return recovered

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 from node.errors import SpoolError
@@ -66,3 +67,15 @@ class Spool:
                 temporary.unlink(missing_ok=True)
             raise SpoolError(f"cannot write {final.name}: {exc.strerror or exc}") from exc
         return final
+
+    def instance_files(self) -> Iterator[Path]:
+        """Every spooled instance file (``<study>/<series>/<sop>.dcm``)."""
+        return self.root.glob("*/*/*.dcm")
+
+    def remove_partial_files(self) -> int:
+        """Delete temporary files left by a crash mid-write; return how many."""
+        removed = 0
+        for path in self.root.glob("*/*/.*.tmp"):
+            path.unlink(missing_ok=True)
+            removed += 1
+        return removed

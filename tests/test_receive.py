@@ -41,9 +41,10 @@ class Listener:
         self.port = free_port()
         self.spool = Spool(root / "spool")
         self.store = SeriesStore(database)
-        ingestor = Ingestor(self.spool, self.store, clock=clock, min_free_bytes=min_free_bytes)
+        self.database = database
+        self.ingestor = Ingestor(self.spool, self.store, clock=clock, min_free_bytes=min_free_bytes)
         settings = NodeSettings(ae_title="AINODE", dicom_port=self.port, bind_address="127.0.0.1")
-        self.scp = StorageSCP(settings, ingestor)
+        self.scp = StorageSCP(settings, self.ingestor)
 
     def spooled(self) -> list[Path]:
         return sorted(p for p in self.spool.root.rglob("*") if p.is_file())
@@ -163,3 +164,19 @@ def test_failed_write_returns_a700_and_leaves_no_partial_file(listener, series_f
 
 def test_dcmtk_is_installed():
     assert shutil.which("storescu") and shutil.which("echoscu")
+
+
+def test_spooled_files_without_rows_are_recovered_at_start(listener, series_files):
+    """Rows lost with the last commits (power failure) come back from the fsynced spool."""
+    assert storescu(listener.port, series_files).returncode == 0
+    series_uid = pydicom.dcmread(series_files[0], stop_before_pixels=True).SeriesInstanceUID
+    with listener.database.transaction() as cursor:
+        cursor.execute("DELETE FROM instances WHERE rowid % 2 = 0")
+        lost = len(series_files) - cursor.execute("SELECT COUNT(*) FROM instances").fetchone()[0]
+    partial = listener.spooled()[0].with_name(".1.2.3.abc.tmp")
+    partial.write_bytes(b"half an instance")
+    assert listener.ingestor.recover() == lost
+    assert not partial.exists()
+    assert listener.store.known_instances() == {p.stem for p in listener.spooled()}
+    assert len(listener.store.instance_paths(series_uid)) == len(series_files)
+    assert listener.ingestor.recover() == 0

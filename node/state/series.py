@@ -54,6 +54,9 @@ class SeriesStore:
     def __init__(self, db: Database) -> None:
         self._db = db
 
+    def known_instances(self) -> set[str]:
+        return {row["sop_uid"] for row in self._db.query("SELECT sop_uid FROM instances")}
+
     def has_instance(self, sop_uid: str) -> bool:
         return bool(self._db.query("SELECT 1 FROM instances WHERE sop_uid = ?", (sop_uid,)))
 
