@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from node.config import BUILT_IN_CHEST_RULE
 from node.devtools.node_process import NodeProcess
 from node.devtools.orthanc import OrthancServer
 from node.synthetic.chest_ct import make_chest_ct
@@ -29,17 +30,7 @@ def node_config(pacs: OrthancServer, quiet_seconds: float) -> dict[str, Any]:
         "destinations": {
             "pacs": {"ae_title": pacs.aet, "host": pacs.host, "port": pacs.dicom_port}
         },
-        "rules": [
-            {
-                "name": "chest-ct",
-                "match": {
-                    "Modality": "CT",
-                    "SeriesDescription": {"regex": "(?i)chest|thorax|lung"},
-                },
-                "plugin": "ct_lungs",
-                "send_to": ["pacs"],
-            }
-        ],
+        "rules": [{**BUILT_IN_CHEST_RULE, "send_to": ["pacs"]}],
     }
 
 

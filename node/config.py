@@ -155,19 +155,20 @@ class _KeyedError(ValueError):
         self.location = location
 
 
+#: The built-in routing: chest CT series go to the lung routine.
+BUILT_IN_CHEST_RULE: dict[str, Any] = {
+    "name": "chest-ct",
+    "match": {"Modality": "CT", "SeriesDescription": {"regex": "(?i)chest|thorax|lung"}},
+    "plugin": "ct_lungs",
+    "send_to": [],
+}
+
 #: The configuration ``make run`` uses when no file is given.
 DEFAULT_CONFIG: dict[str, Any] = {
     "node": {"ae_title": "AINODE", "dicom_port": 11112, "http_port": 8080, "data_dir": "./var"},
     "completion": {"series_quiet_seconds": 10},
     "destinations": {},
-    "rules": [
-        {
-            "name": "chest-ct-lungs",
-            "match": {"Modality": "CT", "SeriesDescription": {"regex": "(?i)chest|thorax|lung"}},
-            "plugin": "ct_lungs",
-            "send_to": [],
-        }
-    ],
+    "rules": [BUILT_IN_CHEST_RULE],
 }
 
 
@@ -265,6 +266,7 @@ def check_plugins_known(settings: Settings, known: set[str], *, source: str) -> 
 
 
 __all__ = [
+    "BUILT_IN_CHEST_RULE",
     "DEFAULT_CONFIG",
     "CompletionSettings",
     "DestinationSettings",

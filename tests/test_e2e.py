@@ -19,6 +19,7 @@ import pytest
 from pydicom.sr.codedict import codes
 from pynetdicom import AE, build_context
 
+from node.config import BUILT_IN_CHEST_RULE
 from node.devtools.node_process import NodeProcess
 from node.devtools.orthanc import OrthancServer
 from node.synthetic.chest_ct import ChestPhantomTruth, make_chest_ct, write_series
@@ -28,12 +29,7 @@ from tests.support.validators import dciodvfy_errors
 pytestmark = pytest.mark.slow
 
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
-RULE = {
-    "name": "chest-ct",
-    "match": {"Modality": "CT", "SeriesDescription": {"regex": "(?i)chest|thorax|lung"}},
-    "plugin": "ct_lungs",
-    "send_to": ["pacs"],
-}
+RULE = {**BUILT_IN_CHEST_RULE, "send_to": ["pacs"]}
 
 
 @pytest.fixture

@@ -30,6 +30,7 @@ from typing import Any
 
 import pydicom
 
+from node.config import BUILT_IN_CHEST_RULE
 from node.devtools.net import LOCALHOST, free_port, port_is_free
 from node.devtools.node_process import PROJECT_ROOT, NodeProcess, NodeStartError
 from node.devtools.orthanc import OrthancClient, OrthancError, OrthancServer
@@ -129,17 +130,7 @@ def node_config(args: argparse.Namespace, pacs: dict[str, Any]) -> dict[str, Any
         },
         "completion": {"series_quiet_seconds": args.quiet_seconds, "poll_seconds": 0.5},
         "destinations": {"pacs": pacs},
-        "rules": [
-            {
-                "name": "chest-ct",
-                "match": {
-                    "Modality": "CT",
-                    "SeriesDescription": {"regex": "(?i)chest|thorax|lung"},
-                },
-                "plugin": "ct_lungs",
-                "send_to": ["pacs"],
-            }
-        ],
+        "rules": [{**BUILT_IN_CHEST_RULE, "send_to": ["pacs"]}],
     }
 
 
