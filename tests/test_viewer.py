@@ -43,8 +43,9 @@ RULE = {
     "send_to": ["pacs"],
 }
 #: In-plane lung cross-sections shrunk / grown by these factors give the pixels that
-#: must / must not be coloured (the band between holds edges, outlines, partial volume).
-INSIDE, OUTSIDE = 0.8, 1.2
+#: must / must not be coloured (the band between holds edges, outlines, partial volume:
+#: 4-7 mm here). A SEG drawn 5 mm off its place fails (tried by shifting the truth).
+INSIDE, OUTSIDE = 0.9, 1.1
 
 
 def artifacts_dir() -> Path:
@@ -66,7 +67,7 @@ class Results:
 def results(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Results]:
     """A 40-slice phantom sent Orthanc -> node; its SEG and SR stored back in Orthanc."""
     work = tmp_path_factory.mktemp("viewer")
-    with OrthancServer(workdir=work / "orthanc") as pacs:
+    with OrthancServer(workdir=work / "orthanc", graceful_stop=False) as pacs:
         config = {
             "completion": {"series_quiet_seconds": 1.0, "poll_seconds": 0.2},
             "destinations": {
@@ -178,10 +179,10 @@ def test_seg_colours_the_lungs_and_nothing_else(ohif: OhifPage, results: Results
             f"label {label}: {inside.sum()} px inside, {own:.3f} own, {foreign:.3f} other"
         )
         assert inside.sum() > 1000, report
-        assert own > 0.97, report
-        assert foreign < 0.01, report
+        assert own > 0.995, report
+        assert foreign < 0.001, report
     stray = (tint[1] | tint[2]) & outside
-    assert stray.sum() <= 0.0005 * outside.sum(), (report, int(stray.sum()))
+    assert stray.sum() == 0, (report, f"{stray.sum()} coloured of {outside.sum()} px outside")
 
     # Named places that must stay grey: heart, spine, air in front of the body (the
     # phantom's layout, scaled like its lungs).

@@ -52,6 +52,16 @@ _IMAGE_SHOWN_JS = """() => {
                  && vp.getImageData());
 }"""
 
+_SHOWS_MODALITY_JS = f"""(modality) => {{
+  const services = window.services;
+  if (!services) return false;
+  const grid = services.viewportGridService.getState();
+  const viewport = grid.viewports.get(grid.activeViewportId);
+  if (!viewport) return false;
+  const shown = viewport.displaySetInstanceUIDs.map(
+    uid => services.displaySetService.getDisplaySetByUID(uid));
+  return shown.some(d => d && d.Modality === modality) && ({_IMAGE_SHOWN_JS})();
+}}"""
 _ANNOTATION_LINES_JS = """() => {
   const lines = [];
   document.querySelectorAll('svg.svg-layer text').forEach(text => {
@@ -125,16 +135,18 @@ class OhifPage:
         self.page.goto(f"{self.base_url}/viewer?StudyInstanceUIDs={study_uid}")
         self.page.wait_for_function(_IMAGE_SHOWN_JS, timeout=self.timeout_ms)
 
-    def thumbnail(self, modality: str) -> Locator:
-        """The study browser entries of one modality (thumbnails and image-less rows)."""
+    def thumbnail(self, modality: str, description: str | None = None) -> Locator:
+        """Study browser entries (thumbnails and image-less rows) of one modality."""
         label = self.page.locator(
             '[data-cy="series-modality-label"]', has_text=re.compile(rf"^{re.escape(modality)}$")
         )
-        return self.page.locator('[data-cy^="study-browser-thumbnail"]').filter(has=label)
+        entries = self.page.locator('[data-cy^="study-browser-thumbnail"]').filter(has=label)
+        return entries if description is None else entries.filter(has_text=description)
 
-    def show_series(self, modality: str) -> None:
-        """Double-click the first series of ``modality`` into the active viewport."""
-        self.thumbnail(modality).first.dblclick()
+    def show_series(self, modality: str, description: str | None = None) -> None:
+        """Double-click a series into the active viewport; wait until it shows an image."""
+        self.thumbnail(modality, description).first.dblclick()
+        self.page.wait_for_function(_SHOWS_MODALITY_JS, arg=modality, timeout=self.timeout_ms)
 
     def load_seg(self) -> list[dict[str, Any]]:
         """Open the first SEG, accept OHIF's hydrate prompt, wait for its segments.
