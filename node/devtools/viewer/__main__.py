@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import urllib.parse
 from contextlib import ExitStack
 from pathlib import Path
+from types import FrameType
 
 from node.devtools.net import LOCALHOST, http_ok
 from node.devtools.node_process import PROJECT_ROOT
@@ -56,8 +58,15 @@ def _start_orthanc_if_needed(args: argparse.Namespace, stack: ExitStack) -> None
     print(f"started Orthanc from {args.orthanc_config} (log in {log_dir})")
 
 
+def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m node.devtools.viewer``; returns the exit status."""
     args = parse_args(argv)
+    # An Orthanc started here runs in its own session: make SIGTERM unwind and stop it.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         dist = install()
         with ExitStack() as stack:
