@@ -2,6 +2,8 @@
 #   make run   - create .venv, install the node, start it with embedded defaults
 #   make test  - create .venv with dev extras, install the Debian tools the tests use, run
 #                ruff, mypy and the whole pytest suite (slow end-to-end tests included)
+# and: make demo (Orthanc + node + a synthetic CT), make viewer (OHIF on the dev Orthanc),
+#      make bench (benchmarks)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -10,10 +12,10 @@ BIN := $(VENV)/bin
 # with monai in one command (and takes the cached CPU wheel, not a CUDA build).
 TORCH := torch==2.13.0
 RUN_DEBS := dcmtk
-TEST_DEBS := orthanc orthanc-dicomweb orthanc-python dcmtk
+TEST_DEBS := orthanc orthanc-dicomweb orthanc-python dcmtk chromium fonts-liberation
 APT_GET := $(shell [ "$$(id -u)" = 0 ] || echo sudo) env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: run test lint demo bench debs-run debs-test clean
+.PHONY: run test lint demo bench viewer viewer-dist debs-run debs-test clean
 
 # Install only the Debian packages that are missing.
 define apt_install
@@ -52,11 +54,18 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: $(VENV)/.installed-dev debs-test lint
+# OHIF's prebuilt dist from npm (pinned version and hash), unpacked under var/viewer/.
+viewer-dist: $(VENV)/.installed-run
+	$(BIN)/python -m node.devtools.viewer.ohif
+
+test: $(VENV)/.installed-dev debs-test viewer-dist lint
 	TCP_NODELAY=1 $(BIN)/pytest
 
 demo: $(VENV)/.installed-run debs-test
 	TCP_NODELAY=1 $(BIN)/python -m node.devtools.demo
+
+viewer: $(VENV)/.installed-run debs-test viewer-dist
+	TCP_NODELAY=1 $(BIN)/python -m node.devtools.viewer --orthanc http://127.0.0.1:8042 --port 3000
 
 bench: $(VENV)/.installed-dev debs-test
 	TCP_NODELAY=1 $(BIN)/python -m benchmarks
