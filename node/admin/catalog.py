@@ -187,7 +187,8 @@ class SeriesCatalog:
             parameters.extend([like] * 7 + [text.strip()])
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
         rows = self._db.query(
-            "SELECT j.*, i.study_date AS i_study_date, i.series_description AS i_series_description,"
+            "SELECT j.*, i.study_date AS i_study_date,"
+            " i.series_description AS i_series_description,"
             " i.accession_number AS i_accession_number FROM jobs j"
             f" LEFT JOIN series_info i ON i.series_uid = j.series_uid{where}"
             " ORDER BY j.id DESC LIMIT ?",

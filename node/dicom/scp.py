@@ -90,7 +90,7 @@ class StorageSCP:
 
     @property
     def counts(self) -> dict[str, int]:
-        """Counters since start: instances stored, bytes stored, duplicates, refused, associations."""
+        """Counters since start: stored, bytes, duplicates, refused, associations."""
         with self._counts_lock:
             return dict(self._counts)
 
