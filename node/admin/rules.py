@@ -126,21 +126,23 @@ def parse_rule(
             if error["type"] == "extra_forbidden":
                 message = "unknown field"
             problems.append((_field_of(tuple(error["loc"]), message), message))
-        raise InvalidInput(
-            "the rule is invalid: " + "; ".join(f"{f}: {m}" for f, m in problems), problems
-        ) from None
+        rule = None
+    # References are checked even when the shape is wrong, so every problem shows at once.
+    reported = {field for field, _ in problems}
+    plugin = raw.get("plugin")
     known_plugins = set(plugins)
-    if rule.plugin not in known_plugins:
+    if isinstance(plugin, str) and plugin not in known_plugins and "plugin" not in reported:
         names = ", ".join(sorted(known_plugins)) or "none installed"
-        problems.append(("plugin", f"unknown plugin {rule.plugin!r} (installed: {names})"))
+        problems.append(("plugin", f"unknown plugin {plugin!r} (installed: {names})"))
+    send_to = raw.get("send_to")
     known_destinations = set(destinations)
-    for index, name in enumerate(rule.send_to):
-        if name not in known_destinations:
+    for index, name in enumerate(send_to if isinstance(send_to, list) else []):
+        if isinstance(name, str) and name not in known_destinations:
             names = ", ".join(sorted(known_destinations)) or "none defined"
             problems.append((f"send_to[{index}]", f"unknown destination {name!r} (known: {names})"))
-    if rule.name in set(taken_names):
-        problems.append(("name", f"another rule is already named {rule.name!r}"))
-    if problems:
+    if isinstance(raw.get("name"), str) and raw["name"] in set(taken_names):
+        problems.append(("name", f"another rule is already named {raw['name']!r}"))
+    if problems or rule is None:
         raise InvalidInput(
             "the rule is invalid: " + "; ".join(f"{f}: {m}" for f, m in problems), problems
         )

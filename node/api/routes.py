@@ -4,7 +4,6 @@ Handlers only translate HTTP to :class:`~node.admin.service.AdminService`
 calls and back; the CLI calls the same service functions.
 """
 
-
 import json
 import logging
 from collections.abc import Awaitable, Callable

@@ -5,7 +5,6 @@ rule editor call the JSON API with the session's CSRF token. Login, first
 admin set-up and logout are plain HTML forms.
 """
 
-
 import hmac
 import logging
 import secrets

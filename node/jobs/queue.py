@@ -208,7 +208,8 @@ class JobQueue:
                 " WHERE id = ? AND state != 'cancelled'",
                 (now, now, job_id),
             )
-            self._event(cursor, job_id, now, "done", detail)
+            event = "done" if cursor.rowcount == 1 else "finished_after_cancel"
+            self._event(cursor, job_id, now, event, detail)
 
     def fail(self, job_id: int, error: str, now: float) -> None:
         with self._db.transaction() as cursor:
@@ -217,7 +218,8 @@ class JobQueue:
                 " finished_at = ?, updated_at = ? WHERE id = ? AND state != 'cancelled'",
                 (error, now, now, job_id),
             )
-            self._event(cursor, job_id, now, "failed", error)
+            event = "failed" if cursor.rowcount == 1 else "error_after_cancel"
+            self._event(cursor, job_id, now, event, error)
 
     def requeue_interrupted(self, now: float) -> list[int]:
         """On start-up: jobs left ``running`` by a crash go back to the queue."""
