@@ -431,3 +431,41 @@ def test_unknown_paths_and_openapi(served: ServedNode) -> None:
         missing = client.get("/api/nothing-here")
         assert missing.status_code in (401, 404)
         assert client.get("/openapi.json").json()["info"]["title"] == "ainode"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/",
+        "/rules",
+        "/rules/1",
+        "/jobs",
+        "/jobs?state=failed&text=Head",
+        "/jobs/1",
+        "/studies",
+        "/destinations",
+        "/plugins",
+        "/audit",
+        "/audit?action=rule",
+        "/users",
+    ],
+)
+def test_console_pages_render_for_admin(served: ServedNode, path: str) -> None:
+    client, _ = login_session(served.url, "admin", ADMIN_PASSWORD)
+    try:
+        page = client.get(path)
+    finally:
+        client.close()
+    assert page.status_code == 200, page.text[:500]
+    assert "<main>" in page.text and "Log out" in page.text
+
+
+def test_viewer_sees_no_edit_controls(served: ServedNode) -> None:
+    client, _ = login_session(served.url, "viewer", "viewer-password-1")
+    try:
+        rules = client.get("/rules/1").text
+        users = client.get("/users", headers={"Accept": "text/html"})
+    finally:
+        client.close()
+    assert "viewer role" in rules and 'id="save-rule"' not in rules
+    assert users.status_code == 403

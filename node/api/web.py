@@ -56,6 +56,17 @@ def _yaml(value: Any) -> str:
     return str(yaml.safe_dump(value, sort_keys=False, allow_unicode=True)).strip()
 
 
+def _brief(value: Any) -> str:
+    """A one-line summary of an audited value."""
+    if isinstance(value, dict):
+        text = ", ".join(f"{k}={v}" for k, v in value.items() if not isinstance(v, dict | list))
+        return (text or f"{len(value)} fields")[:70]
+    if isinstance(value, list):
+        return f"{len(value)} item" + ("" if len(value) == 1 else "s")
+    return str(value)[:70]
+
+
+TEMPLATES.env.filters["brief"] = _brief
 TEMPLATES.env.filters["ts"] = _timestamp
 TEMPLATES.env.filters["da"] = _date
 TEMPLATES.env.filters["duration"] = _duration

@@ -200,7 +200,7 @@ async function replay(removeId) {
     const onlyChanged = $("#replay-changed").checked;
     const items = r.items.filter((i) => !onlyChanged || i.added.length || i.removed.length);
     const names = (list) => list.map(esc).join(", ") || '<span class="muted">none</span>';
-    const rows = items.map((i) => `<tr><td>${esc(i.study_date)}</td><td>${esc(i.modality)}</td><td title="${esc(i.series_uid)}">${esc(i.series_description || "…" + i.series_uid.slice(-14))}</td>
+    const rows = items.map((i) => `<tr><td>${esc(i.study_date.replace(/^(\d{4})(\d{2})(\d{2})$/, "$1-$2-$3"))}</td><td>${esc(i.modality)}</td><td title="${esc(i.series_uid)}">${esc(i.series_description || "…" + i.series_uid.slice(-14))}</td>
         <td>${names(i.current)}</td><td>${names(i.proposed)}</td>
         <td>${i.added.map((n) => `<span class="added">+ ${esc(n)}</span>`).join(" ")} ${i.removed.map((n) => `<span class="removed">${esc(n)}</span>`).join(" ")}</td></tr>`).join("");
     $("#replay-result").innerHTML = `<div class="summary"><div><strong>${r.series}</strong>series in ${r.days} days</div><div><strong>${r.changed}</strong>would change</div><div><strong>${r.jobs_now} → ${r.jobs_proposed}</strong>jobs now → with the change</div>${r.unreadable ? `<div><strong>${r.unreadable}</strong>no longer readable</div>` : ""}</div>` +
