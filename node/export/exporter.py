@@ -53,11 +53,6 @@ class Exporter(PollingThread):
         self._clock = clock
         self._send = sender or (lambda d, p: send_files(d, p, calling_ae=calling_ae))
 
-    @property
-    def running(self) -> bool:
-        """True while the thread is alive (for ``/readyz``)."""
-        return self._thread is not None and self._thread.is_alive()
-
     def run_once(self) -> bool:
         """Make one export attempt for the next due job; False when none was due."""
         job = self._queue.claim_export(self._clock())

@@ -65,11 +65,6 @@ class InferenceWorker(PollingThread):
         self._clock = clock
         self._on_results = on_results
 
-    @property
-    def running(self) -> bool:
-        """True while the thread is alive (for ``/readyz``)."""
-        return self._thread is not None and self._thread.is_alive()
-
     def run_once(self) -> bool:
         """Run the next queued job to its end; False when the queue was empty."""
         job = self._queue.claim_next(self._clock())
