@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from node.admin.service import AdminService
 from node.completion import CompletionMonitor
 from node.config import Settings, check_plugins_known
 from node.dicom.scp import StorageSCP
@@ -63,12 +64,23 @@ class Node:
         )
         self.scp = StorageSCP(settings.node, self.ingestor)
         self.device = select_device(settings.workers.device)
+        # Rules and destinations live in the database (seeded from the YAML on first start).
+        self.admin = AdminService(
+            self.db,
+            self.registry,
+            clock=clock,
+            calling_ae=settings.node.ae_title,
+            device=self.device,
+            force_complete=lambda uid: self.completion.force(uid),
+            wake=self._wake,
+        )
+        self.admin.seed_from_config(settings.rules, settings.destinations)
         if self.device.type == "cpu":
             threads = settings.workers.cpu_threads or max(1, (os.cpu_count() or 1) - 1)
             torch.set_num_threads(threads)
         self.exporter = Exporter(
             self.queue,
-            lambda: self.settings.destinations,
+            self.admin.destinations.mapping,
             calling_ae=settings.node.ae_title,
             clock=clock,
         )
@@ -85,7 +97,7 @@ class Node:
         self.dispatcher = Dispatcher(
             self.series,
             self.queue,
-            lambda: self.settings.rules,
+            self.admin.rules.active,
             clock=clock,
             on_enqueued=self.worker.wake,
         )
@@ -96,6 +108,11 @@ class Node:
             on_complete=self.dispatcher.dispatch,
         )
         self._scheduler: BackgroundScheduler | None = None
+
+    def _wake(self) -> None:
+        """After an admin job action: let the worker and exporter look at the queue now."""
+        self.worker.wake()
+        self.exporter.wake()
 
     @property
     def results_dir(self) -> Path:
@@ -120,7 +137,9 @@ class Node:
         self._scheduler = scheduler
         self.worker.start()
         self.exporter.start()
-        if not self.settings.destinations or not any(r.send_to for r in self.settings.rules):
+        if not self.admin.destinations.mapping() or not any(
+            r.send_to for r in self.admin.rules.active()
+        ):
             log.info("no destination configured: results stay in %s", self.results_dir.resolve())
         log.info(
             "node started ae_title=%s dicom_port=%d device=%s plugins=%s data_dir=%s",

@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate a configuration file")
     check.add_argument("file", type=Path)
     check.set_defaults(handler=_config_check)
+    from node.admin.cli import add_commands
+
+    add_commands(commands)
     return parser
 
 

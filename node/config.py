@@ -102,6 +102,22 @@ class WorkerSettings(_Strict):
     job_timeout_seconds: float = Field(1800.0, gt=0)
 
 
+class SecuritySettings(_Strict):
+    """Who may use the admin API and web console.
+
+    Everything needs a login (session cookie) or an API token (``Authorization:
+    Bearer ...``) except ``/healthz``, ``/readyz`` and, unless turned off here,
+    ``/metrics``.
+    """
+
+    #: Serve Prometheus ``/metrics`` without login (scrapers rarely log in).
+    public_metrics: bool = True
+    #: A login session ends this many minutes after it started.
+    session_minutes: float = Field(480.0, gt=0)
+    #: Mark the session cookie ``Secure`` (set when the console is served over HTTPS).
+    secure_cookies: bool = False
+
+
 class LoggingSettings(_Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -114,6 +130,7 @@ class Settings(_Strict):
     destinations: dict[str, DestinationSettings] = Field(default_factory=dict)
     rules: list[RuleSettings] = Field(default_factory=list)
     workers: WorkerSettings = WorkerSettings()
+    security: SecuritySettings = SecuritySettings()
     logging: LoggingSettings = LoggingSettings()
     #: Directory of result templates; default: the repository's ``dicom_sr_templates``.
     templates_dir: Path | None = None
@@ -272,6 +289,7 @@ __all__ = [
     "DestinationSettings",
     "NodeSettings",
     "RuleSettings",
+    "SecuritySettings",
     "Settings",
     "check_plugins_known",
     "load_settings",

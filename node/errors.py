@@ -35,3 +35,23 @@ class TemplateError(AinodeError):
 
 class ExportError(AinodeError):
     """Sending results to a destination failed."""
+
+
+class NotFound(AinodeError):
+    """The named rule, job, series, destination or user does not exist."""
+
+
+class Conflict(AinodeError):
+    """The change clashes with the current state (name taken, still referenced...)."""
+
+
+class InvalidInput(AinodeError):
+    """Submitted data is invalid; ``problems`` lists ``(field, message)`` pairs."""
+
+    def __init__(self, message: str, problems: list[tuple[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or []
+
+
+class Forbidden(AinodeError):
+    """The user's role does not allow the action."""

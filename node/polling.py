@@ -27,6 +27,11 @@ class PollingThread(abc.ABC):
     def wake(self) -> None:
         self._wake.set()
 
+    @property
+    def running(self) -> bool:
+        """True while the thread is alive (for ``/readyz``)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
         self._thread.start()

@@ -1,20 +1,162 @@
-"""The HTTP side of the node (FastAPI): health now, admin API and console later."""
+"""The HTTP side of the node (FastAPI): health, metrics, the admin API and the web console.
+
+``/healthz``, ``/readyz`` and (unless ``security.public_metrics`` is off)
+``/metrics`` are open; everything else needs a login session or an API token.
+Errors are JSON ``{"message": ..., "errors": [{"field", "message"}]}``.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
+import secrets
+from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from node import __version__
+from node.api.auth import (
+    CsrfFailed,
+    NotAuthenticated,
+    Principal,
+    check_csrf,
+    require_admin,
+    resolve,
+)
+from node.api.metrics import registry_for
+from node.api.routes import api_router
+from node.api.web import web_router
 from node.app import Node
+from node.errors import Conflict, Forbidden, InvalidInput, NotFound
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).parent / "static"
+SETUP_CODE_FILE = "setup-code"
+
+
+def _error(status: int, message: str, errors: list[dict[str, str]] | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"message": message}
+    if errors is not None:
+        body["errors"] = errors
+    return JSONResponse(body, status_code=status)
+
+
+def _wants_html(request: Request) -> bool:
+    path = request.url.path
+    return not path.startswith("/api") and "text/html" in request.headers.get("accept", "")
+
+
+def _field(location: tuple[Any, ...]) -> str:
+    parts = [p for p in location if p not in ("body", "query", "path", "form")]
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "request"
+
+
+def _setup_code(node: Node) -> str | None:
+    """A one-time code for creating the first admin in the browser, while there is no user.
+
+    The code is written to ``<data_dir>/setup-code`` (mode 0600), never to the log.
+    """
+    path = node.settings.node.data_dir / SETUP_CODE_FILE
+    if node.admin.users.count():
+        path.unlink(missing_ok=True)
+        return None
+    code = secrets.token_urlsafe(12)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(code + "\n")
+    log.warning(
+        "no user yet: open http://localhost:%d/setup and enter the code in %s,"
+        " or run 'ainode users add NAME --role admin'",
+        node.settings.node.http_port,
+        path.resolve(),
+    )
+    return code
 
 
 def create_app(node: Node) -> FastAPI:
-    app = FastAPI(title="ainode", version=__version__)
+    app = FastAPI(
+        title="ainode",
+        version=__version__,
+        description="Admin API of the clinical AI node. Log in on the console (session cookie)"
+        " or send an API token as `Authorization: Bearer <token>`.",
+    )
+    admin = node.admin
+    security = node.settings.security
+    metrics_registry = registry_for(node)
+    app.state.setup_code = _setup_code(node)
 
-    @app.get("/healthz")
+    async def viewer(request: Request) -> Principal:
+        principal = resolve(request, admin.users, node.clock())
+        if principal is None:
+            raise NotAuthenticated("log in first (session) or send an API token")
+        await check_csrf(request, principal)
+        request.state.principal = principal
+        return principal
+
+    async def editor(request: Request) -> Principal:
+        principal = await viewer(request)
+        require_admin(principal)
+        return principal
+
+    # -- errors -----------------------------------------------------------------------------
+
+    @app.exception_handler(NotAuthenticated)
+    async def _unauthenticated(request: Request, exc: NotAuthenticated) -> Response:
+        if _wants_html(request):
+            return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
+        return JSONResponse(
+            {"message": str(exc)}, status_code=401, headers={"WWW-Authenticate": "Bearer"}
+        )
+
+    @app.exception_handler(CsrfFailed)
+    async def _csrf(request: Request, exc: CsrfFailed) -> Response:
+        return _error(403, str(exc))
+
+    @app.exception_handler(Forbidden)
+    async def _forbidden(request: Request, exc: Forbidden) -> Response:
+        return _error(403, str(exc))
+
+    @app.exception_handler(NotFound)
+    async def _not_found(request: Request, exc: NotFound) -> Response:
+        return _error(404, str(exc))
+
+    @app.exception_handler(Conflict)
+    async def _conflict(request: Request, exc: Conflict) -> Response:
+        return _error(409, str(exc))
+
+    @app.exception_handler(InvalidInput)
+    async def _invalid(request: Request, exc: InvalidInput) -> Response:
+        errors = [{"field": f, "message": m} for f, m in exc.problems]
+        return _error(422, str(exc), errors)
+
+    @app.exception_handler(RequestValidationError)
+    async def _request_invalid(request: Request, exc: RequestValidationError) -> Response:
+        errors = [
+            {"field": _field(tuple(e["loc"])), "message": str(e["msg"])} for e in exc.errors()
+        ]
+        message = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+        return _error(422, f"invalid request: {message}", errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        message = str(exc.detail)
+        if exc.status_code == 404:
+            message = f"no such page or endpoint: {request.url.path} (the API is listed at /docs)"
+        return _error(exc.status_code, message)
+
+    # -- open endpoints ---------------------------------------------------------------------
+
+    @app.get("/healthz", tags=["health"])
     def healthz() -> JSONResponse:
         """200 when the DICOM listener is up, 503 otherwise."""
         body: dict[str, Any] = {
@@ -30,4 +172,33 @@ def create_app(node: Node) -> FastAPI:
         }
         return JSONResponse(body, status_code=200 if node.scp.running else 503)
 
+    @app.get("/readyz", tags=["health"])
+    def readyz() -> JSONResponse:
+        """200 when the node can take and process work: listener, workers, database."""
+        checks = {
+            "dicom_listener": node.scp.running,
+            "worker": node.worker.running,
+            "exporter": node.exporter.running,
+        }
+        try:
+            node.db.query("SELECT 1")
+            checks["database"] = True
+        except Exception:
+            checks["database"] = False
+        ready = all(checks.values())
+        return JSONResponse(
+            {"status": "ready" if ready else "not ready", "checks": checks},
+            status_code=200 if ready else 503,
+        )
+
+    @app.get("/metrics", tags=["health"])
+    async def metrics(request: Request) -> Response:
+        """Prometheus text format."""
+        if not security.public_metrics:
+            await viewer(request)
+        return Response(generate_latest(metrics_registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.include_router(api_router(admin, viewer, editor))
+    app.include_router(web_router(node, viewer, editor))
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app

@@ -90,7 +90,7 @@ class StorageSCP:
 
     @property
     def counts(self) -> dict[str, int]:
-        """Counters since start: instances stored, duplicates, refused, associations."""
+        """Counters since start: stored, bytes, duplicates, refused, associations."""
         with self._counts_lock:
             return dict(self._counts)
 
@@ -207,11 +207,14 @@ class StorageSCP:
             calling_ae=calling,
             called_ae=called,
         )
+        encoded = event.encoded_dataset()
         try:
-            outcome = self._ingestor.accept(incoming, event.encoded_dataset())
+            outcome = self._ingestor.accept(incoming, encoded)
         except OutOfResources as exc:
             return self._refuse(status.OUT_OF_RESOURCES, sop_uid, str(exc))
         except SpoolError as exc:
             return self._refuse(status.OUT_OF_RESOURCES, sop_uid, str(exc))
         self._count("duplicates" if outcome is Outcome.DUPLICATE else "stored")
+        if outcome is Outcome.STORED:
+            self._count("bytes", len(encoded))
         return status.SUCCESS

@@ -2,8 +2,10 @@
 
 States: ``queued`` → ``running`` (inference) → ``exporting`` (sending
 results, with retries) → ``done``; any stage can end in ``failed`` with the
-reason. Each transition is one transaction and leaves a ``job_events`` row,
-which is the job's timeline.
+reason, or in ``cancelled`` by an administrator. Each transition is one
+transaction and leaves a ``job_events`` row, which is the job's timeline.
+A job cancelled while its worker runs stays cancelled: the worker's later
+transitions only apply to a job still in the state they expect.
 """
 
 from __future__ import annotations
@@ -17,7 +19,14 @@ from node.state.db import Database
 
 log = logging.getLogger(__name__)
 
-JOB_STATES = ("queued", "running", "exporting", "done", "failed")
+JOB_STATES = ("queued", "running", "exporting", "done", "failed", "cancelled")
+#: States an administrator may cancel from / retry from.
+CANCELLABLE = ("queued", "running", "exporting")
+RETRYABLE = ("failed", "cancelled", "done")
+
+
+class JobActionError(ValueError):
+    """An administrative action does not apply to the job in its current state."""
 
 
 @dataclass(frozen=True)
@@ -129,8 +138,13 @@ class JobQueue:
     def inference_done(self, job_id: int, result_dir: Path, now: float) -> Job:
         """Results are on disk; send them next (or finish when there is nowhere to send)."""
         with self._db.transaction() as cursor:
-            cursor.execute("SELECT destinations FROM jobs WHERE id = ?", (job_id,))
-            destinations = cursor.fetchone()["destinations"]
+            cursor.execute("SELECT destinations, state FROM jobs WHERE id = ?", (job_id,))
+            row = cursor.fetchone()
+            if row["state"] != "running":  # cancelled meanwhile: keep the results, not the state
+                self._event(cursor, job_id, now, "results_written", str(result_dir))
+                cursor.execute("SELECT * FROM jobs WHERE id = ?", (job_id,))
+                return _job(cursor.fetchone())
+            destinations = row["destinations"]
             state = "exporting" if json.loads(destinations) else "done"
             cursor.execute(
                 "UPDATE jobs SET state = ?, result_dir = ?, pending_destinations = ?,"
@@ -181,7 +195,7 @@ class JobQueue:
         with self._db.transaction() as cursor:
             cursor.execute(
                 "UPDATE jobs SET pending_destinations = ?, next_attempt_at = ?, error = ?,"
-                " updated_at = ? WHERE id = ?",
+                " updated_at = ? WHERE id = ? AND state = 'exporting'",
                 (json.dumps(pending), retry_at, error or None, now, job_id),
             )
             self._event(cursor, job_id, now, "export_retry_scheduled", error)
@@ -190,19 +204,22 @@ class JobQueue:
         with self._db.transaction() as cursor:
             cursor.execute(
                 "UPDATE jobs SET state = 'done', pending_destinations = '[]', error = NULL,"
-                " next_attempt_at = NULL, finished_at = ?, updated_at = ? WHERE id = ?",
+                " next_attempt_at = NULL, finished_at = ?, updated_at = ?"
+                " WHERE id = ? AND state != 'cancelled'",
                 (now, now, job_id),
             )
-            self._event(cursor, job_id, now, "done", detail)
+            event = "done" if cursor.rowcount == 1 else "finished_after_cancel"
+            self._event(cursor, job_id, now, event, detail)
 
     def fail(self, job_id: int, error: str, now: float) -> None:
         with self._db.transaction() as cursor:
             cursor.execute(
                 "UPDATE jobs SET state = 'failed', error = ?, next_attempt_at = NULL,"
-                " finished_at = ?, updated_at = ? WHERE id = ?",
+                " finished_at = ?, updated_at = ? WHERE id = ? AND state != 'cancelled'",
                 (error, now, now, job_id),
             )
-            self._event(cursor, job_id, now, "failed", error)
+            event = "failed" if cursor.rowcount == 1 else "error_after_cancel"
+            self._event(cursor, job_id, now, event, error)
 
     def requeue_interrupted(self, now: float) -> list[int]:
         """On start-up: jobs left ``running`` by a crash go back to the queue."""
@@ -255,3 +272,108 @@ class JobQueue:
             (series_uid, rule, before_job),
         )
         return Path(rows[0]["result_dir"]) if rows else None
+
+    # -- administrative actions (each leaves an event naming who asked) ---------------
+
+    def _locked_job(self, cursor: object, job_id: int) -> Job:
+        cursor.execute("SELECT * FROM jobs WHERE id = ?", (job_id,))  # type: ignore[attr-defined]
+        row = cursor.fetchone()  # type: ignore[attr-defined]
+        if row is None:
+            raise KeyError(job_id)
+        return _job(row)
+
+    def cancel(self, job_id: int, now: float, *, by: str) -> Job:
+        """Stop a queued, running or exporting job; results already written stay on disk."""
+        with self._db.transaction() as cursor:
+            job = self._locked_job(cursor, job_id)
+            if job.state not in CANCELLABLE:
+                raise JobActionError(
+                    f"job {job_id} is {job.state}; only {', '.join(CANCELLABLE)} jobs can be"
+                    " cancelled"
+                )
+            cursor.execute(
+                "UPDATE jobs SET state = 'cancelled', next_attempt_at = NULL, finished_at = ?,"
+                " updated_at = ? WHERE id = ?",
+                (now, now, job_id),
+            )
+            self._event(cursor, job_id, now, "cancelled", f"by {by}")
+            return self._locked_job(cursor, job_id)
+
+    def retry(self, job_id: int, now: float, *, by: str) -> Job:
+        """Run a finished job again.
+
+        A job whose results exist but were not all delivered goes back to
+        ``exporting`` (only the pending destinations, attempts counted afresh);
+        any other goes back to ``queued`` and runs inference again.
+        """
+        with self._db.transaction() as cursor:
+            job = self._locked_job(cursor, job_id)
+            if job.state not in RETRYABLE:
+                raise JobActionError(
+                    f"job {job_id} is {job.state}; only {', '.join(RETRYABLE)} jobs can be retried"
+                )
+            resend = (
+                job.result_dir is not None
+                and job.result_dir.is_dir()
+                and bool(job.pending_destinations)
+            )
+            if resend:
+                cursor.execute(
+                    "UPDATE jobs SET state = 'exporting', export_attempts = 0, error = NULL,"
+                    " next_attempt_at = ?, finished_at = NULL, updated_at = ? WHERE id = ?",
+                    (now, now, job_id),
+                )
+                self._event(cursor, job_id, now, "retried", f"by {by}; resend results")
+            else:
+                cursor.execute(
+                    "UPDATE jobs SET state = 'queued', error = NULL, next_attempt_at = NULL,"
+                    " export_attempts = 0, started_at = NULL, finished_at = NULL,"
+                    " updated_at = ? WHERE id = ?",
+                    (now, job_id),
+                )
+                self._event(cursor, job_id, now, "retried", f"by {by}; run again")
+            return self._locked_job(cursor, job_id)
+
+    def rerun(self, job_id: int, now: float, *, by: str, plugin: str | None = None) -> int:
+        """Queue a new job for the same series and rule, optionally with another plugin."""
+        job = self.get(job_id)
+        if job is None:
+            raise KeyError(job_id)
+        chosen = plugin or job.plugin
+        new_id = self.enqueue(
+            series_uid=job.series_uid,
+            study_uid=job.study_uid,
+            generation=job.generation,
+            rule=job.rule,
+            plugin=chosen,
+            destinations=list(job.destinations),
+            priority=job.priority,
+            now=now,
+        )
+        self.add_event(new_id, now, "rerun_of", f"job {job_id} by {by}")
+        self.add_event(job_id, now, "rerun", f"as job {new_id} plugin={chosen} by {by}")
+        return new_id
+
+    def set_priority(self, job_id: int, priority: int, now: float, *, by: str) -> Job:
+        """Change the priority of a job that has not finished (0 is most urgent)."""
+        if not 0 <= priority <= 9:
+            raise JobActionError("priority must be between 0 (most urgent) and 9")
+        with self._db.transaction() as cursor:
+            job = self._locked_job(cursor, job_id)
+            if job.state not in CANCELLABLE:
+                raise JobActionError(f"job {job_id} is {job.state}; its priority no longer matters")
+            cursor.execute(
+                "UPDATE jobs SET priority = ?, updated_at = ? WHERE id = ?",
+                (priority, now, job_id),
+            )
+            self._event(
+                cursor, job_id, now, "priority_changed", f"{job.priority} -> {priority} by {by}"
+            )
+            return self._locked_job(cursor, job_id)
+
+    def depth_by_priority(self) -> dict[int, int]:
+        """Queued jobs per priority."""
+        rows = self._db.query(
+            "SELECT priority, COUNT(*) AS n FROM jobs WHERE state = 'queued' GROUP BY priority"
+        )
+        return {int(row["priority"]): int(row["n"]) for row in rows}

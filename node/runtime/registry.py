@@ -91,6 +91,14 @@ class PluginRegistry:
             for p in sorted(self._classes.values(), key=lambda p: p.name)
         ]
 
+    def loaded_devices(self) -> dict[str, list[str]]:
+        """Devices each plugin has been loaded on so far (plugins load on first use)."""
+        with self._lock:
+            devices: dict[str, list[str]] = {}
+            for name, device in self._loaded:
+                devices.setdefault(name, []).append(device)
+            return devices
+
     def plugin_class(self, name: str) -> type[InferencePlugin]:
         if name in self._classes:
             return self._classes[name]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS series (
@@ -57,7 +57,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     destinations    TEXT NOT NULL DEFAULT '[]',
     priority        INTEGER NOT NULL DEFAULT 5,
     state           TEXT NOT NULL DEFAULT 'queued'
-                    CHECK (state IN ('queued', 'running', 'exporting', 'done', 'failed')),
+                    CHECK (state IN ('queued', 'running', 'exporting', 'done', 'failed',
+                                     'cancelled')),
     attempts        INTEGER NOT NULL DEFAULT 0,
     export_attempts INTEGER NOT NULL DEFAULT 0,
     next_attempt_at REAL,
@@ -80,7 +81,116 @@ CREATE TABLE IF NOT EXISTS job_events (
     detail  TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS job_events_job ON job_events (job_id, id);
+
+-- Administration (node/admin): rules and destinations edited at run time, users,
+-- sessions, API tokens and the append-only audit log.
+CREATE TABLE IF NOT EXISTS meta (
+    key     TEXT PRIMARY KEY,
+    value   TEXT NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS rules (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    name        TEXT NOT NULL UNIQUE,
+    position    INTEGER NOT NULL,
+    definition  TEXT NOT NULL,
+    version     INTEGER NOT NULL DEFAULT 1,
+    updated_at  REAL NOT NULL,
+    updated_by  TEXT NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS rule_versions (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    rule_id     INTEGER NOT NULL,
+    version     INTEGER NOT NULL,
+    name        TEXT NOT NULL,
+    definition  TEXT,
+    action      TEXT NOT NULL,
+    at          REAL NOT NULL,
+    user        TEXT NOT NULL,
+    UNIQUE (rule_id, version)
+);
+
+CREATE TABLE IF NOT EXISTS destinations (
+    name        TEXT PRIMARY KEY,
+    definition  TEXT NOT NULL,
+    updated_at  REAL NOT NULL,
+    updated_by  TEXT NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS series_info (
+    series_uid          TEXT PRIMARY KEY,
+    study_date          TEXT NOT NULL DEFAULT '',
+    study_description   TEXT NOT NULL DEFAULT '',
+    series_description  TEXT NOT NULL DEFAULT '',
+    accession_number    TEXT NOT NULL DEFAULT '',
+    body_part           TEXT NOT NULL DEFAULT '',
+    series_number       TEXT NOT NULL DEFAULT ''
+);
+
+CREATE TABLE IF NOT EXISTS users (
+    username        TEXT PRIMARY KEY,
+    password_hash   TEXT NOT NULL,
+    role            TEXT NOT NULL CHECK (role IN ('admin', 'viewer')),
+    created_at      REAL NOT NULL,
+    disabled        INTEGER NOT NULL DEFAULT 0
+);
+
+CREATE TABLE IF NOT EXISTS sessions (
+    id_hash     TEXT PRIMARY KEY,
+    username    TEXT NOT NULL REFERENCES users (username) ON DELETE CASCADE,
+    csrf_token  TEXT NOT NULL,
+    created_at  REAL NOT NULL,
+    expires_at  REAL NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS api_tokens (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    username    TEXT NOT NULL REFERENCES users (username) ON DELETE CASCADE,
+    name        TEXT NOT NULL,
+    token_hash  TEXT NOT NULL UNIQUE,
+    created_at  REAL NOT NULL,
+    last_used   REAL,
+    revoked     INTEGER NOT NULL DEFAULT 0
+);
+
+CREATE TABLE IF NOT EXISTS audit (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    at          REAL NOT NULL,
+    user        TEXT NOT NULL,
+    action      TEXT NOT NULL,
+    target      TEXT NOT NULL,
+    before      TEXT,
+    after       TEXT
+);
+CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 """
+
+
+def _migrate(connection: sqlite3.Connection) -> None:
+    """Bring a database written by an older schema up to date (idempotent)."""
+    row = connection.execute("SELECT sql FROM sqlite_master WHERE name = 'jobs'").fetchone()
+    if row is not None and "cancelled" not in row[0]:
+        # SQLite cannot alter a CHECK constraint: rebuild the table with the new one.
+        log.info("migrating jobs table: adding the cancelled state")
+        connection.execute("PRAGMA foreign_keys=OFF")
+        connection.execute("BEGIN IMMEDIATE")
+        new_sql = (
+            row[0]
+            .replace("'done', 'failed')", "'done', 'failed', 'cancelled')")
+            .replace("CREATE TABLE jobs", "CREATE TABLE jobs_migrated", 1)
+        )
+        connection.execute(new_sql)
+        connection.execute("INSERT INTO jobs_migrated SELECT * FROM jobs")
+        connection.execute("DROP TABLE jobs")
+        connection.execute("ALTER TABLE jobs_migrated RENAME TO jobs")
+        connection.execute("CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, priority, id)")
+        connection.execute("CREATE INDEX IF NOT EXISTS jobs_series ON jobs (series_uid)")
+        connection.execute("COMMIT")
+        connection.execute("PRAGMA foreign_keys=ON")
 
 
 class Database:
@@ -108,6 +218,7 @@ class Database:
         self._connection.execute("PRAGMA foreign_keys=ON")
         # executescript commits on its own; the schema statements are idempotent.
         self._connection.executescript(SCHEMA)
+        _migrate(self._connection)
         self._connection.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     @contextmanager

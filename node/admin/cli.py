@@ -1,0 +1,256 @@
+"""``ainode users|rules|jobs``: thin command-line wrappers over :class:`AdminService`.
+
+They open the node's state database under the configuration's ``data_dir``
+(the same file a running node uses; SQLite's WAL mode lets both work at once).
+Changes are audited as ``cli:<login name>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from node.errors import AinodeError, ConfigError
+
+
+def _actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except Exception:
+        return "cli"
+
+
+def _service(args: argparse.Namespace) -> Any:
+    from node.admin.service import AdminService
+    from node.config import load_settings
+    from node.runtime.registry import PluginRegistry
+    from node.state.db import Database
+
+    settings = load_settings(args.config)
+    db = Database(settings.database_path)
+    admin = AdminService(db, PluginRegistry.discover(), calling_ae=settings.node.ae_title)
+    admin.seed_from_config(settings.rules, settings.destinations)
+    return admin
+
+
+def _fail(message: str) -> int:
+    print(f"ainode: {message}", file=sys.stderr)
+    return 2
+
+
+def _when(value: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value)) if value else "-"
+
+
+# -- users ------------------------------------------------------------------------------
+
+
+def users_add(args: argparse.Namespace) -> int:
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    elif os.environ.get("AINODE_NEW_PASSWORD"):
+        password = os.environ["AINODE_NEW_PASSWORD"]
+    else:
+        password = getpass.getpass(f"Password for {args.username}: ")
+        if password != getpass.getpass("Again: "):
+            return _fail("the passwords differ")
+    admin = _service(args)
+    user = admin.add_user(args.username, password, args.role, _actor())
+    print(f"user {user.username} added with role {user.role}")
+    return 0
+
+
+def users_list(args: argparse.Namespace) -> int:
+    for user in _service(args).users.users():
+        flag = " (disabled)" if user.disabled else ""
+        print(f"{user.username:24} {user.role:7} since {_when(user.created_at)}{flag}")
+    return 0
+
+
+# -- rules ------------------------------------------------------------------------------
+
+
+def _rules_in_file(path: Path) -> list[Any]:
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if isinstance(document, dict) and "rules" in document:
+        document = document["rules"]
+    if isinstance(document, dict):
+        document = [document]
+    if not isinstance(document, list):
+        raise ConfigError(f"{path}: expected a rule, a list of rules or a 'rules:' section")
+    return document
+
+
+def rules_validate(args: argparse.Namespace) -> int:
+    from node.errors import InvalidInput
+
+    admin = _service(args)
+    try:
+        rules = admin.proposed_rules(rules=_rules_in_file(args.file))
+    except InvalidInput as exc:
+        for field, message in exc.problems:
+            print(f"{args.file}: {field}: {message}", file=sys.stderr)
+        return 1
+    for rule in rules:
+        conditions = " and ".join(c.describe() for c in rule.conditions) or "every series"
+        print(f"{rule.name}: valid — fires when {conditions}")
+    return 0
+
+
+def rules_list(args: argparse.Namespace) -> int:
+    for stored in _service(args).rules.stored():
+        rule = stored.rule
+        state = "" if rule.enabled else " (disabled)"
+        print(f"{stored.id:4} {rule.name:28} {rule.plugin:12} v{stored.version}{state}")
+    return 0
+
+
+def rules_test(args: argparse.Namespace) -> int:
+    from node.admin.rules import subject_from_dicom_bytes
+
+    admin = _service(args)
+    if args.series:
+        subject = admin.series_subject(args.series)
+    else:
+        subject = subject_from_dicom_bytes(args.file.read_bytes(), args.calling_ae, args.called_ae)
+    rules = admin.proposed_rules(rules=_rules_in_file(args.rules)) if args.rules else None
+    results = admin.test_rules(rules if rules is not None else admin.rules.active(), subject)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    for item in results:
+        verdict = "FIRES" if item["fires"] else ("disabled" if item["matched"] else "no")
+        why = f"  not met: {'; '.join(item['failed'])}" if item["failed"] else ""
+        print(f"{verdict:8} {item['rule']} ({item['plugin']}){why}")
+    if not any(item["fires"] for item in results):
+        print("no rule fires: the series would be stored but not processed")
+    return 0
+
+
+# -- jobs -------------------------------------------------------------------------------
+
+
+def jobs_list(args: argparse.Namespace) -> int:
+    admin = _service(args)
+    found = admin.catalog.search_jobs(
+        state=args.state or "",
+        rule=args.rule or "",
+        plugin=args.plugin or "",
+        text=args.text or "",
+        limit=args.limit,
+    )
+    for job, info in found:
+        description = info.get("series_description") or job.series_uid[-20:]
+        error = f"  {job.error[:80]}" if job.error else ""
+        print(
+            f"{job.id:6} {job.state:10} {job.rule:24} {job.plugin:12} {_when(job.created_at)}"
+            f"  {description}{error}"
+        )
+    return 0
+
+
+def jobs_show(args: argparse.Namespace) -> int:
+    from node.api.serialize import job_json
+
+    job, events, info = _service(args).job(args.job_id)
+    if args.json:
+        data = job_json(job, info)
+        data["events"] = [e.__dict__ for e in events]
+        print(json.dumps(data, indent=2))
+        return 0
+    print(f"job {job.id}: {job.state}  rule={job.rule} plugin={job.plugin} priority={job.priority}")
+    print(f"series {job.series_uid} ({info.get('series_description') or 'no description'})")
+    if job.error:
+        print(f"error: {job.error}")
+    for event in events:
+        print(f"  {_when(event.at)}  {event.event:24} {event.detail}")
+    return 0
+
+
+def jobs_retry(args: argparse.Namespace) -> int:
+    job = _service(args).retry_job(args.job_id, _actor())
+    print(f"job {job.id} is {job.state} again")
+    return 0
+
+
+def add_commands(commands: Any) -> None:
+    """Register ``users``, ``rules`` and ``jobs`` on the main parser's subcommands."""
+
+    def with_config(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        parser.add_argument(
+            "--config", type=Path, help="the node's YAML configuration (default: embedded)"
+        )
+        return parser
+
+    users = commands.add_parser("users", help="manage console/API users")
+    users_sub = users.add_subparsers(dest="users_command", required=True)
+    add = with_config(users_sub.add_parser("add", help="add a user (asks for the password)"))
+    add.add_argument("username")
+    add.add_argument("--role", choices=["admin", "viewer"], default="viewer")
+    add.add_argument(
+        "--password-stdin", action="store_true", help="read the password from standard input"
+    )
+    add.set_defaults(handler=_guard(users_add))
+    with_config(users_sub.add_parser("list", help="list users")).set_defaults(
+        handler=_guard(users_list)
+    )
+
+    rules = commands.add_parser("rules", help="validate, list and test routing rules")
+    rules_sub = rules.add_subparsers(dest="rules_command", required=True)
+    validate = with_config(
+        rules_sub.add_parser("validate", help="check a YAML file of rules without saving it")
+    )
+    validate.add_argument("file", type=Path)
+    validate.set_defaults(handler=_guard(rules_validate))
+    with_config(rules_sub.add_parser("list", help="the rules the node applies")).set_defaults(
+        handler=_guard(rules_list)
+    )
+    test = with_config(rules_sub.add_parser("test", help="which rules fire for a series or file"))
+    target = test.add_mutually_exclusive_group(required=True)
+    target.add_argument("--series", help="SeriesInstanceUID of a series the node received")
+    target.add_argument("--file", type=Path, help="a DICOM file")
+    test.add_argument("--rules", type=Path, help="test these rules instead of the saved ones")
+    test.add_argument("--calling-ae", default="", help="sender AE title to assume (--file)")
+    test.add_argument("--called-ae", default="", help="called AE title to assume (--file)")
+    test.add_argument("--json", action="store_true")
+    test.set_defaults(handler=_guard(rules_test))
+
+    jobs = commands.add_parser("jobs", help="list, show and retry jobs")
+    jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True)
+    listing = with_config(jobs_sub.add_parser("list", help="jobs, newest first"))
+    listing.add_argument("--state")
+    listing.add_argument("--rule")
+    listing.add_argument("--plugin")
+    listing.add_argument("--text")
+    listing.add_argument("--limit", type=int, default=50)
+    listing.set_defaults(handler=_guard(jobs_list))
+    show = with_config(jobs_sub.add_parser("show", help="a job and its timeline"))
+    show.add_argument("job_id", type=int)
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(handler=_guard(jobs_show))
+    retry = with_config(jobs_sub.add_parser("retry", help="run a failed job again"))
+    retry.add_argument("job_id", type=int)
+    retry.set_defaults(handler=_guard(jobs_retry))
+
+
+def _guard(handler: Any) -> Any:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return int(handler(args))
+        except AinodeError as exc:
+            return _fail(str(exc))
+
+    return run

@@ -1,0 +1,112 @@
+"""DICOM destinations kept in the state database (seeded once from the YAML, like rules).
+
+The exporter reads :meth:`DestinationStore.mapping` on every attempt, so a
+changed address applies to the next send.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import ValidationError
+
+from node.config import DestinationSettings
+from node.errors import Conflict, InvalidInput, NotFound
+from node.state.db import Database
+
+log = logging.getLogger(__name__)
+
+SEEDED_KEY = "destinations_seeded_from_config"
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def parse_destination(data: Mapping[str, Any] | Any) -> DestinationSettings:
+    """Validate a destination; raise :class:`InvalidInput` naming each bad field."""
+    if not isinstance(data, Mapping):
+        raise InvalidInput("a destination must be a JSON object", [("destination", "object")])
+    try:
+        return DestinationSettings.model_validate(dict(data))
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = ".".join(str(p) for p in error["loc"]) or "destination"
+            message = "unknown field" if error["type"] == "extra_forbidden" else error["msg"]
+            if error["type"] == "string_pattern_mismatch" and field == "ae_title":
+                message = "1 to 16 printable ASCII characters, no backslash"
+            problems.append((field, message))
+        raise InvalidInput(
+            "the destination is invalid: " + "; ".join(f"{f}: {m}" for f, m in problems),
+            problems,
+        ) from None
+
+
+def check_name(name: str) -> None:
+    if not NAME_PATTERN.match(name):
+        raise InvalidInput(
+            "destination names use letters, digits and _ . - (at most 64)",
+            [("name", "letters, digits and _ . - only")],
+        )
+
+
+class DestinationStore:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def seed(self, destinations: Mapping[str, DestinationSettings], now: float) -> bool:
+        with self._db.transaction() as cursor:
+            cursor.execute("SELECT value FROM meta WHERE key = ?", (SEEDED_KEY,))
+            if cursor.fetchone() is not None:
+                return False
+            for name, destination in destinations.items():
+                cursor.execute(
+                    "INSERT OR IGNORE INTO destinations (name, definition, updated_at, updated_by)"
+                    " VALUES (?, ?, ?, 'config')",
+                    (name, json.dumps(destination.model_dump(mode="json")), now),
+                )
+            cursor.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?)", (SEEDED_KEY, json.dumps(now))
+            )
+        return True
+
+    def mapping(self) -> dict[str, DestinationSettings]:
+        rows = self._db.query("SELECT name, definition FROM destinations ORDER BY name")
+        return {
+            row["name"]: DestinationSettings.model_validate(json.loads(row["definition"]))
+            for row in rows
+        }
+
+    def get(self, name: str) -> DestinationSettings:
+        rows = self._db.query("SELECT definition FROM destinations WHERE name = ?", (name,))
+        if not rows:
+            raise NotFound(f"no destination named {name!r}")
+        return DestinationSettings.model_validate(json.loads(rows[0]["definition"]))
+
+    def put(
+        self, name: str, destination: DestinationSettings, user: str, now: float, *, create: bool
+    ) -> DestinationSettings | None:
+        """Create (``create``) or replace a destination; return the previous value."""
+        check_name(name)
+        previous = self.mapping().get(name)
+        if create and previous is not None:
+            raise Conflict(f"a destination named {name!r} already exists")
+        if not create and previous is None:
+            raise NotFound(f"no destination named {name!r}")
+        with self._db.transaction() as cursor:
+            cursor.execute(
+                "INSERT INTO destinations (name, definition, updated_at, updated_by)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET"
+                " definition = excluded.definition, updated_at = excluded.updated_at,"
+                " updated_by = excluded.updated_by",
+                (name, json.dumps(destination.model_dump(mode="json")), now, user),
+            )
+        return previous
+
+    def delete(self, name: str) -> DestinationSettings:
+        previous = self.get(name)
+        with self._db.transaction() as cursor:
+            cursor.execute("DELETE FROM destinations WHERE name = ?", (name,))
+        return previous

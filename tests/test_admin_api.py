@@ -1,0 +1,471 @@
+"""The admin REST API over real HTTP against a running node (real SQLite, real DICOM)."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from node.devtools.net import free_port, wait_until
+from node.synthetic.chest_ct import make_chest_ct, write_series
+from tests.support.admin import (
+    ADMIN_PASSWORD,
+    ServedNode,
+    login_session,
+    served_node,
+    storescu,
+)
+
+RULE = {"name": "chest-ct", "match": {"Modality": "CT"}, "plugin": "ct_lungs"}
+
+
+@pytest.fixture(scope="module")
+def series_dirs(tmp_path_factory) -> dict[str, list[Path]]:
+    root = tmp_path_factory.mktemp("series")
+    chest, _ = make_chest_ct(
+        n_slices=24, rows=96, columns=96, seed=11, series_description="Chest CT 1.0"
+    )
+    head, _ = make_chest_ct(
+        n_slices=8,
+        rows=32,
+        columns=32,
+        seed=12,
+        series_description="Head routine",
+        include_lungs=False,
+    )
+    return {
+        "chest": write_series(chest, root / "chest"),
+        "head": write_series(head, root / "head"),
+    }
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, series_dirs) -> ServedNode:
+    with served_node(tmp_path_factory.mktemp("node"), {"rules": [RULE]}) as served:
+        storescu(served.dicom_port, series_dirs["chest"] + series_dirs["head"])
+        with served.client(served.admin_token) as client:
+            wait_until(
+                lambda: (
+                    len(
+                        [
+                            j
+                            for j in client.get("/api/jobs").json()
+                            if j["state"] in ("done", "failed")
+                        ]
+                    )
+                    == 2
+                ),
+                180,
+                message="both jobs finished",
+            )
+        yield served
+
+
+def uid_of(files: list[Path]) -> str:
+    return str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
+
+
+# -- open endpoints and authentication ------------------------------------------------------
+
+
+def test_health_ready_and_metrics_need_no_login(served: ServedNode) -> None:
+    with served.client() as client:
+        assert client.get("/healthz").status_code == 200
+        ready = client.get("/readyz")
+        assert ready.status_code == 200 and all(ready.json()["checks"].values())
+        metrics = client.get("/metrics")
+        assert metrics.status_code == 200
+        text = metrics.text
+    assert "ainode_instances_received_total 32.0" in text
+    assert 'ainode_queue_depth{priority="5"}' in text
+    assert 'ainode_job_duration_seconds_count{plugin="ct_lungs"} 1.0' in text
+    assert "ainode_series_completed_total 2.0" in text
+    assert "ainode_bytes_received_total" in text
+
+
+@pytest.mark.parametrize("path", ["/api/rules", "/api/jobs", "/api/audit", "/api/plugins"])
+def test_api_without_credentials_is_401_json(served: ServedNode, path: str) -> None:
+    with served.client() as client:
+        response = client.get(path)
+    assert response.status_code == 401
+    assert "log in" in response.json()["message"]
+
+
+def test_pages_redirect_to_login_and_bad_token_is_refused(served: ServedNode) -> None:
+    with served.client() as client:
+        page = client.get("/jobs", headers={"Accept": "text/html"})
+        assert page.status_code == 303 and page.headers["location"] == "/login?next=/jobs"
+    with served.client("ainode_not-a-token") as client:
+        assert client.get("/api/rules").status_code == 401
+
+
+def test_viewer_reads_but_cannot_change(served: ServedNode) -> None:
+    with served.client(served.viewer_token) as client:
+        assert client.get("/api/rules").status_code == 200
+        refused = client.post("/api/rules", json={**RULE, "name": "viewer-rule"})
+        assert refused.status_code == 403
+        assert "viewer role" in refused.json()["message"]
+        assert client.get("/api/users").status_code == 403
+        # Testing is reading: viewers may test rules.
+        tested = client.post("/api/rules/test", json={"header": {"Modality": "CT"}})
+        assert tested.status_code == 200
+
+
+def test_session_login_needs_csrf_for_changes(served: ServedNode) -> None:
+    client, csrf = login_session(served.url, "admin", ADMIN_PASSWORD)
+    try:
+        body = {**RULE, "name": "session-rule", "enabled": False}
+        missing = client.post("/api/rules", json=body)
+        assert missing.status_code == 403 and "CSRF" in missing.json()["message"]
+        created = client.post("/api/rules", json=body, headers={"X-CSRF-Token": csrf})
+        assert created.status_code == 201, created.text
+        client.delete(f"/api/rules/{created.json()['id']}", headers={"X-CSRF-Token": csrf})
+        logout = client.post("/logout", data={"csrf_token": csrf})
+        assert logout.status_code == 303
+        assert client.get("/api/me").status_code == 401
+    finally:
+        client.close()
+    with served.client() as anonymous:
+        bad = anonymous.post("/login", data={"username": "admin", "password": "wrong"})
+        assert bad.status_code == 400  # no login form token: nothing is checked
+
+
+def test_wrong_password_shows_the_form_again(served: ServedNode) -> None:
+    with served.client() as client:
+        page = client.get("/login")
+        token = page.text.split('name="csrf_token" value="')[1].split('"')[0]
+        response = client.post(
+            "/login", data={"username": "admin", "password": "nope", "csrf_token": token}
+        )
+    assert response.status_code == 401
+    assert "Wrong user name or password" in response.text
+
+
+# -- rules --------------------------------------------------------------------------------
+
+
+def test_rule_lifecycle_is_versioned_and_audited(served: ServedNode) -> None:
+    with served.client(served.admin_token) as client:
+        created = client.post(
+            "/api/rules", json={**RULE, "name": "mr-brain", "match": "Modality: MR\n"}
+        )
+        assert created.status_code == 201, created.text
+        rule = created.json()
+        assert rule["match"] == {"Modality": "MR"} and rule["version"] == 1
+        updated = client.put(
+            f"/api/rules/{rule['id']}", json={**RULE, "name": "mr-brain", "priority": 2}
+        )
+        assert updated.json()["version"] == 2 and updated.json()["priority"] == 2
+        versions = client.get(f"/api/rules/{rule['id']}/versions").json()
+        assert [(v["version"], v["user"]) for v in versions] == [(2, "admin"), (1, "admin")]
+        restored = client.post(f"/api/rules/{rule['id']}/versions/1/restore").json()
+        assert restored["version"] == 3 and restored["match"] == {"Modality": "MR"}
+        order = [r["id"] for r in client.get("/api/rules").json()]
+        reordered = client.post("/api/rules/order", json={"order": order[::-1]})
+        assert [r["id"] for r in reordered.json()] == order[::-1]
+        client.post("/api/rules/order", json={"order": order})
+        assert client.delete(f"/api/rules/{rule['id']}").status_code == 200
+        assert client.get(f"/api/rules/{rule['id']}").status_code == 404
+        audit = client.get("/api/audit", params={"target": f"rule:{rule['id']}"}).json()
+    assert [a["action"] for a in audit] == [
+        "rule.delete",
+        "rule.restore",
+        "rule.update",
+        "rule.create",
+    ]
+    assert audit[2]["before"]["priority"] == 5 and audit[2]["after"]["priority"] == 2
+    assert all(a["user"] == "admin" for a in audit)
+
+
+def test_invalid_rules_point_at_the_field(served: ServedNode) -> None:
+    with served.client(served.admin_token) as client:
+        bad = client.post(
+            "/api/rules",
+            json={
+                **RULE,
+                "name": "bad",
+                "match": {"SeriesDescription": {"regex": "("}},
+                "send_to": ["nowhere"],
+            },
+        )
+        assert bad.status_code == 422
+        fields = {e["field"]: e["message"] for e in bad.json()["errors"]}
+        assert "invalid regular expression" in fields["match.SeriesDescription.regex"]
+        assert "unknown destination 'nowhere'" in fields["send_to[0]"]
+        duplicate = client.post("/api/rules", json=RULE)
+        assert duplicate.status_code == 422
+        assert duplicate.json()["errors"][0]["field"] == "name"
+        checked = client.post(
+            "/api/rules/validate", json={"rule": {**RULE, "priority": 12, "plugin": "x"}}
+        ).json()
+        assert not checked["valid"]
+        assert {e["field"] for e in checked["errors"]} == {"name", "priority", "plugin"}
+        checked = client.post(
+            "/api/rules/validate", json={"rule": {**RULE, "name": "other", "plugin": "x"}}
+        )
+        assert [e["field"] for e in checked.json()["errors"]] == ["plugin"]
+        ok = client.post("/api/rules/validate", json={"rule": {**RULE, "name": "new"}}).json()
+        assert ok["valid"] and ok["conditions"] == ["Modality equals 'CT'"]
+        missing = client.put("/api/rules/9999", json=RULE)
+        assert missing.status_code == 404 and "9999" in missing.json()["message"]
+        no_name = client.post("/api/rules", json={"plugin": "ct_lungs"})
+        assert no_name.status_code == 422 and no_name.json()["errors"][0]["field"] == "name"
+
+
+def test_rule_test_against_stored_series_file_and_header(served, series_dirs) -> None:
+    candidate = {
+        "name": "head-only",
+        "match": {"SeriesDescription": {"regex": "(?i)head"}},
+        "plugin": "ct_lungs",
+    }
+    with served.client(served.viewer_token) as client:
+        stored = client.post(
+            "/api/rules/test", json={"series_uid": uid_of(series_dirs["head"]), "rule": candidate}
+        ).json()
+        assert stored["fires"] == ["chest-ct", "head-only"]
+        assert [r["candidate"] for r in stored["results"]] == [False, True]
+        chest = client.post(
+            "/api/rules/test", json={"series_uid": uid_of(series_dirs["chest"]), "rule": candidate}
+        ).json()
+        assert chest["fires"] == ["chest-ct"]
+        assert chest["results"][1]["failed"] == ["SeriesDescription regex '(?i)head'"]
+        upload = client.post(
+            "/api/rules/test/file",
+            files={"file": ("x.dcm", series_dirs["head"][0].read_bytes())},
+            data={"rule": json.dumps(candidate)},
+        ).json()
+        assert upload["fires"] == ["chest-ct", "head-only"]
+        header = client.post(
+            "/api/rules/test", json={"header": {"Modality": "MR"}, "rule": candidate}
+        ).json()
+        assert header["fires"] == []
+        not_dicom = client.post("/api/rules/test/file", files={"file": ("x.txt", io.BytesIO(b""))})
+        assert not_dicom.status_code == 422 and not_dicom.json()["errors"][0]["field"] == "file"
+        unknown = client.post("/api/rules/test", json={"series_uid": "1.2.3.4"})
+        assert unknown.status_code == 404 and "1.2.3.4" in unknown.json()["message"]
+
+
+def test_replay_lists_what_would_change(served: ServedNode, series_dirs) -> None:
+    head_uid = uid_of(series_dirs["head"])
+    with served.client(served.viewer_token) as client:
+        rules = client.get("/api/rules").json()
+        chest_id = next(r["id"] for r in rules if r["name"] == "chest-ct")
+        narrowed = {**RULE, "match": {"Modality": "CT", "SeriesDescription": {"regex": "Chest"}}}
+        replay = client.post(
+            "/api/rules/replay", json={"days": 1, "rule": narrowed, "rule_id": chest_id}
+        ).json()
+        assert replay["series"] == 2 and replay["changed"] == 1
+        assert (replay["jobs_now"], replay["jobs_proposed"]) == (2, 1)
+        changed = next(i for i in replay["items"] if i["removed"])
+        assert changed["series_uid"] == head_uid and changed["removed"] == ["chest-ct"]
+        removed = client.post("/api/rules/replay", json={"days": 1, "remove_id": chest_id}).json()
+        assert removed["jobs_proposed"] == 0
+        bad = client.post("/api/rules/replay", json={"days": 0})
+        assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "days"
+
+
+# -- jobs, studies ------------------------------------------------------------------------
+
+
+def test_job_list_filters_and_detail(served: ServedNode) -> None:
+    with served.client(served.viewer_token) as client:
+        failed = client.get("/api/jobs", params={"state": "failed"}).json()
+        assert len(failed) == 1 and "slices" in failed[0]["error"]
+        assert failed[0]["series"]["series_description"] == "Head routine"
+        assert len(client.get("/api/jobs", params={"text": "Chest CT 1.0"}).json()) == 1
+        assert len(client.get("/api/jobs", params={"plugin": "ct_lungs"}).json()) >= 2
+        dated = client.get(
+            "/api/jobs", params={"study_date_from": "2024-01-01", "study_date_to": "2024-01-01"}
+        )
+        assert len(dated.json()) >= 2
+        assert client.get("/api/jobs", params={"study_date_from": "2099-01-01"}).json() == []
+        bad = client.get("/api/jobs", params={"study_date_from": "yesterday"})
+        assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "study_date_from"
+        assert client.get("/api/jobs", params={"state": "weird"}).status_code == 422
+        detail = client.get(f"/api/jobs/{failed[0]['id']}").json()
+        events = [e["event"] for e in detail["events"]]
+        assert events[:2] == ["queued", "started"] and events[-1] == "failed", events
+        assert client.get("/api/jobs/424242").status_code == 404
+
+
+def test_job_actions_are_audited(served: ServedNode) -> None:
+    with served.client(served.admin_token) as client:
+        failed = client.get("/api/jobs", params={"state": "failed"}).json()[0]
+        done = client.get("/api/jobs", params={"state": "done"}).json()[0]
+        cancel_done = client.post(f"/api/jobs/{done['id']}/cancel")
+        assert cancel_done.status_code == 409 and "done" in cancel_done.json()["message"]
+        assert (
+            client.post(f"/api/jobs/{done['id']}/priority", json={"priority": 1}).status_code == 409
+        )
+        bad_priority = client.post(f"/api/jobs/{failed['id']}/priority", json={"priority": 11})
+        assert bad_priority.status_code == 422
+        assert bad_priority.json()["errors"][0]["field"] == "priority"
+        bad_plugin = client.post(f"/api/jobs/{done['id']}/rerun", json={"plugin": "nope"})
+        assert bad_plugin.status_code == 422 and "nope" in bad_plugin.json()["message"]
+        retried = client.post(f"/api/jobs/{failed['id']}/retry")
+        assert retried.status_code == 200 and retried.json()["state"] == "queued"
+        wait_until(
+            lambda: client.get(f"/api/jobs/{failed['id']}").json()["state"] == "failed",
+            60,
+            message="retried job to fail again",
+        )
+        events = [e["event"] for e in client.get(f"/api/jobs/{failed['id']}").json()["events"]]
+        after_retry = events[events.index("retried") :]
+        assert after_retry[1] == "started" and after_retry[-1] == "failed", events
+        audit = client.get("/api/audit", params={"target": f"job:{failed['id']}"}).json()
+        assert audit[0]["action"] == "job.retry" and audit[0]["user"] == "admin"
+        assert audit[0]["before"]["state"] == "failed" and audit[0]["after"]["state"] == "queued"
+
+
+def test_studies_show_instances_and_job_counts(served: ServedNode, series_dirs) -> None:
+    with served.client(served.viewer_token) as client:
+        studies = client.get("/api/studies").json()
+        series = {s["series_uid"]: s for study in studies for s in study["series"]}
+        head = series[uid_of(series_dirs["head"])]
+        assert head["instance_count"] == 8 and head["state"] == "complete"
+        assert head["series_description"] == "Head routine" and head["calling_ae"] == "CT_SCANNER"
+        assert head["jobs"].get("failed", 0) >= 1
+        one = client.get(f"/api/series/{head['series_uid']}").json()
+        assert one["jobs"][0]["rule"] == "chest-ct"
+        again = client.post(
+            f"/api/series/{head['series_uid']}/complete",
+            headers={"Authorization": f"Bearer {served.admin_token}"},
+        )
+        assert again.status_code == 409 and "already complete" in again.json()["message"]
+
+
+def test_force_complete_routes_a_series_at_once(tmp_path: Path, series_dirs) -> None:
+    config = {"completion": {"series_quiet_seconds": 3600}, "rules": [RULE]}
+    with served_node(tmp_path, config) as served, served.client(served.admin_token) as client:
+        storescu(served.dicom_port, series_dirs["head"])
+        uid = uid_of(series_dirs["head"])
+        series = client.get(f"/api/series/{uid}").json()
+        assert (series["state"], series["instance_count"]) == ("receiving", 8)
+        assert client.get("/api/jobs").json() == []
+        completed = client.post(f"/api/series/{uid}/complete")
+        assert completed.status_code == 200 and completed.json()["state"] == "complete"
+        jobs = client.get("/api/jobs", params={"series_uid": uid}).json()
+        assert [j["rule"] for j in jobs] == ["chest-ct"]
+        audit = client.get("/api/audit", params={"action": "series"}).json()
+        assert audit[0]["target"] == f"series:{uid}"
+
+
+# -- destinations, plugins, users ---------------------------------------------------------
+
+
+def test_destinations_crud_echo_and_references(served: ServedNode) -> None:
+    own = {"ae_title": "AINODE", "host": "127.0.0.1", "port": served.dicom_port}
+    with served.client(served.admin_token) as client:
+        created = client.post("/api/destinations/self", json=own)
+        assert created.status_code == 201, created.text
+        echo = client.post("/api/destinations/self/echo").json()
+        assert echo["ok"] and echo["status"] == 0
+        closed = {
+            "ae_title": "NOBODY",
+            "host": "127.0.0.1",
+            "port": free_port(),
+            "timeout_seconds": 2,
+        }
+        failed = client.post("/api/destinations/echo", json=closed).json()
+        assert not failed["ok"] and "association" in failed["message"]
+        bad = client.post(
+            "/api/destinations/bad", json={**own, "ae_title": "WAY_TOO_LONG_AE_TITLE"}
+        )
+        assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "ae_title"
+        assert client.post("/api/destinations/self", json=own).status_code == 409
+        rule = client.post(
+            "/api/rules", json={**RULE, "name": "to-self", "enabled": False, "send_to": ["self"]}
+        ).json()
+        in_use = client.delete("/api/destinations/self")
+        assert in_use.status_code == 409 and "to-self" in in_use.json()["message"]
+        client.delete(f"/api/rules/{rule['id']}")
+        moved = client.put("/api/destinations/self", json={**own, "port": 104})
+        assert moved.json()["port"] == 104
+        assert client.delete("/api/destinations/self").status_code == 200
+        audit = client.get("/api/audit", params={"target": "destination:self"}).json()
+    assert [a["action"] for a in audit] == [
+        "destination.delete",
+        "destination.update",
+        "destination.create",
+    ]
+    assert audit[1]["before"]["port"] == served.dicom_port and audit[1]["after"]["port"] == 104
+
+
+def test_plugins_are_listed(served: ServedNode) -> None:
+    with served.client(served.viewer_token) as client:
+        plugins = {p["name"]: p for p in client.get("/api/plugins").json()}
+    assert plugins["ct_lungs"]["status"] == "ok" and plugins["ct_lungs"]["version"]
+    assert plugins["ct_lungs"]["loaded_on"] == ["cpu"]
+
+
+def test_users_and_tokens(served: ServedNode) -> None:
+    with served.client(served.admin_token) as client:
+        weak = client.post("/api/users", json={"username": "carol", "password": "short"})
+        assert weak.status_code == 422 and weak.json()["errors"][0]["field"] == "password"
+        created = client.post(
+            "/api/users", json={"username": "carol", "password": "long-enough-1", "role": "viewer"}
+        )
+        assert created.status_code == 201
+        token = client.post("/api/users/carol/tokens", json={"name": "script"}).json()
+        with served.client(token["token"]) as carol:
+            assert carol.get("/api/me").json()["username"] == "carol"
+            client.delete(f"/api/tokens/{token['id']}")
+            assert carol.get("/api/me").status_code == 401
+        assert client.patch("/api/users/admin", json={"role": "viewer"}).status_code == 409
+        assert client.delete("/api/users/carol").status_code == 200
+        audit = client.get("/api/audit", params={"target": "user:carol"}).json()
+    assert [a["action"] for a in audit] == [
+        "user.delete",
+        "token.revoke",
+        "token.create",
+        "user.create",
+    ]
+    assert "password" not in json.dumps(audit).replace("password_changed", "")
+
+
+def test_unknown_paths_and_openapi(served: ServedNode) -> None:
+    with served.client() as client:
+        missing = client.get("/api/nothing-here")
+        assert missing.status_code in (401, 404)
+        assert client.get("/openapi.json").json()["info"]["title"] == "ainode"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/",
+        "/rules",
+        "/rules/1",
+        "/jobs",
+        "/jobs?state=failed&text=Head",
+        "/jobs/1",
+        "/studies",
+        "/destinations",
+        "/plugins",
+        "/audit",
+        "/audit?action=rule",
+        "/users",
+    ],
+)
+def test_console_pages_render_for_admin(served: ServedNode, path: str) -> None:
+    client, _ = login_session(served.url, "admin", ADMIN_PASSWORD)
+    try:
+        page = client.get(path)
+    finally:
+        client.close()
+    assert page.status_code == 200, page.text[:500]
+    assert "<main>" in page.text and "Log out" in page.text
+
+
+def test_viewer_sees_no_edit_controls(served: ServedNode) -> None:
+    client, _ = login_session(served.url, "viewer", "viewer-password-1")
+    try:
+        rules = client.get("/rules/1").text
+        users = client.get("/users", headers={"Accept": "text/html"})
+    finally:
+        client.close()
+    assert "viewer role" in rules and 'id="save-rule"' not in rules
+    assert users.status_code == 403

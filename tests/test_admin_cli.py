@@ -1,0 +1,119 @@
+"""``ainode users|rules|jobs`` against a state database on disk (the same service functions)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from node.cli import main
+from node.state.db import Database
+from node.synthetic.chest_ct import make_chest_ct, write_series
+
+
+@pytest.fixture
+def config(tmp_path: Path, monkeypatch) -> Path:
+    path = tmp_path / "ainode.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "node": {"data_dir": str(tmp_path / "data")},
+                "rules": [{"name": "chest", "match": {"Modality": "CT"}, "plugin": "ct_lungs"}],
+            }
+        )
+    )
+    for variable in ("AINODE_DATA_DIR", "AINODE_CONFIG"):
+        monkeypatch.delenv(variable, raising=False)
+    return path
+
+
+def test_users_add_from_stdin(config: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setattr("sys.stdin", __import__("io").StringIO("a-long-password\n"))
+    assert (
+        main(
+            [
+                "users",
+                "add",
+                "alice",
+                "--role",
+                "admin",
+                "--password-stdin",
+                "--config",
+                str(config),
+            ]
+        )
+        == 0
+    )
+    assert "alice added with role admin" in capsys.readouterr().out
+    monkeypatch.setattr("sys.stdin", __import__("io").StringIO("short\n"))
+    assert main(["users", "add", "bob", "--password-stdin", "--config", str(config)]) == 2
+    assert "at least 10 characters" in capsys.readouterr().err
+
+
+def test_rules_validate_and_test(config: Path, tmp_path: Path, capsys) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        yaml.safe_dump(
+            {
+                "rules": [
+                    {
+                        "name": "head",
+                        "match": {"SeriesDescription": {"regex": "(?i)head"}},
+                        "plugin": "ct_lungs",
+                    },
+                ]
+            }
+        )
+    )
+    assert main(["rules", "validate", str(rules), "--config", str(config)]) == 0
+    assert "head: valid" in capsys.readouterr().out
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(yaml.safe_dump([{"name": "x", "match": {"Modalty": "CT"}, "plugin": "y"}]))
+    assert main(["rules", "validate", str(broken), "--config", str(config)]) == 1
+    err = capsys.readouterr().err
+    assert "rules[0].match.Modalty" in err and "rules[0].plugin" in err
+    datasets, _ = make_chest_ct(
+        n_slices=2, rows=16, columns=16, seed=1, series_description="Head routine"
+    )
+    file = write_series(datasets, tmp_path / "s")[0]
+    assert main(["rules", "test", "--file", str(file), "--config", str(config)]) == 0
+    assert "FIRES    chest (ct_lungs)" in capsys.readouterr().out
+    assert (
+        main(["rules", "test", "--file", str(file), "--rules", str(rules), "--config", str(config)])
+        == 0
+    )
+    assert "FIRES    head" in capsys.readouterr().out
+    assert main(["rules", "test", "--series", "1.2.3", "--config", str(config)]) == 2
+    assert "no series 1.2.3" in capsys.readouterr().err
+
+
+def test_jobs_list_show_retry(config: Path, tmp_path: Path, capsys) -> None:
+    assert main(["rules", "list", "--config", str(config)]) == 0  # creates and seeds the DB
+    db = Database(tmp_path / "data" / "state.sqlite3")
+    from node.jobs.queue import JobQueue
+
+    queue = JobQueue(db)
+    job_id = queue.enqueue(
+        series_uid="1.2.3",
+        study_uid="1.2",
+        generation=1,
+        rule="chest",
+        plugin="ct_lungs",
+        destinations=[],
+        priority=5,
+        now=1.0,
+    )
+    queue.claim_next(2.0)
+    queue.fail(job_id, "InputRejected: too few slices", 3.0)
+    db.close()
+    capsys.readouterr()
+    assert main(["jobs", "list", "--state", "failed", "--config", str(config)]) == 0
+    assert "too few slices" in capsys.readouterr().out
+    assert main(["jobs", "retry", str(job_id), "--config", str(config)]) == 0
+    assert f"job {job_id} is queued again" in capsys.readouterr().out
+    assert main(["jobs", "show", str(job_id), "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "retried" in out and "by cli:" in out
+    assert main(["jobs", "retry", str(job_id), "--config", str(config)]) == 2
+    assert "only failed, cancelled, done jobs" in capsys.readouterr().err

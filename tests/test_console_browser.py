@@ -1,0 +1,195 @@
+"""The web console in Debian's chromium (Playwright): the path a PACS admin takes.
+
+Log in, write a rule, test it against a series the node received, save it, send
+more series with storescu and watch the jobs, retry a failed one, find both
+changes in the audit log. Screenshots go to ``test-artifacts/console/``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from node.devtools.net import wait_until
+from node.devtools.node_process import PROJECT_ROOT, NodeProcess
+from node.synthetic.chest_ct import make_chest_ct, write_series
+from tests.support.admin import storescu
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = PROJECT_ROOT / "test-artifacts" / "console"
+PASSWORD = "console-password-1"
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium"),
+    pytest.mark.skipif(shutil.which("storescu") is None, reason="needs dcmtk storescu"),
+]
+
+
+def series(root: Path, name: str, **kwargs) -> list[Path]:
+    datasets, _ = make_chest_ct(**kwargs)
+    return write_series(datasets, root / name)
+
+
+def test_admin_writes_tests_and_uses_a_rule(tmp_path: Path) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    first = series(
+        tmp_path,
+        "first",
+        n_slices=24,
+        rows=96,
+        columns=96,
+        seed=21,
+        series_description="Chest CT 1.0 B31f",
+    )
+    second = series(
+        tmp_path,
+        "second",
+        n_slices=24,
+        rows=96,
+        columns=96,
+        seed=22,
+        series_description="Chest CT 1.0 B31f",
+    )
+    short = series(
+        tmp_path,
+        "short",
+        n_slices=8,
+        rows=64,
+        columns=64,
+        seed=23,
+        series_description="Chest scout",
+        include_lungs=False,
+    )
+    first_uid = str(pydicom.dcmread(first[0], stop_before_pixels=True).SeriesInstanceUID)
+
+    node = NodeProcess({"workers": {"device": "cpu"}}, workdir=tmp_path / "node")
+    with node:
+        added = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "node",
+                "users",
+                "add",
+                "admin",
+                "--role",
+                "admin",
+                "--password-stdin",
+                "--config",
+                str(node.config_path),
+            ],
+            input=PASSWORD + "\n",
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=PROJECT_ROOT,
+            env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+        )
+        assert added.returncode == 0, added.stderr
+        storescu(node.dicom_port, first)  # no rule yet: stored, not processed
+
+        with playwright_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.set_default_timeout(30_000)
+            try:
+                page.goto(f"{node.url}/rules")
+                assert "/login" in page.url
+                page.screenshot(path=ARTIFACTS / "01-login.png")
+                page.fill("input[name=username]", "admin")
+                page.fill("input[name=password]", PASSWORD)
+                page.click("button[type=submit]")
+                page.wait_for_url(f"{node.url}/rules")
+
+                # Write a rule; live validation points at the broken field first.
+                page.fill("#rule-form [name=name]", "chest-lungs")
+                page.fill("#rule-form [name=match]", "Modality: CT\nSeriesDescriptin: x\n")
+                page.wait_for_selector(".field-error[data-field=match]:has-text('not a DICOM')")
+                page.screenshot(path=ARTIFACTS / "02-rule-invalid.png")
+                page.fill(
+                    "#rule-form [name=match]",
+                    "Modality: CT\nSeriesDescription:\n  regex: (?i)chest\nImagesInAcquisition:\n"
+                    "  exists: false\n",
+                )
+                page.wait_for_selector("#validation.ok")
+
+                # Test it, unsaved, against the series the node already holds.
+                page.select_option("#test-series", first_uid)
+                page.click("#run-test")
+                page.wait_for_selector("#test-table tr.candidate")
+                row = page.locator("#test-table tr.candidate")
+                assert "fires" in row.inner_text()
+                assert "chest-lungs" in page.locator("#test-result .alert").inner_text()
+                page.click("#run-replay")
+                page.wait_for_selector("#replay-table")
+                assert "+ chest-lungs" in page.locator("#replay-table").inner_text()
+                page.locator("#test-panel").scroll_into_view_if_needed()
+                page.screenshot(path=ARTIFACTS / "03-rule-tested.png", full_page=True)
+
+                page.click("#save-rule")
+                page.wait_for_url(f"{node.url}/rules/*")
+                assert "v1 by admin" in page.locator("#rule-order").inner_text()
+
+                # The saved rule applies to the next series at once.
+                storescu(node.dicom_port, second + short)
+                page.goto(f"{node.url}/jobs")
+                for state in ("done", "failed"):
+                    wait_until(
+                        lambda state=state: page.evaluate(
+                            f"async () => (await (await fetch('/api/jobs?state={state}')).json())"
+                            ".length"
+                        ),
+                        180,
+                        message=f"a {state} job",
+                    )
+                page.reload()
+                table = page.locator("#jobs-table").inner_text()
+                assert "done" in table and "failed" in table and "at least 20" in table
+                page.screenshot(path=ARTIFACTS / "04-jobs.png", full_page=True)
+
+                # Retry the failed job from its page.
+                page.click("#jobs-table tr:has(.state-failed) a")
+                page.wait_for_url(f"{node.url}/jobs/*")
+                job_url = page.url
+                page.click("button[data-job-action=retry]")
+                page.wait_for_selector("#toast.show:has-text('retried')")
+                page.wait_for_url(job_url)
+                page.wait_for_selector(".timeline li.ev-retried")
+                page.screenshot(path=ARTIFACTS / "05-job-retried.png", full_page=True)
+
+                page.goto(f"{node.url}/audit")
+                audit = page.locator("#audit-table").inner_text()
+                assert "job.retry" in audit and "rule.create" in audit and "admin" in audit
+                page.screenshot(path=ARTIFACTS / "06-audit.png", full_page=True)
+
+                for name, path in (
+                    ("07-dashboard", "/"),
+                    ("08-studies", "/studies"),
+                    ("09-plugins", "/plugins"),
+                    ("10-destinations", "/destinations"),
+                ):
+                    page.goto(f"{node.url}{path}")
+                    page.screenshot(path=ARTIFACTS / f"{name}.png", full_page=True)
+            except Exception:
+                page.screenshot(path=ARTIFACTS / "failure.png", full_page=True)
+                raise
+            finally:
+                browser.close()
