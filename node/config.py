@@ -14,7 +14,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from node.errors import ConfigError
 from node.routing import Condition, parse_conditions
@@ -68,6 +77,127 @@ class DestinationSettings(_Strict):
     backoff_seconds: float = Field(2.0, ge=0)
     max_backoff_seconds: float = Field(300.0, ge=0)
     timeout_seconds: float = Field(30.0, gt=0)
+
+
+class HttpAuthSettings(_Strict):
+    """How the node authenticates to a DICOMweb server: ``none``, ``basic`` or ``bearer``."""
+
+    type: Literal["none", "basic", "bearer"] = "none"
+    username: str = ""
+    password: str = ""
+    token: str = ""
+
+    @model_validator(mode="after")
+    def _credentials_present(self) -> HttpAuthSettings:
+        if self.type == "basic" and not self.username:
+            raise ValueError("basic authentication needs a username")
+        if self.type == "bearer" and not self.token:
+            raise ValueError("bearer authentication needs a token")
+        return self
+
+
+class TlsSettings(_Strict):
+    """TLS checks for an ``https://`` DICOMweb server."""
+
+    #: Verify the server's certificate (turn off for a self-signed test server only).
+    verify: bool = True
+    #: CA bundle (PEM) to verify against instead of the system store.
+    ca_bundle: Path | None = None
+    #: Client certificate and key (PEM) for mutual TLS.
+    client_cert: Path | None = None
+    client_key: Path | None = None
+
+
+class DicomWebEndpoint(_Strict):
+    """A DICOMweb service root, e.g. ``http://pacs:8042/dicom-web``."""
+
+    kind: Literal["dicomweb"]
+    url: str = Field(pattern=r"^https?://")
+    auth: HttpAuthSettings = HttpAuthSettings()
+    tls: TlsSettings = TlsSettings()
+    timeout_seconds: float = Field(30.0, gt=0)
+
+
+class DicomWebDestinationSettings(DicomWebEndpoint):
+    """A DICOMweb server that receives results by STOW-RS (``kind: dicomweb``)."""
+
+    max_attempts: int = Field(5, ge=1)
+    backoff_seconds: float = Field(2.0, ge=0)
+    max_backoff_seconds: float = Field(300.0, ge=0)
+
+
+def _destination_kind(value: Any) -> str:
+    kind = value.get("kind", "dimse") if isinstance(value, Mapping) else getattr(value, "kind", "")
+    return "dicomweb" if kind == "dicomweb" else "dimse"
+
+
+#: A destination: DIMSE C-STORE (no ``kind`` key) or DICOMweb STOW-RS (``kind: dicomweb``).
+AnyDestination = Annotated[
+    Annotated[DestinationSettings, Tag("dimse")]
+    | Annotated[DicomWebDestinationSettings, Tag("dicomweb")],
+    Discriminator(_destination_kind),
+]
+
+
+class DicomWebSourceSettings(DicomWebEndpoint):
+    """A DICOMweb server the node can query (QIDO-RS) and pull from (WADO-RS)."""
+
+    #: The AE title this PACS uses when it pushes by C-STORE: rules see it as ``calling_ae``
+    #: for pulled instances, and pushes from it get the count check (``count_check``).
+    ae_title: str | None = Field(None, pattern=AE_TITLE_PATTERN)
+    #: Complete a series pushed by this sender as soon as the node holds as many
+    #: instances as the sender reports (NumberOfSeriesRelatedInstances).
+    count_check: bool = True
+
+
+class DimseSourceSettings(_Strict):
+    """A DICOM peer the node can C-FIND and retrieve from (C-GET, or C-MOVE to itself)."""
+
+    kind: Literal["dimse"]
+    ae_title: str = Field(pattern=AE_TITLE_PATTERN)
+    host: str
+    port: Port
+    #: ``get``: C-GET on one association; ``move``: C-MOVE to the node's own AE title
+    #: (the peer must know the node's address).
+    retrieve: Literal["get", "move"] = "get"
+    count_check: bool = True
+    timeout_seconds: float = Field(30.0, gt=0)
+
+
+#: A source: ``kind: dicomweb`` or ``kind: dimse``.
+AnySource = Annotated[DicomWebSourceSettings | DimseSourceSettings, Field(discriminator="kind")]
+
+
+class ApiTokenSettings(_Strict):
+    """A bearer token accepted on STOW-RS and the pull/notify API.
+
+    Give the SHA-256 hex digest (``sha256``) rather than the token itself where
+    the file may be read by others; ``token`` is accepted for development.
+    """
+
+    name: str = Field(min_length=1, max_length=64)
+    token: str = Field("", min_length=0)
+    sha256: str = Field("", pattern=r"^([0-9a-f]{64})?$")
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> ApiTokenSettings:
+        if bool(self.token) == bool(self.sha256):
+            raise ValueError("give exactly one of token and sha256")
+        if self.token and len(self.token) < 16:
+            raise ValueError("a token must have at least 16 characters")
+        return self
+
+
+class DicomWebSettings(_Strict):
+    """The node's DICOMweb and pull endpoints (``/dicomweb``, ``/api/pull``, ``/api/notify``)."""
+
+    #: Tokens accepted as ``Authorization: Bearer <token>``. With none, these endpoints
+    #: answer 401 to everyone (they are off) unless ``allow_anonymous`` is set.
+    tokens: list[ApiTokenSettings] = Field(default_factory=list)
+    #: Development only: accept requests without a token.
+    allow_anonymous: bool = False
+    #: Largest STOW-RS part accepted (bytes are spooled to a temporary file while read).
+    max_part_mb: int = Field(2048, ge=1)
 
 
 class RuleSettings(_Strict):
@@ -127,8 +257,11 @@ class Settings(_Strict):
 
     node: NodeSettings = NodeSettings()
     completion: CompletionSettings = CompletionSettings()
-    destinations: dict[str, DestinationSettings] = Field(default_factory=dict)
+    destinations: dict[str, AnyDestination] = Field(default_factory=dict)
     rules: list[RuleSettings] = Field(default_factory=list)
+    #: PACS the node can query and pull from (``POST /api/pull``, count check).
+    sources: dict[str, AnySource] = Field(default_factory=dict)
+    dicomweb: DicomWebSettings = DicomWebSettings()
     workers: WorkerSettings = WorkerSettings()
     security: SecuritySettings = SecuritySettings()
     logging: LoggingSettings = LoggingSettings()
@@ -235,6 +368,8 @@ def settings_from_mapping(
         problems = []
         for error in exc.errors():
             location: tuple[str | int, ...] = tuple(error["loc"])
+            if location[:1] in (("destinations",), ("sources",)) and len(location) > 2:
+                location = (*location[:2], *location[3:])  # drop the union's tag
             context = error.get("ctx", {}) or {}
             cause = context.get("error")
             if isinstance(cause, _KeyedError):
@@ -285,8 +420,15 @@ def check_plugins_known(settings: Settings, known: set[str], *, source: str) -> 
 __all__ = [
     "BUILT_IN_CHEST_RULE",
     "DEFAULT_CONFIG",
+    "AnyDestination",
+    "AnySource",
+    "ApiTokenSettings",
     "CompletionSettings",
     "DestinationSettings",
+    "DicomWebDestinationSettings",
+    "DicomWebSettings",
+    "DicomWebSourceSettings",
+    "DimseSourceSettings",
     "NodeSettings",
     "RuleSettings",
     "SecuritySettings",

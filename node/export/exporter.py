@@ -13,18 +13,29 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from node.config import DestinationSettings
+from node.config import AnyDestination, DestinationSettings, DicomWebDestinationSettings
 from node.errors import AinodeError
 from node.export.dimse import send_files
+from node.export.stow import stow_files
 from node.jobs.queue import Job, JobQueue
 from node.polling import PollingThread
 
 log = logging.getLogger(__name__)
 
-Sender = Callable[[DestinationSettings, Sequence[Path]], None]
+Sender = Callable[[AnyDestination, Sequence[Path]], None]
 
 
-def retry_delay(destination: DestinationSettings, attempt: int) -> float:
+def send_by_kind(destination: AnyDestination, paths: Sequence[Path], *, calling_ae: str) -> None:
+    """C-STORE to a DIMSE destination, STOW-RS to a DICOMweb one."""
+    if isinstance(destination, DicomWebDestinationSettings):
+        stow_files(destination, paths)
+    else:
+        send_files(destination, paths, calling_ae=calling_ae)
+
+
+def retry_delay(
+    destination: DestinationSettings | DicomWebDestinationSettings, attempt: int
+) -> float:
     """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
     return float(
         min(destination.backoff_seconds * 2 ** (attempt - 1), destination.max_backoff_seconds)
@@ -41,7 +52,7 @@ class Exporter(PollingThread):
     def __init__(
         self,
         queue: JobQueue,
-        destinations: Callable[[], Mapping[str, DestinationSettings]],
+        destinations: Callable[[], Mapping[str, AnyDestination]],
         *,
         calling_ae: str,
         clock: Callable[[], float],
@@ -51,7 +62,7 @@ class Exporter(PollingThread):
         self._queue = queue
         self._destinations = destinations
         self._clock = clock
-        self._send = sender or (lambda d, p: send_files(d, p, calling_ae=calling_ae))
+        self._send = sender or (lambda d, p: send_by_kind(d, p, calling_ae=calling_ae))
 
     def run_once(self) -> bool:
         """Make one export attempt for the next due job; False when none was due."""

@@ -1,0 +1,51 @@
+"""A configured :class:`dicomweb_client.DICOMwebClient` for a source or destination.
+
+Authentication (none, HTTP basic, bearer token), TLS verification and the
+timeout come from :class:`~node.config.DicomWebEndpoint`; one
+:class:`requests.Session` carries them so every QIDO, WADO and STOW request
+of the client uses the same settings.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import requests
+from dicomweb_client.api import DICOMwebClient
+
+from node.config import DicomWebEndpoint
+
+log = logging.getLogger(__name__)
+
+
+def http_session(endpoint: DicomWebEndpoint) -> requests.Session:
+    """A :class:`requests.Session` with the endpoint's credentials and TLS settings."""
+    session = requests.Session()
+    auth = endpoint.auth
+    if auth.type == "basic":
+        session.auth = (auth.username, auth.password)
+    elif auth.type == "bearer":
+        session.headers["Authorization"] = f"Bearer {auth.token}"
+    tls = endpoint.tls
+    session.verify = str(tls.ca_bundle) if tls.verify and tls.ca_bundle else tls.verify
+    if tls.client_cert is not None:
+        session.cert = (
+            (str(tls.client_cert), str(tls.client_key))
+            if tls.client_key is not None
+            else str(tls.client_cert)
+        )
+    return session
+
+
+@contextmanager
+def dicomweb_client(endpoint: DicomWebEndpoint) -> Iterator[DICOMwebClient]:
+    """A client for the endpoint's service root; its session is closed on exit."""
+    session = http_session(endpoint)
+    try:
+        yield DICOMwebClient(
+            url=endpoint.url.rstrip("/"), session=session, timeout=endpoint.timeout_seconds
+        )
+    finally:
+        session.close()
