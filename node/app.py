@@ -24,6 +24,8 @@ from node.dispatch import Dispatcher
 from node.export.exporter import Exporter
 from node.ingest import Ingestor
 from node.jobs.queue import JobQueue
+from node.pull.service import PullService, SenderCountChecker
+from node.pull.store import PullStore
 from node.runtime.registry import PluginRegistry, select_device
 from node.runtime.worker import InferenceWorker
 from node.spool import Spool
@@ -94,18 +96,37 @@ class Node:
             clock=clock,
             on_results=self.exporter.wake,
         )
+        self.pulls = PullStore(self.db)
         self.dispatcher = Dispatcher(
             self.series,
             self.queue,
             self.admin.rules.active,
             clock=clock,
             on_enqueued=self.worker.wake,
+            requested_rule=lambda row: self.pulls.rule_for_completion(
+                row.series_uid, row.generation
+            ),
         )
         self.completion = CompletionMonitor(
             self.series,
             quiet_seconds=settings.completion.series_quiet_seconds,
             clock=clock,
             on_complete=self.dispatcher.dispatch,
+            counted=self.pulls.counted_series,
+        )
+        self.puller = PullService(
+            self.pulls,
+            lambda: self.settings.sources,
+            self.ingestor,
+            self.series,
+            node_ae_title=settings.node.ae_title,
+            clock=clock,
+        )
+        self.sender_counts = SenderCountChecker(
+            self.pulls,
+            lambda: self.settings.sources,
+            node_ae_title=settings.node.ae_title,
+            clock=clock,
         )
         self._scheduler: BackgroundScheduler | None = None
 
@@ -137,6 +158,13 @@ class Node:
         self._scheduler = scheduler
         self.worker.start()
         self.exporter.start()
+        requeued_pulls = self.pulls.requeue_interrupted(self.clock())
+        if requeued_pulls:
+            log.info(
+                "pulls re-queued after restart pull_ids=%s", ",".join(map(str, requeued_pulls))
+            )
+        self.puller.start()
+        self.sender_counts.start()
         if not self.admin.destinations.mapping() or not any(
             r.send_to for r in self.admin.rules.active()
         ):
@@ -151,6 +179,8 @@ class Node:
         )
 
     def stop(self) -> None:
+        self.puller.stop()
+        self.sender_counts.stop()
         self.scp.stop()
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)

@@ -30,12 +30,14 @@ class Dispatcher:
         *,
         clock: Callable[[], float],
         on_enqueued: Callable[[], None] = lambda: None,
+        requested_rule: Callable[[SeriesRow], str | None] = lambda row: None,
     ) -> None:
         self._series = series
         self._queue = queue
         self._rules = rules
         self._clock = clock
         self._on_enqueued = on_enqueued
+        self._requested_rule = requested_rule
 
     def header(self, row: SeriesRow) -> HeaderSubject | None:
         """The series' first readable header, with the sender's AE titles."""
@@ -53,7 +55,13 @@ class Dispatcher:
         if subject is None:
             log.warning("series has no readable instance series_uid=%s", row.series_uid)
             return []
-        rules = matching_rules(self._rules(), subject)
+        candidates = list(self._rules())
+        requested = self._requested_rule(row)
+        if requested is not None:  # a pull named one rule: only it may run
+            candidates = [rule for rule in candidates if rule.name == requested]
+            if not candidates:
+                log.warning("requested rule is not configured rule=%s", requested)
+        rules = matching_rules(candidates, subject)
         if not rules:
             log.info("no rule matched series_uid=%s", row.series_uid)
             return []

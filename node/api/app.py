@@ -29,6 +29,7 @@ from node.api.auth import (
     require_admin,
     resolve,
 )
+from node.api.dicomweb import dicomweb_router
 from node.api.metrics import registry_for
 from node.api.routes import api_router
 from node.api.web import web_router
@@ -201,4 +202,5 @@ def create_app(node: Node) -> FastAPI:
     app.include_router(api_router(admin, viewer, editor))
     app.include_router(web_router(node, viewer, editor))
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.include_router(dicomweb_router(node))
     return app
