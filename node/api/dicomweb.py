@@ -17,7 +17,7 @@ All of them need a bearer token (:class:`~node.api.tokens.TokenAuth`).
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any
+from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
@@ -138,7 +138,7 @@ def dicomweb_router(node: Node, auth: TokenAuth | None = None) -> APIRouter:
         node.ingestor, max_part_bytes=node.settings.dicomweb.max_part_mb * 1024 * 1024
     )
     router = APIRouter()
-    Caller = Annotated[str, Depends(auth.identify)]
+    authenticated = Depends(auth.identify)
 
     async def stow(request: Request, caller: str, study_uid: str | None) -> JSONResponse:
         try:
@@ -173,17 +173,19 @@ def dicomweb_router(node: Node, auth: TokenAuth | None = None) -> APIRouter:
         return JSONResponse(result.response(), status_code=code, media_type=DICOM_JSON)
 
     @router.post("/dicomweb/studies", tags=["dicomweb"])
-    async def stow_studies(request: Request, caller: Caller) -> JSONResponse:
+    async def stow_studies(request: Request, caller: str = authenticated) -> JSONResponse:
         """STOW-RS (PS3.18 10.5): store instances of any study."""
         return await stow(request, caller, None)
 
     @router.post("/dicomweb/studies/{study_uid}", tags=["dicomweb"])
-    async def stow_study(request: Request, study_uid: str, caller: Caller) -> JSONResponse:
+    async def stow_study(
+        request: Request, study_uid: str, caller: str = authenticated
+    ) -> JSONResponse:
         """STOW-RS into one study: instances of another study fail (0xA901)."""
         return await stow(request, caller, study_uid)
 
     @router.post("/api/pull", status_code=202, tags=["pull"])
-    def pull(body: PullRequest, caller: Caller) -> dict[str, Any]:
+    def pull(body: PullRequest, caller: str = authenticated) -> dict[str, Any]:
         """Queue a pull of a study or series from a declared source."""
         try:
             queued = node.puller.submit(
@@ -198,14 +200,14 @@ def dicomweb_router(node: Node, auth: TokenAuth | None = None) -> APIRouter:
         return queued.as_json()
 
     @router.get("/api/pull/{pull_id}", tags=["pull"])
-    def pull_status(pull_id: int, caller: Caller) -> dict[str, Any]:
+    def pull_status(pull_id: int, caller: str = authenticated) -> dict[str, Any]:
         found = node.pulls.get(pull_id)
         if found is None:
             raise HTTPException(status_code=404, detail=f"no pull {pull_id}")
         return found.as_json()
 
     @router.post("/api/notify/orthanc", status_code=202, tags=["pull"])
-    def notify_orthanc(body: OrthancNotification, caller: Caller) -> dict[str, Any]:
+    def notify_orthanc(body: OrthancNotification, caller: str = authenticated) -> dict[str, Any]:
         """An Orthanc series became stable (or a user pressed "Send to AI node"): pull it."""
         for uid in (body.study_uid, body.series_uid):
             if uid and not is_valid_uid(uid):
@@ -223,7 +225,7 @@ def dicomweb_router(node: Node, auth: TokenAuth | None = None) -> APIRouter:
         return queued.as_json()
 
     @router.get("/api/studies/{study_uid}/status", tags=["pull"])
-    def study_status(study_uid: str, caller: Caller) -> dict[str, Any]:
+    def study_status(study_uid: str, caller: str = authenticated) -> dict[str, Any]:
         """Series, pulls and jobs the node has for a study, with a summary word."""
         return _study_status(node, study_uid)
 

@@ -40,6 +40,9 @@ T = TypeVar("T")
 
 ORTHANC_BINARY = "/usr/sbin/Orthanc"
 DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
+PYTHON_PLUGIN = "/usr/share/orthanc/plugins/libOrthancPython.so"
+#: ainode's Orthanc plugin (``PythonScript`` in Orthanc's configuration).
+AINODE_PLUGIN_SCRIPT = Path(__file__).resolve().parents[2] / "orthanc" / "ainode_plugin.py"
 
 #: Settings of a test/benchmark Orthanc; ports, AET, storage and modalities are added.
 BASE_CONFIG: dict[str, Any] = {
@@ -487,9 +490,11 @@ class OrthancServer(OrthancClient):
 
 
 __all__ = [
+    "AINODE_PLUGIN_SCRIPT",
     "BASE_CONFIG",
     "DICOMWEB_PLUGIN",
     "ORTHANC_BINARY",
+    "PYTHON_PLUGIN",
     "OrthancClient",
     "OrthancError",
     "OrthancServer",
