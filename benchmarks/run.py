@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-SECTIONS = ("ingest", "e2e")
+SECTIONS = ("ingest", "e2e", "completion")
 
 
 def machine() -> dict[str, Any]:
@@ -110,6 +110,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--quiet-seconds", type=float, default=2.0, help="node's series completion quiet period"
     )
+    parser.add_argument("--completion-runs", type=int, default=2, help="series per completion mode")
+    parser.add_argument(
+        "--completion-quiet-seconds",
+        type=float,
+        default=10.0,
+        help="quiet period in the completion benchmark (the node's default)",
+    )
     parser.add_argument("--json", type=Path, help="write the results as JSON here")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     return parser.parse_args(argv)
@@ -153,6 +160,17 @@ def main(argv: list[str] | None = None) -> int:
                     workdir=workdir / "e2e",
                 ),
             )
+        if "completion" in sections:
+            from benchmarks.completion import run_completion
+
+            attempt(
+                "completion",
+                lambda: run_completion(
+                    runs=args.completion_runs,
+                    quiet_seconds=args.completion_quiet_seconds,
+                    workdir=workdir / "completion",
+                ),
+            )
     finally:
         if args.keep:
             print(f"work directory kept: {workdir}", file=sys.stderr)
@@ -160,7 +178,14 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
 
     lines = [f"machine: {report['machine']['cpus']} CPUs, cuda={report['machine'].get('cuda')}"]
-    for key, render in (("ingest", ingest_table), ("end_to_end", e2e_table)):
+    from benchmarks.completion import completion_table
+
+    renderers = (
+        ("ingest", ingest_table),
+        ("end_to_end", e2e_table),
+        ("completion", completion_table),
+    )
+    for key, render in renderers:
         if key not in report:
             continue
         if "error" in report[key]:

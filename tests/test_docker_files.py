@@ -25,6 +25,9 @@ CONTAINER_ONLY_DIFFERENCES = {
     "RemoteAccessAllowed",  # reached through a published port
     "SyncStorageArea",
     "DicomModalities",  # the node's host is the compose service name
+    "PythonScript",  # ainode's plugin runs in the container stack (notify style: see orthanc/)
+    "PythonVerbose",
+    "AiNode",
 }
 
 
@@ -64,7 +67,7 @@ def test_node_config_is_valid_and_points_at_orthanc_service() -> None:
 
 def test_compose_services_ports_and_mounts() -> None:
     services = compose()["services"]
-    assert set(services) >= {"orthanc", "ainode"}
+    assert set(services) >= {"orthanc", "ainode", "ohif"}
     orthanc_json = json.loads((DOCKER / "orthanc.json").read_text())
     node = yaml.safe_load((DOCKER / "ainode.yaml").read_text())["node"]
 
@@ -78,7 +81,7 @@ def test_compose_services_ports_and_mounts() -> None:
         DOCKER / "Dockerfile"
     )
     assert container_ports(ainode) == {node["dicom_port"], node["http_port"]}
-    for service in (orthanc, ainode):
+    for service in (orthanc, ainode, services["ohif"]):
         for volume in service["volumes"]:
             source = volume.split(":")[0]
             if source.startswith("."):
@@ -110,6 +113,31 @@ def test_build_context_keeps_what_the_package_needs() -> None:
     assert needed <= allowed
 
 
+def test_orthanc_plugin_wiring_matches_node_config() -> None:
+    """The plugin in the stack reaches the node with a token the node accepts."""
+    container = json.loads((DOCKER / "orthanc.json").read_text())
+    node = settings_from_mapping(
+        yaml.safe_load((DOCKER / "ainode.yaml").read_text()), source="ainode.yaml", environ={}
+    )
+    plugin = container["AiNode"]
+    assert plugin["Url"] == f"http://ainode:{node.node.http_port}"
+    assert plugin["Token"] in {token.token for token in node.dicomweb.tokens}
+    source = node.sources[plugin["Source"]]
+    assert source.kind == "dicomweb"
+    assert (
+        source.url == f"http://orthanc:{container['HttpPort']}{container['DicomWeb']['Root']}"[:-1]
+    )
+    mount = next(v for v in compose()["services"]["orthanc"]["volumes"] if "plugin" in v)
+    assert mount.split(":")[1] == container["PythonScript"]
+    assert (DOCKER / mount.split(":")[0]).resolve() == REPO / "orthanc" / "ainode_plugin.py"
+
+
+def test_gpu_override_reserves_nvidia_devices() -> None:
+    override = yaml.safe_load((DOCKER / "compose.gpu.yaml").read_text())
+    devices = override["services"]["ainode"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+
+
 def test_container_orthanc_matches_dev_orthanc() -> None:
     dev = json.loads((REPO / "orthanc" / "orthanc.json").read_text())
     container = json.loads((DOCKER / "orthanc.json").read_text())
@@ -132,7 +160,16 @@ def _compose_available() -> bool:
 @pytest.mark.skipif(not _compose_available(), reason="docker compose is not installed")
 def test_docker_compose_accepts_the_file() -> None:
     result = subprocess.run(
-        ["docker", "compose", "-f", str(DOCKER / "compose.yaml"), "config", "--quiet"],
+        [
+            "docker",
+            "compose",
+            "-f",
+            str(DOCKER / "compose.yaml"),
+            "-f",
+            str(DOCKER / "compose.gpu.yaml"),
+            "config",
+            "--quiet",
+        ],
         capture_output=True,
         text=True,
         timeout=60,

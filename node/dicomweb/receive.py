@@ -119,31 +119,28 @@ def encode_part10(dataset: Dataset) -> bytes:
 
 
 def decode_part10(data: bytes) -> tuple[Dataset, bytes]:
-    """Read a Part 10 file fully; return it and the bytes to spool (re-encoded if it had no
-    preamble).
+    """Read a Part 10 file fully; return it and the bytes to spool.
+
+    A file sent without its 128-byte preamble (starting at ``DICM``) gets a zero
+    preamble, so the spool always holds regular Part 10 files.
 
     Raises
     ------
     InstanceRejected
         Not a readable DICOM file (truncated, no file meta...).
     """
+    if data[:4] == b"DICM":
+        data = bytes(128) + data
     try:
         dataset = pydicom.dcmread(io.BytesIO(data), force=False)
-        meta = dataset.file_meta
-        if "TransferSyntaxUID" not in meta:
+        if "TransferSyntaxUID" not in dataset.file_meta:
             raise ValueError("no Transfer Syntax UID in the file meta")
-        if "PixelData" in dataset:
-            pixel_length = len(dataset.PixelData)
-            if pixel_length == 0:
-                raise ValueError("empty Pixel Data")
-    except InstanceRejected:
-        raise
+        if "PixelData" in dataset and not dataset.PixelData:
+            raise ValueError("empty Pixel Data")
     except Exception as exc:
         raise InstanceRejected(
             status.CANNOT_UNDERSTAND, f"not a readable DICOM file: {exc}"
         ) from exc
-    if data[128:132] != b"DICM":
-        data = encode_part10(dataset)
     return dataset, data
 
 

@@ -1,0 +1,131 @@
+"""Series completion latency, with and without the sender count check.
+
+Orthanc pushes a synthetic CT series to the node (C-STORE, synchronous REST call).
+Measured per run: from the end of the send until the node reports the series
+complete (``GET /api/studies/{uid}/status``, polled every 20 ms), and the node's own
+``completed_at - last_received`` from its state database.
+
+- **quiet period**: the node waits ``--quiet-seconds`` without a new instance;
+- **count check**: Orthanc is a declared source (DICOMweb, ``ae_title`` = its AET) so the
+  node asks it (QIDO-RS) for NumberOfSeriesRelatedInstances and completes the series as
+  soon as it holds that many (at the next completion poll, ``poll_seconds``).
+
+No rule is configured: nothing is inferred, only completion is timed.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from node.devtools.net import free_port
+from node.devtools.node_process import NodeProcess
+from node.devtools.orthanc import OrthancServer
+from node.synthetic.chest_ct import make_chest_ct
+
+TOKEN = "benchmark-token-0123456789"
+
+
+def _series_latency(database: Path, series_uid: str) -> float:
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
+        row = db.execute(
+            "SELECT completed_at - last_received FROM series WHERE series_uid = ?", (series_uid,)
+        ).fetchone()
+    return float(row[0])
+
+
+def run_completion(
+    *,
+    runs: int = 2,
+    slices: int = 60,
+    rows: int = 128,
+    quiet_seconds: float = 10.0,
+    poll_seconds: float = 1.0,
+    workdir: Path | None = None,
+) -> dict[str, Any]:
+    workdir = workdir or Path(tempfile.mkdtemp(prefix="ainode-completion-"))
+    result: dict[str, Any] = {
+        "slices": slices,
+        "image": f"{rows}x{rows}",
+        "quiet_seconds": quiet_seconds,
+        "poll_seconds": poll_seconds,
+    }
+    node_port = free_port()
+    with OrthancServer(
+        modalities={"ainode": ["AINODE", "127.0.0.1", node_port]}, workdir=workdir / "pacs"
+    ) as pacs:
+        for mode, count_check in (("quiet_period", False), ("count_check", True)):
+            config = {
+                "node": {"dicom_port": node_port},
+                "completion": {"series_quiet_seconds": quiet_seconds, "poll_seconds": poll_seconds},
+                "dicomweb": {"tokens": [{"name": "bench", "token": TOKEN}]},
+                "sources": {
+                    "pacs": {
+                        "kind": "dicomweb",
+                        "url": f"{pacs.url}/dicom-web",
+                        "ae_title": pacs.aet,
+                        "count_check": count_check,
+                    }
+                },
+            }
+            samples: list[dict[str, float]] = []
+            with NodeProcess(config, workdir=workdir / mode) as node:
+                for run in range(runs):
+                    seed = 500 + run + (100 if count_check else 0)
+                    datasets, _ = make_chest_ct(n_slices=slices, rows=rows, columns=rows, seed=seed)
+                    ids = pacs.upload_many(datasets)
+                    study_uid = str(datasets[0].StudyInstanceUID)
+                    series_uid = str(datasets[0].SeriesInstanceUID)
+                    started = time.monotonic()
+                    pacs.send_to_modality("ainode", ids)
+                    sent = time.monotonic()
+                    with httpx.Client(headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+                        while True:
+                            status = http.get(f"{node.url}/api/studies/{study_uid}/status").json()
+                            if status["series"] and status["series"][0]["state"] == "complete":
+                                break
+                            if time.monotonic() - sent > quiet_seconds * 3 + 60:
+                                raise TimeoutError(f"{mode}: series never completed")
+                            time.sleep(0.02)
+                    done = time.monotonic()
+                    samples.append(
+                        {
+                            "send_s": sent - started,
+                            "after_send_s": done - sent,
+                            "node_completed_after_last_instance_s": _series_latency(
+                                node.data_dir / "state.sqlite3", series_uid
+                            ),
+                        }
+                    )
+            result[mode] = {
+                "runs": samples,
+                "median_after_send_s": statistics.median(s["after_send_s"] for s in samples),
+            }
+    result["gain_s"] = (
+        result["quiet_period"]["median_after_send_s"] - result["count_check"]["median_after_send_s"]
+    )
+    return result
+
+
+def completion_table(result: dict[str, Any]) -> list[str]:
+    lines = [
+        f"Completion: {result['slices']} slices {result['image']} pushed by Orthanc,"
+        f" quiet period {result['quiet_seconds']:g} s,"
+        f" completion poll {result['poll_seconds']:g} s",
+        f"  {'mode':<14} {'send s':>8} {'after send s':>13}"
+        f" {'node: last instance -> complete s':>34}",
+    ]
+    for mode in ("quiet_period", "count_check"):
+        for run in result[mode]["runs"]:
+            lines.append(
+                f"  {mode:<14} {run['send_s']:>8.2f} {run['after_send_s']:>13.2f}"
+                f" {run['node_completed_after_last_instance_s']:>34.2f}"
+            )
+    lines.append(f"  gain (median after send): {result['gain_s']:.2f} s")
+    return lines
