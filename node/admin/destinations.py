@@ -12,28 +12,34 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
-from node.config import DestinationSettings
+from node.config import AnyDestination
 from node.errors import Conflict, InvalidInput, NotFound
 from node.state.db import Database
 
 log = logging.getLogger(__name__)
 
 SEEDED_KEY = "destinations_seeded_from_config"
+#: DIMSE (no ``kind``) or DICOMweb (``kind: dicomweb``) destinations.
+_DESTINATION: TypeAdapter[AnyDestination] = TypeAdapter(AnyDestination)
+_KIND_TAGS = ("dimse", "dicomweb")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
-def parse_destination(data: Mapping[str, Any] | Any) -> DestinationSettings:
+def parse_destination(data: Mapping[str, Any] | Any) -> AnyDestination:
     """Validate a destination; raise :class:`InvalidInput` naming each bad field."""
     if not isinstance(data, Mapping):
         raise InvalidInput("a destination must be a JSON object", [("destination", "object")])
     try:
-        return DestinationSettings.model_validate(dict(data))
+        return _DESTINATION.validate_python(dict(data))
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
-            field = ".".join(str(p) for p in error["loc"]) or "destination"
+            location = error["loc"]
+            if location and location[0] in _KIND_TAGS:  # the union's tag
+                location = location[1:]
+            field = ".".join(str(p) for p in location) or "destination"
             message = "unknown field" if error["type"] == "extra_forbidden" else error["msg"]
             if error["type"] == "string_pattern_mismatch" and field == "ae_title":
                 message = "1 to 16 printable ASCII characters, no backslash"
@@ -56,7 +62,7 @@ class DestinationStore:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    def seed(self, destinations: Mapping[str, DestinationSettings], now: float) -> bool:
+    def seed(self, destinations: Mapping[str, AnyDestination], now: float) -> bool:
         with self._db.transaction() as cursor:
             cursor.execute("SELECT value FROM meta WHERE key = ?", (SEEDED_KEY,))
             if cursor.fetchone() is not None:
@@ -72,22 +78,21 @@ class DestinationStore:
             )
         return True
 
-    def mapping(self) -> dict[str, DestinationSettings]:
+    def mapping(self) -> dict[str, AnyDestination]:
         rows = self._db.query("SELECT name, definition FROM destinations ORDER BY name")
         return {
-            row["name"]: DestinationSettings.model_validate(json.loads(row["definition"]))
-            for row in rows
+            row["name"]: _DESTINATION.validate_python(json.loads(row["definition"])) for row in rows
         }
 
-    def get(self, name: str) -> DestinationSettings:
+    def get(self, name: str) -> AnyDestination:
         rows = self._db.query("SELECT definition FROM destinations WHERE name = ?", (name,))
         if not rows:
             raise NotFound(f"no destination named {name!r}")
-        return DestinationSettings.model_validate(json.loads(rows[0]["definition"]))
+        return _DESTINATION.validate_python(json.loads(rows[0]["definition"]))
 
     def put(
-        self, name: str, destination: DestinationSettings, user: str, now: float, *, create: bool
-    ) -> DestinationSettings | None:
+        self, name: str, destination: AnyDestination, user: str, now: float, *, create: bool
+    ) -> AnyDestination | None:
         """Create (``create``) or replace a destination; return the previous value."""
         check_name(name)
         previous = self.mapping().get(name)
@@ -105,7 +110,7 @@ class DestinationStore:
             )
         return previous
 
-    def delete(self, name: str) -> DestinationSettings:
+    def delete(self, name: str) -> AnyDestination:
         previous = self.get(name)
         with self._db.transaction() as cursor:
             cursor.execute("DELETE FROM destinations WHERE name = ?", (name,))

@@ -27,9 +27,10 @@ from node.admin.rules import (
     rule_definition,
 )
 from node.admin.users import ApiToken, User, UserStore
-from node.config import DestinationSettings, RuleSettings
+from node.config import AnyDestination, DicomWebDestinationSettings, RuleSettings
 from node.errors import AinodeError, Conflict, InvalidInput, NotFound
 from node.export.dimse import echo
+from node.export.stow import probe
 from node.jobs.queue import Job, JobActionError, JobEvent, JobQueue
 from node.routing import HeaderSubject, Subject
 from node.runtime.registry import PluginRegistry
@@ -107,7 +108,7 @@ class AdminService:
     # -- seeding ------------------------------------------------------------------------
 
     def seed_from_config(
-        self, rules: Sequence[RuleSettings], destinations: Mapping[str, DestinationSettings]
+        self, rules: Sequence[RuleSettings], destinations: Mapping[str, AnyDestination]
     ) -> None:
         """Copy YAML destinations and rules in on first start; afterwards the database decides."""
         now = self.clock()
@@ -488,10 +489,18 @@ class AdminService:
             now=self.clock(),
         )
 
-    def echo(self, name: str, destination: DestinationSettings | None = None) -> EchoResult:
+    def echo(self, name: str, destination: AnyDestination | None = None) -> EchoResult:
         """C-ECHO a saved destination (or an unsaved one given as ``destination``)."""
         target = destination or self.destinations.get(name)
         started = time.perf_counter()
+        if isinstance(target, DicomWebDestinationSettings):
+            try:
+                probe(target)
+            except (AinodeError, OSError, RuntimeError, ValueError) as exc:
+                return EchoResult(name, False, None, time.perf_counter() - started, str(exc))
+            seconds = time.perf_counter() - started
+            log.info("echo destination=%s ok=True seconds=%.3f", name, seconds)
+            return EchoResult(name, True, 0, seconds, f"{target.url} answered QIDO-RS")
         try:
             code = echo(target, calling_ae=self.calling_ae)
         except (AinodeError, OSError, RuntimeError, ValueError) as exc:

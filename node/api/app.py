@@ -32,6 +32,7 @@ from node.api.auth import (
 from node.api.dicomweb import dicomweb_router
 from node.api.metrics import registry_for
 from node.api.routes import api_router
+from node.api.tokens import TokenAuth
 from node.api.web import web_router
 from node.app import Node
 from node.errors import Conflict, Forbidden, InvalidInput, NotFound
@@ -151,9 +152,11 @@ def create_app(node: Node) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         message = str(exc.detail)
-        if exc.status_code == 404:
+        if exc.status_code == 404 and message == "Not Found":
             message = f"no such page or endpoint: {request.url.path} (the API is listed at /docs)"
-        return _error(exc.status_code, message)
+        response = _error(exc.status_code, message)
+        response.headers.update(exc.headers or {})  # e.g. WWW-Authenticate on a 401
+        return response
 
     # -- open endpoints ---------------------------------------------------------------------
 
@@ -202,5 +205,13 @@ def create_app(node: Node) -> FastAPI:
     app.include_router(api_router(admin, viewer, editor))
     app.include_router(web_router(node, viewer, editor))
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    app.include_router(dicomweb_router(node))
+
+    def token_user(secret: str) -> str | None:
+        """Admin API tokens are accepted on STOW-RS and the pull API too."""
+        user = admin.users.user_for_token(secret, node.clock())
+        return user.username if user is not None else None
+
+    app.include_router(
+        dicomweb_router(node, TokenAuth(node.settings.dicomweb, fallback=token_user))
+    )
     return app

@@ -91,10 +91,13 @@ class PriorityBody(BaseModel):
 
 
 class DestinationBody(BaseModel):
+    """A DIMSE destination (``ae_title``, ``host``, ``port``) or, with ``kind: dicomweb``,
+    a STOW-RS one (``url``, ``auth``, ``tls``); validated by ``parse_destination``."""
+
     model_config = {"extra": "allow"}
-    ae_title: str
-    host: str
-    port: int
+    ae_title: str | None = None
+    host: str | None = None
+    port: int | None = None
     max_attempts: int = 5
     backoff_seconds: float = 2.0
     max_backoff_seconds: float = 300.0
@@ -149,7 +152,7 @@ def api_router(admin: AdminService, viewer: Dependency, editor: Dependency) -> A
 
     @router.post("/rules", status_code=201, tags=["rules"])
     def create_rule(body: RuleBody, principal: Editor) -> dict[str, Any]:
-        return rule_json(admin.create_rule(body.model_dump(), principal.name))
+        return rule_json(admin.create_rule(body.model_dump(exclude_none=True), principal.name))
 
     @router.post("/rules/validate", tags=["rules"])
     def validate_rule(body: ValidateBody, _: Viewer) -> dict[str, Any]:
@@ -229,7 +232,9 @@ def api_router(admin: AdminService, viewer: Dependency, editor: Dependency) -> A
 
     @router.put("/rules/{rule_id}", tags=["rules"])
     def update_rule(rule_id: int, body: RuleBody, principal: Editor) -> dict[str, Any]:
-        return rule_json(admin.update_rule(rule_id, body.model_dump(), principal.name))
+        return rule_json(
+            admin.update_rule(rule_id, body.model_dump(exclude_none=True), principal.name)
+        )
 
     @router.delete("/rules/{rule_id}", tags=["rules"])
     def delete_rule(rule_id: int, principal: Editor) -> dict[str, Any]:
@@ -346,7 +351,7 @@ def api_router(admin: AdminService, viewer: Dependency, editor: Dependency) -> A
         """C-ECHO a destination before saving it."""
         from node.admin.destinations import parse_destination
 
-        result = admin.echo("(unsaved)", parse_destination(body.model_dump()))
+        result = admin.echo("(unsaved)", parse_destination(body.model_dump(exclude_none=True)))
         return result.__dict__
 
     @router.get("/destinations/{name}", tags=["destinations"])
@@ -355,12 +360,16 @@ def api_router(admin: AdminService, viewer: Dependency, editor: Dependency) -> A
 
     @router.post("/destinations/{name}", status_code=201, tags=["destinations"])
     def create_destination(name: str, body: DestinationBody, principal: Editor) -> dict[str, Any]:
-        admin.save_destination(name, body.model_dump(), principal.name, create=True)
+        admin.save_destination(
+            name, body.model_dump(exclude_none=True), principal.name, create=True
+        )
         return admin.destinations.get(name).model_dump(mode="json")
 
     @router.put("/destinations/{name}", tags=["destinations"])
     def update_destination(name: str, body: DestinationBody, principal: Editor) -> dict[str, Any]:
-        admin.save_destination(name, body.model_dump(), principal.name, create=False)
+        admin.save_destination(
+            name, body.model_dump(exclude_none=True), principal.name, create=False
+        )
         return admin.destinations.get(name).model_dump(mode="json")
 
     @router.delete("/destinations/{name}", tags=["destinations"])

@@ -50,3 +50,12 @@ def stow_files(destination: DicomWebDestinationSettings, paths: Sequence[Path]) 
             destination.url,
             dataset.SOPInstanceUID,
         )
+
+
+def probe(destination: DicomWebDestinationSettings) -> None:
+    """A one-study QIDO-RS query: raises :class:`ExportError` unless the server answers."""
+    try:
+        with dicomweb_client(destination) as client:
+            client.search_for_studies(limit=1)
+    except requests.RequestException as exc:
+        raise ExportError(f"QIDO-RS on {destination.url} failed: {exc}") from exc
