@@ -26,7 +26,7 @@ from node.ingest import Ingestor
 from node.jobs.queue import JobQueue
 from node.pull.service import PullService, SenderCountChecker
 from node.pull.store import PullStore
-from node.runtime.registry import PluginRegistry, select_device
+from node.runtime.registry import PluginRegistry, select_devices
 from node.runtime.worker import InferenceWorker
 from node.spool import Spool
 from node.state.db import Database
@@ -48,7 +48,10 @@ class Node:
     ) -> None:
         self.settings = settings
         self.clock = clock
-        self.registry = registry or PluginRegistry.discover()
+        if registry is None:
+            registry = PluginRegistry.discover(settings.workers.gpu_memory_budget_mb)
+            registry.configure(settings.models, settings.templates_dir)
+        self.registry = registry
         check_plugins_known(
             settings, self.registry.names | set(self.registry.errors), source=source
         )
@@ -65,7 +68,8 @@ class Node:
             min_free_bytes=settings.node.min_free_disk_mb * 1024 * 1024,
         )
         self.scp = StorageSCP(settings.node, self.ingestor)
-        self.device = select_device(settings.workers.device)
+        self.devices = select_devices(settings.workers.device, settings.workers.devices)
+        self.device = self.devices[0]
         # Rules and destinations live in the database (seeded from the YAML on first start).
         self.admin = AdminService(
             self.db,
@@ -77,7 +81,7 @@ class Node:
             wake=self._wake,
         )
         self.admin.seed_from_config(settings.rules, settings.destinations)
-        if self.device.type == "cpu":
+        if any(device.type == "cpu" for device in self.devices):
             threads = settings.workers.cpu_threads or max(1, (os.cpu_count() or 1) - 1)
             torch.set_num_threads(threads)
         self.exporter = Exporter(
@@ -86,23 +90,30 @@ class Node:
             calling_ae=settings.node.ae_title,
             clock=clock,
         )
-        self.worker = InferenceWorker(
-            self.queue,
-            self.series,
-            self.registry,
-            device=self.device,
-            results_dir=settings.results_dir,
-            templates_dir=settings.templates_dir,
-            clock=clock,
-            on_results=self.exporter.wake,
-        )
+        # One long-lived worker per device; each claims from the shared queue.
+        self.workers = [
+            InferenceWorker(
+                self.queue,
+                self.series,
+                self.registry,
+                device=device,
+                results_dir=settings.results_dir,
+                templates_dir=settings.templates_dir,
+                clock=clock,
+                on_results=self.exporter.wake,
+                job_timeout_seconds=settings.workers.job_timeout_seconds,
+                prefetch=settings.workers.prefetch,
+            )
+            for device in self.devices
+        ]
+        self.worker = self.workers[0]
         self.pulls = PullStore(self.db)
         self.dispatcher = Dispatcher(
             self.series,
             self.queue,
             self.admin.rules.active,
             clock=clock,
-            on_enqueued=self.worker.wake,
+            on_enqueued=self._wake_workers,
             requested_rule=lambda row: self.pulls.rule_for_completion(
                 row.series_uid, row.generation
             ),
@@ -132,8 +143,12 @@ class Node:
 
     def _wake(self) -> None:
         """After an admin job action: let the worker and exporter look at the queue now."""
-        self.worker.wake()
+        self._wake_workers()
         self.exporter.wake()
+
+    def _wake_workers(self) -> None:
+        for worker in self.workers:
+            worker.wake()
 
     @property
     def results_dir(self) -> Path:
@@ -156,7 +171,8 @@ class Node:
         )
         scheduler.start()
         self._scheduler = scheduler
-        self.worker.start()
+        for worker in self.workers:
+            worker.start()
         self.exporter.start()
         requeued_pulls = self.pulls.requeue_interrupted(self.clock())
         if requeued_pulls:
@@ -170,10 +186,10 @@ class Node:
         ):
             log.info("no destination configured: results stay in %s", self.results_dir.resolve())
         log.info(
-            "node started ae_title=%s dicom_port=%d device=%s plugins=%s data_dir=%s",
+            "node started ae_title=%s dicom_port=%d devices=%s plugins=%s data_dir=%s",
             self.settings.node.ae_title,
             self.settings.node.dicom_port,
-            self.device,
+            ",".join(str(d) for d in self.devices),
             ",".join(sorted(self.registry.names)) or "none",
             self.settings.node.data_dir.resolve(),
         )
@@ -185,7 +201,9 @@ class Node:
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
             self._scheduler = None
-        self.worker.stop()
+        for worker in self.workers:
+            worker.stop()
         self.exporter.stop()
+        self.registry.unload_all()
         self.db.close()
         log.info("node stopped")

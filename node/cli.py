@@ -60,6 +60,7 @@ def _config_check(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args.file)
         registry = PluginRegistry.discover()
+        registry.configure(settings.models, settings.templates_dir)
         check_plugins_known(settings, registry.names | set(registry.errors), source=str(args.file))
     except ConfigError as exc:
         print(f"ainode: {exc}", file=sys.stderr)
@@ -67,6 +68,34 @@ def _config_check(args: argparse.Namespace) -> int:
     rules, destinations = len(settings.rules), len(settings.destinations)
     print(f"{args.file}: valid ({rules} rules, {destinations} destinations)")
     return 0
+
+
+def _plugins_list(args: argparse.Namespace) -> int:
+    from node.config import load_settings
+    from node.runtime.registry import PluginRegistry, select_devices
+
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"ainode: {exc}", file=sys.stderr)
+        return 2
+    registry = PluginRegistry.discover(settings.workers.gpu_memory_budget_mb)
+    registry.configure(settings.models, settings.templates_dir)
+    devices = select_devices(settings.workers.device, settings.workers.devices)
+    rows = []
+    for device in devices:
+        rows.extend(registry.status(device, load=not args.no_load))
+    header = ("NAME", "VERSION", "DEVICE", "SOURCE", "STATUS")
+    table = [header]
+    for row in rows:
+        loaded = "loaded" if row.loaded else "not loaded"
+        state = f"FAILED: {row.error}" if row.error else loaded
+        table.append((row.name, row.version, row.device, row.source, state))
+    widths = [max(len(r[i]) for r in table) for i in range(4)]
+    for r in table:
+        print("  ".join(f"{v:<{w}}" for v, w in zip(r[:4], widths, strict=True)) + f"  {r[4]}")
+    registry.unload_all()
+    return 1 if any(row.error for row in rows) else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,6 +108,16 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate a configuration file")
     check.add_argument("file", type=Path)
     check.set_defaults(handler=_config_check)
+    plugins = commands.add_parser("plugins", help="inference plugins")
+    plugin_commands = plugins.add_subparsers(dest="plugins_command", required=True)
+    listing = plugin_commands.add_parser(
+        "list", help="each plugin, its version, the device it uses and whether it loads"
+    )
+    listing.add_argument("--config", type=Path, help="YAML configuration (default: embedded)")
+    listing.add_argument(
+        "--no-load", action="store_true", help="do not try to load (only import errors show)"
+    )
+    listing.set_defaults(handler=_plugins_list)
     from node.admin.cli import add_commands
 
     add_commands(commands)

@@ -9,6 +9,7 @@ container or a test can move ports and data without editing the file.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -222,14 +223,101 @@ class RuleSettings(_Strict):
 
 
 class WorkerSettings(_Strict):
-    """Inference workers."""
+    """Inference workers: one long-lived worker thread per device."""
 
-    #: ``auto`` picks the first CUDA device when there is one, else the CPU.
+    #: ``auto``: one worker per visible CUDA device, else one CPU worker; ``cuda``: every
+    #: visible CUDA device; ``cpu``; or one device such as ``cuda:1``. Pin GPUs with
+    #: ``CUDA_VISIBLE_DEVICES`` (torch only sees those) or list them in ``devices``.
     device: Literal["auto", "cpu", "cuda"] | str = "auto"
+    #: Explicit devices (one worker each), e.g. ``["cuda:0", "cuda:1"]``; overrides ``device``.
+    devices: list[str] = Field(default_factory=list)
     #: Threads for CPU inference; 0 picks ``cores - 1`` (at least 1) so receiving keeps a core.
     cpu_threads: int = Field(0, ge=0)
     #: Seconds a job may run before it is failed.
     job_timeout_seconds: float = Field(1800.0, gt=0)
+    #: Device memory the loaded models of one GPU may use (sum of their declared
+    #: ``gpu_memory_mb``); least recently used models are unloaded beyond it.
+    #: Default: 80 % of the device's memory.
+    gpu_memory_budget_mb: int | None = Field(None, gt=0)
+    #: Read the next queued series while the current job runs.
+    prefetch: bool = True
+
+
+Plane = Literal["axial", "coronal", "sagittal"]
+
+
+class AcceptsSettings(_Strict):
+    """What a configured model accepts (see ``node.runtime.plugin.Accepts``)."""
+
+    modalities: list[str] = Field(default_factory=lambda: ["CT"])
+    body_parts: list[str] = Field(default_factory=list)
+    min_slices: int = Field(1, ge=1)
+    max_slices: int | None = Field(None, ge=1)
+    slice_spacing_mm: tuple[float, float] = (0.0, 1e9)
+    pixel_spacing_mm: tuple[float, float] = (0.0, 1e9)
+    min_matrix: int = Field(1, ge=1)
+    planes: list[Literal["axial", "coronal", "sagittal"]] = Field(default_factory=lambda: ["axial"])
+    max_obliquity_deg: float = Field(90.0, ge=0, le=90)
+
+
+class ResourceSettings(_Strict):
+    needs_gpu: bool = False
+    gpu_memory_mb: int = Field(0, ge=0)
+
+
+class _ModelBase(_Strict):
+    """Fields every configured model has."""
+
+    #: Template (file stem in the templates directory) the model's labels are coded with.
+    template: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    accepts: AcceptsSettings = AcceptsSettings()
+    resources: ResourceSettings = ResourceSettings()
+    #: Output label name → template label value; unnamed labels are matched to the
+    #: template's segments by tracking id or label (case, spaces, ``-`` and ``_`` ignored).
+    label_values: dict[str, int] = Field(default_factory=dict)
+    #: Windows per forward pass (overrides the model's / bundle's value).
+    sw_batch_size: int | None = Field(None, ge=1)
+    #: Mixed precision (float16 autocast) on CUDA; the CPU always runs float32.
+    amp: bool = True
+
+
+class WindowSettings(_Strict):
+    """Intensity scaling like MONAI ``ScaleIntensityRange``."""
+
+    a_min: float
+    a_max: float
+    b_min: float = 0.0
+    b_max: float = 1.0
+    clip: bool = True
+
+
+class TorchScriptModelSettings(_ModelBase):
+    """A TorchScript segmentation network with declared input geometry and labels."""
+
+    type: Literal["torchscript"]
+    path: Path
+    version: str = "1"
+    spacing_mm: tuple[float, float, float]
+    axcodes: str = Field("RAS", pattern=r"^[LRlr][APap][SIsi]$|^[A-Za-z]{3}$")
+    window: WindowSettings
+    #: Output channel names in order; channel 0 is the background.
+    labels: list[str] = Field(min_length=2)
+    roi_size: tuple[int, int, int] = (96, 96, 96)
+    overlap: float = Field(0.25, ge=0, lt=1)
+
+
+class BundleModelSettings(_ModelBase):
+    """A MONAI bundle directory (``configs/``, ``models/``) run with its own transforms."""
+
+    type: Literal["monai_bundle"]
+    path: Path
+    #: Config file inside ``configs/`` (default: ``inference.json`` or ``inference.yaml``).
+    config: str | None = None
+
+
+ModelSettings = Annotated[
+    TorchScriptModelSettings | BundleModelSettings, Field(discriminator="type")
+]
 
 
 class SecuritySettings(_Strict):
@@ -262,6 +350,8 @@ class Settings(_Strict):
     #: PACS the node can query and pull from (``POST /api/pull``, count check).
     sources: dict[str, AnySource] = Field(default_factory=dict)
     dicomweb: DicomWebSettings = DicomWebSettings()
+    #: Named model instances (configuration only, no code); rules use the name as ``plugin``.
+    models: dict[str, ModelSettings] = Field(default_factory=dict)
     workers: WorkerSettings = WorkerSettings()
     security: SecuritySettings = SecuritySettings()
     logging: LoggingSettings = LoggingSettings()
@@ -270,6 +360,12 @@ class Settings(_Strict):
 
     @model_validator(mode="after")
     def _references_resolve(self) -> Settings:
+        for model in self.models:
+            if not re.match(r"^[a-z0-9][a-z0-9_.-]{0,63}$", model):
+                raise _KeyedError(
+                    ("models", model),
+                    "model names are 1-64 lower-case letters, digits, '_', '.' or '-'",
+                )
         names = [rule.name for rule in self.rules]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -313,12 +409,22 @@ BUILT_IN_CHEST_RULE: dict[str, Any] = {
     "send_to": [],
 }
 
+#: The built-in demonstration routing: abdomen/body CT series go to the ``ct_organs``
+#: demonstration model (trained on synthetic data; not for clinical use).
+BUILT_IN_ORGANS_DEMO_RULE: dict[str, Any] = {
+    "name": "ct-organs-demo",
+    "match": {"Modality": "CT", "SeriesDescription": {"regex": "(?i)abdom|body|trunk|organ"}},
+    "plugin": "ct_organs",
+    "send_to": [],
+    "priority": 6,
+}
+
 #: The configuration ``make run`` uses when no file is given.
 DEFAULT_CONFIG: dict[str, Any] = {
     "node": {"ae_title": "AINODE", "dicom_port": 11112, "http_port": 8080, "data_dir": "./var"},
     "completion": {"series_quiet_seconds": 10},
     "destinations": {},
-    "rules": [BUILT_IN_CHEST_RULE],
+    "rules": [BUILT_IN_CHEST_RULE, BUILT_IN_ORGANS_DEMO_RULE],
 }
 
 
@@ -419,10 +525,12 @@ def check_plugins_known(settings: Settings, known: set[str], *, source: str) -> 
 
 __all__ = [
     "BUILT_IN_CHEST_RULE",
+    "BUILT_IN_ORGANS_DEMO_RULE",
     "DEFAULT_CONFIG",
     "AnyDestination",
     "AnySource",
     "ApiTokenSettings",
+    "BundleModelSettings",
     "CompletionSettings",
     "DestinationSettings",
     "DicomWebDestinationSettings",
@@ -433,6 +541,7 @@ __all__ = [
     "RuleSettings",
     "SecuritySettings",
     "Settings",
+    "TorchScriptModelSettings",
     "check_plugins_known",
     "load_settings",
     "settings_from_mapping",

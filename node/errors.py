@@ -55,3 +55,7 @@ class InvalidInput(AinodeError):
 
 class Forbidden(AinodeError):
     """The user's role does not allow the action."""
+
+
+class JobTimeout(AinodeError):
+    """A job ran past its time limit."""

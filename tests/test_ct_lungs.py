@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from node.errors import InputRejected
-from node.runtime.plugin import InferencePlugin, Prediction, RunContext
+from node.runtime.plugin import InferencePlugin, Prediction, RunContext, check_input
 from node.runtime.volume import Volume, assemble_volume
 from node.synthetic.chest_ct import ChestPhantomTruth, make_chest_ct
 from plugins.ct_lungs import PLUGIN, CtLungsPlugin
@@ -23,7 +23,7 @@ CPU = RunContext(job_id=1, rule="test", device=torch.device("cpu"))
 def _run(volume: Volume, context: RunContext = CPU) -> Prediction:
     plugin = CtLungsPlugin()
     plugin.load(context.device)
-    plugin.check(volume)
+    check_input(plugin, volume)
     return plugin.run(volume, context)
 
 
@@ -57,7 +57,7 @@ def test_plugin_identity() -> None:
     assert PLUGIN is CtLungsPlugin
     assert issubclass(PLUGIN, InferencePlugin)
     assert (PLUGIN.name, PLUGIN.version, PLUGIN.template) == ("ct_lungs", "1.0.0", "ct_lungs")
-    assert PLUGIN.modalities == ("CT",)
+    assert PLUGIN.accepts.modalities == ("CT",)
 
 
 @pytest.mark.parametrize("name", ["standard", "mirrored", "touching"])
@@ -146,7 +146,7 @@ def _small(**kwargs: object) -> Volume:
 def test_check_rejects_unsuitable_series(volume_options: dict[str, object], reason: str) -> None:
     volume = _small(**volume_options)
     with pytest.raises(InputRejected, match=reason):
-        CtLungsPlugin().check(volume)
+        check_input(CtLungsPlugin(), volume)
 
 
 def test_check_rejects_non_axial_series() -> None:
@@ -154,12 +154,12 @@ def test_check_rejects_non_axial_series() -> None:
     coronal = volume.affine.copy()
     coronal[:3, 1], coronal[:3, 2] = volume.affine[:3, 2].copy(), volume.affine[:3, 1].copy()
     with pytest.raises(InputRejected, match="not an axial series"):
-        CtLungsPlugin().check(dataclasses.replace(volume, affine=coronal))
+        check_input(CtLungsPlugin(), dataclasses.replace(volume, affine=coronal))
     tilted = volume.affine.copy()
     angle = np.radians(25)
     tilted[1, 2], tilted[2, 2] = -np.sin(angle) * 3.0, np.cos(angle) * 3.0
     with pytest.raises(InputRejected, match="degrees oblique"):
-        CtLungsPlugin().check(dataclasses.replace(volume, affine=tilted))
+        check_input(CtLungsPlugin(), dataclasses.replace(volume, affine=tilted))
 
 
 def test_run_rejects_a_chest_without_lungs() -> None:

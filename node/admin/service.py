@@ -158,7 +158,7 @@ class AdminService:
                 "version": info.version,
                 "template": info.template,
                 "source": info.source,
-                "modalities": list(self.registry.plugin_class(info.name).modalities),
+                "modalities": list(info.accepts.modalities),
                 "status": "ok",
                 "error": None,
                 "loaded_on": loaded.get(info.name, []),

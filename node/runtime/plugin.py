@@ -2,28 +2,145 @@
 
 A plugin never touches the network or the database: it receives a
 :class:`~node.runtime.volume.Volume` and returns a :class:`Prediction`.
-Models are loaded once per worker by :meth:`InferencePlugin.load`.
+It declares what it accepts (:class:`Accepts`, checked by the node before
+:meth:`InferencePlugin.check`), the template it fills and the resources it
+needs (:class:`Resources`). Models are loaded once per worker by
+:meth:`InferencePlugin.load`.
 """
 
 from __future__ import annotations
 
 import abc
+import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 import numpy as np
 import torch
 
+from node.errors import InputRejected, JobTimeout
+from node.runtime.geometry import acquisition_plane, reorientation
 from node.runtime.volume import Volume
 
 
 @dataclass(frozen=True)
+class Accepts:
+    """What a routine accepts, declared once and checked by the node before ``check()``.
+
+    Attributes
+    ----------
+    modalities
+        Accepted Modality values (empty: any).
+    body_parts
+        Accepted BodyPartExamined values, case-insensitive (empty: any). A series
+        without BodyPartExamined passes: many scanners leave it empty.
+    min_slices, max_slices
+        Slice count range (``max_slices`` None: no upper bound).
+    slice_spacing_mm, pixel_spacing_mm
+        Inclusive ranges for the slice spacing and both pixel spacings.
+    min_matrix
+        Smallest rows and columns.
+    planes
+        Accepted acquisition planes (``axial``, ``coronal``, ``sagittal``; empty: any).
+    max_obliquity_deg
+        Largest angle between an image axis and the patient axis it runs along.
+    """
+
+    modalities: tuple[str, ...] = ("CT",)
+    body_parts: tuple[str, ...] = ()
+    min_slices: int = 1
+    max_slices: int | None = None
+    slice_spacing_mm: tuple[float, float] = (0.0, math.inf)
+    pixel_spacing_mm: tuple[float, float] = (0.0, math.inf)
+    min_matrix: int = 1
+    planes: tuple[str, ...] = ("axial",)
+    max_obliquity_deg: float = 90.0
+
+    def problems(self, volume: Volume) -> list[str]:
+        """Every reason the volume is not accepted (empty when it is)."""
+        found: list[str] = []
+        if self.modalities and volume.modality not in self.modalities:
+            found.append(
+                f"modality {volume.modality or 'unknown'} is not {'/'.join(self.modalities)}"
+            )
+        body_part = str(volume.datasets[0].get("BodyPartExamined", "") or "").upper()
+        wanted = {b.upper() for b in self.body_parts}
+        if wanted and body_part and body_part not in wanted:
+            found.append(f"body part {body_part} is not {'/'.join(sorted(wanted))}")
+        slices, rows, columns = volume.shape
+        if slices < self.min_slices:
+            found.append(f"{slices} slices; at least {self.min_slices} are needed")
+        if self.max_slices is not None and slices > self.max_slices:
+            found.append(f"{slices} slices; at most {self.max_slices} are supported")
+        if min(rows, columns) < self.min_matrix:
+            found.append(
+                f"image matrix {rows}x{columns} is smaller than {self.min_matrix}x{self.min_matrix}"
+            )
+        low, high = self.slice_spacing_mm
+        if not low <= volume.spacing[0] <= high:
+            found.append(f"slice spacing {volume.spacing[0]:.2f} mm is outside {low:g}-{high:g} mm")
+        low, high = self.pixel_spacing_mm
+        for spacing in volume.spacing[1:]:
+            if not low <= spacing <= high:
+                found.append(f"pixel spacing {spacing:.2f} mm is outside {low:g}-{high:g} mm")
+                break
+        plane = acquisition_plane(volume.affine)
+        if self.planes and plane not in self.planes:
+            found.append(f"not an {'/'.join(self.planes)} series: slices are {plane}")
+        try:
+            obliquity = reorientation(volume.affine).obliquity_deg
+        except ValueError as exc:
+            found.append(f"unsupported image orientation: {exc}")
+        else:
+            if obliquity > self.max_obliquity_deg:
+                found.append(
+                    f"image axes are {obliquity:.1f} degrees oblique; at most "
+                    f"{self.max_obliquity_deg:g} are supported"
+                )
+        return found
+
+    def check(self, volume: Volume) -> None:
+        """Raise :class:`~node.errors.InputRejected` naming every problem."""
+        found = self.problems(volume)
+        if found:
+            raise InputRejected("; ".join(found))
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What a routine needs from its worker.
+
+    Attributes
+    ----------
+    needs_gpu
+        Refuse to run on a CPU worker (jobs fail with that reason).
+    gpu_memory_mb
+        Approximate device memory while loaded and running; the worker's model
+        cache evicts least recently used plugins to stay within its budget.
+    """
+
+    needs_gpu: bool = False
+    gpu_memory_mb: int = 0
+
+
+@dataclass(frozen=True)
 class RunContext:
-    """What a plugin may know about the job it runs for (no PHI)."""
+    """What a plugin may know about the job it runs for (no PHI).
+
+    ``deadline`` is a :func:`time.monotonic` value; long-running plugins call
+    :meth:`raise_if_expired` between steps so a job timeout stops them early.
+    """
 
     job_id: int
     rule: str
     device: torch.device
+    deadline: float | None = None
+    clock: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
+
+    def raise_if_expired(self) -> None:
+        if self.deadline is not None and self.clock() > self.deadline:
+            raise JobTimeout(f"job {self.job_id} ran past its time limit")
 
 
 @dataclass
@@ -53,25 +170,36 @@ class Prediction:
 class InferencePlugin(abc.ABC):
     """Base class of every inference routine.
 
-    Subclasses set :attr:`name`, :attr:`version` and :attr:`template` and
-    implement :meth:`check` and :meth:`run`; :meth:`load` is called once per
-    worker before the first job.
+    Subclasses set :attr:`name`, :attr:`version`, :attr:`template` and
+    :attr:`accepts` (class attributes for code plugins; instance attributes for
+    plugins configured in the node's YAML) and implement :meth:`run`;
+    :meth:`load` is called once per worker before the first job. The node
+    checks :attr:`accepts` and then calls :meth:`check` for anything a
+    declaration cannot express.
     """
 
-    name: ClassVar[str]
-    version: ClassVar[str]
+    name: str
+    version: str
     #: File name (stem) of the result template in ``dicom_sr_templates/``.
-    template: ClassVar[str]
-    #: Modalities the routine accepts.
-    modalities: ClassVar[tuple[str, ...]] = ()
+    template: str
+    accepts: Accepts = Accepts()
+    resources: Resources = Resources()
 
     def load(self, device: torch.device) -> None:  # noqa: B027 - optional hook
         """Load weights or warm up on ``device``; called once per worker."""
 
-    @abc.abstractmethod
-    def check(self, volume: Volume) -> None:
-        """Raise :class:`~node.errors.InputRejected` with a reason if the input is unsuitable."""
+    def unload(self) -> None:  # noqa: B027 - optional hook
+        """Release device memory (the model cache evicted this instance)."""
+
+    def check(self, volume: Volume) -> None:  # noqa: B027 - optional hook
+        """Raise :class:`~node.errors.InputRejected` for input :attr:`accepts` cannot describe."""
 
     @abc.abstractmethod
     def run(self, volume: Volume, context: RunContext) -> Prediction:
         """Run inference and return a prediction on the source grid."""
+
+
+def check_input(plugin: InferencePlugin, volume: Volume) -> None:
+    """What the node does before ``run``: the declared :class:`Accepts`, then ``check()``."""
+    plugin.accepts.check(volume)
+    plugin.check(volume)

@@ -1,10 +1,17 @@
 """The inference worker: one long-lived thread per device.
 
 It claims the most urgent queued job, assembles the series into a
-:class:`~node.runtime.volume.Volume`, runs the plugin (loaded once per
-device), builds the result objects and writes them under
-``results/<study>/<series>/job-<id>/``. A job that raises is failed with
+:class:`~node.runtime.volume.Volume`, checks it against the plugin's declared
+:class:`~node.runtime.plugin.Accepts` and ``check()``, runs the plugin (loaded
+once per device and kept loaded), builds the result objects and writes them
+under ``results/<study>/<series>/job-<id>/``. A job that raises is failed with
 the exception text; the worker carries on with the next one.
+
+While a job runs, the series of the next queued job is read in a background
+thread (decoding overlaps inference); the prefetched volume is used only if
+that job is the next one claimed and its instances are unchanged. Each job has
+a deadline: plugins check it between steps (:meth:`RunContext.raise_if_expired`)
+and a job that ends past it is failed, its results discarded.
 """
 
 from __future__ import annotations
@@ -12,18 +19,20 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pydicom
 import torch
 from pydicom.dataset import Dataset
 
+from node.errors import InputRejected, JobTimeout
 from node.jobs.queue import Job, JobQueue
 from node.polling import PollingThread
 from node.results import build_results, load_template_by_name
-from node.runtime.plugin import RunContext
+from node.runtime.plugin import RunContext, check_input
 from node.runtime.registry import PluginRegistry
-from node.runtime.volume import load_volume
+from node.runtime.volume import Volume, load_volume
 from node.state.series import SeriesStore
 
 log = logging.getLogger(__name__)
@@ -54,6 +63,9 @@ class InferenceWorker(PollingThread):
         templates_dir: Path | None,
         clock: Callable[[], float],
         on_results: Callable[[], None] = lambda: None,
+        job_timeout_seconds: float | None = None,
+        prefetch: bool = True,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__(f"worker-{device}")
         self._queue = queue
@@ -64,9 +76,18 @@ class InferenceWorker(PollingThread):
         self._templates_dir = templates_dir
         self._clock = clock
         self._on_results = on_results
+        self._timeout = job_timeout_seconds
+        self._monotonic = monotonic
+        self._prefetch_enabled = prefetch
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"read-{device}")
+        self._prefetched: tuple[int, tuple[Path, ...], Future[Volume]] | None = None
+        self._device_selected = False
 
     def run_once(self) -> bool:
         """Run the next queued job to its end; False when the queue was empty."""
+        if self.device.type == "cuda" and not self._device_selected:
+            torch.cuda.set_device(self.device)  # this thread's current device
+            self._device_selected = True
         job = self._queue.claim_next(self._clock())
         if job is None:
             return False
@@ -78,20 +99,58 @@ class InferenceWorker(PollingThread):
             log.error("job failed job_id=%d plugin=%s reason=%s", job.id, job.plugin, reason)
         return True
 
+    # -- prefetch ---------------------------------------------------------------
+
+    def _next_queued(self) -> Job | None:
+        queued = self._queue.jobs(state="queued")
+        return min(queued, key=lambda j: (j.priority, j.id)) if queued else None
+
+    def _start_prefetch(self) -> None:
+        """Read the next queued job's series in the background (does not claim it)."""
+        if not self._prefetch_enabled:
+            return
+        upcoming = self._next_queued()
+        if upcoming is None:
+            return
+        paths = tuple(self._series.instance_paths(upcoming.series_uid))
+        if self._prefetched is not None and self._prefetched[:2] == (upcoming.id, paths):
+            return
+        self._prefetched = (upcoming.id, paths, self._reader.submit(load_volume, paths))
+        log.debug("prefetch started job_id=%d instances=%d", upcoming.id, len(paths))
+
+    def _volume(self, job: Job) -> tuple[Volume, bool]:
+        """The job's volume (prefetched when it matches) and whether it was prefetched."""
+        paths = tuple(self._series.instance_paths(job.series_uid))
+        prefetched, self._prefetched = self._prefetched, None
+        if prefetched is not None and prefetched[:2] == (job.id, paths):
+            return prefetched[2].result(), True
+        return load_volume(paths), False
+
+    def _check_deadline(self, job: Job, deadline: float | None) -> None:
+        if deadline is not None and self._monotonic() > deadline:
+            raise JobTimeout(f"job ran longer than {self._timeout:g} s")
+
     def _process(self, job: Job) -> None:
         started = time.perf_counter()
+        deadline = None if self._timeout is None else self._monotonic() + self._timeout
         plugin = self._registry.get(job.plugin, self.device)
-        paths = self._series.instance_paths(job.series_uid)
-        volume = load_volume(paths)
+        if plugin.resources.needs_gpu and self.device.type != "cuda":
+            raise InputRejected(f"plugin {job.plugin!r} needs a GPU; this worker runs on the CPU")
+        volume, was_prefetched = self._volume(job)
         loaded = time.perf_counter()
         self._queue.add_event(
             job.id,
             self._clock(),
             "volume_loaded",
-            f"slices={volume.shape[0]} seconds={loaded - started:.3f}",
+            f"slices={volume.shape[0]} seconds={loaded - started:.3f} prefetched={was_prefetched}",
         )
-        plugin.check(volume)
-        prediction = plugin.run(volume, RunContext(job.id, job.rule, self.device))
+        self._start_prefetch()
+        check_input(plugin, volume)
+        context = RunContext(
+            job.id, job.rule, self.device, deadline=deadline, clock=self._monotonic
+        )
+        prediction = plugin.run(volume, context)
+        self._check_deadline(job, deadline)
         inferred = time.perf_counter()
         self._queue.add_event(
             job.id, self._clock(), "inference_done", f"seconds={inferred - loaded:.3f}"
@@ -105,6 +164,7 @@ class InferenceWorker(PollingThread):
             revision=job.generation,
             predecessor_sr=_previous_report(previous),
         )
+        self._check_deadline(job, deadline)
         result_dir = self._results_dir / job.study_uid / job.series_uid / f"job-{job.id}"
         result_dir.mkdir(parents=True, exist_ok=True)
         for dataset in results.datasets:
@@ -127,3 +187,7 @@ class InferenceWorker(PollingThread):
             encoded - inferred,
         )
         self._on_results()
+
+    def stop(self, timeout: float = 60.0) -> None:
+        super().stop(timeout)
+        self._reader.shutdown(wait=False, cancel_futures=True)

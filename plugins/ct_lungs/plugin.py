@@ -10,7 +10,7 @@ import torch
 
 from node.errors import InputRejected
 from node.runtime.measure import label_statistics
-from node.runtime.plugin import InferencePlugin, Prediction, RunContext
+from node.runtime.plugin import Accepts, InferencePlugin, Prediction, RunContext, check_input
 from node.runtime.volume import Volume
 from plugins.ct_lungs.segmentation import (
     LEFT_LUNG,
@@ -33,6 +33,10 @@ MAX_OBLIQUITY_DEG = 15.0
 class CtLungsPlugin(InferencePlugin):
     """Right and left lung segmentation of a chest CT by Hounsfield thresholds.
 
+    Accepts (declared in :attr:`accepts`, checked by the node): CT, at least
+    20 slices, slice spacing 0.3-10 mm, pixel spacing 0.2-3 mm, matrix at
+    least 64x64, axial slices at most 15 degrees oblique.
+
     Accepts axial series stored in any in-plane direction (rows/columns may run
     either way, slices up or down): the volume is reoriented to patient axes
     through its affine, so right and left come from patient coordinates.
@@ -41,7 +45,15 @@ class CtLungsPlugin(InferencePlugin):
     name = "ct_lungs"
     version = "1.0.0"
     template = "ct_lungs"
-    modalities = ("CT",)
+    accepts = Accepts(
+        modalities=("CT",),
+        min_slices=MIN_SLICES,
+        slice_spacing_mm=SLICE_SPACING_RANGE_MM,
+        pixel_spacing_mm=PIXEL_SPACING_RANGE_MM,
+        min_matrix=MIN_MATRIX,
+        planes=("axial",),
+        max_obliquity_deg=MAX_OBLIQUITY_DEG,
+    )
 
     def __init__(self) -> None:
         self.device = torch.device("cpu")
@@ -50,45 +62,9 @@ class CtLungsPlugin(InferencePlugin):
         """Nothing to load (no weights); remember the worker's device."""
         self.device = device
 
-    def check(self, volume: Volume) -> None:
-        """Reject non-CT, short, coarse or non-axial series (see the module constants)."""
-        if volume.modality not in self.modalities:
-            raise InputRejected(f"modality {volume.modality or 'unknown'} is not CT")
-        slices, rows, columns = volume.shape
-        if slices < MIN_SLICES:
-            raise InputRejected(f"{slices} slices; at least {MIN_SLICES} are needed")
-        if min(rows, columns) < MIN_MATRIX:
-            raise InputRejected(
-                f"image matrix {rows}x{columns} is smaller than {MIN_MATRIX}x{MIN_MATRIX}"
-            )
-        low, high = SLICE_SPACING_RANGE_MM
-        if not low <= volume.spacing[0] <= high:
-            raise InputRejected(
-                f"slice spacing {volume.spacing[0]:.2f} mm is outside {low:g}-{high:g} mm"
-            )
-        low, high = PIXEL_SPACING_RANGE_MM
-        for spacing in volume.spacing[1:]:
-            if not low <= spacing <= high:
-                raise InputRejected(
-                    f"pixel spacing {spacing:.2f} mm is outside {low:g}-{high:g} mm"
-                )
-        try:
-            reorientation, obliquity_deg = reorientation_from_affine(volume.affine)
-        except ValueError as exc:
-            raise InputRejected(f"unsupported image orientation: {exc}") from exc
-        if reorientation.permutation[0] != 0:
-            raise InputRejected(
-                "not an axial series: slices are not stacked along the patient axis"
-            )
-        if obliquity_deg > MAX_OBLIQUITY_DEG:
-            raise InputRejected(
-                f"image axes are {obliquity_deg:.1f} degrees oblique; at most "
-                f"{MAX_OBLIQUITY_DEG:g} are supported"
-            )
-
     def run(self, volume: Volume, context: RunContext) -> Prediction:
         """Segment both lungs; labels 1 (right) and 2 (left) with volume and mean HU."""
-        self.check(volume)
+        check_input(self, volume)
         started = time.perf_counter()
         reorientation, _ = reorientation_from_affine(volume.affine)
         hu = torch.from_numpy(volume.array).to(context.device)

@@ -1,0 +1,123 @@
+"""A plugin made of a segmentation network and a :class:`~node.runtime.engine.ModelSpec`.
+
+Subclasses only say how to build the network on a device (:meth:`build`);
+running it (reorientation, windowing, resampling, sliding windows, AMP, OOM
+fallbacks, labels back on the source grid) is :func:`node.runtime.engine.segment`.
+Measurements are each label's volume and mean attenuation.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import time
+
+import numpy as np
+import torch
+
+from node.errors import InputRejected, PluginError
+from node.runtime.engine import ExecutionOptions, ModelSpec, segment
+from node.runtime.measure import label_statistics
+from node.runtime.plugin import InferencePlugin, Prediction, RunContext
+from node.runtime.volume import Volume
+
+log = logging.getLogger(__name__)
+
+
+class SegmentationModelPlugin(InferencePlugin):
+    """Runs a network described by :attr:`spec` through the node's engine.
+
+    Attributes
+    ----------
+    spec
+        Input spacing/orientation/window, output labels, sliding-window settings.
+    label_values
+        Output channel → template label value (default: the channel index).
+    amp
+        Mixed precision on CUDA.
+    sw_batch_size
+        Window batch override (``None``: the spec's).
+    """
+
+    spec: ModelSpec
+    label_values: dict[int, int] | None = None
+    amp: bool = True
+    sw_batch_size: int | None = None
+
+    def __init__(self) -> None:
+        self._network: torch.nn.Module | None = None
+        self.device = torch.device("cpu")
+
+    @abc.abstractmethod
+    def build(self, device: torch.device) -> torch.nn.Module:
+        """The network with its weights, on ``device``, in eval mode."""
+
+    def load(self, device: torch.device) -> None:
+        started = time.perf_counter()
+        self._network = self.build(device)
+        self.device = device
+        log.info(
+            "model loaded plugin=%s device=%s seconds=%.2f",
+            self.name,
+            device,
+            time.perf_counter() - started,
+        )
+
+    def unload(self) -> None:
+        self._network = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    @property
+    def network(self) -> torch.nn.Module:
+        if self._network is None:
+            raise PluginError(f"plugin {self.name!r} is not loaded")
+        return self._network
+
+    def channel_to_label(self) -> np.ndarray:
+        """Lookup table from output channel to template label value."""
+        table = np.arange(len(self.spec.labels), dtype=np.uint16)
+        for channel, value in (self.label_values or {}).items():
+            table[channel] = value
+        return table
+
+    def run(self, volume: Volume, context: RunContext) -> Prediction:
+        started = time.perf_counter()
+        options = ExecutionOptions(
+            amp=self.amp, sw_batch_size=self.sw_batch_size, should_stop=context.raise_if_expired
+        )
+        result = segment(
+            self.network,
+            volume.array,
+            volume.affine,
+            volume.spacing,
+            self.spec,
+            context.device,
+            options,
+            to_device=self.build,
+        )
+        table = self.channel_to_label()
+        dtype = np.uint8 if table.max() <= 255 else np.uint16
+        label_map = table.astype(dtype)[result.labels]
+        values = [int(v) for v in table[1:]]
+        statistics = label_statistics(volume, label_map, values)
+        measurements = {
+            label: {"volume_cm3": stats["volume_cm3"], "mean_hu": stats["mean"]}
+            for label, stats in statistics.items()
+            if stats["voxel_count"] > 0
+        }
+        if not measurements:
+            raise InputRejected(f"{self.name}: nothing segmented")
+        log.info(
+            "segmented plugin=%s job=%d series=%s device=%s sw_batch_size=%d attempts=%s "
+            "seconds=%.2f labels=%s",
+            self.name,
+            context.job_id,
+            volume.series_instance_uid,
+            result.device,
+            result.sw_batch_size,
+            ",".join(result.attempts),
+            time.perf_counter() - started,
+            ",".join(str(v) for v in sorted(measurements)),
+        )
+        return Prediction(label_map=label_map, measurements=measurements)

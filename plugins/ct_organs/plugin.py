@@ -1,0 +1,41 @@
+"""The ``ct_organs`` plugin: the shipped demonstration UNet on the node's engine."""
+
+from __future__ import annotations
+
+import torch
+
+from node.errors import PluginError
+from node.runtime.model_plugin import SegmentationModelPlugin
+from node.runtime.plugin import Accepts, Resources
+from plugins.ct_organs.model import SPEC, WEIGHTS, build_network
+
+
+class CtOrgansPlugin(SegmentationModelPlugin):
+    """Body, lungs, liver, spleen and kidneys on chest-abdomen CT.
+
+    A demonstration model trained on synthetic phantoms
+    (:mod:`node.synthetic.abdomen_ct`); **not for clinical use**.
+    """
+
+    name = "ct_organs"
+    version = "0.1.0"
+    template = "ct_organs"
+    accepts = Accepts(
+        modalities=("CT",),
+        min_slices=16,
+        slice_spacing_mm=(0.5, 8.0),
+        pixel_spacing_mm=(0.3, 4.0),
+        min_matrix=64,
+        planes=("axial",),
+        max_obliquity_deg=15.0,
+    )
+    resources = Resources(needs_gpu=False, gpu_memory_mb=1500)
+    spec = SPEC
+
+    def build(self, device: torch.device) -> torch.nn.Module:
+        if not WEIGHTS.is_file():
+            raise PluginError(f"weights missing: {WEIGHTS} (run plugins/ct_organs/train.py)")
+        network = build_network()
+        state = torch.load(WEIGHTS, map_location="cpu", weights_only=True)
+        network.load_state_dict(state)
+        return network.to(device).eval()
