@@ -246,6 +246,10 @@ class WorkerSettings(_Strict):
 Plane = Literal["axial", "coronal", "sagittal"]
 
 
+def _axial_only() -> list[Plane]:
+    return ["axial"]
+
+
 class AcceptsSettings(_Strict):
     """What a configured model accepts (see ``node.runtime.plugin.Accepts``)."""
 
@@ -256,7 +260,7 @@ class AcceptsSettings(_Strict):
     slice_spacing_mm: tuple[float, float] = (0.0, 1e9)
     pixel_spacing_mm: tuple[float, float] = (0.0, 1e9)
     min_matrix: int = Field(1, ge=1)
-    planes: list[Literal["axial", "coronal", "sagittal"]] = Field(default_factory=lambda: ["axial"])
+    planes: list[Plane] = Field(default_factory=_axial_only)
     max_obliquity_deg: float = Field(90.0, ge=0, le=90)
 
 
