@@ -5,6 +5,7 @@ Usage::
     python -m benchmarks                       # ingest + end-to-end
     python -m benchmarks --only ingest --count 300 --repeat 3
     python -m benchmarks --only e2e --e2e-runs 2 --json var/bench.json
+    python -m benchmarks --only inference --inference-runs 2
 
 Benchmarks measure; they assert nothing about speed.
 """
@@ -25,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-SECTIONS = ("ingest", "e2e", "completion")
+SECTIONS = ("ingest", "e2e", "completion", "inference")
 
 
 def machine() -> dict[str, Any]:
@@ -117,6 +118,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=10.0,
         help="quiet period in the completion benchmark (the node's default)",
     )
+    parser.add_argument("--inference-runs", type=int, default=1, help="node/reference pairs")
+    parser.add_argument("--inference-slices", type=int, default=300, help="CT slices (inference)")
+    parser.add_argument("--inference-device", default="cpu", help="torch device (inference)")
     parser.add_argument("--json", type=Path, help="write the results as JSON here")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     return parser.parse_args(argv)
@@ -171,6 +175,18 @@ def main(argv: list[str] | None = None) -> int:
                     workdir=workdir / "completion",
                 ),
             )
+        if "inference" in sections:
+            from benchmarks.inference import run_inference
+
+            attempt(
+                "inference",
+                lambda: run_inference(
+                    workdir / "inference",
+                    slices=args.inference_slices,
+                    repeat=args.inference_runs,
+                    device=args.inference_device,
+                ),
+            )
     finally:
         if args.keep:
             print(f"work directory kept: {workdir}", file=sys.stderr)
@@ -179,11 +195,13 @@ def main(argv: list[str] | None = None) -> int:
 
     lines = [f"machine: {report['machine']['cpus']} CPUs, cuda={report['machine'].get('cuda')}"]
     from benchmarks.completion import completion_table
+    from benchmarks.inference import inference_table
 
     renderers = (
         ("ingest", ingest_table),
         ("end_to_end", e2e_table),
         ("completion", completion_table),
+        ("inference", inference_table),
     )
     for key, render in renderers:
         if key not in report:
