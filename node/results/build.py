@@ -1,21 +1,36 @@
-"""The one call the job worker makes: prediction in, SEG + SR datasets out.
+"""The one call the job worker makes: prediction in, result objects out.
 
-Output series numbers are fixed per kind (:data:`SEG_SERIES_NUMBER`,
-:data:`SR_SERIES_NUMBER`) so results sort after the acquired series in every viewer.
-Series descriptions come from the template (``"AI lungs SEG"``, ``"AI lungs SR"``);
-a revision after the first adds ``" (rev N, supersedes earlier)"``. All UIDs are
-derived from the input (:mod:`node.results.uids`): building again from the same
-series gives the same UIDs, a series that gained instances gives new ones.
+Which objects are built is given as file tags (:mod:`node.results.kinds`), by default
+``seg`` + ``sr``. Output series numbers are fixed per kind (:data:`SERIES_NUMBERS`)
+so results sort after the acquired series in every viewer. Series descriptions come
+from the template (``"AI lungs SEG"``, ``"AI lungs SR"``…); a revision after the first
+adds ``" (rev N, supersedes earlier)"``. All UIDs are derived from the input
+(:mod:`node.results.uids`): building again from the same series gives the same UIDs, so
+a re-send replaces the earlier objects; a series that gained instances gives new ones.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 
 import highdicom as hd
 from pydicom.dataset import Dataset
 
+from node.results.analysis import Analysis
+from node.results.gsps import build_gsps
+from node.results.kinds import (
+    BUILD_ORDER,
+    DEFAULT_PROFILE,
+    ResultKind,
+    profile_tags,
+    required_tags,
+    tag_kind,
+)
+from node.results.ko import build_ko
+from node.results.sc import NOT_FOR_DIAGNOSIS, build_sc_series
 from node.results.seg import build_seg
 from node.results.sr import SOPReference, build_sr
 from node.results.template import ResultTemplate
@@ -25,38 +40,89 @@ from node.runtime.volume import Volume
 
 log = logging.getLogger(__name__)
 
+#: Series Number of each kind of result series.
+SERIES_NUMBERS: dict[ResultKind, int] = {
+    ResultKind.SEG: 9001,
+    ResultKind.SR: 9002,
+    ResultKind.LABELMAP_SEG: 9003,
+    ResultKind.FRACTIONAL_SEG: 9004,
+    ResultKind.GSPS: 9005,
+    ResultKind.SC: 9006,
+    ResultKind.KO: 9007,
+}
 #: Series Number of every AI SEG series.
-SEG_SERIES_NUMBER = 9001
+SEG_SERIES_NUMBER = SERIES_NUMBERS[ResultKind.SEG]
 #: Series Number of every AI SR series.
-SR_SERIES_NUMBER = 9002
+SR_SERIES_NUMBER = SERIES_NUMBERS[ResultKind.SR]
+
+#: What follows the template's series description, per kind.
+KIND_LABELS: dict[ResultKind, str] = {
+    ResultKind.SEG: "SEG",
+    ResultKind.LABELMAP_SEG: "SEG labelmap",
+    ResultKind.FRACTIONAL_SEG: "SEG probability",
+    ResultKind.SR: "SR",
+    ResultKind.GSPS: "GSPS",
+    ResultKind.SC: f"SC {NOT_FOR_DIAGNOSIS}",
+    ResultKind.KO: "KO",
+}
+_SEG_TYPES = {
+    ResultKind.SEG: "BINARY",
+    ResultKind.LABELMAP_SEG: "LABELMAP",
+    ResultKind.FRACTIONAL_SEG: "FRACTIONAL",
+}
 
 
 @dataclass(frozen=True)
 class ResultSet:
-    """The DICOM objects of one result, ready to store or send."""
+    """The DICOM objects of one result, by file tag, ready to store or send."""
 
-    seg: hd.seg.Segmentation
-    sr: hd.sr.Comprehensive3DSR
+    objects: dict[str, list[Dataset]]
     uids: ResultUIDs
     revision: int
+    #: Seconds spent building each tag (for job events and benchmarks).
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def seg(self) -> hd.seg.Segmentation:
+        """The BINARY SEG (KeyError when it was not built)."""
+        return self.objects[ResultKind.SEG.value][0]  # type: ignore[return-value]
+
+    @property
+    def sr(self) -> hd.sr.Comprehensive3DSR:
+        """The SR that references the BINARY SEG (KeyError when it was not built)."""
+        return self.objects[ResultKind.SR.value][0]  # type: ignore[return-value]
 
     @property
     def datasets(self) -> list[Dataset]:
-        """SEG first, then the SR that references it."""
-        return [self.seg, self.sr]
+        """Every object, SEGs first, then SRs, GSPS, SC images and KOs."""
+        return [dataset for _, dataset in self.tagged()]
+
+    def tagged(self) -> list[tuple[str, Dataset]]:
+        """``(tag, dataset)`` pairs in build order."""
+        return [(tag, dataset) for tag, datasets in self.objects.items() for dataset in datasets]
 
     @property
     def sr_reference(self) -> SOPReference:
-        """Reference to this SR, to pass as ``predecessor_sr`` of the next revision."""
+        """Reference to the SR, to pass as ``predecessor_sr`` of the next revision."""
         return SOPReference.from_dataset(self.sr)
 
 
 def series_description(template: ResultTemplate, kind: str, revision: int) -> str:
-    """``"<template description> <kind>"``, with the revision note after the first."""
+    """``"<template description> <kind>"``, with the revision note after the first.
+
+    The note shrinks to ``" (rev N)"`` where the full one would not fit in 64 characters.
+    """
     text = f"{template.output.series_description} {kind}"
     if revision > 1:
-        text += f" (rev {revision}, supersedes earlier)"
+        note = f" (rev {revision}, supersedes earlier)"
+        if len(text) + len(note) > 64:
+            note = f" (rev {revision})"
+        text += note
     return text[:64]
+
+
+def _ordered(tags: Iterable[str]) -> list[str]:
+    return sorted(set(tags), key=lambda tag: (BUILD_ORDER.index(tag_kind(tag)), tag))
 
 
 def build_results(
@@ -66,16 +132,18 @@ def build_results(
     *,
     revision: int = 1,
     predecessor_sr: SOPReference | Dataset | None = None,
+    predecessors: Mapping[str, SOPReference | Dataset] | None = None,
+    tags: Iterable[str] | None = None,
 ) -> ResultSet:
-    """Build the SEG and the SR of one prediction.
+    """Build the result objects of one prediction.
 
     Parameters
     ----------
     volume
         The source series as assembled for the routine.
     prediction
-        The routine's label map and measurements (label values and keys from the
-        template).
+        The routine's label map, measurements, findings and probabilities (label
+        values and keys from the template).
     template
         The routine's result template.
     revision
@@ -86,58 +154,123 @@ def build_results(
         the new SR lists it in PredecessorDocumentsSequence. If it is the very SR this
         input produces (the same instances were received again), it is not recorded:
         the objects come out with the same UIDs as before and replace them on re-send.
+    predecessors
+        The same per SR tag (``{"sr.labelmap_seg": …}``) for SR variants;
+        ``predecessor_sr`` is the one of ``sr``.
+    tags
+        File tags to build (:func:`node.results.kinds.profile_tags` of the
+        destinations' profiles); what they need is built too. Default: SEG + SR.
 
     Raises
     ------
     TemplateError
-        The prediction does not match the template.
+        The prediction does not match the template (or FRACTIONAL without probabilities).
     ValueError
-        ``revision`` < 1.
+        ``revision`` < 1, or an unknown tag.
     """
     if revision < 1:
         raise ValueError(f"revision must be at least 1, got {revision}")
-    predecessor = (
-        SOPReference.from_dataset(predecessor_sr)
-        if isinstance(predecessor_sr, Dataset)
-        else predecessor_sr
-    )
-    uids = ResultUIDs.for_volume(volume, template)
-    if predecessor is not None and predecessor.sop_instance_uid == uids.sr_instance:
-        log.info(
-            "predecessor is this input's own SR, rebuilding the same objects sr_uid=%s",
-            uids.sr_instance,
+    wanted = _ordered(required_tags(profile_tags(DEFAULT_PROFILE) if tags is None else tags))
+    previous: dict[str, SOPReference] = {}
+    for tag, reference in {
+        **(predecessors or {}),
+        **({"sr": predecessor_sr} if predecessor_sr is not None else {}),
+    }.items():
+        previous[tag] = (
+            SOPReference.from_dataset(reference) if isinstance(reference, Dataset) else reference
         )
-        predecessor = None
+    uids = ResultUIDs.for_volume(volume, template)
+    analysis = Analysis(volume, prediction, template)
     tracking_uids = {s.label_value: uids.tracking_uid(s.label_value) for s in template.segments}
-    seg = build_seg(
-        volume,
-        prediction,
-        template,
-        series_instance_uid=uids.seg_series,
-        sop_instance_uid=uids.seg_instance,
-        series_number=SEG_SERIES_NUMBER,
-        series_description=series_description(template, "SEG", revision),
-        revision=revision,
-        tracking_uids=tracking_uids,
-    )
-    sr = build_sr(
-        volume,
-        prediction,
-        template,
-        seg,
-        series_instance_uid=uids.sr_series,
-        sop_instance_uid=uids.sr_instance,
-        series_number=SR_SERIES_NUMBER,
-        revision=revision,
-        predecessor=predecessor,
-        series_description=series_description(template, "SR", revision),
-    )
+    objects: dict[str, list[Dataset]] = {}
+    seconds: dict[str, float] = {}
+    for tag in wanted:
+        started = time.perf_counter()
+        kind = tag_kind(tag)
+        description = series_description(template, KIND_LABELS[kind], revision)
+        identity = {
+            "series_instance_uid": uids.series_uid(tag),
+            "series_number": SERIES_NUMBERS[kind],
+        }
+        if kind in _SEG_TYPES:
+            objects[tag] = [
+                build_seg(
+                    volume,
+                    prediction,
+                    template,
+                    sop_instance_uid=uids.instance_uid(tag),
+                    series_description=description,
+                    revision=revision,
+                    tracking_uids=tracking_uids,
+                    segmentation_type=_SEG_TYPES[kind],
+                    segment_numbers=analysis.segment_numbers,
+                    **identity,  # type: ignore[arg-type]
+                )
+            ]
+        elif kind is ResultKind.SR:
+            seg_tag = tag.partition(".")[2] or ResultKind.SEG.value
+            predecessor = previous.get(tag)
+            instance_uid = uids.instance_uid(tag)
+            if predecessor is not None and predecessor.sop_instance_uid == instance_uid:
+                log.info(
+                    "predecessor is this input's own SR, rebuilding the same objects sr_uid=%s",
+                    instance_uid,
+                )
+                predecessor = None
+            objects[tag] = [
+                build_sr(
+                    volume,
+                    prediction,
+                    template,
+                    objects[seg_tag][0],
+                    sop_instance_uid=instance_uid,
+                    revision=revision,
+                    predecessor=predecessor,
+                    series_description=description,
+                    analysis=analysis,
+                    **identity,  # type: ignore[arg-type]
+                )
+            ]
+        elif kind is ResultKind.GSPS:
+            objects[tag] = [
+                build_gsps(
+                    analysis,
+                    sop_instance_uid=uids.instance_uid(tag),
+                    series_description=description,
+                    tracking_uids=tracking_uids,
+                    **identity,  # type: ignore[arg-type]
+                )
+            ]
+        elif kind is ResultKind.SC:
+            objects[tag] = list(
+                build_sc_series(
+                    analysis,
+                    sop_instance_uid={
+                        uid: uids.instance_uid(tag, uid) for uid in volume.sop_instance_uids
+                    },
+                    series_description=description,
+                    **identity,  # type: ignore[arg-type]
+                )
+            )
+        elif kind is ResultKind.KO:
+            listed = [d for t in tag.partition(".")[2].split("+") for d in objects[t]]
+            objects[tag] = [
+                build_ko(
+                    template,
+                    listed,
+                    sop_instance_uid=uids.instance_uid(tag),
+                    series_description=description,
+                    **identity,  # type: ignore[arg-type]
+                )
+            ]
+        seconds[tag] = time.perf_counter() - started
     log.info(
-        "results built template=%s source_series_uid=%s seg_uid=%s sr_uid=%s revision=%d",
+        "results built template=%s source_series_uid=%s tags=%s objects=%d revision=%d %s",
         template.name,
         volume.series_instance_uid,
-        uids.seg_instance,
-        uids.sr_instance,
+        ",".join(objects),
+        sum(len(v) for v in objects.values()),
         revision,
+        " ".join(f"{tag}_s={value:.2f}" for tag, value in seconds.items()),
     )
-    return ResultSet(seg=seg, sr=sr, uids=uids, revision=revision)
+    return ResultSet(objects=objects, uids=uids, revision=revision, seconds=seconds)

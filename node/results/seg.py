@@ -1,10 +1,16 @@
-"""BINARY DICOM Segmentation on the exact grid of the source series.
+"""DICOM Segmentation on the exact grid of the source series: BINARY, LABELMAP or FRACTIONAL.
 
 One segment per template segment, numbered 1..N in template order (so segment numbers
 do not depend on which labels a prediction happens to contain). Frames are kept even
 when empty: viewers have misplaced overlays when frames inside a segment were omitted.
 Each frame references its source image; the SEG is in the source study, in a new
 series, with ``ReferencedSeriesSequence`` and the source's ``BodyPartExamined``.
+
+* BINARY (default): one bit-packed frame per slice and segment (Segmentation Storage).
+* LABELMAP: one 8/16-bit frame per slice holding segment numbers (Label Map
+  Segmentation Storage, DICOM 2024); fewer, smaller frames, read by newer viewers.
+* FRACTIONAL: one 8-bit frame per slice and segment holding the plugin's probability
+  (``Prediction.probabilities``, channel *i* = template segment *i*) scaled to 0..255.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import highdicom as hd
 import numpy as np
 
 from node.errors import TemplateError
+from node.results.analysis import segment_numbers_map
 from node.results.provenance import processing_equipment, seg_algorithm_identification
 from node.results.template import ResultTemplate, SegmentSpec
 from node.results.uids import ResultUIDs
@@ -23,42 +30,6 @@ from node.runtime.plugin import Prediction
 from node.runtime.volume import Volume
 
 log = logging.getLogger(__name__)
-
-
-def segment_numbers_map(
-    prediction: Prediction, volume: Volume, template: ResultTemplate
-) -> np.ndarray:
-    """The label map re-coded to SEG segment numbers (``uint8`` or ``uint16``).
-
-    Raises
-    ------
-    TemplateError
-        When the label map's shape differs from the volume's or it holds a label value
-        the template does not declare.
-    """
-    label_map = np.asarray(prediction.label_map)
-    if label_map.shape != volume.shape:
-        raise TemplateError(
-            f"template {template.name}: label map shape {label_map.shape} differs from "
-            f"volume shape {volume.shape}"
-        )
-    if not np.issubdtype(label_map.dtype, np.integer) and label_map.dtype != np.bool_:
-        raise TemplateError(
-            f"template {template.name}: label map must be integer, got {label_map.dtype}"
-        )
-    present = {int(v) for v in np.unique(label_map)} - {0}
-    declared = {segment.label_value for segment in template.segments}
-    unknown = sorted(present - declared)
-    if unknown:
-        raise TemplateError(
-            f"template {template.name}: label map holds label values {unknown} that the "
-            f"template does not declare (declared: {sorted(declared)})"
-        )
-    dtype = np.uint8 if len(template.segments) < 256 else np.uint16
-    lookup = np.zeros(max(declared) + 1, dtype=dtype)
-    for number, segment in enumerate(template.segments, start=1):
-        lookup[segment.label_value] = number
-    return lookup[label_map.astype(np.int64, copy=False)]
 
 
 def segment_description(
@@ -98,8 +69,10 @@ def build_seg(
     series_description: str,
     revision: int,
     tracking_uids: Mapping[int, str] | None = None,
+    segmentation_type: str = "BINARY",
+    segment_numbers: np.ndarray | None = None,
 ) -> hd.seg.Segmentation:
-    """Build the BINARY SEG of a prediction.
+    """Build the SEG of a prediction.
 
     Parameters
     ----------
@@ -118,8 +91,25 @@ def build_seg(
     tracking_uids
         ``{label value: Tracking UID}`` for every template segment, shared with the SR;
         derived from the input (:class:`~node.results.uids.ResultUIDs`) when omitted.
+    segmentation_type
+        ``BINARY``, ``LABELMAP`` or ``FRACTIONAL`` (needs ``prediction.probabilities``).
+    segment_numbers
+        The label map already re-coded to segment numbers (computed when omitted).
+
+    Raises
+    ------
+    TemplateError
+        The prediction does not match the template, or FRACTIONAL without probabilities
+        of shape ``(segments, slices, rows, columns)``.
     """
-    pixel_array = segment_numbers_map(prediction, volume, template)
+    kind = hd.seg.SegmentationTypeValues(segmentation_type)
+    if segment_numbers is None:
+        segment_numbers = segment_numbers_map(prediction, volume, template)
+    pixel_array: np.ndarray = segment_numbers
+    extra: dict[str, object] = {}
+    if kind is hd.seg.SegmentationTypeValues.FRACTIONAL:
+        pixel_array = _fractional_pixels(prediction, volume, template)
+        extra = {"max_fractional_value": 255}
     if tracking_uids is None:
         uids = ResultUIDs.for_volume(volume, template)
         tracking_uids = {s.label_value: uids.tracking_uid(s.label_value) for s in template.segments}
@@ -137,7 +127,7 @@ def build_seg(
     seg = hd.seg.Segmentation(
         source_images=list(volume.datasets),
         pixel_array=pixel_array,
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segmentation_type=kind,
         segment_descriptions=descriptions,
         series_instance_uid=series_instance_uid,
         series_number=series_number,
@@ -152,13 +142,15 @@ def build_seg(
         series_description=series_description,
         omit_empty_frames=False,
         contributing_equipment=[processing_equipment(template)],
+        **extra,  # type: ignore[arg-type]
     )
     seg.DeviceUID = algorithm.device_uid  # General Equipment: the algorithm made this
     body_part = volume.datasets[0].get("BodyPartExamined")
     if body_part:
         seg.BodyPartExamined = body_part
     log.info(
-        "seg built sop_instance_uid=%s series_uid=%s segments=%d frames=%d revision=%d",
+        "seg built type=%s sop_instance_uid=%s series_uid=%s segments=%d frames=%d revision=%d",
+        kind.value,
         sop_instance_uid,
         series_instance_uid,
         len(descriptions),
@@ -166,3 +158,22 @@ def build_seg(
         revision,
     )
     return seg
+
+
+def _fractional_pixels(
+    prediction: Prediction, volume: Volume, template: ResultTemplate
+) -> np.ndarray:
+    """Probabilities ``(segments, slices, rows, columns)`` as highdicom's ``(..., segments)``."""
+    probabilities = prediction.probabilities
+    expected = (len(template.segments), *volume.shape)
+    if probabilities is None:
+        raise TemplateError(
+            f"template {template.name}: a FRACTIONAL SEG needs the plugin's probabilities"
+        )
+    if tuple(probabilities.shape) != expected:
+        raise TemplateError(
+            f"template {template.name}: probabilities have shape {tuple(probabilities.shape)}, "
+            f"expected {expected} (one channel per template segment)"
+        )
+    scaled = np.clip(np.asarray(probabilities, dtype=np.float32), 0.0, 1.0)
+    return np.ascontiguousarray(np.moveaxis(scaled, 0, -1))

@@ -1,25 +1,39 @@
 """Comprehensive 3D SR (TID 1500 Measurement Report) for a segmentation result.
 
 The report has an Image Library of the source images, the algorithm as device
-observer, the procedure reported, and one TID 1411 volumetric group per template
-segment that references the SEG segment and repeats its Tracking UID. Each group holds
-the prediction's measurements for that label, coded per template, with TID 4019
-algorithm identification. A ``predecessor`` (the SR this one supersedes) goes into
-the Predecessor Documents Sequence.
+observer, the procedure reported, and per template segment:
+
+* a TID 1411 volumetric group that references the SEG segment and repeats its Tracking
+  UID, with the segment's measurements (the plugin's and the node-computed ones, coded
+  per template, TID 4019 algorithm identification) and qualitative findings;
+* for a non-empty segment, a TID 1410 planar group with the same Tracking UID whose
+  SCOORD POLYLINE is the segment's outline on its slice of largest area, with that
+  area: viewers that draw only image-coordinate ROIs (OHIF) show these.
+
+A ``predecessor`` (the SR this one supersedes) goes into the Predecessor Documents
+Sequence.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import highdicom as hd
+import numpy as np
 from highdicom.sr import CodedConcept
+from highdicom.sr.templates import _get_coded_modality
+from highdicom.sr.value_types import ContentSequence
 from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence as DicomSequence
 from pydicom.sr.codedict import codes
+from pydicom.valuerep import DS
 
 from node.errors import TemplateError
+from node.results.analysis import Analysis
+from node.results.contour import polygon_area
 from node.results.provenance import (
     device_observer,
     processing_equipment,
@@ -35,6 +49,8 @@ log = logging.getLogger(__name__)
 CT_UNSPECIFIED_BODY_REGION = CodedConcept("25045-6", "LN", "CT unspecified body region")
 #: Last-resort procedure reported for other modalities.
 IMAGING_PROCEDURE = CodedConcept("363679005", "SCT", "Imaging procedure")
+#: Concept of the area measured in each outline group.
+AREA = CodedConcept("42798000", "SCT", "Area")
 
 
 @dataclass(frozen=True)
@@ -80,57 +96,46 @@ def procedure_reported(volume: Volume, template: ResultTemplate) -> CodedConcept
     return CT_UNSPECIFIED_BODY_REGION if volume.modality == "CT" else IMAGING_PROCEDURE
 
 
-def _measurements(
-    prediction: Prediction, template: ResultTemplate, segment: SegmentSpec
-) -> list[hd.sr.Measurement]:
-    values = prediction.measurements.get(segment.label_value, {})
-    unknown = sorted(set(values) - {spec.key for spec in template.measurements})
-    if unknown:
-        raise TemplateError(
-            f"template {template.name}: measurements {unknown} for label "
-            f"{segment.label_value} are not declared in the template"
+def _measurements(analysis: Analysis, segment: SegmentSpec) -> list[hd.sr.Measurement]:
+    template = analysis.template
+    return [
+        hd.sr.Measurement(
+            name=template.measurement(key).concept.concept,
+            value=value,
+            unit=template.measurement(key).unit_concept,
+            derivation=template.measurement(key).derivation_concept,
+            algorithm_id=sr_algorithm_identification(template),
         )
-    items = []
-    for spec in template.measurements:  # template order keeps the SR stable
-        if spec.key not in values:
-            continue
-        value = float(values[spec.key])
-        if not math.isfinite(value):
-            log.warning(
-                "measurement skipped, not finite template=%s label=%d key=%s",
-                template.name,
-                segment.label_value,
-                spec.key,
-            )
-            continue
-        items.append(
-            hd.sr.Measurement(
-                name=spec.concept.concept,
-                value=value,
-                unit=spec.unit_concept,
-                derivation=spec.derivation.concept if spec.derivation is not None else None,
-                algorithm_id=sr_algorithm_identification(template),
-            )
+        for key, value in analysis.measurements[segment.label_value].items()
+    ]
+
+
+def _qualitative(analysis: Analysis, segment: SegmentSpec) -> list[hd.sr.QualitativeEvaluation]:
+    return [
+        hd.sr.QualitativeEvaluation(name=f.spec.concept.concept, value=f.value.concept)
+        for f in analysis.findings[segment.label_value]
+    ]
+
+
+def _finding_sites(segment: SegmentSpec) -> list[hd.sr.FindingSite] | None:
+    if segment.type_modifier is None:
+        return None
+    return [
+        hd.sr.FindingSite(
+            anatomic_location=segment.type.concept,
+            laterality=segment.type_modifier.concept,
         )
-    return items
+    ]
 
 
 def _segment_group(
-    prediction: Prediction,
-    template: ResultTemplate,
+    analysis: Analysis,
     segment: SegmentSpec,
     segment_item: Dataset,
-    seg: hd.seg.Segmentation,
+    seg: Dataset,
     source_series_uid: str,
 ) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
-    finding_sites = None
-    if segment.type_modifier is not None:
-        finding_sites = [
-            hd.sr.FindingSite(
-                anatomic_location=segment.type.concept,
-                laterality=segment.type_modifier.concept,
-            )
-        ]
+    template = analysis.template
     return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=str(segment_item.TrackingUID), identifier=segment.tracking_id
@@ -143,9 +148,54 @@ def _segment_group(
         ),
         finding_type=segment.type.concept,
         finding_category=segment.category.concept,
-        finding_sites=finding_sites,
+        finding_sites=_finding_sites(segment),
         algorithm_id=sr_algorithm_identification(template),
-        measurements=_measurements(prediction, template, segment),
+        measurements=_measurements(analysis, segment),
+        qualitative_evaluations=_qualitative(analysis, segment) or None,
+    )
+
+
+def _outline_group(
+    analysis: Analysis, segment: SegmentSpec, tracking_uid: str
+) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations | None:
+    """TID 1410 group: the segment's outline on its slice of largest area, and that area.
+
+    Viewers that draw only image-coordinate ROIs (OHIF) show this. It shares the
+    segment's Tracking UID: it is the same finding, seen in one plane.
+    """
+    label = segment.label_value
+    slice_index = analysis.largest_slices.get(label)
+    if slice_index is None:
+        return None
+    polygon = analysis.outlines(label, slice_index)[0]
+    source = analysis.volume.datasets[slice_index]
+    spacing = analysis.volume.spacing
+    area_cm2 = polygon_area(polygon) * spacing[1] * spacing[2] / 100.0
+    template = analysis.template
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=tracking_uid, identifier=f"{segment.tracking_id} outline"[:64]
+        ),
+        referenced_region=hd.sr.ImageRegion(
+            graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+            graphic_data=polygon.astype(np.float32),
+            source_image=hd.sr.SourceImageForRegion(
+                referenced_sop_class_uid=str(source.SOPClassUID),
+                referenced_sop_instance_uid=str(source.SOPInstanceUID),
+            ),
+        ),
+        finding_type=segment.type.concept,
+        finding_category=segment.category.concept,
+        finding_sites=_finding_sites(segment),
+        algorithm_id=sr_algorithm_identification(template),
+        measurements=[
+            hd.sr.Measurement(
+                name=AREA,
+                value=area_cm2,
+                unit=CodedConcept("cm2", "UCUM", "square centimeter"),
+                algorithm_id=sr_algorithm_identification(template),
+            )
+        ],
     )
 
 
@@ -153,7 +203,7 @@ def build_sr(
     volume: Volume,
     prediction: Prediction,
     template: ResultTemplate,
-    seg: hd.seg.Segmentation,
+    seg: Dataset,
     *,
     series_instance_uid: str,
     sop_instance_uid: str,
@@ -161,6 +211,7 @@ def build_sr(
     revision: int,
     predecessor: SOPReference | None = None,
     series_description: str | None = None,
+    analysis: Analysis | None = None,
 ) -> hd.sr.Comprehensive3DSR:
     """Build the TID 1500 measurement report that accompanies ``seg``.
 
@@ -169,19 +220,22 @@ def build_sr(
     volume
         The source volume (its headers become the Image Library and the evidence).
     prediction
-        Its ``measurements`` (``{label: {key: value}}``) fill the groups; keys must be
-        declared in the template. Non-finite values are left out with a warning.
+        Its ``measurements`` (``{label: {key: value}}``) fill the groups with the
+        values the node computes for ``compute:`` measurements; keys must be declared
+        in the template. Non-finite values are left out with a warning.
     template
         The template ``seg`` was built with.
     seg
-        The SEG of the same prediction; groups reference its segments and share
-        their Tracking UIDs.
+        The SEG (any type) of the same prediction; volumetric groups reference its
+        segments and share their Tracking UIDs.
     series_instance_uid, sop_instance_uid, series_number, series_description
         Identity of the new series and instance.
     revision
         Result revision; with ``predecessor`` it marks a report that supersedes one.
     predecessor
         The SR this one supersedes, recorded in PredecessorDocumentsSequence.
+    analysis
+        The prediction already checked against the template (built when omitted).
 
     Raises
     ------
@@ -195,23 +249,23 @@ def build_sr(
             f"SR {sop_instance_uid} cannot supersede itself: the predecessor was built "
             "from the same input, so re-send it instead of a new revision"
         )
-    stray_labels = sorted(set(prediction.measurements) - {s.label_value for s in template.segments})
-    if stray_labels:
-        raise TemplateError(
-            f"template {template.name}: measurements for labels {stray_labels} that the "
-            "template does not declare"
-        )
+    if analysis is None:
+        analysis = Analysis(volume, prediction, template)
     segment_items = {int(item.SegmentNumber): item for item in seg.SegmentSequence}
-    groups = []
+    groups: list[
+        hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
+        | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+    ] = []
     for number, segment in enumerate(template.segments, start=1):
         item = segment_items.get(number)
         if item is None or str(item.SegmentLabel) != segment.label:
             raise TemplateError(
                 f"template {template.name}: SEG segment {number} is not {segment.label!r}"
             )
-        groups.append(
-            _segment_group(prediction, template, segment, item, seg, volume.series_instance_uid)
-        )
+        groups.append(_segment_group(analysis, segment, item, seg, volume.series_instance_uid))
+        outline = _outline_group(analysis, segment, str(item.TrackingUID))
+        if outline is not None:
+            groups.append(outline)
 
     observation_context = hd.sr.ObservationContext(
         observer_device_context=hd.sr.ObserverContext(
@@ -219,14 +273,17 @@ def build_sr(
             observer_identifying_attributes=device_observer(template),
         )
     )
+    # The Image Library is spliced in after construction (see image_library): building
+    # it through highdicom's content-item classes, then deep-copying and searching it
+    # in the SR constructor, took ~4 s for 100 images.
     report = hd.sr.MeasurementReport(
         observation_context=observation_context,
         procedure_reported=procedure_reported(volume, template),
         imaging_measurements=groups,
-        referenced_images=list(volume.datasets),
+        referenced_images=None,
     )
     algorithm = template.algorithm
-    sr = hd.sr.Comprehensive3DSR(
+    sr = MeasurementReportSR(
         evidence=[*volume.datasets, seg],
         content=report,
         series_instance_uid=series_instance_uid,
@@ -240,6 +297,7 @@ def build_sr(
         series_description=series_description,
         contributing_equipment=[processing_equipment(template)],
     )
+    sr.add_image_library(image_library(volume.datasets))
     sr.ManufacturerModelName = algorithm.name
     sr.SoftwareVersions = algorithm.version
     sr.DeviceUID = algorithm.device_uid
@@ -252,3 +310,176 @@ def build_sr(
         predecessor.sop_instance_uid if predecessor is not None else "-",
     )
     return sr
+
+
+class MeasurementReportSR(hd.sr.Comprehensive3DSR):
+    """A Comprehensive 3D SR whose Image Library is added after construction.
+
+    :attr:`content` (highdicom's typed view of the content tree) is rebuilt from the
+    dataset on first use after :meth:`add_image_library`, so it always matches what
+    is written.
+    """
+
+    def add_image_library(self, library: Dataset) -> None:
+        """Insert the Image Library container where TID 1500 has it: before the measurements."""
+        items: list[Dataset] = list(self["ContentSequence"].value)
+        position = next(
+            index
+            for index, item in enumerate(items)
+            if item.ConceptNameCodeSequence[0].CodeValue == IMAGING_MEASUREMENTS_CODE
+        )
+        # A plain pydicom Sequence: highdicom's ContentSequence takes only its own
+        # content-item classes.
+        self.ContentSequence = DicomSequence([*items[:position], library, *items[position:]])
+        self._content_is_stale = True
+
+    @property
+    def content(self) -> ContentSequence:
+        if getattr(self, "_content_is_stale", False):
+            root = Dataset()
+            root.ConceptNameCodeSequence = self.ConceptNameCodeSequence
+            root.ContentSequence = self.ContentSequence
+            root.ValueType = self.ValueType
+            root.ContinuityOfContent = self.ContinuityOfContent
+            root.ContentTemplateSequence = self.ContentTemplateSequence
+            self._content = hd.sr.MeasurementReport.from_sequence([root], copy=True)
+            self._content_is_stale = False
+        return self._content
+
+
+#: Code value of TID 1500's Imaging Measurements container (the Image Library precedes it).
+IMAGING_MEASUREMENTS_CODE = "126010"
+
+_CROSS_SECTIONAL = ("CT", "MR", "PT")
+_PIXELS = ("{pixels}", "UCUM", "Pixels")
+_MM = ("mm", "UCUM", "mm")
+_UNITLESS = ("{-1:1}", "UCUM", "{-1:1}")
+
+
+class _LibraryEncoder:
+    """Encodes Image Library items directly as datasets, the way highdicom's classes do.
+
+    Code items are made once per encoder and shared between entries of one library
+    (they are never modified): that halves the number of elements to create.
+    """
+
+    def __init__(self) -> None:
+        self._codes: dict[tuple[str, str, str], Dataset] = {}
+
+    def code(self, value: str, scheme: str, meaning: str) -> Dataset:
+        key = (value, scheme, meaning)
+        item = self._codes.get(key)
+        if item is None:
+            item = Dataset()
+            item.add_new(0x00080100, "SH", value)
+            item.add_new(0x00080102, "SH", scheme)
+            item.add_new(0x00080104, "LO", meaning)
+            self._codes[key] = item
+        return item
+
+    def item(self, relationship: str, value_type: str, name: tuple[str, str, str]) -> Dataset:
+        item = Dataset()
+        item.add_new(0x0040A010, "CS", relationship)
+        item.add_new(0x0040A040, "CS", value_type)
+        item.add_new(0x0040A043, "SQ", [self.code(*name)])
+        return item
+
+    def num(self, name: tuple[str, str, str], value: object, unit: tuple[str, str, str]) -> Dataset:
+        # Same encoding as highdicom's NumContentItem: DS auto-formatted, FD for floats.
+        if not isinstance(value, int | float):
+            raise TypeError(f"numeric descriptor {name[2]} is {value!r}")
+        item = self.item("HAS ACQ CONTEXT", "NUM", name)
+        measured = Dataset()
+        measured.add_new(0x004008EA, "SQ", [self.code(*unit)])
+        measured.add_new(0x0040A30A, "DS", DS(value, auto_format=True))
+        if isinstance(value, float):
+            measured.add_new(0x0040A161, "FD", value)
+        item.add_new(0x0040A300, "SQ", [measured])
+        return item
+
+    def uidref(self, name: tuple[str, str, str], value: str) -> Dataset:
+        item = self.item("HAS ACQ CONTEXT", "UIDREF", name)
+        item.add_new(0x0040A124, "UI", value)
+        return item
+
+    def container(self, name: tuple[str, str, str], children: list[Dataset]) -> Dataset:
+        item = self.item("CONTAINS", "CONTAINER", name)
+        item.add_new(0x0040A050, "CS", "CONTINUOUS")
+        item.add_new(0x0040A730, "SQ", children)
+        return item
+
+    def entry(self, image: Dataset) -> Dataset:
+        """TID 1601 entry with TID 1602/1604 descriptors, as highdicom's ImageLibrary has it."""
+        num = self.num
+        modality = _coded_modality(str(image.SOPClassUID))
+        descriptors = [self.item("HAS ACQ CONTEXT", "CODE", ("121139", "DCM", "Modality"))]
+        descriptors[0].add_new(0x0040A168, "SQ", [self.code(*modality)])
+        if "FrameOfReferenceUID" in image:
+            descriptors.append(
+                self.uidref(("112227", "DCM", "Frame of Reference UID"), image.FrameOfReferenceUID)
+            )
+        descriptors.append(num(("110910", "DCM", "Pixel Data Rows"), image.Rows, _PIXELS))
+        descriptors.append(num(("110911", "DCM", "Pixel Data Columns"), image.Columns, _PIXELS))
+        spacing = image.PixelSpacing
+        position = image.ImagePositionPatient
+        orientation = image.ImageOrientationPatient
+        descriptors += [
+            num(("111026", "DCM", "Horizontal Pixel Spacing"), spacing[1], _MM),
+            num(("111066", "DCM", "Vertical Pixel Spacing"), spacing[0], _MM),
+            num(("112225", "DCM", "Slice Thickness"), image.SliceThickness, _MM),
+            num(("110901", "DCM", "Image Position (Patient) X"), position[0], _MM),
+            num(("110902", "DCM", "Image Position (Patient) Y"), position[1], _MM),
+            num(("110903", "DCM", "Image Position (Patient) Z"), position[2], _MM),
+        ]
+        for index, axis in enumerate(
+            ("Row X", "Row Y", "Row Z", "Column X", "Column Y", "Column Z")
+        ):
+            name = (str(110904 + index), "DCM", f"Image Orientation (Patient) {axis}")
+            descriptors.append(num(name, orientation[index], _UNITLESS))
+        if "SpacingBetweenSlices" in image:
+            descriptors.append(
+                num(("112226", "DCM", "Spacing between slices"), image.SpacingBetweenSlices, _MM)
+            )
+        entry = self.item("CONTAINS", "IMAGE", ("260753009", "SCT", "Source"))
+        reference = Dataset()
+        reference.add_new(0x00081150, "UI", image.SOPClassUID)
+        reference.add_new(0x00081155, "UI", image.SOPInstanceUID)
+        entry.add_new(0x00081199, "SQ", [reference])
+        entry.add_new(0x0040A730, "SQ", descriptors)
+        return entry
+
+
+@functools.cache
+def _coded_modality(sop_class_uid: str) -> tuple[str, str, str]:
+    code = _get_coded_modality(sop_class_uid)
+    return (code.value, code.scheme_designator, code.meaning)
+
+
+def image_library(images: Sequence[Dataset]) -> Dataset:
+    """TID 1600 Image Library container of ``images``, the same as highdicom's.
+
+    Cross-sectional images (CT, MR, PT) are encoded directly, ~30 times faster than
+    through :class:`highdicom.sr.ImageLibrary`; a test compares the two item by item.
+    Other images go through highdicom.
+    """
+    if not images:
+        raise ValueError("an Image Library needs at least one image")
+    if any(str(image.get("Modality", "")) not in _CROSS_SECTIONAL for image in images):
+        return hd.sr.ImageLibrary(list(images))[0]
+    encoder = _LibraryEncoder()
+    groups: dict[tuple[str, ...], list[Dataset]] = {}
+    for image in images:
+        modality = _coded_modality(str(image.SOPClassUID))
+        key = (
+            (modality[0], str(image.FrameOfReferenceUID))
+            if "FrameOfReferenceUID" in image
+            else (modality[0],)
+        )
+        groups.setdefault(key, []).append(encoder.entry(image))
+    # highdicom groups by modality and frame of reference but puts no shared
+    # descriptors on the group (TID 1600 makes them optional); neither do we.
+    children = [
+        encoder.container(("126200", "DCM", "Image Library Group"), entries)
+        for entries in groups.values()
+    ]
+    return encoder.container(("111028", "DCM", "Image Library"), children)

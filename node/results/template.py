@@ -34,8 +34,10 @@ log = logging.getLogger(__name__)
 
 #: Environment variable that overrides the default template directory.
 TEMPLATE_DIR_ENV = "AINODE_TEMPLATE_DIR"
-#: The only template format this code reads.
-FORMAT_VERSION = 1
+#: The current template format; version 1 (no ``compute``, no ``findings``) is still read.
+FORMAT_VERSION = 2
+#: Every format version this code reads.
+FORMAT_VERSIONS = (1, 2)
 
 #: UCUM units a template may use, with the code meaning written into DICOM.
 UCUM_UNITS: dict[str, str] = {
@@ -52,6 +54,25 @@ UCUM_UNITS: dict[str, str] = {
     "g": "gram",
     "g/cm3": "gram per cubic centimeter",
     "s": "second",
+    "{ratio}": "ratio",
+}
+
+#: Measurements the node computes from the label map and the volume (``compute:``).
+ComputeKind = Literal[
+    "volume", "mean", "min", "max", "std", "largest_axial_diameter", "surface_area"
+]
+#: Units each geometric computation may be reported in (statistics take any other unit).
+GEOMETRIC_UNITS: dict[str, frozenset[str]] = {
+    "volume": frozenset({"cm3", "mm3", "mL"}),
+    "largest_axial_diameter": frozenset({"mm", "cm"}),
+    "surface_area": frozenset({"mm2", "cm2"}),
+}
+#: Derivation (SNOMED CT) of each statistic, filled in when a template gives none.
+STATISTIC_DERIVATIONS: dict[str, tuple[str, str]] = {
+    "mean": ("373098007", "Mean"),
+    "min": ("255605001", "Minimum"),
+    "max": ("56851009", "Maximum"),
+    "std": ("386136009", "Standard Deviation"),
 }
 
 # DICOM value representation limits used below.
@@ -193,6 +214,8 @@ class MeasurementSpec(_Strict):
     concept: CodeSpec
     unit: str
     derivation: CodeSpec | None = None
+    #: Computed by the node from label map + volume when the plugin gives no value.
+    compute: ComputeKind | None = None
 
     @field_validator("key")
     @classmethod
@@ -213,11 +236,66 @@ class MeasurementSpec(_Strict):
     def unit_concept(self) -> CodedConcept:
         return CodedConcept(self.unit, "UCUM", UCUM_UNITS[self.unit])
 
+    @property
+    def derivation_concept(self) -> CodedConcept | None:
+        """The declared derivation, else the statistic's own code for computed statistics."""
+        if self.derivation is not None:
+            return self.derivation.concept
+        if self.compute in STATISTIC_DERIVATIONS:
+            value, meaning = STATISTIC_DERIVATIONS[self.compute]
+            return CodedConcept(value, "SCT", meaning)
+        return None
+
+
+Operator = Literal[">", ">=", "<", "<="]
+
+
+class RuleSpec(_Strict):
+    """A qualitative finding derived from one measurement of the same segment."""
+
+    measurement: str
+    operator: Operator
+    threshold: float | int
+    then: CodeSpec
+    otherwise: CodeSpec | None = Field(None, alias="else")
+
+    def evaluate(self, value: float) -> CodeSpec | None:
+        """The coded value for a measured ``value`` (``None``: no finding)."""
+        holds = {
+            ">": value > self.threshold,
+            ">=": value >= self.threshold,
+            "<": value < self.threshold,
+            "<=": value <= self.threshold,
+        }[self.operator]
+        return self.then if holds else self.otherwise
+
+
+class FindingSpec(_Strict):
+    """A per-segment qualitative finding: a coded question and its coded answer.
+
+    The answer comes from ``rule`` (evaluated on a measurement) or, without a rule,
+    from the plugin's ``Prediction.findings[label][key]``, one of ``values``' keys.
+    """
+
+    key: str
+    concept: CodeSpec
+    rule: RuleSpec | None = None
+    values: dict[str, CodeSpec] | None = None
+    #: Label values the finding applies to; default every segment.
+    segments: list[int] | None = None
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, value: str) -> str:
+        if not _KEY_PATTERN.match(value):
+            raise ValueError("must be lower-case letters, digits and underscores")
+        return value
+
 
 class TemplateDocument(_Strict):
     """The YAML document exactly as written (format version 1)."""
 
-    format_version: Literal[1]
+    format_version: Literal[1, 2]
     name: str
     description: str | None = None
     algorithm: AlgorithmSpec
@@ -225,6 +303,7 @@ class TemplateDocument(_Strict):
     procedure_reported: CodeSpec | None = None
     segments: Annotated[list[SegmentSpec], Field(min_length=1)]
     measurements: list[MeasurementSpec] = Field(default_factory=list)
+    findings: list[FindingSpec] = Field(default_factory=list)
 
     @field_validator("name")
     @classmethod
@@ -289,6 +368,16 @@ class ResultTemplate:
                 return spec
         raise KeyError(key)
 
+    @property
+    def findings(self) -> tuple[FindingSpec, ...]:
+        return tuple(self.document.findings)
+
+    def segment(self, label_value: int) -> SegmentSpec:
+        for spec in self.document.segments:
+            if spec.label_value == label_value:
+                return spec
+        raise KeyError(label_value)
+
 
 def default_template_dir() -> Path:
     """``$AINODE_TEMPLATE_DIR`` if set, else the repository's ``dicom_sr_templates/``."""
@@ -326,10 +415,10 @@ def load_template(path: Path | str) -> ResultTemplate:
         raise TemplateError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
         raise TemplateError(f"{path}: (root): expected a mapping of keys")
-    if raw.get("format_version") != FORMAT_VERSION:
+    if raw.get("format_version") not in FORMAT_VERSIONS:
+        expected = " or ".join(str(v) for v in FORMAT_VERSIONS)
         raise TemplateError(
-            f"{path}: format_version: expected {FORMAT_VERSION}, "
-            f"found {raw.get('format_version')!r}"
+            f"{path}: format_version: expected {expected}, found {raw.get('format_version')!r}"
         )
     try:
         document = TemplateDocument.model_validate(raw)
@@ -398,7 +487,78 @@ def _semantic_problems(document: TemplateDocument) -> list[tuple[str, str]]:
         _check_concept(measurement.concept, f"{where}.concept", problems)
         if measurement.derivation is not None:
             _check_concept(measurement.derivation, f"{where}.derivation", problems)
+        problems += _compute_problems(measurement, where, document.format_version)
+
+    keys = {m.key for m in measurements}
+    labels = {s.label_value for s in segments}
+    problems += _duplicates([f.key for f in document.findings], "findings", "key")
+    for index, finding in enumerate(document.findings):
+        where = f"findings[{index}]"
+        if document.format_version < 2:
+            problems.append((where, "findings need format_version 2"))
+        _check_concept(finding.concept, f"{where}.concept", problems)
+        if (finding.rule is None) == (finding.values is None):
+            problems.append((where, "give exactly one of 'rule' and 'values'"))
+        if finding.rule is not None:
+            rule = finding.rule
+            if rule.measurement not in keys:
+                problems.append(
+                    (f"{where}.rule.measurement", f"{rule.measurement!r} is not a measurement key")
+                )
+            _check_concept(rule.then, f"{where}.rule.then", problems)
+            if rule.otherwise is not None:
+                _check_concept(rule.otherwise, f"{where}.rule.else", problems)
+        for code_key, code in (finding.values or {}).items():
+            if not _KEY_PATTERN.match(code_key):
+                problems.append(
+                    (f"{where}.values.{code_key}", "keys are lower-case letters, digits, _")
+                )
+            _check_concept(code, f"{where}.values.{code_key}", problems)
+        for position, label in enumerate(finding.segments or []):
+            if label not in labels:
+                problems.append(
+                    (f"{where}.segments[{position}]", f"label value {label} is not a segment")
+                )
     return problems
+
+
+def _compute_problems(
+    measurement: MeasurementSpec, where: str, format_version: int
+) -> list[tuple[str, str]]:
+    if measurement.compute is None:
+        return []
+    if format_version < 2:
+        return [(f"{where}.compute", "'compute' needs format_version 2")]
+    allowed = GEOMETRIC_UNITS.get(measurement.compute)
+    if allowed is not None and measurement.unit not in allowed:
+        return [
+            (
+                f"{where}.unit",
+                f"compute {measurement.compute!r} is reported in "
+                f"{', '.join(sorted(allowed))}, not {measurement.unit!r}",
+            )
+        ]
+    geometric = set().union(*GEOMETRIC_UNITS.values())
+    if allowed is None and measurement.unit in geometric:
+        return [
+            (
+                f"{where}.unit",
+                f"compute {measurement.compute!r} is a statistic of the image values; "
+                f"{measurement.unit!r} is a length, area or volume",
+            )
+        ]
+    expected = STATISTIC_DERIVATIONS.get(measurement.compute)
+    if expected is not None and measurement.derivation is not None:
+        given = (measurement.derivation.scheme, measurement.derivation.value)
+        if given != ("SCT", expected[0]):
+            return [
+                (
+                    f"{where}.derivation",
+                    f"compute {measurement.compute!r} has derivation SCT {expected[0]} "
+                    f"{expected[1]}, not {given[0]} {given[1]}",
+                )
+            ]
+    return []
 
 
 def _duplicates(values: list[object], where: str, field_name: str) -> list[tuple[str, str]]:
@@ -460,3 +620,35 @@ def _known_meanings() -> dict[tuple[str, str], frozenset[str]]:
 def _cid_members(cid: int) -> frozenset[tuple[str, str]]:
     collection = Collection(f"CID{cid}")
     return frozenset((c.scheme_designator, c.value) for c in collection.concepts.values())
+
+
+#: File name of the JSON Schema shipped beside the templates.
+SCHEMA_FILE = "template.schema.json"
+
+
+def template_json_schema() -> dict[str, Any]:
+    """JSON Schema (2020-12) of the template format, generated from the models.
+
+    The shipped copy (``dicom_sr_templates/template.schema.json``) is compared with
+    this by the tests; regenerate it with ``python -m node.results.template``. The
+    schema covers the shape; terminology and cross-field checks happen on load.
+    """
+    schema = TemplateDocument.model_json_schema(by_alias=True)
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://ainode.invalid/dicom_sr_templates/template.schema.json",
+        "title": "ainode result template",
+        **schema,
+    }
+
+
+def _main() -> None:  # pragma: no cover - a developer tool
+    import json
+
+    path = default_template_dir() / SCHEMA_FILE
+    path.write_text(json.dumps(template_json_schema(), indent=2, sort_keys=True) + "\n")
+    print(path)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    _main()

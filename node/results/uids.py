@@ -103,6 +103,14 @@ class ResultUIDs:
     def sr_instance(self) -> str:
         return self._uid("sr-instance")
 
+    def series_uid(self, tag: str) -> str:
+        """Series Instance UID of the objects with file tag ``tag`` (``seg``, ``ko.sc``…)."""
+        return self._uid(f"{tag}-series")
+
+    def instance_uid(self, tag: str, *qualifiers: str) -> str:
+        """SOP Instance UID of an object with file tag ``tag``, qualified e.g. per source slice."""
+        return derive_uid(*self.input_key, f"{tag}-instance", *qualifiers)
+
     def tracking_uid(self, label_value: int) -> str:
         """Tracking UID of one segment, shared by the SEG segment and the SR group."""
         return self._uid(f"tracking-{label_value}")

@@ -1,0 +1,254 @@
+"""What every result object is built from: a prediction checked against its template.
+
+:class:`Analysis` is made once per result set. It checks the prediction against the
+template, merges the plugin's measurements with the ones the node computes
+(:mod:`node.results.measure`; the plugin's value wins where both exist), evaluates the
+template's qualitative findings, and computes outlines (:mod:`node.results.contour`)
+on demand, once, for the SR, the GSPS and the Secondary Capture overlay.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from node.errors import TemplateError
+from node.results import measure
+from node.results.contour import outlines
+from node.results.template import CodeSpec, FindingSpec, ResultTemplate, SegmentSpec
+from node.runtime.plugin import Prediction
+from node.runtime.volume import Volume
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One qualitative finding of one segment."""
+
+    spec: FindingSpec
+    value: CodeSpec
+
+
+def segment_numbers_map(
+    prediction: Prediction, volume: Volume, template: ResultTemplate
+) -> np.ndarray:
+    """The label map re-coded to SEG segment numbers (``uint8`` or ``uint16``).
+
+    Raises
+    ------
+    TemplateError
+        When the label map's shape differs from the volume's or it holds a label value
+        the template does not declare.
+    """
+    label_map = np.asarray(prediction.label_map)
+    if label_map.shape != volume.shape:
+        raise TemplateError(
+            f"template {template.name}: label map shape {label_map.shape} differs from "
+            f"volume shape {volume.shape}"
+        )
+    if not np.issubdtype(label_map.dtype, np.integer) and label_map.dtype != np.bool_:
+        raise TemplateError(
+            f"template {template.name}: label map must be integer, got {label_map.dtype}"
+        )
+    present = {int(v) for v in np.unique(label_map)} - {0}
+    declared = {segment.label_value for segment in template.segments}
+    unknown = sorted(present - declared)
+    if unknown:
+        raise TemplateError(
+            f"template {template.name}: label map holds label values {unknown} that the "
+            f"template does not declare (declared: {sorted(declared)})"
+        )
+    dtype = np.uint8 if len(template.segments) < 256 else np.uint16
+    lookup = np.zeros(max(declared) + 1, dtype=dtype)
+    for number, segment in enumerate(template.segments, start=1):
+        lookup[segment.label_value] = number
+    return lookup[label_map.astype(np.int64, copy=False)]
+
+
+class Analysis:
+    """A prediction checked against its template, with everything derived from it.
+
+    Parameters
+    ----------
+    volume
+        The source volume.
+    prediction
+        The plugin's output (label values, measurement and finding keys from the template).
+    template
+        The routine's template.
+
+    Raises
+    ------
+    TemplateError
+        The prediction does not match the template.
+    """
+
+    def __init__(self, volume: Volume, prediction: Prediction, template: ResultTemplate) -> None:
+        self.volume = volume
+        self.prediction = prediction
+        self.template = template
+        #: Label map re-coded to segment numbers 1..N (template order).
+        self.segment_numbers = segment_numbers_map(prediction, volume, template)
+        self.measurements = self._merge_measurements()
+        self.findings = self._evaluate_findings()
+
+    @property
+    def segments(self) -> tuple[SegmentSpec, ...]:
+        return self.template.segments
+
+    def mask(self, label_value: int) -> np.ndarray:
+        """Boolean mask of one template segment."""
+        return self.segment_numbers == self.template.segment_number(label_value)
+
+    def _merge_measurements(self) -> dict[int, dict[str, float]]:
+        template = self.template
+        given = self.prediction.measurements
+        declared_labels = {s.label_value for s in template.segments}
+        stray = sorted(set(given) - declared_labels)
+        if stray:
+            raise TemplateError(
+                f"template {template.name}: measurements for labels {stray} that the "
+                "template does not declare"
+            )
+        keys = {spec.key for spec in template.measurements}
+        for label, values in given.items():
+            unknown = sorted(set(values) - keys)
+            if unknown:
+                raise TemplateError(
+                    f"template {template.name}: measurements {unknown} for label {label} "
+                    "are not declared in the template"
+                )
+        merged: dict[int, dict[str, float]] = {}
+        for segment in template.segments:
+            label = segment.label_value
+            values = dict(given.get(label, {}))
+            missing = [
+                spec for spec in template.measurements if spec.compute and spec.key not in values
+            ]
+            if missing:
+                mask = self.mask(label)
+                for spec in missing:
+                    assert spec.compute is not None
+                    values[spec.key] = measure.compute(
+                        spec.compute, spec.unit, mask, self.volume.array, self.volume.spacing
+                    )
+            # template order, finite values only
+            merged[label] = {}
+            for spec in template.measurements:
+                if spec.key not in values:
+                    continue
+                value = float(values[spec.key])
+                if math.isfinite(value):
+                    merged[label][spec.key] = value
+                else:
+                    log.warning(
+                        "measurement left out, not finite template=%s label=%d key=%s",
+                        template.name,
+                        label,
+                        spec.key,
+                    )
+        return merged
+
+    def _evaluate_findings(self) -> dict[int, list[Finding]]:
+        template = self.template
+        given = self.prediction.findings
+        specs = {spec.key: spec for spec in template.findings}
+        for label, values in given.items():
+            unknown = sorted(set(values) - {k for k, s in specs.items() if s.values is not None})
+            if unknown or label not in {s.label_value for s in template.segments}:
+                raise TemplateError(
+                    f"template {template.name}: findings {sorted(values)} for label {label} "
+                    "are not plugin-given findings of a declared segment"
+                )
+        result: dict[int, list[Finding]] = {}
+        for segment in template.segments:
+            label = segment.label_value
+            found: list[Finding] = []
+            for spec in template.findings:
+                if spec.segments is not None and label not in spec.segments:
+                    continue
+                value: CodeSpec | None = None
+                if spec.rule is not None:
+                    measured = self.measurements[label].get(spec.rule.measurement)
+                    if measured is not None:
+                        value = spec.rule.evaluate(measured)
+                elif spec.values is not None:
+                    code_key = given.get(label, {}).get(spec.key)
+                    if code_key is not None:
+                        if code_key not in spec.values:
+                            raise TemplateError(
+                                f"template {template.name}: finding {spec.key} of label "
+                                f"{label} is {code_key!r}, not one of {sorted(spec.values)}"
+                            )
+                        value = spec.values[code_key]
+                if value is not None:
+                    found.append(Finding(spec, value))
+            result[label] = found
+        return result
+
+    @functools.cached_property
+    def largest_slices(self) -> dict[int, int]:
+        """``{label: slice index of its largest area}`` for non-empty segments."""
+        slices = {}
+        for segment in self.segments:
+            index = measure.largest_area_slice(self.mask(segment.label_value))
+            if index is not None:
+                slices[segment.label_value] = index
+        return slices
+
+    @functools.cache  # noqa: B019 - one Analysis per result set
+    def outlines(self, label_value: int, slice_index: int) -> tuple[np.ndarray, ...]:
+        """Closed outline polygons ``(column, row)`` of a segment on one slice, largest first."""
+        number = self.template.segment_number(label_value)
+        return tuple(outlines(self.segment_numbers[slice_index] == number))
+
+    @functools.cached_property
+    def slices_with_findings(self) -> list[int]:
+        """Indices of slices where any segment is present, in volume order."""
+        flat = self.segment_numbers.reshape(self.segment_numbers.shape[0], -1)
+        return [int(i) for i in np.flatnonzero(flat.any(axis=1))]
+
+    def labels_on(self, slice_index: int) -> list[int]:
+        """Label values present on one slice, in template order."""
+        present = set(np.unique(self.segment_numbers[slice_index]).tolist()) - {0}
+        return [
+            segment.label_value
+            for number, segment in enumerate(self.segments, start=1)
+            if number in present
+        ]
+
+    def summary(self, label_value: int, *, digits: int = 3) -> str:
+        """``"Right lung: 2870 cm3, -812 HU; Volume: Normal"`` for overlays and labels."""
+        segment = self.template.segment(label_value)
+        parts = []
+        for key, value in self.measurements.get(label_value, {}).items():
+            spec = self.template.measurement(key)
+            unit = {"[hnsf'U]": "HU", "1": "", "{ratio}": ""}.get(spec.unit, spec.unit)
+            parts.append(f"{_format(value, digits)} {unit}".strip())
+        text = segment.label
+        if parts:
+            text += ": " + ", ".join(parts)
+        for finding in self.findings.get(label_value, []):
+            text += f"; {finding.spec.concept.meaning}: {finding.value.meaning}"
+        return text
+
+
+def first_value(value: object) -> float:
+    """The first number of a possibly multi-valued attribute (WindowCenter may have several)."""
+    if isinstance(value, str | int | float):
+        return float(value)
+    try:
+        return float(next(iter(value)))  # type: ignore[call-overload]
+    except (TypeError, StopIteration, ValueError):
+        return float("nan")
+
+
+def _format(value: float, digits: int) -> str:
+    if value == 0 or abs(value) >= 10 ** (digits - 1):
+        return f"{value:.0f}"
+    return f"{value:.{digits}g}"

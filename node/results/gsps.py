@@ -1,0 +1,153 @@
+"""Grayscale Softcopy Presentation State with the segments' outlines (fallback display).
+
+For PACS viewers that show neither SEG nor SR but apply presentation states: one GSPS
+references every source image and, on each slice where a segment is present, draws
+its outlines (closed POLYLINEs along the pixel edges, one per connected component) on
+a graphic layer of its own, in the segment's colour, with a text label. On the slice
+where the segment's area is largest the label carries the measurements and findings.
+Graphic objects carry the segment's Tracking ID and UID (the same as in SEG and SR).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+
+from node.results.analysis import Analysis, first_value
+from node.results.provenance import processing_equipment
+
+log = logging.getLogger(__name__)
+
+#: Longest text a label gets (Unformatted Text Value is ST, but viewers cut long lines).
+MAX_LABEL_CHARS = 64
+
+
+def _label_box(
+    polygon: np.ndarray, rows: int, columns: int, characters: int
+) -> tuple[float, float, float, float]:
+    """A bounding box above the outline (below it when there is no room), inside the image."""
+    height = max(rows / 24.0, 4.0)
+    width = min(float(columns), characters * height * 0.6)
+    left = float(np.clip(polygon[:, 0].min(), 0.0, columns - width))
+    top = float(polygon[:, 1].min()) - height
+    if top < 0.0:
+        top = min(float(polygon[:, 1].max()), rows - height)
+    return (left, top, left + width, top + height)
+
+
+def build_gsps(
+    analysis: Analysis,
+    *,
+    series_instance_uid: str,
+    sop_instance_uid: str,
+    series_number: int,
+    series_description: str,
+    tracking_uids: dict[int, str],
+) -> hd.pr.GrayscaleSoftcopyPresentationState:
+    """Build the presentation state of one result.
+
+    Parameters
+    ----------
+    analysis
+        The checked prediction (outlines, measurements, findings).
+    series_instance_uid, sop_instance_uid, series_number, series_description
+        Identity of the new series and instance.
+    tracking_uids
+        ``{label value: Tracking UID}`` shared with SEG and SR.
+    """
+    volume = analysis.volume
+    template = analysis.template
+    algorithm = template.algorithm
+    rows, columns = volume.shape[1], volume.shape[2]
+    layers = {
+        segment.label_value: hd.pr.GraphicLayer(
+            layer_name=f"SEGMENT_{number}",
+            order=number,
+            description=segment.label,
+            display_color=segment.display_colour,
+        )
+        for number, segment in enumerate(template.segments, start=1)
+    }
+    annotations = []
+    for slice_index in analysis.slices_with_findings:
+        image = volume.datasets[slice_index]
+        for label in analysis.labels_on(slice_index):
+            segment = template.segment(label)
+            polygons = analysis.outlines(label, slice_index)
+            graphics = [
+                hd.pr.GraphicObject(
+                    graphic_type=hd.pr.GraphicTypeValues.POLYLINE,
+                    graphic_data=polygon,
+                    units=hd.pr.AnnotationUnitsValues.PIXEL,
+                    tracking_id=segment.tracking_id,
+                    tracking_uid=tracking_uids[label],
+                )
+                for polygon in polygons
+            ]
+            largest = analysis.largest_slices.get(label) == slice_index
+            text = analysis.summary(label) if largest else segment.label
+            text = text[:MAX_LABEL_CHARS]
+            label_object = hd.pr.TextObject(
+                text_value=text,
+                units=hd.pr.AnnotationUnitsValues.PIXEL,
+                bounding_box=_label_box(polygons[0], rows, columns, len(text)),
+            )
+            annotations.append(
+                hd.pr.GraphicAnnotation(
+                    referenced_images=[image],
+                    graphic_layer=layers[label],
+                    graphic_objects=graphics,
+                    text_objects=[label_object],
+                )
+            )
+    used_layers = {
+        label
+        for label in layers
+        for a in annotations
+        if a.GraphicLayer == layers[label].GraphicLayer
+    }
+    first = volume.datasets[0]
+    voi = None
+    if "WindowCenter" in first and "WindowWidth" in first:
+        voi = [
+            hd.pr.SoftcopyVOILUTTransformation(
+                window_center=float(first_value(first.WindowCenter)),
+                window_width=float(first_value(first.WindowWidth)),
+            )
+        ]
+    gsps = hd.pr.GrayscaleSoftcopyPresentationState(
+        referenced_images=list(volume.datasets),
+        series_instance_uid=series_instance_uid,
+        series_number=series_number,
+        sop_instance_uid=sop_instance_uid,
+        instance_number=1,
+        manufacturer=algorithm.manufacturer,
+        manufacturer_model_name=algorithm.name,
+        software_versions=algorithm.version,
+        device_serial_number=algorithm.device_uid,
+        content_label=template.output.content_label,
+        content_description=f"{algorithm.name} {algorithm.version} outlines"[:64],
+        graphic_annotations=annotations or None,
+        graphic_layers=[layers[label] for label in sorted(used_layers)] or None,
+        voi_lut_transformations=voi,
+        series_description=series_description,
+        contributing_equipment=[processing_equipment(template)],
+    )
+    gsps.DeviceUID = algorithm.device_uid
+    body_part = first.get("BodyPartExamined")
+    if body_part:
+        gsps.BodyPartExamined = body_part
+    log.info("gsps built sop_instance_uid=%s annotations=%d", sop_instance_uid, len(annotations))
+    return gsps
+
+
+def referenced_image_uids(gsps: Dataset) -> set[str]:
+    """SOP Instance UIDs a presentation state applies to."""
+    return {
+        str(item.ReferencedSOPInstanceUID)
+        for series in gsps.ReferencedSeriesSequence
+        for item in series.ReferencedImageSequence
+    }

@@ -1,0 +1,170 @@
+"""Secondary Capture series with the result burned into copies of the source slices.
+
+The last-resort display for a PACS that shows no SEG, SR or presentation state: one
+RGB Secondary Capture image per source slice with a finding. The slice is windowed
+(the source's window, else the 1st-99th percentile of the volume), each segment is
+blended in its colour (35 %) with a solid outline, a legend names the segments present
+(with measurements on the slice of largest area), and a banner says it is not for
+diagnostic use. The images are marked ``BurnedInAnnotation YES`` and reference their
+source slice.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import highdicom as hd
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+from pydicom.dataset import Dataset
+from scipy import ndimage
+
+from node.results.analysis import Analysis, first_value
+from node.results.provenance import processing_equipment
+
+log = logging.getLogger(__name__)
+
+#: Opacity of a segment's colour over the image.
+FILL_ALPHA = 0.35
+#: Text burned into every image (and part of the series description).
+NOT_FOR_DIAGNOSIS = "NOT FOR DIAGNOSTIC USE"
+
+_AXIS_LETTERS = (("L", "R"), ("P", "A"), ("H", "F"))
+
+
+def patient_orientation(direction: np.ndarray) -> str:
+    """Patient Orientation letters of a direction (``[1, 0, 0]`` is ``L``), main axis first."""
+    letters = []
+    for axis in np.argsort(-np.abs(direction)):
+        if abs(direction[axis]) > 1e-3:
+            positive, negative = _AXIS_LETTERS[axis]
+            letters.append(positive if direction[axis] > 0 else negative)
+    return "".join(letters[:3])
+
+
+def _window(volume_array: np.ndarray, header: Dataset) -> tuple[float, float]:
+    """(lower, upper) display limits in real-world values."""
+    if "WindowCenter" in header and "WindowWidth" in header:
+        center = float(first_value(header.WindowCenter))
+        width = float(first_value(header.WindowWidth))
+        if width > 0:
+            return center - width / 2.0, center + width / 2.0
+    lower, upper = np.percentile(volume_array, [1.0, 99.0])
+    return float(lower), float(max(upper, lower + 1.0))
+
+
+def render_slice(analysis: Analysis, slice_index: int, window: tuple[float, float]) -> np.ndarray:
+    """The RGB ``(rows, columns, 3)`` uint8 image of one slice with the overlay burned in."""
+    values = analysis.volume.array[slice_index]
+    lower, upper = window
+    grey = np.clip((values - lower) / (upper - lower), 0.0, 1.0) * 255.0
+    rgb = np.repeat(grey[..., None], 3, axis=-1)
+    template = analysis.template
+    labels = analysis.labels_on(slice_index)
+    for label in labels:
+        segment = template.segment(label)
+        colour = np.asarray(segment.colour, dtype=np.float64)
+        mask = analysis.segment_numbers[slice_index] == template.segment_number(label)
+        rgb[mask] = (1.0 - FILL_ALPHA) * rgb[mask] + FILL_ALPHA * colour
+        edge = mask & ~ndimage.binary_erosion(mask)
+        rgb[edge] = colour
+    image = Image.fromarray(np.rint(rgb).astype(np.uint8), mode="RGB")
+    _draw_text(analysis, image, slice_index, labels)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def _draw_text(analysis: Analysis, image: Image.Image, slice_index: int, labels: list[int]) -> None:
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default()
+    width, height = image.size
+    line = max(11, int(draw.textbbox((0, 0), "Ag", font=font)[3]) + 2)
+    y = 2
+    for label in labels:
+        segment = analysis.template.segment(label)
+        largest = analysis.largest_slices.get(label) == slice_index
+        text = analysis.summary(label) if largest else segment.label
+        draw.rectangle((2, y + 1, 2 + line - 4, y + line - 3), fill=tuple(segment.colour))
+        draw.text((2 + line, y), text, fill=(255, 255, 255), font=font)
+        y += line
+    banner = draw.textbbox((0, 0), NOT_FOR_DIAGNOSIS, font=font)
+    draw.text(
+        (max(2, (width - banner[2]) // 2), height - line),
+        NOT_FOR_DIAGNOSIS,
+        fill=(255, 255, 0),
+        font=font,
+    )
+
+
+def build_sc_series(
+    analysis: Analysis,
+    *,
+    series_instance_uid: str,
+    sop_instance_uid: dict[str, str],
+    series_number: int,
+    series_description: str,
+) -> list[hd.sc.SCImage]:
+    """One Secondary Capture image per source slice with a finding, in volume order.
+
+    Parameters
+    ----------
+    analysis
+        The checked prediction.
+    series_instance_uid, series_number, series_description
+        Identity of the new series.
+    sop_instance_uid
+        ``{source SOP Instance UID: SOP Instance UID of its capture}``.
+    """
+    volume = analysis.volume
+    template = analysis.template
+    algorithm = template.algorithm
+    window = _window(volume.array, volume.datasets[0])
+    row_direction = volume.affine[:3, 0] / np.linalg.norm(volume.affine[:3, 0])
+    column_direction = volume.affine[:3, 1] / np.linalg.norm(volume.affine[:3, 1])
+    orientation = (patient_orientation(row_direction), patient_orientation(column_direction))
+    images = []
+    for number, slice_index in enumerate(analysis.slices_with_findings, start=1):
+        source = volume.datasets[slice_index]
+        pixels = render_slice(analysis, slice_index, window)
+        image = hd.sc.SCImage.from_ref_dataset(
+            ref_dataset=source,
+            pixel_array=pixels,
+            photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
+            bits_allocated=8,
+            coordinate_system=hd.CoordinateSystemNames.PATIENT,
+            series_instance_uid=series_instance_uid,
+            series_number=series_number,
+            sop_instance_uid=sop_instance_uid[str(source.SOPInstanceUID)],
+            instance_number=number,
+            manufacturer=algorithm.manufacturer,
+            pixel_spacing=(
+                float(source.PixelSpacing[0]),
+                float(source.PixelSpacing[1]),
+            ),  # type: ignore[arg-type]  # highdicom annotates ints; PixelSpacing is DS
+            patient_orientation=orientation,
+            series_description=series_description,
+            contributing_equipment=[processing_equipment(template)],
+        )
+        image.BurnedInAnnotation = "YES"
+        image.ImageType = ["DERIVED", "SECONDARY"]
+        image.ImageComments = (
+            f"{NOT_FOR_DIAGNOSTIC_USE_COMMENT} Source image {source.get('InstanceNumber', '')}, "
+            f"{algorithm.name} {algorithm.version}"
+        )[:10240]
+        image.DerivationDescription = (
+            f"Overlay of {algorithm.name} {algorithm.version} burned into a copy of the source"
+        )[:1024]
+        reference = Dataset()
+        reference.ReferencedSOPClassUID = source.SOPClassUID
+        reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
+        image.SourceImageSequence = [reference]
+        image.ManufacturerModelName = algorithm.name
+        image.SoftwareVersions = algorithm.version
+        image.DeviceUID = algorithm.device_uid
+        if source.get("BodyPartExamined"):
+            image.BodyPartExamined = source.BodyPartExamined
+        images.append(image)
+    log.info("sc built series_uid=%s images=%d", series_instance_uid, len(images))
+    return images
+
+
+NOT_FOR_DIAGNOSTIC_USE_COMMENT = "Result overlay burned in: not for diagnostic use."
