@@ -103,6 +103,7 @@ class Node:
                 on_results=self.exporter.wake,
                 job_timeout_seconds=settings.workers.job_timeout_seconds,
                 prefetch=settings.workers.prefetch,
+                destinations=lambda: self.settings.destinations,
             )
             for device in self.devices
         ]

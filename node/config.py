@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from node.errors import ConfigError
+from node.results.kinds import DEFAULT_PROFILE, check_profile, profile_tags
 from node.routing import Condition, parse_conditions
 
 #: Environment variables that override configuration keys.
@@ -78,6 +79,20 @@ class DestinationSettings(_Strict):
     backoff_seconds: float = Field(2.0, ge=0)
     max_backoff_seconds: float = Field(300.0, ge=0)
     timeout_seconds: float = Field(30.0, gt=0)
+    #: Result profile: the kinds of result objects this destination receives
+    #: (``seg``, ``labelmap_seg``, ``fractional_seg``, ``sr``, ``gsps``, ``sc``, ``ko``).
+    #: E.g. ``[sc, gsps]`` for a PACS that shows neither SEG nor SR.
+    results: list[str] = Field(default_factory=lambda: [k.value for k in DEFAULT_PROFILE])
+
+    @field_validator("results")
+    @classmethod
+    def _profile(cls, value: list[str]) -> list[str]:
+        return [kind.value for kind in check_profile(value)]
+
+    @property
+    def result_tags(self) -> frozenset[str]:
+        """File tags of the result files this destination is sent."""
+        return profile_tags(self.results)
 
 
 class HttpAuthSettings(_Strict):

@@ -19,6 +19,7 @@ from node.export.dimse import send_files
 from node.export.stow import stow_files
 from node.jobs.queue import Job, JobQueue
 from node.polling import PollingThread
+from node.results.kinds import BUILD_ORDER, file_tag, tag_kind
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +43,19 @@ def retry_delay(
     )
 
 
-def result_files(result_dir: Path) -> list[Path]:
-    return sorted(result_dir.glob("*.dcm"))
+def result_files(result_dir: Path, tags: frozenset[str] | None = None) -> list[Path]:
+    """Result files of a job, optionally only those whose file tag is in ``tags``.
+
+    Files are named ``<tag>_<SOPInstanceUID>.dcm`` (:mod:`node.results.kinds`); they
+    are returned in build order (SEGs before the SRs that reference them) then by name.
+    """
+    files = []
+    for path in result_dir.glob("*.dcm"):
+        tag = file_tag(path.name)
+        if tag is None or (tags is not None and tag not in tags):
+            continue
+        files.append((BUILD_ORDER.index(tag_kind(tag)), path.name, path))
+    return [path for _, _, path in sorted(files)]
 
 
 class Exporter(PollingThread):
@@ -74,7 +86,6 @@ class Exporter(PollingThread):
 
     def _attempt(self, job: Job) -> None:
         assert job.result_dir is not None
-        files = result_files(job.result_dir)
         destinations = self._destinations()
         pending: list[str] = []
         errors: list[str] = []
@@ -86,6 +97,16 @@ class Exporter(PollingThread):
                     job.id, f"destination {name!r} is no longer configured", self._clock()
                 )
                 return
+            files = result_files(job.result_dir, destination.result_tags)
+            if not files:
+                log.warning(
+                    "no result files for destination job_id=%d destination=%s results=%s",
+                    job.id,
+                    name,
+                    ",".join(destination.results),
+                )
+                self._queue.add_event(job.id, self._clock(), "sent", f"{name} (nothing to send)")
+                continue
             try:
                 self._send(destination, files)
             except (AinodeError, OSError, RuntimeError, ValueError) as exc:

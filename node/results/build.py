@@ -121,6 +121,17 @@ def series_description(template: ResultTemplate, kind: str, revision: int) -> st
     return text[:64]
 
 
+def _copy_patient_and_study(dataset: Dataset, source: Dataset) -> None:
+    """Patient and Study IE attributes of the source on every object.
+
+    highdicom copies them from the first evidence item, which for a KO is another
+    result object; copying from the source makes every object of the study say the
+    same (dcentvfy checks this).
+    """
+    if isinstance(dataset, hd.SOPClass):
+        dataset.copy_patient_and_study_information(source)
+
+
 def _ordered(tags: Iterable[str]) -> list[str]:
     return sorted(set(tags), key=lambda tag: (BUILD_ORDER.index(tag_kind(tag)), tag))
 
@@ -263,6 +274,8 @@ def build_results(
                     **identity,  # type: ignore[arg-type]
                 )
             ]
+        for dataset in objects[tag]:
+            _copy_patient_and_study(dataset, volume.datasets[0])
         seconds[tag] = time.perf_counter() - started
     log.info(
         "results built template=%s source_series_uid=%s tags=%s objects=%d revision=%d %s",

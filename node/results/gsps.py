@@ -140,6 +140,10 @@ def build_gsps(
     body_part = first.get("BodyPartExamined")
     if body_part:
         gsps.BodyPartExamined = body_part
+    elif "Laterality" not in gsps:
+        # Type 2C in General Series; without a body part a validator cannot tell that
+        # it is not needed (dciodvfy asks for it), so give it, copied or empty.
+        gsps.Laterality = first.get("Laterality", "")
     log.info("gsps built sop_instance_uid=%s annotations=%d", sop_instance_uid, len(annotations))
     return gsps
 

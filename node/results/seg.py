@@ -145,6 +145,8 @@ def build_seg(
         **extra,  # type: ignore[arg-type]
     )
     seg.DeviceUID = algorithm.device_uid  # General Equipment: the algorithm made this
+    if "ContentCreatorName" not in seg:
+        seg.ContentCreatorName = ""  # type 2 in the Content Identification Macro (dcmqi asks)
     body_part = volume.datasets[0].get("BodyPartExamined")
     if body_part:
         seg.BodyPartExamined = body_part

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -26,10 +26,19 @@ import pydicom
 import torch
 from pydicom.dataset import Dataset
 
+from node.config import DestinationSettings
 from node.errors import InputRejected, JobTimeout
 from node.jobs.queue import Job, JobQueue
 from node.polling import PollingThread
 from node.results import build_results, load_template_by_name
+from node.results.kinds import (
+    DEFAULT_PROFILE,
+    ResultKind,
+    file_name,
+    file_tag,
+    profile_tags,
+    tag_kind,
+)
 from node.runtime.plugin import RunContext, check_input
 from node.runtime.registry import PluginRegistry
 from node.runtime.volume import Volume, load_volume
@@ -38,15 +47,28 @@ from node.state.series import SeriesStore
 log = logging.getLogger(__name__)
 
 
-def _previous_report(result_dir: Path | None) -> Dataset | None:
-    """The SR written by an earlier run of the same series and rule, if any."""
+def _previous_reports(result_dir: Path | None) -> dict[str, Dataset]:
+    """The SRs written by an earlier run of the same series and rule, by file tag."""
     if result_dir is None or not result_dir.is_dir():
-        return None
+        return {}
+    reports: dict[str, Dataset] = {}
     for path in sorted(result_dir.glob("*.dcm")):
-        header = pydicom.dcmread(path, stop_before_pixels=True)
-        if header.get("Modality") == "SR":
-            return header
-    return None
+        tag = file_tag(path.name)
+        if tag is not None and tag_kind(tag) is ResultKind.SR:
+            reports[tag] = pydicom.dcmread(path, stop_before_pixels=True)
+    return reports
+
+
+def result_tags(
+    destination_names: Iterable[str], destinations: Mapping[str, DestinationSettings]
+) -> frozenset[str]:
+    """Union of the file tags of the job's destinations; SEG + SR without any."""
+    tags: set[str] = set()
+    for name in destination_names:
+        destination = destinations.get(name)
+        if destination is not None:
+            tags |= destination.result_tags
+    return frozenset(tags) if tags else profile_tags(DEFAULT_PROFILE)
 
 
 class InferenceWorker(PollingThread):
@@ -66,6 +88,7 @@ class InferenceWorker(PollingThread):
         job_timeout_seconds: float | None = None,
         prefetch: bool = True,
         monotonic: Callable[[], float] = time.monotonic,
+        destinations: Callable[[], Mapping[str, DestinationSettings]] = dict,
     ) -> None:
         super().__init__(f"worker-{device}")
         self._queue = queue
@@ -82,6 +105,7 @@ class InferenceWorker(PollingThread):
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"read-{device}")
         self._prefetched: tuple[int, tuple[Path, ...], Future[Volume]] | None = None
         self._device_selected = False
+        self._destinations = destinations
 
     def run_once(self) -> bool:
         """Run the next queued job to its end; False when the queue was empty."""
@@ -157,23 +181,47 @@ class InferenceWorker(PollingThread):
         )
         template = load_template_by_name(plugin.template, self._templates_dir)
         previous = self._queue.previous_result_dir(job.series_uid, job.rule, job.id)
+        tags = result_tags(job.destinations, self._destinations())
+        if prediction.probabilities is None:
+            # A FRACTIONAL SEG, the SR that references it and a KO that lists it.
+            dropped = {t for t in tags if ResultKind.FRACTIONAL_SEG.value in t}
+            if dropped:
+                tags = frozenset(tags - dropped)
+                self._queue.add_event(
+                    job.id,
+                    self._clock(),
+                    "results_skipped",
+                    f"{','.join(sorted(dropped))}: the plugin gives no probabilities",
+                )
+                log.warning(
+                    "result kinds skipped job_id=%d tags=%s reason=no_probabilities",
+                    job.id,
+                    ",".join(sorted(dropped)),
+                )
         results = build_results(
             volume,
             prediction,
             template,
             revision=job.generation,
-            predecessor_sr=_previous_report(previous),
+            predecessors=_previous_reports(previous),
+            tags=tags,
         )
         self._check_deadline(job, deadline)
         result_dir = self._results_dir / job.study_uid / job.series_uid / f"job-{job.id}"
         result_dir.mkdir(parents=True, exist_ok=True)
-        for dataset in results.datasets:
+        for tag, dataset in results.tagged():
             dataset.save_as(
-                result_dir / f"{dataset.Modality}_{dataset.SOPInstanceUID}.dcm",
+                result_dir / file_name(tag, str(dataset.SOPInstanceUID)),
                 enforce_file_format=True,
             )
         encoded = time.perf_counter()
-        self._queue.add_event(job.id, self._clock(), "encoded", f"seconds={encoded - inferred:.3f}")
+        self._queue.add_event(
+            job.id,
+            self._clock(),
+            "encoded",
+            f"seconds={encoded - inferred:.3f} "
+            + " ".join(f"{tag}={value:.3f}" for tag, value in results.seconds.items()),
+        )
         self._queue.inference_done(job.id, result_dir, self._clock())
         log.info(
             "results written job_id=%d plugin=%s objects=%d dir=%s load=%.2fs infer=%.2fs"

@@ -38,3 +38,42 @@ def dciodvfy_errors(path: Path | str) -> list[str]:
 def dciodvfy_warnings(path: Path | str) -> list[str]:
     """Lines of dciodvfy's report on ``path`` that start with ``Warning``."""
     return [line for line in dciodvfy_output(path) if line.startswith("Warning")]
+
+
+def dcentvfy_output(paths: list[Path]) -> list[str]:
+    """Every line dcentvfy prints when checking entity consistency across ``paths``."""
+    result = subprocess.run(
+        [str(find_tool("dcentvfy")), *(str(p) for p in paths)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return (result.stdout + result.stderr).splitlines()
+
+
+def dsrdump(path: Path) -> subprocess.CompletedProcess[str]:
+    """dcmtk's dsrdump of one SR (``FileNotFoundError`` when dcmtk is missing)."""
+    tool = shutil.which("dsrdump")
+    if tool is None:
+        raise FileNotFoundError("dcmtk dsrdump not found on PATH")
+    return subprocess.run([tool, str(path)], capture_output=True, text=True, check=False)
+
+
+def segimage2itkimage(seg_path: Path, out_dir: Path, *, merge: bool = True) -> list[Path]:
+    """Convert a SEG with dcmqi (the reader 3D Slicer uses) into NRRD files."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    command = [
+        str(find_tool("segimage2itkimage")),
+        "--inputDICOM",
+        str(seg_path),
+        "--outputDirectory",
+        str(out_dir),
+        "-t",
+        "nrrd",
+    ]
+    if merge:
+        command.append("--mergeSegments")
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"segimage2itkimage failed: {result.stdout}\n{result.stderr}")
+    return sorted(out_dir.glob("*.nrrd"))

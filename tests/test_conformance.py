@@ -1,0 +1,450 @@
+"""Conformance gate: every kind of result object, from synthetic CT and MR and from real files.
+
+For each source (synthetic chest CT, synthetic coronal head MR, pydicom's ``CT_small.dcm``
+and ``MR_small.dcm``) the node builds every kind it can produce (BINARY, LABELMAP and
+FRACTIONAL SEG, SR referencing the BINARY and the FRACTIONAL SEG, GSPS, SC, KO) and
+the objects must pass:
+
+* dciodvfy with zero errors (and only the known warnings);
+* dcentvfy across source + outputs with zero errors;
+* dsrdump (dcmtk) parsing every SR;
+* highdicom read-back equal to what was written;
+* dcmqi's ``segimage2itkimage`` (3D Slicer's SEG reader) giving the label map back on the
+  source geometry;
+* :func:`node.results.lint.lint_results` (viewer requirements) with no problem.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+from node.results import ResultTemplate, build_results, load_template, load_template_by_name
+from node.results.analysis import Analysis
+from node.results.ko import build_ko
+from node.results.kinds import ResultKind, file_name, profile_tags, tag_kind
+from node.results.lint import lint_results
+from node.results.sc import render_slice
+from node.runtime.plugin import Prediction
+from node.runtime.volume import Volume, assemble_volume
+from node.synthetic.chest_ct import make_chest_ct
+from node.synthetic.head_mr import make_head_mr
+from tests.support.nrrd import NrrdImage, read_nrrd
+from tests.support.validators import (
+    dcentvfy_output,
+    dciodvfy_output,
+    dsrdump,
+    segimage2itkimage,
+)
+from tests.test_results import lung_prediction
+
+TEMPLATES = Path(__file__).parent / "data" / "templates"
+#: TID 1501 puts the finding category among the qualitative evaluations.
+FINDING_CATEGORY = "276214006"
+#: Every kind in one profile, plus an SR that references the FRACTIONAL SEG.
+EVERY_TAG = sorted(
+    profile_tags([k.value for k in ResultKind]) | profile_tags(["fractional_seg", "sr"])
+)
+#: dciodvfy warnings accepted everywhere (each explained where it is matched).
+KNOWN_WARNINGS = (
+    # This dciodvfy does not list Device UID in General Equipment / Contributing
+    # Equipment; PS3.3 C.12.1 and IHE AIR have it.
+    "(0x0018,0x1002) UI Device UID",
+    "this is a Standard Extended SOP Class",
+    # Quirks of pydicom's test files that results copy with the patient and study:
+    # CT_small.dcm has PatientWeight 0, MR_small.dcm a retired Person Name form.
+    "Value is zero for value 1 of attribute <Patient's Weight>",
+    "PN Name of Physician(s) Reading Study  PN [1] = <----> - Retired Person Name form",
+    # Neither test file has BodyPartExamined, so the GSPS carries an empty Laterality
+    # (type 2C, asked for as an error otherwise): "empty when actually unknown" is true.
+    "is only permitted to be empty when actually unknown",
+)
+
+
+@dataclass(frozen=True)
+class Built:
+    name: str
+    volume: Volume
+    prediction: Prediction
+    template: ResultTemplate
+    analysis: Analysis
+    source_paths: list[Path]
+    paths: dict[str, list[Path]]  # tag -> files
+    objects: dict[str, list[Dataset]]
+
+    def files(self, kind: ResultKind) -> list[Path]:
+        return [p for tag, paths in self.paths.items() if tag_kind(tag) is kind for p in paths]
+
+
+def _probabilities(label_map: np.ndarray, labels: tuple[int, ...]) -> np.ndarray:
+    """Soft probabilities: 0.9 inside each label, 0.1 on its one-voxel rim, 0 elsewhere."""
+    from scipy import ndimage
+
+    channels = []
+    for label in labels:
+        mask = label_map == label
+        rim = ndimage.binary_dilation(mask) & ~mask
+        channels.append(np.where(mask, 0.9, np.where(rim, 0.1, 0.0)).astype(np.float32))
+    return np.stack(channels)
+
+
+def _head_prediction(volume: Volume) -> Prediction:
+    values = volume.array
+    label_map = np.zeros(volume.shape, dtype=np.uint8)
+    label_map[values > 300] = 1
+    label_map[values > 900] = 2
+    return Prediction(
+        label_map=label_map,
+        findings={2: {"presence": "present"}},
+        probabilities=_probabilities(label_map, (1, 2)),
+    )
+
+
+def _build(
+    name: str,
+    datasets: list[Dataset],
+    template: ResultTemplate,
+    prediction_of: object,
+    directory: Path,
+) -> Built:
+    source_dir = directory / "source"
+    source_dir.mkdir(parents=True)
+    source_paths = []
+    for index, dataset in enumerate(datasets):
+        path = source_dir / f"src_{index:04d}.dcm"
+        dataset.save_as(path, enforce_file_format=True)
+        source_paths.append(path)
+    volume = assemble_volume([pydicom.dcmread(p) for p in source_paths])
+    prediction = prediction_of(volume)  # type: ignore[operator]
+    results = build_results(volume, prediction, template, tags=EVERY_TAG)
+    paths: dict[str, list[Path]] = {}
+    out = directory / "results"
+    out.mkdir()
+    for tag, dataset in results.tagged():
+        path = out / file_name(tag, str(dataset.SOPInstanceUID))
+        dataset.save_as(path, enforce_file_format=True)
+        paths.setdefault(tag, []).append(path)
+    return Built(
+        name,
+        volume,
+        prediction,
+        template,
+        Analysis(volume, prediction, template),
+        source_paths,
+        paths,
+        results.objects,
+    )
+
+
+def _chest(directory: Path) -> Built:
+    datasets, truth = make_chest_ct(
+        n_slices=30, rows=96, columns=96, pixel_spacing_mm=4.0, slice_thickness_mm=8.0
+    )
+
+    def predict(volume: Volume) -> Prediction:
+        prediction = lung_prediction(volume, truth)
+        prediction.probabilities = _probabilities(prediction.label_map, (1, 2))
+        return prediction
+
+    return _build("chest-ct", datasets, load_template_by_name("ct_lungs"), predict, directory)
+
+
+def _head(directory: Path) -> Built:
+    datasets, _ = make_head_mr(orientation="coronal")
+    template = load_template(TEMPLATES / "mr_lesion.yaml")
+    return _build("head-mr-coronal", datasets, template, _head_prediction, directory)
+
+
+def _ct_small(directory: Path) -> Built:
+    dataset = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+
+    def predict(volume: Volume) -> Prediction:
+        label_map = np.zeros(volume.shape, dtype=np.uint8)
+        label_map[(volume.array > -200) & (volume.array < 100)] = 1
+        label_map[volume.array >= 100] = 2
+        return Prediction(label_map=label_map, probabilities=_probabilities(label_map, (1, 2)))
+
+    return _build(
+        "pydicom-CT_small", [dataset], load_template_by_name("ct_lungs"), predict, directory
+    )
+
+
+def _mr_small(directory: Path) -> Built:
+    dataset = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    template = load_template(TEMPLATES / "mr_lesion.yaml")
+
+    def predict(volume: Volume) -> Prediction:
+        label_map = np.zeros(volume.shape, dtype=np.uint8)
+        label_map[volume.array > 400] = 1
+        label_map[volume.array > 1200] = 2
+        return Prediction(label_map=label_map, probabilities=_probabilities(label_map, (1, 2)))
+
+    return _build("pydicom-MR_small", [dataset], template, predict, directory)
+
+
+SOURCES = {"chest-ct": _chest, "head-mr": _head, "ct-small": _ct_small, "mr-small": _mr_small}
+
+
+@pytest.fixture(scope="module", params=sorted(SOURCES))
+def built(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Built:
+    return SOURCES[request.param](tmp_path_factory.mktemp(request.param))
+
+
+def test_every_kind_is_built(built: Built) -> None:
+    assert sorted(built.paths) == EVERY_TAG
+    assert built.volume.modality in ("CT", "MR")
+    assert len(built.files(ResultKind.SC)) == len(built.analysis.slices_with_findings) > 0
+
+
+def test_dciodvfy_finds_no_errors(built: Built) -> None:
+    for tag, paths in built.paths.items():
+        for path in paths:
+            report = dciodvfy_output(path)
+            errors = [line for line in report if line.startswith("Error")]
+            assert errors == [], f"{built.name} {tag}: {errors}"
+            warnings = [
+                line
+                for line in report
+                if line.startswith("Warning") and not any(k in line for k in KNOWN_WARNINGS)
+            ]
+            assert warnings == [], f"{built.name} {tag}: {warnings}"
+
+
+def test_dcentvfy_finds_no_errors_across_source_and_results(built: Built) -> None:
+    every = [p for paths in built.paths.values() for p in paths]
+    report = dcentvfy_output([*built.source_paths, *every])
+    errors = [line for line in report if line.startswith("Error")]
+    assert errors == [], errors[:5]
+    # dcentvfy assigns AccessionNumber to the Series IE of CT/MR but the Study IE of
+    # other objects and warns on every pair; nothing else is expected.
+    others = [
+        line
+        for line in report
+        if line.startswith("Warning") and "<AccessionNumber> IE <Series> versus <Study>" not in line
+    ]
+    assert others == [], others[:5]
+
+
+def test_dsrdump_parses_every_sr(built: Built, tmp_path: Path) -> None:
+    if shutil.which("dsrdump") is None:
+        pytest.skip("dcmtk dsrdump not installed")
+    # KOs are SR documents too; Debian's dcmtk 3.6.9 does not know Label Map
+    # Segmentation Storage (2024) and refuses a KO that lists one (an IMAGE item, as
+    # PS3.3 has it), so the KO checked here is one without a LABELMAP SEG.
+    (ko_tag,) = [t for t in built.paths if t.startswith("ko.")]
+    listed = [t for t in ko_tag.partition(".")[2].split("+") if t != "labelmap_seg"]
+    objects = [d for t in listed for d in built.objects[t]]
+    ko = build_ko(
+        built.template,
+        objects,
+        series_instance_uid=generate_uid(),
+        sop_instance_uid=generate_uid(),
+        series_number=1,
+        series_description="KO",
+    )
+    ko_path = tmp_path / "ko.dcm"
+    ko.save_as(ko_path, enforce_file_format=True)
+    for path in [*built.files(ResultKind.SR), ko_path]:
+        result = dsrdump(path)
+        assert result.returncode == 0, result.stderr
+        assert not [line for line in result.stderr.splitlines() if line.startswith(("E:", "F:"))]
+    for path in built.files(ResultKind.SR):
+        text = dsrdump(path).stdout
+        assert "Imaging Measurement Report" in text and "Image Library" in text
+        assert "SCOORD" in text and "POLYLINE" in text
+
+
+def test_viewer_lint_is_clean(built: Built) -> None:
+    sources = [pydicom.dcmread(p, stop_before_pixels=True) for p in built.source_paths]
+    objects = [pydicom.dcmread(p) for paths in built.paths.values() for p in paths]
+    assert [str(p) for p in lint_results(sources, objects)] == []
+
+
+def _label_map_of(seg: hd.seg.Segmentation, volume: Volume) -> np.ndarray:
+    return seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=list(volume.sop_instance_uids), combine_segments=True
+    )
+
+
+def test_seg_reads_back_with_highdicom(built: Built) -> None:
+    label_map = np.asarray(built.prediction.label_map)
+    for tag in ("seg", "labelmap_seg"):
+        seg = hd.seg.segread(built.paths[tag][0])
+        assert np.array_equal(_label_map_of(seg, built.volume), label_map), tag
+        numbers = [int(s.SegmentNumber) for s in seg.SegmentSequence]
+        assert [n for n in numbers if n != 0] == list(range(1, len(built.template.segments) + 1))
+    binary = hd.seg.segread(built.paths["seg"][0])
+    labelmap = hd.seg.segread(built.paths["labelmap_seg"][0])
+    assert binary.SegmentationType == "BINARY" and labelmap.SegmentationType == "LABELMAP"
+    assert labelmap.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.7"
+    fractional = hd.seg.segread(built.paths["fractional_seg"][0])
+    assert fractional.SegmentationType == "FRACTIONAL"
+    pixels = fractional.get_pixels_by_source_instance(
+        source_sop_instance_uids=list(built.volume.sop_instance_uids),
+        combine_segments=False,
+        rescale_fractional=True,
+    )
+    expected = np.moveaxis(np.asarray(built.prediction.probabilities), 0, -1)
+    assert pixels.shape == expected.shape
+    assert np.abs(pixels - expected).max() <= 1.0 / 255.0 + 1e-6
+
+
+def _check_grid(image: NrrdImage, volume: Volume) -> None:
+    affine = volume.affine
+    assert np.allclose(image.origin, affine[:3, 3], atol=1e-3)
+    assert np.allclose(image.directions[:2], affine[:3, :2].T, atol=1e-3)
+    if volume.shape[0] > 1:  # dcmqi makes up a slice spacing for a single frame
+        assert np.allclose(image.directions[2], affine[:3, 2], atol=1e-3)
+
+
+def test_seg_reads_back_with_dcmqi_on_the_source_grid(built: Built, tmp_path: Path) -> None:
+    (merged,) = segimage2itkimage(built.paths["seg"][0], tmp_path / "seg")
+    image = read_nrrd(merged)
+    _check_grid(image, built.volume)
+    assert np.array_equal(image.array.reshape(built.volume.shape), built.prediction.label_map)
+    # FRACTIONAL: one file per segment holding the stored 0..255 probabilities.
+    files = segimage2itkimage(built.paths["fractional_seg"][0], tmp_path / "frac", merge=False)
+    probabilities = np.asarray(built.prediction.probabilities)
+    assert len(files) == len(probabilities)
+    for path, expected in zip(files, probabilities, strict=True):
+        image = read_nrrd(path)
+        _check_grid(image, built.volume)
+        stored = image.array.reshape(built.volume.shape).astype(np.float64)
+        assert np.abs(stored - expected * 255.0).max() <= 1.0, path.name
+
+
+def _groups(sr: hd.sr.Comprehensive3DSR) -> hd.sr.MeasurementReport:
+    report = sr.content
+    assert isinstance(report, hd.sr.MeasurementReport)
+    return report
+
+
+def test_sr_reads_back_with_highdicom(built: Built) -> None:
+    template, analysis = built.template, built.analysis
+    for tag in ("sr", "sr.fractional_seg"):
+        sr = hd.sr.srread(built.paths[tag][0])
+        seg_tag = tag.partition(".")[2] or "seg"
+        seg = pydicom.dcmread(built.paths[seg_tag][0], stop_before_pixels=True)
+        report = _groups(sr)
+        volumetric = report.get_volumetric_roi_measurement_groups()
+        assert len(volumetric) == len(template.segments)
+        tracking = {int(s.SegmentNumber): str(s.TrackingUID) for s in seg.SegmentSequence}
+        for number, (group, segment) in enumerate(
+            zip(volumetric, template.segments, strict=True), start=1
+        ):
+            reference = group.referenced_segment
+            assert reference is not None
+            assert reference.referenced_sop_instance_uid == seg.SOPInstanceUID
+            assert group.tracking_uid == tracking[number]
+            written = {
+                (m.name.value, m.derivation.value if m.derivation else None): m.value
+                for m in group.get_measurements()
+            }
+            expected = {
+                (
+                    template.measurement(key).concept.value,
+                    spec.value if (spec := template.measurement(key).derivation_concept) else None,
+                ): value
+                for key, value in analysis.measurements[segment.label_value].items()
+            }
+            assert written == pytest.approx(expected, rel=1e-6)
+            evaluations = {
+                (e.name.value, e.value.value)
+                for e in group.get_qualitative_evaluations()
+                if e.name.value != FINDING_CATEGORY
+            }
+            assert evaluations == {
+                (f.spec.concept.value, f.value.value)
+                for f in analysis.findings[segment.label_value]
+            }
+        planar = report.get_planar_roi_measurement_groups()
+        assert len(planar) == len(analysis.largest_slices)
+        for group in planar:
+            label = next(
+                s.label_value
+                for s in template.segments
+                if str(group.tracking_identifier).startswith(s.tracking_id)
+            )
+            number = template.segment_number(label)
+            assert group.tracking_uid == tracking[number]
+            region = group.roi
+            assert region is not None
+            slice_index = analysis.largest_slices[label]
+            expected_polygon = analysis.outlines(label, slice_index)[0]
+            assert np.allclose(region.value, expected_polygon)
+            image = region.ContentSequence[0].ReferencedSOPSequence[0]
+            assert image.ReferencedSOPInstanceUID == built.volume.sop_instance_uids[slice_index]
+
+
+def test_gsps_outlines_every_slice_with_a_finding(built: Built) -> None:
+    gsps = pydicom.dcmread(built.paths["gsps"][0])
+    analysis = built.analysis
+    annotated: dict[str, set[str]] = {}
+    for annotation in gsps.GraphicAnnotationSequence:
+        (image,) = annotation.ReferencedImageSequence
+        for graphic in annotation.GraphicObjectSequence:
+            annotated.setdefault(str(image.ReferencedSOPInstanceUID), set()).add(
+                str(graphic.TrackingUID)
+            )
+        assert len(annotation.TextObjectSequence) == 1
+    uids = built.volume.sop_instance_uids
+    tracking = _tracking(built)
+    expected = {
+        uids[i]: {tracking[label] for label in analysis.labels_on(i)}
+        for i in analysis.slices_with_findings
+    }
+    assert annotated == expected
+    layers = {str(layer.GraphicLayer) for layer in gsps.GraphicLayerSequence}
+    assert layers == {str(a.GraphicLayer) for a in gsps.GraphicAnnotationSequence}
+
+
+def _tracking(built: Built) -> dict[int, str]:
+    """``{label value: Tracking UID}`` as the BINARY SEG has them."""
+    seg = pydicom.dcmread(built.paths["seg"][0], stop_before_pixels=True)
+    numbers = {int(s.SegmentNumber): str(s.TrackingUID) for s in seg.SegmentSequence}
+    return {s.label_value: numbers[n] for n, s in enumerate(built.template.segments, start=1)}
+
+
+def test_sc_images_carry_the_burned_in_overlay(built: Built) -> None:
+    analysis = built.analysis
+    images = sorted(
+        (pydicom.dcmread(p) for p in built.files(ResultKind.SC)), key=lambda d: d.InstanceNumber
+    )
+    for image, slice_index in zip(images, analysis.slices_with_findings, strict=True):
+        assert image.BurnedInAnnotation == "YES"
+        assert "NOT FOR DIAGNOSTIC USE" in image.SeriesDescription
+        assert image.PhotometricInterpretation == "RGB"
+        source_uid = built.volume.sop_instance_uids[slice_index]
+        assert image.SourceImageSequence[0].ReferencedSOPInstanceUID == source_uid
+        from node.results.sc import _window
+
+        window = _window(built.volume.array, built.volume.datasets[0])
+        assert np.array_equal(image.pixel_array, render_slice(analysis, slice_index, window))
+        # The segment colours are in the image.
+        for label in analysis.labels_on(slice_index):
+            colour = built.template.segment(label).colour
+            assert (image.pixel_array == colour).all(axis=-1).any()
+
+
+def test_ko_lists_every_other_object_of_its_profile(built: Built) -> None:
+    (tag,) = [t for t in built.paths if t.startswith("ko.")]
+    ko = hd.ko.KeyObjectSelectionDocument.from_dataset(pydicom.dcmread(built.paths[tag][0]))
+    listed = {
+        str(item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+        for item in ko.ContentSequence
+        if item.ValueType in ("IMAGE", "COMPOSITE")
+    }
+    expected = {
+        str(d.SOPInstanceUID) for t in tag.partition(".")[2].split("+") for d in built.objects[t]
+    }
+    assert listed == expected
+    assert ko.ConceptNameCodeSequence[0].CodeValue == "113030"
