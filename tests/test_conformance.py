@@ -30,8 +30,8 @@ from pydicom.uid import generate_uid
 
 from node.results import ResultTemplate, build_results, load_template, load_template_by_name
 from node.results.analysis import Analysis
-from node.results.ko import build_ko
 from node.results.kinds import ResultKind, file_name, profile_tags, tag_kind
+from node.results.ko import build_ko
 from node.results.lint import lint_results
 from node.results.sc import render_slice
 from node.runtime.plugin import Prediction

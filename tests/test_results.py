@@ -26,6 +26,7 @@ from node.results import (
     load_template,
     load_template_by_name,
 )
+from node.results.measure import surface_area_mm2
 from node.runtime.plugin import Prediction
 from node.runtime.volume import Volume, assemble_volume
 from node.synthetic.chest_ct import ChestPhantomTruth, make_chest_ct
@@ -37,6 +38,7 @@ SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 
 @dataclass(frozen=True)
 class Case:
+    truth: ChestPhantomTruth
     volume: Volume
     prediction: Prediction
     results: ResultSet
@@ -109,7 +111,7 @@ def case(
     seg_path, sr_path = directory / "seg.dcm", directory / "sr.dcm"
     results.seg.save_as(seg_path, enforce_file_format=True)
     results.sr.save_as(sr_path, enforce_file_format=True)
-    return Case(volume, prediction, results, seg_path, sr_path)
+    return Case(source.truth, volume, prediction, results, seg_path, sr_path)
 
 
 def test_phantom_prediction_has_empty_slices_and_both_lungs(case: Case) -> None:
@@ -281,12 +283,31 @@ def test_sr_reads_back_measurements_and_tracking_uids(case: Case, template: Resu
         assert group.finding_type is not None and group.finding_type.value == spec.type.value
         assert group.tracking_uid == seg_tracking[number]
         assert group.tracking_identifier == spec.tracking_id
-        values = {(m.name.value, m.unit.value): m.value for m in group.get_measurements()}
-        expected = case.prediction.measurements[spec.label_value]
-        assert values == {
-            ("118565006", "cm3"): expected["volume_cm3"],
-            ("112031", "[hnsf'U]"): expected["mean_hu"],
+        values = {
+            (m.name.value, m.unit.value, m.derivation.value if m.derivation else None): m.value
+            for m in group.get_measurements()
         }
+        expected = case.prediction.measurements[spec.label_value]
+        mask = case.prediction.label_map == spec.label_value
+        lung = case.truth.right_lung if spec.label_value == 1 else case.truth.left_lung
+        assert (
+            values
+            == {
+                ("118565006", "cm3", None): expected["volume_cm3"],  # the plugin's values
+                ("112031", "[hnsf'U]", "373098007"): expected["mean_hu"],
+                # computed by the node (template "compute:")
+                ("112031", "[hnsf'U]", "386136009"): pytest.approx(
+                    float(case.volume.array[mask].std(dtype=np.float64))
+                ),
+                ("81827009", "mm", "56851009"): pytest.approx(
+                    2 * max(lung.semi_axes_mm[:2]),
+                    abs=4.0,  # within a pixel of the ellipsoid
+                ),
+                ("C0JK", "cm2", None): pytest.approx(
+                    surface_area_mm2(mask, case.volume.spacing) / 100.0
+                ),
+            }
+        )
         mean = group.get_measurements(name=template.measurement("mean_hu").concept.concept)[0]
         assert mean.derivation is not None and mean.derivation.value == "373098007"
         modifiers = {
@@ -451,7 +472,14 @@ def test_missing_segment_keeps_its_empty_frames_and_group(
     assert np.array_equal(pixels, label_map)
     groups = read_report(sr_path)[1].get_volumetric_roi_measurement_groups()
     assert len(groups) == 2
-    assert groups[1].get_measurements() == []  # NaN is left out
+    # The plugin's NaN and the statistics of an empty segment are left out; its
+    # computed volume (0), diameter... are not: they are true.
+    names = {
+        (m.name.value, m.derivation.value if m.derivation else None): m.value
+        for m in groups[1].get_measurements()
+    }
+    assert names[("118565006", None)] == 0.0
+    assert ("112031", "373098007") not in names and ("112031", "386136009") not in names
 
 
 @pytest.mark.parametrize(

@@ -208,7 +208,60 @@ BROKEN = {
         "A-Z",
     ),
     "no segments": (_set(["segments"], []), "segments", "at least 1 item"),
-    "wrong format version": (_set(["format_version"], 2), "format_version", "expected 1"),
+    "wrong format version": (_set(["format_version"], 3), "format_version", "expected 1 or 2"),
+    "compute with the wrong unit": (
+        _set(["measurements", 0, "compute"], "surface_area"),
+        "measurements[0].unit",
+        "compute 'surface_area' is reported in cm2, mm2",
+    ),
+    "statistic in a volume unit": (
+        _set(["measurements", 1, "unit"], "mL"),
+        "measurements[1].unit",
+        "is a length, area or volume",
+    ),
+    "statistic with another derivation": (
+        _set(["measurements", 2, "compute"], "max"),
+        "measurements[2].derivation",
+        "has derivation SCT 56851009 Maximum",
+    ),
+    "unknown compute": (
+        _set(["measurements", 0, "compute"], "median"),
+        "measurements[0].compute",
+        "Input should be",
+    ),
+    "compute in format 1": (
+        _set(["format_version"], 1),
+        "measurements[0].compute",
+        "needs format_version 2",
+    ),
+    "rule on an unknown measurement": (
+        _set(["findings", 0, "rule", "measurement"], "weight"),
+        "findings[0].rule.measurement",
+        "'weight' is not a measurement key",
+    ),
+    "rule and values": (
+        _set(
+            ["findings", 0, "values"],
+            {"small": {"value": "255507004", "scheme": "SCT", "meaning": "Small"}},
+        ),
+        "findings[0]",
+        "exactly one of 'rule' and 'values'",
+    ),
+    "finding on an unknown segment": (
+        _set(["findings", 0, "segments"], [1, 9]),
+        "findings[0].segments[1]",
+        "label value 9 is not a segment",
+    ),
+    "rule value with a wrong meaning": (
+        _set(["findings", 0, "rule", "then", "meaning"], "Tiny"),
+        "findings[0].rule.then.meaning",
+        "SCT 255507004 means 'Small'",
+    ),
+    "bad operator": (
+        _set(["findings", 0, "rule", "operator"], "=="),
+        "findings[0].rule.operator",
+        "Input should be",
+    ),
 }
 
 
@@ -234,3 +287,59 @@ def test_not_yaml_and_not_a_mapping(tmp_path: Path) -> None:
     broken.write_text("- just\n- a list\n")
     with pytest.raises(TemplateError, match=r"\(root\): expected a mapping"):
         load_template(broken)
+
+
+def test_shipped_schema_is_current_and_every_template_follows_it() -> None:
+    import json
+
+    import jsonschema
+
+    from node.results.template import SCHEMA_FILE, template_json_schema
+
+    schema_path = default_template_dir() / SCHEMA_FILE
+    shipped = json.loads(schema_path.read_text())
+    assert shipped == template_json_schema(), (
+        "dicom_sr_templates/template.schema.json is stale: run python -m node.results.template"
+    )
+    jsonschema.Draft202012Validator.check_schema(shipped)
+    validator = jsonschema.Draft202012Validator(shipped)
+    templates = [
+        *default_template_dir().glob("*.yaml"),
+        *(Path(__file__).parent / "data" / "templates").glob("*.yaml"),
+    ]
+    assert len(templates) >= 2
+    for path in templates:
+        errors = [e.message for e in validator.iter_errors(yaml.safe_load(path.read_text()))]
+        assert errors == [], f"{path.name}: {errors}"
+        load_template(path)  # and the loader's own checks pass
+    broken = yaml.safe_load(SHIPPED.read_text())
+    broken["segments"][0]["colour"] = [0, 300, 0]
+    broken["measurements"][0]["compute"] = "median"
+    assert len(list(validator.iter_errors(broken))) == 2
+
+
+def test_every_builtin_plugin_has_a_template_that_loads() -> None:
+    from node.runtime.registry import PluginRegistry
+
+    registry = PluginRegistry.discover()
+    assert registry.info(), "no built-in plugin found"
+    for info in registry.info():
+        template = load_template_by_name(info.template)
+        assert template.name == info.template
+
+
+def test_computed_measurements_and_findings_of_the_shipped_template() -> None:
+    template = load_template_by_name("ct_lungs")
+    computed = {m.key: m.compute for m in template.measurements}
+    assert computed == {
+        "volume_cm3": "volume",
+        "mean_hu": "mean",
+        "std_hu": "std",
+        "axial_diameter_mm": "largest_axial_diameter",
+        "surface_area_cm2": "surface_area",
+    }
+    assert template.measurement("std_hu").derivation_concept.value == "386136009"
+    (size,) = template.findings
+    assert size.rule is not None
+    assert size.rule.evaluate(999.0).meaning == "Small"
+    assert size.rule.evaluate(1000.0).meaning == "Normal"
