@@ -208,36 +208,61 @@ def _meaning(item: pydicom.Dataset) -> str:
 def planar_groups(sr: pydicom.Dataset) -> list[tuple[str, str, list[str]]]:
     """``(tracking id, referenced SOP Instance UID, lines OHIF should show)`` of every
     measurement group with an image region (TID 1410). OHIF writes each NUM as
-    ``"<concept>: <value to 2 decimals> <unit code>"``."""
-    found = []
+    ``"<concept>: <value to 2 decimals> <unit code>"``. It merges the groups that share a
+    Tracking UID (the node's planar outline group shares the segment's, as the same
+    finding) and lists the NUMs of the first of them in the document: the volumetric
+    group's measurements of the segment, shown at its outline."""
+    groups: list[tuple[str, str, list[str], list[str]]] = []  # tracking id, uid, images, lines
 
     def walk(items: Sequence[pydicom.Dataset]) -> None:
         for item in items:
             children = list(item.get("ContentSequence") or [])
-            regions = [c for c in children if c.ValueType in ("SCOORD", "SCOORD3D")]
-            if _meaning(item) == "Measurement Group" and regions:
-                tracking = next(
-                    (str(c.TextValue) for c in children if _meaning(c) == "Tracking Identifier"),
-                    "",
+            if _meaning(item) == "Measurement Group":
+                regions = [c for c in children if c.ValueType in ("SCOORD", "SCOORD3D")]
+                groups.append(
+                    (
+                        next(
+                            (
+                                str(c.TextValue)
+                                for c in children
+                                if _meaning(c) == "Tracking Identifier"
+                            ),
+                            "",
+                        ),
+                        next(
+                            (
+                                str(c.UID)
+                                for c in children
+                                if _meaning(c) == "Tracking Unique Identifier"
+                            ),
+                            "",
+                        ),
+                        [
+                            str(ref.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+                            for ref in (regions[0].get("ContentSequence") or [] if regions else [])
+                            if ref.ValueType == "IMAGE"
+                        ],
+                        [
+                            f"{_meaning(c)}: {float(c.MeasuredValueSequence[0].NumericValue):.2f} "
+                            f"{c.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue}"
+                            for c in children
+                            if c.ValueType == "NUM" and c.get("MeasuredValueSequence")
+                        ],
+                    )
                 )
-                images = [
-                    str(ref.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
-                    for ref in regions[0].get("ContentSequence") or []
-                    if ref.ValueType == "IMAGE"
-                ]
-                lines = [
-                    f"{_meaning(c)}: {float(c.MeasuredValueSequence[0].NumericValue):.2f} "
-                    f"{c.MeasuredValueSequence[0].MeasurementUnitsCodeSequence[0].CodeValue}"
-                    for c in children
-                    if c.ValueType == "NUM" and c.get("MeasuredValueSequence")
-                ]
-                if images:
-                    found.append((tracking, images[0], lines))
             elif children:
                 walk(children)
 
     walk(sr.get("ContentSequence") or [])
-    return found
+    first_lines: dict[str, list[str]] = {}
+    for _, uid, _, lines in groups:
+        if lines:
+            first_lines.setdefault(uid, lines)
+    return [
+        (tracking, images[0], first_lines.get(uid, lines))
+        for tracking, uid, images, lines in groups
+        if images
+    ]
 
 
 def test_sr_measurements_are_listed_over_their_images(ohif: OhifPage, results: Results) -> None:

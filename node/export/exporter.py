@@ -44,18 +44,22 @@ def retry_delay(
 
 
 def result_files(result_dir: Path, tags: frozenset[str] | None = None) -> list[Path]:
-    """Result files of a job, optionally only those whose file tag is in ``tags``.
+    """Result files of a job to send to a destination whose profile gives ``tags``.
 
-    Files are named ``<tag>_<SOPInstanceUID>.dcm`` (:mod:`node.results.kinds`); they
-    are returned in build order (SEGs before the SRs that reference them) then by name.
+    Files are named ``<tag>_<SOPInstanceUID>.dcm`` (:mod:`node.results.kinds`); those
+    whose tag is in ``tags`` (all when ``tags`` is None) are returned in build order
+    (SEGs before the SRs that reference them), then by name. Files whose name carries
+    no result tag (put there by hand or by another tool) go to every destination, last.
     """
-    files = []
+    tagged = []
+    untagged = []
     for path in result_dir.glob("*.dcm"):
         tag = file_tag(path.name)
-        if tag is None or (tags is not None and tag not in tags):
-            continue
-        files.append((BUILD_ORDER.index(tag_kind(tag)), path.name, path))
-    return [path for _, _, path in sorted(files)]
+        if tag is None:
+            untagged.append(path)
+        elif tags is None or tag in tags:
+            tagged.append((BUILD_ORDER.index(tag_kind(tag)), path.name, path))
+    return [path for _, _, path in sorted(tagged)] + sorted(untagged)
 
 
 class Exporter(PollingThread):

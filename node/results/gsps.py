@@ -17,7 +17,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from node.results.analysis import Analysis, first_value
-from node.results.provenance import processing_equipment
+from node.results.provenance import copy_body_part, processing_equipment
 
 log = logging.getLogger(__name__)
 
@@ -137,13 +137,7 @@ def build_gsps(
         contributing_equipment=[processing_equipment(template)],
     )
     gsps.DeviceUID = algorithm.device_uid
-    body_part = first.get("BodyPartExamined")
-    if body_part:
-        gsps.BodyPartExamined = body_part
-    elif "Laterality" not in gsps:
-        # Type 2C in General Series; without a body part a validator cannot tell that
-        # it is not needed (dciodvfy asks for it), so give it, copied or empty.
-        gsps.Laterality = first.get("Laterality", "")
+    copy_body_part(gsps, first)
     log.info("gsps built sop_instance_uid=%s annotations=%d", sop_instance_uid, len(annotations))
     return gsps
 

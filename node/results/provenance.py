@@ -12,6 +12,7 @@ The template's name and SHA-256 are recorded as algorithm parameters everywhere.
 from __future__ import annotations
 
 import highdicom as hd
+from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from node.results.template import ResultTemplate
@@ -75,3 +76,17 @@ def processing_equipment(template: ResultTemplate) -> hd.ContributingEquipment:
     # the Contributing Equipment Sequence item (PS3.3 C.12.1) and AIR requires it.
     item.DeviceUID = algorithm.device_uid
     return item
+
+
+def copy_body_part(dataset: Dataset, source: Dataset) -> None:
+    """BodyPartExamined from the source; without one, Laterality (General Series, 2C).
+
+    Validators cannot tell that Laterality is not needed when no body part is given
+    (dciodvfy reports it missing as an error), so it is copied, or left empty: its
+    value is then truly unknown.
+    """
+    body_part = source.get("BodyPartExamined")
+    if body_part:
+        dataset.BodyPartExamined = body_part
+    elif "Laterality" not in dataset:
+        dataset.Laterality = source.get("Laterality", "")

@@ -20,7 +20,7 @@ from pydicom.dataset import Dataset
 from scipy import ndimage
 
 from node.results.analysis import Analysis, first_value
-from node.results.provenance import processing_equipment
+from node.results.provenance import copy_body_part, processing_equipment
 
 log = logging.getLogger(__name__)
 
@@ -160,8 +160,7 @@ def build_sc_series(
         image.ManufacturerModelName = algorithm.name
         image.SoftwareVersions = algorithm.version
         image.DeviceUID = algorithm.device_uid
-        if source.get("BodyPartExamined"):
-            image.BodyPartExamined = source.BodyPartExamined
+        copy_body_part(image, source)
         images.append(image)
     log.info("sc built series_uid=%s images=%d", series_instance_uid, len(images))
     return images
