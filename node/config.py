@@ -67,18 +67,9 @@ class CompletionSettings(_Strict):
     poll_seconds: float = Field(1.0, gt=0)
 
 
-class DestinationSettings(_Strict):
-    """A DICOM peer that receives results by C-STORE."""
+class ResultProfileSettings(_Strict):
+    """What a destination receives (mixed into every kind of destination)."""
 
-    ae_title: str = Field(pattern=AE_TITLE_PATTERN)
-    host: str
-    port: Port
-    #: Total send attempts before the job fails (results stay on disk).
-    max_attempts: int = Field(5, ge=1)
-    #: First retry delay; doubles each attempt up to ``max_backoff_seconds``.
-    backoff_seconds: float = Field(2.0, ge=0)
-    max_backoff_seconds: float = Field(300.0, ge=0)
-    timeout_seconds: float = Field(30.0, gt=0)
     #: Result profile: the kinds of result objects this destination receives
     #: (``seg``, ``labelmap_seg``, ``fractional_seg``, ``sr``, ``gsps``, ``sc``, ``ko``).
     #: E.g. ``[sc, gsps]`` for a PACS that shows neither SEG nor SR.
@@ -93,6 +84,20 @@ class DestinationSettings(_Strict):
     def result_tags(self) -> frozenset[str]:
         """File tags of the result files this destination is sent."""
         return profile_tags(self.results)
+
+
+class DestinationSettings(ResultProfileSettings):
+    """A DICOM peer that receives results by C-STORE."""
+
+    ae_title: str = Field(pattern=AE_TITLE_PATTERN)
+    host: str
+    port: Port
+    #: Total send attempts before the job fails (results stay on disk).
+    max_attempts: int = Field(5, ge=1)
+    #: First retry delay; doubles each attempt up to ``max_backoff_seconds``.
+    backoff_seconds: float = Field(2.0, ge=0)
+    max_backoff_seconds: float = Field(300.0, ge=0)
+    timeout_seconds: float = Field(30.0, gt=0)
 
 
 class HttpAuthSettings(_Strict):
@@ -134,7 +139,7 @@ class DicomWebEndpoint(_Strict):
     timeout_seconds: float = Field(30.0, gt=0)
 
 
-class DicomWebDestinationSettings(DicomWebEndpoint):
+class DicomWebDestinationSettings(DicomWebEndpoint, ResultProfileSettings):
     """A DICOMweb server that receives results by STOW-RS (``kind: dicomweb``)."""
 
     max_attempts: int = Field(5, ge=1)

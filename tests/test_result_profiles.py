@@ -50,6 +50,19 @@ def test_default_profile_is_seg_and_sr() -> None:
     assert pacs.result_tags == {"seg", "sr"}
 
 
+def test_dicomweb_destinations_have_profiles_too() -> None:
+    raw = {
+        "destinations": {
+            "web": {"kind": "dicomweb", "url": "http://127.0.0.1:1/dicom-web", "results": ["sc"]},
+            "plain": {"kind": "dicomweb", "url": "http://127.0.0.1:1/dicom-web"},
+        }
+    }
+    settings = settings_from_mapping(raw, environ={})
+    assert settings.destinations["web"].result_tags == {"sc"}
+    assert settings.destinations["plain"].result_tags == {"seg", "sr"}
+    assert result_tags(["web", "plain"], settings.destinations) == {"sc", "seg", "sr"}
+
+
 @pytest.mark.parametrize(
     ("results", "message"),
     [

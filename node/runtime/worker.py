@@ -26,7 +26,7 @@ import pydicom
 import torch
 from pydicom.dataset import Dataset
 
-from node.config import DestinationSettings
+from node.config import AnyDestination
 from node.errors import InputRejected, JobTimeout
 from node.jobs.queue import Job, JobQueue
 from node.polling import PollingThread
@@ -60,7 +60,7 @@ def _previous_reports(result_dir: Path | None) -> dict[str, Dataset]:
 
 
 def result_tags(
-    destination_names: Iterable[str], destinations: Mapping[str, DestinationSettings]
+    destination_names: Iterable[str], destinations: Mapping[str, AnyDestination]
 ) -> frozenset[str]:
     """Union of the file tags of the job's destinations; SEG + SR without any."""
     tags: set[str] = set()
@@ -88,7 +88,7 @@ class InferenceWorker(PollingThread):
         job_timeout_seconds: float | None = None,
         prefetch: bool = True,
         monotonic: Callable[[], float] = time.monotonic,
-        destinations: Callable[[], Mapping[str, DestinationSettings]] = dict,
+        destinations: Callable[[], Mapping[str, AnyDestination]] = dict,
     ) -> None:
         super().__init__(f"worker-{device}")
         self._queue = queue
