@@ -14,6 +14,7 @@ from node.cli import main as cli_main
 from node.config import settings_from_mapping
 from node.errors import InputRejected, PluginError
 from node.jobs.queue import JobQueue
+from node.results.kinds import file_tag
 from node.runtime.plugin import (
     Accepts,
     InferencePlugin,
@@ -296,7 +297,8 @@ def test_a_failing_plugin_fails_only_its_job(database, clock, tmp_path: Path) ->
     assert "needs a GPU" in (jobs[gpu].error or "")
     assert jobs[good].state == "done"
     assert jobs[good].result_dir is not None
-    assert sorted(p.name[:3] for p in jobs[good].result_dir.glob("*.dcm")) == ["SEG", "SR_"]
+    written = jobs[good].result_dir.glob("*.dcm")
+    assert sorted(str(file_tag(p.name)) for p in written) == ["seg", "sr"]  # <tag>_<uid>.dcm
 
 
 def test_timeout_fails_the_job(database, clock, tmp_path: Path) -> None:
