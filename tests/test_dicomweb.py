@@ -201,7 +201,8 @@ def test_stow_rs_into_the_node_results_come_back_by_stow_rs(tmp_path):
             seg = objects["SEG"]
             assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == first.SeriesInstanceUID
             assert int(seg.NumberOfFrames) == 2 * len(files)
-            assert "via=stow-rs" in node.log_text()
+            # The export is logged after Orthanc has answered; wait for the line.
+            wait_until(lambda: "via=stow-rs" in node.log_text(), 30, message="stow-rs export log")
 
 
 def test_stow_rs_needs_a_token(stack):
