@@ -143,15 +143,80 @@ class RunContext:
             raise JobTimeout(f"job {self.job_id} ran past its time limit")
 
 
+@dataclass(frozen=True)
+class Classification:
+    """A finding for a whole series or one image, with the model's probability.
+
+    Attributes
+    ----------
+    finding
+        Key of a classification the template declares (its coded concept, the
+        values for present and absent, and the operating threshold).
+    probability
+        Probability that the finding is present, 0 to 1.
+    frame
+        Index into ``volume.datasets`` of the image it applies to; None: the series.
+    """
+
+    finding: str
+    probability: float
+    frame: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.probability <= 1.0 or math.isnan(self.probability):
+            raise ValueError(f"probability of {self.finding!r} is {self.probability}, not 0-1")
+
+
+@dataclass(frozen=True)
+class Detection:
+    """A localised finding on one image: a box or a point, with a score.
+
+    Coordinates are continuous image coordinates as in DICOM SCOORD: ``x`` runs
+    along the columns, ``y`` along the rows, the top-left corner of the image is
+    ``(0, 0)`` and pixel ``(row r, column c)`` covers ``[c, c + 1] x [r, r + 1]``.
+
+    Attributes
+    ----------
+    finding
+        Key of a detection the template declares.
+    score
+        Confidence, 0 to 1.
+    frame
+        Index into ``volume.datasets`` (the slice or image that shows it).
+    box
+        ``(x_min, y_min, x_max, y_max)``; None for a point.
+    point
+        ``(x, y)``; None for a box.
+    """
+
+    finding: str
+    score: float
+    frame: int
+    box: tuple[float, float, float, float] | None = None
+    point: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.box is None) == (self.point is None):
+            raise ValueError(f"detection {self.finding!r} needs exactly one of box or point")
+        if self.box is not None and not (self.box[0] < self.box[2] and self.box[1] < self.box[3]):
+            raise ValueError(f"detection {self.finding!r} has an empty box {self.box}")
+        if not 0.0 <= self.score <= 1.0 or math.isnan(self.score):
+            raise ValueError(f"score of {self.finding!r} is {self.score}, not 0-1")
+
+
 @dataclass
 class Prediction:
     """A routine's output on the source grid.
+
+    A segmentation routine fills ``label_map``; a classifier ``classifications``; a
+    detector ``detections``. Other fields are optional additions.
 
     Attributes
     ----------
     label_map
         Integer array shaped like ``volume.array``; 0 is background, other
-        values are the template's label values.
+        values are the template's label values. None when the routine does not
+        segment.
     measurements
         ``{label value: {measurement key: value}}``; keys are the ones the
         template declares (e.g. ``volume_cm3``, ``mean_hu``).
@@ -159,12 +224,18 @@ class Prediction:
         Free-form qualitative findings ``{label value: {finding key: code key}}``.
     probabilities
         Optional ``float32`` array ``(labels, slices, rows, columns)``.
+    classifications
+        Findings with probabilities (:class:`Classification`).
+    detections
+        Boxes or points with scores (:class:`Detection`).
     """
 
-    label_map: np.ndarray
+    label_map: np.ndarray | None = None
     measurements: dict[int, dict[str, float]] = field(default_factory=dict)
     findings: dict[int, dict[str, str]] = field(default_factory=dict)
     probabilities: np.ndarray | None = None
+    classifications: list[Classification] = field(default_factory=list)
+    detections: list[Detection] = field(default_factory=list)
 
 
 class InferencePlugin(abc.ABC):
