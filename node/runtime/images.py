@@ -23,6 +23,8 @@ routines get one array; a series that mixes them is refused naming the mix.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_color_lut
@@ -30,6 +32,9 @@ from pydicom.pixels import apply_color_lut
 from node.errors import VolumeError
 from node.runtime import image_attributes
 from node.runtime.volume import IMAGES_LAYOUT, Volume, _strip_pixels
+
+if TYPE_CHECKING:
+    from node.runtime.plugin import Accepts
 
 #: Photometric interpretations read as grayscale and as colour.
 GRAYSCALE = ("MONOCHROME1", "MONOCHROME2")
@@ -147,3 +152,85 @@ def assemble_images(datasets: list[Dataset]) -> Volume:
         pixel_spacing_attribute=attribute,
         inverted=inverted,
     )
+
+
+def _which(indices: list[int]) -> str:
+    shown = ", ".join(str(i) for i in indices[:5])
+    return (
+        f"frame {shown}"
+        if len(indices) == 1
+        else f"frames {shown}{'...' if len(indices) > 5 else ''}"
+    )
+
+
+def _per_frame_problems(what: str, values: tuple[str, ...], accepted: tuple[str, ...]) -> list[str]:
+    """``what`` of each frame against the accepted values (case-insensitive)."""
+    wanted = {a.upper() for a in accepted}
+    bad: dict[str, list[int]] = {}
+    for index, value in enumerate(values):
+        if value.upper() not in wanted:
+            bad.setdefault(value, []).append(index)
+    return [
+        f"{_which(indices)}: {what} {value or 'not given'} is not {'/'.join(accepted)}"
+        for value, indices in bad.items()
+    ]
+
+
+def image_problems(accepts: Accepts, volume: Volume) -> list[str]:
+    """The 2D declarations of ``accepts`` checked on ``volume`` (any layout).
+
+    SOP classes, photometric interpretation (of the source, before MONOCHROME1
+    inversion), samples per pixel, bits stored, and per-frame laterality and view;
+    for 2D images also the pixel spacing, which must be known when a range is declared.
+    """
+    found: list[str] = []
+    headers = list({id(ds): ds for ds in volume.datasets}.values())
+    if accepts.sop_classes:
+        wanted = {image_attributes.sop_class_uid(name) for name in accepts.sop_classes}
+        for uid in sorted({str(ds.get("SOPClassUID", "")) for ds in headers} - wanted):
+            found.append(
+                f"SOP class {image_attributes.sop_class_name(uid)} is not "
+                + " or ".join(image_attributes.sop_class_name(w) for w in sorted(wanted))
+            )
+    if accepts.photometric_interpretations:
+        wanted_pi = {p.upper() for p in accepts.photometric_interpretations}
+        for value in sorted(
+            {str(ds.get("PhotometricInterpretation", "")).upper() for ds in headers} - wanted_pi
+        ):
+            found.append(
+                f"photometric interpretation {value or 'not given'} is not "
+                + "/".join(accepts.photometric_interpretations)
+            )
+    if accepts.samples_per_pixel and volume.samples_per_pixel not in accepts.samples_per_pixel:
+        found.append(
+            f"{volume.samples_per_pixel} samples per pixel; "
+            + " or ".join(str(n) for n in accepts.samples_per_pixel)
+            + " accepted"
+        )
+    if accepts.bits_stored:
+        for bits in sorted({int(ds.get("BitsStored", 0)) for ds in headers}):
+            if bits not in accepts.bits_stored:
+                found.append(
+                    f"{bits} bits stored; "
+                    + " or ".join(str(n) for n in accepts.bits_stored)
+                    + " accepted"
+                )
+    if accepts.lateralities:
+        found += _per_frame_problems("laterality", volume.lateralities, accepts.lateralities)
+    if accepts.views:
+        found += _per_frame_problems("view", volume.views, accepts.views)
+    if volume.is_2d:
+        low, high = accepts.pixel_spacing_mm
+        if volume.pixel_spacing_attribute == "":
+            if low > 0 or high < 1e6:  # a bound of 1e6 mm or more is no bound
+                found.append(
+                    f"pixel spacing is not given (neither PixelSpacing nor ImagerPixelSpacing); "
+                    f"{low:g}-{high:g} mm is required"
+                )
+        elif not all(low <= spacing <= high for spacing in volume.spacing[1:]):
+            row, column = volume.spacing[1:]
+            found.append(
+                f"pixel spacing {row:.3g}x{column:.3g} mm ({volume.pixel_spacing_attribute}) "
+                f"is outside {low:g}-{high:g} mm"
+            )
+    return found
