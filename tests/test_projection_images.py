@@ -15,6 +15,7 @@ from pydicom.dataset import Dataset
 from node.config import RuleSettings
 from node.errors import InputRejected
 from node.routing import HeaderSubject, parse_conditions
+from node.runtime.image_attributes import sop_class_uid
 from node.runtime.plugin import Accepts
 from node.runtime.volume import Volume, assemble_volume
 from node.synthetic.chest_ct import make_chest_ct
@@ -340,3 +341,23 @@ def test_chest_radiograph_is_deterministic_and_monochrome1_reads_back_the_same()
     assert a.SOPInstanceUID == b.SOPInstanceUID and a.PixelData == b.PixelData
     inverted, _ = make_chest_xray(seed=5, nodules=1, photometric="MONOCHROME1")
     assert np.array_equal(assemble_volume([inverted]).array, assemble_volume([a]).array)
+
+
+@pytest.mark.parametrize(
+    ("name", "uid"),
+    [
+        ("OphthalmicPhotography8BitImageStorage", "1.2.840.10008.5.1.4.1.1.77.1.5.1"),
+        ("1.2.840.10008.5.1.4.1.1.1.1", "1.2.840.10008.5.1.4.1.1.1.1"),
+        ("1.2.826.0.1.3680043.9.9999.1", "1.2.826.0.1.3680043.9.9999.1"),  # private SOP class
+    ],
+)
+def test_sop_classes_are_named_by_keyword_or_uid(name, uid):
+    assert sop_class_uid(name) == uid
+
+
+@pytest.mark.parametrize(
+    "name", ["Mammogram", "ExplicitVRLittleEndian", "1.2.840.10008.1.2.1", "1..2", "01.2", ""]
+)
+def test_what_is_not_a_sop_class_is_refused(name):
+    with pytest.raises(ValueError, match="neither a SOP class keyword nor a UID"):
+        sop_class_uid(name)
