@@ -443,12 +443,37 @@ BUILT_IN_ORGANS_DEMO_RULE: dict[str, Any] = {
     "priority": 6,
 }
 
+#: The built-in demonstration routing for colour fundus photographs (OP 8-bit): the
+#: ``op_fundus_classifier`` demonstration model (synthetic data; not for clinical use).
+BUILT_IN_FUNDUS_DEMO_RULE: dict[str, Any] = {
+    "name": "op-fundus-demo",
+    "match": {"SOPClassUID": "OphthalmicPhotography8BitImageStorage"},
+    "plugin": "op_fundus_classifier",
+    "send_to": [],
+    "priority": 6,
+}
+
+#: The built-in demonstration routing for For Presentation mammograms: the
+#: ``mg_mass_detector`` demonstration model (synthetic data; not for clinical use).
+BUILT_IN_MAMMO_DEMO_RULE: dict[str, Any] = {
+    "name": "mg-mass-demo",
+    "match": {"SOPClassUID": "DigitalMammographyXRayImageStorageForPresentation"},
+    "plugin": "mg_mass_detector",
+    "send_to": [],
+    "priority": 6,
+}
+
 #: The configuration ``make run`` uses when no file is given.
 DEFAULT_CONFIG: dict[str, Any] = {
     "node": {"ae_title": "AINODE", "dicom_port": 11112, "http_port": 8080, "data_dir": "./var"},
     "completion": {"series_quiet_seconds": 10},
     "destinations": {},
-    "rules": [BUILT_IN_CHEST_RULE, BUILT_IN_ORGANS_DEMO_RULE],
+    "rules": [
+        BUILT_IN_CHEST_RULE,
+        BUILT_IN_ORGANS_DEMO_RULE,
+        BUILT_IN_FUNDUS_DEMO_RULE,
+        BUILT_IN_MAMMO_DEMO_RULE,
+    ],
 }
 
 
@@ -549,6 +574,8 @@ def check_plugins_known(settings: Settings, known: set[str], *, source: str) -> 
 
 __all__ = [
     "BUILT_IN_CHEST_RULE",
+    "BUILT_IN_FUNDUS_DEMO_RULE",
+    "BUILT_IN_MAMMO_DEMO_RULE",
     "BUILT_IN_ORGANS_DEMO_RULE",
     "DEFAULT_CONFIG",
     "AnyDestination",
