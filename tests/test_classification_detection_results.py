@@ -666,3 +666,101 @@ def test_worker_skips_seg_kinds_with_a_job_event(database, clock, tmp_path: Path
     assert {file_tag(p.name) for p in Path(job.result_dir).glob("*.dcm")} == {"sr"}
     skipped = [detail for event, detail in _events(database.path) if event == "results_skipped"]
     assert skipped == ["seg: the routine gives no label map"]
+
+
+@pytest.mark.slow
+def test_classifier_detector_results_arrive_in_orthanc(tmp_path: Path) -> None:
+    """A CT goes from Orthanc to the node; the test routine's SR and GSPS come back.
+
+    The destination asks for SEG + SR + GSPS: the SEG is skipped with a job event
+    (the routine gives no label map), the SR and the GSPS arrive and pass dciodvfy.
+    """
+    from node.app import Node
+    from node.config import settings_from_mapping
+    from node.devtools.orthanc import OrthancServer
+    from node.runtime.registry import PluginRegistry
+    from tests.support.net import free_port, wait_until
+
+    node_port = free_port()
+    with OrthancServer(
+        modalities={"ainode": ["AINODE", "127.0.0.1", node_port]}, workdir=tmp_path / "orthanc"
+    ) as pacs:
+        settings = settings_from_mapping(
+            {
+                "node": {"dicom_port": node_port, "data_dir": str(tmp_path / "var")},
+                "completion": {"series_quiet_seconds": 1.5, "poll_seconds": 0.25},
+                "destinations": {
+                    "pacs": {
+                        "ae_title": pacs.aet,
+                        "host": "127.0.0.1",
+                        "port": pacs.dicom_port,
+                        "results": ["seg", "sr", "gsps"],
+                    }
+                },
+                "rules": [
+                    {
+                        "name": "cad",
+                        "match": {"Modality": "CT"},
+                        "plugin": "test_cad",
+                        "send_to": ["pacs"],
+                    }
+                ],
+                "templates_dir": str(TEMPLATES),
+            },
+            environ={},
+        )
+        registry = PluginRegistry()
+        registry.register(CadPlugin)
+        node = Node(settings, registry=registry)
+        node.start()
+        try:
+            datasets, _ = make_chest_ct(
+                n_slices=16, rows=96, columns=96, pixel_spacing_mm=4.0, seed=21
+            )
+            files = write_series(datasets, tmp_path / "series")
+            pacs.upload_many(files)
+            study_uid = str(datasets[0].StudyInstanceUID)
+            pacs.send_to_modality("ainode", [pacs.lookup_study(study_uid)])
+            found = pacs.wait_for_series(study_uid, ["SR", "PR"], timeout=240)
+            objects = {}
+            for modality, series in found.items():
+                (one,) = series
+                (instance,) = one["Instances"]
+                objects[modality] = pacs.instance_dataset(instance)
+            assert not pacs.find_series(study_uid, "SEG")
+            wait_until(
+                lambda: any(e == "done" for e, _ in _events(settings.database_path)), timeout=30
+            )
+            events = _events(settings.database_path)
+        finally:
+            node.stop()
+    assert ("results_skipped", "seg: the routine gives no label map") in events
+    for modality, dataset in objects.items():
+        path = tmp_path / f"{modality}.dcm"
+        dataset.save_as(path, enforce_file_format=True)
+        assert dciodvfy_errors(path) == [], modality
+    report = read_report(tmp_path / "SR.dcm")
+    middle = 8
+    (box, second, point) = report.get_planar_roi_measurement_groups()
+    assert (box.tracking_identifier, second.tracking_identifier) == ("nodule 1", "nodule 2")
+    assert box.roi.value.tolist() == [[20, 24], [36, 24], [36, 40], [20, 40], [20, 24]]
+    (source,) = box.roi.ContentSequence
+    by_uid = {str(d.SOPInstanceUID): d for d in datasets}
+    referenced = by_uid[str(source.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)]
+    volume = assemble_volume(datasets)
+    assert referenced.SOPInstanceUID == volume.datasets[middle].SOPInstanceUID
+    series_group, image_group = report.get_image_measurement_groups()
+    (image_source,) = image_group.source_images
+    assert image_source.referenced_sop_instance_uid == volume.datasets[middle].SOPInstanceUID
+    assert isinstance(point.roi, hd.sr.ImageRegion3D)
+    (evaluation,) = series_group.get_qualitative_evaluations()
+    assert code(evaluation.value) == PRESENT
+    (probability,) = series_group.get_measurements(name=PROBABILITY)
+    assert probability.value == 0.875
+    gsps = objects["PR"]
+    annotated = {
+        str(a.ReferencedImageSequence[0].ReferencedSOPInstanceUID)
+        for a in gsps.GraphicAnnotationSequence
+    }
+    expected = {str(volume.datasets[k].SOPInstanceUID) for k in (0, middle, middle + 1)}
+    assert annotated == expected
