@@ -1,10 +1,11 @@
 """Classification and detection results: template format 3, SR, GSPS, SC, KO, worker, Orthanc.
 
-Every new object is checked with dciodvfy (0 errors), the SR with dcmtk's dsrdump, and
-highdicom reads back the coded values, probabilities, scores and coordinates exactly. The
-sources are the synthetic chest CT (slices) and synthetic 2D images from the shared 2D
-writer (a MONOCHROME1 CR, an MG and an OP colour photograph). The end-to-end test runs
-a test plugin in the node against a real Orthanc.
+Every new object is checked with dciodvfy (0 errors) and the viewer lint
+(:mod:`node.results.lint`), the SR with dcmtk's dsrdump, and highdicom reads back the
+coded values, probabilities, scores and coordinates exactly. The sources are the
+synthetic chest CT (slices) and synthetic 2D images from the shared 2D writer (a
+MONOCHROME1 CR, an MG and an OP colour photograph). The end-to-end test runs a test
+plugin in the node against a real Orthanc.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from node.results import build_results, load_template
 from node.results.findings import ImageFindings
 from node.results.findings_sr import CERTAINTY_OF_FINDING, PROBABILITY
 from node.results.kinds import file_tag
+from node.results.lint import lint_results
 from node.results.template import ResultTemplate
 from node.results.uids import ResultUIDs
 from node.runtime.plugin import (
@@ -311,6 +313,7 @@ def ct_results(
         ct_volume, ct_prediction(), template, tags={"sr", "gsps", "sc", "ko.gsps+sc+sr"}
     )
     directory = tmp_path_factory.mktemp("ct")
+    assert lint_results(ct_volume.datasets, results.datasets) == []
     return results, assert_valid(directory, results.tagged())
 
 
@@ -462,6 +465,7 @@ def test_label_map_and_detections_in_one_result(tmp_path: Path) -> None:
         detections=[Detection("nodule", 0.75, 2, box=(22.0, 22.0, 30.0, 30.0))],
     )
     results = build_results(volume, prediction, template, tags={"seg", "sr", "gsps", "sc"})
+    assert lint_results(volume.datasets, results.datasets) == []
     files = assert_valid(tmp_path, results.tagged())
     report = read_report(files["sr"][0])
     assert len(report.get_volumetric_roi_measurement_groups()) == 1
@@ -555,6 +559,7 @@ def test_2d_images_get_valid_sr_presentation_state_and_capture(
         ],
     )
     results = build_results(volume, prediction, template, tags={"sr", "gsps", "sc"})
+    assert lint_results(volume.datasets, results.datasets) == []
     files = assert_valid(tmp_path, results.tagged())
     assert dsrdump(files["sr"][0]).returncode == 0
     report = read_report(files["sr"][0])
