@@ -43,7 +43,7 @@ from node.runtime.plugin import (
 )
 from node.runtime.volume import Volume, assemble_volume
 from node.synthetic.chest_ct import make_chest_ct, write_series
-from node.synthetic.projection import SeriesIdentity, cr_image, mg_image, op_image
+from node.synthetic.projection import SeriesIdentity, cr_image, dx_image, mg_image, op_image
 from tests.support.validators import dciodvfy_errors, dsrdump
 
 TEMPLATES = Path(__file__).parent / "data" / "templates"
@@ -524,6 +524,12 @@ def two_d_volume(kind: str, tmp_path: Path) -> Volume:
         pixels = np.full((128, 160), 3600, dtype=np.uint16)
         pixels[40:60, 50:70] = 300
         dataset = cr_image(pixels, pixel_spacing_mm=0.5, identity=identity)
+    elif kind == "dx-monochrome1":
+        pixels = np.full((128, 160), 3600, dtype=np.uint16)
+        pixels[40:60, 50:70] = 300
+        dataset = dx_image(
+            pixels, imager_pixel_spacing_mm=0.2, photometric="MONOCHROME1", identity=identity
+        )
     elif kind == "mg":
         dataset = mg_image(
             _bright_square(128, 160, 3600),
@@ -542,7 +548,7 @@ def two_d_volume(kind: str, tmp_path: Path) -> Volume:
     return assemble_volume([pydicom.dcmread(path)])
 
 
-@pytest.mark.parametrize("kind", ["cr-monochrome1", "mg", "op-rgb"])
+@pytest.mark.parametrize("kind", ["cr-monochrome1", "dx-monochrome1", "mg", "op-rgb"])
 def test_2d_images_get_valid_sr_presentation_state_and_capture(
     kind: str, tmp_path: Path, template: ResultTemplate
 ) -> None:
@@ -585,6 +591,39 @@ def test_2d_images_get_valid_sr_presentation_state_and_capture(
     assert inside > outside + 50, (inside, outside)
     if kind == "mg":
         assert list(capture.PatientOrientation) == list(source.PatientOrientation)
+
+
+def test_multi_frame_image_references_its_frame(tmp_path: Path, template: ResultTemplate) -> None:
+    frames = np.zeros((3, 64, 80, 3), dtype=np.uint8)
+    frames[..., 1] = 90
+    dataset = op_image(frames, laterality="L", identity=SeriesIdentity())
+    path = tmp_path / "op-multi.dcm"
+    dataset.save_as(path, enforce_file_format=True)
+    volume = assemble_volume([pydicom.dcmread(path)])
+    assert volume.shape == (3, 64, 80)
+    prediction = Prediction(
+        classifications=[Classification("image_abnormal", 0.625, frame=1)],
+        detections=[Detection("nodule", 0.75, 2, box=(10.0, 10.0, 30.0, 20.0))],
+    )
+    results = build_results(volume, prediction, template, tags={"sr", "gsps", "sc"})
+    assert lint_results(volume.datasets, results.datasets) == []
+    files = assert_valid(tmp_path, results.tagged())
+    report = read_report(files["sr"][0])
+    (group,) = report.get_planar_roi_measurement_groups()
+    (source,) = group.roi.ContentSequence
+    assert source.ReferencedSOPSequence[0].ReferencedFrameNumber == 3
+    (image_group,) = report.get_image_measurement_groups()
+    assert image_group.source_images[0].referenced_frame_numbers == [2]
+    state = pydicom.dcmread(files["gsps"][0])
+    annotated = {
+        (a.GraphicLayer, int(a.ReferencedImageSequence[0].ReferencedFrameNumber))
+        for a in state.GraphicAnnotationSequence
+    }
+    assert annotated == {("DETECTION_1", 3), ("CLASSIFICATION", 2)}
+    captures = sorted(
+        int(c.SourceImageSequence[0].ReferencedFrameNumber) for c in results.objects["sc"]
+    )
+    assert captures == [2, 3]
 
 
 # -- worker and Orthanc end to end ------------------------------------------------------
