@@ -37,12 +37,12 @@ WEIGHTS = Path(__file__).resolve().parent / "weights" / "mg_mass_centrenet.pt"
 
 
 def build_network() -> torch.nn.Module:
-    """A MONAI 2-D UNet (16-32-64-128, one residual unit per level, ~0.2 M parameters)."""
+    """A MONAI 2-D UNet (8-16-32-64, one residual unit per level, ~50 k parameters)."""
     network = UNet(
         spatial_dims=2,
         in_channels=1,
         out_channels=3,
-        channels=(16, 32, 64, 128),
+        channels=(8, 16, 32, 64),
         strides=(2, 2, 2),
         num_res_units=1,
         norm="batch",

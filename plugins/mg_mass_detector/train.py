@@ -229,10 +229,10 @@ def report(name: str, tally: Tally, threshold: float) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m plugins.mg_mass_detector.train")
-    parser.add_argument("--train-images", type=int, default=600)
-    parser.add_argument("--validation", type=int, default=150)
-    parser.add_argument("--held-out", type=int, default=200)
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--train-images", type=int, default=400)
+    parser.add_argument("--validation", type=int, default=80)
+    parser.add_argument("--held-out", type=int, default=100)
+    parser.add_argument("--epochs", type=int, default=28)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0)

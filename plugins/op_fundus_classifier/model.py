@@ -26,12 +26,13 @@ class LesionPoolingNet(torch.nn.Module):
 
     Four MONAI :class:`~monai.networks.blocks.Convolution` blocks (conv, batch norm,
     ReLU; three with stride 2, so 1/8 of the input size) end in a 1x1 convolution
-    giving a lesion logit per location; log-sum-exp pooling (a smooth maximum) turns
-    the map into the image logit. The finding is "any lesion anywhere", which a
-    smooth maximum expresses directly, and :meth:`lesion_map` shows where it is.
+    giving a lesion logit per location; the image logit is the mean of the ``top``
+    highest locations. The finding is "any lesion anywhere", which a (soft) maximum
+    expresses directly as multiple-instance learning, and :meth:`lesion_map` shows
+    where it is.
     """
 
-    def __init__(self, sharpness: float = 4.0) -> None:
+    def __init__(self, top: int = 8) -> None:
         super().__init__()
         channels = ((3, 16, 2), (16, 32, 2), (32, 64, 2), (64, 64, 1))
         self.features = torch.nn.Sequential(
@@ -41,17 +42,15 @@ class LesionPoolingNet(torch.nn.Module):
             )
         )
         self.head = torch.nn.Conv2d(64, 1, kernel_size=1)
-        self.sharpness = sharpness
+        self.top = top
 
     def lesion_map(self, batch: torch.Tensor) -> torch.Tensor:
         """Lesion logits ``(n, 1, s/8, s/8)``."""
         return self.head(self.features(batch))
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        scores = self.lesion_map(batch).flatten(1) * self.sharpness
-        count = torch.tensor(float(scores.shape[1]))
-        pooled = (torch.logsumexp(scores, dim=1) - torch.log(count)) / self.sharpness
-        return pooled[:, None]
+        scores = self.lesion_map(batch).flatten(1)
+        return scores.topk(min(self.top, scores.shape[1]), dim=1).values.mean(dim=1, keepdim=True)
 
 
 def build_network() -> torch.nn.Module:
@@ -59,13 +58,33 @@ def build_network() -> torch.nn.Module:
     return LesionPoolingNet()
 
 
+#: Gaussian sigma (network-input pixels) of the local mean each pixel is divided by.
+LOCAL_SIGMA = 8.0
+
+
+def _gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of ``(channels, rows, columns)`` with replicated edges."""
+    radius = int(3 * sigma)
+    t = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-(t**2) / (2 * sigma**2))
+    kernel = kernel / kernel.sum()
+    channels = image.shape[0]
+    x = F.pad(image[None], (radius, radius, 0, 0), mode="replicate")
+    x = F.conv2d(x, kernel.view(1, 1, 1, -1).repeat(channels, 1, 1, 1), groups=channels)
+    x = F.pad(x, (0, 0, radius, radius), mode="replicate")
+    x = F.conv2d(x, kernel.view(1, 1, -1, 1).repeat(channels, 1, 1, 1), groups=channels)
+    return x[0]
+
+
 def preprocess(rgb: np.ndarray) -> torch.Tensor:
     """An RGB photograph ``(rows, columns, 3)`` → network input ``(3, INPUT_SIZE, INPUT_SIZE)``.
 
     The image is padded to a square around its centre (black, like the area outside
-    the field of view), resized with antialiasing, and each channel is divided by its
-    mean inside the field of view, which removes the camera's gain and the
-    patient's pigmentation from what the network sees.
+    the field of view) and resized with antialiasing; each pixel is then divided by
+    the local mean of its channel inside the field of view (Gaussian, sigma
+    :data:`LOCAL_SIGMA`) and centred on 0, clipped to -1..1. This removes illumination,
+    camera gain and pigmentation and keeps what is small: vessels and lesions (the
+    usual local-contrast normalisation of fundus photographs for DR screening).
     """
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"expected an RGB image (rows, columns, 3), got shape {rgb.shape}")
@@ -77,11 +96,13 @@ def preprocess(rgb: np.ndarray) -> torch.Tensor:
     image = F.interpolate(
         image[None], size=(INPUT_SIZE, INPUT_SIZE), mode="bilinear", antialias=True
     )[0]
-    field = image.sum(0) > 0.08
-    if int(field.sum()) < 0.05 * INPUT_SIZE**2:
+    field = (image.sum(0, keepdim=True) > 0.08).float()
+    if float(field.mean()) < 0.05:
         raise ValueError("no field of view found: the photograph is (nearly) black")
-    means = image[:, field].mean(dim=1).clamp_min(1e-3)
-    return (image / means[:, None, None] - 1.0) * field
+    local = _gaussian_blur(image * field, LOCAL_SIGMA) / _gaussian_blur(
+        field, LOCAL_SIGMA
+    ).clamp_min(1e-3)
+    return ((image / local.clamp_min(0.02) - 1.0) * field).clamp(-1.0, 1.0)
 
 
 def probabilities(network: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:

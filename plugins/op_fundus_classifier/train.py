@@ -192,16 +192,19 @@ def sensitivity_by_severity(scores: Scores, threshold: float) -> dict[str, float
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m plugins.op_fundus_classifier.train")
-    parser.add_argument("--train-images", type=int, default=1000)
-    parser.add_argument("--validation", type=int, default=200)
-    parser.add_argument("--held-out", type=int, default=300)
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--train-images", type=int, default=400)
+    parser.add_argument("--validation", type=int, default=100)
+    parser.add_argument("--held-out", type=int, default=100)
+    parser.add_argument("--epochs", type=int, default=16)
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", type=Path, default=WEIGHTS)
     parser.add_argument("--evaluate-only", action="store_true")
+    parser.add_argument(
+        "--cache", type=Path, default=None, help="keep the generated training images here"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -210,7 +213,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.evaluate_only:
         network.load_state_dict(torch.load(args.output, map_location="cpu", weights_only=True))
     else:
-        images, labels, _ = make_images(range(args.train_images), TRAIN_SIZE)
+        cached = (
+            args.cache / f"fundus_train_{args.train_images}_{TRAIN_SIZE}.npz"
+            if args.cache
+            else None
+        )
+        if cached is not None and cached.is_file():
+            with np.load(cached) as stored:
+                images, labels = stored["images"], stored["labels"]
+        else:
+            images, labels, _ = make_images(range(args.train_images), TRAIN_SIZE)
+            if cached is not None:
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                np.savez(cached, images=images, labels=labels)
         print(f"{len(images)} training photographs in {time.perf_counter() - started:.0f} s")
         train(
             network,
