@@ -49,7 +49,7 @@ CPU = torch.device("cpu")
 
 #: What README.md of each plugin reports for the first held-out images ("test subset").
 FUNDUS_SUBSET = {"auc": 0.0, "sensitivity": 0.0, "specificity": 0.0}
-MASS_SUBSET = {"froc": 0.0, "sensitivity": 0.0, "fp_per_image": 0.0}
+MASS_SUBSET = {"froc": 0.613, "sensitivity": 0.500, "fp_per_image": 0.250}
 #: Tolerance: the same computation on another CPU/BLAS differs in the last digits only.
 TOLERANCE = 0.03
 

@@ -26,7 +26,7 @@ MODEL_SPACING_MM = 2.0
 MULTIPLE = 8
 #: Detections below this score are not reported (chosen on the validation set by
 #: ``train.py``: README.md gives its sensitivity and false positives per image).
-SCORE_THRESHOLD = 0.3
+SCORE_THRESHOLD = 0.21
 #: At most this many detections per image.
 MAX_DETECTIONS = 5
 #: Prior probability of a centre pixel (initial bias of the heat-map logit).
