@@ -22,12 +22,18 @@ import pytest
 import torch
 from pydicom.dataset import Dataset
 
-from node.config import BUILT_IN_FUNDUS_DEMO_RULE, BUILT_IN_MAMMO_DEMO_RULE
+from node.config import (
+    BUILT_IN_FUNDUS_DEMO_RULE,
+    BUILT_IN_MAMMO_DEMO_RULE,
+    DEFAULT_CONFIG,
+    settings_from_mapping,
+)
 from node.devtools.node_process import NodeProcess
 from node.devtools.orthanc import OrthancServer
 from node.errors import InputRejected
 from node.results import load_template_by_name
 from node.results.build import build_results
+from node.routing import HeaderSubject, matching_rules
 from node.runtime.plugin import Classification, Detection, RunContext, check_input
 from node.runtime.registry import PluginRegistry
 from node.runtime.volume import Volume, assemble_volume
@@ -176,6 +182,24 @@ def test_dicom_wrappers_pass_dciodvfy(tmp_path: Path) -> None:
         path = tmp_path / f"{index}.dcm"
         ds.save_as(path, enforce_file_format=True)
         assert dciodvfy_errors(path) == [], (ds.Modality, index)
+
+
+def test_built_in_rules_route_op_and_mg_for_presentation_to_the_demo_models() -> None:
+    settings = settings_from_mapping(DEFAULT_CONFIG, environ={})
+    fundus, _ = make_fundus(1, 128)
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(0, 4000, (128, 128)).astype(np.uint16)
+    presentation = mg_image(pixels, laterality="R", view="MLO", imager_pixel_spacing_mm=0.5)
+    processing = mg_image(
+        pixels, laterality="R", view="MLO", imager_pixel_spacing_mm=0.5, intent="FOR PROCESSING"
+    )
+
+    def plugins(ds: Dataset) -> list[str]:
+        return [rule.plugin for rule in matching_rules(settings.rules, HeaderSubject(ds))]
+
+    assert plugins(fundus) == ["op_fundus_classifier"]
+    assert plugins(presentation) == ["mg_mass_detector"]
+    assert plugins(processing) == []
 
 
 # -- shipped weights -------------------------------------------------------------------------
