@@ -54,7 +54,7 @@ from tests.support.validators import dciodvfy_errors
 CPU = torch.device("cpu")
 
 #: What README.md of each plugin reports for the first held-out images ("test subset").
-FUNDUS_SUBSET = {"auc": 0.0, "sensitivity": 0.0, "specificity": 0.0}
+FUNDUS_SUBSET = {"auc": 0.652, "sensitivity": 0.667, "specificity": 0.400}
 MASS_SUBSET = {"froc": 0.613, "sensitivity": 0.500, "fp_per_image": 0.250}
 #: Tolerance: the same computation on another CPU/BLAS differs in the last digits only.
 TOLERANCE = 0.03
@@ -289,7 +289,7 @@ def test_fundus_plugin_classifies_each_photograph(tmp_path: Path) -> None:
         for c in prediction.classifications
     )
     sick, healthy = (c.probability for c in prediction.classifications)
-    assert sick >= op_model.THRESHOLD > healthy
+    assert sick >= op_model.THRESHOLD and sick > healthy + 0.2
     template = load_template_by_name("op_fundus_classifier")
     results = build_results(volume, prediction, template, tags=["sr", "gsps", "sc"])
     for index, ds in enumerate(results.datasets):

@@ -12,10 +12,10 @@ from monai.networks.blocks import Convolution
 #: The finding the network scores (a key of the ``op_fundus_classifier`` template).
 FINDING = "dr_lesions"
 #: Rows = columns of the network input.
-INPUT_SIZE = 256
+INPUT_SIZE = 384
 #: Operating threshold on the probability, chosen on the training-time validation set
 #: (see README.md); the template carries the same value.
-THRESHOLD = 0.5
+THRESHOLD = 0.36
 
 #: Shipped weights (``state_dict`` of :func:`build_network`), written by ``train.py``.
 WEIGHTS = Path(__file__).resolve().parent / "weights" / "op_fundus_lesionnet.pt"
@@ -54,12 +54,12 @@ class LesionPoolingNet(torch.nn.Module):
 
 
 def build_network() -> torch.nn.Module:
-    """The classifier: :class:`LesionPoolingNet` (about 80 k parameters)."""
+    """The classifier: :class:`LesionPoolingNet` (about 60 k parameters)."""
     return LesionPoolingNet()
 
 
 #: Gaussian sigma (network-input pixels) of the local mean each pixel is divided by.
-LOCAL_SIGMA = 8.0
+LOCAL_SIGMA = 12.0
 
 
 def _gaussian_blur(image: torch.Tensor, sigma: float) -> torch.Tensor:

@@ -42,7 +42,7 @@ HELD_OUT_SEED = 100_000
 TARGET_SENSITIVITY = 0.85
 #: Images of the held-out set that the tests re-score (the first ones).
 TEST_SUBSET = 24
-TRAIN_SIZE = 256
+TRAIN_SIZE = 384
 HELD_OUT_SIZE = 512
 
 
@@ -192,14 +192,14 @@ def sensitivity_by_severity(scores: Scores, threshold: float) -> dict[str, float
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m plugins.op_fundus_classifier.train")
-    parser.add_argument("--train-images", type=int, default=400)
+    parser.add_argument("--train-images", type=int, default=600)
     parser.add_argument("--validation", type=int, default=100)
     parser.add_argument("--held-out", type=int, default=100)
-    parser.add_argument("--epochs", type=int, default=16)
+    parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", type=Path, default=WEIGHTS)
     parser.add_argument("--evaluate-only", action="store_true")
     parser.add_argument(
