@@ -1,6 +1,7 @@
-"""2D images through the node: DX, a two-view MG series and an OP RGB photograph are sent
-with dcmtk's storescu, routed on SOP class, laterality and view, loaded as frames and run by
-a routine defined here; its per-image classifications come back as result objects."""
+"""2D images through the node: DX, a two-view MG series, an OP RGB photograph and a
+multi-frame OP image are sent with dcmtk's storescu, routed on SOP class, laterality and
+view, loaded as frames and run by a routine defined here; its per-image classifications come
+back as result objects that reference the exact image and frame."""
 
 from __future__ import annotations
 
@@ -82,6 +83,7 @@ class ImageProbe(InferencePlugin):
         ImageProbe.seen.append(
             {
                 "rule": context.rule,
+                "series": volume.series_instance_uid,
                 "array": volume.array.shape,
                 "is_2d": volume.is_2d,
                 "sop_classes": volume.sop_class_uids,
@@ -184,7 +186,8 @@ def _studies(directory: Path) -> dict[str, list[pydicom.Dataset]]:
     ]
     eye = rng.integers(0, 256, size=(48, 64, 3)).astype(np.uint8)
     fundus = op_image(eye, laterality="R", pixel_spacing_mm=0.01)
-    studies = {"dx": [chest], "mg": views, "op": [fundus]}
+    frames = op_image(np.stack([eye, eye[::-1], eye[:, ::-1]]), laterality="L")
+    studies = {"dx": [chest], "mg": views, "op": [fundus], "op_frames": [frames]}
     for name, datasets in studies.items():
         (directory / name).mkdir(parents=True)
         for ds in datasets:
@@ -197,11 +200,11 @@ def test_dx_mg_and_op_series_reach_the_routine_and_complete(node, clock, tmp_pat
     send(node, sorted((tmp_path / "in").rglob("*.dcm")))
     clock.advance(11)
     completed = node.completion.poll()
-    assert sorted(row.instance_count for row in completed) == [1, 1, 2]
+    assert sorted(row.instance_count for row in completed) == [1, 1, 1, 2]
 
     jobs = node.queue.jobs()
     # Routed on SOP class, laterality and view: no right-breast or For Processing job.
-    assert sorted(job.rule for job in jobs) == ["chest_dx", "fundus", "left_mammo"]
+    assert sorted(job.rule for job in jobs) == ["chest_dx", "fundus", "fundus", "left_mammo"]
     while node.worker.run_once():
         pass
 
@@ -211,33 +214,38 @@ def test_dx_mg_and_op_series_reach_the_routine_and_complete(node, clock, tmp_pat
         assert done.state == "done", (job.rule, done.error, events)
         assert "volume_loaded" in events and "inference_done" in events
 
-    seen = {entry["rule"]: entry for entry in ImageProbe.seen}
+    seen = {entry["series"]: entry for entry in ImageProbe.seen}
+    for name, datasets in studies.items():
+        seen[name] = seen[str(datasets[0].SeriesInstanceUID)]
     chest = studies["dx"][0]
-    assert seen["chest_dx"]["array"] == (1, 128, 128)
-    assert seen["chest_dx"]["is_2d"]
-    assert seen["chest_dx"]["sop_classes"] == (DigitalXRayImageStorageForPresentation,)
-    assert seen["chest_dx"]["views"] == ("PA",)
-    assert seen["chest_dx"]["spacing"] == pytest.approx((1.4, 1.4))
-    assert seen["chest_dx"]["frames"][0].sop_instance_uid == chest.SOPInstanceUID
+    assert seen["dx"]["array"] == (1, 128, 128)
+    assert seen["dx"]["is_2d"]
+    assert seen["dx"]["sop_classes"] == (DigitalXRayImageStorageForPresentation,)
+    assert seen["dx"]["views"] == ("PA",)
+    assert seen["dx"]["spacing"] == pytest.approx((1.4, 1.4))
+    assert seen["dx"]["frames"][0].sop_instance_uid == chest.SOPInstanceUID
 
     cc, mlo = sorted(studies["mg"], key=lambda ds: int(ds.InstanceNumber))
-    assert seen["left_mammo"]["array"] == (2, 96, 64)
-    assert seen["left_mammo"]["lateralities"] == ("L", "L")
-    assert seen["left_mammo"]["views"] == ("CC", "MLO")
-    assert (
-        seen["left_mammo"]["sop_classes"]
-        == (DigitalMammographyXRayImageStorageForPresentation,) * 2
-    )
-    assert [f.sop_instance_uid for f in seen["left_mammo"]["frames"]] == [
+    assert seen["mg"]["array"] == (2, 96, 64)
+    assert seen["mg"]["lateralities"] == ("L", "L")
+    assert seen["mg"]["views"] == ("CC", "MLO")
+    assert seen["mg"]["sop_classes"] == (DigitalMammographyXRayImageStorageForPresentation,) * 2
+    assert [f.sop_instance_uid for f in seen["mg"]["frames"]] == [
         cc.SOPInstanceUID,
         mlo.SOPInstanceUID,
     ]
 
-    assert seen["fundus"]["array"] == (1, 48, 64, 3)
-    assert seen["fundus"]["lateralities"] == ("R",)
-    assert seen["fundus"]["sop_classes"] == (OphthalmicPhotography8BitImageStorage,)
+    assert seen["op"]["array"] == (1, 48, 64, 3)
+    assert seen["op"]["lateralities"] == ("R",)
+    assert seen["op"]["sop_classes"] == (OphthalmicPhotography8BitImageStorage,)
 
-    # The results reference the exact images they score and pass dciodvfy.
+    multi = studies["op_frames"][0]
+    assert seen["op_frames"]["array"] == (3, 48, 64, 3)
+    assert [(f.sop_instance_uid, f.frame_number) for f in seen["op_frames"]["frames"]] == [
+        (multi.SOPInstanceUID, n) for n in (1, 2, 3)
+    ]
+
+    # The results reference the exact images (and frames) they score and pass dciodvfy.
     for job in jobs:
         done = node.queue.get(job.id)
         written = sorted(done.result_dir.glob("*.dcm"))
@@ -251,5 +259,18 @@ def test_dx_mg_and_op_series_reach_the_routine_and_complete(node, clock, tmp_pat
                     referenced |= {
                         str(item.ReferencedSOPInstanceUID) for item in series.ReferencedSOPSequence
                     }
-        source = {f.sop_instance_uid for f in seen[job.rule]["frames"]}
+        source = {f.sop_instance_uid for f in seen[job.series_uid]["frames"]}
         assert source <= referenced, job.rule
+        if job.series_uid == multi.SeriesInstanceUID:
+            (report,) = (pydicom.dcmread(p) for p in written if p.name.startswith("sr_"))
+            assert _frame_numbers(report) == {1, 2, 3}
+
+
+def _frame_numbers(dataset: pydicom.Dataset) -> set[int]:
+    """Every ReferencedFrameNumber anywhere in a dataset."""
+    found: set[int] = set()
+    for element in dataset.iterall():
+        if element.keyword == "ReferencedFrameNumber":
+            values = element.value if element.VM > 1 else [element.value]
+            found |= {int(v) for v in values}
+    return found
