@@ -44,7 +44,7 @@ from node.runtime.plugin import (
 from node.runtime.volume import Volume, assemble_volume
 from node.synthetic.chest_ct import make_chest_ct, write_series
 from node.synthetic.projection import SeriesIdentity, cr_image, dx_image, mg_image, op_image
-from tests.support.validators import dciodvfy_errors, dsrdump
+from tests.support.validators import dcentvfy_output, dciodvfy_errors, dsrdump
 
 TEMPLATES = Path(__file__).parent / "data" / "templates"
 CAD = TEMPLATES / "cad_findings.yaml"
@@ -329,6 +329,21 @@ def test_ct_objects_pass_dciodvfy_and_dsrdump(ct_results) -> None:
     sr = pydicom.dcmread(files["sr"][0])
     evidence = sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence
     assert [item.SeriesInstanceUID for item in evidence] == [results.uids.input_key[0]]
+
+
+def test_dcentvfy_finds_no_errors_across_source_and_results(
+    ct_results: tuple[Any, dict[str, list[Path]]], tmp_path: Path
+) -> None:
+    datasets, _ = make_chest_ct(
+        n_slices=12, rows=96, columns=96, pixel_spacing_mm=4.0, slice_thickness_mm=10.0, seed=3
+    )
+    sources = write_series(datasets, tmp_path / "source")
+    _, files = ct_results
+    report = dcentvfy_output([*sources, *(p for paths in files.values() for p in paths)])
+    assert [line for line in report if line.startswith("Error")] == []
+    # dcentvfy puts AccessionNumber in the Series IE of CT but the Study IE of others
+    others = [line for line in report if line.strip() and "AccessionNumber" not in line]
+    assert others == []
 
 
 def test_sr_reads_back_classifications_exactly(ct_results, ct_volume: Volume) -> None:
