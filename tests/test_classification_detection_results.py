@@ -623,6 +623,8 @@ def test_multi_frame_image_references_its_frame(tmp_path: Path, template: Result
     results = build_results(volume, prediction, template, tags={"sr", "gsps", "sc"})
     assert lint_results(volume.datasets, results.datasets) == []
     files = assert_valid(tmp_path, results.tagged())
+    dump = dsrdump(files["sr"][0]).stdout
+    assert dump.count('IMAGE:(,,"Source")=(OPb image,)') == 1  # Image Library: once
     report = read_report(files["sr"][0])
     (group,) = report.get_planar_roi_measurement_groups()
     (source,) = group.roi.ContentSequence
