@@ -15,9 +15,11 @@ from pydicom.dataset import Dataset
 from node.config import RuleSettings
 from node.errors import InputRejected
 from node.routing import HeaderSubject, parse_conditions
+from node.runtime.image_attributes import sop_class_uid
 from node.runtime.plugin import Accepts
 from node.runtime.volume import Volume, assemble_volume
 from node.synthetic.chest_ct import make_chest_ct
+from node.synthetic.chest_xray import CARDIOMEGALY_RATIO, make_chest_xray
 from node.synthetic.projection import (
     SeriesIdentity,
     cr_image,
@@ -294,3 +296,68 @@ def test_ct_checks_are_unchanged():
         "not an coronal series: slices are axial"
     ]
     assert Accepts(sop_classes=("CTImageStorage",)).problems(volume) == []
+
+
+# -- synthetic chest radiographs -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("modality", "photometric"), [("DX", "MONOCHROME2"), ("CR", "MONOCHROME1")]
+)
+def test_chest_radiograph_passes_dciodvfy(modality, photometric, tmp_path):
+    ds, _ = make_chest_xray(128, 112, nodules=1, modality=modality, photometric=photometric)
+    assert ds.Modality == modality and ds.PhotometricInterpretation == photometric
+    assert dciodvfy_errors(_written(ds, tmp_path, modality)) == []
+
+
+def test_chest_radiograph_truth_matches_the_pixels():
+    ds, truth = make_chest_xray(nodules=2, seed=4)
+    pixels = ds.pixel_array.astype(float)
+    lungs = truth.left_lung | truth.right_lung
+    assert truth.has_nodule and len(truth.nodules) == 2
+    lung_level = np.median(pixels[lungs])
+    assert np.median(pixels[truth.heart]) > lung_level + 800
+    for nodule in truth.nodules:
+        x, y = nodule.center
+        assert lungs[int(y), int(x)]
+        assert pixels[int(y), int(x)] > lung_level + 500
+        x0, y0, x1, y1 = nodule.box
+        assert (x1 - x0, y1 - y0) == pytest.approx((2 * nodule.radius_px,) * 2)
+    # The patient's right lung is on the image left in a PA view.
+    assert np.argwhere(truth.right_lung)[:, 1].mean() < np.argwhere(truth.left_lung)[:, 1].mean()
+
+
+def test_cardiomegaly_shows_in_the_cardiothoracic_ratio():
+    normal = [make_chest_xray(seed=s)[1] for s in range(3)]
+    enlarged = [make_chest_xray(seed=s, cardiomegaly=True)[1] for s in range(3)]
+    assert all(0.3 < t.cardiothoracic_ratio < CARDIOMEGALY_RATIO for t in normal)
+    assert all(CARDIOMEGALY_RATIO < t.cardiothoracic_ratio < 0.7 for t in enlarged)
+    assert not any(t.cardiomegaly for t in normal) and all(t.cardiomegaly for t in enlarged)
+
+
+def test_chest_radiograph_is_deterministic_and_monochrome1_reads_back_the_same():
+    a, _ = make_chest_xray(seed=5, nodules=1)
+    b, _ = make_chest_xray(seed=5, nodules=1)
+    assert a.SOPInstanceUID == b.SOPInstanceUID and a.PixelData == b.PixelData
+    inverted, _ = make_chest_xray(seed=5, nodules=1, photometric="MONOCHROME1")
+    assert np.array_equal(assemble_volume([inverted]).array, assemble_volume([a]).array)
+
+
+@pytest.mark.parametrize(
+    ("name", "uid"),
+    [
+        ("OphthalmicPhotography8BitImageStorage", "1.2.840.10008.5.1.4.1.1.77.1.5.1"),
+        ("1.2.840.10008.5.1.4.1.1.1.1", "1.2.840.10008.5.1.4.1.1.1.1"),
+        ("1.2.826.0.1.3680043.9.9999.1", "1.2.826.0.1.3680043.9.9999.1"),  # private SOP class
+    ],
+)
+def test_sop_classes_are_named_by_keyword_or_uid(name, uid):
+    assert sop_class_uid(name) == uid
+
+
+@pytest.mark.parametrize(
+    "name", ["Mammogram", "ExplicitVRLittleEndian", "1.2.840.10008.1.2.1", "1..2", "01.2", ""]
+)
+def test_what_is_not_a_sop_class_is_refused(name):
+    with pytest.raises(ValueError, match="neither a SOP class keyword nor a UID"):
+        sop_class_uid(name)

@@ -185,3 +185,19 @@ def test_cross_sectional_series_are_unchanged():
     assert volume.frame_numbers == ()
     assert all(f.frame_number is None for f in volume.frames)
     assert volume.samples_per_pixel == 1
+
+
+def test_frame_order_does_not_depend_on_arrival_when_instance_numbers_tie():
+    images = [
+        dx_image(GRAY, imager_pixel_spacing_mm=0.2, sop_instance_uid=f"2.25.{n}") for n in (9, 3, 5)
+    ]
+    forward = assemble_volume(images).sop_instance_uids
+    assert (
+        forward
+        == assemble_volume(images[::-1]).sop_instance_uids
+        == (
+            "2.25.3",
+            "2.25.5",
+            "2.25.9",
+        )
+    )

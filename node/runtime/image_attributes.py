@@ -6,9 +6,12 @@ Plain functions on pydicom datasets, shared by the volume assembly, the plugin
 
 from __future__ import annotations
 
-from pydicom._uid_dict import UID_dictionary
+import re
+
+import pydicom.uid
 from pydicom.dataset import Dataset
 from pydicom.uid import (
+    UID,
     ComputedRadiographyImageStorage,
     DigitalIntraOralXRayImageStorageForPresentation,
     DigitalIntraOralXRayImageStorageForProcessing,
@@ -56,11 +59,6 @@ IMAGE_SOP_CLASSES: frozenset[str] = frozenset(
     }
 )
 
-#: SOP class keyword (``DigitalMammographyXRayImageStorageForPresentation``) -> UID.
-SOP_CLASS_KEYWORDS: dict[str, str] = {
-    entry[4]: uid for uid, entry in UID_dictionary.items() if entry[1] == "SOP Class" and entry[4]
-}
-
 #: Coded views (SNOMED CT, and the SNOMED-RT codes older modalities send) -> ViewPosition.
 VIEW_CODES: dict[str, str] = {
     "399162004": "CC",
@@ -86,6 +84,9 @@ VIEW_CODES: dict[str, str] = {
 }
 
 
+_UID_PATTERN = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
+
+
 def sop_class_uid(name: str) -> str:
     """A SOP class UID from its keyword or its UID; ``ValueError`` for anything else.
 
@@ -93,20 +94,19 @@ def sop_class_uid(name: str) -> str:
     '1.2.840.10008.5.1.4.1.1.1.2'
     """
     text = name.strip()
-    if text in SOP_CLASS_KEYWORDS:
-        return SOP_CLASS_KEYWORDS[text]
-    entry = UID_dictionary.get(text)
-    if entry is not None and entry[1] == "SOP Class":
-        return text
-    if text and all(part.isdigit() for part in text.split(".")) and len(text) <= 64:
-        return text  # a well-formed UID pydicom does not know (private or newer SOP class)
+    named = getattr(pydicom.uid, text, None) if text.isidentifier() else None
+    if isinstance(named, UID) and named.type == "SOP Class":
+        return str(named)
+    if _UID_PATTERN.match(text) and len(text) <= 64:
+        uid = UID(text)
+        if uid.type == "SOP Class" or not uid.keyword:
+            return text  # a known SOP class UID, or one pydicom does not know (private, newer)
     raise ValueError(f"{name!r} is neither a SOP class keyword nor a UID")
 
 
 def sop_class_name(uid: str) -> str:
     """The keyword of a SOP class UID, or the UID itself when unknown."""
-    entry = UID_dictionary.get(uid)
-    return entry[4] if entry is not None and entry[4] else uid
+    return UID(uid).keyword or uid
 
 
 def is_image_sop_class(uid: str) -> bool:

@@ -3,7 +3,7 @@
 Projection radiographs (DX, CR, MG), photographs (OP, VL) and captures have no
 ImagePositionPatient: their images are independent views, not slices of one
 grid. Each single-frame instance becomes one frame and each frame of a
-multi-frame instance one frame, in InstanceNumber order, so
+multi-frame instance one frame, in InstanceNumber order (then SOP Instance UID), so
 ``volume.array[k]``, ``volume.datasets[k]`` and ``volume.frames[k]`` (instance
 and frame number to reference in results) describe the same image.
 
@@ -51,12 +51,13 @@ def is_image_series(datasets: list[Dataset]) -> bool:
     return flags == {True}
 
 
-def _order(ds: Dataset) -> int:
-    number = ds.get("InstanceNumber")
+def _order(ds: Dataset) -> tuple[int, str]:
+    """InstanceNumber, then the SOP Instance UID: the same order whatever the arrival order."""
     try:
-        return int(number)
+        number = int(ds.get("InstanceNumber"))
     except (TypeError, ValueError):
-        return 2**31
+        number = 2**31
+    return number, str(ds.get("SOPInstanceUID", ""))
 
 
 def _frames(ds: Dataset) -> tuple[np.ndarray, bool]:

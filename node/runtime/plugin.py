@@ -250,7 +250,8 @@ class Prediction:
     Attributes
     ----------
     label_map
-        Integer array shaped like ``volume.array``; 0 is background, other
+        Integer array shaped like ``volume.shape`` (``volume.array`` without the
+        colour axis of RGB images); 0 is background, other
         values are the template's label values. None when the routine does not
         segment.
     measurements
