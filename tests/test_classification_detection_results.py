@@ -631,6 +631,7 @@ def test_multi_frame_image_references_its_frame(tmp_path: Path, template: Result
     assert source.ReferencedSOPSequence[0].ReferencedFrameNumber == 3
     (image_group,) = report.get_image_measurement_groups()
     assert image_group.source_images[0].referenced_frame_numbers == [2]
+    assert image_group.tracking_identifier == "image_abnormal image 1 frame 2"
     state = pydicom.dcmread(files["gsps"][0])
     annotated = {
         (a.GraphicLayer, int(a.ReferencedImageSequence[0].ReferencedFrameNumber))
