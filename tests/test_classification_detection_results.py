@@ -44,7 +44,7 @@ from node.runtime.plugin import (
 from node.runtime.volume import Volume, assemble_volume
 from node.synthetic.chest_ct import make_chest_ct, write_series
 from node.synthetic.projection import SeriesIdentity, cr_image, dx_image, mg_image, op_image
-from tests.support.validators import dciodvfy_errors, dsrdump
+from tests.support.validators import dcentvfy_output, dciodvfy_errors, dsrdump
 
 TEMPLATES = Path(__file__).parent / "data" / "templates"
 CAD = TEMPLATES / "cad_findings.yaml"
@@ -331,6 +331,21 @@ def test_ct_objects_pass_dciodvfy_and_dsrdump(ct_results) -> None:
     assert [item.SeriesInstanceUID for item in evidence] == [results.uids.input_key[0]]
 
 
+def test_dcentvfy_finds_no_errors_across_source_and_results(
+    ct_results: tuple[Any, dict[str, list[Path]]], tmp_path: Path
+) -> None:
+    datasets, _ = make_chest_ct(
+        n_slices=12, rows=96, columns=96, pixel_spacing_mm=4.0, slice_thickness_mm=10.0, seed=3
+    )
+    sources = write_series(datasets, tmp_path / "source")
+    _, files = ct_results
+    report = dcentvfy_output([*sources, *(p for paths in files.values() for p in paths)])
+    assert [line for line in report if line.startswith("Error")] == []
+    # dcentvfy puts AccessionNumber in the Series IE of CT but the Study IE of others
+    others = [line for line in report if line.strip() and "AccessionNumber" not in line]
+    assert others == []
+
+
 def test_sr_reads_back_classifications_exactly(ct_results, ct_volume: Volume) -> None:
     _, files = ct_results
     report = read_report(files["sr"][0])
@@ -608,12 +623,15 @@ def test_multi_frame_image_references_its_frame(tmp_path: Path, template: Result
     results = build_results(volume, prediction, template, tags={"sr", "gsps", "sc"})
     assert lint_results(volume.datasets, results.datasets) == []
     files = assert_valid(tmp_path, results.tagged())
+    dump = dsrdump(files["sr"][0]).stdout
+    assert dump.count('IMAGE:(,,"Source")=(OPb image,)') == 1  # Image Library: once
     report = read_report(files["sr"][0])
     (group,) = report.get_planar_roi_measurement_groups()
     (source,) = group.roi.ContentSequence
     assert source.ReferencedSOPSequence[0].ReferencedFrameNumber == 3
     (image_group,) = report.get_image_measurement_groups()
     assert image_group.source_images[0].referenced_frame_numbers == [2]
+    assert image_group.tracking_identifier == "image_abnormal image 1 frame 2"
     state = pydicom.dcmread(files["gsps"][0])
     annotated = {
         (a.GraphicLayer, int(a.ReferencedImageSequence[0].ReferencedFrameNumber))

@@ -203,6 +203,9 @@ class ImageFindings:
             if given.frame is not None:
                 number = self.volume.datasets[given.frame].get("InstanceNumber", given.frame + 1)
                 tracking_id = f"{spec.key} image {number}"
+                frame_number = self.volume.frame_number(given.frame)
+                if frame_number is not None:
+                    tracking_id += f" frame {frame_number}"
             results.append(
                 ClassificationResult(
                     spec=spec,

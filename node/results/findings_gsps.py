@@ -131,13 +131,18 @@ def finding_graphics(
                 text = text[:MAX_LABEL_CHARS]
                 width = min(float(columns) - 1.0, len(text) * line * 0.6)
                 top = 1.0 + number * line
+                if top + line > rows:  # no room left on a small image: the SR has them all
+                    log.warning("classification texts cut frame=%d shown=%d", frame, number)
+                    break
                 texts.append(
                     hd.pr.TextObject(
                         text_value=text,
                         units=hd.pr.AnnotationUnitsValues.PIXEL,
-                        bounding_box=(1.0, top, 1.0 + width, min(top + line, float(rows))),
+                        bounding_box=(1.0, top, 1.0 + width, top + line),
                     )
                 )
+            if not texts:
+                continue
             annotations.append(
                 hd.pr.GraphicAnnotation(
                     graphic_layer=text_layer,

@@ -28,11 +28,10 @@ from node.results.provenance import copy_body_part, processing_equipment
 from node.results.sc import (
     NOT_FOR_DIAGNOSIS,
     NOT_FOR_DIAGNOSTIC_USE_COMMENT,
-    _window,
+    display_window,
     patient_orientation,
     render_slice,
 )
-from node.runtime.volume import Volume
 
 log = logging.getLogger(__name__)
 
@@ -48,18 +47,6 @@ def grey_rgb(values: np.ndarray, window: tuple[float, float], monochrome1: bool)
     if monochrome1:
         grey = 255.0 - grey
     return np.repeat(np.rint(grey).astype(np.uint8)[..., None], 3, axis=-1)
-
-
-def display_window(volume: Volume) -> tuple[float, float]:
-    """(lower, upper) display limits: the source's window, else the 1st-99th percentile.
-
-    The source's window is in stored values; after the volume inverted MONOCHROME1
-    values it no longer applies, so percentiles are used.
-    """
-    if volume.inverted or volume.samples_per_pixel != 1:
-        lower, upper = np.percentile(volume.array, [1.0, 99.0])
-        return float(lower), float(max(upper, lower + 1.0))
-    return _window(volume.array, volume.datasets[0])
 
 
 def _text(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, fill: tuple) -> None:

@@ -294,8 +294,10 @@ def build_sr(
         referenced_images=None,
     )
     algorithm = template.algorithm
+    # Each instance once: a multi-frame image is listed once per frame in a volume.
+    images = list({str(d.SOPInstanceUID): d for d in volume.datasets}.values())
     sr = MeasurementReportSR(
-        evidence=[*volume.datasets, *([seg] if seg is not None else [])],
+        evidence=[*images, *([seg] if seg is not None else [])],
         content=report,
         series_instance_uid=series_instance_uid,
         series_number=series_number,
@@ -308,7 +310,7 @@ def build_sr(
         series_description=series_description,
         contributing_equipment=[processing_equipment(template)],
     )
-    sr.add_image_library(image_library(volume.datasets))
+    sr.add_image_library(image_library(images))
     sr.ManufacturerModelName = algorithm.name
     sr.SoftwareVersions = algorithm.version
     sr.DeviceUID = algorithm.device_uid
