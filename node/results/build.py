@@ -30,11 +30,12 @@ from node.results.kinds import (
     tag_kind,
 )
 from node.results.ko import build_ko
+from node.results.registration import build_registration
 from node.results.sc import NOT_FOR_DIAGNOSIS, build_sc_series
 from node.results.seg import build_seg
 from node.results.sr import SOPReference, build_sr
 from node.results.template import ResultTemplate
-from node.results.uids import ResultUIDs
+from node.results.uids import ResultUIDs, derive_uid, instance_set_hash
 from node.runtime.plugin import Prediction
 from node.runtime.volume import Volume
 
@@ -49,6 +50,7 @@ SERIES_NUMBERS: dict[ResultKind, int] = {
     ResultKind.GSPS: 9005,
     ResultKind.SC: 9006,
     ResultKind.KO: 9007,
+    ResultKind.REG: 9010,
 }
 #: Series Number of every AI SEG series.
 SEG_SERIES_NUMBER = SERIES_NUMBERS[ResultKind.SEG]
@@ -64,6 +66,7 @@ KIND_LABELS: dict[ResultKind, str] = {
     ResultKind.GSPS: "GSPS",
     ResultKind.SC: f"SC {NOT_FOR_DIAGNOSIS}",
     ResultKind.KO: "KO",
+    ResultKind.REG: "REG",
 }
 _SEG_TYPES = {
     ResultKind.SEG: "BINARY",
@@ -132,6 +135,34 @@ def _copy_patient_and_study(dataset: Dataset, source: Dataset) -> None:
         dataset.copy_patient_and_study_information(source)
 
 
+def _build_reg(
+    volume: Volume,
+    prediction: Prediction,
+    template: ResultTemplate,
+    uids: ResultUIDs,
+    revision: int,
+) -> Dataset:
+    """The Spatial Registration of ``prediction.registration``.
+
+    Its UIDs also depend on the prior's instances: another prior gives another object.
+    """
+    registration = prediction.registration
+    if registration is None:
+        raise ValueError(
+            f"result kind 'reg' needs a registration; {template.name}'s prediction has none"
+        )
+    prior = instance_set_hash(uid for _, uid in registration.source_instances)
+    return build_registration(
+        volume,
+        registration,
+        template,
+        series_instance_uid=derive_uid(*uids.input_key, "reg-series", prior),
+        sop_instance_uid=derive_uid(*uids.input_key, "reg-instance", prior),
+        series_number=SERIES_NUMBERS[ResultKind.REG],
+        series_description=series_description(template, KIND_LABELS[ResultKind.REG], revision),
+    )
+
+
 def _ordered(tags: Iterable[str]) -> list[str]:
     return sorted(set(tags), key=lambda tag: (BUILD_ORDER.index(tag_kind(tag)), tag))
 
@@ -191,6 +222,22 @@ def build_results(
             SOPReference.from_dataset(reference) if isinstance(reference, Dataset) else reference
         )
     uids = ResultUIDs.for_volume(volume, template)
+    if wanted and all(tag_kind(tag) is ResultKind.REG for tag in wanted):
+        # A registration alone: nothing to analyse (no label map).
+        started = time.perf_counter()
+        reg = _build_reg(volume, prediction, template, uids, revision)
+        log.info(
+            "results built template=%s source_series_uid=%s tags=reg objects=1 revision=%d",
+            template.name,
+            volume.series_instance_uid,
+            revision,
+        )
+        return ResultSet(
+            objects={ResultKind.REG.value: [reg]},
+            uids=uids,
+            revision=revision,
+            seconds={ResultKind.REG.value: time.perf_counter() - started},
+        )
     analysis = Analysis(volume, prediction, template)
     tracking_uids = {s.label_value: uids.tracking_uid(s.label_value) for s in template.segments}
     objects: dict[str, list[Dataset]] = {}
@@ -263,6 +310,8 @@ def build_results(
                     **identity,  # type: ignore[arg-type]
                 )
             )
+        elif kind is ResultKind.REG:
+            objects[tag] = [_build_reg(volume, prediction, template, uids, revision)]
         elif kind is ResultKind.KO:
             listed = [d for t in tag.partition(".")[2].split("+") for d in objects[t]]
             objects[tag] = [

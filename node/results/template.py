@@ -301,7 +301,7 @@ class TemplateDocument(_Strict):
     algorithm: AlgorithmSpec
     output: OutputSpec
     procedure_reported: CodeSpec | None = None
-    segments: Annotated[list[SegmentSpec], Field(min_length=1)]
+    segments: list[SegmentSpec] = Field(default_factory=list)
     measurements: list[MeasurementSpec] = Field(default_factory=list)
     findings: list[FindingSpec] = Field(default_factory=list)
 
