@@ -147,10 +147,7 @@ def _build_reg(
     Its UIDs also depend on the prior's instances: another prior gives another object.
     """
     registration = prediction.registration
-    if registration is None:
-        raise ValueError(
-            f"result kind 'reg' needs a registration; {template.name}'s prediction has none"
-        )
+    assert registration is not None  # build_results drops 'reg' without one
     prior = instance_set_hash(uid for _, uid in registration.source_instances)
     return build_registration(
         volume,
@@ -213,6 +210,10 @@ def build_results(
     if revision < 1:
         raise ValueError(f"revision must be at least 1, got {revision}")
     wanted = _ordered(required_tags(profile_tags(DEFAULT_PROFILE) if tags is None else tags))
+    if prediction.registration is None and ResultKind.REG.value in wanted:
+        # Only a routine that registers a prior gives a Spatial Registration.
+        log.info("result kind reg skipped: the prediction has no registration")
+        wanted.remove(ResultKind.REG.value)
     previous: dict[str, SOPReference] = {}
     for tag, reference in {
         **(predecessors or {}),
@@ -313,7 +314,7 @@ def build_results(
         elif kind is ResultKind.REG:
             objects[tag] = [_build_reg(volume, prediction, template, uids, revision)]
         elif kind is ResultKind.KO:
-            listed = [d for t in tag.partition(".")[2].split("+") for d in objects[t]]
+            listed = [d for t in tag.partition(".")[2].split("+") for d in objects.get(t, [])]
             objects[tag] = [
                 build_ko(
                     template,

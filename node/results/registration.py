@@ -32,7 +32,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
 
-from node.results.provenance import processing_equipment
+from node.results.provenance import copy_body_part, processing_equipment
 from node.results.template import ResultTemplate
 from node.runtime.plugin import Registration
 from node.runtime.volume import Volume
@@ -214,6 +214,7 @@ def build_registration(
     ds.SeriesDescription = series_description
     ds.SeriesDate = created.strftime("%Y%m%d")
     ds.SeriesTime = created.strftime("%H%M%S")
+    copy_body_part(ds, source)
     # Frame of Reference: the registered (current) coordinate system.
     ds.FrameOfReferenceUID = current_frame
     ds.PositionReferenceIndicator = source.get("PositionReferenceIndicator", "")
@@ -221,15 +222,11 @@ def build_registration(
     ds.Manufacturer = algorithm.manufacturer
     ds.ManufacturerModelName = algorithm.name
     ds.SoftwareVersions = algorithm.version
-    ds.DeviceUID = algorithm.device_uid
     ds.ContributingEquipmentSequence = DicomSequence([processing_equipment(template)])
     # Spatial Registration (Content Identification macro, content date/time, registrations)
     ds.InstanceNumber = 1
     ds.ContentLabel = template.output.content_label
-    ds.ContentDescription = (
-        f"Rigid registration of prior series to the current series by "
-        f"{algorithm.name} {algorithm.version}"
-    )[:64]
+    ds.ContentDescription = "Rigid registration of the prior series to the current series"
     ds.ContentCreatorName = ""
     ds.ContentDate = created.strftime("%Y%m%d")
     ds.ContentTime = created.strftime("%H%M%S")

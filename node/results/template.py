@@ -466,6 +466,9 @@ def _semantic_problems(document: TemplateDocument) -> list[tuple[str, str]]:
         _check_concept(document.procedure_reported, "procedure_reported", problems)
 
     segments = document.segments
+    if not segments and (document.measurements or document.findings):
+        # A template without segments (e.g. a registration's) measures nothing.
+        problems.append(("segments", "at least 1 item is needed for measurements and findings"))
     problems += _duplicates([s.label_value for s in segments], "segments", "label_value")
     problems += _duplicates([s.label for s in segments], "segments", "label")
     problems += _duplicates([s.tracking_id for s in segments], "segments", "tracking_id")

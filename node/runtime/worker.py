@@ -260,7 +260,7 @@ class InferenceWorker(PollingThread):
             return frozenset(tags - {reg})
         if prediction.label_map is not None:
             return frozenset(tags | {reg})
-        if reg not in tags:
+        if reg not in tags and job.destinations:
             self._queue.add_event(
                 job.id,
                 self._clock(),
