@@ -9,6 +9,7 @@ error at anatomical landmarks and at the corners of a box around the chest).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import time
@@ -25,21 +26,22 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from node.devtools.node_process import NodeProcess
 from node.devtools.orthanc import OrthancServer
-from node.errors import InputRejected
+from node.errors import InputRejected, JobTimeout
 from node.jobs.queue import JobQueue
 from node.results import build_results, load_template_by_name
 from node.results.kinds import file_tag, profile_tags
 from node.results.registration import SPATIAL_REGISTRATION_STORAGE, registration_matrices
-from node.runtime.plugin import Prediction, Registration
+from node.runtime.plugin import Prediction, Registration, RunContext
 from node.runtime.priors import NoPrior, find_prior
 from node.runtime.registry import PluginRegistry
-from node.runtime.volume import assemble_volume
+from node.runtime.volume import Volume, assemble_volume
 from node.runtime.worker import InferenceWorker
 from node.state.db import Database
 from node.state.series import InstanceRecord, SeriesStore
 from node.synthetic.chest_ct import make_chest_ct, write_series
 from node.synthetic.prior_ct import PriorTruth, make_prior_ct, rigid_matrix
 from plugins.rigid_registration import RigidRegistrationPlugin
+from plugins.rigid_registration.rigid import register_rigid
 from tests.support.net import free_port
 from tests.support.validators import dciodvfy_errors
 
@@ -359,6 +361,39 @@ def test_job_without_a_prior_fails_saying_so(tmp_path: Path) -> None:
     assert job is not None and job.state == "failed"
     assert job.error is not None and "NoPrior: no prior CT of this patient" in job.error
     database.close()
+
+
+def small_volumes() -> tuple[Volume, Volume]:
+    """A coarse current CT and a prior of the same patient (fast to register)."""
+    current, _ = make_chest_ct(n_slices=30, rows=80, columns=80, pixel_spacing_mm=4.8, seed=SEED)
+    prior, _ = make_prior_ct(seed=SEED, n_slices=30, rows=64, columns=64, pixel_spacing_mm=5.0)
+    return assemble_volume(current), assemble_volume(prior)
+
+
+def test_deadline_stops_the_registration() -> None:
+    current, prior = small_volumes()
+    calls = []
+
+    def expire_on_third_call() -> None:
+        calls.append(1)
+        if len(calls) >= 3:
+            raise JobTimeout("job 7 ran past its time limit")
+
+    with pytest.raises(JobTimeout, match="job 7"):
+        register_rigid(current, prior, threads=1, raise_if_expired=expire_on_third_call)
+    assert len(calls) == 3
+
+
+def test_a_prior_that_does_not_match_is_refused() -> None:
+    current, prior = small_volumes()
+    noise = np.random.default_rng(0).uniform(-1000, 1000, prior.shape).astype(np.float32)
+    unrelated = dataclasses.replace(prior, array=noise)
+    plugin = RigidRegistrationPlugin()
+    context = RunContext(1, "follow-up", torch.device("cpu"), prior=unrelated)
+    with pytest.raises(InputRejected, match=r"registration refused: correlation -?0\.\d\d"):
+        plugin.run(current, context)
+    with pytest.raises(InputRejected, match="needs a prior"):
+        plugin.run(current, RunContext(1, "follow-up", torch.device("cpu")))
 
 
 # -- end to end into Orthanc --------------------------------------------------------------

@@ -173,9 +173,15 @@ class InferenceWorker(PollingThread):
         check_input(plugin, volume)
         prior = None
         if plugin.needs_prior:
+            looked_up = time.perf_counter()
             found = find_prior(self._series, volume)
             prior = load_volume(found.paths)
-            self._queue.add_event(job.id, self._clock(), "prior_found", found.describe())
+            self._queue.add_event(
+                job.id,
+                self._clock(),
+                "prior_found",
+                f"{found.describe()} seconds={time.perf_counter() - looked_up:.3f}",
+            )
         context = RunContext(
             job.id, job.rule, self.device, deadline=deadline, clock=self._monotonic, prior=prior
         )

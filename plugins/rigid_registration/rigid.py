@@ -174,10 +174,14 @@ def _search_z(
             [float(start[0]), float(start[1]), float(start[2] + k * Z_SEARCH_STEP_MM)]
         )
         method.SetInitialTransform(candidate)
-        value = method.MetricEvaluate(coarse_fixed, coarse_moving)
+        try:
+            value = method.MetricEvaluate(coarse_fixed, coarse_moving)
+        except RuntimeError:  # ITK: too few samples overlap the prior at this offset
+            continue
         if best is None or value < best[0]:
             best = (value, k * Z_SEARCH_STEP_MM)
-    assert best is not None
+    if best is None:
+        raise RegistrationFailed("the series do not overlap at any craniocaudal offset")
     found = sitk.VersorRigid3DTransform(initial)
     found.SetTranslation([float(start[0]), float(start[1]), float(start[2] + best[1])])
     log.debug("z search offset_mm=%.1f mi=%.4f", best[1], best[0])
@@ -200,7 +204,8 @@ def register_rigid(
     threads
         ITK threads (default: ITK's own choice).
     raise_if_expired
-        Called between resolution levels (a job's deadline check).
+        Called at every optimiser iteration (a job's deadline check); what it raises
+        stops the registration and is raised again.
 
     Raises
     ------
@@ -230,11 +235,29 @@ def register_rigid(
     method.SetSmoothingSigmasPerLevel(list(SMOOTHING_SIGMAS_MM))
     method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
     method.SetInitialTransform(initial, inPlace=False)
-    method.AddCommand(sitk.sitkMultiResolutionIterationEvent, raise_if_expired)
+    # An exception inside an ITK callback reaches Python as a bare RuntimeError: keep
+    # the job's own (its timeout) and stop the optimiser instead.
+    stopped: list[Exception] = []
+
+    def check_deadline() -> None:
+        if stopped:  # each resolution level starts again after a stop
+            method.StopRegistration()
+            return
+        try:
+            raise_if_expired()
+        except Exception as exc:
+            stopped.append(exc)
+            method.StopRegistration()
+
+    method.AddCommand(sitk.sitkIterationEvent, check_deadline)
     try:
         found = method.Execute(fixed_image, moving_image)
     except RuntimeError as exc:
+        if stopped:
+            raise stopped[0] from exc
         raise RegistrationFailed(f"the optimiser failed: {exc}") from exc
+    if stopped:
+        raise stopped[0]
     raise_if_expired()
     if isinstance(found, sitk.CompositeTransform):
         found = found.GetNthTransform(0)
