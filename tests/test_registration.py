@@ -43,7 +43,7 @@ from node.synthetic.prior_ct import PriorTruth, make_prior_ct, rigid_matrix
 from plugins.rigid_registration import RigidRegistrationPlugin
 from plugins.rigid_registration.rigid import register_rigid
 from tests.support.net import free_port
-from tests.support.validators import dciodvfy_errors
+from tests.support.validators import dcentvfy_output, dciodvfy_errors
 
 SEED = 21
 #: The current CT: 100 slices of 3 mm, 160 x 160 pixels of 2.4 mm (384 mm field of view).
@@ -320,6 +320,15 @@ def test_reg_object_is_valid_and_references_both_studies(registration_run: Regis
     assert other.StudyInstanceUID == prior[0].StudyInstanceUID
     assert other.ReferencedSeriesSequence[0].SeriesInstanceUID == prior[0].SeriesInstanceUID
     assert len(other.ReferencedSeriesSequence[0].ReferencedInstanceSequence) == len(prior)
+
+
+def test_reg_and_current_series_agree_on_patient_and_study(
+    registration_run: RegistrationRun, tmp_path: Path
+) -> None:
+    sources = write_series(registration_run.current[:3], tmp_path / "current")
+    report = dcentvfy_output([*sources, registration_run.reg_path])
+    errors = [line for line in report if line.startswith("Error")]
+    assert errors == [], errors[:5]
 
 
 def test_reg_uids_depend_on_current_and_prior(registration_run: RegistrationRun) -> None:

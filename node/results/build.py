@@ -223,21 +223,23 @@ def build_results(
             SOPReference.from_dataset(reference) if isinstance(reference, Dataset) else reference
         )
     uids = ResultUIDs.for_volume(volume, template)
-    if wanted and all(tag_kind(tag) is ResultKind.REG for tag in wanted):
-        # A registration alone: nothing to analyse (no label map).
+    if all(tag_kind(tag) is ResultKind.REG for tag in wanted):
+        # A registration alone (or nothing left to build): no label map to analyse.
         started = time.perf_counter()
-        reg = _build_reg(volume, prediction, template, uids, revision)
+        only = {tag: [_build_reg(volume, prediction, template, uids, revision)] for tag in wanted}
         log.info(
-            "results built template=%s source_series_uid=%s tags=reg objects=1 revision=%d",
+            "results built template=%s source_series_uid=%s tags=%s objects=%d revision=%d",
             template.name,
             volume.series_instance_uid,
+            ",".join(only),
+            len(only),
             revision,
         )
         return ResultSet(
-            objects={ResultKind.REG.value: [reg]},
+            objects=only,
             uids=uids,
             revision=revision,
-            seconds={ResultKind.REG.value: time.perf_counter() - started},
+            seconds={tag: time.perf_counter() - started for tag in only},
         )
     analysis = Analysis(volume, prediction, template)
     tracking_uids = {s.label_value: uids.tracking_uid(s.label_value) for s in template.segments}
