@@ -325,7 +325,8 @@ def test_reg_object_is_valid_and_references_both_studies(registration_run: Regis
 def test_reg_and_current_series_agree_on_patient_and_study(
     registration_run: RegistrationRun, tmp_path: Path
 ) -> None:
-    sources = write_series(registration_run.current[:3], tmp_path / "current")
+    sources = write_series(registration_run.current, tmp_path / "current")
+    sources += write_series(registration_run.prior, tmp_path / "prior")
     report = dcentvfy_output([*sources, registration_run.reg_path])
     errors = [line for line in report if line.startswith("Error")]
     assert errors == [], errors[:5]
