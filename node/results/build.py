@@ -36,11 +36,12 @@ from node.results.kinds import (
     tag_kind,
 )
 from node.results.ko import build_ko
+from node.results.registration import build_registration
 from node.results.sc import NOT_FOR_DIAGNOSIS, build_sc_series
 from node.results.seg import build_seg
 from node.results.sr import SOPReference, build_sr
 from node.results.template import ResultTemplate
-from node.results.uids import ResultUIDs
+from node.results.uids import ResultUIDs, derive_uid, instance_set_hash
 from node.runtime.plugin import Prediction
 from node.runtime.volume import Volume
 
@@ -55,6 +56,7 @@ SERIES_NUMBERS: dict[ResultKind, int] = {
     ResultKind.GSPS: 9005,
     ResultKind.SC: 9006,
     ResultKind.KO: 9007,
+    ResultKind.REG: 9010,
 }
 #: Series Number of every AI SEG series.
 SEG_SERIES_NUMBER = SERIES_NUMBERS[ResultKind.SEG]
@@ -70,6 +72,7 @@ KIND_LABELS: dict[ResultKind, str] = {
     ResultKind.GSPS: "GSPS",
     ResultKind.SC: f"SC {NOT_FOR_DIAGNOSIS}",
     ResultKind.KO: "KO",
+    ResultKind.REG: "REG",
 }
 _SEG_TYPES = {
     ResultKind.SEG: "BINARY",
@@ -136,6 +139,31 @@ def _copy_patient_and_study(dataset: Dataset, source: Dataset) -> None:
     """
     if isinstance(dataset, hd.SOPClass):
         dataset.copy_patient_and_study_information(source)
+
+
+def _build_reg(
+    volume: Volume,
+    prediction: Prediction,
+    template: ResultTemplate,
+    uids: ResultUIDs,
+    revision: int,
+) -> Dataset:
+    """The Spatial Registration of ``prediction.registration``.
+
+    Its UIDs also depend on the prior's instances: another prior gives another object.
+    """
+    registration = prediction.registration
+    assert registration is not None  # build_results drops 'reg' without one
+    prior = instance_set_hash(uid for _, uid in registration.source_instances)
+    return build_registration(
+        volume,
+        registration,
+        template,
+        series_instance_uid=derive_uid(*uids.input_key, "reg-series", prior),
+        sop_instance_uid=derive_uid(*uids.input_key, "reg-instance", prior),
+        series_number=SERIES_NUMBERS[ResultKind.REG],
+        series_description=series_description(template, KIND_LABELS[ResultKind.REG], revision),
+    )
 
 
 def _ordered(tags: Iterable[str]) -> list[str]:
@@ -214,6 +242,10 @@ def build_results(
     wanted = _ordered(required_tags(tags))
     if not segmented:
         wanted = [tag for tag in wanted if tag_kind(tag) not in SEG_KINDS]
+    if prediction.registration is None and ResultKind.REG.value in wanted:
+        # Only a routine that registers a prior gives a Spatial Registration.
+        log.info("result kind reg skipped: the prediction has no registration")
+        wanted.remove(ResultKind.REG.value)
     previous: dict[str, SOPReference] = {}
     for tag, reference in {
         **(predecessors or {}),
@@ -223,6 +255,24 @@ def build_results(
             SOPReference.from_dataset(reference) if isinstance(reference, Dataset) else reference
         )
     uids = ResultUIDs.for_volume(volume, template)
+    if all(tag_kind(tag) is ResultKind.REG for tag in wanted):
+        # A registration alone (or nothing left to build): no label map to analyse.
+        started = time.perf_counter()
+        only = {tag: [_build_reg(volume, prediction, template, uids, revision)] for tag in wanted}
+        log.info(
+            "results built template=%s source_series_uid=%s tags=%s objects=%d revision=%d",
+            template.name,
+            volume.series_instance_uid,
+            ",".join(only),
+            len(only),
+            revision,
+        )
+        return ResultSet(
+            objects=only,
+            uids=uids,
+            revision=revision,
+            seconds={tag: time.perf_counter() - started for tag in only},
+        )
     analysis = Analysis(volume, prediction, template) if segmented else None
     findings = ImageFindings(volume, prediction, template, uids)
     tracking_uids = {s.label_value: uids.tracking_uid(s.label_value) for s in template.segments}
@@ -323,6 +373,8 @@ def build_results(
                     **identity,  # type: ignore[arg-type]
                 )
             )
+        elif kind is ResultKind.REG:
+            objects[tag] = [_build_reg(volume, prediction, template, uids, revision)]
         elif kind is ResultKind.KO:
             listed = [d for t in tag.partition(".")[2].split("+") for d in objects.get(t, [])]
             if not listed:

@@ -15,6 +15,8 @@ object's content depends on the rest of the profile:
   Segment Numbers for Label Map Segmentation Storage.
 * ``ko`` lists the profile's other objects: ``ko.gsps+sc`` lists the GSPS and the SC
   images. Each variant has its own deterministic UIDs.
+* ``reg`` is built only from a prediction with a registration (a routine that
+  declares ``needs_prior``); such a job builds nothing that needs a label map.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class ResultKind(StrEnum):
     GSPS = "gsps"  #: Grayscale Softcopy Presentation State with outlines and labels
     SC = "sc"  #: Secondary Capture copies of the source slices with the overlay burned in
     KO = "ko"  #: Key Object Selection listing the other objects of the profile
+    REG = "reg"  #: Spatial Registration of a prior series (routines that declare needs_prior)
 
 
 #: What a destination gets when its configuration names no profile.
@@ -51,6 +54,7 @@ BUILD_ORDER: tuple[ResultKind, ...] = (
     ResultKind.SR,
     ResultKind.GSPS,
     ResultKind.SC,
+    ResultKind.REG,
     ResultKind.KO,
 )
 

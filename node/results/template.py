@@ -392,8 +392,8 @@ class TemplateDocument(_Strict):
     algorithm: AlgorithmSpec
     output: OutputSpec
     procedure_reported: CodeSpec | None = None
-    #: At least one before format 3; in format 3 a template without segments must
-    #: declare classifications or detections.
+    #: Empty only for templates that code no label map: format 3 classifiers and
+    #: detectors, or a registration (no measurements or findings then).
     segments: list[SegmentSpec] = Field(default_factory=list)
     measurements: list[MeasurementSpec] = Field(default_factory=list)
     findings: list[FindingSpec] = Field(default_factory=list)
@@ -581,15 +581,16 @@ def _semantic_problems(document: TemplateDocument) -> list[tuple[str, str]]:
         _check_concept(document.procedure_reported, "procedure_reported", problems)
 
     segments = document.segments
-    if not segments and (
-        document.format_version < 3 or not (document.classifications or document.detections)
+    if not segments and (document.measurements or document.findings):
+        # A template without segments (e.g. a registration's) measures nothing.
+        problems.append(("segments", "at least 1 item is needed for measurements and findings"))
+    elif (
+        not segments
+        and document.format_version >= 3
+        and not (document.classifications or document.detections)
     ):
         problems.append(
-            (
-                "segments",
-                "at least 1 item is needed"
-                + ("" if document.format_version < 3 else " (or classifications or detections)"),
-            )
+            ("segments", "at least 1 item is needed (or classifications or detections)")
         )
     problems += _duplicates([s.label_value for s in segments], "segments", "label_value")
     problems += _duplicates([s.label for s in segments], "segments", "label")

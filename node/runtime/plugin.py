@@ -173,6 +173,9 @@ class RunContext:
     device: torch.device
     deadline: float | None = None
     clock: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
+    #: The prior series of the same patient, for plugins that declare ``needs_prior``
+    #: (found by :func:`node.runtime.priors.find_prior`); None for every other plugin.
+    prior: Volume | None = field(default=None, repr=False, compare=False)
 
     def raise_if_expired(self) -> None:
         if self.deadline is not None and self.clock() > self.deadline:
@@ -240,6 +243,65 @@ class Detection:
             raise ValueError(f"score of {self.finding!r} is {self.score}, not 0-1")
 
 
+@dataclass(frozen=True)
+class Registration:
+    """A rigid registration of a prior series to the series the job runs on.
+
+    Attributes
+    ----------
+    matrix
+        4x4 homogeneous matrix (``float64``) mapping patient coordinates (LPS, mm) of the
+        prior's Frame of Reference to those of the current series' Frame of Reference:
+        ``current = matrix @ [x, y, z, 1]``. Its upper-left 3x3 block is a proper
+        rotation (DICOM RIGID).
+    source_frame_of_reference_uid
+        Frame of Reference UID of the prior (the registered, moving series).
+    target_frame_of_reference_uid
+        Frame of Reference UID of the current series (the fixed one).
+    source_study_instance_uid, source_series_instance_uid
+        The prior's study and series.
+    source_instances
+        ``(SOP Class UID, SOP Instance UID)`` of each prior image that was registered.
+    metric, metric_value
+        Name and value of the quality measure the routine reports (e.g. the normalised
+        cross-correlation of the overlapping body after registration, 1 is perfect).
+    """
+
+    matrix: np.ndarray
+    source_frame_of_reference_uid: str
+    target_frame_of_reference_uid: str
+    source_study_instance_uid: str
+    source_series_instance_uid: str
+    source_instances: tuple[tuple[str, str], ...]
+    metric: str
+    metric_value: float
+
+    def __post_init__(self) -> None:
+        matrix = np.asarray(self.matrix, dtype=np.float64)
+        if matrix.shape != (4, 4) or not np.all(np.isfinite(matrix)):
+            raise ValueError(f"registration matrix must be a finite 4x4 array, got {matrix.shape}")
+        if not np.allclose(matrix[3], [0.0, 0.0, 0.0, 1.0], atol=1e-9):
+            raise ValueError(f"registration matrix last row is {matrix[3]}, not [0 0 0 1]")
+        rotation = matrix[:3, :3]
+        if not np.allclose(rotation @ rotation.T, np.eye(3), atol=1e-4) or (
+            np.linalg.det(rotation) <= 0
+        ):
+            raise ValueError("registration matrix is not rigid: its 3x3 block is not a rotation")
+        for name in (
+            "source_frame_of_reference_uid",
+            "target_frame_of_reference_uid",
+            "source_study_instance_uid",
+            "source_series_instance_uid",
+        ):
+            if not getattr(self, name):
+                raise ValueError(f"registration {name} is empty")
+        if not self.source_instances:
+            raise ValueError("registration names no prior instances")
+        if not math.isfinite(self.metric_value):
+            raise ValueError(f"registration metric {self.metric!r} is {self.metric_value}")
+        object.__setattr__(self, "matrix", matrix)
+
+
 @dataclass
 class Prediction:
     """A routine's output on the source grid.
@@ -265,6 +327,9 @@ class Prediction:
         Findings with probabilities (:class:`Classification`).
     detections
         Boxes or points with scores (:class:`Detection`).
+    registration
+        A prior series registered to this one (:class:`Registration`), from routines
+        that declare ``needs_prior``.
     """
 
     label_map: np.ndarray | None = None
@@ -273,6 +338,7 @@ class Prediction:
     probabilities: np.ndarray | None = None
     classifications: list[Classification] = field(default_factory=list)
     detections: list[Detection] = field(default_factory=list)
+    registration: Registration | None = None
 
 
 class InferencePlugin(abc.ABC):
@@ -292,6 +358,9 @@ class InferencePlugin(abc.ABC):
     template: str
     accepts: Accepts = Accepts()
     resources: Resources = Resources()
+    #: The routine needs a prior series of the same patient (``RunContext.prior``); the
+    #: node looks one up before ``run`` and fails the job, saying why, when there is none.
+    needs_prior: bool = False
 
     def load(self, device: torch.device) -> None:  # noqa: B027 - optional hook
         """Load weights or warm up on ``device``; called once per worker."""

@@ -40,7 +40,8 @@ from node.results.kinds import (
     profile_tags,
     tag_kind,
 )
-from node.runtime.plugin import RunContext, check_input
+from node.runtime.plugin import Prediction, RunContext, check_input
+from node.runtime.priors import find_prior
 from node.runtime.registry import PluginRegistry
 from node.runtime.volume import Volume, load_volume
 from node.state.series import SeriesStore
@@ -171,8 +172,19 @@ class InferenceWorker(PollingThread):
         )
         self._start_prefetch()
         check_input(plugin, volume)
+        prior = None
+        if plugin.needs_prior:
+            looked_up = time.perf_counter()
+            found = find_prior(self._series, volume)
+            prior = load_volume(found.paths)
+            self._queue.add_event(
+                job.id,
+                self._clock(),
+                "prior_found",
+                f"{found.describe()} seconds={time.perf_counter() - looked_up:.3f}",
+            )
         context = RunContext(
-            job.id, job.rule, self.device, deadline=deadline, clock=self._monotonic
+            job.id, job.rule, self.device, deadline=deadline, clock=self._monotonic, prior=prior
         )
         prediction = plugin.run(volume, context)
         self._check_deadline(job, deadline)
@@ -215,6 +227,7 @@ class InferenceWorker(PollingThread):
                     job.id,
                     ",".join(sorted(dropped)),
                 )
+        tags = self._registration_tags(job, prediction, tags)
         results = build_results(
             volume,
             prediction,
@@ -252,6 +265,33 @@ class InferenceWorker(PollingThread):
             encoded - inferred,
         )
         self._on_results()
+
+    def _registration_tags(
+        self, job: Job, prediction: Prediction, tags: frozenset[str]
+    ) -> frozenset[str]:
+        """``reg`` only from a registration, and a registration without a label map gives
+        nothing else (a REG is built even when no destination's profile lists it)."""
+        reg = ResultKind.REG.value
+        if prediction.registration is None:
+            if reg in tags:
+                self._queue.add_event(
+                    job.id,
+                    self._clock(),
+                    "results_skipped",
+                    "reg: the plugin gives no registration",
+                )
+            return frozenset(tags - {reg})
+        if prediction.label_map is not None:
+            return frozenset(tags | {reg})
+        if reg not in tags and job.destinations:
+            self._queue.add_event(
+                job.id,
+                self._clock(),
+                "results_skipped",
+                "reg is built but no destination of this job lists 'reg' in its results",
+            )
+            log.warning("reg not sent job_id=%d reason=no_destination_profile_lists_reg", job.id)
+        return frozenset({reg})
 
     def stop(self, timeout: float = 60.0) -> None:
         super().stop(timeout)
