@@ -111,9 +111,8 @@ def test_policy_picks_the_most_severe_action(chest: list[Dataset]) -> None:
     assert decide(QualitySettings(on_fail="warn")) == "warn"
     assert decide(QualitySettings(on_fail="run")) == "run"
     assert decide(QualitySettings(on_fail="warn", checks={"bit_depth": "skip"})) == "skip"
-    assert decide(QualitySettings(on_fail="skip", checks={"noise": "run", "bit_depth": "warn"})) == (
-        "warn"
-    )
+    mixed = QualitySettings(on_fail="skip", checks={"noise": "run", "bit_depth": "warn"})
+    assert decide(mixed) == "warn"
     _, decision = assess(
         volume.array, volume.datasets, VALIDATED, QualitySettings(checks={"noise": "run"})
     )
@@ -231,7 +230,7 @@ def test_decisions_reach_the_job_and_the_sr(node: Node, clock, chest, tmp_path: 
         "skip metal": degraded.insert_metal(_series(chest, "skip metal", 14), [12, 13, 14]),
         "run 8bit": degraded.to_8_bit(_series(chest, "run 8bit", 16)),
     }
-    for index, (description, datasets) in enumerate(cases.items()):
+    for index, datasets in enumerate(cases.values()):
         _send(node, datasets, tmp_path / f"in{index}")
     clock.advance(11)
     assert len(node.completion.poll()) == len(cases)
