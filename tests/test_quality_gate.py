@@ -29,7 +29,7 @@ from node.synthetic import degraded
 from node.synthetic.chest_ct import make_chest_ct, write_series
 from plugins.ct_lungs import CtLungsPlugin
 from tests.support.net import free_port
-from tests.support.validators import dciodvfy_errors
+from tests.support.validators import dciodvfy_errors, dsrdump
 
 VALIDATED = ValidatedInput(
     modalities=("CT",),
@@ -257,7 +257,11 @@ def test_decisions_reach_the_job_and_the_sr(node: Node, clock, chest, tmp_path: 
             p for p in job.result_dir.glob("*.dcm") if tag_kind(file_tag(p.name)) is ResultKind.SR
         ]
         assert dciodvfy_errors(sr_path) == []
-        return quality_warnings_of(pydicom.dcmread(sr_path))
+        dumped = dsrdump(sr_path)  # dcmtk reads the content tree, notes included
+        assert dumped.returncode == 0, dumped.stderr
+        warnings = quality_warnings_of(pydicom.dcmread(sr_path))
+        assert ('TEXT:(,,"Quality Issue")' in dumped.stdout) == bool(warnings)
+        return warnings
 
     # Extra noise under "warn": runs, the warning is in the job and in the SR.
     noisy = node.queue.get(jobs["warn noisy"].id)
