@@ -358,7 +358,6 @@ class ValidatedInputSettings(_Strict):
     min_bits_stored: int = Field(0, ge=0, le=32)
     #: Noise (standard deviation, HU for CT) measured in homogeneous tissue.
     noise: tuple[float, float] | None = None
-    max_missing_slices: int = Field(0, ge=0)
     max_duplicate_slices: int = Field(0, ge=0)
     #: Fraction of voxels above ``metal_threshold`` (HU).
     max_metal_fraction: float = Field(1e-4, ge=0, le=1)

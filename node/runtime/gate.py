@@ -57,7 +57,6 @@ def validated_input(settings: ValidatedInputSettings) -> ValidatedInput:
         photometric_interpretations=tuple(settings.photometric_interpretations),
         min_bits_stored=settings.min_bits_stored,
         noise=settings.noise,
-        max_missing_slices=settings.max_missing_slices,
         max_duplicate_slices=settings.max_duplicate_slices,
         max_metal_fraction=settings.max_metal_fraction,
         metal_threshold=settings.metal_threshold,

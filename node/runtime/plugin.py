@@ -129,8 +129,9 @@ class ValidatedInput:
         Smallest BitsStored (e.g. 12 for CT).
     noise
         Range of the measured noise (standard deviation in homogeneous tissue, HU for CT).
-    max_missing_slices, max_duplicate_slices
-        Slice position gaps and repeated positions tolerated.
+    max_duplicate_slices
+        Repeated slice positions tolerated (a missing slice always fails its check:
+        the node runs routines on regular grids only).
     max_metal_fraction, metal_threshold
         Largest fraction of voxels above ``metal_threshold`` (HU).
     max_streak_index
@@ -148,7 +149,6 @@ class ValidatedInput:
     photometric_interpretations: tuple[str, ...] = ()
     min_bits_stored: int = 0
     noise: tuple[float, float] | None = None
-    max_missing_slices: int = 0
     max_duplicate_slices: int = 0
     max_metal_fraction: float = 1e-4
     metal_threshold: float = 2500.0

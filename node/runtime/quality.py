@@ -388,9 +388,9 @@ def measured_checks(measured: Measurements, validated: ValidatedInput) -> list[C
     checks = [
         Check(
             "missing_slices",
-            layout.missing <= validated.max_missing_slices,
+            layout.missing == 0,
             f"{layout.missing} missing slice position(s){where}",
-            f"at most {validated.max_missing_slices}",
+            "none missing",
         ),
         Check(
             "duplicate_slices",
