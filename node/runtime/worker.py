@@ -172,7 +172,10 @@ class InferenceWorker(PollingThread):
             raise
         now = self._clock()
         self._queue.add_event(
-            job.id, now, "quality_checked", f"{gated.decision.action} {gated.measured.summary()}"
+            job.id,
+            now,
+            "quality_checked",
+            f"{gated.decision.action} {gated.measured.summary()} seconds={gated.seconds:.3f}",
         )
         for warning in gated.decision.warnings:
             self._queue.add_event(job.id, now, "quality_warning", warning)
