@@ -19,6 +19,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from node import __version__
+from node.admin.shadow import result_objects
 from node.admin.users import User
 from node.api.auth import LOGIN_CSRF_COOKIE, SESSION_COOKIE, Principal
 from node.api.serialize import audit_json, job_json, series_view_json
@@ -308,8 +309,10 @@ def web_router(node: Node, viewer: Dependency, editor: Dependency) -> APIRouter:
         study_date_from: str = "",
         study_date_to: str = "",
         text: str = "",
+        mode: str = "",
     ) -> HTMLResponse:
         filters = {
+            "mode": mode if mode in ("shadow", "live") else "",
             "state": state if state in JOB_STATES else "",
             "rule": rule,
             "plugin": plugin,
@@ -347,6 +350,7 @@ def web_router(node: Node, viewer: Dependency, editor: Dependency) -> APIRouter:
             events=events,
             audit=[audit_json(a) for a in audit if a.target == f"job:{job_id}"],
             plugins=sorted(admin.plugin_names()),
+            objects=result_objects(job),
         )
 
     @router.get("/studies")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -26,7 +26,7 @@ import pydicom
 import torch
 from pydicom.dataset import Dataset
 
-from node.config import AnyDestination
+from node.config import AnyDestination, QualitySettings, RuleSettings
 from node.errors import InputRejected, JobTimeout
 from node.jobs.queue import Job, JobQueue
 from node.polling import PollingThread
@@ -40,7 +40,10 @@ from node.results.kinds import (
     profile_tags,
     tag_kind,
 )
-from node.runtime.plugin import Prediction, RunContext, check_input
+from node.results.quality_note import add_quality_warnings_to_srs
+from node.results.summary import prediction_json, quality_json, write_summary
+from node.runtime.gate import GateResult, QualitySkipped, gate_series
+from node.runtime.plugin import InferencePlugin, Prediction, RunContext, check_input
 from node.runtime.priors import find_prior
 from node.runtime.registry import PluginRegistry
 from node.runtime.volume import Volume, load_volume
@@ -91,6 +94,7 @@ class InferenceWorker(PollingThread):
         prefetch: bool = True,
         monotonic: Callable[[], float] = time.monotonic,
         destinations: Callable[[], Mapping[str, AnyDestination]] = dict,
+        rules: Callable[[], Sequence[RuleSettings]] = list,
     ) -> None:
         super().__init__(f"worker-{device}")
         self._queue = queue
@@ -108,6 +112,7 @@ class InferenceWorker(PollingThread):
         self._prefetched: tuple[int, tuple[Path, ...], Future[Volume]] | None = None
         self._device_selected = False
         self._destinations = destinations
+        self._rules = rules
 
     def run_once(self) -> bool:
         """Run the next queued job to its end; False when the queue was empty."""
@@ -152,6 +157,41 @@ class InferenceWorker(PollingThread):
             return prefetched[2].result(), True
         return load_volume(paths), False
 
+    def _gated_volume(self, job: Job, plugin: InferencePlugin) -> tuple[Volume, bool, GateResult]:
+        """The job's volume through the input-quality gate (events record what it found)."""
+        assert plugin.validated_on is not None
+        policy = next((r.quality for r in self._rules() if r.name == job.rule), QualitySettings())
+        prefetched = [False]
+
+        def load() -> Volume:
+            volume, prefetched[0] = self._volume(job)
+            return volume
+
+        paths = self._series.instance_paths(job.series_uid)
+        try:
+            gated = gate_series(load, paths, plugin.validated_on, policy)
+        except QualitySkipped as exc:
+            self._queue.add_event(job.id, self._clock(), "quality_skipped", str(exc))
+            raise
+        now = self._clock()
+        self._queue.add_event(
+            job.id,
+            now,
+            "quality_checked",
+            f"{gated.decision.action} {gated.measured.summary()} seconds={gated.seconds:.3f}",
+        )
+        for warning in gated.decision.warnings:
+            self._queue.add_event(job.id, now, "quality_warning", warning)
+        for ignored in gated.decision.ignored:
+            self._queue.add_event(job.id, now, "quality_ignored", ignored)
+        if gated.decision.warnings:
+            log.warning(
+                "input-quality warnings job_id=%d checks=%s",
+                job.id,
+                ",".join(c.name for c in gated.decision.failed),
+            )
+        return gated.volume, prefetched[0], gated
+
     def _check_deadline(self, job: Job, deadline: float | None) -> None:
         if deadline is not None and self._monotonic() > deadline:
             raise JobTimeout(f"job ran longer than {self._timeout:g} s")
@@ -162,7 +202,11 @@ class InferenceWorker(PollingThread):
         plugin = self._registry.get(job.plugin, self.device)
         if plugin.resources.needs_gpu and self.device.type != "cuda":
             raise InputRejected(f"plugin {job.plugin!r} needs a GPU; this worker runs on the CPU")
-        volume, was_prefetched = self._volume(job)
+        gated: GateResult | None = None
+        if plugin.validated_on is None:
+            volume, was_prefetched = self._volume(job)
+        else:
+            volume, was_prefetched, gated = self._gated_volume(job, plugin)
         loaded = time.perf_counter()
         self._queue.add_event(
             job.id,
@@ -236,9 +280,26 @@ class InferenceWorker(PollingThread):
             predecessors=_previous_reports(previous),
             tags=tags,
         )
+        if gated is not None:  # the gate's warnings go into every SR (Qualitative Evaluations)
+            add_quality_warnings_to_srs(results.tagged(), gated.decision.warnings)
         self._check_deadline(job, deadline)
         result_dir = self._results_dir / job.study_uid / job.series_uid / f"job-{job.id}"
         result_dir.mkdir(parents=True, exist_ok=True)
+        write_summary(
+            result_dir,
+            prediction_json(
+                prediction,
+                job_id=job.id,
+                rule=job.rule,
+                plugin=job.plugin,
+                plugin_version=plugin.version,
+                template=plugin.template,
+                study_uid=job.study_uid,
+                series_uid=job.series_uid,
+                shadow=job.shadow,
+                quality=None if gated is None else quality_json(gated.measured, gated.decision),
+            ),
+        )
         for tag, dataset in results.tagged():
             dataset.save_as(
                 result_dir / file_name(tag, str(dataset.SOPInstanceUID)),
