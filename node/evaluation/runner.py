@@ -1,0 +1,78 @@
+"""Running a routine on one case the way the job worker does.
+
+The same steps as :meth:`node.runtime.worker.InferenceWorker._process`, without the
+queue and the result objects: the plugin comes loaded from the node's
+:class:`~node.runtime.registry.PluginRegistry`; a plugin that needs a GPU is refused
+on the CPU; the images are assembled into a :class:`~node.runtime.volume.Volume`; the
+plugin's declared ``Accepts`` and ``check()`` run (:func:`check_input`) before
+``run()``. A case the routine refuses is *rejected* (with the reason, as a job would
+show it); one that raises anything else is *failed*. Neither is dropped silently.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from pydicom.dataset import Dataset
+
+from node.errors import InputRejected, PluginError, VolumeError
+from node.runtime.plugin import InferencePlugin, Prediction, RunContext, check_input
+from node.runtime.registry import PluginRegistry
+from node.runtime.volume import Volume, assemble_volume
+
+log = logging.getLogger(__name__)
+
+#: Rule name recorded in the run context of evaluation runs.
+EVALUATION_RULE = "evaluate"
+
+
+@dataclass(frozen=True)
+class CaseOutcome:
+    """What happened to one case: ``ok`` (with volume and prediction), ``rejected``, ``failed``."""
+
+    status: str
+    reason: str | None
+    volume: Volume | None
+    prediction: Prediction | None
+    seconds: float
+
+
+class CaseRunner:
+    """One loaded plugin on one device, run case after case."""
+
+    def __init__(self, registry: PluginRegistry, name: str, device: torch.device) -> None:
+        info = registry.plugin_info(name)
+        if info.resources.needs_gpu and device.type != "cuda":
+            raise PluginError(f"plugin {name!r} needs a GPU; evaluation runs on {device}")
+        self.device = device
+        self.plugin: InferencePlugin = registry.get(name, device)
+
+    def run(self, images: Sequence[Dataset], job_id: int) -> CaseOutcome:
+        started = time.perf_counter()
+        try:
+            volume = assemble_volume(images)
+        except VolumeError as exc:
+            return CaseOutcome(
+                "failed", f"VolumeError: {exc}", None, None, time.perf_counter() - started
+            )
+        try:
+            check_input(self.plugin, volume)
+            context = RunContext(job_id, EVALUATION_RULE, self.device)
+            prediction = self.plugin.run(volume, context)
+        except InputRejected as exc:
+            log.info("evaluation case rejected case=%d reason=%s", job_id, exc)
+            return CaseOutcome("rejected", str(exc), volume, None, time.perf_counter() - started)
+        except Exception as exc:
+            log.warning("evaluation case failed case=%d reason=%s", job_id, exc)
+            return CaseOutcome(
+                "failed",
+                f"{type(exc).__name__}: {exc}",
+                volume,
+                None,
+                time.perf_counter() - started,
+            )
+        return CaseOutcome("ok", None, volume, prediction, time.perf_counter() - started)
