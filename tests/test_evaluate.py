@@ -564,6 +564,9 @@ def test_stored_results_of_a_rule_compare_with_the_evaluation(
         assert stored["dice"] == pytest.approx(fresh["dice"])  # same routine, same images
         assert stored["hd95_mm"] == pytest.approx(fresh["hd95_mm"])
         assert stored["agreement_dice"] == 1.0
+    for segment in shadow["segments"]:
+        assert segment["stored_dice"]["n"] == segment["evaluation_dice"]["n"] == 1
+        assert segment["stored_dice"]["mean"] == pytest.approx(segment["evaluation_dice"]["mean"])
     assert [s["label"] for s in shadow["segments"]] == ["Right lung", "Left lung"]
     html = write_report(report, tmp_path / "r")[1].read_text()
     assert "Stored results of rule lungs-shadow" in html

@@ -413,7 +413,7 @@ def evaluate(
             shadow.rule,
             shadow.database,
             shadow_rows,
-            report["segmentation"],
+            rows,
             template,
             options.seed,
         )

@@ -130,39 +130,41 @@ def summarise(
     rule: str,
     database: Path,
     rows: Sequence[Mapping[str, Any]],
-    evaluation: Mapping[str, Any] | None,
+    evaluated_cases: Sequence[Mapping[str, Any]],
     template: ResultTemplate,
     seed: int,
 ) -> dict[str, Any]:
-    """The report's ``shadow`` section from the per-case rows (``rows[i]["case"]`` set)."""
+    """The report's ``shadow`` section from the per-case rows (``rows[i]["case"]`` set).
+
+    The evaluation's Dice and HD95 beside the stored ones are summarised over the same
+    cases (those with a compared stored result), so the two columns are comparable.
+    """
+    compared = {r["case"] for r in rows if r["status"] == "compared"}
+    fresh = [
+        item
+        for case in evaluated_cases
+        if case["case"] in compared
+        for item in case.get("segments", [])
+    ]
     segments = []
     for segment in template.segments:
-        items = [
-            item
-            for row in rows
-            for item in row["segments"]
-            if item["label_value"] == segment.label_value
-        ]
+        value = segment.label_value
+        items = [item for row in rows for item in row["segments"] if item["label_value"] == value]
         if not items:
             continue
-        evaluated = next(
-            (
-                s
-                for s in (evaluation or {}).get("segments", [])
-                if s["label_value"] == segment.label_value
-            ),
-            None,
-        )
+        own = [item for item in fresh if item["label_value"] == value]
         segments.append(
             {
-                "label_value": segment.label_value,
+                "label_value": value,
                 "label": segment.label,
                 "stored_dice": summary([i["dice"] for i in items if "dice" in i], seed=seed),
                 "stored_hd95_mm": summary(
                     [i["hd95_mm"] for i in items if i.get("hd95_mm") is not None], seed=seed
                 ),
-                "evaluation_dice": evaluated["dice"] if evaluated else None,
-                "evaluation_hd95_mm": evaluated["hd95_mm"] if evaluated else None,
+                "evaluation_dice": summary([i["dice"] for i in own], seed=seed),
+                "evaluation_hd95_mm": summary(
+                    [i["hd95_mm"] for i in own if i["hd95_mm"] is not None], seed=seed
+                ),
                 "agreement_dice": summary(
                     [i["agreement_dice"] for i in items if "agreement_dice" in i], seed=seed
                 ),
@@ -172,7 +174,7 @@ def summarise(
         "rule": rule,
         "source": SOURCE,
         "database": str(database),
-        "cases_compared": sum(1 for r in rows if r["status"] == "compared"),
+        "cases_compared": len(compared),
         "cases_without_stored_result": sum(1 for r in rows if r["status"] == "no stored result"),
         "segments": segments,
         "cases": list(rows),
@@ -196,9 +198,9 @@ def render_shadow(section: Mapping[str, Any]) -> str:
         for h in (
             "Segment",
             "Stored Dice mean (95% CI)",
-            "Evaluation Dice mean (95% CI)",
+            "Evaluation Dice, same cases",
             "Stored HD95 mm",
-            "Evaluation HD95 mm",
+            "Evaluation HD95 mm, same cases",
             "Agreement Dice (stored vs rerun)",
         )
     )
