@@ -19,6 +19,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from node import __version__
+from node.admin.shadow import result_objects
 from node.admin.users import User
 from node.api.auth import LOGIN_CSRF_COOKIE, SESSION_COOKIE, Principal
 from node.api.serialize import audit_json, job_json, series_view_json
@@ -347,6 +348,7 @@ def web_router(node: Node, viewer: Dependency, editor: Dependency) -> APIRouter:
             events=events,
             audit=[audit_json(a) for a in audit if a.target == f"job:{job_id}"],
             plugins=sorted(admin.plugin_names()),
+            objects=result_objects(job),
         )
 
     @router.get("/studies")

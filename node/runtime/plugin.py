@@ -108,6 +108,59 @@ class Accepts:
 
 
 @dataclass(frozen=True)
+class ValidatedInput:
+    """The input a routine was validated on; the node's input-quality gate
+    (:mod:`node.runtime.quality`) measures each series against it before inference.
+
+    Empty tuples and ``None`` ranges are not checked. What the node does when a check
+    fails (run, warn, skip) is configured per rule (``rules[].quality``).
+
+    Attributes
+    ----------
+    modalities, sop_classes, photometric_interpretations
+        Accepted header values.
+    slice_thickness_mm, pixel_spacing_mm
+        Inclusive ranges of SliceThickness and both PixelSpacing values.
+    kernels
+        ConvolutionKernel values (case-insensitive).
+    contrast
+        ``present``: ContrastBolusAgent must be set; ``absent``: it must not; ``any``.
+    min_bits_stored
+        Smallest BitsStored (e.g. 12 for CT).
+    noise
+        Range of the measured noise (standard deviation in homogeneous tissue, HU for CT).
+    max_duplicate_slices
+        Repeated slice positions tolerated (a missing slice always fails its check:
+        the node runs routines on regular grids only).
+    max_metal_fraction, metal_threshold
+        Largest fraction of voxels above ``metal_threshold`` (HU).
+    max_streak_index
+        Largest ratio of a slice's high-frequency energy to the series median.
+    max_clipped_fraction
+        Largest fraction of pixels at the stored minimum or maximum.
+    """
+
+    modalities: tuple[str, ...] = ()
+    sop_classes: tuple[str, ...] = ()
+    slice_thickness_mm: tuple[float, float] | None = None
+    pixel_spacing_mm: tuple[float, float] | None = None
+    kernels: tuple[str, ...] = ()
+    contrast: str = "any"
+    photometric_interpretations: tuple[str, ...] = ()
+    min_bits_stored: int = 0
+    noise: tuple[float, float] | None = None
+    max_duplicate_slices: int = 0
+    max_metal_fraction: float = 1e-4
+    metal_threshold: float = 2500.0
+    max_streak_index: float = 3.0
+    max_clipped_fraction: float = 0.002
+
+    def __post_init__(self) -> None:
+        if self.contrast not in ("any", "present", "absent"):
+            raise ValueError(f"contrast must be any, present or absent, not {self.contrast!r}")
+
+
+@dataclass(frozen=True)
 class Resources:
     """What a routine needs from its worker.
 
@@ -255,6 +308,8 @@ class InferencePlugin(abc.ABC):
     template: str
     accepts: Accepts = Accepts()
     resources: Resources = Resources()
+    #: The input the routine was validated on (None: the quality gate does not run).
+    validated_on: ValidatedInput | None = None
 
     def load(self, device: torch.device) -> None:  # noqa: B027 - optional hook
         """Load weights or warm up on ``device``; called once per worker."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -26,7 +26,7 @@ import pydicom
 import torch
 from pydicom.dataset import Dataset
 
-from node.config import AnyDestination
+from node.config import AnyDestination, QualitySettings, RuleSettings
 from node.errors import InputRejected, JobTimeout
 from node.jobs.queue import Job, JobQueue
 from node.polling import PollingThread
@@ -39,7 +39,9 @@ from node.results.kinds import (
     profile_tags,
     tag_kind,
 )
-from node.runtime.plugin import RunContext, check_input
+from node.results.summary import prediction_json, quality_json, write_summary
+from node.runtime.gate import GateResult, QualitySkipped, gate_series
+from node.runtime.plugin import InferencePlugin, RunContext, check_input
 from node.runtime.registry import PluginRegistry
 from node.runtime.volume import Volume, load_volume
 from node.state.series import SeriesStore
@@ -89,6 +91,7 @@ class InferenceWorker(PollingThread):
         prefetch: bool = True,
         monotonic: Callable[[], float] = time.monotonic,
         destinations: Callable[[], Mapping[str, AnyDestination]] = dict,
+        rules: Callable[[], Sequence[RuleSettings]] = list,
     ) -> None:
         super().__init__(f"worker-{device}")
         self._queue = queue
@@ -106,6 +109,7 @@ class InferenceWorker(PollingThread):
         self._prefetched: tuple[int, tuple[Path, ...], Future[Volume]] | None = None
         self._device_selected = False
         self._destinations = destinations
+        self._rules = rules
 
     def run_once(self) -> bool:
         """Run the next queued job to its end; False when the queue was empty."""
@@ -150,6 +154,38 @@ class InferenceWorker(PollingThread):
             return prefetched[2].result(), True
         return load_volume(paths), False
 
+    def _gated_volume(self, job: Job, plugin: InferencePlugin) -> tuple[Volume, bool, GateResult]:
+        """The job's volume through the input-quality gate (events record what it found)."""
+        assert plugin.validated_on is not None
+        policy = next((r.quality for r in self._rules() if r.name == job.rule), QualitySettings())
+        prefetched = [False]
+
+        def load() -> Volume:
+            volume, prefetched[0] = self._volume(job)
+            return volume
+
+        paths = self._series.instance_paths(job.series_uid)
+        try:
+            gated = gate_series(load, paths, plugin.validated_on, policy)
+        except QualitySkipped as exc:
+            self._queue.add_event(job.id, self._clock(), "quality_skipped", str(exc))
+            raise
+        now = self._clock()
+        self._queue.add_event(
+            job.id, now, "quality_checked", f"{gated.decision.action} {gated.measured.summary()}"
+        )
+        for warning in gated.decision.warnings:
+            self._queue.add_event(job.id, now, "quality_warning", warning)
+        for ignored in gated.decision.ignored:
+            self._queue.add_event(job.id, now, "quality_ignored", ignored)
+        if gated.decision.warnings:
+            log.warning(
+                "input-quality warnings job_id=%d checks=%s",
+                job.id,
+                ",".join(c.name for c in gated.decision.failed),
+            )
+        return gated.volume, prefetched[0], gated
+
     def _check_deadline(self, job: Job, deadline: float | None) -> None:
         if deadline is not None and self._monotonic() > deadline:
             raise JobTimeout(f"job ran longer than {self._timeout:g} s")
@@ -160,7 +196,11 @@ class InferenceWorker(PollingThread):
         plugin = self._registry.get(job.plugin, self.device)
         if plugin.resources.needs_gpu and self.device.type != "cuda":
             raise InputRejected(f"plugin {job.plugin!r} needs a GPU; this worker runs on the CPU")
-        volume, was_prefetched = self._volume(job)
+        gated: GateResult | None = None
+        if plugin.validated_on is None:
+            volume, was_prefetched = self._volume(job)
+        else:
+            volume, was_prefetched, gated = self._gated_volume(job, plugin)
         loaded = time.perf_counter()
         self._queue.add_event(
             job.id,
@@ -205,6 +245,7 @@ class InferenceWorker(PollingThread):
             revision=job.generation,
             predecessors=_previous_reports(previous),
             tags=tags,
+            quality_warnings=gated.decision.warnings if gated is not None else (),
         )
         self._check_deadline(job, deadline)
         result_dir = self._results_dir / job.study_uid / job.series_uid / f"job-{job.id}"
@@ -214,6 +255,21 @@ class InferenceWorker(PollingThread):
                 result_dir / file_name(tag, str(dataset.SOPInstanceUID)),
                 enforce_file_format=True,
             )
+        write_summary(
+            result_dir,
+            prediction_json(
+                prediction,
+                job_id=job.id,
+                rule=job.rule,
+                plugin=job.plugin,
+                plugin_version=plugin.version,
+                template=plugin.template,
+                study_uid=job.study_uid,
+                series_uid=job.series_uid,
+                shadow=job.shadow,
+                quality=None if gated is None else quality_json(gated.measured, gated.decision),
+            ),
+        )
         encoded = time.perf_counter()
         self._queue.add_event(
             job.id,
