@@ -28,6 +28,7 @@ import torch
 from scipy import ndimage
 
 from node.cli import main
+from node.config import QualitySettings
 from node.evaluation import (
     DatasetError,
     EvaluationDataset,
@@ -38,11 +39,12 @@ from node.evaluation import (
 )
 from node.evaluation.classification import score_finding
 from node.evaluation.detection import PredictedMark, ReferenceBox, froc, hits
-from node.evaluation.evaluate import ShadowSource
 from node.evaluation.example import reference_seg, shift_columns, write_lung_dataset
 from node.evaluation.segmentation import score_segment
+from node.evaluation.shadow import ShadowSource
 from node.evaluation.stats import wilson
 from node.jobs.queue import JobQueue
+from node.results.summary import prediction_json, write_summary
 from node.results.template import load_template_by_name
 from node.runtime.plugin import (
     Accepts,
@@ -51,6 +53,7 @@ from node.runtime.plugin import (
     InferencePlugin,
     Prediction,
     RunContext,
+    ValidatedInput,
 )
 from node.runtime.registry import PluginRegistry
 from node.runtime.volume import Volume, assemble_volume
@@ -101,7 +104,8 @@ def shifted_copy(source: Path, target: Path, voxels: int, labels: Sequence[str] 
 
 
 def store_results_with_the_job_worker(case: Path, data_dir: Path, rule: str) -> Path:
-    """Run ct_lungs on ``case`` with the node's real job worker (results stored, not sent)."""
+    """Run ct_lungs on ``case`` with the node's real job worker as a shadow job (results
+    stored, nothing sent)."""
     database = Database(data_dir / "state.sqlite3")
     series, queue = SeriesStore(database), JobQueue(database)
     worker = InferenceWorker(
@@ -132,9 +136,10 @@ def store_results_with_the_job_worker(case: Path, data_dir: Path, rule: str) -> 
         generation=1,
         rule=rule,
         plugin="ct_lungs",
-        destinations=[],
+        destinations=["pacs"],
         priority=5,
         now=1_700_000_000.0,
+        shadow=True,
     )
     assert worker.run_once()
     assert [job.state for job in queue.jobs()] == ["done"]
@@ -558,7 +563,7 @@ def test_stored_results_of_a_rule_compare_with_the_evaluation(
     assert (shadow["cases_compared"], shadow["cases_without_stored_result"]) == (1, 1)
     first = sorted((lungs / "cases").iterdir())[0]
     compared = next(c for c in shadow["cases"] if c["status"] == "compared")
-    assert compared["case"] == first.name and compared["job_state"] == "done"
+    assert compared["case"] == first.name and compared["job_plugin"] == "ct_lungs"
     evaluated = next(c for c in report["cases"] if c["case"] == first.name)
     for stored, fresh in zip(compared["segments"], evaluated["segments"], strict=True):
         assert stored["dice"] == pytest.approx(fresh["dice"])  # same routine, same images
@@ -569,6 +574,127 @@ def test_stored_results_of_a_rule_compare_with_the_evaluation(
         assert segment["stored_dice"]["mean"] == pytest.approx(segment["evaluation_dice"]["mean"])
     assert [s["label"] for s in shadow["segments"]] == ["Right lung", "Left lung"]
     html = write_report(report, tmp_path / "r")[1].read_text()
-    assert "Stored results of rule lungs-shadow" in html
+    assert "Shadow results of rule lungs-shadow" in html
     with pytest.raises(DatasetError, match="no node state database"):
         evaluate("ct_lungs", lungs, shadow=ShadowSource("x", tmp_path / "missing.sqlite3"))
+
+
+def store_shadow_prediction(
+    database: Database, case: Path, rule: str, plugin: InferencePlugin, results: Path
+) -> None:
+    """A finished shadow job of ``plugin`` on ``case``, stored as the worker stores it
+    (``prediction.json`` beside the results; no SEG: the routine gives no label map)."""
+    queue = JobQueue(database)
+    images = [pydicom.dcmread(p) for p in sorted(case.glob("*.dcm"))]
+    volume = assemble_volume(images)
+    job_id = queue.enqueue(
+        series_uid=volume.series_instance_uid,
+        study_uid=volume.study_instance_uid,
+        generation=1,
+        rule=rule,
+        plugin=plugin.name,
+        destinations=["pacs"],
+        priority=5,
+        now=1.0,
+        shadow=True,
+    )
+    job = queue.claim_next(1.0)
+    assert job is not None and job.id == job_id
+    prediction = plugin.run(volume, RunContext(job_id, rule, torch.device("cpu")))
+    result_dir = results / volume.study_instance_uid / volume.series_instance_uid / f"job-{job_id}"
+    result_dir.mkdir(parents=True)
+    write_summary(
+        result_dir,
+        prediction_json(
+            prediction,
+            job_id=job_id,
+            rule=rule,
+            plugin=plugin.name,
+            plugin_version=plugin.version,
+            template=plugin.template,
+            study_uid=job.study_uid,
+            series_uid=job.series_uid,
+            shadow=True,
+        ),
+    )
+    queue.inference_done(job_id, result_dir, 2.0)
+    assert queue.get(job_id).state == "done"
+
+
+class HalvedScoreReader(ScoreReader):
+    """The shadow model: the same ranking, probabilities halved (miscalibrated)."""
+
+    name = "halved_score_reader"
+
+    def run(self, volume: Volume, context: RunContext) -> Prediction:
+        (item,) = super().run(volume, context).classifications
+        return Prediction(classifications=[Classification(item.finding, item.probability / 2)])
+
+
+def test_shadow_classifications_and_detections_compare_with_the_evaluation(
+    classification_set: Path, detection_set: Path, tmp_path: Path
+) -> None:
+    database = Database(tmp_path / "state.sqlite3")
+    for case in sorted((classification_set / "cases").iterdir()):
+        if case.name != "mr":
+            store_shadow_prediction(
+                database, case, "cls-shadow", HalvedScoreReader(), tmp_path / "results"
+            )
+    for case in sorted((detection_set / "cases").iterdir()):
+        store_shadow_prediction(database, case, "det-shadow", SquareFinder(), tmp_path / "results")
+    database.close()
+
+    report = evaluate(
+        "score_reader",
+        classification_set,
+        registry=registry(),
+        shadow=ShadowSource("cls-shadow", tmp_path / "state.sqlite3"),
+    )
+    shadow = report["shadow"]
+    assert shadow["cases_compared"] == 10
+    assert {r["status"] for r in shadow["cases"]} == {"compared", "not compared: case rejected"}
+    (finding,) = shadow["classifications"]
+    # Same ranking: the same AUC; halved probabilities: nothing reaches 0.5.
+    assert finding["stored"]["auc"]["value"] == pytest.approx(21 / 24)
+    assert finding["evaluation"]["auc"]["value"] == pytest.approx(21 / 24)
+    assert finding["stored"]["confusion"] == {"tp": 0, "fp": 0, "tn": 6, "fn": 4}
+    assert finding["evaluation"]["confusion"] == {"tp": 3, "fp": 1, "tn": 5, "fn": 1}
+    assert finding["max_probability_difference"] == pytest.approx(0.475)
+
+    report = evaluate(
+        "square_finder",
+        detection_set,
+        registry=registry(),
+        shadow=ShadowSource("det-shadow", tmp_path / "state.sqlite3"),
+    )
+    (finding,) = report["shadow"]["detections"]
+    assert finding["stored"]["froc_score"] == pytest.approx((1 / 3 + 6 * 2 / 3) / 7)
+    assert finding["stored"] == finding["evaluation"]
+    html = write_report(report, tmp_path / "report")[1].read_text()
+    assert "Shadow results of rule det-shadow" in html and "Shadow FROC" in html
+
+
+class GatedScoreReader(ScoreReader):
+    """Validated on 16-bit input only: the 12-bit phantom images fail bit depth."""
+
+    name = "gated_score_reader"
+    validated_on = ValidatedInput(min_bits_stored=16)
+
+
+def test_input_quality_gate_warns_or_rejects_as_the_rule_says(classification_set: Path) -> None:
+    plugins = registry()
+    plugins.register(GatedScoreReader, source="tests")
+    warned = evaluate("gated_score_reader", classification_set, registry=plugins)
+    assert warned["summary"]["ok"] == 10
+    first = next(c for c in warned["cases"] if c["status"] == "ok")
+    assert first["quality"]["decision"] == "warn"
+    assert any("bit" in w for w in first["quality"]["warnings"])
+    skipped = evaluate(
+        "gated_score_reader",
+        classification_set,
+        registry=plugins,
+        quality=QualitySettings(on_fail="skip"),
+    )
+    assert skipped["summary"] == {"ok": 0, "rejected": 11, "failed": 0, "cases": 11}
+    assert all("input-quality gate" in c["reason"] for c in skipped["cases"])
+    assert skipped["classification"]["findings"][0]["n"] == 0

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +25,7 @@ from node.evaluation.stats import (
     bootstrap,
     wilson,
 )
+from node.runtime.plugin import Classification
 
 
 @dataclass(frozen=True)
@@ -58,9 +60,40 @@ class ClassificationScores:
         }
 
 
+def matched_probability(
+    classifications: Sequence[Classification],
+    sop_instance_uids: Sequence[str],
+    finding: str,
+    image_uid: str | None,
+) -> tuple[float | None, str | None]:
+    """The routine's probability for a labelled finding, and why there is none.
+
+    ``image_uid`` None labels the series. An output on the same image (or, for a
+    one-image case, on the series) matches; otherwise a series-level output for an
+    image label, or image-level outputs for a series label. Several: the maximum.
+    """
+    single = len(sop_instance_uids) == 1
+    exact: list[float] = []
+    other: list[float] = []
+    for item in classifications:
+        if item.finding != finding:
+            continue
+        if item.frame is not None and not 0 <= item.frame < len(sop_instance_uids):
+            return None, f"the routine gave frame {item.frame} of {len(sop_instance_uids)}"
+        uid = None if item.frame is None else sop_instance_uids[item.frame]
+        if uid == image_uid or (single and (uid is None or image_uid is None)):
+            exact.append(item.probability)
+        elif uid is None or image_uid is None:
+            other.append(item.probability)
+    chosen = exact or other
+    if not chosen:
+        return None, f"the routine gave no probability for {finding}"
+    return max(chosen), None
+
+
 def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
-    """MONAI's ROC AUC; None when only one class is present."""
-    if labels.min() == labels.max():
+    """MONAI's ROC AUC; None when only one class (or nothing) is present."""
+    if len(labels) == 0 or labels.min() == labels.max():
         return None
     value = compute_roc_auc(torch.as_tensor(scores, dtype=torch.float64), torch.as_tensor(labels))
     return float(value)  # type: ignore[arg-type]
@@ -68,6 +101,8 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float | None:
 
 def confusion(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, int]:
     """True/false positives/negatives at ``scores >= threshold`` (MONAI's confusion matrix)."""
+    if len(scores) == 0:
+        return {"tp": 0, "fp": 0, "tn": 0, "fn": 0}
     y_pred = torch.as_tensor(scores >= threshold, dtype=torch.float32)[:, None]
     y = torch.as_tensor(labels, dtype=torch.float32)[:, None]
     matrix = get_confusion_matrix(y_pred, y, include_background=True).sum(dim=0)  # (1, 4)

@@ -88,6 +88,9 @@ def _evaluate(args: argparse.Namespace) -> int:
             seed=args.seed,
         )
         shadow = ShadowSource(args.rule, settings.database_path) if args.compare_shadow else None
+        rule = next((r for r in settings.rules if r.name == args.rule), None)
+        if args.rule and rule is None:
+            raise ValueError(f"no rule named {args.rule!r} in the configuration")
         report = evaluate(
             args.plugin,
             args.dataset,
@@ -96,6 +99,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             templates_dir=settings.templates_dir,
             options=options,
             shadow=shadow,
+            quality=rule.quality if rule is not None else None,
         )
         output = args.output or Path(f"evaluation-{args.plugin}")
         metrics, html = write_report(report, output)
@@ -152,5 +156,9 @@ def add_command(commands: Any) -> None:
         action="store_true",
         help="also score the stored results of --rule (shadow mode) against the dataset",
     )
-    parser.add_argument("--rule", help="rule whose stored results --compare-shadow reads")
+    parser.add_argument(
+        "--rule",
+        help="rule whose stored results --compare-shadow reads; its input-quality policy "
+        "applies to routines that declare validated_on",
+    )
     parser.set_defaults(handler=_evaluate)

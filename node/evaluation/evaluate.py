@@ -22,8 +22,9 @@ import numpy as np
 import torch
 
 import node
+from node.config import QualitySettings
 from node.errors import AinodeError
-from node.evaluation.classification import score_finding
+from node.evaluation.classification import matched_probability, score_finding
 from node.evaluation.dataset import BOXES_CSV, LABELS_CSV, DatasetError, EvaluationDataset
 from node.evaluation.detection import (
     DEFAULT_IOU,
@@ -36,11 +37,10 @@ from node.evaluation.detection import (
 )
 from node.evaluation.runner import CaseOutcome, CaseRunner
 from node.evaluation.segmentation import reference_masks, score_segment
-from node.evaluation.shadow import compare_case, stored_results, summarise
+from node.evaluation.shadow import ShadowComparison, ShadowSource
 from node.evaluation.stats import BOOTSTRAP_SEED, summary
 from node.results.template import ResultTemplate, load_template_by_name
 from node.runtime.registry import PluginRegistry
-from node.runtime.volume import Volume
 
 log = logging.getLogger(__name__)
 
@@ -79,14 +79,6 @@ class EvaluationOptions:
             raise ValueError(f"IoU threshold {self.iou_threshold} is not in (0, 1]")
 
 
-@dataclass(frozen=True)
-class ShadowSource:
-    """Whose stored results to compare: a rule, in the node database at ``database``."""
-
-    rule: str
-    database: Path
-
-
 class EvaluationError(AinodeError):
     """The evaluation cannot be done (no threshold for a finding, unknown plugin...)."""
 
@@ -118,36 +110,6 @@ def _threshold(
         f"no operating threshold for finding {finding!r}: template {template.name} and the "
         f"plugin declare none; give one with --threshold {finding}=VALUE"
     )
-
-
-def _frame_uid(volume: Volume, frame: int | None) -> str | None:
-    if frame is None:
-        return None
-    if not 0 <= frame < len(volume.datasets):
-        raise EvaluationError(f"plugin returned frame {frame}; the volume has {volume.shape[0]}")
-    return volume.sop_instance_uids[frame]
-
-
-def _probability(
-    outcome: CaseOutcome, finding: str, image_uid: str | None
-) -> tuple[float | None, str | None]:
-    """The routine's probability for a labelled finding (max over matching outputs)."""
-    assert outcome.prediction is not None and outcome.volume is not None
-    volume = outcome.volume
-    single = len(volume.datasets) == 1
-    exact, other = [], []
-    for item in outcome.prediction.classifications:
-        if item.finding != finding:
-            continue
-        uid = _frame_uid(volume, item.frame)
-        if uid == image_uid or (single and (uid is None or image_uid is None)):
-            exact.append(item.probability)
-        elif uid is None or image_uid is None:
-            other.append(item.probability)
-    chosen = exact or other
-    if not chosen:
-        return None, f"the routine gave no probability for {finding}"
-    return max(chosen), None
 
 
 def _segment_rows(
@@ -193,11 +155,13 @@ def evaluate(
     templates_dir: Path | None = None,
     options: EvaluationOptions | None = None,
     shadow: ShadowSource | None = None,
+    quality: QualitySettings | None = None,
 ) -> dict[str, Any]:
     """Run ``plugin_name`` on every case of the dataset and compute the metrics.
 
-    With ``shadow``, the rule's stored results are scored too (:mod:`node.evaluation.shadow`)
-    and the report gains a ``shadow`` section.
+    ``quality`` is the input-quality policy for routines that declare ``validated_on``
+    (default: warn on every failed check). With ``shadow``, the rule's stored results are
+    scored too (:mod:`node.evaluation.shadow`) and the report gains a ``shadow`` section.
 
     Raises
     ------
@@ -212,7 +176,7 @@ def evaluate(
     device = device or torch.device("cpu")
     info = registry.plugin_info(plugin_name)
     template = load_template_by_name(info.template, templates_dir)
-    runner = CaseRunner(registry, plugin_name, device)
+    runner = CaseRunner(registry, plugin_name, device, quality)
     plugin_thresholds: Mapping[str, float] = getattr(runner.plugin, "thresholds", None) or {}
 
     labels_by_case = defaultdict(list)
@@ -222,8 +186,13 @@ def evaluate(
         f: _threshold(f, options, template, plugin_thresholds)
         for f in sorted({label.finding for label in dataset.labels})
     }
-    stored = stored_results(shadow.database, shadow.rule) if shadow else {}
-    shadow_rows: list[dict[str, Any]] = []
+    comparison = (
+        ShadowComparison(
+            shadow, template, options.seed, options.hit_criterion, options.iou_threshold
+        )
+        if shadow
+        else None
+    )
     boxes_by_case = defaultdict(list)
     for box in dataset.boxes:
         boxes_by_case[box.image.case].append(box)
@@ -236,7 +205,7 @@ def evaluate(
     detection_images = 0
     for number, name in enumerate(dataset.cases, start=1):
         data = dataset.read_case(name)
-        outcome = runner.run(data.images, job_id=number)
+        outcome = runner.run(data.images, data.index.image_paths, job_id=number)
         row: dict[str, Any] = {
             "case": name,
             "series_instance_uid": data.index.series_instance_uid,
@@ -244,13 +213,13 @@ def evaluate(
             "reason": outcome.reason,
             "seconds": round(outcome.seconds, 3),
         }
+        if outcome.quality is not None:
+            row["quality"] = outcome.quality
         rows.append(row)
         log.info("evaluation case=%s status=%s seconds=%.2f", name, outcome.status, outcome.seconds)
         if outcome.status != "ok":
-            if shadow:
-                shadow_rows.append(
-                    {"case": name, "status": f"not compared: case {outcome.status}", "segments": []}
-                )
+            if comparison:
+                comparison.skip(name, outcome.status)
             continue
         assert outcome.volume is not None and outcome.prediction is not None
         references: dict[int, np.ndarray] = {}
@@ -261,22 +230,14 @@ def evaluate(
                 values["dice"].append(item["dice"])
                 if item["hd95_mm"] is not None:
                     values["hd95_mm"].append(item["hd95_mm"])
-        if shadow:
-            shadow_rows.append(
-                {"case": name}
-                | compare_case(
-                    stored.get(data.index.series_instance_uid),
-                    outcome.volume,
-                    outcome.prediction.label_map,
-                    references,
-                    template,
-                )
-            )
         if labels_by_case[name]:
             row["classifications"] = []
             for label in labels_by_case[name]:
-                probability, note = _probability(
-                    outcome, label.finding, label.image.sop_instance_uid
+                probability, note = matched_probability(
+                    outcome.prediction.classifications,
+                    outcome.volume.sop_instance_uids,
+                    label.finding,
+                    label.image.sop_instance_uid,
                 )
                 threshold = thresholds[label.finding][0]
                 row["classifications"].append(
@@ -323,6 +284,29 @@ def evaluate(
                 for m in case_marks
             ]
             row["reference_boxes"] = len(case_refs)
+        if comparison:
+            volume = outcome.volume
+            single_uid = volume.sop_instance_uids[0] if len(volume.datasets) == 1 else None
+            comparison.add(
+                name,
+                data.index.series_instance_uid,
+                volume,
+                outcome.prediction,
+                references,
+                labels_by_case[name],
+                [
+                    ReferenceBox(b.image.sop_instance_uid or single_uid or "", b.finding, b.box)
+                    for b in boxes_by_case[name]
+                ],
+                [
+                    PredictedMark(
+                        volume.sop_instance_uids[d.frame], d.finding, d.score, d.box, d.point
+                    )
+                    for d in outcome.prediction.detections
+                ]
+                if dataset.boxes
+                else None,
+            )
 
     report: dict[str, Any] = {
         "schema": SCHEMA,
@@ -408,15 +392,8 @@ def evaluate(
                 for finding in sorted({b.finding for b in dataset.boxes})
             ],
         }
-    if shadow:
-        report["shadow"] = summarise(
-            shadow.rule,
-            shadow.database,
-            shadow_rows,
-            rows,
-            template,
-            options.seed,
-        )
+    if comparison:
+        report["shadow"] = comparison.section(rows, thresholds)
     return report
 
 
@@ -432,4 +409,11 @@ def write_report(report: Mapping[str, Any], output: Path) -> tuple[Path, Path]:
     return metrics, html
 
 
-__all__ = ["DatasetError", "EvaluationError", "EvaluationOptions", "evaluate", "write_report"]
+__all__ = [
+    "DatasetError",
+    "EvaluationError",
+    "EvaluationOptions",
+    "ShadowSource",
+    "evaluate",
+    "write_report",
+]

@@ -3,10 +3,13 @@
 The same steps as :meth:`node.runtime.worker.InferenceWorker._process`, without the
 queue and the result objects: the plugin comes loaded from the node's
 :class:`~node.runtime.registry.PluginRegistry`; a plugin that needs a GPU is refused
-on the CPU; the images are assembled into a :class:`~node.runtime.volume.Volume`; the
-plugin's declared ``Accepts`` and ``check()`` run (:func:`check_input`) before
-``run()``. A case the routine refuses is *rejected* (with the reason, as a job would
-show it); one that raises anything else is *failed*. Neither is dropped silently.
+on the CPU; the images are assembled into a :class:`~node.runtime.volume.Volume`
+(through the input-quality gate, :func:`~node.runtime.gate.gate_series`, when the
+routine declares ``validated_on``; the policy is the one of the rule named with
+``--rule``, else warn on every failed check); the plugin's declared ``Accepts`` and
+``check()`` run (:func:`check_input`) before ``run()``. A case the routine or the gate
+refuses is *rejected* (with the reason, as a job would show it); one that raises
+anything else is *failed*. Neither is dropped silently.
 """
 
 from __future__ import annotations
@@ -15,11 +18,15 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from pydicom.dataset import Dataset
 
+from node.config import QualitySettings
 from node.errors import InputRejected, PluginError, VolumeError
+from node.runtime.gate import gate_series
 from node.runtime.plugin import InferencePlugin, Prediction, RunContext, check_input
 from node.runtime.registry import PluginRegistry
 from node.runtime.volume import Volume, assemble_volume
@@ -39,33 +46,58 @@ class CaseOutcome:
     volume: Volume | None
     prediction: Prediction | None
     seconds: float
+    quality: dict[str, Any] | None = None
 
 
 class CaseRunner:
     """One loaded plugin on one device, run case after case."""
 
-    def __init__(self, registry: PluginRegistry, name: str, device: torch.device) -> None:
+    def __init__(
+        self,
+        registry: PluginRegistry,
+        name: str,
+        device: torch.device,
+        quality: QualitySettings | None = None,
+    ) -> None:
         info = registry.plugin_info(name)
         if info.resources.needs_gpu and device.type != "cuda":
             raise PluginError(f"plugin {name!r} needs a GPU; evaluation runs on {device}")
         self.device = device
         self.plugin: InferencePlugin = registry.get(name, device)
+        self.quality = quality or QualitySettings()
 
-    def run(self, images: Sequence[Dataset], job_id: int) -> CaseOutcome:
+    def _volume(
+        self, images: Sequence[Dataset], paths: Sequence[Path]
+    ) -> tuple[Volume, dict[str, Any] | None]:
+        validated = self.plugin.validated_on
+        if validated is None:
+            return assemble_volume(images), None
+        gated = gate_series(lambda: assemble_volume(images), paths, validated, self.quality)
+        return gated.volume, {
+            "decision": gated.decision.action,
+            "warnings": list(gated.decision.warnings),
+            "ignored": list(gated.decision.ignored),
+        }
+
+    def run(self, images: Sequence[Dataset], paths: Sequence[Path], job_id: int) -> CaseOutcome:
         started = time.perf_counter()
         try:
-            volume = assemble_volume(images)
+            volume, quality = self._volume(images, paths)
         except VolumeError as exc:
             return CaseOutcome(
                 "failed", f"VolumeError: {exc}", None, None, time.perf_counter() - started
             )
+        except InputRejected as exc:  # the quality gate decided to skip
+            return CaseOutcome("rejected", str(exc), None, None, time.perf_counter() - started)
         try:
             check_input(self.plugin, volume)
             context = RunContext(job_id, EVALUATION_RULE, self.device)
             prediction = self.plugin.run(volume, context)
         except InputRejected as exc:
             log.info("evaluation case rejected case=%d reason=%s", job_id, exc)
-            return CaseOutcome("rejected", str(exc), volume, None, time.perf_counter() - started)
+            return CaseOutcome(
+                "rejected", str(exc), volume, None, time.perf_counter() - started, quality
+            )
         except Exception as exc:
             log.warning("evaluation case failed case=%d reason=%s", job_id, exc)
             return CaseOutcome(
@@ -75,4 +107,4 @@ class CaseRunner:
                 None,
                 time.perf_counter() - started,
             )
-        return CaseOutcome("ok", None, volume, prediction, time.perf_counter() - started)
+        return CaseOutcome("ok", None, volume, prediction, time.perf_counter() - started, quality)

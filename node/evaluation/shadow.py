@@ -1,25 +1,28 @@
-"""Comparing a rule's stored results with the evaluation (``ainode evaluate --compare-shadow``).
+"""Comparing a shadow rule's stored results with the evaluation (``--compare-shadow``).
 
-A rule in shadow mode runs its jobs and stores their results without sending them;
-to judge it before go-live, those stored results are scored against the same
-labelled dataset and set beside the fresh evaluation run. Stored results are found
-the way the node keeps them on main: the state database's job rows for the rule
-(latest job with a result directory per source series) and the objects the worker
-wrote in ``results/<study>/<series>/job-<id>/``. A dataset case is matched to a job
-by its SeriesInstanceUID.
+A rule with ``shadow: true`` runs its jobs and stores their results without sending
+them. To judge it before go-live, those stored results are scored against the same
+labelled dataset and set beside the fresh evaluation run on the same cases. Stored
+results are read in the format the node exposes for this
+(:func:`node.admin.shadow.shadow_predictions`, ``/api/shadow/predictions``, documented in
+``node/admin/README.md``): per series the shadow jobs of the rule, each with its
+stored SEG path and the ``prediction.json`` classifications and detections. A dataset
+case is matched by SeriesInstanceUID to the latest finished shadow job of its series.
 
-Per case and template segment the stored SEG is scored against the reference
-(Dice, HD95, as in the evaluation) and against the evaluation's own prediction
-(agreement: a stored result that differs from a rerun on the same images shows a
-changed model, template or input). Only SEG results are compared so far; cases
-whose stored results hold no SEG are listed with that note.
+* segmentation: the stored SEG against the reference (Dice, HD95) and against the
+  evaluation's own prediction (*agreement*: below 1 means the stored result differs from
+  a rerun on the same images - a changed model, template, input or quality gate);
+* classification: AUC, sensitivity and specificity of the stored probabilities, and the
+  largest probability difference from the rerun;
+* detection: FROC of the stored detections, beside the rerun's FROC on the same cases.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -27,161 +30,313 @@ from typing import Any
 import numpy as np
 import pydicom
 
-from node.evaluation.dataset import DatasetError
+from node.evaluation.classification import matched_probability, score_finding
+from node.evaluation.dataset import DatasetError, LabelRow
+from node.evaluation.detection import PredictedMark, ReferenceBox, froc
 from node.evaluation.segmentation import reference_masks, score_segment
 from node.evaluation.stats import summary
-from node.results.kinds import ResultKind, file_tag, tag_kind
 from node.results.template import ResultTemplate
+from node.runtime.plugin import Classification, Prediction
 from node.runtime.volume import Volume
 
 log = logging.getLogger(__name__)
 
 #: Where the stored results come from, written into the report.
-SOURCE = "node job results (state database job rows, results/<study>/<series>/job-<id>/)"
-_SEG_ORDER = (ResultKind.SEG, ResultKind.LABELMAP_SEG)
+SOURCE = "shadow jobs of the rule (node.admin.shadow.shadow_predictions, ainode.shadow-predictions)"
+
+
+@dataclass(frozen=True)
+class ShadowSource:
+    """Whose stored results to compare: a shadow rule, in the node database at ``database``."""
+
+    rule: str
+    database: Path
 
 
 @dataclass(frozen=True)
 class StoredResult:
-    """The latest stored result of a rule for one source series."""
+    """The latest finished shadow job of the rule for one series, as the node lists it."""
 
     job_id: int
-    state: str
     plugin: str
-    result_dir: Path
+    plugin_version: str | None
+    seg: Path | None
+    classifications: tuple[Classification, ...]
+    detections: tuple[dict[str, Any], ...]
 
 
-def stored_results(database_path: Path, rule: str) -> dict[str, StoredResult]:
-    """``{SeriesInstanceUID: latest job with results}`` of ``rule`` in the node's database.
+def stored_results(source: ShadowSource) -> dict[str, StoredResult]:
+    """``{SeriesInstanceUID: latest finished shadow job}`` of the rule.
 
     Raises
     ------
     DatasetError
         When the database file does not exist (a path typo would otherwise create one).
     """
+    from node.admin.shadow import shadow_predictions
     from node.jobs.queue import JobQueue
     from node.state.db import Database
 
-    if not database_path.is_file():
-        raise DatasetError(f"{database_path}: no node state database here (check --config)")
-    db = Database(database_path)
+    if not source.database.is_file():
+        raise DatasetError(f"{source.database}: no node state database here (check --config)")
+    db = Database(source.database)
     try:
-        found: dict[str, StoredResult] = {}
-        for job in sorted(JobQueue(db).jobs(), key=lambda j: j.id):
-            if job.rule == rule and job.result_dir is not None:
-                found[job.series_uid] = StoredResult(job.id, job.state, job.plugin, job.result_dir)
-        return found
+        listing = shadow_predictions(JobQueue(db), rule=source.rule, state="done")
     finally:
         db.close()
-
-
-def _stored_seg(result_dir: Path) -> Path | None:
-    if not result_dir.is_dir():
-        return None
-    by_kind: dict[ResultKind, Path] = {}
-    for path in sorted(result_dir.glob("*.dcm")):
-        tag = file_tag(path.name)
-        if tag is not None:
-            by_kind.setdefault(tag_kind(tag), path)
-    return next((by_kind[k] for k in _SEG_ORDER if k in by_kind), None)
-
-
-def compare_case(
-    stored: StoredResult | None,
-    volume: Volume,
-    predicted: np.ndarray | None,
-    references: Mapping[int, np.ndarray],
-    template: ResultTemplate,
-) -> dict[str, Any]:
-    """One case's row: the stored SEG against the reference and the evaluation's prediction."""
-    if stored is None:
-        return {"status": "no stored result", "segments": []}
-    row: dict[str, Any] = {
-        "job_id": stored.job_id,
-        "job_state": stored.state,
-        "job_plugin": stored.plugin,
-        "result_dir": str(stored.result_dir),
-        "segments": [],
-    }
-    path = _stored_seg(stored.result_dir)
-    if path is None:
-        return row | {"status": "no SEG in the stored results"}
-    try:
-        stored_masks = reference_masks((pydicom.dcmread(path),), (path,), volume, template)
-    except DatasetError as exc:
-        return row | {"status": f"stored SEG not comparable: {exc}"}
-    for segment in template.segments:
-        value = segment.label_value
-        if value not in stored_masks:
-            continue
-        mask = stored_masks[value]
-        item: dict[str, Any] = {"label_value": value, "label": segment.label}
-        if value in references:
-            score = score_segment(mask, references[value], volume.spacing)
-            item |= {"dice": score.dice, "hd95_mm": score.hd95_mm}
-        if predicted is not None:
-            agreement = score_segment(mask, predicted == value, volume.spacing)
-            item |= {"agreement_dice": agreement.dice, "agreement_hd95_mm": agreement.hd95_mm}
-        row["segments"].append(item)
-    return row | {"status": "compared"}
-
-
-def summarise(
-    rule: str,
-    database: Path,
-    rows: Sequence[Mapping[str, Any]],
-    evaluated_cases: Sequence[Mapping[str, Any]],
-    template: ResultTemplate,
-    seed: int,
-) -> dict[str, Any]:
-    """The report's ``shadow`` section from the per-case rows (``rows[i]["case"]`` set).
-
-    The evaluation's Dice and HD95 beside the stored ones are summarised over the same
-    cases (those with a compared stored result), so the two columns are comparable.
-    """
-    compared = {r["case"] for r in rows if r["status"] == "compared"}
-    fresh = [
-        item
-        for case in evaluated_cases
-        if case["case"] in compared
-        for item in case.get("segments", [])
-    ]
-    segments = []
-    for segment in template.segments:
-        value = segment.label_value
-        items = [item for row in rows for item in row["segments"] if item["label_value"] == value]
-        if not items:
-            continue
-        own = [item for item in fresh if item["label_value"] == value]
-        segments.append(
-            {
-                "label_value": value,
-                "label": segment.label,
-                "stored_dice": summary([i["dice"] for i in items if "dice" in i], seed=seed),
-                "stored_hd95_mm": summary(
-                    [i["hd95_mm"] for i in items if i.get("hd95_mm") is not None], seed=seed
-                ),
-                "evaluation_dice": summary([i["dice"] for i in own], seed=seed),
-                "evaluation_hd95_mm": summary(
-                    [i["hd95_mm"] for i in own if i["hd95_mm"] is not None], seed=seed
-                ),
-                "agreement_dice": summary(
-                    [i["agreement_dice"] for i in items if "agreement_dice" in i], seed=seed
-                ),
-            }
+    found: dict[str, StoredResult] = {}
+    for series in listing["series"]:
+        latest = max(series["predictions"], key=lambda p: p["job_id"])
+        found[series["series_uid"]] = StoredResult(
+            job_id=int(latest["job_id"]),
+            plugin=str(latest["plugin"]),
+            plugin_version=latest.get("plugin_version"),
+            seg=Path(latest["seg"]) if latest.get("seg") else None,
+            classifications=tuple(
+                Classification(c["finding"], float(c["probability"]), c.get("frame"))
+                for c in latest.get("classifications", [])
+            ),
+            detections=tuple(latest.get("detections", [])),
         )
-    return {
-        "rule": rule,
-        "source": SOURCE,
-        "database": str(database),
-        "cases_compared": len(compared),
-        "cases_without_stored_result": sum(1 for r in rows if r["status"] == "no stored result"),
-        "segments": segments,
-        "cases": list(rows),
-    }
+    return found
 
 
-def _mean_ci(block: Mapping[str, Any] | None, digits: int = 3) -> str:
+@dataclass
+class ShadowComparison:
+    """Collects, case by case, the stored results beside the evaluation's."""
+
+    source: ShadowSource
+    template: ResultTemplate
+    seed: int
+    hit_criterion: str
+    iou_threshold: float
+    stored: dict[str, StoredResult] = field(init=False)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    _scores: dict[str, list[tuple[float, float | None, int]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+    _marks: list[tuple[PredictedMark, str]] = field(
+        default_factory=list
+    )  # (mark, "stored"|"rerun")
+    _boxes: list[ReferenceBox] = field(default_factory=list)
+    _images: int = 0
+
+    def __post_init__(self) -> None:
+        self.stored = stored_results(self.source)
+
+    def skip(self, case: str, status: str) -> None:
+        self.rows.append({"case": case, "status": f"not compared: case {status}", "segments": []})
+
+    def add(
+        self,
+        case: str,
+        series_uid: str,
+        volume: Volume,
+        prediction: Prediction,
+        references: dict[int, np.ndarray],
+        labels: Sequence[LabelRow],
+        boxes: Sequence[ReferenceBox],
+        rerun_marks: Sequence[PredictedMark] | None,
+    ) -> None:
+        """Compare one evaluated case with its stored result (if the rule has one).
+
+        ``rerun_marks`` is None when the dataset has no detection references.
+        """
+        stored = self.stored.get(series_uid)
+        if stored is None:
+            self.rows.append({"case": case, "status": "no stored result", "segments": []})
+            return
+        row: dict[str, Any] = {
+            "case": case,
+            "status": "compared",
+            "job_id": stored.job_id,
+            "job_plugin": stored.plugin,
+            "job_plugin_version": stored.plugin_version,
+            "segments": [],
+        }
+        self.rows.append(row)
+        if references:
+            row["segments"], note = self._segments(stored, volume, prediction, references)
+            if note:
+                row["note"] = note
+        uids = volume.sop_instance_uids
+        if labels:
+            row["classifications"] = []
+            for label in labels:
+                image = label.image.sop_instance_uid
+                kept, _ = matched_probability(stored.classifications, uids, label.finding, image)
+                rerun, _ = matched_probability(
+                    prediction.classifications, uids, label.finding, image
+                )
+                row["classifications"].append(
+                    {
+                        "finding": label.finding,
+                        "label": label.label,
+                        "stored_probability": kept,
+                        "evaluation_probability": rerun,
+                    }
+                )
+                if kept is not None:
+                    self._scores[label.finding].append((kept, rerun, label.label))
+        if rerun_marks is not None:
+            self._images += 1
+            self._boxes.extend(boxes)
+            self._marks.extend((m, "rerun") for m in rerun_marks)
+            stored_marks = [
+                PredictedMark(
+                    uids[int(d["frame"])],
+                    str(d["finding"]),
+                    float(d["score"]),
+                    tuple(d["box"]) if d.get("box") else None,
+                    tuple(d["point"]) if d.get("point") else None,
+                )
+                for d in stored.detections
+                if 0 <= int(d["frame"]) < len(uids)
+            ]
+            self._marks.extend((m, "stored") for m in stored_marks)
+            row["stored_detections"] = len(stored_marks)
+
+    def _segments(
+        self,
+        stored: StoredResult,
+        volume: Volume,
+        prediction: Prediction,
+        references: dict[int, np.ndarray],
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        if stored.seg is None or not stored.seg.is_file():
+            return [], "no SEG in the stored results"
+        try:
+            masks = reference_masks(
+                (pydicom.dcmread(stored.seg),), (stored.seg,), volume, self.template
+            )
+        except DatasetError as exc:
+            return [], f"stored SEG not comparable: {exc}"
+        items = []
+        for segment in self.template.segments:
+            value = segment.label_value
+            if value not in masks:
+                continue
+            item: dict[str, Any] = {"label_value": value, "label": segment.label}
+            if value in references:
+                score = score_segment(masks[value], references[value], volume.spacing)
+                item |= {"dice": score.dice, "hd95_mm": score.hd95_mm}
+            if prediction.label_map is not None:
+                agreement = score_segment(
+                    masks[value], prediction.label_map == value, volume.spacing
+                )
+                item |= {"agreement_dice": agreement.dice}
+            items.append(item)
+        return items, None
+
+    def section(
+        self, evaluated_cases: Sequence[dict[str, Any]], thresholds: dict[str, tuple[float, str]]
+    ) -> dict[str, Any]:
+        """The report's ``shadow`` section; evaluation figures over the same cases."""
+        compared = {r["case"] for r in self.rows if r["status"] == "compared"}
+        fresh = [
+            item
+            for case in evaluated_cases
+            if case["case"] in compared
+            for item in case.get("segments", [])
+        ]
+        segments = []
+        for segment in self.template.segments:
+            value = segment.label_value
+            items = [i for r in self.rows for i in r["segments"] if i["label_value"] == value]
+            if not items:
+                continue
+            own = [i for i in fresh if i["label_value"] == value]
+            segments.append(
+                {
+                    "label_value": value,
+                    "label": segment.label,
+                    "stored_dice": summary(
+                        [i["dice"] for i in items if "dice" in i], seed=self.seed
+                    ),
+                    "stored_hd95_mm": summary(
+                        [i["hd95_mm"] for i in items if i.get("hd95_mm") is not None],
+                        seed=self.seed,
+                    ),
+                    "evaluation_dice": summary([i["dice"] for i in own], seed=self.seed),
+                    "evaluation_hd95_mm": summary(
+                        [i["hd95_mm"] for i in own if i["hd95_mm"] is not None], seed=self.seed
+                    ),
+                    "agreement_dice": summary(
+                        [i["agreement_dice"] for i in items if "agreement_dice" in i],
+                        seed=self.seed,
+                    ),
+                }
+            )
+        classifications = []
+        for finding, triples in sorted(self._scores.items()):
+            threshold, source = thresholds[finding]
+            kept = np.asarray([t[0] for t in triples])
+            labels = np.asarray([t[2] for t in triples])
+            paired = [(t[0], t[1]) for t in triples if t[1] is not None]
+            rerun_rows = [t for t in triples if t[1] is not None]
+            classifications.append(
+                {
+                    "finding": finding,
+                    "stored": score_finding(
+                        finding, kept, labels, threshold, source, seed=self.seed
+                    ).as_dict(),
+                    "evaluation": score_finding(
+                        finding,
+                        np.asarray([t[1] for t in rerun_rows], dtype=float),
+                        np.asarray([t[2] for t in rerun_rows]),
+                        threshold,
+                        source,
+                        seed=self.seed,
+                    ).as_dict(),
+                    "max_probability_difference": max(
+                        (abs(a - b) for a, b in paired if b is not None), default=None
+                    ),
+                }
+            )
+        detections = []
+        for finding in sorted({b.finding for b in self._boxes}):
+            refs = [b for b in self._boxes if b.finding == finding]
+            by = {
+                kind: [m for m, k in self._marks if k == kind and m.finding == finding]
+                for kind in ("stored", "rerun")
+            }
+            detections.append(
+                {
+                    "finding": finding,
+                    "stored": froc(
+                        finding,
+                        by["stored"],
+                        refs,
+                        self._images,
+                        self.hit_criterion,
+                        self.iou_threshold,
+                    ).as_dict(),
+                    "evaluation": froc(
+                        finding,
+                        by["rerun"],
+                        refs,
+                        self._images,
+                        self.hit_criterion,
+                        self.iou_threshold,
+                    ).as_dict(),
+                }
+            )
+        return {
+            "rule": self.source.rule,
+            "source": SOURCE,
+            "database": str(self.source.database),
+            "cases_compared": len(compared),
+            "cases_without_stored_result": sum(
+                1 for r in self.rows if r["status"] == "no stored result"
+            ),
+            "segments": segments,
+            "classifications": classifications,
+            "detections": detections,
+            "cases": self.rows,
+        }
+
+
+def _mean_ci(block: dict[str, Any] | None, digits: int = 3) -> str:
     if not block or block.get("mean") is None:
         return "&ndash;"
     low, high = block.get("ci95") or [None, None]
@@ -191,41 +346,127 @@ def _mean_ci(block: Mapping[str, Any] | None, digits: int = 3) -> str:
     return text
 
 
-def render_shadow(section: Mapping[str, Any]) -> str:
+def _value(block: dict[str, Any] | None, digits: int = 3) -> str:
+    if not block or block.get("value") is None:
+        return "&ndash;"
+    return f"{block['value']:.{digits}f}"
+
+
+def _rows(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    head = "".join(f"<th>{escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f'<td class="num">{c}</td>' for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def render_shadow(section: dict[str, Any]) -> str:
     """The report's shadow-comparison section (HTML)."""
-    head = "".join(
-        f"<th>{h}</th>"
-        for h in (
-            "Segment",
-            "Stored Dice mean (95% CI)",
-            "Evaluation Dice, same cases",
-            "Stored HD95 mm",
-            "Evaluation HD95 mm, same cases",
-            "Agreement Dice (stored vs rerun)",
-        )
-    )
-    body = "".join(
-        "<tr>"
-        f"<td>{escape(s['label'])}</td>"
-        f'<td class="num">{_mean_ci(s["stored_dice"])}</td>'
-        f'<td class="num">{_mean_ci(s["evaluation_dice"])}</td>'
-        f'<td class="num">{_mean_ci(s["stored_hd95_mm"], 2)}</td>'
-        f'<td class="num">{_mean_ci(s["evaluation_hd95_mm"], 2)}</td>'
-        f'<td class="num">{_mean_ci(s["agreement_dice"])}</td>'
-        "</tr>"
-        for s in section["segments"]
-    )
-    cases = "".join(
-        f"<tr><td>{escape(str(r.get('case', '')))}</td><td>{escape(str(r.get('job_id', '-')))}"
-        f"</td><td>{escape(r['status'])}</td></tr>"
-        for r in section["cases"]
-    )
-    return (
-        f'<section id="shadow"><h2>Stored results of rule {escape(section["rule"])}</h2>'
+    parts = [
+        f'<section id="shadow"><h2>Shadow results of rule {escape(section["rule"])}</h2>'
         f'<p class="muted">Source: {escape(section["source"])}; database '
         f"<code>{escape(section['database'])}</code>. {section['cases_compared']} cases "
-        f"compared, {section['cases_without_stored_result']} without a stored result.</p>"
-        f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-        "<table><thead><tr><th>Case</th><th>Job</th><th>Stored result</th></tr></thead>"
-        f"<tbody>{cases}</tbody></table></section>"
+        f"compared, {section['cases_without_stored_result']} without a stored result; "
+        "evaluation figures are over the same cases.</p>"
+    ]
+    if section["segments"]:
+        parts.append(
+            _rows(
+                [
+                    "Segment",
+                    "Shadow Dice (95% CI)",
+                    "Evaluation Dice",
+                    "Shadow HD95 mm",
+                    "Evaluation HD95 mm",
+                    "Agreement Dice (shadow vs rerun)",
+                ],
+                [
+                    [
+                        escape(s["label"]),
+                        _mean_ci(s["stored_dice"]),
+                        _mean_ci(s["evaluation_dice"]),
+                        _mean_ci(s["stored_hd95_mm"], 2),
+                        _mean_ci(s["evaluation_hd95_mm"], 2),
+                        _mean_ci(s["agreement_dice"]),
+                    ]
+                    for s in section["segments"]
+                ],
+            )
+        )
+    if section["classifications"]:
+        rows = []
+        for item in section["classifications"]:
+            stored, fresh = item["stored"], item["evaluation"]
+            difference = item["max_probability_difference"]
+            rows.append(
+                [
+                    escape(item["finding"]),
+                    str(stored["n"]),
+                    _value(stored["auc"]),
+                    _value(fresh["auc"]),
+                    _value(stored["sensitivity"]),
+                    _value(fresh["sensitivity"]),
+                    _value(stored["specificity"]),
+                    _value(fresh["specificity"]),
+                    "&ndash;" if difference is None else f"{difference:.3f}",
+                ]
+            )
+        parts.append(
+            _rows(
+                [
+                    "Finding",
+                    "Cases",
+                    "Shadow AUC",
+                    "Evaluation AUC",
+                    "Shadow sensitivity",
+                    "Evaluation sensitivity",
+                    "Shadow specificity",
+                    "Evaluation specificity",
+                    "Max |p shadow - p rerun|",
+                ],
+                rows,
+            )
+        )
+    if section["detections"]:
+        parts.append(
+            _rows(
+                [
+                    "Finding",
+                    "Images",
+                    "Boxes",
+                    "Shadow found",
+                    "Shadow FP",
+                    "Shadow FROC",
+                    "Evaluation found",
+                    "Evaluation FP",
+                    "Evaluation FROC",
+                ],
+                [
+                    [
+                        escape(d["finding"]),
+                        str(d["stored"]["images"]),
+                        str(d["stored"]["targets"]),
+                        str(d["stored"]["found"]),
+                        str(d["stored"]["false_positives"]),
+                        _value({"value": d["stored"]["froc_score"]}),
+                        str(d["evaluation"]["found"]),
+                        str(d["evaluation"]["false_positives"]),
+                        _value({"value": d["evaluation"]["froc_score"]}),
+                    ]
+                    for d in section["detections"]
+                ],
+            )
+        )
+    parts.append(
+        _rows(
+            ["Case", "Shadow job", "Stored result"],
+            [
+                [
+                    escape(str(r["case"])),
+                    escape(str(r.get("job_id", "-"))),
+                    escape(r["status"] + (f": {r['note']}" if r.get("note") else "")),
+                ]
+                for r in section["cases"]
+            ],
+        )
     )
+    parts.append("</section>")
+    return "".join(parts)
