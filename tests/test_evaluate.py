@@ -148,13 +148,19 @@ def store_results_with_the_job_worker(case: Path, data_dir: Path, rule: str) -> 
 
 
 @pytest.fixture(scope="module")
-def lung_reports(lungs: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, dict]:
+def shadow_database(lungs: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A node database where shadow rule lungs-shadow stored results for the first case."""
+    first = sorted((lungs / "cases").iterdir())[0]
+    return store_results_with_the_job_worker(first, tmp_path_factory.mktemp("node"), "lungs-shadow")
+
+
+@pytest.fixture(scope="module")
+def lung_reports(
+    lungs: Path, shadow_database: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[dict, dict]:
     """The evaluation (with the stored results of rule lungs-shadow for the first case)
     and the evaluation against references moved by SHIFT_VOXELS columns."""
-    first = sorted((lungs / "cases").iterdir())[0]
-    database = store_results_with_the_job_worker(
-        first, tmp_path_factory.mktemp("node"), "lungs-shadow"
-    )
+    database = shadow_database
     # The shifted copy names its segments differently: matched by coded type + laterality.
     shifted = shifted_copy(
         lungs, tmp_path_factory.mktemp("shifted") / "ds", SHIFT_VOXELS, ["Lung R", "Lung L"]
@@ -470,11 +476,15 @@ def test_missing_threshold_is_an_error(classification_set: Path) -> None:
 # -- command line, report, browser ---------------------------------------------------
 
 
-def test_cli_writes_json_and_html(lungs: Path, tmp_path: Path, capsys) -> None:
+def test_cli_writes_json_and_html(
+    lungs: Path, shadow_database: Path, tmp_path: Path, capsys
+) -> None:
     one_case = tmp_path / "one"
     first = sorted((lungs / "cases").iterdir())[0]
     shutil.copytree(first, one_case / "cases" / first.name)
     output = tmp_path / "report"
+    config = tmp_path / "node.yaml"
+    config.write_text(f"node:\n  data_dir: {shadow_database.parent}\n")
     code = main(
         [
             "evaluate",
@@ -486,18 +496,31 @@ def test_cli_writes_json_and_html(lungs: Path, tmp_path: Path, capsys) -> None:
             str(output),
             "--device",
             "cpu",
+            "--config",
+            str(config),
+            "--compare-shadow",
+            "--rule",
+            "lungs-shadow",
         ]
     )
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert "Right lung: Dice mean 0.99" in printed
+    assert "shadow results of rule lungs-shadow: 1 cases compared" in printed
     report = json.loads((output / "metrics.json").read_text())
     assert (report["schema"], report["schema_version"]) == ("ainode-evaluation", 1)
     assert report["device"] == "cpu"
     assert (output / "report.html").read_text().count("<svg") == 2  # Dice and HD95 box plots
+    assert report["shadow"]["cases_compared"] == 1
     code = main(["evaluate", "--plugin", "ct_lungs", "--dataset", str(tmp_path / "none")])
     assert code == 2
     assert "dataset directory does not exist" in capsys.readouterr().err
+    args = ["evaluate", "--plugin", "ct_lungs", "--dataset", str(one_case), "--compare-shadow"]
+    assert main(args) == 2
+    assert "--compare-shadow needs --rule NAME" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*args[:-1], "--threshold", "bright=2"])
+    assert "is not FINDING=VALUE with VALUE in 0-1" in capsys.readouterr().err
 
 
 playwright_api = pytest.importorskip("playwright.sync_api")

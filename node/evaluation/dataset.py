@@ -95,10 +95,10 @@ class CaseIndex:
 
 @dataclass(frozen=True)
 class CaseData:
-    """A case read for evaluation: its image datasets and reference SEGs."""
+    """A case read for evaluation: its index and reference SEGs (the images are read by
+    the routine's loader, as in a job)."""
 
     index: CaseIndex
-    images: tuple[Dataset, ...]
     segs: tuple[Dataset, ...]
 
 
@@ -310,21 +310,15 @@ class EvaluationDataset:
         return rows
 
     def read_case(self, name: str) -> CaseData:
-        """Read a case's image datasets (with pixels) and its reference SEGs."""
+        """Read a case's reference SEGs."""
         index = self.cases[name]
-        images = []
-        for path in index.image_paths:
-            try:
-                images.append(pydicom.dcmread(path))
-            except Exception as exc:
-                raise DatasetError(f"{path}: cannot be read as DICOM: {exc}") from exc
         segs = []
         for path in index.seg_paths:
             try:
                 segs.append(pydicom.dcmread(path))
             except Exception as exc:
                 raise DatasetError(f"{path}: cannot be read as DICOM: {exc}") from exc
-        return CaseData(index, tuple(images), tuple(segs))
+        return CaseData(index, tuple(segs))
 
     def content_hash(self) -> str:
         """SHA-256 over every file's relative path and bytes (order independent)."""

@@ -205,7 +205,7 @@ def evaluate(
     detection_images = 0
     for number, name in enumerate(dataset.cases, start=1):
         data = dataset.read_case(name)
-        outcome = runner.run(data.images, data.index.image_paths, job_id=number)
+        outcome = runner.run(data.index.image_paths, job_id=number)
         row: dict[str, Any] = {
             "case": name,
             "series_instance_uid": data.index.series_instance_uid,

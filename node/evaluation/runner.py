@@ -3,7 +3,8 @@
 The same steps as :meth:`node.runtime.worker.InferenceWorker._process`, without the
 queue and the result objects: the plugin comes loaded from the node's
 :class:`~node.runtime.registry.PluginRegistry`; a plugin that needs a GPU is refused
-on the CPU; the images are assembled into a :class:`~node.runtime.volume.Volume`
+on the CPU; the images are read and assembled by the worker's loader
+(:func:`~node.runtime.volume.load_volume`) into a :class:`~node.runtime.volume.Volume`
 (through the input-quality gate, :func:`~node.runtime.gate.gate_series`, when the
 routine declares ``validated_on``; the policy is the one of the rule named with
 ``--rule``, else warn on every failed check); the plugin's declared ``Accepts`` and
@@ -22,14 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydicom.dataset import Dataset
 
 from node.config import QualitySettings
 from node.errors import InputRejected, PluginError, VolumeError
 from node.runtime.gate import gate_series
 from node.runtime.plugin import InferencePlugin, Prediction, RunContext, check_input
 from node.runtime.registry import PluginRegistry
-from node.runtime.volume import Volume, assemble_volume
+from node.runtime.volume import Volume, load_volume
 
 log = logging.getLogger(__name__)
 
@@ -63,26 +63,27 @@ class CaseRunner:
         if info.resources.needs_gpu and device.type != "cuda":
             raise PluginError(f"plugin {name!r} needs a GPU; evaluation runs on {device}")
         self.device = device
+        if device.type == "cuda":
+            torch.cuda.set_device(device)  # as the worker does for its thread
         self.plugin: InferencePlugin = registry.get(name, device)
         self.quality = quality or QualitySettings()
 
-    def _volume(
-        self, images: Sequence[Dataset], paths: Sequence[Path]
-    ) -> tuple[Volume, dict[str, Any] | None]:
+    def _volume(self, paths: Sequence[Path]) -> tuple[Volume, dict[str, Any] | None]:
         validated = self.plugin.validated_on
         if validated is None:
-            return assemble_volume(images), None
-        gated = gate_series(lambda: assemble_volume(images), paths, validated, self.quality)
+            return load_volume(paths), None
+        gated = gate_series(lambda: load_volume(paths), paths, validated, self.quality)
         return gated.volume, {
             "decision": gated.decision.action,
             "warnings": list(gated.decision.warnings),
             "ignored": list(gated.decision.ignored),
         }
 
-    def run(self, images: Sequence[Dataset], paths: Sequence[Path], job_id: int) -> CaseOutcome:
+    def run(self, paths: Sequence[Path], job_id: int) -> CaseOutcome:
+        """Load the case's images (the worker's loader) and run the routine on them."""
         started = time.perf_counter()
         try:
-            volume, quality = self._volume(images, paths)
+            volume, quality = self._volume(paths)
         except VolumeError as exc:
             return CaseOutcome(
                 "failed", f"VolumeError: {exc}", None, None, time.perf_counter() - started
