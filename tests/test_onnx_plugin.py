@@ -112,7 +112,9 @@ def test_onnx_and_torchscript_give_the_same_labels(
     path = _config(
         tmp_path,
         {
-            "organs-onnx": _model("onnx", exported["onnx"]),
+            "organs-onnx": _model(
+                "onnx", exported["onnx"], validated_on={"modalities": ["CT"], "noise": [5, 30]}
+            ),
             "organs-ts": _model("torchscript", exported["torchscript"]),
         },
     )
@@ -122,6 +124,9 @@ def test_onnx_and_torchscript_give_the_same_labels(
     assert not registry.errors
     info = {i.name: i for i in registry.info()}
     assert info["organs-onnx"].source == f"onnx:{exported['onnx']}"
+    validated = info["organs-onnx"].validated_on
+    assert validated is not None and validated.noise == (5.0, 30.0)
+    assert info["organs-ts"].validated_on is None
     _, volume, truth = phantom
     onnx_plugin = registry.get("organs-onnx", CPU)
     assert isinstance(onnx_plugin, OnnxPlugin)

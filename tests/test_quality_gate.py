@@ -243,6 +243,9 @@ def test_decisions_reach_the_job_and_the_sr(node: Node, clock, chest, tmp_path: 
         )
         jobs[str(header.SeriesDescription)] = job
     assert set(jobs) == set(cases)
+    listed = {p["name"]: p for p in node.admin.plugins()}
+    assert listed["ct_lungs_gated"]["validated_on"]["noise"] == (5.0, 30.0)
+    assert listed["ct_lungs"]["validated_on"] is None
 
     def events(description: str) -> dict[str, list[str]]:
         found: dict[str, list[str]] = {}

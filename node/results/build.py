@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import highdicom as hd
@@ -30,7 +30,6 @@ from node.results.kinds import (
     tag_kind,
 )
 from node.results.ko import build_ko
-from node.results.quality_note import add_quality_warnings
 from node.results.sc import NOT_FOR_DIAGNOSIS, build_sc_series
 from node.results.seg import build_seg
 from node.results.sr import SOPReference, build_sr
@@ -146,7 +145,6 @@ def build_results(
     predecessor_sr: SOPReference | Dataset | None = None,
     predecessors: Mapping[str, SOPReference | Dataset] | None = None,
     tags: Iterable[str] | None = None,
-    quality_warnings: Sequence[str] = (),
 ) -> ResultSet:
     """Build the result objects of one prediction.
 
@@ -173,9 +171,6 @@ def build_results(
     tags
         File tags to build (:func:`node.results.kinds.profile_tags` of the
         destinations' profiles); what they need is built too. Default: SEG + SR.
-    quality_warnings
-        The input-quality gate's warnings; every SR records them as Qualitative
-        Evaluations (:mod:`node.results.quality_note`).
 
     Raises
     ------
@@ -247,7 +242,6 @@ def build_results(
                     **identity,  # type: ignore[arg-type]
                 )
             ]
-            add_quality_warnings(objects[tag][0], quality_warnings)
         elif kind is ResultKind.GSPS:
             objects[tag] = [
                 build_gsps(

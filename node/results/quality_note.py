@@ -10,12 +10,14 @@ input unlike the one it was validated on, and why.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import highdicom as hd
 from highdicom.sr import CodedConcept
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
+
+from node.results.kinds import ResultKind, tag_kind
 
 QUALITATIVE_EVALUATIONS = CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
 QUALITY_ISSUE = CodedConcept("113010", "DCM", "Quality Issue")
@@ -67,6 +69,15 @@ def add_quality_warnings(sr: Dataset, warnings: Sequence[str]) -> None:
         sr._content_is_stale = True
 
 
+def add_quality_warnings_to_srs(
+    tagged: Iterable[tuple[str, Dataset]], warnings: Sequence[str]
+) -> None:
+    """Add the warnings to every SR among a result set's ``(tag, dataset)`` pairs."""
+    for tag, dataset in tagged:
+        if tag_kind(tag) is ResultKind.SR:
+            add_quality_warnings(dataset, warnings)
+
+
 def quality_warnings_of(sr: Dataset) -> list[str]:
     """The warnings an SR carries (without :data:`NOTE_PREFIX`)."""
     found: list[str] = []
@@ -84,4 +95,9 @@ def quality_warnings_of(sr: Dataset) -> list[str]:
     return found
 
 
-__all__ = ["add_quality_warnings", "quality_items", "quality_warnings_of"]
+__all__ = [
+    "add_quality_warnings",
+    "add_quality_warnings_to_srs",
+    "quality_items",
+    "quality_warnings_of",
+]

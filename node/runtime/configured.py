@@ -412,5 +412,6 @@ def configured_plugin(
         source,
         prototype.accepts,
         prototype.resources,
+        prototype.validated_on,
     )
     return info, factory

@@ -11,6 +11,7 @@ job run; a gap always skips (there is no regular grid to run on).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from node.runtime.plugin import ValidatedInput
 from node.runtime.quality import (
     Decision,
     Measurements,
+    SliceLayout,
     assess,
     slice_layout,
     without_duplicate_positions,
@@ -43,6 +45,8 @@ class GateResult:
     volume: Volume
     measured: Measurements
     decision: Decision
+    #: Time spent measuring (not loading).
+    seconds: float = 0.0
 
 
 def validated_input(settings: ValidatedInputSettings) -> ValidatedInput:
@@ -95,6 +99,7 @@ def gate_series(
     VolumeError
         The series cannot be assembled for another reason than its slice positions.
     """
+    layout: SliceLayout | None = None
     try:
         volume = load()
     except VolumeError:
@@ -114,12 +119,12 @@ def gate_series(
         volume = assemble_volume(
             without_duplicate_positions([pydicom.dcmread(path) for path in paths])
         )
-        measured, decision = assess(volume.array, volume.datasets, validated, policy, layout)
-    else:
-        measured, decision = assess(volume.array, volume.datasets, validated, policy)
+    started = time.perf_counter()
+    measured, decision = assess(volume.array, volume.datasets, validated, policy, layout)
+    seconds = time.perf_counter() - started
     if decision.action == "skip":
         raise _skip(decision)
-    return GateResult(volume, measured, decision)
+    return GateResult(volume, measured, decision, seconds)
 
 
 __all__ = ["GateResult", "QualitySkipped", "gate_series", "validated_input"]

@@ -39,6 +39,7 @@ from node.results.kinds import (
     profile_tags,
     tag_kind,
 )
+from node.results.quality_note import add_quality_warnings_to_srs
 from node.results.summary import prediction_json, quality_json, write_summary
 from node.runtime.gate import GateResult, QualitySkipped, gate_series
 from node.runtime.plugin import InferencePlugin, RunContext, check_input
@@ -172,7 +173,10 @@ class InferenceWorker(PollingThread):
             raise
         now = self._clock()
         self._queue.add_event(
-            job.id, now, "quality_checked", f"{gated.decision.action} {gated.measured.summary()}"
+            job.id,
+            now,
+            "quality_checked",
+            f"{gated.decision.action} {gated.measured.summary()} seconds={gated.seconds:.3f}",
         )
         for warning in gated.decision.warnings:
             self._queue.add_event(job.id, now, "quality_warning", warning)
@@ -245,8 +249,9 @@ class InferenceWorker(PollingThread):
             revision=job.generation,
             predecessors=_previous_reports(previous),
             tags=tags,
-            quality_warnings=gated.decision.warnings if gated is not None else (),
         )
+        if gated is not None:  # the gate's warnings go into every SR (Qualitative Evaluations)
+            add_quality_warnings_to_srs(results.tagged(), gated.decision.warnings)
         self._check_deadline(job, deadline)
         result_dir = self._results_dir / job.study_uid / job.series_uid / f"job-{job.id}"
         result_dir.mkdir(parents=True, exist_ok=True)
