@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import highdicom as hd
+import jsonschema
 import numpy as np
 import pydicom
 import pytest
@@ -34,11 +35,12 @@ from node.evaluation import (
     EvaluationDataset,
     EvaluationError,
     EvaluationOptions,
-    evaluate,
     write_report,
 )
+from node.evaluation import evaluate as run_evaluation
 from node.evaluation.classification import score_finding
 from node.evaluation.detection import PredictedMark, ReferenceBox, froc, hits
+from node.evaluation.evaluate import SCHEMA_PATH
 from node.evaluation.example import reference_seg, shift_columns, write_lung_dataset
 from node.evaluation.segmentation import score_segment
 from node.evaluation.shadow import ShadowSource
@@ -61,6 +63,16 @@ from node.runtime.worker import InferenceWorker
 from node.state.db import Database
 from node.state.series import InstanceRecord, SeriesStore
 from node.synthetic.chest_ct import make_chest_ct, write_series
+
+SCHEMA = json.loads(SCHEMA_PATH.read_text())
+
+
+def evaluate(*args, **kwargs) -> dict:
+    """:func:`node.evaluation.evaluate`, its report checked (as JSON) against the schema."""
+    report = run_evaluation(*args, **kwargs)
+    jsonschema.validate(json.loads(json.dumps(report, allow_nan=False)), SCHEMA)
+    return report
+
 
 SHIFT_VOXELS = 3
 PIXEL_SPACING_MM = 3.0
@@ -508,6 +520,7 @@ def test_cli_writes_json_and_html(
     assert "Right lung: Dice mean 0.99" in printed
     assert "shadow results of rule lungs-shadow: 1 cases compared" in printed
     report = json.loads((output / "metrics.json").read_text())
+    jsonschema.validate(report, SCHEMA)
     assert (report["schema"], report["schema_version"]) == ("ainode-evaluation", 1)
     assert report["device"] == "cpu"
     assert (output / "report.html").read_text().count("<svg") == 2  # Dice and HD95 box plots

@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 
 SCHEMA = "ainode-evaluation"
 SCHEMA_VERSION = 1
+#: JSON Schema of ``metrics.json`` (draft 2020-12).
+SCHEMA_PATH = Path(__file__).with_name("metrics.schema.json")
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.html"
 
