@@ -474,6 +474,17 @@ def test_malformed_datasets_name_the_file_and_the_problem(
         EvaluationDataset(broken)
 
 
+def test_a_reference_seg_of_another_series_is_named(lungs: Path, tmp_path: Path) -> None:
+    swapped = tmp_path / "swapped"
+    shutil.copytree(lungs, swapped)
+    first, second = sorted((swapped / "cases").iterdir())[:2]
+    shutil.copy(first / "reference-seg.dcm", second / "reference-seg.dcm")
+    with pytest.raises(
+        DatasetError, match=r"reference-seg\.dcm: the SEG references series .*, not"
+    ):
+        EvaluationDataset(swapped)
+
+
 def test_missing_threshold_is_an_error(classification_set: Path) -> None:
     class NoThreshold(ScoreReader):
         name = "no_threshold"

@@ -126,6 +126,7 @@ def index_case(directory: Path, root: Path) -> CaseIndex:
         raise DatasetError(f"{directory}: case directory holds no DICOM files")
     images: list[Path] = []
     segs: list[Path] = []
+    seg_series: dict[Path, set[str]] = {}
     series: dict[str, Path] = {}
     uids: dict[str, str] = {}
     for path in files:
@@ -135,6 +136,11 @@ def index_case(directory: Path, root: Path) -> CaseIndex:
                 raise DatasetError(f"{path}: lacks {keyword}")
         if header.SOPClassUID in SEG_SOP_CLASSES:
             segs.append(path)
+            seg_series[path] = {
+                str(item.SeriesInstanceUID)
+                for item in header.get("ReferencedSeriesSequence") or []
+                if "SeriesInstanceUID" in item
+            }
             continue
         images.append(path)
         series.setdefault(str(header.SeriesInstanceUID), path)
@@ -147,12 +153,19 @@ def index_case(directory: Path, root: Path) -> CaseIndex:
             f"{directory}: a case is one series, but {first.name} and {second.name} belong "
             "to different series (put each series in its own case directory)"
         )
+    series_uid = next(iter(series))
+    for path, referenced in seg_series.items():
+        if referenced and series_uid not in referenced:
+            raise DatasetError(
+                f"{path}: the SEG references series {', '.join(sorted(referenced))}, not this "
+                f"case's series {series_uid}"
+            )
     return CaseIndex(
         name=directory.name,
         directory=directory,
         image_paths=tuple(images),
         seg_paths=tuple(segs),
-        series_instance_uid=next(iter(series)),
+        series_instance_uid=series_uid,
         sop_instance_uids=frozenset(uids.values()),
         file_uids=uids,
     )
