@@ -189,6 +189,10 @@ def test_shadow_results_are_stored_and_listed_but_never_sent(tmp_path: Path) -> 
                 listed = {j["rule"]: j for j in viewer.get("/api/jobs").json()}
                 assert listed["lungs-shadow"]["shadow"] is True
                 assert listed["lungs-live"]["shadow"] is False
+                only = viewer.get("/api/jobs", params={"shadow": "true"}).json()
+                assert [j["id"] for j in only] == [shadow.id]
+                live_only = viewer.get("/api/jobs", params={"shadow": "false"}).json()
+                assert [j["id"] for j in live_only] == [live.id]
 
                 objects = viewer.get(f"/api/jobs/{shadow.id}/results").json()
                 assert sorted(o["kind"] for o in objects) == ["seg", "sr"]
@@ -221,6 +225,9 @@ def test_shadow_results_are_stored_and_listed_but_never_sent(tmp_path: Path) -> 
                 page = admin.get("/jobs").text
                 row = page.split(f'data-job-id="{shadow.id}"')[1].split("</tr>")[0]
                 assert 'class="badge shadow"' in row
+                filtered = admin.get("/jobs", params={"mode": "shadow"}).text
+                assert f'data-job-id="{shadow.id}"' in filtered
+                assert f'data-job-id="{live.id}"' not in filtered
                 live_row = page.split(f'data-job-id="{live.id}"')[1].split("</tr>")[0]
                 assert "shadow" not in live_row
                 detail = admin.get(f"/jobs/{shadow.id}").text

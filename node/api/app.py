@@ -203,8 +203,8 @@ def create_app(node: Node) -> FastAPI:
             await viewer(request)
         return Response(generate_latest(metrics_registry), media_type=CONTENT_TYPE_LATEST)
 
-    app.include_router(api_router(admin, viewer, editor))
     app.include_router(results_router(admin, viewer))
+    app.include_router(api_router(admin, viewer, editor))
     app.include_router(web_router(node, viewer, editor))
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 

@@ -309,8 +309,10 @@ def web_router(node: Node, viewer: Dependency, editor: Dependency) -> APIRouter:
         study_date_from: str = "",
         study_date_to: str = "",
         text: str = "",
+        mode: str = "",
     ) -> HTMLResponse:
         filters = {
+            "mode": mode if mode in ("shadow", "live") else "",
             "state": state if state in JOB_STATES else "",
             "rule": rule,
             "plugin": plugin,

@@ -272,11 +272,6 @@ class InferenceWorker(PollingThread):
         self._check_deadline(job, deadline)
         result_dir = self._results_dir / job.study_uid / job.series_uid / f"job-{job.id}"
         result_dir.mkdir(parents=True, exist_ok=True)
-        for tag, dataset in results.tagged():
-            dataset.save_as(
-                result_dir / file_name(tag, str(dataset.SOPInstanceUID)),
-                enforce_file_format=True,
-            )
         write_summary(
             result_dir,
             prediction_json(
@@ -292,6 +287,11 @@ class InferenceWorker(PollingThread):
                 quality=None if gated is None else quality_json(gated.measured, gated.decision),
             ),
         )
+        for tag, dataset in results.tagged():
+            dataset.save_as(
+                result_dir / file_name(tag, str(dataset.SOPInstanceUID)),
+                enforce_file_format=True,
+            )
         encoded = time.perf_counter()
         self._queue.add_event(
             job.id,
