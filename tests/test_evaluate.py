@@ -728,7 +728,9 @@ class GatedScoreReader(ScoreReader):
     validated_on = ValidatedInput(min_bits_stored=16)
 
 
-def test_input_quality_gate_warns_or_rejects_as_the_rule_says(classification_set: Path) -> None:
+def test_input_quality_gate_warns_or_rejects_as_the_rule_says(
+    classification_set: Path, tmp_path: Path
+) -> None:
     plugins = registry()
     plugins.register(GatedScoreReader, source="tests")
     warned = evaluate("gated_score_reader", classification_set, registry=plugins)
@@ -736,6 +738,7 @@ def test_input_quality_gate_warns_or_rejects_as_the_rule_says(classification_set
     first = next(c for c in warned["cases"] if c["status"] == "ok")
     assert first["quality"]["decision"] == "warn"
     assert any("bit" in w for w in first["quality"]["warnings"])
+    assert "input quality: warn; " in write_report(warned, tmp_path)[1].read_text()
     skipped = evaluate(
         "gated_score_reader",
         classification_set,

@@ -209,8 +209,14 @@ def _cases(report: Mapping[str, Any]) -> str:
         if "detections" in case:
             found = sum(1 for d in case["detections"] if d["hit"])
             details.append(
-                f"{len(case['detections'])} detections ({found} hits), "
-                f"{case['reference_boxes']} reference boxes"
+                f"detections: {len(case['detections'])} ({found} hitting a box); "
+                f"reference boxes: {case['reference_boxes']}"
+            )
+        quality = case.get("quality")
+        if quality:
+            details.append(
+                f"input quality: {escape(quality['decision'])}"
+                + "".join(f"; {escape(w)}" for w in quality["warnings"])
             )
         rows.append(
             [
