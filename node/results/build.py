@@ -11,6 +11,7 @@ a re-send replaces the earlier objects; a series that gained instances gives new
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Iterable, Mapping
@@ -19,17 +20,23 @@ from dataclasses import dataclass, field
 import highdicom as hd
 from pydicom.dataset import Dataset
 
+from node.errors import TemplateError
 from node.results.analysis import Analysis
+from node.results.derived import build_derived_sc_series, build_derived_series
 from node.results.gsps import build_gsps
+from node.results.heatmap import build_heatmap_sc_series
 from node.results.kinds import (
+    ATTRIBUTION_KINDS,
     BUILD_ORDER,
     DEFAULT_PROFILE,
+    DERIVED_KINDS,
     ResultKind,
     profile_tags,
     required_tags,
     tag_kind,
 )
 from node.results.ko import build_ko
+from node.results.pmap import build_parametric_map
 from node.results.sc import NOT_FOR_DIAGNOSIS, build_sc_series
 from node.results.seg import build_seg
 from node.results.sr import SOPReference, build_sr
@@ -49,6 +56,10 @@ SERIES_NUMBERS: dict[ResultKind, int] = {
     ResultKind.GSPS: 9005,
     ResultKind.SC: 9006,
     ResultKind.KO: 9007,
+    ResultKind.PMAP: 9021,
+    ResultKind.HEATMAP_SC: 9022,
+    ResultKind.DERIVED: 9023,
+    ResultKind.DERIVED_SC: 9024,
 }
 #: Series Number of every AI SEG series.
 SEG_SERIES_NUMBER = SERIES_NUMBERS[ResultKind.SEG]
@@ -64,6 +75,10 @@ KIND_LABELS: dict[ResultKind, str] = {
     ResultKind.GSPS: "GSPS",
     ResultKind.SC: f"SC {NOT_FOR_DIAGNOSIS}",
     ResultKind.KO: "KO",
+    ResultKind.PMAP: "attribution map",
+    ResultKind.HEATMAP_SC: f"heat map {NOT_FOR_DIAGNOSIS}",
+    ResultKind.DERIVED: "derived",
+    ResultKind.DERIVED_SC: "derived SC",
 }
 _SEG_TYPES = {
     ResultKind.SEG: "BINARY",
@@ -136,6 +151,58 @@ def _ordered(tags: Iterable[str]) -> list[str]:
     return sorted(set(tags), key=lambda tag: (BUILD_ORDER.index(tag_kind(tag)), tag))
 
 
+def _build_image_kind(
+    volume: Volume,
+    prediction: Prediction,
+    template: ResultTemplate,
+    kind: ResultKind,
+    tag: str,
+    uids: ResultUIDs,
+    description: str,
+) -> list[Dataset]:
+    """Parametric Map, heat-map SC, derived series or derived SC of one prediction."""
+    series = {
+        "series_instance_uid": uids.series_uid(tag),
+        "series_number": SERIES_NUMBERS[kind],
+        "series_description": description,
+    }
+    per_source = {uid: uids.instance_uid(tag, uid) for uid in volume.sop_instance_uids}
+    if kind in ATTRIBUTION_KINDS:
+        if prediction.attribution is None:
+            raise TemplateError(f"result kind {kind.value!r} needs an attribution map")
+        if kind is ResultKind.PMAP:
+            return [
+                build_parametric_map(
+                    volume,
+                    prediction.attribution,
+                    template,
+                    sop_instance_uid=uids.instance_uid(tag),
+                    **series,  # type: ignore[arg-type]
+                )
+            ]
+        return list(
+            build_heatmap_sc_series(
+                volume,
+                prediction.attribution,
+                template,
+                sop_instance_uid=per_source,
+                **series,  # type: ignore[arg-type]
+            )
+        )
+    if prediction.derived_image is None:
+        raise TemplateError(f"result kind {kind.value!r} needs a derived image")
+    build = build_derived_series if kind is ResultKind.DERIVED else build_derived_sc_series
+    return list(
+        build(
+            volume,
+            prediction.derived_image,
+            template,
+            sop_instance_uid=per_source,
+            **series,  # type: ignore[arg-type]
+        )
+    )
+
+
 def build_results(
     volume: Volume,
     prediction: Prediction,
@@ -191,7 +258,8 @@ def build_results(
             SOPReference.from_dataset(reference) if isinstance(reference, Dataset) else reference
         )
     uids = ResultUIDs.for_volume(volume, template)
-    analysis = Analysis(volume, prediction, template)
+    # Made when a kind needs it: attribution and derived-image kinds need no label map.
+    analysed = functools.cache(lambda: Analysis(volume, prediction, template))
     tracking_uids = {s.label_value: uids.tracking_uid(s.label_value) for s in template.segments}
     objects: dict[str, list[Dataset]] = {}
     seconds: dict[str, float] = {}
@@ -214,7 +282,7 @@ def build_results(
                     revision=revision,
                     tracking_uids=tracking_uids,
                     segmentation_type=_SEG_TYPES[kind],
-                    segment_numbers=analysis.segment_numbers,
+                    segment_numbers=analysed().segment_numbers,
                     **identity,  # type: ignore[arg-type]
                 )
             ]
@@ -238,14 +306,14 @@ def build_results(
                     revision=revision,
                     predecessor=predecessor,
                     series_description=description,
-                    analysis=analysis,
+                    analysis=analysed(),
                     **identity,  # type: ignore[arg-type]
                 )
             ]
         elif kind is ResultKind.GSPS:
             objects[tag] = [
                 build_gsps(
-                    analysis,
+                    analysed(),
                     sop_instance_uid=uids.instance_uid(tag),
                     series_description=description,
                     tracking_uids=tracking_uids,
@@ -255,13 +323,17 @@ def build_results(
         elif kind is ResultKind.SC:
             objects[tag] = list(
                 build_sc_series(
-                    analysis,
+                    analysed(),
                     sop_instance_uid={
                         uid: uids.instance_uid(tag, uid) for uid in volume.sop_instance_uids
                     },
                     series_description=description,
                     **identity,  # type: ignore[arg-type]
                 )
+            )
+        elif kind in ATTRIBUTION_KINDS or kind in DERIVED_KINDS:
+            objects[tag] = _build_image_kind(
+                volume, prediction, template, kind, tag, uids, description
             )
         elif kind is ResultKind.KO:
             listed = [d for t in tag.partition(".")[2].split("+") for d in objects[t]]

@@ -33,6 +33,10 @@ class ResultKind(StrEnum):
     GSPS = "gsps"  #: Grayscale Softcopy Presentation State with outlines and labels
     SC = "sc"  #: Secondary Capture copies of the source slices with the overlay burned in
     KO = "ko"  #: Key Object Selection listing the other objects of the profile
+    PMAP = "pmap"  #: Parametric Map of the plugin's attribution (explainability) map
+    HEATMAP_SC = "heatmap_sc"  #: Secondary Capture heat maps of the attribution, not diagnostic
+    DERIVED = "derived"  #: Derived series of the source's IOD (image-to-image routines)
+    DERIVED_SC = "derived_sc"  #: The derived image as Secondary Capture
 
 
 #: What a destination gets when its configuration names no profile.
@@ -51,8 +55,16 @@ BUILD_ORDER: tuple[ResultKind, ...] = (
     ResultKind.SR,
     ResultKind.GSPS,
     ResultKind.SC,
+    ResultKind.PMAP,
+    ResultKind.HEATMAP_SC,
+    ResultKind.DERIVED,
+    ResultKind.DERIVED_SC,
     ResultKind.KO,
 )
+#: Kinds built from ``Prediction.attribution``.
+ATTRIBUTION_KINDS: tuple[ResultKind, ...] = (ResultKind.PMAP, ResultKind.HEATMAP_SC)
+#: Kinds built from ``Prediction.derived_image``.
+DERIVED_KINDS: tuple[ResultKind, ...] = (ResultKind.DERIVED, ResultKind.DERIVED_SC)
 
 
 def check_profile(kinds: Iterable[str]) -> tuple[ResultKind, ...]:

@@ -53,6 +53,10 @@ def _window(volume_array: np.ndarray, header: Dataset) -> tuple[float, float]:
     return float(lower), float(max(upper, lower + 1.0))
 
 
+#: Display limits of a volume (public name, used by other burned-in renderings).
+window_limits = _window
+
+
 def render_slice(analysis: Analysis, slice_index: int, window: tuple[float, float]) -> np.ndarray:
     """The RGB ``(rows, columns, 3)`` uint8 image of one slice with the overlay burned in."""
     values = analysis.volume.array[slice_index]

@@ -301,7 +301,8 @@ class TemplateDocument(_Strict):
     algorithm: AlgorithmSpec
     output: OutputSpec
     procedure_reported: CodeSpec | None = None
-    segments: Annotated[list[SegmentSpec], Field(min_length=1)]
+    #: Empty for routines that segment nothing (image-to-image, attribution only).
+    segments: list[SegmentSpec]
     measurements: list[MeasurementSpec] = Field(default_factory=list)
     findings: list[FindingSpec] = Field(default_factory=list)
 
