@@ -15,6 +15,7 @@ import numpy as np
 import pydicom
 import pytest
 import torch
+from scipy import ndimage
 
 from node.results import build_results, load_template_by_name
 from node.results.availability import unavailable_tags
@@ -262,3 +263,83 @@ def test_ct_organs_explain_attributes_the_liver_score_to_the_liver() -> None:
     elsewhere_in_body = (truth.labels > 0) & ~liver
     assert values[liver].mean() > 5 * values[elsewhere_in_body].mean()
     assert values[liver].mean() > 50 * values[outside_body].mean()
+
+
+@pytest.mark.slow
+def test_node_sends_denoised_series_and_attribution_maps_into_orthanc(tmp_path) -> None:
+    from node.devtools.node_process import NodeProcess
+    from node.devtools.orthanc import OrthancServer
+    from node.synthetic.chest_ct import write_series
+    from tests.support.net import free_port
+
+    node_port = free_port()
+    profile = ["seg", "sr", "pmap", "heatmap_sc", "derived", "derived_sc"]
+    rules = [
+        {"name": "denoise", "match": {"Modality": "CT"}, "plugin": "ct_denoise"},
+        {"name": "organs-explain", "match": {"Modality": "CT"}, "plugin": "ct_organs_explain"},
+    ]
+    datasets, truth = make_abdomen_ct(
+        n_slices=40, rows=96, columns=96, pixel_spacing_mm=4.0, slice_thickness_mm=8.0,
+        seed=20_003, series_description="Abdomen phantom",
+    )  # fmt: skip
+    files = write_series(datasets, tmp_path / "series")
+    study_uid = datasets[0].StudyInstanceUID
+    wanted = {SERIES_NUMBERS[ResultKind(kind)]: kind for kind in profile}
+    with OrthancServer(
+        modalities={"ainode": ["AINODE", "127.0.0.1", node_port]}, workdir=tmp_path / "orthanc"
+    ) as pacs:
+        config = {
+            "node": {"dicom_port": node_port},
+            "completion": {"series_quiet_seconds": 1.5, "poll_seconds": 0.25},
+            "destinations": {
+                "pacs": {
+                    "ae_title": pacs.aet,
+                    "host": "127.0.0.1",
+                    "port": pacs.dicom_port,
+                    "results": profile,
+                }
+            },
+            "rules": [{**rule, "send_to": ["pacs"]} for rule in rules],
+        }
+        with NodeProcess(config, workdir=tmp_path / "node"):
+            pacs.upload_many(files)
+            pacs.send_to_modality("ainode", [pacs.lookup_study(study_uid)])
+
+            def arrived() -> dict[str, dict] | None:
+                found = {}
+                for series in pacs.find_series(study_uid):
+                    number = int(series["MainDicomTags"].get("SeriesNumber", 0))
+                    if number in wanted and series.get("IsStable"):
+                        found[wanted[number]] = series
+                return found if set(found) == set(profile) else None
+
+            series = pacs.wait_for(arrived, 600, message="every result series")
+        derived = [pacs.instance_dataset(i) for i in series["derived"]["Instances"]]
+        assert len(derived) == len(datasets) == len(series["derived_sc"]["Instances"])
+        by_uid = {str(ds.SOPInstanceUID): ds for ds in datasets}
+        for image in derived:
+            source = by_uid[image.SourceImageSequence[0].ReferencedSOPInstanceUID]
+            assert image.ImagePositionPatient == source.ImagePositionPatient
+            assert image.FrameOfReferenceUID == source.FrameOfReferenceUID
+            assert list(image.ImageType)[:2] == ["DERIVED", "SECONDARY"]
+        (pmap_id,) = series["pmap"]["Instances"]
+        pmap = pacs.instance_dataset(pmap_id)
+        assert int(pmap.NumberOfFrames) == len(datasets)
+        assert "of Liver" in pmap.ContentDescription
+        heat = [pacs.instance_dataset(i) for i in series["heatmap_sc"]["Instances"]]
+        assert heat and all(im.BurnedInAnnotation == "YES" for im in heat)
+        checked = {
+            "pmap": pmap,
+            "heatmap_sc": heat[0],
+            "derived": derived[len(derived) // 2],
+            "derived_sc": pacs.instance_dataset(series["derived_sc"]["Instances"][0]),
+        }
+        for kind, dataset in checked.items():
+            path = save(dataset, tmp_path / f"{kind}.dcm")
+            assert dciodvfy_errors(path) == [], kind
+        # The denoised series is less noisy than its source inside the liver.
+        denoised = assemble_volume(derived)
+        source_volume = assemble_volume(datasets)
+        liver = ndimage.binary_erosion(truth.labels == LIVER, iterations=2)
+        assert liver.sum() > 1000
+        assert np.std(denoised.array[liver]) < 0.7 * np.std(source_volume.array[liver])
