@@ -343,3 +343,9 @@ def test_node_sends_denoised_series_and_attribution_maps_into_orthanc(tmp_path) 
         liver = ndimage.binary_erosion(truth.labels == LIVER, iterations=2)
         assert liver.sum() > 1000
         assert np.std(denoised.array[liver]) < 0.7 * np.std(source_volume.array[liver])
+
+
+def test_a_template_may_declare_no_segments() -> None:
+    template = load_template_by_name("ct_denoise")
+    assert template.segments == ()
+    assert template.algorithm.name == "ainode-denoise-demo"

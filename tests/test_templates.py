@@ -207,7 +207,6 @@ BROKEN = {
         "output.content_label",
         "A-Z",
     ),
-    "no segments": (_set(["segments"], []), "segments", "at least 1 item"),
     "wrong format version": (_set(["format_version"], 3), "format_version", "expected 1 or 2"),
     "compute with the wrong unit": (
         _set(["measurements", 0, "compute"], "surface_area"),

@@ -4,7 +4,11 @@ Grad-CAM explains a *score*; for a segmentation network the score of an organ is
 mean logit of its channel over the voxels the network assigns to it (Seg-Grad-CAM,
 Vinogradova et al., AAAI 2020). :class:`SegmentScore` wraps the network so that it
 returns these per-channel scores, and MONAI's :class:`~monai.visualize.GradCAM` (or
-:class:`~monai.visualize.GradCAMpp`) computes the map at one layer. The volume takes
+:class:`~monai.visualize.GradCAMpp`) computes the map at one layer, or MONAI's
+:class:`~monai.visualize.VanillaGrad` the gradient of the score with respect to the input
+(``"gradient saliency"``: its magnitude, smoothed with MONAI's ``GaussianSmooth``).
+Grad-CAM assumes non-negative activations (ReLU); on networks with signed activations
+(PReLU, as MONAI's UNet) it can come out inverted, which the gradient does not. The volume takes
 the engine's path (reorientation, intensity window, resampling to the model spacing:
 :func:`node.runtime.engine.preprocess`), is padded at the end of each axis to a
 multiple of the network's total stride, and the map comes back the same way: cropped,
@@ -22,7 +26,7 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.transforms import DivisiblePad
+from monai.transforms import DivisiblePad, GaussianSmooth
 from monai.visualize import GradCAM, GradCAMpp, VanillaGrad
 
 from node.runtime.engine import ModelSpec, preprocess
@@ -32,6 +36,8 @@ log = logging.getLogger(__name__)
 
 Method = Literal["Grad-CAM", "Grad-CAM++", "gradient saliency"]
 _CAMS = {"Grad-CAM": GradCAM, "Grad-CAM++": GradCAMpp}
+#: Gaussian smoothing (model voxels) of the gradient magnitude of ``"gradient saliency"``.
+SALIENCY_SIGMA = 1.0
 
 
 class SegmentScore(torch.nn.Module):
@@ -105,7 +111,9 @@ def segment_attribution(
     with torch.enable_grad():
         if method == "gradient saliency":
             gradient = VanillaGrad(score)(padded_tensor.clone(), index=channel)
-            saliency = torch.as_tensor(gradient).detach().abs().float()
+            magnitude = torch.as_tensor(gradient).detach().abs().float()[0]
+            # The stride-2 transposed convolutions leave a checkerboard in raw gradients.
+            saliency = torch.as_tensor(GaussianSmooth(sigma=SALIENCY_SIGMA)(magnitude))[None]
             saliency = saliency / saliency.max().clamp(min=1e-12)
         else:
             cam = _CAMS[method](nn_module=score, target_layers=f"network.{layer}")
