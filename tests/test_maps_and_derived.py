@@ -200,10 +200,10 @@ def test_worker_skips_what_a_prediction_cannot_fill(phantom) -> None:
     only_image = Prediction(derived_image=DerivedImage(volume.array, "copy"))
     tags = {"seg", "sr", "pmap", "derived", "ko.derived+seg"}
     skipped = unavailable_tags(only_image, tags)
-    assert set(skipped) == {"seg", "sr", "pmap", "ko.derived+seg"}
+    assert set(skipped) == {"seg", "sr", "pmap"}
     assert "attribution" in skipped["pmap"] and "label map" in skipped["seg"]
     segmentation = Prediction(label_map=labels.astype(np.uint8))
-    assert set(unavailable_tags(segmentation, tags)) == {"pmap", "derived", "ko.derived+seg"}
+    assert set(unavailable_tags(segmentation, tags)) == {"pmap", "derived"}
 
 
 def test_bad_maps_are_refused_with_the_reason(phantom) -> None:

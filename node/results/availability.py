@@ -3,8 +3,8 @@
 A destination's profile lists kinds for every rule that sends to it, but a routine
 fills only some: an image-to-image routine gives no label map (no SEG, SR, GSPS or SC),
 a segmentation without ``explain_label`` gives no attribution map (no ``pmap``,
-``heatmap_sc``). The worker drops such tags before building, records why in the job,
-and also drops a KO that would list a dropped object.
+``heatmap_sc``). The worker drops such tags before building and records why in the
+job; a KO lists what was built.
 """
 
 from __future__ import annotations
@@ -42,20 +42,16 @@ def missing_input(prediction: Prediction, kind: ResultKind) -> str | None:
 
 
 def unavailable_tags(prediction: Prediction, tags: Iterable[str]) -> dict[str, str]:
-    """``{tag: reason}`` for the tags ``prediction`` cannot fill (KOs listing one included)."""
-    wanted = set(tags)
+    """``{tag: reason}`` for the tags ``prediction`` cannot fill.
+
+    A KO is never dropped here: it lists what was built (none built: no KO).
+    """
     reasons: dict[str, str] = {}
-    for tag in wanted:
+    for tag in set(tags):
         kind = tag_kind(tag)
         if kind is ResultKind.KO:
             continue
         reason = missing_input(prediction, kind)
         if reason is not None:
             reasons[tag] = reason
-    for tag in wanted:
-        if tag_kind(tag) is ResultKind.KO:
-            listed = set(tag.partition(".")[2].split("+"))
-            dropped = sorted(listed & set(reasons))
-            if dropped:
-                reasons[tag] = f"it lists {', '.join(dropped)}, which cannot be built"
     return reasons
