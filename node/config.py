@@ -71,7 +71,8 @@ class ResultProfileSettings(_Strict):
     """What a destination receives (mixed into every kind of destination)."""
 
     #: Result profile: the kinds of result objects this destination receives
-    #: (``seg``, ``labelmap_seg``, ``fractional_seg``, ``sr``, ``gsps``, ``sc``, ``ko``).
+    #: (``seg``, ``labelmap_seg``, ``fractional_seg``, ``sr``, ``gsps``, ``sc``, ``ko``,
+    #: ``pmap``, ``heatmap_sc``, ``derived``, ``derived_sc``).
     #: E.g. ``[sc, gsps]`` for a PACS that shows neither SEG nor SR.
     results: list[str] = Field(default_factory=lambda: [k.value for k in DEFAULT_PROFILE])
 

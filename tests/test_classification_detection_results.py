@@ -190,9 +190,22 @@ BROKEN = {
         _change(["detections", 1, "colour"], [0, 0, 256]),
         "detections[1].colour[2]: Input should be less than or equal to 255",
     ),
-    "nothing to report": (
-        lambda d: (d.pop("classifications"), d.pop("detections")),
-        "segments: at least 1 item is needed (or classifications or detections)",
+    "measurements without segments": (
+        lambda d: (
+            d.pop("classifications"),
+            d.pop("detections"),
+            d.update(
+                measurements=[
+                    {
+                        "key": "volume_cm3",
+                        "concept": {"value": "118565006", "scheme": "SCT", "meaning": "Volume"},
+                        "unit": "cm3",
+                        "compute": "volume",
+                    }
+                ]
+            ),
+        ),
+        "segments: at least 1 item is needed for measurements and findings",
     ),
 }
 

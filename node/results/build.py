@@ -21,14 +21,18 @@ from pydicom.dataset import Dataset
 
 from node.errors import TemplateError
 from node.results.analysis import Analysis
+from node.results.derived import build_derived_sc_series, build_derived_series
 from node.results.findings import ImageFindings
 from node.results.findings_gsps import build_findings_gsps
 from node.results.findings_sc import build_findings_sc_series, capture_keys
 from node.results.findings_sr import finding_groups
 from node.results.gsps import build_gsps
+from node.results.heatmap import build_heatmap_sc_series
 from node.results.kinds import (
+    ATTRIBUTION_KINDS,
     BUILD_ORDER,
     DEFAULT_PROFILE,
+    DERIVED_KINDS,
     SEG_KINDS,
     ResultKind,
     profile_tags,
@@ -36,6 +40,7 @@ from node.results.kinds import (
     tag_kind,
 )
 from node.results.ko import build_ko
+from node.results.pmap import build_parametric_map
 from node.results.registration import build_registration
 from node.results.sc import NOT_FOR_DIAGNOSIS, build_sc_series
 from node.results.seg import build_seg
@@ -57,6 +62,10 @@ SERIES_NUMBERS: dict[ResultKind, int] = {
     ResultKind.SC: 9006,
     ResultKind.KO: 9007,
     ResultKind.REG: 9010,
+    ResultKind.PMAP: 9021,
+    ResultKind.HEATMAP_SC: 9022,
+    ResultKind.DERIVED: 9023,
+    ResultKind.DERIVED_SC: 9024,
 }
 #: Series Number of every AI SEG series.
 SEG_SERIES_NUMBER = SERIES_NUMBERS[ResultKind.SEG]
@@ -73,6 +82,10 @@ KIND_LABELS: dict[ResultKind, str] = {
     ResultKind.SC: f"SC {NOT_FOR_DIAGNOSIS}",
     ResultKind.KO: "KO",
     ResultKind.REG: "REG",
+    ResultKind.PMAP: "attribution map",
+    ResultKind.HEATMAP_SC: f"heat map {NOT_FOR_DIAGNOSIS}",
+    ResultKind.DERIVED: "derived",
+    ResultKind.DERIVED_SC: "derived SC",
 }
 _SEG_TYPES = {
     ResultKind.SEG: "BINARY",
@@ -168,6 +181,58 @@ def _build_reg(
 
 def _ordered(tags: Iterable[str]) -> list[str]:
     return sorted(set(tags), key=lambda tag: (BUILD_ORDER.index(tag_kind(tag)), tag))
+
+
+def _build_image_kind(
+    volume: Volume,
+    prediction: Prediction,
+    template: ResultTemplate,
+    kind: ResultKind,
+    tag: str,
+    uids: ResultUIDs,
+    description: str,
+) -> list[Dataset]:
+    """Parametric Map, heat-map SC, derived series or derived SC of one prediction."""
+    series = {
+        "series_instance_uid": uids.series_uid(tag),
+        "series_number": SERIES_NUMBERS[kind],
+        "series_description": description,
+    }
+    per_source = {uid: uids.instance_uid(tag, uid) for uid in volume.sop_instance_uids}
+    if kind in ATTRIBUTION_KINDS:
+        if prediction.attribution is None:
+            raise TemplateError(f"result kind {kind.value!r} needs an attribution map")
+        if kind is ResultKind.PMAP:
+            return [
+                build_parametric_map(
+                    volume,
+                    prediction.attribution,
+                    template,
+                    sop_instance_uid=uids.instance_uid(tag),
+                    **series,  # type: ignore[arg-type]
+                )
+            ]
+        return list(
+            build_heatmap_sc_series(
+                volume,
+                prediction.attribution,
+                template,
+                sop_instance_uid=per_source,
+                **series,  # type: ignore[arg-type]
+            )
+        )
+    if prediction.derived_image is None:
+        raise TemplateError(f"result kind {kind.value!r} needs a derived image")
+    build = build_derived_series if kind is ResultKind.DERIVED else build_derived_sc_series
+    return list(
+        build(
+            volume,
+            prediction.derived_image,
+            template,
+            sop_instance_uid=per_source,
+            **series,  # type: ignore[arg-type]
+        )
+    )
 
 
 def build_results(
@@ -375,6 +440,10 @@ def build_results(
             )
         elif kind is ResultKind.REG:
             objects[tag] = [_build_reg(volume, prediction, template, uids, revision)]
+        elif kind in ATTRIBUTION_KINDS or kind in DERIVED_KINDS:
+            objects[tag] = _build_image_kind(
+                volume, prediction, template, kind, tag, uids, description
+            )
         elif kind is ResultKind.KO:
             listed = [d for t in tag.partition(".")[2].split("+") for d in objects.get(t, [])]
             if not listed:

@@ -36,6 +36,10 @@ class ResultKind(StrEnum):
     SC = "sc"  #: Secondary Capture copies of the source slices with the overlay burned in
     KO = "ko"  #: Key Object Selection listing the other objects of the profile
     REG = "reg"  #: Spatial Registration of a prior series (routines that declare needs_prior)
+    PMAP = "pmap"  #: Parametric Map of the plugin's attribution (explainability) map
+    HEATMAP_SC = "heatmap_sc"  #: Secondary Capture heat maps of the attribution, not diagnostic
+    DERIVED = "derived"  #: Derived series of the source's IOD (image-to-image routines)
+    DERIVED_SC = "derived_sc"  #: The derived image as Secondary Capture
 
 
 #: What a destination gets when its configuration names no profile.
@@ -55,8 +59,16 @@ BUILD_ORDER: tuple[ResultKind, ...] = (
     ResultKind.GSPS,
     ResultKind.SC,
     ResultKind.REG,
+    ResultKind.PMAP,
+    ResultKind.HEATMAP_SC,
+    ResultKind.DERIVED,
+    ResultKind.DERIVED_SC,
     ResultKind.KO,
 )
+#: Kinds built from ``Prediction.attribution``.
+ATTRIBUTION_KINDS: tuple[ResultKind, ...] = (ResultKind.PMAP, ResultKind.HEATMAP_SC)
+#: Kinds built from ``Prediction.derived_image``.
+DERIVED_KINDS: tuple[ResultKind, ...] = (ResultKind.DERIVED, ResultKind.DERIVED_SC)
 
 
 def check_profile(kinds: Iterable[str]) -> tuple[ResultKind, ...]:

@@ -392,8 +392,8 @@ class TemplateDocument(_Strict):
     algorithm: AlgorithmSpec
     output: OutputSpec
     procedure_reported: CodeSpec | None = None
-    #: Empty only for templates that code no label map: format 3 classifiers and
-    #: detectors, or a registration (no measurements or findings then).
+    #: Empty for templates that segment nothing: format 3 classifiers, detectors and
+    #: image-to-image routines, or a registration (which measures nothing either).
     segments: list[SegmentSpec] = Field(default_factory=list)
     measurements: list[MeasurementSpec] = Field(default_factory=list)
     findings: list[FindingSpec] = Field(default_factory=list)
@@ -582,16 +582,8 @@ def _semantic_problems(document: TemplateDocument) -> list[tuple[str, str]]:
 
     segments = document.segments
     if not segments and (document.measurements or document.findings):
-        # A template without segments (e.g. a registration's) measures nothing.
+        # A template without segments (a registration's, a denoiser's) measures nothing.
         problems.append(("segments", "at least 1 item is needed for measurements and findings"))
-    elif (
-        not segments
-        and document.format_version >= 3
-        and not (document.classifications or document.detections)
-    ):
-        problems.append(
-            ("segments", "at least 1 item is needed (or classifications or detections)")
-        )
     problems += _duplicates([s.label_value for s in segments], "segments", "label_value")
     problems += _duplicates([s.label for s in segments], "segments", "label")
     problems += _duplicates([s.tracking_id for s in segments], "segments", "tracking_id")

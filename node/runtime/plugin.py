@@ -355,6 +355,64 @@ class Registration:
         object.__setattr__(self, "matrix", matrix)
 
 
+@dataclass(frozen=True)
+class Attribution:
+    """A per-voxel explanation of one output, on the source grid.
+
+    Attributes
+    ----------
+    values
+        ``float32`` array shaped like ``volume.array``; larger values contributed more
+        to ``target`` (e.g. Grad-CAM scaled to 0-1).
+    method
+        How it was computed, as shown to readers (``"Grad-CAM"``, ``"occlusion"``).
+    target
+        What it explains, as shown to readers (``"Liver"``, a finding's name).
+    label_value
+        Template label value it explains, when it explains a segment.
+    finding
+        Key of the template classification or detection it explains, when it does.
+    """
+
+    values: np.ndarray
+    method: str
+    target: str
+    label_value: int | None = None
+    finding: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.values.ndim != 3:
+            raise ValueError(f"attribution map must be 3-D, got shape {self.values.shape}")
+        if not np.isfinite(self.values).all():
+            raise ValueError("attribution map holds NaN or infinite values")
+        if not self.method.strip() or not self.target.strip():
+            raise ValueError("attribution needs a method and a target")
+
+
+@dataclass(frozen=True)
+class DerivedImage:
+    """A new image computed from the source (denoised, synthesised…), on the source grid.
+
+    Attributes
+    ----------
+    values
+        Array shaped like ``volume.array`` in the source's real-world values (HU for CT).
+    description
+        What was done, for Derivation Description (e.g. ``"Denoised by a residual UNet"``).
+    """
+
+    values: np.ndarray
+    description: str
+
+    def __post_init__(self) -> None:
+        if self.values.ndim != 3:
+            raise ValueError(f"derived image must be 3-D, got shape {self.values.shape}")
+        if not np.isfinite(self.values).all():
+            raise ValueError("derived image holds NaN or infinite values")
+        if not self.description.strip():
+            raise ValueError("derived image needs a description")
+
+
 @dataclass
 class Prediction:
     """A routine's output on the source grid.
@@ -383,6 +441,10 @@ class Prediction:
     registration
         A prior series registered to this one (:class:`Registration`), from routines
         that declare ``needs_prior``.
+    attribution
+        Optional explanation map (:class:`Attribution`).
+    derived_image
+        Optional new image from an image-to-image routine (:class:`DerivedImage`).
     """
 
     label_map: np.ndarray | None = None
@@ -392,6 +454,8 @@ class Prediction:
     classifications: list[Classification] = field(default_factory=list)
     detections: list[Detection] = field(default_factory=list)
     registration: Registration | None = None
+    attribution: Attribution | None = None
+    derived_image: DerivedImage | None = None
 
 
 class InferencePlugin(abc.ABC):

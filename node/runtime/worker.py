@@ -31,6 +31,7 @@ from node.errors import InputRejected, JobTimeout
 from node.jobs.queue import Job, JobQueue
 from node.polling import PollingThread
 from node.results import build_results, load_template_by_name
+from node.results.availability import unavailable_tags
 from node.results.kinds import (
     DEFAULT_PROFILE,
     SEG_KINDS,
@@ -272,6 +273,24 @@ class InferenceWorker(PollingThread):
                     ",".join(sorted(dropped)),
                 )
         tags = self._registration_tags(job, prediction, tags)
+        unavailable = unavailable_tags(prediction, tags)
+        if unavailable:
+            tags = frozenset(tags - set(unavailable))
+            self._queue.add_event(
+                job.id,
+                self._clock(),
+                "results_skipped",
+                "; ".join(f"{tag}: {why}" for tag, why in sorted(unavailable.items())),
+            )
+            log.info(
+                "result kinds skipped job_id=%d tags=%s reason=not_in_prediction",
+                job.id,
+                ",".join(sorted(unavailable)),
+            )
+        if not tags:
+            raise InputRejected(
+                "the plugin's prediction fills none of the result kinds its destinations take"
+            )
         results = build_results(
             volume,
             prediction,
