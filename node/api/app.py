@@ -31,6 +31,7 @@ from node.api.auth import (
 )
 from node.api.dicomweb import dicomweb_router
 from node.api.metrics import registry_for
+from node.api.radiomics import radiomics_router
 from node.api.routes import api_router
 from node.api.tokens import TokenAuth
 from node.api.web import web_router
@@ -203,6 +204,7 @@ def create_app(node: Node) -> FastAPI:
         return Response(generate_latest(metrics_registry), media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(api_router(admin, viewer, editor))
+    app.include_router(radiomics_router(admin, viewer))
     app.include_router(web_router(node, viewer, editor))
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 

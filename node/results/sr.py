@@ -39,6 +39,7 @@ from node.results.provenance import (
     processing_equipment,
     sr_algorithm_identification,
 )
+from node.results.radiomics import declare_private_scheme, sr_measurements
 from node.results.template import ResultTemplate, SegmentSpec
 from node.runtime.plugin import Prediction
 from node.runtime.volume import Volume
@@ -98,6 +99,8 @@ def procedure_reported(volume: Volume, template: ResultTemplate) -> CodedConcept
 
 def _measurements(analysis: Analysis, segment: SegmentSpec) -> list[hd.sr.Measurement]:
     template = analysis.template
+    radiomics = analysis.radiomics
+    features = [] if radiomics is None else sr_measurements(radiomics, segment.label_value)
     return [
         hd.sr.Measurement(
             name=template.measurement(key).concept.concept,
@@ -107,7 +110,7 @@ def _measurements(analysis: Analysis, segment: SegmentSpec) -> list[hd.sr.Measur
             algorithm_id=sr_algorithm_identification(template),
         )
         for key, value in analysis.measurements[segment.label_value].items()
-    ]
+    ] + features
 
 
 def _qualitative(analysis: Analysis, segment: SegmentSpec) -> list[hd.sr.QualitativeEvaluation]:
@@ -298,6 +301,8 @@ def build_sr(
         contributing_equipment=[processing_equipment(template)],
     )
     sr.add_image_library(image_library(volume.datasets))
+    if analysis.radiomics is not None:
+        declare_private_scheme(sr, analysis.radiomics)
     sr.ManufacturerModelName = algorithm.name
     sr.SoftwareVersions = algorithm.version
     sr.DeviceUID = algorithm.device_uid

@@ -39,6 +39,7 @@ from node.results.kinds import (
     profile_tags,
     tag_kind,
 )
+from node.results.radiomics import write_radiomics
 from node.runtime.plugin import RunContext, check_input
 from node.runtime.registry import PluginRegistry
 from node.runtime.volume import Volume, load_volume
@@ -214,6 +215,8 @@ class InferenceWorker(PollingThread):
                 result_dir / file_name(tag, str(dataset.SOPInstanceUID)),
                 enforce_file_format=True,
             )
+        if results.radiomics is not None:
+            write_radiomics(result_dir, results.radiomics)
         encoded = time.perf_counter()
         self._queue.add_event(
             job.id,
