@@ -5,8 +5,6 @@ by the worker next to the SEG and SR (:mod:`node.results.radiomics`), so they ou
 restarts as the DICOM results do. Rows are segment x feature, with units and codes.
 """
 
-from __future__ import annotations
-
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal
 

@@ -99,8 +99,6 @@ def procedure_reported(volume: Volume, template: ResultTemplate) -> CodedConcept
 
 def _measurements(analysis: Analysis, segment: SegmentSpec) -> list[hd.sr.Measurement]:
     template = analysis.template
-    radiomics = analysis.radiomics
-    features = [] if radiomics is None else sr_measurements(radiomics, segment.label_value)
     return [
         hd.sr.Measurement(
             name=template.measurement(key).concept.concept,
@@ -110,7 +108,7 @@ def _measurements(analysis: Analysis, segment: SegmentSpec) -> list[hd.sr.Measur
             algorithm_id=sr_algorithm_identification(template),
         )
         for key, value in analysis.measurements[segment.label_value].items()
-    ] + features
+    ]
 
 
 def _qualitative(analysis: Analysis, segment: SegmentSpec) -> list[hd.sr.QualitativeEvaluation]:
@@ -302,6 +300,12 @@ def build_sr(
     )
     sr.add_image_library(image_library(volume.datasets))
     if analysis.radiomics is not None:
+        # Added after construction like the Image Library: ~100 features per segment
+        # through highdicom's group and SR constructors cost seconds per segment.
+        for number, segment in enumerate(template.segments, start=1):
+            features = sr_measurements(analysis.radiomics, segment.label_value)
+            if features:
+                sr.add_volumetric_measurements(str(segment_items[number].TrackingUID), features)
         declare_private_scheme(sr, analysis.radiomics)
     sr.ManufacturerModelName = algorithm.name
     sr.SoftwareVersions = algorithm.version
@@ -338,6 +342,31 @@ class MeasurementReportSR(hd.sr.Comprehensive3DSR):
         self.ContentSequence = DicomSequence([*items[:position], library, *items[position:]])
         self._content_is_stale = True
 
+    def add_volumetric_measurements(
+        self, tracking_uid: str, measurements: Sequence[hd.sr.Measurement]
+    ) -> None:
+        """Append TID 300 measurements to the TID 1411 group of ``tracking_uid``.
+
+        They go after the group's last measurement (before its qualitative evaluations).
+        """
+        group = _volumetric_group(self, tracking_uid)
+        items: list[Dataset] = list(group.ContentSequence)
+        numbers = [i for i, item in enumerate(items) if item.ValueType == "NUM"]
+        if numbers:
+            position = numbers[-1] + 1
+        else:
+            position = next(
+                (
+                    i
+                    for i, item in enumerate(items)
+                    if item.RelationshipType == "CONTAINS" and item.ValueType in ("CODE", "TEXT")
+                ),
+                len(items),
+            )
+        added = [item for measurement in measurements for item in measurement]
+        group.ContentSequence = DicomSequence([*items[:position], *added, *items[position:]])
+        self._content_is_stale = True
+
     @property
     def content(self) -> ContentSequence:
         if getattr(self, "_content_is_stale", False):
@@ -354,6 +383,31 @@ class MeasurementReportSR(hd.sr.Comprehensive3DSR):
 
 #: Code value of TID 1500's Imaging Measurements container (the Image Library precedes it).
 IMAGING_MEASUREMENTS_CODE = "126010"
+_TRACKING_UID_CODE = "112040"
+_REFERENCED_SEGMENT_CODE = "121191"
+
+
+def _volumetric_group(sr: Dataset, tracking_uid: str) -> Dataset:
+    """The TID 1411 container (it references a segment) with this Tracking UID."""
+    measurements = next(
+        item
+        for item in sr.ContentSequence
+        if item.ConceptNameCodeSequence[0].CodeValue == IMAGING_MEASUREMENTS_CODE
+    )
+    for group in measurements.ContentSequence:
+        codes_in = {
+            str(item.ConceptNameCodeSequence[0].CodeValue): item
+            for item in group.get("ContentSequence", [])
+        }
+        uid = codes_in.get(_TRACKING_UID_CODE)
+        if (
+            _REFERENCED_SEGMENT_CODE in codes_in
+            and uid is not None
+            and str(uid.UID) == tracking_uid
+        ):
+            return group
+    raise KeyError(f"no volumetric group with Tracking UID {tracking_uid}")
+
 
 _CROSS_SECTIONAL = ("CT", "MR", "PT")
 _PIXELS = ("{pixels}", "UCUM", "Pixels")
