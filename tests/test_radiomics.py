@@ -525,3 +525,28 @@ def _check_api(served: ServedNode, client, job_id: int, failed_id: int) -> dict:
     with served.client() as anonymous:
         assert anonymous.get(f"/api/jobs/{job_id}/radiomics").status_code == 401
     return document
+
+
+# -- installation ------------------------------------------------------------------------
+
+
+def test_make_installs_the_radiomics_extra_without_build_isolation() -> None:
+    import tomllib
+
+    import radiomics
+
+    root = Path(__file__).resolve().parents[1]
+    extras = tomllib.loads((root / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    assert extras["radiomics"] == ["pyradiomics==3.0.1"]
+    assert not any("radiomics" in requirement for requirement in extras["dev"])
+    assert str(radiomics.__version__).removeprefix("v") == "3.0.1"
+    makefile = (root / "Makefile").read_text()
+    recipe = makefile[makefile.index("define install_radiomics") :]
+    recipe = recipe[: recipe.index("endef")]
+    assert "versioneer" in recipe
+    assert "--no-build-isolation -e '.[radiomics]'" in recipe
+    for target in ("$(VENV)/.installed-run:", "$(VENV)/.installed-dev:"):
+        body = makefile[makefile.index(target) :].split("\n\n")[0]
+        assert "$(install_radiomics)" in body, target
