@@ -28,6 +28,8 @@ from node.results.radiomics import (
     RadiomicsResult,
     compute_radiomics,
     sitk_image,
+    sr_measurement_items,
+    sr_measurements,
     write_radiomics,
 )
 from node.results.radiomics_codes import (
@@ -422,6 +424,16 @@ def test_sr_reads_back_every_feature_with_highdicom(
         assert "bin_width=25" in parameters and "resampling=none" in parameters
     schemes = {str(i.CodingSchemeDesignator) for i in sr.CodingSchemeIdentificationSequence}
     assert PRIVATE_SCHEME in schemes
+
+
+def test_directly_encoded_items_equal_highdicoms(sr_case: tuple[RadiomicsResult, Path]) -> None:
+    result, _ = sr_case
+    for label in (1, 2):
+        direct = sr_measurement_items(result, label)
+        reference = [m[0] for m in sr_measurements(result, label)]
+        assert len(direct) == len(reference) > 0
+        for ours, theirs in zip(direct, reference, strict=True):
+            assert ours == theirs
 
 
 def _algorithm(measurement: hd.sr.Measurement) -> tuple[str, list[str]]:

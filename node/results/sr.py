@@ -26,6 +26,7 @@ import numpy as np
 from highdicom.sr import CodedConcept
 from highdicom.sr.templates import _get_coded_modality
 from highdicom.sr.value_types import ContentSequence
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.sr.codedict import codes
@@ -39,7 +40,7 @@ from node.results.provenance import (
     processing_equipment,
     sr_algorithm_identification,
 )
-from node.results.radiomics import declare_private_scheme, sr_measurements
+from node.results.radiomics import declare_private_scheme, sr_measurement_items
 from node.results.template import ResultTemplate, SegmentSpec
 from node.runtime.plugin import Prediction
 from node.runtime.volume import Volume
@@ -303,7 +304,7 @@ def build_sr(
         # Added after construction like the Image Library: ~100 features per segment
         # through highdicom's group and SR constructors cost seconds per segment.
         for number, segment in enumerate(template.segments, start=1):
-            features = sr_measurements(analysis.radiomics, segment.label_value)
+            features = sr_measurement_items(analysis.radiomics, segment.label_value)
             if features:
                 sr.add_volumetric_measurements(str(segment_items[number].TrackingUID), features)
         declare_private_scheme(sr, analysis.radiomics)
@@ -343,9 +344,9 @@ class MeasurementReportSR(hd.sr.Comprehensive3DSR):
         self._content_is_stale = True
 
     def add_volumetric_measurements(
-        self, tracking_uid: str, measurements: Sequence[hd.sr.Measurement]
+        self, tracking_uid: str, measurements: Sequence[Dataset]
     ) -> None:
-        """Append TID 300 measurements to the TID 1411 group of ``tracking_uid``.
+        """Append TID 300 NUM items to the TID 1411 group of ``tracking_uid``.
 
         They go after the group's last measurement (before its qualitative evaluations).
         """
@@ -363,8 +364,12 @@ class MeasurementReportSR(hd.sr.Comprehensive3DSR):
                 ),
                 len(items),
             )
-        added = [item for measurement in measurements for item in measurement]
-        group.ContentSequence = DicomSequence([*items[:position], *added, *items[position:]])
+        # Set as an element: highdicom's own ContentSequence takes only its item classes.
+        group[_CONTENT_SEQUENCE] = DataElement(
+            _CONTENT_SEQUENCE,
+            "SQ",
+            DicomSequence([*items[:position], *measurements, *items[position:]]),
+        )
         self._content_is_stale = True
 
     @property
@@ -384,6 +389,7 @@ class MeasurementReportSR(hd.sr.Comprehensive3DSR):
 #: Code value of TID 1500's Imaging Measurements container (the Image Library precedes it).
 IMAGING_MEASUREMENTS_CODE = "126010"
 _TRACKING_UID_CODE = "112040"
+_CONTENT_SEQUENCE = 0x0040A730
 _REFERENCED_SEGMENT_CODE = "121191"
 
 
