@@ -529,6 +529,11 @@ def _check_api(served: ServedNode, client, job_id: int, failed_id: int) -> dict:
         for r in document["features"]
     }
 
+    page = client.get(f"/jobs/{job_id}", headers={"Accept": "text/html"})
+    assert page.status_code == 200
+    assert f'href="/api/jobs/{job_id}/radiomics?format=csv"' in page.text
+    assert "/radiomics" not in client.get(f"/jobs/{failed_id}").text
+
     wrong = client.get(f"/api/jobs/{job_id}/radiomics", params={"format": "xml"})
     assert wrong.status_code == 422 and "format" in wrong.json()["message"]
     no_results = client.get(f"/api/jobs/{failed_id}/radiomics")
