@@ -12,6 +12,10 @@ ImageType), ``exists``, ``not``.
 
 Every rule whose conditions hold fires: one series can start several jobs
 (e.g. a lung routine and a body-composition routine on the same chest CT).
+
+``SOPClassUID`` values may be written as SOP class keywords
+(``DigitalMammographyXRayImageStorageForPresentation``) or UIDs; keywords are
+turned into UIDs when the rule is parsed, and a misspelt one is refused.
 """
 
 from __future__ import annotations
@@ -26,9 +30,13 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.valuerep import PersonName
 
+from node.runtime.image_attributes import sop_class_uid
+
 SENDER_KEYS = ("calling_ae", "called_ae")
 COMBINATORS = ("any", "all", "not")
 OPERATORS = ("equals", "regex", "in", "range", "lt", "le", "gt", "ge", "contains", "exists", "not")
+#: Keys whose values may name SOP classes by keyword; rules compare UIDs.
+SOP_CLASS_KEYS = ("SOPClassUID",)
 
 
 class Subject(Protocol):
@@ -256,6 +264,25 @@ def _attribute_condition(key: str, spec: Any, where: str) -> Condition:
     return _operator_condition(key, "equals", spec, where)
 
 
+def _sop_class_operand(spec: Any, where: str) -> Any:
+    """A rule value for a SOP class key with keywords replaced by their UIDs."""
+    if isinstance(spec, Mapping):
+        return {
+            op: _sop_class_operand(value, f"{where}.{op}")
+            if op in ("equals", "in", "not")
+            else value
+            for op, value in spec.items()
+        }
+    if isinstance(spec, list):
+        return [_sop_class_operand(value, where) for value in spec]
+    if isinstance(spec, str):
+        try:
+            return sop_class_uid(spec)
+        except ValueError as exc:
+            raise ValueError(f"{where}: {exc}") from None
+    return spec
+
+
 def _parse(spec: Any, where: str) -> list[Condition]:
     if not isinstance(spec, Mapping):
         raise ValueError(f"{where}: expected a mapping of conditions")
@@ -273,6 +300,8 @@ def _parse(spec: Any, where: str) -> list[Condition]:
         elif key == "not":
             conditions.append(Not(AllOf(tuple(_parse(value, path)))))
         elif key in SENDER_KEYS or key in keyword_dict:
+            if key in SOP_CLASS_KEYS:
+                value = _sop_class_operand(value, path)
             conditions.append(_attribute_condition(key, value, path))
         else:
             raise ValueError(

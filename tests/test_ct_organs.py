@@ -15,18 +15,18 @@ from node.results import load_template_by_name
 from node.runtime.configured import resolve_label_values
 from node.runtime.engine import dice
 from node.runtime.plugin import Prediction, RunContext, check_input
+from node.runtime.postprocess import keep_largest_components
 from node.runtime.registry import PluginRegistry
 from node.runtime.volume import Volume, assemble_volume
 from node.synthetic.abdomen_ct import LABEL_NAMES, AbdomenPhantomTruth, make_abdomen_ct
 from plugins.ct_organs import PLUGIN, CtOrgansPlugin
-from plugins.ct_organs.model import LABELS, SPEC, WEIGHTS, build_network
+from plugins.ct_organs.model import BODY, COMPONENTS, LABELS, SPEC, WEIGHTS, build_network
 from plugins.ct_organs.train import make_case, train
 
 CPU = torch.device("cpu")
 #: Regression guards for the shipped weights, a little below what they reach on this
-#: phantom (body 0.975, lungs 0.977, liver 0.876, spleen 0.853, kidneys 0.821). The issue's
-#: target of 0.90 per organ is NOT met yet by liver/spleen/kidneys: see ct_organs/README.md.
-MIN_DICE = {"body": 0.95, "lungs": 0.95, "liver": 0.83, "spleen": 0.80, "kidneys": 0.78}
+#: phantom (body 0.985, lungs 0.990, liver 0.928, spleen 0.937, kidneys 0.949).
+MIN_DICE = {"body": 0.97, "lungs": 0.97, "liver": 0.90, "spleen": 0.90, "kidneys": 0.90}
 
 Case = tuple[Volume, AbdomenPhantomTruth]
 
@@ -82,7 +82,7 @@ def test_measurements_match_the_truth(case: Case, prediction: Prediction) -> Non
     _, truth = case
     for label in LABEL_NAMES:
         measured = prediction.measurements[label]
-        tolerance = 0.05 if label in (1, 2) else 0.35  # small organs: see MIN_DICE
+        tolerance = 0.05 if label in (1, 2) else 0.20  # liver: +15 % on this phantom
         assert measured["volume_cm3"] == pytest.approx(truth.volumes_cm3[label], rel=tolerance)
     assert prediction.measurements[3]["mean_hu"] == pytest.approx(truth.hu[3], abs=25)
 
@@ -121,7 +121,9 @@ def test_torchscript_model_configured_in_yaml_gives_the_same_labels(
     plugin = registry.get("organs-ts", CPU)
     volume, _ = case
     result = plugin.run(volume, RunContext(2, "test", CPU))
-    agreement = (result.label_map == prediction.label_map).mean()
+    # The configured model has no clean-up step; the plugin's is applied to compare.
+    cleaned = keep_largest_components(result.label_map, COMPONENTS, fill=BODY)
+    agreement = (cleaned == prediction.label_map).mean()
     assert agreement > 0.999
 
 
@@ -152,9 +154,10 @@ def test_monai_bundle_in_zoo_layout_runs_on_the_source_grid(tmp_path: Path, case
     volume, truth = case
     result = plugin.run(volume, RunContext(3, "test", CPU))
     assert result.label_map.shape == volume.shape
-    scores = {LABEL_NAMES[k]: dice(result.label_map, truth.labels, k) for k in LABEL_NAMES}
-    # The bundle resamples with MONAI's Spacingd/Invertd, not the node's engine:
-    # close to, not identical with, the plugin's result.
+    # The bundle resamples with MONAI's Spacingd/Invertd, not the node's engine, and has no
+    # component clean-up: after the same clean-up, close to (not identical with) the plugin.
+    cleaned = keep_largest_components(result.label_map, COMPONENTS, fill=BODY)
+    scores = {LABEL_NAMES[k]: dice(cleaned, truth.labels, k) for k in LABEL_NAMES}
     assert all(scores[k] >= MIN_DICE[k] - 0.05 for k in scores), scores
 
 

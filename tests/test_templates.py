@@ -208,7 +208,11 @@ BROKEN = {
         "A-Z",
     ),
     "no segments": (_set(["segments"], []), "segments", "at least 1 item"),
-    "wrong format version": (_set(["format_version"], 3), "format_version", "expected 1 or 2"),
+    "wrong format version": (
+        _set(["format_version"], 4),
+        "format_version",
+        "expected 1, 2 or 3",
+    ),
     "compute with the wrong unit": (
         _set(["measurements", 0, "compute"], "surface_area"),
         "measurements[0].unit",

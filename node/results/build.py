@@ -19,11 +19,17 @@ from dataclasses import dataclass, field
 import highdicom as hd
 from pydicom.dataset import Dataset
 
+from node.errors import TemplateError
 from node.results.analysis import Analysis
+from node.results.findings import ImageFindings
+from node.results.findings_gsps import build_findings_gsps
+from node.results.findings_sc import build_findings_sc_series, capture_keys
+from node.results.findings_sr import finding_groups
 from node.results.gsps import build_gsps
 from node.results.kinds import (
     BUILD_ORDER,
     DEFAULT_PROFILE,
+    SEG_KINDS,
     ResultKind,
     profile_tags,
     required_tags,
@@ -173,18 +179,44 @@ def build_results(
         ``predecessor_sr`` is the one of ``sr``.
     tags
         File tags to build (:func:`node.results.kinds.profile_tags` of the
-        destinations' profiles); what they need is built too. Default: SEG + SR.
+        destinations' profiles); what they need is built too. Default: SEG + SR, or
+        the SR alone for a prediction without a label map.
+
+    A prediction without a label map (a classifier or detector) gives no SEG: its SR
+    references none (an SR tag's SEG qualifier is then ignored), and a KO lists what
+    was built. Asking for a SEG kind explicitly is an error; the worker leaves SEG
+    kinds out with a job event instead. Classifications and detections (template
+    format 3) add SR groups, GSPS graphics and SC overlays
+    (:mod:`node.results.findings`).
 
     Raises
     ------
     TemplateError
-        The prediction does not match the template (or FRACTIONAL without probabilities).
+        The prediction does not match the template (or FRACTIONAL without
+        probabilities, or a SEG kind without a label map).
     ValueError
         ``revision`` < 1, or an unknown tag.
     """
     if revision < 1:
         raise ValueError(f"revision must be at least 1, got {revision}")
-    wanted = _ordered(required_tags(profile_tags(DEFAULT_PROFILE) if tags is None else tags))
+    segmented = prediction.label_map is not None
+    if tags is None:
+        tags = profile_tags(DEFAULT_PROFILE) if segmented else frozenset({ResultKind.SR.value})
+    if not segmented:
+        asked = sorted(tag for tag in tags if tag_kind(tag) in SEG_KINDS)
+        if asked:
+            raise TemplateError(
+                f"template {template.name}: the routine gives no label map, so no "
+                f"{', '.join(asked)} can be built (leave SEG kinds out of the profile)"
+            )
+    elif not template.segments:
+        raise TemplateError(
+            f"template {template.name}: the prediction has a label map but the template "
+            "declares no segments"
+        )
+    wanted = _ordered(required_tags(tags))
+    if not segmented:
+        wanted = [tag for tag in wanted if tag_kind(tag) not in SEG_KINDS]
     previous: dict[str, SOPReference] = {}
     for tag, reference in {
         **(predecessors or {}),
@@ -194,13 +226,15 @@ def build_results(
             SOPReference.from_dataset(reference) if isinstance(reference, Dataset) else reference
         )
     uids = ResultUIDs.for_volume(volume, template)
-    analysis = Analysis(volume, prediction, template)
+    analysis = Analysis(volume, prediction, template) if segmented else None
+    findings = ImageFindings(volume, prediction, template, uids)
     tracking_uids = {s.label_value: uids.tracking_uid(s.label_value) for s in template.segments}
     objects: dict[str, list[Dataset]] = {}
     seconds: dict[str, float] = {}
-    if template.radiomics_classes:
+    radiomics = None
+    if analysis is not None and template.radiomics_classes:
         started = time.perf_counter()
-        _ = analysis.radiomics  # computed once, before the SR that reports it
+        radiomics = analysis.radiomics  # computed once, before the SR that reports it
         seconds["radiomics"] = time.perf_counter() - started
     for tag in wanted:
         started = time.perf_counter()
@@ -211,6 +245,7 @@ def build_results(
             "series_number": SERIES_NUMBERS[kind],
         }
         if kind in _SEG_TYPES:
+            assert analysis is not None
             objects[tag] = [
                 build_seg(
                     volume,
@@ -240,16 +275,29 @@ def build_results(
                     volume,
                     prediction,
                     template,
-                    objects[seg_tag][0],
+                    objects[seg_tag][0] if segmented else None,
                     sop_instance_uid=instance_uid,
                     revision=revision,
                     predecessor=predecessor,
                     series_description=description,
                     analysis=analysis,
+                    extra_groups=finding_groups(findings),
+                    **identity,  # type: ignore[arg-type]
+                )
+            ]
+        elif kind is ResultKind.GSPS and (findings or analysis is None):
+            objects[tag] = [
+                build_findings_gsps(
+                    findings,
+                    analysis,
+                    sop_instance_uid=uids.instance_uid(tag),
+                    series_description=description,
+                    tracking_uids=tracking_uids,
                     **identity,  # type: ignore[arg-type]
                 )
             ]
         elif kind is ResultKind.GSPS:
+            assert analysis is not None
             objects[tag] = [
                 build_gsps(
                     analysis,
@@ -259,7 +307,20 @@ def build_results(
                     **identity,  # type: ignore[arg-type]
                 )
             ]
+        elif kind is ResultKind.SC and (findings or analysis is None):
+            objects[tag] = list[Dataset](
+                build_findings_sc_series(
+                    findings,
+                    analysis,
+                    sop_instance_uid={
+                        key: uids.instance_uid(tag, key) for key in capture_keys(findings, analysis)
+                    },
+                    series_description=description,
+                    **identity,  # type: ignore[arg-type]
+                )
+            )
         elif kind is ResultKind.SC:
+            assert analysis is not None
             objects[tag] = list(
                 build_sc_series(
                     analysis,
@@ -271,7 +332,11 @@ def build_results(
                 )
             )
         elif kind is ResultKind.KO:
-            listed = [d for t in tag.partition(".")[2].split("+") for d in objects[t]]
+            listed = [d for t in tag.partition(".")[2].split("+") for d in objects.get(t, [])]
+            if not listed:
+                log.warning("nothing to list, no KO built tag=%s", tag)
+                objects[tag] = []
+                continue
             objects[tag] = [
                 build_ko(
                     template,
@@ -298,5 +363,5 @@ def build_results(
         uids=uids,
         revision=revision,
         seconds=seconds,
-        radiomics=analysis.radiomics,
+        radiomics=radiomics,
     )

@@ -18,6 +18,8 @@ from pydicom.dataset import Dataset
 
 from node.results.analysis import Analysis, first_value
 from node.results.provenance import copy_body_part, processing_equipment
+from node.results.template import ResultTemplate
+from node.runtime.volume import Volume
 
 log = logging.getLogger(__name__)
 
@@ -38,29 +40,12 @@ def _label_box(
     return (left, top, left + width, top + height)
 
 
-def build_gsps(
-    analysis: Analysis,
-    *,
-    series_instance_uid: str,
-    sop_instance_uid: str,
-    series_number: int,
-    series_description: str,
-    tracking_uids: dict[int, str],
-) -> hd.pr.GrayscaleSoftcopyPresentationState:
-    """Build the presentation state of one result.
-
-    Parameters
-    ----------
-    analysis
-        The checked prediction (outlines, measurements, findings).
-    series_instance_uid, sop_instance_uid, series_number, series_description
-        Identity of the new series and instance.
-    tracking_uids
-        ``{label value: Tracking UID}`` shared with SEG and SR.
-    """
+def segment_graphics(
+    analysis: Analysis, tracking_uids: dict[int, str]
+) -> tuple[list[hd.pr.GraphicLayer], list[hd.pr.GraphicAnnotation]]:
+    """The segments' graphic layers (those used) and outline annotations, slice by slice."""
     volume = analysis.volume
     template = analysis.template
-    algorithm = template.algorithm
     rows, columns = volume.shape[1], volume.shape[2]
     layers = {
         segment.label_value: hd.pr.GraphicLayer(
@@ -109,6 +94,27 @@ def build_gsps(
         for a in annotations
         if a.GraphicLayer == layers[label].GraphicLayer
     }
+    return [layers[label] for label in sorted(used_layers)], annotations
+
+
+def presentation_state(
+    volume: Volume,
+    template: ResultTemplate,
+    *,
+    layers: list[hd.pr.GraphicLayer],
+    annotations: list[hd.pr.GraphicAnnotation],
+    content_description: str,
+    series_instance_uid: str,
+    sop_instance_uid: str,
+    series_number: int,
+    series_description: str,
+) -> hd.pr.GrayscaleSoftcopyPresentationState:
+    """A GSPS over every image of ``volume`` with ``annotations`` on ``layers``.
+
+    The source's first window is the VOI; a MONOCHROME1 source gets an INVERSE
+    presentation LUT so it shows as its modality displays it.
+    """
+    algorithm = template.algorithm
     first = volume.datasets[0]
     voi = None
     if "WindowCenter" in first and "WindowWidth" in first:
@@ -118,6 +124,7 @@ def build_gsps(
                 window_width=float(first_value(first.WindowWidth)),
             )
         ]
+    inverse = str(first.get("PhotometricInterpretation", "")) == "MONOCHROME1"
     gsps = hd.pr.GrayscaleSoftcopyPresentationState(
         referenced_images=list(volume.datasets),
         series_instance_uid=series_instance_uid,
@@ -129,15 +136,58 @@ def build_gsps(
         software_versions=algorithm.version,
         device_serial_number=algorithm.device_uid,
         content_label=template.output.content_label,
-        content_description=f"{algorithm.name} {algorithm.version} outlines"[:64],
+        content_description=content_description[:64],
         graphic_annotations=annotations or None,
-        graphic_layers=[layers[label] for label in sorted(used_layers)] or None,
+        graphic_layers=layers or None,
         voi_lut_transformations=voi,
         series_description=series_description,
         contributing_equipment=[processing_equipment(template)],
+        presentation_lut_transformation=(
+            hd.PresentationLUTTransformation(
+                presentation_lut_shape=hd.PresentationLUTShapeValues.INVERSE
+            )
+            if inverse
+            else None
+        ),
     )
     gsps.DeviceUID = algorithm.device_uid
     copy_body_part(gsps, first)
+    return gsps
+
+
+def build_gsps(
+    analysis: Analysis,
+    *,
+    series_instance_uid: str,
+    sop_instance_uid: str,
+    series_number: int,
+    series_description: str,
+    tracking_uids: dict[int, str],
+) -> hd.pr.GrayscaleSoftcopyPresentationState:
+    """Build the presentation state of one result.
+
+    Parameters
+    ----------
+    analysis
+        The checked prediction (outlines, measurements, findings).
+    series_instance_uid, sop_instance_uid, series_number, series_description
+        Identity of the new series and instance.
+    tracking_uids
+        ``{label value: Tracking UID}`` shared with SEG and SR.
+    """
+    layers, annotations = segment_graphics(analysis, tracking_uids)
+    algorithm = analysis.template.algorithm
+    gsps = presentation_state(
+        analysis.volume,
+        analysis.template,
+        layers=layers,
+        annotations=annotations,
+        content_description=f"{algorithm.name} {algorithm.version} outlines",
+        series_instance_uid=series_instance_uid,
+        sop_instance_uid=sop_instance_uid,
+        series_number=series_number,
+        series_description=series_description,
+    )
     log.info("gsps built sop_instance_uid=%s annotations=%d", sop_instance_uid, len(annotations))
     return gsps
 

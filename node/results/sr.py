@@ -205,7 +205,7 @@ def build_sr(
     volume: Volume,
     prediction: Prediction,
     template: ResultTemplate,
-    seg: Dataset,
+    seg: Dataset | None,
     *,
     series_instance_uid: str,
     sop_instance_uid: str,
@@ -214,6 +214,10 @@ def build_sr(
     predecessor: SOPReference | None = None,
     series_description: str | None = None,
     analysis: Analysis | None = None,
+    extra_groups: Sequence[
+        hd.sr.MeasurementsAndQualitativeEvaluations
+        | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+    ] = (),
 ) -> hd.sr.Comprehensive3DSR:
     """Build the TID 1500 measurement report that accompanies ``seg``.
 
@@ -229,7 +233,8 @@ def build_sr(
         The template ``seg`` was built with.
     seg
         The SEG (any type) of the same prediction; volumetric groups reference its
-        segments and share their Tracking UIDs.
+        segments and share their Tracking UIDs. None for a routine without a label
+        map (a classifier or detector): the report has no segment groups.
     series_instance_uid, sop_instance_uid, series_number, series_description
         Identity of the new series and instance.
     revision
@@ -238,6 +243,9 @@ def build_sr(
         The SR this one supersedes, recorded in PredecessorDocumentsSequence.
     analysis
         The prediction already checked against the template (built when omitted).
+    extra_groups
+        Further measurement groups after the segments' (classifications and
+        detections, :mod:`node.results.findings_sr`).
 
     Raises
     ------
@@ -251,23 +259,26 @@ def build_sr(
             f"SR {sop_instance_uid} cannot supersede itself: the predecessor was built "
             "from the same input, so re-send it instead of a new revision"
         )
-    if analysis is None:
-        analysis = Analysis(volume, prediction, template)
-    segment_items = {int(item.SegmentNumber): item for item in seg.SegmentSequence}
     groups: list[
         hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
         | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+        | hd.sr.MeasurementsAndQualitativeEvaluations
     ] = []
-    for number, segment in enumerate(template.segments, start=1):
+    if analysis is None and seg is not None:
+        analysis = Analysis(volume, prediction, template)
+    segment_items = {} if seg is None else {int(i.SegmentNumber): i for i in seg.SegmentSequence}
+    for number, segment in enumerate(template.segments if seg is not None else (), start=1):
         item = segment_items.get(number)
         if item is None or str(item.SegmentLabel) != segment.label:
             raise TemplateError(
                 f"template {template.name}: SEG segment {number} is not {segment.label!r}"
             )
+        assert analysis is not None and seg is not None
         groups.append(_segment_group(analysis, segment, item, seg, volume.series_instance_uid))
         outline = _outline_group(analysis, segment, str(item.TrackingUID))
         if outline is not None:
             groups.append(outline)
+    groups.extend(extra_groups)
 
     observation_context = hd.sr.ObservationContext(
         observer_device_context=hd.sr.ObserverContext(
@@ -286,7 +297,7 @@ def build_sr(
     )
     algorithm = template.algorithm
     sr = MeasurementReportSR(
-        evidence=[*volume.datasets, seg],
+        evidence=[*volume.datasets, *([seg] if seg is not None else [])],
         content=report,
         series_instance_uid=series_instance_uid,
         series_number=series_number,
@@ -300,14 +311,15 @@ def build_sr(
         contributing_equipment=[processing_equipment(template)],
     )
     sr.add_image_library(image_library(volume.datasets))
-    if analysis.radiomics is not None:
+    radiomics = analysis.radiomics if analysis is not None else None
+    if radiomics is not None and seg is not None:
         # Added after construction like the Image Library: ~100 features per segment
         # through highdicom's group and SR constructors cost seconds per segment.
         for number, segment in enumerate(template.segments, start=1):
-            features = sr_measurement_items(analysis.radiomics, segment.label_value)
+            features = sr_measurement_items(radiomics, segment.label_value)
             if features:
                 sr.add_volumetric_measurements(str(segment_items[number].TrackingUID), features)
-        declare_private_scheme(sr, analysis.radiomics)
+        declare_private_scheme(sr, radiomics)
     sr.ManufacturerModelName = algorithm.name
     sr.SoftwareVersions = algorithm.version
     sr.DeviceUID = algorithm.device_uid

@@ -35,10 +35,11 @@ log = logging.getLogger(__name__)
 
 #: Environment variable that overrides the default template directory.
 TEMPLATE_DIR_ENV = "AINODE_TEMPLATE_DIR"
-#: The current template format; version 1 (no ``compute``, no ``findings``) is still read.
-FORMAT_VERSION = 2
+#: The current template format; versions 1 (no ``compute``, no ``findings``) and 2 (no
+#: ``classifications``, no ``detections``, at least one segment) are still read.
+FORMAT_VERSION = 3
 #: Every format version this code reads.
-FORMAT_VERSIONS = (1, 2)
+FORMAT_VERSIONS = (1, 2, 3)
 
 #: UCUM units a template may use, with the code meaning written into DICOM.
 UCUM_UNITS: dict[str, str] = {
@@ -308,18 +309,112 @@ class FindingSpec(_Strict):
         return value
 
 
-class TemplateDocument(_Strict):
-    """The YAML document exactly as written (format version 1)."""
+#: Units a probability or a score may be reported in: ``1`` (0 to 1) or ``%`` (0 to 100).
+ScoreUnit = Literal["1", "%"]
+_Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
-    format_version: Literal[1, 2]
+
+class ClassificationSpec(_Strict):
+    """A finding a classifier reports for the series or for each image (format 3).
+
+    The plugin gives ``Classification(finding=key, probability, frame)``; the SR gets a
+    qualitative evaluation (``concept`` = ``present`` when ``probability >= threshold``,
+    else ``absent``) and the probability as a measurement in ``unit``.
+    """
+
+    key: str
+    concept: CodeSpec
+    label: str | None = None
+    present: CodeSpec
+    absent: CodeSpec
+    threshold: _Fraction
+    unit: ScoreUnit = "1"
+    per_image: bool = False
+    finding_site: CodeSpec | None = None
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, value: str) -> str:
+        if not _KEY_PATTERN.match(value):
+            raise ValueError("must be lower-case letters, digits and underscores")
+        return value
+
+    @field_validator("label")
+    @classmethod
+    def _label(cls, value: str | None) -> str | None:
+        return None if value is None else _check_text(value, _LO_MAX)
+
+    @property
+    def display_label(self) -> str:
+        """``label``, else the concept's meaning."""
+        return self.label or self.concept.meaning
+
+    @property
+    def unit_concept(self) -> CodedConcept:
+        return CodedConcept(self.unit, "UCUM", UCUM_UNITS[self.unit])
+
+
+class DetectionSpec(_Strict):
+    """A finding a detector localises with a box or a point and a score (format 3).
+
+    Detections scoring below ``report_threshold`` are left out of every result object.
+    """
+
+    key: str
+    concept: CodeSpec
+    label: str | None = None
+    category: CodeSpec | None = None
+    finding_site: CodeSpec | None = None
+    colour: Annotated[list[_ColourComponent], Field(min_length=3, max_length=3)]
+    report_threshold: _Fraction = 0.0
+    unit: ScoreUnit = "1"
+    #: Also give the SR region in patient coordinates (SCOORD3D) where the image has a
+    #: frame of reference; otherwise (and by default) SCOORD on the image.
+    scoord3d: bool = False
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, value: str) -> str:
+        if not _KEY_PATTERN.match(value):
+            raise ValueError("must be lower-case letters, digits and underscores")
+        return value
+
+    @field_validator("label")
+    @classmethod
+    def _label(cls, value: str | None) -> str | None:
+        return None if value is None else _check_text(value, _LO_MAX)
+
+    @property
+    def display_label(self) -> str:
+        """``label``, else the concept's meaning."""
+        return self.label or self.concept.meaning
+
+    @property
+    def display_colour(self) -> CIELabColor:
+        red, green, blue = self.colour
+        return CIELabColor.from_rgb(red, green, blue)
+
+    @property
+    def unit_concept(self) -> CodedConcept:
+        return CodedConcept(self.unit, "UCUM", UCUM_UNITS[self.unit])
+
+
+class TemplateDocument(_Strict):
+    """The YAML document exactly as written (format versions 1 to 3)."""
+
+    format_version: Literal[1, 2, 3]
     name: str
     description: str | None = None
     algorithm: AlgorithmSpec
     output: OutputSpec
     procedure_reported: CodeSpec | None = None
-    segments: Annotated[list[SegmentSpec], Field(min_length=1)]
+    #: At least one before format 3; in format 3 a template without segments must
+    #: declare classifications or detections.
+    segments: list[SegmentSpec] = Field(default_factory=list)
     measurements: list[MeasurementSpec] = Field(default_factory=list)
     findings: list[FindingSpec] = Field(default_factory=list)
+    classifications: list[ClassificationSpec] = Field(default_factory=list)
+    detections: list[DetectionSpec] = Field(default_factory=list)
     #: Settings of the radiomics of segments that ask for it (``segments[].radiomics``).
     radiomics: RadiomicsSettingsSpec | None = None
 
@@ -406,6 +501,26 @@ class ResultTemplate:
         """The template's radiomics settings, defaults where it gives none."""
         return self.document.radiomics or RadiomicsSettingsSpec()
 
+    @property
+    def classifications(self) -> tuple[ClassificationSpec, ...]:
+        return tuple(self.document.classifications)
+
+    @property
+    def detections(self) -> tuple[DetectionSpec, ...]:
+        return tuple(self.document.detections)
+
+    def classification(self, key: str) -> ClassificationSpec:
+        for spec in self.document.classifications:
+            if spec.key == key:
+                return spec
+        raise KeyError(key)
+
+    def detection(self, key: str) -> DetectionSpec:
+        for spec in self.document.detections:
+            if spec.key == key:
+                return spec
+        raise KeyError(key)
+
 
 def default_template_dir() -> Path:
     """``$AINODE_TEMPLATE_DIR`` if set, else the repository's ``dicom_sr_templates/``."""
@@ -444,7 +559,7 @@ def load_template(path: Path | str) -> ResultTemplate:
     if not isinstance(raw, dict):
         raise TemplateError(f"{path}: (root): expected a mapping of keys")
     if raw.get("format_version") not in FORMAT_VERSIONS:
-        expected = " or ".join(str(v) for v in FORMAT_VERSIONS)
+        expected = ", ".join(str(v) for v in FORMAT_VERSIONS[:-1]) + f" or {FORMAT_VERSIONS[-1]}"
         raise TemplateError(
             f"{path}: format_version: expected {expected}, found {raw.get('format_version')!r}"
         )
@@ -494,6 +609,16 @@ def _semantic_problems(document: TemplateDocument) -> list[tuple[str, str]]:
         _check_concept(document.procedure_reported, "procedure_reported", problems)
 
     segments = document.segments
+    if not segments and (
+        document.format_version < 3 or not (document.classifications or document.detections)
+    ):
+        problems.append(
+            (
+                "segments",
+                "at least 1 item is needed"
+                + ("" if document.format_version < 3 else " (or classifications or detections)"),
+            )
+        )
     problems += _duplicates([s.label_value for s in segments], "segments", "label_value")
     problems += _duplicates([s.label for s in segments], "segments", "label")
     problems += _duplicates([s.tracking_id for s in segments], "segments", "tracking_id")
@@ -551,6 +676,48 @@ def _semantic_problems(document: TemplateDocument) -> list[tuple[str, str]]:
                 problems.append(
                     (f"{where}.segments[{position}]", f"label value {label} is not a segment")
                 )
+    problems += _classification_detection_problems(document)
+    return problems
+
+
+def _classification_detection_problems(document: TemplateDocument) -> list[tuple[str, str]]:
+    """Checks of ``classifications`` and ``detections`` (format 3)."""
+    problems: list[tuple[str, str]] = []
+    for section in ("classifications", "detections"):
+        if getattr(document, section) and document.format_version < 3:
+            problems.append((section, f"{section} need format_version 3"))
+    classifications = document.classifications
+    detections = document.detections
+    seen: dict[str, str] = {}
+    places = [(f"classifications[{i}]", c.key) for i, c in enumerate(classifications)]
+    places += [(f"detections[{i}]", d.key) for i, d in enumerate(detections)]
+    for where, key in places:
+        if key in seen:
+            problems.append(
+                (
+                    f"{where}.key",
+                    f"duplicate {key!r} (also {seen[key]}; keys are unique across "
+                    "classifications and detections)",
+                )
+            )
+        else:
+            seen[key] = where
+    for index, spec in enumerate(classifications):
+        where = f"classifications[{index}]"
+        _check_concept(spec.concept, f"{where}.concept", problems)
+        _check_concept(spec.present, f"{where}.present", problems)
+        _check_concept(spec.absent, f"{where}.absent", problems)
+        if (spec.present.scheme, spec.present.value) == (spec.absent.scheme, spec.absent.value):
+            problems.append((f"{where}.absent", "must be a different code than 'present'"))
+        if spec.finding_site is not None:
+            _check_concept(spec.finding_site, f"{where}.finding_site", problems)
+    for index, detection in enumerate(detections):
+        where = f"detections[{index}]"
+        _check_concept(detection.concept, f"{where}.concept", problems)
+        if detection.category is not None:
+            _check_concept(detection.category, f"{where}.category", problems, cid=_CATEGORY_CID)
+        if detection.finding_site is not None:
+            _check_concept(detection.finding_site, f"{where}.finding_site", problems)
     return problems
 
 

@@ -74,6 +74,10 @@ class SegmentationModelPlugin(InferencePlugin):
             raise PluginError(f"plugin {self.name!r} is not loaded")
         return self._network
 
+    def postprocess(self, label_map: np.ndarray) -> np.ndarray:
+        """Clean the label map (template label values, source grid); default: unchanged."""
+        return label_map
+
     def channel_to_label(self) -> np.ndarray:
         """Lookup table from output channel to template label value."""
         table = np.arange(len(self.spec.labels), dtype=np.uint16)
@@ -98,7 +102,7 @@ class SegmentationModelPlugin(InferencePlugin):
         )
         table = self.channel_to_label()
         dtype = np.uint8 if table.max() <= 255 else np.uint16
-        label_map = table.astype(dtype)[result.labels]
+        label_map = self.postprocess(table.astype(dtype)[result.labels])
         values = [int(v) for v in table[1:]]
         statistics = label_statistics(volume, label_map, values)
         measurements = {

@@ -21,6 +21,8 @@ import torch
 
 from node.errors import InputRejected, JobTimeout
 from node.runtime.geometry import acquisition_plane, reorientation
+from node.runtime.image_attributes import sop_class_uid
+from node.runtime.images import image_problems
 from node.runtime.volume import Volume
 
 
@@ -45,6 +47,26 @@ class Accepts:
         Accepted acquisition planes (``axial``, ``coronal``, ``sagittal``; empty: any).
     max_obliquity_deg
         Largest angle between an image axis and the patient axis it runs along.
+    sop_classes
+        Accepted SOP classes, by keyword (``DigitalMammographyXRayImageStorageForPresentation``)
+        or UID (empty: any).
+    photometric_interpretations
+        Accepted PhotometricInterpretation of the source images (``MONOCHROME1``,
+        ``MONOCHROME2``, ``RGB``, ``YBR_FULL_422``...; empty: any). MONOCHROME1 is
+        inverted and YBR converted to RGB before ``run`` whatever is declared here.
+    samples_per_pixel
+        Accepted samples per pixel of the volume (1 grayscale, 3 colour; empty: any).
+    lateralities
+        Accepted laterality of every image or frame (``L``, ``R``, ``B``, ``U``; empty: any).
+    views
+        Accepted view of every image (ViewPosition such as ``CC``, ``MLO``, ``PA``; empty: any).
+    bits_stored
+        Accepted BitsStored values (empty: any).
+
+    For 2D images (``volume.is_2d``: projections, photographs, multi-frame images)
+    ``slice_spacing_mm``, ``planes`` and ``max_obliquity_deg`` do not apply; the
+    slice counts and ``min_matrix`` count frames and their size, and a declared
+    ``pixel_spacing_mm`` range needs PixelSpacing or ImagerPixelSpacing.
     """
 
     modalities: tuple[str, ...] = ("CT",)
@@ -56,6 +78,16 @@ class Accepts:
     min_matrix: int = 1
     planes: tuple[str, ...] = ("axial",)
     max_obliquity_deg: float = 90.0
+    sop_classes: tuple[str, ...] = ()
+    photometric_interpretations: tuple[str, ...] = ()
+    samples_per_pixel: tuple[int, ...] = ()
+    lateralities: tuple[str, ...] = ()
+    views: tuple[str, ...] = ()
+    bits_stored: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in self.sop_classes:
+            sop_class_uid(name)  # ValueError naming a misspelt SOP class
 
     def problems(self, volume: Volume) -> list[str]:
         """Every reason the volume is not accepted (empty when it is)."""
@@ -77,6 +109,10 @@ class Accepts:
             found.append(
                 f"image matrix {rows}x{columns} is smaller than {self.min_matrix}x{self.min_matrix}"
             )
+        found += image_problems(self, volume)
+        if volume.is_2d:
+            # Projection images and photographs: no slice spacing, plane or obliquity.
+            return found
         low, high = self.slice_spacing_mm
         if not low <= volume.spacing[0] <= high:
             found.append(f"slice spacing {volume.spacing[0]:.2f} mm is outside {low:g}-{high:g} mm")
@@ -214,7 +250,8 @@ class Prediction:
     Attributes
     ----------
     label_map
-        Integer array shaped like ``volume.array``; 0 is background, other
+        Integer array shaped like ``volume.shape`` (``volume.array`` without the
+        colour axis of RGB images); 0 is background, other
         values are the template's label values. None when the routine does not
         segment.
     measurements

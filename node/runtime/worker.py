@@ -33,6 +33,7 @@ from node.polling import PollingThread
 from node.results import build_results, load_template_by_name
 from node.results.kinds import (
     DEFAULT_PROFILE,
+    SEG_KINDS,
     ResultKind,
     file_name,
     file_tag,
@@ -183,7 +184,23 @@ class InferenceWorker(PollingThread):
         template = load_template_by_name(plugin.template, self._templates_dir)
         previous = self._queue.previous_result_dir(job.series_uid, job.rule, job.id)
         tags = result_tags(job.destinations, self._destinations())
-        if prediction.probabilities is None:
+        if prediction.label_map is None:
+            # A classifier or detector: no SEG of any kind; the SR references none.
+            dropped = {t for t in tags if tag_kind(t) in SEG_KINDS}
+            if dropped:
+                tags = frozenset(tags - dropped)
+                self._queue.add_event(
+                    job.id,
+                    self._clock(),
+                    "results_skipped",
+                    f"{','.join(sorted(dropped))}: the routine gives no label map",
+                )
+                log.info(
+                    "result kinds skipped job_id=%d tags=%s reason=no_label_map",
+                    job.id,
+                    ",".join(sorted(dropped)),
+                )
+        elif prediction.probabilities is None:
             # A FRACTIONAL SEG, the SR that references it and a KO that lists it.
             dropped = {t for t in tags if ResultKind.FRACTIONAL_SEG.value in t}
             if dropped:

@@ -22,6 +22,10 @@ SPEC = ModelSpec(
     sw_batch_size=2,
 )
 
+#: Connected parts of each organ label; smaller extra components become body (label 1).
+COMPONENTS = {2: 2, 3: 1, 4: 1, 5: 2}
+BODY = 1
+
 #: Shipped weights (``state_dict`` of :func:`build_network`), written by ``train.py``.
 WEIGHTS = Path(__file__).resolve().parent / "weights" / "ct_organs_unet.pt"
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from node.errors import PluginError
 from node.runtime.model_plugin import SegmentationModelPlugin
 from node.runtime.plugin import Accepts, Resources
-from plugins.ct_organs.model import SPEC, WEIGHTS, build_network
+from node.runtime.postprocess import keep_largest_components
+from plugins.ct_organs.model import BODY, COMPONENTS, SPEC, WEIGHTS, build_network
 
 
 class CtOrgansPlugin(SegmentationModelPlugin):
@@ -31,6 +33,10 @@ class CtOrgansPlugin(SegmentationModelPlugin):
     )
     resources = Resources(needs_gpu=False, gpu_memory_mb=1500)
     spec = SPEC
+
+    def postprocess(self, label_map: np.ndarray) -> np.ndarray:
+        """One liver, one spleen, two lungs, two kidneys: stray pieces become body."""
+        return keep_largest_components(label_map, COMPONENTS, fill=BODY)
 
     def build(self, device: torch.device) -> torch.nn.Module:
         if not WEIGHTS.is_file():

@@ -1,0 +1,216 @@
+"""Secondary Capture overlay of detections and classifications, "NOT FOR DIAGNOSTIC USE".
+
+For a PACS that shows neither SR nor presentation states: one RGB Secondary Capture per
+annotated image (:attr:`ImageFindings.frames`). The image is windowed (the source's
+window, else the 1st-99th percentile of the series; MONOCHROME1 shown inverted, as its
+modality displays it), each box is burned in as a rectangle in its finding's colour
+(a point as a circle), labelled ``"Nodule 1: 0.87"``; the classification results are
+listed top left, and a banner says it is not for diagnostic use. With a label map too,
+the segments are burned in first as :func:`node.results.sc.render_slice` does. Works for
+CT slices and single-frame 2D images (DX, CR, MG); the captures reference their source
+image and are marked ``BurnedInAnnotation YES``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import highdicom as hd
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+from pydicom.dataset import Dataset
+
+from node.results.analysis import Analysis
+from node.results.findings import ImageFindings
+from node.results.findings_gsps import point_radius
+from node.results.findings_sr import frame_reference
+from node.results.provenance import copy_body_part, processing_equipment
+from node.results.sc import (
+    NOT_FOR_DIAGNOSIS,
+    NOT_FOR_DIAGNOSTIC_USE_COMMENT,
+    _window,
+    patient_orientation,
+    render_slice,
+)
+
+log = logging.getLogger(__name__)
+
+_SHADOW = (0, 0, 0)
+_TEXT = (255, 255, 255)
+_BANNER = (255, 255, 0)
+
+
+def grey_rgb(values: np.ndarray, window: tuple[float, float], monochrome1: bool) -> np.ndarray:
+    """``(rows, columns, 3)`` uint8 grey image of real-world values in a window."""
+    lower, upper = window
+    grey = np.clip((values - lower) / (upper - lower), 0.0, 1.0) * 255.0
+    if monochrome1:
+        grey = 255.0 - grey
+    return np.repeat(np.rint(grey).astype(np.uint8)[..., None], 3, axis=-1)
+
+
+def _text(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, fill: tuple) -> None:
+    font = ImageFont.load_default()
+    draw.text((xy[0] + 1, xy[1] + 1), text, fill=_SHADOW, font=font)
+    draw.text(xy, text, fill=fill, font=font)
+
+
+def render_findings(
+    findings: ImageFindings,
+    frame: int,
+    window: tuple[float, float],
+    analysis: Analysis | None = None,
+) -> np.ndarray:
+    """The RGB ``(rows, columns, 3)`` uint8 image of one frame with the findings burned in."""
+    volume = findings.volume
+    header = volume.datasets[frame]
+    legend_lines = 0
+    if analysis is not None and analysis.labels_on(frame):
+        rgb = render_slice(analysis, frame, window)
+        legend_lines = len(analysis.labels_on(frame))
+    else:
+        monochrome1 = str(header.get("PhotometricInterpretation", "")) == "MONOCHROME1"
+        rgb = grey_rgb(volume.array[frame], window, monochrome1)
+    image = Image.fromarray(rgb, mode="RGB")
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default()
+    width, height = image.size
+    line = max(11, int(draw.textbbox((0, 0), "Ag", font=font)[3]) + 2)
+    stroke = max(1, round(min(width, height) / 256))
+    for detection in findings.detections_on(frame):
+        colour = tuple(detection.spec.colour)
+        if detection.box is not None:
+            x0, y0, x1, y1 = detection.box
+            corners = (x0, y0, max(x0, x1 - 1), max(y0, y1 - 1))
+            draw.rectangle(corners, outline=colour, width=stroke)
+            top, left, bottom = y0, x0, y1
+        else:
+            assert detection.point is not None
+            x, y = detection.point
+            radius = point_radius(height, width)
+            draw.ellipse(
+                (x - radius, y - radius, x + radius, y + radius), outline=colour, width=stroke
+            )
+            top, left, bottom = y - radius, x - radius, y + radius
+        text_y = top - line if top - line >= 0 else min(bottom + 1, height - line)
+        text_x = min(max(0.0, left), max(0.0, width - draw.textlength(detection.text, font=font)))
+        _text(draw, (text_x, text_y), detection.text, colour)
+    y = 2 + legend_lines * line
+    for text in findings.texts_on(frame):
+        _text(draw, (2, y), text, _TEXT)
+        y += line
+    if legend_lines == 0:  # render_slice already wrote the banner
+        banner = draw.textbbox((0, 0), NOT_FOR_DIAGNOSIS, font=font)
+        _text(draw, (max(2, (width - banner[2]) // 2), height - line), NOT_FOR_DIAGNOSIS, _BANNER)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def _orientation(volume_affine: np.ndarray, source: Dataset) -> tuple[str, str] | None:
+    """Patient Orientation of the capture: from the image plane, else the source's own."""
+    if "ImageOrientationPatient" in source:
+        row = volume_affine[:3, 0] / np.linalg.norm(volume_affine[:3, 0])
+        column = volume_affine[:3, 1] / np.linalg.norm(volume_affine[:3, 1])
+        return (patient_orientation(row), patient_orientation(column))
+    given = source.get("PatientOrientation")
+    if given and len(given) == 2:
+        return (str(given[0]), str(given[1]))
+    return None
+
+
+def build_findings_sc_series(
+    findings: ImageFindings,
+    analysis: Analysis | None,
+    *,
+    series_instance_uid: str,
+    sop_instance_uid: dict[str, str],
+    series_number: int,
+    series_description: str,
+) -> list[hd.sc.SCImage]:
+    """One Secondary Capture per annotated image, in volume order.
+
+    Parameters
+    ----------
+    findings
+        The checked classifications and detections.
+    analysis
+        The checked segmentation of the same prediction, or None.
+    series_instance_uid, series_number, series_description
+        Identity of the new series.
+    sop_instance_uid
+        ``{source SOP Instance UID: SOP Instance UID of its capture}`` (for a
+        multi-frame source, the key is ``"<uid>/<frame number>"``).
+    """
+    volume = findings.volume
+    template = findings.template
+    algorithm = template.algorithm
+    window = _window(volume.array, volume.datasets[0])
+    frames = sorted(set(findings.frames) | set(analysis.slices_with_findings if analysis else []))
+    images = []
+    for number, frame in enumerate(frames, start=1):
+        source, frame_numbers = frame_reference(volume, frame)
+        key = str(source.SOPInstanceUID)
+        if frame_numbers is not None:
+            key += f"/{frame_numbers[0]}"
+        pixels = render_findings(findings, frame, window, analysis)
+        orientation = _orientation(volume.affine, source)
+        spacing = source.get("PixelSpacing") or source.get("ImagerPixelSpacing")
+        image = hd.sc.SCImage.from_ref_dataset(
+            ref_dataset=source,
+            pixel_array=pixels,
+            photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
+            bits_allocated=8,
+            coordinate_system=hd.CoordinateSystemNames.PATIENT,
+            series_instance_uid=series_instance_uid,
+            series_number=series_number,
+            sop_instance_uid=sop_instance_uid[key],
+            instance_number=number,
+            manufacturer=algorithm.manufacturer,
+            pixel_spacing=((float(spacing[0]), float(spacing[1])) if spacing else None),  # type: ignore[arg-type]  # highdicom annotates ints; PixelSpacing is DS
+            # highdicom takes one letter per direction; the source's value is set below.
+            patient_orientation=(
+                (orientation[0][0], orientation[1][0])
+                if orientation and orientation[0] and orientation[1]
+                else ("L", "P")
+            ),
+            series_description=series_description,
+            contributing_equipment=[processing_equipment(template)],
+        )
+        # Type 2C without Image Orientation (Patient): the full value, or empty when unknown.
+        if orientation:
+            image.PatientOrientation = list(orientation)
+        else:
+            image.PatientOrientation = None  # type: ignore[assignment]  # empty (Type 2C)
+        image.BurnedInAnnotation = "YES"
+        image.ImageType = ["DERIVED", "SECONDARY"]
+        image.ImageComments = (
+            f"{NOT_FOR_DIAGNOSTIC_USE_COMMENT} Source image {source.get('InstanceNumber', '')}, "
+            f"{algorithm.name} {algorithm.version}"
+        )[:10240]
+        image.DerivationDescription = (
+            f"Findings of {algorithm.name} {algorithm.version} burned into a copy of the source"
+        )[:1024]
+        reference = Dataset()
+        reference.ReferencedSOPClassUID = source.SOPClassUID
+        reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
+        if frame_numbers is not None:
+            reference.ReferencedFrameNumber = frame_numbers[0]
+        image.SourceImageSequence = [reference]
+        image.ManufacturerModelName = algorithm.name
+        image.SoftwareVersions = algorithm.version
+        image.DeviceUID = algorithm.device_uid
+        copy_body_part(image, source)
+        images.append(image)
+    log.info("sc built series_uid=%s images=%d", series_instance_uid, len(images))
+    return images
+
+
+def capture_keys(findings: ImageFindings, analysis: Analysis | None) -> list[str]:
+    """The keys :func:`build_findings_sc_series` looks up in ``sop_instance_uid``."""
+    volume = findings.volume
+    frames = sorted(set(findings.frames) | set(analysis.slices_with_findings if analysis else []))
+    keys = []
+    for frame in frames:
+        source, frame_numbers = frame_reference(volume, frame)
+        key = str(source.SOPInstanceUID)
+        keys.append(key if frame_numbers is None else f"{key}/{frame_numbers[0]}")
+    return keys

@@ -1,0 +1,37 @@
+"""Connected-component clean-up of label maps (node/runtime/postprocess.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from node.runtime.postprocess import keep_largest_components
+
+
+def test_keeps_the_n_largest_parts_and_fills_the_rest() -> None:
+    labels = np.zeros((10, 20, 20), dtype=np.uint8)
+    labels[1:4, 1:6, 1:6] = 3  # 75 voxels: the organ
+    labels[6:8, 10:12, 10:12] = 3  # 8 voxels: a stray piece
+    labels[1:3, 14:18, 14:18] = 5  # kidney 1 (32)
+    labels[6:9, 14:18, 14:18] = 5  # kidney 2 (48)
+    labels[9, 0, 0] = 5  # stray voxel
+    cleaned = keep_largest_components(labels, {3: 1, 5: 2}, fill=1)
+    assert cleaned.dtype == labels.dtype and cleaned.shape == labels.shape
+    assert (cleaned == 3).sum() == 75
+    assert (cleaned[6:8, 10:12, 10:12] == 1).all()
+    assert (cleaned == 5).sum() == 80
+    assert cleaned[9, 0, 0] == 1
+    assert (labels == 3).sum() == 83  # the input is not modified
+
+
+def test_diagonal_neighbours_are_one_part_and_unlisted_labels_stay() -> None:
+    labels = np.zeros((3, 3, 3), dtype=np.uint8)
+    labels[0, 0, 0] = labels[1, 1, 1] = 4
+    labels[2, 2, 2] = 2
+    cleaned = keep_largest_components(labels, {4: 1})
+    np.testing.assert_array_equal(cleaned, labels)
+
+
+def test_zero_components_is_refused() -> None:
+    with pytest.raises(ValueError, match="label 3"):
+        keep_largest_components(np.zeros((2, 2), dtype=np.uint8), {3: 0})
