@@ -15,9 +15,11 @@ and the Secondary Capture overlay (:mod:`node.results.findings_sc`) are built fr
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from pydicom.dataset import Dataset
 
 from node.errors import TemplateError
 from node.results.template import ClassificationSpec, CodeSpec, DetectionSpec, ResultTemplate
@@ -26,6 +28,20 @@ from node.runtime.plugin import Prediction
 from node.runtime.volume import Volume
 
 log = logging.getLogger(__name__)
+
+
+def copy_laterality(dataset: Dataset, images: Sequence[Dataset]) -> None:
+    """General Series Laterality ``L`` or ``R`` of an object over one side's images.
+
+    Set when every image has the same ImageLaterality (or Laterality) ``L`` or ``R``
+    (a mammogram, an eye: a paired body part, where it is Type 2C); otherwise left as
+    :func:`node.results.provenance.copy_body_part` made it (absent for an unpaired part).
+    """
+    if dataset.get("Laterality"):
+        return
+    sides = {str(image.get("ImageLaterality") or image.get("Laterality") or "") for image in images}
+    if len(sides) == 1 and sides <= {"L", "R"}:
+        dataset.Laterality = sides.pop()
 
 
 def format_score(value: float, unit: str) -> str:
@@ -182,6 +198,9 @@ class ImageFindings:
             if given.frame is not None:
                 number = self.volume.datasets[given.frame].get("InstanceNumber", given.frame + 1)
                 tracking_id = f"{spec.key} image {number}"
+                frame_number = self.volume.frame_number(given.frame)
+                if frame_number is not None:
+                    tracking_id += f" frame {frame_number}"
             results.append(
                 ClassificationResult(
                     spec=spec,

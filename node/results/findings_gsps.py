@@ -13,14 +13,18 @@ ones on their image. Works on any single-frame grey image the GSPS can reference
 from __future__ import annotations
 
 import logging
+import pkgutil
+from collections.abc import Sequence
 
 import highdicom as hd
 import numpy as np
+from pydicom.dataset import Dataset
 
 from node.results.analysis import Analysis
-from node.results.findings import DetectionResult, ImageFindings
+from node.results.findings import DetectionResult, ImageFindings, copy_laterality
 from node.results.findings_sr import frame_reference
 from node.results.gsps import MAX_LABEL_CHARS, _label_box, presentation_state, segment_graphics
+from node.results.provenance import copy_body_part, processing_equipment
 
 log = logging.getLogger(__name__)
 
@@ -127,13 +131,18 @@ def finding_graphics(
                 text = text[:MAX_LABEL_CHARS]
                 width = min(float(columns) - 1.0, len(text) * line * 0.6)
                 top = 1.0 + number * line
+                if top + line > rows:  # no room left on a small image: the SR has them all
+                    log.warning("classification texts cut frame=%d shown=%d", frame, number)
+                    break
                 texts.append(
                     hd.pr.TextObject(
                         text_value=text,
                         units=hd.pr.AnnotationUnitsValues.PIXEL,
-                        bounding_box=(1.0, top, 1.0 + width, min(top + line, float(rows))),
+                        bounding_box=(1.0, top, 1.0 + width, top + line),
                     )
                 )
+            if not texts:
+                continue
             annotations.append(
                 hd.pr.GraphicAnnotation(
                     graphic_layer=text_layer,
@@ -147,6 +156,65 @@ def finding_graphics(
     return used, annotations
 
 
+def distinct_images(images: Sequence[Dataset]) -> list[Dataset]:
+    """Each instance once (a multi-frame image is listed once per frame in a volume)."""
+    return list({str(image.SOPInstanceUID): image for image in images}.values())
+
+
+def icc_profile(image: Dataset) -> bytes:
+    """The image's own ICC profile, else the sRGB profile highdicom ships."""
+    own = image.get("ICCProfile")
+    if own:
+        return bytes(own)
+    shipped = pkgutil.get_data("highdicom", "_icc_profiles/sRGB_v4_ICC_preference.icc")
+    if shipped is None:  # pragma: no cover - part of the highdicom wheel
+        raise FileNotFoundError("highdicom's sRGB ICC profile is missing")
+    return shipped
+
+
+def colour_presentation_state(
+    findings: ImageFindings,
+    *,
+    layers: list[hd.pr.GraphicLayer],
+    annotations: list[hd.pr.GraphicAnnotation],
+    series_instance_uid: str,
+    sop_instance_uid: str,
+    series_number: int,
+    series_description: str,
+) -> hd.pr.ColorSoftcopyPresentationState:
+    """For colour images (OP, RGB): a Color Softcopy Presentation State."""
+    template = findings.template
+    algorithm = template.algorithm
+    first = findings.volume.datasets[0]
+    state = hd.pr.ColorSoftcopyPresentationState(
+        referenced_images=distinct_images(findings.volume.datasets),
+        series_instance_uid=series_instance_uid,
+        series_number=series_number,
+        sop_instance_uid=sop_instance_uid,
+        instance_number=1,
+        manufacturer=algorithm.manufacturer,
+        manufacturer_model_name=algorithm.name,
+        software_versions=algorithm.version,
+        device_serial_number=algorithm.device_uid,
+        content_label=template.output.content_label,
+        content_description=f"{algorithm.name} {algorithm.version} findings"[:64],
+        graphic_annotations=annotations or None,
+        graphic_layers=layers or None,
+        icc_profile=icc_profile(first),
+        series_description=series_description,
+        contributing_equipment=[processing_equipment(template)],
+    )
+    state.DeviceUID = algorithm.device_uid
+    copy_body_part(state, first)
+    copy_laterality(state, findings.volume.datasets)
+    log.info(
+        "colour presentation state built sop_instance_uid=%s annotations=%d",
+        sop_instance_uid,
+        len(annotations),
+    )
+    return state
+
+
 def build_findings_gsps(
     findings: ImageFindings,
     analysis: Analysis | None,
@@ -156,8 +224,11 @@ def build_findings_gsps(
     series_number: int,
     series_description: str,
     tracking_uids: dict[int, str],
-) -> hd.pr.GrayscaleSoftcopyPresentationState:
+) -> hd.pr.GrayscaleSoftcopyPresentationState | hd.pr.ColorSoftcopyPresentationState:
     """The GSPS of a result with classifications or detections.
+
+    For colour images (OP) it is a Color Softcopy Presentation State (a grayscale one
+    cannot apply to them) with the same graphics.
 
     Parameters
     ----------
@@ -179,6 +250,16 @@ def build_findings_gsps(
         findings, first_order=len(findings.template.segments) + 1
     )
     algorithm = findings.template.algorithm
+    if findings.volume.samples_per_pixel == 3:
+        return colour_presentation_state(
+            findings,
+            layers=layers + more_layers,
+            annotations=annotations + more_annotations,
+            series_instance_uid=series_instance_uid,
+            sop_instance_uid=sop_instance_uid,
+            series_number=series_number,
+            series_description=series_description,
+        )
     gsps = presentation_state(
         findings.volume,
         findings.template,
@@ -190,6 +271,7 @@ def build_findings_gsps(
         series_number=series_number,
         series_description=series_description,
     )
+    copy_laterality(gsps, findings.volume.datasets)
     log.info(
         "gsps built sop_instance_uid=%s detections=%d classifications=%d annotations=%d",
         sop_instance_uid,

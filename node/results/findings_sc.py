@@ -21,14 +21,14 @@ from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 
 from node.results.analysis import Analysis
-from node.results.findings import ImageFindings
+from node.results.findings import ImageFindings, copy_laterality
 from node.results.findings_gsps import point_radius
 from node.results.findings_sr import frame_reference
 from node.results.provenance import copy_body_part, processing_equipment
 from node.results.sc import (
     NOT_FOR_DIAGNOSIS,
     NOT_FOR_DIAGNOSTIC_USE_COMMENT,
-    _window,
+    display_window,
     patient_orientation,
     render_slice,
 )
@@ -68,8 +68,15 @@ def render_findings(
     if analysis is not None and analysis.labels_on(frame):
         rgb = render_slice(analysis, frame, window)
         legend_lines = len(analysis.labels_on(frame))
+    elif volume.samples_per_pixel == 3:  # colour (OP): RGB 0-255 already
+        rgb = np.clip(np.rint(volume.array[frame]), 0, 255).astype(np.uint8)
     else:
-        monochrome1 = str(header.get("PhotometricInterpretation", "")) == "MONOCHROME1"
+        # The volume inverts MONOCHROME1 itself (volume.inverted); a header-only one is
+        # inverted here, so every capture shows the image as its modality displays it.
+        monochrome1 = (
+            str(header.get("PhotometricInterpretation", "")) == "MONOCHROME1"
+            and not volume.inverted
+        )
         rgb = grey_rgb(volume.array[frame], window, monochrome1)
     image = Image.fromarray(rgb, mode="RGB")
     draw = ImageDraw.Draw(image)
@@ -77,6 +84,11 @@ def render_findings(
     width, height = image.size
     line = max(11, int(draw.textbbox((0, 0), "Ag", font=font)[3]) + 2)
     stroke = max(1, round(min(width, height) / 256))
+    # Classification texts first: boxes and their labels are drawn over them.
+    y = 2 + legend_lines * line
+    for text in findings.texts_on(frame):
+        _text(draw, (2, y), text, _TEXT)
+        y += line
     for detection in findings.detections_on(frame):
         colour = tuple(detection.spec.colour)
         if detection.box is not None:
@@ -86,19 +98,15 @@ def render_findings(
             top, left, bottom = y0, x0, y1
         else:
             assert detection.point is not None
-            x, y = detection.point
+            px, py = detection.point
             radius = point_radius(height, width)
             draw.ellipse(
-                (x - radius, y - radius, x + radius, y + radius), outline=colour, width=stroke
+                (px - radius, py - radius, px + radius, py + radius), outline=colour, width=stroke
             )
-            top, left, bottom = y - radius, x - radius, y + radius
+            top, left, bottom = py - radius, px - radius, py + radius
         text_y = top - line if top - line >= 0 else min(bottom + 1, height - line)
         text_x = min(max(0.0, left), max(0.0, width - draw.textlength(detection.text, font=font)))
         _text(draw, (text_x, text_y), detection.text, colour)
-    y = 2 + legend_lines * line
-    for text in findings.texts_on(frame):
-        _text(draw, (2, y), text, _TEXT)
-        y += line
     if legend_lines == 0:  # render_slice already wrote the banner
         banner = draw.textbbox((0, 0), NOT_FOR_DIAGNOSIS, font=font)
         _text(draw, (max(2, (width - banner[2]) // 2), height - line), NOT_FOR_DIAGNOSIS, _BANNER)
@@ -143,7 +151,7 @@ def build_findings_sc_series(
     volume = findings.volume
     template = findings.template
     algorithm = template.algorithm
-    window = _window(volume.array, volume.datasets[0])
+    window = display_window(volume)
     frames = sorted(set(findings.frames) | set(analysis.slices_with_findings if analysis else []))
     images = []
     for number, frame in enumerate(frames, start=1):
@@ -199,6 +207,7 @@ def build_findings_sc_series(
         image.SoftwareVersions = algorithm.version
         image.DeviceUID = algorithm.device_uid
         copy_body_part(image, source)
+        copy_laterality(image, [source])
         images.append(image)
     log.info("sc built series_uid=%s images=%d", series_instance_uid, len(images))
     return images

@@ -45,17 +45,9 @@ FindingGroup = (
 
 
 def frame_reference(volume: Volume, frame: int) -> tuple[Dataset, list[int] | None]:
-    """The image a frame index refers to and, for a multi-frame image, its frame number.
-
-    ``volume.datasets[frame]`` is the image; when it has several frames (the volume lists
-    its header once per frame), the frame number is its 1-based position among them.
-    """
-    image = volume.datasets[frame]
-    if int(image.get("NumberOfFrames", 1) or 1) > 1:
-        uid = image.SOPInstanceUID
-        number = sum(1 for other in volume.datasets[:frame] if other.SOPInstanceUID == uid) + 1
-        return image, [number]
-    return image, None
+    """The image a frame index refers to and, for a multi-frame image, its frame number."""
+    number = volume.frame_number(frame)
+    return volume.datasets[frame], None if number is None else [number]
 
 
 def _algorithm(template: ResultTemplate, **extra: float) -> hd.sr.AlgorithmIdentification:

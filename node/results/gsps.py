@@ -126,7 +126,8 @@ def presentation_state(
         ]
     inverse = str(first.get("PhotometricInterpretation", "")) == "MONOCHROME1"
     gsps = hd.pr.GrayscaleSoftcopyPresentationState(
-        referenced_images=list(volume.datasets),
+        # each instance once: a multi-frame image is listed once per frame in a volume
+        referenced_images=list({str(d.SOPInstanceUID): d for d in volume.datasets}.values()),
         series_instance_uid=series_instance_uid,
         series_number=series_number,
         sop_instance_uid=sop_instance_uid,

@@ -14,7 +14,8 @@ SR
     an Image Library; a Tracking UID in every measurement group; SCOORDs reference
     source images and stay inside them; referenced SEG segments exist.
 GSPS
-    references source images only; every graphic inside its image.
+    references source images only; every graphic inside its image (the same for a
+    Color Softcopy Presentation State).
 SC
     ``BurnedInAnnotation YES``, a series description that says it is not for
     diagnostic use, a reference to its source image, the source's size.
@@ -40,6 +41,8 @@ SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 LABEL_MAP_SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.7"
 SEGMENTATION_CLASSES = (SEGMENTATION_STORAGE, LABEL_MAP_SEGMENTATION_STORAGE)
 GSPS_STORAGE = "1.2.840.10008.5.1.4.1.1.11.1"
+#: Color Softcopy Presentation State: the ``gsps`` kind for colour sources (OP).
+COLOR_PS_STORAGE = "1.2.840.10008.5.1.4.1.1.11.2"
 KOS_STORAGE = "1.2.840.10008.5.1.4.1.1.88.59"
 SC_STORAGE = "1.2.840.10008.5.1.4.1.1.7"
 TRACKING_UID_CODE = "112040"
@@ -95,7 +98,7 @@ class _Linter:
                 self.seg(dataset)
             elif kind == "SR":
                 self.sr(dataset)
-            elif sop_class == GSPS_STORAGE:
+            elif sop_class in (GSPS_STORAGE, COLOR_PS_STORAGE):
                 self.gsps(dataset)
             elif sop_class == SC_STORAGE:
                 self.sc(dataset)

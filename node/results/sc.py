@@ -21,6 +21,7 @@ from scipy import ndimage
 
 from node.results.analysis import Analysis, first_value
 from node.results.provenance import copy_body_part, processing_equipment
+from node.runtime.volume import Volume
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,18 @@ def _window(volume_array: np.ndarray, header: Dataset) -> tuple[float, float]:
             return center - width / 2.0, center + width / 2.0
     lower, upper = np.percentile(volume_array, [1.0, 99.0])
     return float(lower), float(max(upper, lower + 1.0))
+
+
+def display_window(volume: Volume) -> tuple[float, float]:
+    """(lower, upper) display limits: the source's window, else the 1st-99th percentile.
+
+    The source's window is in stored values; after the volume inverted MONOCHROME1
+    values it no longer applies, so percentiles are used.
+    """
+    if volume.inverted or volume.samples_per_pixel != 1:
+        lower, upper = np.percentile(volume.array, [1.0, 99.0])
+        return float(lower), float(max(upper, lower + 1.0))
+    return _window(volume.array, volume.datasets[0])
 
 
 def render_slice(analysis: Analysis, slice_index: int, window: tuple[float, float]) -> np.ndarray:
@@ -117,7 +130,7 @@ def build_sc_series(
     volume = analysis.volume
     template = analysis.template
     algorithm = template.algorithm
-    window = _window(volume.array, volume.datasets[0])
+    window = display_window(volume)
     row_direction = volume.affine[:3, 0] / np.linalg.norm(volume.affine[:3, 0])
     column_direction = volume.affine[:3, 1] / np.linalg.norm(volume.affine[:3, 1])
     orientation = (patient_orientation(row_direction), patient_orientation(column_direction))

@@ -296,8 +296,10 @@ def build_sr(
         referenced_images=None,
     )
     algorithm = template.algorithm
+    # Each instance once: a multi-frame image is listed once per frame in a volume.
+    images = list({str(d.SOPInstanceUID): d for d in volume.datasets}.values())
     sr = MeasurementReportSR(
-        evidence=[*volume.datasets, *([seg] if seg is not None else [])],
+        evidence=[*images, *([seg] if seg is not None else [])],
         content=report,
         series_instance_uid=series_instance_uid,
         series_number=series_number,
@@ -310,7 +312,7 @@ def build_sr(
         series_description=series_description,
         contributing_equipment=[processing_equipment(template)],
     )
-    sr.add_image_library(image_library(volume.datasets))
+    sr.add_image_library(image_library(images))
     radiomics = analysis.radiomics if analysis is not None else None
     if radiomics is not None and seg is not None:
         # Added after construction like the Image Library: ~100 features per segment
