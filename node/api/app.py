@@ -31,6 +31,7 @@ from node.api.auth import (
 )
 from node.api.dicomweb import dicomweb_router
 from node.api.metrics import registry_for
+from node.api.radiomics import radiomics_router
 from node.api.results import results_router
 from node.api.routes import api_router
 from node.api.tokens import TokenAuth
@@ -205,6 +206,7 @@ def create_app(node: Node) -> FastAPI:
 
     app.include_router(results_router(admin, viewer))
     app.include_router(api_router(admin, viewer, editor))
+    app.include_router(radiomics_router(admin, viewer))
     app.include_router(web_router(node, viewer, editor))
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 

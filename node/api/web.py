@@ -26,6 +26,7 @@ from node.api.serialize import audit_json, job_json, series_view_json
 from node.app import Node
 from node.errors import AinodeError
 from node.jobs.queue import JOB_STATES
+from node.results.radiomics import JSON_FILE as RADIOMICS_JSON
 
 log = logging.getLogger(__name__)
 
@@ -351,6 +352,7 @@ def web_router(node: Node, viewer: Dependency, editor: Dependency) -> APIRouter:
             audit=[audit_json(a) for a in audit if a.target == f"job:{job_id}"],
             plugins=sorted(admin.plugin_names()),
             objects=result_objects(job),
+            radiomics=job.result_dir is not None and (job.result_dir / RADIOMICS_JSON).is_file(),
         )
 
     @router.get("/studies")

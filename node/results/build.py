@@ -41,6 +41,7 @@ from node.results.kinds import (
 )
 from node.results.ko import build_ko
 from node.results.pmap import build_parametric_map
+from node.results.radiomics import RadiomicsResult
 from node.results.registration import build_registration
 from node.results.sc import NOT_FOR_DIAGNOSIS, build_sc_series
 from node.results.seg import build_seg
@@ -103,6 +104,8 @@ class ResultSet:
     revision: int
     #: Seconds spent building each tag (for job events and benchmarks).
     seconds: dict[str, float] = field(default_factory=dict)
+    #: Radiomics features of the segments whose template entry asks for them.
+    radiomics: RadiomicsResult | None = None
 
     @property
     def seg(self) -> hd.seg.Segmentation:
@@ -343,6 +346,11 @@ def build_results(
     tracking_uids = {s.label_value: uids.tracking_uid(s.label_value) for s in template.segments}
     objects: dict[str, list[Dataset]] = {}
     seconds: dict[str, float] = {}
+    radiomics = None
+    if analysis is not None and template.radiomics_classes:
+        started = time.perf_counter()
+        radiomics = analysis.radiomics  # computed once, before the SR that reports it
+        seconds["radiomics"] = time.perf_counter() - started
     for tag in wanted:
         started = time.perf_counter()
         kind = tag_kind(tag)
@@ -471,4 +479,10 @@ def build_results(
         revision,
         " ".join(f"{tag}_s={value:.2f}" for tag, value in seconds.items()),
     )
-    return ResultSet(objects=objects, uids=uids, revision=revision, seconds=seconds)
+    return ResultSet(
+        objects=objects,
+        uids=uids,
+        revision=revision,
+        seconds=seconds,
+        radiomics=radiomics,
+    )

@@ -42,6 +42,7 @@ from node.results.kinds import (
     tag_kind,
 )
 from node.results.quality_note import add_quality_warnings_to_srs
+from node.results.radiomics import write_radiomics
 from node.results.summary import prediction_json, quality_json, write_summary
 from node.runtime.gate import GateResult, QualitySkipped, gate_series
 from node.runtime.plugin import InferencePlugin, Prediction, RunContext, check_input
@@ -324,6 +325,8 @@ class InferenceWorker(PollingThread):
                 result_dir / file_name(tag, str(dataset.SOPInstanceUID)),
                 enforce_file_format=True,
             )
+        if results.radiomics is not None:
+            write_radiomics(result_dir, results.radiomics)
         encoded = time.perf_counter()
         self._queue.add_event(
             job.id,
