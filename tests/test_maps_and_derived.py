@@ -206,6 +206,69 @@ def test_worker_skips_what_a_prediction_cannot_fill(phantom) -> None:
     assert set(unavailable_tags(segmentation, tags)) == {"pmap", "derived"}
 
 
+def test_a_denoiser_without_destinations_keeps_its_derived_series(
+    database, clock, tmp_path: Path
+) -> None:
+    """Results kept on the node: the default SEG + SR profile would keep nothing of an
+    image-to-image routine, so the worker keeps what it made (its derived series)."""
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    from node.jobs.queue import JobQueue
+    from node.results.kinds import file_tag
+    from node.runtime.registry import PluginRegistry
+    from node.runtime.worker import InferenceWorker
+    from node.state.series import InstanceRecord, SeriesStore
+    from node.synthetic.chest_ct import write_series
+    from plugins.ct_denoise import PLUGIN as CtDenoise
+
+    datasets, _ = make_abdomen_ct(n_slices=8, rows=96, columns=96, pixel_spacing_mm=4.0, seed=3)
+    paths = write_series(datasets, tmp_path / "spool")
+    series = SeriesStore(database)
+    for dataset, path in zip(datasets, paths, strict=True):
+        series.record_instance(
+            InstanceRecord(
+                sop_uid=str(dataset.SOPInstanceUID),
+                series_uid=str(dataset.SeriesInstanceUID),
+                study_uid=str(dataset.StudyInstanceUID),
+                sop_class_uid=str(dataset.SOPClassUID),
+                transfer_syntax=str(ExplicitVRLittleEndian),
+                path=path,
+                size=path.stat().st_size,
+                modality="CT",
+            ),
+            clock(),
+        )
+    queue = JobQueue(database)
+    registry = PluginRegistry()
+    registry.register(CtDenoise)
+    worker = InferenceWorker(
+        queue,
+        series,
+        registry,
+        device=torch.device("cpu"),
+        results_dir=tmp_path / "results",
+        templates_dir=None,
+        clock=clock,
+        prefetch=False,
+    )
+    job_id = queue.enqueue(
+        series_uid=str(datasets[0].SeriesInstanceUID),
+        study_uid=str(datasets[0].StudyInstanceUID),
+        generation=1,
+        rule="denoise",
+        plugin="ct_denoise",
+        destinations=[],
+        priority=5,
+        now=clock(),
+    )
+    assert worker.run_once()
+    job = queue.get(job_id)
+    assert job is not None and job.state == "done", job
+    assert job.result_dir is not None
+    tags = {file_tag(p.name) for p in Path(job.result_dir).glob("*.dcm")}
+    assert tags == {"derived"}
+
+
 def test_bad_maps_are_refused_with_the_reason(phantom) -> None:
     volume, _ = phantom
     with pytest.raises(ValueError, match="NaN"):

@@ -288,6 +288,11 @@ class InferenceWorker(PollingThread):
                 job.id,
                 ",".join(sorted(unavailable)),
             )
+        if not tags and not job.destinations:
+            # Results kept on the node: an image-to-image routine keeps its derived series,
+            # a map its Parametric Map, whatever the default SEG + SR profile says.
+            kept = profile_tags([ResultKind.DERIVED.value, ResultKind.PMAP.value])
+            tags = frozenset(kept - set(unavailable_tags(prediction, kept)))
         if not tags:
             raise InputRejected(
                 "the plugin's prediction fills none of the result kinds its destinations take"
