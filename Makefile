@@ -26,6 +26,15 @@ define apt_install
 	fi
 endef
 
+# pyradiomics (the `radiomics` extra) is an sdist whose setup.py imports numpy and versioneer:
+# it is built without build isolation, after them, with a C compiler and Python headers.
+RADIOMICS_DEBS := gcc python3-dev
+define install_radiomics
+	$(call apt_install,$(RADIOMICS_DEBS))
+	$(BIN)/pip install -q 'setuptools>=77' wheel versioneer
+	$(BIN)/pip install -q --no-build-isolation -e '.[radiomics]'
+endef
+
 $(BIN)/python:
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || \
 		{ $(APT_GET) update -qq && $(APT_GET) install -y -qq python3-venv; }
@@ -34,10 +43,12 @@ $(BIN)/python:
 
 $(VENV)/.installed-run: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q $(TORCH) -e .
+	$(install_radiomics)
 	@touch $@
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q $(TORCH) -e '.[dev]'
+	$(install_radiomics)
 	@touch $@ $(VENV)/.installed-run
 
 debs-run:

@@ -104,6 +104,7 @@ class Node:
                 job_timeout_seconds=settings.workers.job_timeout_seconds,
                 prefetch=settings.workers.prefetch,
                 destinations=lambda: self.settings.destinations,
+                rules=lambda: self.admin.rules.active(),
             )
             for device in self.devices
         ]

@@ -121,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     from node.admin.cli import add_commands
 
     add_commands(commands)
+    from node.evaluation.cli import add_command as add_evaluate
+
+    add_evaluate(commands)
     return parser
 
 

@@ -71,7 +71,8 @@ class ResultProfileSettings(_Strict):
     """What a destination receives (mixed into every kind of destination)."""
 
     #: Result profile: the kinds of result objects this destination receives
-    #: (``seg``, ``labelmap_seg``, ``fractional_seg``, ``sr``, ``gsps``, ``sc``, ``ko``).
+    #: (``seg``, ``labelmap_seg``, ``fractional_seg``, ``sr``, ``gsps``, ``sc``, ``ko``,
+    #: ``pmap``, ``heatmap_sc``, ``derived``, ``derived_sc``).
     #: E.g. ``[sc, gsps]`` for a PACS that shows neither SEG nor SR.
     results: list[str] = Field(default_factory=lambda: [k.value for k in DEFAULT_PROFILE])
 
@@ -221,6 +222,58 @@ class DicomWebSettings(_Strict):
     max_part_mb: int = Field(2048, ge=1)
 
 
+#: What the input-quality gate does when a check fails: run anyway, run and record a
+#: warning (in the job and in the SR), or skip the job (the reason shows on the job).
+QualityAction = Literal["run", "warn", "skip"]
+
+#: The checks of the input-quality gate (``node.runtime.quality``), by name.
+QUALITY_CHECKS = (
+    "modality",
+    "sop_class",
+    "slice_thickness",
+    "pixel_spacing",
+    "kernel",
+    "contrast",
+    "photometric",
+    "bit_depth",
+    "noise",
+    "missing_slices",
+    "duplicate_slices",
+    "metal",
+    "streaks",
+    "clipping",
+)
+
+
+class QualitySettings(_Strict):
+    """Per rule: what the input-quality gate does when the input differs from what the
+    routine was validated on (``on_fail``), with per-check overrides (``checks``)."""
+
+    on_fail: QualityAction = "warn"
+    #: Check name → action, overriding ``on_fail`` for that check.
+    checks: dict[str, QualityAction] = Field(default_factory=dict)
+
+    @field_validator("checks")
+    @classmethod
+    def _known_checks(cls, value: dict[str, QualityAction]) -> dict[str, QualityAction]:
+        unknown = sorted(set(value) - set(QUALITY_CHECKS))
+        if unknown:
+            raise ValueError(
+                f"unknown quality check {', '.join(unknown)} (known: {', '.join(QUALITY_CHECKS)})"
+            )
+        if value.get("missing_slices", "skip") != "skip":
+            raise ValueError(
+                "missing_slices can only skip: a series with a gap has no regular grid to run on"
+            )
+        return value
+
+    def action(self, check: str) -> QualityAction:
+        """The action for a failed ``check`` (``missing_slices`` always skips)."""
+        if check == "missing_slices":
+            return "skip"
+        return self.checks.get(check, self.on_fail)
+
+
 class RuleSettings(_Strict):
     """A routing rule: match conditions, a plugin, and where the results go."""
 
@@ -230,6 +283,10 @@ class RuleSettings(_Strict):
     send_to: list[str] = Field(default_factory=list)
     priority: int = Field(5, ge=0, le=9)
     enabled: bool = True
+    #: Shadow mode: jobs run and their results are stored and listed, but nothing is sent.
+    shadow: bool = False
+    #: The input-quality gate's actions (it applies when the plugin declares ``validated_on``).
+    quality: QualitySettings = QualitySettings()
 
     @field_validator("match")
     @classmethod
@@ -284,6 +341,42 @@ class AcceptsSettings(_Strict):
     max_obliquity_deg: float = Field(90.0, ge=0, le=90)
 
 
+class ValidatedInputSettings(_Strict):
+    """The input a configured model was validated on (see ``node.runtime.plugin.ValidatedInput``).
+
+    Empty lists and absent ranges are not checked.
+    """
+
+    modalities: list[str] = Field(default_factory=list)
+    sop_classes: list[str] = Field(default_factory=list)
+    slice_thickness_mm: tuple[float, float] | None = None
+    pixel_spacing_mm: tuple[float, float] | None = None
+    #: ConvolutionKernel values, case-insensitive.
+    kernels: list[str] = Field(default_factory=list)
+    #: ``present``: ContrastBolusAgent must be set; ``absent``: must not; ``any``.
+    contrast: Literal["any", "present", "absent"] = "any"
+    photometric_interpretations: list[str] = Field(default_factory=list)
+    min_bits_stored: int = Field(0, ge=0, le=32)
+    #: Noise (standard deviation, HU for CT) measured in homogeneous tissue.
+    noise: tuple[float, float] | None = None
+    max_duplicate_slices: int = Field(0, ge=0)
+    #: Fraction of voxels above ``metal_threshold`` (HU).
+    max_metal_fraction: float = Field(1e-4, ge=0, le=1)
+    metal_threshold: float = 2500.0
+    #: Worst slice's high-frequency energy over the series' median (streaks, motion).
+    max_streak_index: float = Field(3.0, gt=0)
+    #: Fraction of pixels at the stored minimum or maximum value.
+    max_clipped_fraction: float = Field(0.002, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _ranges_ordered(self) -> ValidatedInputSettings:
+        for key in ("slice_thickness_mm", "pixel_spacing_mm", "noise"):
+            value = getattr(self, key)
+            if value is not None and value[0] > value[1]:
+                raise ValueError(f"{key}: the lower bound {value[0]} exceeds {value[1]}")
+        return self
+
+
 class ResourceSettings(_Strict):
     needs_gpu: bool = False
     gpu_memory_mb: int = Field(0, ge=0)
@@ -303,6 +396,8 @@ class _ModelBase(_Strict):
     sw_batch_size: int | None = Field(None, ge=1)
     #: Mixed precision (float16 autocast) on CUDA; the CPU always runs float32.
     amp: bool = True
+    #: The input the model was validated on (the input-quality gate compares against it).
+    validated_on: ValidatedInputSettings | None = None
 
 
 class WindowSettings(_Strict):
@@ -339,8 +434,31 @@ class BundleModelSettings(_ModelBase):
     config: str | None = None
 
 
+class OnnxModelSettings(_ModelBase):
+    """An ONNX segmentation network run with onnxruntime, declared like a TorchScript one.
+
+    Runs on ``CUDAExecutionProvider`` when onnxruntime has it and the worker is on a
+    GPU, else on ``CPUExecutionProvider``.
+    """
+
+    type: Literal["onnx"]
+    path: Path
+    version: str = "1"
+    spacing_mm: tuple[float, float, float]
+    axcodes: str = Field("RAS", pattern=r"^[LRlr][APap][SIsi]$|^[A-Za-z]{3}$")
+    window: WindowSettings
+    #: Output channel names in order; channel 0 is the background.
+    labels: list[str] = Field(min_length=2)
+    roi_size: tuple[int, int, int] = (96, 96, 96)
+    overlap: float = Field(0.25, ge=0, lt=1)
+    #: Graph input and output names (default: the graph's only input and its first output).
+    input_name: str | None = None
+    output_name: str | None = None
+
+
 ModelSettings = Annotated[
-    TorchScriptModelSettings | BundleModelSettings, Field(discriminator="type")
+    TorchScriptModelSettings | BundleModelSettings | OnnxModelSettings,
+    Field(discriminator="type"),
 ]
 
 
@@ -589,10 +707,13 @@ __all__ = [
     "DicomWebSourceSettings",
     "DimseSourceSettings",
     "NodeSettings",
+    "OnnxModelSettings",
+    "QualitySettings",
     "RuleSettings",
     "SecuritySettings",
     "Settings",
     "TorchScriptModelSettings",
+    "ValidatedInputSettings",
     "check_plugins_known",
     "load_settings",
     "settings_from_mapping",

@@ -76,6 +76,7 @@ class Dispatcher:
                 destinations=list(rule.send_to),
                 priority=rule.priority,
                 now=now,
+                shadow=rule.shadow,
             )
             for rule in rules
         ]

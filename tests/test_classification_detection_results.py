@@ -190,9 +190,22 @@ BROKEN = {
         _change(["detections", 1, "colour"], [0, 0, 256]),
         "detections[1].colour[2]: Input should be less than or equal to 255",
     ),
-    "nothing to report": (
-        lambda d: (d.pop("classifications"), d.pop("detections")),
-        "segments: at least 1 item is needed (or classifications or detections)",
+    "measurements without segments": (
+        lambda d: (
+            d.pop("classifications"),
+            d.pop("detections"),
+            d.update(
+                measurements=[
+                    {
+                        "key": "volume_cm3",
+                        "concept": {"value": "118565006", "scheme": "SCT", "meaning": "Volume"},
+                        "unit": "cm3",
+                        "compute": "volume",
+                    }
+                ]
+            ),
+        ),
+        "segments: at least 1 item is needed for measurements and findings",
     ),
 }
 
@@ -210,13 +223,14 @@ def test_broken_format_3_template_names_file_path_and_reason(case: str, tmp_path
     assert message in str(raised.value)
 
 
-def test_format_2_templates_still_need_a_segment(tmp_path: Path) -> None:
+def test_format_2_templates_need_a_segment_to_measure(tmp_path: Path) -> None:
+    # Without segments a format 2 template may only name an algorithm (a registration's
+    # does); measurements and findings need segments.
     document = yaml.safe_load((TEMPLATES / "mr_lesion.yaml").read_text())
     document["segments"] = []
-    document["measurements"] = document["findings"] = []
     path = tmp_path / "mr_lesion.yaml"
     path.write_text(yaml.safe_dump(document))
-    with pytest.raises(TemplateError, match=r"segments: at least 1 item is needed$"):
+    with pytest.raises(TemplateError, match=r"segments: at least 1 item is needed for measurem"):
         load_template(path)
 
 

@@ -30,7 +30,14 @@ from pydicom.uid import generate_uid
 
 from node.results import ResultTemplate, build_results, load_template, load_template_by_name
 from node.results.analysis import Analysis
-from node.results.kinds import ResultKind, file_name, profile_tags, tag_kind
+from node.results.kinds import (
+    ATTRIBUTION_KINDS,
+    DERIVED_KINDS,
+    ResultKind,
+    file_name,
+    profile_tags,
+    tag_kind,
+)
 from node.results.ko import build_ko
 from node.results.lint import lint_results
 from node.results.sc import render_slice
@@ -50,9 +57,13 @@ from tests.test_results import lung_prediction
 TEMPLATES = Path(__file__).parent / "data" / "templates"
 #: TID 1501 puts the finding category among the qualitative evaluations.
 FINDING_CATEGORY = "276214006"
-#: Every kind in one profile, plus an SR that references the FRACTIONAL SEG.
+#: Every kind a segmentation fills, in one profile, plus an SR that references the
+#: FRACTIONAL SEG. A REG comes only from a registration (tests/test_registration.py), maps
+#: and derived images from routines that give them (tests/test_maps_and_derived.py).
+NOT_FROM_SEGMENTATION = {ResultKind.REG, *ATTRIBUTION_KINDS, *DERIVED_KINDS}
 EVERY_TAG = sorted(
-    profile_tags([k.value for k in ResultKind]) | profile_tags(["fractional_seg", "sr"])
+    profile_tags([k.value for k in ResultKind if k not in NOT_FROM_SEGMENTATION])
+    | profile_tags(["fractional_seg", "sr"])
 )
 #: dciodvfy warnings accepted everywhere (each explained where it is matched).
 KNOWN_WARNINGS = (

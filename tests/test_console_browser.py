@@ -121,6 +121,7 @@ def test_admin_writes_tests_and_uses_a_rule(tmp_path: Path) -> None:
 
                 # Write a rule; live validation points at the broken field first.
                 page.fill("#rule-form [name=name]", "chest-lungs")
+                page.select_option("#rule-form [name=plugin]", "ct_lungs")
                 page.fill("#rule-form [name=match]", "Modality: CT\nSeriesDescriptin: x\n")
                 page.wait_for_selector(".field-error[data-field=match]:has-text('not a DICOM')")
                 page.screenshot(path=ARTIFACTS / "02-rule-invalid.png")

@@ -24,7 +24,7 @@ from node.results.measure import (
     volume_mm3,
 )
 from node.results.sr import image_library
-from node.runtime.plugin import Prediction
+from node.runtime.plugin import Attribution, DerivedImage, Prediction
 from node.runtime.volume import assemble_volume
 from node.synthetic.chest_ct import make_chest_ct
 from node.synthetic.head_mr import make_head_mr
@@ -153,7 +153,12 @@ def test_rebuilding_gives_the_same_uids_for_every_kind() -> None:
     volume = assemble_volume(datasets)
     label_map = (volume.array > 900).astype(np.uint8) * 2
     probabilities = np.stack([np.zeros(volume.shape), (label_map == 2) * 0.8]).astype(np.float32)
-    prediction = Prediction(label_map=label_map, probabilities=probabilities)
+    prediction = Prediction(
+        label_map=label_map,
+        probabilities=probabilities,
+        attribution=Attribution(probabilities[1], "Grad-CAM", "Lesion"),
+        derived_image=DerivedImage(volume.array * 0.5, "half"),
+    )
     template = load_template(TEMPLATES / "mr_lesion.yaml")
     tags = profile_tags([k.value for k in ResultKind])
 

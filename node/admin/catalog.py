@@ -157,8 +157,12 @@ class SeriesCatalog:
         text: str = "",
         series_uid: str = "",
         limit: int = 200,
+        mode: str = "",
     ) -> list[tuple[Job, dict[str, str]]]:
-        """Jobs newest first, with the descriptive fields of their series."""
+        """Jobs newest first, with the descriptive fields of their series.
+
+        ``mode`` ``shadow`` keeps only shadow-mode jobs, ``live`` only the others.
+        """
         self.fill_missing()
         clauses: list[str] = []
         parameters: list[object] = []
@@ -171,6 +175,9 @@ class SeriesCatalog:
             if value:
                 clauses.append(f"{column} = ?")
                 parameters.append(value)
+        if mode in ("shadow", "live"):
+            clauses.append("j.shadow = ?")
+            parameters.append(int(mode == "shadow"))
         if study_date_from:
             clauses.append("i.study_date >= ?")
             parameters.append(normalise_date(study_date_from))

@@ -186,6 +186,20 @@ def jobs_retry(args: argparse.Namespace) -> int:
     return 0
 
 
+def jobs_shadow(args: argparse.Namespace) -> int:
+    from node.admin.shadow import shadow_predictions
+
+    listing = shadow_predictions(
+        _service(args).queue,
+        rule=args.rule or "",
+        plugin=args.plugin or "",
+        series_uid=args.series or "",
+        state=args.state,
+    )
+    print(json.dumps(listing, indent=2))
+    return 0
+
+
 def add_commands(commands: Any) -> None:
     """Register ``users``, ``rules`` and ``jobs`` on the main parser's subcommands."""
 
@@ -244,6 +258,14 @@ def add_commands(commands: Any) -> None:
     retry = with_config(jobs_sub.add_parser("retry", help="run a failed job again"))
     retry.add_argument("job_id", type=int)
     retry.set_defaults(handler=_guard(jobs_retry))
+    shadow = with_config(
+        jobs_sub.add_parser("shadow", help="shadow jobs' predictions per series (JSON)")
+    )
+    shadow.add_argument("--rule")
+    shadow.add_argument("--plugin")
+    shadow.add_argument("--series", help="SeriesInstanceUID")
+    shadow.add_argument("--state", default="done", help="job state; '' for every shadow job")
+    shadow.set_defaults(handler=_guard(jobs_shadow))
 
 
 def _guard(handler: Any) -> Any:

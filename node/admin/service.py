@@ -163,6 +163,7 @@ class AdminService:
                 "error": None,
                 "loaded_on": loaded.get(info.name, []),
                 "device": str(self.device) if self.device is not None else None,
+                "validated_on": asdict(info.validated_on) if info.validated_on else None,
             }
             for info in self.registry.info()
         ]
@@ -178,6 +179,7 @@ class AdminService:
                     "error": error,
                     "loaded_on": [],
                     "device": None,
+                    "validated_on": None,
                 }
             )
         return items

@@ -31,6 +31,8 @@ from node.api.auth import (
 )
 from node.api.dicomweb import dicomweb_router
 from node.api.metrics import registry_for
+from node.api.radiomics import radiomics_router
+from node.api.results import results_router
 from node.api.routes import api_router
 from node.api.tokens import TokenAuth
 from node.api.web import web_router
@@ -202,7 +204,9 @@ def create_app(node: Node) -> FastAPI:
             await viewer(request)
         return Response(generate_latest(metrics_registry), media_type=CONTENT_TYPE_LATEST)
 
+    app.include_router(results_router(admin, viewer))
     app.include_router(api_router(admin, viewer, editor))
+    app.include_router(radiomics_router(admin, viewer))
     app.include_router(web_router(node, viewer, editor))
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 

@@ -263,6 +263,7 @@ def api_router(admin: AdminService, viewer: Dependency, editor: Dependency) -> A
         text: Annotated[str, Query(description="UID, description, accession, error, id")] = "",
         series_uid: str = "",
         limit: Annotated[int, Query(ge=1, le=5000)] = 200,
+        shadow: Annotated[bool | None, Query(description="only shadow (or live) jobs")] = None,
     ) -> list[dict[str, Any]]:
         if state and state not in JOB_STATES:
             raise InvalidInput(
@@ -278,6 +279,7 @@ def api_router(admin: AdminService, viewer: Dependency, editor: Dependency) -> A
                 text=text,
                 series_uid=series_uid,
                 limit=limit,
+                mode="" if shadow is None else ("shadow" if shadow else "live"),
             )
         except ValueError as exc:
             field = "study_date_from" if study_date_from in str(exc) else "study_date_to"

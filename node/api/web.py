@@ -19,12 +19,14 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from node import __version__
+from node.admin.shadow import result_objects
 from node.admin.users import User
 from node.api.auth import LOGIN_CSRF_COOKIE, SESSION_COOKIE, Principal
 from node.api.serialize import audit_json, job_json, series_view_json
 from node.app import Node
 from node.errors import AinodeError
 from node.jobs.queue import JOB_STATES
+from node.results.radiomics import JSON_FILE as RADIOMICS_JSON
 
 log = logging.getLogger(__name__)
 
@@ -308,8 +310,10 @@ def web_router(node: Node, viewer: Dependency, editor: Dependency) -> APIRouter:
         study_date_from: str = "",
         study_date_to: str = "",
         text: str = "",
+        mode: str = "",
     ) -> HTMLResponse:
         filters = {
+            "mode": mode if mode in ("shadow", "live") else "",
             "state": state if state in JOB_STATES else "",
             "rule": rule,
             "plugin": plugin,
@@ -347,6 +351,8 @@ def web_router(node: Node, viewer: Dependency, editor: Dependency) -> APIRouter:
             events=events,
             audit=[audit_json(a) for a in audit if a.target == f"job:{job_id}"],
             plugins=sorted(admin.plugin_names()),
+            objects=result_objects(job),
+            radiomics=job.result_dir is not None and (job.result_dir / RADIOMICS_JSON).is_file(),
         )
 
     @router.get("/studies")

@@ -90,6 +90,10 @@ class Exporter(PollingThread):
 
     def _attempt(self, job: Job) -> None:
         assert job.result_dir is not None
+        if job.shadow:  # never reached through the queue; a guard against any other path
+            self._queue.finish(job.id, self._clock(), "shadow mode: nothing sent")
+            log.info("shadow job not sent job_id=%d", job.id)
+            return
         destinations = self._destinations()
         pending: list[str] = []
         errors: list[str] = []

@@ -50,6 +50,8 @@ class Job:
     started_at: float | None
     finished_at: float | None
     updated_at: float
+    #: Shadow mode: results are stored and listed but never sent.
+    shadow: bool = False
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ def _job(row: object) -> Job:
     data["destinations"] = tuple(json.loads(data["destinations"]))
     data["pending_destinations"] = tuple(json.loads(data["pending_destinations"]))
     data["result_dir"] = Path(data["result_dir"]) if data["result_dir"] else None
+    data["shadow"] = bool(data.get("shadow", 0))
     return Job(**data)
 
 
@@ -85,11 +88,12 @@ class JobQueue:
         destinations: list[str],
         priority: int,
         now: float,
+        shadow: bool = False,
     ) -> int:
         with self._db.transaction() as cursor:
             cursor.execute(
                 "INSERT INTO jobs (series_uid, study_uid, generation, rule, plugin, destinations,"
-                " priority, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " priority, created_at, updated_at, shadow) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     series_uid,
                     study_uid,
@@ -100,10 +104,17 @@ class JobQueue:
                     priority,
                     now,
                     now,
+                    int(shadow),
                 ),
             )
             job_id = int(cursor.lastrowid or 0)
-            self._event(cursor, job_id, now, "queued", f"rule={rule} plugin={plugin}")
+            self._event(
+                cursor,
+                job_id,
+                now,
+                "queued",
+                f"rule={rule} plugin={plugin}" + (" shadow" if shadow else ""),
+            )
         return job_id
 
     @staticmethod
@@ -138,13 +149,14 @@ class JobQueue:
     def inference_done(self, job_id: int, result_dir: Path, now: float) -> Job:
         """Results are on disk; send them next (or finish when there is nowhere to send)."""
         with self._db.transaction() as cursor:
-            cursor.execute("SELECT destinations, state FROM jobs WHERE id = ?", (job_id,))
+            cursor.execute("SELECT destinations, state, shadow FROM jobs WHERE id = ?", (job_id,))
             row = cursor.fetchone()
             if row["state"] != "running":  # cancelled meanwhile: keep the results, not the state
                 self._event(cursor, job_id, now, "results_written", str(result_dir))
                 cursor.execute("SELECT * FROM jobs WHERE id = ?", (job_id,))
                 return _job(cursor.fetchone())
-            destinations = row["destinations"]
+            # A shadow job keeps its results on the node: nothing is pending, nothing is sent.
+            destinations = "[]" if row["shadow"] else row["destinations"]
             state = "exporting" if json.loads(destinations) else "done"
             cursor.execute(
                 "UPDATE jobs SET state = ?, result_dir = ?, pending_destinations = ?,"
@@ -161,7 +173,8 @@ class JobQueue:
             )
             self._event(cursor, job_id, now, "results_written", str(result_dir))
             if state == "done":
-                self._event(cursor, job_id, now, "done", "no destinations")
+                detail = "shadow mode: nothing sent" if row["shadow"] else "no destinations"
+                self._event(cursor, job_id, now, "done", detail)
             cursor.execute("SELECT * FROM jobs WHERE id = ?", (job_id,))
             return _job(cursor.fetchone())
 
@@ -313,7 +326,8 @@ class JobQueue:
                     f"job {job_id} is {job.state}; only {', '.join(RETRYABLE)} jobs can be retried"
                 )
             resend = (
-                job.result_dir is not None
+                not job.shadow
+                and job.result_dir is not None
                 and job.result_dir.is_dir()
                 and bool(job.pending_destinations)
             )
@@ -349,6 +363,7 @@ class JobQueue:
             destinations=list(job.destinations),
             priority=job.priority,
             now=now,
+            shadow=job.shadow,
         )
         self.add_event(new_id, now, "rerun_of", f"job {job_id} by {by}")
         self.add_event(job_id, now, "rerun", f"as job {new_id} plugin={chosen} by {by}")

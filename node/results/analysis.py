@@ -19,6 +19,7 @@ import numpy as np
 from node.errors import TemplateError
 from node.results import measure
 from node.results.contour import outlines
+from node.results.radiomics import RadiomicsResult, compute_radiomics
 from node.results.template import CodeSpec, FindingSpec, ResultTemplate, SegmentSpec
 from node.runtime.plugin import Prediction
 from node.runtime.volume import Volume
@@ -190,6 +191,13 @@ class Analysis:
                     found.append(Finding(spec, value))
             result[label] = found
         return result
+
+    @functools.cached_property
+    def radiomics(self) -> RadiomicsResult | None:
+        """pyradiomics features of the segments that ask for them (None: none asks)."""
+        if not self.template.radiomics_classes:
+            return None
+        return compute_radiomics(self.volume, self.segment_numbers, self.template)
 
     @functools.cached_property
     def largest_slices(self) -> dict[int, int]:

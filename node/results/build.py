@@ -21,14 +21,18 @@ from pydicom.dataset import Dataset
 
 from node.errors import TemplateError
 from node.results.analysis import Analysis
+from node.results.derived import build_derived_sc_series, build_derived_series
 from node.results.findings import ImageFindings
 from node.results.findings_gsps import build_findings_gsps
 from node.results.findings_sc import build_findings_sc_series, capture_keys
 from node.results.findings_sr import finding_groups
 from node.results.gsps import build_gsps
+from node.results.heatmap import build_heatmap_sc_series
 from node.results.kinds import (
+    ATTRIBUTION_KINDS,
     BUILD_ORDER,
     DEFAULT_PROFILE,
+    DERIVED_KINDS,
     SEG_KINDS,
     ResultKind,
     profile_tags,
@@ -36,11 +40,14 @@ from node.results.kinds import (
     tag_kind,
 )
 from node.results.ko import build_ko
+from node.results.pmap import build_parametric_map
+from node.results.radiomics import RadiomicsResult
+from node.results.registration import build_registration
 from node.results.sc import NOT_FOR_DIAGNOSIS, build_sc_series
 from node.results.seg import build_seg
 from node.results.sr import SOPReference, build_sr
 from node.results.template import ResultTemplate
-from node.results.uids import ResultUIDs
+from node.results.uids import ResultUIDs, derive_uid, instance_set_hash
 from node.runtime.plugin import Prediction
 from node.runtime.volume import Volume
 
@@ -55,6 +62,11 @@ SERIES_NUMBERS: dict[ResultKind, int] = {
     ResultKind.GSPS: 9005,
     ResultKind.SC: 9006,
     ResultKind.KO: 9007,
+    ResultKind.REG: 9010,
+    ResultKind.PMAP: 9021,
+    ResultKind.HEATMAP_SC: 9022,
+    ResultKind.DERIVED: 9023,
+    ResultKind.DERIVED_SC: 9024,
 }
 #: Series Number of every AI SEG series.
 SEG_SERIES_NUMBER = SERIES_NUMBERS[ResultKind.SEG]
@@ -70,6 +82,11 @@ KIND_LABELS: dict[ResultKind, str] = {
     ResultKind.GSPS: "GSPS",
     ResultKind.SC: f"SC {NOT_FOR_DIAGNOSIS}",
     ResultKind.KO: "KO",
+    ResultKind.REG: "REG",
+    ResultKind.PMAP: "attribution map",
+    ResultKind.HEATMAP_SC: f"heat map {NOT_FOR_DIAGNOSIS}",
+    ResultKind.DERIVED: "derived",
+    ResultKind.DERIVED_SC: "derived SC",
 }
 _SEG_TYPES = {
     ResultKind.SEG: "BINARY",
@@ -87,6 +104,8 @@ class ResultSet:
     revision: int
     #: Seconds spent building each tag (for job events and benchmarks).
     seconds: dict[str, float] = field(default_factory=dict)
+    #: Radiomics features of the segments whose template entry asks for them.
+    radiomics: RadiomicsResult | None = None
 
     @property
     def seg(self) -> hd.seg.Segmentation:
@@ -138,8 +157,85 @@ def _copy_patient_and_study(dataset: Dataset, source: Dataset) -> None:
         dataset.copy_patient_and_study_information(source)
 
 
+def _build_reg(
+    volume: Volume,
+    prediction: Prediction,
+    template: ResultTemplate,
+    uids: ResultUIDs,
+    revision: int,
+) -> Dataset:
+    """The Spatial Registration of ``prediction.registration``.
+
+    Its UIDs also depend on the prior's instances: another prior gives another object.
+    """
+    registration = prediction.registration
+    assert registration is not None  # build_results drops 'reg' without one
+    prior = instance_set_hash(uid for _, uid in registration.source_instances)
+    return build_registration(
+        volume,
+        registration,
+        template,
+        series_instance_uid=derive_uid(*uids.input_key, "reg-series", prior),
+        sop_instance_uid=derive_uid(*uids.input_key, "reg-instance", prior),
+        series_number=SERIES_NUMBERS[ResultKind.REG],
+        series_description=series_description(template, KIND_LABELS[ResultKind.REG], revision),
+    )
+
+
 def _ordered(tags: Iterable[str]) -> list[str]:
     return sorted(set(tags), key=lambda tag: (BUILD_ORDER.index(tag_kind(tag)), tag))
+
+
+def _build_image_kind(
+    volume: Volume,
+    prediction: Prediction,
+    template: ResultTemplate,
+    kind: ResultKind,
+    tag: str,
+    uids: ResultUIDs,
+    description: str,
+) -> list[Dataset]:
+    """Parametric Map, heat-map SC, derived series or derived SC of one prediction."""
+    series = {
+        "series_instance_uid": uids.series_uid(tag),
+        "series_number": SERIES_NUMBERS[kind],
+        "series_description": description,
+    }
+    per_source = {uid: uids.instance_uid(tag, uid) for uid in volume.sop_instance_uids}
+    if kind in ATTRIBUTION_KINDS:
+        if prediction.attribution is None:
+            raise TemplateError(f"result kind {kind.value!r} needs an attribution map")
+        if kind is ResultKind.PMAP:
+            return [
+                build_parametric_map(
+                    volume,
+                    prediction.attribution,
+                    template,
+                    sop_instance_uid=uids.instance_uid(tag),
+                    **series,  # type: ignore[arg-type]
+                )
+            ]
+        return list(
+            build_heatmap_sc_series(
+                volume,
+                prediction.attribution,
+                template,
+                sop_instance_uid=per_source,
+                **series,  # type: ignore[arg-type]
+            )
+        )
+    if prediction.derived_image is None:
+        raise TemplateError(f"result kind {kind.value!r} needs a derived image")
+    build = build_derived_series if kind is ResultKind.DERIVED else build_derived_sc_series
+    return list(
+        build(
+            volume,
+            prediction.derived_image,
+            template,
+            sop_instance_uid=per_source,
+            **series,  # type: ignore[arg-type]
+        )
+    )
 
 
 def build_results(
@@ -214,6 +310,10 @@ def build_results(
     wanted = _ordered(required_tags(tags))
     if not segmented:
         wanted = [tag for tag in wanted if tag_kind(tag) not in SEG_KINDS]
+    if prediction.registration is None and ResultKind.REG.value in wanted:
+        # Only a routine that registers a prior gives a Spatial Registration.
+        log.info("result kind reg skipped: the prediction has no registration")
+        wanted.remove(ResultKind.REG.value)
     previous: dict[str, SOPReference] = {}
     for tag, reference in {
         **(predecessors or {}),
@@ -223,11 +323,34 @@ def build_results(
             SOPReference.from_dataset(reference) if isinstance(reference, Dataset) else reference
         )
     uids = ResultUIDs.for_volume(volume, template)
+    if all(tag_kind(tag) is ResultKind.REG for tag in wanted):
+        # A registration alone (or nothing left to build): no label map to analyse.
+        started = time.perf_counter()
+        only = {tag: [_build_reg(volume, prediction, template, uids, revision)] for tag in wanted}
+        log.info(
+            "results built template=%s source_series_uid=%s tags=%s objects=%d revision=%d",
+            template.name,
+            volume.series_instance_uid,
+            ",".join(only),
+            len(only),
+            revision,
+        )
+        return ResultSet(
+            objects=only,
+            uids=uids,
+            revision=revision,
+            seconds={tag: time.perf_counter() - started for tag in only},
+        )
     analysis = Analysis(volume, prediction, template) if segmented else None
     findings = ImageFindings(volume, prediction, template, uids)
     tracking_uids = {s.label_value: uids.tracking_uid(s.label_value) for s in template.segments}
     objects: dict[str, list[Dataset]] = {}
     seconds: dict[str, float] = {}
+    radiomics = None
+    if analysis is not None and template.radiomics_classes:
+        started = time.perf_counter()
+        radiomics = analysis.radiomics  # computed once, before the SR that reports it
+        seconds["radiomics"] = time.perf_counter() - started
     for tag in wanted:
         started = time.perf_counter()
         kind = tag_kind(tag)
@@ -323,6 +446,12 @@ def build_results(
                     **identity,  # type: ignore[arg-type]
                 )
             )
+        elif kind is ResultKind.REG:
+            objects[tag] = [_build_reg(volume, prediction, template, uids, revision)]
+        elif kind in ATTRIBUTION_KINDS or kind in DERIVED_KINDS:
+            objects[tag] = _build_image_kind(
+                volume, prediction, template, kind, tag, uids, description
+            )
         elif kind is ResultKind.KO:
             listed = [d for t in tag.partition(".")[2].split("+") for d in objects.get(t, [])]
             if not listed:
@@ -350,4 +479,10 @@ def build_results(
         revision,
         " ".join(f"{tag}_s={value:.2f}" for tag, value in seconds.items()),
     )
-    return ResultSet(objects=objects, uids=uids, revision=revision, seconds=seconds)
+    return ResultSet(
+        objects=objects,
+        uids=uids,
+        revision=revision,
+        seconds=seconds,
+        radiomics=radiomics,
+    )

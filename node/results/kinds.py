@@ -15,6 +15,8 @@ object's content depends on the rest of the profile:
   Segment Numbers for Label Map Segmentation Storage.
 * ``ko`` lists the profile's other objects: ``ko.gsps+sc`` lists the GSPS and the SC
   images. Each variant has its own deterministic UIDs.
+* ``reg`` is built only from a prediction with a registration (a routine that
+  declares ``needs_prior``); such a job builds nothing that needs a label map.
 """
 
 from __future__ import annotations
@@ -33,6 +35,11 @@ class ResultKind(StrEnum):
     GSPS = "gsps"  #: Grayscale Softcopy Presentation State with outlines and labels
     SC = "sc"  #: Secondary Capture copies of the source slices with the overlay burned in
     KO = "ko"  #: Key Object Selection listing the other objects of the profile
+    REG = "reg"  #: Spatial Registration of a prior series (routines that declare needs_prior)
+    PMAP = "pmap"  #: Parametric Map of the plugin's attribution (explainability) map
+    HEATMAP_SC = "heatmap_sc"  #: Secondary Capture heat maps of the attribution, not diagnostic
+    DERIVED = "derived"  #: Derived series of the source's IOD (image-to-image routines)
+    DERIVED_SC = "derived_sc"  #: The derived image as Secondary Capture
 
 
 #: What a destination gets when its configuration names no profile.
@@ -51,8 +58,17 @@ BUILD_ORDER: tuple[ResultKind, ...] = (
     ResultKind.SR,
     ResultKind.GSPS,
     ResultKind.SC,
+    ResultKind.REG,
+    ResultKind.PMAP,
+    ResultKind.HEATMAP_SC,
+    ResultKind.DERIVED,
+    ResultKind.DERIVED_SC,
     ResultKind.KO,
 )
+#: Kinds built from ``Prediction.attribution``.
+ATTRIBUTION_KINDS: tuple[ResultKind, ...] = (ResultKind.PMAP, ResultKind.HEATMAP_SC)
+#: Kinds built from ``Prediction.derived_image``.
+DERIVED_KINDS: tuple[ResultKind, ...] = (ResultKind.DERIVED, ResultKind.DERIVED_SC)
 
 
 def check_profile(kinds: Iterable[str]) -> tuple[ResultKind, ...]:

@@ -66,6 +66,10 @@ def display_window(volume: Volume) -> tuple[float, float]:
     return _window(volume.array, volume.datasets[0])
 
 
+#: Display limits of a volume (public name, used by other burned-in renderings).
+window_limits = _window
+
+
 def render_slice(analysis: Analysis, slice_index: int, window: tuple[float, float]) -> np.ndarray:
     """The RGB ``(rows, columns, 3)`` uint8 image of one slice with the overlay burned in."""
     values = analysis.volume.array[slice_index]

@@ -26,6 +26,7 @@ import numpy as np
 from highdicom.sr import CodedConcept
 from highdicom.sr.templates import _get_coded_modality
 from highdicom.sr.value_types import ContentSequence
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.sr.codedict import codes
@@ -39,6 +40,7 @@ from node.results.provenance import (
     processing_equipment,
     sr_algorithm_identification,
 )
+from node.results.radiomics import declare_private_scheme, sr_measurement_items
 from node.results.template import ResultTemplate, SegmentSpec
 from node.runtime.plugin import Prediction
 from node.runtime.volume import Volume
@@ -311,6 +313,15 @@ def build_sr(
         contributing_equipment=[processing_equipment(template)],
     )
     sr.add_image_library(image_library(images))
+    radiomics = analysis.radiomics if analysis is not None else None
+    if radiomics is not None and seg is not None:
+        # Added after construction like the Image Library: ~100 features per segment
+        # through highdicom's group and SR constructors cost seconds per segment.
+        for number, segment in enumerate(template.segments, start=1):
+            features = sr_measurement_items(radiomics, segment.label_value)
+            if features:
+                sr.add_volumetric_measurements(str(segment_items[number].TrackingUID), features)
+        declare_private_scheme(sr, radiomics)
     sr.ManufacturerModelName = algorithm.name
     sr.SoftwareVersions = algorithm.version
     sr.DeviceUID = algorithm.device_uid
@@ -346,6 +357,35 @@ class MeasurementReportSR(hd.sr.Comprehensive3DSR):
         self.ContentSequence = DicomSequence([*items[:position], library, *items[position:]])
         self._content_is_stale = True
 
+    def add_volumetric_measurements(
+        self, tracking_uid: str, measurements: Sequence[Dataset]
+    ) -> None:
+        """Append TID 300 NUM items to the TID 1411 group of ``tracking_uid``.
+
+        They go after the group's last measurement (before its qualitative evaluations).
+        """
+        group = _volumetric_group(self, tracking_uid)
+        items: list[Dataset] = list(group.ContentSequence)
+        numbers = [i for i, item in enumerate(items) if item.ValueType == "NUM"]
+        if numbers:
+            position = numbers[-1] + 1
+        else:
+            position = next(
+                (
+                    i
+                    for i, item in enumerate(items)
+                    if item.RelationshipType == "CONTAINS" and item.ValueType in ("CODE", "TEXT")
+                ),
+                len(items),
+            )
+        # Set as an element: highdicom's own ContentSequence takes only its item classes.
+        group[_CONTENT_SEQUENCE] = DataElement(
+            _CONTENT_SEQUENCE,
+            "SQ",
+            DicomSequence([*items[:position], *measurements, *items[position:]]),
+        )
+        self._content_is_stale = True
+
     @property
     def content(self) -> ContentSequence:
         if getattr(self, "_content_is_stale", False):
@@ -362,6 +402,32 @@ class MeasurementReportSR(hd.sr.Comprehensive3DSR):
 
 #: Code value of TID 1500's Imaging Measurements container (the Image Library precedes it).
 IMAGING_MEASUREMENTS_CODE = "126010"
+_TRACKING_UID_CODE = "112040"
+_CONTENT_SEQUENCE = 0x0040A730
+_REFERENCED_SEGMENT_CODE = "121191"
+
+
+def _volumetric_group(sr: Dataset, tracking_uid: str) -> Dataset:
+    """The TID 1411 container (it references a segment) with this Tracking UID."""
+    measurements = next(
+        item
+        for item in sr.ContentSequence
+        if item.ConceptNameCodeSequence[0].CodeValue == IMAGING_MEASUREMENTS_CODE
+    )
+    for group in measurements.ContentSequence:
+        codes_in = {
+            str(item.ConceptNameCodeSequence[0].CodeValue): item
+            for item in group.get("ContentSequence", [])
+        }
+        uid = codes_in.get(_TRACKING_UID_CODE)
+        if (
+            _REFERENCED_SEGMENT_CODE in codes_in
+            and uid is not None
+            and str(uid.UID) == tracking_uid
+        ):
+            return group
+    raise KeyError(f"no volumetric group with Tracking UID {tracking_uid}")
+
 
 _CROSS_SECTIONAL = ("CT", "MR", "PT")
 _PIXELS = ("{pixels}", "UCUM", "Pixels")

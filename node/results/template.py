@@ -17,6 +17,7 @@ import hashlib
 import logging
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -183,6 +184,19 @@ class OutputSpec(_Strict):
 
 _ColourComponent = Annotated[int, Field(ge=0, le=255)]
 
+#: pyradiomics feature classes a segment may ask for (``radiomics:``), computed on the
+#: source grid by :mod:`node.results.radiomics`.
+RadiomicsClass = Literal["firstorder", "shape", "glcm", "glrlm", "glszm", "gldm", "ngtdm"]
+#: Default fixed bin width of the grey-level discretisation (image units: HU on CT).
+DEFAULT_RADIOMICS_BIN_WIDTH = 25.0
+
+
+class RadiomicsSettingsSpec(_Strict):
+    """Template-wide radiomics settings (the rest of the parameter set is fixed in code)."""
+
+    #: Fixed bin width (IBSI "fixed bin size") in the image's units, e.g. HU on CT.
+    bin_width: Annotated[float, Field(gt=0)] = DEFAULT_RADIOMICS_BIN_WIDTH
+
 
 class SegmentSpec(_Strict):
     """One label value of the label map and how it is coded."""
@@ -195,6 +209,8 @@ class SegmentSpec(_Strict):
     type_modifier: CodeSpec | None = None
     anatomic_region: CodeSpec | None = None
     colour: Annotated[list[_ColourComponent], Field(min_length=3, max_length=3)]
+    #: pyradiomics feature classes to compute for this segment (none: no radiomics).
+    radiomics: Annotated[list[RadiomicsClass], Field(min_length=1)] | None = None
 
     @field_validator("label", "tracking_id")
     @classmethod
@@ -392,13 +408,15 @@ class TemplateDocument(_Strict):
     algorithm: AlgorithmSpec
     output: OutputSpec
     procedure_reported: CodeSpec | None = None
-    #: At least one before format 3; in format 3 a template without segments must
-    #: declare classifications or detections.
+    #: Empty for templates that segment nothing: format 3 classifiers, detectors and
+    #: image-to-image routines, or a registration (which measures nothing either).
     segments: list[SegmentSpec] = Field(default_factory=list)
     measurements: list[MeasurementSpec] = Field(default_factory=list)
     findings: list[FindingSpec] = Field(default_factory=list)
     classifications: list[ClassificationSpec] = Field(default_factory=list)
     detections: list[DetectionSpec] = Field(default_factory=list)
+    #: Settings of the radiomics of segments that ask for it (``segments[].radiomics``).
+    radiomics: RadiomicsSettingsSpec | None = None
 
     @field_validator("name")
     @classmethod
@@ -472,6 +490,16 @@ class ResultTemplate:
             if spec.label_value == label_value:
                 return spec
         raise KeyError(label_value)
+
+    @property
+    def radiomics_classes(self) -> dict[int, tuple[str, ...]]:
+        """``{label value: feature classes}`` of the segments that ask for radiomics."""
+        return {s.label_value: tuple(s.radiomics) for s in self.document.segments if s.radiomics}
+
+    @property
+    def radiomics_settings(self) -> RadiomicsSettingsSpec:
+        """The template's radiomics settings, defaults where it gives none."""
+        return self.document.radiomics or RadiomicsSettingsSpec()
 
     @property
     def classifications(self) -> tuple[ClassificationSpec, ...]:
@@ -581,16 +609,9 @@ def _semantic_problems(document: TemplateDocument) -> list[tuple[str, str]]:
         _check_concept(document.procedure_reported, "procedure_reported", problems)
 
     segments = document.segments
-    if not segments and (
-        document.format_version < 3 or not (document.classifications or document.detections)
-    ):
-        problems.append(
-            (
-                "segments",
-                "at least 1 item is needed"
-                + ("" if document.format_version < 3 else " (or classifications or detections)"),
-            )
-        )
+    if not segments and (document.measurements or document.findings):
+        # A template without segments (a registration's, a denoiser's) measures nothing.
+        problems.append(("segments", "at least 1 item is needed for measurements and findings"))
     problems += _duplicates([s.label_value for s in segments], "segments", "label_value")
     problems += _duplicates([s.label for s in segments], "segments", "label")
     problems += _duplicates([s.tracking_id for s in segments], "segments", "tracking_id")
@@ -604,6 +625,10 @@ def _semantic_problems(document: TemplateDocument) -> list[tuple[str, str]]:
             )
         if segment.anatomic_region is not None:
             _check_concept(segment.anatomic_region, f"{where}.anatomic_region", problems)
+        if segment.radiomics is not None:
+            problems += _radiomics_problems(segment.radiomics, where, document.format_version)
+    if document.radiomics is not None and not any(s.radiomics for s in segments):
+        problems.append(("radiomics", "settings given but no segment lists 'radiomics' classes"))
 
     measurements = document.measurements
     problems += _duplicates([m.key for m in measurements], "measurements", "key")
@@ -726,6 +751,18 @@ def _compute_problems(
                 )
             ]
     return []
+
+
+def _radiomics_problems(
+    classes: Sequence[str], where: str, format_version: int
+) -> list[tuple[str, str]]:
+    if format_version < 2:
+        return [(f"{where}.radiomics", "'radiomics' needs format_version 2")]
+    return [
+        (f"{where}.radiomics[{index}]", f"duplicate class {name!r}")
+        for index, name in enumerate(classes)
+        if name in classes[:index]
+    ]
 
 
 def _duplicates(values: list[object], where: str, field_name: str) -> list[tuple[str, str]]:

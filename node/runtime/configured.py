@@ -21,6 +21,7 @@ import torch
 from node.config import (
     AcceptsSettings,
     BundleModelSettings,
+    OnnxModelSettings,
     ResourceSettings,
     TorchScriptModelSettings,
 )
@@ -133,6 +134,10 @@ class TorchScriptPlugin(SegmentationModelPlugin):
         )
         self.label_values = label_values
         self.amp = settings.amp
+        if settings.validated_on is not None:
+            from node.runtime.gate import validated_input
+
+            self.validated_on = validated_input(settings.validated_on)
 
     def build(self, device: torch.device) -> torch.nn.Module:
         network = torch.jit.load(str(self.path), map_location=device)
@@ -386,6 +391,17 @@ def configured_plugin(
         def factory() -> InferencePlugin:
             return MonaiBundlePlugin(name, settings, templates_dir)
 
+    elif isinstance(settings, OnnxModelSettings):
+        from node.runtime.onnx_plugin import OnnxPlugin, check_model
+
+        io_names = check_model(settings)
+        template = load_template_by_name(settings.template, templates_dir)
+        onnx_values = resolve_label_values(settings.labels, template, settings.label_values)
+        prototype = OnnxPlugin(name, settings, onnx_values, io_names)
+
+        def factory() -> InferencePlugin:
+            return OnnxPlugin(name, settings, onnx_values, io_names)
+
     else:
         raise PluginError(f"unknown model type {type(settings).__name__}")
     source = f"{settings.type}:{settings.path}"
@@ -396,5 +412,6 @@ def configured_plugin(
         source,
         prototype.accepts,
         prototype.resources,
+        prototype.validated_on,
     )
     return info, factory

@@ -16,9 +16,10 @@ import numpy as np
 import torch
 
 from node.errors import InputRejected, PluginError
+from node.runtime.attribution import Method, segment_attribution
 from node.runtime.engine import ExecutionOptions, ModelSpec, segment
 from node.runtime.measure import label_statistics
-from node.runtime.plugin import InferencePlugin, Prediction, RunContext
+from node.runtime.plugin import Attribution, InferencePlugin, Prediction, RunContext
 from node.runtime.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -37,12 +38,23 @@ class SegmentationModelPlugin(InferencePlugin):
         Mixed precision on CUDA.
     sw_batch_size
         Window batch override (``None``: the spec's).
+    explain_label
+        Output channel to explain with a Grad-CAM map (``Prediction.attribution``);
+        ``None`` (default): no map, it costs a forward and backward pass of the whole
+        model grid.
+    explain_layer
+        Layer whose activations Grad-CAM weights (a name from ``named_modules()``).
+    explain_method
+        ``"Grad-CAM"`` or ``"Grad-CAM++"``.
     """
 
     spec: ModelSpec
     label_values: dict[int, int] | None = None
     amp: bool = True
     sw_batch_size: int | None = None
+    explain_label: int | None = None
+    explain_layer: str = ""
+    explain_method: Method = "Grad-CAM"
 
     def __init__(self) -> None:
         self._network: torch.nn.Module | None = None
@@ -124,4 +136,40 @@ class SegmentationModelPlugin(InferencePlugin):
             time.perf_counter() - started,
             ",".join(str(v) for v in sorted(measurements)),
         )
-        return Prediction(label_map=label_map, measurements=measurements)
+        prediction = Prediction(label_map=label_map, measurements=measurements)
+        if self.explain_label is not None:
+            prediction.attribution = self.explain(volume, context)
+        return prediction
+
+    def explain(self, volume: Volume, context: RunContext) -> Attribution:
+        """Grad-CAM of :attr:`explain_label` on the source grid."""
+        if self.explain_label is None or not self.explain_layer:
+            raise PluginError(f"plugin {self.name!r} names no label and layer to explain")
+        context.raise_if_expired()
+        started = time.perf_counter()
+        values = segment_attribution(
+            self.network,
+            volume.array,
+            volume.affine,
+            volume.spacing,
+            self.spec,
+            context.device,
+            channel=self.explain_label,
+            layer=self.explain_layer,
+            method=self.explain_method,
+        )
+        label_value = int(self.channel_to_label()[self.explain_label])
+        log.info(
+            "attribution computed plugin=%s job=%d method=%s channel=%d seconds=%.2f",
+            self.name,
+            context.job_id,
+            self.explain_method,
+            self.explain_label,
+            time.perf_counter() - started,
+        )
+        return Attribution(
+            values,
+            method=self.explain_method,
+            target=self.spec.labels[self.explain_label].capitalize(),
+            label_value=label_value,
+        )

@@ -144,6 +144,59 @@ class Accepts:
 
 
 @dataclass(frozen=True)
+class ValidatedInput:
+    """The input a routine was validated on; the node's input-quality gate
+    (:mod:`node.runtime.quality`) measures each series against it before inference.
+
+    Empty tuples and ``None`` ranges are not checked. What the node does when a check
+    fails (run, warn, skip) is configured per rule (``rules[].quality``).
+
+    Attributes
+    ----------
+    modalities, sop_classes, photometric_interpretations
+        Accepted header values.
+    slice_thickness_mm, pixel_spacing_mm
+        Inclusive ranges of SliceThickness and both PixelSpacing values.
+    kernels
+        ConvolutionKernel values (case-insensitive).
+    contrast
+        ``present``: ContrastBolusAgent must be set; ``absent``: it must not; ``any``.
+    min_bits_stored
+        Smallest BitsStored (e.g. 12 for CT).
+    noise
+        Range of the measured noise (standard deviation in homogeneous tissue, HU for CT).
+    max_duplicate_slices
+        Repeated slice positions tolerated (a missing slice always fails its check:
+        the node runs routines on regular grids only).
+    max_metal_fraction, metal_threshold
+        Largest fraction of voxels above ``metal_threshold`` (HU).
+    max_streak_index
+        Largest ratio of a slice's high-frequency energy to the series median.
+    max_clipped_fraction
+        Largest fraction of pixels at the stored minimum or maximum.
+    """
+
+    modalities: tuple[str, ...] = ()
+    sop_classes: tuple[str, ...] = ()
+    slice_thickness_mm: tuple[float, float] | None = None
+    pixel_spacing_mm: tuple[float, float] | None = None
+    kernels: tuple[str, ...] = ()
+    contrast: str = "any"
+    photometric_interpretations: tuple[str, ...] = ()
+    min_bits_stored: int = 0
+    noise: tuple[float, float] | None = None
+    max_duplicate_slices: int = 0
+    max_metal_fraction: float = 1e-4
+    metal_threshold: float = 2500.0
+    max_streak_index: float = 3.0
+    max_clipped_fraction: float = 0.002
+
+    def __post_init__(self) -> None:
+        if self.contrast not in ("any", "present", "absent"):
+            raise ValueError(f"contrast must be any, present or absent, not {self.contrast!r}")
+
+
+@dataclass(frozen=True)
 class Resources:
     """What a routine needs from its worker.
 
@@ -173,6 +226,9 @@ class RunContext:
     device: torch.device
     deadline: float | None = None
     clock: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
+    #: The prior series of the same patient, for plugins that declare ``needs_prior``
+    #: (found by :func:`node.runtime.priors.find_prior`); None for every other plugin.
+    prior: Volume | None = field(default=None, repr=False, compare=False)
 
     def raise_if_expired(self) -> None:
         if self.deadline is not None and self.clock() > self.deadline:
@@ -240,6 +296,123 @@ class Detection:
             raise ValueError(f"score of {self.finding!r} is {self.score}, not 0-1")
 
 
+@dataclass(frozen=True)
+class Registration:
+    """A rigid registration of a prior series to the series the job runs on.
+
+    Attributes
+    ----------
+    matrix
+        4x4 homogeneous matrix (``float64``) mapping patient coordinates (LPS, mm) of the
+        prior's Frame of Reference to those of the current series' Frame of Reference:
+        ``current = matrix @ [x, y, z, 1]``. Its upper-left 3x3 block is a proper
+        rotation (DICOM RIGID).
+    source_frame_of_reference_uid
+        Frame of Reference UID of the prior (the registered, moving series).
+    target_frame_of_reference_uid
+        Frame of Reference UID of the current series (the fixed one).
+    source_study_instance_uid, source_series_instance_uid
+        The prior's study and series.
+    source_instances
+        ``(SOP Class UID, SOP Instance UID)`` of each prior image that was registered.
+    metric, metric_value
+        Name and value of the quality measure the routine reports (e.g. the normalised
+        cross-correlation of the overlapping body after registration, 1 is perfect).
+    """
+
+    matrix: np.ndarray
+    source_frame_of_reference_uid: str
+    target_frame_of_reference_uid: str
+    source_study_instance_uid: str
+    source_series_instance_uid: str
+    source_instances: tuple[tuple[str, str], ...]
+    metric: str
+    metric_value: float
+
+    def __post_init__(self) -> None:
+        matrix = np.asarray(self.matrix, dtype=np.float64)
+        if matrix.shape != (4, 4) or not np.all(np.isfinite(matrix)):
+            raise ValueError(f"registration matrix must be a finite 4x4 array, got {matrix.shape}")
+        if not np.allclose(matrix[3], [0.0, 0.0, 0.0, 1.0], atol=1e-9):
+            raise ValueError(f"registration matrix last row is {matrix[3]}, not [0 0 0 1]")
+        rotation = matrix[:3, :3]
+        if not np.allclose(rotation @ rotation.T, np.eye(3), atol=1e-4) or (
+            np.linalg.det(rotation) <= 0
+        ):
+            raise ValueError("registration matrix is not rigid: its 3x3 block is not a rotation")
+        for name in (
+            "source_frame_of_reference_uid",
+            "target_frame_of_reference_uid",
+            "source_study_instance_uid",
+            "source_series_instance_uid",
+        ):
+            if not getattr(self, name):
+                raise ValueError(f"registration {name} is empty")
+        if not self.source_instances:
+            raise ValueError("registration names no prior instances")
+        if not math.isfinite(self.metric_value):
+            raise ValueError(f"registration metric {self.metric!r} is {self.metric_value}")
+        object.__setattr__(self, "matrix", matrix)
+
+
+@dataclass(frozen=True)
+class Attribution:
+    """A per-voxel explanation of one output, on the source grid.
+
+    Attributes
+    ----------
+    values
+        ``float32`` array shaped like ``volume.array``; larger values contributed more
+        to ``target`` (e.g. Grad-CAM scaled to 0-1).
+    method
+        How it was computed, as shown to readers (``"Grad-CAM"``, ``"occlusion"``).
+    target
+        What it explains, as shown to readers (``"Liver"``, a finding's name).
+    label_value
+        Template label value it explains, when it explains a segment.
+    finding
+        Key of the template classification or detection it explains, when it does.
+    """
+
+    values: np.ndarray
+    method: str
+    target: str
+    label_value: int | None = None
+    finding: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.values.ndim != 3:
+            raise ValueError(f"attribution map must be 3-D, got shape {self.values.shape}")
+        if not np.isfinite(self.values).all():
+            raise ValueError("attribution map holds NaN or infinite values")
+        if not self.method.strip() or not self.target.strip():
+            raise ValueError("attribution needs a method and a target")
+
+
+@dataclass(frozen=True)
+class DerivedImage:
+    """A new image computed from the source (denoised, synthesised…), on the source grid.
+
+    Attributes
+    ----------
+    values
+        Array shaped like ``volume.array`` in the source's real-world values (HU for CT).
+    description
+        What was done, for Derivation Description (e.g. ``"Denoised by a residual UNet"``).
+    """
+
+    values: np.ndarray
+    description: str
+
+    def __post_init__(self) -> None:
+        if self.values.ndim != 3:
+            raise ValueError(f"derived image must be 3-D, got shape {self.values.shape}")
+        if not np.isfinite(self.values).all():
+            raise ValueError("derived image holds NaN or infinite values")
+        if not self.description.strip():
+            raise ValueError("derived image needs a description")
+
+
 @dataclass
 class Prediction:
     """A routine's output on the source grid.
@@ -265,6 +438,13 @@ class Prediction:
         Findings with probabilities (:class:`Classification`).
     detections
         Boxes or points with scores (:class:`Detection`).
+    registration
+        A prior series registered to this one (:class:`Registration`), from routines
+        that declare ``needs_prior``.
+    attribution
+        Optional explanation map (:class:`Attribution`).
+    derived_image
+        Optional new image from an image-to-image routine (:class:`DerivedImage`).
     """
 
     label_map: np.ndarray | None = None
@@ -273,6 +453,9 @@ class Prediction:
     probabilities: np.ndarray | None = None
     classifications: list[Classification] = field(default_factory=list)
     detections: list[Detection] = field(default_factory=list)
+    registration: Registration | None = None
+    attribution: Attribution | None = None
+    derived_image: DerivedImage | None = None
 
 
 class InferencePlugin(abc.ABC):
@@ -292,6 +475,11 @@ class InferencePlugin(abc.ABC):
     template: str
     accepts: Accepts = Accepts()
     resources: Resources = Resources()
+    #: The routine needs a prior series of the same patient (``RunContext.prior``); the
+    #: node looks one up before ``run`` and fails the job, saying why, when there is none.
+    needs_prior: bool = False
+    #: The input the routine was validated on (None: the quality gate does not run).
+    validated_on: ValidatedInput | None = None
 
     def load(self, device: torch.device) -> None:  # noqa: B027 - optional hook
         """Load weights or warm up on ``device``; called once per worker."""

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from node.errors import PluginError
-from node.runtime.plugin import Accepts, InferencePlugin, Resources
+from node.runtime.plugin import Accepts, InferencePlugin, Resources, ValidatedInput
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,8 @@ class PluginInfo:
     source: str
     accepts: Accepts = field(default_factory=Accepts)
     resources: Resources = field(default_factory=Resources)
+    #: The input the routine was validated on (the input-quality gate's reference).
+    validated_on: ValidatedInput | None = None
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,7 @@ class PluginRegistry:
                 source,
                 plugin.accepts,
                 plugin.resources,
+                plugin.validated_on,
             ),
             plugin,
         )

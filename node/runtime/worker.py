@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -26,11 +26,12 @@ import pydicom
 import torch
 from pydicom.dataset import Dataset
 
-from node.config import AnyDestination
+from node.config import AnyDestination, QualitySettings, RuleSettings
 from node.errors import InputRejected, JobTimeout
 from node.jobs.queue import Job, JobQueue
 from node.polling import PollingThread
 from node.results import build_results, load_template_by_name
+from node.results.availability import unavailable_tags
 from node.results.kinds import (
     DEFAULT_PROFILE,
     SEG_KINDS,
@@ -40,7 +41,12 @@ from node.results.kinds import (
     profile_tags,
     tag_kind,
 )
-from node.runtime.plugin import RunContext, check_input
+from node.results.quality_note import add_quality_warnings_to_srs
+from node.results.radiomics import write_radiomics
+from node.results.summary import prediction_json, quality_json, write_summary
+from node.runtime.gate import GateResult, QualitySkipped, gate_series
+from node.runtime.plugin import InferencePlugin, Prediction, RunContext, check_input
+from node.runtime.priors import find_prior
 from node.runtime.registry import PluginRegistry
 from node.runtime.volume import Volume, load_volume
 from node.state.series import SeriesStore
@@ -90,6 +96,7 @@ class InferenceWorker(PollingThread):
         prefetch: bool = True,
         monotonic: Callable[[], float] = time.monotonic,
         destinations: Callable[[], Mapping[str, AnyDestination]] = dict,
+        rules: Callable[[], Sequence[RuleSettings]] = list,
     ) -> None:
         super().__init__(f"worker-{device}")
         self._queue = queue
@@ -107,6 +114,7 @@ class InferenceWorker(PollingThread):
         self._prefetched: tuple[int, tuple[Path, ...], Future[Volume]] | None = None
         self._device_selected = False
         self._destinations = destinations
+        self._rules = rules
 
     def run_once(self) -> bool:
         """Run the next queued job to its end; False when the queue was empty."""
@@ -151,6 +159,41 @@ class InferenceWorker(PollingThread):
             return prefetched[2].result(), True
         return load_volume(paths), False
 
+    def _gated_volume(self, job: Job, plugin: InferencePlugin) -> tuple[Volume, bool, GateResult]:
+        """The job's volume through the input-quality gate (events record what it found)."""
+        assert plugin.validated_on is not None
+        policy = next((r.quality for r in self._rules() if r.name == job.rule), QualitySettings())
+        prefetched = [False]
+
+        def load() -> Volume:
+            volume, prefetched[0] = self._volume(job)
+            return volume
+
+        paths = self._series.instance_paths(job.series_uid)
+        try:
+            gated = gate_series(load, paths, plugin.validated_on, policy)
+        except QualitySkipped as exc:
+            self._queue.add_event(job.id, self._clock(), "quality_skipped", str(exc))
+            raise
+        now = self._clock()
+        self._queue.add_event(
+            job.id,
+            now,
+            "quality_checked",
+            f"{gated.decision.action} {gated.measured.summary()} seconds={gated.seconds:.3f}",
+        )
+        for warning in gated.decision.warnings:
+            self._queue.add_event(job.id, now, "quality_warning", warning)
+        for ignored in gated.decision.ignored:
+            self._queue.add_event(job.id, now, "quality_ignored", ignored)
+        if gated.decision.warnings:
+            log.warning(
+                "input-quality warnings job_id=%d checks=%s",
+                job.id,
+                ",".join(c.name for c in gated.decision.failed),
+            )
+        return gated.volume, prefetched[0], gated
+
     def _check_deadline(self, job: Job, deadline: float | None) -> None:
         if deadline is not None and self._monotonic() > deadline:
             raise JobTimeout(f"job ran longer than {self._timeout:g} s")
@@ -161,7 +204,11 @@ class InferenceWorker(PollingThread):
         plugin = self._registry.get(job.plugin, self.device)
         if plugin.resources.needs_gpu and self.device.type != "cuda":
             raise InputRejected(f"plugin {job.plugin!r} needs a GPU; this worker runs on the CPU")
-        volume, was_prefetched = self._volume(job)
+        gated: GateResult | None = None
+        if plugin.validated_on is None:
+            volume, was_prefetched = self._volume(job)
+        else:
+            volume, was_prefetched, gated = self._gated_volume(job, plugin)
         loaded = time.perf_counter()
         self._queue.add_event(
             job.id,
@@ -171,8 +218,19 @@ class InferenceWorker(PollingThread):
         )
         self._start_prefetch()
         check_input(plugin, volume)
+        prior = None
+        if plugin.needs_prior:
+            looked_up = time.perf_counter()
+            found = find_prior(self._series, volume)
+            prior = load_volume(found.paths)
+            self._queue.add_event(
+                job.id,
+                self._clock(),
+                "prior_found",
+                f"{found.describe()} seconds={time.perf_counter() - looked_up:.3f}",
+            )
         context = RunContext(
-            job.id, job.rule, self.device, deadline=deadline, clock=self._monotonic
+            job.id, job.rule, self.device, deadline=deadline, clock=self._monotonic, prior=prior
         )
         prediction = plugin.run(volume, context)
         self._check_deadline(job, deadline)
@@ -215,6 +273,30 @@ class InferenceWorker(PollingThread):
                     job.id,
                     ",".join(sorted(dropped)),
                 )
+        tags = self._registration_tags(job, prediction, tags)
+        unavailable = unavailable_tags(prediction, tags)
+        if unavailable:
+            tags = frozenset(tags - set(unavailable))
+            self._queue.add_event(
+                job.id,
+                self._clock(),
+                "results_skipped",
+                "; ".join(f"{tag}: {why}" for tag, why in sorted(unavailable.items())),
+            )
+            log.info(
+                "result kinds skipped job_id=%d tags=%s reason=not_in_prediction",
+                job.id,
+                ",".join(sorted(unavailable)),
+            )
+        if not tags and not job.destinations:
+            # Results kept on the node: an image-to-image routine keeps its derived series,
+            # a map its Parametric Map, whatever the default SEG + SR profile says.
+            kept = profile_tags([ResultKind.DERIVED.value, ResultKind.PMAP.value])
+            tags = frozenset(kept - set(unavailable_tags(prediction, kept)))
+        if not tags:
+            raise InputRejected(
+                "the plugin's prediction fills none of the result kinds its destinations take"
+            )
         results = build_results(
             volume,
             prediction,
@@ -223,14 +305,33 @@ class InferenceWorker(PollingThread):
             predecessors=_previous_reports(previous),
             tags=tags,
         )
+        if gated is not None:  # the gate's warnings go into every SR (Qualitative Evaluations)
+            add_quality_warnings_to_srs(results.tagged(), gated.decision.warnings)
         self._check_deadline(job, deadline)
         result_dir = self._results_dir / job.study_uid / job.series_uid / f"job-{job.id}"
         result_dir.mkdir(parents=True, exist_ok=True)
+        write_summary(
+            result_dir,
+            prediction_json(
+                prediction,
+                job_id=job.id,
+                rule=job.rule,
+                plugin=job.plugin,
+                plugin_version=plugin.version,
+                template=plugin.template,
+                study_uid=job.study_uid,
+                series_uid=job.series_uid,
+                shadow=job.shadow,
+                quality=None if gated is None else quality_json(gated.measured, gated.decision),
+            ),
+        )
         for tag, dataset in results.tagged():
             dataset.save_as(
                 result_dir / file_name(tag, str(dataset.SOPInstanceUID)),
                 enforce_file_format=True,
             )
+        if results.radiomics is not None:
+            write_radiomics(result_dir, results.radiomics)
         encoded = time.perf_counter()
         self._queue.add_event(
             job.id,
@@ -252,6 +353,33 @@ class InferenceWorker(PollingThread):
             encoded - inferred,
         )
         self._on_results()
+
+    def _registration_tags(
+        self, job: Job, prediction: Prediction, tags: frozenset[str]
+    ) -> frozenset[str]:
+        """``reg`` only from a registration, and a registration without a label map gives
+        nothing else (a REG is built even when no destination's profile lists it)."""
+        reg = ResultKind.REG.value
+        if prediction.registration is None:
+            if reg in tags:
+                self._queue.add_event(
+                    job.id,
+                    self._clock(),
+                    "results_skipped",
+                    "reg: the plugin gives no registration",
+                )
+            return frozenset(tags - {reg})
+        if prediction.label_map is not None:
+            return frozenset(tags | {reg})
+        if reg not in tags and job.destinations:
+            self._queue.add_event(
+                job.id,
+                self._clock(),
+                "results_skipped",
+                "reg is built but no destination of this job lists 'reg' in its results",
+            )
+            log.warning("reg not sent job_id=%d reason=no_destination_profile_lists_reg", job.id)
+        return frozenset({reg})
 
     def stop(self, timeout: float = 60.0) -> None:
         super().stop(timeout)

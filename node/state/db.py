@@ -68,7 +68,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     created_at      REAL NOT NULL,
     started_at      REAL,
     finished_at     REAL,
-    updated_at      REAL NOT NULL
+    updated_at      REAL NOT NULL,
+    shadow          INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, priority, id);
 CREATE INDEX IF NOT EXISTS jobs_series ON jobs (series_uid);
@@ -191,6 +192,10 @@ def _migrate(connection: sqlite3.Connection) -> None:
         connection.execute("CREATE INDEX IF NOT EXISTS jobs_series ON jobs (series_uid)")
         connection.execute("COMMIT")
         connection.execute("PRAGMA foreign_keys=ON")
+    columns = {r[1] for r in connection.execute("PRAGMA table_info(jobs)").fetchall()}
+    if "shadow" not in columns:
+        log.info("migrating jobs table: adding the shadow flag")
+        connection.execute("ALTER TABLE jobs ADD COLUMN shadow INTEGER NOT NULL DEFAULT 0")
 
 
 class Database:

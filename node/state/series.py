@@ -154,6 +154,15 @@ class SeriesStore:
         rows = self._db.query("SELECT * FROM series ORDER BY last_received DESC LIMIT ?", (limit,))
         return [_series(row) for row in rows]
 
+    def complete_series_outside_study(self, modality: str, study_uid: str) -> list[SeriesRow]:
+        """Complete series of ``modality`` in other studies than ``study_uid`` (prior lookup)."""
+        rows = self._db.query(
+            "SELECT * FROM series WHERE state = 'complete' AND modality = ? AND study_uid != ?"
+            " ORDER BY last_received DESC",
+            (modality, study_uid),
+        )
+        return [_series(row) for row in rows]
+
     def instance_paths(self, series_uid: str) -> list[Path]:
         rows = self._db.query(
             "SELECT path FROM instances WHERE series_uid = ? ORDER BY received_at, sop_uid",

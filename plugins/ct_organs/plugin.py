@@ -33,6 +33,13 @@ class CtOrgansPlugin(SegmentationModelPlugin):
     )
     resources = Resources(needs_gpu=False, gpu_memory_mb=1500)
     spec = SPEC
+    #: How a map is computed when one is asked for (``explain_label``; see
+    #: ``ct_organs_explain``): the gradient of the organ score with respect to the input
+    #: (MONAI ``VanillaGrad``). Grad-CAM is available (``explain_method = "Grad-CAM"``,
+    #: layer below) but comes out inverted on this network: its PReLU activations are
+    #: signed, against Grad-CAM's assumption (see the README).
+    explain_method = "gradient saliency"
+    explain_layer = "model.1.submodule.2"
 
     def postprocess(self, label_map: np.ndarray) -> np.ndarray:
         """One liver, one spleen, two lungs, two kidneys: stray pieces become body."""

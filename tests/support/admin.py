@@ -68,8 +68,9 @@ def served_node(data_dir: Path, config: Mapping[str, Any] | None = None) -> Iter
     url = f"http://{LOCALHOST}:{http_port}"
     try:
         wait_until(lambda: http_ok(f"{url}/healthz"), 30, message="node HTTP")
-        node.admin.add_user("admin", ADMIN_PASSWORD, "admin", "test-setup")
-        node.admin.add_user("viewer", VIEWER_PASSWORD, "viewer", "test-setup")
+        if not node.admin.users.count():  # a restart on the same data_dir keeps them
+            node.admin.add_user("admin", ADMIN_PASSWORD, "admin", "test-setup")
+            node.admin.add_user("viewer", VIEWER_PASSWORD, "viewer", "test-setup")
         admin_token, _ = node.admin.users.create_token("admin", "tests", node.clock())
         viewer_token, _ = node.admin.users.create_token("viewer", "tests", node.clock())
         yield ServedNode(node, url, admin_token, viewer_token)
