@@ -77,7 +77,7 @@ def make_mammogram(
         sop_instance_uid=sop_uid,
     )
     if list(ds.PatientOrientation) != list(truth.patient_orientation):
-        raise AssertionError("the MG writer and the generator disagree on Patient Orientation")
+        raise RuntimeError("the MG writer and the generator disagree on Patient Orientation")
     return ds, truth
 
 
