@@ -23,7 +23,6 @@ import pytest
 import torch
 import yaml
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian
 
 from node.errors import TemplateError
 from node.results import build_results, load_template
@@ -44,6 +43,7 @@ from node.runtime.plugin import (
 from node.runtime.volume import Volume, assemble_volume
 from node.synthetic.chest_ct import make_chest_ct, write_series
 from node.synthetic.projection import SeriesIdentity, cr_image, dx_image, mg_image, op_image
+from tests.support.spool import spool_series
 from tests.support.validators import dcentvfy_output, dciodvfy_errors, dsrdump
 
 TEMPLATES = Path(__file__).parent / "data" / "templates"
@@ -693,25 +693,11 @@ def test_worker_skips_seg_kinds_with_a_job_event(database, clock, tmp_path: Path
     from node.jobs.queue import JobQueue
     from node.runtime.registry import PluginRegistry
     from node.runtime.worker import InferenceWorker
-    from node.state.series import InstanceRecord, SeriesStore
+    from node.state.series import SeriesStore
 
     datasets, _ = make_chest_ct(n_slices=8, rows=64, columns=64, pixel_spacing_mm=6.0, seed=5)
-    paths = write_series(datasets, tmp_path / "spool")
     series = SeriesStore(database)
-    for dataset, path in zip(datasets, paths, strict=True):
-        series.record_instance(
-            InstanceRecord(
-                sop_uid=str(dataset.SOPInstanceUID),
-                series_uid=str(dataset.SeriesInstanceUID),
-                study_uid=str(dataset.StudyInstanceUID),
-                sop_class_uid=str(dataset.SOPClassUID),
-                transfer_syntax=str(ExplicitVRLittleEndian),
-                path=path,
-                size=path.stat().st_size,
-                modality="CT",
-            ),
-            clock(),
-        )
+    spool_series(series, datasets, tmp_path / "spool", clock())
     queue = JobQueue(database)
     registry = PluginRegistry()
     registry.register(CadPlugin)

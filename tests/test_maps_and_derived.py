@@ -25,6 +25,7 @@ from node.results.kinds import ResultKind, check_profile, profile_tags
 from node.runtime.plugin import Attribution, DerivedImage, Prediction, RunContext
 from node.runtime.volume import Volume, assemble_volume
 from node.synthetic.abdomen_ct import LIVER, make_abdomen_ct
+from tests.support.spool import spool_series
 from tests.support.validators import dciodvfy_errors
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -211,33 +212,17 @@ def test_a_denoiser_without_destinations_keeps_its_derived_series(
 ) -> None:
     """Results kept on the node: the default SEG + SR profile would keep nothing of an
     image-to-image routine, so the worker keeps what it made (its derived series)."""
-    from pydicom.uid import ExplicitVRLittleEndian
 
     from node.jobs.queue import JobQueue
     from node.results.kinds import file_tag
     from node.runtime.registry import PluginRegistry
     from node.runtime.worker import InferenceWorker
-    from node.state.series import InstanceRecord, SeriesStore
-    from node.synthetic.chest_ct import write_series
+    from node.state.series import SeriesStore
     from plugins.ct_denoise import PLUGIN as CtDenoise
 
     datasets, _ = make_abdomen_ct(n_slices=8, rows=96, columns=96, pixel_spacing_mm=4.0, seed=3)
-    paths = write_series(datasets, tmp_path / "spool")
     series = SeriesStore(database)
-    for dataset, path in zip(datasets, paths, strict=True):
-        series.record_instance(
-            InstanceRecord(
-                sop_uid=str(dataset.SOPInstanceUID),
-                series_uid=str(dataset.SeriesInstanceUID),
-                study_uid=str(dataset.StudyInstanceUID),
-                sop_class_uid=str(dataset.SOPClassUID),
-                transfer_syntax=str(ExplicitVRLittleEndian),
-                path=path,
-                size=path.stat().st_size,
-                modality="CT",
-            ),
-            clock(),
-        )
+    spool_series(series, datasets, tmp_path / "spool", clock())
     queue = JobQueue(database)
     registry = PluginRegistry()
     registry.register(CtDenoise)

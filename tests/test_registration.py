@@ -22,7 +22,6 @@ import pydicom
 import pytest
 import torch
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian
 
 from node.devtools.node_process import NodeProcess
 from node.devtools.orthanc import OrthancServer
@@ -37,12 +36,13 @@ from node.runtime.registry import PluginRegistry
 from node.runtime.volume import Volume, assemble_volume
 from node.runtime.worker import InferenceWorker
 from node.state.db import Database
-from node.state.series import InstanceRecord, SeriesStore
+from node.state.series import SeriesStore
 from node.synthetic.chest_ct import make_chest_ct, write_series
 from node.synthetic.prior_ct import PriorTruth, make_prior_ct, rigid_matrix
 from plugins.rigid_registration import RigidRegistrationPlugin
 from plugins.rigid_registration.rigid import register_rigid
 from tests.support.net import free_port
+from tests.support.spool import spool_series
 from tests.support.validators import dcentvfy_output, dciodvfy_errors
 
 SEED = 21
@@ -56,21 +56,7 @@ MAX_TRE_MM = 1.0
 
 def store_series(store: SeriesStore, datasets: Sequence[Dataset], spool: Path, now: float) -> None:
     """Spool a series the way ingest does and complete it."""
-    paths = write_series(datasets, spool / str(datasets[0].SeriesInstanceUID))
-    for dataset, path in zip(datasets, paths, strict=True):
-        store.record_instance(
-            InstanceRecord(
-                sop_uid=str(dataset.SOPInstanceUID),
-                series_uid=str(dataset.SeriesInstanceUID),
-                study_uid=str(dataset.StudyInstanceUID),
-                sop_class_uid=str(dataset.SOPClassUID),
-                transfer_syntax=str(ExplicitVRLittleEndian),
-                path=path,
-                size=path.stat().st_size,
-                modality=str(dataset.Modality),
-            ),
-            now,
-        )
+    spool_series(store, datasets, spool / str(datasets[0].SeriesInstanceUID), now)
     store.force_complete(str(datasets[0].SeriesInstanceUID), now)
 
 

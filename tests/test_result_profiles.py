@@ -25,9 +25,10 @@ from node.runtime.plugin import InferencePlugin, Prediction, RunContext
 from node.runtime.registry import PluginRegistry
 from node.runtime.volume import Volume
 from node.runtime.worker import InferenceWorker, result_tags
-from node.state.series import InstanceRecord, SeriesStore
-from node.synthetic.chest_ct import make_chest_ct, write_series
+from node.state.series import SeriesStore
+from node.synthetic.chest_ct import make_chest_ct
 from tests.support.net import free_port
+from tests.support.spool import spool_series
 from tests.test_results import lung_prediction
 
 SOP_CLASSES = {
@@ -177,22 +178,8 @@ def test_each_destination_receives_only_its_kinds(database, clock, tmp_path: Pat
     datasets, _ = make_chest_ct(
         n_slices=30, rows=96, columns=96, pixel_spacing_mm=4.0, slice_thickness_mm=8.0
     )
-    paths = write_series(datasets, tmp_path / "spool")
     series = SeriesStore(database)
-    for dataset, path in zip(datasets, paths, strict=True):
-        series.record_instance(
-            InstanceRecord(
-                sop_uid=str(dataset.SOPInstanceUID),
-                series_uid=str(dataset.SeriesInstanceUID),
-                study_uid=str(dataset.StudyInstanceUID),
-                sop_class_uid=str(dataset.SOPClassUID),
-                transfer_syntax=str(ExplicitVRLittleEndian),
-                path=path,
-                size=path.stat().st_size,
-                modality="CT",
-            ),
-            clock(),
-        )
+    spool_series(series, datasets, tmp_path / "spool", clock())
     queue = JobQueue(database)
     registry = PluginRegistry()
     registry.register(PhantomLungs)
