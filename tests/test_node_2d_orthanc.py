@@ -1,4 +1,4 @@
-"""A chest radiograph (DX, MONOCHROME1) from a real Orthanc through the node and back.
+"""A chest radiograph (DX or CR, MONOCHROME1) from a real Orthanc through the node and back.
 
 The routine is defined here: it reports the phantom's cardiomegaly as a classification and
 its nodules as boxes. The destination takes SR, GSPS and SC; all three arrive in Orthanc,
@@ -70,8 +70,8 @@ class ChestFindings(InferencePlugin):
     version = "0.1.0"
     template = "cxr_findings"
     accepts = Accepts(
-        modalities=("DX",),
-        sop_classes=("DigitalXRayImageStorageForPresentation",),
+        modalities=("DX", "CR"),
+        sop_classes=("DigitalXRayImageStorageForPresentation", "ComputedRadiographyImageStorage"),
         photometric_interpretations=("MONOCHROME1", "MONOCHROME2"),
     )
 
@@ -87,7 +87,8 @@ class ChestFindings(InferencePlugin):
         )
 
 
-def test_chest_radiograph_findings_arrive_in_orthanc(tmp_path: Path) -> None:
+@pytest.mark.parametrize("modality", ["DX", "CR"])
+def test_chest_radiograph_findings_arrive_in_orthanc(tmp_path: Path, modality: str) -> None:
     from node.app import Node
     from node.config import settings_from_mapping
     from node.devtools.orthanc import OrthancServer
@@ -98,8 +99,15 @@ def test_chest_radiograph_findings_arrive_in_orthanc(tmp_path: Path) -> None:
     templates.mkdir()
     (templates / "cxr_findings.yaml").write_text(TEMPLATE)
     radiograph, truth = make_chest_xray(
-        192, 160, nodules=2, cardiomegaly=True, seed=PHANTOM_SEED, photometric="MONOCHROME1"
+        192,
+        160,
+        nodules=2,
+        cardiomegaly=True,
+        seed=PHANTOM_SEED,
+        photometric="MONOCHROME1",
+        modality=modality,  # type: ignore[arg-type]
     )
+    assert radiograph.Modality == modality
     assert len(truth.nodules) == 2 and truth.cardiomegaly
     source = tmp_path / "dx.dcm"
     radiograph.save_as(source, enforce_file_format=True)
@@ -123,7 +131,12 @@ def test_chest_radiograph_findings_arrive_in_orthanc(tmp_path: Path) -> None:
                 "rules": [
                     {
                         "name": "chest-dx",
-                        "match": {"SOPClassUID": "DigitalXRayImageStorageForPresentation"},
+                        "match": {
+                            "SOPClassUID": [
+                                "DigitalXRayImageStorageForPresentation",
+                                "ComputedRadiographyImageStorage",
+                            ]
+                        },
                         "plugin": "cxr_findings",
                         "send_to": ["pacs"],
                     }
