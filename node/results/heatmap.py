@@ -22,8 +22,13 @@ from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 
 from node.results.pmap import attribution_values, explanation
-from node.results.provenance import copy_body_part, processing_equipment
-from node.results.sc import NOT_FOR_DIAGNOSIS, patient_orientation, window_limits
+from node.results.provenance import copy_body_part
+from node.results.sc import (
+    NOT_FOR_DIAGNOSIS,
+    burned_in_capture,
+    patient_orientation,
+    window_limits,
+)
 from node.results.template import ResultTemplate
 from node.runtime.plugin import Attribution
 from node.runtime.volume import Volume
@@ -124,27 +129,17 @@ def build_heatmap_sc_series(
     for number, slice_index in enumerate(heatmap_slices(scaled), start=1):
         source = volume.datasets[slice_index]
         pixels = render_heatmap(volume.array[slice_index], scaled[slice_index], window, text)
-        image = hd.sc.SCImage.from_ref_dataset(
-            ref_dataset=source,
-            pixel_array=pixels,
-            photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
-            bits_allocated=8,
-            coordinate_system=hd.CoordinateSystemNames.PATIENT,
+        image = burned_in_capture(
+            source,
+            pixels,
+            template=template,
+            orientation=orientation,
             series_instance_uid=series_instance_uid,
             series_number=series_number,
             sop_instance_uid=sop_instance_uid[str(source.SOPInstanceUID)],
             instance_number=number,
-            manufacturer=algorithm.manufacturer,
-            pixel_spacing=(
-                float(source.PixelSpacing[0]),
-                float(source.PixelSpacing[1]),
-            ),  # type: ignore[arg-type]  # highdicom annotates ints; PixelSpacing is DS
-            patient_orientation=orientation,
             series_description=series_description,
-            contributing_equipment=[processing_equipment(template)],
         )
-        image.BurnedInAnnotation = "YES"
-        image.ImageType = ["DERIVED", "SECONDARY"]
         image.ImageComments = (
             f"{HEATMAP_COMMENT} {text} by {algorithm.name} {algorithm.version}; "
             f"source image {source.get('InstanceNumber', '')}"

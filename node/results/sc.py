@@ -21,6 +21,7 @@ from scipy import ndimage
 
 from node.results.analysis import Analysis, first_value
 from node.results.provenance import copy_body_part, processing_equipment
+from node.results.template import ResultTemplate
 from node.runtime.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,47 @@ def _draw_text(analysis: Analysis, image: Image.Image, slice_index: int, labels:
     )
 
 
+def burned_in_capture(
+    source: Dataset,
+    pixels: np.ndarray,
+    *,
+    template: ResultTemplate,
+    orientation: tuple[str, str],
+    series_instance_uid: str,
+    series_number: int,
+    sop_instance_uid: str,
+    instance_number: int,
+    series_description: str,
+) -> hd.sc.SCImage:
+    """An RGB Secondary Capture of an axial ``source`` image with ``pixels`` burned in.
+
+    Marked ``DERIVED\\SECONDARY`` with Burned In Annotation YES; callers add their own
+    Image Comments and Derivation Description.
+    """
+    image = hd.sc.SCImage.from_ref_dataset(
+        ref_dataset=source,
+        pixel_array=pixels,
+        photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
+        bits_allocated=8,
+        coordinate_system=hd.CoordinateSystemNames.PATIENT,
+        series_instance_uid=series_instance_uid,
+        series_number=series_number,
+        sop_instance_uid=sop_instance_uid,
+        instance_number=instance_number,
+        manufacturer=template.algorithm.manufacturer,
+        pixel_spacing=(
+            float(source.PixelSpacing[0]),
+            float(source.PixelSpacing[1]),
+        ),  # type: ignore[arg-type]  # highdicom annotates ints; PixelSpacing is DS
+        patient_orientation=orientation,
+        series_description=series_description,
+        contributing_equipment=[processing_equipment(template)],
+    )
+    image.BurnedInAnnotation = "YES"
+    image.ImageType = ["DERIVED", "SECONDARY"]
+    return image
+
+
 def build_sc_series(
     analysis: Analysis,
     *,
@@ -142,27 +184,17 @@ def build_sc_series(
     for number, slice_index in enumerate(analysis.slices_with_findings, start=1):
         source = volume.datasets[slice_index]
         pixels = render_slice(analysis, slice_index, window)
-        image = hd.sc.SCImage.from_ref_dataset(
-            ref_dataset=source,
-            pixel_array=pixels,
-            photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
-            bits_allocated=8,
-            coordinate_system=hd.CoordinateSystemNames.PATIENT,
+        image = burned_in_capture(
+            source,
+            pixels,
+            template=template,
+            orientation=orientation,
             series_instance_uid=series_instance_uid,
             series_number=series_number,
             sop_instance_uid=sop_instance_uid[str(source.SOPInstanceUID)],
             instance_number=number,
-            manufacturer=algorithm.manufacturer,
-            pixel_spacing=(
-                float(source.PixelSpacing[0]),
-                float(source.PixelSpacing[1]),
-            ),  # type: ignore[arg-type]  # highdicom annotates ints; PixelSpacing is DS
-            patient_orientation=orientation,
             series_description=series_description,
-            contributing_equipment=[processing_equipment(template)],
         )
-        image.BurnedInAnnotation = "YES"
-        image.ImageType = ["DERIVED", "SECONDARY"]
         image.ImageComments = (
             f"{NOT_FOR_DIAGNOSTIC_USE_COMMENT} Source image {source.get('InstanceNumber', '')}, "
             f"{algorithm.name} {algorithm.version}"
