@@ -20,7 +20,7 @@ class CtOrgansPlugin(SegmentationModelPlugin):
     """
 
     name = "ct_organs"
-    version = "0.1.0"
+    version = "0.2.0"
     template = "ct_organs"
     accepts = Accepts(
         modalities=("CT",),
