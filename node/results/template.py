@@ -314,23 +314,12 @@ ScoreUnit = Literal["1", "%"]
 _Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
-class ClassificationSpec(_Strict):
-    """A finding a classifier reports for the series or for each image (format 3).
-
-    The plugin gives ``Classification(finding=key, probability, frame)``; the SR gets a
-    qualitative evaluation (``concept`` = ``present`` when ``probability >= threshold``,
-    else ``absent``) and the probability as a measurement in ``unit``.
-    """
+class _CodedFinding(_Strict):
+    """What classifications and detections share: a key, a coded concept, a label."""
 
     key: str
     concept: CodeSpec
     label: str | None = None
-    present: CodeSpec
-    absent: CodeSpec
-    threshold: _Fraction
-    unit: ScoreUnit = "1"
-    per_image: bool = False
-    finding_site: CodeSpec | None = None
 
     @field_validator("key")
     @classmethod
@@ -349,20 +338,33 @@ class ClassificationSpec(_Strict):
         """``label``, else the concept's meaning."""
         return self.label or self.concept.meaning
 
+
+class ClassificationSpec(_CodedFinding):
+    """A finding a classifier reports for the series or for each image (format 3).
+
+    The plugin gives ``Classification(finding=key, probability, frame)``; the SR gets a
+    qualitative evaluation (``concept`` = ``present`` when ``probability >= threshold``,
+    else ``absent``) and the probability as a measurement in ``unit``.
+    """
+
+    present: CodeSpec
+    absent: CodeSpec
+    threshold: _Fraction
+    unit: ScoreUnit = "1"
+    per_image: bool = False
+    finding_site: CodeSpec | None = None
+
     @property
     def unit_concept(self) -> CodedConcept:
         return CodedConcept(self.unit, "UCUM", UCUM_UNITS[self.unit])
 
 
-class DetectionSpec(_Strict):
+class DetectionSpec(_CodedFinding):
     """A finding a detector localises with a box or a point and a score (format 3).
 
     Detections scoring below ``report_threshold`` are left out of every result object.
     """
 
-    key: str
-    concept: CodeSpec
-    label: str | None = None
     category: CodeSpec | None = None
     finding_site: CodeSpec | None = None
     colour: Annotated[list[_ColourComponent], Field(min_length=3, max_length=3)]
@@ -371,23 +373,6 @@ class DetectionSpec(_Strict):
     #: Also give the SR region in patient coordinates (SCOORD3D) where the image has a
     #: frame of reference; otherwise (and by default) SCOORD on the image.
     scoord3d: bool = False
-
-    @field_validator("key")
-    @classmethod
-    def _key(cls, value: str) -> str:
-        if not _KEY_PATTERN.match(value):
-            raise ValueError("must be lower-case letters, digits and underscores")
-        return value
-
-    @field_validator("label")
-    @classmethod
-    def _label(cls, value: str | None) -> str | None:
-        return None if value is None else _check_text(value, _LO_MAX)
-
-    @property
-    def display_label(self) -> str:
-        """``label``, else the concept's meaning."""
-        return self.label or self.concept.meaning
 
     @property
     def display_colour(self) -> CIELabColor:
