@@ -400,8 +400,12 @@ def _report(sr: Dataset, path: Path) -> hd.sr.MeasurementReport:
 
 
 def _results_in_pacs(pacs: OrthancServer, study_uid: str, directory: Path) -> dict[str, Dataset]:
-    """The SR and the presentation state of one study; every result object passes dciodvfy."""
-    pacs.wait_for_series(study_uid, ["SR", "PR"], timeout=300)
+    """The SR, presentation state and capture of one study; every result object passes dciodvfy.
+
+    The three are sent one after another, so wait for all of them (the capture, modality OT,
+    arrives last) and for each series to be stable before reading any.
+    """
+    pacs.wait_for_series(study_uid, ["SR", "PR", "OT"], timeout=300, stable=True)
     found: dict[str, Dataset] = {}
     for series in pacs.find_series(study_uid):
         modality = series["MainDicomTags"].get("Modality", "")
