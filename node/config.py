@@ -551,35 +551,35 @@ BUILT_IN_CHEST_RULE: dict[str, Any] = {
     "send_to": [],
 }
 
+
+def _demo_rule(name: str, match: dict[str, Any], plugin: str) -> dict[str, Any]:
+    """A built-in routing to a demonstration model: nowhere to send, priority 6."""
+    return {"name": name, "match": match, "plugin": plugin, "send_to": [], "priority": 6}
+
+
 #: The built-in demonstration routing: abdomen/body CT series go to the ``ct_organs``
 #: demonstration model (trained on synthetic data; not for clinical use).
-BUILT_IN_ORGANS_DEMO_RULE: dict[str, Any] = {
-    "name": "ct-organs-demo",
-    "match": {"Modality": "CT", "SeriesDescription": {"regex": "(?i)abdom|body|trunk|organ"}},
-    "plugin": "ct_organs",
-    "send_to": [],
-    "priority": 6,
-}
+BUILT_IN_ORGANS_DEMO_RULE = _demo_rule(
+    "ct-organs-demo",
+    {"Modality": "CT", "SeriesDescription": {"regex": "(?i)abdom|body|trunk|organ"}},
+    "ct_organs",
+)
 
 #: The built-in demonstration routing for colour fundus photographs (OP 8-bit): the
 #: ``op_fundus_classifier`` demonstration model (synthetic data; not for clinical use).
-BUILT_IN_FUNDUS_DEMO_RULE: dict[str, Any] = {
-    "name": "op-fundus-demo",
-    "match": {"SOPClassUID": "OphthalmicPhotography8BitImageStorage"},
-    "plugin": "op_fundus_classifier",
-    "send_to": [],
-    "priority": 6,
-}
+BUILT_IN_FUNDUS_DEMO_RULE = _demo_rule(
+    "op-fundus-demo",
+    {"SOPClassUID": "OphthalmicPhotography8BitImageStorage"},
+    "op_fundus_classifier",
+)
 
 #: The built-in demonstration routing for For Presentation mammograms: the
 #: ``mg_mass_detector`` demonstration model (synthetic data; not for clinical use).
-BUILT_IN_MAMMO_DEMO_RULE: dict[str, Any] = {
-    "name": "mg-mass-demo",
-    "match": {"SOPClassUID": "DigitalMammographyXRayImageStorageForPresentation"},
-    "plugin": "mg_mass_detector",
-    "send_to": [],
-    "priority": 6,
-}
+BUILT_IN_MAMMO_DEMO_RULE = _demo_rule(
+    "mg-mass-demo",
+    {"SOPClassUID": "DigitalMammographyXRayImageStorageForPresentation"},
+    "mg_mass_detector",
+)
 
 #: The configuration ``make run`` uses when no file is given.
 DEFAULT_CONFIG: dict[str, Any] = {
