@@ -410,10 +410,11 @@ class WindowSettings(_Strict):
     clip: bool = True
 
 
-class TorchScriptModelSettings(_ModelBase):
-    """A TorchScript segmentation network with declared input geometry and labels."""
+class _NetworkModelBase(_ModelBase):
+    """A segmentation network the node's engine runs: file, input geometry and labels."""
 
-    type: Literal["torchscript"]
+    #: Narrowed to a literal by each model type (declared here to keep the field order).
+    type: str
     path: Path
     version: str = "1"
     spacing_mm: tuple[float, float, float]
@@ -423,6 +424,12 @@ class TorchScriptModelSettings(_ModelBase):
     labels: list[str] = Field(min_length=2)
     roi_size: tuple[int, int, int] = (96, 96, 96)
     overlap: float = Field(0.25, ge=0, lt=1)
+
+
+class TorchScriptModelSettings(_NetworkModelBase):
+    """A TorchScript segmentation network with declared input geometry and labels."""
+
+    type: Literal["torchscript"]
 
 
 class BundleModelSettings(_ModelBase):
@@ -434,7 +441,7 @@ class BundleModelSettings(_ModelBase):
     config: str | None = None
 
 
-class OnnxModelSettings(_ModelBase):
+class OnnxModelSettings(_NetworkModelBase):
     """An ONNX segmentation network run with onnxruntime, declared like a TorchScript one.
 
     Runs on ``CUDAExecutionProvider`` when onnxruntime has it and the worker is on a
@@ -442,15 +449,6 @@ class OnnxModelSettings(_ModelBase):
     """
 
     type: Literal["onnx"]
-    path: Path
-    version: str = "1"
-    spacing_mm: tuple[float, float, float]
-    axcodes: str = Field("RAS", pattern=r"^[LRlr][APap][SIsi]$|^[A-Za-z]{3}$")
-    window: WindowSettings
-    #: Output channel names in order; channel 0 is the background.
-    labels: list[str] = Field(min_length=2)
-    roi_size: tuple[int, int, int] = (96, 96, 96)
-    overlap: float = Field(0.25, ge=0, lt=1)
     #: Graph input and output names (default: the graph's only input and its first output).
     input_name: str | None = None
     output_name: str | None = None
