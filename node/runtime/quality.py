@@ -316,6 +316,11 @@ def _range(bounds: tuple[float, float], unit: str = "") -> str:
     return f"{bounds[0]:g}-{bounds[1]:g}{unit}"
 
 
+def _at_most(name: str, value: float, limit: float, measured: str) -> Check:
+    """A check that passes when a measurement is no more than its validated limit."""
+    return Check(name, value <= limit, measured, f"at most {limit:g}")
+
+
 def header_checks(headers: Sequence[Dataset], validated: ValidatedInput) -> list[Check]:
     """Checks that need only the first image's header."""
     checks: list[Check] = []
@@ -424,29 +429,29 @@ def measured_checks(measured: Measurements, validated: ValidatedInput) -> list[C
             )
     if measured.metal_fraction is not None:
         checks.append(
-            Check(
+            _at_most(
                 "metal",
-                measured.metal_fraction <= validated.max_metal_fraction,
+                measured.metal_fraction,
+                validated.max_metal_fraction,
                 f"{measured.metal_fraction:.2e} of voxels above {validated.metal_threshold:g}",
-                f"at most {validated.max_metal_fraction:g}",
             )
         )
     if measured.streak_index is not None:
         checks.append(
-            Check(
+            _at_most(
                 "streaks",
-                measured.streak_index <= validated.max_streak_index,
+                measured.streak_index,
+                validated.max_streak_index,
                 f"streak index {measured.streak_index:.2f}",
-                f"at most {validated.max_streak_index:g}",
             )
         )
     if measured.clipped_fraction is not None:
         checks.append(
-            Check(
+            _at_most(
                 "clipping",
-                measured.clipped_fraction <= validated.max_clipped_fraction,
+                measured.clipped_fraction,
+                validated.max_clipped_fraction,
                 f"{measured.clipped_fraction:.2e} of pixels at the stored extremes",
-                f"at most {validated.max_clipped_fraction:g}",
             )
         )
     return checks
