@@ -184,20 +184,24 @@ def dicomweb_router(node: Node, auth: TokenAuth | None = None) -> APIRouter:
         """STOW-RS into one study: instances of another study fail (0xA901)."""
         return await stow(request, caller, study_uid)
 
-    @router.post("/api/pull", status_code=202, tags=["pull"])
-    def pull(body: PullRequest, caller: str = authenticated) -> dict[str, Any]:
-        """Queue a pull of a study or series from a declared source."""
+    def queue_pull(body: PullRequest | OrthancNotification, origin: str) -> dict[str, Any]:
+        """Submit the pull a request body asks for; an unknown source is a 404."""
         try:
             queued = node.puller.submit(
                 source=body.source,
                 study_uid=body.study_uid,
                 series_uid=body.series_uid,
                 rule=body.rule,
-                origin=f"api:{caller}",
+                origin=origin,
             )
         except NotFound as exc:
             raise HTTPException(status_code=404, detail=str(exc)) from exc
         return queued.as_json()
+
+    @router.post("/api/pull", status_code=202, tags=["pull"])
+    def pull(body: PullRequest, caller: str = authenticated) -> dict[str, Any]:
+        """Queue a pull of a study or series from a declared source."""
+        return queue_pull(body, f"api:{caller}")
 
     @router.get("/api/pull/{pull_id}", tags=["pull"])
     def pull_status(pull_id: int, caller: str = authenticated) -> dict[str, Any]:
@@ -212,17 +216,7 @@ def dicomweb_router(node: Node, auth: TokenAuth | None = None) -> APIRouter:
         for uid in (body.study_uid, body.series_uid):
             if uid and not is_valid_uid(uid):
                 raise HTTPException(status_code=422, detail="not a valid UID")
-        try:
-            queued = node.puller.submit(
-                source=body.source,
-                study_uid=body.study_uid,
-                series_uid=body.series_uid,
-                rule=body.rule,
-                origin=f"orthanc:{body.event}",
-            )
-        except NotFound as exc:
-            raise HTTPException(status_code=404, detail=str(exc)) from exc
-        return queued.as_json()
+        return queue_pull(body, f"orthanc:{body.event}")
 
     @router.get("/api/studies/{study_uid}/status", tags=["pull"])
     def study_status(study_uid: str, caller: str = authenticated) -> dict[str, Any]:
