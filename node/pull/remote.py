@@ -10,15 +10,16 @@ from that PACS.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import requests
 from pydicom.dataset import Dataset
-from pynetdicom import AE, StoragePresentationContexts, build_role, evt
+from pynetdicom import AE, Association, StoragePresentationContexts, build_role, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
@@ -123,6 +124,42 @@ def _application_entity(calling_ae: str, timeout: float) -> AE:
     return ae
 
 
+@contextlib.contextmanager
+def _association(
+    ae: AE,
+    source: DimseSourceSettings,
+    operation: str,
+    *,
+    handlers: Sequence[tuple[Any, Callable[..., Any]]] = (),
+    roles: list[Any] | None = None,
+) -> Iterator[Association]:
+    """An association with ``source``, released on leaving the block.
+
+    Raises
+    ------
+    SourceError
+        The source refused or did not answer (``operation`` names the service).
+    """
+    assoc = ae.associate(
+        source.host,
+        source.port,
+        ae_title=source.ae_title,
+        ext_neg=roles,
+        evt_handlers=[(evt.EVT_CONN_OPEN, _set_nodelay), *handlers],
+    )
+    if not assoc.is_established:
+        raise SourceError(f"{operation} association with {_where(source)} failed")
+    try:
+        yield assoc
+    finally:
+        if assoc.is_established:
+            assoc.release()
+
+
+def _where(source: DimseSourceSettings) -> str:
+    return f"{source.ae_title}@{source.host}:{source.port}"
+
+
 def _identifier(study_uid: str | None, series_uid: str | None) -> Dataset:
     identifier = Dataset()
     identifier.QueryRetrieveLevel = "SERIES"
@@ -136,20 +173,11 @@ def _cfind_series(
 ) -> list[RemoteSeries]:
     ae = _application_entity(calling_ae, source.timeout_seconds)
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
-    where = f"{source.ae_title}@{source.host}:{source.port}"
-    assoc = ae.associate(
-        source.host,
-        source.port,
-        ae_title=source.ae_title,
-        evt_handlers=[(evt.EVT_CONN_OPEN, _set_nodelay)],
-    )
-    if not assoc.is_established:
-        raise SourceError(f"C-FIND association with {where} failed")
     query = _identifier(study_uid, series_uid)
     query.Modality = ""
     query.NumberOfSeriesRelatedInstances = ""
     series = []
-    try:
+    with _association(ae, source, "C-FIND") as assoc:
         for reply, identifier in assoc.send_c_find(
             query, StudyRootQueryRetrieveInformationModelFind
         ):
@@ -165,10 +193,7 @@ def _cfind_series(
                     )
                 )
             elif code != 0x0000:
-                raise SourceError(f"C-FIND on {where} ended with status 0x{code:04X}")
-    finally:
-        if assoc.is_established:
-            assoc.release()
+                raise SourceError(f"C-FIND on {_where(source)} ended with status 0x{code:04X}")
     return [s for s in series if s.series_uid]
 
 
@@ -272,29 +297,18 @@ def _cget_series(
         assert context.abstract_syntax is not None
         ae.add_requested_context(context.abstract_syntax)
         roles.append(build_role(context.abstract_syntax, scp_role=True))
-    where = f"{source.ae_title}@{source.host}:{source.port}"
-    assoc = ae.associate(
-        source.host,
-        source.port,
-        ae_title=source.ae_title,
-        ext_neg=roles,  # type: ignore[arg-type]
-        evt_handlers=[(evt.EVT_CONN_OPEN, _set_nodelay), (evt.EVT_C_STORE, on_store)],
-    )
-    if not assoc.is_established:
-        raise SourceError(f"C-GET association with {where} failed")
     final = -1
-    try:
+    with _association(
+        ae, source, "C-GET", handlers=[(evt.EVT_C_STORE, on_store)], roles=roles
+    ) as assoc:
         for reply, _ in assoc.send_c_get(
             _identifier(series.study_uid, series.series_uid),
             StudyRootQueryRetrieveInformationModelGet,
         ):
             if "Status" in reply:
                 final = int(reply.Status)
-    finally:
-        if assoc.is_established:
-            assoc.release()
     if final not in (0x0000, 0xB000):
-        raise SourceError(f"C-GET from {where} ended with status 0x{final:04X}")
+        raise SourceError(f"C-GET from {_where(source)} ended with status 0x{final:04X}")
     return counts
 
 
@@ -304,17 +318,8 @@ def _cmove_series(
     """C-MOVE to the node's own AE title: the instances arrive through the listener."""
     ae = _application_entity(node_ae_title, source.timeout_seconds)
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
-    where = f"{source.ae_title}@{source.host}:{source.port}"
-    assoc = ae.associate(
-        source.host,
-        source.port,
-        ae_title=source.ae_title,
-        evt_handlers=[(evt.EVT_CONN_OPEN, _set_nodelay)],
-    )
-    if not assoc.is_established:
-        raise SourceError(f"C-MOVE association with {where} failed")
     final, last = -1, Dataset()
-    try:
+    with _association(ae, source, "C-MOVE") as assoc:
         for reply, _ in assoc.send_c_move(
             _identifier(series.study_uid, series.series_uid),
             node_ae_title,
@@ -322,12 +327,9 @@ def _cmove_series(
         ):
             if "Status" in reply:
                 final, last = int(reply.Status), reply
-    finally:
-        if assoc.is_established:
-            assoc.release()
     if final not in (0x0000, 0xB000):
         raise SourceError(
-            f"C-MOVE from {where} to {node_ae_title} ended with status 0x{final:04X}"
+            f"C-MOVE from {_where(source)} to {node_ae_title} ended with status 0x{final:04X}"
             " (does the source know the node's AE title and address?)"
         )
     return RetrieveCount(
