@@ -31,12 +31,12 @@ import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import httpx
 import yaml
 
+from node.devtools.local_process import LocalProcess
 from node.devtools.net import LOCALHOST, free_ports, tail
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ def default_config(data_dir: Path, dicom_port: int, http_port: int) -> dict[str,
     }
 
 
-class NodeProcess:
+class NodeProcess(LocalProcess):
     """An ``ainode serve`` subprocess (a context manager).
 
     Parameters
@@ -142,10 +142,6 @@ class NodeProcess:
         return int(self.config["node"]["http_port"])
 
     @property
-    def host(self) -> str:
-        return LOCALHOST
-
-    @property
     def url(self) -> str:
         return f"http://{LOCALHOST}:{self.http_port}"
 
@@ -157,10 +153,6 @@ class NodeProcess:
     @property
     def results_dir(self) -> Path:
         return self.data_dir / "results"
-
-    @property
-    def pid(self) -> int | None:
-        return None if self._process is None else self._process.pid
 
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
@@ -268,26 +260,12 @@ class NodeProcess:
         result: dict[str, Any] = self.get_json("/healthz")
         return result
 
-    def log_tail(self, max_bytes: int = 6000) -> str:
-        return tail(self.log_path, max_bytes)
-
     def log_text(self) -> str:
         """The whole log so far (for parsing timing lines)."""
         try:
             return self.log_path.read_text(encoding="utf-8", errors="replace")
         except OSError:
             return ""
-
-    def __enter__(self) -> NodeProcess:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 __all__ = ["PROJECT_ROOT", "NodeProcess", "NodeStartError", "deep_merge", "default_config"]

@@ -26,12 +26,12 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any, TypeVar
 
 import httpx
 import pydicom
 
+from node.devtools.local_process import LocalProcess
 from node.devtools.net import LOCALHOST, free_ports, tail, wait_until
 
 log = logging.getLogger(__name__)
@@ -292,7 +292,7 @@ class OrthancClient:
         return f"{self.url}/app/explorer.html#{level}?uuid={resource_id}"
 
 
-class OrthancServer(OrthancClient):
+class OrthancServer(OrthancClient, LocalProcess):
     """An Orthanc process on local ports with its own storage (a context manager).
 
     Parameters
@@ -365,14 +365,6 @@ class OrthancServer(OrthancClient):
     ) -> OrthancServer:
         """An Orthanc that runs ``config_file`` unchanged, logging into ``log_dir``."""
         return cls(config_file=config_file, workdir=log_dir, startup_timeout=startup_timeout)
-
-    @property
-    def host(self) -> str:
-        return LOCALHOST
-
-    @property
-    def pid(self) -> int | None:
-        return None if self._process is None else self._process.pid
 
     def config(self) -> dict[str, Any]:
         """The configuration this server is started with."""
@@ -473,20 +465,6 @@ class OrthancServer(OrthancClient):
         self.close()
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def log_tail(self, max_bytes: int = 6000) -> str:
-        return tail(self.log_path, max_bytes)
-
-    def __enter__(self) -> OrthancServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 __all__ = [
