@@ -25,11 +25,14 @@ from node.config import (
     ResourceSettings,
     TorchScriptModelSettings,
 )
-from node.errors import InputRejected, PluginError
+from node.errors import PluginError
 from node.results.template import ResultTemplate, load_template_by_name
 from node.runtime.engine import IntensityWindow, ModelSpec
-from node.runtime.measure import label_statistics
-from node.runtime.model_plugin import SegmentationModelPlugin
+from node.runtime.model_plugin import (
+    DeviceModelPlugin,
+    SegmentationModelPlugin,
+    label_measurements,
+)
 from node.runtime.plugin import Accepts, InferencePlugin, Prediction, Resources, RunContext
 from node.runtime.registry import Factory, PluginInfo
 from node.runtime.volume import Volume
@@ -110,11 +113,17 @@ def _resources(settings: ResourceSettings) -> Resources:
     return Resources(needs_gpu=settings.needs_gpu, gpu_memory_mb=settings.gpu_memory_mb)
 
 
-class TorchScriptPlugin(SegmentationModelPlugin):
-    """A TorchScript network with a declared spacing, orientation, window and labels."""
+class NetworkModelPlugin(SegmentationModelPlugin):
+    """A configured network file with a declared spacing, orientation, window and labels.
+
+    Subclasses (TorchScript, ONNX) say how to open the file (:meth:`build`).
+    """
 
     def __init__(
-        self, name: str, settings: TorchScriptModelSettings, label_values: dict[int, int]
+        self,
+        name: str,
+        settings: TorchScriptModelSettings | OnnxModelSettings,
+        label_values: dict[int, int],
     ) -> None:
         super().__init__()
         self.name = name
@@ -138,6 +147,10 @@ class TorchScriptPlugin(SegmentationModelPlugin):
             from node.runtime.gate import validated_input
 
             self.validated_on = validated_input(settings.validated_on)
+
+
+class TorchScriptPlugin(NetworkModelPlugin):
+    """A TorchScript network with a declared spacing, orientation, window and labels."""
 
     def build(self, device: torch.device) -> torch.nn.Module:
         network = torch.jit.load(str(self.path), map_location=device)
@@ -187,7 +200,7 @@ def bundle_labels(metadata: dict[str, Any]) -> tuple[str, list[str]]:
     return key, names
 
 
-class MonaiBundlePlugin(InferencePlugin):
+class MonaiBundlePlugin(DeviceModelPlugin[dict[str, Any]]):
     """Runs a MONAI bundle: its network, pre/post-processing and inferer, on the node's device.
 
     The node builds the image (a ``MetaTensor`` in RAS world coordinates with the
@@ -200,6 +213,7 @@ class MonaiBundlePlugin(InferencePlugin):
     def __init__(
         self, name: str, settings: BundleModelSettings, templates_dir: Path | None
     ) -> None:
+        super().__init__()
         self.name = name
         self.root = settings.path
         self.settings = settings
@@ -215,8 +229,6 @@ class MonaiBundlePlugin(InferencePlugin):
         self.input_key = next(iter(inputs), "image")
         template = load_template_by_name(settings.template, templates_dir)
         self.label_values = resolve_label_values(self.label_names, template, settings.label_values)
-        self.device = torch.device("cpu")
-        self._parts: dict[str, Any] | None = None
 
     def _parse(self, device: torch.device) -> dict[str, Any]:
         from monai.bundle import ConfigParser
@@ -258,22 +270,17 @@ class MonaiBundlePlugin(InferencePlugin):
         assert isinstance(pre, Compose) and isinstance(post, Compose)
         return {"network": network, "pre": pre, "post": post, "inferer": inferer}
 
-    def load(self, device: torch.device) -> None:
-        started = time.perf_counter()
-        self._parts = self._parse(device)
-        self.device = device
+    def _place(self, device: torch.device) -> dict[str, Any]:
+        return self._parse(device)
+
+    def _log_loaded(self, device: torch.device, seconds: float) -> None:
         log.info(
             "bundle loaded name=%s version=%s device=%s seconds=%.2f",
             self.name,
             self.version,
             device,
-            time.perf_counter() - started,
+            seconds,
         )
-
-    def unload(self) -> None:
-        self._parts = None
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
 
     def _image(self, volume: Volume, device: torch.device) -> Any:
         from monai.data import MetaTensor
@@ -304,11 +311,9 @@ class MonaiBundlePlugin(InferencePlugin):
         return MetaTensor(logits, meta=dict(image.meta))
 
     def run(self, volume: Volume, context: RunContext) -> Prediction:
-        if self._parts is None:
-            raise PluginError(f"plugin {self.name!r} is not loaded")
+        parts = self._loaded()
         started = time.perf_counter()
         device = context.device
-        parts = self._parts
         source = self._image(volume, device)
         with torch.inference_mode():
             data = parts["pre"]({self.input_key: source})
@@ -331,14 +336,9 @@ class MonaiBundlePlugin(InferencePlugin):
             table[channel] = value
         dtype = np.uint8 if table.max() <= 255 else np.uint16
         label_map = np.ascontiguousarray(table.astype(dtype)[labels.transpose(2, 1, 0)])
-        statistics = label_statistics(volume, label_map, sorted(set(self.label_values.values())))
-        measurements = {
-            label: {"volume_cm3": stats["volume_cm3"], "mean_hu": stats["mean"]}
-            for label, stats in statistics.items()
-            if stats["voxel_count"] > 0
-        }
-        if not measurements:
-            raise InputRejected(f"{self.name}: nothing segmented")
+        measurements = label_measurements(
+            self.name, volume, label_map, sorted(set(self.label_values.values()))
+        )
         log.info(
             "bundle segmented name=%s job=%d series=%s device=%s seconds=%.2f",
             self.name,

@@ -11,6 +11,8 @@ from __future__ import annotations
 import abc
 import logging
 import time
+from collections.abc import Iterable
+from typing import Generic, TypeVar
 
 import numpy as np
 import torch
@@ -24,8 +26,67 @@ from node.runtime.volume import Volume
 
 log = logging.getLogger(__name__)
 
+ModelT = TypeVar("ModelT")
 
-class SegmentationModelPlugin(InferencePlugin):
+
+def label_measurements(
+    name: str, volume: Volume, label_map: np.ndarray, labels: Iterable[int]
+) -> dict[int, dict[str, float]]:
+    """Volume (cm3) and mean attenuation of each label that has voxels.
+
+    Raises
+    ------
+    InputRejected
+        No label has a voxel (the plugin ``name`` segmented nothing).
+    """
+    statistics = label_statistics(volume, label_map, labels)
+    measurements = {
+        label: {"volume_cm3": stats["volume_cm3"], "mean_hu": stats["mean"]}
+        for label, stats in statistics.items()
+        if stats["voxel_count"] > 0
+    }
+    if not measurements:
+        raise InputRejected(f"{name}: nothing segmented")
+    return measurements
+
+
+class DeviceModelPlugin(InferencePlugin, Generic[ModelT]):
+    """A plugin that holds its model on one device from :meth:`load` to :meth:`unload`.
+
+    Subclasses say how to put the model on a device (:meth:`_place`) and what to log
+    once it is there (:meth:`_log_loaded`); :meth:`_loaded` hands it to :meth:`run`.
+    """
+
+    def __init__(self) -> None:
+        self._model: ModelT | None = None
+        self.device = torch.device("cpu")
+
+    @abc.abstractmethod
+    def _place(self, device: torch.device) -> ModelT:
+        """The model, ready to run on ``device``."""
+
+    @abc.abstractmethod
+    def _log_loaded(self, device: torch.device, seconds: float) -> None:
+        """Log that the model is on ``device`` after ``seconds``."""
+
+    def load(self, device: torch.device) -> None:
+        started = time.perf_counter()
+        self._model = self._place(device)
+        self.device = device
+        self._log_loaded(device, time.perf_counter() - started)
+
+    def unload(self) -> None:
+        self._model = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _loaded(self) -> ModelT:
+        if self._model is None:
+            raise PluginError(f"plugin {self.name!r} is not loaded")
+        return self._model
+
+
+class SegmentationModelPlugin(DeviceModelPlugin[torch.nn.Module]):
     """Runs a network described by :attr:`spec` through the node's engine.
 
     Attributes
@@ -56,35 +117,19 @@ class SegmentationModelPlugin(InferencePlugin):
     explain_layer: str = ""
     explain_method: Method = "Grad-CAM"
 
-    def __init__(self) -> None:
-        self._network: torch.nn.Module | None = None
-        self.device = torch.device("cpu")
-
     @abc.abstractmethod
     def build(self, device: torch.device) -> torch.nn.Module:
         """The network with its weights, on ``device``, in eval mode."""
 
-    def load(self, device: torch.device) -> None:
-        started = time.perf_counter()
-        self._network = self.build(device)
-        self.device = device
-        log.info(
-            "model loaded plugin=%s device=%s seconds=%.2f",
-            self.name,
-            device,
-            time.perf_counter() - started,
-        )
+    def _place(self, device: torch.device) -> torch.nn.Module:
+        return self.build(device)
 
-    def unload(self) -> None:
-        self._network = None
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
+    def _log_loaded(self, device: torch.device, seconds: float) -> None:
+        log.info("model loaded plugin=%s device=%s seconds=%.2f", self.name, device, seconds)
 
     @property
     def network(self) -> torch.nn.Module:
-        if self._network is None:
-            raise PluginError(f"plugin {self.name!r} is not loaded")
-        return self._network
+        return self._loaded()
 
     def postprocess(self, label_map: np.ndarray) -> np.ndarray:
         """Clean the label map (template label values, source grid); default: unchanged."""
@@ -116,14 +161,7 @@ class SegmentationModelPlugin(InferencePlugin):
         dtype = np.uint8 if table.max() <= 255 else np.uint16
         label_map = self.postprocess(table.astype(dtype)[result.labels])
         values = [int(v) for v in table[1:]]
-        statistics = label_statistics(volume, label_map, values)
-        measurements = {
-            label: {"volume_cm3": stats["volume_cm3"], "mean_hu": stats["mean"]}
-            for label, stats in statistics.items()
-            if stats["voxel_count"] > 0
-        }
-        if not measurements:
-            raise InputRejected(f"{self.name}: nothing segmented")
+        measurements = label_measurements(self.name, volume, label_map, values)
         log.info(
             "segmented plugin=%s job=%d series=%s device=%s sw_batch_size=%d attempts=%s "
             "seconds=%.2f labels=%s",

@@ -25,10 +25,7 @@ import torch
 
 from node.config import OnnxModelSettings
 from node.errors import PluginError
-from node.runtime.configured import _accepts, _resources
-from node.runtime.engine import IntensityWindow, ModelSpec
-from node.runtime.gate import validated_input
-from node.runtime.model_plugin import SegmentationModelPlugin
+from node.runtime.configured import NetworkModelPlugin
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +124,7 @@ class OnnxNetwork(torch.nn.Module):
         return torch.from_numpy(np.asarray(logits, dtype=np.float32)).to(windows.device)
 
 
-class OnnxPlugin(SegmentationModelPlugin):
+class OnnxPlugin(NetworkModelPlugin):
     """An ONNX network with a declared spacing, orientation, window and labels."""
 
     def __init__(
@@ -137,26 +134,8 @@ class OnnxPlugin(SegmentationModelPlugin):
         label_values: dict[int, int],
         io_names: tuple[str, str],
     ) -> None:
-        super().__init__()
-        self.name = name
-        self.version = settings.version
-        self.template = settings.template
-        self.accepts = _accepts(settings.accepts)
-        self.resources = _resources(settings.resources)
-        if settings.validated_on is not None:
-            self.validated_on = validated_input(settings.validated_on)
-        self.path = settings.path
+        super().__init__(name, settings, label_values)
         self.io_names = io_names
-        self.spec = ModelSpec(
-            spacing_mm=settings.spacing_mm,
-            axcodes=settings.axcodes.upper(),
-            window=IntensityWindow(**settings.window.model_dump()),
-            labels=tuple(settings.labels),
-            roi_size=settings.roi_size,
-            overlap=settings.overlap,
-            sw_batch_size=settings.sw_batch_size or 4,
-        )
-        self.label_values = label_values
         # The session computes in float32 whatever torch's autocast says.
         self.amp = False
 
