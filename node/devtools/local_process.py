@@ -18,20 +18,47 @@ from node.devtools.net import LOCALHOST, tail
 class LocalProcess(abc.ABC):
     """A local subprocess with a log file: ``with`` starts it and stops it.
 
-    Subclasses set :attr:`log_path` and :attr:`_process` and define :meth:`start`
-    (return ``self`` once the process answers) and :meth:`stop`.
+    Subclasses set :attr:`log_path`, :attr:`_process` and :attr:`_fixed_ports` and
+    define how to launch, retry on other ports, terminate and stop.
     """
 
     log_path: Path
     _process: subprocess.Popen[bytes] | None
+    #: Ports given by the caller are never re-picked (one launch attempt).
+    _fixed_ports: bool
+    #: What :meth:`_launch` raises when the process does not come up.
+    _start_error: type[Exception] = Exception
 
     @abc.abstractmethod
-    def start(self) -> Self:
-        """Start the process and wait until it answers."""
+    def _launch(self) -> None:
+        """Start the process and wait until it answers; raise :attr:`_start_error` if not."""
+
+    @abc.abstractmethod
+    def _retry_on_new_ports(self, error: Exception, attempt: int) -> bool:
+        """After a failed launch: pick other ports and return True, or False to give up."""
+
+    @abc.abstractmethod
+    def _terminate(self) -> object:
+        """Stop the process (if any) and forget it."""
 
     @abc.abstractmethod
     def stop(self) -> object:
         """Stop the process and clean up after it."""
+
+    def start(self) -> Self:
+        """Start the process and wait until it answers (free ports: up to 3 attempts)."""
+        if self._process is not None:
+            return self
+        attempts = 1 if self._fixed_ports else 3
+        for attempt in range(1, attempts + 1):
+            try:
+                self._launch()
+                return self
+            except self._start_error as exc:
+                self._terminate()
+                if attempt == attempts or not self._retry_on_new_ports(exc, attempt):
+                    raise
+        return self
 
     @property
     def host(self) -> str:

@@ -158,25 +158,17 @@ class NodeProcess(LocalProcess):
         return self._process is not None and self._process.poll() is None
 
     # -- life cycle -----------------------------------------------------------------
-    def start(self) -> NodeProcess:
-        """Start the node and wait until ``/healthz`` answers 200."""
-        if self._process is not None:
-            return self
-        attempts = 1 if self._fixed_ports else 3
-        for attempt in range(1, attempts + 1):
-            try:
-                self._launch()
-                return self
-            except NodeStartError as exc:
-                self._terminate()
-                clash = any(marker in str(exc) for marker in _PORT_CLASH)
-                if attempt == attempts or not clash:
-                    raise
-                log.warning("node_port_clash attempt=%d action=retry_with_new_ports", attempt)
-                self._resolve_config()
-        return self
+    _start_error = NodeStartError
+
+    def _retry_on_new_ports(self, error: Exception, attempt: int) -> bool:
+        if not any(marker in str(error) for marker in _PORT_CLASH):
+            return False
+        log.warning("node_port_clash attempt=%d action=retry_with_new_ports", attempt)
+        self._resolve_config()
+        return True
 
     def _launch(self) -> None:
+        """Start ``ainode serve`` and wait until ``/healthz`` answers 200."""
         self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False), "utf-8")
         env = {k: v for k, v in os.environ.items() if not k.startswith("AINODE_")}
         env.update({"TCP_NODELAY": "1", "PYTHONUNBUFFERED": "1", **self._extra_env})

@@ -385,26 +385,17 @@ class OrthancServer(OrthancClient, LocalProcess):
         settings.update(self._overrides)
         return settings
 
-    def start(self) -> OrthancServer:
-        """Start Orthanc and wait until its REST API answers."""
-        if self._process is not None:
-            return self
-        attempts = 1 if self._fixed_ports else 3
-        for attempt in range(1, attempts + 1):
-            try:
-                self._launch()
-                return self
-            except OrthancError:
-                self._terminate()
-                if attempt == attempts:
-                    raise
-                # Most likely a port taken between picking and binding: pick again.
-                self.http_port, self.dicom_port = free_ports(2)
-                self._http.close()
-                OrthancClient.__init__(self, f"http://{LOCALHOST}:{self.http_port}")
-        return self
+    _start_error = OrthancError
+
+    def _retry_on_new_ports(self, error: Exception, attempt: int) -> bool:
+        # Most likely a port taken between picking and binding: pick again.
+        self.http_port, self.dicom_port = free_ports(2)
+        self._http.close()
+        OrthancClient.__init__(self, f"http://{LOCALHOST}:{self.http_port}")
+        return True
 
     def _launch(self) -> None:
+        """Start Orthanc and wait until its REST API answers."""
         if self._config_file is None:
             self.config_path.write_text(json.dumps(self.config(), indent=2), encoding="utf-8")
         env = {**os.environ, "TCP_NODELAY": "1"}
