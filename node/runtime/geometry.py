@@ -75,16 +75,14 @@ class Reorientation:
         return tuple(float(storage_spacing[p]) for p in self.permutation)
 
 
-def reorientation(affine: np.ndarray, axcodes: str = "RAS") -> Reorientation:
-    """How to permute and flip a storage-order array into ``axcodes`` order.
+def axis_directions(affine: np.ndarray) -> tuple[list[int], list[float], float]:
+    """The patient axis each array axis runs closest to, its sign, and the worst obliquity.
 
-    Raises
-    ------
-    ValueError
-        If two storage axes run closest to the same patient axis (degenerate
-        geometry) or the axis codes are invalid.
+    ``affine`` maps ``(column, row, slice, 1)`` to LPS; array axis ``a`` of a
+    ``(slice, row, column)`` array moves along affine column ``2 - a``. Returns the
+    dominant patient axis (0, 1, 2 = x, y, z) and the sign (+1/-1) per array axis,
+    and the largest angle in degrees between an array axis and its patient axis.
     """
-    codes = check_axcodes(axcodes)
     patient_axis: list[int] = []
     sign: list[float] = []
     worst = 0.0
@@ -95,6 +93,20 @@ def reorientation(affine: np.ndarray, axcodes: str = "RAS") -> Reorientation:
         worst = max(worst, math.degrees(math.acos(min(1.0, cosine))))
         patient_axis.append(dominant)
         sign.append(float(np.sign(direction[dominant])))
+    return patient_axis, sign, worst
+
+
+def reorientation(affine: np.ndarray, axcodes: str = "RAS") -> Reorientation:
+    """How to permute and flip a storage-order array into ``axcodes`` order.
+
+    Raises
+    ------
+    ValueError
+        If two storage axes run closest to the same patient axis (degenerate
+        geometry) or the axis codes are invalid.
+    """
+    codes = check_axcodes(axcodes)
+    patient_axis, sign, worst = axis_directions(affine)
     if sorted(patient_axis) != [0, 1, 2]:
         raise ValueError("two image axes run along the same patient axis")
     permutation: list[int] = []

@@ -29,15 +29,13 @@ from dataclasses import dataclass
 
 import numpy as np
 from pydicom.dataset import Dataset
-from scipy import ndimage
 
 from node.synthetic.chest_ct import (
     AIR_HU,
-    MAX_STORED,
-    RESCALE_INTERCEPT,
     Ellipsoid,
     _box,
     _inside_ellipsoid,
+    _scan,
     _to_datasets,
 )
 
@@ -291,9 +289,7 @@ def make_abdomen_ct(
         notch = Ellipsoid((cx - side * 26.0 * s, cy - 6.0 * s, cz), (12.0 * s, 12.0 * s, 16.0 * s))
         _paint_ellipsoid(hu, labels, grid, kidney, kidney_hu, KIDNEYS, minus=(notch,))
 
-    hu = ndimage.gaussian_filter(hu, sigma=(0.0, 0.7, 0.7), mode="nearest")
-    hu += rng.normal(0.0, noise, size=hu.shape).astype(np.float32)
-    stored = np.clip(np.rint(hu - RESCALE_INTERCEPT), 0, MAX_STORED).astype(np.uint16)
+    stored = _scan(hu, noise, rng)
 
     voxel_cm3 = dx * dy * dz / 1000.0
     counts = np.bincount(labels.ravel(), minlength=len(LABEL_NAMES) + 1)
@@ -305,26 +301,16 @@ def make_abdomen_ct(
         hu={LIVER: liver_hu, SPLEEN: spleen_hu, KIDNEYS: kidney_hu, LUNGS: lung_hu},
         noise_sd_hu=noise,
     )
-    if flip_left_right:
-        stored = stored[:, :, ::-1]
-    origin_x = float(xs[-1] if flip_left_right else xs[0])
     datasets = _to_datasets(
         stored,
-        origin_xy=(origin_x, float(ys[0])),
-        zs=[float(v) for v in zs],
+        grid,
+        flip_left_right=flip_left_right,
         pixel_spacing_mm=pixel_spacing_mm,
         slice_thickness_mm=slice_thickness_mm,
-        row_direction=(-1.0 if flip_left_right else 1.0, 0.0, 0.0),
-        uid_entropy=[
-            "ainode-abdomen-ct-phantom",
-            str(seed),
-            f"{n_slices}x{rows}x{columns}",
-            f"{pixel_spacing_mm}/{slice_thickness_mm}",
-            f"{noise}/{shift_z}/{flip_left_right}/{series_number}",
-        ],
+        uid_name="ainode-abdomen-ct-phantom",
+        uid_variant=f"{noise}/{shift_z}/{flip_left_right}/{series_number}",
         series_description=series_description,
         study_instance_uid=study_instance_uid,
-        modality="CT",
         series_number=series_number,
         seed=seed,
     )

@@ -30,9 +30,11 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian
+from pydicom.dataset import Dataset
+from pydicom.uid import CTImageStorage
 from scipy import ndimage
+
+from node.synthetic.instance import new_instance, set_grayscale_pixels
 
 log = logging.getLogger(__name__)
 
@@ -339,10 +341,7 @@ def make_chest_ct(
                 AIR_HU,
             )
 
-    # Scanner point spread in-plane, then noise.
-    hu = ndimage.gaussian_filter(hu, sigma=(0.0, 0.7, 0.7), mode="nearest")
-    hu += rng.normal(0.0, noise_sd_hu, size=hu.shape).astype(np.float32)
-    stored = np.clip(np.rint(hu - RESCALE_INTERCEPT), 0, MAX_STORED).astype(np.uint16)
+    stored = _scan(hu, noise_sd_hu, rng)
 
     def lung_truth(
         lung: Ellipsoid, clip: float | None, keep: str, vessels: list[tuple[np.ndarray, float]]
@@ -371,23 +370,14 @@ def make_chest_ct(
         noise_sd_hu=noise_sd_hu,
     )
 
-    if flip_left_right:
-        stored = stored[:, :, ::-1]
-    origin_x = float(xs[-1] if flip_left_right else xs[0])
     datasets = _to_datasets(
         stored,
-        origin_xy=(origin_x, float(ys[0])),
-        zs=[float(v) for v in zs],
+        (xs, ys, zs),
+        flip_left_right=flip_left_right,
         pixel_spacing_mm=pixel_spacing_mm,
         slice_thickness_mm=slice_thickness_mm,
-        row_direction=(-1.0 if flip_left_right else 1.0, 0.0, 0.0),
-        uid_entropy=[
-            "ainode-chest-ct-phantom",
-            str(seed),
-            f"{n_slices}x{rows}x{columns}",
-            f"{pixel_spacing_mm}/{slice_thickness_mm}",
-            f"{touching_lungs}/{flip_left_right}/{include_lungs}/{modality}/{series_number}",
-        ],
+        uid_name="ainode-chest-ct-phantom",
+        uid_variant=f"{touching_lungs}/{flip_left_right}/{include_lungs}/{modality}/{series_number}",
         series_description=series_description,
         study_instance_uid=study_instance_uid,
         modality=modality,
@@ -404,23 +394,55 @@ def make_chest_ct(
     return datasets, truth
 
 
+def _stored(hu: np.ndarray) -> np.ndarray:
+    """Stored values (``HU - RESCALE_INTERCEPT``, rounded, clipped to 12 bits) of ``hu``."""
+    return np.clip(np.rint(hu - RESCALE_INTERCEPT), 0, MAX_STORED).astype(np.uint16)
+
+
+def _scan(hu: np.ndarray, noise_sd_hu: float, rng: np.random.Generator) -> np.ndarray:
+    """Stored values of ``hu`` after the scanner's in-plane point spread and Gaussian noise."""
+    hu = ndimage.gaussian_filter(hu, sigma=(0.0, 0.7, 0.7), mode="nearest")
+    hu += rng.normal(0.0, noise_sd_hu, size=hu.shape).astype(np.float32)
+    return _stored(hu)
+
+
 def _to_datasets(
     stored: np.ndarray,
+    grid: tuple[np.ndarray, np.ndarray, np.ndarray],
     *,
-    origin_xy: tuple[float, float],
-    zs: list[float],
+    flip_left_right: bool,
     pixel_spacing_mm: float,
     slice_thickness_mm: float,
-    row_direction: tuple[float, float, float],
-    uid_entropy: list[str],
+    uid_name: str,
+    uid_variant: str,
     series_description: str,
-    study_instance_uid: str | None,
-    modality: str,
-    series_number: int,
     seed: int,
+    study_instance_uid: str | None = None,
+    modality: str = "CT",
+    series_number: int = 1,
 ) -> list[Dataset]:
-    """Wrap stored pixel slices (index 0 = most inferior) into CT Image Storage datasets."""
+    """Wrap stored pixel slices into CT Image Storage datasets.
+
+    ``stored`` is ``(slices, rows, columns)`` with slice 0 the most inferior and
+    columns along +x; ``grid`` holds the voxel-centre coordinates ``(xs, ys, zs)``.
+    With ``flip_left_right`` the columns are stored from the patient's left to right
+    (row direction ``[-1, 0, 0]``). UIDs derive from ``uid_name``, the seed, the grid
+    and ``uid_variant``.
+    """
+    xs, ys, z_values = grid
+    if flip_left_right:
+        stored = stored[:, :, ::-1]
+    origin_xy = (float(xs[-1] if flip_left_right else xs[0]), float(ys[0]))
+    zs = [float(v) for v in z_values]
+    row_direction = (-1.0 if flip_left_right else 1.0, 0.0, 0.0)
     n_slices, rows, columns = stored.shape
+    uid_entropy = [
+        uid_name,
+        str(seed),
+        f"{n_slices}x{rows}x{columns}",
+        f"{pixel_spacing_mm}/{slice_thickness_mm}",
+        uid_variant,
+    ]
     study_uid = study_instance_uid or pydicom.uid.generate_uid(entropy_srcs=[*uid_entropy, "study"])
     series_uid = pydicom.uid.generate_uid(entropy_srcs=[*uid_entropy, "series"])
     frame_uid = pydicom.uid.generate_uid(entropy_srcs=[*uid_entropy, "frame-of-reference"])
@@ -428,17 +450,8 @@ def _to_datasets(
     for instance_number in range(1, n_slices + 1):
         k = n_slices - instance_number  # instance 1 is the most superior slice
         sop_uid = pydicom.uid.generate_uid(entropy_srcs=[*uid_entropy, "sop", str(k)])
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = sop_uid
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SpecificCharacterSet = "ISO_IR 100"
+        ds = new_instance(CTImageStorage, sop_uid)
         ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.SOPClassUID = CTImageStorage
-        ds.SOPInstanceUID = sop_uid
         ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = "20240101"
         ds.StudyTime = "090000"
         ds.SeriesTime = ds.AcquisitionTime = ds.ContentTime = "090100"
@@ -468,21 +481,13 @@ def _to_datasets(
         ds.FrameOfReferenceUID = frame_uid
         ds.PositionReferenceIndicator = ""
         ds.SliceLocation = f"{zs[k]:g}"
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.Rows = rows
-        ds.Columns = columns
         ds.PixelSpacing = [f"{pixel_spacing_mm:g}", f"{pixel_spacing_mm:g}"]
-        ds.BitsAllocated = 16
-        ds.BitsStored = 12
-        ds.HighBit = 11
-        ds.PixelRepresentation = 0
+        set_grayscale_pixels(ds, stored[k], bits_stored=12)
         ds.WindowCenter = "-600"
         ds.WindowWidth = "1500"
         ds.RescaleIntercept = f"{RESCALE_INTERCEPT:g}"
         ds.RescaleSlope = "1"
         ds.RescaleType = "HU"
-        ds.PixelData = np.ascontiguousarray(stored[k]).astype("<u2").tobytes()
         datasets.append(ds)
     return datasets
 

@@ -15,8 +15,10 @@ from typing import Literal
 
 import numpy as np
 import pydicom
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, MRImageStorage
+from pydicom.dataset import Dataset
+from pydicom.uid import MRImageStorage
+
+from node.synthetic.instance import new_instance, set_grayscale_pixels
 
 BRAIN_SIGNAL = 600.0
 LESION_SIGNAL = 1200.0
@@ -78,17 +80,8 @@ def make_head_mr(
     for index in range(n_slices):
         origin = slices_mm[index] * normal + rows_mm[0] * col_dir + columns_mm[0] * row_dir
         sop_uid = pydicom.uid.generate_uid(entropy_srcs=[*entropy, "sop", str(index)])
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = MRImageStorage
-        meta.MediaStorageSOPInstanceUID = sop_uid
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SpecificCharacterSet = "ISO_IR 100"
+        ds = new_instance(MRImageStorage, sop_uid)
         ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "NONE"]
-        ds.SOPClassUID = MRImageStorage
-        ds.SOPInstanceUID = sop_uid
         ds.StudyDate = ds.SeriesDate = ds.ContentDate = "20240102"
         ds.StudyTime = "100000"
         ds.SeriesTime = ds.ContentTime = "100100"
@@ -123,16 +116,8 @@ def make_head_mr(
         ds.ImageOrientationPatient = [f"{v:g}" for v in (*row_dir, *col_dir)]
         ds.FrameOfReferenceUID = frame_uid
         ds.PositionReferenceIndicator = ""
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.Rows = rows
-        ds.Columns = columns
         ds.PixelSpacing = [f"{pixel_spacing_mm:g}", f"{pixel_spacing_mm:g}"]
-        ds.BitsAllocated = 16
-        ds.BitsStored = 12
-        ds.HighBit = 11
-        ds.PixelRepresentation = 0
-        ds.PixelData = np.ascontiguousarray(stored[index]).astype("<u2").tobytes()
+        set_grayscale_pixels(ds, stored[index], bits_stored=12)
         datasets.append(ds)
     truth = HeadPhantomTruth(
         lesion_center_mm=(float(center[0]), float(center[1]), float(center[2])),

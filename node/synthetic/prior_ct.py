@@ -29,9 +29,9 @@ from scipy import ndimage
 
 from node.synthetic.chest_ct import (
     AIR_HU,
-    MAX_STORED,
     RESCALE_INTERCEPT,
     ChestPhantomTruth,
+    _stored,
     _to_datasets,
     make_chest_ct,
 )
@@ -172,26 +172,17 @@ def make_prior_ct(
     prior_hu = sampled.reshape(n_slices, rows, columns).astype(np.float32)
     rng = np.random.default_rng([seed, 7001])
     prior_hu += rng.normal(0.0, noise_sd_hu, size=prior_hu.shape).astype(np.float32)
-    stored = np.clip(np.rint(prior_hu - RESCALE_INTERCEPT), 0, MAX_STORED).astype(np.uint16)
+    stored = _stored(prior_hu)
 
     datasets = _to_datasets(
         stored,
-        origin_xy=(float(xs[0]), float(ys[0])),
-        zs=[float(v) for v in zs],
+        (xs, ys, zs),
+        flip_left_right=False,
         pixel_spacing_mm=pixel_spacing_mm,
         slice_thickness_mm=slice_thickness_mm,
-        row_direction=(1.0, 0.0, 0.0),
-        uid_entropy=[
-            "ainode-chest-ct-prior",
-            str(seed),
-            f"{n_slices}x{rows}x{columns}",
-            f"{pixel_spacing_mm}/{slice_thickness_mm}",
-            f"{rotation_deg}/{translation_mm}/{study_date}",
-        ],
+        uid_name="ainode-chest-ct-prior",
+        uid_variant=f"{rotation_deg}/{translation_mm}/{study_date}",
         series_description=series_description,
-        study_instance_uid=None,
-        modality="CT",
-        series_number=1,
         seed=seed,
     )
     for ds in datasets:

@@ -26,18 +26,18 @@ from typing import Literal
 
 import numpy as np
 import pydicom
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import (
-    PYDICOM_IMPLEMENTATION_UID,
     ComputedRadiographyImageStorage,
     DigitalMammographyXRayImageStorageForPresentation,
     DigitalMammographyXRayImageStorageForProcessing,
     DigitalXRayImageStorageForPresentation,
     DigitalXRayImageStorageForProcessing,
-    ExplicitVRLittleEndian,
     OphthalmicPhotography8BitImageStorage,
 )
+
+from node.synthetic.instance import new_instance, set_grayscale_pixels
 
 PresentationIntent = Literal["FOR PRESENTATION", "FOR PROCESSING"]
 Laterality = Literal["L", "R"]
@@ -159,17 +159,7 @@ def _base(
     instance_number: int,
     sop_instance_uid: str | None,
 ) -> Dataset:
-    sop_uid = pydicom.uid.UID(sop_instance_uid or pydicom.uid.generate_uid())
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = pydicom.uid.UID(sop_class_uid)
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.SOPClassUID = sop_class_uid
-    ds.SOPInstanceUID = sop_uid
+    ds = new_instance(sop_class_uid, sop_instance_uid or pydicom.uid.generate_uid())
     ds.StudyDate = ds.SeriesDate = ds.ContentDate = ds.AcquisitionDate = identity.study_date
     ds.StudyTime = identity.study_time
     ds.SeriesTime = ds.ContentTime = ds.AcquisitionTime = identity.study_time
@@ -203,13 +193,7 @@ def _xray_pixels(
     """Image Pixel, DX Image and VOI LUT attributes shared by DX, CR and MG."""
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise ValueError(f"photometric interpretation {photometric!r} is not MONOCHROME1/2")
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    ds.Rows, ds.Columns = (int(n) for n in pixels.shape)
-    ds.BitsAllocated = 16
-    ds.BitsStored = bits_stored
-    ds.HighBit = bits_stored - 1
-    ds.PixelRepresentation = 0
+    set_grayscale_pixels(ds, pixels, bits_stored, photometric)
     ds.PixelIntensityRelationship = "LIN"
     ds.PixelIntensityRelationshipSign = 1
     ds.RescaleIntercept = "0"
@@ -222,7 +206,6 @@ def _xray_pixels(
         low, high = float(pixels.min()), float(pixels.max())
         ds.WindowCenter = f"{(low + high) / 2:.1f}"
         ds.WindowWidth = f"{max(high - low, 1.0):.1f}"
-    ds.PixelData = pixels.tobytes()
 
 
 def _projection_common(
@@ -266,6 +249,46 @@ def _projection_common(
     ds.AcquisitionContextSequence = DicomSequence()
 
 
+def _projection_image(
+    pixels: np.ndarray,
+    *,
+    what: str,
+    modality: str,
+    sop_classes: tuple[str, str],
+    identity: SeriesIdentity | None,
+    instance_number: int,
+    sop_instance_uid: str | None,
+    intent: PresentationIntent,
+    bits_stored: int,
+    laterality: str,
+    body_part: str,
+    imager_pixel_spacing_mm: float | Sequence[float],
+    view_position: str,
+    view_codes: dict[str, tuple[str, str]],
+) -> tuple[Dataset, np.ndarray]:
+    """A DX-family image (DX or MG) up to its modality's own attributes, and its pixels.
+
+    ``sop_classes`` are the For Presentation and For Processing SOP classes; ``intent``
+    picks one. Returns the dataset and the checked pixels for :func:`_xray_pixels`.
+    """
+    identity = identity or SeriesIdentity()
+    stored = _grayscale(pixels, bits_stored, what)
+    sop_class = sop_classes[0] if intent == "FOR PRESENTATION" else sop_classes[1]
+    ds = _base(sop_class, modality, identity, instance_number, sop_instance_uid)
+    ds.FrameOfReferenceUID = identity.frame_of_reference_uid
+    _projection_common(
+        ds,
+        intent=intent,
+        image_type_3="",
+        laterality=laterality,
+        body_part=body_part,
+        spacing=_spacing(imager_pixel_spacing_mm, what),
+        view_position=view_position,
+        view_codes=view_codes,
+    )
+    return ds, stored
+
+
 def dx_image(
     pixels: np.ndarray,
     *,
@@ -297,22 +320,19 @@ def dx_image(
     intent
         PresentationIntentType; the SOP class follows it.
     """
-    identity = identity or SeriesIdentity()
-    stored = _grayscale(pixels, bits_stored, "DX image")
-    sop_class = (
-        DigitalXRayImageStorageForPresentation
-        if intent == "FOR PRESENTATION"
-        else DigitalXRayImageStorageForProcessing
-    )
-    ds = _base(sop_class, "DX", identity, instance_number, sop_instance_uid)
-    ds.FrameOfReferenceUID = identity.frame_of_reference_uid
-    _projection_common(
-        ds,
+    ds, stored = _projection_image(
+        pixels,
+        what="DX image",
+        modality="DX",
+        sop_classes=(DigitalXRayImageStorageForPresentation, DigitalXRayImageStorageForProcessing),
+        identity=identity,
+        instance_number=instance_number,
+        sop_instance_uid=sop_instance_uid,
         intent=intent,
-        image_type_3="",
+        bits_stored=bits_stored,
         laterality=laterality,
         body_part=body_part,
-        spacing=_spacing(imager_pixel_spacing_mm, "DX image"),
+        imager_pixel_spacing_mm=imager_pixel_spacing_mm,
         view_position=view_position,
         view_codes=RADIOGRAPH_VIEWS,
     )
@@ -356,20 +376,13 @@ def cr_image(
     ds.PixelSpacing = spacing
     ds.ImagerPixelSpacing = spacing
     ds.KVP = "120"
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    ds.Rows, ds.Columns = (int(n) for n in stored.shape)
-    ds.BitsAllocated = 16
-    ds.BitsStored = bits_stored
-    ds.HighBit = bits_stored - 1
-    ds.PixelRepresentation = 0
+    set_grayscale_pixels(ds, stored, bits_stored, photometric)
     ds.RescaleIntercept = "0"
     ds.RescaleSlope = "1"
     ds.RescaleType = "US"
     low, high = float(stored.min()), float(stored.max())
     ds.WindowCenter = f"{(low + high) / 2:.1f}"
     ds.WindowWidth = f"{max(high - low, 1.0):.1f}"
-    ds.PixelData = stored.tobytes()
     return ds
 
 
@@ -400,24 +413,24 @@ def mg_image(
     intent
         ``FOR PRESENTATION`` or ``FOR PROCESSING``; the SOP class follows it.
     """
-    identity = identity or SeriesIdentity()
     if laterality not in ("L", "R"):
         raise ValueError(f"mammogram laterality {laterality!r} is not L or R")
-    stored = _grayscale(pixels, bits_stored, "MG image")
-    sop_class = (
-        DigitalMammographyXRayImageStorageForPresentation
-        if intent == "FOR PRESENTATION"
-        else DigitalMammographyXRayImageStorageForProcessing
-    )
-    ds = _base(sop_class, "MG", identity, instance_number, sop_instance_uid)
-    ds.FrameOfReferenceUID = identity.frame_of_reference_uid
-    _projection_common(
-        ds,
+    ds, stored = _projection_image(
+        pixels,
+        what="MG image",
+        modality="MG",
+        sop_classes=(
+            DigitalMammographyXRayImageStorageForPresentation,
+            DigitalMammographyXRayImageStorageForProcessing,
+        ),
+        identity=identity,
+        instance_number=instance_number,
+        sop_instance_uid=sop_instance_uid,
         intent=intent,
-        image_type_3="",
+        bits_stored=bits_stored,
         laterality=laterality,
         body_part="BREAST",
-        spacing=_spacing(imager_pixel_spacing_mm, "MG image"),
+        imager_pixel_spacing_mm=imager_pixel_spacing_mm,
         view_position=view,
         view_codes=MAMMOGRAPHY_VIEWS,
     )

@@ -17,6 +17,7 @@ from node.runtime.plugin import (
     RunContext,
 )
 from node.runtime.volume import Volume
+from node.runtime.weights import load_network
 from plugins.ct_denoise.model import WEIGHTS, build_network, denoise_volume
 
 log = logging.getLogger(__name__)
@@ -45,11 +46,9 @@ class CtDenoisePlugin(InferencePlugin):
         self._network: torch.nn.Module | None = None
 
     def load(self, device: torch.device) -> None:
-        if not WEIGHTS.is_file():
-            raise PluginError(f"weights missing: {WEIGHTS} (run plugins/ct_denoise/train.py)")
-        network = build_network()
-        network.load_state_dict(torch.load(WEIGHTS, map_location="cpu", weights_only=True))
-        self._network = network.to(device).eval()
+        self._network = load_network(
+            build_network, WEIGHTS, device, train_hint="plugins/ct_denoise/train.py"
+        )
 
     def unload(self) -> None:
         self._network = None

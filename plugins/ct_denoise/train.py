@@ -23,7 +23,6 @@ import argparse
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -33,6 +32,7 @@ from scipy import ndimage
 from node.runtime.volume import assemble_volume
 from node.synthetic.abdomen_ct import LIVER, make_abdomen_ct
 from node.synthetic.chest_ct import make_chest_ct
+from node.training import add_run_arguments, prepare_network
 from plugins.ct_denoise.model import HU_SCALE, WEIGHTS, build_network, denoise_volume
 
 HELD_OUT_SEED = 10_000
@@ -214,18 +214,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--held-out", type=int, default=3)
     parser.add_argument("--iterations", type=int, default=2500)
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--output", type=Path, default=WEIGHTS)
-    parser.add_argument("--evaluate-only", action="store_true")
+    add_run_arguments(parser, weights=WEIGHTS, threads=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    network = build_network()
-    if args.evaluate_only:
-        network.load_state_dict(torch.load(args.output, map_location="cpu", weights_only=True))
-        network.eval()
-    else:
+    network = prepare_network(build_network, args)
+    if not args.evaluate_only:
         started = time.perf_counter()
         slices = training_slices(args.train_phantoms, args.seed)
         print(f"{len(slices)} training slices in {time.perf_counter() - started:.0f} s", flush=True)

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from node.runtime.geometry import axis_directions
 from plugins.ct_lungs.morphology import (
     PLANAR_AXES,
     close,
@@ -117,16 +118,7 @@ def reorientation_from_affine(affine: np.ndarray) -> tuple[Reorientation, float]
     ``(slice, row, column)`` array therefore moves along affine column ``2 - a``.
     Raises ``ValueError`` if two array axes run along the same patient axis.
     """
-    patient_axis_of: list[int] = []
-    signs: list[float] = []
-    worst_deg = 0.0
-    for array_axis in range(3):
-        direction = np.asarray(affine[:3, 2 - array_axis], dtype=float)
-        dominant = int(np.argmax(np.abs(direction)))
-        cosine = abs(direction[dominant]) / float(np.linalg.norm(direction))
-        worst_deg = max(worst_deg, math.degrees(math.acos(min(1.0, cosine))))
-        patient_axis_of.append(dominant)
-        signs.append(float(np.sign(direction[dominant])))
+    patient_axis_of, signs, worst_deg = axis_directions(affine)
     if sorted(patient_axis_of) != [0, 1, 2]:
         raise ValueError("two image axes run along the same patient axis")
     # Canonical axis k runs along patient axis 2 - k (z, y, x).

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from node.errors import PluginError
 from node.runtime.model_plugin import SegmentationModelPlugin
 from node.runtime.plugin import Accepts, Resources
 from node.runtime.postprocess import keep_largest_components
+from node.runtime.weights import load_network
 from plugins.ct_organs.model import BODY, COMPONENTS, SPEC, WEIGHTS, build_network
 
 
@@ -46,9 +46,4 @@ class CtOrgansPlugin(SegmentationModelPlugin):
         return keep_largest_components(label_map, COMPONENTS, fill=BODY)
 
     def build(self, device: torch.device) -> torch.nn.Module:
-        if not WEIGHTS.is_file():
-            raise PluginError(f"weights missing: {WEIGHTS} (run plugins/ct_organs/train.py)")
-        network = build_network()
-        state = torch.load(WEIGHTS, map_location="cpu", weights_only=True)
-        network.load_state_dict(state)
-        return network.to(device).eval()
+        return load_network(build_network, WEIGHTS, device, train_hint="plugins/ct_organs/train.py")

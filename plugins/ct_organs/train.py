@@ -20,7 +20,6 @@ import logging
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -32,6 +31,7 @@ from node.runtime.geometry import reorientation
 from node.runtime.postprocess import keep_largest_components
 from node.runtime.volume import assemble_volume
 from node.synthetic.abdomen_ct import LABEL_NAMES, make_abdomen_ct
+from node.training import add_run_arguments, prepare_network
 from plugins.ct_organs.model import BODY, COMPONENTS, LABELS, SPEC, WEIGHTS, build_network
 
 log = logging.getLogger(__name__)
@@ -207,24 +207,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--crop", type=int, default=64)
     parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
-    parser.add_argument("--output", type=Path, default=WEIGHTS)
-    parser.add_argument(
-        "--init", type=Path, default=None, help="start from these weights (fine-tuning)"
+    add_run_arguments(
+        parser,
+        weights=WEIGHTS,
+        threads=0,
+        threads_help="torch threads (0: default)",
+        fine_tuning=True,
     )
-    parser.add_argument("--evaluate-only", action="store_true")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    network = build_network()
-    if args.evaluate_only:
-        network.load_state_dict(torch.load(args.output, map_location="cpu", weights_only=True))
-        network.eval()
-    else:
-        if args.init is not None:
-            network.load_state_dict(torch.load(args.init, map_location="cpu", weights_only=True))
+    network = prepare_network(build_network, args)
+    if not args.evaluate_only:
         started = time.perf_counter()
         rng = np.random.default_rng(args.seed)
         cases = [make_case(seed, random_grid(rng)) for seed in range(args.train_cases)]

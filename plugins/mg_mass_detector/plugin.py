@@ -17,6 +17,7 @@ from node.runtime.plugin import (
     RunContext,
 )
 from node.runtime.volume import Volume
+from node.runtime.weights import load_network
 from plugins.mg_mass_detector.model import (
     FINDING,
     MAX_DETECTIONS,
@@ -62,13 +63,9 @@ class MgMassDetectorPlugin(InferencePlugin):
         self.device = torch.device("cpu")
 
     def load(self, device: torch.device) -> None:
-        if not WEIGHTS.is_file():
-            raise PluginError(
-                f"weights missing: {WEIGHTS} (run python -m plugins.mg_mass_detector.train)"
-            )
-        network = build_network()
-        network.load_state_dict(torch.load(WEIGHTS, map_location="cpu", weights_only=True))
-        self._network = network.to(device).eval()
+        self._network = load_network(
+            build_network, WEIGHTS, device, train_hint="python -m plugins.mg_mass_detector.train"
+        )
         self.device = device
 
     def unload(self) -> None:

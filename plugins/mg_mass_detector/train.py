@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from monai.metrics import compute_froc_curve_data, compute_froc_score
 
 from node.synthetic.mammogram_pixels import make_mammogram_pixels
+from node.training import add_run_arguments, prepare_network, train_epochs
 from plugins.mg_mass_detector.model import (
     SCORE_THRESHOLD,
     WEIGHTS,
@@ -145,34 +146,20 @@ def train(
     checkpoint: Path | None = None,
 ) -> None:
     images, heats, sizes, masks = data
-    rng = np.random.default_rng(seed)
-    steps = epochs * int(np.ceil(len(images) / batch))
-    optimiser = torch.optim.AdamW(network.parameters(), lr=lr, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimiser, max_lr=lr, total_steps=steps, pct_start=0.15
+
+    def batch_loss(chosen: torch.Tensor, _rng: np.random.Generator) -> torch.Tensor:
+        return centre_loss(network(images[chosen]), heats[chosen], sizes[chosen], masks[chosen])
+
+    train_epochs(
+        network,
+        len(images),
+        batch_loss,
+        epochs=epochs,
+        batch=batch,
+        lr=lr,
+        seed=seed,
+        checkpoint=checkpoint,
     )
-    started = time.perf_counter()
-    for epoch in range(epochs):
-        network.train()
-        order = rng.permutation(len(images))
-        running = []
-        for start in range(0, len(order), batch):
-            chosen = torch.from_numpy(order[start : start + batch])
-            optimiser.zero_grad(set_to_none=True)
-            loss = centre_loss(network(images[chosen]), heats[chosen], sizes[chosen], masks[chosen])
-            loss.backward()
-            optimiser.step()
-            schedule.step()
-            running.append(float(loss.detach()))
-        print(
-            f"epoch {epoch + 1}/{epochs} loss {np.mean(running):.4f} "
-            f"elapsed {time.perf_counter() - started:.0f} s",
-            flush=True,
-        )
-        if checkpoint is not None:
-            checkpoint.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(network.state_dict(), checkpoint)
-    network.eval()
 
 
 def detect(
@@ -235,18 +222,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=28)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--output", type=Path, default=WEIGHTS)
-    parser.add_argument("--evaluate-only", action="store_true")
+    add_run_arguments(parser, weights=WEIGHTS, threads=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    network = build_network()
+    network = prepare_network(build_network, args)
     started = time.perf_counter()
-    if args.evaluate_only:
-        network.load_state_dict(torch.load(args.output, map_location="cpu", weights_only=True))
-    else:
+    if not args.evaluate_only:
         data = make_training_set(args.train_images, args.seed)
         print(f"{len(data[0])} training mammograms in {time.perf_counter() - started:.0f} s")
         train(

@@ -18,6 +18,7 @@ from node.runtime.plugin import (
     RunContext,
 )
 from node.runtime.volume import Volume
+from node.runtime.weights import load_network
 from plugins.op_fundus_classifier.model import (
     FINDING,
     WEIGHTS,
@@ -58,13 +59,12 @@ class OpFundusClassifierPlugin(InferencePlugin):
         self.device = torch.device("cpu")
 
     def load(self, device: torch.device) -> None:
-        if not WEIGHTS.is_file():
-            raise PluginError(
-                f"weights missing: {WEIGHTS} (run python -m plugins.op_fundus_classifier.train)"
-            )
-        network = build_network()
-        network.load_state_dict(torch.load(WEIGHTS, map_location="cpu", weights_only=True))
-        self._network = network.to(device).eval()
+        self._network = load_network(
+            build_network,
+            WEIGHTS,
+            device,
+            train_hint="python -m plugins.op_fundus_classifier.train",
+        )
         self.device = device
 
     def unload(self) -> None:

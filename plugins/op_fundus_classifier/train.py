@@ -28,6 +28,7 @@ import torch
 from monai.metrics import ROCAUCMetric, compute_confusion_matrix_metric, get_confusion_matrix
 
 from node.synthetic.fundus_pixels import make_fundus_pixels
+from node.training import add_run_arguments, prepare_network, train_epochs
 from plugins.op_fundus_classifier.model import (
     THRESHOLD,
     WEIGHTS,
@@ -127,44 +128,28 @@ def train(
     seed: int,
     checkpoint: Path | None = None,
 ) -> None:
-    rng = np.random.default_rng(seed)
     inputs = torch.stack([preprocess(image) for image in images])
     targets = torch.from_numpy(labels)
-    steps = epochs * int(np.ceil(len(inputs) / batch))
-    optimiser = torch.optim.AdamW(network.parameters(), lr=lr, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimiser, max_lr=lr, total_steps=steps, pct_start=0.15
-    )
     loss_fn = torch.nn.BCEWithLogitsLoss()
-    started = time.perf_counter()
-    step = 0
-    for epoch in range(epochs):
-        network.train()
-        order = rng.permutation(len(inputs))
-        running = []
-        for start in range(0, len(order), batch):
-            chosen = torch.from_numpy(order[start : start + batch])
-            x = inputs[chosen]
-            if rng.random() < 0.5:
-                x = x.flip(-1)  # the other eye
-            if rng.random() < 0.5:
-                x = x.flip(-2)
-            optimiser.zero_grad(set_to_none=True)
-            loss = loss_fn(network(x)[:, 0], targets[chosen])
-            loss.backward()
-            optimiser.step()
-            schedule.step()
-            step += 1
-            running.append(float(loss.detach()))
-        print(
-            f"epoch {epoch + 1}/{epochs} loss {np.mean(running):.4f} "
-            f"elapsed {time.perf_counter() - started:.0f} s",
-            flush=True,
-        )
-        if checkpoint is not None:
-            checkpoint.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(network.state_dict(), checkpoint)
-    network.eval()
+
+    def batch_loss(chosen: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        x = inputs[chosen]
+        if rng.random() < 0.5:
+            x = x.flip(-1)  # the other eye
+        if rng.random() < 0.5:
+            x = x.flip(-2)
+        return loss_fn(network(x)[:, 0], targets[chosen])
+
+    train_epochs(
+        network,
+        len(inputs),
+        batch_loss,
+        epochs=epochs,
+        batch=batch,
+        lr=lr,
+        seed=seed,
+        checkpoint=checkpoint,
+    )
 
 
 def evaluate_set(network: torch.nn.Module, first_seed: int, count: int, size: int) -> Scores:
@@ -198,21 +183,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--output", type=Path, default=WEIGHTS)
-    parser.add_argument("--evaluate-only", action="store_true")
+    add_run_arguments(parser, weights=WEIGHTS, threads=2)
     parser.add_argument(
         "--cache", type=Path, default=None, help="keep the generated training images here"
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    network = build_network()
+    network = prepare_network(build_network, args)
     started = time.perf_counter()
-    if args.evaluate_only:
-        network.load_state_dict(torch.load(args.output, map_location="cpu", weights_only=True))
-    else:
+    if not args.evaluate_only:
         cached = (
             args.cache / f"fundus_train_{args.train_images}_{TRAIN_SIZE}.npz"
             if args.cache
