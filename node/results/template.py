@@ -125,12 +125,23 @@ def _check_key(value: str) -> str:
 Key = Annotated[str, AfterValidator(_check_key)]
 
 
+def _text_of_at_most(max_len: int) -> AfterValidator:
+    """Validator of a text field: not blank, at most ``max_len`` characters, no backslash."""
+    return AfterValidator(lambda value: _check_text(value, max_len))
+
+
+#: Text of a Short String (SH) element: a coding scheme designator.
+ShortText = Annotated[str, _text_of_at_most(_SH_MAX)]
+#: Text of a Long String (LO) element: code meanings, labels, names, versions.
+LongText = Annotated[str, _text_of_at_most(_LO_MAX)]
+
+
 class CodeSpec(_Strict):
     """A coded concept (code value, coding scheme designator, code meaning)."""
 
     value: str
-    scheme: str
-    meaning: str
+    scheme: ShortText
+    meaning: LongText
     scheme_version: str | None = None
 
     @field_validator("value")
@@ -141,16 +152,6 @@ class CodeSpec(_Strict):
             raise ValueError("must not have leading or trailing spaces")
         return value
 
-    @field_validator("scheme")
-    @classmethod
-    def _scheme_fits(cls, value: str) -> str:
-        return _check_text(value, _SH_MAX)
-
-    @field_validator("meaning")
-    @classmethod
-    def _meaning_fits(cls, value: str) -> str:
-        return _check_text(value, _LO_MAX)
-
     @property
     def concept(self) -> CodedConcept:
         """The code as a highdicom concept (long values go to Long Code Value)."""
@@ -160,17 +161,12 @@ class CodeSpec(_Strict):
 class AlgorithmSpec(_Strict):
     """Identity of the routine that produced the results."""
 
-    name: str
-    version: str
+    name: LongText
+    version: LongText
     family: CodeSpec
-    manufacturer: str
+    manufacturer: LongText
     device_uid: str
-    source: str | None = None
-
-    @field_validator("name", "version", "manufacturer", "source")
-    @classmethod
-    def _lo(cls, value: str | None) -> str | None:
-        return None if value is None else _check_text(value, _LO_MAX)
+    source: LongText | None = None
 
     @field_validator("device_uid")
     @classmethod
@@ -183,13 +179,8 @@ class AlgorithmSpec(_Strict):
 class OutputSpec(_Strict):
     """How output series are labelled."""
 
-    series_description: str
+    series_description: Annotated[str, _text_of_at_most(_SERIES_DESCRIPTION_BASE_MAX)]
     content_label: str
-
-    @field_validator("series_description")
-    @classmethod
-    def _description(cls, value: str) -> str:
-        return _check_text(value, _SERIES_DESCRIPTION_BASE_MAX)
 
     @field_validator("content_label")
     @classmethod
@@ -233,8 +224,8 @@ class SegmentSpec(_Strict):
     """One label value of the label map and how it is coded."""
 
     label_value: Annotated[int, Field(ge=1, le=65535)]
-    label: str
-    tracking_id: str
+    label: LongText
+    tracking_id: LongText
     category: CodeSpec
     type: CodeSpec
     type_modifier: CodeSpec | None = None
@@ -242,11 +233,6 @@ class SegmentSpec(_Strict):
     colour: Colour
     #: pyradiomics feature classes to compute for this segment (none: no radiomics).
     radiomics: Annotated[list[RadiomicsClass], Field(min_length=1)] | None = None
-
-    @field_validator("label", "tracking_id")
-    @classmethod
-    def _lo(cls, value: str) -> str:
-        return _check_text(value, _LO_MAX)
 
     @property
     def display_colour(self) -> CIELabColor:
@@ -335,12 +321,7 @@ class _CodedFinding(_Strict):
 
     key: Key
     concept: CodeSpec
-    label: str | None = None
-
-    @field_validator("label")
-    @classmethod
-    def _label(cls, value: str | None) -> str | None:
-        return None if value is None else _check_text(value, _LO_MAX)
+    label: LongText | None = None
 
     @property
     def display_label(self) -> str:
