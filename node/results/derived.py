@@ -30,8 +30,8 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
 
 from node.errors import TemplateError
-from node.results.provenance import copy_body_part, processing_equipment
-from node.results.sc import patient_orientation
+from node.results.provenance import processing_equipment
+from node.results.sc import image_orientation, secondary_capture, source_image_reference
 from node.results.template import ResultTemplate
 from node.runtime.plugin import DerivedImage
 from node.runtime.volume import Volume
@@ -114,6 +114,15 @@ def _rescale(source: Dataset, values: np.ndarray) -> tuple[float, float, bool]:
     return slope, fitted_intercept(values, slope, intercept, signed), signed
 
 
+def _source_reference(source: Dataset) -> Dataset:
+    """Source Image Sequence item of a derived image: ``source``, for image processing."""
+    reference = source_image_reference(source)
+    reference.PurposeOfReferenceCodeSequence = [
+        _code_item(hd.sr.CodedConcept.from_code(SOURCE_PURPOSE))
+    ]
+    return reference
+
+
 def _derivation_text(template: ResultTemplate, derived: DerivedImage) -> str:
     algorithm = template.algorithm
     return f"{derived.description}; {algorithm.name} {algorithm.version}"[:1024]
@@ -178,13 +187,7 @@ def build_derived_series(
         image.ImageType = ["DERIVED", "SECONDARY", *later]
         image.DerivationDescription = _derivation_text(template, derived)
         image.DerivationCodeSequence = [_code_item(hd.sr.CodedConcept.from_code(DERIVATION))]
-        reference = Dataset()
-        reference.ReferencedSOPClassUID = source.SOPClassUID
-        reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
-        reference.PurposeOfReferenceCodeSequence = [
-            _code_item(hd.sr.CodedConcept.from_code(SOURCE_PURPOSE))
-        ]
-        image.SourceImageSequence = [reference]
+        image.SourceImageSequence = [_source_reference(source)]
         image.ContributingEquipmentSequence = [equipment]
         image.BurnedInAnnotation = "NO"
         slope, intercept, signed = _rescale(source, values[index])
@@ -232,34 +235,24 @@ def build_derived_sc_series(
     :func:`build_derived_series`.
     """
     values = check_derived(volume, derived)
-    algorithm = template.algorithm
-    row_direction = volume.affine[:3, 0] / np.linalg.norm(volume.affine[:3, 0])
-    column_direction = volume.affine[:3, 1] / np.linalg.norm(volume.affine[:3, 1])
-    orientation = (patient_orientation(row_direction), patient_orientation(column_direction))
+    orientation = image_orientation(volume.affine)
     images = []
     for index, source in enumerate(volume.datasets):
         slope, intercept, signed = _rescale(source, values[index])
         if signed:  # Secondary Capture stores unsigned values: move the intercept down.
             intercept -= 32768 * slope
         pixels, _ = stored_values(values[index], slope, intercept, signed=False)
-        image = hd.sc.SCImage.from_ref_dataset(
-            ref_dataset=source,
-            pixel_array=pixels,
-            photometric_interpretation=hd.PhotometricInterpretationValues.MONOCHROME2,
-            bits_allocated=16,
-            coordinate_system=hd.CoordinateSystemNames.PATIENT,
+        image = secondary_capture(
+            source,
+            pixels,
+            template=template,
+            orientation=orientation,
             series_instance_uid=series_instance_uid,
             series_number=series_number,
             sop_instance_uid=sop_instance_uid[str(source.SOPInstanceUID)],
             instance_number=index + 1,
-            manufacturer=algorithm.manufacturer,
-            pixel_spacing=(
-                float(source.PixelSpacing[0]),
-                float(source.PixelSpacing[1]),
-            ),  # type: ignore[arg-type]  # highdicom annotates ints; PixelSpacing is DS
-            patient_orientation=orientation,
             series_description=series_description,
-            contributing_equipment=[processing_equipment(template)],
+            burned_in=False,
         )
         image.RescaleSlope = f"{slope:g}"
         image.RescaleIntercept = f"{intercept:g}"
@@ -267,21 +260,9 @@ def build_derived_sc_series(
         for keyword in ("WindowCenter", "WindowWidth"):
             if keyword in source:
                 setattr(image, keyword, source[keyword].value)
-        image.ImageType = ["DERIVED", "SECONDARY"]
-        image.BurnedInAnnotation = "NO"
         image.DerivationDescription = _derivation_text(template, derived)
-        reference = Dataset()
-        reference.ReferencedSOPClassUID = source.SOPClassUID
-        reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
-        reference.PurposeOfReferenceCodeSequence = [
-            _code_item(hd.sr.CodedConcept.from_code(SOURCE_PURPOSE))
-        ]
-        image.SourceImageSequence = [reference]
+        image.SourceImageSequence = [_source_reference(source)]
         image.DerivationCodeSequence = [_code_item(hd.sr.CodedConcept.from_code(DERIVATION))]
-        image.ManufacturerModelName = algorithm.name
-        image.SoftwareVersions = algorithm.version
-        image.DeviceUID = algorithm.device_uid
-        copy_body_part(image, source)
         images.append(image)
     log.info("derived sc built series_uid=%s images=%d", series_instance_uid, len(images))
     return images

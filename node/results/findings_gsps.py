@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import pkgutil
-from collections.abc import Sequence
 
 import highdicom as hd
 import numpy as np
@@ -23,8 +22,18 @@ from pydicom.dataset import Dataset
 from node.results.analysis import Analysis
 from node.results.findings import DetectionResult, ImageFindings, copy_laterality
 from node.results.findings_sr import frame_reference
-from node.results.gsps import MAX_LABEL_CHARS, _label_box, presentation_state, segment_graphics
-from node.results.provenance import copy_body_part, processing_equipment
+from node.results.gsps import (
+    MAX_LABEL_CHARS,
+    _label_box,
+    distinct_images,
+    presentation_state,
+    segment_graphics,
+)
+from node.results.provenance import (
+    copy_body_part,
+    equipment_arguments,
+    instance_arguments,
+)
 
 log = logging.getLogger(__name__)
 
@@ -156,11 +165,6 @@ def finding_graphics(
     return used, annotations
 
 
-def distinct_images(images: Sequence[Dataset]) -> list[Dataset]:
-    """Each instance once (a multi-frame image is listed once per frame in a volume)."""
-    return list({str(image.SOPInstanceUID): image for image in images}.values())
-
-
 def icc_profile(image: Dataset) -> bytes:
     """The image's own ICC profile, else the sRGB profile highdicom ships."""
     own = image.get("ICCProfile")
@@ -188,21 +192,19 @@ def colour_presentation_state(
     first = findings.volume.datasets[0]
     state = hd.pr.ColorSoftcopyPresentationState(
         referenced_images=distinct_images(findings.volume.datasets),
-        series_instance_uid=series_instance_uid,
-        series_number=series_number,
-        sop_instance_uid=sop_instance_uid,
-        instance_number=1,
-        manufacturer=algorithm.manufacturer,
-        manufacturer_model_name=algorithm.name,
-        software_versions=algorithm.version,
-        device_serial_number=algorithm.device_uid,
         content_label=template.output.content_label,
         content_description=f"{algorithm.name} {algorithm.version} findings"[:64],
         graphic_annotations=annotations or None,
         graphic_layers=layers or None,
         icc_profile=icc_profile(first),
-        series_description=series_description,
-        contributing_equipment=[processing_equipment(template)],
+        **instance_arguments(
+            template,
+            series_instance_uid=series_instance_uid,
+            sop_instance_uid=sop_instance_uid,
+            series_number=series_number,
+            series_description=series_description,
+        ),
+        **equipment_arguments(template),
     )
     state.DeviceUID = algorithm.device_uid
     copy_body_part(state, first)

@@ -24,13 +24,13 @@ from node.results.analysis import Analysis
 from node.results.findings import ImageFindings, copy_laterality
 from node.results.findings_gsps import point_radius
 from node.results.findings_sr import frame_reference
-from node.results.provenance import copy_body_part, processing_equipment
 from node.results.sc import (
     NOT_FOR_DIAGNOSIS,
-    NOT_FOR_DIAGNOSTIC_USE_COMMENT,
     display_window,
-    patient_orientation,
+    image_orientation,
+    overlay_comment,
     render_slice,
+    secondary_capture,
 )
 
 log = logging.getLogger(__name__)
@@ -116,9 +116,7 @@ def render_findings(
 def _orientation(volume_affine: np.ndarray, source: Dataset) -> tuple[str, str] | None:
     """Patient Orientation of the capture: from the image plane, else the source's own."""
     if "ImageOrientationPatient" in source:
-        row = volume_affine[:3, 0] / np.linalg.norm(volume_affine[:3, 0])
-        column = volume_affine[:3, 1] / np.linalg.norm(volume_affine[:3, 1])
-        return (patient_orientation(row), patient_orientation(column))
+        return image_orientation(volume_affine)
     given = source.get("PatientOrientation")
     if given and len(given) == 2:
         return (str(given[0]), str(given[1]))
@@ -152,61 +150,26 @@ def build_findings_sc_series(
     template = findings.template
     algorithm = template.algorithm
     window = display_window(volume)
-    frames = sorted(set(findings.frames) | set(analysis.slices_with_findings if analysis else []))
     images = []
-    for number, frame in enumerate(frames, start=1):
-        source, frame_numbers = frame_reference(volume, frame)
-        key = str(source.SOPInstanceUID)
-        if frame_numbers is not None:
-            key += f"/{frame_numbers[0]}"
-        pixels = render_findings(findings, frame, window, analysis)
-        orientation = _orientation(volume.affine, source)
-        spacing = source.get("PixelSpacing") or source.get("ImagerPixelSpacing")
-        image = hd.sc.SCImage.from_ref_dataset(
-            ref_dataset=source,
-            pixel_array=pixels,
-            photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
-            bits_allocated=8,
-            coordinate_system=hd.CoordinateSystemNames.PATIENT,
+    for number, (frame, source, frame_numbers, key) in enumerate(
+        _captures(findings, analysis), start=1
+    ):
+        image = secondary_capture(
+            source,
+            render_findings(findings, frame, window, analysis),
+            template=template,
+            orientation=_orientation(volume.affine, source),
             series_instance_uid=series_instance_uid,
             series_number=series_number,
             sop_instance_uid=sop_instance_uid[key],
             instance_number=number,
-            manufacturer=algorithm.manufacturer,
-            pixel_spacing=((float(spacing[0]), float(spacing[1])) if spacing else None),  # type: ignore[arg-type]  # highdicom annotates ints; PixelSpacing is DS
-            # highdicom takes one letter per direction; the source's value is set below.
-            patient_orientation=(
-                (orientation[0][0], orientation[1][0])
-                if orientation and orientation[0] and orientation[1]
-                else ("L", "P")
-            ),
             series_description=series_description,
-            contributing_equipment=[processing_equipment(template)],
+            frame_numbers=frame_numbers,
         )
-        # Type 2C without Image Orientation (Patient): the full value, or empty when unknown.
-        if orientation:
-            image.PatientOrientation = list(orientation)
-        else:
-            image.PatientOrientation = None  # type: ignore[assignment]  # empty (Type 2C)
-        image.BurnedInAnnotation = "YES"
-        image.ImageType = ["DERIVED", "SECONDARY"]
-        image.ImageComments = (
-            f"{NOT_FOR_DIAGNOSTIC_USE_COMMENT} Source image {source.get('InstanceNumber', '')}, "
-            f"{algorithm.name} {algorithm.version}"
-        )[:10240]
+        image.ImageComments = overlay_comment(source, template)
         image.DerivationDescription = (
             f"Findings of {algorithm.name} {algorithm.version} burned into a copy of the source"
         )[:1024]
-        reference = Dataset()
-        reference.ReferencedSOPClassUID = source.SOPClassUID
-        reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
-        if frame_numbers is not None:
-            reference.ReferencedFrameNumber = frame_numbers[0]
-        image.SourceImageSequence = [reference]
-        image.ManufacturerModelName = algorithm.name
-        image.SoftwareVersions = algorithm.version
-        image.DeviceUID = algorithm.device_uid
-        copy_body_part(image, source)
         copy_laterality(image, [source])
         images.append(image)
     log.info("sc built series_uid=%s images=%d", series_instance_uid, len(images))
@@ -215,11 +178,23 @@ def build_findings_sc_series(
 
 def capture_keys(findings: ImageFindings, analysis: Analysis | None) -> list[str]:
     """The keys :func:`build_findings_sc_series` looks up in ``sop_instance_uid``."""
-    volume = findings.volume
+    return [key for _, _, _, key in _captures(findings, analysis)]
+
+
+def _captures(
+    findings: ImageFindings, analysis: Analysis | None
+) -> list[tuple[int, Dataset, list[int] | None, str]]:
+    """``(frame, source image, its frame numbers, key)`` of each capture, in volume order.
+
+    The key is the source's SOP Instance UID, with ``"/<frame number>"`` for a frame of a
+    multi-frame source.
+    """
     frames = sorted(set(findings.frames) | set(analysis.slices_with_findings if analysis else []))
-    keys = []
+    captures = []
     for frame in frames:
-        source, frame_numbers = frame_reference(volume, frame)
+        source, frame_numbers = frame_reference(findings.volume, frame)
         key = str(source.SOPInstanceUID)
-        keys.append(key if frame_numbers is None else f"{key}/{frame_numbers[0]}")
-    return keys
+        if frame_numbers is not None:
+            key += f"/{frame_numbers[0]}"
+        captures.append((frame, source, frame_numbers, key))
+    return captures

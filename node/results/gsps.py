@@ -11,13 +11,18 @@ Graphic objects carry the segment's Tracking ID and UID (the same as in SEG and 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 
 from node.results.analysis import Analysis, first_value
-from node.results.provenance import copy_body_part, processing_equipment
+from node.results.provenance import (
+    copy_body_part,
+    equipment_arguments,
+    instance_arguments,
+)
 from node.results.template import ResultTemplate
 from node.runtime.volume import Volume
 
@@ -97,6 +102,11 @@ def segment_graphics(
     return [layers[label] for label in sorted(used_layers)], annotations
 
 
+def distinct_images(images: Sequence[Dataset]) -> list[Dataset]:
+    """Each instance once (a multi-frame image is listed once per frame in a volume)."""
+    return list({str(image.SOPInstanceUID): image for image in images}.values())
+
+
 def presentation_state(
     volume: Volume,
     template: ResultTemplate,
@@ -126,23 +136,20 @@ def presentation_state(
         ]
     inverse = str(first.get("PhotometricInterpretation", "")) == "MONOCHROME1"
     gsps = hd.pr.GrayscaleSoftcopyPresentationState(
-        # each instance once: a multi-frame image is listed once per frame in a volume
-        referenced_images=list({str(d.SOPInstanceUID): d for d in volume.datasets}.values()),
-        series_instance_uid=series_instance_uid,
-        series_number=series_number,
-        sop_instance_uid=sop_instance_uid,
-        instance_number=1,
-        manufacturer=algorithm.manufacturer,
-        manufacturer_model_name=algorithm.name,
-        software_versions=algorithm.version,
-        device_serial_number=algorithm.device_uid,
+        referenced_images=distinct_images(volume.datasets),
         content_label=template.output.content_label,
         content_description=content_description[:64],
         graphic_annotations=annotations or None,
         graphic_layers=layers or None,
         voi_lut_transformations=voi,
-        series_description=series_description,
-        contributing_equipment=[processing_equipment(template)],
+        **instance_arguments(
+            template,
+            series_instance_uid=series_instance_uid,
+            sop_instance_uid=sop_instance_uid,
+            series_number=series_number,
+            series_description=series_description,
+        ),
+        **equipment_arguments(template),
         presentation_lut_transformation=(
             hd.PresentationLUTTransformation(
                 presentation_lut_shape=hd.PresentationLUTShapeValues.INVERSE

@@ -19,14 +19,12 @@ import highdicom as hd
 import numpy as np
 from monai.visualize.utils import blend_images
 from PIL import Image, ImageDraw, ImageFont
-from pydicom.dataset import Dataset
 
 from node.results.pmap import attribution_values, explanation
-from node.results.provenance import copy_body_part
 from node.results.sc import (
     NOT_FOR_DIAGNOSIS,
-    burned_in_capture,
-    patient_orientation,
+    image_orientation,
+    secondary_capture,
     window_limits,
 )
 from node.results.template import ResultTemplate
@@ -121,15 +119,13 @@ def build_heatmap_sc_series(
     scaled = np.clip((values - low) / (high - low), 0.0, 1.0) if high > low else values * 0.0
     algorithm = template.algorithm
     window = window_limits(volume.array, volume.datasets[0])
-    row_direction = volume.affine[:3, 0] / np.linalg.norm(volume.affine[:3, 0])
-    column_direction = volume.affine[:3, 1] / np.linalg.norm(volume.affine[:3, 1])
-    orientation = (patient_orientation(row_direction), patient_orientation(column_direction))
+    orientation = image_orientation(volume.affine)
     text = explanation(attribution)
     images = []
     for number, slice_index in enumerate(heatmap_slices(scaled), start=1):
         source = volume.datasets[slice_index]
         pixels = render_heatmap(volume.array[slice_index], scaled[slice_index], window, text)
-        image = burned_in_capture(
+        image = secondary_capture(
             source,
             pixels,
             template=template,
@@ -148,14 +144,6 @@ def build_heatmap_sc_series(
             f"{text} ({COLOUR_MAP} colour map, 0 = {low:.4g}, full = {high:.4g}) blended over "
             f"a copy of the source; explanation aid, NOT FOR DIAGNOSTIC USE"
         )[:1024]
-        reference = Dataset()
-        reference.ReferencedSOPClassUID = source.SOPClassUID
-        reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
-        image.SourceImageSequence = [reference]
-        image.ManufacturerModelName = algorithm.name
-        image.SoftwareVersions = algorithm.version
-        image.DeviceUID = algorithm.device_uid
-        copy_body_part(image, source)
         images.append(image)
     log.info("heat map sc built series_uid=%s images=%d", series_instance_uid, len(images))
     return images

@@ -14,7 +14,7 @@ from highdicom.sr import CodedConcept
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
-from node.results.provenance import device_observer, processing_equipment
+from node.results.provenance import device_observer, instance_arguments, set_general_equipment
 from node.results.template import ResultTemplate
 
 log = logging.getLogger(__name__)
@@ -48,16 +48,14 @@ def build_ko(
     ko = hd.ko.KeyObjectSelectionDocument(
         evidence=list(objects),
         content=content,
-        series_instance_uid=series_instance_uid,
-        series_number=series_number,
-        sop_instance_uid=sop_instance_uid,
-        instance_number=1,
-        manufacturer=algorithm.manufacturer,
-        series_description=series_description,
-        contributing_equipment=[processing_equipment(template)],
+        **instance_arguments(
+            template,
+            series_instance_uid=series_instance_uid,
+            sop_instance_uid=sop_instance_uid,
+            series_number=series_number,
+            series_description=series_description,
+        ),
     )
-    ko.ManufacturerModelName = algorithm.name
-    ko.SoftwareVersions = algorithm.version
-    ko.DeviceUID = algorithm.device_uid
+    set_general_equipment(ko, template)
     log.info("ko built sop_instance_uid=%s objects=%d", sop_instance_uid, len(objects))
     return ko

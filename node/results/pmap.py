@@ -18,7 +18,11 @@ import numpy as np
 from pydicom.sr.codedict import codes
 
 from node.errors import TemplateError
-from node.results.provenance import copy_body_part, processing_equipment
+from node.results.provenance import (
+    copy_body_part,
+    equipment_arguments,
+    instance_arguments,
+)
 from node.results.template import ResultTemplate
 from node.runtime.plugin import Attribution
 from node.runtime.volume import Volume
@@ -87,14 +91,6 @@ def build_parametric_map(
     parametric_map = hd.pm.ParametricMap(
         source_images=list(volume.datasets),
         pixel_array=stored,
-        series_instance_uid=series_instance_uid,
-        series_number=series_number,
-        sop_instance_uid=sop_instance_uid,
-        instance_number=1,
-        manufacturer=algorithm.manufacturer,
-        manufacturer_model_name=algorithm.name,
-        software_versions=algorithm.version,
-        device_serial_number=algorithm.device_uid,
         contains_recognizable_visual_features=False,
         real_world_value_mappings=[mapping],
         voi_lut_transformations=[
@@ -104,8 +100,14 @@ def build_parametric_map(
         ],
         content_description=f"{text}; explanation aid, not for diagnostic use"[:64],
         content_label=CONTENT_LABEL,
-        series_description=series_description,
-        contributing_equipment=[processing_equipment(template)],
+        **instance_arguments(
+            template,
+            series_instance_uid=series_instance_uid,
+            sop_instance_uid=sop_instance_uid,
+            series_number=series_number,
+            series_description=series_description,
+        ),
+        **equipment_arguments(template),
     )
     copy_body_part(parametric_map, volume.datasets[0])
     parametric_map.ImageComments = (

@@ -11,6 +11,8 @@ The template's name and SHA-256 are recorded as algorithm parameters everywhere.
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 import highdicom as hd
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
@@ -76,6 +78,68 @@ def processing_equipment(template: ResultTemplate) -> hd.ContributingEquipment:
     # the Contributing Equipment Sequence item (PS3.3 C.12.1) and AIR requires it.
     item.DeviceUID = algorithm.device_uid
     return item
+
+
+class InstanceArguments(TypedDict):
+    """highdicom constructor keywords of a result that is the only instance of its series."""
+
+    series_instance_uid: str
+    series_number: int
+    sop_instance_uid: str
+    instance_number: int
+    series_description: str | None
+    manufacturer: str
+    contributing_equipment: list[hd.ContributingEquipment]
+
+
+def instance_arguments(
+    template: ResultTemplate,
+    *,
+    series_instance_uid: str,
+    sop_instance_uid: str,
+    series_number: int,
+    series_description: str | None,
+) -> InstanceArguments:
+    """Identity of a single-instance result series, its manufacturer and processing equipment."""
+    return InstanceArguments(
+        series_instance_uid=series_instance_uid,
+        series_number=series_number,
+        sop_instance_uid=sop_instance_uid,
+        instance_number=1,
+        series_description=series_description,
+        manufacturer=template.algorithm.manufacturer,
+        contributing_equipment=[processing_equipment(template)],
+    )
+
+
+class EquipmentArguments(TypedDict):
+    """highdicom constructor keywords of General Equipment beyond the manufacturer."""
+
+    manufacturer_model_name: str
+    software_versions: str
+    device_serial_number: str
+
+
+def equipment_arguments(template: ResultTemplate) -> EquipmentArguments:
+    """The algorithm as the General Equipment, for constructors that take it (SEG, GSPS, maps)."""
+    algorithm = template.algorithm
+    return EquipmentArguments(
+        manufacturer_model_name=algorithm.name,
+        software_versions=algorithm.version,
+        device_serial_number=algorithm.device_uid,
+    )
+
+
+def set_general_equipment(dataset: Dataset, template: ResultTemplate) -> None:
+    """The algorithm's name, version and Device UID as the General Equipment of ``dataset``.
+
+    For instances whose highdicom constructor takes only the manufacturer (SR, KO,
+    Secondary Capture).
+    """
+    algorithm = template.algorithm
+    dataset.ManufacturerModelName = algorithm.name
+    dataset.SoftwareVersions = algorithm.version
+    dataset.DeviceUID = algorithm.device_uid
 
 
 def copy_body_part(dataset: Dataset, source: Dataset) -> None:

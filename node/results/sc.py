@@ -20,7 +20,7 @@ from pydicom.dataset import Dataset
 from scipy import ndimage
 
 from node.results.analysis import Analysis, first_value
-from node.results.provenance import copy_body_part, processing_equipment
+from node.results.provenance import copy_body_part, processing_equipment, set_general_equipment
 from node.results.template import ResultTemplate
 from node.runtime.volume import Volume
 
@@ -42,6 +42,13 @@ def patient_orientation(direction: np.ndarray) -> str:
             positive, negative = _AXIS_LETTERS[axis]
             letters.append(positive if direction[axis] > 0 else negative)
     return "".join(letters[:3])
+
+
+def image_orientation(affine: np.ndarray) -> tuple[str, str]:
+    """Patient Orientation of the rows and the columns of a volume with this ``affine``."""
+    row = affine[:3, 0] / np.linalg.norm(affine[:3, 0])
+    column = affine[:3, 1] / np.linalg.norm(affine[:3, 1])
+    return (patient_orientation(row), patient_orientation(column))
 
 
 def _window(volume_array: np.ndarray, header: Dataset) -> tuple[float, float]:
@@ -113,45 +120,95 @@ def _draw_text(analysis: Analysis, image: Image.Image, slice_index: int, labels:
     )
 
 
-def burned_in_capture(
+def source_image_reference(source: Dataset, frame_numbers: list[int] | None = None) -> Dataset:
+    """A Source Image Sequence item referencing ``source`` (the frame of a multi-frame one)."""
+    reference = Dataset()
+    reference.ReferencedSOPClassUID = source.SOPClassUID
+    reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    if frame_numbers is not None:
+        reference.ReferencedFrameNumber = frame_numbers[0]
+    return reference
+
+
+def secondary_capture(
     source: Dataset,
     pixels: np.ndarray,
     *,
     template: ResultTemplate,
-    orientation: tuple[str, str],
+    orientation: tuple[str, str] | None,
     series_instance_uid: str,
     series_number: int,
     sop_instance_uid: str,
     instance_number: int,
     series_description: str,
+    burned_in: bool = True,
+    frame_numbers: list[int] | None = None,
 ) -> hd.sc.SCImage:
-    """An RGB Secondary Capture of an axial ``source`` image with ``pixels`` burned in.
+    """A Secondary Capture of ``source`` (one of its ``frame_numbers``) showing ``pixels``.
 
-    Marked ``DERIVED\\SECONDARY`` with Burned In Annotation YES; callers add their own
-    Image Comments and Derivation Description.
+    Parameters
+    ----------
+    source
+        The image captured; its patient, study and body part are copied.
+    pixels
+        ``(rows, columns, 3)`` uint8 RGB, or ``(rows, columns)`` uint16 grayscale.
+    template
+        Gives the algorithm, named as the manufacturer and equipment.
+    orientation
+        Patient Orientation of the rows and columns; None when unknown (left empty).
+    burned_in
+        Whether annotations are burned into ``pixels`` (Burned In Annotation).
+
+    The capture is ``DERIVED\\SECONDARY`` and references ``source`` in its Source
+    Image Sequence; callers add Image Comments and Derivation Description.
     """
+    spacing = source.get("PixelSpacing") or source.get("ImagerPixelSpacing")
+    rgb = pixels.ndim == 3
     image = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source,
         pixel_array=pixels,
-        photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
-        bits_allocated=8,
+        photometric_interpretation=(
+            hd.PhotometricInterpretationValues.RGB
+            if rgb
+            else hd.PhotometricInterpretationValues.MONOCHROME2
+        ),
+        bits_allocated=8 * pixels.dtype.itemsize,
         coordinate_system=hd.CoordinateSystemNames.PATIENT,
         series_instance_uid=series_instance_uid,
         series_number=series_number,
         sop_instance_uid=sop_instance_uid,
         instance_number=instance_number,
         manufacturer=template.algorithm.manufacturer,
-        pixel_spacing=(
-            float(source.PixelSpacing[0]),
-            float(source.PixelSpacing[1]),
-        ),  # type: ignore[arg-type]  # highdicom annotates ints; PixelSpacing is DS
-        patient_orientation=orientation,
+        pixel_spacing=((float(spacing[0]), float(spacing[1])) if spacing else None),  # type: ignore[arg-type]  # highdicom annotates ints; PixelSpacing is DS
+        # highdicom takes one letter per direction; the full value is set below.
+        patient_orientation=(
+            (orientation[0][0], orientation[1][0])
+            if orientation and orientation[0] and orientation[1]
+            else ("L", "P")
+        ),
         series_description=series_description,
         contributing_equipment=[processing_equipment(template)],
     )
-    image.BurnedInAnnotation = "YES"
+    # Type 2C without Image Orientation (Patient): the full value, or empty when unknown.
+    if orientation:
+        image.PatientOrientation = list(orientation)
+    else:
+        image.PatientOrientation = None  # type: ignore[assignment]  # empty (Type 2C)
+    image.BurnedInAnnotation = "YES" if burned_in else "NO"
     image.ImageType = ["DERIVED", "SECONDARY"]
+    image.SourceImageSequence = [source_image_reference(source, frame_numbers)]
+    set_general_equipment(image, template)
+    copy_body_part(image, source)
     return image
+
+
+def overlay_comment(source: Dataset, template: ResultTemplate) -> str:
+    """Image Comments of a capture with a result overlay: not for diagnostic use."""
+    algorithm = template.algorithm
+    return (
+        f"{NOT_FOR_DIAGNOSTIC_USE_COMMENT} Source image {source.get('InstanceNumber', '')}, "
+        f"{algorithm.name} {algorithm.version}"
+    )[:10240]
 
 
 def build_sc_series(
@@ -177,14 +234,12 @@ def build_sc_series(
     template = analysis.template
     algorithm = template.algorithm
     window = display_window(volume)
-    row_direction = volume.affine[:3, 0] / np.linalg.norm(volume.affine[:3, 0])
-    column_direction = volume.affine[:3, 1] / np.linalg.norm(volume.affine[:3, 1])
-    orientation = (patient_orientation(row_direction), patient_orientation(column_direction))
+    orientation = image_orientation(volume.affine)
     images = []
     for number, slice_index in enumerate(analysis.slices_with_findings, start=1):
         source = volume.datasets[slice_index]
         pixels = render_slice(analysis, slice_index, window)
-        image = burned_in_capture(
+        image = secondary_capture(
             source,
             pixels,
             template=template,
@@ -195,21 +250,10 @@ def build_sc_series(
             instance_number=number,
             series_description=series_description,
         )
-        image.ImageComments = (
-            f"{NOT_FOR_DIAGNOSTIC_USE_COMMENT} Source image {source.get('InstanceNumber', '')}, "
-            f"{algorithm.name} {algorithm.version}"
-        )[:10240]
+        image.ImageComments = overlay_comment(source, template)
         image.DerivationDescription = (
             f"Overlay of {algorithm.name} {algorithm.version} burned into a copy of the source"
         )[:1024]
-        reference = Dataset()
-        reference.ReferencedSOPClassUID = source.SOPClassUID
-        reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
-        image.SourceImageSequence = [reference]
-        image.ManufacturerModelName = algorithm.name
-        image.SoftwareVersions = algorithm.version
-        image.DeviceUID = algorithm.device_uid
-        copy_body_part(image, source)
         images.append(image)
     log.info("sc built series_uid=%s images=%d", series_instance_uid, len(images))
     return images

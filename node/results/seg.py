@@ -23,7 +23,11 @@ import numpy as np
 
 from node.errors import TemplateError
 from node.results.analysis import segment_numbers_map
-from node.results.provenance import processing_equipment, seg_algorithm_identification
+from node.results.provenance import (
+    equipment_arguments,
+    instance_arguments,
+    seg_algorithm_identification,
+)
 from node.results.template import ResultTemplate, SegmentSpec
 from node.results.uids import ResultUIDs
 from node.runtime.plugin import Prediction
@@ -129,19 +133,17 @@ def build_seg(
         pixel_array=pixel_array,
         segmentation_type=kind,
         segment_descriptions=descriptions,
-        series_instance_uid=series_instance_uid,
-        series_number=series_number,
-        sop_instance_uid=sop_instance_uid,
-        instance_number=1,
-        manufacturer=algorithm.manufacturer,
-        manufacturer_model_name=algorithm.name,
-        software_versions=algorithm.version,
-        device_serial_number=algorithm.device_uid,
         content_label=template.output.content_label,
         content_description=f"{algorithm.name} {algorithm.version} revision {revision}"[:64],
-        series_description=series_description,
         omit_empty_frames=False,
-        contributing_equipment=[processing_equipment(template)],
+        **instance_arguments(
+            template,
+            series_instance_uid=series_instance_uid,
+            sop_instance_uid=sop_instance_uid,
+            series_number=series_number,
+            series_description=series_description,
+        ),
+        **equipment_arguments(template),
         **extra,  # type: ignore[arg-type]
     )
     seg.DeviceUID = algorithm.device_uid  # General Equipment: the algorithm made this

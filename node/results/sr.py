@@ -37,7 +37,8 @@ from node.results.analysis import Analysis
 from node.results.contour import polygon_area
 from node.results.provenance import (
     device_observer,
-    processing_equipment,
+    instance_arguments,
+    set_general_equipment,
     sr_algorithm_identification,
 )
 from node.results.radiomics import declare_private_scheme, sr_measurement_items
@@ -295,22 +296,21 @@ def build_sr(
         imaging_measurements=groups,
         referenced_images=None,
     )
-    algorithm = template.algorithm
     # Each instance once: a multi-frame image is listed once per frame in a volume.
     images = list({str(d.SOPInstanceUID): d for d in volume.datasets}.values())
     sr = MeasurementReportSR(
         evidence=[*images, *([seg] if seg is not None else [])],
         content=report,
-        series_instance_uid=series_instance_uid,
-        series_number=series_number,
-        sop_instance_uid=sop_instance_uid,
-        instance_number=1,
-        manufacturer=algorithm.manufacturer,
         is_complete=True,
         is_final=False,
         previous_versions=[predecessor.as_dataset()] if predecessor is not None else None,
-        series_description=series_description,
-        contributing_equipment=[processing_equipment(template)],
+        **instance_arguments(
+            template,
+            series_instance_uid=series_instance_uid,
+            sop_instance_uid=sop_instance_uid,
+            series_number=series_number,
+            series_description=series_description,
+        ),
     )
     sr.add_image_library(image_library(images))
     radiomics = analysis.radiomics if analysis is not None else None
@@ -322,9 +322,7 @@ def build_sr(
             if features:
                 sr.add_volumetric_measurements(str(segment_items[number].TrackingUID), features)
         declare_private_scheme(sr, radiomics)
-    sr.ManufacturerModelName = algorithm.name
-    sr.SoftwareVersions = algorithm.version
-    sr.DeviceUID = algorithm.device_uid
+    set_general_equipment(sr, template)
     log.info(
         "sr built sop_instance_uid=%s series_uid=%s groups=%d revision=%d supersedes=%s",
         sop_instance_uid,

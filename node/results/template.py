@@ -17,15 +17,22 @@ import hashlib
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from highdicom.color import CIELabColor
 from highdicom.sr import CodedConcept
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 from pydicom.sr.codedict import Collection
 
 import node
@@ -108,12 +115,33 @@ def _check_text(value: str, max_len: int) -> str:
     return value
 
 
+def _check_key(value: str) -> str:
+    if not _KEY_PATTERN.match(value):
+        raise ValueError("must be lower-case letters, digits and underscores")
+    return value
+
+
+#: A key the plugin's predictions and the template refer to (also a template's name).
+Key = Annotated[str, AfterValidator(_check_key)]
+
+
+def _text_of_at_most(max_len: int) -> AfterValidator:
+    """Validator of a text field: not blank, at most ``max_len`` characters, no backslash."""
+    return AfterValidator(lambda value: _check_text(value, max_len))
+
+
+#: Text of a Short String (SH) element: a coding scheme designator.
+ShortText = Annotated[str, _text_of_at_most(_SH_MAX)]
+#: Text of a Long String (LO) element: code meanings, labels, names, versions.
+LongText = Annotated[str, _text_of_at_most(_LO_MAX)]
+
+
 class CodeSpec(_Strict):
     """A coded concept (code value, coding scheme designator, code meaning)."""
 
     value: str
-    scheme: str
-    meaning: str
+    scheme: ShortText
+    meaning: LongText
     scheme_version: str | None = None
 
     @field_validator("value")
@@ -124,16 +152,6 @@ class CodeSpec(_Strict):
             raise ValueError("must not have leading or trailing spaces")
         return value
 
-    @field_validator("scheme")
-    @classmethod
-    def _scheme_fits(cls, value: str) -> str:
-        return _check_text(value, _SH_MAX)
-
-    @field_validator("meaning")
-    @classmethod
-    def _meaning_fits(cls, value: str) -> str:
-        return _check_text(value, _LO_MAX)
-
     @property
     def concept(self) -> CodedConcept:
         """The code as a highdicom concept (long values go to Long Code Value)."""
@@ -143,17 +161,12 @@ class CodeSpec(_Strict):
 class AlgorithmSpec(_Strict):
     """Identity of the routine that produced the results."""
 
-    name: str
-    version: str
+    name: LongText
+    version: LongText
     family: CodeSpec
-    manufacturer: str
+    manufacturer: LongText
     device_uid: str
-    source: str | None = None
-
-    @field_validator("name", "version", "manufacturer", "source")
-    @classmethod
-    def _lo(cls, value: str | None) -> str | None:
-        return None if value is None else _check_text(value, _LO_MAX)
+    source: LongText | None = None
 
     @field_validator("device_uid")
     @classmethod
@@ -166,13 +179,8 @@ class AlgorithmSpec(_Strict):
 class OutputSpec(_Strict):
     """How output series are labelled."""
 
-    series_description: str
+    series_description: Annotated[str, _text_of_at_most(_SERIES_DESCRIPTION_BASE_MAX)]
     content_label: str
-
-    @field_validator("series_description")
-    @classmethod
-    def _description(cls, value: str) -> str:
-        return _check_text(value, _SERIES_DESCRIPTION_BASE_MAX)
 
     @field_validator("content_label")
     @classmethod
@@ -183,6 +191,20 @@ class OutputSpec(_Strict):
 
 
 _ColourComponent = Annotated[int, Field(ge=0, le=255)]
+#: An RGB colour, 0-255 per component.
+Colour = Annotated[list[_ColourComponent], Field(min_length=3, max_length=3)]
+
+
+def _cielab(colour: Sequence[int]) -> CIELabColor:
+    """An RGB colour converted to the CIELab value DICOM stores."""
+    red, green, blue = colour
+    return CIELabColor.from_rgb(red, green, blue)
+
+
+def _ucum(unit: str) -> CodedConcept:
+    """The coded concept of a UCUM unit of :data:`UCUM_UNITS`."""
+    return CodedConcept(unit, "UCUM", UCUM_UNITS[unit])
+
 
 #: pyradiomics feature classes a segment may ask for (``radiomics:``), computed on the
 #: source grid by :mod:`node.results.radiomics`.
@@ -202,44 +224,31 @@ class SegmentSpec(_Strict):
     """One label value of the label map and how it is coded."""
 
     label_value: Annotated[int, Field(ge=1, le=65535)]
-    label: str
-    tracking_id: str
+    label: LongText
+    tracking_id: LongText
     category: CodeSpec
     type: CodeSpec
     type_modifier: CodeSpec | None = None
     anatomic_region: CodeSpec | None = None
-    colour: Annotated[list[_ColourComponent], Field(min_length=3, max_length=3)]
+    colour: Colour
     #: pyradiomics feature classes to compute for this segment (none: no radiomics).
     radiomics: Annotated[list[RadiomicsClass], Field(min_length=1)] | None = None
-
-    @field_validator("label", "tracking_id")
-    @classmethod
-    def _lo(cls, value: str) -> str:
-        return _check_text(value, _LO_MAX)
 
     @property
     def display_colour(self) -> CIELabColor:
         """The RGB colour converted to the CIELab value DICOM stores."""
-        red, green, blue = self.colour
-        return CIELabColor.from_rgb(red, green, blue)
+        return _cielab(self.colour)
 
 
 class MeasurementSpec(_Strict):
     """A per-segment measurement: prediction key → coded concept and unit."""
 
-    key: str
+    key: Key
     concept: CodeSpec
     unit: str
     derivation: CodeSpec | None = None
     #: Computed by the node from label map + volume when the plugin gives no value.
     compute: ComputeKind | None = None
-
-    @field_validator("key")
-    @classmethod
-    def _key(cls, value: str) -> str:
-        if not _KEY_PATTERN.match(value):
-            raise ValueError("must be lower-case letters, digits and underscores")
-        return value
 
     @field_validator("unit")
     @classmethod
@@ -251,7 +260,7 @@ class MeasurementSpec(_Strict):
 
     @property
     def unit_concept(self) -> CodedConcept:
-        return CodedConcept(self.unit, "UCUM", UCUM_UNITS[self.unit])
+        return _ucum(self.unit)
 
     @property
     def derivation_concept(self) -> CodedConcept | None:
@@ -294,19 +303,12 @@ class FindingSpec(_Strict):
     from the plugin's ``Prediction.findings[label][key]``, one of ``values``' keys.
     """
 
-    key: str
+    key: Key
     concept: CodeSpec
     rule: RuleSpec | None = None
     values: dict[str, CodeSpec] | None = None
     #: Label values the finding applies to; default every segment.
     segments: list[int] | None = None
-
-    @field_validator("key")
-    @classmethod
-    def _key(cls, value: str) -> str:
-        if not _KEY_PATTERN.match(value):
-            raise ValueError("must be lower-case letters, digits and underscores")
-        return value
 
 
 #: Units a probability or a score may be reported in: ``1`` (0 to 1) or ``%`` (0 to 100).
@@ -317,21 +319,9 @@ _Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 class _CodedFinding(_Strict):
     """What classifications and detections share: a key, a coded concept, a label."""
 
-    key: str
+    key: Key
     concept: CodeSpec
-    label: str | None = None
-
-    @field_validator("key")
-    @classmethod
-    def _key(cls, value: str) -> str:
-        if not _KEY_PATTERN.match(value):
-            raise ValueError("must be lower-case letters, digits and underscores")
-        return value
-
-    @field_validator("label")
-    @classmethod
-    def _label(cls, value: str | None) -> str | None:
-        return None if value is None else _check_text(value, _LO_MAX)
+    label: LongText | None = None
 
     @property
     def display_label(self) -> str:
@@ -356,7 +346,7 @@ class ClassificationSpec(_CodedFinding):
 
     @property
     def unit_concept(self) -> CodedConcept:
-        return CodedConcept(self.unit, "UCUM", UCUM_UNITS[self.unit])
+        return _ucum(self.unit)
 
 
 class DetectionSpec(_CodedFinding):
@@ -367,7 +357,7 @@ class DetectionSpec(_CodedFinding):
 
     category: CodeSpec | None = None
     finding_site: CodeSpec | None = None
-    colour: Annotated[list[_ColourComponent], Field(min_length=3, max_length=3)]
+    colour: Colour
     report_threshold: _Fraction = 0.0
     unit: ScoreUnit = "1"
     #: Also give the SR region in patient coordinates (SCOORD3D) where the image has a
@@ -376,19 +366,18 @@ class DetectionSpec(_CodedFinding):
 
     @property
     def display_colour(self) -> CIELabColor:
-        red, green, blue = self.colour
-        return CIELabColor.from_rgb(red, green, blue)
+        return _cielab(self.colour)
 
     @property
     def unit_concept(self) -> CodedConcept:
-        return CodedConcept(self.unit, "UCUM", UCUM_UNITS[self.unit])
+        return _ucum(self.unit)
 
 
 class TemplateDocument(_Strict):
     """The YAML document exactly as written (format versions 1 to 3)."""
 
     format_version: Literal[1, 2, 3]
-    name: str
+    name: Key
     description: str | None = None
     algorithm: AlgorithmSpec
     output: OutputSpec
@@ -403,12 +392,16 @@ class TemplateDocument(_Strict):
     #: Settings of the radiomics of segments that ask for it (``segments[].radiomics``).
     radiomics: RadiomicsSettingsSpec | None = None
 
-    @field_validator("name")
-    @classmethod
-    def _name(cls, value: str) -> str:
-        if not _KEY_PATTERN.match(value):
-            raise ValueError("must be lower-case letters, digits and underscores")
-        return value
+
+_Keyed = TypeVar("_Keyed", MeasurementSpec, ClassificationSpec, DetectionSpec)
+
+
+def _by_key(specs: Iterable[_Keyed], key: str) -> _Keyed:
+    """The spec with ``key``; ``KeyError`` when there is none."""
+    for spec in specs:
+        if spec.key == key:
+            return spec
+    raise KeyError(key)
 
 
 @dataclass(frozen=True)
@@ -461,10 +454,7 @@ class ResultTemplate:
         raise KeyError(label_value)
 
     def measurement(self, key: str) -> MeasurementSpec:
-        for spec in self.document.measurements:
-            if spec.key == key:
-                return spec
-        raise KeyError(key)
+        return _by_key(self.document.measurements, key)
 
     @property
     def findings(self) -> tuple[FindingSpec, ...]:
@@ -495,16 +485,10 @@ class ResultTemplate:
         return tuple(self.document.detections)
 
     def classification(self, key: str) -> ClassificationSpec:
-        for spec in self.document.classifications:
-            if spec.key == key:
-                return spec
-        raise KeyError(key)
+        return _by_key(self.document.classifications, key)
 
     def detection(self, key: str) -> DetectionSpec:
-        for spec in self.document.detections:
-            if spec.key == key:
-                return spec
-        raise KeyError(key)
+        return _by_key(self.document.detections, key)
 
 
 def default_template_dir() -> Path:
