@@ -243,51 +243,22 @@ class InferenceWorker(PollingThread):
         tags = result_tags(job.destinations, self._destinations())
         if prediction.label_map is None:
             # A classifier or detector: no SEG of any kind; the SR references none.
-            dropped = {t for t in tags if tag_kind(t) in SEG_KINDS}
-            if dropped:
-                tags = frozenset(tags - dropped)
-                self._queue.add_event(
-                    job.id,
-                    self._clock(),
-                    "results_skipped",
-                    f"{','.join(sorted(dropped))}: the routine gives no label map",
-                )
-                log.info(
-                    "result kinds skipped job_id=%d tags=%s reason=no_label_map",
-                    job.id,
-                    ",".join(sorted(dropped)),
-                )
+            no_seg = dict.fromkeys(
+                (t for t in tags if tag_kind(t) in SEG_KINDS), "the routine gives no label map"
+            )
+            tags = self._skip_results(job, tags, no_seg, log_reason="no_label_map")
         elif prediction.probabilities is None:
             # A FRACTIONAL SEG, the SR that references it and a KO that lists it.
-            dropped = {t for t in tags if ResultKind.FRACTIONAL_SEG.value in t}
-            if dropped:
-                tags = frozenset(tags - dropped)
-                self._queue.add_event(
-                    job.id,
-                    self._clock(),
-                    "results_skipped",
-                    f"{','.join(sorted(dropped))}: the plugin gives no probabilities",
-                )
-                log.warning(
-                    "result kinds skipped job_id=%d tags=%s reason=no_probabilities",
-                    job.id,
-                    ",".join(sorted(dropped)),
-                )
+            no_fractional = dict.fromkeys(
+                (t for t in tags if ResultKind.FRACTIONAL_SEG.value in t),
+                "the plugin gives no probabilities",
+            )
+            tags = self._skip_results(
+                job, tags, no_fractional, log_reason="no_probabilities", level=logging.WARNING
+            )
         tags = self._registration_tags(job, prediction, tags)
         unavailable = unavailable_tags(prediction, tags)
-        if unavailable:
-            tags = frozenset(tags - set(unavailable))
-            self._queue.add_event(
-                job.id,
-                self._clock(),
-                "results_skipped",
-                "; ".join(f"{tag}: {why}" for tag, why in sorted(unavailable.items())),
-            )
-            log.info(
-                "result kinds skipped job_id=%d tags=%s reason=not_in_prediction",
-                job.id,
-                ",".join(sorted(unavailable)),
-            )
+        tags = self._skip_results(job, tags, unavailable, log_reason="not_in_prediction")
         if not tags and not job.destinations:
             # Results kept on the node: an image-to-image routine keeps its derived series,
             # a map its Parametric Map, whatever the default SEG + SR profile says.
@@ -354,6 +325,32 @@ class InferenceWorker(PollingThread):
         )
         self._on_results()
 
+    def _skip_results(
+        self,
+        job: Job,
+        tags: frozenset[str],
+        reasons: Mapping[str, str],
+        *,
+        log_reason: str,
+        level: int = logging.INFO,
+    ) -> frozenset[str]:
+        """``tags`` less those in ``reasons`` (tag → why), with a job event and a log line.
+
+        The ``results_skipped`` event names the tags with each reason: ``"seg,sr: why"``.
+        """
+        if not reasons:
+            return tags
+        by_reason: dict[str, list[str]] = {}
+        for tag, why in sorted(reasons.items()):
+            by_reason.setdefault(why, []).append(tag)
+        detail = "; ".join(f"{','.join(named)}: {why}" for why, named in by_reason.items())
+        self._queue.add_event(job.id, self._clock(), "results_skipped", detail)
+        named = ",".join(sorted(reasons))
+        log.log(
+            level, "result kinds skipped job_id=%d tags=%s reason=%s", job.id, named, log_reason
+        )
+        return frozenset(tags - set(reasons))
+
     def _registration_tags(
         self, job: Job, prediction: Prediction, tags: frozenset[str]
     ) -> frozenset[str]:
@@ -361,14 +358,8 @@ class InferenceWorker(PollingThread):
         nothing else (a REG is built even when no destination's profile lists it)."""
         reg = ResultKind.REG.value
         if prediction.registration is None:
-            if reg in tags:
-                self._queue.add_event(
-                    job.id,
-                    self._clock(),
-                    "results_skipped",
-                    "reg: the plugin gives no registration",
-                )
-            return frozenset(tags - {reg})
+            no_reg = {reg: "the plugin gives no registration"} if reg in tags else {}
+            return self._skip_results(job, tags, no_reg, log_reason="no_registration")
         if prediction.label_map is not None:
             return frozenset(tags | {reg})
         if reg not in tags and job.destinations:
