@@ -8,9 +8,7 @@ SOP Instance UID and the reason.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import socket
 import threading
 from collections import Counter
 from typing import Any
@@ -38,6 +36,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from node.config import NodeSettings
 from node.dicom import status
+from node.dicom.network import set_nodelay
 from node.errors import SpoolError
 from node.ingest import IncomingInstance, Ingestor, Outcome, OutOfResources
 from node.spool import is_valid_uid
@@ -104,7 +103,7 @@ class StorageSCP:
 
     def start(self) -> None:
         handlers = [
-            (evt.EVT_CONN_OPEN, self._on_connection_open),
+            (evt.EVT_CONN_OPEN, set_nodelay),
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_RELEASED, self._on_released),
             (evt.EVT_ABORTED, self._on_aborted),
@@ -129,13 +128,6 @@ class StorageSCP:
             self._server = None
 
     # -- event handlers -------------------------------------------------------
-
-    def _on_connection_open(self, event: Any) -> None:
-        # Without TCP_NODELAY every small DIMSE response waits for the peer's delayed ACK.
-        sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def _on_accepted(self, event: Any) -> None:
         calling, called = _peer(event)

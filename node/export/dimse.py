@@ -1,53 +1,36 @@
 """Sending result files to a DICOM peer with C-STORE.
 
-Files are sent as they were written (no decode/re-encode). The socket gets
-TCP_NODELAY as soon as it opens: pynetdicom does not set it, and without it
-every instance waits for the peer's delayed ACK (~40 ms on loopback).
+Files are sent as they were written (no decode/re-encode); the socket gets TCP_NODELAY
+as soon as it opens (:mod:`node.dicom.network`).
 """
 
 from __future__ import annotations
 
 import logging
-import socket
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import pydicom
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, build_context, evt
+from pynetdicom import build_context, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from node.config import DestinationSettings
+from node.dicom.network import requestor, set_nodelay
 from node.errors import ExportError
 
 log = logging.getLogger(__name__)
 
 
-def _set_nodelay(event: Any) -> None:
-    sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
-    if sock is not None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-def _application_entity(calling_ae: str, timeout: float) -> AE:
-    ae = AE(ae_title=calling_ae)
-    ae.acse_timeout = timeout
-    ae.dimse_timeout = timeout
-    ae.network_timeout = timeout
-    ae.connection_timeout = timeout
-    return ae
-
-
 def echo(destination: DestinationSettings, *, calling_ae: str) -> int:
     """C-ECHO the destination; return the status (raises ExportError if unreachable)."""
-    ae = _application_entity(calling_ae, destination.timeout_seconds)
+    ae = requestor(calling_ae, destination.timeout_seconds)
     ae.add_requested_context(Verification)
     assoc = ae.associate(
         destination.host,
         destination.port,
         ae_title=destination.ae_title,
-        evt_handlers=[(evt.EVT_CONN_OPEN, _set_nodelay)],
+        evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay)],
     )
     if not assoc.is_established:
         raise ExportError(
@@ -63,7 +46,7 @@ def echo(destination: DestinationSettings, *, calling_ae: str) -> int:
 def send_files(destination: DestinationSettings, paths: Sequence[Path], *, calling_ae: str) -> None:
     """C-STORE every file in one association; raise ExportError naming what failed."""
     headers = [(path, pydicom.dcmread(path, stop_before_pixels=True)) for path in paths]
-    ae = _application_entity(calling_ae, destination.timeout_seconds)
+    ae = requestor(calling_ae, destination.timeout_seconds)
     contexts: dict[str, set[str]] = {}
     for _, header in headers:
         syntaxes = contexts.setdefault(str(header.SOPClassUID), set())
@@ -77,7 +60,7 @@ def send_files(destination: DestinationSettings, paths: Sequence[Path], *, calli
         destination.port,
         ae_title=destination.ae_title,
         max_pdu=131072,
-        evt_handlers=[(evt.EVT_CONN_OPEN, _set_nodelay)],
+        evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay)],
     )
     if not assoc.is_established:
         raise ExportError(f"association with {where} was rejected, aborted or never opened")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import socket
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +27,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 
 from node.config import AnySource, DicomWebSourceSettings, DimseSourceSettings
 from node.dicom import status
+from node.dicom.network import requestor, set_nodelay
 from node.dicomweb.client import dicomweb_client
 from node.dicomweb.receive import InstanceRejected, encode_part10, identify
 from node.errors import AinodeError, SpoolError
@@ -111,19 +111,6 @@ def _qido_series(
     return [s for s in series if s.series_uid and (not series_uid or s.series_uid == series_uid)]
 
 
-def _set_nodelay(event: Any) -> None:
-    sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
-    if sock is not None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-def _application_entity(calling_ae: str, timeout: float) -> AE:
-    ae = AE(ae_title=calling_ae)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-    ae.connection_timeout = timeout
-    return ae
-
-
 @contextlib.contextmanager
 def _association(
     ae: AE,
@@ -145,7 +132,7 @@ def _association(
         source.port,
         ae_title=source.ae_title,
         ext_neg=roles,
-        evt_handlers=[(evt.EVT_CONN_OPEN, _set_nodelay), *handlers],
+        evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay), *handlers],
     )
     if not assoc.is_established:
         raise SourceError(f"{operation} association with {_where(source)} failed")
@@ -171,7 +158,7 @@ def _identifier(study_uid: str | None, series_uid: str | None) -> Dataset:
 def _cfind_series(
     source: DimseSourceSettings, study_uid: str | None, series_uid: str | None, *, calling_ae: str
 ) -> list[RemoteSeries]:
-    ae = _application_entity(calling_ae, source.timeout_seconds)
+    ae = requestor(calling_ae, source.timeout_seconds)
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
     query = _identifier(study_uid, series_uid)
     query.Modality = ""
@@ -290,7 +277,7 @@ def _cget_series(
         _count(counts, outcome)
         return status.SUCCESS
 
-    ae = _application_entity(node_ae_title, source.timeout_seconds)
+    ae = requestor(node_ae_title, source.timeout_seconds)
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
     roles = []
     for context in StoragePresentationContexts[: 127 - 1]:
@@ -316,7 +303,7 @@ def _cmove_series(
     source: DimseSourceSettings, series: RemoteSeries, *, node_ae_title: str
 ) -> RetrieveCount:
     """C-MOVE to the node's own AE title: the instances arrive through the listener."""
-    ae = _application_entity(node_ae_title, source.timeout_seconds)
+    ae = requestor(node_ae_title, source.timeout_seconds)
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
     final, last = -1, Dataset()
     with _association(ae, source, "C-MOVE") as assoc:
