@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,35 +13,14 @@ from node.export.dimse import echo, send_files
 from node.export.exporter import Exporter, retry_delay
 from node.jobs.queue import JobQueue
 from node.synthetic.chest_ct import make_chest_ct, write_series
-from tests.support.net import free_port, port_is_free, wait_until
+from tests.support.dcmtk import StoreSCP
+from tests.support.net import free_port
 
 
 @pytest.fixture(scope="module")
 def result_files(tmp_path_factory) -> list[Path]:
     datasets, _ = make_chest_ct(n_slices=20, rows=64, columns=64, seed=5)
     return write_series(datasets[:3], tmp_path_factory.mktemp("results"))
-
-
-class StoreSCP:
-    """dcmtk storescp on a port, writing what it receives into a directory."""
-
-    def __init__(self, port: int, directory: Path) -> None:
-        self.port, self.directory = port, directory
-        directory.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(
-            ["storescp", "-aet", "PACS", "-od", str(directory), str(port)],
-            env={**os.environ, "TCP_NODELAY": "1"},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_until(lambda: not port_is_free(port), 10, message="storescp listening")
-
-    def received(self) -> list[Path]:
-        return sorted(self.directory.iterdir())
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=10)
 
 
 @pytest.fixture

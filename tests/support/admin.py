@@ -1,10 +1,8 @@
-"""Helpers for admin API and console tests: a node served over real HTTP, storescu, login."""
+"""Helpers for admin API and console tests: a node served over real HTTP, login."""
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -78,17 +76,6 @@ def served_node(data_dir: Path, config: Mapping[str, Any] | None = None) -> Iter
         server.should_exit = True
         thread.join(timeout=30)
         node.stop()
-
-
-def storescu(port: int, files: list[Path], calling_ae: str = "CT_SCANNER") -> None:
-    result = subprocess.run(
-        ["storescu", "-aet", calling_ae, "-aec", "AINODE", LOCALHOST, str(port), *map(str, files)],
-        env={**os.environ, "TCP_NODELAY": "1"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
 
 
 def login_session(url: str, username: str, password: str) -> tuple[httpx.Client, str]:
