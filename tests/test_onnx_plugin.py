@@ -9,8 +9,6 @@ must give the same label map on a synthetic abdomen CT.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +17,6 @@ import pytest
 import torch
 import yaml
 
-from node.app import Node
 from node.config import load_settings
 from node.runtime.engine import dice
 from node.runtime.onnx_plugin import (
@@ -35,6 +32,7 @@ from node.synthetic.abdomen_ct import LABEL_NAMES, make_abdomen_ct
 from node.synthetic.chest_ct import write_series
 from plugins.ct_organs.model import LABELS, SPEC, WEIGHTS, build_network
 from tests.support.net import free_port
+from tests.support.node import listening_node, send_to_node
 
 CPU = torch.device("cpu")
 
@@ -180,20 +178,9 @@ def test_an_onnx_model_runs_as_a_node_job(
     settings = load_settings(path, environ={})
     registry = PluginRegistry()
     registry.configure(settings.models, settings.templates_dir)
-    node = Node(settings, source=str(path), clock=clock, registry=registry)
-    node.scp.start()
-    try:
+    with listening_node(settings, clock, registry, source=str(path)) as node:
         datasets, volume, _ = phantom
-        files = write_series(datasets, tmp_path / "in")
-        sent = subprocess.run(
-            ["storescu", "-aec", "AINODE", "127.0.0.1", str(settings.node.dicom_port)]
-            + [str(f) for f in files],
-            env={**os.environ, "TCP_NODELAY": "1"},
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert sent.returncode == 0, sent.stderr
+        send_to_node(node, write_series(datasets, tmp_path / "in"))
         clock.advance(6)
         assert len(node.completion.poll()) == 1
         assert node.worker.run_once()
@@ -209,6 +196,3 @@ def test_an_onnx_model_runs_as_a_node_job(
         for label, values in direct.measurements.items():
             stored = summary["measurements"][str(label)]["volume_cm3"]
             assert stored == pytest.approx(values["volume_cm3"], rel=1e-6)
-    finally:
-        node.scp.stop()
-        node.db.close()
