@@ -737,65 +737,32 @@ def test_classifier_detector_results_arrive_in_orthanc(tmp_path: Path) -> None:
     The destination asks for SEG + SR + GSPS: the SEG is skipped with a job event
     (the routine gives no label map), the SR and the GSPS arrive and pass dciodvfy.
     """
-    from node.app import Node
-    from node.config import settings_from_mapping
-    from node.devtools.orthanc import OrthancServer
-    from node.runtime.registry import PluginRegistry
-    from tests.support.net import free_port, wait_until
+    from tests.support.net import wait_until
+    from tests.support.pacs import orthanc_and_node
 
-    node_port = free_port()
-    with OrthancServer(
-        modalities={"ainode": ["AINODE", "127.0.0.1", node_port]}, workdir=tmp_path / "orthanc"
-    ) as pacs:
-        settings = settings_from_mapping(
-            {
-                "node": {"dicom_port": node_port, "data_dir": str(tmp_path / "var")},
-                "completion": {"series_quiet_seconds": 1.5, "poll_seconds": 0.25},
-                "destinations": {
-                    "pacs": {
-                        "ae_title": pacs.aet,
-                        "host": "127.0.0.1",
-                        "port": pacs.dicom_port,
-                        "results": ["seg", "sr", "gsps"],
-                    }
-                },
-                "rules": [
-                    {
-                        "name": "cad",
-                        "match": {"Modality": "CT"},
-                        "plugin": "test_cad",
-                        "send_to": ["pacs"],
-                    }
-                ],
-                "templates_dir": str(TEMPLATES),
-            },
-            environ={},
-        )
-        registry = PluginRegistry()
-        registry.register(CadPlugin)
-        node = Node(settings, registry=registry)
-        node.start()
-        try:
-            datasets, _ = make_chest_ct(
-                n_slices=16, rows=96, columns=96, pixel_spacing_mm=4.0, seed=21
-            )
-            files = write_series(datasets, tmp_path / "series")
-            pacs.upload_many(files)
-            study_uid = str(datasets[0].StudyInstanceUID)
-            pacs.send_to_modality("ainode", [pacs.lookup_study(study_uid)])
-            found = pacs.wait_for_series(study_uid, ["SR", "PR"], timeout=240)
-            objects = {}
-            for modality, series in found.items():
-                (one,) = series
-                (instance,) = one["Instances"]
-                objects[modality] = pacs.instance_dataset(instance)
-            assert not pacs.find_series(study_uid, "SEG")
-            wait_until(
-                lambda: any(e == "done" for e, _ in _events(settings.database_path)), timeout=30
-            )
-            events = _events(settings.database_path)
-        finally:
-            node.stop()
+    rule = {"name": "cad", "match": {"Modality": "CT"}, "plugin": "test_cad"}
+    with orthanc_and_node(
+        tmp_path,
+        [rule],
+        plugins=[CadPlugin],
+        templates_dir=TEMPLATES,
+        results=["seg", "sr", "gsps"],
+    ) as (pacs, node):
+        database_path = node.settings.database_path
+        datasets, _ = make_chest_ct(n_slices=16, rows=96, columns=96, pixel_spacing_mm=4.0, seed=21)
+        files = write_series(datasets, tmp_path / "series")
+        pacs.upload_many(files)
+        study_uid = str(datasets[0].StudyInstanceUID)
+        pacs.send_to_modality("ainode", [pacs.lookup_study(study_uid)])
+        found = pacs.wait_for_series(study_uid, ["SR", "PR"], timeout=240)
+        objects = {}
+        for modality, series in found.items():
+            (one,) = series
+            (instance,) = one["Instances"]
+            objects[modality] = pacs.instance_dataset(instance)
+        assert not pacs.find_series(study_uid, "SEG")
+        wait_until(lambda: any(e == "done" for e, _ in _events(database_path)), timeout=30)
+        events = _events(database_path)
     assert ("results_skipped", "seg: the routine gives no label map") in events
     for modality, dataset in objects.items():
         path = tmp_path / f"{modality}.dcm"

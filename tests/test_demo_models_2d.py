@@ -48,7 +48,7 @@ from plugins.mg_mass_detector import train as mg_train
 from plugins.op_fundus_classifier import OpFundusClassifierPlugin
 from plugins.op_fundus_classifier import model as op_model
 from plugins.op_fundus_classifier import train as op_train
-from tests.support.net import free_port
+from tests.support.pacs import orthanc_and_node_process
 from tests.support.validators import dciodvfy_errors
 
 CPU = torch.device("cpu")
@@ -367,28 +367,9 @@ def test_plugins_refuse_what_they_were_not_trained_on(tmp_path: Path) -> None:
 
 @pytest.fixture
 def pacs_and_node(tmp_path: Path) -> Iterator[tuple[OrthancServer, NodeProcess]]:
-    node_port = free_port()
-    with OrthancServer(
-        modalities={"ainode": ["AINODE", "127.0.0.1", node_port]}, workdir=tmp_path / "orthanc"
-    ) as pacs:
-        config = {
-            "node": {"dicom_port": node_port},
-            "completion": {"series_quiet_seconds": 1.5, "poll_seconds": 0.25},
-            "destinations": {
-                "pacs": {
-                    "ae_title": pacs.aet,
-                    "host": "127.0.0.1",
-                    "port": pacs.dicom_port,
-                    "results": ["sr", "gsps", "sc"],
-                }
-            },
-            "rules": [
-                {**BUILT_IN_FUNDUS_DEMO_RULE, "send_to": ["pacs"]},
-                {**BUILT_IN_MAMMO_DEMO_RULE, "send_to": ["pacs"]},
-            ],
-        }
-        with NodeProcess(config, workdir=tmp_path / "node") as node:
-            yield pacs, node
+    rules = [BUILT_IN_FUNDUS_DEMO_RULE, BUILT_IN_MAMMO_DEMO_RULE]
+    with orthanc_and_node_process(tmp_path, rules, results=["sr", "gsps", "sc"]) as (pacs, node):
+        yield pacs, node
 
 
 PRESENT = ("52101004", "SCT")

@@ -316,11 +316,9 @@ def test_ct_organs_explain_attributes_the_liver_score_to_the_liver() -> None:
 @pytest.mark.slow
 def test_node_sends_denoised_series_and_attribution_maps_into_orthanc(tmp_path) -> None:
     from node.devtools.node_process import NodeProcess
-    from node.devtools.orthanc import OrthancServer
     from node.synthetic.chest_ct import write_series
-    from tests.support.net import free_port
+    from tests.support.pacs import node_config, orthanc_for_node
 
-    node_port = free_port()
     profile = ["seg", "sr", "pmap", "heatmap_sc", "derived", "derived_sc"]
     rules = [
         {"name": "denoise", "match": {"Modality": "CT"}, "plugin": "ct_denoise"},
@@ -333,22 +331,8 @@ def test_node_sends_denoised_series_and_attribution_maps_into_orthanc(tmp_path) 
     files = write_series(datasets, tmp_path / "series")
     study_uid = datasets[0].StudyInstanceUID
     wanted = {SERIES_NUMBERS[ResultKind(kind)]: kind for kind in profile}
-    with OrthancServer(
-        modalities={"ainode": ["AINODE", "127.0.0.1", node_port]}, workdir=tmp_path / "orthanc"
-    ) as pacs:
-        config = {
-            "node": {"dicom_port": node_port},
-            "completion": {"series_quiet_seconds": 1.5, "poll_seconds": 0.25},
-            "destinations": {
-                "pacs": {
-                    "ae_title": pacs.aet,
-                    "host": "127.0.0.1",
-                    "port": pacs.dicom_port,
-                    "results": profile,
-                }
-            },
-            "rules": [{**rule, "send_to": ["pacs"]} for rule in rules],
-        }
+    with orthanc_for_node(tmp_path) as (pacs, node_port):
+        config = node_config(node_port, pacs, rules, results=profile)
         with NodeProcess(config, workdir=tmp_path / "node"):
             pacs.upload_many(files)
             pacs.send_to_modality("ainode", [pacs.lookup_study(study_uid)])
