@@ -20,7 +20,6 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
-import torch
 import yaml
 from pydicom.dataset import Dataset
 
@@ -43,8 +42,8 @@ from node.runtime.plugin import (
 from node.runtime.volume import Volume, assemble_volume
 from node.synthetic.chest_ct import make_chest_ct, write_series
 from node.synthetic.projection import SeriesIdentity, cr_image, dx_image, mg_image, op_image
-from tests.support.spool import spool_series
 from tests.support.validators import dcentvfy_output, dciodvfy_errors, dsrdump
+from tests.support.worker import run_one_job
 
 TEMPLATES = Path(__file__).parent / "data" / "templates"
 CAD = TEMPLATES / "cad_findings.yaml"
@@ -690,41 +689,11 @@ def _events(database_path: Path) -> list[tuple[str, str]]:
 
 
 def test_worker_skips_seg_kinds_with_a_job_event(database, clock, tmp_path: Path) -> None:
-    from node.jobs.queue import JobQueue
-    from node.runtime.registry import PluginRegistry
-    from node.runtime.worker import InferenceWorker
-    from node.state.series import SeriesStore
-
     datasets, _ = make_chest_ct(n_slices=8, rows=64, columns=64, pixel_spacing_mm=6.0, seed=5)
-    series = SeriesStore(database)
-    spool_series(series, datasets, tmp_path / "spool", clock())
-    queue = JobQueue(database)
-    registry = PluginRegistry()
-    registry.register(CadPlugin)
-    worker = InferenceWorker(
-        queue,
-        series,
-        registry,
-        device=torch.device("cpu"),
-        results_dir=tmp_path / "results",
-        templates_dir=TEMPLATES,
-        clock=clock,
-        prefetch=False,
+    job = run_one_job(
+        database, clock, tmp_path, datasets, CadPlugin, rule="cad", templates_dir=TEMPLATES
     )
-    job_id = queue.enqueue(
-        series_uid=str(datasets[0].SeriesInstanceUID),
-        study_uid=str(datasets[0].StudyInstanceUID),
-        generation=1,
-        rule="cad",
-        plugin="test_cad",
-        destinations=[],
-        priority=5,
-        now=clock(),
-    )
-    assert worker.run_once()
-    job = queue.get(job_id)
-    assert job is not None and job.state == "done", job
-    assert job.result_dir is not None
+    assert job.plugin == "test_cad"
     assert {file_tag(p.name) for p in Path(job.result_dir).glob("*.dcm")} == {"sr"}
     skipped = [detail for event, detail in _events(database.path) if event == "results_skipped"]
     assert skipped == ["seg: the routine gives no label map"]

@@ -25,7 +25,6 @@ from node.results.kinds import ResultKind, check_profile, profile_tags
 from node.runtime.plugin import Attribution, DerivedImage, Prediction, RunContext
 from node.runtime.volume import Volume, assemble_volume
 from node.synthetic.abdomen_ct import LIVER, make_abdomen_ct
-from tests.support.spool import spool_series
 from tests.support.validators import dciodvfy_errors
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -213,43 +212,13 @@ def test_a_denoiser_without_destinations_keeps_its_derived_series(
     """Results kept on the node: the default SEG + SR profile would keep nothing of an
     image-to-image routine, so the worker keeps what it made (its derived series)."""
 
-    from node.jobs.queue import JobQueue
     from node.results.kinds import file_tag
-    from node.runtime.registry import PluginRegistry
-    from node.runtime.worker import InferenceWorker
-    from node.state.series import SeriesStore
     from plugins.ct_denoise import PLUGIN as CtDenoise
+    from tests.support.worker import run_one_job
 
     datasets, _ = make_abdomen_ct(n_slices=8, rows=96, columns=96, pixel_spacing_mm=4.0, seed=3)
-    series = SeriesStore(database)
-    spool_series(series, datasets, tmp_path / "spool", clock())
-    queue = JobQueue(database)
-    registry = PluginRegistry()
-    registry.register(CtDenoise)
-    worker = InferenceWorker(
-        queue,
-        series,
-        registry,
-        device=torch.device("cpu"),
-        results_dir=tmp_path / "results",
-        templates_dir=None,
-        clock=clock,
-        prefetch=False,
-    )
-    job_id = queue.enqueue(
-        series_uid=str(datasets[0].SeriesInstanceUID),
-        study_uid=str(datasets[0].StudyInstanceUID),
-        generation=1,
-        rule="denoise",
-        plugin="ct_denoise",
-        destinations=[],
-        priority=5,
-        now=clock(),
-    )
-    assert worker.run_once()
-    job = queue.get(job_id)
-    assert job is not None and job.state == "done", job
-    assert job.result_dir is not None
+    job = run_one_job(database, clock, tmp_path, datasets, CtDenoise, rule="denoise")
+    assert job.plugin == "ct_denoise"
     tags = {file_tag(p.name) for p in Path(job.result_dir).glob("*.dcm")}
     assert tags == {"derived"}
 

@@ -28,9 +28,7 @@ from node.results.kinds import file_tag, profile_tags
 from node.results.registration import SPATIAL_REGISTRATION_STORAGE, registration_matrices
 from node.runtime.plugin import Prediction, Registration, RunContext
 from node.runtime.priors import NoPrior, find_prior
-from node.runtime.registry import PluginRegistry
 from node.runtime.volume import Volume, assemble_volume
-from node.runtime.worker import InferenceWorker
 from node.state.db import Database
 from node.state.series import SeriesStore
 from node.synthetic.chest_ct import make_chest_ct, write_series
@@ -41,6 +39,7 @@ from tests.support.dcmtk import storescu
 from tests.support.pacs import orthanc_and_node_process
 from tests.support.spool import spool_series
 from tests.support.validators import dcentvfy_output, dciodvfy_errors
+from tests.support.worker import cpu_worker, enqueue_series
 
 SEED = 21
 #: The current CT: 100 slices of 3 mm, 160 x 160 pixels of 2.4 mm (384 mm field of view).
@@ -207,31 +206,17 @@ def run_worker(
     series: Sequence[Sequence[Dataset]],
     job_series: Sequence[Dataset],
 ) -> tuple[JobQueue, int, float]:
-    store = SeriesStore(database)
-    for number, datasets in enumerate(series):
-        store_series(store, datasets, tmp_path / "spool", now=100.0 + number)
-    queue = JobQueue(database)
-    registry = PluginRegistry()
-    registry.register(RigidRegistrationPlugin)
-    worker = InferenceWorker(
-        queue,
-        store,
-        registry,
-        device=torch.device("cpu"),
+    store, queue, worker = cpu_worker(
+        database,
+        [RigidRegistrationPlugin],
         results_dir=tmp_path / "results",
-        templates_dir=None,
         clock=lambda: 200.0,
         prefetch=False,
     )
-    job_id = queue.enqueue(
-        series_uid=str(job_series[0].SeriesInstanceUID),
-        study_uid=str(job_series[0].StudyInstanceUID),
-        generation=1,
-        rule="follow-up",
-        plugin="rigid_registration",
-        destinations=[],
-        priority=5,
-        now=200.0,
+    for number, datasets in enumerate(series):
+        store_series(store, datasets, tmp_path / "spool", now=100.0 + number)
+    job_id = enqueue_series(
+        queue, job_series, rule="follow-up", plugin="rigid_registration", now=200.0
     )
     started = time.perf_counter()
     assert worker.run_once()
