@@ -36,10 +36,11 @@ from node.synthetic.prior_ct import PriorTruth, make_prior_ct, rigid_matrix
 from plugins.rigid_registration import RigidRegistrationPlugin
 from plugins.rigid_registration.rigid import register_rigid
 from tests.support.dcmtk import storescu
+from tests.support.jobs import enqueue_series
 from tests.support.pacs import orthanc_and_node_process
 from tests.support.spool import spool_series
 from tests.support.validators import dcentvfy_output, dciodvfy_errors
-from tests.support.worker import cpu_worker, enqueue_series
+from tests.support.worker import cpu_worker
 
 SEED = 21
 #: The current CT: 100 slices of 3 mm, 160 x 160 pixels of 2.4 mm (384 mm field of view).

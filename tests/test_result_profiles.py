@@ -23,9 +23,10 @@ from node.runtime.plugin import InferencePlugin, Prediction, RunContext
 from node.runtime.volume import Volume
 from node.runtime.worker import result_tags
 from node.synthetic.chest_ct import make_chest_ct
+from tests.support.jobs import enqueue_series
 from tests.support.net import free_port
 from tests.support.spool import spool_series
-from tests.support.worker import cpu_worker, enqueue_series
+from tests.support.worker import cpu_worker
 from tests.test_results import lung_prediction
 
 SOP_CLASSES = {

@@ -29,26 +29,14 @@ from node.state.db import SCHEMA, Database
 from node.synthetic.chest_ct import make_chest_ct, write_series
 from tests.support.admin import served_node
 from tests.support.dcmtk import StoreSCP, storescu
+from tests.support.jobs import job_with_results
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 
 
 def _shadow_job(queue: JobQueue, clock, result_dir: Path) -> int:
-    job_id = queue.enqueue(
-        series_uid="1.2.3.1",
-        study_uid="1.2.3",
-        generation=1,
-        rule="shadow-rule",
-        plugin="ct_lungs",
-        destinations=["pacs"],
-        priority=5,
-        now=clock(),
-        shadow=True,
-    )
-    queue.claim_next(clock())
     result_dir.mkdir(parents=True, exist_ok=True)
-    queue.inference_done(job_id, result_dir, clock())
-    return job_id
+    return job_with_results(queue, clock, result_dir, rule="shadow-rule", shadow=True)
 
 
 def test_a_shadow_job_finishes_without_exporting(database, clock, tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from node.runtime.registry import PluginRegistry
 from node.runtime.worker import InferenceWorker
 from node.state.db import Database
 from node.state.series import SeriesStore
+from tests.support.jobs import enqueue_series
 from tests.support.spool import spool_series
 
 
@@ -45,28 +46,6 @@ def cpu_worker(
         **options,
     )
     return series, queue, worker
-
-
-def enqueue_series(
-    queue: JobQueue,
-    datasets: Sequence[Dataset],
-    *,
-    rule: str,
-    plugin: str,
-    now: float,
-    destinations: Sequence[str] = (),
-) -> int:
-    """Queue a job (generation 1, priority 5) for the series of ``datasets``; return its id."""
-    return queue.enqueue(
-        series_uid=str(datasets[0].SeriesInstanceUID),
-        study_uid=str(datasets[0].StudyInstanceUID),
-        generation=1,
-        rule=rule,
-        plugin=plugin,
-        destinations=list(destinations),
-        priority=5,
-        now=now,
-    )
 
 
 def run_one_job(
