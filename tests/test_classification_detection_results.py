@@ -707,7 +707,7 @@ def test_classifier_detector_results_arrive_in_orthanc(tmp_path: Path) -> None:
     (the routine gives no label map), the SR and the GSPS arrive and pass dciodvfy.
     """
     from tests.support.net import wait_until
-    from tests.support.pacs import orthanc_and_node
+    from tests.support.pacs import one_result_each, orthanc_and_node
 
     rule = {"name": "cad", "match": {"Modality": "CT"}, "plugin": "test_cad"}
     with orthanc_and_node(
@@ -723,12 +723,7 @@ def test_classifier_detector_results_arrive_in_orthanc(tmp_path: Path) -> None:
         pacs.upload_many(files)
         study_uid = str(datasets[0].StudyInstanceUID)
         pacs.send_to_modality("ainode", [pacs.lookup_study(study_uid)])
-        found = pacs.wait_for_series(study_uid, ["SR", "PR"], timeout=240)
-        objects = {}
-        for modality, series in found.items():
-            (one,) = series
-            (instance,) = one["Instances"]
-            objects[modality] = pacs.instance_dataset(instance)
+        objects = one_result_each(pacs, study_uid, ["SR", "PR"], timeout=240)
         assert not pacs.find_series(study_uid, "SEG")
         wait_until(lambda: any(e == "done" for e, _ in _events(database_path)), timeout=30)
         events = _events(database_path)

@@ -23,7 +23,7 @@ from node.devtools.orthanc import OrthancServer
 from node.synthetic.chest_ct import ChestPhantomTruth, make_chest_ct, write_series
 from tests.support.dcmtk import storescu
 from tests.support.net import wait_until
-from tests.support.pacs import orthanc_and_node_process
+from tests.support.pacs import one_result_each, orthanc_and_node_process
 from tests.support.validators import dciodvfy_errors
 
 pytestmark = pytest.mark.slow
@@ -38,13 +38,7 @@ def pacs_and_node(tmp_path: Path) -> Iterator[tuple[OrthancServer, NodeProcess]]
 
 
 def results_in_pacs(pacs: OrthancServer, study_uid: str) -> dict[str, pydicom.Dataset]:
-    found = pacs.wait_for_series(study_uid, ["SEG", "SR"], timeout=300)
-    objects = {}
-    for modality, series in found.items():
-        (one_series,) = series
-        (instance,) = one_series["Instances"]
-        objects[modality] = pacs.instance_dataset(instance)
-    return objects
+    return one_result_each(pacs, study_uid, ["SEG", "SR"])
 
 
 def sr_volumes(sr: pydicom.Dataset, directory: Path) -> dict[str, float]:

@@ -37,7 +37,7 @@ from plugins.rigid_registration import RigidRegistrationPlugin
 from plugins.rigid_registration.rigid import register_rigid
 from tests.support.dcmtk import storescu
 from tests.support.jobs import enqueue_series
-from tests.support.pacs import orthanc_and_node_process
+from tests.support.pacs import one_result_each, orthanc_and_node_process
 from tests.support.spool import spool_series
 from tests.support.validators import dcentvfy_output, dciodvfy_errors
 from tests.support.worker import cpu_worker
@@ -392,10 +392,7 @@ def test_prior_and_current_into_the_node_reg_into_orthanc(tmp_path: Path) -> Non
             files = write_series(datasets, tmp_path / name)
             storescu(node.dicom_port, files, "SCANNER", called_ae=node.ae_title)
         study_uid = str(current[0].StudyInstanceUID)
-        found = pacs.wait_for_series(study_uid, ["REG"], timeout=300)
-        (series,) = found["REG"]
-        (instance,) = series["Instances"]
-        reg = pacs.instance_dataset(instance)
+        reg = one_result_each(pacs, study_uid, ["REG"])["REG"]
     path = tmp_path / "reg.dcm"
     reg.save_as(path)
     assert dciodvfy_errors(path) == []

@@ -10,7 +10,7 @@ Examples
     with orthanc_and_node_process(tmp_path, [rule], results=["seg", "sr"]) as (pacs, node):
         pacs.upload_many(files)
         pacs.send_to_modality("ainode", [pacs.lookup_study(study_uid)])
-        pacs.wait_for_series(study_uid, ["SEG", "SR"], timeout=300)
+        objects = one_result_each(pacs, study_uid, ["SEG", "SR"])
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from pydicom.dataset import Dataset
 
 from node.app import Node
 from node.config import settings_from_mapping
@@ -59,6 +61,20 @@ def node_config(
         "destinations": {"pacs": destination},
         "rules": [{**rule, "send_to": ["pacs"]} for rule in rules],
     }
+
+
+def one_result_each(
+    pacs: OrthancServer, study_uid: str, modalities: Sequence[str], timeout: float = 300
+) -> dict[str, Dataset]:
+    """Wait for ``modalities`` in the study; each must be one series of one instance: those
+    instances by modality."""
+    found = pacs.wait_for_series(study_uid, modalities, timeout=timeout)
+    objects = {}
+    for modality, series in found.items():
+        (one_series,) = series
+        (instance,) = one_series["Instances"]
+        objects[modality] = pacs.instance_dataset(instance)
+    return objects
 
 
 @contextmanager
