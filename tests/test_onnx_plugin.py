@@ -30,7 +30,8 @@ from node.runtime.registry import PluginRegistry
 from node.runtime.volume import Volume, assemble_volume
 from node.synthetic.abdomen_ct import LABEL_NAMES, make_abdomen_ct
 from node.synthetic.chest_ct import write_series
-from plugins.ct_organs.model import LABELS, SPEC, WEIGHTS, build_network
+from plugins.ct_organs.model import SPEC, WEIGHTS, build_network
+from tests.support.models import ct_organs_model
 from tests.support.net import free_port
 from tests.support.node import listening_node, send_to_node
 
@@ -59,23 +60,6 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     ts_path = directory / "organs.ts"
     torch.jit.save(torch.jit.trace(network, example, check_trace=False), str(ts_path))
     return {"onnx": onnx_path, "torchscript": ts_path}
-
-
-def _model(kind: str, path: Path, **extra: Any) -> dict[str, Any]:
-    return {
-        "type": kind,
-        "path": str(path),
-        "version": "0.1.0",
-        "template": "ct_organs",
-        "spacing_mm": list(SPEC.spacing_mm),
-        "axcodes": SPEC.axcodes,
-        "window": {"a_min": -1000, "a_max": 400},
-        "labels": list(LABELS),
-        "roi_size": list(SPEC.roi_size),
-        "overlap": SPEC.overlap,
-        "sw_batch_size": 1,
-        **extra,
-    }
 
 
 def _config(tmp_path: Path, models: dict[str, Any], **sections: Any) -> Path:
@@ -110,10 +94,10 @@ def test_onnx_and_torchscript_give_the_same_labels(
     path = _config(
         tmp_path,
         {
-            "organs-onnx": _model(
+            "organs-onnx": ct_organs_model(
                 "onnx", exported["onnx"], validated_on={"modalities": ["CT"], "noise": [5, 30]}
             ),
-            "organs-ts": _model("torchscript", exported["torchscript"]),
+            "organs-ts": ct_organs_model("torchscript", exported["torchscript"]),
         },
     )
     settings = load_settings(path, environ={})
@@ -148,9 +132,11 @@ def test_a_wrong_onnx_model_is_refused_with_the_reason(
     path = _config(
         tmp_path,
         {
-            "too-few-labels": _model("onnx", exported["onnx"], labels=["background", "body"]),
-            "no-file": _model("onnx", tmp_path / "absent.onnx"),
-            "wrong-input": _model("onnx", exported["onnx"], input_name="pixels"),
+            "too-few-labels": ct_organs_model(
+                "onnx", exported["onnx"], labels=["background", "body"]
+            ),
+            "no-file": ct_organs_model("onnx", tmp_path / "absent.onnx"),
+            "wrong-input": ct_organs_model("onnx", exported["onnx"], input_name="pixels"),
         },
     )
     registry = PluginRegistry()
@@ -170,7 +156,7 @@ def test_an_onnx_model_runs_as_a_node_job(
 ) -> None:
     path = _config(
         tmp_path,
-        {"organs-onnx": _model("onnx", exported["onnx"])},
+        {"organs-onnx": ct_organs_model("onnx", exported["onnx"])},
         node={"dicom_port": free_port(), "data_dir": str(tmp_path / "var")},
         completion={"series_quiet_seconds": 5},
         rules=[{"name": "organs", "match": {"Modality": "CT"}, "plugin": "organs-onnx"}],
