@@ -34,7 +34,7 @@ from node.errors import InputRejected
 from node.results import load_template_by_name
 from node.results.build import build_results
 from node.routing import HeaderSubject, matching_rules
-from node.runtime.plugin import Classification, Detection, RunContext, check_input
+from node.runtime.plugin import Classification, Detection, Prediction, RunContext, check_input
 from node.runtime.registry import PluginRegistry
 from node.runtime.volume import Volume, assemble_volume
 from node.synthetic.fundus import make_fundus
@@ -265,6 +265,18 @@ def _volume(datasets: list[Dataset], directory: Path) -> Volume:
     return assemble_volume(read)
 
 
+def _assert_results_pass_dciodvfy(
+    volume: Volume, prediction: Prediction, template_name: str, directory: Path
+) -> None:
+    """Build the SR, GSPS and SC of ``prediction`` with the routine's template; each passes."""
+    template = load_template_by_name(template_name)
+    results = build_results(volume, prediction, template, tags=["sr", "gsps", "sc"])
+    for index, ds in enumerate(results.datasets):
+        path = directory / f"result{index}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        assert dciodvfy_errors(path) == [], (ds.Modality, ds.SOPClassUID)
+
+
 def test_plugins_are_discovered_and_load() -> None:
     registry = PluginRegistry.discover()
     for name in ("op_fundus_classifier", "mg_mass_detector"):
@@ -290,12 +302,7 @@ def test_fundus_plugin_classifies_each_photograph(tmp_path: Path) -> None:
     )
     sick, healthy = (c.probability for c in prediction.classifications)
     assert sick >= op_model.THRESHOLD and sick > healthy + 0.2
-    template = load_template_by_name("op_fundus_classifier")
-    results = build_results(volume, prediction, template, tags=["sr", "gsps", "sc"])
-    for index, ds in enumerate(results.datasets):
-        path = tmp_path / f"result{index}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        assert dciodvfy_errors(path) == [], (ds.Modality, ds.SOPClassUID)
+    _assert_results_pass_dciodvfy(volume, prediction, "op_fundus_classifier", tmp_path)
 
 
 def test_mass_plugin_finds_an_obvious_mass_in_the_right_place(tmp_path: Path) -> None:
@@ -330,12 +337,7 @@ def test_mass_plugin_finds_an_obvious_mass_in_the_right_place(tmp_path: Path) ->
                 for d in prediction.detections
             )
     assert hits >= 1
-    template = load_template_by_name("mg_mass_detector")
-    results = build_results(volume, prediction, template, tags=["sr", "gsps", "sc"])
-    for index, ds in enumerate(results.datasets):
-        path = tmp_path / f"result{index}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        assert dciodvfy_errors(path) == [], (ds.Modality, ds.SOPClassUID)
+    _assert_results_pass_dciodvfy(volume, prediction, "mg_mass_detector", tmp_path)
 
 
 def test_plugins_refuse_what_they_were_not_trained_on(tmp_path: Path) -> None:
