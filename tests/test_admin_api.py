@@ -16,8 +16,8 @@ from tests.support.admin import (
     ServedNode,
     login_session,
     served_node,
-    storescu,
 )
+from tests.support.dcmtk import storescu
 
 RULE = {"name": "chest-ct", "match": {"Modality": "CT"}, "plugin": "ct_lungs"}
 

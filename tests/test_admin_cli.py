@@ -10,6 +10,7 @@ import yaml
 from node.cli import main
 from node.state.db import Database
 from node.synthetic.chest_ct import make_chest_ct, write_series
+from tests.support.jobs import enqueue_job
 
 
 @pytest.fixture
@@ -94,16 +95,7 @@ def test_jobs_list_show_retry(config: Path, tmp_path: Path, capsys) -> None:
     from node.jobs.queue import JobQueue
 
     queue = JobQueue(db)
-    job_id = queue.enqueue(
-        series_uid="1.2.3",
-        study_uid="1.2",
-        generation=1,
-        rule="chest",
-        plugin="ct_lungs",
-        destinations=[],
-        priority=5,
-        now=1.0,
-    )
+    job_id = enqueue_job(queue, 1.0, series_uid="1.2.3", study_uid="1.2")
     queue.claim_next(2.0)
     queue.fail(job_id, "InputRejected: too few slices", 3.0)
     db.close()

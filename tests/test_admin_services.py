@@ -14,6 +14,7 @@ from node.errors import Conflict, InvalidInput
 from node.jobs.queue import JobQueue
 from node.runtime.registry import PluginRegistry
 from node.state.db import Database
+from tests.support.jobs import enqueue_job, job_with_results
 
 CHEST = RuleSettings(name="chest", match={"Modality": "CT"}, plugin="ct_lungs")
 
@@ -127,18 +128,13 @@ def test_sessions_expire_and_passwords_are_hashed(admin: AdminService, clock, da
         admin.update_user("alice", "alice", role="viewer")
 
 
+#: A job of rule ``r`` and plugin ``p`` on series 1.2 of study 1.1.
+JOB = {"series_uid": "1.2", "study_uid": "1.1", "rule": "r", "plugin": "p"}
+
+
 def test_cancel_while_running_is_not_undone_by_the_worker(database, clock, tmp_path) -> None:
     queue = JobQueue(database)
-    job_id = queue.enqueue(
-        series_uid="1.2",
-        study_uid="1.1",
-        generation=1,
-        rule="r",
-        plugin="p",
-        destinations=["pacs"],
-        priority=5,
-        now=clock(),
-    )
+    job_id = enqueue_job(queue, clock(), **JOB, destinations=["pacs"])
     assert queue.claim_next(clock()).id == job_id
     queue.cancel(job_id, clock(), by="alice")
     queue.inference_done(job_id, tmp_path, clock())
@@ -154,32 +150,12 @@ def test_cancel_while_running_is_not_undone_by_the_worker(database, clock, tmp_p
 
 def test_retry_resends_when_results_exist(database, clock, tmp_path) -> None:
     queue = JobQueue(database)
-    job_id = queue.enqueue(
-        series_uid="1.2",
-        study_uid="1.1",
-        generation=1,
-        rule="r",
-        plugin="p",
-        destinations=["pacs"],
-        priority=5,
-        now=clock(),
-    )
-    queue.claim_next(clock())
-    queue.inference_done(job_id, tmp_path, clock())
+    job_id = job_with_results(queue, clock, tmp_path, **JOB)
     queue.fail(job_id, "export failed after 5 attempts", clock())
     assert queue.retry(job_id, clock(), by="alice").state == "exporting"
     queue.fail(job_id, "plugin crashed", clock())
     (tmp_path / "gone").mkdir()
-    other = queue.enqueue(
-        series_uid="1.3",
-        study_uid="1.1",
-        generation=1,
-        rule="r",
-        plugin="p",
-        destinations=[],
-        priority=5,
-        now=clock(),
-    )
+    other = enqueue_job(queue, clock(), **{**JOB, "series_uid": "1.3"})
     queue.claim_next(clock())
     queue.fail(other, "plugin crashed", clock())
     assert queue.retry(other, clock(), by="alice").state == "queued"

@@ -20,7 +20,6 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
-import torch
 import yaml
 from pydicom.dataset import Dataset
 
@@ -43,8 +42,8 @@ from node.runtime.plugin import (
 from node.runtime.volume import Volume, assemble_volume
 from node.synthetic.chest_ct import make_chest_ct, write_series
 from node.synthetic.projection import SeriesIdentity, cr_image, dx_image, mg_image, op_image
-from tests.support.spool import spool_series
 from tests.support.validators import dcentvfy_output, dciodvfy_errors, dsrdump
+from tests.support.worker import run_one_job
 
 TEMPLATES = Path(__file__).parent / "data" / "templates"
 CAD = TEMPLATES / "cad_findings.yaml"
@@ -690,41 +689,11 @@ def _events(database_path: Path) -> list[tuple[str, str]]:
 
 
 def test_worker_skips_seg_kinds_with_a_job_event(database, clock, tmp_path: Path) -> None:
-    from node.jobs.queue import JobQueue
-    from node.runtime.registry import PluginRegistry
-    from node.runtime.worker import InferenceWorker
-    from node.state.series import SeriesStore
-
     datasets, _ = make_chest_ct(n_slices=8, rows=64, columns=64, pixel_spacing_mm=6.0, seed=5)
-    series = SeriesStore(database)
-    spool_series(series, datasets, tmp_path / "spool", clock())
-    queue = JobQueue(database)
-    registry = PluginRegistry()
-    registry.register(CadPlugin)
-    worker = InferenceWorker(
-        queue,
-        series,
-        registry,
-        device=torch.device("cpu"),
-        results_dir=tmp_path / "results",
-        templates_dir=TEMPLATES,
-        clock=clock,
-        prefetch=False,
+    job = run_one_job(
+        database, clock, tmp_path, datasets, CadPlugin, rule="cad", templates_dir=TEMPLATES
     )
-    job_id = queue.enqueue(
-        series_uid=str(datasets[0].SeriesInstanceUID),
-        study_uid=str(datasets[0].StudyInstanceUID),
-        generation=1,
-        rule="cad",
-        plugin="test_cad",
-        destinations=[],
-        priority=5,
-        now=clock(),
-    )
-    assert worker.run_once()
-    job = queue.get(job_id)
-    assert job is not None and job.state == "done", job
-    assert job.result_dir is not None
+    assert job.plugin == "test_cad"
     assert {file_tag(p.name) for p in Path(job.result_dir).glob("*.dcm")} == {"sr"}
     skipped = [detail for event, detail in _events(database.path) if event == "results_skipped"]
     assert skipped == ["seg: the routine gives no label map"]
@@ -737,65 +706,27 @@ def test_classifier_detector_results_arrive_in_orthanc(tmp_path: Path) -> None:
     The destination asks for SEG + SR + GSPS: the SEG is skipped with a job event
     (the routine gives no label map), the SR and the GSPS arrive and pass dciodvfy.
     """
-    from node.app import Node
-    from node.config import settings_from_mapping
-    from node.devtools.orthanc import OrthancServer
-    from node.runtime.registry import PluginRegistry
-    from tests.support.net import free_port, wait_until
+    from tests.support.net import wait_until
+    from tests.support.pacs import one_result_each, orthanc_and_node
 
-    node_port = free_port()
-    with OrthancServer(
-        modalities={"ainode": ["AINODE", "127.0.0.1", node_port]}, workdir=tmp_path / "orthanc"
-    ) as pacs:
-        settings = settings_from_mapping(
-            {
-                "node": {"dicom_port": node_port, "data_dir": str(tmp_path / "var")},
-                "completion": {"series_quiet_seconds": 1.5, "poll_seconds": 0.25},
-                "destinations": {
-                    "pacs": {
-                        "ae_title": pacs.aet,
-                        "host": "127.0.0.1",
-                        "port": pacs.dicom_port,
-                        "results": ["seg", "sr", "gsps"],
-                    }
-                },
-                "rules": [
-                    {
-                        "name": "cad",
-                        "match": {"Modality": "CT"},
-                        "plugin": "test_cad",
-                        "send_to": ["pacs"],
-                    }
-                ],
-                "templates_dir": str(TEMPLATES),
-            },
-            environ={},
-        )
-        registry = PluginRegistry()
-        registry.register(CadPlugin)
-        node = Node(settings, registry=registry)
-        node.start()
-        try:
-            datasets, _ = make_chest_ct(
-                n_slices=16, rows=96, columns=96, pixel_spacing_mm=4.0, seed=21
-            )
-            files = write_series(datasets, tmp_path / "series")
-            pacs.upload_many(files)
-            study_uid = str(datasets[0].StudyInstanceUID)
-            pacs.send_to_modality("ainode", [pacs.lookup_study(study_uid)])
-            found = pacs.wait_for_series(study_uid, ["SR", "PR"], timeout=240)
-            objects = {}
-            for modality, series in found.items():
-                (one,) = series
-                (instance,) = one["Instances"]
-                objects[modality] = pacs.instance_dataset(instance)
-            assert not pacs.find_series(study_uid, "SEG")
-            wait_until(
-                lambda: any(e == "done" for e, _ in _events(settings.database_path)), timeout=30
-            )
-            events = _events(settings.database_path)
-        finally:
-            node.stop()
+    rule = {"name": "cad", "match": {"Modality": "CT"}, "plugin": "test_cad"}
+    with orthanc_and_node(
+        tmp_path,
+        [rule],
+        plugins=[CadPlugin],
+        templates_dir=TEMPLATES,
+        results=["seg", "sr", "gsps"],
+    ) as (pacs, node):
+        database_path = node.settings.database_path
+        datasets, _ = make_chest_ct(n_slices=16, rows=96, columns=96, pixel_spacing_mm=4.0, seed=21)
+        files = write_series(datasets, tmp_path / "series")
+        pacs.upload_many(files)
+        study_uid = str(datasets[0].StudyInstanceUID)
+        pacs.send_to_modality("ainode", [pacs.lookup_study(study_uid)])
+        objects = one_result_each(pacs, study_uid, ["SR", "PR"], timeout=240)
+        assert not pacs.find_series(study_uid, "SEG")
+        wait_until(lambda: any(e == "done" for e, _ in _events(database_path)), timeout=30)
+        events = _events(database_path)
     assert ("results_skipped", "seg: the routine gives no label map") in events
     for modality, dataset in objects.items():
         path = tmp_path / f"{modality}.dcm"

@@ -3,6 +3,7 @@ from pathlib import Path
 from node.completion import CompletionMonitor
 from node.jobs.queue import JobQueue
 from node.state.series import InstanceRecord, SeriesStore
+from tests.support.jobs import enqueue_job
 
 
 def record(sop: str, series: str = "1.2.3.1", study: str = "1.2.3") -> InstanceRecord:
@@ -71,16 +72,7 @@ def test_force_complete(database, clock):
 
 
 def enqueue(queue, clock, rule="chest", destinations=("pacs",), priority=5):
-    return queue.enqueue(
-        series_uid="1.2.3.1",
-        study_uid="1.2.3",
-        generation=1,
-        rule=rule,
-        plugin="ct_lungs",
-        destinations=list(destinations),
-        priority=priority,
-        now=clock(),
-    )
+    return enqueue_job(queue, clock(), rule=rule, destinations=destinations, priority=priority)
 
 
 def test_job_lifecycle_and_timeline(database, clock, tmp_path):

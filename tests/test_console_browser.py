@@ -19,7 +19,7 @@ import pytest
 from node.devtools.net import wait_until
 from node.devtools.node_process import PROJECT_ROOT, NodeProcess
 from node.synthetic.chest_ct import make_chest_ct, write_series
-from tests.support.admin import storescu
+from tests.support.dcmtk import storescu
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

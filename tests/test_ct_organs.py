@@ -20,8 +20,9 @@ from node.runtime.registry import PluginRegistry
 from node.runtime.volume import Volume, assemble_volume
 from node.synthetic.abdomen_ct import LABEL_NAMES, AbdomenPhantomTruth, make_abdomen_ct
 from plugins.ct_organs import PLUGIN, CtOrgansPlugin
-from plugins.ct_organs.model import BODY, COMPONENTS, LABELS, SPEC, WEIGHTS, build_network
+from plugins.ct_organs.model import BODY, COMPONENTS, LABELS, WEIGHTS, build_network
 from plugins.ct_organs.train import make_case, train
+from tests.support.models import ct_organs_model
 
 CPU = torch.device("cpu")
 #: Regression guards for the shipped weights, a little below what they reach on this
@@ -98,19 +99,7 @@ def test_torchscript_model_configured_in_yaml_gives_the_same_labels(
     settings = settings_from_mapping(
         {
             "models": {
-                "organs-ts": {
-                    "type": "torchscript",
-                    "path": str(path),
-                    "version": "0.1.0",
-                    "template": "ct_organs",
-                    "spacing_mm": list(SPEC.spacing_mm),
-                    "axcodes": SPEC.axcodes,
-                    "window": {"a_min": -1000, "a_max": 400},
-                    "labels": list(LABELS),
-                    "roi_size": list(SPEC.roi_size),
-                    "overlap": SPEC.overlap,
-                    "sw_batch_size": 2,
-                }
+                "organs-ts": ct_organs_model("torchscript", path, sw_batch_size=2),
             }
         },
         environ={},

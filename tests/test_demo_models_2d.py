@@ -34,7 +34,7 @@ from node.errors import InputRejected
 from node.results import load_template_by_name
 from node.results.build import build_results
 from node.routing import HeaderSubject, matching_rules
-from node.runtime.plugin import Classification, Detection, RunContext, check_input
+from node.runtime.plugin import Classification, Detection, Prediction, RunContext, check_input
 from node.runtime.registry import PluginRegistry
 from node.runtime.volume import Volume, assemble_volume
 from node.synthetic.fundus import make_fundus
@@ -48,7 +48,7 @@ from plugins.mg_mass_detector import train as mg_train
 from plugins.op_fundus_classifier import OpFundusClassifierPlugin
 from plugins.op_fundus_classifier import model as op_model
 from plugins.op_fundus_classifier import train as op_train
-from tests.support.net import free_port
+from tests.support.pacs import orthanc_and_node_process
 from tests.support.validators import dciodvfy_errors
 
 CPU = torch.device("cpu")
@@ -265,6 +265,18 @@ def _volume(datasets: list[Dataset], directory: Path) -> Volume:
     return assemble_volume(read)
 
 
+def _assert_results_pass_dciodvfy(
+    volume: Volume, prediction: Prediction, template_name: str, directory: Path
+) -> None:
+    """Build the SR, GSPS and SC of ``prediction`` with the routine's template; each passes."""
+    template = load_template_by_name(template_name)
+    results = build_results(volume, prediction, template, tags=["sr", "gsps", "sc"])
+    for index, ds in enumerate(results.datasets):
+        path = directory / f"result{index}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        assert dciodvfy_errors(path) == [], (ds.Modality, ds.SOPClassUID)
+
+
 def test_plugins_are_discovered_and_load() -> None:
     registry = PluginRegistry.discover()
     for name in ("op_fundus_classifier", "mg_mass_detector"):
@@ -290,12 +302,7 @@ def test_fundus_plugin_classifies_each_photograph(tmp_path: Path) -> None:
     )
     sick, healthy = (c.probability for c in prediction.classifications)
     assert sick >= op_model.THRESHOLD and sick > healthy + 0.2
-    template = load_template_by_name("op_fundus_classifier")
-    results = build_results(volume, prediction, template, tags=["sr", "gsps", "sc"])
-    for index, ds in enumerate(results.datasets):
-        path = tmp_path / f"result{index}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        assert dciodvfy_errors(path) == [], (ds.Modality, ds.SOPClassUID)
+    _assert_results_pass_dciodvfy(volume, prediction, "op_fundus_classifier", tmp_path)
 
 
 def test_mass_plugin_finds_an_obvious_mass_in_the_right_place(tmp_path: Path) -> None:
@@ -330,12 +337,7 @@ def test_mass_plugin_finds_an_obvious_mass_in_the_right_place(tmp_path: Path) ->
                 for d in prediction.detections
             )
     assert hits >= 1
-    template = load_template_by_name("mg_mass_detector")
-    results = build_results(volume, prediction, template, tags=["sr", "gsps", "sc"])
-    for index, ds in enumerate(results.datasets):
-        path = tmp_path / f"result{index}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        assert dciodvfy_errors(path) == [], (ds.Modality, ds.SOPClassUID)
+    _assert_results_pass_dciodvfy(volume, prediction, "mg_mass_detector", tmp_path)
 
 
 def test_plugins_refuse_what_they_were_not_trained_on(tmp_path: Path) -> None:
@@ -367,28 +369,9 @@ def test_plugins_refuse_what_they_were_not_trained_on(tmp_path: Path) -> None:
 
 @pytest.fixture
 def pacs_and_node(tmp_path: Path) -> Iterator[tuple[OrthancServer, NodeProcess]]:
-    node_port = free_port()
-    with OrthancServer(
-        modalities={"ainode": ["AINODE", "127.0.0.1", node_port]}, workdir=tmp_path / "orthanc"
-    ) as pacs:
-        config = {
-            "node": {"dicom_port": node_port},
-            "completion": {"series_quiet_seconds": 1.5, "poll_seconds": 0.25},
-            "destinations": {
-                "pacs": {
-                    "ae_title": pacs.aet,
-                    "host": "127.0.0.1",
-                    "port": pacs.dicom_port,
-                    "results": ["sr", "gsps", "sc"],
-                }
-            },
-            "rules": [
-                {**BUILT_IN_FUNDUS_DEMO_RULE, "send_to": ["pacs"]},
-                {**BUILT_IN_MAMMO_DEMO_RULE, "send_to": ["pacs"]},
-            ],
-        }
-        with NodeProcess(config, workdir=tmp_path / "node") as node:
-            yield pacs, node
+    rules = [BUILT_IN_FUNDUS_DEMO_RULE, BUILT_IN_MAMMO_DEMO_RULE]
+    with orthanc_and_node_process(tmp_path, rules, results=["sr", "gsps", "sc"]) as (pacs, node):
+        yield pacs, node
 
 
 PRESENT = ("52101004", "SCT")

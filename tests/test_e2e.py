@@ -7,9 +7,7 @@ back into the same study in Orthanc.
 
 from __future__ import annotations
 
-import os
 import sqlite3
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,41 +21,24 @@ from node.config import BUILT_IN_CHEST_RULE
 from node.devtools.node_process import NodeProcess
 from node.devtools.orthanc import OrthancServer
 from node.synthetic.chest_ct import ChestPhantomTruth, make_chest_ct, write_series
-from tests.support.net import free_port, wait_until
+from tests.support.dcmtk import storescu
+from tests.support.net import wait_until
+from tests.support.pacs import one_result_each, orthanc_and_node_process
 from tests.support.validators import dciodvfy_errors
 
 pytestmark = pytest.mark.slow
 
-DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 RULE = {**BUILT_IN_CHEST_RULE, "send_to": ["pacs"]}
 
 
 @pytest.fixture
 def pacs_and_node(tmp_path: Path) -> Iterator[tuple[OrthancServer, NodeProcess]]:
-    node_port = free_port()
-    with OrthancServer(
-        modalities={"ainode": ["AINODE", "127.0.0.1", node_port]}, workdir=tmp_path / "orthanc"
-    ) as pacs:
-        config = {
-            "node": {"dicom_port": node_port},
-            "completion": {"series_quiet_seconds": 1.5, "poll_seconds": 0.25},
-            "destinations": {
-                "pacs": {"ae_title": pacs.aet, "host": "127.0.0.1", "port": pacs.dicom_port}
-            },
-            "rules": [RULE],
-        }
-        with NodeProcess(config, workdir=tmp_path / "node") as node:
-            yield pacs, node
+    with orthanc_and_node_process(tmp_path, [RULE]) as (pacs, node):
+        yield pacs, node
 
 
 def results_in_pacs(pacs: OrthancServer, study_uid: str) -> dict[str, pydicom.Dataset]:
-    found = pacs.wait_for_series(study_uid, ["SEG", "SR"], timeout=300)
-    objects = {}
-    for modality, series in found.items():
-        (one_series,) = series
-        (instance,) = one_series["Instances"]
-        objects[modality] = pacs.instance_dataset(instance)
-    return objects
+    return one_result_each(pacs, study_uid, ["SEG", "SR"])
 
 
 def sr_volumes(sr: pydicom.Dataset, directory: Path) -> dict[str, float]:
@@ -118,12 +99,7 @@ def test_storescu_straight_to_the_node(pacs_and_node, tmp_path):
     pacs, node = pacs_and_node
     datasets, truth = make_chest_ct(n_slices=40, seed=12, series_description="Thorax routine")
     files = write_series(datasets, tmp_path / "series")
-    sent = subprocess.run(
-        ["storescu", "-aet", "SCANNER", "-aec", node.ae_title, "127.0.0.1",
-         str(node.dicom_port), *map(str, files)],
-        env=DCMTK_ENV, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert sent.returncode == 0, sent.stderr
+    storescu(node.dicom_port, files, "SCANNER", called_ae=node.ae_title)
     objects = results_in_pacs(pacs, datasets[0].StudyInstanceUID)
     assert_results_match(objects, datasets[0].SeriesInstanceUID, truth, tmp_path)
     # The results are kept on disk as well.
@@ -169,18 +145,13 @@ def test_late_instance_reopens_the_series_and_supersedes_the_result(pacs_and_nod
         files, key=lambda p: int(pydicom.dcmread(p, stop_before_pixels=True).InstanceNumber)
     )
 
-    def storescu(paths: list[Path]) -> None:
-        result = subprocess.run(
-            ["storescu", "-aec", node.ae_title, "127.0.0.1", str(node.dicom_port),
-             *map(str, paths)],
-            env=DCMTK_ENV, capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
-        assert result.returncode == 0, result.stderr
+    def send(paths: list[Path]) -> None:
+        storescu(node.dicom_port, paths, None, called_ae=node.ae_title)
 
     study_uid = datasets[0].StudyInstanceUID
-    storescu(ordered[:40])
+    send(ordered[:40])
     first = results_in_pacs(pacs, study_uid)
-    storescu(ordered[40:])  # a late slice at the end of the stack
+    send(ordered[40:])  # a late slice at the end of the stack
     second = pacs.wait_for(
         lambda: (len(pacs.find_series(study_uid, "SR")) == 2) or None, 300, message="2nd SR"
     )

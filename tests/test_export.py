@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,35 +13,15 @@ from node.export.dimse import echo, send_files
 from node.export.exporter import Exporter, retry_delay
 from node.jobs.queue import JobQueue
 from node.synthetic.chest_ct import make_chest_ct, write_series
-from tests.support.net import free_port, port_is_free, wait_until
+from tests.support.dcmtk import StoreSCP
+from tests.support.jobs import job_with_results
+from tests.support.net import free_port
 
 
 @pytest.fixture(scope="module")
 def result_files(tmp_path_factory) -> list[Path]:
     datasets, _ = make_chest_ct(n_slices=20, rows=64, columns=64, seed=5)
     return write_series(datasets[:3], tmp_path_factory.mktemp("results"))
-
-
-class StoreSCP:
-    """dcmtk storescp on a port, writing what it receives into a directory."""
-
-    def __init__(self, port: int, directory: Path) -> None:
-        self.port, self.directory = port, directory
-        directory.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(
-            ["storescp", "-aet", "PACS", "-od", str(directory), str(port)],
-            env={**os.environ, "TCP_NODELAY": "1"},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_until(lambda: not port_is_free(port), 10, message="storescp listening")
-
-    def received(self) -> list[Path]:
-        return sorted(self.directory.iterdir())
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=10)
 
 
 @pytest.fixture
@@ -70,22 +48,6 @@ def destination(port: int, **overrides) -> DestinationSettings:
     return DestinationSettings(**values)
 
 
-def exporting_job(queue: JobQueue, clock, result_dir: Path) -> int:
-    job_id = queue.enqueue(
-        series_uid="1.2.3.1",
-        study_uid="1.2.3",
-        generation=1,
-        rule="chest",
-        plugin="ct_lungs",
-        destinations=["pacs"],
-        priority=5,
-        now=clock(),
-    )
-    queue.claim_next(clock())
-    queue.inference_done(job_id, result_dir, clock())
-    return job_id
-
-
 def test_send_files_and_echo(port, storescp_factory, result_files):
     scp = storescp_factory(port)
     assert echo(destination(port), calling_ae="AINODE") == 0
@@ -104,7 +66,7 @@ def test_down_destination_is_retried_with_backoff_then_delivered(
     queue = JobQueue(database)
     settings = {"pacs": destination(port, backoff_seconds=2, max_attempts=5)}
     exporter = Exporter(queue, lambda: settings, calling_ae="AINODE", clock=clock)
-    job_id = exporting_job(queue, clock, result_files[0].parent)
+    job_id = job_with_results(queue, clock, result_files[0].parent)
 
     assert exporter.run_once()  # attempt 1: nobody listens
     job = queue.get(job_id)
@@ -129,7 +91,7 @@ def test_attempts_are_bounded_and_results_stay_on_disk(database, clock, port, re
     queue = JobQueue(database)
     settings = {"pacs": destination(port, backoff_seconds=1, max_attempts=2)}
     exporter = Exporter(queue, lambda: settings, calling_ae="AINODE", clock=clock)
-    job_id = exporting_job(queue, clock, result_files[0].parent)
+    job_id = job_with_results(queue, clock, result_files[0].parent)
     exporter.run_once()
     clock.advance(1)
     exporter.run_once()

@@ -25,7 +25,6 @@ from node.results.kinds import ResultKind, check_profile, profile_tags
 from node.runtime.plugin import Attribution, DerivedImage, Prediction, RunContext
 from node.runtime.volume import Volume, assemble_volume
 from node.synthetic.abdomen_ct import LIVER, make_abdomen_ct
-from tests.support.spool import spool_series
 from tests.support.validators import dciodvfy_errors
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -213,43 +212,13 @@ def test_a_denoiser_without_destinations_keeps_its_derived_series(
     """Results kept on the node: the default SEG + SR profile would keep nothing of an
     image-to-image routine, so the worker keeps what it made (its derived series)."""
 
-    from node.jobs.queue import JobQueue
     from node.results.kinds import file_tag
-    from node.runtime.registry import PluginRegistry
-    from node.runtime.worker import InferenceWorker
-    from node.state.series import SeriesStore
     from plugins.ct_denoise import PLUGIN as CtDenoise
+    from tests.support.worker import run_one_job
 
     datasets, _ = make_abdomen_ct(n_slices=8, rows=96, columns=96, pixel_spacing_mm=4.0, seed=3)
-    series = SeriesStore(database)
-    spool_series(series, datasets, tmp_path / "spool", clock())
-    queue = JobQueue(database)
-    registry = PluginRegistry()
-    registry.register(CtDenoise)
-    worker = InferenceWorker(
-        queue,
-        series,
-        registry,
-        device=torch.device("cpu"),
-        results_dir=tmp_path / "results",
-        templates_dir=None,
-        clock=clock,
-        prefetch=False,
-    )
-    job_id = queue.enqueue(
-        series_uid=str(datasets[0].SeriesInstanceUID),
-        study_uid=str(datasets[0].StudyInstanceUID),
-        generation=1,
-        rule="denoise",
-        plugin="ct_denoise",
-        destinations=[],
-        priority=5,
-        now=clock(),
-    )
-    assert worker.run_once()
-    job = queue.get(job_id)
-    assert job is not None and job.state == "done", job
-    assert job.result_dir is not None
+    job = run_one_job(database, clock, tmp_path, datasets, CtDenoise, rule="denoise")
+    assert job.plugin == "ct_denoise"
     tags = {file_tag(p.name) for p in Path(job.result_dir).glob("*.dcm")}
     assert tags == {"derived"}
 
@@ -316,11 +285,9 @@ def test_ct_organs_explain_attributes_the_liver_score_to_the_liver() -> None:
 @pytest.mark.slow
 def test_node_sends_denoised_series_and_attribution_maps_into_orthanc(tmp_path) -> None:
     from node.devtools.node_process import NodeProcess
-    from node.devtools.orthanc import OrthancServer
     from node.synthetic.chest_ct import write_series
-    from tests.support.net import free_port
+    from tests.support.pacs import node_config, orthanc_for_node
 
-    node_port = free_port()
     profile = ["seg", "sr", "pmap", "heatmap_sc", "derived", "derived_sc"]
     rules = [
         {"name": "denoise", "match": {"Modality": "CT"}, "plugin": "ct_denoise"},
@@ -333,22 +300,8 @@ def test_node_sends_denoised_series_and_attribution_maps_into_orthanc(tmp_path) 
     files = write_series(datasets, tmp_path / "series")
     study_uid = datasets[0].StudyInstanceUID
     wanted = {SERIES_NUMBERS[ResultKind(kind)]: kind for kind in profile}
-    with OrthancServer(
-        modalities={"ainode": ["AINODE", "127.0.0.1", node_port]}, workdir=tmp_path / "orthanc"
-    ) as pacs:
-        config = {
-            "node": {"dicom_port": node_port},
-            "completion": {"series_quiet_seconds": 1.5, "poll_seconds": 0.25},
-            "destinations": {
-                "pacs": {
-                    "ae_title": pacs.aet,
-                    "host": "127.0.0.1",
-                    "port": pacs.dicom_port,
-                    "results": profile,
-                }
-            },
-            "rules": [{**rule, "send_to": ["pacs"]} for rule in rules],
-        }
+    with orthanc_for_node(tmp_path) as (pacs, node_port):
+        config = node_config(node_port, pacs, rules, results=profile)
         with NodeProcess(config, workdir=tmp_path / "node"):
             pacs.upload_many(files)
             pacs.send_to_modality("ainode", [pacs.lookup_study(study_uid)])

@@ -5,8 +5,6 @@ back as result objects that reference the exact image and frame."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -19,8 +17,6 @@ from pydicom.uid import (
     OphthalmicPhotography8BitImageStorage,
 )
 
-from node.app import Node
-from node.config import settings_from_mapping
 from node.runtime.plugin import (
     Accepts,
     Classification,
@@ -32,7 +28,7 @@ from node.runtime.registry import PluginRegistry
 from node.runtime.volume import Volume
 from node.synthetic.chest_xray import make_chest_xray
 from node.synthetic.projection import SeriesIdentity, mg_image, op_image
-from tests.support.net import free_port
+from tests.support.node import listening_node, send_to_node, stepped_settings
 from tests.support.validators import dciodvfy_errors
 
 pytestmark = pytest.mark.slow
@@ -107,10 +103,9 @@ def node(tmp_path, clock):
     templates = tmp_path / "templates"
     templates.mkdir()
     (templates / "image_probe.yaml").write_text(TEMPLATE)
-    settings = settings_from_mapping(
+    settings = stepped_settings(
+        tmp_path,
         {
-            "node": {"dicom_port": free_port(), "data_dir": str(tmp_path / "var")},
-            "completion": {"series_quiet_seconds": 10},
             "templates_dir": str(templates),
             "rules": [
                 {
@@ -144,28 +139,12 @@ def node(tmp_path, clock):
                 },
             ],
         },
-        environ={},
     )
     registry = PluginRegistry()
     registry.register(ImageProbe)
     ImageProbe.seen.clear()
-    node = Node(settings, clock=clock, registry=registry)
-    node.scp.start()
-    yield node
-    node.scp.stop()
-    node.db.close()
-
-
-def send(node: Node, files: list[Path]) -> None:
-    result = subprocess.run(
-        ["storescu", "-aec", "AINODE", "127.0.0.1", str(node.settings.node.dicom_port)]
-        + [str(f) for f in files],
-        env={**os.environ, "TCP_NODELAY": "1"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
+    with listening_node(settings, clock, registry) as node:
+        yield node
 
 
 def _studies(directory: Path) -> dict[str, list[pydicom.Dataset]]:
@@ -197,7 +176,7 @@ def _studies(directory: Path) -> dict[str, list[pydicom.Dataset]]:
 
 def test_dx_mg_and_op_series_reach_the_routine_and_complete(node, clock, tmp_path):
     studies = _studies(tmp_path / "in")
-    send(node, sorted((tmp_path / "in").rglob("*.dcm")))
+    send_to_node(node, sorted((tmp_path / "in").rglob("*.dcm")))
     clock.advance(11)
     completed = node.completion.poll()
     assert sorted(row.instance_count for row in completed) == [1, 1, 1, 2]

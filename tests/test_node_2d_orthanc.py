@@ -89,11 +89,7 @@ class ChestFindings(InferencePlugin):
 
 @pytest.mark.parametrize("modality", ["DX", "CR"])
 def test_chest_radiograph_findings_arrive_in_orthanc(tmp_path: Path, modality: str) -> None:
-    from node.app import Node
-    from node.config import settings_from_mapping
-    from node.devtools.orthanc import OrthancServer
-    from node.runtime.registry import PluginRegistry
-    from tests.support.net import free_port
+    from tests.support.pacs import orthanc_and_node
 
     templates = tmp_path / "templates"
     templates.mkdir()
@@ -112,54 +108,32 @@ def test_chest_radiograph_findings_arrive_in_orthanc(tmp_path: Path, modality: s
     source = tmp_path / "dx.dcm"
     radiograph.save_as(source, enforce_file_format=True)
 
-    node_port = free_port()
-    with OrthancServer(
-        modalities={"ainode": ["AINODE", "127.0.0.1", node_port]}, workdir=tmp_path / "orthanc"
-    ) as pacs:
-        settings = settings_from_mapping(
-            {
-                "node": {"dicom_port": node_port, "data_dir": str(tmp_path / "var")},
-                "completion": {"series_quiet_seconds": 1.0, "poll_seconds": 0.25},
-                "destinations": {
-                    "pacs": {
-                        "ae_title": pacs.aet,
-                        "host": "127.0.0.1",
-                        "port": pacs.dicom_port,
-                        "results": ["sr", "gsps", "sc"],
-                    }
-                },
-                "rules": [
-                    {
-                        "name": "chest-dx",
-                        "match": {
-                            "SOPClassUID": [
-                                "DigitalXRayImageStorageForPresentation",
-                                "ComputedRadiographyImageStorage",
-                            ]
-                        },
-                        "plugin": "cxr_findings",
-                        "send_to": ["pacs"],
-                    }
-                ],
-                "templates_dir": str(templates),
-            },
-            environ={},
-        )
-        registry = PluginRegistry()
-        registry.register(ChestFindings)
-        node = Node(settings, registry=registry)
-        node.start()
-        try:
-            pacs.upload_many([source])
-            study_uid = str(radiograph.StudyInstanceUID)
-            pacs.send_to_modality("ainode", [pacs.lookup_study(study_uid)])
-            found = pacs.wait_for_series(study_uid, ["SR", "PR", "OT"], timeout=240)
-            objects = {
-                modality: pacs.instance_dataset(series[0]["Instances"][0])
-                for modality, series in found.items()
-            }
-        finally:
-            node.stop()
+    rule = {
+        "name": "chest-dx",
+        "match": {
+            "SOPClassUID": [
+                "DigitalXRayImageStorageForPresentation",
+                "ComputedRadiographyImageStorage",
+            ]
+        },
+        "plugin": "cxr_findings",
+    }
+    with orthanc_and_node(
+        tmp_path,
+        [rule],
+        plugins=[ChestFindings],
+        templates_dir=templates,
+        results=["sr", "gsps", "sc"],
+        quiet_seconds=1.0,
+    ) as (pacs, _):
+        pacs.upload_many([source])
+        study_uid = str(radiograph.StudyInstanceUID)
+        pacs.send_to_modality("ainode", [pacs.lookup_study(study_uid)])
+        found = pacs.wait_for_series(study_uid, ["SR", "PR", "OT"], timeout=240)
+        objects = {
+            modality: pacs.instance_dataset(series[0]["Instances"][0])
+            for modality, series in found.items()
+        }
 
     for modality, dataset in objects.items():
         path = tmp_path / f"{modality}.dcm"

@@ -2,58 +2,37 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-from pathlib import Path
-
 import pydicom
 import pytest
 
 from node.app import Node
 from node.config import settings_from_mapping
 from node.synthetic.chest_ct import make_chest_ct, write_series
-from tests.support.net import free_port
+from tests.support.node import listening_node, send_to_node, stepped_settings
 
 
 @pytest.fixture
 def node(tmp_path, clock):
-    settings = settings_from_mapping(
+    settings = stepped_settings(
+        tmp_path,
         {
-            "node": {"dicom_port": free_port(), "data_dir": str(tmp_path / "var")},
-            "completion": {"series_quiet_seconds": 10},
             "rules": [
                 {"name": "chest", "match": {"Modality": "CT"}, "plugin": "ct_lungs"},
                 {"name": "never", "match": {"Modality": "MR"}, "plugin": "ct_lungs"},
             ],
         },
-        environ={},
     )
-    node = Node(settings, clock=clock)
-    node.scp.start()
-    yield node
-    node.scp.stop()
-    node.db.close()
-
-
-def send(node: Node, files: list[Path]) -> None:
-    result = subprocess.run(
-        ["storescu", "-aec", "AINODE", "127.0.0.1", str(node.settings.node.dicom_port)]
-        + [str(f) for f in files],
-        env={**os.environ, "TCP_NODELAY": "1"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
+    with listening_node(settings, clock) as node:
+        yield node
 
 
 def test_failing_job_keeps_its_reason_and_the_node_keeps_serving(node, clock, tmp_path):
     short, _ = make_chest_ct(n_slices=10, rows=64, columns=64, seed=1)
     good, _ = make_chest_ct(n_slices=30, rows=96, columns=96, seed=2)
-    send(node, write_series(short, tmp_path / "short"))
+    send_to_node(node, write_series(short, tmp_path / "short"))
     clock.advance(5)
     assert node.completion.poll() == []  # not quiet long enough
-    send(node, write_series(good, tmp_path / "good"))
+    send_to_node(node, write_series(good, tmp_path / "good"))
     clock.advance(10)
     completed = node.completion.poll()
     assert {row.instance_count for row in completed} == {10, 30}

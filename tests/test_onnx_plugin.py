@@ -9,8 +9,6 @@ must give the same label map on a synthetic abdomen CT.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +17,6 @@ import pytest
 import torch
 import yaml
 
-from node.app import Node
 from node.config import load_settings
 from node.runtime.engine import dice
 from node.runtime.onnx_plugin import (
@@ -33,8 +30,10 @@ from node.runtime.registry import PluginRegistry
 from node.runtime.volume import Volume, assemble_volume
 from node.synthetic.abdomen_ct import LABEL_NAMES, make_abdomen_ct
 from node.synthetic.chest_ct import write_series
-from plugins.ct_organs.model import LABELS, SPEC, WEIGHTS, build_network
+from plugins.ct_organs.model import SPEC, WEIGHTS, build_network
+from tests.support.models import ct_organs_model
 from tests.support.net import free_port
+from tests.support.node import listening_node, send_to_node
 
 CPU = torch.device("cpu")
 
@@ -61,23 +60,6 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     ts_path = directory / "organs.ts"
     torch.jit.save(torch.jit.trace(network, example, check_trace=False), str(ts_path))
     return {"onnx": onnx_path, "torchscript": ts_path}
-
-
-def _model(kind: str, path: Path, **extra: Any) -> dict[str, Any]:
-    return {
-        "type": kind,
-        "path": str(path),
-        "version": "0.1.0",
-        "template": "ct_organs",
-        "spacing_mm": list(SPEC.spacing_mm),
-        "axcodes": SPEC.axcodes,
-        "window": {"a_min": -1000, "a_max": 400},
-        "labels": list(LABELS),
-        "roi_size": list(SPEC.roi_size),
-        "overlap": SPEC.overlap,
-        "sw_batch_size": 1,
-        **extra,
-    }
 
 
 def _config(tmp_path: Path, models: dict[str, Any], **sections: Any) -> Path:
@@ -112,10 +94,10 @@ def test_onnx_and_torchscript_give_the_same_labels(
     path = _config(
         tmp_path,
         {
-            "organs-onnx": _model(
+            "organs-onnx": ct_organs_model(
                 "onnx", exported["onnx"], validated_on={"modalities": ["CT"], "noise": [5, 30]}
             ),
-            "organs-ts": _model("torchscript", exported["torchscript"]),
+            "organs-ts": ct_organs_model("torchscript", exported["torchscript"]),
         },
     )
     settings = load_settings(path, environ={})
@@ -150,9 +132,11 @@ def test_a_wrong_onnx_model_is_refused_with_the_reason(
     path = _config(
         tmp_path,
         {
-            "too-few-labels": _model("onnx", exported["onnx"], labels=["background", "body"]),
-            "no-file": _model("onnx", tmp_path / "absent.onnx"),
-            "wrong-input": _model("onnx", exported["onnx"], input_name="pixels"),
+            "too-few-labels": ct_organs_model(
+                "onnx", exported["onnx"], labels=["background", "body"]
+            ),
+            "no-file": ct_organs_model("onnx", tmp_path / "absent.onnx"),
+            "wrong-input": ct_organs_model("onnx", exported["onnx"], input_name="pixels"),
         },
     )
     registry = PluginRegistry()
@@ -172,7 +156,7 @@ def test_an_onnx_model_runs_as_a_node_job(
 ) -> None:
     path = _config(
         tmp_path,
-        {"organs-onnx": _model("onnx", exported["onnx"])},
+        {"organs-onnx": ct_organs_model("onnx", exported["onnx"])},
         node={"dicom_port": free_port(), "data_dir": str(tmp_path / "var")},
         completion={"series_quiet_seconds": 5},
         rules=[{"name": "organs", "match": {"Modality": "CT"}, "plugin": "organs-onnx"}],
@@ -180,20 +164,9 @@ def test_an_onnx_model_runs_as_a_node_job(
     settings = load_settings(path, environ={})
     registry = PluginRegistry()
     registry.configure(settings.models, settings.templates_dir)
-    node = Node(settings, source=str(path), clock=clock, registry=registry)
-    node.scp.start()
-    try:
+    with listening_node(settings, clock, registry, source=str(path)) as node:
         datasets, volume, _ = phantom
-        files = write_series(datasets, tmp_path / "in")
-        sent = subprocess.run(
-            ["storescu", "-aec", "AINODE", "127.0.0.1", str(settings.node.dicom_port)]
-            + [str(f) for f in files],
-            env={**os.environ, "TCP_NODELAY": "1"},
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert sent.returncode == 0, sent.stderr
+        send_to_node(node, write_series(datasets, tmp_path / "in"))
         clock.advance(6)
         assert len(node.completion.poll()) == 1
         assert node.worker.run_once()
@@ -209,6 +182,3 @@ def test_an_onnx_model_runs_as_a_node_job(
         for label, values in direct.measurements.items():
             stored = summary["measurements"][str(label)]["volume_cm3"]
             assert stored == pytest.approx(values["volume_cm3"], rel=1e-6)
-    finally:
-        node.scp.stop()
-        node.db.close()

@@ -28,6 +28,7 @@ from node.runtime.volume import Volume, assemble_volume
 from node.runtime.worker import InferenceWorker
 from node.state.series import InstanceRecord, SeriesStore
 from node.synthetic.chest_ct import make_chest_ct, write_series
+from tests.support.jobs import enqueue_job
 
 
 @pytest.fixture(scope="module")
@@ -268,15 +269,13 @@ class Setup:
             )
 
     def enqueue(self, plugin: str, rule: str | None = None) -> int:
-        return self.queue.enqueue(
+        return enqueue_job(
+            self.queue,
+            self.clock(),
             series_uid=self.series_uid,
             study_uid=self.study_uid,
-            generation=1,
             rule=rule or plugin,
             plugin=plugin,
-            destinations=[],
-            priority=5,
-            now=self.clock(),
         )
 
 

@@ -7,8 +7,6 @@ data, another kernel, contrast) and the decision is asserted for each.
 
 from __future__ import annotations
 
-import os
-import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,7 +26,7 @@ from node.runtime.volume import assemble_volume
 from node.synthetic import degraded
 from node.synthetic.chest_ct import make_chest_ct, write_series
 from plugins.ct_lungs import CtLungsPlugin
-from tests.support.net import free_port
+from tests.support.node import listening_node, send_to_node, stepped_settings
 from tests.support.validators import dciodvfy_errors, dsrdump
 
 VALIDATED = ValidatedInput(
@@ -181,36 +179,18 @@ def node(tmp_path: Path, clock: object):
             "quality": quality,
         }
 
-    settings = settings_from_mapping(
+    settings = stepped_settings(
+        tmp_path,
         {
-            "node": {"dicom_port": free_port(), "data_dir": str(tmp_path / "var")},
-            "completion": {"series_quiet_seconds": 10},
             "rules": [
                 rule("warn", {"on_fail": "warn"}),
                 rule("skip", {"on_fail": "warn", "checks": {"metal": "skip", "streaks": "skip"}}),
                 rule("run", {"on_fail": "run"}),
             ],
         },
-        environ={},
     )
-    node = Node(settings, clock=clock, registry=registry)  # type: ignore[arg-type]
-    node.scp.start()
-    yield node
-    node.scp.stop()
-    node.db.close()
-
-
-def _send(node: Node, datasets: list[Dataset], directory: Path) -> None:
-    files = write_series(datasets, directory)
-    result = subprocess.run(
-        ["storescu", "-aec", "AINODE", "127.0.0.1", str(node.settings.node.dicom_port)]
-        + [str(f) for f in files],
-        env={**os.environ, "TCP_NODELAY": "1"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
+    with listening_node(settings, clock, registry) as node:  # type: ignore[arg-type]
+        yield node
 
 
 def _series(chest: list[Dataset], description: str, seed: int) -> list[Dataset]:
@@ -231,7 +211,7 @@ def test_decisions_reach_the_job_and_the_sr(node: Node, clock, chest, tmp_path: 
         "run 8bit": degraded.to_8_bit(_series(chest, "run 8bit", 16)),
     }
     for index, datasets in enumerate(cases.values()):
-        _send(node, datasets, tmp_path / f"in{index}")
+        send_to_node(node, write_series(datasets, tmp_path / f"in{index}"))
     clock.advance(11)
     assert len(node.completion.poll()) == len(cases)
     while node.worker.run_once():

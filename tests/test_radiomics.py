@@ -44,7 +44,8 @@ from node.results.template import ResultTemplate, default_template_dir
 from node.runtime.plugin import Prediction
 from node.runtime.volume import Volume, assemble_volume
 from node.synthetic.chest_ct import make_chest_ct, write_series
-from tests.support.admin import ServedNode, served_node, storescu
+from tests.support.admin import ServedNode, served_node
+from tests.support.dcmtk import storescu
 from tests.support.validators import dciodvfy_errors, dsrdump
 
 pytest.importorskip("radiomics", reason="pyradiomics is installed by make run / make test")

@@ -10,8 +10,6 @@ error at anatomical landmarks and at the corners of a box around the chest).
 from __future__ import annotations
 
 import dataclasses
-import os
-import subprocess
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -23,8 +21,6 @@ import pytest
 import torch
 from pydicom.dataset import Dataset
 
-from node.devtools.node_process import NodeProcess
-from node.devtools.orthanc import OrthancServer
 from node.errors import InputRejected, JobTimeout
 from node.jobs.queue import JobQueue
 from node.results import build_results, load_template_by_name
@@ -32,18 +28,19 @@ from node.results.kinds import file_tag, profile_tags
 from node.results.registration import SPATIAL_REGISTRATION_STORAGE, registration_matrices
 from node.runtime.plugin import Prediction, Registration, RunContext
 from node.runtime.priors import NoPrior, find_prior
-from node.runtime.registry import PluginRegistry
 from node.runtime.volume import Volume, assemble_volume
-from node.runtime.worker import InferenceWorker
 from node.state.db import Database
 from node.state.series import SeriesStore
 from node.synthetic.chest_ct import make_chest_ct, write_series
 from node.synthetic.prior_ct import PriorTruth, make_prior_ct, rigid_matrix
 from plugins.rigid_registration import RigidRegistrationPlugin
 from plugins.rigid_registration.rigid import register_rigid
-from tests.support.net import free_port
+from tests.support.dcmtk import storescu
+from tests.support.jobs import enqueue_series
+from tests.support.pacs import one_result_each, orthanc_and_node_process
 from tests.support.spool import spool_series
 from tests.support.validators import dcentvfy_output, dciodvfy_errors
+from tests.support.worker import cpu_worker
 
 SEED = 21
 #: The current CT: 100 slices of 3 mm, 160 x 160 pixels of 2.4 mm (384 mm field of view).
@@ -210,31 +207,17 @@ def run_worker(
     series: Sequence[Sequence[Dataset]],
     job_series: Sequence[Dataset],
 ) -> tuple[JobQueue, int, float]:
-    store = SeriesStore(database)
-    for number, datasets in enumerate(series):
-        store_series(store, datasets, tmp_path / "spool", now=100.0 + number)
-    queue = JobQueue(database)
-    registry = PluginRegistry()
-    registry.register(RigidRegistrationPlugin)
-    worker = InferenceWorker(
-        queue,
-        store,
-        registry,
-        device=torch.device("cpu"),
+    store, queue, worker = cpu_worker(
+        database,
+        [RigidRegistrationPlugin],
         results_dir=tmp_path / "results",
-        templates_dir=None,
         clock=lambda: 200.0,
         prefetch=False,
     )
-    job_id = queue.enqueue(
-        series_uid=str(job_series[0].SeriesInstanceUID),
-        study_uid=str(job_series[0].StudyInstanceUID),
-        generation=1,
-        rule="follow-up",
-        plugin="rigid_registration",
-        destinations=[],
-        priority=5,
-        now=200.0,
+    for number, datasets in enumerate(series):
+        store_series(store, datasets, tmp_path / "spool", now=100.0 + number)
+    job_id = enqueue_series(
+        queue, job_series, rule="follow-up", plugin="rigid_registration", now=200.0
     )
     started = time.perf_counter()
     assert worker.run_once()
@@ -399,45 +382,17 @@ def test_a_prior_that_does_not_match_is_refused() -> None:
 def test_prior_and_current_into_the_node_reg_into_orthanc(tmp_path: Path) -> None:
     current, _ = make_chest_ct(seed=SEED, series_description="Chest CT follow-up", **CURRENT)
     prior, truth = make_prior_ct(seed=SEED, **PRIOR)
-    node_port = free_port()
-    env = {**os.environ, "TCP_NODELAY": "1"}
-    with OrthancServer(
-        modalities={"ainode": ["AINODE", "127.0.0.1", node_port]}, workdir=tmp_path / "orthanc"
-    ) as pacs:
-        config = {
-            "node": {"dicom_port": node_port},
-            "completion": {"series_quiet_seconds": 1.5, "poll_seconds": 0.25},
-            "destinations": {
-                "pacs": {
-                    "ae_title": pacs.aet,
-                    "host": "127.0.0.1",
-                    "port": pacs.dicom_port,
-                    "results": ["reg"],
-                }
-            },
-            "rules": [
-                {
-                    "name": "follow-up-registration",
-                    "match": {"Modality": "CT", "SeriesDescription": {"regex": "(?i)follow-up"}},
-                    "plugin": "rigid_registration",
-                    "send_to": ["pacs"],
-                }
-            ],
-        }
-        with NodeProcess(config, workdir=tmp_path / "node") as node:
-            for name, datasets in (("prior", prior), ("current", current)):
-                files = write_series(datasets, tmp_path / name)
-                sent = subprocess.run(
-                    ["storescu", "-aet", "SCANNER", "-aec", node.ae_title, "127.0.0.1",
-                     str(node.dicom_port), *map(str, files)],
-                    env=env, capture_output=True, text=True, timeout=120,
-                )  # fmt: skip
-                assert sent.returncode == 0, sent.stderr
-            study_uid = str(current[0].StudyInstanceUID)
-            found = pacs.wait_for_series(study_uid, ["REG"], timeout=300)
-            (series,) = found["REG"]
-            (instance,) = series["Instances"]
-            reg = pacs.instance_dataset(instance)
+    rule = {
+        "name": "follow-up-registration",
+        "match": {"Modality": "CT", "SeriesDescription": {"regex": "(?i)follow-up"}},
+        "plugin": "rigid_registration",
+    }
+    with orthanc_and_node_process(tmp_path, [rule], results=["reg"]) as (pacs, node):
+        for name, datasets in (("prior", prior), ("current", current)):
+            files = write_series(datasets, tmp_path / name)
+            storescu(node.dicom_port, files, "SCANNER", called_ae=node.ae_title)
+        study_uid = str(current[0].StudyInstanceUID)
+        reg = one_result_each(pacs, study_uid, ["REG"])["REG"]
     path = tmp_path / "reg.dcm"
     reg.save_as(path)
     assert dciodvfy_errors(path) == []

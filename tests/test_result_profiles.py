@@ -12,23 +12,21 @@ from pathlib import Path
 
 import pydicom
 import pytest
-import torch
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 
 from node.config import DestinationSettings, settings_from_mapping
 from node.errors import ConfigError
 from node.export.exporter import Exporter, result_files
-from node.jobs.queue import JobQueue
 from node.results.kinds import file_name, file_tag, profile_tags, required_tags
 from node.runtime.plugin import InferencePlugin, Prediction, RunContext
-from node.runtime.registry import PluginRegistry
 from node.runtime.volume import Volume
-from node.runtime.worker import InferenceWorker, result_tags
-from node.state.series import SeriesStore
+from node.runtime.worker import result_tags
 from node.synthetic.chest_ct import make_chest_ct
+from tests.support.jobs import enqueue_series
 from tests.support.net import free_port
 from tests.support.spool import spool_series
+from tests.support.worker import cpu_worker
 from tests.test_results import lung_prediction
 
 SOP_CLASSES = {
@@ -178,11 +176,6 @@ def test_each_destination_receives_only_its_kinds(database, clock, tmp_path: Pat
     datasets, _ = make_chest_ct(
         n_slices=30, rows=96, columns=96, pixel_spacing_mm=4.0, slice_thickness_mm=8.0
     )
-    series = SeriesStore(database)
-    spool_series(series, datasets, tmp_path / "spool", clock())
-    queue = JobQueue(database)
-    registry = PluginRegistry()
-    registry.register(PhantomLungs)
     with StorageSCP("VIEWER") as viewer, StorageSCP("LEGACY") as legacy:
         destinations = {
             "viewer": DestinationSettings(ae_title="VIEWER", host="127.0.0.1", port=viewer.port),
@@ -193,25 +186,21 @@ def test_each_destination_receives_only_its_kinds(database, clock, tmp_path: Pat
                 results=["sc", "gsps", "ko"],
             ),
         }
-        worker = InferenceWorker(
-            queue,
-            series,
-            registry,
-            device=torch.device("cpu"),
+        series, queue, worker = cpu_worker(
+            database,
+            [PhantomLungs],
             results_dir=tmp_path / "results",
-            templates_dir=None,
             clock=clock,
             destinations=lambda: destinations,
         )
+        spool_series(series, datasets, tmp_path / "spool", clock())
         exporter = Exporter(queue, lambda: destinations, calling_ae="AINODE", clock=clock)
-        job_id = queue.enqueue(
-            series_uid=str(datasets[0].SeriesInstanceUID),
-            study_uid=str(datasets[0].StudyInstanceUID),
-            generation=1,
+        job_id = enqueue_series(
+            queue,
+            datasets,
             rule="chest",
             plugin="phantom_lungs",
             destinations=["viewer", "legacy"],
-            priority=5,
             now=clock(),
         )
         assert worker.run_once()

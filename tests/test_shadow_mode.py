@@ -21,33 +21,22 @@ import pytest
 import yaml
 
 from node.config import settings_from_mapping
-from node.devtools.net import free_port, port_is_free, wait_until
+from node.devtools.net import free_port, wait_until
 from node.devtools.orthanc import OrthancServer
 from node.export.exporter import Exporter
 from node.jobs.queue import JobQueue
 from node.state.db import SCHEMA, Database
 from node.synthetic.chest_ct import make_chest_ct, write_series
-from tests.support.admin import served_node, storescu
+from tests.support.admin import served_node
+from tests.support.dcmtk import StoreSCP, storescu
+from tests.support.jobs import job_with_results
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 
 
 def _shadow_job(queue: JobQueue, clock, result_dir: Path) -> int:
-    job_id = queue.enqueue(
-        series_uid="1.2.3.1",
-        study_uid="1.2.3",
-        generation=1,
-        rule="shadow-rule",
-        plugin="ct_lungs",
-        destinations=["pacs"],
-        priority=5,
-        now=clock(),
-        shadow=True,
-    )
-    queue.claim_next(clock())
     result_dir.mkdir(parents=True, exist_ok=True)
-    queue.inference_done(job_id, result_dir, clock())
-    return job_id
+    return job_with_results(queue, clock, result_dir, rule="shadow-rule", shadow=True)
 
 
 def test_a_shadow_job_finishes_without_exporting(database, clock, tmp_path: Path) -> None:
@@ -118,31 +107,9 @@ def test_shadow_is_a_validated_rule_key() -> None:
         settings_from_mapping({"rules": [{**rule, "shadow": "perhaps"}]}, environ={})
 
 
-class StoreSCP:
-    """dcmtk storescp writing what it receives into a directory."""
-
-    def __init__(self, port: int, directory: Path) -> None:
-        self.port, self.directory = port, directory
-        directory.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(
-            ["storescp", "-aet", "ARCHIVE", "-od", str(directory), str(port)],
-            env={**os.environ, "TCP_NODELAY": "1"},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_until(lambda: not port_is_free(port), 10, message="storescp listening")
-
-    def received(self) -> list[Path]:
-        return sorted(self.directory.iterdir())
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=10)
-
-
 @pytest.mark.slow
 def test_shadow_results_are_stored_and_listed_but_never_sent(tmp_path: Path) -> None:
-    archive = StoreSCP(free_port(), tmp_path / "archive")
+    archive = StoreSCP(free_port(), tmp_path / "archive", ae_title="ARCHIVE")
     chest = {"Modality": "CT", "SeriesDescription": {"regex": "(?i)chest"}}
     try:
         with OrthancServer(workdir=tmp_path / "orthanc") as pacs:

@@ -1,10 +1,8 @@
-"""Helpers for admin API and console tests: a node served over real HTTP, storescu, login."""
+"""Helpers for admin API and console tests: a node served over real HTTP, login."""
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -19,7 +17,7 @@ from node.api.app import create_app
 from node.app import Node
 from node.config import settings_from_mapping
 from node.devtools.net import LOCALHOST, free_ports, http_ok, wait_until
-from node.devtools.node_process import deep_merge
+from node.devtools.node_process import deep_merge, default_config
 
 ADMIN_PASSWORD = "admin-password-1"
 VIEWER_PASSWORD = "viewer-password-1"
@@ -43,19 +41,12 @@ class ServedNode:
 
 @contextmanager
 def served_node(data_dir: Path, config: Mapping[str, Any] | None = None) -> Iterator[ServedNode]:
-    """A :class:`Node` in this process with its FastAPI app on a free port (real HTTP)."""
+    """A :class:`Node` in this process with its FastAPI app on a free port (real HTTP),
+    configured like a :class:`NodeProcess` (``default_config``) on the CPU."""
     dicom_port, http_port = free_ports(2)
-    base = {
-        "node": {
-            "ae_title": "AINODE",
-            "dicom_port": dicom_port,
-            "http_port": http_port,
-            "bind_address": LOCALHOST,
-            "data_dir": str(data_dir),
-        },
-        "completion": {"series_quiet_seconds": 2.0, "poll_seconds": 0.2},
-        "workers": {"device": "cpu"},
-    }
+    base = deep_merge(
+        default_config(data_dir, dicom_port, http_port), {"workers": {"device": "cpu"}}
+    )
     settings = settings_from_mapping(deep_merge(base, config or {}), environ={})
     node = Node(settings)
     node.start()
@@ -78,17 +69,6 @@ def served_node(data_dir: Path, config: Mapping[str, Any] | None = None) -> Iter
         server.should_exit = True
         thread.join(timeout=30)
         node.stop()
-
-
-def storescu(port: int, files: list[Path], calling_ae: str = "CT_SCANNER") -> None:
-    result = subprocess.run(
-        ["storescu", "-aet", calling_ae, "-aec", "AINODE", LOCALHOST, str(port), *map(str, files)],
-        env={**os.environ, "TCP_NODELAY": "1"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
 
 
 def login_session(url: str, username: str, password: str) -> tuple[httpx.Client, str]:
