@@ -394,6 +394,45 @@ def test_destinations_crud_echo_and_references(served: ServedNode) -> None:
     assert audit[1]["before"]["port"] == served.dicom_port and audit[1]["after"]["port"] == 104
 
 
+def test_dicomweb_credentials_are_never_shown(served: ServedNode) -> None:
+    """Viewers, the console page and the audit log see a placeholder, never the secret;
+    an edit that sends the placeholder back keeps the stored secret."""
+    secret = "s3cret-basic-password"
+    web = {
+        "kind": "dicomweb",
+        "url": "http://127.0.0.1:9/dicom-web",
+        "auth": {"type": "basic", "username": "node", "password": secret},
+    }
+    with served.client(served.admin_token) as client:
+        created = client.post("/api/destinations/web", json=web)
+        assert created.status_code == 201, created.text
+        shown = created.json()["auth"]
+        assert shown == {**web["auth"], "password": "********", "token": ""}
+        # The console's edit form sends back what it was shown: the secret stays.
+        kept = client.put(
+            "/api/destinations/web", json={**web, "auth": shown, "timeout_seconds": 5}
+        )
+        assert kept.status_code == 200, kept.text
+        stored = served.node.admin.destinations.get("web")
+        assert stored.auth.password == secret and stored.timeout_seconds == 5
+        # A placeholder with nothing of that kind stored is refused, naming the field.
+        token_auth = {"type": "bearer", "token": "********"}
+        refused = client.put("/api/destinations/web", json={**web, "auth": token_auth})
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["errors"][0]["field"] == "auth.token"
+        audit = client.get("/api/audit", params={"target": "destination:web"}).json()
+        with served.client(served.viewer_token) as viewer:
+            listed = viewer.get("/api/destinations").json()["web"]
+        page_client, _ = login_session(served.url, "viewer", "viewer-password-1")
+        page = page_client.get("/destinations")
+        page_client.close()
+        client.delete("/api/destinations/web")
+    assert listed["auth"]["password"] == "********"
+    assert [a["action"] for a in audit] == ["destination.update", "destination.create"]
+    assert secret not in json.dumps(audit)
+    assert page.status_code == 200 and "web" in page.text and secret not in page.text
+
+
 def test_plugins_are_listed(served: ServedNode) -> None:
     with served.client(served.viewer_token) as client:
         plugins = {p["name"]: p for p in client.get("/api/plugins").json()}

@@ -50,6 +50,49 @@ def parse_destination(data: Mapping[str, Any] | Any) -> AnyDestination:
         ) from None
 
 
+#: What the API, the console and the audit log show instead of a stored password or token.
+REDACTED = "********"
+_SECRET_FIELDS = ("password", "token")
+
+
+def destination_view(destination: AnyDestination) -> dict[str, Any]:
+    """The destination as JSON, its DICOMweb password and token replaced by :data:`REDACTED`.
+
+    Viewers may read destinations; the credentials the node sends are for the node only.
+    """
+    data = destination.model_dump(mode="json")
+    auth = data.get("auth")
+    if isinstance(auth, dict):
+        for field in _SECRET_FIELDS:
+            if auth.get(field):
+                auth[field] = REDACTED
+    return data
+
+
+def restore_secrets(data: Any, previous: AnyDestination | None) -> Any:
+    """``data`` with :data:`REDACTED` credentials replaced by the stored ones.
+
+    An edit sends back the view it was shown; a redacted field means "unchanged".
+    Without a stored value to keep, the placeholder is refused (it is not a password).
+    """
+    if not isinstance(data, Mapping) or not isinstance(data.get("auth"), Mapping):
+        return data
+    auth = dict(data["auth"])
+    stored = getattr(previous, "auth", None)
+    for field in _SECRET_FIELDS:
+        if auth.get(field) != REDACTED:
+            continue
+        kept = getattr(stored, field, "") if stored is not None else ""
+        if not kept or getattr(stored, "type", None) != auth.get("type", "none"):
+            raise InvalidInput(
+                f"auth.{field}: {REDACTED!r} stands for a stored {field}, and there is none"
+                " to keep; give the new value",
+                [(f"auth.{field}", "give the value, not the placeholder")],
+            )
+        auth[field] = kept
+    return {**data, "auth": auth}
+
+
 def check_name(name: str) -> None:
     if not NAME_PATTERN.match(name):
         raise InvalidInput(

@@ -17,7 +17,13 @@ import torch
 
 from node.admin.audit import AuditEntry, AuditLog
 from node.admin.catalog import SeriesCatalog
-from node.admin.destinations import DestinationStore, check_name, parse_destination
+from node.admin.destinations import (
+    DestinationStore,
+    check_name,
+    destination_view,
+    parse_destination,
+    restore_secrets,
+)
 from node.admin.rules import (
     RuleStore,
     StoredRule,
@@ -118,7 +124,7 @@ class AdminService:
                 action="destinations.seed",
                 target="destinations",
                 before=None,
-                after={n: d.model_dump(mode="json") for n, d in destinations.items()},
+                after={n: destination_view(d) for n, d in destinations.items()},
                 now=now,
             )
         elif {n: d.model_dump() for n, d in destinations.items()} != {
@@ -463,14 +469,15 @@ class AdminService:
 
     def save_destination(self, name: str, data: Any, actor: str, *, create: bool) -> None:
         check_name(name)
-        destination = parse_destination(data)
+        stored = None if create else self.destinations.get(name)
+        destination = parse_destination(restore_secrets(data, stored))
         previous = self.destinations.put(name, destination, actor, self.clock(), create=create)
         self.audit.record(
             user=actor,
             action="destination.create" if create else "destination.update",
             target=f"destination:{name}",
-            before=None if previous is None else previous.model_dump(mode="json"),
-            after=destination.model_dump(mode="json"),
+            before=None if previous is None else destination_view(previous),
+            after=destination_view(destination),
             now=self.clock(),
         )
 
@@ -486,7 +493,7 @@ class AdminService:
             user=actor,
             action="destination.delete",
             target=f"destination:{name}",
-            before=previous.model_dump(mode="json"),
+            before=destination_view(previous),
             after=None,
             now=self.clock(),
         )

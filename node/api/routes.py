@@ -12,6 +12,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from pydantic import BaseModel, Field
 
+from node.admin.destinations import destination_view, parse_destination
 from node.admin.rules import subject_from_dicom_bytes, subject_from_json
 from node.admin.service import AdminService
 from node.api.auth import Principal
@@ -346,33 +347,31 @@ def api_router(admin: AdminService, viewer: Dependency, editor: Dependency) -> A
 
     @router.get("/destinations", tags=["destinations"])
     def destinations(_: Viewer) -> dict[str, dict[str, Any]]:
-        return {n: d.model_dump(mode="json") for n, d in admin.destinations.mapping().items()}
+        return {n: destination_view(d) for n, d in admin.destinations.mapping().items()}
 
     @router.post("/destinations/echo", tags=["destinations"])
     def echo_unsaved(body: DestinationBody, _: Viewer) -> dict[str, Any]:
         """C-ECHO a destination before saving it."""
-        from node.admin.destinations import parse_destination
-
         result = admin.echo("(unsaved)", parse_destination(body.model_dump(exclude_none=True)))
         return result.__dict__
 
     @router.get("/destinations/{name}", tags=["destinations"])
     def destination(name: str, _: Viewer) -> dict[str, Any]:
-        return admin.destinations.get(name).model_dump(mode="json")
+        return destination_view(admin.destinations.get(name))
 
     @router.post("/destinations/{name}", status_code=201, tags=["destinations"])
     def create_destination(name: str, body: DestinationBody, principal: Editor) -> dict[str, Any]:
         admin.save_destination(
             name, body.model_dump(exclude_none=True), principal.name, create=True
         )
-        return admin.destinations.get(name).model_dump(mode="json")
+        return destination_view(admin.destinations.get(name))
 
     @router.put("/destinations/{name}", tags=["destinations"])
     def update_destination(name: str, body: DestinationBody, principal: Editor) -> dict[str, Any]:
         admin.save_destination(
             name, body.model_dump(exclude_none=True), principal.name, create=False
         )
-        return admin.destinations.get(name).model_dump(mode="json")
+        return destination_view(admin.destinations.get(name))
 
     @router.delete("/destinations/{name}", tags=["destinations"])
     def delete_destination(name: str, principal: Editor) -> dict[str, str]:

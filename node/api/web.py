@@ -19,6 +19,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from node import __version__
+from node.admin.destinations import destination_view
 from node.admin.shadow import result_objects
 from node.admin.users import User
 from node.api.auth import LOGIN_CSRF_COOKIE, SESSION_COOKIE, Principal
@@ -371,6 +372,7 @@ def web_router(node: Node, viewer: Dependency, editor: Dependency) -> APIRouter:
 
     @router.get("/destinations")
     def destinations_page(request: Request, principal: Viewer) -> HTMLResponse:
+        destinations = admin.destinations.mapping()
         used: dict[str, list[str]] = {}
         for stored in admin.rules.stored():
             for name in stored.rule.send_to:
@@ -379,7 +381,8 @@ def web_router(node: Node, viewer: Dependency, editor: Dependency) -> APIRouter:
             request,
             "destinations.html",
             principal,
-            destinations=admin.destinations.mapping(),
+            destinations=destinations,
+            definitions={name: destination_view(d) for name, d in destinations.items()},
             used=used,
         )
 
