@@ -472,6 +472,8 @@ class SecuritySettings(_Strict):
     public_metrics: bool = True
     #: A login session ends this many minutes after it started.
     session_minutes: float = Field(480.0, gt=0)
+    #: ... or after this many minutes without a request (at least 1).
+    session_idle_minutes: float = Field(60.0, ge=1)
     #: Mark the session cookie ``Secure`` (set when the console is served over HTTPS).
     secure_cookies: bool = False
 

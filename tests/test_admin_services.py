@@ -132,6 +132,35 @@ def test_sessions_expire_and_passwords_are_hashed(admin: AdminService, clock, da
 JOB = {"series_uid": "1.2", "study_uid": "1.1", "rule": "r", "plugin": "p"}
 
 
+def test_idle_sessions_end_and_use_keeps_them_alive(admin: AdminService, clock) -> None:
+    user = admin.add_user("alice", "correct horse", "admin", "setup")
+    secret, _ = admin.users.open_session(user, clock(), 8 * 3600)
+    for _ in range(4):  # a request every 50 s keeps a 60-s idle limit from ending it
+        clock.advance(50)
+        assert admin.users.session(secret, clock(), idle_seconds=60) is not None
+    clock.advance(61)
+    assert admin.users.session(secret, clock(), idle_seconds=60) is None
+    # An idle session is deleted: it does not come back with a longer limit.
+    assert admin.users.session(secret, clock(), idle_seconds=3600) is None
+
+
+def test_sessions_of_an_older_database_get_an_idle_clock(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    connection = sqlite3.connect(path)
+    connection.executescript(
+        "CREATE TABLE users (username TEXT PRIMARY KEY, password_hash TEXT NOT NULL,"
+        " role TEXT NOT NULL, created_at REAL NOT NULL, disabled INTEGER NOT NULL DEFAULT 0);"
+        "CREATE TABLE sessions (id_hash TEXT PRIMARY KEY, username TEXT NOT NULL,"
+        " csrf_token TEXT NOT NULL, created_at REAL NOT NULL, expires_at REAL NOT NULL);"
+        "INSERT INTO sessions VALUES ('h', 'alice', 'c', 100.0, 900.0);"
+    )
+    connection.close()
+    db = Database(path)
+    (row,) = db.query("SELECT last_seen_at FROM sessions")
+    assert row["last_seen_at"] == 100.0
+    db.close()
+
+
 def test_cancel_while_running_is_not_undone_by_the_worker(database, clock, tmp_path) -> None:
     queue = JobQueue(database)
     job_id = enqueue_job(queue, clock(), **JOB, destinations=["pacs"])

@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 Role = Literal["admin", "viewer"]
 ROLES: tuple[Role, ...] = ("admin", "viewer")
 USERNAME_PATTERN = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
+#: How finely a session's last use is recorded (one write per session and interval).
+SEEN_RESOLUTION_SECONDS = 30.0
 MIN_PASSWORD_LENGTH = 10
 TOKEN_PREFIX = "ainode_"
 
@@ -184,21 +186,39 @@ class UserStore:
         with self._db.transaction() as cursor:
             cursor.execute("DELETE FROM sessions WHERE expires_at <= ?", (now,))
             cursor.execute(
-                "INSERT INTO sessions (id_hash, username, csrf_token, created_at, expires_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (_digest(secret), user.username, csrf, now, now + lifetime_seconds),
+                "INSERT INTO sessions"
+                " (id_hash, username, csrf_token, created_at, expires_at, last_seen_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (_digest(secret), user.username, csrf, now, now + lifetime_seconds, now),
             )
         return secret, Session(user, csrf, now + lifetime_seconds)
 
-    def session(self, secret: str, now: float) -> Session | None:
+    def session(self, secret: str, now: float, idle_seconds: float | None = None) -> Session | None:
+        """The live session behind a cookie's ``secret``, marked as used at ``now``.
+
+        ``None`` once the session has expired, its user is disabled, or (with
+        ``idle_seconds``) no request came for that long; an idle session is deleted.
+        The last-use time is written at most every :data:`SEEN_RESOLUTION_SECONDS`.
+        """
+        digest = _digest(secret)
         rows = self._db.query(
-            "SELECT s.csrf_token, s.expires_at, u.* FROM sessions s"
+            "SELECT s.csrf_token, s.expires_at, s.last_seen_at, u.* FROM sessions s"
             " JOIN users u ON u.username = s.username WHERE s.id_hash = ?",
-            (_digest(secret),),
+            (digest,),
         )
         if not rows or rows[0]["expires_at"] <= now or rows[0]["disabled"]:
             return None
-        return Session(_user(rows[0]), rows[0]["csrf_token"], float(rows[0]["expires_at"]))
+        row = rows[0]
+        idle = now - float(row["last_seen_at"])
+        if idle_seconds is not None and idle > idle_seconds:
+            self.close_session(secret)
+            return None
+        if idle >= SEEN_RESOLUTION_SECONDS:
+            with self._db.transaction() as cursor:
+                cursor.execute(
+                    "UPDATE sessions SET last_seen_at = ? WHERE id_hash = ?", (now, digest)
+                )
+        return Session(_user(row), row["csrf_token"], float(row["expires_at"]))
 
     def close_session(self, secret: str) -> None:
         with self._db.transaction() as cursor:

@@ -100,7 +100,7 @@ def create_app(node: Node) -> FastAPI:
     app.state.setup_code = _setup_code(node)
 
     async def viewer(request: Request) -> Principal:
-        principal = resolve(request, admin.users, node.clock())
+        principal = resolve(request, admin.users, node.clock(), security.session_idle_minutes * 60)
         if principal is None:
             raise NotAuthenticated("log in first (session) or send an API token")
         await check_csrf(request, principal)

@@ -47,14 +47,17 @@ class Principal:
         return self.session.csrf_token if self.session else ""
 
 
-def resolve(request: Request, users: UserStore, now: float) -> Principal | None:
+def resolve(
+    request: Request, users: UserStore, now: float, idle_seconds: float | None = None
+) -> Principal | None:
+    """The user behind a bearer token or a session cookie (idle after ``idle_seconds``)."""
     header = request.headers.get("authorization", "")
     if header.lower().startswith("bearer "):
         user = users.user_for_token(header[7:].strip(), now)
         return Principal(user, "token") if user else None
     secret = request.cookies.get(SESSION_COOKIE)
     if secret:
-        session = users.session(secret, now)
+        session = users.session(secret, now, idle_seconds)
         if session is not None:
             return Principal(session.user, "session", session)
     return None

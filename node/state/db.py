@@ -16,7 +16,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS series (
@@ -142,7 +142,8 @@ CREATE TABLE IF NOT EXISTS sessions (
     username    TEXT NOT NULL REFERENCES users (username) ON DELETE CASCADE,
     csrf_token  TEXT NOT NULL,
     created_at  REAL NOT NULL,
-    expires_at  REAL NOT NULL
+    expires_at  REAL NOT NULL,
+    last_seen_at REAL NOT NULL DEFAULT 0
 );
 
 CREATE TABLE IF NOT EXISTS api_tokens (
@@ -196,6 +197,11 @@ def _migrate(connection: sqlite3.Connection) -> None:
     if "shadow" not in columns:
         log.info("migrating jobs table: adding the shadow flag")
         connection.execute("ALTER TABLE jobs ADD COLUMN shadow INTEGER NOT NULL DEFAULT 0")
+    columns = {r[1] for r in connection.execute("PRAGMA table_info(sessions)").fetchall()}
+    if "last_seen_at" not in columns:
+        log.info("migrating sessions table: adding the last request time (idle timeout)")
+        connection.execute("ALTER TABLE sessions ADD COLUMN last_seen_at REAL NOT NULL DEFAULT 0")
+        connection.execute("UPDATE sessions SET last_seen_at = created_at")
 
 
 class Database:
