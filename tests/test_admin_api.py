@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import html
 import io
 import json
+import re
 from pathlib import Path
 
 import pydicom
@@ -18,6 +20,7 @@ from tests.support.admin import (
     served_node,
 )
 from tests.support.dcmtk import storescu
+from tests.support.jobs import enqueue_job
 
 RULE = {"name": "chest-ct", "match": {"Modality": "CT"}, "plugin": "ct_lungs"}
 
@@ -351,6 +354,40 @@ def test_force_complete_routes_a_series_at_once(tmp_path: Path, series_dirs) -> 
         assert [j["rule"] for j in jobs] == ["chest-ct"]
         audit = client.get("/api/audit", params={"action": "series"}).json()
         assert audit[0]["target"] == f"series:{uid}"
+
+
+def test_job_list_pages_back_by_id(tmp_path: Path) -> None:
+    """API pages follow the ``Link: rel="next"`` header; the console pages with "Older jobs"."""
+    from node.api.web import JOBS_PER_PAGE
+
+    config = {"completion": {"series_quiet_seconds": 3600}}
+    with served_node(tmp_path, config) as served:
+        queue = served.node.queue
+        ids = [
+            enqueue_job(queue, served.node.clock(), series_uid=f"1.2.9.{n}", rule="paging")
+            for n in range(JOBS_PER_PAGE + 3)
+        ]
+        pages: list[list[int]] = []
+        with served.client(served.viewer_token) as client:
+            url: str | None = "/api/jobs?rule=paging&limit=40"
+            while url:
+                answer = client.get(url)
+                assert answer.status_code == 200, answer.text
+                pages.append([job["id"] for job in answer.json()])
+                url = answer.links.get("next", {}).get("url")
+        browser, _ = login_session(served.url, "viewer", "viewer-password-1")
+        first = browser.get("/jobs", params={"rule": "paging"})
+        older = re.search(r'id="older-jobs" href="([^"]+)"', first.text)
+        assert older, first.text
+        second = browser.get(html.unescape(older.group(1)))
+        browser.close()
+    assert [len(page) for page in pages] == [40, 40, 23]
+    assert [i for page in pages for i in page] == sorted(ids, reverse=True)
+    on_first = re.findall(r'data-job-id="(\d+)"', first.text)
+    on_second = re.findall(r'data-job-id="(\d+)"', second.text)
+    assert len(on_first) == JOBS_PER_PAGE and len(on_second) == 3
+    assert int(on_second[0]) == int(on_first[-1]) - 1
+    assert 'id="older-jobs"' not in second.text and "Newest jobs" in second.text
 
 
 # -- destinations, plugins, users ---------------------------------------------------------

@@ -146,6 +146,15 @@ class SeriesCatalog:
             study["series"].append(view)
         return list(grouped.values())
 
+    def finished_since(self, since: float) -> list[tuple[str, float]]:
+        """``(state, finished_at)`` of the jobs done or failed after ``since`` (dashboard)."""
+        rows = self._db.query(
+            "SELECT state, finished_at FROM jobs"
+            " WHERE state IN ('done', 'failed') AND finished_at > ?",
+            (since,),
+        )
+        return [(str(r["state"]), float(r["finished_at"])) for r in rows]
+
     def search_jobs(
         self,
         *,
@@ -158,10 +167,13 @@ class SeriesCatalog:
         series_uid: str = "",
         limit: int = 200,
         mode: str = "",
+        before_id: int | None = None,
     ) -> list[tuple[Job, dict[str, str]]]:
         """Jobs newest first, with the descriptive fields of their series.
 
         ``mode`` ``shadow`` keeps only shadow-mode jobs, ``live`` only the others.
+        ``before_id`` pages: only jobs older than that one (pass the last id of a page
+        to get the next; new jobs arriving meanwhile do not shift the pages).
         """
         self.fill_missing()
         clauses: list[str] = []
@@ -178,6 +190,9 @@ class SeriesCatalog:
         if mode in ("shadow", "live"):
             clauses.append("j.shadow = ?")
             parameters.append(int(mode == "shadow"))
+        if before_id is not None:
+            clauses.append("j.id < ?")
+            parameters.append(before_id)
         if study_date_from:
             clauses.append("i.study_date >= ?")
             parameters.append(normalise_date(study_date_from))

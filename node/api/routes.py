@@ -9,7 +9,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile
 from pydantic import BaseModel, Field
 
 from node.admin.destinations import destination_view, parse_destination
@@ -256,6 +256,8 @@ def api_router(admin: AdminService, viewer: Dependency, editor: Dependency) -> A
     @router.get("/jobs", tags=["jobs"])
     def list_jobs(
         _: Viewer,
+        request: Request,
+        response: Response,
         state: Annotated[str, Query(description=f"one of {', '.join(JOB_STATES)}")] = "",
         rule: str = "",
         plugin: str = "",
@@ -265,7 +267,12 @@ def api_router(admin: AdminService, viewer: Dependency, editor: Dependency) -> A
         series_uid: str = "",
         limit: Annotated[int, Query(ge=1, le=5000)] = 200,
         shadow: Annotated[bool | None, Query(description="only shadow (or live) jobs")] = None,
+        before_id: Annotated[
+            int | None, Query(ge=1, description="the next page: jobs older than this id")
+        ] = None,
     ) -> list[dict[str, Any]]:
+        """Jobs newest first. A full page has a ``Link: <...>; rel="next"`` header (RFC 8288)
+        that asks for the jobs older than its last one, with the same filters."""
         if state and state not in JOB_STATES:
             raise InvalidInput(
                 f"unknown state {state!r} (known: {', '.join(JOB_STATES)})", [("state", "unknown")]
@@ -281,10 +288,14 @@ def api_router(admin: AdminService, viewer: Dependency, editor: Dependency) -> A
                 series_uid=series_uid,
                 limit=limit,
                 mode="" if shadow is None else ("shadow" if shadow else "live"),
+                before_id=before_id,
             )
         except ValueError as exc:
             field = "study_date_from" if study_date_from in str(exc) else "study_date_to"
             raise InvalidInput(str(exc), [(field, str(exc))]) from None
+        if len(found) == limit:
+            following = request.url.include_query_params(before_id=found[-1][0].id)
+            response.headers["Link"] = f'<{following}>; rel="next"'
         return [job_json(job, info) for job, info in found]
 
     @router.get("/jobs/{job_id}", tags=["jobs"])

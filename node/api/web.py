@@ -12,6 +12,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 import yaml
 from fastapi import APIRouter, Depends, Form, Request
@@ -31,6 +32,8 @@ from node.results.radiomics import JSON_FILE as RADIOMICS_JSON
 
 log = logging.getLogger(__name__)
 
+#: Jobs on one page of the console's job table ("Older jobs" pages back).
+JOBS_PER_PAGE = 100
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 Dependency = Callable[[Request], Awaitable[Principal]]
 
@@ -225,29 +228,21 @@ def web_router(node: Node, viewer: Dependency, editor: Dependency) -> APIRouter:
     @router.get("/")
     def dashboard(request: Request, principal: Viewer) -> HTMLResponse:
         now = node.clock()
-        day = admin.catalog.search_jobs(limit=5000)
-        recent = [(j, i) for j, i in day if j.updated_at >= now - 86400]
+        finished = admin.catalog.finished_since(now - 86400)
         hours: list[dict[str, Any]] = []
         for back in range(11, -1, -1):
             start = now - (back + 1) * 3600
             end = now - back * 3600
+            in_hour = [state for state, at in finished if start < at <= end]
             hours.append(
                 {
                     "label": time.strftime("%H:00", time.localtime(end)),
-                    "done": sum(
-                        1
-                        for j, _ in recent
-                        if j.state == "done" and j.finished_at and start < j.finished_at <= end
-                    ),
-                    "failed": sum(
-                        1
-                        for j, _ in recent
-                        if j.state == "failed" and j.finished_at and start < j.finished_at <= end
-                    ),
+                    "done": in_hour.count("done"),
+                    "failed": in_hour.count("failed"),
                 }
             )
         peak = max([int(h["done"]) + int(h["failed"]) for h in hours] + [1])
-        failures = [job_json(j, i) for j, i in day if j.state == "failed"][:10]
+        failures = [job_json(j, i) for j, i in admin.catalog.search_jobs(state="failed", limit=10)]
         series_today = admin.catalog.series_views(since=now - 86400, limit=100000)
         return render(
             request,
@@ -260,8 +255,8 @@ def web_router(node: Node, viewer: Dependency, editor: Dependency) -> APIRouter:
             failures=failures,
             series_today=len(series_today),
             instances_today=sum(v.series.instance_count for v in series_today),
-            done_today=sum(1 for j, _ in recent if j.state == "done"),
-            failed_today=sum(1 for j, _ in recent if j.state == "failed"),
+            done_today=sum(1 for state, _ in finished if state == "done"),
+            failed_today=sum(1 for state, _ in finished if state == "failed"),
             node_info={
                 "AE title": node.settings.node.ae_title,
                 "DICOM port": node.settings.node.dicom_port,
@@ -312,6 +307,7 @@ def web_router(node: Node, viewer: Dependency, editor: Dependency) -> APIRouter:
         study_date_to: str = "",
         text: str = "",
         mode: str = "",
+        before_id: int | None = None,
     ) -> HTMLResponse:
         filters = {
             "mode": mode if mode in ("shadow", "live") else "",
@@ -324,9 +320,16 @@ def web_router(node: Node, viewer: Dependency, editor: Dependency) -> APIRouter:
         }
         error = ""
         try:
-            found = admin.catalog.search_jobs(**filters, limit=500)
+            found = admin.catalog.search_jobs(**filters, limit=JOBS_PER_PAGE, before_id=before_id)
         except ValueError as exc:
             error, found = str(exc), []
+        chosen = {key: value for key, value in filters.items() if value}
+        older = (
+            f"/jobs?{urlencode({**chosen, 'before_id': found[-1][0].id})}"
+            if len(found) == JOBS_PER_PAGE
+            else ""
+        )
+        newest = f"/jobs?{urlencode(chosen)}" if before_id is not None else ""
         rules = sorted({s.rule.name for s in admin.rules.stored()} | {j.rule for j, _ in found})
         return render(
             request,
@@ -338,6 +341,8 @@ def web_router(node: Node, viewer: Dependency, editor: Dependency) -> APIRouter:
             rules=rules,
             plugins=sorted(admin.plugin_names()),
             error=error,
+            older=older,
+            newest=newest,
         )
 
     @router.get("/jobs/{job_id}")

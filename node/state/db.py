@@ -73,6 +73,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, priority, id);
 CREATE INDEX IF NOT EXISTS jobs_series ON jobs (series_uid);
+CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_at);
 
 CREATE TABLE IF NOT EXISTS job_events (
     id      INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -191,6 +192,7 @@ def _migrate(connection: sqlite3.Connection) -> None:
         connection.execute("ALTER TABLE jobs_migrated RENAME TO jobs")
         connection.execute("CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, priority, id)")
         connection.execute("CREATE INDEX IF NOT EXISTS jobs_series ON jobs (series_uid)")
+        connection.execute("CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_at)")
         connection.execute("COMMIT")
         connection.execute("PRAGMA foreign_keys=ON")
     columns = {r[1] for r in connection.execute("PRAGMA table_info(jobs)").fetchall()}
