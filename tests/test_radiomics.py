@@ -19,6 +19,7 @@ import pydicom
 import pytest
 
 from node.devtools.net import wait_until
+from node.devtools.node_process import NodeProcess
 from node.errors import TemplateError
 from node.results import build_results, load_template, load_template_by_name
 from node.results.radiomics import (
@@ -46,6 +47,7 @@ from node.runtime.volume import Volume, assemble_volume
 from node.synthetic.chest_ct import make_chest_ct, write_series
 from tests.support.admin import ServedNode, served_node
 from tests.support.dcmtk import storescu
+from tests.support.pacs import node_config, one_result_each, orthanc_for_node
 from tests.support.validators import dciodvfy_errors, dsrdump
 
 pytest.importorskip("radiomics", reason="pyradiomics is installed by make run / make test")
@@ -546,6 +548,42 @@ def _check_api(served: ServedNode, client, job_id: int, failed_id: int) -> dict:
 
 
 # -- installation ------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_radiomics_sr_arrives_in_orthanc(tmp_path: Path) -> None:
+    """Orthanc sends a chest CT; the SEG and the SR with the features come back to it."""
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    radiomics_template(templates, {1: ["firstorder", "shape"], 2: ["firstorder"]})
+    chest, _ = make_chest_ct(n_slices=24, rows=96, columns=96, seed=11)
+    files = write_series(chest, tmp_path / "chest")
+    study_uid = str(chest[0].StudyInstanceUID)
+    with orthanc_for_node(tmp_path) as (pacs, node_port):
+        config = {**node_config(node_port, pacs, [RULE]), "templates_dir": str(templates)}
+        with NodeProcess(config, workdir=tmp_path / "node"):
+            pacs.upload_many(files)
+            pacs.send_to_modality("ainode", [pacs.lookup_study(study_uid)])
+            found = one_result_each(pacs, study_uid, ["SEG", "SR"])
+    path = tmp_path / "sr.dcm"
+    found["SR"].save_as(path, enforce_file_format=True)
+    assert dciodvfy_errors(path) == []
+    report = hd.sr.srread(path)
+    features = {
+        str(group.tracking_identifier): [
+            m for m in group.get_measurements() if _algorithm(m)[0] == "pyradiomics"
+        ]
+        for group in report.content.get_volumetric_roi_measurement_groups()  # type: ignore[attr-defined]
+    }
+    counts = FEATURE_COUNTS
+    assert len(features["right-lung"]) == counts["firstorder"] + counts["shape"]
+    assert len(features["left-lung"]) == counts["firstorder"]
+    referenced = {
+        str(element.value)
+        for element in report.iterall()
+        if element.keyword == "ReferencedSOPInstanceUID"
+    }
+    assert str(found["SEG"].SOPInstanceUID) in referenced  # the groups' segments
 
 
 def test_make_installs_the_radiomics_extra_without_build_isolation() -> None:
