@@ -1,7 +1,9 @@
-"""What the development process managers share: a subprocess on 127.0.0.1 with a log file.
+"""What the development servers share.
 
-Base of :class:`~node.devtools.node_process.NodeProcess` and
-:class:`~node.devtools.orthanc.OrthancServer`, both used as context managers.
+:class:`LocalService`: started and stopped by ``with`` (also the base of
+:class:`~node.devtools.viewer.server.ViewerServer`). :class:`LocalProcess`: a subprocess
+on 127.0.0.1 with a log file, the base of :class:`~node.devtools.node_process.NodeProcess`
+and :class:`~node.devtools.orthanc.OrthancServer`.
 """
 
 from __future__ import annotations
@@ -15,7 +17,30 @@ from typing import Self
 from node.devtools.net import LOCALHOST, tail
 
 
-class LocalProcess(abc.ABC):
+class LocalService(abc.ABC):
+    """Something a test or a demo starts and stops: ``with`` does both."""
+
+    @abc.abstractmethod
+    def start(self) -> Self:
+        """Start and wait until it answers."""
+
+    @abc.abstractmethod
+    def stop(self) -> object:
+        """Stop and clean up."""
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class LocalProcess(LocalService):
     """A local subprocess with a log file: ``with`` starts it and stops it.
 
     Subclasses set :attr:`log_path`, :attr:`_process` and :attr:`_fixed_ports` and
@@ -71,16 +96,5 @@ class LocalProcess(abc.ABC):
     def log_tail(self, max_bytes: int = 6000) -> str:
         return tail(self.log_path, max_bytes)
 
-    def __enter__(self) -> Self:
-        return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-
-__all__ = ["LocalProcess"]
+__all__ = ["LocalProcess", "LocalService"]

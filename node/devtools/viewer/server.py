@@ -23,9 +23,9 @@ import urllib.parse
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
+from node.devtools.local_process import LocalService
 from node.devtools.net import LOCALHOST
 
 log = logging.getLogger(__name__)
@@ -235,7 +235,7 @@ class _Server(ThreadingHTTPServer):
         super().__init__(address, _Handler)
 
 
-class ViewerServer:
+class ViewerServer(LocalService):
     """OHIF plus ``/dicom-web`` of one Orthanc on one local port (a context manager).
 
     Parameters
@@ -275,7 +275,7 @@ class ViewerServer:
         host = str(self._server.server_address[0])
         return f"http://{host}:{self.port}"
 
-    def start(self) -> ViewerServer:
+    def start(self) -> Self:
         if self._thread is None:
             self._thread = threading.Thread(
                 target=self._server.serve_forever, name="viewer-server", daemon=True
@@ -293,17 +293,6 @@ class ViewerServer:
             self._thread.join(timeout=10)
             self._thread = None
         self._server.server_close()
-
-    def __enter__(self) -> ViewerServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 __all__ = ["PROXY_PREFIXES", "ViewerServer", "app_config"]
