@@ -24,7 +24,8 @@ from plugins.ct_denoise.model import WEIGHTS, build_network, denoise_volume
 log = logging.getLogger(__name__)
 
 # What the network was trained and tested on (train.py): noise-free make_abdomen_ct and
-# make_chest_ct slices with white noise added, measured with the gate's measure() (README).
+# make_chest_ct slices with white noise added, measured with the gate's measure()
+# (plugins/README.md).
 #: Trained on 2.4-5 mm pixels (380-480 mm over 96-160 rows), held out 1.6-2.2 mm.
 VALIDATED_PIXEL_SPACING_MM = (1.5, 5.5)
 #: Trained on 5-30 HU of added noise, measured 5.6-30.2 HU (held out at 10 and 20 HU).

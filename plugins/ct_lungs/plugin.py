@@ -38,7 +38,7 @@ MAX_OBLIQUITY_DEG = 15.0
 
 # What the routine was validated on: the chest phantoms of node/synthetic/chest_ct.py
 # (README "Measured on the phantom", the evaluation example, tests/test_ct_lungs.py),
-# measured with the gate's own measure() (README "Validated input").
+# measured with the gate's own measure() (plugins/README.md, README "Validated input").
 #: Validated on 1-5 mm slices (1 and 3 mm in the README, 5 mm in the evaluation example).
 VALIDATED_SLICE_THICKNESS_MM = (0.75, 6.0)
 #: Validated on 0.75-3 mm pixels; 3 mm is also the largest :attr:`accepts` takes.

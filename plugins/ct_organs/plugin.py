@@ -12,7 +12,7 @@ from node.runtime.weights import load_network
 from plugins.ct_organs.model import BODY, COMPONENTS, SPEC, WEIGHTS, build_network
 
 # What the network was trained and tested on: make_abdomen_ct phantoms (train.py
-# random_grid and HELD_OUT_GRIDS), measured with the gate's measure() (README).
+# random_grid and HELD_OUT_GRIDS), measured with the gate's measure() (plugins/README.md).
 #: Trained on 2-5 mm slices, held out 1.6-5 mm; the network works at 4 mm.
 VALIDATED_SLICE_THICKNESS_MM = (1.5, 6.0)
 #: Trained on 1.19-3.75 mm pixels (380-480 mm over 128-320 rows), held out 1.1-1.9 mm.

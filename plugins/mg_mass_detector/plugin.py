@@ -32,7 +32,7 @@ from plugins.mg_mass_detector.model import (
 log = logging.getLogger(__name__)
 
 # What the network was trained and tested on (train.py): make_mammogram_pixels images as
-# make_mammogram writes them, measured with the gate's measure() (README).
+# make_mammogram writes them, measured with the gate's measure() (plugins/README.md).
 #: Trained on 0.4, 0.5 and 0.6 mm pixels (ImagerPixelSpacing, as the generator writes).
 VALIDATED_PIXEL_SPACING_MM = (0.3, 0.8)
 #: At most 1.6e-4 of a view's pixels sit at its maximum over 60 training images: 12x that.

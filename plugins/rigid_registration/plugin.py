@@ -30,7 +30,8 @@ MIN_OVERLAP = 0.3
 METRIC = "correlation"
 
 # What the method was validated on (evaluate.py, tests/test_registration.py): current
-# make_chest_ct series and make_prior_ct priors, measured with the gate's measure() (README).
+# make_chest_ct series and make_prior_ct priors, measured with the gate's measure()
+# (plugins/README.md).
 # The gate measures the current series; the prior is checked by :attr:`accepts` only.
 #: Current 3 mm and prior 2.5 mm slices.
 VALIDATED_SLICE_THICKNESS_MM = (1.0, 5.0)
