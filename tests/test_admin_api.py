@@ -475,6 +475,14 @@ def test_plugins_are_listed(served: ServedNode) -> None:
         plugins = {p["name"]: p for p in client.get("/api/plugins").json()}
     assert plugins["ct_lungs"]["status"] == "ok" and plugins["ct_lungs"]["version"]
     assert plugins["ct_lungs"]["loaded_on"] == ["cpu"]
+    declared = plugins["ct_lungs"]["validated_on"]
+    assert declared["modalities"] == ["CT"] and declared["noise"] == [9.0, 36.0]
+    client, _ = login_session(served.url, "viewer", "viewer-password-1")
+    try:
+        page = client.get("/plugins")
+    finally:
+        client.close()
+    assert page.status_code == 200 and "CTImageStorage; slices 0.75-6 mm" in page.text
 
 
 def test_users_and_tokens(served: ServedNode) -> None:

@@ -294,7 +294,7 @@ def test_node_sends_denoised_series_and_attribution_maps_into_orthanc(tmp_path) 
         {"name": "organs-explain", "match": {"Modality": "CT"}, "plugin": "ct_organs_explain"},
     ]
     datasets, truth = make_abdomen_ct(
-        n_slices=40, rows=96, columns=96, pixel_spacing_mm=4.0, slice_thickness_mm=8.0,
+        n_slices=40, rows=96, columns=96, pixel_spacing_mm=4.0, slice_thickness_mm=5.0,
         seed=20_003, series_description="Abdomen phantom",
     )  # fmt: skip
     files = write_series(datasets, tmp_path / "series")

@@ -53,7 +53,7 @@ def test_failing_job_keeps_its_reason_and_the_node_keeps_serving(node, clock, tm
     assert done.result_dir.is_relative_to(node.results_dir)
     events = [e.event for e in node.queue.events(done.id)]
     assert events == [
-        "queued", "started", "volume_loaded", "inference_done", "encoded",
+        "queued", "started", "quality_checked", "volume_loaded", "inference_done", "encoded",
         "results_written", "done",
     ]  # fmt: skip
 

@@ -225,7 +225,8 @@ def test_decisions_reach_the_job_and_the_sr(node: Node, clock, chest, tmp_path: 
     assert set(jobs) == set(cases)
     listed = {p["name"]: p for p in node.admin.plugins()}
     assert listed["ct_lungs_gated"]["validated_on"]["noise"] == (5.0, 30.0)
-    assert listed["ct_lungs"]["validated_on"] is None
+    # The shipped routine declares what it was validated on (tests/test_validated_inputs.py).
+    assert listed["ct_lungs"]["validated_on"]["noise"] == (9.0, 36.0)
 
     def events(description: str) -> dict[str, list[str]]:
         found: dict[str, list[str]] = {}

@@ -333,7 +333,8 @@ def test_reg_uids_depend_on_current_and_prior(registration_run: RegistrationRun)
 
 
 def test_job_without_a_prior_fails_saying_so(tmp_path: Path) -> None:
-    current, _ = make_chest_ct(n_slices=12, rows=64, columns=64, pixel_spacing_mm=4.0, seed=SEED)
+    # 2.4 mm pixels: a series the routine was validated on (no quality warning on the job).
+    current, _ = make_chest_ct(n_slices=12, rows=96, columns=96, pixel_spacing_mm=2.4, seed=SEED)
     database = Database(tmp_path / "state.sqlite3")
     queue, job_id, _ = run_worker(database, tmp_path, [current], current)
     job = queue.get(job_id)

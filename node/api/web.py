@@ -29,6 +29,7 @@ from node.app import Node
 from node.errors import AinodeError
 from node.jobs.queue import JOB_STATES
 from node.results.radiomics import JSON_FILE as RADIOMICS_JSON
+from node.runtime.plugin import ValidatedInput
 
 log = logging.getLogger(__name__)
 
@@ -393,7 +394,11 @@ def web_router(node: Node, viewer: Dependency, editor: Dependency) -> APIRouter:
 
     @router.get("/plugins")
     def plugins_page(request: Request, principal: Viewer) -> HTMLResponse:
-        return render(request, "plugins.html", principal, plugins=admin.plugins())
+        plugins = admin.plugins()
+        for plugin in plugins:
+            declared = plugin["validated_on"]
+            plugin["validated"] = ValidatedInput(**declared).describe() if declared else ""
+        return render(request, "plugins.html", principal, plugins=plugins)
 
     @router.get("/audit")
     def audit_page(

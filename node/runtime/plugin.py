@@ -21,7 +21,7 @@ import torch
 
 from node.errors import InputRejected, JobTimeout
 from node.runtime.geometry import acquisition_plane, reorientation
-from node.runtime.image_attributes import sop_class_uid
+from node.runtime.image_attributes import sop_class_name, sop_class_uid
 from node.runtime.images import image_problems
 from node.runtime.volume import Volume
 
@@ -156,7 +156,8 @@ class ValidatedInput:
     modalities, sop_classes, photometric_interpretations
         Accepted header values.
     slice_thickness_mm, pixel_spacing_mm
-        Inclusive ranges of SliceThickness and both PixelSpacing values.
+        Inclusive ranges of SliceThickness and both PixelSpacing values (ImagerPixelSpacing
+        where PixelSpacing is absent, as for projection radiographs and mammograms).
     kernels
         ConvolutionKernel values (case-insensitive).
     contrast
@@ -173,7 +174,8 @@ class ValidatedInput:
     max_streak_index
         Largest ratio of a slice's high-frequency energy to the series median.
     max_clipped_fraction
-        Largest fraction of pixels at the stored minimum or maximum.
+        Largest fraction of pixels at the stored minimum or maximum (for 2D images: at
+        the maximum, in the worst frame).
     """
 
     modalities: tuple[str, ...] = ()
@@ -194,6 +196,26 @@ class ValidatedInput:
     def __post_init__(self) -> None:
         if self.contrast not in ("any", "present", "absent"):
             raise ValueError(f"contrast must be any, present or absent, not {self.contrast!r}")
+
+    def describe(self) -> str:
+        """One line of what is checked (for the console), e.g. ``CT; pixels 1-4 mm; ...``."""
+
+        def bounds(values: tuple[float, float]) -> str:
+            return f"{values[0]:g}-{values[1]:g}"
+
+        parts = [
+            "/".join(self.modalities),
+            "/".join(sop_class_name(uid) for uid in self.sop_classes),
+            f"slices {bounds(self.slice_thickness_mm)} mm" if self.slice_thickness_mm else "",
+            f"pixels {bounds(self.pixel_spacing_mm)} mm" if self.pixel_spacing_mm else "",
+            "kernel " + "/".join(self.kernels) if self.kernels else "",
+            {"present": "contrast", "absent": "no contrast"}.get(self.contrast, ""),
+            "/".join(self.photometric_interpretations),
+            f"at least {self.min_bits_stored} bits" if self.min_bits_stored else "",
+            f"noise {bounds(self.noise)}" if self.noise else "",
+            f"clipped at most {self.max_clipped_fraction:g}",
+        ]
+        return "; ".join(part for part in parts if part)
 
 
 @dataclass(frozen=True)

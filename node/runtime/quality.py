@@ -3,14 +3,16 @@
 Before inference the node measures a series against what its routine was
 validated on (:class:`~node.runtime.plugin.ValidatedInput`):
 
-* header checks: modality, SOP class, slice thickness, pixel spacing, kernel
+* header checks: modality, SOP class, slice thickness, pixel spacing (PixelSpacing,
+  else ImagerPixelSpacing, as the node gives 2D images to routines), kernel
   (ConvolutionKernel), contrast (ContrastBolusAgent), photometric interpretation,
   bit depth (BitsStored);
 * slice layout from the headers: positions missing from the regular grid and
   positions that occur twice (:func:`slice_layout`);
 * image measurements: noise (:func:`noise_sd`, robust spread of a Laplacian in
   homogeneous tissue), metal (:func:`metal_fraction`), streaks or motion
-  (:func:`streak_index`) and clipping (:func:`clipped_fraction`).
+  (:func:`streak_index`) and clipping (:func:`clipped_fraction`; per frame for 2D
+  images, :func:`image_clipped_fraction`).
 
 Each failed check is then given the rule's action (``run``, ``warn`` or ``skip``,
 :class:`~node.config.QualitySettings`) and :func:`decide` returns the most severe.
@@ -27,6 +29,7 @@ from pydicom.dataset import Dataset
 from scipy import ndimage
 
 from node.config import QualitySettings
+from node.runtime import image_attributes
 from node.runtime.plugin import ValidatedInput
 
 #: HU range counted as homogeneous soft tissue for the noise estimate (CT).
@@ -236,13 +239,27 @@ def clipped_fraction(array: np.ndarray, *, count_low_end: bool) -> float:
     An image whose values were clipped to a range puts every voxel beyond it on
     the range's end; an unclipped one has a handful at its extremes. The low end
     is not counted where a floor is normal (air at -1024 HU in CT, zero
-    background in MR).
+    background in MR, mammograms and radiographs, the black border around a
+    fundus photograph).
     """
     total = max(1, array.size)
     fraction = float(np.count_nonzero(array == array.max())) / total
     if count_low_end:
         fraction += float(np.count_nonzero(array == array.min())) / total
     return fraction
+
+
+def image_clipped_fraction(array: np.ndarray) -> float:
+    """:func:`clipped_fraction` of each 2D image (frame) on its own; the largest.
+
+    The frames of a 2D series are independent exposures (four mammography views,
+    two eyes): one view clipped below another's maximum would not show in the
+    series' maximum. Colour frames count every sample (a saturated channel is
+    clipped). The low end is never counted: zero background is normal there.
+    """
+    if array.size == 0:
+        return 0.0
+    return max(clipped_fraction(frame, count_low_end=False) for frame in array)
 
 
 # -- checks and decision ---------------------------------------------------------
@@ -295,6 +312,9 @@ def measure(
     if array is None:
         return Measurements(layout)
     modality = str(headers[0].get("Modality", "")) if headers else ""
+    if headers and image_attributes.is_image_sop_class(str(headers[0].get("SOPClassUID", ""))):
+        # Projection images and photographs: independent frames, no HU.
+        return Measurements(layout, clipped_fraction=image_clipped_fraction(array))
     return Measurements(
         layout,
         noise=noise_sd(array) if modality == "CT" else None,
@@ -359,13 +379,17 @@ def header_checks(headers: Sequence[Dataset], validated: ValidatedInput) -> list
                     _range(validated.slice_thickness_mm, " mm"),
                 )
             )
-    if validated.pixel_spacing_mm is not None and "PixelSpacing" in first:
-        spacing = [float(v) for v in first.PixelSpacing]
+    # PixelSpacing, else ImagerPixelSpacing (projection radiographs and mammograms often
+    # give only the detector spacing): the spacing the routine itself is given.
+    spacing, attribute = image_attributes.pixel_spacing(first)
+    if validated.pixel_spacing_mm is not None and spacing is not None:
         checks.append(
             Check(
                 "pixel_spacing",
                 all(_in(v, validated.pixel_spacing_mm) for v in spacing),
-                "x".join(f"{v:g}" for v in spacing) + " mm",
+                "x".join(f"{v:g}" for v in spacing)
+                + " mm"
+                + (f" ({attribute})" if attribute != "PixelSpacing" else ""),
                 _range(validated.pixel_spacing_mm, " mm"),
             )
         )
@@ -518,6 +542,7 @@ __all__ = [
     "clipped_fraction",
     "decide",
     "header_checks",
+    "image_clipped_fraction",
     "measure",
     "measured_checks",
     "metal_fraction",

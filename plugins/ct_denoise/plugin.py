@@ -15,12 +15,21 @@ from node.runtime.plugin import (
     Prediction,
     Resources,
     RunContext,
+    ValidatedInput,
 )
 from node.runtime.volume import Volume
 from node.runtime.weights import load_network
 from plugins.ct_denoise.model import WEIGHTS, build_network, denoise_volume
 
 log = logging.getLogger(__name__)
+
+# What the network was trained and tested on (train.py): noise-free make_abdomen_ct and
+# make_chest_ct slices with white noise added, measured with the gate's measure()
+# (plugins/README.md).
+#: Trained on 2.4-5 mm pixels (380-480 mm over 96-160 rows), held out 1.6-2.2 mm.
+VALIDATED_PIXEL_SPACING_MM = (1.5, 5.5)
+#: Trained on 5-30 HU of added noise, measured 5.6-30.2 HU (held out at 10 and 20 HU).
+VALIDATED_NOISE_HU = (4.0, 40.0)
 
 
 class CtDenoisePlugin(InferencePlugin):
@@ -41,6 +50,17 @@ class CtDenoisePlugin(InferencePlugin):
         planes=("axial",),
     )
     resources = Resources(needs_gpu=False, gpu_memory_mb=300)
+    # No slice thickness: the network works on each axial slice alone (trained on
+    # 12.5-17 mm slices of thin phantoms, where thickness changes nothing in-plane).
+    validated_on = ValidatedInput(
+        modalities=("CT",),
+        sop_classes=("1.2.840.10008.5.1.4.1.1.2",),  # CT Image Storage, as the phantoms
+        pixel_spacing_mm=VALIDATED_PIXEL_SPACING_MM,
+        contrast="any",  # abdomen phantoms look enhanced, chest ones not; no header says
+        photometric_interpretations=("MONOCHROME2",),
+        min_bits_stored=12,  # the phantoms are stored in 12 bits
+        noise=VALIDATED_NOISE_HU,
+    )
 
     def __init__(self) -> None:
         self._network: torch.nn.Module | None = None

@@ -10,7 +10,14 @@ import torch
 
 from node.errors import InputRejected
 from node.runtime.measure import label_statistics
-from node.runtime.plugin import Accepts, InferencePlugin, Prediction, RunContext, check_input
+from node.runtime.plugin import (
+    Accepts,
+    InferencePlugin,
+    Prediction,
+    RunContext,
+    ValidatedInput,
+    check_input,
+)
 from node.runtime.volume import Volume
 from plugins.ct_lungs.segmentation import (
     LEFT_LUNG,
@@ -28,6 +35,16 @@ PIXEL_SPACING_RANGE_MM = (0.2, 3.0)
 MIN_MATRIX = 64
 #: Largest angle between an image axis and the patient axis it runs along.
 MAX_OBLIQUITY_DEG = 15.0
+
+# What the routine was validated on: the chest phantoms of node/synthetic/chest_ct.py
+# (README "Measured on the phantom", the evaluation example, tests/test_ct_lungs.py),
+# measured with the gate's own measure() (plugins/README.md, README "Validated input").
+#: Validated on 1-5 mm slices (1 and 3 mm in the README, 5 mm in the evaluation example).
+VALIDATED_SLICE_THICKNESS_MM = (0.75, 6.0)
+#: Validated on 0.75-3 mm pixels; 3 mm is also the largest :attr:`accepts` takes.
+VALIDATED_PIXEL_SPACING_MM = (0.5, 3.0)
+#: Phantom noise 15-18 HU, measured 18.2 HU at 18: half to twice that.
+VALIDATED_NOISE_HU = (9.0, 36.0)
 
 
 class CtLungsPlugin(InferencePlugin):
@@ -53,6 +70,16 @@ class CtLungsPlugin(InferencePlugin):
         min_matrix=MIN_MATRIX,
         planes=("axial",),
         max_obliquity_deg=MAX_OBLIQUITY_DEG,
+    )
+    validated_on = ValidatedInput(
+        modalities=("CT",),
+        sop_classes=("1.2.840.10008.5.1.4.1.1.2",),  # CT Image Storage, as the phantoms
+        slice_thickness_mm=VALIDATED_SLICE_THICKNESS_MM,
+        pixel_spacing_mm=VALIDATED_PIXEL_SPACING_MM,
+        contrast="absent",  # the phantoms are unenhanced and carry no ContrastBolusAgent
+        photometric_interpretations=("MONOCHROME2",),
+        min_bits_stored=12,  # the phantoms are stored in 12 bits
+        noise=VALIDATED_NOISE_HU,
     )
 
     def __init__(self) -> None:

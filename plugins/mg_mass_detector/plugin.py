@@ -15,6 +15,7 @@ from node.runtime.plugin import (
     Prediction,
     Resources,
     RunContext,
+    ValidatedInput,
 )
 from node.runtime.volume import Volume
 from node.runtime.weights import load_network
@@ -29,6 +30,13 @@ from plugins.mg_mass_detector.model import (
 )
 
 log = logging.getLogger(__name__)
+
+# What the network was trained and tested on (train.py): make_mammogram_pixels images as
+# make_mammogram writes them, measured with the gate's measure() (plugins/README.md).
+#: Trained on 0.4, 0.5 and 0.6 mm pixels (ImagerPixelSpacing, as the generator writes).
+VALIDATED_PIXEL_SPACING_MM = (0.3, 0.8)
+#: At most 1.6e-4 of a view's pixels sit at its maximum over 60 training images: 12x that.
+VALIDATED_MAX_CLIPPED_FRACTION = 0.002
 
 
 class MgMassDetectorPlugin(InferencePlugin):
@@ -56,6 +64,15 @@ class MgMassDetectorPlugin(InferencePlugin):
         max_slices=16,
     )
     resources = Resources(needs_gpu=False, gpu_memory_mb=300)
+    validated_on = ValidatedInput(
+        modalities=("MG",),
+        sop_classes=("1.2.840.10008.5.1.4.1.1.1.2",),  # Digital Mammography For Presentation
+        pixel_spacing_mm=VALIDATED_PIXEL_SPACING_MM,
+        # Trained on MONOCHROME2 only (MONOCHROME1 is inverted by the node, but untested).
+        photometric_interpretations=("MONOCHROME2",),
+        min_bits_stored=12,  # the training images are 12-bit
+        max_clipped_fraction=VALIDATED_MAX_CLIPPED_FRACTION,
+    )
     threshold = SCORE_THRESHOLD
 
     def __init__(self) -> None:

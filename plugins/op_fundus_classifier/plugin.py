@@ -16,6 +16,7 @@ from node.runtime.plugin import (
     Prediction,
     Resources,
     RunContext,
+    ValidatedInput,
 )
 from node.runtime.volume import Volume
 from node.runtime.weights import load_network
@@ -28,6 +29,10 @@ from plugins.op_fundus_classifier.model import (
 )
 
 log = logging.getLogger(__name__)
+
+#: Up to 3.3e-2 of a training photograph's samples are saturated (255: the optic disc),
+#: over 60 images each at 384 and 512 pixels: 3x that.
+VALIDATED_MAX_CLIPPED_FRACTION = 0.1
 
 
 class OpFundusClassifierPlugin(InferencePlugin):
@@ -53,6 +58,15 @@ class OpFundusClassifierPlugin(InferencePlugin):
         max_slices=64,
     )
     resources = Resources(needs_gpu=False, gpu_memory_mb=200)
+    # No pixel spacing: every photograph is resized to the network's 384 x 384 input.
+    validated_on = ValidatedInput(
+        modalities=("OP",),
+        sop_classes=("1.2.840.10008.5.1.4.1.1.77.1.5.1",),  # Ophthalmic Photography 8 Bit
+        # Trained on uncompressed RGB only (YBR, e.g. JPEG, is converted but untested).
+        photometric_interpretations=("RGB",),
+        min_bits_stored=8,
+        max_clipped_fraction=VALIDATED_MAX_CLIPPED_FRACTION,
+    )
 
     def __init__(self) -> None:
         self._network: torch.nn.Module | None = None

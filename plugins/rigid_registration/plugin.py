@@ -14,6 +14,7 @@ from node.runtime.plugin import (
     Prediction,
     Registration,
     RunContext,
+    ValidatedInput,
 )
 from node.runtime.volume import Volume
 from plugins.rigid_registration.rigid import RegistrationFailed, register_rigid
@@ -27,6 +28,17 @@ MIN_CORRELATION = 0.5
 MIN_OVERLAP = 0.3
 #: Name of the quality measure written into the REG's transformation comment.
 METRIC = "correlation"
+
+# What the method was validated on (evaluate.py, tests/test_registration.py): current
+# make_chest_ct series and make_prior_ct priors, measured with the gate's measure()
+# (plugins/README.md).
+# The gate measures the current series; the prior is checked by :attr:`accepts` only.
+#: Current 3 mm and prior 2.5 mm slices.
+VALIDATED_SLICE_THICKNESS_MM = (1.0, 5.0)
+#: Current 1.5-2.4 mm and prior 1.3-2.0 mm pixels.
+VALIDATED_PIXEL_SPACING_MM = (1.0, 3.0)
+#: Phantom noise 18 HU (measured 18.2 HU): half to twice that.
+VALIDATED_NOISE_HU = (9.0, 36.0)
 
 
 class RigidRegistrationPlugin(InferencePlugin):
@@ -50,6 +62,16 @@ class RigidRegistrationPlugin(InferencePlugin):
         pixel_spacing_mm=(0.2, 5.0),
         min_matrix=64,
         planes=("axial", "coronal", "sagittal"),
+    )
+    validated_on = ValidatedInput(
+        modalities=("CT",),
+        sop_classes=("1.2.840.10008.5.1.4.1.1.2",),  # CT Image Storage, as the phantoms
+        slice_thickness_mm=VALIDATED_SLICE_THICKNESS_MM,
+        pixel_spacing_mm=VALIDATED_PIXEL_SPACING_MM,
+        contrast="absent",  # the phantoms are unenhanced and carry no ContrastBolusAgent
+        photometric_interpretations=("MONOCHROME2",),
+        min_bits_stored=12,  # the phantoms are stored in 12 bits
+        noise=VALIDATED_NOISE_HU,
     )
 
     def __init__(self) -> None:
