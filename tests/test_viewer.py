@@ -267,11 +267,8 @@ def planar_groups(sr: pydicom.Dataset) -> list[tuple[str, str, list[str]]]:
 
 def test_sr_measurements_are_listed_over_their_images(ohif: OhifPage, results: Results) -> None:
     groups = planar_groups(results.sr)
-    if not groups:
-        pytest.xfail(
-            "the SR has only volumetric groups (no image coordinates), which OHIF cannot "
-            "show; planar SCOORD groups are being added"
-        )
+    # OHIF shows only groups with image coordinates: every segment has its planar outline.
+    assert groups, "the SR has no planar (SCOORD) groups, so OHIF would show nothing"
     out = artifacts_dir()
     ohif.open_study(results.study_uid)
     ohif.show_series("SR")
