@@ -368,6 +368,25 @@ def test_building_twice_gives_the_same_uids(case: Case, template: ResultTemplate
     assert len(uids) == 6
 
 
+def test_every_kind_is_rebuilt_with_the_same_uids(case: Case, template: ResultTemplate) -> None:
+    """A re-sent job replaces its earlier objects in the PACS instead of duplicating them."""
+    tags = ["seg", "labelmap_seg", "sr", "gsps", "sc", "ko.gsps+sc"]
+    first, again = (
+        build_results(case.volume, case.prediction, template, tags=tags) for _ in range(2)
+    )
+
+    def identity(results: ResultSet) -> list[tuple[str, str, str]]:
+        return [
+            (tag, str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)) for tag, ds in results.tagged()
+        ]
+
+    built = identity(first)
+    assert {tag for tag, _, _ in built} == set(tags)
+    assert len(built) > len(tags)  # one SC image per slice with a finding
+    assert identity(again) == built
+    assert len({sop for _, _, sop in built}) == len(built)
+
+
 def test_other_input_or_template_gives_other_uids(
     case: Case, source: Source, template: ResultTemplate, tmp_path: Path
 ) -> None:
