@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -346,6 +347,26 @@ def test_sr_has_image_library_observer_and_procedure(case: Case, template: Resul
         if item.ConceptNameCodeSequence[0].CodeMeaning == "Procedure reported"
     ]
     assert procedure[0].ConceptCodeSequence[0].CodeValue == "24627-2"
+
+
+def test_procedure_reported_is_the_source_studys(source: Source, template: ResultTemplate) -> None:
+    """The SR reports the procedure the source study names, not the template's default."""
+    coded = Dataset()
+    coded.CodeValue, coded.CodingSchemeDesignator = "RPID16", "RADLEX"
+    coded.CodeMeaning = "CT Chest without IV Contrast"
+    datasets = [copy.deepcopy(ds) for ds in source.datasets]
+    for ds in datasets:
+        ds.ProcedureCodeSequence = [coded]
+    volume = assemble_volume(datasets)
+    sr = build_results(volume, lung_prediction(volume, source.truth), template).sr
+    (procedure,) = [
+        item
+        for item in sr.ContentSequence
+        if item.ConceptNameCodeSequence[0].CodeMeaning == "Procedure reported"
+    ]
+    reported = procedure.ConceptCodeSequence[0]
+    assert (reported.CodeValue, reported.CodingSchemeDesignator) == ("RPID16", "RADLEX")
+    assert reported.CodeMeaning == "CT Chest without IV Contrast"
 
 
 def test_building_twice_gives_the_same_uids(case: Case, template: ResultTemplate) -> None:
