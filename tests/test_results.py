@@ -28,6 +28,7 @@ from node.results import (
     load_template_by_name,
 )
 from node.results.measure import surface_area_mm2
+from node.results.template import default_template_dir
 from node.runtime.plugin import Prediction
 from node.runtime.volume import Volume, assemble_volume
 from node.synthetic.chest_ct import ChestPhantomTruth, make_chest_ct
@@ -367,6 +368,29 @@ def test_procedure_reported_is_the_source_studys(source: Source, template: Resul
     reported = procedure.ConceptCodeSequence[0]
     assert (reported.CodeValue, reported.CodingSchemeDesignator) == ("RPID16", "RADLEX")
     assert reported.CodeMeaning == "CT Chest without IV Contrast"
+
+
+def test_anatomic_region_reaches_the_seg(
+    case: Case, template: ResultTemplate, tmp_path: Path
+) -> None:
+    """A segment's ``anatomic_region`` is the SEG's Anatomic Region Sequence."""
+    text = (default_template_dir() / "ct_lungs.yaml").read_text()
+    thorax = (
+        '    anatomic_region: {value: "51185008", scheme: SCT,'
+        ' meaning: "Thoracic structure (body structure)"}\n'
+    )
+    text = text.replace("    colour: [0, 151, 206]\n", thorax + "    colour: [0, 151, 206]\n")
+    path = tmp_path / "ct_lungs.yaml"
+    path.write_text(text)
+    seg = build_results(case.volume, case.prediction, load_template(path)).seg
+    right, left = seg.SegmentSequence
+    region = right.AnatomicRegionSequence[0]
+    assert (region.CodeValue, region.CodingSchemeDesignator, region.CodeMeaning) == (
+        "51185008",
+        "SCT",
+        "Thoracic structure (body structure)",
+    )
+    assert "AnatomicRegionSequence" not in left
 
 
 def test_building_twice_gives_the_same_uids(case: Case, template: ResultTemplate) -> None:
