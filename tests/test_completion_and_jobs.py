@@ -1,3 +1,4 @@
+import logging
 from pathlib import Path
 
 from node.completion import CompletionMonitor
@@ -25,7 +26,8 @@ def monitor(store, clock, completed, quiet=10.0):
     return CompletionMonitor(store, quiet_seconds=quiet, clock=clock, on_complete=completed.append)
 
 
-def test_series_completes_after_quiet_period(database, clock):
+def test_series_completes_after_quiet_period(database, clock, caplog):
+    caplog.set_level(logging.INFO, logger="node.completion")
     store, completed = SeriesStore(database), []
     mon = monitor(store, clock, completed)
     for i in range(3):
@@ -37,6 +39,8 @@ def test_series_completes_after_quiet_period(database, clock):
     assert [r.series_uid for r in rows] == ["1.2.3.1"]
     assert rows[0].instance_count == 3 and rows[0].generation == 1
     assert completed == rows
+    (line,) = [r.getMessage() for r in caplog.records if "series complete" in r.getMessage()]
+    assert "series_uid=1.2.3.1 instances=3 generation=1 quiet_for=10.0s" in line
     clock.advance(100)
     assert mon.poll() == []  # completed once per generation
 

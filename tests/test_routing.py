@@ -28,6 +28,9 @@ def holds(match, subject=None) -> bool:
     [
         ({"Modality": "CT"}, True),
         ({"Modality": "MR"}, False),
+        ({"Modality": {"equals": "CT"}}, True),
+        ({"Modality": {"equals": "MR"}}, False),
+        ({"SliceThickness": {"equals": 1}}, True),
         ({"Modality": ["MR", "CT"]}, True),
         ({"Modality": {"in": ["MR", "PT"]}}, False),
         ({"SeriesDescription": {"regex": "(?i)chest|thorax"}}, True),
