@@ -356,6 +356,16 @@ def test_force_complete_routes_a_series_at_once(tmp_path: Path, series_dirs) -> 
         assert audit[0]["target"] == f"series:{uid}"
 
 
+def test_healthz_is_503_while_the_dicom_listener_is_down(tmp_path: Path) -> None:
+    with served_node(tmp_path) as served, served.client() as client:
+        assert client.get("/healthz").status_code == 200
+        served.node.scp.stop()
+        down = client.get("/healthz")
+        assert down.status_code == 503 and down.json()["status"] == "starting"
+        served.node.scp.start()
+        assert client.get("/healthz").status_code == 200
+
+
 def test_job_list_pages_back_by_id(tmp_path: Path) -> None:
     """API pages follow the ``Link: rel="next"`` header; the console pages with "Older jobs"."""
     from node.api.web import JOBS_PER_PAGE

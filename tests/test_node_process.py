@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,12 +12,23 @@ import yaml
 
 from node.devtools.node_process import NodeProcess, NodeStartError, deep_merge
 
+#: The console script beside this interpreter (what `make run` calls).
+AINODE = str(Path(sys.executable).with_name("ainode"))
+
 
 def test_deep_merge_keeps_defaults_and_replaces_lists() -> None:
     base = {"node": {"ae_title": "AINODE", "dicom_port": 1}, "rules": [{"name": "a"}]}
     merged = deep_merge(base, {"node": {"ae_title": "OTHER"}, "rules": []})
     assert merged == {"node": {"ae_title": "OTHER", "dicom_port": 1}, "rules": []}
     assert base["node"]["ae_title"] == "AINODE"  # the base is not modified
+
+
+def test_version_is_printed() -> None:
+    from node import __version__
+
+    for command in ([sys.executable, "-m", "node", "--version"], [AINODE, "--version"]):
+        answer = subprocess.run(command, capture_output=True, text=True, timeout=60, check=True)
+        assert answer.stdout.strip() == f"ainode {__version__}"
 
 
 @pytest.mark.slow
