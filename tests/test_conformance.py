@@ -27,6 +27,7 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
+from scipy import ndimage
 
 from node.results import ResultTemplate, build_results, load_template, load_template_by_name
 from node.results.analysis import Analysis
@@ -444,6 +445,45 @@ def test_sc_images_carry_the_burned_in_overlay(built: Built) -> None:
         for label in analysis.labels_on(slice_index):
             colour = built.template.segment(label).colour
             assert (image.pixel_array == colour).all(axis=-1).any()
+
+
+def test_sc_blends_the_segment_colour_over_the_grey_slice(built: Built) -> None:
+    """Checked from the rule, not from the renderer: grey (R = G = B, the windowed value)
+    outside the segments, the colour blended at FILL_ALPHA inside them, the outline in the
+    segment's colour, a legend swatch per segment and the yellow banner at the bottom."""
+    from node.results.sc import FILL_ALPHA, _window
+
+    analysis = built.analysis
+    lower, upper = _window(built.volume.array, built.volume.datasets[0])
+    images = sorted(
+        (pydicom.dcmread(p) for p in built.files(ResultKind.SC)), key=lambda d: d.InstanceNumber
+    )
+    for image, slice_index in zip(images, analysis.slices_with_findings, strict=True):
+        pixels = image.pixel_array.astype(np.float64)
+        values = built.volume.array[slice_index]
+        grey = np.clip((values - lower) / (upper - lower), 0.0, 1.0) * 255.0
+        labels = analysis.labels_on(slice_index)
+        # Text: the legend (one line per segment) at the top, the banner at the bottom.
+        text = np.zeros(grey.shape, dtype=bool)
+        text[: 4 + 16 * len(labels)] = True
+        text[-16:] = True
+        numbers = analysis.segment_numbers[slice_index]
+        outside = (numbers == 0) & ~text
+        assert outside.any()
+        assert np.abs(pixels[outside] - grey[outside][:, None]).max() <= 0.5
+        for label in labels:
+            colour = np.asarray(built.template.segment(label).colour, dtype=np.float64)
+            mask = numbers == built.template.segment_number(label)
+            inner = ndimage.binary_erosion(mask) & ~text
+            blended = (1.0 - FILL_ALPHA) * grey[inner][:, None] + FILL_ALPHA * colour
+            assert np.abs(pixels[inner] - blended).max(initial=0.0) <= 0.5
+            edge = mask & ~ndimage.binary_erosion(mask) & ~text
+            assert (pixels[edge] == colour).all()
+            legend = image.pixel_array[: 4 + 16 * len(labels), :16]
+            assert (legend == colour).all(axis=-1).sum() >= 25, label  # a filled swatch
+        # Anti-aliased yellow text over grey: red and green well above blue.
+        red, green, blue = (pixels[-16:, :, channel] for channel in range(3))
+        assert ((red - blue > 100) & (green - blue > 100)).any()
 
 
 def test_ko_lists_every_other_object_of_its_profile(built: Built) -> None:
