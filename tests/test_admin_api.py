@@ -6,10 +6,12 @@ import html
 import io
 import json
 import re
+import sys
 from pathlib import Path
 
 import pydicom
 import pytest
+import torch
 
 from node.devtools.net import free_port, wait_until
 from node.synthetic.chest_ct import make_chest_ct, write_series
@@ -21,6 +23,7 @@ from tests.support.admin import (
 )
 from tests.support.dcmtk import storescu
 from tests.support.jobs import enqueue_job
+from tests.support.plugins import UNIMPORTABLE_MODULE, UNLOADABLE_PLUGIN, write_distribution
 
 RULE = {"name": "chest-ct", "match": {"Modality": "CT"}, "plugin": "ct_lungs"}
 
@@ -87,6 +90,18 @@ def test_health_ready_and_metrics_need_no_login(served: ServedNode) -> None:
     assert 'ainode_job_duration_seconds_count{plugin="ct_lungs"} 1.0' in text
     assert "ainode_series_completed_total 2.0" in text
     assert "ainode_bytes_received_total" in text
+    # Both series came in one storescu association; nothing was sent, so nothing failed.
+    assert "ainode_associations_total 1.0" in text
+    assert "ainode_export_failures_total 0.0" in text
+    # GPU memory: the family is always declared; samples only where CUDA is.
+    assert "# TYPE ainode_gpu_memory_bytes gauge" in text
+    gpu_samples = [
+        line for line in text.splitlines() if line.startswith("ainode_gpu_memory_bytes{")
+    ]
+    if torch.cuda.is_available():
+        assert any('device="cuda:0",kind="allocated"' in line for line in gpu_samples)
+    else:
+        assert gpu_samples == []
 
 
 @pytest.mark.parametrize("path", ["/api/rules", "/api/jobs", "/api/audit", "/api/plugins"])
@@ -290,8 +305,24 @@ def test_job_list_filters_and_detail(served: ServedNode) -> None:
         assert client.get("/api/jobs", params={"state": "weird"}).status_code == 422
         detail = client.get(f"/api/jobs/{failed[0]['id']}").json()
         events = [e["event"] for e in detail["events"]]
-        assert events[:2] == ["queued", "started"] and events[-1] == "failed", events
+        assert events[:4] == ["received", "complete", "queued", "started"], events
+        assert events[-1] == "failed", events
+        times = [e["at"] for e in detail["events"]]
+        assert times == sorted(times)
+        assert "8 instances" in detail["events"][1]["detail"]
+        assert "CT_SCANNER" in detail["events"][0]["detail"]
+        done = client.get("/api/jobs", params={"state": "done"}).json()[0]
+        done_events = [e["event"] for e in client.get(f"/api/jobs/{done['id']}").json()["events"]]
+        milestones = ["received", "complete", "queued", "started", "results_written", "done"]
+        assert [e for e in done_events if e in milestones] == milestones, done_events
         assert client.get("/api/jobs/424242").status_code == 404
+    browser, _ = login_session(served.url, "viewer", "viewer-password-1")
+    try:
+        page = browser.get(f"/jobs/{failed[0]['id']}").text
+    finally:
+        browser.close()
+    timeline = re.findall(r'<li class="ev-([a-z_]+)">', page)
+    assert timeline == events
 
 
 def test_job_actions_are_audited(served: ServedNode) -> None:
@@ -321,6 +352,78 @@ def test_job_actions_are_audited(served: ServedNode) -> None:
         audit = client.get("/api/audit", params={"target": f"job:{failed['id']}"}).json()
         assert audit[0]["action"] == "job.retry" and audit[0]["user"] == "admin"
         assert audit[0]["before"]["state"] == "failed" and audit[0]["after"]["state"] == "queued"
+        # Re-run with another plugin: a new job for the same series and rule.
+        rerun = client.post(f"/api/jobs/{failed['id']}/rerun", json={"plugin": "ct_organs"})
+        assert rerun.status_code == 201, rerun.text
+        new_job = rerun.json()
+        assert new_job["id"] != failed["id"] and new_job["plugin"] == "ct_organs"
+        assert (new_job["series_uid"], new_job["rule"]) == (failed["series_uid"], "chest-ct")
+        wait_until(
+            lambda: client.get(f"/api/jobs/{new_job['id']}").json()["state"] in ("done", "failed"),
+            120,
+            message="re-run job to finish",
+        )
+        new_events = client.get(f"/api/jobs/{new_job['id']}").json()["events"]
+        assert any(
+            e["event"] == "rerun_of" and f"job {failed['id']}" in e["detail"] for e in new_events
+        )
+        audit = client.get("/api/audit", params={"target": f"job:{failed['id']}"}).json()
+        assert audit[0]["action"] == "job.rerun" and audit[0]["user"] == "admin"
+        assert audit[0]["before"]["plugin"] == "ct_lungs"
+        assert audit[0]["after"]["plugin"] == "ct_organs"
+        assert audit[0]["after"]["job_id"] == new_job["id"]
+
+
+def test_cancel_priority_and_private_metrics(tmp_path: Path, series_dirs) -> None:
+    """A job waiting to resend to a PACS that is down: its priority changes and it is
+    cancelled through the API, each audited with before/after; with
+    ``security.public_metrics: false`` /metrics needs a login, and counts the failed send."""
+    config = {
+        "security": {"public_metrics": False},
+        "destinations": {
+            "down": {
+                "ae_title": "NOBODY",
+                "host": "127.0.0.1",
+                "port": free_port(),
+                "timeout_seconds": 2,
+                "backoff_seconds": 3600,  # the job waits in 'exporting' for its next try
+            }
+        },
+        "rules": [{**RULE, "send_to": ["down"]}],
+    }
+    with served_node(tmp_path, config) as served, served.client(served.admin_token) as client:
+        storescu(served.dicom_port, series_dirs["chest"])
+
+        def waiting() -> dict | None:
+            for job in client.get("/api/jobs", params={"state": "exporting"}).json():
+                events = client.get(f"/api/jobs/{job['id']}").json()["events"]
+                if any(e["event"] == "export_retry_scheduled" for e in events):
+                    return job
+            return None
+
+        wait_until(lambda: waiting() is not None, 180, message="a job waiting to resend")
+        job = waiting()
+        assert job is not None and job["priority"] == 5
+        changed = client.post(f"/api/jobs/{job['id']}/priority", json={"priority": 1})
+        assert changed.status_code == 200 and changed.json()["priority"] == 1
+        cancelled = client.post(f"/api/jobs/{job['id']}/cancel")
+        assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
+        events = [e["event"] for e in client.get(f"/api/jobs/{job['id']}").json()["events"]]
+        assert events[-3:] == ["export_retry_scheduled", "priority_changed", "cancelled"]
+        audit = client.get("/api/audit", params={"target": f"job:{job['id']}"}).json()
+        with served.client() as anonymous:
+            refused = anonymous.get("/metrics")
+        metrics = client.get("/metrics")
+        with served.client(served.viewer_token) as viewer:
+            assert viewer.get("/metrics").status_code == 200
+    assert [a["action"] for a in audit] == ["job.cancel", "job.priority"]
+    assert all(a["user"] == "admin" for a in audit)
+    cancel, priority = audit
+    assert (priority["before"]["priority"], priority["after"]["priority"]) == (5, 1)
+    assert (cancel["before"]["state"], cancel["after"]["state"]) == ("exporting", "cancelled")
+    assert refused.status_code == 401 and "log in" in refused.json()["message"]
+    assert metrics.status_code == 200
+    assert "ainode_export_failures_total 1.0" in metrics.text
 
 
 def test_studies_show_instances_and_job_counts(served: ServedNode, series_dirs) -> None:
@@ -495,6 +598,64 @@ def test_plugins_are_listed(served: ServedNode) -> None:
     assert page.status_code == 200 and "CTImageStorage; slices 0.75-6 mm" in page.text
 
 
+def test_plugin_import_configure_and_load_errors_are_listed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, series_dirs
+) -> None:
+    """Plugins that fail to import (entry point), to be configured (models:) or to load
+    (on the first job) are listed by /api/plugins and the console with their reasons."""
+    site = write_distribution(
+        tmp_path / "site",
+        "ainode-broken-plugins",
+        {"needs_libfoo": "ainode_api_nodeps", "unloadable": "ainode_api_unloadable"},
+        {
+            "ainode_api_nodeps": UNIMPORTABLE_MODULE,
+            "ainode_api_unloadable": UNLOADABLE_PLUGIN.format(name="unloadable"),
+        },
+    )
+    monkeypatch.syspath_prepend(str(site))
+    for module in ("ainode_api_nodeps", "ainode_api_unloadable"):
+        monkeypatch.delitem(sys.modules, module, raising=False)
+    config = {
+        "models": {
+            "missing-ts": {
+                "type": "torchscript",
+                "path": str(tmp_path / "nope.ts"),
+                "template": "ct_organs",
+                "spacing_mm": [4, 4, 4],
+                "window": {"a_min": -1000, "a_max": 400},
+                "labels": ["background", "liver"],
+            }
+        },
+        "rules": [{**RULE, "name": "to-unloadable", "plugin": "unloadable"}],
+    }
+    with served_node(tmp_path / "node", config) as served:
+        storescu(served.dicom_port, series_dirs["head"])
+        with served.client(served.viewer_token) as client:
+            wait_until(
+                lambda: [j["state"] for j in client.get("/api/jobs").json()] == ["failed"],
+                60,
+                message="the job of the unloadable plugin to fail",
+            )
+            (job,) = client.get("/api/jobs").json()
+            plugins = {p["name"]: p for p in client.get("/api/plugins").json()}
+        page_client, _ = login_session(served.url, "viewer", "viewer-password-1")
+        page = page_client.get("/plugins").text
+        page_client.close()
+    assert "weights file is truncated" in job["error"]
+    nodeps = plugins["needs_libfoo"]
+    assert nodeps["status"] == "error" and "libfoo" in nodeps["error"]
+    assert nodeps["error"].startswith("ImportError")
+    missing = plugins["missing-ts"]
+    assert missing["status"] == "error" and "TorchScript file not found" in missing["error"]
+    unloadable = plugins["unloadable"]
+    assert (unloadable["status"], unloadable["version"]) == ("error", "0.9.0")
+    assert "failed to load on cpu: RuntimeError: weights file is truncated" in unloadable["error"]
+    assert list(unloadable["load_errors"]) == ["cpu"] and unloadable["loaded_on"] == []
+    assert plugins["ct_lungs"]["status"] == "ok" and plugins["ct_lungs"]["error"] is None
+    for reason in ("libfoo", "TorchScript file not found", "weights file is truncated"):
+        assert html.escape(reason, quote=True) in page or reason in page
+
+
 def test_users_and_tokens(served: ServedNode) -> None:
     with served.client(served.admin_token) as client:
         weak = client.post("/api/users", json={"username": "carol", "password": "short"})
@@ -525,6 +686,86 @@ def test_unknown_paths_and_openapi(served: ServedNode) -> None:
         missing = client.get("/api/nothing-here")
         assert missing.status_code in (401, 404)
         assert client.get("/openapi.json").json()["info"]["title"] == "ainode"
+
+
+def test_docs_is_swagger_ui_served_by_the_node(served: ServedNode) -> None:
+    """/docs answers without login and every script, style and icon it loads is the node's."""
+    with served.client() as client:
+        docs = client.get("/docs")
+        assert docs.status_code == 200 and "SwaggerUIBundle" in docs.text
+        assets = re.findall(r'(?:src|href)="([^"]+)"', docs.text)
+        assert {a.rsplit("/", 1)[-1] for a in assets} >= {
+            "swagger-ui-bundle.js",
+            "swagger-ui.css",
+        }
+        for asset in assets:
+            assert asset.startswith("/"), asset  # no CDN, no other host
+            answer = client.get(asset)
+            assert answer.status_code == 200 and len(answer.content) > 100, asset
+        assert "validatorUrl: null" in docs.text  # no badge from the public validator
+        assert 'url: "/openapi.json"' in docs.text
+        assert client.get("/redoc").status_code == 404  # its page would load from a CDN
+
+
+#: Every console page (and the login and API pages a browser opens).
+CONSOLE_PAGES = [
+    "/",
+    "/rules",
+    "/rules/1",
+    "/jobs",
+    "/jobs/1",
+    "/studies",
+    "/destinations",
+    "/plugins",
+    "/audit",
+    "/users",
+    "/docs",
+]
+_URL_ATTRIBUTE = re.compile(r"""(?:src|href|action|poster|srcset)\s*=\s*["']([^"']*)["']""", re.I)
+_CSS_URL = re.compile(r"""url\(\s*["']?([^"')]+)["']?\s*\)|@import\s+["']([^"']+)["']""", re.I)
+
+
+def _foreign(url: str, own: str) -> bool:
+    """Whether ``url`` points at another host (absolute or scheme-relative)."""
+    url = url.strip()
+    if url.startswith("//"):
+        url = "http:" + url
+    if not re.match(r"(?i)https?://", url):
+        return False
+    return not url.startswith(own + "/") and url != own
+
+
+def test_console_ships_no_external_assets(served: ServedNode) -> None:
+    """No page and no static file refers to another host: scripts, styles, fonts and images
+    all come from the node (the console must work in a hospital network without Internet)."""
+    from node.api.app import STATIC_DIR
+
+    client, _ = login_session(served.url, "admin", ADMIN_PASSWORD)
+    local: set[str] = set()
+    try:
+        for path in ["/login", *CONSOLE_PAGES]:
+            page = client.get(path)
+            assert page.status_code == 200, path
+            urls = _URL_ATTRIBUTE.findall(page.text)
+            urls += [a or b for a, b in _CSS_URL.findall(page.text)]
+            foreign = [u for u in urls if _foreign(u, served.url)]
+            assert foreign == [], (path, foreign)
+            local |= {u for u in urls if u.startswith("/static/")}
+        static = sorted(p.name for p in STATIC_DIR.rglob("*") if p.is_file())
+        assert static, "the console ships its own files"
+        for name in static:
+            answer = client.get(f"/static/{name}")
+            assert answer.status_code == 200, name
+            if name.endswith(".css"):
+                urls = [a or b for a, b in _CSS_URL.findall(answer.text)]
+                assert [u for u in urls if _foreign(u, served.url)] == [], name
+            if name.endswith(".js"):
+                assert not re.findall(r"https?://[^\s'\"]+", answer.text), name
+        for url in sorted(local):  # every file a page asks for is there
+            assert client.get(url).status_code == 200, url
+    finally:
+        client.close()
+    assert {"/static/console.css", "/static/console.js"} <= {u.split("?")[0] for u in local}
 
 
 @pytest.mark.parametrize(

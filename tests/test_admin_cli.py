@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -9,8 +10,10 @@ import yaml
 
 from node.cli import main
 from node.state.db import Database
+from node.state.series import SeriesStore
 from node.synthetic.chest_ct import make_chest_ct, write_series
 from tests.support.jobs import enqueue_job
+from tests.support.spool import spool_series
 
 
 @pytest.fixture
@@ -87,6 +90,45 @@ def test_rules_validate_and_test(config: Path, tmp_path: Path, capsys) -> None:
     assert "FIRES    head" in capsys.readouterr().out
     assert main(["rules", "test", "--series", "1.2.3", "--config", str(config)]) == 2
     assert "no series 1.2.3" in capsys.readouterr().err
+
+
+def test_rules_test_against_a_stored_series(config: Path, tmp_path: Path, capsys) -> None:
+    """``--series UID`` reads the header of a series the node stored (spool + state DB)."""
+    assert main(["rules", "list", "--config", str(config)]) == 0  # creates and seeds the DB
+    datasets, _ = make_chest_ct(
+        n_slices=3, rows=16, columns=16, seed=2, series_description="Head routine"
+    )
+    db = Database(tmp_path / "data" / "state.sqlite3")
+    spool_series(SeriesStore(db), datasets, tmp_path / "data" / "spool", now=1.0)
+    db.close()
+    uid = str(datasets[0].SeriesInstanceUID)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        yaml.safe_dump(
+            [
+                {
+                    "name": "head",
+                    "match": {"SeriesDescription": "Head routine"},
+                    "plugin": "ct_lungs",
+                },
+                {"name": "mr-only", "match": {"Modality": "MR"}, "plugin": "ct_lungs"},
+            ]
+        )
+    )
+    capsys.readouterr()
+    assert main(["rules", "test", "--series", uid, "--config", str(config)]) == 0
+    assert capsys.readouterr().out.splitlines() == ["FIRES    chest (ct_lungs)"]
+    assert (
+        main(["rules", "test", "--series", uid, "--rules", str(rules), "--config", str(config)])
+        == 0
+    )
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "FIRES    head (ct_lungs)"
+    assert lines[1].startswith("no       mr-only (ct_lungs)  not met: Modality")
+    argv = ["rules", "test", "--series", uid, "--json", "--config", str(config)]
+    assert main(argv) == 0
+    (result,) = json.loads(capsys.readouterr().out)
+    assert (result["rule"], result["fires"], result["failed"]) == ("chest", True, [])
 
 
 def test_jobs_list_show_retry(config: Path, tmp_path: Path, capsys) -> None:

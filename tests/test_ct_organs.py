@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
-from node.config import settings_from_mapping
-from node.devtools.bundle import write_bundle
+from node.config import DEFAULT_CONFIG, settings_from_mapping
+from node.devtools.bundle import organs_bundle_config, write_bundle
 from node.errors import PluginError
 from node.results import load_template_by_name
-from node.runtime.configured import resolve_label_values
+from node.routing import HeaderSubject, matching_rules
+from node.runtime.configured import MonaiBundlePlugin, resolve_label_values
 from node.runtime.engine import dice
 from node.runtime.plugin import Prediction, RunContext, check_input
 from node.runtime.postprocess import keep_largest_components
 from node.runtime.registry import PluginRegistry
 from node.runtime.volume import Volume, assemble_volume
 from node.synthetic.abdomen_ct import LABEL_NAMES, AbdomenPhantomTruth, make_abdomen_ct
+from node.synthetic.chest_ct import make_chest_ct
 from plugins.ct_organs import PLUGIN, CtOrgansPlugin
 from plugins.ct_organs.model import BODY, COMPONENTS, LABELS, WEIGHTS, build_network
 from plugins.ct_organs.train import make_case, train
@@ -186,3 +190,190 @@ def test_training_loop_smoke() -> None:
     train(network, [case], iterations=2, batch=1, crop=32, lr=1e-3, seed=0)
     changed = any(not torch.equal(a, b) for a, b in zip(before, network.parameters(), strict=True))
     assert changed and not network.training
+
+
+# -- MONAI bundle variants ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_case() -> Volume:
+    """A small abdomen (fast through a bundle): 24 slices of 8 mm, 64x64 pixels of 6 mm."""
+    datasets, _ = make_abdomen_ct(
+        n_slices=24, rows=64, columns=64, pixel_spacing_mm=6.0, slice_thickness_mm=8.0, seed=7
+    )
+    return assemble_volume(datasets)
+
+
+def _bundle_plugin(bundle: Path, name: str) -> MonaiBundlePlugin:
+    settings = settings_from_mapping(
+        {"models": {name: {"type": "monai_bundle", "path": str(bundle), "template": "ct_organs"}}},
+        environ={},
+    )
+    registry = PluginRegistry()
+    registry.configure(settings.models)
+    assert not registry.errors, registry.errors
+    plugin = registry.get(name, CPU)
+    assert isinstance(plugin, MonaiBundlePlugin)
+    return plugin
+
+
+@pytest.fixture(scope="module")
+def zoo_labels(tmp_path_factory: pytest.TempPathFactory, small_case: Volume) -> np.ndarray:
+    """The label map of the zoo-layout bundle (``inference.json``, ``model.pt``)."""
+    weights = torch.load(WEIGHTS, map_location="cpu", weights_only=True)
+    bundle = write_bundle(tmp_path_factory.mktemp("zoo") / "bundle", weights)
+    plugin = _bundle_plugin(bundle, "organs-zoo")
+    label_map = plugin.run(small_case, RunContext(4, "test", CPU)).label_map
+    assert label_map is not None and label_map.shape == small_case.shape
+    return label_map
+
+
+def test_bundle_with_torchscript_weights_and_yaml_config(
+    tmp_path: Path, small_case: Volume, zoo_labels: np.ndarray
+) -> None:
+    """``models/model.ts`` and ``configs/inference.yaml``: the same labels as ``model.pt``
+    with ``inference.json`` (the network comes from the file, not from ``network_def``)."""
+    network = build_network()
+    network.load_state_dict(torch.load(WEIGHTS, map_location="cpu", weights_only=True))
+    scripted = torch.jit.trace(network.eval(), torch.zeros(1, 1, 96, 96, 96))
+    bundle = write_bundle(tmp_path / "ts_yaml", torchscript=scripted)
+    config = bundle / "configs" / "inference.json"
+    yaml_config = bundle / "configs" / "inference.yaml"
+    yaml_config.write_text(yaml.safe_dump(json.loads(config.read_text())), encoding="utf-8")
+    config.unlink()
+    assert not (bundle / "models" / "model.pt").exists()
+    plugin = _bundle_plugin(bundle, "organs-ts-yaml")
+    assert (plugin.config_path.name, plugin.weights.name) == ("inference.yaml", "model.ts")
+    assert isinstance(plugin._loaded()["network"], torch.jit.ScriptModule)
+    result = plugin.run(small_case, RunContext(5, "test", CPU))
+    assert result.label_map is not None
+    assert (result.label_map == zoo_labels).mean() > 0.999
+
+
+def test_bundle_output_not_mapped_back_is_resampled_onto_the_source_grid(
+    tmp_path: Path, small_case: Volume, zoo_labels: np.ndarray
+) -> None:
+    """A bundle whose postprocessing neither inverts its spacing (no ``Invertd``) nor takes
+    the argmax: the node takes the argmax and resamples (nearest) onto the source grid."""
+    config = organs_bundle_config()
+    config["postprocessing"]["transforms"] = [
+        {"_target_": "Activationsd", "keys": "pred", "softmax": True}
+    ]
+    weights = torch.load(WEIGHTS, map_location="cpu", weights_only=True)
+    bundle = write_bundle(tmp_path / "no_invert", weights, config=config)
+    plugin = _bundle_plugin(bundle, "organs-no-invert")
+    result = plugin.run(small_case, RunContext(6, "test", CPU))
+    assert result.label_map is not None and result.label_map.shape == small_case.shape
+    # Resampling labels (nearest) instead of probabilities (Invertd) moves only edges.
+    assert (result.label_map == zoo_labels).mean() > 0.9
+    assert set(np.unique(result.label_map)) == set(np.unique(zoo_labels))
+
+
+def test_bundle_output_off_grid_without_an_affine_is_refused() -> None:
+    from monai.data import MetaTensor
+
+    source = MetaTensor(torch.zeros(1, 8, 8, 4), affine=torch.eye(4))
+    with pytest.raises(PluginError, match="not on the input grid and has no affine"):
+        MonaiBundlePlugin._on_source_grid(torch.zeros(1, 4, 4, 2), source)
+    on_grid = MonaiBundlePlugin._on_source_grid(torch.ones(1, 8, 8, 4), source)
+    assert on_grid.shape == (8, 8, 4) and on_grid.dtype == np.int64
+
+
+def test_bundle_out_of_memory_follows_the_engine_policy(
+    tmp_path: Path, small_case: Volume, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CUDA out of memory in a bundle: smaller window batches, host aggregation, then the CPU,
+    as :func:`~node.runtime.engine.run_with_fallback` does for the engine. The inferer is
+    replaced by one that runs out of memory on the (nominal) GPU: nothing touches CUDA."""
+    config = organs_bundle_config(sw_batch_size=4)
+    bundle = write_bundle(tmp_path / "oom", build_network().state_dict(), config=config)
+    plugin = _bundle_plugin(bundle, "organs-oom")
+    parts = plugin._loaded()
+    assert parts["sw_batch_size"] == 4
+    gpu = torch.device("cuda:0")
+    calls: list[tuple[str, str, int | None]] = []
+    parsed: list[str] = []
+    real_parse = plugin._parse
+
+    def parse(device: torch.device) -> dict:
+        parsed.append(str(device))
+        return real_parse(device)
+
+    def infer(parts, image, device, out_device=None, sw_batch_size=None):  # type: ignore[no-untyped-def]
+        calls.append((str(device), str(out_device), sw_batch_size))
+        if device.type == "cuda" and (sw_batch_size or 0) > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (test)")
+        if device.type == "cuda":
+            return "windows of one fit"
+        return "ran on the cpu"
+
+    monkeypatch.setattr(plugin, "_infer", infer)
+    monkeypatch.setattr(plugin, "_parse", parse)
+    image = torch.zeros(1, 4, 4, 4)
+    assert plugin._infer_with_fallback(parts, image, gpu) == "windows of one fit"
+    assert calls == [("cuda:0", "cuda:0", 4), ("cuda:0", "cuda:0", 2), ("cuda:0", "cuda:0", 1)]
+    assert parsed == []  # the network stayed where it was
+
+    calls.clear()
+
+    def always_oom_on_gpu(parts, image, device, out_device=None, sw_batch_size=None):  # type: ignore[no-untyped-def]
+        calls.append((str(device), str(out_device), sw_batch_size))
+        if device.type == "cuda":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (test)")
+        assert parts["network"] is not plugin._loaded()["network"]  # a CPU copy
+        return "ran on the cpu"
+
+    monkeypatch.setattr(plugin, "_infer", always_oom_on_gpu)
+    assert plugin._infer_with_fallback(parts, image, gpu) == "ran on the cpu"
+    assert calls == [
+        ("cuda:0", "cuda:0", 4),
+        ("cuda:0", "cuda:0", 2),
+        ("cuda:0", "cuda:0", 1),
+        ("cuda:0", "cpu", 1),
+        ("cpu", "cpu", 4),
+    ]
+    assert parsed == ["cpu"]
+    # On the CPU an out-of-memory error is not retried.
+    monkeypatch.setattr(
+        plugin, "_infer", lambda *a, **k: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("no"))
+    )
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        plugin._infer_with_fallback(parts, image, CPU)
+
+
+def test_the_cpu_bundle_path_runs_through_the_shared_policy(
+    tmp_path: Path, small_case: Volume, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real bundle run on the CPU goes through run_with_fallback with one plan."""
+    from node.runtime import configured
+
+    plans: list[tuple[str, int]] = []
+    real = configured.run_with_fallback
+
+    def spy(device, sw_batch_size, attempt):  # type: ignore[no-untyped-def]
+        result, plan, attempts = real(device, sw_batch_size, attempt)
+        plans.append((str(plan), len(attempts)))
+        return result, plan, attempts
+
+    monkeypatch.setattr(configured, "run_with_fallback", spy)
+    bundle = write_bundle(tmp_path / "cpu", build_network().state_dict())
+    plugin = _bundle_plugin(bundle, "organs-cpu")
+    plugin.run(small_case, RunContext(7, "test", CPU))
+    assert plans == [("cpu/cpu/sw2", 1)]
+
+
+# -- the default routing -----------------------------------------------------------------------
+
+
+def test_default_rules_route_an_abdomen_phantom_to_ct_organs_and_nothing_else(
+    case: Case,
+) -> None:
+    settings = settings_from_mapping(DEFAULT_CONFIG, environ={})
+    volume, _ = case
+    abdomen = HeaderSubject(volume.datasets[0])
+    fired = matching_rules(settings.rules, abdomen)
+    assert [(r.name, r.plugin) for r in fired] == [("ct-organs-demo", "ct_organs")]
+    check_input(CtOrgansPlugin(), volume)  # and the routed plugin takes it
+    # The other way round: the demo rule leaves a chest series to the lung routine.
+    chest, _ = make_chest_ct(n_slices=4, rows=16, columns=16, series_description="Chest CT 1.0")
+    assert [r.name for r in matching_rules(settings.rules, HeaderSubject(chest[0]))] == ["chest-ct"]

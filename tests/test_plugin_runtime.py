@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 import textwrap
 from pathlib import Path
 
@@ -29,6 +30,11 @@ from node.runtime.worker import InferenceWorker
 from node.state.series import InstanceRecord, SeriesStore
 from node.synthetic.chest_ct import make_chest_ct, write_series
 from tests.support.jobs import enqueue_job
+from tests.support.plugins import (
+    UNIMPORTABLE_MODULE,
+    WORKING_PLUGIN,
+    write_distribution,
+)
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +128,58 @@ def test_discovery_finds_the_shipped_plugins() -> None:
     info = {i.name: i for i in registry.info()}
     assert info["ct_organs"].resources.gpu_memory_mb > 0
     assert info["ct_lungs"].accepts.min_slices == 20
+
+
+def test_entry_point_plugins_are_discovered_loaded_and_broken_ones_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, volume: Volume
+) -> None:
+    """A third-party package installed with a ``*.dist-info`` (as pip leaves it) is found
+    through the ``ainode.plugins`` entry-point group; broken entry points are reported."""
+    site = write_distribution(
+        tmp_path / "site-packages",
+        "ainode-thirdparty",
+        {
+            "thirdparty_echo": "ainode_ep_good",
+            "thirdparty_class": "ainode_ep_class:ThirdPartyPlugin",
+            "thirdparty_nodeps": "ainode_ep_nodeps",
+            "thirdparty_missing": "ainode_ep_not_installed",
+            "thirdparty_notaplugin": "ainode_ep_good:np",
+        },
+        {
+            "ainode_ep_good": WORKING_PLUGIN.format(name="thirdparty_echo"),
+            "ainode_ep_class": WORKING_PLUGIN.format(name="thirdparty_class"),
+            "ainode_ep_nodeps": UNIMPORTABLE_MODULE,
+        },
+    )
+    monkeypatch.syspath_prepend(str(site))
+    for module in ("ainode_ep_good", "ainode_ep_class", "ainode_ep_nodeps"):
+        monkeypatch.delitem(sys.modules, module, raising=False)
+    registry = PluginRegistry.discover()
+    assert {"ct_lungs", "thirdparty_echo", "thirdparty_class"} <= registry.names
+    info = {i.name: i for i in registry.info()}
+    assert info["thirdparty_echo"].source == "ainode_ep_good"
+    assert info["thirdparty_class"].source == "ainode_ep_class:ThirdPartyPlugin"
+    assert (info["thirdparty_echo"].version, info["thirdparty_echo"].template) == (
+        "3.1.4",
+        "ct_lungs",
+    )
+    plugin = registry.get("thirdparty_echo", torch.device("cpu"))
+    result = plugin.run(volume, RunContext(1, "test", torch.device("cpu")))
+    assert result.label_map is not None and result.label_map.shape == volume.shape
+    errors = registry.errors
+    assert set(errors) == {"thirdparty_nodeps", "thirdparty_missing", "thirdparty_notaplugin"}
+    assert errors["thirdparty_nodeps"] == (
+        "ImportError: this plugin needs the package 'libfoo', which is not installed"
+    )
+    assert errors["thirdparty_missing"].startswith("ModuleNotFoundError: No module named")
+    assert "does not export an InferencePlugin" in errors["thirdparty_notaplugin"]
+    with pytest.raises(PluginError, match="libfoo"):
+        registry.get("thirdparty_nodeps", torch.device("cpu"))
+    rows = {row.name: row for row in registry.status(torch.device("cpu"))}
+    assert rows["thirdparty_echo"].loaded and rows["thirdparty_echo"].error is None
+    assert not rows["thirdparty_nodeps"].loaded and "libfoo" in (
+        rows["thirdparty_nodeps"].error or ""
+    )
 
 
 def test_import_failure_is_recorded_and_jobs_get_the_reason() -> None:

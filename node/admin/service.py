@@ -57,6 +57,22 @@ class EchoResult:
     message: str
 
 
+def series_events(job_id: int, row: SeriesRow) -> list[JobEvent]:
+    """The series' milestones as timeline entries of job ``job_id``."""
+    source = f" from {row.calling_ae}" if row.calling_ae else ""
+    events = [JobEvent(job_id, row.first_received, "received", f"first instance{source}")]
+    if row.completed_at is not None:
+        events.append(
+            JobEvent(
+                job_id,
+                row.completed_at,
+                "complete",
+                f"{row.instance_count} instances, generation {row.generation}",
+            )
+        )
+    return events
+
+
 def _job_summary(job: Job) -> dict[str, Any]:
     return {"state": job.state, "priority": job.priority, "plugin": job.plugin, "error": job.error}
 
@@ -157,22 +173,30 @@ class AdminService:
         return self.registry.names | set(self.registry.errors)
 
     def plugins(self) -> list[dict[str, Any]]:
+        """Installed plugins, then those that failed to import or be configured.
+
+        A plugin that imported but failed to load on a device (its last try) has
+        status ``error``, the reason in ``error`` and per device in ``load_errors``.
+        """
         loaded = self.registry.loaded_devices()
-        items: list[dict[str, Any]] = [
-            {
-                "name": info.name,
-                "version": info.version,
-                "template": info.template,
-                "source": info.source,
-                "modalities": list(info.accepts.modalities),
-                "status": "ok",
-                "error": None,
-                "loaded_on": loaded.get(info.name, []),
-                "device": str(self.device) if self.device is not None else None,
-                "validated_on": asdict(info.validated_on) if info.validated_on else None,
-            }
-            for info in self.registry.info()
-        ]
+        items: list[dict[str, Any]] = []
+        for info in self.registry.info():
+            load_errors = self.registry.load_errors(info.name)
+            items.append(
+                {
+                    "name": info.name,
+                    "version": info.version,
+                    "template": info.template,
+                    "source": info.source,
+                    "modalities": list(info.accepts.modalities),
+                    "status": "error" if load_errors else "ok",
+                    "error": "; ".join(load_errors[d] for d in sorted(load_errors)) or None,
+                    "load_errors": load_errors,
+                    "loaded_on": loaded.get(info.name, []),
+                    "device": str(self.device) if self.device is not None else None,
+                    "validated_on": asdict(info.validated_on) if info.validated_on else None,
+                }
+            )
         for name, error in sorted(self.registry.errors.items()):
             items.append(
                 {
@@ -183,6 +207,7 @@ class AdminService:
                     "modalities": [],
                     "status": "error",
                     "error": error,
+                    "load_errors": {},
                     "loaded_on": [],
                     "device": None,
                     "validated_on": None,
@@ -383,10 +408,22 @@ class AdminService:
     # -- jobs ---------------------------------------------------------------------------
 
     def job(self, job_id: int) -> tuple[Job, list[JobEvent], dict[str, str]]:
+        """A job, its timeline and its series' description.
+
+        The timeline is the queue's events with the series' own milestones added:
+        ``received`` (its first instance) and ``complete`` (when it was judged
+        complete and routed), all ordered by time.
+        """
         job = self.queue.get(job_id)
         if job is None:
             raise NotFound(f"no job with id {job_id}")
-        return job, self.queue.events(job_id), self.catalog.info(job.series_uid)
+        events = self.queue.events(job_id)
+        row = self.series.series(job.series_uid)
+        if row is not None:
+            events = series_events(job_id, row) + events
+        # Stable: an event at the same time as a series milestone stays after it.
+        events.sort(key=lambda event: event.at)
+        return job, events, self.catalog.info(job.series_uid)
 
     def _job_action(
         self, job_id: int, actor: str, action: str, apply: Callable[[], Job | int]

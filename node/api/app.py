@@ -15,10 +15,11 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from swagger_ui_bundle import swagger_ui_path
 
 from node import __version__
 from node.api.auth import (
@@ -42,6 +43,36 @@ from node.errors import Conflict, Forbidden, InvalidInput, NotFound
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
+#: Swagger UI's files, from the ``swagger-ui-bundle`` package: ``/docs`` loads nothing
+#: from elsewhere (FastAPI's default page pulls them from a CDN).
+DOCS_ASSETS = "/static/swagger-ui"
+#: ``/docs``. Swagger UI 4's bundle has no standalone preset (FastAPI's page asks for one),
+#: and ``validatorUrl: null`` keeps it from fetching a badge from the public validator.
+DOCS_PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>ainode API</title>
+<link rel="stylesheet" href="{assets}/swagger-ui.css">
+<link rel="icon" type="image/png" href="{assets}/favicon-32x32.png">
+</head>
+<body>
+<div id="swagger-ui"></div>
+<script src="{assets}/swagger-ui-bundle.js"></script>
+<script>
+window.ui = SwaggerUIBundle({{
+  url: "{openapi}",
+  dom_id: "#swagger-ui",
+  presets: [SwaggerUIBundle.presets.apis],
+  layout: "BaseLayout",
+  deepLinking: true,
+  validatorUrl: null
+}});
+</script>
+</body>
+</html>
+"""
 SETUP_CODE_FILE = "setup-code"
 
 
@@ -93,6 +124,8 @@ def create_app(node: Node) -> FastAPI:
         version=__version__,
         description="Admin API of the clinical AI node. Log in on the console (session cookie)"
         " or send an API token as `Authorization: Bearer <token>`.",
+        docs_url=None,  # served below from local files
+        redoc_url=None,
     )
     admin = node.admin
     security = node.settings.security
@@ -204,10 +237,16 @@ def create_app(node: Node) -> FastAPI:
             await viewer(request)
         return Response(generate_latest(metrics_registry), media_type=CONTENT_TYPE_LATEST)
 
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        """Swagger UI over ``/openapi.json``, every asset served by the node itself."""
+        return HTMLResponse(DOCS_PAGE.format(assets=DOCS_ASSETS, openapi=app.openapi_url))
+
     app.include_router(results_router(admin, viewer))
     app.include_router(api_router(admin, viewer, editor))
     app.include_router(radiomics_router(admin, viewer))
     app.include_router(web_router(node, viewer, editor))
+    app.mount(DOCS_ASSETS, StaticFiles(directory=swagger_ui_path), name="swagger-ui")
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     def token_user(secret: str) -> str | None:

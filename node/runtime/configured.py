@@ -27,7 +27,7 @@ from node.config import (
 )
 from node.errors import PluginError
 from node.results.template import ResultTemplate, load_template_by_name
-from node.runtime.engine import IntensityWindow, ModelSpec
+from node.runtime.engine import IntensityWindow, ModelSpec, run_with_fallback
 from node.runtime.model_plugin import (
     DeviceModelPlugin,
     SegmentationModelPlugin,
@@ -268,7 +268,14 @@ class MonaiBundlePlugin(DeviceModelPlugin[dict[str, Any]]):
             inferer.sw_device = device
             inferer.device = device
         assert isinstance(pre, Compose) and isinstance(post, Compose)
-        return {"network": network, "pre": pre, "post": post, "inferer": inferer}
+        return {
+            "network": network,
+            "pre": pre,
+            "post": post,
+            "inferer": inferer,
+            # The first plan's window batch (a fallback leaves the inferer's smaller).
+            "sw_batch_size": int(getattr(inferer, "sw_batch_size", 1)),
+        }
 
     def _place(self, device: torch.device) -> dict[str, Any]:
         return self._parse(device)
@@ -297,18 +304,50 @@ class MonaiBundlePlugin(DeviceModelPlugin[dict[str, Any]]):
         }
         return MetaTensor(pixels, affine=affine, meta=meta)
 
-    def _infer(self, parts: dict[str, Any], image: Any, device: torch.device) -> Any:
+    def _infer(
+        self,
+        parts: dict[str, Any],
+        image: Any,
+        device: torch.device,
+        out_device: torch.device | None = None,
+        sw_batch_size: int | None = None,
+    ) -> Any:
+        """The bundle's inferer on ``image``: windows on ``device``, aggregated on
+        ``out_device`` (a sliding-window inferer's ``sw_device`` and ``device``)."""
         from monai.data import MetaTensor
 
+        inferer = parts["inferer"]
+        if hasattr(inferer, "sw_device"):
+            inferer.sw_device = device
+            inferer.device = out_device or device
+        if sw_batch_size is not None and hasattr(inferer, "sw_batch_size"):
+            inferer.sw_batch_size = sw_batch_size
         batch = image[None].to(device)
         use_amp = self.settings.amp and device.type == "cuda"
         with (
             torch.inference_mode(),
             torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp),
         ):
-            logits = parts["inferer"](batch, parts["network"])
+            logits = inferer(batch, parts["network"])
         logits = torch.as_tensor(logits).float()[0]
         return MetaTensor(logits, meta=dict(image.meta))
+
+    def _infer_with_fallback(self, parts: dict[str, Any], image: Any, device: torch.device) -> Any:
+        """:meth:`_infer` under the engine's out-of-memory policy (:func:`run_with_fallback`):
+        smaller window batches, then aggregation on the host, then the CPU."""
+        batch = int(parts.get("sw_batch_size", 1))
+        on_device = {device: parts}
+
+        def attempt(run_device: torch.device, out_device: torch.device, sw_batch: int) -> Any:
+            if run_device not in on_device:
+                log.warning("CUDA out of memory: bundle runs on %s name=%s", run_device, self.name)
+                on_device[run_device] = self._parse(run_device)
+            return self._infer(on_device[run_device], image, run_device, out_device, sw_batch)
+
+        logits, plan, attempts = run_with_fallback(device, batch, attempt)
+        if len(attempts) > 1:
+            log.info("bundle ran name=%s plan=%s tried=%s", self.name, plan, ",".join(attempts))
+        return logits
 
     def run(self, volume: Volume, context: RunContext) -> Prediction:
         parts = self._loaded()
@@ -319,14 +358,9 @@ class MonaiBundlePlugin(DeviceModelPlugin[dict[str, Any]]):
             data = parts["pre"]({self.input_key: source})
         context.raise_if_expired()
         image = data[self.input_key]
-        try:
-            data[self.output_key] = self._infer(parts, image, device)
-        except torch.cuda.OutOfMemoryError:
-            log.warning("CUDA out of memory: bundle runs on the CPU name=%s", self.name)
-            torch.cuda.empty_cache()
-            cpu_parts = self._parse(torch.device("cpu"))
-            data[self.input_key] = image = image.cpu()
-            data[self.output_key] = self._infer(cpu_parts, image, torch.device("cpu"))
+        data[self.output_key] = logits = self._infer_with_fallback(parts, image, device)
+        if logits.device != image.device:  # it fell back to the CPU: postprocess there
+            data[self.input_key] = image.to(logits.device)
         context.raise_if_expired()
         with torch.inference_mode():
             data = parts["post"](data)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
 import torch
@@ -36,6 +36,8 @@ from monai.inferers import sliding_window_inference
 from node.runtime.geometry import Reorientation, check_axcodes, reorientation
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 Network = Callable[[torch.Tensor], torch.Tensor]
 
@@ -304,43 +306,96 @@ def segment(
     """
     options = options or ExecutionOptions()
     orient = reorientation(affine, spec.axcodes)
-    batch = options.sw_batch_size or spec.sw_batch_size
-    attempts: list[str] = []
-    plans: list[tuple[torch.device, torch.device, int]] = [(device, device, batch)]
-    if device.type == "cuda":
-        smaller = batch // 2
-        while smaller >= 1:
-            plans.append((device, device, smaller))
-            smaller //= 2
-        plans.append((device, torch.device("cpu"), 1))
-        plans.append((torch.device("cpu"), torch.device("cpu"), batch))
-    for run_device, out_device, sw_batch in plans:
-        attempts.append(f"{run_device}/{out_device}/sw{sw_batch}")
-        net = network
-        if run_device != device:
+    networks = {device: network}
+
+    def attempt(run_device: torch.device, out_device: torch.device, sw_batch: int) -> np.ndarray:
+        if run_device not in networks:
             if to_device is None:
                 raise torch.cuda.OutOfMemoryError(
                     "CUDA out of memory and no way to move the network to the CPU"
                 )
-            net = to_device(run_device)
+            networks[run_device] = to_device(run_device)
+        return _run_on(
+            networks[run_device],
+            hu,
+            orient,
+            spacing,
+            spec,
+            run_device,
+            out_device,
+            sw_batch,
+            options,
+        )
+
+    labels, plan, attempts = run_with_fallback(
+        device, options.sw_batch_size or spec.sw_batch_size, attempt
+    )
+    return Segmentation(labels, plan.run_device, plan.sw_batch_size, attempts)
+
+
+@dataclass(frozen=True)
+class ExecutionPlan:
+    """Where the windows run, where their outputs are aggregated, and how many at once."""
+
+    run_device: torch.device
+    out_device: torch.device
+    sw_batch_size: int
+
+    def __str__(self) -> str:
+        return f"{self.run_device}/{self.out_device}/sw{self.sw_batch_size}"
+
+
+def execution_plans(device: torch.device, sw_batch_size: int) -> list[ExecutionPlan]:
+    """What to try, in order, while CUDA runs out of memory.
+
+    On a GPU: the window batch halved down to 1, then aggregation in host memory
+    (windows of 1 on the GPU), then everything on the CPU. Elsewhere: just the one plan.
+    """
+    plans = [ExecutionPlan(device, device, sw_batch_size)]
+    if device.type == "cuda":
+        smaller = sw_batch_size // 2
+        while smaller >= 1:
+            plans.append(ExecutionPlan(device, device, smaller))
+            smaller //= 2
+        plans.append(ExecutionPlan(device, torch.device("cpu"), 1))
+        plans.append(ExecutionPlan(torch.device("cpu"), torch.device("cpu"), sw_batch_size))
+    return plans
+
+
+def run_with_fallback(
+    device: torch.device,
+    sw_batch_size: int,
+    attempt: Callable[[torch.device, torch.device, int], T],
+) -> tuple[T, ExecutionPlan, tuple[str, ...]]:
+    """Run ``attempt(run_device, out_device, sw_batch_size)`` through :func:`execution_plans`
+    until one does not run out of CUDA memory; the node's engine and MONAI bundles share it.
+
+    Returns the result, the plan that gave it and every plan tried (``str``).
+
+    Raises
+    ------
+    torch.cuda.OutOfMemoryError
+        From a plan on the CPU (it is not retried), or when every plan ran out.
+    """
+    attempts: list[str] = []
+    for plan in execution_plans(device, sw_batch_size):
+        attempts.append(str(plan))
         try:
-            labels = _run_on(
-                net, hu, orient, spacing, spec, run_device, out_device, sw_batch, options
-            )
+            result = attempt(plan.run_device, plan.out_device, plan.sw_batch_size)
         except torch.cuda.OutOfMemoryError as exc:
             log.warning(
                 "CUDA out of memory device=%s aggregate=%s sw_batch_size=%d error=%s",
-                run_device,
-                out_device,
-                sw_batch,
+                plan.run_device,
+                plan.out_device,
+                plan.sw_batch_size,
                 str(exc).splitlines()[0] if str(exc) else "",
             )
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-            if run_device.type != "cuda":
+            if plan.run_device.type != "cuda":
                 raise
             continue
-        return Segmentation(labels, run_device, sw_batch, tuple(attempts))
+        return result, plan, tuple(attempts)
     raise torch.cuda.OutOfMemoryError("CUDA out of memory in every execution plan")
 
 
@@ -353,13 +408,16 @@ def dice(prediction: np.ndarray, truth: np.ndarray, label: int) -> float:
 
 __all__ = [
     "ExecutionOptions",
+    "ExecutionPlan",
     "IntensityWindow",
     "ModelSpec",
     "Segmentation",
     "dice",
+    "execution_plans",
     "logits_to_labels",
     "model_grid_shape",
     "preprocess",
+    "run_with_fallback",
     "segment",
     "sliding_logits",
 ]

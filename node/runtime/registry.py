@@ -189,6 +189,13 @@ class PluginRegistry:
     def load_error(self, name: str, device: torch.device) -> str | None:
         return self._load_errors.get((name, str(device)))
 
+    def load_errors(self, name: str) -> dict[str, str]:
+        """Device → reason, for each device where ``name`` last failed to load."""
+        with self._lock:
+            return {
+                device: reason for (n, device), reason in self._load_errors.items() if n == name
+            }
+
     # -- loading --------------------------------------------------------------
 
     def get(self, name: str, device: torch.device) -> InferencePlugin:
