@@ -40,10 +40,10 @@ from node.results.kinds import (
     tag_kind,
 )
 from node.results.ko import build_ko
-from node.results.pmap import build_parametric_map
+from node.results.pmap import build_parametric_map, build_parametric_maps_2d
 from node.results.radiomics import RadiomicsResult
 from node.results.registration import build_registration
-from node.results.sc import NOT_FOR_DIAGNOSIS, build_sc_series
+from node.results.sc import NOT_FOR_DIAGNOSIS, build_sc_series, frame_keys
 from node.results.seg import build_seg
 from node.results.sr import SOPReference, build_sr
 from node.results.template import ResultTemplate
@@ -201,10 +201,21 @@ def _build_image_kind(
         "series_number": SERIES_NUMBERS[kind],
         "series_description": description,
     }
-    per_source = {uid: uids.instance_uid(tag, uid) for uid in volume.sop_instance_uids}
+    # Per source image; a frame of a multi-frame 2D image is keyed "<uid>/<frame>".
+    per_frame = {key: uids.instance_uid(tag, key) for key in frame_keys(volume)}
     if kind in ATTRIBUTION_KINDS:
         if prediction.attribution is None:
             raise TemplateError(f"result kind {kind.value!r} needs an attribution map")
+        if kind is ResultKind.PMAP and volume.is_2d:
+            return list(
+                build_parametric_maps_2d(
+                    volume,
+                    prediction.attribution,
+                    template,
+                    sop_instance_uid=per_frame,
+                    **series,  # type: ignore[arg-type]
+                )
+            )
         if kind is ResultKind.PMAP:
             return [
                 build_parametric_map(
@@ -220,19 +231,30 @@ def _build_image_kind(
                 volume,
                 prediction.attribution,
                 template,
-                sop_instance_uid=per_source,
+                sop_instance_uid=per_frame,
                 **series,  # type: ignore[arg-type]
             )
         )
     if prediction.derived_image is None:
         raise TemplateError(f"result kind {kind.value!r} needs a derived image")
-    build = build_derived_series if kind is ResultKind.DERIVED else build_derived_sc_series
+    if kind is ResultKind.DERIVED:
+        # One derived instance per source instance (a multi-frame one keeps its frames).
+        per_source = {uid: uids.instance_uid(tag, uid) for uid in volume.sop_instance_uids}
+        return list(
+            build_derived_series(
+                volume,
+                prediction.derived_image,
+                template,
+                sop_instance_uid=per_source,
+                **series,  # type: ignore[arg-type]
+            )
+        )
     return list(
-        build(
+        build_derived_sc_series(
             volume,
             prediction.derived_image,
             template,
-            sop_instance_uid=per_source,
+            sop_instance_uid=per_frame,
             **series,  # type: ignore[arg-type]
         )
     )

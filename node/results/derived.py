@@ -30,9 +30,16 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
 
 from node.errors import TemplateError
+from node.results.analysis import first_value
 from node.results.provenance import processing_equipment
-from node.results.sc import image_orientation, secondary_capture, source_image_reference
+from node.results.sc import (
+    capture_orientation,
+    frame_source,
+    secondary_capture,
+    source_image_reference,
+)
 from node.results.template import ResultTemplate
+from node.runtime.images import inversion_sum
 from node.runtime.plugin import DerivedImage
 from node.runtime.volume import Volume
 
@@ -42,6 +49,13 @@ log = logging.getLogger(__name__)
 DERIVATION = codes.DCM.ImageProcessing
 #: Purpose of reference of each Source Image Sequence item.
 SOURCE_PURPOSE = codes.DCM.SourceImageForImageProcessingOperation
+#: Ophthalmic Photography 8 Bit Image Storage.
+OP_8BIT = "1.2.840.10008.5.1.4.1.1.77.1.5.1"
+#: Ophthalmic Photography 8 and 16 Bit Image Storage (Image Type value 2 is PRIMARY).
+OPHTHALMIC_PHOTOGRAPHY = (OP_8BIT, "1.2.840.10008.5.1.4.1.1.77.1.5.2")
+#: Image Type value 3 of a derived OP image whose source has none (a defined term of
+#: the OP IOD is only MONTAGE, which a processed photograph is not).
+OP_VALUE_3 = "PROCESSED"
 #: Attributes of the source that do not describe the derived image.
 _DROPPED = (
     "SmallestImagePixelValue",
@@ -72,13 +86,55 @@ def _code_item(code: hd.sr.CodedConcept) -> Dataset:
 
 
 def check_derived(volume: Volume, derived: DerivedImage) -> np.ndarray:
-    """The derived values as float64, after checking they lie on the source grid."""
+    """The derived values as float64, after checking they lie on the source grid.
+
+    ``volume.shape`` (grayscale), or for a colour source also ``volume.array.shape``
+    (RGB samples on a last axis).
+    """
     values = np.asarray(derived.values)
-    if values.shape != volume.shape:
+    allowed = {volume.shape, tuple(volume.array.shape)}
+    if values.shape not in allowed:
         raise TemplateError(
-            f"derived image shape {values.shape} differs from the source volume {volume.shape}"
+            f"derived image shape {values.shape} differs from the source volume "
+            f"{' or '.join(str(shape) for shape in sorted(allowed))}"
         )
     return values.astype(np.float64, copy=False)
+
+
+def source_instances(volume: Volume) -> list[tuple[Dataset, list[int]]]:
+    """``(source header, indices of its frames in the volume)`` per source instance.
+
+    One entry per slice of a CT or MR volume and per 2D image; a multi-frame image
+    (OP) is one instance with all its frames.
+    """
+    instances: dict[str, tuple[Dataset, list[int]]] = {}
+    for index, source in enumerate(volume.datasets):
+        instances.setdefault(str(source.SOPInstanceUID), (source, []))[1].append(index)
+    return list(instances.values())
+
+
+def is_eight_bit(source: Dataset) -> bool:
+    """True when the source IOD stores 8-bit pixels without a rescale (OP 8 Bit, colour).
+
+    Its derived images are 8-bit too (values rounded and clipped to 0-255), as the
+    Ophthalmic Photography 8 Bit IOD requires.
+    """
+    return str(source.SOPClassUID) == OP_8BIT or (
+        int(source.get("BitsAllocated", 16)) == 8 and "RescaleSlope" not in source
+    )
+
+
+def derived_image_type(source: Dataset) -> list[str]:
+    """Image Type of a derived image of ``source``.
+
+    ``DERIVED\\SECONDARY`` with the source's later values, except where the IOD
+    enumerates value 2: Ophthalmic Photography allows only ``PRIMARY`` there and needs
+    a value 3 for derived images (the source's, else :data:`OP_VALUE_3`).
+    """
+    later = [str(v) for v in source.get("ImageType", [])][2:]
+    if str(source.SOPClassUID) in OPHTHALMIC_PHOTOGRAPHY:
+        return ["DERIVED", "PRIMARY", *(later or [OP_VALUE_3])]
+    return ["DERIVED", "SECONDARY", *later]
 
 
 def stored_values(
@@ -114,9 +170,10 @@ def _rescale(source: Dataset, values: np.ndarray) -> tuple[float, float, bool]:
     return slope, fitted_intercept(values, slope, intercept, signed), signed
 
 
-def _source_reference(source: Dataset) -> Dataset:
-    """Source Image Sequence item of a derived image: ``source``, for image processing."""
-    reference = source_image_reference(source)
+def _source_reference(source: Dataset, frame_numbers: list[int] | None = None) -> Dataset:
+    """Source Image Sequence item of a derived image: ``source`` (one of its frames), for
+    image processing."""
+    reference = source_image_reference(source, frame_numbers)
     reference.PurposeOfReferenceCodeSequence = [
         _code_item(hd.sr.CodedConcept.from_code(SOURCE_PURPOSE))
     ]
@@ -126,6 +183,70 @@ def _source_reference(source: Dataset) -> Dataset:
 def _derivation_text(template: ResultTemplate, derived: DerivedImage) -> str:
     algorithm = template.algorithm
     return f"{derived.description}; {algorithm.name} {algorithm.version}"[:1024]
+
+
+def _set_eight_bit_pixels(image: Dataset, values: np.ndarray, rgb: bool) -> int:
+    """8-bit pixels, RGB or MONOCHROME2; returns how many values had to be clipped."""
+    raw = np.rint(values)
+    clipped = int(np.count_nonzero((raw < 0) | (raw > 255)))
+    pixels = np.clip(raw, 0, 255).astype(np.uint8)
+    image.SamplesPerPixel = 3 if rgb else 1
+    image.PhotometricInterpretation = "RGB" if rgb else "MONOCHROME2"
+    if rgb:
+        image.PlanarConfiguration = 0
+    elif "PlanarConfiguration" in image:
+        del image.PlanarConfiguration
+    image.BitsAllocated = 8
+    image.BitsStored = 8
+    image.HighBit = 7
+    image.PixelRepresentation = 0
+    for keyword in ("RescaleSlope", "RescaleIntercept", "RescaleType", "WindowCenter",
+                    "WindowWidth"):  # fmt: skip
+        if keyword in image:
+            delattr(image, keyword)
+    image.PixelData = pixels.tobytes()
+    return clipped
+
+
+def _set_rescaled_pixels(
+    image: Dataset, source: Dataset, values: np.ndarray, rgb: bool, inverted: bool
+) -> int:
+    """16-bit grayscale pixels with the source's rescale; returns how many clipped.
+
+    Values of a MONOCHROME1 source come inverted (higher is brighter); they are inverted
+    back so that the derived image keeps the source's photometric interpretation.
+    """
+    if rgb:
+        raise TemplateError(
+            f"an RGB derived image cannot be stored as {source.get('Modality', '')} "
+            "(the IOD is grayscale)"
+        )
+    photometric = str(source.get("PhotometricInterpretation", "MONOCHROME2"))
+    bits = 16
+    if inverted and photometric == "MONOCHROME1":
+        # The inversion depends on Bits Stored and the rescale: both stay the source's,
+        # and what leaves the source's stored range is clipped.
+        values = inversion_sum(source) - values
+        slope, intercept, signed = _rescale(source, values)
+        intercept = float(source.get("RescaleIntercept", 0.0) or 0.0)
+        bits = int(source.get("BitsStored", 16))
+        low = -(2 ** (bits - 1)) if signed else 0
+        raw = np.rint((values - intercept) / slope)
+        clipped = int(np.count_nonzero((raw < low) | (raw > low + 2**bits - 1)))
+        pixels = np.clip(raw, low, low + 2**bits - 1).astype(np.int16 if signed else np.uint16)
+    else:
+        slope, intercept, signed = _rescale(source, values)
+        pixels, clipped = stored_values(values, slope, intercept, signed)
+    image.SamplesPerPixel = 1
+    image.PhotometricInterpretation = photometric
+    image.BitsAllocated = 16
+    image.BitsStored = bits
+    image.HighBit = bits - 1
+    image.PixelRepresentation = 1 if signed else 0
+    image.RescaleSlope = f"{slope:g}"
+    image.RescaleIntercept = f"{intercept:g}"
+    image.PixelData = pixels.astype(pixels.dtype.newbyteorder("<")).tobytes()
+    return clipped
 
 
 def build_derived_series(
@@ -164,7 +285,7 @@ def build_derived_series(
     algorithm = template.algorithm
     images: list[Dataset] = []
     total_clipped = 0
-    for index, source in enumerate(volume.datasets):
+    for source, frames in source_instances(volume):
         image = copy.deepcopy(source)
         for keyword in _DROPPED:
             if keyword in image:
@@ -183,25 +304,18 @@ def build_derived_series(
         image.SeriesDescription = series_description
         image.SeriesDate = image.ContentDate = now.strftime("%Y%m%d")
         image.SeriesTime = image.ContentTime = now.strftime("%H%M%S")
-        later = [str(v) for v in source.get("ImageType", [])][2:]
-        image.ImageType = ["DERIVED", "SECONDARY", *later]
+        image.ImageType = derived_image_type(source)
         image.DerivationDescription = _derivation_text(template, derived)
         image.DerivationCodeSequence = [_code_item(hd.sr.CodedConcept.from_code(DERIVATION))]
         image.SourceImageSequence = [_source_reference(source)]
         image.ContributingEquipmentSequence = [equipment]
         image.BurnedInAnnotation = "NO"
-        slope, intercept, signed = _rescale(source, values[index])
-        pixels, clipped = stored_values(values[index], slope, intercept, signed)
-        total_clipped += clipped
-        image.SamplesPerPixel = 1
-        image.PhotometricInterpretation = source.get("PhotometricInterpretation", "MONOCHROME2")
-        image.BitsAllocated = 16
-        image.BitsStored = 16
-        image.HighBit = 15
-        image.PixelRepresentation = 1 if signed else 0
-        image.RescaleSlope = f"{slope:g}"
-        image.RescaleIntercept = f"{intercept:g}"
-        image.PixelData = pixels.astype(pixels.dtype.newbyteorder("<")).tobytes()
+        frame_values = values[frames] if "NumberOfFrames" in source else values[frames[0]]
+        rgb = values.ndim == 4
+        if is_eight_bit(source):
+            total_clipped += _set_eight_bit_pixels(image, frame_values, rgb)
+        else:
+            total_clipped += _set_rescaled_pixels(image, source, frame_values, rgb, volume.inverted)
         images.append(image)
     if total_clipped:
         log.warning(
@@ -228,41 +342,60 @@ def build_derived_sc_series(
     series_number: int,
     series_description: str,
 ) -> list[hd.sc.SCImage]:
-    """The derived image as Secondary Capture: 16-bit grayscale, one per source image.
+    """The derived image as Secondary Capture, one per source image or frame.
 
-    Stored values carry the source's Rescale Slope/Intercept (the Modality LUT), so a
-    viewer shows real-world values; the source's window is copied. Same parameters as
-    :func:`build_derived_series`.
+    Grayscale values are stored as 16 bits with the source's Rescale Slope/Intercept
+    (the Modality LUT), so a viewer shows real-world values, and the source's window is
+    copied (inverted with the values for a MONOCHROME1 source, whose volume values are
+    higher-is-brighter: the capture is MONOCHROME2). RGB values of a colour source are
+    stored as 8-bit RGB. Same parameters as :func:`build_derived_series`, except that
+    the keys of ``sop_instance_uid`` are frame keys (:func:`node.results.sc.frame_source`).
     """
     values = check_derived(volume, derived)
-    orientation = image_orientation(volume.affine)
     images = []
-    for index, source in enumerate(volume.datasets):
-        slope, intercept, signed = _rescale(source, values[index])
-        if signed:  # Secondary Capture stores unsigned values: move the intercept down.
-            intercept -= 32768 * slope
-        pixels, _ = stored_values(values[index], slope, intercept, signed=False)
+    for index in range(volume.shape[0]):
+        source, frame_numbers, key = frame_source(volume, index)
+        rgb = values.ndim == 4
+        if rgb:
+            pixels = np.clip(np.rint(values[index]), 0, 255).astype(np.uint8)
+        else:
+            slope, intercept, signed = _rescale(source, values[index])
+            if signed:  # Secondary Capture stores unsigned values: move the intercept down.
+                intercept -= 32768 * slope
+            pixels, _ = stored_values(values[index], slope, intercept, signed=False)
         image = secondary_capture(
             source,
             pixels,
             template=template,
-            orientation=orientation,
+            orientation=capture_orientation(volume, source),
             series_instance_uid=series_instance_uid,
             series_number=series_number,
-            sop_instance_uid=sop_instance_uid[str(source.SOPInstanceUID)],
+            sop_instance_uid=sop_instance_uid[key],
             instance_number=index + 1,
             series_description=series_description,
             burned_in=False,
+            frame_numbers=frame_numbers,
         )
-        image.RescaleSlope = f"{slope:g}"
-        image.RescaleIntercept = f"{intercept:g}"
-        image.RescaleType = "HU" if str(source.get("Modality", "")) == "CT" else "US"
-        for keyword in ("WindowCenter", "WindowWidth"):
-            if keyword in source:
-                setattr(image, keyword, source[keyword].value)
+        if not rgb:
+            image.RescaleSlope = f"{slope:g}"
+            image.RescaleIntercept = f"{intercept:g}"
+            image.RescaleType = "HU" if str(source.get("Modality", "")) == "CT" else "US"
+            _copy_window(image, source, volume.inverted)
         image.DerivationDescription = _derivation_text(template, derived)
-        image.SourceImageSequence = [_source_reference(source)]
+        image.SourceImageSequence = [_source_reference(source, frame_numbers)]
         image.DerivationCodeSequence = [_code_item(hd.sr.CodedConcept.from_code(DERIVATION))]
         images.append(image)
     log.info("derived sc built series_uid=%s images=%d", series_instance_uid, len(images))
     return images
+
+
+def _copy_window(image: Dataset, source: Dataset, inverted: bool) -> None:
+    """The source's first window, moved with the values when they were inverted."""
+    if "WindowCenter" not in source or "WindowWidth" not in source:
+        return
+    center = float(first_value(source.WindowCenter))
+    width = float(first_value(source.WindowWidth))
+    if inverted and str(source.get("PhotometricInterpretation", "")) == "MONOCHROME1":
+        center = inversion_sum(source) - center
+    image.WindowCenter = f"{center:g}"
+    image.WindowWidth = f"{width:g}"

@@ -15,11 +15,9 @@ and the Secondary Capture overlay (:mod:`node.results.findings_sc`) are built fr
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from pydicom.dataset import Dataset
 
 from node.errors import TemplateError
 from node.results.template import ClassificationSpec, CodeSpec, DetectionSpec, ResultTemplate
@@ -28,25 +26,6 @@ from node.runtime.plugin import Prediction
 from node.runtime.volume import Volume
 
 log = logging.getLogger(__name__)
-
-
-def copy_laterality(dataset: Dataset, images: Sequence[Dataset]) -> None:
-    """General Series Laterality ``L`` or ``R`` of an object over one side's images.
-
-    Set when every image has the same ImageLaterality (or Laterality) ``L`` or ``R``
-    (a mammogram, an eye: a paired body part, where it is Type 2C); empty when the images
-    show both sides; otherwise left as :func:`node.results.provenance.copy_body_part` made
-    it (absent for an unpaired part).
-    """
-    if dataset.get("Laterality"):
-        return
-    sides = {str(image.get("ImageLaterality") or image.get("Laterality") or "") for image in images}
-    if len(sides) == 1 and sides <= {"L", "R"}:
-        dataset.Laterality = sides.pop()
-    elif sides & {"L", "R"} and "Laterality" not in dataset:
-        # Both sides in one object (a four-view mammogram): no single value fits, and the
-        # Type 2C attribute is still required for a paired part, so it is present and empty.
-        dataset.Laterality = ""
 
 
 def format_score(value: float, unit: str) -> str:

@@ -20,7 +20,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from node.results.analysis import Analysis
-from node.results.findings import DetectionResult, ImageFindings, copy_laterality
+from node.results.findings import DetectionResult, ImageFindings
 from node.results.findings_sr import frame_reference
 from node.results.gsps import (
     MAX_LABEL_CHARS,
@@ -31,6 +31,7 @@ from node.results.gsps import (
 )
 from node.results.provenance import (
     copy_body_part,
+    copy_laterality,
     equipment_arguments,
     instance_arguments,
 )

@@ -21,13 +21,13 @@ from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 
 from node.results.analysis import Analysis
-from node.results.findings import ImageFindings, copy_laterality
+from node.results.findings import ImageFindings
 from node.results.findings_gsps import point_radius
-from node.results.findings_sr import frame_reference
 from node.results.sc import (
     NOT_FOR_DIAGNOSIS,
+    capture_orientation,
     display_window,
-    image_orientation,
+    frame_source,
     overlay_comment,
     render_slice,
     secondary_capture,
@@ -113,16 +113,6 @@ def render_findings(
     return np.asarray(image, dtype=np.uint8)
 
 
-def _orientation(volume_affine: np.ndarray, source: Dataset) -> tuple[str, str] | None:
-    """Patient Orientation of the capture: from the image plane, else the source's own."""
-    if "ImageOrientationPatient" in source:
-        return image_orientation(volume_affine)
-    given = source.get("PatientOrientation")
-    if given and len(given) == 2:
-        return (str(given[0]), str(given[1]))
-    return None
-
-
 def build_findings_sc_series(
     findings: ImageFindings,
     analysis: Analysis | None,
@@ -158,7 +148,7 @@ def build_findings_sc_series(
             source,
             render_findings(findings, frame, window, analysis),
             template=template,
-            orientation=_orientation(volume.affine, source),
+            orientation=capture_orientation(volume, source),
             series_instance_uid=series_instance_uid,
             series_number=series_number,
             sop_instance_uid=sop_instance_uid[key],
@@ -170,7 +160,6 @@ def build_findings_sc_series(
         image.DerivationDescription = (
             f"Findings of {algorithm.name} {algorithm.version} burned into a copy of the source"
         )[:1024]
-        copy_laterality(image, [source])
         images.append(image)
     log.info("sc built series_uid=%s images=%d", series_instance_uid, len(images))
     return images
@@ -192,9 +181,6 @@ def _captures(
     frames = sorted(set(findings.frames) | set(analysis.slices_with_findings if analysis else []))
     captures = []
     for frame in frames:
-        source, frame_numbers = frame_reference(findings.volume, frame)
-        key = str(source.SOPInstanceUID)
-        if frame_numbers is not None:
-            key += f"/{frame_numbers[0]}"
+        source, frame_numbers, key = frame_source(findings.volume, frame)
         captures.append((frame, source, frame_numbers, key))
     return captures

@@ -23,9 +23,10 @@ from PIL import Image, ImageDraw, ImageFont
 from node.results.pmap import attribution_values, explanation
 from node.results.sc import (
     NOT_FOR_DIAGNOSIS,
-    image_orientation,
+    capture_orientation,
+    display_window,
+    frame_source,
     secondary_capture,
-    window_limits,
 )
 from node.results.template import ResultTemplate
 from node.runtime.plugin import Attribution
@@ -56,11 +57,18 @@ def heatmap_slices(values: np.ndarray, fraction: float = SLICE_FRACTION) -> list
 
 
 def render_heatmap(
-    grey: np.ndarray, heat: np.ndarray, window: tuple[float, float], legend: str
+    source: np.ndarray, heat: np.ndarray, window: tuple[float, float], legend: str
 ) -> np.ndarray:
-    """RGB ``(rows, columns, 3)`` uint8: ``heat`` (0-1) blended over the windowed slice."""
-    lower, upper = window
-    base = np.clip((grey - lower) / (upper - lower), 0.0, 1.0)[None].astype(np.float32)
+    """RGB ``(rows, columns, 3)`` uint8: ``heat`` (0-1) blended over the source image.
+
+    ``source`` is a grayscale slice or frame (shown in ``window``) or an RGB
+    ``(rows, columns, 3)`` frame with values 0-255 (shown as it is).
+    """
+    if source.ndim == 3:
+        base = np.moveaxis(np.clip(source / 255.0, 0.0, 1.0), -1, 0).astype(np.float32)
+    else:
+        lower, upper = window
+        base = np.clip((source - lower) / (upper - lower), 0.0, 1.0)[None].astype(np.float32)
     heat = np.clip(heat, 0.0, 1.0)[None].astype(np.float32)
     blended = blend_images(
         base,
@@ -110,7 +118,12 @@ def build_heatmap_sc_series(
     series_instance_uid, series_number, series_description
         Identity of the new series.
     sop_instance_uid
-        ``{source SOP Instance UID: SOP Instance UID of its heat map}``.
+        ``{frame key: SOP Instance UID of its heat map}``; the key is the source's
+        SOP Instance UID, ``"<uid>/<frame number>"`` for a frame of a multi-frame
+        source (:func:`node.results.sc.frame_source`).
+
+    2D images (DX, CR, MG, OP) get one capture per image or frame that carries the
+    attribution, referencing it (and its frame); a colour source is blended in colour.
     """
     values = attribution_values(volume, attribution)
     low, high = float(values.min()), float(np.percentile(values, FULL_PERCENTILE))
@@ -118,23 +131,23 @@ def build_heatmap_sc_series(
         high = float(values.max())
     scaled = np.clip((values - low) / (high - low), 0.0, 1.0) if high > low else values * 0.0
     algorithm = template.algorithm
-    window = window_limits(volume.array, volume.datasets[0])
-    orientation = image_orientation(volume.affine)
+    window = display_window(volume)
     text = explanation(attribution)
     images = []
     for number, slice_index in enumerate(heatmap_slices(scaled), start=1):
-        source = volume.datasets[slice_index]
+        source, frame_numbers, key = frame_source(volume, slice_index)
         pixels = render_heatmap(volume.array[slice_index], scaled[slice_index], window, text)
         image = secondary_capture(
             source,
             pixels,
             template=template,
-            orientation=orientation,
+            orientation=capture_orientation(volume, source),
             series_instance_uid=series_instance_uid,
             series_number=series_number,
-            sop_instance_uid=sop_instance_uid[str(source.SOPInstanceUID)],
+            sop_instance_uid=sop_instance_uid[key],
             instance_number=number,
             series_description=series_description,
+            frame_numbers=frame_numbers,
         )
         image.ImageComments = (
             f"{HEATMAP_COMMENT} {text} by {algorithm.name} {algorithm.version}; "

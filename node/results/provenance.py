@@ -11,6 +11,7 @@ The template's name and SHA-256 are recorded as algorithm parameters everywhere.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TypedDict
 
 import highdicom as hd
@@ -154,3 +155,22 @@ def copy_body_part(dataset: Dataset, source: Dataset) -> None:
         dataset.BodyPartExamined = body_part
     elif "Laterality" not in dataset:
         dataset.Laterality = source.get("Laterality", "")
+
+
+def copy_laterality(dataset: Dataset, images: Sequence[Dataset]) -> None:
+    """General Series Laterality ``L`` or ``R`` of an object over one side's images.
+
+    Set when every image has the same ImageLaterality (or Laterality) ``L`` or ``R``
+    (a mammogram, an eye: a paired body part, where it is Type 2C); empty when the images
+    show both sides; otherwise left as :func:`node.results.provenance.copy_body_part` made
+    it (absent for an unpaired part).
+    """
+    if dataset.get("Laterality"):
+        return
+    sides = {str(image.get("ImageLaterality") or image.get("Laterality") or "") for image in images}
+    if len(sides) == 1 and sides <= {"L", "R"}:
+        dataset.Laterality = sides.pop()
+    elif sides & {"L", "R"} and "Laterality" not in dataset:
+        # Both sides in one object (a four-view mammogram): no single value fits, and the
+        # Type 2C attribute is still required for a paired part, so it is present and empty.
+        dataset.Laterality = ""

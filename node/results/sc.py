@@ -20,7 +20,12 @@ from pydicom.dataset import Dataset
 from scipy import ndimage
 
 from node.results.analysis import Analysis, first_value
-from node.results.provenance import copy_body_part, processing_equipment, set_general_equipment
+from node.results.provenance import (
+    copy_body_part,
+    copy_laterality,
+    processing_equipment,
+    set_general_equipment,
+)
 from node.results.template import ResultTemplate
 from node.runtime.volume import Volume
 
@@ -72,6 +77,37 @@ def display_window(volume: Volume) -> tuple[float, float]:
         lower, upper = np.percentile(volume.array, [1.0, 99.0])
         return float(lower), float(max(upper, lower + 1.0))
     return _window(volume.array, volume.datasets[0])
+
+
+def capture_orientation(volume: Volume, source: Dataset) -> tuple[str, str] | None:
+    """Patient Orientation of a capture of ``source``: from the image plane, else the
+    source's own (a projection radiograph), else None (unknown, e.g. a photograph)."""
+    if "ImageOrientationPatient" in source:
+        return image_orientation(volume.affine)
+    given = source.get("PatientOrientation")
+    if given and len(given) == 2:
+        return (str(given[0]), str(given[1]))
+    return None
+
+
+def frame_source(volume: Volume, frame: int) -> tuple[Dataset, list[int] | None, str]:
+    """``(source image, its frame numbers, key)`` of frame ``frame`` of ``volume``.
+
+    The frame numbers are None for a single-frame source; the key is the source's SOP
+    Instance UID, with ``"/<frame number>"`` for a frame of a multi-frame source (the
+    key of per-frame result UIDs).
+    """
+    source = volume.datasets[frame]
+    number = volume.frame_number(frame)
+    key = str(source.SOPInstanceUID)
+    if number is None:
+        return source, None, key
+    return source, [number], f"{key}/{number}"
+
+
+def frame_keys(volume: Volume) -> list[str]:
+    """:func:`frame_source` keys of every frame of ``volume``, in volume order."""
+    return [frame_source(volume, frame)[2] for frame in range(volume.shape[0])]
 
 
 #: Display limits of a volume (public name, used by other burned-in renderings).
@@ -199,6 +235,8 @@ def secondary_capture(
     image.SourceImageSequence = [source_image_reference(source, frame_numbers)]
     set_general_equipment(image, template)
     copy_body_part(image, source)
+    # A paired body part (breast, eye) needs General Series Laterality (Type 2C).
+    copy_laterality(image, [source])
     return image
 
 

@@ -92,11 +92,21 @@ def _frames(ds: Dataset) -> tuple[np.ndarray, bool]:
     array = array * slope + intercept
     if photometric != "MONOCHROME1":
         return array, False
+    return inversion_sum(ds) - array, True
+
+
+def inversion_sum(ds: Dataset) -> float:
+    """``s`` of the MONOCHROME1 inversion ``v -> s - v`` of ``ds``'s real-world values.
+
+    The sum of the lowest and highest values BitsStored can hold, after the rescale;
+    applying the inversion again gives the source's own values back.
+    """
+    slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
+    intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
     bits = int(ds.get("BitsStored", 16))
     signed = int(ds.get("PixelRepresentation", 0)) == 1
     low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
-    ends = sorted((low * slope + intercept, high * slope + intercept))
-    return (ends[0] + ends[1]) - array, True
+    return (low * slope + intercept) + (high * slope + intercept)
 
 
 def assemble_images(datasets: list[Dataset]) -> Volume:

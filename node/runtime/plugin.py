@@ -379,13 +379,16 @@ class Registration:
 
 @dataclass(frozen=True)
 class Attribution:
-    """A per-voxel explanation of one output, on the source grid.
+    """A per-voxel (per-pixel for 2D images) explanation of one output, on the source grid.
 
     Attributes
     ----------
     values
-        ``float32`` array shaped like ``volume.array``; larger values contributed more
-        to ``target`` (e.g. Grad-CAM scaled to 0-1).
+        ``float32`` array shaped like ``volume.shape``: ``(slices, rows, columns)``, or
+        for 2D images ``(frames, rows, columns)`` with one frame per single-frame image
+        and per frame of a multi-frame one. Colour (RGB) sources get one value per
+        pixel, not per sample. Larger values contributed more to ``target`` (e.g.
+        Grad-CAM scaled to 0-1).
     method
         How it was computed, as shown to readers (``"Grad-CAM"``, ``"occlusion"``).
     target
@@ -418,7 +421,10 @@ class DerivedImage:
     Attributes
     ----------
     values
-        Array shaped like ``volume.array`` in the source's real-world values (HU for CT).
+        Array shaped like ``volume.shape`` in the source's real-world values (HU for CT;
+        for a MONOCHROME1 source the volume's inverted values, higher is brighter); for
+        a colour (RGB) source either that (a grayscale result) or shaped like
+        ``volume.array``, ``(frames, rows, columns, 3)`` RGB 0-255.
     description
         What was done, for Derivation Description (e.g. ``"Denoised by a residual UNet"``).
     """
@@ -427,8 +433,12 @@ class DerivedImage:
     description: str
 
     def __post_init__(self) -> None:
-        if self.values.ndim != 3:
-            raise ValueError(f"derived image must be 3-D, got shape {self.values.shape}")
+        rgb = self.values.ndim == 4 and self.values.shape[-1] == 3
+        if self.values.ndim != 3 and not rgb:
+            raise ValueError(
+                f"derived image must be 3-D, or 3-D with a last axis of 3 RGB samples, "
+                f"got shape {self.values.shape}"
+            )
         if not np.isfinite(self.values).all():
             raise ValueError("derived image holds NaN or infinite values")
         if not self.description.strip():
