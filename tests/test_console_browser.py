@@ -189,6 +189,13 @@ def test_admin_writes_tests_and_uses_a_rule(tmp_path: Path) -> None:
                 ):
                     page.goto(f"{node.url}{path}")
                     page.screenshot(path=ARTIFACTS / f"{name}.png", full_page=True)
+
+                # The API reference draws its operations from the locally served Swagger UI.
+                page.goto(f"{node.url}/docs")
+                page.wait_for_selector(".opblock-summary-path", timeout=30_000)
+                paths = page.locator(".opblock-summary-path").all_inner_texts()
+                assert any("/api/jobs" in p for p in paths) and len(paths) > 20
+                page.screenshot(path=ARTIFACTS / "11-api-docs.png", full_page=True)
             except Exception:
                 page.screenshot(path=ARTIFACTS / "failure.png", full_page=True)
                 raise

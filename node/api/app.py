@@ -19,7 +19,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from swagger_ui_bundle import swagger_ui_path
+from swagger_ui.utils import SWAGGER_UI_PY_ROOT
 
 from node import __version__
 from node.api.auth import (
@@ -43,11 +43,12 @@ from node.errors import Conflict, Forbidden, InvalidInput, NotFound
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
-#: Swagger UI's files, from the ``swagger-ui-bundle`` package: ``/docs`` loads nothing
-#: from elsewhere (FastAPI's default page pulls them from a CDN).
+#: Swagger UI 5's files (it reads OpenAPI 3.1, which FastAPI writes), from the
+#: ``swagger-ui-py`` package: ``/docs`` loads nothing from elsewhere (FastAPI's default page
+#: pulls them from a CDN).
 DOCS_ASSETS = "/static/swagger-ui"
-#: ``/docs``. Swagger UI 4's bundle has no standalone preset (FastAPI's page asks for one),
-#: and ``validatorUrl: null`` keeps it from fetching a badge from the public validator.
+DOCS_ASSET_DIR = SWAGGER_UI_PY_ROOT / "static"
+#: ``/docs``; ``validatorUrl: null`` keeps it from fetching a badge from the public validator.
 DOCS_PAGE = """<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -246,7 +247,7 @@ def create_app(node: Node) -> FastAPI:
     app.include_router(api_router(admin, viewer, editor))
     app.include_router(radiomics_router(admin, viewer))
     app.include_router(web_router(node, viewer, editor))
-    app.mount(DOCS_ASSETS, StaticFiles(directory=swagger_ui_path), name="swagger-ui")
+    app.mount(DOCS_ASSETS, StaticFiles(directory=DOCS_ASSET_DIR), name="swagger-ui")
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     def token_user(secret: str) -> str | None:
