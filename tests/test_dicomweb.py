@@ -371,3 +371,46 @@ def test_orthanc_plugin_notifies_node_pulls_results_appear(stack, tmp_path):
     notes = {s["series_uid"]: s.get("note", "") for s in again[0]["series"]}
     assert "nothing new" in notes[first.SeriesInstanceUID]
     assert len(status()["jobs"]) == 1
+
+
+def test_orthanc_plugin_retries_until_the_node_is_up(tmp_path):
+    """The plugin notifies a node that is not running yet: its notifications fail and are
+    retried (short delays from ``AiNode.RetrySeconds``/``MaxRetrySeconds``); once the node
+    starts on that address a retry gets through and the node pulls and processes the series."""
+    node_dicom, node_http = free_ports(2)
+    node_url = f"http://127.0.0.1:{node_http}"
+    settings = {"Url": node_url, "Token": TOKEN, "Source": "orthanc", "RetrySeconds": 0.5,
+                "MaxRetrySeconds": 1, "MaxAttempts": 200, "TimeoutSeconds": 2}  # fmt: skip
+    with OrthancServer(
+        workdir=tmp_path / "orthanc",
+        plugins=(DICOMWEB_PLUGIN, PYTHON_PLUGIN),
+        config_overrides={"PythonScript": str(AINODE_PLUGIN_SCRIPT), "AiNode": settings},
+    ) as pacs:
+        files, first = ct_files(tmp_path, 42, "Lung retry")
+        pacs.upload_many(files)
+        series_id = pacs.lookup_series(first.SeriesInstanceUID)
+
+        def failed_notifications() -> int:
+            text = pacs.log_path.read_text(errors="replace")
+            return text.count(f"node not notified about series {series_id}")
+
+        wait_until(lambda: failed_notifications() >= 3, 60, message="failed notifications")
+        web = f"{pacs.url}/dicom-web"
+        config = {
+            "node": {"dicom_port": node_dicom, "http_port": node_http},
+            "completion": {"series_quiet_seconds": 3600, "poll_seconds": 0.2},
+            "dicomweb": {"tokens": [{"name": "tests", "token": TOKEN}]},
+            "sources": {"orthanc": {"kind": "dicomweb", "url": web}},
+            "destinations": {"orthanc-web": {"kind": "dicomweb", "url": web}},
+            "rules": [chest_rule("lung-retry", "(?i)^lung retry", "orthanc-web")],
+        }
+        with NodeProcess(config, workdir=tmp_path / "node") as node:
+            objects = results_in(pacs, first.StudyInstanceUID)
+            assert objects["SEG"].ReferencedSeriesSequence[0].SeriesInstanceUID == (
+                first.SeriesInstanceUID
+            )
+            # The pull came from a retried notification of the plugin, not from a push.
+            status = httpx.get(f"{node.url}/api/studies/{first.StudyInstanceUID}/status",
+                               headers=AUTH, timeout=30).json()  # fmt: skip
+            assert [p["origin"] for p in status["pulls"]] == ["orthanc:stable-series"]
+            assert [job["rule"] for job in status["jobs"]] == ["lung-retry"]

@@ -1,13 +1,19 @@
-"""Export to a real DICOM peer (dcmtk storescp), with retries driven by an injected clock."""
+"""Export to real peers, with retries driven by an injected clock: DIMSE to dcmtk's
+storescp, STOW-RS to a real Orthanc (one that is down at first, one that requires HTTP
+basic authentication)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import pydicom
 import pytest
 
-from node.config import DestinationSettings
+from node.config import DestinationSettings, DicomWebDestinationSettings
+from node.devtools.orthanc import OrthancServer
 from node.errors import ExportError
 from node.export.dimse import echo, send_files
 from node.export.exporter import Exporter, retry_delay
@@ -15,7 +21,7 @@ from node.jobs.queue import JobQueue
 from node.synthetic.chest_ct import make_chest_ct, write_series
 from tests.support.dcmtk import StoreSCP
 from tests.support.jobs import job_with_results
-from tests.support.net import free_port
+from tests.support.net import free_port, free_ports
 
 
 @pytest.fixture(scope="module")
@@ -104,3 +110,86 @@ def test_attempts_are_bounded_and_results_stay_on_disk(database, clock, port, re
 def test_retry_delay_is_capped():
     settings = destination(1, backoff_seconds=2, max_backoff_seconds=10)
     assert [retry_delay(settings, n) for n in (1, 2, 3, 4, 5)] == [2, 4, 8, 10, 10]
+
+
+def web_destination(url: str, **values: Any) -> DicomWebDestinationSettings:
+    settings = {"kind": "dicomweb", "url": url, "timeout_seconds": 10, "backoff_seconds": 2}
+    return DicomWebDestinationSettings.model_validate({**settings, **values})
+
+
+def stored_in(pacs: OrthancServer, files: list[Path]) -> int:
+    """How many of ``files`` (one study) Orthanc holds."""
+    study_uid = pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID
+    study_id = pacs.lookup_study(study_uid)
+    if study_id is None:
+        return 0
+    return sum(len(pacs.instances(s["ID"])) for s in pacs.series_of_study(study_id))
+
+
+@pytest.mark.slow
+def test_down_dicomweb_destination_is_retried_with_backoff_then_delivered(
+    database, clock, tmp_path, result_files
+):
+    """STOW-RS to an Orthanc that is not started yet: each attempt fails at once (no
+    hidden client retries), the node's backoff doubles, and once Orthanc runs on that
+    port the next attempt delivers."""
+    http_port, dicom_port = free_ports(2)
+    web = web_destination(f"http://127.0.0.1:{http_port}/dicom-web", max_attempts=5)
+    queue = JobQueue(database)
+    exporter = Exporter(queue, lambda: {"pacs": web}, calling_ae="AINODE", clock=clock)
+    job_id = job_with_results(queue, clock, result_files[0].parent)
+
+    started = time.monotonic()
+    assert exporter.run_once()  # attempt 1: connection refused
+    assert time.monotonic() - started < 5
+    job = queue.get(job_id)
+    assert job.state == "exporting" and job.next_attempt_at == clock() + 2
+    assert f"STOW-RS to http://127.0.0.1:{http_port}/dicom-web failed" in job.error
+    assert not exporter.run_once()  # not due yet
+    clock.advance(2)
+    assert exporter.run_once()  # attempt 2 fails too: the delay doubles
+    assert queue.get(job_id).next_attempt_at == clock() + 4
+
+    with OrthancServer(
+        http_port=http_port, dicom_port=dicom_port, workdir=tmp_path / "orthanc"
+    ) as pacs:
+        clock.advance(4)
+        assert exporter.run_once()
+        job = queue.get(job_id)
+        assert job.state == "done" and job.error is None, job.error
+        assert stored_in(pacs, result_files) == len(result_files)
+    events = [e.event for e in queue.events(job_id)]
+    assert events.count("export_retry_scheduled") == 2 and events[-2:] == ["sent", "done"]
+
+
+@pytest.mark.slow
+def test_dicomweb_destination_with_basic_auth(database, clock, tmp_path, result_files):
+    """Orthanc with AuthenticationEnabled: a wrong password fails the attempt with a reason
+    that names the refused credentials and schedules a retry; once the destination has
+    the right password the retry delivers."""
+    with OrthancServer(workdir=tmp_path / "orthanc", credentials=("user", "pass")) as pacs:
+        url = f"{pacs.url}/dicom-web"
+        wrong = web_destination(url, auth={"type": "basic", "username": "user",
+                                           "password": "wrong"})  # fmt: skip
+        right = web_destination(url, auth={"type": "basic", "username": "user",
+                                           "password": "pass"})  # fmt: skip
+        configured = {"pacs": wrong}
+        queue = JobQueue(database)
+        exporter = Exporter(queue, lambda: configured, calling_ae="AINODE", clock=clock)
+        job_id = job_with_results(queue, clock, result_files[0].parent)
+
+        assert exporter.run_once()
+        job = queue.get(job_id)
+        assert job.state == "exporting" and job.next_attempt_at == clock() + 2
+        assert "answered HTTP 401" in job.error
+        assert "refused the basic credentials for user 'user'" in job.error
+        assert stored_in(pacs, result_files) == 0
+
+        configured["pacs"] = right  # the operator corrects the password
+        clock.advance(2)
+        assert exporter.run_once()
+        job = queue.get(job_id)
+        assert job.state == "done" and job.error is None, job.error
+        assert stored_in(pacs, result_files) == len(result_files)
+        events = [e.event for e in queue.events(job_id)]
+        assert events.count("export_retry_scheduled") == 1 and events[-2:] == ["sent", "done"]

@@ -1,7 +1,8 @@
-"""2D images through the node: DX, a two-view MG series, an OP RGB photograph and a
-multi-frame OP image are sent with dcmtk's storescu, routed on SOP class, laterality and
-view, loaded as frames and run by a routine defined here; its per-image classifications come
-back as result objects that reference the exact image and frame."""
+"""2D images through the node: DX, a two-view MG series, an MG For Processing image, an
+OP RGB photograph and a multi-frame OP image are sent with dcmtk's storescu, routed on SOP
+class, laterality and view, loaded as frames and run by a routine defined here; its
+per-image classifications come back as result objects that reference the exact image and
+frame."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pydicom
 import pytest
 from pydicom.uid import (
     DigitalMammographyXRayImageStorageForPresentation,
+    DigitalMammographyXRayImageStorageForProcessing,
     DigitalXRayImageStorageForPresentation,
     OphthalmicPhotography8BitImageStorage,
 )
@@ -68,6 +70,7 @@ class ImageProbe(InferencePlugin):
         sop_classes=(
             "DigitalXRayImageStorageForPresentation",
             "DigitalMammographyXRayImageStorageForPresentation",
+            "DigitalMammographyXRayImageStorageForProcessing",
             "OphthalmicPhotography8BitImageStorage",
         ),
         lateralities=("L", "R", "U"),
@@ -163,10 +166,30 @@ def _studies(directory: Path) -> dict[str, list[pydicom.Dataset]]:
         )
         for number, view in ((2, "MLO"), (1, "CC"))
     ]
+    # The same left breast as the detector's raw For Processing image, a series of its own:
+    # only the For Processing rule may take it (left_mammo wants For Presentation).
+    raw = mg_image(
+        breast,
+        laterality="L",
+        view="CC",
+        imager_pixel_spacing_mm=0.1,
+        identity=SeriesIdentity(
+            patient_name="SYNTHETIC^MAMMO",
+            patient_id="SYN2DMG",
+            study_instance_uid=mammo.study_instance_uid,
+        ),
+        intent="FOR PROCESSING",
+    )
     eye = rng.integers(0, 256, size=(48, 64, 3)).astype(np.uint8)
     fundus = op_image(eye, laterality="R", pixel_spacing_mm=0.01)
     frames = op_image(np.stack([eye, eye[::-1], eye[:, ::-1]]), laterality="L")
-    studies = {"dx": [chest], "mg": views, "op": [fundus], "op_frames": [frames]}
+    studies = {
+        "dx": [chest],
+        "mg": views,
+        "mg_raw": [raw],
+        "op": [fundus],
+        "op_frames": [frames],
+    }
     for name, datasets in studies.items():
         (directory / name).mkdir(parents=True)
         for ds in datasets:
@@ -179,11 +202,17 @@ def test_dx_mg_and_op_series_reach_the_routine_and_complete(node, clock, tmp_pat
     send_to_node(node, sorted((tmp_path / "in").rglob("*.dcm")))
     clock.advance(11)
     completed = node.completion.poll()
-    assert sorted(row.instance_count for row in completed) == [1, 1, 1, 2]
+    assert sorted(row.instance_count for row in completed) == [1, 1, 1, 1, 2]
 
     jobs = node.queue.jobs()
-    # Routed on SOP class, laterality and view: no right-breast or For Processing job.
-    assert sorted(job.rule for job in jobs) == ["chest_dx", "fundus", "fundus", "left_mammo"]
+    # Routed on SOP class, laterality and view: no right-breast job (no right breast was
+    # sent), the For Presentation views go to left_mammo only and the For Processing image
+    # of the same breast and view to processing_only only.
+    rules = sorted(job.rule for job in jobs)
+    assert rules == ["chest_dx", "fundus", "fundus", "left_mammo", "processing_only"]
+    by_rule = {job.rule: job.series_uid for job in jobs}
+    assert by_rule["left_mammo"] == studies["mg"][0].SeriesInstanceUID
+    assert by_rule["processing_only"] == studies["mg_raw"][0].SeriesInstanceUID
     while node.worker.run_once():
         pass
 
@@ -213,6 +242,12 @@ def test_dx_mg_and_op_series_reach_the_routine_and_complete(node, clock, tmp_pat
         cc.SOPInstanceUID,
         mlo.SOPInstanceUID,
     ]
+
+    raw = studies["mg_raw"][0]
+    assert raw.PresentationIntentType == "FOR PROCESSING"
+    assert seen["mg_raw"]["array"] == (1, 96, 64)
+    assert seen["mg_raw"]["sop_classes"] == (DigitalMammographyXRayImageStorageForProcessing,)
+    assert seen["mg_raw"]["frames"][0].sop_instance_uid == raw.SOPInstanceUID
 
     assert seen["op"]["array"] == (1, 48, 64, 3)
     assert seen["op"]["lateralities"] == ("R",)

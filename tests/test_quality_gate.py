@@ -1,8 +1,9 @@
 """The input-quality gate: measurements, decisions per rule, and what the job and SR show.
 
 Every check is made to fail by a synthetic chest CT changed for it (extra noise, a
-missing slice, a duplicated slice, a metal insert with streaks, 8-bit data, clipped
-data, another kernel, contrast) and the decision is asserted for each.
+missing slice, a duplicated slice, a metal insert with streaks, motion with ghosts and
+streaks but no metal, 8-bit data, clipped data, another kernel, contrast) and the
+decision is asserted for each.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ def test_the_clean_series_passes_every_check(chest: list[Dataset]) -> None:
     [
         ("extra noise", lambda d: degraded.add_noise(d, 50.0, seed=1), "noise"),
         ("metal insert", lambda d: degraded.insert_metal(d, [12, 13, 14]), "metal"),
+        ("motion", lambda d: degraded.add_motion(d, [12, 13, 14]), "streaks"),
         ("8-bit data", degraded.to_8_bit, "bit_depth"),
         ("clipped data", lambda d: degraded.clip_hu(d, -1024.0, 150.0), "clipping"),
         ("bone kernel", lambda d: degraded.with_header(d, ConvolutionKernel="BONE"), "kernel"),
@@ -97,6 +99,24 @@ def test_metal_streaks_raise_the_streak_index(chest: list[Dataset]) -> None:
     assert before.streak_index is not None and after.streak_index is not None
     assert before.streak_index < 1.5 < 3.0 < after.streak_index
     assert after.metal_fraction is not None and after.metal_fraction > 1e-4
+
+
+def test_motion_is_caught_by_the_streak_check_alone(chest: list[Dataset]) -> None:
+    """The other cause of streaks: a breath during three rotations (ghosted anatomy and
+    bands along the inconsistent view) and no metal; the clean series passes."""
+    moved = degraded.add_motion(chest, [12, 13, 14])
+    assert _failed(chest) == set()
+    assert _failed(moved) == {"streaks"}
+    clean = assemble_volume(chest)
+    motion = assemble_volume(moved)
+    before = measure(clean.array, clean.datasets, VALIDATED)
+    after = measure(motion.array, motion.datasets, VALIDATED)
+    assert before.streak_index is not None and after.streak_index is not None
+    assert before.streak_index < 1.5 < VALIDATED.max_streak_index < after.streak_index
+    assert after.metal_fraction == 0.0
+    # Only the three moved slices carry the artefact; the others are unchanged.
+    changed = (motion.array != clean.array).any(axis=(1, 2))
+    assert int(changed.sum()) == 3
 
 
 def test_policy_picks_the_most_severe_action(chest: list[Dataset]) -> None:

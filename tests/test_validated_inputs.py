@@ -209,3 +209,29 @@ def test_mammogram_pixel_spacing_is_read_from_imager_pixel_spacing() -> None:
         if c.name == "pixel_spacing"
     ]
     assert check.passed and check.measured == "0.5x0.5 mm (ImagerPixelSpacing)"
+
+
+def test_a_series_of_another_modality_fails_the_modality_check() -> None:
+    """A rule that routes too broadly: an MR head series reaches the CT lung routine and a
+    chest radiograph the mammogram detector. The gate names the modality (and the SOP
+    class), measured from the real series, and the default policy skips them."""
+    from node.synthetic.chest_xray import make_chest_xray
+    from node.synthetic.head_mr import make_head_mr
+
+    head, _ = make_head_mr(seed=1)
+    radiograph, _ = make_chest_xray(128, 128, nodules=1, seed=11)
+    for plugin, datasets, modality in (
+        (CtLungs, head, "MR"),
+        (MgMassDetector, [radiograph], "DX"),
+    ):
+        images = str(datasets[0].Modality) == "DX"
+        volume = assemble_images(list(datasets)) if images else assemble_volume(datasets)
+        assert plugin.validated_on is not None
+        _, decision = assess(
+            volume.array, volume.datasets, plugin.validated_on, QualitySettings(on_fail="skip")
+        )
+        failed = {c.name: c for c in decision.failed}
+        assert {"modality", "sop_class"} <= set(failed), (plugin.name, set(failed))
+        assert failed["modality"].measured == modality
+        assert decision.action == "skip"
+        assert any(reason.startswith("modality") for reason in decision.reasons), decision.reasons

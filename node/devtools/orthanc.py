@@ -86,11 +86,17 @@ class OrthancClient:
         Orthanc's base URL, e.g. ``http://127.0.0.1:8042``.
     timeout
         Seconds for ordinary requests; synchronous sends get their own timeout.
+    credentials
+        ``(username, password)`` for an Orthanc with ``AuthenticationEnabled`` (HTTP
+        basic authentication).
     """
 
-    def __init__(self, url: str, *, timeout: float = 60.0) -> None:
+    def __init__(
+        self, url: str, *, timeout: float = 60.0, credentials: tuple[str, str] | None = None
+    ) -> None:
         self.url = url.rstrip("/")
-        self._http = httpx.Client(base_url=self.url, timeout=timeout)
+        self.credentials = credentials
+        self._http = httpx.Client(base_url=self.url, timeout=timeout, auth=credentials)
 
     def close(self) -> None:
         self._http.close()
@@ -309,6 +315,10 @@ class OrthancServer(OrthancClient, LocalProcess):
         exit when omitted.
     config_overrides
         Extra configuration keys, applied last.
+    credentials
+        ``(username, password)``: Orthanc requires HTTP basic authentication
+        (``AuthenticationEnabled``, with this one ``RegisteredUsers`` entry) on its REST
+        API and DICOMweb, and this client authenticates with them.
     config_file
         Use this configuration file as it is (ports and AET are read from it) instead
         of generating one; see :meth:`from_config_file`.
@@ -327,6 +337,7 @@ class OrthancServer(OrthancClient, LocalProcess):
         dicom_port: int | None = None,
         workdir: Path | None = None,
         config_overrides: Mapping[str, Any] | None = None,
+        credentials: tuple[str, str] | None = None,
         config_file: Path | None = None,
         binary: str = ORTHANC_BINARY,
         plugins: Sequence[str] = (DICOMWEB_PLUGIN,),
@@ -357,7 +368,7 @@ class OrthancServer(OrthancClient, LocalProcess):
         self.log_path = self.workdir / "orthanc.log"
         self.config_path = config_file if config_file is not None else self.workdir / "orthanc.json"
         self._process: subprocess.Popen[bytes] | None = None
-        super().__init__(f"http://{LOCALHOST}:{self.http_port}")
+        super().__init__(f"http://{LOCALHOST}:{self.http_port}", credentials=credentials)
 
     @classmethod
     def from_config_file(
@@ -382,6 +393,10 @@ class OrthancServer(OrthancClient, LocalProcess):
             "Plugins": self._plugins,
             "DicomModalities": self.dicom_modalities,
         }
+        if self.credentials is not None:
+            username, password = self.credentials
+            settings["AuthenticationEnabled"] = True
+            settings["RegisteredUsers"] = {username: password}
         settings.update(self._overrides)
         return settings
 
@@ -391,7 +406,9 @@ class OrthancServer(OrthancClient, LocalProcess):
         # Most likely a port taken between picking and binding: pick again.
         self.http_port, self.dicom_port = free_ports(2)
         self._http.close()
-        OrthancClient.__init__(self, f"http://{LOCALHOST}:{self.http_port}")
+        OrthancClient.__init__(
+            self, f"http://{LOCALHOST}:{self.http_port}", credentials=self.credentials
+        )
         return True
 
     def _launch(self) -> None:

@@ -4,6 +4,13 @@ Authentication (none, HTTP basic, bearer token), TLS verification and the
 timeout come from :class:`~node.config.DicomWebEndpoint`; one
 :class:`requests.Session` carries them so every QIDO, WADO and STOW request
 of the client uses the same settings.
+
+dicomweb-client's own retry is turned off: by default it repeats a request that
+raised (a refused connection, a TLS failure) five times with 2, 4, 8 and 16 s
+sleeps in between, which held the exporter (or a pull) for 30 s per attempt and
+hid the destination's configured backoff. The node retries instead: exports with
+the destination's ``backoff_seconds``/``max_attempts``, pulls with the pull
+service's attempts.
 """
 
 from __future__ import annotations
@@ -44,8 +51,10 @@ def dicomweb_client(endpoint: DicomWebEndpoint) -> Iterator[DICOMwebClient]:
     """A client for the endpoint's service root; its session is closed on exit."""
     session = http_session(endpoint)
     try:
-        yield DICOMwebClient(
+        client = DICOMwebClient(
             url=endpoint.url.rstrip("/"), session=session, timeout=endpoint.timeout_seconds
         )
+        client.set_http_retry_params(retry=False)
+        yield client
     finally:
         session.close()

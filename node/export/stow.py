@@ -32,8 +32,7 @@ def stow_files(destination: DicomWebDestinationSettings, paths: Sequence[Path]) 
         with dicomweb_client(destination) as client:
             answer = client.store_instances(datasets)
     except requests.HTTPError as exc:
-        status = exc.response.status_code if exc.response is not None else "?"
-        raise ExportError(f"STOW-RS to {destination.url} answered HTTP {status}") from exc
+        raise ExportError(_refusal(destination, exc.response)) from exc
     except requests.RequestException as exc:
         raise ExportError(f"STOW-RS to {destination.url} failed: {exc}") from exc
     failed = answer.get("FailedSOPSequence", []) if answer is not None else []
@@ -50,6 +49,22 @@ def stow_files(destination: DicomWebDestinationSettings, paths: Sequence[Path]) 
             destination.url,
             dataset.SOPInstanceUID,
         )
+
+
+def _refusal(destination: DicomWebDestinationSettings, response: requests.Response | None) -> str:
+    """Why the server said no, with what to check when it refused the credentials."""
+    if response is None:
+        return f"STOW-RS to {destination.url} failed without an answer"
+    text = f"STOW-RS to {destination.url} answered HTTP {response.status_code}"
+    if response.reason:
+        text += f" {response.reason}"
+    if response.status_code in (401, 403):
+        auth = destination.auth.type
+        sent = "no credentials" if auth == "none" else f"{auth} credentials"
+        if auth == "basic":
+            sent += f" for user {destination.auth.username!r}"
+        text += f": the server refused the {sent}; check the destination's auth settings"
+    return text
 
 
 def probe(destination: DicomWebDestinationSettings) -> None:

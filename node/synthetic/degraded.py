@@ -4,6 +4,10 @@ Each function takes the instances of a series (e.g. from
 :func:`node.synthetic.chest_ct.make_chest_ct`) and returns changed copies; the
 inputs are left as they are. Stored values stay 16-bit unsigned with the
 series' rescale, except :func:`to_8_bit`.
+
+:func:`insert_metal` and :func:`add_motion` are the two causes of streaks the gate's
+streak index (:func:`node.runtime.quality.streak_index`) looks for; motion has no
+metal, so only the streak check catches it.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
+from scipy import ndimage
 
 
 def _hu(ds: Dataset) -> np.ndarray:
@@ -81,6 +86,50 @@ def insert_metal(
     return out
 
 
+def add_motion(
+    datasets: Sequence[Dataset],
+    slices: Sequence[int],
+    *,
+    shift_mm: float = 6.0,
+    ghost: float = 0.35,
+    streak_hu: float = 150.0,
+    streak_period_mm: float = 6.0,
+    view_deg: float = 30.0,
+) -> list[Dataset]:
+    """Patient motion (a breath or a jerk) during the rotations that made ``slices``.
+
+    Filtered back projection assumes the patient holds still for a full rotation.
+    When the anatomy moves by ``shift_mm`` part way through, the projections taken
+    before and after disagree, and the reconstruction shows both:
+
+    * a **ghost**: the anatomy a second time, displaced by the motion (along the
+      rows here, as for breathing), with weight ``ghost`` (the share of views taken
+      after the move), so every edge is doubled;
+    * **streaks**: the inconsistency between the first and the last view is
+      back-projected along that view's direction (``view_deg``, from the rows), as
+      sharp parallel bright and dark bands of ``streak_hu`` every ``streak_period_mm``
+      across the slice.
+
+    Neighbouring slices are untouched, as when one breath spoils a few rotations.
+    """
+    out = []
+    for k, ds in enumerate(datasets):
+        image = _hu(ds)
+        if k in slices:
+            spacing = float(ds.PixelSpacing[0]) if "PixelSpacing" in ds else 1.0
+            moved = ndimage.shift(image, (shift_mm / spacing, 0.0), order=1, mode="nearest")
+            image = (1.0 - ghost) * image + ghost * moved
+            rows, columns = image.shape
+            y, x = np.mgrid[0:rows, 0:columns] * spacing
+            theta = np.deg2rad(view_deg)
+            # Distance across the bands, perpendicular to the view direction.
+            across = -x * np.sin(theta) + y * np.cos(theta)
+            wave = np.cos(2.0 * np.pi * across / streak_period_mm)
+            image = image + streak_hu * np.sign(wave) * (np.abs(wave) > 0.7)
+        out.append(_store(ds, image))
+    return out
+
+
 def to_8_bit(datasets: Sequence[Dataset]) -> list[Dataset]:
     """The series stored in 8 bits (slope 8 from -1024 HU): coarse steps, top clipped."""
     out = []
@@ -116,6 +165,7 @@ def with_header(datasets: Sequence[Dataset], **values: object) -> list[Dataset]:
 
 
 __all__ = [
+    "add_motion",
     "add_noise",
     "clip_hu",
     "drop_slice",
