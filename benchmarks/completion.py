@@ -2,15 +2,17 @@
 
 Orthanc pushes a synthetic CT series to the node (C-STORE, synchronous REST call).
 Measured per run: from the end of the send until the node reports the series
-complete (``GET /api/studies/{uid}/status``, polled every 20 ms), and the node's own
-``completed_at - last_received`` from its state database.
+complete (``GET /api/studies/{uid}/status``, polled every 20 ms), and from the node's
+state database the time from the last instance to the series' completion and to its
+job's start (``ct_lungs``, the lightest routine).
 
 - **quiet period**: the node waits ``--quiet-seconds`` without a new instance;
 - **count check**: Orthanc is a declared source (DICOMweb, ``ae_title`` = its AET) so the
   node asks it (QIDO-RS) for NumberOfSeriesRelatedInstances and completes the series as
   soon as it holds that many (at the next completion poll, ``poll_seconds``).
 
-No rule is configured: nothing is inferred, only completion is timed.
+One rule routes the series to ``ct_lungs`` so the latency to the job's start is seen; the
+job has no destination (its results stay on the node).
 """
 
 from __future__ import annotations
@@ -32,12 +34,22 @@ from node.synthetic.chest_ct import make_chest_ct
 TOKEN = "benchmark-token-0123456789"
 
 
-def _series_latency(database: Path, series_uid: str) -> float:
-    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
-        row = db.execute(
-            "SELECT completed_at - last_received FROM series WHERE series_uid = ?", (series_uid,)
-        ).fetchone()
-    return float(row[0])
+def _latencies(database: Path, series_uid: str, timeout: float = 120.0) -> tuple[float, float]:
+    """Seconds from the series' last instance to its completion and to its job's start."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
+            row = db.execute(
+                "SELECT s.completed_at - s.last_received, j.started_at - s.last_received"
+                " FROM series s JOIN jobs j ON j.series_uid = s.series_uid"
+                " WHERE s.series_uid = ? AND j.started_at IS NOT NULL",
+                (series_uid,),
+            ).fetchone()
+        if row is not None:
+            return float(row[0]), float(row[1])
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no job started for series {series_uid}")
+        time.sleep(0.05)
 
 
 def run_completion(
@@ -65,6 +77,7 @@ def run_completion(
                 "node": {"dicom_port": node_port},
                 "completion": {"series_quiet_seconds": quiet_seconds, "poll_seconds": poll_seconds},
                 "dicomweb": {"tokens": [{"name": "bench", "token": TOKEN}]},
+                "rules": [{"name": "bench", "match": {"Modality": "CT"}, "plugin": "ct_lungs"}],
                 "sources": {
                     "pacs": {
                         "kind": "dicomweb",
@@ -94,18 +107,21 @@ def run_completion(
                                 raise TimeoutError(f"{mode}: series never completed")
                             time.sleep(0.02)
                     done = time.monotonic()
+                    completed, job_started = _latencies(node.data_dir / "state.sqlite3", series_uid)
                     samples.append(
                         {
                             "send_s": sent - started,
                             "after_send_s": done - sent,
-                            "node_completed_after_last_instance_s": _series_latency(
-                                node.data_dir / "state.sqlite3", series_uid
-                            ),
+                            "node_completed_after_last_instance_s": completed,
+                            "job_started_after_last_instance_s": job_started,
                         }
                     )
             result[mode] = {
                 "runs": samples,
                 "median_after_send_s": statistics.median(s["after_send_s"] for s in samples),
+                "median_job_started_s": statistics.median(
+                    s["job_started_after_last_instance_s"] for s in samples
+                ),
             }
     result["gain_s"] = (
         result["quiet_period"]["median_after_send_s"] - result["count_check"]["median_after_send_s"]
@@ -119,13 +135,19 @@ def completion_table(result: dict[str, Any]) -> list[str]:
         f" quiet period {result['quiet_seconds']:g} s,"
         f" completion poll {result['poll_seconds']:g} s",
         f"  {'mode':<14} {'send s':>8} {'after send s':>13}"
-        f" {'node: last instance -> complete s':>34}",
+        f" {'last instance -> complete s':>28} {'-> job started s':>17}",
     ]
     for mode in ("quiet_period", "count_check"):
         for run in result[mode]["runs"]:
             lines.append(
                 f"  {mode:<14} {run['send_s']:>8.2f} {run['after_send_s']:>13.2f}"
-                f" {run['node_completed_after_last_instance_s']:>34.2f}"
+                f" {run['node_completed_after_last_instance_s']:>28.2f}"
+                f" {run['job_started_after_last_instance_s']:>17.2f}"
             )
     lines.append(f"  gain (median after send): {result['gain_s']:.2f} s")
+    job_gain = (
+        result["quiet_period"]["median_job_started_s"]
+        - result["count_check"]["median_job_started_s"]
+    )
+    lines.append(f"  gain (median last instance -> job started): {job_gain:.2f} s")
     return lines
