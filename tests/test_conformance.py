@@ -12,6 +12,11 @@ the objects must pass:
 * dcmqi's ``segimage2itkimage`` (3D Slicer's SEG reader) giving the label map back on the
   source geometry;
 * :func:`node.results.lint.lint_results` (viewer requirements) with no problem.
+
+From the same sources the kinds other routines give are built too (Parametric Map and
+heat-map SC of an attribution, derived series of the source's IOD and derived SC, an SR
+with radiomics features, a classifier/detector's SR, GSPS, SC and KO) and checked with
+dciodvfy and with dcentvfy across source, segmentation results and these.
 """
 
 from __future__ import annotations
