@@ -672,7 +672,9 @@ def test_derived_images_keep_the_source_iod_and_the_values(
 
 def test_routine_objects_pass_dciodvfy(routines: Routines) -> None:
     for tag, paths in routines.paths.items():
-        for path in paths:
+        # Images of one series are built alike: the first, middle and last are checked
+        # (dcentvfy below reads them all).
+        for path in sorted({paths[0], paths[len(paths) // 2], paths[-1]}):
             report = dciodvfy_output(path)
             errors = [line for line in report if line.startswith("Error")]
             assert errors == [], f"{routines.name} {tag}: {errors}"
