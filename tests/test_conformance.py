@@ -12,6 +12,11 @@ the objects must pass:
 * dcmqi's ``segimage2itkimage`` (3D Slicer's SEG reader) giving the label map back on the
   source geometry;
 * :func:`node.results.lint.lint_results` (viewer requirements) with no problem.
+
+From the same sources the kinds other routines give are built too (Parametric Map and
+heat-map SC of an attribution, derived series of the source's IOD and derived SC, an SR
+with radiomics features, a classifier/detector's SR, GSPS, SC and KO) and checked with
+dciodvfy and with dcentvfy across source, segmentation results and these.
 """
 
 from __future__ import annotations
@@ -42,7 +47,13 @@ from node.results.kinds import (
 from node.results.ko import build_ko
 from node.results.lint import lint_results
 from node.results.sc import render_slice
-from node.runtime.plugin import Prediction
+from node.runtime.plugin import (
+    Attribution,
+    Classification,
+    DerivedImage,
+    Detection,
+    Prediction,
+)
 from node.runtime.volume import Volume, assemble_volume
 from node.synthetic.chest_ct import make_chest_ct
 from node.synthetic.head_mr import make_head_mr
@@ -76,9 +87,18 @@ KNOWN_WARNINGS = (
     # CT_small.dcm has PatientWeight 0, MR_small.dcm a retired Person Name form.
     "Value is zero for value 1 of attribute <Patient's Weight>",
     "PN Name of Physician(s) Reading Study  PN [1] = <----> - Retired Person Name form",
+    # … and its Operators' Name, which a derived image (a copy of the source's header) keeps.
+    "PN Operators' Name  PN [1] = <----> - Retired Person Name form",
+    # The synthetic head MR has Image Type ORIGINAL\PRIMARY\M\NONE (as Siemens MR do);
+    # a derived image keeps values 3 and on (PS3.3 C.7.6.1.1.2).
+    "Unrecognized defined term <M> for value 3 of attribute <Image Type>",
     # Neither test file has BodyPartExamined, so the GSPS carries an empty Laterality
     # (type 2C, asked for as an error otherwise): "empty when actually unknown" is true.
     "is only permitted to be empty when actually unknown",
+    # pyradiomics features without an IBSI code are coded in the node's private scheme
+    # (PS3.16 8: a "99" prefix), declared in Coding Scheme Identification Sequence
+    # (checked in test_routine_objects_pass_dciodvfy); dciodvfy only knows standard ones.
+    "Unrecognized defined term <99AINODE> for value 1 of attribute <Coding Scheme Designator>",
 )
 
 
@@ -499,3 +519,187 @@ def test_ko_lists_every_other_object_of_its_profile(built: Built) -> None:
     }
     assert listed == expected
     assert ko.ConceptNameCodeSequence[0].CodeValue == "113030"
+
+
+# -- kinds from other routines: maps, derived images, radiomics, classifier/detector ----
+#
+# The same four sources also get the objects a segmentation does not give: a Parametric
+# Map and heat-map SC of an attribution, a derived series of the source's IOD (CT Image
+# Storage from CT, MR Image Storage from MR) and its Secondary Capture, an SR with
+# pyradiomics features (first order + shape), and the SR, GSPS, SC and KO of a
+# classifier/detector (tests/data/templates/cad_findings.yaml).
+
+CAD_TAGS = ("sr", "gsps", "sc", "ko.gsps+sc+sr")
+
+
+@dataclass(frozen=True)
+class Routines:
+    name: str
+    source_paths: list[Path]
+    #: ``"<routine>/<tag>"`` -> files.
+    paths: dict[str, list[Path]]
+
+
+def _with_radiomics(template: ResultTemplate, directory: Path) -> ResultTemplate:
+    """The source's template with first order + shape radiomics on every segment."""
+    import yaml
+
+    if template.name == "ct_lungs":
+        from node.results.template import default_template_dir
+
+        path = default_template_dir() / "ct_lungs.yaml"
+    else:
+        path = TEMPLATES / f"{template.name}.yaml"
+    document = yaml.safe_load(path.read_text())
+    for segment in document["segments"]:
+        segment["radiomics"] = ["firstorder", "shape"]
+    directory.mkdir(parents=True, exist_ok=True)
+    written = directory / f"{template.name}.yaml"
+    written.write_text(yaml.safe_dump(document, sort_keys=False))
+    return load_template(written)
+
+
+def _attribution(volume: Volume, template: ResultTemplate) -> Attribution:
+    """The source intensities scaled to 0-1, said to explain the template's first segment."""
+    values = volume.array.astype(np.float64)
+    span = float(values.max() - values.min()) or 1.0
+    segment = template.segments[0]
+    return Attribution(
+        ((values - values.min()) / span).astype(np.float32),
+        method="test saliency",
+        target=segment.label,
+        label_value=segment.label_value,
+    )
+
+
+def _cad_prediction(volume: Volume) -> Prediction:
+    """A series and a per-image classification, a box and a point detection."""
+    _, rows, columns = volume.shape
+    middle = volume.shape[0] // 2
+    box = (columns * 0.25, rows * 0.25, columns * 0.5, rows * 0.5)
+    return Prediction(
+        classifications=[
+            Classification("nodule_present", 0.8125),
+            Classification("image_abnormal", 0.75, frame=middle),
+        ],
+        detections=[
+            Detection("nodule", 0.9375, middle, box=box),
+            Detection("calcification", 0.5, 0, point=(columns * 0.5, rows * 0.5)),
+        ],
+    )
+
+
+@pytest.fixture(scope="module")
+def routines(built: Built, tmp_path_factory: pytest.TempPathFactory) -> Routines:
+    pytest.importorskip("radiomics", reason="pyradiomics is installed by make run / make test")
+    directory = tmp_path_factory.mktemp(f"{built.name}-routines")
+    volume = built.volume
+    derived = DerivedImage(volume.array * 0.5 + 10.0, "Test filter")
+    labels = np.asarray(built.prediction.label_map)
+    runs = {
+        "maps": build_results(
+            volume,
+            Prediction(attribution=_attribution(volume, built.template)),
+            built.template,
+            tags=["pmap", "heatmap_sc"],
+        ),
+        "derived": build_results(
+            volume,
+            Prediction(derived_image=derived),
+            load_template_by_name("ct_denoise"),
+            tags=["derived", "derived_sc"],
+        ),
+        "radiomics": build_results(
+            volume,
+            Prediction(label_map=labels),
+            _with_radiomics(built.template, directory / "template"),
+            tags=["seg", "sr"],
+        ),
+        "cad": build_results(
+            volume,
+            _cad_prediction(volume),
+            load_template(TEMPLATES / "cad_findings.yaml"),
+            tags=CAD_TAGS,
+        ),
+    }
+    assert runs["radiomics"].radiomics is not None
+    assert runs["radiomics"].radiomics.features
+    paths: dict[str, list[Path]] = {}
+    for routine, results in runs.items():
+        out = directory / routine
+        out.mkdir()
+        for tag, dataset in results.tagged():
+            path = out / file_name(tag, str(dataset.SOPInstanceUID))
+            dataset.save_as(path, enforce_file_format=True)
+            paths.setdefault(f"{routine}/{tag}", []).append(path)
+    return Routines(built.name, built.source_paths, paths)
+
+
+def test_routines_build_every_kind(routines: Routines) -> None:
+    assert sorted(routines.paths) == sorted(
+        [
+            "maps/pmap",
+            "maps/heatmap_sc",
+            "derived/derived",
+            "derived/derived_sc",
+            "radiomics/seg",
+            "radiomics/sr",
+            *(f"cad/{tag}" for tag in CAD_TAGS),
+        ]
+    )
+    assert len(routines.paths["derived/derived"]) == len(routines.source_paths)
+    assert len(routines.paths["derived/derived_sc"]) == len(routines.source_paths)
+
+
+def test_derived_images_keep_the_source_iod_and_the_values(
+    built: Built, routines: Routines
+) -> None:
+    """Same SOP class as the source (MR Image Storage has no Rescale Slope/Intercept, so an
+    MR derived image stores the values themselves) and the values back within rounding."""
+    expected = built.volume.array * 0.5 + 10.0
+    uids = list(built.volume.sop_instance_uids)
+    for path in routines.paths["derived/derived"]:
+        image = pydicom.dcmread(path)
+        index = uids.index(image.SourceImageSequence[0].ReferencedSOPInstanceUID)
+        source = built.volume.datasets[index]
+        assert image.SOPClassUID == source.SOPClassUID
+        if source.Modality == "MR":
+            assert "RescaleSlope" not in image and "RescaleIntercept" not in image
+        slope = float(image.get("RescaleSlope", 1.0))
+        real = image.pixel_array * slope + float(image.get("RescaleIntercept", 0.0))
+        np.testing.assert_allclose(real, expected[index], atol=0.5 * slope + 1e-6)
+
+
+def test_routine_objects_pass_dciodvfy(routines: Routines) -> None:
+    for tag, paths in routines.paths.items():
+        # Images of one series are built alike: the first, middle and last are checked
+        # (dcentvfy below reads them all).
+        for path in sorted({paths[0], paths[len(paths) // 2], paths[-1]}):
+            report = dciodvfy_output(path)
+            errors = [line for line in report if line.startswith("Error")]
+            assert errors == [], f"{routines.name} {tag}: {errors}"
+            warnings = [
+                line
+                for line in report
+                if line.startswith("Warning") and not any(k in line for k in KNOWN_WARNINGS)
+            ]
+            assert warnings == [], f"{routines.name} {tag}: {warnings}"
+    (sr,) = routines.paths["radiomics/sr"]
+    schemes = pydicom.dcmread(sr).CodingSchemeIdentificationSequence
+    assert "99AINODE" in {str(item.CodingSchemeDesignator) for item in schemes}
+
+
+def test_dcentvfy_finds_no_errors_across_source_and_routine_objects(
+    built: Built, routines: Routines
+) -> None:
+    every = [p for paths in routines.paths.values() for p in paths]
+    segmentation = [p for paths in built.paths.values() for p in paths]
+    report = dcentvfy_output([*routines.source_paths, *segmentation, *every])
+    errors = [line for line in report if line.startswith("Error")]
+    assert errors == [], errors[:5]
+    others = [
+        line
+        for line in report
+        if line.startswith("Warning") and "<AccessionNumber> IE <Series> versus <Study>" not in line
+    ]
+    assert others == [], others[:5]

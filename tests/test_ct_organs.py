@@ -377,3 +377,74 @@ def test_default_rules_route_an_abdomen_phantom_to_ct_organs_and_nothing_else(
     # The other way round: the demo rule leaves a chest series to the lung routine.
     chest, _ = make_chest_ct(n_slices=4, rows=16, columns=16, series_description="Chest CT 1.0")
     assert [r.name for r in matching_rules(settings.rules, HeaderSubject(chest[0]))] == ["chest-ct"]
+
+
+@pytest.mark.slow
+def test_series_sent_to_the_node_comes_back_as_seg_and_sr_of_a_yaml_configured_model(
+    tmp_path: Path,
+) -> None:
+    """Issue 4's "done when": a TorchScript model declared only under ``models:`` in the
+    node's YAML, run by a real node process on a series a real Orthanc sends it; the SEG
+    and SR arrive in Orthanc, pass dciodvfy, code the template's organs and agree with
+    the built-in ct_organs plugin on the same series."""
+    import highdicom as hd
+
+    from node.devtools.node_process import NodeProcess
+    from node.synthetic.chest_ct import write_series
+    from tests.support.pacs import node_config, one_result_each, orthanc_for_node
+    from tests.support.validators import dciodvfy_errors
+
+    network = build_network()
+    network.load_state_dict(torch.load(WEIGHTS, map_location="cpu", weights_only=True))
+    path = tmp_path / "organs.ts"
+    torch.jit.save(torch.jit.trace(network.eval(), torch.zeros(1, 1, 96, 96, 96)), str(path))
+    datasets, _ = make_abdomen_ct(
+        n_slices=40, rows=96, columns=96, pixel_spacing_mm=4.4, slice_thickness_mm=10.0,
+        seed=20_004, series_description="Abdomen phantom",
+    )  # fmt: skip
+    files = write_series(datasets, tmp_path / "series")
+    study_uid = str(datasets[0].StudyInstanceUID)
+    rule = {"name": "organs-yaml", "match": {"Modality": "CT"}, "plugin": "organs-ts"}
+    with orthanc_for_node(tmp_path) as (pacs, node_port):
+        config = node_config(node_port, pacs, [rule])
+        config["models"] = {"organs-ts": ct_organs_model("torchscript", path)}
+        with NodeProcess(config, workdir=tmp_path / "node"):
+            pacs.upload_many(files)
+            pacs.send_to_modality("ainode", [pacs.lookup_study(study_uid)])
+            objects = one_result_each(pacs, study_uid, ["SEG", "SR"], timeout=180)
+    for modality, dataset in objects.items():
+        written = tmp_path / f"{modality}.dcm"
+        dataset.save_as(written, enforce_file_format=True)
+        assert dciodvfy_errors(written) == [], modality
+    template = load_template_by_name("ct_organs")
+    seg = hd.seg.Segmentation.from_dataset(objects["SEG"])
+    assert [str(s.SegmentLabel) for s in seg.SegmentSequence] == [
+        s.label for s in template.segments
+    ]
+    assert [s.SegmentedPropertyTypeCodeSequence[0].CodeValue for s in seg.SegmentSequence] == [
+        s.type.value for s in template.segments
+    ]
+    report = hd.sr.Comprehensive3DSR.from_dataset(objects["SR"]).content
+    groups = report.get_volumetric_roi_measurement_groups()
+    assert len(groups) == len(template.segments)
+    for group in groups:
+        reference = group.referenced_segment
+        assert reference is not None
+        assert reference.referenced_sop_instance_uid == seg.SOPInstanceUID
+    volume = assemble_volume(datasets)
+    numbers = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=list(volume.sop_instance_uids), combine_segments=True
+    )
+    # Segment n codes the template's n-th segment, whose label value the map uses.
+    labels = np.zeros(volume.shape, np.uint8)
+    for number, segment in enumerate(template.segments, start=1):
+        labels[numbers == number] = segment.label_value
+    plugin = CtOrgansPlugin()
+    plugin.load(CPU)
+    expected = plugin.run(volume, RunContext(1, "test", CPU)).label_map
+    scores = {
+        LABEL_NAMES[k]: dice(labels, expected, k) for k in LABEL_NAMES if (expected == k).any()
+    }
+    print("dice vs in-process ct_organs:", scores)
+    assert len(scores) == len(LABEL_NAMES)
+    assert min(scores.values()) >= 0.99, scores

@@ -53,6 +53,9 @@ SOURCE_PURPOSE = codes.DCM.SourceImageForImageProcessingOperation
 OP_8BIT = "1.2.840.10008.5.1.4.1.1.77.1.5.1"
 #: Ophthalmic Photography 8 and 16 Bit Image Storage (Image Type value 2 is PRIMARY).
 OPHTHALMIC_PHOTOGRAPHY = (OP_8BIT, "1.2.840.10008.5.1.4.1.1.77.1.5.2")
+#: SOP classes whose IOD has no Modality LUT (Rescale Slope/Intercept): MR Image Storage
+#: (PS3.3 A.4). Their derived images store the real-world values themselves.
+NO_RESCALE = ("1.2.840.10008.5.1.4.1.1.4",)
 #: Image Type value 3 of a derived OP image whose source has none (a defined term of
 #: the OP IOD is only MONTAGE, which a processed photograph is not).
 OP_VALUE_3 = "PROCESSED"
@@ -213,6 +216,9 @@ def _set_rescaled_pixels(
 ) -> int:
     """16-bit grayscale pixels with the source's rescale; returns how many clipped.
 
+    An IOD without a Modality LUT (:data:`NO_RESCALE`, e.g. MR) gets the rounded values
+    themselves and no Rescale Slope/Intercept.
+
     Values of a MONOCHROME1 source come inverted (higher is brighter); they are inverted
     back so that the derived image keeps the source's photometric interpretation.
     """
@@ -234,19 +240,36 @@ def _set_rescaled_pixels(
         raw = np.rint((values - intercept) / slope)
         clipped = int(np.count_nonzero((raw < low) | (raw > low + 2**bits - 1)))
         pixels = np.clip(raw, low, low + 2**bits - 1).astype(np.int16 if signed else np.uint16)
+    elif str(source.SOPClassUID) in NO_RESCALE:
+        # No Modality LUT in the IOD: the stored values are the real-world values (rounded),
+        # signed when the source is or when the derived values go below zero.
+        signed = int(source.get("PixelRepresentation", 0)) == 1 or float(values.min()) < 0
+        pixels, clipped = stored_values(values, 1.0, 0.0, signed)
+        _set_grayscale(image, photometric, bits, signed, pixels)
+        for keyword in ("RescaleSlope", "RescaleIntercept", "RescaleType"):
+            if keyword in image:
+                delattr(image, keyword)
+        return clipped
     else:
         slope, intercept, signed = _rescale(source, values)
         pixels, clipped = stored_values(values, slope, intercept, signed)
+    _set_grayscale(image, photometric, bits, signed, pixels)
+    image.RescaleSlope = f"{slope:g}"
+    image.RescaleIntercept = f"{intercept:g}"
+    return clipped
+
+
+def _set_grayscale(
+    image: Dataset, photometric: str, bits: int, signed: bool, pixels: np.ndarray
+) -> None:
+    """One-sample pixel data and its Image Pixel attributes (16 bits allocated)."""
     image.SamplesPerPixel = 1
     image.PhotometricInterpretation = photometric
     image.BitsAllocated = 16
     image.BitsStored = bits
     image.HighBit = bits - 1
     image.PixelRepresentation = 1 if signed else 0
-    image.RescaleSlope = f"{slope:g}"
-    image.RescaleIntercept = f"{intercept:g}"
     image.PixelData = pixels.astype(pixels.dtype.newbyteorder("<")).tobytes()
-    return clipped
 
 
 def build_derived_series(
