@@ -237,18 +237,23 @@ def test_every_kind_is_built(built: Built) -> None:
     assert len(built.files(ResultKind.SC)) == len(built.analysis.slices_with_findings) > 0
 
 
+def assert_dciodvfy_clean(path: Path, what: str) -> None:
+    """No dciodvfy error, and no warning outside :data:`KNOWN_WARNINGS`."""
+    report = dciodvfy_output(path)
+    errors = [line for line in report if line.startswith("Error")]
+    assert errors == [], f"{what}: {errors}"
+    warnings = [
+        line
+        for line in report
+        if line.startswith("Warning") and not any(k in line for k in KNOWN_WARNINGS)
+    ]
+    assert warnings == [], f"{what}: {warnings}"
+
+
 def test_dciodvfy_finds_no_errors(built: Built) -> None:
     for tag, paths in built.paths.items():
         for path in paths:
-            report = dciodvfy_output(path)
-            errors = [line for line in report if line.startswith("Error")]
-            assert errors == [], f"{built.name} {tag}: {errors}"
-            warnings = [
-                line
-                for line in report
-                if line.startswith("Warning") and not any(k in line for k in KNOWN_WARNINGS)
-            ]
-            assert warnings == [], f"{built.name} {tag}: {warnings}"
+            assert_dciodvfy_clean(path, f"{built.name} {tag}")
 
 
 def test_dcentvfy_finds_no_errors_across_source_and_results(built: Built) -> None:
@@ -675,15 +680,7 @@ def test_routine_objects_pass_dciodvfy(routines: Routines) -> None:
         # Images of one series are built alike: the first, middle and last are checked
         # (dcentvfy below reads them all).
         for path in sorted({paths[0], paths[len(paths) // 2], paths[-1]}):
-            report = dciodvfy_output(path)
-            errors = [line for line in report if line.startswith("Error")]
-            assert errors == [], f"{routines.name} {tag}: {errors}"
-            warnings = [
-                line
-                for line in report
-                if line.startswith("Warning") and not any(k in line for k in KNOWN_WARNINGS)
-            ]
-            assert warnings == [], f"{routines.name} {tag}: {warnings}"
+            assert_dciodvfy_clean(path, f"{routines.name} {tag}")
     (sr,) = routines.paths["radiomics/sr"]
     schemes = pydicom.dcmread(sr).CodingSchemeIdentificationSequence
     assert "99AINODE" in {str(item.CodingSchemeDesignator) for item in schemes}
