@@ -189,7 +189,10 @@ def _check_frame_results(pacs: OrthancServer, tmp_path: Path, photograph: Path, 
     tmp_path.mkdir(exist_ok=True)
     for source, frames in ((photograph, 3), (raw, None)):
         image = pydicom.dcmread(source, stop_before_pixels=True)
-        found = pacs.wait_for_series(str(image.StudyInstanceUID), ["SR", "PR", "OT"], timeout=240)
+        # Stable: the captures (one per frame) arrive one after another.
+        found = pacs.wait_for_series(
+            str(image.StudyInstanceUID), ["SR", "PR", "OT"], timeout=240, stable=True
+        )
         objects: dict[str, list[pydicom.Dataset]] = {}
         for modality, series in found.items():
             (one,) = series
