@@ -18,6 +18,7 @@ import sysconfig
 import zipfile
 from pathlib import Path
 
+import httpx
 import pytest
 
 from node.config import BUILT_IN_CHEST_RULE
@@ -72,10 +73,10 @@ def venv_with_wheel(wheel: Path, target: Path) -> Path:
 
 
 def clean_env() -> dict[str, str]:
-    """This environment without AINODE_* and PYTHONPATH (nothing may point at the checkout)."""
-    return {
-        k: v for k, v in os.environ.items() if not k.startswith("AINODE_") and k != "PYTHONPATH"
-    }
+    """This environment without AINODE_* and with an empty PYTHONPATH (which Python
+    ignores): nothing may point at the checkout."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AINODE_")}
+    return {**env, "PYTHONPATH": ""}
 
 
 def test_wheel_install_runs_a_chest_ct_and_ainode_evaluate(tmp_path: Path) -> None:
@@ -99,8 +100,18 @@ def test_wheel_install_runs_a_chest_ct_and_ainode_evaluate(tmp_path: Path) -> No
     with orthanc_for_node(tmp_path) as (pacs, node_port):
         config = node_config(node_port, pacs, [BUILT_IN_CHEST_RULE])
         with NodeProcess(
-            config, workdir=tmp_path / "node", python=str(python), cwd=run_dir, env={}
+            config,
+            workdir=tmp_path / "node",
+            python=str(python),
+            cwd=run_dir,
+            env={"PYTHONPATH": ""},
         ) as node:
+            # Every shipped routine loaded (weights from the wheel), console pages served.
+            health = node.healthz()
+            assert health["plugin_errors"] == {}, health
+            assert {"ct_lungs", "ct_organs", "op_fundus_classifier"} <= set(health["plugins"])
+            for page in ("/setup", "/static/console.css", "/static/console.js"):
+                assert httpx.get(node.url + page, timeout=10).status_code == 200, page
             datasets, _ = make_chest_ct(
                 n_slices=40, rows=128, columns=128, pixel_spacing_mm=3.0, slice_thickness_mm=5.0
             )
