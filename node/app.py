@@ -103,7 +103,8 @@ class Node:
                 on_results=self.exporter.wake,
                 job_timeout_seconds=settings.workers.job_timeout_seconds,
                 prefetch=settings.workers.prefetch,
-                destinations=lambda: self.settings.destinations,
+                # The exporter's source too: the database (the YAML only seeds it).
+                destinations=self.admin.destinations.mapping,
                 rules=lambda: self.admin.rules.active(),
             )
             for device in self.devices

@@ -497,7 +497,7 @@ class Settings(_Strict):
     workers: WorkerSettings = WorkerSettings()
     security: SecuritySettings = SecuritySettings()
     logging: LoggingSettings = LoggingSettings()
-    #: Directory of result templates; default: the repository's ``dicom_sr_templates``.
+    #: The site's result templates, looked up before the shipped ``dicom_sr_templates``.
     templates_dir: Path | None = None
 
     @model_validator(mode="after")

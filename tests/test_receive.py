@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -15,13 +16,15 @@ from pydicom.data import get_testdata_file
 from pynetdicom import AE, build_context
 
 from node.config import NodeSettings
+from node.devtools.node_process import NodeProcess
 from node.dicom import status
 from node.dicom.scp import StorageSCP
 from node.ingest import Ingestor
 from node.spool import Spool
 from node.state.series import SeriesStore
 from node.synthetic.chest_ct import make_chest_ct, write_series
-from tests.support.net import free_port
+from tests.support.dcmtk import storescu as send
+from tests.support.net import free_port, wait_until
 
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 
@@ -218,3 +221,29 @@ def test_spooled_files_without_rows_are_recovered_at_start(listener, series_file
     assert listener.store.known_instances() == {p.stem for p in listener.spooled()}
     assert len(listener.store.instance_paths(series_uid)) == len(series_files)
     assert listener.ingestor.recover() == 0
+
+
+@pytest.mark.slow
+def test_called_ae_title_is_the_one_the_sender_asked_for_and_routes(series_files, tmp_path):
+    """``storescu -aec OTHER`` to a node titled AINODE: the series records OTHER (not the
+    node's own title) and only the rule on ``called_ae: OTHER`` makes a job."""
+    rules = [
+        {"name": "own-title", "match": {"called_ae": "AINODE"}, "plugin": "ct_lungs"},
+        {"name": "other-title", "match": {"called_ae": "OTHER"}, "plugin": "ct_lungs"},
+    ]
+    config = {"rules": rules, "completion": {"series_quiet_seconds": 0.5}}
+    with NodeProcess(config, workdir=tmp_path / "node") as node:
+        assert node.ae_title == "AINODE"
+        send(node.dicom_port, series_files, "SCANNER", called_ae="OTHER")
+        database = node.data_dir / "state.sqlite3"
+
+        def jobs() -> list[str]:
+            with sqlite3.connect(database) as db:
+                return [row[0] for row in db.execute("SELECT rule FROM jobs")]
+
+        wait_until(lambda: jobs(), 60, message="a job for the series")
+        with sqlite3.connect(database) as db:
+            (row,) = db.execute("SELECT calling_ae, called_ae FROM series").fetchall()
+        assert row == ("SCANNER", "OTHER")
+        assert jobs() == ["other-title"]
+        assert "called_ae=OTHER" in node.log_text()

@@ -78,10 +78,35 @@ def test_directory_parameter_and_environment_override(
     assert load_template_by_name("ct_lungs", tmp_path).segments[0].label == "R lung"
     monkeypatch.setenv(TEMPLATE_DIR_ENV, str(tmp_path))
     assert load_template_by_name("ct_lungs").segments[0].label == "R lung"
-    with pytest.raises(TemplateError, match="cannot read template"):
+    with pytest.raises(TemplateError, match="no template 'no_such_template'"):
         load_template_by_name("no_such_template", tmp_path)
     with pytest.raises(TemplateError, match="not a plain file stem"):
         load_template_by_name("../ct_lungs", tmp_path)
+
+
+def test_site_templates_are_looked_up_first_then_the_shipped_ones(
+    tmp_path: Path, shipped_document: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ``templates_dir`` with one site template must not hide the other shipped ones."""
+    site = tmp_path / "site"
+    site.mkdir()
+    spleen = copy.deepcopy(shipped_document)
+    spleen["name"] = "ct_spleen"
+    (site / "ct_spleen.yaml").write_text(yaml.safe_dump(spleen, sort_keys=False))
+    monkeypatch.delenv(TEMPLATE_DIR_ENV, raising=False)
+    assert load_template_by_name("ct_spleen", site).path == site / "ct_spleen.yaml"
+    for name in ("ct_lungs", "ct_organs", "op_fundus_classifier"):
+        assert load_template_by_name(name, site).path == default_template_dir() / f"{name}.yaml"
+    # The same through $AINODE_TEMPLATE_DIR.
+    monkeypatch.setenv(TEMPLATE_DIR_ENV, str(site))
+    assert load_template_by_name("ct_spleen").path == site / "ct_spleen.yaml"
+    assert load_template_by_name("ct_lungs").path == SHIPPED
+    # A broken site template is an error, never silently replaced by the shipped one.
+    (site / "ct_lungs.yaml").write_text("format_version: 3\nname: [\n")
+    with pytest.raises(TemplateError, match=r"site/ct_lungs\.yaml: not valid YAML"):
+        load_template_by_name("ct_lungs", site)
+    with pytest.raises(TemplateError, match="site template directory does not exist"):
+        load_template_by_name("ct_lungs", tmp_path / "typo")
 
 
 def _set(path: list[Any], value: Any) -> Callable[[dict[str, Any]], None]:

@@ -97,6 +97,9 @@ class NodeProcess(LocalProcess):
     env
         Extra environment variables for the node. Inherited ``AINODE_*`` variables are
         dropped so the generated file is the whole configuration.
+    cwd
+        Working directory of the node (default: the checkout). A ``python`` of another
+        install must run outside the checkout, or ``-m node`` imports the checkout's code.
     """
 
     def __init__(
@@ -107,7 +110,9 @@ class NodeProcess(LocalProcess):
         startup_timeout: float = 120.0,
         python: str = sys.executable,
         env: Mapping[str, str] | None = None,
+        cwd: Path = PROJECT_ROOT,
     ) -> None:
+        self._cwd = cwd
         self._own_workdir = workdir is None
         self.workdir = Path(tempfile.mkdtemp(prefix="ainode-")) if workdir is None else workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -180,7 +185,7 @@ class NodeProcess(LocalProcess):
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env=env,
-                cwd=PROJECT_ROOT,
+                cwd=self._cwd,
                 start_new_session=True,
             )
         started = time.monotonic()

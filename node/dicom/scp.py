@@ -62,8 +62,16 @@ TRANSFER_SYNTAXES = [
 
 
 def _peer(event: Any) -> tuple[str, str]:
+    """The calling AE title and the called AE title the sender asked for.
+
+    The called title comes from the A-ASSOCIATE-RQ: the acceptor's ``ae_title`` is the
+    node's own, whatever the sender called (the node accepts any called title, so rules
+    can route on it).
+    """
     assoc = event.assoc
-    return str(assoc.requestor.ae_title).strip(), str(assoc.acceptor.ae_title).strip()
+    request = assoc.requestor.primitive
+    called = request.called_ae_title if request is not None else assoc.acceptor.ae_title
+    return str(assoc.requestor.ae_title).strip(), str(called).strip()
 
 
 class StorageSCP:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.resources
 import logging
 import os
 import re
@@ -491,20 +492,69 @@ class ResultTemplate:
         return _by_key(self.document.detections, key)
 
 
+#: The package that ships the templates (``dicom_sr_templates/`` at the repository root).
+SHIPPED_TEMPLATES_PACKAGE = "dicom_sr_templates"
+
+
 def default_template_dir() -> Path:
-    """``$AINODE_TEMPLATE_DIR`` if set, else the repository's ``dicom_sr_templates/``."""
+    """The directory of the templates shipped with ainode (in the wheel, or the checkout's).
+
+    Found with :mod:`importlib.resources`, so a ``pip install`` finds the installed copy;
+    a checkout whose editable install predates the package falls back to the folder
+    beside ``node/``.
+    """
+    try:
+        shipped = importlib.resources.files(SHIPPED_TEMPLATES_PACKAGE)
+    except ModuleNotFoundError:
+        return Path(node.__file__).resolve().parents[1] / SHIPPED_TEMPLATES_PACKAGE
+    if not isinstance(shipped, Path):  # a zip import: never made by pip install
+        raise TemplateError(f"the shipped templates are not files on disk: {shipped}")
+    return shipped
+
+
+def site_template_dir(directory: Path | str | None = None) -> Path | None:
+    """The site's template directory: ``directory`` (``templates_dir``), else
+    ``$AINODE_TEMPLATE_DIR``, else none."""
+    if directory is not None:
+        return Path(directory)
     override = os.environ.get(TEMPLATE_DIR_ENV)
-    if override:
-        return Path(override)
-    return Path(node.__file__).resolve().parents[1] / "dicom_sr_templates"
+    return Path(override) if override else None
 
 
 def load_template_by_name(name: str, directory: Path | str | None = None) -> ResultTemplate:
-    """Load ``<directory>/<name>.yaml`` (directory defaults to :func:`default_template_dir`)."""
+    """Load the template ``<name>.yaml``: the site's copy first, else the shipped one.
+
+    Parameters
+    ----------
+    name
+        File stem of the template (``ct_lungs``).
+    directory
+        The site's template directory (the ``templates_dir`` setting); when ``None``,
+        ``$AINODE_TEMPLATE_DIR`` if set. A template the site directory does not hold
+        comes from :func:`default_template_dir`.
+
+    Raises
+    ------
+    TemplateError
+        When the name is not a plain stem, the site directory does not exist, neither
+        place holds the template, or the file found is not a valid template (a broken
+        site template is an error, never silently replaced by the shipped one).
+    """
     if not _KEY_PATTERN.match(name):
         raise TemplateError(f"template name {name!r} is not a plain file stem")
-    base = Path(directory) if directory is not None else default_template_dir()
-    return load_template(base / f"{name}.yaml")
+    file_name = f"{name}.yaml"
+    site = site_template_dir(directory)
+    if site is not None:
+        if not site.is_dir():
+            raise TemplateError(f"{site}: site template directory does not exist")
+        if (site / file_name).exists():
+            return load_template(site / file_name)
+    shipped = default_template_dir()
+    if (shipped / file_name).exists() or site is None:
+        return load_template(shipped / file_name)
+    raise TemplateError(
+        f"no template {name!r}: neither {site / file_name} nor {shipped / file_name} exists"
+    )
 
 
 def load_template(path: Path | str) -> ResultTemplate:
