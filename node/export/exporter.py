@@ -107,13 +107,16 @@ class Exporter(PollingThread):
                 return
             files = result_files(job.result_dir, destination.result_tags)
             if not files:
+                # Nothing will appear by retrying: the job fails once the others are sent.
                 log.warning(
                     "no result files for destination job_id=%d destination=%s results=%s",
                     job.id,
                     name,
                     ",".join(destination.results),
                 )
-                self._queue.add_event(job.id, self._clock(), "sent", f"{name} (nothing to send)")
+                self._queue.add_event(
+                    job.id, self._clock(), "not_sent", f"{name}: {_unfilled_reason(destination)}"
+                )
                 continue
             try:
                 self._send(destination, files)
@@ -132,6 +135,15 @@ class Exporter(PollingThread):
                 self._queue.add_event(job.id, self._clock(), "sent", name)
         now = self._clock()
         if not pending:
+            unfilled = [
+                name
+                for name in job.destinations
+                if name in destinations
+                and not result_files(job.result_dir, destinations[name].result_tags)
+            ]
+            if unfilled:
+                self._fail_unfilled(job, unfilled, destinations, now)
+                return
             self._queue.finish(job.id, now, f"sent to {', '.join(job.pending_destinations)}")
             log.info("job done job_id=%d destinations=%s", job.id, ",".join(job.destinations))
             return
@@ -146,3 +158,30 @@ class Exporter(PollingThread):
             return
         delay = min(retry_delay(destinations[name], job.export_attempts) for name in pending)
         self._queue.export_progress(job.id, pending, now, retry_at=now + delay, error=message)
+
+    def _fail_unfilled(
+        self,
+        job: Job,
+        unfilled: list[str],
+        destinations: Mapping[str, AnyDestination],
+        now: float,
+    ) -> None:
+        """Fail a job whose destinations ``unfilled`` were sent none of what they take."""
+        reasons = "; ".join(f"{name}: {_unfilled_reason(destinations[name])}" for name in unfilled)
+        sent = [name for name in job.destinations if name not in unfilled]
+        message = f"nothing sent to {', '.join(unfilled)} ({reasons})"
+        if sent:
+            message += f"; sent to {', '.join(sent)}"
+        self._queue.fail(job.id, message, now, pending=unfilled)
+        log.warning(
+            "job failed job_id=%d reason=destinations_sent_nothing destinations=%s",
+            job.id,
+            ",".join(unfilled),
+        )
+
+
+def _unfilled_reason(destination: AnyDestination) -> str:
+    return (
+        f"none of the result kinds it takes ({', '.join(destination.results)}) was built;"
+        " the job's results_skipped events say why"
+    )

@@ -224,8 +224,17 @@ class JobQueue:
             event = "done" if cursor.rowcount == 1 else "finished_after_cancel"
             self._event(cursor, job_id, now, event, detail)
 
-    def fail(self, job_id: int, error: str, now: float) -> None:
+    def fail(
+        self, job_id: int, error: str, now: float, *, pending: list[str] | None = None
+    ) -> None:
+        """Fail the job with ``error``; ``pending``: the destinations still owed results."""
         with self._db.transaction() as cursor:
+            if pending is not None:
+                cursor.execute(
+                    "UPDATE jobs SET pending_destinations = ?"
+                    " WHERE id = ? AND state != 'cancelled'",
+                    (json.dumps(pending), job_id),
+                )
             cursor.execute(
                 "UPDATE jobs SET state = 'failed', error = ?, next_attempt_at = NULL,"
                 " finished_at = ?, updated_at = ? WHERE id = ? AND state != 'cancelled'",
