@@ -336,6 +336,16 @@ class JobQueue:
         counts.update({row["state"]: int(row["n"]) for row in rows})
         return counts
 
+    def earlier_generations_with_results(self, series_uid: str, rule: str, generation: int) -> int:
+        """How many generations of the series before ``generation`` produced results for the
+        rule (a generation whose jobs all failed before writing any counts for nothing)."""
+        rows = self._db.query(
+            "SELECT COUNT(DISTINCT generation) AS n FROM jobs WHERE series_uid = ? AND rule = ?"
+            " AND generation < ? AND result_dir IS NOT NULL",
+            (series_uid, rule, generation),
+        )
+        return int(rows[0]["n"])
+
     def previous_result_dir(self, series_uid: str, rule: str, before_job: int) -> Path | None:
         """The newest earlier finished result of the same series and rule (for supersede)."""
         rows = self._db.query(
