@@ -112,7 +112,7 @@ if (ruleForm) {
   let timer;
   ruleForm.addEventListener("input", () => { clearTimeout(timer); timer = setTimeout(validateRule, 300); });
   ruleForm.addEventListener("change", () => { clearTimeout(timer); timer = setTimeout(validateRule, 100); });
-  validateRule();
+  if (editingId()) validateRule();  // a new, untouched form has nothing to report yet
   ruleForm.addEventListener("submit", async (event) => {
     event.preventDefault();
     const id = editingId();
