@@ -236,6 +236,26 @@ def test_duplicate_that_loses_the_database_race_is_logged(
     assert [p for p in spool.root.rglob("*.dcm")] == []  # the kept copy is the racer's file
 
 
+def test_concurrent_duplicates_are_each_logged_once(listener, series_files, caplog):
+    """Four storescu processes send the same 20 instances at once: 20 are stored and each of
+    the other 60 copies leaves exactly one log line, whether it was found already stored or
+    lost the database race (issue 11 item 15: 78 of 120 such copies left none)."""
+    command = ["storescu", "-aet", "SCANNER", "-aec", "AINODE", "127.0.0.1", str(listener.port)]
+    with caplog.at_level(logging.INFO, logger="node.ingest"):
+        senders = [
+            subprocess.Popen([*command, *map(str, series_files)], env=DCMTK_ENV) for _ in range(4)
+        ]
+        assert [sender.wait(timeout=60) for sender in senders] == [0] * 4
+    assert len(listener.spooled()) == len(series_files)
+    lines = [
+        r.getMessage() for r in caplog.records if "duplicate instance ignored" in r.getMessage()
+    ]
+    assert len(lines) == 3 * len(series_files)
+    for path in series_files:
+        uid = pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID
+        assert sum(f"sop_uid={uid} " in line for line in lines) == 3
+
+
 def corrupt_copy(source: Path, target: Path) -> Path:
     """The same file cut off in the middle of its header (after the file meta)."""
     data = source.read_bytes()
