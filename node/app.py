@@ -21,7 +21,7 @@ from node.completion import CompletionMonitor
 from node.config import Settings, check_plugins_known
 from node.dicom.scp import StorageSCP
 from node.dispatch import Dispatcher
-from node.export.exporter import Exporter
+from node.export.exporter import Exporter, RecoveryProbe
 from node.ingest import Ingestor
 from node.jobs.queue import JobQueue
 from node.pull.service import PullService, SenderCountChecker
@@ -89,6 +89,13 @@ class Node:
             self.admin.destinations.mapping,
             calling_ae=settings.node.ae_title,
             clock=clock,
+        )
+        self.recovery_probe = RecoveryProbe(
+            self.queue,
+            self.admin.destinations.mapping,
+            calling_ae=settings.node.ae_title,
+            clock=clock,
+            on_release=self.exporter.wake,
         )
         # One long-lived worker per device; each claims from the shared queue.
         self.workers = [
@@ -177,6 +184,7 @@ class Node:
         for worker in self.workers:
             worker.start()
         self.exporter.start()
+        self.recovery_probe.start()
         requeued_pulls = self.pulls.requeue_interrupted(self.clock())
         if requeued_pulls:
             log.info(
@@ -206,6 +214,7 @@ class Node:
             self._scheduler = None
         for worker in self.workers:
             worker.stop()
+        self.recovery_probe.stop()
         self.exporter.stop()
         self.registry.unload_all()
         self.db.close()

@@ -87,17 +87,34 @@ class ResultProfileSettings(_Strict):
         return profile_tags(self.results)
 
 
-class DestinationSettings(ResultProfileSettings):
+class RetrySettings(_Strict):
+    """How long a destination that is down is retried (mixed into every kind of destination).
+
+    The default budget is a day: retries 2 s apart at first, doubling to one every
+    10 minutes, until 24 h after the results were written. A destination that comes
+    back (it answers the probe, or accepts another job's results) releases its waiting
+    jobs at once.
+    """
+
+    #: Send attempts before the job fails (results stay on disk); none: only the time budget.
+    max_attempts: int | None = Field(None, ge=1)
+    #: First retry delay; doubles each attempt up to ``max_backoff_seconds``.
+    backoff_seconds: float = Field(2.0, ge=0)
+    max_backoff_seconds: float = Field(600.0, ge=0)
+    #: The job fails when its next attempt would come later than this after its results
+    #: were written (or an administrator's retry).
+    give_up_after_seconds: float = Field(86400.0, gt=0)
+    #: While jobs wait for this destination, probe it (C-ECHO; QIDO-RS for DICOMweb) this
+    #: often; when it answers, they are retried at once.
+    probe_seconds: float = Field(30.0, gt=0)
+
+
+class DestinationSettings(RetrySettings, ResultProfileSettings):
     """A DICOM peer that receives results by C-STORE."""
 
     ae_title: str = Field(pattern=AE_TITLE_PATTERN)
     host: str
     port: Port
-    #: Total send attempts before the job fails (results stay on disk).
-    max_attempts: int = Field(5, ge=1)
-    #: First retry delay; doubles each attempt up to ``max_backoff_seconds``.
-    backoff_seconds: float = Field(2.0, ge=0)
-    max_backoff_seconds: float = Field(300.0, ge=0)
     timeout_seconds: float = Field(30.0, gt=0)
 
 
@@ -140,12 +157,8 @@ class DicomWebEndpoint(_Strict):
     timeout_seconds: float = Field(30.0, gt=0)
 
 
-class DicomWebDestinationSettings(DicomWebEndpoint, ResultProfileSettings):
+class DicomWebDestinationSettings(DicomWebEndpoint, RetrySettings, ResultProfileSettings):
     """A DICOMweb server that receives results by STOW-RS (``kind: dicomweb``)."""
-
-    max_attempts: int = Field(5, ge=1)
-    backoff_seconds: float = Field(2.0, ge=0)
-    max_backoff_seconds: float = Field(300.0, ge=0)
 
 
 def _destination_kind(value: Any) -> str:

@@ -70,12 +70,9 @@ class Ingestor:
         SpoolError
             The file or its database row could not be written; nothing is left behind.
         """
-        if self._series.has_instance(instance.sop_uid):
-            log.info(
-                "duplicate instance ignored sop_uid=%s series_uid=%s",
-                instance.sop_uid,
-                instance.series_uid,
-            )
+        stored = self._series.stored_instance(instance.sop_uid)
+        if stored is not None:
+            self._log_duplicate(instance, stored[0], race=False)
             return Outcome.DUPLICATE
         if self._min_free_bytes and self._spool.free_bytes() < self._min_free_bytes + len(encoded):
             raise OutOfResources("free disk space is below the configured minimum")
@@ -98,6 +95,10 @@ class Ingestor:
             path.unlink(missing_ok=True)
             raise SpoolError(f"cannot record {path.name}: {exc}") from exc
         if not added:  # lost a race with the same instance on another association
+            stored = self._series.stored_instance(instance.sop_uid)
+            if stored is not None and stored[1] != path:
+                path.unlink(missing_ok=True)  # this copy's file is not the kept one
+            self._log_duplicate(instance, stored[0] if stored else instance.series_uid, race=True)
             return Outcome.DUPLICATE
         if reopened:
             log.info(
@@ -106,6 +107,31 @@ class Ingestor:
                 instance.sop_uid,
             )
         return Outcome.STORED
+
+    @staticmethod
+    def _log_duplicate(instance: IncomingInstance, kept_series_uid: str, *, race: bool) -> None:
+        """One line per instance not stored because its SOP Instance UID is known.
+
+        The copy received first is kept. A UID reused in another series is a sender's
+        error (UIDs are unique): it is logged as a warning with both series UIDs.
+        """
+        how = "concurrent" if race else "earlier"
+        if kept_series_uid == instance.series_uid:
+            log.info(
+                "duplicate instance ignored sop_uid=%s series_uid=%s kept=%s_copy",
+                instance.sop_uid,
+                instance.series_uid,
+                how,
+            )
+            return
+        log.warning(
+            "SOP Instance UID reused in another series: instance not stored in this series,"
+            " the %s copy is kept sop_uid=%s series_uid=%s kept_in_series_uid=%s",
+            how,
+            instance.sop_uid,
+            instance.series_uid,
+            kept_series_uid,
+        )
 
     def recover(self) -> int:
         """Record spooled files that have no database row; return how many.

@@ -201,3 +201,70 @@ def test_admin_writes_tests_and_uses_a_rule(tmp_path: Path) -> None:
                 raise
             finally:
                 browser.close()
+
+
+def add_admin(node: NodeProcess) -> None:
+    added = subprocess.run(
+        [sys.executable, "-m", "node", "users", "add", "admin", "--role", "admin",
+         "--password-stdin", "--config", str(node.config_path)],
+        input=PASSWORD + "\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+
+
+def test_new_rule_form_is_quiet_until_typed_and_destination_form_keeps_day_budget(
+    tmp_path: Path,
+) -> None:
+    """Issue 11 item 15: the empty 'New rule' form showed a validation error before anything
+    was typed. And item 13: a destination saved from the console gets the day-long retry
+    budget (the form used to send 5 attempts)."""
+    node = NodeProcess({"workers": {"device": "cpu"}}, workdir=tmp_path / "node")
+    with node:
+        add_admin(node)
+        with playwright_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.set_default_timeout(30_000)
+            try:
+                page.goto(f"{node.url}/login")
+                page.fill("input[name=username]", "admin")
+                page.fill("input[name=password]", PASSWORD)
+                page.click("button[type=submit]")
+                page.wait_for_url(f"{node.url}/")
+                page.goto(f"{node.url}/rules")
+                page.wait_for_load_state("networkidle")
+                page.wait_for_timeout(1000)  # past the validation's debounce
+                errors = page.locator("#rule-form .field-error").all_inner_texts()
+                assert all(not text.strip() for text in errors), errors
+                assert page.locator("#validation").inner_text().strip() == ""
+                assert "bad" not in (page.locator("#validation").get_attribute("class") or "")
+                # Typing validates: a name makes the default form valid, clearing it is an error.
+                page.fill("#rule-form [name=name]", "chest")
+                page.wait_for_selector("#validation.ok")
+                page.fill("#rule-form [name=name]", "")
+                page.wait_for_selector("#validation.bad")
+                assert page.locator(".field-error[data-field=name]").inner_text().strip()
+
+                page.goto(f"{node.url}/destinations")
+                page.fill("#destination-form [name=name]", "pacs")
+                page.fill("#destination-form [name=ae_title]", "ORTHANC")
+                page.fill("#destination-form [name=host]", "127.0.0.1")
+                page.fill("#destination-form [name=port]", "4242")
+                page.click("#destination-form button[type=submit]")
+                page.wait_for_selector("#destinations-table tr[data-destination=pacs]")
+                saved = page.evaluate("async () => (await fetch('/api/destinations/pacs')).json()")
+                assert saved["max_attempts"] is None
+                assert saved["give_up_after_seconds"] == 86400
+                assert saved["max_backoff_seconds"] == 600
+                retries = page.locator("#destinations-table tr[data-destination=pacs]").inner_text()
+                assert "for 24 h" in retries
+            except Exception:
+                page.screenshot(path=tmp_path / "failure.png", full_page=True)
+                raise
+            finally:
+                browser.close()

@@ -52,7 +52,8 @@ def test_destinations_of_both_kinds():
     assert isinstance(loaded.destinations["pacs"], DestinationSettings)
     web = loaded.destinations["web"]
     assert isinstance(web, DicomWebDestinationSettings)
-    assert web.auth.type == "bearer" and web.tls.verify is False and web.max_attempts == 5
+    assert web.auth.type == "bearer" and web.tls.verify is False and web.max_attempts is None
+    assert web.give_up_after_seconds == 86400
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ from node.errors import ExportError
 from node.export.dimse import echo, send_files
 from node.export.exporter import Exporter, retry_delay
 from node.jobs.queue import JobQueue
+from node.results.kinds import file_name
 from node.synthetic.chest_ct import make_chest_ct, write_series
 from tests.support.dcmtk import StoreSCP
 from tests.support.jobs import job_with_results
@@ -105,6 +106,39 @@ def test_attempts_are_bounded_and_results_stay_on_disk(database, clock, port, re
     assert job.state == "failed"
     assert "after 2 attempts" in job.error and str(result_files[0].parent) in job.error
     assert all(path.exists() for path in result_files)
+
+
+def test_a_destination_sent_nothing_fails_the_job_with_the_reason(
+    database, clock, port, storescp_factory, result_files, tmp_path
+):
+    """Issue 11 item 4: a destination whose profile's kinds were all skipped (here: it takes
+    SEGs, the routine made only an SR) got 'sent archive (nothing to send)' and a done job.
+    The other destination still gets its results; the job fails naming the one that got
+    nothing, and keeps it pending (an administrator's retry is for it)."""
+    result_dir = tmp_path / "job-1"
+    result_dir.mkdir()
+    sr_file = result_dir / file_name("sr", "1.2.826.0.1.3680043.8.498.1")
+    sr_file.write_bytes(result_files[0].read_bytes())
+    scp = storescp_factory(port)
+    settings = {
+        "viewer": destination(port, results=["sr"]),
+        "archive": destination(free_port(), results=["seg"]),
+    }
+    queue = JobQueue(database)
+    exporter = Exporter(queue, lambda: settings, calling_ae="AINODE", clock=clock)
+    job_id = job_with_results(queue, clock, result_dir, destinations=("archive", "viewer"))
+    assert exporter.run_once()
+    job = queue.get(job_id)
+    assert job.state == "failed", job
+    assert job.error.startswith("nothing sent to archive (archive: none of the result kinds")
+    assert "(seg)" in job.error and job.error.endswith("; sent to viewer")
+    assert job.pending_destinations == ("archive",)
+    assert len(scp.received()) == 1
+    events = [(e.event, e.detail) for e in queue.events(job_id)]
+    assert ("sent", "viewer") in events
+    assert not any(event == "sent" and "archive" in detail for event, detail in events)
+    assert any(event == "not_sent" and detail.startswith("archive:") for event, detail in events)
+    assert events[-1][0] == "failed"
 
 
 def test_retry_delay_is_capped():

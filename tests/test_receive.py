@@ -19,9 +19,9 @@ from node.config import NodeSettings
 from node.devtools.node_process import NodeProcess
 from node.dicom import status
 from node.dicom.scp import StorageSCP
-from node.ingest import Ingestor
+from node.ingest import IncomingInstance, Ingestor, Outcome
 from node.spool import Spool
-from node.state.series import SeriesStore
+from node.state.series import InstanceRecord, SeriesStore
 from node.synthetic.chest_ct import make_chest_ct, write_series
 from tests.support.dcmtk import storescu as send
 from tests.support.net import free_port, wait_until
@@ -145,6 +145,118 @@ def test_same_instance_twice_is_stored_once(listener, series_files):
     series_uid = pydicom.dcmread(series_files[0]).SeriesInstanceUID
     assert listener.store.series(series_uid).instance_count == 2
     assert listener.scp.counts["duplicates"] == 2
+
+
+def test_uid_reused_in_another_series_is_logged_and_the_first_copy_kept(
+    listener, series_files, tmp_path, caplog
+):
+    """Issue 11 item 15: an instance whose SOP Instance UID the node already holds in
+    another series was dropped from its series without a log line."""
+    first = pydicom.dcmread(series_files[0])
+    other = pydicom.dcmread(series_files[1])
+    other.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.999"
+    other.SOPInstanceUID = first.SOPInstanceUID
+    reused = tmp_path / "reused.dcm"
+    other.save_as(reused, enforce_file_format=True)
+    assert storescu(listener.port, [series_files[0]]).returncode == 0
+    with caplog.at_level(logging.INFO, logger="node.ingest"):
+        assert storescu(listener.port, [reused]).returncode == 0
+    (record,) = [r for r in caplog.records if "reused in another series" in r.getMessage()]
+    assert record.levelno == logging.WARNING
+    message = record.getMessage()
+    assert f"sop_uid={first.SOPInstanceUID} series_uid={other.SeriesInstanceUID}" in message
+    assert f"kept_in_series_uid={first.SeriesInstanceUID}" in message
+    assert str(first.PatientID) not in message and str(first.PatientName) not in message
+    # The first copy is kept; nothing of the second is on disk or in the database.
+    assert listener.spooled() == [listener.store.stored_instance(first.SOPInstanceUID)[1]]
+    assert listener.store.series(other.SeriesInstanceUID) is None
+
+
+class LosesTheRace(SeriesStore):
+    """A store whose first look-up misses an instance that another association records
+    between that look-up and this one's commit (the window of the race)."""
+
+    def __init__(self, database, racer: Path, clock) -> None:
+        super().__init__(database)
+        self._racer, self._clock, self._raced = racer, clock, False
+
+    def _race(self, sop_uid: str) -> bool:
+        """Record the racer's copy on the first look-up; True when this was that look-up."""
+        if self._raced:
+            return False
+        self._raced = True
+        header = pydicom.dcmread(self._racer, stop_before_pixels=True)
+        record = InstanceRecord(
+            sop_uid=sop_uid,
+            series_uid=str(header.SeriesInstanceUID),
+            study_uid=str(header.StudyInstanceUID),
+            sop_class_uid=str(header.SOPClassUID),
+            transfer_syntax=str(header.file_meta.TransferSyntaxUID),
+            path=self._racer,
+            size=self._racer.stat().st_size,
+        )
+        self.record_instance(record, self._clock())
+        return True
+
+    def has_instance(self, sop_uid: str) -> bool:
+        return not self._race(sop_uid) and super().has_instance(sop_uid)
+
+    def stored_instance(self, sop_uid: str) -> tuple[str, Path] | None:
+        return None if self._race(sop_uid) else super().stored_instance(sop_uid)
+
+
+@pytest.mark.parametrize("same_series", [True, False])
+def test_duplicate_that_loses_the_database_race_is_logged(
+    tmp_path, database, clock, series_files, caplog, same_series
+):
+    """Issue 11 item 15: 78 of 120 concurrent duplicates lost the race between the
+    look-up and the commit and left no log line (and, from another series, a stray file)."""
+    racer = tmp_path / "racer.dcm"
+    dataset = pydicom.dcmread(series_files[0])
+    if not same_series:
+        dataset.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.998"
+    dataset.save_as(racer, enforce_file_format=True)
+    spool = Spool(tmp_path / "spool")
+    ingestor = Ingestor(spool, LosesTheRace(database, racer, clock), clock=clock)
+    incoming = IncomingInstance(
+        sop_uid=str(dataset.SOPInstanceUID),
+        sop_class_uid=str(dataset.SOPClassUID),
+        series_uid=str(pydicom.dcmread(series_files[0]).SeriesInstanceUID),
+        study_uid=str(dataset.StudyInstanceUID),
+        transfer_syntax=str(dataset.file_meta.TransferSyntaxUID),
+    )
+    with caplog.at_level(logging.INFO, logger="node.ingest"):
+        assert ingestor.accept(incoming, series_files[0].read_bytes()) is Outcome.DUPLICATE
+    lines = [
+        r.getMessage() for r in caplog.records if f"sop_uid={incoming.sop_uid}" in r.getMessage()
+    ]
+    assert len(lines) == 1, lines
+    if same_series:
+        assert lines[0].startswith("duplicate instance ignored") and "concurrent" in lines[0]
+    else:
+        assert "reused in another series" in lines[0] and "concurrent copy" in lines[0]
+        assert f"kept_in_series_uid={dataset.SeriesInstanceUID}" in lines[0]
+    assert [p for p in spool.root.rglob("*.dcm")] == []  # the kept copy is the racer's file
+
+
+def test_concurrent_duplicates_are_each_logged_once(listener, series_files, caplog):
+    """Four storescu processes send the same 20 instances at once: 20 are stored and each of
+    the other 60 copies leaves exactly one log line, whether it was found already stored or
+    lost the database race (issue 11 item 15: 78 of 120 such copies left none)."""
+    command = ["storescu", "-aet", "SCANNER", "-aec", "AINODE", "127.0.0.1", str(listener.port)]
+    with caplog.at_level(logging.INFO, logger="node.ingest"):
+        senders = [
+            subprocess.Popen([*command, *map(str, series_files)], env=DCMTK_ENV) for _ in range(4)
+        ]
+        assert [sender.wait(timeout=60) for sender in senders] == [0] * 4
+    assert len(listener.spooled()) == len(series_files)
+    lines = [
+        r.getMessage() for r in caplog.records if "duplicate instance ignored" in r.getMessage()
+    ]
+    assert len(lines) == 3 * len(series_files)
+    for path in series_files:
+        uid = pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID
+        assert sum(f"sop_uid={uid} " in line for line in lines) == 3
 
 
 def corrupt_copy(source: Path, target: Path) -> Path:

@@ -24,6 +24,12 @@ SEEDED_KEY = "destinations_seeded_from_config"
 #: DIMSE (no ``kind``) or DICOMweb (``kind: dicomweb``) destinations.
 _DESTINATION: TypeAdapter[AnyDestination] = TypeAdapter(AnyDestination)
 _KIND_TAGS = ("dimse", "dicomweb")
+#: Retry settings every destination had before the time budget (issue 11 item 13).
+_OLD_RETRY_DEFAULTS: dict[str, Any] = {
+    "max_attempts": 5,
+    "backoff_seconds": 2.0,
+    "max_backoff_seconds": 300.0,
+}
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
@@ -152,6 +158,33 @@ class DestinationStore:
                 (name, json.dumps(destination.model_dump(mode="json")), now, user),
             )
         return previous
+
+    def upgrade_retry_defaults(self, now: float) -> list[str]:
+        """Give stored destinations that still hold the old default retry settings (5
+        attempts from 2 s, about 30 s in all) the day-long default budget; return their names.
+
+        Definitions are stored with every field, so the old defaults were written into each
+        destination seeded or saved before the budget existed (``give_up_after_seconds``).
+        """
+        upgraded = []
+        with self._db.transaction() as cursor:
+            cursor.execute("SELECT name, definition FROM destinations ORDER BY name")
+            for row in cursor.fetchall():
+                data = json.loads(row["definition"])
+                if "give_up_after_seconds" in data or any(
+                    data.get(key) != value for key, value in _OLD_RETRY_DEFAULTS.items()
+                ):
+                    continue
+                for key in _OLD_RETRY_DEFAULTS:
+                    data.pop(key)
+                destination = _DESTINATION.validate_python(data)
+                cursor.execute(
+                    "UPDATE destinations SET definition = ?, updated_at = ?,"
+                    " updated_by = 'upgrade' WHERE name = ?",
+                    (json.dumps(destination.model_dump(mode="json")), now, row["name"]),
+                )
+                upgraded.append(str(row["name"]))
+        return upgraded
 
     def delete(self, name: str) -> AnyDestination:
         previous = self.get(name)

@@ -143,13 +143,15 @@ class AdminService:
                 after={n: destination_view(d) for n, d in destinations.items()},
                 now=now,
             )
-        elif {n: d.model_dump() for n, d in destinations.items()} != {
-            n: d.model_dump() for n, d in self.destinations.mapping().items()
-        }:
-            log.warning(
-                "config destinations ignored: the database decides since the first start"
-                " (edit them in the console or API)"
-            )
+        else:
+            self._upgrade_retry_defaults(now)
+            if {n: d.model_dump() for n, d in destinations.items()} != {
+                n: d.model_dump() for n, d in self.destinations.mapping().items()
+            }:
+                log.warning(
+                    "config destinations ignored: the database decides since the first start"
+                    " (edit them in the console or API)"
+                )
         if self.rules.seed(rules, now):
             self.audit.record(
                 user="config",
@@ -166,6 +168,25 @@ class AdminService:
                 "config rules ignored: the database decides since the first start"
                 " (edit them in the console, the API or with 'ainode rules')"
             )
+
+    def _upgrade_retry_defaults(self, now: float) -> None:
+        """Destinations stored by an older node with its ~30 s retry default get a day."""
+        upgraded = self.destinations.upgrade_retry_defaults(now)
+        if not upgraded:
+            return
+        log.warning(
+            "destinations upgraded to the day-long retry budget (they held the old default"
+            " of 5 attempts, ~30 s) destinations=%s",
+            ",".join(upgraded),
+        )
+        self.audit.record(
+            user="upgrade",
+            action="destinations.retry_defaults",
+            target="destinations",
+            before=None,
+            after={n: destination_view(self.destinations.get(n)) for n in upgraded},
+            now=now,
+        )
 
     # -- plugins ------------------------------------------------------------------------
 

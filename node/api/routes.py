@@ -99,9 +99,12 @@ class DestinationBody(BaseModel):
     ae_title: str | None = None
     host: str | None = None
     port: int | None = None
-    max_attempts: int = 5
-    backoff_seconds: float = 2.0
-    max_backoff_seconds: float = 300.0
+    # Retry fields left out take the configuration's defaults (a day of retries).
+    max_attempts: int | None = None
+    backoff_seconds: float | None = None
+    max_backoff_seconds: float | None = None
+    give_up_after_seconds: float | None = None
+    probe_seconds: float | None = None
     timeout_seconds: float = 30.0
 
 

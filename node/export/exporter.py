@@ -1,22 +1,27 @@
-"""Delivering a job's results to its destinations, with bounded retries.
+"""Delivering a job's results to its destinations, with retries for hours.
 
 Runs in its own thread so a destination that is down never blocks
 inference. Each attempt sends to the destinations still pending; failures
 are retried with exponential backoff (``backoff_seconds`` doubling up to
-``max_backoff_seconds``) until the destination's ``max_attempts``, after
-which the job fails with the reason. Results always stay on disk.
+``max_backoff_seconds``) until the next attempt would fall after the
+destination's ``give_up_after_seconds`` (a day by default) or, if set, its
+``max_attempts``; then the job fails with the reason. Results always stay on
+disk. A destination that accepts a send releases the other jobs waiting for it
+at once, and :class:`RecoveryProbe` releases them when it answers a probe.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 from node.config import AnyDestination, DestinationSettings, DicomWebDestinationSettings
-from node.errors import AinodeError
-from node.export.dimse import send_files
-from node.export.stow import stow_files
+from node.errors import AinodeError, ExportError
+from node.export.dimse import echo, send_files
+from node.export.stow import probe, stow_files
 from node.jobs.queue import Job, JobQueue
 from node.polling import PollingThread
 from node.results.kinds import BUILD_ORDER, file_tag, tag_kind
@@ -32,6 +37,16 @@ def send_by_kind(destination: AnyDestination, paths: Sequence[Path], *, calling_
         stow_files(destination, paths)
     else:
         send_files(destination, paths, calling_ae=calling_ae)
+
+
+def check_reachable(destination: AnyDestination, *, calling_ae: str) -> None:
+    """C-ECHO a DIMSE destination, QIDO-RS a DICOMweb one; raise unless it answers."""
+    if isinstance(destination, DicomWebDestinationSettings):
+        probe(destination)
+        return
+    status = echo(destination, calling_ae=calling_ae)
+    if status != 0:
+        raise ExportError(f"{destination.ae_title} answered C-ECHO with status 0x{status:04X}")
 
 
 def retry_delay(
@@ -97,7 +112,6 @@ class Exporter(PollingThread):
         destinations = self._destinations()
         pending: list[str] = []
         errors: list[str] = []
-        exhausted = False
         for name in job.pending_destinations:
             destination = destinations.get(name)
             if destination is None:
@@ -107,20 +121,22 @@ class Exporter(PollingThread):
                 return
             files = result_files(job.result_dir, destination.result_tags)
             if not files:
+                # Nothing will appear by retrying: the job fails once the others are sent.
                 log.warning(
                     "no result files for destination job_id=%d destination=%s results=%s",
                     job.id,
                     name,
                     ",".join(destination.results),
                 )
-                self._queue.add_event(job.id, self._clock(), "sent", f"{name} (nothing to send)")
+                self._queue.add_event(
+                    job.id, self._clock(), "not_sent", f"{name}: {_unfilled_reason(destination)}"
+                )
                 continue
             try:
                 self._send(destination, files)
             except (AinodeError, OSError, RuntimeError, ValueError) as exc:
                 errors.append(f"{name}: {exc}")
                 pending.append(name)
-                exhausted = exhausted or job.export_attempts >= destination.max_attempts
                 log.warning(
                     "export failed job_id=%d destination=%s attempt=%d error=%s",
                     job.id,
@@ -129,20 +145,156 @@ class Exporter(PollingThread):
                     exc,
                 )
             else:
-                self._queue.add_event(job.id, self._clock(), "sent", name)
+                now = self._clock()
+                self._queue.add_event(job.id, now, "sent", name)
+                self._release(name, now, f"{name} accepted job {job.id}'s results", job.id)
         now = self._clock()
         if not pending:
+            unfilled = [
+                name
+                for name in job.destinations
+                if name in destinations
+                and not result_files(job.result_dir, destinations[name].result_tags)
+            ]
+            if unfilled:
+                self._fail_unfilled(job, unfilled, destinations, now)
+                return
             self._queue.finish(job.id, now, f"sent to {', '.join(job.pending_destinations)}")
             log.info("job done job_id=%d destinations=%s", job.id, ",".join(job.destinations))
             return
         message = "; ".join(errors)
+        started = self._queue.export_started_at(job.id) or now
+        exhausted = [name for name in pending if _exhausted(destinations[name], job, started, now)]
         if exhausted:
             self._queue.fail(
                 job.id,
-                f"export failed after {job.export_attempts} attempts: {message}"
-                f" (results kept in {job.result_dir})",
+                f"export failed after {job.export_attempts} attempts in"
+                f" {_duration(now - started)}: {message} (results kept in {job.result_dir})",
                 now,
             )
             return
         delay = min(retry_delay(destinations[name], job.export_attempts) for name in pending)
-        self._queue.export_progress(job.id, pending, now, retry_at=now + delay, error=message)
+        retry_at = now + delay
+        at = datetime.fromtimestamp(retry_at, UTC).isoformat(timespec="seconds")
+        self._queue.export_progress(
+            job.id,
+            pending,
+            now,
+            retry_at=retry_at,
+            error=message,
+            detail=f"waiting for {', '.join(pending)}: {message}; attempt {job.export_attempts}"
+            f" failed, next attempt in {_duration(delay)} (at {at}) or as soon as"
+            " the destination answers",
+        )
+
+    def _release(self, name: str, now: float, reason: str, exclude: int | None = None) -> None:
+        released = self._queue.release_waiting(name, now, reason, exclude=exclude)
+        if released:
+            log.info(
+                "destination back: waiting jobs released destination=%s job_ids=%s",
+                name,
+                ",".join(map(str, released)),
+            )
+            self.wake()
+
+    def _fail_unfilled(
+        self,
+        job: Job,
+        unfilled: list[str],
+        destinations: Mapping[str, AnyDestination],
+        now: float,
+    ) -> None:
+        """Fail a job whose destinations ``unfilled`` were sent none of what they take."""
+        reasons = "; ".join(f"{name}: {_unfilled_reason(destinations[name])}" for name in unfilled)
+        sent = [name for name in job.destinations if name not in unfilled]
+        message = f"nothing sent to {', '.join(unfilled)} ({reasons})"
+        if sent:
+            message += f"; sent to {', '.join(sent)}"
+        self._queue.fail(job.id, message, now, pending=unfilled)
+        log.warning(
+            "job failed job_id=%d reason=destinations_sent_nothing destinations=%s",
+            job.id,
+            ",".join(unfilled),
+        )
+
+
+def _unfilled_reason(destination: AnyDestination) -> str:
+    return (
+        f"none of the result kinds it takes ({', '.join(destination.results)}) was built;"
+        " the job's results_skipped events say why"
+    )
+
+
+def _exhausted(destination: AnyDestination, job: Job, started: float, now: float) -> bool:
+    """No attempt is left: the attempt count is used up, or the next one would fall
+    after the time budget."""
+    if destination.max_attempts is not None and job.export_attempts >= destination.max_attempts:
+        return True
+    next_at = now + retry_delay(destination, job.export_attempts)
+    return next_at - started > destination.give_up_after_seconds
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+class RecoveryProbe(PollingThread):
+    """Probes destinations that jobs wait for; one that answers releases them at once.
+
+    Each destination is probed at most every ``probe_seconds`` of its own settings,
+    and only while a job waits for it in backoff.
+    """
+
+    idle_seconds = 1.0
+
+    def __init__(
+        self,
+        queue: JobQueue,
+        destinations: Callable[[], Mapping[str, AnyDestination]],
+        *,
+        calling_ae: str,
+        clock: Callable[[], float],
+        on_release: Callable[[], None],
+        reachable: Callable[[AnyDestination], None] | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__("export-probe")
+        self._queue = queue
+        self._destinations = destinations
+        self._clock = clock
+        self._on_release = on_release
+        self._reachable = reachable or (lambda d: check_reachable(d, calling_ae=calling_ae))
+        self._monotonic = monotonic
+        self._last_probe: dict[str, float] = {}
+
+    def run_once(self) -> bool:
+        """Probe the waited-for destinations that are due; always returns False (idle)."""
+        configured = self._destinations()
+        for name in sorted(self._queue.waiting_destinations(self._clock())):
+            destination = configured.get(name)
+            last = self._last_probe.get(name)
+            if destination is None or (
+                last is not None and self._monotonic() - last < destination.probe_seconds
+            ):
+                continue
+            self._last_probe[name] = self._monotonic()
+            try:
+                self._reachable(destination)
+            except (AinodeError, OSError, RuntimeError, ValueError) as exc:
+                log.debug("probe failed destination=%s error=%s", name, exc)
+                continue
+            released = self._queue.release_waiting(
+                name, self._clock(), f"{name} answered the probe"
+            )
+            if released:
+                log.info(
+                    "destination back: waiting jobs released destination=%s job_ids=%s",
+                    name,
+                    ",".join(map(str, released)),
+                )
+                self._on_release()
+        return False

@@ -202,16 +202,66 @@ class JobQueue:
             return _job(cursor.fetchone())
 
     def export_progress(
-        self, job_id: int, pending: list[str], now: float, *, retry_at: float | None, error: str
+        self,
+        job_id: int,
+        pending: list[str],
+        now: float,
+        *,
+        retry_at: float | None,
+        error: str,
+        detail: str | None = None,
     ) -> None:
-        """Record the destinations still pending after an attempt and when to retry."""
+        """Record the destinations still pending after an attempt and when to retry
+        (``detail``: the event's text, ``error`` when omitted)."""
         with self._db.transaction() as cursor:
             cursor.execute(
                 "UPDATE jobs SET pending_destinations = ?, next_attempt_at = ?, error = ?,"
                 " updated_at = ? WHERE id = ? AND state = 'exporting'",
                 (json.dumps(pending), retry_at, error or None, now, job_id),
             )
-            self._event(cursor, job_id, now, "export_retry_scheduled", error)
+            self._event(cursor, job_id, now, "export_retry_scheduled", detail or error)
+
+    def export_started_at(self, job_id: int) -> float | None:
+        """When the job's results became ready to send (written, or an administrator's retry):
+        the start of its export time budget."""
+        rows = self._db.query(
+            "SELECT MAX(at) AS at FROM job_events WHERE job_id = ?"
+            " AND event IN ('results_written', 'retried')",
+            (job_id,),
+        )
+        return None if not rows or rows[0]["at"] is None else float(rows[0]["at"])
+
+    def waiting_destinations(self, now: float) -> set[str]:
+        """Destinations that exporting jobs wait for in backoff (their retry is not due)."""
+        rows = self._db.query(
+            "SELECT pending_destinations FROM jobs WHERE state = 'exporting'"
+            " AND next_attempt_at > ?",
+            (now,),
+        )
+        return {name for row in rows for name in json.loads(row["pending_destinations"])}
+
+    def release_waiting(
+        self, destination: str, now: float, reason: str, *, exclude: int | None = None
+    ) -> list[int]:
+        """Make the jobs waiting in backoff for ``destination`` due now; return their ids."""
+        with self._db.transaction() as cursor:
+            cursor.execute(
+                "SELECT id, pending_destinations FROM jobs WHERE state = 'exporting'"
+                " AND next_attempt_at > ?",
+                (now,),
+            )
+            released = [
+                int(row["id"])
+                for row in cursor.fetchall()
+                if destination in json.loads(row["pending_destinations"]) and row["id"] != exclude
+            ]
+            for job_id in released:
+                cursor.execute(
+                    "UPDATE jobs SET next_attempt_at = ?, updated_at = ? WHERE id = ?",
+                    (now, now, job_id),
+                )
+                self._event(cursor, job_id, now, "export_released", reason)
+        return released
 
     def finish(self, job_id: int, now: float, detail: str = "") -> None:
         with self._db.transaction() as cursor:
@@ -224,8 +274,17 @@ class JobQueue:
             event = "done" if cursor.rowcount == 1 else "finished_after_cancel"
             self._event(cursor, job_id, now, event, detail)
 
-    def fail(self, job_id: int, error: str, now: float) -> None:
+    def fail(
+        self, job_id: int, error: str, now: float, *, pending: list[str] | None = None
+    ) -> None:
+        """Fail the job with ``error``; ``pending``: the destinations still owed results."""
         with self._db.transaction() as cursor:
+            if pending is not None:
+                cursor.execute(
+                    "UPDATE jobs SET pending_destinations = ?"
+                    " WHERE id = ? AND state != 'cancelled'",
+                    (json.dumps(pending), job_id),
+                )
             cursor.execute(
                 "UPDATE jobs SET state = 'failed', error = ?, next_attempt_at = NULL,"
                 " finished_at = ?, updated_at = ? WHERE id = ? AND state != 'cancelled'",
@@ -276,6 +335,16 @@ class JobQueue:
         counts = dict.fromkeys(JOB_STATES, 0)
         counts.update({row["state"]: int(row["n"]) for row in rows})
         return counts
+
+    def earlier_generations_with_results(self, series_uid: str, rule: str, generation: int) -> int:
+        """How many generations of the series before ``generation`` produced results for the
+        rule (a generation whose jobs all failed before writing any counts for nothing)."""
+        rows = self._db.query(
+            "SELECT COUNT(DISTINCT generation) AS n FROM jobs WHERE series_uid = ? AND rule = ?"
+            " AND generation < ? AND result_dir IS NOT NULL",
+            (series_uid, rule, generation),
+        )
+        return int(rows[0]["n"])
 
     def previous_result_dir(self, series_uid: str, rule: str, before_job: int) -> Path | None:
         """The newest earlier finished result of the same series and rule (for supersede)."""

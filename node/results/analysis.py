@@ -97,6 +97,8 @@ class Analysis:
         self.segment_numbers = segment_numbers_map(prediction, volume, template)
         self.measurements = self._merge_measurements()
         self.findings = self._evaluate_findings()
+        # Per instance: a functools.cache on the method would keep every Analysis alive.
+        self._outlines: dict[tuple[int, int], tuple[np.ndarray, ...]] = {}
 
     @property
     def segments(self) -> tuple[SegmentSpec, ...]:
@@ -209,11 +211,15 @@ class Analysis:
                 slices[segment.label_value] = index
         return slices
 
-    @functools.cache  # noqa: B019 - one Analysis per result set
     def outlines(self, label_value: int, slice_index: int) -> tuple[np.ndarray, ...]:
         """Closed outline polygons ``(column, row)`` of a segment on one slice, largest first."""
-        number = self.template.segment_number(label_value)
-        return tuple(outlines(self.segment_numbers[slice_index] == number))
+        key = (label_value, slice_index)
+        found = self._outlines.get(key)
+        if found is None:
+            number = self.template.segment_number(label_value)
+            found = tuple(outlines(self.segment_numbers[slice_index] == number))
+            self._outlines[key] = found
+        return found
 
     @functools.cached_property
     def slices_with_findings(self) -> list[int]:

@@ -125,7 +125,7 @@ def largest_axial_diameter_mm(mask: np.ndarray, spacing: Spacing) -> float:
     return best
 
 
-@functools.cache
+@functools.lru_cache(maxsize=64)  # one entry per voxel spacing: bounded
 def crofton_weights(spacing: Spacing, samples: int = 40_000) -> tuple[float, ...]:
     """Solid-angle share of each lattice direction's Voronoi cell on the unit sphere.
 

@@ -268,11 +268,16 @@ class InferenceWorker(PollingThread):
             raise InputRejected(
                 "the plugin's prediction fills none of the result kinds its destinations take"
             )
+        # The result's revision counts the generations that produced results, not the
+        # series' generations: after one that produced nothing, this is no revision.
+        revision = 1 + self._queue.earlier_generations_with_results(
+            job.series_uid, job.rule, job.generation
+        )
         results = build_results(
             volume,
             prediction,
             template,
-            revision=job.generation,
+            revision=revision,
             predecessors=_previous_reports(previous),
             tags=tags,
         )

@@ -60,6 +60,13 @@ class SeriesStore:
     def has_instance(self, sop_uid: str) -> bool:
         return bool(self._db.query("SELECT 1 FROM instances WHERE sop_uid = ?", (sop_uid,)))
 
+    def stored_instance(self, sop_uid: str) -> tuple[str, Path] | None:
+        """The series UID and spool path of a recorded instance, or None."""
+        rows = self._db.query(
+            "SELECT series_uid, path FROM instances WHERE sop_uid = ?", (sop_uid,)
+        )
+        return (str(rows[0]["series_uid"]), Path(rows[0]["path"])) if rows else None
+
     def record_instance(self, record: InstanceRecord, now: float) -> tuple[bool, bool]:
         """Record a durable instance.
 

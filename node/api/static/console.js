@@ -112,7 +112,7 @@ if (ruleForm) {
   let timer;
   ruleForm.addEventListener("input", () => { clearTimeout(timer); timer = setTimeout(validateRule, 300); });
   ruleForm.addEventListener("change", () => { clearTimeout(timer); timer = setTimeout(validateRule, 100); });
-  validateRule();
+  if (editingId()) validateRule();  // a new, untouched form has nothing to report yet
   ruleForm.addEventListener("submit", async (event) => {
     event.preventDefault();
     const id = editingId();
@@ -217,8 +217,9 @@ function destinationFromForm() {
   const f = destinationForm.elements;
   return {
     ae_title: f.ae_title.value.trim(), host: f.host.value.trim(), port: Number(f.port.value),
-    max_attempts: Number(f.max_attempts.value), backoff_seconds: Number(f.backoff_seconds.value),
-    max_backoff_seconds: Number(f.max_backoff_seconds.value), timeout_seconds: Number(f.timeout_seconds.value),
+    max_attempts: f.max_attempts.value ? Number(f.max_attempts.value) : null, backoff_seconds: Number(f.backoff_seconds.value),
+    max_backoff_seconds: Number(f.max_backoff_seconds.value), give_up_after_seconds: Number(f.give_up_after_hours.value) * 3600,
+    timeout_seconds: Number(f.timeout_seconds.value),
   };
 }
 const echoText = (r) => r.ok ? `<span class="state state-done">✓ ${r.seconds.toFixed(2)} s</span> <small>${esc(r.message)}</small>` : `<span class="state state-failed">✗ failed</span> <small class="err">${esc(r.message)}</small>`;
@@ -234,7 +235,8 @@ $$("[data-delete-destination]").forEach((button) => button.addEventListener("cli
 $$("[data-edit-destination]").forEach((button) => button.addEventListener("click", () => {
   const row = button.closest("tr"), d = JSON.parse(row.dataset.definition), f = destinationForm.elements;
   f.name.value = button.dataset.editDestination; f.name.readOnly = true;
-  for (const key of Object.keys(d)) if (f[key]) f[key].value = d[key];
+  for (const key of Object.keys(d)) if (f[key]) f[key].value = d[key] ?? "";
+  f.give_up_after_hours.value = d.give_up_after_seconds / 3600;
   destinationForm.dataset.mode = "update";
   $("#destination-form-title").textContent = `Edit destination “${f.name.value}”`;
   destinationForm.scrollIntoView({ behavior: "smooth" });
