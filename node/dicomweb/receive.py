@@ -32,6 +32,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from node.dicom import status
 from node.errors import AinodeError, SpoolError
 from node.ingest import IncomingInstance, Ingestor, Outcome, OutOfResources
+from node.pixel_length import pixel_data_problem
 from node.spool import is_valid_uid
 
 log = logging.getLogger(__name__)
@@ -385,6 +386,11 @@ class StowReceiver:
                 "MediaStorageSOPInstanceUID differs from SOPInstanceUID",
                 incoming.sop_uid,
                 incoming.sop_class_uid,
+            )
+        problem = pixel_data_problem(dataset, incoming.transfer_syntax)
+        if problem is not None:
+            raise InstanceRejected(
+                status.PIXEL_DATA_MISMATCH, problem, incoming.sop_uid, incoming.sop_class_uid
             )
         if study_uid is not None and incoming.study_uid != study_uid:
             raise InstanceRejected(
