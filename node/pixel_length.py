@@ -7,7 +7,9 @@ inference. Its length is cheap to check when the instance arrives (C-STORE and S
     Rows x Columns x SamplesPerPixel x NumberOfFrames x BitsAllocated / 8
 
 rounded up to whole bytes for BitsAllocated 1, two thirds of that for native
-YBR_FULL_422, plus one padding byte when odd (PS3.5 8.1.1, 8.2). Float Pixel Data and Double
+YBR_FULL_422 (PS3.5 8.1.1, 8.2). Fewer bytes are refused, and so are a frame's worth or more
+of extra bytes; trailing padding short of a frame (an odd length's padding byte, a vendor's
+padding) is what decoders ignore, and is accepted. Float Pixel Data and Double
 Float Pixel Data are checked the same way (32 and 64 bits allocated). Encapsulated
 (compressed) pixel data is not checked this way; a deflated data set is native once
 inflated, and is checked.
@@ -64,12 +66,16 @@ def pixel_data_problem(dataset: Dataset, transfer_syntax: str) -> str | None:
         return f"{name} with BitsAllocated {bits} ({required_bits} required)"
     if bits != 1 and (bits < 8 or bits % 8):
         return f"BitsAllocated {bits} is neither 1 nor a multiple of 8"
-    pixels = rows * columns * samples * frames
-    expected = (pixels + 7) // 8 if bits == 1 else pixels * (bits // 8)
-    if name == "PixelData" and photometric == "YBR_FULL_422":
-        expected = expected // 3 * 2
+
+    def length(pixels: int) -> int:
+        size = (pixels + 7) // 8 if bits == 1 else pixels * (bits // 8)
+        return size // 3 * 2 if name == "PixelData" and photometric == "YBR_FULL_422" else size
+
+    expected = length(rows * columns * samples * frames)
     actual = len(value) if isinstance(value, bytes | bytearray) else 0
-    if actual == expected or (expected % 2 and actual == expected + 1):
+    # Trailing bytes short of a frame are padding (decoders ignore them); a frame or more
+    # means the header describes another image.
+    if expected <= actual < expected + max(length(rows * columns * samples), 2):
         return None
     return (
         f"{name} has {actual} bytes, {expected} expected for {rows} x {columns} pixels, "

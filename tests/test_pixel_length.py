@@ -75,6 +75,8 @@ DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
         (image(bits=8, samples=3, photometric="RGB"), NATIVE),
         (image(bits=8, samples=3, length=32, photometric="YBR_FULL_422"), NATIVE),
         (image(frames=5), NATIVE),
+        (image(length=34), NATIVE),  # trailing padding short of a frame (MR_small_padded)
+        (image(frames=5, length=32 * 5 + 30), NATIVE),
         (image(bits=32, element="FloatPixelData"), NATIVE),
         (image(bits=64, element="DoubleFloatPixelData"), NATIVE),
         (image(), DeflatedExplicitVRLittleEndian),
@@ -93,10 +95,11 @@ def test_matching_pixel_data_is_accepted(dataset: Dataset, syntax: str) -> None:
         (image(rows=512, columns=512, length=256 * 256 * 2), NATIVE, "131072 bytes, 524288"),
         (image(length=2), NATIVE, "2 bytes, 32 expected"),
         (image(length=0), NATIVE, "0 bytes"),
-        (image(length=34), NATIVE, "34 bytes, 32 expected"),  # too long
+        (image(length=64), NATIVE, "64 bytes, 32 expected"),  # a frame too many
         (image(frames=5, length=32), NATIVE, "5 frame(s)"),
+        (image(frames=5, length=32 * 6), NATIVE, "192 bytes, 160 expected"),
         (image(bits=1, rows=4, columns=4, length=4), NATIVE, "4 bytes, 2 expected"),
-        (image(bits=8, samples=3, length=48, photometric="YBR_FULL_422"), NATIVE, "32 expected"),
+        (image(bits=8, samples=3, length=16, photometric="YBR_FULL_422"), NATIVE, "32 expected"),
         (image(bits=32, element="FloatPixelData", length=16), NATIVE, "FloatPixelData has 16"),
         (image(bits=16, element="FloatPixelData"), NATIVE, "BitsAllocated 16 (32 required)"),
         (image(bits=64, element="DoubleFloatPixelData", length=8), NATIVE, "has 8 bytes"),
