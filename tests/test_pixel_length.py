@@ -13,6 +13,7 @@ import os
 import sqlite3
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -27,11 +28,13 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from node.devtools.net import LOCALHOST
+from node.devtools.net import LOCALHOST, free_port
 from node.devtools.node_process import NodeProcess
+from node.devtools.orthanc import OrthancServer
 from node.dicom import status
 from node.pixel_length import pixel_data_problem
 from node.synthetic.chest_ct import make_chest_ct, write_series
+from tests.support.net import wait_until
 from tests.test_dicomweb import TOKEN, failures, multipart, stored, stow_headers
 
 
@@ -122,13 +125,12 @@ def test_pixel_data_without_its_description_is_named() -> None:
 
 
 def bad_copies(good: Dataset, big: Dataset, directory: Path) -> dict[str, Path]:
-    """A truncated, a 1-byte and a 256 x 256 under a 512 x 512 copy of ``good``'s series."""
+    """A truncated, a 1-byte and a 256 x 256 under a 512 x 512 copy of ``good`` (a new SOP
+    Instance UID each, the same patient, study and series)."""
     directory.mkdir(parents=True, exist_ok=True)
     copies = {}
     for name in ("truncated", "one-byte", "256-under-512"):
-        dataset = pydicom.dcmread(good.filename) if name != "256-under-512" else big.copy()
-        dataset.SeriesInstanceUID = good.SeriesInstanceUID
-        dataset.StudyInstanceUID = good.StudyInstanceUID
+        dataset = pydicom.dcmread(good.filename)
         dataset.SOPInstanceUID = generate_uid()
         dataset.file_meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
         if name == "truncated":
@@ -136,6 +138,8 @@ def bad_copies(good: Dataset, big: Dataset, directory: Path) -> dict[str, Path]:
         elif name == "one-byte":
             dataset.PixelData = b"\x00"
         else:
+            assert (big.Rows, big.Columns) == (256, 256)
+            dataset.PixelData = big.PixelData
             dataset.Rows = dataset.Columns = 512
         path = directory / f"{name}.dcm"
         dataset.save_as(path, enforce_file_format=True)
@@ -232,3 +236,57 @@ def test_the_bad_copies_are_what_the_issue_describes(tmp_path: Path) -> None:
     lengths = {name: len(pydicom.dcmread(p).PixelData) for name, p in bad.items()}
     assert lengths == {"truncated": 64 * 64, "one-byte": 2, "256-under-512": 256 * 256 * 2}
     assert np.asarray(pydicom.dcmread(good).pixel_array).shape == (64, 64)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source", ["pacs-web", "pacs-get"])
+def test_pulled_instances_with_bad_pixel_data_are_refused(tmp_path: Path, source: str) -> None:
+    """A pull (WADO-RS or C-GET) checks the same: the bad instances are counted failed and
+    logged, the good ones stored."""
+    seed = {"pacs-web": 45, "pacs-get": 46}[source]
+    datasets, _ = make_chest_ct(n_slices=4, rows=64, columns=64, seed=seed)
+    good = write_series(datasets, tmp_path / "good")
+    (big,), _ = make_chest_ct(n_slices=1, rows=256, columns=256, seed=seed + 10)
+    first = pydicom.dcmread(good[0])
+    study_uid = str(first.StudyInstanceUID)
+    bad = bad_copies(first, big, tmp_path / "bad")
+    node_port = free_port()
+    with OrthancServer(
+        modalities={"ainode": ["AINODE", LOCALHOST, node_port]}, workdir=tmp_path / "pacs"
+    ) as pacs:
+        pacs.upload_many([*good, *bad.values()])
+        dimse = {"ae_title": pacs.aet, "host": LOCALHOST, "port": pacs.dicom_port}
+        config = {
+            "node": {"dicom_port": node_port},
+            "completion": {"series_quiet_seconds": 3600},
+            "dicomweb": {"tokens": [{"name": "tests", "token": TOKEN}]},
+            "sources": {
+                "pacs-web": {"kind": "dicomweb", "url": f"{pacs.url}/dicom-web"},
+                "pacs-get": {"kind": "dimse", **dimse, "retrieve": "get"},
+            },
+        }
+        with NodeProcess(config, workdir=tmp_path / "node") as node:
+            headers = {"Authorization": f"Bearer {TOKEN}"}
+            answer = httpx.post(
+                f"{node.url}/api/pull",
+                json={"source": source, "series_uid": str(first.SeriesInstanceUID)},
+                headers=headers,
+                timeout=30,
+            )
+            assert answer.status_code == 202, answer.text
+            url = f"{node.url}/api/pull/{answer.json()['id']}"
+
+            def done() -> dict[str, Any] | None:
+                pull: dict[str, Any] = httpx.get(url, headers=headers, timeout=30).json()
+                return pull if pull["state"] in ("done", "failed") else None
+
+            pull = wait_until(done, 120, interval=0.25, message="pull")
+            (series,) = pull["series"]
+            assert (series["stored"], series["failed"]) == (len(good), len(bad)), pull
+            good_uids = {uid_of(p) for p in good}
+            assert held(node, study_uid) == (good_uids, good_uids)
+            log = node.log_text()
+            for path in bad.values():
+                assert f"status=0xC003 sop_uid={uid_of(path)}" in log or (
+                    f"sop_uid={uid_of(path)} reason=PixelData has" in log
+                ), path.name

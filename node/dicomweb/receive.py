@@ -74,7 +74,8 @@ def identify(
     Raises
     ------
     InstanceRejected
-        A UID is missing or malformed, or the data set cannot be read.
+        A UID is missing or malformed, the data set cannot be read, or its uncompressed
+        pixel data does not match its Image Pixel description (:mod:`node.pixel_length`).
     """
     try:
         sop_uid = str(dataset.get("SOPInstanceUID", "") or "")
@@ -100,6 +101,9 @@ def identify(
         raise InstanceRejected(
             status.CANNOT_UNDERSTAND, "no Transfer Syntax UID in the file meta", sop_uid, sop_class
         )
+    problem = pixel_data_problem(dataset, transfer_syntax)
+    if problem is not None:
+        raise InstanceRejected(status.PIXEL_DATA_MISMATCH, problem, sop_uid, sop_class)
     return IncomingInstance(
         sop_uid=sop_uid,
         sop_class_uid=sop_class,
@@ -386,11 +390,6 @@ class StowReceiver:
                 "MediaStorageSOPInstanceUID differs from SOPInstanceUID",
                 incoming.sop_uid,
                 incoming.sop_class_uid,
-            )
-        problem = pixel_data_problem(dataset, incoming.transfer_syntax)
-        if problem is not None:
-            raise InstanceRejected(
-                status.PIXEL_DATA_MISMATCH, problem, incoming.sop_uid, incoming.sop_class_uid
             )
         if study_uid is not None and incoming.study_uid != study_uid:
             raise InstanceRejected(
