@@ -30,7 +30,7 @@ from node.runtime.volume import Volume, assemble_volume
 from node.synthetic.chest_ct import make_chest_ct, write_series
 from tests.support.dcmtk import storescu
 from tests.support.pacs import one_result_each, orthanc_and_node_process
-from tests.support.validators import dciodvfy_output
+from tests.support.validators import dcentvfy_output, dciodvfy_output
 from tests.test_conformance import (
     CAD_TAGS,
     EVERY_TAG,
@@ -84,6 +84,7 @@ class Results:
     source: Dataset
     paths: dict[str, list[Path]]
     anonymised: bool
+    source_paths: list[Path]
 
 
 def _registration(volume: Volume) -> Registration:
@@ -148,7 +149,7 @@ def build_every_kind(variant: str, directory: Path) -> Results:
             dataset.save_as(path, enforce_file_format=True)
             paths.setdefault(f"{run}/{tag}", []).append(path)
     return Results(
-        pydicom.dcmread(files[0], stop_before_pixels=True), paths, variant == "anonymised"
+        pydicom.dcmread(files[0], stop_before_pixels=True), paths, variant == "anonymised", files
     )
 
 
@@ -177,6 +178,14 @@ def test_every_object_passes_dciodvfy(results: Results) -> None:
                 and not (results.anonymised and DICOMDIR_WARNING in line)
             ]
             assert warnings == [], f"{tag}: {warnings}"
+
+
+def test_dcentvfy_finds_no_errors_across_source_and_results(results: Results) -> None:
+    # Not the REG: it references a prior this test makes up.
+    every = [p for tag, paths in results.paths.items() if tag != "reg/reg" for p in paths]
+    report = dcentvfy_output([*results.source_paths, *every])
+    errors = [line for line in report if line.startswith("Error")]
+    assert errors == [], errors[:5]
 
 
 def test_missing_type_2_attributes_are_written_empty(results: Results) -> None:
