@@ -68,7 +68,8 @@ def character_set(source: Dataset) -> CharacterSet:
 
 def buildable_header(source: Dataset) -> Dataset:
     """A copy of a source header with its text decoded, without Specific Character Set
-    and with every :data:`TYPE_2_PATIENT_STUDY` attribute (empty where the source lacks it).
+    and with every :data:`TYPE_2_PATIENT_STUDY` attribute, Manufacturer and (with a Frame
+    of Reference) Position Reference Indicator: empty where the source lacks them.
 
     The elements are shared with ``source`` (nothing in it changes); the copy is for the
     builders only.
@@ -82,6 +83,12 @@ def buildable_header(source: Dataset) -> Dataset:
     for keyword in TYPE_2_PATIENT_STUDY:
         if keyword not in header:
             setattr(header, keyword, "")
+    # A derived image copies the source's header: Type 2 of General Equipment and Frame
+    # of Reference (when it has one) too.
+    if "Manufacturer" not in header:
+        header.Manufacturer = ""
+    if "FrameOfReferenceUID" in header and "PositionReferenceIndicator" not in header:
+        header.PositionReferenceIndicator = ""
     return header
 
 
