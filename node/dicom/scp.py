@@ -39,6 +39,7 @@ from node.dicom import status
 from node.dicom.network import set_nodelay
 from node.errors import SpoolError
 from node.ingest import IncomingInstance, Ingestor, Outcome, OutOfResources
+from node.pixel_length import pixel_data_problem
 from node.spool import is_valid_uid
 
 log = logging.getLogger(__name__)
@@ -196,13 +197,17 @@ class StorageSCP:
                 requested_sop,
                 "SOPClassUID differs from the request's Affected SOP Class UID",
             )
+        transfer_syntax = str(event.context.transfer_syntax)
+        problem = pixel_data_problem(dataset, transfer_syntax)
+        if problem is not None:
+            return self._refuse(status.PIXEL_DATA_MISMATCH, sop_uid, problem)
         calling, called = _peer(event)
         incoming = IncomingInstance(
             sop_uid=sop_uid,
             sop_class_uid=requested_class,
             series_uid=series_uid,
             study_uid=study_uid,
-            transfer_syntax=str(event.context.transfer_syntax),
+            transfer_syntax=transfer_syntax,
             modality=modality,
             calling_ae=calling,
             called_ae=called,

@@ -11,3 +11,6 @@ CANNOT_UNDERSTAND = 0xC000
 MISSING_IDENTIFIER = 0xC001
 #: Cannot understand: SOP Instance UID differs from the request's Affected SOP Instance UID.
 SOP_INSTANCE_MISMATCH = 0xC002
+#: Cannot understand: uncompressed pixel data whose length does not match Rows, Columns,
+#: Samples per Pixel, Bits Allocated and Number of Frames (node.pixel_length).
+PIXEL_DATA_MISMATCH = 0xC003

@@ -32,6 +32,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from node.dicom import status
 from node.errors import AinodeError, SpoolError
 from node.ingest import IncomingInstance, Ingestor, Outcome, OutOfResources
+from node.pixel_length import pixel_data_problem
 from node.spool import is_valid_uid
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,8 @@ def identify(
     Raises
     ------
     InstanceRejected
-        A UID is missing or malformed, or the data set cannot be read.
+        A UID is missing or malformed, the data set cannot be read, or its uncompressed
+        pixel data does not match its Image Pixel description (:mod:`node.pixel_length`).
     """
     try:
         sop_uid = str(dataset.get("SOPInstanceUID", "") or "")
@@ -99,6 +101,9 @@ def identify(
         raise InstanceRejected(
             status.CANNOT_UNDERSTAND, "no Transfer Syntax UID in the file meta", sop_uid, sop_class
         )
+    problem = pixel_data_problem(dataset, transfer_syntax)
+    if problem is not None:
+        raise InstanceRejected(status.PIXEL_DATA_MISMATCH, problem, sop_uid, sop_class)
     return IncomingInstance(
         sop_uid=sop_uid,
         sop_class_uid=sop_class,

@@ -264,7 +264,12 @@ def _cget_series(
             outcome = _accept(ingestor, dataset, event.encoded_dataset(), source.ae_title)
         except InstanceRejected as exc:
             counts.failed += 1
-            log.warning("C-GET instance refused status=0x%04X reason=%s", exc.code, exc)
+            log.warning(
+                "C-GET instance refused status=0x%04X sop_uid=%s reason=%s",
+                exc.code,
+                exc.sop_uid or "?",
+                exc,
+            )
             return exc.code
         except SpoolError as exc:
             counts.failed += 1

@@ -45,6 +45,7 @@ from node.results.radiomics import RadiomicsResult
 from node.results.registration import build_registration
 from node.results.sc import NOT_FOR_DIAGNOSIS, build_sc_series, frame_keys
 from node.results.seg import build_seg
+from node.results.source import buildable_volume, character_set, set_character_set
 from node.results.sr import SOPReference, build_sr
 from node.results.template import ResultTemplate
 from node.results.uids import ResultUIDs, derive_uid, instance_set_hash
@@ -345,10 +346,16 @@ def build_results(
             SOPReference.from_dataset(reference) if isinstance(reference, Dataset) else reference
         )
     uids = ResultUIDs.for_volume(volume, template)
+    # Anonymised sources lack Type 2 attributes and real character sets are not all in
+    # highdicom's enum: the builders get headers they can use (node.results.source).
+    charset = character_set(volume.datasets[0])
+    volume = buildable_volume(volume)
     if all(tag_kind(tag) is ResultKind.REG for tag in wanted):
         # A registration alone (or nothing left to build): no label map to analyse.
         started = time.perf_counter()
         only = {tag: [_build_reg(volume, prediction, template, uids, revision)] for tag in wanted}
+        for tag, (dataset,) in only.items():
+            set_character_set(dataset, charset, f"result {tag}")
         log.info(
             "results built template=%s source_series_uid=%s tags=%s objects=%d revision=%d",
             template.name,
@@ -492,6 +499,10 @@ def build_results(
         for dataset in objects[tag]:
             _copy_patient_and_study(dataset, volume.datasets[0])
         seconds[tag] = time.perf_counter() - started
+    # Once all are built: a KO is built from other results and highdicom checks theirs.
+    for tag, datasets in objects.items():
+        for dataset in datasets:
+            set_character_set(dataset, charset, f"result {tag}")
     log.info(
         "results built template=%s source_series_uid=%s tags=%s objects=%d revision=%d %s",
         template.name,

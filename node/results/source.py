@@ -1,0 +1,177 @@
+"""Source headers as the result builders need them, and the character set of the results.
+
+Real sources differ from what highdicom expects in two ways that must not fail a job:
+
+* Research anonymisers remove Type 2 patient and study attributes (PatientSex,
+  PatientBirthDate, AccessionNumber…); highdicom reads some of them as attributes of the
+  source. :func:`buildable_volume` gives the builders headers with each of them present,
+  empty where the source lacks it, so every result writes them empty (PS3.5 7.4.5).
+* highdicom checks Specific Character Set against an enum that lacks values real PACS send
+  (``['', 'ISO 2022 IR 87']``: an empty first value means the default repertoire;
+  ``ISO 2022 IR 149``, which highdicom's enum misspells as IR 159). The builders see headers
+  without it (highdicom then checks nothing) and :func:`set_character_set` writes the
+  source's value on every result once it is built.
+
+Text values are decoded when the headers are prepared, so nothing depends on the character
+set afterwards until pydicom encodes the result on write.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterator, Sequence
+
+from pydicom.charset import python_encoding
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.tag import Tag
+
+from node.runtime.volume import Volume
+
+log = logging.getLogger(__name__)
+
+#: Type 2 attributes of the Patient and General Study modules (PS3.3 C.7.1.1, C.7.2.1):
+#: every result has them, empty when the source does not say.
+TYPE_2_PATIENT_STUDY = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
+#: Where the result's own text cannot be written in the source's character set.
+UNICODE = "ISO_IR 192"
+#: Value representations encoded with Specific Character Set (PS3.5 6.1.2.3).
+_TEXT_VRS = frozenset({"SH", "LO", "ST", "LT", "UT", "PN", "UC"})
+#: Terms of the default repertoire (ASCII).
+_DEFAULT_REPERTOIRE = frozenset({"", "ISO_IR 6", "ISO 2022 IR 6"})
+_SPECIFIC_CHARACTER_SET = Tag("SpecificCharacterSet")
+
+CharacterSet = str | list[str] | None
+
+
+def character_set(source: Dataset) -> CharacterSet:
+    """The source's Specific Character Set as it says it (None when absent or empty)."""
+    element = source.get(_SPECIFIC_CHARACTER_SET)
+    if element is None or element.value in (None, "", []):
+        return None
+    value = element.value
+    if isinstance(value, MultiValue | list | tuple):
+        return [str(term) for term in value]
+    return str(value)
+
+
+def buildable_header(source: Dataset) -> Dataset:
+    """A copy of a source header with its text decoded, without Specific Character Set
+    and with every :data:`TYPE_2_PATIENT_STUDY` attribute, Manufacturer and (with a Frame
+    of Reference) Position Reference Indicator: empty where the source lacks them.
+
+    The elements are shared with ``source`` (nothing in it changes); the copy is for the
+    builders only.
+    """
+    header = Dataset()
+    if hasattr(source, "file_meta"):
+        header.file_meta = source.file_meta
+    for element in source:  # converts raw elements, decoding with the source's set
+        if element.tag != _SPECIFIC_CHARACTER_SET:
+            header.add(element)
+    for keyword in TYPE_2_PATIENT_STUDY:
+        if keyword not in header:
+            setattr(header, keyword, "")
+    # A derived image copies the source's header: Type 2 of General Equipment and Frame
+    # of Reference (when it has one) too.
+    if "Manufacturer" not in header:
+        header.Manufacturer = ""
+    if "FrameOfReferenceUID" in header and "PositionReferenceIndicator" not in header:
+        header.PositionReferenceIndicator = ""
+    return header
+
+
+def buildable_volume(volume: Volume) -> Volume:
+    """``volume`` with :func:`buildable_header` headers (a multi-frame header stays one
+    object for all its frames)."""
+    prepared: dict[int, Dataset] = {}
+    headers = []
+    for source in volume.datasets:
+        if id(source) not in prepared:
+            prepared[id(source)] = buildable_header(source)
+        headers.append(prepared[id(source)])
+    return dataclasses.replace(volume, datasets=tuple(headers))
+
+
+def _codecs(terms: Sequence[str]) -> list[str] | None:
+    """Python codecs of the terms of a Specific Character Set; None if one is unknown."""
+    codecs = []
+    for index, term in enumerate(terms):
+        term = term.strip()
+        if term in _DEFAULT_REPERTOIRE or (index == 0 and not term):
+            codecs.append("ascii")
+        elif term in python_encoding:
+            codecs.append(python_encoding[term])
+        else:
+            return None
+    return codecs
+
+
+def _text_values(dataset: Dataset) -> Iterator[tuple[str, str]]:
+    """``(keyword, text)`` of every text value in ``dataset``, nested ones included."""
+    for element in dataset.iterall():
+        if element.VR not in _TEXT_VRS or element.value is None:
+            continue
+        values = element.value if isinstance(element.value, MultiValue) else [element.value]
+        for value in values:
+            if value is not None:
+                yield element.keyword or str(element.tag), str(value)
+
+
+def _unencodable(dataset: Dataset, codecs: list[str]) -> list[str]:
+    """Keywords of the text values with a character none of ``codecs`` encodes."""
+
+    def encodes(character: str) -> bool:
+        for codec in codecs:
+            try:
+                character.encode(codec)
+            except UnicodeError:
+                continue
+            return True
+        return False
+
+    failing: list[str] = []
+    for keyword, text in _text_values(dataset):
+        unencodable = not text.isascii() and not all(encodes(c) for c in text if not c.isascii())
+        if unencodable and keyword not in failing:
+            failing.append(keyword)
+    return failing
+
+
+def set_character_set(dataset: Dataset, charset: CharacterSet, what: str) -> None:
+    """Write ``charset`` (the source's) as the result's Specific Character Set.
+
+    When some text of the result (a site template's code meaning, say) has a character
+    that character set cannot represent, the result is written in Unicode (``ISO_IR
+    192``) instead, with a warning naming the attributes: its text stays what it is,
+    never replaced by ``?``.
+    """
+    terms = [] if charset is None else [charset] if isinstance(charset, str) else charset
+    codecs = _codecs(terms or [""])
+    failing = ["SpecificCharacterSet"] if codecs is None else _unencodable(dataset, codecs)
+    if failing:
+        log.warning(
+            "%s: text not representable in the source's character set %s, written as %s "
+            "attributes=%s",
+            what,
+            "\\".join(terms) or "(default)",
+            UNICODE,
+            ",".join(failing),
+        )
+        dataset.SpecificCharacterSet = UNICODE
+    elif charset is None:
+        if _SPECIFIC_CHARACTER_SET in dataset:
+            del dataset[_SPECIFIC_CHARACTER_SET]
+    else:
+        dataset.SpecificCharacterSet = charset
