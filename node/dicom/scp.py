@@ -4,6 +4,11 @@ The C-STORE handler does no heavy work. It reads the identifiers it needs,
 hands the encoded bytes to :class:`~node.ingest.Ingestor`, and returns
 0x0000 only once the instance is durable; every refusal is logged with the
 SOP Instance UID and the reason.
+
+The listener remembers which series each association carried. An association
+that ends in an A-ABORT (or a connection closed without release) holds the
+completion of those series for ``aborted_grace_seconds``, so a partial series
+waits for the sender's retry; one that is released ends such a hold.
 """
 
 from __future__ import annotations
@@ -69,9 +74,14 @@ def _peer(event: Any) -> tuple[str, str]:
 class StorageSCP:
     """A pynetdicom application entity serving C-ECHO and C-STORE."""
 
-    def __init__(self, settings: NodeSettings, ingestor: Ingestor) -> None:
+    def __init__(
+        self, settings: NodeSettings, ingestor: Ingestor, *, aborted_grace_seconds: float = 300.0
+    ) -> None:
         self._settings = settings
         self._ingestor = ingestor
+        self._grace = aborted_grace_seconds
+        # Per open association: instances stored (or duplicates) per series.
+        self._carried: dict[object, Counter[str]] = {}
         self._server: ThreadedAssociationServer | None = None
         self._counts: Counter[str] = Counter()
         self._counts_lock = threading.Lock()
@@ -107,6 +117,7 @@ class StorageSCP:
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_RELEASED, self._on_released),
             (evt.EVT_ABORTED, self._on_aborted),
+            (evt.EVT_CONN_CLOSE, self._on_closed),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
         ]
@@ -134,13 +145,39 @@ class StorageSCP:
         self._count("associations")
         log.info("association accepted calling_ae=%s called_ae=%s", calling, called)
 
+    def _carried_by(self, event: Any) -> Counter[str]:
+        with self._counts_lock:
+            return self._carried.pop(event.assoc, Counter())
+
     def _on_released(self, event: Any) -> None:
         calling, _ = _peer(event)
         log.info("association released calling_ae=%s", calling)
+        series = self._carried_by(event)
+        if series:
+            self._ingestor.sender_finished(
+                series, f"a later association from {calling} ended normally"
+            )
 
     def _on_aborted(self, event: Any) -> None:
         calling, _ = _peer(event)
         log.warning("association aborted calling_ae=%s", calling)
+        series = self._carried_by(event)
+        if series:
+            self._ingestor.sender_cut_off(
+                series, f"waited for an aborted association from {calling}", self._grace
+            )
+
+    def _on_closed(self, event: Any) -> None:
+        """A connection that closes still carrying series ended without release or abort."""
+        series = self._carried_by(event)
+        if series:
+            calling, _ = _peer(event)
+            log.warning("connection closed without release calling_ae=%s", calling)
+            self._ingestor.sender_cut_off(
+                series,
+                f"waited for an association from {calling} closed without release",
+                self._grace,
+            )
 
     def _on_echo(self, event: Any) -> int:
         return status.SUCCESS
@@ -207,6 +244,8 @@ class StorageSCP:
         except SpoolError as exc:
             return self._refuse(status.OUT_OF_RESOURCES, sop_uid, str(exc))
         self._count("duplicates" if outcome is Outcome.DUPLICATE else "stored")
+        with self._counts_lock:
+            self._carried.setdefault(event.assoc, Counter())[series_uid] += 1
         if outcome is Outcome.STORED:
             self._count("bytes", len(encoded))
         return status.SUCCESS
