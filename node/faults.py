@@ -23,7 +23,7 @@ POINTS: dict[str, str] = {
     "series_completed_before_dispatch": (
         "completion: the series is marked complete, its jobs not yet queued"
     ),
-    "result_file_written": "worker: the first result file is written, the others are not",
+    "result_file_half_written": "worker: half of the first result file's bytes are written",
 }
 
 

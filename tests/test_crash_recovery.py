@@ -11,14 +11,18 @@ import contextlib
 import sqlite3
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import highdicom as hd
 import numpy as np
 import pytest
 import yaml
 from fastapi.testclient import TestClient
+from pydicom.sr.codedict import codes
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import AE, build_context
 
 from node.admin.audit import AuditLog
 from node.api.app import create_app
@@ -44,6 +48,7 @@ from tests.support.pacs import node_config, one_result_each, orthanc_for_node
 from tests.support.spool import spool_series
 
 RULE = {**BUILT_IN_CHEST_RULE}
+HELD_EVENTS = "SELECT detail FROM job_events WHERE event = 'completion_held'"
 
 
 def _db_rows(node: NodeProcess, sql: str) -> list[tuple[Any, ...]]:
@@ -52,15 +57,21 @@ def _db_rows(node: NodeProcess, sql: str) -> list[tuple[Any, ...]]:
 
 
 def _restart_after_fault(
-    tmp_path: Path, config: dict[str, Any], fault: str, files: list[Path]
+    tmp_path: Path,
+    config: dict[str, Any],
+    fault: str,
+    files: list[Path],
+    check_killed: Callable[[NodeProcess], None] = lambda node: None,
 ) -> NodeProcess:
-    """Start a node armed with ``fault``, send ``files``, wait for the fault to kill it and
-    start it again (unarmed) on the same data directory; return the running node."""
+    """Start a node armed with ``fault``, send ``files``, wait for the fault to kill it,
+    ``check_killed`` it and start it again (unarmed) on the same data directory; return the
+    running node."""
     armed = NodeProcess(config, workdir=tmp_path / "node", env={"AINODE_FAULT": fault})
     with armed:
         storescu(armed.dicom_port, files, "SCANNER", called_ae=armed.ae_title)
         wait_until(lambda: not armed.running(), 120, message=f"node killed at {fault}")
         assert f"point={fault}" in armed.log_text()
+        check_killed(armed)
     return NodeProcess(config, workdir=tmp_path / "node").start()
 
 
@@ -89,6 +100,11 @@ def test_kill_between_completion_and_dispatch_still_runs_the_series(tmp_path: Pa
                 node, f"SELECT generation, state FROM jobs WHERE series_uid = '{series_uid}'"
             )
             assert [generation for generation, _ in jobs] == [1]
+            # It was still receiving at the restart: held for the grace period, and says so.
+            (held,) = _db_rows(
+                node, "SELECT detail FROM job_events WHERE event = 'completion_held'"
+            )
+            assert "node restarted before the series completed" in held[0]
             wait_until(lambda: _db_rows(node, "SELECT state FROM jobs") == [("done",)], 60)
 
 
@@ -169,3 +185,117 @@ def test_an_admin_reruns_a_complete_series_with_the_cli(tmp_path: Path, capsys) 
     (entry,) = [e for e in AuditLog(db).entries() if e.action == "series.rerun"]
     assert entry.target == f"series:{uid}" and entry.user.startswith("cli")
     db.close()
+
+
+# -- item 10: a partial series after an aborted association -------------------------------
+
+
+def _lung_volumes(sr: Any, directory: Path) -> dict[str, float]:
+    path = directory / "sr-read.dcm"
+    sr.save_as(path)
+    volumes = {}
+    for group in hd.sr.srread(path).content.get_volumetric_roi_measurement_groups():
+        (measurement,) = group.get_measurements(name=codes.SCT.Volume)
+        volumes[str(group.tracking_identifier).lower()] = float(measurement.value)
+    return volumes
+
+
+@pytest.mark.slow
+def test_aborted_association_holds_the_series_until_the_resend(tmp_path: Path) -> None:
+    datasets, truth = make_chest_ct(n_slices=120, rows=128, columns=128, seed=101)
+    files = write_series(datasets, tmp_path / "series")
+    ordered = sorted(files)  # CT_<instance number>_...: in slice order
+    study_uid, series_uid = datasets[0].StudyInstanceUID, datasets[0].SeriesInstanceUID
+    with orthanc_for_node(tmp_path) as (pacs, node_port):
+        config = node_config(node_port, pacs, [RULE], quiet_seconds=1.0)
+        config["completion"]["aborted_grace_seconds"] = 600.0
+        with NodeProcess(config, workdir=tmp_path / "node") as node:
+            ae = AE(ae_title="SCANNER")
+            ae.requested_contexts = [build_context(datasets[0].SOPClassUID, ExplicitVRLittleEndian)]
+            assoc = ae.associate("127.0.0.1", node.dicom_port, ae_title=node.ae_title)
+            assert assoc.is_established
+            assert [int(assoc.send_c_store(p).Status) for p in ordered[:60]] == [0] * 60
+            assoc.abort()  # the sender is cut off half-way
+            series = f"SELECT state, hold_reason FROM series WHERE series_uid = '{series_uid}'"
+            wait_until(lambda: _db_rows(node, series)[0][1] or None, 10, message="hold")
+            time.sleep(4.0)  # well past the 1 s quiet period
+            ((state, reason),) = _db_rows(node, series)
+            assert state == "receiving" and "aborted association from SCANNER" in reason
+            assert _db_rows(node, "SELECT id FROM jobs") == []
+            storescu(node.dicom_port, ordered, "SCANNER", called_ae=node.ae_title)  # the retry
+            objects = _single_results(pacs, study_uid)
+            volumes = _lung_volumes(objects["SR"], tmp_path)
+            left = next(v for k, v in volumes.items() if "left" in k)
+            assert left == pytest.approx(truth.left_lung_cm3, rel=0.03)
+            ((generation,),) = _db_rows(node, "SELECT generation FROM jobs")
+            assert generation == 1
+            (held,) = _db_rows(
+                node, "SELECT detail FROM job_events WHERE event = 'completion_held'"
+            )
+            assert "waited for an aborted association from SCANNER" in held[0]
+            assert "after 60 instance(s)" in held[0] and "ended normally" in held[0]
+
+
+# -- item 11: result files written in place --------------------------------------------------
+
+
+@pytest.mark.slow
+def test_kill_while_writing_results_sends_one_whole_set(tmp_path: Path) -> None:
+    datasets, _ = make_chest_ct(n_slices=20, rows=128, columns=128, seed=111)
+    files = write_series(datasets, tmp_path / "series")
+    study_uid = datasets[0].StudyInstanceUID
+    with orthanc_for_node(tmp_path) as (pacs, node_port):
+        config = node_config(node_port, pacs, [RULE], quiet_seconds=1.0)
+
+        def nothing_half_written(killed: NodeProcess) -> None:
+            # Killed half-way through the first result file: no file has a result's name.
+            assert not list(killed.results_dir.rglob("*.dcm"))
+            assert list(killed.results_dir.rglob(".*.tmp"))  # the half-written temporary
+
+        node = _restart_after_fault(
+            tmp_path, config, "result_file_half_written", files, nothing_half_written
+        )
+        with node:
+            objects = _single_results(pacs, study_uid)
+            wait_until(lambda: _db_rows(node, "SELECT state FROM jobs") == [("done",)], 60)
+            (result_dir,) = node.results_dir.glob("*/*/job-*")
+            on_disk = sorted(p.name for p in result_dir.glob("*.dcm"))
+            assert on_disk == sorted(
+                f"{tag}_{objects[m].SOPInstanceUID}.dcm"
+                for tag, m in (("seg", "SEG"), ("sr", "SR"))
+            )
+            assert not list(result_dir.glob(".*.tmp"))
+            events = [e for (e,) in _db_rows(node, "SELECT event FROM job_events ORDER BY id")]
+            assert "requeued" in events and "stale_results_removed" in events
+
+
+def test_exporter_rebuilds_a_job_whose_files_are_cut_short(
+    tmp_path: Path, database: Database, clock
+) -> None:
+    datasets, _ = make_chest_ct(n_slices=2, rows=32, columns=32, seed=112)
+    result_dir = tmp_path / "job-1"
+    written = [
+        result_dir / path.name.replace("CT_", "seg_", 1)
+        for path in write_series(datasets, result_dir / "src")
+    ]
+    for source, target in zip(sorted((result_dir / "src").iterdir()), written, strict=True):
+        source.rename(target)
+    write_manifest(result_dir, written)
+    assert check_results(result_dir) is None
+    with written[0].open("r+b") as handle:  # a kill, a full disk: the file is cut short
+        handle.truncate(100)
+    queue = JobQueue(database)
+    port = free_port()
+    scp = StoreSCP(port, tmp_path / "received")
+    try:
+        settings = {"pacs": DestinationSettings(ae_title="PACS", host="127.0.0.1", port=port)}
+        exporter = Exporter(queue, lambda: settings, calling_ae="AINODE", clock=clock)
+        job_id = job_with_results(queue, clock, result_dir)
+        assert exporter.run_once()
+        job = queue.get(job_id)
+        assert job is not None and job.state == "queued" and job.result_dir is None
+        (event,) = [e for e in queue.events(job_id) if e.event == "results_incomplete"]
+        assert f"{written[0].name} has 100 bytes" in event.detail
+        assert scp.received() == []  # nothing was sent
+    finally:
+        scp.stop()

@@ -6,7 +6,8 @@ hands the encoded bytes to :class:`~node.ingest.Ingestor`, and returns
 SOP Instance UID and the reason.
 
 The listener remembers which series each association carried. An association
-that ends in an A-ABORT (or a connection closed without release) holds the
+that ends in an abort (an A-ABORT, or a connection dropped without release:
+pynetdicom reports both as aborted) holds the
 completion of those series for ``aborted_grace_seconds``, so a partial series
 waits for the sender's retry; one that is released ends such a hold.
 """
@@ -117,7 +118,6 @@ class StorageSCP:
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_RELEASED, self._on_released),
             (evt.EVT_ABORTED, self._on_aborted),
-            (evt.EVT_CONN_CLOSE, self._on_closed),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
         ]
@@ -145,39 +145,30 @@ class StorageSCP:
         self._count("associations")
         log.info("association accepted calling_ae=%s called_ae=%s", calling, called)
 
-    def _carried_by(self, event: Any) -> Counter[str]:
-        with self._counts_lock:
-            return self._carried.pop(event.assoc, Counter())
-
     def _on_released(self, event: Any) -> None:
         calling, _ = _peer(event)
         log.info("association released calling_ae=%s", calling)
-        series = self._carried_by(event)
-        if series:
-            self._ingestor.sender_finished(
-                series, f"a later association from {calling} ended normally"
-            )
+        self._ended(event, "released")
 
     def _on_aborted(self, event: Any) -> None:
         calling, _ = _peer(event)
         log.warning("association aborted calling_ae=%s", calling)
-        series = self._carried_by(event)
-        if series:
-            self._ingestor.sender_cut_off(
-                series, f"waited for an aborted association from {calling}", self._grace
-            )
+        self._ended(event, "aborted")
 
-    def _on_closed(self, event: Any) -> None:
-        """A connection that closes still carrying series ended without release or abort."""
-        series = self._carried_by(event)
-        if series:
-            calling, _ = _peer(event)
-            log.warning("connection closed without release calling_ae=%s", calling)
-            self._ingestor.sender_cut_off(
-                series,
-                f"waited for an association from {calling} closed without release",
-                self._grace,
+    def _ended(self, event: Any, how: str) -> None:
+        """Hold or release the series the association carried (once, on the first event)."""
+        with self._counts_lock:
+            series = self._carried.pop(event.assoc, None)
+        if not series:
+            return
+        calling, _ = _peer(event)
+        if how == "released":
+            self._ingestor.sender_finished(
+                series, f"a later association from {calling} ended normally"
             )
+            return
+        reason = f"waited for an aborted association from {calling}"
+        self._ingestor.sender_cut_off(series, reason, self._grace)
 
     def _on_echo(self, event: Any) -> int:
         return status.SUCCESS
