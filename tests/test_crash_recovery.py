@@ -299,3 +299,79 @@ def test_exporter_rebuilds_a_job_whose_files_are_cut_short(
         assert scp.received() == []  # nothing was sent
     finally:
         scp.stop()
+
+
+# -- item 12: a job stuck running after the disk fills ---------------------------------------
+
+
+class DiskFiller(InferencePlugin):
+    """Labels voxels above -500 HU, after filling the disk that holds the node's data."""
+
+    name = "disk_filler"
+    version = "1.0.0"
+    template = "ct_lungs"
+    accepts = Accepts(modalities=("CT",))
+    filler: Path
+
+    def load(self, device: Any) -> None:
+        pass
+
+    def run(self, volume: Any, context: Any) -> Prediction:
+        with open(self.filler, "wb", buffering=0) as handle:
+            for size in (1 << 20, 1 << 12, 1):
+                with contextlib.suppress(OSError):
+                    while handle.write(b"\0" * size):
+                        pass
+        return Prediction(label_map=(volume.array > -500).astype(np.uint8))
+
+
+@contextlib.contextmanager
+def small_disk(path: Path, size: str) -> Iterator[Path]:
+    """A real file system of ``size`` at ``path`` (tmpfs: root only, as in CI)."""
+    path.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+def test_full_disk_fails_the_job_once_space_returns_and_readyz_says_why(tmp_path: Path) -> None:
+    datasets, _ = make_chest_ct(n_slices=20, rows=32, columns=32, seed=121)
+    with small_disk(tmp_path / "disk", "24m") as disk:
+        settings = stepped_settings(tmp_path, {"node": {"data_dir": str(disk)}})
+        registry = PluginRegistry()
+        registry.register(DiskFiller)
+        DiskFiller.filler = disk / "filler"
+        node = Node(settings, registry=registry)
+        node.start()
+        try:
+            client = TestClient(create_app(node))
+            assert client.get("/readyz").status_code == 200
+            spool_series(node.series, datasets, tmp_path / "spool", time.time())
+            job_id = enqueue_series(node.queue, datasets, rule="r", plugin="disk_filler", now=1.0)
+            node.worker.wake()
+            ready = wait_until(
+                lambda: (r := client.get("/readyz")).status_code == 503 and r.json(), 60
+            )
+            assert ready["checks"]["job_state_recorded"] is False
+            assert f"cannot record job {job_id} as failed" in ready["problems"][0]
+            assert "full" in ready["problems"][0]
+            time.sleep(1.5)  # the worker keeps retrying; the job is still running meanwhile
+            assert node.queue.get(job_id).state == "running"  # type: ignore[union-attr]
+            DiskFiller.filler.unlink()  # space returns
+            job = wait_until(
+                lambda: (j := node.queue.get(job_id)) is not None and j.state == "failed" and j,
+                60,
+            )
+            assert "full" in (job.error or "") or "No space" in (job.error or "")
+            assert client.get("/readyz").status_code == 200
+            assert node.admin.retry_job(job_id, "alice").state == "queued"  # retryable
+        finally:
+            node.stop()

@@ -59,6 +59,10 @@ from node.state.series import SeriesStore
 
 log = logging.getLogger(__name__)
 
+#: First and longest wait between two attempts to record a failed job.
+RECORD_RETRY_SECONDS = 0.5
+RECORD_RETRY_MAX_SECONDS = 30.0
+
 
 def _previous_reports(result_dir: Path | None) -> dict[str, Dataset]:
     """The SRs written by an earlier run of the same series and rule, by file tag."""
@@ -131,6 +135,8 @@ class InferenceWorker(PollingThread):
         self._device_selected = False
         self._destinations = destinations
         self._rules = rules
+        #: Why the worker cannot record a job's state (for ``/readyz``), or None.
+        self.problem: str | None = None
 
     def run_once(self) -> bool:
         """Run the next queued job to its end; False when the queue was empty."""
@@ -144,9 +150,34 @@ class InferenceWorker(PollingThread):
             self._process(job)
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
-            self._queue.fail(job.id, reason, self._clock())
             log.error("job failed job_id=%d plugin=%s reason=%s", job.id, job.plugin, reason)
+            self._record_failure(job, reason)
         return True
+
+    def _record_failure(self, job: Job, reason: str) -> None:
+        """Mark ``job`` failed, retrying until the database takes it (e.g. a full disk).
+
+        Meanwhile :attr:`problem` says why (``/readyz`` reports it) and the worker
+        takes no other job: a job is never left ``running`` while the node is up.
+        """
+        delay = RECORD_RETRY_SECONDS
+        while True:
+            try:
+                self._queue.fail(job.id, reason, self._clock())
+            except Exception as exc:
+                if self.problem is None:
+                    log.error(
+                        "cannot record a failed job, retrying job_id=%d error=%s", job.id, exc
+                    )
+                self.problem = f"cannot record job {job.id} as failed: {exc}"
+                if self._stop.wait(delay):  # stopping: the restart re-queues the job
+                    return
+                delay = min(delay * 2, RECORD_RETRY_MAX_SECONDS)
+                continue
+            if self.problem is not None:
+                log.info("failed job recorded after retries job_id=%d", job.id)
+                self.problem = None
+            return
 
     # -- prefetch ---------------------------------------------------------------
 
