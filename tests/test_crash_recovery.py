@@ -40,6 +40,7 @@ from node.runtime.registry import PluginRegistry
 from node.state.db import Database
 from node.state.series import InstanceRecord, SeriesStore
 from node.synthetic.chest_ct import make_chest_ct, write_series
+from tests.support.admin import served_node
 from tests.support.dcmtk import StoreSCP, storescu
 from tests.support.jobs import enqueue_series, job_with_results
 from tests.support.net import free_port, wait_until
@@ -375,3 +376,84 @@ def test_full_disk_fails_the_job_once_space_returns_and_readyz_says_why(tmp_path
             assert node.admin.retry_job(job_id, "alice").state == "queued"  # retryable
         finally:
             node.stop()
+
+
+def test_a_held_series_waits_the_grace_unless_the_sender_count_says_whole(
+    database: Database, clock
+) -> None:
+    store = SeriesStore(database)
+    counted: list[str] = []
+    completed: list[str] = []
+    monitor = CompletionMonitor(
+        store,
+        quiet_seconds=10,
+        clock=clock,
+        on_complete=lambda row: completed.append(row.series_uid),
+        counted=lambda: counted,
+    )
+    for uid in ("1.2.3.4", "1.2.3.5"):
+        _record(store, uid, 1, clock())
+    assert store.hold(["1.2.3.4", "1.2.3.5"], clock() + 300, "cut off") == ["1.2.3.4", "1.2.3.5"]
+    clock.advance(60)
+    assert monitor.poll() == [] and completed == []  # quiet, but held
+    counted.append("1.2.3.4")  # the sender reports as many instances as are held
+    monitor.poll()
+    assert completed == ["1.2.3.4"]
+    clock.advance(241)  # the grace period is over
+    monitor.poll()
+    assert completed == ["1.2.3.4", "1.2.3.5"]
+
+
+def test_migration_marks_old_series_dispatched_except_recent_ones_without_jobs(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.sqlite3"
+    db = Database(path)
+    store, queue = SeriesStore(db), JobQueue(db)
+    for number, uid in enumerate(("1.2.3.1", "1.2.3.2", "1.2.3.3")):
+        _record(store, uid, 1, 1000.0 * number)
+    store.force_complete("1.2.3.1", 100.0)  # completed two days before the others
+    store.force_complete("1.2.3.2", 200_000.0)  # had its job
+    store.force_complete("1.2.3.3", 200_001.0)  # lost between completion and dispatch
+    queue.enqueue(
+        series_uid="1.2.3.2",
+        study_uid="1.2.3",
+        generation=1,
+        rule="r",
+        plugin="p",
+        destinations=[],
+        priority=5,
+        now=1.0,
+    )
+    db.close()
+    with sqlite3.connect(path) as old:  # the series table as an older node left it
+        for column in ("dispatched_generation", "hold_until", "hold_reason"):
+            old.execute(f"ALTER TABLE series DROP COLUMN {column}")
+    migrated = Database(path)
+    assert [r.series_uid for r in SeriesStore(migrated).undispatched()] == ["1.2.3.3"]
+    migrated.close()
+
+
+def test_an_admin_reruns_a_complete_series_over_the_api(tmp_path: Path) -> None:
+    datasets, _ = make_chest_ct(n_slices=3, rows=16, columns=16, seed=93)
+    files = write_series(datasets, tmp_path / "series")
+    uid = str(datasets[0].SeriesInstanceUID)
+    config = {"completion": {"series_quiet_seconds": 3600}, "rules": [RULE]}
+    with served_node(tmp_path / "data", config) as served:
+        storescu(served.dicom_port, files)
+        with served.client(served.admin_token) as client:
+            assert client.post(f"/api/series/{uid}/rerun").status_code == 409  # receiving
+            assert client.post(f"/api/series/{uid}/complete").status_code == 200
+            again = client.post(f"/api/series/{uid}/complete")
+            assert again.status_code == 409
+            assert f"/api/series/{uid}/rerun" in again.json()["message"]
+            rerun = client.post(f"/api/series/{uid}/rerun")
+            assert rerun.status_code == 201
+            (job,) = rerun.json()["jobs"]
+            assert job["rule"] == RULE["name"] and job["generation"] == 1
+            jobs = client.get("/api/jobs", params={"series_uid": uid}).json()
+            assert len(jobs) == 2
+            audit = client.get("/api/audit", params={"action": "series.rerun"}).json()
+            assert audit[0]["target"] == f"series:{uid}"
+        with served.client(served.viewer_token) as client:
+            assert client.post(f"/api/series/{uid}/rerun").status_code == 403
