@@ -26,6 +26,7 @@ sender's count says it is whole or a later association ends normally.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 
 from node.faults import fault_point
@@ -54,7 +55,7 @@ class CompletionMonitor:
         self._clock = clock
         self._on_complete = on_complete
         self._counted = counted
-        self._redispatch_after: dict[str, float] = {}
+        self._undispatched_check_at = 0.0  # the first poll looks for undispatched series
 
     def poll(self) -> list[SeriesRow]:
         """Complete every series that holds its expected count or is quiet now; return them."""
@@ -90,11 +91,16 @@ class CompletionMonitor:
 
     def _redispatch(self, now: float) -> None:
         """Dispatch complete series whose generation has no jobs (a failed dispatch, or a
-        database written by an older node that crashed between completion and dispatch)."""
-        for row in self._series.undispatched():
-            if self._redispatch_after.get(row.series_uid, 0.0) > now:
-                continue
-            self._redispatch_after[row.series_uid] = now + REDISPATCH_SECONDS
+        database written by an older node that crashed between completion and dispatch).
+
+        Looked for at the first poll (start-up) and after a failed dispatch, every
+        ``REDISPATCH_SECONDS`` while any is left.
+        """
+        if self._undispatched_check_at > now:
+            return
+        rows = self._series.undispatched()
+        self._undispatched_check_at = now + REDISPATCH_SECONDS if rows else math.inf
+        for row in rows:
             log.warning(
                 "complete series has no jobs for its generation: dispatching it again"
                 " series_uid=%s generation=%d",
@@ -122,7 +128,9 @@ class CompletionMonitor:
                 self._on_complete(row)
                 self._series.mark_dispatched(row.series_uid, row.generation)
         except Exception:
-            self._redispatch_after[row.series_uid] = self._clock() + REDISPATCH_SECONDS
+            self._undispatched_check_at = min(
+                self._undispatched_check_at, self._clock() + REDISPATCH_SECONDS
+            )
             log.exception(
                 "dispatch failed (retried later) series_uid=%s generation=%d",
                 row.series_uid,
