@@ -22,6 +22,7 @@ from node.config import Settings, check_plugins_known
 from node.dicom.scp import StorageSCP
 from node.dispatch import Dispatcher
 from node.export.exporter import Exporter, RecoveryProbe
+from node.faults import check_fault_setting
 from node.ingest import Ingestor
 from node.jobs.queue import JobQueue
 from node.pull.service import PullService, SenderCountChecker
@@ -67,7 +68,11 @@ class Node:
             clock=clock,
             min_free_bytes=settings.node.min_free_disk_mb * 1024 * 1024,
         )
-        self.scp = StorageSCP(settings.node, self.ingestor)
+        self.scp = StorageSCP(
+            settings.node,
+            self.ingestor,
+            aborted_grace_seconds=settings.completion.aborted_grace_seconds,
+        )
         self.devices = select_devices(settings.workers.device, settings.workers.devices)
         self.device = self.devices[0]
         # Rules and destinations live in the database (seeded from the YAML on first start).
@@ -165,7 +170,21 @@ class Node:
         return self.settings.results_dir
 
     def start(self) -> None:
+        check_fault_setting()
         self.ingestor.recover()
+        # A series still receiving lost its sender with the restart: give the sender's retry
+        # the grace period instead of completing a partial series after the quiet period.
+        held = self.series.hold_receiving(
+            self.clock() + self.settings.completion.aborted_grace_seconds,
+            "node restarted before the series completed",
+        )
+        if held:
+            log.warning(
+                "series held after restart count=%d grace_seconds=%g series_uids=%s",
+                len(held),
+                self.settings.completion.aborted_grace_seconds,
+                ",".join(held),
+            )
         requeued = self.queue.requeue_interrupted(self.clock())
         if requeued:
             log.info("jobs re-queued after restart job_ids=%s", ",".join(map(str, requeued)))

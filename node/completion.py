@@ -11,16 +11,31 @@ is processed again (see ``README.md``: *Late instances*).
 When the sender can be queried (a pull, or a push from a declared source),
 ``counted`` names series that already hold as many instances as the sender
 reported: they complete at the next poll instead of after the quiet period.
+
+Marking a series complete and queueing its jobs (``on_complete``) is one
+transaction: a crash between the two leaves the series receiving, to complete
+again after restart. Should dispatch itself fail, completion is kept and the
+series is dispatched again by a later poll (and at start-up), with a log line.
+
+A series whose sender was cut off (an aborted association, or the node
+restarted while it was receiving) is *held* (see :meth:`SeriesStore.hold`):
+it waits for the grace period instead of the quiet period, unless the
+sender's count says it is whole or a later association ends normally.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 
+from node.faults import fault_point
 from node.state.series import SeriesRow, SeriesStore
 
 log = logging.getLogger(__name__)
+
+#: Seconds between two dispatch attempts of a complete series whose dispatch failed.
+REDISPATCH_SECONDS = 60.0
 
 
 class CompletionMonitor:
@@ -40,36 +55,62 @@ class CompletionMonitor:
         self._clock = clock
         self._on_complete = on_complete
         self._counted = counted
+        self._undispatched_check_at = 0.0  # the first poll looks for undispatched series
 
     def poll(self) -> list[SeriesRow]:
         """Complete every series that holds its expected count or is quiet now; return them."""
         now = self._clock()
+        self._redispatch(now)
         completed = []
         for series_uid in self._counted():
-            row = self._series.force_complete(series_uid, now)
-            if row is not None:
-                log.info(
-                    "series holds the sender's instance count series_uid=%s instances=%d",
-                    series_uid,
-                    row.instance_count,
-                )
-                self._hand_on(row)
-                completed.append(row)
+            with self._series.atomically():
+                row = self._series.force_complete(series_uid, now)
+                if row is not None:
+                    log.info(
+                        "series holds the sender's instance count series_uid=%s instances=%d",
+                        series_uid,
+                        row.instance_count,
+                    )
+                    self._hand_on(row)
+                    completed.append(row)
         for candidate in self._series.quiet_series(now, self._quiet_seconds):
-            row = self._series.mark_complete(candidate.series_uid, now, self._quiet_seconds)
-            if row is not None:
-                self._hand_on(row)
-                completed.append(row)
+            with self._series.atomically():
+                row = self._series.mark_complete(candidate.series_uid, now, self._quiet_seconds)
+                if row is not None:
+                    self._hand_on(row)
+                    completed.append(row)
         return completed
 
     def force(self, series_uid: str) -> SeriesRow | None:
-        """Complete a series now, whatever its quiet time (admin action)."""
-        row = self._series.force_complete(series_uid, self._clock())
-        if row is not None:
-            self._hand_on(row)
+        """Complete a series now, whatever its quiet time or hold (admin action)."""
+        with self._series.atomically():
+            row = self._series.force_complete(series_uid, self._clock())
+            if row is not None:
+                self._hand_on(row)
         return row
 
+    def _redispatch(self, now: float) -> None:
+        """Dispatch complete series whose generation has no jobs (a failed dispatch, or a
+        database written by an older node that crashed between completion and dispatch).
+
+        Looked for at the first poll (start-up) and after a failed dispatch, every
+        ``REDISPATCH_SECONDS`` while any is left.
+        """
+        if self._undispatched_check_at > now:
+            return
+        rows = self._series.undispatched()
+        self._undispatched_check_at = now + REDISPATCH_SECONDS if rows else math.inf
+        for row in rows:
+            log.warning(
+                "complete series has no jobs for its generation: dispatching it again"
+                " series_uid=%s generation=%d",
+                row.series_uid,
+                row.generation,
+            )
+            self._dispatch(row)
+
     def _hand_on(self, row: SeriesRow) -> None:
+        """Log the completion and dispatch ``row`` (in the transaction that completed it)."""
         log.info(
             "series complete series_uid=%s instances=%d generation=%d quiet_for=%.1fs",
             row.series_uid,
@@ -77,7 +118,21 @@ class CompletionMonitor:
             row.generation,
             (row.completed_at or row.last_received) - row.last_received,
         )
+        fault_point("series_completed_before_dispatch")
+        self._dispatch(row)
+
+    def _dispatch(self, row: SeriesRow) -> None:
+        """Queue the jobs of ``row`` and record it dispatched, together or not at all."""
         try:
-            self._on_complete(row)
+            with self._series.atomically():  # a savepoint: a failure keeps the completion
+                self._on_complete(row)
+                self._series.mark_dispatched(row.series_uid, row.generation)
         except Exception:
-            log.exception("dispatch failed series_uid=%s", row.series_uid)
+            self._undispatched_check_at = min(
+                self._undispatched_check_at, self._clock() + REDISPATCH_SECONDS
+            )
+            log.exception(
+                "dispatch failed (retried later) series_uid=%s generation=%d",
+                row.series_uid,
+                row.generation,
+            )

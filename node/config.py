@@ -65,6 +65,11 @@ class CompletionSettings(_Strict):
     series_quiet_seconds: float = Field(10.0, gt=0)
     #: How often the completion check runs.
     poll_seconds: float = Field(1.0, gt=0)
+    #: How long a series waits instead of ``series_quiet_seconds`` when its sender was cut
+    #: off (its association aborted, or the node restarted while it was receiving), so the
+    #: sender's retry can complete it. A later association that ends normally, or the
+    #: sender's instance count where it can be asked, completes it sooner.
+    aborted_grace_seconds: float = Field(300.0, ge=0)
 
 
 class ResultProfileSettings(_Strict):

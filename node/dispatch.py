@@ -66,20 +66,24 @@ class Dispatcher:
             log.info("no rule matched series_uid=%s", row.series_uid)
             return []
         now = self._clock()
-        job_ids = [
-            self._queue.enqueue(
-                series_uid=row.series_uid,
-                study_uid=row.study_uid,
-                generation=row.generation,
-                rule=rule.name,
-                plugin=rule.plugin,
-                destinations=list(rule.send_to),
-                priority=rule.priority,
-                now=now,
-                shadow=rule.shadow,
-            )
-            for rule in rules
-        ]
+        with self._series.atomically():  # every matching rule's job, or none
+            job_ids = [
+                self._queue.enqueue(
+                    series_uid=row.series_uid,
+                    study_uid=row.study_uid,
+                    generation=row.generation,
+                    rule=rule.name,
+                    plugin=rule.plugin,
+                    destinations=list(rule.send_to),
+                    priority=rule.priority,
+                    now=now,
+                    shadow=rule.shadow,
+                )
+                for rule in rules
+            ]
+            if row.hold_reason:  # the job says why its series waited longer than usual
+                for job_id in job_ids:
+                    self._queue.add_event(job_id, now, "completion_held", row.hold_reason)
         log.info(
             "jobs queued series_uid=%s rules=%s job_ids=%s",
             row.series_uid,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import pydicom
@@ -132,6 +132,29 @@ class Ingestor:
             instance.series_uid,
             kept_series_uid,
         )
+
+    def sender_cut_off(self, series: Mapping[str, int], reason: str, grace_seconds: float) -> None:
+        """Hold completion of ``series`` (UID → instances this association carried) for
+        ``grace_seconds``: their sender stopped without ending the association normally."""
+        until = self._clock() + grace_seconds
+        for series_uid, count in series.items():
+            held = self._series.hold(
+                [series_uid], until, f"{reason} after {count} instance(s) of this series"
+            )
+            if held:
+                log.warning(
+                    "series completion held series_uid=%s instances_in_association=%d"
+                    " grace_seconds=%g reason=%s",
+                    series_uid,
+                    count,
+                    grace_seconds,
+                    reason,
+                )
+
+    def sender_finished(self, series: Iterable[str], note: str) -> None:
+        """An association that carried ``series`` ended normally: end their holds."""
+        for series_uid in self._series.release_hold(series, note):
+            log.info("series completion hold ended series_uid=%s reason=%s", series_uid, note)
 
     def recover(self) -> int:
         """Record spooled files that have no database row; return how many.

@@ -13,12 +13,38 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from node.errors import SpoolError
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+def write_durably(final: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Write a file with ``write(handle)`` so that ``final`` is whole or absent.
+
+    The data goes to a temporary file beside ``final`` (``.<name>.<random>.tmp``),
+    is fsynced, renamed over ``final`` and the directory fsynced. On any failure
+    the temporary file is removed and the error raised.
+    """
+    temporary = final.with_name(f".{final.stem}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(temporary, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, final)
+        directory = os.open(final.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)
+        raise
 
 
 def is_valid_uid(value: str) -> bool:
@@ -49,22 +75,10 @@ class Spool:
         the temporary file.
         """
         final = self.path_for(study_uid, series_uid, sop_uid)
-        temporary = final.with_name(f".{sop_uid}.{uuid.uuid4().hex}.tmp")
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
-            with open(temporary, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, final)
-            directory = os.open(final.parent, os.O_RDONLY)
-            try:
-                os.fsync(directory)
-            finally:
-                os.close(directory)
+            write_durably(final, lambda handle: handle.write(data))
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                temporary.unlink(missing_ok=True)
             raise SpoolError(f"cannot write {final.name}: {exc.strerror or exc}") from exc
         return final
 

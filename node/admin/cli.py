@@ -1,4 +1,4 @@
-"""``ainode users|rules|jobs``: thin command-line wrappers over :class:`AdminService`.
+"""``ainode users|rules|jobs|series``: thin command-line wrappers over :class:`AdminService`.
 
 They open the node's state database under the configuration's ``data_dir``
 (the same file a running node uses; SQLite's WAL mode lets both work at once).
@@ -186,6 +186,15 @@ def jobs_retry(args: argparse.Namespace) -> int:
     return 0
 
 
+def series_rerun(args: argparse.Namespace) -> int:
+    jobs = _service(args).rerun_series(args.series_uid, _actor())
+    if not jobs:
+        print(f"series {args.series_uid}: no rule matches; no job queued")
+    for job in jobs:
+        print(f"job {job.id} queued rule={job.rule} plugin={job.plugin}")
+    return 0
+
+
 def jobs_shadow(args: argparse.Namespace) -> int:
     from node.admin.shadow import shadow_predictions
 
@@ -201,7 +210,7 @@ def jobs_shadow(args: argparse.Namespace) -> int:
 
 
 def add_commands(commands: Any) -> None:
-    """Register ``users``, ``rules`` and ``jobs`` on the main parser's subcommands."""
+    """Register ``users``, ``rules``, ``jobs`` and ``series`` on the main parser's subcommands."""
 
     def with_config(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         parser.add_argument(
@@ -266,6 +275,16 @@ def add_commands(commands: Any) -> None:
     shadow.add_argument("--series", help="SeriesInstanceUID")
     shadow.add_argument("--state", default="done", help="job state; '' for every shadow job")
     shadow.set_defaults(handler=_guard(jobs_shadow))
+
+    series = commands.add_parser("series", help="act on received series")
+    series_sub = series.add_subparsers(dest="series_command", required=True)
+    rerun = with_config(
+        series_sub.add_parser(
+            "rerun", help="route a complete series again (a new job per matching rule)"
+        )
+    )
+    rerun.add_argument("series_uid")
+    rerun.set_defaults(handler=_guard(series_rerun))
 
 
 def _guard(handler: Any) -> Any:

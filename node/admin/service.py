@@ -34,6 +34,7 @@ from node.admin.rules import (
 )
 from node.admin.users import ApiToken, User, UserStore
 from node.config import AnyDestination, DicomWebDestinationSettings, RuleSettings
+from node.dispatch import Dispatcher
 from node.errors import AinodeError, Conflict, InvalidInput, NotFound
 from node.export.dimse import echo
 from node.export.stow import probe
@@ -507,7 +508,10 @@ class AdminService:
         if before is None:
             raise NotFound(f"no series {series_uid} has been received")
         if before.state == "complete":
-            raise Conflict(f"series {series_uid} is already complete")
+            raise Conflict(
+                f"series {series_uid} is already complete; to run its rules again use"
+                f" POST /api/series/{series_uid}/rerun (ainode series rerun {series_uid})"
+            )
         if self._force_complete is None:
             raise Conflict("series can only be completed by a running node")
         row = self._force_complete(series_uid)
@@ -522,6 +526,44 @@ class AdminService:
             now=self.clock(),
         )
         return row
+
+    def rerun_series(self, series_uid: str, actor: str) -> list[Job]:
+        """Route a complete series again: one new job per matching rule, same generation.
+
+        For a series whose jobs were lost, failed for good or ran under old rules.
+        Returns the new jobs (none when no rule matches).
+        """
+        row = self.series.series(series_uid)
+        if row is None:
+            raise NotFound(f"no series {series_uid} has been received")
+        if row.state != "complete":
+            raise Conflict(
+                f"series {series_uid} is still receiving; complete it first"
+                f" (POST /api/series/{series_uid}/complete)"
+            )
+        dispatcher = Dispatcher(self.series, self.queue, self.rules.active, clock=self.clock)
+        with self.series.atomically():
+            job_ids = dispatcher.dispatch(row)
+            self.series.mark_dispatched(series_uid, row.generation)
+            self.audit.record(
+                user=actor,
+                action="series.rerun",
+                target=f"series:{series_uid}",
+                before={"state": row.state, "generation": row.generation},
+                after={"generation": row.generation, "job_ids": job_ids},
+                now=self.clock(),
+            )
+            now = self.clock()
+            for job_id in job_ids:
+                self.queue.add_event(job_id, now, "series_rerun", f"by {actor}")
+        log.info(
+            "series routed again series_uid=%s generation=%d job_ids=%s",
+            series_uid,
+            row.generation,
+            ",".join(map(str, job_ids)),
+        )
+        self._wake()
+        return [job for job in (self.queue.get(i) for i in job_ids) if job is not None]
 
     # -- destinations -------------------------------------------------------------------
 

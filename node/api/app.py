@@ -225,11 +225,14 @@ def create_app(node: Node) -> FastAPI:
             checks["database"] = True
         except Exception:
             checks["database"] = False
+        # A worker that cannot write a job's state (e.g. the disk is full) says why.
+        problems = [w.problem for w in node.workers if w.problem is not None]
+        checks["job_state_recorded"] = not problems
         ready = all(checks.values())
-        return JSONResponse(
-            {"status": "ready" if ready else "not ready", "checks": checks},
-            status_code=200 if ready else 503,
-        )
+        body: dict[str, Any] = {"status": "ready" if ready else "not ready", "checks": checks}
+        if problems:
+            body["problems"] = problems
+        return JSONResponse(body, status_code=200 if ready else 503)
 
     @app.get("/metrics", tags=["health"])
     async def metrics(request: Request) -> Response:

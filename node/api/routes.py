@@ -357,6 +357,12 @@ def api_router(admin: AdminService, viewer: Dependency, editor: Dependency) -> A
         """Complete a series now (without waiting for the quiet period) and route it."""
         return series_json(admin.force_complete(series_uid, principal.name))
 
+    @router.post("/series/{series_uid}/rerun", status_code=201, tags=["studies"])
+    def rerun_series(series_uid: str, principal: Editor) -> dict[str, Any]:
+        """Route a complete series again: a new job for each matching rule (audited)."""
+        jobs = admin.rerun_series(series_uid, principal.name)
+        return {"series_uid": series_uid, "jobs": [job_json(job) for job in jobs]}
+
     # -- destinations ---------------------------------------------------------------------
 
     @router.get("/destinations", tags=["destinations"])

@@ -4,6 +4,12 @@ The C-STORE handler does no heavy work. It reads the identifiers it needs,
 hands the encoded bytes to :class:`~node.ingest.Ingestor`, and returns
 0x0000 only once the instance is durable; every refusal is logged with the
 SOP Instance UID and the reason.
+
+The listener remembers which series each association carried. An association
+that ends in an abort (an A-ABORT, or a connection dropped without release:
+pynetdicom reports both as aborted) holds the
+completion of those series for ``aborted_grace_seconds``, so a partial series
+waits for the sender's retry; one that is released ends such a hold.
 """
 
 from __future__ import annotations
@@ -78,9 +84,14 @@ def _peer(event: Any) -> tuple[str, str]:
 class StorageSCP:
     """A pynetdicom application entity serving C-ECHO and C-STORE."""
 
-    def __init__(self, settings: NodeSettings, ingestor: Ingestor) -> None:
+    def __init__(
+        self, settings: NodeSettings, ingestor: Ingestor, *, aborted_grace_seconds: float = 300.0
+    ) -> None:
         self._settings = settings
         self._ingestor = ingestor
+        self._grace = aborted_grace_seconds
+        # Per open association: instances stored (or duplicates) per series.
+        self._carried: dict[object, Counter[str]] = {}
         self._server: ThreadedAssociationServer | None = None
         self._counts: Counter[str] = Counter()
         self._counts_lock = threading.Lock()
@@ -146,10 +157,27 @@ class StorageSCP:
     def _on_released(self, event: Any) -> None:
         calling, _ = _peer(event)
         log.info("association released calling_ae=%s", calling)
+        self._ended(event, "released")
 
     def _on_aborted(self, event: Any) -> None:
         calling, _ = _peer(event)
         log.warning("association aborted calling_ae=%s", calling)
+        self._ended(event, "aborted")
+
+    def _ended(self, event: Any, how: str) -> None:
+        """Hold or release the series the association carried (once, on the first event)."""
+        with self._counts_lock:
+            series = self._carried.pop(event.assoc, None)
+        if not series:
+            return
+        calling, _ = _peer(event)
+        if how == "released":
+            self._ingestor.sender_finished(
+                series, f"a later association from {calling} ended normally"
+            )
+            return
+        reason = f"waited for an aborted association from {calling}"
+        self._ingestor.sender_cut_off(series, reason, self._grace)
 
     def _on_echo(self, event: Any) -> int:
         return status.SUCCESS
@@ -220,6 +248,8 @@ class StorageSCP:
         except SpoolError as exc:
             return self._refuse(status.OUT_OF_RESOURCES, sop_uid, str(exc))
         self._count("duplicates" if outcome is Outcome.DUPLICATE else "stored")
+        with self._counts_lock:
+            self._carried.setdefault(event.assoc, Counter())[series_uid] += 1
         if outcome is Outcome.STORED:
             self._count("bytes", len(encoded))
         return status.SUCCESS

@@ -25,6 +25,7 @@ from node.export.stow import probe, stow_files
 from node.jobs.queue import Job, JobQueue
 from node.polling import PollingThread
 from node.results.kinds import BUILD_ORDER, file_tag, tag_kind
+from node.results.manifest import check_results
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,11 @@ class Exporter(PollingThread):
         if job.shadow:  # never reached through the queue; a guard against any other path
             self._queue.finish(job.id, self._clock(), "shadow mode: nothing sent")
             log.info("shadow job not sent job_id=%d", job.id)
+            return
+        problem = check_results(job.result_dir)
+        if problem is not None:  # never send results that are not the ones the job built
+            self._queue.rebuild(job.id, problem, self._clock())
+            log.error("results incomplete, job rebuilt job_id=%d problem=%s", job.id, problem)
             return
         destinations = self._destinations()
         pending: list[str] = []

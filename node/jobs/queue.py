@@ -293,6 +293,17 @@ class JobQueue:
             event = "failed" if cursor.rowcount == 1 else "error_after_cancel"
             self._event(cursor, job_id, now, event, error)
 
+    def rebuild(self, job_id: int, problem: str, now: float) -> None:
+        """An exporting job's result files are not whole: run inference again."""
+        with self._db.transaction() as cursor:
+            cursor.execute(
+                "UPDATE jobs SET state = 'queued', next_attempt_at = NULL, result_dir = NULL,"
+                " pending_destinations = '[]', updated_at = ? WHERE id = ? AND state = 'exporting'",
+                (now, job_id),
+            )
+            if cursor.rowcount == 1:
+                self._event(cursor, job_id, now, "results_incomplete", f"{problem}; rebuilding")
+
     def requeue_interrupted(self, now: float) -> list[int]:
         """On start-up: jobs left ``running`` by a crash go back to the queue."""
         with self._db.transaction() as cursor:

@@ -20,7 +20,10 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
+from io import BytesIO
 from pathlib import Path
+from typing import BinaryIO
 
 import pydicom
 import torch
@@ -28,6 +31,7 @@ from pydicom.dataset import Dataset
 
 from node.config import AnyDestination, QualitySettings, RuleSettings
 from node.errors import InputRejected, JobTimeout
+from node.faults import fault_point
 from node.jobs.queue import Job, JobQueue
 from node.polling import PollingThread
 from node.results import build_results, load_template_by_name
@@ -41,6 +45,7 @@ from node.results.kinds import (
     profile_tags,
     tag_kind,
 )
+from node.results.manifest import clear_results, write_manifest
 from node.results.quality_note import add_quality_warnings_to_srs
 from node.results.radiomics import write_radiomics
 from node.results.summary import prediction_json, quality_json, write_summary
@@ -49,9 +54,14 @@ from node.runtime.plugin import InferencePlugin, Prediction, RunContext, check_i
 from node.runtime.priors import find_prior
 from node.runtime.registry import PluginRegistry
 from node.runtime.volume import Volume, load_volume
+from node.spool import write_durably
 from node.state.series import SeriesStore
 
 log = logging.getLogger(__name__)
+
+#: First and longest wait between two attempts to record a failed job.
+RECORD_RETRY_SECONDS = 0.5
+RECORD_RETRY_MAX_SECONDS = 30.0
 
 
 def _previous_reports(result_dir: Path | None) -> dict[str, Dataset]:
@@ -64,6 +74,16 @@ def _previous_reports(result_dir: Path | None) -> dict[str, Dataset]:
         if tag is not None and tag_kind(tag) is ResultKind.SR:
             reports[tag] = pydicom.dcmread(path, stop_before_pixels=True)
     return reports
+
+
+def _write_dataset(dataset: Dataset, handle: BinaryIO) -> None:
+    """Encode ``dataset`` as a DICOM file into ``handle`` (a crash test can stop it half-way)."""
+    buffer = BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    data = buffer.getbuffer()
+    handle.write(data[: len(data) // 2])
+    fault_point("result_file_half_written")
+    handle.write(data[len(data) // 2 :])
 
 
 def result_tags(
@@ -115,6 +135,8 @@ class InferenceWorker(PollingThread):
         self._device_selected = False
         self._destinations = destinations
         self._rules = rules
+        #: Why the worker cannot record a job's state (for ``/readyz``), or None.
+        self.problem: str | None = None
 
     def run_once(self) -> bool:
         """Run the next queued job to its end; False when the queue was empty."""
@@ -128,9 +150,34 @@ class InferenceWorker(PollingThread):
             self._process(job)
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
-            self._queue.fail(job.id, reason, self._clock())
             log.error("job failed job_id=%d plugin=%s reason=%s", job.id, job.plugin, reason)
+            self._record_failure(job, reason)
         return True
+
+    def _record_failure(self, job: Job, reason: str) -> None:
+        """Mark ``job`` failed, retrying until the database takes it (e.g. a full disk).
+
+        Meanwhile :attr:`problem` says why (``/readyz`` reports it) and the worker
+        takes no other job: a job is never left ``running`` while the node is up.
+        """
+        delay = RECORD_RETRY_SECONDS
+        while True:
+            try:
+                self._queue.fail(job.id, reason, self._clock())
+            except Exception as exc:
+                if self.problem is None:
+                    log.error(
+                        "cannot record a failed job, retrying job_id=%d error=%s", job.id, exc
+                    )
+                self.problem = f"cannot record job {job.id} as failed: {exc}"
+                if self._stop.wait(delay):  # stopping: the restart re-queues the job
+                    return
+                delay = min(delay * 2, RECORD_RETRY_MAX_SECONDS)
+                continue
+            if self.problem is not None:
+                log.info("failed job recorded after retries job_id=%d", job.id)
+                self.problem = None
+            return
 
     # -- prefetch ---------------------------------------------------------------
 
@@ -286,6 +333,10 @@ class InferenceWorker(PollingThread):
         self._check_deadline(job, deadline)
         result_dir = self._results_dir / job.study_uid / job.series_uid / f"job-{job.id}"
         result_dir.mkdir(parents=True, exist_ok=True)
+        stale = clear_results(result_dir)
+        if stale:  # an earlier run of this job was interrupted or its files were damaged
+            self._queue.add_event(job.id, self._clock(), "stale_results_removed", ",".join(stale))
+            log.warning("stale result files removed job_id=%d count=%d", job.id, len(stale))
         write_summary(
             result_dir,
             prediction_json(
@@ -301,11 +352,12 @@ class InferenceWorker(PollingThread):
                 quality=None if gated is None else quality_json(gated.measured, gated.decision),
             ),
         )
+        written = []
         for tag, dataset in results.tagged():
-            dataset.save_as(
-                result_dir / file_name(tag, str(dataset.SOPInstanceUID)),
-                enforce_file_format=True,
-            )
+            path = result_dir / file_name(tag, str(dataset.SOPInstanceUID))
+            write_durably(path, partial(_write_dataset, dataset))
+            written.append(path)
+        write_manifest(result_dir, written)  # last: the exporter sends only what it lists whole
         if results.radiomics is not None:
             write_radiomics(result_dir, results.radiomics)
         encoded = time.perf_counter()

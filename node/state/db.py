@@ -7,6 +7,7 @@ single lock serialises writers and each write is one short transaction.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import threading
@@ -31,7 +32,12 @@ CREATE TABLE IF NOT EXISTS series (
     state           TEXT NOT NULL DEFAULT 'receiving'
                     CHECK (state IN ('receiving', 'complete')),
     completed_at    REAL,
-    generation      INTEGER NOT NULL DEFAULT 0
+    generation      INTEGER NOT NULL DEFAULT 0,
+    -- the generation whose jobs were queued (committed with them: a lag means undispatched)
+    dispatched_generation INTEGER NOT NULL DEFAULT 0,
+    -- completion held (aborted association, restart mid-receive) until this time, and why
+    hold_until      REAL,
+    hold_reason     TEXT
 );
 CREATE INDEX IF NOT EXISTS series_state ON series (state, last_received);
 
@@ -204,6 +210,24 @@ def _migrate(connection: sqlite3.Connection) -> None:
         log.info("migrating sessions table: adding the last request time (idle timeout)")
         connection.execute("ALTER TABLE sessions ADD COLUMN last_seen_at REAL NOT NULL DEFAULT 0")
         connection.execute("UPDATE sessions SET last_seen_at = created_at")
+    columns = {r[1] for r in connection.execute("PRAGMA table_info(series)").fetchall()}
+    if "dispatched_generation" not in columns:
+        log.info("migrating series table: adding the dispatched generation and completion hold")
+        connection.execute(
+            "ALTER TABLE series ADD COLUMN dispatched_generation INTEGER NOT NULL DEFAULT 0"
+        )
+        connection.execute("ALTER TABLE series ADD COLUMN hold_until REAL")
+        connection.execute("ALTER TABLE series ADD COLUMN hold_reason TEXT")
+        # Older nodes completed and dispatched in two transactions. A series with a job for
+        # its generation was dispatched; one completed in the last day without one may have
+        # been lost between the two and is dispatched again at start-up (no rule matching
+        # is harmless). Older ones are left alone: today's rules could match them.
+        connection.execute(
+            "UPDATE series SET dispatched_generation = generation WHERE state != 'complete'"
+            " OR EXISTS (SELECT 1 FROM jobs WHERE jobs.series_uid = series.series_uid"
+            " AND jobs.generation = series.generation)"
+            " OR completed_at < (SELECT MAX(completed_at) FROM series) - 86400"
+        )
 
 
 class Database:
@@ -222,6 +246,7 @@ class Database:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.RLock()
+        self._depth = 0  # nesting of transaction() (only the thread holding the lock)
         self._connection = sqlite3.connect(
             path, check_same_thread=False, isolation_level=None, timeout=30.0
         )
@@ -236,18 +261,34 @@ class Database:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Cursor]:
-        """Run statements in one ``BEGIN IMMEDIATE`` transaction under the lock."""
+        """Run statements in one ``BEGIN IMMEDIATE`` transaction under the lock.
+
+        Nested in another transaction of the same thread it is a savepoint: its
+        statements commit with the outer transaction, or not at all. A failed
+        commit (e.g. ``database or disk is full``) is rolled back, so the
+        connection is usable again once the cause is gone.
+        """
         with self._lock:
             cursor = self._connection.cursor()
-            cursor.execute("BEGIN IMMEDIATE")
+            depth = self._depth
+            name = f"s{depth}"
+            cursor.execute("BEGIN IMMEDIATE" if depth == 0 else f"SAVEPOINT {name}")
+            self._depth += 1
             try:
                 yield cursor
+                cursor.execute("COMMIT" if depth == 0 else f"RELEASE {name}")
             except BaseException:
-                cursor.execute("ROLLBACK")
+                # SQLite may have rolled back on its own (SQLITE_FULL): only undo what is open.
+                if self._connection.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        if depth == 0:
+                            cursor.execute("ROLLBACK")
+                        else:
+                            cursor.execute(f"ROLLBACK TO {name}")
+                            cursor.execute(f"RELEASE {name}")
                 raise
-            else:
-                cursor.execute("COMMIT")
             finally:
+                self._depth -= 1
                 cursor.close()
 
     def query(self, sql: str, parameters: tuple[object, ...] = ()) -> list[sqlite3.Row]:

@@ -7,6 +7,8 @@ decided by a query with an injected ``now`` instead of timers in memory.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +44,16 @@ class SeriesRow:
     state: str
     completed_at: float | None
     generation: int
+    #: The generation whose jobs are queued; less than ``generation`` until dispatch commits.
+    dispatched_generation: int = 0
+    #: Completion waits until this time (an aborted association, a restart mid-receive).
+    hold_until: float | None = None
+    #: Why completion was held (kept until the generation is dispatched).
+    hold_reason: str | None = None
+
+
+#: A series still receiving whose completion is not held (or whose hold has run out).
+_NOT_HELD = "(hold_until IS NULL OR hold_until <= ?)"
 
 
 def _series(row: object) -> SeriesRow:
@@ -53,6 +65,10 @@ class SeriesStore:
 
     def __init__(self, db: Database) -> None:
         self._db = db
+
+    def atomically(self) -> AbstractContextManager[object]:
+        """One transaction around several calls (they nest as savepoints)."""
+        return self._db.transaction()
 
     def known_instances(self) -> set[str]:
         return {row["sop_uid"] for row in self._db.query("SELECT sop_uid FROM instances")}
@@ -126,12 +142,14 @@ class SeriesStore:
         """Series still receiving whose last instance is at least ``quiet_seconds`` old."""
         rows = self._db.query(
             "SELECT * FROM series WHERE state = 'receiving' AND last_received <= ?"
-            " ORDER BY last_received",
-            (now - quiet_seconds,),
+            f" AND {_NOT_HELD} ORDER BY last_received",
+            (now - quiet_seconds, now),
         )
         return [_series(row) for row in rows]
 
-    def mark_complete(self, series_uid: str, now: float, quiet_seconds: float) -> SeriesRow | None:
+    def mark_complete(
+        self, series_uid: str, now: float, quiet_seconds: float, *, ignore_hold: bool = False
+    ) -> SeriesRow | None:
         """Mark a series complete if it is still quiet; return it with its new generation.
 
         The check is repeated inside the transaction so an instance that
@@ -140,9 +158,10 @@ class SeriesStore:
         with self._db.transaction() as cursor:
             cursor.execute(
                 "UPDATE series SET state = 'complete', completed_at = ?,"
-                " generation = generation + 1"
-                " WHERE series_uid = ? AND state = 'receiving' AND last_received <= ?",
-                (now, series_uid, now - quiet_seconds),
+                " generation = generation + 1, hold_until = NULL"
+                " WHERE series_uid = ? AND state = 'receiving' AND last_received <= ?"
+                + ("" if ignore_hold else f" AND {_NOT_HELD}"),
+                (now, series_uid, now - quiet_seconds, *(() if ignore_hold else (now,))),
             )
             if cursor.rowcount != 1:
                 return None
@@ -150,8 +169,64 @@ class SeriesStore:
             return _series(cursor.fetchone())
 
     def force_complete(self, series_uid: str, now: float) -> SeriesRow | None:
-        """Complete a series now, whatever its quiet time."""
-        return self.mark_complete(series_uid, now, quiet_seconds=-1e18)
+        """Complete a series now, whatever its quiet time or hold."""
+        return self.mark_complete(series_uid, now, quiet_seconds=-1e18, ignore_hold=True)
+
+    def mark_dispatched(self, series_uid: str, generation: int) -> None:
+        """Record that ``generation``'s jobs are queued (call in the transaction that queues
+        them); the completion hold's reason has been told and is cleared."""
+        with self._db.transaction() as cursor:
+            cursor.execute(
+                "UPDATE series SET dispatched_generation = MAX(dispatched_generation, ?),"
+                " hold_reason = NULL WHERE series_uid = ?",
+                (generation, series_uid),
+            )
+
+    def undispatched(self) -> list[SeriesRow]:
+        """Complete series whose current generation has no jobs queued yet."""
+        rows = self._db.query(
+            "SELECT * FROM series WHERE state = 'complete' AND dispatched_generation < generation"
+            " ORDER BY completed_at"
+        )
+        return [_series(row) for row in rows]
+
+    def hold(self, series_uids: Iterable[str], until: float, reason: str) -> list[str]:
+        """Hold the completion of these series (those still receiving) until ``until``.
+
+        Returns the series held. A later hold extends an earlier one; the reasons add up.
+        """
+        held = []
+        with self._db.transaction() as cursor:
+            for series_uid in series_uids:
+                cursor.execute(
+                    "UPDATE series SET hold_until = MAX(COALESCE(hold_until, 0), ?),"
+                    " hold_reason = CASE WHEN hold_reason IS NULL THEN ?"
+                    " ELSE hold_reason || '; ' || ? END"
+                    " WHERE series_uid = ? AND state = 'receiving'",
+                    (until, reason, reason, series_uid),
+                )
+                if cursor.rowcount == 1:
+                    held.append(series_uid)
+        return held
+
+    def hold_receiving(self, until: float, reason: str) -> list[str]:
+        """Hold every series still receiving (at start-up: its sender was cut off)."""
+        rows = self._db.query("SELECT series_uid FROM series WHERE state = 'receiving'")
+        return self.hold([row["series_uid"] for row in rows], until, reason)
+
+    def release_hold(self, series_uids: Iterable[str], note: str) -> list[str]:
+        """End the hold of these series (the quiet period applies again); return them."""
+        released = []
+        with self._db.transaction() as cursor:
+            for series_uid in series_uids:
+                cursor.execute(
+                    "UPDATE series SET hold_until = NULL, hold_reason = hold_reason || '; ' || ?"
+                    " WHERE series_uid = ? AND state = 'receiving' AND hold_until IS NOT NULL",
+                    (note, series_uid),
+                )
+                if cursor.rowcount == 1:
+                    released.append(series_uid)
+        return released
 
     def series(self, series_uid: str) -> SeriesRow | None:
         rows = self._db.query("SELECT * FROM series WHERE series_uid = ?", (series_uid,))
