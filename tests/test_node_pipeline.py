@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pydicom
 import pytest
 
@@ -43,9 +45,15 @@ def test_failing_job_keeps_its_reason_and_the_node_keeps_serving(node, clock, tm
     assert not node.worker.run_once()
 
     by_series = {job.series_uid: node.queue.get(job.id) for job in jobs}
-    failed = by_series[short[0].SeriesInstanceUID]
-    assert failed.state == "failed"
-    assert "InputRejected" in failed.error and "20" in failed.error
+    # Too few slices for the routine's Accepts: skipped (not failed), the refusal on the job.
+    skipped = by_series[short[0].SeriesInstanceUID]
+    assert skipped.state == "skipped"
+    assert skipped.error.startswith("input refused by the routine's Accepts: ")
+    assert "20" in skipped.error
+    (event,) = [e for e in node.queue.events(skipped.id) if e.event == "skipped"]
+    detail = json.loads(event.detail)
+    assert detail["source"] == "accepts" and detail["reason"] == skipped.error
+    assert [c["check"] for c in detail["checks"]] == ["accepts"]
     done = by_series[good[0].SeriesInstanceUID]
     assert done.state == "done"  # no destination: results stay on disk
     written = sorted(done.result_dir.glob("*.dcm"))
