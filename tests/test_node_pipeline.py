@@ -7,6 +7,7 @@ import json
 import pydicom
 import pytest
 
+from node.api.dicomweb import _study_status
 from node.app import Node
 from node.config import settings_from_mapping
 from node.synthetic.chest_ct import make_chest_ct, write_series
@@ -54,6 +55,9 @@ def test_failing_job_keeps_its_reason_and_the_node_keeps_serving(node, clock, tm
     detail = json.loads(event.detail)
     assert detail["source"] == "accepts" and detail["reason"] == skipped.error
     assert [c["check"] for c in detail["checks"]] == ["accepts"]
+    # The study's status (Orthanc's "AI node status" button) says skipped, not done.
+    assert _study_status(node, short[0].StudyInstanceUID)["status"] == "skipped"
+    assert _study_status(node, good[0].StudyInstanceUID)["status"] == "done"
     done = by_series[good[0].SeriesInstanceUID]
     assert done.state == "done"  # no destination: results stay on disk
     written = sorted(done.result_dir.glob("*.dcm"))
