@@ -25,6 +25,22 @@ class InputRejected(AinodeError):
     """A plugin refuses its input; the message says why (shown on the job)."""
 
 
+class InputSkipped(InputRejected):
+    """The input is outside what the routine takes: the job ends ``skipped``, not ``failed``.
+
+    ``source`` is ``quality`` (the input-quality gate) or ``accepts`` (the routine's
+    declared ``Accepts`` or its ``check()``); ``checks`` lists each failed check as
+    ``{"check": name, "message": text}``.
+    """
+
+    def __init__(
+        self, message: str, *, source: str, checks: list[dict[str, str]] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.source = source
+        self.checks = checks or []
+
+
 class PluginError(AinodeError):
     """A plugin failed to import, load or run."""
 

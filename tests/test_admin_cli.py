@@ -150,4 +150,28 @@ def test_jobs_list_show_retry(config: Path, tmp_path: Path, capsys) -> None:
     out = capsys.readouterr().out
     assert "retried" in out and "by cli:" in out
     assert main(["jobs", "retry", str(job_id), "--config", str(config)]) == 2
-    assert "only failed, cancelled, done jobs" in capsys.readouterr().err
+    assert "only failed, skipped, cancelled, done jobs" in capsys.readouterr().err
+
+
+def test_jobs_list_state_skipped_and_retry(config: Path, tmp_path: Path, capsys) -> None:
+    """A skipped job is listed apart from failures and can be run again like a failed one."""
+    assert main(["rules", "list", "--config", str(config)]) == 0  # creates and seeds the DB
+    db = Database(tmp_path / "data" / "state.sqlite3")
+    from node.jobs.queue import JobQueue
+
+    queue = JobQueue(db)
+    skipped = enqueue_job(queue, 1.0, series_uid="1.2.3", study_uid="1.2")
+    failed = enqueue_job(queue, 1.0, series_uid="1.2.4", study_uid="1.2")
+    queue.claim_next(2.0)
+    checks = [{"check": "noise", "message": "noise: 60.0 HU (validated on 5-30)"}]
+    queue.skip(skipped, "skipped by the input-quality gate: noise", 3.0, source="quality",
+               checks=checks)  # fmt: skip
+    queue.claim_next(2.0)
+    queue.fail(failed, "RuntimeError: broken", 3.0)
+    db.close()
+    capsys.readouterr()
+    assert main(["jobs", "list", "--state", "skipped", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "skipped by the input-quality gate" in out and "broken" not in out
+    assert main(["jobs", "retry", str(skipped), "--config", str(config)]) == 0
+    assert f"job {skipped} is queued again" in capsys.readouterr().out

@@ -210,4 +210,9 @@ def test_old_jobs_table_is_migrated(tmp_path: Path) -> None:
     db = Database(path)
     queue = JobQueue(db)
     assert queue.cancel(1, 1.0, by="alice").state == "cancelled"
+    # The current states include 'skipped' (a table from before it is rebuilt too).
+    second = enqueue_job(queue, 2.0, **{**JOB, "series_uid": "1.3"})
+    queue.claim_next(2.0)
+    queue.skip(second, "input refused", 3.0, source="accepts", checks=[])
+    assert queue.get(second).state == "skipped"
     db.close()

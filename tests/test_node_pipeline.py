@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pydicom
 import pytest
 
+from node.api.dicomweb import _study_status
 from node.app import Node
 from node.config import settings_from_mapping
 from node.synthetic.chest_ct import make_chest_ct, write_series
@@ -43,9 +46,18 @@ def test_failing_job_keeps_its_reason_and_the_node_keeps_serving(node, clock, tm
     assert not node.worker.run_once()
 
     by_series = {job.series_uid: node.queue.get(job.id) for job in jobs}
-    failed = by_series[short[0].SeriesInstanceUID]
-    assert failed.state == "failed"
-    assert "InputRejected" in failed.error and "20" in failed.error
+    # Too few slices for the routine's Accepts: skipped (not failed), the refusal on the job.
+    skipped = by_series[short[0].SeriesInstanceUID]
+    assert skipped.state == "skipped"
+    assert skipped.error.startswith("input refused by the routine's Accepts: ")
+    assert "20" in skipped.error
+    (event,) = [e for e in node.queue.events(skipped.id) if e.event == "skipped"]
+    detail = json.loads(event.detail)
+    assert detail["source"] == "accepts" and detail["reason"] == skipped.error
+    assert [c["check"] for c in detail["checks"]] == ["accepts"]
+    # The study's status (Orthanc's "AI node status" button) says skipped, not done.
+    assert _study_status(node, short[0].StudyInstanceUID)["status"] == "skipped"
+    assert _study_status(node, good[0].StudyInstanceUID)["status"] == "done"
     done = by_series[good[0].SeriesInstanceUID]
     assert done.state == "done"  # no destination: results stay on disk
     written = sorted(done.result_dir.glob("*.dcm"))

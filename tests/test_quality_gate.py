@@ -8,6 +8,8 @@ decision is asserted for each.
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -222,7 +224,9 @@ def _series(chest: list[Dataset], description: str, seed: int) -> list[Dataset]:
 
 
 @pytest.mark.slow  # a real SCP and five series through the node
-def test_decisions_reach_the_job_and_the_sr(node: Node, clock, chest, tmp_path: Path) -> None:
+def test_decisions_reach_the_job_and_the_sr(
+    node: Node, clock, chest, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     cases = {
         "warn noisy": degraded.add_noise(_series(chest, "warn noisy", 11), 50.0, seed=1),
         "warn duplicated": degraded.duplicate_slice(_series(chest, "warn duplicated", 12), 10),
@@ -281,14 +285,23 @@ def test_decisions_reach_the_job_and_the_sr(node: Node, clock, chest, tmp_path: 
 
     # A missing slice skips whatever on_fail says: no grid to run on; the reason is on the job.
     missing = node.queue.get(jobs["warn missing"].id)
-    assert missing is not None and missing.state == "failed"
+    assert missing is not None and missing.state == "skipped"
     assert "skipped by the input-quality gate: missing_slices: 1 missing" in (missing.error or "")
     assert "quality_skipped" in events("warn missing")
+    (skip_detail,) = events("warn missing")["skipped"]
+    assert json.loads(skip_detail)["source"] == "quality"
+    assert [c["check"] for c in json.loads(skip_detail)["checks"]] == ["missing_slices"]
 
     # Metal under a rule that skips metal: skipped, with both checks named.
     metal = node.queue.get(jobs["skip metal"].id)
-    assert metal is not None and metal.state == "failed" and metal.result_dir is None
+    assert metal is not None and metal.state == "skipped" and metal.result_dir is None
     assert "metal: " in (metal.error or "") and "streaks: " in (metal.error or "")
+    (skip_detail,) = events("skip metal")["skipped"]
+    assert {c["check"] for c in json.loads(skip_detail)["checks"]} == {"metal", "streaks"}
+    # Skips are warnings, not errors; counted apart from failures, per routine and check.
+    assert f"job skipped job_id={metal.id}" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert node.queue.depth()["failed"] == 0 and node.queue.depth()["skipped"] == 2
 
     # 8-bit data under "run": runs, the failed check is recorded on the job but not in the SR.
     eight = node.queue.get(jobs["run 8bit"].id)

@@ -147,10 +147,10 @@ class SeriesCatalog:
         return list(grouped.values())
 
     def finished_since(self, since: float) -> list[tuple[str, float]]:
-        """``(state, finished_at)`` of the jobs done or failed after ``since`` (dashboard)."""
+        """``(state, finished_at)`` of the jobs finished (done, failed, skipped) after ``since``."""
         rows = self._db.query(
             "SELECT state, finished_at FROM jobs"
-            " WHERE state IN ('done', 'failed') AND finished_at > ?",
+            " WHERE state IN ('done', 'failed', 'skipped') AND finished_at > ?",
             (since,),
         )
         return [(str(r["state"]), float(r["finished_at"])) for r in rows]

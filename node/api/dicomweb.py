@@ -123,6 +123,8 @@ def _study_status(node: Node, study_uid: str) -> dict[str, Any]:
         summary = "processing"
     elif "failed" in states or any(p["state"] == "failed" for p in pulls):
         summary = "failed"
+    elif "skipped" in states and "done" not in states:
+        summary = "skipped"  # input outside what the routines take: nothing ran, nothing broke
     elif jobs:
         summary = "done"
     else:

@@ -1,16 +1,21 @@
 """Prometheus metrics, computed when scraped.
 
 Counters that must survive restarts (series completed, job durations,
-export failures) are derived from the state database; the DICOM listener's
-counters (instances, bytes, associations) count since the process started.
+export failures, quality skips) are derived from the state database; the DICOM
+listener's counters (instances, bytes, associations, refused associations) and
+the exporter's (objects and bytes sent per destination) count since the process
+started. ``process_*``, ``python_*`` and ``ainode_build_info`` come with them.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import Counter
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import torch
+from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -19,11 +24,32 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from node import __version__
+
 if TYPE_CHECKING:
     from node.app import Node
 
 #: Job duration buckets (seconds): a CPU lung job takes ~10-60 s, a GPU one a few.
 DURATION_BUCKETS = (1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
+
+_refused: Counter[str] = Counter()
+_refused_lock = threading.Lock()
+
+
+def association_refused(reason: str) -> None:
+    """Count a DICOM association the node refused (``ainode_associations_refused_total``).
+
+    ``reason`` is a short fixed label (``too_many_associations``,
+    ``calling_ae_not_allowed``, ...), never a peer's AE title or address.
+    """
+    with _refused_lock:
+        _refused[reason] += 1
+
+
+def refused_associations() -> dict[str, int]:
+    """Associations refused since the process started, per reason."""
+    with _refused_lock:
+        return dict(_refused)
 
 
 class NodeCollector(Collector):
@@ -37,12 +63,34 @@ class NodeCollector(Collector):
             ("ainode_instances_received", "stored", "Instances stored since start"),
             ("ainode_instances_duplicate", "duplicates", "Duplicate instances ignored"),
             ("ainode_instances_refused", "refused", "Instances refused with an error status"),
-            ("ainode_bytes_received", "bytes", "Bytes of instances stored since start"),
+            ("ainode_received_bytes", "bytes", "Bytes of instances stored since start"),
             ("ainode_associations", "associations", "DICOM associations accepted since start"),
         ):
             counter = CounterMetricFamily(name, help_text)
             counter.add_metric([], counts.get(key, 0))
             yield counter
+
+        refused = CounterMetricFamily(
+            "ainode_associations_refused",
+            "DICOM associations refused since start, per reason",
+            labels=["reason"],
+        )
+        for reason, n in sorted(refused_associations().items()):
+            refused.add_metric([reason], n)
+        yield refused
+
+        sent_objects = CounterMetricFamily(
+            "ainode_sent_objects", "Result objects sent since start", labels=["destination"]
+        )
+        sent_bytes = CounterMetricFamily(
+            "ainode_sent_bytes", "Bytes of result objects sent since start", labels=["destination"]
+        )
+        sent = node.exporter.sent_counts()
+        for destination in sorted({name for name, _ in sent}):
+            sent_objects.add_metric([destination], sent.get((destination, "objects"), 0))
+            sent_bytes.add_metric([destination], sent.get((destination, "bytes"), 0))
+        yield sent_objects
+        yield sent_bytes
 
         db = node.db
         completed = db.query("SELECT COALESCE(SUM(generation), 0) AS n FROM series")[0]["n"]
@@ -95,6 +143,22 @@ class NodeCollector(Collector):
         failures.add_metric([], failed)
         yield failures
 
+        skips = CounterMetricFamily(
+            "ainode_quality_skips",
+            "Jobs the input-quality gate skipped, per routine and failed check",
+            labels=["plugin", "check"],
+        )
+        rows = db.query(
+            "SELECT j.plugin AS plugin, json_extract(c.value, '$.check') AS name,"
+            " COUNT(*) AS n FROM job_events e JOIN jobs j ON j.id = e.job_id,"
+            " json_each(e.detail, '$.checks') c WHERE e.event = 'skipped'"
+            " AND json_valid(e.detail) AND json_extract(e.detail, '$.source') = 'quality'"
+            " GROUP BY j.plugin, name ORDER BY j.plugin, name"
+        )
+        for row in rows:
+            skips.add_metric([row["plugin"], str(row["name"])], row["n"])
+        yield skips
+
         memory = GaugeMetricFamily(
             "ainode_gpu_memory_bytes", "GPU memory held by this process", labels=["device", "kind"]
         )
@@ -107,7 +171,24 @@ class NodeCollector(Collector):
 
 
 def registry_for(node: Node) -> CollectorRegistry:
-    """A registry of this node's metrics only (no process-global state)."""
+    """A registry of this node's metrics, the process's (``process_*``: RSS, CPU, open fds)
+    and the interpreter's (``python_*``), and ``ainode_build_info``."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(NodeCollector(node))
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    build = GaugeMetricFamily("ainode_build_info", "The node's version", labels=["version"])
+    build.add_metric([__version__], 1)
+    registry.register(_Constant(build))
     return registry
+
+
+class _Constant(Collector):
+    """A collector yielding a fixed metric (build info)."""
+
+    def __init__(self, metric: Metric) -> None:
+        self._metric = metric
+
+    def collect(self) -> Iterator[Metric]:
+        yield self._metric

@@ -258,6 +258,7 @@ def web_router(node: Node, viewer: Dependency, editor: Dependency) -> APIRouter:
             instances_today=sum(v.series.instance_count for v in series_today),
             done_today=sum(1 for state, _ in finished if state == "done"),
             failed_today=sum(1 for state, _ in finished if state == "failed"),
+            skipped_today=sum(1 for state, _ in finished if state == "skipped"),
             node_info={
                 "AE title": node.settings.node.ae_title,
                 "DICOM port": node.settings.node.dicom_port,

@@ -40,6 +40,7 @@ from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
+from node.api.metrics import association_refused
 from node.config import NodeSettings
 from node.dicom import status
 from node.dicom.network import set_nodelay
@@ -125,6 +126,7 @@ class StorageSCP:
         handlers = [
             (evt.EVT_CONN_OPEN, set_nodelay),
             (evt.EVT_ACCEPTED, self._on_accepted),
+            (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_RELEASED, self._on_released),
             (evt.EVT_ABORTED, self._on_aborted),
             (evt.EVT_C_ECHO, self._on_echo),
@@ -153,6 +155,19 @@ class StorageSCP:
         calling, called = _peer(event)
         self._count("associations")
         log.info("association accepted calling_ae=%s called_ae=%s", calling, called)
+
+    def _on_rejected(self, event: Any) -> None:
+        # pynetdicom refuses by itself only past maximum_associations here (no AE title is
+        # required); refusals decided elsewhere count themselves with their own reason.
+        acceptors = [a for a in self._ae.active_associations if a.is_acceptor]
+        if len(acceptors) > self._ae.maximum_associations:
+            association_refused("too_many_associations")
+            calling, _ = _peer(event)
+            log.warning(
+                "association refused calling_ae=%s reason=too_many_associations limit=%d",
+                calling,
+                self._ae.maximum_associations,
+            )
 
     def _on_released(self, event: Any) -> None:
         calling, _ = _peer(event)

@@ -13,7 +13,9 @@ at once, and :class:`RecoveryProbe` releases them when it answers a probe.
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -95,6 +97,13 @@ class Exporter(PollingThread):
         self._destinations = destinations
         self._clock = clock
         self._send = sender or (lambda d, p: send_by_kind(d, p, calling_ae=calling_ae))
+        self._sent: Counter[tuple[str, str]] = Counter()  # (destination, objects|bytes)
+        self._sent_lock = threading.Lock()
+
+    def sent_counts(self) -> dict[tuple[str, str], int]:
+        """Objects and bytes sent per destination since start: ``{(name, kind): n}``."""
+        with self._sent_lock:
+            return dict(self._sent)
 
     def run_once(self) -> bool:
         """Make one export attempt for the next due job; False when none was due."""
@@ -151,6 +160,10 @@ class Exporter(PollingThread):
                     exc,
                 )
             else:
+                size = sum(path.stat().st_size for path in files)
+                with self._sent_lock:
+                    self._sent[(name, "objects")] += len(files)
+                    self._sent[(name, "bytes")] += size
                 now = self._clock()
                 self._queue.add_event(job.id, now, "sent", name)
                 self._release(name, now, f"{name} accepted job {job.id}'s results", job.id)

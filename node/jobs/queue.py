@@ -2,7 +2,9 @@
 
 States: ``queued`` → ``running`` (inference) → ``exporting`` (sending
 results, with retries) → ``done``; any stage can end in ``failed`` with the
-reason, or in ``cancelled`` by an administrator. Each transition is one
+reason, or in ``cancelled`` by an administrator. A job whose input is outside
+what the routine takes (the input-quality gate, the routine's ``Accepts``) ends
+``skipped``: nothing is broken, so monitoring keeps it apart from ``failed``. Each transition is one
 transaction and leaves a ``job_events`` row, which is the job's timeline.
 A job cancelled while its worker runs stays cancelled: the worker's later
 transitions only apply to a job still in the state they expect.
@@ -19,10 +21,10 @@ from node.state.db import Database
 
 log = logging.getLogger(__name__)
 
-JOB_STATES = ("queued", "running", "exporting", "done", "failed", "cancelled")
+JOB_STATES = ("queued", "running", "exporting", "done", "failed", "skipped", "cancelled")
 #: States an administrator may cancel from / retry from.
 CANCELLABLE = ("queued", "running", "exporting")
-RETRYABLE = ("failed", "cancelled", "done")
+RETRYABLE = ("failed", "skipped", "cancelled", "done")
 
 
 class JobActionError(ValueError):
@@ -303,6 +305,24 @@ class JobQueue:
             )
             if cursor.rowcount == 1:
                 self._event(cursor, job_id, now, "results_incomplete", f"{problem}; rebuilding")
+
+    def skip(
+        self, job_id: int, reason: str, now: float, *, source: str, checks: list[dict[str, str]]
+    ) -> None:
+        """End the job ``skipped``: its input is outside what the routine takes.
+
+        The ``skipped`` event's detail is JSON: ``{"reason", "source", "checks"}``, each
+        check ``{"check": name, "message": text}`` (read by the metrics and the console).
+        """
+        detail = json.dumps({"reason": reason, "source": source, "checks": checks})
+        with self._db.transaction() as cursor:
+            cursor.execute(
+                "UPDATE jobs SET state = 'skipped', error = ?, next_attempt_at = NULL,"
+                " finished_at = ?, updated_at = ? WHERE id = ? AND state != 'cancelled'",
+                (reason, now, now, job_id),
+            )
+            event = "skipped" if cursor.rowcount == 1 else "skipped_after_cancel"
+            self._event(cursor, job_id, now, event, detail)
 
     def requeue_interrupted(self, now: float) -> list[int]:
         """On start-up: jobs left ``running`` by a crash go back to the queue."""

@@ -19,7 +19,7 @@ from pathlib import Path
 import pydicom
 
 from node.config import QualitySettings, ValidatedInputSettings
-from node.errors import InputRejected, VolumeError
+from node.errors import InputSkipped, VolumeError
 from node.runtime.plugin import ValidatedInput
 from node.runtime.quality import (
     Decision,
@@ -34,8 +34,9 @@ from node.runtime.volume import Volume, assemble_volume
 log = logging.getLogger(__name__)
 
 
-class QualitySkipped(InputRejected):
-    """The input-quality gate decided not to run the job; the message says why."""
+class QualitySkipped(InputSkipped):
+    """The input-quality gate decided not to run the job; the message says why and
+    ``checks`` names each check whose action is ``skip``."""
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,15 @@ def validated_input(settings: ValidatedInputSettings) -> ValidatedInput:
 
 
 def _skip(decision: Decision) -> QualitySkipped:
-    return QualitySkipped("skipped by the input-quality gate: " + "; ".join(decision.reasons))
+    skipping = set(decision.reasons)
+    checks = [
+        {"check": c.name, "message": c.message} for c in decision.failed if c.message in skipping
+    ]
+    return QualitySkipped(
+        "skipped by the input-quality gate: " + "; ".join(decision.reasons),
+        source="quality",
+        checks=checks,
+    )
 
 
 def gate_series(

@@ -5,7 +5,9 @@ It claims the most urgent queued job, assembles the series into a
 :class:`~node.runtime.plugin.Accepts` and ``check()``, runs the plugin (loaded
 once per device and kept loaded), builds the result objects and writes them
 under ``results/<study>/<series>/job-<id>/``. A job that raises is failed with
-the exception text; the worker carries on with the next one.
+the exception text; one whose input the gate or the routine's ``Accepts``
+refuses ends ``skipped`` with the failed checks. The worker carries on with
+the next one.
 
 While a job runs, the series of the next queued job is read in a background
 thread (decoding overlaps inference); the prefetched volume is used only if
@@ -30,7 +32,7 @@ import torch
 from pydicom.dataset import Dataset
 
 from node.config import AnyDestination, QualitySettings, RuleSettings
-from node.errors import InputRejected, JobTimeout
+from node.errors import InputRejected, InputSkipped, JobTimeout
 from node.faults import fault_point
 from node.jobs.queue import Job, JobQueue
 from node.polling import PollingThread
@@ -50,7 +52,7 @@ from node.results.quality_note import add_quality_warnings_to_srs
 from node.results.radiomics import write_radiomics
 from node.results.summary import prediction_json, quality_json, write_summary
 from node.runtime.gate import GateResult, QualitySkipped, gate_series
-from node.runtime.plugin import InferencePlugin, Prediction, RunContext, check_input
+from node.runtime.plugin import InferencePlugin, Prediction, RunContext
 from node.runtime.priors import find_prior
 from node.runtime.registry import PluginRegistry
 from node.runtime.volume import Volume, load_volume
@@ -96,6 +98,28 @@ def result_tags(
         if destination is not None:
             tags |= destination.result_tags
     return frozenset(tags) if tags else profile_tags(DEFAULT_PROFILE)
+
+
+def _check_accepted(plugin: InferencePlugin, volume: Volume) -> None:
+    """:func:`~node.runtime.plugin.check_input`, a refusal raised as :class:`InputSkipped`
+    (input outside what the routine takes is a skip, not a failure)."""
+    problems = plugin.accepts.problems(volume)
+    if problems:
+        raise InputSkipped(
+            "input refused by the routine's Accepts: " + "; ".join(problems),
+            source="accepts",
+            checks=[{"check": "accepts", "message": problem} for problem in problems],
+        )
+    try:
+        plugin.check(volume)
+    except InputSkipped:
+        raise
+    except InputRejected as exc:
+        raise InputSkipped(
+            f"input refused by the routine's check: {exc}",
+            source="accepts",
+            checks=[{"check": "plugin_check", "message": str(exc)}],
+        ) from exc
 
 
 class InferenceWorker(PollingThread):
@@ -148,14 +172,37 @@ class InferenceWorker(PollingThread):
             return False
         try:
             self._process(job)
+        except InputSkipped as exc:
+            log.warning(
+                "job skipped job_id=%d plugin=%s source=%s checks=%s",
+                job.id,
+                job.plugin,
+                exc.source,
+                ",".join(c["check"] for c in exc.checks),
+            )
+            skipped = exc
+            self._record_outcome(
+                job,
+                "skipped",
+                lambda: self._queue.skip(
+                    job.id,
+                    str(skipped),
+                    self._clock(),
+                    source=skipped.source,
+                    checks=skipped.checks,
+                ),
+            )
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
             log.error("job failed job_id=%d plugin=%s reason=%s", job.id, job.plugin, reason)
-            self._record_failure(job, reason)
+            self._record_outcome(
+                job, "failed", lambda: self._queue.fail(job.id, reason, self._clock())
+            )
         return True
 
-    def _record_failure(self, job: Job, reason: str) -> None:
-        """Mark ``job`` failed, retrying until the database takes it (e.g. a full disk).
+    def _record_outcome(self, job: Job, outcome: str, record: Callable[[], None]) -> None:
+        """Record ``job``'s end (``failed`` or ``skipped``) by calling ``record``, retrying
+        until the database takes it (e.g. a full disk).
 
         Meanwhile :attr:`problem` says why (``/readyz`` reports it) and the worker
         takes no other job: a job is never left ``running`` while the node is up.
@@ -163,19 +210,19 @@ class InferenceWorker(PollingThread):
         delay = RECORD_RETRY_SECONDS
         while True:
             try:
-                self._queue.fail(job.id, reason, self._clock())
+                record()
             except Exception as exc:
                 if self.problem is None:
                     log.error(
-                        "cannot record a failed job, retrying job_id=%d error=%s", job.id, exc
+                        "cannot record a %s job, retrying job_id=%d error=%s", outcome, job.id, exc
                     )
-                self.problem = f"cannot record job {job.id} as failed: {exc}"
+                self.problem = f"cannot record job {job.id} as {outcome}: {exc}"
                 if self._stop.wait(delay):  # stopping: the restart re-queues the job
                     return
                 delay = min(delay * 2, RECORD_RETRY_MAX_SECONDS)
                 continue
             if self.problem is not None:
-                log.info("failed job recorded after retries job_id=%d", job.id)
+                log.info("%s job recorded after retries job_id=%d", outcome, job.id)
                 self.problem = None
             return
 
@@ -264,7 +311,7 @@ class InferenceWorker(PollingThread):
             f"slices={volume.shape[0]} seconds={loaded - started:.3f} prefetched={was_prefetched}",
         )
         self._start_prefetch()
-        check_input(plugin, volume)
+        _check_accepted(plugin, volume)
         prior = None
         if plugin.needs_prior:
             looked_up = time.perf_counter()

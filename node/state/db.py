@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -64,7 +65,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     priority        INTEGER NOT NULL DEFAULT 5,
     state           TEXT NOT NULL DEFAULT 'queued'
                     CHECK (state IN ('queued', 'running', 'exporting', 'done', 'failed',
-                                     'cancelled')),
+                                     'skipped', 'cancelled')),
     attempts        INTEGER NOT NULL DEFAULT 0,
     export_attempts INTEGER NOT NULL DEFAULT 0,
     next_attempt_at REAL,
@@ -179,19 +180,23 @@ BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 """
 
 
+_JOB_STATE_CHECK = (
+    "CHECK (state IN ('queued', 'running', 'exporting', 'done', 'failed', 'skipped', 'cancelled'))"
+)
+
+
 def _migrate(connection: sqlite3.Connection) -> None:
     """Bring a database written by an older schema up to date (idempotent)."""
     row = connection.execute("SELECT sql FROM sqlite_master WHERE name = 'jobs'").fetchone()
-    if row is not None and "cancelled" not in row[0]:
-        # SQLite cannot alter a CHECK constraint: rebuild the table with the new one.
-        log.info("migrating jobs table: adding the cancelled state")
+    if row is not None and "'skipped'" not in row[0]:
+        # SQLite cannot alter a CHECK constraint: rebuild the table with the current one
+        # (older tables lack 'cancelled' and/or 'skipped').
+        log.info("migrating jobs table: adding the cancelled/skipped states")
         connection.execute("PRAGMA foreign_keys=OFF")
         connection.execute("BEGIN IMMEDIATE")
-        new_sql = (
-            row[0]
-            .replace("'done', 'failed')", "'done', 'failed', 'cancelled')")
-            .replace("CREATE TABLE jobs", "CREATE TABLE jobs_migrated", 1)
-        )
+        new_sql = re.sub(
+            r"CHECK \(state IN \([^)]*\)\)", _JOB_STATE_CHECK, row[0], count=1
+        ).replace("CREATE TABLE jobs", "CREATE TABLE jobs_migrated", 1)
         connection.execute(new_sql)
         connection.execute("INSERT INTO jobs_migrated SELECT * FROM jobs")
         connection.execute("DROP TABLE jobs")
