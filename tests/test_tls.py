@@ -275,14 +275,68 @@ def test_node_serves_dicom_tls_with_mutual_auth_and_https(
             httpx.get(f"{node.url}/healthz", timeout=5)
 
         # The session cookie set at set-up (the first login) carries Secure.
-        code = (node.data_dir / "setup-code").read_text().strip()
-        with httpx.Client(base_url=node.url, verify=node.verify, timeout=30) as client:
-            page = client.get("/setup")
-            token = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
-            assert token, page.text
-            form = {"code": code, "username": "admin", "password": ADMIN_PASSWORD}
-            response = client.post("/setup", data={**form, "csrf_token": token.group(1)})
-            assert response.status_code == 303, response.text
-            cookies = response.headers.get_list("set-cookie")
-            session = [c for c in cookies if c.startswith("ainode_session=")]
-            assert session and "secure" in session[0].lower(), cookies
+        cookies = _first_admin(node)
+        session = [c for c in cookies if c.startswith("ainode_session=")]
+        assert session and "secure" in session[0].lower(), cookies
+
+
+def _first_admin(node: NodeProcess) -> list[str]:
+    """Create the first admin through ``/setup`` over HTTPS; return the Set-Cookie lines."""
+    code = (node.data_dir / "setup-code").read_text().strip()
+    with httpx.Client(base_url=node.url, verify=node.verify, timeout=30) as client:
+        page = client.get("/setup")
+        token = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+        assert token, page.text
+        form = {"code": code, "username": "admin", "password": ADMIN_PASSWORD}
+        response = client.post("/setup", data={**form, "csrf_token": token.group(1)})
+        assert response.status_code == 303, response.text
+        return response.headers.get_list("set-cookie")
+
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium")
+def test_console_edit_keeps_a_destinations_tls_over_https(pki: Pki, tmp_path: Path):
+    """The console's destination form has no TLS fields: saving an edit must not drop
+    ``tls`` (the PUT replaces the destination). Logged in over HTTPS in chromium."""
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    tls = {"ca_certificates": str(pki.ca.certificate), "server_name": "localhost"}
+    config = {
+        "node": {
+            "https": {
+                "certificate": str(pki.server.certificate),
+                "private_key": str(pki.server.key),
+            }
+        },
+        "destinations": {"pacs": {"ae_title": "PACS", "host": LOCALHOST, "port": 2762, "tls": tls}},
+    }
+    with NodeProcess(config, workdir=tmp_path / "node", https_ca=pki.ca.certificate) as node:
+        _first_admin(node)
+        with playwright_api.sync_playwright() as p:
+            browser = p.chromium.launch(
+                executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"]
+            )
+            try:
+                # The browser does not know the test CA; the certificate is checked above.
+                page = browser.new_context(ignore_https_errors=True).new_page()
+                page.set_default_timeout(30_000)
+                page.goto(f"{node.url}/destinations")
+                page.fill("input[name=username]", "admin")
+                page.fill("input[name=password]", ADMIN_PASSWORD)
+                page.click("button[type=submit]")
+                page.wait_for_url(f"{node.url}/destinations")
+                assert "TLS" in page.locator("tr[data-destination=pacs]").inner_text()
+                page.click("[data-edit-destination=pacs]")
+                page.click("#destination-form summary")  # "Retries and time-outs"
+                page.fill("#destination-form [name=max_attempts]", "7")
+                with page.expect_response(lambda r: r.request.method == "PUT") as answer:
+                    page.click("#destination-form button[type=submit]")
+                assert answer.value.status == 200, answer.value.text()
+                stored = page.request.get(f"{node.url}/api/destinations/pacs").json()
+            finally:
+                browser.close()
+    assert stored["max_attempts"] == 7
+    assert stored["tls"]["ca_certificates"] == tls["ca_certificates"]
+    assert stored["tls"]["server_name"] == "localhost"

@@ -219,6 +219,8 @@ function destinationFromForm() {
     ae_title: f.ae_title.value.trim(), host: f.host.value.trim(), port: Number(f.port.value),
     max_attempts: Number(f.max_attempts.value), backoff_seconds: Number(f.backoff_seconds.value),
     max_backoff_seconds: Number(f.max_backoff_seconds.value), timeout_seconds: Number(f.timeout_seconds.value),
+    // The form has no TLS fields: an edit keeps the destination's DICOM TLS settings.
+    ...(destinationForm.dataset.tls ? { tls: JSON.parse(destinationForm.dataset.tls) } : {}),
   };
 }
 const echoText = (r) => r.ok ? `<span class="state state-done">✓ ${r.seconds.toFixed(2)} s</span> <small>${esc(r.message)}</small>` : `<span class="state state-failed">✗ failed</span> <small class="err">${esc(r.message)}</small>`;
@@ -235,6 +237,7 @@ $$("[data-edit-destination]").forEach((button) => button.addEventListener("click
   const row = button.closest("tr"), d = JSON.parse(row.dataset.definition), f = destinationForm.elements;
   f.name.value = button.dataset.editDestination; f.name.readOnly = true;
   for (const key of Object.keys(d)) if (f[key]) f[key].value = d[key];
+  if (d.tls) destinationForm.dataset.tls = JSON.stringify(d.tls); else delete destinationForm.dataset.tls;
   destinationForm.dataset.mode = "update";
   $("#destination-form-title").textContent = `Edit destination “${f.name.value}”`;
   destinationForm.scrollIntoView({ behavior: "smooth" });
