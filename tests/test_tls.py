@@ -11,6 +11,7 @@ import re
 import sqlite3
 import ssl
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,14 @@ from node.config import (
 )
 from node.devtools.net import LOCALHOST, free_port, free_ports, port_is_free, wait_until
 from node.devtools.node_process import NodeProcess
+from node.devtools.orthanc import OrthancServer
 from node.errors import ConfigError, ExportError, InvalidInput
 from node.export.dimse import echo, send_files
+from node.ingest import Ingestor
+from node.pull.remote import SourceError, query_series, retrieve_series
+from node.spool import Spool
+from node.state.db import Database
+from node.state.series import SeriesStore
 from node.synthetic.chest_ct import make_chest_ct, write_series
 from tests.support.admin import ADMIN_PASSWORD
 from tests.support.pki import Pki, make_pki
@@ -340,3 +347,62 @@ def test_console_edit_keeps_a_destinations_tls_over_https(pki: Pki, tmp_path: Pa
     assert stored["max_attempts"] == 7
     assert stored["tls"]["ca_certificates"] == tls["ca_certificates"]
     assert stored["tls"]["server_name"] == "localhost"
+
+
+# -- pull: C-FIND and C-GET over TLS from an Orthanc with DICOM TLS -----------------------
+
+
+@pytest.mark.slow
+def test_dimse_source_over_tls_queries_and_retrieves(
+    pki: Pki, series_files: list[Path], tmp_path: Path
+):
+    tls_overrides = {
+        "DicomTlsEnabled": True,
+        "DicomTlsCertificate": str(pki.server.certificate),
+        "DicomTlsPrivateKey": str(pki.server.key),
+        "DicomTlsTrustedCertificates": str(pki.ca.certificate),
+        "DicomTlsRemoteCertificateRequired": True,
+    }
+    with OrthancServer(
+        modalities={"ainode": ["AINODE", LOCALHOST, 1]},
+        workdir=tmp_path / "pacs",
+        config_overrides=tls_overrides,
+    ) as pacs:
+        pacs.upload_many(series_files)
+        header = pydicom.dcmread(series_files[0], stop_before_pixels=True)
+        study_uid, series_uid = str(header.StudyInstanceUID), str(header.SeriesInstanceUID)
+        source = {"kind": "dimse", "ae_title": pacs.aet, "host": LOCALHOST,
+                  "port": pacs.dicom_port, "timeout_seconds": 10}  # fmt: skip
+        client_tls = {
+            "ca_certificates": str(pki.ca.certificate),
+            "certificate": str(pki.client.certificate),
+            "private_key": str(pki.client.key),
+        }
+        sources = settings_from_mapping(
+            {"sources": {
+                "tls": {**source, "tls": client_tls},
+                "wrong-ca": {**source, "tls": {**client_tls,
+                                               "ca_certificates": str(pki.rogue_ca.certificate)}},
+                "plain": source,
+            }},
+            environ={},
+        ).sources  # fmt: skip
+
+        found = query_series(sources["tls"], study_uid, None, calling_ae="AINODE")
+        assert [(s.series_uid, s.instance_count) for s in found] == [
+            (series_uid, len(series_files))
+        ]
+        db = Database(tmp_path / "state.sqlite3")
+        try:
+            ingestor = Ingestor(Spool(tmp_path / "spool"), SeriesStore(db), clock=time.time)
+            counts = retrieve_series(sources["tls"], found[0], ingestor, node_ae_title="AINODE")
+            assert counts.stored == len(series_files)
+            spooled = {p.stem for p in (tmp_path / "spool").rglob("*.dcm")}
+            assert len(spooled) == len(series_files)
+        finally:
+            db.close()
+
+        with pytest.raises(SourceError, match="TLS certificate verification failed"):
+            query_series(sources["wrong-ca"], study_uid, None, calling_ae="AINODE")
+        with pytest.raises(SourceError, match="C-FIND association"):
+            query_series(sources["plain"], study_uid, None, calling_ae="AINODE")
