@@ -61,6 +61,9 @@ class DicomTlsListenerSettings(_Strict):
     ca_certificates: Path | None = None
     #: Mutual TLS: refuse clients without a certificate from ``ca_certificates``.
     require_client_certificate: bool = False
+    #: A client must finish its TLS handshake within this time (handshakes are accepted
+    #: one at a time, so a peer that connects and stays silent holds the port this long).
+    handshake_timeout_seconds: float = Field(10.0, gt=0, le=120)
 
     @model_validator(mode="after")
     def _files_usable(self) -> DicomTlsListenerSettings:
@@ -74,6 +77,7 @@ class DicomTlsListenerSettings(_Strict):
             self.private_key,
             self.ca_certificates,
             require_client_certificate=self.require_client_certificate,
+            handshake_timeout=self.handshake_timeout_seconds,
         )
 
 

@@ -19,9 +19,6 @@ log = logging.getLogger(__name__)
 
 #: TLS 1.2 suites of the BCP 195 profile (TLS 1.3 suites are all acceptable).
 BCP195_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20"
-#: A client that opens the TLS port must finish its handshake within this time
-#: (the handshake runs on the listener's accepting thread).
-HANDSHAKE_TIMEOUT_SECONDS = 10.0
 _PEM_CERT = re.compile(r"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
 
 
@@ -92,11 +89,13 @@ class _ListenerContext(ssl.SSLContext):
     peer that connects and sends nothing would hold the TLS listener.
     """
 
+    handshake_timeout = 10.0
+
     def wrap_socket(self, sock: Any, *args: Any, **kwargs: Any) -> Any:
         if not kwargs.get("server_side"):
             return super().wrap_socket(sock, *args, **kwargs)
         peer = _peer_text(sock)
-        sock.settimeout(HANDSHAKE_TIMEOUT_SECONDS)
+        sock.settimeout(self.handshake_timeout)
         try:
             wrapped = super().wrap_socket(sock, *args, **kwargs)
         except OSError as exc:
@@ -121,15 +120,18 @@ def server_context(
     ca_certificates: Path | None = None,
     *,
     require_client_certificate: bool = False,
+    handshake_timeout: float = 10.0,
     prefix: str = "",
 ) -> ssl.SSLContext:
     """A TLS 1.2+ server context; clients are verified against ``ca_certificates``.
 
     With ``require_client_certificate`` a client must present a certificate that
     chains to ``ca_certificates``; without it, one is verified if presented.
+    A client must finish its handshake within ``handshake_timeout`` seconds.
     ``prefix`` is put before key names in error messages.
     """
     context = _ListenerContext(ssl.PROTOCOL_TLS_SERVER)
+    context.handshake_timeout = handshake_timeout
     _harden(context)
     _load_chain(context, certificate, private_key, prefix)
     if ca_certificates is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import sqlite3
 import ssl
 import subprocess
@@ -39,6 +40,7 @@ from node.state.db import Database
 from node.state.series import SeriesStore
 from node.synthetic.chest_ct import make_chest_ct, write_series
 from tests.support.admin import ADMIN_PASSWORD
+from tests.support.node import listening_node, stepped_settings
 from tests.support.pki import Pki, make_pki
 
 
@@ -406,3 +408,24 @@ def test_dimse_source_over_tls_queries_and_retrieves(
             query_series(sources["wrong-ca"], study_uid, None, calling_ae="AINODE")
         with pytest.raises(SourceError, match="C-FIND association"):
             query_series(sources["plain"], study_uid, None, calling_ae="AINODE")
+
+
+@pytest.mark.slow
+def test_a_silent_client_holds_the_tls_listener_only_until_the_handshake_timeout(
+    pki: Pki, tmp_path: Path
+):
+    tls_port = free_port()
+    listener = _listener(pki, port=tls_port, handshake_timeout_seconds=1.0)
+    settings = stepped_settings(tmp_path, {"node": {"tls": listener}})
+    trusted = ["+tls", str(pki.client.key), str(pki.client.certificate)]
+    with (
+        listening_node(settings, time.time),
+        socket.create_connection((LOCALHOST, tls_port)) as silent,
+    ):
+        started = time.monotonic()
+        result = _dcmtk(
+            "echoscu", *trusted, "+cf", str(pki.ca.certificate), LOCALHOST, str(tls_port)
+        )
+        assert result.returncode == 0, result.stderr
+        assert time.monotonic() - started < 8
+        assert silent.recv(1) == b""  # the node closed the silent connection
