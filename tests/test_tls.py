@@ -33,13 +33,16 @@ from node.devtools.node_process import NodeProcess
 from node.devtools.orthanc import OrthancServer
 from node.errors import ConfigError, ExportError, InvalidInput
 from node.export.dimse import echo, send_files
+from node.export.exporter import Exporter
 from node.ingest import Ingestor
+from node.jobs.queue import JobQueue
 from node.pull.remote import SourceError, query_series, retrieve_series
 from node.spool import Spool
 from node.state.db import Database
 from node.state.series import SeriesStore
 from node.synthetic.chest_ct import make_chest_ct, write_series
 from tests.support.admin import ADMIN_PASSWORD
+from tests.support.jobs import job_with_results
 from tests.support.node import listening_node, stepped_settings
 from tests.support.pki import Pki, make_pki
 
@@ -429,3 +432,34 @@ def test_a_silent_client_holds_the_tls_listener_only_until_the_handshake_timeout
         assert result.returncode == 0, result.stderr
         assert time.monotonic() - started < 8
         assert silent.recv(1) == b""  # the node closed the silent connection
+        # The plain listener (plain_dicom defaults to on) serves beside the TLS one.
+        plain = _dcmtk("echoscu", LOCALHOST, str(settings.node.dicom_port))
+        assert plain.returncode == 0, plain.stderr
+
+
+@pytest.mark.slow
+def test_export_job_with_a_wrong_ca_fails_its_attempt_naming_tls_then_delivers(
+    pki: Pki, tls_storescp: tuple[int, Path], series_files: list[Path], database, clock
+):
+    port, received = tls_storescp
+    settings = {"pacs": _tls_destination(pki, port, pki.rogue_ca.certificate, server_name=None)}
+    settings["pacs"] = settings["pacs"].model_copy(update={"max_attempts": 3})
+    queue = JobQueue(database)
+    exporter = Exporter(queue, lambda: settings, calling_ae="AINODE", clock=clock)
+    job_id = job_with_results(queue, clock, series_files[0].parent)
+
+    assert exporter.run_once()
+    job = queue.get(job_id)
+    assert job.state == "exporting" and job.error is not None
+    assert "TLS certificate verification failed" in job.error, job.error
+    assert not list(received.iterdir())
+
+    # The admin puts the right CA in: the next attempt goes through over TLS.
+    settings["pacs"] = _tls_destination(pki, port, pki.ca.certificate).model_copy(
+        update={"max_attempts": 3}
+    )
+    clock.advance(3600)
+    assert exporter.run_once()
+    job = queue.get(job_id)
+    assert job.state == "done" and job.error is None, job.error
+    assert len(list(received.iterdir())) == len(series_files)
