@@ -172,19 +172,30 @@ def client_context(
 
 
 class _RecordingSocket(ssl.SSLSocket):
-    """Keeps the handshake's error on its context: pynetdicom only logs it."""
+    """Keeps its TLS error on its context: pynetdicom only logs it.
+
+    In TLS 1.3 the server checks the client's certificate after the client's side of
+    the handshake is done, so a refusal arrives as an alert on the first read.
+    """
 
     def do_handshake(self, block: bool = False) -> None:
         try:
             super().do_handshake(block)
         except OSError as exc:
-            self.context.handshake_error = exc  # type: ignore[attr-defined]
+            self.context.tls_error = exc  # type: ignore[attr-defined]
+            raise
+
+    def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
+        try:
+            return super().recv(buflen, flags)
+        except ssl.SSLError as exc:
+            self.context.tls_error = exc  # type: ignore[attr-defined]
             raise
 
 
 def handshake_error(context: ssl.SSLContext) -> str | None:
-    """Why the last handshake made with ``context`` (a :func:`client_context`) failed."""
-    error = getattr(context, "handshake_error", None)
+    """Why TLS failed on the last connection made with ``context`` (a :func:`client_context`)."""
+    error = getattr(context, "tls_error", None)
     return describe(error) if error is not None else None
 
 
@@ -193,7 +204,12 @@ def describe(error: BaseException) -> str:
     if isinstance(error, ssl.SSLCertVerificationError):
         return f"TLS certificate verification failed: {error.verify_message}"
     if isinstance(error, ssl.SSLError):
-        return f"TLS error: {error.reason or error}"
+        reason = str(error.reason or error)
+        if "CERTIFICATE_REQUIRED" in reason or "HANDSHAKE_FAILURE" in reason:
+            return f"TLS refused by the peer ({reason}): does it require a client certificate?"
+        if "ALERT" in reason and "CERTIFICATE" in reason:
+            return f"TLS refused by the peer ({reason}): it did not accept the node's certificate"
+        return f"TLS error: {reason}"
     if isinstance(error, TimeoutError | socket.timeout):
         return "TLS handshake timed out"
     return f"TLS handshake failed: {error}"

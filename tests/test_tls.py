@@ -41,7 +41,7 @@ from node.spool import Spool
 from node.state.db import Database
 from node.state.series import SeriesStore
 from node.synthetic.chest_ct import make_chest_ct, write_series
-from tests.support.admin import ADMIN_PASSWORD
+from tests.support.admin import ADMIN_PASSWORD, served_node
 from tests.support.jobs import job_with_results
 from tests.support.node import listening_node, stepped_settings
 from tests.support.pki import Pki, make_pki
@@ -463,3 +463,37 @@ def test_export_job_with_a_wrong_ca_fails_its_attempt_naming_tls_then_delivers(
     job = queue.get(job_id)
     assert job.state == "done" and job.error is None, job.error
     assert len(list(received.iterdir())) == len(series_files)
+
+
+@pytest.mark.slow
+def test_admin_api_saves_and_echoes_a_tls_destination(pki: Pki, tmp_path: Path):
+    """The node's own TLS listener (mutual TLS) as a destination, through the admin API."""
+    tls_port = free_port()
+    listener = _listener(pki, port=tls_port, require_client_certificate=True)
+    with served_node(tmp_path / "node", {"node": {"tls": listener}}) as served:
+        client_tls = {
+            "ca_certificates": str(pki.ca.certificate),
+            "certificate": str(pki.client.certificate),
+            "private_key": str(pki.client.key),
+        }
+        own = {"ae_title": "AINODE", "host": LOCALHOST, "port": tls_port, "tls": client_tls}
+        with served.client(served.admin_token) as client:
+            created = client.post("/api/destinations/self-tls", json=own)
+            assert created.status_code == 201, created.text
+            assert created.json()["tls"]["ca_certificates"] == client_tls["ca_certificates"]
+            echo = client.post("/api/destinations/self-tls/echo").json()
+            assert echo["ok"] and echo["status"] == 0, echo
+
+            # Without a client certificate the node's own listener refuses the association.
+            anonymous = {**own, "tls": {"ca_certificates": client_tls["ca_certificates"]}}
+            failed = client.post("/api/destinations/echo", json=anonymous).json()
+            assert not failed["ok"] and "client certificate" in failed["message"], failed
+
+            missing = str(tmp_path / "missing-ca.pem")
+            bad = client.post(
+                "/api/destinations/bad",
+                json={**own, "tls": {**client_tls, "ca_certificates": missing}},
+            )
+            assert bad.status_code == 422, bad.text
+            error = bad.json()["errors"][0]
+            assert error["field"] == "tls" and missing in error["message"], error
