@@ -23,6 +23,7 @@ from pydantic import (
     Field,
     Tag,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -38,6 +39,9 @@ ENV_OVERRIDES: Mapping[str, tuple[str, str]] = {
     "AINODE_HTTP_PORT": ("node", "http_port"),
     "AINODE_DATA_DIR": ("node", "data_dir"),
 }
+
+#: Validation-context key: ``{CHECK_FILES: False}`` skips reading TLS files (stored values).
+CHECK_FILES = "check_tls_files"
 
 AE_TITLE_PATTERN = r"^[\x20-\x5b\x5d-\x7e]{1,16}$"  # printable ASCII without backslash
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -93,8 +97,11 @@ class DicomTlsClientSettings(_Strict):
     server_name: str | None = None
 
     @model_validator(mode="after")
-    def _files_usable(self) -> DicomTlsClientSettings:
-        self.context()
+    def _files_usable(self, info: ValidationInfo) -> DicomTlsClientSettings:
+        # Stored destinations are re-read with the check off: a file that went missing
+        # after saving fails that destination's sends (with the reason), not every read.
+        if (info.context or {}).get(CHECK_FILES, True):
+            self.context()
         return self
 
     def context(self) -> ssl.SSLContext:

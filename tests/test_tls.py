@@ -21,7 +21,7 @@ import httpx
 import pydicom
 import pytest
 
-from node.admin.destinations import parse_destination
+from node.admin.destinations import DestinationStore, parse_destination
 from node.config import (
     DestinationSettings,
     DicomTlsClientSettings,
@@ -497,3 +497,31 @@ def test_admin_api_saves_and_echoes_a_tls_destination(pki: Pki, tmp_path: Path):
             assert bad.status_code == 422, bad.text
             error = bad.json()["errors"][0]
             assert error["field"] == "tls" and missing in error["message"], error
+
+
+def test_a_tls_file_gone_after_saving_fails_only_that_destinations_sends(
+    pki: Pki, tmp_path: Path, database, series_files: list[Path]
+):
+    """Stored destinations are read on every export attempt: a CA file removed later must
+    not make the whole destination list unreadable, only that destination's sends fail."""
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(pki.ca.certificate.read_bytes())
+    store = DestinationStore(database)
+    tls_pacs = parse_destination(
+        {
+            "ae_title": "PACS",
+            "host": LOCALHOST,
+            "port": free_port(),
+            "tls": {"ca_certificates": str(ca)},
+        }
+    )
+    plain = parse_destination({"ae_title": "OTHER", "host": LOCALHOST, "port": 104})
+    store.put("tls-pacs", tls_pacs, "test", 0.0, create=True)
+    store.put("other", plain, "test", 0.0, create=True)
+    ca.unlink()
+    mapping = store.mapping()
+    assert set(mapping) == {"tls-pacs", "other"}
+    with pytest.raises(ExportError) as caught:
+        send_files(mapping["tls-pacs"], series_files[:1], calling_ae="AINODE")
+    message = str(caught.value)
+    assert "TLS settings unusable" in message and str(ca) in message, message

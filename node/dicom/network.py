@@ -15,7 +15,7 @@ from pynetdicom import AE, evt
 from pynetdicom.association import Association
 
 from node.config import DicomTlsClientSettings
-from node.tls import handshake_error
+from node.tls import TlsFileError, handshake_error
 
 
 def set_nodelay(event: Any) -> None:
@@ -41,14 +41,17 @@ def associate(
     ae_title: str,
     tls: DicomTlsClientSettings | None,
     **kwargs: Any,
-) -> tuple[Association, str]:
+) -> tuple[Association | None, str]:
     """Open an association (over TLS when ``tls`` is set), with TCP_NODELAY.
 
-    Returns the association and, when it is not established, why: the TLS failure
-    (e.g. certificate verification) where there was one.
+    Returns the association (None when the TLS files cannot be used) and, when it is
+    not established, why: the TLS failure (e.g. certificate verification) if any.
     """
     handlers = [(evt.EVT_CONN_OPEN, set_nodelay), *kwargs.pop("evt_handlers", [])]
-    context = tls.context() if tls is not None else None
+    try:
+        context = tls.context() if tls is not None else None
+    except TlsFileError as exc:  # a file changed since the settings were checked
+        return None, f"TLS settings unusable: {exc}"
     tls_args = (context, tls.server_name or host) if context is not None and tls else None
     assoc = ae.associate(
         host, port, ae_title=ae_title, evt_handlers=handlers, tls_args=tls_args, **kwargs

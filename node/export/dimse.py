@@ -29,7 +29,7 @@ def echo(destination: DestinationSettings, *, calling_ae: str) -> int:
     assoc, reason = associate(
         ae, destination.host, destination.port, destination.ae_title, destination.tls
     )
-    if not assoc.is_established:
+    if assoc is None or not assoc.is_established:
         raise ExportError(
             f"association with {destination.ae_title}@{destination.host}:{destination.port}"
             f" failed: {reason}"
@@ -61,7 +61,7 @@ def send_files(destination: DestinationSettings, paths: Sequence[Path], *, calli
         destination.tls,
         max_pdu=131072,
     )
-    if not assoc.is_established:
+    if assoc is None or not assoc.is_established:
         raise ExportError(f"association with {where} failed: {reason}")
     try:
         for path, header in headers:

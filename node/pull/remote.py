@@ -136,7 +136,7 @@ def _association(
         ext_neg=roles,
         evt_handlers=list(handlers),
     )
-    if not assoc.is_established:
+    if assoc is None or not assoc.is_established:
         raise SourceError(f"{operation} association with {_where(source)} failed: {reason}")
     try:
         yield assoc
