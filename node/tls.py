@@ -209,6 +209,10 @@ def describe(error: BaseException) -> str:
             return f"TLS refused by the peer ({reason}): does it require a client certificate?"
         if "ALERT" in reason and "CERTIFICATE" in reason:
             return f"TLS refused by the peer ({reason}): it did not accept the node's certificate"
+        if reason in ("WRONG_VERSION_NUMBER", "HTTP_REQUEST"):
+            return f"not TLS ({reason}): plain DICOM sent to the TLS port?"
+        if reason in ("UNSUPPORTED_PROTOCOL", "TLSV1_ALERT_PROTOCOL_VERSION"):
+            return f"TLS version refused ({reason}): TLS 1.2 or later is required"
         return f"TLS error: {reason}"
     if isinstance(error, TimeoutError | socket.timeout):
         return "TLS handshake timed out"

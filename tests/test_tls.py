@@ -270,7 +270,9 @@ def test_node_serves_dicom_tls_with_mutual_auth_and_https(
         assert uids[1] not in _stored(node)
         log_text = node.log_path.read_text()
         assert "TLS handshake refused" in log_text
-        assert "certificate" in log_text  # the reason names the certificate problem
+        assert "TLS certificate verification failed" in log_text  # the rogue client
+        assert "PEER_DID_NOT_RETURN_A_CERTIFICATE" in log_text  # the anonymous one
+        assert "plain DICOM sent to the TLS port?" in log_text
 
         # After all that the listener still serves a trusted client.
         result = _dcmtk("storescu", *trusted, *called, str(series_files[2]))
