@@ -215,10 +215,13 @@ class Node:
             r.send_to for r in self.admin.rules.active()
         ):
             log.info("no destination configured: results stay in %s", self.results_dir.resolve())
+        tls = self.settings.node.tls
         log.info(
-            "node started ae_title=%s dicom_port=%d devices=%s plugins=%s data_dir=%s",
+            "node started ae_title=%s dicom_port=%s dicom_tls_port=%s devices=%s plugins=%s"
+            " data_dir=%s",
             self.settings.node.ae_title,
-            self.settings.node.dicom_port,
+            self.settings.node.dicom_port if self.settings.node.plain_dicom else "off",
+            tls.port if tls is not None else "off",
             ",".join(str(d) for d in self.devices),
             ",".join(sorted(self.registry.names)) or "none",
             self.settings.node.data_dir.resolve(),

@@ -31,6 +31,13 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"ainode: {exc}", file=sys.stderr)
         return 2
     node.start()
+    https = settings.node.https
+    # TLS 1.2+ with the BCP 195 suites, like the DICOM TLS listener.
+    tls_options = (
+        {"ssl_context_factory": lambda _config, _default: https.context()}
+        if https is not None
+        else {}
+    )
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(node),
@@ -38,6 +45,7 @@ def _serve(args: argparse.Namespace) -> int:
             port=settings.node.http_port,
             log_level="warning",
             access_log=False,
+            **tls_options,  # type: ignore[arg-type]
         )
     )
 
@@ -45,7 +53,7 @@ def _serve(args: argparse.Namespace) -> int:
         server.should_exit = True
 
     signal.signal(signal.SIGTERM, _terminate)
-    log.info("HTTP listening port=%d", settings.node.http_port)
+    log.info("%s listening port=%d", "HTTPS" if https else "HTTP", settings.node.http_port)
     try:
         server.run()
     finally:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -22,6 +23,7 @@ from pydantic import (
     Field,
     Tag,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -29,6 +31,7 @@ from pydantic import (
 from node.errors import ConfigError
 from node.results.kinds import DEFAULT_PROFILE, check_profile, profile_tags
 from node.routing import Condition, parse_conditions
+from node.tls import client_context, server_context
 
 #: Environment variables that override configuration keys.
 ENV_OVERRIDES: Mapping[str, tuple[str, str]] = {
@@ -37,12 +40,89 @@ ENV_OVERRIDES: Mapping[str, tuple[str, str]] = {
     "AINODE_DATA_DIR": ("node", "data_dir"),
 }
 
+#: Validation-context key: ``{CHECK_FILES: False}`` skips reading TLS files (stored values).
+CHECK_FILES = "check_tls_files"
+
 AE_TITLE_PATTERN = r"^[\x20-\x5b\x5d-\x7e]{1,16}$"  # printable ASCII without backslash
 Port = Annotated[int, Field(ge=1, le=65535)]
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DicomTlsListenerSettings(_Strict):
+    """The DICOM TLS listener (PS3.15 Annex B, BCP 195: TLS 1.2+ only).
+
+    The files are read when the configuration is validated; a problem names its key.
+    """
+
+    port: Port = 2762
+    #: The node's certificate (PEM; the chain may follow it) and its unencrypted key.
+    certificate: Path
+    private_key: Path
+    #: CA certificates (PEM) that client certificates must chain to.
+    ca_certificates: Path | None = None
+    #: Mutual TLS: refuse clients without a certificate from ``ca_certificates``.
+    require_client_certificate: bool = False
+    #: A client must finish its TLS handshake within this time (handshakes are accepted
+    #: one at a time, so a peer that connects and stays silent holds the port this long).
+    handshake_timeout_seconds: float = Field(10.0, gt=0, le=120)
+
+    @model_validator(mode="after")
+    def _files_usable(self) -> DicomTlsListenerSettings:
+        self.context()
+        return self
+
+    def context(self) -> ssl.SSLContext:
+        """A fresh :class:`ssl.SSLContext` for the listener."""
+        return server_context(
+            self.certificate,
+            self.private_key,
+            self.ca_certificates,
+            require_client_certificate=self.require_client_certificate,
+            handshake_timeout=self.handshake_timeout_seconds,
+        )
+
+
+class DicomTlsClientSettings(_Strict):
+    """TLS for an association the node opens (a destination or a pull source)."""
+
+    #: CA certificates (PEM) the peer's certificate must chain to (default: the system's).
+    ca_certificates: Path | None = None
+    #: The node's client certificate and key, for peers that require mutual TLS.
+    certificate: Path | None = None
+    private_key: Path | None = None
+    #: Name checked against the peer's certificate (default: the peer's ``host``).
+    server_name: str | None = None
+
+    @model_validator(mode="after")
+    def _files_usable(self, info: ValidationInfo) -> DicomTlsClientSettings:
+        # Stored destinations are re-read with the check off: a file that went missing
+        # after saving fails that destination's sends (with the reason), not every read.
+        if (info.context or {}).get(CHECK_FILES, True):
+            self.context()
+        return self
+
+    def context(self) -> ssl.SSLContext:
+        """A fresh :class:`ssl.SSLContext` (it records why its handshake failed)."""
+        return client_context(self.ca_certificates, self.certificate, self.private_key)
+
+
+class HttpsSettings(_Strict):
+    """HTTPS for the API and console: the certificate (PEM, chain after it) and its key."""
+
+    certificate: Path
+    private_key: Path
+
+    @model_validator(mode="after")
+    def _files_usable(self) -> HttpsSettings:
+        self.context()
+        return self
+
+    def context(self) -> ssl.SSLContext:
+        """A fresh :class:`ssl.SSLContext` for uvicorn."""
+        return server_context(self.certificate, self.private_key)
 
 
 class NodeSettings(_Strict):
@@ -57,6 +137,20 @@ class NodeSettings(_Strict):
     max_pdu: int = Field(131072, ge=16384)
     #: Refuse new instances (0xA700) when free disk space falls below this.
     min_free_disk_mb: int = Field(512, ge=0)
+    #: Serve unencrypted DICOM on ``dicom_port`` (turn off to accept TLS only).
+    plain_dicom: bool = True
+    #: A DICOM TLS listener beside (or instead of) the plain one.
+    tls: DicomTlsListenerSettings | None = None
+    #: Serve the API and console over HTTPS (session cookies are then ``Secure``).
+    https: HttpsSettings | None = None
+
+    @model_validator(mode="after")
+    def _some_listener(self) -> NodeSettings:
+        if not self.plain_dicom and self.tls is None:
+            raise ValueError("plain_dicom is off and no tls listener is configured")
+        if self.plain_dicom and self.tls is not None and self.tls.port == self.dicom_port:
+            raise ValueError(f"tls.port {self.tls.port} is also the plain dicom_port")
+        return self
 
 
 class CompletionSettings(_Strict):
@@ -121,6 +215,8 @@ class DestinationSettings(RetrySettings, ResultProfileSettings):
     host: str
     port: Port
     timeout_seconds: float = Field(30.0, gt=0)
+    #: DICOM TLS to this peer (omit for plain DICOM).
+    tls: DicomTlsClientSettings | None = None
 
 
 class HttpAuthSettings(_Strict):
@@ -202,6 +298,8 @@ class DimseSourceSettings(_Strict):
     retrieve: Literal["get", "move"] = "get"
     count_check: bool = True
     timeout_seconds: float = Field(30.0, gt=0)
+    #: DICOM TLS to this peer (omit for plain DICOM).
+    tls: DicomTlsClientSettings | None = None
 
 
 #: A source: ``kind: dicomweb`` or ``kind: dimse``.
@@ -720,10 +818,13 @@ __all__ = [
     "BundleModelSettings",
     "CompletionSettings",
     "DestinationSettings",
+    "DicomTlsClientSettings",
+    "DicomTlsListenerSettings",
     "DicomWebDestinationSettings",
     "DicomWebSettings",
     "DicomWebSourceSettings",
     "DimseSourceSettings",
+    "HttpsSettings",
     "NodeSettings",
     "OnnxModelSettings",
     "QualitySettings",

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from node.config import AnyDestination
+from node.config import CHECK_FILES, AnyDestination
 from node.errors import Conflict, InvalidInput, NotFound
 from node.state.db import Database
 
@@ -99,6 +99,12 @@ def restore_secrets(data: Any, previous: AnyDestination | None) -> Any:
     return {**data, "auth": auth}
 
 
+def _stored(definition: str) -> AnyDestination:
+    """A saved destination; its TLS files were checked when it was saved and are read
+    again at each send (a missing one fails that destination's attempts, with the reason)."""
+    return _DESTINATION.validate_python(json.loads(definition), context={CHECK_FILES: False})
+
+
 def check_name(name: str) -> None:
     if not NAME_PATTERN.match(name):
         raise InvalidInput(
@@ -129,15 +135,13 @@ class DestinationStore:
 
     def mapping(self) -> dict[str, AnyDestination]:
         rows = self._db.query("SELECT name, definition FROM destinations ORDER BY name")
-        return {
-            row["name"]: _DESTINATION.validate_python(json.loads(row["definition"])) for row in rows
-        }
+        return {row["name"]: _stored(row["definition"]) for row in rows}
 
     def get(self, name: str) -> AnyDestination:
         rows = self._db.query("SELECT definition FROM destinations WHERE name = ?", (name,))
         if not rows:
             raise NotFound(f"no destination named {name!r}")
-        return _DESTINATION.validate_python(json.loads(rows[0]["definition"]))
+        return _stored(rows[0]["definition"])
 
     def put(
         self, name: str, destination: AnyDestination, user: str, now: float, *, create: bool

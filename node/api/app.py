@@ -111,8 +111,9 @@ def _setup_code(node: Node) -> str | None:
     with os.fdopen(fd, "w") as handle:
         handle.write(code + "\n")
     log.warning(
-        "no user yet: open http://localhost:%d/setup and enter the code in %s,"
+        "no user yet: open %s://localhost:%d/setup and enter the code in %s,"
         " or run 'ainode users add NAME --role admin'",
+        "https" if node.settings.node.https else "http",
         node.settings.node.http_port,
         path.resolve(),
     )

@@ -88,6 +88,8 @@ def web_router(node: Node, viewer: Dependency, editor: Dependency) -> APIRouter:
     router = APIRouter(include_in_schema=False)
     admin = node.admin
     security = node.settings.security
+    # Served over HTTPS by the node itself: its cookies never travel in clear.
+    secure_cookies = security.secure_cookies or node.settings.node.https is not None
     Viewer = Annotated[Principal, Depends(viewer)]
 
     def render(
@@ -116,7 +118,7 @@ def web_router(node: Node, viewer: Dependency, editor: Dependency) -> APIRouter:
             max_age=int(security.session_minutes * 60),
             httponly=True,
             samesite="lax",
-            secure=security.secure_cookies,
+            secure=secure_cookies,
         )
         response.delete_cookie(LOGIN_CSRF_COOKIE)
         return response
@@ -130,7 +132,7 @@ def web_router(node: Node, viewer: Dependency, editor: Dependency) -> APIRouter:
             token,
             httponly=True,
             samesite="strict",
-            secure=security.secure_cookies,
+            secure=secure_cookies,
         )
         return response
 

@@ -25,6 +25,7 @@ import logging
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -100,6 +101,8 @@ class NodeProcess(LocalProcess):
     cwd
         Working directory of the node (default: the checkout). A ``python`` of another
         install must run outside the checkout, or ``-m node`` imports the checkout's code.
+    https_ca
+        CA file that the node's HTTPS certificate (``node.https``) is verified against.
     """
 
     def __init__(
@@ -111,8 +114,13 @@ class NodeProcess(LocalProcess):
         python: str = sys.executable,
         env: Mapping[str, str] | None = None,
         cwd: Path = PROJECT_ROOT,
+        https_ca: Path | None = None,
     ) -> None:
         self._cwd = cwd
+        #: Verifies the node's HTTPS certificate (``node.https``) against this CA file.
+        self.verify: ssl.SSLContext | bool = (
+            ssl.create_default_context(cafile=str(https_ca)) if https_ca else True
+        )
         self._own_workdir = workdir is None
         self.workdir = Path(tempfile.mkdtemp(prefix="ainode-")) if workdir is None else workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -148,7 +156,8 @@ class NodeProcess(LocalProcess):
 
     @property
     def url(self) -> str:
-        return f"http://{LOCALHOST}:{self.http_port}"
+        scheme = "https" if self.config["node"].get("https") else "http"
+        return f"{scheme}://{LOCALHOST}:{self.http_port}"
 
     @property
     def data_dir(self) -> Path:
@@ -190,7 +199,7 @@ class NodeProcess(LocalProcess):
             )
         started = time.monotonic()
         deadline = started + self._startup_timeout
-        with httpx.Client(timeout=2.0) as client:
+        with httpx.Client(timeout=2.0, verify=self.verify) as client:
             while time.monotonic() < deadline:
                 if self._process.poll() is not None:
                     raise NodeStartError(
@@ -249,7 +258,7 @@ class NodeProcess(LocalProcess):
     # -- talking to it --------------------------------------------------------------
     def get_json(self, path: str, timeout: float = 10.0) -> Any:
         """``GET`` a node API path and return the decoded JSON (raises on HTTP errors)."""
-        response = httpx.get(f"{self.url}{path}", timeout=timeout)
+        response = httpx.get(f"{self.url}{path}", timeout=timeout, verify=self.verify)
         response.raise_for_status()
         return response.json()
 

@@ -15,6 +15,7 @@ waits for the sender's retry; one that is released ends such a hold.
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 from collections import Counter
 from typing import Any
@@ -93,7 +94,7 @@ class StorageSCP:
         self._grace = aborted_grace_seconds
         # Per open association: instances stored (or duplicates) per series.
         self._carried: dict[object, Counter[str]] = {}
-        self._server: ThreadedAssociationServer | None = None
+        self._servers: list[ThreadedAssociationServer] = []
         self._counts: Counter[str] = Counter()
         self._counts_lock = threading.Lock()
         ae = AE(ae_title=settings.ae_title)
@@ -120,7 +121,7 @@ class StorageSCP:
 
     @property
     def running(self) -> bool:
-        return self._server is not None
+        return bool(self._servers)
 
     def start(self) -> None:
         handlers = [
@@ -132,22 +133,32 @@ class StorageSCP:
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
         ]
-        self._server = self._ae.start_server(
-            (self._settings.bind_address, self._settings.dicom_port),
-            block=False,
-            evt_handlers=handlers,  # type: ignore[arg-type]
-        )
-        log.info(
-            "DICOM listener up ae_title=%s port=%s max_pdu=%s",
-            self._settings.ae_title,
-            self._settings.dicom_port,
-            self._settings.max_pdu,
-        )
+        tls = self._settings.tls
+        listeners: list[tuple[int, ssl.SSLContext | None]] = []
+        if self._settings.plain_dicom:
+            listeners.append((self._settings.dicom_port, None))
+        if tls is not None:
+            listeners.append((tls.port, tls.context()))
+        for port, context in listeners:
+            server = self._ae.start_server(
+                (self._settings.bind_address, port),
+                block=False,
+                evt_handlers=handlers,  # type: ignore[arg-type]
+                ssl_context=context,
+            )
+            assert server is not None  # block=False returns the running server
+            self._servers.append(server)
+            log.info(
+                "DICOM listener up ae_title=%s port=%s tls=%s max_pdu=%s",
+                self._settings.ae_title,
+                port,
+                "off" if context is None else "on",
+                self._settings.max_pdu,
+            )
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server = None
+        while self._servers:
+            self._servers.pop().shutdown()
 
     # -- event handlers -------------------------------------------------------
 

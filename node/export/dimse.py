@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pydicom
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import build_context, evt
+from pynetdicom import build_context
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from node.config import DestinationSettings
-from node.dicom.network import requestor, set_nodelay
+from node.dicom.network import associate, requestor
 from node.errors import ExportError
 
 log = logging.getLogger(__name__)
@@ -26,15 +26,13 @@ def echo(destination: DestinationSettings, *, calling_ae: str) -> int:
     """C-ECHO the destination; return the status (raises ExportError if unreachable)."""
     ae = requestor(calling_ae, destination.timeout_seconds)
     ae.add_requested_context(Verification)
-    assoc = ae.associate(
-        destination.host,
-        destination.port,
-        ae_title=destination.ae_title,
-        evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay)],
+    assoc, reason = associate(
+        ae, destination.host, destination.port, destination.ae_title, destination.tls
     )
-    if not assoc.is_established:
+    if assoc is None or not assoc.is_established:
         raise ExportError(
-            f"association with {destination.ae_title}@{destination.host}:{destination.port} failed"
+            f"association with {destination.ae_title}@{destination.host}:{destination.port}"
+            f" failed: {reason}"
         )
     try:
         result = assoc.send_c_echo()
@@ -55,15 +53,16 @@ def send_files(destination: DestinationSettings, paths: Sequence[Path], *, calli
         ordered = [*sorted(syntaxes), ExplicitVRLittleEndian, ImplicitVRLittleEndian]
         ae.requested_contexts.append(build_context(sop_class, list(dict.fromkeys(ordered))))
     where = f"{destination.ae_title}@{destination.host}:{destination.port}"
-    assoc = ae.associate(
+    assoc, reason = associate(
+        ae,
         destination.host,
         destination.port,
-        ae_title=destination.ae_title,
+        destination.ae_title,
+        destination.tls,
         max_pdu=131072,
-        evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay)],
     )
-    if not assoc.is_established:
-        raise ExportError(f"association with {where} was rejected, aborted or never opened")
+    if assoc is None or not assoc.is_established:
+        raise ExportError(f"association with {where} failed: {reason}")
     try:
         for path, header in headers:
             result = assoc.send_c_store(path)

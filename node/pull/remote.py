@@ -27,7 +27,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 
 from node.config import AnySource, DicomWebSourceSettings, DimseSourceSettings
 from node.dicom import status
-from node.dicom.network import requestor, set_nodelay
+from node.dicom.network import associate, requestor
 from node.dicomweb.client import dicomweb_client
 from node.dicomweb.receive import InstanceRejected, encode_part10, identify
 from node.errors import AinodeError, SpoolError
@@ -127,15 +127,17 @@ def _association(
     SourceError
         The source refused or did not answer (``operation`` names the service).
     """
-    assoc = ae.associate(
+    assoc, reason = associate(
+        ae,
         source.host,
         source.port,
-        ae_title=source.ae_title,
+        source.ae_title,
+        source.tls,
         ext_neg=roles,
-        evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay), *handlers],
+        evt_handlers=list(handlers),
     )
-    if not assoc.is_established:
-        raise SourceError(f"{operation} association with {_where(source)} failed")
+    if assoc is None or not assoc.is_established:
+        raise SourceError(f"{operation} association with {_where(source)} failed: {reason}")
     try:
         yield assoc
     finally:

@@ -220,6 +220,8 @@ function destinationFromForm() {
     max_attempts: f.max_attempts.value ? Number(f.max_attempts.value) : null, backoff_seconds: Number(f.backoff_seconds.value),
     max_backoff_seconds: Number(f.max_backoff_seconds.value), give_up_after_seconds: Number(f.give_up_after_hours.value) * 3600,
     timeout_seconds: Number(f.timeout_seconds.value),
+    // The form has no TLS fields: an edit keeps the destination's DICOM TLS settings.
+    ...(destinationForm.dataset.tls ? { tls: JSON.parse(destinationForm.dataset.tls) } : {}),
   };
 }
 const echoText = (r) => r.ok ? `<span class="state state-done">✓ ${r.seconds.toFixed(2)} s</span> <small>${esc(r.message)}</small>` : `<span class="state state-failed">✗ failed</span> <small class="err">${esc(r.message)}</small>`;
@@ -237,6 +239,7 @@ $$("[data-edit-destination]").forEach((button) => button.addEventListener("click
   f.name.value = button.dataset.editDestination; f.name.readOnly = true;
   for (const key of Object.keys(d)) if (f[key]) f[key].value = d[key] ?? "";
   f.give_up_after_hours.value = d.give_up_after_seconds / 3600;
+  if (d.tls) destinationForm.dataset.tls = JSON.stringify(d.tls); else delete destinationForm.dataset.tls;
   destinationForm.dataset.mode = "update";
   $("#destination-form-title").textContent = `Edit destination “${f.name.value}”`;
   destinationForm.scrollIntoView({ behavior: "smooth" });
