@@ -196,3 +196,45 @@ def test_volume_is_sorted_with_the_given_spacing_or_rejected(
             assert volume.spacing[0] == np.float64(np.median(steps))
             assert abs(volume.spacing[0] - spacing) < 1e-6 * max(1.0, abs(start))
     assert volume.spacing[1:] == (0.5, 0.5)
+
+
+# -- the two defects the hostile cases found ----------------------------------------------
+
+
+def test_a_sheared_series_is_rejected_naming_the_drift_and_the_tilt() -> None:
+    """Gantry tilt: axial IOP, positions drifting along y. It used to be stacked as if
+    axial (every voxel misplaced by up to the drift) and processed."""
+    slices = [slice_at(3.0 * i, i, i) for i in range(10)]
+    for ds in slices:
+        z = float(ds.ImagePositionPatient[2])
+        ds.ImagePositionPatient = [0.0, z * np.tan(np.radians(15)), z]
+        ds.GantryDetectorTilt = 15
+    try:
+        assemble_volume(slices)
+    except VolumeError as exc:
+        assert "drift 7.23 mm in the image plane" in str(exc), exc
+        assert "gantry tilt 15 degrees" in str(exc), exc
+    else:
+        raise AssertionError("a sheared series was assembled")
+    # Rounding in the headers (far below half a pixel) is not a shear.
+    for ds in slices:
+        ds.ImagePositionPatient = [0.0001, 0.0002, float(ds.ImagePositionPatient[2])]
+    assert assemble_volume(slices).shape == (10, 4, 4)
+
+
+def test_an_image_without_pixel_data_is_refused_at_receive() -> None:
+    """Rows and Columns without Pixel Data used to be answered 0x0000 and then failed its
+    series at inference; ``identify`` (STOW-RS) and the C-STORE handler share the check."""
+    ds = slice_at(0.0, 1, 1)
+    ds.SeriesInstanceUID = ds.StudyInstanceUID = "1.2.3.4"
+    del ds.PixelData
+    for syntax in (str(ExplicitVRLittleEndian), str(RLELossless)):
+        try:
+            identify(ds, transfer_syntax=syntax)
+        except InstanceRejected as exc:
+            assert exc.code == status.PIXEL_DATA_MISMATCH
+            assert "Rows and Columns without PixelData" in str(exc)
+        else:
+            raise AssertionError("an image without pixel data was accepted")
+    del ds.Rows, ds.Columns  # not an image (an SR, a KO…): accepted
+    assert identify(ds, transfer_syntax=str(ExplicitVRLittleEndian)).sop_uid
