@@ -595,3 +595,99 @@ def test_hostile_series_and_instances_each_have_their_outcome(tmp_path: Path) ->
         assert re.fullmatch(outcome, found[name]), f"{name}: {found[name]!r}\n{table}"
     for name, outcome in instance_expected.items():
         assert found[name] == outcome, f"{name}: {found[name]!r}\n{table}"
+
+
+# -- volume: many instances, one huge instance --------------------------------------------
+
+MULTIFRAME_WORD_SC = "1.2.840.10008.5.1.4.1.1.7.3"
+#: 480 frames of 512 x 512 x 16 bits: a valid 240 MiB instance.
+HUGE_FRAMES = 480
+
+
+def secondary_capture(rows: int, columns: int, frames: int, pixels: bytes | None = None) -> Dataset:
+    """A Multi-frame Grayscale Word Secondary Capture instance (modality OT: no rule)."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = MULTIFRAME_WORD_SC
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.Modality, ds.PatientName, ds.PatientID = "OT", "HOSTILE^VOLUME", "HOSTILE0001"
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.Rows, ds.Columns, ds.NumberOfFrames = rows, columns, frames
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = pixels if pixels is not None else bytes(rows * columns * frames * 2)
+    return ds
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmHWM for pid {pid}")
+
+
+def test_2000_instances_and_a_240_mib_instance_are_stored_without_blowing_up(
+    tmp_path: Path,
+) -> None:
+    many_dir = tmp_path / "many"
+    many_dir.mkdir()
+    template = secondary_capture(16, 16, 1)
+    many = []
+    for number in range(1, 2001):
+        template.SOPInstanceUID = template.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        template.InstanceNumber = number
+        path = many_dir / f"{number:04d}.dcm"
+        template.save_as(path, enforce_file_format=True)
+        many.append(path)
+    huge = secondary_capture(512, 512, HUGE_FRAMES)
+    huge_path = tmp_path / "huge.dcm"
+    huge.save_as(huge_path, enforce_file_format=True)
+    del huge
+    sentinel = write_series(renumber(chest(998)), tmp_path / "sentinel")
+
+    with NodeProcess(CONFIG, workdir=tmp_path / "node") as node:
+        api = api_of(node)
+        assert node.pid is not None
+        before_mb = peak_rss_mb(node.pid)
+        started = time.monotonic()
+        assert storescu(node.dicom_port, many, timeout=300) == [0] * len(many)
+        many_seconds = time.monotonic() - started
+        started = time.monotonic()
+        assert storescu(node.dicom_port, [huge_path], timeout=300) == [0]
+        huge_seconds = time.monotonic() - started
+        peak_mb = peak_rss_mb(node.pid)
+
+        many_uid = str(template.SeriesInstanceUID)
+        huge_uid = str(pydicom.dcmread(huge_path, stop_before_pixels=True).SeriesInstanceUID)
+
+        def complete(series_uid: str) -> bool:
+            return api.get(f"/api/series/{series_uid}")["state"] != "receiving"  # type: ignore[index]
+
+        wait_until(lambda: complete(many_uid) and complete(huge_uid), 60, message="complete")
+        many_series = api.get(f"/api/series/{many_uid}")
+        huge_series = api.get(f"/api/series/{huge_uid}")
+        assert isinstance(many_series, dict) and isinstance(huge_series, dict)
+        assert many_series["instance_count"] == 2000 and many_series["jobs"] == []
+        assert huge_series["instance_count"] == 1 and huge_series["jobs"] == []
+        (spooled,) = (node.data_dir / "spool").rglob(f"{huge_uid}/*.dcm")
+        assert spooled.stat().st_size >= 512 * 512 * HUGE_FRAMES * 2
+        assert len(list((node.data_dir / "spool").rglob(f"{many_uid}/*.dcm"))) == 2000
+
+        assert storescu(node.dicom_port, sentinel) == [0] * len(sentinel)
+        sentinel_uid = str(pydicom.dcmread(sentinel[0], stop_before_pixels=True).SeriesInstanceUID)
+        wait_until(lambda: bool(api.get("/api/jobs", series_uid=sentinel_uid)), 60, message="job")
+        wait_for_jobs(api, [sentinel_uid], timeout=120)
+        assert outcome_of(api, sentinel_uid) == "processed"
+        assert "Traceback" not in node.log_text(), node.log_text()[-4000:]
+    size_mb = huge_path.stat().st_size / 2**20
+    print(
+        f"2000 instances: {many_seconds:.1f} s ({2000 / many_seconds:.0f}/s); "
+        f"{size_mb:.0f} MiB instance: {huge_seconds:.1f} s; node peak RSS "
+        f"{before_mb:.0f} MB before, {peak_mb:.0f} MB after"
+    )
+    OUTCOMES["2000 instances in one series"] = "stored (2000 rows, 2000 files), no rule: no job"
+    OUTCOMES[f"one {size_mb:.0f} MiB instance"] = "stored, no rule: no job"
+    # Receiving the instance holds it decoded and encoded: a few copies, not more.
+    assert peak_mb - before_mb < 6 * size_mb, (before_mb, peak_mb)
