@@ -31,6 +31,7 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filereader import read_file_meta_info
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import (
     JPEG2000,
@@ -53,7 +54,11 @@ from node.synthetic.chest_ct import make_chest_ct, write_series
 from node.synthetic.degraded import to_8_bit
 from tests.support.net import wait_until
 
-pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.timeout(600),  # a hang fails the test instead of stalling the suite
+    pytest.mark.filterwarnings("ignore::UserWarning"),
+]
 
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -586,7 +591,14 @@ def test_hostile_series_and_instances_each_have_their_outcome(tmp_path: Path) ->
         wait_for_jobs(api, [sentinel_uid], timeout=120)
         found["normal chest CT (last sentinel)"] = outcome_of(api, sentinel_uid)
         expected["normal chest CT (last sentinel)"] = "processed"
-        assert "Traceback" not in node.log_text(), node.log_text()[-4000:]
+        log = node.log_text()
+        assert "Traceback" not in log, log[-4000:]
+        # Every refusal is logged with the SOP Instance UID the request named, and why.
+        for name, path in cases.items():
+            if found[name] != "status 0x0000":
+                sop_uid = read_file_meta_info(path).MediaStorageSOPInstanceUID
+                code = found[name].removeprefix("status ")
+                assert f"C-STORE refused status={code} sop_uid={sop_uid} reason=" in log, name
 
     OUTCOMES.update(found)
     table = "\n".join(f"{name}: {found[name]}" for name in found)
