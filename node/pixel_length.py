@@ -10,7 +10,8 @@ rounded up to whole bytes for BitsAllocated 1, two thirds of that for native
 YBR_FULL_422 (PS3.5 8.1.1, 8.2). Fewer bytes are refused, and so are a frame's worth or more
 of extra bytes; trailing padding short of a frame (an odd length's padding byte, a vendor's
 padding) is what decoders ignore, and is accepted. Float Pixel Data and Double
-Float Pixel Data are checked the same way (32 and 64 bits allocated). Encapsulated
+Float Pixel Data are checked the same way (32 and 64 bits allocated). An image description
+(Rows and Columns) without any pixel data element is refused too. Encapsulated
 (compressed) pixel data is not checked this way; a deflated data set is native once
 inflated, and is checked.
 """
@@ -43,10 +44,13 @@ def pixel_data_problem(dataset: Dataset, transfer_syntax: str) -> str | None:
 
     The reason names attributes and sizes only, never a value of the patient's.
     """
-    if UID(transfer_syntax).is_encapsulated:
-        return None
     present = [(tag, name, bits) for tag, name, bits in _PIXEL_ELEMENTS if tag in dataset]
     if not present:
+        # An image (Rows and Columns) without its pixels fails its series at inference.
+        if "Rows" in dataset and "Columns" in dataset:
+            return "Rows and Columns without PixelData, FloatPixelData or DoubleFloatPixelData"
+        return None
+    if UID(transfer_syntax).is_encapsulated:
         return None
     if len(present) > 1:
         return f"more than one pixel data element ({', '.join(n for _, n, _ in present)})"

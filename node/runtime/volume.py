@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 SPACING_TOLERANCE = 0.05
 #: Tolerance on direction cosines when comparing orientations.
 ORIENTATION_TOLERANCE = 1e-3
+#: Largest drift of the slice positions in the image plane across the series, in pixels.
+SHEAR_TOLERANCE = 0.5
 
 #: :attr:`Volume.layout` of stacked slices with 3D geometry (CT, MR).
 VOLUME_LAYOUT = "volume"
@@ -213,7 +215,8 @@ def assemble_volume(datasets: Iterable[Dataset]) -> Volume:
     Localizers are dropped. A series of 2D images (DX, MG, OP...) is assembled
     by :func:`node.runtime.images.assemble_images` instead. Raises
     :class:`~node.errors.VolumeError` when the series has mixed orientations or
-    sizes, missing geometry, duplicate positions, or a gap in slice spacing.
+    sizes, missing geometry, duplicate positions, a gap in slice spacing, or positions
+    that drift in the image plane (gantry tilt: not resampled).
     """
     images = [ds for ds in datasets if not _is_localizer(ds)]
     if not images:
@@ -250,6 +253,20 @@ def assemble_volume(datasets: Iterable[Dataset]) -> Volume:
     sorted_positions = np.asarray([positions[i] for i in order])
 
     if len(images) > 1:
+        # Gantry tilt (or any shear): positions drift in the image plane from slice to slice.
+        # Stacked as if they did not, every voxel would be misplaced by up to that drift.
+        origins = np.asarray([[float(v) for v in ds.ImagePositionPatient] for ds in images])
+        offsets = origins - origins[0]
+        unit = normal / np.linalg.norm(normal)
+        in_plane = offsets - np.outer(offsets @ unit, unit)
+        drift = float(np.max(np.linalg.norm(in_plane, axis=1)))
+        if drift > SHEAR_TOLERANCE * min(pixel_spacing):
+            tilt = images[0].get("GantryDetectorTilt")
+            raise VolumeError(
+                f"slice positions drift {drift:.2f} mm in the image plane (a sheared series"
+                f"{f', gantry tilt {float(tilt):g} degrees' if tilt not in (None, '') else ''});"
+                " it is not resampled"
+            )
         steps = np.diff(sorted_positions)
         if np.any(steps < 1e-3):
             raise VolumeError("series has two images at the same slice position")
