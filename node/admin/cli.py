@@ -42,8 +42,9 @@ def _service(args: argparse.Namespace) -> Any:
 
 
 def _fail(message: str) -> int:
+    """A refused action or a missing object: message on stderr, exit 1 (2 is usage)."""
     print(f"ainode: {message}", file=sys.stderr)
-    return 2
+    return 1
 
 
 def _when(value: float | None) -> str:
@@ -186,6 +187,74 @@ def jobs_retry(args: argparse.Namespace) -> int:
     return 0
 
 
+def _job_done(args: argparse.Namespace, job: Any, text: str) -> int:
+    from node.api.serialize import job_json
+
+    print(json.dumps(job_json(job)) if args.json else text)
+    return 0
+
+
+def jobs_cancel(args: argparse.Namespace) -> int:
+    job = _service(args).cancel_job(args.job_id, _actor())
+    return _job_done(args, job, f"job {job.id} is {job.state}")
+
+
+def jobs_rerun(args: argparse.Namespace) -> int:
+    job = _service(args).rerun_job(args.job_id, _actor(), args.plugin)
+    return _job_done(
+        args, job, f"job {job.id} queued ({job.plugin}) for job {args.job_id}'s series"
+    )
+
+
+def jobs_priority(args: argparse.Namespace) -> int:
+    job = _service(args).set_job_priority(args.job_id, args.priority, _actor())
+    return _job_done(args, job, f"job {job.id} has priority {job.priority}")
+
+
+# -- destinations and sources -------------------------------------------------------------
+
+
+def destinations_list(args: argparse.Namespace) -> int:
+    from node.admin.destinations import destination_view
+
+    views = {n: destination_view(d) for n, d in _service(args).destinations.mapping().items()}
+    if args.json:
+        print(json.dumps(views, indent=2))
+        return 0
+    for name, view in sorted(views.items()):
+        where = view.get("url") or f"{view.get('ae_title')}@{view.get('host')}:{view.get('port')}"
+        print(f"{name:20} {view.get('kind', 'dimse'):8} {where}")
+    return 0
+
+
+def destinations_echo(args: argparse.Namespace) -> int:
+    result = _service(args).echo(args.name)
+    if args.json:
+        print(json.dumps(result.__dict__))
+    elif result.ok:
+        print(f"{args.name}: ok in {result.seconds:.3f} s ({result.message})")
+    else:
+        print(f"ainode: {args.name}: echo failed: {result.message}", file=sys.stderr)
+    return 0 if result.ok else 1
+
+
+def sources_list(args: argparse.Namespace) -> int:
+    from node.config import load_settings
+
+    settings = load_settings(args.config)
+    rows = []
+    for name, source in sorted(settings.sources.items()):
+        data = source.model_dump(mode="json", exclude={"auth", "password", "token"})
+        rows.append({"name": name, **data})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        where = row.get("url") or f"{row.get('ae_title')}@{row.get('host')}:{row.get('port')}"
+        print(f"{row['name']:20} {row.get('kind', '-'):8} {where}")
+    return 0
+
+
 def jobs_shadow(args: argparse.Namespace) -> int:
     from node.admin.shadow import shadow_predictions
 
@@ -258,6 +327,19 @@ def add_commands(commands: Any) -> None:
     retry = with_config(jobs_sub.add_parser("retry", help="run a failed job again"))
     retry.add_argument("job_id", type=int)
     retry.set_defaults(handler=_guard(jobs_retry))
+    for verb, handler, text in (
+        ("cancel", jobs_cancel, "cancel a queued or running job"),
+        ("rerun", jobs_rerun, "queue a new job for the same series"),
+        ("priority", jobs_priority, "change a queued job's priority"),
+    ):
+        action = with_config(jobs_sub.add_parser(verb, help=text))
+        action.add_argument("job_id", type=int)
+        if verb == "rerun":
+            action.add_argument("--plugin", help="run this plugin instead of the job's")
+        if verb == "priority":
+            action.add_argument("priority", type=int)
+        action.add_argument("--json", action="store_true")
+        action.set_defaults(handler=_guard(handler))
     shadow = with_config(
         jobs_sub.add_parser("shadow", help="shadow jobs' predictions per series (JSON)")
     )
@@ -266,6 +348,22 @@ def add_commands(commands: Any) -> None:
     shadow.add_argument("--series", help="SeriesInstanceUID")
     shadow.add_argument("--state", default="done", help="job state; '' for every shadow job")
     shadow.set_defaults(handler=_guard(jobs_shadow))
+
+    destinations = commands.add_parser("destinations", help="list and echo destinations")
+    dest_sub = destinations.add_subparsers(dest="destinations_command", required=True)
+    dest_list = with_config(dest_sub.add_parser("list", help="saved destinations"))
+    dest_list.add_argument("--json", action="store_true")
+    dest_list.set_defaults(handler=_guard(destinations_list))
+    dest_echo = with_config(dest_sub.add_parser("echo", help="C-ECHO (or probe) a destination"))
+    dest_echo.add_argument("name")
+    dest_echo.add_argument("--json", action="store_true")
+    dest_echo.set_defaults(handler=_guard(destinations_echo))
+
+    sources = commands.add_parser("sources", help="PACS the node can pull from")
+    sources_sub = sources.add_subparsers(dest="sources_command", required=True)
+    src_list = with_config(sources_sub.add_parser("list", help="configured sources"))
+    src_list.add_argument("--json", action="store_true")
+    src_list.set_defaults(handler=_guard(sources_list))
 
 
 def _guard(handler: Any) -> Any:
