@@ -413,6 +413,18 @@ def web_router(node: Node, viewer: Dependency, editor: Dependency) -> APIRouter:
             filters={"user": user, "action": action, "target": target},
         )
 
+    @router.get("/log")
+    def log_page(
+        request: Request, principal: Viewer, level: str = "WARNING", text: str = ""
+    ) -> HTMLResponse:
+        from node.logs import RECENT
+
+        level = level if level in ("WARNING", "ERROR", "CRITICAL") else "WARNING"
+        entries = RECENT.records(level=level, text=text, limit=500)
+        return render(
+            request, "log.html", principal, entries=entries, filters={"level": level, "text": text}
+        )
+
     @router.get("/users")
     def users_page(
         request: Request, principal: Annotated[Principal, Depends(editor)]
