@@ -413,6 +413,16 @@ def web_router(node: Node, viewer: Dependency, editor: Dependency) -> APIRouter:
             filters={"user": user, "action": action, "target": target},
         )
 
+    @router.get("/sources")
+    def sources_page(request: Request, principal: Viewer) -> HTMLResponse:
+        sources = []
+        for name, source in sorted(node.settings.sources.items()):
+            data = source.model_dump(mode="json", exclude={"auth"})
+            where = data.get("url") or f"{data['ae_title']}@{data['host']}:{data['port']}"
+            sources.append({"name": name, "kind": data["kind"], "where": where, **data})
+        pulls = [pull.as_json() for pull in node.pulls.recent(100)]
+        return render(request, "sources.html", principal, sources=sources, pulls=pulls)
+
     @router.get("/log")
     def log_page(
         request: Request, principal: Viewer, level: str = "WARNING", text: str = ""
