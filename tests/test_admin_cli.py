@@ -194,6 +194,15 @@ def test_job_destination_and_source_verbs(config: Path, tmp_path: Path, capsys) 
     assert json.loads(capsys.readouterr().out)["ok"] is False
     assert main(["destinations", "echo", "nowhere", *cfg]) == 1
     assert "nowhere" in capsys.readouterr().err
+    assert main(["pull", "orthanc", "--study", "1.2.826.0.1.3680043.8.498.5", "--json", *cfg]) == 0
+    pull = json.loads(capsys.readouterr().out)
+    assert (pull["source"], pull["state"], pull["origin"][:4]) == ("orthanc", "queued", "cli:")
+    assert main(["pull", "nope", "--study", "1.2.3", *cfg]) == 1
+    assert "no source named 'nope'" in capsys.readouterr().err
+    assert main(["pull", "orthanc", *cfg]) == 1
+    assert "give study_uid, series_uid or both" in capsys.readouterr().err
+    assert main(["pulls", "--json", *cfg]) == 0
+    assert [p["id"] for p in json.loads(capsys.readouterr().out)] == [pull["id"]]
     with pytest.raises(SystemExit) as usage:
         main(["jobs", "priority", str(job_id), *cfg])
     assert usage.value.code == 2

@@ -255,6 +255,62 @@ def sources_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pull_store(args: argparse.Namespace) -> tuple[Any, Any]:
+    from node.config import load_settings
+    from node.pull.store import PullStore
+    from node.state.db import Database
+
+    settings = load_settings(args.config)
+    return settings, PullStore(Database(settings.database_path))
+
+
+def pull_start(args: argparse.Namespace) -> int:
+    """Queue a pull as ``POST /api/pull`` does; a running node claims it within a second."""
+    from pydantic import ValidationError
+
+    from node.api.dicomweb import PullRequest
+    from node.errors import NotFound
+
+    try:
+        body = PullRequest(
+            source=args.source, study_uid=args.study, series_uid=args.series, rule=args.rule
+        )
+    except ValidationError as exc:
+        return _fail("; ".join(str(e["msg"]) for e in exc.errors()))
+    settings, store = _pull_store(args)
+    if body.source not in settings.sources:
+        known = ", ".join(sorted(settings.sources)) or "none configured"
+        raise NotFound(f"no source named {body.source!r} (known: {known})")
+    pull = store.add(
+        source=body.source,
+        study_uid=body.study_uid or "",
+        series_uid=body.series_uid,
+        rule=body.rule,
+        origin=_actor(),
+        now=time.time(),
+    )
+    if args.json:
+        print(json.dumps(pull.as_json()))
+    else:
+        print(f"pull {pull.id} queued from {pull.source}")
+    return 0
+
+
+def pulls_list(args: argparse.Namespace) -> int:
+    _, store = _pull_store(args)
+    pulls = [pull.as_json() for pull in store.recent(args.limit)]
+    if args.json:
+        print(json.dumps(pulls, indent=2))
+        return 0
+    for p in pulls:
+        target = p["series_uid"] or p["study_uid"]
+        error = f"  {p['error'][:80]}" if p["error"] else ""
+        print(
+            f"{p['id']:6} {p['state']:8} {p['source']:16} {_when(p['created_at'])}  {target}{error}"
+        )
+    return 0
+
+
 def jobs_shadow(args: argparse.Namespace) -> int:
     from node.admin.shadow import shadow_predictions
 
@@ -358,6 +414,20 @@ def add_commands(commands: Any) -> None:
     dest_echo.add_argument("name")
     dest_echo.add_argument("--json", action="store_true")
     dest_echo.set_defaults(handler=_guard(destinations_echo))
+
+    pull = with_config(
+        commands.add_parser("pull", help="queue a pull from a source (as POST /api/pull)")
+    )
+    pull.add_argument("source")
+    pull.add_argument("--study", help="StudyInstanceUID")
+    pull.add_argument("--series", help="SeriesInstanceUID")
+    pull.add_argument("--rule", help="process with this rule only")
+    pull.add_argument("--json", action="store_true")
+    pull.set_defaults(handler=_guard(pull_start))
+    pulls = with_config(commands.add_parser("pulls", help="the newest pulls and their state"))
+    pulls.add_argument("--limit", type=int, default=50)
+    pulls.add_argument("--json", action="store_true")
+    pulls.set_defaults(handler=_guard(pulls_list))
 
     sources = commands.add_parser("sources", help="PACS the node can pull from")
     sources_sub = sources.add_subparsers(dest="sources_command", required=True)
