@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from node.devtools.net import wait_until
 from node.devtools.node_process import PROJECT_ROOT, NodeProcess
 from tests.test_console_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
 
@@ -155,6 +157,36 @@ def test_sources_page_lists_sources_and_recent_pulls(tmp_path: Path) -> None:
                 )
                 assert queued.status == 202, queued.text()
                 pull_id = queued.json()["id"]
+                # A pull queued by the CLI is claimed by the running node's puller.
+                cli = subprocess.run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "node",
+                        "pull",
+                        "modality-pacs",
+                        "--study",
+                        study,
+                        "--json",
+                        "--config",
+                        str(node.config_path),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    timeout=120,
+                    cwd=PROJECT_ROOT,
+                )
+                assert cli.returncode == 0, cli.stderr
+                cli_id = json.loads(cli.stdout)["id"]
+
+                def cli_pull_state() -> str:
+                    answer = page.request.get(
+                        f"{node.url}/api/pull/{cli_id}",
+                        headers={"Authorization": f"Bearer {TOKEN}"},
+                    )
+                    return str(answer.json()["state"])
+
+                wait_until(lambda: cli_pull_state() != "queued", timeout=30)
                 page.goto(f"{node.url}/sources")
                 page.fill("input[name=username]", "viewer")
                 page.fill("input[name=password]", PASSWORD)
@@ -165,7 +197,8 @@ def test_sources_page_lists_sources_and_recent_pulls(tmp_path: Path) -> None:
                 assert "dicomweb" in sources.nth(0).inner_text()
                 assert f"http://127.0.0.1:{closed}/dicom-web" in sources.nth(0).inner_text()
                 assert f"PACS1@127.0.0.1:{closed}" in sources.nth(1).inner_text()
-                row = page.locator("#pulls-table tbody tr").first
+                assert page.locator("#pulls-table tbody tr").count() == 2
+                row = page.locator("#pulls-table tbody tr").nth(1)
                 text = row.inner_text()
                 assert text.startswith(str(pull_id)) and "archive" in text and study in text
                 assert any(s in text for s in ("queued", "running", "failed"))
