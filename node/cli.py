@@ -62,20 +62,22 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _config_check(args: argparse.Namespace) -> int:
-    from node.config import check_plugins_known, load_settings
-    from node.runtime.registry import PluginRegistry
+    import json
 
-    try:
-        settings = load_settings(args.file)
-        registry = PluginRegistry.discover()
-        registry.configure(settings.models, settings.templates_dir)
-        check_plugins_known(settings, registry.names | set(registry.errors), source=str(args.file))
-    except ConfigError as exc:
-        print(f"ainode: {exc}", file=sys.stderr)
-        return 2
-    rules, destinations = len(settings.rules), len(settings.destinations)
-    print(f"{args.file}: valid ({rules} rules, {destinations} destinations)")
-    return 0
+    from node.config import config_problems
+
+    settings, problems = config_problems(args.file)
+    if args.json:
+        listing = [{"path": where, "message": message} for where, message in problems]
+        print(json.dumps({"file": str(args.file), "valid": not problems, "problems": listing}))
+    elif problems:
+        print(f"ainode: {args.file}: {len(problems)} problem(s)", file=sys.stderr)
+        for where, message in problems:
+            print(f"  {where}: {message}", file=sys.stderr)
+    elif settings is not None:
+        rules, destinations = len(settings.rules), len(settings.destinations)
+        print(f"{args.file}: valid ({rules} rules, {destinations} destinations)")
+    return 1 if problems else 0
 
 
 def _plugins_list(args: argparse.Namespace) -> int:
@@ -115,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler=_serve)
     check = commands.add_parser("check-config", help="validate a configuration file")
     check.add_argument("file", type=Path)
+    check.add_argument("--json", action="store_true", help="print the problems as JSON")
     check.set_defaults(handler=_config_check)
     plugins = commands.add_parser("plugins", help="inference plugins")
     plugin_commands = plugins.add_subparsers(dest="plugins_command", required=True)

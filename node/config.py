@@ -754,22 +754,99 @@ def settings_from_mapping(
     try:
         return Settings.model_validate(merged)
     except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            location: tuple[str | int, ...] = tuple(error["loc"])
-            if location[:1] in (("destinations",), ("sources",)) and len(location) > 2:
-                location = (*location[:2], *location[3:])  # drop the union's tag
-            context = error.get("ctx", {}) or {}
-            cause = context.get("error")
-            if isinstance(cause, _KeyedError):
-                location = cause.location
-                message = str(cause)
-            elif error["type"] == "extra_forbidden":
-                message = "unknown key"
-            else:
-                message = str(cause) if cause is not None else error["msg"]
-            problems.append(f"{source}: {_format_location(location)}: {message}")
+        problems = [f"{source}: {where}: {message}" for where, message in _schema_problems(exc)]
         raise ConfigError("invalid configuration\n  " + "\n  ".join(problems)) from None
+
+
+def _schema_problems(exc: ValidationError) -> list[tuple[str, str]]:
+    """Every error of a failed validation as ``(key path, message)``."""
+    problems = []
+    for error in exc.errors():
+        location: tuple[str | int, ...] = tuple(error["loc"])
+        if location[:1] in (("destinations",), ("sources",)) and len(location) > 2:
+            location = (*location[:2], *location[3:])  # drop the union's tag
+        context = error.get("ctx", {}) or {}
+        cause = context.get("error")
+        if isinstance(cause, _KeyedError):
+            location = cause.location
+            message = str(cause)
+        elif error["type"] == "extra_forbidden":
+            message = "unknown key"
+        else:
+            message = str(cause) if cause is not None else error["msg"]
+        problems.append((_format_location(location), message))
+    return problems
+
+
+def _reference_problems(raw: Mapping[str, Any], known_plugins: set[str]) -> list[tuple[str, str]]:
+    """Rules naming destinations or plugins that do not exist, read from the raw mapping.
+
+    Pydantic runs the model-level reference check only when every field is valid
+    (and stops at the first); this checks the raw file so one run reports them all.
+    """
+    destinations = raw.get("destinations")
+    dest_names = set(destinations) if isinstance(destinations, Mapping) else set()
+    models = raw.get("models")
+    plugin_names = known_plugins | (set(models) if isinstance(models, Mapping) else set())
+    rules = raw.get("rules")
+    problems: list[tuple[str, str]] = []
+    for index, rule in enumerate(rules if isinstance(rules, list) else []):
+        if not isinstance(rule, Mapping):
+            continue
+        send_to = rule.get("send_to")
+        for dest in send_to if isinstance(send_to, list) else []:
+            if isinstance(dest, str) and dest not in dest_names:
+                known = ", ".join(sorted(dest_names)) or "none defined"
+                problems.append(
+                    (f"rules[{index}].send_to", f"unknown destination {dest!r} (known: {known})")
+                )
+        plugin = rule.get("plugin")
+        if isinstance(plugin, str) and plugin not in plugin_names:
+            names = ", ".join(sorted(plugin_names)) or "none installed"
+            problems.append(
+                (f"rules[{index}].plugin", f"unknown plugin {plugin!r} (installed: {names})")
+            )
+    return problems
+
+
+def config_problems(
+    path: Path, *, environ: Mapping[str, str] | None = None
+) -> tuple[Settings | None, list[tuple[str, str]]]:
+    """Every problem of a configuration file in one pass, as ``(key path, message)``.
+
+    Checks the YAML, the schema (all field errors, including regexes of ``match``),
+    the references of rules to destinations and plugins, and loads each configured
+    model (its files, labels and result template). Returns the settings when the
+    schema is valid.
+    """
+    from node.runtime.registry import PluginRegistry
+
+    env = os.environ if environ is None else environ
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        return None, [("(file)", f"cannot read configuration: {exc.strerror}")]
+    except yaml.YAMLError as exc:
+        return None, [("(file)", f"not valid YAML: {exc}")]
+    if not isinstance(raw, Mapping):
+        return None, [("(top level)", "the configuration must be a mapping of sections")]
+    merged = _apply_env(dict(raw), env)
+    registry = PluginRegistry.discover()
+    problems: list[tuple[str, str]] = []
+    settings: Settings | None = None
+    try:
+        settings = Settings.model_validate(merged)
+    except ValidationError as exc:
+        problems.extend(_schema_problems(exc))
+    for problem in _reference_problems(merged, registry.names | set(registry.errors)):
+        if problem not in problems:
+            problems.append(problem)
+    if settings is not None:
+        registry.configure(settings.models, settings.templates_dir)
+        for name in sorted(settings.models):
+            if name in registry.errors:
+                problems.append((f"models.{name}", registry.errors[name]))
+    return settings, problems
 
 
 def load_settings(
@@ -834,6 +911,7 @@ __all__ = [
     "TorchScriptModelSettings",
     "ValidatedInputSettings",
     "check_plugins_known",
+    "config_problems",
     "load_settings",
     "settings_from_mapping",
 ]

@@ -51,7 +51,7 @@ def test_users_add_from_stdin(config: Path, monkeypatch, capsys) -> None:
     )
     assert "alice added with role admin" in capsys.readouterr().out
     monkeypatch.setattr("sys.stdin", __import__("io").StringIO("short\n"))
-    assert main(["users", "add", "bob", "--password-stdin", "--config", str(config)]) == 2
+    assert main(["users", "add", "bob", "--password-stdin", "--config", str(config)]) == 1
     assert "at least 10 characters" in capsys.readouterr().err
 
 
@@ -88,7 +88,7 @@ def test_rules_validate_and_test(config: Path, tmp_path: Path, capsys) -> None:
         == 0
     )
     assert "FIRES    head" in capsys.readouterr().out
-    assert main(["rules", "test", "--series", "1.2.3", "--config", str(config)]) == 2
+    assert main(["rules", "test", "--series", "1.2.3", "--config", str(config)]) == 1
     assert "no series 1.2.3" in capsys.readouterr().err
 
 
@@ -149,7 +149,7 @@ def test_jobs_list_show_retry(config: Path, tmp_path: Path, capsys) -> None:
     assert main(["jobs", "show", str(job_id), "--config", str(config)]) == 0
     out = capsys.readouterr().out
     assert "retried" in out and "by cli:" in out
-    assert main(["jobs", "retry", str(job_id), "--config", str(config)]) == 2
+    assert main(["jobs", "retry", str(job_id), "--config", str(config)]) == 1
     assert "only failed, skipped, cancelled, done jobs" in capsys.readouterr().err
 
 
@@ -175,3 +175,75 @@ def test_jobs_list_state_skipped_and_retry(config: Path, tmp_path: Path, capsys)
     assert "skipped by the input-quality gate" in out and "broken" not in out
     assert main(["jobs", "retry", str(skipped), "--config", str(config)]) == 0
     assert f"job {skipped} is queued again" in capsys.readouterr().out
+
+
+def test_job_destination_and_source_verbs(config: Path, tmp_path: Path, capsys) -> None:
+    """The API's admin actions have CLI verbs: --json output, exit 0 ok / 1 refused / 2 usage."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    raw = yaml.safe_load(config.read_text())
+    raw["destinations"] = {"pacs": {"ae_title": "PACS", "host": "127.0.0.1", "port": closed_port}}
+    raw["sources"] = {
+        "orthanc": {"kind": "dimse", "ae_title": "ORTHANC", "host": "h", "port": 4242}
+    }
+    config.write_text(yaml.safe_dump(raw))
+    assert main(["rules", "list", "--config", str(config)]) == 0  # creates and seeds the DB
+    db = Database(tmp_path / "data" / "state.sqlite3")
+    from node.jobs.queue import JobQueue
+
+    job_id = enqueue_job(JobQueue(db), 1.0, series_uid="1.2.3", study_uid="1.2")
+    db.close()
+    capsys.readouterr()
+    cfg = ["--config", str(config)]
+    assert main(["jobs", "priority", str(job_id), "7", "--json", *cfg]) == 0
+    assert json.loads(capsys.readouterr().out)["priority"] == 7
+    assert main(["jobs", "cancel", str(job_id), *cfg]) == 0
+    assert f"job {job_id} is cancelled" in capsys.readouterr().out
+    assert main(["jobs", "cancel", str(job_id), *cfg]) == 1
+    assert capsys.readouterr().err.startswith("ainode: ")
+    assert main(["jobs", "rerun", str(job_id), "--plugin", "nope", *cfg]) == 1
+    assert "unknown plugin 'nope'" in capsys.readouterr().err
+    assert main(["jobs", "rerun", str(job_id), "--json", *cfg]) == 0
+    rerun = json.loads(capsys.readouterr().out)
+    assert rerun["id"] != job_id and rerun["state"] == "queued"
+    assert main(["jobs", "cancel", "999", *cfg]) == 1
+    assert main(["destinations", "list", "--json", *cfg]) == 0
+    assert json.loads(capsys.readouterr().out)["pacs"]["port"] == closed_port
+    assert main(["destinations", "echo", "pacs", "--json", *cfg]) == 1
+    assert json.loads(capsys.readouterr().out)["ok"] is False
+    assert main(["destinations", "echo", "nowhere", *cfg]) == 1
+    assert "nowhere" in capsys.readouterr().err
+    assert main(["pull", "orthanc", "--study", "1.2.826.0.1.3680043.8.498.5", "--json", *cfg]) == 0
+    pull = json.loads(capsys.readouterr().out)
+    assert (pull["source"], pull["state"], pull["origin"][:4]) == ("orthanc", "queued", "cli:")
+    assert main(["pull", "nope", "--study", "1.2.3", *cfg]) == 1
+    assert "no source named 'nope'" in capsys.readouterr().err
+    assert main(["pull", "orthanc", *cfg]) == 1
+    assert "give study_uid, series_uid or both" in capsys.readouterr().err
+    assert main(["pulls", "--json", *cfg]) == 0
+    assert [p["id"] for p in json.loads(capsys.readouterr().out)] == [pull["id"]]
+    with pytest.raises(SystemExit) as usage:
+        main(["jobs", "priority", str(job_id), *cfg])
+    assert usage.value.code == 2
+    # through the console script
+    result = subprocess.run(
+        [sys.executable, "-m", "node", "sources", "list", "--json", *cfg],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    (source,) = json.loads(result.stdout)
+    assert (source["name"], source["kind"], source["port"]) == ("orthanc", "dimse", 4242)
+    result = subprocess.run(
+        [sys.executable, "-m", "node", "jobs", "cancel", str(job_id), *cfg],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1 and result.stderr.startswith("ainode: ")

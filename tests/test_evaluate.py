@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -748,3 +749,65 @@ def test_input_quality_gate_warns_or_rejects_as_the_rule_says(
     assert skipped["summary"] == {"ok": 0, "rejected": 11, "failed": 0, "cases": 11}
     assert all("input-quality gate" in c["reason"] for c in skipped["cases"])
     assert skipped["classification"]["findings"][0]["n"] == 0
+
+
+def _evaluate_command(dataset: Path, output: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "node",
+        "evaluate",
+        "--plugin",
+        "ct_lungs",
+        "--dataset",
+        str(dataset),
+        "--output",
+        str(output),
+        "--device",
+        "cpu",
+    ]
+
+
+@pytest.mark.slow
+def test_cli_progress_on_a_terminal_and_in_a_log(lungs: Path, tmp_path: Path) -> None:
+    """One rewritten line with n/N, elapsed and estimate on a TTY; plain lines in a log."""
+    import os
+    import pty
+    import subprocess
+
+    two = tmp_path / "two"
+    for case in sorted((lungs / "cases").iterdir())[:2]:
+        shutil.copytree(case, two / "cases" / case.name)
+    env = {**os.environ, "AINODE_CONFIG": ""}
+    piped = subprocess.run(
+        _evaluate_command(two, tmp_path / "a"), capture_output=True, text=True, env=env, timeout=300
+    )
+    assert piped.returncode == 0, piped.stderr
+    lines = [line for line in piped.stdout.splitlines() if line.startswith("evaluate: ")]
+    assert [line.split(",")[0] for line in lines] == ["evaluate: 1/2 cases", "evaluate: 2/2 cases"]
+    assert "elapsed " in lines[0] and " s left" in lines[0] and "\r" not in piped.stdout
+
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(
+        _evaluate_command(two, tmp_path / "b"),
+        stdout=terminal,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    os.close(terminal)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(controller, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    assert process.wait(timeout=300) == 0
+    os.close(controller)
+    shown = b"".join(chunks).decode()
+    assert "\revaluate: 1/2 cases" in shown and "\revaluate: 2/2 cases" in shown
+    # Both updates share one line: no line break between them.
+    between = shown[shown.index("1/2 cases") : shown.index("2/2 cases")]
+    assert "\n" not in between

@@ -42,8 +42,9 @@ def _service(args: argparse.Namespace) -> Any:
 
 
 def _fail(message: str) -> int:
+    """A refused action or a missing object: message on stderr, exit 1 (2 is usage)."""
     print(f"ainode: {message}", file=sys.stderr)
-    return 2
+    return 1
 
 
 def _when(value: float | None) -> str:
@@ -195,6 +196,130 @@ def series_rerun(args: argparse.Namespace) -> int:
     return 0
 
 
+def _job_done(args: argparse.Namespace, job: Any, text: str) -> int:
+    from node.api.serialize import job_json
+
+    print(json.dumps(job_json(job)) if args.json else text)
+    return 0
+
+
+def jobs_cancel(args: argparse.Namespace) -> int:
+    job = _service(args).cancel_job(args.job_id, _actor())
+    return _job_done(args, job, f"job {job.id} is {job.state}")
+
+
+def jobs_rerun(args: argparse.Namespace) -> int:
+    job = _service(args).rerun_job(args.job_id, _actor(), args.plugin)
+    return _job_done(
+        args, job, f"job {job.id} queued ({job.plugin}) for job {args.job_id}'s series"
+    )
+
+
+def jobs_priority(args: argparse.Namespace) -> int:
+    job = _service(args).set_job_priority(args.job_id, args.priority, _actor())
+    return _job_done(args, job, f"job {job.id} has priority {job.priority}")
+
+
+# -- destinations and sources -------------------------------------------------------------
+
+
+def destinations_list(args: argparse.Namespace) -> int:
+    from node.admin.destinations import destination_view
+
+    views = {n: destination_view(d) for n, d in _service(args).destinations.mapping().items()}
+    if args.json:
+        print(json.dumps(views, indent=2))
+        return 0
+    for name, view in sorted(views.items()):
+        where = view.get("url") or f"{view.get('ae_title')}@{view.get('host')}:{view.get('port')}"
+        print(f"{name:20} {view.get('kind', 'dimse'):8} {where}")
+    return 0
+
+
+def destinations_echo(args: argparse.Namespace) -> int:
+    result = _service(args).echo(args.name)
+    if args.json:
+        print(json.dumps(result.__dict__))
+    elif result.ok:
+        print(f"{args.name}: ok in {result.seconds:.3f} s ({result.message})")
+    else:
+        print(f"ainode: {args.name}: echo failed: {result.message}", file=sys.stderr)
+    return 0 if result.ok else 1
+
+
+def sources_list(args: argparse.Namespace) -> int:
+    from node.config import load_settings
+
+    settings = load_settings(args.config)
+    rows = []
+    for name, source in sorted(settings.sources.items()):
+        data = source.model_dump(mode="json", exclude={"auth", "password", "token"})
+        rows.append({"name": name, **data})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        where = row.get("url") or f"{row.get('ae_title')}@{row.get('host')}:{row.get('port')}"
+        print(f"{row['name']:20} {row.get('kind', '-'):8} {where}")
+    return 0
+
+
+def _pull_store(args: argparse.Namespace) -> tuple[Any, Any]:
+    from node.config import load_settings
+    from node.pull.store import PullStore
+    from node.state.db import Database
+
+    settings = load_settings(args.config)
+    return settings, PullStore(Database(settings.database_path))
+
+
+def pull_start(args: argparse.Namespace) -> int:
+    """Queue a pull as ``POST /api/pull`` does; a running node claims it within a second."""
+    from pydantic import ValidationError
+
+    from node.api.dicomweb import PullRequest
+    from node.errors import NotFound
+
+    try:
+        body = PullRequest(
+            source=args.source, study_uid=args.study, series_uid=args.series, rule=args.rule
+        )
+    except ValidationError as exc:
+        return _fail("; ".join(str(e["msg"]) for e in exc.errors()))
+    settings, store = _pull_store(args)
+    if body.source not in settings.sources:
+        known = ", ".join(sorted(settings.sources)) or "none configured"
+        raise NotFound(f"no source named {body.source!r} (known: {known})")
+    pull = store.add(
+        source=body.source,
+        study_uid=body.study_uid or "",
+        series_uid=body.series_uid,
+        rule=body.rule,
+        origin=_actor(),
+        now=time.time(),
+    )
+    if args.json:
+        print(json.dumps(pull.as_json()))
+    else:
+        print(f"pull {pull.id} queued from {pull.source}")
+    return 0
+
+
+def pulls_list(args: argparse.Namespace) -> int:
+    _, store = _pull_store(args)
+    pulls = [pull.as_json() for pull in store.recent(args.limit)]
+    if args.json:
+        print(json.dumps(pulls, indent=2))
+        return 0
+    for p in pulls:
+        target = p["series_uid"] or p["study_uid"]
+        error = f"  {p['error'][:80]}" if p["error"] else ""
+        print(
+            f"{p['id']:6} {p['state']:8} {p['source']:16} {_when(p['created_at'])}  {target}{error}"
+        )
+    return 0
+
+
 def jobs_shadow(args: argparse.Namespace) -> int:
     from node.admin.shadow import shadow_predictions
 
@@ -267,6 +392,19 @@ def add_commands(commands: Any) -> None:
     retry = with_config(jobs_sub.add_parser("retry", help="run a failed job again"))
     retry.add_argument("job_id", type=int)
     retry.set_defaults(handler=_guard(jobs_retry))
+    for verb, handler, text in (
+        ("cancel", jobs_cancel, "cancel a queued or running job"),
+        ("rerun", jobs_rerun, "queue a new job for the same series"),
+        ("priority", jobs_priority, "change a queued job's priority"),
+    ):
+        action = with_config(jobs_sub.add_parser(verb, help=text))
+        action.add_argument("job_id", type=int)
+        if verb == "rerun":
+            action.add_argument("--plugin", help="run this plugin instead of the job's")
+        if verb == "priority":
+            action.add_argument("priority", type=int)
+        action.add_argument("--json", action="store_true")
+        action.set_defaults(handler=_guard(handler))
     shadow = with_config(
         jobs_sub.add_parser("shadow", help="shadow jobs' predictions per series (JSON)")
     )
@@ -285,6 +423,36 @@ def add_commands(commands: Any) -> None:
     )
     rerun.add_argument("series_uid")
     rerun.set_defaults(handler=_guard(series_rerun))
+
+    destinations = commands.add_parser("destinations", help="list and echo destinations")
+    dest_sub = destinations.add_subparsers(dest="destinations_command", required=True)
+    dest_list = with_config(dest_sub.add_parser("list", help="saved destinations"))
+    dest_list.add_argument("--json", action="store_true")
+    dest_list.set_defaults(handler=_guard(destinations_list))
+    dest_echo = with_config(dest_sub.add_parser("echo", help="C-ECHO (or probe) a destination"))
+    dest_echo.add_argument("name")
+    dest_echo.add_argument("--json", action="store_true")
+    dest_echo.set_defaults(handler=_guard(destinations_echo))
+
+    pull = with_config(
+        commands.add_parser("pull", help="queue a pull from a source (as POST /api/pull)")
+    )
+    pull.add_argument("source")
+    pull.add_argument("--study", help="StudyInstanceUID")
+    pull.add_argument("--series", help="SeriesInstanceUID")
+    pull.add_argument("--rule", help="process with this rule only")
+    pull.add_argument("--json", action="store_true")
+    pull.set_defaults(handler=_guard(pull_start))
+    pulls = with_config(commands.add_parser("pulls", help="the newest pulls and their state"))
+    pulls.add_argument("--limit", type=int, default=50)
+    pulls.add_argument("--json", action="store_true")
+    pulls.set_defaults(handler=_guard(pulls_list))
+
+    sources = commands.add_parser("sources", help="PACS the node can pull from")
+    sources_sub = sources.add_subparsers(dest="sources_command", required=True)
+    src_list = with_config(sources_sub.add_parser("list", help="configured sources"))
+    src_list.add_argument("--json", action="store_true")
+    src_list.set_defaults(handler=_guard(sources_list))
 
 
 def _guard(handler: Any) -> Any:

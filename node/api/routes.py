@@ -410,6 +410,18 @@ def api_router(admin: AdminService, viewer: Dependency, editor: Dependency) -> A
         """Installed plugins with version, devices they are loaded on, and import errors."""
         return admin.plugins()
 
+    @router.get("/log", tags=["audit"])
+    def recent_log(
+        _: Viewer,
+        level: Annotated[str, Query(pattern="^(WARNING|ERROR|CRITICAL)$")] = "WARNING",
+        text: str = "",
+        limit: Annotated[int, Query(ge=1, le=1000)] = 500,
+    ) -> list[dict[str, Any]]:
+        """The node's recent warnings and errors (kept in memory), newest first."""
+        from node.logs import RECENT
+
+        return RECENT.records(level=level, text=text, limit=limit)
+
     @router.get("/audit", tags=["audit"])
     def audit(
         _: Viewer,

@@ -416,6 +416,28 @@ def web_router(node: Node, viewer: Dependency, editor: Dependency) -> APIRouter:
             filters={"user": user, "action": action, "target": target},
         )
 
+    @router.get("/sources")
+    def sources_page(request: Request, principal: Viewer) -> HTMLResponse:
+        sources = []
+        for name, source in sorted(node.settings.sources.items()):
+            data = source.model_dump(mode="json", exclude={"auth"})
+            where = data.get("url") or f"{data['ae_title']}@{data['host']}:{data['port']}"
+            sources.append({"name": name, "kind": data["kind"], "where": where, **data})
+        pulls = [pull.as_json() for pull in node.pulls.recent(100)]
+        return render(request, "sources.html", principal, sources=sources, pulls=pulls)
+
+    @router.get("/log")
+    def log_page(
+        request: Request, principal: Viewer, level: str = "WARNING", text: str = ""
+    ) -> HTMLResponse:
+        from node.logs import RECENT
+
+        level = level if level in ("WARNING", "ERROR", "CRITICAL") else "WARNING"
+        entries = RECENT.records(level=level, text=text, limit=500)
+        return render(
+            request, "log.html", principal, entries=entries, filters={"level": level, "text": text}
+        )
+
     @router.get("/users")
     def users_page(
         request: Request, principal: Annotated[Principal, Depends(editor)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,36 @@ def _print_summary(report: dict[str, Any]) -> None:
         )
 
 
+class Progress:
+    """Cases done, elapsed time and an estimate of the time left.
+
+    On a terminal one line is rewritten in place; otherwise (a log, a pipe) each case
+    prints a plain line.
+    """
+
+    def __init__(self, stream: Any = None) -> None:
+        self.stream = stream or sys.stdout
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.started = time.monotonic()
+        self.width = 0
+
+    def __call__(self, done: int, total: int, case: str, status: str) -> None:
+        elapsed = time.monotonic() - self.started
+        left = elapsed / done * (total - done)
+        text = (
+            f"evaluate: {done}/{total} cases, {case}: {status}, "
+            f"elapsed {elapsed:.1f} s, about {left:.1f} s left"
+        )
+        if self.tty:
+            self.stream.write("\r" + text.ljust(self.width))
+            self.width = len(text)
+            if done == total:
+                self.stream.write("\n")
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from node.config import load_settings
     from node.evaluation.evaluate import (
@@ -100,6 +131,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             options=options,
             shadow=shadow,
             quality=rule.quality if rule is not None else None,
+            progress=Progress(),
         )
         output = args.output or Path(f"evaluation-{args.plugin}")
         metrics, html = write_report(report, output)

@@ -13,7 +13,7 @@ import datetime as dt
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -158,11 +158,13 @@ def evaluate(
     options: EvaluationOptions | None = None,
     shadow: ShadowSource | None = None,
     quality: QualitySettings | None = None,
+    progress: Callable[[int, int, str, str], None] | None = None,
 ) -> dict[str, Any]:
     """Run ``plugin_name`` on every case of the dataset and compute the metrics.
 
     ``quality`` is the input-quality policy for routines that declare ``validated_on``
-    (default: warn on every failed check). With ``shadow``, the rule's stored results are
+    (default: warn on every failed check). ``progress(n, total, case, status)`` is
+    called after each case. With ``shadow``, the rule's stored results are
     scored too (:mod:`node.evaluation.shadow`) and the report gains a ``shadow`` section.
 
     Raises
@@ -219,6 +221,8 @@ def evaluate(
             row["quality"] = outcome.quality
         rows.append(row)
         log.info("evaluation case=%s status=%s seconds=%.2f", name, outcome.status, outcome.seconds)
+        if progress is not None:
+            progress(number, len(dataset.cases), name, outcome.status)
         if outcome.status != "ok":
             if comparison:
                 comparison.skip(name, outcome.status)

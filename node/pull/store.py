@@ -188,6 +188,11 @@ class PullStore:
         rows = self._db.query("SELECT * FROM pulls WHERE id = ?", (pull_id,))
         return _pull(rows[0]) if rows else None
 
+    def recent(self, limit: int = 100) -> list[Pull]:
+        """The newest pulls first."""
+        rows = self._db.query("SELECT * FROM pulls ORDER BY id DESC LIMIT ?", (limit,))
+        return [_pull(row) for row in rows]
+
     def for_study(self, study_uid: str) -> list[Pull]:
         rows = self._db.query("SELECT * FROM pulls WHERE study_uid = ? ORDER BY id", (study_uid,))
         return [_pull(row) for row in rows]
