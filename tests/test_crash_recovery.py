@@ -175,7 +175,7 @@ def test_an_admin_reruns_a_complete_series_with_the_cli(tmp_path: Path, capsys) 
     spool_series(store, datasets, tmp_path / "data" / "spool", now=1.0)
     uid = str(datasets[0].SeriesInstanceUID)
     arguments = ["series", "rerun", uid, "--config", str(config)]
-    assert main(arguments) == 2
+    assert main(arguments) == 1  # refused: exit 1 (2 is a usage error)
     assert "still receiving" in capsys.readouterr().err
     assert store.force_complete(uid, 2.0) is not None  # its jobs lost, as in the crash
     assert main(arguments) == 0
