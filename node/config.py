@@ -8,6 +8,7 @@ container or a test can move ports and data without editing the file.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -45,6 +46,27 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class AcceptSettings(_Strict):
+    """One calling AE allowed to associate, optionally only from some hosts."""
+
+    ae_title: str = Field(pattern=AE_TITLE_PATTERN)
+    #: Addresses or CIDR networks (``10.1.2.0/24``); empty: from any host.
+    hosts: list[str] = []
+
+    @field_validator("hosts")
+    @classmethod
+    def _networks(cls, hosts: list[str]) -> list[str]:
+        for host in hosts:
+            try:
+                ipaddress.ip_network(host, strict=False)
+            except ValueError:
+                raise ValueError(f"{host!r} is not an IP address or CIDR network") from None
+        return hosts
+
+    def networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [ipaddress.ip_network(host, strict=False) for host in self.hosts]
+
+
 class NodeSettings(_Strict):
     """The node's own identity and where it keeps its state."""
 
@@ -57,6 +79,10 @@ class NodeSettings(_Strict):
     max_pdu: int = Field(131072, ge=16384)
     #: Refuse new instances (0xA700) when free disk space falls below this.
     min_free_disk_mb: int = Field(512, ge=0)
+    #: Calling AEs allowed to associate (None: any AE from any host, as before).
+    accept: list[AcceptSettings] | None = None
+    #: Other called AE titles the node answers to when ``accept`` is set.
+    ae_aliases: list[Annotated[str, Field(pattern=AE_TITLE_PATTERN)]] = []
 
 
 class CompletionSettings(_Strict):

@@ -43,6 +43,14 @@ class NodeCollector(Collector):
             counter = CounterMetricFamily(name, help_text)
             counter.add_metric([], counts.get(key, 0))
             yield counter
+        rejected = CounterMetricFamily(
+            "ainode_associations_rejected",
+            "DICOM associations rejected by node.accept since start",
+            labels=["reason"],
+        )
+        for reason in ("calling-ae", "called-ae"):
+            rejected.add_metric([reason], counts.get(f"rejected_{reason}", 0))
+        yield rejected
 
         db = node.db
         completed = db.query("SELECT COALESCE(SUM(generation), 0) AS n FROM series")[0]["n"]
