@@ -502,6 +502,12 @@ class SecuritySettings(_Strict):
     session_idle_minutes: float = Field(60.0, ge=1)
     #: Mark the session cookie ``Secure`` (set when the console is served over HTTPS).
     secure_cookies: bool = False
+    #: Wrong passwords (per user or per client address) before the login is locked.
+    login_max_failures: int = Field(5, ge=1)
+    #: How long a locked login stays locked.
+    login_lockout_minutes: float = Field(15.0, gt=0)
+    #: First delay after a wrong password; doubles per failure (at most 5 s).
+    login_delay_seconds: float = Field(0.5, ge=0)
 
 
 class LoggingSettings(_Strict):
