@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -79,7 +80,8 @@ class NodeSettings(_Strict):
     max_pdu: int = Field(131072, ge=16384)
     #: Refuse new instances (0xA700) when free disk space falls below this.
     min_free_disk_mb: int = Field(512, ge=0)
-    #: Calling AEs allowed to associate (None: any AE from any host, as before).
+    #: Calling AEs allowed to associate (None: any AE from any host, as before);
+    #: ``destinations`` in the YAML: each C-STORE destination's AE from its host(s).
     accept: list[AcceptSettings] | None = None
     #: Other called AE titles the node answers to when ``accept`` is set.
     ae_aliases: list[Annotated[str, Field(pattern=AE_TITLE_PATTERN)]] = []
@@ -531,6 +533,26 @@ class Settings(_Strict):
     logging: LoggingSettings = LoggingSettings()
     #: The site's result templates, looked up before the shipped ``dicom_sr_templates``.
     templates_dir: Path | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _accept_destinations(cls, data: Any) -> Any:
+        """``node.accept: destinations``: allow the C-STORE destinations' AE from their host."""
+        node = data.get("node") if isinstance(data, dict) else None
+        if not isinstance(node, dict) or node.get("accept") != "destinations":
+            return data
+        entries = []
+        for name, dest in (data.get("destinations") or {}).items():
+            if not isinstance(dest, dict) or dest.get("kind", "dimse") != "dimse":
+                continue
+            try:
+                hosts = sorted({info[4][0] for info in socket.getaddrinfo(dest["host"], None)})
+            except (KeyError, OSError) as exc:
+                raise _KeyedError(
+                    ("destinations", name, "host"), f"cannot resolve for node.accept: {exc}"
+                ) from None
+            entries.append({"ae_title": dest.get("ae_title"), "hosts": hosts})
+        return {**data, "node": {**node, "accept": entries}}
 
     @model_validator(mode="after")
     def _references_resolve(self) -> Settings:

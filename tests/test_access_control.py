@@ -99,3 +99,38 @@ def test_allow_list_through_real_node(tmp_path: Path) -> None:
     assert "reason=calling-ae-not-recognized" in log
     assert "called_ae=NOT_ME" in log
     assert "called_ae=AI_ALIAS" in log
+
+
+def test_accept_destinations_allows_each_dimse_destination_from_its_host() -> None:
+    from node.config import settings_from_mapping
+
+    settings = settings_from_mapping(
+        {
+            "node": {"accept": "destinations"},
+            "destinations": {
+                "pacs": {"ae_title": "PACS", "host": "127.0.0.1", "port": 4242},
+                "web": {"kind": "dicomweb", "url": "http://127.0.0.1:8042/dicom-web"},
+            },
+        },
+        environ={},
+    )
+    node = settings.node
+    assert node.accept is not None
+    assert [(a.ae_title, a.hosts) for a in node.accept] == [("PACS", ["127.0.0.1"])]
+    assert access_refusal(node, "PACS", "AINODE", "127.0.0.1") is None
+    assert access_refusal(node, "PACS", "AINODE", "10.0.0.1") == "calling-ae"
+    assert access_refusal(node, "CT_ER", "AINODE", "127.0.0.1") == "calling-ae"
+
+
+def test_accept_destinations_with_an_unresolvable_host_is_a_config_error() -> None:
+    from node.config import settings_from_mapping
+    from node.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"destinations\.pacs\.host.*cannot resolve"):
+        settings_from_mapping(
+            {
+                "node": {"accept": "destinations"},
+                "destinations": {"pacs": {"ae_title": "P", "host": "no-such.invalid", "port": 1}},
+            },
+            environ={},
+        )
