@@ -8,8 +8,10 @@ container or a test can move ports and data without editing the file.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
+import socket
 import ssl
 from collections.abc import Mapping
 from pathlib import Path
@@ -125,6 +127,27 @@ class HttpsSettings(_Strict):
         return server_context(self.certificate, self.private_key)
 
 
+class AcceptSettings(_Strict):
+    """One calling AE allowed to associate, optionally only from some hosts."""
+
+    ae_title: str = Field(pattern=AE_TITLE_PATTERN)
+    #: Addresses or CIDR networks (``10.1.2.0/24``); empty: from any host.
+    hosts: list[str] = []
+
+    @field_validator("hosts")
+    @classmethod
+    def _networks(cls, hosts: list[str]) -> list[str]:
+        for host in hosts:
+            try:
+                ipaddress.ip_network(host, strict=False)
+            except ValueError:
+                raise ValueError(f"{host!r} is not an IP address or CIDR network") from None
+        return hosts
+
+    def networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [ipaddress.ip_network(host, strict=False) for host in self.hosts]
+
+
 class NodeSettings(_Strict):
     """The node's own identity and where it keeps its state."""
 
@@ -137,6 +160,11 @@ class NodeSettings(_Strict):
     max_pdu: int = Field(131072, ge=16384)
     #: Refuse new instances (0xA700) when free disk space falls below this.
     min_free_disk_mb: int = Field(512, ge=0)
+    #: Calling AEs allowed to associate (None: any AE from any host, as before);
+    #: ``destinations`` in the YAML: each C-STORE destination's AE from its host(s).
+    accept: list[AcceptSettings] | None = None
+    #: Other called AE titles the node answers to when ``accept`` is set.
+    ae_aliases: list[Annotated[str, Field(pattern=AE_TITLE_PATTERN)]] = []
     #: Serve unencrypted DICOM on ``dicom_port`` (turn off to accept TLS only).
     plain_dicom: bool = True
     #: A DICOM TLS listener beside (or instead of) the plain one.
@@ -592,6 +620,12 @@ class SecuritySettings(_Strict):
     session_idle_minutes: float = Field(60.0, ge=1)
     #: Mark the session cookie ``Secure`` (set when the console is served over HTTPS).
     secure_cookies: bool = False
+    #: Wrong passwords (per user or per client address) before the login is locked.
+    login_max_failures: int = Field(5, ge=1)
+    #: How long a locked login stays locked.
+    login_lockout_minutes: float = Field(15.0, gt=0)
+    #: First delay after a wrong password; doubles per failure (at most 5 s).
+    login_delay_seconds: float = Field(0.5, ge=0)
 
 
 class LoggingSettings(_Strict):
@@ -615,6 +649,26 @@ class Settings(_Strict):
     logging: LoggingSettings = LoggingSettings()
     #: The site's result templates, looked up before the shipped ``dicom_sr_templates``.
     templates_dir: Path | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _accept_destinations(cls, data: Any) -> Any:
+        """``node.accept: destinations``: allow the C-STORE destinations' AE from their host."""
+        node = data.get("node") if isinstance(data, dict) else None
+        if not isinstance(node, dict) or node.get("accept") != "destinations":
+            return data
+        entries = []
+        for name, dest in (data.get("destinations") or {}).items():
+            if not isinstance(dest, dict) or dest.get("kind", "dimse") != "dimse":
+                continue
+            try:
+                hosts = sorted({info[4][0] for info in socket.getaddrinfo(dest["host"], None)})
+            except (KeyError, OSError) as exc:
+                raise _KeyedError(
+                    ("destinations", name, "host"), f"cannot resolve for node.accept: {exc}"
+                ) from None
+            entries.append({"ae_title": dest.get("ae_title"), "hosts": hosts})
+        return {**data, "node": {**node, "accept": entries}}
 
     @model_validator(mode="after")
     def _references_resolve(self) -> Settings:

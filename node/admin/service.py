@@ -679,14 +679,16 @@ class AdminService:
             now=self.clock(),
         )
 
-    def create_token(self, username: str, name: str, actor: str) -> tuple[str, ApiToken]:
-        secret, token = self.users.create_token(username, name, self.clock())
+    def create_token(
+        self, username: str, name: str, actor: str, expires_at: float | None = None
+    ) -> tuple[str, ApiToken]:
+        secret, token = self.users.create_token(username, name, self.clock(), expires_at)
         self.audit.record(
             user=actor,
             action="token.create",
             target=f"user:{username}",
             before=None,
-            after={"token_id": token.id, "name": token.name},
+            after={"token_id": token.id, "name": token.name, "expires_at": token.expires_at},
             now=self.clock(),
         )
         return secret, token

@@ -13,12 +13,13 @@ import logging
 import re
 import secrets
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Literal
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from node.errors import Conflict, InvalidInput, NotFound
+from node.errors import AinodeError, Conflict, InvalidInput, NotFound
 from node.state.db import Database
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,10 @@ class User:
         return self.role == "admin"
 
 
+class TokenExpired(AinodeError):
+    """An API token past its expiry (answered 401 with this message)."""
+
+
 @dataclass(frozen=True)
 class Session:
     user: User
@@ -65,6 +70,8 @@ class ApiToken:
     created_at: float
     last_used: float | None
     revoked: bool
+    #: Unix time after which the token is refused (None: never expires).
+    expires_at: float | None = None
 
 
 def _user(row: object) -> User:
@@ -226,15 +233,19 @@ class UserStore:
 
     # -- API tokens -------------------------------------------------------------------
 
-    def create_token(self, username: str, name: str, now: float) -> tuple[str, ApiToken]:
+    def create_token(
+        self, username: str, name: str, now: float, expires_at: float | None = None
+    ) -> tuple[str, ApiToken]:
         """Create an API token; the secret is returned once and never stored."""
         self.get(username)
+        if expires_at is not None and expires_at <= now:
+            raise InvalidInput("a token's expiry must be in the future")
         secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
         with self._db.transaction() as cursor:
             cursor.execute(
-                "INSERT INTO api_tokens (username, name, token_hash, created_at)"
-                " VALUES (?, ?, ?, ?)",
-                (username, name or "token", _digest(secret), now),
+                "INSERT INTO api_tokens (username, name, token_hash, created_at, expires_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (username, name or "token", _digest(secret), now, expires_at),
             )
             token_id = int(cursor.lastrowid or 0)
         return secret, self.token(token_id)
@@ -251,6 +262,7 @@ class UserStore:
             row["created_at"],
             row["last_used"],
             bool(row["revoked"]),
+            row["expires_at"],
         )
 
     def tokens(self, username: str | None = None) -> list[ApiToken]:
@@ -270,12 +282,17 @@ class UserStore:
 
     def user_for_token(self, secret: str, now: float) -> User | None:
         rows = self._db.query(
-            "SELECT t.id AS token_id, u.* FROM api_tokens t JOIN users u"
+            "SELECT t.id AS token_id, t.name AS token_name, t.expires_at AS token_expires_at,"
+            " u.* FROM api_tokens t JOIN users u"
             " ON u.username = t.username WHERE t.token_hash = ? AND t.revoked = 0",
             (_digest(secret),),
         )
         if not rows or rows[0]["disabled"]:
             return None
+        expires_at = rows[0]["token_expires_at"]
+        if expires_at is not None and expires_at <= now:
+            stamp = datetime.fromtimestamp(expires_at, UTC).isoformat(timespec="seconds")
+            raise TokenExpired(f"API token {rows[0]['token_name']!r} expired at {stamp}")
         with self._db.transaction() as cursor:
             cursor.execute(
                 "UPDATE api_tokens SET last_used = ? WHERE id = ?", (now, rows[0]["token_id"])

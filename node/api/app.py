@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from swagger_ui.utils import SWAGGER_UI_PY_ROOT
 
 from node import __version__
+from node.admin.users import TokenExpired
 from node.api.auth import (
     CsrfFailed,
     NotAuthenticated,
@@ -256,7 +257,10 @@ def create_app(node: Node) -> FastAPI:
 
     def token_user(secret: str) -> str | None:
         """Admin API tokens are accepted on STOW-RS and the pull API too."""
-        user = admin.users.user_for_token(secret, node.clock())
+        try:
+            user = admin.users.user_for_token(secret, node.clock())
+        except TokenExpired:
+            return None
         return user.username if user is not None else None
 
     app.include_router(

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
-from node.admin.users import Session, User, UserStore
+from node.admin.users import Session, TokenExpired, User, UserStore
 from node.errors import AinodeError, Forbidden
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,10 @@ def resolve(
     """The user behind a bearer token or a session cookie (idle after ``idle_seconds``)."""
     header = request.headers.get("authorization", "")
     if header.lower().startswith("bearer "):
-        user = users.user_for_token(header[7:].strip(), now)
+        try:
+            user = users.user_for_token(header[7:].strip(), now)
+        except TokenExpired as exc:
+            raise NotAuthenticated(str(exc)) from None
         return Principal(user, "token") if user else None
     secret = request.cookies.get(SESSION_COOKIE)
     if secret:

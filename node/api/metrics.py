@@ -69,7 +69,6 @@ class NodeCollector(Collector):
             counter = CounterMetricFamily(name, help_text)
             counter.add_metric([], counts.get(key, 0))
             yield counter
-
         refused = CounterMetricFamily(
             "ainode_associations_refused",
             "DICOM associations refused since start, per reason",

@@ -7,6 +7,7 @@ calls and back; the CLI calls the same service functions.
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile
@@ -122,6 +123,10 @@ class UserPatch(BaseModel):
 
 class TokenBody(BaseModel):
     name: str = "api"
+    #: Expire this many days after creation ...
+    expires_in_days: float | None = Field(None, gt=0)
+    #: ... or at this time (ISO 8601 with a time zone); neither: never expires.
+    expires_at: datetime | None = None
 
 
 def _test_payload(
@@ -464,7 +469,18 @@ def api_router(admin: AdminService, viewer: Dependency, editor: Dependency) -> A
     @router.post("/users/{username}/tokens", status_code=201, tags=["users"])
     def create_token(username: str, body: TokenBody, principal: Editor) -> dict[str, Any]:
         """Create an API token; ``token`` is shown once (send it as ``Authorization: Bearer``)."""
-        secret, token = admin.create_token(username, body.name, principal.name)
+        if body.expires_in_days is not None and body.expires_at is not None:
+            raise InvalidInput("give expires_in_days or expires_at, not both")
+        if body.expires_at is not None and body.expires_at.tzinfo is None:
+            raise InvalidInput("expires_at needs a time zone, e.g. 2027-01-31T18:00:00Z")
+        expires_at = (
+            body.expires_at.timestamp()
+            if body.expires_at is not None
+            else admin.clock() + body.expires_in_days * 86400
+            if body.expires_in_days is not None
+            else None
+        )
+        secret, token = admin.create_token(username, body.name, principal.name, expires_at)
         return {**token_json(token), "token": secret}
 
     @router.get("/tokens", tags=["users"])

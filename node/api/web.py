@@ -25,6 +25,7 @@ from node.admin.shadow import result_objects
 from node.admin.users import User
 from node.api.auth import LOGIN_CSRF_COOKIE, SESSION_COOKIE, Principal
 from node.api.serialize import audit_json, job_json, series_view_json
+from node.api.throttle import LoginThrottle
 from node.app import Node
 from node.errors import AinodeError
 from node.jobs.queue import JOB_STATES
@@ -90,6 +91,11 @@ def web_router(node: Node, viewer: Dependency, editor: Dependency) -> APIRouter:
     security = node.settings.security
     # Served over HTTPS by the node itself: its cookies never travel in clear.
     secure_cookies = security.secure_cookies or node.settings.node.https is not None
+    throttle = LoginThrottle(
+        security.login_max_failures,
+        security.login_lockout_minutes * 60,
+        base_delay=security.login_delay_seconds,
+    )
     Viewer = Annotated[Principal, Depends(viewer)]
 
     def render(
@@ -160,9 +166,46 @@ def web_router(node: Node, viewer: Dependency, editor: Dependency) -> APIRouter:
             return login_form(
                 request, "login.html", 400, next=next, error="The form expired; try again."
             )
+        address = request.client.host if request.client else "unknown"
+        keys = throttle.keys(username, address)
+        locked = throttle.locked_for(keys, node.clock())
+        if locked > 0:
+            log.warning("login refused (locked) username=%s address=%s", username[:64], address)
+            retry = int(locked) + 1
+            response = login_form(
+                request,
+                "login.html",
+                429,
+                next=next,
+                username=username,
+                error=f"Too many wrong passwords; login locked, try again in {retry} s.",
+            )
+            response.headers["Retry-After"] = str(retry)
+            return response
         user = admin.users.authenticate(username, password)
         if user is None:
-            log.warning("login failed username=%s", username[:64])
+            now = node.clock()
+            delay, newly_locked = throttle.failed(keys, now)
+            log.warning("login failed username=%s address=%s", username[:64], address)
+            admin.audit.record(
+                user=username[:64],
+                action="login.failed",
+                target=f"user:{username[:64]}",
+                before=None,
+                after={"address": address},
+                now=now,
+            )
+            for key in newly_locked:
+                log.warning("login locked %s for %.0f s", key, throttle.lockout_seconds)
+                admin.audit.record(
+                    user=username[:64],
+                    action="login.locked",
+                    target=key,
+                    before=None,
+                    after={"address": address, "seconds": throttle.lockout_seconds},
+                    now=now,
+                )
+            time.sleep(delay)  # each failure answers more slowly (sync handler: a worker thread)
             return login_form(
                 request,
                 "login.html",
@@ -171,6 +214,7 @@ def web_router(node: Node, viewer: Dependency, editor: Dependency) -> APIRouter:
                 username=username,
                 error="Wrong user name or password.",
             )
+        throttle.succeeded(keys)
         log.info("login username=%s role=%s", user.username, user.role)
         return start_session(user, next)
 

@@ -14,6 +14,7 @@ waits for the sender's retry; one that is released ends such a hold.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import ssl
 import threading
@@ -79,8 +80,44 @@ def _peer(event: Any) -> tuple[str, str]:
     """
     assoc = event.assoc
     request = assoc.requestor.primitive
-    called = request.called_ae_title if request is not None else assoc.acceptor.ae_title
-    return str(assoc.requestor.ae_title).strip(), str(called).strip()
+    if request is None:
+        return str(assoc.requestor.ae_title).strip(), str(assoc.acceptor.ae_title).strip()
+    # From the request: at EVT_REQUESTED the requestor's title is not yet filled in.
+    return str(request.calling_ae_title).strip(), str(request.called_ae_title).strip()
+
+
+#: PS3.8 A-ASSOCIATE-RJ diagnostics (result 1 rejected-permanent, source 1 service-user).
+CALLING_AE_NOT_RECOGNIZED = 0x03
+CALLED_AE_NOT_RECOGNIZED = 0x07
+
+
+def access_refusal(settings: NodeSettings, calling: str, called: str, address: str) -> str | None:
+    """Why ``node.accept`` refuses this association, or None when it is allowed.
+
+    Returns ``"calling-ae"`` (unknown calling AE, or a known one from a host not
+    listed) or ``"called-ae"`` (a called title neither the node's nor an alias).
+    Without ``node.accept`` every association is allowed.
+    """
+    if settings.accept is None:
+        return None
+    try:
+        peer = ipaddress.ip_address(address)
+    except ValueError:
+        peer = None
+    allowed = False
+    for entry in settings.accept:
+        if entry.ae_title.strip() != calling:
+            continue
+        networks = entry.networks()
+        if not networks or (peer is not None and any(peer in net for net in networks)):
+            allowed = True
+            break
+    if not allowed:
+        return "calling-ae"
+    own = {settings.ae_title.strip(), *(alias.strip() for alias in settings.ae_aliases)}
+    if called not in own:
+        return "called-ae"
+    return None
 
 
 class StorageSCP:
@@ -126,6 +163,7 @@ class StorageSCP:
     def start(self) -> None:
         handlers = [
             (evt.EVT_CONN_OPEN, set_nodelay),
+            (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_RELEASED, self._on_released),
@@ -161,6 +199,29 @@ class StorageSCP:
             self._servers.pop().shutdown()
 
     # -- event handlers -------------------------------------------------------
+
+    def _on_requested(self, event: Any) -> None:
+        """Reject an association ``node.accept`` does not allow (PS3.8 A-ASSOCIATE-RJ)."""
+        assoc = event.assoc
+        calling, called = _peer(event)
+        address = str(assoc.requestor.address)
+        refusal = access_refusal(self._settings, calling, called, address)
+        if refusal is None:
+            return
+        diagnostic = (
+            CALLING_AE_NOT_RECOGNIZED if refusal == "calling-ae" else CALLED_AE_NOT_RECOGNIZED
+        )
+        association_refused(f"{refusal.replace('-', '_')}_not_recognized")
+        log.warning(
+            "association rejected calling_ae=%s called_ae=%s peer=%s reason=%s-not-recognized",
+            calling,
+            called,
+            address,
+            refusal,
+        )
+        assoc.acse.send_reject(0x01, 0x01, diagnostic)
+        evt.trigger(assoc, evt.EVT_REJECTED, {})
+        assoc.kill()
 
     def _on_accepted(self, event: Any) -> None:
         calling, called = _peer(event)

@@ -161,7 +161,8 @@ CREATE TABLE IF NOT EXISTS api_tokens (
     token_hash  TEXT NOT NULL UNIQUE,
     created_at  REAL NOT NULL,
     last_used   REAL,
-    revoked     INTEGER NOT NULL DEFAULT 0
+    revoked     INTEGER NOT NULL DEFAULT 0,
+    expires_at  REAL
 );
 
 CREATE TABLE IF NOT EXISTS audit (
@@ -233,6 +234,10 @@ def _migrate(connection: sqlite3.Connection) -> None:
             " AND jobs.generation = series.generation)"
             " OR completed_at < (SELECT MAX(completed_at) FROM series) - 86400"
         )
+    columns = {r[1] for r in connection.execute("PRAGMA table_info(api_tokens)").fetchall()}
+    if columns and "expires_at" not in columns:
+        log.info("migrating api_tokens table: adding the expiry")
+        connection.execute("ALTER TABLE api_tokens ADD COLUMN expires_at REAL")
 
 
 class Database:
