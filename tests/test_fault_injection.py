@@ -1,0 +1,234 @@
+"""Crash safety proven by fault injection (issue 13): SIGKILL a real node at every named
+point (:mod:`node.faults`), again and again, on one data directory, with a real Orthanc as
+the destination and a sender that re-sends what was cut off, as a PACS does.
+
+At the end: every acknowledged instance is in the spool and the database, every series
+ran exactly once per rule and generation, and Orthanc holds exactly one copy of each
+result series.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import AE, build_context, evt
+
+from node.config import BUILT_IN_CHEST_RULE
+from node.devtools.net import LOCALHOST
+from node.devtools.node_process import NodeProcess
+from node.devtools.orthanc import OrthancServer
+from node.dicom.network import set_nodelay
+from node.faults import POINTS
+from node.synthetic.chest_ct import make_chest_ct, write_series
+from tests.support.net import wait_until
+from tests.support.pacs import node_config, orthanc_for_node
+
+RULE = {**BUILT_IN_CHEST_RULE}
+
+#: One node life per entry: the point it dies at and at which hit. Every point, three times;
+#: the counts put the scp kills inside a series (mid-association).
+PLAN: list[tuple[str, int]] = [
+    ("instance_received", 6),
+    ("series_completed_before_dispatch", 1),
+    ("inference_started", 1),
+    ("instance_stored", 9),
+    ("inference_done", 1),
+    ("result_file_half_written", 1),
+    ("results_written", 1),
+    ("export_first_object_sent", 1),
+] * 3
+SLICES = 20
+LIFE_TIMEOUT = 90.0
+
+
+def test_a_fault_point_kills_at_the_hit_it_names() -> None:
+    script = (
+        "from node.faults import fault_point\n"
+        "for n in range(1, 4):\n"
+        "    fault_point('instance_stored'); fault_point('inference_done'); print(n, flush=True)\n"
+    )
+
+    def run(value: str | None) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if k != "AINODE_FAULT"}
+        if value is not None:
+            env["AINODE_FAULT"] = value
+        return subprocess.run(
+            [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
+        )
+
+    unset = run(None)
+    assert (unset.returncode, unset.stdout.split()) == (0, ["1", "2", "3"])
+    second = run("instance_stored:2")
+    assert (second.returncode, second.stdout.split()) == (-9, ["1"])
+    first = run("inference_done")
+    assert (first.returncode, first.stdout.split()) == (-9, [])
+    other = run("results_written")  # armed elsewhere: no effect here
+    assert (other.returncode, other.stdout.split()) == (0, ["1", "2", "3"])
+
+
+@dataclass
+class Source:
+    """One synthetic chest CT and what the node acknowledged of it."""
+
+    study_uid: str
+    series_uid: str
+    files: list[Path]
+    sop_uids: list[str]
+    acknowledged: set[str] = field(default_factory=set)
+    sends: int = 0
+
+    @property
+    def whole(self) -> bool:
+        return self.acknowledged == set(self.sop_uids)
+
+
+def _send(port: int, source: Source) -> bool:
+    """C-STORE the whole series in one association (as a PACS re-sends); True when every
+    instance was acknowledged with 0x0000."""
+    source.sends += 1
+    ae = AE(ae_title="SCANNER")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 20
+    ae.requested_contexts = [build_context("1.2.840.10008.5.1.4.1.1.2", ExplicitVRLittleEndian)]
+    assoc = ae.associate(
+        LOCALHOST, port, ae_title="AINODE", evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay)]
+    )
+    if not assoc.is_established:
+        return False
+    try:
+        for path, sop_uid in zip(source.files, source.sop_uids, strict=True):
+            response = assoc.send_c_store(path)
+            if "Status" not in response or int(response.Status) != 0:
+                return False
+            source.acknowledged.add(sop_uid)
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return True
+
+
+def _rows(data_dir: Path, sql: str) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(data_dir / "state.sqlite3") as db:
+        return list(db.execute(sql))
+
+
+def _result_series(pacs: OrthancServer, study_uid: str) -> dict[str, list[dict[str, Any]]]:
+    """The study's result series by modality (Orthanc keys series and instances by UID)."""
+    found: dict[str, list[dict[str, Any]]] = {"SEG": [], "SR": []}
+    for series in pacs.find_series(study_uid):
+        modality = series["MainDicomTags"].get("Modality")
+        if modality in found:
+            found[modality].append(series)
+    return found
+
+
+@pytest.mark.slow
+def test_kills_at_every_fault_point_lose_nothing_and_send_each_result_once(
+    tmp_path: Path,
+) -> None:
+    sources = []
+    for number in range(len(PLAN)):
+        datasets, _ = make_chest_ct(n_slices=SLICES, rows=64, columns=64, seed=1300 + number)
+        files = write_series(datasets, tmp_path / f"series-{number}")
+        sources.append(
+            Source(
+                str(datasets[0].StudyInstanceUID),
+                str(datasets[0].SeriesInstanceUID),
+                files,
+                [str(d.SOPInstanceUID) for d in datasets],
+            )
+        )
+    kills: Counter[str] = Counter()
+    started = time.monotonic()
+    with orthanc_for_node(tmp_path) as (pacs, node_port):
+        config = node_config(node_port, pacs, [RULE], quiet_seconds=1.0)
+        config["completion"]["aborted_grace_seconds"] = 20.0
+        workdir = tmp_path / "node"
+        for life, (point, hit) in enumerate(PLAN):
+            node = NodeProcess(config, workdir=workdir, env={"AINODE_FAULT": f"{point}:{hit}"})
+            with node:
+                # What a PACS re-sends: every series whose association was cut, then a new one.
+                for source in [s for s in sources[:life] if not s.whole] + [sources[life]]:
+                    if not node.running() or not _send(node.dicom_port, source):
+                        break
+                wait_until(
+                    lambda node=node: not node.running(),
+                    LIFE_TIMEOUT,
+                    message=f"life {life}: node killed at {point}:{hit}",
+                )
+                assert f"point={point} hit={hit}" in node.log_text()
+                kills[point] += 1
+        # The last life, unarmed: finish everything that is left.
+        with NodeProcess(config, workdir=workdir) as node:
+            for source in sources:
+                if not source.whole:
+                    assert _send(node.dicom_port, source), source.series_uid
+            data_dir = node.data_dir
+
+            def settled() -> bool:
+                states = _rows(data_dir, "SELECT state FROM jobs")
+                done = {u for (u,) in _rows(data_dir, "SELECT series_uid FROM jobs")}
+                return len(done) == len(sources) and all(s in ("done", "failed") for (s,) in states)
+
+            wait_until(settled, 240, message="every series' job done")
+
+            def all_results() -> bool:
+                found = [_result_series(pacs, s.study_uid) for s in sources]
+                return all(f["SEG"] and f["SR"] for f in found)
+
+            wait_until(all_results, 60, message="results of every series in Orthanc")
+            time.sleep(1.0)  # a duplicate send, if any, would land now
+            results = {s.study_uid: _result_series(pacs, s.study_uid) for s in sources}
+
+        # Every acknowledged instance is in the database and in the spool.
+        stored = dict(_rows(data_dir, "SELECT sop_uid, path FROM instances"))
+        acknowledged = {uid for s in sources for uid in s.acknowledged}
+        lost = sorted(uid for uid in acknowledged if uid not in stored)
+        missing_files = sorted(
+            uid for uid in acknowledged if uid in stored and not Path(stored[uid]).is_file()
+        )
+        # Every series ran exactly once per rule and generation, and ended done.
+        jobs = _rows(data_dir, "SELECT series_uid, rule, generation, state FROM jobs")
+        per_run = Counter((series, rule, generation) for series, rule, generation, _ in jobs)
+        repeated = {key: n for key, n in per_run.items() if n > 1}
+        not_done = [job for job in jobs if job[3] != "done"]
+        # Orthanc holds one SEG and one SR series per source series, one instance each.
+        duplicates = {
+            study: {m: len(series) for m, series in found.items() if len(series) != 1}
+            for study, found in results.items()
+            if any(len(series) != 1 for series in found.values())
+        }
+        counts = {
+            study: {m: [len(s["Instances"]) for s in series] for m, series in found.items()}
+            for study, found in results.items()
+        }
+        events = Counter(e for (e,) in _rows(data_dir, "SELECT event FROM job_events"))
+        sent = sum(len(s.files) * s.sends for s in sources)
+        print(
+            f"\nfault injection: kills={sum(kills.values())} by point={dict(sorted(kills.items()))}"
+            f" series={len(sources)} sends={sum(s.sends for s in sources)}"
+            f" instances sent={sent} acknowledged={len(acknowledged)} lost={len(lost)}"
+            f" missing_files={len(missing_files)} jobs={len(jobs)} not_done={len(not_done)}"
+            f" repeated_runs={len(repeated)} duplicate_result_series={len(duplicates)}"
+            f" requeued={events['requeued']}"
+            f" stale_results_removed={events['stale_results_removed']}"
+            f" seconds={time.monotonic() - started:.0f}"
+        )
+    assert sum(kills.values()) >= 20 and set(kills) == set(POINTS)
+    assert lost == [] and missing_files == []
+    assert acknowledged == {uid for s in sources for uid in s.sop_uids}
+    assert repeated == {} and not_done == []
+    assert {series for series, _, _, _ in jobs} == {s.series_uid for s in sources}
+    assert duplicates == {}
+    assert all(c == {"SEG": [1], "SR": [1]} for c in counts.values()), counts
+    # A job killed while writing its results was rebuilt, not sent half-written.
+    assert events["stale_results_removed"] >= 1
