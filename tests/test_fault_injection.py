@@ -10,6 +10,7 @@ result series.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sqlite3
 import subprocess
@@ -29,10 +30,14 @@ from node.devtools.net import LOCALHOST
 from node.devtools.node_process import NodeProcess, NodeStartError
 from node.devtools.orthanc import OrthancServer
 from node.dicom.network import set_nodelay
+from node.errors import DatabaseCorrupt
 from node.faults import POINTS
+from node.state.db import Database, check_integrity
+from node.state.series import SeriesStore
 from node.synthetic.chest_ct import make_chest_ct, write_series
 from tests.support.net import wait_until
 from tests.support.pacs import node_config, orthanc_for_node
+from tests.support.spool import spool_series
 
 RULE = {**BUILT_IN_CHEST_RULE}
 
@@ -242,3 +247,58 @@ def test_kills_at_every_fault_point_lose_nothing_and_send_each_result_once(
     assert all(c == {"SEG": [1], "SR": [1]} for c in counts.values()), counts
     # A job killed while writing its results was rebuilt, not sent half-written.
     assert events["stale_results_removed"] >= 1
+
+
+# -- start-up: the state database's integrity ---------------------------------------------
+
+
+def _corrupted_database(path: Path) -> None:
+    """A node database with some rows whose pages past the schema are overwritten."""
+    db = Database(path)
+    store = SeriesStore(db)
+    datasets, _ = make_chest_ct(n_slices=40, rows=16, columns=16, seed=1399)
+    spool_series(store, datasets, path.parent / "spool", now=1.0)
+    db.close()
+    with sqlite3.connect(path) as check:
+        assert list(check.execute("PRAGMA quick_check")) == [("ok",)]
+        page_size, pages = (
+            check.execute(f"PRAGMA {p}").fetchone()[0] for p in ("page_size", "page_count")
+        )
+    assert pages > 6
+    with path.open("r+b") as handle:  # a torn write, a bad sector: garbage over two pages
+        handle.seek(page_size * (pages - 3))
+        handle.write(bytes(range(256)) * (2 * page_size // 256))
+
+
+def test_integrity_check_passes_a_sound_database_and_names_a_damaged_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sound = tmp_path / "sound" / "state.sqlite3"
+    Database(sound).close()
+    with caplog.at_level(logging.INFO, logger="node.state.db"):
+        check_integrity(sound)
+    assert f"database integrity check ok path={sound}" in caplog.text
+    check_integrity(tmp_path / "none" / "state.sqlite3")  # a first start: nothing to check
+    damaged = tmp_path / "damaged" / "state.sqlite3"
+    _corrupted_database(damaged)
+    with pytest.raises(DatabaseCorrupt, match="failed its integrity check") as raised:
+        check_integrity(damaged)
+    assert str(damaged) in str(raised.value) and "move the file" in str(raised.value)
+    garbage = tmp_path / "garbage" / "state.sqlite3"
+    garbage.parent.mkdir()
+    garbage.write_bytes(b"not a database" * 512)
+    with pytest.raises(DatabaseCorrupt, match="not a database"):
+        check_integrity(garbage)
+
+
+@pytest.mark.slow
+def test_the_node_refuses_to_start_on_a_damaged_database(tmp_path: Path) -> None:
+    node = NodeProcess(workdir=tmp_path / "node")
+    _corrupted_database(node.data_dir / "state.sqlite3")
+    with pytest.raises(NodeStartError, match="exited with status 3"):
+        node.start()
+    log_text = node.log_text()
+    assert f"state database {node.data_dir / 'state.sqlite3'} failed its integrity check" in (
+        log_text
+    )
+    assert "database integrity check failed" in log_text and "move the file" in log_text
