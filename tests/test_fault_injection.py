@@ -25,6 +25,7 @@ import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, build_context, evt
 
+from node.completion import CompletionMonitor
 from node.config import BUILT_IN_CHEST_RULE
 from node.devtools.net import LOCALHOST
 from node.devtools.node_process import NodeProcess, NodeStartError
@@ -32,6 +33,8 @@ from node.devtools.orthanc import OrthancServer
 from node.dicom.network import set_nodelay
 from node.errors import DatabaseCorrupt
 from node.faults import POINTS
+from node.ingest import IncomingInstance, Ingestor, Outcome
+from node.spool import Spool
 from node.state.db import Database, check_integrity
 from node.state.series import SeriesStore
 from node.synthetic.chest_ct import make_chest_ct, write_series
@@ -302,3 +305,51 @@ def test_the_node_refuses_to_start_on_a_damaged_database(tmp_path: Path) -> None
         log_text
     )
     assert "database integrity check failed" in log_text and "move the file" in log_text
+
+
+# -- found by the harness ------------------------------------------------------------------
+
+
+def test_a_resend_that_starts_with_held_instances_is_not_completed_half_way(
+    tmp_path: Path, database: Database, clock
+) -> None:
+    """The harness saw a series cut at instance 9 completed with 19 of 20 instances while
+    the sender's re-send was still going through the 19 already held (duplicates did not
+    count as activity), then again as generation 2 with the 20th."""
+    datasets, _ = make_chest_ct(n_slices=3, rows=16, columns=16, seed=1398)
+    files = write_series(datasets, tmp_path / "series")
+    store = SeriesStore(database)
+    ingestor = Ingestor(Spool(tmp_path / "spool"), store, clock=clock)
+    completed: list[int] = []
+    monitor = CompletionMonitor(
+        store,
+        quiet_seconds=2,
+        clock=clock,
+        on_complete=lambda row: completed.append(row.generation),
+    )
+
+    def send(index: int) -> Outcome:
+        dataset = datasets[index]
+        incoming = IncomingInstance(
+            sop_uid=str(dataset.SOPInstanceUID),
+            sop_class_uid=str(dataset.SOPClassUID),
+            series_uid=str(dataset.SeriesInstanceUID),
+            study_uid=str(dataset.StudyInstanceUID),
+            transfer_syntax=str(dataset.file_meta.TransferSyntaxUID),
+            modality="CT",
+        )
+        return ingestor.accept(incoming, files[index].read_bytes())
+
+    assert [send(0), send(1)] == [Outcome.STORED] * 2  # then the sender is cut off
+    clock.advance(60)
+    for index in (0, 1):  # the re-send goes through what the node holds ...
+        assert send(index) is Outcome.DUPLICATE
+        clock.advance(1.5)
+        monitor.poll()
+    assert completed == []  # ... and the series is still receiving
+    assert send(2) is Outcome.STORED
+    clock.advance(2.5)
+    monitor.poll()
+    assert completed == [1]
+    row = store.series(str(datasets[0].SeriesInstanceUID))
+    assert row is not None and row.instance_count == 3 and row.generation == 1
