@@ -30,7 +30,7 @@ from node.pull.store import PullStore
 from node.runtime.registry import PluginRegistry, select_devices
 from node.runtime.worker import InferenceWorker
 from node.spool import Spool
-from node.state.db import Database
+from node.state.db import Database, check_integrity
 from node.state.series import SeriesStore
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,7 @@ class Node:
         )
         data_dir = settings.node.data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
+        check_integrity(settings.database_path)  # refuses to start on a damaged file
         self.db = Database(settings.database_path)
         self.series = SeriesStore(self.db)
         self.queue = JobQueue(self.db)

@@ -10,7 +10,7 @@ from pathlib import Path
 from types import FrameType
 
 from node import __version__
-from node.errors import ConfigError
+from node.errors import ConfigError, DatabaseCorrupt
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,9 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"ainode: {exc}", file=sys.stderr)
         return 2
+    except DatabaseCorrupt as exc:
+        print(f"ainode: {exc}", file=sys.stderr)
+        return 3
     node.start()
     https = settings.node.https
     # TLS 1.2+ with the BCP 195 suites, like the DICOM TLS listener.

@@ -13,6 +13,10 @@ class ConfigError(AinodeError):
     """The configuration file is invalid; the message names file, key path and reason."""
 
 
+class DatabaseCorrupt(AinodeError):
+    """The state database failed its integrity check; the node refuses to start on it."""
+
+
 class SpoolError(AinodeError):
     """An instance could not be written durably to the spool."""
 

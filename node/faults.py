@@ -1,11 +1,32 @@
-"""Fault injection for crash tests: ``AINODE_FAULT=<point>[,<point>...]`` kills the node there.
+"""Fault injection for crash tests: ``AINODE_FAULT=<point>[:<n>][,...]`` kills the node there.
 
 Production code calls :func:`fault_point` at a few named moments where a crash
 matters (between two durable steps). With ``AINODE_FAULT`` unset, the call does
 nothing. When the variable names the point, the process logs one line and sends
 itself SIGKILL at once: no ``finally`` blocks, no flushing, like a power cut of
-the process. Only the points in :data:`POINTS` exist; naming an unknown one is
-reported at start-up (:func:`check_fault_setting`).
+the process. ``<point>:<n>`` kills at the n-th time the point is reached in this
+process (default 1), e.g. ``AINODE_FAULT=instance_stored:7`` lets six instances
+through and dies with the seventh stored but not yet acknowledged. Only the
+points in :data:`POINTS` exist; naming an unknown one, or a count that is not a
+positive integer, is reported at start-up (:func:`check_fault_setting`).
+
+The points, in the order a series meets them:
+
+``instance_received``
+    A C-STORE request arrived; every earlier one of its association was acknowledged
+    (the sender waits for each response), nothing of this one is stored.
+``instance_stored``
+    The instance is durable and recorded, its success response not yet sent.
+``series_completed_before_dispatch``
+    The series is marked complete, its jobs not yet queued.
+``inference_started`` / ``inference_done``
+    Inside the worker, just before / just after the routine's ``run``.
+``result_file_half_written``
+    Half of the first result file's bytes are written.
+``results_written``
+    Every result file and the manifest are written; the job is not yet exporting.
+``export_first_object_sent``
+    The destination acknowledged the first object of a job's export; the rest are unsent.
 """
 
 from __future__ import annotations
@@ -13,6 +34,8 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
+from collections import Counter
 
 log = logging.getLogger(__name__)
 
@@ -20,33 +43,60 @@ ENVIRONMENT_VARIABLE = "AINODE_FAULT"
 
 #: Every point a test can name, with where it sits.
 POINTS: dict[str, str] = {
+    "instance_received": "scp: a C-STORE arrived, the earlier ones acknowledged, none stored",
+    "instance_stored": "scp: the instance is durable and recorded, its response not yet sent",
     "series_completed_before_dispatch": (
         "completion: the series is marked complete, its jobs not yet queued"
     ),
+    "inference_started": "worker: the routine's run is about to start",
+    "inference_done": "worker: the routine's run returned, no result built",
     "result_file_half_written": "worker: half of the first result file's bytes are written",
+    "results_written": "worker: result files and manifest written, the job not yet exporting",
+    "export_first_object_sent": "export: the first object was acknowledged, the rest unsent",
 }
 
+_reached: Counter[str] = Counter()
+_lock = threading.Lock()
 
-def _requested() -> set[str]:
-    value = os.environ.get(ENVIRONMENT_VARIABLE, "")
-    return {name.strip() for name in value.split(",") if name.strip()}
+
+def _requested() -> dict[str, int]:
+    """Armed points with the hit that kills (1 = the first); malformed counts are left out."""
+    armed: dict[str, int] = {}
+    for item in os.environ.get(ENVIRONMENT_VARIABLE, "").split(","):
+        name, _, count = item.strip().partition(":")
+        if name and (not count or (count.isdigit() and int(count) > 0)):
+            armed[name] = int(count) if count else 1
+    return armed
 
 
 def check_fault_setting() -> None:
     """Log the armed fault points (a warning: this is for tests) and any unknown name."""
+    value = os.environ.get(ENVIRONMENT_VARIABLE, "")
     requested = _requested()
-    for name in sorted(requested - POINTS.keys()):
+    names = {item.strip().partition(":")[0] for item in value.split(",") if item.strip()}
+    for name in sorted(names - POINTS.keys()):
         log.error("unknown fault point ignored name=%s known=%s", name, ",".join(sorted(POINTS)))
-    armed = sorted(requested & POINTS.keys())
+    for name in sorted((names & POINTS.keys()) - requested.keys()):
+        log.error("fault point with a malformed count ignored name=%s", name)
+    armed = sorted(f"{name}:{count}" for name, count in requested.items() if name in POINTS)
     if armed:
         log.warning("fault injection armed points=%s", ",".join(armed))
 
 
 def fault_point(name: str) -> None:
-    """SIGKILL this process if ``AINODE_FAULT`` names ``name`` (a no-op otherwise)."""
+    """SIGKILL this process if ``AINODE_FAULT`` names ``name`` and this is the hit it
+    names (a no-op otherwise)."""
     assert name in POINTS, name
-    if name in _requested():
-        log.critical("fault injected: killing the process point=%s", name)
+    if not os.environ.get(ENVIRONMENT_VARIABLE):
+        return
+    kill_at = _requested().get(name)
+    if kill_at is None:
+        return
+    with _lock:
+        _reached[name] += 1
+        if _reached[name] < kill_at:
+            return
+        log.critical("fault injected: killing the process point=%s hit=%d", name, _reached[name])
         for handler in logging.getLogger().handlers:
             handler.flush()
         os.kill(os.getpid(), signal.SIGKILL)

@@ -73,6 +73,8 @@ class Ingestor:
         stored = self._series.stored_instance(instance.sop_uid)
         if stored is not None:
             self._log_duplicate(instance, stored[0], race=False)
+            if stored[0] == instance.series_uid:  # the sender is (re-)sending this series
+                self._series.touch_receiving(instance.series_uid, self._clock())
             return Outcome.DUPLICATE
         if self._min_free_bytes and self._spool.free_bytes() < self._min_free_bytes + len(encoded):
             raise OutOfResources("free disk space is below the configured minimum")

@@ -47,6 +47,7 @@ from node.config import NodeSettings
 from node.dicom import status
 from node.dicom.network import set_nodelay
 from node.errors import SpoolError
+from node.faults import fault_point
 from node.ingest import IncomingInstance, Ingestor, Outcome, OutOfResources
 from node.pixel_length import pixel_data_problem
 from node.spool import is_valid_uid
@@ -277,6 +278,7 @@ class StorageSCP:
         return code
 
     def _on_store(self, event: Any) -> int:
+        fault_point("instance_received")
         request = event.request
         requested_sop = str(request.AffectedSOPInstanceUID or "")
         requested_class = str(request.AffectedSOPClassUID or "")
@@ -339,4 +341,5 @@ class StorageSCP:
             self._carried.setdefault(event.assoc, Counter())[series_uid] += 1
         if outcome is Outcome.STORED:
             self._count("bytes", len(encoded))
+        fault_point("instance_stored")
         return status.SUCCESS

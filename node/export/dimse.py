@@ -18,6 +18,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from node.config import DestinationSettings
 from node.dicom.network import associate, requestor
 from node.errors import ExportError
+from node.faults import fault_point
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def send_files(destination: DestinationSettings, paths: Sequence[Path], *, calli
     if assoc is None or not assoc.is_established:
         raise ExportError(f"association with {where} failed: {reason}")
     try:
-        for path, header in headers:
+        for index, (path, header) in enumerate(headers):
             result = assoc.send_c_store(path)
             code = int(result.Status) if "Status" in result else None
             if code is None:
@@ -77,6 +78,8 @@ def send_files(destination: DestinationSettings, paths: Sequence[Path], *, calli
                 header.SOPInstanceUID,
                 code,
             )
+            if index == 0 and len(headers) > 1:
+                fault_point("export_first_object_sent")
     finally:
         if assoc.is_established:
             assoc.release()

@@ -326,7 +326,9 @@ class InferenceWorker(PollingThread):
         context = RunContext(
             job.id, job.rule, self.device, deadline=deadline, clock=self._monotonic, prior=prior
         )
+        fault_point("inference_started")
         prediction = plugin.run(volume, context)
+        fault_point("inference_done")
         self._check_deadline(job, deadline)
         inferred = time.perf_counter()
         self._queue.add_event(
@@ -407,6 +409,7 @@ class InferenceWorker(PollingThread):
         write_manifest(result_dir, written)  # last: the exporter sends only what it lists whole
         if results.radiomics is not None:
             write_radiomics(result_dir, results.radiomics)
+        fault_point("results_written")
         encoded = time.perf_counter()
         self._queue.add_event(
             job.id,

@@ -12,9 +12,12 @@ import logging
 import re
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from node.errors import DatabaseCorrupt
 
 log = logging.getLogger(__name__)
 
@@ -238,6 +241,43 @@ def _migrate(connection: sqlite3.Connection) -> None:
     if columns and "expires_at" not in columns:
         log.info("migrating api_tokens table: adding the expiry")
         connection.execute("ALTER TABLE api_tokens ADD COLUMN expires_at REAL")
+
+
+def check_integrity(path: Path) -> None:
+    """Run ``PRAGMA quick_check`` on the database at ``path`` (if it exists) and log it.
+
+    Raises
+    ------
+    DatabaseCorrupt
+        The check found damage, or the file is not a readable SQLite database; the
+        message names the file and what to do. The node refuses to start on it rather
+        than run on state it cannot trust.
+    """
+    if not path.exists():
+        return
+    started = time.perf_counter()
+    try:
+        connection = sqlite3.connect(path, timeout=30.0)
+        try:
+            found = [str(row[0]) for row in connection.execute("PRAGMA quick_check")]
+        finally:
+            connection.close()
+    except sqlite3.DatabaseError as exc:
+        found = [str(exc)]
+    if found == ["ok"]:
+        log.info(
+            "database integrity check ok path=%s seconds=%.3f", path, time.perf_counter() - started
+        )
+        return
+    problem = "; ".join(found[:3]) + (f" (+{len(found) - 3} more)" if len(found) > 3 else "")
+    log.critical("database integrity check failed path=%s problem=%s", path, problem)
+    raise DatabaseCorrupt(
+        f"state database {path} failed its integrity check (PRAGMA quick_check: {problem});"
+        " the node does not start on it. Stop the node, move the file and its -wal/-shm files"
+        " aside (keep them for repair, e.g. sqlite3's .recover) and start again: the node"
+        " re-records every spooled instance, but jobs, users and the audit log start empty"
+        " unless restored from a backup."
+    )
 
 
 class Database:

@@ -83,6 +83,16 @@ class SeriesStore:
         )
         return (str(rows[0]["series_uid"]), Path(rows[0]["path"])) if rows else None
 
+    def touch_receiving(self, series_uid: str, now: float) -> None:
+        """Count a re-sent (duplicate) instance as activity of a series still receiving, so
+        a re-send that starts with instances already held is not completed half-way."""
+        with self._db.transaction() as cursor:
+            cursor.execute(
+                "UPDATE series SET last_received = MAX(last_received, ?)"
+                " WHERE series_uid = ? AND state = 'receiving'",
+                (now, series_uid),
+            )
+
     def record_instance(self, record: InstanceRecord, now: float) -> tuple[bool, bool]:
         """Record a durable instance.
 
