@@ -8,6 +8,7 @@ work in flight finishes.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -139,6 +140,9 @@ class Node:
             clock=clock,
             on_complete=self.dispatcher.dispatch,
             counted=self.pulls.counted_series,
+            max_receiving_seconds=settings.completion.max_receiving_seconds or math.inf,
+            max_generations=settings.completion.max_generations_per_hour,
+            generation_window=settings.completion.generation_window_seconds,
         )
         self.puller = PullService(
             self.pulls,
