@@ -47,6 +47,7 @@ from node.errors import SpoolError
 from node.ingest import IncomingInstance, Ingestor, Outcome, OutOfResources
 from node.pixel_length import pixel_data_problem
 from node.spool import is_valid_uid
+from node.state.dicom_audit import AuditOutcome, DicomAudit, EventType
 
 log = logging.getLogger(__name__)
 
@@ -85,11 +86,17 @@ class StorageSCP:
     """A pynetdicom application entity serving C-ECHO and C-STORE."""
 
     def __init__(
-        self, settings: NodeSettings, ingestor: Ingestor, *, aborted_grace_seconds: float = 300.0
+        self,
+        settings: NodeSettings,
+        ingestor: Ingestor,
+        *,
+        aborted_grace_seconds: float = 300.0,
+        audit: DicomAudit | None = None,
     ) -> None:
         self._settings = settings
         self._ingestor = ingestor
         self._grace = aborted_grace_seconds
+        self._audit = audit
         # Per open association: instances stored (or duplicates) per series.
         self._carried: dict[object, Counter[str]] = {}
         self._server: ThreadedAssociationServer | None = None
@@ -125,6 +132,7 @@ class StorageSCP:
         handlers = [
             (evt.EVT_CONN_OPEN, set_nodelay),
             (evt.EVT_ACCEPTED, self._on_accepted),
+            (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_RELEASED, self._on_released),
             (evt.EVT_ABORTED, self._on_aborted),
             (evt.EVT_C_ECHO, self._on_echo),
@@ -153,6 +161,31 @@ class StorageSCP:
         calling, called = _peer(event)
         self._count("associations")
         log.info("association accepted calling_ae=%s called_ae=%s", calling, called)
+        self._record(event, EventType.ASSOCIATION_ACCEPTED, detail=f"called AE {called}")
+
+    def _on_rejected(self, event: Any) -> None:
+        """Audit every rejection pynetdicom reports (whoever decided it)."""
+        calling, called = _peer(event)
+        reply = event.assoc.acceptor.primitive
+        reason = (
+            f"{reply.result_str}, {reply.source_str}: {reply.reason_str}"
+            if reply is not None and reply.result is not None
+            else "rejected"
+        )
+        log.warning("association rejected calling_ae=%s reason=%s", calling, reason)
+        self._record(
+            event,
+            EventType.ASSOCIATION_REJECTED,
+            outcome=AuditOutcome.MINOR_FAILURE,
+            detail=f"called AE {called}; {reason}",
+        )
+
+    def _record(self, event: Any, kind: EventType, **fields: Any) -> None:
+        if self._audit is not None:
+            calling, _ = _peer(event)
+            requestor = event.assoc.requestor
+            peer = f"{requestor.address}:{requestor.port}"
+            self._audit.record_safely(kind, actor=calling, peer=peer, **fields)
 
     def _on_released(self, event: Any) -> None:
         calling, _ = _peer(event)
@@ -170,6 +203,18 @@ class StorageSCP:
             series = self._carried.pop(event.assoc, None)
         if not series:
             return
+        if self._audit is not None:
+            ok = AuditOutcome.SUCCESS if how == "released" else AuditOutcome.MINOR_FAILURE
+            for series_uid, count in series.items():
+                self._record(
+                    event,
+                    EventType.INSTANCES_RECEIVED,
+                    outcome=ok,
+                    study_uid=self._audit.study_of(series_uid),
+                    series_uid=series_uid,
+                    instances=count,
+                    detail=f"association {how}",
+                )
         calling, _ = _peer(event)
         if how == "released":
             self._ingestor.sender_finished(
