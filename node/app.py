@@ -8,6 +8,7 @@ work in flight finishes.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from node.runtime.registry import PluginRegistry, select_devices
 from node.runtime.worker import InferenceWorker
 from node.spool import Spool
 from node.state.db import Database, check_integrity
+from node.state.dicom_audit import DicomAudit
 from node.state.series import SeriesStore
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,7 @@ class Node:
         self.series = SeriesStore(self.db)
         self.queue = JobQueue(self.db)
         self.spool = Spool(settings.spool_dir)
+        self.dicom_audit = DicomAudit(self.db, clock)
         self.ingestor = Ingestor(
             self.spool,
             self.series,
@@ -73,6 +76,7 @@ class Node:
             settings.node,
             self.ingestor,
             aborted_grace_seconds=settings.completion.aborted_grace_seconds,
+            audit=self.dicom_audit,
         )
         self.devices = select_devices(settings.workers.device, settings.workers.devices)
         self.device = self.devices[0]
@@ -95,6 +99,7 @@ class Node:
             self.admin.destinations.mapping,
             calling_ae=settings.node.ae_title,
             clock=clock,
+            audit=self.dicom_audit,
         )
         self.recovery_probe = RecoveryProbe(
             self.queue,
@@ -140,6 +145,9 @@ class Node:
             clock=clock,
             on_complete=self.dispatcher.dispatch,
             counted=self.pulls.counted_series,
+            max_receiving_seconds=settings.completion.max_receiving_seconds or math.inf,
+            max_generations=settings.completion.max_generations_per_hour,
+            generation_window=settings.completion.generation_window_seconds,
         )
         self.puller = PullService(
             self.pulls,

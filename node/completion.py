@@ -21,6 +21,14 @@ A series whose sender was cut off (an aborted association, or the node
 restarted while it was receiving) is *held* (see :meth:`SeriesStore.hold`):
 it waits for the grace period instead of the quiet period, unless the
 sender's count says it is whole or a later association ends normally.
+
+Two bounds keep a misbehaving sender from starving or flooding the queue:
+a series still receiving ``max_receiving_seconds`` after its generation's
+first instance (a sender that trickles) completes anyway, and a series
+completes at most ``max_generations`` times per ``generation_window`` seconds
+(instances that keep arriving after completion): beyond that the next
+generation waits until the window allows it. Either way the series' jobs get
+a ``completion`` event saying why.
 """
 
 from __future__ import annotations
@@ -49,12 +57,18 @@ class CompletionMonitor:
         clock: Callable[[], float],
         on_complete: Callable[[SeriesRow], object],
         counted: Callable[[], list[str]] = list,
+        max_receiving_seconds: float = math.inf,
+        max_generations: int = 0,
+        generation_window: float = 3600.0,
     ) -> None:
         self._series = series
         self._quiet_seconds = quiet_seconds
         self._clock = clock
         self._on_complete = on_complete
         self._counted = counted
+        self._max_age = max_receiving_seconds
+        self._max_generations = max_generations  # 0: unbounded
+        self._window = generation_window
         self._undispatched_check_at = 0.0  # the first poll looks for undispatched series
 
     def poll(self) -> list[SeriesRow]:
@@ -63,6 +77,8 @@ class CompletionMonitor:
         self._redispatch(now)
         completed = []
         for series_uid in self._counted():
+            if self._rate_limited(series_uid, now):
+                continue
             with self._series.atomically():
                 row = self._series.force_complete(series_uid, now)
                 if row is not None:
@@ -73,7 +89,30 @@ class CompletionMonitor:
                     )
                     self._hand_on(row)
                     completed.append(row)
+        if math.isfinite(self._max_age):
+            for candidate in self._series.overdue_series(now, self._max_age):
+                if self._rate_limited(candidate.series_uid, now):
+                    continue
+                with self._series.atomically():
+                    self._series.note_completion(
+                        candidate.series_uid,
+                        f"completed after the maximum receiving time ({self._max_age:g} s)"
+                        " while instances were still arriving",
+                    )
+                    row = self._series.force_complete(candidate.series_uid, now)
+                    if row is not None:
+                        log.warning(
+                            "series still receiving after the maximum receiving time:"
+                            " completing it series_uid=%s instances=%d max_receiving_seconds=%g",
+                            row.series_uid,
+                            row.instance_count,
+                            self._max_age,
+                        )
+                        self._hand_on(row)
+                        completed.append(row)
         for candidate in self._series.quiet_series(now, self._quiet_seconds):
+            if self._rate_limited(candidate.series_uid, now):
+                continue
             with self._series.atomically():
                 row = self._series.mark_complete(candidate.series_uid, now, self._quiet_seconds)
                 if row is not None:
@@ -88,6 +127,30 @@ class CompletionMonitor:
             if row is not None:
                 self._hand_on(row)
         return row
+
+    def _rate_limited(self, series_uid: str, now: float) -> bool:
+        """True while ``series_uid`` has completed ``max_generations`` times in the window;
+        the first time, log it and note why the generation waits."""
+        if self._max_generations <= 0:
+            return False
+        recent = self._series.completions_since(series_uid, now - self._window)
+        if len(recent) < self._max_generations:
+            return False
+        allowed_at = recent[-self._max_generations] + self._window
+        note = (
+            f"waited {allowed_at - now:.0f} s: {len(recent)} generations completed in the last"
+            f" {self._window:g} s (at most {self._max_generations})"
+        )
+        if self._series.note_completion(series_uid, note):
+            log.warning(
+                "series completion delayed by the generation bound series_uid=%s"
+                " generations=%d window_seconds=%g wait_seconds=%.0f",
+                series_uid,
+                len(recent),
+                self._window,
+                allowed_at - now,
+            )
+        return True
 
     def _redispatch(self, now: float) -> None:
         """Dispatch complete series whose generation has no jobs (a failed dispatch, or a

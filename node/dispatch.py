@@ -84,6 +84,9 @@ class Dispatcher:
             if row.hold_reason:  # the job says why its series waited longer than usual
                 for job_id in job_ids:
                     self._queue.add_event(job_id, now, "completion_held", row.hold_reason)
+            if row.completion_note:  # completed at the maximum age, or waited for the rate bound
+                for job_id in job_ids:
+                    self._queue.add_event(job_id, now, "completion", row.completion_note)
         log.info(
             "jobs queued series_uid=%s rules=%s job_ids=%s",
             row.series_uid,

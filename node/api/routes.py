@@ -30,6 +30,7 @@ from node.api.serialize import (
 )
 from node.errors import InvalidInput
 from node.jobs.queue import JOB_STATES
+from node.state.dicom_audit import DicomAudit, EventType, parse_since
 
 log = logging.getLogger(__name__)
 
@@ -440,6 +441,39 @@ def api_router(admin: AdminService, viewer: Dependency, editor: Dependency) -> A
             audit_json(e)
             for e in admin.audit_entries(user=user, action=action, target=target, limit=limit)
         ]
+
+    @router.get("/audit/dicom", tags=["audit"], response_model=None)
+    def dicom_audit(
+        _: Editor,
+        since: str = "",
+        until: str = "",
+        type: str = "",
+        format: str = "json",
+        limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
+    ) -> list[dict[str, Any]] | Response:
+        """The DICOM audit trail (associations, instances received, results sent, deletions),
+        oldest first. ``since``/``until``: epoch seconds, ISO 8601 or an age (``24h``);
+        ``type``: one event type; ``format=jsonl``: one JSON object per line."""
+        problems = []
+        times: dict[str, float | None] = {}
+        for name, value in (("since", since), ("until", until)):
+            try:
+                times[name] = parse_since(value) if value else None
+            except ValueError as exc:
+                problems.append((name, str(exc)))
+        if type and type not in {t.value for t in EventType}:
+            problems.append(("type", f"one of {', '.join(t.value for t in EventType)}"))
+        if format not in ("json", "jsonl"):
+            problems.append(("format", "json or jsonl"))
+        if problems:
+            raise InvalidInput("invalid audit query", problems)
+        events = DicomAudit(admin.db).events(
+            since=times["since"], until=times["until"], event_type=type or None, limit=limit
+        )
+        if format == "jsonl":
+            lines = "".join(json.dumps(e.json()) + "\n" for e in events)
+            return Response(lines, media_type="application/x-ndjson")
+        return [e.json() for e in events]
 
     @router.get("/users", tags=["users"])
     def users(_: Editor) -> list[dict[str, Any]]:

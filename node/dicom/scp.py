@@ -51,6 +51,7 @@ from node.faults import fault_point
 from node.ingest import IncomingInstance, Ingestor, Outcome, OutOfResources
 from node.pixel_length import pixel_data_problem
 from node.spool import is_valid_uid
+from node.state.dicom_audit import AuditOutcome, DicomAudit, EventType
 
 log = logging.getLogger(__name__)
 
@@ -125,11 +126,17 @@ class StorageSCP:
     """A pynetdicom application entity serving C-ECHO and C-STORE."""
 
     def __init__(
-        self, settings: NodeSettings, ingestor: Ingestor, *, aborted_grace_seconds: float = 300.0
+        self,
+        settings: NodeSettings,
+        ingestor: Ingestor,
+        *,
+        aborted_grace_seconds: float = 300.0,
+        audit: DicomAudit | None = None,
     ) -> None:
         self._settings = settings
         self._ingestor = ingestor
         self._grace = aborted_grace_seconds
+        self._audit = audit
         # Per open association: instances stored (or duplicates) per series.
         self._carried: dict[object, Counter[str]] = {}
         self._servers: list[ThreadedAssociationServer] = []
@@ -228,19 +235,38 @@ class StorageSCP:
         calling, called = _peer(event)
         self._count("associations")
         log.info("association accepted calling_ae=%s called_ae=%s", calling, called)
+        self._record(event, EventType.ASSOCIATION_ACCEPTED, detail=f"called AE {called}")
 
     def _on_rejected(self, event: Any) -> None:
-        # pynetdicom refuses by itself only past maximum_associations here (no AE title is
-        # required); refusals decided elsewhere count themselves with their own reason.
+        """Audit every rejection pynetdicom reports (whoever decided it).
+
+        pynetdicom refuses by itself only past ``maximum_associations`` here (no AE title
+        is required), counted here; refusals decided by the node count themselves.
+        """
+        calling, called = _peer(event)
         acceptors = [a for a in self._ae.active_associations if a.is_acceptor]
         if len(acceptors) > self._ae.maximum_associations:
             association_refused("too_many_associations")
+        reply = event.assoc.acceptor.primitive
+        reason = (
+            f"{reply.result_str}, {reply.source_str}: {reply.reason_str}"
+            if reply is not None and reply.result is not None
+            else "rejected"
+        )
+        log.warning("association rejected calling_ae=%s reason=%s", calling, reason)
+        self._record(
+            event,
+            EventType.ASSOCIATION_REJECTED,
+            outcome=AuditOutcome.MINOR_FAILURE,
+            detail=f"called AE {called}; {reason}",
+        )
+
+    def _record(self, event: Any, kind: EventType, **fields: Any) -> None:
+        if self._audit is not None:
             calling, _ = _peer(event)
-            log.warning(
-                "association refused calling_ae=%s reason=too_many_associations limit=%d",
-                calling,
-                self._ae.maximum_associations,
-            )
+            requestor = event.assoc.requestor
+            peer = f"{requestor.address}:{requestor.port}"
+            self._audit.record_safely(kind, actor=calling, peer=peer, **fields)
 
     def _on_released(self, event: Any) -> None:
         calling, _ = _peer(event)
@@ -258,6 +284,18 @@ class StorageSCP:
             series = self._carried.pop(event.assoc, None)
         if not series:
             return
+        if self._audit is not None:
+            ok = AuditOutcome.SUCCESS if how == "released" else AuditOutcome.MINOR_FAILURE
+            for series_uid, count in series.items():
+                self._record(
+                    event,
+                    EventType.INSTANCES_RECEIVED,
+                    outcome=ok,
+                    study_uid=self._audit.study_of(series_uid),
+                    series_uid=series_uid,
+                    instances=count,
+                    detail=f"association {how}",
+                )
         calling, _ = _peer(event)
         if how == "released":
             self._ingestor.sender_finished(

@@ -28,6 +28,7 @@ from node.jobs.queue import Job, JobQueue
 from node.polling import PollingThread
 from node.results.kinds import BUILD_ORDER, file_tag, tag_kind
 from node.results.manifest import check_results
+from node.state.dicom_audit import AuditOutcome, DicomAudit, EventType
 
 log = logging.getLogger(__name__)
 
@@ -91,12 +92,15 @@ class Exporter(PollingThread):
         calling_ae: str,
         clock: Callable[[], float],
         sender: Sender | None = None,
+        audit: DicomAudit | None = None,
     ) -> None:
         super().__init__("exporter")
+        self._audit = audit
         self._queue = queue
         self._destinations = destinations
         self._clock = clock
         self._send = sender or (lambda d, p: send_by_kind(d, p, calling_ae=calling_ae))
+        self._calling_ae = calling_ae
         self._sent: Counter[tuple[str, str]] = Counter()  # (destination, objects|bytes)
         self._sent_lock = threading.Lock()
 
@@ -152,6 +156,9 @@ class Exporter(PollingThread):
             except (AinodeError, OSError, RuntimeError, ValueError) as exc:
                 errors.append(f"{name}: {exc}")
                 pending.append(name)
+                self._audit_sent(
+                    job, name, destination, files, AuditOutcome.SERIOUS_FAILURE, str(exc)
+                )
                 log.warning(
                     "export failed job_id=%d destination=%s attempt=%d error=%s",
                     job.id,
@@ -165,6 +172,7 @@ class Exporter(PollingThread):
                     self._sent[(name, "objects")] += len(files)
                     self._sent[(name, "bytes")] += size
                 now = self._clock()
+                self._audit_sent(job, name, destination, files, AuditOutcome.SUCCESS, "")
                 self._queue.add_event(job.id, now, "sent", name)
                 self._release(name, now, f"{name} accepted job {job.id}'s results", job.id)
         now = self._clock()
@@ -204,6 +212,35 @@ class Exporter(PollingThread):
             detail=f"waiting for {', '.join(pending)}: {message}; attempt {job.export_attempts}"
             f" failed, next attempt in {_duration(delay)} (at {at}) or as soon as"
             " the destination answers",
+        )
+
+    def _audit_sent(
+        self,
+        job: Job,
+        name: str,
+        destination: AnyDestination,
+        files: Sequence[Path],
+        outcome: AuditOutcome,
+        error: str,
+    ) -> None:
+        """Audit one send of ``job``'s results to destination ``name`` (to whom, how many)."""
+        if self._audit is None:
+            return
+        if isinstance(destination, DicomWebDestinationSettings):
+            peer = destination.url
+        else:
+            peer = f"{destination.ae_title}@{destination.host}:{destination.port}"
+        detail = f"job {job.id} attempt {job.export_attempts}" + (f": {error}" if error else "")
+        self._audit.record_safely(
+            EventType.RESULTS_SENT,
+            outcome=outcome,
+            actor=self._calling_ae,
+            peer=peer,
+            destination=name,
+            study_uid=job.study_uid,
+            series_uid=job.series_uid,
+            instances=len(files),
+            detail=detail,
         )
 
     def _release(self, name: str, now: float, reason: str, exclude: int | None = None) -> None:

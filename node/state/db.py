@@ -21,7 +21,7 @@ from node.errors import DatabaseCorrupt
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS series (
@@ -41,7 +41,11 @@ CREATE TABLE IF NOT EXISTS series (
     dispatched_generation INTEGER NOT NULL DEFAULT 0,
     -- completion held (aborted association, restart mid-receive) until this time, and why
     hold_until      REAL,
-    hold_reason     TEXT
+    hold_reason     TEXT,
+    -- when this generation's first instance arrived (the maximum receiving age counts from it)
+    generation_started REAL,
+    -- why this generation completed or waited other than by the quiet period (told to its jobs)
+    completion_note TEXT
 );
 CREATE INDEX IF NOT EXISTS series_state ON series (state, last_received);
 
@@ -55,6 +59,33 @@ CREATE TABLE IF NOT EXISTS instances (
     size            INTEGER NOT NULL,
     received_at     REAL NOT NULL
 );
+-- every completion, for the bound on generations per series per window
+CREATE TABLE IF NOT EXISTS series_completions (
+    series_uid      TEXT NOT NULL,
+    generation      INTEGER NOT NULL,
+    completed_at    REAL NOT NULL,
+    PRIMARY KEY (series_uid, generation)
+);
+
+-- the DICOM audit trail (node/state/dicom_audit.py): no patient names or IDs
+CREATE TABLE IF NOT EXISTS dicom_audit (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    at          REAL NOT NULL,
+    event_type  TEXT NOT NULL,
+    event_code  TEXT NOT NULL,
+    outcome     INTEGER NOT NULL,
+    actor       TEXT NOT NULL DEFAULT '',
+    peer        TEXT NOT NULL DEFAULT '',
+    destination TEXT NOT NULL DEFAULT '',
+    study_uid   TEXT NOT NULL DEFAULT '',
+    series_uid  TEXT NOT NULL DEFAULT '',
+    instances   INTEGER NOT NULL DEFAULT 0,
+    detail      TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS dicom_audit_at ON dicom_audit (at);
+CREATE TRIGGER IF NOT EXISTS dicom_audit_no_update BEFORE UPDATE ON dicom_audit
+BEGIN SELECT RAISE(ABORT, 'the DICOM audit trail is append-only'); END;
+
 CREATE INDEX IF NOT EXISTS instances_series ON instances (series_uid);
 
 CREATE TABLE IF NOT EXISTS jobs (
@@ -241,6 +272,11 @@ def _migrate(connection: sqlite3.Connection) -> None:
     if columns and "expires_at" not in columns:
         log.info("migrating api_tokens table: adding the expiry")
         connection.execute("ALTER TABLE api_tokens ADD COLUMN expires_at REAL")
+    columns = {r[1] for r in connection.execute("PRAGMA table_info(series)").fetchall()}
+    if "generation_started" not in columns:
+        log.info("migrating series table: adding the generation start and completion note")
+        connection.execute("ALTER TABLE series ADD COLUMN generation_started REAL")
+        connection.execute("ALTER TABLE series ADD COLUMN completion_note TEXT")
 
 
 def check_integrity(path: Path) -> None:

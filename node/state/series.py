@@ -50,6 +50,10 @@ class SeriesRow:
     hold_until: float | None = None
     #: Why completion was held (kept until the generation is dispatched).
     hold_reason: str | None = None
+    #: When this generation's first instance arrived (None in rows from older nodes).
+    generation_started: float | None = None
+    #: Why this generation completed or waited other than by the quiet period.
+    completion_note: str | None = None
 
 
 #: A series still receiving whose completion is not held (or whose hold has run out).
@@ -113,8 +117,8 @@ class SeriesStore:
             if existing is None:
                 cursor.execute(
                     "INSERT INTO series (series_uid, study_uid, modality, calling_ae, called_ae,"
-                    " first_received, last_received, instance_count)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, 1)",
+                    " first_received, last_received, instance_count, generation_started)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?)",
                     (
                         record.series_uid,
                         record.study_uid,
@@ -123,14 +127,17 @@ class SeriesStore:
                         record.called_ae,
                         now,
                         now,
+                        now,
                     ),
                 )
             else:
                 cursor.execute(
                     "UPDATE series SET last_received = ?, instance_count = instance_count + 1,"
+                    " generation_started = CASE WHEN state = 'complete' THEN ?"
+                    " ELSE COALESCE(generation_started, first_received) END,"
                     " state = 'receiving', calling_ae = ?, called_ae = ?"
                     " WHERE series_uid = ?",
-                    (now, record.calling_ae, record.called_ae, record.series_uid),
+                    (now, now, record.calling_ae, record.called_ae, record.series_uid),
                 )
             cursor.execute(
                 "INSERT INTO instances (sop_uid, series_uid, study_uid, sop_class_uid,"
@@ -157,6 +164,35 @@ class SeriesStore:
         )
         return [_series(row) for row in rows]
 
+    def overdue_series(self, now: float, max_age: float) -> list[SeriesRow]:
+        """Series still receiving whose generation started at least ``max_age`` ago."""
+        rows = self._db.query(
+            "SELECT * FROM series WHERE state = 'receiving'"
+            " AND COALESCE(generation_started, first_received) <= ? ORDER BY first_received",
+            (now - max_age,),
+        )
+        return [_series(row) for row in rows]
+
+    def completions_since(self, series_uid: str, since: float) -> list[float]:
+        """Completion times of ``series_uid`` after ``since``, oldest first."""
+        rows = self._db.query(
+            "SELECT completed_at FROM series_completions WHERE series_uid = ?"
+            " AND completed_at > ? ORDER BY completed_at",
+            (series_uid, since),
+        )
+        return [float(row["completed_at"]) for row in rows]
+
+    def note_completion(self, series_uid: str, note: str) -> bool:
+        """Set why the current generation completes other than by the quiet period, unless a
+        note is already set; True when it was set."""
+        with self._db.transaction() as cursor:
+            cursor.execute(
+                "UPDATE series SET completion_note = ? WHERE series_uid = ?"
+                " AND completion_note IS NULL",
+                (note, series_uid),
+            )
+            return cursor.rowcount == 1
+
     def mark_complete(
         self, series_uid: str, now: float, quiet_seconds: float, *, ignore_hold: bool = False
     ) -> SeriesRow | None:
@@ -176,7 +212,13 @@ class SeriesStore:
             if cursor.rowcount != 1:
                 return None
             cursor.execute("SELECT * FROM series WHERE series_uid = ?", (series_uid,))
-            return _series(cursor.fetchone())
+            row = _series(cursor.fetchone())
+            cursor.execute(
+                "INSERT OR REPLACE INTO series_completions (series_uid, generation, completed_at)"
+                " VALUES (?, ?, ?)",
+                (series_uid, row.generation, now),
+            )
+            return row
 
     def force_complete(self, series_uid: str, now: float) -> SeriesRow | None:
         """Complete a series now, whatever its quiet time or hold."""
@@ -184,11 +226,11 @@ class SeriesStore:
 
     def mark_dispatched(self, series_uid: str, generation: int) -> None:
         """Record that ``generation``'s jobs are queued (call in the transaction that queues
-        them); the completion hold's reason has been told and is cleared."""
+        them); the completion hold's reason and note have been told and are cleared."""
         with self._db.transaction() as cursor:
             cursor.execute(
                 "UPDATE series SET dispatched_generation = MAX(dispatched_generation, ?),"
-                " hold_reason = NULL WHERE series_uid = ?",
+                " hold_reason = NULL, completion_note = NULL WHERE series_uid = ?",
                 (generation, series_uid),
             )
 
