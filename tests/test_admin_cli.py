@@ -247,3 +247,31 @@ def test_job_destination_and_source_verbs(config: Path, tmp_path: Path, capsys) 
         timeout=120,
     )
     assert result.returncode == 1 and result.stderr.startswith("ainode: ")
+
+
+def test_series_complete_from_the_cli_queues_its_jobs(config: Path, tmp_path: Path, capsys) -> None:
+    """`ainode series complete UID` does what POST /api/series/{uid}/complete does, without
+    the node running in the same process: completed and dispatched in one transaction."""
+    from node.state.series import SeriesStore
+    from node.synthetic.chest_ct import make_chest_ct
+    from tests.support.spool import spool_series
+
+    assert main(["rules", "list", "--config", str(config)]) == 0  # creates and seeds the DB
+    datasets, _ = make_chest_ct(n_slices=3, rows=16, columns=16, seed=93)
+    db = Database(tmp_path / "data" / "state.sqlite3")
+    store = SeriesStore(db)
+    spool_series(store, datasets, tmp_path / "data" / "spool", now=1.0)
+    uid = str(datasets[0].SeriesInstanceUID)
+    capsys.readouterr()
+    cfg = ["--config", str(config)]
+    assert main(["series", "complete", uid, "--json", *cfg]) == 0
+    done = json.loads(capsys.readouterr().out)
+    assert (done["state"], done["generation"], done["instances"]) == ("complete", 1, 3)
+    assert len(done["job_ids"]) == 1
+    row = store.series(uid)
+    assert row is not None and row.state == "complete" and row.dispatched_generation == 1
+    assert main(["series", "complete", uid, *cfg]) == 1  # refused: already complete
+    assert "already complete" in capsys.readouterr().err
+    assert main(["series", "complete", "1.2.999", *cfg]) == 1
+    assert "no series 1.2.999" in capsys.readouterr().err
+    db.close()

@@ -187,6 +187,32 @@ def jobs_retry(args: argparse.Namespace) -> int:
     return 0
 
 
+def series_complete(args: argparse.Namespace) -> int:
+    service = _service(args)
+    row = service.force_complete(args.series_uid, _actor())
+    jobs = [
+        j for j in service.queue.jobs(series_uid=row.series_uid) if j.generation == row.generation
+    ]
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "series_uid": row.series_uid,
+                    "state": row.state,
+                    "generation": row.generation,
+                    "instances": row.instance_count,
+                    "job_ids": [job.id for job in jobs],
+                }
+            )
+        )
+        return 0
+    print(
+        f"series {row.series_uid} complete: generation {row.generation},"
+        f" {row.instance_count} instance(s), {len(jobs)} job(s) queued"
+    )
+    return 0
+
+
 def series_rerun(args: argparse.Namespace) -> int:
     jobs = _service(args).rerun_series(args.series_uid, _actor())
     if not jobs:
@@ -423,6 +449,12 @@ def add_commands(commands: Any) -> None:
     )
     rerun.add_argument("series_uid")
     rerun.set_defaults(handler=_guard(series_rerun))
+    complete = with_config(
+        series_sub.add_parser("complete", help="complete a receiving series now and queue its jobs")
+    )
+    complete.add_argument("series_uid")
+    complete.add_argument("--json", action="store_true")
+    complete.set_defaults(handler=_guard(series_complete))
 
     destinations = commands.add_parser("destinations", help="list and echo destinations")
     dest_sub = destinations.add_subparsers(dest="destinations_command", required=True)

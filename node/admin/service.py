@@ -512,9 +512,8 @@ class AdminService:
                 f"series {series_uid} is already complete; to run its rules again use"
                 f" POST /api/series/{series_uid}/rerun (ainode series rerun {series_uid})"
             )
-        if self._force_complete is None:
-            raise Conflict("series can only be completed by a running node")
-        row = self._force_complete(series_uid)
+        complete = self._force_complete or self._complete_in_database
+        row = complete(series_uid)
         if row is None:
             raise Conflict(f"series {series_uid} completed on its own meanwhile")
         self.audit.record(
@@ -525,6 +524,29 @@ class AdminService:
             after={"state": row.state, "generation": row.generation},
             now=self.clock(),
         )
+        return row
+
+    def _complete_in_database(self, series_uid: str) -> SeriesRow | None:
+        """Complete and dispatch a series from outside the node (the CLI), in one transaction.
+
+        The running node's completion monitor skips a series that is complete already, and
+        its workers claim the queued jobs from the shared database.
+        """
+        dispatcher = Dispatcher(self.series, self.queue, self.rules.active, clock=self.clock)
+        with self.series.atomically():
+            row = self.series.force_complete(series_uid, self.clock())
+            if row is None:
+                return None
+            job_ids = dispatcher.dispatch(row)
+            self.series.mark_dispatched(series_uid, row.generation)
+        log.info(
+            "series completed by an admin series_uid=%s instances=%d generation=%d job_ids=%s",
+            series_uid,
+            row.instance_count,
+            row.generation,
+            ",".join(map(str, job_ids)),
+        )
+        self._wake()
         return row
 
     def rerun_series(self, series_uid: str, actor: str) -> list[Job]:
