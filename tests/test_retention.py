@@ -194,3 +194,58 @@ def test_cli_dry_run_json_and_exit_codes(
     bad = tmp_path / "bad.yaml"
     bad.write_text("retention:\n  schedule: nightly\n")
     assert main(["retention", "--config", str(bad)]) == 2
+
+
+def test_rerun_of_purged_series_refused(database: Database, tmp_path: Path) -> None:
+    from node.admin.service import AdminService
+    from node.errors import Conflict
+    from node.runtime.registry import PluginRegistry
+
+    _series(database, tmp_path, "1.9.1", job_state="done", finished=NOW - 40 * DAY)
+    admin = AdminService(database, PluginRegistry.discover(), clock=lambda: NOW)
+    (job,) = admin.queue.jobs(series_uid="1.9.1")
+    run_pass(database, SETTINGS, now=NOW, free=None, dry_run=False)
+    with pytest.raises(Conflict, match="deleted by retention"):
+        admin.rerun_job(job.id, "alice")
+    with pytest.raises(Conflict, match="deleted by retention"):
+        admin.retry_job(job.id, "alice")
+    assert len(admin.queue.jobs(series_uid="1.9.1")) == 1
+
+
+@pytest.mark.slow
+def test_node_runs_a_pass_when_free_space_is_below_the_high_watermark(tmp_path: Path) -> None:
+    import time
+
+    from node.app import Node
+    from node.config import settings_from_mapping
+    from node.devtools.net import free_ports
+
+    dicom, http = free_ports(2)
+    settings = settings_from_mapping(
+        {
+            "node": {
+                "data_dir": str(tmp_path),
+                "dicom_port": dicom,
+                "http_port": http,
+                "min_free_disk_mb": 0,
+            },
+            # No disk has this much free: every check finds it below the watermark.
+            "retention": {"high_watermark_mb": 10**12, "watermark_check_seconds": 5},
+        },
+        environ={},
+    )
+    node = Node(settings)
+    _series(node.db, tmp_path, "1.9.1", job_state="done", finished=time.time() - 60)
+    spooled = tmp_path / "spool" / "1.9.1" / "0.dcm"
+    node.start()
+    try:
+        deadline = time.monotonic() + 20
+        while spooled.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        node.stop()
+    assert not spooled.exists()
+    db = Database(tmp_path / "state.sqlite3")
+    (entry,) = AuditLog(db).entries(action="retention")
+    db.close()
+    assert entry.after["reason"] == "watermark"
