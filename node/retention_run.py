@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 AUDIT_ACTION = "retention.delete"
 
 
-def _dir_bytes(path: Path) -> int:
+def tree_bytes(path: Path) -> int:
+    """Bytes of the files under ``path`` (0 when it is missing)."""
     if not path.is_dir():
         return 0
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
@@ -47,7 +48,7 @@ def run_pass(
     rows = store.usage()
     dirs = {usage.series_uid: paths for usage, paths in rows}
     usages = [
-        replace(u, result_bytes=sum(_dir_bytes(d) for d in dirs[u.series_uid])) for u, _ in rows
+        replace(u, result_bytes=sum(tree_bytes(d) for d in dirs[u.series_uid])) for u, _ in rows
     ]
     report = []
     for deletion in plan(usages, now=now, settings=settings, free_bytes=free):

@@ -249,3 +249,33 @@ def test_node_runs_a_pass_when_free_space_is_below_the_high_watermark(tmp_path: 
     (entry,) = AuditLog(db).entries(action="retention")
     db.close()
     assert entry.after["reason"] == "watermark"
+
+
+@pytest.mark.slow
+def test_api_shows_usage_and_deletions_and_refuses_rerun(tmp_path: Path) -> None:
+    from tests.support.admin import served_node
+
+    with served_node(tmp_path / "node") as served:
+        node = served.node
+        data = node.settings.node.data_dir
+        _series(node.db, data, "1.9.1", job_state="done", finished=NOW - 40 * DAY)
+        _series(node.db, data, "1.9.2", job_state="failed", finished=NOW - 20 * DAY)
+        (job,) = node.queue.jobs(series_uid="1.9.1")
+        with served.client(served.admin_token) as client:
+            response = client.get("/api/retention")
+            assert response.status_code == 200, response.text
+            before = response.json()
+            assert before["disk"]["spool_bytes"] == 4000
+            assert before["disk"]["free_bytes"] > 0 and before["deletions"] == []
+            run_pass(node.db, node.settings.retention, now=NOW, free=None, dry_run=False)
+            after = client.get("/api/retention").json()
+            assert after["disk"]["spool_bytes"] == 2000  # the failed series is kept
+            (deleted,) = after["deletions"]
+            assert (deleted["series_uid"], deleted["reason"], deleted["bytes"]) == (
+                "1.9.1",
+                "age",
+                2500,
+            )
+            refused = client.post(f"/api/jobs/{job.id}/rerun", json={})
+            assert refused.status_code == 409
+            assert "deleted by retention" in refused.text

@@ -86,6 +86,10 @@ class RetentionStore:
             )
         return out
 
+    def spool_bytes(self) -> int:
+        rows = self._db.query("SELECT COALESCE(SUM(size), 0) AS n FROM instances")
+        return int(rows[0]["n"])
+
     def instance_paths(self, series_uid: str) -> list[Path]:
         rows = self._db.query("SELECT path FROM instances WHERE series_uid = ?", (series_uid,))
         return [Path(r["path"]) for r in rows]
