@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -207,6 +208,7 @@ class Node:
             max_instances=1,
             coalesce=True,
         )
+        self._schedule_retention(scheduler)
         scheduler.start()
         self._scheduler = scheduler
         for worker in self.workers:
@@ -234,6 +236,40 @@ class Node:
             ",".join(str(d) for d in self.devices),
             ",".join(sorted(self.registry.names)) or "none",
             self.settings.node.data_dir.resolve(),
+        )
+
+    def _schedule_retention(self, scheduler: BackgroundScheduler) -> None:
+        """Nightly (``retention.schedule``) pass, plus a pass whenever a periodic
+        check finds free space below ``retention.high_watermark_mb``."""
+        from apscheduler.triggers.cron import CronTrigger
+
+        from node.retention_run import free_bytes, run_pass
+
+        policy = self.settings.retention
+        if not policy.enabled:
+            return
+        data_dir = self.settings.node.data_dir
+        one_at_a_time = threading.Lock()
+
+        def retention_pass() -> None:
+            with one_at_a_time:
+                free = free_bytes(data_dir)
+                run_pass(self.db, policy, now=self.clock(), free=free, dry_run=False)
+
+        def watermark_check() -> None:
+            if free_bytes(data_dir) < policy.high_watermark_mb * 1024 * 1024:
+                retention_pass()
+
+        common = {"max_instances": 1, "coalesce": True}
+        scheduler.add_job(
+            retention_pass, CronTrigger.from_crontab(policy.schedule), id="retention", **common
+        )
+        scheduler.add_job(
+            watermark_check,
+            "interval",
+            seconds=policy.watermark_check_seconds,
+            id="retention-watermark",
+            **common,
         )
 
     def stop(self) -> None:

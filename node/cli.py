@@ -111,6 +111,48 @@ def _plugins_list(args: argparse.Namespace) -> int:
     return 1 if any(row.error for row in rows) else 0
 
 
+def _retention(args: argparse.Namespace) -> int:
+    """Exit 0: done (or nothing due); 1: a dry run found series to delete; 2: bad config."""
+    import json
+    import time
+
+    from node.config import load_settings
+    from node.retention_run import free_bytes, run_pass
+    from node.state.db import Database
+
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"ainode: {exc}", file=sys.stderr)
+        return 2
+    db = Database(settings.database_path)
+    try:
+        settings.node.data_dir.mkdir(parents=True, exist_ok=True)
+        report = run_pass(
+            db,
+            settings.retention,
+            now=time.time(),
+            free=free_bytes(settings.node.data_dir),
+            dry_run=args.dry_run,
+            user="cli",
+        )
+    finally:
+        db.close()
+    if args.json:
+        print(json.dumps({"dry_run": args.dry_run, "deletions": report}, indent=2))
+    else:
+        verb = "would delete" if args.dry_run else "deleted"
+        for e in report:
+            parts = [p for p, on in (("spool", e["spool"]), ("results", e["results"])) if on]
+            print(
+                f"{verb} {'+'.join(parts)} of series {e['series_uid']}"
+                f" ({e['instances']} instances, {e['bytes']} bytes): {e['reason']}"
+            )
+        total = sum(e["bytes"] for e in report)
+        print(f"{len(report)} series, {total} bytes {verb}")
+    return 1 if args.dry_run and report else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ainode", description=__doc__)
     parser.add_argument("--version", action="version", version=f"ainode {__version__}")
@@ -132,6 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-load", action="store_true", help="do not try to load (only import errors show)"
     )
     listing.set_defaults(handler=_plugins_list)
+    retention = commands.add_parser(
+        "retention", help="delete old spooled series and results now (see README Retention)"
+    )
+    retention.add_argument("--config", type=Path, help="YAML configuration (default: embedded)")
+    retention.add_argument("--dry-run", action="store_true", help="list, delete nothing")
+    retention.add_argument("--json", action="store_true", help="machine-readable output")
+    retention.set_defaults(handler=_retention)
     from node.admin.cli import add_commands
 
     add_commands(commands)

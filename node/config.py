@@ -181,6 +181,45 @@ class NodeSettings(_Strict):
         return self
 
 
+class RetentionSettings(_Strict):
+    """What the node deletes from its spool and results, and when (see README "Retention").
+
+    Results default to 30 days, longer than the 7 of the spool: they are what a
+    site asks for again, and are re-creatable only while the spool still holds
+    the series, so they need not outlive it by much.
+    """
+
+    enabled: bool = True
+    #: Days after a series' last job finished before its spooled instances go.
+    spool_days: float = Field(7, gt=0)
+    #: Days after a series' last job finished before its result files go.
+    results_days: float = Field(30, gt=0)
+    #: Days a series whose last job failed is kept (inputs needed to retry it).
+    failed_days: float = Field(30, gt=0)
+    #: Below this much free disk (MB), the oldest finished series go first, whatever
+    #: their age; must be above ``node.min_free_disk_mb``, where instances are refused.
+    high_watermark_mb: int = Field(2048, ge=0)
+    #: Cron expression (minute hour day month weekday) of the nightly pass.
+    schedule: str = "30 2 * * *"
+    #: Seconds between free-space checks against the high watermark.
+    watermark_check_seconds: int = Field(60, ge=5)
+    #: Never delete a series that has a shadow-mode job (its results feed the comparison).
+    keep_shadow: bool = True
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            CronTrigger.from_crontab(value)
+        except ValueError as error:
+            raise ValueError(
+                f"not a cron expression (minute hour day month weekday): {error}"
+            ) from error
+        return value
+
+
 class CompletionSettings(_Strict):
     """When a series counts as complete."""
 
@@ -645,6 +684,7 @@ class Settings(_Strict):
 
     node: NodeSettings = NodeSettings()
     completion: CompletionSettings = CompletionSettings()
+    retention: RetentionSettings = RetentionSettings()
     destinations: dict[str, AnyDestination] = Field(default_factory=dict)
     rules: list[RuleSettings] = Field(default_factory=list)
     #: PACS the node can query and pull from (``POST /api/pull``, count check).
@@ -686,6 +726,14 @@ class Settings(_Strict):
                     ("models", model),
                     "model names are 1-64 lower-case letters, digits, '_', '.' or '-'",
                 )
+        if self.retention.high_watermark_mb and (
+            self.retention.high_watermark_mb <= self.node.min_free_disk_mb
+        ):
+            raise _KeyedError(
+                ("retention", "high_watermark_mb"),
+                "must be above node.min_free_disk_mb, so old series go before instances are"
+                " refused",
+            )
         names = [rule.name for rule in self.rules]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:

@@ -42,6 +42,7 @@ from node.jobs.queue import Job, JobActionError, JobEvent, JobQueue
 from node.routing import HeaderSubject, Subject
 from node.runtime.registry import PluginRegistry
 from node.state.db import Database
+from node.state.retention import RetentionStore
 from node.state.series import SeriesRow, SeriesStore
 
 log = logging.getLogger(__name__)
@@ -470,7 +471,20 @@ class AdminService:
         self._wake()
         return after
 
+    def _refuse_purged(self, job_id: int) -> None:
+        """A job whose series' spool retention deleted cannot run again (409)."""
+        job = self.queue.get(job_id)
+        if job is None:
+            return
+        mark = RetentionStore(self.db).purge_mark(job.series_uid)
+        if mark is not None and mark.spool_purged_at is not None:
+            raise Conflict(
+                f"series {job.series_uid} was deleted by retention; its instances are gone,"
+                " so the job cannot run again (send the series again to process it)"
+            )
+
     def retry_job(self, job_id: int, actor: str) -> Job:
+        self._refuse_purged(job_id)
         return self._job_action(
             job_id, actor, "retry", lambda: self.queue.retry(job_id, self.clock(), by=actor)
         )
@@ -481,6 +495,7 @@ class AdminService:
         )
 
     def rerun_job(self, job_id: int, actor: str, plugin: str | None = None) -> Job:
+        self._refuse_purged(job_id)
         if plugin is not None and plugin not in self.plugin_names():
             names = ", ".join(sorted(self.plugin_names())) or "none installed"
             raise InvalidInput(
