@@ -12,7 +12,7 @@ BIN := $(VENV)/bin
 # with monai in one command (and takes the cached CPU wheel, not a CUDA build).
 TORCH := torch==2.13.0
 RUN_DEBS := dcmtk
-TEST_DEBS := orthanc orthanc-dicomweb orthanc-python dcmtk chromium fonts-liberation prometheus
+TEST_DEBS := orthanc orthanc-dicomweb orthanc-python dcmtk chromium fonts-liberation prometheus openssl
 APT_GET := $(shell [ "$$(id -u)" = 0 ] || echo sudo) env DEBIAN_FRONTEND=noninteractive apt-get
 
 .PHONY: run test lint demo bench viewer viewer-dist debs-run debs-test clean
