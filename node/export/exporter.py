@@ -81,6 +81,26 @@ def result_files(result_dir: Path, tags: frozenset[str] | None = None) -> list[P
     return [path for _, _, path in sorted(tagged)] + sorted(untagged)
 
 
+def release_waiting(
+    queue: JobQueue,
+    name: str,
+    now: float,
+    reason: str,
+    wake: Callable[[], object],
+    *,
+    exclude: int | None = None,
+) -> None:
+    """Make the jobs waiting for destination ``name`` due now (it is back); log and wake."""
+    released = queue.release_waiting(name, now, reason, exclude=exclude)
+    if released:
+        log.info(
+            "destination back: waiting jobs released destination=%s job_ids=%s",
+            name,
+            ",".join(map(str, released)),
+        )
+        wake()
+
+
 class Exporter(PollingThread):
     """Claims exporting jobs and sends their result files."""
 
@@ -244,14 +264,7 @@ class Exporter(PollingThread):
         )
 
     def _release(self, name: str, now: float, reason: str, exclude: int | None = None) -> None:
-        released = self._queue.release_waiting(name, now, reason, exclude=exclude)
-        if released:
-            log.info(
-                "destination back: waiting jobs released destination=%s job_ids=%s",
-                name,
-                ",".join(map(str, released)),
-            )
-            self.wake()
+        release_waiting(self._queue, name, now, reason, self.wake, exclude=exclude)
 
     def _fail_unfilled(
         self,
@@ -343,14 +356,7 @@ class RecoveryProbe(PollingThread):
             except (AinodeError, OSError, RuntimeError, ValueError) as exc:
                 log.debug("probe failed destination=%s error=%s", name, exc)
                 continue
-            released = self._queue.release_waiting(
-                name, self._clock(), f"{name} answered the probe"
+            release_waiting(
+                self._queue, name, self._clock(), f"{name} answered the probe", self._on_release
             )
-            if released:
-                log.info(
-                    "destination back: waiting jobs released destination=%s job_ids=%s",
-                    name,
-                    ",".join(map(str, released)),
-                )
-                self._on_release()
         return False

@@ -33,6 +33,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
 
 from node.results.provenance import copy_body_part, processing_equipment
+from node.results.source import TYPE_2_PATIENT_STUDY
 from node.results.template import ResultTemplate
 from node.runtime.plugin import Registration
 from node.runtime.volume import Volume
@@ -65,18 +66,6 @@ _PATIENT_STUDY_KEYWORDS = (
     "AccessionNumber",
     "IssuerOfAccessionNumberSequence",
     "StudyDescription",
-)
-#: Type 2 attributes of those modules, present even when the source lacks them.
-_TYPE_2 = (
-    "PatientName",
-    "PatientID",
-    "PatientBirthDate",
-    "PatientSex",
-    "StudyDate",
-    "StudyTime",
-    "ReferringPhysicianName",
-    "StudyID",
-    "AccessionNumber",
 )
 
 
@@ -204,7 +193,7 @@ def build_registration(
     for keyword in _PATIENT_STUDY_KEYWORDS:
         if keyword in source:
             setattr(ds, keyword, source[keyword].value)
-    for keyword in _TYPE_2:
+    for keyword in TYPE_2_PATIENT_STUDY:
         if keyword not in ds:
             setattr(ds, keyword, "")
     # General Series, Spatial Registration Series
