@@ -373,8 +373,9 @@ def test_user_and_token_verbs(config: Path, monkeypatch, capsys) -> None:
     cfg = ["--config", str(config)]
     monkeypatch.setenv("AINODE_NEW_PASSWORD", "a-long-password")
     assert main(["users", "add", "root", "--role", "admin", *cfg]) == 0
-    assert main(["users", "add", "carol", *cfg]) == 0
     capsys.readouterr()
+    assert main(["users", "add", "carol", "--json", *cfg]) == 0
+    assert json.loads(capsys.readouterr().out)["role"] == "viewer"
     assert main(["users", "modify", "carol", "--role", "admin", "--disable", "--json", *cfg]) == 0
     carol = json.loads(capsys.readouterr().out)
     assert (carol["username"], carol["role"], carol["disabled"]) == ("carol", "admin", True)

@@ -55,6 +55,8 @@ def _when(value: float | None) -> str:
 
 
 def users_add(args: argparse.Namespace) -> int:
+    from node.api.serialize import user_json
+
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\n")
     elif os.environ.get("AINODE_NEW_PASSWORD"):
@@ -65,8 +67,7 @@ def users_add(args: argparse.Namespace) -> int:
             return _fail("the passwords differ")
     admin = _service(args)
     user = admin.add_user(args.username, password, args.role, _actor())
-    print(f"user {user.username} added with role {user.role}")
-    return 0
+    return _print(args, user_json(user), f"user {user.username} added with role {user.role}")
 
 
 def users_list(args: argparse.Namespace) -> int:
@@ -544,6 +545,7 @@ def add_commands(commands: Any) -> None:
     add.add_argument(
         "--password-stdin", action="store_true", help="read the password from standard input"
     )
+    add.add_argument("--json", action="store_true")
     add.set_defaults(handler=_guard(users_add))
     with_config(users_sub.add_parser("list", help="list users")).set_defaults(
         handler=_guard(users_list)
