@@ -275,3 +275,136 @@ def test_series_complete_from_the_cli_queues_its_jobs(config: Path, tmp_path: Pa
     assert main(["series", "complete", "1.2.999", *cfg]) == 1
     assert "no series 1.2.999" in capsys.readouterr().err
     db.close()
+
+
+def test_destination_verbs_add_update_remove(config: Path, tmp_path: Path, capsys) -> None:
+    """``destinations add/update/remove`` save through AdminService; secrets stay masked."""
+    cfg = ["--config", str(config)]
+    flags = ["--ae-title", "PACS2", "--host", "127.0.0.1", "--port", "11112"]
+    assert (
+        main(["destinations", "add", "pacs2", *flags, "--results", "seg,sr", "--json", *cfg]) == 0
+    )
+    view = json.loads(capsys.readouterr().out)
+    assert (view["ae_title"], view["port"], view["results"]) == ("PACS2", 11112, ["seg", "sr"])
+    assert main(["destinations", "add", "pacs2", *flags, *cfg]) == 1  # already there
+    assert capsys.readouterr().err.startswith("ainode: ")
+    assert main(["destinations", "add", "bad", "--ae-title", "X" * 20, "--host", "h", *cfg]) == 1
+    assert "ae_title" in capsys.readouterr().err
+    stow = tmp_path / "stow.yaml"
+    stow.write_text(
+        yaml.safe_dump(
+            {
+                "kind": "dicomweb",
+                "url": "http://127.0.0.1:1/dicom-web",
+                "auth": {"type": "basic", "username": "u", "password": "s3cret-pass"},
+            }
+        )
+    )
+    assert main(["destinations", "update", "pacs2", "--file", str(stow), *cfg]) == 0
+    assert "destination pacs2 updated" in capsys.readouterr().out
+    assert main(["destinations", "update", "pacs2", "--file", str(stow), "--json", *cfg]) == 0
+    out = capsys.readouterr().out
+    assert "s3cret-pass" not in out and json.loads(out)["auth"]["password"] == "********"
+    assert main(["destinations", "update", "nowhere", "--file", str(stow), *cfg]) == 1
+    assert "nowhere" in capsys.readouterr().err
+    assert main(["destinations", "remove", "pacs2", "--json", *cfg]) == 0
+    assert json.loads(capsys.readouterr().out) == {"deleted": "pacs2"}
+    assert main(["destinations", "remove", "pacs2", *cfg]) == 1
+    assert main(["destinations", "list", "--json", *cfg]) == 0
+    assert "pacs2" not in json.loads(capsys.readouterr().out)
+    with pytest.raises(SystemExit) as usage:
+        main(["destinations", "add", "x", "--file", str(stow), "--json-body", "{}", *cfg])
+    assert usage.value.code == 2
+
+
+def test_rule_verbs_add_update_order_restore_replay_remove(
+    config: Path, tmp_path: Path, capsys
+) -> None:
+    cfg = ["--config", str(config)]
+    rule = tmp_path / "rule.yaml"
+    rule.write_text(
+        yaml.safe_dump({"name": "mr-brain", "match": {"Modality": "MR"}, "plugin": "ct_lungs"})
+    )
+    assert main(["rules", "add", "--file", str(rule), "--json", *cfg]) == 0
+    added = json.loads(capsys.readouterr().out)
+    assert (added["name"], added["version"]) == ("mr-brain", 1)
+    assert main(["rules", "add", "--file", str(rule), *cfg]) == 1  # the name is taken
+    assert capsys.readouterr().err.startswith("ainode: ")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"name": "x", "match": {}, "plugin": "no-such-plugin"}))
+    assert main(["rules", "add", "--file", str(bad), *cfg]) == 1
+    assert "no-such-plugin" in capsys.readouterr().err
+    rule.write_text(
+        yaml.safe_dump(
+            {
+                "name": "mr-brain",
+                "match": {"Modality": "MR"},
+                "plugin": "ct_lungs",
+                "enabled": False,
+            }
+        )
+    )
+    assert main(["rules", "update", str(added["id"]), "--file", str(rule), *cfg]) == 0
+    assert "version 2" in capsys.readouterr().out
+    assert main(["rules", "restore", str(added["id"]), "1", "--json", *cfg]) == 0
+    restored = json.loads(capsys.readouterr().out)
+    assert (restored["version"], restored["enabled"]) == (3, True)
+    assert main(["rules", "restore", str(added["id"]), "99", *cfg]) == 1
+    assert main(["rules", "list", *cfg]) == 0
+    ids = [int(line.split()[0]) for line in capsys.readouterr().out.splitlines()]
+    assert main(["rules", "order", *map(str, reversed(ids)), "--json", *cfg]) == 0
+    assert [r["id"] for r in json.loads(capsys.readouterr().out)] == list(reversed(ids))
+    assert main(["rules", "order", str(ids[0]), *cfg]) == 1  # not every rule
+    capsys.readouterr()
+    assert main(["rules", "replay", "--remove-id", str(added["id"]), "--json", *cfg]) == 0
+    assert json.loads(capsys.readouterr().out)["series"] == 0
+    assert main(["rules", "replay", "--days", "0", *cfg]) == 1
+    assert "days" in capsys.readouterr().err
+    assert main(["rules", "remove", str(added["id"]), "--json", *cfg]) == 0
+    assert json.loads(capsys.readouterr().out)["id"] == added["id"]
+    assert main(["rules", "remove", str(added["id"]), *cfg]) == 1
+
+
+def test_user_and_token_verbs(config: Path, monkeypatch, capsys) -> None:
+    import subprocess
+    import sys
+    import time
+
+    cfg = ["--config", str(config)]
+    monkeypatch.setenv("AINODE_NEW_PASSWORD", "a-long-password")
+    assert main(["users", "add", "root", "--role", "admin", *cfg]) == 0
+    capsys.readouterr()
+    assert main(["users", "add", "carol", "--json", *cfg]) == 0
+    assert json.loads(capsys.readouterr().out)["role"] == "viewer"
+    assert main(["users", "modify", "carol", "--role", "admin", "--disable", "--json", *cfg]) == 0
+    carol = json.loads(capsys.readouterr().out)
+    assert (carol["username"], carol["role"], carol["disabled"]) == ("carol", "admin", True)
+    assert main(["users", "modify", "carol", *cfg]) == 1
+    assert "nothing to change" in capsys.readouterr().err
+    assert main(["users", "modify", "nobody", "--enable", *cfg]) == 1
+    capsys.readouterr()
+    assert main(["users", "tokens", "add", "root", "--expires-in-days", "2", "--json", *cfg]) == 0
+    token = json.loads(capsys.readouterr().out)
+    assert token["token"] and token["expires_at"] == pytest.approx(time.time() + 2 * 86400, abs=600)
+    at = ["--expires-at", "2030-01-31T18:00:00"]
+    assert main(["users", "tokens", "add", "root", *at, *cfg]) == 1
+    assert "needs a time zone" in capsys.readouterr().err
+    assert (
+        main(["users", "tokens", "add", "root", "--expires-at", "2030-01-31T18:00:00Z", *cfg]) == 0
+    )
+    assert "shown once" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as usage:
+        main(["users", "tokens", "add", "root", "--expires-in-days", "1", *at, *cfg])
+    assert usage.value.code == 2
+    assert main(["users", "tokens", "remove", str(token["id"]), "--json", *cfg]) == 0
+    assert json.loads(capsys.readouterr().out)["revoked"] is True
+    assert main(["users", "remove", "carol", "--json", *cfg]) == 0
+    assert json.loads(capsys.readouterr().out) == {"deleted": "carol"}
+    # the last admin cannot go; through the console script
+    result = subprocess.run(
+        [sys.executable, "-m", "node", "users", "remove", "root", *cfg],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1 and result.stderr.startswith("ainode: "), result.stderr

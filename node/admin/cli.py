@@ -55,6 +55,8 @@ def _when(value: float | None) -> str:
 
 
 def users_add(args: argparse.Namespace) -> int:
+    from node.api.serialize import user_json
+
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\n")
     elif os.environ.get("AINODE_NEW_PASSWORD"):
@@ -65,8 +67,7 @@ def users_add(args: argparse.Namespace) -> int:
             return _fail("the passwords differ")
     admin = _service(args)
     user = admin.add_user(args.username, password, args.role, _actor())
-    print(f"user {user.username} added with role {user.role}")
-    return 0
+    return _print(args, user_json(user), f"user {user.username} added with role {user.role}")
 
 
 def users_list(args: argparse.Namespace) -> int:
@@ -74,6 +75,71 @@ def users_list(args: argparse.Namespace) -> int:
         flag = " (disabled)" if user.disabled else ""
         print(f"{user.username:24} {user.role:7} since {_when(user.created_at)}{flag}")
     return 0
+
+
+def _print(args: argparse.Namespace, data: Any, text: str) -> int:
+    """``--json``: the API's response body; else one line for a person."""
+    print(json.dumps(data, indent=2) if args.json else text)
+    return 0
+
+
+def _new_password(args: argparse.Namespace, username: str) -> str | None:
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    if os.environ.get("AINODE_NEW_PASSWORD"):
+        return os.environ["AINODE_NEW_PASSWORD"]
+    password = getpass.getpass(f"Password for {username}: ")
+    return password if password == getpass.getpass("Again: ") else None
+
+
+def users_modify(args: argparse.Namespace) -> int:
+    """As ``PATCH /api/users/{name}``: role, disabled and (asked for) password."""
+    from node.api.serialize import user_json
+
+    password = None
+    if args.password or args.password_stdin:
+        password = _new_password(args, args.username)
+        if password is None:
+            return _fail("the passwords differ")
+    disabled = True if args.disable else False if args.enable else None
+    if args.role is None and password is None and disabled is None:
+        return _fail("nothing to change: give --role, --disable/--enable or --password")
+    user = _service(args).update_user(
+        args.username, _actor(), role=args.role, password=password, disabled=disabled
+    )
+    state = "disabled" if user.disabled else "enabled"
+    return _print(args, user_json(user), f"user {user.username}: {user.role}, {state}")
+
+
+def users_remove(args: argparse.Namespace) -> int:
+    _service(args).delete_user(args.username, _actor())
+    return _print(args, {"deleted": args.username}, f"user {args.username} removed")
+
+
+def tokens_add(args: argparse.Namespace) -> int:
+    """As ``POST /api/users/{name}/tokens``: the secret is printed once."""
+    from datetime import datetime
+
+    from node.api.serialize import token_json
+    from node.errors import InvalidInput
+
+    try:
+        expires_at = datetime.fromisoformat(args.expires_at) if args.expires_at else None
+    except ValueError:
+        raise InvalidInput(f"expires_at: not an ISO 8601 time: {args.expires_at!r}") from None
+    admin = _service(args)
+    when = admin.token_expiry(args.expires_in_days, expires_at)
+    secret, token = admin.create_token(args.username, args.name, _actor(), when)
+    until = f"until {_when(token.expires_at)}" if token.expires_at else "without expiry"
+    text = f"token {token.id} for {token.username} ({until}); shown once:\n{secret}"
+    return _print(args, {**token_json(token), "token": secret}, text)
+
+
+def tokens_remove(args: argparse.Namespace) -> int:
+    from node.api.serialize import token_json
+
+    token = _service(args).revoke_token(args.token_id, _actor())
+    return _print(args, token_json(token), f"token {token.id} of {token.username} revoked")
 
 
 # -- rules ------------------------------------------------------------------------------
@@ -117,6 +183,64 @@ def rules_list(args: argparse.Namespace) -> int:
         state = "" if rule.enabled else " (disabled)"
         print(f"{stored.id:4} {rule.name:28} {rule.plugin:12} v{stored.version}{state}")
     return 0
+
+
+def _one_rule(path: Path) -> Any:
+    rules = _rules_in_file(path)
+    if len(rules) != 1:
+        raise ConfigError(f"{path}: expected one rule, found {len(rules)}")
+    return rules[0]
+
+
+def _rule_done(args: argparse.Namespace, stored: Any, verb: str) -> int:
+    from node.api.serialize import rule_json
+
+    text = f"rule {stored.id} ({stored.rule.name}) {verb}, version {stored.version}"
+    return _print(args, rule_json(stored), text)
+
+
+def rules_add(args: argparse.Namespace) -> int:
+    """As ``POST /api/rules``: validated by the same service function, then saved."""
+    return _rule_done(args, _service(args).create_rule(_one_rule(args.file), _actor()), "added")
+
+
+def rules_update(args: argparse.Namespace) -> int:
+    admin = _service(args)
+    stored = admin.update_rule(args.rule_id, _one_rule(args.file), _actor())
+    return _rule_done(args, stored, "updated")
+
+
+def rules_remove(args: argparse.Namespace) -> int:
+    return _rule_done(args, _service(args).delete_rule(args.rule_id, _actor()), "removed")
+
+
+def rules_restore(args: argparse.Namespace) -> int:
+    stored = _service(args).restore_rule(args.rule_id, args.version, _actor())
+    return _rule_done(args, stored, f"restored from version {args.version}")
+
+
+def rules_order(args: argparse.Namespace) -> int:
+    from node.api.serialize import rule_json
+
+    ordered = _service(args).reorder_rules(args.rule_ids, _actor())
+    text = "order: " + " ".join(str(s.id) for s in ordered)
+    return _print(args, [rule_json(s) for s in ordered], text)
+
+
+def rules_replay(args: argparse.Namespace) -> int:
+    """As ``POST /api/rules/replay``: what the saved rules, or a change, fire on recent series."""
+    admin = _service(args)
+    rule = _one_rule(args.rule) if args.rule else None
+    rules = _rules_in_file(args.rules) if args.rules else None
+    proposed = admin.proposed_rules(
+        rule=rule, rule_id=args.rule_id, rules=rules, remove_id=args.remove_id
+    )
+    result = admin.replay(proposed, args.days)
+    text = (
+        f"{result['series']} series in {args.days:g} days: {result['changed']} changed, "
+        f"jobs {result['jobs_now']} now, {result['jobs_proposed']} proposed"
+    )
+    return _print(args, result, text)
 
 
 def rules_test(args: argparse.Namespace) -> int:
@@ -262,6 +386,50 @@ def destinations_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _destination_body(args: argparse.Namespace) -> dict[str, Any]:
+    """The API's request body from ``--file`` (YAML/JSON), ``--json-body`` and/or flags."""
+    body: Any = {}
+    try:
+        if args.file:
+            body = yaml.safe_load(args.file.read_text(encoding="utf-8")) or {}
+        elif args.json_body:
+            body = json.loads(args.json_body)
+    except OSError as exc:
+        raise ConfigError(f"{args.file}: cannot read: {exc.strerror}") from None
+    except (yaml.YAMLError, ValueError) as exc:
+        raise ConfigError(f"destination: not valid YAML/JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ConfigError("destination: expected a mapping of fields")
+    flags = {"ae_title": args.ae_title, "host": args.host, "port": args.port}
+    body.update({k: v for k, v in flags.items() if v is not None})
+    if args.results:
+        body["results"] = [r.strip() for r in args.results.split(",") if r.strip()]
+    return body
+
+
+def _save_destination(args: argparse.Namespace, create: bool) -> int:
+    from node.admin.destinations import destination_view
+
+    admin = _service(args)
+    admin.save_destination(args.name, _destination_body(args), _actor(), create=create)
+    view = destination_view(admin.destinations.get(args.name))
+    return _print(args, view, f"destination {args.name} {'added' if create else 'updated'}")
+
+
+def destinations_add(args: argparse.Namespace) -> int:
+    """As ``POST /api/destinations/{name}``; secrets shown masked, as the API does."""
+    return _save_destination(args, create=True)
+
+
+def destinations_update(args: argparse.Namespace) -> int:
+    return _save_destination(args, create=False)
+
+
+def destinations_remove(args: argparse.Namespace) -> int:
+    _service(args).delete_destination(args.name, _actor())
+    return _print(args, {"deleted": args.name}, f"destination {args.name} removed")
+
+
 def destinations_echo(args: argparse.Namespace) -> int:
     result = _service(args).echo(args.name)
     if args.json:
@@ -377,10 +545,39 @@ def add_commands(commands: Any) -> None:
     add.add_argument(
         "--password-stdin", action="store_true", help="read the password from standard input"
     )
+    add.add_argument("--json", action="store_true")
     add.set_defaults(handler=_guard(users_add))
     with_config(users_sub.add_parser("list", help="list users")).set_defaults(
         handler=_guard(users_list)
     )
+    modify = with_config(users_sub.add_parser("modify", help="change role, state or password"))
+    modify.add_argument("username")
+    modify.add_argument("--role", choices=["admin", "viewer"])
+    state = modify.add_mutually_exclusive_group()
+    state.add_argument("--disable", action="store_true")
+    state.add_argument("--enable", action="store_true")
+    modify.add_argument("--password", action="store_true", help="ask for a new password")
+    modify.add_argument("--password-stdin", action="store_true")
+    modify.add_argument("--json", action="store_true")
+    modify.set_defaults(handler=_guard(users_modify))
+    remove = with_config(users_sub.add_parser("remove", help="delete a user"))
+    remove.add_argument("username")
+    remove.add_argument("--json", action="store_true")
+    remove.set_defaults(handler=_guard(users_remove))
+    tokens = users_sub.add_parser("tokens", help="API tokens")
+    tokens_sub = tokens.add_subparsers(dest="tokens_command", required=True)
+    token_add = with_config(tokens_sub.add_parser("add", help="create a token (shown once)"))
+    token_add.add_argument("username")
+    token_add.add_argument("--name", default="api")
+    expiry = token_add.add_mutually_exclusive_group()
+    expiry.add_argument("--expires-in-days", type=float)
+    expiry.add_argument("--expires-at", help="ISO 8601 with a time zone")
+    token_add.add_argument("--json", action="store_true")
+    token_add.set_defaults(handler=_guard(tokens_add))
+    token_remove = with_config(tokens_sub.add_parser("remove", help="revoke a token by id"))
+    token_remove.add_argument("token_id", type=int)
+    token_remove.add_argument("--json", action="store_true")
+    token_remove.set_defaults(handler=_guard(tokens_remove))
 
     rules = commands.add_parser("rules", help="validate, list and test routing rules")
     rules_sub = rules.add_subparsers(dest="rules_command", required=True)
@@ -401,6 +598,39 @@ def add_commands(commands: Any) -> None:
     test.add_argument("--called-ae", default="", help="called AE title to assume (--file)")
     test.add_argument("--json", action="store_true")
     test.set_defaults(handler=_guard(rules_test))
+    for verb, handler, text in (
+        ("add", rules_add, "save a new rule from a YAML/JSON file"),
+        ("update", rules_update, "replace rule ID with the rule in a file"),
+    ):
+        change = with_config(rules_sub.add_parser(verb, help=text))
+        if verb == "update":
+            change.add_argument("rule_id", type=int)
+        change.add_argument("--file", type=Path, required=True)
+        change.add_argument("--json", action="store_true")
+        change.set_defaults(handler=_guard(handler))
+    rule_remove = with_config(rules_sub.add_parser("remove", help="delete a rule"))
+    rule_remove.add_argument("rule_id", type=int)
+    rule_remove.add_argument("--json", action="store_true")
+    rule_remove.set_defaults(handler=_guard(rules_remove))
+    order = with_config(rules_sub.add_parser("order", help="every rule id, in the new order"))
+    order.add_argument("rule_ids", type=int, nargs="+")
+    order.add_argument("--json", action="store_true")
+    order.set_defaults(handler=_guard(rules_order))
+    restore = with_config(rules_sub.add_parser("restore", help="make an old version current"))
+    restore.add_argument("rule_id", type=int)
+    restore.add_argument("version", type=int)
+    restore.add_argument("--json", action="store_true")
+    restore.set_defaults(handler=_guard(rules_restore))
+    replay = with_config(
+        rules_sub.add_parser("replay", help="which rules fire on recent series, now and after")
+    )
+    replay.add_argument("--days", type=float, default=7)
+    replay.add_argument("--rule", type=Path, help="a changed or new rule (YAML/JSON file)")
+    replay.add_argument("--rule-id", type=int, help="the rule --rule replaces")
+    replay.add_argument("--rules", type=Path, help="a whole new rule set (YAML/JSON file)")
+    replay.add_argument("--remove-id", type=int, help="as if this rule were deleted")
+    replay.add_argument("--json", action="store_true")
+    replay.set_defaults(handler=_guard(rules_replay))
 
     jobs = commands.add_parser("jobs", help="list, show and retry jobs")
     jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True)
@@ -456,7 +686,7 @@ def add_commands(commands: Any) -> None:
     complete.add_argument("--json", action="store_true")
     complete.set_defaults(handler=_guard(series_complete))
 
-    destinations = commands.add_parser("destinations", help="list and echo destinations")
+    destinations = commands.add_parser("destinations", help="list, echo and edit destinations")
     dest_sub = destinations.add_subparsers(dest="destinations_command", required=True)
     dest_list = with_config(dest_sub.add_parser("list", help="saved destinations"))
     dest_list.add_argument("--json", action="store_true")
@@ -465,6 +695,25 @@ def add_commands(commands: Any) -> None:
     dest_echo.add_argument("name")
     dest_echo.add_argument("--json", action="store_true")
     dest_echo.set_defaults(handler=_guard(destinations_echo))
+    for verb, handler, text in (
+        ("add", destinations_add, "save a new destination"),
+        ("update", destinations_update, "replace a destination's settings"),
+    ):
+        save = with_config(dest_sub.add_parser(verb, help=text))
+        save.add_argument("name")
+        body = save.add_mutually_exclusive_group()
+        body.add_argument("--file", type=Path, help="YAML/JSON fields, as the API's body")
+        body.add_argument("--json-body", help="the API's JSON body")
+        save.add_argument("--ae-title")
+        save.add_argument("--host")
+        save.add_argument("--port", type=int)
+        save.add_argument("--results", help="comma-separated result kinds, e.g. seg,sr")
+        save.add_argument("--json", action="store_true")
+        save.set_defaults(handler=_guard(handler))
+    dest_remove = with_config(dest_sub.add_parser("remove", help="delete a destination"))
+    dest_remove.add_argument("name")
+    dest_remove.add_argument("--json", action="store_true")
+    dest_remove.set_defaults(handler=_guard(destinations_remove))
 
     pull = with_config(
         commands.add_parser("pull", help="queue a pull from a source (as POST /api/pull)")

@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from typing import Any
 
 import torch
@@ -729,6 +730,22 @@ class AdminService:
             now=self.clock(),
         )
         return secret, token
+
+    def token_expiry(
+        self, expires_in_days: float | None = None, expires_at: datetime | None = None
+    ) -> float | None:
+        """Epoch seconds a new token expires at (``None``: never); API and CLI share it."""
+        if expires_in_days is not None and expires_at is not None:
+            raise InvalidInput("give expires_in_days or expires_at, not both")
+        if expires_at is not None:
+            if expires_at.tzinfo is None:
+                raise InvalidInput("expires_at needs a time zone, e.g. 2027-01-31T18:00:00Z")
+            return expires_at.timestamp()
+        if expires_in_days is not None:
+            if expires_in_days <= 0:
+                raise InvalidInput("expires_in_days must be more than 0")
+            return self.clock() + expires_in_days * 86400
+        return None
 
     def revoke_token(self, token_id: int, actor: str) -> ApiToken:
         token = self.users.revoke_token(token_id)

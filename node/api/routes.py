@@ -503,17 +503,7 @@ def api_router(admin: AdminService, viewer: Dependency, editor: Dependency) -> A
     @router.post("/users/{username}/tokens", status_code=201, tags=["users"])
     def create_token(username: str, body: TokenBody, principal: Editor) -> dict[str, Any]:
         """Create an API token; ``token`` is shown once (send it as ``Authorization: Bearer``)."""
-        if body.expires_in_days is not None and body.expires_at is not None:
-            raise InvalidInput("give expires_in_days or expires_at, not both")
-        if body.expires_at is not None and body.expires_at.tzinfo is None:
-            raise InvalidInput("expires_at needs a time zone, e.g. 2027-01-31T18:00:00Z")
-        expires_at = (
-            body.expires_at.timestamp()
-            if body.expires_at is not None
-            else admin.clock() + body.expires_in_days * 86400
-            if body.expires_in_days is not None
-            else None
-        )
+        expires_at = admin.token_expiry(body.expires_in_days, body.expires_at)
         secret, token = admin.create_token(username, body.name, principal.name, expires_at)
         return {**token_json(token), "token": secret}
 
