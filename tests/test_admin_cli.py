@@ -408,3 +408,29 @@ def test_user_and_token_verbs(config: Path, monkeypatch, capsys) -> None:
         timeout=120,
     )
     assert result.returncode == 1 and result.stderr.startswith("ainode: "), result.stderr
+
+
+def test_destinations_echo_of_an_unsaved_destination(config: Path, capsys) -> None:
+    """As POST /api/destinations/echo: a destination given by its fields is echoed unsaved."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+    scp = AE(ae_title="ECHOSCP")
+    scp.add_supported_context(Verification)
+    server = scp.start_server(("127.0.0.1", 0), block=False)
+    port = server.server_address[1]
+    cfg = ["--config", str(config)]
+    try:
+        fields = ["--ae-title", "ECHOSCP", "--host", "127.0.0.1", "--port", str(port)]
+        assert main(["destinations", "echo", *fields, "--json", *cfg]) == 0
+        assert json.loads(capsys.readouterr().out)["ok"] is True
+        body = json.dumps({"ae_title": "ECHOSCP", "host": "127.0.0.1", "port": port})
+        assert main(["destinations", "echo", "--json-body", body, *cfg]) == 0
+        assert "(unsaved): ok" in capsys.readouterr().out
+    finally:
+        server.shutdown()
+    assert main(["destinations", "echo", *fields, *cfg]) == 1  # nobody listens now
+    assert "echo failed" in capsys.readouterr().err
+    assert main(["destinations", "echo", "pacs", "--host", "h", *cfg]) == 2
+    assert main(["destinations", "list", "--json", *cfg]) == 0
+    assert "(unsaved)" not in capsys.readouterr().out  # nothing was saved

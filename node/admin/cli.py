@@ -431,7 +431,22 @@ def destinations_remove(args: argparse.Namespace) -> int:
 
 
 def destinations_echo(args: argparse.Namespace) -> int:
-    result = _service(args).echo(args.name)
+    """Echo a saved destination by name, or an unsaved one from the add options (as
+    ``POST /api/destinations/echo``)."""
+    unsaved = any(
+        v is not None for v in (args.file, args.json_body, args.ae_title, args.host, args.port)
+    )
+    if unsaved == (args.name is not None):
+        print("ainode: give a saved destination's NAME or its fields, not both", file=sys.stderr)
+        return 2
+    if unsaved:
+        from node.admin.destinations import parse_destination
+
+        args.name, args.results = "(unsaved)", None
+        destination = parse_destination(_destination_body(args))
+        result = _service(args).echo(args.name, destination)
+    else:
+        result = _service(args).echo(args.name)
     if args.json:
         print(json.dumps(result.__dict__))
     elif result.ok:
@@ -691,8 +706,18 @@ def add_commands(commands: Any) -> None:
     dest_list = with_config(dest_sub.add_parser("list", help="saved destinations"))
     dest_list.add_argument("--json", action="store_true")
     dest_list.set_defaults(handler=_guard(destinations_list))
-    dest_echo = with_config(dest_sub.add_parser("echo", help="C-ECHO (or probe) a destination"))
-    dest_echo.add_argument("name")
+    dest_echo = with_config(
+        dest_sub.add_parser(
+            "echo", help="C-ECHO (or probe) a saved destination, or one given by its fields"
+        )
+    )
+    dest_echo.add_argument("name", nargs="?", help="a saved destination")
+    echo_body = dest_echo.add_mutually_exclusive_group()
+    echo_body.add_argument("--file", type=Path, help="YAML/JSON fields of an unsaved destination")
+    echo_body.add_argument("--json-body", help="the API's JSON body")
+    dest_echo.add_argument("--ae-title")
+    dest_echo.add_argument("--host")
+    dest_echo.add_argument("--port", type=int)
     dest_echo.add_argument("--json", action="store_true")
     dest_echo.set_defaults(handler=_guard(destinations_echo))
     for verb, handler, text in (
