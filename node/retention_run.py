@@ -15,6 +15,7 @@ from node.admin.audit import AuditLog
 from node.config import RetentionSettings
 from node.retention import Deletion, plan
 from node.state.db import Database
+from node.state.dicom_audit import DicomAudit, EventType
 from node.state.retention import RetentionStore
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,19 @@ def run_pass(
                 before=None,
                 after=entry,
                 now=now,
+            )
+            DicomAudit(db).record(
+                EventType.INSTANCES_DELETED,
+                actor=user,
+                study_uid=deletion.usage.study_uid,
+                series_uid=deletion.usage.series_uid,
+                instances=entry["instances"],
+                detail=(
+                    f"{deletion.reason}: {'spool' if deletion.spool else ''}"
+                    f"{' and ' if deletion.spool and deletion.results else ''}"
+                    f"{'results' if deletion.results else ''}, {deletion.bytes} bytes"
+                ),
+                at=now,
             )
         report.append(entry)
     return report

@@ -13,6 +13,7 @@ from node.config import RetentionSettings, Settings
 from node.retention import DAY, SeriesUsage, plan
 from node.retention_run import run_pass
 from node.state.db import Database
+from node.state.dicom_audit import DicomAudit, EventType
 from node.state.retention import RetentionStore
 
 NOW = 1_800_000_000.0
@@ -172,6 +173,9 @@ def test_pass_deletes_files_rows_and_audits(database: Database, tmp_path: Path) 
         2500,
         2,
     )
+    (dicom,) = DicomAudit(database).events(event_type=EventType.INSTANCES_DELETED.value)
+    assert (dicom.series_uid, dicom.instances, dicom.actor) == ("1.9.1", 2, "retention")
+    assert dicom.detail == "age: spool and results, 2500 bytes"
     assert run_pass(database, SETTINGS, now=NOW, free=None, dry_run=False) == []
 
 
