@@ -207,3 +207,88 @@ def test_sources_page_lists_sources_and_recent_pulls(tmp_path: Path) -> None:
                 browser.close()
     outside = [url for url in requested if not url.startswith(node.url)]
     assert outside == []
+
+
+def test_storage_page_shows_disk_usage_and_retention_deletions(tmp_path: Path) -> None:
+    """The Storage page: spool/results/free against the watermarks, the policy, and what
+    retention deleted (here one series, 40 days after its job finished)."""
+    import time
+
+    from node.config import RetentionSettings
+    from node.retention_run import run_pass
+    from node.state.db import Database
+    from tests.test_retention import _series
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    node = NodeProcess({"workers": {"device": "cpu"}}, workdir=tmp_path / "node")
+    node.data_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(node.data_dir / "state.sqlite3")
+    now = time.time()
+    _series(
+        db,
+        node.data_dir,
+        "1.2.826.0.1.3680043.8.498.77",
+        job_state="done",
+        finished=now - 40 * 86400,
+    )
+    settings = RetentionSettings(
+        spool_days=7, results_days=30, failed_days=30, high_watermark_mb=100
+    )
+    (deleted,) = run_pass(db, settings, now=now, free=None, dry_run=False)
+    assert deleted["bytes"] == 2500
+    db.close()
+    with node:
+        _add_admin(node)
+        with playwright_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.set_default_timeout(30_000)
+            requested: list[str] = []
+            page.on("request", lambda request: requested.append(request.url))
+            try:
+                page.goto(f"{node.url}/storage")
+                page.fill("input[name=username]", "admin")
+                page.fill("input[name=password]", PASSWORD)
+                page.click("button[type=submit]")
+                page.wait_for_url(lambda url: "/login" not in url)
+                page.goto(f"{node.url}/storage")
+                disk = page.locator("#disk-table").inner_text().lower()
+                assert "spool" in disk and "results" in disk and "high watermark" in disk
+                assert "0xa700" in disk
+                row = page.locator(
+                    "#deletions-table tbody tr", has_text="1.2.826.0.1.3680043.8.498.77"
+                )
+                assert row.count() == 1
+                text = row.inner_text()
+                assert "age" in text and "spool and results" in text and "2.4 KiB" in text
+                assert "7 days" in page.locator("#policy").inner_text()
+                assert page.locator("nav a[href='/storage']").count() == 1
+                page.screenshot(path=ARTIFACTS / "storage-page.png")
+            finally:
+                browser.close()
+        assert all(url.startswith(node.url) for url in requested), requested
+
+
+def _add_admin(node: NodeProcess) -> None:
+    added = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "node",
+            "users",
+            "add",
+            "admin",
+            "--role",
+            "admin",
+            "--password-stdin",
+            "--config",
+            str(node.config_path),
+        ],
+        input=PASSWORD + "\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+    )
+    assert added.returncode == 0, added.stderr

@@ -482,6 +482,12 @@ def web_router(node: Node, viewer: Dependency, editor: Dependency) -> APIRouter:
             request, "log.html", principal, entries=entries, filters={"level": level, "text": text}
         )
 
+    @router.get("/storage")
+    def storage_page(request: Request, principal: Viewer) -> HTMLResponse:
+        from node.api.retention import storage_report
+
+        return render(request, "storage.html", principal, report=storage_report(node, 100))
+
     @router.get("/users")
     def users_page(
         request: Request, principal: Annotated[Principal, Depends(editor)]
