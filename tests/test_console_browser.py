@@ -83,28 +83,7 @@ def test_admin_writes_tests_and_uses_a_rule(tmp_path: Path) -> None:
 
     node = NodeProcess({"workers": {"device": "cpu"}}, workdir=tmp_path / "node")
     with node:
-        added = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "node",
-                "users",
-                "add",
-                "admin",
-                "--role",
-                "admin",
-                "--password-stdin",
-                "--config",
-                str(node.config_path),
-            ],
-            input=PASSWORD + "\n",
-            capture_output=True,
-            text=True,
-            timeout=120,
-            cwd=PROJECT_ROOT,
-            env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
-        )
-        assert added.returncode == 0, added.stderr
+        add_user(node, "admin", "admin")
         storescu(node.dicom_port, first)  # no rule yet: stored, not processed
 
         with playwright_api.sync_playwright() as p:
@@ -210,9 +189,10 @@ def test_admin_writes_tests_and_uses_a_rule(tmp_path: Path) -> None:
                 browser.close()
 
 
-def add_admin(node: NodeProcess) -> None:
+def add_user(node: NodeProcess, name: str = "admin", role: str = "admin") -> None:
+    """Add a console user with the test password through the console script."""
     added = subprocess.run(
-        [sys.executable, "-m", "node", "users", "add", "admin", "--role", "admin",
+        [sys.executable, "-m", "node", "users", "add", name, "--role", role,
          "--password-stdin", "--config", str(node.config_path)],
         input=PASSWORD + "\n",
         capture_output=True,
@@ -232,7 +212,7 @@ def test_new_rule_form_is_quiet_until_typed_and_destination_form_keeps_day_budge
     budget (the form used to send 5 attempts)."""
     node = NodeProcess({"workers": {"device": "cpu"}}, workdir=tmp_path / "node")
     with node:
-        add_admin(node)
+        add_user(node)
         with playwright_api.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 900})

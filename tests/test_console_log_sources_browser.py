@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ import pytest
 
 from node.devtools.net import wait_until
 from node.devtools.node_process import PROJECT_ROOT, NodeProcess
-from tests.test_console_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
+from tests.test_console_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, add_user
 
 PASSWORD = "console-password-1"
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -26,28 +25,7 @@ def test_log_page_shows_and_filters_recent_warnings(tmp_path: Path) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     node = NodeProcess({"workers": {"device": "cpu"}}, workdir=tmp_path / "node")
     with node:
-        added = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "node",
-                "users",
-                "add",
-                "admin",
-                "--role",
-                "admin",
-                "--password-stdin",
-                "--config",
-                str(node.config_path),
-            ],
-            input=PASSWORD + "\n",
-            capture_output=True,
-            text=True,
-            timeout=120,
-            cwd=PROJECT_ROOT,
-            env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
-        )
-        assert added.returncode == 0, added.stderr
+        add_user(node, "admin", "admin")
         with playwright_api.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 900})
@@ -121,28 +99,7 @@ def test_sources_page_lists_sources_and_recent_pulls(tmp_path: Path) -> None:
         workdir=tmp_path / "node",
     )
     with node:
-        added = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "node",
-                "users",
-                "add",
-                "viewer",
-                "--role",
-                "viewer",
-                "--password-stdin",
-                "--config",
-                str(node.config_path),
-            ],
-            input=PASSWORD + "\n",
-            capture_output=True,
-            text=True,
-            timeout=120,
-            cwd=PROJECT_ROOT,
-            env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
-        )
-        assert added.returncode == 0, added.stderr
+        add_user(node, "viewer", "viewer")
         with playwright_api.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 900})
@@ -238,7 +195,7 @@ def test_storage_page_shows_disk_usage_and_retention_deletions(tmp_path: Path) -
     assert deleted["bytes"] == 2500
     db.close()
     with node:
-        _add_admin(node)
+        add_user(node)
         with playwright_api.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 900})
@@ -267,28 +224,3 @@ def test_storage_page_shows_disk_usage_and_retention_deletions(tmp_path: Path) -
             finally:
                 browser.close()
         assert all(url.startswith(node.url) for url in requested), requested
-
-
-def _add_admin(node: NodeProcess) -> None:
-    added = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "node",
-            "users",
-            "add",
-            "admin",
-            "--role",
-            "admin",
-            "--password-stdin",
-            "--config",
-            str(node.config_path),
-        ],
-        input=PASSWORD + "\n",
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=PROJECT_ROOT,
-        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
-    )
-    assert added.returncode == 0, added.stderr
