@@ -220,6 +220,11 @@ _JOB_STATE_CHECK = (
 )
 
 
+def _columns(connection: sqlite3.Connection, table: str) -> set[str]:
+    """The column names of ``table`` (empty when it does not exist)."""
+    return {r[1] for r in connection.execute(f"PRAGMA table_info({table})").fetchall()}
+
+
 def _migrate(connection: sqlite3.Connection) -> None:
     """Bring a database written by an older schema up to date (idempotent)."""
     row = connection.execute("SELECT sql FROM sqlite_master WHERE name = 'jobs'").fetchone()
@@ -241,16 +246,16 @@ def _migrate(connection: sqlite3.Connection) -> None:
         connection.execute("CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_at)")
         connection.execute("COMMIT")
         connection.execute("PRAGMA foreign_keys=ON")
-    columns = {r[1] for r in connection.execute("PRAGMA table_info(jobs)").fetchall()}
+    columns = _columns(connection, "jobs")
     if "shadow" not in columns:
         log.info("migrating jobs table: adding the shadow flag")
         connection.execute("ALTER TABLE jobs ADD COLUMN shadow INTEGER NOT NULL DEFAULT 0")
-    columns = {r[1] for r in connection.execute("PRAGMA table_info(sessions)").fetchall()}
+    columns = _columns(connection, "sessions")
     if "last_seen_at" not in columns:
         log.info("migrating sessions table: adding the last request time (idle timeout)")
         connection.execute("ALTER TABLE sessions ADD COLUMN last_seen_at REAL NOT NULL DEFAULT 0")
         connection.execute("UPDATE sessions SET last_seen_at = created_at")
-    columns = {r[1] for r in connection.execute("PRAGMA table_info(series)").fetchall()}
+    columns = _columns(connection, "series")
     if "dispatched_generation" not in columns:
         log.info("migrating series table: adding the dispatched generation and completion hold")
         connection.execute(
@@ -268,11 +273,11 @@ def _migrate(connection: sqlite3.Connection) -> None:
             " AND jobs.generation = series.generation)"
             " OR completed_at < (SELECT MAX(completed_at) FROM series) - 86400"
         )
-    columns = {r[1] for r in connection.execute("PRAGMA table_info(api_tokens)").fetchall()}
+    columns = _columns(connection, "api_tokens")
     if columns and "expires_at" not in columns:
         log.info("migrating api_tokens table: adding the expiry")
         connection.execute("ALTER TABLE api_tokens ADD COLUMN expires_at REAL")
-    columns = {r[1] for r in connection.execute("PRAGMA table_info(series)").fetchall()}
+    columns = _columns(connection, "series")
     if "generation_started" not in columns:
         log.info("migrating series table: adding the generation start and completion note")
         connection.execute("ALTER TABLE series ADD COLUMN generation_started REAL")
