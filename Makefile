@@ -64,19 +64,20 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 # OHIF's prebuilt dist from npm (pinned version and hash), unpacked under var/viewer/.
 viewer-dist: $(VENV)/.installed-run
-	$(BIN)/python -m node.devtools.viewer.ohif
+	$(BIN)/python -m tools.viewer.ohif
 
 test: $(VENV)/.installed-dev debs-test viewer-dist lint
 	TCP_NODELAY=1 $(BIN)/pytest
 
 demo: $(VENV)/.installed-run debs-test
-	TCP_NODELAY=1 $(BIN)/python -m node.devtools.demo
+	TCP_NODELAY=1 $(BIN)/python -m tools.demo
 
 viewer: $(VENV)/.installed-run debs-test viewer-dist
-	TCP_NODELAY=1 $(BIN)/python -m node.devtools.viewer --orthanc http://127.0.0.1:8042 --port 3000
+	TCP_NODELAY=1 $(BIN)/python -m tools.viewer --orthanc http://127.0.0.1:8042 --port 3000
 
 bench: $(VENV)/.installed-dev debs-test
 	TCP_NODELAY=1 $(BIN)/python -m benchmarks

@@ -26,10 +26,10 @@ from typing import Any
 
 import httpx
 
-from node.devtools.net import free_port
-from node.devtools.node_process import NodeProcess
-from node.devtools.orthanc import OrthancServer
-from node.synthetic.chest_ct import make_chest_ct
+from tools.net import free_port
+from tools.node_process import NodeProcess
+from tools.orthanc import OrthancServer
+from tools.synthetic.chest_ct import make_chest_ct
 
 TOKEN = "benchmark-token-0123456789"
 

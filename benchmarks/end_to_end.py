@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from node.config import BUILT_IN_CHEST_RULE
-from node.devtools.node_process import NodeProcess
-from node.devtools.orthanc import OrthancServer
-from node.synthetic.chest_ct import make_chest_ct
+from tools.node_process import NodeProcess
+from tools.orthanc import OrthancServer
+from tools.synthetic.chest_ct import make_chest_ct
 
 
 def node_config(pacs: OrthancServer, quiet_seconds: float) -> dict[str, Any]:

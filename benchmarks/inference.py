@@ -29,8 +29,8 @@ import torch
 
 
 def _node(paths: list[Path], device: torch.device) -> tuple[np.ndarray, dict[str, float]]:
-    from node.runtime.plugin import RunContext
-    from node.runtime.volume import load_volume
+    from node.contract.assemble import load_volume
+    from node.contract.plugin import RunContext
     from plugins.ct_organs import CtOrgansPlugin
 
     plugin = CtOrgansPlugin()
@@ -129,9 +129,9 @@ def run_inference(
     repeat: int = 1,
     device: str = "cpu",
 ) -> dict[str, Any]:
-    from node.runtime.engine import dice
-    from node.synthetic.abdomen_ct import LABEL_NAMES, make_abdomen_ct
-    from node.synthetic.chest_ct import write_series
+    from node.engine.inference import dice
+    from tools.synthetic.abdomen_ct import LABEL_NAMES, make_abdomen_ct
+    from tools.synthetic.chest_ct import write_series
 
     target = torch.device(device)
     started = time.perf_counter()

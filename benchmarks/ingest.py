@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.ct_series import write_ct_series
-from node.devtools.net import free_port, tail, wait_until
-from node.devtools.node_process import NodeProcess, NodeStartError
+from tools.net import free_port, tail, wait_until
+from tools.node_process import NodeProcess, NodeStartError
 
 MAX_PDU = 131072
 

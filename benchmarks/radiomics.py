@@ -17,13 +17,13 @@ from typing import Any
 
 import numpy as np
 
+from node.contract.assemble import assemble_volume
+from node.contract.plugin import Prediction
+from node.contract.template import default_template_dir
 from node.results import build_results, load_template
 from node.results.analysis import segment_numbers_map
 from node.results.radiomics import compute_radiomics
-from node.results.template import default_template_dir
-from node.runtime.plugin import Prediction
-from node.runtime.volume import assemble_volume
-from node.synthetic.abdomen_ct import make_abdomen_ct
+from tools.synthetic.abdomen_ct import make_abdomen_ct
 
 CLASSES = "[firstorder, shape, glcm, glrlm, glszm, gldm, ngtdm]"
 

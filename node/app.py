@@ -19,18 +19,18 @@ import torch
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from node.admin.service import AdminService
-from node.completion import CompletionMonitor
 from node.config import Settings, check_plugins_known
 from node.dicom.scp import StorageSCP
-from node.dispatch import Dispatcher
 from node.export.exporter import Exporter, RecoveryProbe
 from node.faults import check_fault_setting
-from node.ingest import Ingestor
 from node.jobs.queue import JobQueue
+from node.orchestration.completion import CompletionMonitor
+from node.orchestration.dispatch import Dispatcher
+from node.orchestration.ingest import Ingestor
+from node.orchestration.registry import PluginRegistry, select_devices
+from node.orchestration.worker import InferenceWorker
 from node.pull.service import PullService, SenderCountChecker
 from node.pull.store import PullStore
-from node.runtime.registry import PluginRegistry, select_devices
-from node.runtime.worker import InferenceWorker
 from node.spool import Spool
 from node.state.db import Database, check_integrity
 from node.state.dicom_audit import DicomAudit
@@ -243,7 +243,7 @@ class Node:
         check finds free space below ``retention.high_watermark_mb``."""
         from apscheduler.triggers.cron import CronTrigger
 
-        from node.retention_run import free_bytes, run_pass
+        from node.orchestration.retention_run import free_bytes, run_pass
 
         policy = self.settings.retention
         if not policy.enabled:

@@ -30,8 +30,8 @@ from pydantic import (
     model_validator,
 )
 
+from node.contract.kinds import DEFAULT_PROFILE, check_profile, profile_tags
 from node.errors import ConfigError
-from node.results.kinds import DEFAULT_PROFILE, check_profile, profile_tags
 from node.routing import Condition, parse_conditions
 from node.tls import client_context, server_context
 
@@ -417,7 +417,7 @@ class DicomWebSettings(_Strict):
 #: warning (in the job and in the SR), or skip the job (the reason shows on the job).
 QualityAction = Literal["run", "warn", "skip"]
 
-#: The checks of the input-quality gate (``node.runtime.quality``), by name.
+#: The checks of the input-quality gate (``node.engine.quality``), by name.
 QUALITY_CHECKS = (
     "modality",
     "sop_class",
@@ -519,7 +519,7 @@ def _axial_only() -> list[Plane]:
 
 
 class AcceptsSettings(_Strict):
-    """What a configured model accepts (see ``node.runtime.plugin.Accepts``)."""
+    """What a configured model accepts (see ``node.contract.plugin.Accepts``)."""
 
     modalities: list[str] = Field(default_factory=lambda: ["CT"])
     body_parts: list[str] = Field(default_factory=list)
@@ -533,7 +533,7 @@ class AcceptsSettings(_Strict):
 
 
 class ValidatedInputSettings(_Strict):
-    """The input a configured model was validated on (see ``node.runtime.plugin.ValidatedInput``).
+    """The input a configured model was validated on (see ``node.contract.plugin.ValidatedInput``).
 
     Empty lists and absent ranges are not checked.
     """
@@ -929,7 +929,7 @@ def config_problems(
     model (its files, labels and result template). Returns the settings when the
     schema is valid.
     """
-    from node.runtime.registry import PluginRegistry
+    from node.orchestration.registry import PluginRegistry
 
     env = os.environ if environ is None else environ
     try:

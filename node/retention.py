@@ -2,7 +2,7 @@
 
 Pure list logic over :class:`SeriesUsage` rows; the store
 (:mod:`node.state.retention`) gathers them and the plumbing
-(:func:`node.retention_run.run_pass`) deletes what :func:`plan` returns.
+(:func:`node.orchestration.retention_run.run_pass`) deletes what :func:`plan` returns.
 """
 
 from __future__ import annotations

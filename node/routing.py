@@ -30,7 +30,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.valuerep import PersonName
 
-from node.runtime.image_attributes import sop_class_uid
+from node.contract.image_attributes import sop_class_uid
 
 SENDER_KEYS = ("calling_ae", "called_ae")
 COMBINATORS = ("any", "all", "not")

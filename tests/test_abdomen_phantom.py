@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from node.runtime.volume import assemble_volume
-from node.synthetic.abdomen_ct import (
+from node.contract.assemble import assemble_volume
+from tools.synthetic.abdomen_ct import (
     BODY,
     KIDNEYS,
     LABEL_NAMES,

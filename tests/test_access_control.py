@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from node.config import NodeSettings
-from node.devtools.node_process import NodeProcess
 from node.dicom.scp import access_refusal
-from node.synthetic.chest_ct import make_chest_ct, write_series
 from tests.support.dcmtk import storescu
+from tools.node_process import NodeProcess
+from tools.synthetic.chest_ct import make_chest_ct, write_series
 
 
 def _settings(**node: object) -> NodeSettings:

@@ -13,8 +13,6 @@ import pydicom
 import pytest
 import torch
 
-from node.devtools.net import free_port, wait_until
-from node.synthetic.chest_ct import make_chest_ct, write_series
 from tests.support.admin import (
     ADMIN_PASSWORD,
     ServedNode,
@@ -24,6 +22,8 @@ from tests.support.admin import (
 from tests.support.dcmtk import storescu
 from tests.support.jobs import enqueue_job
 from tests.support.plugins import UNIMPORTABLE_MODULE, UNLOADABLE_PLUGIN, write_distribution
+from tools.net import free_port, wait_until
+from tools.synthetic.chest_ct import make_chest_ct, write_series
 
 RULE = {"name": "chest-ct", "match": {"Modality": "CT"}, "plugin": "ct_lungs"}
 

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from node.cli import main
+from node.cli.main import main
 from node.state.db import Database
 from node.state.series import SeriesStore
-from node.synthetic.chest_ct import make_chest_ct, write_series
 from tests.support.jobs import enqueue_job
 from tests.support.spool import spool_series
+from tools.synthetic.chest_ct import make_chest_ct, write_series
 
 
 @pytest.fixture
@@ -253,8 +253,8 @@ def test_series_complete_from_the_cli_queues_its_jobs(config: Path, tmp_path: Pa
     """`ainode series complete UID` does what POST /api/series/{uid}/complete does, without
     the node running in the same process: completed and dispatched in one transaction."""
     from node.state.series import SeriesStore
-    from node.synthetic.chest_ct import make_chest_ct
     from tests.support.spool import spool_series
+    from tools.synthetic.chest_ct import make_chest_ct
 
     assert main(["rules", "list", "--config", str(config)]) == 0  # creates and seeds the DB
     datasets, _ = make_chest_ct(n_slices=3, rows=16, columns=16, seed=93)

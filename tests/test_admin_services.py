@@ -12,7 +12,7 @@ from node.admin.service import AdminService
 from node.config import RuleSettings
 from node.errors import Conflict, InvalidInput
 from node.jobs.queue import JobQueue
-from node.runtime.registry import PluginRegistry
+from node.orchestration.registry import PluginRegistry
 from node.state.db import Database
 from tests.support.jobs import enqueue_job, job_with_results
 

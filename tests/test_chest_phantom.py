@@ -12,8 +12,8 @@ import numpy as np
 import pydicom
 import pytest
 
-from node.runtime.volume import assemble_volume, load_volume
-from node.synthetic.chest_ct import ChestPhantomTruth, make_chest_ct, write_series
+from node.contract.assemble import assemble_volume, load_volume
+from tools.synthetic.chest_ct import ChestPhantomTruth, make_chest_ct, write_series
 
 Phantom = tuple[list[pydicom.Dataset], ChestPhantomTruth]
 

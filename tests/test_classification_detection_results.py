@@ -1,7 +1,7 @@
 """Classification and detection results: template format 3, SR, GSPS, SC, KO, worker, Orthanc.
 
 Every new object is checked with dciodvfy (0 errors) and the viewer lint
-(:mod:`node.results.lint`), the SR with dcmtk's dsrdump, and highdicom reads back the
+(:mod:`tools.lint_templates`), the SR with dcmtk's dsrdump, and highdicom reads back the
 coded values, probabilities, scores and coordinates exactly. The sources are the
 synthetic chest CT (slices) and synthetic 2D images from the shared 2D writer (a
 MONOCHROME1 CR, an MG and an OP colour photograph). The end-to-end test runs a test
@@ -23,15 +23,9 @@ import pytest
 import yaml
 from pydicom.dataset import Dataset
 
-from node.errors import TemplateError
-from node.results import build_results, load_template
-from node.results.findings import ImageFindings
-from node.results.findings_sr import CERTAINTY_OF_FINDING, PROBABILITY
-from node.results.kinds import file_tag
-from node.results.lint import lint_results
-from node.results.template import ResultTemplate
-from node.results.uids import ResultUIDs
-from node.runtime.plugin import (
+from node.contract.assemble import assemble_volume
+from node.contract.kinds import file_tag
+from node.contract.plugin import (
     Accepts,
     Classification,
     Detection,
@@ -39,11 +33,18 @@ from node.runtime.plugin import (
     Prediction,
     RunContext,
 )
-from node.runtime.volume import Volume, assemble_volume
-from node.synthetic.chest_ct import make_chest_ct, write_series
-from node.synthetic.projection import SeriesIdentity, cr_image, dx_image, mg_image, op_image
+from node.contract.template import ResultTemplate
+from node.contract.volume import Volume
+from node.errors import TemplateError
+from node.results import build_results, load_template
+from node.results.findings import ImageFindings
+from node.results.findings_sr import CERTAINTY_OF_FINDING, PROBABILITY
+from node.results.uids import ResultUIDs
 from tests.support.validators import dcentvfy_output, dciodvfy_errors, dsrdump
 from tests.support.worker import run_one_job
+from tools.lint_templates import lint_results
+from tools.synthetic.chest_ct import make_chest_ct, write_series
+from tools.synthetic.projection import SeriesIdentity, cr_image, dx_image, mg_image, op_image
 
 TEMPLATES = Path(__file__).parent / "data" / "templates"
 CAD = TEMPLATES / "cad_findings.yaml"

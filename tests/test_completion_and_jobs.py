@@ -1,8 +1,8 @@
 import logging
 from pathlib import Path
 
-from node.completion import CompletionMonitor
 from node.jobs.queue import JobQueue
+from node.orchestration.completion import CompletionMonitor
 from node.state.series import InstanceRecord, SeriesStore
 from tests.support.jobs import enqueue_job
 
@@ -27,7 +27,7 @@ def monitor(store, clock, completed, quiet=10.0):
 
 
 def test_series_completes_after_quiet_period(database, clock, caplog):
-    caplog.set_level(logging.INFO, logger="node.completion")
+    caplog.set_level(logging.INFO, logger="node.orchestration.completion")
     store, completed = SeriesStore(database), []
     mon = monitor(store, clock, completed)
     for i in range(3):

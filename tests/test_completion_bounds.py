@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from node.completion import CompletionMonitor
-from node.devtools.node_process import NodeProcess
+from node.orchestration.completion import CompletionMonitor
 from node.state.series import SeriesStore
-from node.synthetic.chest_ct import make_chest_ct, write_series
 from tests.support.dcmtk import storescu
 from tests.support.net import wait_until
 from tests.test_completion_and_jobs import record
+from tools.node_process import NodeProcess
+from tools.synthetic.chest_ct import make_chest_ct, write_series
 
 
 def bounded(store, clock, completed, **limits):

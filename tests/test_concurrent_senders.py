@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from node.devtools.net import LOCALHOST
-from node.devtools.node_process import NodeProcess
-from node.synthetic.chest_ct import make_chest_ct, write_series
 from tests.support.net import wait_until
+from tools.net import LOCALHOST
+from tools.node_process import NodeProcess
+from tools.synthetic.chest_ct import make_chest_ct, write_series
 
 STUDIES = 8
 

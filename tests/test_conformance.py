@@ -11,7 +11,7 @@ the objects must pass:
 * highdicom read-back equal to what was written;
 * dcmqi's ``segimage2itkimage`` (3D Slicer's SEG reader) giving the label map back on the
   source geometry;
-* :func:`node.results.lint.lint_results` (viewer requirements) with no problem.
+* :func:`tools.lint_templates.lint_results` (viewer requirements) with no problem.
 
 From the same sources the kinds other routines give are built too (Parametric Map and
 heat-map SC of an attribution, derived series of the source's IOD and derived SC, an SR
@@ -34,9 +34,8 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from scipy import ndimage
 
-from node.results import ResultTemplate, build_results, load_template, load_template_by_name
-from node.results.analysis import Analysis
-from node.results.kinds import (
+from node.contract.assemble import assemble_volume
+from node.contract.kinds import (
     ATTRIBUTION_KINDS,
     DERIVED_KINDS,
     ResultKind,
@@ -44,19 +43,18 @@ from node.results.kinds import (
     profile_tags,
     tag_kind,
 )
-from node.results.ko import build_ko
-from node.results.lint import lint_results
-from node.results.sc import render_slice
-from node.runtime.plugin import (
+from node.contract.plugin import (
     Attribution,
     Classification,
     DerivedImage,
     Detection,
     Prediction,
 )
-from node.runtime.volume import Volume, assemble_volume
-from node.synthetic.chest_ct import make_chest_ct
-from node.synthetic.head_mr import make_head_mr
+from node.contract.volume import Volume
+from node.results import ResultTemplate, build_results, load_template, load_template_by_name
+from node.results.analysis import Analysis
+from node.results.ko import build_ko
+from node.results.sc import render_slice
 from tests.support.nrrd import NrrdImage, read_nrrd
 from tests.support.validators import (
     dcentvfy_output,
@@ -65,6 +63,9 @@ from tests.support.validators import (
     segimage2itkimage,
 )
 from tests.test_results import lung_prediction
+from tools.lint_templates import lint_results
+from tools.synthetic.chest_ct import make_chest_ct
+from tools.synthetic.head_mr import make_head_mr
 
 TEMPLATES = Path(__file__).parent / "data" / "templates"
 #: TID 1501 puts the finding category among the qualitative evaluations.
@@ -550,7 +551,7 @@ def _with_radiomics(template: ResultTemplate, directory: Path) -> ResultTemplate
     import yaml
 
     if template.name == "ct_lungs":
-        from node.results.template import default_template_dir
+        from node.contract.template import default_template_dir
 
         path = default_template_dir() / "ct_lungs.yaml"
     else:

@@ -17,10 +17,10 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from node.devtools.net import wait_until
-from node.devtools.node_process import PROJECT_ROOT, NodeProcess
-from node.synthetic.chest_ct import make_chest_ct, write_series
 from tests.support.dcmtk import storescu
+from tools.net import wait_until
+from tools.node_process import PROJECT_ROOT, NodeProcess
+from tools.synthetic.chest_ct import make_chest_ct, write_series
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

@@ -14,13 +14,13 @@ import httpx
 import pytest
 
 from node.config import BUILT_IN_CHEST_RULE
-from node.devtools.net import LOCALHOST, wait_until
-from node.devtools.node_process import NodeProcess
-from node.results.kinds import file_tag
-from node.synthetic.chest_ct import make_chest_ct, write_series
+from node.contract.kinds import file_tag
 from tests.support.admin import ADMIN_PASSWORD, login_session
 from tests.support.dcmtk import storescu
 from tests.support.pacs import orthanc_for_node
+from tools.net import LOCALHOST, wait_until
+from tools.node_process import NodeProcess
+from tools.synthetic.chest_ct import make_chest_ct, write_series
 
 pytestmark = pytest.mark.slow
 

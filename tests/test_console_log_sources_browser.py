@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from node.devtools.net import wait_until
-from node.devtools.node_process import PROJECT_ROOT, NodeProcess
 from tests.test_console_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, add_user
+from tools.net import wait_until
+from tools.node_process import PROJECT_ROOT, NodeProcess
 
 PASSWORD = "console-password-1"
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -172,7 +172,7 @@ def test_storage_page_shows_disk_usage_and_retention_deletions(tmp_path: Path) -
     import time
 
     from node.config import RetentionSettings
-    from node.retention_run import run_pass
+    from node.orchestration.retention_run import run_pass
     from node.state.db import Database
     from tests.test_retention import _series
 

@@ -24,22 +24,19 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, build_context
 
-from node.admin.audit import AuditLog
 from node.api.app import create_app
 from node.app import Node
-from node.cli import main
-from node.completion import CompletionMonitor
+from node.cli.main import main
 from node.config import BUILT_IN_CHEST_RULE, DestinationSettings
-from node.devtools.node_process import NodeProcess
-from node.devtools.orthanc import OrthancServer
+from node.contract.plugin import Accepts, InferencePlugin, Prediction
 from node.export.exporter import Exporter
 from node.jobs.queue import JobQueue
+from node.orchestration.completion import CompletionMonitor
+from node.orchestration.registry import PluginRegistry
 from node.results.manifest import check_results, write_manifest
-from node.runtime.plugin import Accepts, InferencePlugin, Prediction
-from node.runtime.registry import PluginRegistry
+from node.state.audit import AuditLog
 from node.state.db import Database
 from node.state.series import InstanceRecord, SeriesStore
-from node.synthetic.chest_ct import make_chest_ct, write_series
 from tests.support.admin import served_node
 from tests.support.dcmtk import StoreSCP, storescu
 from tests.support.jobs import enqueue_series, job_with_results
@@ -47,6 +44,9 @@ from tests.support.net import free_port, wait_until
 from tests.support.node import stepped_settings
 from tests.support.pacs import node_config, one_result_each, orthanc_for_node
 from tests.support.spool import spool_series
+from tools.node_process import NodeProcess
+from tools.orthanc import OrthancServer
+from tools.synthetic.chest_ct import make_chest_ct, write_series
 
 RULE = {**BUILT_IN_CHEST_RULE}
 HELD_EVENTS = "SELECT detail FROM job_events WHERE event = 'completion_held'"

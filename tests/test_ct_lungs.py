@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from node.contract.assemble import assemble_volume
+from node.contract.plugin import InferencePlugin, Prediction, RunContext, check_input
+from node.contract.volume import Volume
 from node.errors import InputRejected
-from node.runtime.plugin import InferencePlugin, Prediction, RunContext, check_input
-from node.runtime.volume import Volume, assemble_volume
-from node.synthetic.chest_ct import ChestPhantomTruth, make_chest_ct
 from plugins.ct_lungs import PLUGIN, CtLungsPlugin
 from plugins.ct_lungs.segmentation import LEFT_LUNG, RIGHT_LUNG
+from tools.synthetic.chest_ct import ChestPhantomTruth, make_chest_ct
 
 Case = tuple[Volume, ChestPhantomTruth, Prediction]
 

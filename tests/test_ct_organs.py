@@ -11,22 +11,24 @@ import torch
 import yaml
 
 from node.config import DEFAULT_CONFIG, settings_from_mapping
-from node.devtools.bundle import organs_bundle_config, write_bundle
+from node.contract.assemble import assemble_volume
+from node.contract.plugin import Prediction, RunContext, check_input
+from node.contract.volume import Volume
+from node.engine.configured import MonaiBundlePlugin
+from node.engine.declared import resolve_label_values
+from node.engine.inference import dice
+from node.engine.postprocess import keep_largest_components
 from node.errors import PluginError
+from node.orchestration.registry import PluginRegistry
 from node.results import load_template_by_name
 from node.routing import HeaderSubject, matching_rules
-from node.runtime.configured import MonaiBundlePlugin, resolve_label_values
-from node.runtime.engine import dice
-from node.runtime.plugin import Prediction, RunContext, check_input
-from node.runtime.postprocess import keep_largest_components
-from node.runtime.registry import PluginRegistry
-from node.runtime.volume import Volume, assemble_volume
-from node.synthetic.abdomen_ct import LABEL_NAMES, AbdomenPhantomTruth, make_abdomen_ct
-from node.synthetic.chest_ct import make_chest_ct
 from plugins.ct_organs import PLUGIN, CtOrgansPlugin
 from plugins.ct_organs.model import BODY, COMPONENTS, LABELS, WEIGHTS, build_network
-from plugins.ct_organs.train import make_case, train
 from tests.support.models import ct_organs_model
+from tools.bundle import organs_bundle_config, write_bundle
+from tools.synthetic.abdomen_ct import LABEL_NAMES, AbdomenPhantomTruth, make_abdomen_ct
+from tools.synthetic.chest_ct import make_chest_ct
+from tools.training.ct_organs import make_case, train
 
 CPU = torch.device("cpu")
 #: Regression guards for the shipped weights, a little below what they reach on this
@@ -155,7 +157,7 @@ def test_monai_bundle_in_zoo_layout_runs_on_the_source_grid(tmp_path: Path, case
 
 
 def test_bundle_labels_without_a_template_segment_are_refused(tmp_path: Path) -> None:
-    from node.devtools.bundle import organs_bundle_metadata
+    from tools.bundle import organs_bundle_metadata
 
     metadata = organs_bundle_metadata()
     metadata["network_data_format"]["outputs"]["pred"]["channel_def"]["5"] = "pancreas"
@@ -283,7 +285,7 @@ def test_bundle_out_of_memory_follows_the_engine_policy(
     tmp_path: Path, small_case: Volume, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """CUDA out of memory in a bundle: smaller window batches, host aggregation, then the CPU,
-    as :func:`~node.runtime.engine.run_with_fallback` does for the engine. The inferer is
+    as :func:`~node.engine.inference.run_with_fallback` does for the engine. The inferer is
     replaced by one that runs out of memory on the (nominal) GPU: nothing touches CUDA."""
     config = organs_bundle_config(sw_batch_size=4)
     bundle = write_bundle(tmp_path / "oom", build_network().state_dict(), config=config)
@@ -345,7 +347,7 @@ def test_the_cpu_bundle_path_runs_through_the_shared_policy(
     tmp_path: Path, small_case: Volume, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A real bundle run on the CPU goes through run_with_fallback with one plan."""
-    from node.runtime import configured
+    from node.engine import configured
 
     plans: list[tuple[str, int]] = []
     real = configured.run_with_fallback
@@ -389,10 +391,10 @@ def test_series_sent_to_the_node_comes_back_as_seg_and_sr_of_a_yaml_configured_m
     the built-in ct_organs plugin on the same series."""
     import highdicom as hd
 
-    from node.devtools.node_process import NodeProcess
-    from node.synthetic.chest_ct import write_series
     from tests.support.pacs import node_config, one_result_each, orthanc_for_node
     from tests.support.validators import dciodvfy_errors
+    from tools.node_process import NodeProcess
+    from tools.synthetic.chest_ct import write_series
 
     network = build_network()
     network.load_state_dict(torch.load(WEIGHTS, map_location="cpu", weights_only=True))

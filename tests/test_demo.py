@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from node.devtools import demo
-from node.devtools.net import free_ports, http_ok
+from tools import demo
+from tools.net import free_ports, http_ok
 
 REPO = Path(__file__).resolve().parents[1]
 

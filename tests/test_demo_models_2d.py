@@ -28,28 +28,29 @@ from node.config import (
     DEFAULT_CONFIG,
     settings_from_mapping,
 )
-from node.devtools.node_process import NodeProcess
-from node.devtools.orthanc import OrthancServer
+from node.contract.assemble import assemble_volume
+from node.contract.plugin import Classification, Detection, Prediction, RunContext, check_input
+from node.contract.volume import Volume
 from node.errors import InputRejected
+from node.orchestration.registry import PluginRegistry
 from node.results import load_template_by_name
 from node.results.build import build_results
 from node.routing import HeaderSubject, matching_rules
-from node.runtime.plugin import Classification, Detection, Prediction, RunContext, check_input
-from node.runtime.registry import PluginRegistry
-from node.runtime.volume import Volume, assemble_volume
-from node.synthetic.fundus import make_fundus
-from node.synthetic.fundus_pixels import DR_LESIONS, make_fundus_pixels
-from node.synthetic.mammogram import SCREENING_VIEWS, make_mammogram, make_screening_series
-from node.synthetic.mammogram_pixels import make_mammogram_pixels
-from node.synthetic.projection import SeriesIdentity, mg_image, op_image
 from plugins.mg_mass_detector import MgMassDetectorPlugin
 from plugins.mg_mass_detector import model as mg_model
-from plugins.mg_mass_detector import train as mg_train
 from plugins.op_fundus_classifier import OpFundusClassifierPlugin
 from plugins.op_fundus_classifier import model as op_model
-from plugins.op_fundus_classifier import train as op_train
 from tests.support.pacs import orthanc_and_node_process
 from tests.support.validators import dciodvfy_errors
+from tools.node_process import NodeProcess
+from tools.orthanc import OrthancServer
+from tools.synthetic.fundus import make_fundus
+from tools.synthetic.fundus_pixels import DR_LESIONS, make_fundus_pixels
+from tools.synthetic.mammogram import SCREENING_VIEWS, make_mammogram, make_screening_series
+from tools.synthetic.mammogram_pixels import make_mammogram_pixels
+from tools.synthetic.projection import SeriesIdentity, mg_image, op_image
+from tools.training import mg_mass_detector as mg_train
+from tools.training import op_fundus_classifier as op_train
 
 CPU = torch.device("cpu")
 

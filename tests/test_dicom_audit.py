@@ -17,14 +17,14 @@ import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from node.devtools.net import LOCALHOST
-from node.devtools.node_process import NodeProcess
-from node.devtools.orthanc import OrthancServer
 from node.state.dicom_audit import AuditOutcome, DicomAudit, EventType, parse_since
-from node.synthetic.chest_ct import make_chest_ct, write_series
 from tests.support.admin import ADMIN_PASSWORD, login_session
 from tests.support.dcmtk import storescu
 from tests.support.net import wait_until
+from tools.net import LOCALHOST
+from tools.node_process import NodeProcess
+from tools.orthanc import OrthancServer
+from tools.synthetic.chest_ct import make_chest_ct, write_series
 
 
 def test_events_are_recorded_filtered_and_append_only(database, clock) -> None:

@@ -20,15 +20,15 @@ import httpx
 import pydicom
 import pytest
 
-from node.devtools.node_process import NodeProcess
-from node.devtools.orthanc import (
+from tests.support.net import free_ports, wait_until
+from tools.node_process import NodeProcess
+from tools.orthanc import (
     AINODE_PLUGIN_SCRIPT,
     DICOMWEB_PLUGIN,
     PYTHON_PLUGIN,
     OrthancServer,
 )
-from node.synthetic.chest_ct import make_chest_ct, write_series
-from tests.support.net import free_ports, wait_until
+from tools.synthetic.chest_ct import make_chest_ct, write_series
 
 pytestmark = pytest.mark.slow
 

@@ -18,13 +18,13 @@ from pydicom.sr.codedict import codes
 from pynetdicom import AE, build_context
 
 from node.config import BUILT_IN_CHEST_RULE
-from node.devtools.node_process import NodeProcess
-from node.devtools.orthanc import OrthancServer
-from node.synthetic.chest_ct import ChestPhantomTruth, make_chest_ct, write_series
 from tests.support.dcmtk import storescu
 from tests.support.net import wait_until
 from tests.support.pacs import one_result_each, orthanc_and_node_process
 from tests.support.validators import dciodvfy_errors
+from tools.node_process import NodeProcess
+from tools.orthanc import OrthancServer
+from tools.synthetic.chest_ct import ChestPhantomTruth, make_chest_ct, write_series
 
 pytestmark = pytest.mark.slow
 

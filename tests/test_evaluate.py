@@ -29,8 +29,20 @@ import pytest
 import torch
 from scipy import ndimage
 
-from node.cli import main
+from node.cli.main import main
 from node.config import QualitySettings
+from node.contract.assemble import assemble_volume
+from node.contract.plugin import (
+    Accepts,
+    Classification,
+    Detection,
+    InferencePlugin,
+    Prediction,
+    RunContext,
+    ValidatedInput,
+)
+from node.contract.template import load_template_by_name
+from node.contract.volume import Volume
 from node.evaluation import (
     DatasetError,
     EvaluationDataset,
@@ -42,28 +54,17 @@ from node.evaluation import evaluate as run_evaluation
 from node.evaluation.classification import score_finding
 from node.evaluation.detection import PredictedMark, ReferenceBox, froc, hits
 from node.evaluation.evaluate import SCHEMA_PATH
-from node.evaluation.example import reference_seg, shift_columns, write_lung_dataset
 from node.evaluation.segmentation import score_segment
 from node.evaluation.shadow import ShadowSource
 from node.evaluation.stats import wilson
 from node.jobs.queue import JobQueue
-from node.results.summary import prediction_json, write_summary
-from node.results.template import load_template_by_name
-from node.runtime.plugin import (
-    Accepts,
-    Classification,
-    Detection,
-    InferencePlugin,
-    Prediction,
-    RunContext,
-    ValidatedInput,
-)
-from node.runtime.registry import PluginRegistry
-from node.runtime.volume import Volume, assemble_volume
-from node.runtime.worker import InferenceWorker
+from node.orchestration.registry import PluginRegistry
+from node.orchestration.summary import prediction_json, write_summary
+from node.orchestration.worker import InferenceWorker
 from node.state.db import Database
 from node.state.series import InstanceRecord, SeriesStore
-from node.synthetic.chest_ct import make_chest_ct, write_series
+from tools.evaluation_example import reference_seg, shift_columns, write_lung_dataset
+from tools.synthetic.chest_ct import make_chest_ct, write_series
 
 SCHEMA = json.loads(SCHEMA_PATH.read_text())
 

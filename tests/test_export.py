@@ -13,16 +13,16 @@ import pydicom
 import pytest
 
 from node.config import DestinationSettings, DicomWebDestinationSettings
-from node.devtools.orthanc import OrthancServer
+from node.contract.kinds import file_name
 from node.errors import ExportError
 from node.export.dimse import echo, send_files
 from node.export.exporter import Exporter, retry_delay
 from node.jobs.queue import JobQueue
-from node.results.kinds import file_name
-from node.synthetic.chest_ct import make_chest_ct, write_series
 from tests.support.dcmtk import StoreSCP
 from tests.support.jobs import job_with_results
 from tests.support.net import free_port, free_ports
+from tools.orthanc import OrthancServer
+from tools.synthetic.chest_ct import make_chest_ct, write_series
 
 
 @pytest.fixture(scope="module")

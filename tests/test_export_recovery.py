@@ -13,15 +13,15 @@ import pytest
 
 from node.admin.destinations import DestinationStore
 from node.config import DestinationSettings, DicomWebDestinationSettings, settings_from_mapping
-from node.devtools.net import LOCALHOST
-from node.devtools.node_process import NodeProcess
-from node.devtools.orthanc import OrthancServer
 from node.export.exporter import Exporter, RecoveryProbe, retry_delay
 from node.jobs.queue import JobQueue
-from node.synthetic.chest_ct import make_chest_ct, write_series
 from tests.support.dcmtk import StoreSCP, storescu
 from tests.support.jobs import job_with_results
 from tests.support.net import free_port, free_ports, wait_until
+from tools.net import LOCALHOST
+from tools.node_process import NodeProcess
+from tools.orthanc import OrthancServer
+from tools.synthetic.chest_ct import make_chest_ct, write_series
 
 HOUR = 3600.0
 

@@ -25,22 +25,22 @@ import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, build_context, evt
 
-from node.completion import CompletionMonitor
 from node.config import BUILT_IN_CHEST_RULE
-from node.devtools.net import LOCALHOST
-from node.devtools.node_process import NodeProcess, NodeStartError
-from node.devtools.orthanc import OrthancServer
 from node.dicom.network import set_nodelay
 from node.errors import DatabaseCorrupt
 from node.faults import POINTS
-from node.ingest import IncomingInstance, Ingestor, Outcome
+from node.orchestration.completion import CompletionMonitor
+from node.orchestration.ingest import IncomingInstance, Ingestor, Outcome
 from node.spool import Spool
 from node.state.db import Database, check_integrity
 from node.state.series import SeriesStore
-from node.synthetic.chest_ct import make_chest_ct, write_series
 from tests.support.net import wait_until
 from tests.support.pacs import node_config, orthanc_for_node
 from tests.support.spool import spool_series
+from tools.net import LOCALHOST
+from tools.node_process import NodeProcess, NodeStartError
+from tools.orthanc import OrthancServer
+from tools.synthetic.chest_ct import make_chest_ct, write_series
 
 RULE = {**BUILT_IN_CHEST_RULE}
 

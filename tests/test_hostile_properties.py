@@ -5,7 +5,7 @@
   :class:`~node.dicomweb.receive.InstanceRejected` with a DIMSE failure status;
 * rule evaluation (:mod:`node.routing`): any ``match`` mapping either parses or raises
   ``ValueError``; parsed rules evaluate any header values without raising;
-* volume assembly (:func:`node.runtime.volume.assemble_volume`): any slice order and
+* volume assembly (:func:`node.contract.assemble.assemble_volume`): any slice order and
   positions either assemble sorted with the spacing given, or raise ``VolumeError``.
 """
 
@@ -18,13 +18,14 @@ from hypothesis import strategies as st
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 
+from node.contract.assemble import assemble_volume
+from node.contract.volume import SPACING_TOLERANCE
 from node.dicom import status
 from node.dicomweb.receive import InstanceRejected, identify
 from node.errors import VolumeError
 from node.routing import HeaderSubject, MappingSubject, evaluate, parse_conditions
-from node.runtime.volume import SPACING_TOLERANCE, assemble_volume
 from node.spool import is_valid_uid
-from node.synthetic.instance import new_instance, set_grayscale_pixels
+from tools.synthetic.instance import new_instance, set_grayscale_pixels
 
 #: pydicom warns about every invalid value hypothesis makes up; that is the point.
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")

@@ -17,10 +17,9 @@ import numpy as np
 import pydicom
 import pytest
 
-from node.results import build_results, load_template_by_name
-from node.results.build import SERIES_NUMBERS
-from node.results.kinds import ResultKind
-from node.runtime.plugin import (
+from node.contract.assemble import assemble_volume
+from node.contract.kinds import ResultKind
+from node.contract.plugin import (
     Accepts,
     Attribution,
     DerivedImage,
@@ -28,12 +27,14 @@ from node.runtime.plugin import (
     Prediction,
     RunContext,
 )
-from node.runtime.volume import Volume, assemble_volume
-from node.synthetic.chest_xray import make_chest_xray
-from node.synthetic.fundus import make_fundus
-from node.synthetic.mammogram import make_mammogram, make_screening_series
-from node.synthetic.projection import op_image
+from node.contract.volume import Volume
+from node.results import build_results, load_template_by_name
+from node.results.build import SERIES_NUMBERS
 from tests.support.validators import dciodvfy_errors
+from tools.synthetic.chest_xray import make_chest_xray
+from tools.synthetic.fundus import make_fundus
+from tools.synthetic.mammogram import make_mammogram, make_screening_series
+from tools.synthetic.projection import op_image
 
 SC_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.7"
 PM_STORAGE = "1.2.840.10008.5.1.4.1.1.30"
@@ -274,8 +275,8 @@ class MapProbe(InferencePlugin):
 @pytest.mark.slow
 def test_2d_maps_arrive_in_orthanc(tmp_path: Path) -> None:
     """An MG screening series goes from Orthanc to the node; its maps come back valid."""
-    from node.synthetic.chest_ct import write_series
     from tests.support.pacs import orthanc_and_node
+    from tools.synthetic.chest_ct import write_series
 
     templates = tmp_path / "templates"
     templates.mkdir()

@@ -17,15 +17,16 @@ import pytest
 import torch
 from scipy import ndimage
 
+from node.contract.assemble import assemble_volume
+from node.contract.kinds import ResultKind, check_profile, profile_tags
+from node.contract.plugin import Attribution, DerivedImage, Prediction, RunContext
+from node.contract.volume import Volume
 from node.results import build_results, load_template_by_name
 from node.results.availability import unavailable_tags
 from node.results.build import SERIES_NUMBERS
 from node.results.derived import fitted_intercept
-from node.results.kinds import ResultKind, check_profile, profile_tags
-from node.runtime.plugin import Attribution, DerivedImage, Prediction, RunContext
-from node.runtime.volume import Volume, assemble_volume
-from node.synthetic.abdomen_ct import LIVER, make_abdomen_ct
 from tests.support.validators import dciodvfy_errors
+from tools.synthetic.abdomen_ct import LIVER, make_abdomen_ct
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 SC_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.7"
@@ -212,7 +213,7 @@ def test_a_denoiser_without_destinations_keeps_its_derived_series(
     """Results kept on the node: the default SEG + SR profile would keep nothing of an
     image-to-image routine, so the worker keeps what it made (its derived series)."""
 
-    from node.results.kinds import file_tag
+    from node.contract.kinds import file_tag
     from plugins.ct_denoise import PLUGIN as CtDenoise
     from tests.support.worker import run_one_job
 
@@ -284,9 +285,9 @@ def test_ct_organs_explain_attributes_the_liver_score_to_the_liver() -> None:
 
 @pytest.mark.slow
 def test_node_sends_denoised_series_and_attribution_maps_into_orthanc(tmp_path) -> None:
-    from node.devtools.node_process import NodeProcess
-    from node.synthetic.chest_ct import write_series
     from tests.support.pacs import node_config, orthanc_for_node
+    from tools.node_process import NodeProcess
+    from tools.synthetic.chest_ct import write_series
 
     profile = ["seg", "sr", "pmap", "heatmap_sc", "derived", "derived_sc"]
     rules = [

@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
+from node.contract.volume import Volume
+from node.engine.measure import label_statistics
 from node.errors import PluginError
-from node.runtime.measure import label_statistics
-from node.runtime.volume import Volume
 
 
 def _volume(array: np.ndarray, spacing: tuple[float, float, float]) -> Volume:

@@ -27,11 +27,11 @@ from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from node.config import BUILT_IN_CHEST_RULE
-from node.devtools.net import LOCALHOST, free_port, wait_until
-from node.synthetic import degraded
-from node.synthetic.chest_ct import make_chest_ct, write_series
 from tests.support.dcmtk import storescu
 from tests.support.pacs import one_result_each, orthanc_and_node_process
+from tools.net import LOCALHOST, free_port, wait_until
+from tools.synthetic import degraded
+from tools.synthetic.chest_ct import make_chest_ct, write_series
 
 REPO = Path(__file__).resolve().parents[1]
 DASHBOARD = REPO / "docker" / "grafana" / "ainode-dashboard.json"

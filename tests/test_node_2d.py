@@ -19,19 +19,19 @@ from pydicom.uid import (
     OphthalmicPhotography8BitImageStorage,
 )
 
-from node.runtime.plugin import (
+from node.contract.plugin import (
     Accepts,
     Classification,
     InferencePlugin,
     Prediction,
     RunContext,
 )
-from node.runtime.registry import PluginRegistry
-from node.runtime.volume import Volume
-from node.synthetic.chest_xray import make_chest_xray
-from node.synthetic.projection import SeriesIdentity, mg_image, op_image
+from node.contract.volume import Volume
+from node.orchestration.registry import PluginRegistry
 from tests.support.node import listening_node, send_to_node, stepped_settings
 from tests.support.validators import dciodvfy_errors
+from tools.synthetic.chest_xray import make_chest_xray
+from tools.synthetic.projection import SeriesIdentity, mg_image, op_image
 
 pytestmark = pytest.mark.slow
 
@@ -201,7 +201,7 @@ def test_dx_mg_and_op_series_reach_the_routine_and_complete(node, clock, tmp_pat
     studies = _studies(tmp_path / "in")
     send_to_node(node, sorted((tmp_path / "in").rglob("*.dcm")))
     clock.advance(11)
-    completed = node.completion.poll()
+    completed = node.orchestration.completion.poll()
     assert sorted(row.instance_count for row in completed) == [1, 1, 1, 1, 2]
 
     jobs = node.queue.jobs()

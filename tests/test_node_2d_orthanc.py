@@ -20,8 +20,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from node.devtools.orthanc import OrthancServer
-from node.runtime.plugin import (
+from node.contract.plugin import (
     Accepts,
     Classification,
     Detection,
@@ -29,10 +28,11 @@ from node.runtime.plugin import (
     Prediction,
     RunContext,
 )
-from node.runtime.volume import Volume
-from node.synthetic.chest_xray import ChestXrayTruth, make_chest_xray
-from node.synthetic.projection import SeriesIdentity, mg_image, op_image
+from node.contract.volume import Volume
 from tests.support.validators import dciodvfy_errors
+from tools.orthanc import OrthancServer
+from tools.synthetic.chest_xray import ChestXrayTruth, make_chest_xray
+from tools.synthetic.projection import SeriesIdentity, mg_image, op_image
 
 pytestmark = pytest.mark.slow
 

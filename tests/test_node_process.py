@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from node.devtools.node_process import NodeProcess, NodeStartError, deep_merge
+from tools.node_process import NodeProcess, NodeStartError, deep_merge
 
 #: The console script beside this interpreter (what `make run` calls).
 AINODE = str(Path(sys.executable).with_name("ainode"))

@@ -18,22 +18,23 @@ import torch
 import yaml
 
 from node.config import load_settings
-from node.runtime.engine import dice
-from node.runtime.onnx_plugin import (
+from node.contract.assemble import assemble_volume
+from node.contract.plugin import RunContext
+from node.contract.volume import Volume
+from node.engine.inference import dice
+from node.engine.onnx_plugin import (
     CPU_PROVIDER,
     CUDA_PROVIDER,
     OnnxPlugin,
     execution_providers,
 )
-from node.runtime.plugin import RunContext
-from node.runtime.registry import PluginRegistry
-from node.runtime.volume import Volume, assemble_volume
-from node.synthetic.abdomen_ct import LABEL_NAMES, make_abdomen_ct
-from node.synthetic.chest_ct import write_series
+from node.orchestration.registry import PluginRegistry
 from plugins.ct_organs.model import SPEC, WEIGHTS, build_network
 from tests.support.models import ct_organs_model
 from tests.support.net import free_port
 from tests.support.node import listening_node, send_to_node
+from tools.synthetic.abdomen_ct import LABEL_NAMES, make_abdomen_ct
+from tools.synthetic.chest_ct import write_series
 
 CPU = torch.device("cpu")
 
@@ -168,7 +169,7 @@ def test_an_onnx_model_runs_as_a_node_job(
         datasets, volume, _ = phantom
         send_to_node(node, write_series(datasets, tmp_path / "in"))
         clock.advance(6)
-        assert len(node.completion.poll()) == 1
+        assert len(node.orchestration.completion.poll()) == 1
         assert node.worker.run_once()
         (job,) = node.queue.jobs()
         assert job.state == "done", job.error

@@ -17,11 +17,11 @@ import httpx
 import pytest
 
 from node.config import BUILT_IN_CHEST_RULE
-from node.devtools.node_process import NodeProcess, deep_merge
-from node.synthetic.chest_ct import make_chest_ct, write_series
 from tests.support.admin import login_session
 from tests.support.dcmtk import storescu
 from tests.support.pacs import node_config, one_result_each, orthanc_for_node
+from tools.node_process import NodeProcess, deep_merge
+from tools.synthetic.chest_ct import make_chest_ct, write_series
 
 pytestmark = pytest.mark.slow
 

@@ -28,14 +28,14 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from node.devtools.net import LOCALHOST, free_port
-from node.devtools.node_process import NodeProcess
-from node.devtools.orthanc import OrthancServer
 from node.dicom import status
 from node.pixel_length import pixel_data_problem
-from node.synthetic.chest_ct import make_chest_ct, write_series
 from tests.support.net import wait_until
 from tests.test_dicomweb import TOKEN, failures, multipart, stored, stow_headers
+from tools.net import LOCALHOST, free_port
+from tools.node_process import NodeProcess
+from tools.orthanc import OrthancServer
+from tools.synthetic.chest_ct import make_chest_ct, write_series
 
 
 def image(

@@ -11,30 +11,32 @@ import numpy as np
 import pytest
 import torch
 
-from node.cli import main as cli_main
+from node.cli.main import main as cli_main
 from node.config import settings_from_mapping
-from node.errors import InputRejected, PluginError
-from node.jobs.queue import JobQueue
-from node.results.kinds import file_tag
-from node.runtime.plugin import (
+from node.contract.assemble import assemble_volume
+from node.contract.kinds import file_tag
+from node.contract.plugin import (
     Accepts,
     InferencePlugin,
+    PluginInfo,
     Prediction,
     Resources,
     RunContext,
     check_input,
 )
-from node.runtime.registry import PluginInfo, PluginRegistry, select_devices
-from node.runtime.volume import Volume, assemble_volume
-from node.runtime.worker import InferenceWorker
+from node.contract.volume import Volume
+from node.errors import InputRejected, PluginError
+from node.jobs.queue import JobQueue
+from node.orchestration.registry import PluginRegistry, select_devices
+from node.orchestration.worker import InferenceWorker
 from node.state.series import InstanceRecord, SeriesStore
-from node.synthetic.chest_ct import make_chest_ct, write_series
 from tests.support.jobs import enqueue_job
 from tests.support.plugins import (
     UNIMPORTABLE_MODULE,
     WORKING_PLUGIN,
     write_distribution,
 )
+from tools.synthetic.chest_ct import make_chest_ct, write_series
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Connected-component clean-up of label maps (node/runtime/postprocess.py)."""
+"""Connected-component clean-up of label maps (node/engine/postprocess.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from node.runtime.postprocess import keep_largest_components
+from node.engine.postprocess import keep_largest_components
 
 
 def test_keeps_the_n_largest_parts_and_fills_the_rest() -> None:

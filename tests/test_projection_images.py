@@ -13,21 +13,22 @@ from pydantic import ValidationError
 from pydicom.dataset import Dataset
 
 from node.config import RuleSettings
+from node.contract.assemble import assemble_volume
+from node.contract.image_attributes import sop_class_uid
+from node.contract.plugin import Accepts
+from node.contract.volume import Volume
 from node.errors import InputRejected
 from node.routing import HeaderSubject, parse_conditions
-from node.runtime.image_attributes import sop_class_uid
-from node.runtime.plugin import Accepts
-from node.runtime.volume import Volume, assemble_volume
-from node.synthetic.chest_ct import make_chest_ct
-from node.synthetic.chest_xray import CARDIOMEGALY_RATIO, make_chest_xray
-from node.synthetic.projection import (
+from tests.support.validators import dciodvfy_errors
+from tools.synthetic.chest_ct import make_chest_ct
+from tools.synthetic.chest_xray import CARDIOMEGALY_RATIO, make_chest_xray
+from tools.synthetic.projection import (
     SeriesIdentity,
     cr_image,
     dx_image,
     mg_image,
     op_image,
 )
-from tests.support.validators import dciodvfy_errors
 
 RNG = np.random.default_rng(7)
 GRAY = RNG.integers(0, 4096, size=(64, 48)).astype(np.uint16)

@@ -19,18 +19,18 @@ from pydicom.dataset import Dataset
 
 from node.app import Node
 from node.config import QualitySettings, settings_from_mapping
+from node.contract.assemble import assemble_volume
+from node.contract.kinds import ResultKind, file_tag, tag_kind
+from node.contract.plugin import ValidatedInput
+from node.engine.quality import assess, measure, noise_sd
 from node.errors import ConfigError
-from node.results.kinds import ResultKind, file_tag, tag_kind
+from node.orchestration.registry import PluginRegistry
 from node.results.quality_note import quality_warnings_of
-from node.runtime.plugin import ValidatedInput
-from node.runtime.quality import assess, measure, noise_sd
-from node.runtime.registry import PluginRegistry
-from node.runtime.volume import assemble_volume
-from node.synthetic import degraded
-from node.synthetic.chest_ct import make_chest_ct, write_series
 from plugins.ct_lungs import CtLungsPlugin
 from tests.support.node import listening_node, send_to_node, stepped_settings
 from tests.support.validators import dciodvfy_errors, dsrdump
+from tools.synthetic import degraded
+from tools.synthetic.chest_ct import make_chest_ct, write_series
 
 VALIDATED = ValidatedInput(
     modalities=("CT",),
@@ -237,7 +237,7 @@ def test_decisions_reach_the_job_and_the_sr(
     for index, datasets in enumerate(cases.values()):
         send_to_node(node, write_series(datasets, tmp_path / f"in{index}"))
     clock.advance(11)
-    assert len(node.completion.poll()) == len(cases)
+    assert len(node.orchestration.completion.poll()) == len(cases)
     while node.worker.run_once():
         pass
     jobs = {}

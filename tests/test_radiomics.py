@@ -18,8 +18,10 @@ import numpy as np
 import pydicom
 import pytest
 
-from node.devtools.net import wait_until
-from node.devtools.node_process import NodeProcess
+from node.contract.assemble import assemble_volume
+from node.contract.plugin import Prediction
+from node.contract.template import ResultTemplate, default_template_dir
+from node.contract.volume import Volume
 from node.errors import TemplateError
 from node.results import build_results, load_template, load_template_by_name
 from node.results.radiomics import (
@@ -41,14 +43,13 @@ from node.results.radiomics_codes import (
     feature_code,
     feature_table_markdown,
 )
-from node.results.template import ResultTemplate, default_template_dir
-from node.runtime.plugin import Prediction
-from node.runtime.volume import Volume, assemble_volume
-from node.synthetic.chest_ct import make_chest_ct, write_series
 from tests.support.admin import ServedNode, served_node
 from tests.support.dcmtk import storescu
 from tests.support.pacs import node_config, one_result_each, orthanc_for_node
 from tests.support.validators import dciodvfy_errors, dsrdump
+from tools.net import wait_until
+from tools.node_process import NodeProcess
+from tools.synthetic.chest_ct import make_chest_ct, write_series
 
 pytest.importorskip("radiomics", reason="pyradiomics is installed by make run / make test")
 

@@ -16,15 +16,15 @@ from pydicom.data import get_testdata_file
 from pynetdicom import AE, build_context
 
 from node.config import NodeSettings
-from node.devtools.node_process import NodeProcess
 from node.dicom import status
 from node.dicom.scp import StorageSCP
-from node.ingest import IncomingInstance, Ingestor, Outcome
+from node.orchestration.ingest import IncomingInstance, Ingestor, Outcome
 from node.spool import Spool
 from node.state.series import InstanceRecord, SeriesStore
-from node.synthetic.chest_ct import make_chest_ct, write_series
 from tests.support.dcmtk import storescu as send
 from tests.support.net import free_port, wait_until
+from tools.node_process import NodeProcess
+from tools.synthetic.chest_ct import make_chest_ct, write_series
 
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 
@@ -159,7 +159,7 @@ def test_uid_reused_in_another_series_is_logged_and_the_first_copy_kept(
     reused = tmp_path / "reused.dcm"
     other.save_as(reused, enforce_file_format=True)
     assert storescu(listener.port, [series_files[0]]).returncode == 0
-    with caplog.at_level(logging.INFO, logger="node.ingest"):
+    with caplog.at_level(logging.INFO, logger="node.orchestration.ingest"):
         assert storescu(listener.port, [reused]).returncode == 0
     (record,) = [r for r in caplog.records if "reused in another series" in r.getMessage()]
     assert record.levelno == logging.WARNING
@@ -225,7 +225,7 @@ def test_duplicate_that_loses_the_database_race_is_logged(
         study_uid=str(dataset.StudyInstanceUID),
         transfer_syntax=str(dataset.file_meta.TransferSyntaxUID),
     )
-    with caplog.at_level(logging.INFO, logger="node.ingest"):
+    with caplog.at_level(logging.INFO, logger="node.orchestration.ingest"):
         assert ingestor.accept(incoming, series_files[0].read_bytes()) is Outcome.DUPLICATE
     lines = [
         r.getMessage() for r in caplog.records if f"sop_uid={incoming.sop_uid}" in r.getMessage()
@@ -244,7 +244,7 @@ def test_concurrent_duplicates_are_each_logged_once(listener, series_files, capl
     the other 60 copies leaves exactly one log line, whether it was found already stored or
     lost the database race (issue 11 item 15: 78 of 120 such copies left none)."""
     command = ["storescu", "-aet", "SCANNER", "-aec", "AINODE", "127.0.0.1", str(listener.port)]
-    with caplog.at_level(logging.INFO, logger="node.ingest"):
+    with caplog.at_level(logging.INFO, logger="node.orchestration.ingest"):
         senders = [
             subprocess.Popen([*command, *map(str, series_files)], env=DCMTK_ENV) for _ in range(4)
         ]

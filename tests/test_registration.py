@@ -2,7 +2,7 @@
 
 The prior is the same synthetic patient as the current chest CT, moved by a known rigid
 transform onto another grid in another study and Frame of Reference
-(:mod:`node.synthetic.prior_ct`). The routine runs through the real worker; the REG it
+(:mod:`tools.synthetic.prior_ct`). The routine runs through the real worker; the REG it
 writes is checked with dciodvfy and its matrix against the truth (target registration
 error at anatomical landmarks and at the corners of a box around the chest).
 """
@@ -21,18 +21,17 @@ import pytest
 import torch
 from pydicom.dataset import Dataset
 
+from node.contract.assemble import assemble_volume
+from node.contract.kinds import file_tag, profile_tags
+from node.contract.plugin import Prediction, Registration, RunContext
+from node.contract.volume import Volume
 from node.errors import InputRejected, JobTimeout
 from node.jobs.queue import JobQueue
+from node.orchestration.priors import NoPrior, find_prior
 from node.results import build_results, load_template_by_name
-from node.results.kinds import file_tag, profile_tags
 from node.results.registration import SPATIAL_REGISTRATION_STORAGE, registration_matrices
-from node.runtime.plugin import Prediction, Registration, RunContext
-from node.runtime.priors import NoPrior, find_prior
-from node.runtime.volume import Volume, assemble_volume
 from node.state.db import Database
 from node.state.series import SeriesStore
-from node.synthetic.chest_ct import make_chest_ct, write_series
-from node.synthetic.prior_ct import PriorTruth, make_prior_ct, rigid_matrix
 from plugins.rigid_registration import RigidRegistrationPlugin
 from plugins.rigid_registration.rigid import register_rigid
 from tests.support.dcmtk import storescu
@@ -41,6 +40,8 @@ from tests.support.pacs import one_result_each, orthanc_and_node_process
 from tests.support.spool import spool_series
 from tests.support.validators import dcentvfy_output, dciodvfy_errors
 from tests.support.worker import cpu_worker
+from tools.synthetic.chest_ct import make_chest_ct, write_series
+from tools.synthetic.prior_ct import PriorTruth, make_prior_ct, rigid_matrix
 
 SEED = 21
 #: The current CT: 100 slices of 3 mm, 160 x 160 pixels of 2.4 mm (384 mm field of view).

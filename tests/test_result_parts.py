@@ -10,11 +10,13 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
+from node.contract.assemble import assemble_volume
+from node.contract.kinds import ResultKind, profile_tags
+from node.contract.plugin import Attribution, DerivedImage, Prediction
 from node.errors import TemplateError
 from node.results import build_results, load_template, load_template_by_name
 from node.results.analysis import Analysis
 from node.results.contour import outlines, polygon_area
-from node.results.kinds import ResultKind, profile_tags
 from node.results.measure import (
     compute,
     crofton_weights,
@@ -24,11 +26,9 @@ from node.results.measure import (
     volume_mm3,
 )
 from node.results.sr import image_library
-from node.runtime.plugin import Attribution, DerivedImage, Prediction
-from node.runtime.volume import assemble_volume
-from node.synthetic.chest_ct import make_chest_ct
-from node.synthetic.head_mr import make_head_mr
 from tests.test_conformance import TEMPLATES
+from tools.synthetic.chest_ct import make_chest_ct
+from tools.synthetic.head_mr import make_head_mr
 
 SPACINGS = [(1.0, 1.0, 1.0), (3.0, 0.8, 0.8), (5.0, 2.0, 2.0)]
 

@@ -16,18 +16,18 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 
 from node.config import DestinationSettings, settings_from_mapping
+from node.contract.kinds import file_name, file_tag, profile_tags, required_tags
+from node.contract.plugin import InferencePlugin, Prediction, RunContext
+from node.contract.volume import Volume
 from node.errors import ConfigError
 from node.export.exporter import Exporter, result_files
-from node.results.kinds import file_name, file_tag, profile_tags, required_tags
-from node.runtime.plugin import InferencePlugin, Prediction, RunContext
-from node.runtime.volume import Volume
-from node.runtime.worker import result_tags
-from node.synthetic.chest_ct import make_chest_ct
+from node.orchestration.worker import result_tags
 from tests.support.jobs import enqueue_series
 from tests.support.net import free_port
 from tests.support.spool import spool_series
 from tests.support.worker import cpu_worker
 from tests.test_results import lung_prediction
+from tools.synthetic.chest_ct import make_chest_ct
 
 SOP_CLASSES = {
     "seg": "1.2.840.10008.5.1.4.1.1.66.4",

@@ -14,6 +14,10 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
+from node.contract.assemble import assemble_volume
+from node.contract.plugin import Prediction
+from node.contract.template import default_template_dir
+from node.contract.volume import Volume
 from node.errors import TemplateError
 from node.results import (
     SEG_SERIES_NUMBER,
@@ -28,11 +32,8 @@ from node.results import (
     load_template_by_name,
 )
 from node.results.measure import surface_area_mm2
-from node.results.template import default_template_dir
-from node.runtime.plugin import Prediction
-from node.runtime.volume import Volume, assemble_volume
-from node.synthetic.chest_ct import ChestPhantomTruth, make_chest_ct
 from tests.support.validators import dciodvfy_errors, dciodvfy_output, dciodvfy_warnings
+from tools.synthetic.chest_ct import ChestPhantomTruth, make_chest_ct
 
 N_SLICES = 30
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from node.admin.audit import AuditLog
-from node.cli import main
+from node.cli.main import main
 from node.config import RetentionSettings, Settings
+from node.orchestration.retention_run import run_pass
 from node.retention import DAY, SeriesUsage, plan
-from node.retention_run import run_pass
+from node.state.audit import AuditLog
 from node.state.db import Database
 from node.state.dicom_audit import DicomAudit, EventType
 from node.state.retention import RetentionStore
@@ -203,7 +203,7 @@ def test_cli_dry_run_json_and_exit_codes(
 def test_rerun_of_purged_series_refused(database: Database, tmp_path: Path) -> None:
     from node.admin.service import AdminService
     from node.errors import Conflict
-    from node.runtime.registry import PluginRegistry
+    from node.orchestration.registry import PluginRegistry
 
     _series(database, tmp_path, "1.9.1", job_state="done", finished=NOW - 40 * DAY)
     admin = AdminService(database, PluginRegistry.discover(), clock=lambda: NOW)
@@ -222,7 +222,7 @@ def test_node_runs_a_pass_when_free_space_is_below_the_high_watermark(tmp_path: 
 
     from node.app import Node
     from node.config import settings_from_mapping
-    from node.devtools.net import free_ports
+    from tools.net import free_ports
 
     dicom, http = free_ports(2)
     settings = settings_from_mapping(

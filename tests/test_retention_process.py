@@ -14,16 +14,16 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from node.admin.audit import AuditLog
-from node.devtools.net import wait_until
-from node.devtools.node_process import PROJECT_ROOT, NodeProcess
 from node.jobs.queue import JobQueue
+from node.orchestration.retention_run import tree_bytes
 from node.retention import DAY
-from node.retention_run import tree_bytes
+from node.state.audit import AuditLog
 from node.state.db import Database
-from node.synthetic.chest_ct import make_chest_ct, write_series
 from tests.support.dcmtk import storescu
 from tests.support.jobs import enqueue_job
+from tools.net import wait_until
+from tools.node_process import PROJECT_ROOT, NodeProcess
+from tools.synthetic.chest_ct import make_chest_ct, write_series
 
 pytestmark = [
     pytest.mark.slow,

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from node.devtools.net import LOCALHOST
-from node.devtools.node_process import NodeProcess
-from node.devtools.orthanc import OrthancServer
-from node.synthetic.chest_ct import make_chest_ct, write_series
 from tests.support.dcmtk import storescu
 from tests.support.net import free_ports, wait_until
 from tests.test_dicom_audit import add_admin
+from tools.net import LOCALHOST
+from tools.node_process import NodeProcess
+from tools.orthanc import OrthancServer
+from tools.synthetic.chest_ct import make_chest_ct, write_series
 
 
 def jobs(node: NodeProcess) -> list[sqlite3.Row]:

@@ -13,11 +13,11 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from node.devtools.net import LOCALHOST, free_port
-from node.devtools.node_process import NodeProcess
-from node.synthetic.chest_ct import make_chest_ct, write_series
 from tests.support.dcmtk import StoreSCP, storescu
 from tests.support.net import wait_until
+from tools.net import LOCALHOST, free_port
+from tools.node_process import NodeProcess
+from tools.synthetic.chest_ct import make_chest_ct, write_series
 
 
 def job_states(node: NodeProcess) -> list[str]:

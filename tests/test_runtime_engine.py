@@ -8,8 +8,10 @@ import torch
 import torch.nn.functional as F
 from monai.transforms import ScaleIntensityRange
 
-from node.runtime import engine
-from node.runtime.engine import (
+from node.contract.assemble import assemble_volume
+from node.contract.geometry import acquisition_plane, check_axcodes, reorientation
+from node.engine import inference as engine
+from node.engine.inference import (
     ExecutionOptions,
     IntensityWindow,
     ModelSpec,
@@ -18,9 +20,7 @@ from node.runtime.engine import (
     preprocess,
     segment,
 )
-from node.runtime.geometry import acquisition_plane, check_axcodes, reorientation
-from node.runtime.volume import assemble_volume
-from node.synthetic.abdomen_ct import KIDNEYS, LIVER, SPLEEN, make_abdomen_ct
+from tools.synthetic.abdomen_ct import KIDNEYS, LIVER, SPLEEN, make_abdomen_ct
 
 
 class Threshold(torch.nn.Module):

@@ -21,15 +21,15 @@ import pytest
 import yaml
 
 from node.config import settings_from_mapping
-from node.devtools.net import free_port, wait_until
-from node.devtools.orthanc import OrthancServer
 from node.export.exporter import Exporter
 from node.jobs.queue import JobQueue
 from node.state.db import SCHEMA, Database
-from node.synthetic.chest_ct import make_chest_ct, write_series
 from tests.support.admin import served_node
 from tests.support.dcmtk import StoreSCP, storescu
 from tests.support.jobs import job_with_results
+from tools.net import free_port, wait_until
+from tools.orthanc import OrthancServer
+from tools.synthetic.chest_ct import make_chest_ct, write_series
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 

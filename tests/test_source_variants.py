@@ -22,12 +22,12 @@ import pytest
 from pydicom.dataset import Dataset
 
 from node.config import BUILT_IN_CHEST_RULE
+from node.contract.assemble import assemble_volume
+from node.contract.kinds import ATTRIBUTION_KINDS, DERIVED_KINDS, ResultKind, file_name
+from node.contract.plugin import DerivedImage, Prediction, Registration
+from node.contract.volume import Volume
 from node.results import build_results, load_template, load_template_by_name
-from node.results.kinds import ATTRIBUTION_KINDS, DERIVED_KINDS, ResultKind, file_name
 from node.results.source import TYPE_2_PATIENT_STUDY, UNICODE, set_character_set
-from node.runtime.plugin import DerivedImage, Prediction, Registration
-from node.runtime.volume import Volume, assemble_volume
-from node.synthetic.chest_ct import make_chest_ct, write_series
 from tests.support.dcmtk import storescu
 from tests.support.pacs import one_result_each, orthanc_and_node_process
 from tests.support.validators import dcentvfy_output, dciodvfy_output
@@ -41,6 +41,7 @@ from tests.test_conformance import (
     _probabilities,
 )
 from tests.test_results import lung_prediction
+from tools.synthetic.chest_ct import make_chest_ct, write_series
 
 #: Names and descriptions per character set (PS3.5 Annex H, I and J examples and alike).
 CHARACTER_SETS: dict[str, tuple[str | list[str], str, str]] = {

@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 import yaml
 
-from node.errors import TemplateError
-from node.results.template import (
+from node.contract.template import (
     TEMPLATE_DIR_ENV,
     default_template_dir,
     load_template,
     load_template_by_name,
 )
+from node.errors import TemplateError
 
 SHIPPED = default_template_dir() / "ct_lungs.yaml"
 
@@ -323,12 +323,12 @@ def test_shipped_schema_is_current_and_every_template_follows_it() -> None:
 
     import jsonschema
 
-    from node.results.template import SCHEMA_FILE, template_json_schema
+    from node.contract.template import SCHEMA_FILE, template_json_schema
 
     schema_path = default_template_dir() / SCHEMA_FILE
     shipped = json.loads(schema_path.read_text())
     assert shipped == template_json_schema(), (
-        "dicom_sr_templates/template.schema.json is stale: run python -m node.results.template"
+        "dicom_sr_templates/template.schema.json is stale: run python -m node.contract.template"
     )
     jsonschema.Draft202012Validator.check_schema(shipped)
     validator = jsonschema.Draft202012Validator(shipped)
@@ -348,7 +348,7 @@ def test_shipped_schema_is_current_and_every_template_follows_it() -> None:
 
 
 def test_every_builtin_plugin_has_a_template_that_loads() -> None:
-    from node.runtime.registry import PluginRegistry
+    from node.orchestration.registry import PluginRegistry
 
     registry = PluginRegistry.discover()
     assert registry.info(), "no built-in plugin found"

@@ -28,23 +28,23 @@ from node.config import (
     HttpsSettings,
     settings_from_mapping,
 )
-from node.devtools.net import LOCALHOST, free_port, free_ports, port_is_free, wait_until
-from node.devtools.node_process import NodeProcess
-from node.devtools.orthanc import OrthancServer
 from node.errors import ConfigError, ExportError, InvalidInput
 from node.export.dimse import echo, send_files
 from node.export.exporter import Exporter
-from node.ingest import Ingestor
 from node.jobs.queue import JobQueue
+from node.orchestration.ingest import Ingestor
 from node.pull.remote import SourceError, query_series, retrieve_series
 from node.spool import Spool
 from node.state.db import Database
 from node.state.series import SeriesStore
-from node.synthetic.chest_ct import make_chest_ct, write_series
 from tests.support.admin import ADMIN_PASSWORD, served_node
 from tests.support.jobs import job_with_results
 from tests.support.node import listening_node, stepped_settings
 from tests.support.pki import Pki, make_pki
+from tools.net import LOCALHOST, free_port, free_ports, port_is_free, wait_until
+from tools.node_process import NodeProcess
+from tools.orthanc import OrthancServer
+from tools.synthetic.chest_ct import make_chest_ct, write_series
 
 
 @pytest.fixture(scope="module")

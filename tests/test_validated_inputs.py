@@ -18,16 +18,11 @@ import pytest
 from pydicom.dataset import Dataset
 
 from node.config import QualitySettings
-from node.runtime.images import assemble_images
-from node.runtime.plugin import InferencePlugin
-from node.runtime.quality import Decision, assess, header_checks
-from node.runtime.registry import PluginRegistry
-from node.runtime.volume import assemble_volume
-from node.synthetic import degraded
-from node.synthetic.abdomen_ct import make_abdomen_ct
-from node.synthetic.chest_ct import make_chest_ct
-from node.synthetic.fundus import make_fundus
-from node.synthetic.mammogram import make_mammogram
+from node.contract.assemble import assemble_volume
+from node.contract.images import assemble_images
+from node.contract.plugin import InferencePlugin
+from node.engine.quality import Decision, assess, header_checks
+from node.orchestration.registry import PluginRegistry
 from plugins.ct_denoise import PLUGIN as CtDenoise
 from plugins.ct_lungs import PLUGIN as CtLungs
 from plugins.ct_organs import PLUGIN as CtOrgans
@@ -35,6 +30,11 @@ from plugins.ct_organs_explain import PLUGIN as CtOrgansExplain
 from plugins.mg_mass_detector import PLUGIN as MgMassDetector
 from plugins.op_fundus_classifier import PLUGIN as OpFundusClassifier
 from plugins.rigid_registration import PLUGIN as RigidRegistration
+from tools.synthetic import degraded
+from tools.synthetic.abdomen_ct import make_abdomen_ct
+from tools.synthetic.chest_ct import make_chest_ct
+from tools.synthetic.fundus import make_fundus
+from tools.synthetic.mammogram import make_mammogram
 
 Series = list[Dataset]
 
@@ -215,8 +215,8 @@ def test_a_series_of_another_modality_fails_the_modality_check() -> None:
     """A rule that routes too broadly: an MR head series reaches the CT lung routine and a
     chest radiograph the mammogram detector. The gate names the modality (and the SOP
     class), measured from the real series, and the default policy skips them."""
-    from node.synthetic.chest_xray import make_chest_xray
-    from node.synthetic.head_mr import make_head_mr
+    from tools.synthetic.chest_xray import make_chest_xray
+    from tools.synthetic.head_mr import make_head_mr
 
     head, _ = make_head_mr(seed=1)
     radiograph, _ = make_chest_xray(128, 128, nodules=1, seed=11)

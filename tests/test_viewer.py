@@ -7,7 +7,7 @@ nothing else; the SR's planar measurements must be listed over the image.
 
 Screenshots (page and viewport canvas) go to ``$AINODE_TEST_ARTIFACTS/viewer/``
 (default ``test-artifacts/viewer/`` in the checkout). Needs ``/usr/bin/chromium`` and
-the OHIF dist (``python -m node.devtools.viewer.ohif``; installed here when missing).
+the OHIF dist (``python -m tools.viewer.ohif``; installed here when missing).
 """
 
 from __future__ import annotations
@@ -24,14 +24,14 @@ import pydicom
 import pytest
 from playwright.sync_api import BrowserContext
 
-from node.devtools.node_process import PROJECT_ROOT, NodeProcess
-from node.devtools.orthanc import OrthancServer
-from node.devtools.viewer import browser
-from node.devtools.viewer.browser import OhifPage
-from node.devtools.viewer.ohif import install
-from node.devtools.viewer.server import ViewerServer
-from node.results.template import load_template
-from node.synthetic.chest_ct import ChestPhantomTruth, Ellipsoid, make_chest_ct
+from node.contract.template import load_template
+from tools.node_process import PROJECT_ROOT, NodeProcess
+from tools.orthanc import OrthancServer
+from tools.synthetic.chest_ct import ChestPhantomTruth, Ellipsoid, make_chest_ct
+from tools.viewer import browser
+from tools.viewer.browser import OhifPage
+from tools.viewer.ohif import install
+from tools.viewer.server import ViewerServer
 
 pytestmark = pytest.mark.slow
 

@@ -17,10 +17,10 @@ import httpx
 import pydicom
 import pytest
 
-from node.devtools.orthanc import OrthancServer
-from node.devtools.viewer.ohif import OhifInstallError, is_installed, require_installed
-from node.devtools.viewer.server import ViewerServer, app_config
-from node.synthetic.chest_ct import make_chest_ct
+from tools.orthanc import OrthancServer
+from tools.synthetic.chest_ct import make_chest_ct
+from tools.viewer.ohif import OhifInstallError, is_installed, require_installed
+from tools.viewer.server import ViewerServer, app_config
 
 
 @pytest.fixture(scope="module")

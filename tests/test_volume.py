@@ -7,9 +7,9 @@ import copy
 import numpy as np
 import pytest
 
+from node.contract.assemble import assemble_volume, load_volume
 from node.errors import VolumeError
-from node.runtime.volume import assemble_volume, load_volume
-from node.synthetic.chest_ct import make_chest_ct, write_series
+from tools.synthetic.chest_ct import make_chest_ct, write_series
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,11 @@ import pydicom
 import pytest
 from pydicom.pixels import convert_color_space
 
+from node.contract.assemble import assemble_volume, load_volume
+from node.contract.volume import FrameSource
 from node.errors import VolumeError
-from node.runtime.volume import FrameSource, assemble_volume, load_volume
-from node.synthetic.chest_ct import make_chest_ct
-from node.synthetic.projection import SeriesIdentity, cr_image, dx_image, mg_image, op_image
+from tools.synthetic.chest_ct import make_chest_ct
+from tools.synthetic.projection import SeriesIdentity, cr_image, dx_image, mg_image, op_image
 
 RNG = np.random.default_rng(3)
 GRAY = RNG.integers(0, 4096, size=(40, 30)).astype(np.uint16)

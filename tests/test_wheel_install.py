@@ -22,10 +22,10 @@ import httpx
 import pytest
 
 from node.config import BUILT_IN_CHEST_RULE
-from node.devtools.node_process import PROJECT_ROOT, NodeProcess
-from node.synthetic.chest_ct import make_chest_ct, write_series
 from tests.support.dcmtk import storescu
 from tests.support.pacs import node_config, one_result_each, orthanc_for_node
+from tools.node_process import PROJECT_ROOT, NodeProcess
+from tools.synthetic.chest_ct import make_chest_ct, write_series
 
 pytestmark = pytest.mark.slow
 
@@ -127,7 +127,7 @@ def test_wheel_install_runs_a_chest_ct_and_ainode_evaluate(tmp_path: Path) -> No
     # ainode evaluate (the console script the wheel installs) on a one-case dataset.
     dataset = tmp_path / "dataset"
     subprocess.run(
-        [str(python), "-m", "node.evaluation.example", str(dataset), "--cases", "1"],
+        [str(python), "-m", "tools.evaluation_example", str(dataset), "--cases", "1"],
         cwd=run_dir, env=env, check=True, capture_output=True, timeout=300,
     )  # fmt: skip
     report = tmp_path / "report"

@@ -16,7 +16,6 @@ from typing import Any
 
 import torch
 
-from node.admin.audit import AuditEntry, AuditLog
 from node.admin.catalog import SeriesCatalog
 from node.admin.destinations import (
     DestinationStore,
@@ -35,13 +34,14 @@ from node.admin.rules import (
 )
 from node.admin.users import ApiToken, User, UserStore
 from node.config import AnyDestination, DicomWebDestinationSettings, RuleSettings
-from node.dispatch import Dispatcher
 from node.errors import AinodeError, Conflict, InvalidInput, NotFound
 from node.export.dimse import echo
 from node.export.stow import probe
 from node.jobs.queue import Job, JobActionError, JobEvent, JobQueue
+from node.orchestration.dispatch import Dispatcher
+from node.orchestration.registry import PluginRegistry
 from node.routing import HeaderSubject, Subject
-from node.runtime.registry import PluginRegistry
+from node.state.audit import AuditEntry, AuditLog
 from node.state.db import Database
 from node.state.retention import RetentionStore
 from node.state.series import SeriesRow, SeriesStore

@@ -13,10 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from node.contract.kinds import file_tag, tag_kind
 from node.errors import NotFound
 from node.jobs.queue import Job, JobQueue
-from node.results.kinds import file_tag, tag_kind
-from node.results.summary import SUMMARY_NAME, read_summary
+from node.orchestration.summary import SUMMARY_NAME, read_summary
 
 FORMAT = "ainode.shadow-predictions"
 VERSION = 1

@@ -9,8 +9,6 @@ started. ``process_*``, ``python_*`` and ``ainode_build_info`` come with them.
 
 from __future__ import annotations
 
-import threading
-from collections import Counter
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -25,31 +23,13 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from node import __version__
+from node.dicom.refusals import refused_associations
 
 if TYPE_CHECKING:
     from node.app import Node
 
 #: Job duration buckets (seconds): a CPU lung job takes ~10-60 s, a GPU one a few.
 DURATION_BUCKETS = (1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
-
-_refused: Counter[str] = Counter()
-_refused_lock = threading.Lock()
-
-
-def association_refused(reason: str) -> None:
-    """Count a DICOM association the node refused (``ainode_associations_refused_total``).
-
-    ``reason`` is a short fixed label (``too_many_associations``,
-    ``calling_ae_not_allowed``, ...), never a peer's AE title or address.
-    """
-    with _refused_lock:
-        _refused[reason] += 1
-
-
-def refused_associations() -> dict[str, int]:
-    """Associations refused since the process started, per reason."""
-    with _refused_lock:
-        return dict(_refused)
 
 
 class NodeCollector(Collector):

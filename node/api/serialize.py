@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from node.admin.audit import AuditEntry
 from node.admin.catalog import SeriesView
 from node.admin.rules import RuleVersion, StoredRule, rule_definition
 from node.admin.users import ApiToken, User
 from node.jobs.queue import Job, JobEvent
+from node.state.audit import AuditEntry
 from node.state.series import SeriesRow
 
 

@@ -27,10 +27,10 @@ from node.api.auth import LOGIN_CSRF_COOKIE, SESSION_COOKIE, Principal
 from node.api.serialize import audit_json, job_json, series_view_json
 from node.api.throttle import LoginThrottle
 from node.app import Node
+from node.contract.plugin import ValidatedInput
 from node.errors import AinodeError
 from node.jobs.queue import JOB_STATES
 from node.results.radiomics import JSON_FILE as RADIOMICS_JSON
-from node.runtime.plugin import ValidatedInput
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The DICOM listener: C-ECHO and C-STORE for every storage SOP class.
 
 The C-STORE handler does no heavy work. It reads the identifiers it needs,
-hands the encoded bytes to :class:`~node.ingest.Ingestor`, and returns
+hands the encoded bytes to :class:`~node.orchestration.ingest.Ingestor`, and returns
 0x0000 only once the instance is durable; every refusal is logged with the
 SOP Instance UID and the reason.
 
@@ -42,13 +42,13 @@ from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
-from node.api.metrics import association_refused
 from node.config import NodeSettings
 from node.dicom import status
 from node.dicom.network import set_nodelay
+from node.dicom.refusals import association_refused
 from node.errors import SpoolError
 from node.faults import fault_point
-from node.ingest import IncomingInstance, Ingestor, Outcome, OutOfResources
+from node.orchestration.ingest import IncomingInstance, Ingestor, Outcome, OutOfResources
 from node.pixel_length import pixel_data_problem
 from node.spool import is_valid_uid
 from node.state.dicom_audit import AuditOutcome, DicomAudit, EventType

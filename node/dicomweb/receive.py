@@ -2,7 +2,7 @@
 
 The body is parsed as it streams (``python-multipart``); each part is kept in a
 temporary file (in memory up to a few MiB) and handed to
-:meth:`node.ingest.Ingestor.accept` as soon as it is complete, so the
+:meth:`node.orchestration.ingest.Ingestor.accept` as soon as it is complete, so the
 durability promise is the one C-STORE gives: an instance is reported stored
 only once it is fsynced and recorded. A bad part fails on its own (it is
 listed in the response's FailedSOPSequence with a FailureReason); parts
@@ -31,7 +31,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from node.dicom import status
 from node.errors import AinodeError, SpoolError
-from node.ingest import IncomingInstance, Ingestor, Outcome, OutOfResources
+from node.orchestration.ingest import IncomingInstance, Ingestor, Outcome, OutOfResources
 from node.pixel_length import pixel_data_problem
 from node.spool import is_valid_uid
 
@@ -328,7 +328,7 @@ class StowParser:
 
 
 class StowReceiver:
-    """Stores the parts of STOW-RS requests through the :class:`~node.ingest.Ingestor`."""
+    """Stores the parts of STOW-RS requests through the ingestor."""
 
     def __init__(self, ingestor: Ingestor, *, max_part_bytes: int) -> None:
         self._ingestor = ingestor

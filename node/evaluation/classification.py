@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from monai.metrics import compute_confusion_matrix_metric, compute_roc_auc, get_confusion_matrix
 
+from node.contract.plugin import Classification
 from node.evaluation.stats import (
     BOOTSTRAP_RESAMPLES,
     BOOTSTRAP_SEED,
@@ -25,7 +26,6 @@ from node.evaluation.stats import (
     bootstrap,
     wilson,
 )
-from node.runtime.plugin import Classification
 
 
 @dataclass(frozen=True)

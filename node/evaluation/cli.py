@@ -101,7 +101,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         write_report,
     )
     from node.logs import configure
-    from node.runtime.registry import PluginRegistry, select_device
+    from node.orchestration.registry import PluginRegistry, select_device
 
     if args.compare_shadow and not args.rule:
         print("ainode: --compare-shadow needs --rule NAME", file=sys.stderr)

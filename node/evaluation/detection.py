@@ -1,7 +1,7 @@
 """Detection matching and FROC with MONAI.
 
 Boxes are in SCOORD image coordinates (``x`` along columns, ``y`` along rows, the
-top-left corner of the image at ``(0, 0)``), as :class:`~node.runtime.plugin.Detection`.
+top-left corner of the image at ``(0, 0)``), as :class:`~node.contract.plugin.Detection`.
 
 Hit criterion (per finding, per image):
 

@@ -23,6 +23,7 @@ import torch
 
 import node
 from node.config import QualitySettings
+from node.contract.template import ResultTemplate, load_template_by_name
 from node.errors import AinodeError
 from node.evaluation.classification import matched_probability, score_finding
 from node.evaluation.dataset import BOXES_CSV, LABELS_CSV, DatasetError, EvaluationDataset
@@ -39,8 +40,7 @@ from node.evaluation.runner import CaseOutcome, CaseRunner
 from node.evaluation.segmentation import reference_masks, score_segment
 from node.evaluation.shadow import ShadowComparison, ShadowSource
 from node.evaluation.stats import BOOTSTRAP_SEED, summary
-from node.results.template import ResultTemplate, load_template_by_name
-from node.runtime.registry import PluginRegistry
+from node.orchestration.registry import PluginRegistry
 
 log = logging.getLogger(__name__)
 

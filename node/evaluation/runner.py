@@ -1,11 +1,11 @@
 """Running a routine on one case the way the job worker does.
 
-The same steps as :meth:`node.runtime.worker.InferenceWorker._process`, without the
+The same steps as :meth:`node.orchestration.worker.InferenceWorker._process`, without the
 queue and the result objects: the plugin comes loaded from the node's
-:class:`~node.runtime.registry.PluginRegistry`; a plugin that needs a GPU is refused
+:class:`~node.orchestration.registry.PluginRegistry`; a plugin that needs a GPU is refused
 on the CPU; the images are read and assembled by the worker's loader
-(:func:`~node.runtime.volume.load_volume`) into a :class:`~node.runtime.volume.Volume`
-(through the input-quality gate, :func:`~node.runtime.gate.gate_series`, when the
+(:func:`~node.contract.assemble.load_volume`) into a :class:`~node.contract.volume.Volume`
+(through the input-quality gate, :func:`~node.orchestration.gate.gate_series`, when the
 routine declares ``validated_on``; the policy is the one of the rule named with
 ``--rule``, else warn on every failed check); the plugin's declared ``Accepts`` and
 ``check()`` run (:func:`check_input`) before ``run()``. A case the routine or the gate
@@ -25,11 +25,12 @@ from typing import Any
 import torch
 
 from node.config import QualitySettings
+from node.contract.assemble import load_volume
+from node.contract.plugin import InferencePlugin, Prediction, RunContext, check_input
+from node.contract.volume import Volume
 from node.errors import InputRejected, PluginError, VolumeError
-from node.runtime.gate import gate_series
-from node.runtime.plugin import InferencePlugin, Prediction, RunContext, check_input
-from node.runtime.registry import PluginRegistry
-from node.runtime.volume import Volume, load_volume
+from node.orchestration.gate import gate_series
+from node.orchestration.registry import PluginRegistry
 
 log = logging.getLogger(__name__)
 

@@ -26,9 +26,9 @@ import torch
 from monai.metrics import compute_dice, compute_hausdorff_distance
 from pydicom.dataset import Dataset
 
+from node.contract.template import CodeSpec, ResultTemplate, SegmentSpec
+from node.contract.volume import Volume
 from node.evaluation.dataset import DatasetError
-from node.results.template import CodeSpec, ResultTemplate, SegmentSpec
-from node.runtime.volume import Volume
 
 
 @dataclass(frozen=True)

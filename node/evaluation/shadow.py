@@ -30,14 +30,14 @@ from typing import Any
 import numpy as np
 import pydicom
 
+from node.contract.plugin import Classification, Prediction
+from node.contract.template import ResultTemplate
+from node.contract.volume import Volume
 from node.evaluation.classification import matched_probability, score_finding
 from node.evaluation.dataset import DatasetError, LabelRow
 from node.evaluation.detection import PredictedMark, ReferenceBox, froc
 from node.evaluation.segmentation import reference_masks, score_segment
 from node.evaluation.stats import summary
-from node.results.template import ResultTemplate
-from node.runtime.plugin import Classification, Prediction
-from node.runtime.volume import Volume
 
 log = logging.getLogger(__name__)
 

@@ -21,12 +21,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from node.config import AnyDestination, DestinationSettings, DicomWebDestinationSettings
+from node.contract.kinds import BUILD_ORDER, file_tag, tag_kind
 from node.errors import AinodeError, ExportError
 from node.export.dimse import echo, send_files
 from node.export.stow import probe, stow_files
 from node.jobs.queue import Job, JobQueue
 from node.polling import PollingThread
-from node.results.kinds import BUILD_ORDER, file_tag, tag_kind
 from node.results.manifest import check_results
 from node.state.dicom_audit import AuditOutcome, DicomAudit, EventType
 
@@ -65,7 +65,7 @@ def retry_delay(
 def result_files(result_dir: Path, tags: frozenset[str] | None = None) -> list[Path]:
     """Result files of a job to send to a destination whose profile gives ``tags``.
 
-    Files are named ``<tag>_<SOPInstanceUID>.dcm`` (:mod:`node.results.kinds`); those
+    Files are named ``<tag>_<SOPInstanceUID>.dcm`` (:mod:`node.contract.kinds`); those
     whose tag is in ``tags`` (all when ``tags`` is None) are returned in build order
     (SEGs before the SRs that reference them), then by name. Files whose name carries
     no result tag (put there by hand or by another tool) go to every destination, last.

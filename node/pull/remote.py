@@ -1,7 +1,7 @@
 """Talking to a source: how many instances it holds (QIDO-RS / C-FIND) and retrieval
 (WADO-RS / C-GET / C-MOVE to the node itself).
 
-Every retrieved instance goes through :meth:`node.ingest.Ingestor.accept`, as a
+Every retrieved instance goes through :meth:`node.orchestration.ingest.Ingestor.accept`, as a
 pushed one does; with C-MOVE the source pushes to the node's own listener, so
 the C-STORE handler does it. Instances get the source's AE title as their
 calling AE, so rules that match on ``calling_ae`` treat a pull like a push
@@ -31,7 +31,7 @@ from node.dicom.network import associate, requestor
 from node.dicomweb.client import dicomweb_client
 from node.dicomweb.receive import InstanceRejected, encode_part10, identify
 from node.errors import AinodeError, SpoolError
-from node.ingest import Ingestor, Outcome
+from node.orchestration.ingest import Ingestor, Outcome
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from node.config import AnySource
 from node.errors import AinodeError, NotFound
-from node.ingest import Ingestor
+from node.orchestration.ingest import Ingestor
 from node.polling import PollingThread
 from node.pull.remote import SourceError, query_series, retrieve_series
 from node.pull.store import Pull, PullStore

@@ -1,5 +1,12 @@
 """Result objects: highdicom SEG + TID 1500 SR built from a prediction and a template."""
 
+from node.contract.template import (
+    UCUM_UNITS,
+    ResultTemplate,
+    default_template_dir,
+    load_template,
+    load_template_by_name,
+)
 from node.results.build import (
     SEG_SERIES_NUMBER,
     SR_SERIES_NUMBER,
@@ -10,13 +17,6 @@ from node.results.build import (
 from node.results.provenance import processing_equipment
 from node.results.seg import build_seg
 from node.results.sr import SOPReference, build_sr
-from node.results.template import (
-    UCUM_UNITS,
-    ResultTemplate,
-    default_template_dir,
-    load_template,
-    load_template_by_name,
-)
 from node.results.uids import ResultUIDs, derive_uid, instance_set_hash
 
 __all__ = [

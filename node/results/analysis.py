@@ -16,13 +16,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from node.contract.plugin import Prediction
+from node.contract.template import CodeSpec, FindingSpec, ResultTemplate, SegmentSpec
+from node.contract.volume import Volume
 from node.errors import TemplateError
 from node.results import measure
 from node.results.contour import outlines
 from node.results.radiomics import RadiomicsResult, compute_radiomics
-from node.results.template import CodeSpec, FindingSpec, ResultTemplate, SegmentSpec
-from node.runtime.plugin import Prediction
-from node.runtime.volume import Volume
 
 log = logging.getLogger(__name__)
 

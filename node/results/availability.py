@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from node.results.kinds import ATTRIBUTION_KINDS, DERIVED_KINDS, ResultKind, tag_kind
-from node.runtime.plugin import Prediction
+from node.contract.kinds import ATTRIBUTION_KINDS, DERIVED_KINDS, ResultKind, tag_kind
+from node.contract.plugin import Prediction
 
 #: Kinds drawn from the label map (or, for SR, GSPS and SC, from findings and boxes).
 _LABEL_MAP_KINDS = (

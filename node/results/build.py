@@ -1,6 +1,6 @@
 """The one call the job worker makes: prediction in, result objects out.
 
-Which objects are built is given as file tags (:mod:`node.results.kinds`), by default
+Which objects are built is given as file tags (:mod:`node.contract.kinds`), by default
 ``seg`` + ``sr``. Output series numbers are fixed per kind (:data:`SERIES_NUMBERS`)
 so results sort after the acquired series in every viewer. Series descriptions come
 from the template (``"AI lungs SEG"``, ``"AI lungs SR"``…); a revision after the first
@@ -19,16 +19,7 @@ from dataclasses import dataclass, field
 import highdicom as hd
 from pydicom.dataset import Dataset
 
-from node.errors import TemplateError
-from node.results.analysis import Analysis
-from node.results.derived import build_derived_sc_series, build_derived_series
-from node.results.findings import ImageFindings
-from node.results.findings_gsps import build_findings_gsps
-from node.results.findings_sc import build_findings_sc_series, capture_keys
-from node.results.findings_sr import finding_groups
-from node.results.gsps import build_gsps
-from node.results.heatmap import build_heatmap_sc_series
-from node.results.kinds import (
+from node.contract.kinds import (
     ATTRIBUTION_KINDS,
     BUILD_ORDER,
     DEFAULT_PROFILE,
@@ -39,6 +30,18 @@ from node.results.kinds import (
     required_tags,
     tag_kind,
 )
+from node.contract.plugin import Prediction
+from node.contract.template import ResultTemplate
+from node.contract.volume import Volume
+from node.errors import TemplateError
+from node.results.analysis import Analysis
+from node.results.derived import build_derived_sc_series, build_derived_series
+from node.results.findings import ImageFindings
+from node.results.findings_gsps import build_findings_gsps
+from node.results.findings_sc import build_findings_sc_series, capture_keys
+from node.results.findings_sr import finding_groups
+from node.results.gsps import build_gsps
+from node.results.heatmap import build_heatmap_sc_series
 from node.results.ko import build_ko
 from node.results.pmap import build_parametric_map, build_parametric_maps_2d
 from node.results.radiomics import RadiomicsResult
@@ -47,10 +50,7 @@ from node.results.sc import NOT_FOR_DIAGNOSIS, build_sc_series, frame_keys
 from node.results.seg import build_seg
 from node.results.source import buildable_volume, character_set, set_character_set
 from node.results.sr import SOPReference, build_sr
-from node.results.template import ResultTemplate
 from node.results.uids import ResultUIDs, derive_uid, instance_set_hash
-from node.runtime.plugin import Prediction
-from node.runtime.volume import Volume
 
 log = logging.getLogger(__name__)
 
@@ -294,7 +294,7 @@ def build_results(
         The same per SR tag (``{"sr.labelmap_seg": …}``) for SR variants;
         ``predecessor_sr`` is the one of ``sr``.
     tags
-        File tags to build (:func:`node.results.kinds.profile_tags` of the
+        File tags to build (:func:`node.contract.kinds.profile_tags` of the
         destinations' profiles); what they need is built too. Default: SEG + SR, or
         the SR alone for a prediction without a label map.
 

@@ -29,6 +29,10 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
 
+from node.contract.images import inversion_sum
+from node.contract.plugin import DerivedImage
+from node.contract.template import ResultTemplate
+from node.contract.volume import Volume
 from node.errors import TemplateError
 from node.results.analysis import first_value
 from node.results.provenance import processing_equipment
@@ -38,10 +42,6 @@ from node.results.sc import (
     secondary_capture,
     source_image_reference,
 )
-from node.results.template import ResultTemplate
-from node.runtime.images import inversion_sum
-from node.runtime.plugin import DerivedImage
-from node.runtime.volume import Volume
 
 log = logging.getLogger(__name__)
 

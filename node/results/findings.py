@@ -2,7 +2,7 @@
 
 :class:`ImageFindings` is made once per result set, like
 :class:`~node.results.analysis.Analysis` is for a label map. It checks every
-:class:`~node.runtime.plugin.Classification` and :class:`~node.runtime.plugin.Detection`
+:class:`~node.contract.plugin.Classification` and :class:`~node.contract.plugin.Detection`
 against the template's ``classifications:`` and ``detections:`` (format 3), decides
 present or absent from each probability and its operating threshold, leaves out
 detections scoring below their reporting threshold, numbers the rest per finding (1 =
@@ -19,11 +19,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from node.contract.plugin import Prediction
+from node.contract.template import ClassificationSpec, CodeSpec, DetectionSpec, ResultTemplate
+from node.contract.volume import Volume
 from node.errors import TemplateError
-from node.results.template import ClassificationSpec, CodeSpec, DetectionSpec, ResultTemplate
 from node.results.uids import ResultUIDs, derive_uid
-from node.runtime.plugin import Prediction
-from node.runtime.volume import Volume
 
 log = logging.getLogger(__name__)
 

@@ -26,10 +26,10 @@ import numpy as np
 from highdicom.sr import CodedConcept
 from pydicom.dataset import Dataset
 
+from node.contract.template import ResultTemplate
+from node.contract.volume import Volume
 from node.results.findings import ClassificationResult, DetectionResult, ImageFindings
 from node.results.provenance import algorithm_parameters
-from node.results.template import ResultTemplate
-from node.runtime.volume import Volume
 
 log = logging.getLogger(__name__)
 

@@ -17,14 +17,14 @@ import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 
+from node.contract.template import ResultTemplate
+from node.contract.volume import Volume
 from node.results.analysis import Analysis, first_value
 from node.results.provenance import (
     copy_body_part,
     equipment_arguments,
     instance_arguments,
 )
-from node.results.template import ResultTemplate
-from node.runtime.volume import Volume
 
 log = logging.getLogger(__name__)
 

@@ -20,6 +20,9 @@ import numpy as np
 from monai.visualize.utils import blend_images
 from PIL import Image, ImageDraw, ImageFont
 
+from node.contract.plugin import Attribution
+from node.contract.template import ResultTemplate
+from node.contract.volume import Volume
 from node.results.pmap import attribution_values, explanation
 from node.results.sc import (
     NOT_FOR_DIAGNOSIS,
@@ -28,9 +31,6 @@ from node.results.sc import (
     frame_source,
     secondary_capture,
 )
-from node.results.template import ResultTemplate
-from node.runtime.plugin import Attribution
-from node.runtime.volume import Volume
 
 log = logging.getLogger(__name__)
 

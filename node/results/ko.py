@@ -14,8 +14,8 @@ from highdicom.sr import CodedConcept
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
+from node.contract.template import ResultTemplate
 from node.results.provenance import device_observer, instance_arguments, set_general_equipment
-from node.results.template import ResultTemplate
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Measurements computed by the node from a label map and its volume (template ``compute:``).
 
 Pure array logic (numpy/scipy), no DICOM. Arrays are ``(slices, rows, columns)`` with
-voxel spacing ``(slice, row, column)`` in mm, as in :class:`~node.runtime.volume.Volume`.
+voxel spacing ``(slice, row, column)`` in mm, as in :class:`~node.contract.volume.Volume`.
 
 What each computation means:
 

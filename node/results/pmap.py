@@ -32,6 +32,9 @@ from highdicom._standard_utils import is_multiframe_image
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
+from node.contract.plugin import Attribution
+from node.contract.template import ResultTemplate
+from node.contract.volume import Volume
 from node.errors import TemplateError
 from node.results.provenance import (
     copy_body_part,
@@ -40,10 +43,7 @@ from node.results.provenance import (
     instance_arguments,
 )
 from node.results.sc import frame_source
-from node.results.template import ResultTemplate
 from node.results.uids import derive_uid
-from node.runtime.plugin import Attribution
-from node.runtime.volume import Volume
 
 log = logging.getLogger(__name__)
 

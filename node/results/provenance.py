@@ -18,7 +18,7 @@ import highdicom as hd
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
-from node.results.template import ResultTemplate
+from node.contract.template import ResultTemplate
 
 #: Purpose of reference of the algorithm's Contributing Equipment item.
 PROCESSING_EQUIPMENT = codes.DCM.ProcessingEquipment

@@ -1,7 +1,7 @@
 """Input-quality warnings in the TID 1500 SR: the "Qualitative Evaluations" of the report.
 
 When the input-quality gate lets a job run with warnings
-(:mod:`node.runtime.quality`), each warning becomes a TEXT item
+(:mod:`node.engine.quality`), each warning becomes a TEXT item
 ``(113010, DCM, "Quality Issue")`` in the root's TID 1500 Qualitative Evaluations
 container ``(C0034375, UMLS, "Qualitative Evaluations")``, after the Imaging
 Measurements. A reader of the report in the PACS sees that the routine ran on an
@@ -17,7 +17,7 @@ from highdicom.sr import CodedConcept
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 
-from node.results.kinds import ResultKind, tag_kind
+from node.contract.kinds import ResultKind, tag_kind
 
 QUALITATIVE_EVALUATIONS = CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
 QUALITY_ISSUE = CodedConcept("113010", "DCM", "Quality Issue")

@@ -40,6 +40,8 @@ from highdicom.sr import CodedConcept
 from pydicom.dataset import Dataset
 from pydicom.valuerep import DS
 
+from node.contract.template import ResultTemplate
+from node.contract.volume import Volume
 from node.errors import AinodeError
 from node.results.radiomics_codes import (
     PRIVATE_SCHEME,
@@ -48,8 +50,6 @@ from node.results.radiomics_codes import (
     feature_code,
     ucum_unit,
 )
-from node.results.template import ResultTemplate
-from node.runtime.volume import Volume
 
 log = logging.getLogger(__name__)
 

@@ -335,7 +335,7 @@ def feature_table_markdown() -> str:
 
 
 def _main() -> None:  # pragma: no cover - a developer tool
-    from node.results.template import default_template_dir
+    from node.contract.template import default_template_dir
 
     path = Path(default_template_dir()) / TABLE_FILE
     path.write_text(feature_table_markdown())

@@ -32,11 +32,11 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
 
+from node.contract.plugin import Registration
+from node.contract.template import ResultTemplate
+from node.contract.volume import Volume
 from node.results.provenance import copy_body_part, processing_equipment
 from node.results.source import TYPE_2_PATIENT_STUDY
-from node.results.template import ResultTemplate
-from node.runtime.plugin import Registration
-from node.runtime.volume import Volume
 
 log = logging.getLogger(__name__)
 

@@ -19,6 +19,8 @@ from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 from scipy import ndimage
 
+from node.contract.template import ResultTemplate
+from node.contract.volume import Volume
 from node.results.analysis import Analysis, first_value
 from node.results.provenance import (
     copy_body_part,
@@ -26,8 +28,6 @@ from node.results.provenance import (
     processing_equipment,
     set_general_equipment,
 )
-from node.results.template import ResultTemplate
-from node.runtime.volume import Volume
 
 log = logging.getLogger(__name__)
 

@@ -21,6 +21,9 @@ from collections.abc import Mapping
 import highdicom as hd
 import numpy as np
 
+from node.contract.plugin import Prediction
+from node.contract.template import ResultTemplate, SegmentSpec
+from node.contract.volume import Volume
 from node.errors import TemplateError
 from node.results.analysis import segment_numbers_map
 from node.results.provenance import (
@@ -28,10 +31,7 @@ from node.results.provenance import (
     instance_arguments,
     seg_algorithm_identification,
 )
-from node.results.template import ResultTemplate, SegmentSpec
 from node.results.uids import ResultUIDs
-from node.runtime.plugin import Prediction
-from node.runtime.volume import Volume
 
 log = logging.getLogger(__name__)
 

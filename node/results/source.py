@@ -27,7 +27,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import Tag
 
-from node.runtime.volume import Volume
+from node.contract.volume import Volume
 
 log = logging.getLogger(__name__)
 

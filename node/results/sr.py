@@ -32,6 +32,9 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.sr.codedict import codes
 from pydicom.valuerep import DS
 
+from node.contract.plugin import Prediction
+from node.contract.template import ResultTemplate, SegmentSpec
+from node.contract.volume import Volume
 from node.errors import TemplateError
 from node.results.analysis import Analysis
 from node.results.contour import polygon_area
@@ -42,9 +45,6 @@ from node.results.provenance import (
     sr_algorithm_identification,
 )
 from node.results.radiomics import declare_private_scheme, sr_measurement_items
-from node.results.template import ResultTemplate, SegmentSpec
-from node.runtime.plugin import Prediction
-from node.runtime.volume import Volume
 
 log = logging.getLogger(__name__)
 

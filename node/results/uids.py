@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from node.results.template import ResultTemplate
-    from node.runtime.volume import Volume
+    from node.contract.template import ResultTemplate
+    from node.contract.volume import Volume
 
 #: Root of UUID-derived UIDs (PS3.5 B.2): "2.25." + the UUID as a decimal integer.
 UUID_ROOT = "2.25."

@@ -328,7 +328,7 @@ class Database:
     but the last commits may be lost on power failure. That is safe because
     the spool, not this table, is the record of what was accepted: every
     instance file is fsynced before the SCP answers, and at start-up
-    :meth:`node.ingest.Ingestor.recover` re-records spooled files that have
+    :meth:`node.orchestration.ingest.Ingestor.recover` re-records spooled files that have
     no row. ``FULL`` would cost ~5 ms per instance here (measured), a third
     of the receive time.
     """

@@ -7,8 +7,7 @@ import time
 
 import torch
 
-from node.errors import PluginError
-from node.runtime.plugin import (
+from node.contract.plugin import (
     Accepts,
     DerivedImage,
     InferencePlugin,
@@ -17,8 +16,9 @@ from node.runtime.plugin import (
     RunContext,
     ValidatedInput,
 )
-from node.runtime.volume import Volume
-from node.runtime.weights import load_network
+from node.contract.volume import Volume
+from node.engine.weights import load_network
+from node.errors import PluginError
 from plugins.ct_denoise.model import WEIGHTS, build_network, denoise_volume
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ class CtDenoisePlugin(InferencePlugin):
 
     def load(self, device: torch.device) -> None:
         self._network = load_network(
-            build_network, WEIGHTS, device, train_hint="plugins/ct_denoise/train.py"
+            build_network, WEIGHTS, device, train_hint="tools/training/ct_denoise.py"
         )
 
     def unload(self) -> None:

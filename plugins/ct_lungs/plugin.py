@@ -8,9 +8,7 @@ import time
 import numpy as np
 import torch
 
-from node.errors import InputRejected
-from node.runtime.measure import label_statistics
-from node.runtime.plugin import (
+from node.contract.plugin import (
     Accepts,
     InferencePlugin,
     Prediction,
@@ -18,7 +16,9 @@ from node.runtime.plugin import (
     ValidatedInput,
     check_input,
 )
-from node.runtime.volume import Volume
+from node.contract.volume import Volume
+from node.engine.measure import label_statistics
+from node.errors import InputRejected
 from plugins.ct_lungs.segmentation import (
     LEFT_LUNG,
     RIGHT_LUNG,
@@ -36,7 +36,7 @@ MIN_MATRIX = 64
 #: Largest angle between an image axis and the patient axis it runs along.
 MAX_OBLIQUITY_DEG = 15.0
 
-# What the routine was validated on: the chest phantoms of node/synthetic/chest_ct.py
+# What the routine was validated on: the chest phantoms of tools/synthetic/chest_ct.py
 # (README "Measured on the phantom", the evaluation example, tests/test_ct_lungs.py),
 # measured with the gate's own measure() (plugins/README.md, README "Validated input").
 #: Validated on 1-5 mm slices (1 and 3 mm in the README, 5 mm in the evaluation example).

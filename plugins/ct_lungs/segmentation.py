@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from node.runtime.geometry import axis_directions
+from node.contract.geometry import axis_directions
 from plugins.ct_lungs.morphology import (
     PLANAR_AXES,
     close,

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from monai.networks.nets import UNet
 
-from node.runtime.engine import IntensityWindow, ModelSpec
+from node.engine.inference import IntensityWindow, ModelSpec
 
 #: Output channels; channel ``i`` is label value ``i`` of the ``ct_organs`` template.
 LABELS = ("background", "body", "lungs", "liver", "spleen", "kidneys")

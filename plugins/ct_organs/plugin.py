@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from node.runtime.model_plugin import SegmentationModelPlugin
-from node.runtime.plugin import Accepts, Resources, ValidatedInput
-from node.runtime.postprocess import keep_largest_components
-from node.runtime.weights import load_network
+from node.contract.plugin import Accepts, Resources, ValidatedInput
+from node.engine.model_plugin import SegmentationModelPlugin
+from node.engine.postprocess import keep_largest_components
+from node.engine.weights import load_network
 from plugins.ct_organs.model import BODY, COMPONENTS, SPEC, WEIGHTS, build_network
 
 # What the network was trained and tested on: make_abdomen_ct phantoms (train.py
@@ -25,7 +25,7 @@ class CtOrgansPlugin(SegmentationModelPlugin):
     """Body, lungs, liver, spleen and kidneys on chest-abdomen CT.
 
     A demonstration model trained on synthetic phantoms
-    (:mod:`node.synthetic.abdomen_ct`); **not for clinical use**.
+    (:mod:`tools.synthetic.abdomen_ct`); **not for clinical use**.
     """
 
     name = "ct_organs"
@@ -67,4 +67,6 @@ class CtOrgansPlugin(SegmentationModelPlugin):
         return keep_largest_components(label_map, COMPONENTS, fill=BODY)
 
     def build(self, device: torch.device) -> torch.nn.Module:
-        return load_network(build_network, WEIGHTS, device, train_hint="plugins/ct_organs/train.py")
+        return load_network(
+            build_network, WEIGHTS, device, train_hint="tools/training/ct_organs.py"
+        )

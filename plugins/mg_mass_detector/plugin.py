@@ -7,8 +7,7 @@ import time
 
 import torch
 
-from node.errors import InputRejected, PluginError
-from node.runtime.plugin import (
+from node.contract.plugin import (
     Accepts,
     Detection,
     InferencePlugin,
@@ -17,8 +16,9 @@ from node.runtime.plugin import (
     RunContext,
     ValidatedInput,
 )
-from node.runtime.volume import Volume
-from node.runtime.weights import load_network
+from node.contract.volume import Volume
+from node.engine.weights import load_network
+from node.errors import InputRejected, PluginError
 from plugins.mg_mass_detector.model import (
     FINDING,
     MAX_DETECTIONS,
@@ -43,9 +43,9 @@ class MgMassDetectorPlugin(InferencePlugin):
     """Boxes around suspected masses on For Presentation mammograms (CC and MLO).
 
     A demonstration model trained on synthetic mammograms
-    (:mod:`node.synthetic.mammogram_pixels`); **not for clinical use**. Each view is
+    (:mod:`tools.synthetic.mammogram_pixels`); **not for clinical use**. Each view is
     one frame; every detection scoring at least the operating threshold (at most
-    five per view) becomes a :class:`~node.runtime.plugin.Detection` with its box
+    five per view) becomes a :class:`~node.contract.plugin.Detection` with its box
     in the view's SCOORD image coordinates.
     """
 
@@ -81,7 +81,7 @@ class MgMassDetectorPlugin(InferencePlugin):
 
     def load(self, device: torch.device) -> None:
         self._network = load_network(
-            build_network, WEIGHTS, device, train_hint="python -m plugins.mg_mass_detector.train"
+            build_network, WEIGHTS, device, train_hint="python -m tools.training.mg_mass_detector"
         )
         self.device = device
 

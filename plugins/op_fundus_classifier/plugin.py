@@ -8,8 +8,7 @@ import time
 import numpy as np
 import torch
 
-from node.errors import PluginError
-from node.runtime.plugin import (
+from node.contract.plugin import (
     Accepts,
     Classification,
     InferencePlugin,
@@ -18,8 +17,9 @@ from node.runtime.plugin import (
     RunContext,
     ValidatedInput,
 )
-from node.runtime.volume import Volume
-from node.runtime.weights import load_network
+from node.contract.volume import Volume
+from node.engine.weights import load_network
+from node.errors import PluginError
 from plugins.op_fundus_classifier.model import (
     FINDING,
     WEIGHTS,
@@ -39,9 +39,9 @@ class OpFundusClassifierPlugin(InferencePlugin):
     """Diabetic-retinopathy-like lesions present/absent, per colour fundus photograph.
 
     A demonstration model trained on synthetic photographs
-    (:mod:`node.synthetic.fundus_pixels`); **not for clinical use**. Every frame of
+    (:mod:`tools.synthetic.fundus_pixels`); **not for clinical use**. Every frame of
     the series (each photograph, each frame of a multi-frame image) gets one
-    :class:`~node.runtime.plugin.Classification` with its probability; the template
+    :class:`~node.contract.plugin.Classification` with its probability; the template
     holds the operating threshold.
     """
 
@@ -77,7 +77,7 @@ class OpFundusClassifierPlugin(InferencePlugin):
             build_network,
             WEIGHTS,
             device,
-            train_hint="python -m plugins.op_fundus_classifier.train",
+            train_hint="python -m tools.training.op_fundus_classifier",
         )
         self.device = device
 

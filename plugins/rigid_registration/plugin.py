@@ -7,8 +7,7 @@ import os
 
 import torch
 
-from node.errors import InputRejected
-from node.runtime.plugin import (
+from node.contract.plugin import (
     Accepts,
     InferencePlugin,
     Prediction,
@@ -16,7 +15,8 @@ from node.runtime.plugin import (
     RunContext,
     ValidatedInput,
 )
-from node.runtime.volume import Volume
+from node.contract.volume import Volume
+from node.errors import InputRejected
 from plugins.rigid_registration.rigid import RegistrationFailed, register_rigid
 
 log = logging.getLogger(__name__)
@@ -44,10 +44,10 @@ VALIDATED_NOISE_HU = (9.0, 36.0)
 class RigidRegistrationPlugin(InferencePlugin):
     """Rigid (6 degrees of freedom) registration of the patient's prior CT to the current one.
 
-    The node finds the prior (:mod:`node.runtime.priors`) because ``needs_prior`` is set;
+    The node finds the prior (:mod:`node.orchestration.priors`) because ``needs_prior`` is set;
     the routine aligns it with SimpleITK (Mattes mutual information, multi-resolution,
     :mod:`plugins.rigid_registration.rigid`) and returns a
-    :class:`~node.runtime.plugin.Registration`, written as a Spatial Registration
+    :class:`~node.contract.plugin.Registration`, written as a Spatial Registration
     object (result kind ``reg``). Runs on the CPU whatever the worker's device.
     """
 

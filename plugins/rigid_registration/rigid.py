@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
-from node.runtime.volume import Volume
+from node.contract.volume import Volume
 
 log = logging.getLogger(__name__)
 

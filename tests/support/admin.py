@@ -16,8 +16,8 @@ import uvicorn
 from node.api.app import create_app
 from node.app import Node
 from node.config import settings_from_mapping
-from node.devtools.net import LOCALHOST, free_ports, http_ok, wait_until
-from node.devtools.node_process import deep_merge, default_config
+from tools.net import LOCALHOST, free_ports, http_ok, wait_until
+from tools.node_process import deep_merge, default_config
 
 ADMIN_PASSWORD = "admin-password-1"
 VIEWER_PASSWORD = "viewer-password-1"

@@ -7,7 +7,7 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from node.devtools.net import LOCALHOST, port_is_free, wait_until
+from tools.net import LOCALHOST, port_is_free, wait_until
 
 
 def storescu(

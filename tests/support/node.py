@@ -10,10 +10,10 @@ from typing import Any
 
 from node.app import Node
 from node.config import Settings, settings_from_mapping
-from node.devtools.net import free_port
-from node.devtools.node_process import deep_merge
-from node.runtime.registry import PluginRegistry
+from node.orchestration.registry import PluginRegistry
 from tests.support.dcmtk import storescu
+from tools.net import free_port
+from tools.node_process import deep_merge
 
 
 def stepped_settings(tmp_path: Path, config: Mapping[str, Any]) -> Settings:

@@ -1,6 +1,6 @@
 """A real Orthanc for tests: a context manager on free ports with its own temp storage.
 
-The implementation lives in :mod:`node.devtools.orthanc` so the demo and the benchmarks
+The implementation lives in :mod:`tools.orthanc` so the demo and the benchmarks
 use the same code; tests import it from here.
 
 Examples
@@ -14,7 +14,7 @@ Examples
         pacs.wait_for_series(study_uid, ["SEG", "SR"], timeout=120)
 """
 
-from node.devtools.orthanc import (
+from tools.orthanc import (
     BASE_CONFIG,
     DICOMWEB_PLUGIN,
     ORTHANC_BINARY,

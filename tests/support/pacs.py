@@ -24,11 +24,11 @@ from pydicom.dataset import Dataset
 
 from node.app import Node
 from node.config import settings_from_mapping
-from node.devtools.net import LOCALHOST, free_port
-from node.devtools.node_process import NodeProcess
-from node.devtools.orthanc import OrthancServer
-from node.runtime.plugin import InferencePlugin
-from node.runtime.registry import PluginRegistry
+from node.contract.plugin import InferencePlugin
+from node.orchestration.registry import PluginRegistry
+from tools.net import LOCALHOST, free_port
+from tools.node_process import NodeProcess
+from tools.orthanc import OrthancServer
 
 
 @contextmanager

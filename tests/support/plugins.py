@@ -8,7 +8,7 @@ import textwrap
 from collections.abc import Mapping
 from pathlib import Path
 
-from node.runtime.registry import ENTRY_POINT_GROUP
+from node.orchestration.registry import ENTRY_POINT_GROUP
 
 
 def write_distribution(
@@ -40,7 +40,7 @@ def write_distribution(
 WORKING_PLUGIN = """
     import numpy as np
 
-    from node.runtime.plugin import Accepts, InferencePlugin, Prediction
+    from node.contract.plugin import Accepts, InferencePlugin, Prediction
 
 
     class ThirdPartyPlugin(InferencePlugin):
@@ -61,7 +61,7 @@ WORKING_PLUGIN = """
 
 #: A plugin that imports but whose ``load`` fails (its weights are unreadable).
 UNLOADABLE_PLUGIN = """
-    from node.runtime.plugin import InferencePlugin
+    from node.contract.plugin import InferencePlugin
 
 
     class Unloadable(InferencePlugin):

@@ -9,7 +9,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
 from node.state.series import InstanceRecord, SeriesStore
-from node.synthetic.chest_ct import write_series
+from tools.synthetic.chest_ct import write_series
 
 
 def spool_series(

@@ -1,0 +1,1 @@
+"""The ``ainode`` command line: ``ainode serve`` and the admin and evaluation commands."""

@@ -1,0 +1,139 @@
+"""Building a :class:`~node.contract.volume.Volume` from a series' datasets.
+
+Cross-sectional series (CT, MR, PET...) are sorted along the slice normal and stacked
+with their geometry checked; series of 2D images (DX, MG, OP...) go to
+:func:`~node.contract.images.assemble_images`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+
+from node.contract.image_attributes import is_localizer
+from node.contract.images import assemble_images, is_image_series
+from node.contract.volume import (
+    ORIENTATION_TOLERANCE,
+    SHEAR_TOLERANCE,
+    SPACING_TOLERANCE,
+    Volume,
+    strip_pixels,
+)
+from node.errors import VolumeError
+
+
+def _slice_normal(orientation: Sequence[float]) -> np.ndarray:
+    row = np.asarray(orientation[:3], dtype=float)
+    col = np.asarray(orientation[3:6], dtype=float)
+    return np.cross(row, col)
+
+
+def assemble_volume(datasets: Iterable[Dataset]) -> Volume:
+    """Sort, check and stack single-frame images into a :class:`Volume`.
+
+    Localizers are dropped. A series of 2D images (DX, MG, OP...) is assembled
+    by :func:`node.contract.images.assemble_images` instead. Raises
+    :class:`~node.errors.VolumeError` when the series has mixed orientations or
+    sizes, missing geometry, duplicate positions, a gap in slice spacing, or positions
+    that drift in the image plane (gantry tilt: not resampled).
+    """
+    images = [ds for ds in datasets if not is_localizer(ds)]
+    if not images:
+        raise VolumeError("series has no non-localizer images")
+    if is_image_series(images):
+        return assemble_images(images)
+    for ds in images:
+        for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
+            if keyword not in ds:
+                raise VolumeError(f"instance {ds.SOPInstanceUID} lacks {keyword}")
+    orientation = [float(v) for v in images[0].ImageOrientationPatient]
+    for ds in images[1:]:
+        other = [float(v) for v in ds.ImageOrientationPatient]
+        if not np.allclose(orientation, other, atol=ORIENTATION_TOLERANCE):
+            raise VolumeError("series mixes image orientations")
+    size = (int(images[0].Rows), int(images[0].Columns))
+    if any((int(ds.Rows), int(ds.Columns)) != size for ds in images):
+        raise VolumeError("series mixes image sizes")
+    pixel_spacing = tuple(float(v) for v in images[0].PixelSpacing)
+    if any(
+        not np.allclose(pixel_spacing, [float(v) for v in ds.PixelSpacing], rtol=1e-4)
+        for ds in images
+    ):
+        raise VolumeError("series mixes pixel spacings")
+
+    normal = _slice_normal(orientation)
+    positions = [
+        float(np.dot(normal, [float(v) for v in ds.ImagePositionPatient])) for ds in images
+    ]
+    order = np.argsort(positions, kind="stable")
+    images = [images[i] for i in order]
+    sorted_positions = np.asarray([positions[i] for i in order])
+
+    if len(images) > 1:
+        # Gantry tilt (or any shear): positions drift in the image plane from slice to slice.
+        # Stacked as if they did not, every voxel would be misplaced by up to that drift.
+        origins = np.asarray([[float(v) for v in ds.ImagePositionPatient] for ds in images])
+        offsets = origins - origins[0]
+        unit = normal / np.linalg.norm(normal)
+        in_plane = offsets - np.outer(offsets @ unit, unit)
+        drift = float(np.max(np.linalg.norm(in_plane, axis=1)))
+        if drift > SHEAR_TOLERANCE * min(pixel_spacing):
+            tilt = images[0].get("GantryDetectorTilt")
+            raise VolumeError(
+                f"slice positions drift {drift:.2f} mm in the image plane (a sheared series"
+                f"{f', gantry tilt {float(tilt):g} degrees' if tilt not in (None, '') else ''});"
+                " it is not resampled"
+            )
+        steps = np.diff(sorted_positions)
+        if np.any(steps < 1e-3):
+            raise VolumeError("series has two images at the same slice position")
+        slice_spacing = float(np.median(steps))
+        if np.any(np.abs(steps - slice_spacing) > SPACING_TOLERANCE * slice_spacing):
+            worst = int(np.argmax(np.abs(steps - slice_spacing)))
+            raise VolumeError(
+                f"slice spacing is not uniform: gap of {steps[worst]:.3f} mm after slice "
+                f"{worst} where {slice_spacing:.3f} mm is expected"
+            )
+    else:
+        slice_spacing = float(images[0].get("SliceThickness", 1.0) or 1.0)
+
+    slices = []
+    for ds in images:
+        pixels = ds.pixel_array.astype(np.float32)
+        slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
+        intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
+        slices.append(pixels * slope + intercept)
+    array = np.stack(slices).astype(np.float32, copy=False)
+
+    row_cos = np.asarray(orientation[:3])
+    col_cos = np.asarray(orientation[3:6])
+    origin = np.asarray([float(v) for v in images[0].ImagePositionPatient])
+    affine = np.eye(4)
+    # DICOM PixelSpacing is (row spacing, column spacing): column index moves along
+    # the row direction by the column spacing.
+    affine[:3, 0] = row_cos * pixel_spacing[1]
+    affine[:3, 1] = col_cos * pixel_spacing[0]
+    affine[:3, 2] = normal * slice_spacing
+    affine[:3, 3] = origin
+
+    return Volume(
+        array=array,
+        spacing=(slice_spacing, pixel_spacing[0], pixel_spacing[1]),
+        affine=affine,
+        datasets=tuple(strip_pixels(ds) for ds in images),
+    )
+
+
+def load_volume(paths: Iterable[Path]) -> Volume:
+    """Read spooled files and assemble them; a file that cannot be parsed is named."""
+    datasets = []
+    for path in paths:
+        try:
+            datasets.append(pydicom.dcmread(path))
+        except Exception as exc:  # pydicom raises many types for corrupt input
+            raise VolumeError(f"cannot read {path}: {exc}") from exc
+    return assemble_volume(datasets)

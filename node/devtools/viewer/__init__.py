@@ -1,8 +1,0 @@
-"""OHIF v3 in front of a development Orthanc: install, serve, drive headless.
-
-* :mod:`.ohif` installs the pinned prebuilt viewer (``@ohif/app`` ``dist/``) into an
-  ignored directory (``python -m node.devtools.viewer.ohif``).
-* :mod:`.server` serves it and proxies ``/dicom-web`` to Orthanc on one origin.
-* :mod:`.browser` drives Debian's chromium with Playwright (tests, screenshots).
-* ``python -m node.devtools.viewer`` (``make viewer``) opens OHIF on the dev Orthanc.
-"""

@@ -1,1 +1,0 @@
-"""Model runtime: series → Volume, plugin contract, workers."""
