@@ -85,6 +85,9 @@ def test_wheel_install_runs_a_chest_ct_and_ainode_evaluate(tmp_path: Path) -> No
     assert "dicom_sr_templates/ct_lungs.yaml" in names
     assert "plugins/ct_organs/weights/ct_organs_unet.pt" in names
     assert "node/api/templates/base.html" in names
+    # Only the service ships: no development tools, synthetic data or training code.
+    assert not [n for n in names if n.startswith("tools/") or "/synthetic/" in n], names
+    assert not [n for n in names if n.endswith(("/train.py", "training.py"))], names
     venv = tmp_path / "venv"
     python = venv_with_wheel(wheel, venv)
     run_dir = tmp_path / "run"  # outside the checkout: -m node must not find its node/
@@ -124,11 +127,12 @@ def test_wheel_install_runs_a_chest_ct_and_ainode_evaluate(tmp_path: Path) -> No
             )
             assert "TemplateError" not in node.log_text()
 
-    # ainode evaluate (the console script the wheel installs) on a one-case dataset.
+    # ainode evaluate (the console script the wheel installs) on a one-case dataset, made by
+    # the checkout's development tools (they are not in the wheel).
     dataset = tmp_path / "dataset"
     subprocess.run(
-        [str(python), "-m", "tools.evaluation_example", str(dataset), "--cases", "1"],
-        cwd=run_dir, env=env, check=True, capture_output=True, timeout=300,
+        [sys.executable, "-m", "tools.evaluation_example", str(dataset), "--cases", "1"],
+        cwd=PROJECT_ROOT, check=True, capture_output=True, timeout=300,
     )  # fmt: skip
     report = tmp_path / "report"
     result = subprocess.run(

@@ -43,7 +43,7 @@ from tools.net import LOCALHOST, free_ports, tail
 log = logging.getLogger(__name__)
 
 #: The directory that holds the ``node`` package (the repository root in a checkout).
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 #: Log fragments that mean "a port was taken between picking and binding".
 _PORT_CLASH = ("Address already in use", "Errno 98", "EADDRINUSE")

@@ -42,7 +42,7 @@ ORTHANC_BINARY = "/usr/sbin/Orthanc"
 DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 PYTHON_PLUGIN = "/usr/share/orthanc/plugins/libOrthancPython.so"
 #: ainode's Orthanc plugin (``PythonScript`` in Orthanc's configuration).
-AINODE_PLUGIN_SCRIPT = Path(__file__).resolve().parents[2] / "orthanc" / "ainode_plugin.py"
+AINODE_PLUGIN_SCRIPT = Path(__file__).resolve().parents[1] / "orthanc" / "ainode_plugin.py"
 
 #: Settings of a test/benchmark Orthanc; ports, AET, storage and modalities are added.
 BASE_CONFIG: dict[str, Any] = {

@@ -1,4 +1,5 @@
-"""Shared pieces of the demonstration models' training scripts (``plugins/*/train.py``).
+"""Shared pieces of the demonstration models' training scripts (``tools/training/<routine>.py``,
+run as ``python -m tools.training.<routine>``).
 
 Each script keeps its own data, loss and evaluation; what they share is here: the
 flags every script has (:func:`add_run_arguments`), seeding and building the network
