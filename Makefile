@@ -51,7 +51,12 @@ $(VENV)/.installed-run: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
 $(VENV)/.installed-dev: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
 	$(PIP_INSTALL) torch -e '.[dev]'
 	$(install_radiomics)
-	@touch $@ $(VENV)/.installed-run
+	@touch $@ $(VENV)/.installed-run $(VENV)/.installed-tools
+
+# The development tools (demo, viewer) on top of the node: pyorthanc.
+$(VENV)/.installed-tools: pyproject.toml $(CONSTRAINTS) | $(VENV)/.installed-run
+	$(PIP_INSTALL) torch -e '.[tools]'
+	@touch $@
 
 debs-run:
 	$(call apt_install,$(RUN_DEBS))
@@ -74,10 +79,10 @@ viewer-dist: $(VENV)/.installed-run
 test: $(VENV)/.installed-dev debs-test viewer-dist lint
 	TCP_NODELAY=1 $(BIN)/pytest
 
-demo: $(VENV)/.installed-run debs-test
+demo: $(VENV)/.installed-tools debs-test
 	TCP_NODELAY=1 $(BIN)/python -m node.devtools.demo
 
-viewer: $(VENV)/.installed-run debs-test viewer-dist
+viewer: $(VENV)/.installed-tools debs-test viewer-dist
 	TCP_NODELAY=1 $(BIN)/python -m node.devtools.viewer --orthanc http://127.0.0.1:8042 --port 3000
 
 bench: $(VENV)/.installed-dev debs-test

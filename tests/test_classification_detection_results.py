@@ -23,6 +23,7 @@ import pytest
 import yaml
 from pydicom.dataset import Dataset
 
+from node.devtools.orthanc_rest import find_series, lookup_study, send_to_modality, upload_many
 from node.errors import TemplateError
 from node.results import build_results, load_template
 from node.results.findings import ImageFindings
@@ -720,11 +721,11 @@ def test_classifier_detector_results_arrive_in_orthanc(tmp_path: Path) -> None:
         database_path = node.settings.database_path
         datasets, _ = make_chest_ct(n_slices=16, rows=96, columns=96, pixel_spacing_mm=4.0, seed=21)
         files = write_series(datasets, tmp_path / "series")
-        pacs.upload_many(files)
+        upload_many(pacs.client, files)
         study_uid = str(datasets[0].StudyInstanceUID)
-        pacs.send_to_modality("ainode", [pacs.lookup_study(study_uid)])
+        send_to_modality(pacs.client, "ainode", [lookup_study(pacs.client, study_uid)])
         objects = one_result_each(pacs, study_uid, ["SR", "PR"], timeout=240)
-        assert not pacs.find_series(study_uid, "SEG")
+        assert not find_series(pacs.client, study_uid, "SEG")
         wait_until(lambda: any(e == "done" for e, _ in _events(database_path)), timeout=30)
         events = _events(database_path)
     assert ("results_skipped", "seg: the routine gives no label map") in events

@@ -12,6 +12,7 @@ import yaml
 
 from node.config import DEFAULT_CONFIG, settings_from_mapping
 from node.devtools.bundle import organs_bundle_config, write_bundle
+from node.devtools.orthanc_rest import lookup_study, send_to_modality, upload_many
 from node.errors import PluginError
 from node.results import load_template_by_name
 from node.routing import HeaderSubject, matching_rules
@@ -409,8 +410,8 @@ def test_series_sent_to_the_node_comes_back_as_seg_and_sr_of_a_yaml_configured_m
         config = node_config(node_port, pacs, [rule])
         config["models"] = {"organs-ts": ct_organs_model("torchscript", path)}
         with NodeProcess(config, workdir=tmp_path / "node"):
-            pacs.upload_many(files)
-            pacs.send_to_modality("ainode", [pacs.lookup_study(study_uid)])
+            upload_many(pacs.client, files)
+            send_to_modality(pacs.client, "ainode", [lookup_study(pacs.client, study_uid)])
             objects = one_result_each(pacs, study_uid, ["SEG", "SR"], timeout=180)
     for modality, dataset in objects.items():
         written = tmp_path / f"{modality}.dcm"

@@ -14,6 +14,7 @@ import pytest
 
 from node.config import DestinationSettings, DicomWebDestinationSettings
 from node.devtools.orthanc import OrthancServer
+from node.devtools.orthanc_rest import lookup_study
 from node.errors import ExportError
 from node.export.dimse import echo, send_files
 from node.export.exporter import Exporter, retry_delay
@@ -154,10 +155,13 @@ def web_destination(url: str, **values: Any) -> DicomWebDestinationSettings:
 def stored_in(pacs: OrthancServer, files: list[Path]) -> int:
     """How many of ``files`` (one study) Orthanc holds."""
     study_uid = pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID
-    study_id = pacs.lookup_study(study_uid)
+    study_id = lookup_study(pacs.client, study_uid)
     if study_id is None:
         return 0
-    return sum(len(pacs.instances(s["ID"])) for s in pacs.series_of_study(study_id))
+    return sum(
+        len(pacs.client.get_series_id_instances(s["ID"]))
+        for s in pacs.client.get_studies_id_series(study_id)
+    )
 
 
 @pytest.mark.slow

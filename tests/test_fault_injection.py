@@ -30,6 +30,7 @@ from node.config import BUILT_IN_CHEST_RULE
 from node.devtools.net import LOCALHOST
 from node.devtools.node_process import NodeProcess, NodeStartError
 from node.devtools.orthanc import OrthancServer
+from node.devtools.orthanc_rest import find_series
 from node.dicom.network import set_nodelay
 from node.errors import DatabaseCorrupt
 from node.faults import POINTS
@@ -137,7 +138,7 @@ def _rows(data_dir: Path, sql: str) -> list[tuple[Any, ...]]:
 def _result_series(pacs: OrthancServer, study_uid: str) -> dict[str, list[dict[str, Any]]]:
     """The study's result series by modality (Orthanc keys series and instances by UID)."""
     found: dict[str, list[dict[str, Any]]] = {"SEG": [], "SR": []}
-    for series in pacs.find_series(study_uid):
+    for series in find_series(pacs.client, study_uid):
         modality = series["MainDicomTags"].get("Modality")
         if modality in found:
             found[modality].append(series)

@@ -31,6 +31,7 @@ from pydicom.uid import (
 from node.devtools.net import LOCALHOST, free_port
 from node.devtools.node_process import NodeProcess
 from node.devtools.orthanc import OrthancServer
+from node.devtools.orthanc_rest import upload_many
 from node.dicom import status
 from node.pixel_length import pixel_data_problem
 from node.synthetic.chest_ct import make_chest_ct, write_series
@@ -254,7 +255,7 @@ def test_pulled_instances_with_bad_pixel_data_are_refused(tmp_path: Path, source
     with OrthancServer(
         modalities={"ainode": ["AINODE", LOCALHOST, node_port]}, workdir=tmp_path / "pacs"
     ) as pacs:
-        pacs.upload_many([*good, *bad.values()])
+        upload_many(pacs.client, [*good, *bad.values()])
         dimse = {"ae_title": pacs.aet, "host": LOCALHOST, "port": pacs.dicom_port}
         config = {
             "node": {"dicom_port": node_port},

@@ -20,6 +20,7 @@ import pytest
 
 from node.devtools.net import wait_until
 from node.devtools.node_process import NodeProcess
+from node.devtools.orthanc_rest import lookup_study, send_to_modality, upload_many
 from node.errors import TemplateError
 from node.results import build_results, load_template, load_template_by_name
 from node.results.radiomics import (
@@ -562,8 +563,8 @@ def test_radiomics_sr_arrives_in_orthanc(tmp_path: Path) -> None:
     with orthanc_for_node(tmp_path) as (pacs, node_port):
         config = {**node_config(node_port, pacs, [RULE]), "templates_dir": str(templates)}
         with NodeProcess(config, workdir=tmp_path / "node"):
-            pacs.upload_many(files)
-            pacs.send_to_modality("ainode", [pacs.lookup_study(study_uid)])
+            upload_many(pacs.client, files)
+            send_to_modality(pacs.client, "ainode", [lookup_study(pacs.client, study_uid)])
             found = one_result_each(pacs, study_uid, ["SEG", "SR"])
     path = tmp_path / "sr.dcm"
     found["SR"].save_as(path, enforce_file_format=True)

@@ -22,6 +22,7 @@ import pytest
 from pydicom.dataset import Dataset
 
 from node.config import BUILT_IN_CHEST_RULE
+from node.devtools.orthanc_rest import find_series
 from node.results import build_results, load_template, load_template_by_name
 from node.results.kinds import ATTRIBUTION_KINDS, DERIVED_KINDS, ResultKind, file_name
 from node.results.source import TYPE_2_PATIENT_STUDY, UNICODE, set_character_set
@@ -251,8 +252,8 @@ def test_anonymised_and_japanese_series_through_the_node_into_orthanc(tmp_path: 
         for modality, dataset in objects.items():
             assert dataset.SpecificCharacterSet == ["", "ISO 2022 IR 87"], modality
             assert str(dataset.PatientName) == str(japanese.PatientName), modality
-            (found,) = pacs.find_series(str(japanese.StudyInstanceUID), modality)
-            tags = pacs.get_json(f"/instances/{found['Instances'][0]}/simplified-tags")
+            (found,) = find_series(pacs.client, str(japanese.StudyInstanceUID), modality)
+            tags = pacs.client.get_instances_id_simplified_tags(found["Instances"][0])
             assert tags["PatientName"] == str(japanese.PatientName), modality
             assert tags["StudyDescription"] == str(japanese.StudyDescription), modality
         anonymous, _ = series["anonymised"]

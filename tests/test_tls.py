@@ -31,6 +31,7 @@ from node.config import (
 from node.devtools.net import LOCALHOST, free_port, free_ports, port_is_free, wait_until
 from node.devtools.node_process import NodeProcess
 from node.devtools.orthanc import OrthancServer
+from node.devtools.orthanc_rest import upload_many
 from node.errors import ConfigError, ExportError, InvalidInput
 from node.export.dimse import echo, send_files
 from node.export.exporter import Exporter
@@ -375,7 +376,7 @@ def test_dimse_source_over_tls_queries_and_retrieves(
         workdir=tmp_path / "pacs",
         config_overrides=tls_overrides,
     ) as pacs:
-        pacs.upload_many(series_files)
+        upload_many(pacs.client, series_files)
         header = pydicom.dcmread(series_files[0], stop_before_pixels=True)
         study_uid, series_uid = str(header.StudyInstanceUID), str(header.SeriesInstanceUID)
         source = {"kind": "dimse", "ae_title": pacs.aet, "host": LOCALHOST,
