@@ -8,9 +8,11 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# torch is pinned in pyproject.toml and named again here so pip resolves it together
-# with monai in one command (and takes the cached CPU wheel, not a CUDA build).
-TORCH := torch==2.13.0
+# Every pip install takes constraints.txt: pyproject.toml gives ranges, constraints.txt the
+# exact versions (torch's cached CPU build). torch is named in the same command as the node
+# so pip resolves it together with monai (and takes the cached CPU wheel, not a CUDA build).
+CONSTRAINTS := constraints.txt
+PIP_INSTALL := $(BIN)/pip install -q -c $(CONSTRAINTS)
 RUN_DEBS := dcmtk
 TEST_DEBS := orthanc orthanc-dicomweb orthanc-python dcmtk chromium fonts-liberation prometheus openssl
 APT_GET := $(shell [ "$$(id -u)" = 0 ] || echo sudo) env DEBIAN_FRONTEND=noninteractive apt-get
@@ -31,25 +33,30 @@ endef
 RADIOMICS_DEBS := gcc python3-dev
 define install_radiomics
 	$(call apt_install,$(RADIOMICS_DEBS))
-	$(BIN)/pip install -q 'setuptools>=77' wheel versioneer
-	$(BIN)/pip install -q --no-build-isolation -e '.[radiomics]'
+	$(PIP_INSTALL) 'setuptools>=77' wheel versioneer
+	$(PIP_INSTALL) --no-build-isolation -e '.[radiomics]'
 endef
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || \
 		{ $(APT_GET) update -qq && $(APT_GET) install -y -qq python3-venv; }
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
+	$(PIP_INSTALL) --upgrade pip
 
-$(VENV)/.installed-run: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q $(TORCH) -e .
+$(VENV)/.installed-run: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
+	$(PIP_INSTALL) torch -e .
 	$(install_radiomics)
 	@touch $@
 
-$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q $(TORCH) -e '.[dev]'
+$(VENV)/.installed-dev: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
+	$(PIP_INSTALL) torch -e '.[dev]'
 	$(install_radiomics)
-	@touch $@ $(VENV)/.installed-run
+	@touch $@ $(VENV)/.installed-run $(VENV)/.installed-tools
+
+# The development tools (demo, viewer) on top of the node: pyorthanc.
+$(VENV)/.installed-tools: pyproject.toml $(CONSTRAINTS) | $(VENV)/.installed-run
+	$(PIP_INSTALL) torch -e '.[tools]'
+	@touch $@
 
 debs-run:
 	$(call apt_install,$(RUN_DEBS))
@@ -73,10 +80,10 @@ viewer-dist: $(VENV)/.installed-run
 test: $(VENV)/.installed-dev debs-test viewer-dist lint
 	TCP_NODELAY=1 $(BIN)/pytest
 
-demo: $(VENV)/.installed-run debs-test
+demo: $(VENV)/.installed-tools debs-test
 	TCP_NODELAY=1 $(BIN)/python -m tools.demo
 
-viewer: $(VENV)/.installed-run debs-test viewer-dist
+viewer: $(VENV)/.installed-tools debs-test viewer-dist
 	TCP_NODELAY=1 $(BIN)/python -m tools.viewer --orthanc http://127.0.0.1:8042 --port 3000
 
 bench: $(VENV)/.installed-dev debs-test

@@ -29,6 +29,7 @@ import httpx
 from tools.net import free_port
 from tools.node_process import NodeProcess
 from tools.orthanc import OrthancServer
+from tools.orthanc_rest import send_to_modality, upload_many
 from tools.synthetic.chest_ct import make_chest_ct
 
 TOKEN = "benchmark-token-0123456789"
@@ -92,11 +93,11 @@ def run_completion(
                 for run in range(runs):
                     seed = 500 + run + (100 if count_check else 0)
                     datasets, _ = make_chest_ct(n_slices=slices, rows=rows, columns=rows, seed=seed)
-                    ids = pacs.upload_many(datasets)
+                    ids = upload_many(pacs.client, datasets)
                     study_uid = str(datasets[0].StudyInstanceUID)
                     series_uid = str(datasets[0].SeriesInstanceUID)
                     started = time.monotonic()
-                    pacs.send_to_modality("ainode", ids)
+                    send_to_modality(pacs.client, "ainode", ids)
                     sent = time.monotonic()
                     with httpx.Client(headers={"Authorization": f"Bearer {TOKEN}"}) as http:
                         while True:

@@ -20,6 +20,7 @@ from typing import Any
 from node.config import BUILT_IN_CHEST_RULE
 from tools.node_process import NodeProcess
 from tools.orthanc import OrthancServer
+from tools.orthanc_rest import lookup_study, send_to_modality, upload_many, wait_for_series
 from tools.synthetic.chest_ct import make_chest_ct
 
 
@@ -64,7 +65,9 @@ def run_end_to_end(
         node_started = time.perf_counter()
         with NodeProcess(node_config(pacs, quiet_seconds), workdir=workdir / "node") as node:
             node_start_s = time.perf_counter() - node_started
-            pacs.add_modality("ainode", node.ae_title, node.host, node.dicom_port)
+            pacs.client.put_modalities_id(
+                "ainode", json={"AET": node.ae_title, "Host": node.host, "Port": node.dicom_port}
+            )
             for run in range(runs):
                 measured.append(_one_run(pacs, run, slices, rows, timeout))
             timeline = job_timeline(node.data_dir / "state.sqlite3")
@@ -86,16 +89,16 @@ def _one_run(
     datasets, _truth = make_chest_ct(n_slices=slices, rows=rows, columns=rows, seed=1000 + run)
     study_uid = str(datasets[0].StudyInstanceUID)
     generated = time.perf_counter()
-    pacs.upload_many(datasets)
+    upload_many(pacs.client, datasets)
     uploaded = time.perf_counter()
-    study_id = pacs.lookup_study(study_uid)
+    study_id = lookup_study(pacs.client, study_uid)
     if study_id is None:
         raise RuntimeError("uploaded study not found in Orthanc")
-    answer = pacs.send_to_modality("ainode", [study_id], timeout=timeout)
+    answer = send_to_modality(pacs.client, "ainode", [study_id], timeout=timeout)
     sent = time.perf_counter()
     if answer.get("FailedInstancesCount"):
         raise RuntimeError(f"Orthanc failed to send some instances: {answer}")
-    found = pacs.wait_for_series(study_uid, ["SEG", "SR"], timeout=timeout)
+    found = wait_for_series(pacs.client, study_uid, ["SEG", "SR"], timeout=timeout)
     results = time.perf_counter()
     return {
         "study_uid": study_uid,

@@ -43,6 +43,7 @@ from node.results.uids import ResultUIDs
 from tests.support.validators import dcentvfy_output, dciodvfy_errors, dsrdump
 from tests.support.worker import run_one_job
 from tools.lint_templates import lint_results
+from tools.orthanc_rest import find_series, lookup_study, send_to_modality, upload_many
 from tools.synthetic.chest_ct import make_chest_ct, write_series
 from tools.synthetic.projection import SeriesIdentity, cr_image, dx_image, mg_image, op_image
 
@@ -721,11 +722,11 @@ def test_classifier_detector_results_arrive_in_orthanc(tmp_path: Path) -> None:
         database_path = node.settings.database_path
         datasets, _ = make_chest_ct(n_slices=16, rows=96, columns=96, pixel_spacing_mm=4.0, seed=21)
         files = write_series(datasets, tmp_path / "series")
-        pacs.upload_many(files)
+        upload_many(pacs.client, files)
         study_uid = str(datasets[0].StudyInstanceUID)
-        pacs.send_to_modality("ainode", [pacs.lookup_study(study_uid)])
+        send_to_modality(pacs.client, "ainode", [lookup_study(pacs.client, study_uid)])
         objects = one_result_each(pacs, study_uid, ["SR", "PR"], timeout=240)
-        assert not pacs.find_series(study_uid, "SEG")
+        assert not find_series(pacs.client, study_uid, "SEG")
         wait_until(lambda: any(e == "done" for e, _ in _events(database_path)), timeout=30)
         events = _events(database_path)
     assert ("results_skipped", "seg: the routine gives no label map") in events

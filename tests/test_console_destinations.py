@@ -20,6 +20,7 @@ from tests.support.dcmtk import storescu
 from tests.support.pacs import orthanc_for_node
 from tools.net import LOCALHOST, wait_until
 from tools.node_process import NodeProcess
+from tools.orthanc_rest import instance_dataset, lookup_study
 from tools.synthetic.chest_ct import make_chest_ct, write_series
 
 pytestmark = pytest.mark.slow
@@ -84,12 +85,12 @@ def test_destination_created_in_the_console_gets_the_results_it_asks_for(tmp_pat
             built = {file_tag(p.name) for p in Path(result_dir).glob("*.dcm")}
             assert built == {"sc"}
             # And Orthanc has exactly that: Secondary Captures, no SEG, no SR.
-            study = pacs.lookup_study(datasets[0].StudyInstanceUID)
+            study = lookup_study(pacs.client, datasets[0].StudyInstanceUID)
             assert study is not None
             received = [
-                pacs.instance_dataset(instance["ID"])
-                for series in pacs.series_of_study(study)
-                for instance in pacs.instances(series["ID"])
+                instance_dataset(pacs.client, instance["ID"])
+                for series in pacs.client.get_studies_id_series(study)
+                for instance in pacs.client.get_series_id_instances(series["ID"])
             ]
             assert received
             assert {str(ds.SOPClassUID) for ds in received} == {SECONDARY_CAPTURE}

@@ -26,6 +26,7 @@ from plugins.ct_organs import PLUGIN, CtOrgansPlugin
 from plugins.ct_organs.model import BODY, COMPONENTS, LABELS, WEIGHTS, build_network
 from tests.support.models import ct_organs_model
 from tools.bundle import organs_bundle_config, write_bundle
+from tools.orthanc_rest import lookup_study, send_to_modality, upload_many
 from tools.synthetic.abdomen_ct import LABEL_NAMES, AbdomenPhantomTruth, make_abdomen_ct
 from tools.synthetic.chest_ct import make_chest_ct
 from tools.training.ct_organs import make_case, train
@@ -411,8 +412,8 @@ def test_series_sent_to_the_node_comes_back_as_seg_and_sr_of_a_yaml_configured_m
         config = node_config(node_port, pacs, [rule])
         config["models"] = {"organs-ts": ct_organs_model("torchscript", path)}
         with NodeProcess(config, workdir=tmp_path / "node"):
-            pacs.upload_many(files)
-            pacs.send_to_modality("ainode", [pacs.lookup_study(study_uid)])
+            upload_many(pacs.client, files)
+            send_to_modality(pacs.client, "ainode", [lookup_study(pacs.client, study_uid)])
             objects = one_result_each(pacs, study_uid, ["SEG", "SR"], timeout=180)
     for modality, dataset in objects.items():
         written = tmp_path / f"{modality}.dcm"

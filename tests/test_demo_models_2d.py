@@ -44,6 +44,14 @@ from tests.support.pacs import orthanc_and_node_process
 from tests.support.validators import dciodvfy_errors
 from tools.node_process import NodeProcess
 from tools.orthanc import OrthancServer
+from tools.orthanc_rest import (
+    find_series,
+    instance_dataset,
+    lookup_study,
+    send_to_modality,
+    upload_many,
+    wait_for_series,
+)
 from tools.synthetic.fundus import make_fundus
 from tools.synthetic.fundus_pixels import DR_LESIONS, make_fundus_pixels
 from tools.synthetic.mammogram import SCREENING_VIEWS, make_mammogram, make_screening_series
@@ -389,15 +397,15 @@ def _results_in_pacs(pacs: OrthancServer, study_uid: str, directory: Path) -> di
     The three are sent one after another, so wait for all of them (the capture, modality OT,
     arrives last) and for each series to be stable before reading any.
     """
-    pacs.wait_for_series(study_uid, ["SR", "PR", "OT"], timeout=300, stable=True)
+    wait_for_series(pacs.client, study_uid, ["SR", "PR", "OT"], timeout=300, stable=True)
     found: dict[str, Dataset] = {}
-    for series in pacs.find_series(study_uid):
+    for series in find_series(pacs.client, study_uid):
         modality = series["MainDicomTags"].get("Modality", "")
         description = series["MainDicomTags"].get("SeriesDescription", "")
         if modality not in ("SR", "PR") and "AI" not in description:
             continue  # a source series
         for instance in series["Instances"]:
-            ds = pacs.instance_dataset(instance)
+            ds = instance_dataset(pacs.client, instance)
             path = directory / f"{modality}-{ds.SOPInstanceUID}.dcm"
             ds.save_as(path, enforce_file_format=True)
             assert dciodvfy_errors(path) == [], (modality, description)
@@ -419,11 +427,11 @@ def test_orthanc_gets_fundus_and_mammogram_results_back(
         path = tmp_path / f"in{index}.dcm"
         ds.save_as(path, enforce_file_format=True)
         files.append(path)
-    pacs.upload_many(files)
+    upload_many(pacs.client, files)
     fundus_study = str(fundus.StudyInstanceUID)
     mammo_study = str(series[0][0].StudyInstanceUID)
     for study_uid in (fundus_study, mammo_study):
-        pacs.send_to_modality("ainode", [pacs.lookup_study(study_uid)])
+        send_to_modality(pacs.client, "ainode", [lookup_study(pacs.client, study_uid)])
 
     op_results = _results_in_pacs(pacs, fundus_study, tmp_path)
     assert {"SR", "PR", "SC"} <= set(op_results)

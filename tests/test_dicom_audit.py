@@ -24,6 +24,7 @@ from tests.support.net import wait_until
 from tools.net import LOCALHOST
 from tools.node_process import NodeProcess
 from tools.orthanc import OrthancServer
+from tools.orthanc_rest import wait_for_series
 from tools.synthetic.chest_ct import make_chest_ct, write_series
 
 
@@ -129,8 +130,12 @@ def test_real_node_audits_associations_receipt_and_results_sent(tmp_path: Path) 
             for assoc in held:
                 assoc.release()  # type: ignore[attr-defined]
             assert rejected >= 1 and len(held) >= 30, (len(held), rejected)
-            found = orthanc.wait_for_series(study_uid, ["SEG", "SR"], 180)
-            orthanc_count = sum(len(orthanc.instances(s["ID"])) for v in found.values() for s in v)
+            found = wait_for_series(orthanc.client, study_uid, ["SEG", "SR"], 180)
+            orthanc_count = sum(
+                len(orthanc.client.get_series_id_instances(s["ID"]))
+                for v in found.values()
+                for s in v
+            )
             client = add_admin(node)
             wait_until(
                 lambda: any(

@@ -28,6 +28,14 @@ from tools.orthanc import (
     PYTHON_PLUGIN,
     OrthancServer,
 )
+from tools.orthanc_rest import (
+    instance_dataset,
+    lookup_series,
+    lookup_study,
+    send_to_modality,
+    upload_many,
+    wait_for_series,
+)
 from tools.synthetic.chest_ct import make_chest_ct, write_series
 
 pytestmark = pytest.mark.slow
@@ -153,8 +161,8 @@ def stored(answer: dict[str, Any]) -> set[str]:
 
 
 def results_in(pacs: OrthancServer, study_uid: str) -> dict[str, pydicom.Dataset]:
-    found = pacs.wait_for_series(study_uid, ["SEG", "SR"], timeout=300)
-    return {m: pacs.instance_dataset(s[0]["Instances"][0]) for m, s in found.items()}
+    found = wait_for_series(pacs.client, study_uid, ["SEG", "SR"], timeout=300)
+    return {m: instance_dataset(pacs.client, s[0]["Instances"][0]) for m, s in found.items()}
 
 
 def wait_pull_done(stack: Stack, pull_id: int) -> dict[str, Any]:
@@ -295,7 +303,7 @@ def test_stow_rs_study_mismatch_and_broken_body(stack, tmp_path):
 def test_pull_processes_the_study_as_if_pushed(stack, tmp_path, source, by_series):
     seed = {"pacs-web": 31, "pacs-get": 32, "pacs-move": 33}[source]
     files, first = ct_files(tmp_path, seed, f"Chest pull {source}")
-    stack.pacs.upload_many(files)
+    upload_many(stack.pacs.client, files)
     request: dict[str, Any] = {"source": source, "rule": "chest-web"}
     if by_series:
         request["series_uid"] = first.SeriesInstanceUID
@@ -329,8 +337,8 @@ def test_pull_api_validates_its_input(stack):
 def test_push_from_a_queryable_sender_completes_by_count(stack, tmp_path):
     """Orthanc pushes by C-STORE; the node asks it (QIDO-RS) how many instances to expect."""
     files, first = ct_files(tmp_path, 34, "Chest pushed")
-    ids = stack.pacs.upload_many(files)
-    stack.pacs.send_to_modality("ainode", ids)
+    ids = upload_many(stack.pacs.client, files)
+    send_to_modality(stack.pacs.client, "ainode", ids)
     results_in(stack.pacs, first.StudyInstanceUID)
     assert completed_by_count(stack.node, first.SeriesInstanceUID)
 
@@ -342,11 +350,11 @@ def test_orthanc_plugin_notifies_node_pulls_results_appear(stack, tmp_path):
     pacs = stack.plugin_pacs
     assert "Send to AI node" in httpx.get(f"{pacs.url}/plugins/explorer.js", timeout=10).text
     files, first = ct_files(tmp_path, 41, "Lung plugin")
-    pacs.upload_many(files)  # only to Orthanc: nothing is sent to the node
+    upload_many(pacs.client, files)  # only to Orthanc: nothing is sent to the node
     study_uid = first.StudyInstanceUID
     objects = results_in(pacs, study_uid)
     assert objects["SR"].CurrentRequestedProcedureEvidenceSequence[0].StudyInstanceUID == study_uid
-    study_id = pacs.lookup_study(study_uid)
+    study_id = lookup_study(pacs.client, study_uid)
 
     def status() -> dict[str, Any]:
         answer = httpx.get(f"{pacs.url}/ainode/studies/{study_id}", timeout=30)
@@ -387,8 +395,8 @@ def test_orthanc_plugin_retries_until_the_node_is_up(tmp_path):
         config_overrides={"PythonScript": str(AINODE_PLUGIN_SCRIPT), "AiNode": settings},
     ) as pacs:
         files, first = ct_files(tmp_path, 42, "Lung retry")
-        pacs.upload_many(files)
-        series_id = pacs.lookup_series(first.SeriesInstanceUID)
+        upload_many(pacs.client, files)
+        series_id = lookup_series(pacs.client, first.SeriesInstanceUID)
 
         def failed_notifications() -> int:
             text = pacs.log_path.read_text(errors="replace")

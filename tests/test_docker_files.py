@@ -109,8 +109,17 @@ def test_build_context_keeps_what_the_package_needs() -> None:
         for line in (DOCKER / "Dockerfile.dockerignore").read_text().splitlines()
         if line.startswith("!")
     }
-    needed = {"pyproject.toml", "node", "plugins", "dicom_sr_templates", "docker/ainode.yaml"}
+    needed = {
+        "pyproject.toml",
+        "constraints.txt",
+        "node",
+        "plugins",
+        "dicom_sr_templates",
+        "docker/ainode.yaml",
+    }
     assert needed <= allowed
+    # The image installs with the checkout's exact pins (torch) like the Makefile does.
+    assert "pip install -c constraints.txt ." in dockerfile()
 
 
 def test_orthanc_plugin_wiring_matches_node_config() -> None:

@@ -24,6 +24,13 @@ from tests.support.pacs import one_result_each, orthanc_and_node_process
 from tests.support.validators import dciodvfy_errors
 from tools.node_process import NodeProcess
 from tools.orthanc import OrthancServer
+from tools.orthanc_rest import (
+    find_series,
+    instance_dataset,
+    lookup_study,
+    send_to_modality,
+    upload_many,
+)
 from tools.synthetic.chest_ct import ChestPhantomTruth, make_chest_ct, write_series
 
 pytestmark = pytest.mark.slow
@@ -84,10 +91,10 @@ def test_orthanc_pushes_a_100_slice_ct_and_gets_seg_and_sr_back(pacs_and_node, t
     pacs, node = pacs_and_node
     datasets, truth = make_chest_ct(n_slices=100, seed=11)
     files = write_series(datasets, tmp_path / "series")
-    pacs.upload_many(files)
+    upload_many(pacs.client, files)
     study_uid = datasets[0].StudyInstanceUID
-    study_id = pacs.lookup_study(study_uid)
-    result = pacs.send_to_modality("ainode", [study_id])
+    study_id = lookup_study(pacs.client, study_uid)
+    result = send_to_modality(pacs.client, "ainode", [study_id])
     assert result.get("InstancesCount", len(files)) == len(files)
     objects = results_in_pacs(pacs, study_uid)
     assert_results_match(objects, datasets[0].SeriesInstanceUID, truth, tmp_path)
@@ -152,17 +159,20 @@ def test_late_instance_reopens_the_series_and_supersedes_the_result(pacs_and_nod
     send(ordered[:40])
     first = results_in_pacs(pacs, study_uid)
     send(ordered[40:])  # a late slice at the end of the stack
-    second = pacs.wait_for(
-        lambda: (len(pacs.find_series(study_uid, "SR")) == 2) or None, 300, message="2nd SR"
+    second = wait_until(
+        lambda: (len(find_series(pacs.client, study_uid, "SR")) == 2) or None, 300, message="2nd SR"
     )
     assert second
-    reports = [pacs.instance_dataset(s["Instances"][0]) for s in pacs.find_series(study_uid, "SR")]
+    reports = [
+        instance_dataset(pacs.client, s["Instances"][0])
+        for s in find_series(pacs.client, study_uid, "SR")
+    ]
     newer = next(r for r in reports if r.SOPInstanceUID != first["SR"].SOPInstanceUID)
     predecessor = newer.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0]
     assert (
         predecessor.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == first["SR"].SOPInstanceUID
     )
     assert "supersedes" in newer.SeriesDescription
-    segs = pacs.find_series(study_uid, "SEG")
+    segs = find_series(pacs.client, study_uid, "SEG")
     assert len(segs) == 2
     assert any("supersedes" in s["MainDicomTags"].get("SeriesDescription", "") for s in segs)

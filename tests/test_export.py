@@ -22,6 +22,7 @@ from tests.support.dcmtk import StoreSCP
 from tests.support.jobs import job_with_results
 from tests.support.net import free_port, free_ports
 from tools.orthanc import OrthancServer
+from tools.orthanc_rest import lookup_study
 from tools.synthetic.chest_ct import make_chest_ct, write_series
 
 
@@ -154,10 +155,13 @@ def web_destination(url: str, **values: Any) -> DicomWebDestinationSettings:
 def stored_in(pacs: OrthancServer, files: list[Path]) -> int:
     """How many of ``files`` (one study) Orthanc holds."""
     study_uid = pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID
-    study_id = pacs.lookup_study(study_uid)
+    study_id = lookup_study(pacs.client, study_uid)
     if study_id is None:
         return 0
-    return sum(len(pacs.instances(s["ID"])) for s in pacs.series_of_study(study_id))
+    return sum(
+        len(pacs.client.get_series_id_instances(s["ID"]))
+        for s in pacs.client.get_studies_id_series(study_id)
+    )
 
 
 @pytest.mark.slow

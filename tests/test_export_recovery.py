@@ -21,6 +21,7 @@ from tests.support.net import free_port, free_ports, wait_until
 from tools.net import LOCALHOST
 from tools.node_process import NodeProcess
 from tools.orthanc import OrthancServer
+from tools.orthanc_rest import wait_for_series
 from tools.synthetic.chest_ct import make_chest_ct, write_series
 
 HOUR = 3600.0
@@ -245,7 +246,9 @@ def test_pacs_down_longer_than_the_old_budget_gets_the_results_when_it_returns(
             up = time.time()
             wait_until(lambda: job_rows(node)[0]["state"] == "done", 30, message="job done")
             done = job_rows(node)[0]["finished_at"]
-            found = orthanc.wait_for_series(str(datasets[0].StudyInstanceUID), ["SEG", "SR"], 10)
+            found = wait_for_series(
+                orthanc.client, str(datasets[0].StudyInstanceUID), ["SEG", "SR"], 10
+            )
         assert set(found) == {"SEG", "SR"}
         assert done - up < 5 and done < next_attempt - 10, (up, done, next_attempt)
         events = [(e, d) for e, d, _ in job_event_rows(node, job["id"])]

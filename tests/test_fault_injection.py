@@ -40,6 +40,7 @@ from tests.support.spool import spool_series
 from tools.net import LOCALHOST
 from tools.node_process import NodeProcess, NodeStartError
 from tools.orthanc import OrthancServer
+from tools.orthanc_rest import find_series
 from tools.synthetic.chest_ct import make_chest_ct, write_series
 
 RULE = {**BUILT_IN_CHEST_RULE}
@@ -137,7 +138,7 @@ def _rows(data_dir: Path, sql: str) -> list[tuple[Any, ...]]:
 def _result_series(pacs: OrthancServer, study_uid: str) -> dict[str, list[dict[str, Any]]]:
     """The study's result series by modality (Orthanc keys series and instances by UID)."""
     found: dict[str, list[dict[str, Any]]] = {"SEG": [], "SR": []}
-    for series in pacs.find_series(study_uid):
+    for series in find_series(pacs.client, study_uid):
         modality = series["MainDicomTags"].get("Modality")
         if modality in found:
             found[modality].append(series)

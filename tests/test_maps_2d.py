@@ -31,6 +31,14 @@ from node.contract.volume import Volume
 from node.results import build_results, load_template_by_name
 from node.results.build import SERIES_NUMBERS
 from tests.support.validators import dciodvfy_errors
+from tools.net import wait_until
+from tools.orthanc_rest import (
+    find_series,
+    instance_dataset,
+    lookup_study,
+    send_to_modality,
+    upload_many,
+)
 from tools.synthetic.chest_xray import make_chest_xray
 from tools.synthetic.fundus import make_fundus
 from tools.synthetic.mammogram import make_mammogram, make_screening_series
@@ -289,13 +297,13 @@ def test_2d_maps_arrive_in_orthanc(tmp_path: Path) -> None:
         tmp_path, [rule], plugins=[MapProbe], templates_dir=templates, results=profile
     ) as (pacs, _node):
         files = write_series(datasets, tmp_path / "series")
-        pacs.upload_many(files)
+        upload_many(pacs.client, files)
         study_uid = str(datasets[0].StudyInstanceUID)
-        pacs.send_to_modality("ainode", [pacs.lookup_study(study_uid)])
+        send_to_modality(pacs.client, "ainode", [lookup_study(pacs.client, study_uid)])
 
         def arrived() -> dict[str, dict] | None:
             found = {}
-            for series in pacs.find_series(study_uid):
+            for series in find_series(pacs.client, study_uid):
                 number = int(series["MainDicomTags"].get("SeriesNumber", 0))
                 if number in wanted and series.get("IsStable"):
                     found[wanted[number]] = series
@@ -304,9 +312,10 @@ def test_2d_maps_arrive_in_orthanc(tmp_path: Path) -> None:
             )
             return found if complete else None
 
-        series = pacs.wait_for(arrived, 300, message="every 2D result series")
+        series = wait_until(arrived, 300, message="every 2D result series")
         objects = {
-            kind: [pacs.instance_dataset(i) for i in series[kind]["Instances"]] for kind in profile
+            kind: [instance_dataset(pacs.client, i) for i in series[kind]["Instances"]]
+            for kind in profile
         }
     by_uid = {str(ds.SOPInstanceUID): ds for ds in datasets}
     for kind, received in objects.items():

@@ -26,6 +26,14 @@ from node.results.availability import unavailable_tags
 from node.results.build import SERIES_NUMBERS
 from node.results.derived import fitted_intercept
 from tests.support.validators import dciodvfy_errors
+from tools.net import wait_until
+from tools.orthanc_rest import (
+    find_series,
+    instance_dataset,
+    lookup_study,
+    send_to_modality,
+    upload_many,
+)
 from tools.synthetic.abdomen_ct import LIVER, make_abdomen_ct
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -304,19 +312,19 @@ def test_node_sends_denoised_series_and_attribution_maps_into_orthanc(tmp_path) 
     with orthanc_for_node(tmp_path) as (pacs, node_port):
         config = node_config(node_port, pacs, rules, results=profile)
         with NodeProcess(config, workdir=tmp_path / "node"):
-            pacs.upload_many(files)
-            pacs.send_to_modality("ainode", [pacs.lookup_study(study_uid)])
+            upload_many(pacs.client, files)
+            send_to_modality(pacs.client, "ainode", [lookup_study(pacs.client, study_uid)])
 
             def arrived() -> dict[str, dict] | None:
                 found = {}
-                for series in pacs.find_series(study_uid):
+                for series in find_series(pacs.client, study_uid):
                     number = int(series["MainDicomTags"].get("SeriesNumber", 0))
                     if number in wanted and series.get("IsStable"):
                         found[wanted[number]] = series
                 return found if set(found) == set(profile) else None
 
-            series = pacs.wait_for(arrived, 600, message="every result series")
-        derived = [pacs.instance_dataset(i) for i in series["derived"]["Instances"]]
+            series = wait_until(arrived, 600, message="every result series")
+        derived = [instance_dataset(pacs.client, i) for i in series["derived"]["Instances"]]
         assert len(derived) == len(datasets) == len(series["derived_sc"]["Instances"])
         by_uid = {str(ds.SOPInstanceUID): ds for ds in datasets}
         for image in derived:
@@ -325,16 +333,16 @@ def test_node_sends_denoised_series_and_attribution_maps_into_orthanc(tmp_path) 
             assert image.FrameOfReferenceUID == source.FrameOfReferenceUID
             assert list(image.ImageType)[:2] == ["DERIVED", "SECONDARY"]
         (pmap_id,) = series["pmap"]["Instances"]
-        pmap = pacs.instance_dataset(pmap_id)
+        pmap = instance_dataset(pacs.client, pmap_id)
         assert int(pmap.NumberOfFrames) == len(datasets)
         assert "of Liver" in pmap.ContentDescription
-        heat = [pacs.instance_dataset(i) for i in series["heatmap_sc"]["Instances"]]
+        heat = [instance_dataset(pacs.client, i) for i in series["heatmap_sc"]["Instances"]]
         assert heat and all(im.BurnedInAnnotation == "YES" for im in heat)
         checked = {
             "pmap": pmap,
             "heatmap_sc": heat[0],
             "derived": derived[len(derived) // 2],
-            "derived_sc": pacs.instance_dataset(series["derived_sc"]["Instances"][0]),
+            "derived_sc": instance_dataset(pacs.client, series["derived_sc"]["Instances"][0]),
         }
         for kind, dataset in checked.items():
             path = save(dataset, tmp_path / f"{kind}.dcm")

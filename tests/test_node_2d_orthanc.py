@@ -31,6 +31,13 @@ from node.contract.plugin import (
 from node.contract.volume import Volume
 from tests.support.validators import dciodvfy_errors
 from tools.orthanc import OrthancServer
+from tools.orthanc_rest import (
+    instance_dataset,
+    lookup_study,
+    send_to_modality,
+    upload_many,
+    wait_for_series,
+)
 from tools.synthetic.chest_xray import ChestXrayTruth, make_chest_xray
 from tools.synthetic.projection import SeriesIdentity, mg_image, op_image
 
@@ -190,13 +197,13 @@ def _check_frame_results(pacs: OrthancServer, tmp_path: Path, photograph: Path, 
     for source, frames in ((photograph, 3), (raw, None)):
         image = pydicom.dcmread(source, stop_before_pixels=True)
         # Stable: the captures (one per frame) arrive one after another.
-        found = pacs.wait_for_series(
-            str(image.StudyInstanceUID), ["SR", "PR", "OT"], timeout=240, stable=True
+        found = wait_for_series(
+            pacs.client, str(image.StudyInstanceUID), ["SR", "PR", "OT"], timeout=240, stable=True
         )
         objects: dict[str, list[pydicom.Dataset]] = {}
         for modality, series in found.items():
             (one,) = series
-            objects[modality] = [pacs.instance_dataset(i) for i in one["Instances"]]
+            objects[modality] = [instance_dataset(pacs.client, i) for i in one["Instances"]]
         for modality, datasets in objects.items():
             for n, dataset in enumerate(datasets):
                 path = tmp_path / f"{image.Modality}-{modality}-{n}.dcm"
@@ -287,16 +294,16 @@ def test_chest_radiograph_findings_arrive_in_orthanc(tmp_path: Path, modality: s
         results=["sr", "gsps", "sc"],
         quiet_seconds=1.0,
     ) as (pacs, _):
-        pacs.upload_many([source, *(extras or ())])
+        upload_many(pacs.client, [source, *(extras or ())])
         study_uid = str(radiograph.StudyInstanceUID)
-        pacs.send_to_modality("ainode", [pacs.lookup_study(study_uid)])
+        send_to_modality(pacs.client, "ainode", [lookup_study(pacs.client, study_uid)])
         if extras is not None:
             for path in extras:
                 uid = str(pydicom.dcmread(path, stop_before_pixels=True).StudyInstanceUID)
-                pacs.send_to_modality("ainode", [pacs.lookup_study(uid)])
-        found = pacs.wait_for_series(study_uid, ["SR", "PR", "OT"], timeout=240)
+                send_to_modality(pacs.client, "ainode", [lookup_study(pacs.client, uid)])
+        found = wait_for_series(pacs.client, study_uid, ["SR", "PR", "OT"], timeout=240)
         objects = {
-            modality: pacs.instance_dataset(series[0]["Instances"][0])
+            modality: instance_dataset(pacs.client, series[0]["Instances"][0])
             for modality, series in found.items()
         }
         if extras is not None:

@@ -18,6 +18,16 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from tests.support.net import free_port, wait_until
 from tests.support.orthanc import OrthancServer
+from tools.orthanc_rest import (
+    echo_modality,
+    find_series,
+    instance_dataset,
+    lookup_series,
+    lookup_study,
+    send_to_modality,
+    upload,
+    upload_many,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -94,33 +104,33 @@ def test_echo_with_dcmtk(pacs: OrthancServer) -> None:
 
 
 def test_system_and_modalities(pacs: OrthancServer) -> None:
-    system = pacs.system()
+    system = pacs.client.get_system()
     assert system["DicomAet"] == "TESTPACS"
     assert system["DicomPort"] == pacs.dicom_port
-    assert "ainode" in pacs.modalities()
-    assert "dicom-web" in pacs.get_json("/plugins")
+    assert "ainode" in pacs.client.get_modalities()
+    assert "dicom-web" in pacs.client.get_plugins()
 
 
 def test_rest_upload_and_browse(pacs: OrthancServer) -> None:
     study_uid, series_uid = generate_uid(), generate_uid()
     datasets = [tiny_ct(study_uid, series_uid, i) for i in range(3)]
-    ids = pacs.upload_many(datasets)
+    ids = upload_many(pacs.client, datasets)
     assert len(set(ids)) == 3
 
-    study_id = pacs.lookup_study(study_uid)
-    assert study_id is not None and study_id in pacs.studies()
-    (series,) = pacs.series_of_study(study_id)
+    study_id = lookup_study(pacs.client, study_uid)
+    assert study_id is not None and study_id in pacs.client.get_studies()
+    (series,) = pacs.client.get_studies_id_series(study_id)
     assert series["MainDicomTags"]["SeriesInstanceUID"] == series_uid
-    assert pacs.series_info(series["ID"])["ParentStudy"] == study_id
-    assert sorted(i["ID"] for i in pacs.instances(series["ID"])) == sorted(ids)
+    assert pacs.client.get_series_id(series["ID"])["ParentStudy"] == study_id
+    assert sorted(i["ID"] for i in pacs.client.get_series_id_instances(series["ID"])) == sorted(ids)
 
-    parsed = pacs.instance_dataset(ids[0])
+    parsed = instance_dataset(pacs.client, ids[0])
     assert parsed.SOPInstanceUID == datasets[0].SOPInstanceUID
-    assert pacs.instance_file(ids[0])[128:132] == b"DICM"
+    assert pacs.client.get_instances_id_file(ids[0])[128:132] == b"DICM"
 
-    assert [s["ID"] for s in pacs.find_series(study_uid, "CT")] == [series["ID"]]
-    assert pacs.find_series(study_uid, "SEG") == []
-    assert pacs.lookup_series(series_uid) == series["ID"]
+    assert [s["ID"] for s in find_series(pacs.client, study_uid, "CT")] == [series["ID"]]
+    assert find_series(pacs.client, study_uid, "SEG") == []
+    assert lookup_series(pacs.client, series_uid) == series["ID"]
 
 
 def test_reupload_replaces_instance(pacs: OrthancServer) -> None:
@@ -130,11 +140,11 @@ def test_reupload_replaces_instance(pacs: OrthancServer) -> None:
     second = tiny_ct(study_uid, series_uid, 0, description="second")
     second.SOPInstanceUID = first.SOPInstanceUID
     second.file_meta.MediaStorageSOPInstanceUID = first.SOPInstanceUID
-    first_id = pacs.upload(first)
-    assert pacs.upload(second) == first_id
-    (series,) = pacs.find_series(study_uid)
+    first_id = upload(pacs.client, first)
+    assert upload(pacs.client, second) == first_id
+    (series,) = find_series(pacs.client, study_uid)
     assert len(series["Instances"]) == 1
-    assert pacs.instance_dataset(first_id).SeriesDescription == "second"
+    assert instance_dataset(pacs.client, first_id).SeriesDescription == "second"
 
 
 def test_storescu_then_dicomweb_qido(pacs: OrthancServer, tmp_path: Path) -> None:
@@ -149,8 +159,8 @@ def test_storescu_then_dicomweb_qido(pacs: OrthancServer, tmp_path: Path) -> Non
     )
     assert result.returncode == 0, result.stderr
 
-    (series,) = pacs.wait_for(
-        lambda: pacs.find_series(study_uid, "CT"), timeout=30, message="stored series"
+    (series,) = wait_until(
+        lambda: find_series(pacs.client, study_uid, "CT"), timeout=30, message="stored series"
     )
     assert len(series["Instances"]) == 4
 
@@ -177,12 +187,14 @@ def test_send_to_added_modality(pacs: OrthancServer, tmp_path: Path) -> None:
     )
     try:
         study_uid, series_uid = generate_uid(), generate_uid()
-        pacs.upload_many(tiny_ct(study_uid, series_uid, i) for i in range(2))
-        pacs.add_modality("sink", "SINK", "127.0.0.1", port)
-        wait_until(lambda: pacs.echo_modality("sink"), timeout=30, message="storescp echo")
-        study_id = pacs.lookup_study(study_uid)
+        upload_many(pacs.client, (tiny_ct(study_uid, series_uid, i) for i in range(2)))
+        pacs.client.put_modalities_id(
+            "sink", json={"AET": "SINK", "Host": "127.0.0.1", "Port": port}
+        )
+        wait_until(lambda: echo_modality(pacs.client, "sink"), timeout=30, message="storescp echo")
+        study_id = lookup_study(pacs.client, study_uid)
         assert study_id is not None
-        answer = pacs.send_to_modality("sink", [study_id])
+        answer = send_to_modality(pacs.client, "sink", [study_id])
         assert answer["InstancesCount"] == 2 and answer["FailedInstancesCount"] == 0
         names = wait_until(lambda: sorted(received.iterdir()), timeout=30, message="files")
         assert len(names) == 2
@@ -201,10 +213,10 @@ def test_repository_dev_config_starts(tmp_path: Path) -> None:
     config.parent.mkdir()
     config.write_text(json.dumps(settings))
     with OrthancServer.from_config_file(config, log_dir=tmp_path / "log") as dev:
-        assert dev.system()["DicomAet"] == "ORTHANC"
-        assert "dicom-web" in dev.get_json("/plugins")
-        assert dev.modalities() == ["ainode"]
-        assert dev.get_json("/dicom-web/studies") == []
+        assert dev.client.get_system()["DicomAet"] == "ORTHANC"
+        assert "dicom-web" in dev.client.get_plugins()
+        assert dev.client.get_modalities() == ["ainode"]
+        assert dev.client.get(f"{dev.url}/dicom-web/studies").json() == []
     # Relative storage paths resolve next to the configuration file.
     assert (tmp_path / "var" / "orthanc").is_dir()
 
@@ -220,7 +232,7 @@ def test_failed_start_reports_log(tmp_path: Path) -> None:
 
 def test_pydicom_reads_what_orthanc_stores(pacs: OrthancServer) -> None:
     ds = tiny_ct(generate_uid(), generate_uid(), 7)
-    instance_id = pacs.upload(ds)
-    stored = pacs.instance_dataset(instance_id)
+    instance_id = upload(pacs.client, ds)
+    stored = instance_dataset(pacs.client, instance_id)
     assert isinstance(stored, pydicom.Dataset)
     assert int(stored.pixel_array[0, 0]) == 7

@@ -35,6 +35,7 @@ from tests.test_dicomweb import TOKEN, failures, multipart, stored, stow_headers
 from tools.net import LOCALHOST, free_port
 from tools.node_process import NodeProcess
 from tools.orthanc import OrthancServer
+from tools.orthanc_rest import upload_many
 from tools.synthetic.chest_ct import make_chest_ct, write_series
 
 
@@ -254,7 +255,7 @@ def test_pulled_instances_with_bad_pixel_data_are_refused(tmp_path: Path, source
     with OrthancServer(
         modalities={"ainode": ["AINODE", LOCALHOST, node_port]}, workdir=tmp_path / "pacs"
     ) as pacs:
-        pacs.upload_many([*good, *bad.values()])
+        upload_many(pacs.client, [*good, *bad.values()])
         dimse = {"ae_title": pacs.aet, "host": LOCALHOST, "port": pacs.dicom_port}
         config = {
             "node": {"dicom_port": node_port},

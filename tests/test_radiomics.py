@@ -49,6 +49,7 @@ from tests.support.pacs import node_config, one_result_each, orthanc_for_node
 from tests.support.validators import dciodvfy_errors, dsrdump
 from tools.net import wait_until
 from tools.node_process import NodeProcess
+from tools.orthanc_rest import lookup_study, send_to_modality, upload_many
 from tools.synthetic.chest_ct import make_chest_ct, write_series
 
 pytest.importorskip("radiomics", reason="pyradiomics is installed by make run / make test")
@@ -563,8 +564,8 @@ def test_radiomics_sr_arrives_in_orthanc(tmp_path: Path) -> None:
     with orthanc_for_node(tmp_path) as (pacs, node_port):
         config = {**node_config(node_port, pacs, [RULE]), "templates_dir": str(templates)}
         with NodeProcess(config, workdir=tmp_path / "node"):
-            pacs.upload_many(files)
-            pacs.send_to_modality("ainode", [pacs.lookup_study(study_uid)])
+            upload_many(pacs.client, files)
+            send_to_modality(pacs.client, "ainode", [lookup_study(pacs.client, study_uid)])
             found = one_result_each(pacs, study_uid, ["SEG", "SR"])
     path = tmp_path / "sr.dcm"
     found["SR"].save_as(path, enforce_file_format=True)

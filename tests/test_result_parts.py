@@ -25,7 +25,7 @@ from node.results.measure import (
     surface_area_mm2,
     volume_mm3,
 )
-from node.results.sr import image_library
+from node.results.sr import _CODED_MODALITY, image_library
 from tests.test_conformance import TEMPLATES
 from tools.synthetic.chest_ct import make_chest_ct
 from tools.synthetic.head_mr import make_head_mr
@@ -146,6 +146,13 @@ def test_fast_image_library_equals_highdicoms(source: str) -> None:
     else:
         images = [pydicom.dcmread(get_testdata_file(f"{source}.dcm"))]
     assert image_library(images) == hd.sr.ImageLibrary(images)[0]
+
+
+@pytest.mark.parametrize("sop_class_uid", sorted(_CODED_MODALITY))
+def test_fast_image_library_codes_each_sop_class_as_highdicom_does(sop_class_uid: str) -> None:
+    image = make_chest_ct(n_slices=1, rows=16, columns=16)[0][0]
+    image.SOPClassUID = sop_class_uid
+    assert image_library([image]) == hd.sr.ImageLibrary([image])[0]
 
 
 def test_rebuilding_gives_the_same_uids_for_every_kind() -> None:

@@ -17,6 +17,7 @@ from tests.test_dicom_audit import add_admin
 from tools.net import LOCALHOST
 from tools.node_process import NodeProcess
 from tools.orthanc import OrthancServer
+from tools.orthanc_rest import wait_for_series
 from tools.synthetic.chest_ct import make_chest_ct, write_series
 
 
@@ -95,7 +96,7 @@ def test_jobs_failed_after_the_export_budget_are_retried_from_cli_and_console(
                 lambda: all(r["state"] == "done" for r in jobs(node)), 60, message="both done"
             )
             for study_uid in study_uids:
-                found = orthanc.wait_for_series(study_uid, ["SEG", "SR"], 30)
+                found = wait_for_series(orthanc.client, study_uid, ["SEG", "SR"], 30)
                 assert all(len(series) == 1 for series in found.values()), found
         for job_id, who in ((cli_job, "by cli:"), (console_job, "by auditor")):
             retried_events = [d for e, d in events(node, job_id) if e == "retried"]

@@ -150,7 +150,7 @@ def test_shadow_results_are_stored_and_listed_but_never_sent(tmp_path: Path) -> 
                 # The live results reached storescp; the shadow destination got nothing.
                 received = {pydicom.dcmread(p).Modality for p in archive.received()}
                 assert received == {"SEG", "SR"}
-                assert pacs.studies() == []
+                assert pacs.client.get_studies() == []
                 assert [e.event for e in queue.events(shadow.id)][-1] == "done"
                 assert "sent" not in {e.event for e in queue.events(shadow.id)}
 
@@ -215,6 +215,6 @@ def test_shadow_results_are_stored_and_listed_but_never_sent(tmp_path: Path) -> 
                 assert cli.returncode == 0, cli.stderr
                 assert json.loads(cli.stdout)["series"] == listing["series"]
             # After the node stopped (exporter drained): still nothing in Orthanc.
-            assert pacs.studies() == []
+            assert pacs.client.get_studies() == []
     finally:
         archive.stop()

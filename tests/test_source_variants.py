@@ -41,6 +41,7 @@ from tests.test_conformance import (
     _probabilities,
 )
 from tests.test_results import lung_prediction
+from tools.orthanc_rest import find_series
 from tools.synthetic.chest_ct import make_chest_ct, write_series
 
 #: Names and descriptions per character set (PS3.5 Annex H, I and J examples and alike).
@@ -252,8 +253,8 @@ def test_anonymised_and_japanese_series_through_the_node_into_orthanc(tmp_path: 
         for modality, dataset in objects.items():
             assert dataset.SpecificCharacterSet == ["", "ISO 2022 IR 87"], modality
             assert str(dataset.PatientName) == str(japanese.PatientName), modality
-            (found,) = pacs.find_series(str(japanese.StudyInstanceUID), modality)
-            tags = pacs.get_json(f"/instances/{found['Instances'][0]}/simplified-tags")
+            (found,) = find_series(pacs.client, str(japanese.StudyInstanceUID), modality)
+            tags = pacs.client.get_instances_id_simplified_tags(found["Instances"][0])
             assert tags["PatientName"] == str(japanese.PatientName), modality
             assert tags["StudyDescription"] == str(japanese.StudyDescription), modality
         anonymous, _ = series["anonymised"]

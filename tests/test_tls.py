@@ -44,6 +44,7 @@ from tests.support.pki import Pki, make_pki
 from tools.net import LOCALHOST, free_port, free_ports, port_is_free, wait_until
 from tools.node_process import NodeProcess
 from tools.orthanc import OrthancServer
+from tools.orthanc_rest import upload_many
 from tools.synthetic.chest_ct import make_chest_ct, write_series
 
 
@@ -375,7 +376,7 @@ def test_dimse_source_over_tls_queries_and_retrieves(
         workdir=tmp_path / "pacs",
         config_overrides=tls_overrides,
     ) as pacs:
-        pacs.upload_many(series_files)
+        upload_many(pacs.client, series_files)
         header = pydicom.dcmread(series_files[0], stop_before_pixels=True)
         study_uid, series_uid = str(header.StudyInstanceUID), str(header.SeriesInstanceUID)
         source = {"kind": "dimse", "ae_title": pacs.aet, "host": LOCALHOST,

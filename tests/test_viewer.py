@@ -27,6 +27,13 @@ from playwright.sync_api import BrowserContext
 from node.contract.template import load_template
 from tools.node_process import PROJECT_ROOT, NodeProcess
 from tools.orthanc import OrthancServer
+from tools.orthanc_rest import (
+    instance_dataset,
+    lookup_study,
+    send_to_modality,
+    upload_many,
+    wait_for_series,
+)
 from tools.synthetic.chest_ct import ChestPhantomTruth, Ellipsoid, make_chest_ct
 from tools.viewer import browser
 from tools.viewer.browser import OhifPage
@@ -76,17 +83,19 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Results]:
             "rules": [RULE],
         }
         with NodeProcess(config, workdir=work / "node") as node:
-            pacs.add_modality("ainode", node.ae_title, node.host, node.dicom_port)
+            pacs.client.put_modalities_id(
+                "ainode", json={"AET": node.ae_title, "Host": node.host, "Port": node.dicom_port}
+            )
             datasets, truth = make_chest_ct(n_slices=40, rows=256, columns=256, seed=3)
-            pacs.upload_many(datasets)
+            upload_many(pacs.client, datasets)
             study_uid = str(datasets[0].StudyInstanceUID)
-            study_id = pacs.lookup_study(study_uid)
+            study_id = lookup_study(pacs.client, study_uid)
             assert study_id is not None
-            pacs.send_to_modality("ainode", [study_id])
-            found = pacs.wait_for_series(study_uid, ["SEG", "SR"], timeout=300, stable=True)
+            send_to_modality(pacs.client, "ainode", [study_id])
+            found = wait_for_series(pacs.client, study_uid, ["SEG", "SR"], timeout=300, stable=True)
             (sr_series,) = found["SR"]
             (sr_instance,) = sr_series["Instances"]
-            yield Results(pacs, study_uid, truth, pacs.instance_dataset(sr_instance))
+            yield Results(pacs, study_uid, truth, instance_dataset(pacs.client, sr_instance))
 
 
 @pytest.fixture(scope="module")

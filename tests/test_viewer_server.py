@@ -18,6 +18,7 @@ import pydicom
 import pytest
 
 from tools.orthanc import OrthancServer
+from tools.orthanc_rest import lookup_study
 from tools.synthetic.chest_ct import make_chest_ct
 from tools.viewer.ohif import OhifInstallError, is_installed, require_installed
 from tools.viewer.server import ViewerServer, app_config
@@ -96,7 +97,7 @@ def test_dicomweb_is_proxied_to_orthanc(served: tuple[OrthancServer, ViewerServe
             },
         )
         assert stored.status_code == 200, stored.text
-        assert pacs.lookup_study(study) is not None
+        assert lookup_study(pacs.client, study) is not None
 
         found = http.get("/dicom-web/studies", params={"StudyInstanceUID": study})
         assert found.status_code == 200

@@ -26,14 +26,25 @@ from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, cast
 
+import httpx
 import pydicom
+import pyorthanc
 
 from node.config import BUILT_IN_CHEST_RULE
 from tools.net import LOCALHOST, free_port, port_is_free
 from tools.node_process import PROJECT_ROOT, NodeProcess, NodeStartError
-from tools.orthanc import OrthancClient, OrthancError, OrthancServer
+from tools.orthanc import OrthancError, OrthancServer
+from tools.orthanc_rest import (
+    explorer_url,
+    instance_dataset,
+    is_up,
+    lookup_study,
+    send_to_modality,
+    upload_many,
+    wait_for_series,
+)
 
 log = logging.getLogger(__name__)
 
@@ -134,24 +145,15 @@ def node_config(args: argparse.Namespace, pacs: dict[str, Any]) -> dict[str, Any
     }
 
 
-def _orthanc(stack: ExitStack, config: Path, timings: Timings) -> tuple[OrthancClient, bool]:
-    """Reuse an Orthanc on the configured HTTP port, or start one; True when started."""
+def _orthanc(stack: ExitStack, config: Path, timings: Timings) -> tuple[pyorthanc.Orthanc, bool]:
+    """A client of the Orthanc on the configured HTTP port, started here if none answers;
+    True when started."""
     probe = OrthancServer(config_file=config, workdir=config.resolve().parent.parent / "var")
-    if probe.is_up():
-        probe.close()
-        client = stack.enter_context(_closing(OrthancClient(probe.url)))
-        return client, False
+    if is_up(probe.client):
+        return stack.enter_context(probe.client), False
     with timings.phase("start Orthanc"):
         stack.enter_context(probe)
-    return probe, True
-
-
-@contextmanager
-def _closing(client: OrthancClient) -> Iterator[OrthancClient]:
-    try:
-        yield client
-    finally:
-        client.close()
+    return probe.client, True
 
 
 def run(args: argparse.Namespace) -> int:
@@ -160,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
     timings = Timings()
     with ExitStack() as stack:
         pacs, started_orthanc = _orthanc(stack, args.orthanc_config, timings)
-        system = pacs.system()
+        system = cast(dict[str, Any], pacs.get_system())
         how = f"started from {args.orthanc_config}" if started_orthanc else "reused"
         print(f"Orthanc {system['Version']} AET {system['DicomAet']}:{system['DicomPort']} ({how})")
 
@@ -174,7 +176,9 @@ def run(args: argparse.Namespace) -> int:
             node = stack.enter_context(
                 NodeProcess(node_config(args, destination), workdir=args.work_dir)
             )
-        pacs.add_modality("ainode", node.ae_title, LOCALHOST, node.dicom_port)
+        pacs.put_modalities_id(
+            "ainode", json={"AET": node.ae_title, "Host": LOCALHOST, "Port": node.dicom_port}
+        )
         print(f"node AET {node.ae_title}:{node.dicom_port}, {node.url}, log {node.log_path}")
 
         with timings.phase("generate phantom"):
@@ -182,39 +186,39 @@ def run(args: argparse.Namespace) -> int:
                 n_slices=args.slices, rows=args.rows, columns=args.rows, seed=args.seed
             )
         study_uid = str(datasets[0].StudyInstanceUID)
-        previous = pacs.lookup_study(study_uid)
+        previous = lookup_study(pacs, study_uid)
         if previous is not None:  # same seed, same UIDs: start from a clean study
-            pacs.delete("studies", previous)
+            pacs.delete_studies_id(previous)
         with timings.phase("upload to Orthanc (REST)"):
-            pacs.upload_many(datasets)
-        study_id = pacs.lookup_study(study_uid)
+            upload_many(pacs, datasets)
+        study_id = lookup_study(pacs, study_uid)
         if study_id is None:
             raise OrthancError("the uploaded study is not in Orthanc")
         with timings.phase("send Orthanc -> node (C-STORE)"):
-            answer = pacs.send_to_modality("ainode", [study_id], timeout=args.timeout)
+            answer = send_to_modality(pacs, "ainode", [study_id], timeout=args.timeout)
         if answer.get("FailedInstancesCount"):
             print(f"Orthanc could not send every instance: {answer}", file=sys.stderr)
             return 1
         try:
             with timings.phase("wait for SEG + SR in Orthanc"):
-                found = pacs.wait_for_series(study_uid, ["SEG", "SR"], timeout=args.timeout)
+                found = wait_for_series(pacs, study_uid, ["SEG", "SR"], timeout=args.timeout)
         except TimeoutError:
             print(f"no SEG + SR after {args.timeout:.0f} s; node log tail:", file=sys.stderr)
             print(node.log_tail(), file=sys.stderr)
             return 1
 
         print()
-        print(f"Source study  {pacs.explorer_url('study', study_id)}")
+        print(f"Source study  {explorer_url(pacs, 'study', study_id)}")
         for modality, label in (("SEG", "SEG series"), ("SR", "SR series")):
             for series in found[modality]:
-                print(f"{label:<13} {pacs.explorer_url('series', series['ID'])}")
+                print(f"{label:<13} {explorer_url(pacs, 'series', series['ID'])}")
         print(f"Node results  {node.results_dir}")
         print(
             f"\nPhantom truth: right lung {truth.right_lung_cm3:.1f} cm3, "
             f"left lung {truth.left_lung_cm3:.1f} cm3. The SR says:"
         )
-        sr_instance = pacs.instances(found["SR"][0]["ID"])[0]["ID"]
-        for tracking, concept, value, unit in sr_measurements(pacs.instance_dataset(sr_instance)):
+        sr_instance = found["SR"][0]["Instances"][0]
+        for tracking, concept, value, unit in sr_measurements(instance_dataset(pacs, sr_instance)):
             print(f"  {tracking:<14} {concept:<24} {value:10.1f} {unit}")
         print("\nTimings (seconds)")
         for name, seconds in timings.phases:
@@ -248,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         return run(args)
-    except (NodeStartError, OrthancError) as exc:
+    except (NodeStartError, OrthancError, httpx.HTTPError) as exc:
         print(f"demo failed: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -16,7 +16,6 @@ Sequence.
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,12 +23,12 @@ from dataclasses import dataclass
 import highdicom as hd
 import numpy as np
 from highdicom.sr import CodedConcept
-from highdicom.sr.templates import _get_coded_modality
 from highdicom.sr.value_types import ContentSequence
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
 from pydicom.valuerep import DS
 
 from node.contract.plugin import Prediction
@@ -526,10 +525,41 @@ class _LibraryEncoder:
         return entry
 
 
-@functools.cache
-def _coded_modality(sop_class_uid: str) -> tuple[str, str, str]:
-    code = _get_coded_modality(sop_class_uid)
+def _code(code: Code) -> tuple[str, str, str]:
     return (code.value, code.scheme_designator, code.meaning)
+
+
+#: CID 29 Acquisition Modality of the CT, MR and PET image storage SOP classes, as
+#: highdicom's Image Library codes them (through its private ``_get_coded_modality``,
+#: which the node no longer imports); images of other SOP classes go through
+#: :class:`highdicom.sr.ImageLibrary` itself. tests/test_result_parts.py compares each.
+_CODED_MODALITY: dict[str, tuple[str, str, str]] = {
+    **dict.fromkeys(
+        ("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2"),
+        _code(codes.cid29.ComputedTomography),
+    ),
+    **dict.fromkeys(
+        (
+            "1.2.840.10008.5.1.4.1.1.4",
+            "1.2.840.10008.5.1.4.1.1.4.1",
+            "1.2.840.10008.5.1.4.1.1.4.3",
+            "1.2.840.10008.5.1.4.1.1.4.4",
+        ),
+        _code(codes.cid29.MagneticResonance),
+    ),
+    **dict.fromkeys(
+        (
+            "1.2.840.10008.5.1.4.1.1.128",
+            "1.2.840.10008.5.1.4.1.1.128.1",
+            "1.2.840.10008.5.1.4.1.1.130",
+        ),
+        _code(codes.cid29.PositronEmissionTomography),
+    ),
+}
+
+
+def _coded_modality(sop_class_uid: str) -> tuple[str, str, str]:
+    return _CODED_MODALITY[sop_class_uid]
 
 
 def image_library(images: Sequence[Dataset]) -> Dataset:
@@ -541,7 +571,11 @@ def image_library(images: Sequence[Dataset]) -> Dataset:
     """
     if not images:
         raise ValueError("an Image Library needs at least one image")
-    if any(str(image.get("Modality", "")) not in _CROSS_SECTIONAL for image in images):
+    if any(
+        str(image.get("Modality", "")) not in _CROSS_SECTIONAL
+        or str(image.SOPClassUID) not in _CODED_MODALITY
+        for image in images
+    ):
         return hd.sr.ImageLibrary(list(images))[0]
     encoder = _LibraryEncoder()
     groups: dict[tuple[str, ...], list[Dataset]] = {}

@@ -8,8 +8,8 @@ Examples
 ::
 
     with orthanc_and_node_process(tmp_path, [rule], results=["seg", "sr"]) as (pacs, node):
-        pacs.upload_many(files)
-        pacs.send_to_modality("ainode", [pacs.lookup_study(study_uid)])
+        upload_many(pacs.client, files)
+        send_to_modality(pacs.client, "ainode", [lookup_study(pacs.client, study_uid)])
         objects = one_result_each(pacs, study_uid, ["SEG", "SR"])
 """
 
@@ -29,6 +29,10 @@ from node.orchestration.registry import PluginRegistry
 from tools.net import LOCALHOST, free_port
 from tools.node_process import NodeProcess
 from tools.orthanc import OrthancServer
+from tools.orthanc_rest import (
+    instance_dataset,
+    wait_for_series,
+)
 
 
 @contextmanager
@@ -68,12 +72,12 @@ def one_result_each(
 ) -> dict[str, Dataset]:
     """Wait for ``modalities`` in the study; each must be one series of one instance: those
     instances by modality."""
-    found = pacs.wait_for_series(study_uid, modalities, timeout=timeout)
+    found = wait_for_series(pacs.client, study_uid, modalities, timeout=timeout)
     objects = {}
     for modality, series in found.items():
         (one_series,) = series
         (instance,) = one_series["Instances"]
-        objects[modality] = pacs.instance_dataset(instance)
+        objects[modality] = instance_dataset(pacs.client, instance)
     return objects
 
 
