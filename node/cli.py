@@ -25,7 +25,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         settings = load_settings(args.config)
-        configure(settings.logging.level)
+        configure(settings.logging.level, settings.logging.format)
         node = Node(settings, source=str(args.config or "<embedded defaults>"))
     except ConfigError as exc:
         print(f"ainode: {exc}", file=sys.stderr)
