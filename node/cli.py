@@ -26,7 +26,9 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args.config)
         configure(settings.logging.level, settings.logging.format)
-        node = Node(settings, source=str(args.config or "<embedded defaults>"))
+        node = Node(
+            settings, source=str(args.config or "<embedded defaults>"), load_routines="background"
+        )
     except ConfigError as exc:
         print(f"ainode: {exc}", file=sys.stderr)
         return 2

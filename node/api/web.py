@@ -30,7 +30,6 @@ from node.app import Node
 from node.errors import AinodeError
 from node.jobs.queue import JOB_STATES
 from node.results.radiomics import JSON_FILE as RADIOMICS_JSON
-from node.runtime.plugin import ValidatedInput
 
 log = logging.getLogger(__name__)
 
@@ -308,8 +307,9 @@ def web_router(node: Node, viewer: Dependency, editor: Dependency) -> APIRouter:
             node_info={
                 "AE title": node.settings.node.ae_title,
                 "DICOM port": node.settings.node.dicom_port,
-                "Device": str(node.device),
-                "Plugins": ", ".join(sorted(node.registry.names)) or "none",
+                "Device": str(node.device) if node.device is not None else "loading",
+                "Plugins": ", ".join(sorted(node.registry.names))
+                or ("none" if node.routines_loaded.is_set() else "loading"),
                 "Rules": len(admin.rules.stored()),
                 "Destinations": ", ".join(admin.destinations.mapping()) or "none",
             },
@@ -442,6 +442,9 @@ def web_router(node: Node, viewer: Dependency, editor: Dependency) -> APIRouter:
     @router.get("/plugins")
     def plugins_page(request: Request, principal: Viewer) -> HTMLResponse:
         plugins = admin.plugins()
+        # Listed plugins were imported, so the plugin contract (and torch) is loaded.
+        from node.runtime.plugin import ValidatedInput
+
         for plugin in plugins:
             declared = plugin["validated_on"]
             plugin["validated"] = ValidatedInput(**declared).describe() if declared else ""
