@@ -251,7 +251,10 @@ class Node:
     def results_dir(self) -> Path:
         return self.settings.results_dir
 
-    def start(self) -> None:
+    def start(self, *, defer_routines: bool = False) -> None:
+        """Start every box; with the routines still to load (``load_routines="background"``)
+        also :meth:`start_routines`, unless ``defer_routines`` (the caller does it later,
+        e.g. once the HTTP server listens: the import would slow the server's start)."""
         check_fault_setting()
         self.ingestor.recover()
         # A series still receiving lost its sender with the restart: give the sender's retry
@@ -310,7 +313,15 @@ class Node:
             or ("none" if self.routines_loaded.is_set() else "loading"),
             self.settings.node.data_dir.resolve(),
         )
-        if not self.routines_loaded.is_set():
+        if not defer_routines:
+            self.start_routines()
+
+    def start_routines(self) -> None:
+        """Import the routines and start the workers in a background thread (once; a no-op
+        when they are loaded already)."""
+        with self._life:
+            if self.routines_loaded.is_set() or self._loader is not None or self._stopping:
+                return
             self._loader = threading.Thread(
                 target=self._load_routines, name="routines-loader", daemon=True
             )

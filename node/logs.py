@@ -209,6 +209,7 @@ def configure(level: str = "INFO", log_format: LogFormat = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler, RECENT]
     root.setLevel(level.upper())
+    logging.captureWarnings(True)  # warnings.warn lines in the same format (py.warnings)
     for name in LIBRARY_LOGGERS:
         logging.getLogger(name).setLevel(logging.NOTSET if debug else logging.WARNING)
     # pynetdicom's DEBUG lines would print C-FIND/C-GET/C-MOVE identifiers (patient names).

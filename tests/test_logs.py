@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import sqlite3
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from node.config import settings_from_mapping
-from node.logs import LIBRARY_LOGGERS, RECENT, configure, message_fields
+from node.config import BUILT_IN_CHEST_RULE, settings_from_mapping
+from node.devtools.net import wait_until
+from node.devtools.node_process import NodeProcess
+from node.logs import LIBRARY_LOGGERS, OWN_LOGGERS, RECENT, configure, message_fields
+from node.synthetic.chest_ct import make_chest_ct, write_series
+from tests.support.dcmtk import storescu
+
+#: ``<time> <LEVEL> <logger>: <message>`` (the text format).
+_TEXT_LINE = re.compile(r"^\S+Z (DEBUG|INFO|WARNING|ERROR|CRITICAL) ([\w.]+): ")
 
 
 @pytest.fixture(autouse=True)
@@ -91,3 +101,33 @@ def test_logging_settings_accept_lower_case_and_environment() -> None:
     )
     assert settings.logging.level == "DEBUG" and settings.logging.format == "json"
     assert settings_from_mapping({}, environ={}).logging.format == "text"
+
+
+@pytest.mark.slow
+def test_a_job_at_info_logs_no_library_info_lines(tmp_path: Path) -> None:
+    """A real node and one ct_lungs job at ``logging.level: info``: only the node's own
+    loggers write below WARNING (highdicom alone wrote ~30 INFO lines a job before)."""
+    config = {
+        "rules": [BUILT_IN_CHEST_RULE],
+        "completion": {"series_quiet_seconds": 0.5, "poll_seconds": 0.2},
+        "logging": {"level": "info"},
+    }
+    with NodeProcess(config, workdir=tmp_path / "node") as node:
+        datasets, _ = make_chest_ct(n_slices=24, rows=96, columns=96, seed=43)
+        storescu(node.dicom_port, write_series(datasets, tmp_path / "ct"), called_ae="AINODE")
+        database = node.data_dir / "state.sqlite3"
+
+        def states() -> list[str]:
+            with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
+                return [str(row[0]) for row in db.execute("SELECT state FROM jobs")]
+
+        wait_until(lambda: states() == ["done"], 300, message="the job done")
+    lines = node.log_path.read_text(errors="replace").splitlines()
+    parsed = [(line, *m.groups()) for line in lines if (m := _TEXT_LINE.match(line))]
+    assert any(logger == "node.runtime.worker" for _, _, logger in parsed), "no job lines"
+    library_info = [
+        line
+        for line, level, logger in parsed
+        if level in ("DEBUG", "INFO") and logger.split(".")[0] not in OWN_LOGGERS
+    ]
+    assert not library_info, "\n".join(library_info[:10])
