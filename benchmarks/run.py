@@ -6,6 +6,7 @@ Usage::
     python -m benchmarks --only ingest --count 300 --repeat 3
     python -m benchmarks --only e2e --e2e-runs 2 --json var/bench.json
     python -m benchmarks --only inference --inference-runs 2
+    python -m benchmarks --only startup --startup-runs 10
 
 Benchmarks measure; they assert nothing about speed.
 """
@@ -26,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-SECTIONS = ("ingest", "e2e", "completion", "inference")
+SECTIONS = ("ingest", "e2e", "completion", "inference", "startup")
 
 
 def machine() -> dict[str, Any]:
@@ -121,6 +122,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--inference-runs", type=int, default=1, help="node/reference pairs")
     parser.add_argument("--inference-slices", type=int, default=300, help="CT slices (inference)")
     parser.add_argument("--inference-device", default="cpu", help="torch device (inference)")
+    parser.add_argument("--startup-runs", type=int, default=10, help="node starts (startup)")
+    parser.add_argument(
+        "--startup-cwd", type=Path, help="checkout whose node is started (startup; default: this)"
+    )
     parser.add_argument("--json", type=Path, help="write the results as JSON here")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     return parser.parse_args(argv)
@@ -187,6 +192,17 @@ def main(argv: list[str] | None = None) -> int:
                     device=args.inference_device,
                 ),
             )
+        if "startup" in sections:
+            from benchmarks.startup import run_startup
+
+            attempt(
+                "startup",
+                lambda: run_startup(
+                    runs=args.startup_runs,
+                    workdir=workdir / "startup",
+                    **({"cwd": args.startup_cwd.resolve()} if args.startup_cwd else {}),
+                ),
+            )
     finally:
         if args.keep:
             print(f"work directory kept: {workdir}", file=sys.stderr)
@@ -196,12 +212,14 @@ def main(argv: list[str] | None = None) -> int:
     lines = [f"machine: {report['machine']['cpus']} CPUs, cuda={report['machine'].get('cuda')}"]
     from benchmarks.completion import completion_table
     from benchmarks.inference import inference_table
+    from benchmarks.startup import startup_table
 
     renderers = (
         ("ingest", ingest_table),
         ("end_to_end", e2e_table),
         ("completion", completion_table),
         ("inference", inference_table),
+        ("startup", startup_table),
     )
     for key, render in renderers:
         if key not in report:

@@ -1,8 +1,13 @@
 """Wiring: one :class:`Node` owns every box and starts/stops them in order.
 
-Start order: state → plugins → DICOM listener → completion timer →
-workers → exporter. Stop is the reverse, so nothing new is accepted while
-work in flight finishes.
+Start order: state → DICOM listener → completion timer → exporter, then the routines
+(plugins, torch, MONAI) and workers. Stop is the reverse, so nothing new is accepted
+while work in flight finishes.
+
+With ``load_routines="background"`` (``ainode serve``) the routines are imported and the
+workers made in a thread that :meth:`Node.start` starts last, so the DICOM listener and
+the HTTP API answer within a second; until the routines are loaded ``/readyz`` says
+``routines loading`` and due jobs wait in the queue.
 """
 
 from __future__ import annotations
@@ -14,20 +19,20 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
-import torch
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from node.admin.service import AdminService
 from node.config import Settings, check_plugins_known
 from node.dicom.scp import StorageSCP
 from node.export.exporter import Exporter, RecoveryProbe
-from node.faults import check_fault_setting
+from node.faults import check_fault_setting, delay_point
 from node.jobs.queue import JobQueue
 from node.orchestration.completion import CompletionMonitor
 from node.orchestration.dispatch import Dispatcher
 from node.orchestration.ingest import Ingestor
-from node.orchestration.registry import PluginRegistry, select_devices
+from node.orchestration.registry import PluginRegistry, plugin_names, select_devices
 from node.orchestration.worker import InferenceWorker
 from node.pull.service import PullService, SenderCountChecker
 from node.pull.store import PullStore
@@ -35,6 +40,11 @@ from node.spool import Spool
 from node.state.db import Database, check_integrity
 from node.state.dicom_audit import DicomAudit
 from node.state.series import SeriesStore
+
+if TYPE_CHECKING:
+    import torch
+
+    from node.orchestration.worker import InferenceWorker
 
 log = logging.getLogger(__name__)
 
@@ -49,16 +59,24 @@ class Node:
         source: str = "<config>",
         clock: Callable[[], float] = time.time,
         registry: PluginRegistry | None = None,
+        load_routines: Literal["now", "background"] = "now",
     ) -> None:
         self.settings = settings
         self.clock = clock
+        #: Set once the routines are imported and the workers made (see :meth:`start`).
+        self.routines_loaded = threading.Event()
+        #: Why the routines could not be loaded (then no job runs), else None.
+        self.routines_problem: str | None = None
+        self._loader: threading.Thread | None = None
+        self._stopping = False
+        background = registry is None and load_routines == "background"
         if registry is None:
-            registry = PluginRegistry.discover(settings.workers.gpu_memory_budget_mb)
-            registry.configure(settings.models, settings.templates_dir)
+            registry = PluginRegistry(settings.workers.gpu_memory_budget_mb)
+            if not background:
+                registry.load(settings.models, settings.templates_dir)
         self.registry = registry
-        check_plugins_known(
-            settings, self.registry.names | set(self.registry.errors), source=source
-        )
+        known = plugin_names(settings.models) if background else registry.known_names()
+        check_plugins_known(settings, known, source=source)
         data_dir = settings.node.data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
         check_integrity(settings.database_path)  # refuses to start on a damaged file
@@ -79,22 +97,20 @@ class Node:
             aborted_grace_seconds=settings.completion.aborted_grace_seconds,
             audit=self.dicom_audit,
         )
-        self.devices = select_devices(settings.workers.device, settings.workers.devices)
-        self.device = self.devices[0]
+        #: One per device, made with the routines (:meth:`_make_workers`).
+        self.devices: list[torch.device] = []
+        self.workers: list[InferenceWorker] = []
         # Rules and destinations live in the database (seeded from the YAML on first start).
         self.admin = AdminService(
             self.db,
             self.registry,
             clock=clock,
             calling_ae=settings.node.ae_title,
-            device=self.device,
+            device=None,  # set by _make_workers
             force_complete=lambda uid: self.completion.force(uid),
             wake=self._wake,
         )
         self.admin.seed_from_config(settings.rules, settings.destinations)
-        if any(device.type == "cpu" for device in self.devices):
-            threads = settings.workers.cpu_threads or max(1, (os.cpu_count() or 1) - 1)
-            torch.set_num_threads(threads)
         self.exporter = Exporter(
             self.queue,
             self.admin.destinations.mapping,
@@ -109,26 +125,6 @@ class Node:
             clock=clock,
             on_release=self.exporter.wake,
         )
-        # One long-lived worker per device; each claims from the shared queue.
-        self.workers = [
-            InferenceWorker(
-                self.queue,
-                self.series,
-                self.registry,
-                device=device,
-                results_dir=settings.results_dir,
-                templates_dir=settings.templates_dir,
-                clock=clock,
-                on_results=self.exporter.wake,
-                job_timeout_seconds=settings.workers.job_timeout_seconds,
-                prefetch=settings.workers.prefetch,
-                # The exporter's source too: the database (the YAML only seeds it).
-                destinations=self.admin.destinations.mapping,
-                rules=lambda: self.admin.rules.active(),
-            )
-            for device in self.devices
-        ]
-        self.worker = self.workers[0]
         self.pulls = PullStore(self.db)
         self.dispatcher = Dispatcher(
             self.series,
@@ -165,6 +161,82 @@ class Node:
             clock=clock,
         )
         self._scheduler: BackgroundScheduler | None = None
+        self._life = threading.Lock()  # orders a late loader against stop()
+        if not background:
+            self._make_workers()
+            self.routines_loaded.set()
+
+    @property
+    def device(self) -> torch.device | None:
+        """The first worker's device; None while the routines load."""
+        return self.devices[0] if self.devices else None
+
+    @property
+    def worker(self) -> InferenceWorker:
+        """The first worker (the only one on a single-device node)."""
+        if not self.workers:
+            raise RuntimeError("the routines are not loaded yet: no worker")
+        return self.workers[0]
+
+    def _make_workers(self) -> None:
+        """Devices, torch's CPU threads and one long-lived worker per device (each claims
+        from the shared queue); imports torch and the routines' result code."""
+        import torch
+
+        from node.orchestration.worker import InferenceWorker
+
+        settings = self.settings
+        devices = select_devices(settings.workers.device, settings.workers.devices)
+        if any(device.type == "cpu" for device in devices):
+            threads = settings.workers.cpu_threads or max(1, (os.cpu_count() or 1) - 1)
+            torch.set_num_threads(threads)
+        self.workers = [
+            InferenceWorker(
+                self.queue,
+                self.series,
+                self.registry,
+                device=device,
+                results_dir=settings.results_dir,
+                templates_dir=settings.templates_dir,
+                clock=self.clock,
+                on_results=self.exporter.wake,
+                job_timeout_seconds=settings.workers.job_timeout_seconds,
+                prefetch=settings.workers.prefetch,
+                # The exporter's source too: the database (the YAML only seeds it).
+                destinations=self.admin.destinations.mapping,
+                rules=lambda: self.admin.rules.active(),
+            )
+            for device in devices
+        ]
+        self.devices = devices
+        self.admin.device = devices[0]
+
+    def _load_routines(self) -> None:
+        """The background start: import the plugins, make and start the workers."""
+        started = time.monotonic()
+        try:
+            delay_point("routines_loading")
+            self.registry.load(self.settings.models, self.settings.templates_dir)
+            self._make_workers()
+        except Exception as exc:
+            self.routines_problem = f"routines failed to load: {type(exc).__name__}: {exc}"
+            log.exception("routines failed to load")
+            return
+        for name in sorted({rule.plugin for rule in self.admin.rules.active()}):
+            if name not in self.registry.known_names():
+                log.error("rule names a plugin that did not load plugin=%s", name)
+        with self._life:
+            if self._stopping:
+                return
+            for worker in self.workers:
+                worker.start()
+            self.routines_loaded.set()
+        log.info(
+            "routines loaded seconds=%.2f devices=%s plugins=%s",
+            time.monotonic() - started,
+            ",".join(str(d) for d in self.devices),
+            ",".join(sorted(self.registry.names)) or "none",
+        )
 
     def _wake(self) -> None:
         """After an admin job action: let the worker and exporter look at the queue now."""
@@ -179,7 +251,10 @@ class Node:
     def results_dir(self) -> Path:
         return self.settings.results_dir
 
-    def start(self) -> None:
+    def start(self, *, defer_routines: bool = False) -> None:
+        """Start every box; with the routines still to load (``load_routines="background"``)
+        also :meth:`start_routines`, unless ``defer_routines`` (the caller does it later,
+        e.g. once the HTTP server listens: the import would slow the server's start)."""
         check_fault_setting()
         self.ingestor.recover()
         # A series still receiving lost its sender with the restart: give the sender's retry
@@ -233,10 +308,24 @@ class Node:
             self.settings.node.ae_title,
             self.settings.node.dicom_port if self.settings.node.plain_dicom else "off",
             tls.port if tls is not None else "off",
-            ",".join(str(d) for d in self.devices),
-            ",".join(sorted(self.registry.names)) or "none",
+            ",".join(str(d) for d in self.devices) or "loading",
+            ",".join(sorted(self.registry.names))
+            or ("none" if self.routines_loaded.is_set() else "loading"),
             self.settings.node.data_dir.resolve(),
         )
+        if not defer_routines:
+            self.start_routines()
+
+    def start_routines(self) -> None:
+        """Import the routines and start the workers in a background thread (once; a no-op
+        when they are loaded already)."""
+        with self._life:
+            if self.routines_loaded.is_set() or self._loader is not None or self._stopping:
+                return
+            self._loader = threading.Thread(
+                target=self._load_routines, name="routines-loader", daemon=True
+            )
+            self._loader.start()
 
     def _schedule_retention(self, scheduler: BackgroundScheduler) -> None:
         """Nightly (``retention.schedule``) pass, plus a pass whenever a periodic
@@ -273,6 +362,8 @@ class Node:
         )
 
     def stop(self) -> None:
+        with self._life:
+            self._stopping = True  # a loader still running starts no worker
         self.puller.stop()
         self.sender_counts.stop()
         self.scp.stop()

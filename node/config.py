@@ -40,6 +40,8 @@ ENV_OVERRIDES: Mapping[str, tuple[str, str]] = {
     "AINODE_DICOM_PORT": ("node", "dicom_port"),
     "AINODE_HTTP_PORT": ("node", "http_port"),
     "AINODE_DATA_DIR": ("node", "data_dir"),
+    "AINODE_LOG_LEVEL": ("logging", "level"),
+    "AINODE_LOG_FORMAT": ("logging", "format"),
 }
 
 #: Validation-context key: ``{CHECK_FILES: False}`` skips reading TLS files (stored values).
@@ -676,7 +678,15 @@ class SecuritySettings(_Strict):
 
 
 class LoggingSettings(_Strict):
+    #: ``debug`` also lets the libraries (highdicom, pydicom, pynetdicom, …) log below WARNING.
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    #: ``text`` (``<time> <LEVEL> <logger>: <message>``) or ``json`` (one object a line).
+    format: Literal["text", "json"] = "text"
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
 
 
 class Settings(_Strict):

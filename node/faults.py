@@ -35,6 +35,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections import Counter
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,12 @@ POINTS: dict[str, str] = {
     "result_file_half_written": "worker: half of the first result file's bytes are written",
     "results_written": "worker: result files and manifest written, the job not yet exporting",
     "export_first_object_sent": "export: the first object was acknowledged, the rest unsent",
+}
+
+#: ``AINODE_DELAY=<point>:<seconds>[,...]`` sleeps there instead (tests of slow steps).
+DELAY_VARIABLE = "AINODE_DELAY"
+DELAY_POINTS: dict[str, str] = {
+    "routines_loading": "app: the background start is about to import the routines",
 }
 
 _reached: Counter[str] = Counter()
@@ -81,6 +88,32 @@ def check_fault_setting() -> None:
     armed = sorted(f"{name}:{count}" for name, count in requested.items() if name in POINTS)
     if armed:
         log.warning("fault injection armed points=%s", ",".join(armed))
+    delays = _delays()
+    for name in sorted(delays.keys() - DELAY_POINTS.keys()):
+        log.error("unknown delay point ignored name=%s known=%s", name, ",".join(DELAY_POINTS))
+    if delays:
+        log.warning("delays armed points=%s", ",".join(f"{n}:{s:g}" for n, s in delays.items()))
+
+
+def _delays() -> dict[str, float]:
+    """``AINODE_DELAY`` as point → seconds (malformed items left out)."""
+    delays: dict[str, float] = {}
+    for item in os.environ.get(DELAY_VARIABLE, "").split(","):
+        name, _, seconds = item.strip().partition(":")
+        try:
+            delays[name] = float(seconds)
+        except ValueError:
+            continue
+    return delays
+
+
+def delay_point(name: str) -> None:
+    """Sleep the seconds ``AINODE_DELAY`` gives ``name`` (a no-op when unset)."""
+    assert name in DELAY_POINTS, name
+    seconds = _delays().get(name, 0.0) if os.environ.get(DELAY_VARIABLE) else 0.0
+    if seconds > 0:
+        log.warning("delay injected point=%s seconds=%g", name, seconds)
+        time.sleep(seconds)
 
 
 def fault_point(name: str) -> None:

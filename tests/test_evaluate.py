@@ -50,10 +50,10 @@ from node.evaluation import (
     EvaluationOptions,
     write_report,
 )
-from node.evaluation import evaluate as run_evaluation
 from node.evaluation.classification import score_finding
 from node.evaluation.detection import PredictedMark, ReferenceBox, froc, hits
 from node.evaluation.evaluate import SCHEMA_PATH
+from node.evaluation.evaluate import evaluate as run_evaluation
 from node.evaluation.segmentation import score_segment
 from node.evaluation.shadow import ShadowSource
 from node.evaluation.stats import wilson

@@ -93,6 +93,9 @@ class NodeProcess(LocalProcess):
         the data directory. A temporary directory, removed on exit, when omitted.
     startup_timeout
         Seconds to wait for ``/healthz`` (importing torch takes a while on a small CPU).
+    wait_for_routines
+        Also wait until ``/healthz`` reports the routines loaded (the node answers before
+        it has imported them); False returns as soon as the listener and API are up.
     python
         Interpreter that runs ``-m node``.
     env
@@ -115,8 +118,10 @@ class NodeProcess(LocalProcess):
         env: Mapping[str, str] | None = None,
         cwd: Path = PROJECT_ROOT,
         https_ca: Path | None = None,
+        wait_for_routines: bool = True,
     ) -> None:
         self._cwd = cwd
+        self._wait_for_routines = wait_for_routines
         #: Verifies the node's HTTPS certificate (``node.https``) against this CA file.
         self.verify: ssl.SSLContext | bool = (
             ssl.create_default_context(cafile=str(https_ca)) if https_ca else True
@@ -182,7 +187,8 @@ class NodeProcess(LocalProcess):
         return True
 
     def _launch(self) -> None:
-        """Start ``ainode serve`` and wait until ``/healthz`` answers 200."""
+        """Start ``ainode serve`` and wait until ``/healthz`` answers 200 (with the
+        routines loaded, unless ``wait_for_routines`` is False)."""
         self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False), "utf-8")
         env = {k: v for k, v in os.environ.items() if not k.startswith("AINODE_")}
         env.update({"TCP_NODELAY": "1", "PYTHONUNBUFFERED": "1", **self._extra_env})
@@ -207,7 +213,12 @@ class NodeProcess(LocalProcess):
                         f"log {self.log_path} tail:\n{tail(self.log_path)}"
                     )
                 try:
-                    if client.get(f"{self.url}/healthz").status_code == 200:
+                    health = client.get(f"{self.url}/healthz")
+                    loaded = health.status_code == 200 and (
+                        not self._wait_for_routines
+                        or health.json().get("routines", "loaded") == "loaded"
+                    )
+                    if loaded:
                         log.info(
                             "node_started pid=%s dicom_port=%s http_port=%s seconds=%.2f",
                             self._process.pid,

@@ -12,9 +12,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from node.admin.catalog import SeriesCatalog
 from node.admin.destinations import (
@@ -45,6 +43,9 @@ from node.state.audit import AuditEntry, AuditLog
 from node.state.db import Database
 from node.state.retention import RetentionStore
 from node.state.series import SeriesRow, SeriesStore
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +195,7 @@ class AdminService:
     # -- plugins ------------------------------------------------------------------------
 
     def plugin_names(self) -> set[str]:
-        return self.registry.names | set(self.registry.errors)
+        return self.registry.known_names()
 
     def plugins(self) -> list[dict[str, Any]]:
         """Installed plugins, then those that failed to import or be configured.

@@ -207,7 +207,8 @@ def create_app(node: Node) -> FastAPI:
             "version": __version__,
             "ae_title": node.settings.node.ae_title,
             "dicom_port": node.settings.node.dicom_port,
-            "device": str(node.device),
+            "device": str(node.device) if node.device is not None else None,
+            "routines": "loaded" if node.routines_loaded.is_set() else "loading",
             "plugins": sorted(node.registry.names),
             "plugin_errors": node.registry.errors,
             "jobs": node.queue.depth(),
@@ -217,10 +218,15 @@ def create_app(node: Node) -> FastAPI:
 
     @app.get("/readyz", tags=["health"])
     def readyz() -> JSONResponse:
-        """200 when the node can take and process work: listener, workers, database."""
+        """200 when the node can take and process work: listener, routines, workers, database.
+
+        Until the routines (plugins, torch) are loaded: 503, ``problems: ["routines loading"]``.
+        """
+        loaded = node.routines_loaded.is_set()
         checks = {
             "dicom_listener": node.scp.running,
-            "worker": node.worker.running,
+            "routines_loaded": loaded,
+            "worker": loaded and all(w.running for w in node.workers),
             "exporter": node.exporter.running,
         }
         try:
@@ -231,6 +237,8 @@ def create_app(node: Node) -> FastAPI:
         # A worker that cannot write a job's state (e.g. the disk is full) says why.
         problems = [w.problem for w in node.workers if w.problem is not None]
         checks["job_state_recorded"] = not problems
+        if not loaded:
+            problems.insert(0, node.routines_problem or "routines loading")
         ready = all(checks.values())
         body: dict[str, Any] = {"status": "ready" if ready else "not ready", "checks": checks}
         if problems:

@@ -9,10 +9,10 @@ started. ``process_*``, ``python_*`` and ``ainode_build_info`` come with them.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-import torch
 from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -141,7 +141,9 @@ class NodeCollector(Collector):
         memory = GaugeMetricFamily(
             "ainode_gpu_memory_bytes", "GPU memory held by this process", labels=["device", "kind"]
         )
-        if torch.cuda.is_available():
+        # Only once the routines imported torch: the metric must not import it.
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_available():
             for index in range(torch.cuda.device_count()):
                 device = f"cuda:{index}"
                 memory.add_metric([device, "allocated"], torch.cuda.memory_allocated(index))

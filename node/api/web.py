@@ -308,8 +308,9 @@ def web_router(node: Node, viewer: Dependency, editor: Dependency) -> APIRouter:
             node_info={
                 "AE title": node.settings.node.ae_title,
                 "DICOM port": node.settings.node.dicom_port,
-                "Device": str(node.device),
-                "Plugins": ", ".join(sorted(node.registry.names)) or "none",
+                "Device": str(node.device) if node.device is not None else "loading",
+                "Plugins": ", ".join(sorted(node.registry.names))
+                or ("none" if node.routines_loaded.is_set() else "loading"),
                 "Rules": len(admin.rules.stored()),
                 "Destinations": ", ".join(admin.destinations.mapping()) or "none",
             },
@@ -442,6 +443,8 @@ def web_router(node: Node, viewer: Dependency, editor: Dependency) -> APIRouter:
     @router.get("/plugins")
     def plugins_page(request: Request, principal: Viewer) -> HTMLResponse:
         plugins = admin.plugins()
+        # Listed plugins were imported, so the plugin contract (and torch) is loaded.
+
         for plugin in plugins:
             declared = plugin["validated_on"]
             plugin["validated"] = ValidatedInput(**declared).describe() if declared else ""

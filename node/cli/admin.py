@@ -36,7 +36,9 @@ def _service(args: argparse.Namespace) -> Any:
 
     settings = load_settings(args.config)
     db = Database(settings.database_path)
-    admin = AdminService(db, PluginRegistry.discover(), calling_ae=settings.node.ae_title)
+    # Rules are checked against the plugins' names; none is imported (no torch for a CLI).
+    registry = PluginRegistry.names_only(settings.models)
+    admin = AdminService(db, registry, calling_ae=settings.node.ae_title)
     admin.seed_from_config(settings.rules, settings.destinations)
     return admin
 

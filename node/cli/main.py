@@ -6,6 +6,8 @@ import argparse
 import logging
 import signal
 import sys
+import threading
+import time
 from pathlib import Path
 from types import FrameType
 
@@ -16,24 +18,28 @@ log = logging.getLogger(__name__)
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from node.api.app import create_app
     from node.app import Node
     from node.config import load_settings
     from node.logs import configure
 
     try:
         settings = load_settings(args.config)
-        configure(settings.logging.level)
-        node = Node(settings, source=str(args.config or "<embedded defaults>"))
+        configure(settings.logging.level, settings.logging.format)
+        node = Node(
+            settings, source=str(args.config or "<embedded defaults>"), load_routines="background"
+        )
     except ConfigError as exc:
         print(f"ainode: {exc}", file=sys.stderr)
         return 2
     except DatabaseCorrupt as exc:
         print(f"ainode: {exc}", file=sys.stderr)
         return 3
-    node.start()
+    node.start(defer_routines=True)  # the routines load once HTTP listens (below)
+    # The DICOM listener is up; FastAPI and uvicorn are imported only now.
+    import uvicorn
+
+    from node.api.app import create_app
+
     https = settings.node.https
     # TLS 1.2+ with the BCP 195 suites, like the DICOM TLS listener.
     tls_options = (
@@ -55,6 +61,12 @@ def _serve(args: argparse.Namespace) -> int:
     def _terminate(signum: int, frame: FrameType | None) -> None:
         server.should_exit = True
 
+    def _routines_once_listening() -> None:
+        while not server.started and not server.should_exit:
+            time.sleep(0.01)
+        node.start_routines()
+
+    threading.Thread(target=_routines_once_listening, name="routines-start", daemon=True).start()
     signal.signal(signal.SIGTERM, _terminate)
     log.info("%s listening port=%d", "HTTPS" if https else "HTTP", settings.node.http_port)
     try:

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # the contract imports without torch; routines bring it
+    import torch
 
 #: Axis code → (patient axis in LPS order, sign of the LPS component it points along).
 _CODES: dict[str, tuple[int, float]] = {

@@ -15,15 +15,18 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from node.contract.geometry import acquisition_plane, reorientation
 from node.contract.image_attributes import sop_class_name, sop_class_uid
 from node.contract.images import image_problems
 from node.contract.volume import Volume
 from node.errors import InputRejected, JobTimeout
+
+if TYPE_CHECKING:  # the contract imports without torch; routines bring it
+    import torch
 
 
 @dataclass(frozen=True)

@@ -108,7 +108,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         return 2
     try:
         settings = load_settings(args.config)
-        configure(settings.logging.level)
+        configure(settings.logging.level, settings.logging.format)
         registry = PluginRegistry.discover(settings.workers.gpu_memory_budget_mb)
         registry.configure(settings.models, settings.templates_dir)
         device = select_device(args.device or settings.workers.device)

@@ -28,18 +28,30 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from node.contract.plugin import Factory, InferencePlugin, PluginInfo
 from node.errors import PluginError
+
+if TYPE_CHECKING:  # torch is imported when plugins are
+    import torch
 
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "ainode.plugins"
 #: Share of a GPU's memory the model cache may fill when no budget is configured.
 DEFAULT_GPU_BUDGET_FRACTION = 0.8
+
+
+def plugin_names(models: Mapping[str, Any] | None = None) -> set[str]:
+    """The plugin names :meth:`PluginRegistry.load` will know, found without importing any:
+    the sub-packages of :mod:`plugins`, the ``ainode.plugins`` entry points and
+    ``models``."""
+    import plugins
+
+    names = {m.name for m in pkgutil.iter_modules(plugins.__path__) if m.ispkg}
+    names |= {entry.name for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+    return names | set(models or {})
 
 
 @dataclass(frozen=True)
@@ -64,19 +76,45 @@ class PluginRegistry:
         self._load_errors: dict[tuple[str, str], str] = {}
         self._loaded: OrderedDict[tuple[str, str], InferencePlugin] = OrderedDict()
         self._lock = threading.RLock()
+        #: Names expected while :meth:`load` runs (in the background at start-up).
+        self._pending: set[str] = set()
         self.gpu_memory_budget_mb = gpu_memory_budget_mb
 
     @classmethod
     def discover(cls, gpu_memory_budget_mb: int | None = None) -> PluginRegistry:
         registry = cls(gpu_memory_budget_mb)
+        registry.import_plugins()
+        return registry
+
+    @classmethod
+    def names_only(cls, models: Mapping[str, Any] | None = None) -> PluginRegistry:
+        """A registry that knows the plugins' names (:func:`plugin_names`) and imports
+        none: for commands that only check rules against them."""
+        registry = cls()
+        registry._pending = plugin_names(models)
+        return registry
+
+    def import_plugins(self) -> None:
+        """Import the plugins of :mod:`plugins` and of the ``ainode.plugins`` entry points."""
         import plugins
 
         for module in pkgutil.iter_modules(plugins.__path__, prefix="plugins."):
             if module.ispkg:
-                registry._import(module.name.removeprefix("plugins."), module.name)
+                self._import(module.name.removeprefix("plugins."), module.name)
         for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-            registry._import(entry.name, entry.value, entry_point=entry)
-        return registry
+            self._import(entry.name, entry.value, entry_point=entry)
+
+    def load(self, models: Mapping[str, Any], templates_dir: Path | None = None) -> None:
+        """:meth:`import_plugins` then :meth:`configure`; until it returns,
+        :meth:`known_names` also holds the names expected (:func:`plugin_names`)."""
+        with self._lock:
+            self._pending = plugin_names(models)
+        try:
+            self.import_plugins()
+            self.configure(models, templates_dir)
+        finally:
+            with self._lock:
+                self._pending = set()
 
     # -- registration ---------------------------------------------------------
 
@@ -97,16 +135,18 @@ class PluginRegistry:
 
     def register_factory(self, info: PluginInfo, factory: Factory) -> None:
         """Register a plugin made by ``factory`` (configured model instances)."""
-        if info.name in self._factories:
-            raise PluginError(
-                f"plugin name {info.name!r} is taken by {self._info[info.name].source}"
-            )
-        self._factories[info.name] = factory
-        self._info[info.name] = info
-        self._errors.pop(info.name, None)
+        with self._lock:
+            if info.name in self._factories:
+                raise PluginError(
+                    f"plugin name {info.name!r} is taken by {self._info[info.name].source}"
+                )
+            self._factories[info.name] = factory
+            self._info[info.name] = info
+            self._errors.pop(info.name, None)
 
     def record_error(self, name: str, reason: str) -> None:
-        self._errors[name] = reason
+        with self._lock:
+            self._errors[name] = reason
         log.error("plugin unavailable name=%s reason=%s", name, reason)
 
     def _import(
@@ -115,6 +155,8 @@ class PluginRegistry:
         target: str,
         entry_point: importlib.metadata.EntryPoint | None = None,
     ) -> None:
+        from node.contract.plugin import InferencePlugin
+
         try:
             loaded = entry_point.load() if entry_point else importlib.import_module(target)
             plugin = getattr(loaded, "PLUGIN", loaded)
@@ -143,14 +185,22 @@ class PluginRegistry:
 
     @property
     def names(self) -> set[str]:
-        return set(self._factories)
+        with self._lock:
+            return set(self._factories)
 
     @property
     def errors(self) -> dict[str, str]:
-        return dict(self._errors)
+        with self._lock:
+            return dict(self._errors)
+
+    def known_names(self) -> set[str]:
+        """Plugins, failed imports, and (while :meth:`load` runs) the names expected."""
+        with self._lock:
+            return set(self._factories) | set(self._errors) | self._pending
 
     def info(self) -> list[PluginInfo]:
-        return [self._info[name] for name in sorted(self._info)]
+        with self._lock:
+            return [self._info[name] for name in sorted(self._info)]
 
     def loaded_devices(self) -> dict[str, list[str]]:
         """Devices each plugin is loaded on now (plugins load on first use)."""
@@ -217,6 +267,8 @@ class PluginRegistry:
             return float("inf")
         if self.gpu_memory_budget_mb is not None:
             return float(self.gpu_memory_budget_mb)
+        import torch
+
         total = torch.cuda.get_device_properties(device).total_memory / 2**20
         return total * DEFAULT_GPU_BUDGET_FRACTION
 
@@ -285,6 +337,8 @@ def select_devices(preference: str, devices: list[str] | None = None) -> list[to
     CPU; ``cuda`` → every visible CUDA device; anything else → that one device.
     ``CUDA_VISIBLE_DEVICES`` decides what "visible" means (torch reads it).
     """
+    import torch
+
     if devices:
         return [torch.device(d) for d in devices]
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0

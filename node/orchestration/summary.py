@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from node.contract.plugin import Prediction
-from node.engine.quality import Decision, Measurements
+if TYPE_CHECKING:  # the console reads summaries without the routines' imports
+    from node.contract.plugin import Prediction
+    from node.engine.quality import Decision, Measurements
 
 SUMMARY_NAME = "prediction.json"
 #: Bumped when a field changes meaning (adding fields does not bump it).

@@ -32,11 +32,9 @@ import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import highdicom as hd
 import numpy as np
-from highdicom.sr import CodedConcept
 from pydicom.dataset import Dataset
 from pydicom.valuerep import DS
 
@@ -50,6 +48,12 @@ from node.results.radiomics_codes import (
     feature_code,
     ucum_unit,
 )
+
+if TYPE_CHECKING:  # highdicom is imported by the SR functions (not by the API's reading)
+    import highdicom as hd
+
+    from node.contract.template import ResultTemplate
+    from node.contract.volume import Volume
 
 log = logging.getLogger(__name__)
 
@@ -391,6 +395,8 @@ def _rows(
 
 def algorithm_identification(result: RadiomicsResult) -> hd.sr.AlgorithmIdentification:
     """TID 4019 of every feature: pyradiomics, its version, the parameter set's hash."""
+    import highdicom as hd
+
     settings = result.parameters["settings"]
     return hd.sr.AlgorithmIdentification(
         name="pyradiomics",
@@ -411,6 +417,9 @@ def sr_measurements(result: RadiomicsResult, label_value: int) -> list[hd.sr.Mea
     The reference for :func:`sr_measurement_items`, which encodes the same items
     directly (a test compares them).
     """
+    import highdicom as hd
+    from highdicom.sr import CodedConcept
+
     algorithm = algorithm_identification(result)
     return [
         hd.sr.Measurement(
