@@ -26,14 +26,14 @@ from node.dispatch import Dispatcher
 from node.export.exporter import Exporter, RecoveryProbe
 from node.faults import check_fault_setting
 from node.ingest import Ingestor
-from node.jobs.queue import JobQueue
 from node.pull.service import PullService, SenderCountChecker
-from node.pull.store import PullStore
 from node.runtime.registry import PluginRegistry, select_devices
 from node.runtime.worker import InferenceWorker
 from node.spool import Spool
 from node.state.db import Database, check_integrity
 from node.state.dicom_audit import DicomAudit
+from node.state.jobs import JobQueue
+from node.state.pulls import PullStore
 from node.state.series import SeriesStore
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ from pathlib import Path
 from types import FrameType
 
 from node import __version__
-from node.errors import ConfigError, DatabaseCorrupt
+from node.errors import ConfigError, DatabaseCorrupt, DatabaseTooNew
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"ainode: {exc}", file=sys.stderr)
         return 2
-    except DatabaseCorrupt as exc:
+    except (DatabaseCorrupt, DatabaseTooNew) as exc:
         print(f"ainode: {exc}", file=sys.stderr)
         return 3
     node.start()

@@ -2,7 +2,7 @@ import logging
 from pathlib import Path
 
 from node.completion import CompletionMonitor
-from node.jobs.queue import JobQueue
+from node.state.jobs import JobQueue
 from node.state.series import InstanceRecord, SeriesStore
 from tests.support.jobs import enqueue_job
 

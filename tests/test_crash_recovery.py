@@ -33,11 +33,11 @@ from node.config import BUILT_IN_CHEST_RULE, DestinationSettings
 from node.devtools.node_process import NodeProcess
 from node.devtools.orthanc import OrthancServer
 from node.export.exporter import Exporter
-from node.jobs.queue import JobQueue
 from node.results.manifest import check_results, write_manifest
 from node.runtime.plugin import Accepts, InferencePlugin, Prediction
 from node.runtime.registry import PluginRegistry
 from node.state.db import Database
+from node.state.jobs import JobQueue
 from node.state.series import InstanceRecord, SeriesStore
 from node.synthetic.chest_ct import make_chest_ct, write_series
 from tests.support.admin import served_node

@@ -46,7 +46,6 @@ from node.evaluation.example import reference_seg, shift_columns, write_lung_dat
 from node.evaluation.segmentation import score_segment
 from node.evaluation.shadow import ShadowSource
 from node.evaluation.stats import wilson
-from node.jobs.queue import JobQueue
 from node.results.summary import prediction_json, write_summary
 from node.results.template import load_template_by_name
 from node.runtime.plugin import (
@@ -62,6 +61,7 @@ from node.runtime.registry import PluginRegistry
 from node.runtime.volume import Volume, assemble_volume
 from node.runtime.worker import InferenceWorker
 from node.state.db import Database
+from node.state.jobs import JobQueue
 from node.state.series import InstanceRecord, SeriesStore
 from node.synthetic.chest_ct import make_chest_ct, write_series
 

@@ -17,8 +17,8 @@ from node.devtools.orthanc import OrthancServer
 from node.errors import ExportError
 from node.export.dimse import echo, send_files
 from node.export.exporter import Exporter, retry_delay
-from node.jobs.queue import JobQueue
 from node.results.kinds import file_name
+from node.state.jobs import JobQueue
 from node.synthetic.chest_ct import make_chest_ct, write_series
 from tests.support.dcmtk import StoreSCP
 from tests.support.jobs import job_with_results

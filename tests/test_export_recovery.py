@@ -17,7 +17,7 @@ from node.devtools.net import LOCALHOST
 from node.devtools.node_process import NodeProcess
 from node.devtools.orthanc import OrthancServer
 from node.export.exporter import Exporter, RecoveryProbe, retry_delay
-from node.jobs.queue import JobQueue
+from node.state.jobs import JobQueue
 from node.synthetic.chest_ct import make_chest_ct, write_series
 from tests.support.dcmtk import StoreSCP, storescu
 from tests.support.jobs import job_with_results

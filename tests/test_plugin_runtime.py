@@ -14,7 +14,6 @@ import torch
 from node.cli import main as cli_main
 from node.config import settings_from_mapping
 from node.errors import InputRejected, PluginError
-from node.jobs.queue import JobQueue
 from node.results.kinds import file_tag
 from node.runtime.plugin import (
     Accepts,
@@ -27,6 +26,7 @@ from node.runtime.plugin import (
 from node.runtime.registry import PluginInfo, PluginRegistry, select_devices
 from node.runtime.volume import Volume, assemble_volume
 from node.runtime.worker import InferenceWorker
+from node.state.jobs import JobQueue
 from node.state.series import InstanceRecord, SeriesStore
 from node.synthetic.chest_ct import make_chest_ct, write_series
 from tests.support.jobs import enqueue_job

@@ -22,7 +22,6 @@ import torch
 from pydicom.dataset import Dataset
 
 from node.errors import InputRejected, JobTimeout
-from node.jobs.queue import JobQueue
 from node.results import build_results, load_template_by_name
 from node.results.kinds import file_tag, profile_tags
 from node.results.registration import SPATIAL_REGISTRATION_STORAGE, registration_matrices
@@ -30,6 +29,7 @@ from node.runtime.plugin import Prediction, Registration, RunContext
 from node.runtime.priors import NoPrior, find_prior
 from node.runtime.volume import Volume, assemble_volume
 from node.state.db import Database
+from node.state.jobs import JobQueue
 from node.state.series import SeriesStore
 from node.synthetic.chest_ct import make_chest_ct, write_series
 from node.synthetic.prior_ct import PriorTruth, make_prior_ct, rigid_matrix

@@ -17,10 +17,10 @@ import pytest
 from node.admin.audit import AuditLog
 from node.devtools.net import wait_until
 from node.devtools.node_process import PROJECT_ROOT, NodeProcess
-from node.jobs.queue import JobQueue
 from node.retention import DAY
 from node.retention_run import tree_bytes
 from node.state.db import Database
+from node.state.jobs import JobQueue
 from node.synthetic.chest_ct import make_chest_ct, write_series
 from tests.support.dcmtk import storescu
 from tests.support.jobs import enqueue_job

@@ -24,8 +24,9 @@ from node.config import settings_from_mapping
 from node.devtools.net import free_port, wait_until
 from node.devtools.orthanc import OrthancServer
 from node.export.exporter import Exporter
-from node.jobs.queue import JobQueue
-from node.state.db import SCHEMA, Database
+from node.state.db import Database
+from node.state.jobs import JobQueue
+from node.state.migrations import LEGACY_SCHEMA as SCHEMA
 from node.synthetic.chest_ct import make_chest_ct, write_series
 from tests.support.admin import served_node
 from tests.support.dcmtk import StoreSCP, storescu

@@ -35,10 +35,10 @@ from node.errors import ConfigError, ExportError, InvalidInput
 from node.export.dimse import echo, send_files
 from node.export.exporter import Exporter
 from node.ingest import Ingestor
-from node.jobs.queue import JobQueue
 from node.pull.remote import SourceError, query_series, retrieve_series
 from node.spool import Spool
 from node.state.db import Database
+from node.state.jobs import JobQueue
 from node.state.series import SeriesStore
 from node.synthetic.chest_ct import make_chest_ct, write_series
 from tests.support.admin import ADMIN_PASSWORD, served_node

@@ -15,8 +15,8 @@ from typing import Any
 import pydicom
 from pydicom.dataset import Dataset
 
-from node.jobs.queue import Job, _job
 from node.state.db import Database
+from node.state.jobs import Job, _job
 from node.state.series import SeriesRow, SeriesStore, _series
 
 log = logging.getLogger(__name__)

@@ -39,10 +39,11 @@ from node.dispatch import Dispatcher
 from node.errors import AinodeError, Conflict, InvalidInput, NotFound
 from node.export.dimse import echo
 from node.export.stow import probe
-from node.jobs.queue import Job, JobActionError, JobEvent, JobQueue
 from node.routing import HeaderSubject, Subject
 from node.runtime.registry import PluginRegistry
 from node.state.db import Database
+from node.state.events import EventCode
+from node.state.jobs import Job, JobActionError, JobEvent, JobQueue
 from node.state.retention import RetentionStore
 from node.state.series import SeriesRow, SeriesStore
 
@@ -593,7 +594,7 @@ class AdminService:
             )
             now = self.clock()
             for job_id in job_ids:
-                self.queue.add_event(job_id, now, "series_rerun", f"by {actor}")
+                self.queue.add_event(job_id, now, EventCode.SERIES_RERUN, f"by {actor}")
         log.info(
             "series routed again series_uid=%s generation=%d job_ids=%s",
             series_uid,

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from node.errors import NotFound
-from node.jobs.queue import Job, JobQueue
 from node.results.kinds import file_tag, tag_kind
 from node.results.summary import SUMMARY_NAME, read_summary
+from node.state.jobs import Job, JobQueue
 
 FORMAT = "ainode.shadow-predictions"
 VERSION = 1

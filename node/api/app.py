@@ -224,7 +224,7 @@ def create_app(node: Node) -> FastAPI:
             "exporter": node.exporter.running,
         }
         try:
-            node.db.query("SELECT 1")
+            node.db.ping()
             checks["database"] = True
         except Exception:
             checks["database"] = False

@@ -9,7 +9,7 @@ from node.admin.audit import AuditEntry
 from node.admin.catalog import SeriesView
 from node.admin.rules import RuleVersion, StoredRule, rule_definition
 from node.admin.users import ApiToken, User
-from node.jobs.queue import Job, JobEvent
+from node.state.jobs import Job, JobEvent
 from node.state.series import SeriesRow
 
 

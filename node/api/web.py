@@ -28,9 +28,9 @@ from node.api.serialize import audit_json, job_json, series_view_json
 from node.api.throttle import LoginThrottle
 from node.app import Node
 from node.errors import AinodeError
-from node.jobs.queue import JOB_STATES
 from node.results.radiomics import JSON_FILE as RADIOMICS_JSON
 from node.runtime.plugin import ValidatedInput
+from node.state.jobs import JOB_STATES
 
 log = logging.getLogger(__name__)
 

@@ -9,11 +9,11 @@ from typing import Any
 import torch
 from pydicom.dataset import Dataset
 
-from node.jobs.queue import Job, JobQueue
 from node.runtime.plugin import InferencePlugin
 from node.runtime.registry import PluginRegistry
 from node.runtime.worker import InferenceWorker
 from node.state.db import Database
+from node.state.jobs import Job, JobQueue
 from node.state.series import SeriesStore
 from tests.support.jobs import enqueue_series
 from tests.support.spool import spool_series
