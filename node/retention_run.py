@@ -11,9 +11,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from node.admin.audit import AuditLog
 from node.config import RetentionSettings
 from node.retention import Deletion, plan
+from node.state.audit import AuditLog
 from node.state.db import Database
 from node.state.dicom_audit import DicomAudit, EventType
 from node.state.retention import RetentionStore

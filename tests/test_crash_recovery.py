@@ -24,7 +24,6 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, build_context
 
-from node.admin.audit import AuditLog
 from node.api.app import create_app
 from node.app import Node
 from node.cli import main
@@ -36,6 +35,7 @@ from node.export.exporter import Exporter
 from node.results.manifest import check_results, write_manifest
 from node.runtime.plugin import Accepts, InferencePlugin, Prediction
 from node.runtime.registry import PluginRegistry
+from node.state.audit import AuditLog
 from node.state.db import Database
 from node.state.jobs import JobQueue
 from node.state.series import InstanceRecord, SeriesStore

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from node.admin.destinations import DestinationStore
 from node.config import DestinationSettings, DicomWebDestinationSettings, settings_from_mapping
 from node.devtools.net import LOCALHOST
 from node.devtools.node_process import NodeProcess
 from node.devtools.orthanc import OrthancServer
 from node.export.exporter import Exporter, RecoveryProbe, retry_delay
+from node.state.destinations import DestinationStore
 from node.state.jobs import JobQueue
 from node.synthetic.chest_ct import make_chest_ct, write_series
 from tests.support.dcmtk import StoreSCP, storescu

@@ -46,10 +46,10 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, _config
 
-from node.admin.users import UserStore
 from node.devtools.net import LOCALHOST
 from node.devtools.node_process import NodeProcess
 from node.state.db import Database
+from node.state.users import UserStore
 from node.synthetic.chest_ct import make_chest_ct, write_series
 from node.synthetic.degraded import to_8_bit
 from tests.support.net import wait_until

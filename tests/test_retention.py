@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from node.admin.audit import AuditLog
 from node.cli import main
 from node.config import RetentionSettings, Settings
 from node.retention import DAY, SeriesUsage, plan
 from node.retention_run import run_pass
+from node.state.audit import AuditLog
 from node.state.db import Database
 from node.state.dicom_audit import DicomAudit, EventType
 from node.state.retention import RetentionStore

@@ -14,11 +14,11 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from node.admin.audit import AuditLog
 from node.devtools.net import wait_until
 from node.devtools.node_process import PROJECT_ROOT, NodeProcess
 from node.retention import DAY
 from node.retention_run import tree_bytes
+from node.state.audit import AuditLog
 from node.state.db import Database
 from node.state.jobs import JobQueue
 from node.synthetic.chest_ct import make_chest_ct, write_series

@@ -21,7 +21,7 @@ import httpx
 import pydicom
 import pytest
 
-from node.admin.destinations import DestinationStore, parse_destination
+from node.admin.destinations import parse_destination
 from node.config import (
     DestinationSettings,
     DicomTlsClientSettings,
@@ -38,6 +38,7 @@ from node.ingest import Ingestor
 from node.pull.remote import SourceError, query_series, retrieve_series
 from node.spool import Spool
 from node.state.db import Database
+from node.state.destinations import DestinationStore
 from node.state.jobs import JobQueue
 from node.state.series import SeriesStore
 from node.synthetic.chest_ct import make_chest_ct, write_series

@@ -16,24 +16,13 @@ from typing import Any
 
 import torch
 
-from node.admin.audit import AuditEntry, AuditLog
 from node.admin.catalog import SeriesCatalog
 from node.admin.destinations import (
-    DestinationStore,
-    check_name,
     destination_view,
     parse_destination,
     restore_secrets,
 )
-from node.admin.rules import (
-    RuleStore,
-    StoredRule,
-    explain,
-    firing,
-    parse_rule,
-    rule_definition,
-)
-from node.admin.users import ApiToken, User, UserStore
+from node.admin.rules import explain, firing, parse_rule
 from node.config import AnyDestination, DicomWebDestinationSettings, RuleSettings
 from node.dispatch import Dispatcher
 from node.errors import AinodeError, Conflict, InvalidInput, NotFound
@@ -41,11 +30,15 @@ from node.export.dimse import echo
 from node.export.stow import probe
 from node.routing import HeaderSubject, Subject
 from node.runtime.registry import PluginRegistry
+from node.state.audit import AuditEntry, AuditLog
 from node.state.db import Database
+from node.state.destinations import DestinationStore, check_name
 from node.state.events import EventCode
 from node.state.jobs import Job, JobActionError, JobEvent, JobQueue
 from node.state.retention import RetentionStore
+from node.state.rules import RuleStore, StoredRule, rule_definition
 from node.state.series import SeriesRow, SeriesStore
+from node.state.users import ApiToken, User, UserStore
 
 log = logging.getLogger(__name__)
 

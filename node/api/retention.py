@@ -5,10 +5,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 
-from node.admin.audit import AuditLog
 from node.api.auth import Principal
 from node.api.routes import Dependency
 from node.retention_run import AUDIT_ACTION, tree_bytes
+from node.state.audit import AuditLog
 from node.state.retention import RetentionStore
 
 if TYPE_CHECKING:

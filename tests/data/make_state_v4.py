@@ -12,8 +12,8 @@ import sqlite3
 import tempfile
 from pathlib import Path
 
-from node.admin.audit import AuditLog
-from node.admin.users import UserStore
+from node.state.audit import AuditLog
+from node.state.users import UserStore
 from node.jobs.queue import JobQueue
 from node.state.pulls import PullStore
 from node.state.db import Database
