@@ -57,14 +57,18 @@ class EchoResult:
 def series_events(job_id: int, row: SeriesRow) -> list[JobEvent]:
     """The series' milestones as timeline entries of job ``job_id``."""
     source = f" from {row.calling_ae}" if row.calling_ae else ""
-    events = [JobEvent(job_id, row.first_received, "received", f"first instance{source}")]
+    received = EventCode.SERIES_RECEIVED
+    events = [
+        JobEvent(job_id, row.first_received, received.event, f"first instance{source}", received)
+    ]
     if row.completed_at is not None:
         events.append(
             JobEvent(
                 job_id,
                 row.completed_at,
-                "complete",
+                EventCode.SERIES_COMPLETE.event,
                 f"{row.instance_count} instances, generation {row.generation}",
+                EventCode.SERIES_COMPLETE,
             )
         )
     return events

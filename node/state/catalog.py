@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from node.state.db import Database
+from node.state.interfaces import Connection
 from node.state.jobs import Job, _job
 from node.state.series import SeriesRow, _series
 
@@ -41,7 +41,7 @@ def normalise_date(text: str) -> str:
 class CatalogStore:
     """``series_info`` rows and the searches that join them."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Connection) -> None:
         self._db = db
 
     def save_info(self, series_uid: str, info: dict[str, str]) -> None:

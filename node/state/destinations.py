@@ -16,7 +16,7 @@ from pydantic import TypeAdapter
 
 from node.config import CHECK_FILES, AnyDestination
 from node.errors import Conflict, InvalidInput, NotFound
-from node.state.db import Database
+from node.state.interfaces import Connection
 
 SEEDED_KEY = "destinations_seeded_from_config"
 _DESTINATION: TypeAdapter[AnyDestination] = TypeAdapter(AnyDestination)
@@ -44,7 +44,7 @@ def check_name(name: str) -> None:
 
 
 class DestinationStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Connection) -> None:
         self._db = db
 
     def seed(self, destinations: Mapping[str, AnyDestination], now: float) -> bool:

@@ -32,6 +32,9 @@ class EventCode(StrEnum):
     JOB_ERROR_AFTER_CANCEL = "job.error_after_cancel"
     JOB_SKIPPED_AFTER_CANCEL = "job.skipped_after_cancel"
     SERIES_RERUN = "series.rerun"
+    #: Timeline entries from the series row (shown with a job's events, not stored).
+    SERIES_RECEIVED = "series.received"
+    SERIES_COMPLETE = "series.complete"
     COMPLETION_HELD = "completion.held"
     COMPLETION_NOTE = "completion.note"
     QUALITY_CHECKED = "quality.checked"
@@ -77,6 +80,8 @@ EVENT_NAMES: dict[EventCode, str] = {
     EventCode.JOB_ERROR_AFTER_CANCEL: "error_after_cancel",
     EventCode.JOB_SKIPPED_AFTER_CANCEL: "skipped_after_cancel",
     EventCode.SERIES_RERUN: "series_rerun",
+    EventCode.SERIES_RECEIVED: "received",
+    EventCode.SERIES_COMPLETE: "complete",
     EventCode.COMPLETION_HELD: "completion_held",
     EventCode.COMPLETION_NOTE: "completion",
     EventCode.QUALITY_CHECKED: "quality_checked",

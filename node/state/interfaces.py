@@ -130,3 +130,16 @@ class MetricsStore(Protocol):
     def export_failures(self) -> int: ...
 
     def quality_skips(self) -> list[QualitySkips]: ...
+
+
+if TYPE_CHECKING:
+    from node.state.db import Database
+    from node.state.jobs import JobQueue
+    from node.state.metrics import MetricsQueries
+    from node.state.pulls import PullStore
+
+    def _sqlite_implements_the_interfaces(
+        db: Database, jobs: JobQueue, pulls: PullStore, metrics: MetricsQueries
+    ) -> tuple[Connection, JobStore, PullStoreInterface, MetricsStore]:
+        """Checked by mypy: the SQLite stores are implementations of the protocols above."""
+        return db, jobs, pulls, metrics

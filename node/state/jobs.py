@@ -19,9 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from node.state import lease
-from node.state.db import Database
 from node.state.events import EventCode
-from node.state.interfaces import Cursor
+from node.state.interfaces import Connection, Cursor
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +97,9 @@ _RELEASE = lease.release_columns()
 class JobQueue:
     """Job rows and their transitions; every method takes ``now`` explicitly."""
 
-    def __init__(self, db: Database, *, lease_seconds: float = lease.DEFAULT_LEASE_SECONDS) -> None:
+    def __init__(
+        self, db: Connection, *, lease_seconds: float = lease.DEFAULT_LEASE_SECONDS
+    ) -> None:
         self._db = db
         self.lease_seconds = lease_seconds
 

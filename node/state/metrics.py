@@ -10,8 +10,8 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from node.state.db import Database
 from node.state.events import EXPORT_FAILURE_CODES, EventCode
+from node.state.interfaces import Connection
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class QualitySkips:
 class MetricsQueries:
     """Read-only aggregates over series, jobs and job events."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Connection) -> None:
         self._db = db
 
     def series_completions(self) -> int:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from node.state import lease
-from node.state.db import Database
+from node.state.interfaces import Connection
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +93,11 @@ def _pull(row: Any) -> Pull:
 
 
 class PullStore:
-    """Pull rows and series expectations on top of :class:`~node.state.db.Database`."""
+    """Pull rows and series expectations."""
 
-    def __init__(self, db: Database, *, lease_seconds: float = lease.DEFAULT_LEASE_SECONDS) -> None:
+    def __init__(
+        self, db: Connection, *, lease_seconds: float = lease.DEFAULT_LEASE_SECONDS
+    ) -> None:
         self._db = db
         self.lease_seconds = lease_seconds
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from node.config import RuleSettings
 from node.errors import Conflict, InvalidInput, NotFound
-from node.state.db import Database
+from node.state.interfaces import Connection
 
 SEEDED_KEY = "rules_seeded_from_config"
 
@@ -59,7 +59,7 @@ def _stored(row: object) -> StoredRule:
 class RuleStore:
     """The rule table and its version history."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Connection) -> None:
         self._db = db
 
     def seed(self, rules: Sequence[RuleSettings], now: float) -> bool:

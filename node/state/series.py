@@ -12,7 +12,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
-from node.state.db import Database
+from node.state.interfaces import Connection
 
 
 @dataclass(frozen=True)
@@ -65,9 +65,9 @@ def _series(row: object) -> SeriesRow:
 
 
 class SeriesStore:
-    """Ingest bookkeeping on top of :class:`~node.state.db.Database`."""
+    """Ingest bookkeeping (instances, series, completions)."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Connection) -> None:
         self._db = db
 
     def atomically(self) -> AbstractContextManager[object]:
