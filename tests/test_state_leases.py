@@ -217,3 +217,25 @@ def test_start_up_requeues_a_job_whose_process_is_gone(database: Database) -> No
     assert queue.requeue_interrupted(T0 + 1) == [job_id]
     job = queue.get(job_id)
     assert job is not None and job.state == "queued" and job.owner is None
+
+
+def test_a_worker_that_lost_its_lease_records_no_outcome(
+    database: Database, tmp_path: Path
+) -> None:
+    """The first worker comes back after its lease ran out and another took the job: its
+    results, failure or skip leave an event but not the state (a job never claims more
+    than happened); the new holder's outcome is recorded."""
+    queue = JobQueue(database, lease_seconds=60)
+    (job_id,) = _enqueue(queue, 1)
+    queue.claim_next(T0, "a")
+    queue.claim_next(T0 + 61, "b")
+    after = queue.inference_done(job_id, tmp_path / "a", T0 + 62, owner="a")
+    assert after.state == "running" and after.owner == "b" and after.result_dir is None
+    queue.fail(job_id, "RuntimeError: late", T0 + 63, owner="a")
+    queue.skip(job_id, "late", T0 + 64, source="quality", checks=[], owner="a")
+    job = queue.get(job_id)
+    assert job is not None and job.state == "running" and job.owner == "b"
+    lost = [e.detail for e in queue.events(job_id) if e.code == EventCode.JOB_LEASE_LOST]
+    assert len(lost) == 3 and all(d.startswith("a lost its lease to b") for d in lost)
+    done = queue.inference_done(job_id, tmp_path / "b", T0 + 65, owner="b")
+    assert done.state == "done" and done.result_dir == tmp_path / "b" and done.owner is None

@@ -195,13 +195,16 @@ class InferenceWorker(PollingThread):
                     self._clock(),
                     source=skipped.source,
                     checks=skipped.checks,
+                    owner=self.owner,
                 ),
             )
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
             log.error("job failed job_id=%d plugin=%s reason=%s", job.id, job.plugin, reason)
             self._record_outcome(
-                job, "failed", lambda: self._queue.fail(job.id, reason, self._clock())
+                job,
+                "failed",
+                lambda: self._queue.fail(job.id, reason, self._clock(), owner=self.owner),
             )
         return True
 
@@ -425,7 +428,7 @@ class InferenceWorker(PollingThread):
             f"seconds={encoded - inferred:.3f} "
             + " ".join(f"{tag}={value:.3f}" for tag, value in results.seconds.items()),
         )
-        self._queue.inference_done(job.id, result_dir, self._clock())
+        self._queue.inference_done(job.id, result_dir, self._clock(), owner=self.owner)
         log.info(
             "results written job_id=%d plugin=%s objects=%d dir=%s load=%.2fs infer=%.2fs"
             " encode=%.2fs",

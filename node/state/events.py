@@ -20,6 +20,8 @@ class EventCode(StrEnum):
     JOB_REQUEUED = "job.requeued"
     #: Another owner took a running job whose lease had expired (its worker died or hung).
     JOB_LEASE_EXPIRED = "job.lease_expired"
+    #: A worker finished a job another owner had taken over: its outcome is not recorded.
+    JOB_LEASE_LOST = "job.lease_lost"
     JOB_DONE = "job.done"
     JOB_FAILED = "job.failed"
     JOB_SKIPPED = "job.skipped"
@@ -68,6 +70,7 @@ EVENT_NAMES: dict[EventCode, str] = {
     EventCode.JOB_STARTED: "started",
     EventCode.JOB_REQUEUED: "requeued",
     EventCode.JOB_LEASE_EXPIRED: "lease_expired",
+    EventCode.JOB_LEASE_LOST: "lease_lost",
     EventCode.JOB_DONE: "done",
     EventCode.JOB_FAILED: "failed",
     EventCode.JOB_SKIPPED: "skipped",

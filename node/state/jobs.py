@@ -191,9 +191,42 @@ class JobQueue:
             lambda: self.renew_lease(job.id, owner, clock()), self.lease_seconds / 3
         )
 
-    def inference_done(self, job_id: int, result_dir: Path, now: float) -> Job:
-        """Results are on disk; send them next (or finish when there is nowhere to send)."""
+    @staticmethod
+    def _lost(cursor: Cursor, job_id: int, owner: str | None) -> str | None:
+        """The job's current owner when ``owner`` no longer holds it (its lease ran out and
+        another worker took it); None when ``owner`` is None or still the holder."""
+        if owner is None:
+            return None
+        cursor.execute("SELECT state, owner FROM jobs WHERE id = ?", (job_id,))
+        row = cursor.fetchone()
+        if row is None or row["state"] != "running" or row["owner"] == owner:
+            return None
+        return str(row["owner"])
+
+    def _record_lost(
+        self, cursor: Cursor, job_id: int, now: float, owner: str, holder: str, outcome: str
+    ) -> None:
+        self._event(
+            cursor,
+            job_id,
+            now,
+            EventCode.JOB_LEASE_LOST,
+            f"{owner} lost its lease to {holder}; its outcome not recorded: {outcome}",
+        )
+
+    def inference_done(
+        self, job_id: int, result_dir: Path, now: float, *, owner: str | None = None
+    ) -> Job:
+        """Results are on disk; send them next (or finish when there is nowhere to send).
+
+        ``owner``: the worker recording it; when another worker holds the job now (this
+        one's lease ran out) the state is left to that worker.
+        """
         with self._db.transaction() as cursor:
+            holder = self._lost(cursor, job_id, owner)
+            if holder is not None and owner is not None:
+                self._record_lost(cursor, job_id, now, owner, holder, f"results in {result_dir}")
+                return self._locked_job(cursor, job_id)
             cursor.execute("SELECT destinations, state, shadow FROM jobs WHERE id = ?", (job_id,))
             row = cursor.fetchone()
             if row["state"] != "running":  # cancelled meanwhile: keep the results, not the state
@@ -328,10 +361,16 @@ class JobQueue:
         *,
         pending: list[str] | None = None,
         code: EventCode = EventCode.JOB_FAILED,
+        owner: str | None = None,
     ) -> None:
         """Fail the job with ``error``; ``pending``: the destinations still owed results;
-        ``code``: what failed (:attr:`EventCode.EXPORT_FAILED` when the export gave up)."""
+        ``code``: what failed (:attr:`EventCode.EXPORT_FAILED` when the export gave up);
+        ``owner``: the worker recording it (see :meth:`inference_done`)."""
         with self._db.transaction() as cursor:
+            holder = self._lost(cursor, job_id, owner)
+            if holder is not None and owner is not None:
+                self._record_lost(cursor, job_id, now, owner, holder, f"failed: {error}")
+                return
             if pending is not None:
                 cursor.execute(
                     "UPDATE jobs SET pending_destinations = ?"
@@ -362,7 +401,14 @@ class JobQueue:
                 )
 
     def skip(
-        self, job_id: int, reason: str, now: float, *, source: str, checks: list[dict[str, str]]
+        self,
+        job_id: int,
+        reason: str,
+        now: float,
+        *,
+        source: str,
+        checks: list[dict[str, str]],
+        owner: str | None = None,
     ) -> None:
         """End the job ``skipped``: its input is outside what the routine takes.
 
@@ -371,6 +417,10 @@ class JobQueue:
         """
         detail = json.dumps({"reason": reason, "source": source, "checks": checks})
         with self._db.transaction() as cursor:
+            holder = self._lost(cursor, job_id, owner)
+            if holder is not None and owner is not None:
+                self._record_lost(cursor, job_id, now, owner, holder, f"skipped: {reason}")
+                return
             cursor.execute(
                 "UPDATE jobs SET state = 'skipped', error = ?, next_attempt_at = NULL,"
                 f" finished_at = ?, updated_at = ?, {_RELEASE}"
