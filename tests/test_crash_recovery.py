@@ -429,6 +429,7 @@ def test_migration_marks_old_series_dispatched_except_recent_ones_without_jobs(
     with sqlite3.connect(path) as old:  # the series table as an older node left it
         for column in ("dispatched_generation", "hold_until", "hold_reason"):
             old.execute(f"ALTER TABLE series DROP COLUMN {column}")
+        old.execute("PRAGMA user_version=3")  # what the nodes without these columns wrote
     migrated = Database(path)
     assert [r.series_uid for r in SeriesStore(migrated).undispatched()] == ["1.2.3.3"]
     migrated.close()

@@ -54,8 +54,8 @@ class DestinationStore:
                 return False
             for name, destination in destinations.items():
                 cursor.execute(
-                    "INSERT OR IGNORE INTO destinations (name, definition, updated_at, updated_by)"
-                    " VALUES (?, ?, ?, 'config')",
+                    "INSERT INTO destinations (name, definition, updated_at, updated_by)"
+                    " VALUES (?, ?, ?, 'config') ON CONFLICT (name) DO NOTHING",
                     (name, json.dumps(destination.model_dump(mode="json")), now),
                 )
             cursor.execute(

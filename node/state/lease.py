@@ -75,14 +75,16 @@ class LeaseTable:
     order: str
     claim_set: str = ""
 
-    def _claimable(self) -> str:
+    def claimable_sql(self) -> str:
+        """A waiting row that is due, or a running one whose lease has run out."""
         return (
             f"((state = '{self.waiting_state}' AND {self.due}) OR"
             f" (state = '{self.running_state}' AND lease_expires_at IS NOT NULL"
             " AND lease_expires_at <= ?))"
         )
 
-    def _parameters(self, now: float) -> tuple[float, ...]:
+    def claimable_parameters(self, now: float) -> tuple[float, ...]:
+        """The parameters of :meth:`claimable_sql` at ``now``."""
         return (now,) * self.due.count("?") + (now,)
 
 
@@ -106,9 +108,9 @@ def claim(
     """Claim the most urgent due row of ``spec.table`` for ``owner`` (inside a transaction)."""
     while True:
         cursor.execute(
-            f"SELECT id, state, owner FROM {spec.table} WHERE {spec._claimable()}"
+            f"SELECT id, state, owner FROM {spec.table} WHERE {spec.claimable_sql()}"
             f" ORDER BY {spec.order} LIMIT 1",
-            spec._parameters(now),
+            spec.claimable_parameters(now),
         )
         row = cursor.fetchone()
         if row is None:
@@ -116,14 +118,14 @@ def claim(
         extra = f", {spec.claim_set}" if spec.claim_set else ""
         cursor.execute(
             f"UPDATE {spec.table} SET state = ?, owner = ?, lease_expires_at = ?{extra}"
-            f" WHERE id = ? AND {spec._claimable()}",
+            f" WHERE id = ? AND {spec.claimable_sql()}",
             (
                 spec.running_state,
                 owner,
                 now + lease_seconds,
                 *claim_parameters,
                 row["id"],
-                *spec._parameters(now),
+                *spec.claimable_parameters(now),
             ),
         )
         if cursor.rowcount == 1:

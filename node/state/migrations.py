@@ -324,12 +324,21 @@ def _pull_tables(cursor: sqlite3.Cursor) -> None:
     )
 
 
+def _add_column(cursor: sqlite3.Cursor, table: str, column: str, declaration: str) -> None:
+    """``ALTER TABLE … ADD COLUMN`` unless the column is there (a database that a test or a
+    hand repair left with it)."""
+    present = {r[1] for r in cursor.execute(f"PRAGMA table_info({table})").fetchall()}
+    if column not in present:
+        cursor.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+
+
 def _event_codes(cursor: sqlite3.Cursor) -> None:
-    cursor.execute("ALTER TABLE job_events ADD COLUMN code TEXT NOT NULL DEFAULT ''")
+    _add_column(cursor, "job_events", "code", "TEXT NOT NULL DEFAULT ''")
     # Backfill once from the names (and, for the final export failure, the wording) that
     # older nodes wrote; from here on every event is written with its code.
     cursor.execute(
-        "UPDATE job_events SET code = ? WHERE event = 'failed' AND detail LIKE 'export failed%'",
+        "UPDATE job_events SET code = ? WHERE event = 'failed' AND detail LIKE 'export failed%'"
+        " AND code = ''",
         (EventCode.EXPORT_FAILED.value,),
     )
     for code, name in EVENT_NAMES.items():
@@ -343,8 +352,8 @@ def _event_codes(cursor: sqlite3.Cursor) -> None:
 
 def _leases(cursor: sqlite3.Cursor) -> None:
     for table in ("jobs", "pulls"):
-        cursor.execute(f"ALTER TABLE {table} ADD COLUMN owner TEXT")
-        cursor.execute(f"ALTER TABLE {table} ADD COLUMN lease_expires_at REAL")
+        _add_column(cursor, table, "owner", "TEXT")
+        _add_column(cursor, table, "lease_expires_at", "REAL")
 
 
 @dataclass(frozen=True)
