@@ -28,17 +28,17 @@ from node.config import Settings, check_plugins_known
 from node.dicom.scp import StorageSCP
 from node.export.exporter import Exporter, RecoveryProbe
 from node.faults import check_fault_setting, delay_point
-from node.jobs.queue import JobQueue
 from node.orchestration.completion import CompletionMonitor
 from node.orchestration.dispatch import Dispatcher
 from node.orchestration.ingest import Ingestor
 from node.orchestration.registry import PluginRegistry, plugin_names, select_devices
 from node.orchestration.worker import InferenceWorker
 from node.pull.service import PullService, SenderCountChecker
-from node.pull.store import PullStore
 from node.spool import Spool
 from node.state.db import Database, check_integrity
 from node.state.dicom_audit import DicomAudit
+from node.state.jobs import JobQueue
+from node.state.pulls import PullStore
 from node.state.series import SeriesStore
 
 if TYPE_CHECKING:

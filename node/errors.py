@@ -17,6 +17,10 @@ class DatabaseCorrupt(AinodeError):
     """The state database failed its integrity check; the node refuses to start on it."""
 
 
+class DatabaseTooNew(AinodeError):
+    """The state database was written by a newer node; this one refuses to start on it."""
+
+
 class SpoolError(AinodeError):
     """An instance could not be written durably to the spool."""
 

@@ -134,7 +134,7 @@ def test_rules_test_against_a_stored_series(config: Path, tmp_path: Path, capsys
 def test_jobs_list_show_retry(config: Path, tmp_path: Path, capsys) -> None:
     assert main(["rules", "list", "--config", str(config)]) == 0  # creates and seeds the DB
     db = Database(tmp_path / "data" / "state.sqlite3")
-    from node.jobs.queue import JobQueue
+    from node.state.jobs import JobQueue
 
     queue = JobQueue(db)
     job_id = enqueue_job(queue, 1.0, series_uid="1.2.3", study_uid="1.2")
@@ -157,7 +157,7 @@ def test_jobs_list_state_skipped_and_retry(config: Path, tmp_path: Path, capsys)
     """A skipped job is listed apart from failures and can be run again like a failed one."""
     assert main(["rules", "list", "--config", str(config)]) == 0  # creates and seeds the DB
     db = Database(tmp_path / "data" / "state.sqlite3")
-    from node.jobs.queue import JobQueue
+    from node.state.jobs import JobQueue
 
     queue = JobQueue(db)
     skipped = enqueue_job(queue, 1.0, series_uid="1.2.3", study_uid="1.2")
@@ -194,7 +194,7 @@ def test_job_destination_and_source_verbs(config: Path, tmp_path: Path, capsys) 
     config.write_text(yaml.safe_dump(raw))
     assert main(["rules", "list", "--config", str(config)]) == 0  # creates and seeds the DB
     db = Database(tmp_path / "data" / "state.sqlite3")
-    from node.jobs.queue import JobQueue
+    from node.state.jobs import JobQueue
 
     job_id = enqueue_job(JobQueue(db), 1.0, series_uid="1.2.3", study_uid="1.2")
     db.close()

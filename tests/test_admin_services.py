@@ -11,9 +11,9 @@ from node.admin.rules import parse_rule, subject_from_json
 from node.admin.service import AdminService
 from node.config import RuleSettings
 from node.errors import Conflict, InvalidInput
-from node.jobs.queue import JobQueue
 from node.orchestration.registry import PluginRegistry
 from node.state.db import Database
+from node.state.jobs import JobQueue
 from tests.support.jobs import enqueue_job, job_with_results
 
 CHEST = RuleSettings(name="chest", match={"Modality": "CT"}, plugin="ct_lungs")

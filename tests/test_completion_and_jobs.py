@@ -1,8 +1,8 @@
 import logging
 from pathlib import Path
 
-from node.jobs.queue import JobQueue
 from node.orchestration.completion import CompletionMonitor
+from node.state.jobs import JobQueue
 from node.state.series import InstanceRecord, SeriesStore
 from tests.support.jobs import enqueue_job
 

@@ -159,7 +159,7 @@ def test_admin_writes_tests_and_uses_a_rule(tmp_path: Path) -> None:
                 page.click("button[data-job-action=retry]")
                 page.wait_for_selector("#toast.show:has-text('retried')")
                 page.wait_for_url(job_url)
-                page.wait_for_selector(".timeline li.ev-retried")
+                page.wait_for_selector(".timeline li.ev-job-retried")
                 page.screenshot(path=ARTIFACTS / "05-job-retried.png", full_page=True)
 
                 page.goto(f"{node.url}/audit")

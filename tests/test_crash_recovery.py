@@ -30,12 +30,12 @@ from node.cli.main import main
 from node.config import BUILT_IN_CHEST_RULE, DestinationSettings
 from node.contract.plugin import Accepts, InferencePlugin, Prediction
 from node.export.exporter import Exporter
-from node.jobs.queue import JobQueue
 from node.orchestration.completion import CompletionMonitor
 from node.orchestration.registry import PluginRegistry
 from node.results.manifest import check_results, write_manifest
 from node.state.audit import AuditLog
 from node.state.db import Database
+from node.state.jobs import JobQueue
 from node.state.series import InstanceRecord, SeriesStore
 from tests.support.admin import served_node
 from tests.support.dcmtk import StoreSCP, storescu
@@ -429,6 +429,7 @@ def test_migration_marks_old_series_dispatched_except_recent_ones_without_jobs(
     with sqlite3.connect(path) as old:  # the series table as an older node left it
         for column in ("dispatched_generation", "hold_until", "hold_reason"):
             old.execute(f"ALTER TABLE series DROP COLUMN {column}")
+        old.execute("PRAGMA user_version=3")  # what the nodes without these columns wrote
     migrated = Database(path)
     assert [r.series_uid for r in SeriesStore(migrated).undispatched()] == ["1.2.3.3"]
     migrated.close()

@@ -27,7 +27,7 @@ from node.dicomweb.receive import (
     parse_content_type,
 )
 from node.errors import ConfigError
-from node.pull.store import PullStore
+from node.state.pulls import PullStore
 from node.state.series import InstanceRecord, SeriesStore
 
 REPO = Path(__file__).resolve().parents[1]

@@ -57,11 +57,11 @@ from node.evaluation.evaluate import evaluate as run_evaluation
 from node.evaluation.segmentation import score_segment
 from node.evaluation.shadow import ShadowSource
 from node.evaluation.stats import wilson
-from node.jobs.queue import JobQueue
 from node.orchestration.registry import PluginRegistry
 from node.orchestration.summary import prediction_json, write_summary
 from node.orchestration.worker import InferenceWorker
 from node.state.db import Database
+from node.state.jobs import JobQueue
 from node.state.series import InstanceRecord, SeriesStore
 from tools.evaluation_example import reference_seg, shift_columns, write_lung_dataset
 from tools.synthetic.chest_ct import make_chest_ct, write_series

@@ -17,7 +17,7 @@ from node.contract.kinds import file_name
 from node.errors import ExportError
 from node.export.dimse import echo, send_files
 from node.export.exporter import Exporter, retry_delay
-from node.jobs.queue import JobQueue
+from node.state.jobs import JobQueue
 from tests.support.dcmtk import StoreSCP
 from tests.support.jobs import job_with_results
 from tests.support.net import free_port, free_ports

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from node.admin.destinations import DestinationStore
 from node.config import DestinationSettings, DicomWebDestinationSettings, settings_from_mapping
 from node.export.exporter import Exporter, RecoveryProbe, retry_delay
-from node.jobs.queue import JobQueue
+from node.state.destinations import DestinationStore
+from node.state.jobs import JobQueue
 from tests.support.dcmtk import StoreSCP, storescu
 from tests.support.jobs import job_with_results
 from tests.support.net import free_port, free_ports, wait_until

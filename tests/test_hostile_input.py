@@ -46,8 +46,8 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, _config
 
-from node.admin.users import UserStore
 from node.state.db import Database
+from node.state.users import UserStore
 from tests.support.net import wait_until
 from tools.net import LOCALHOST
 from tools.node_process import NodeProcess

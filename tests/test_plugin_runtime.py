@@ -26,9 +26,9 @@ from node.contract.plugin import (
 )
 from node.contract.volume import Volume
 from node.errors import InputRejected, PluginError
-from node.jobs.queue import JobQueue
 from node.orchestration.registry import PluginRegistry, select_devices
 from node.orchestration.worker import InferenceWorker
+from node.state.jobs import JobQueue
 from node.state.series import InstanceRecord, SeriesStore
 from tests.support.jobs import enqueue_job
 from tests.support.plugins import (

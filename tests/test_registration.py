@@ -26,11 +26,11 @@ from node.contract.kinds import file_tag, profile_tags
 from node.contract.plugin import Prediction, Registration, RunContext
 from node.contract.volume import Volume
 from node.errors import InputRejected, JobTimeout
-from node.jobs.queue import JobQueue
 from node.orchestration.priors import NoPrior, find_prior
 from node.results import build_results, load_template_by_name
 from node.results.registration import SPATIAL_REGISTRATION_STORAGE, registration_matrices
 from node.state.db import Database
+from node.state.jobs import JobQueue
 from node.state.series import SeriesStore
 from plugins.rigid_registration import RigidRegistrationPlugin
 from plugins.rigid_registration.rigid import register_rigid

@@ -14,11 +14,11 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from node.jobs.queue import JobQueue
 from node.orchestration.retention_run import tree_bytes
 from node.retention import DAY
 from node.state.audit import AuditLog
 from node.state.db import Database
+from node.state.jobs import JobQueue
 from tests.support.dcmtk import storescu
 from tests.support.jobs import enqueue_job
 from tools.net import wait_until

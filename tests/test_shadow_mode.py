@@ -22,8 +22,9 @@ import yaml
 
 from node.config import settings_from_mapping
 from node.export.exporter import Exporter
-from node.jobs.queue import JobQueue
-from node.state.db import SCHEMA, Database
+from node.state.db import Database
+from node.state.jobs import JobQueue
+from node.state.migrations import LEGACY_SCHEMA as SCHEMA
 from tests.support.admin import served_node
 from tests.support.dcmtk import StoreSCP, storescu
 from tests.support.jobs import job_with_results

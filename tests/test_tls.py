@@ -21,7 +21,7 @@ import httpx
 import pydicom
 import pytest
 
-from node.admin.destinations import DestinationStore, parse_destination
+from node.admin.destinations import parse_destination
 from node.config import (
     DestinationSettings,
     DicomTlsClientSettings,
@@ -31,11 +31,12 @@ from node.config import (
 from node.errors import ConfigError, ExportError, InvalidInput
 from node.export.dimse import echo, send_files
 from node.export.exporter import Exporter
-from node.jobs.queue import JobQueue
 from node.orchestration.ingest import Ingestor
 from node.pull.remote import SourceError, query_series, retrieve_series
 from node.spool import Spool
 from node.state.db import Database
+from node.state.destinations import DestinationStore
+from node.state.jobs import JobQueue
 from node.state.series import SeriesStore
 from tests.support.admin import ADMIN_PASSWORD, served_node
 from tests.support.jobs import job_with_results

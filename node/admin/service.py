@@ -14,35 +14,31 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from node.admin.catalog import SeriesCatalog
 from node.admin.destinations import (
-    DestinationStore,
-    check_name,
     destination_view,
     parse_destination,
     restore_secrets,
 )
-from node.admin.rules import (
-    RuleStore,
-    StoredRule,
-    explain,
-    firing,
-    parse_rule,
-    rule_definition,
-)
-from node.admin.users import ApiToken, User, UserStore
+from node.admin.rules import explain, firing, parse_rule
 from node.config import AnyDestination, DicomWebDestinationSettings, RuleSettings
 from node.errors import AinodeError, Conflict, InvalidInput, NotFound
 from node.export.dimse import echo
 from node.export.stow import probe
-from node.jobs.queue import Job, JobActionError, JobEvent, JobQueue
 from node.orchestration.dispatch import Dispatcher
 from node.orchestration.registry import PluginRegistry
 from node.routing import HeaderSubject, Subject
 from node.state.audit import AuditEntry, AuditLog
 from node.state.db import Database
+from node.state.destinations import DestinationStore, check_name
+from node.state.events import EventCode
+from node.state.jobs import Job, JobActionError, JobEvent, JobQueue
 from node.state.retention import RetentionStore
+from node.state.rules import RuleStore, StoredRule, rule_definition
 from node.state.series import SeriesRow, SeriesStore
+from node.state.users import ApiToken, User, UserStore
 
 if TYPE_CHECKING:
     import torch
@@ -64,14 +60,18 @@ class EchoResult:
 def series_events(job_id: int, row: SeriesRow) -> list[JobEvent]:
     """The series' milestones as timeline entries of job ``job_id``."""
     source = f" from {row.calling_ae}" if row.calling_ae else ""
-    events = [JobEvent(job_id, row.first_received, "received", f"first instance{source}")]
+    received = EventCode.SERIES_RECEIVED
+    events = [
+        JobEvent(job_id, row.first_received, received.event, f"first instance{source}", received)
+    ]
     if row.completed_at is not None:
         events.append(
             JobEvent(
                 job_id,
                 row.completed_at,
-                "complete",
+                EventCode.SERIES_COMPLETE.event,
                 f"{row.instance_count} instances, generation {row.generation}",
+                EventCode.SERIES_COMPLETE,
             )
         )
     return events
@@ -594,7 +594,7 @@ class AdminService:
             )
             now = self.clock()
             for job_id in job_ids:
-                self.queue.add_event(job_id, now, "series_rerun", f"by {actor}")
+                self.queue.add_event(job_id, now, EventCode.SERIES_RERUN, f"by {actor}")
         log.info(
             "series routed again series_uid=%s generation=%d job_ids=%s",
             series_uid,

@@ -15,8 +15,8 @@ from typing import Any
 
 from node.contract.kinds import file_tag, tag_kind
 from node.errors import NotFound
-from node.jobs.queue import Job, JobQueue
 from node.orchestration.summary import SUMMARY_NAME, read_summary
+from node.state.jobs import Job, JobQueue
 
 FORMAT = "ainode.shadow-predictions"
 VERSION = 1

@@ -22,7 +22,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from swagger_ui.utils import SWAGGER_UI_PY_ROOT
 
 from node import __version__
-from node.admin.users import TokenExpired
 from node.api.auth import (
     CsrfFailed,
     NotAuthenticated,
@@ -41,6 +40,7 @@ from node.api.tokens import TokenAuth
 from node.api.web import web_router
 from node.app import Node
 from node.errors import Conflict, Forbidden, InvalidInput, NotFound
+from node.state.users import TokenExpired
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +230,7 @@ def create_app(node: Node) -> FastAPI:
             "exporter": node.exporter.running,
         }
         try:
-            node.db.query("SELECT 1")
+            node.db.ping()
             checks["database"] = True
         except Exception:
             checks["database"] = False

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
-from node.admin.users import Session, TokenExpired, User, UserStore
 from node.errors import AinodeError, Forbidden
+from node.state.users import Session, TokenExpired, User, UserStore
 
 log = logging.getLogger(__name__)
 

@@ -79,21 +79,17 @@ class OrthancNotification(BaseModel):
 
 
 def _study_status(node: Node, study_uid: str) -> dict[str, Any]:
-    rows = node.db.query(
-        "SELECT s.*, e.expected_count FROM series s LEFT JOIN series_expectations e"
-        " USING (series_uid) WHERE s.study_uid = ? ORDER BY s.first_received",
-        (study_uid,),
-    )
+    progress = node.pulls.study_progress(study_uid)
     series = [
         {
-            "series_uid": row["series_uid"],
-            "modality": row["modality"],
-            "instances": row["instance_count"],
-            "expected": row["expected_count"],
-            "state": row["state"],
-            "generation": row["generation"],
+            "series_uid": row.series_uid,
+            "modality": row.modality,
+            "instances": row.instances,
+            "expected": row.expected,
+            "state": row.state,
+            "generation": row.generation,
         }
-        for row in rows
+        for row in progress
     ]
     jobs = [
         {
@@ -108,8 +104,8 @@ def _study_status(node: Node, study_uid: str) -> dict[str, Any]:
             "created_at": job.created_at,
             "finished_at": job.finished_at,
         }
-        for entry in series
-        for job in node.queue.jobs(series_uid=entry["series_uid"])
+        for row in progress
+        for job in node.queue.jobs(series_uid=row.series_uid)
     ]
     pulls = [pull.as_json() for pull in node.pulls.for_study(study_uid)]
     states = {job["state"] for job in jobs}

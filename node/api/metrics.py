@@ -24,6 +24,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from node import __version__
 from node.dicom.refusals import refused_associations
+from node.state.metrics import MetricsQueries
 
 if TYPE_CHECKING:
     from node.app import Node
@@ -71,12 +72,11 @@ class NodeCollector(Collector):
         yield sent_objects
         yield sent_bytes
 
-        db = node.db
-        completed = db.query("SELECT COALESCE(SUM(generation), 0) AS n FROM series")[0]["n"]
+        stored = MetricsQueries(node.db)
         series_completed = CounterMetricFamily(
             "ainode_series_completed", "Series completions (each generation counts)"
         )
-        series_completed.add_metric([], completed)
+        series_completed.add_metric([], stored.series_completions())
         yield series_completed
 
         depth = GaugeMetricFamily(
@@ -97,29 +97,16 @@ class NodeCollector(Collector):
             "Time from start of inference to done, per plugin (finished jobs)",
             labels=["plugin"],
         )
-        cases = ", ".join(
-            f"SUM(CASE WHEN finished_at - started_at <= {bound} THEN 1 ELSE 0 END) AS b{i}"
-            for i, bound in enumerate(DURATION_BUCKETS)
-        )
-        rows = db.query(
-            f"SELECT plugin, COUNT(*) AS n, SUM(finished_at - started_at) AS total, {cases}"
-            " FROM jobs WHERE state = 'done' AND started_at IS NOT NULL"
-            " AND finished_at IS NOT NULL GROUP BY plugin"
-        )
-        for row in rows:
-            buckets = [(str(b), float(row[f"b{i}"])) for i, b in enumerate(DURATION_BUCKETS)]
-            buckets.append(("+Inf", float(row["n"])))
-            durations.add_metric([row["plugin"]], buckets, float(row["total"] or 0.0))
+        for plugin in stored.job_durations(DURATION_BUCKETS):
+            buckets = [(str(bound), float(n)) for bound, n in plugin.buckets]
+            buckets.append(("+Inf", float(plugin.count)))
+            durations.add_metric([plugin.plugin], buckets, plugin.total_seconds)
         yield durations
 
         failures = CounterMetricFamily(
             "ainode_export_failures", "Failed export attempts (retried or final)"
         )
-        failed = db.query(
-            "SELECT COUNT(*) AS n FROM job_events WHERE event = 'export_retry_scheduled'"
-            " OR (event = 'failed' AND detail LIKE 'export failed%')"
-        )[0]["n"]
-        failures.add_metric([], failed)
+        failures.add_metric([], stored.export_failures())
         yield failures
 
         skips = CounterMetricFamily(
@@ -127,15 +114,8 @@ class NodeCollector(Collector):
             "Jobs the input-quality gate skipped, per routine and failed check",
             labels=["plugin", "check"],
         )
-        rows = db.query(
-            "SELECT j.plugin AS plugin, json_extract(c.value, '$.check') AS name,"
-            " COUNT(*) AS n FROM job_events e JOIN jobs j ON j.id = e.job_id,"
-            " json_each(e.detail, '$.checks') c WHERE e.event = 'skipped'"
-            " AND json_valid(e.detail) AND json_extract(e.detail, '$.source') = 'quality'"
-            " GROUP BY j.plugin, name ORDER BY j.plugin, name"
-        )
-        for row in rows:
-            skips.add_metric([row["plugin"], str(row["name"])], row["n"])
+        for skip in stored.quality_skips():
+            skips.add_metric([skip.plugin, skip.check], skip.count)
         yield skips
 
         memory = GaugeMetricFamily(

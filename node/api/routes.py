@@ -29,8 +29,8 @@ from node.api.serialize import (
     version_json,
 )
 from node.errors import InvalidInput
-from node.jobs.queue import JOB_STATES
 from node.state.dicom_audit import DicomAudit, EventType, parse_since
+from node.state.jobs import JOB_STATES
 
 log = logging.getLogger(__name__)
 

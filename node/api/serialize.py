@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from node.admin.catalog import SeriesView
-from node.admin.rules import RuleVersion, StoredRule, rule_definition
-from node.admin.users import ApiToken, User
-from node.jobs.queue import Job, JobEvent
 from node.state.audit import AuditEntry
+from node.state.catalog import SeriesView
+from node.state.jobs import Job, JobEvent
+from node.state.rules import RuleVersion, StoredRule, rule_definition
 from node.state.series import SeriesRow
+from node.state.users import ApiToken, User
 
 
 def rule_json(stored: StoredRule) -> dict[str, Any]:

@@ -22,15 +22,15 @@ from fastapi.templating import Jinja2Templates
 from node import __version__
 from node.admin.destinations import destination_view
 from node.admin.shadow import result_objects
-from node.admin.users import User
 from node.api.auth import LOGIN_CSRF_COOKIE, SESSION_COOKIE, Principal
 from node.api.serialize import audit_json, job_json, series_view_json
 from node.api.throttle import LoginThrottle
 from node.app import Node
 from node.contract.plugin import ValidatedInput
 from node.errors import AinodeError
-from node.jobs.queue import JOB_STATES
 from node.results.radiomics import JSON_FILE as RADIOMICS_JSON
+from node.state.jobs import JOB_STATES
+from node.state.users import User
 
 log = logging.getLogger(__name__)
 

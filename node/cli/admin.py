@@ -477,8 +477,8 @@ def sources_list(args: argparse.Namespace) -> int:
 
 def _pull_store(args: argparse.Namespace) -> tuple[Any, Any]:
     from node.config import load_settings
-    from node.pull.store import PullStore
     from node.state.db import Database
+    from node.state.pulls import PullStore
 
     settings = load_settings(args.config)
     return settings, PullStore(Database(settings.database_path))

@@ -12,7 +12,7 @@ from pathlib import Path
 from types import FrameType
 
 from node import __version__
-from node.errors import ConfigError, DatabaseCorrupt
+from node.errors import ConfigError, DatabaseCorrupt, DatabaseTooNew
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"ainode: {exc}", file=sys.stderr)
         return 2
-    except DatabaseCorrupt as exc:
+    except (DatabaseCorrupt, DatabaseTooNew) as exc:
         print(f"ainode: {exc}", file=sys.stderr)
         return 3
     node.start(defer_routines=True)  # the routines load once HTTP listens (below)

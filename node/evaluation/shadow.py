@@ -74,8 +74,8 @@ def stored_results(source: ShadowSource) -> dict[str, StoredResult]:
         When the database file does not exist (a path typo would otherwise create one).
     """
     from node.admin.shadow import shadow_predictions
-    from node.jobs.queue import JobQueue
     from node.state.db import Database
+    from node.state.jobs import JobQueue
 
     if not source.database.is_file():
         raise DatasetError(f"{source.database}: no node state database here (check --config)")

@@ -25,10 +25,11 @@ from node.contract.kinds import BUILD_ORDER, file_tag, tag_kind
 from node.errors import AinodeError, ExportError
 from node.export.dimse import echo, send_files
 from node.export.stow import probe, stow_files
-from node.jobs.queue import Job, JobQueue
 from node.polling import PollingThread
 from node.results.manifest import check_results
 from node.state.dicom_audit import AuditOutcome, DicomAudit, EventType
+from node.state.events import EventCode
+from node.state.jobs import Job, JobQueue
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +169,10 @@ class Exporter(PollingThread):
                     ",".join(destination.results),
                 )
                 self._queue.add_event(
-                    job.id, self._clock(), "not_sent", f"{name}: {_unfilled_reason(destination)}"
+                    job.id,
+                    self._clock(),
+                    EventCode.EXPORT_NOT_SENT,
+                    f"{name}: {_unfilled_reason(destination)}",
                 )
                 continue
             try:
@@ -193,7 +197,7 @@ class Exporter(PollingThread):
                     self._sent[(name, "bytes")] += size
                 now = self._clock()
                 self._audit_sent(job, name, destination, files, AuditOutcome.SUCCESS, "")
-                self._queue.add_event(job.id, now, "sent", name)
+                self._queue.add_event(job.id, now, EventCode.EXPORT_SENT, name)
                 self._release(name, now, f"{name} accepted job {job.id}'s results", job.id)
         now = self._clock()
         if not pending:
@@ -218,6 +222,7 @@ class Exporter(PollingThread):
                 f"export failed after {job.export_attempts} attempts in"
                 f" {_duration(now - started)}: {message} (results kept in {job.result_dir})",
                 now,
+                code=EventCode.EXPORT_FAILED,
             )
             return
         delay = min(retry_delay(destinations[name], job.export_attempts) for name in pending)

@@ -12,8 +12,9 @@ from collections.abc import Callable, Sequence
 import pydicom
 
 from node.config import RuleSettings
-from node.jobs.queue import JobQueue
 from node.routing import HeaderSubject, matching_rules
+from node.state.events import EventCode
+from node.state.jobs import JobQueue
 from node.state.series import SeriesRow, SeriesStore
 
 log = logging.getLogger(__name__)
@@ -83,10 +84,12 @@ class Dispatcher:
             ]
             if row.hold_reason:  # the job says why its series waited longer than usual
                 for job_id in job_ids:
-                    self._queue.add_event(job_id, now, "completion_held", row.hold_reason)
+                    self._queue.add_event(job_id, now, EventCode.COMPLETION_HELD, row.hold_reason)
             if row.completion_note:  # completed at the maximum age, or waited for the rate bound
                 for job_id in job_ids:
-                    self._queue.add_event(job_id, now, "completion", row.completion_note)
+                    self._queue.add_event(
+                        job_id, now, EventCode.COMPLETION_NOTE, row.completion_note
+                    )
         log.info(
             "jobs queued series_uid=%s rules=%s job_ids=%s",
             row.series_uid,

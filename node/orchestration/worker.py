@@ -46,7 +46,6 @@ from node.contract.plugin import InferencePlugin, Prediction, RunContext
 from node.contract.volume import Volume
 from node.errors import InputRejected, InputSkipped, JobTimeout
 from node.faults import fault_point
-from node.jobs.queue import Job, JobQueue
 from node.orchestration.gate import GateResult, QualitySkipped, gate_series
 from node.orchestration.priors import find_prior
 from node.orchestration.registry import PluginRegistry
@@ -58,6 +57,9 @@ from node.results.manifest import clear_results, write_manifest
 from node.results.quality_note import add_quality_warnings_to_srs
 from node.results.radiomics import write_radiomics
 from node.spool import write_durably
+from node.state.events import EventCode
+from node.state.jobs import Job, JobQueue
+from node.state.lease import owner_name
 from node.state.series import SeriesStore
 
 log = logging.getLogger(__name__)
@@ -162,17 +164,20 @@ class InferenceWorker(PollingThread):
         self._rules = rules
         #: Why the worker cannot record a job's state (for ``/readyz``), or None.
         self.problem: str | None = None
+        #: Who holds this worker's jobs (``host:pid:worker-<device>``; the job's lease owner).
+        self.owner = owner_name(f"worker-{device}")
 
     def run_once(self) -> bool:
         """Run the next queued job to its end; False when the queue was empty."""
         if self.device.type == "cuda" and not self._device_selected:
             torch.cuda.set_device(self.device)  # this thread's current device
             self._device_selected = True
-        job = self._queue.claim_next(self._clock())
+        job = self._queue.claim_next(self._clock(), self.owner)
         if job is None:
             return False
         try:
-            self._process(job)
+            with self._queue.keep_lease(job, self._clock).held():
+                self._process(job)
         except InputSkipped as exc:
             log.warning(
                 "job skipped job_id=%d plugin=%s source=%s checks=%s",
@@ -191,13 +196,16 @@ class InferenceWorker(PollingThread):
                     self._clock(),
                     source=skipped.source,
                     checks=skipped.checks,
+                    owner=self.owner,
                 ),
             )
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
             log.error("job failed job_id=%d plugin=%s reason=%s", job.id, job.plugin, reason)
             self._record_outcome(
-                job, "failed", lambda: self._queue.fail(job.id, reason, self._clock())
+                job,
+                "failed",
+                lambda: self._queue.fail(job.id, reason, self._clock(), owner=self.owner),
             )
         return True
 
@@ -268,19 +276,19 @@ class InferenceWorker(PollingThread):
         try:
             gated = gate_series(load, paths, plugin.validated_on, policy)
         except QualitySkipped as exc:
-            self._queue.add_event(job.id, self._clock(), "quality_skipped", str(exc))
+            self._queue.add_event(job.id, self._clock(), EventCode.QUALITY_SKIPPED, str(exc))
             raise
         now = self._clock()
         self._queue.add_event(
             job.id,
             now,
-            "quality_checked",
+            EventCode.QUALITY_CHECKED,
             f"{gated.decision.action} {gated.measured.summary()} seconds={gated.seconds:.3f}",
         )
         for warning in gated.decision.warnings:
-            self._queue.add_event(job.id, now, "quality_warning", warning)
+            self._queue.add_event(job.id, now, EventCode.QUALITY_WARNING, warning)
         for ignored in gated.decision.ignored:
-            self._queue.add_event(job.id, now, "quality_ignored", ignored)
+            self._queue.add_event(job.id, now, EventCode.QUALITY_IGNORED, ignored)
         if gated.decision.warnings:
             log.warning(
                 "input-quality warnings job_id=%d checks=%s",
@@ -308,7 +316,7 @@ class InferenceWorker(PollingThread):
         self._queue.add_event(
             job.id,
             self._clock(),
-            "volume_loaded",
+            EventCode.VOLUME_LOADED,
             f"slices={volume.shape[0]} seconds={loaded - started:.3f} prefetched={was_prefetched}",
         )
         self._start_prefetch()
@@ -321,7 +329,7 @@ class InferenceWorker(PollingThread):
             self._queue.add_event(
                 job.id,
                 self._clock(),
-                "prior_found",
+                EventCode.PRIOR_FOUND,
                 f"{found.describe()} seconds={time.perf_counter() - looked_up:.3f}",
             )
         context = RunContext(
@@ -333,7 +341,7 @@ class InferenceWorker(PollingThread):
         self._check_deadline(job, deadline)
         inferred = time.perf_counter()
         self._queue.add_event(
-            job.id, self._clock(), "inference_done", f"seconds={inferred - loaded:.3f}"
+            job.id, self._clock(), EventCode.INFERENCE_DONE, f"seconds={inferred - loaded:.3f}"
         )
         template = load_template_by_name(plugin.template, self._templates_dir)
         previous = self._queue.previous_result_dir(job.series_uid, job.rule, job.id)
@@ -385,7 +393,9 @@ class InferenceWorker(PollingThread):
         result_dir.mkdir(parents=True, exist_ok=True)
         stale = clear_results(result_dir)
         if stale:  # an earlier run of this job was interrupted or its files were damaged
-            self._queue.add_event(job.id, self._clock(), "stale_results_removed", ",".join(stale))
+            self._queue.add_event(
+                job.id, self._clock(), EventCode.RESULTS_STALE_REMOVED, ",".join(stale)
+            )
             log.warning("stale result files removed job_id=%d count=%d", job.id, len(stale))
         write_summary(
             result_dir,
@@ -415,11 +425,11 @@ class InferenceWorker(PollingThread):
         self._queue.add_event(
             job.id,
             self._clock(),
-            "encoded",
+            EventCode.RESULTS_ENCODED,
             f"seconds={encoded - inferred:.3f} "
             + " ".join(f"{tag}={value:.3f}" for tag, value in results.seconds.items()),
         )
-        self._queue.inference_done(job.id, result_dir, self._clock())
+        self._queue.inference_done(job.id, result_dir, self._clock(), owner=self.owner)
         log.info(
             "results written job_id=%d plugin=%s objects=%d dir=%s load=%.2fs infer=%.2fs"
             " encode=%.2fs",
@@ -452,7 +462,7 @@ class InferenceWorker(PollingThread):
         for tag, why in sorted(reasons.items()):
             by_reason.setdefault(why, []).append(tag)
         detail = "; ".join(f"{','.join(named)}: {why}" for why, named in by_reason.items())
-        self._queue.add_event(job.id, self._clock(), "results_skipped", detail)
+        self._queue.add_event(job.id, self._clock(), EventCode.RESULTS_SKIPPED, detail)
         named = ",".join(sorted(reasons))
         log.log(
             level, "result kinds skipped job_id=%d tags=%s reason=%s", job.id, named, log_reason
@@ -474,7 +484,7 @@ class InferenceWorker(PollingThread):
             self._queue.add_event(
                 job.id,
                 self._clock(),
-                "results_skipped",
+                EventCode.RESULTS_SKIPPED,
                 "reg is built but no destination of this job lists 'reg' in its results",
             )
             log.warning("reg not sent job_id=%d reason=no_destination_profile_lists_reg", job.id)

@@ -24,7 +24,8 @@ from node.errors import AinodeError, NotFound
 from node.orchestration.ingest import Ingestor
 from node.polling import PollingThread
 from node.pull.remote import SourceError, query_series, retrieve_series
-from node.pull.store import Pull, PullStore
+from node.state.lease import owner_name
+from node.state.pulls import Pull, PullStore
 from node.state.series import SeriesStore
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ class PullService(PollingThread):
         self._on_received = on_received
         self._max_attempts = max_attempts
         self._retry_seconds = retry_seconds
+        self._owner = owner_name("pull")
 
     def submit(
         self,
@@ -91,11 +93,12 @@ class PullService(PollingThread):
         return pull
 
     def run_once(self) -> bool:
-        pull = self._store.claim(self._clock())
+        pull = self._store.claim(self._clock(), self._owner)
         if pull is None:
             return False
         try:
-            self._run(pull)
+            with self._store.keep_lease(pull, self._clock).held():
+                self._run(pull)
         except (AinodeError, OSError, ValueError) as exc:
             now = self._clock()
             if pull.attempts < self._max_attempts:

@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from node.state.db import Database
+from node.state.interfaces import Connection
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ def _load(text: str | None) -> Any:
 class AuditLog:
     """Appends and reads audit entries."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Connection) -> None:
         self._db = db
 
     def record(

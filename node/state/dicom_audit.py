@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass
 from enum import IntEnum, StrEnum
 from typing import Any
 
-from node.state.db import Database
+from node.state.interfaces import Connection
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ class AuditEvent:
 class DicomAudit:
     """Records and queries DICOM audit events in the node's state database."""
 
-    def __init__(self, db: Database, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, db: Connection, clock: Callable[[], float] = time.time) -> None:
         self._db = db
         self._clock = clock
 

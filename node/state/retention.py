@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from node.retention import SeriesUsage
-from node.state.db import Database
+from node.state.interfaces import Connection
 
 PURGES_TABLE = """
 CREATE TABLE IF NOT EXISTS series_purges (
@@ -47,7 +47,7 @@ class PurgeMark:
 class RetentionStore:
     """Reads usage for the policy and records what retention deleted."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Connection) -> None:
         self._db = db
         with db.transaction() as cursor:
             cursor.execute(PURGES_TABLE)

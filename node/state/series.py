@@ -12,7 +12,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
-from node.state.db import Database
+from node.state.interfaces import Connection
 
 
 @dataclass(frozen=True)
@@ -65,9 +65,9 @@ def _series(row: object) -> SeriesRow:
 
 
 class SeriesStore:
-    """Ingest bookkeeping on top of :class:`~node.state.db.Database`."""
+    """Ingest bookkeeping (instances, series, completions)."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Connection) -> None:
         self._db = db
 
     def atomically(self) -> AbstractContextManager[object]:
@@ -92,9 +92,9 @@ class SeriesStore:
         a re-send that starts with instances already held is not completed half-way."""
         with self._db.transaction() as cursor:
             cursor.execute(
-                "UPDATE series SET last_received = MAX(last_received, ?)"
-                " WHERE series_uid = ? AND state = 'receiving'",
-                (now, series_uid),
+                "UPDATE series SET last_received = ?"
+                " WHERE series_uid = ? AND state = 'receiving' AND last_received < ?",
+                (now, series_uid, now),
             )
 
     def record_instance(self, record: InstanceRecord, now: float) -> tuple[bool, bool]:
@@ -214,8 +214,9 @@ class SeriesStore:
             cursor.execute("SELECT * FROM series WHERE series_uid = ?", (series_uid,))
             row = _series(cursor.fetchone())
             cursor.execute(
-                "INSERT OR REPLACE INTO series_completions (series_uid, generation, completed_at)"
-                " VALUES (?, ?, ?)",
+                "INSERT INTO series_completions (series_uid, generation, completed_at)"
+                " VALUES (?, ?, ?) ON CONFLICT (series_uid, generation)"
+                " DO UPDATE SET completed_at = excluded.completed_at",
                 (series_uid, row.generation, now),
             )
             return row
@@ -229,9 +230,10 @@ class SeriesStore:
         them); the completion hold's reason and note have been told and are cleared."""
         with self._db.transaction() as cursor:
             cursor.execute(
-                "UPDATE series SET dispatched_generation = MAX(dispatched_generation, ?),"
+                "UPDATE series SET dispatched_generation = CASE"
+                " WHEN dispatched_generation > ? THEN dispatched_generation ELSE ? END,"
                 " hold_reason = NULL, completion_note = NULL WHERE series_uid = ?",
-                (generation, series_uid),
+                (generation, generation, series_uid),
             )
 
     def undispatched(self) -> list[SeriesRow]:
@@ -251,11 +253,12 @@ class SeriesStore:
         with self._db.transaction() as cursor:
             for series_uid in series_uids:
                 cursor.execute(
-                    "UPDATE series SET hold_until = MAX(COALESCE(hold_until, 0), ?),"
+                    "UPDATE series SET hold_until = CASE"
+                    " WHEN COALESCE(hold_until, 0) > ? THEN hold_until ELSE ? END,"
                     " hold_reason = CASE WHEN hold_reason IS NULL THEN ?"
                     " ELSE hold_reason || '; ' || ? END"
                     " WHERE series_uid = ? AND state = 'receiving'",
-                    (until, reason, reason, series_uid),
+                    (until, until, reason, reason, series_uid),
                 )
                 if cursor.rowcount == 1:
                     held.append(series_uid)

@@ -8,7 +8,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from node.jobs.queue import JobQueue
+from node.state.jobs import JobQueue
 
 
 def enqueue_job(

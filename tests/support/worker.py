@@ -10,10 +10,10 @@ import torch
 from pydicom.dataset import Dataset
 
 from node.contract.plugin import InferencePlugin
-from node.jobs.queue import Job, JobQueue
 from node.orchestration.registry import PluginRegistry
 from node.orchestration.worker import InferenceWorker
 from node.state.db import Database
+from node.state.jobs import Job, JobQueue
 from node.state.series import SeriesStore
 from tests.support.jobs import enqueue_series
 from tests.support.spool import spool_series

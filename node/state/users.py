@@ -20,7 +20,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from node.errors import AinodeError, Conflict, InvalidInput, NotFound
-from node.state.db import Database
+from node.state.interfaces import Connection
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def check_password_strength(password: str) -> None:
 class UserStore:
     """Users, sessions and tokens in the state database."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Connection) -> None:
         self._db = db
 
     # -- users ------------------------------------------------------------------------

@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from node.state.db import Database
+from node.state import lease
+from node.state.events import EventCode
+from node.state.interfaces import Connection, Cursor
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,9 @@ class Job:
     updated_at: float
     #: Shadow mode: results are stored and listed but never sent.
     shadow: bool = False
+    #: Who runs the job (``host:pid:worker``) while it is ``running``, and until when.
+    owner: str | None = None
+    lease_expires_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,8 @@ class JobEvent:
     at: float
     event: str
     detail: str
+    #: The :class:`~node.state.events.EventCode` value (what metrics and the console read).
+    code: str = ""
 
 
 def _job(row: object) -> Job:
@@ -73,11 +81,27 @@ def _job(row: object) -> Job:
     return Job(**data)
 
 
+#: How jobs are claimed: the most urgent queued job, or a running one whose lease ran out.
+JOB_LEASE = lease.LeaseTable(
+    table="jobs",
+    waiting_state="queued",
+    running_state="running",
+    due="1 = 1",
+    order="priority, id",
+    claim_set="attempts = attempts + 1, started_at = ?, updated_at = ?, error = NULL",
+)
+#: Ends a job's lease (the worker records its outcome or the node gives it back).
+_RELEASE = lease.release_columns()
+
+
 class JobQueue:
     """Job rows and their transitions; every method takes ``now`` explicitly."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(
+        self, db: Connection, *, lease_seconds: float = lease.DEFAULT_LEASE_SECONDS
+    ) -> None:
         self._db = db
+        self.lease_seconds = lease_seconds
 
     def enqueue(
         self,
@@ -114,47 +138,99 @@ class JobQueue:
                 cursor,
                 job_id,
                 now,
-                "queued",
+                EventCode.JOB_QUEUED,
                 f"rule={rule} plugin={plugin}" + (" shadow" if shadow else ""),
             )
         return job_id
 
     @staticmethod
-    def _event(cursor: object, job_id: int, now: float, event: str, detail: str = "") -> None:
-        cursor.execute(  # type: ignore[attr-defined]
-            "INSERT INTO job_events (job_id, at, event, detail) VALUES (?, ?, ?, ?)",
-            (job_id, now, event, detail),
+    def _event(cursor: Cursor, job_id: int, now: float, code: EventCode, detail: str = "") -> None:
+        cursor.execute(
+            "INSERT INTO job_events (job_id, at, event, code, detail) VALUES (?, ?, ?, ?, ?)",
+            (job_id, now, code.event, code.value, detail),
         )
 
-    def add_event(self, job_id: int, now: float, event: str, detail: str = "") -> None:
+    def add_event(self, job_id: int, now: float, code: EventCode, detail: str = "") -> None:
         with self._db.transaction() as cursor:
-            self._event(cursor, job_id, now, event, detail)
+            self._event(cursor, job_id, now, code, detail)
 
-    def claim_next(self, now: float) -> Job | None:
-        """Move the most urgent queued job to ``running`` and return it."""
+    def claim_next(self, now: float, owner: str | None = None) -> Job | None:
+        """Move the most urgent queued job to ``running`` for ``owner`` and return it.
+
+        A running job whose lease has expired is claimable too (its worker died in
+        another process); the takeover leaves a ``job.lease_expired`` event.
+        """
+        owner = owner or lease.owner_name("worker")
         with self._db.transaction() as cursor:
-            cursor.execute(
-                "SELECT id FROM jobs WHERE state = 'queued' ORDER BY priority, id LIMIT 1"
+            claimed = lease.claim(
+                cursor, JOB_LEASE, owner, now, self.lease_seconds, claim_parameters=(now, now)
             )
-            row = cursor.fetchone()
-            if row is None:
+            if claimed is None:
                 return None
-            cursor.execute(
-                "UPDATE jobs SET state = 'running', attempts = attempts + 1, started_at = ?,"
-                " updated_at = ?, error = NULL WHERE id = ?",
-                (now, now, row["id"]),
-            )
-            self._event(cursor, row["id"], now, "started")
-            cursor.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],))
+            if claimed.reclaimed:
+                self._event(
+                    cursor,
+                    claimed.id,
+                    now,
+                    EventCode.JOB_LEASE_EXPIRED,
+                    f"lease of {claimed.previous_owner} expired; taken over by {owner}",
+                )
+            self._event(cursor, claimed.id, now, EventCode.JOB_STARTED, f"owner={owner}")
+            cursor.execute("SELECT * FROM jobs WHERE id = ?", (claimed.id,))
             return _job(cursor.fetchone())
 
-    def inference_done(self, job_id: int, result_dir: Path, now: float) -> Job:
-        """Results are on disk; send them next (or finish when there is nowhere to send)."""
+    def renew_lease(self, job_id: int, owner: str, now: float) -> bool:
+        """Extend ``owner``'s lease on its running job; False when it lost the job."""
         with self._db.transaction() as cursor:
+            return lease.renew(cursor, JOB_LEASE, job_id, owner, now, self.lease_seconds)
+
+    def keep_lease(self, job: Job, clock: Callable[[], float]) -> lease.LeaseKeeper:
+        """A keeper renewing ``job``'s lease every third of its length while it runs."""
+        owner = job.owner or ""
+        return lease.LeaseKeeper(
+            lambda: self.renew_lease(job.id, owner, clock()), self.lease_seconds / 3
+        )
+
+    @staticmethod
+    def _lost(cursor: Cursor, job_id: int, owner: str | None) -> str | None:
+        """The job's current owner when ``owner`` no longer holds it (its lease ran out and
+        another worker took it); None when ``owner`` is None or still the holder."""
+        if owner is None:
+            return None
+        cursor.execute("SELECT state, owner FROM jobs WHERE id = ?", (job_id,))
+        row = cursor.fetchone()
+        if row is None or row["state"] != "running" or row["owner"] == owner:
+            return None
+        return str(row["owner"])
+
+    def _record_lost(
+        self, cursor: Cursor, job_id: int, now: float, owner: str, holder: str, outcome: str
+    ) -> None:
+        self._event(
+            cursor,
+            job_id,
+            now,
+            EventCode.JOB_LEASE_LOST,
+            f"{owner} lost its lease to {holder}; its outcome not recorded: {outcome}",
+        )
+
+    def inference_done(
+        self, job_id: int, result_dir: Path, now: float, *, owner: str | None = None
+    ) -> Job:
+        """Results are on disk; send them next (or finish when there is nowhere to send).
+
+        ``owner``: the worker recording it; when another worker holds the job now (this
+        one's lease ran out) the state is left to that worker.
+        """
+        with self._db.transaction() as cursor:
+            holder = self._lost(cursor, job_id, owner)
+            if holder is not None and owner is not None:
+                self._record_lost(cursor, job_id, now, owner, holder, f"results in {result_dir}")
+                return self._locked_job(cursor, job_id)
             cursor.execute("SELECT destinations, state, shadow FROM jobs WHERE id = ?", (job_id,))
             row = cursor.fetchone()
             if row["state"] != "running":  # cancelled meanwhile: keep the results, not the state
-                self._event(cursor, job_id, now, "results_written", str(result_dir))
+                self._event(cursor, job_id, now, EventCode.RESULTS_WRITTEN, str(result_dir))
                 cursor.execute("SELECT * FROM jobs WHERE id = ?", (job_id,))
                 return _job(cursor.fetchone())
             # A shadow job keeps its results on the node: nothing is pending, nothing is sent.
@@ -162,7 +238,7 @@ class JobQueue:
             state = "exporting" if json.loads(destinations) else "done"
             cursor.execute(
                 "UPDATE jobs SET state = ?, result_dir = ?, pending_destinations = ?,"
-                " next_attempt_at = ?, updated_at = ?, finished_at = ? WHERE id = ?",
+                f" next_attempt_at = ?, updated_at = ?, finished_at = ?, {_RELEASE} WHERE id = ?",
                 (
                     state,
                     str(result_dir),
@@ -173,10 +249,10 @@ class JobQueue:
                     job_id,
                 ),
             )
-            self._event(cursor, job_id, now, "results_written", str(result_dir))
+            self._event(cursor, job_id, now, EventCode.RESULTS_WRITTEN, str(result_dir))
             if state == "done":
                 detail = "shadow mode: nothing sent" if row["shadow"] else "no destinations"
-                self._event(cursor, job_id, now, "done", detail)
+                self._event(cursor, job_id, now, EventCode.JOB_DONE, detail)
             cursor.execute("SELECT * FROM jobs WHERE id = ?", (job_id,))
             return _job(cursor.fetchone())
 
@@ -221,15 +297,14 @@ class JobQueue:
                 " updated_at = ? WHERE id = ? AND state = 'exporting'",
                 (json.dumps(pending), retry_at, error or None, now, job_id),
             )
-            self._event(cursor, job_id, now, "export_retry_scheduled", detail or error)
+            self._event(cursor, job_id, now, EventCode.EXPORT_RETRY, detail or error)
 
     def export_started_at(self, job_id: int) -> float | None:
         """When the job's results became ready to send (written, or an administrator's retry):
         the start of its export time budget."""
         rows = self._db.query(
-            "SELECT MAX(at) AS at FROM job_events WHERE job_id = ?"
-            " AND event IN ('results_written', 'retried')",
-            (job_id,),
+            "SELECT MAX(at) AS at FROM job_events WHERE job_id = ? AND code IN (?, ?)",
+            (job_id, EventCode.RESULTS_WRITTEN.value, EventCode.JOB_RETRIED.value),
         )
         return None if not rows or rows[0]["at"] is None else float(rows[0]["at"])
 
@@ -262,7 +337,7 @@ class JobQueue:
                     "UPDATE jobs SET next_attempt_at = ?, updated_at = ? WHERE id = ?",
                     (now, now, job_id),
                 )
-                self._event(cursor, job_id, now, "export_released", reason)
+                self._event(cursor, job_id, now, EventCode.EXPORT_RELEASED, reason)
         return released
 
     def finish(self, job_id: int, now: float, detail: str = "") -> None:
@@ -273,14 +348,29 @@ class JobQueue:
                 " WHERE id = ? AND state != 'cancelled'",
                 (now, now, job_id),
             )
-            event = "done" if cursor.rowcount == 1 else "finished_after_cancel"
-            self._event(cursor, job_id, now, event, detail)
+            code = (
+                EventCode.JOB_DONE if cursor.rowcount == 1 else EventCode.JOB_FINISHED_AFTER_CANCEL
+            )
+            self._event(cursor, job_id, now, code, detail)
 
     def fail(
-        self, job_id: int, error: str, now: float, *, pending: list[str] | None = None
+        self,
+        job_id: int,
+        error: str,
+        now: float,
+        *,
+        pending: list[str] | None = None,
+        code: EventCode = EventCode.JOB_FAILED,
+        owner: str | None = None,
     ) -> None:
-        """Fail the job with ``error``; ``pending``: the destinations still owed results."""
+        """Fail the job with ``error``; ``pending``: the destinations still owed results;
+        ``code``: what failed (:attr:`EventCode.EXPORT_FAILED` when the export gave up);
+        ``owner``: the worker recording it (see :meth:`inference_done`)."""
         with self._db.transaction() as cursor:
+            holder = self._lost(cursor, job_id, owner)
+            if holder is not None and owner is not None:
+                self._record_lost(cursor, job_id, now, owner, holder, f"failed: {error}")
+                return
             if pending is not None:
                 cursor.execute(
                     "UPDATE jobs SET pending_destinations = ?"
@@ -289,11 +379,13 @@ class JobQueue:
                 )
             cursor.execute(
                 "UPDATE jobs SET state = 'failed', error = ?, next_attempt_at = NULL,"
-                " finished_at = ?, updated_at = ? WHERE id = ? AND state != 'cancelled'",
+                f" finished_at = ?, updated_at = ?, {_RELEASE}"
+                " WHERE id = ? AND state != 'cancelled'",
                 (error, now, now, job_id),
             )
-            event = "failed" if cursor.rowcount == 1 else "error_after_cancel"
-            self._event(cursor, job_id, now, event, error)
+            if cursor.rowcount != 1:
+                code = EventCode.JOB_ERROR_AFTER_CANCEL
+            self._event(cursor, job_id, now, code, error)
 
     def rebuild(self, job_id: int, problem: str, now: float) -> None:
         """An exporting job's result files are not whole: run inference again."""
@@ -304,10 +396,19 @@ class JobQueue:
                 (now, job_id),
             )
             if cursor.rowcount == 1:
-                self._event(cursor, job_id, now, "results_incomplete", f"{problem}; rebuilding")
+                self._event(
+                    cursor, job_id, now, EventCode.RESULTS_INCOMPLETE, f"{problem}; rebuilding"
+                )
 
     def skip(
-        self, job_id: int, reason: str, now: float, *, source: str, checks: list[dict[str, str]]
+        self,
+        job_id: int,
+        reason: str,
+        now: float,
+        *,
+        source: str,
+        checks: list[dict[str, str]],
+        owner: str | None = None,
     ) -> None:
         """End the job ``skipped``: its input is outside what the routine takes.
 
@@ -316,24 +417,41 @@ class JobQueue:
         """
         detail = json.dumps({"reason": reason, "source": source, "checks": checks})
         with self._db.transaction() as cursor:
+            holder = self._lost(cursor, job_id, owner)
+            if holder is not None and owner is not None:
+                self._record_lost(cursor, job_id, now, owner, holder, f"skipped: {reason}")
+                return
             cursor.execute(
                 "UPDATE jobs SET state = 'skipped', error = ?, next_attempt_at = NULL,"
-                " finished_at = ?, updated_at = ? WHERE id = ? AND state != 'cancelled'",
+                f" finished_at = ?, updated_at = ?, {_RELEASE}"
+                " WHERE id = ? AND state != 'cancelled'",
                 (reason, now, now, job_id),
             )
-            event = "skipped" if cursor.rowcount == 1 else "skipped_after_cancel"
-            self._event(cursor, job_id, now, event, detail)
+            code = (
+                EventCode.JOB_SKIPPED
+                if cursor.rowcount == 1
+                else EventCode.JOB_SKIPPED_AFTER_CANCEL
+            )
+            self._event(cursor, job_id, now, code, detail)
 
     def requeue_interrupted(self, now: float) -> list[int]:
-        """On start-up: jobs left ``running`` by a crash go back to the queue."""
+        """On start-up: jobs left ``running`` by a crash go back to the queue.
+
+        Those are the running jobs with no owner, or whose owner was a process of this
+        host that no longer runs; a job held by a live process (another node process on
+        the same database, or one on another host) keeps running under its lease.
+        """
         with self._db.transaction() as cursor:
-            cursor.execute("SELECT id FROM jobs WHERE state = 'running'")
-            ids = [int(row["id"]) for row in cursor.fetchall()]
+            cursor.execute("SELECT id, owner FROM jobs WHERE state = 'running'")
+            ids = [int(row["id"]) for row in cursor.fetchall() if lease.owner_is_dead(row["owner"])]
             for job_id in ids:
                 cursor.execute(
-                    "UPDATE jobs SET state = 'queued', updated_at = ? WHERE id = ?", (now, job_id)
+                    f"UPDATE jobs SET state = 'queued', updated_at = ?, {_RELEASE} WHERE id = ?",
+                    (now, job_id),
                 )
-                self._event(cursor, job_id, now, "requeued", "node restarted while running")
+                self._event(
+                    cursor, job_id, now, EventCode.JOB_REQUEUED, "node restarted while running"
+                )
             # Exports interrupted mid-send are retried straight away.
             cursor.execute("UPDATE jobs SET next_attempt_at = ? WHERE state = 'exporting'", (now,))
         return ids
@@ -356,7 +474,7 @@ class JobQueue:
 
     def events(self, job_id: int) -> list[JobEvent]:
         rows = self._db.query(
-            "SELECT job_id, at, event, detail FROM job_events WHERE job_id = ? ORDER BY id",
+            "SELECT job_id, at, event, detail, code FROM job_events WHERE job_id = ? ORDER BY id",
             (job_id,),
         )
         return [JobEvent(**dict(row)) for row in rows]
@@ -388,9 +506,9 @@ class JobQueue:
 
     # -- administrative actions (each leaves an event naming who asked) ---------------
 
-    def _locked_job(self, cursor: object, job_id: int) -> Job:
-        cursor.execute("SELECT * FROM jobs WHERE id = ?", (job_id,))  # type: ignore[attr-defined]
-        row = cursor.fetchone()  # type: ignore[attr-defined]
+    def _locked_job(self, cursor: Cursor, job_id: int) -> Job:
+        cursor.execute("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        row = cursor.fetchone()
         if row is None:
             raise KeyError(job_id)
         return _job(row)
@@ -406,10 +524,10 @@ class JobQueue:
                 )
             cursor.execute(
                 "UPDATE jobs SET state = 'cancelled', next_attempt_at = NULL, finished_at = ?,"
-                " updated_at = ? WHERE id = ?",
+                f" updated_at = ?, {_RELEASE} WHERE id = ?",
                 (now, now, job_id),
             )
-            self._event(cursor, job_id, now, "cancelled", f"by {by}")
+            self._event(cursor, job_id, now, EventCode.JOB_CANCELLED, f"by {by}")
             return self._locked_job(cursor, job_id)
 
     def retry(self, job_id: int, now: float, *, by: str) -> Job:
@@ -437,7 +555,7 @@ class JobQueue:
                     " next_attempt_at = ?, finished_at = NULL, updated_at = ? WHERE id = ?",
                     (now, now, job_id),
                 )
-                self._event(cursor, job_id, now, "retried", f"by {by}; resend results")
+                self._event(cursor, job_id, now, EventCode.JOB_RETRIED, f"by {by}; resend results")
             else:
                 cursor.execute(
                     "UPDATE jobs SET state = 'queued', error = NULL, next_attempt_at = NULL,"
@@ -445,7 +563,7 @@ class JobQueue:
                     " updated_at = ? WHERE id = ?",
                     (now, job_id),
                 )
-                self._event(cursor, job_id, now, "retried", f"by {by}; run again")
+                self._event(cursor, job_id, now, EventCode.JOB_RETRIED, f"by {by}; run again")
             return self._locked_job(cursor, job_id)
 
     def rerun(self, job_id: int, now: float, *, by: str, plugin: str | None = None) -> int:
@@ -465,8 +583,8 @@ class JobQueue:
             now=now,
             shadow=job.shadow,
         )
-        self.add_event(new_id, now, "rerun_of", f"job {job_id} by {by}")
-        self.add_event(job_id, now, "rerun", f"as job {new_id} plugin={chosen} by {by}")
+        self.add_event(new_id, now, EventCode.JOB_RERUN_OF, f"job {job_id} by {by}")
+        self.add_event(job_id, now, EventCode.JOB_RERUN, f"as job {new_id} plugin={chosen} by {by}")
         return new_id
 
     def set_priority(self, job_id: int, priority: int, now: float, *, by: str) -> Job:
@@ -482,7 +600,11 @@ class JobQueue:
                 (priority, now, job_id),
             )
             self._event(
-                cursor, job_id, now, "priority_changed", f"{job.priority} -> {priority} by {by}"
+                cursor,
+                job_id,
+                now,
+                EventCode.JOB_PRIORITY_CHANGED,
+                f"{job.priority} -> {priority} by {by}",
             )
             return self._locked_job(cursor, job_id)
 

@@ -1,7 +1,6 @@
 """Pull requests and expected instance counts, kept in the state database.
 
-Two tables of their own (created here, idempotently, so the shared schema in
-:mod:`node.state.db` is untouched):
+Two tables (created by :mod:`node.state.migrations` like every other):
 
 ``pulls``
     One row per ``POST /api/pull`` or Orthanc notification: what to fetch,
@@ -19,41 +18,23 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from node.state.db import Database
+from node.state import lease
+from node.state.interfaces import Connection
 
 log = logging.getLogger(__name__)
 
-PULL_SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS pulls (
-    id          INTEGER PRIMARY KEY AUTOINCREMENT,
-    source      TEXT NOT NULL,
-    study_uid   TEXT NOT NULL,
-    series_uid  TEXT,
-    rule        TEXT,
-    origin      TEXT NOT NULL DEFAULT 'api',
-    state       TEXT NOT NULL DEFAULT 'queued'
-                CHECK (state IN ('queued', 'running', 'done', 'failed')),
-    attempts    INTEGER NOT NULL DEFAULT 0,
-    not_before  REAL NOT NULL DEFAULT 0,
-    detail      TEXT NOT NULL DEFAULT '{}',
-    error       TEXT,
-    created_at  REAL NOT NULL,
-    updated_at  REAL NOT NULL
-)""",
-    "CREATE INDEX IF NOT EXISTS pulls_state ON pulls (state, id)",
-    "CREATE INDEX IF NOT EXISTS pulls_study ON pulls (study_uid)",
-    """CREATE TABLE IF NOT EXISTS series_expectations (
-    series_uid      TEXT PRIMARY KEY,
-    study_uid       TEXT NOT NULL,
-    expected_count  INTEGER,
-    generation      INTEGER NOT NULL,
-    source          TEXT NOT NULL,
-    rule            TEXT,
-    set_at          REAL NOT NULL
-)""",
+#: How pulls are claimed: the oldest due queued pull, or a running one whose lease ran out.
+PULL_LEASE = lease.LeaseTable(
+    table="pulls",
+    waiting_state="queued",
+    running_state="running",
+    due="not_before <= ?",
+    order="id",
+    claim_set="attempts = attempts + 1, updated_at = ?",
 )
 
 
@@ -72,6 +53,9 @@ class Pull:
     error: str | None
     created_at: float
     updated_at: float
+    #: Who runs the pull while it is ``running``, and until when.
+    owner: str | None = None
+    lease_expires_at: float | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -90,6 +74,18 @@ class Pull:
         }
 
 
+@dataclass(frozen=True)
+class SeriesProgress:
+    """A series of a study as received, with the count its sender reported (if asked)."""
+
+    series_uid: str
+    modality: str
+    instances: int
+    expected: int | None
+    state: str
+    generation: int
+
+
 def _pull(row: Any) -> Pull:
     data = dict(row)
     data["detail"] = json.loads(data["detail"] or "{}")
@@ -97,13 +93,13 @@ def _pull(row: Any) -> Pull:
 
 
 class PullStore:
-    """Pull rows and series expectations on top of :class:`~node.state.db.Database`."""
+    """Pull rows and series expectations."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(
+        self, db: Connection, *, lease_seconds: float = lease.DEFAULT_LEASE_SECONDS
+    ) -> None:
         self._db = db
-        with db.transaction() as cursor:
-            for statement in PULL_SCHEMA:
-                cursor.execute(statement)
+        self.lease_seconds = lease_seconds
 
     # -- pulls ------------------------------------------------------------------------
     def add(
@@ -126,24 +122,23 @@ class PullStore:
             cursor.execute("SELECT * FROM pulls WHERE id = ?", (pull_id,))
             return _pull(cursor.fetchone())
 
-    def claim(self, now: float) -> Pull | None:
-        """Mark the oldest queued pull running and return it."""
+    def claim(self, now: float, owner: str | None = None) -> Pull | None:
+        """Mark the oldest due queued pull running for ``owner`` and return it (a running
+        pull whose lease expired is taken over)."""
+        owner = owner or lease.owner_name("puller")
         with self._db.transaction() as cursor:
-            cursor.execute(
-                "SELECT id FROM pulls WHERE state = 'queued' AND not_before <= ?"
-                " ORDER BY id LIMIT 1",
-                (now,),
+            claimed = lease.claim(
+                cursor, PULL_LEASE, owner, now, self.lease_seconds, claim_parameters=(now,)
             )
-            row = cursor.fetchone()
-            if row is None:
+            if claimed is None:
                 return None
-            cursor.execute(
-                "UPDATE pulls SET state = 'running', attempts = attempts + 1, updated_at = ?"
-                " WHERE id = ?",
-                (now, row["id"]),
-            )
-            cursor.execute("SELECT * FROM pulls WHERE id = ?", (row["id"],))
+            cursor.execute("SELECT * FROM pulls WHERE id = ?", (claimed.id,))
             return _pull(cursor.fetchone())
+
+    def renew_lease(self, pull_id: int, owner: str, now: float) -> bool:
+        """Extend ``owner``'s lease on its running pull; False when it lost the pull."""
+        with self._db.transaction() as cursor:
+            return lease.renew(cursor, PULL_LEASE, pull_id, owner, now, self.lease_seconds)
 
     def update(
         self,
@@ -169,19 +164,32 @@ class PullStore:
                     (json.dumps({"series": series}), now, pull_id),
                 )
             if state is not None:
+                # Leaving 'running' ends the lease.
+                release = "" if state == "running" else f", {lease.release_columns()}"
                 cursor.execute(
-                    "UPDATE pulls SET state = ?, error = ?, updated_at = ? WHERE id = ?",
+                    f"UPDATE pulls SET state = ?, error = ?, updated_at = ?{release} WHERE id = ?",
                     (state, error, now, pull_id),
                 )
 
+    def keep_lease(self, pull: Pull, clock: Callable[[], float]) -> lease.LeaseKeeper:
+        """A keeper renewing ``pull``'s lease every third of its length while it runs."""
+        owner = pull.owner or ""
+        return lease.LeaseKeeper(
+            lambda: self.renew_lease(pull.id, owner, clock()), self.lease_seconds / 3
+        )
+
     def requeue_interrupted(self, now: float) -> list[int]:
-        """Pulls left running by a crash go back to the queue (retrieval is idempotent)."""
+        """Pulls left running by a crash go back to the queue (retrieval is idempotent);
+        one held by a live process elsewhere keeps running under its lease."""
         with self._db.transaction() as cursor:
-            cursor.execute("SELECT id FROM pulls WHERE state = 'running'")
-            ids = [int(row["id"]) for row in cursor.fetchall()]
-            cursor.execute(
-                "UPDATE pulls SET state = 'queued', updated_at = ? WHERE state = 'running'", (now,)
-            )
+            cursor.execute("SELECT id, owner FROM pulls WHERE state = 'running'")
+            ids = [int(row["id"]) for row in cursor.fetchall() if lease.owner_is_dead(row["owner"])]
+            for pull_id in ids:
+                cursor.execute(
+                    "UPDATE pulls SET state = 'queued', updated_at = ?,"
+                    f" {lease.release_columns()} WHERE id = ?",
+                    (now, pull_id),
+                )
         return ids
 
     def get(self, pull_id: int) -> Pull | None:
@@ -263,4 +271,24 @@ class PullStore:
         return [
             (str(r["series_uid"]), str(r["study_uid"]), int(r["generation"]), str(r["calling_ae"]))
             for r in rows
+        ]
+
+    def study_progress(self, study_uid: str) -> list[SeriesProgress]:
+        """The study's series in arrival order, with their expected counts."""
+        rows = self._db.query(
+            "SELECT s.series_uid, s.modality, s.instance_count, s.state, s.generation,"
+            " e.expected_count FROM series s LEFT JOIN series_expectations e"
+            " ON e.series_uid = s.series_uid WHERE s.study_uid = ? ORDER BY s.first_received",
+            (study_uid,),
+        )
+        return [
+            SeriesProgress(
+                series_uid=str(row["series_uid"]),
+                modality=str(row["modality"]),
+                instances=int(row["instance_count"]),
+                expected=None if row["expected_count"] is None else int(row["expected_count"]),
+                state=str(row["state"]),
+                generation=int(row["generation"]),
+            )
+            for row in rows
         ]

@@ -1,0 +1,184 @@
+"""Claim-with-lease: the one way a worker takes a row of a work table (jobs, pulls).
+
+A claim moves the most urgent due row to its running state and writes who holds
+it (``owner``, e.g. ``host:pid:worker-cpu``) and until when (``lease_expires_at``).
+The holder renews the lease while it works and releases it when it records the
+outcome. A running row whose lease has run out (its holder died or hung) is due
+again, so a worker in another process takes it over.
+
+The statements are portable SQL: a ``SELECT`` of the candidate, then an ``UPDATE``
+that repeats the condition and counts the rows it changed. Under SQLite the
+caller's ``BEGIN IMMEDIATE`` transaction already serialises claims; under a
+server database the repeated condition makes a lost race change nothing and the
+claim tries the next candidate.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from node.state.interfaces import Cursor
+
+#: How long a claim holds a row unless renewed (seconds).
+DEFAULT_LEASE_SECONDS = 60.0
+
+
+def owner_name(worker: str) -> str:
+    """An owner id for ``worker`` in this process: ``host:pid:worker``."""
+    return f"{socket.gethostname()}:{os.getpid()}:{worker}"
+
+
+def owner_is_dead(owner: str | None) -> bool:
+    """At start-up: True when ``owner`` cannot still be working on its row.
+
+    That is no owner (rows from before leases), a process of this host that no longer
+    runs, or this very process (its workers have not started yet). Owners on other
+    hosts are never judged dead here: their lease decides.
+    """
+    if not owner:
+        return True
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+@dataclass(frozen=True)
+class LeaseTable:
+    """How one work table is claimed.
+
+    ``due`` is the SQL condition of a waiting row that may start (``?`` placeholders
+    bound to ``now`` as many times as it has them); ``order`` its ``ORDER BY``;
+    ``claim_set`` extra assignments made by a claim (their ``?`` bound to the claim's
+    ``claim_parameters``).
+    """
+
+    table: str
+    waiting_state: str
+    running_state: str
+    due: str
+    order: str
+    claim_set: str = ""
+
+    def claimable_sql(self) -> str:
+        """A waiting row that is due, or a running one whose lease has run out."""
+        return (
+            f"((state = '{self.waiting_state}' AND {self.due}) OR"
+            f" (state = '{self.running_state}' AND lease_expires_at IS NOT NULL"
+            " AND lease_expires_at <= ?))"
+        )
+
+    def claimable_parameters(self, now: float) -> tuple[float, ...]:
+        """The parameters of :meth:`claimable_sql` at ``now``."""
+        return (now,) * self.due.count("?") + (now,)
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A claimed row: its id, and the owner whose expired lease it took over (if any)."""
+
+    id: int
+    previous_owner: str | None
+    reclaimed: bool
+
+
+def claim(
+    cursor: Cursor,
+    spec: LeaseTable,
+    owner: str,
+    now: float,
+    lease_seconds: float,
+    claim_parameters: tuple[object, ...] = (),
+) -> Claimed | None:
+    """Claim the most urgent due row of ``spec.table`` for ``owner`` (inside a transaction)."""
+    while True:
+        cursor.execute(
+            f"SELECT id, state, owner FROM {spec.table} WHERE {spec.claimable_sql()}"
+            f" ORDER BY {spec.order} LIMIT 1",
+            spec.claimable_parameters(now),
+        )
+        row = cursor.fetchone()
+        if row is None:
+            return None
+        extra = f", {spec.claim_set}" if spec.claim_set else ""
+        cursor.execute(
+            f"UPDATE {spec.table} SET state = ?, owner = ?, lease_expires_at = ?{extra}"
+            f" WHERE id = ? AND {spec.claimable_sql()}",
+            (
+                spec.running_state,
+                owner,
+                now + lease_seconds,
+                *claim_parameters,
+                row["id"],
+                *spec.claimable_parameters(now),
+            ),
+        )
+        if cursor.rowcount == 1:
+            reclaimed = row["state"] == spec.running_state
+            return Claimed(int(row["id"]), row["owner"] if reclaimed else None, reclaimed)
+
+
+def renew(
+    cursor: Cursor, spec: LeaseTable, row_id: int, owner: str, now: float, lease_seconds: float
+) -> bool:
+    """Extend ``owner``'s lease on a running row; False when it no longer holds it."""
+    cursor.execute(
+        f"UPDATE {spec.table} SET lease_expires_at = ? WHERE id = ? AND owner = ?"
+        f" AND state = '{spec.running_state}'",
+        (now + lease_seconds, row_id, owner),
+    )
+    return cursor.rowcount == 1
+
+
+def release_columns() -> str:
+    """The assignments that end a lease (added to the ``UPDATE`` that records an outcome)."""
+    return "owner = NULL, lease_expires_at = NULL"
+
+
+class LeaseKeeper:
+    """Renews one lease on a background thread until the work is over.
+
+    ``renew_once`` returns False when the lease was lost (another owner took the
+    row over); the keeper then stops and :attr:`lost` is set.
+    """
+
+    def __init__(self, renew_once: Callable[[], bool], interval_seconds: float) -> None:
+        self._renew_once = renew_once
+        self._interval = interval_seconds
+        self._stop = threading.Event()
+        self.lost = False
+        self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                held = self._renew_once()
+            except Exception:  # a busy database: try again at the next interval
+                continue
+            if not held:
+                self.lost = True
+                return
+
+    @contextmanager
+    def held(self) -> Iterator[LeaseKeeper]:
+        self._thread.start()
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            self._thread.join()
