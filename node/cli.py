@@ -67,6 +67,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _config_check(args: argparse.Namespace) -> int:
     import json
 
+    import node.export.senders  # noqa: F401  (registers every destination kind)
     from node.config import Settings, config_problems
     from node.runtime.registry import PluginRegistry
 

@@ -10,20 +10,22 @@ import json
 import logging
 import re
 from collections.abc import Mapping
+from dataclasses import asdict
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
 from node.config import CHECK_FILES, AnyDestination
+from node.config.destinations import DEFAULT_DESTINATION_KIND
 from node.errors import Conflict, InvalidInput, NotFound
+from node.export.senders import SENDERS
 from node.state.db import Database
 
 log = logging.getLogger(__name__)
 
 SEEDED_KEY = "destinations_seeded_from_config"
-#: DIMSE (no ``kind``) or DICOMweb (``kind: dicomweb``) destinations.
+#: A destination of any kind registered in :data:`node.export.senders.SENDERS`.
 _DESTINATION: TypeAdapter[AnyDestination] = TypeAdapter(AnyDestination)
-_KIND_TAGS = ("dimse", "dicomweb")
 #: Retry settings every destination had before the time budget (issue 11 item 13).
 _OLD_RETRY_DEFAULTS: dict[str, Any] = {
     "max_attempts": 5,
@@ -43,8 +45,8 @@ def parse_destination(data: Mapping[str, Any] | Any) -> AnyDestination:
         problems = []
         for error in exc.errors():
             location = error["loc"]
-            if location and location[0] in _KIND_TAGS:  # the union's tag
-                location = location[1:]
+            if error["type"] == "destination_kind":
+                location = ("kind",)
             field = ".".join(str(p) for p in location) or "destination"
             message = "unknown field" if error["type"] == "extra_forbidden" else error["msg"]
             if error["type"] == "string_pattern_mismatch" and field == "ae_title":
@@ -59,6 +61,12 @@ def parse_destination(data: Mapping[str, Any] | Any) -> AnyDestination:
 #: What the API, the console and the audit log show instead of a stored password or token.
 REDACTED = "********"
 _SECRET_FIELDS = ("password", "token")
+
+
+def destination_kinds() -> list[dict[str, Any]]:
+    """Every registered destination kind with its console form, default kind first."""
+    kinds = sorted(SENDERS.values(), key=lambda k: (k.name != DEFAULT_DESTINATION_KIND, k.name))
+    return [{"name": kind.name, **asdict(kind.form)} for kind in kinds]
 
 
 def destination_view(destination: AnyDestination) -> dict[str, Any]:

@@ -4,9 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import (
+    Field,
+    PlainValidator,
+    SerializeAsAny,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from node.config.base import AE_TITLE_PATTERN, Port, _Strict
 from node.config.network import DicomTlsClientSettings
@@ -55,7 +63,18 @@ class RetrySettings(_Strict):
     probe_seconds: float = Field(30.0, gt=0)
 
 
-class DestinationSettings(RetrySettings, ResultProfileSettings):
+class DestinationBase(RetrySettings, ResultProfileSettings):
+    """What every kind of destination has: its result profile and its retry budget.
+
+    Each kind (registered in :data:`DESTINATION_MODELS`) adds its address fields.
+    """
+
+    def peer(self) -> str:
+        """Where this destination is, for logs, the audit trail and the console."""
+        raise NotImplementedError(f"{type(self).__name__} does not say where it is")
+
+
+class DestinationSettings(DestinationBase):
     """A DICOM peer that receives results by C-STORE."""
 
     ae_title: str = Field(pattern=AE_TITLE_PATTERN)
@@ -64,6 +83,9 @@ class DestinationSettings(RetrySettings, ResultProfileSettings):
     timeout_seconds: float = Field(30.0, gt=0)
     #: DICOM TLS to this peer (omit for plain DICOM).
     tls: DicomTlsClientSettings | None = None
+
+    def peer(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
 
 
 class HttpAuthSettings(_Strict):
@@ -105,18 +127,57 @@ class DicomWebEndpoint(_Strict):
     timeout_seconds: float = Field(30.0, gt=0)
 
 
-class DicomWebDestinationSettings(DicomWebEndpoint, RetrySettings, ResultProfileSettings):
+class DicomWebDestinationSettings(DicomWebEndpoint, DestinationBase):
     """A DICOMweb server that receives results by STOW-RS (``kind: dicomweb``)."""
 
-
-def _destination_kind(value: Any) -> str:
-    kind = value.get("kind", "dimse") if isinstance(value, Mapping) else getattr(value, "kind", "")
-    return "dicomweb" if kind == "dicomweb" else "dimse"
+    def peer(self) -> str:
+        return self.url
 
 
-#: A destination: DIMSE C-STORE (no ``kind`` key) or DICOMweb STOW-RS (``kind: dicomweb``).
-AnyDestination = Annotated[
-    Annotated[DestinationSettings, Tag("dimse")]
-    | Annotated[DicomWebDestinationSettings, Tag("dicomweb")],
-    Discriminator(_destination_kind),
-]
+#: The kind of a destination without a ``kind`` key.
+DEFAULT_DESTINATION_KIND = "dimse"
+
+#: The configuration model of each destination kind, by the ``kind`` key that selects it.
+#: The schema half of the kinds registered in ``node.export.senders`` (which adds a kind
+#: here and its sender there in one call); the two built-in kinds are known without it.
+DESTINATION_MODELS: dict[str, type[DestinationBase]] = {
+    "dimse": DestinationSettings,
+    "dicomweb": DicomWebDestinationSettings,
+}
+
+
+def destination_kind(destination: DestinationBase) -> str:
+    """The registered kind whose model ``destination`` is."""
+    for kind, model in DESTINATION_MODELS.items():
+        if type(destination) is model:
+            return kind
+    raise LookupError(f"{type(destination).__name__} is not a registered destination kind")
+
+
+def _validate_destination(value: Any, info: ValidationInfo) -> DestinationBase:
+    """Validate ``value`` with the model of its ``kind`` (:data:`DEFAULT_DESTINATION_KIND`
+    when absent); a model instance of a registered kind passes as it is."""
+    if isinstance(value, DestinationBase) and type(value) in DESTINATION_MODELS.values():
+        return value
+    if not isinstance(value, Mapping):
+        raise PydanticCustomError("destination_type", "a destination is a mapping of fields")
+    kind = value.get("kind", DEFAULT_DESTINATION_KIND)
+    model = DESTINATION_MODELS.get(kind) if isinstance(kind, str) else None
+    if model is None:
+        known = ", ".join(sorted(DESTINATION_MODELS))
+        message = f"unknown destination kind {kind!r} (known: {known})"
+        raise PydanticCustomError("destination_kind", message)
+    data = dict(value)
+    if "kind" not in model.model_fields:  # the model needs no key to tell it apart
+        data.pop("kind", None)
+    return model.model_validate(data, context=info.context)
+
+
+if TYPE_CHECKING:
+    AnyDestination = DestinationBase
+else:
+    #: A destination of any registered kind, chosen by its ``kind`` key (DIMSE C-STORE
+    #: without one, ``kind: dicomweb`` for STOW-RS, or a kind registered later).
+    AnyDestination = Annotated[
+        SerializeAsAny[DestinationBase], PlainValidator(_validate_destination)
+    ]

@@ -75,7 +75,7 @@ def _schema_problems(exc: ValidationError) -> list[tuple[str, str]]:
     problems = []
     for error in exc.errors():
         location: tuple[str | int, ...] = tuple(error["loc"])
-        if location[:1] in (("destinations",), ("sources",)) and len(location) > 2:
+        if location[:1] == ("sources",) and len(location) > 2:
             location = (*location[:2], *location[3:])  # drop the union's tag
         context = error.get("ctx", {}) or {}
         cause = context.get("error")
