@@ -8,6 +8,8 @@ destination acknowledged per instance and the status of a refusal.
 
 from __future__ import annotations
 
+import http.server
+import json
 import re
 import shutil
 import subprocess
@@ -23,7 +25,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 
 from node.admin.destinations import DestinationStore, destination_kinds, parse_destination
-from node.config import DestinationSettings, settings_from_mapping
+from node.config import DestinationSettings, DicomWebDestinationSettings, settings_from_mapping
 from node.config.destinations import DestinationBase
 from node.errors import ConfigError, ExportError, InvalidInput
 from node.export.dimse import send_files
@@ -36,6 +38,7 @@ from node.export.sender import (
     SenderKind,
 )
 from node.export.senders import SENDERS, register, sender_for, unregister
+from node.export.stow import stow_files
 from node.jobs.queue import JobQueue
 from node.synthetic.chest_ct import make_chest_ct, write_series
 from tests.support.admin import ADMIN_PASSWORD, ServedNode, login_session, served_node
@@ -302,3 +305,63 @@ def test_the_cli_lists_the_registered_kinds() -> None:
     lines = result.stdout.splitlines()
     assert lines[0].split()[:1] == ["dimse"] and "ae_title*" in lines[0]
     assert lines[1].split()[:1] == ["dicomweb"] and "url*" in lines[1]
+
+
+class StowServer:
+    """A plain HTTP server answering every STOW-RS request with ``status`` and ``body``."""
+
+    def __init__(self, status: int, body: dict[str, object] | None = None) -> None:
+        answer = (status, json.dumps(body).encode() if body is not None else b"")
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers["Content-Length"]))
+                self.send_response(answer[0])
+                self.send_header("Content-Type", "application/dicom+json")
+                self.send_header("Content-Length", str(len(answer[1])))
+                self.end_headers()
+                self.wfile.write(answer[1])
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/dicom-web"
+
+    def __enter__(self) -> StowServer:
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *args: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def web(url: str) -> DicomWebDestinationSettings:
+    return DicomWebDestinationSettings.model_validate({"kind": "dicomweb", "url": url})
+
+
+def referenced(uid: str, warning: int | None = None) -> dict[str, object]:
+    item: dict[str, object] = {"00081155": {"vr": "UI", "Value": [uid]}}
+    if warning is not None:
+        item["00081196"] = {"vr": "US", "Value": [warning]}
+    return item
+
+
+def test_stow_rs_acknowledges_what_the_response_lists(result_files: list[Path]) -> None:
+    uids = [str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in result_files]
+    listed = {"00081199": {"vr": "SQ", "Value": [referenced(uids[0]), referenced(uids[2], 0xB000)]}}
+    with StowServer(200, listed) as server:
+        acknowledged = stow_files(web(server.url), result_files)
+    # The instance the response leaves out is not acknowledged (the exporter retries it).
+    assert [(a.path, a.sop_instance_uid, a.status) for a in acknowledged] == [
+        (result_files[0], uids[0], 0),
+        (result_files[2], uids[2], 0xB000),
+    ]
+
+
+def test_a_refused_stow_rs_raises_with_its_http_status(result_files: list[Path]) -> None:
+    with StowServer(403) as server, pytest.raises(ExportError) as refused:
+        stow_files(web(server.url), result_files[:1])
+    assert refused.value.status == 403
+    assert "answered HTTP 403" in str(refused.value)
