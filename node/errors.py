@@ -58,7 +58,15 @@ class TemplateError(AinodeError):
 
 
 class ExportError(AinodeError):
-    """Sending results to a destination failed."""
+    """Sending results to a destination failed.
+
+    ``status`` is the peer's answer where it gave one: the DICOM status of a refused
+    C-STORE or C-ECHO, the HTTP status of a refused request (None: no answer at all).
+    """
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class NotFound(AinodeError):

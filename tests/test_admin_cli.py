@@ -317,6 +317,23 @@ def test_destination_verbs_add_update_remove(config: Path, tmp_path: Path, capsy
     assert usage.value.code == 2
 
 
+def test_destination_kinds_come_from_the_registry(config: Path, capsys) -> None:
+    """``destinations kinds`` lists the registered kinds; ``--kind`` picks one, and an
+    unknown kind is refused naming the known ones."""
+    cfg = ["--config", str(config)]
+    assert main(["destinations", "kinds", "--json"]) == 0
+    kinds = json.loads(capsys.readouterr().out)
+    assert [k["name"] for k in kinds] == ["dimse", "dicomweb"]
+    assert "url" in [f["name"] for f in kinds[1]["fields"]]
+    body = ["--json-body", '{"url": "http://127.0.0.1:1/dicom-web"}']
+    assert main(["destinations", "add", "web", "--kind", "dicomweb", *body, "--json", *cfg]) == 0
+    assert json.loads(capsys.readouterr().out)["kind"] == "dicomweb"
+    assert main(["destinations", "add", "odd", "--kind", "ftp", *body, *cfg]) == 1
+    assert "unknown destination kind 'ftp' (known: dicomweb, dimse)" in capsys.readouterr().err
+    assert main(["destinations", "list", *cfg]) == 0
+    assert capsys.readouterr().out.split() == ["web", "dicomweb", "http://127.0.0.1:1/dicom-web"]
+
+
 def test_rule_verbs_add_update_order_restore_replay_remove(
     config: Path, tmp_path: Path, capsys
 ) -> None:

@@ -8,8 +8,10 @@ changes in the audit log. Screenshots go to ``test-artifacts/console/``.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -255,3 +257,72 @@ def test_new_rule_form_is_quiet_until_typed_and_destination_form_keeps_day_budge
                 raise
             finally:
                 browser.close()
+
+
+def test_destination_form_offers_every_registered_kind(tmp_path: Path) -> None:
+    """The kind selector lists the kinds of ``node.export.senders.SENDERS`` and shows only
+    the chosen kind's fields: a DICOMweb destination is saved from the form, and an edit
+    keeps its kind and the stored password it was shown as a placeholder."""
+    node = NodeProcess({"workers": {"device": "cpu"}}, workdir=tmp_path / "node")
+    with node:
+        add_user(node)
+        with playwright_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.set_default_timeout(30_000)
+            get = "async (n) => (await fetch('/api/destinations/' + n)).json()"
+            try:
+                page.goto(f"{node.url}/login")
+                page.fill("input[name=username]", "admin")
+                page.fill("input[name=password]", PASSWORD)
+                page.click("button[type=submit]")
+                page.wait_for_url(f"{node.url}/")
+                page.goto(f"{node.url}/destinations")
+                kinds = page.locator("#destination-kind option").evaluate_all(
+                    "options => options.map(o => o.value)"
+                )
+                assert kinds == ["dimse", "dicomweb"]
+                assert page.locator("#destination-form [name=url]").is_hidden()
+                page.select_option("#destination-kind", "dicomweb")
+                assert page.locator("#destination-form [name=ae_title]").is_hidden()
+                page.fill("#destination-form [name=name]", "web")
+                page.fill("#destination-form [name=url]", "http://127.0.0.1:9/dicom-web")
+                page.select_option("#destination-form [name='auth.type']", "basic")
+                page.fill("#destination-form [name='auth.username']", "node")
+                page.fill("#destination-form [name='auth.password']", "s3cret-password")
+                page.click("#destination-form button[type=submit]")
+                page.wait_for_selector("#destinations-table tr[data-destination=web]")
+                saved = page.evaluate(get, "web")
+                assert saved["kind"] == "dicomweb" and saved["url"].endswith(":9/dicom-web")
+                assert saved["auth"] == {
+                    "type": "basic",
+                    "username": "node",
+                    "password": "********",
+                    "token": "",
+                }
+                row = page.locator("#destinations-table tr[data-destination=web]")
+                assert "DICOMweb (STOW-RS)" in row.inner_text()
+                assert "Test (QIDO-RS)" in row.inner_text()
+                row.locator("[data-edit-destination]").click()
+                assert (
+                    page.locator("#destination-form [name=url]")
+                    .input_value()
+                    .endswith(":9/dicom-web")
+                )
+                page.fill("fieldset[data-kind=dicomweb] [name=timeout_seconds]", "7")
+                page.click("#destination-form button[type=submit]")
+                page.wait_for_function(
+                    "async () => (await (await fetch('/api/destinations/web')).json())"
+                    ".timeout_seconds === 7"
+                )
+            except Exception:
+                page.screenshot(path=tmp_path / "failure.png", full_page=True)
+                raise
+            finally:
+                browser.close()
+        # The edit sent the placeholder back: the node kept the password it had.
+        with sqlite3.connect(node.data_dir / "state.sqlite3") as db:
+            (definition,) = db.execute(
+                "SELECT definition FROM destinations WHERE name = 'web'"
+            ).fetchone()
+        assert json.loads(definition)["auth"]["password"] == "s3cret-password"

@@ -88,6 +88,7 @@ def test_wheel_install_runs_a_chest_ct_and_ainode_evaluate(tmp_path: Path) -> No
     # Only the service ships: no development tools, synthetic data or training code.
     assert not [n for n in names if n.startswith("tools/") or "/synthetic/" in n], names
     assert not [n for n in names if n.endswith(("/train.py", "training.py"))], names
+    assert "node/config/defaults.yaml" in names  # make run's embedded defaults and demo rules
     venv = tmp_path / "venv"
     python = venv_with_wheel(wheel, venv)
     run_dir = tmp_path / "run"  # outside the checkout: -m node must not find its node/
@@ -99,6 +100,16 @@ def test_wheel_install_runs_a_chest_ct_and_ainode_evaluate(tmp_path: Path) -> No
         cwd=run_dir, env=env, check=True, capture_output=True, text=True,
     ).stdout.split()  # fmt: skip
     assert all(Path(path).is_relative_to(venv) for path in where), where
+    # The embedded defaults (no file) are read from the wheel's package data.
+    defaults = (
+        "from node.config import load_settings\n"
+        "print(*(rule.name for rule in load_settings(environ={}).rules))"
+    )
+    rules = subprocess.run(
+        [str(python), "-c", defaults],
+        cwd=run_dir, env=env, check=True, capture_output=True, text=True,
+    ).stdout.split()  # fmt: skip
+    assert rules == ["chest-ct", "ct-organs-demo", "op-fundus-demo", "mg-mass-demo"]
 
     with orthanc_for_node(tmp_path) as (pacs, node_port):
         config = node_config(node_port, pacs, [BUILT_IN_CHEST_RULE])

@@ -8,18 +8,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import asdict
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
 from node.config import AnyDestination
+from node.config.destinations import DEFAULT_DESTINATION_KIND
 from node.errors import InvalidInput
+from node.export.senders import SENDERS
 
 log = logging.getLogger(__name__)
 
-#: DIMSE (no ``kind``) or DICOMweb (``kind: dicomweb``) destinations.
+#: A destination of any kind registered in :data:`node.export.senders.SENDERS`.
 _DESTINATION: TypeAdapter[AnyDestination] = TypeAdapter(AnyDestination)
-_KIND_TAGS = ("dimse", "dicomweb")
 
 
 def parse_destination(data: Mapping[str, Any] | Any) -> AnyDestination:
@@ -32,8 +34,8 @@ def parse_destination(data: Mapping[str, Any] | Any) -> AnyDestination:
         problems = []
         for error in exc.errors():
             location = error["loc"]
-            if location and location[0] in _KIND_TAGS:  # the union's tag
-                location = location[1:]
+            if error["type"] == "destination_kind":
+                location = ("kind",)
             field = ".".join(str(p) for p in location) or "destination"
             message = "unknown field" if error["type"] == "extra_forbidden" else error["msg"]
             if error["type"] == "string_pattern_mismatch" and field == "ae_title":
@@ -48,6 +50,12 @@ def parse_destination(data: Mapping[str, Any] | Any) -> AnyDestination:
 #: What the API, the console and the audit log show instead of a stored password or token.
 REDACTED = "********"
 _SECRET_FIELDS = ("password", "token")
+
+
+def destination_kinds() -> list[dict[str, Any]]:
+    """Every registered destination kind with its console form, default kind first."""
+    kinds = sorted(SENDERS.values(), key=lambda k: (k.name != DEFAULT_DESTINATION_KIND, k.name))
+    return [{"name": kind.name, **asdict(kind.form)} for kind in kinds]
 
 
 def destination_view(destination: AnyDestination) -> dict[str, Any]:

@@ -23,10 +23,9 @@ from node.admin.destinations import (
     restore_secrets,
 )
 from node.admin.rules import explain, firing, parse_rule
-from node.config import AnyDestination, DicomWebDestinationSettings, RuleSettings
+from node.config import AnyDestination, RuleSettings
 from node.errors import AinodeError, Conflict, InvalidInput, NotFound
-from node.export.dimse import echo
-from node.export.stow import probe
+from node.export.senders import sender_for
 from node.orchestration.dispatch import Dispatcher
 from node.orchestration.registry import PluginRegistry
 from node.routing import HeaderSubject, Subject
@@ -638,30 +637,18 @@ class AdminService:
         )
 
     def echo(self, name: str, destination: AnyDestination | None = None) -> EchoResult:
-        """C-ECHO a saved destination (or an unsaved one given as ``destination``)."""
+        """Probe a saved destination (or an unsaved one given as ``destination``) with its
+        kind's probe: C-ECHO, QIDO-RS, …"""
         target = destination or self.destinations.get(name)
         started = time.perf_counter()
-        if isinstance(target, DicomWebDestinationSettings):
-            try:
-                probe(target)
-            except (AinodeError, OSError, RuntimeError, ValueError) as exc:
-                return EchoResult(name, False, None, time.perf_counter() - started, str(exc))
-            seconds = time.perf_counter() - started
-            log.info("echo destination=%s ok=True seconds=%.3f", name, seconds)
-            return EchoResult(name, True, 0, seconds, f"{target.url} answered QIDO-RS")
         try:
-            code = echo(target, calling_ae=self.calling_ae)
+            answer = sender_for(target, calling_ae=self.calling_ae).probe()
         except (AinodeError, OSError, RuntimeError, ValueError) as exc:
             return EchoResult(name, False, None, time.perf_counter() - started, str(exc))
         seconds = time.perf_counter() - started
-        ok = code == 0
-        message = (
-            f"{target.ae_title}@{target.host}:{target.port} answered C-ECHO"
-            if ok
-            else f"{target.ae_title} answered C-ECHO with status 0x{code & 0xFFFF:04X}"
-        )
+        ok = answer.status == 0
         log.info("echo destination=%s ok=%s seconds=%.3f", name, ok, seconds)
-        return EchoResult(name, ok, code, seconds, message)
+        return EchoResult(name, ok, answer.status, seconds, answer.message)
 
     # -- users --------------------------------------------------------------------------
 

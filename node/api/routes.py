@@ -94,10 +94,12 @@ class PriorityBody(BaseModel):
 
 
 class DestinationBody(BaseModel):
-    """A DIMSE destination (``ae_title``, ``host``, ``port``) or, with ``kind: dicomweb``,
-    a STOW-RS one (``url``, ``auth``, ``tls``); validated by ``parse_destination``."""
+    """A destination of a registered kind (``ainode destinations kinds``): DIMSE without
+    ``kind`` (``ae_title``, ``host``, ``port``), ``kind: dicomweb`` for STOW-RS (``url``,
+    ``auth``, ``tls``), …; validated by ``parse_destination``."""
 
     model_config = {"extra": "allow"}
+    kind: str | None = None
     ae_title: str | None = None
     host: str | None = None
     port: int | None = None
@@ -107,7 +109,8 @@ class DestinationBody(BaseModel):
     max_backoff_seconds: float | None = None
     give_up_after_seconds: float | None = None
     probe_seconds: float | None = None
-    timeout_seconds: float = 30.0
+    # Left out: the kind's default (30 s for DIMSE and DICOMweb).
+    timeout_seconds: float | None = None
 
 
 class UserBody(BaseModel):
@@ -377,7 +380,7 @@ def api_router(admin: AdminService, viewer: Dependency, editor: Dependency) -> A
 
     @router.post("/destinations/echo", tags=["destinations"])
     def echo_unsaved(body: DestinationBody, _: Viewer) -> dict[str, Any]:
-        """C-ECHO a destination before saving it."""
+        """Probe a destination before saving it (C-ECHO, QIDO-RS, … by its kind)."""
         result = admin.echo("(unsaved)", parse_destination(body.model_dump(exclude_none=True)))
         return result.__dict__
 
@@ -406,7 +409,8 @@ def api_router(admin: AdminService, viewer: Dependency, editor: Dependency) -> A
 
     @router.post("/destinations/{name}/echo", tags=["destinations"])
     def echo_destination(name: str, _: Viewer) -> dict[str, Any]:
-        """C-ECHO a saved destination; ``ok``, DIMSE ``status``, ``seconds``, ``message``."""
+        """Probe a saved destination (C-ECHO, QIDO-RS, … by its kind); ``ok``, ``status``
+        (DIMSE, or 0 for a kind without one), ``seconds``, ``message``."""
         return admin.echo(name).__dict__
 
     # -- plugins, audit, users ------------------------------------------------------------

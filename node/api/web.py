@@ -20,12 +20,13 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from node import __version__
-from node.admin.destinations import destination_view
+from node.admin.destinations import destination_kinds, destination_view
 from node.admin.shadow import result_objects
 from node.api.auth import LOGIN_CSRF_COOKIE, SESSION_COOKIE, Principal
 from node.api.serialize import audit_json, job_json, series_view_json
 from node.api.throttle import LoginThrottle
 from node.app import Node
+from node.config.destinations import destination_kind
 from node.contract.plugin import ValidatedInput
 from node.errors import AinodeError
 from node.results.radiomics import JSON_FILE as RADIOMICS_JSON
@@ -437,6 +438,8 @@ def web_router(node: Node, viewer: Dependency, editor: Dependency) -> APIRouter:
             principal,
             destinations=destinations,
             definitions={name: destination_view(d) for name, d in destinations.items()},
+            kind_of={name: destination_kind(d) for name, d in destinations.items()},
+            kinds={kind["name"]: kind for kind in destination_kinds()},
             used=used,
         )
 

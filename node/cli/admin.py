@@ -377,14 +377,28 @@ def jobs_priority(args: argparse.Namespace) -> int:
 
 def destinations_list(args: argparse.Namespace) -> int:
     from node.admin.destinations import destination_view
+    from node.config.destinations import destination_kind
 
-    views = {n: destination_view(d) for n, d in _service(args).destinations.mapping().items()}
+    destinations = _service(args).destinations.mapping()
     if args.json:
-        print(json.dumps(views, indent=2))
+        print(json.dumps({n: destination_view(d) for n, d in destinations.items()}, indent=2))
         return 0
-    for name, view in sorted(views.items()):
-        where = view.get("url") or f"{view.get('ae_title')}@{view.get('host')}:{view.get('port')}"
-        print(f"{name:20} {view.get('kind', 'dimse'):8} {where}")
+    for name, destination in sorted(destinations.items()):
+        print(f"{name:20} {destination_kind(destination):8} {destination.peer()}")
+    return 0
+
+
+def destinations_kinds(args: argparse.Namespace) -> int:
+    """The registered destination kinds (``node.export.senders.SENDERS``) and their fields."""
+    from node.admin.destinations import destination_kinds
+
+    kinds = destination_kinds()
+    if args.json:
+        print(json.dumps(kinds, indent=2))
+        return 0
+    for kind in kinds:
+        fields = ", ".join(f["name"] + ("*" if f["required"] else "") for f in kind["fields"])
+        print(f"{kind['name']:10} {kind['label']:22} {fields}")
     return 0
 
 
@@ -402,7 +416,7 @@ def _destination_body(args: argparse.Namespace) -> dict[str, Any]:
         raise ConfigError(f"destination: not valid YAML/JSON: {exc}") from None
     if not isinstance(body, dict):
         raise ConfigError("destination: expected a mapping of fields")
-    flags = {"ae_title": args.ae_title, "host": args.host, "port": args.port}
+    flags = {"kind": args.kind, "ae_title": args.ae_title, "host": args.host, "port": args.port}
     body.update({k: v for k, v in flags.items() if v is not None})
     if args.results:
         body["results"] = [r.strip() for r in args.results.split(",") if r.strip()]
@@ -436,7 +450,8 @@ def destinations_echo(args: argparse.Namespace) -> int:
     """Echo a saved destination by name, or an unsaved one from the add options (as
     ``POST /api/destinations/echo``)."""
     unsaved = any(
-        v is not None for v in (args.file, args.json_body, args.ae_title, args.host, args.port)
+        v is not None
+        for v in (args.file, args.json_body, args.kind, args.ae_title, args.host, args.port)
     )
     if unsaved == (args.name is not None):
         print("ainode: give a saved destination's NAME or its fields, not both", file=sys.stderr)
@@ -703,11 +718,15 @@ def add_commands(commands: Any) -> None:
     complete.add_argument("--json", action="store_true")
     complete.set_defaults(handler=_guard(series_complete))
 
+    kind_help = "a kind listed by 'ainode destinations kinds' (default dimse)"
     destinations = commands.add_parser("destinations", help="list, echo and edit destinations")
     dest_sub = destinations.add_subparsers(dest="destinations_command", required=True)
     dest_list = with_config(dest_sub.add_parser("list", help="saved destinations"))
     dest_list.add_argument("--json", action="store_true")
     dest_list.set_defaults(handler=_guard(destinations_list))
+    dest_kinds = dest_sub.add_parser("kinds", help="the destination kinds and their fields")
+    dest_kinds.add_argument("--json", action="store_true")
+    dest_kinds.set_defaults(handler=_guard(destinations_kinds))
     dest_echo = with_config(
         dest_sub.add_parser(
             "echo", help="C-ECHO (or probe) a saved destination, or one given by its fields"
@@ -717,6 +736,7 @@ def add_commands(commands: Any) -> None:
     echo_body = dest_echo.add_mutually_exclusive_group()
     echo_body.add_argument("--file", type=Path, help="YAML/JSON fields of an unsaved destination")
     echo_body.add_argument("--json-body", help="the API's JSON body")
+    dest_echo.add_argument("--kind", help=kind_help)
     dest_echo.add_argument("--ae-title")
     dest_echo.add_argument("--host")
     dest_echo.add_argument("--port", type=int)
@@ -731,6 +751,7 @@ def add_commands(commands: Any) -> None:
         body = save.add_mutually_exclusive_group()
         body.add_argument("--file", type=Path, help="YAML/JSON fields, as the API's body")
         body.add_argument("--json-body", help="the API's JSON body")
+        save.add_argument("--kind", help=kind_help)
         save.add_argument("--ae-title")
         save.add_argument("--host")
         save.add_argument("--port", type=int)

@@ -79,9 +79,18 @@ def _serve(args: argparse.Namespace) -> int:
 def _config_check(args: argparse.Namespace) -> int:
     import json
 
-    from node.config import config_problems
+    import node.export.senders  # noqa: F401  (registers every destination kind)
+    from node.config import Settings, config_problems
+    from node.orchestration.registry import PluginRegistry
 
-    settings, problems = config_problems(args.file)
+    registry = PluginRegistry.discover()
+
+    def model_problems(settings: Settings) -> dict[str, str]:
+        registry.configure(settings.models, settings.templates_dir)
+        return registry.errors
+
+    known = registry.names | set(registry.errors)
+    settings, problems = config_problems(args.file, known, model_problems=model_problems)
     if args.json:
         listing = [{"path": where, "message": message} for where, message in problems]
         print(json.dumps({"file": str(args.file), "valid": not problems, "problems": listing}))

@@ -20,11 +20,11 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from node.config import AnyDestination, DestinationSettings, DicomWebDestinationSettings
+from node.config import AnyDestination
 from node.contract.kinds import BUILD_ORDER, file_tag, tag_kind
 from node.errors import AinodeError, ExportError
-from node.export.dimse import echo, send_files
-from node.export.stow import probe, stow_files
+from node.export.sender import Acknowledgement
+from node.export.senders import sender_for
 from node.polling import PollingThread
 from node.results.manifest import check_results
 from node.state.dicom_audit import AuditOutcome, DicomAudit, EventType
@@ -33,30 +33,41 @@ from node.state.jobs import Job, JobQueue
 
 log = logging.getLogger(__name__)
 
-Sender = Callable[[AnyDestination, Sequence[Path]], None]
+#: Sends a job's files to a destination and returns what it acknowledged (default: the
+#: sender of the destination's registered kind).
+SendFunction = Callable[[AnyDestination, Sequence[Path]], Sequence[Acknowledgement]]
 
 
-def send_by_kind(destination: AnyDestination, paths: Sequence[Path], *, calling_ae: str) -> None:
-    """C-STORE to a DIMSE destination, STOW-RS to a DICOMweb one."""
-    if isinstance(destination, DicomWebDestinationSettings):
-        stow_files(destination, paths)
-    else:
-        send_files(destination, paths, calling_ae=calling_ae)
+def send_by_kind(
+    destination: AnyDestination, paths: Sequence[Path], *, calling_ae: str
+) -> list[Acknowledgement]:
+    """Send with the sender of the destination's kind (C-STORE, STOW-RS, …)."""
+    return sender_for(destination, calling_ae=calling_ae).send(paths)
 
 
 def check_reachable(destination: AnyDestination, *, calling_ae: str) -> None:
-    """C-ECHO a DIMSE destination, QIDO-RS a DICOMweb one; raise unless it answers."""
-    if isinstance(destination, DicomWebDestinationSettings):
-        probe(destination)
-        return
-    status = echo(destination, calling_ae=calling_ae)
-    if status != 0:
-        raise ExportError(f"{destination.ae_title} answered C-ECHO with status 0x{status:04X}")
+    """Probe a destination with its kind's probe (C-ECHO, QIDO-RS, …); raise unless it
+    answers with success."""
+    answer = sender_for(destination, calling_ae=calling_ae).probe()
+    if answer.status != 0:
+        raise ExportError(answer.message, status=answer.status)
 
 
-def retry_delay(
-    destination: DestinationSettings | DicomWebDestinationSettings, attempt: int
-) -> float:
+def check_acknowledged(
+    destination: AnyDestination, paths: Sequence[Path], acknowledged: Sequence[Acknowledgement]
+) -> None:
+    """Raise :class:`ExportError` unless every file sent was acknowledged, so a job is
+    never marked sent for files the destination did not confirm."""
+    missing = sorted(set(paths) - {ack.path for ack in acknowledged}, key=lambda p: p.name)
+    if missing:
+        raise ExportError(
+            f"{destination.peer()} acknowledged {len(paths) - len(missing)} of {len(paths)}"
+            f" result files (not {', '.join(path.name for path in missing[:3])}"
+            f"{', …' if len(missing) > 3 else ''})"
+        )
+
+
+def retry_delay(destination: AnyDestination, attempt: int) -> float:
     """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
     return float(
         min(destination.backoff_seconds * 2 ** (attempt - 1), destination.max_backoff_seconds)
@@ -112,7 +123,7 @@ class Exporter(PollingThread):
         *,
         calling_ae: str,
         clock: Callable[[], float],
-        sender: Sender | None = None,
+        sender: SendFunction | None = None,
         audit: DicomAudit | None = None,
     ) -> None:
         super().__init__("exporter")
@@ -176,7 +187,7 @@ class Exporter(PollingThread):
                 )
                 continue
             try:
-                self._send(destination, files)
+                check_acknowledged(destination, files, self._send(destination, files))
             except (AinodeError, OSError, RuntimeError, ValueError) as exc:
                 errors.append(f"{name}: {exc}")
                 pending.append(name)
@@ -251,10 +262,7 @@ class Exporter(PollingThread):
         """Audit one send of ``job``'s results to destination ``name`` (to whom, how many)."""
         if self._audit is None:
             return
-        if isinstance(destination, DicomWebDestinationSettings):
-            peer = destination.url
-        else:
-            peer = f"{destination.ae_title}@{destination.host}:{destination.port}"
+        peer = destination.peer()
         detail = f"job {job.id} attempt {job.export_attempts}" + (f": {error}" if error else "")
         self._audit.record_safely(
             EventType.RESULTS_SENT,

@@ -213,15 +213,29 @@ if ($("#test-series") && new URLSearchParams(location.search).get("series")) $("
 
 // -- destinations --------------------------------------------------------------------------
 const destinationForm = $("#destination-form");
+// The form has one field set per registered destination kind; the chosen one is enabled.
+const kindFields = (kind) => $(`fieldset.destination-kind[data-kind="${kind}"]`, destinationForm);
+function showDestinationKind(kind) {
+  $$("fieldset.destination-kind", destinationForm).forEach((set) => {
+    const chosen = set.dataset.kind === kind;
+    set.disabled = !chosen; set.hidden = !chosen;
+  });
+}
 function destinationFromForm() {
-  const f = destinationForm.elements;
+  const f = destinationForm.elements, kind = f.kind.value, body = { kind };
+  for (const input of kindFields(kind).querySelectorAll("[data-field]")) {
+    if (input.value === "" && !input.required) continue;
+    const path = input.dataset.field.split("."), last = path.pop();
+    let into = body;
+    for (const key of path) into = into[key] ??= {};
+    into[last] = input.type === "number" ? Number(input.value) : input.value;
+  }
+  // Settings the form does not show (e.g. TLS) are kept from the destination being edited.
+  Object.assign(body, JSON.parse(destinationForm.dataset.keep || "{}"));
   return {
-    ae_title: f.ae_title.value.trim(), host: f.host.value.trim(), port: Number(f.port.value),
+    ...body,
     max_attempts: f.max_attempts.value ? Number(f.max_attempts.value) : null, backoff_seconds: Number(f.backoff_seconds.value),
     max_backoff_seconds: Number(f.max_backoff_seconds.value), give_up_after_seconds: Number(f.give_up_after_hours.value) * 3600,
-    timeout_seconds: Number(f.timeout_seconds.value),
-    // The form has no TLS fields: an edit keeps the destination's DICOM TLS settings.
-    ...(destinationForm.dataset.tls ? { tls: JSON.parse(destinationForm.dataset.tls) } : {}),
   };
 }
 const echoText = (r) => r.ok ? `<span class="state state-done">✓ ${r.seconds.toFixed(2)} s</span> <small>${esc(r.message)}</small>` : `<span class="state state-failed">✗ failed</span> <small class="err">${esc(r.message)}</small>`;
@@ -236,15 +250,22 @@ $$("[data-delete-destination]").forEach((button) => button.addEventListener("cli
 }));
 $$("[data-edit-destination]").forEach((button) => button.addEventListener("click", () => {
   const row = button.closest("tr"), d = JSON.parse(row.dataset.definition), f = destinationForm.elements;
+  const kind = row.dataset.kind;
   f.name.value = button.dataset.editDestination; f.name.readOnly = true;
-  for (const key of Object.keys(d)) if (f[key]) f[key].value = d[key] ?? "";
+  f.kind.value = kind; f.kind.disabled = true; showDestinationKind(kind);
+  const value = (path) => path.split(".").reduce((v, key) => (v == null ? v : v[key]), d);
+  for (const input of kindFields(kind).querySelectorAll("[data-field]")) input.value = value(input.dataset.field) ?? "";
+  for (const key of ["max_attempts", "backoff_seconds", "max_backoff_seconds"]) f[key].value = d[key] ?? "";
   f.give_up_after_hours.value = d.give_up_after_seconds / 3600;
-  if (d.tls) destinationForm.dataset.tls = JSON.stringify(d.tls); else delete destinationForm.dataset.tls;
+  const keep = {};
+  for (const key of (kindFields(kind).dataset.keep || "").split(",").filter(Boolean)) if (d[key] != null) keep[key] = d[key];
+  destinationForm.dataset.keep = JSON.stringify(keep);
   destinationForm.dataset.mode = "update";
   $("#destination-form-title").textContent = `Edit destination “${f.name.value}”`;
   destinationForm.scrollIntoView({ behavior: "smooth" });
 }));
 if (destinationForm) {
+  destinationForm.elements.kind.addEventListener("change", (event) => showDestinationKind(event.target.value));
   destinationForm.addEventListener("submit", async (event) => {
     event.preventDefault();
     const name = destinationForm.elements.name.value.trim();

@@ -1,0 +1,30 @@
+"""Inference workers and their devices."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from node.config.base import _Strict
+
+
+class WorkerSettings(_Strict):
+    """Inference workers: one long-lived worker thread per device."""
+
+    #: ``auto``: one worker per visible CUDA device, else one CPU worker; ``cuda``: every
+    #: visible CUDA device; ``cpu``; or one device such as ``cuda:1``. Pin GPUs with
+    #: ``CUDA_VISIBLE_DEVICES`` (torch only sees those) or list them in ``devices``.
+    device: Literal["auto", "cpu", "cuda"] | str = "auto"
+    #: Explicit devices (one worker each), e.g. ``["cuda:0", "cuda:1"]``; overrides ``device``.
+    devices: list[str] = Field(default_factory=list)
+    #: Threads for CPU inference; 0 picks ``cores - 1`` (at least 1) so receiving keeps a core.
+    cpu_threads: int = Field(0, ge=0)
+    #: Seconds a job may run before it is failed.
+    job_timeout_seconds: float = Field(1800.0, gt=0)
+    #: Device memory the loaded models of one GPU may use (sum of their declared
+    #: ``gpu_memory_mb``); least recently used models are unloaded beyond it.
+    #: Default: 80 % of the device's memory.
+    gpu_memory_budget_mb: int | None = Field(None, gt=0)
+    #: Read the next queued series while the current job runs.
+    prefetch: bool = True
