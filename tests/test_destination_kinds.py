@@ -24,7 +24,7 @@ import pytest
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 
-from node.admin.destinations import DestinationStore, destination_kinds, parse_destination
+from node.admin.destinations import destination_kinds, parse_destination
 from node.config import DestinationSettings, DicomWebDestinationSettings, settings_from_mapping
 from node.config.destinations import DestinationBase
 from node.errors import ConfigError, ExportError, InvalidInput
@@ -39,6 +39,7 @@ from node.export.sender import (
 )
 from node.export.senders import SENDERS, register, sender_for, unregister
 from node.export.stow import stow_files
+from node.state.destinations import DestinationStore
 from node.state.jobs import JobQueue
 from tests.support.admin import ADMIN_PASSWORD, ServedNode, login_session, served_node
 from tests.support.jobs import job_with_results

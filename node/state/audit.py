@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from node.state.interfaces import Connection
+from node.state.connection import Connection
 
 log = logging.getLogger(__name__)
 

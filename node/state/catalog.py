@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from node.state.interfaces import Connection
+from node.state.connection import Connection
 from node.state.jobs import Job, _job
 from node.state.series import SeriesRow, _series
 

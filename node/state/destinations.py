@@ -16,7 +16,7 @@ from pydantic import TypeAdapter
 
 from node.config import CHECK_FILES, AnyDestination
 from node.errors import Conflict, InvalidInput, NotFound
-from node.state.interfaces import Connection
+from node.state.connection import Connection
 
 SEEDED_KEY = "destinations_seeded_from_config"
 _DESTINATION: TypeAdapter[AnyDestination] = TypeAdapter(AnyDestination)

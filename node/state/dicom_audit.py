@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass
 from enum import IntEnum, StrEnum
 from typing import Any
 
-from node.state.interfaces import Connection
+from node.state.connection import Connection
 
 log = logging.getLogger(__name__)
 

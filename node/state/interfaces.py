@@ -1,17 +1,17 @@
-"""What the state stores need of a database, and what the layers above need of the stores.
+"""What the layers above need of the state stores: one protocol per store.
 
-The stores are written against :class:`Cursor` and :class:`Connection` (DB-API 2
-shaped: ``?`` placeholders, rows addressable by column name) so that a PostgreSQL
-implementation can follow; nothing above :mod:`node.state` sees a ``sqlite3`` type.
-The store protocols list what orchestration, network, API and admin call.
+Orchestration, network, API and admin call these; the SQLite stores implement them
+(checked by mypy at the end of this module) and a PostgreSQL implementation can follow.
+The stores themselves are written against :mod:`node.state.connection`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
+
+from node.state.connection import Connection
 
 if TYPE_CHECKING:
     from node.state.events import EventCode
@@ -19,37 +19,6 @@ if TYPE_CHECKING:
     from node.state.lease import LeaseKeeper
     from node.state.metrics import JobDurations, QualitySkips
     from node.state.pulls import Pull
-
-#: A fetched row: values by column name.
-Row = Mapping[str, Any]
-
-
-class Cursor(Protocol):
-    """The part of a DB-API cursor the stores use."""
-
-    @property
-    def rowcount(self) -> int: ...
-
-    @property
-    def lastrowid(self) -> int | None: ...
-
-    def execute(self, sql: str, parameters: Sequence[object] = ..., /) -> Any: ...
-
-    def fetchone(self) -> Any: ...
-
-    def fetchall(self) -> list[Any]: ...
-
-
-class Connection(Protocol):
-    """A state database: short write transactions and read queries."""
-
-    def transaction(self) -> AbstractContextManager[Cursor]: ...
-
-    def query(self, sql: str, parameters: tuple[object, ...] = ()) -> Sequence[Any]: ...
-
-    def ping(self) -> None: ...
-
-    def close(self) -> None: ...
 
 
 class JobStore(Protocol):

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from node.state import lease
+from node.state.connection import Connection, Cursor
 from node.state.events import EventCode
-from node.state.interfaces import Connection, Cursor
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from node.state.interfaces import Cursor
+from node.state.connection import Cursor
 
 #: How long a claim holds a row unless renewed (seconds).
 DEFAULT_LEASE_SECONDS = 60.0

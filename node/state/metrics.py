@@ -10,8 +10,8 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from node.state.connection import Connection
 from node.state.events import EXPORT_FAILURE_CODES, EventCode
-from node.state.interfaces import Connection
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from node.state import lease
-from node.state.interfaces import Connection
+from node.state.connection import Connection
 
 log = logging.getLogger(__name__)
 

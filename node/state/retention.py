@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from node.retention import SeriesUsage
-from node.state.interfaces import Connection
+from node.state.connection import Connection
 
 PURGES_TABLE = """
 CREATE TABLE IF NOT EXISTS series_purges (

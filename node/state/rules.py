@@ -13,7 +13,7 @@ from typing import Any
 
 from node.config import RuleSettings
 from node.errors import Conflict, InvalidInput, NotFound
-from node.state.interfaces import Connection
+from node.state.connection import Connection
 
 SEEDED_KEY = "rules_seeded_from_config"
 

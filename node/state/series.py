@@ -12,7 +12,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
-from node.state.interfaces import Connection
+from node.state.connection import Connection
 
 
 @dataclass(frozen=True)

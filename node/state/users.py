@@ -20,7 +20,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from node.errors import AinodeError, Conflict, InvalidInput, NotFound
-from node.state.interfaces import Connection
+from node.state.connection import Connection
 
 log = logging.getLogger(__name__)
 
