@@ -29,7 +29,7 @@ from node.errors import InputRejected, JobTimeout
 from node.jobs.queue import JobQueue
 from node.orchestration.priors import NoPrior, find_prior
 from node.results import build_results, load_template_by_name
-from node.results.registration import SPATIAL_REGISTRATION_STORAGE, registration_matrices
+from node.results.reg.registration import SPATIAL_REGISTRATION_STORAGE, registration_matrices
 from node.state.db import Database
 from node.state.series import SeriesStore
 from plugins.rigid_registration import RigidRegistrationPlugin

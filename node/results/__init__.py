@@ -15,8 +15,8 @@ from node.results.build import (
     series_description,
 )
 from node.results.provenance import processing_equipment
-from node.results.seg import build_seg
-from node.results.sr import SOPReference, build_sr
+from node.results.seg.segmentation import build_seg
+from node.results.sr.tid1500 import SOPReference, build_sr
 from node.results.uids import ResultUIDs, derive_uid, instance_set_hash
 
 __all__ = [

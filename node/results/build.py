@@ -35,21 +35,21 @@ from node.contract.template import ResultTemplate
 from node.contract.volume import Volume
 from node.errors import TemplateError
 from node.results.analysis import Analysis
-from node.results.derived import build_derived_sc_series, build_derived_series
+from node.results.derived.image import build_derived_sc_series, build_derived_series
 from node.results.findings import ImageFindings
-from node.results.findings_gsps import build_findings_gsps
-from node.results.findings_sc import build_findings_sc_series, capture_keys
-from node.results.findings_sr import finding_groups
-from node.results.gsps import build_gsps
-from node.results.heatmap import build_heatmap_sc_series
-from node.results.ko import build_ko
-from node.results.pmap import build_parametric_map, build_parametric_maps_2d
+from node.results.ko.selection import build_ko
+from node.results.pm.parametric_map import build_parametric_map, build_parametric_maps_2d
+from node.results.pr.findings import build_findings_gsps
+from node.results.pr.gsps import build_gsps
 from node.results.radiomics import RadiomicsResult
-from node.results.registration import build_registration
-from node.results.sc import NOT_FOR_DIAGNOSIS, build_sc_series, frame_keys
-from node.results.seg import build_seg
-from node.results.source import buildable_volume, character_set, set_character_set
-from node.results.sr import SOPReference, build_sr
+from node.results.reg.registration import build_registration
+from node.results.sc.findings import build_findings_sc_series, capture_keys
+from node.results.sc.heatmap import build_heatmap_sc_series
+from node.results.sc.overlay import NOT_FOR_DIAGNOSIS, build_sc_series
+from node.results.seg.segmentation import build_seg
+from node.results.source import buildable_volume, character_set, frame_keys, set_character_set
+from node.results.sr.findings import finding_groups
+from node.results.sr.tid1500 import SOPReference, build_sr
 from node.results.uids import ResultUIDs, derive_uid, instance_set_hash
 
 log = logging.getLogger(__name__)

@@ -36,12 +36,12 @@ from node.contract.volume import Volume
 from node.errors import TemplateError
 from node.results.analysis import first_value
 from node.results.provenance import processing_equipment
-from node.results.sc import (
+from node.results.sc.overlay import (
     capture_orientation,
-    frame_source,
     secondary_capture,
     source_image_reference,
 )
+from node.results.source import frame_source
 
 log = logging.getLogger(__name__)
 
@@ -372,7 +372,7 @@ def build_derived_sc_series(
     copied (inverted with the values for a MONOCHROME1 source, whose volume values are
     higher-is-brighter: the capture is MONOCHROME2). RGB values of a colour source are
     stored as 8-bit RGB. Same parameters as :func:`build_derived_series`, except that
-    the keys of ``sop_instance_uid`` are frame keys (:func:`node.results.sc.frame_source`).
+    the keys of ``sop_instance_uid`` are frame keys (:func:`node.results.source.frame_source`).
     """
     values = check_derived(volume, derived)
     images = []

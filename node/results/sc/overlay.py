@@ -90,26 +90,6 @@ def capture_orientation(volume: Volume, source: Dataset) -> tuple[str, str] | No
     return None
 
 
-def frame_source(volume: Volume, frame: int) -> tuple[Dataset, list[int] | None, str]:
-    """``(source image, its frame numbers, key)`` of frame ``frame`` of ``volume``.
-
-    The frame numbers are None for a single-frame source; the key is the source's SOP
-    Instance UID, with ``"/<frame number>"`` for a frame of a multi-frame source (the
-    key of per-frame result UIDs).
-    """
-    source = volume.datasets[frame]
-    number = volume.frame_number(frame)
-    key = str(source.SOPInstanceUID)
-    if number is None:
-        return source, None, key
-    return source, [number], f"{key}/{number}"
-
-
-def frame_keys(volume: Volume) -> list[str]:
-    """:func:`frame_source` keys of every frame of ``volume``, in volume order."""
-    return [frame_source(volume, frame)[2] for frame in range(volume.shape[0])]
-
-
 #: Display limits of a volume (public name, used by other burned-in renderings).
 window_limits = _window
 

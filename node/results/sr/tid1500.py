@@ -246,7 +246,7 @@ def build_sr(
         The prediction already checked against the template (built when omitted).
     extra_groups
         Further measurement groups after the segments' (classifications and
-        detections, :mod:`node.results.findings_sr`).
+        detections, :mod:`node.results.sr.findings`).
 
     Raises
     ------

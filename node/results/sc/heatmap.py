@@ -23,14 +23,14 @@ from PIL import Image, ImageDraw, ImageFont
 from node.contract.plugin import Attribution
 from node.contract.template import ResultTemplate
 from node.contract.volume import Volume
-from node.results.pmap import attribution_values, explanation
-from node.results.sc import (
+from node.results.pm.parametric_map import attribution_values, explanation
+from node.results.sc.overlay import (
     NOT_FOR_DIAGNOSIS,
     capture_orientation,
     display_window,
-    frame_source,
     secondary_capture,
 )
+from node.results.source import frame_source
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def build_heatmap_sc_series(
     sop_instance_uid
         ``{frame key: SOP Instance UID of its heat map}``; the key is the source's
         SOP Instance UID, ``"<uid>/<frame number>"`` for a frame of a multi-frame
-        source (:func:`node.results.sc.frame_source`).
+        source (:func:`node.results.source.frame_source`).
 
     2D images (DX, CR, MG, OP) get one capture per image or frame that carries the
     attribution, referencing it (and its frame); a colour source is blended in colour.

@@ -21,8 +21,7 @@ from pydicom.dataset import Dataset
 
 from node.results.analysis import Analysis
 from node.results.findings import DetectionResult, ImageFindings
-from node.results.findings_sr import frame_reference
-from node.results.gsps import (
+from node.results.pr.gsps import (
     MAX_LABEL_CHARS,
     _label_box,
     distinct_images,
@@ -35,6 +34,7 @@ from node.results.provenance import (
     equipment_arguments,
     instance_arguments,
 )
+from node.results.sr.findings import frame_reference
 
 log = logging.getLogger(__name__)
 
@@ -239,7 +239,7 @@ def build_findings_gsps(
         The checked classifications and detections.
     analysis
         The checked segmentation of the same prediction, or None without a label map;
-        its outlines are drawn as :func:`node.results.gsps.build_gsps` draws them.
+        its outlines are drawn as :func:`node.results.pr.gsps.build_gsps` draws them.
     series_instance_uid, sop_instance_uid, series_number, series_description
         Identity of the new series and instance.
     tracking_uids

@@ -42,7 +42,7 @@ from node.results.provenance import (
     equipment_arguments,
     instance_arguments,
 )
-from node.results.sc import frame_source
+from node.results.source import frame_source
 from node.results.uids import derive_uid
 
 log = logging.getLogger(__name__)
@@ -252,7 +252,7 @@ def build_parametric_maps_2d(
 ) -> list[hd.pm.ParametricMap]:
     """One single-frame Parametric Map per image or frame of a 2D series (see the module).
 
-    ``sop_instance_uid`` maps each frame key (:func:`node.results.sc.frame_source`) to
+    ``sop_instance_uid`` maps each frame key (:func:`node.results.source.frame_source`) to
     the UID of its map.
 
     Raises

@@ -22,16 +22,16 @@ from pydicom.dataset import Dataset
 
 from node.results.analysis import Analysis
 from node.results.findings import ImageFindings
-from node.results.findings_gsps import point_radius
-from node.results.sc import (
+from node.results.pr.findings import point_radius
+from node.results.sc.overlay import (
     NOT_FOR_DIAGNOSIS,
     capture_orientation,
     display_window,
-    frame_source,
     overlay_comment,
     render_slice,
     secondary_capture,
 )
+from node.results.source import frame_source
 
 log = logging.getLogger(__name__)
 
