@@ -53,6 +53,7 @@ from node.contract.plugin import (
 from node.contract.volume import Volume
 from node.results import ResultTemplate, build_results, load_template, load_template_by_name
 from node.results.analysis import Analysis
+from node.results.identity import SeriesIdentity
 from node.results.ko.selection import build_ko
 from node.results.sc.overlay import render_slice
 from tests.support.nrrd import NrrdImage, read_nrrd
@@ -284,10 +285,13 @@ def test_dsrdump_parses_every_sr(built: Built, tmp_path: Path) -> None:
     ko = build_ko(
         built.template,
         objects,
-        series_instance_uid=generate_uid(),
+        series=SeriesIdentity.of(
+            built.template,
+            series_instance_uid=generate_uid(),
+            series_number=1,
+            series_description="KO",
+        ),
         sop_instance_uid=generate_uid(),
-        series_number=1,
-        series_description="KO",
     )
     ko_path = tmp_path / "ko.dcm"
     ko.save_as(ko_path, enforce_file_format=True)

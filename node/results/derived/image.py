@@ -35,6 +35,7 @@ from node.contract.template import ResultTemplate
 from node.contract.volume import Volume
 from node.errors import TemplateError
 from node.results.analysis import first_value
+from node.results.identity import SeriesIdentity
 from node.results.provenance import processing_equipment
 from node.results.sc.overlay import (
     capture_orientation,
@@ -277,10 +278,8 @@ def build_derived_series(
     derived: DerivedImage,
     template: ResultTemplate,
     *,
-    series_instance_uid: str,
+    series: SeriesIdentity,
     sop_instance_uid: dict[str, str],
-    series_number: int,
-    series_description: str,
 ) -> list[Dataset]:
     """One derived image of the source's SOP class per source image, in volume order.
 
@@ -292,8 +291,8 @@ def build_derived_series(
         The routine's new image on the source grid, in real-world values.
     template
         Gives the algorithm identification.
-    series_instance_uid, series_number, series_description
-        Identity of the new series.
+    series
+        Identity of the new series (:class:`node.results.identity.SeriesIdentity`).
     sop_instance_uid
         ``{source SOP Instance UID: SOP Instance UID of its derived image}``.
 
@@ -322,9 +321,9 @@ def build_derived_series(
         meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
         image.file_meta = meta
         image.SOPInstanceUID = uid
-        image.SeriesInstanceUID = series_instance_uid
-        image.SeriesNumber = series_number
-        image.SeriesDescription = series_description
+        image.SeriesInstanceUID = series.series_instance_uid
+        image.SeriesNumber = series.series_number
+        image.SeriesDescription = series.series_description
         image.SeriesDate = image.ContentDate = now.strftime("%Y%m%d")
         image.SeriesTime = image.ContentTime = now.strftime("%H%M%S")
         image.ImageType = derived_image_type(source)
@@ -343,12 +342,12 @@ def build_derived_series(
     if total_clipped:
         log.warning(
             "derived values outside the stored range were clipped series_uid=%s voxels=%d",
-            series_instance_uid,
+            series.series_instance_uid,
             total_clipped,
         )
     log.info(
         "derived series built series_uid=%s images=%d algorithm=%s",
-        series_instance_uid,
+        series.series_instance_uid,
         len(images),
         algorithm.name,
     )
@@ -360,10 +359,8 @@ def build_derived_sc_series(
     derived: DerivedImage,
     template: ResultTemplate,
     *,
-    series_instance_uid: str,
+    series: SeriesIdentity,
     sop_instance_uid: dict[str, str],
-    series_number: int,
-    series_description: str,
 ) -> list[hd.sc.SCImage]:
     """The derived image as Secondary Capture, one per source image or frame.
 
@@ -391,11 +388,9 @@ def build_derived_sc_series(
             pixels,
             template=template,
             orientation=capture_orientation(volume, source),
-            series_instance_uid=series_instance_uid,
-            series_number=series_number,
+            series=series,
             sop_instance_uid=sop_instance_uid[key],
             instance_number=index + 1,
-            series_description=series_description,
             burned_in=False,
             frame_numbers=frame_numbers,
         )
@@ -408,7 +403,7 @@ def build_derived_sc_series(
         image.SourceImageSequence = [_source_reference(source, frame_numbers)]
         image.DerivationCodeSequence = [_code_item(hd.sr.CodedConcept.from_code(DERIVATION))]
         images.append(image)
-    log.info("derived sc built series_uid=%s images=%d", series_instance_uid, len(images))
+    log.info("derived sc built series_uid=%s images=%d", series.series_instance_uid, len(images))
     return images
 
 

@@ -23,6 +23,7 @@ from PIL import Image, ImageDraw, ImageFont
 from node.contract.plugin import Attribution
 from node.contract.template import ResultTemplate
 from node.contract.volume import Volume
+from node.results.identity import SeriesIdentity
 from node.results.pm.parametric_map import attribution_values, explanation
 from node.results.sc.overlay import (
     NOT_FOR_DIAGNOSIS,
@@ -100,10 +101,8 @@ def build_heatmap_sc_series(
     attribution: Attribution,
     template: ResultTemplate,
     *,
-    series_instance_uid: str,
+    series: SeriesIdentity,
     sop_instance_uid: dict[str, str],
-    series_number: int,
-    series_description: str,
 ) -> list[hd.sc.SCImage]:
     """Heat-map Secondary Capture images of the slices that carry the attribution.
 
@@ -115,8 +114,8 @@ def build_heatmap_sc_series(
         The routine's map on the source grid.
     template
         Gives the algorithm identification.
-    series_instance_uid, series_number, series_description
-        Identity of the new series.
+    series
+        Identity of the new series (:class:`node.results.identity.SeriesIdentity`).
     sop_instance_uid
         ``{frame key: SOP Instance UID of its heat map}``; the key is the source's
         SOP Instance UID, ``"<uid>/<frame number>"`` for a frame of a multi-frame
@@ -142,11 +141,9 @@ def build_heatmap_sc_series(
             pixels,
             template=template,
             orientation=capture_orientation(volume, source),
-            series_instance_uid=series_instance_uid,
-            series_number=series_number,
+            series=series,
             sop_instance_uid=sop_instance_uid[key],
             instance_number=number,
-            series_description=series_description,
             frame_numbers=frame_numbers,
         )
         image.ImageComments = (
@@ -158,5 +155,5 @@ def build_heatmap_sc_series(
             f"a copy of the source; explanation aid, NOT FOR DIAGNOSTIC USE"
         )[:1024]
         images.append(image)
-    log.info("heat map sc built series_uid=%s images=%d", series_instance_uid, len(images))
+    log.info("heat map sc built series_uid=%s images=%d", series.series_instance_uid, len(images))
     return images

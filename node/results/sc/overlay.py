@@ -22,6 +22,7 @@ from scipy import ndimage
 from node.contract.template import ResultTemplate
 from node.contract.volume import Volume
 from node.results.analysis import Analysis, first_value
+from node.results.identity import SeriesIdentity
 from node.results.provenance import (
     copy_body_part,
     copy_laterality,
@@ -152,11 +153,9 @@ def secondary_capture(
     *,
     template: ResultTemplate,
     orientation: tuple[str, str] | None,
-    series_instance_uid: str,
-    series_number: int,
+    series: SeriesIdentity,
     sop_instance_uid: str,
     instance_number: int,
-    series_description: str,
     burned_in: bool = True,
     frame_numbers: list[int] | None = None,
 ) -> hd.sc.SCImage:
@@ -190,11 +189,11 @@ def secondary_capture(
         ),
         bits_allocated=8 * pixels.dtype.itemsize,
         coordinate_system=hd.CoordinateSystemNames.PATIENT,
-        series_instance_uid=series_instance_uid,
-        series_number=series_number,
+        series_instance_uid=series.series_instance_uid,
+        series_number=series.series_number,
         sop_instance_uid=sop_instance_uid,
         instance_number=instance_number,
-        manufacturer=template.algorithm.manufacturer,
+        manufacturer=series.manufacturer,
         pixel_spacing=((float(spacing[0]), float(spacing[1])) if spacing else None),  # type: ignore[arg-type]  # highdicom annotates ints; PixelSpacing is DS
         # highdicom takes one letter per direction; the full value is set below.
         patient_orientation=(
@@ -202,7 +201,7 @@ def secondary_capture(
             if orientation and orientation[0] and orientation[1]
             else ("L", "P")
         ),
-        series_description=series_description,
+        series_description=series.series_description,
         contributing_equipment=[processing_equipment(template)],
     )
     # Type 2C without Image Orientation (Patient): the full value, or empty when unknown.
@@ -213,7 +212,7 @@ def secondary_capture(
     image.BurnedInAnnotation = "YES" if burned_in else "NO"
     image.ImageType = ["DERIVED", "SECONDARY"]
     image.SourceImageSequence = [source_image_reference(source, frame_numbers)]
-    set_general_equipment(image, template)
+    set_general_equipment(image, series)
     copy_body_part(image, source)
     # A paired body part (breast, eye) needs General Series Laterality (Type 2C).
     copy_laterality(image, [source])
@@ -232,10 +231,8 @@ def overlay_comment(source: Dataset, template: ResultTemplate) -> str:
 def build_sc_series(
     analysis: Analysis,
     *,
-    series_instance_uid: str,
+    series: SeriesIdentity,
     sop_instance_uid: dict[str, str],
-    series_number: int,
-    series_description: str,
 ) -> list[hd.sc.SCImage]:
     """One Secondary Capture image per source slice with a finding, in volume order.
 
@@ -243,8 +240,8 @@ def build_sc_series(
     ----------
     analysis
         The checked prediction.
-    series_instance_uid, series_number, series_description
-        Identity of the new series.
+    series
+        Identity of the new series (:class:`node.results.identity.SeriesIdentity`).
     sop_instance_uid
         ``{source SOP Instance UID: SOP Instance UID of its capture}``.
     """
@@ -262,18 +259,16 @@ def build_sc_series(
             pixels,
             template=template,
             orientation=orientation,
-            series_instance_uid=series_instance_uid,
-            series_number=series_number,
+            series=series,
             sop_instance_uid=sop_instance_uid[str(source.SOPInstanceUID)],
             instance_number=number,
-            series_description=series_description,
         )
         image.ImageComments = overlay_comment(source, template)
         image.DerivationDescription = (
             f"Overlay of {algorithm.name} {algorithm.version} burned into a copy of the source"
         )[:1024]
         images.append(image)
-    log.info("sc built series_uid=%s images=%d", series_instance_uid, len(images))
+    log.info("sc built series_uid=%s images=%d", series.series_instance_uid, len(images))
     return images
 
 
