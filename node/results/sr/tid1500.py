@@ -44,8 +44,8 @@ from node.results.provenance import (
     set_general_equipment,
     sr_algorithm_identification,
 )
-from node.results.radiomics import declare_private_scheme, sr_measurement_items
 from node.results.reference import SOPReference
+from node.results.sr.radiomics import declare_private_scheme, sr_measurement_items
 
 log = logging.getLogger(__name__)
 
