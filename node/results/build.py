@@ -1,7 +1,8 @@
 """The one call the job worker makes: prediction in, result objects out.
 
 Which objects are built is given as file tags (:mod:`node.contract.kinds`), by default
-``seg`` + ``sr``. Output series numbers are fixed per kind (:data:`SERIES_NUMBERS`)
+``seg`` + ``sr``; each kind is built by its entry of :data:`node.results.table.BUILDERS`,
+in build order. Output series numbers are fixed per kind (:data:`SERIES_NUMBERS`)
 so results sort after the acquired series in every viewer. Series descriptions come
 from the template (``"AI lungs SEG"``, ``"AI lungs SR"``…); a revision after the first
 adds ``" (rev N, supersedes earlier)"``. All UIDs are derived from the input
