@@ -195,3 +195,13 @@ def frame_source(volume: Volume, frame: int) -> tuple[Dataset, list[int] | None,
 def frame_keys(volume: Volume) -> list[str]:
     """:func:`frame_source` keys of every frame of ``volume``, in volume order."""
     return [frame_source(volume, frame)[2] for frame in range(volume.shape[0])]
+
+
+def source_image_reference(source: Dataset, frame_numbers: list[int] | None = None) -> Dataset:
+    """A Source Image Sequence item referencing ``source`` (the frame of a multi-frame one)."""
+    reference = Dataset()
+    reference.ReferencedSOPClassUID = source.SOPClassUID
+    reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    if frame_numbers is not None:
+        reference.ReferencedFrameNumber = frame_numbers[0]
+    return reference

@@ -8,12 +8,12 @@ Adding a kind: a builder module in the family package of its IOD and an entry he
 from __future__ import annotations
 
 from node.results.builder import BuilderTable
-from node.results.derived.builders import DERIVED, DERIVED_SC
+from node.results.derived.builders import DERIVED
 from node.results.ko.builders import KO
 from node.results.pm.builders import PMAP
 from node.results.pr.builders import GSPS
 from node.results.reg.builders import REG
-from node.results.sc.builders import HEATMAP_SC, SC
+from node.results.sc.builders import DERIVED_SC, HEATMAP_SC, SC
 from node.results.seg.builders import FRACTIONAL_SEG, LABELMAP_SEG, SEG
 from node.results.sr.builders import SR
 

@@ -1,4 +1,4 @@
-"""Table entries of the derived image: a series of the source's IOD, and as Secondary Capture."""
+"""Table entry of the derived image as a series of the source's IOD."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ from node.contract.kinds import ResultKind
 from node.contract.plugin import DerivedImage, Prediction
 from node.errors import TemplateError
 from node.results.builder import BuildContext, KindBuilder
-from node.results.derived.image import build_derived_sc_series, build_derived_series
+from node.results.derived.image import build_derived_series
 from node.results.identity import SeriesIdentity
-from node.results.source import frame_keys
 
 
-class _DerivedImageBuilder(KindBuilder):
+class DerivedImageBuilder(KindBuilder):
+    """A kind drawn from ``Prediction.derived_image``."""
+
     def missing_input(self, prediction: Prediction) -> str | None:
         return "the plugin gives no derived image" if prediction.derived_image is None else None
 
@@ -23,7 +24,7 @@ class _DerivedImageBuilder(KindBuilder):
         return context.prediction.derived_image
 
 
-class DerivedBuilder(_DerivedImageBuilder):
+class DerivedBuilder(DerivedImageBuilder):
     """One derived instance per source instance (a multi-frame one keeps its frames)."""
 
     kind = ResultKind.DERIVED
@@ -41,23 +42,4 @@ class DerivedBuilder(_DerivedImageBuilder):
         )
 
 
-class DerivedScBuilder(_DerivedImageBuilder):
-    """The derived image as Secondary Capture, one per source image or frame."""
-
-    kind = ResultKind.DERIVED_SC
-    series_number = 9024
-    label = "derived SC"
-
-    def build(self, context: BuildContext, tag: str, series: SeriesIdentity) -> list[Dataset]:
-        volume = context.volume
-        per_frame = {key: context.uids.instance_uid(tag, key) for key in frame_keys(volume)}
-        derived = self.derived_image(context)
-        return list(
-            build_derived_sc_series(
-                volume, derived, context.template, series=series, sop_instance_uid=per_frame
-            )
-        )
-
-
 DERIVED = DerivedBuilder()
-DERIVED_SC = DerivedScBuilder()

@@ -1,4 +1,4 @@
-"""Table entries of the Secondary Captures: burned-in overlays and attribution heat maps."""
+"""Table entries of the Secondary Captures: overlays, heat maps, the derived image."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from node.contract.kinds import ResultKind
 from node.contract.plugin import Prediction
 from node.errors import TemplateError
 from node.results.builder import BuildContext, KindBuilder, missing_findings
+from node.results.derived.builders import DerivedImageBuilder
 from node.results.identity import SeriesIdentity
+from node.results.sc.derived import build_derived_sc_series
 from node.results.sc.findings import build_findings_sc_series, capture_keys
 from node.results.sc.heatmap import build_heatmap_sc_series
 from node.results.sc.overlay import NOT_FOR_DIAGNOSIS, build_sc_series
@@ -77,5 +79,24 @@ class HeatmapScBuilder(KindBuilder):
         )
 
 
+class DerivedScBuilder(DerivedImageBuilder):
+    """The derived image as Secondary Capture, one per source image or frame."""
+
+    kind = ResultKind.DERIVED_SC
+    series_number = 9024
+    label = "derived SC"
+
+    def build(self, context: BuildContext, tag: str, series: SeriesIdentity) -> list[Dataset]:
+        volume = context.volume
+        per_frame = {key: context.uids.instance_uid(tag, key) for key in frame_keys(volume)}
+        derived = self.derived_image(context)
+        return list(
+            build_derived_sc_series(
+                volume, derived, context.template, series=series, sop_instance_uid=per_frame
+            )
+        )
+
+
 SC = ScBuilder()
 HEATMAP_SC = HeatmapScBuilder()
+DERIVED_SC = DerivedScBuilder()

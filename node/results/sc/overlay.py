@@ -29,6 +29,7 @@ from node.results.provenance import (
     processing_equipment,
     set_general_equipment,
 )
+from node.results.source import source_image_reference
 
 log = logging.getLogger(__name__)
 
@@ -135,16 +136,6 @@ def _draw_text(analysis: Analysis, image: Image.Image, slice_index: int, labels:
         fill=(255, 255, 0),
         font=font,
     )
-
-
-def source_image_reference(source: Dataset, frame_numbers: list[int] | None = None) -> Dataset:
-    """A Source Image Sequence item referencing ``source`` (the frame of a multi-frame one)."""
-    reference = Dataset()
-    reference.ReferencedSOPClassUID = source.SOPClassUID
-    reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
-    if frame_numbers is not None:
-        reference.ReferencedFrameNumber = frame_numbers[0]
-    return reference
 
 
 def secondary_capture(
