@@ -38,7 +38,7 @@ from node.contract.volume import Volume
 from node.errors import TemplateError
 from node.results import build_results, load_template
 from node.results.findings import ImageFindings
-from node.results.findings_sr import CERTAINTY_OF_FINDING, PROBABILITY
+from node.results.sr.findings import CERTAINTY_OF_FINDING, PROBABILITY
 from node.results.uids import ResultUIDs
 from tests.support.validators import dcentvfy_output, dciodvfy_errors, dsrdump
 from tests.support.worker import run_one_job

@@ -53,8 +53,9 @@ from node.contract.plugin import (
 from node.contract.volume import Volume
 from node.results import ResultTemplate, build_results, load_template, load_template_by_name
 from node.results.analysis import Analysis
-from node.results.ko import build_ko
-from node.results.sc import render_slice
+from node.results.identity import SeriesIdentity
+from node.results.ko.selection import build_ko
+from node.results.sc.overlay import render_slice
 from tests.support.nrrd import NrrdImage, read_nrrd
 from tests.support.validators import (
     dcentvfy_output,
@@ -284,10 +285,13 @@ def test_dsrdump_parses_every_sr(built: Built, tmp_path: Path) -> None:
     ko = build_ko(
         built.template,
         objects,
-        series_instance_uid=generate_uid(),
+        series=SeriesIdentity.of(
+            built.template,
+            series_instance_uid=generate_uid(),
+            series_number=1,
+            series_description="KO",
+        ),
         sop_instance_uid=generate_uid(),
-        series_number=1,
-        series_description="KO",
     )
     ko_path = tmp_path / "ko.dcm"
     ko.save_as(ko_path, enforce_file_format=True)
@@ -463,7 +467,7 @@ def test_sc_images_carry_the_burned_in_overlay(built: Built) -> None:
         assert image.PhotometricInterpretation == "RGB"
         source_uid = built.volume.sop_instance_uids[slice_index]
         assert image.SourceImageSequence[0].ReferencedSOPInstanceUID == source_uid
-        from node.results.sc import _window
+        from node.results.sc.overlay import _window
 
         window = _window(built.volume.array, built.volume.datasets[0])
         assert np.array_equal(image.pixel_array, render_slice(analysis, slice_index, window))
@@ -477,7 +481,7 @@ def test_sc_blends_the_segment_colour_over_the_grey_slice(built: Built) -> None:
     """Checked from the rule, not from the renderer: grey (R = G = B, the windowed value)
     outside the segments, the colour blended at FILL_ALPHA inside them, the outline in the
     segment's colour, a legend swatch per segment and the yellow banner at the bottom."""
-    from node.results.sc import FILL_ALPHA, _window
+    from node.results.sc.overlay import FILL_ALPHA, _window
 
     analysis = built.analysis
     lower, upper = _window(built.volume.array, built.volume.datasets[0])

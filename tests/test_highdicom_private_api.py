@@ -13,7 +13,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
-from node.results.sr import MeasurementReportSR
+from node.results.sr.tid1500 import MeasurementReportSR
 from tools.synthetic.chest_ct import make_chest_ct
 
 
@@ -22,7 +22,7 @@ def _changed(name: str, user: str, todo: str) -> str:
 
 
 def test_is_multiframe_image_tells_a_multi_frame_iod_by_sop_class() -> None:
-    """node/results/pmap.py (nominal_plane) asks highdicom whether highdicom will read a
+    """node/results/pm/parametric_map.py (nominal_plane) asks highdicom whether highdicom will read a
     source's geometry from functional groups, i.e. whether its IOD is multi-frame."""
     todo = (
         "nominal_plane must know whether highdicom treats the source as a multi-frame "
@@ -31,9 +31,9 @@ def test_is_multiframe_image_tells_a_multi_frame_iod_by_sop_class() -> None:
     try:
         from highdicom._standard_utils import is_multiframe_image
     except ImportError:
-        pytest.fail(_changed("_standard_utils.is_multiframe_image", "node/results/pmap.py", todo))
+        pytest.fail(_changed("_standard_utils.is_multiframe_image", "node/results/pm/parametric_map.py", todo))
     assert list(inspect.signature(is_multiframe_image).parameters) == ["dataset"], _changed(
-        "the signature of is_multiframe_image(dataset)", "node/results/pmap.py", todo
+        "the signature of is_multiframe_image(dataset)", "node/results/pm/parametric_map.py", todo
     )
     cases = {
         "1.2.840.10008.5.1.4.1.1.77.1.5.1": True,  # Ophthalmic Photography 8 Bit (OP)
@@ -48,7 +48,7 @@ def test_is_multiframe_image_tells_a_multi_frame_iod_by_sop_class() -> None:
         # Only the IOD counts, not how many frames this instance has.
         dataset.NumberOfFrames = 1
         assert bool(is_multiframe_image(dataset)) is multi_frame, _changed(
-            f"is_multiframe_image for SOP class {sop_class_uid}", "node/results/pmap.py", todo
+            f"is_multiframe_image for SOP class {sop_class_uid}", "node/results/pm/parametric_map.py", todo
         )
 
 
@@ -76,7 +76,7 @@ def _small_report() -> tuple[list[Dataset], hd.sr.MeasurementReport]:
 
 
 def test_comprehensive_3d_sr_keeps_its_content_tree_in_content() -> None:
-    """node/results/sr.py (MeasurementReportSR.content) overrides highdicom's ``content``
+    """node/results/sr/tid1500.py (MeasurementReportSR.content) overrides highdicom's ``content``
     property and returns ``self._content``, which highdicom's constructor must set."""
     todo = (
         "MeasurementReportSR.content must return the typed content tree highdicom "
@@ -84,7 +84,7 @@ def test_comprehensive_3d_sr_keeps_its_content_tree_in_content() -> None:
     )
     content = getattr(hd.sr.Comprehensive3DSR, "content", None)
     assert isinstance(content, property), _changed(
-        "Comprehensive3DSR.content (no longer a property)", "node/results/sr.py", todo
+        "Comprehensive3DSR.content (no longer a property)", "node/results/sr/tid1500.py", todo
     )
     images, report = _small_report()
     arguments = {
@@ -96,7 +96,7 @@ def test_comprehensive_3d_sr_keeps_its_content_tree_in_content() -> None:
         "instance_number": 1,
     }
     moved = _changed(
-        "where Comprehensive3DSR keeps its content tree (_content)", "node/results/sr.py", todo
+        "where Comprehensive3DSR keeps its content tree (_content)", "node/results/sr/tid1500.py", todo
     )
     plain = hd.sr.Comprehensive3DSR(**arguments)
     assert "_content" in vars(plain), moved
@@ -108,7 +108,7 @@ def test_comprehensive_3d_sr_keeps_its_content_tree_in_content() -> None:
     ours.add_image_library(library)
     names = [item.name.value for item in ours.content[0].ContentSequence]
     assert "111028" in names, _changed(
-        "MeasurementReport.from_sequence", "node/results/sr.py", todo
+        "MeasurementReport.from_sequence", "node/results/sr/tid1500.py", todo
     )
     written = [str(i.ConceptNameCodeSequence[0].CodeValue) for i in ours.ContentSequence]
     assert names == written

@@ -24,7 +24,7 @@ from node.contract.volume import Volume
 from node.results import build_results, load_template_by_name
 from node.results.availability import unavailable_tags
 from node.results.build import SERIES_NUMBERS
-from node.results.derived import fitted_intercept
+from node.results.derived.image import fitted_intercept
 from tests.support.validators import dciodvfy_errors
 from tools.net import wait_until
 from tools.orthanc_rest import (

@@ -31,8 +31,6 @@ from node.results.radiomics import (
     RadiomicsResult,
     compute_radiomics,
     sitk_image,
-    sr_measurement_items,
-    sr_measurements,
     write_radiomics,
 )
 from node.results.radiomics_codes import (
@@ -43,6 +41,7 @@ from node.results.radiomics_codes import (
     feature_code,
     feature_table_markdown,
 )
+from node.results.sr.radiomics import sr_measurement_items, sr_measurements
 from tests.support.admin import ServedNode, served_node
 from tests.support.dcmtk import storescu
 from tests.support.pacs import node_config, one_result_each, orthanc_for_node

@@ -28,7 +28,7 @@ from node.contract.volume import Volume
 from node.errors import InputRejected, JobTimeout
 from node.orchestration.priors import NoPrior, find_prior
 from node.results import build_results, load_template_by_name
-from node.results.registration import SPATIAL_REGISTRATION_STORAGE, registration_matrices
+from node.results.reg.registration import SPATIAL_REGISTRATION_STORAGE, registration_matrices
 from node.state.db import Database
 from node.state.jobs import JobQueue
 from node.state.series import SeriesStore

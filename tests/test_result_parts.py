@@ -25,7 +25,7 @@ from node.results.measure import (
     surface_area_mm2,
     volume_mm3,
 )
-from node.results.sr import _CODED_MODALITY, image_library
+from node.results.sr.tid1500 import _CODED_MODALITY, image_library
 from tests.test_conformance import TEMPLATES
 from tools.synthetic.chest_ct import make_chest_ct
 from tools.synthetic.head_mr import make_head_mr

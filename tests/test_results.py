@@ -31,6 +31,7 @@ from node.results import (
     load_template,
     load_template_by_name,
 )
+from node.results.identity import SeriesIdentity
 from node.results.measure import surface_area_mm2
 from tests.support.validators import dciodvfy_errors, dciodvfy_output, dciodvfy_warnings
 from tools.synthetic.chest_ct import ChestPhantomTruth, make_chest_ct
@@ -505,9 +506,13 @@ def test_same_input_again_rebuilds_the_same_sr_without_predecessor(
             case.prediction,
             template,
             case.results.seg,
-            series_instance_uid=case.results.uids.sr_series,
+            series=SeriesIdentity.of(
+                template,
+                series_instance_uid=case.results.uids.sr_series,
+                series_number=SR_SERIES_NUMBER,
+                series_description=None,
+            ),
             sop_instance_uid=case.results.uids.sr_instance,
-            series_number=SR_SERIES_NUMBER,
             revision=2,
             predecessor=case.results.sr_reference,
         )

@@ -25,8 +25,9 @@ if TYPE_CHECKING:
         series_description,
     )
     from node.results.provenance import processing_equipment
-    from node.results.seg import build_seg
-    from node.results.sr import SOPReference, build_sr
+    from node.results.reference import SOPReference
+    from node.results.seg.segmentation import build_seg
+    from node.results.sr.tid1500 import build_sr
     from node.results.uids import ResultUIDs, derive_uid, instance_set_hash
 
 #: Exported name → the module that defines it.
@@ -37,9 +38,9 @@ _LAZY = {
     "build_results": "node.results.build",
     "series_description": "node.results.build",
     "processing_equipment": "node.results.provenance",
-    "build_seg": "node.results.seg",
-    "SOPReference": "node.results.sr",
-    "build_sr": "node.results.sr",
+    "build_seg": "node.results.seg.segmentation",
+    "SOPReference": "node.results.reference",
+    "build_sr": "node.results.sr.tid1500",
     "UCUM_UNITS": "node.contract.template",
     "ResultTemplate": "node.contract.template",
     "default_template_dir": "node.contract.template",

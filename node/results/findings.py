@@ -8,8 +8,8 @@ present or absent from each probability and its operating threshold, leaves out
 detections scoring below their reporting threshold, numbers the rest per finding (1 =
 highest score) and gives each a Tracking ID and a Tracking UID derived from the input,
 so SR groups and GSPS graphics of one finding share them and re-runs repeat them.
-The SR (:mod:`node.results.findings_sr`), the GSPS (:mod:`node.results.findings_gsps`)
-and the Secondary Capture overlay (:mod:`node.results.findings_sc`) are built from it.
+The SR (:mod:`node.results.sr.findings`), the GSPS (:mod:`node.results.pr.findings`)
+and the Secondary Capture overlay (:mod:`node.results.sc.findings`) are built from it.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from node.contract.template import ResultTemplate
+from node.results.identity import SeriesIdentity
 
 #: Purpose of reference of the algorithm's Contributing Equipment item.
 PROCESSING_EQUIPMENT = codes.DCM.ProcessingEquipment
@@ -94,21 +95,16 @@ class InstanceArguments(TypedDict):
 
 
 def instance_arguments(
-    template: ResultTemplate,
-    *,
-    series_instance_uid: str,
-    sop_instance_uid: str,
-    series_number: int,
-    series_description: str | None,
+    template: ResultTemplate, series: SeriesIdentity, sop_instance_uid: str
 ) -> InstanceArguments:
     """Identity of a single-instance result series, its manufacturer and processing equipment."""
     return InstanceArguments(
-        series_instance_uid=series_instance_uid,
-        series_number=series_number,
+        series_instance_uid=series.series_instance_uid,
+        series_number=series.series_number,
         sop_instance_uid=sop_instance_uid,
         instance_number=1,
-        series_description=series_description,
-        manufacturer=template.algorithm.manufacturer,
+        series_description=series.series_description,
+        manufacturer=series.manufacturer,
         contributing_equipment=[processing_equipment(template)],
     )
 
@@ -121,26 +117,24 @@ class EquipmentArguments(TypedDict):
     device_serial_number: str
 
 
-def equipment_arguments(template: ResultTemplate) -> EquipmentArguments:
+def equipment_arguments(series: SeriesIdentity) -> EquipmentArguments:
     """The algorithm as the General Equipment, for constructors that take it (SEG, GSPS, maps)."""
-    algorithm = template.algorithm
     return EquipmentArguments(
-        manufacturer_model_name=algorithm.name,
-        software_versions=algorithm.version,
-        device_serial_number=algorithm.device_uid,
+        manufacturer_model_name=series.manufacturer_model_name,
+        software_versions=series.software_versions,
+        device_serial_number=series.device_uid,
     )
 
 
-def set_general_equipment(dataset: Dataset, template: ResultTemplate) -> None:
+def set_general_equipment(dataset: Dataset, series: SeriesIdentity) -> None:
     """The algorithm's name, version and Device UID as the General Equipment of ``dataset``.
 
     For instances whose highdicom constructor takes only the manufacturer (SR, KO,
     Secondary Capture).
     """
-    algorithm = template.algorithm
-    dataset.ManufacturerModelName = algorithm.name
-    dataset.SoftwareVersions = algorithm.version
-    dataset.DeviceUID = algorithm.device_uid
+    dataset.ManufacturerModelName = series.manufacturer_model_name
+    dataset.SoftwareVersions = series.software_versions
+    dataset.DeviceUID = series.device_uid
 
 
 def copy_body_part(dataset: Dataset, source: Dataset) -> None:

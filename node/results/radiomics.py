@@ -11,9 +11,9 @@ which the SR carries in each feature's algorithm parameters, as the template's h
 
 The result is a table, one row per segment and feature, with the feature's code and
 UCUM unit (:mod:`node.results.radiomics_codes`). It goes into the SR (one TID 1500
-measurement per feature in the segment's volumetric group, :func:`sr_measurements`)
-and next to the job's DICOM results as ``radiomics.json`` and ``radiomics.csv``
-(:func:`write_radiomics`), which the HTTP API serves.
+measurement per feature in the segment's volumetric group,
+:func:`node.results.sr.radiomics.sr_measurements`) and next to the job's DICOM results
+as ``radiomics.json`` and ``radiomics.csv`` (:func:`write_radiomics`), which the HTTP API serves.
 
 pyradiomics is an optional extra (``pip install --no-build-isolation '.[radiomics]'``;
 ``make run`` and ``make test`` install it); it is imported only when features are computed.
@@ -35,23 +35,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pydicom.dataset import Dataset
-from pydicom.valuerep import DS
 
-from node.contract.template import ResultTemplate
-from node.contract.volume import Volume
 from node.errors import AinodeError
 from node.results.radiomics_codes import (
-    PRIVATE_SCHEME,
-    PRIVATE_SCHEME_NAME,
-    PRIVATE_SCHEME_ORGANIZATION,
     feature_code,
     ucum_unit,
 )
 
 if TYPE_CHECKING:  # highdicom is imported by the SR functions (not by the API's reading)
-    import highdicom as hd
-
     from node.contract.template import ResultTemplate
     from node.contract.volume import Volume
 
@@ -388,102 +379,6 @@ def _rows(
             )
         )
     return rows
-
-
-# -- SR --------------------------------------------------------------------------------
-
-
-def algorithm_identification(result: RadiomicsResult) -> hd.sr.AlgorithmIdentification:
-    """TID 4019 of every feature: pyradiomics, its version, the parameter set's hash."""
-    import highdicom as hd
-
-    settings = result.parameters["settings"]
-    return hd.sr.AlgorithmIdentification(
-        name="pyradiomics",
-        version=str(result.parameters["library_version"]),
-        parameters=[
-            f"radiomics_parameters_sha256={result.parameters_sha256}",
-            f"bin_width={settings['binWidth']:g}",
-            "resampling=none",
-            f"template={result.template}",
-            f"template_sha256={result.template_sha256}",
-        ],
-    )
-
-
-def sr_measurements(result: RadiomicsResult, label_value: int) -> list[hd.sr.Measurement]:
-    """One TID 300 measurement per finite feature of a segment, through highdicom.
-
-    The reference for :func:`sr_measurement_items`, which encodes the same items
-    directly (a test compares them).
-    """
-    import highdicom as hd
-    from highdicom.sr import CodedConcept
-
-    algorithm = algorithm_identification(result)
-    return [
-        hd.sr.Measurement(
-            name=CodedConcept(row.code_value, row.coding_scheme, row.code_meaning),
-            value=row.value,
-            unit=CodedConcept(row.unit, "UCUM", row.unit_meaning),
-            algorithm_id=algorithm,
-        )
-        for row in result.for_segment(label_value)
-        if row.value is not None
-    ]
-
-
-def sr_measurement_items(result: RadiomicsResult, label_value: int) -> list[Dataset]:
-    """The NUM content items of :func:`sr_measurements`, encoded directly.
-
-    highdicom's classes take about 7 ms per feature (a hundred per segment); these are
-    the same datasets. Code items and the TID 4019 items are shared between features
-    of one call (never modified).
-    """
-    algorithm = algorithm_identification(result)
-    shared_algorithm = list(algorithm)
-    codes: dict[tuple[str, str, str], Dataset] = {}
-
-    def code(value: str, scheme: str, meaning: str) -> Dataset:
-        key = (value, scheme, meaning)
-        if key not in codes:
-            item = Dataset()
-            item.add_new(0x00080100, "SH", value)
-            item.add_new(0x00080102, "SH", scheme)
-            item.add_new(0x00080104, "LO", meaning)
-            codes[key] = item
-        return codes[key]
-
-    items = []
-    for row in result.for_segment(label_value):
-        if row.value is None:
-            continue
-        measured = Dataset()
-        measured.add_new(0x004008EA, "SQ", [code(row.unit, "UCUM", row.unit_meaning)])
-        measured.add_new(0x0040A30A, "DS", DS(row.value, auto_format=True))
-        measured.add_new(0x0040A161, "FD", float(row.value))
-        item = Dataset()
-        item.add_new(0x0040A010, "CS", "CONTAINS")
-        item.add_new(0x0040A040, "CS", "NUM")
-        item.add_new(0x0040A043, "SQ", [code(row.code_value, row.coding_scheme, row.code_meaning)])
-        item.add_new(0x0040A300, "SQ", [measured])
-        item.add_new(0x0040A730, "SQ", shared_algorithm)
-        items.append(item)
-    return items
-
-
-def declare_private_scheme(dataset: Dataset, result: RadiomicsResult) -> None:
-    """Describe :data:`PRIVATE_SCHEME` in the Coding Scheme Identification Sequence if used."""
-    if not any(row.coding_scheme == PRIVATE_SCHEME for row in result.features):
-        return
-    items = list(dataset.get("CodingSchemeIdentificationSequence", []))
-    if any(item.get("CodingSchemeDesignator") == PRIVATE_SCHEME for item in items):
-        return
-    item = Dataset()
-    item.CodingSchemeDesignator = PRIVATE_SCHEME
-    item.CodingSchemeName = PRIVATE_SCHEME_NAME
-    item.CodingSchemeResponsibleOrganization = PRIVATE_SCHEME_ORGANIZATION
-    dataset.CodingSchemeIdentificationSequence = [*items, item]
 
 
 # -- files -----------------------------------------------------------------------------

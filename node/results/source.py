@@ -175,3 +175,33 @@ def set_character_set(dataset: Dataset, charset: CharacterSet, what: str) -> Non
             del dataset[_SPECIFIC_CHARACTER_SET]
     else:
         dataset.SpecificCharacterSet = charset
+
+
+def frame_source(volume: Volume, frame: int) -> tuple[Dataset, list[int] | None, str]:
+    """``(source image, its frame numbers, key)`` of frame ``frame`` of ``volume``.
+
+    The frame numbers are None for a single-frame source; the key is the source's SOP
+    Instance UID, with ``"/<frame number>"`` for a frame of a multi-frame source (the
+    key of per-frame result UIDs).
+    """
+    source = volume.datasets[frame]
+    number = volume.frame_number(frame)
+    key = str(source.SOPInstanceUID)
+    if number is None:
+        return source, None, key
+    return source, [number], f"{key}/{number}"
+
+
+def frame_keys(volume: Volume) -> list[str]:
+    """:func:`frame_source` keys of every frame of ``volume``, in volume order."""
+    return [frame_source(volume, frame)[2] for frame in range(volume.shape[0])]
+
+
+def source_image_reference(source: Dataset, frame_numbers: list[int] | None = None) -> Dataset:
+    """A Source Image Sequence item referencing ``source`` (the frame of a multi-frame one)."""
+    reference = Dataset()
+    reference.ReferencedSOPClassUID = source.SOPClassUID
+    reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    if frame_numbers is not None:
+        reference.ReferencedFrameNumber = frame_numbers[0]
+    return reference

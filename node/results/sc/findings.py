@@ -22,16 +22,17 @@ from pydicom.dataset import Dataset
 
 from node.results.analysis import Analysis
 from node.results.findings import ImageFindings
-from node.results.findings_gsps import point_radius
-from node.results.sc import (
+from node.results.identity import SeriesIdentity
+from node.results.pr.findings import point_radius
+from node.results.sc.overlay import (
     NOT_FOR_DIAGNOSIS,
     capture_orientation,
     display_window,
-    frame_source,
     overlay_comment,
     render_slice,
     secondary_capture,
 )
+from node.results.source import frame_source
 
 log = logging.getLogger(__name__)
 
@@ -117,10 +118,8 @@ def build_findings_sc_series(
     findings: ImageFindings,
     analysis: Analysis | None,
     *,
-    series_instance_uid: str,
+    series: SeriesIdentity,
     sop_instance_uid: dict[str, str],
-    series_number: int,
-    series_description: str,
 ) -> list[hd.sc.SCImage]:
     """One Secondary Capture per annotated image, in volume order.
 
@@ -130,8 +129,8 @@ def build_findings_sc_series(
         The checked classifications and detections.
     analysis
         The checked segmentation of the same prediction, or None.
-    series_instance_uid, series_number, series_description
-        Identity of the new series.
+    series
+        Identity of the new series (:class:`node.results.identity.SeriesIdentity`).
     sop_instance_uid
         ``{source SOP Instance UID: SOP Instance UID of its capture}`` (for a
         multi-frame source, the key is ``"<uid>/<frame number>"``).
@@ -149,11 +148,9 @@ def build_findings_sc_series(
             render_findings(findings, frame, window, analysis),
             template=template,
             orientation=capture_orientation(volume, source),
-            series_instance_uid=series_instance_uid,
-            series_number=series_number,
+            series=series,
             sop_instance_uid=sop_instance_uid[key],
             instance_number=number,
-            series_description=series_description,
             frame_numbers=frame_numbers,
         )
         image.ImageComments = overlay_comment(source, template)
@@ -161,7 +158,7 @@ def build_findings_sc_series(
             f"Findings of {algorithm.name} {algorithm.version} burned into a copy of the source"
         )[:1024]
         images.append(image)
-    log.info("sc built series_uid=%s images=%d", series_instance_uid, len(images))
+    log.info("sc built series_uid=%s images=%d", series.series_instance_uid, len(images))
     return images
 
 

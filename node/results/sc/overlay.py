@@ -22,12 +22,14 @@ from scipy import ndimage
 from node.contract.template import ResultTemplate
 from node.contract.volume import Volume
 from node.results.analysis import Analysis, first_value
+from node.results.identity import SeriesIdentity
 from node.results.provenance import (
     copy_body_part,
     copy_laterality,
     processing_equipment,
     set_general_equipment,
 )
+from node.results.source import source_image_reference
 
 log = logging.getLogger(__name__)
 
@@ -90,26 +92,6 @@ def capture_orientation(volume: Volume, source: Dataset) -> tuple[str, str] | No
     return None
 
 
-def frame_source(volume: Volume, frame: int) -> tuple[Dataset, list[int] | None, str]:
-    """``(source image, its frame numbers, key)`` of frame ``frame`` of ``volume``.
-
-    The frame numbers are None for a single-frame source; the key is the source's SOP
-    Instance UID, with ``"/<frame number>"`` for a frame of a multi-frame source (the
-    key of per-frame result UIDs).
-    """
-    source = volume.datasets[frame]
-    number = volume.frame_number(frame)
-    key = str(source.SOPInstanceUID)
-    if number is None:
-        return source, None, key
-    return source, [number], f"{key}/{number}"
-
-
-def frame_keys(volume: Volume) -> list[str]:
-    """:func:`frame_source` keys of every frame of ``volume``, in volume order."""
-    return [frame_source(volume, frame)[2] for frame in range(volume.shape[0])]
-
-
 #: Display limits of a volume (public name, used by other burned-in renderings).
 window_limits = _window
 
@@ -156,27 +138,15 @@ def _draw_text(analysis: Analysis, image: Image.Image, slice_index: int, labels:
     )
 
 
-def source_image_reference(source: Dataset, frame_numbers: list[int] | None = None) -> Dataset:
-    """A Source Image Sequence item referencing ``source`` (the frame of a multi-frame one)."""
-    reference = Dataset()
-    reference.ReferencedSOPClassUID = source.SOPClassUID
-    reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
-    if frame_numbers is not None:
-        reference.ReferencedFrameNumber = frame_numbers[0]
-    return reference
-
-
 def secondary_capture(
     source: Dataset,
     pixels: np.ndarray,
     *,
     template: ResultTemplate,
     orientation: tuple[str, str] | None,
-    series_instance_uid: str,
-    series_number: int,
+    series: SeriesIdentity,
     sop_instance_uid: str,
     instance_number: int,
-    series_description: str,
     burned_in: bool = True,
     frame_numbers: list[int] | None = None,
 ) -> hd.sc.SCImage:
@@ -210,11 +180,11 @@ def secondary_capture(
         ),
         bits_allocated=8 * pixels.dtype.itemsize,
         coordinate_system=hd.CoordinateSystemNames.PATIENT,
-        series_instance_uid=series_instance_uid,
-        series_number=series_number,
+        series_instance_uid=series.series_instance_uid,
+        series_number=series.series_number,
         sop_instance_uid=sop_instance_uid,
         instance_number=instance_number,
-        manufacturer=template.algorithm.manufacturer,
+        manufacturer=series.manufacturer,
         pixel_spacing=((float(spacing[0]), float(spacing[1])) if spacing else None),  # type: ignore[arg-type]  # highdicom annotates ints; PixelSpacing is DS
         # highdicom takes one letter per direction; the full value is set below.
         patient_orientation=(
@@ -222,7 +192,7 @@ def secondary_capture(
             if orientation and orientation[0] and orientation[1]
             else ("L", "P")
         ),
-        series_description=series_description,
+        series_description=series.series_description,
         contributing_equipment=[processing_equipment(template)],
     )
     # Type 2C without Image Orientation (Patient): the full value, or empty when unknown.
@@ -233,7 +203,7 @@ def secondary_capture(
     image.BurnedInAnnotation = "YES" if burned_in else "NO"
     image.ImageType = ["DERIVED", "SECONDARY"]
     image.SourceImageSequence = [source_image_reference(source, frame_numbers)]
-    set_general_equipment(image, template)
+    set_general_equipment(image, series)
     copy_body_part(image, source)
     # A paired body part (breast, eye) needs General Series Laterality (Type 2C).
     copy_laterality(image, [source])
@@ -252,10 +222,8 @@ def overlay_comment(source: Dataset, template: ResultTemplate) -> str:
 def build_sc_series(
     analysis: Analysis,
     *,
-    series_instance_uid: str,
+    series: SeriesIdentity,
     sop_instance_uid: dict[str, str],
-    series_number: int,
-    series_description: str,
 ) -> list[hd.sc.SCImage]:
     """One Secondary Capture image per source slice with a finding, in volume order.
 
@@ -263,8 +231,8 @@ def build_sc_series(
     ----------
     analysis
         The checked prediction.
-    series_instance_uid, series_number, series_description
-        Identity of the new series.
+    series
+        Identity of the new series (:class:`node.results.identity.SeriesIdentity`).
     sop_instance_uid
         ``{source SOP Instance UID: SOP Instance UID of its capture}``.
     """
@@ -282,18 +250,16 @@ def build_sc_series(
             pixels,
             template=template,
             orientation=orientation,
-            series_instance_uid=series_instance_uid,
-            series_number=series_number,
+            series=series,
             sop_instance_uid=sop_instance_uid[str(source.SOPInstanceUID)],
             instance_number=number,
-            series_description=series_description,
         )
         image.ImageComments = overlay_comment(source, template)
         image.DerivationDescription = (
             f"Overlay of {algorithm.name} {algorithm.version} burned into a copy of the source"
         )[:1024]
         images.append(image)
-    log.info("sc built series_uid=%s images=%d", series_instance_uid, len(images))
+    log.info("sc built series_uid=%s images=%d", series.series_instance_uid, len(images))
     return images
 
 

@@ -20,6 +20,7 @@ from pydicom.dataset import Dataset
 from node.contract.template import ResultTemplate
 from node.contract.volume import Volume
 from node.results.analysis import Analysis, first_value
+from node.results.identity import SeriesIdentity
 from node.results.provenance import (
     copy_body_part,
     equipment_arguments,
@@ -114,17 +115,14 @@ def presentation_state(
     layers: list[hd.pr.GraphicLayer],
     annotations: list[hd.pr.GraphicAnnotation],
     content_description: str,
-    series_instance_uid: str,
+    series: SeriesIdentity,
     sop_instance_uid: str,
-    series_number: int,
-    series_description: str,
 ) -> hd.pr.GrayscaleSoftcopyPresentationState:
     """A GSPS over every image of ``volume`` with ``annotations`` on ``layers``.
 
     The source's first window is the VOI; a MONOCHROME1 source gets an INVERSE
     presentation LUT so it shows as its modality displays it.
     """
-    algorithm = template.algorithm
     first = volume.datasets[0]
     voi = None
     if "WindowCenter" in first and "WindowWidth" in first:
@@ -142,14 +140,8 @@ def presentation_state(
         graphic_annotations=annotations or None,
         graphic_layers=layers or None,
         voi_lut_transformations=voi,
-        **instance_arguments(
-            template,
-            series_instance_uid=series_instance_uid,
-            sop_instance_uid=sop_instance_uid,
-            series_number=series_number,
-            series_description=series_description,
-        ),
-        **equipment_arguments(template),
+        **instance_arguments(template, series, sop_instance_uid),
+        **equipment_arguments(series),
         presentation_lut_transformation=(
             hd.PresentationLUTTransformation(
                 presentation_lut_shape=hd.PresentationLUTShapeValues.INVERSE
@@ -158,7 +150,7 @@ def presentation_state(
             else None
         ),
     )
-    gsps.DeviceUID = algorithm.device_uid
+    gsps.DeviceUID = series.device_uid
     copy_body_part(gsps, first)
     return gsps
 
@@ -166,10 +158,8 @@ def presentation_state(
 def build_gsps(
     analysis: Analysis,
     *,
-    series_instance_uid: str,
+    series: SeriesIdentity,
     sop_instance_uid: str,
-    series_number: int,
-    series_description: str,
     tracking_uids: dict[int, str],
 ) -> hd.pr.GrayscaleSoftcopyPresentationState:
     """Build the presentation state of one result.
@@ -178,8 +168,9 @@ def build_gsps(
     ----------
     analysis
         The checked prediction (outlines, measurements, findings).
-    series_instance_uid, sop_instance_uid, series_number, series_description
-        Identity of the new series and instance.
+    series, sop_instance_uid
+        Identity of the new series (:class:`node.results.identity.SeriesIdentity`) and
+        of the instance.
     tracking_uids
         ``{label value: Tracking UID}`` shared with SEG and SR.
     """
@@ -191,10 +182,8 @@ def build_gsps(
         layers=layers,
         annotations=annotations,
         content_description=f"{algorithm.name} {algorithm.version} outlines",
-        series_instance_uid=series_instance_uid,
+        series=series,
         sop_instance_uid=sop_instance_uid,
-        series_number=series_number,
-        series_description=series_description,
     )
     log.info("gsps built sop_instance_uid=%s annotations=%d", sop_instance_uid, len(annotations))
     return gsps

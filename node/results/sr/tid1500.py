@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import highdicom as hd
 import numpy as np
@@ -37,13 +36,15 @@ from node.contract.volume import Volume
 from node.errors import TemplateError
 from node.results.analysis import Analysis
 from node.results.contour import polygon_area
+from node.results.identity import SeriesIdentity
 from node.results.provenance import (
     device_observer,
     instance_arguments,
     set_general_equipment,
     sr_algorithm_identification,
 )
-from node.results.radiomics import declare_private_scheme, sr_measurement_items
+from node.results.reference import SOPReference
+from node.results.sr.radiomics import declare_private_scheme, sr_measurement_items
 
 log = logging.getLogger(__name__)
 
@@ -53,34 +54,6 @@ CT_UNSPECIFIED_BODY_REGION = CodedConcept("25045-6", "LN", "CT unspecified body 
 IMAGING_PROCEDURE = CodedConcept("363679005", "SCT", "Imaging procedure")
 #: Concept of the area measured in each outline group.
 AREA = CodedConcept("42798000", "SCT", "Area")
-
-
-@dataclass(frozen=True)
-class SOPReference:
-    """Enough of an earlier SR to reference it (e.g. as a predecessor)."""
-
-    study_instance_uid: str
-    series_instance_uid: str
-    sop_class_uid: str
-    sop_instance_uid: str
-
-    @classmethod
-    def from_dataset(cls, dataset: Dataset) -> SOPReference:
-        return cls(
-            study_instance_uid=str(dataset.StudyInstanceUID),
-            series_instance_uid=str(dataset.SeriesInstanceUID),
-            sop_class_uid=str(dataset.SOPClassUID),
-            sop_instance_uid=str(dataset.SOPInstanceUID),
-        )
-
-    def as_dataset(self) -> Dataset:
-        """A minimal dataset carrying the four UIDs, the form highdicom takes."""
-        dataset = Dataset()
-        dataset.StudyInstanceUID = self.study_instance_uid
-        dataset.SeriesInstanceUID = self.series_instance_uid
-        dataset.SOPClassUID = self.sop_class_uid
-        dataset.SOPInstanceUID = self.sop_instance_uid
-        return dataset
 
 
 def procedure_reported(volume: Volume, template: ResultTemplate) -> CodedConcept:
@@ -207,12 +180,10 @@ def build_sr(
     template: ResultTemplate,
     seg: Dataset | None,
     *,
-    series_instance_uid: str,
+    series: SeriesIdentity,
     sop_instance_uid: str,
-    series_number: int,
     revision: int,
     predecessor: SOPReference | None = None,
-    series_description: str | None = None,
     analysis: Analysis | None = None,
     extra_groups: Sequence[
         hd.sr.MeasurementsAndQualitativeEvaluations
@@ -235,8 +206,9 @@ def build_sr(
         The SEG (any type) of the same prediction; volumetric groups reference its
         segments and share their Tracking UIDs. None for a routine without a label
         map (a classifier or detector): the report has no segment groups.
-    series_instance_uid, sop_instance_uid, series_number, series_description
-        Identity of the new series and instance.
+    series, sop_instance_uid
+        Identity of the new series (:class:`node.results.identity.SeriesIdentity`) and
+        of the instance.
     revision
         Result revision; with ``predecessor`` it marks a report that supersedes one.
     predecessor
@@ -245,7 +217,7 @@ def build_sr(
         The prediction already checked against the template (built when omitted).
     extra_groups
         Further measurement groups after the segments' (classifications and
-        detections, :mod:`node.results.findings_sr`).
+        detections, :mod:`node.results.sr.findings`).
 
     Raises
     ------
@@ -303,13 +275,7 @@ def build_sr(
         is_complete=True,
         is_final=False,
         previous_versions=[predecessor.as_dataset()] if predecessor is not None else None,
-        **instance_arguments(
-            template,
-            series_instance_uid=series_instance_uid,
-            sop_instance_uid=sop_instance_uid,
-            series_number=series_number,
-            series_description=series_description,
-        ),
+        **instance_arguments(template, series, sop_instance_uid),
     )
     sr.add_image_library(image_library(images))
     radiomics = analysis.radiomics if analysis is not None else None
@@ -321,11 +287,11 @@ def build_sr(
             if features:
                 sr.add_volumetric_measurements(str(segment_items[number].TrackingUID), features)
         declare_private_scheme(sr, radiomics)
-    set_general_equipment(sr, template)
+    set_general_equipment(sr, series)
     log.info(
         "sr built sop_instance_uid=%s series_uid=%s groups=%d revision=%d supersedes=%s",
         sop_instance_uid,
-        series_instance_uid,
+        series.series_instance_uid,
         len(groups),
         revision,
         predecessor.sop_instance_uid if predecessor is not None else "-",

@@ -13,8 +13,9 @@ Reference) and its patient/study/acquisition attributes, but:
   Intercept (the intercept moves when the derived values leave the stored range; what
   still does not fit is clipped, and the count logged).
 
-:func:`build_derived_sc_series` writes the same image as Secondary Capture (16-bit
-grayscale with the rescale) for a PACS that does not take derived series of the IOD.
+:func:`node.results.sc.derived.build_derived_sc_series` writes the same image as Secondary
+Capture (16-bit grayscale with the rescale) for a PACS that does not take derived series
+of the IOD.
 """
 
 from __future__ import annotations
@@ -35,13 +36,9 @@ from node.contract.template import ResultTemplate
 from node.contract.volume import Volume
 from node.errors import TemplateError
 from node.results.analysis import first_value
+from node.results.identity import SeriesIdentity
 from node.results.provenance import processing_equipment
-from node.results.sc import (
-    capture_orientation,
-    frame_source,
-    secondary_capture,
-    source_image_reference,
-)
+from node.results.source import source_image_reference
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +77,7 @@ _DROPPED = (
 )
 
 
-def _code_item(code: hd.sr.CodedConcept) -> Dataset:
+def code_item(code: hd.sr.CodedConcept) -> Dataset:
     item = Dataset()
     item.CodeValue = code.value
     item.CodingSchemeDesignator = code.scheme_designator
@@ -165,7 +162,7 @@ def fitted_intercept(values: np.ndarray, slope: float, intercept: float, signed:
     return float(np.floor(smallest - low * slope))
 
 
-def _rescale(source: Dataset, values: np.ndarray) -> tuple[float, float, bool]:
+def rescale(source: Dataset, values: np.ndarray) -> tuple[float, float, bool]:
     """Slope, intercept and signedness for one derived image of ``source``."""
     slope = float(source.get("RescaleSlope", 1.0) or 1.0)
     intercept = float(source.get("RescaleIntercept", 0.0) or 0.0)
@@ -173,17 +170,17 @@ def _rescale(source: Dataset, values: np.ndarray) -> tuple[float, float, bool]:
     return slope, fitted_intercept(values, slope, intercept, signed), signed
 
 
-def _source_reference(source: Dataset, frame_numbers: list[int] | None = None) -> Dataset:
+def source_reference(source: Dataset, frame_numbers: list[int] | None = None) -> Dataset:
     """Source Image Sequence item of a derived image: ``source`` (one of its frames), for
     image processing."""
     reference = source_image_reference(source, frame_numbers)
     reference.PurposeOfReferenceCodeSequence = [
-        _code_item(hd.sr.CodedConcept.from_code(SOURCE_PURPOSE))
+        code_item(hd.sr.CodedConcept.from_code(SOURCE_PURPOSE))
     ]
     return reference
 
 
-def _derivation_text(template: ResultTemplate, derived: DerivedImage) -> str:
+def derivation_text(template: ResultTemplate, derived: DerivedImage) -> str:
     algorithm = template.algorithm
     return f"{derived.description}; {algorithm.name} {algorithm.version}"[:1024]
 
@@ -233,7 +230,7 @@ def _set_rescaled_pixels(
         # The inversion depends on Bits Stored and the rescale: both stay the source's,
         # and what leaves the source's stored range is clipped.
         values = inversion_sum(source) - values
-        slope, intercept, signed = _rescale(source, values)
+        slope, intercept, signed = rescale(source, values)
         intercept = float(source.get("RescaleIntercept", 0.0) or 0.0)
         bits = int(source.get("BitsStored", 16))
         low = -(2 ** (bits - 1)) if signed else 0
@@ -251,7 +248,7 @@ def _set_rescaled_pixels(
                 delattr(image, keyword)
         return clipped
     else:
-        slope, intercept, signed = _rescale(source, values)
+        slope, intercept, signed = rescale(source, values)
         pixels, clipped = stored_values(values, slope, intercept, signed)
     _set_grayscale(image, photometric, bits, signed, pixels)
     image.RescaleSlope = f"{slope:g}"
@@ -277,10 +274,8 @@ def build_derived_series(
     derived: DerivedImage,
     template: ResultTemplate,
     *,
-    series_instance_uid: str,
+    series: SeriesIdentity,
     sop_instance_uid: dict[str, str],
-    series_number: int,
-    series_description: str,
 ) -> list[Dataset]:
     """One derived image of the source's SOP class per source image, in volume order.
 
@@ -292,8 +287,8 @@ def build_derived_series(
         The routine's new image on the source grid, in real-world values.
     template
         Gives the algorithm identification.
-    series_instance_uid, series_number, series_description
-        Identity of the new series.
+    series
+        Identity of the new series (:class:`node.results.identity.SeriesIdentity`).
     sop_instance_uid
         ``{source SOP Instance UID: SOP Instance UID of its derived image}``.
 
@@ -322,15 +317,15 @@ def build_derived_series(
         meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
         image.file_meta = meta
         image.SOPInstanceUID = uid
-        image.SeriesInstanceUID = series_instance_uid
-        image.SeriesNumber = series_number
-        image.SeriesDescription = series_description
+        image.SeriesInstanceUID = series.series_instance_uid
+        image.SeriesNumber = series.series_number
+        image.SeriesDescription = series.series_description
         image.SeriesDate = image.ContentDate = now.strftime("%Y%m%d")
         image.SeriesTime = image.ContentTime = now.strftime("%H%M%S")
         image.ImageType = derived_image_type(source)
-        image.DerivationDescription = _derivation_text(template, derived)
-        image.DerivationCodeSequence = [_code_item(hd.sr.CodedConcept.from_code(DERIVATION))]
-        image.SourceImageSequence = [_source_reference(source)]
+        image.DerivationDescription = derivation_text(template, derived)
+        image.DerivationCodeSequence = [code_item(hd.sr.CodedConcept.from_code(DERIVATION))]
+        image.SourceImageSequence = [source_reference(source)]
         image.ContributingEquipmentSequence = [equipment]
         image.BurnedInAnnotation = "NO"
         frame_values = values[frames] if "NumberOfFrames" in source else values[frames[0]]
@@ -343,76 +338,19 @@ def build_derived_series(
     if total_clipped:
         log.warning(
             "derived values outside the stored range were clipped series_uid=%s voxels=%d",
-            series_instance_uid,
+            series.series_instance_uid,
             total_clipped,
         )
     log.info(
         "derived series built series_uid=%s images=%d algorithm=%s",
-        series_instance_uid,
+        series.series_instance_uid,
         len(images),
         algorithm.name,
     )
     return images
 
 
-def build_derived_sc_series(
-    volume: Volume,
-    derived: DerivedImage,
-    template: ResultTemplate,
-    *,
-    series_instance_uid: str,
-    sop_instance_uid: dict[str, str],
-    series_number: int,
-    series_description: str,
-) -> list[hd.sc.SCImage]:
-    """The derived image as Secondary Capture, one per source image or frame.
-
-    Grayscale values are stored as 16 bits with the source's Rescale Slope/Intercept
-    (the Modality LUT), so a viewer shows real-world values, and the source's window is
-    copied (inverted with the values for a MONOCHROME1 source, whose volume values are
-    higher-is-brighter: the capture is MONOCHROME2). RGB values of a colour source are
-    stored as 8-bit RGB. Same parameters as :func:`build_derived_series`, except that
-    the keys of ``sop_instance_uid`` are frame keys (:func:`node.results.sc.frame_source`).
-    """
-    values = check_derived(volume, derived)
-    images = []
-    for index in range(volume.shape[0]):
-        source, frame_numbers, key = frame_source(volume, index)
-        rgb = values.ndim == 4
-        if rgb:
-            pixels = np.clip(np.rint(values[index]), 0, 255).astype(np.uint8)
-        else:
-            slope, intercept, signed = _rescale(source, values[index])
-            if signed:  # Secondary Capture stores unsigned values: move the intercept down.
-                intercept -= 32768 * slope
-            pixels, _ = stored_values(values[index], slope, intercept, signed=False)
-        image = secondary_capture(
-            source,
-            pixels,
-            template=template,
-            orientation=capture_orientation(volume, source),
-            series_instance_uid=series_instance_uid,
-            series_number=series_number,
-            sop_instance_uid=sop_instance_uid[key],
-            instance_number=index + 1,
-            series_description=series_description,
-            burned_in=False,
-            frame_numbers=frame_numbers,
-        )
-        if not rgb:
-            image.RescaleSlope = f"{slope:g}"
-            image.RescaleIntercept = f"{intercept:g}"
-            image.RescaleType = "HU" if str(source.get("Modality", "")) == "CT" else "US"
-            _copy_window(image, source, volume.inverted)
-        image.DerivationDescription = _derivation_text(template, derived)
-        image.SourceImageSequence = [_source_reference(source, frame_numbers)]
-        image.DerivationCodeSequence = [_code_item(hd.sr.CodedConcept.from_code(DERIVATION))]
-        images.append(image)
-    log.info("derived sc built series_uid=%s images=%d", series_instance_uid, len(images))
-    return images
-
-
-def _copy_window(image: Dataset, source: Dataset, inverted: bool) -> None:
+def copy_window(image: Dataset, source: Dataset, inverted: bool) -> None:
     """The source's first window, moved with the values when they were inverted."""
     if "WindowCenter" not in source or "WindowWidth" not in source:
         return

@@ -15,6 +15,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from node.contract.template import ResultTemplate
+from node.results.identity import SeriesIdentity
 from node.results.provenance import device_observer, instance_arguments, set_general_equipment
 
 log = logging.getLogger(__name__)
@@ -27,10 +28,8 @@ def build_ko(
     template: ResultTemplate,
     objects: Sequence[Dataset],
     *,
-    series_instance_uid: str,
+    series: SeriesIdentity,
     sop_instance_uid: str,
-    series_number: int,
-    series_description: str,
 ) -> hd.ko.KeyObjectSelectionDocument:
     """A KOS whose content lists ``objects`` (the result objects, in sending order)."""
     if not objects:
@@ -48,14 +47,8 @@ def build_ko(
     ko = hd.ko.KeyObjectSelectionDocument(
         evidence=list(objects),
         content=content,
-        **instance_arguments(
-            template,
-            series_instance_uid=series_instance_uid,
-            sop_instance_uid=sop_instance_uid,
-            series_number=series_number,
-            series_description=series_description,
-        ),
+        **instance_arguments(template, series, sop_instance_uid),
     )
-    set_general_equipment(ko, template)
+    set_general_equipment(ko, series)
     log.info("ko built sop_instance_uid=%s objects=%d", sop_instance_uid, len(objects))
     return ko

@@ -35,6 +35,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
 from node.contract.plugin import Registration
 from node.contract.template import ResultTemplate
 from node.contract.volume import Volume
+from node.results.identity import SeriesIdentity
 from node.results.provenance import copy_body_part, processing_equipment
 from node.results.source import TYPE_2_PATIENT_STUDY
 
@@ -133,10 +134,8 @@ def build_registration(
     registration: Registration,
     template: ResultTemplate,
     *,
-    series_instance_uid: str,
+    series: SeriesIdentity,
     sop_instance_uid: str,
-    series_number: int,
-    series_description: str,
     content_datetime: datetime.datetime | None = None,
 ) -> Dataset:
     """A Spatial Registration object registering the prior to ``volume``'s Frame of Reference.
@@ -149,7 +148,7 @@ def build_registration(
         The routine's result: the prior's Frame of Reference, images and matrix.
     template
         The routine's result template (algorithm identity, content label).
-    series_instance_uid, sop_instance_uid, series_number, series_description
+    series, sop_instance_uid
         Identity of the new object (deterministic, from :mod:`node.results.uids`).
     content_datetime
         Content date and time (default: now).
@@ -171,7 +170,6 @@ def build_registration(
     if registration.source_study_instance_uid == volume.study_instance_uid:
         raise ValueError("the prior is in the current study; a prior comes from another study")
     source = volume.datasets[0]
-    algorithm = template.algorithm
     created = content_datetime or datetime.datetime.now()
     current_images = [(str(ds.SOPClassUID), str(ds.SOPInstanceUID)) for ds in volume.datasets]
     prior_images = list(registration.source_instances)
@@ -198,9 +196,9 @@ def build_registration(
             setattr(ds, keyword, "")
     # General Series, Spatial Registration Series
     ds.Modality = "REG"
-    ds.SeriesInstanceUID = series_instance_uid
-    ds.SeriesNumber = series_number
-    ds.SeriesDescription = series_description
+    ds.SeriesInstanceUID = series.series_instance_uid
+    ds.SeriesNumber = series.series_number
+    ds.SeriesDescription = series.series_description
     ds.SeriesDate = created.strftime("%Y%m%d")
     ds.SeriesTime = created.strftime("%H%M%S")
     copy_body_part(ds, source)
@@ -208,9 +206,9 @@ def build_registration(
     ds.FrameOfReferenceUID = current_frame
     ds.PositionReferenceIndicator = source.get("PositionReferenceIndicator", "")
     # General Equipment: the algorithm made this object.
-    ds.Manufacturer = algorithm.manufacturer
-    ds.ManufacturerModelName = algorithm.name
-    ds.SoftwareVersions = algorithm.version
+    ds.Manufacturer = series.manufacturer
+    ds.ManufacturerModelName = series.manufacturer_model_name
+    ds.SoftwareVersions = series.software_versions
     ds.ContributingEquipmentSequence = DicomSequence([processing_equipment(template)])
     # Spatial Registration (Content Identification macro, content date/time, registrations)
     ds.InstanceNumber = 1

@@ -36,13 +36,14 @@ from node.contract.plugin import Attribution
 from node.contract.template import ResultTemplate
 from node.contract.volume import Volume
 from node.errors import TemplateError
+from node.results.identity import SeriesIdentity
 from node.results.provenance import (
     copy_body_part,
     copy_laterality,
     equipment_arguments,
     instance_arguments,
 )
-from node.results.sc import frame_source
+from node.results.source import frame_source
 from node.results.uids import derive_uid
 
 log = logging.getLogger(__name__)
@@ -83,10 +84,8 @@ def _parametric_map(
     attribution: Attribution,
     template: ResultTemplate,
     *,
-    series_instance_uid: str,
+    series: SeriesIdentity,
     sop_instance_uid: str,
-    series_number: int,
-    series_description: str,
     instance_number: int = 1,
 ) -> hd.pm.ParametricMap:
     """One Parametric Map of ``stored`` (frames) on ``source_images``.
@@ -104,13 +103,7 @@ def _parametric_map(
         intercept=intercept,
     )
     algorithm = template.algorithm
-    arguments = instance_arguments(
-        template,
-        series_instance_uid=series_instance_uid,
-        sop_instance_uid=sop_instance_uid,
-        series_number=series_number,
-        series_description=series_description,
-    )
+    arguments = instance_arguments(template, series, sop_instance_uid)
     arguments["instance_number"] = instance_number
     parametric_map = hd.pm.ParametricMap(
         source_images=source_images,
@@ -125,7 +118,7 @@ def _parametric_map(
         content_description=f"{text}; explanation aid, not for diagnostic use"[:64],
         content_label=CONTENT_LABEL,
         **arguments,
-        **equipment_arguments(template),
+        **equipment_arguments(series),
     )
     copy_body_part(parametric_map, source_images[0])
     copy_laterality(parametric_map, source_images)
@@ -141,10 +134,8 @@ def build_parametric_map(
     attribution: Attribution,
     template: ResultTemplate,
     *,
-    series_instance_uid: str,
+    series: SeriesIdentity,
     sop_instance_uid: str,
-    series_number: int,
-    series_description: str,
 ) -> hd.pm.ParametricMap:
     """The attribution map of a CT or MR volume as one Parametric Map referencing every
     source image.
@@ -162,14 +153,12 @@ def build_parametric_map(
         (slope, intercept, float(values.min()), float(values.max())),
         attribution,
         template,
-        series_instance_uid=series_instance_uid,
+        series=series,
         sop_instance_uid=sop_instance_uid,
-        series_number=series_number,
-        series_description=series_description,
     )
     log.info(
         "parametric map built series_uid=%s frames=%d method=%s",
-        series_instance_uid,
+        series.series_instance_uid,
         stored.shape[0],
         attribution.method,
     )
@@ -245,14 +234,12 @@ def build_parametric_maps_2d(
     attribution: Attribution,
     template: ResultTemplate,
     *,
-    series_instance_uid: str,
+    series: SeriesIdentity,
     sop_instance_uid: Mapping[str, str],
-    series_number: int,
-    series_description: str,
 ) -> list[hd.pm.ParametricMap]:
     """One single-frame Parametric Map per image or frame of a 2D series (see the module).
 
-    ``sop_instance_uid`` maps each frame key (:func:`node.results.sc.frame_source`) to
+    ``sop_instance_uid`` maps each frame key (:func:`node.results.source.frame_source`) to
     the UID of its map.
 
     Raises
@@ -273,10 +260,8 @@ def build_parametric_maps_2d(
             scale,
             attribution,
             template,
-            series_instance_uid=series_instance_uid,
+            series=series,
             sop_instance_uid=uid,
-            series_number=series_number,
-            series_description=series_description,
             instance_number=index + 1,
         )
         if frame_numbers is not None:
@@ -284,7 +269,7 @@ def build_parametric_maps_2d(
         maps.append(parametric_map)
     log.info(
         "parametric maps built series_uid=%s maps=%d method=%s",
-        series_instance_uid,
+        series.series_instance_uid,
         len(maps),
         attribution.method,
     )

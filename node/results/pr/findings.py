@@ -21,8 +21,8 @@ from pydicom.dataset import Dataset
 
 from node.results.analysis import Analysis
 from node.results.findings import DetectionResult, ImageFindings
-from node.results.findings_sr import frame_reference
-from node.results.gsps import (
+from node.results.identity import SeriesIdentity
+from node.results.pr.gsps import (
     MAX_LABEL_CHARS,
     _label_box,
     distinct_images,
@@ -35,6 +35,7 @@ from node.results.provenance import (
     equipment_arguments,
     instance_arguments,
 )
+from node.results.sr.findings import frame_reference
 
 log = logging.getLogger(__name__)
 
@@ -182,10 +183,8 @@ def colour_presentation_state(
     *,
     layers: list[hd.pr.GraphicLayer],
     annotations: list[hd.pr.GraphicAnnotation],
-    series_instance_uid: str,
+    series: SeriesIdentity,
     sop_instance_uid: str,
-    series_number: int,
-    series_description: str,
 ) -> hd.pr.ColorSoftcopyPresentationState:
     """For colour images (OP, RGB): a Color Softcopy Presentation State."""
     template = findings.template
@@ -198,16 +197,10 @@ def colour_presentation_state(
         graphic_annotations=annotations or None,
         graphic_layers=layers or None,
         icc_profile=icc_profile(first),
-        **instance_arguments(
-            template,
-            series_instance_uid=series_instance_uid,
-            sop_instance_uid=sop_instance_uid,
-            series_number=series_number,
-            series_description=series_description,
-        ),
-        **equipment_arguments(template),
+        **instance_arguments(template, series, sop_instance_uid),
+        **equipment_arguments(series),
     )
-    state.DeviceUID = algorithm.device_uid
+    state.DeviceUID = series.device_uid
     copy_body_part(state, first)
     copy_laterality(state, findings.volume.datasets)
     log.info(
@@ -222,10 +215,8 @@ def build_findings_gsps(
     findings: ImageFindings,
     analysis: Analysis | None,
     *,
-    series_instance_uid: str,
+    series: SeriesIdentity,
     sop_instance_uid: str,
-    series_number: int,
-    series_description: str,
     tracking_uids: dict[int, str],
 ) -> hd.pr.GrayscaleSoftcopyPresentationState | hd.pr.ColorSoftcopyPresentationState:
     """The GSPS of a result with classifications or detections.
@@ -239,9 +230,10 @@ def build_findings_gsps(
         The checked classifications and detections.
     analysis
         The checked segmentation of the same prediction, or None without a label map;
-        its outlines are drawn as :func:`node.results.gsps.build_gsps` draws them.
-    series_instance_uid, sop_instance_uid, series_number, series_description
-        Identity of the new series and instance.
+        its outlines are drawn as :func:`node.results.pr.gsps.build_gsps` draws them.
+    series, sop_instance_uid
+        Identity of the new series (:class:`node.results.identity.SeriesIdentity`) and
+        of the instance.
     tracking_uids
         ``{label value: Tracking UID}`` of the segments.
     """
@@ -258,10 +250,8 @@ def build_findings_gsps(
             findings,
             layers=layers + more_layers,
             annotations=annotations + more_annotations,
-            series_instance_uid=series_instance_uid,
+            series=series,
             sop_instance_uid=sop_instance_uid,
-            series_number=series_number,
-            series_description=series_description,
         )
     gsps = presentation_state(
         findings.volume,
@@ -269,10 +259,8 @@ def build_findings_gsps(
         layers=layers + more_layers,
         annotations=annotations + more_annotations,
         content_description=f"{algorithm.name} {algorithm.version} findings",
-        series_instance_uid=series_instance_uid,
+        series=series,
         sop_instance_uid=sop_instance_uid,
-        series_number=series_number,
-        series_description=series_description,
     )
     copy_laterality(gsps, findings.volume.datasets)
     log.info(

@@ -26,6 +26,7 @@ from node.contract.template import ResultTemplate, SegmentSpec
 from node.contract.volume import Volume
 from node.errors import TemplateError
 from node.results.analysis import segment_numbers_map
+from node.results.identity import SeriesIdentity
 from node.results.provenance import (
     equipment_arguments,
     instance_arguments,
@@ -67,10 +68,8 @@ def build_seg(
     prediction: Prediction,
     template: ResultTemplate,
     *,
-    series_instance_uid: str,
+    series: SeriesIdentity,
     sop_instance_uid: str,
-    series_number: int,
-    series_description: str,
     revision: int,
     tracking_uids: Mapping[int, str] | None = None,
     segmentation_type: str = "BINARY",
@@ -87,8 +86,9 @@ def build_seg(
         Its ``label_map`` (shape of ``volume.array``) holds template label values.
     template
         Codes, colours and algorithm identity.
-    series_instance_uid, sop_instance_uid, series_number, series_description
-        Identity of the new series and instance.
+    series, sop_instance_uid
+        Identity of the new series (:class:`node.results.identity.SeriesIdentity`) and
+        of the instance.
     revision
         Result revision (1 for the first result of a source series); recorded in
         the content description.
@@ -136,17 +136,11 @@ def build_seg(
         content_label=template.output.content_label,
         content_description=f"{algorithm.name} {algorithm.version} revision {revision}"[:64],
         omit_empty_frames=False,
-        **instance_arguments(
-            template,
-            series_instance_uid=series_instance_uid,
-            sop_instance_uid=sop_instance_uid,
-            series_number=series_number,
-            series_description=series_description,
-        ),
-        **equipment_arguments(template),
+        **instance_arguments(template, series, sop_instance_uid),
+        **equipment_arguments(series),
         **extra,  # type: ignore[arg-type]
     )
-    seg.DeviceUID = algorithm.device_uid  # General Equipment: the algorithm made this
+    seg.DeviceUID = series.device_uid  # General Equipment: the algorithm made this
     if "ContentCreatorName" not in seg:
         seg.ContentCreatorName = ""  # type 2 in the Content Identification Macro (dcmqi asks)
     body_part = volume.datasets[0].get("BodyPartExamined")
@@ -156,7 +150,7 @@ def build_seg(
         "seg built type=%s sop_instance_uid=%s series_uid=%s segments=%d frames=%d revision=%d",
         kind.value,
         sop_instance_uid,
-        series_instance_uid,
+        series.series_instance_uid,
         len(descriptions),
         int(seg.NumberOfFrames),
         revision,

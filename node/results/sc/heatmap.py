@@ -23,14 +23,15 @@ from PIL import Image, ImageDraw, ImageFont
 from node.contract.plugin import Attribution
 from node.contract.template import ResultTemplate
 from node.contract.volume import Volume
-from node.results.pmap import attribution_values, explanation
-from node.results.sc import (
+from node.results.identity import SeriesIdentity
+from node.results.pm.parametric_map import attribution_values, explanation
+from node.results.sc.overlay import (
     NOT_FOR_DIAGNOSIS,
     capture_orientation,
     display_window,
-    frame_source,
     secondary_capture,
 )
+from node.results.source import frame_source
 
 log = logging.getLogger(__name__)
 
@@ -100,10 +101,8 @@ def build_heatmap_sc_series(
     attribution: Attribution,
     template: ResultTemplate,
     *,
-    series_instance_uid: str,
+    series: SeriesIdentity,
     sop_instance_uid: dict[str, str],
-    series_number: int,
-    series_description: str,
 ) -> list[hd.sc.SCImage]:
     """Heat-map Secondary Capture images of the slices that carry the attribution.
 
@@ -115,12 +114,12 @@ def build_heatmap_sc_series(
         The routine's map on the source grid.
     template
         Gives the algorithm identification.
-    series_instance_uid, series_number, series_description
-        Identity of the new series.
+    series
+        Identity of the new series (:class:`node.results.identity.SeriesIdentity`).
     sop_instance_uid
         ``{frame key: SOP Instance UID of its heat map}``; the key is the source's
         SOP Instance UID, ``"<uid>/<frame number>"`` for a frame of a multi-frame
-        source (:func:`node.results.sc.frame_source`).
+        source (:func:`node.results.source.frame_source`).
 
     2D images (DX, CR, MG, OP) get one capture per image or frame that carries the
     attribution, referencing it (and its frame); a colour source is blended in colour.
@@ -142,11 +141,9 @@ def build_heatmap_sc_series(
             pixels,
             template=template,
             orientation=capture_orientation(volume, source),
-            series_instance_uid=series_instance_uid,
-            series_number=series_number,
+            series=series,
             sop_instance_uid=sop_instance_uid[key],
             instance_number=number,
-            series_description=series_description,
             frame_numbers=frame_numbers,
         )
         image.ImageComments = (
@@ -158,5 +155,5 @@ def build_heatmap_sc_series(
             f"a copy of the source; explanation aid, NOT FOR DIAGNOSTIC USE"
         )[:1024]
         images.append(image)
-    log.info("heat map sc built series_uid=%s images=%d", series_instance_uid, len(images))
+    log.info("heat map sc built series_uid=%s images=%d", series.series_instance_uid, len(images))
     return images

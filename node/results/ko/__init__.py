@@ -1,0 +1,1 @@
+"""Key Object Selection documents listing a result's other objects."""

@@ -1,0 +1,1 @@
+"""Parametric Maps of a routine's attribution (explainability) map."""

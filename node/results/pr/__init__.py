@@ -1,0 +1,1 @@
+"""Presentation states: GSPS outlines of segments and graphics of findings."""

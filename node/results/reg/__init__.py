@@ -1,0 +1,1 @@
+"""Spatial Registration of a prior series to the current one."""

@@ -1,0 +1,1 @@
+"""Secondary Captures: burned-in overlays of segments, findings and attribution heat maps."""

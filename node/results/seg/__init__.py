@@ -1,0 +1,1 @@
+"""Segmentation IODs: BINARY, LABELMAP and FRACTIONAL SEG of a label map."""
