@@ -16,13 +16,17 @@ from pydicom.sr.codedict import codes
 from node.results.sr.tid1500 import MeasurementReportSR
 from tools.synthetic.chest_ct import make_chest_ct
 
+#: The modules that use highdicom's private APIs.
+PMAP = "node/results/pm/parametric_map.py"
+TID1500 = "node/results/sr/tid1500.py"
+
 
 def _changed(name: str, user: str, todo: str) -> str:
     return f"highdicom {hd.__version__} changed {name}; update {user}: {todo}"
 
 
 def test_is_multiframe_image_tells_a_multi_frame_iod_by_sop_class() -> None:
-    """node/results/pm/parametric_map.py (nominal_plane) asks highdicom whether highdicom will read a
+    """The Parametric Map builder (nominal_plane) asks highdicom whether highdicom will read a
     source's geometry from functional groups, i.e. whether its IOD is multi-frame."""
     todo = (
         "nominal_plane must know whether highdicom treats the source as a multi-frame "
@@ -31,9 +35,9 @@ def test_is_multiframe_image_tells_a_multi_frame_iod_by_sop_class() -> None:
     try:
         from highdicom._standard_utils import is_multiframe_image
     except ImportError:
-        pytest.fail(_changed("_standard_utils.is_multiframe_image", "node/results/pm/parametric_map.py", todo))
+        pytest.fail(_changed("_standard_utils.is_multiframe_image", PMAP, todo))
     assert list(inspect.signature(is_multiframe_image).parameters) == ["dataset"], _changed(
-        "the signature of is_multiframe_image(dataset)", "node/results/pm/parametric_map.py", todo
+        "the signature of is_multiframe_image(dataset)", PMAP, todo
     )
     cases = {
         "1.2.840.10008.5.1.4.1.1.77.1.5.1": True,  # Ophthalmic Photography 8 Bit (OP)
@@ -48,7 +52,7 @@ def test_is_multiframe_image_tells_a_multi_frame_iod_by_sop_class() -> None:
         # Only the IOD counts, not how many frames this instance has.
         dataset.NumberOfFrames = 1
         assert bool(is_multiframe_image(dataset)) is multi_frame, _changed(
-            f"is_multiframe_image for SOP class {sop_class_uid}", "node/results/pm/parametric_map.py", todo
+            f"is_multiframe_image for SOP class {sop_class_uid}", PMAP, todo
         )
 
 
@@ -84,7 +88,7 @@ def test_comprehensive_3d_sr_keeps_its_content_tree_in_content() -> None:
     )
     content = getattr(hd.sr.Comprehensive3DSR, "content", None)
     assert isinstance(content, property), _changed(
-        "Comprehensive3DSR.content (no longer a property)", "node/results/sr/tid1500.py", todo
+        "Comprehensive3DSR.content (no longer a property)", TID1500, todo
     )
     images, report = _small_report()
     arguments = {
@@ -95,9 +99,7 @@ def test_comprehensive_3d_sr_keeps_its_content_tree_in_content() -> None:
         "sop_instance_uid": hd.UID(),
         "instance_number": 1,
     }
-    moved = _changed(
-        "where Comprehensive3DSR keeps its content tree (_content)", "node/results/sr/tid1500.py", todo
-    )
+    moved = _changed("where Comprehensive3DSR keeps its content tree (_content)", TID1500, todo)
     plain = hd.sr.Comprehensive3DSR(**arguments)
     assert "_content" in vars(plain), moved
     assert plain._content is plain.content, moved
@@ -107,8 +109,6 @@ def test_comprehensive_3d_sr_keeps_its_content_tree_in_content() -> None:
     library = hd.sr.ImageLibrary(images)[0]
     ours.add_image_library(library)
     names = [item.name.value for item in ours.content[0].ContentSequence]
-    assert "111028" in names, _changed(
-        "MeasurementReport.from_sequence", "node/results/sr/tid1500.py", todo
-    )
+    assert "111028" in names, _changed("MeasurementReport.from_sequence", TID1500, todo)
     written = [str(i.ConceptNameCodeSequence[0].CodeValue) for i in ours.ContentSequence]
     assert names == written
