@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -14,7 +15,8 @@ import pytest
 
 from node.state.db import Database
 from node.state.events import EventCode
-from node.state.jobs import JobQueue
+from node.state.jobs import JOB_LEASE, JobQueue
+from node.state.lease import candidates_sql
 from node.state.pulls import PullStore
 
 T0 = 1_700_000_000.0
@@ -239,3 +241,36 @@ def test_a_worker_that_lost_its_lease_records_no_outcome(
     assert len(lost) == 3 and all(d.startswith("a lost its lease to b") for d in lost)
     done = queue.inference_done(job_id, tmp_path / "b", T0 + 65, owner="b")
     assert done.state == "done" and done.result_dir == tmp_path / "b" and done.owner is None
+
+
+def _claim_query_steps(tmp_path: Path, queued: int) -> int:
+    """SQLite VM steps of the claim query over ``queued`` waiting jobs (half urgent) and as
+    many running ones under a live lease."""
+    path = tmp_path / f"steps-{queued}.sqlite3"
+    db = Database(path)
+    queue = JobQueue(db, lease_seconds=3600)
+    _enqueue(queue, 2 * queued)
+    for _ in range(queued):
+        queue.claim_next(T0, "holder")
+    db.close()
+    steps = 0
+
+    def count() -> int:
+        nonlocal steps
+        steps += 1
+        return 0
+
+    with sqlite3.connect(path) as connection:
+        connection.set_progress_handler(count, 1)
+        connection.execute(
+            candidates_sql(JOB_LEASE), JOB_LEASE.claimable_parameters(T0 + 1)
+        ).fetchall()
+    return steps
+
+
+def test_a_claim_does_not_read_every_waiting_or_running_row(tmp_path: Path) -> None:
+    """Found through the (state, priority, id) and (state, lease_expires_at) indexes, the
+    claim's work does not grow with the table. (One query with an OR of the waiting and
+    expired conditions sorted every waiting row: 1.5-2.7 ms per claim at 2,000 jobs.)"""
+    small, large = _claim_query_steps(tmp_path, 10), _claim_query_steps(tmp_path, 1000)
+    assert large < 2 * small, (small, large)

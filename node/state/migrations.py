@@ -354,6 +354,10 @@ def _leases(cursor: sqlite3.Cursor) -> None:
     for table in ("jobs", "pulls"):
         _add_column(cursor, table, "owner", "TEXT")
         _add_column(cursor, table, "lease_expires_at", "REAL")
+        # A claim looks for expired leases among the running rows through this index.
+        cursor.execute(
+            f"CREATE INDEX IF NOT EXISTS {table}_lease ON {table} (state, lease_expires_at)"
+        )
 
 
 @dataclass(frozen=True)
