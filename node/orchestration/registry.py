@@ -91,6 +91,7 @@ class PluginRegistry:
                 plugin.accepts,
                 plugin.resources,
                 plugin.validated_on,
+                plugin.needs_prior,
             ),
             plugin,
         )

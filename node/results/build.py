@@ -22,12 +22,8 @@ from pydicom.dataset import Dataset
 from node.contract.kinds import (
     ATTRIBUTION_KINDS,
     BUILD_ORDER,
-    DEFAULT_PROFILE,
     DERIVED_KINDS,
-    SEG_KINDS,
     ResultKind,
-    profile_tags,
-    required_tags,
     tag_kind,
 )
 from node.contract.plugin import Prediction
@@ -43,6 +39,7 @@ from node.results.findings_sr import finding_groups
 from node.results.gsps import build_gsps
 from node.results.heatmap import build_heatmap_sc_series
 from node.results.ko import build_ko
+from node.results.plan import buildable_tags
 from node.results.pmap import build_parametric_map, build_parametric_maps_2d
 from node.results.radiomics import RadiomicsResult
 from node.results.registration import build_registration
@@ -316,27 +313,12 @@ def build_results(
     if revision < 1:
         raise ValueError(f"revision must be at least 1, got {revision}")
     segmented = prediction.label_map is not None
-    if tags is None:
-        tags = profile_tags(DEFAULT_PROFILE) if segmented else frozenset({ResultKind.SR.value})
-    if not segmented:
-        asked = sorted(tag for tag in tags if tag_kind(tag) in SEG_KINDS)
-        if asked:
-            raise TemplateError(
-                f"template {template.name}: the routine gives no label map, so no "
-                f"{', '.join(asked)} can be built (leave SEG kinds out of the profile)"
-            )
-    elif not template.segments:
+    if segmented and not template.segments:
         raise TemplateError(
             f"template {template.name}: the prediction has a label map but the template "
             "declares no segments"
         )
-    wanted = _ordered(required_tags(tags))
-    if not segmented:
-        wanted = [tag for tag in wanted if tag_kind(tag) not in SEG_KINDS]
-    if prediction.registration is None and ResultKind.REG.value in wanted:
-        # Only a routine that registers a prior gives a Spatial Registration.
-        log.info("result kind reg skipped: the prediction has no registration")
-        wanted.remove(ResultKind.REG.value)
+    wanted = _ordered(buildable_tags(prediction, tags, template.name))
     previous: dict[str, SOPReference] = {}
     for tag, reference in {
         **(predecessors or {}),
