@@ -303,7 +303,7 @@ def _write_results(
 ) -> JobOutput:
     """Build the planned result objects and write them, the manifest last."""
     job = run.job
-    assert job.plan is not None
+    assert job.plan is not None and job.result_dir is not None
     encode_started = time.perf_counter()
     template = load_template_by_name(job.template, job.templates_dir)
     resolved = run.plan(prediction)

@@ -72,8 +72,9 @@ class JobInput:
     study_uid: str
     series_uid: str
     instance_paths: tuple[Path, ...]
-    plan: ResultPlan | None
-    result_dir: Path
+    #: The result kinds to build; None: build and write nothing (``ainode evaluate``).
+    plan: ResultPlan | None = None
+    result_dir: Path | None = None
     shadow: bool = False
     timeout_seconds: float | None = None
     quality: QualitySettings = field(default_factory=QualitySettings)
