@@ -114,7 +114,7 @@ def test_execute_builds_and_writes_the_planned_results_without_a_database(
 def test_execute_skips_input_the_routine_does_not_accept(tmp_path: Path) -> None:
     paths = tuple(write_series(_series(tmp_path, n_slices=5), tmp_path / "series"))
     output = execute(_job_input(paths, tmp_path / "results"), _registry())
-    assert output.outcome == SKIPPED
+    assert output.outcome == SKIPPED and output.code == "skipped.accepts"
     assert output.source == "accepts" and [c["check"] for c in output.checks] == ["accepts"]
     assert "5 slices; at least 10" in (output.message or "")
     assert [event for event, _ in output.events] == ["volume_loaded"]
@@ -124,7 +124,7 @@ def test_execute_skips_input_the_routine_does_not_accept(tmp_path: Path) -> None
 def test_execute_turns_a_raising_routine_into_a_failed_output(tmp_path: Path) -> None:
     paths = tuple(write_series(_series(tmp_path), tmp_path / "series"))
     output = execute(_job_input(paths, tmp_path / "results", plugin="raises"), _registry())
-    assert output.outcome == FAILED
+    assert output.outcome == FAILED and output.code == "failed.ValueError"
     assert output.reason == "ValueError: the model diverged"
     assert [event for event, _ in output.events] == ["volume_loaded"]
     assert output.files == ()

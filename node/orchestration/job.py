@@ -135,6 +135,16 @@ class JobOutput:
     summary: dict[str, Any] | None = None
 
     @property
+    def code(self) -> str:
+        """The outcome as a structured code: ``done``, ``skipped.<source>``,
+        ``failed.<exception type>`` (for metrics; never parse :attr:`reason`)."""
+        if self.outcome == SKIPPED:
+            return f"{SKIPPED}.{self.source}"
+        if self.outcome == FAILED:
+            return f"{FAILED}.{self.error_type}"
+        return self.outcome
+
+    @property
     def reason(self) -> str | None:
         """The job's error as it shows it: ``"Type: message"`` when failed."""
         if self.outcome == FAILED:
