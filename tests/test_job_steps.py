@@ -103,7 +103,13 @@ def test_execute_builds_and_writes_the_planned_results_without_a_database(
     assert sorted(listed["files"]) == sorted(f.path.name for f in output.files)
     assert check_results(result_dir) is None
     assert [file_tag(f.path.name) for f in output.files] == [f.tag for f in output.files]
-    assert [event for event, _ in output.events] == ["volume_loaded", "inference_done", "encoded"]
+    assert [event for event, _, _ in output.events] == [
+        "volume_loaded",
+        "inference_done",
+        "encoded",
+    ]
+    assert [offset for _, _, offset in output.events] == sorted(o for _, _, o in output.events)
+    assert 0 < output.events[-1][2] <= output.elapsed
     assert "slices=12" in output.events[0][1] and "prefetched=False" in output.events[0][1]
     assert set(output.seconds) == {"load", "infer", "encode"}
     summary = read_summary(result_dir)
@@ -117,7 +123,7 @@ def test_execute_skips_input_the_routine_does_not_accept(tmp_path: Path) -> None
     assert output.outcome == SKIPPED and output.code == "skipped.accepts"
     assert output.source == "accepts" and [c["check"] for c in output.checks] == ["accepts"]
     assert "5 slices; at least 10" in (output.message or "")
-    assert [event for event, _ in output.events] == ["volume_loaded"]
+    assert [event for event, _, _ in output.events] == ["volume_loaded"]
     assert not (tmp_path / "results").exists()
 
 
@@ -126,7 +132,7 @@ def test_execute_turns_a_raising_routine_into_a_failed_output(tmp_path: Path) ->
     output = execute(_job_input(paths, tmp_path / "results", plugin="raises"), _registry())
     assert output.outcome == FAILED and output.code == "failed.ValueError"
     assert output.reason == "ValueError: the model diverged"
-    assert [event for event, _ in output.events] == ["volume_loaded"]
+    assert [event for event, _, _ in output.events] == ["volume_loaded"]
     assert output.files == ()
 
 
@@ -168,9 +174,10 @@ def test_record_writes_the_events_then_the_end_state(database, clock, tmp_path: 
         for rule in ("done", "skipped", "failed")
     ]
     jobs = [queue.claim_next(clock()) for _ in ids]
-    events = (("volume_loaded", "slices=12"), ("inference_done", "seconds=0.1"))
+    events = (("volume_loaded", "slices=12", 1.0), ("inference_done", "seconds=0.1", 4.0))
+    clock.advance(100)  # the job ran 10 s, its volume was loaded after 1 s, inferred after 4
     outputs = [
-        JobOutput(ids[0], DONE, events=events, result_dir=tmp_path / "r"),
+        JobOutput(ids[0], DONE, events=events, elapsed=10.0, result_dir=tmp_path / "r"),
         JobOutput(
             ids[1],
             SKIPPED,
@@ -186,9 +193,11 @@ def test_record_writes_the_events_then_the_end_state(database, clock, tmp_path: 
         record(job, output, queue, clock)
     done, skipped, failed = (queue.get(i) for i in ids)
     assert done is not None and done.state == "done" and done.result_dir == tmp_path / "r"
-    assert [e.event for e in queue.events(ids[0])] == [
+    timeline = queue.events(ids[0])
+    assert [e.event for e in timeline] == [
         *("queued", "started", "volume_loaded", "inference_done", "results_written", "done")
     ]
+    assert [e.at - clock() for e in timeline[2:4]] == [-9.0, -6.0]  # dated when they happened
     assert skipped is not None and skipped.state == "skipped"
     detail = json.loads(next(e.detail for e in queue.events(ids[1]) if e.event == "skipped"))
     assert detail["checks"] == [{"check": "accepts", "message": "too few slices"}]

@@ -122,7 +122,8 @@ class _Run:
 
     def __init__(self, job: JobInput, monotonic: Callable[[], float]) -> None:
         self.job = job
-        self.events: list[tuple[str, str]] = []
+        self.events: list[tuple[str, str, float]] = []
+        self.started = time.perf_counter()
         self.seconds: dict[str, float] = {}
         self.quality: dict[str, object] | None = None
         self.monotonic = monotonic
@@ -130,7 +131,7 @@ class _Run:
         self.deadline = None if timeout is None else monotonic() + timeout
 
     def event(self, name: str, detail: str) -> None:
-        self.events.append((name, detail))
+        self.events.append((name, detail, time.perf_counter() - self.started))
 
     def check_deadline(self) -> None:
         if self.deadline is not None and self.monotonic() > self.deadline:
@@ -218,6 +219,7 @@ class _Run:
             self.job.job_id,
             outcome,
             events=tuple(self.events),
+            elapsed=time.perf_counter() - self.started,
             seconds=dict(self.seconds),
             quality=self.quality,
             **fields,  # type: ignore[arg-type]

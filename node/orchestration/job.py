@@ -111,7 +111,9 @@ class JobOutput:
     source, checks
         For ``skipped``: ``quality`` or ``accepts``, and each failed check.
     events
-        ``(event, detail)`` for the job's timeline, in order.
+        ``(event, detail, seconds after execute started)`` for the job's timeline, in order.
+    elapsed
+        Seconds ``execute`` took (with the events' offsets, :func:`record` dates them).
     seconds
         Seconds per stage: ``load``, ``infer``, ``encode`` (those reached).
     quality
@@ -127,7 +129,8 @@ class JobOutput:
     input_rejected: bool = False
     source: str | None = None
     checks: tuple[dict[str, str], ...] = ()
-    events: tuple[tuple[str, str], ...] = ()
+    events: tuple[tuple[str, str, float], ...] = ()
+    elapsed: float = 0.0
     seconds: dict[str, float] = field(default_factory=dict)
     quality: dict[str, Any] | None = None
     result_dir: Path | None = None

@@ -18,10 +18,15 @@ from node.orchestration.job import DONE, SKIPPED, JobOutput
 log = logging.getLogger(__name__)
 
 
-def record_events(queue: JobQueue, output: JobOutput, clock: Callable[[], float]) -> None:
-    """Add the job's events to its timeline."""
-    for event, detail in output.events:
-        queue.add_event(output.job_id, clock(), event, detail)
+def record_events(
+    queue: JobQueue, output: JobOutput, clock: Callable[[], float], since: float | None = None
+) -> None:
+    """Add the job's events to its timeline, each dated when it happened (counted back
+    from now by the executor's timings; never before ``since``, the job's start)."""
+    now = clock()
+    for event, detail, offset in output.events:
+        at = now - max(0.0, output.elapsed - offset)
+        queue.add_event(output.job_id, at if since is None else max(at, since), event, detail)
 
 
 def record_end(queue: JobQueue, job: Job, output: JobOutput, clock: Callable[[], float]) -> None:
@@ -74,6 +79,6 @@ def record(
     clock: Callable[[], float],
 ) -> None:
     """Events, then the end state, in one go (the worker retries the end state alone)."""
-    record_events(queue, output, clock)
+    record_events(queue, output, clock, job.started_at)
     log_end(job, output)
     record_end(queue, job, output, clock)

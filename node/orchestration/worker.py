@@ -101,7 +101,7 @@ class InferenceWorker(PollingThread):
     def _record(self, job: Job, output: JobOutput) -> None:
         """Record ``output``: its events, then the end state (retried unless done)."""
         try:
-            record_events(self._queue, output, self._clock)
+            record_events(self._queue, output, self._clock, job.started_at)
             if output.outcome == DONE:
                 record_end(self._queue, job, output, self._clock)
                 self._on_results()
