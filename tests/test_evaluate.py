@@ -338,6 +338,7 @@ def test_classification_metrics_match_hand_computation(classification_set: Path)
     assert report["summary"] == {"ok": 10, "rejected": 1, "failed": 0, "cases": 11}
     rejected = next(c for c in report["cases"] if c["status"] == "rejected")
     assert rejected["case"] == "mr" and "modality MR is not CT" in rejected["reason"]
+    assert rejected["reason"].startswith("input refused by the routine's Accepts: ")  # as a job
     (finding,) = report["classification"]["findings"]
     assert finding["n"] == 10 and finding["positives"] == 4
     assert finding["auc"]["value"] == pytest.approx(21 / 24)

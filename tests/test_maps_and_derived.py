@@ -22,9 +22,9 @@ from node.contract.kinds import ResultKind, check_profile, profile_tags
 from node.contract.plugin import Attribution, DerivedImage, Prediction, RunContext
 from node.contract.volume import Volume
 from node.results import build_results, load_template_by_name
-from node.results.availability import unavailable_tags
 from node.results.build import SERIES_NUMBERS
 from node.results.derived.image import fitted_intercept
+from node.results.plan import unavailable_tags
 from tests.support.validators import dciodvfy_errors
 from tools.net import wait_until
 from tools.orthanc_rest import (

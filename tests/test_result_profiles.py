@@ -21,7 +21,7 @@ from node.contract.plugin import InferencePlugin, Prediction, RunContext
 from node.contract.volume import Volume
 from node.errors import ConfigError
 from node.export.exporter import Exporter, result_files
-from node.orchestration.worker import result_tags
+from node.orchestration.prepare import result_tags
 from tests.support.jobs import enqueue_series
 from tests.support.net import free_port
 from tests.support.spool import spool_series

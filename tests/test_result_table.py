@@ -16,9 +16,9 @@ from node.contract.kinds import BUILD_ORDER, ResultKind
 from node.contract.plugin import Attribution, DerivedImage, Prediction
 from node.contract.volume import Volume
 from node.results import build_results, load_template_by_name, series_description
-from node.results.availability import missing_input
 from node.results.builder import BuildContext, BuilderTable, KindBuilder, ResultBuilder
 from node.results.identity import SeriesIdentity
+from node.results.plan import missing_input
 from node.results.sc.overlay import build_sc_series
 from node.results.table import BUILDERS
 from tests.test_results import lung_prediction

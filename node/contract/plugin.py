@@ -552,3 +552,5 @@ class PluginInfo:
     resources: Resources = field(default_factory=Resources)
     #: The input the routine was validated on (the input-quality gate's reference).
     validated_on: ValidatedInput | None = None
+    #: The routine registers a prior series of the same patient (found before it runs).
+    needs_prior: bool = False

@@ -138,8 +138,11 @@ def _read_header(path: Path) -> Dataset | None:
         return None
 
 
-def find_prior(store: SeriesStore, current: Volume) -> PriorSeries:
+def find_prior(store: SeriesStore, current: Volume | Dataset) -> PriorSeries:
     """The prior of ``current`` among the series the node holds (see the module doc).
+
+    ``current`` is the series' volume or the header of any of its instances (the
+    attributes compared are the same in every instance of a series).
 
     Raises
     ------
@@ -147,19 +150,21 @@ def find_prior(store: SeriesStore, current: Volume) -> PriorSeries:
         The current series has no PatientID, or no series qualifies; the message
         counts the candidates that were turned down and why.
     """
-    header = current.datasets[0]
+    header = current.datasets[0] if isinstance(current, Volume) else current
     patient = patient_key(header)
     if not patient[0]:
         raise NoPrior("no prior can be looked up: the current series has no PatientID")
-    modality = current.modality
+    modality = str(header.get("Modality", ""))
+    study_uid = str(header.StudyInstanceUID)
+    series_uid = str(header.SeriesInstanceUID)
     region = body_part(header)
     now = acquired_at(header)
-    row = store.series(current.series_instance_uid)
+    row = store.series(series_uid)
     received = row.first_received if row is not None else float("inf")
 
     rejected = {"another patient": 0, "another body part": 0, "not earlier": 0, "other": 0}
     chosen: list[tuple[tuple[str, float, int], SeriesRow, tuple[Path, ...], Dataset, str]] = []
-    candidates = store.complete_series_outside_study(modality, current.study_instance_uid)
+    candidates = store.complete_series_outside_study(modality, study_uid)
     for candidate in candidates:
         paths = tuple(p for p in store.instance_paths(candidate.series_uid) if p.exists())
         found = _read_header(paths[0]) if paths else None
@@ -195,5 +200,5 @@ def find_prior(store: SeriesStore, current: Volume) -> PriorSeries:
         frame_of_reference_uid=str(found.get("FrameOfReferenceUID", "") or ""),
         candidates=len(candidates),
     )
-    log.info("prior found current_series_uid=%s %s", current.series_instance_uid, prior.describe())
+    log.info("prior found current_series_uid=%s %s", series_uid, prior.describe())
     return prior

@@ -129,6 +129,7 @@ class PluginRegistry:
                 plugin.accepts,
                 plugin.resources,
                 plugin.validated_on,
+                plugin.needs_prior,
             ),
             plugin,
         )

@@ -21,11 +21,7 @@ import highdicom as hd
 from pydicom.dataset import Dataset
 
 from node.contract.kinds import (
-    DEFAULT_PROFILE,
-    SEG_KINDS,
     ResultKind,
-    profile_tags,
-    required_tags,
 )
 from node.contract.plugin import Prediction
 from node.contract.template import ResultTemplate
@@ -35,6 +31,7 @@ from node.results.analysis import Analysis
 from node.results.builder import BuildContext, BuilderTable, kind_of
 from node.results.findings import ImageFindings
 from node.results.identity import SeriesIdentity
+from node.results.plan import buildable_tags
 from node.results.radiomics import RadiomicsResult
 from node.results.reference import SOPReference
 from node.results.source import buildable_volume, character_set, set_character_set
@@ -174,27 +171,12 @@ def build_results(
     if revision < 1:
         raise ValueError(f"revision must be at least 1, got {revision}")
     segmented = prediction.label_map is not None
-    if tags is None:
-        tags = profile_tags(DEFAULT_PROFILE) if segmented else frozenset({ResultKind.SR.value})
-    if not segmented:
-        asked = sorted(tag for tag in tags if kind_of(tag) in SEG_KINDS)
-        if asked:
-            raise TemplateError(
-                f"template {template.name}: the routine gives no label map, so no "
-                f"{', '.join(asked)} can be built (leave SEG kinds out of the profile)"
-            )
-    elif not template.segments:
+    if segmented and not template.segments:
         raise TemplateError(
             f"template {template.name}: the prediction has a label map but the template "
             "declares no segments"
         )
-    wanted = builders.ordered(required_tags(tags))
-    if not segmented:
-        wanted = [tag for tag in wanted if kind_of(tag) not in SEG_KINDS]
-    if prediction.registration is None and ResultKind.REG.value in wanted:
-        # Only a routine that registers a prior gives a Spatial Registration.
-        log.info("result kind reg skipped: the prediction has no registration")
-        wanted.remove(ResultKind.REG.value)
+    wanted = builders.ordered(buildable_tags(prediction, tags, template.name))
     previous: dict[str, SOPReference] = {}
     for tag, reference in {
         **(predecessors or {}),

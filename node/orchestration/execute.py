@@ -1,0 +1,358 @@
+"""The middle step of a job: a :class:`~node.orchestration.job.JobInput` in, a
+:class:`~node.orchestration.job.JobOutput` out, touching only files.
+
+It reads the series into a :class:`~node.contract.volume.Volume` (through the
+input-quality gate when the routine declares ``validated_on``), checks it against the
+routine's ``Accepts`` and ``check()``, reads the prior the job was given, runs the
+routine (loaded once per device by the registry and kept loaded), decides the result
+kinds with the job's :class:`~node.results.plan.ResultPlan`, builds the objects and
+writes them under the job's result directory (``summary.json``, the DICOM files, the
+manifest last, radiomics). No database, no queue, no wall clock: only the job's time
+limit is measured (``monotonic``). Whatever it raises becomes the output's outcome:
+:class:`~node.errors.InputSkipped` gives ``skipped``, anything else ``failed``; the
+events gathered until then are kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from functools import partial
+from io import BytesIO
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+import pydicom
+import torch
+from pydicom.dataset import Dataset
+
+from node.contract.assemble import load_volume
+from node.contract.kinds import ResultKind, file_name, file_tag, tag_kind
+from node.contract.plugin import InferencePlugin, Prediction, RunContext
+from node.contract.volume import Volume
+from node.errors import InputRejected, InputSkipped, JobTimeout
+from node.faults import fault_point
+from node.orchestration.gate import GateResult, QualitySkipped, gate_series
+from node.orchestration.job import DONE, FAILED, SKIPPED, JobInput, JobOutput, ResultFile
+from node.orchestration.priors import NoPrior
+from node.orchestration.registry import PluginRegistry
+from node.orchestration.summary import prediction_json, quality_json, write_summary
+from node.results import build_results, load_template_by_name
+from node.results.manifest import clear_results, write_manifest
+from node.results.plan import Resolved
+from node.results.quality_note import add_quality_warnings_to_srs
+from node.results.radiomics import write_radiomics
+from node.spool import write_durably
+from node.state.events import EventCode
+
+log = logging.getLogger(__name__)
+
+#: Called with the volume and prediction of a job that ran (``ainode evaluate``).
+Inspect = Callable[[Volume, Prediction], None]
+
+
+class SeriesReader(Protocol):
+    """How ``execute`` reads a job's series (an executor may read ahead)."""
+
+    def read(self, job_id: int, paths: tuple[Path, ...]) -> tuple[Volume, bool]:
+        """The volume of ``paths`` and whether it had been read ahead."""
+        ...
+
+    def read_ahead(self, job_id: int, paths: tuple[Path, ...]) -> None:
+        """Start reading the series of the job that comes next, if the reader can."""
+        ...
+
+
+class DirectReader:
+    """Reads each series when asked; never ahead."""
+
+    def read(self, job_id: int, paths: tuple[Path, ...]) -> tuple[Volume, bool]:
+        return load_volume(paths), False
+
+    def read_ahead(self, job_id: int, paths: tuple[Path, ...]) -> None:
+        return None
+
+
+def _previous_reports(result_dir: Path | None) -> dict[str, Dataset]:
+    """The SRs written by an earlier run of the same series and rule, by file tag."""
+    if result_dir is None or not result_dir.is_dir():
+        return {}
+    reports: dict[str, Dataset] = {}
+    for path in sorted(result_dir.glob("*.dcm")):
+        tag = file_tag(path.name)
+        if tag is not None and tag_kind(tag) is ResultKind.SR:
+            reports[tag] = pydicom.dcmread(path, stop_before_pixels=True)
+    return reports
+
+
+def _write_dataset(dataset: Dataset, handle: BinaryIO) -> None:
+    """Encode ``dataset`` as a DICOM file into ``handle`` (a crash test can stop it half-way)."""
+    buffer = BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    data = buffer.getbuffer()
+    handle.write(data[: len(data) // 2])
+    fault_point("result_file_half_written")
+    handle.write(data[len(data) // 2 :])
+
+
+def check_accepted(plugin: InferencePlugin, volume: Volume) -> None:
+    """The routine's ``Accepts`` and ``check()``; a refusal raised as :class:`InputSkipped`
+    (input outside what the routine takes is a skip, not a failure)."""
+    problems = plugin.accepts.problems(volume)
+    if problems:
+        raise InputSkipped(
+            "input refused by the routine's Accepts: " + "; ".join(problems),
+            source="accepts",
+            checks=[{"check": "accepts", "message": problem} for problem in problems],
+        )
+    try:
+        plugin.check(volume)
+    except InputSkipped:
+        raise
+    except InputRejected as exc:
+        raise InputSkipped(
+            f"input refused by the routine's check: {exc}",
+            source="accepts",
+            checks=[{"check": "plugin_check", "message": str(exc)}],
+        ) from exc
+
+
+class _Run:
+    """One execution: the events and timings gathered so far."""
+
+    def __init__(self, job: JobInput, monotonic: Callable[[], float]) -> None:
+        self.job = job
+        self.events: list[tuple[EventCode, str, float]] = []
+        self.started = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+        self.quality: dict[str, object] | None = None
+        self.monotonic = monotonic
+        timeout = job.timeout_seconds
+        self.deadline = None if timeout is None else monotonic() + timeout
+
+    def event(self, code: EventCode, detail: str) -> None:
+        self.events.append((code, detail, time.perf_counter() - self.started))
+
+    def check_deadline(self) -> None:
+        if self.deadline is not None and self.monotonic() > self.deadline:
+            raise JobTimeout(f"job ran longer than {self.job.timeout_seconds:g} s")
+
+    def volume(
+        self, plugin: InferencePlugin, reader: SeriesReader
+    ) -> tuple[Volume, GateResult | None]:
+        """The job's volume, through the input-quality gate when the routine has one."""
+        job = self.job
+        started = time.perf_counter()
+        prefetched = False
+
+        def load() -> Volume:
+            nonlocal prefetched
+            volume, prefetched = reader.read(job.job_id, job.instance_paths)
+            return volume
+
+        gated: GateResult | None = None
+        if plugin.validated_on is None:
+            volume = load()
+        else:
+            try:
+                gated = gate_series(load, job.instance_paths, plugin.validated_on, job.quality)
+            except QualitySkipped as exc:
+                self.event(EventCode.QUALITY_SKIPPED, str(exc))
+                raise
+            volume = gated.volume
+            self.quality = quality_json(gated.measured, gated.decision)
+            decision = gated.decision
+            self.event(
+                EventCode.QUALITY_CHECKED,
+                f"{decision.action} {gated.measured.summary()} seconds={gated.seconds:.3f}",
+            )
+            for warning in decision.warnings:
+                self.event(EventCode.QUALITY_WARNING, warning)
+            for ignored in decision.ignored:
+                self.event(EventCode.QUALITY_IGNORED, ignored)
+            if decision.warnings:
+                log.warning(
+                    "input-quality warnings job_id=%d checks=%s",
+                    job.job_id,
+                    ",".join(c.name for c in decision.failed),
+                )
+        self.seconds["load"] = time.perf_counter() - started
+        self.event(
+            EventCode.VOLUME_LOADED,
+            f"slices={volume.shape[0]} seconds={self.seconds['load']:.3f} prefetched={prefetched}",
+        )
+        return volume, gated
+
+    def prior(self) -> Volume | None:
+        """The prior series' volume, when the job was given one."""
+        prior = self.job.prior
+        if prior is None:
+            return None
+        if prior.error is not None:
+            raise NoPrior(prior.error)
+        volume = load_volume(prior.paths)
+        self.event(EventCode.PRIOR_FOUND, f"{prior.description} seconds={prior.seconds:.3f}")
+        return volume
+
+    def plan(self, prediction: Prediction) -> Resolved:
+        """The tags to build; each tag left out gives a ``results_skipped`` event."""
+        assert self.job.plan is not None
+        resolved = self.job.plan.resolve(prediction)
+        for dropped in resolved.dropped:
+            self.event(EventCode.RESULTS_SKIPPED, dropped.detail())
+            log.log(
+                dropped.level,
+                "result kinds skipped job_id=%d tags=%s reason=%s",
+                self.job.job_id,
+                ",".join(sorted(dropped.reasons)),
+                dropped.log_reason,
+            )
+        for notice in resolved.notices:
+            self.event(EventCode.RESULTS_SKIPPED, notice)
+            log.warning(
+                "reg not sent job_id=%d reason=no_destination_profile_lists_reg", self.job.job_id
+            )
+        return resolved
+
+    def output(self, outcome: str, **fields: object) -> JobOutput:
+        return JobOutput(
+            self.job.job_id,
+            outcome,
+            events=tuple(self.events),
+            elapsed=time.perf_counter() - self.started,
+            seconds=dict(self.seconds),
+            quality=self.quality,
+            **fields,  # type: ignore[arg-type]
+        )
+
+
+def execute(
+    job: JobInput,
+    registry: PluginRegistry,
+    *,
+    reader: SeriesReader | None = None,
+    monotonic: Callable[[], float] = time.monotonic,
+    inspect: Inspect | None = None,
+) -> JobOutput:
+    """Run ``job`` (see the module doc); never raises for the job's own faults.
+
+    Parameters
+    ----------
+    reader
+        How the series is read (default: when asked, never ahead).
+    monotonic
+        The clock of the job's time limit.
+    inspect
+        Called with the volume and the prediction once the routine ran (evaluation);
+        a job whose ``plan`` is None builds and writes nothing.
+    """
+    run = _Run(job, monotonic)
+    try:
+        return _execute(run, registry, reader or DirectReader(), inspect)
+    except InputSkipped as exc:
+        return run.output(
+            SKIPPED,
+            message=str(exc),
+            source=exc.source,
+            checks=tuple(exc.checks),
+            input_rejected=True,
+        )
+    except Exception as exc:
+        return run.output(
+            FAILED,
+            message=str(exc),
+            error_type=type(exc).__name__,
+            input_rejected=isinstance(exc, InputRejected),
+        )
+
+
+def _execute(
+    run: _Run, registry: PluginRegistry, reader: SeriesReader, inspect: Inspect | None
+) -> JobOutput:
+    job = run.job
+    device = torch.device(job.device)
+    plugin = registry.get(job.plugin, device)
+    if plugin.resources.needs_gpu and device.type != "cuda":
+        raise InputRejected(f"plugin {job.plugin!r} needs a GPU; this worker runs on the CPU")
+    volume, gated = run.volume(plugin, reader)
+    loaded_at = time.perf_counter()
+    if job.read_ahead is not None:
+        reader.read_ahead(*job.read_ahead)
+    check_accepted(plugin, volume)
+    prior = run.prior()
+    context = RunContext(
+        job.job_id, job.rule, device, deadline=run.deadline, clock=run.monotonic, prior=prior
+    )
+    fault_point("inference_started")
+    prediction = plugin.run(volume, context)
+    fault_point("inference_done")
+    run.check_deadline()
+    run.seconds["infer"] = time.perf_counter() - loaded_at
+    run.event(EventCode.INFERENCE_DONE, f"seconds={run.seconds['infer']:.3f}")
+    if inspect is not None:
+        inspect(volume, prediction)
+    if job.plan is None:
+        return run.output(DONE)
+    return _write_results(run, plugin, volume, prediction, gated)
+
+
+def _write_results(
+    run: _Run,
+    plugin: InferencePlugin,
+    volume: Volume,
+    prediction: Prediction,
+    gated: GateResult | None,
+) -> JobOutput:
+    """Build the planned result objects and write them, the manifest last."""
+    job = run.job
+    assert job.plan is not None and job.result_dir is not None
+    encode_started = time.perf_counter()
+    template = load_template_by_name(job.template, job.templates_dir)
+    resolved = run.plan(prediction)
+    results = build_results(
+        volume,
+        prediction,
+        template,
+        revision=job.revision,
+        predecessors=_previous_reports(job.previous_result_dir),
+        tags=resolved.tags,
+    )
+    if gated is not None:  # the gate's warnings go into every SR (Qualitative Evaluations)
+        add_quality_warnings_to_srs(results.tagged(), gated.decision.warnings)
+    run.check_deadline()
+    result_dir = job.result_dir
+    result_dir.mkdir(parents=True, exist_ok=True)
+    stale = clear_results(result_dir)
+    if stale:  # an earlier run of this job was interrupted or its files were damaged
+        run.event(EventCode.RESULTS_STALE_REMOVED, ",".join(stale))
+        log.warning("stale result files removed job_id=%d count=%d", job.job_id, len(stale))
+    summary = prediction_json(
+        prediction,
+        job_id=job.job_id,
+        rule=job.rule,
+        plugin=job.plugin,
+        plugin_version=plugin.version,
+        template=plugin.template,
+        study_uid=job.study_uid,
+        series_uid=job.series_uid,
+        shadow=job.shadow,
+        quality=run.quality,
+    )
+    write_summary(result_dir, summary)
+    files: list[ResultFile] = []
+    for tag, dataset in results.tagged():
+        path = result_dir / file_name(tag, str(dataset.SOPInstanceUID))
+        write_durably(path, partial(_write_dataset, dataset))
+        files.append(ResultFile(path, tag, job.plan.destinations_of(tag)))
+    write_manifest(result_dir, [f.path for f in files])  # last: the exporter sends only those
+    if results.radiomics is not None:
+        write_radiomics(result_dir, results.radiomics)
+    fault_point("results_written")
+    run.seconds["encode"] = time.perf_counter() - encode_started
+    run.event(
+        EventCode.RESULTS_ENCODED,
+        f"seconds={run.seconds['encode']:.3f} "
+        + " ".join(f"{tag}={value:.3f}" for tag, value in results.seconds.items()),
+    )
+    return run.output(DONE, result_dir=result_dir, files=tuple(files), summary=summary)

@@ -1,0 +1,120 @@
+"""Where a job's :func:`~node.orchestration.execute.execute` step runs.
+
+An :class:`Executor` takes a :class:`~node.orchestration.job.JobInput` and returns a
+future of its :class:`~node.orchestration.job.JobOutput`; the worker loop claims,
+prepares, submits and records. Inputs and outputs are plain, picklable data, so an
+executor may run jobs in other processes or on other machines.
+
+:class:`LocalExecutor` is the node's own: one thread per device, each running one job
+at a time with the plugins kept loaded in the registry's per-device cache (a job for a
+device the executor was not given runs on its first device, the CPU when that is all
+there is), and a reader thread that reads the next queued series while a job runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from node.contract.assemble import load_volume
+from node.contract.volume import Volume
+from node.orchestration.execute import execute
+from node.orchestration.job import JobInput, JobOutput
+from node.orchestration.registry import PluginRegistry
+
+log = logging.getLogger(__name__)
+
+
+class Executor(Protocol):
+    """Runs jobs' ``execute`` step somewhere."""
+
+    def submit(self, job: JobInput) -> Future[JobOutput]:
+        """Start ``job``; the future gives its output (a job's own faults are in it)."""
+        ...
+
+    def shutdown(self) -> None:
+        """Stop taking jobs and release the threads or processes."""
+        ...
+
+
+class ReadAhead:
+    """Reads series on one background thread; a read is used only by the job it was for
+    and only while that job's instances are unchanged."""
+
+    def __init__(self, name: str) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"read-{name}")
+        self._pending: tuple[int, tuple[Path, ...], Future[Volume]] | None = None
+
+    def read(self, job_id: int, paths: tuple[Path, ...]) -> tuple[Volume, bool]:
+        pending, self._pending = self._pending, None
+        if pending is not None and pending[:2] == (job_id, paths):
+            return pending[2].result(), True
+        return load_volume(paths), False
+
+    def read_ahead(self, job_id: int, paths: tuple[Path, ...]) -> None:
+        if self._pending is not None and self._pending[:2] == (job_id, paths):
+            return
+        self._pending = (job_id, paths, self._pool.submit(load_volume, paths))
+        log.debug("prefetch started job_id=%d instances=%d", job_id, len(paths))
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class _Device:
+    """One device's job thread and reader."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.reader = ReadAhead(str(device))
+        self.pool = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"execute-{device}", initializer=self._select
+        )
+
+    def _select(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)  # this thread's current device
+
+
+class LocalExecutor:
+    """One thread per device in this process (see the module doc)."""
+
+    def __init__(
+        self,
+        registry: PluginRegistry,
+        devices: Sequence[torch.device],
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not devices:
+            raise ValueError("a LocalExecutor needs at least one device")
+        self._registry = registry
+        self._monotonic = monotonic
+        self._devices = {str(device): _Device(device) for device in devices}
+        self._fallback = next(iter(self._devices.values()))
+
+    def submit(self, job: JobInput) -> Future[JobOutput]:
+        runner = self._devices.get(job.device, self._fallback)
+        if runner is self._fallback and job.device not in self._devices:
+            log.warning(
+                "job for an unknown device runs on %s job_id=%d device=%s",
+                runner.device,
+                job.job_id,
+                job.device,
+            )
+            job = replace(job, device=str(runner.device))
+        return runner.pool.submit(
+            execute, job, self._registry, reader=runner.reader, monotonic=self._monotonic
+        )
+
+    def shutdown(self) -> None:
+        for runner in self._devices.values():
+            runner.pool.shutdown(wait=False, cancel_futures=True)
+            runner.reader.shutdown()
