@@ -168,7 +168,14 @@ def test_kills_at_every_fault_point_lose_nothing_and_send_each_result_once(
         config["completion"]["aborted_grace_seconds"] = 5.0
         workdir = tmp_path / "node"
         for life, (point, hit) in enumerate(PLAN):
-            node = NodeProcess(config, workdir=workdir, env={"AINODE_FAULT": f"{point}:{hit}"})
+            # Re-send as soon as the listener is up, as a PACS would: within the aborted
+            # grace period, which runs from the start while the routines still load.
+            node = NodeProcess(
+                config,
+                workdir=workdir,
+                env={"AINODE_FAULT": f"{point}:{hit}"},
+                wait_for_routines=False,
+            )
             log_start = node.log_path.stat().st_size if node.log_path.exists() else 0
             with contextlib.suppress(NodeStartError):  # a recovered job got there first
                 node.start()
@@ -187,7 +194,7 @@ def test_kills_at_every_fault_point_lose_nothing_and_send_each_result_once(
             assert f"point={point} hit={hit}" in node.log_text()[log_start:]
             kills[point] += 1
         # The last life, unarmed: finish everything that is left.
-        with NodeProcess(config, workdir=workdir) as node:
+        with NodeProcess(config, workdir=workdir, wait_for_routines=False) as node:
             for source in sources:
                 if not source.whole:
                     assert _send(node.dicom_port, source), source.series_uid
