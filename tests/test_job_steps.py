@@ -26,6 +26,7 @@ from node.orchestration.summary import read_summary
 from node.orchestration.worker import InferenceWorker
 from node.results.manifest import MANIFEST, check_results
 from node.results.plan import ResultPlan
+from node.state.events import EventCode
 from node.state.jobs import JobQueue
 from node.state.series import SeriesStore
 from tests.support.jobs import enqueue_series
@@ -174,7 +175,10 @@ def test_record_writes_the_events_then_the_end_state(database, clock, tmp_path: 
         for rule in ("done", "skipped", "failed")
     ]
     jobs = [queue.claim_next(clock()) for _ in ids]
-    events = (("volume_loaded", "slices=12", 1.0), ("inference_done", "seconds=0.1", 4.0))
+    events = (
+        (EventCode.VOLUME_LOADED, "slices=12", 1.0),
+        (EventCode.INFERENCE_DONE, "seconds=0.1", 4.0),
+    )
     clock.advance(100)  # the job ran 10 s, its volume was loaded after 1 s, inferred after 4
     outputs = [
         JobOutput(ids[0], DONE, events=events, elapsed=10.0, result_dir=tmp_path / "r"),

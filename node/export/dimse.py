@@ -19,6 +19,7 @@ from node.config import DestinationSettings
 from node.dicom.network import associate, requestor
 from node.errors import ExportError
 from node.export.sender import (
+    TIMEOUT_FIELD,
     Acknowledgement,
     DestinationForm,
     FormField,
@@ -152,14 +153,7 @@ KIND = SenderKind(
                 width="narrow",
                 attributes={"min": "1", "max": "65535"},
             ),
-            FormField(
-                "timeout_seconds",
-                "Time-out (s)",
-                input="number",
-                default="30",
-                width="narrow",
-                attributes={"min": "1", "step": "any"},
-            ),
+            TIMEOUT_FIELD,
         ),
         test_label="Test (C-ECHO)",
         # The form has no TLS fields: an edit keeps the destination's DICOM TLS settings.

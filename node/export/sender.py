@@ -74,6 +74,17 @@ class FormField:
     attributes: dict[str, str] = field(default_factory=dict)
 
 
+#: The send time-out every network destination kind's form offers.
+TIMEOUT_FIELD = FormField(
+    "timeout_seconds",
+    "Time-out (s)",
+    input="number",
+    default="30",
+    width="narrow",
+    attributes={"min": "1", "step": "any"},
+)
+
+
 @dataclass(frozen=True)
 class DestinationForm:
     """How the console shows and edits destinations of one kind."""

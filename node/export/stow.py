@@ -21,6 +21,7 @@ from node.config import DicomWebDestinationSettings
 from node.dicomweb.client import dicomweb_client
 from node.errors import ExportError
 from node.export.sender import (
+    TIMEOUT_FIELD,
     Acknowledgement,
     DestinationForm,
     FormField,
@@ -158,14 +159,7 @@ KIND = SenderKind(
             FormField("auth.username", "User"),
             FormField("auth.password", "Password", input="password"),
             FormField("auth.token", "Bearer token", input="password"),
-            FormField(
-                "timeout_seconds",
-                "Time-out (s)",
-                input="number",
-                default="30",
-                width="narrow",
-                attributes={"min": "1", "step": "any"},
-            ),
+            TIMEOUT_FIELD,
         ),
         test_label="Test (QIDO-RS)",
         # The form has no TLS fields: an edit keeps the destination's HTTPS settings.
