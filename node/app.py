@@ -32,7 +32,6 @@ from node.orchestration.completion import CompletionMonitor
 from node.orchestration.dispatch import Dispatcher
 from node.orchestration.ingest import Ingestor
 from node.orchestration.registry import PluginRegistry, plugin_names, select_devices
-from node.orchestration.worker import InferenceWorker
 from node.pull.service import PullService, SenderCountChecker
 from node.spool import Spool
 from node.state.db import Database, check_integrity

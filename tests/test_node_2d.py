@@ -201,7 +201,7 @@ def test_dx_mg_and_op_series_reach_the_routine_and_complete(node, clock, tmp_pat
     studies = _studies(tmp_path / "in")
     send_to_node(node, sorted((tmp_path / "in").rglob("*.dcm")))
     clock.advance(11)
-    completed = node.orchestration.completion.poll()
+    completed = node.completion.poll()
     assert sorted(row.instance_count for row in completed) == [1, 1, 1, 1, 2]
 
     jobs = node.queue.jobs()

@@ -34,10 +34,10 @@ def test_failing_job_keeps_its_reason_and_the_node_keeps_serving(node, clock, tm
     good, _ = make_chest_ct(n_slices=30, rows=96, columns=96, seed=2)
     send_to_node(node, write_series(short, tmp_path / "short"))
     clock.advance(5)
-    assert node.orchestration.completion.poll() == []  # not quiet long enough
+    assert node.completion.poll() == []  # not quiet long enough
     send_to_node(node, write_series(good, tmp_path / "good"))
     clock.advance(10)
-    completed = node.orchestration.completion.poll()
+    completed = node.completion.poll()
     assert {row.instance_count for row in completed} == {10, 30}
 
     jobs = node.queue.jobs()

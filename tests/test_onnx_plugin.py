@@ -169,7 +169,7 @@ def test_an_onnx_model_runs_as_a_node_job(
         datasets, volume, _ = phantom
         send_to_node(node, write_series(datasets, tmp_path / "in"))
         clock.advance(6)
-        assert len(node.orchestration.completion.poll()) == 1
+        assert len(node.completion.poll()) == 1
         assert node.worker.run_once()
         (job,) = node.queue.jobs()
         assert job.state == "done", job.error

@@ -237,7 +237,7 @@ def test_decisions_reach_the_job_and_the_sr(
     for index, datasets in enumerate(cases.values()):
         send_to_node(node, write_series(datasets, tmp_path / f"in{index}"))
     clock.advance(11)
-    assert len(node.orchestration.completion.poll()) == len(cases)
+    assert len(node.completion.poll()) == len(cases)
     while node.worker.run_once():
         pass
     jobs = {}

@@ -47,7 +47,7 @@ codes = {}
 for argv in (["--help"], ["rules", "list"], ["jobs", "list"], ["destinations", "list"]):
     options = [] if argv == ["--help"] else ["--config", config]
     try:
-        codes[" ".join(argv)] = node.cli.main(argv + options)
+        codes[" ".join(argv)] = node.cli.main.main(argv + options)
     except SystemExit as exit:
         codes[" ".join(argv)] = exit.code
 print(json.dumps({"codes": codes, "heavy": sorted(m for m in %r if m in sys.modules)}))

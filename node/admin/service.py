@@ -14,8 +14,6 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from node.admin.catalog import SeriesCatalog
 from node.admin.destinations import (
     destination_view,
