@@ -124,7 +124,7 @@ def test_a_job_at_info_logs_no_library_info_lines(tmp_path: Path) -> None:
         wait_until(lambda: states() == ["done"], 300, message="the job done")
     lines = node.log_path.read_text(errors="replace").splitlines()
     parsed = [(line, *m.groups()) for line in lines if (m := _TEXT_LINE.match(line))]
-    assert any(logger == "node.orchestration.worker" for _, _, logger in parsed), "no job lines"
+    assert any(logger == "node.orchestration.record" for _, _, logger in parsed), "no job lines"
     library_info = [
         line
         for line, level, logger in parsed
