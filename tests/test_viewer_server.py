@@ -126,5 +126,5 @@ def test_proxy_answers_502_when_orthanc_is_gone(dist: Path) -> None:
 
 def test_missing_dist_names_the_install_command(tmp_path: Path) -> None:
     assert not is_installed(tmp_path)
-    with pytest.raises(OhifInstallError, match=r"python -m node\.devtools\.viewer\.ohif"):
+    with pytest.raises(OhifInstallError, match=r"python -m tools\.viewer\.ohif"):
         require_installed(tmp_path)
