@@ -70,10 +70,9 @@ def _read_ahead(sources: Sources) -> tuple[int, tuple[Path, ...]] | None:
     """The next queued job (the one the next claim takes) and its series' paths."""
     if not sources.read_ahead:
         return None
-    queued = sources.queue.jobs(state="queued")
-    if not queued:
+    upcoming = sources.queue.next_queued()
+    if upcoming is None:
         return None
-    upcoming = min(queued, key=lambda j: (j.priority, j.id))
     return upcoming.id, tuple(sources.series.instance_paths(upcoming.series_uid))
 
 

@@ -460,6 +460,13 @@ class JobQueue:
         rows = self._db.query("SELECT * FROM jobs WHERE id = ?", (job_id,))
         return _job(rows[0]) if rows else None
 
+    def next_queued(self) -> Job | None:
+        """The queued job the next claim takes (the claim's order), without claiming it."""
+        rows = self._db.query(
+            f"SELECT * FROM jobs WHERE state = 'queued' ORDER BY {JOB_LEASE.order} LIMIT 1"
+        )
+        return _job(rows[0]) if rows else None
+
     def jobs(self, *, state: str | None = None, series_uid: str | None = None) -> list[Job]:
         clauses, parameters = [], []
         if state is not None:
