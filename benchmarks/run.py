@@ -24,10 +24,9 @@ import sys
 import tempfile
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-SECTIONS = ("ingest", "e2e", "completion", "inference", "startup")
 
 
 def machine() -> dict[str, Any]:
@@ -103,7 +102,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks", description="ainode ingest and end-to-end benchmarks"
     )
-    parser.add_argument("--only", choices=SECTIONS, action="append", help="run only this section")
+    parser.add_argument(
+        "--only", choices=[s.name for s in SECTIONS], action="append", help="run only this section"
+    )
     parser.add_argument("--count", type=int, default=300, help="instances per ingest run")
     parser.add_argument("--repeat", type=int, default=3, help="ingest runs per receiver")
     parser.add_argument("--e2e-runs", type=int, default=1, help="studies sent end to end")
@@ -131,78 +132,117 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@dataclass(frozen=True)
+class Section:
+    """One benchmark: its ``--only`` name, its key in the report, how to run and print it.
+
+    ``run`` gets the parsed arguments and a fresh work directory and returns a JSON-able
+    dict; ``table`` turns that dict into printed lines.
+    """
+
+    name: str
+    key: str
+    run: Callable[[argparse.Namespace, Path], dict[str, Any]]
+    table: Callable[[dict[str, Any]], list[str]]
+
+
+def _ingest(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    from benchmarks.ingest import run_ingest
+
+    return run_ingest(workdir, args.count, args.repeat)
+
+
+def _e2e(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    from benchmarks.end_to_end import run_end_to_end
+
+    return run_end_to_end(
+        runs=args.e2e_runs,
+        slices=args.slices,
+        rows=args.rows,
+        quiet_seconds=args.quiet_seconds,
+        workdir=workdir,
+    )
+
+
+def _completion(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    from benchmarks.completion import run_completion
+
+    return run_completion(
+        runs=args.completion_runs, quiet_seconds=args.completion_quiet_seconds, workdir=workdir
+    )
+
+
+def _inference(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    from benchmarks.inference import run_inference
+
+    return run_inference(
+        workdir,
+        slices=args.inference_slices,
+        repeat=args.inference_runs,
+        device=args.inference_device,
+    )
+
+
+def _startup(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    from benchmarks.startup import run_startup
+
+    return run_startup(
+        runs=args.startup_runs,
+        workdir=workdir,
+        **({"cwd": args.startup_cwd.resolve()} if args.startup_cwd else {}),
+    )
+
+
+def _completion_table(result: dict[str, Any]) -> list[str]:
+    from benchmarks.completion import completion_table
+
+    return completion_table(result)
+
+
+def _inference_table(result: dict[str, Any]) -> list[str]:
+    from benchmarks.inference import inference_table
+
+    return inference_table(result)
+
+
+def _startup_table(result: dict[str, Any]) -> list[str]:
+    from benchmarks.startup import startup_table
+
+    return startup_table(result)
+
+
+# Every benchmark, in the order ``python -m benchmarks`` runs them. A new benchmark is a
+# module under benchmarks/ and one entry here.
+SECTIONS: tuple[Section, ...] = (
+    Section("ingest", "ingest", _ingest, ingest_table),
+    Section("e2e", "end_to_end", _e2e, e2e_table),
+    Section("completion", "completion", _completion, _completion_table),
+    Section("inference", "inference", _inference, _inference_table),
+    Section("startup", "startup", _startup, _startup_table),
+)
+DEFAULT_SECTIONS = ("ingest", "e2e")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    sections = args.only or list(SECTIONS)
+    chosen = args.only or list(DEFAULT_SECTIONS)
     workdir = Path(tempfile.mkdtemp(prefix="ainode-bench-"))
     report: dict[str, Any] = {
         "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": machine(),
     }
     failed = False
-
-    def attempt(name: str, run: Callable[[], dict[str, Any]]) -> None:
-        nonlocal failed
-        print(f"running {name} ...", file=sys.stderr, flush=True)
-        try:
-            report[name] = run()
-        except Exception as exc:  # report and go on with the next section
-            failed = True
-            report[name] = {"error": f"{type(exc).__name__}: {exc}"}
-            traceback.print_exc()
-
     try:
-        if "ingest" in sections:
-            from benchmarks.ingest import run_ingest
-
-            attempt("ingest", lambda: run_ingest(workdir / "ingest", args.count, args.repeat))
-        if "e2e" in sections:
-            from benchmarks.end_to_end import run_end_to_end
-
-            attempt(
-                "end_to_end",
-                lambda: run_end_to_end(
-                    runs=args.e2e_runs,
-                    slices=args.slices,
-                    rows=args.rows,
-                    quiet_seconds=args.quiet_seconds,
-                    workdir=workdir / "e2e",
-                ),
-            )
-        if "completion" in sections:
-            from benchmarks.completion import run_completion
-
-            attempt(
-                "completion",
-                lambda: run_completion(
-                    runs=args.completion_runs,
-                    quiet_seconds=args.completion_quiet_seconds,
-                    workdir=workdir / "completion",
-                ),
-            )
-        if "inference" in sections:
-            from benchmarks.inference import run_inference
-
-            attempt(
-                "inference",
-                lambda: run_inference(
-                    workdir / "inference",
-                    slices=args.inference_slices,
-                    repeat=args.inference_runs,
-                    device=args.inference_device,
-                ),
-            )
-        if "startup" in sections:
-            from benchmarks.startup import run_startup
-
-            attempt(
-                "startup",
-                lambda: run_startup(
-                    runs=args.startup_runs,
-                    workdir=workdir / "startup",
-                    **({"cwd": args.startup_cwd.resolve()} if args.startup_cwd else {}),
-                ),
-            )
+        for section in SECTIONS:
+            if section.name not in chosen:
+                continue
+            print(f"running {section.name} ...", file=sys.stderr, flush=True)
+            try:
+                report[section.key] = section.run(args, workdir / section.name)
+            except Exception as exc:  # report and go on with the next section
+                failed = True
+                report[section.key] = {"error": f"{type(exc).__name__}: {exc}"}
+                traceback.print_exc()
     finally:
         if args.keep:
             print(f"work directory kept: {workdir}", file=sys.stderr)
@@ -210,24 +250,13 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
 
     lines = [f"machine: {report['machine']['cpus']} CPUs, cuda={report['machine'].get('cuda')}"]
-    from benchmarks.completion import completion_table
-    from benchmarks.inference import inference_table
-    from benchmarks.startup import startup_table
-
-    renderers = (
-        ("ingest", ingest_table),
-        ("end_to_end", e2e_table),
-        ("completion", completion_table),
-        ("inference", inference_table),
-        ("startup", startup_table),
-    )
-    for key, render in renderers:
-        if key not in report:
+    for section in SECTIONS:
+        if section.key not in report:
             continue
-        if "error" in report[key]:
-            lines.append(f"{key}: FAILED {report[key]['error'].splitlines()[0]}")
+        if "error" in report[section.key]:
+            lines.append(f"{section.key}: FAILED {report[section.key]['error'].splitlines()[0]}")
         else:
-            lines.extend(render(report[key]))
+            lines.extend(section.table(report[section.key]))
     print("\n".join(lines))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
