@@ -152,3 +152,33 @@ def completion_table(result: dict[str, Any]) -> list[str]:
     )
     lines.append(f"  gain (median last instance -> job started): {job_gain:.2f} s")
     return lines
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    """Per mode, seconds from the last instance to completion and to the job's start."""
+    import matplotlib.pyplot as plt
+
+    modes = ("quiet_period", "count_check")
+    keys = (
+        ("node_completed_after_last_instance_s", "last instance -> complete"),
+        ("job_started_after_last_instance_s", "last instance -> job started"),
+    )
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=80)
+    width = 0.38
+    for offset, (key, label) in enumerate(keys):
+        medians = [statistics.median(run[key] for run in result[mode]["runs"]) for mode in modes]
+        xs = [i + (offset - 0.5) * width for i in range(len(modes))]
+        ax.bar(xs, medians, width, label=label)
+        for mode_index, mode in enumerate(modes):
+            ax.plot(
+                [xs[mode_index]] * len(result[mode]["runs"]),
+                [run[key] for run in result[mode]["runs"]],
+                "k.",
+            )
+    ax.set_xticks(range(len(modes)), ["quiet period", "count check"])
+    ax.set_ylabel("seconds (median; dots: runs)")
+    ax.set_title(f"Completion, {result['slices']} slices, quiet {result['quiet_seconds']:g} s")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

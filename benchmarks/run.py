@@ -1,8 +1,9 @@
-"""Run the benchmarks, print a table and optionally write JSON.
+"""Run the benchmarks, print a table and write JSON + PNG per section.
 
 Usage::
 
-    python -m benchmarks                       # ingest + end-to-end
+    python -m benchmarks                       # every section -> benchmarks/results/
+    python -m benchmarks --only startup --results-dir /tmp/bench
     python -m benchmarks --only ingest --count 300 --repeat 3
     python -m benchmarks --only e2e --e2e-runs 2 --json var/bench.json
     python -m benchmarks --only inference --inference-runs 2
@@ -16,10 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import traceback
@@ -28,28 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-
-def machine() -> dict[str, Any]:
-    """What the numbers were measured on."""
-    info: dict[str, Any] = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
-    }
-    try:
-        import torch
-
-        info["torch"] = torch.__version__
-        info["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    except ImportError:
-        info["torch"] = None
-    for tool, args in (("Orthanc", ["--version"]), ("storescu", ["--version"])):
-        try:
-            out = subprocess.run([tool, *args], capture_output=True, text=True, timeout=10)
-            info[tool] = out.stdout.splitlines()[0].strip() if out.stdout else None
-        except (OSError, subprocess.SubprocessError):
-            info[tool] = None
-    return info
+from benchmarks import report
 
 
 def ingest_table(result: dict[str, Any]) -> list[str]:
@@ -127,7 +104,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--startup-cwd", type=Path, help="checkout whose node is started (startup; default: this)"
     )
-    parser.add_argument("--json", type=Path, help="write the results as JSON here")
+    parser.add_argument("--soak-series", type=int, default=200, help="series sent (soak)")
+    parser.add_argument(
+        "--soak-ct-every", type=int, default=4, help="every Nth soak series is a CT, the rest 2D"
+    )
+    parser.add_argument("--soak-slices", type=int, default=16, help="slices per soak CT series")
+    parser.add_argument("--urgent-backlog", type=int, default=20, help="routine series queued")
+    parser.add_argument("--urgent-slices", type=int, default=40, help="slices per urgent-bench CT")
+    parser.add_argument(
+        "--results-dir",
+        type=Path,
+        default=report.DEFAULT_RESULTS_DIR,
+        help="where <section>.json, <section>.png and README.md are written",
+    )
+    parser.add_argument("--json", type=Path, help="also write the whole run as one JSON file")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     return parser.parse_args(argv)
 
@@ -137,13 +127,19 @@ class Section:
     """One benchmark: its ``--only`` name, its key in the report, how to run and print it.
 
     ``run`` gets the parsed arguments and a fresh work directory and returns a JSON-able
-    dict; ``table`` turns that dict into printed lines.
+    dict; ``table`` turns that dict into printed lines. The PNG is drawn by ``plot(result,
+    path)`` of ``module`` (default ``benchmarks.<key>``); results go to ``<key>.json/.png``.
     """
 
     name: str
     key: str
     run: Callable[[argparse.Namespace, Path], dict[str, Any]]
     table: Callable[[dict[str, Any]], list[str]]
+    module: str = ""
+
+    @property
+    def plot_module(self) -> str:
+        return self.module or f"benchmarks.{self.key}"
 
 
 def _ingest(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
@@ -193,6 +189,32 @@ def _startup(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     )
 
 
+def _soak(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    from benchmarks.soak import run_soak
+
+    return run_soak(
+        workdir, series=args.soak_series, ct_every=args.soak_ct_every, slices=args.soak_slices
+    )
+
+
+def _urgent(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    from benchmarks.urgent import run_urgent
+
+    return run_urgent(workdir, backlog=args.urgent_backlog, slices=args.urgent_slices)
+
+
+def _soak_table(result: dict[str, Any]) -> list[str]:
+    from benchmarks.soak import soak_table
+
+    return soak_table(result)
+
+
+def _urgent_table(result: dict[str, Any]) -> list[str]:
+    from benchmarks.urgent import urgent_table
+
+    return urgent_table(result)
+
+
 def _completion_table(result: dict[str, Any]) -> list[str]:
     from benchmarks.completion import completion_table
 
@@ -219,17 +241,18 @@ SECTIONS: tuple[Section, ...] = (
     Section("completion", "completion", _completion, _completion_table),
     Section("inference", "inference", _inference, _inference_table),
     Section("startup", "startup", _startup, _startup_table),
+    Section("urgent", "urgent", _urgent, _urgent_table),
+    Section("soak", "soak", _soak, _soak_table),
 )
-DEFAULT_SECTIONS = ("ingest", "e2e")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    chosen = args.only or list(DEFAULT_SECTIONS)
+    chosen = args.only or [section.name for section in SECTIONS]
     workdir = Path(tempfile.mkdtemp(prefix="ainode-bench-"))
-    report: dict[str, Any] = {
+    collected: dict[str, Any] = {
         "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
+        "machine": report.machine(),
     }
     failed = False
     try:
@@ -237,30 +260,42 @@ def main(argv: list[str] | None = None) -> int:
             if section.name not in chosen:
                 continue
             print(f"running {section.name} ...", file=sys.stderr, flush=True)
+            started = report.machine()
             try:
-                report[section.key] = section.run(args, workdir / section.name)
+                collected[section.key] = section.run(args, workdir / section.name)
             except Exception as exc:  # report and go on with the next section
                 failed = True
-                report[section.key] = {"error": f"{type(exc).__name__}: {exc}"}
+                collected[section.key] = {"error": f"{type(exc).__name__}: {exc}"}
                 traceback.print_exc()
+            notes = report.write_section(
+                args.results_dir,
+                section.key,
+                collected[section.key],
+                started,
+                report.find_plot(section.plot_module),
+            )
+            print("\n".join(notes), file=sys.stderr, flush=True)
     finally:
         if args.keep:
             print(f"work directory kept: {workdir}", file=sys.stderr)
         else:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    lines = [f"machine: {report['machine']['cpus']} CPUs, cuda={report['machine'].get('cuda')}"]
+    summary = report.write_summary(args.results_dir, [(s.key, s.table) for s in SECTIONS])
+    m = collected["machine"]
+    lines = [f"machine: {m['cpus']} x {m['cpu_model']}, GPU {m['gpu']}, load {m['load_average']}"]
     for section in SECTIONS:
-        if section.key not in report:
+        if section.key not in collected:
             continue
-        if "error" in report[section.key]:
-            lines.append(f"{section.key}: FAILED {report[section.key]['error'].splitlines()[0]}")
+        if "error" in collected[section.key]:
+            lines.append(f"{section.key}: FAILED {collected[section.key]['error'].splitlines()[0]}")
         else:
-            lines.extend(section.table(report[section.key]))
+            lines.extend(section.table(collected[section.key]))
     print("\n".join(lines))
+    print(f"wrote {summary}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        args.json.write_text(json.dumps(collected, indent=2) + "\n", encoding="utf-8")
         print(f"wrote {args.json}")
     return 1 if failed else 0
 

@@ -150,3 +150,21 @@ def startup_table(result: dict[str, Any]) -> list[str]:
         f" {result['median_readyz_s']:>12.2f}"
     )
     return lines
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    """Seconds from spawn to /healthz, C-ECHO and /readyz for every start."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=80)
+    runs = range(1, len(result["runs"]) + 1)
+    for key, label in (("healthz_s", "/healthz"), ("c_echo_s", "C-ECHO"), ("readyz_s", "/readyz")):
+        ax.plot(runs, [run[key] for run in result["runs"]], "o-", label=label)
+    ax.set_xlabel("start")
+    ax.set_ylabel("seconds from spawn")
+    ax.set_ylim(bottom=0)
+    ax.set_title("Node start-up")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

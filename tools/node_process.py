@@ -173,6 +173,11 @@ class NodeProcess(LocalProcess):
     def results_dir(self) -> Path:
         return self.data_dir / "results"
 
+    @property
+    def pid(self) -> int | None:
+        """The node's process id while it runs (for sampling /proc/<pid>)."""
+        return None if self._process is None else self._process.pid
+
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
