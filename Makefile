@@ -86,8 +86,10 @@ demo: $(VENV)/.installed-tools debs-test
 viewer: $(VENV)/.installed-tools debs-test viewer-dist
 	TCP_NODELAY=1 $(BIN)/python -m tools.viewer --orthanc http://127.0.0.1:8042 --port 3000
 
+# Every benchmark section (about 45 min on 2 cores) -> benchmarks/results/<section>.json/.png
+# and benchmarks/results/README.md; e.g. make bench BENCH_ARGS="--only urgent --only soak".
 bench: $(VENV)/.installed-dev debs-test
-	TCP_NODELAY=1 $(BIN)/python -m benchmarks
+	TCP_NODELAY=1 MPLBACKEND=Agg $(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -107,12 +107,12 @@ def api(node: NodeProcess, token: str) -> httpx.Client:
 
 
 def wait_for_jobs(node: NodeProcess, count: int, timeout: float) -> list[dict[str, Any]]:
-    """Wait until the node has ``count`` jobs in a final state with nothing left to send."""
+    """Wait until the node has at least ``count`` jobs and every job is in a final state."""
     deadline = time.monotonic() + timeout
     while True:
         found = jobs(node)
         ended = [j for j in found if j["state"] in FINAL_STATES]
-        if len(ended) >= count:
+        if len(found) >= count and len(ended) == len(found):
             return found
         if time.monotonic() > deadline:
             states = {s: sum(j["state"] == s for j in found) for s in {j["state"] for j in found}}

@@ -108,7 +108,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--soak-ct-every", type=int, default=4, help="every Nth soak series is a CT, the rest 2D"
     )
-    parser.add_argument("--soak-slices", type=int, default=16, help="slices per soak CT series")
+    parser.add_argument("--soak-slices", type=int, default=24, help="slices per soak CT series")
     parser.add_argument("--urgent-backlog", type=int, default=20, help="routine series queued")
     parser.add_argument("--urgent-slices", type=int, default=40, help="slices per urgent-bench CT")
     parser.add_argument(
