@@ -79,7 +79,7 @@ def test_find_plot_takes_the_module_function_or_none() -> None:
     assert report.find_plot("benchmarks.no_such_module") is None
 
 
-def test_every_section_module_of_this_branch_imports(tmp_path: Path) -> None:
+def test_every_section_names_an_existing_module(tmp_path: Path) -> None:
     # A section's module is where its plot is looked up; a typo would silently skip it.
     for section in SECTIONS:
         module = section.plot_module
