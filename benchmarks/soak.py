@@ -104,32 +104,34 @@ class Sampler(threading.Thread):
             self.etas[job["id"]] = {"seen_at": time.time(), "eta": body.get("eta")}
 
 
-def _slope(x: list[float], y: list[float]) -> float | None:
+def slope(x: list[float], y: list[float]) -> float | None:
     """Least-squares slope of y over x (None with fewer than 3 distinct x)."""
     if len(set(x)) < 3:
         return None
     return float(np.polyfit(np.asarray(x, float), np.asarray(y, float), 1)[0])
 
 
-def _leftovers(node: NodeProcess, tmpdir: Path) -> dict[str, Any]:
+def leftovers(data_dir: Path, tmpdir: Path) -> dict[str, Any]:
     """What the node left in its temp folder and temporary files under its data directory."""
     in_tmp = sorted(str(p.relative_to(tmpdir)) for p in tmpdir.rglob("*"))
     partial = sorted(
-        str(p.relative_to(node.data_dir))
-        for pattern in ("*.tmp", "*.partial", ".*.tmp")
-        for p in node.data_dir.rglob(pattern)
+        {
+            str(p.relative_to(data_dir))
+            for pattern in ("*.tmp", "*.partial", ".*.tmp")
+            for p in data_dir.rglob(pattern)
+        }
     )
     return {
         "tmpdir_entries": in_tmp[:20],
         "tmpdir_count": len(in_tmp),
         "data_dir_temp_files": partial[:20],
         "data_dir_temp_count": len(partial),
-        "data_dir_entries": sorted(p.name for p in node.data_dir.iterdir()),
+        "data_dir_entries": sorted(p.name for p in data_dir.iterdir()),
         "empty": not in_tmp and not partial,
     }
 
 
-def _eta_errors(
+def eta_errors(
     etas: dict[int, dict[str, Any]], jobs: list[dict[str, Any]], field_seen: bool
 ) -> dict[str, Any]:
     if not field_seen:
@@ -198,14 +200,14 @@ def run_soak(
         time.sleep(5)  # a few samples at rest
         sampler.stopping.set()
         sampler.join(timeout=30)
-        leftovers = _leftovers(node, tmpdir)
+        left = leftovers(node.data_dir, tmpdir)
 
     samples = sampler.samples
     warm = [s for s in samples if s["ended"] >= max(1, int(WARM_UP * series))]
     t = [s["t"] for s in warm]
-    per_second = {k: _slope(t, [s[k] for s in warm]) for k in ("rss_kib", "fds")}
+    per_second = {k: slope(t, [s[k] for s in warm]) for k in ("rss_kib", "fds")}
     ended = [s["ended"] for s in warm]
-    per_series = {k: _slope(ended, [s[k] for s in warm]) for k in ("rss_kib", "fds")}
+    per_series = {k: slope(ended, [s[k] for s in warm]) for k in ("rss_kib", "fds")}
     done = {j["series_uid"] for j in final if j["state"] == "done"}
     lost = [uid for uid in sent_uids if uid not in done]
     states = {s: sum(j["state"] == s for j in final) for s in {j["state"] for j in final}}
@@ -235,8 +237,8 @@ def run_soak(
         "rss_slope_kib_per_hour": _round(per_second["rss_kib"], 3600),
         "fds_slope_per_series": _round(per_series["fds"], digits=4),
         "fds_slope_per_hour": _round(per_second["fds"], 3600),
-        "temp": leftovers,
-        "eta": _eta_errors(sampler.etas, final, sampler.eta_field_seen),
+        "temp": left,
+        "eta": eta_errors(sampler.etas, final, sampler.eta_field_seen),
         "sampler_error": sampler.error,
         "samples": samples,
     }
