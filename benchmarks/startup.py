@@ -160,6 +160,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     runs = range(1, len(result["runs"]) + 1)
     for key, label in (("healthz_s", "/healthz"), ("c_echo_s", "C-ECHO"), ("readyz_s", "/readyz")):
         ax.plot(runs, [run[key] for run in result["runs"]], "o-", label=label)
+    ax.set_xticks(list(runs))
     ax.set_xlabel("start")
     ax.set_ylabel("seconds from spawn")
     ax.set_ylim(bottom=0)
