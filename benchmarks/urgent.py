@@ -1,11 +1,13 @@
 """Urgent under backlog: an urgent series behind 20 queued routine series, against an idle node.
 
 One node (default workers) and a real Orthanc as results destination. Two rules run
-``ct_lungs`` (128x128 chest phantoms, ``--urgent-slices`` slices): ``routine`` (priority 5,
+``ct_lungs`` on 128x128 chest phantoms (urgent: ``--urgent-slices`` slices; routine: 20, the
+least ct_lungs takes, so the backlog builds faster than it drains): ``routine`` (priority 5,
 the default) for series described "routine", ``urgent`` (priority 0, the most urgent;
 the queue claims by ``priority, id``) for series described "urgent".
 
-1. **idle**: one urgent series on the idle node;
+1. **idle**: one urgent series on the idle node (after one untimed routine series, so it is
+   not the node's first job);
 2. **backlog**: ``--urgent-backlog`` routine series are sent (generated first, then over one
    association) and their jobs created, then one urgent series.
 
@@ -27,10 +29,14 @@ from tools.node_process import NodeProcess
 from tools.orthanc import OrthancServer
 from tools.orthanc_rest import wait_for_series
 
+#: Slices of each routine series: ct_lungs' minimum, so the node receives a series faster than
+#: it runs its job (a job has a fixed cost: encoding, export) and the backlog builds.
+ROUTINE_SLICES = 20
+
 RULES = [
     {
         "name": "routine",
-        "match": {"Modality": "CT", "SeriesDescription": {"regex": "routine"}},
+        "match": {"Modality": "CT", "SeriesDescription": {"regex": "routine|warm-up"}},
         "plugin": "ct_lungs",
         "priority": 5,
     },
@@ -69,6 +75,10 @@ def run_urgent(workdir: Path, *, backlog: int = 20, slices: int = 40) -> dict[st
         OrthancServer(workdir=workdir / "orthanc", graceful_stop=False) as pacs,
         NodeProcess(pipeline.results_config(pacs, RULES), workdir=workdir / "node") as node,
     ):
+        # One routine series first (not timed), so the idle run is not the node's first job.
+        _, _, warm_up = pipeline.write_ct(workdir / "warm-up", 7099, ROUTINE_SLICES, "warm-up")
+        pipeline.storescu(warm_up, node)
+        pipeline.wait_for_jobs(node, 1, timeout=600)
         idle = _urgent_run(
             pacs, node, pipeline.write_ct(workdir / "idle", 7000, slices, "Chest urgent")
         )
@@ -79,7 +89,7 @@ def run_urgent(workdir: Path, *, backlog: int = 20, slices: int = 40) -> dict[st
         routine_uids, routine_files = [], []
         for index in range(backlog):
             uid, _, files = pipeline.write_ct(
-                workdir / f"routine-{index}", 7100 + index, slices, "Chest routine"
+                workdir / f"routine-{index}", 7100 + index, ROUTINE_SLICES, "Chest routine"
             )
             routine_uids.append(uid)
             routine_files += files
@@ -95,7 +105,7 @@ def run_urgent(workdir: Path, *, backlog: int = 20, slices: int = 40) -> dict[st
             j["state"] == "queued" and j["series_uid"] in routine_uids for j in pipeline.jobs(node)
         )
         under_backlog = _urgent_run(pacs, node, urgent)
-        final = pipeline.wait_for_jobs(node, backlog + 2, timeout=1800)
+        final = pipeline.wait_for_jobs(node, backlog + 3, timeout=1800)
 
     for run in (idle, under_backlog):  # export may still have been finishing when timed
         job = next(j for j in final if j["id"] == run["job_id"])
@@ -109,6 +119,7 @@ def run_urgent(workdir: Path, *, backlog: int = 20, slices: int = 40) -> dict[st
     overtaken = [j for j in waiting if j["started_at"] < urgent_job["started_at"]]
     return {
         "slices": slices,
+        "routine_slices": ROUTINE_SLICES,
         "image": "128x128",
         "backlog": backlog,
         "backlog_send_s": round(send_s, 2),
@@ -132,6 +143,7 @@ def urgent_table(result: dict[str, Any]) -> list[str]:
     lines = [
         f"Urgent under backlog: {result['slices']}-slice {result['image']} chest CT, ct_lungs,"
         f" results to Orthanc; backlog {result['backlog']} routine series"
+        f" of {result.get('routine_slices', result['slices'])} slices"
         f" ({result['routine_queued_when_urgent_sent']} still queued when the urgent was sent)",
         f"  {'node':<14} {'last instance -> SEG+SR in Orthanc s':>37} {'queue wait s':>13}",
     ]
