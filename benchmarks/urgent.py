@@ -176,6 +176,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     ax.bar(labels, waits, color="tab:orange", label="of which until the job started")
     for index, total in enumerate(totals):
         ax.text(index, total, f"{total:.1f} s", ha="center", va="bottom")
+    ax.set_ylim(0, max(totals) * 1.25)
     ax.set_ylabel("seconds")
     ax.set_title(f"Urgent series ({result['slices']} slices, ct_lungs)")
     ax.legend(fontsize=8)
