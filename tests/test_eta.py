@@ -1,0 +1,177 @@
+"""The queue's ETA: rates fitted from the job history, the claim order, the workers."""
+
+from __future__ import annotations
+
+import pytest
+
+from node.orchestration.eta import estimate, fit, rate
+from node.orchestration.timeline import timeline
+from node.state.history import ActiveJob, JobHistory, RunSample, StageSample, device_of
+from node.state.jobs import JobQueue
+from node.state.series import SeriesStore
+from tests.support.history import finished_job, receive_series
+from tests.support.jobs import enqueue_job
+
+NOW = 1_700_000_000.0
+
+
+def sample(
+    instances: int, seconds: float, *, plugin: str = "ct_lungs", device: str = "cpu", export=0.0
+) -> RunSample:
+    return RunSample(0, plugin, device, instances, seconds, export, NOW)
+
+
+def queued(job_id: int, instances: int = 100, *, priority: int = 5, plugin="ct_lungs"):
+    return ActiveJob(job_id, plugin, "queued", priority, instances, None, "", None)
+
+
+def running(job_id: int, started_at: float, instances: int = 100, *, device="cpu"):
+    return ActiveJob(job_id, "ct_lungs", "running", 5, instances, started_at, device, None)
+
+
+# -- the rate -------------------------------------------------------------------------------
+
+
+def test_fit_finds_start_up_and_per_instance_seconds_despite_an_outlier() -> None:
+    # 2 s + 10 ms per instance, and one job that stalled for a minute.
+    samples = [sample(n, 2.0 + 0.01 * n) for n in (50, 100, 200, 300, 400)]
+    samples.append(sample(150, 60.0))
+    intercept, per_instance = fit(samples)
+    assert intercept == pytest.approx(2.0, abs=0.05)
+    assert per_instance == pytest.approx(0.01, rel=0.05)
+
+
+def test_one_job_or_one_size_gives_a_per_instance_rate() -> None:
+    assert fit([sample(100, 5.0)]) == (0.0, pytest.approx(0.05))
+    assert fit([sample(100, 5.0), sample(100, 7.0), sample(100, 6.0)]) == (
+        0.0,
+        pytest.approx(0.06),
+    )
+
+
+def test_rate_prefers_the_same_device_and_says_what_it_rests_on() -> None:
+    history = [sample(100, 1.0, device="cuda:0"), sample(100, 10.0, device="cpu")]
+    gpu = rate(history, "ct_lungs", "cuda:0")
+    assert gpu is not None and gpu.run_seconds(100) == pytest.approx(1.0)
+    assert "on cuda:0" in gpu.basis and "1 earlier job" in gpu.basis and "rough" in gpu.basis
+    elsewhere = rate([sample(100, 10.0, device="cpu")], "ct_lungs", "cuda:1")
+    assert elsewhere is not None and "other devices" in elsewhere.basis
+    assert rate(history, "ct_organs", "cpu") is None
+
+
+# -- the queue ------------------------------------------------------------------------------
+
+
+def test_queued_jobs_follow_the_claim_order_priority_first() -> None:
+    history = [sample(n, 0.1 * n, export=2.0) for n in (10, 20, 30)]  # 0.1 s per instance
+    active = [queued(1, 100), queued(2, 50), queued(3, 200, priority=0)]
+    etas = estimate(history, active, ["cpu"], NOW)
+    # Job 3 (urgent) first: 20 s; then job 1: 10 s; then job 2: 5 s. Each then exports 2 s.
+    assert etas[3] is not None and etas[3].estimated_start == pytest.approx(NOW)
+    assert etas[3].estimated_finish == pytest.approx(NOW + 22.0)
+    assert etas[1] is not None and etas[1].estimated_start == pytest.approx(NOW + 20.0)
+    assert etas[2] is not None and etas[2].estimated_start == pytest.approx(NOW + 30.0)
+    assert etas[2].seconds_to_finish == pytest.approx(37.0)
+    assert "3 earlier jobs (fitted)" in etas[2].basis
+
+
+def test_jobs_spread_over_the_workers() -> None:
+    history = [sample(100, 10.0, device=d) for d in ("cuda:0", "cuda:1")]
+    active = [queued(i, 100) for i in range(1, 5)]
+    etas = estimate(history, active, ["cuda:0", "cuda:1"], NOW)
+    starts = [etas[i].estimated_start - NOW for i in range(1, 5)]  # type: ignore[union-attr]
+    assert starts == pytest.approx([0.0, 0.0, 10.0, 10.0])
+
+
+def test_a_running_job_holds_its_worker_until_its_estimated_end() -> None:
+    history = [sample(100, 10.0)]
+    etas = estimate(history, [running(1, NOW - 4.0), queued(2)], ["cpu"], NOW)
+    assert etas[1] is not None and etas[1].estimated_start == NOW - 4.0
+    assert etas[1].estimated_finish == pytest.approx(NOW + 6.0)
+    assert etas[2] is not None and etas[2].estimated_start == pytest.approx(NOW + 6.0)
+
+
+def test_an_overdue_running_job_finishes_now_and_says_so() -> None:
+    etas = estimate([sample(100, 10.0)], [running(1, NOW - 25.0), queued(2)], ["cpu"], NOW)
+    late = etas[1]
+    assert late is not None and late.estimated_finish == NOW and late.seconds_to_finish == 0.0
+    assert late.basis.startswith("overdue by 15 s")
+    assert etas[2] is not None and etas[2].estimated_start == NOW
+
+
+def test_no_history_gives_no_estimate_for_it_and_the_jobs_behind_it() -> None:
+    history = [sample(100, 10.0)]
+    active = [queued(1, plugin="ct_organs"), queued(2)]
+    etas = estimate(history, active, ["cpu"], NOW)
+    assert etas[1] is None and etas[2] is None
+    assert estimate([], [queued(1)], ["cpu"], NOW) == {1: None}
+
+
+# -- the history from the state database -----------------------------------------------------
+
+
+def test_history_reads_durations_devices_and_sizes_of_finished_jobs(database, clock) -> None:
+    queue, series = JobQueue(database), SeriesStore(database)
+    first = finished_job(
+        queue, series, clock, series_uid="1.1", instances=4, run_seconds=3.0, export_seconds=1.5
+    )
+    second = finished_job(
+        queue, series, clock, series_uid="1.2", instances=8, run_seconds=6.0, device="cuda:1"
+    )
+    samples = JobHistory(database).run_samples()
+    assert [(s.job_id, s.device, s.instances) for s in samples] == [
+        (second, "cuda:1", 8),
+        (first, "cpu", 4),
+    ]
+    assert samples[1].run_seconds == pytest.approx(3.0)
+    assert samples[1].export_seconds == pytest.approx(1.5)
+    receive_series(series, clock, "1.3", 5)
+    waiting = enqueue_job(queue, clock(), series_uid="1.3", priority=2)
+    [active] = JobHistory(database).active_jobs()
+    assert (active.job_id, active.state, active.instances, active.priority) == (
+        waiting,
+        "queued",
+        5,
+        2,
+    )
+
+
+def test_stage_seconds_come_from_the_job_events(database, clock) -> None:
+    queue, series = JobQueue(database), SeriesStore(database)
+    job_id = finished_job(
+        queue,
+        series,
+        clock,
+        series_uid="2.1",
+        instances=6,
+        run_seconds=3.0,
+        export_seconds=2.0,
+        wait_seconds=4.0,
+    )
+    [stages] = JobHistory(database).stage_samples(clock() - 3600)
+    assert stages.job_id == job_id
+    assert stages.seconds == pytest.approx(
+        {"receive": 5.0, "wait": 4.0, "load": 1.0, "infer": 1.0, "encode": 1.0, "export": 2.0}
+    )
+    assert JobHistory(database).stage_samples(clock() + 1) == []
+
+
+def test_device_of_reads_the_worker_owner() -> None:
+    assert device_of("owner=host:12:worker-cuda:0") == "cuda:0"
+    assert device_of("owner=host:12:worker-cpu") == "cpu"
+    assert device_of("") == ""
+
+
+def test_timeline_bins_count_finished_jobs_and_take_stage_medians() -> None:
+    samples = [
+        StageSample(1, NOW + 10, {"infer": 1.0, "load": 2.0}),
+        StageSample(2, NOW + 20, {"infer": 3.0}),
+        StageSample(3, NOW + 50, {"infer": 7.0}),
+        StageSample(4, NOW + 500, {"infer": 9.0}),  # after the span
+    ]
+    result = timeline(samples, since=NOW, until=NOW + 60, bins=2)
+    assert [b["finished"] for b in result["bins"]] == [2, 1]
+    assert result["bins"][0]["median_seconds"]["infer"] == 2.0
+    assert result["bins"][0]["median_seconds"]["load"] == 2.0
+    assert result["bins"][1]["median_seconds"]["load"] is None
+    assert result["finished"] == 3 and result["bin_seconds"] == 30.0
