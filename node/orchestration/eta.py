@@ -12,6 +12,7 @@ the workers' devices and ``now``.
 from __future__ import annotations
 
 import statistics
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import combinations
@@ -162,6 +163,16 @@ def _exporting(job: ActiveJob, found: Rate | None, now: float) -> Eta | None:
         basis = f"overdue by {now - finish:.0f} s; {basis}"
         finish = now
     return Eta(job.started_at, finish, finish - now, basis)
+
+
+def describe(start: float, finish: float, state: str) -> str:
+    """``starts ~14:02, done ~14:03`` in local time (``started 14:01, ...`` once running)."""
+    begun = "starts ~" if state == "queued" else "started "
+    return f"{begun}{_clock(start)}, done ~{_clock(finish)}"
+
+
+def _clock(at: float) -> str:
+    return time.strftime("%H:%M", time.localtime(at))
 
 
 def no_estimate_reason(plugin: str) -> str:
