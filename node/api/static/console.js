@@ -321,7 +321,7 @@ function timelineSvg(data) {
   const total = (b) => data.stages.reduce((s, k) => s + (b.median_seconds[k] || 0), 0);
   const slowest = Math.max(0.001, ...data.bins.map(total));
   const hm = (t) => new Date(t * 1000).toTimeString().slice(0, 5);
-  const parts = [`<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 ${W} ${top + gap + low + 20}" role="img" width="100%">`,
+  const parts = [`<svg viewBox="0 0 ${W} ${top + gap + low + 20}" role="img" width="100%">`,
     `<text x="0" y="10" font-size="10">${peak} jobs</text><text x="0" y="${top + gap + 10}" font-size="10">${slowest.toFixed(1)} s</text>`];
   data.bins.forEach((b, i) => {
     const x = left + i * step, when = `${hm(b.start)}–${hm(b.start + data.bin_seconds)}`;
