@@ -175,3 +175,21 @@ def test_timeline_bins_count_finished_jobs_and_take_stage_medians() -> None:
     assert result["bins"][0]["median_seconds"]["load"] == 2.0
     assert result["bins"][1]["median_seconds"]["load"] is None
     assert result["finished"] == 3 and result["bin_seconds"] == 30.0
+
+
+def test_the_tracker_keeps_each_jobs_first_queued_estimate_and_measures_its_error() -> None:
+    from benchmarks.eta_accuracy import EtaTracker
+
+    def job(job_id: int, state: str, finish: str | None) -> dict:
+        eta = None if finish is None else {"estimated_finish": finish, "basis": "b"}
+        return {"id": job_id, "state": state, "eta": eta}
+
+    tracker = EtaTracker()
+    start = 1_800_000_000.0  # 2027-01-15T08:00:00Z
+    tracker.observe([job(1, "queued", "2027-01-15T08:00:10Z"), job(2, "queued", None)], start)
+    tracker.observe([job(1, "queued", "2027-01-15T08:00:30Z"), job(2, "running", "x")], start + 5)
+    assert list(tracker.first) == [1]  # the later estimate and a running job's are not kept
+    summary = tracker.summary({1: start + 14.0, 3: start})
+    assert summary["jobs"] == 1 and summary["median_error_s"] == pytest.approx(4.0)
+    assert summary["median_relative_error"] == pytest.approx(4.0 / 14.0, abs=1e-3)
+    assert EtaTracker().summary({}) == {"jobs": 0}
