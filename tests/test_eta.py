@@ -16,9 +16,16 @@ NOW = 1_700_000_000.0
 
 
 def sample(
-    instances: int, seconds: float, *, plugin: str = "ct_lungs", device: str = "cpu", export=0.0
+    instances: int,
+    seconds: float,
+    *,
+    plugin: str = "ct_lungs",
+    device: str = "cpu",
+    export=0.0,
+    load=0.0,
+    prefetched=False,
 ) -> RunSample:
-    return RunSample(0, plugin, device, instances, seconds, export, NOW)
+    return RunSample(0, plugin, device, instances, seconds, export, NOW, load, prefetched)
 
 
 def queued(job_id: int, instances: int = 100, *, priority: int = 5, plugin="ct_lungs"):
@@ -75,6 +82,18 @@ def test_queued_jobs_follow_the_claim_order_priority_first() -> None:
     assert "3 earlier jobs (fitted)" in etas[2].basis
 
 
+def test_a_job_behind_another_is_read_ahead_so_its_load_is_the_read_ahead_rate() -> None:
+    # 100 instances: 4 s to compute; loading 6 s cold, 1 s when read ahead.
+    history = [sample(100, 10.0, load=6.0), sample(100, 5.0, load=1.0, prefetched=True)]
+    etas = estimate(history, [queued(1), queued(2)], ["cpu"], NOW)
+    assert etas[1] is not None and etas[1].estimated_finish == pytest.approx(NOW + 10.0)
+    assert etas[2] is not None and etas[2].estimated_finish == pytest.approx(NOW + 15.0)
+    assert "load 60.00 ms/instance (10.00 read ahead)" in etas[2].basis
+    # Without a read-ahead job on record, a queued job's load is the cold one.
+    alone = estimate([sample(100, 10.0, load=6.0)], [queued(1), queued(2)], ["cpu"], NOW)
+    assert alone[2] is not None and alone[2].estimated_finish == pytest.approx(NOW + 20.0)
+
+
 def test_jobs_spread_over_the_workers() -> None:
     history = [sample(100, 10.0, device=d) for d in ("cuda:0", "cuda:1")]
     active = [queued(i, 100) for i in range(1, 5)]
@@ -116,7 +135,14 @@ def test_history_reads_durations_devices_and_sizes_of_finished_jobs(database, cl
         queue, series, clock, series_uid="1.1", instances=4, run_seconds=3.0, export_seconds=1.5
     )
     second = finished_job(
-        queue, series, clock, series_uid="1.2", instances=8, run_seconds=6.0, device="cuda:1"
+        queue,
+        series,
+        clock,
+        series_uid="1.2",
+        instances=8,
+        run_seconds=6.0,
+        device="cuda:1",
+        prefetched=True,
     )
     samples = JobHistory(database).run_samples()
     assert [(s.job_id, s.device, s.instances) for s in samples] == [
@@ -125,6 +151,8 @@ def test_history_reads_durations_devices_and_sizes_of_finished_jobs(database, cl
     ]
     assert samples[1].run_seconds == pytest.approx(3.0)
     assert samples[1].export_seconds == pytest.approx(1.5)
+    assert samples[1].load_seconds == pytest.approx(1.0) and not samples[1].prefetched
+    assert samples[0].load_seconds == pytest.approx(2.0) and samples[0].prefetched
     receive_series(series, clock, "1.3", 5)
     waiting = enqueue_job(queue, clock(), series_uid="1.3", priority=2)
     [active] = JobHistory(database).active_jobs()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import combinations
 
@@ -25,15 +25,20 @@ RECENT = 30
 
 @dataclass(frozen=True)
 class Rate:
-    """Seconds a worker holds a job: ``intercept + per_instance * instances``."""
+    """Seconds a worker holds a job: ``intercept + per_instance * instances`` to compute, plus
+    loading the series at ``load_per_instance`` (``read_ahead_per_instance`` when the worker
+    read it ahead while running the job before)."""
 
     intercept: float
     per_instance: float
     export_seconds: float
     basis: str
+    load_per_instance: float = 0.0
+    read_ahead_per_instance: float = 0.0
 
-    def run_seconds(self, instances: int) -> float:
-        return max(0.0, self.intercept + self.per_instance * instances)
+    def run_seconds(self, instances: int, *, read_ahead: bool = False) -> float:
+        load = self.read_ahead_per_instance if read_ahead else self.load_per_instance
+        return max(0.0, self.intercept + self.per_instance * instances) + load * instances
 
 
 @dataclass(frozen=True)
@@ -47,25 +52,26 @@ class Eta:
 
 
 def fit(samples: Sequence[RunSample]) -> tuple[float, float]:
-    """``(intercept, per_instance)`` of run seconds against instances (Theil-Sen).
+    """``(intercept, per_instance)`` of compute seconds (the worker's time besides loading)
+    against instances (Theil-Sen).
 
     One job, or jobs all of one size, give a pure per-instance rate (the median)."""
     if not samples:
         raise ValueError("no samples to fit")
     slopes = [
-        (b.run_seconds - a.run_seconds) / (b.instances - a.instances)
+        (b.compute_seconds - a.compute_seconds) / (b.instances - a.instances)
         for a, b in combinations(samples, 2)
         if b.instances != a.instances
     ]
     if not slopes:
         sized = [s for s in samples if s.instances > 0]
         if not sized:
-            return statistics.median(s.run_seconds for s in samples), 0.0
-        return 0.0, statistics.median(s.run_seconds / s.instances for s in sized)
+            return statistics.median(s.compute_seconds for s in samples), 0.0
+        return 0.0, statistics.median(s.compute_seconds / s.instances for s in sized)
     slope = max(0.0, statistics.median(slopes))
-    intercept = statistics.median(s.run_seconds - slope * s.instances for s in samples)
+    intercept = statistics.median(s.compute_seconds - slope * s.instances for s in samples)
     if intercept < 0.0:  # a line through the origin fits better than a negative start-up
-        return 0.0, statistics.median(s.run_seconds / max(1, s.instances) for s in samples)
+        return 0.0, statistics.median(s.compute_seconds / max(1, s.instances) for s in samples)
     return intercept, slope
 
 
@@ -79,14 +85,27 @@ def rate(history: Sequence[RunSample], plugin: str, device: str) -> Rate | None:
         return None
     recent = chosen[:RECENT]
     intercept, per_instance = fit(recent)
+    cold = _load_rate(s for s in recent if not s.prefetched)
+    ahead = _load_rate(s for s in recent if s.prefetched)
+    cold, ahead = (
+        (cold if cold is not None else ahead or 0.0),
+        (ahead if ahead is not None else cold or 0.0),
+    )
     export = statistics.median(s.export_seconds for s in same[:RECENT])
     count = len(recent)
     quality = "few jobs, rough" if count < 3 else "fitted"
     basis = (
         f"{plugin} {where}: {count} earlier job{'s' if count != 1 else ''} ({quality}),"
-        f" {intercept:.2f} s + {per_instance * 1000:.2f} ms/instance, export {export:.2f} s"
+        f" {intercept:.2f} s + {per_instance * 1000:.2f} ms/instance, load"
+        f" {cold * 1000:.2f} ms/instance ({ahead * 1000:.2f} read ahead), export {export:.2f} s"
     )
-    return Rate(intercept, per_instance, export, basis)
+    return Rate(intercept, per_instance, export, basis, cold, ahead)
+
+
+def _load_rate(samples: Iterable[RunSample]) -> float | None:
+    """The median load seconds per instance; None without samples."""
+    rates = [s.load_seconds / s.instances for s in samples if s.instances > 0]
+    return statistics.median(rates) if rates else None
 
 
 def estimate(
@@ -147,7 +166,8 @@ def estimate(
             unknown[slot] = True  # what follows on this worker cannot be placed
             continue
         start = free_at[slot]
-        free_at[slot] = start + found.run_seconds(job.instances)
+        # Behind another job, the worker reads this one's series ahead while that one runs.
+        free_at[slot] = start + found.run_seconds(job.instances, read_ahead=start > now)
         finish = free_at[slot] + found.export_seconds
         result[job.job_id] = Eta(start, finish, finish - now, found.basis)
     return result

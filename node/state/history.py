@@ -54,6 +54,14 @@ class RunSample:
     #: ``results.written`` → ``job.done`` (0 with nowhere to send).
     export_seconds: float
     finished_at: float
+    #: Of ``run_seconds``, the series' load, and whether it had been read ahead.
+    load_seconds: float = 0.0
+    prefetched: bool = False
+
+    @property
+    def compute_seconds(self) -> float:
+        """The worker's time besides loading the series."""
+        return max(0.0, self.run_seconds - self.load_seconds)
 
 
 @dataclass(frozen=True)
@@ -100,7 +108,8 @@ class JobHistory:
             "SELECT j.id, j.plugin, j.finished_at, COALESCE(s.instance_count, 0) AS instances,"
             f" {_last(EventCode.JOB_STARTED, 'at')} AS started_at,"
             f" {_last(EventCode.JOB_STARTED, 'detail')} AS started_detail,"
-            f" {_last(EventCode.RESULTS_WRITTEN, 'at')} AS written_at"
+            f" {_last(EventCode.RESULTS_WRITTEN, 'at')} AS written_at,"
+            f" {_last(EventCode.VOLUME_LOADED, 'detail')} AS loaded_detail"
             " FROM jobs j LEFT JOIN series s ON s.series_uid = j.series_uid"
             " WHERE j.state = 'done' AND j.finished_at IS NOT NULL"
             " ORDER BY j.finished_at DESC LIMIT ?",
@@ -120,6 +129,8 @@ class JobHistory:
                     run_seconds=float(written) - float(started),
                     export_seconds=max(0.0, float(row["finished_at"]) - float(written)),
                     finished_at=float(row["finished_at"]),
+                    load_seconds=seconds_of(row["loaded_detail"]) or 0.0,
+                    prefetched="prefetched=True" in (row["loaded_detail"] or ""),
                 )
             )
         return samples

@@ -39,6 +39,7 @@ def finished_job(
     plugin: str = "ct_lungs",
     device: str = "cpu",
     wait_seconds: float = 0.0,
+    prefetched: bool = False,
 ) -> int:
     """A job that waited, ran for ``run_seconds`` on a worker of ``device`` (load, infer and
     encode a third each) and exported for ``export_seconds``; return its id."""
@@ -51,7 +52,10 @@ def finished_job(
     claimed = queue.claim_next(clock(), owner=owner)
     assert claimed is not None and claimed.id == job_id
     third = run_seconds / 3
-    for code in (EventCode.VOLUME_LOADED, EventCode.INFERENCE_DONE, EventCode.RESULTS_ENCODED):
+    clock.advance(third)
+    loaded = f"slices={instances} seconds={third:.3f} prefetched={prefetched}"
+    queue.add_event(job_id, clock(), EventCode.VOLUME_LOADED, loaded)
+    for code in (EventCode.INFERENCE_DONE, EventCode.RESULTS_ENCODED):
         clock.advance(third)
         queue.add_event(job_id, clock(), code, f"seconds={third:.3f}")
     queue.inference_done(job_id, Path("/results") / str(job_id), clock(), owner=owner)
