@@ -4,7 +4,7 @@ when it actually finished.
 :class:`EtaTracker` works on what ``GET /api/jobs`` returns (the soak benchmark polls it:
 ``observe(jobs)`` on each poll, then ``summary(finished)`` with each job's ``job.done``
 time from its events). ``python -m benchmarks.eta_accuracy`` measures it on its own: a
-node (ct_lungs on the CPU) learns from a few series sent one at a time, then a burst of
+node (ct_lungs on the CPU) learns from a few series sent in pairs, then a burst of
 series of mixed sizes waits in the queue; the ETAs are computed as the API does (the same
 functions, over the node's database read-only, so no login is needed).
 
@@ -116,7 +116,7 @@ ENDED = ("done", "failed", "skipped", "cancelled")
 def measure(
     learn: list[int], burst: list[int], rows: int, workdir: Path, poll: float = 0.3
 ) -> dict[str, Any]:
-    """Send series of ``learn`` slices one at a time, then ``burst`` all at once; track."""
+    """Send series of ``learn`` slices two at a time, then ``burst`` all at once; track."""
     from node.config import BUILT_IN_CHEST_RULE
     from tools.net import wait_until
     from tools.node_process import NodeProcess
@@ -142,10 +142,14 @@ def measure(
     tracker = EtaTracker()
     with NodeProcess(config, workdir=workdir / "node") as node:
         database = node.data_dir / "state.sqlite3"
-        for count, files in enumerate(learning, 1):
-            send(files).wait()
+        # In pairs: the second of each is read ahead, as in a busy hour, so the history
+        # holds both kinds of load.
+        for count in range(2, len(learning) + 2, 2):
+            for sender in [send(files) for files in learning[count - 2 : count]]:
+                sender.wait()
+            done = min(count, len(learning))
             wait_until(
-                lambda c=count: len(finished_at(database, ENDED)) >= c, 600, message="learning"
+                lambda c=done: len(finished_at(database, ENDED)) >= c, 600, message="learning"
             )
         senders = [send(files) for files in bursting]
         total = len(learning) + len(bursting)

@@ -47,7 +47,17 @@ def queued(tmp_path_factory) -> tuple[ServedNode, dict[str, int]]:
         node.queue.claim_next(now, owner=node.worker.owner)
         routine = enqueue_job(node.queue, now, **job, priority=5)
         urgent = enqueue_job(node.queue, now, **job, priority=0)
-        yield served, {"done": done.id, "running": running, "routine": routine, "urgent": urgent}
+        unknown = enqueue_job(node.queue, now, **job, priority=9, plugin="ct_organs")
+        yield (
+            served,
+            {
+                "done": done.id,
+                "running": running,
+                "routine": routine,
+                "urgent": urgent,
+                "unknown": unknown,
+            },
+        )
 
 
 def at(iso: str) -> float:
@@ -70,6 +80,10 @@ def test_api_gives_active_jobs_an_eta_in_the_claim_order(queued) -> None:
     assert routine["estimated_start"] == urgent["estimated_finish"]
     assert routine["seconds_to_finish"] > urgent["seconds_to_finish"] >= 0.0
     assert "ct_lungs on cpu: 1 earlier job" in urgent["basis"]
+    # A routine that never finished a job here: no estimate, and the detail says why.
+    assert listed[ids["unknown"]]["eta"] is None and detail[ids["unknown"]]["eta"] is None
+    assert "no finished job of ct_organs" in detail[ids["unknown"]]["eta_note"]
+    assert "eta_note" not in detail[ids["urgent"]] and "eta_note" not in detail[ids["done"]]
 
 
 def test_timeline_reports_the_stages_the_events_recorded(queued) -> None:
