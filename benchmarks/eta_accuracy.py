@@ -163,6 +163,47 @@ def measure(
     return {"learn_slices": learn, "burst_slices": burst, "rows": rows, **result}
 
 
+def _slices(text: str) -> list[int]:
+    return [int(n) for n in text.split(",") if n.strip()]
+
+
+def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """The ``eta`` section of ``python -m benchmarks`` (``--eta-learn/-burst/-rows``)."""
+    return measure(_slices(args.eta_learn), _slices(args.eta_burst), args.eta_rows, workdir)
+
+
+def table(result: dict[str, Any]) -> list[str]:
+    if not result.get("jobs"):
+        return ["Queue ETA: no job was seen queued with an estimate"]
+    return [
+        f"Queue ETA: {result['jobs']} queued jobs (history {result['learn_slices']} slices,"
+        f" burst {result['burst_slices']}, {result['rows']}x{result['rows']})",
+        f"  error (actual - estimated finish): median {result['median_error_s']:+.1f} s,"
+        f" median |error| {result['median_abs_error_s']:.1f} s,"
+        f" p90 |error| {result['p90_abs_error_s']:.1f} s,"
+        f" median |error| / wait {result['median_relative_error']:.2f}",
+    ]
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    """Each tracked job: its wait from first seen queued to done against the ETA's error."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    jobs = result.get("per_job", [])
+    figure, axes = plt.subplots(figsize=(7, 4))
+    axes.axhline(0.0, color="#888", linewidth=1)
+    axes.scatter([j["waited_s"] for j in jobs], [j["error_s"] for j in jobs], color="#3f7fd0")
+    axes.set_xlabel("seconds from first seen queued to done")
+    axes.set_ylabel("actual - estimated finish (s)")
+    axes.set_title(f"Queue ETA error, {len(jobs)} jobs (negative: done earlier than announced)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--learn", default="20,40,60", help="slices of the series sent first")
@@ -172,12 +213,7 @@ def main() -> None:
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="bench-eta-"))
     try:
-        result = measure(
-            [int(n) for n in args.learn.split(",")],
-            [int(n) for n in args.burst.split(",")],
-            args.rows,
-            workdir,
-        )
+        result = measure(_slices(args.learn), _slices(args.burst), args.rows, workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     text = json.dumps(result, indent=2)

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks import eta_accuracy
+
 
 def machine() -> dict[str, Any]:
     """What the numbers were measured on."""
@@ -127,6 +129,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--startup-cwd", type=Path, help="checkout whose node is started (startup; default: this)"
     )
+    parser.add_argument("--eta-learn", default="20,40,60,30,50,24", help="slices learnt from (eta)")
+    parser.add_argument("--eta-burst", default="24,48,20,40,32,56,28,36", help="queued (eta)")
+    parser.add_argument("--eta-rows", type=int, default=128, help="rows = columns (eta)")
     parser.add_argument("--json", type=Path, help="write the results as JSON here")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     return parser.parse_args(argv)
@@ -219,6 +224,7 @@ SECTIONS: tuple[Section, ...] = (
     Section("completion", "completion", _completion, _completion_table),
     Section("inference", "inference", _inference, _inference_table),
     Section("startup", "startup", _startup, _startup_table),
+    Section("eta", "eta_accuracy", eta_accuracy.run, eta_accuracy.table),
 )
 DEFAULT_SECTIONS = ("ingest", "e2e")
 

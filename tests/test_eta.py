@@ -221,3 +221,23 @@ def test_the_tracker_keeps_each_jobs_first_queued_estimate_and_measures_its_erro
     assert summary["jobs"] == 1 and summary["median_error_s"] == pytest.approx(4.0)
     assert summary["median_relative_error"] == pytest.approx(4.0 / 14.0, abs=1e-3)
     assert EtaTracker().summary({}) == {"jobs": 0}
+
+
+def test_the_eta_section_prints_and_plots_its_result(tmp_path) -> None:
+    from benchmarks.eta_accuracy import plot, table
+
+    result = {
+        "learn_slices": [20, 40],
+        "burst_slices": [24],
+        "rows": 64,
+        "jobs": 1,
+        "median_error_s": -2.0,
+        "median_abs_error_s": 2.0,
+        "p90_abs_error_s": 2.0,
+        "median_relative_error": 0.25,
+        "per_job": [{"job_id": 3, "waited_s": 8.0, "error_s": -2.0, "basis": "b"}],
+    }
+    assert "median -2.0 s" in table(result)[1]
+    assert table({"jobs": 0}) == ["Queue ETA: no job was seen queued with an estimate"]
+    plot(result, tmp_path / "eta.png")
+    assert (tmp_path / "eta.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
