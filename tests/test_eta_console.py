@@ -17,10 +17,12 @@ from tests.support.admin import ADMIN_PASSWORD, ServedNode, served_node
 from tests.support.dcmtk import storescu
 from tests.support.jobs import enqueue_job
 from tools.net import wait_until
+from tools.node_process import PROJECT_ROOT
 from tools.synthetic.chest_ct import make_chest_ct, write_series
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"]
+ARTIFACTS = PROJECT_ROOT / "test-artifacts" / "console"
 RULE = {"name": "chest-ct", "match": {"Modality": "CT"}, "plugin": "ct_lungs"}
 
 pytestmark = [
@@ -133,6 +135,8 @@ def test_console_draws_the_timeline_and_shows_the_eta(queued) -> None:
                 "rects => rects.map(r => r.dataset.stage)"
             )
             assert {"load", "infer", "encode", "wait"} <= set(stages)
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            page.locator("#timeline-chart").screenshot(path=ARTIFACTS / "eta-timeline.png")
             page.goto(f"{served.url}/jobs")
             urgent = page.locator(f"tr[data-job-id='{ids['urgent']}'] td.eta").inner_text()
             running = page.locator(f"tr[data-job-id='{ids['running']}'] td.eta").inner_text()
@@ -140,6 +144,7 @@ def test_console_draws_the_timeline_and_shows_the_eta(queued) -> None:
             assert urgent.startswith("starts ~") and ", done ~" in urgent
             assert running.startswith("started ")
             assert done.strip() == ""
+            page.screenshot(path=ARTIFACTS / "eta-jobs.png", full_page=True)
             page.goto(f"{served.url}/jobs/{ids['routine']}")
             assert "ct_lungs on cpu" in page.locator("dd.eta").inner_text()
         finally:
