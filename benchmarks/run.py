@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks import report
+from benchmarks import eta_accuracy, report
 
 
 def ingest_table(result: dict[str, Any]) -> list[str]:
@@ -118,6 +118,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="where <section>.json, <section>.png and README.md are written",
     )
     parser.add_argument("--json", type=Path, help="also write the whole run as one JSON file")
+    parser.add_argument("--eta-learn", default="20,40,60,30,50,24", help="slices learnt from (eta)")
+    parser.add_argument("--eta-burst", default="24,48,20,40,32,56,28,36", help="queued (eta)")
+    parser.add_argument("--eta-rows", type=int, default=128, help="rows = columns (eta)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     return parser.parse_args(argv)
 
@@ -243,6 +246,7 @@ SECTIONS: tuple[Section, ...] = (
     Section("startup", "startup", _startup, _startup_table),
     Section("urgent", "urgent", _urgent, _urgent_table),
     Section("soak", "soak", _soak, _soak_table),
+    Section("eta", "eta_accuracy", eta_accuracy.run, eta_accuracy.table),
 )
 
 

@@ -209,6 +209,7 @@ class Node:
         ]
         self.devices = devices
         self.admin.device = devices[0]
+        self.admin.worker_devices = [str(device) for device in devices]
 
     def _load_routines(self) -> None:
         """The background start: import the plugins, make and start the workers."""

@@ -451,3 +451,38 @@ def test_destinations_echo_of_an_unsaved_destination(config: Path, capsys) -> No
     assert main(["destinations", "echo", "pacs", "--host", "h", *cfg]) == 2
     assert main(["destinations", "list", "--json", *cfg]) == 0
     assert "(unsaved)" not in capsys.readouterr().out  # nothing was saved
+
+
+def test_jobs_list_and_show_give_the_eta_of_queued_jobs(
+    config: Path, tmp_path: Path, capsys
+) -> None:
+    """From a finished job's rate (2 s per instance): the next job of 10 instances starts
+    now and is done in 20 s; a routine without history has no estimate; ended jobs none."""
+    import re
+    import time
+
+    from node.state.jobs import JobQueue
+    from tests.conftest import FakeClock
+    from tests.support.history import finished_job, receive_series
+
+    assert main(["rules", "list", "--config", str(config)]) == 0  # creates and seeds the DB
+    db = Database(tmp_path / "data" / "state.sqlite3")
+    queue, series = JobQueue(db), SeriesStore(db)
+    clock = FakeClock(time.time() - 600)
+    done = finished_job(queue, series, clock, series_uid="1.9.1", instances=5, run_seconds=10.0)
+    receive_series(series, clock, "1.9.2", 10)
+    waiting = enqueue_job(queue, clock(), series_uid="1.9.2")
+    unknown = enqueue_job(queue, clock(), series_uid="1.9.2", plugin="ct_organs")
+    db.close()
+    capsys.readouterr()
+    assert main(["jobs", "list", "--config", str(config)]) == 0
+    lines = {int(line.split()[0]): line for line in capsys.readouterr().out.splitlines()}
+    assert re.search(r"starts ~\d\d:\d\d, done ~\d\d:\d\d", lines[waiting]), lines[waiting]
+    assert "eta unknown" in lines[unknown]
+    assert "starts ~" not in lines[done] and " - " in lines[done]
+    assert main(["jobs", "show", str(waiting), "--json", "--config", str(config)]) == 0
+    eta = json.loads(capsys.readouterr().out)["eta"]
+    assert eta["seconds_to_finish"] == pytest.approx(20.0, abs=0.01)
+    assert eta["estimated_start"].endswith("Z") and "ct_lungs" in eta["basis"]
+    assert main(["jobs", "show", str(waiting), "--config", str(config)]) == 0
+    assert "eta: starts ~" in capsys.readouterr().out

@@ -25,12 +25,15 @@ from node.config import AnyDestination, RuleSettings
 from node.errors import AinodeError, Conflict, InvalidInput, NotFound
 from node.export.senders import sender_for
 from node.orchestration.dispatch import Dispatcher
+from node.orchestration.eta import Eta, estimate
 from node.orchestration.registry import PluginRegistry
+from node.orchestration.timeline import timeline
 from node.routing import HeaderSubject, Subject
 from node.state.audit import AuditEntry, AuditLog
 from node.state.db import Database
 from node.state.destinations import DestinationStore, check_name
 from node.state.events import EventCode
+from node.state.history import JobHistory
 from node.state.jobs import Job, JobActionError, JobEvent, JobQueue
 from node.state.retention import RetentionStore
 from node.state.rules import RuleStore, StoredRule, rule_definition
@@ -118,6 +121,9 @@ class AdminService:
         self.clock = clock
         self.calling_ae = calling_ae
         self.device = device
+        #: The device of each worker (the queue's ETA spreads jobs over them); the node sets it.
+        self.worker_devices: list[str] = [str(device)] if device is not None else ["cpu"]
+        self.history = JobHistory(db)
         self.rules = RuleStore(db)
         self.destinations = DestinationStore(db)
         self.users = UserStore(db)
@@ -428,6 +434,21 @@ class AdminService:
         }
 
     # -- jobs ---------------------------------------------------------------------------
+
+    def etas(self) -> dict[int, Eta | None]:
+        """The estimate of every queued, running and exporting job (two queries)."""
+        return estimate(
+            self.history.run_samples(),
+            self.history.active_jobs(),
+            self.worker_devices,
+            self.clock(),
+        )
+
+    def timeline(self, hours: float, bins: int) -> dict[str, Any]:
+        """Jobs finished and per-stage medians over the last ``hours`` in ``bins`` bins."""
+        until = self.clock()
+        since = until - hours * 3600.0
+        return timeline(self.history.stage_samples(since), since=since, until=until, bins=bins)
 
     def job(self, job_id: int) -> tuple[Job, list[JobEvent], dict[str, str]]:
         """A job, its timeline and its series' description.

@@ -29,8 +29,9 @@ from node.api.serialize import (
     version_json,
 )
 from node.errors import InvalidInput
+from node.orchestration.eta import no_estimate_reason
 from node.state.dicom_audit import DicomAudit, EventType, parse_since
-from node.state.jobs import JOB_STATES
+from node.state.jobs import CANCELLABLE, JOB_STATES
 
 log = logging.getLogger(__name__)
 
@@ -308,13 +309,28 @@ def api_router(admin: AdminService, viewer: Dependency, editor: Dependency) -> A
         if len(found) == limit:
             following = request.url.include_query_params(before_id=found[-1][0].id)
             response.headers["Link"] = f'<{following}>; rel="next"'
-        return [job_json(job, info) for job, info in found]
+        etas = admin.etas()
+        return [job_json(job, info, etas) for job, info in found]
 
     @router.get("/jobs/{job_id}", tags=["jobs"])
     def get_job(job_id: int, _: Viewer) -> dict[str, Any]:
         """A job with its series and its timeline (``events``)."""
         job, events, info = admin.job(job_id)
-        return {**job_json(job, info), "events": [event_json(e) for e in events]}
+        data = {**job_json(job, info, admin.etas()), "events": [event_json(e) for e in events]}
+        if data["eta"] is None and job.state in CANCELLABLE:
+            data["eta_note"] = no_estimate_reason(job.plugin)
+        return data
+
+    @router.get("/stats/timeline", tags=["jobs"])
+    def stats_timeline(
+        _: Viewer,
+        hours: Annotated[float, Query(gt=0, le=24 * 14)] = 24,
+        bins: Annotated[int, Query(ge=1, le=500)] = 24,
+    ) -> dict[str, Any]:
+        """Throughput and per-stage latency over the last ``hours``: per bin, the jobs that
+        ended done and the median seconds of each stage (receive, wait, load, infer,
+        encode, export) from their events; times are epoch seconds."""
+        return admin.timeline(hours, bins)
 
     @router.post("/jobs/{job_id}/retry", tags=["jobs"])
     def retry_job(job_id: int, principal: Editor) -> dict[str, Any]:

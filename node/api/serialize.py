@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict
+from datetime import UTC, datetime
 from typing import Any
 
+from node.orchestration.eta import Eta
 from node.state.audit import AuditEntry
 from node.state.catalog import SeriesView
 from node.state.jobs import Job, JobEvent
@@ -28,7 +31,29 @@ def version_json(version: RuleVersion) -> dict[str, Any]:
     return asdict(version)
 
 
-def job_json(job: Job, info: dict[str, str] | None = None) -> dict[str, Any]:
+def iso_utc(at: float) -> str:
+    """ISO-8601 in UTC, to the second (``2026-12-04T14:02:00Z``)."""
+    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def eta_json(eta: Eta | None) -> dict[str, Any] | None:
+    if eta is None:
+        return None
+    return {
+        "estimated_start": iso_utc(eta.estimated_start),
+        "estimated_finish": iso_utc(eta.estimated_finish),
+        "seconds_to_finish": round(eta.seconds_to_finish, 3),
+        "basis": eta.basis,
+    }
+
+
+def job_json(
+    job: Job,
+    info: dict[str, str] | None = None,
+    etas: Mapping[int, Eta | None] | None = None,
+) -> dict[str, Any]:
+    """``etas``: the queue's estimates (:meth:`AdminService.etas`); with them the job gets
+    ``eta`` (None for an ended job or one that cannot be estimated)."""
     data = asdict(job)
     data["destinations"] = list(job.destinations)
     data["pending_destinations"] = list(job.pending_destinations)
@@ -38,6 +63,8 @@ def job_json(job: Job, info: dict[str, str] | None = None) -> dict[str, Any]:
     )
     if info is not None:
         data["series"] = info
+    if etas is not None:
+        data["eta"] = eta_json(etas.get(job.id))
     return data
 
 

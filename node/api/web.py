@@ -10,6 +10,7 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode
@@ -29,6 +30,7 @@ from node.app import Node
 from node.config.destinations import destination_kind
 from node.contract.plugin import ValidatedInput
 from node.errors import AinodeError
+from node.orchestration.eta import describe
 from node.results.radiomics import JSON_FILE as RADIOMICS_JSON
 from node.state.jobs import JOB_STATES
 from node.state.users import User
@@ -59,6 +61,17 @@ def _duration(seconds: float | None) -> str:
     return f"{int(seconds // 60)} min {int(seconds % 60)} s"
 
 
+def _eta(value: dict[str, Any] | None, state: str) -> str:
+    """A job's ``eta`` (:func:`~node.api.serialize.eta_json`) for people; '—' without one."""
+    if not value:
+        return "—"
+    start, finish = (
+        datetime.fromisoformat(value[key]).timestamp()
+        for key in ("estimated_start", "estimated_finish")
+    )
+    return describe(start, finish, state)
+
+
 def _yaml(value: Any) -> str:
     if not value:
         return ""
@@ -79,6 +92,7 @@ TEMPLATES.env.filters["brief"] = _brief
 TEMPLATES.env.filters["ts"] = _timestamp
 TEMPLATES.env.filters["da"] = _date
 TEMPLATES.env.filters["duration"] = _duration
+TEMPLATES.env.filters["eta"] = _eta
 TEMPLATES.env.filters["yaml"] = _yaml
 
 
@@ -381,11 +395,12 @@ def web_router(node: Node, viewer: Dependency, editor: Dependency) -> APIRouter:
         )
         newest = f"/jobs?{urlencode(chosen)}" if before_id is not None else ""
         rules = sorted({s.rule.name for s in admin.rules.stored()} | {j.rule for j, _ in found})
+        etas = admin.etas()
         return render(
             request,
             "jobs.html",
             principal,
-            jobs=[job_json(j, i) for j, i in found],
+            jobs=[job_json(j, i, etas) for j, i in found],
             filters=filters,
             states=JOB_STATES,
             rules=rules,
@@ -403,7 +418,7 @@ def web_router(node: Node, viewer: Dependency, editor: Dependency) -> APIRouter:
             request,
             "job.html",
             principal,
-            job=job_json(job, info),
+            job=job_json(job, info, admin.etas()),
             events=events,
             audit=[audit_json(a) for a in audit if a.target == f"job:{job_id}"],
             plugins=sorted(admin.plugin_names()),

@@ -310,3 +310,40 @@ $$("[data-token]").forEach((b) => b.addEventListener("click", async () => {
     box.innerHTML = `New token for ${esc(t.username)} — copy it now, it is not shown again:<br><code>${esc(t.token)}</code>`;
   } catch (error) { toast(error.message, true); }
 }));
+
+// -- dashboard timeline: jobs done per bin and stacked per-stage medians (inline SVG) --------
+const STAGE_COLOURS = { receive: "#8aa4c8", wait: "#c9b458", load: "#5aa0e0", infer: "#3fb16b", encode: "#a070d0", export: "#e0905a" };
+
+function timelineSvg(data) {
+  const W = 720, top = 90, gap = 16, low = 150, left = 44, right = 8, n = data.bins.length;
+  const step = (W - left - right) / n, bw = Math.max(2, step * 0.7);
+  const peak = Math.max(1, ...data.bins.map((b) => b.finished));
+  const total = (b) => data.stages.reduce((s, k) => s + (b.median_seconds[k] || 0), 0);
+  const slowest = Math.max(0.001, ...data.bins.map(total));
+  const hm = (t) => new Date(t * 1000).toTimeString().slice(0, 5);
+  const parts = [`<svg viewBox="0 0 ${W} ${top + gap + low + 20}" role="img" width="100%">`,
+    `<text x="0" y="10" font-size="10">${peak} jobs</text><text x="0" y="${top + gap + 10}" font-size="10">${slowest.toFixed(1)} s</text>`];
+  data.bins.forEach((b, i) => {
+    const x = left + i * step, when = `${hm(b.start)}–${hm(b.start + data.bin_seconds)}`;
+    const h = (b.finished / peak) * (top - 12);
+    if (b.finished) parts.push(`<rect class="throughput" data-finished="${b.finished}" x="${x}" y="${top - h}" width="${bw}" height="${h}" fill="#3fb16b"><title>${when}: ${b.finished} done</title></rect>`);
+    let y = top + gap + low;
+    data.stages.forEach((k) => {
+      const v = b.median_seconds[k];
+      if (v === null || v === undefined) return;
+      const sh = (v / slowest) * low;
+      y -= sh;
+      parts.push(`<rect class="stage" data-stage="${k}" data-seconds="${v}" x="${x}" y="${y}" width="${bw}" height="${sh}" fill="${STAGE_COLOURS[k] || "#999"}"><title>${when} ${k}: median ${v.toFixed(2)} s</title></rect>`);
+    });
+    if (i % Math.ceil(n / 8) === 0) parts.push(`<text x="${x}" y="${top + gap + low + 14}" font-size="10">${hm(b.start)}</text>`);
+  });
+  parts.push(`<line x1="${left}" x2="${W - right}" y1="${top}" y2="${top}" stroke="#ccc"/><line x1="${left}" x2="${W - right}" y1="${top + gap + low}" y2="${top + gap + low}" stroke="#ccc"/></svg>`);
+  const legend = data.stages.map((k) => `<span class="sw" style="background:${STAGE_COLOURS[k]}"></span>${k}`).join(" ");
+  return parts.join("") + `<p class="legend"><span class="sw done"></span>jobs done · median s: ${legend}</p>`;
+}
+
+const timelineBox = $("#timeline-chart");
+if (timelineBox) api("GET", timelineBox.dataset.src).then((data) => {
+  timelineBox.innerHTML = data.finished ? timelineSvg(data) : '<p class="empty">No job finished in the last 24 hours.</p>';
+  timelineBox.dataset.finished = data.finished;
+}).catch((error) => { timelineBox.innerHTML = `<p class="err">${esc(error.message)}</p>`; });

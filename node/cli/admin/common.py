@@ -33,6 +33,9 @@ def admin_service(args: argparse.Namespace) -> Any:
     registry = PluginRegistry.names_only(settings.models)
     admin = AdminService(db, registry, calling_ae=settings.node.ae_title)
     admin.seed_from_config(settings.rules, settings.destinations)
+    # The configured devices (no torch here: 'auto' matches no history device, so the ETA
+    # falls back to the routine's jobs on any device and says so).
+    admin.worker_devices = list(settings.workers.devices or [settings.workers.device])
     return admin
 
 

@@ -18,22 +18,37 @@ def jobs_list(args: argparse.Namespace) -> int:
         text=args.text or "",
         limit=args.limit,
     )
+    etas = admin.etas()
     for job, info in found:
         description = info.get("series_description") or job.series_uid[-20:]
         error = f"  {job.error[:80]}" if job.error else ""
         print(
             f"{job.id:6} {job.state:10} {job.rule:24} {job.plugin:12} {format_time(job.created_at)}"
-            f"  {description}{error}"
+            f"  {eta_text(job.id, job.state, etas):30}  {description}{error}"
         )
     return 0
+
+
+def eta_text(job_id: int, state: str, etas: dict[int, Any]) -> str:
+    """The ETA column: ``starts ~14:02, done ~14:03``; '-' for an ended job."""
+    from node.orchestration.eta import describe
+
+    if state not in ("queued", "running", "exporting"):
+        return "-"
+    eta = etas.get(job_id)
+    if eta is None:
+        return "eta unknown (no history)"
+    return describe(eta.estimated_start, eta.estimated_finish, state)
 
 
 def jobs_show(args: argparse.Namespace) -> int:
     from node.api.serialize import job_json
 
-    job, events, info = admin_service(args).job(args.job_id)
+    admin = admin_service(args)
+    job, events, info = admin.job(args.job_id)
+    etas = admin.etas()
     if args.json:
-        data = job_json(job, info)
+        data = job_json(job, info, etas)
         data["events"] = [e.__dict__ for e in events]
         print(json.dumps(data, indent=2))
         return 0
@@ -41,6 +56,9 @@ def jobs_show(args: argparse.Namespace) -> int:
     print(f"series {job.series_uid} ({info.get('series_description') or 'no description'})")
     if job.error:
         print(f"error: {job.error}")
+    if job.state in ("queued", "running", "exporting"):
+        eta = etas.get(job.id)
+        print(f"eta: {eta_text(job.id, job.state, etas)}" + (f" ({eta.basis})" if eta else ""))
     for event in events:
         print(f"  {format_time(event.at)}  {event.event:24} {event.detail}")
     return 0
