@@ -264,4 +264,40 @@ def test_gpu_path_with_amp_matches_cpu() -> None:
     cpu = segment(Threshold(), *args, torch.device("cpu"))
     gpu = segment(Threshold().cuda(), *args, torch.device("cuda:0"), ExecutionOptions(amp=True))
     assert gpu.device.type == "cuda"
+    assert gpu.labels.shape == cpu.labels.shape and gpu.labels.dtype == np.uint8
     assert (cpu.labels == gpu.labels).mean() > 0.999
+    stages = {"to_device", "preprocess", "sliding_window", "to_source", "to_host"}
+    assert set(gpu.stages) == stages
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_real_cuda_out_of_memory_falls_back_to_the_cpu_with_the_same_labels() -> None:
+    # A per-process cap far below the volume makes the CUDA caching allocator raise a
+    # genuine OutOfMemoryError in every GPU plan; the CPU plan must give the CPU's labels.
+    datasets, _ = make_abdomen_ct(n_slices=40, rows=96, columns=96, pixel_spacing_mm=2.5, seed=6)
+    volume = assemble_volume(datasets)
+    args = (volume.array, volume.affine, volume.spacing, SPEC)
+    cpu = segment(Threshold(), *args, torch.device("cpu"))
+    gpu = torch.device("cuda:0")
+    torch.cuda.empty_cache()
+    torch.cuda.set_per_process_memory_fraction(1e-6, gpu)
+    try:
+        result = segment(
+            Threshold().to(gpu),
+            *args,
+            gpu,
+            ExecutionOptions(sw_batch_size=2),
+            to_device=lambda device: Threshold().to(device),
+        )
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, gpu)
+        torch.cuda.empty_cache()
+    assert result.attempts == (
+        "cuda:0/cuda:0/sw2",
+        "cuda:0/cuda:0/sw1",
+        "cuda:0/cpu/sw1",
+        "cpu/cpu/sw2",
+    )
+    assert result.device == torch.device("cpu")
+    assert np.array_equal(result.labels, cpu.labels)
