@@ -460,3 +460,29 @@ def test_orthanc_gets_fundus_and_mammogram_results_back(
             for m in truth_by_uid[uid].masses
         )
     assert hits >= 1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_2d_models_give_the_cpu_results_on_cuda(tmp_path: Path) -> None:
+    gpu = torch.device("cuda:0")
+    severe, _ = make_fundus(21, severity="severe", laterality="R")
+    fundus = _volume([severe], tmp_path / "op")
+    mammogram, _ = make_mammogram(31, laterality="R", view="CC", masses=1)
+    mammo = _volume([mammogram], tmp_path / "mg")
+    for plugin_type, volume in ((OpFundusClassifierPlugin, fundus), (MgMassDetectorPlugin, mammo)):
+        results = []
+        for device in (CPU, gpu):
+            plugin = plugin_type()
+            plugin.load(device)
+            results.append(plugin.run(volume, RunContext(3, "test", device)))
+            plugin.unload()
+        cpu, cuda = results
+        assert [c.probability for c in cuda.classifications] == pytest.approx(
+            [c.probability for c in cpu.classifications], abs=1e-3
+        )
+        assert len(cuda.detections) == len(cpu.detections)
+        for ours, theirs in zip(cuda.detections, cpu.detections, strict=True):
+            assert ours.frame == theirs.frame
+            assert ours.score == pytest.approx(theirs.score, abs=1e-3)
+            assert ours.box == pytest.approx(theirs.box, abs=1.0)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from monai.transforms import ScaleIntensityRange
 
 from node.contract.assemble import assemble_volume
@@ -70,19 +69,65 @@ def test_window_matches_monai_scale_intensity_range() -> None:
     assert torch.allclose(ours, torch.as_tensor(theirs), atol=1e-6)
 
 
-def test_model_grid_keeps_the_field_of_view() -> None:
-    assert model_grid_shape((512, 512, 300), (0.8, 0.8, 1.25), (4.0, 4.0, 4.0)) == (102, 102, 94)
+def _monai_spacing(values: torch.Tensor, spacing: tuple[float, ...], target: tuple[float, ...]):  # type: ignore[no-untyped-def]
+    """MONAI's Spacingd on a ``(C, a, b, c)`` tensor (already RAS) and the data dict."""
+    from monai.data import MetaTensor
+    from monai.transforms import Spacingd
+
+    affine = torch.diag(torch.tensor([*spacing, 1.0], dtype=torch.float64))
+    transform = Spacingd(keys="image", pixdim=target, mode="bilinear")
+    return transform, transform({"image": MetaTensor(values.clone(), affine=affine)})
+
+
+def test_model_grid_and_resampling_are_monai_spacing() -> None:
+    # MONAI keeps the first voxel centre: round((n - 1) * s / t) + 1 voxels.
+    assert model_grid_shape((512, 512, 300), (0.8, 0.8, 1.25), (4.0, 4.0, 4.0)) == (103, 103, 94)
     image = preprocess(torch.zeros(10, 20, 30), (4.0, 2.0, 1.0), SPEC)
     assert image.shape == (1, 1, 10, 10, 8)
-
-
-def test_slab_wise_upsampling_equals_full_trilinear_interpolation() -> None:
     torch.manual_seed(0)
-    logits = torch.randn(1, 5, 7, 9, 6)
-    full = F.interpolate(logits, size=(23, 30, 17), mode="trilinear", align_corners=False)
-    ours = logits_to_labels(logits, (23, 30, 17), slab=4)
-    assert ours.dtype == torch.uint8
-    assert torch.equal(ours.long(), full.argmax(1)[0])
+    values = torch.randn(2, 57, 43, 31)
+    spacing, target = (0.8, 0.9, 1.25), (4.0, 3.0, 4.0)
+    _, data = _monai_spacing(values, spacing, target)
+    theirs = torch.as_tensor(data["image"])
+    ours = engine.resample_to_model(values, spacing, target)
+    assert ours.shape == theirs.shape == (2, 12, 14, 10)
+    assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+def test_window_is_applied_after_resampling_as_monai_does() -> None:
+    # 1.5 mm grid on 1 mm voxels: model voxel 1 lies halfway between 2000 HU and -100 HU.
+    # Interpolating first gives 950 HU, clipped to the window's top (1.0); windowing first
+    # would give (1.0 + 0.643) / 2.
+    spec = ModelSpec((1.0, 1.0, 1.5), IntensityWindow(-1000.0, 400.0), ("bg", "x"))
+    image = preprocess(torch.tensor([[[-100.0, 2000.0, -100.0]]]), (1.0, 1.0, 1.0), spec)
+    assert image.shape == (1, 1, 1, 1, 2)
+    assert image.flatten().tolist() == pytest.approx([900.0 / 1400.0, 1.0])
+
+
+def test_labels_are_monai_softmax_invertd_argmax() -> None:
+    from monai.data import MetaTensor
+    from monai.transforms import Activationsd, AsDiscreted, Compose, Invertd
+
+    torch.manual_seed(0)
+    source_shape, spacing, target = (23, 30, 17), (1.3, 0.9, 1.7), (4.0, 3.0, 5.0)
+    transform, data = _monai_spacing(torch.zeros(1, *source_shape), spacing, target)
+    model_shape = model_grid_shape(source_shape, spacing, target)
+    logits = torch.randn(1, 5, *model_shape) * 3.0
+    data["pred"] = MetaTensor(logits[0].clone(), affine=data["image"].affine)
+    post = Compose(
+        [
+            Activationsd(keys="pred", softmax=True),
+            Invertd(keys="pred", transform=transform, orig_keys="image", nearest_interp=False),
+        ]
+    )
+    probabilities = torch.as_tensor(post(data)["pred"])
+    ours = engine.resample_to_source(torch.softmax(logits[0], 0), source_shape, spacing, target)
+    assert ours.shape == probabilities.shape == (5, *source_shape)
+    assert torch.allclose(ours, probabilities, atol=1e-5)
+    theirs = torch.as_tensor(AsDiscreted(keys="p", argmax=True)({"p": probabilities})["p"])[0]
+    labels = logits_to_labels(logits, source_shape, spacing, target, slab=4)
+    assert labels.dtype == torch.uint8 and labels.shape == source_shape
+    assert torch.equal(labels.long(), theirs.long())
 
 
 @pytest.mark.parametrize("flip", [False, True])
@@ -116,6 +161,14 @@ def test_segment_resamples_back_onto_a_finer_source_grid() -> None:
         Threshold(), volume.array, volume.affine, volume.spacing, SPEC, torch.device("cpu")
     )
     assert result.labels.shape == volume.shape
+    assert set(result.stages) == {
+        "to_device",
+        "preprocess",
+        "sliding_window",
+        "to_source",
+        "to_host",
+    }
+    assert all(seconds >= 0.0 for seconds in result.stages.values())
     dense = volume.array > 0.0
     kidneys = truth.labels == KIDNEYS  # ~185 HU, far above the threshold
     assert result.labels[kidneys].mean() > 0.9
@@ -131,7 +184,7 @@ def test_out_of_memory_retries_smaller_batches_then_host_aggregation_then_cpu(
         calls.append((str(device), str(out_device), sw))
         if device.type == "cuda":
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (test)")
-        return np.zeros(hu.shape, dtype=np.uint8)
+        return np.zeros(hu.shape, dtype=np.uint8), {"sliding_window": 0.0}
 
     monkeypatch.setattr(engine, "_run_on", fake_run)
     moved: list[str] = []
@@ -161,6 +214,7 @@ def test_out_of_memory_retries_smaller_batches_then_host_aggregation_then_cpu(
     assert moved == ["cpu"]
     assert result.device == torch.device("cpu")
     assert len(result.attempts) == 5
+    assert result.stages == {"sliding_window": 0.0}  # the stages of the plan that ran
 
 
 def test_out_of_memory_without_a_cpu_copy_of_the_network_propagates(
@@ -210,4 +264,40 @@ def test_gpu_path_with_amp_matches_cpu() -> None:
     cpu = segment(Threshold(), *args, torch.device("cpu"))
     gpu = segment(Threshold().cuda(), *args, torch.device("cuda:0"), ExecutionOptions(amp=True))
     assert gpu.device.type == "cuda"
+    assert gpu.labels.shape == cpu.labels.shape and gpu.labels.dtype == np.uint8
     assert (cpu.labels == gpu.labels).mean() > 0.999
+    stages = {"to_device", "preprocess", "sliding_window", "to_source", "to_host"}
+    assert set(gpu.stages) == stages
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_real_cuda_out_of_memory_falls_back_to_the_cpu_with_the_same_labels() -> None:
+    # A per-process cap far below the volume makes the CUDA caching allocator raise a
+    # genuine OutOfMemoryError in every GPU plan; the CPU plan must give the CPU's labels.
+    datasets, _ = make_abdomen_ct(n_slices=40, rows=96, columns=96, pixel_spacing_mm=2.5, seed=6)
+    volume = assemble_volume(datasets)
+    args = (volume.array, volume.affine, volume.spacing, SPEC)
+    cpu = segment(Threshold(), *args, torch.device("cpu"))
+    gpu = torch.device("cuda:0")
+    torch.cuda.empty_cache()
+    torch.cuda.set_per_process_memory_fraction(1e-6, gpu)
+    try:
+        result = segment(
+            Threshold().to(gpu),
+            *args,
+            gpu,
+            ExecutionOptions(sw_batch_size=2),
+            to_device=lambda device: Threshold().to(device),
+        )
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, gpu)
+        torch.cuda.empty_cache()
+    assert result.attempts == (
+        "cuda:0/cuda:0/sw2",
+        "cuda:0/cuda:0/sw1",
+        "cuda:0/cpu/sw1",
+        "cpu/cpu/sw2",
+    )
+    assert result.device == torch.device("cpu")
+    assert np.array_equal(result.labels, cpu.labels)

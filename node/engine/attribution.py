@@ -12,8 +12,9 @@ Grad-CAM assumes non-negative activations (ReLU); on networks with signed activa
 the engine's path (reorientation, intensity window, resampling to the model spacing:
 :func:`node.engine.inference.preprocess`), is padded at the end of each axis to a
 multiple of the network's total stride, and the map comes back the same way: cropped,
-resampled trilinearly to the source grid (``align_corners=False``, as the engine
-resamples logits) and permuted to storage order. Values are 0-1 (MONAI's min-max
+resampled trilinearly to the source grid
+(:func:`~node.engine.inference.resample_to_source`, as the engine resamples
+probabilities) and permuted to storage order. Values are 0-1 (MONAI's min-max
 normalisation). The whole model grid goes through the network at once (gradients
 need the full graph): a 4 mm model grid of a chest-abdomen CT is about 100³ voxels.
 """
@@ -30,7 +31,7 @@ from monai.transforms import DivisiblePad, GaussianSmooth
 from monai.visualize import GradCAM, GradCAMpp, VanillaGrad
 
 from node.contract.geometry import reorientation
-from node.engine.inference import ModelSpec, preprocess
+from node.engine.inference import ModelSpec, preprocess, resample_to_source
 
 log = logging.getLogger(__name__)
 
@@ -120,9 +121,10 @@ def segment_attribution(
             saliency = torch.as_tensor(cam(padded_tensor, class_idx=channel)).detach().float()
     a, b, c = model_shape
     on_model_grid = saliency[:, :, :a, :b, :c]
-    on_source = F.interpolate(
-        on_model_grid, size=tuple(source.shape), mode="trilinear", align_corners=False
-    )[0, 0]
+    model_spacing = orient.model_spacing(spacing)
+    on_source = resample_to_source(
+        on_model_grid[0], tuple(source.shape), model_spacing, spec.spacing_mm
+    )[0]
     stored = orient.to_storage(on_source.clamp(0.0, 1.0)).cpu().numpy()
     return np.ascontiguousarray(stored, dtype=np.float32)
 

@@ -3,17 +3,19 @@
 One volume goes through::
 
     storage order ──permute/flip──▶ model axis order (exact, a view)
-      ──to device──▶ intensity window ──trilinear──▶ model spacing
+      ──to device──▶ trilinear to model spacing ──▶ intensity window
       ──sliding_window_inference (autocast on CUDA)──▶ logits on the model grid
-      ──separable linear interpolation + argmax, in slabs──▶ labels on the source grid
+      ──softmax, trilinear back + argmax, in slabs──▶ labels on the source grid
       ──permute/flip back──▶ uint8 label map in storage order (copied to the CPU once)
 
-Resampling keeps the field of view: a source axis of ``n`` voxels of ``s`` mm
-becomes ``round(n * s / t)`` voxels of about ``t`` mm, and voxel centres map
-with the ``align_corners=False`` convention both ways, so upsampling the
-logits lands exactly on the source voxel centres. Logits are interpolated
-(not labels), which keeps boundaries sub-voxel accurate; the full-resolution
-logits never exist at once (slab by slab), so memory stays bounded.
+Resampling is MONAI's ``Spacing`` and its inverse (what ``Invertd`` does), computed
+as separable linear interpolation: the first voxel centre stays, model voxel ``i``
+samples source coordinate ``i * t / s``, and source voxel ``j`` reads model coordinate
+``j * s / t`` (border padding). A plain MONAI pipeline with the same network and
+windows (``Spacingd`` → ``ScaleIntensityRanged`` → ``sliding_window_inference`` →
+softmax → ``Invertd`` → argmax) therefore gives the same labels; only the order of the
+work differs: the window is applied on the small model grid, and the
+full-resolution probabilities never exist at once (slab by slab), so memory stays bounded.
 
 On CUDA the window batch, the aggregation and the argmax stay on the GPU and
 only the final ``uint8`` labels are copied back. :func:`segment` retries a
@@ -24,6 +26,7 @@ host memory, then on the CPU.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
@@ -131,61 +134,148 @@ class ExecutionOptions:
 def model_grid_shape(
     shape: Sequence[int], spacing: Sequence[float], target: Sequence[float]
 ) -> tuple[int, int, int]:
-    """Voxels per axis at the target spacing, keeping the field of view."""
-    sizes = [max(1, round(n * s / t)) for n, s, t in zip(shape, spacing, target, strict=True)]
+    """Voxels per axis at the target spacing, as MONAI's ``Spacing`` counts them.
+
+    The first voxel centre stays where it is and the grid spans the source's voxel
+    centres: ``round((n - 1) * s / t) + 1`` voxels of ``t`` mm.
+    """
+    sizes = [
+        max(1, int(np.round((n - 1) * s / t + 1.0)))
+        for n, s, t in zip(shape, spacing, target, strict=True)
+    ]
     return (sizes[0], sizes[1], sizes[2])
 
 
-def preprocess(hu: torch.Tensor, spacing: Sequence[float], spec: ModelSpec) -> torch.Tensor:
-    """Window and resample a model-order ``(a, b, c)`` HU tensor to ``(1, 1, …)`` at model spacing.
+def _coordinates(
+    n_in: int, start: int, stop: int, step: float, device: torch.device
+) -> torch.Tensor:
+    """``grid_sample`` coordinates (``align_corners=True``) of grid voxels ``start..stop``
+    spaced ``step`` source voxels apart from the first source voxel, clamped to the
+    source (MONAI's default ``padding_mode="border"``)."""
+    position = torch.arange(start, stop, device=device, dtype=torch.float64) * step
+    position = position.clamp(0.0, float(n_in - 1))
+    if n_in == 1:
+        return torch.zeros_like(position, dtype=torch.float32)
+    return (position * (2.0 / (n_in - 1)) - 1.0).to(torch.float32)
 
-    Runs on whatever device ``hu`` is on, in float32.
+
+def resample_to_model(
+    values: torch.Tensor, spacing: Sequence[float], target: Sequence[float]
+) -> torch.Tensor:
+    """Trilinear resampling of the last three axes to ``target`` spacing, float32.
+
+    MONAI's ``Spacing(pixdim=target, mode="bilinear")`` on an image already in model
+    orientation: grid voxel ``i`` samples source coordinate ``i * t / s`` (border
+    padding). Leading axes (channels) are kept.
     """
-    image = spec.window.apply(hu.to(torch.float32))[None, None]
-    size = model_grid_shape(hu.shape, spacing, spec.spacing_mm)
-    if tuple(image.shape[2:]) == size:
-        return image.contiguous()
-    return F.interpolate(image, size=size, mode="trilinear", align_corners=False)
+    lead = tuple(values.shape[:-3])
+    shape = tuple(int(n) for n in values.shape[-3:])
+    size = model_grid_shape(shape, spacing, target)
+    image = values.reshape(1, -1, *shape).to(torch.float32)
+    if size == shape and tuple(spacing) == tuple(target):
+        return image.reshape(*lead, *shape)
+    axes = [
+        _coordinates(n, 0, m, t / s, values.device)
+        for n, m, s, t in zip(shape, size, spacing, target, strict=True)
+    ]
+    ga, gb, gc = torch.meshgrid(*axes, indexing="ij")
+    grid = torch.stack((gc, gb, ga), dim=-1)[None]  # grid_sample wants (x, y, z) = (c, b, a)
+    out = F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    return out.reshape(*lead, *size)
 
 
-def _linear_weights(
-    n_out: int, n_in: int, start: int, stop: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Source indices and weights of output positions ``start..stop`` (align_corners=False)."""
-    scale = n_in / n_out
-    position = (torch.arange(start, stop, device=device, dtype=torch.float64) + 0.5) * scale - 0.5
-    position = position.clamp(min=0.0)
-    lower = position.floor().long().clamp(max=n_in - 1)
-    upper = (lower + 1).clamp(max=n_in - 1)
+def preprocess(hu: torch.Tensor, spacing: Sequence[float], spec: ModelSpec) -> torch.Tensor:
+    """Resample a model-order ``(a, b, c)`` HU tensor to model spacing, then window it.
+
+    Returns ``(1, 1, …)`` float32 on ``hu``'s device. The order is MONAI's
+    (``Spacingd`` then ``ScaleIntensityRanged``): clipping after interpolation.
+    """
+    image = resample_to_model(hu, spacing, spec.spacing_mm)
+    if image.data_ptr() == hu.data_ptr():
+        image = image.clone()
+    return spec.window.apply(image)[None, None].contiguous()
+
+
+def _planes_on_source(
+    values: torch.Tensor,
+    out_shape: Sequence[int],
+    spacing: Sequence[float],
+    target: Sequence[float],
+    start: int,
+    stop: int,
+) -> torch.Tensor:
+    """Source planes ``start..stop`` of the last axis as ``(k, C, n0, n1)`` float32."""
+    _, a, b, c = values.shape
+    device = values.device
+    # Along the last axis at model resolution (cheap), then each plane in 2-D.
+    position = torch.arange(start, stop, device=device, dtype=torch.float64)
+    position = (position * (spacing[2] / target[2])).clamp(0.0, float(c - 1))
+    lower = position.floor().long()
+    upper = (lower + 1).clamp(max=c - 1)
     weight = (position - lower.to(torch.float64)).to(torch.float32)
-    return lower, upper, weight
+    source = values.to(torch.float32)
+    planes = torch.lerp(source.index_select(3, lower), source.index_select(3, upper), weight)
+    planes = planes.permute(3, 0, 1, 2).contiguous()  # (k, C, a, b)
+    n0, n1 = int(out_shape[0]), int(out_shape[1])
+    if (n0, n1) == (a, b) and tuple(spacing[:2]) == tuple(target[:2]):
+        return planes
+    g0 = _coordinates(a, 0, n0, spacing[0] / target[0], device)
+    g1 = _coordinates(b, 0, n1, spacing[1] / target[1], device)
+    gx, gy = torch.meshgrid(g0, g1, indexing="ij")
+    grid = torch.stack((gy, gx), dim=-1)[None].expand(stop - start, -1, -1, -1)
+    return F.grid_sample(planes, grid, mode="bilinear", padding_mode="border", align_corners=True)
+
+
+def resample_to_source(
+    values: torch.Tensor,
+    out_shape: Sequence[int],
+    spacing: Sequence[float],
+    target: Sequence[float],
+) -> torch.Tensor:
+    """Model-grid ``(C, a, b, c)`` values back on the source grid ``out_shape``, float32.
+
+    The inverse of :func:`resample_to_model` as MONAI's ``Invertd`` computes it:
+    source voxel ``j`` reads model coordinate ``j * s / t`` (trilinear, border).
+    Returns ``(C, n0, n1, n2)``.
+    """
+    planes = _planes_on_source(values, out_shape, spacing, target, 0, int(out_shape[2]))
+    return planes.permute(1, 2, 3, 0)
 
 
 def logits_to_labels(
-    logits: torch.Tensor, out_shape: Sequence[int], slab: int = 32
+    logits: torch.Tensor,
+    out_shape: Sequence[int],
+    spacing: Sequence[float],
+    target: Sequence[float],
+    slab: int = 32,
 ) -> torch.Tensor:
-    """Trilinearly upsample ``(1, C, a, b, c)`` logits to ``out_shape`` and take the argmax.
+    """Softmax of ``(1, C, a, b, c)`` logits, resampled to the source grid, argmax.
 
-    Equivalent to ``F.interpolate(logits, out_shape, mode="trilinear",
-    align_corners=False).argmax(1)`` but done slab by slab along the last axis,
-    so only ``C * slab`` full-resolution planes exist at a time. Returns a
-    ``uint8`` tensor (``int16`` above 255 classes) on the logits' device.
+    What MONAI's ``Activationsd(softmax)`` → ``Invertd`` → ``AsDiscreted(argmax)``
+    computes (``spacing``: the source's, ``target``: the model's), but slab by slab
+    along the last axis so only ``C * slab`` full-resolution planes exist at a time.
+    The argmax is a running comparison over channels (first maximum wins, as
+    ``argmax``), much faster than a strided reduction. Returns a ``uint8`` (``int16``
+    above 256 classes) view shaped ``out_shape`` on the logits' device.
     """
-    _, channels, a, b, c = logits.shape
+    _, channels, _, _, _ = logits.shape
     n0, n1, n2 = (int(v) for v in out_shape)
     dtype = torch.uint8 if channels <= 256 else torch.int16
-    labels = torch.empty((n0, n1, n2), dtype=dtype, device=logits.device)
-    # In-plane (axes 0, 1) first at model resolution is cheap; do axis 2 per slab.
-    source = logits[0].to(torch.float32)
+    labels = torch.empty((n2, n0, n1), dtype=dtype, device=logits.device)
+    probabilities = torch.softmax(logits[0].to(torch.float32), dim=0)
     for start in range(0, n2, slab):
         stop = min(n2, start + slab)
-        lower, upper, weight = _linear_weights(n2, c, start, stop, logits.device)
-        planes = source[..., lower] * (1.0 - weight) + source[..., upper] * weight  # (C,a,b,k)
-        planes = planes.permute(3, 0, 1, 2)  # (k, C, a, b)
-        if (a, b) != (n0, n1):
-            planes = F.interpolate(planes, size=(n0, n1), mode="bilinear", align_corners=False)
-        labels[:, :, start:stop] = planes.argmax(1).permute(1, 2, 0).to(dtype)
-    return labels
+        planes = _planes_on_source(probabilities, out_shape, spacing, target, start, stop)
+        best = planes[:, 0].clone()
+        winner = torch.zeros(best.shape, dtype=dtype, device=logits.device)
+        for channel in range(1, channels):
+            candidate = planes[:, channel]
+            better = candidate > best
+            best = torch.maximum(best, candidate)
+            winner.masked_fill_(better, channel)
+        labels[start:stop] = winner
+        del planes
+    return labels.permute(1, 2, 0)
 
 
 def sliding_logits(
@@ -226,12 +316,37 @@ def sliding_logits(
 
 @dataclass(frozen=True)
 class Segmentation:
-    """A label map in storage order plus how it was computed."""
+    """A label map in storage order plus how it was computed.
+
+    ``stages`` holds the seconds of each step of the plan that succeeded (``to_device``,
+    ``preprocess``, ``sliding_window``, ``to_source``, ``to_host``), read after
+    ``torch.cuda.synchronize`` on CUDA so they are the device's real times.
+    """
 
     labels: np.ndarray
     device: torch.device
     sw_batch_size: int
     attempts: tuple[str, ...]
+    stages: dict[str, float] = field(default_factory=dict)
+
+
+class _StageClock:
+    """Seconds per stage; on CUDA each reading waits for the device's queued work."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.stages: dict[str, float] = {}
+        self._last = self._now()
+
+    def _now(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def mark(self, stage: str) -> None:
+        now = self._now()
+        self.stages[stage] = now - self._last
+        self._last = now
 
 
 def _run_on(
@@ -244,13 +359,22 @@ def _run_on(
     out_device: torch.device,
     sw_batch_size: int,
     options: ExecutionOptions,
-) -> np.ndarray:
-    source = orient.to_model(torch.from_numpy(hu))
+) -> tuple[np.ndarray, dict[str, float]]:
+    clock = _StageClock(device)
     with torch.inference_mode():
-        on_device = source.to(device, non_blocking=True)
+        host = torch.from_numpy(hu)
+        if device.type == "cuda":
+            # Page-locked memory lets the copy run as one DMA transfer; the reorientation
+            # (a flip copies) then happens on the device.
+            torch.backends.cudnn.benchmark = True
+            host = host.pin_memory()
+        source = orient.to_model(host.to(device, non_blocking=True))
+        clock.mark("to_device")
         model_spacing = orient.model_spacing(spacing)
-        image = preprocess(on_device, model_spacing, spec)
-        del on_device
+        image = preprocess(source, model_spacing, spec)
+        source_shape = tuple(source.shape)
+        del source, host
+        clock.mark("preprocess")
         logits = sliding_logits(
             network,
             image,
@@ -262,10 +386,15 @@ def _run_on(
             should_stop=options.should_stop,
         )
         del image
-        labels = logits_to_labels(logits, source.shape, slab=options.slab)
+        clock.mark("sliding_window")
+        labels = logits_to_labels(
+            logits, source_shape, model_spacing, spec.spacing_mm, slab=options.slab
+        )
         del logits
-        stored = orient.to_storage(labels).cpu()
-    return np.ascontiguousarray(stored.numpy())
+        clock.mark("to_source")
+        stored = np.ascontiguousarray(orient.to_storage(labels).cpu().numpy())
+        clock.mark("to_host")
+    return stored, clock.stages
 
 
 def segment(
@@ -308,7 +437,9 @@ def segment(
     orient = reorientation(affine, spec.axcodes)
     networks = {device: network}
 
-    def attempt(run_device: torch.device, out_device: torch.device, sw_batch: int) -> np.ndarray:
+    def attempt(
+        run_device: torch.device, out_device: torch.device, sw_batch: int
+    ) -> tuple[np.ndarray, dict[str, float]]:
         if run_device not in networks:
             if to_device is None:
                 raise torch.cuda.OutOfMemoryError(
@@ -327,10 +458,10 @@ def segment(
             options,
         )
 
-    labels, plan, attempts = run_with_fallback(
+    (labels, stages), plan, attempts = run_with_fallback(
         device, options.sw_batch_size or spec.sw_batch_size, attempt
     )
-    return Segmentation(labels, plan.run_device, plan.sw_batch_size, attempts)
+    return Segmentation(labels, plan.run_device, plan.sw_batch_size, attempts, stages)
 
 
 @dataclass(frozen=True)
@@ -417,6 +548,8 @@ __all__ = [
     "logits_to_labels",
     "model_grid_shape",
     "preprocess",
+    "resample_to_model",
+    "resample_to_source",
     "run_with_fallback",
     "segment",
     "sliding_logits",

@@ -107,6 +107,9 @@ class SegmentationModelPlugin(DeviceModelPlugin[torch.nn.Module]):
         Layer whose activations Grad-CAM weights (a name from ``named_modules()``).
     explain_method
         ``"Grad-CAM"`` or ``"Grad-CAM++"``.
+    last_stages
+        Seconds per step of the latest :meth:`run` (the engine's stages, then
+        ``postprocess`` and ``measure``); for benchmarks and logs.
     """
 
     spec: ModelSpec
@@ -116,6 +119,7 @@ class SegmentationModelPlugin(DeviceModelPlugin[torch.nn.Module]):
     explain_label: int | None = None
     explain_layer: str = ""
     explain_method: Method = "Grad-CAM"
+    last_stages: dict[str, float] = {}
 
     @abc.abstractmethod
     def build(self, device: torch.device) -> torch.nn.Module:
@@ -157,14 +161,20 @@ class SegmentationModelPlugin(DeviceModelPlugin[torch.nn.Module]):
             options,
             to_device=self.build,
         )
+        stages = dict(result.stages)
+        mark = time.perf_counter()
         table = self.channel_to_label()
         dtype = np.uint8 if table.max() <= 255 else np.uint16
         label_map = self.postprocess(table.astype(dtype)[result.labels])
+        stages["postprocess"] = time.perf_counter() - mark
+        mark = time.perf_counter()
         values = [int(v) for v in table[1:]]
         measurements = label_measurements(self.name, volume, label_map, values)
+        stages["measure"] = time.perf_counter() - mark
+        self.last_stages = stages
         log.info(
             "segmented plugin=%s job=%d series=%s device=%s sw_batch_size=%d attempts=%s "
-            "seconds=%.2f labels=%s",
+            "seconds=%.2f stages=%s labels=%s",
             self.name,
             context.job_id,
             volume.series_instance_uid,
@@ -172,6 +182,7 @@ class SegmentationModelPlugin(DeviceModelPlugin[torch.nn.Module]):
             result.sw_batch_size,
             ",".join(result.attempts),
             time.perf_counter() - started,
+            ",".join(f"{name}:{seconds:.2f}" for name, seconds in stages.items()),
             ",".join(str(v) for v in sorted(measurements)),
         )
         prediction = Prediction(label_map=label_map, measurements=measurements)

@@ -28,7 +28,7 @@ from monai.losses import DiceCELoss
 
 from node.contract.assemble import assemble_volume
 from node.contract.geometry import reorientation
-from node.engine.inference import ExecutionOptions, dice, model_grid_shape, preprocess, segment
+from node.engine.inference import ExecutionOptions, dice, preprocess, resample_to_model, segment
 from node.engine.postprocess import keep_largest_components
 from plugins.ct_organs.model import BODY, COMPONENTS, LABELS, SPEC, WEIGHTS, build_network
 from tools.synthetic.abdomen_ct import LABEL_NAMES, make_abdomen_ct
@@ -79,9 +79,8 @@ def make_case(seed: int, grid: dict[str, float | int]) -> Case:
     image = preprocess(hu, spacing, SPEC)[0]
     truth_model = orient.to_model(torch.from_numpy(truth.labels.astype(np.int64)))
     one_hot = F.one_hot(truth_model, len(LABELS)).permute(3, 0, 1, 2)[None].float()
-    size = model_grid_shape(hu.shape, spacing, SPEC.spacing_mm)
-    labels = F.interpolate(one_hot, size=size, mode="trilinear", align_corners=False)
-    return Case(image=image, labels=labels[0].argmax(0))
+    labels = resample_to_model(one_hot[0], spacing, SPEC.spacing_mm)
+    return Case(image=image, labels=labels.argmax(0))
 
 
 #: How often a crop is centred on each organ (lungs, liver, spleen, kidneys): the thin
