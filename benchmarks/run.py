@@ -127,6 +127,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--startup-cwd", type=Path, help="checkout whose node is started (startup; default: this)"
     )
+    parser.add_argument(
+        "--encoding-labels", default="1,10,100", help="label counts (encoding, comma-separated)"
+    )
+    parser.add_argument("--encoding-slices", type=int, default=300, help="CT slices (encoding)")
     parser.add_argument("--json", type=Path, help="write the results as JSON here")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     return parser.parse_args(argv)
@@ -193,6 +197,19 @@ def _startup(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     )
 
 
+def _encoding(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    from benchmarks.encoding import run_encoding
+
+    labels = tuple(int(v) for v in args.encoding_labels.split(","))
+    return run_encoding(workdir, labels=labels, slices=args.encoding_slices)
+
+
+def _encoding_table(result: dict[str, Any]) -> list[str]:
+    from benchmarks.encoding import encoding_table
+
+    return encoding_table(result)
+
+
 def _completion_table(result: dict[str, Any]) -> list[str]:
     from benchmarks.completion import completion_table
 
@@ -219,6 +236,7 @@ SECTIONS: tuple[Section, ...] = (
     Section("completion", "completion", _completion, _completion_table),
     Section("inference", "inference", _inference, _inference_table),
     Section("startup", "startup", _startup, _startup_table),
+    Section("encoding", "encoding", _encoding, _encoding_table),
 )
 DEFAULT_SECTIONS = ("ingest", "e2e")
 
