@@ -8,8 +8,9 @@ attribute that does not depend on the segments' pixels; then:
 
 * the per-frame items are new items that share that build's Plane Position and
   Derivation Image elements (the same values on every segment of a slice) and have
-  their own Frame Content (Dimension Index Values) and Segment Identification (which
-  highdicom puts in the shared functional groups when there is one segment);
+  their own Frame Content (Dimension Index Values) and their segment's one Segment
+  Identification element (highdicom puts it in the shared functional groups when there
+  is one segment);
 * Pixel Data is one buffer of zero frames into which each segment's non-empty slices are
   written, packed with ``np.packbits`` a few slices at a time (no one-hot array of the
   whole label map);
@@ -78,17 +79,23 @@ def _frame_slices(probe: Dataset, volume: Volume) -> list[int] | None:
     return slices if len(set(slices)) == len(slices) == len(volume.datasets) else None
 
 
-def _frame_item(shared: list[DataElement], segment: int, plane: int) -> Dataset:
-    """A per-frame item of ``segment`` on the ``plane``-th plane (1-based, sort order)."""
+def _segment_identification(segment: int) -> DataElement:
+    """Segment Identification of ``segment``: one element shared by all its frames."""
+    identification = Dataset()
+    identification.add(DataElement(_REFERENCED_SEGMENT_NUMBER, "US", segment))
+    return DataElement(_SEGMENT_IDENTIFICATION, "SQ", [identification])
+
+
+def _frame_item(shared: list[DataElement], plane: int, identification: DataElement) -> Dataset:
+    """A per-frame item on the ``plane``-th plane (1-based, sort order) of a segment."""
     item = Dataset()
     for element in shared:
         item.add(element)
+    segment = int(identification.value[0].ReferencedSegmentNumber)
     content = Dataset()
     content.add(DataElement(_DIMENSION_INDEX_VALUES, "UL", [segment, plane]))
     item.add(DataElement(_FRAME_CONTENT, "SQ", [content]))
-    identification = Dataset()
-    identification.add(DataElement(_REFERENCED_SEGMENT_NUMBER, "US", segment))
-    item.add(DataElement(_SEGMENT_IDENTIFICATION, "SQ", [identification]))
+    item.add(identification)
     return item
 
 
@@ -148,8 +155,8 @@ def build_binary_seg(
         # One segment's identification is shared; several segments' are per frame.
         del seg.SharedFunctionalGroupsSequence[0][_SEGMENT_IDENTIFICATION]
         items = [
-            _frame_item(elements, segment, plane)
-            for segment in range(1, len(descriptions) + 1)
+            _frame_item(elements, plane, identification)
+            for identification in map(_segment_identification, range(1, len(descriptions) + 1))
             for plane, elements in enumerate(shared, start=1)
         ]
     packed = _pack(segment_numbers, frame_slices, len(descriptions))
