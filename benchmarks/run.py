@@ -121,6 +121,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--eta-learn", default="20,40,60,30,50,24", help="slices learnt from (eta)")
     parser.add_argument("--eta-burst", default="24,48,20,40,32,56,28,36", help="queued (eta)")
     parser.add_argument("--eta-rows", type=int, default=128, help="rows = columns (eta)")
+    parser.add_argument(
+        "--encoding-labels", default="1,10,100", help="label counts (encoding, comma-separated)"
+    )
+    parser.add_argument("--encoding-slices", type=int, default=300, help="CT slices (encoding)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     return parser.parse_args(argv)
 
@@ -218,6 +222,19 @@ def _urgent_table(result: dict[str, Any]) -> list[str]:
     return urgent_table(result)
 
 
+def _encoding(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    from benchmarks.encoding import run_encoding
+
+    labels = tuple(int(v) for v in args.encoding_labels.split(","))
+    return run_encoding(workdir, labels=labels, slices=args.encoding_slices)
+
+
+def _encoding_table(result: dict[str, Any]) -> list[str]:
+    from benchmarks.encoding import encoding_table
+
+    return encoding_table(result)
+
+
 def _completion_table(result: dict[str, Any]) -> list[str]:
     from benchmarks.completion import completion_table
 
@@ -247,6 +264,7 @@ SECTIONS: tuple[Section, ...] = (
     Section("urgent", "urgent", _urgent, _urgent_table),
     Section("soak", "soak", _soak, _soak_table),
     Section("eta", "eta_accuracy", eta_accuracy.run, eta_accuracy.table),
+    Section("encoding", "encoding", _encoding, _encoding_table),
 )
 
 

@@ -16,7 +16,7 @@ series, with ``ReferencedSeriesSequence`` and the source's ``BodyPartExamined``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import highdicom as hd
 import numpy as np
@@ -32,6 +32,7 @@ from node.results.provenance import (
     instance_arguments,
     seg_algorithm_identification,
 )
+from node.results.seg.frames import build_binary_seg
 from node.results.uids import ResultUIDs
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ def build_seg(
     tracking_uids: Mapping[int, str] | None = None,
     segmentation_type: str = "BINARY",
     segment_numbers: np.ndarray | None = None,
+    fast: bool = True,
 ) -> hd.seg.Segmentation:
     """Build the SEG of a prediction.
 
@@ -99,6 +101,10 @@ def build_seg(
         ``BINARY``, ``LABELMAP`` or ``FRACTIONAL`` (needs ``prediction.probabilities``).
     segment_numbers
         The label map already re-coded to segment numbers (computed when omitted).
+    fast
+        Build a BINARY SEG with :func:`node.results.seg.frames.build_binary_seg` (the
+        same object, frames packed with numpy); False builds it through highdicom's
+        per-frame loop (the reference the tests compare with).
 
     Raises
     ------
@@ -128,18 +134,28 @@ def build_seg(
         descriptions.append(segment_description(template, segment, number, tracking_uid))
 
     algorithm = template.algorithm
-    seg = hd.seg.Segmentation(
-        source_images=list(volume.datasets),
-        pixel_array=pixel_array,
-        segmentation_type=kind,
-        segment_descriptions=descriptions,
-        content_label=template.output.content_label,
-        content_description=f"{algorithm.name} {algorithm.version} revision {revision}"[:64],
-        omit_empty_frames=False,
-        **instance_arguments(template, series, sop_instance_uid),
-        **equipment_arguments(series),
-        **extra,  # type: ignore[arg-type]
-    )
+
+    def build(
+        segments: Sequence[hd.seg.SegmentDescription], pixels: np.ndarray
+    ) -> hd.seg.Segmentation:
+        return hd.seg.Segmentation(
+            source_images=list(volume.datasets),
+            pixel_array=pixels,
+            segmentation_type=kind,
+            segment_descriptions=segments,
+            content_label=template.output.content_label,
+            content_description=f"{algorithm.name} {algorithm.version} revision {revision}"[:64],
+            omit_empty_frames=False,
+            **instance_arguments(template, series, sop_instance_uid),
+            **equipment_arguments(series),
+            **extra,  # type: ignore[arg-type]
+        )
+
+    seg = None
+    if kind is hd.seg.SegmentationTypeValues.BINARY and fast:
+        seg = build_binary_seg(volume, pixel_array, descriptions, build)
+    if seg is None:
+        seg = build(descriptions, pixel_array)
     seg.DeviceUID = series.device_uid  # General Equipment: the algorithm made this
     if "ContentCreatorName" not in seg:
         seg.ContentCreatorName = ""  # type 2 in the Content Identification Macro (dcmqi asks)

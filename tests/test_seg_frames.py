@@ -1,0 +1,130 @@
+"""The numpy-packed BINARY SEG is the object highdicom's per-frame construction builds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+
+from benchmarks.ct_series import write_ct_series
+from benchmarks.encoding import blob_label_map, write_template
+from node.contract.assemble import assemble_volume
+from node.contract.plugin import Prediction
+from node.contract.volume import Volume
+from node.results import load_template
+from node.results.identity import SeriesIdentity
+from node.results.seg import frames
+from node.results.seg.segmentation import build_seg
+from node.results.source import buildable_volume
+
+#: Differ between any two builds: creation times and highdicom's random organization UID
+#: (checked by :func:`_one_organization`).
+_PER_BUILD = {
+    "InstanceCreationTime",
+    "ContentTime",
+    "ContributionDateTime",
+    "DimensionOrganizationUID",
+}
+
+
+def _differences(fast: Dataset, reference: Dataset, path: str = "") -> list[str]:
+    """Every element that differs, nested ones by path (per-build values left out)."""
+    found = []
+    for tag in sorted(set(fast.keys()) | set(reference.keys())):
+        if tag not in fast or tag not in reference:
+            found.append(f"{path}/{tag} only in {'reference' if tag not in fast else 'fast'}")
+            continue
+        mine, theirs = fast[tag], reference[tag]
+        if mine.keyword in _PER_BUILD:
+            continue
+        if mine.VR == "SQ":
+            if len(mine.value) != len(theirs.value):
+                found.append(f"{path}/{mine.keyword}: {len(mine.value)} != {len(theirs.value)}")
+                continue
+            for index, (a, b) in enumerate(zip(mine.value, theirs.value, strict=True)):
+                found += _differences(a, b, f"{path}/{mine.keyword}[{index}]")
+        elif mine.value != theirs.value:
+            found.append(f"{path}/{mine.keyword}: {mine.value!r:.60} != {theirs.value!r:.60}")
+    return found
+
+
+def _one_organization(seg: Dataset) -> bool:
+    """The dimension indices name the SEG's own dimension organization."""
+    uid = seg.DimensionOrganizationSequence[0].DimensionOrganizationUID
+    return all(item.DimensionOrganizationUID == uid for item in seg.DimensionIndexSequence)
+
+
+def _volume(directory: Path, slices: int, size: int) -> Volume:
+    _, paths = write_ct_series(directory / "ct", slices, rows=size, columns=size)
+    return buildable_volume(assemble_volume(pydicom.dcmread(path) for path in paths))
+
+
+def _build_both(
+    directory: Path, volume: Volume, labels: int, label_map: np.ndarray
+) -> tuple[Dataset, Dataset]:
+    template = load_template(write_template(directory, labels))
+    series = SeriesIdentity.of(
+        template, series_instance_uid="2.25.1", series_number=9001, series_description="AI SEG"
+    )
+    built = [
+        build_seg(
+            volume,
+            Prediction(label_map=label_map),
+            template,
+            series=series,
+            sop_instance_uid="2.25.2",
+            revision=1,
+            fast=fast,
+        )
+        for fast in (True, False)
+    ]
+    return built[0], built[1]
+
+
+@pytest.mark.parametrize("labels", [1, 5])
+def test_fast_seg_equals_highdicoms_construction(tmp_path: Path, labels: int) -> None:
+    volume = _volume(tmp_path, slices=12, size=32)
+    label_map = blob_label_map(volume.shape, labels)
+    label_map[label_map == labels] = 0  # one segment (with 5) or every frame (with 1) empty
+    if labels == 1:
+        label_map[3, 4:9, 5:7] = 1
+    fast, reference = _build_both(tmp_path, volume, labels, label_map)
+
+    assert frames.packable(volume, label_map)
+    assert _differences(fast, reference) == []
+    assert _one_organization(fast)
+    assert int(fast.NumberOfFrames) == 12 * labels
+    assert fast.PixelData == reference.PixelData
+    # The in-memory object answers queries like highdicom's own.
+    uids = [str(d.SOPInstanceUID) for d in volume.datasets]
+    np.testing.assert_array_equal(
+        fast.get_pixels_by_source_instance(uids, segment_numbers=list(range(1, labels + 1))),
+        reference.get_pixels_by_source_instance(uids, segment_numbers=list(range(1, labels + 1))),
+    )
+
+
+def test_fast_seg_writes_and_reads_back_as_the_label_map(tmp_path: Path) -> None:
+    volume = _volume(tmp_path, slices=9, size=24)
+    label_map = blob_label_map(volume.shape, 8)
+    fast, _ = _build_both(tmp_path, volume, 8, label_map)
+    path = tmp_path / "seg.dcm"
+    fast.save_as(path, enforce_file_format=True)
+
+    read = hd.seg.segread(path)
+    uids = [str(d.SOPInstanceUID) for d in volume.datasets]
+    pixels = read.get_pixels_by_source_instance(uids, segment_numbers=list(range(1, 9)))
+    for number in range(1, 9):
+        np.testing.assert_array_equal(pixels[..., number - 1], label_map == number)
+    assert int(read.NumberOfFrames) == 9 * 8  # empty frames kept
+
+
+def test_frames_not_a_whole_number_of_bytes_go_through_highdicom(tmp_path: Path) -> None:
+    volume = _volume(tmp_path, slices=4, size=5)  # 25 pixels a frame
+    label_map = blob_label_map(volume.shape, 3)
+    assert not frames.packable(volume, label_map)
+    fast, reference = _build_both(tmp_path, volume, 3, label_map)
+    assert _differences(fast, reference) == []
