@@ -11,8 +11,8 @@ a configured wait) and the routine's own run; what is left is the node's **overh
 
 split by stage from the job's events, read from the node's state database (the API's
 job timeline needs a login): completion beyond the quiet period, queue wait, load,
-encode, record, export, and the hand-offs (everything else: prepare, wake-ups, Orthanc
-indexing the results and this benchmark's polling of it, every 20 ms).
+encode, record, export (results written → both series visible in Orthanc, polled every
+20 ms) and the hand-offs (everything else: prepare, the gaps between stages).
 """
 
 from __future__ import annotations
@@ -95,8 +95,8 @@ def stage_split(
         split["encode"] = _seconds(first["encoded"]["detail"])
     if "encoded" in first and "results_written" in first:
         split["record"] = first["results_written"]["at"] - first["encoded"]["at"]
-    if "results_written" in first and "sent" in last:
-        split["export"] = last["sent"]["at"] - first["results_written"]["at"]
+    if "results_written" in first:  # until Orthanc shows the results
+        split["export"] = found_at - first["results_written"]["at"]
     split["handoffs"] = total - quiet_seconds - sum(split.values())
     return {stage: round(value, 3) for stage, value in split.items()}
 
