@@ -129,6 +129,7 @@ def run_end_to_end(
                     )
                     seed += 1
             timeline = job_timeline(database)
+            loads = load_comparison(_instance_paths(database, measured[0]["study_uid"]))
     return {
         "slices": list(slices),
         "rows": rows,
@@ -136,6 +137,7 @@ def run_end_to_end(
         "quiet_seconds": quiet_seconds,
         "node_start_s": round(node_start_s, 2),
         "runs": measured,
+        "load_comparison": loads,
         "job_events": timeline,
     }
 
@@ -183,6 +185,40 @@ def _one_run(
     }
 
 
+def load_comparison(paths: Sequence[Path], repeat: int = 2) -> dict[str, Any]:
+    """The node's read of a series (``load_volume``) against the whole-file read it
+    replaced (every file parsed with its pixels, then ``assemble_volume``), alternated in
+    this process on the same spooled files: a ratio from one run on a noisy machine."""
+    import numpy as np
+    import pydicom
+
+    from node.contract.assemble import assemble_volume, load_volume
+
+    whole: list[float] = []
+    node: list[float] = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        reference = assemble_volume(pydicom.dcmread(path) for path in paths)
+        whole.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        loaded = load_volume(paths)
+        node.append(time.perf_counter() - started)
+        if not np.array_equal(reference.array, loaded.array):
+            raise RuntimeError("load_volume and assemble_volume disagree")
+    return {
+        "files": len(paths),
+        "whole_file_read_s": [round(v, 3) for v in whole],
+        "load_volume_s": [round(v, 3) for v in node],
+        "ratio": round(min(whole) / min(node), 2),
+    }
+
+
+def _instance_paths(database: Path, study_uid: str) -> list[Path]:
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
+        rows = db.execute("SELECT path FROM instances WHERE study_uid = ?", (study_uid,))
+        return [Path(row[0]) for row in rows.fetchall()]
+
+
 def _job_of(database: Path, study_uid: str) -> int | None:
     """The (last) job of ``study_uid`` in the node's database."""
     with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
@@ -210,6 +246,13 @@ def e2e_table(result: dict[str, Any]) -> list[str]:
         "  total = last instance acknowledged -> SEG and SR in Orthanc;"
         " overhead = total - quiet period - infer; completion = beyond the quiet period"
     )
+    loads = result.get("load_comparison")
+    if loads:
+        lines.append(
+            f"  load of {loads['files']} files, same run: whole-file read + assemble "
+            f"{min(loads['whole_file_read_s']):.2f} s, load_volume "
+            f"{min(loads['load_volume_s']):.2f} s ({loads['ratio']:.1f}x)"
+        )
     return lines
 
 
