@@ -282,7 +282,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
         f"End to end, {result['rows']}x{result['columns']} CT, quiet period "
         f"{result['quiet_seconds']} s"
     )
-    ax.legend(loc="upper left", fontsize="small")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
