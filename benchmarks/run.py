@@ -50,29 +50,9 @@ def ingest_table(result: dict[str, Any]) -> list[str]:
 
 
 def e2e_table(result: dict[str, Any]) -> list[str]:
-    lines = [
-        f"End to end: {result['slices']}-slice {result['rows']}x{result['columns']} chest phantom, "
-        f"Orthanc -> node -> Orthanc, quiet period {result['quiet_seconds']} s "
-        f"(node start {result['node_start_s']} s)",
-        f"  {'run':<4} {'upload':>8} {'send':>8} {'results':>8} {'total':>8}   (seconds)",
-    ]
-    for index, run in enumerate(result["runs"]):
-        lines.append(
-            f"  {index:<4} {run['upload_to_orthanc_s']:>8.2f} {run['send_to_node_s']:>8.2f} "
-            f"{run['wait_for_results_s']:>8.2f} {run['total_s']:>8.2f}"
-        )
-    lines.append("  total = send + wait until SEG and SR are in Orthanc (upload not included)")
-    events = result.get("job_events") or []
-    if events:
-        lines.append("  node job events (seconds since the job's first event):")
-        first: dict[int, float] = {}
-        for event in events:
-            start = first.setdefault(event["job_id"], event["at"])
-            detail = f"  {event['detail']}" if event["detail"] else ""
-            lines.append(
-                f"    job {event['job_id']:<3} {event['at'] - start:8.2f}  {event['event']}{detail}"
-            )
-    return lines
+    from benchmarks.end_to_end import e2e_table as table
+
+    return table(result)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -85,8 +65,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--count", type=int, default=300, help="instances per ingest run")
     parser.add_argument("--repeat", type=int, default=3, help="ingest runs per receiver")
     parser.add_argument("--e2e-runs", type=int, default=1, help="studies sent end to end")
-    parser.add_argument("--slices", type=int, default=100, help="phantom slices (e2e)")
-    parser.add_argument("--rows", type=int, default=256, help="phantom rows = columns (e2e)")
+    parser.add_argument(
+        "--slices",
+        type=int,
+        nargs="+",
+        default=[300],
+        help="phantom slices (e2e); several sizes run in turn, e.g. --slices 300 1000",
+    )
+    parser.add_argument("--rows", type=int, default=512, help="phantom rows = columns (e2e)")
     parser.add_argument(
         "--quiet-seconds", type=float, default=2.0, help="node's series completion quiet period"
     )

@@ -28,7 +28,7 @@ from node.config import Settings, check_plugins_known
 from node.dicom.scp import StorageSCP
 from node.export.exporter import Exporter, RecoveryProbe
 from node.faults import check_fault_setting, delay_point
-from node.orchestration.completion import CompletionMonitor
+from node.orchestration.completion import CompletionLoop, CompletionMonitor
 from node.orchestration.dispatch import Dispatcher
 from node.orchestration.ingest import Ingestor
 from node.orchestration.registry import PluginRegistry, plugin_names, select_devices
@@ -144,6 +144,9 @@ class Node:
             max_receiving_seconds=settings.completion.max_receiving_seconds or math.inf,
             max_generations=settings.completion.max_generations_per_hour,
             generation_window=settings.completion.generation_window_seconds,
+        )
+        self.completion_loop = CompletionLoop(
+            self.completion, poll_seconds=settings.completion.poll_seconds, clock=clock
         )
         self.puller = PullService(
             self.pulls,
@@ -274,15 +277,8 @@ class Node:
         if requeued:
             log.info("jobs re-queued after restart job_ids=%s", ",".join(map(str, requeued)))
         self.scp.start()
+        self.completion_loop.start()
         scheduler = BackgroundScheduler(daemon=True)
-        scheduler.add_job(
-            self.completion.poll,
-            "interval",
-            seconds=self.settings.completion.poll_seconds,
-            id="series-completion",
-            max_instances=1,
-            coalesce=True,
-        )
         self._schedule_retention(scheduler)
         scheduler.start()
         self._scheduler = scheduler
@@ -367,6 +363,7 @@ class Node:
         self.puller.stop()
         self.sender_counts.stop()
         self.scp.stop()
+        self.completion_loop.stop()
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
             self._scheduler = None

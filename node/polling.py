@@ -24,6 +24,10 @@ class PollingThread(abc.ABC):
     def run_once(self) -> bool:
         """Do one unit of work; return False when there was nothing to do."""
 
+    def next_wait(self) -> float:
+        """Seconds to wait after an idle :meth:`run_once` (``idle_seconds`` unless overridden)."""
+        return self.idle_seconds
+
     def wake(self) -> None:
         self._wake.set()
 
@@ -50,5 +54,5 @@ class PollingThread(abc.ABC):
                 log.exception("loop error thread=%s", self._name)
                 busy = False
             if not busy:
-                self._wake.wait(self.idle_seconds)
+                self._wake.wait(self.next_wait())
                 self._wake.clear()

@@ -1,7 +1,9 @@
 import logging
+import threading
+import time
 from pathlib import Path
 
-from node.orchestration.completion import CompletionMonitor
+from node.orchestration.completion import CompletionLoop, CompletionMonitor
 from node.state.jobs import JobQueue
 from node.state.series import InstanceRecord, SeriesStore
 from tests.support.jobs import enqueue_job
@@ -129,3 +131,42 @@ def test_running_jobs_are_requeued_on_restart(database, clock):
     job = queue.claim_next(clock())
     assert job.id == job_id and job.attempts == 2
     assert "requeued" in [e.event for e in queue.events(job_id)]
+
+
+def test_the_loop_wakes_when_the_next_series_turns_quiet(database, clock):
+    """The completion loop sleeps until the first receiving series is due, never longer
+    than the poll interval; a series still due after a poll (held back by a bound) and
+    an empty store wait the interval."""
+    store, completed = SeriesStore(database), []
+    loop = CompletionLoop(
+        monitor(store, clock, completed, quiet=2.0), poll_seconds=30.0, clock=clock
+    )
+    loop.run_once()
+    assert loop.next_wait() == 30.0  # nothing receiving
+    store.record_instance(record("1.9.1"), clock())
+    clock.advance(0.5)
+    loop.run_once()
+    assert loop.next_wait() == 1.5
+    store.record_instance(record("1.9.2", series="1.2.3.2"), clock())
+    store.hold(["1.2.3.2"], clock() + 10.0, "sender cut off")
+    clock.advance(1.5)
+    loop.run_once()
+    assert [row.series_uid for row in completed] == ["1.2.3.1"]
+    assert loop.next_wait() == 8.5  # the held series: its hold ends 10 s after it began
+
+
+def test_a_series_completes_at_its_quiet_time_not_the_next_poll(database):
+    """Real clock, a 60 s poll interval: the series is handed on right after its 0.3 s
+    quiet period (a wake-up at the deadline), not a minute later."""
+    store = SeriesStore(database)
+    done = threading.Event()
+    mon = CompletionMonitor(
+        store, quiet_seconds=0.3, clock=time.time, on_complete=lambda row: done.set()
+    )
+    loop = CompletionLoop(mon, poll_seconds=60.0, clock=time.time)
+    store.record_instance(record("1.9.1"), time.time())
+    loop.start()  # its first poll finds the series not yet quiet
+    try:
+        assert done.wait(20.0)
+    finally:
+        loop.stop()

@@ -215,13 +215,22 @@ class RefusingSCP:
             "1.2.840.10008.5.1.4.1.1.2", [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
         )
         self._lock = threading.Lock()
+        #: Associations accepted, and the SOP Instance UIDs stored in each.
+        self.associations: list[list[str]] = []
+
+    def _accepted(self, event: evt.Event) -> None:
+        with self._lock:
+            self.associations.append([])
 
     def _store(self, event: evt.Event) -> int:
         with self._lock:
-            return self.statuses.pop(0)
+            status = self.statuses.pop(0)
+            if status == 0x0000 or 0xB000 <= status <= 0xBFFF:
+                self.associations[-1].append(str(event.request.AffectedSOPInstanceUID))
+            return status
 
     def __enter__(self) -> RefusingSCP:
-        handlers = [(evt.EVT_C_STORE, self._store)]
+        handlers = [(evt.EVT_C_STORE, self._store), (evt.EVT_ACCEPTED, self._accepted)]
         self.server = self.ae.start_server(
             ("127.0.0.1", self.port), block=False, evt_handlers=handlers
         )
@@ -244,6 +253,42 @@ def test_c_store_acknowledges_each_instance_with_its_status(result_files: list[P
         (result_files[1], uids[1], 0xB000),  # a warning: stored, and said so
         (result_files[2], uids[2], 0x0000),
     ]
+
+
+def test_a_job_goes_to_each_destination_over_one_association(
+    database, clock, result_files: list[Path]
+) -> None:
+    """All of a job's result files reach each destination in a single association."""
+    with RefusingSCP([0] * 3) as first, RefusingSCP([0] * 3) as second:
+        settings = {"a": pacs(first.port), "b": pacs(second.port)}
+        queue = JobQueue(database)
+        exporter = Exporter(queue, lambda: settings, calling_ae="AINODE", clock=clock)
+        job_id = job_with_results(queue, clock, result_files[0].parent, destinations=["a", "b"])
+        assert exporter.run_once()
+    assert queue.get(job_id).state == "done"
+    uids = sorted(
+        str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in result_files
+    )
+    for scp in (first, second):
+        assert len(scp.associations) == 1
+        assert sorted(scp.associations[0]) == uids
+
+
+def test_a_job_is_not_sent_until_the_destination_acknowledged_every_file(
+    database, clock, result_files: list[Path]
+) -> None:
+    """The last file refused over C-STORE: the job waits to retry, never ``sent``."""
+    with RefusingSCP([0x0000, 0x0000, 0xA700]) as scp:
+        settings = {"a": pacs(scp.port)}
+        queue = JobQueue(database)
+        exporter = Exporter(queue, lambda: settings, calling_ae="AINODE", clock=clock)
+        job_id = job_with_results(queue, clock, result_files[0].parent, destinations=["a"])
+        assert exporter.run_once()
+    job = queue.get(job_id)
+    assert job.state == "exporting" and list(job.pending_destinations) == ["a"]
+    assert "0xA700" in (job.error or "")
+    assert "sent" not in [e.event for e in queue.events(job_id)]
+    assert exporter.sent_counts() == {}
 
 
 def test_a_refused_c_store_raises_with_its_dicom_status(result_files: list[Path]) -> None:

@@ -185,10 +185,14 @@ class Volume:
 
 
 def strip_pixels(ds: Dataset) -> Dataset:
+    """A new dataset with ``ds``'s file meta and every element outside group 7FE0.
+
+    Elements not yet decoded are copied as read (``Dataset.elements()``): each is decoded
+    when first used, not all of them for every slice of every series.
+    """
     header = Dataset()
     header.file_meta = ds.file_meta
-    for elem in ds:
-        if elem.tag.group == 0x7FE0:
-            continue
-        header.add(elem)
+    for elem in ds.elements():
+        if elem.tag.group != 0x7FE0:
+            header[elem.tag] = elem
     return header

@@ -38,6 +38,7 @@ import math
 from collections.abc import Callable
 
 from node.faults import fault_point
+from node.polling import PollingThread
 from node.state.series import SeriesRow, SeriesStore
 
 log = logging.getLogger(__name__)
@@ -120,6 +121,10 @@ class CompletionMonitor:
                     completed.append(row)
         return completed
 
+    def next_quiet_at(self) -> float | None:
+        """When the next receiving series turns quiet (None: none is receiving)."""
+        return self._series.next_quiet_at(self._quiet_seconds)
+
     def force(self, series_uid: str) -> SeriesRow | None:
         """Complete a series now, whatever its quiet time or hold (admin action)."""
         with self._series.atomically():
@@ -199,3 +204,31 @@ class CompletionMonitor:
                 row.series_uid,
                 row.generation,
             )
+
+
+class CompletionLoop(PollingThread):
+    """Runs :meth:`CompletionMonitor.poll` every ``poll_seconds`` and also the moment the
+    next series turns quiet, so a series completes (and its jobs start) within
+    milliseconds of its quiet period rather than up to a poll interval later."""
+
+    def __init__(
+        self, monitor: CompletionMonitor, *, poll_seconds: float, clock: Callable[[], float]
+    ) -> None:
+        super().__init__("completion")
+        self._monitor = monitor
+        self._clock = clock
+        self.idle_seconds = poll_seconds
+        self._polled_at = 0.0
+
+    def run_once(self) -> bool:
+        self._polled_at = self._clock()
+        self._monitor.poll()
+        return False
+
+    def next_wait(self) -> float:
+        """Until the next series turns quiet, at most ``poll_seconds``; one already due
+        after the poll (held back by a bound, or its dispatch failed) waits the interval."""
+        due = self._monitor.next_quiet_at()
+        if due is None or due <= self._polled_at:
+            return self.idle_seconds
+        return min(self.idle_seconds, max(0.0, due - self._clock()))

@@ -164,6 +164,17 @@ class SeriesStore:
         )
         return [_series(row) for row in rows]
 
+    def next_quiet_at(self, quiet_seconds: float) -> float | None:
+        """When the first series still receiving turns quiet (its hold, if any, over);
+        None when none is receiving."""
+        row = self._db.query(
+            "SELECT min(max(last_received + ?, coalesce(hold_until, 0))) AS due FROM series"
+            " WHERE state = 'receiving'",
+            (quiet_seconds,),
+        )
+        due = row[0]["due"] if row else None
+        return None if due is None else float(due)
+
     def overdue_series(self, now: float, max_age: float) -> list[SeriesRow]:
         """Series still receiving whose generation started at least ``max_age`` ago."""
         rows = self._db.query(

@@ -1,0 +1,161 @@
+"""Reading a series from files (``load_volume``): the pixels read in place or decoded on a
+thread pool give exactly the volume ``assemble_volume`` builds from fully parsed files."""
+
+from __future__ import annotations
+
+import copy
+import threading
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ImplicitVRLittleEndian,
+    RLELossless,
+)
+
+from node.contract import pixels
+from node.contract.assemble import assemble_volume, load_volume
+from node.contract.pixels import fill_slices, read_source
+from node.contract.volume import Volume
+from node.errors import VolumeError
+from tools.synthetic.chest_ct import make_chest_ct, write_series
+
+
+@pytest.fixture(scope="module")
+def series() -> list[Dataset]:
+    datasets, _ = make_chest_ct(n_slices=12, rows=48, columns=48, seed=21)
+    return datasets
+
+
+def _reference(paths: list[Path]) -> Volume:
+    return assemble_volume(pydicom.dcmread(path) for path in paths)
+
+
+def _assert_identical(loaded: Volume, reference: Volume) -> None:
+    assert loaded.array.dtype == reference.array.dtype == np.float32
+    assert np.array_equal(loaded.array, reference.array)
+    assert loaded.spacing == reference.spacing
+    assert np.array_equal(loaded.affine, reference.affine)
+    assert len(loaded.datasets) == len(reference.datasets)
+    for ours, theirs in zip(loaded.datasets, reference.datasets, strict=True):
+        assert ours == theirs
+        assert ours.file_meta == theirs.file_meta
+        assert "PixelData" not in ours
+
+
+def _write(datasets: list[Dataset], folder: Path) -> list[Path]:
+    # Shuffled on disk: the volume is sorted whatever the file order.
+    paths = write_series(datasets, folder)
+    return paths[::-1]
+
+
+def test_uncompressed_little_endian_is_read_in_place_and_identical(series, tmp_path):
+    paths = _write(series, tmp_path)
+    assert all(read_source(path).pixel_offset is not None for path in paths)
+    _assert_identical(load_volume(paths), _reference(paths))
+
+
+@pytest.mark.parametrize("signed", [0, 1])
+def test_unused_high_bits_are_corrected_as_pydicom_does(series, tmp_path, signed):
+    """12 bits stored in 16 with garbage above them, implicit VR: read in place, and the
+    values are pydicom's (masked, or sign-extended from bit 11)."""
+    rng = np.random.default_rng(signed)
+    changed = []
+    for ds in series:
+        ds = copy.deepcopy(ds)
+        ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 12, 11, signed
+        raw = rng.integers(0, 2**16, size=(int(ds.Rows), int(ds.Columns)), dtype=np.uint16)
+        ds.PixelData = raw.astype("<u2").tobytes()
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+        changed.append(ds)
+    paths = _write(changed, tmp_path)
+    assert all(read_source(path).pixel_offset is not None for path in paths)
+    loaded = load_volume(paths)
+    _assert_identical(loaded, _reference(paths))
+    slope = float(changed[0].RescaleSlope)
+    intercept = float(changed[0].RescaleIntercept)
+    stored = np.rint((loaded.array - intercept) / slope)
+    low, high = (-2048, 2047) if signed else (0, 4095)
+    assert low <= stored.min() and stored.max() <= high
+    assert (stored.min() < 0) == bool(signed)
+
+
+def _saved_as(series: list[Dataset], folder: Path, syntax: str) -> list[Path]:
+    folder.mkdir()
+    paths = []
+    for index, ds in enumerate(series):
+        ds = copy.deepcopy(ds)
+        path = folder / f"{index:04d}.dcm"
+        if syntax == RLELossless:
+            ds.compress(RLELossless)
+            ds.save_as(path, enforce_file_format=True)
+        elif syntax == ExplicitVRBigEndian:
+            ds.file_meta.TransferSyntaxUID = ExplicitVRBigEndian
+            kind = "i" if int(ds.PixelRepresentation) else "u"
+            ds.PixelData = np.frombuffer(ds.PixelData, f"<{kind}2").astype(f">{kind}2").tobytes()
+            ds.save_as(path, implicit_vr=False, little_endian=False, enforce_file_format=True)
+        else:
+            ds.file_meta.TransferSyntaxUID = syntax
+            ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths[::-1]
+
+
+@pytest.mark.parametrize(
+    "syntax", [RLELossless, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian]
+)
+def test_other_transfer_syntaxes_are_decoded_on_the_pool_and_identical(
+    series, tmp_path, syntax, monkeypatch
+):
+    paths = _saved_as(series, tmp_path / "files", syntax)
+    sources = [read_source(path) for path in paths]
+    assert all(source.pixel_offset is None for source in sources)
+    threads: set[str] = set()
+    read_whole = pixels.read_whole
+
+    def spy(path: Path) -> Dataset:  # records the decoding thread, reads for real
+        threads.add(threading.current_thread().name)
+        return read_whole(path)
+
+    monkeypatch.setattr(pixels, "read_whole", spy)
+    out = np.empty((len(sources), int(series[0].Rows), int(series[0].Columns)), np.float32)
+    headers = fill_slices(sources, out)
+    assert threads and all(name.startswith("decode") for name in threads)
+    assert all("PixelData" in header for header in headers)  # the complete reads
+    _assert_identical(load_volume(paths), _reference(paths))
+
+
+def test_elements_after_the_pixel_data_fall_back_and_are_kept(series, tmp_path):
+    padded = []
+    for ds in series:
+        ds = copy.deepcopy(ds)
+        ds.add_new(0xFFFCFFFC, "OB", b"\0\0\0\0")  # Data Set Trailing Padding
+        padded.append(ds)
+    paths = _write(padded, tmp_path)
+    assert all(read_source(path).pixel_offset is None for path in paths)
+    loaded = load_volume(paths)
+    _assert_identical(loaded, _reference(paths))
+    assert 0xFFFCFFFC in loaded.datasets[0]
+
+
+def test_a_truncated_file_is_decoded_by_pydicom_and_its_error_kept(series, tmp_path):
+    paths = _write(series, tmp_path)
+    data = paths[2].read_bytes()
+    paths[2].write_bytes(data[: len(data) - 100])
+    assert read_source(paths[2]).pixel_offset is None
+    with pytest.raises(Exception) as caught:
+        _reference(paths)
+    with pytest.raises(type(caught.value)):
+        load_volume(paths)
+
+
+def test_unreadable_header_is_named(series, tmp_path):
+    paths = _write(series, tmp_path)
+    paths[0].write_bytes(b"not dicom")
+    with pytest.raises(VolumeError, match=paths[0].name):
+        load_volume(paths)
