@@ -43,7 +43,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from node.config import NodeSettings
-from node.dicom import reactor, status
+from node.dicom import status
 from node.dicom.file_meta import file_header
 from node.dicom.network import read_whole_pdus, set_nodelay
 from node.dicom.refusals import association_refused
@@ -173,7 +173,6 @@ class StorageSCP:
         handlers = [
             (evt.EVT_CONN_OPEN, set_nodelay),
             (evt.EVT_CONN_OPEN, read_whole_pdus),
-            (evt.EVT_CONN_OPEN, reactor.wake_on_work),
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_REJECTED, self._on_rejected),
@@ -182,7 +181,6 @@ class StorageSCP:
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
         ]
-        reactor.install()
         tls = self._settings.tls
         listeners: list[tuple[int, ssl.SSLContext | None]] = []
         if self._settings.plain_dicom:
