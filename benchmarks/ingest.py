@@ -1,9 +1,14 @@
-"""Ingest rate: dcmtk ``storescu`` into dcmtk ``storescp`` (baseline) and into the node's SCP.
+"""Ingest rate: dcmtk ``storescu`` into dcmtk ``storescp``, Orthanc and the node's SCP.
 
-Both receivers get the same files over one association each, with the same maximum PDU
-(the node's default, 128 KiB) and ``TCP_NODELAY=1``. The node runs with no rules, so
-nothing but reception happens; unlike storescp it fsyncs every instance before it
-answers success (that cost is part of what is measured).
+Three receivers take turns on the same files in one run, with the same maximum PDU (the
+node's default, 128 KiB) and ``TCP_NODELAY=1``, in two modes: one association (one
+``storescu``) and four concurrent associations (four ``storescu`` processes, each sending
+a quarter of the files). ``storescp`` is the baseline (``--fork`` in the concurrent mode;
+it neither fsyncs nor indexes). Orthanc (Debian's binary through
+:class:`~tools.orthanc.OrthancServer`) runs with its default ``SyncStorageArea`` (each
+file fsynced) and indexes every instance in SQLite. The node runs with no rules, so
+nothing but reception happens; it fsyncs each instance and records it before answering
+success.
 """
 
 from __future__ import annotations
@@ -22,8 +27,11 @@ from typing import Any
 from benchmarks.ct_series import write_ct_series
 from tools.net import free_port, tail, wait_until
 from tools.node_process import NodeProcess, NodeStartError
+from tools.orthanc import OrthancServer
 
 MAX_PDU = 131072
+MODES = (1, 4)
+RECEIVERS = ("storescp", "orthanc", "node")
 
 
 def dcmtk_env() -> dict[str, str]:
@@ -32,9 +40,10 @@ def dcmtk_env() -> dict[str, str]:
 
 @dataclass
 class IngestResult:
-    """Runs of one receiver: seconds per run, images per second per run."""
+    """Runs of one receiver in one mode: seconds per run, images per second per run."""
 
     receiver: str
+    associations: int
     images: int
     seconds: list[float] = field(default_factory=list)
     stored: list[int | None] = field(default_factory=list)
@@ -61,14 +70,30 @@ def _listening(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def send_with_storescu(files: list[Path], aet: str, port: int) -> float:
-    """Send ``files`` over one association; return wall seconds (storescu start to exit)."""
-    command = ["storescu", "-aec", aet, "127.0.0.1", str(port), *map(str, files)]
+def send_with_storescu(files: list[Path], aet: str, port: int, associations: int = 1) -> float:
+    """Send ``files`` over ``associations`` concurrent storescu processes (a share each);
+    return wall seconds from the first start to the last exit."""
+    shares = [files[i::associations] for i in range(associations)]
     started = time.perf_counter()
-    result = subprocess.run(command, env=dcmtk_env(), capture_output=True, text=True, timeout=900)
+    processes = [
+        subprocess.Popen(
+            ["storescu", "-aec", aet, "127.0.0.1", str(port), *map(str, share)],
+            env=dcmtk_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for share in shares
+        if share
+    ]
+    errors = []
+    for process in processes:
+        _, stderr = process.communicate(timeout=900)
+        if process.returncode != 0:
+            errors.append(f"storescu exited {process.returncode}: {stderr[-2000:]}")
     seconds = time.perf_counter() - started
-    if result.returncode != 0:
-        raise RuntimeError(f"storescu exited {result.returncode}: {result.stderr[-2000:]}")
+    if errors:
+        raise RuntimeError("\n".join(errors))
     return seconds
 
 
@@ -77,71 +102,168 @@ def _count_dicom(directory: Path) -> int:
     return sum(1 for p in directory.rglob("*") if p.is_file() and not p.name.endswith(".tmp"))
 
 
-def run_ingest(workdir: Path, count: int = 300, repeat: int = 3) -> dict[str, Any]:
-    """Measure both receivers ``repeat`` times with ``count`` new 512x512 instances each.
-
-    Each repetition sends a fresh series (new UIDs) to both receivers, alternating them
-    so drift on the machine affects both alike.
-    """
-    series = [write_ct_series(workdir / f"series{i}", count)[1] for i in range(repeat)]
-    baseline = IngestResult("dcmtk storescp", count)
-    node_result = IngestResult("ainode SCP", count)
-
-    scp_port = free_port()
-    scp_dir = workdir / "storescp"
-    scp_dir.mkdir()
-    scp_log = workdir / "storescp.log"
-    with scp_log.open("wb") as log_file:
-        scp = subprocess.Popen(
+@contextlib.contextmanager
+def _storescp(workdir: Path, fork: bool) -> Any:
+    """A storescp on a free port writing into ``workdir/out``; yields (port, out)."""
+    port = free_port()
+    out = workdir / "out"
+    out.mkdir(parents=True)
+    log_path = workdir / "storescp.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
             [
                 *("storescp", "-aet", "BASELINE", "--max-pdu", str(MAX_PDU)),
-                *("--output-directory", str(scp_dir), str(scp_port)),
+                *(["--fork"] if fork else []),
+                *("--output-directory", str(out), str(port)),
             ],
             env=dcmtk_env(),
             stdout=log_file,
             stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
-    node_error: str | None = None
     try:
-        wait_until(lambda: _listening(scp_port), 30, interval=0.05, message="storescp")
-        with contextlib.ExitStack() as stack:
-            node: NodeProcess | None = None
-            try:
-                node = stack.enter_context(NodeProcess({"rules": []}, workdir=workdir / "node"))
-            except NodeStartError as exc:
-                node_error = str(exc)
-            for files in series:
-                baseline.seconds.append(send_with_storescu(files, "BASELINE", scp_port))
-                baseline.stored.append(_count_dicom(scp_dir))
-                # Empty storescp's directory between runs.
-                shutil.rmtree(scp_dir)
-                scp_dir.mkdir()
-                if node is None:
-                    continue
-                spool = node.data_dir / "spool"
-                before = _count_dicom(spool) if spool.is_dir() else 0
-                seconds = send_with_storescu(files, node.ae_title, node.dicom_port)
-                node_result.seconds.append(seconds)
-                node_result.stored.append(_count_dicom(spool) - before if spool.is_dir() else None)
+        wait_until(lambda: _listening(port), 30, interval=0.05, message="storescp")
+        yield port, out
     finally:
-        scp.terminate()
-        scp.wait(timeout=10)
-    if scp.returncode not in (0, -15):
-        raise RuntimeError(f"storescp failed: {tail(scp_log)}")
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, 15)
+        process.wait(timeout=10)
+    if process.returncode not in (0, -15):
+        raise RuntimeError(f"storescp failed: {tail(log_path)}")
+
+
+def run_ingest(workdir: Path, count: int = 303, repeat: int = 3) -> dict[str, Any]:
+    """Measure every receiver ``repeat`` times per mode with ``count`` new instances each.
+
+    Each repetition of each mode sends a fresh series (new UIDs, so no receiver sees a
+    duplicate) to the three receivers in turn, so drift on the machine affects all alike.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    results = {
+        (receiver, mode): IngestResult(receiver, mode, count)
+        for receiver in RECEIVERS
+        for mode in MODES
+    }
+    node_error: str | None = None
+    file_kib = 0.0
+    with contextlib.ExitStack() as stack:
+        plain_port, plain_out = stack.enter_context(_storescp(workdir / "storescp", False))
+        fork_port, fork_out = stack.enter_context(_storescp(workdir / "storescp-fork", True))
+        orthanc = stack.enter_context(
+            OrthancServer(
+                workdir=workdir / "orthanc",
+                plugins=(),
+                config_overrides={"SyncStorageArea": True, "MaximumPduLength": MAX_PDU},
+                graceful_stop=False,
+            )
+        )
+        node: NodeProcess | None = None
+        try:
+            node = stack.enter_context(
+                NodeProcess({"rules": [], "node": {"max_pdu": MAX_PDU}}, workdir=workdir / "node")
+            )
+        except NodeStartError as exc:
+            node_error = str(exc)
+        for run in range(repeat):
+            for mode in MODES:
+                series_dir = workdir / f"series-{run}-{mode}"
+                files = write_ct_series(series_dir, count)[1]
+                file_kib = round(files[0].stat().st_size / 1024, 1)
+                scp_port, scp_out = (plain_port, plain_out) if mode == 1 else (fork_port, fork_out)
+                entry = results[("storescp", mode)]
+                entry.seconds.append(send_with_storescu(files, "BASELINE", scp_port, mode))
+                entry.stored.append(_count_dicom(scp_out))
+                shutil.rmtree(scp_out)
+                scp_out.mkdir()
+                entry = results[("orthanc", mode)]
+                entry.seconds.append(
+                    send_with_storescu(files, orthanc.aet, orthanc.dicom_port, mode)
+                )
+                entry.stored.append(None)
+                if node is not None:
+                    spool = node.data_dir / "spool"
+                    before = _count_dicom(spool) if spool.is_dir() else 0
+                    entry = results[("node", mode)]
+                    entry.seconds.append(
+                        send_with_storescu(files, node.ae_title, node.dicom_port, mode)
+                    )
+                    entry.stored.append(_count_dicom(spool) - before if spool.is_dir() else None)
+                shutil.rmtree(series_dir)
 
     result: dict[str, Any] = {
         "images_per_run": count,
-        "file_kib": round(series[0][0].stat().st_size / 1024, 1),
+        "file_kib": file_kib,
         "image": "512x512 16-bit CT, explicit VR little endian",
         "runs": repeat,
         "max_pdu": MAX_PDU,
-        "baseline": baseline.as_dict(),
+        "modes": list(MODES),
+        "receivers": {},
+        "ratios": {},
     }
-    if node_error is not None:
-        result["node"] = {"error": node_error}
-    else:
-        result["node"] = node_result.as_dict()
-        result["ratio_node_over_baseline"] = round(
-            node_result.median_rate / baseline.median_rate, 3
-        )
+    for mode in MODES:
+        for receiver in RECEIVERS:
+            key = f"{receiver}/{mode}"
+            if receiver == "node" and node_error is not None:
+                result["receivers"][key] = {"error": node_error}
+                continue
+            result["receivers"][key] = results[(receiver, mode)].as_dict()
+        if node_error is None:
+            node_rate = results[("node", mode)].median_rate
+            result["ratios"][str(mode)] = {
+                "node_over_orthanc": round(node_rate / results[("orthanc", mode)].median_rate, 3),
+                "node_over_storescp": round(node_rate / results[("storescp", mode)].median_rate, 3),
+            }
     return result
+
+
+def ingest_table(result: dict[str, Any]) -> list[str]:
+    """Printed lines: one per receiver and mode, then the ratios per mode."""
+    lines = [
+        f"Ingest: {result['runs']} runs x {result['images_per_run']} instances "
+        f"({result['image']}, {result['file_kib']} KiB/file), "
+        f"storescu, max PDU {result['max_pdu']}",
+        f"  {'receiver':<10} {'assocs':>6} {'median img/s':>12}   runs (img/s)",
+    ]
+    for key, entry in result["receivers"].items():
+        receiver, mode = key.split("/")
+        if "error" in entry:
+            first = entry["error"].splitlines()[0]
+            lines.append(f"  {receiver:<10} {mode:>6} {'-':>12}   not measured: {first}")
+            continue
+        runs = ", ".join(f"{r:.0f}" for r in entry["images_per_s"])
+        lines.append(f"  {receiver:<10} {mode:>6} {entry['median_images_per_s']:>12.1f}   {runs}")
+    for mode, ratios in result["ratios"].items():
+        lines.append(
+            f"  {mode} association(s): node/Orthanc {ratios['node_over_orthanc']:.2f}, "
+            f"node/storescp {ratios['node_over_storescp']:.2f}"
+        )
+    return lines
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    """A grouped bar chart: median images/s per receiver, one group per mode."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    modes = [int(m) for m in result["modes"]]
+    width = 0.8 / len(RECEIVERS)
+    figure, axes = plt.subplots(figsize=(7, 4))
+    for index, receiver in enumerate(RECEIVERS):
+        heights = [
+            result["receivers"].get(f"{receiver}/{mode}", {}).get("median_images_per_s", 0.0)
+            for mode in modes
+        ]
+        positions = [m + (index - (len(RECEIVERS) - 1) / 2) * width for m in range(len(modes))]
+        bars = axes.bar(positions, heights, width, label=receiver)
+        axes.bar_label(bars, fmt="%.0f", fontsize=8)
+    axes.set_xticks(range(len(modes)), [f"{m} association(s)" for m in modes])
+    axes.set_ylabel("images / s (median)")
+    axes.set_title(
+        f"Ingest, {result['images_per_run']} x {result['file_kib']} KiB CT, {result['runs']} runs"
+    )
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

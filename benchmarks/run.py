@@ -4,7 +4,7 @@ Usage::
 
     python -m benchmarks                       # every section -> benchmarks/results/
     python -m benchmarks --only startup --results-dir /tmp/bench
-    python -m benchmarks --only ingest --count 300 --repeat 3
+    python -m benchmarks --only ingest --count 303 --repeat 3
     python -m benchmarks --only e2e --e2e-runs 2 --json var/bench.json
     python -m benchmarks --only inference --inference-runs 2
     python -m benchmarks --only startup --startup-runs 10
@@ -29,26 +29,6 @@ from typing import Any
 from benchmarks import eta_accuracy, report
 
 
-def ingest_table(result: dict[str, Any]) -> list[str]:
-    lines = [
-        f"Ingest: {result['runs']} runs x {result['images_per_run']} instances "
-        f"({result['image']}, {result['file_kib']} KiB/file), "
-        f"storescu, max PDU {result['max_pdu']}",
-        f"  {'receiver':<16} {'median img/s':>12}   runs (img/s)",
-    ]
-    for key in ("baseline", "node"):
-        entry = result[key]
-        if "error" in entry:
-            first = entry["error"].splitlines()[0]
-            lines.append(f"  {'ainode SCP':<16} {'-':>12}   not measured: {first}")
-            continue
-        runs = ", ".join(f"{r:.0f}" for r in entry["images_per_s"])
-        lines.append(f"  {entry['receiver']:<16} {entry['median_images_per_s']:>12.1f}   {runs}")
-    if "ratio_node_over_baseline" in result:
-        lines.append(f"  node / baseline: {result['ratio_node_over_baseline']:.3f}")
-    return lines
-
-
 def e2e_table(result: dict[str, Any]) -> list[str]:
     from benchmarks.end_to_end import e2e_table as table
 
@@ -62,7 +42,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--only", choices=[s.name for s in SECTIONS], action="append", help="run only this section"
     )
-    parser.add_argument("--count", type=int, default=300, help="instances per ingest run")
+    parser.add_argument("--count", type=int, default=303, help="instances per ingest run")
     parser.add_argument("--repeat", type=int, default=3, help="ingest runs per receiver")
     parser.add_argument("--e2e-runs", type=int, default=1, help="studies sent end to end")
     parser.add_argument(
@@ -139,6 +119,12 @@ def _ingest(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     from benchmarks.ingest import run_ingest
 
     return run_ingest(workdir, args.count, args.repeat)
+
+
+def ingest_table(result: dict[str, Any]) -> list[str]:
+    from benchmarks.ingest import ingest_table
+
+    return ingest_table(result)
 
 
 def _e2e(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:

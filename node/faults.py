@@ -15,6 +15,9 @@ The points, in the order a series meets them:
 ``instance_received``
     A C-STORE request arrived; every earlier one of its association was acknowledged
     (the sender waits for each response), nothing of this one is stored.
+``instances_synced``
+    A group commit pass fsynced its instances' directories; their rows are not yet
+    committed and none of them is acknowledged (start-up re-records the files).
 ``instance_stored``
     The instance is durable and recorded, its success response not yet sent.
 ``series_completed_before_dispatch``
@@ -45,6 +48,7 @@ ENVIRONMENT_VARIABLE = "AINODE_FAULT"
 #: Every point a test can name, with where it sits.
 POINTS: dict[str, str] = {
     "instance_received": "scp: a C-STORE arrived, the earlier ones acknowledged, none stored",
+    "instances_synced": "ingest: a commit pass synced its files, their rows not committed",
     "instance_stored": "scp: the instance is durable and recorded, its response not yet sent",
     "series_completed_before_dispatch": (
         "completion: the series is marked complete, its jobs not yet queued"

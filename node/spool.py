@@ -22,12 +22,25 @@ from node.errors import SpoolError
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
 
-def write_durably(final: Path, write: Callable[[BinaryIO], object]) -> None:
+def sync_directory(directory: Path) -> None:
+    """fsync ``directory``: the names created or renamed in it so far are durable."""
+    handle = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def write_durably(
+    final: Path, write: Callable[[BinaryIO], object], *, sync_parent: bool = True
+) -> None:
     """Write a file with ``write(handle)`` so that ``final`` is whole or absent.
 
     The data goes to a temporary file beside ``final`` (``.<name>.<random>.tmp``),
     is fsynced, renamed over ``final`` and the directory fsynced. On any failure
-    the temporary file is removed and the error raised.
+    the temporary file is removed and the error raised. With ``sync_parent=False`` the
+    caller fsyncs the directory (:func:`sync_directory`, once for several files) before
+    it relies on the name.
     """
     temporary = final.with_name(f".{final.stem}.{uuid.uuid4().hex}.tmp")
     try:
@@ -36,11 +49,8 @@ def write_durably(final: Path, write: Callable[[BinaryIO], object]) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, final)
-        directory = os.open(final.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        if sync_parent:
+            sync_directory(final.parent)
     except BaseException:
         with contextlib.suppress(OSError):
             temporary.unlink(missing_ok=True)
@@ -68,8 +78,19 @@ class Spool:
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.root).free
 
-    def write(self, study_uid: str, series_uid: str, sop_uid: str, data: bytes) -> Path:
+    def write(
+        self,
+        study_uid: str,
+        series_uid: str,
+        sop_uid: str,
+        data: bytes | memoryview,
+        *,
+        sync_parent: bool = True,
+    ) -> Path:
         """Write ``data`` durably and return its final path.
+
+        With ``sync_parent=False`` the file's bytes are fsynced but its name is durable
+        only once the caller has synced its directory (:func:`sync_directory`).
 
         Raises :class:`~node.errors.SpoolError` on any failure, after removing
         the temporary file.
@@ -77,7 +98,7 @@ class Spool:
         final = self.path_for(study_uid, series_uid, sop_uid)
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
-            write_durably(final, lambda handle: handle.write(data))
+            write_durably(final, lambda handle: handle.write(data), sync_parent=sync_parent)
         except OSError as exc:
             raise SpoolError(f"cannot write {final.name}: {exc.strerror or exc}") from exc
         return final

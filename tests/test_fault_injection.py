@@ -46,19 +46,20 @@ from tools.synthetic.chest_ct import make_chest_ct, write_series
 RULE = {**BUILT_IN_CHEST_RULE}
 
 #: One node life per entry: the point it dies at and at which hit. Every point twice, the
-#: ones of receive, inference and export a third time (21 kills); the counts put the scp
+#: ones of receive, inference and export a third time (23 kills); the counts put the scp
 #: kills inside a series (mid-association).
 _POINTS: list[tuple[str, int]] = [
     ("instance_received", 6),
     ("series_completed_before_dispatch", 1),
     ("inference_started", 1),
     ("instance_stored", 9),
+    ("instances_synced", 4),
     ("inference_done", 1),
     ("result_file_half_written", 1),
     ("results_written", 1),
     ("export_first_object_sent", 1),
 ]
-PLAN = _POINTS * 2 + [_POINTS[i] for i in (0, 2, 3, 6, 7)]
+PLAN = _POINTS * 2 + [_POINTS[i] for i in (0, 2, 3, 7, 8)]
 SLICES = 20
 LIFE_TIMEOUT = 90.0
 

@@ -8,6 +8,7 @@ as soon as its socket opens.
 from __future__ import annotations
 
 import contextlib
+import functools
 import socket
 from typing import Any
 
@@ -24,6 +25,36 @@ def set_nodelay(event: Any) -> None:
     if sock is not None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _read_exactly(sock: socket.socket, size: int) -> bytearray:
+    """``size`` bytes from ``sock`` in one buffer (fewer only if the peer closed)."""
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    done = 0
+    while done < size:
+        got = sock.recv_into(view[done:], size - done)
+        if not got:
+            view.release()
+            del buffer[done:]
+            return buffer
+        done += got
+    view.release()
+    return buffer
+
+
+def read_whole_pdus(event: Any) -> None:
+    """``EVT_CONN_OPEN`` handler: read each PDU with ``recv_into`` into one buffer.
+
+    pynetdicom's ``AssociationSocket.recv`` reads 4 KiB per call and extends a bytearray
+    (about 130 calls, each taking the GIL again, per 512 KiB instance); this reads what
+    the kernel holds per call straight into the PDU's buffer. Same contract: blocking,
+    fewer bytes only when the connection closed.
+    """
+    transport = getattr(event.assoc.dul, "socket", None)
+    sock = getattr(transport, "socket", None)
+    if transport is not None and sock is not None:
+        transport.recv = functools.partial(_read_exactly, sock)
 
 
 def requestor(calling_ae: str, timeout: float) -> AE:

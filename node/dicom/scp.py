@@ -44,7 +44,8 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from node.config import NodeSettings
 from node.dicom import status
-from node.dicom.network import set_nodelay
+from node.dicom.file_meta import file_header
+from node.dicom.network import read_whole_pdus, set_nodelay
 from node.dicom.refusals import association_refused
 from node.errors import SpoolError
 from node.faults import fault_point
@@ -171,6 +172,7 @@ class StorageSCP:
     def start(self) -> None:
         handlers = [
             (evt.EVT_CONN_OPEN, set_nodelay),
+            (evt.EVT_CONN_OPEN, read_whole_pdus),
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_REJECTED, self._on_rejected),
@@ -367,7 +369,9 @@ class StorageSCP:
             calling_ae=calling,
             called_ae=called,
         )
-        encoded = event.encoded_dataset()
+        # The data set exactly as the sender encoded it, after a file header (one copy).
+        with event.request.DataSet.getbuffer() as received:
+            encoded = b"".join((file_header(requested_class, sop_uid, transfer_syntax), received))
         try:
             outcome = self._ingestor.accept(incoming, encoded)
         except OutOfResources as exc:

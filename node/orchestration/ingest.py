@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import pydicom
 
 from node.errors import SpoolError
-from node.spool import Spool
+from node.orchestration.group_commit import CommitFailed, GroupCommit
+from node.spool import Spool, sync_directory
 from node.state.series import InstanceRecord, SeriesStore
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,11 @@ class IncomingInstance:
 
 
 class Ingestor:
-    """Writes instances to the spool and records them."""
+    """Writes instances to the spool and records them.
+
+    Concurrent instances (several associations, STOW-RS requests) share their directory
+    fsyncs and their transaction through :class:`~node.orchestration.group_commit.GroupCommit`.
+    """
 
     def __init__(
         self,
@@ -59,8 +64,9 @@ class Ingestor:
         self._series = series
         self._clock = clock
         self._min_free_bytes = min_free_bytes
+        self.commits = GroupCommit(series, sync_directory)
 
-    def accept(self, instance: IncomingInstance, encoded: bytes) -> Outcome:
+    def accept(self, instance: IncomingInstance, encoded: bytes | memoryview) -> Outcome:
         """Store one encoded instance (preamble, file meta and data set).
 
         Raises
@@ -78,7 +84,11 @@ class Ingestor:
             return Outcome.DUPLICATE
         if self._min_free_bytes and self._spool.free_bytes() < self._min_free_bytes + len(encoded):
             raise OutOfResources("free disk space is below the configured minimum")
-        path = self._spool.write(instance.study_uid, instance.series_uid, instance.sop_uid, encoded)
+        # The file's bytes are fsynced here (concurrently with other associations); its
+        # name is made durable with the row, in a commit pass shared with them.
+        path = self._spool.write(
+            instance.study_uid, instance.series_uid, instance.sop_uid, encoded, sync_parent=False
+        )
         record = InstanceRecord(
             sop_uid=instance.sop_uid,
             series_uid=instance.series_uid,
@@ -92,8 +102,8 @@ class Ingestor:
             called_ae=instance.called_ae,
         )
         try:
-            added, reopened = self._series.record_instance(record, self._clock())
-        except Exception as exc:
+            added, reopened = self.commits.record(record, self._clock())
+        except CommitFailed as exc:
             path.unlink(missing_ok=True)
             raise SpoolError(f"cannot record {path.name}: {exc}") from exc
         if not added:  # lost a race with the same instance on another association
