@@ -170,3 +170,23 @@ def test_a_series_completes_at_its_quiet_time_not_the_next_poll(database):
         assert done.wait(20.0)
     finally:
         loop.stop()
+
+
+def test_a_job_being_sent_is_not_taken_for_one_waiting_in_backoff(database, clock, tmp_path):
+    """The export lease is not a backoff: a probe of the destination must not 'release' a
+    job whose first send is in progress (nor let a second attempt start beside it)."""
+    queue = JobQueue(database)
+    job_id = enqueue(queue, clock)
+    queue.claim_next(clock())
+    queue.inference_done(job_id, tmp_path, clock())
+    assert queue.claim_export(clock()) is not None  # the send is in progress
+    assert queue.waiting_destinations(clock()) == set()
+    assert queue.release_waiting("pacs", clock(), "pacs answered the probe") == []
+    assert queue.claim_export(clock()) is None
+    # A failed attempt puts the job in backoff: now it waits for the destination.
+    queue.export_progress(job_id, ["pacs"], clock(), retry_at=clock() + 60, error="refused")
+    assert queue.waiting_destinations(clock()) == {"pacs"}
+    assert queue.release_waiting("pacs", clock(), "pacs answered the probe") == [job_id]
+    assert queue.claim_export(clock()) is not None
+    events = [e.event for e in queue.events(job_id)]
+    assert events.count("export_released") == 1

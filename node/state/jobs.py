@@ -260,7 +260,9 @@ class JobQueue:
         """Return the next exporting job whose retry time has come, pushing its next try away.
 
         The lease (``next_attempt_at`` moved an hour ahead) keeps a second
-        exporter from taking the same job while this one sends.
+        exporter from taking the same job while this one sends; ``lease_expires_at``
+        marks it as a send in progress, so that it is not mistaken for a job waiting in
+        backoff (:meth:`waiting_destinations`, :meth:`release_waiting`).
         """
         with self._db.transaction() as cursor:
             cursor.execute(
@@ -272,9 +274,9 @@ class JobQueue:
             if row is None:
                 return None
             cursor.execute(
-                "UPDATE jobs SET next_attempt_at = ?, export_attempts = export_attempts + 1,"
-                " updated_at = ? WHERE id = ?",
-                (now + 3600.0, now, row["id"]),
+                "UPDATE jobs SET next_attempt_at = ?, lease_expires_at = ?,"
+                " export_attempts = export_attempts + 1, updated_at = ? WHERE id = ?",
+                (now + 3600.0, now + 3600.0, now, row["id"]),
             )
             cursor.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],))
             return _job(cursor.fetchone())
@@ -294,7 +296,7 @@ class JobQueue:
         with self._db.transaction() as cursor:
             cursor.execute(
                 "UPDATE jobs SET pending_destinations = ?, next_attempt_at = ?, error = ?,"
-                " updated_at = ? WHERE id = ? AND state = 'exporting'",
+                " lease_expires_at = NULL, updated_at = ? WHERE id = ? AND state = 'exporting'",
                 (json.dumps(pending), retry_at, error or None, now, job_id),
             )
             self._event(cursor, job_id, now, EventCode.EXPORT_RETRY, detail or error)
@@ -312,7 +314,7 @@ class JobQueue:
         """Destinations that exporting jobs wait for in backoff (their retry is not due)."""
         rows = self._db.query(
             "SELECT pending_destinations FROM jobs WHERE state = 'exporting'"
-            " AND next_attempt_at > ?",
+            " AND next_attempt_at > ? AND lease_expires_at IS NULL",
             (now,),
         )
         return {name for row in rows for name in json.loads(row["pending_destinations"])}
@@ -324,7 +326,7 @@ class JobQueue:
         with self._db.transaction() as cursor:
             cursor.execute(
                 "SELECT id, pending_destinations FROM jobs WHERE state = 'exporting'"
-                " AND next_attempt_at > ?",
+                " AND next_attempt_at > ? AND lease_expires_at IS NULL",
                 (now,),
             )
             released = [
@@ -344,7 +346,7 @@ class JobQueue:
         with self._db.transaction() as cursor:
             cursor.execute(
                 "UPDATE jobs SET state = 'done', pending_destinations = '[]', error = NULL,"
-                " next_attempt_at = NULL, finished_at = ?, updated_at = ?"
+                f" next_attempt_at = NULL, finished_at = ?, updated_at = ?, {_RELEASE}"
                 " WHERE id = ? AND state != 'cancelled'",
                 (now, now, job_id),
             )
@@ -453,7 +455,9 @@ class JobQueue:
                     cursor, job_id, now, EventCode.JOB_REQUEUED, "node restarted while running"
                 )
             # Exports interrupted mid-send are retried straight away.
-            cursor.execute("UPDATE jobs SET next_attempt_at = ? WHERE state = 'exporting'", (now,))
+            cursor.execute(
+                f"UPDATE jobs SET next_attempt_at = ?, {_RELEASE} WHERE state = 'exporting'", (now,)
+            )
         return ids
 
     def get(self, job_id: int) -> Job | None:
@@ -559,7 +563,8 @@ class JobQueue:
             if resend:
                 cursor.execute(
                     "UPDATE jobs SET state = 'exporting', export_attempts = 0, error = NULL,"
-                    " next_attempt_at = ?, finished_at = NULL, updated_at = ? WHERE id = ?",
+                    f" next_attempt_at = ?, finished_at = NULL, updated_at = ?, {_RELEASE}"
+                    " WHERE id = ?",
                     (now, now, job_id),
                 )
                 self._event(cursor, job_id, now, EventCode.JOB_RETRIED, f"by {by}; resend results")
