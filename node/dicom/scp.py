@@ -14,6 +14,7 @@ waits for the sender's retry; one that is released ends such a hold.
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import logging
 import ssl
@@ -38,7 +39,7 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom import AE, evt
-from pynetdicom.presentation import AllStoragePresentationContexts
+from pynetdicom.presentation import AllStoragePresentationContexts, PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -72,6 +73,28 @@ TRANSFER_SYNTAXES = [
     JPEG2000,
     RLELossless,
 ]
+
+
+class _SharedUIDContext(PresentationContext):
+    """A supported presentation context that copies without re-validating its UIDs.
+
+    pynetdicom deep-copies the listener's supported contexts for every association it
+    accepts; for about 170 storage classes x 13 transfer syntaxes that re-creates (and
+    regex-validates) some 2,400 UIDs, about 0.1 s of CPU per association before its first
+    C-STORE. UIDs are immutable, so this copy shares them and copies only the mutable
+    attributes (the transfer syntax list; the rest are scalars).
+    """
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _SharedUIDContext:
+        twin = copy.copy(self)
+        twin._transfer_syntax = list(self._transfer_syntax)
+        return twin
+
+    @classmethod
+    def of(cls, context: PresentationContext) -> _SharedUIDContext:
+        twin = cls.__new__(cls)
+        twin.__dict__.update(copy.deepcopy(vars(context)))
+        return twin
 
 
 def _peer(event: Any) -> tuple[str, str]:
@@ -195,6 +218,7 @@ class StorageSCP:
                 ssl_context=context,
             )
             assert server is not None  # block=False returns the running server
+            server.contexts = [_SharedUIDContext.of(cx) for cx in server.contexts]
             self._servers.append(server)
             log.info(
                 "DICOM listener up ae_title=%s port=%s tls=%s max_pdu=%s",
