@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib
 import json
 import shutil
 import sys
@@ -27,12 +28,6 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import eta_accuracy, report
-
-
-def e2e_table(result: dict[str, Any]) -> list[str]:
-    from benchmarks.end_to_end import e2e_table as table
-
-    return table(result)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -115,16 +110,20 @@ class Section:
         return self.module or f"benchmarks.{self.key}"
 
 
+def _table(module: str, name: str) -> Callable[[dict[str, Any]], list[str]]:
+    """``benchmarks.<module>.<name>``, imported when a table is printed (not at start-up)."""
+
+    def table(result: dict[str, Any]) -> list[str]:
+        printed: list[str] = getattr(importlib.import_module(f"benchmarks.{module}"), name)(result)
+        return printed
+
+    return table
+
+
 def _ingest(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     from benchmarks.ingest import run_ingest
 
     return run_ingest(workdir, args.count, args.repeat)
-
-
-def ingest_table(result: dict[str, Any]) -> list[str]:
-    from benchmarks.ingest import ingest_table
-
-    return ingest_table(result)
 
 
 def _e2e(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
@@ -182,18 +181,6 @@ def _urgent(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     return run_urgent(workdir, backlog=args.urgent_backlog, slices=args.urgent_slices)
 
 
-def _soak_table(result: dict[str, Any]) -> list[str]:
-    from benchmarks.soak import soak_table
-
-    return soak_table(result)
-
-
-def _urgent_table(result: dict[str, Any]) -> list[str]:
-    from benchmarks.urgent import urgent_table
-
-    return urgent_table(result)
-
-
 def _encoding(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     from benchmarks.encoding import run_encoding
 
@@ -201,42 +188,18 @@ def _encoding(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     return run_encoding(workdir, labels=labels, slices=args.encoding_slices)
 
 
-def _encoding_table(result: dict[str, Any]) -> list[str]:
-    from benchmarks.encoding import encoding_table
-
-    return encoding_table(result)
-
-
-def _completion_table(result: dict[str, Any]) -> list[str]:
-    from benchmarks.completion import completion_table
-
-    return completion_table(result)
-
-
-def _inference_table(result: dict[str, Any]) -> list[str]:
-    from benchmarks.inference import inference_table
-
-    return inference_table(result)
-
-
-def _startup_table(result: dict[str, Any]) -> list[str]:
-    from benchmarks.startup import startup_table
-
-    return startup_table(result)
-
-
 # Every benchmark, in the order ``python -m benchmarks`` runs them. A new benchmark is a
 # module under benchmarks/ and one entry here.
 SECTIONS: tuple[Section, ...] = (
-    Section("ingest", "ingest", _ingest, ingest_table),
-    Section("e2e", "end_to_end", _e2e, e2e_table),
-    Section("completion", "completion", _completion, _completion_table),
-    Section("inference", "inference", _inference, _inference_table),
-    Section("startup", "startup", _startup, _startup_table),
-    Section("urgent", "urgent", _urgent, _urgent_table),
-    Section("soak", "soak", _soak, _soak_table),
+    Section("ingest", "ingest", _ingest, _table("ingest", "ingest_table")),
+    Section("e2e", "end_to_end", _e2e, _table("end_to_end", "e2e_table")),
+    Section("completion", "completion", _completion, _table("completion", "completion_table")),
+    Section("inference", "inference", _inference, _table("inference", "inference_table")),
+    Section("startup", "startup", _startup, _table("startup", "startup_table")),
+    Section("urgent", "urgent", _urgent, _table("urgent", "urgent_table")),
+    Section("soak", "soak", _soak, _table("soak", "soak_table")),
     Section("eta", "eta_accuracy", eta_accuracy.run, eta_accuracy.table),
-    Section("encoding", "encoding", _encoding, _encoding_table),
+    Section("encoding", "encoding", _encoding, _table("encoding", "encoding_table")),
 )
 
 
