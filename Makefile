@@ -1,7 +1,8 @@
 # Two entry points do all set-up on a fresh Debian machine (run as root, or with sudo for apt):
 #   make run   - create .venv, install the node, start it with embedded defaults
 #   make test  - create .venv with dev extras, install the Debian tools the tests use, run
-#                ruff, mypy and the whole pytest suite (slow end-to-end tests included)
+#                ruff, mypy and the whole pytest suite (slow end-to-end tests included),
+#                PYTEST_WORKERS=4 in parallel (make test PYTEST_WORKERS=6)
 # and: make demo (Orthanc + node + a synthetic CT), make viewer (OHIF on the dev Orthanc),
 #      make bench (benchmarks)
 SHELL := /bin/bash
@@ -77,8 +78,16 @@ lint: $(VENV)/.installed-dev
 viewer-dist: $(VENV)/.installed-run
 	$(BIN)/python -m tools.viewer.ohif
 
+# The suite in two passes (tests/README.md): the parallel-safe tests on PYTEST_WORKERS
+# pytest-xdist workers, then the tests marked serial alone. Both always run; either
+# failing fails make test. `.venv/bin/pytest` alone is still the whole suite, serially.
+PYTEST_WORKERS ?= 4
 test: $(VENV)/.installed-dev debs-test viewer-dist lint
-	TCP_NODELAY=1 $(BIN)/pytest
+	@status=0; \
+	TCP_NODELAY=1 $(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup --no-loadscope-reorder \
+		-m "not serial" $(PYTEST_ARGS) || status=1; \
+	TCP_NODELAY=1 $(BIN)/pytest -m serial $(PYTEST_ARGS) || status=1; \
+	exit $$status
 
 demo: $(VENV)/.installed-tools debs-test
 	TCP_NODELAY=1 $(BIN)/python -m tools.demo

@@ -9,6 +9,14 @@ import pytest
 
 from node.state.db import Database
 
+# pytest-xdist: serial tests skipped on workers, module fixtures kept on one worker, slow
+# tests handed out first (tests/README.md). A run without -n is unchanged.
+from tests.support.parallel import (  # noqa: F401
+    pytest_collection_modifyitems,
+    pytest_configure_node,
+    pytest_xdist_make_scheduler,
+)
+
 # dcmtk and Orthanc stall ~45 ms per image on loopback without it.
 os.environ.setdefault("TCP_NODELAY", "1")
 

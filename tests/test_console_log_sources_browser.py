@@ -9,16 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_console_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, add_user
+from tests.support.browser import browser_page, log_in, logged_in_page, needs_chromium
+from tests.test_console_browser import ARTIFACTS, add_user
 from tools.net import wait_until
 from tools.node_process import PROJECT_ROOT, NodeProcess
 
 PASSWORD = "console-password-1"
-playwright_api = pytest.importorskip("playwright.sync_api")
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium"),
-]
+pytest.importorskip("playwright.sync_api")
+pytestmark = [pytest.mark.slow, needs_chromium]
 
 
 def test_log_page_shows_and_filters_recent_warnings(tmp_path: Path) -> None:
@@ -26,48 +24,38 @@ def test_log_page_shows_and_filters_recent_warnings(tmp_path: Path) -> None:
     node = NodeProcess({"workers": {"device": "cpu"}}, workdir=tmp_path / "node")
     with node:
         add_user(node, "admin", "admin")
-        with playwright_api.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.set_default_timeout(30_000)
-            requested: list[str] = []
-            page.on("request", lambda request: requested.append(request.url))
-            try:
-                page.goto(f"{node.url}/log")
-                # A failed login is a warning the node logs (the user name, no patient data).
-                page.fill("input[name=username]", "mallory")
-                page.fill("input[name=password]", "wrong-password-1")
-                page.click("button[type=submit]")
-                page.wait_for_selector("text=Wrong user name or password")
-                page.fill("input[name=username]", "admin")
-                page.fill("input[name=password]", PASSWORD)
-                page.click("button[type=submit]")
-                page.wait_for_url(lambda url: "/login" not in url)
-                page.goto(f"{node.url}/log")
-                row = page.locator("#log-table tbody tr", has_text="login failed")
-                assert row.count() == 1
-                assert "WARNING" in row.inner_text() and "node.api.web" in row.inner_text()
-                page.screenshot(path=ARTIFACTS / "log-page.png")
+        requested: list[str] = []
+        with browser_page(requests=requested) as page:
+            page.goto(f"{node.url}/log")
+            # A failed login is a warning the node logs (the user name, no patient data).
+            page.fill("input[name=username]", "mallory")
+            page.fill("input[name=password]", "wrong-password-1")
+            page.click("button[type=submit]")
+            page.wait_for_selector("text=Wrong user name or password")
+            log_in(page, "admin", PASSWORD)
+            page.goto(f"{node.url}/log")
+            row = page.locator("#log-table tbody tr", has_text="login failed")
+            assert row.count() == 1
+            assert "WARNING" in row.inner_text() and "node.api.web" in row.inner_text()
+            page.screenshot(path=ARTIFACTS / "log-page.png")
 
-                page.fill("input[name=text]", "no such words")
-                page.click("form.filters button[type=submit]")
-                page.wait_for_selector("p.empty:has-text('no such words')")
-                page.fill("input[name=text]", "LOGIN FAILED")
-                page.select_option("select[name=level]", "ERROR")
-                page.click("form.filters button[type=submit]")
-                page.wait_for_selector("p.empty")
-                assert page.locator("#log-table").count() == 0
-                page.select_option("select[name=level]", "WARNING")
-                page.click("form.filters button[type=submit]")
-                page.wait_for_selector("#log-table tbody tr:has-text('login failed')")
+            page.fill("input[name=text]", "no such words")
+            page.click("form.filters button[type=submit]")
+            page.wait_for_selector("p.empty:has-text('no such words')")
+            page.fill("input[name=text]", "LOGIN FAILED")
+            page.select_option("select[name=level]", "ERROR")
+            page.click("form.filters button[type=submit]")
+            page.wait_for_selector("p.empty")
+            assert page.locator("#log-table").count() == 0
+            page.select_option("select[name=level]", "WARNING")
+            page.click("form.filters button[type=submit]")
+            page.wait_for_selector("#log-table tbody tr:has-text('login failed')")
 
-                api = page.request.get(f"{node.url}/api/log?level=WARNING&text=login")
-                assert api.ok
-                (entry,) = api.json()
-                assert (entry["level"], entry["logger"]) == ("WARNING", "node.api.web")
-                assert page.request.get(f"{node.url}/api/log?level=INFO").status == 422
-            finally:
-                browser.close()
+            api = page.request.get(f"{node.url}/api/log?level=WARNING&text=login")
+            assert api.ok
+            (entry,) = api.json()
+            assert (entry["level"], entry["logger"]) == ("WARNING", "node.api.web")
+            assert page.request.get(f"{node.url}/api/log?level=INFO").status == 422
     outside = [url for url in requested if not url.startswith(node.url)]
     assert outside == []
 
@@ -100,68 +88,58 @@ def test_sources_page_lists_sources_and_recent_pulls(tmp_path: Path) -> None:
     )
     with node:
         add_user(node, "viewer", "viewer")
-        with playwright_api.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.set_default_timeout(30_000)
-            requested: list[str] = []
-            page.on("request", lambda request: requested.append(request.url))
-            try:
-                queued = page.request.post(
-                    f"{node.url}/api/pull",
-                    data={"source": "archive", "study_uid": study},
+        requested: list[str] = []
+        with browser_page(requests=requested) as page:
+            queued = page.request.post(
+                f"{node.url}/api/pull",
+                data={"source": "archive", "study_uid": study},
+                headers={"Authorization": f"Bearer {TOKEN}"},
+            )
+            assert queued.status == 202, queued.text()
+            pull_id = queued.json()["id"]
+            # A pull queued by the CLI is claimed by the running node's puller.
+            cli = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "node",
+                    "pull",
+                    "modality-pacs",
+                    "--study",
+                    study,
+                    "--json",
+                    "--config",
+                    str(node.config_path),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                cwd=PROJECT_ROOT,
+            )
+            assert cli.returncode == 0, cli.stderr
+            cli_id = json.loads(cli.stdout)["id"]
+
+            def cli_pull_state() -> str:
+                answer = page.request.get(
+                    f"{node.url}/api/pull/{cli_id}",
                     headers={"Authorization": f"Bearer {TOKEN}"},
                 )
-                assert queued.status == 202, queued.text()
-                pull_id = queued.json()["id"]
-                # A pull queued by the CLI is claimed by the running node's puller.
-                cli = subprocess.run(
-                    [
-                        sys.executable,
-                        "-m",
-                        "node",
-                        "pull",
-                        "modality-pacs",
-                        "--study",
-                        study,
-                        "--json",
-                        "--config",
-                        str(node.config_path),
-                    ],
-                    capture_output=True,
-                    text=True,
-                    timeout=120,
-                    cwd=PROJECT_ROOT,
-                )
-                assert cli.returncode == 0, cli.stderr
-                cli_id = json.loads(cli.stdout)["id"]
+                return str(answer.json()["state"])
 
-                def cli_pull_state() -> str:
-                    answer = page.request.get(
-                        f"{node.url}/api/pull/{cli_id}",
-                        headers={"Authorization": f"Bearer {TOKEN}"},
-                    )
-                    return str(answer.json()["state"])
-
-                wait_until(lambda: cli_pull_state() != "queued", timeout=30)
-                page.goto(f"{node.url}/sources")
-                page.fill("input[name=username]", "viewer")
-                page.fill("input[name=password]", PASSWORD)
-                page.click("button[type=submit]")
-                page.wait_for_url(f"{node.url}/sources")
-                sources = page.locator("#sources-table tbody tr")
-                assert sources.count() == 2
-                assert "dicomweb" in sources.nth(0).inner_text()
-                assert f"http://127.0.0.1:{closed}/dicom-web" in sources.nth(0).inner_text()
-                assert f"PACS1@127.0.0.1:{closed}" in sources.nth(1).inner_text()
-                assert page.locator("#pulls-table tbody tr").count() == 2
-                row = page.locator("#pulls-table tbody tr").nth(1)
-                text = row.inner_text()
-                assert text.startswith(str(pull_id)) and "archive" in text and study in text
-                assert any(s in text for s in ("queued", "running", "failed"))
-                page.screenshot(path=ARTIFACTS / "sources-page.png")
-            finally:
-                browser.close()
+            wait_until(lambda: cli_pull_state() != "queued", timeout=30)
+            page.goto(f"{node.url}/sources")
+            log_in(page, "viewer", PASSWORD, then=f"{node.url}/sources")
+            sources = page.locator("#sources-table tbody tr")
+            assert sources.count() == 2
+            assert "dicomweb" in sources.nth(0).inner_text()
+            assert f"http://127.0.0.1:{closed}/dicom-web" in sources.nth(0).inner_text()
+            assert f"PACS1@127.0.0.1:{closed}" in sources.nth(1).inner_text()
+            assert page.locator("#pulls-table tbody tr").count() == 2
+            row = page.locator("#pulls-table tbody tr").nth(1)
+            text = row.inner_text()
+            assert text.startswith(str(pull_id)) and "archive" in text and study in text
+            assert any(s in text for s in ("queued", "running", "failed"))
+            page.screenshot(path=ARTIFACTS / "sources-page.png")
     outside = [url for url in requested if not url.startswith(node.url)]
     assert outside == []
 
@@ -196,31 +174,18 @@ def test_storage_page_shows_disk_usage_and_retention_deletions(tmp_path: Path) -
     db.close()
     with node:
         add_user(node)
-        with playwright_api.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.set_default_timeout(30_000)
-            requested: list[str] = []
-            page.on("request", lambda request: requested.append(request.url))
-            try:
-                page.goto(f"{node.url}/storage")
-                page.fill("input[name=username]", "admin")
-                page.fill("input[name=password]", PASSWORD)
-                page.click("button[type=submit]")
-                page.wait_for_url(lambda url: "/login" not in url)
-                page.goto(f"{node.url}/storage")
-                disk = page.locator("#disk-table").inner_text().lower()
-                assert "spool" in disk and "results" in disk and "high watermark" in disk
-                assert "0xa700" in disk
-                row = page.locator(
-                    "#deletions-table tbody tr", has_text="1.2.826.0.1.3680043.8.498.77"
-                )
-                assert row.count() == 1
-                text = row.inner_text()
-                assert "age" in text and "spool and results" in text and "2.4 KiB" in text
-                assert "7 days" in page.locator("#policy").inner_text()
-                assert page.locator("nav a[href='/storage']").count() == 1
-                page.screenshot(path=ARTIFACTS / "storage-page.png")
-            finally:
-                browser.close()
+        requested: list[str] = []
+        with logged_in_page(
+            node.url, "admin", PASSWORD, path="/storage", requests=requested
+        ) as page:
+            disk = page.locator("#disk-table").inner_text().lower()
+            assert "spool" in disk and "results" in disk and "high watermark" in disk
+            assert "0xa700" in disk
+            row = page.locator("#deletions-table tbody tr", has_text="1.2.826.0.1.3680043.8.498.77")
+            assert row.count() == 1
+            text = row.inner_text()
+            assert "age" in text and "spool and results" in text and "2.4 KiB" in text
+            assert "7 days" in page.locator("#policy").inner_text()
+            assert page.locator("nav a[href='/storage']").count() == 1
+            page.screenshot(path=ARTIFACTS / "storage-page.png")
         assert all(url.startswith(node.url) for url in requested), requested

@@ -7,21 +7,19 @@ from __future__ import annotations
 
 import shutil
 from datetime import datetime
-from pathlib import Path
 
 import pydicom
 import pytest
 
 from node.state.events import EventCode
 from tests.support.admin import ADMIN_PASSWORD, ServedNode, served_node
+from tests.support.browser import logged_in_page, needs_chromium
 from tests.support.dcmtk import storescu
 from tests.support.jobs import enqueue_job
 from tools.net import wait_until
 from tools.node_process import PROJECT_ROOT
 from tools.synthetic.chest_ct import make_chest_ct, write_series
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"]
 ARTIFACTS = PROJECT_ROOT / "test-artifacts" / "console"
 RULE = {"name": "chest-ct", "match": {"Modality": "CT"}, "plugin": "ct_lungs"}
 
@@ -111,41 +109,26 @@ def test_timeline_reports_the_stages_the_events_recorded(queued) -> None:
     assert 0.0 <= medians["receive"] < 120.0
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium")
+@needs_chromium
 def test_console_draws_the_timeline_and_shows_the_eta(queued) -> None:
-    playwright_api = pytest.importorskip("playwright.sync_api")
+    pytest.importorskip("playwright.sync_api")
     served, ids = queued
-    with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 900})
-        page.set_default_timeout(30_000)
-        try:
-            page.goto(f"{served.url}/login")
-            page.fill("input[name=username]", "admin")
-            page.fill("input[name=password]", ADMIN_PASSWORD)
-            page.click("button[type=submit]")
-            page.wait_for_url(lambda url: "/login" not in url)
-            page.goto(f"{served.url}/")
-            page.wait_for_selector("#timeline-chart svg rect.throughput")
-            assert (
-                page.locator("#timeline-chart rect.throughput").get_attribute("data-finished")
-                == "1"
-            )
-            stages = page.locator("#timeline-chart rect.stage").evaluate_all(
-                "rects => rects.map(r => r.dataset.stage)"
-            )
-            assert {"load", "infer", "encode", "wait"} <= set(stages)
-            ARTIFACTS.mkdir(parents=True, exist_ok=True)
-            page.locator("#timeline-chart").screenshot(path=ARTIFACTS / "eta-timeline.png")
-            page.goto(f"{served.url}/jobs")
-            urgent = page.locator(f"tr[data-job-id='{ids['urgent']}'] td.eta").inner_text()
-            running = page.locator(f"tr[data-job-id='{ids['running']}'] td.eta").inner_text()
-            done = page.locator(f"tr[data-job-id='{ids['done']}'] td.eta").inner_text()
-            assert urgent.startswith("starts ~") and ", done ~" in urgent
-            assert running.startswith("started ")
-            assert done.strip() == ""
-            page.screenshot(path=ARTIFACTS / "eta-jobs.png", full_page=True)
-            page.goto(f"{served.url}/jobs/{ids['routine']}")
-            assert "ct_lungs on cpu" in page.locator("dd.eta").inner_text()
-        finally:
-            browser.close()
+    with logged_in_page(served.url, "admin", ADMIN_PASSWORD) as page:
+        page.wait_for_selector("#timeline-chart svg rect.throughput")
+        assert page.locator("#timeline-chart rect.throughput").get_attribute("data-finished") == "1"
+        stages = page.locator("#timeline-chart rect.stage").evaluate_all(
+            "rects => rects.map(r => r.dataset.stage)"
+        )
+        assert {"load", "infer", "encode", "wait"} <= set(stages)
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.locator("#timeline-chart").screenshot(path=ARTIFACTS / "eta-timeline.png")
+        page.goto(f"{served.url}/jobs")
+        urgent = page.locator(f"tr[data-job-id='{ids['urgent']}'] td.eta").inner_text()
+        running = page.locator(f"tr[data-job-id='{ids['running']}'] td.eta").inner_text()
+        done = page.locator(f"tr[data-job-id='{ids['done']}'] td.eta").inner_text()
+        assert urgent.startswith("starts ~") and ", done ~" in urgent
+        assert running.startswith("started ")
+        assert done.strip() == ""
+        page.screenshot(path=ARTIFACTS / "eta-jobs.png", full_page=True)
+        page.goto(f"{served.url}/jobs/{ids['routine']}")
+        assert "ct_lungs on cpu" in page.locator("dd.eta").inner_text()

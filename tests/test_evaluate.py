@@ -63,6 +63,7 @@ from node.orchestration.worker import InferenceWorker
 from node.state.db import Database
 from node.state.jobs import JobQueue
 from node.state.series import InstanceRecord, SeriesStore
+from tests.support.browser import browser_page, needs_chromium
 from tools.evaluation_example import reference_seg, shift_columns, write_lung_dataset
 from tools.synthetic.chest_ct import make_chest_ct, write_series
 
@@ -550,19 +551,14 @@ def test_cli_writes_json_and_html(
     assert "is not FINDING=VALUE with VALUE in 0-1" in capsys.readouterr().err
 
 
-playwright_api = pytest.importorskip("playwright.sync_api")
-CHROMIUM = "/usr/bin/chromium"
-
-
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium")
+@needs_chromium
 def test_html_report_opens_in_chromium_and_shows_every_plot(
     lung_reports: tuple[dict, dict],
     classification_set: Path,
     detection_set: Path,
     tmp_path: Path,
 ) -> None:
-    from tests.test_console_browser import CHROMIUM_ARGS
-
+    pytest.importorskip("playwright.sync_api")
     combined = dict(lung_reports[0])
     combined["classification"] = evaluate("score_reader", classification_set, registry=registry())[
         "classification"
@@ -573,30 +569,24 @@ def test_html_report_opens_in_chromium_and_shows_every_plot(
     _, html = write_report(combined, tmp_path / "report")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     requests: list[str] = []
-    with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 900})
-            page.on("request", lambda request: requests.append(request.url))
-            page.goto(html.as_uri())
-            assert page.title() == "Evaluation of ct_lungs 1.0.0"
-            headings = page.locator("h2").all_inner_texts()
-            assert headings[:3] == ["Segmentation", "Classification", "Detection (FROC)"]
-            plots = page.locator("svg.plot")
-            labels = [plots.nth(i).get_attribute("aria-label") for i in range(plots.count())]
-            assert labels == [
-                "Dice per segment",
-                "95th-percentile Hausdorff",
-                "ROC: bright",
-                "FROC: square",
-            ]
-            for i in range(plots.count()):
-                box = plots.nth(i).bounding_box()
-                assert box is not None and box["width"] > 200 and box["height"] > 150
-            assert page.locator("#classification").inner_text().count("0.875") >= 1
-            page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
-        finally:
-            browser.close()
+    with browser_page(width=1200, requests=requests) as page:
+        page.goto(html.as_uri())
+        assert page.title() == "Evaluation of ct_lungs 1.0.0"
+        headings = page.locator("h2").all_inner_texts()
+        assert headings[:3] == ["Segmentation", "Classification", "Detection (FROC)"]
+        plots = page.locator("svg.plot")
+        labels = [plots.nth(i).get_attribute("aria-label") for i in range(plots.count())]
+        assert labels == [
+            "Dice per segment",
+            "95th-percentile Hausdorff",
+            "ROC: bright",
+            "FROC: square",
+        ]
+        for i in range(plots.count()):
+            box = plots.nth(i).bounding_box()
+            assert box is not None and box["width"] > 200 and box["height"] > 150
+        assert page.locator("#classification").inner_text().count("0.875") >= 1
+        page.screenshot(path=str(ARTIFACTS / "report.png"), full_page=True)
     assert all(url.startswith("file://") for url in requests), requests
 
 

@@ -39,6 +39,7 @@ from node.state.destinations import DestinationStore
 from node.state.jobs import JobQueue
 from node.state.series import SeriesStore
 from tests.support.admin import ADMIN_PASSWORD, served_node
+from tests.support.browser import logged_in_page, needs_chromium
 from tests.support.jobs import job_with_results
 from tests.support.node import listening_node, stepped_settings
 from tests.support.pki import Pki, make_pki
@@ -309,15 +310,12 @@ def _first_admin(node: NodeProcess) -> list[str]:
         return response.headers.get_list("set-cookie")
 
 
-CHROMIUM = "/usr/bin/chromium"
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium")
+@needs_chromium
 def test_console_edit_keeps_a_destinations_tls_over_https(pki: Pki, tmp_path: Path):
     """The console's destination form has no TLS fields: saving an edit must not drop
     ``tls`` (the PUT replaces the destination). Logged in over HTTPS in chromium."""
-    playwright_api = pytest.importorskip("playwright.sync_api")
+    pytest.importorskip("playwright.sync_api")
     tls = {"ca_certificates": str(pki.ca.certificate), "server_name": "localhost"}
     config = {
         "node": {
@@ -330,29 +328,18 @@ def test_console_edit_keeps_a_destinations_tls_over_https(pki: Pki, tmp_path: Pa
     }
     with NodeProcess(config, workdir=tmp_path / "node", https_ca=pki.ca.certificate) as node:
         _first_admin(node)
-        with playwright_api.sync_playwright() as p:
-            browser = p.chromium.launch(
-                executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"]
-            )
-            try:
-                # The browser does not know the test CA; the certificate is checked above.
-                page = browser.new_context(ignore_https_errors=True).new_page()
-                page.set_default_timeout(30_000)
-                page.goto(f"{node.url}/destinations")
-                page.fill("input[name=username]", "admin")
-                page.fill("input[name=password]", ADMIN_PASSWORD)
-                page.click("button[type=submit]")
-                page.wait_for_url(f"{node.url}/destinations")
-                assert "TLS" in page.locator("tr[data-destination=pacs]").inner_text()
-                page.click("[data-edit-destination=pacs]")
-                page.click("#destination-form summary")  # "Retries and time-outs"
-                page.fill("#destination-form [name=max_attempts]", "7")
-                with page.expect_response(lambda r: r.request.method == "PUT") as answer:
-                    page.click("#destination-form button[type=submit]")
-                assert answer.value.status == 200, answer.value.text()
-                stored = page.request.get(f"{node.url}/api/destinations/pacs").json()
-            finally:
-                browser.close()
+        # The browser does not know the test CA; the certificate is checked above.
+        with logged_in_page(
+            node.url, "admin", ADMIN_PASSWORD, path="/destinations", ignore_https_errors=True
+        ) as page:
+            assert "TLS" in page.locator("tr[data-destination=pacs]").inner_text()
+            page.click("[data-edit-destination=pacs]")
+            page.click("#destination-form summary")  # "Retries and time-outs"
+            page.fill("#destination-form [name=max_attempts]", "7")
+            with page.expect_response(lambda r: r.request.method == "PUT") as answer:
+                page.click("#destination-form button[type=submit]")
+            assert answer.value.status == 200, answer.value.text()
+            stored = page.request.get(f"{node.url}/api/destinations/pacs").json()
     assert stored["max_attempts"] == 7
     assert stored["tls"]["ca_certificates"] == tls["ca_certificates"]
     assert stored["tls"]["server_name"] == "localhost"
