@@ -640,6 +640,7 @@ def peak_rss_mb(pid: int) -> float:
     raise AssertionError(f"no VmHWM for pid {pid}")
 
 
+@pytest.mark.serial(reason="node peak RSS; 240 MiB per copy beside other workers")
 def test_2000_instances_and_a_240_mib_instance_are_stored_without_blowing_up(
     tmp_path: Path,
 ) -> None:

@@ -58,6 +58,7 @@ def wait_for_jobs(node: NodeProcess, count: int, timeout: float) -> None:
     assert job_states(node) == ["done"] * count, node.log_text()[-3000:]
 
 
+@pytest.mark.serial(reason="RSS step per job: other processes would add noise")
 def test_rss_stays_flat_over_many_series_in_one_process(tmp_path: Path) -> None:
     series = []
     for index in range(SOAK_SERIES + 1):

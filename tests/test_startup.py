@@ -82,6 +82,7 @@ def _jobs(database: Path) -> list[tuple[int, str]]:
         return [(int(i), str(s)) for i, s in db.execute("SELECT id, state FROM jobs")]
 
 
+@pytest.mark.serial(reason="must see the node inside its 20 s loading delay")
 def test_readyz_says_routines_loading_and_due_jobs_wait_for_them(tmp_path: Path) -> None:
     config = {
         "rules": [BUILT_IN_CHEST_RULE],
