@@ -202,6 +202,7 @@ def _lung_volumes(sr: Any, directory: Path) -> dict[str, float]:
 
 
 @pytest.mark.slow
+@pytest.mark.serial(reason="1 s quiet period: a stall before the abort completes the series")
 def test_aborted_association_holds_the_series_until_the_resend(tmp_path: Path) -> None:
     datasets, truth = make_chest_ct(n_slices=120, rows=128, columns=128, seed=101)
     files = write_series(datasets, tmp_path / "series")

@@ -147,6 +147,7 @@ def _result_series(pacs: OrthancServer, study_uid: str) -> dict[str, list[dict[s
 
 
 @pytest.mark.slow
+@pytest.mark.serial(reason="restarts the node at every fault point: past 600 s beside 3 workers")
 def test_kills_at_every_fault_point_lose_nothing_and_send_each_result_once(
     tmp_path: Path,
 ) -> None:

@@ -459,6 +459,7 @@ DCMTK_JPEG = {
 }
 
 
+@pytest.mark.serial(reason="3 s quiet period: a stalled sender splits a series in two")
 def test_hostile_series_and_instances_each_have_their_outcome(tmp_path: Path) -> None:
     files: dict[str, list[Path]] = {}
     expected: dict[str, str] = {}
