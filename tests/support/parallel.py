@@ -77,6 +77,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         os.replace(partial, path)
 
 
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: no error under -p no:xdist
 def pytest_configure_node(node: Any) -> None:
     """Controller: tell each worker where to write the groups it collected."""
     config = node.config
@@ -84,6 +85,7 @@ def pytest_configure_node(node: Any) -> None:
     node.workerinput[_GROUPS_KEY] = str(base / "xdist-groups.json")
 
 
+@pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """Controller: ``--dist loadgroup`` schedules by the groups the workers wrote."""
     if config.getvalue("dist") != "loadgroup":
