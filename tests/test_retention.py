@@ -132,7 +132,9 @@ def _series(db: Database, root: Path, uid: str, *, job_state: str | None, finish
             path = spool / f"{n}.dcm"
             path.write_bytes(b"x" * 1000)
             cursor.execute(
-                "INSERT INTO instances VALUES (?, ?, '1.2.3', '1.2', '1.2', ?, 1000, 0)",
+                "INSERT INTO instances (sop_uid, series_uid, study_uid, sop_class_uid,"
+                " transfer_syntax, path, size, received_at)"
+                " VALUES (?, ?, '1.2.3', '1.2', '1.2', ?, 1000, 0)",
                 (f"{uid}.{n}", uid, str(path)),
             )
         if job_state is not None:

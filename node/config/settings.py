@@ -94,11 +94,19 @@ class Settings(_Strict):
 
     @property
     def spool_dir(self) -> Path:
-        return self.node.data_dir / "spool"
+        return self.node.spool_dir or self.node.data_dir / "spool"
+
+    @property
+    def spool_subdir(self) -> str | None:
+        """The directory of this node's own files in a shared spool (``node.spool_dir`` set):
+        its name, with characters other than letters, digits, ``.``, ``_``, ``-`` as ``_``."""
+        if self.node.spool_dir is None:
+            return None
+        return re.sub(r"[^A-Za-z0-9._-]", "_", self.node.identity)
 
     @property
     def results_dir(self) -> Path:
-        return self.node.data_dir / "results"
+        return self.node.results_dir or self.node.data_dir / "results"
 
     @property
     def database_path(self) -> Path:

@@ -28,9 +28,10 @@ from node.state.connection import Cursor
 DEFAULT_LEASE_SECONDS = 60.0
 
 
-def owner_name(worker: str) -> str:
-    """An owner id for ``worker`` in this process: ``host:pid:worker``."""
-    return f"{socket.gethostname()}:{os.getpid()}:{worker}"
+def owner_name(worker: str, node: str = "") -> str:
+    """An owner id for ``worker`` in this process: ``host:pid:worker``, and ``@node`` (the
+    node's name, ``node.name``) when given."""
+    return f"{socket.gethostname()}:{os.getpid()}:{worker}" + (f"@{node}" if node else "")
 
 
 def owner_is_dead(owner: str | None) -> bool:

@@ -360,6 +360,11 @@ def _leases(cursor: sqlite3.Cursor) -> None:
         )
 
 
+def _received_by(cursor: sqlite3.Cursor) -> None:
+    # Which node received each instance (several nodes may share one state and spool).
+    _add_column(cursor, "instances", "received_by", "TEXT NOT NULL DEFAULT ''")
+
+
 @dataclass(frozen=True)
 class Migration:
     """One step of the schema: run once to move a database to ``version``."""
@@ -374,6 +379,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "pull tables join the migration list", _pull_tables),
     Migration(6, "job events carry a structured code (backfilled from their names)", _event_codes),
     Migration(7, "jobs and pulls carry an owner and a lease", _leases),
+    Migration(8, "instances name the node that received them", _received_by),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version
