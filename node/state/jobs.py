@@ -265,9 +265,10 @@ class JobQueue:
         backoff (:meth:`waiting_destinations`, :meth:`release_waiting`).
         """
         with self._db.transaction() as cursor:
+            lock = " FOR UPDATE SKIP LOCKED" if lease.locks_rows(cursor) else ""
             cursor.execute(
                 "SELECT id FROM jobs WHERE state = 'exporting' AND next_attempt_at <= ?"
-                " ORDER BY priority, next_attempt_at LIMIT 1",
+                f" ORDER BY priority, next_attempt_at LIMIT 1{lock}",
                 (now,),
             )
             row = cursor.fetchone()
@@ -275,9 +276,12 @@ class JobQueue:
                 return None
             cursor.execute(
                 "UPDATE jobs SET next_attempt_at = ?, lease_expires_at = ?,"
-                " export_attempts = export_attempts + 1, updated_at = ? WHERE id = ?",
-                (now + 3600.0, now + 3600.0, now, row["id"]),
+                " export_attempts = export_attempts + 1, updated_at = ? WHERE id = ?"
+                " AND state = 'exporting' AND next_attempt_at <= ?",
+                (now + 3600.0, now + 3600.0, now, row["id"], now),
             )
+            if cursor.rowcount != 1:
+                return None
             cursor.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],))
             return _job(cursor.fetchone())
 
