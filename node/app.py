@@ -34,7 +34,7 @@ from node.orchestration.ingest import Ingestor
 from node.orchestration.registry import PluginRegistry, plugin_names, select_devices
 from node.pull.service import PullService, SenderCountChecker
 from node.spool import Spool
-from node.state.db import Database, check_integrity
+from node.state.backend import open_database
 from node.state.dicom_audit import DicomAudit
 from node.state.jobs import JobQueue
 from node.state.pulls import PullStore
@@ -78,8 +78,8 @@ class Node:
         check_plugins_known(settings, known, source=source)
         data_dir = settings.node.data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
-        check_integrity(settings.database_path)  # refuses to start on a damaged file
-        self.db = Database(settings.database_path)
+        # SQLite refuses to start on a damaged file (check_integrity); or PostgreSQL.
+        self.db = open_database(settings.state, settings.database_path)
         #: This node's identity among the nodes sharing the state (``node.name``).
         self.name = settings.node.identity
         self.series = SeriesStore(self.db)

@@ -23,6 +23,7 @@ from node.orchestration.completion import CompletionMonitor
 from node.orchestration.ingest import IncomingInstance, Ingestor
 from node.orchestration.prepare import InstancesUnreadable, check_instances_visible
 from node.spool import Spool
+from node.state.connection import Connection
 from node.state.db import Database
 from node.state.events import EventCode
 from node.state.jobs import JobQueue
@@ -34,10 +35,20 @@ from tools.synthetic.chest_ct import make_chest_ct
 QUIET = 10.0
 
 
+pytestmark = pytest.mark.state_backends
+
+
 @pytest.fixture
-def second(database: Database) -> Iterator[Database]:
+def second(database: Connection) -> Iterator[Connection]:
     """A second connection to the state of ``database``: another node's."""
-    other = Database(database.path)
+    other: Connection
+    if isinstance(database, Database):
+        other = Database(database.path)
+    else:
+        from node.state.postgres import PostgresDatabase
+
+        assert isinstance(database, PostgresDatabase)
+        other = PostgresDatabase(database.url)
     yield other
     other.close()
 
@@ -80,7 +91,7 @@ def _monitor(
 
 
 def test_a_series_split_over_two_nodes_completes_once_with_every_instance(
-    database: Database, second: Database, clock
+    database: Connection, second: Connection, clock
 ) -> None:
     stores = {"node-a": SeriesStore(database), "node-b": SeriesStore(second)}
     queues = {"node-a": JobQueue(database), "node-b": JobQueue(second)}
@@ -110,7 +121,7 @@ def test_a_series_split_over_two_nodes_completes_once_with_every_instance(
 
 
 def test_a_late_instance_on_the_other_node_reopens_the_series_for_a_new_generation(
-    database: Database, second: Database, clock
+    database: Connection, second: Connection, clock
 ) -> None:
     a, b = SeriesStore(database), SeriesStore(second)
     _record(a, "1.2.3.5", 0, clock(), "node-a")
@@ -131,7 +142,7 @@ def test_a_late_instance_on_the_other_node_reopens_the_series_for_a_new_generati
 
 
 def test_an_undispatched_series_is_dispatched_by_one_node_only(
-    database: Database, second: Database, clock
+    database: Connection, second: Connection, clock
 ) -> None:
     a = SeriesStore(database)
     _record(a, "1.2.3.6", 0, clock(), "node-a")
@@ -161,7 +172,7 @@ def test_an_undispatched_series_is_dispatched_by_one_node_only(
 
 
 def test_start_up_holds_only_the_series_this_node_was_receiving(
-    database: Database, second: Database, clock
+    database: Connection, second: Connection, clock
 ) -> None:
     a, b = SeriesStore(database), SeriesStore(second)
     _record(a, "1.2.3.7", 0, clock(), "node-a")
@@ -195,7 +206,7 @@ def _encoded(dataset) -> bytes:
 
 
 def test_start_up_recovers_and_cleans_only_this_nodes_spool_files(
-    database: Database, second: Database, clock, tmp_path: Path
+    database: Connection, second: Connection, clock, tmp_path: Path
 ) -> None:
     shared = tmp_path / "shared-spool"
     a = Ingestor(Spool(shared, "node-a"), SeriesStore(database), clock=clock, node_name="node-a")
@@ -234,7 +245,7 @@ def test_start_up_recovers_and_cleans_only_this_nodes_spool_files(
 
 
 def test_a_missing_instance_file_names_the_node_that_received_it(
-    database: Database, second: Database, clock
+    database: Connection, second: Connection, clock
 ) -> None:
     _record(SeriesStore(second), "1.2.3.9", 0, clock(), "node-b")
     store = SeriesStore(database)
@@ -243,7 +254,7 @@ def test_a_missing_instance_file_names_the_node_that_received_it(
 
 
 def test_an_export_is_leased_to_one_exporter_and_taken_over_when_it_expires(
-    database: Database, second: Database, clock, tmp_path: Path
+    database: Connection, second: Connection, clock, tmp_path: Path
 ) -> None:
     a, b = JobQueue(database, lease_seconds=30), JobQueue(second, lease_seconds=30)
     job_id = job_with_results(a, clock, tmp_path)
@@ -281,7 +292,7 @@ def test_an_export_is_leased_to_one_exporter_and_taken_over_when_it_expires(
 
 
 def test_a_failed_send_releases_the_export_lease_for_the_backoff(
-    database: Database, clock, tmp_path: Path
+    database: Connection, clock, tmp_path: Path
 ) -> None:
     queue = JobQueue(database, lease_seconds=30)
     job_id = job_with_results(queue, clock, tmp_path)
@@ -299,7 +310,7 @@ def test_a_failed_send_releases_the_export_lease_for_the_backoff(
 
 
 def test_start_up_leaves_a_live_nodes_export_under_its_lease(
-    database: Database, second: Database, clock, tmp_path: Path
+    database: Connection, second: Connection, clock, tmp_path: Path
 ) -> None:
     a, b = JobQueue(database), JobQueue(second)
     live = job_with_results(a, clock, tmp_path / "1", series_uid="1.2.3.10")

@@ -278,10 +278,12 @@ class JobQueue:
         owner = owner or lease.owner_name("exporter")
         expires = now + self.lease_seconds
         with self._db.transaction() as cursor:
+            # PostgreSQL: skip a row another exporter is claiming right now.
+            lock = " FOR UPDATE SKIP LOCKED" if lease.locks_rows(cursor) else ""
             while True:
                 cursor.execute(
                     f"SELECT id, owner, lease_expires_at FROM jobs WHERE {_EXPORT_DUE}"
-                    " ORDER BY priority, next_attempt_at, id LIMIT 1",
+                    f" ORDER BY priority, next_attempt_at, id LIMIT 1{lock}",
                     (now, now),
                 )
                 row = cursor.fetchone()
