@@ -17,14 +17,18 @@ database never take the same row, and neither waits behind a row the other holds
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 from node.state.connection import Cursor
+
+log = logging.getLogger(__name__)
 
 #: How long a claim holds a row unless renewed (seconds).
 DEFAULT_LEASE_SECONDS = 60.0
@@ -202,12 +206,23 @@ class LeaseKeeper:
         self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
 
     def _run(self) -> None:
+        renewed = time.monotonic()
         while not self._stop.wait(self._interval):
+            late = time.monotonic() - renewed - self._interval
             try:
                 held = self._renew_once()
-            except Exception:  # a busy database: try again at the next interval
+            except Exception as exc:  # a busy database: try again at the next interval
+                log.warning("lease renewal failed, retried error=%s", exc)
                 continue
+            if late > self._interval:  # an overloaded host: the lease is close to lapsing
+                log.warning(
+                    "lease renewed late seconds_late=%.1f interval_seconds=%g",
+                    late,
+                    self._interval,
+                )
+            renewed = time.monotonic()
             if not held:
+                log.warning("lease lost to another owner")
                 self.lost = True
                 return
 
