@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -118,6 +119,34 @@ def test_a_series_split_over_two_nodes_completes_once_with_every_instance(
     receivers = stores["node-b"].instance_receivers("1.2.3.4")
     assert sorted(receivers.values()) == ["node-a"] * 3 + ["node-b"] * 3
     assert receivers[Path("/spool/node-b/1.dcm")] == "node-b"
+
+
+def test_two_nodes_recording_the_same_series_at_once_count_each_instance_once(
+    database: Connection, second: Connection, clock
+) -> None:
+    stores = [SeriesStore(database), SeriesStore(second)]
+    start = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def receive(index: int) -> None:
+        start.wait()
+        try:
+            for number in range(15):  # both get every instance of five new series
+                for series in range(5):
+                    _record(stores[index], f"1.2.3.20.{series}", number, clock(), f"n{index}")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=receive, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    for series in range(5):
+        row = stores[0].series(f"1.2.3.20.{series}")
+        assert row is not None and row.instance_count == 15
+        assert len(stores[1].instance_paths(f"1.2.3.20.{series}")) == 15
 
 
 def test_a_late_instance_on_the_other_node_reopens_the_series_for_a_new_generation(
