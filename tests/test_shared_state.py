@@ -383,3 +383,16 @@ def test_node_identity_shared_spool_and_lease_settings(tmp_path: Path) -> None:
     assert shared.workers.lease_seconds == 5
     with pytest.raises(ConfigError, match=r"node\.name"):
         settings_from_mapping({"node": {"name": "a b/c"}}, environ={})
+
+
+def test_pull_leases_name_the_node(database: Connection, clock, tmp_path: Path) -> None:
+    from node.pull.service import PullService
+    from node.state.pulls import PullStore
+
+    series = SeriesStore(database)
+    ingestor = Ingestor(Spool(tmp_path / "spool"), series, clock=clock, node_name="node-a")
+    puller = PullService(
+        PullStore(database), dict, ingestor, series, node_ae_title="AINODE", clock=clock
+    )
+    assert puller._owner == owner_name("pull", "node-a")
+    assert puller._owner.endswith(":pull@node-a")
