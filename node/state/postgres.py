@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
@@ -118,8 +118,9 @@ def redacted(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
-class Row(Mapping[str, Any]):
-    """A fetched row addressable by column name or position, like ``sqlite3.Row``."""
+class Row:
+    """A fetched row as ``sqlite3.Row`` behaves: by column name or position, iterating
+    its values, ``keys()`` its names (so ``dict(row)`` maps names to values)."""
 
     __slots__ = ("_index", "_values")
 
@@ -132,17 +133,25 @@ class Row(Mapping[str, Any]):
             return self._values[key]
         return self._values[self._index[key]]
 
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._index)
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._values)
 
     def __len__(self) -> int:
         return len(self._values)
 
-    def keys(self) -> Any:
-        return self._index.keys()
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Row) and (self._index, self._values) == (
+            other._index,
+            other._values,
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def keys(self) -> list[str]:
+        return list(self._index)
 
     def __repr__(self) -> str:
-        return f"Row({dict(self)!r})"
+        return f"Row({dict(zip(self._index, self._values, strict=True))!r})"
 
 
 def _row_factory(cursor: Any) -> Any:

@@ -15,6 +15,7 @@ import itertools
 import os
 import pwd
 import shutil
+import sqlite3
 import subprocess
 import tempfile
 from pathlib import Path
@@ -23,6 +24,9 @@ from types import TracebackType
 import psycopg
 
 from tests.support.net import free_port, tail
+
+#: What a broken constraint (e.g. an append-only trigger) raises on either backend.
+INTEGRITY_ERRORS = (sqlite3.IntegrityError, psycopg.IntegrityError)
 
 #: Where Debian installs the server's programs (one directory per major version).
 BIN_GLOB = "/usr/lib/postgresql/*/bin"
