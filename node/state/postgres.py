@@ -28,9 +28,9 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
-from psycopg.adapt import Dumper
+from psycopg.abc import Buffer
+from psycopg.adapt import Dumper, Loader
 from psycopg.pq import Format
-from psycopg.types.numeric import FloatLoader
 
 from node.state.migrations import migrate_postgres
 
@@ -160,6 +160,17 @@ def _row_factory(cursor: Any) -> Any:
     return lambda values: Row(index, values)
 
 
+class _NumericAsNumber(Loader):
+    """``numeric`` (what ``SUM`` of a ``bigint`` and ``AVG`` return) as ``int`` when it has
+    no fraction, else ``float``, as SQLite returns them; never ``Decimal``."""
+
+    def load(self, data: Buffer) -> int | float:
+        text = bytes(data)
+        if b"." in text or b"e" in text.lower() or b"N" in text:
+            return float(text)
+        return int(text)
+
+
 class _BoolAsInteger(Dumper):
     """Flags are ``INTEGER`` columns in both dialects: send ``True`` as 1."""
 
@@ -242,7 +253,7 @@ class PostgresDatabase:
                 f"cannot connect to the state database {redacted(self.url)}: {exc}"
             ) from None
         connection.row_factory = _row_factory
-        connection.adapters.register_loader("numeric", FloatLoader)
+        connection.adapters.register_loader("numeric", _NumericAsNumber)
         connection.adapters.register_dumper(bool, _BoolAsInteger)
         return connection
 
