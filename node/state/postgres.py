@@ -186,8 +186,10 @@ class PgCursor:
     #: Read by the few statements that differ (row locks in claims, the catalog).
     dialect = DIALECT
 
-    def __init__(self, cursor: psycopg.Cursor[Any]) -> None:
+    def __init__(self, cursor: psycopg.Cursor[Any], pending: list[str] | None = None) -> None:
         self._cursor = cursor
+        # BEGIN / SAVEPOINT not sent yet: they go with the next statement, in one round trip
+        self._pending = pending if pending is not None else []
 
     @property
     def rowcount(self) -> int:
@@ -201,10 +203,17 @@ class PgCursor:
         return None if row is None else int(row[0])
 
     def execute(self, sql: str, parameters: Sequence[object] = (), /) -> PgCursor:
+        statement = translate(sql, bool(parameters))
+        prefix = len(self._pending)
+        if prefix:
+            statement = "; ".join([*self._pending, statement])
+            self._pending.clear()
         if parameters:
-            self._cursor.execute(translate(sql, True), tuple(parameters))
+            self._cursor.execute(statement, tuple(parameters))
         else:
-            self._cursor.execute(translate(sql, False))
+            self._cursor.execute(statement)
+        for _ in range(prefix):
+            self._cursor.nextset()  # to the result of the caller's statement
         return self
 
     def fetchone(self) -> Any:
@@ -233,6 +242,7 @@ class PostgresDatabase:
         self._connect_timeout = connect_timeout
         self._lock = threading.RLock()
         self._depth = 0
+        self._pending: list[str] = []  # see PgCursor
         self._connection = self._connect()
         log.info("state database postgresql url=%s", redacted(url))
         with self.transaction() as cursor:
@@ -265,19 +275,29 @@ class PostgresDatabase:
 
     @contextmanager
     def transaction(self) -> Iterator[PgCursor]:
-        """Run statements in one transaction under the lock (a savepoint when nested)."""
+        """Run statements in one transaction under the lock (a savepoint when nested).
+
+        ``BEGIN`` (or ``SAVEPOINT``) is sent with the transaction's first statement, in the
+        same round trip; a transaction that ran no statement sends nothing.
+        """
         with self._lock:
             connection = self._usable()
             depth = self._depth
             name = f"s{depth}"
-            cursor = PgCursor(connection.cursor())
-            cursor.execute("BEGIN" if depth == 0 else f"SAVEPOINT {name}")
+            opening = "BEGIN" if depth == 0 else f"SAVEPOINT {name}"
+            self._pending.append(opening)
+            cursor = PgCursor(connection.cursor(), self._pending)
             self._depth += 1
             try:
                 yield cursor
-                cursor.execute("COMMIT" if depth == 0 else f"RELEASE SAVEPOINT {name}")
+                if opening in self._pending:  # nothing ran
+                    self._pending.remove(opening)
+                else:
+                    cursor.execute("COMMIT" if depth == 0 else f"RELEASE SAVEPOINT {name}")
             except BaseException:
-                if not connection.closed and not connection.broken:
+                if opening in self._pending:
+                    self._pending.remove(opening)
+                elif not connection.closed and not connection.broken:
                     try:
                         if depth == 0:
                             cursor.execute("ROLLBACK")
@@ -294,7 +314,7 @@ class PostgresDatabase:
     def query(self, sql: str, parameters: tuple[object, ...] = ()) -> list[Any]:
         """Run a read-only statement and return all rows."""
         with self._lock:
-            cursor = PgCursor(self._usable().cursor())
+            cursor = PgCursor(self._usable().cursor(), self._pending)
             try:
                 return cursor.execute(sql, parameters).fetchall()
             finally:
