@@ -4,6 +4,7 @@ Two operations, timed one at a time through the real stores on one thread:
 
 * **ingest record** — :meth:`SeriesStore.record_instance` for each received instance
   (one transaction: the instance row and its series' counters);
+* **SELECT 1** — the floor under every statement (on PostgreSQL a round trip);
 * **claim + record** — a worker's cycle for one job: :meth:`JobQueue.claim_next` (on
   PostgreSQL ``FOR UPDATE SKIP LOCKED``), a ``results written`` event and
   :meth:`JobQueue.inference_done` (the job has nowhere to send, so it ends ``done``).
@@ -46,6 +47,16 @@ def _stats(samples: list[float]) -> dict[str, float]:
         "p90_ms": ordered[int(0.9 * (len(ordered) - 1))] * 1000,
         "mean_ms": statistics.fmean(ordered) * 1000,
     }
+
+
+def round_trip(db: Connection, count: int = 300) -> list[float]:
+    """Seconds per ``SELECT 1`` (the floor under every statement: a round trip on PostgreSQL)."""
+    samples = []
+    for _ in range(count):
+        started = time.perf_counter()
+        db.query("SELECT 1")
+        samples.append(time.perf_counter() - started)
+    return samples
 
 
 def ingest_record(db: Connection, workdir: Path, count: int) -> list[float]:
@@ -134,11 +145,13 @@ def run_state(workdir: Path, jobs: int = JOBS, instances: int = INSTANCES) -> di
         for name, open_database in backends:
             db = open_database()
             try:
+                trip = round_trip(db)
                 ingest = ingest_record(db, workdir, instances)
                 cycle = claim_and_record(db, workdir, jobs)
             finally:
                 db.close()
             results["backends"][name] = {
+                "select_1": _stats(trip),
                 "ingest_record": _stats(ingest),
                 "claim_record": _stats(cycle),
             }
@@ -153,12 +166,14 @@ def table(result: dict[str, Any]) -> list[str]:
     lines = [
         f"state database: ingest record ({result['instances']} instances) and claim + record"
         f" ({result['jobs']} jobs), one thread, ms",
-        f"{'backend':38} {'ingest med':>10} {'p90':>7} {'claim+rec med':>13} {'p90':>7}",
+        f"{'backend':38} {'SELECT 1':>8} {'ingest med':>10} {'p90':>7}"
+        f" {'claim+rec med':>13} {'p90':>7}",
     ]
     for name, numbers in result["backends"].items():
         ingest, cycle = numbers["ingest_record"], numbers["claim_record"]
+        trip = numbers.get("select_1", {}).get("median_ms", float("nan"))
         lines.append(
-            f"{name:38} {ingest['median_ms']:10.2f} {ingest['p90_ms']:7.2f}"
+            f"{name:38} {trip:8.2f} {ingest['median_ms']:10.2f} {ingest['p90_ms']:7.2f}"
             f" {cycle['median_ms']:13.2f} {cycle['p90_ms']:7.2f}"
         )
     return lines
