@@ -16,6 +16,9 @@ from node.state.db import Database
 from node.state.dicom_audit import DicomAudit, EventType
 from node.state.retention import RetentionStore
 
+# Every store test here runs on SQLite and on PostgreSQL (tests/conftest.py).
+pytestmark = pytest.mark.state_backends
+
 NOW = 1_800_000_000.0
 MB = 1024 * 1024
 

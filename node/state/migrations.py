@@ -1,4 +1,8 @@
-"""The state schema as one ordered list of migrations, driven by ``PRAGMA user_version``.
+"""The state schema as one ordered list of migrations, for SQLite and PostgreSQL.
+
+SQLite counts versions in ``PRAGMA user_version`` (:func:`migrate`); PostgreSQL in the
+one-row table ``ainode_schema`` (:func:`migrate_postgres`, which creates the same legacy
+tables, the audit guards as PL/pgSQL triggers, then runs the same :data:`MIGRATIONS`).
 
 Version 4 is the schema of every node before issue 12 (which added some columns without
 counting a version, so reaching it is idempotent and repairs any older file). Each later
@@ -6,8 +10,10 @@ counting a version, so reaching it is idempotent and repairs any older file). Ea
 a database is always at exactly one version. A fresh database takes the same path as an
 old one. A database with a newer version than this code knows is refused.
 
-This module and :mod:`node.state.db` are the only SQLite-specific code of the state
-layer (``PRAGMA``, ``sqlite_master``, table rebuilds); the stores' SQL is portable.
+The SQLite-specific code of the state layer is here (``PRAGMA``, ``sqlite_master``, table
+rebuilds of old files) and in :mod:`node.state.db`; a migration step sees a
+:class:`~node.state.connection.Cursor` of either backend (``_table_columns`` asks each in
+its own way), and :mod:`node.state.postgres` translates the statements' types.
 """
 
 from __future__ import annotations

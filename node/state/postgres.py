@@ -21,16 +21,16 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
-from psycopg.adapt import Dumper
+from psycopg.abc import Buffer
+from psycopg.adapt import Dumper, Loader
 from psycopg.pq import Format
-from psycopg.types.numeric import FloatLoader
 
 from node.state.migrations import migrate_postgres
 
@@ -118,8 +118,9 @@ def redacted(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
-class Row(Mapping[str, Any]):
-    """A fetched row addressable by column name or position, like ``sqlite3.Row``."""
+class Row:
+    """A fetched row as ``sqlite3.Row`` behaves: by column name or position, iterating
+    its values, ``keys()`` its names (so ``dict(row)`` maps names to values)."""
 
     __slots__ = ("_index", "_values")
 
@@ -132,23 +133,42 @@ class Row(Mapping[str, Any]):
             return self._values[key]
         return self._values[self._index[key]]
 
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._index)
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._values)
 
     def __len__(self) -> int:
         return len(self._values)
 
-    def keys(self) -> Any:
-        return self._index.keys()
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Row) and (self._index, self._values) == (
+            other._index,
+            other._values,
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def keys(self) -> list[str]:
+        return list(self._index)
 
     def __repr__(self) -> str:
-        return f"Row({dict(self)!r})"
+        return f"Row({dict(zip(self._index, self._values, strict=True))!r})"
 
 
 def _row_factory(cursor: Any) -> Any:
     names = [column.name for column in cursor.description or ()]
     index = {name: i for i, name in enumerate(names)}
     return lambda values: Row(index, values)
+
+
+class _NumericAsNumber(Loader):
+    """``numeric`` (what ``SUM`` of a ``bigint`` and ``AVG`` return) as ``int`` when it has
+    no fraction, else ``float``, as SQLite returns them; never ``Decimal``."""
+
+    def load(self, data: Buffer) -> int | float:
+        text = bytes(data)
+        if b"." in text or b"e" in text.lower() or b"N" in text:
+            return float(text)
+        return int(text)
 
 
 class _BoolAsInteger(Dumper):
@@ -166,8 +186,10 @@ class PgCursor:
     #: Read by the few statements that differ (row locks in claims, the catalog).
     dialect = DIALECT
 
-    def __init__(self, cursor: psycopg.Cursor[Any]) -> None:
+    def __init__(self, cursor: psycopg.Cursor[Any], pending: list[str] | None = None) -> None:
         self._cursor = cursor
+        # BEGIN / SAVEPOINT not sent yet: they go with the next statement, in one round trip
+        self._pending = pending if pending is not None else []
 
     @property
     def rowcount(self) -> int:
@@ -181,10 +203,17 @@ class PgCursor:
         return None if row is None else int(row[0])
 
     def execute(self, sql: str, parameters: Sequence[object] = (), /) -> PgCursor:
+        statement = translate(sql, bool(parameters))
+        prefix = len(self._pending)
+        if prefix:
+            statement = "; ".join([*self._pending, statement])
+            self._pending.clear()
         if parameters:
-            self._cursor.execute(translate(sql, True), tuple(parameters))
+            self._cursor.execute(statement, tuple(parameters))
         else:
-            self._cursor.execute(translate(sql, False))
+            self._cursor.execute(statement)
+        for _ in range(prefix):
+            self._cursor.nextset()  # to the result of the caller's statement
         return self
 
     def fetchone(self) -> Any:
@@ -213,6 +242,7 @@ class PostgresDatabase:
         self._connect_timeout = connect_timeout
         self._lock = threading.RLock()
         self._depth = 0
+        self._pending: list[str] = []  # see PgCursor
         self._connection = self._connect()
         log.info("state database postgresql url=%s", redacted(url))
         with self.transaction() as cursor:
@@ -233,7 +263,7 @@ class PostgresDatabase:
                 f"cannot connect to the state database {redacted(self.url)}: {exc}"
             ) from None
         connection.row_factory = _row_factory
-        connection.adapters.register_loader("numeric", FloatLoader)
+        connection.adapters.register_loader("numeric", _NumericAsNumber)
         connection.adapters.register_dumper(bool, _BoolAsInteger)
         return connection
 
@@ -245,19 +275,29 @@ class PostgresDatabase:
 
     @contextmanager
     def transaction(self) -> Iterator[PgCursor]:
-        """Run statements in one transaction under the lock (a savepoint when nested)."""
+        """Run statements in one transaction under the lock (a savepoint when nested).
+
+        ``BEGIN`` (or ``SAVEPOINT``) is sent with the transaction's first statement, in the
+        same round trip; a transaction that ran no statement sends nothing.
+        """
         with self._lock:
             connection = self._usable()
             depth = self._depth
             name = f"s{depth}"
-            cursor = PgCursor(connection.cursor())
-            cursor.execute("BEGIN" if depth == 0 else f"SAVEPOINT {name}")
+            opening = "BEGIN" if depth == 0 else f"SAVEPOINT {name}"
+            self._pending.append(opening)
+            cursor = PgCursor(connection.cursor(), self._pending)
             self._depth += 1
             try:
                 yield cursor
-                cursor.execute("COMMIT" if depth == 0 else f"RELEASE SAVEPOINT {name}")
+                if opening in self._pending:  # nothing ran
+                    self._pending.remove(opening)
+                else:
+                    cursor.execute("COMMIT" if depth == 0 else f"RELEASE SAVEPOINT {name}")
             except BaseException:
-                if not connection.closed and not connection.broken:
+                if opening in self._pending:
+                    self._pending.remove(opening)
+                elif not connection.closed and not connection.broken:
                     try:
                         if depth == 0:
                             cursor.execute("ROLLBACK")
@@ -274,7 +314,7 @@ class PostgresDatabase:
     def query(self, sql: str, parameters: tuple[object, ...] = ()) -> list[Any]:
         """Run a read-only statement and return all rows."""
         with self._lock:
-            cursor = PgCursor(self._usable().cursor())
+            cursor = PgCursor(self._usable().cursor(), self._pending)
             try:
                 return cursor.execute(sql, parameters).fetchall()
             finally:
