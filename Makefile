@@ -15,7 +15,7 @@ BIN := $(VENV)/bin
 CONSTRAINTS := constraints.txt
 PIP_INSTALL := $(BIN)/pip install -q -c $(CONSTRAINTS)
 RUN_DEBS := dcmtk
-TEST_DEBS := orthanc orthanc-dicomweb orthanc-python dcmtk chromium fonts-liberation prometheus openssl
+TEST_DEBS := orthanc orthanc-dicomweb orthanc-python dcmtk chromium fonts-liberation prometheus openssl postgresql
 APT_GET := $(shell [ "$$(id -u)" = 0 ] || echo sudo) env DEBIAN_FRONTEND=noninteractive apt-get
 
 .PHONY: run test lint demo bench viewer viewer-dist debs-run debs-test clean

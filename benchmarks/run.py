@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks import eta_accuracy, report
+from benchmarks import eta_accuracy, report, state_backends
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -200,6 +200,7 @@ SECTIONS: tuple[Section, ...] = (
     Section("soak", "soak", _soak, _table("soak", "soak_table")),
     Section("eta", "eta_accuracy", eta_accuracy.run, eta_accuracy.table),
     Section("encoding", "encoding", _encoding, _table("encoding", "encoding_table")),
+    Section("state", "state_backends", state_backends.run, state_backends.table),
 )
 
 

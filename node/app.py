@@ -34,7 +34,7 @@ from node.orchestration.ingest import Ingestor
 from node.orchestration.registry import PluginRegistry, plugin_names, select_devices
 from node.pull.service import PullService, SenderCountChecker
 from node.spool import Spool
-from node.state.db import Database, check_integrity
+from node.state.backend import open_database
 from node.state.dicom_audit import DicomAudit
 from node.state.jobs import JobQueue
 from node.state.pulls import PullStore
@@ -78,17 +78,20 @@ class Node:
         check_plugins_known(settings, known, source=source)
         data_dir = settings.node.data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
-        check_integrity(settings.database_path)  # refuses to start on a damaged file
-        self.db = Database(settings.database_path)
+        # SQLite refuses to start on a damaged file (check_integrity); or PostgreSQL.
+        self.db = open_database(settings.state, settings.database_path)
+        #: This node's identity among the nodes sharing the state (``node.name``).
+        self.name = settings.node.identity
         self.series = SeriesStore(self.db)
-        self.queue = JobQueue(self.db)
-        self.spool = Spool(settings.spool_dir)
+        self.queue = JobQueue(self.db, lease_seconds=settings.workers.lease_seconds)
+        self.spool = Spool(settings.spool_dir, settings.spool_subdir)
         self.dicom_audit = DicomAudit(self.db, clock)
         self.ingestor = Ingestor(
             self.spool,
             self.series,
             clock=clock,
             min_free_bytes=settings.node.min_free_disk_mb * 1024 * 1024,
+            node_name=self.name,
         )
         self.scp = StorageSCP(
             settings.node,
@@ -116,6 +119,7 @@ class Node:
             calling_ae=settings.node.ae_title,
             clock=clock,
             audit=self.dicom_audit,
+            node_name=self.name,
         )
         self.recovery_probe = RecoveryProbe(
             self.queue,
@@ -207,6 +211,7 @@ class Node:
                 # The exporter's source too: the database (the YAML only seeds it).
                 destinations=self.admin.destinations.mapping,
                 rules=lambda: self.admin.rules.active(),
+                node_name=self.name,
             )
             for device in devices
         ]
@@ -265,6 +270,7 @@ class Node:
         held = self.series.hold_receiving(
             self.clock() + self.settings.completion.aborted_grace_seconds,
             "node restarted before the series completed",
+            received_by=self.name,
         )
         if held:
             log.warning(

@@ -63,17 +63,24 @@ def is_valid_uid(value: str) -> bool:
 
 
 class Spool:
-    """The directory tree of received instances."""
+    """The directory tree of received instances.
 
-    def __init__(self, root: Path) -> None:
+    ``node_dir``: in a spool shared by several nodes (one filesystem mounted at the same
+    path on each), this node's own subdirectory. It writes only there, and at start-up
+    looks only there for files to re-record or partial files to remove, so it never
+    touches a file another node is writing or has not recorded yet.
+    """
+
+    def __init__(self, root: Path, node_dir: str | None = None) -> None:
         self.root = root
-        root.mkdir(parents=True, exist_ok=True)
+        self.own = root / node_dir if node_dir else root
+        self.own.mkdir(parents=True, exist_ok=True)
 
     def path_for(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
         for name, uid in (("study", study_uid), ("series", series_uid), ("SOP instance", sop_uid)):
             if not is_valid_uid(uid):
                 raise SpoolError(f"invalid {name} UID {uid[:80]!r}")
-        return self.root / study_uid / series_uid / f"{sop_uid}.dcm"
+        return self.own / study_uid / series_uid / f"{sop_uid}.dcm"
 
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.root).free
@@ -104,13 +111,13 @@ class Spool:
         return final
 
     def instance_files(self) -> Iterator[Path]:
-        """Every spooled instance file (``<study>/<series>/<sop>.dcm``)."""
-        return self.root.glob("*/*/*.dcm")
+        """Every instance file this node spooled (``<study>/<series>/<sop>.dcm``)."""
+        return self.own.glob("*/*/*.dcm")
 
     def remove_partial_files(self) -> int:
-        """Delete temporary files left by a crash mid-write; return how many."""
+        """Delete temporary files this node left by a crash mid-write; return how many."""
         removed = 0
-        for path in self.root.glob("*/*/.*.tmp"):
+        for path in self.own.glob("*/*/.*.tmp"):
             path.unlink(missing_ok=True)
             removed += 1
         return removed

@@ -1,13 +1,21 @@
-"""Shared fixtures: a controllable clock and a fresh state database."""
+"""Shared fixtures: a controllable clock and a fresh state database.
+
+A module marked ``pytestmark = pytest.mark.state_backends`` runs each test that uses
+``database`` twice: on SQLite and on a fresh database of a real PostgreSQL server
+(one per test session and xdist worker, :mod:`tests.support.postgres`).
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from node.state.connection import Connection
 from node.state.db import Database
+from tests.support.postgres import PostgresServer
 
 # pytest-xdist: serial tests skipped on workers, module fixtures kept on one worker, slow
 # tests handed out first (tests/README.md). A run without -n is unchanged.
@@ -39,8 +47,39 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "database" in metafunc.fixturenames and metafunc.definition.get_closest_marker(
+        "state_backends"
+    ):
+        metafunc.parametrize("database", ["sqlite", "postgres"], indirect=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the session (stopped at its end, even on failure)."""
+    with PostgresServer() as server:
+        yield server
+
+
 @pytest.fixture
-def database(tmp_path: Path) -> Database:
+def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """The URL of a fresh, empty PostgreSQL database (dropped after the test)."""
+    name = postgres_server.create_database()
+    yield postgres_server.url(name)
+    postgres_server.drop_database(name)
+
+
+@pytest.fixture
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Connection]:
+    """A fresh state database: SQLite, or PostgreSQL where the module asks for both."""
+    if getattr(request, "param", "sqlite") == "postgres":
+        from node.state.postgres import PostgresDatabase
+
+        url = request.getfixturevalue("postgres_url")
+        pg = PostgresDatabase(url)
+        yield pg
+        pg.close()
+        return
     db = Database(tmp_path / "state.sqlite3")
     yield db
     db.close()

@@ -15,6 +15,10 @@ from node.orchestration.registry import PluginRegistry
 from node.state.db import Database
 from node.state.jobs import JobQueue
 from tests.support.jobs import enqueue_job, job_with_results
+from tests.support.postgres import INTEGRITY_ERRORS
+
+# Every store test here runs on SQLite and on PostgreSQL (tests/conftest.py).
+pytestmark = pytest.mark.state_backends
 
 CHEST = RuleSettings(name="chest", match={"Modality": "CT"}, plugin="ct_lungs")
 
@@ -105,9 +109,9 @@ def test_dicom_json_header_is_a_subject() -> None:
 
 def test_audit_log_is_append_only(admin: AdminService, database: Database) -> None:
     admin.create_rule({"name": "a", "match": {}, "plugin": "ct_lungs"}, "bob")
-    with pytest.raises(sqlite3.IntegrityError, match="append-only"), database.transaction() as c:
+    with pytest.raises(INTEGRITY_ERRORS, match="append-only"), database.transaction() as c:
         c.execute("UPDATE audit SET user = 'mallory'")
-    with pytest.raises(sqlite3.IntegrityError, match="append-only"), database.transaction() as c:
+    with pytest.raises(INTEGRITY_ERRORS, match="append-only"), database.transaction() as c:
         c.execute("DELETE FROM audit")
     assert admin.audit_entries()[0].user == "bob"
 

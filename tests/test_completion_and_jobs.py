@@ -3,10 +3,15 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from node.orchestration.completion import CompletionLoop, CompletionMonitor
 from node.state.jobs import JobQueue
 from node.state.series import InstanceRecord, SeriesStore
 from tests.support.jobs import enqueue_job
+
+# Every store test here runs on SQLite and on PostgreSQL (tests/conftest.py).
+pytestmark = pytest.mark.state_backends
 
 
 def record(sop: str, series: str = "1.2.3.1", study: str = "1.2.3") -> InstanceRecord:

@@ -19,6 +19,9 @@ from tests.test_completion_and_jobs import record
 from tools.node_process import NodeProcess
 from tools.synthetic.chest_ct import make_chest_ct, write_series
 
+# Every store test here runs on SQLite and on PostgreSQL (tests/conftest.py).
+pytestmark = pytest.mark.state_backends
+
 
 def bounded(store, clock, completed, **limits):
     return CompletionMonitor(

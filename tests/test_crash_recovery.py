@@ -48,6 +48,9 @@ from tools.node_process import NodeProcess
 from tools.orthanc import OrthancServer
 from tools.synthetic.chest_ct import make_chest_ct, write_series
 
+# Every store test here runs on SQLite and on PostgreSQL (tests/conftest.py).
+pytestmark = pytest.mark.state_backends
+
 RULE = {**BUILT_IN_CHEST_RULE}
 HELD_EVENTS = "SELECT detail FROM job_events WHERE event = 'completion_held'"
 

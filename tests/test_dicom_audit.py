@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import subprocess
 import sys
 import time
@@ -21,11 +20,15 @@ from node.state.dicom_audit import AuditOutcome, DicomAudit, EventType, parse_si
 from tests.support.admin import ADMIN_PASSWORD, login_session
 from tests.support.dcmtk import storescu
 from tests.support.net import wait_until
+from tests.support.postgres import INTEGRITY_ERRORS
 from tools.net import LOCALHOST
 from tools.node_process import NodeProcess
 from tools.orthanc import OrthancServer
 from tools.orthanc_rest import wait_for_series
 from tools.synthetic.chest_ct import make_chest_ct, write_series
+
+# Every store test here runs on SQLite and on PostgreSQL (tests/conftest.py).
+pytestmark = pytest.mark.state_backends
 
 
 def test_events_are_recorded_filtered_and_append_only(database, clock) -> None:
@@ -55,7 +58,7 @@ def test_events_are_recorded_filtered_and_append_only(database, clock) -> None:
     assert [e.id for e in audit.events(event_type="association_rejected")] == [everything[2].id]
     assert audit.events(until=everything[0].at + 1) == everything[:1]
     with (
-        pytest.raises(sqlite3.IntegrityError, match="append-only"),
+        pytest.raises(INTEGRITY_ERRORS, match="append-only"),
         database.transaction() as cursor,
     ):
         cursor.execute("UPDATE dicom_audit SET actor = 'someone else'")

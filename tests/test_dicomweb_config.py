@@ -30,6 +30,9 @@ from node.errors import ConfigError
 from node.state.pulls import PullStore
 from node.state.series import InstanceRecord, SeriesStore
 
+# Every store test here runs on SQLite and on PostgreSQL (tests/conftest.py).
+pytestmark = pytest.mark.state_backends
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -12,6 +12,9 @@ from node.state.series import SeriesStore
 from tests.support.history import finished_job, receive_series
 from tests.support.jobs import enqueue_job
 
+# Every store test here runs on SQLite and on PostgreSQL (tests/conftest.py).
+pytestmark = pytest.mark.state_backends
+
 NOW = 1_700_000_000.0
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from node.config import DestinationSettings
 from node.export.exporter import Exporter
 from node.state.db import Database
@@ -13,6 +15,9 @@ from node.state.metrics import MetricsQueries
 from tests.support.jobs import job_with_results
 from tests.support.net import free_port
 from tools.synthetic.chest_ct import make_chest_ct, write_series
+
+# Every store test here runs on SQLite and on PostgreSQL (tests/conftest.py).
+pytestmark = pytest.mark.state_backends
 
 
 def test_every_code_has_an_event_name() -> None:

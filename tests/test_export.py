@@ -25,6 +25,9 @@ from tools.orthanc import OrthancServer
 from tools.orthanc_rest import lookup_study
 from tools.synthetic.chest_ct import make_chest_ct, write_series
 
+# Every store test here runs on SQLite and on PostgreSQL (tests/conftest.py).
+pytestmark = pytest.mark.state_backends
+
 
 @pytest.fixture(scope="module")
 def result_files(tmp_path_factory) -> list[Path]:

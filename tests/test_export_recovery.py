@@ -24,6 +24,9 @@ from tools.orthanc import OrthancServer
 from tools.orthanc_rest import wait_for_series
 from tools.synthetic.chest_ct import make_chest_ct, write_series
 
+# Every store test here runs on SQLite and on PostgreSQL (tests/conftest.py).
+pytestmark = pytest.mark.state_backends
+
 HOUR = 3600.0
 
 

@@ -33,6 +33,9 @@ from tests.support.jobs import enqueue_series
 from tests.support.spool import spool_series
 from tools.synthetic.chest_ct import make_chest_ct, write_series
 
+# Every store test here runs on SQLite and on PostgreSQL (tests/conftest.py).
+pytestmark = pytest.mark.state_backends
+
 CPU = torch.device("cpu")
 
 

@@ -38,6 +38,9 @@ from tests.support.plugins import (
 )
 from tools.synthetic.chest_ct import make_chest_ct, write_series
 
+# Every store test here runs on SQLite and on PostgreSQL (tests/conftest.py).
+pytestmark = pytest.mark.state_backends
+
 
 @pytest.fixture(scope="module")
 def volume() -> Volume:

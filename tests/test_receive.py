@@ -26,6 +26,9 @@ from tests.support.net import free_port, wait_until
 from tools.node_process import NodeProcess
 from tools.synthetic.chest_ct import make_chest_ct, write_series
 
+# Every store test here runs on SQLite and on PostgreSQL (tests/conftest.py).
+pytestmark = pytest.mark.state_backends
+
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
 
 
@@ -324,7 +327,9 @@ def test_spooled_files_without_rows_are_recovered_at_start(listener, series_file
     assert storescu(listener.port, series_files).returncode == 0
     series_uid = pydicom.dcmread(series_files[0], stop_before_pixels=True).SeriesInstanceUID
     with listener.database.transaction() as cursor:
-        cursor.execute("DELETE FROM instances WHERE rowid % 2 = 0")
+        cursor.execute("SELECT sop_uid FROM instances ORDER BY sop_uid")
+        for row in cursor.fetchall()[1::2]:
+            cursor.execute("DELETE FROM instances WHERE sop_uid = ?", (row[0],))
         lost = len(series_files) - cursor.execute("SELECT COUNT(*) FROM instances").fetchone()[0]
     partial = listener.spooled()[0].with_name(".1.2.3.abc.tmp")
     partial.write_bytes(b"half an instance")

@@ -16,6 +16,9 @@ from node.state.db import Database
 from node.state.dicom_audit import DicomAudit, EventType
 from node.state.retention import RetentionStore
 
+# Every store test here runs on SQLite and on PostgreSQL (tests/conftest.py).
+pytestmark = pytest.mark.state_backends
+
 NOW = 1_800_000_000.0
 MB = 1024 * 1024
 
@@ -132,7 +135,9 @@ def _series(db: Database, root: Path, uid: str, *, job_state: str | None, finish
             path = spool / f"{n}.dcm"
             path.write_bytes(b"x" * 1000)
             cursor.execute(
-                "INSERT INTO instances VALUES (?, ?, '1.2.3', '1.2', '1.2', ?, 1000, 0)",
+                "INSERT INTO instances (sop_uid, series_uid, study_uid, sop_class_uid,"
+                " transfer_syntax, path, size, received_at)"
+                " VALUES (?, ?, '1.2.3', '1.2', '1.2', ?, 1000, 0)",
                 (f"{uid}.{n}", uid, str(path)),
             )
         if job_state is not None:

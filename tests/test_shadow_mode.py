@@ -32,6 +32,9 @@ from tools.net import free_port, wait_until
 from tools.orthanc import OrthancServer
 from tools.synthetic.chest_ct import make_chest_ct, write_series
 
+# Every store test here runs on SQLite and on PostgreSQL (tests/conftest.py).
+pytestmark = pytest.mark.state_backends
+
 REPOSITORY = Path(__file__).resolve().parents[1]
 
 

@@ -19,6 +19,9 @@ from node.state.jobs import JOB_LEASE, JobQueue
 from node.state.lease import candidates_sql
 from node.state.pulls import PullStore
 
+# Every store test here runs on SQLite and on PostgreSQL (tests/conftest.py).
+pytestmark = pytest.mark.state_backends
+
 T0 = 1_700_000_000.0
 
 # A claimer in its own process: claims until the table is empty, prints what it got.

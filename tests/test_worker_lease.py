@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
+import pytest
 import torch
 
 from node.contract.plugin import Accepts, InferencePlugin, Prediction, RunContext
@@ -18,6 +19,9 @@ from tests.support.jobs import enqueue_series
 from tests.support.spool import spool_series
 from tests.support.worker import cpu_worker
 from tools.synthetic.chest_ct import make_chest_ct
+
+# Every store test here runs on SQLite and on PostgreSQL (tests/conftest.py).
+pytestmark = pytest.mark.state_backends
 
 LEASE_SECONDS = 0.3
 

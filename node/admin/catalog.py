@@ -15,7 +15,7 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from node.state.catalog import INFO_FIELDS, CatalogStore, SeriesView
-from node.state.db import Database
+from node.state.connection import Connection
 from node.state.jobs import Job
 from node.state.series import SeriesStore
 
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 
 class SeriesCatalog:
-    def __init__(self, db: Database, series: SeriesStore) -> None:
+    def __init__(self, db: Connection, series: SeriesStore) -> None:
         self._store = CatalogStore(db)
         self._series = series
 

@@ -30,7 +30,7 @@ from node.orchestration.registry import PluginRegistry
 from node.orchestration.timeline import timeline
 from node.routing import HeaderSubject, Subject
 from node.state.audit import AuditEntry, AuditLog
-from node.state.db import Database
+from node.state.connection import Connection
 from node.state.destinations import DestinationStore, check_name
 from node.state.events import EventCode
 from node.state.history import JobHistory
@@ -107,7 +107,7 @@ class AdminService:
 
     def __init__(
         self,
-        db: Database,
+        db: Connection,
         registry: PluginRegistry,
         *,
         clock: Callable[[], float] = time.time,

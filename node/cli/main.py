@@ -139,14 +139,14 @@ def _retention(args: argparse.Namespace) -> int:
 
     from node.config import load_settings
     from node.orchestration.retention_run import free_bytes, run_pass
-    from node.state.db import Database
+    from node.state.backend import open_database
 
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:
         print(f"ainode: {exc}", file=sys.stderr)
         return 2
-    db = Database(settings.database_path)
+    db = open_database(settings.state, settings.database_path, check=False)
     try:
         settings.node.data_dir.mkdir(parents=True, exist_ok=True)
         report = run_pass(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 import ssl
 from pathlib import Path
 from typing import Annotated
@@ -116,6 +117,16 @@ class NodeSettings(_Strict):
     http_port: Port = 8080
     bind_address: str = "0.0.0.0"
     data_dir: Path = Path("./var")
+    #: This node's identity among several sharing one state (recorded with each instance it
+    #: receives and each lease it holds); default ``<hostname>:<dicom_port>``.
+    name: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")
+    #: Where received instances are kept (default ``<data_dir>/spool``). Set it to a
+    #: filesystem every node mounts at the same path (NFS, CephFS) when several nodes share
+    #: one state: each node then writes under ``<spool_dir>/<name>/``.
+    spool_dir: Path | None = None
+    #: Where result files are written (default ``<data_dir>/results``); shared like
+    #: ``spool_dir`` so that any node's exporter can send any node's results.
+    results_dir: Path | None = None
     #: Largest PDU the SCP accepts; 128 KiB or more speeds up large images.
     max_pdu: int = Field(131072, ge=16384)
     #: Refuse new instances (0xA700) when free disk space falls below this.
@@ -139,3 +150,8 @@ class NodeSettings(_Strict):
         if self.plain_dicom and self.tls is not None and self.tls.port == self.dicom_port:
             raise ValueError(f"tls.port {self.tls.port} is also the plain dicom_port")
         return self
+
+    @property
+    def identity(self) -> str:
+        """:attr:`name`, or ``<hostname>:<dicom_port>`` when none is configured."""
+        return self.name or f"{socket.gethostname()}:{self.dicom_port}"

@@ -20,6 +20,7 @@ from node.config.retention import RetentionSettings
 from node.config.rules import RuleSettings
 from node.config.security import SecuritySettings
 from node.config.sources import AnySource
+from node.config.state import StateSettings
 from node.config.workers import WorkerSettings
 
 
@@ -39,6 +40,8 @@ class Settings(_Strict):
     workers: WorkerSettings = WorkerSettings()
     security: SecuritySettings = SecuritySettings()
     logging: LoggingSettings = LoggingSettings()
+    #: Where jobs, series, rules, users, audit and pulls live (SQLite file or PostgreSQL).
+    state: StateSettings = StateSettings()
     #: The site's result templates, looked up before the shipped ``dicom_sr_templates``.
     templates_dir: Path | None = None
 
@@ -94,12 +97,21 @@ class Settings(_Strict):
 
     @property
     def spool_dir(self) -> Path:
-        return self.node.data_dir / "spool"
+        return self.node.spool_dir or self.node.data_dir / "spool"
+
+    @property
+    def spool_subdir(self) -> str | None:
+        """The directory of this node's own files in a shared spool (``node.spool_dir`` set):
+        its name, with characters other than letters, digits, ``.``, ``_``, ``-`` as ``_``."""
+        if self.node.spool_dir is None:
+            return None
+        return re.sub(r"[^A-Za-z0-9._-]", "_", self.node.identity)
 
     @property
     def results_dir(self) -> Path:
-        return self.node.data_dir / "results"
+        return self.node.results_dir or self.node.data_dir / "results"
 
     @property
     def database_path(self) -> Path:
-        return self.node.data_dir / "state.sqlite3"
+        """The SQLite state file (``state.url: sqlite:///…`` or the data directory's)."""
+        return self.state.sqlite_path(self.node.data_dir / "state.sqlite3")

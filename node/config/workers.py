@@ -26,5 +26,9 @@ class WorkerSettings(_Strict):
     #: ``gpu_memory_mb``); least recently used models are unloaded beyond it.
     #: Default: 80 % of the device's memory.
     gpu_memory_budget_mb: int | None = Field(None, gt=0)
+    #: Seconds a job's lease (running, or an export in progress) lasts unless its holder
+    #: renews it (every third of it); a node that dies loses its jobs to another node after
+    #: this long.
+    lease_seconds: float = Field(60.0, gt=0)
     #: Read the next queued series while the current job runs.
     prefetch: bool = True

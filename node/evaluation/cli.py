@@ -118,7 +118,11 @@ def _evaluate(args: argparse.Namespace) -> int:
             iou_threshold=args.iou,
             seed=args.seed,
         )
-        shadow = ShadowSource(args.rule, settings.database_path) if args.compare_shadow else None
+        shadow = (
+            ShadowSource(args.rule, settings.database_path, settings.state.url)
+            if args.compare_shadow
+            else None
+        )
         # The rule's input-quality policy where the configuration has it (rules made in
         # the console live in the database only: their jobs are still found by name).
         rule = next((r for r in settings.rules if r.name == args.rule), None)

@@ -47,10 +47,12 @@ SOURCE = "shadow jobs of the rule (node.admin.shadow.shadow_predictions, ainode.
 
 @dataclass(frozen=True)
 class ShadowSource:
-    """Whose stored results to compare: a shadow rule, in the node database at ``database``."""
+    """Whose stored results to compare: a shadow rule, in the node database at ``database``
+    (or, when ``state_url`` names PostgreSQL, there)."""
 
     rule: str
     database: Path
+    state_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -74,12 +76,14 @@ def stored_results(source: ShadowSource) -> dict[str, StoredResult]:
         When the database file does not exist (a path typo would otherwise create one).
     """
     from node.admin.shadow import shadow_predictions
-    from node.state.db import Database
+    from node.config.state import StateSettings
+    from node.state.backend import open_database
     from node.state.jobs import JobQueue
 
-    if not source.database.is_file():
+    state = StateSettings(url=source.state_url)
+    if not state.is_postgres and not source.database.is_file():
         raise DatasetError(f"{source.database}: no node state database here (check --config)")
-    db = Database(source.database)
+    db = open_database(state, source.database, check=False)
     try:
         listing = shadow_predictions(JobQueue(db), rule=source.rule, state="done")
     finally:

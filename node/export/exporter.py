@@ -30,6 +30,7 @@ from node.results.manifest import check_results
 from node.state.dicom_audit import AuditOutcome, DicomAudit, EventType
 from node.state.events import EventCode
 from node.state.jobs import Job, JobQueue
+from node.state.lease import owner_name
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +126,11 @@ class Exporter(PollingThread):
         clock: Callable[[], float],
         sender: SendFunction | None = None,
         audit: DicomAudit | None = None,
+        node_name: str = "",
     ) -> None:
         super().__init__("exporter")
+        #: Who holds the exports this exporter sends (``host:pid:exporter[@<node name>]``).
+        self.owner = owner_name("exporter", node_name)
         self._audit = audit
         self._queue = queue
         self._destinations = destinations
@@ -143,21 +147,25 @@ class Exporter(PollingThread):
 
     def run_once(self) -> bool:
         """Make one export attempt for the next due job; False when none was due."""
-        job = self._queue.claim_export(self._clock())
+        job = self._queue.claim_export(self._clock(), self.owner)
         if job is None:
             return False
-        self._attempt(job)
+        # The export's lease is renewed while it sends, so that no other exporter (of this
+        # or another node sharing the state) sends it too; if this process dies, the lease
+        # runs out and another exporter takes the job over.
+        with self._queue.keep_export_lease(job, self._clock).held():
+            self._attempt(job)
         return True
 
     def _attempt(self, job: Job) -> None:
         assert job.result_dir is not None
         if job.shadow:  # never reached through the queue; a guard against any other path
-            self._queue.finish(job.id, self._clock(), "shadow mode: nothing sent")
+            self._queue.finish(job.id, self._clock(), "shadow mode: nothing sent", owner=self.owner)
             log.info("shadow job not sent job_id=%d", job.id)
             return
         problem = check_results(job.result_dir)
         if problem is not None:  # never send results that are not the ones the job built
-            self._queue.rebuild(job.id, problem, self._clock())
+            self._queue.rebuild(job.id, problem, self._clock(), owner=self.owner)
             log.error("results incomplete, job rebuilt job_id=%d problem=%s", job.id, problem)
             return
         destinations = self._destinations()
@@ -167,7 +175,10 @@ class Exporter(PollingThread):
             destination = destinations.get(name)
             if destination is None:
                 self._queue.fail(
-                    job.id, f"destination {name!r} is no longer configured", self._clock()
+                    job.id,
+                    f"destination {name!r} is no longer configured",
+                    self._clock(),
+                    owner=self.owner,
                 )
                 return
             files = result_files(job.result_dir, destination.result_tags)
@@ -221,7 +232,9 @@ class Exporter(PollingThread):
             if unfilled:
                 self._fail_unfilled(job, unfilled, destinations, now)
                 return
-            self._queue.finish(job.id, now, f"sent to {', '.join(job.pending_destinations)}")
+            self._queue.finish(
+                job.id, now, f"sent to {', '.join(job.pending_destinations)}", owner=self.owner
+            )
             log.info("job done job_id=%d destinations=%s", job.id, ",".join(job.destinations))
             return
         message = "; ".join(errors)
@@ -234,6 +247,7 @@ class Exporter(PollingThread):
                 f" {_duration(now - started)}: {message} (results kept in {job.result_dir})",
                 now,
                 code=EventCode.EXPORT_FAILED,
+                owner=self.owner,
             )
             return
         delay = min(retry_delay(destinations[name], job.export_attempts) for name in pending)
@@ -248,6 +262,7 @@ class Exporter(PollingThread):
             detail=f"waiting for {', '.join(pending)}: {message}; attempt {job.export_attempts}"
             f" failed, next attempt in {_duration(delay)} (at {at}) or as soon as"
             " the destination answers",
+            owner=self.owner,
         )
 
     def _audit_sent(
@@ -292,7 +307,7 @@ class Exporter(PollingThread):
         message = f"nothing sent to {', '.join(unfilled)} ({reasons})"
         if sent:
             message += f"; sent to {', '.join(sent)}"
-        self._queue.fail(job.id, message, now, pending=unfilled)
+        self._queue.fail(job.id, message, now, pending=unfilled, owner=self.owner)
         log.warning(
             "job failed job_id=%d reason=destinations_sent_nothing destinations=%s",
             job.id,

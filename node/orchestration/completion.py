@@ -14,7 +14,10 @@ reported: they complete at the next poll instead of after the quiet period.
 
 Marking a series complete and queueing its jobs (``on_complete``) is one
 transaction: a crash between the two leaves the series receiving, to complete
-again after restart. Should dispatch itself fail, completion is kept and the
+again after restart. Several nodes may share one state and poll the same series:
+completion is a conditional update of the series row (only one node's applies) and
+so is the dispatch, so a series whose instances arrived on two nodes completes once
+and its jobs are queued once. Should dispatch itself fail, completion is kept and the
 series is dispatched again by a later poll (and at start-up), with a log line.
 
 A series whose sender was cut off (an aborted association, or the node
@@ -190,11 +193,23 @@ class CompletionMonitor:
         self._dispatch(row)
 
     def _dispatch(self, row: SeriesRow) -> None:
-        """Queue the jobs of ``row`` and record it dispatched, together or not at all."""
+        """Queue the jobs of ``row`` and record it dispatched, together or not at all.
+
+        The dispatch is claimed first (a conditional update of the series row), so when
+        several nodes share the state exactly one of them queues a generation's jobs, also
+        when they retry an undispatched series at the same time.
+        """
         try:
             with self._series.atomically():  # a savepoint: a failure keeps the completion
+                if not self._series.claim_dispatch(row.series_uid, row.generation):
+                    log.info(
+                        "series generation dispatched already (by another node) or"
+                        " superseded series_uid=%s generation=%d",
+                        row.series_uid,
+                        row.generation,
+                    )
+                    return
                 self._on_complete(row)
-                self._series.mark_dispatched(row.series_uid, row.generation)
         except Exception:
             self._undispatched_check_at = min(
                 self._undispatched_check_at, self._clock() + REDISPATCH_SECONDS

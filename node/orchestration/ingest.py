@@ -59,7 +59,10 @@ class Ingestor:
         *,
         clock: Callable[[], float],
         min_free_bytes: int = 0,
+        node_name: str = "",
     ) -> None:
+        #: This node's identity, recorded with each instance it receives.
+        self.node_name = node_name
         self._spool = spool
         self._series = series
         self._clock = clock
@@ -100,6 +103,7 @@ class Ingestor:
             modality=instance.modality,
             calling_ae=instance.calling_ae,
             called_ae=instance.called_ae,
+            received_by=self.node_name,
         )
         try:
             added, reopened = self.commits.record(record, self._clock())
@@ -174,7 +178,10 @@ class Ingestor:
         Runs at start-up. A row can be missing after a power failure (see
         :class:`~node.state.db.Database`); the file itself was fsynced before
         success was answered, so nothing accepted is lost. Leftover
-        temporary files from an interrupted write are removed.
+        temporary files from an interrupted write are removed. In a spool shared by
+        several nodes only this node's own files are looked at (its subdirectory,
+        :class:`~node.spool.Spool`): another node's file without a row may be one it is
+        recording right now.
         """
         partial = self._spool.remove_partial_files()
         if partial:
@@ -198,6 +205,7 @@ class Ingestor:
                 path=path,
                 size=path.stat().st_size,
                 modality=str(header.get("Modality", "")),
+                received_by=self.node_name,
             )
             added, _ = self._series.record_instance(record, path.stat().st_mtime)
             recovered += int(added)

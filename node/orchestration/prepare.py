@@ -76,9 +76,43 @@ def _read_ahead(sources: Sources) -> tuple[int, tuple[Path, ...]] | None:
     return upcoming.id, tuple(sources.series.instance_paths(upcoming.series_uid))
 
 
+class InstancesUnreadable(RuntimeError):
+    """Instance files of the job's series are not visible on this host."""
+
+
+def check_instances_visible(series: SeriesStore, series_uid: str, paths: Sequence[Path]) -> None:
+    """Raise :class:`InstancesUnreadable` unless every path is a file here, naming the node
+    that received the missing ones: whatever runs a job must read every instance of its
+    series, whichever node received it (a spool shared by the nodes, ``node.spool_dir``)."""
+    missing = [path for path in paths if not path.is_file()]
+    if not missing:
+        return
+    receivers = series.instance_receivers(series_uid)
+    by_node: dict[str, list[Path]] = {}
+    for path in missing:
+        by_node.setdefault(receivers.get(path) or "unknown", []).append(path)
+    named = "; ".join(
+        f"{len(files)} received by node {node} (e.g. {files[0]})"
+        for node, files in sorted(by_node.items())
+    )
+    raise InstancesUnreadable(
+        f"{len(missing)} of {len(paths)} instance files of the series are not readable on this"
+        f" host: {named}. Every node that runs jobs must mount the shared spool"
+        " (node.spool_dir) at the same path."
+    )
+
+
 def prepare(job: Job, sources: Sources) -> JobInput:
-    """The :class:`JobInput` of the claimed ``job``."""
+    """The :class:`JobInput` of the claimed ``job``.
+
+    Raises
+    ------
+    InstancesUnreadable
+        An instance file is missing here (e.g. received by a node whose spool this host
+        does not see); the message names that node.
+    """
     paths = tuple(sources.series.instance_paths(job.series_uid))
+    check_instances_visible(sources.series, job.series_uid, paths)
     try:
         info = sources.registry.plugin_info(job.plugin)
     except Exception:  # unknown or broken: executing it fails the job with the reason

@@ -14,7 +14,7 @@ from typing import Any
 from node.config import RetentionSettings
 from node.retention import Deletion, plan
 from node.state.audit import AuditLog
-from node.state.db import Database
+from node.state.connection import Connection
 from node.state.dicom_audit import DicomAudit, EventType
 from node.state.retention import RetentionStore
 
@@ -36,7 +36,7 @@ def free_bytes(path: Path) -> int:
 
 
 def run_pass(
-    db: Database,
+    db: Connection,
     settings: RetentionSettings,
     *,
     now: float,

@@ -62,6 +62,7 @@ class InferenceWorker(PollingThread):
         destinations: Callable[[], Mapping[str, AnyDestination]] = dict,
         rules: Callable[[], Sequence[RuleSettings]] = list,
         executor: Executor | None = None,
+        node_name: str = "",
     ) -> None:
         super().__init__(f"worker-{device}")
         self._queue = queue
@@ -86,8 +87,9 @@ class InferenceWorker(PollingThread):
         )
         #: Why the worker cannot record a job's state (for ``/readyz``), or None.
         self.problem: str | None = None
-        #: Who holds this worker's jobs (``host:pid:worker-<device>``; the job's lease owner).
-        self.owner = owner_name(f"worker-{device}")
+        #: Who holds this worker's jobs (``host:pid:worker-<device>[@<node name>]``; the
+        #: job's lease owner).
+        self.owner = owner_name(f"worker-{device}", node_name)
 
     def run_once(self) -> bool:
         """Run the next queued job to its end; False when the queue was empty."""

@@ -57,7 +57,7 @@ class PullService(PollingThread):
         self._on_received = on_received
         self._max_attempts = max_attempts
         self._retry_seconds = retry_seconds
-        self._owner = owner_name("pull")
+        self._owner = owner_name("pull", ingestor.node_name)
 
     def submit(
         self,

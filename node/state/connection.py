@@ -1,8 +1,9 @@
 """What the state stores need of a database: a DB-API shaped cursor and connection.
 
 The stores are written against :class:`Cursor` and :class:`Connection` (``?``
-placeholders, rows addressable by column name) so that a PostgreSQL implementation can
-follow; nothing above :mod:`node.state` sees a ``sqlite3`` type.
+placeholders, rows addressable by column name): :class:`node.state.db.Database` is SQLite,
+:class:`node.state.postgres.PostgresDatabase` PostgreSQL; nothing above :mod:`node.state`
+sees a ``sqlite3`` or ``psycopg`` type.
 """
 
 from __future__ import annotations
@@ -32,7 +33,14 @@ class Cursor(Protocol):
 
 
 class Connection(Protocol):
-    """A state database: short write transactions and read queries."""
+    """A state database: short write transactions and read queries.
+
+    ``dialect`` is ``"sqlite"`` or ``"postgresql"`` (their cursors carry it too where
+    a statement must differ, e.g. a claim's row lock).
+    """
+
+    @property
+    def dialect(self) -> str: ...
 
     def transaction(self) -> AbstractContextManager[Cursor]: ...
 

@@ -71,6 +71,8 @@ class Database:
     of the receive time.
     """
 
+    dialect = "sqlite"
+
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path

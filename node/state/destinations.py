@@ -49,8 +49,13 @@ class DestinationStore:
 
     def seed(self, destinations: Mapping[str, AnyDestination], now: float) -> bool:
         with self._db.transaction() as cursor:
-            cursor.execute("SELECT value FROM meta WHERE key = ?", (SEEDED_KEY,))
-            if cursor.fetchone() is not None:
+            # The mark first, inserted only if absent: of nodes starting together on one
+            # shared state, exactly one seeds (the others' inserts change nothing).
+            cursor.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+                (SEEDED_KEY, json.dumps(now)),
+            )
+            if cursor.rowcount != 1:
                 return False
             for name, destination in destinations.items():
                 cursor.execute(
@@ -58,9 +63,6 @@ class DestinationStore:
                     " VALUES (?, ?, ?, 'config') ON CONFLICT (name) DO NOTHING",
                     (name, json.dumps(destination.model_dump(mode="json")), now),
                 )
-            cursor.execute(
-                "INSERT INTO meta (key, value) VALUES (?, ?)", (SEEDED_KEY, json.dumps(now))
-            )
         return True
 
     def mapping(self) -> dict[str, AnyDestination]:

@@ -92,6 +92,12 @@ JOB_LEASE = lease.LeaseTable(
 )
 #: Ends a job's lease (the worker records its outcome or the node gives it back).
 _RELEASE = lease.release_columns()
+#: An exporting job an exporter may take: its retry is due and no send holds it, or the
+#: send holding it stopped renewing its lease (parameters: now, now).
+_EXPORT_DUE = (
+    "state = 'exporting' AND ((lease_expires_at IS NULL AND next_attempt_at <= ?)"
+    " OR (lease_expires_at IS NOT NULL AND lease_expires_at <= ?))"
+)
 
 
 class JobQueue:
@@ -193,15 +199,17 @@ class JobQueue:
 
     @staticmethod
     def _lost(cursor: Cursor, job_id: int, owner: str | None) -> str | None:
-        """The job's current owner when ``owner`` no longer holds it (its lease ran out and
-        another worker took it); None when ``owner`` is None or still the holder."""
+        """Who holds the job now when ``owner`` no longer does (its lease ran out and another
+        worker or exporter took it); None when ``owner`` is None or still the holder, or
+        the job is neither running nor exporting (e.g. cancelled: the caller's statement
+        leaves it so)."""
         if owner is None:
             return None
         cursor.execute("SELECT state, owner FROM jobs WHERE id = ?", (job_id,))
         row = cursor.fetchone()
-        if row is None or row["state"] != "running" or row["owner"] == owner:
+        if row is None or row["state"] not in ("running", "exporting") or row["owner"] == owner:
             return None
-        return str(row["owner"])
+        return str(row["owner"] or f"another node ({row['state']})")
 
     def _record_lost(
         self, cursor: Cursor, job_id: int, now: float, owner: str, holder: str, outcome: str
@@ -256,30 +264,70 @@ class JobQueue:
             cursor.execute("SELECT * FROM jobs WHERE id = ?", (job_id,))
             return _job(cursor.fetchone())
 
-    def claim_export(self, now: float) -> Job | None:
-        """Return the next exporting job whose retry time has come, pushing its next try away.
+    def claim_export(self, now: float, owner: str | None = None) -> Job | None:
+        """Take the next exporting job whose retry time has come for ``owner`` and return it.
 
-        The lease (``next_attempt_at`` moved an hour ahead) keeps a second
-        exporter from taking the same job while this one sends; ``lease_expires_at``
-        marks it as a send in progress, so that it is not mistaken for a job waiting in
-        backoff (:meth:`waiting_destinations`, :meth:`release_waiting`).
+        The claim is a lease like a running job's: ``owner`` and ``lease_expires_at`` (and
+        ``next_attempt_at``, pushed to the same time) keep a second exporter, in this or
+        another node sharing the state, from taking the job while this one sends; the
+        sender renews it (:meth:`keep_export_lease`) and releases it with the outcome. An
+        export whose lease ran out (its exporter died mid-send) is claimable again, with a
+        ``job.lease_expired`` event. ``lease_expires_at`` set tells a send in progress from
+        a job waiting in backoff (:meth:`waiting_destinations`, :meth:`release_waiting`).
         """
+        owner = owner or lease.owner_name("exporter")
+        expires = now + self.lease_seconds
         with self._db.transaction() as cursor:
-            cursor.execute(
-                "SELECT id FROM jobs WHERE state = 'exporting' AND next_attempt_at <= ?"
-                " ORDER BY priority, next_attempt_at LIMIT 1",
-                (now,),
-            )
-            row = cursor.fetchone()
-            if row is None:
-                return None
-            cursor.execute(
-                "UPDATE jobs SET next_attempt_at = ?, lease_expires_at = ?,"
-                " export_attempts = export_attempts + 1, updated_at = ? WHERE id = ?",
-                (now + 3600.0, now + 3600.0, now, row["id"]),
-            )
+            # PostgreSQL: skip a row another exporter is claiming right now.
+            lock = " FOR UPDATE SKIP LOCKED" if lease.locks_rows(cursor) else ""
+            while True:
+                cursor.execute(
+                    f"SELECT id, owner, lease_expires_at FROM jobs WHERE {_EXPORT_DUE}"
+                    f" ORDER BY priority, next_attempt_at, id LIMIT 1{lock}",
+                    (now, now),
+                )
+                row = cursor.fetchone()
+                if row is None:
+                    return None
+                # The condition is repeated: under a server database another exporter may
+                # have taken the row since the SELECT; then this changes nothing.
+                cursor.execute(
+                    "UPDATE jobs SET owner = ?, lease_expires_at = ?, next_attempt_at = ?,"
+                    f" export_attempts = export_attempts + 1, updated_at = ? WHERE id = ?"
+                    f" AND {_EXPORT_DUE}",
+                    (owner, expires, expires, now, row["id"], now, now),
+                )
+                if cursor.rowcount == 1:
+                    break
+            if row["lease_expires_at"] is not None:
+                self._event(
+                    cursor,
+                    row["id"],
+                    now,
+                    EventCode.JOB_LEASE_EXPIRED,
+                    f"export lease of {row['owner'] or 'an exporter'} expired;"
+                    f" taken over by {owner}",
+                )
             cursor.execute("SELECT * FROM jobs WHERE id = ?", (row["id"],))
             return _job(cursor.fetchone())
+
+    def renew_export_lease(self, job_id: int, owner: str, now: float) -> bool:
+        """Extend ``owner``'s lease on the export it is sending; False when it lost it."""
+        expires = now + self.lease_seconds
+        with self._db.transaction() as cursor:
+            cursor.execute(
+                "UPDATE jobs SET lease_expires_at = ?, next_attempt_at = ? WHERE id = ?"
+                " AND owner = ? AND state = 'exporting' AND lease_expires_at IS NOT NULL",
+                (expires, expires, job_id, owner),
+            )
+            return cursor.rowcount == 1
+
+    def keep_export_lease(self, job: Job, clock: Callable[[], float]) -> lease.LeaseKeeper:
+        """A keeper renewing the export lease of ``job`` every third of its length."""
+        owner = job.owner or ""
+        return lease.LeaseKeeper(
+            lambda: self.renew_export_lease(job.id, owner, clock()), self.lease_seconds / 3
+        )
 
     def export_progress(
         self,
@@ -290,13 +338,19 @@ class JobQueue:
         retry_at: float | None,
         error: str,
         detail: str | None = None,
+        owner: str | None = None,
     ) -> None:
         """Record the destinations still pending after an attempt and when to retry
-        (``detail``: the event's text, ``error`` when omitted)."""
+        (``detail``: the event's text, ``error`` when omitted); ``owner``: the exporter
+        recording it (nothing changes when another one holds the export now)."""
         with self._db.transaction() as cursor:
+            holder = self._lost(cursor, job_id, owner)
+            if holder is not None and owner is not None:
+                self._record_lost(cursor, job_id, now, owner, holder, f"retry: {error}")
+                return
             cursor.execute(
                 "UPDATE jobs SET pending_destinations = ?, next_attempt_at = ?, error = ?,"
-                " lease_expires_at = NULL, updated_at = ? WHERE id = ? AND state = 'exporting'",
+                f" updated_at = ?, {_RELEASE} WHERE id = ? AND state = 'exporting'",
                 (json.dumps(pending), retry_at, error or None, now, job_id),
             )
             self._event(cursor, job_id, now, EventCode.EXPORT_RETRY, detail or error)
@@ -342,8 +396,16 @@ class JobQueue:
                 self._event(cursor, job_id, now, EventCode.EXPORT_RELEASED, reason)
         return released
 
-    def finish(self, job_id: int, now: float, detail: str = "") -> None:
+    def finish(
+        self, job_id: int, now: float, detail: str = "", *, owner: str | None = None
+    ) -> None:
+        """The job is done (its results sent); ``owner``: the exporter recording it (see
+        :meth:`export_progress`)."""
         with self._db.transaction() as cursor:
+            holder = self._lost(cursor, job_id, owner)
+            if holder is not None and owner is not None:
+                self._record_lost(cursor, job_id, now, owner, holder, f"done: {detail}")
+                return
             cursor.execute(
                 "UPDATE jobs SET state = 'done', pending_destinations = '[]', error = NULL,"
                 f" next_attempt_at = NULL, finished_at = ?, updated_at = ?, {_RELEASE}"
@@ -389,12 +451,17 @@ class JobQueue:
                 code = EventCode.JOB_ERROR_AFTER_CANCEL
             self._event(cursor, job_id, now, code, error)
 
-    def rebuild(self, job_id: int, problem: str, now: float) -> None:
+    def rebuild(self, job_id: int, problem: str, now: float, *, owner: str | None = None) -> None:
         """An exporting job's result files are not whole: run inference again."""
         with self._db.transaction() as cursor:
+            holder = self._lost(cursor, job_id, owner)
+            if holder is not None and owner is not None:
+                self._record_lost(cursor, job_id, now, owner, holder, f"rebuild: {problem}")
+                return
             cursor.execute(
                 "UPDATE jobs SET state = 'queued', next_attempt_at = NULL, result_dir = NULL,"
-                " pending_destinations = '[]', updated_at = ? WHERE id = ? AND state = 'exporting'",
+                " pending_destinations = '[]', updated_at = ?,"
+                f" {_RELEASE} WHERE id = ? AND state = 'exporting'",
                 (now, job_id),
             )
             if cursor.rowcount == 1:
@@ -454,10 +521,14 @@ class JobQueue:
                 self._event(
                     cursor, job_id, now, EventCode.JOB_REQUEUED, "node restarted while running"
                 )
-            # Exports interrupted mid-send are retried straight away.
-            cursor.execute(
-                f"UPDATE jobs SET next_attempt_at = ?, {_RELEASE} WHERE state = 'exporting'", (now,)
-            )
+            # Exports interrupted mid-send are retried straight away; those a live exporter
+            # (another node process sharing the state) is sending stay under its lease.
+            cursor.execute("SELECT id, owner FROM jobs WHERE state = 'exporting'")
+            exports = [int(r["id"]) for r in cursor.fetchall() if lease.owner_is_dead(r["owner"])]
+            for job_id in exports:
+                cursor.execute(
+                    f"UPDATE jobs SET next_attempt_at = ?, {_RELEASE} WHERE id = ?", (now, job_id)
+                )
         return ids
 
     def get(self, job_id: int) -> Job | None:

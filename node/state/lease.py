@@ -10,27 +10,34 @@ The statements are portable SQL: a ``SELECT`` of the candidate, then an ``UPDATE
 that repeats the condition and counts the rows it changed. Under SQLite the
 caller's ``BEGIN IMMEDIATE`` transaction already serialises claims; under a
 server database the repeated condition makes a lost race change nothing and the
-claim tries the next candidate.
+claim tries the next candidate. On PostgreSQL the candidate is selected
+``FOR UPDATE SKIP LOCKED`` (:func:`locking_candidates_sql`): two nodes sharing the
+database never take the same row, and neither waits behind a row the other holds.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 from node.state.connection import Cursor
 
+log = logging.getLogger(__name__)
+
 #: How long a claim holds a row unless renewed (seconds).
 DEFAULT_LEASE_SECONDS = 60.0
 
 
-def owner_name(worker: str) -> str:
-    """An owner id for ``worker`` in this process: ``host:pid:worker``."""
-    return f"{socket.gethostname()}:{os.getpid()}:{worker}"
+def owner_name(worker: str, node: str = "") -> str:
+    """An owner id for ``worker`` in this process: ``host:pid:worker``, and ``@node`` (the
+    node's name, ``node.name``) when given."""
+    return f"{socket.gethostname()}:{os.getpid()}:{worker}" + (f"@{node}" if node else "")
 
 
 def owner_is_dead(owner: str | None) -> bool:
@@ -118,6 +125,22 @@ def candidates_sql(spec: LeaseTable) -> str:
     )
 
 
+def locking_candidates_sql(spec: LeaseTable) -> str:
+    """PostgreSQL's candidate query: the most urgent claimable row, locked ``FOR UPDATE
+    SKIP LOCKED`` so that a claimer in another process neither takes it nor waits for it
+    (it takes the next one). Both conditions are index scans there (a bitmap OR)."""
+    return (
+        f"SELECT id, state, owner FROM {spec.table} WHERE {spec.claimable_sql()}"
+        f" ORDER BY {spec.order} LIMIT 1 FOR UPDATE SKIP LOCKED"
+    )
+
+
+def locks_rows(cursor: Cursor) -> bool:
+    """True when ``cursor`` is a server database's: claims lock their row and skip
+    locked ones. (SQLite's ``BEGIN IMMEDIATE`` already serialises every writer.)"""
+    return getattr(cursor, "dialect", "sqlite") == "postgresql"
+
+
 def claim(
     cursor: Cursor,
     spec: LeaseTable,
@@ -127,7 +150,7 @@ def claim(
     claim_parameters: tuple[object, ...] = (),
 ) -> Claimed | None:
     """Claim the most urgent due row of ``spec.table`` for ``owner`` (inside a transaction)."""
-    candidates = candidates_sql(spec)
+    candidates = locking_candidates_sql(spec) if locks_rows(cursor) else candidates_sql(spec)
     while True:
         cursor.execute(candidates, spec.claimable_parameters(now))
         row = cursor.fetchone()
@@ -183,12 +206,23 @@ class LeaseKeeper:
         self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
 
     def _run(self) -> None:
+        renewed = time.monotonic()
         while not self._stop.wait(self._interval):
+            late = time.monotonic() - renewed - self._interval
             try:
                 held = self._renew_once()
-            except Exception:  # a busy database: try again at the next interval
+            except Exception as exc:  # a busy database: try again at the next interval
+                log.warning("lease renewal failed, retried error=%s", exc)
                 continue
+            if late > self._interval:  # an overloaded host: the lease is close to lapsing
+                log.warning(
+                    "lease renewed late seconds_late=%.1f interval_seconds=%g",
+                    late,
+                    self._interval,
+                )
+            renewed = time.monotonic()
             if not held:
+                log.warning("lease lost to another owner")
                 self.lost = True
                 return
 

@@ -1,4 +1,8 @@
-"""The state schema as one ordered list of migrations, driven by ``PRAGMA user_version``.
+"""The state schema as one ordered list of migrations, for SQLite and PostgreSQL.
+
+SQLite counts versions in ``PRAGMA user_version`` (:func:`migrate`); PostgreSQL in the
+one-row table ``ainode_schema`` (:func:`migrate_postgres`, which creates the same legacy
+tables, the audit guards as PL/pgSQL triggers, then runs the same :data:`MIGRATIONS`).
 
 Version 4 is the schema of every node before issue 12 (which added some columns without
 counting a version, so reaching it is idempotent and repairs any older file). Each later
@@ -6,8 +10,10 @@ counting a version, so reaching it is idempotent and repairs any older file). Ea
 a database is always at exactly one version. A fresh database takes the same path as an
 old one. A database with a newer version than this code knows is refused.
 
-This module and :mod:`node.state.db` are the only SQLite-specific code of the state
-layer (``PRAGMA``, ``sqlite_master``, table rebuilds); the stores' SQL is portable.
+The SQLite-specific code of the state layer is here (``PRAGMA``, ``sqlite_master``, table
+rebuilds of old files) and in :mod:`node.state.db`; a migration step sees a
+:class:`~node.state.connection.Cursor` of either backend (``_table_columns`` asks each in
+its own way), and :mod:`node.state.postgres` translates the statements' types.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from node.errors import DatabaseTooNew
+from node.state.connection import Cursor
 from node.state.events import EVENT_NAMES, EventCode
 
 log = logging.getLogger(__name__)
@@ -26,8 +33,9 @@ log = logging.getLogger(__name__)
 #: The version the code before issue 12 wrote (``LEGACY_SCHEMA`` and ``_legacy_upgrade``).
 LEGACY_VERSION = 4
 
-#: The schema every node before issue 12 created (idempotent statements).
-LEGACY_SCHEMA = """
+#: The tables and indexes every node before issue 12 created (idempotent, portable
+#: statements: PostgreSQL reads them through :func:`node.state.postgres.translate`).
+LEGACY_TABLES = """
 CREATE TABLE IF NOT EXISTS series (
     series_uid      TEXT PRIMARY KEY,
     study_uid       TEXT NOT NULL,
@@ -87,8 +95,6 @@ CREATE TABLE IF NOT EXISTS dicom_audit (
     detail      TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS dicom_audit_at ON dicom_audit (at);
-CREATE TRIGGER IF NOT EXISTS dicom_audit_no_update BEFORE UPDATE ON dicom_audit
-BEGIN SELECT RAISE(ABORT, 'the DICOM audit trail is append-only'); END;
 
 CREATE INDEX IF NOT EXISTS instances_series ON instances (series_uid);
 
@@ -212,11 +218,33 @@ CREATE TABLE IF NOT EXISTS audit (
     before      TEXT,
     after       TEXT
 );
+"""
+
+#: The append-only guards of the two audit tables, in SQLite's trigger syntax.
+LEGACY_TRIGGERS_SQLITE = """
+CREATE TRIGGER IF NOT EXISTS dicom_audit_no_update BEFORE UPDATE ON dicom_audit
+BEGIN SELECT RAISE(ABORT, 'the DICOM audit trail is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 """
+
+#: The same guards in PostgreSQL (a function raising, run before each row change).
+LEGACY_TRIGGERS_POSTGRES = (
+    "CREATE OR REPLACE FUNCTION ainode_append_only() RETURNS trigger LANGUAGE plpgsql AS"
+    " $$ BEGIN RAISE EXCEPTION USING MESSAGE = TG_ARGV[0] || ' is append-only',"
+    " ERRCODE = 'integrity_constraint_violation'; END $$",
+    "CREATE TRIGGER dicom_audit_no_update BEFORE UPDATE ON dicom_audit FOR EACH ROW"
+    " EXECUTE FUNCTION ainode_append_only('the DICOM audit trail')",
+    "CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit FOR EACH ROW"
+    " EXECUTE FUNCTION ainode_append_only('the audit log')",
+    "CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit FOR EACH ROW"
+    " EXECUTE FUNCTION ainode_append_only('the audit log')",
+)
+
+#: The schema every node before issue 12 created, as SQLite runs it (tables and triggers).
+LEGACY_SCHEMA = LEGACY_TABLES + LEGACY_TRIGGERS_SQLITE
 
 
 _JOB_STATE_CHECK = (
@@ -289,7 +317,7 @@ def _legacy_upgrade(connection: sqlite3.Connection) -> None:
         connection.execute("ALTER TABLE series ADD COLUMN completion_note TEXT")
 
 
-def _pull_tables(cursor: sqlite3.Cursor) -> None:
+def _pull_tables(cursor: Cursor) -> None:
     # Pull rows and series expectations: created by PullStore itself before issue 12.
     cursor.execute(
         """CREATE TABLE IF NOT EXISTS pulls (
@@ -324,15 +352,26 @@ def _pull_tables(cursor: sqlite3.Cursor) -> None:
     )
 
 
-def _add_column(cursor: sqlite3.Cursor, table: str, column: str, declaration: str) -> None:
+def _table_columns(cursor: Cursor, table: str) -> set[str]:
+    """The column names of ``table`` in either dialect (empty when it does not exist)."""
+    if getattr(cursor, "dialect", "sqlite") == "postgresql":
+        cursor.execute(
+            "SELECT column_name FROM information_schema.columns"
+            " WHERE table_schema = current_schema() AND table_name = ?",
+            (table,),
+        )
+        return {str(r[0]) for r in cursor.fetchall()}
+    return {r[1] for r in cursor.execute(f"PRAGMA table_info({table})").fetchall()}
+
+
+def _add_column(cursor: Cursor, table: str, column: str, declaration: str) -> None:
     """``ALTER TABLE … ADD COLUMN`` unless the column is there (a database that a test or a
     hand repair left with it)."""
-    present = {r[1] for r in cursor.execute(f"PRAGMA table_info({table})").fetchall()}
-    if column not in present:
+    if column not in _table_columns(cursor, table):
         cursor.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
 
-def _event_codes(cursor: sqlite3.Cursor) -> None:
+def _event_codes(cursor: Cursor) -> None:
     _add_column(cursor, "job_events", "code", "TEXT NOT NULL DEFAULT ''")
     # Backfill once from the names (and, for the final export failure, the wording) that
     # older nodes wrote; from here on every event is written with its code.
@@ -350,7 +389,7 @@ def _event_codes(cursor: sqlite3.Cursor) -> None:
     cursor.execute("CREATE INDEX IF NOT EXISTS job_events_code ON job_events (code)")
 
 
-def _leases(cursor: sqlite3.Cursor) -> None:
+def _leases(cursor: Cursor) -> None:
     for table in ("jobs", "pulls"):
         _add_column(cursor, table, "owner", "TEXT")
         _add_column(cursor, table, "lease_expires_at", "REAL")
@@ -360,13 +399,18 @@ def _leases(cursor: sqlite3.Cursor) -> None:
         )
 
 
+def _received_by(cursor: Cursor) -> None:
+    # Which node received each instance (several nodes may share one state and spool).
+    _add_column(cursor, "instances", "received_by", "TEXT NOT NULL DEFAULT ''")
+
+
 @dataclass(frozen=True)
 class Migration:
     """One step of the schema: run once to move a database to ``version``."""
 
     version: int
     description: str
-    apply: Callable[[sqlite3.Cursor], None]
+    apply: Callable[[Cursor], None]
 
 
 #: Every step after the legacy schema, in order (append only; never edit a released one).
@@ -374,6 +418,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "pull tables join the migration list", _pull_tables),
     Migration(6, "job events carry a structured code (backfilled from their names)", _event_codes),
     Migration(7, "jobs and pulls carry an owner and a lease", _leases),
+    Migration(8, "instances name the node that received them", _received_by),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version
@@ -420,4 +465,59 @@ def migrate(connection: sqlite3.Connection, path: object = "") -> int:
             raise
         finally:
             cursor.close()
+    return found
+
+
+#: The advisory lock key under which a PostgreSQL database is migrated (one node at a time).
+_MIGRATION_LOCK = 0x61696E6F6465  # "ainode"
+
+
+def _statements(script: str) -> list[str]:
+    """The statements of a script of plain DDL (no ``--`` comments, split at ``;``)."""
+    lines = [line.split("--", 1)[0] for line in script.splitlines()]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+
+
+def migrate_postgres(cursor: Cursor, where: object = "") -> int:
+    """Bring a PostgreSQL database to :data:`SCHEMA_VERSION` (inside the caller's
+    transaction, so a failed step leaves it as it was); return the version it had.
+
+    The version lives in the one-row table ``ainode_schema``. The legacy tables are
+    created from the same statements as SQLite's; the migrations after them are the
+    same list.
+
+    Raises
+    ------
+    DatabaseTooNew
+        The database was written by a newer node.
+    """
+    cursor.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
+    cursor.execute("CREATE TABLE IF NOT EXISTS ainode_schema (version INTEGER NOT NULL)")
+    cursor.execute("SELECT version FROM ainode_schema")
+    row = cursor.fetchone()
+    found = 0 if row is None else int(row[0])
+    if row is None:
+        cursor.execute("INSERT INTO ainode_schema (version) VALUES (0)")
+    if found > SCHEMA_VERSION:
+        raise DatabaseTooNew(
+            f"state database {where} has schema version {found}, newer than this node knows"
+            f" ({SCHEMA_VERSION}): it was written by a newer ainode. Run that version, or"
+            " restore a backup made by this one; the node does not start on it."
+        )
+    version = found
+    if version <= LEGACY_VERSION:
+        for statement in _statements(LEGACY_TABLES):
+            cursor.execute(statement)
+        for statement in LEGACY_TRIGGERS_POSTGRES:
+            cursor.execute(statement)
+        version = LEGACY_VERSION
+    for migration in MIGRATIONS:
+        if migration.version <= version:
+            continue
+        log.info(
+            "migrating state database to version %d: %s", migration.version, migration.description
+        )
+        migration.apply(cursor)
+        version = migration.version
+    cursor.execute("UPDATE ainode_schema SET version = ?", (version,))
     return found

@@ -102,8 +102,9 @@ class RetentionStore:
             cursor.execute(
                 "INSERT INTO series_purges (series_uid, spool_purged_at, results_purged_at)"
                 " VALUES (?, ?, ?) ON CONFLICT (series_uid) DO UPDATE SET"
-                " spool_purged_at = COALESCE(spool_purged_at, excluded.spool_purged_at),"
-                " results_purged_at = COALESCE(results_purged_at, excluded.results_purged_at)",
+                " spool_purged_at = COALESCE(series_purges.spool_purged_at,"
+                " excluded.spool_purged_at), results_purged_at ="
+                " COALESCE(series_purges.results_purged_at, excluded.results_purged_at)",
                 (series_uid, now if spool else None, now if results else None),
             )
 

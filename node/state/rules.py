@@ -68,17 +68,19 @@ class RuleStore:
         Returns True when it seeded, False when the database already decides.
         """
         with self._db.transaction() as cursor:
-            cursor.execute("SELECT value FROM meta WHERE key = ?", (SEEDED_KEY,))
-            if cursor.fetchone() is not None:
+            # The mark first, inserted only if absent: of nodes starting together on one
+            # shared state, exactly one seeds (the others' inserts change nothing).
+            cursor.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+                (SEEDED_KEY, json.dumps(now)),
+            )
+            if cursor.rowcount != 1:
                 return False
             cursor.execute("SELECT COUNT(*) AS n FROM rules")
             if cursor.fetchone()["n"]:
-                return False
+                return False  # rules from before the mark: the database decides
             for position, rule in enumerate(rules):
                 self._insert(cursor, rule, position, "config", now, action="seeded")
-            cursor.execute(
-                "INSERT INTO meta (key, value) VALUES (?, ?)", (SEEDED_KEY, json.dumps(now))
-            )
         return True
 
     @staticmethod

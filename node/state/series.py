@@ -12,7 +12,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
-from node.state.connection import Connection
+from node.state.connection import Connection, Cursor
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,8 @@ class InstanceRecord:
     modality: str = ""
     calling_ae: str = ""
     called_ae: str = ""
+    #: The node that received it (``node.name``; several nodes may share one state).
+    received_by: str = ""
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,10 @@ class SeriesRow:
 
 #: A series still receiving whose completion is not held (or whose hold has run out).
 _NOT_HELD = "(hold_until IS NULL OR hold_until <= ?)"
+
+
+class _RecordedElsewhere(Exception):
+    """The instance was recorded by another node during this call (rolled back)."""
 
 
 def _series(row: object) -> SeriesRow:
@@ -100,6 +106,12 @@ class SeriesStore:
     def record_instance(self, record: InstanceRecord, now: float) -> tuple[bool, bool]:
         """Record a durable instance.
 
+        Safe against other nodes recording instances of the same series at the same time
+        (one shared state): the series row is created or updated by statements that
+        repeat their condition (a concurrent insert or completion makes the next one
+        apply), and a SOP Instance UID recorded meanwhile by another node leaves nothing
+        of this call behind.
+
         Returns
         -------
         (added, reopened)
@@ -107,53 +119,76 @@ class SeriesStore:
             (stored once); ``reopened`` is True when the instance arrived for
             a series that had already completed.
         """
-        with self._db.transaction() as cursor:
-            cursor.execute("SELECT 1 FROM instances WHERE sop_uid = ?", (record.sop_uid,))
-            if cursor.fetchone():
-                return False, False
-            cursor.execute("SELECT state FROM series WHERE series_uid = ?", (record.series_uid,))
-            existing = cursor.fetchone()
-            reopened = existing is not None and existing["state"] == "complete"
-            if existing is None:
+        try:
+            with self._db.transaction() as cursor:
+                cursor.execute("SELECT 1 FROM instances WHERE sop_uid = ?", (record.sop_uid,))
+                if cursor.fetchone():
+                    return False, False
+                reopened = self._count_in_series(cursor, record, now)
                 cursor.execute(
-                    "INSERT INTO series (series_uid, study_uid, modality, calling_ae, called_ae,"
-                    " first_received, last_received, instance_count, generation_started)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?)",
+                    "INSERT INTO instances (sop_uid, series_uid, study_uid, sop_class_uid,"
+                    " transfer_syntax, path, size, received_at, received_by)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (sop_uid) DO NOTHING",
                     (
+                        record.sop_uid,
                         record.series_uid,
                         record.study_uid,
-                        record.modality,
-                        record.calling_ae,
-                        record.called_ae,
+                        record.sop_class_uid,
+                        record.transfer_syntax,
+                        str(record.path),
+                        record.size,
                         now,
-                        now,
-                        now,
+                        record.received_by,
                     ),
                 )
-            else:
-                cursor.execute(
-                    "UPDATE series SET last_received = ?, instance_count = instance_count + 1,"
-                    " generation_started = CASE WHEN state = 'complete' THEN ?"
-                    " ELSE COALESCE(generation_started, first_received) END,"
-                    " state = 'receiving', calling_ae = ?, called_ae = ?"
-                    " WHERE series_uid = ?",
-                    (now, now, record.calling_ae, record.called_ae, record.series_uid),
-                )
+                if cursor.rowcount != 1:  # another node recorded it since the check
+                    raise _RecordedElsewhere
+                return True, reopened
+        except _RecordedElsewhere:  # its savepoint undid this call's count
+            return False, False
+
+    @staticmethod
+    def _count_in_series(cursor: Cursor, record: InstanceRecord, now: float) -> bool:
+        """Count ``record`` in its series row (created if new); True when that re-opened a
+        complete series. Each statement repeats its condition, so a row inserted or
+        completed by another node in between makes the next statement the one that applies.
+        """
+        update = (
+            "UPDATE series SET last_received = ?, instance_count = instance_count + 1,"
+            " calling_ae = ?, called_ae = ?, state = 'receiving', generation_started = {started}"
+            " WHERE series_uid = ? AND state = ?"
+        )
+        for _ in range(3):
             cursor.execute(
-                "INSERT INTO instances (sop_uid, series_uid, study_uid, sop_class_uid,"
-                " transfer_syntax, path, size, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                update.format(started="?"),
+                (now, record.calling_ae, record.called_ae, now, record.series_uid, "complete"),
+            )
+            if cursor.rowcount == 1:
+                return True
+            cursor.execute(
+                update.format(started="COALESCE(generation_started, first_received)"),
+                (now, record.calling_ae, record.called_ae, record.series_uid, "receiving"),
+            )
+            if cursor.rowcount == 1:
+                return False
+            cursor.execute(
+                "INSERT INTO series (series_uid, study_uid, modality, calling_ae, called_ae,"
+                " first_received, last_received, instance_count, generation_started)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?) ON CONFLICT (series_uid) DO NOTHING",
                 (
-                    record.sop_uid,
                     record.series_uid,
                     record.study_uid,
-                    record.sop_class_uid,
-                    record.transfer_syntax,
-                    str(record.path),
-                    record.size,
+                    record.modality,
+                    record.calling_ae,
+                    record.called_ae,
+                    now,
+                    now,
                     now,
                 ),
             )
-            return True, reopened
+            if cursor.rowcount == 1:
+                return False
+        raise RuntimeError(f"series {record.series_uid} changed under every attempt to count")
 
     def quiet_series(self, now: float, quiet_seconds: float) -> list[SeriesRow]:
         """Series still receiving whose last instance is at least ``quiet_seconds`` old."""
@@ -236,6 +271,20 @@ class SeriesStore:
         """Complete a series now, whatever its quiet time or hold."""
         return self.mark_complete(series_uid, now, quiet_seconds=-1e18, ignore_hold=True)
 
+    def claim_dispatch(self, series_uid: str, generation: int) -> bool:
+        """Take the dispatch of ``generation`` (call in the transaction that queues its jobs):
+        True for exactly one caller, however many nodes try (a conditional update), False
+        when it is dispatched already. Also ends the hold's reason and note, as
+        :meth:`mark_dispatched` does."""
+        with self._db.transaction() as cursor:
+            cursor.execute(
+                "UPDATE series SET dispatched_generation = ?, hold_reason = NULL,"
+                " completion_note = NULL WHERE series_uid = ? AND generation = ?"
+                " AND dispatched_generation < ?",
+                (generation, series_uid, generation, generation),
+            )
+            return cursor.rowcount == 1
+
     def mark_dispatched(self, series_uid: str, generation: int) -> None:
         """Record that ``generation``'s jobs are queued (call in the transaction that queues
         them); the completion hold's reason and note have been told and are cleared."""
@@ -275,9 +324,25 @@ class SeriesStore:
                     held.append(series_uid)
         return held
 
-    def hold_receiving(self, until: float, reason: str) -> list[str]:
-        """Hold every series still receiving (at start-up: its sender was cut off)."""
-        rows = self._db.query("SELECT series_uid FROM series WHERE state = 'receiving'")
+    def hold_receiving(
+        self, until: float, reason: str, *, received_by: str | None = None
+    ) -> list[str]:
+        """Hold every series still receiving (at start-up: its sender was cut off).
+
+        ``received_by``: only the series of which that node (or a node before node names)
+        received an instance of the current generation; other nodes sharing the state keep
+        receiving theirs.
+        """
+        if received_by is None:
+            rows = self._db.query("SELECT series_uid FROM series WHERE state = 'receiving'")
+        else:
+            rows = self._db.query(
+                "SELECT series_uid FROM series s WHERE state = 'receiving' AND EXISTS"
+                " (SELECT 1 FROM instances i WHERE i.series_uid = s.series_uid"
+                " AND i.received_by IN (?, '')"
+                " AND i.received_at >= COALESCE(s.generation_started, s.first_received))",
+                (received_by,),
+            )
         return self.hold([row["series_uid"] for row in rows], until, reason)
 
     def release_hold(self, series_uids: Iterable[str], note: str) -> list[str]:
@@ -310,6 +375,14 @@ class SeriesStore:
             (modality, study_uid),
         )
         return [_series(row) for row in rows]
+
+    def instance_receivers(self, series_uid: str) -> dict[Path, str]:
+        """The node that received each instance of the series, by path (``''`` for rows
+        from before node names)."""
+        rows = self._db.query(
+            "SELECT path, received_by FROM instances WHERE series_uid = ?", (series_uid,)
+        )
+        return {Path(row["path"]): str(row["received_by"] or "") for row in rows}
 
     def instance_paths(self, series_uid: str) -> list[Path]:
         rows = self._db.query(

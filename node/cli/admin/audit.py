@@ -13,7 +13,7 @@ from node.cli.admin.common import fail, guard, with_config
 def audit_export(args: argparse.Namespace) -> int:
     """Write the DICOM audit trail as JSON lines to standard output."""
     from node.config import load_settings
-    from node.state.db import Database
+    from node.state.backend import open_database
     from node.state.dicom_audit import DicomAudit, parse_since
 
     try:
@@ -21,7 +21,8 @@ def audit_export(args: argparse.Namespace) -> int:
         until = parse_since(args.until) if args.until else None
     except ValueError as exc:
         return fail(str(exc))
-    db = Database(load_settings(args.config).database_path)
+    settings = load_settings(args.config)
+    db = open_database(settings.state, settings.database_path, check=False)
     for event in DicomAudit(db).events(since=since, until=until, event_type=args.type):
         sys.stdout.write(json.dumps(event.json()) + "\n")
     return 0

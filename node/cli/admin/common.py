@@ -25,10 +25,10 @@ def admin_service(args: argparse.Namespace) -> Any:
     from node.admin.service import AdminService
     from node.config import load_settings
     from node.orchestration.registry import PluginRegistry
-    from node.state.db import Database
+    from node.state.backend import open_database
 
     settings = load_settings(args.config)
-    db = Database(settings.database_path)
+    db = open_database(settings.state, settings.database_path, check=False)
     # Rules are checked against the plugins' names; none is imported (no torch for a CLI).
     registry = PluginRegistry.names_only(settings.models)
     admin = AdminService(db, registry, calling_ae=settings.node.ae_title)

@@ -140,11 +140,11 @@ def sources_list(args: argparse.Namespace) -> int:
 
 def _pull_store(args: argparse.Namespace) -> tuple[Any, Any]:
     from node.config import load_settings
-    from node.state.db import Database
+    from node.state.backend import open_database
     from node.state.pulls import PullStore
 
     settings = load_settings(args.config)
-    return settings, PullStore(Database(settings.database_path))
+    return settings, PullStore(open_database(settings.state, settings.database_path, check=False))
 
 
 def pull_start(args: argparse.Namespace) -> int:
