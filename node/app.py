@@ -33,10 +33,12 @@ from node.orchestration.dispatch import Dispatcher
 from node.orchestration.ingest import Ingestor
 from node.orchestration.registry import PluginRegistry, plugin_names, select_devices
 from node.pull.service import PullService, SenderCountChecker
+from node.pull.worklist import WorklistPerformer
 from node.spool import Spool
 from node.state.db import Database, check_integrity
 from node.state.dicom_audit import DicomAudit
 from node.state.jobs import JobQueue
+from node.state.performed import PerformedStore
 from node.state.pulls import PullStore
 from node.state.series import SeriesStore
 
@@ -161,6 +163,20 @@ class Node:
             lambda: self.settings.sources,
             node_ae_title=settings.node.ae_title,
             clock=clock,
+        )
+        #: The node as a UPS performer for the sources with a ``worklist`` section.
+        self.performer = WorklistPerformer(
+            PerformedStore(self.db),
+            lambda: self.settings.sources,
+            self.puller,
+            self.pulls,
+            self.queue,
+            self.series,
+            lambda: self.admin.rules.active(),
+            self.admin.destinations.mapping,
+            node_ae_title=settings.node.ae_title,
+            clock=clock,
+            on_enqueued=self._wake_workers,
         )
         self._scheduler: BackgroundScheduler | None = None
         self._life = threading.Lock()  # orders a late loader against stop()
@@ -293,6 +309,7 @@ class Node:
             )
         self.puller.start()
         self.sender_counts.start()
+        self.performer.start()
         if not self.admin.destinations.mapping() or not any(
             r.send_to for r in self.admin.rules.active()
         ):
@@ -360,6 +377,7 @@ class Node:
     def stop(self) -> None:
         with self._life:
             self._stopping = True  # a loader still running starts no worker
+        self.performer.stop()
         self.puller.stop()
         self.sender_counts.stop()
         self.scp.stop()

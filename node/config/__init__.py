@@ -57,7 +57,12 @@ from node.config.retention import RetentionSettings
 from node.config.rules import RuleSettings
 from node.config.security import SecuritySettings
 from node.config.settings import Settings
-from node.config.sources import AnySource, DicomWebSourceSettings, DimseSourceSettings
+from node.config.sources import (
+    AnySource,
+    DicomWebSourceSettings,
+    DimseSourceSettings,
+    WorklistSourceSettings,
+)
 from node.config.workers import WorkerSettings
 
 __all__ = [
@@ -106,6 +111,7 @@ __all__ = [
     "ValidatedInputSettings",
     "WindowSettings",
     "WorkerSettings",
+    "WorklistSourceSettings",
     "check_plugins_known",
     "config_problems",
     "load_settings",

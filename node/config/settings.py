@@ -90,6 +90,13 @@ class Settings(_Strict):
                         ("rules", index, "send_to"),
                         f"unknown destination {dest!r} (known: {known})",
                     )
+        for name, source in self.sources.items():
+            worklist = getattr(source, "worklist", None)
+            if worklist is not None and worklist.inputs_source not in (None, *self.sources):
+                raise _KeyedError(
+                    ("sources", name, "worklist", "inputs_source"),
+                    f"unknown source {worklist.inputs_source!r}",
+                )
         return self
 
     @property

@@ -360,6 +360,34 @@ def _leases(cursor: sqlite3.Cursor) -> None:
         )
 
 
+def _performed_workitems(cursor: sqlite3.Cursor) -> None:
+    # The node as a UPS performer: one row per workitem it claimed on another worklist.
+    cursor.execute(
+        """CREATE TABLE IF NOT EXISTS performed_workitems (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    source          TEXT NOT NULL,
+    workitem_uid    TEXT NOT NULL,
+    transaction_uid TEXT NOT NULL,
+    rule            TEXT NOT NULL,
+    state           TEXT NOT NULL DEFAULT 'claiming'
+                    CHECK (state IN ('claiming', 'fetching', 'running', 'completed',
+                                     'canceled', 'lost')),
+    workitem        TEXT NOT NULL DEFAULT '{}',
+    pull_id         INTEGER,
+    job_id          INTEGER,
+    after_job_id    INTEGER NOT NULL DEFAULT 0,
+    progress        INTEGER NOT NULL DEFAULT -1,
+    reason          TEXT,
+    created_at      REAL NOT NULL,
+    updated_at      REAL NOT NULL,
+    UNIQUE (source, workitem_uid, transaction_uid)
+)"""
+    )
+    cursor.execute(
+        "CREATE INDEX IF NOT EXISTS performed_workitems_state ON performed_workitems (state)"
+    )
+
+
 @dataclass(frozen=True)
 class Migration:
     """One step of the schema: run once to move a database to ``version``."""
@@ -374,6 +402,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "pull tables join the migration list", _pull_tables),
     Migration(6, "job events carry a structured code (backfilled from their names)", _event_codes),
     Migration(7, "jobs and pulls carry an owner and a lease", _leases),
+    Migration(8, "workitems the node performs for another worklist", _performed_workitems),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version
