@@ -39,6 +39,10 @@ from node.state.dicom_audit import DicomAudit
 from node.state.jobs import JobQueue
 from node.state.pulls import PullStore
 from node.state.series import SeriesStore
+from node.state.workitems import WorkitemStore
+from node.worklist.events import EventBus
+from node.worklist.performer import WorklistPerformer
+from node.worklist.service import WorklistService
 
 if TYPE_CHECKING:
     import torch
@@ -162,6 +166,33 @@ class Node:
             node_ae_title=settings.node.ae_title,
             clock=clock,
         )
+        self.worklist_events = EventBus()
+        self.worklist = WorklistService(
+            WorkitemStore(self.db),
+            self.admin.audit,
+            self.worklist_events,
+            tasks=lambda: self.settings.worklist.tasks,
+            known_routine=self._known_routine,
+            clock=clock,
+            on_created=lambda: self.worklist_performer.wake(),
+        )
+        self.worklist_performer = WorklistPerformer(
+            self.worklist,
+            self.queue,
+            self.series,
+            self.pulls,
+            submit_pull=lambda source, study, series, rule, origin: (
+                self.puller.submit(
+                    source=source, study_uid=study, series_uid=series, rule=rule, origin=origin
+                ).id
+            ),
+            sources=lambda: self.settings.sources,
+            rules=self.admin.rules.active,
+            destinations=self.admin.destinations.mapping,
+            clock=clock,
+            on_enqueued=self._wake_workers,
+        )
+        self.worklist_performer.idle_seconds = settings.worklist.poll_seconds
         self._scheduler: BackgroundScheduler | None = None
         self._life = threading.Lock()  # orders a late loader against stop()
         if not background:
@@ -241,6 +272,12 @@ class Node:
             ",".join(sorted(self.registry.names)) or "none",
         )
 
+    def _known_routine(self, name: str) -> bool:
+        """A rule name, or a plugin this node has (or will have once routines load)."""
+        if any(rule.name == name for rule in self.admin.rules.active()):
+            return True
+        return name in (self.registry.known_names() | plugin_names(self.settings.models))
+
     def _wake(self) -> None:
         """After an admin job action: let the worker and exporter look at the queue now."""
         self._wake_workers()
@@ -293,6 +330,7 @@ class Node:
             )
         self.puller.start()
         self.sender_counts.start()
+        self.worklist_performer.start()
         if not self.admin.destinations.mapping() or not any(
             r.send_to for r in self.admin.rules.active()
         ):
@@ -360,6 +398,7 @@ class Node:
     def stop(self) -> None:
         with self._life:
             self._stopping = True  # a loader still running starts no worker
+        self.worklist_performer.stop()
         self.puller.stop()
         self.sender_counts.stop()
         self.scp.stop()

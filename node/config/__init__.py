@@ -59,6 +59,7 @@ from node.config.security import SecuritySettings
 from node.config.settings import Settings
 from node.config.sources import AnySource, DicomWebSourceSettings, DimseSourceSettings
 from node.config.workers import WorkerSettings
+from node.config.worklist import WorklistSettings
 
 __all__ = [
     "AE_TITLE_PATTERN",
@@ -106,6 +107,7 @@ __all__ = [
     "ValidatedInputSettings",
     "WindowSettings",
     "WorkerSettings",
+    "WorklistSettings",
     "check_plugins_known",
     "config_problems",
     "load_settings",
