@@ -128,8 +128,10 @@ def test_a_performer_killed_mid_task_completes_the_workitem_once(tmp_path: Path)
 
             with NodeProcess(performer_config, workdir=node_dir) as performer:
                 done = wait_until(
-                    lambda: (item := workitem_state(worklist, uid)).ProcedureStepState
-                    == "COMPLETED" and item,
+                    lambda: (
+                        (item := workitem_state(worklist, uid)).ProcedureStepState == "COMPLETED"
+                        and item
+                    ),
                     300,
                     message="workitem COMPLETED on W",
                 )

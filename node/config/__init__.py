@@ -64,6 +64,7 @@ from node.config.sources import (
     WorklistSourceSettings,
 )
 from node.config.workers import WorkerSettings
+from node.config.worklist import WorklistSettings
 
 __all__ = [
     "AE_TITLE_PATTERN",
@@ -111,6 +112,7 @@ __all__ = [
     "ValidatedInputSettings",
     "WindowSettings",
     "WorkerSettings",
+    "WorklistSettings",
     "WorklistSourceSettings",
     "check_plugins_known",
     "config_problems",

@@ -21,6 +21,7 @@ from node.config.rules import RuleSettings
 from node.config.security import SecuritySettings
 from node.config.sources import AnySource
 from node.config.workers import WorkerSettings
+from node.config.worklist import WorklistSettings
 
 
 class Settings(_Strict):
@@ -39,6 +40,8 @@ class Settings(_Strict):
     workers: WorkerSettings = WorkerSettings()
     security: SecuritySettings = SecuritySettings()
     logging: LoggingSettings = LoggingSettings()
+    #: The node as a UPS worklist: task code -> rule or plugin (README "Worklist (UPS)").
+    worklist: WorklistSettings = WorklistSettings()
     #: The site's result templates, looked up before the shipped ``dicom_sr_templates``.
     templates_dir: Path | None = None
 

@@ -85,9 +85,7 @@ class Peer:
     tls: DicomTlsClientSettings | None = None
 
 
-def known_peers(
-    destinations: Mapping[str, Any], sources: Mapping[str, Any]
-) -> dict[str, Peer]:
+def known_peers(destinations: Mapping[str, Any], sources: Mapping[str, Any]) -> dict[str, Peer]:
     """The AE titles the node can address: its DIMSE destinations and sources."""
     peers: dict[str, Peer] = {}
     for entry in [*sources.values(), *destinations.values()]:

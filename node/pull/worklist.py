@@ -158,7 +158,7 @@ def output_information(
     return items
 
 
-class WorklistPerformer(PollingThread):
+class RemoteWorklistPerformer(PollingThread):
     """Claims, runs and completes other worklists' workitems, one at a time."""
 
     idle_seconds = 0.5

@@ -360,6 +360,42 @@ def _leases(cursor: sqlite3.Cursor) -> None:
         )
 
 
+def _workitems(cursor: sqlite3.Cursor) -> None:
+    """UPS workitems (PS3.4 Annex CC) and their event subscriptions (node/state/workitems.py)."""
+    cursor.execute(
+        """CREATE TABLE IF NOT EXISTS workitems (
+            uid             TEXT PRIMARY KEY,
+            state           TEXT NOT NULL
+                            CHECK (state IN ('SCHEDULED', 'IN PROGRESS', 'CANCELED', 'COMPLETED')),
+            transaction_uid TEXT,
+            dataset         TEXT NOT NULL,
+            task            TEXT NOT NULL DEFAULT '',
+            routine         TEXT NOT NULL DEFAULT '',
+            priority        TEXT NOT NULL DEFAULT 'MEDIUM',
+            scheduled_at    REAL,
+            performer       TEXT NOT NULL DEFAULT '',
+            job_id          INTEGER,
+            pull_id         INTEGER,
+            cancel_requested INTEGER NOT NULL DEFAULT 0,
+            created_by      TEXT NOT NULL DEFAULT '',
+            created_at      REAL NOT NULL,
+            updated_at      REAL NOT NULL
+        )"""
+    )
+    cursor.execute("CREATE INDEX IF NOT EXISTS workitems_state ON workitems (state, scheduled_at)")
+    cursor.execute("CREATE INDEX IF NOT EXISTS workitems_job ON workitems (job_id)")
+    cursor.execute(
+        """CREATE TABLE IF NOT EXISTS ups_subscriptions (
+            ae_title        TEXT NOT NULL,
+            workitem_uid    TEXT NOT NULL,
+            deletion_lock   INTEGER NOT NULL DEFAULT 0,
+            filter          TEXT NOT NULL DEFAULT '',
+            created_at      REAL NOT NULL,
+            PRIMARY KEY (ae_title, workitem_uid)
+        )"""
+    )
+
+
 def _performed_workitems(cursor: sqlite3.Cursor) -> None:
     # The node as a UPS performer: one row per workitem it claimed on another worklist.
     cursor.execute(
@@ -402,7 +438,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "pull tables join the migration list", _pull_tables),
     Migration(6, "job events carry a structured code (backfilled from their names)", _event_codes),
     Migration(7, "jobs and pulls carry an owner and a lease", _leases),
-    Migration(8, "workitems the node performs for another worklist", _performed_workitems),
+    Migration(8, "UPS workitems and their subscriptions", _workitems),
+    Migration(9, "workitems the node performs for another worklist", _performed_workitems),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version
