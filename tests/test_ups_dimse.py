@@ -43,7 +43,7 @@ class Watcher:
     reports: list[tuple[str, int, Dataset]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def on_report(self, event: Any) -> int:
+    def on_report(self, event: Any) -> tuple[int, None]:
         with self.lock:
             self.reports.append(
                 (
@@ -52,7 +52,7 @@ class Watcher:
                     event.event_information,
                 )
             )
-        return 0x0000
+        return 0x0000, None
 
     def of(self, uid: str, event_type: int) -> list[Dataset]:
         with self.lock:
@@ -148,7 +148,8 @@ def action(
     info = Dataset()
     for keyword, value in attributes.items():
         setattr(info, keyword, value)
-    status, _ = assoc.send_n_action(info, action_type, sop_class, uid)
+    # No attributes: no Action Information at all (an empty data set never arrives whole).
+    status, _ = assoc.send_n_action(info or None, action_type, sop_class, uid)
     return int(status.Status)
 
 
