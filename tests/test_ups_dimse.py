@@ -267,6 +267,22 @@ def test_cancel_requests_and_unknown_workitems(stack: Stack) -> None:
     assert "CANCELED" not in watcher.states(claimed)
     assert watcher.of(later, 1) == []
 
+    # A filtered global subscription (the request's other attributes are the filter)
+    # reports only the workitems it matches; suspending applies to the global UID only.
+    filtered = "1.2.840.10008.5.1.4.34.5.1"
+    high = {"ScheduledProcedureStepPriority": "HIGH"}
+    assert action(assoc, filtered, 3, UnifiedProcedureStepWatch, ReceivingAE="WATCHER",
+                  DeletionLock="FALSE", **high) == 0x0000  # fmt: skip
+    urgent_item = workitem()
+    urgent_item.ScheduledProcedureStepPriority = "HIGH"
+    code, routine = create(assoc)
+    code, urgent = create(assoc, urgent_item)
+    assert code == 0x0000
+    wait_until(lambda: watcher.states(urgent) == ["SCHEDULED"], 30, message="filtered report")
+    assert watcher.of(routine, 1) == []
+    assert action(assoc, later, 5, UnifiedProcedureStepWatch, ReceivingAE="WATCHER") == 0x0106
+    assert action(assoc, GLOBAL, 5, UnifiedProcedureStepWatch, ReceivingAE="WATCHER") == 0x0000
+
     # Unknown workitems: 0xC307 everywhere, and a create refused creates nothing.
     unknown = generate_uid()
     assert get(assoc, unknown)[0] == 0xC307
