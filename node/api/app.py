@@ -38,6 +38,7 @@ from node.api.retention import retention_router
 from node.api.routes import api_router
 from node.api.tokens import TokenAuth
 from node.api.web import web_router
+from node.api.worklist import worklist_router
 from node.app import Node
 from node.errors import Conflict, Forbidden, InvalidInput, NotFound
 from node.state.users import TokenExpired
@@ -276,4 +277,5 @@ def create_app(node: Node) -> FastAPI:
     app.include_router(
         dicomweb_router(node, TokenAuth(node.settings.dicomweb, fallback=token_user))
     )
+    app.include_router(worklist_router(node))
     return app
