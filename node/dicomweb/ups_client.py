@@ -102,11 +102,10 @@ class UpsClient:
         return from_json(found[0] if isinstance(found, list) else found)
 
     def update(self, workitem_uid: str, transaction_uid: str, changes: Dataset) -> None:
-        """``POST /workitems/{uid}?transaction={uid}``: set attributes of a claimed workitem."""
+        """``POST /workitems/{uid}?{transaction uid}``: set attributes of a claimed workitem."""
         self._request(
             "POST",
-            f"/workitems/{workitem_uid}",
-            params={"transaction": transaction_uid},
+            f"/workitems/{workitem_uid}?{transaction_uid}",
             json=[to_json(changes)],
             headers={"Content-Type": DICOM_JSON},
         )
