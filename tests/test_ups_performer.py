@@ -55,6 +55,14 @@ def new_workitem(study_uid: str, series_uid: str, retrieve_url: str) -> dict[str
     return ds.to_json_dict()
 
 
+def create(worklist: NodeProcess, body: dict[str, Any]) -> str:
+    created = httpx.post(f"{worklist.url}/dicomweb/workitems", json=[body],
+                         headers={**AUTH, "Content-Type": "application/dicom+json"},
+                         timeout=30)  # fmt: skip
+    assert created.status_code == 201, created.text
+    return str(created.headers["Location"]).rstrip("/").rsplit("/", 1)[-1]
+
+
 def workitem_state(worklist: NodeProcess, uid: str) -> Dataset:
     answer = httpx.get(f"{worklist.url}/dicomweb/workitems/{uid}", headers=AUTH, timeout=30)
     assert answer.status_code == 200, answer.text
@@ -79,7 +87,10 @@ def test_a_performer_killed_mid_task_completes_the_workitem_once(tmp_path: Path)
         worklist_config = {
             "dicomweb": {"tokens": [{"name": "performer", "token": TOKEN}]},
             "rules": [{**CHEST, "send_to": []}],
-            "worklist": {"tasks": {f"{TASK[0]}^{TASK[1]}": "chest"}, "perform": False},
+            "worklist": {
+                "tasks": {f"{TASK[0]}^{TASK[1]}": "chest", "99AINODE^ORGANS": "chest"},
+                "perform": False,
+            },
         }
         with NodeProcess(worklist_config, workdir=tmp_path / "w",
                          wait_for_routines=False) as worklist:  # fmt: skip
@@ -100,20 +111,16 @@ def test_a_performer_killed_mid_task_completes_the_workitem_once(tmp_path: Path)
                                           "port": pacs.dicom_port}},
                 "rules": [{**CHEST, "send_to": ["pacs"]}],
             }  # fmt: skip
-            # An unmapped task is never claimed.
-            other = new_workitem(study_uid, series_uid, f"{web}/studies/{study_uid}")
-            other["00404018"]["Value"][0]["00080100"]["Value"] = ["OTHER"]
-            created = httpx.post(f"{worklist.url}/dicomweb/workitems", json=[other],
-                                 headers={**AUTH, "Content-Type": "application/dicom+json"},
-                                 timeout=30)  # fmt: skip
-            assert created.status_code in (400, 404, 409), created.text  # W refuses it too
-
-            body = new_workitem(study_uid, series_uid, f"{web}/studies/{study_uid}")
-            created = httpx.post(f"{worklist.url}/dicomweb/workitems", json=[body],
-                                 headers={**AUTH, "Content-Type": "application/dicom+json"},
-                                 timeout=30)  # fmt: skip
-            assert created.status_code == 201, created.text
-            uid = created.headers["Location"].rstrip("/").rsplit("/", 1)[-1]
+            # P maps no rule to ORGANS: never claimed. An input no source of P serves: claimed
+            # and canceled with the reason. Then the workitem P can do.
+            organs = new_workitem(study_uid, series_uid, f"{web}/studies/{study_uid}")
+            organs["00404018"]["Value"][0]["00080100"]["Value"] = ["ORGANS"]
+            unservable = new_workitem(study_uid, series_uid, "http://127.0.0.1:9/elsewhere")
+            organs_uid, unservable_uid, uid = (
+                create(worklist, item)
+                for item in (organs, unservable,
+                             new_workitem(study_uid, series_uid, f"{web}/studies/{study_uid}"))
+            )  # fmt: skip
 
             node_dir = tmp_path / "p"
             armed = NodeProcess(performer_config, workdir=node_dir,
@@ -122,7 +129,8 @@ def test_a_performer_killed_mid_task_completes_the_workitem_once(tmp_path: Path)
                 wait_until(lambda: not armed.running(), 300, message="P killed mid-task")
                 assert "point=inference_started" in armed.log_text()
             killed = performed_rows(armed)
-            assert [(w, s) for w, _, s in killed] == [(uid, "running")]
+            assert [(w, s) for w, _, s in killed] == [(unservable_uid, "canceled"),
+                                                     (uid, "running")]  # fmt: skip
             assert workitem_state(worklist, uid).ProcedureStepState == "IN PROGRESS"
             assert not find_series(pacs.client, study_uid, "SEG")
 
@@ -137,7 +145,14 @@ def test_a_performer_killed_mid_task_completes_the_workitem_once(tmp_path: Path)
                 )
                 rows = performed_rows(performer)
             # Same claim, same Transaction UID, resumed.
-            assert rows == [(uid, killed[0][1], "completed")]
+            assert rows == [killed[0], (uid, killed[1][1], "completed")]
+            assert workitem_state(worklist, organs_uid).ProcedureStepState == "SCHEDULED"
+            canceled = workitem_state(worklist, unservable_uid)
+            assert canceled.ProcedureStepState == "CANCELED"
+            (reason,) = canceled.ProcedureStepProgressInformationSequence
+            assert "no configured source serves http://127.0.0.1:9/elsewhere" in (
+                reason.ReasonForCancellation
+            )
             (performed,) = done.UnifiedProcedureStepPerformedProcedureSequence
             outputs = performed.OutputInformationSequence
             assert {o.StudyInstanceUID for o in outputs} == {study_uid}

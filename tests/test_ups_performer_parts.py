@@ -56,11 +56,14 @@ def test_inputs_come_from_the_source_the_retrieve_location_names() -> None:
         environ={},
     )  # fmt: skip
     sources = settings.sources
-    assert input_source(InputRef("1", "2", "http://pacs/dicom-web/studies/1"), sources, "x") == (
-        "web"
-    )
-    assert input_source(InputRef("1", "2", retrieve_ae="PACS"), sources, "x") == "dimse"
-    assert input_source(InputRef("1", "2", "http://elsewhere/studies/1"), sources, "x") == "x"
+    web = InputRef("1", "2", "http://pacs/dicom-web/studies/1")
+    assert input_source(web, sources, None, "ris") == "web"
+    assert input_source(InputRef("1", "2", retrieve_ae="PACS"), sources, None, "ris") == "dimse"
+    elsewhere = InputRef("1", "2", "http://elsewhere/studies/1")
+    assert input_source(elsewhere, sources, "web", "ris") == "web"  # inputs_source
+    assert input_source(elsewhere, sources, None, "ris") is None  # nothing serves it
+    assert input_source(InputRef("1", "2", "http://pacs/dicom-webx/1"), sources, None, "r") is None
+    assert input_source(InputRef("1", "2"), sources, None, "ris") == "ris"  # no location
 
 
 def test_output_information_lists_each_result_series_and_where_it_was_sent(

@@ -93,15 +93,18 @@ def inputs_of(workitem: Dataset) -> list[InputRef]:
     return list(found.values())
 
 
-def input_source(ref: InputRef, sources: Mapping[str, AnySource], default: str) -> str:
+def input_source(
+    ref: InputRef, sources: Mapping[str, AnySource], fallback: str | None, worklist: str
+) -> str | None:
     """The configured source to fetch ``ref`` from: the DICOMweb source whose URL the
-    retrieve URL starts with, else the DIMSE source with the retrieve AE title, else
-    ``default``."""
+    retrieve URL starts with, or the DIMSE source with the retrieve AE title; else
+    ``fallback`` (``worklist.inputs_source``); an input naming no location comes from
+    ``worklist`` (the worklist's own server). None: nothing configured serves it (the
+    node fetches only from declared sources)."""
     if ref.retrieve_url:
         for name, source in sources.items():
-            if isinstance(source, DicomWebSourceSettings) and ref.retrieve_url.startswith(
-                source.url.rstrip("/")
-            ):
+            root = source.url.rstrip("/") if isinstance(source, DicomWebSourceSettings) else ""
+            if root and (ref.retrieve_url == root or ref.retrieve_url.startswith(root + "/")):
                 return name
     if ref.retrieve_ae:
         for name, source in sources.items():
@@ -109,7 +112,9 @@ def input_source(ref: InputRef, sources: Mapping[str, AnySource], default: str) 
                 source, DicomWebSourceSettings
             ):
                 return name
-    return default
+    if fallback is not None:
+        return fallback
+    return None if ref.retrieve_url or ref.retrieve_ae else worklist
 
 
 def _dicom_datetime(at: float) -> str:
@@ -299,7 +304,7 @@ class RemoteWorklistPerformer(PollingThread):
                 self._cancel(client, claim, "the task took longer than the performer allows")
                 return True
             if claim.state == "fetching":
-                return self._fetch(client, claim, source.worklist.inputs_source or claim.source)
+                return self._fetch(client, claim, source.worklist.inputs_source)
             return self._follow_job(client, claim)
 
     def _settle_claim(self, client: UpsClient, claim: Performed) -> bool:
@@ -319,18 +324,30 @@ class RemoteWorklistPerformer(PollingThread):
         log.info("workitem claim resumed workitem_uid=%s", claim.workitem_uid)
         return True
 
-    def _fetch(self, client: UpsClient, claim: Performed, default_source: str) -> bool:
+    def _fetch(self, client: UpsClient, claim: Performed, fallback: str | None) -> bool:
         workitem = Dataset.from_json(claim.workitem)
         refs = inputs_of(workitem)
         if claim.pull_id is None:
             sources = self._sources()
-            names = {input_source(ref, sources, default_source) for ref in refs}
-            if len(names) != 1 or next(iter(names)) not in sources:
-                self._cancel(client, claim, f"inputs cannot be retrieved from {sorted(names)}")
+            names = {input_source(ref, sources, fallback, claim.source) for ref in refs}
+            unserved = [
+                ref.retrieve_url or ref.retrieve_ae
+                for ref in refs
+                if input_source(ref, sources, fallback, claim.source) is None
+            ]
+            if unserved:
+                self._cancel(
+                    client,
+                    claim,
+                    f"inputs cannot be retrieved: no configured source serves {unserved[0]}",
+                )
+                return True
+            if len(names) != 1:
+                self._cancel(client, claim, "inputs from several sources are not supported")
                 return True
             studies = {ref.study_uid for ref in refs}
             pull = self._puller.submit(
-                source=names.pop(),
+                source=str(names.pop()),
                 study_uid=refs[0].study_uid,
                 series_uid=refs[0].series_uid if len(refs) == 1 else None,
                 rule=claim.rule,
