@@ -111,16 +111,17 @@ def test_a_performer_killed_mid_task_completes_the_workitem_once(tmp_path: Path)
                                           "port": pacs.dicom_port}},
                 "rules": [{**CHEST, "send_to": ["pacs"]}],
             }  # fmt: skip
-            # P maps no rule to ORGANS: never claimed. An input no source of P serves: claimed
-            # and canceled with the reason. Then the workitem P can do.
+            # P maps no rule to ORGANS, and no source of P serves the second one's input:
+            # neither is claimed. The third names a study Orthanc does not hold: claimed, and
+            # canceled with the reason. Then the workitem P can do.
             organs = new_workitem(study_uid, series_uid, f"{web}/studies/{study_uid}")
             organs["00404018"]["Value"][0]["00080100"]["Value"] = ["ORGANS"]
             unservable = new_workitem(study_uid, series_uid, "http://127.0.0.1:9/elsewhere")
-            organs_uid, unservable_uid, uid = (
-                create(worklist, item)
-                for item in (organs, unservable,
-                             new_workitem(study_uid, series_uid, f"{web}/studies/{study_uid}"))
-            )  # fmt: skip
+            missing = new_workitem("1.2.3.999", "1.2.3.999.1", f"{web}/studies/1.2.3.999")
+            wanted = new_workitem(study_uid, series_uid, f"{web}/studies/{study_uid}")
+            organs_uid, unservable_uid, missing_uid, uid = (
+                create(worklist, item) for item in (organs, unservable, missing, wanted)
+            )
 
             node_dir = tmp_path / "p"
             armed = NodeProcess(performer_config, workdir=node_dir,
@@ -129,7 +130,7 @@ def test_a_performer_killed_mid_task_completes_the_workitem_once(tmp_path: Path)
                 wait_until(lambda: not armed.running(), 300, message="P killed mid-task")
                 assert "point=inference_started" in armed.log_text()
             killed = performed_rows(armed)
-            assert [(w, s) for w, _, s in killed] == [(unservable_uid, "canceled"),
+            assert [(w, s) for w, _, s in killed] == [(missing_uid, "canceled"),
                                                      (uid, "running")]  # fmt: skip
             assert workitem_state(worklist, uid).ProcedureStepState == "IN PROGRESS"
             assert not find_series(pacs.client, study_uid, "SEG")
@@ -146,13 +147,13 @@ def test_a_performer_killed_mid_task_completes_the_workitem_once(tmp_path: Path)
                 rows = performed_rows(performer)
             # Same claim, same Transaction UID, resumed.
             assert rows == [killed[0], (uid, killed[1][1], "completed")]
-            assert workitem_state(worklist, organs_uid).ProcedureStepState == "SCHEDULED"
-            canceled = workitem_state(worklist, unservable_uid)
+            for never_claimed in (organs_uid, unservable_uid):
+                assert workitem_state(worklist, never_claimed).ProcedureStepState == "SCHEDULED"
+            canceled = workitem_state(worklist, missing_uid)
             assert canceled.ProcedureStepState == "CANCELED"
             (reason,) = canceled.ProcedureStepProgressInformationSequence
-            assert "no configured source serves http://127.0.0.1:9/elsewhere" in (
-                reason.ReasonForCancellation
-            )
+            assert "inputs cannot be retrieved" in reason.ReasonForCancellation
+            assert "no series for study 1.2.3.999" in reason.ReasonForCancellation
             (performed,) = done.UnifiedProcedureStepPerformedProcedureSequence
             outputs = performed.OutputInformationSequence
             assert {o.StudyInstanceUID for o in outputs} == {study_uid}

@@ -196,6 +196,8 @@ class RemoteWorklistPerformer(PollingThread):
         self._clock = clock
         self._on_enqueued = on_enqueued
         self._next_poll: dict[str, float] = {}
+        #: Workitems left to other performers (logged once).
+        self._passed: set[str] = set()
 
     # -- configuration ---------------------------------------------------------------
     def _worklists(self) -> Iterator[tuple[str, DicomWebSourceSettings]]:
@@ -259,8 +261,11 @@ class RemoteWorklistPerformer(PollingThread):
                 if rule is None:
                     log.debug("workitem not claimed: no task mapping workitem_uid=%s", uid)
                     continue
-                if not inputs_of(workitem):
-                    log.info("workitem not claimed: no input series workitem_uid=%s", uid)
+                problem = self._unservable(name, source, workitem)
+                if problem:
+                    if uid not in self._passed:  # once, not at every search
+                        self._passed.add(uid)
+                        log.info("workitem not claimed workitem_uid=%s reason=%s", uid, problem)
                     continue
                 transaction = generate_uid()
                 claim = self._store.add(
@@ -292,6 +297,26 @@ class RemoteWorklistPerformer(PollingThread):
                 )
                 return True
         return False
+
+    def _unservable(
+        self, name: str, source: DicomWebSourceSettings, workitem: Dataset
+    ) -> str | None:
+        """Why the node cannot fetch the workitem's inputs (then it leaves the workitem to
+        performers that can), or None."""
+        assert source.worklist is not None
+        refs = inputs_of(workitem)
+        if not refs:
+            return "no input series"
+        sources = self._sources()
+        names = set()
+        for ref in refs:
+            found = input_source(ref, sources, source.worklist.inputs_source, name)
+            if found is None:
+                return f"no configured source serves {ref.retrieve_url or ref.retrieve_ae}"
+            names.add(found)
+        if len(names) > 1:
+            return "inputs from several sources"
+        return None
 
     def _advance(self, claim: Performed) -> bool:
         source = self._sources().get(claim.source)
@@ -330,20 +355,8 @@ class RemoteWorklistPerformer(PollingThread):
         if claim.pull_id is None:
             sources = self._sources()
             names = {input_source(ref, sources, fallback, claim.source) for ref in refs}
-            unserved = [
-                ref.retrieve_url or ref.retrieve_ae
-                for ref in refs
-                if input_source(ref, sources, fallback, claim.source) is None
-            ]
-            if unserved:
-                self._cancel(
-                    client,
-                    claim,
-                    f"inputs cannot be retrieved: no configured source serves {unserved[0]}",
-                )
-                return True
-            if len(names) != 1:
-                self._cancel(client, claim, "inputs from several sources are not supported")
+            if len(names) != 1 or None in names:  # checked before the claim; config changed
+                self._cancel(client, claim, "inputs cannot be retrieved: no single source")
                 return True
             studies = {ref.study_uid for ref in refs}
             pull = self._puller.submit(
