@@ -35,13 +35,13 @@ from pydicom.uid import generate_uid
 
 from node.spool import is_valid_uid
 from node.state.audit import AuditLog
+from node.state.interfaces import WorkitemStoreInterface
 from node.state.workitems import (
     FILTERED_GLOBAL,
     GLOBAL,
     DuplicateWorkitem,
     UnknownWorkitem,
     Workitem,
-    WorkitemStore,
 )
 from node.worklist import dataset as ds
 from node.worklist import states
@@ -80,7 +80,7 @@ class WorklistService:
 
     def __init__(
         self,
-        store: WorkitemStore,
+        store: WorkitemStoreInterface,
         audit: AuditLog,
         bus: EventBus,
         *,
