@@ -312,3 +312,24 @@ def test_the_store_survives_a_reopen(tmp_path):
     db = Database(tmp_path / "s.sqlite3")
     assert WorkitemStore(db).get("1.2").dataset == data
     db.close()
+
+
+def test_update_of_a_scheduled_workitem_reports_assignment_and_checks_the_task(service):
+    service.create(workitem(), uid="1.2.3.4", actor="t")
+    service.subscribe("W", "1.2.3.4", deletion_lock=False, actor="t")
+    station = {"00404025": ds.sequence({ds.CODE_VALUE: ds.element("SH", "AI1"),
+                                        ds.CODING_SCHEME: ds.element("SH", "99AI")})}  # fmt: skip
+    service.update("1.2.3.4", station, transaction_uid=None, actor="ris")
+    assert (EventType.ASSIGNED, None) in service.recorder.types("W")
+    assert "00404025" in service.retrieve("1.2.3.4")
+    organs = {"00404018": ds.sequence({ds.CODE_VALUE: ds.element("SH", "organs")})}
+    moved = {"00404005": ds.element("DT", "20990101000000")}
+    service.update("1.2.3.4", {**organs, **moved}, transaction_uid=None, actor="ris")
+    assert service.store.get("1.2.3.4").routine == "ct_organs"  # the performer runs the new task
+    assert service.store.get("1.2.3.4").scheduled_at == ds.parse_datetime("20990101000000")
+    before = service.store.get("1.2.3.4")
+    unknown = {"00404018": ds.sequence({ds.CODE_VALUE: ds.element("SH", "brain")})}
+    refused(lambda: service.update("1.2.3.4", unknown, transaction_uid=None, actor="t"), 0xC000)
+    state = {"00741000": ds.element("CS", "COMPLETED")}
+    refused(lambda: service.update("1.2.3.4", state, transaction_uid=None, actor="t"), 0x0106)
+    assert service.store.get("1.2.3.4") == before

@@ -16,10 +16,11 @@
 
 Authentication: ``Authorization: Bearer`` with a ``dicomweb.tokens`` token (a machine
 client: every operation) or a user's API token (admins: every operation; viewers: retrieve,
-search, subscribe and the event channel). A refusal answers the PS3.18 status with a JSON
-``{"message", "status"}`` body (``status`` the DIMSE code) and a ``Warning: 299 ainode:
-<reason>`` header; a request that changes nothing (e.g. completing a COMPLETED workitem)
-answers 200 with such a Warning.
+search, subscribe and the event channel); the event channel also takes the token as
+``?access_token=`` (browsers cannot set headers on a WebSocket). A refusal answers the
+PS3.18 status with a JSON ``{"message", "status"}`` body (``status`` the DIMSE code) and a
+``Warning: 299 ainode: <reason>`` header; a request that changes nothing (e.g. completing
+a COMPLETED workitem) answers 200 with such a Warning.
 """
 
 from __future__ import annotations
@@ -132,6 +133,9 @@ def worklist_router(node: Node) -> APIRouter:
     def identify(connection: HTTPConnection) -> Caller:
         header = connection.headers.get("authorization", "")
         secret = header[7:].strip() if header[:7].lower() == "bearer " else ""
+        if not secret and connection.scope["type"] == "websocket":
+            # Browsers and one-line clients cannot set headers on a WebSocket.
+            secret = connection.query_params.get("access_token", "")
         if secret:
             presented = digest(secret)
             for expected, name in machine:

@@ -81,16 +81,9 @@ def _workitem(row: Any) -> Workitem:
 
 
 _COLUMNS = (
-    "state",
-    "transaction_uid",
-    "dataset",
-    "performer",
-    "job_id",
-    "pull_id",
-    "cancel_requested",
-    "scheduled_at",
-    "priority",
-)
+    "state", "transaction_uid", "dataset", "task", "routine", "performer", "job_id", "pull_id",
+    "cancel_requested", "scheduled_at", "priority",
+)  # fmt: skip
 
 
 class WorkitemStore:

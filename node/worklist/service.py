@@ -35,13 +35,13 @@ from pydicom.uid import generate_uid
 
 from node.spool import is_valid_uid
 from node.state.audit import AuditLog
+from node.state.interfaces import WorkitemStoreInterface
 from node.state.workitems import (
     FILTERED_GLOBAL,
     GLOBAL,
     DuplicateWorkitem,
     UnknownWorkitem,
     Workitem,
-    WorkitemStore,
 )
 from node.worklist import dataset as ds
 from node.worklist import states
@@ -80,7 +80,7 @@ class WorklistService:
 
     def __init__(
         self,
-        store: WorkitemStore,
+        store: WorkitemStoreInterface,
         audit: AuditLog,
         bus: EventBus,
         *,
@@ -258,16 +258,27 @@ class WorklistService:
                 states.INVALID_ATTRIBUTE_VALUE,
                 f"{', '.join(forbidden)} cannot be updated (change the state with PUT …/state)",
             )
+        start = ds.value(changes, ds.START_DATETIME)
+        if start is not None and ds.parse_datetime(str(start)) is None:
+            raise UpsError(states.INVALID_ATTRIBUTE_VALUE, "the start DateTime is not a DT")
         if ds.PRIORITY in changes and ds.value(changes, ds.PRIORITY) not in ds.PRIORITIES:
             raise UpsError(states.INVALID_ATTRIBUTE_VALUE, "priority is HIGH, MEDIUM or LOW")
 
         def decide(item: Workitem) -> Workitem:
             states.update(item.state, stored_uid=item.transaction_uid, given_uid=transaction_uid)
             dataset = {**copy.deepcopy(item.dataset), **changes}
+            task, routine = item.task, item.routine
             if item.state == UpsState.SCHEDULED and ds.task_keys(changes):
-                self.routine_for(dataset)  # a new task must map too
+                task, routine = self.routine_for(dataset)  # a new task must map too
+            start = ds.value(dataset, ds.START_DATETIME)
+            scheduled_at = ds.parse_datetime(str(start)) if start else None
             return replace(
-                item, dataset=dataset, priority=str(ds.value(dataset, ds.PRIORITY) or item.priority)
+                item,
+                dataset=dataset,
+                task=task,
+                routine=routine,
+                scheduled_at=scheduled_at,
+                priority=str(ds.value(dataset, ds.PRIORITY) or item.priority),
             )
 
         before, after = self._change(uid, decide)
