@@ -32,6 +32,7 @@ from node.api.auth import (
 )
 from node.api.dicomweb import dicomweb_router
 from node.api.metrics import registry_for
+from node.api.performed import performed_router
 from node.api.radiomics import radiomics_router
 from node.api.results import results_router
 from node.api.retention import retention_router
@@ -262,6 +263,7 @@ def create_app(node: Node) -> FastAPI:
     app.include_router(api_router(admin, viewer, editor))
     app.include_router(radiomics_router(admin, viewer))
     app.include_router(retention_router(node, viewer))
+    app.include_router(performed_router(node, viewer))
     app.include_router(web_router(node, viewer, editor))
     app.mount(DOCS_ASSETS, StaticFiles(directory=DOCS_ASSET_DIR), name="swagger-ui")
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

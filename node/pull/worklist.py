@@ -505,6 +505,6 @@ class RemoteWorklistPerformer(PollingThread):
         self._store.update(claim.id, self._clock(), state="lost", reason=str(exc))
         log.warning("workitem claim lost workitem_uid=%s error=%s", claim.workitem_uid, exc)
 
-    def claims(self) -> list[dict[str, Any]]:
+    def claims(self, limit: int = 100) -> list[dict[str, Any]]:
         """Recent claims, newest first (for the API)."""
-        return [claim.as_json() for claim in self._store.recent()]
+        return [claim.as_json() for claim in self._store.recent(limit)]
