@@ -211,6 +211,7 @@ class Node:
             self.series,
             lambda: self.admin.rules.active(),
             self.admin.destinations.mapping,
+            default_tasks=lambda: self.settings.worklist.tasks,
             node_ae_title=settings.node.ae_title,
             clock=clock,
             on_enqueued=self._wake_workers,

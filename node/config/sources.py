@@ -24,8 +24,9 @@ class WorklistSourceSettings(_Strict):
     label: str = "AI"
     #: Seconds between searches while idle.
     poll_seconds: float = Field(10.0, gt=0)
-    #: Task (``scheme^code`` of the Scheduled Workitem Code Sequence, or a Scheduled
-    #: Station Name) → the name of the rule that performs it. Nothing else is claimed.
+    #: Task (``scheme^code`` or the code of the Scheduled Workitem Code Sequence, or a
+    #: Scheduled Station Name code or meaning) → the name of the rule that performs it;
+    #: empty: the node's own ``worklist.tasks`` (its rule names). Nothing else is claimed.
     tasks: dict[str, str] = Field(default_factory=dict)
     #: The source to fetch inputs from when an input's retrieve URL matches no
     #: configured DICOMweb source (default: this source itself).

@@ -46,6 +46,7 @@ from node.state.jobs import Job, JobQueue
 from node.state.performed import Performed, PerformedStore
 from node.state.pulls import PullStore
 from node.state.series import SeriesStore
+from node.worklist import dataset as ds
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +57,9 @@ PROGRESS = {"fetching": 10, "queued": 30, "running": 50, "exporting": 80}
 
 
 def task_keys(workitem: Dataset) -> list[str]:
-    """The keys ``worklist.tasks`` may map this workitem's task by."""
-    keys = []
-    for item in workitem.get("ScheduledWorkitemCodeSequence", []):
-        keys.append(f"{item.get('CodingSchemeDesignator', '')}^{item.get('CodeValue', '')}")
-    for item in workitem.get("ScheduledStationNameCodeSequence", []):
-        keys += [str(item.get("CodeValue", "")), str(item.get("CodeMeaning", ""))]
-    return [key for key in keys if key and key != "^"]
+    """The keys ``tasks`` may map this workitem's task by, looked up as the worklist's own
+    ``worklist.tasks`` are (:func:`node.worklist.dataset.task_keys`)."""
+    return ds.task_keys(workitem.to_json_dict())
 
 
 @dataclass(frozen=True)
@@ -179,6 +176,7 @@ class RemoteWorklistPerformer(PollingThread):
         rules: Callable[[], Sequence[RuleSettings]],
         destinations: Callable[[], Mapping[str, DestinationBase]],
         *,
+        default_tasks: Callable[[], Mapping[str, str]] = dict,
         node_ae_title: str,
         clock: Callable[[], float],
         on_enqueued: Callable[[], None] = lambda: None,
@@ -192,6 +190,7 @@ class RemoteWorklistPerformer(PollingThread):
         self._series = series
         self._rules = rules
         self._destinations = destinations
+        self._default_tasks = default_tasks
         self._node_ae_title = node_ae_title
         self._clock = clock
         self._on_enqueued = on_enqueued
@@ -213,8 +212,9 @@ class RemoteWorklistPerformer(PollingThread):
         """The active rule that performs this workitem's task, or None (not claimed)."""
         assert source.worklist is not None
         active = {rule.name: rule for rule in self._rules()}
+        tasks = source.worklist.tasks or self._default_tasks()
         for key in task_keys(workitem):
-            name = source.worklist.tasks.get(key)
+            name = tasks.get(key)
             if name is not None and name in active:
                 return active[name]
         return None
