@@ -233,7 +233,19 @@ def test_a_ups_scu_creates_claims_updates_and_cancels_with_event_reports(stack: 
     matches = [found for code, found in answers if code == 0xFF00]
     assert answers[-1][0] == 0x0000
     assert [(m.SOPInstanceUID, m.ProcedureStepLabel) for m in matches] == [(uid, "AI")]
+    # Sequence matching and wildcards, as UPS-RS search does (here on UPS Watch).
+    query.ProcedureStepLabel = "A*"
+    code = Dataset()
+    code.CodeValue = "LUNGS"
+    query.ScheduledWorkitemCodeSequence = DicomSequence([code])
+    found = [f for s, f in assoc.send_c_find(query, UnifiedProcedureStepWatch) if f is not None]
+    assert [(f.SOPInstanceUID, f.ScheduledWorkitemCodeSequence[0].CodeValue) for f in found] == [
+        (uid, "LUNGS")
+    ]
+    code.CodeValue = "ORGANS"
+    assert [int(s.Status) for s, _ in assoc.send_c_find(query, UnifiedProcedureStepWatch)] == [0]
     query.ProcedureStepState = "SCHEDULED"
+    del query.ScheduledWorkitemCodeSequence
     assert [int(s.Status) for s, _ in assoc.send_c_find(query, UnifiedProcedureStepPull)] == [0]
 
 
