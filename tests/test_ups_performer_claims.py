@@ -49,13 +49,13 @@ def test_an_unrecorded_claim_is_settled_by_its_transaction_uid(tmp_path: Path) -
         with worklist.client(worklist.admin_token) as client:
             held, other = generate_uid(), generate_uid()
             uids = []
-            for _ in range(2):
+            for _ in range(3):
                 answer = client.post("/dicomweb/workitems", json=[_workitem()], headers=JSON)
                 assert answer.status_code == 201, answer.text
                 uids.append(answer.headers["Location"].rsplit("/", 1)[-1])
-            # Both claimed on the worklist: the first with the Transaction UID the performer
-            # noted, the second by another performer.
-            for uid, transaction in zip(uids, (held, other), strict=True):
+            # All claimed on the worklist: the first with the Transaction UID the performer
+            # noted, the others by another performer.
+            for uid, transaction in zip(uids, (held, other, other), strict=True):
                 claim = Dataset()
                 claim.ProcedureStepState = "IN PROGRESS"
                 claim.TransactionUID = transaction
@@ -103,19 +103,31 @@ def test_an_unrecorded_claim_is_settled_by_its_transaction_uid(tmp_path: Path) -
             for uid, transaction in ((uids[0], held), (uids[1], generate_uid())):
                 store.add(source="w", workitem_uid=uid, transaction_uid=transaction,
                           rule="chest", workitem=_workitem(), now=time.time())  # fmt: skip
+            # A claim the node believed it held whose Transaction UID the worklist refuses
+            # (a 4xx): canceling is refused too, so it is given up, not retried forever.
+            stale = store.add(source="w", workitem_uid=uids[2], transaction_uid=generate_uid(),
+                              rule="chest", workitem=_workitem(), now=time.time())  # fmt: skip
+            store.update(stale.id, time.time(), state="fetching")
             assert performer.run_once()
-            mine, lost = store.recent()[::-1]
+            mine, lost, given_up = store.recent()[::-1]
             assert (mine.workitem_uid, mine.state, mine.progress) == (uids[0], "fetching", 0)
             assert (lost.workitem_uid, lost.state) == (uids[1], "lost")
             assert "409" in (lost.reason or "")
+            assert (given_up.workitem_uid, given_up.state) == (uids[2], "lost")
+            assert "409" in (given_up.reason or "")
+            performer.run_once()  # the held one goes on (its pull); the others stay given up
+            assert [c.state for c in store.recent()[::-1]][1:] == ["lost", "lost"]
             # The worklist saw the update of the held one only.
             with worklist.client(worklist.admin_token) as client:
-                first, second = (
+                first, second, third = (
                     Dataset.from_json(client.get(f"/dicomweb/workitems/{uid}").json()[0])
                     for uid in uids
                 )
+            assert third.ProcedureStepState == "IN PROGRESS"
             progress = first.ProcedureStepProgressInformationSequence[0]
-            assert progress.ProcedureStepProgressDescription == "claimed"
-            assert "claimed" not in str(second.get("ProcedureStepProgressInformationSequence"))
+            assert progress.ProcedureStepProgressDescription == "fetching inputs"
+            for theirs in (second, third):
+                assert "fetching" not in str(theirs.get("ProcedureStepProgressInformationSequence"))
+                assert "claimed" not in str(theirs.get("ProcedureStepProgressInformationSequence"))
         finally:
             db.close()

@@ -225,13 +225,17 @@ class RemoteWorklistPerformer(PollingThread):
         for claim in self._store.active():
             try:
                 busy |= self._advance(claim)
-            except WorklistError as exc:  # the worklist is away: try again on the next round
-                log.warning(
-                    "worklist request failed workitem_uid=%s source=%s error=%s",
-                    claim.workitem_uid,
-                    claim.source,
-                    exc,
-                )
+            except WorklistError as exc:
+                if exc.status is None or exc.status >= 500:  # away: again on the next round
+                    log.warning(
+                        "worklist request failed workitem_uid=%s source=%s error=%s",
+                        claim.workitem_uid,
+                        claim.source,
+                        exc,
+                    )
+                    continue
+                self._give_up(claim, exc)  # refused: asking again would not help
+                busy = True
         if self._store.active():
             return busy
         now = time.monotonic()
@@ -498,6 +502,19 @@ class RemoteWorklistPerformer(PollingThread):
             return
         self._store.update(claim.id, self._clock(), state="canceled", reason=reason)
         log.info("workitem canceled workitem_uid=%s reason=%s", claim.workitem_uid, reason)
+
+    def _give_up(self, claim: Performed, exc: WorklistError) -> None:
+        """The worklist refused a request (4xx): cancel the workitem with that reason, or,
+        when it refuses that too, stop owing it a state."""
+        source = self._sources().get(claim.source)
+        if isinstance(source, DicomWebSourceSettings):
+            try:
+                with UpsClient(source) as client:
+                    self._cancel(client, claim, f"the worklist refused a request: {exc}")
+                return
+            except WorklistError as again:
+                exc = again
+        self._lost(claim, exc)
 
     def _lost(self, claim: Performed, exc: Exception) -> None:
         """The worklist no longer takes the claim's Transaction UID (canceled or completed
