@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.support.admin import served_node
+from tests.support.jobs import enqueue_job
 from tools.net import wait_until
 
 pytestmark = pytest.mark.slow
@@ -46,6 +47,11 @@ def test_roles_and_the_console_page(tmp_path):
         assert uid in page.text and "CANCELED" in page.text and "Console check" in page.text
         assert "no configured source serves NOWHERE" in page.text
         assert "99AINODE^LUNGS" in page.text
+        # A job performing a workitem links to it from its page.
+        job_id = enqueue_job(served.node.queue, served.node.clock(), rule="workitem:ct_lungs")
+        served.node.worklist.link(uid, job_id=job_id)
+        job_page = viewer.get(f"/jobs/{job_id}")
+        assert job_page.status_code == 200 and uid in job_page.text
         audit = admin.get("/api/audit", params={"target": f"workitem:{uid}"})
         actions = {entry["action"] for entry in audit.json()}
         assert {"workitem.create", "workitem.claim", "workitem.cancel"} <= actions

@@ -431,6 +431,7 @@ def web_router(node: Node, viewer: Dependency, editor: Dependency) -> APIRouter:
             plugins=sorted(admin.plugin_names()),
             objects=result_objects(job),
             radiomics=job.result_dir is not None and (job.result_dir / RADIOMICS_JSON).is_file(),
+            workitem=node.worklist.store.for_job(job_id),
         )
 
     @router.get("/studies")
