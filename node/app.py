@@ -26,6 +26,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from node.admin.service import AdminService
 from node.config import Settings, check_plugins_known
 from node.dicom.scp import StorageSCP
+from node.dicom.ups import EventReportSender, Peer, UpsHandlers, known_peers
 from node.export.exporter import Exporter, RecoveryProbe
 from node.faults import check_fault_setting, delay_point
 from node.orchestration.completion import CompletionLoop, CompletionMonitor
@@ -33,12 +34,18 @@ from node.orchestration.dispatch import Dispatcher
 from node.orchestration.ingest import Ingestor
 from node.orchestration.registry import PluginRegistry, plugin_names, select_devices
 from node.pull.service import PullService, SenderCountChecker
+from node.pull.worklist import RemoteWorklistPerformer
 from node.spool import Spool
 from node.state.backend import open_database
 from node.state.dicom_audit import DicomAudit
 from node.state.jobs import JobQueue
+from node.state.performed import PerformedStore
 from node.state.pulls import PullStore
 from node.state.series import SeriesStore
+from node.state.workitems import WorkitemStore
+from node.worklist.events import EventBus
+from node.worklist.performer import WorklistPerformer
+from node.worklist.service import WorklistService
 
 if TYPE_CHECKING:
     import torch
@@ -166,6 +173,53 @@ class Node:
             node_ae_title=settings.node.ae_title,
             clock=clock,
         )
+        self.worklist_events = EventBus()
+        self.worklist = WorklistService(
+            WorkitemStore(self.db),
+            self.admin.audit,
+            self.worklist_events,
+            tasks=lambda: self.settings.worklist.tasks,
+            known_routine=self._known_routine,
+            clock=clock,
+            on_created=lambda: self.worklist_performer.wake(),
+        )
+        self.worklist_performer = WorklistPerformer(
+            self.worklist,
+            self.queue,
+            self.series,
+            self.pulls,
+            submit_pull=lambda source, study, series, rule, origin: (
+                self.puller.submit(
+                    source=source, study_uid=study, series_uid=series, rule=rule, origin=origin
+                ).id
+            ),
+            sources=lambda: self.settings.sources,
+            rules=self.admin.rules.active,
+            destinations=self.admin.destinations.mapping,
+            clock=clock,
+            on_enqueued=self._wake_workers,
+        )
+        self.worklist_performer.idle_seconds = settings.worklist.poll_seconds
+        # The same workitems over DIMSE (UPS Push/Pull/Watch), event reports by N-EVENT-REPORT.
+        self.scp.serve_ups(UpsHandlers(self.worklist, self._ups_peers))
+        self.ups_events = EventReportSender(
+            self.worklist_events, self._ups_peers, calling_ae=settings.node.ae_title
+        )
+        #: The node as a UPS performer for the sources with a ``worklist`` section.
+        self.remote_performer = RemoteWorklistPerformer(
+            PerformedStore(self.db),
+            lambda: self.settings.sources,
+            self.puller,
+            self.pulls,
+            self.queue,
+            self.series,
+            lambda: self.admin.rules.active(),
+            self.admin.destinations.mapping,
+            default_tasks=lambda: self.settings.worklist.tasks,
+            node_ae_title=settings.node.ae_title,
+            clock=clock,
+            on_enqueued=self._wake_workers,
+        )
         self._scheduler: BackgroundScheduler | None = None
         self._life = threading.Lock()  # orders a late loader against stop()
         if not background:
@@ -246,6 +300,16 @@ class Node:
             ",".join(sorted(self.registry.names)) or "none",
         )
 
+    def _known_routine(self, name: str) -> bool:
+        """A rule name, or a plugin this node has (or will have once routines load)."""
+        if any(rule.name == name for rule in self.admin.rules.active()):
+            return True
+        return name in (self.registry.known_names() | plugin_names(self.settings.models))
+
+    def _ups_peers(self) -> dict[str, Peer]:
+        """AE titles a UPS subscriber may have: the DIMSE destinations and sources."""
+        return known_peers(self.admin.destinations.mapping(), self.settings.sources)
+
     def _wake(self) -> None:
         """After an admin job action: let the worker and exporter look at the queue now."""
         self._wake_workers()
@@ -282,6 +346,7 @@ class Node:
         requeued = self.queue.requeue_interrupted(self.clock())
         if requeued:
             log.info("jobs re-queued after restart job_ids=%s", ",".join(map(str, requeued)))
+        self.ups_events.start()
         self.scp.start()
         self.completion_loop.start()
         scheduler = BackgroundScheduler(daemon=True)
@@ -299,6 +364,9 @@ class Node:
             )
         self.puller.start()
         self.sender_counts.start()
+        if self.settings.worklist.perform:
+            self.worklist_performer.start()
+        self.remote_performer.start()
         if not self.admin.destinations.mapping() or not any(
             r.send_to for r in self.admin.rules.active()
         ):
@@ -366,9 +434,12 @@ class Node:
     def stop(self) -> None:
         with self._life:
             self._stopping = True  # a loader still running starts no worker
+        self.worklist_performer.stop()
+        self.remote_performer.stop()
         self.puller.stop()
         self.sender_counts.stop()
         self.scp.stop()
+        self.ups_events.stop()
         self.completion_loop.stop()
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)

@@ -740,6 +740,7 @@ CONSOLE_PAGES = [
     "/plugins",
     "/audit",
     "/users",
+    "/worklist",
     "/docs",
 ]
 _URL_ATTRIBUTE = re.compile(r"""(?:src|href|action|poster|srcset)\s*=\s*["']([^"']*)["']""", re.I)

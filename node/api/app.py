@@ -32,12 +32,14 @@ from node.api.auth import (
 )
 from node.api.dicomweb import dicomweb_router
 from node.api.metrics import registry_for
+from node.api.performed import performed_router
 from node.api.radiomics import radiomics_router
 from node.api.results import results_router
 from node.api.retention import retention_router
 from node.api.routes import api_router
 from node.api.tokens import TokenAuth
 from node.api.web import web_router
+from node.api.worklist import worklist_router
 from node.app import Node
 from node.errors import Conflict, Forbidden, InvalidInput, NotFound
 from node.state.users import TokenExpired
@@ -261,6 +263,7 @@ def create_app(node: Node) -> FastAPI:
     app.include_router(api_router(admin, viewer, editor))
     app.include_router(radiomics_router(admin, viewer))
     app.include_router(retention_router(node, viewer))
+    app.include_router(performed_router(node, viewer))
     app.include_router(web_router(node, viewer, editor))
     app.mount(DOCS_ASSETS, StaticFiles(directory=DOCS_ASSET_DIR), name="swagger-ui")
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
@@ -276,4 +279,5 @@ def create_app(node: Node) -> FastAPI:
     app.include_router(
         dicomweb_router(node, TokenAuth(node.settings.dicomweb, fallback=token_user))
     )
+    app.include_router(worklist_router(node))
     return app

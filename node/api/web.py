@@ -34,6 +34,13 @@ from node.orchestration.eta import describe
 from node.results.radiomics import JSON_FILE as RADIOMICS_JSON
 from node.state.jobs import JOB_STATES
 from node.state.users import User
+from node.worklist.dataset import (
+    PROGRESS_INFORMATION,
+    REASON_FOR_CANCELLATION,
+    items,
+    progress_of,
+    value,
+)
 
 log = logging.getLogger(__name__)
 
@@ -424,6 +431,7 @@ def web_router(node: Node, viewer: Dependency, editor: Dependency) -> APIRouter:
             plugins=sorted(admin.plugin_names()),
             objects=result_objects(job),
             radiomics=job.result_dir is not None and (job.result_dir / RADIOMICS_JSON).is_file(),
+            workitem=node.worklist.store.for_job(job_id),
         )
 
     @router.get("/studies")
@@ -490,6 +498,24 @@ def web_router(node: Node, viewer: Dependency, editor: Dependency) -> APIRouter:
             sources.append({"name": name, "kind": data["kind"], "where": where, **data})
         pulls = [pull.as_json() for pull in node.pulls.recent(100)]
         return render(request, "sources.html", principal, sources=sources, pulls=pulls)
+
+    @router.get("/worklist")
+    def worklist_page(request: Request, principal: Viewer) -> HTMLResponse:
+        workitems = []
+        for item in reversed(node.worklist.store.all(limit=500)):
+            progress, description = progress_of(item.dataset)
+            entry = (items(item.dataset, PROGRESS_INFORMATION) or [{}])[0]
+            job = node.queue.get(item.job_id) if item.job_id else None
+            workitems.append({
+                **{k: getattr(item, k) for k in ("uid", "state", "task", "routine", "priority",
+                   "job_id", "performer", "cancel_requested", "created_at", "updated_at")},
+                "label": value(item.dataset, "00741204") or "",
+                "progress": progress, "description": description,
+                "reason": value(entry, REASON_FOR_CANCELLATION),
+                "job_state": job.state if job else None,
+            })  # fmt: skip
+        tasks = sorted(node.settings.worklist.tasks.items())
+        return render(request, "worklist.html", principal, workitems=workitems, tasks=tasks)
 
     @router.get("/log")
     def log_page(

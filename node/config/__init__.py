@@ -57,8 +57,14 @@ from node.config.retention import RetentionSettings
 from node.config.rules import RuleSettings
 from node.config.security import SecuritySettings
 from node.config.settings import Settings
-from node.config.sources import AnySource, DicomWebSourceSettings, DimseSourceSettings
+from node.config.sources import (
+    AnySource,
+    DicomWebSourceSettings,
+    DimseSourceSettings,
+    WorklistSourceSettings,
+)
 from node.config.workers import WorkerSettings
+from node.config.worklist import WorklistSettings
 
 __all__ = [
     "AE_TITLE_PATTERN",
@@ -106,6 +112,8 @@ __all__ = [
     "ValidatedInputSettings",
     "WindowSettings",
     "WorkerSettings",
+    "WorklistSettings",
+    "WorklistSourceSettings",
     "check_plugins_known",
     "config_problems",
     "load_settings",

@@ -22,6 +22,7 @@ from node.config.security import SecuritySettings
 from node.config.sources import AnySource
 from node.config.state import StateSettings
 from node.config.workers import WorkerSettings
+from node.config.worklist import WorklistSettings
 
 
 class Settings(_Strict):
@@ -42,6 +43,8 @@ class Settings(_Strict):
     logging: LoggingSettings = LoggingSettings()
     #: Where jobs, series, rules, users, audit and pulls live (SQLite file or PostgreSQL).
     state: StateSettings = StateSettings()
+    #: The node as a UPS worklist: task code -> rule or plugin (README "Worklist (UPS)").
+    worklist: WorklistSettings = WorklistSettings()
     #: The site's result templates, looked up before the shipped ``dicom_sr_templates``.
     templates_dir: Path | None = None
 
@@ -93,6 +96,13 @@ class Settings(_Strict):
                         ("rules", index, "send_to"),
                         f"unknown destination {dest!r} (known: {known})",
                     )
+        for name, source in self.sources.items():
+            worklist = getattr(source, "worklist", None)
+            if worklist is not None and worklist.inputs_source not in (None, *self.sources):
+                raise _KeyedError(
+                    ("sources", name, "worklist", "inputs_source"),
+                    f"unknown source {worklist.inputs_source!r}",
+                )
         return self
 
     @property

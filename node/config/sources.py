@@ -11,6 +11,30 @@ from node.config.destinations import DicomWebEndpoint
 from node.config.network import DicomTlsClientSettings
 
 
+class WorklistSourceSettings(_Strict):
+    """The node as a performer for this source's UPS-RS worklist (PS3.18 §11).
+
+    The node polls ``{url}/workitems`` for SCHEDULED workitems whose Procedure Step
+    Label is ``label`` and whose task (Scheduled Workitem Code Sequence as
+    ``scheme^code``, or Scheduled Station Name) is a key of ``tasks``, claims one,
+    runs that rule on its inputs and completes or cancels it.
+    """
+
+    #: Procedure Step Label (0074,1204) the workitems must carry (``""``: any label).
+    label: str = "AI"
+    #: Seconds between searches while idle.
+    poll_seconds: float = Field(10.0, gt=0)
+    #: Task (``scheme^code`` or the code of the Scheduled Workitem Code Sequence, or a
+    #: Scheduled Station Name code or meaning) → the name of the rule that performs it;
+    #: empty: the node's own ``worklist.tasks`` (its rule names). Nothing else is claimed.
+    tasks: dict[str, str] = Field(default_factory=dict)
+    #: The source to fetch inputs from when an input's retrieve URL matches no
+    #: configured DICOMweb source (default: this source itself).
+    inputs_source: str | None = None
+    #: Seconds a claimed workitem may take (fetch, job, export) before it is canceled.
+    timeout_seconds: float = Field(3600.0, gt=0)
+
+
 class DicomWebSourceSettings(DicomWebEndpoint):
     """A DICOMweb server the node can query (QIDO-RS) and pull from (WADO-RS)."""
 
@@ -20,6 +44,8 @@ class DicomWebSourceSettings(DicomWebEndpoint):
     #: Complete a series pushed by this sender as soon as the node holds as many
     #: instances as the sender reports (NumberOfSeriesRelatedInstances).
     count_check: bool = True
+    #: Perform this source's UPS worklist (see :class:`WorklistSourceSettings`).
+    worklist: WorklistSourceSettings | None = None
 
 
 class DimseSourceSettings(_Strict):

@@ -1,4 +1,5 @@
-"""The DICOM listener: C-ECHO and C-STORE for every storage SOP class.
+"""The DICOM listener: C-ECHO and C-STORE for every storage SOP class, and the UPS SOP
+classes (the worklist over DIMSE, :mod:`node.dicom.ups`) when the node has a worklist.
 
 The C-STORE handler does no heavy work. It reads the identifiers it needs,
 hands the encoded bytes to :class:`~node.orchestration.ingest.Ingestor`, and returns
@@ -48,6 +49,7 @@ from node.dicom import status
 from node.dicom.file_meta import file_header
 from node.dicom.network import read_whole_pdus, set_nodelay
 from node.dicom.refusals import association_refused
+from node.dicom.ups import UPS_SOP_CLASSES, UpsHandlers
 from node.errors import SpoolError
 from node.faults import fault_point
 from node.orchestration.ingest import IncomingInstance, Ingestor, Outcome, OutOfResources
@@ -158,6 +160,8 @@ class StorageSCP:
         audit: DicomAudit | None = None,
     ) -> None:
         self._settings = settings
+        #: The UPS Push/Pull/Watch/Event handlers (the worklist over DIMSE), if any.
+        self._ups: UpsHandlers | None = None
         self._ingestor = ingestor
         self._grace = aborted_grace_seconds
         self._audit = audit
@@ -177,6 +181,12 @@ class StorageSCP:
             assert context.abstract_syntax is not None
             ae.add_supported_context(context.abstract_syntax, TRANSFER_SYNTAXES)
         self._ae = ae
+
+    def serve_ups(self, handlers: UpsHandlers) -> None:
+        """Also serve the UPS SOP classes with ``handlers`` (before :meth:`start`)."""
+        self._ups = handlers
+        for sop_class in UPS_SOP_CLASSES:
+            self._ae.add_supported_context(sop_class, TRANSFER_SYNTAXES[:3])
 
     @property
     def counts(self) -> dict[str, int]:
@@ -203,6 +213,7 @@ class StorageSCP:
             (evt.EVT_ABORTED, self._on_aborted),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
+            *(self._ups.handlers() if self._ups is not None else []),
         ]
         tls = self._settings.tls
         listeners: list[tuple[int, ssl.SSLContext | None]] = []

@@ -58,6 +58,9 @@ class Dispatcher:
             return []
         candidates = list(self._rules())
         requested = self._requested_rule(row)
+        if requested is not None and requested.startswith("workitem:"):
+            log.info("series fetched for a workitem series_uid=%s %s", row.series_uid, requested)
+            return []  # the worklist performer queues its job (node/worklist/performer.py)
         if requested is not None:  # a pull named one rule: only it may run
             candidates = [rule for rule in candidates if rule.name == requested]
             if not candidates:

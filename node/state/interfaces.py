@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from node.state.connection import Connection
 
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from node.state.lease import LeaseKeeper
     from node.state.metrics import JobDurations, QualitySkips
     from node.state.pulls import Pull
+    from node.state.workitems import Subscription, Workitem
 
 
 class JobStore(Protocol):
@@ -94,6 +95,53 @@ class PullStoreInterface(Protocol):
     def recent(self, limit: int = 100) -> list[Pull]: ...
 
 
+class WorkitemStoreInterface(Protocol):
+    """UPS workitems and subscriptions as the worklist service and performer use them."""
+
+    def add(
+        self,
+        *,
+        uid: str,
+        dataset: dict[str, Any],
+        task: str,
+        routine: str,
+        priority: str,
+        scheduled_at: float | None,
+        created_by: str,
+        now: float,
+    ) -> Workitem: ...
+
+    def get(self, uid: str) -> Workitem | None: ...
+
+    def all(self, *, state: str | None = None, limit: int = 1000) -> list[Workitem]: ...
+
+    def for_job(self, job_id: int) -> Workitem | None: ...
+
+    def change(
+        self, uid: str, decide: Callable[[Workitem], Workitem | None], now: float
+    ) -> tuple[Workitem, Workitem]: ...
+
+    def subscribe(
+        self,
+        ae_title: str,
+        workitem_uid: str,
+        *,
+        deletion_lock: bool,
+        filter: dict[str, str] | None,
+        now: float,
+    ) -> None: ...
+
+    def unsubscribe(self, ae_title: str, workitem_uid: str) -> int: ...
+
+    def suspend_global(self, ae_title: str) -> int: ...
+
+    def subscriptions(
+        self, *, ae_title: str | None = None, workitem_uid: str | None = None
+    ) -> list[Subscription]: ...
+
+    def global_subscriptions(self) -> list[Subscription]: ...
+
+
 class MetricsStore(Protocol):
     """The counts ``/metrics`` derives from the state (they survive restarts)."""
 
@@ -111,9 +159,14 @@ if TYPE_CHECKING:
     from node.state.jobs import JobQueue
     from node.state.metrics import MetricsQueries
     from node.state.pulls import PullStore
+    from node.state.workitems import WorkitemStore
 
     def _sqlite_implements_the_interfaces(
-        db: Database, jobs: JobQueue, pulls: PullStore, metrics: MetricsQueries
-    ) -> tuple[Connection, JobStore, PullStoreInterface, MetricsStore]:
+        db: Database,
+        jobs: JobQueue,
+        pulls: PullStore,
+        metrics: MetricsQueries,
+        workitems: WorkitemStore,
+    ) -> tuple[Connection, JobStore, PullStoreInterface, MetricsStore, WorkitemStoreInterface]:
         """Checked by mypy: the SQLite stores are implementations of the protocols above."""
-        return db, jobs, pulls, metrics
+        return db, jobs, pulls, metrics, workitems

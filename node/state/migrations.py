@@ -404,6 +404,70 @@ def _received_by(cursor: Cursor) -> None:
     _add_column(cursor, "instances", "received_by", "TEXT NOT NULL DEFAULT ''")
 
 
+def _workitems(cursor: Cursor) -> None:
+    """UPS workitems (PS3.4 Annex CC) and their event subscriptions (node/state/workitems.py)."""
+    cursor.execute(
+        """CREATE TABLE IF NOT EXISTS workitems (
+            uid             TEXT PRIMARY KEY,
+            state           TEXT NOT NULL
+                            CHECK (state IN ('SCHEDULED', 'IN PROGRESS', 'CANCELED', 'COMPLETED')),
+            transaction_uid TEXT,
+            dataset         TEXT NOT NULL,
+            task            TEXT NOT NULL DEFAULT '',
+            routine         TEXT NOT NULL DEFAULT '',
+            priority        TEXT NOT NULL DEFAULT 'MEDIUM',
+            scheduled_at    REAL,
+            performer       TEXT NOT NULL DEFAULT '',
+            job_id          INTEGER,
+            pull_id         INTEGER,
+            cancel_requested INTEGER NOT NULL DEFAULT 0,
+            created_by      TEXT NOT NULL DEFAULT '',
+            created_at      REAL NOT NULL,
+            updated_at      REAL NOT NULL
+        )"""
+    )
+    cursor.execute("CREATE INDEX IF NOT EXISTS workitems_state ON workitems (state, scheduled_at)")
+    cursor.execute("CREATE INDEX IF NOT EXISTS workitems_job ON workitems (job_id)")
+    cursor.execute(
+        """CREATE TABLE IF NOT EXISTS ups_subscriptions (
+            ae_title        TEXT NOT NULL,
+            workitem_uid    TEXT NOT NULL,
+            deletion_lock   INTEGER NOT NULL DEFAULT 0,
+            filter          TEXT NOT NULL DEFAULT '',
+            created_at      REAL NOT NULL,
+            PRIMARY KEY (ae_title, workitem_uid)
+        )"""
+    )
+
+
+def _performed_workitems(cursor: Cursor) -> None:
+    # The node as a UPS performer: one row per workitem it claimed on another worklist.
+    cursor.execute(
+        """CREATE TABLE IF NOT EXISTS performed_workitems (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    source          TEXT NOT NULL,
+    workitem_uid    TEXT NOT NULL,
+    transaction_uid TEXT NOT NULL,
+    rule            TEXT NOT NULL,
+    state           TEXT NOT NULL DEFAULT 'claiming'
+                    CHECK (state IN ('claiming', 'fetching', 'running', 'completed',
+                                     'canceled', 'lost')),
+    workitem        TEXT NOT NULL DEFAULT '{}',
+    pull_id         INTEGER,
+    job_id          INTEGER,
+    after_job_id    INTEGER NOT NULL DEFAULT 0,
+    progress        INTEGER NOT NULL DEFAULT -1,
+    reason          TEXT,
+    created_at      REAL NOT NULL,
+    updated_at      REAL NOT NULL,
+    UNIQUE (source, workitem_uid, transaction_uid)
+)"""
+    )
+    cursor.execute(
+        "CREATE INDEX IF NOT EXISTS performed_workitems_state ON performed_workitems (state)"
+    )
+
+
 @dataclass(frozen=True)
 class Migration:
     """One step of the schema: run once to move a database to ``version``."""
@@ -419,6 +483,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(6, "job events carry a structured code (backfilled from their names)", _event_codes),
     Migration(7, "jobs and pulls carry an owner and a lease", _leases),
     Migration(8, "instances name the node that received them", _received_by),
+    Migration(9, "UPS workitems and their subscriptions", _workitems),
+    Migration(10, "workitems the node performs for another worklist", _performed_workitems),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version
