@@ -15,7 +15,6 @@ import pytest
 
 from node.state.connection import Connection
 from node.state.db import Database
-from tests.support.postgres import PostgresServer
 
 # pytest-xdist: serial tests skipped on workers, module fixtures kept on one worker, slow
 # tests handed out first (tests/README.md). A run without -n is unchanged.
@@ -24,6 +23,7 @@ from tests.support.parallel import (  # noqa: F401
     pytest_configure_node,
     pytest_xdist_make_scheduler,
 )
+from tests.support.postgres import PostgresServer
 
 # dcmtk and Orthanc stall ~45 ms per image on loopback without it.
 os.environ.setdefault("TCP_NODELAY", "1")
