@@ -16,6 +16,9 @@ from node.worklist.events import EventBus, EventType, UpsEvent
 from node.worklist.service import WorklistService
 from node.worklist.states import UpsError, UpsWarning
 
+# The workitem store runs on both backends (tests/conftest.py).
+pytestmark = pytest.mark.state_backends
+
 S, P, X, C = "SCHEDULED", "IN PROGRESS", "CANCELED", "COMPLETED"
 RIGHT, WRONG = "1.2.3.9", "1.2.3.8"
 

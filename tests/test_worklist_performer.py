@@ -22,6 +22,9 @@ from node.worklist.performer import WorklistPerformer
 from node.worklist.service import WorklistService
 from tools.synthetic.chest_ct import make_chest_ct
 
+# The workitem store runs on both backends (tests/conftest.py).
+pytestmark = pytest.mark.state_backends
+
 STUDY, SERIES = "1.2.826.0.1.9", "1.2.826.0.1.9.1"
 WEB = "http://pacs.example/dicom-web"
 
