@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from node.config import ExecutorSettings
+from node.config import BUILT_IN_CHEST_RULE, ExecutorSettings
 from node.contract.plugin import InferencePlugin, Resources
 from node.orchestration.executor import JobLost
 from node.orchestration.job import DONE, JobInput
@@ -31,6 +31,8 @@ from node.results.plan import ResultPlan
 from node.state.events import EventCode
 from node.state.jobs import JobQueue
 from node.state.series import SeriesStore
+from tests.support.admin import VIEWER_PASSWORD, login_session, served_node
+from tests.support.dcmtk import storescu
 from tests.support.jobs import enqueue_series
 from tests.support.net import wait_until
 from tests.support.ray_cluster import local_ray
@@ -162,7 +164,9 @@ def test_a_job_whose_actor_dies_is_requeued_and_runs_again(ray_session, tmp_path
     from node.orchestration.ray_executor import RayExecutor
 
     series = SeriesStore(database)
-    queue = JobQueue(database, lease_seconds=6)
+    # A short lease: the job is away far longer (the actor starts, dies, restarts), so it
+    # stays the worker's only because the worker renews the lease meanwhile.
+    queue = JobQueue(database, lease_seconds=3)
     registry = PluginRegistry()
     registry.register(SlowBody)
     ray_executor = RayExecutor(
@@ -203,6 +207,7 @@ def test_a_job_whose_actor_dies_is_requeued_and_runs_again(ray_session, tmp_path
     codes = [e.code for e in queue.events(job_id)]
     assert codes.count(EventCode.JOB_REQUEUED) == 1
     assert codes.count(EventCode.JOB_SUBMITTED) == 2 and codes.count(EventCode.JOB_STARTED) == 2
+    assert EventCode.JOB_LEASE_EXPIRED not in codes
     requeued = next(e for e in queue.events(job_id) if e.code == EventCode.JOB_REQUEUED)
     assert "lost" in requeued.detail
     second = submitted()[1]
@@ -227,3 +232,36 @@ def test_a_lost_job_fails_its_future_with_job_lost(ray_session, tmp_path):
         assert again.result(timeout=120).outcome == DONE
     finally:
         ray_executor.shutdown()
+
+
+def test_a_node_with_the_ray_executor_lists_its_actors(ray_session, tmp_path):
+    """The node wired with ``executor.kind: ray`` runs a received series on an actor, and
+    ``/api/plugins`` and the console's Plugins page show the actor, its node and device."""
+    config = {
+        "executor": {"kind": "ray", "actors_per_routine": 1, "namespace": "ainode-test"},
+        "completion": {"series_quiet_seconds": 1.0, "poll_seconds": 0.25},
+        "rules": [{**BUILT_IN_CHEST_RULE, "send_to": []}],
+    }
+    with served_node(tmp_path / "var", config) as served:
+        datasets, _ = make_chest_ct(n_slices=8, rows=64, columns=64, seed=4)
+        storescu(served.dicom_port, write_series(datasets, tmp_path / "in"), "SCANNER")
+        queue = served.node.queue
+        wait_until(
+            lambda: [j.state for j in queue.jobs()] == ["done"], 300, message="job done on ray"
+        )
+        (job,) = queue.jobs()
+        codes = [e.code for e in queue.events(job.id)]
+        assert EventCode.JOB_SUBMITTED in codes and EventCode.INFERENCE_REMOTE in codes
+        assert check_results(job.result_dir) is None
+        with served.client(served.viewer_token) as client:
+            plugins = {p["name"]: p for p in client.get("/api/plugins").json()}
+        (actor,) = plugins["ct_lungs"]["ray_actors"]
+        assert actor["state"] == "ready" and actor["device"] == "cpu" and actor["node_id"]
+        assert actor["pid"] != os.getpid() and actor["in_flight"] == 0
+        page_client, _ = login_session(served.url, "viewer", VIEWER_PASSWORD)
+        try:
+            page = page_client.get("/plugins")
+        finally:
+            page_client.close()
+        assert page.status_code == 200 and "Ray actors" in page.text
+        assert actor["name"] in page.text and actor["node_id"][:12] in page.text

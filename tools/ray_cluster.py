@@ -96,7 +96,7 @@ class RayCluster:
         worker_cpus: int = 1,
         resources: Mapping[str, float] | None = None,
         env: Mapping[str, str] | None = None,
-        startup_timeout: float = 120.0,
+        startup_timeout: float = 180.0,
     ) -> None:
         self.port = free_port()
         self.address = f"{LOCALHOST}:{self.port}"
@@ -131,34 +131,44 @@ class RayCluster:
                 f"--temp-dir={self.temp_dir}",
                 name="head",
             )
-            for _ in range(self._worker_count):
-                self.add_worker(wait=False)
-            self.wait_for_nodes(1 + self._worker_count)
+            self.wait_for_nodes(1)
+            for _ in range(self._worker_count):  # one at a time: a busy GCS fails them
+                self.add_worker()
         except BaseException:
             self.stop()
             raise
         return self
 
-    def add_worker(self, *, wait: bool = True) -> subprocess.Popen[bytes]:
-        """Start one more worker process (a Ray node with the worker resources)."""
-        worker = self._start(
-            f"--address={self.address}",
-            f"--num-cpus={self._worker_cpus}",
-            "--resources",
-            json.dumps(self._resources),
-            name=f"worker-{len(self.workers)}",
-        )
-        self.workers.append(worker)
-        if wait:
-            self.wait_for_nodes(1 + len([w for w in self.workers if w.poll() is None]))
-        return worker
+    def add_worker(self, attempts: int = 3) -> subprocess.Popen[bytes]:
+        """Start one more worker process (a Ray node with the worker resources) and wait
+        until the cluster counts it; a start that times out (a loaded machine) is retried."""
+        alive = len([w for w in self.workers if w.poll() is None])
+        for attempt in range(1, attempts + 1):
+            worker = self._start(
+                f"--address={self.address}",
+                f"--num-cpus={self._worker_cpus}",
+                "--resources",
+                json.dumps(self._resources),
+                name=f"worker-{len(self.workers)}-{attempt}",
+            )
+            try:
+                self.wait_for_nodes(2 + alive, process=worker)
+            except RuntimeError:
+                kill_tree(worker)
+                if attempt == attempts:
+                    raise
+                continue
+            self.workers.append(worker)
+            return worker
+        raise AssertionError("unreachable")
 
-    def wait_for_nodes(self, count: int) -> None:
-        """Wait until the cluster has ``count`` live nodes (asked by a short-lived driver)."""
+    def wait_for_nodes(self, count: int, process: subprocess.Popen[bytes] | None = None) -> None:
+        """Wait until the cluster has ``count`` live nodes (asked by a short-lived driver);
+        give up early when ``process`` (the node being started) or the head exits."""
         script = (
             "import sys, time, ray\n"
             f"ray.init(address={self.address!r}, log_to_driver=False)\n"
-            f"deadline = time.monotonic() + {self._timeout}\n"
+            "deadline = time.monotonic() + 20\n"
             "while time.monotonic() < deadline:\n"
             "    if sum(1 for n in ray.nodes() if n['Alive']) >= int(sys.argv[1]):\n"
             "        sys.exit(0)\n"
@@ -171,11 +181,11 @@ class RayCluster:
                 [sys.executable, "-c", script, str(count)],
                 env=self.env,
                 capture_output=True,
-                timeout=self._timeout + 30,
+                timeout=120,
             )
             if done.returncode == 0:
                 return
-            if self.head is not None and self.head.poll() is not None:
+            if any(p is not None and p.poll() is not None for p in (self.head, process)):
                 break
             time.sleep(1.0)
         raise RuntimeError(f"ray cluster did not reach {count} nodes; logs in {self.temp_dir}")

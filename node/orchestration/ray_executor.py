@@ -91,6 +91,8 @@ class _Actor:
     #: Set once the actor answered ``info`` (after its start or restart).
     info: HostInfo | None = None
     generation: int = 0
+    #: Unanswered readiness checks since the last answer (only the first is logged).
+    waits: int = 0
 
 
 @dataclass(order=True)
@@ -260,11 +262,16 @@ class RayExecutor:
         def answered(future: Future[HostInfo]) -> None:
             try:
                 info = future.result()
-            except Exception as exc:
-                log.warning("ray actor not ready actor=%s error=%s", actor.name, exc)
+            except Exception as exc:  # restarting, or waiting for room on a Ray node
+                if actor.waits == 0:
+                    log.warning("ray actor not ready actor=%s error=%s", actor.name, exc)
+                actor.waits += 1
                 if not self._closed.is_set():
-                    threading.Timer(2.0, self._retry_ready, (actor, generation)).start()
+                    timer = threading.Timer(2.0, self._retry_ready, (actor, generation))
+                    timer.daemon = True
+                    timer.start()
                 return
+            actor.waits = 0
             with self._lock:
                 if actor.generation != generation:
                     return
@@ -279,8 +286,17 @@ class RayExecutor:
             )
 
         actor.handle.info.remote().future().add_done_callback(
-            lambda future: self._events.submit(answered, future)
+            lambda future: self._hand_over(answered, future)
         )
+
+    def _hand_over(self, handler: Callable[..., None], *args: Any) -> None:
+        """Run ``handler`` on the executor's own thread (Ray's callbacks call this)."""
+        if self._closed.is_set():
+            return
+        try:
+            self._events.submit(handler, *args)
+        except RuntimeError:  # shut down meanwhile
+            return
 
     def _retry_ready(self, actor: _Actor, generation: int) -> None:
         with self._lock:
@@ -325,9 +341,7 @@ class RayExecutor:
             f" host={actor.info.host} pid={actor.info.pid} device={actor.info.device}"
             f" in_flight={actor.in_flight} transfer={self.settings.spool}",
         )
-        ref.future().add_done_callback(
-            lambda answer: self._events.submit(self._answered, sent, answer)
-        )
+        ref.future().add_done_callback(lambda answer: self._hand_over(self._answered, sent, answer))
 
     # -- answers ----------------------------------------------------------------------
 
