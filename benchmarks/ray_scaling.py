@@ -176,6 +176,11 @@ def run_ray_scaling(
                     warmups = _renumbered([warm] * count, offset, workdir)  # one per actor
                     for future in [executor.submit(job) for job in warmups]:
                         future.result(timeout=900)
+                    deadline = time.monotonic() + 900  # every actor loaded before timing
+                    while time.monotonic() < deadline and not all(
+                        a["state"] == "ready" for a in executor.actors()
+                    ):
+                        time.sleep(0.5)
                     offset += 100
                     run = _throughput(executor, _renumbered(measured, offset, workdir))
                     offset += 100

@@ -28,7 +28,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -117,6 +117,19 @@ class _Sent:
 
 def _write_bytes(data: bytes, handle: BinaryIO) -> None:
     handle.write(data)
+
+
+def _settle(future: Future[JobOutput], output: JobOutput | BaseException) -> None:
+    """Give ``future`` its output or exception, unless the worker cancelled it (stopping)."""
+    if future.done():
+        return
+    try:
+        if isinstance(output, BaseException):
+            future.set_exception(output)
+        else:
+            future.set_result(output)
+    except InvalidStateError:  # cancelled meanwhile
+        return
 
 
 class RayExecutor:
@@ -314,7 +327,7 @@ class RayExecutor:
             try:
                 pool = self._pool(queued.job.plugin)
             except Exception as exc:  # unknown routine, or Ray refused the actors
-                queued.future.set_exception(exc)
+                _settle(queued.future, exc)
                 continue
             ready = [a for a in pool if a.info is not None and a.in_flight < limit]
             if not ready:
@@ -361,7 +374,7 @@ class RayExecutor:
         try:
             returned = answer.result()
         except ray.exceptions.RayTaskError as exc:  # ``run`` raised: the job fails with it
-            future.set_exception(RuntimeError(f"ray actor {sent.actor.name}: {exc}"))
+            _settle(future, RuntimeError(f"ray actor {sent.actor.name}: {exc}"))
         except Exception as exc:  # the actor, its worker or its node is gone
             self._lost(sent, f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
         else:
@@ -379,14 +392,14 @@ class RayExecutor:
                 actor.info = None
                 actor.generation += 1
                 self._ask_ready(actor)
-        sent.queued.future.set_exception(JobLost(f"ray actor {actor.name} lost: {reason}"))
+        _settle(sent.queued.future, JobLost(f"ray actor {actor.name} lost: {reason}"))
 
     def _finish(self, sent: _Sent, returned: Returned) -> None:
         future = sent.queued.future
         try:
             output = self._write(sent.queued.job, returned)
         except Exception as exc:
-            future.set_exception(exc)
+            _settle(future, exc)
             return
         host = returned.host
         self._on_event(
@@ -396,7 +409,7 @@ class RayExecutor:
             f" inputs={returned.inputs_dir} to_start={returned.started_at - sent.sent_at:.3f}"
             f" back={time.time() - returned.ended_at:.3f} files={len(returned.files)}",
         )
-        future.set_result(output)
+        _settle(future, output)
 
     @staticmethod
     def _write(job: JobInput, returned: Returned) -> JobOutput:
@@ -467,8 +480,7 @@ class RayExecutor:
             pools = [a for pool in self._pools.values() for a in pool]
             self._pools.clear()
         for item in [*queued, *(s.queued for s in sent)]:
-            if not item.future.done():
-                item.future.set_exception(JobLost("the executor stopped"))
+            _settle(item.future, JobLost("the executor stopped"))
         for actor in pools:
             try:
                 ray.kill(actor.handle, no_restart=True)
