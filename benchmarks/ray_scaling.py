@@ -13,7 +13,8 @@ back on the node (result files written) less the time ``execute`` took in the ac
 covers reading the files and ``ray.put``, the call reaching the actor, the actor writing the
 inputs, the results' bytes coming back and the node writing them. Measured one job at a
 time on one actor (nothing queued), with ``to_start`` (submit to the actor starting the
-call) and ``back`` (the actor returning to the node having the answer) apart.
+call), ``back`` (the actor returning to the node having the answer) and ``write`` (the
+node writing the result files durably) apart.
 
 ``python -m benchmarks --only ray`` (``--ray-series``, ``--ray-slices``,
 ``--ray-workers``). Measures; asserts nothing about speed. On a machine with fewer cores
@@ -91,7 +92,7 @@ def _throughput(executor: Any, jobs: Sequence[Any]) -> dict[str, Any]:
 
 def _overhead(executor: Any, jobs: Sequence[Any], events: list[tuple[int, str]]) -> dict[str, Any]:
     """One job at a time: round trip less the actor's ``execute`` time (ms)."""
-    overheads, to_start, back = [], [], []
+    overheads, to_start, back, write = [], [], [], []
     for job in jobs:
         started = time.perf_counter()
         output = executor.submit(job).result(timeout=600)
@@ -101,12 +102,14 @@ def _overhead(executor: Any, jobs: Sequence[Any], events: list[tuple[int, str]])
         fields = dict(item.split("=", 1) for item in detail.split() if "=" in item)
         to_start.append(float(fields["to_start"]) * 1000)
         back.append(float(fields["back"]) * 1000)
+        write.append(float(fields.get("write", "nan")) * 1000)
     return {
         "jobs": len(jobs),
         "overhead_ms_median": round(statistics.median(overheads), 1),
         "overhead_ms_max": round(max(overheads), 1),
         "to_start_ms_median": round(statistics.median(to_start), 1),
         "back_ms_median": round(statistics.median(back), 1),
+        "write_ms_median": round(statistics.median(write), 1),
     }
 
 
@@ -214,7 +217,9 @@ def ray_table(result: dict[str, Any]) -> list[str]:
             f"ray per-job overhead: median {overhead['overhead_ms_median']:.0f} ms"
             f" (max {overhead['overhead_ms_max']:.0f};"
             f" to actor {overhead['to_start_ms_median']:.0f},"
-            f" back {overhead['back_ms_median']:.0f}) over {overhead['jobs']} jobs"
+            f" back {overhead['back_ms_median']:.0f},"
+            f" results written {overhead.get('write_ms_median', float('nan')):.0f})"
+            f" over {overhead['jobs']} jobs"
         )
     return lines
 

@@ -43,7 +43,7 @@ from node.orchestration.executor import JobLost
 from node.orchestration.job import JobInput, JobOutput
 from node.orchestration.ray_actor import HostInfo, Returned, RoutineHost, Shipment, read_blobs
 from node.results.manifest import MANIFEST, clear_results
-from node.spool import write_durably
+from node.spool import sync_directory, write_durably
 from node.state.events import EventCode
 from node.state.lease import owner_name
 
@@ -378,7 +378,7 @@ class RayExecutor:
         except Exception as exc:  # the actor, its worker or its node is gone
             self._lost(sent, f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
         else:
-            self._writer.submit(self._finish, sent, returned)
+            self._writer.submit(self._finish, sent, returned, time.time())
         with self._lock:
             self._dispatch()
 
@@ -394,7 +394,7 @@ class RayExecutor:
                 self._ask_ready(actor)
         _settle(sent.queued.future, JobLost(f"ray actor {actor.name} lost: {reason}"))
 
-    def _finish(self, sent: _Sent, returned: Returned) -> None:
+    def _finish(self, sent: _Sent, returned: Returned, received: float) -> None:
         future = sent.queued.future
         try:
             output = self._write(sent.queued.job, returned)
@@ -407,7 +407,8 @@ class RayExecutor:
             EventCode.INFERENCE_REMOTE,
             f"actor={sent.actor.name} node={host.node_id[:12]} host={host.host} pid={host.pid}"
             f" inputs={returned.inputs_dir} to_start={returned.started_at - sent.sent_at:.3f}"
-            f" back={time.time() - returned.ended_at:.3f} files={len(returned.files)}",
+            f" back={received - returned.ended_at:.3f} write={time.time() - received:.3f}"
+            f" files={len(returned.files)}",
         )
         _settle(future, output)
 
@@ -424,8 +425,14 @@ class RayExecutor:
         stale = clear_results(result_dir)
         if stale:
             log.warning("stale result files removed job_id=%d count=%d", job.job_id, len(stale))
-        for name, data in sorted(returned.files, key=lambda blob: blob[0] == MANIFEST):
-            write_durably(result_dir / Path(name).name, partial(_write_bytes, data))
+        manifest = [blob for blob in returned.files if blob[0] == MANIFEST]
+        for name, data in returned.files:  # the directory is synced once, before the manifest
+            if name != MANIFEST:
+                path = result_dir / Path(name).name
+                write_durably(path, partial(_write_bytes, data), sync_parent=False)
+        sync_directory(result_dir)
+        for name, data in manifest:
+            write_durably(result_dir / name, partial(_write_bytes, data))
         files = tuple(replace(f, path=result_dir / f.path.name) for f in output.files)
         return replace(output, result_dir=result_dir, files=files)
 
