@@ -86,6 +86,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--encoding-labels", default="1,10,100", help="label counts (encoding, comma-separated)"
     )
     parser.add_argument("--encoding-slices", type=int, default=300, help="CT slices (encoding)")
+    parser.add_argument("--ray-series", type=int, default=12, help="series per executor (ray)")
+    parser.add_argument("--ray-slices", type=int, default=24, help="slices per series (ray)")
+    parser.add_argument("--ray-workers", default="1,2,4", help="Ray worker counts (ray)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     return parser.parse_args(argv)
 
@@ -188,6 +191,13 @@ def _encoding(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     return run_encoding(workdir, labels=labels, slices=args.encoding_slices)
 
 
+def _ray(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    from benchmarks.ray_scaling import run_ray_scaling
+
+    workers = tuple(int(v) for v in args.ray_workers.split(","))
+    return run_ray_scaling(workdir, series=args.ray_series, slices=args.ray_slices, workers=workers)
+
+
 # Every benchmark, in the order ``python -m benchmarks`` runs them. A new benchmark is a
 # module under benchmarks/ and one entry here.
 SECTIONS: tuple[Section, ...] = (
@@ -201,6 +211,7 @@ SECTIONS: tuple[Section, ...] = (
     Section("eta", "eta_accuracy", eta_accuracy.run, eta_accuracy.table),
     Section("encoding", "encoding", _encoding, _table("encoding", "encoding_table")),
     Section("state", "state_backends", state_backends.run, state_backends.table),
+    Section("ray", "ray_scaling", _ray, _table("ray_scaling", "ray_table")),
 )
 
 

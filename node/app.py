@@ -50,6 +50,7 @@ from node.worklist.service import WorklistService
 if TYPE_CHECKING:
     import torch
 
+    from node.orchestration.ray_executor import RayExecutor
     from node.orchestration.worker import InferenceWorker
 
 log = logging.getLogger(__name__)
@@ -109,6 +110,8 @@ class Node:
         #: One per device, made with the routines (:meth:`_make_workers`).
         self.devices: list[torch.device] = []
         self.workers: list[InferenceWorker] = []
+        #: The Ray executor (``executor.kind: ray``), made with the workers.
+        self.remote_executor: RayExecutor | None = None
         # Rules and destinations live in the database (seeded from the YAML on first start).
         self.admin = AdminService(
             self.db,
@@ -250,6 +253,12 @@ class Node:
         if any(device.type == "cpu" for device in devices):
             threads = settings.workers.cpu_threads or max(1, (os.cpu_count() or 1) - 1)
             torch.set_num_threads(threads)
+        if settings.executor.kind == "ray":
+            self.workers = [self._ray_worker()]
+            self.devices = [self.workers[0].device]
+            self.admin.device = self.devices[0]
+            self.admin.worker_devices = [f"ray:{settings.executor.address}"]
+            return
         self.workers = [
             InferenceWorker(
                 self.queue,
@@ -272,6 +281,43 @@ class Node:
         self.devices = devices
         self.admin.device = devices[0]
         self.admin.worker_devices = [str(device) for device in devices]
+
+    def _ray_worker(self) -> InferenceWorker:
+        """One worker keeping jobs on the Ray cluster's actors (``executor.kind: ray``)."""
+        import torch
+
+        from node.orchestration.ray_executor import RayExecutor
+        from node.orchestration.worker import PipelinedWorker
+
+        settings = self.settings
+        executor = RayExecutor(
+            settings.executor,
+            models=settings.models,
+            templates_dir=settings.templates_dir,
+            resources=lambda name: self.registry.plugin_info(name).resources,
+            gpu_memory_budget_mb=settings.workers.gpu_memory_budget_mb,
+            job_timeout_seconds=settings.workers.job_timeout_seconds,
+            on_event=lambda job_id, code, detail: self.queue.add_event(
+                job_id, self.clock(), code, detail
+            ),
+        )
+        self.remote_executor = executor
+        self.admin.executor_actors = executor.actors
+        return PipelinedWorker(
+            self.queue,
+            self.series,
+            self.registry,
+            executor=executor,
+            device=torch.device("cpu"),  # names the worker; each actor picks its own device
+            results_dir=settings.results_dir,
+            templates_dir=settings.templates_dir,
+            clock=self.clock,
+            on_results=self.exporter.wake,
+            job_timeout_seconds=settings.workers.job_timeout_seconds,
+            prefetch=False,  # the actors read their own inputs
+            destinations=self.admin.destinations.mapping,
+            rules=lambda: self.admin.rules.active(),
+        )
 
     def _load_routines(self) -> None:
         """The background start: import the plugins, make and start the workers."""
@@ -446,6 +492,8 @@ class Node:
             self._scheduler = None
         for worker in self.workers:
             worker.stop()
+        if self.remote_executor is not None:
+            self.remote_executor.shutdown()
         self.recovery_probe.stop()
         self.exporter.stop()
         self.registry.unload_all()

@@ -64,6 +64,7 @@ POINTS: dict[str, str] = {
 DELAY_VARIABLE = "AINODE_DELAY"
 DELAY_POINTS: dict[str, str] = {
     "routines_loading": "app: the background start is about to import the routines",
+    "inference_running": "execute: the routine is loaded and checked, its run about to start",
 }
 
 _reached: Counter[str] = Counter()

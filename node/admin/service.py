@@ -123,6 +123,8 @@ class AdminService:
         self.device = device
         #: The device of each worker (the queue's ETA spreads jobs over them); the node sets it.
         self.worker_devices: list[str] = [str(device)] if device is not None else ["cpu"]
+        #: The Ray executor's actors (``executor.kind: ray``; the node sets it), one dict each.
+        self.executor_actors: Callable[[], list[dict[str, Any]]] = list
         self.history = JobHistory(db)
         self.rules = RuleStore(db)
         self.destinations = DestinationStore(db)
@@ -207,6 +209,7 @@ class AdminService:
         status ``error``, the reason in ``error`` and per device in ``load_errors``.
         """
         loaded = self.registry.loaded_devices()
+        actors = self.executor_actors()
         items: list[dict[str, Any]] = []
         for info in self.registry.info():
             load_errors = self.registry.load_errors(info.name)
@@ -223,6 +226,7 @@ class AdminService:
                     "loaded_on": loaded.get(info.name, []),
                     "device": str(self.device) if self.device is not None else None,
                     "validated_on": asdict(info.validated_on) if info.validated_on else None,
+                    "ray_actors": [a for a in actors if a["plugin"] == info.name],
                 }
             )
         for name, error in sorted(self.registry.errors.items()):
@@ -239,6 +243,7 @@ class AdminService:
                     "loaded_on": [],
                     "device": None,
                     "validated_on": None,
+                    "ray_actors": [],
                 }
             )
         return items

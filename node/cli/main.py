@@ -10,9 +10,13 @@ import threading
 import time
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from node import __version__
 from node.errors import ConfigError, DatabaseCorrupt, DatabaseTooNew
+
+if TYPE_CHECKING:
+    from node.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +84,7 @@ def _config_check(args: argparse.Namespace) -> int:
     import json
 
     import node.export.senders  # noqa: F401  (registers every destination kind)
-    from node.config import Settings, config_problems
+    from node.config import config_problems
     from node.orchestration.registry import PluginRegistry
 
     registry = PluginRegistry.discover()
@@ -129,7 +133,38 @@ def _plugins_list(args: argparse.Namespace) -> int:
     for r in table:
         print("  ".join(f"{v:<{w}}" for v, w in zip(r[:4], widths, strict=True)) + f"  {r[4]}")
     registry.unload_all()
-    return 1 if any(row.error for row in rows) else 0
+    failed = any(row.error for row in rows)
+    if settings.executor.kind == "ray":
+        failed = _ray_actors_list(settings) or failed
+    return 1 if failed else 0
+
+
+def _ray_actors_list(settings: Settings) -> bool:
+    """Print the routine actors on the Ray cluster; True when one does not answer."""
+    from node.orchestration.ray_executor import cluster_actors
+
+    actors = cluster_actors(settings.executor)
+    print(f"\nRay actors (namespace {settings.executor.namespace}, {settings.executor.address}):")
+    if not actors:
+        print("  none (actors start with the node's first job of each routine)")
+    table = [("ACTOR", "ROUTINE", "NODE", "HOST/PID", "DEVICE", "GPUS", "STATE")]
+    for a in actors:
+        table.append(
+            (
+                a["name"],
+                a["plugin"] or "?",
+                (a.get("node_id") or "-")[:12],
+                f"{a.get('host') or '-'}/{a.get('pid') or '-'}",
+                a.get("device") or "-",
+                ",".join(a.get("gpu_ids") or []) or "-",
+                a["state"] + (f": {a['load_error']}" if a.get("load_error") else ""),
+            )
+        )
+    widths = [max(len(r[i]) for r in table) for i in range(6)]
+    if actors:
+        for r in table:
+            print("  ".join(f"{v:<{w}}" for v, w in zip(r[:6], widths, strict=True)) + f"  {r[6]}")
+    return any(a["state"] != "ready" or a.get("load_error") for a in actors)
 
 
 def _retention(args: argparse.Namespace) -> int:

@@ -26,6 +26,7 @@ from node.config.destinations import (
     TlsSettings,
 )
 from node.config.dicomweb import ApiTokenSettings, DicomWebSettings
+from node.config.executor import ExecutorSettings
 from node.config.loading import (
     ENV_OVERRIDES,
     check_plugins_known,
@@ -91,6 +92,7 @@ __all__ = [
     "DicomWebSettings",
     "DicomWebSourceSettings",
     "DimseSourceSettings",
+    "ExecutorSettings",
     "HttpAuthSettings",
     "HttpsSettings",
     "LoggingSettings",

@@ -13,6 +13,7 @@ from node.config.base import _KeyedError, _Strict
 from node.config.completion import CompletionSettings
 from node.config.destinations import AnyDestination
 from node.config.dicomweb import DicomWebSettings
+from node.config.executor import ExecutorSettings
 from node.config.logs import LoggingSettings
 from node.config.models import ModelSettings
 from node.config.network import NodeSettings
@@ -39,6 +40,8 @@ class Settings(_Strict):
     #: Named model instances (configuration only, no code); rules use the name as ``plugin``.
     models: dict[str, ModelSettings] = Field(default_factory=dict)
     workers: WorkerSettings = WorkerSettings()
+    #: Where inference runs: in the node, or on a Ray cluster (README "Scaling out").
+    executor: ExecutorSettings = ExecutorSettings()
     security: SecuritySettings = SecuritySettings()
     logging: LoggingSettings = LoggingSettings()
     #: Where jobs, series, rules, users, audit and pulls live (SQLite file or PostgreSQL).

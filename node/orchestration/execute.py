@@ -32,7 +32,7 @@ from node.contract.kinds import ResultKind, file_name, file_tag, tag_kind
 from node.contract.plugin import InferencePlugin, Prediction, RunContext
 from node.contract.volume import Volume
 from node.errors import InputRejected, InputSkipped, JobTimeout
-from node.faults import fault_point
+from node.faults import delay_point, fault_point
 from node.orchestration.gate import GateResult, QualitySkipped, gate_series
 from node.orchestration.job import DONE, FAILED, SKIPPED, JobInput, JobOutput, ResultFile
 from node.orchestration.priors import NoPrior
@@ -285,6 +285,7 @@ def _execute(
         job.job_id, job.rule, device, deadline=run.deadline, clock=run.monotonic, prior=prior
     )
     fault_point("inference_started")
+    delay_point("inference_running")
     prediction = plugin.run(volume, context)
     fault_point("inference_done")
     run.check_deadline()

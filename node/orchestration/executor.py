@@ -44,6 +44,19 @@ class Executor(Protocol):
         ...
 
 
+class JobLost(RuntimeError):
+    """The executor lost the job (its actor or machine died, or it never came back): the
+    job did not end and must run again."""
+
+
+class QueueingExecutor(Executor, Protocol):
+    """An executor that holds several jobs at once (sent away, or queued by priority)."""
+
+    def has_room(self) -> bool:
+        """True when one more job can be submitted and start soon."""
+        ...
+
+
 class ReadAhead:
     """Reads series on one background thread; a read is used only by the job it was for
     and only while that job's instances are unchanged."""

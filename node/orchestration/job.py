@@ -61,6 +61,8 @@ class JobInput:
     read_ahead
         ``(job id, instance paths)`` of the next queued job, for an executor that reads
         the next series while this one runs.
+    priority
+        The job's priority (0 is most urgent), for an executor that queues jobs.
     """
 
     job_id: int
@@ -83,6 +85,9 @@ class JobInput:
     previous_result_dir: Path | None = None
     revision: int = 1
     read_ahead: tuple[int, tuple[Path, ...]] | None = None
+    #: The job's priority (0 is most urgent): an executor that holds several jobs
+    #: submits the most urgent first.
+    priority: int = 0
 
 
 @dataclass(frozen=True)

@@ -143,6 +143,7 @@ def prepare(job: Job, sources: Sources) -> JobInput:
         revision=1
         + sources.queue.earlier_generations_with_results(job.series_uid, job.rule, job.generation),
         read_ahead=_read_ahead(sources),
+        priority=job.priority,
     )
 
 

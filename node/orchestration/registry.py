@@ -116,6 +116,25 @@ class PluginRegistry:
             with self._lock:
                 self._pending = set()
 
+    def load_only(
+        self, name: str, models: Mapping[str, Any], templates_dir: Path | None = None
+    ) -> None:
+        """Import (or configure) the plugin ``name`` alone: for a process that runs one
+        routine (a Ray actor), which need not import every other one."""
+        if name in models:
+            self.configure({name: models[name]}, templates_dir)
+            return
+        import plugins
+
+        if any(m.name == name and m.ispkg for m in pkgutil.iter_modules(plugins.__path__)):
+            self._import(name, f"plugins.{name}")
+            return
+        for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            if entry.name == name:
+                self._import(name, entry.value, entry_point=entry)
+                return
+        self.record_error(name, "no such plugin")
+
     # -- registration ---------------------------------------------------------
 
     def register(self, plugin: type[InferencePlugin], source: str = "code") -> None:

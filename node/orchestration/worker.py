@@ -20,12 +20,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from node.config import AnyDestination, RuleSettings
-from node.orchestration.executor import Executor, LocalExecutor
+from node.orchestration.executor import Executor, JobLost, LocalExecutor, QueueingExecutor
 from node.orchestration.job import DONE, JobOutput
 from node.orchestration.prepare import Sources, prepare
 from node.orchestration.record import log_end, record_end, record_events
@@ -152,3 +156,92 @@ class InferenceWorker(PollingThread):
         super().stop(timeout)
         if self._owns_executor:
             self._executor.shutdown()
+
+
+@dataclass
+class _Away:
+    """A job submitted and not yet recorded: its lease is renewed until then."""
+
+    job: Job
+    lease: ExitStack
+    future: Future[JobOutput]
+
+
+class PipelinedWorker(InferenceWorker):
+    """Keeps several jobs at a :class:`QueueingExecutor` (e.g. on Ray actors).
+
+    It claims the most urgent queued job while the executor has room (so jobs leave the
+    queue in priority order and no more are held than the executor can run soon), renews
+    each claimed job's lease while it is away, and records each as it comes back. A job
+    the executor lost (:class:`JobLost`: its actor or machine died) goes back to the
+    queue with a ``job.requeued`` event and runs again.
+    """
+
+    def __init__(
+        self,
+        queue: JobQueue,
+        series: SeriesStore,
+        registry: PluginRegistry,
+        *,
+        executor: QueueingExecutor,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(queue, series, registry, executor=executor, **kwargs)
+        self._pipeline: QueueingExecutor = executor
+        self._away: dict[int, _Away] = {}
+
+    @property
+    def away(self) -> int:
+        """Jobs claimed by this worker and not yet recorded."""
+        return len(self._away)
+
+    def run_once(self) -> bool:
+        busy = self._collect()
+        while self._pipeline.has_room() and not self._stop.is_set():
+            job = self._queue.claim_next(self._clock(), self.owner)
+            if job is None:
+                break
+            busy = True
+            lease = ExitStack()
+            lease.enter_context(self._queue.keep_lease(job, self._clock).held())
+            try:
+                future = self._pipeline.submit(prepare(job, self._sources))
+            except Exception as exc:  # prepare failed, or the executor refused the job
+                future = Future()
+                future.set_exception(exc)
+            self._away[job.id] = _Away(job, lease, future)
+            future.add_done_callback(lambda _: self.wake())
+        return busy
+
+    def _collect(self) -> bool:
+        """Record the jobs that came back; re-queue those the executor lost."""
+        done = [away for away in self._away.values() if away.future.done()]
+        for away in done:
+            del self._away[away.job.id]
+            try:
+                output = away.future.result()
+            except JobLost as exc:
+                away.lease.close()
+                self._requeue(away.job, str(exc))
+                continue
+            except Exception as exc:
+                output = JobOutput(away.job.id, DONE).failed(exc)
+            with away.lease:
+                self._record(away.job, output)
+        return bool(done)
+
+    def _requeue(self, job: Job, reason: str) -> None:
+        if self._queue.requeue(job.id, self.owner, self._clock(), reason):
+            log.warning("job re-queued job_id=%d reason=%s", job.id, reason)
+        else:
+            log.warning("lost job no longer held, not re-queued job_id=%d", job.id)
+
+    def stop(self, timeout: float = 60.0) -> None:
+        super().stop(timeout)
+        self._collect()
+        for away in list(self._away.values()):  # not recorded: they run again
+            away.lease.close()
+            if not away.future.done():
+                away.future.cancel()
+            self._requeue(away.job, "node stopped while the job was away")
+        self._away.clear()

@@ -18,6 +18,8 @@ class EventCode(StrEnum):
     JOB_QUEUED = "job.queued"
     JOB_STARTED = "job.started"
     JOB_REQUEUED = "job.requeued"
+    #: An executor sent the job away to run (e.g. to a Ray actor: which one, on which node).
+    JOB_SUBMITTED = "job.submitted"
     #: Another owner took a running job whose lease had expired (its worker died or hung).
     JOB_LEASE_EXPIRED = "job.lease_expired"
     #: A worker finished a job another owner had taken over: its outcome is not recorded.
@@ -46,6 +48,8 @@ class EventCode(StrEnum):
     VOLUME_LOADED = "inference.volume_loaded"
     PRIOR_FOUND = "inference.prior_found"
     INFERENCE_DONE = "inference.done"
+    #: Where a remote executor ran the job (host, actor, input directory, transfer times).
+    INFERENCE_REMOTE = "inference.remote"
     RESULTS_ENCODED = "results.encoded"
     RESULTS_WRITTEN = "results.written"
     RESULTS_SKIPPED = "results.skipped"
@@ -69,6 +73,7 @@ EVENT_NAMES: dict[EventCode, str] = {
     EventCode.JOB_QUEUED: "queued",
     EventCode.JOB_STARTED: "started",
     EventCode.JOB_REQUEUED: "requeued",
+    EventCode.JOB_SUBMITTED: "submitted",
     EventCode.JOB_LEASE_EXPIRED: "lease_expired",
     EventCode.JOB_LEASE_LOST: "lease_lost",
     EventCode.JOB_DONE: "done",
@@ -94,6 +99,7 @@ EVENT_NAMES: dict[EventCode, str] = {
     EventCode.VOLUME_LOADED: "volume_loaded",
     EventCode.PRIOR_FOUND: "prior_found",
     EventCode.INFERENCE_DONE: "inference_done",
+    EventCode.INFERENCE_REMOTE: "ran_remotely",
     EventCode.RESULTS_ENCODED: "encoded",
     EventCode.RESULTS_WRITTEN: "results_written",
     EventCode.RESULTS_SKIPPED: "results_skipped",

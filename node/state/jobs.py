@@ -531,6 +531,20 @@ class JobQueue:
                 )
         return ids
 
+    def requeue(self, job_id: int, owner: str, now: float, reason: str) -> bool:
+        """Give ``owner``'s running job back to the queue (its executor lost it, e.g. a
+        Ray actor or node died); False when ``owner`` no longer holds it."""
+        with self._db.transaction() as cursor:
+            cursor.execute(
+                f"UPDATE jobs SET state = 'queued', updated_at = ?, {_RELEASE}"
+                " WHERE id = ? AND state = 'running' AND owner = ?",
+                (now, job_id, owner),
+            )
+            if cursor.rowcount != 1:
+                return False
+            self._event(cursor, job_id, now, EventCode.JOB_REQUEUED, reason)
+        return True
+
     def get(self, job_id: int) -> Job | None:
         rows = self._db.query("SELECT * FROM jobs WHERE id = ?", (job_id,))
         return _job(rows[0]) if rows else None
