@@ -7,7 +7,9 @@ call) builds the BINARY SEG and the TID 1500 SR; each object is then encoded as 
 DICOM file. Reported per case: seconds per object (build, write), the whole
 ``build_results`` call, peak memory as a ratio to the label map's ``nbytes``
 (tracemalloc peak of a second build, and the RSS high-water mark above the RSS before
-the build) and file sizes. Measures; asserts nothing.
+the build) and file sizes. The LABELMAP SEG (``labelmap_seg``, one 8/16-bit frame per
+slice) of the same map is then built and written alone, timed and measured the same way.
+Measures; asserts nothing.
 
 Usage: ``python -m benchmarks --only encoding`` or ``python -m benchmarks.encoding``.
 """
@@ -154,6 +156,7 @@ def run_case(workdir: Path, labels: int, slices: int, rows: int) -> dict[str, An
     frames = int(results.seg.NumberOfFrames)
     del results
     gc.collect()
+    labelmap = _labelmap_case(volume, prediction, template)
     # A second build under tracemalloc (slower, so not timed): Python + numpy peak.
     tracemalloc.start()
     again = build_results(volume, prediction, template, tags=["seg", "sr"])
@@ -171,6 +174,32 @@ def run_case(workdir: Path, labels: int, slices: int, rows: int) -> dict[str, An
         "build_results_s": round(build_s, 3),
         "build_and_write_s": round(total_s, 3),
         "tracemalloc_peak_ratio": round(traced_peak / nbytes, 3),
+        "rss_peak_ratio": round(max(0, rss_peak - rss_before) * 1024 / nbytes, 3),
+        "labelmap_seg": labelmap,
+    }
+
+
+def _labelmap_case(volume: Any, prediction: Any, template: Any) -> dict[str, Any]:
+    """The LABELMAP SEG alone: build_results and write seconds, bytes, RSS peak ratio."""
+    from node.results import build_results
+
+    Path("/proc/self/clear_refs").write_text("5")
+    rss_before = _rss_kib("VmRSS")
+    started = time.perf_counter()
+    results = build_results(volume, prediction, template, tags=["labelmap_seg"])
+    build_s = time.perf_counter() - started
+    (dataset,) = results.objects["labelmap_seg"]
+    buffer = BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    total_s = time.perf_counter() - started
+    rss_peak = _rss_kib("VmHWM")
+    nbytes = np.asarray(prediction.label_map).nbytes
+    return {
+        "build_results_s": round(build_s, 3),
+        "seg_build_s": round(results.seconds["labelmap_seg"], 3),
+        "build_and_write_s": round(total_s, 3),
+        "bytes": buffer.tell(),
+        "frames": int(dataset.NumberOfFrames),
         "rss_peak_ratio": round(max(0, rss_peak - rss_before) * 1024 / nbytes, 3),
     }
 
@@ -225,6 +254,20 @@ def encoding_table(result: dict[str, Any]) -> list[str]:
         "  total = build_results (analysis, SEG, SR) + writing both; mem/map = tracemalloc "
         "peak, rss/map = RSS high-water above the RSS before, over the label map's nbytes"
     )
+    labelmaps = [case for case in result["cases"] if "labelmap_seg" in case]
+    if labelmaps:
+        lines.append("  LABELMAP SEG alone (build_results with tags=[labelmap_seg], then written)")
+        lines.append(
+            f"  {'labels':>6} {'SEG build':>9} {'total s':>7} {'SEG MiB':>7} {'frames':>6} "
+            f"{'rss/map':>7}"
+        )
+        for case in labelmaps:
+            labelmap = case["labelmap_seg"]
+            lines.append(
+                f"  {case['labels']:>6} {labelmap['seg_build_s']:>9.2f} "
+                f"{labelmap['build_and_write_s']:>7.2f} {labelmap['bytes'] / 2**20:>7.1f} "
+                f"{labelmap['frames']:>6} {labelmap['rss_peak_ratio']:>7.2f}"
+            )
     return lines
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tracemalloc
 from pathlib import Path
 
 import highdicom as hd
@@ -15,7 +16,8 @@ from benchmarks.encoding import blob_label_map, write_template
 from node.contract.assemble import assemble_volume
 from node.contract.plugin import Prediction
 from node.contract.volume import Volume
-from node.results import load_template
+from node.results import analysis, load_template
+from node.results.analysis import segment_numbers_map
 from node.results.identity import SeriesIdentity
 from node.results.seg import frames
 from node.results.seg.segmentation import build_seg
@@ -128,3 +130,29 @@ def test_frames_not_a_whole_number_of_bytes_go_through_highdicom(tmp_path: Path)
     assert not frames.packable(volume, label_map)
     fast, reference = _build_both(tmp_path, volume, 3, label_map)
     assert _differences(fast, reference) == []
+
+
+def test_segment_numbers_map_recodes_without_an_index_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    volume = _volume(tmp_path, slices=16, size=64)
+    template = load_template(write_template(tmp_path, 3))
+    in_order = blob_label_map(volume.shape, 3)
+    numbers = segment_numbers_map(Prediction(label_map=in_order), volume, template)
+    assert numbers is in_order  # label values 1..N in template order: the map itself
+
+    as_int16 = in_order.astype(np.int16)
+    monkeypatch.setattr(analysis, "_LOOKUP_SLAB_BYTES", 64 * 64 * 8)  # one slice a time
+    tracemalloc.start()
+    recoded = segment_numbers_map(Prediction(label_map=as_int16), volume, template)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    np.testing.assert_array_equal(recoded, in_order)
+    # The uint8 result (half the int16 map), np.unique's check and one slice of intp
+    # index; an int64 copy of the whole map alone is 4x.
+    assert peak < 2 * as_int16.nbytes
+    one = load_template(write_template(tmp_path, 1))
+    mask = in_order > 0
+    recoded = segment_numbers_map(Prediction(label_map=mask), volume, one)
+    assert recoded.dtype == np.uint8
+    np.testing.assert_array_equal(recoded, mask.astype(np.uint8))

@@ -26,6 +26,9 @@ from node.results.radiomics import RadiomicsResult, compute_radiomics
 
 log = logging.getLogger(__name__)
 
+#: Bytes of the intp index array :func:`segment_numbers_map` takes at a time.
+_LOOKUP_SLAB_BYTES = 16 * 2**20
+
 
 @dataclass(frozen=True)
 class Finding:
@@ -68,7 +71,17 @@ def segment_numbers_map(
     lookup = np.zeros(max(declared) + 1, dtype=dtype)
     for number, segment in enumerate(template.segments, start=1):
         lookup[segment.label_value] = number
-    return lookup[label_map.astype(np.int64, copy=False)]
+    if label_map.dtype == np.bool_:
+        label_map = label_map.view(np.uint8)
+    if label_map.dtype == dtype and np.array_equal(lookup, np.arange(len(lookup))):
+        # Label values 1..N in template order: already segment numbers (no copy).
+        return label_map
+    # Indexing with a non-intp array copies the index as intp (8x the map): a slab at a time.
+    numbers = np.empty(label_map.shape, dtype=dtype)
+    step = max(1, _LOOKUP_SLAB_BYTES // max(1, label_map[:1].size * 8))
+    for start in range(0, len(label_map), step):
+        numbers[start : start + step] = lookup[label_map[start : start + step]]
+    return numbers
 
 
 class Analysis:
