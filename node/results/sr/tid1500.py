@@ -439,13 +439,14 @@ def _new_item() -> Dataset:
     return item
 
 
-def _put(dataset: Dataset, tag: BaseTag, vr: str, value: object) -> None:
+def _put(dataset: Dataset, tag: int, vr: str, value: object) -> None:
     """``dataset.add_new(tag, vr, value)`` for a value already of the type pydicom would
     make of it (str, UID, DS, float, Sequence of new items): no conversion, no
     validation, no private-tag or pixel checks (none of which applies here). About a
     third of the cost per element, and the Image Library has ~30,000 of them."""
-    dataset._dict[tag] = DataElement(
-        tag, vr, value, already_converted=True, validation_mode=config.IGNORE
+    key = tag if isinstance(tag, BaseTag) else BaseTag(tag)
+    dataset._dict[key] = DataElement(
+        key, vr, value, already_converted=True, validation_mode=config.IGNORE
     )
 
 
