@@ -4,7 +4,8 @@ Each case runs in its own Python process (so peak RSS is its own): a synthetic C
 series is written and read back as the worker does, a label map with ``labels``
 ellipsoid blobs spread over the volume is built, and ``build_results`` (the worker's
 call) builds the BINARY SEG and the TID 1500 SR; each object is then encoded as a
-DICOM file. Reported per case: seconds per object (build, write), the whole
+DICOM file in memory by the worker's writer (``node.results.encode``, pydicom's
+bytes). Reported per case: seconds per object (build, write), the whole
 ``build_results`` call, peak memory as a ratio to the label map's ``nbytes``
 (tracemalloc peak of a second build, and the RSS high-water mark above the RSS before
 the build) and file sizes. The LABELMAP SEG (``labelmap_seg``, one 8/16-bit frame per
@@ -24,7 +25,6 @@ import subprocess
 import sys
 import time
 import tracemalloc
-from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +121,7 @@ def run_case(workdir: Path, labels: int, slices: int, rows: int) -> dict[str, An
     from node.contract.assemble import assemble_volume
     from node.contract.plugin import Prediction
     from node.results import build_results, load_template
+    from node.results.encode import encode_chunks
 
     _, paths = write_ct_series(workdir / "ct", slices, rows=rows, columns=rows)
     volume = assemble_volume(pydicom.dcmread(path) for path in paths)
@@ -132,7 +133,7 @@ def run_case(workdir: Path, labels: int, slices: int, rows: int) -> dict[str, An
     small = assemble_volume(pydicom.dcmread(path) for path in paths[:4])
     warm = build_results(small, Prediction(label_map=label_map[:4]), template, tags=["seg", "sr"])
     for _, dataset in warm.tagged():
-        dataset.save_as(BytesIO(), enforce_file_format=True)
+        encode_chunks(dataset)
     del warm, small
     gc.collect()
     # Peak RSS from here: writing 5 to clear_refs resets the high-water mark (Linux).
@@ -144,13 +145,13 @@ def run_case(workdir: Path, labels: int, slices: int, rows: int) -> dict[str, An
     objects: dict[str, Any] = {}
     for tag, dataset in results.tagged():
         write_started = time.perf_counter()
-        buffer = BytesIO()
-        dataset.save_as(buffer, enforce_file_format=True)
+        chunks = encode_chunks(dataset)  # the worker's writer (pydicom's bytes)
         objects[tag] = {
             "build_s": round(results.seconds[tag], 3),
             "write_s": round(time.perf_counter() - write_started, 3),
-            "bytes": buffer.tell(),
+            "bytes": sum(len(chunk) for chunk in chunks),
         }
+        del chunks
     total_s = time.perf_counter() - started
     rss_peak = _rss_kib("VmHWM")
     frames = int(results.seg.NumberOfFrames)
@@ -161,7 +162,7 @@ def run_case(workdir: Path, labels: int, slices: int, rows: int) -> dict[str, An
     tracemalloc.start()
     again = build_results(volume, prediction, template, tags=["seg", "sr"])
     for _, dataset in again.tagged():
-        dataset.save_as(BytesIO(), enforce_file_format=True)
+        encode_chunks(dataset)
     _, traced_peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     nbytes = label_map.nbytes
@@ -189,8 +190,9 @@ def _labelmap_case(volume: Any, prediction: Any, template: Any) -> dict[str, Any
     results = build_results(volume, prediction, template, tags=["labelmap_seg"])
     build_s = time.perf_counter() - started
     (dataset,) = results.objects["labelmap_seg"]
-    buffer = BytesIO()
-    dataset.save_as(buffer, enforce_file_format=True)
+    from node.results.encode import encode_chunks
+
+    written = sum(len(chunk) for chunk in encode_chunks(dataset))  # the worker's writer
     total_s = time.perf_counter() - started
     rss_peak = _rss_kib("VmHWM")
     nbytes = np.asarray(prediction.label_map).nbytes
@@ -198,7 +200,7 @@ def _labelmap_case(volume: Any, prediction: Any, template: Any) -> dict[str, Any
         "build_results_s": round(build_s, 3),
         "seg_build_s": round(results.seconds["labelmap_seg"], 3),
         "build_and_write_s": round(total_s, 3),
-        "bytes": buffer.tell(),
+        "bytes": written,
         "frames": int(dataset.NumberOfFrames),
         "rss_peak_ratio": round(max(0, rss_peak - rss_before) * 1024 / nbytes, 3),
     }

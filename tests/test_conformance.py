@@ -3,7 +3,8 @@
 For each source (synthetic chest CT, synthetic coronal head MR, pydicom's ``CT_small.dcm``
 and ``MR_small.dcm``) the node builds every kind it can produce (BINARY, LABELMAP and
 FRACTIONAL SEG, SR referencing the BINARY and the FRACTIONAL SEG, GSPS, SC, KO) and
-the objects must pass:
+the objects, written by the node's writer (:mod:`node.results.encode`, whose bytes must
+equal pydicom's ``dcmwrite`` of the same object), must pass:
 
 * dciodvfy with zero errors (and only the known warnings);
 * dcentvfy across source + outputs with zero errors;
@@ -21,8 +22,10 @@ dciodvfy and with dcentvfy across source, segmentation results and these.
 
 from __future__ import annotations
 
+import copy
 import shutil
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path
 
 import highdicom as hd
@@ -53,6 +56,7 @@ from node.contract.plugin import (
 from node.contract.volume import Volume
 from node.results import ResultTemplate, build_results, load_template, load_template_by_name
 from node.results.analysis import Analysis
+from node.results.encode import encode_body, encode_file
 from node.results.identity import SeriesIdentity
 from node.results.ko.selection import build_ko
 from node.results.sc.overlay import render_slice
@@ -119,6 +123,17 @@ class Built:
         return [p for tag, paths in self.paths.items() if tag_kind(tag) is kind for p in paths]
 
 
+def _node_file(dataset: Dataset) -> bytes:
+    """The file the worker writes (:func:`node.results.encode.encode_file`), checked
+    against pydicom's ``dcmwrite`` of the same object byte for byte."""
+    expected = BytesIO()
+    pydicom.dcmwrite(expected, copy.deepcopy(dataset), enforce_file_format=True)
+    assert encode_body(dataset) is not None, f"{dataset.SOPClassUID.name} left to pydicom"
+    encoded = encode_file(dataset)
+    assert encoded == expected.getvalue(), f"{dataset.SOPClassUID.name}: bytes differ"
+    return encoded
+
+
 def _probabilities(label_map: np.ndarray, labels: tuple[int, ...]) -> np.ndarray:
     """Soft probabilities: 0.9 inside each label, 0.1 on its one-voxel rim, 0 elsewhere."""
     from scipy import ndimage
@@ -165,7 +180,7 @@ def _build(
     out.mkdir()
     for tag, dataset in results.tagged():
         path = out / file_name(tag, str(dataset.SOPInstanceUID))
-        dataset.save_as(path, enforce_file_format=True)
+        path.write_bytes(_node_file(dataset))  # what the worker writes and sends
         paths.setdefault(tag, []).append(path)
     return Built(
         name,
@@ -640,7 +655,7 @@ def routines(built: Built, tmp_path_factory: pytest.TempPathFactory) -> Routines
         out.mkdir()
         for tag, dataset in results.tagged():
             path = out / file_name(tag, str(dataset.SOPInstanceUID))
-            dataset.save_as(path, enforce_file_format=True)
+            path.write_bytes(_node_file(dataset))
             paths.setdefault(f"{routine}/{tag}", []).append(path)
     return Routines(built.name, built.source_paths, paths)
 

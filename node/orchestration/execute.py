@@ -19,7 +19,6 @@ import logging
 import time
 from collections.abc import Callable
 from functools import partial
-from io import BytesIO
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -39,6 +38,7 @@ from node.orchestration.priors import NoPrior
 from node.orchestration.registry import PluginRegistry
 from node.orchestration.summary import prediction_json, quality_json, write_summary
 from node.results import build_results, load_template_by_name
+from node.results.encode import encode_chunks
 from node.results.manifest import clear_results, write_manifest
 from node.results.plan import Resolved
 from node.results.quality_note import add_quality_warnings_to_srs
@@ -87,13 +87,22 @@ def _previous_reports(result_dir: Path | None) -> dict[str, Dataset]:
 
 
 def _write_dataset(dataset: Dataset, handle: BinaryIO) -> None:
-    """Encode ``dataset`` as a DICOM file into ``handle`` (a crash test can stop it half-way)."""
-    buffer = BytesIO()
-    dataset.save_as(buffer, enforce_file_format=True)
-    data = buffer.getbuffer()
-    handle.write(data[: len(data) // 2])
-    fault_point("result_file_half_written")
-    handle.write(data[len(data) // 2 :])
+    """Encode ``dataset`` as a DICOM file into ``handle`` (a crash test can stop it half-way).
+
+    The bytes are pydicom's (``dcmwrite``), written by :func:`encode_chunks` in one pass.
+    """
+    chunks = encode_chunks(dataset)
+    half = sum(len(chunk) for chunk in chunks) // 2
+    written = 0
+    for chunk in chunks:
+        if written <= half < written + len(chunk):
+            view = memoryview(chunk)
+            handle.write(view[: half - written])
+            fault_point("result_file_half_written")
+            handle.write(view[half - written :])
+        else:
+            handle.write(chunk)
+        written += len(chunk)
 
 
 def check_accepted(plugin: InferencePlugin, volume: Volume) -> None:

@@ -59,7 +59,7 @@ def segment_numbers_map(
         raise TemplateError(
             f"template {template.name}: label map must be integer, got {label_map.dtype}"
         )
-    present = {int(v) for v in np.unique(label_map)} - {0}
+    present = set(label_values(label_map).tolist()) - {0}
     declared = {segment.label_value for segment in template.segments}
     unknown = sorted(present - declared)
     if unknown:
@@ -82,6 +82,22 @@ def segment_numbers_map(
     for start in range(0, len(label_map), step):
         numbers[start : start + step] = lookup[label_map[start : start + step]]
     return numbers
+
+
+def label_values(label_map: np.ndarray) -> np.ndarray:
+    """The distinct values of an integer label map, ascending.
+
+    ``np.unique`` sorts the whole map (seconds for 512x512x300); an unsigned 8/16-bit
+    (or boolean) map is counted in chunks with ``np.bincount`` instead.
+    """
+    if label_map.dtype not in (np.uint8, np.uint16, np.bool_):
+        return np.unique(label_map)
+    counts = np.zeros(1 << (8 * label_map.dtype.itemsize), dtype=np.int64)
+    flat = label_map.reshape(-1)
+    step = 1 << 20  # bincount casts to intp: 8 MiB at a time
+    for start in range(0, flat.size, step):
+        counts += np.bincount(flat[start : start + step], minlength=counts.size)
+    return np.flatnonzero(counts).astype(label_map.dtype)
 
 
 class Analysis:

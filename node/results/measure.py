@@ -114,15 +114,56 @@ def _max_pairwise_distance(points: np.ndarray) -> float:
 
 
 def largest_axial_diameter_mm(mask: np.ndarray, spacing: Spacing) -> float:
-    """Largest in-slice distance across the segment's outline, over all slices (NaN if empty)."""
+    """Largest in-slice distance across the segment's outline, over all slices (NaN if empty).
+
+    Slices are measured in decreasing order of their bounding box's diagonal (an upper
+    bound of their diameter, the outline lying within half a pixel of the box) and the
+    search stops once no remaining slice can beat the largest diameter found.
+    """
+    rows_in = np.any(mask, axis=2)  # (slices, rows)
+    columns_in = np.any(mask, axis=1)  # (slices, columns)
+    present = np.flatnonzero(np.any(rows_in, axis=1))
+    if present.size == 0:
+        return math.nan
+
+    def extent(occupied: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        first = np.argmax(occupied, axis=1)
+        return first, occupied.shape[1] - np.argmax(occupied[:, ::-1], axis=1)
+
+    row_first, row_end = extent(rows_in[present])
+    column_first, column_end = extent(columns_in[present])
+    bounds = np.hypot((row_end - row_first) * spacing[1], (column_end - column_first) * spacing[2])
+    bounds = bounds * (1 + 1e-9) + 1e-9  # stays an upper bound under rounding
     best = math.nan
     scale = np.asarray([spacing[1], spacing[2]], dtype=np.float64)
-    for index in np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1)):
-        points = outline_points(mask[index]) * scale
-        diameter = _max_pairwise_distance(np.unique(points, axis=0))
+    for order in np.argsort(-bounds, kind="stable"):
+        if not math.isnan(best) and bounds[order] <= best:
+            break
+        r0, r1 = int(row_first[order]), int(row_end[order])
+        c0, c1 = int(column_first[order]), int(column_end[order])
+        # Outline of the slice's box, moved back: half-pixel coordinates are exact.
+        origin = np.asarray([r0, c0], dtype=np.float64)
+        points = (outline_points(mask[present[order], r0:r1, c0:c1]) + origin) * scale
+        diameter = _max_pairwise_distance(points)  # outline midpoints never repeat
         if math.isnan(best) or diameter > best:
             best = diameter
     return best
+
+
+def bounding_box(mask: np.ndarray) -> tuple[slice, slice, slice] | None:
+    """The smallest ``(slices, rows, columns)`` box holding every voxel of ``mask``."""
+    slices = np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1))
+    if slices.size == 0:
+        return None
+    first, last = int(slices[0]), int(slices[-1]) + 1
+    plane = np.any(mask[first:last], axis=0)
+    rows = np.flatnonzero(np.any(plane, axis=1))
+    columns = np.flatnonzero(np.any(plane, axis=0))
+    return (
+        slice(first, last),
+        slice(int(rows[0]), int(rows[-1]) + 1),
+        slice(int(columns[0]), int(columns[-1]) + 1),
+    )
 
 
 @functools.lru_cache(maxsize=64)  # one entry per voxel spacing: bounded
@@ -195,9 +236,17 @@ def compute(kind: str, unit: str, mask: np.ndarray, values: np.ndarray, spacing:
     if kind == "largest_axial_diameter":
         return largest_axial_diameter_mm(mask, spacing) * _UNIT_SCALE[unit]
     if kind == "surface_area":
-        return surface_area_mm2(mask, spacing) * _UNIT_SCALE[unit]
+        # Within the segment's box: the same transitions (the box is padded by one).
+        box = bounding_box(mask)
+        if box is None:
+            return 0.0
+        return surface_area_mm2(mask[box], spacing) * _UNIT_SCALE[unit]
     if kind in ("mean", "min", "max", "std"):
-        return value_statistic(values, mask, kind)
+        box = bounding_box(mask)
+        if box is None:
+            return math.nan
+        # The box keeps the selected values and their order: the same result.
+        return value_statistic(values[box], mask[box], kind)
     raise ValueError(f"unknown computation {kind!r}")
 
 

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from codecs import lookup as codec_lookup
 from collections.abc import Iterator, Sequence
 
 from pydicom.charset import python_encoding
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import Tag
@@ -48,6 +50,8 @@ TYPE_2_PATIENT_STUDY = (
 UNICODE = "ISO_IR 192"
 #: Value representations encoded with Specific Character Set (PS3.5 6.1.2.3).
 _TEXT_VRS = frozenset({"SH", "LO", "ST", "LT", "UT", "PN", "UC"})
+#: Python codecs that encode every character.
+_ALL_OF_UNICODE = frozenset({"utf-8", "gb18030"})
 #: Terms of the default repertoire (ASCII).
 _DEFAULT_REPERTOIRE = frozenset({"", "ISO_IR 6", "ISO 2022 IR 6"})
 _SPECIFIC_CHARACTER_SET = Tag("SpecificCharacterSet")
@@ -129,8 +133,31 @@ def _text_values(dataset: Dataset) -> Iterator[tuple[str, str]]:
                 yield element.keyword or str(element.tag), str(value)
 
 
+def _non_ascii_texts(dataset: Dataset) -> Iterator[str]:
+    """Every text value with a character outside ASCII, nested ones included, in no
+    particular order (a walk over the elements as stored: most are skipped by VR)."""
+    for element in dataset._dict.values():
+        if isinstance(element, RawDataElement):
+            element = dataset[element.tag]
+        vr = element.VR
+        if vr == "SQ":
+            for item in element.value:
+                yield from _non_ascii_texts(item)
+            continue
+        if vr not in _TEXT_VRS or element.value is None:
+            continue
+        values = element.value if isinstance(element.value, MultiValue) else (element.value,)
+        for value in values:
+            if value is not None:
+                text = str(value)
+                if not text.isascii():
+                    yield text
+
+
 def _unencodable(dataset: Dataset, codecs: list[str]) -> list[str]:
     """Keywords of the text values with a character none of ``codecs`` encodes."""
+    if any(codec_lookup(codec).name in _ALL_OF_UNICODE for codec in codecs):
+        return []
 
     def encodes(character: str) -> bool:
         for codec in codecs:
@@ -141,6 +168,8 @@ def _unencodable(dataset: Dataset, codecs: list[str]) -> list[str]:
             return True
         return False
 
+    if all(all(encodes(c) for c in text if not c.isascii()) for text in _non_ascii_texts(dataset)):
+        return []  # the usual case, found without iterall's ordered walk of every element
     failing: list[str] = []
     for keyword, text in _text_values(dataset):
         unencodable = not text.isascii() and not all(encodes(c) for c in text if not c.isascii())
