@@ -15,10 +15,11 @@ events gathered until then are kept.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
+import re
 import shutil
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -139,10 +140,30 @@ def lease_lost(job_id: int, attempt: str) -> None:
         _lost.add((job_id, attempt))
 
 
+_ATTEMPT = ".attempt."
+
+
 def _attempt_dir(result_dir: Path, attempt: str) -> Path:
     """The attempt's own temporary directory beside ``result_dir`` (renamed into place)."""
-    token = hashlib.sha1(attempt.encode()).hexdigest()[:12]
-    return result_dir.with_name(f".{result_dir.name}.{token}.tmp")
+    safe = re.sub(r"[^\w.:@-]", "_", attempt)
+    return result_dir.with_name(f".{result_dir.name}{_ATTEMPT}{safe}")
+
+
+def _dead_attempts(result_dir: Path) -> list[Path]:
+    """Temporary directories of this job's attempts whose process (on this host) ended."""
+    dead = []
+    for path in result_dir.parent.glob(f".{result_dir.name}{_ATTEMPT}*"):
+        host, _, rest = path.name.partition(_ATTEMPT)[2].partition(":")
+        pid = rest.partition(":")[0]
+        if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            dead.append(path)
+        except PermissionError:
+            pass
+    return dead
 
 
 class _Run:
@@ -363,7 +384,14 @@ def _write_results(
     result_dir = job.result_dir
     result_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = _attempt_dir(result_dir, job.attempt)
-    shutil.rmtree(staging, ignore_errors=True)  # this attempt's own leftovers only
+    stale = []
+    for leftover in [staging, *_dead_attempts(result_dir)]:  # never a live holder's
+        if leftover.is_dir():
+            stale += clear_results(leftover)
+            shutil.rmtree(leftover, ignore_errors=True)
+    if stale:  # an earlier run of this job was interrupted
+        run.event(EventCode.RESULTS_STALE_REMOVED, ",".join(sorted(stale)))
+        log.warning("stale result files removed job_id=%d count=%d", job.job_id, len(stale))
     staging.mkdir()
     try:
         files, summary = _write_files(run, plugin, prediction, staging, results, result_dir)
