@@ -381,7 +381,6 @@ def test_orthanc_plugin_notifies_node_pulls_results_appear(stack, tmp_path):
     assert len(status()["jobs"]) == 1
 
 
-@pytest.mark.serial(reason="plugin timeout 2 s: a slow answer is retried into a second pull")
 def test_orthanc_plugin_retries_until_the_node_is_up(tmp_path):
     """The plugin notifies a node that is not running yet: its notifications fail and are
     retried (short delays from ``AiNode.RetrySeconds``/``MaxRetrySeconds``); once the node

@@ -72,3 +72,63 @@ def test_a_running_job_keeps_its_lease_until_recorded(database: Database, tmp_pa
     assert job.owner is None and job.lease_expires_at is None
     codes = [e.code for e in queue.events(job_id)]
     assert EventCode.JOB_LEASE_EXPIRED not in codes
+
+
+class Overtaken(InferencePlugin):
+    """While it runs, its lease lapses and another node takes the job and starts writing
+    into the job's result directory (a result file and a temporary file)."""
+
+    name = "overtaken"
+    version = "1.0"
+    template = "ct_lungs"
+    accepts = Accepts(min_slices=10)
+    database: ClassVar[Database]
+    queue: ClassVar[JobQueue]
+    result_dir: ClassVar[Path]
+    ran_on: ClassVar[list[bool]] = []
+
+    def load(self, device: torch.device) -> None:
+        pass
+
+    def run(self, volume: Volume, context: RunContext) -> Prediction:
+        with self.database.transaction() as cursor:  # the holder is slow: its lease lapses
+            cursor.execute("UPDATE jobs SET lease_expires_at = 0 WHERE id = ?", (context.job_id,))
+        taken = self.queue.claim_next(time.time(), "other-node")
+        assert taken is not None and taken.id == context.job_id
+        self.result_dir.mkdir(parents=True)
+        (self.result_dir / "SEG_other.dcm").write_bytes(b"the new holder's")
+        (self.result_dir / ".SR_other.dcm.tmp").write_bytes(b"being written")
+        time.sleep(4 * LEASE_SECONDS)  # the old holder's keeper finds the lease lost
+        self.ran_on.append(True)
+        return Prediction(label_map=(volume.array > 0).astype(np.uint8))
+
+
+def test_a_worker_that_lost_its_lease_stops_and_records_nothing(
+    database: Database, tmp_path: Path
+) -> None:
+    series, queue, worker = cpu_worker(
+        database, [Overtaken], results_dir=tmp_path / "results", clock=time.time, prefetch=False
+    )
+    queue.lease_seconds = LEASE_SECONDS
+    datasets, _ = make_chest_ct(n_slices=12, rows=32, columns=32, pixel_spacing_mm=8.0)
+    spool_series(series, datasets, tmp_path / "spool", time.time())
+    job_id = enqueue_series(queue, datasets, rule="r", plugin=Overtaken.name, now=time.time())
+    result_dir = (
+        tmp_path / "results" / datasets[0].StudyInstanceUID / datasets[0].SeriesInstanceUID
+    ) / f"job-{job_id}"
+    Overtaken.database, Overtaken.queue, Overtaken.result_dir = database, queue, result_dir
+    Overtaken.ran_on = []
+
+    assert worker.run_once()
+
+    assert Overtaken.ran_on == [True]
+    job = queue.get(job_id)  # still the new holder's, running
+    assert job is not None and job.state == "running" and job.owner == "other-node", job
+    codes = [e.code for e in queue.events(job_id)]
+    started = codes.index(EventCode.JOB_LEASE_EXPIRED)  # the new holder's claim
+    assert codes[started + 1 :] == [EventCode.JOB_STARTED, EventCode.JOB_LEASE_LOST], codes
+    assert EventCode.INFERENCE_DONE not in codes and EventCode.RESULTS_ENCODED not in codes
+    # The new holder's files are untouched; the old holder left nothing behind.
+    assert sorted(p.name for p in result_dir.iterdir()) == [".SR_other.dcm.tmp", "SEG_other.dcm"]
+    assert (result_dir / "SEG_other.dcm").read_bytes() == b"the new holder's"
+    assert sorted(p.name for p in result_dir.parent.iterdir()) == [f"job-{job_id}"]

@@ -31,13 +31,42 @@ from tools.net import wait_until
 DicomSource = Path | str | bytes | pydicom.Dataset
 Series = dict[str, Any]
 
+#: Orthanc closes a connection idle for ``KeepAliveTimeout`` (1 s by default); the client
+#: drops its idle connections sooner, so it seldom sends on one the server is closing.
+KEEPALIVE_EXPIRY = 0.5
+#: Requests that change nothing in Orthanc (``/tools/find`` is a read-only POST).
+_READ_ONLY_POSTS = ("/tools/find",)
+
+
+class RetryStaleConnection(httpx.HTTPTransport):
+    """An HTTP transport that sends a read-only request once more when the server closed
+    the connection without answering (a kept-alive connection it had just timed out)."""
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        try:
+            return super().handle_request(request)
+        except httpx.RemoteProtocolError:
+            read_only = request.method in ("GET", "HEAD", "OPTIONS") or (
+                request.method == "POST" and request.url.path.endswith(_READ_ONLY_POSTS)
+            )
+            if not read_only:
+                raise
+            return super().handle_request(request)  # on a new connection
+
 
 def connect(
     url: str, *, credentials: tuple[str, str] | None = None, timeout: float = 60.0
 ) -> pyorthanc.Orthanc:
     """A pyorthanc client of the Orthanc at ``url`` (HTTP basic auth with ``credentials``)."""
     username, password = credentials if credentials is not None else (None, None)
-    return pyorthanc.Orthanc(url.rstrip("/"), username=username, password=password, timeout=timeout)
+    transport = RetryStaleConnection(limits=httpx.Limits(keepalive_expiry=KEEPALIVE_EXPIRY))
+    return pyorthanc.Orthanc(
+        url.rstrip("/"),
+        username=username,
+        password=password,
+        timeout=timeout,
+        transport=transport,
+    )
 
 
 def is_up(client: pyorthanc.Orthanc) -> bool:

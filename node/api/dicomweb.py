@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -182,10 +182,13 @@ def dicomweb_router(node: Node, auth: TokenAuth | None = None) -> APIRouter:
         """STOW-RS into one study: instances of another study fail (0xA901)."""
         return await stow(request, caller, study_uid)
 
-    def queue_pull(body: PullRequest | OrthancNotification, origin: str) -> dict[str, Any]:
-        """Submit the pull a request body asks for; an unknown source is a 404."""
+    def queue_pull(
+        body: PullRequest | OrthancNotification, origin: str, response: Response
+    ) -> dict[str, Any]:
+        """Submit the pull a request body asks for; an unknown source is a 404. The same
+        request while its pull is queued or running answers that pull with 200 (not 202)."""
         try:
-            queued = node.puller.submit(
+            pull, created = node.puller.request(
                 source=body.source,
                 study_uid=body.study_uid,
                 series_uid=body.series_uid,
@@ -194,12 +197,15 @@ def dicomweb_router(node: Node, auth: TokenAuth | None = None) -> APIRouter:
             )
         except NotFound as exc:
             raise HTTPException(status_code=404, detail=str(exc)) from exc
-        return queued.as_json()
+        if not created:
+            response.status_code = 200
+        return {**pull.as_json(), "created": created}
 
     @router.post("/api/pull", status_code=202, tags=["pull"])
-    def pull(body: PullRequest, caller: str = authenticated) -> dict[str, Any]:
-        """Queue a pull of a study or series from a declared source."""
-        return queue_pull(body, f"api:{caller}")
+    def pull(body: PullRequest, response: Response, caller: str = authenticated) -> dict[str, Any]:
+        """Queue a pull of a study or series from a declared source (202), or answer the
+        same request's queued or running pull (200)."""
+        return queue_pull(body, f"api:{caller}", response)
 
     @router.get("/api/pull/{pull_id}", tags=["pull"])
     def pull_status(pull_id: int, caller: str = authenticated) -> dict[str, Any]:
@@ -209,12 +215,14 @@ def dicomweb_router(node: Node, auth: TokenAuth | None = None) -> APIRouter:
         return found.as_json()
 
     @router.post("/api/notify/orthanc", status_code=202, tags=["pull"])
-    def notify_orthanc(body: OrthancNotification, caller: str = authenticated) -> dict[str, Any]:
+    def notify_orthanc(
+        body: OrthancNotification, response: Response, caller: str = authenticated
+    ) -> dict[str, Any]:
         """An Orthanc series became stable (or a user pressed "Send to AI node"): pull it."""
         for uid in (body.study_uid, body.series_uid):
             if uid and not is_valid_uid(uid):
                 raise HTTPException(status_code=422, detail="not a valid UID")
-        return queue_pull(body, f"orthanc:{body.event}")
+        return queue_pull(body, f"orthanc:{body.event}", response)
 
     @router.get("/api/studies/{study_uid}/status", tags=["pull"])
     def study_status(study_uid: str, caller: str = authenticated) -> dict[str, Any]:

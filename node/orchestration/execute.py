@@ -16,11 +16,16 @@ events gathered until then are kept.
 from __future__ import annotations
 
 import logging
+import os
+import re
+import shutil
+import socket
+import threading
 import time
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import pydicom
 import torch
@@ -127,6 +132,49 @@ def check_accepted(plugin: InferencePlugin, volume: Volume) -> None:
         ) from exc
 
 
+class LeaseLost(RuntimeError):
+    """The worker's lease on the job lapsed and another owner may run it: stop, write
+    nothing more."""
+
+
+#: Attempts ``(job id, attempt)`` whose lease was lost (set by the worker's lease keeper;
+#: seen by an execution in this process at its next check).
+_lost: set[tuple[int, str]] = set()
+_lost_lock = threading.Lock()
+
+
+def lease_lost(job_id: int, attempt: str) -> None:
+    """Tell the execution of ``job_id`` by ``attempt`` (in this process) to stop."""
+    with _lost_lock:
+        _lost.add((job_id, attempt))
+
+
+_ATTEMPT = ".attempt."
+
+
+def _attempt_dir(result_dir: Path, attempt: str) -> Path:
+    """The attempt's own temporary directory beside ``result_dir`` (renamed into place)."""
+    safe = re.sub(r"[^\w.:@-]", "_", attempt)
+    return result_dir.with_name(f".{result_dir.name}{_ATTEMPT}{safe}")
+
+
+def _dead_attempts(result_dir: Path) -> list[Path]:
+    """Temporary directories of this job's attempts whose process (on this host) ended."""
+    dead = []
+    for path in result_dir.parent.glob(f".{result_dir.name}{_ATTEMPT}*"):
+        host, _, rest = path.name.partition(_ATTEMPT)[2].partition(":")
+        pid = rest.partition(":")[0]
+        if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            dead.append(path)
+        except PermissionError:
+            pass
+    return dead
+
+
 class _Run:
     """One execution: the events and timings gathered so far."""
 
@@ -144,6 +192,10 @@ class _Run:
         self.events.append((code, detail, time.perf_counter() - self.started))
 
     def check_deadline(self) -> None:
+        with _lost_lock:
+            lost = (self.job.job_id, self.job.attempt) in _lost
+        if lost:
+            raise LeaseLost(f"lease of job {self.job.job_id} lost by {self.job.attempt}")
         if self.deadline is not None and self.monotonic() > self.deadline:
             raise JobTimeout(f"job ran longer than {self.job.timeout_seconds:g} s")
 
@@ -259,6 +311,8 @@ def execute(
     run = _Run(job, monotonic)
     try:
         return _execute(run, registry, reader or DirectReader(), inspect)
+    except LeaseLost as exc:
+        return run.output(FAILED, message=str(exc), error_type=type(exc).__name__)
     except InputSkipped as exc:
         return run.output(
             SKIPPED,
@@ -274,6 +328,9 @@ def execute(
             error_type=type(exc).__name__,
             input_rejected=isinstance(exc, InputRejected),
         )
+    finally:
+        with _lost_lock:
+            _lost.discard((job.job_id, job.attempt))
 
 
 def _execute(
@@ -331,12 +388,48 @@ def _write_results(
     if gated is not None:  # the gate's warnings go into every SR (Qualitative Evaluations)
         add_quality_warnings_to_srs(results.tagged(), gated.decision.warnings)
     run.check_deadline()
+    # Written into this attempt's own directory, then renamed into place: a worker whose
+    # lease lapsed never deletes or overwrites the files of the job's new holder.
     result_dir = job.result_dir
-    result_dir.mkdir(parents=True, exist_ok=True)
-    stale = clear_results(result_dir)
-    if stale:  # an earlier run of this job was interrupted or its files were damaged
-        run.event(EventCode.RESULTS_STALE_REMOVED, ",".join(stale))
+    result_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = _attempt_dir(result_dir, job.attempt)
+    stale = []
+    for leftover in [staging, *_dead_attempts(result_dir)]:  # never a live holder's
+        if leftover.is_dir():
+            stale += clear_results(leftover)
+            shutil.rmtree(leftover, ignore_errors=True)
+    if stale:  # an earlier run of this job was interrupted
+        run.event(EventCode.RESULTS_STALE_REMOVED, ",".join(sorted(stale)))
         log.warning("stale result files removed job_id=%d count=%d", job.job_id, len(stale))
+    staging.mkdir()
+    try:
+        files, summary = _write_files(run, plugin, prediction, staging, results, result_dir)
+        run.check_deadline()  # the lease is still held: the results may replace the job's
+        _publish(run, staging, result_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    fault_point("results_written")
+    run.seconds["encode"] = time.perf_counter() - encode_started
+    run.event(
+        EventCode.RESULTS_ENCODED,
+        f"seconds={run.seconds['encode']:.3f} "
+        + " ".join(f"{tag}={value:.3f}" for tag, value in results.seconds.items()),
+    )
+    return run.output(DONE, result_dir=result_dir, files=tuple(files), summary=summary)
+
+
+def _write_files(
+    run: _Run,
+    plugin: InferencePlugin,
+    prediction: Prediction,
+    staging: Path,
+    results: Any,
+    result_dir: Path,
+) -> tuple[list[ResultFile], dict[str, Any]]:
+    """Write the summary, the result objects and the manifest (last) into ``staging``;
+    the returned paths are where they will be once published into ``result_dir``."""
+    job = run.job
+    assert job.plan is not None
     summary = prediction_json(
         prediction,
         job_id=job.job_id,
@@ -349,20 +442,29 @@ def _write_results(
         shadow=job.shadow,
         quality=run.quality,
     )
-    write_summary(result_dir, summary)
+    write_summary(staging, summary)
     files: list[ResultFile] = []
+    names: list[Path] = []
     for tag, dataset in results.tagged():
-        path = result_dir / file_name(tag, str(dataset.SOPInstanceUID))
-        write_durably(path, partial(_write_dataset, dataset))
-        files.append(ResultFile(path, tag, job.plan.destinations_of(tag)))
-    write_manifest(result_dir, [f.path for f in files])  # last: the exporter sends only those
+        name = file_name(tag, str(dataset.SOPInstanceUID))
+        write_durably(staging / name, partial(_write_dataset, dataset))
+        names.append(staging / name)
+        files.append(ResultFile(result_dir / name, tag, job.plan.destinations_of(tag)))
+    write_manifest(staging, names)  # last: the exporter sends only those
     if results.radiomics is not None:
-        write_radiomics(result_dir, results.radiomics)
-    fault_point("results_written")
-    run.seconds["encode"] = time.perf_counter() - encode_started
-    run.event(
-        EventCode.RESULTS_ENCODED,
-        f"seconds={run.seconds['encode']:.3f} "
-        + " ".join(f"{tag}={value:.3f}" for tag, value in results.seconds.items()),
-    )
-    return run.output(DONE, result_dir=result_dir, files=tuple(files), summary=summary)
+        write_radiomics(staging, results.radiomics)
+    return files, summary
+
+
+def _publish(run: _Run, staging: Path, result_dir: Path) -> None:
+    """Rename ``staging`` to ``result_dir``; an earlier run's directory there is replaced
+    (its files named in a ``results.stale_removed`` event)."""
+    if result_dir.exists():
+        stale = clear_results(result_dir)
+        old = staging.with_suffix(".old")
+        os.replace(result_dir, old)
+        shutil.rmtree(old, ignore_errors=True)
+        if stale:  # an earlier run of this job was interrupted or its files were damaged
+            run.event(EventCode.RESULTS_STALE_REMOVED, ",".join(stale))
+            log.warning("stale result files removed job_id=%d count=%d", run.job.job_id, len(stale))
+    os.replace(staging, result_dir)

@@ -80,6 +80,8 @@ class JobInput:
     result_dir: Path | None = None
     shadow: bool = False
     timeout_seconds: float | None = None
+    #: The lease owner running this attempt (names its temporary result directory).
+    attempt: str = ""
     quality: QualitySettings = field(default_factory=QualitySettings)
     prior: PriorInput | None = None
     previous_result_dir: Path | None = None

@@ -135,6 +135,7 @@ def prepare(job: Job, sources: Sources) -> JobInput:
         result_dir=sources.results_dir / job.study_uid / job.series_uid / f"job-{job.id}",
         shadow=job.shadow,
         timeout_seconds=sources.timeout_seconds,
+        attempt=job.owner or "",
         quality=quality,
         prior=_prior(sources.series, paths) if needs_prior else None,
         previous_result_dir=sources.queue.previous_result_dir(job.series_uid, job.rule, job.id),

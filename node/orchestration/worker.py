@@ -29,14 +29,16 @@ from typing import Any
 import torch
 
 from node.config import AnyDestination, RuleSettings
+from node.orchestration.execute import lease_lost
 from node.orchestration.executor import Executor, JobLost, LocalExecutor, QueueingExecutor
 from node.orchestration.job import DONE, JobOutput
 from node.orchestration.prepare import Sources, prepare
 from node.orchestration.record import log_end, record_end, record_events
 from node.orchestration.registry import PluginRegistry
 from node.polling import PollingThread
+from node.state.events import EventCode
 from node.state.jobs import Job, JobQueue
-from node.state.lease import owner_name
+from node.state.lease import LeaseKeeper, owner_name
 from node.state.series import SeriesStore
 
 log = logging.getLogger(__name__)
@@ -101,7 +103,7 @@ class InferenceWorker(PollingThread):
         if job is None:
             return False
         # The lease is renewed while the job runs and until its end is recorded.
-        with self._queue.keep_lease(job, self._clock).held():
+        with self._keep_lease(job).held():
             try:
                 output = self._executor.submit(prepare(job, self._sources)).result()
             except Exception as exc:  # prepare failed, or the executor lost the job
@@ -109,8 +111,45 @@ class InferenceWorker(PollingThread):
             self._record(job, output)
         return True
 
+    def _keep_lease(self, job: Job) -> LeaseKeeper:
+        """The keeper of ``job``'s lease; losing it to another holder stops the job at its
+        next check (as a job past its deadline stops)."""
+        keeper = self._queue.keep_lease(job, self._clock)
+
+        def lost() -> None:
+            if self._holder(job) is not None:
+                lease_lost(job.id, self.owner)
+
+        keeper.on_lost = lost
+        return keeper
+
+    def _holder(self, job: Job) -> str | None:
+        """Who holds ``job`` now when this worker no longer does (None: this worker, or
+        the job ended, e.g. cancelled)."""
+        now = self._queue.get(job.id)
+        if now is None or now.state not in ("queued", "running", "exporting"):
+            return None
+        if now.state != "queued" and now.owner == self.owner:
+            return None
+        return now.owner or f"the queue ({now.state})"
+
     def _record(self, job: Job, output: JobOutput) -> None:
-        """Record ``output``: its events, then the end state (retried unless done)."""
+        """Record ``output``: its events, then the end state (retried unless done). A job
+        whose lease another holder took records only a ``job.lease_lost`` event."""
+        try:
+            holder = self._holder(job)
+        except Exception:  # the database refuses: the end state's retries deal with it
+            holder = None
+        if holder is not None:
+            log.warning("lease lost, outcome not recorded job_id=%d", job.id)
+            self._queue.add_event(
+                job.id,
+                self._clock(),
+                EventCode.JOB_LEASE_LOST,
+                f"{self.owner} lost its lease to {holder}; its outcome not recorded:"
+                f" {output.outcome}",
+            )
+            return
         try:
             record_events(self._queue, output, self._clock, job.started_at)
             if output.outcome == DONE:
@@ -203,7 +242,7 @@ class PipelinedWorker(InferenceWorker):
                 break
             busy = True
             lease = ExitStack()
-            lease.enter_context(self._queue.keep_lease(job, self._clock).held())
+            lease.enter_context(self._keep_lease(job).held())
             try:
                 future = self._pipeline.submit(prepare(job, self._sources))
             except Exception as exc:  # prepare failed, or the executor refused the job

@@ -68,11 +68,26 @@ class PullService(PollingThread):
         rule: str | None,
         origin: str,
     ) -> Pull:
-        """Queue a pull; raise :class:`NotFound` for an unknown source."""
+        """Queue a pull (or find the pending one); raise :class:`NotFound` for an unknown source."""
+        return self.request(
+            source=source, study_uid=study_uid, series_uid=series_uid, rule=rule, origin=origin
+        )[0]
+
+    def request(
+        self,
+        *,
+        source: str,
+        study_uid: str | None,
+        series_uid: str | None,
+        rule: str | None,
+        origin: str,
+    ) -> tuple[Pull, bool]:
+        """Queue a pull unless the same one is queued or running; return it and whether it
+        is new. Raise :class:`NotFound` for an unknown source."""
         if source not in self._sources():
             known = ", ".join(sorted(self._sources())) or "none configured"
             raise NotFound(f"no source named {source!r} (known: {known})")
-        pull = self._store.add(
+        pull, created = self._store.request(
             source=source,
             study_uid=study_uid or "",
             series_uid=series_uid,
@@ -81,7 +96,8 @@ class PullService(PollingThread):
             now=self._clock(),
         )
         log.info(
-            "pull queued pull_id=%d source=%s study_uid=%s series_uid=%s rule=%s origin=%s",
+            "pull %s pull_id=%d source=%s study_uid=%s series_uid=%s rule=%s origin=%s",
+            "queued" if created else f"already {pull.state}",
             pull.id,
             source,
             study_uid or "-",
@@ -89,8 +105,9 @@ class PullService(PollingThread):
             rule or "-",
             origin,
         )
-        self.wake()
-        return pull
+        if created:
+            self.wake()
+        return pull, created
 
     def run_once(self) -> bool:
         pull = self._store.claim(self._clock(), self._owner)

@@ -203,6 +203,8 @@ class LeaseKeeper:
         self._interval = interval_seconds
         self._stop = threading.Event()
         self.lost = False
+        #: Called (on the keeper's thread) once the lease is lost.
+        self.on_lost: Callable[[], None] | None = None
         self._thread = threading.Thread(target=self._run, name="lease-keeper", daemon=True)
 
     def _run(self) -> None:
@@ -224,6 +226,8 @@ class LeaseKeeper:
             if not held:
                 log.warning("lease lost to another owner")
                 self.lost = True
+                if self.on_lost is not None:
+                    self.on_lost()
                 return
 
     @contextmanager

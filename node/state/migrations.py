@@ -468,6 +468,32 @@ def _performed_workitems(cursor: Cursor) -> None:
     )
 
 
+def _one_pending_pull(cursor: Cursor) -> None:
+    # At most one queued or running pull per request (source, study, series, rule): a
+    # repeated request (an Orthanc retry) finds the first one instead of adding another.
+    # Older duplicates fail, naming the pull they repeat (retrieval would fetch the same).
+    cursor.execute(
+        "SELECT id, source, study_uid, series_uid, rule FROM pulls"
+        " WHERE state IN ('queued', 'running') ORDER BY id"
+    )
+    first: dict[tuple[str, str, str, str], int] = {}
+    for row in cursor.fetchall():
+        key = (row["source"], row["study_uid"], row["series_uid"] or "", row["rule"] or "")
+        if key in first:
+            cursor.execute(
+                "UPDATE pulls SET state = 'failed', error = ?, owner = NULL,"
+                " lease_expires_at = NULL WHERE id = ?",
+                (f"a repeat of pull {first[key]}", row["id"]),
+            )
+        else:
+            first[key] = int(row["id"])
+    cursor.execute(
+        "CREATE UNIQUE INDEX IF NOT EXISTS pulls_pending ON pulls"
+        " (source, study_uid, COALESCE(series_uid, ''), COALESCE(rule, ''))"
+        " WHERE state IN ('queued', 'running')"
+    )
+
+
 @dataclass(frozen=True)
 class Migration:
     """One step of the schema: run once to move a database to ``version``."""
@@ -485,6 +511,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(8, "instances name the node that received them", _received_by),
     Migration(9, "UPS workitems and their subscriptions", _workitems),
     Migration(10, "workitems the node performs for another worklist", _performed_workitems),
+    Migration(11, "one queued or running pull per request", _one_pending_pull),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

@@ -112,15 +112,55 @@ class PullStore:
         origin: str,
         now: float,
     ) -> Pull:
-        with self._db.transaction() as cursor:
-            cursor.execute(
-                "INSERT INTO pulls (source, study_uid, series_uid, rule, origin, created_at,"
-                " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (source, study_uid, series_uid, rule, origin, now, now),
-            )
-            pull_id = int(cursor.lastrowid or 0)
-            cursor.execute("SELECT * FROM pulls WHERE id = ?", (pull_id,))
-            return _pull(cursor.fetchone())
+        """Queue a pull, or return the queued or running one for the same request."""
+        return self.request(
+            source=source,
+            study_uid=study_uid,
+            series_uid=series_uid,
+            rule=rule,
+            origin=origin,
+            now=now,
+        )[0]
+
+    def request(
+        self,
+        *,
+        source: str,
+        study_uid: str,
+        series_uid: str | None,
+        rule: str | None,
+        origin: str,
+        now: float,
+    ) -> tuple[Pull, bool]:
+        """Queue a pull unless one for the same source, study, series and rule is queued
+        or running; return it and whether it is new.
+
+        The unique index ``pulls_pending`` decides (migration 11), so two nodes asking at
+        once still make one pull. A request after the earlier pull ended makes a new one
+        (instances may have arrived since).
+        """
+        pending = (
+            "SELECT * FROM pulls WHERE source = ? AND study_uid = ?"
+            " AND COALESCE(series_uid, '') = ? AND COALESCE(rule, '') = ?"
+            " AND state IN ('queued', 'running')"
+        )
+        key = (source, study_uid, series_uid or "", rule or "")
+        while True:
+            with self._db.transaction() as cursor:
+                cursor.execute(
+                    "INSERT INTO pulls (source, study_uid, series_uid, rule, origin, created_at,"
+                    " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                    (source, study_uid, series_uid, rule, origin, now, now),
+                )
+                if cursor.rowcount == 1:
+                    pull_id = int(cursor.lastrowid or 0)
+                    cursor.execute("SELECT * FROM pulls WHERE id = ?", (pull_id,))
+                    return _pull(cursor.fetchone()), True
+                cursor.execute(pending, key)
+                row = cursor.fetchone()
+                if row is not None:
+                    return _pull(row), False
+            # The pending pull ended between the insert and the look-up: ask again.
 
     def claim(self, now: float, owner: str | None = None) -> Pull | None:
         """Mark the oldest due queued pull running for ``owner`` and return it (a running
