@@ -190,6 +190,9 @@ def test_stage_seconds_come_from_the_job_events(database, clock) -> None:
 def test_device_of_reads_the_worker_owner() -> None:
     assert device_of("owner=host:12:worker-cuda:0") == "cuda:0"
     assert device_of("owner=host:12:worker-cpu") == "cpu"
+    # A named node (several nodes sharing one state) appends @name to its owners.
+    assert device_of("owner=host:12:worker-cuda:1@node-a:11112 lease=60") == "cuda:1"
+    assert device_of("owner=host:12:worker-cpu@host:11112") == "cpu"
     assert device_of("") == ""
 
 

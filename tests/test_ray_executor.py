@@ -229,7 +229,8 @@ def test_a_lost_job_fails_its_future_with_job_lost(ray_session, tmp_path):
             future.result(timeout=120)
         # The restarted actor takes jobs again.
         again = ray_executor.submit(job_input(tmp_path, 2, plugin="ray_body"))
-        assert again.result(timeout=120).outcome == DONE
+        # A generous bound: a fresh actor imports torch, slow on 2 cores beside other workers.
+        assert again.result(timeout=400).outcome == DONE
     finally:
         ray_executor.shutdown()
 

@@ -29,10 +29,11 @@ _TIMED = {
 
 
 def device_of(started_detail: str | None) -> str:
-    """The device in a ``job.started`` detail (``owner=host:pid:worker-cuda:0``); '' if none."""
+    """The device in a ``job.started`` detail (``owner=host:pid:worker-cuda:0``, with
+    ``@node`` after it when the node has a name); '' if none."""
     if not started_detail or _WORKER not in started_detail:
         return ""
-    return started_detail.rsplit(_WORKER, 1)[1].split()[0]
+    return started_detail.rsplit(_WORKER, 1)[1].split()[0].partition("@")[0]
 
 
 def seconds_of(detail: str | None) -> float | None:
