@@ -16,21 +16,11 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from tools.viewer.chromium import CHROMIUM, CHROMIUM_FLAGS
+
 if TYPE_CHECKING:
     from playwright.sync_api import Page
 
-CHROMIUM = "/usr/bin/chromium"
-#: Headless, no sandbox (root in CI), software rendering, nothing that phones home.
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 #: Marks a test (or module, in ``pytestmark``) that needs the browser.
 needs_chromium = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium")
 
@@ -58,7 +48,7 @@ def browser_page(
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=list(CHROMIUM_FLAGS))
         try:
             context = browser.new_context(
                 viewport={"width": width, "height": height},

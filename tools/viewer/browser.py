@@ -28,18 +28,8 @@ import numpy as np
 from PIL import Image
 from playwright.sync_api import BrowserContext, Locator, Page, sync_playwright
 
-CHROMIUM = "/usr/bin/chromium"
-#: Headless, no sandbox (root in CI), software rendering, nothing that phones home.
-CHROMIUM_FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-)
+from tools.viewer.chromium import CHROMIUM, CHROMIUM_FLAGS
+
 #: OHIF's onboarding tour covers the image unless marked as shown.
 _NO_TOUR = "localStorage.setItem('shownTours', JSON.stringify(['basicViewerTour']));"
 
