@@ -20,6 +20,22 @@ from node.state.series import SeriesRow, SeriesStore
 log = logging.getLogger(__name__)
 
 
+def queue_rule_job(queue: JobQueue, row: SeriesRow, rule: RuleSettings, now: float) -> int:
+    """Queue ``rule``'s job for the series ``row`` (its plugin, destinations, priority);
+    return the job's id."""
+    return queue.enqueue(
+        series_uid=row.series_uid,
+        study_uid=row.study_uid,
+        generation=row.generation,
+        rule=rule.name,
+        plugin=rule.plugin,
+        destinations=list(rule.send_to),
+        priority=rule.priority,
+        now=now,
+        shadow=rule.shadow,
+    )
+
+
 class Dispatcher:
     """Turns complete series into queued jobs."""
 
@@ -71,20 +87,7 @@ class Dispatcher:
             return []
         now = self._clock()
         with self._series.atomically():  # every matching rule's job, or none
-            job_ids = [
-                self._queue.enqueue(
-                    series_uid=row.series_uid,
-                    study_uid=row.study_uid,
-                    generation=row.generation,
-                    rule=rule.name,
-                    plugin=rule.plugin,
-                    destinations=list(rule.send_to),
-                    priority=rule.priority,
-                    now=now,
-                    shadow=rule.shadow,
-                )
-                for rule in rules
-            ]
+            job_ids = [queue_rule_job(self._queue, row, rule, now) for rule in rules]
             if row.hold_reason:  # the job says why its series waited longer than usual
                 for job_id in job_ids:
                     self._queue.add_event(job_id, now, EventCode.COMPLETION_HELD, row.hold_reason)

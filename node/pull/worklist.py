@@ -40,6 +40,7 @@ from node.config import (
 )
 from node.config.destinations import DestinationBase
 from node.dicomweb.ups_client import UpsClient, WorkitemConflict, WorklistError, to_json
+from node.orchestration.dispatch import queue_rule_job
 from node.polling import PollingThread
 from node.pull.service import PullService
 from node.state.jobs import Job, JobQueue
@@ -408,18 +409,7 @@ class RemoteWorklistPerformer(PollingThread):
         held = [row for ref in refs if (row := self._series.series(ref.series_uid)) is not None]
         if rule is None or not held:
             return None
-        row = held[0]
-        job_id = self._queue.enqueue(
-            series_uid=row.series_uid,
-            study_uid=row.study_uid,
-            generation=row.generation,
-            rule=rule.name,
-            plugin=rule.plugin,
-            destinations=list(rule.send_to),
-            priority=rule.priority,
-            now=self._clock(),
-            shadow=rule.shadow,
-        )
+        job_id = queue_rule_job(self._queue, held[0], rule, self._clock())
         log.info("job queued for workitem workitem_uid=%s job_id=%d", claim.workitem_uid, job_id)
         self._on_enqueued()
         return self._queue.get(job_id)
