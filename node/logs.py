@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import logging
 import re
+import sys
 import threading
 import time
 from datetime import UTC, datetime
@@ -195,13 +196,33 @@ class RecentRecords(logging.Handler):
 RECENT = RecentRecords()
 
 
+class StderrHandler(logging.StreamHandler):
+    """A stream handler that writes to whatever ``sys.stderr`` is when a record is emitted.
+
+    A plain ``StreamHandler()`` keeps the stream it was created with; once that stream is
+    replaced and closed (a redirected or captured stderr, an embedding host swapping it),
+    every later record fails with "--- Logging error ---" instead of being written.
+    """
+
+    def __init__(self) -> None:
+        logging.Handler.__init__(self)
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        """``setStream`` and ``StreamHandler.__init__`` assign it; stderr is always current."""
+
+
 def configure(level: str = "INFO", log_format: LogFormat = "text") -> None:
     """Root logging to stderr in ``log_format``, plus :data:`RECENT`.
 
     Below DEBUG, libraries are held at WARNING (highdicom alone writes ~30 INFO lines
     a job); at DEBUG they log at their own levels.
     """
-    handler = logging.StreamHandler()
+    handler = StderrHandler()
     handler.setFormatter(json_formatter() if log_format == "json" else text_formatter())
     debug = level.upper() == "DEBUG"
     if not debug:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import re
 import sqlite3
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -93,6 +95,23 @@ def test_libraries_log_info_only_at_debug(
     logging.getLogger("some_new_library").debug("chatty")
     loud = capsys.readouterr().err
     assert "copy attributes" in loud and "chatty" in loud
+
+
+def test_records_go_to_the_current_stderr_after_the_old_one_is_closed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A CLI run under a captured stderr must not break logging for whatever runs next."""
+    first = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    configure("INFO", "text")
+    logging.getLogger("node.test").warning("into the first stream")
+    first.close()
+    second = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", second)
+    logging.getLogger("node.test").warning("into the second stream")
+    written = second.getvalue()
+    assert "Logging error" not in written
+    assert _TEXT_LINE.match(written) and "into the second stream" in written
 
 
 def test_logging_settings_accept_lower_case_and_environment() -> None:
