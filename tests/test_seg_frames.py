@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import tracemalloc
+from io import BytesIO
 from pathlib import Path
 
 import highdicom as hd
@@ -18,10 +20,12 @@ from node.contract.plugin import Prediction
 from node.contract.volume import Volume
 from node.results import analysis, load_template
 from node.results.analysis import segment_numbers_map
+from node.results.encode import Streamed, encode_file, write_file
 from node.results.identity import SeriesIdentity
 from node.results.seg import frames
 from node.results.seg.segmentation import build_seg
 from node.results.source import buildable_volume
+from tests.support.validators import dciodvfy_errors
 
 #: Differ between any two builds: creation times and highdicom's random organization UID
 #: (checked by :func:`_one_organization`).
@@ -60,9 +64,39 @@ def _one_organization(seg: Dataset) -> bool:
     return all(item.DimensionOrganizationUID == uid for item in seg.DimensionIndexSequence)
 
 
-def _volume(directory: Path, slices: int, size: int) -> Volume:
-    _, paths = write_ct_series(directory / "ct", slices, rows=size, columns=size)
-    return buildable_volume(assemble_volume(pydicom.dcmread(path) for path in paths))
+def _volume(
+    directory: Path, slices: int, size: int, columns: int | None = None, *, turn: float = 0.0
+) -> Volume:
+    """A CT series; ``turn`` rotates its rows and columns in the axial plane (degrees)."""
+    _, paths = write_ct_series(directory / "ct", slices, rows=size, columns=columns or size)
+    datasets = [pydicom.dcmread(path) for path in paths]
+    if turn:
+        c, s = math.cos(math.radians(turn)), math.sin(math.radians(turn))
+        for dataset in datasets:
+            dataset.ImageOrientationPatient = [c, s, 0.0, -s, c, 0.0]
+    return buildable_volume(assemble_volume(datasets))
+
+
+def _streamed(seg: Dataset) -> list[str]:
+    """Keywords of the top-level values still to be made when written."""
+    return [e.keyword for e in seg._dict.values() if isinstance(e._value, Streamed)]
+
+
+def _align(reference: Dataset, fast: Dataset) -> None:
+    """Give ``reference`` the per-build values of ``fast`` (creation times, the UID)."""
+    for tag in list(reference.keys()):
+        element = reference[tag]
+        if element.keyword in _PER_BUILD:
+            element.value = fast[tag].value
+        elif element.VR == "SQ":
+            for mine, theirs in zip(element.value, fast[tag].value, strict=True):
+                _align(mine, theirs)
+
+
+def _dcmwrite(dataset: Dataset) -> bytes:
+    buffer = BytesIO()
+    pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
+    return buffer.getvalue()
 
 
 def _build_both(
@@ -156,3 +190,83 @@ def test_segment_numbers_map_recodes_without_an_index_copy(
     recoded = segment_numbers_map(Prediction(label_map=mask), volume, one)
     assert recoded.dtype == np.uint8
     np.testing.assert_array_equal(recoded, mask.astype(np.uint8))
+
+
+@pytest.mark.parametrize(
+    ("case", "labels"),
+    [
+        ("axial", 1),
+        ("axial", 5),  # the last segment empty
+        ("axial", frames.FIND_OBJECTS_SEGMENTS + 4),  # bounding boxes; the last empty
+        ("odd frame bytes", 3),  # 12 x 6: 9 bytes a frame, rows not whole bytes, padded
+        ("turned", 4),
+    ],
+)
+def test_streamed_seg_file_is_dcmwrite_of_highdicoms_construction(
+    tmp_path: Path, case: str, labels: int
+) -> None:
+    if case == "odd frame bytes":
+        volume = _volume(tmp_path, slices=6, size=12, columns=6)
+    else:
+        volume = _volume(tmp_path, slices=10, size=32, turn=30.0 if case == "turned" else 0.0)
+    label_map = blob_label_map(volume.shape, labels)
+    if labels > 1:
+        label_map[label_map == labels] = 0
+    fast, reference = _build_both(tmp_path, volume, labels, label_map)
+
+    expected_streamed = (
+        ["PixelData"] if labels == 1 else ["PerFrameFunctionalGroupsSequence", "PixelData"]
+    )
+    assert _streamed(fast) == expected_streamed
+    streamed = encode_file(fast)  # the worker's writer, values made while writing
+    with (tmp_path / "written.dcm").open("wb") as handle:
+        assert write_file(fast, handle) == len(streamed)
+    assert (tmp_path / "written.dcm").read_bytes() == streamed
+    assert _streamed(fast) == expected_streamed  # still not held
+    # Byte for byte: pydicom's dcmwrite of highdicom's own construction…
+    _align(reference, fast)
+    assert streamed == _dcmwrite(reference)
+    # …and of the in-memory object (its values made on access).
+    assert streamed == _dcmwrite(fast)
+    assert _streamed(fast) == []
+    assert dciodvfy_errors(tmp_path / "written.dcm") == []
+
+
+def test_streamed_seg_is_written_without_holding_its_pixel_data_or_items(tmp_path: Path) -> None:
+    volume = _volume(tmp_path, slices=32, size=256)
+    labels = 60
+    label_map = blob_label_map(volume.shape, labels)
+    template = load_template(write_template(tmp_path, labels))
+    series = SeriesIdentity.of(
+        template, series_instance_uid="2.25.1", series_number=9001, series_description="AI SEG"
+    )
+    pixel_data = labels * 32 * 256 * 256 // 8  # 7.5 x the uint8 label map
+    path = tmp_path / "seg.dcm"
+
+    def build() -> Dataset:
+        return build_seg(
+            volume,
+            Prediction(label_map=label_map),
+            template,
+            series=series,
+            sop_instance_uid="2.25.2",
+            revision=1,
+            segment_numbers=label_map,
+        )
+
+    with path.open("wb") as handle:  # once before: highdicom loads its tables once
+        write_file(build(), handle)
+    tracemalloc.start()
+    with path.open("wb") as handle:
+        written = write_file(build(), handle)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+
+    assert written == path.stat().st_size > pixel_data
+    # The old path held the whole Pixel Data and 1,920 per-frame item datasets.
+    assert peak < 2 * label_map.nbytes, peak / label_map.nbytes
+    read = hd.seg.segread(path)
+    uids = [str(d.SOPInstanceUID) for d in volume.datasets]
+    pixels = read.get_pixels_by_source_instance(uids, segment_numbers=[1, 30, labels])
+    for index, number in enumerate((1, 30, labels)):
+        np.testing.assert_array_equal(pixels[..., index], label_map == number)

@@ -43,7 +43,7 @@ from node.orchestration.priors import NoPrior
 from node.orchestration.registry import PluginRegistry
 from node.orchestration.summary import prediction_json, quality_json, write_summary
 from node.results import build_results, load_template_by_name
-from node.results.encode import encode_chunks
+from node.results.encode import encode_chunks, iter_bytes
 from node.results.manifest import clear_results, write_manifest
 from node.results.plan import Resolved
 from node.results.quality_note import add_quality_warnings_to_srs
@@ -99,7 +99,7 @@ def _write_dataset(dataset: Dataset, handle: BinaryIO) -> None:
     chunks = encode_chunks(dataset)
     half = sum(len(chunk) for chunk in chunks) // 2
     written = 0
-    for chunk in chunks:
+    for chunk in iter_bytes(chunks):  # a streamed value (a large SEG's frames) made here
         if written <= half < written + len(chunk):
             view = memoryview(chunk)
             handle.write(view[: half - written])

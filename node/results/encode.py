@@ -13,11 +13,16 @@ own ``write_data_element``, and an object it cannot take at all (another transfe
 syntax, an ambiguous VR pydicom cannot resolve, group 0/2 elements in the data set) by
 ``dcmwrite`` itself.
 ``tests/test_encode.py`` checks the bytes against ``dcmwrite`` for every shipped result.
+
+A value too large to hold (a 100-segment SEG's Pixel Data, its 30,000 per-frame items) can
+be a :class:`Streamed` value: the writer emits its bytes chunk by chunk as the file is
+written; ``dcmwrite`` (the fallback) gets it materialized.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
 from copy import deepcopy
 from io import BytesIO
 from struct import Struct, pack
@@ -41,10 +46,11 @@ from pydicom.filewriter import (
     write_file_meta_info,
 )
 from pydicom.multival import MultiValue
+from pydicom.tag import BaseTag
 from pydicom.uid import ExplicitVRLittleEndian
 from pydicom.valuerep import AMBIGUOUS_VR, EXPLICIT_VR_LENGTH_32
 
-__all__ = ["encode_body", "encode_file", "write_file"]
+__all__ = ["Streamed", "encode_body", "encode_chunks", "encode_file", "iter_bytes", "write_file"]
 
 _TAG_VR_LEN16 = Struct("<HH2sH")
 _TAG_VR_LEN32 = Struct("<HH2s2xL")
@@ -76,6 +82,44 @@ def _vr_of(elem: RawDataElement) -> str:
         return "UN"
 
 
+class Streamed(ABC):
+    """An element value whose encoded bytes are made while the file is written.
+
+    ``len()`` is the length of the encoded value (even); :meth:`chunks` yields those
+    bytes in order, each call anew; :meth:`materialize` is the value as pydicom holds it
+    (``bytes`` for OB/OW, a list of items for SQ), for ``dcmwrite`` and readers.
+    """
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+    @abstractmethod
+    def chunks(self) -> Iterator[bytes | bytearray | memoryview]: ...
+
+    @abstractmethod
+    def materialize(self) -> Any: ...
+
+
+#: A piece of an encoded file: bytes, or a streamed value's bytes still to be made.
+Chunk = bytes | bytearray | Streamed
+
+
+def materialize(dataset: Dataset) -> None:
+    """Replace the data set's top-level :class:`Streamed` values by their real values."""
+    for elem in dataset._dict.values():
+        if isinstance(elem, DataElement) and isinstance(elem._value, Streamed):
+            elem._value = elem._value.materialize()
+
+
+def iter_bytes(chunks: Iterable[Chunk]) -> Iterator[bytes | bytearray | memoryview]:
+    """The file's bytes, chunk by chunk (streamed values made one piece at a time)."""
+    for chunk in chunks:
+        if isinstance(chunk, Streamed):
+            yield from chunk.chunks()
+        else:
+            yield chunk
+
+
 class _Unsupported(Exception):
     """The object is written by ``dcmwrite`` itself."""
 
@@ -105,7 +149,7 @@ class _Encoder:
         self,
         dataset: Dataset,
         parent: object,
-        out: list[bytes | bytearray],
+        out: list[Chunk],
         ancestors: tuple[Dataset, ...] = (),
     ) -> None:
         """Append the encoded elements of ``dataset`` to ``out`` (pydicom's write_dataset)."""
@@ -151,12 +195,18 @@ class _Encoder:
         self,
         elem: DataElement,
         encodings: list[str],
-        out: list[bytes | bytearray],
+        out: list[Chunk],
         ancestors: tuple[Dataset, ...],
     ) -> None:
         vr = elem.VR
         tag = elem.tag
         value = elem._value
+        if isinstance(value, Streamed):
+            if vr not in _LONG or elem.is_undefined_length:
+                raise _Unsupported
+            out.append(_TAG_VR_LEN32.pack(tag >> 16, tag & 0xFFFF, vr.encode(), len(value)))
+            out.append(value)
+            return
         if vr == "SQ":
             self.sequence(elem, encodings, out, ancestors)
             return
@@ -279,7 +329,7 @@ class _Encoder:
         self,
         elem: DataElement,
         encodings: list[str],
-        out: list[bytes | bytearray],
+        out: list[Chunk],
         ancestors: tuple[Dataset, ...],
     ) -> None:
         tag = elem.tag
@@ -287,9 +337,9 @@ class _Encoder:
         for item in elem._value:
             if not isinstance(item, Dataset):
                 raise _Unsupported
-            parts: list[bytes | bytearray] = []
+            parts: list[Chunk] = []
             self.dataset(item, encodings, parts, ancestors)
-            encoded = b"".join(parts)
+            encoded = b"".join(iter_bytes(parts))
             if getattr(item, "is_undefined_length_sequence_item", False):
                 body += _ITEM.pack(0xFFFE, 0xE000, _UNDEFINED)
                 body += encoded
@@ -305,10 +355,10 @@ class _Encoder:
             out.append(_SEQUENCE_DELIMITER)
 
 
-def encode_body(dataset: Dataset) -> list[bytes | bytearray] | None:
+def encode_body(dataset: Dataset) -> list[Chunk] | None:
     """The data set's elements as Explicit VR Little Endian chunks, or None where only
     pydicom's writer can encode it (an ambiguous VR, a non-Dataset item)."""
-    out: list[bytes | bytearray] = []
+    out: list[Chunk] = []
     try:
         _Encoder().dataset(dataset, default_encoding, out)
     except _Unsupported:
@@ -337,17 +387,22 @@ def _file_meta(dataset: Dataset) -> FileMetaDataset | None:
     return file_meta
 
 
-def encode_chunks(dataset: Dataset) -> list[bytes | bytearray]:
+def encode_chunks(dataset: Dataset) -> list[Chunk]:
     """The DICOM file of ``dataset`` as chunks (large values such as Pixel Data are not
-    copied); the bytes equal ``dcmwrite(..., enforce_file_format=True)``'s."""
+    copied, :class:`Streamed` values not yet made: :func:`iter_bytes` gives the bytes);
+    the bytes equal ``dcmwrite(..., enforce_file_format=True)``'s."""
     preamble = getattr(dataset, "preamble", None)
     file_meta = None if preamble and len(preamble) != 128 else _file_meta(dataset)
     body = None if file_meta is None else encode_body(dataset)
     if file_meta is None or body is None:
+        materialize(dataset)
         buffer = BytesIO()
         pydicom.dcmwrite(buffer, dataset, enforce_file_format=True)
         return [buffer.getvalue()]
-    if 0x7FE00010 in dataset._dict:  # as dcmwrite: native Pixel Data has a defined length
+    pixel_data = dataset._dict.get(BaseTag(_PIXEL_DATA))
+    if isinstance(pixel_data, DataElement):  # as dcmwrite: native Pixel Data has a defined length
+        pixel_data.is_undefined_length = False
+    elif pixel_data is not None:
         dataset["PixelData"].is_undefined_length = False
     header = DicomBytesIO()
     header.is_little_endian = True
@@ -360,12 +415,12 @@ def encode_chunks(dataset: Dataset) -> list[bytes | bytearray]:
 
 def encode_file(dataset: Dataset) -> bytes:
     """The DICOM file of ``dataset``: the bytes of ``dcmwrite(enforce_file_format=True)``."""
-    return b"".join(encode_chunks(dataset))
+    return b"".join(iter_bytes(encode_chunks(dataset)))
 
 
 def write_file(dataset: Dataset, handle: BinaryIO) -> int:
     """Write the DICOM file of ``dataset`` to ``handle``; returns the bytes written."""
     written = 0
-    for chunk in encode_chunks(dataset):
+    for chunk in iter_bytes(encode_chunks(dataset)):
         written += handle.write(chunk)
     return written

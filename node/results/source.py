@@ -141,7 +141,8 @@ def _non_ascii_texts(dataset: Dataset) -> Iterator[str]:
             element = dataset[element.tag]
         vr = element.VR
         if vr == "SQ":
-            for item in element.value:
+            # A streamed SEG's per-frame items name the few that hold all their text.
+            for item in getattr(element.value, "text_items", element.value):
                 yield from _non_ascii_texts(item)
             continue
         if vr not in _TEXT_VRS or element.value is None:

@@ -2,39 +2,52 @@
 
 highdicom builds a BINARY SEG one frame at a time (a boolean mask, a flattened copy,
 bit packing and a per-frame functional groups item of fresh datasets): with every frame
-kept, 100 segments on 300 slices are 30 000 rounds of that loop. Here highdicom builds
-the SEG of the first segment only (one frame per slice, all empty), which gives every
-attribute that does not depend on the segments' pixels; then:
+kept, 100 segments on 300 slices are 30 000 rounds of that loop, and the object holds
+30 000 items and a 950 MB Pixel Data. Here highdicom builds the SEG of the first segment
+only (one frame per slice, all empty), which gives every attribute that does not depend
+on the segments' pixels; then the object becomes a :class:`StreamedSegmentation` whose
+two large values are :class:`node.results.encode.Streamed` (made while the file is
+written, never held whole):
 
-* the per-frame items are new items that share that build's Plane Position and
-  Derivation Image elements (the same values on every segment of a slice) and have
-  their own Frame Content (Dimension Index Values) and their segment's one Segment
-  Identification element (highdicom puts it in the shared functional groups when there
-  is one segment);
-* Pixel Data is one buffer of zero frames into which each segment's non-empty slices are
-  written, packed with ``np.packbits`` a few slices at a time (no one-hot array of the
-  whole label map);
+* :class:`FrameItems`: the per-frame items, as bytes per segment: each plane's Plane
+  Position and Derivation Image elements are encoded once (the same on every segment of
+  a slice), Frame Content (Dimension Index Values) and Segment Identification are packed
+  per frame (highdicom puts the identification in the shared functional groups when there
+  is one segment: then the probe's own items are kept);
+* :class:`PackedFrames`: Pixel Data, segment after segment, a few frames at a time, each
+  segment's frames packed with ``np.packbits`` inside its bounding box only (no one-hot
+  array of the whole label map);
 * Segment Sequence gets every description, and a single-segment "3D" dimension
   organization is dropped as highdicom does for several segments.
 
-tests/test_seg_frames.py compares the result with highdicom's own construction.
+Reading either value (``seg.PixelData``, ``seg[tag]``, ``dcmwrite``) makes it in place;
+highdicom's frame queries rebuild their tables from the made items. The written bytes
+equal ``dcmwrite`` of highdicom's own construction: tests/test_seg_frames.py.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import struct
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import highdicom as hd
 import numpy as np
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
+from scipy import ndimage
 
 from node.contract.volume import Volume
+from node.results.encode import Streamed, encode_body, iter_bytes, materialize
 from node.results.source import frame_keys
 
-#: Slices packed at a time: bounds the temporary mask to this many slices.
-CHUNK_SLICES = 16
+#: Frames packed at a time: bounds each Pixel Data chunk (and its temporary mask).
+CHUNK_FRAMES = 32
+#: From this many segments Pixel Data packs each segment inside its bounding box (one
+#: ``ndimage.find_objects`` pass, about ten comparisons of the whole map); with fewer,
+#: every frame is compared and packed.
+FIND_OBJECTS_SEGMENTS = 8
 
 _FRAME_CONTENT = Tag(0x00209111)
 _DIMENSION_INDEX_VALUES = Tag(0x00209157)
@@ -42,6 +55,9 @@ _SEGMENT_IDENTIFICATION = Tag(0x0062000A)
 _REFERENCED_SEGMENT_NUMBER = Tag(0x0062000B)
 _DERIVATION_IMAGE = Tag(0x00089124)
 _SOURCE_IMAGE = Tag(0x00082112)
+_PER_FRAME = Tag(0x52009230)
+_PIXEL_DATA = Tag(0x7FE00010)
+_ITEM = struct.Struct("<HHL")
 
 #: ``build(descriptions, pixel_array) -> Segmentation`` with every other argument bound.
 Build = Callable[[Sequence[hd.seg.SegmentDescription], np.ndarray], hd.seg.Segmentation]
@@ -99,25 +115,241 @@ def _frame_item(shared: list[DataElement], plane: int, identification: DataEleme
     return item
 
 
-def _pack(segment_numbers: np.ndarray, frame_slices: list[int], segments: int) -> bytearray:
-    """Pixel Data of ``segments`` segments, frames in segment then plane order."""
-    planes, rows, columns = segment_numbers.shape
-    frame_bytes = rows * columns // 8
-    data = bytearray(segments * planes * frame_bytes)
-    frames = np.frombuffer(data, dtype=np.uint8).reshape(segments, planes, frame_bytes)
-    # Frame position of each volume slice, and the segments on each slice.
-    position = np.empty(planes, dtype=np.intp)
-    position[np.asarray(frame_slices)] = np.arange(planes)
-    for start in range(0, planes, CHUNK_SLICES):
-        chunk = segment_numbers[start : start + CHUNK_SLICES]
-        flat = chunk.reshape(len(chunk), -1)
-        present = np.unique(flat)
-        for number in present[(present > 0) & (present <= segments)].tolist():
-            mask = flat == number
-            on = np.flatnonzero(mask.any(axis=1))
-            packed = np.packbits(mask[on], axis=1, bitorder="little")
-            frames[number - 1, position[start + on]] = packed
-    return data
+class StreamedSegmentation(hd.seg.Segmentation):
+    """A :class:`highdicom.seg.Segmentation` whose large values may be :class:`Streamed`.
+
+    Reading such a value through the data set (an attribute, ``ds[tag]``, ``get_item``,
+    hence pydicom's ``dcmwrite``) replaces it by its real value first; the worker's
+    writer (:mod:`node.results.encode`) streams it instead. highdicom's frame queries
+    (its ``_db_con`` tables) are rebuilt on first use from the made items.
+    """
+
+    def _make(self, key: Any) -> None:
+        try:
+            tag = Tag(key)
+        except (ValueError, TypeError, OverflowError):
+            return
+        elem = self._dict.get(tag)
+        if isinstance(elem, DataElement) and isinstance(elem._value, Streamed):
+            elem._value = elem._value.materialize()
+
+    def __getitem__(self, key: Any) -> Any:
+        if not isinstance(key, slice):
+            self._make(key)
+        return super().__getitem__(key)
+
+    def get_item(self, key: Any, *, keep_deferred: bool = False) -> Any:
+        if not isinstance(key, slice):
+            self._make(key)
+        return super().get_item(key, keep_deferred=keep_deferred)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "_db_con":  # dropped with the one-segment build's frame tables
+            materialize(self)
+            self._build_luts()
+            return object.__getattribute__(self, name)
+        return super().__getattr__(name)
+
+    def __getstate__(self) -> dict[str, Any]:
+        self._db_con  # noqa: B018 - highdicom's state needs its tables
+        return super().__getstate__()
+
+
+class FrameItems(Streamed):
+    """Per-Frame Functional Groups Sequence of ``segments`` segments on the probe's planes.
+
+    ``planes[p]`` is the encoded elements of plane ``p`` (1-based ``p + 1``) around the
+    two per-frame ones: before Frame Content, between it and Segment Identification,
+    after; ``items`` are the probe's items (their elements are shared when materialized).
+    """
+
+    def __init__(
+        self, items: list[Dataset], planes: list[tuple[bytes, bytes, bytes]], segments: int
+    ):
+        self.items = items
+        self.planes = planes
+        self.segments = segments
+        self._content = _encoded_template(_frame_content(1, 1), 8)
+        self._identification = _encoded_template(_segment_identification(1), 2)
+        self._sizes = [
+            sum(map(len, parts)) + len(self._content) + 8 + len(self._identification) + 2
+            for parts in planes
+        ]
+
+    @classmethod
+    def of(cls, items: list[Dataset], segments: int) -> FrameItems | None:
+        """From the one-segment build's items; None when one is not as expected."""
+        planes = []
+        for plane, item in enumerate(items, start=1):
+            if getattr(item, "is_undefined_length_sequence_item", False):
+                return None
+            content = item.get(_FRAME_CONTENT)
+            if (
+                content is None
+                or _SEGMENT_IDENTIFICATION in item
+                or len(content.value) != 1
+                or list(content.value[0].keys()) != [_DIMENSION_INDEX_VALUES]
+                or list(content.value[0][_DIMENSION_INDEX_VALUES].value) != [1, plane]
+            ):
+                return None
+            groups: tuple[list[DataElement], list[DataElement], list[DataElement]] = ([], [], [])
+            for element in item.elements():
+                if element.tag == _FRAME_CONTENT:
+                    continue
+                if not isinstance(element, DataElement) or not _ascii(element):
+                    return None  # text outside ASCII would depend on the character set
+                position = (element.tag > _FRAME_CONTENT) + (element.tag > _SEGMENT_IDENTIFICATION)
+                groups[position].append(element)
+            encoded = []
+            for group in groups:
+                holder = Dataset()
+                for element in group:
+                    holder.add(element)
+                body = encode_body(holder)
+                if body is None:
+                    return None
+                encoded.append(b"".join(iter_bytes(body)))
+            planes.append((encoded[0], encoded[1], encoded[2]))
+        return cls(items, planes, segments)
+
+    def __len__(self) -> int:
+        return self.segments * sum(8 + size for size in self._sizes)
+
+    def chunks(self) -> Iterator[bytes]:
+        content, identification = self._content, self._identification
+        for segment in range(1, self.segments + 1):
+            number = struct.pack("<H", segment)
+            parts: list[bytes] = []
+            for plane, ((before, between, after), size) in enumerate(
+                zip(self.planes, self._sizes, strict=True), start=1
+            ):
+                parts += (
+                    _ITEM.pack(0xFFFE, 0xE000, size),
+                    before,
+                    content,
+                    struct.pack("<LL", segment, plane),
+                    between,
+                    identification,
+                    number,
+                    after,
+                )
+            yield b"".join(parts)
+
+    @property
+    def text_items(self) -> list[Dataset]:
+        """Items holding every text value of the sequence (the one-segment build's: the
+        others add numbers only), for a walk over text such as the character set check."""
+        return self.items
+
+    def __iter__(self) -> Iterator[Dataset]:
+        """The items, each made when reached (not kept)."""
+        shared = self._shared()
+        for segment in range(1, self.segments + 1):
+            identification = _segment_identification(segment)
+            for plane, elements in enumerate(shared, start=1):
+                yield _frame_item(elements, plane, identification)
+
+    def _shared(self) -> list[list[DataElement]]:
+        return [
+            [
+                item[element.tag]
+                for element in item.elements()
+                if element.tag not in (_FRAME_CONTENT, _SEGMENT_IDENTIFICATION)
+            ]
+            for item in self.items
+        ]
+
+    def materialize(self) -> list[Dataset]:
+        return list(self)
+
+
+def _ascii(element: DataElement) -> bool:
+    """Whether an element (nested items too) holds text in ASCII only."""
+    if element.VR == "SQ":
+        return all(_ascii(inner) for item in element.value for inner in item.elements())
+    value = element.value
+    values = value if isinstance(value, list | tuple) or hasattr(value, "append") else [value]
+    return all(not isinstance(v, str) or v.isascii() for v in values)
+
+
+def _frame_content(segment: int, plane: int) -> DataElement:
+    content = Dataset()
+    content.add(DataElement(_DIMENSION_INDEX_VALUES, "UL", [segment, plane]))
+    return DataElement(_FRAME_CONTENT, "SQ", [content])
+
+
+def _encoded_template(element: DataElement, tail: int) -> bytes:
+    """The element's bytes but its last ``tail`` (the numbers packed per frame)."""
+    holder = Dataset()
+    holder.add(element)
+    body = encode_body(holder)
+    assert body is not None
+    return b"".join(iter_bytes(body))[:-tail]
+
+
+class PackedFrames(Streamed):
+    """BINARY Pixel Data: frames in segment then plane order, packed a few at a time.
+
+    ``frame_slices[p]`` is the volume slice of plane ``p``. Only the slices and the
+    rectangle inside each segment's bounding box are compared and packed; other frames
+    are zeros. Padded to an even length with ``"0"``, as highdicom does.
+    """
+
+    def __init__(self, segment_numbers: np.ndarray, frame_slices: list[int], segments: int):
+        self.segment_numbers = segment_numbers
+        self.frame_slices = np.asarray(frame_slices, dtype=np.intp)
+        self.segments = segments
+        planes, rows, columns = segment_numbers.shape
+        self.frame_bytes = rows * columns // 8
+        self.size = segments * planes * self.frame_bytes
+        self._boxes: list[Any] | None = None
+
+    def __len__(self) -> int:
+        return self.size + self.size % 2
+
+    def boxes(self) -> list[Any]:
+        """``(z, y, x)`` slices holding each segment (None: empty): its bounding box, or
+        the whole map for fewer than :data:`FIND_OBJECTS_SEGMENTS` segments."""
+        if self._boxes is None:
+            if self.segments < FIND_OBJECTS_SEGMENTS:  # a few whole-map passes are cheaper
+                whole = tuple(slice(0, size) for size in self.segment_numbers.shape)
+                self._boxes = [whole] * self.segments
+            else:
+                found = ndimage.find_objects(self.segment_numbers, max_label=self.segments)
+                self._boxes = list(found) + [None] * (self.segments - len(found))
+        return self._boxes
+
+    def chunks(self) -> Iterator[bytes | memoryview]:
+        planes = self.segment_numbers.shape[0]
+        for segment, box in enumerate(self.boxes(), start=1):
+            for start in range(0, planes, CHUNK_FRAMES):
+                frames = np.zeros((min(CHUNK_FRAMES, planes - start), self.frame_bytes), np.uint8)
+                if box is not None:
+                    self._pack(segment, box, start, frames)
+                yield frames.data.cast("B")
+        if self.size % 2:
+            yield b"0"
+
+    def _pack(self, segment: int, box: Any, start: int, frames: np.ndarray) -> None:
+        """Write the frames ``start..`` of ``segment`` that cross its box into ``frames``."""
+        z, y, x = box
+        slices = self.frame_slices[start : start + len(frames)]
+        inside = np.flatnonzero((slices >= z.start) & (slices < z.stop))
+        if not len(inside):
+            return
+        _, rows, columns = self.segment_numbers.shape
+        if columns % 8 == 0:  # each row a whole number of bytes: pack the box's bytes only
+            first, last = x.start // 8, -(-x.stop // 8)
+            region = self.segment_numbers[slices[inside], y, first * 8 : last * 8] == segment
+            packed = np.packbits(region, axis=-1, bitorder="little")
+            frames.reshape(len(frames), rows, columns // 8)[inside, y, first:last] = packed
+            return
+        masks = np.zeros((len(inside), rows, columns), dtype=bool)
+        masks[:, y, x] = self.segment_numbers[slices[inside], y, x] == segment
+        frames[inside] = np.packbits(masks.reshape(len(inside), -1), axis=1, bitorder="little")
+
+    def materialize(self) -> bytes:
+        return b"".join(self.chunks())
 
 
 def build_binary_seg(
@@ -125,51 +357,35 @@ def build_binary_seg(
     segment_numbers: np.ndarray,
     descriptions: Sequence[hd.seg.SegmentDescription],
     build: Build,
-) -> hd.seg.Segmentation | None:
+) -> StreamedSegmentation | None:
     """The BINARY SEG of ``segment_numbers`` (values 1..len(descriptions)), every frame kept.
 
     ``build`` is highdicom's construction with every argument but the descriptions and
     the pixel array bound (``omit_empty_frames=False``). Returns None where the fast path
-    does not apply (see :func:`packable`; sources not one per plane): the caller then
-    builds through highdicom.
+    does not apply (see :func:`packable`; sources not one per plane; per-frame items not
+    as expected): the caller then builds through highdicom. ``segment_numbers`` is kept
+    (not copied) until the object is written.
     """
     if not packable(volume, segment_numbers) or not descriptions:
         return None
-    planes = segment_numbers.shape[0]
+    segments = len(descriptions)
     empty = np.broadcast_to(np.zeros((1, 1, 1), dtype=segment_numbers.dtype), segment_numbers.shape)
     seg = build(descriptions[:1], empty)
     frame_slices = _frame_slices(seg, volume)
     if frame_slices is None:
         return None
-    first = list(seg.PerFrameFunctionalGroupsSequence)
-    shared = [
-        [
-            item[element.tag]
-            for element in item.elements()
-            if element.tag not in (_FRAME_CONTENT, _SEGMENT_IDENTIFICATION)
-        ]
-        for item in first
-    ]
-    items = first
-    if len(descriptions) > 1:
+    if segments > 1:
+        items = FrameItems.of(list(seg.PerFrameFunctionalGroupsSequence), segments)
+        if items is None:
+            return None
         # One segment's identification is shared; several segments' are per frame.
         del seg.SharedFunctionalGroupsSequence[0][_SEGMENT_IDENTIFICATION]
-        items = [
-            _frame_item(elements, plane, identification)
-            for identification in map(_segment_identification, range(1, len(descriptions) + 1))
-            for plane, elements in enumerate(shared, start=1)
-        ]
-    packed = _pack(segment_numbers, frame_slices, len(descriptions))
-    if len(packed) % 2:
-        packed += b"0"  # highdicom pads with the character "0"
-    data = bytes(packed)  # pydicom takes a bytearray for a list of numbers
-    del packed
-    seg.SegmentSequence = list(descriptions)
-    seg.PerFrameFunctionalGroupsSequence = items
-    seg.NumberOfFrames = len(items)
-    seg.PixelData = data
-    if len(descriptions) > 1 and "DimensionOrganizationType" in seg:
-        del seg.DimensionOrganizationType  # highdicom infers "3D" for one segment only
-    seg._build_luts()
-    assert len(items) == planes * len(descriptions)
-    return seg
+        seg.SegmentSequence = list(descriptions)
+        seg.NumberOfFrames = len(frame_slices) * segments
+        if "DimensionOrganizationType" in seg:
+            del seg.DimensionOrganizationType  # highdicom infers "3D" for one segment only
+        seg[_PER_FRAME]._value = items
+        object.__delattr__(seg, "_db_con")  # the probe's frame tables: rebuilt on use
+    seg[_PIXEL_DATA]._value = PackedFrames(segment_numbers, frame_slices, segments)
+    seg.__class__ = StreamedSegmentation
+    return seg  # type: ignore[return-value]

@@ -151,7 +151,7 @@ def build_seg(
             **extra,  # type: ignore[arg-type]
         )
 
-    seg = None
+    seg: hd.seg.Segmentation | None = None
     if kind is hd.seg.SegmentationTypeValues.BINARY and fast:
         seg = build_binary_seg(volume, pixel_array, descriptions, build)
     if seg is None:
