@@ -3,13 +3,14 @@
 Each case runs in its own Python process (so peak RSS is its own): a synthetic CT
 series is written and read back as the worker does, a label map with ``labels``
 ellipsoid blobs spread over the volume is built, and ``build_results`` (the worker's
-call) builds the BINARY SEG and the TID 1500 SR; each object is then encoded as a
-DICOM file in memory by the worker's writer (``node.results.encode``, pydicom's
-bytes). Reported per case: seconds per object (build, write), the whole
-``build_results`` call, peak memory as a ratio to the label map's ``nbytes``
-(tracemalloc peak of a second build, and the RSS high-water mark above the RSS before
-the build) and file sizes. The LABELMAP SEG (``labelmap_seg``, one 8/16-bit frame per
-slice) of the same map is then built and written alone, timed and measured the same way.
+call) builds the BINARY SEG and the TID 1500 SR; each object is then written to a file
+by the worker's writer (``node.results.encode``, pydicom's bytes; a large SEG's Pixel
+Data and per-frame items are made while the file is written). Reported per case:
+seconds per object (build, write), the whole ``build_results`` call, peak memory as a
+ratio to the label map's ``nbytes`` (tracemalloc peak of a second build, and the RSS
+high-water mark above the RSS before the build) and file sizes. The LABELMAP SEG
+(``labelmap_seg``, one 8/16-bit frame per slice) of the same map is then built and
+written alone, timed and measured the same way.
 Measures; asserts nothing.
 
 Usage: ``python -m benchmarks --only encoding`` or ``python -m benchmarks.encoding``.
@@ -116,12 +117,19 @@ def _rss_kib(field: str) -> int:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
+def _write(dataset: Any, path: Path) -> int:
+    """Write ``dataset`` to ``path`` with the worker's writer; returns its bytes."""
+    from node.results.encode import write_file
+
+    with path.open("wb") as handle:
+        return write_file(dataset, handle)
+
+
 def run_case(workdir: Path, labels: int, slices: int, rows: int) -> dict[str, Any]:
     """Build and write SEG + SR of one label count; called in a process of its own."""
     from node.contract.assemble import assemble_volume
     from node.contract.plugin import Prediction
     from node.results import build_results, load_template
-    from node.results.encode import encode_chunks
 
     _, paths = write_ct_series(workdir / "ct", slices, rows=rows, columns=rows)
     volume = assemble_volume(pydicom.dcmread(path) for path in paths)
@@ -133,7 +141,7 @@ def run_case(workdir: Path, labels: int, slices: int, rows: int) -> dict[str, An
     small = assemble_volume(pydicom.dcmread(path) for path in paths[:4])
     warm = build_results(small, Prediction(label_map=label_map[:4]), template, tags=["seg", "sr"])
     for _, dataset in warm.tagged():
-        encode_chunks(dataset)
+        _write(dataset, workdir / "object.dcm")
     del warm, small
     gc.collect()
     # Peak RSS from here: writing 5 to clear_refs resets the high-water mark (Linux).
@@ -145,13 +153,12 @@ def run_case(workdir: Path, labels: int, slices: int, rows: int) -> dict[str, An
     objects: dict[str, Any] = {}
     for tag, dataset in results.tagged():
         write_started = time.perf_counter()
-        chunks = encode_chunks(dataset)  # the worker's writer (pydicom's bytes)
+        written = _write(dataset, workdir / "object.dcm")  # the worker's writer
         objects[tag] = {
             "build_s": round(results.seconds[tag], 3),
             "write_s": round(time.perf_counter() - write_started, 3),
-            "bytes": sum(len(chunk) for chunk in chunks),
+            "bytes": written,
         }
-        del chunks
     total_s = time.perf_counter() - started
     rss_peak = _rss_kib("VmHWM")
     frames = int(results.seg.NumberOfFrames)
@@ -162,9 +169,11 @@ def run_case(workdir: Path, labels: int, slices: int, rows: int) -> dict[str, An
     tracemalloc.start()
     again = build_results(volume, prediction, template, tags=["seg", "sr"])
     for _, dataset in again.tagged():
-        encode_chunks(dataset)
+        _write(dataset, workdir / "object.dcm")
+    del again
     _, traced_peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
+    (workdir / "object.dcm").unlink(missing_ok=True)
     nbytes = label_map.nbytes
     return {
         "labels": labels,
@@ -190,9 +199,7 @@ def _labelmap_case(volume: Any, prediction: Any, template: Any) -> dict[str, Any
     results = build_results(volume, prediction, template, tags=["labelmap_seg"])
     build_s = time.perf_counter() - started
     (dataset,) = results.objects["labelmap_seg"]
-    from node.results.encode import encode_chunks
-
-    written = sum(len(chunk) for chunk in encode_chunks(dataset))  # the worker's writer
+    written = _write(dataset, Path("/dev/null"))  # the worker's writer
     total_s = time.perf_counter() - started
     rss_peak = _rss_kib("VmHWM")
     nbytes = np.asarray(prediction.label_map).nbytes
