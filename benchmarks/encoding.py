@@ -247,7 +247,7 @@ def run_encoding(
 def encoding_table(result: dict[str, Any]) -> list[str]:
     lines = [
         f"Encoding: SEG (BINARY) + SR of a {result['slices']}x{result['rows']}x"
-        f"{result['columns']} label map through build_results, written to memory",
+        f"{result['columns']} label map through build_results, written to a file",
         f"  {'labels':>6} {'SEG build':>9} {'write':>6} {'SR build':>8} {'write':>6} "
         f"{'total s':>7} {'SEG MiB':>7} {'SR KiB':>7} {'frames':>6} {'mem/map':>7} {'rss/map':>7}",
     ]

@@ -18,7 +18,7 @@ from benchmarks.encoding import blob_label_map, write_template
 from node.contract.assemble import assemble_volume
 from node.contract.plugin import Prediction
 from node.contract.volume import Volume
-from node.results import analysis, load_template
+from node.results import analysis, build_results, load_template
 from node.results.analysis import segment_numbers_map
 from node.results.encode import Streamed, encode_file, write_file
 from node.results.identity import SeriesIdentity
@@ -270,3 +270,16 @@ def test_streamed_seg_is_written_without_holding_its_pixel_data_or_items(tmp_pat
     pixels = read.get_pixels_by_source_instance(uids, segment_numbers=[1, 30, labels])
     for index, number in enumerate((1, 30, labels)):
         np.testing.assert_array_equal(pixels[..., index], label_map == number)
+
+
+def test_other_results_leave_the_seg_values_unmade(tmp_path: Path) -> None:
+    """The SR, KO, GSPS and SC builders read the SEG's UIDs and segments, never its frames:
+    after build_results the SEG still holds no Pixel Data or per-frame items."""
+    volume = _volume(tmp_path, slices=8, size=32)
+    template = load_template(write_template(tmp_path, 4))
+    tags = ["seg", "sr", "gsps", "sc", "ko.gsps+sc+seg+sr"]
+    results = build_results(
+        volume, Prediction(label_map=blob_label_map(volume.shape, 4)), template, tags=tags
+    )
+    assert set(results.objects) == set(tags)
+    assert _streamed(results.seg) == ["PerFrameFunctionalGroupsSequence", "PixelData"]
