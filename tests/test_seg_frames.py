@@ -65,15 +65,28 @@ def _one_organization(seg: Dataset) -> bool:
 
 
 def _volume(
-    directory: Path, slices: int, size: int, columns: int | None = None, *, turn: float = 0.0
+    directory: Path,
+    slices: int,
+    size: int,
+    columns: int | None = None,
+    *,
+    turn: float = 0.0,
+    tilt: float = 0.0,
 ) -> Volume:
-    """A CT series; ``turn`` rotates its rows and columns in the axial plane (degrees)."""
+    """A CT series; ``turn`` rotates its rows and columns in the axial plane, ``tilt``
+    tips the planes about the patient's x axis (degrees; the slices stacked along the
+    tilted normal, 1 mm apart)."""
     _, paths = write_ct_series(directory / "ct", slices, rows=size, columns=columns or size)
     datasets = [pydicom.dcmread(path) for path in paths]
-    if turn:
-        c, s = math.cos(math.radians(turn)), math.sin(math.radians(turn))
-        for dataset in datasets:
+    c, s = math.cos(math.radians(turn)), math.sin(math.radians(turn))
+    ct, st = math.cos(math.radians(tilt)), math.sin(math.radians(tilt))
+    for index, dataset in enumerate(datasets):
+        if turn:
             dataset.ImageOrientationPatient = [c, s, 0.0, -s, c, 0.0]
+        if tilt:
+            dataset.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, ct, st]
+            x, y, _ = dataset.ImagePositionPatient
+            dataset.ImagePositionPatient = [x, y - index * st, index * ct]
     return buildable_volume(assemble_volume(datasets))
 
 
@@ -200,6 +213,7 @@ def test_segment_numbers_map_recodes_without_an_index_copy(
         ("axial", frames.FIND_OBJECTS_SEGMENTS + 4),  # bounding boxes; the last empty
         ("odd frame bytes", 3),  # 12 x 6: 9 bytes a frame, rows not whole bytes, padded
         ("turned", 4),
+        ("oblique", 4),
     ],
 )
 def test_streamed_seg_file_is_dcmwrite_of_highdicoms_construction(
@@ -208,7 +222,13 @@ def test_streamed_seg_file_is_dcmwrite_of_highdicoms_construction(
     if case == "odd frame bytes":
         volume = _volume(tmp_path, slices=6, size=12, columns=6)
     else:
-        volume = _volume(tmp_path, slices=10, size=32, turn=30.0 if case == "turned" else 0.0)
+        volume = _volume(
+            tmp_path,
+            slices=10,
+            size=32,
+            turn=30.0 if case == "turned" else 0.0,
+            tilt=25.0 if case == "oblique" else 0.0,
+        )
     label_map = blob_label_map(volume.shape, labels)
     if labels > 1:
         label_map[label_map == labels] = 0
