@@ -212,6 +212,7 @@ def test_segment_numbers_map_recodes_without_an_index_copy(
         ("axial", 5),  # the last segment empty
         ("axial", frames.FIND_OBJECTS_SEGMENTS + 4),  # bounding boxes; the last empty
         ("odd frame bytes", 3),  # 12 x 6: 9 bytes a frame, rows not whole bytes, padded
+        ("odd frame bytes", frames.FIND_OBJECTS_SEGMENTS + 1),  # and bounding boxes
         ("turned", 4),
         ("oblique", 4),
     ],
