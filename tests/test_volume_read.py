@@ -18,7 +18,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from node.contract import pixels
+from node.contract import header, pixels
 from node.contract.assemble import assemble_volume, load_volume
 from node.contract.pixels import fill_slices, read_source
 from node.contract.volume import Volume
@@ -221,3 +221,42 @@ def test_pydicoms_shipped_files_load_as_before(tmp_path):
         _assert_identical(volume, _reference([path]))
         loaded.add(shipped.name)
     assert loaded >= _MUST_LOAD, _MUST_LOAD - loaded
+
+
+def _same_header(ours: Dataset, theirs: Dataset) -> None:
+    """The same raw elements (undecoded), file meta, preamble and original encoding."""
+    assert list(ours._dict) == list(theirs._dict)
+    for tag, element in theirs._dict.items():
+        assert tuple(ours._dict[tag]) == tuple(element), tag
+    assert ours.file_meta == theirs.file_meta
+    for attribute in ("preamble", "_read_charset", "_read_implicit", "_read_little"):
+        assert getattr(ours, attribute) == getattr(theirs, attribute), attribute
+
+
+@pytest.mark.parametrize("syntax", [ImplicitVRLittleEndian, "1.2.840.10008.1.2.1"])
+def test_headers_parsed_from_the_first_bytes_are_pydicoms(series, tmp_path, syntax):
+    """The quick header parse gives pydicom's raw elements for the phantom (Explicit and
+    Implicit VR, a specific character set) and for every shipped file it takes; what it
+    does not take (sequences of undefined length, other syntaxes...) is left to pydicom."""
+    changed = []
+    for ds in series:
+        ds = copy.deepcopy(ds)
+        ds.file_meta.TransferSyntaxUID = syntax
+        ds.SpecificCharacterSet = "ISO_IR 100"
+        ds.PatientName = "Müller^Jörg"
+        changed.append(ds)
+    paths = _write(changed, tmp_path / "phantom")
+    for path in paths:
+        parsed = header.parse_header(path.read_bytes()[: pixels.HEADER_CHUNK])
+        assert parsed is not None
+        _same_header(parsed[0], pydicom.dcmread(path, stop_before_pixels=True))
+    loaded = load_volume(paths)
+    _assert_identical(loaded, _reference(paths))
+    assert str(loaded.datasets[0].PatientName) == "Müller^Jörg"
+    taken = 0
+    for shipped in _shipped_files():
+        parsed = header.parse_header(shipped.read_bytes()[: pixels.HEADER_CHUNK])
+        if parsed is not None:
+            _same_header(parsed[0], pydicom.dcmread(shipped, stop_before_pixels=True))
+            taken += 1
+    assert taken >= 10, taken

@@ -26,6 +26,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from node.contract.header import parse_header
 from node.errors import VolumeError
 
 _PIXEL_DATA = 0x7FE00010
@@ -85,6 +86,12 @@ def read_source(path: Path) -> SourceFile:
 def _source_from_chunk(path: Path, chunk: bytes, size: int) -> SourceFile | None:
     """The source of a native file whose header and Pixel Data element start lie in
     ``chunk`` (the file's first bytes), else None."""
+    parsed = parse_header(chunk)
+    if parsed is not None:
+        header, start = parsed
+        if chunk[start : start + 4] == _PIXEL_DATA_TAG and start + 12 <= len(chunk):
+            element = chunk[start : start + 12]
+            return SourceFile(path, header, _pixel_offset(header, element, start, size))
     buffer = io.BytesIO(chunk)
     try:
         header = pydicom.dcmread(buffer, stop_before_pixels=True)
