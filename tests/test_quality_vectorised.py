@@ -274,3 +274,19 @@ def test_subsampled_noise_and_many_slices_measure_as_before() -> None:
                 _measured(small)
             with pytest.raises(ValueError):
                 _ref_measure(small, 2500.0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    values=st.lists(
+        st.floats(-1e4, 1e4, width=32) | st.sampled_from([0.0, 1.0, -1.0]),
+        min_size=1,
+        max_size=400,
+    )
+)
+def test_the_percentile_of_permuted_magnitudes_is_numpys(values: list[float]) -> None:
+    """The streak percentile permutes the magnitudes before ``np.percentile``: the same
+    value for any values (ties, one or two values, signs)."""
+    array = np.asarray(values, dtype=np.float32)
+    expected = float(np.percentile(np.abs(array), 95.0))
+    assert quality._percentile(array) == expected

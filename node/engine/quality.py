@@ -269,7 +269,18 @@ def slice_noise(array: np.ndarray, window: tuple[float, float] = TISSUE_HU) -> n
 
 
 def _percentile(values: np.ndarray) -> float:
-    return float(np.percentile(np.abs(values), _STREAK_PERCENTILE, overwrite_input=True))
+    """``np.percentile(np.abs(values), 95)``, with the magnitudes first permuted so that
+    the two order statistics it interpolates are in place: the percentile depends on the
+    values only, not their order, and numpy's own multi-point partition (four points)
+    then has almost nothing to do."""
+    magnitudes = np.abs(values)
+    size = magnitudes.size
+    if size > 2:
+        at = min(size - 2, int((size - 1) * _STREAK_PERCENTILE / 100.0))
+        magnitudes.partition(at)
+        above = at + 1 + int(np.argmin(magnitudes[at + 1 :]))
+        magnitudes[[at + 1, above]] = magnitudes[[above, at + 1]]
+    return float(np.percentile(magnitudes, _STREAK_PERCENTILE, overwrite_input=True))
 
 
 def _energies(percentiles: np.ndarray, counts: np.ndarray) -> np.ndarray:
