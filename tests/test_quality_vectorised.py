@@ -284,9 +284,14 @@ def test_subsampled_noise_and_many_slices_measure_as_before() -> None:
         max_size=400,
     )
 )
-def test_the_percentile_of_permuted_magnitudes_is_numpys(values: list[float]) -> None:
-    """The streak percentile permutes the magnitudes before ``np.percentile``: the same
-    value for any values (ties, one or two values, signs)."""
+def test_the_percentile_and_median_of_permuted_values_are_numpys(values: list[float]) -> None:
+    """The streak percentile and the noise medians permute the values before numpy's
+    ``percentile``/``median``: the same value for any values (ties, one or two values,
+    odd and even counts, signs)."""
     array = np.asarray(values, dtype=np.float32)
     expected = float(np.percentile(np.abs(array), 95.0))
     assert quality._percentile(array) == expected
+    copy = array.copy()
+    median = quality._median(array)
+    assert median == float(np.median(array)) or (np.isnan(median) and np.isnan(np.median(array)))
+    assert np.array_equal(array, copy)  # the argument is left as it was

@@ -171,22 +171,22 @@ class _Slices:
         self.h5 = np.empty((rows, columns - 4), dtype=bool)
         self.v2 = np.empty((rows - 1, columns - 4), dtype=bool)
         self.v4 = np.empty((rows - 3, columns - 4), dtype=bool)
-        self.v5 = np.empty((rows - 4, columns - 4), dtype=bool)
+        # The eroded mask laid out as the slice (its 2-pixel border stays False), so that
+        # its flat nonzero indices are the slice's.
+        self.eroded = np.zeros((rows, columns), dtype=bool)
 
     def homogeneous(self, image: np.ndarray, window: tuple[float, float]) -> np.ndarray:
         """Flat indices (into ``image``) of the pixels whose 5x5 box lies within ``window``."""
         inside = np.greater_equal(image, window[0], out=self.inside)
         np.logical_and(inside, np.less_equal(image, window[1], out=self.above), out=inside)
-        # Columns j..j+4 in h5[:, j], then rows i..i+4 in v5[i]: the box centred (i+2, j+2).
+        # Columns j..j+4 in h5[:, j], then rows i..i+4: the box centred (i+2, j+2).
         np.logical_and(inside[:, :-1], inside[:, 1:], out=self.h2)
         np.logical_and(self.h2[:, :-2], self.h2[:, 2:], out=self.h4)
         np.logical_and(self.h4[:, :-1], inside[:, 4:], out=self.h5)
         np.logical_and(self.h5[:-1], self.h5[1:], out=self.v2)
         np.logical_and(self.v2[:-2], self.v2[2:], out=self.v4)
-        np.logical_and(self.v4[:-1], self.h5[4:], out=self.v5)
-        found = np.flatnonzero(self.v5)
-        width = self.columns - 4
-        return found + 4 * (found // width) + (2 * self.columns + 2)
+        np.logical_and(self.v4[:-1], self.h5[4:], out=self.eroded[2:-2, 2:-2])
+        return np.flatnonzero(self.eroded)
 
     def laplacian_at(self, image: np.ndarray, at: np.ndarray) -> np.ndarray:
         """:func:`_laplacian` of ``image`` at the flat indices ``at`` (float32, same order
@@ -224,9 +224,24 @@ def _slice_values(array: np.ndarray, window: tuple[float, float]) -> list[np.nda
     return [slices.values(_slice32(image), window) for image in array]
 
 
+def _median(values: np.ndarray) -> float:
+    """``np.median(values)``, on a copy whose middle value(s) are first put in place (one
+    partition): the median depends on the values only, and numpy's own partition (two or
+    three points) then has almost nothing to do."""
+    work = np.array(values, copy=True)
+    size = work.size
+    if size > 2:
+        half = size // 2
+        work.partition(half)
+        if size % 2 == 0:  # the other middle value: the largest below
+            below = int(np.argmax(work[:half]))
+            work[[half - 1, below]] = work[[below, half - 1]]
+    return float(np.median(work, overwrite_input=True))
+
+
 def _robust_sd(values: np.ndarray) -> float:
-    median = float(np.median(values))
-    return float(np.median(np.abs(values - median))) * _MAD_TO_SD / _LAPLACIAN_GAIN
+    median = _median(values)
+    return _median(np.abs(values - median)) * _MAD_TO_SD / _LAPLACIAN_GAIN
 
 
 #: At most this many Laplacian values per slice enter the series' noise estimate.
