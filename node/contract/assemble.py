@@ -73,6 +73,22 @@ def assemble_volume(datasets: Iterable[Dataset]) -> Volume:
     )
 
 
+def _all_close(
+    first: Sequence[float],
+    others: Sequence[Sequence[float]],
+    rtol: float = 1e-5,
+    atol: float = 1e-8,
+) -> bool:
+    """``np.allclose(first, other, rtol, atol)`` for every one of ``others``, at once
+    (values of another length compared one by one, as ``np.allclose`` would)."""
+    if any(len(other) != len(first) for other in others):
+        return all(np.allclose(first, other, rtol=rtol, atol=atol) for other in others)
+    if not others:
+        return True
+    close = np.isclose(np.asarray(first)[None, :], np.asarray(others), rtol=rtol, atol=atol)
+    return bool(close.all())
+
+
 def _geometry(images: Sequence[Dataset]) -> _Geometry:
     """Check the headers of a cross-sectional series and sort it (see
     :func:`assemble_volume` for what is refused)."""
@@ -81,24 +97,20 @@ def _geometry(images: Sequence[Dataset]) -> _Geometry:
             if keyword not in ds:
                 raise VolumeError(f"instance {ds.SOPInstanceUID} lacks {keyword}")
     orientation = [float(v) for v in images[0].ImageOrientationPatient]
-    for ds in images[1:]:
-        other = [float(v) for v in ds.ImageOrientationPatient]
-        if not np.allclose(orientation, other, atol=ORIENTATION_TOLERANCE):
-            raise VolumeError("series mixes image orientations")
+    others = [[float(v) for v in ds.ImageOrientationPatient] for ds in images[1:]]
+    if not _all_close(orientation, others, atol=ORIENTATION_TOLERANCE):
+        raise VolumeError("series mixes image orientations")
     size = (int(images[0].Rows), int(images[0].Columns))
     if any((int(ds.Rows), int(ds.Columns)) != size for ds in images):
         raise VolumeError("series mixes image sizes")
     pixel_spacing = tuple(float(v) for v in images[0].PixelSpacing)
-    if any(
-        not np.allclose(pixel_spacing, [float(v) for v in ds.PixelSpacing], rtol=1e-4)
-        for ds in images
-    ):
+    spacings = [[float(v) for v in ds.PixelSpacing] for ds in images]
+    if not _all_close(pixel_spacing, spacings, rtol=1e-4):
         raise VolumeError("series mixes pixel spacings")
 
     normal = _slice_normal(orientation)
-    positions = [
-        float(np.dot(normal, [float(v) for v in ds.ImagePositionPatient])) for ds in images
-    ]
+    origins = [[float(v) for v in ds.ImagePositionPatient] for ds in images]
+    positions = [float(np.dot(normal, origin)) for origin in origins]
     order = [int(i) for i in np.argsort(positions, kind="stable")]
     images = [images[i] for i in order]
     sorted_positions = np.asarray([positions[i] for i in order])
@@ -106,8 +118,8 @@ def _geometry(images: Sequence[Dataset]) -> _Geometry:
     if len(images) > 1:
         # Gantry tilt (or any shear): positions drift in the image plane from slice to slice.
         # Stacked as if they did not, every voxel would be misplaced by up to that drift.
-        origins = np.asarray([[float(v) for v in ds.ImagePositionPatient] for ds in images])
-        offsets = origins - origins[0]
+        ordered = np.asarray([origins[i] for i in order])
+        offsets = ordered - ordered[0]
         unit = normal / np.linalg.norm(normal)
         in_plane = offsets - np.outer(offsets @ unit, unit)
         drift = float(np.max(np.linalg.norm(in_plane, axis=1)))
@@ -133,7 +145,7 @@ def _geometry(images: Sequence[Dataset]) -> _Geometry:
 
     row_cos = np.asarray(orientation[:3])
     col_cos = np.asarray(orientation[3:6])
-    origin = np.asarray([float(v) for v in images[0].ImagePositionPatient])
+    origin = np.asarray(origins[order[0]])
     affine = np.eye(4)
     # DICOM PixelSpacing is (row spacing, column spacing): column index moves along
     # the row direction by the column spacing.

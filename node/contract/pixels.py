@@ -13,6 +13,7 @@ as before, on a thread pool. Either way the values are those of ``ds.pixel_array
 
 from __future__ import annotations
 
+import io
 import os
 import struct
 from collections.abc import Sequence
@@ -25,6 +26,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from node.contract.header import parse_header
 from node.errors import VolumeError
 
 _PIXEL_DATA = 0x7FE00010
@@ -53,15 +55,55 @@ class SourceFile:
     pixel_offset: int | None
 
 
+#: Bytes read for a header at first; a longer one is parsed from the file.
+HEADER_CHUNK = 16 * 1024
+_NATIVE_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+_PIXEL_DATA_TAG = struct.pack("<HH", 0x7FE0, 0x0010)
+
+
 def read_source(path: Path) -> SourceFile:
-    """Parse ``path``'s header once; :class:`VolumeError` naming it if it cannot be."""
+    """Parse ``path``'s header once; :class:`VolumeError` naming it if it cannot be.
+
+    The header of a native little-endian file is parsed from its first
+    :data:`HEADER_CHUNK` bytes, read at once (the file is not read element by element);
+    a longer header, another transfer syntax or a file pydicom stops reading elsewhere
+    than at its Pixel Data is parsed from the file itself.
+    """
     try:
         with open(path, "rb") as handle:
+            chunk = handle.read(HEADER_CHUNK)
+            source = _source_from_chunk(path, chunk, os.fstat(handle.fileno()).st_size)
+            if source is not None:
+                return source
+            handle.seek(0)
             header = pydicom.dcmread(handle, stop_before_pixels=True)
             offset = _native_pixel_offset(handle, header)
     except Exception as exc:  # pydicom raises many types for corrupt input
         raise VolumeError(f"cannot read {path}: {exc}") from exc
     return SourceFile(path, header, offset)
+
+
+def _source_from_chunk(path: Path, chunk: bytes, size: int) -> SourceFile | None:
+    """The source of a native file whose header and Pixel Data element start lie in
+    ``chunk`` (the file's first bytes), else None."""
+    parsed = parse_header(chunk)
+    if parsed is not None:
+        header, start = parsed
+        if chunk[start : start + 4] == _PIXEL_DATA_TAG and start + 12 <= len(chunk):
+            element = chunk[start : start + 12]
+            return SourceFile(path, header, _pixel_offset(header, element, start, size))
+    buffer = io.BytesIO(chunk)
+    try:
+        header = pydicom.dcmread(buffer, stop_before_pixels=True)
+    except Exception:  # the chunk ends inside the header, or the file is corrupt
+        return None
+    meta = getattr(header, "file_meta", None)
+    if meta is None or meta.get("TransferSyntaxUID") not in _NATIVE_SYNTAXES:
+        return None
+    start = buffer.tell()  # pydicom stops at the Pixel Data element's tag
+    if chunk[start : start + 4] != _PIXEL_DATA_TAG or start + 12 > len(chunk):
+        return None  # stopped elsewhere (the chunk's end, no pixel data)
+    return SourceFile(path, header, _pixel_offset(header, chunk[start : start + 12], start, size))
 
 
 def _native_dtype(header: Dataset) -> np.dtype | None:
@@ -86,13 +128,22 @@ def _native_dtype(header: Dataset) -> np.dtype | None:
 
 def _native_pixel_offset(handle: object, header: Dataset) -> int | None:
     """Where the Pixel Data value starts, if it is native and holds exactly one image."""
-    dtype = _native_dtype(header)
-    if dtype is None:
+    if _native_dtype(header) is None:
         return None
     assert hasattr(handle, "tell") and hasattr(handle, "read")
     start = handle.tell()  # pydicom stops at the Pixel Data element's tag
+    size = os.fstat(handle.fileno()).st_size  # type: ignore[attr-defined]
+    return _pixel_offset(header, handle.read(12), start, size)
+
+
+def _pixel_offset(header: Dataset, element: bytes, start: int, size: int) -> int | None:
+    """Where the Pixel Data value starts when the element at ``start`` (its first bytes
+    ``element``, in a file of ``size`` bytes) is native and holds exactly one image."""
+    dtype = _native_dtype(header)
+    if dtype is None:
+        return None
     implicit = header.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian
-    element = handle.read(8 if implicit else 12)
+    element = element[: 8 if implicit else 12]
     if len(element) < 8:
         return None
     group, elem = struct.unpack("<HH", element[:4])
@@ -109,7 +160,7 @@ def _native_pixel_offset(handle: object, header: Dataset) -> int | None:
     if length == 0xFFFFFFFF or length not in (expected, expected + (expected & 1)):
         return None
     value_at = start + len(element)
-    if os.fstat(handle.fileno()).st_size != value_at + length:  # type: ignore[attr-defined]
+    if size != value_at + length:
         return None  # truncated, or elements after the pixel data
     return value_at
 
@@ -124,16 +175,20 @@ def _corrected(pixels: np.ndarray, header: Dataset) -> np.ndarray:
     return pixels
 
 
-def _read_native(source: SourceFile) -> np.ndarray:
+def _read_native(source: SourceFile, buffer: np.ndarray | None = None) -> np.ndarray:
+    """The file's stored pixels, read with one ``readinto`` (into ``buffer`` when it has
+    their shape and dtype)."""
     header = source.header
     dtype = _native_dtype(header)
     assert dtype is not None and source.pixel_offset is not None
-    pixels = np.empty((int(header.Rows), int(header.Columns)), dtype=dtype)
+    shape = (int(header.Rows), int(header.Columns))
+    if buffer is None or buffer.shape != shape or buffer.dtype != dtype:
+        buffer = np.empty(shape, dtype=dtype)
     with open(source.path, "rb") as handle:
         handle.seek(source.pixel_offset)
-        if handle.readinto(pixels.data.cast("B")) != pixels.nbytes:
+        if handle.readinto(buffer.data.cast("B")) != buffer.nbytes:
             raise VolumeError(f"cannot read {source.path}: pixel data ends early")
-    return _corrected(pixels, header)
+    return _corrected(buffer, header)
 
 
 def read_whole(path: Path) -> Dataset:
@@ -145,11 +200,16 @@ def read_whole(path: Path) -> Dataset:
 
 
 def _rescale_into(out: np.ndarray, pixels: np.ndarray, header: Dataset) -> None:
-    """``out[...] = pixels * slope + intercept`` in float32, as the stacked path computes it."""
+    """``out[...] = pixels * slope + intercept`` in float32, as the stacked path computes it
+    (``pixels.astype(float32) * slope + intercept``): the cast is the ufunc's own, and a
+    slope of 1 (``x * 1 == x``) is not multiplied."""
     slope = float(header.get("RescaleSlope", 1.0) or 1.0)
-    intercept = float(header.get("RescaleIntercept", 0.0) or 0.0)
-    np.multiply(pixels.astype(np.float32, copy=False), np.float32(slope), out=out)
-    np.add(out, np.float32(intercept), out=out)
+    intercept = np.float32(float(header.get("RescaleIntercept", 0.0) or 0.0))
+    if slope == 1.0:
+        np.add(pixels, intercept, out=out, dtype=np.float32)
+        return
+    np.multiply(pixels, np.float32(slope), out=out, dtype=np.float32)
+    np.add(out, intercept, out=out)
 
 
 def fill_slices(sources: Sequence[SourceFile], out: np.ndarray) -> list[Dataset]:
@@ -161,9 +221,11 @@ def fill_slices(sources: Sequence[SourceFile], out: np.ndarray) -> list[Dataset]
     """
     headers = [source.header for source in sources]
     decode = [k for k, source in enumerate(sources) if source.pixel_offset is None]
+    buffer: np.ndarray | None = None
     for k, source in enumerate(sources):
         if source.pixel_offset is not None:
-            _rescale_into(out[k], _read_native(source), source.header)
+            buffer = _read_native(source, buffer)
+            _rescale_into(out[k], buffer, source.header)
     if not decode:
         return headers
 

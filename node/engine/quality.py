@@ -133,6 +133,11 @@ def without_duplicate_positions(datasets: Sequence[Dataset]) -> list[Dataset]:
 
 
 # -- image measurements (arrays shaped (slices, rows, columns), real-world values) ----
+#
+# The measurements walk the volume once, slice by slice (a slice stays in the cache for
+# every measurement on it), into buffers allocated once per volume. The Laplacian is
+# computed only at the homogeneous pixels (with the same float32 operations, in the
+# same order, as over the whole slice), which are found by a separable 5x5 erosion.
 
 
 def _laplacian(image: np.ndarray) -> np.ndarray:
@@ -149,26 +154,109 @@ def homogeneous_mask(image: np.ndarray, window: tuple[float, float] = TISSUE_HU)
     return eroded[1:-1, 1:-1].astype(bool)
 
 
+class _Slices:
+    """Per-slice Laplacian values at homogeneous pixels, with buffers reused across slices.
+
+    Equal, value for value and in the same order, to
+    ``_laplacian(image)[homogeneous_mask(image, window)]``: the mask's eroded pixels are
+    those at least 2 from the border whose 5x5 box lies within the window.
+    """
+
+    def __init__(self, rows: int, columns: int) -> None:
+        self.rows, self.columns = rows, columns
+        self.inside = np.empty((rows, columns), dtype=bool)
+        self.above = np.empty((rows, columns), dtype=bool)
+        self.h2 = np.empty((rows, columns - 1), dtype=bool)
+        self.h4 = np.empty((rows, columns - 3), dtype=bool)
+        self.h5 = np.empty((rows, columns - 4), dtype=bool)
+        self.v2 = np.empty((rows - 1, columns - 4), dtype=bool)
+        self.v4 = np.empty((rows - 3, columns - 4), dtype=bool)
+        # The eroded mask laid out as the slice (its 2-pixel border stays False), so that
+        # its flat nonzero indices are the slice's.
+        self.eroded = np.zeros((rows, columns), dtype=bool)
+
+    def homogeneous(self, image: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+        """Flat indices (into ``image``) of the pixels whose 5x5 box lies within ``window``."""
+        inside = np.greater_equal(image, window[0], out=self.inside)
+        np.logical_and(inside, np.less_equal(image, window[1], out=self.above), out=inside)
+        # Columns j..j+4 in h5[:, j], then rows i..i+4: the box centred (i+2, j+2).
+        np.logical_and(inside[:, :-1], inside[:, 1:], out=self.h2)
+        np.logical_and(self.h2[:, :-2], self.h2[:, 2:], out=self.h4)
+        np.logical_and(self.h4[:, :-1], inside[:, 4:], out=self.h5)
+        np.logical_and(self.h5[:-1], self.h5[1:], out=self.v2)
+        np.logical_and(self.v2[:-2], self.v2[2:], out=self.v4)
+        np.logical_and(self.v4[:-1], self.h5[4:], out=self.eroded[2:-2, 2:-2])
+        return np.flatnonzero(self.eroded)
+
+    def laplacian_at(self, image: np.ndarray, at: np.ndarray) -> np.ndarray:
+        """:func:`_laplacian` of ``image`` at the flat indices ``at`` (float32, same order
+        of operations)."""
+        flat = image.reshape(-1)
+        columns = self.columns
+        values = flat[at - columns] + flat[at + columns]
+        values += flat[at - 1]
+        values += flat[at + 1]
+        values -= 4.0 * flat[at]
+        return values
+
+    def values(self, image: np.ndarray, window: tuple[float, float], every: int = 0) -> np.ndarray:
+        """The Laplacian at the homogeneous pixels of ``image`` (float32, C-contiguous);
+        with ``every``, only every ``max(1, count // every)``-th of them."""
+        at = self.homogeneous(image, window)
+        if every:
+            at = at[:: max(1, at.size // every)]
+        return self.laplacian_at(image, at)
+
+
+def _measurable(array: np.ndarray) -> bool:
+    return array.ndim == 3 and min(array.shape[1:]) >= 7
+
+
+def _slice32(image: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(image, dtype=np.float32)
+
+
 def _slice_values(array: np.ndarray, window: tuple[float, float]) -> list[np.ndarray]:
     """Per slice, the Laplacian at its homogeneous pixels (one slice in memory at a time)."""
-    if array.ndim != 3 or min(array.shape[1:]) < 7:
+    if not _measurable(array):
         return [np.zeros(0, dtype=np.float32) for _ in range(array.shape[0])]
-    values = []
-    for image in array:
-        image = image.astype(np.float32, copy=False)
-        values.append(_laplacian(image)[homogeneous_mask(image, window)])
-    return values
+    slices = _Slices(*array.shape[1:])
+    return [slices.values(_slice32(image), window) for image in array]
+
+
+def _median(values: np.ndarray) -> float:
+    """``np.median(values)``, on a copy whose middle value(s) are first put in place (one
+    partition): the median depends on the values only, and numpy's own partition (two or
+    three points) then has almost nothing to do."""
+    work = np.array(values, copy=True)
+    size = work.size
+    if size > 2:
+        half = size // 2
+        work.partition(half)
+        if size % 2 == 0:  # the other middle value: the largest below
+            below = int(np.argmax(work[:half]))
+            work[[half - 1, below]] = work[[below, half - 1]]
+    return float(np.median(work, overwrite_input=True))
 
 
 def _robust_sd(values: np.ndarray) -> float:
-    median = float(np.median(values))
-    return float(np.median(np.abs(values - median))) * _MAD_TO_SD / _LAPLACIAN_GAIN
+    median = _median(values)
+    return _median(np.abs(values - median)) * _MAD_TO_SD / _LAPLACIAN_GAIN
 
 
 #: At most this many Laplacian values per slice enter the series' noise estimate.
 _NOISE_SAMPLES_PER_SLICE = 20_000
 #: At most about this many evenly spread slices enter the series' noise estimate.
 _NOISE_SLICES = 64
+
+
+def _noise_stride(slices: int) -> int:
+    return max(1, -(-slices // _NOISE_SLICES))
+
+
+def _pooled_noise(samples: list[np.ndarray]) -> float | None:
+    pooled = np.concatenate(samples) if samples else np.zeros(0)
+    return _robust_sd(pooled) if pooled.size >= _MIN_PIXELS else None
 
 
 def noise_sd(array: np.ndarray, window: tuple[float, float] = TISSUE_HU) -> float | None:
@@ -180,13 +268,12 @@ def noise_sd(array: np.ndarray, window: tuple[float, float] = TISSUE_HU) -> floa
     """
     if array.ndim != 3:
         return None
-    stride = max(1, -(-array.shape[0] // _NOISE_SLICES))
-    samples = []
-    for values in _slice_values(array[::stride], window):
-        step = max(1, values.size // _NOISE_SAMPLES_PER_SLICE)
-        samples.append(values[::step])
-    pooled = np.concatenate(samples) if samples else np.zeros(0)
-    return _robust_sd(pooled) if pooled.size >= _MIN_PIXELS else None
+    chosen = array[:: _noise_stride(array.shape[0])]
+    if not _measurable(array):
+        return _pooled_noise([np.zeros(0, dtype=np.float32) for _ in range(chosen.shape[0])])
+    slices = _Slices(*array.shape[1:])
+    samples = [slices.values(_slice32(image), window, _NOISE_SAMPLES_PER_SLICE) for image in chosen]
+    return _pooled_noise(samples)
 
 
 def slice_noise(array: np.ndarray, window: tuple[float, float] = TISSUE_HU) -> np.ndarray:
@@ -196,21 +283,47 @@ def slice_noise(array: np.ndarray, window: tuple[float, float] = TISSUE_HU) -> n
     )
 
 
+def _percentile(values: np.ndarray) -> float:
+    """``np.percentile(np.abs(values), 95)``, with the magnitudes first permuted so that
+    the two order statistics it interpolates are in place: the percentile depends on the
+    values only, not their order, and numpy's own multi-point partition (four points)
+    then has almost nothing to do."""
+    magnitudes = np.abs(values)
+    size = magnitudes.size
+    if size > 2:
+        at = min(size - 2, int((size - 1) * _STREAK_PERCENTILE / 100.0))
+        magnitudes.partition(at)
+        above = at + 1 + int(np.argmin(magnitudes[at + 1 :]))
+        magnitudes[[at + 1, above]] = magnitudes[[above, at + 1]]
+    return float(np.percentile(magnitudes, _STREAK_PERCENTILE, overwrite_input=True))
+
+
+def _energies(percentiles: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Each slice's high percentile of its Laplacian magnitudes (``percentiles``, given at
+    least where ``counts`` reaches :data:`_MIN_PIXELS`); NaN for slices with too little
+    tissue."""
+    if counts.size == 0:
+        return np.zeros(0)
+    # Slices with little tissue (the ends of a scan) are mostly edges: leave them out.
+    enough = max(_MIN_PIXELS, 0.5 * float(np.median(counts)))
+    return np.where(counts >= enough, percentiles, np.nan)
+
+
 def slice_energy(array: np.ndarray, window: tuple[float, float] = BODY_HU) -> np.ndarray:
     """Per-slice high-frequency energy: a high percentile of the Laplacian's magnitude in
     soft tissue (NaN where a slice has too little of it)."""
     per_slice = _slice_values(array, window)
     counts = np.asarray([v.size for v in per_slice])
-    if counts.size == 0:
-        return np.zeros(0)
-    # Slices with little tissue (the ends of a scan) are mostly edges: leave them out.
-    enough = max(_MIN_PIXELS, 0.5 * float(np.median(counts)))
-    return np.asarray(
-        [
-            float(np.percentile(np.abs(v), _STREAK_PERCENTILE)) if v.size >= enough else np.nan
-            for v in per_slice
-        ]
-    )
+    percentiles = [_percentile(v) if v.size >= _MIN_PIXELS else np.nan for v in per_slice]
+    return _energies(np.asarray(percentiles, dtype=float), counts)
+
+
+def _streak_of(values: np.ndarray) -> float:
+    values = values[np.isfinite(values)]
+    if values.size < 3:
+        return 1.0
+    median = float(np.median(values))
+    return float(values.max() / median) if median > 0 else 1.0
 
 
 def streak_index(array: np.ndarray, window: tuple[float, float] = BODY_HU) -> float:
@@ -220,12 +333,7 @@ def streak_index(array: np.ndarray, window: tuple[float, float] = BODY_HU) -> fl
     the slices they hit, which raises a high percentile of the Laplacian there;
     noise from the dose is similar from slice to slice.
     """
-    values = slice_energy(array, window)
-    values = values[np.isfinite(values)]
-    if values.size < 3:
-        return 1.0
-    median = float(np.median(values))
-    return float(values.max() / median) if median > 0 else 1.0
+    return _streak_of(slice_energy(array, window))
 
 
 def metal_fraction(array: np.ndarray, threshold: float = 2500.0) -> float:
@@ -260,6 +368,68 @@ def image_clipped_fraction(array: np.ndarray) -> float:
     if array.size == 0:
         return 0.0
     return max(clipped_fraction(frame, count_low_end=False) for frame in array)
+
+
+@dataclass(frozen=True)
+class _CtScan:
+    noise: float | None
+    metal_fraction: float
+    streak_index: float
+    maximum: float
+    minimum: float
+    at_maximum: int
+    at_minimum: int
+
+
+def _scan_ct(array: np.ndarray, metal_threshold: float) -> _CtScan:
+    """:func:`noise_sd`, :func:`metal_fraction`, :func:`streak_index` and the extremes
+    :func:`clipped_fraction` counts, in one pass over the slices of a 3D ``array``
+    (at least one voxel) with the same values as those functions."""
+    count = array.shape[0]
+    maxima = np.empty(count, dtype=array.dtype)
+    minima = np.empty(count, dtype=array.dtype)
+    at_max = np.empty(count, dtype=np.int64)
+    at_min = np.empty(count, dtype=np.int64)
+    metal = 0
+    measurable = _measurable(array)
+    slices = _Slices(*array.shape[1:]) if measurable else None
+    stride = _noise_stride(count)
+    samples: list[np.ndarray] = []
+    counts = np.zeros(count, dtype=np.int64)
+    percentiles = np.full(count, np.nan)
+    top = bottom = None
+    for k, image in enumerate(array):
+        maxima[k] = high = image.max()
+        minima[k] = low = image.min()
+        # Counted only where the slice may hold the series' extreme (a NaN compares
+        # False, so it is counted, and makes every count moot: nothing equals NaN).
+        at_max[k] = 0 if top is not None and high < top else np.count_nonzero(image == high)
+        at_min[k] = 0 if bottom is not None and low > bottom else np.count_nonzero(image == low)
+        top = high if top is None or high > top else top
+        bottom = low if bottom is None or low < bottom else bottom
+        if not high <= metal_threshold:
+            metal += int(np.count_nonzero(image > metal_threshold))
+        if slices is None:
+            if k % stride == 0:
+                samples.append(np.zeros(0, dtype=np.float32))
+            continue
+        image32 = _slice32(image)
+        if k % stride == 0:
+            samples.append(slices.values(image32, TISSUE_HU, _NOISE_SAMPLES_PER_SLICE))
+        values = slices.values(image32, BODY_HU)
+        counts[k] = values.size
+        if values.size >= _MIN_PIXELS:  # the least that can count (see _energies)
+            percentiles[k] = _percentile(values)
+    maximum, minimum = maxima.max(), minima.min()
+    return _CtScan(
+        noise=_pooled_noise(samples),
+        metal_fraction=float(metal) / max(1, array.size),
+        streak_index=_streak_of(_energies(percentiles, counts)),
+        maximum=float(maximum),
+        minimum=float(minimum),
+        at_maximum=int(at_max[maxima == maximum].sum()),
+        at_minimum=int(at_min[minima == minimum].sum()),
+    )
 
 
 # -- checks and decision ---------------------------------------------------------
@@ -315,16 +485,27 @@ def measure(
     if headers and image_attributes.is_image_sop_class(str(headers[0].get("SOPClassUID", ""))):
         # Projection images and photographs: independent frames, no HU.
         return Measurements(layout, clipped_fraction=image_clipped_fraction(array))
+    if modality != "CT":
+        return Measurements(layout, clipped_fraction=clipped_fraction(array, count_low_end=False))
+    if array.ndim != 3 or array.size == 0:
+        return Measurements(
+            layout,
+            noise=noise_sd(array),
+            metal_fraction=metal_fraction(array, validated.metal_threshold),
+            streak_index=streak_index(array),
+            clipped_fraction=clipped_fraction(array, count_low_end=float(array.min()) > -1000.0),
+        )
+    scan = _scan_ct(array, validated.metal_threshold)
+    total = max(1, array.size)
+    clipped = float(scan.at_maximum) / total
+    if scan.minimum > -1000.0:  # the low end counts unless air's floor is there
+        clipped += float(scan.at_minimum) / total
     return Measurements(
         layout,
-        noise=noise_sd(array) if modality == "CT" else None,
-        metal_fraction=metal_fraction(array, validated.metal_threshold)
-        if modality == "CT"
-        else None,
-        streak_index=streak_index(array) if modality == "CT" else None,
-        clipped_fraction=clipped_fraction(
-            array, count_low_end=modality == "CT" and float(array.min()) > -1000.0
-        ),
+        noise=scan.noise,
+        metal_fraction=scan.metal_fraction,
+        streak_index=scan.streak_index,
+        clipped_fraction=clipped,
     )
 
 
