@@ -16,12 +16,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from scipy import ndimage
 
 from node.contract.plugin import Prediction
 from node.contract.template import ResultTemplate, load_template
 from node.contract.volume import Volume
+from node.results import analysis as analysis_module
 from node.results import measure
-from node.results.analysis import Analysis
+from node.results.analysis import Analysis, segment_boxes
 from node.results.contour import outlines
 
 _KINDS = {
@@ -200,3 +202,20 @@ def test_hundred_segments_without_a_mask_per_segment(tmp_path: Path) -> None:
     assert analysis.measurements[100] == {"volume_mm3": 26 * 98 * 98, "mean_hu": 1.0}
     assert slices[1] == 2 and len(slices) == 100
     assert peak < 0.5 * label_map.nbytes, peak
+
+
+@settings(max_examples=100, deadline=None)
+@given(label_map=_label_maps(), slab_voxels=st.sampled_from([1, 40, 2**23]))
+def test_compared_slab_boxes_equal_find_objects(label_map: np.ndarray, slab_voxels: int) -> None:
+    """A few segments' boxes come from slab comparisons (merged across slabs): the
+    boxes ``ndimage.find_objects`` gives."""
+    expected = [
+        None if box is None else tuple(box)
+        for box in ndimage.find_objects(label_map, max_label=len(_LABELS))
+    ]
+    original = analysis_module._SLAB_VOXELS
+    analysis_module._SLAB_VOXELS = slab_voxels
+    try:
+        assert segment_boxes(label_map, len(_LABELS)) == expected
+    finally:
+        analysis_module._SLAB_VOXELS = original

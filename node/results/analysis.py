@@ -108,10 +108,40 @@ def label_values(label_map: np.ndarray) -> np.ndarray:
     return np.flatnonzero(counts).astype(label_map.dtype)
 
 
+#: Up to this many segments, boxes are found by comparing slabs with each number
+#: (a few fast numpy passes); beyond, by ``ndimage.find_objects`` (one slower pass).
+_COMPARE_UP_TO = 4
+#: Voxels per slab compared at a time.
+_SLAB_VOXELS = 8 * 2**20
+
+
 def segment_boxes(segment_numbers: np.ndarray, count: int) -> list[Box | None]:
-    """Bounding box of each segment number 1..``count`` (None when empty), in one pass."""
-    boxes = ndimage.find_objects(segment_numbers, max_label=count)
-    return [None if box is None else (box[0], box[1], box[2]) for box in boxes]
+    """Bounding box of each segment number 1..``count`` (None when empty)."""
+    if count > _COMPARE_UP_TO:
+        boxes = ndimage.find_objects(segment_numbers, max_label=count)
+        return [None if box is None else (box[0], box[1], box[2]) for box in boxes]
+    found: list[list[int] | None] = [None] * count
+    plane = max(1, segment_numbers[:1].size)
+    step = max(1, _SLAB_VOXELS // plane)
+    for start in range(0, len(segment_numbers), step):
+        slab = segment_numbers[start : start + step]
+        for index in range(count):
+            box = measure.bounding_box(slab == index + 1)
+            if box is None:
+                continue
+            corners = [start + box[0].start, box[1].start, box[2].start]
+            ends = [start + box[0].stop, box[1].stop, box[2].stop]
+            known = found[index]
+            if known is None:
+                found[index] = corners + ends
+            else:
+                found[index] = [min(a, b) for a, b in zip(known[:3], corners, strict=True)] + [
+                    max(a, b) for a, b in zip(known[3:], ends, strict=True)
+                ]
+    return [
+        None if f is None else (slice(f[0], f[3]), slice(f[1], f[4]), slice(f[2], f[5]))
+        for f in found
+    ]
 
 
 class Analysis:
