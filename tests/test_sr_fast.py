@@ -128,3 +128,21 @@ def test_fast_sr_equals_highdicoms_for_100_labels(tmp_path: Path, labels: int) -
     )
     assert len(measurements.ContentSequence) == 2 * labels  # volumetric and outline groups
     _assert_identical(fast, reference)
+
+
+def test_charset_walk_finds_text_in_an_item_shared_by_two_sequences() -> None:
+    """The walk visits a shared item once, and still finds its text."""
+    from node.results.source import UNICODE, set_character_set
+
+    code = Dataset()
+    code.CodeMeaning = "Läsion"
+    first, second = Dataset(), Dataset()
+    first.ConceptNameCodeSequence = [code]
+    second.ConceptNameCodeSequence = [code]
+    dataset = Dataset()
+    dataset.ContentSequence = [first, second]
+    set_character_set(dataset, "ISO_IR 6", "test")
+    assert dataset.SpecificCharacterSet == UNICODE
+    dataset.ContentSequence[1].ConceptNameCodeSequence[0].CodeMeaning = "Lesion"
+    set_character_set(dataset, "ISO_IR 6", "test")
+    assert dataset.SpecificCharacterSet == "ISO_IR 6"
