@@ -6,9 +6,9 @@ template, merges the plugin's measurements with the ones the node computes
 template's qualitative findings, and computes outlines (:mod:`node.results.contour`)
 on demand, once, for the SR, the GSPS and the Secondary Capture overlay.
 
-Per-segment work runs inside the segment's bounding box (found for every segment in
-one pass, :func:`segment_boxes`): no full-volume mask per segment, which cost seconds
-for 100 segments on 512x512x300 and one label map's size in memory each.
+Per-segment work runs inside the segment's bounding box (found for every segment at
+once, :func:`segment_boxes`): no full-volume mask per segment, which cost seconds for
+100 segments on 512x512x300 and one label map's size in memory each.
 """
 
 from __future__ import annotations
