@@ -113,8 +113,14 @@ def _max_pairwise_distance(points: np.ndarray) -> float:
     return float(np.sqrt((differences**2).sum(axis=-1)).max())
 
 
-def largest_axial_diameter_mm(mask: np.ndarray, spacing: Spacing) -> float:
+def largest_axial_diameter_mm(
+    mask: np.ndarray, spacing: Spacing, origin: tuple[int, int] = (0, 0)
+) -> float:
     """Largest in-slice distance across the segment's outline, over all slices (NaN if empty).
+
+    ``origin`` is the ``(row, column)`` of ``mask[:, 0, 0]`` in the whole slice when
+    ``mask`` is a box of it: the outline's coordinates are those of the whole slice, so
+    the distances are computed from the very same numbers.
 
     Slices are measured in decreasing order of their bounding box's diagonal (an upper
     bound of their diameter, the outline lying within half a pixel of the box) and the
@@ -142,8 +148,8 @@ def largest_axial_diameter_mm(mask: np.ndarray, spacing: Spacing) -> float:
         r0, r1 = int(row_first[order]), int(row_end[order])
         c0, c1 = int(column_first[order]), int(column_end[order])
         # Outline of the slice's box, moved back: half-pixel coordinates are exact.
-        origin = np.asarray([r0, c0], dtype=np.float64)
-        points = (outline_points(mask[present[order], r0:r1, c0:c1]) + origin) * scale
+        start = np.asarray([r0 + origin[0], c0 + origin[1]], dtype=np.float64)
+        points = (outline_points(mask[present[order], r0:r1, c0:c1]) + start) * scale
         diameter = _max_pairwise_distance(points)  # outline midpoints never repeat
         if math.isnan(best) or diameter > best:
             best = diameter
@@ -214,7 +220,15 @@ def largest_area_slice(mask: np.ndarray) -> int | None:
     return int(np.argmax(areas))
 
 
-def compute(kind: str, unit: str, mask: np.ndarray, values: np.ndarray, spacing: Spacing) -> float:
+def compute(
+    kind: str,
+    unit: str,
+    mask: np.ndarray,
+    values: np.ndarray,
+    spacing: Spacing,
+    *,
+    origin: tuple[int, int, int] = (0, 0, 0),
+) -> float:
     """One template measurement of one segment, in the template's ``unit``.
 
     Parameters
@@ -230,11 +244,14 @@ def compute(kind: str, unit: str, mask: np.ndarray, values: np.ndarray, spacing:
         Real-world values on the same grid.
     spacing
         Voxel spacing ``(slice, row, column)`` in mm.
+    origin
+        Index of ``mask[0, 0, 0]`` in the volume when ``mask`` and ``values`` are a box
+        of it (the diameter is computed in whole-slice coordinates: the same value).
     """
     if kind == "volume":
         return volume_mm3(mask, spacing) * _UNIT_SCALE[unit]
     if kind == "largest_axial_diameter":
-        return largest_axial_diameter_mm(mask, spacing) * _UNIT_SCALE[unit]
+        return largest_axial_diameter_mm(mask, spacing, origin[1:]) * _UNIT_SCALE[unit]
     if kind == "surface_area":
         # Within the segment's box: the same transitions (the box is padded by one).
         box = bounding_box(mask)

@@ -133,9 +133,12 @@ def _text_values(dataset: Dataset) -> Iterator[tuple[str, str]]:
                 yield element.keyword or str(element.tag), str(value)
 
 
-def _non_ascii_texts(dataset: Dataset) -> Iterator[str]:
+def _non_ascii_texts(dataset: Dataset, seen: set[int] | None = None) -> Iterator[str]:
     """Every text value with a character outside ASCII, nested ones included, in no
-    particular order (a walk over the elements as stored: most are skipped by VR)."""
+    particular order (a walk over the elements as stored: most are skipped by VR). An
+    item shared by several sequences (the result builders share code items) is walked
+    once."""
+    seen = set() if seen is None else seen
     for element in dataset._dict.values():
         if isinstance(element, RawDataElement):
             element = dataset[element.tag]
@@ -143,7 +146,9 @@ def _non_ascii_texts(dataset: Dataset) -> Iterator[str]:
         if vr == "SQ":
             # A streamed SEG's per-frame items name the few that hold all their text.
             for item in getattr(element.value, "text_items", element.value):
-                yield from _non_ascii_texts(item)
+                if id(item) not in seen:
+                    seen.add(id(item))
+                    yield from _non_ascii_texts(item, seen)
             continue
         if vr not in _TEXT_VRS or element.value is None:
             continue

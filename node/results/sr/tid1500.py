@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import highdicom as hd
 import numpy as np
@@ -192,6 +193,7 @@ def build_sr(
         hd.sr.MeasurementsAndQualitativeEvaluations
         | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
     ] = (),
+    splice_groups: bool = True,
 ) -> hd.sr.Comprehensive3DSR:
     """Build the TID 1500 measurement report that accompanies ``seg``.
 
@@ -221,6 +223,10 @@ def build_sr(
     extra_groups
         Further measurement groups after the segments' (classifications and
         detections, :mod:`node.results.sr.findings`).
+    splice_groups
+        Add the measurement groups after highdicom's SR constructor
+        (:meth:`MeasurementReportSR.with_groups_spliced`, the same dataset); False
+        passes them through it, the reference the tests compare with.
 
     Raises
     ------
@@ -272,14 +278,18 @@ def build_sr(
     )
     # Each instance once: a multi-frame image is listed once per frame in a volume.
     images = list({str(d.SOPInstanceUID): d for d in volume.datasets}.values())
-    sr = MeasurementReportSR(
-        evidence=[*images, *([seg] if seg is not None else [])],
-        content=report,
-        is_complete=True,
-        is_final=False,
-        previous_versions=[predecessor.as_dataset()] if predecessor is not None else None,
+    evidence = [*images, *([seg] if seg is not None else [])]
+    arguments: dict[str, Any] = {
+        "evidence": evidence,
+        "is_complete": True,
+        "is_final": False,
+        "previous_versions": [predecessor.as_dataset()] if predecessor is not None else None,
         **instance_arguments(template, series, sop_instance_uid),
-    )
+    }
+    if splice_groups:
+        sr = MeasurementReportSR.with_groups_spliced(report, **arguments)
+    else:
+        sr = MeasurementReportSR(content=report, **arguments)
     sr.add_image_library(image_library(images))
     radiomics = analysis.radiomics if analysis is not None else None
     if radiomics is not None and seg is not None:
@@ -309,6 +319,34 @@ class MeasurementReportSR(hd.sr.Comprehensive3DSR):
     dataset on first use after :meth:`add_image_library`, so it always matches what
     is written.
     """
+
+    @classmethod
+    def with_groups_spliced(
+        cls, report: hd.sr.MeasurementReport, **arguments: Any
+    ) -> MeasurementReportSR:
+        """The SR of ``report``, made by the constructor without the measurement groups.
+
+        highdicom's constructor deep-copies the content (for :attr:`content`) and
+        searches it for the instances it references, which took seconds for 100
+        segments. It keeps the content items it was given, so emptying the Imaging
+        Measurements container while it runs and putting its groups back gives the
+        dataset the plain constructor gives (a test compares them). The search only
+        checks that every referenced instance is in the evidence: the groups reference
+        the source images and the SEG, which the evidence always lists.
+        """
+        container = next(
+            item
+            for item in report[0].ContentSequence
+            if item.ConceptNameCodeSequence[0].CodeValue == IMAGING_MEASUREMENTS_CODE
+        )
+        groups = container.ContentSequence
+        container.ContentSequence = ContentSequence()
+        try:
+            sr = cls(content=report, **arguments)
+        finally:
+            container.ContentSequence = groups
+        sr._content_is_stale = True
+        return sr
 
     def add_image_library(self, library: Dataset) -> None:
         """Insert the Image Library container where TID 1500 has it: before the measurements."""
