@@ -48,6 +48,7 @@ from node.config import NodeSettings
 from node.dicom import status
 from node.dicom.file_meta import file_header
 from node.dicom.network import read_whole_pdus, set_nodelay
+from node.dicom.reactor import stop_waking, wake_on_work
 from node.dicom.refusals import association_refused
 from node.dicom.ups import UPS_SOP_CLASSES, UpsHandlers
 from node.errors import SpoolError
@@ -206,6 +207,8 @@ class StorageSCP:
         handlers = [
             (evt.EVT_CONN_OPEN, set_nodelay),
             (evt.EVT_CONN_OPEN, read_whole_pdus),
+            (evt.EVT_CONN_OPEN, wake_on_work),
+            (evt.EVT_CONN_CLOSE, stop_waking),
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_REJECTED, self._on_rejected),

@@ -1,0 +1,161 @@
+"""The listener's reactor threads wake when work arrives instead of at their next poll."""
+
+from __future__ import annotations
+
+import os
+import queue
+import socket
+import threading
+import time
+from types import SimpleNamespace
+from typing import Any
+
+import pynetdicom.association
+import pynetdicom.dul
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from node.config import NodeSettings
+from node.dicom.reactor import AssociationWaker, DulWaker, install, stop_waking, wake_on_work
+from node.dicom.scp import StorageSCP
+from node.orchestration.ingest import Ingestor
+from node.spool import Spool
+from node.state.series import SeriesStore
+from tests.support.net import free_port, wait_until
+
+#: Long enough that a wait which ran its course cannot pass for one woken by work.
+LONG = 5.0
+
+
+def _association(sock: socket.socket, delay: float) -> SimpleNamespace:
+    """The parts of a pynetdicom association and its DUL that the wakers use."""
+    dul = SimpleNamespace(
+        socket=SimpleNamespace(socket=sock),
+        to_provider_queue=queue.Queue(),
+        event_queue=queue.Queue(),
+        _run_loop_delay=delay,
+    )
+    return SimpleNamespace(dul=dul, dimse=SimpleNamespace(msg_queue=queue.Queue()))
+
+
+def _timed(wait: Any, *args: Any) -> float:
+    started = time.perf_counter()
+    wait(*args)
+    return time.perf_counter() - started
+
+
+def _later(action: Any, delay: float = 0.05) -> threading.Timer:
+    timer = threading.Timer(delay, action)
+    timer.start()
+    return timer
+
+
+def test_dul_wait_ends_when_data_arrives_or_a_primitive_is_queued() -> None:
+    ours, peer = socket.socketpair()
+    assoc = _association(ours, LONG)
+    wake_on_work(SimpleNamespace(assoc=assoc))
+    waker = assoc.dul._ainode_waker
+    try:
+        assert isinstance(waker, DulWaker)
+        _later(lambda: peer.send(b"\x04"))
+        assert _timed(waker.wait, LONG) < LONG / 2
+        ours.recv(1)
+        # Queued through the DUL's own queue (as pynetdicom's send_pdu does): wakes it.
+        _later(lambda: assoc.dul.to_provider_queue.put("P-DATA"))
+        assert _timed(waker.wait, LONG) < LONG / 2
+        # A primitive already queued: no wait at all.
+        assert _timed(waker.wait, LONG) < LONG / 2
+    finally:
+        stop_waking(SimpleNamespace(assoc=assoc))
+        ours.close()
+        peer.close()
+    assert assoc.dul._ainode_waker is None
+
+
+def test_association_wait_ends_when_a_dimse_message_is_queued() -> None:
+    ours, peer = socket.socketpair()
+    assoc = _association(ours, 0.001)
+    try:
+        waker = AssociationWaker(assoc)
+        _later(lambda: assoc.dimse.msg_queue.put((1, "C-STORE-RQ")))
+        assert _timed(waker.wait, LONG) < LONG / 2
+        assert _timed(waker.wait, LONG) < LONG / 2  # still queued: returns at once
+    finally:
+        ours.close()
+        peer.close()
+
+
+def test_waits_without_work_last_their_whole_delay() -> None:
+    """An idle association wakes no more often than pynetdicom's own polling."""
+    ours, peer = socket.socketpair()
+    assoc = _association(ours, 0.05)
+    try:
+        assert _timed(DulWaker(assoc.dul, ours).wait, 0.05) >= 0.045
+        assert _timed(AssociationWaker(assoc).wait, 0.05) >= 0.045
+    finally:
+        ours.close()
+        peer.close()
+
+
+def test_only_the_reactor_sleep_of_a_thread_with_a_waker_waits_for_work() -> None:
+    install()
+    ours, peer = socket.socketpair()
+    assoc = _association(ours, LONG)
+    waker = DulWaker(assoc.dul, ours)
+    took: dict[str, float] = {}
+
+    def reactor_sleep(name: str, seconds: float) -> None:
+        took[name] = _timed(pynetdicom.dul.time.sleep, seconds)
+
+    with_waker = threading.Thread(target=reactor_sleep, args=("reactor", LONG))
+    with_waker._ainode_waker = waker  # type: ignore[attr-defined]
+    with_waker._ainode_delay = LONG  # type: ignore[attr-defined]
+    other_length = threading.Thread(target=reactor_sleep, args=("other", 0.3))
+    other_length._ainode_waker = waker  # type: ignore[attr-defined]
+    other_length._ainode_delay = LONG  # type: ignore[attr-defined]
+    try:
+        for thread in (with_waker, other_length):
+            thread.start()
+        _later(waker.notify)
+        for thread in (with_waker, other_length):
+            thread.join(LONG * 2)
+        assert took["reactor"] < LONG / 2
+        assert took["other"] >= 0.29  # any other sleep is a plain sleep
+        assert pynetdicom.association.time.time() > 0  # the rest is the real module
+    finally:
+        waker.close()
+        ours.close()
+        peer.close()
+
+
+def _open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_listener_associations_wake_on_work_and_close_their_wake_up_sockets(
+    tmp_path, database, clock
+) -> None:
+    settings = NodeSettings(ae_title="AINODE", dicom_port=free_port(), bind_address="127.0.0.1")
+    scp = StorageSCP(
+        settings, Ingestor(Spool(tmp_path / "spool"), SeriesStore(database), clock=clock)
+    )
+    scp.start()
+    requestor = AE(ae_title="ECHOSCU")
+    requestor.add_requested_context(Verification)
+    try:
+        baseline = _open_descriptors()
+        for _ in range(3):
+            assoc = requestor.associate("127.0.0.1", settings.dicom_port, ae_title="AINODE")
+            assert assoc.is_established
+            (acceptor,) = [a for a in scp._ae.active_associations if a.is_acceptor]
+            assert isinstance(acceptor._ainode_waker, AssociationWaker)
+            assert isinstance(acceptor.dul._ainode_waker, DulWaker)
+            statuses = [assoc.send_c_echo().Status for _ in range(20)]
+            assert statuses == [0x0000] * 20
+            assoc.release()
+            wait_until(lambda: not scp._ae.active_associations, 10, message="acceptor ended")
+            assert acceptor.dul._ainode_waker is None
+        # Three associations later, no wake-up socket is left open.
+        wait_until(lambda: _open_descriptors() <= baseline, 10, message="descriptors closed")
+    finally:
+        scp.stop()
