@@ -85,6 +85,40 @@ def test_association_wait_ends_when_a_dimse_message_is_queued() -> None:
         peer.close()
 
 
+def test_a_message_queued_for_a_blocked_get_is_not_kept_by_the_association_waker() -> None:
+    """The queue's put wakes the first waiter only: a waker waiting first must pass it on
+    to a caller blocked in ``get`` (a DIMSE-N request's response), which would otherwise
+    see the message only when its own timeout ran out."""
+    sock, peer = socket.socketpair()
+    got: list[tuple[object, float]] = []
+    try:
+        assoc = _association(sock, 0.001)
+        messages = assoc.dimse.msg_queue
+        waker = threading.Thread(target=AssociationWaker(assoc).wait, args=(2 * LONG,))
+        waker.start()
+        wait_until(lambda: len(messages.not_empty._waiters) == 1, 5, message="the waker")
+
+        def get() -> None:
+            started = time.monotonic()
+            item = messages.get(timeout=LONG)  # returns the item even after its timeout
+            got.append((item, time.monotonic() - started))
+
+        getter = threading.Thread(target=get)
+        getter.start()
+        wait_until(lambda: len(messages.not_empty._waiters) == 2, 5, message="the getter")
+        put_at = time.monotonic()
+        messages.put("response")
+        getter.join(2 * LONG)
+        waker.join(2 * LONG)
+        woken_after = time.monotonic() - put_at
+    finally:
+        sock.close()
+        peer.close()
+    assert [item for item, _ in got] == ["response"]
+    # Woken by the put (milliseconds), not by the end of its LONG timeout.
+    assert got[0][1] < LONG and woken_after < LONG / 2
+
+
 def test_waits_without_work_last_their_whole_delay() -> None:
     """An idle association wakes no more often than pynetdicom's own polling."""
     ours, peer = socket.socketpair()

@@ -85,6 +85,11 @@ class AssociationWaker:
         with queue.not_empty:  # holds the queue's mutex: _qsize, not qsize (it locks)
             if not queue._qsize():
                 queue.not_empty.wait(seconds)
+            if queue._qsize():
+                # A put notifies one waiter. Another thread may be blocked in the queue's
+                # get() (a DIMSE-N caller waiting for its response): pass the wake-up on,
+                # or that caller would sleep until its timeout with the message queued.
+                queue.not_empty.notify()
 
 
 class _Time:
