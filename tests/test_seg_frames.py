@@ -25,6 +25,7 @@ from node.results.identity import SeriesIdentity
 from node.results.seg import frames
 from node.results.seg.segmentation import build_seg
 from node.results.source import buildable_volume
+from tests.support.datasets import dataset_differences
 from tests.support.validators import dciodvfy_errors
 
 #: Differ between any two builds: creation times and highdicom's random organization UID
@@ -35,27 +36,6 @@ _PER_BUILD = {
     "ContributionDateTime",
     "DimensionOrganizationUID",
 }
-
-
-def _differences(fast: Dataset, reference: Dataset, path: str = "") -> list[str]:
-    """Every element that differs, nested ones by path (per-build values left out)."""
-    found = []
-    for tag in sorted(set(fast.keys()) | set(reference.keys())):
-        if tag not in fast or tag not in reference:
-            found.append(f"{path}/{tag} only in {'reference' if tag not in fast else 'fast'}")
-            continue
-        mine, theirs = fast[tag], reference[tag]
-        if mine.keyword in _PER_BUILD:
-            continue
-        if mine.VR == "SQ":
-            if len(mine.value) != len(theirs.value):
-                found.append(f"{path}/{mine.keyword}: {len(mine.value)} != {len(theirs.value)}")
-                continue
-            for index, (a, b) in enumerate(zip(mine.value, theirs.value, strict=True)):
-                found += _differences(a, b, f"{path}/{mine.keyword}[{index}]")
-        elif mine.value != theirs.value:
-            found.append(f"{path}/{mine.keyword}: {mine.value!r:.60} != {theirs.value!r:.60}")
-    return found
 
 
 def _one_organization(seg: Dataset) -> bool:
@@ -144,7 +124,7 @@ def test_fast_seg_equals_highdicoms_construction(tmp_path: Path, labels: int) ->
     fast, reference = _build_both(tmp_path, volume, labels, label_map)
 
     assert frames.packable(volume, label_map)
-    assert _differences(fast, reference) == []
+    assert dataset_differences(fast, reference, _PER_BUILD) == []
     assert _one_organization(fast)
     assert int(fast.NumberOfFrames) == 12 * labels
     assert fast.PixelData == reference.PixelData
@@ -176,7 +156,7 @@ def test_frames_not_a_whole_number_of_bytes_go_through_highdicom(tmp_path: Path)
     label_map = blob_label_map(volume.shape, 3)
     assert not frames.packable(volume, label_map)
     fast, reference = _build_both(tmp_path, volume, 3, label_map)
-    assert _differences(fast, reference) == []
+    assert dataset_differences(fast, reference, _PER_BUILD) == []
 
 
 def test_segment_numbers_map_recodes_without_an_index_copy(

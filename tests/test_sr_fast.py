@@ -27,34 +27,12 @@ from node.results.analysis import Analysis
 from node.results.identity import SeriesIdentity
 from node.results.source import buildable_volume
 from node.results.sr.tid1500 import build_sr
+from tests.support.datasets import dataset_differences
 from tests.test_results import lung_prediction
 from tools.synthetic.chest_ct import make_chest_ct
 
 #: Differ between any two builds (creation times; ContributionDateTime is copied over).
 _PER_BUILD = ("InstanceCreationDate", "InstanceCreationTime", "ContentDate", "ContentTime")
-
-
-def _differences(fast: Dataset, reference: Dataset, path: str = "") -> list[str]:
-    """Every element that differs in tag, VR or value, nested ones by path."""
-    found = []
-    for tag in sorted(set(fast.keys()) | set(reference.keys())):
-        if tag not in fast or tag not in reference:
-            found.append(f"{path}/{tag} only in {'reference' if tag not in fast else 'fast'}")
-            continue
-        mine, theirs = fast[tag], reference[tag]
-        if mine.keyword in _PER_BUILD:
-            continue
-        if mine.VR != theirs.VR:
-            found.append(f"{path}/{mine.keyword}: VR {mine.VR} != {theirs.VR}")
-        elif mine.VR == "SQ":
-            if len(mine.value) != len(theirs.value):
-                found.append(f"{path}/{mine.keyword}: {len(mine.value)} != {len(theirs.value)}")
-                continue
-            for index, (a, b) in enumerate(zip(mine.value, theirs.value, strict=True)):
-                found += _differences(a, b, f"{path}/{mine.keyword}[{index}]")
-        elif mine.value != theirs.value:
-            found.append(f"{path}/{mine.keyword}: {mine.value!r:.60} != {theirs.value!r:.60}")
-    return found
 
 
 def _written(dataset: Dataset) -> bytes:
@@ -96,7 +74,7 @@ def _both(volume: Volume, prediction: Prediction, template: ResultTemplate) -> l
 
 
 def _assert_identical(fast: Dataset, reference: Dataset) -> None:
-    assert _differences(fast, reference) == []
+    assert dataset_differences(fast, reference, _PER_BUILD) == []
     assert _written(fast) == _written(reference)
 
 
