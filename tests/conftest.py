@@ -7,6 +7,7 @@ A module marked ``pytestmark = pytest.mark.state_backends`` runs each test that 
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,6 +41,18 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored() -> Iterator[None]:
+    """Each test starts with the root logger as pytest set it up: a command that configured
+    logging (``ainode serve``, ``ainode evaluate``) in one test must not print into the
+    stderr another test reads, whichever order xdist gives them."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture
