@@ -1,0 +1,209 @@
+"""Several receiver processes behind one DICOM port (``dicom.receiver_processes``, issue 14).
+
+The process-level tests start a real ``ainode serve`` with 2 receiver processes (its own
+and one ``…/rx2``), send with real dcmtk ``storescu`` (``TCP_NODELAY=1``) and read the
+SQLite state the processes share.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from pydantic import ValidationError
+
+from node.config import BUILT_IN_CHEST_RULE, Settings
+from node.dicom.scp import check_port_free
+from tests.support.dcmtk import storescu
+from tests.support.net import wait_until
+from tests.test_several_nodes import chest_series, jobs_per_series, state_rows, wait_for_jobs
+from tools.net import LOCALHOST, free_port
+from tools.node_process import NodeProcess
+
+RX2 = "rx-test/rx2"
+
+
+# -- configuration ------------------------------------------------------------------------
+
+
+def test_receiver_processes_default_to_one_and_refuse_zero() -> None:
+    assert Settings().dicom.receiver_processes == 1
+    with pytest.raises(ValidationError, match="greater than or equal to 1"):
+        Settings.model_validate({"dicom": {"receiver_processes": 0}})
+
+
+def test_several_receiver_processes_refuse_an_in_memory_state(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="not an in-memory database"):
+        Settings.model_validate(
+            {"dicom": {"receiver_processes": 2}, "state": {"url": "sqlite:///:memory:"}}
+        )
+    # One process may keep it in memory; several may share a file.
+    Settings.model_validate({"state": {"url": "sqlite:///:memory:"}})
+    shared = f"sqlite:///{tmp_path / 'state.sqlite3'}"
+    Settings.model_validate({"dicom": {"receiver_processes": 2}, "state": {"url": shared}})
+
+
+def test_restart_backoff_must_be_ordered() -> None:
+    with pytest.raises(ValidationError, match="below receiver_restart_seconds"):
+        Settings.model_validate(
+            {"dicom": {"receiver_restart_seconds": 5, "receiver_restart_max_seconds": 2}}
+        )
+
+
+def test_a_shared_port_is_not_joined_when_another_listener_holds_it() -> None:
+    """SO_REUSEPORT would silently share a port with another node that set it too."""
+    port = free_port()
+    check_port_free(LOCALHOST, port)  # nobody there
+    with socket.socket() as other:
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        other.bind((LOCALHOST, port))
+        other.listen()
+        with pytest.raises(OSError):
+            check_port_free(LOCALHOST, port)
+
+
+# -- process level ------------------------------------------------------------------------
+
+
+def receiver_pids(node_pid: int) -> list[int]:
+    """The receiver processes the node ``node_pid`` started."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            command = (entry / "cmdline").read_bytes()
+            if ppid == node_pid and b"node.dicom.receiver" in command:
+                found.append(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    """``pid`` runs and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@contextlib.contextmanager
+def node_with_receivers(tmp_path: Path, **dicom: Any) -> Any:
+    """A node named ``rx-test`` with 2 receiver processes; its children are killed on exit
+    whatever happened (the test checks that the node stops them itself)."""
+    url = f"sqlite:///{tmp_path / 'state.sqlite3'}"
+    config = {
+        "node": {"name": "rx-test"},
+        "dicom": {"receiver_processes": 2, **dicom},
+        "state": {"url": url},
+        "workers": {"cpu_threads": 1},
+        "completion": {"series_quiet_seconds": 1.5, "poll_seconds": 0.2},
+        "rules": [BUILT_IN_CHEST_RULE],
+    }
+    node = NodeProcess(config, workdir=tmp_path / "node")
+    children: set[int] = set()
+    try:
+        node.start()
+        assert node.pid is not None
+        wait_until(lambda: len(receiver_pids(node.pid or 0)) == 1, 30, message="rx2 started")
+        wait_until(lambda: "receiver process started" in node.log_text(), 30, message="rx2 up")
+        children.update(receiver_pids(node.pid))
+        yield node, url, children
+    finally:
+        if node.pid is not None:
+            children.update(receiver_pids(node.pid))
+        node.stop()
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def received_by(url: str) -> dict[str, int]:
+    rows = state_rows(url, "SELECT received_by, COUNT(*) FROM instances GROUP BY received_by")
+    return {str(name): int(count) for name, count in rows}
+
+
+def send_one_by_one_until(port: int, files: list[Path], done: Any) -> int:
+    """One association per file until ``done()``; how many were sent."""
+    for sent, path in enumerate(files, start=1):
+        storescu(port, [path])
+        if done():
+            return sent
+    raise AssertionError(f"not done after {len(files)} associations")
+
+
+@pytest.mark.slow
+def test_two_receiver_processes_share_the_port_and_survive_a_killed_child(
+    tmp_path: Path,
+) -> None:
+    series = chest_series(6, tmp_path / "series", n_slices=20)
+    with node_with_receivers(tmp_path, receiver_restart_seconds=3.0) as (node, url, children):
+        # (1) 4 concurrent associations, one series each.
+        with ThreadPoolExecutor(4) as pool:
+            for done in [pool.submit(storescu, node.dicom_port, files) for files in series[:4]]:
+                done.result()
+        # The kernel's spread is not deterministic (a hash of the connection): one file per
+        # association of a fifth series until both processes have received something.
+        if len(received_by(url)) < 2:
+            sent = send_one_by_one_until(
+                node.dicom_port, series[4], lambda: len(received_by(url)) == 2
+            )
+            if series[4][sent:]:
+                storescu(node.dicom_port, series[4][sent:])
+        else:
+            storescu(node.dicom_port, series[4])
+        assert set(received_by(url)) == {"rx-test", RX2}
+        wait_for_jobs(url, 5, 180, [node])
+        sent = sum(len(files) for files in series[:5])
+        assert sum(received_by(url).values()) == sent  # each instance recorded once
+        per_series = state_rows(
+            url, "SELECT series_uid, COUNT(*) FROM instances GROUP BY series_uid"
+        )
+        assert sorted(count for _, count in per_series) == [20] * 5
+        assert sorted(jobs_per_series(url).values()) == [1] * 5  # each series ran once
+        assert {state for (state,) in state_rows(url, "SELECT state FROM jobs")} == {"done"}
+        # What an admin sees counts every process's instances.
+        health = lambda: httpx.get(f"{node.url}/healthz").json()["dicom"]  # noqa: E731
+        wait_until(lambda: health().get("stored") == sent, 10, message="counts aggregated")
+
+        # (2) SIGKILL the receiver process: the node keeps receiving, and restarts it.
+        (child,) = receiver_pids(node.pid or 0)
+        os.kill(child, signal.SIGKILL)
+        wait_until(lambda: not alive(child), 10, message="rx2 killed")
+        storescu(node.dicom_port, series[5][:6])  # within the 3 s restart wait
+        wait_until(lambda: "receiver process exited name=rx-test/rx2" in node.log_text(), 10)
+        wait_until(
+            lambda: [p for p in receiver_pids(node.pid or 0) if p != child], 30, message="rx2 back"
+        )
+        (restarted,) = receiver_pids(node.pid or 0)
+        children.add(restarted)
+        wait_until(lambda: node.log_text().count("receiver process started name=") == 2, 30)
+        before = received_by(url)[RX2]
+        send_one_by_one_until(
+            node.dicom_port, series[5][6:], lambda: received_by(url)[RX2] > before
+        )
+        # Counters never go down: the killed process's count stays in the sum.
+        wait_until(lambda: health().get("stored") == sum(received_by(url).values()), 10)
+
+        # (3) SIGTERM to the node's process alone: it stops its receiver and exits cleanly.
+        main = node.pid or 0
+        os.kill(main, signal.SIGTERM)
+        wait_until(lambda: not alive(main), 30, message="node exited")
+        assert not alive(restarted)
+        assert "receiver processes stopped count=1" in node.log_text()
+
+
+@pytest.mark.slow
+def test_receiver_processes_exit_when_the_node_is_killed(tmp_path: Path) -> None:
+    with node_with_receivers(tmp_path) as (node, _url, children):
+        (child,) = children
+        os.kill(node.pid or 0, signal.SIGKILL)  # no chance to stop them
+        wait_until(lambda: not alive(child), 15, message="rx2 exited with its node")
