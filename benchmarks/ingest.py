@@ -19,6 +19,7 @@ import contextlib
 import os
 import shutil
 import socket
+import sqlite3
 import statistics
 import subprocess
 import time
@@ -51,6 +52,8 @@ class IngestResult:
     images: int
     seconds: list[float] = field(default_factory=list)
     stored: list[int | None] = field(default_factory=list)
+    #: A node's instances per receiving process (``received_by``), per run.
+    spread: list[dict[str, int]] = field(default_factory=list)
 
     @property
     def rates(self) -> list[float]:
@@ -104,6 +107,21 @@ def send_with_storescu(files: list[Path], aet: str, port: int, associations: int
 def _count_dicom(directory: Path) -> int:
     """Files under ``directory`` (storescp names them ``CT.<SOP UID>``, the node ``<UID>.dcm``)."""
     return sum(1 for p in directory.rglob("*") if p.is_file() and not p.name.endswith(".tmp"))
+
+
+def _received_by(state: Path, files: list[Path]) -> dict[str, int]:
+    """How many of ``files`` (named by SOP Instance UID) each node process received."""
+    import pydicom
+
+    uids = [str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID) for path in files]
+    marks = ",".join("?" * len(uids))
+    with contextlib.closing(sqlite3.connect(state, timeout=30)) as db:
+        rows = db.execute(
+            f"SELECT received_by, COUNT(*) FROM instances WHERE sop_uid IN ({marks})"
+            " GROUP BY received_by",
+            uids,
+        ).fetchall()
+    return {str(name): int(count) for name, count in rows}
 
 
 @contextlib.contextmanager
@@ -196,6 +214,7 @@ def run_ingest(workdir: Path, count: int = 303, repeat: int = 3) -> dict[str, An
                         send_with_storescu(files, node.ae_title, node.dicom_port, mode)
                     )
                     entry.stored.append(_count_dicom(spool) - before if spool.is_dir() else None)
+                    entry.spread.append(_received_by(node.data_dir / "state.sqlite3", files))
                 shutil.rmtree(series_dir)
 
     result: dict[str, Any] = {
