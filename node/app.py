@@ -428,11 +428,12 @@ class Node:
             log.info("no destination configured: results stay in %s", self.results_dir.resolve())
         tls = self.settings.node.tls
         log.info(
-            "node started ae_title=%s dicom_port=%s dicom_tls_port=%s devices=%s plugins=%s"
-            " data_dir=%s",
+            "node started ae_title=%s dicom_port=%s dicom_tls_port=%s receiver_processes=%d"
+            " devices=%s plugins=%s data_dir=%s",
             self.settings.node.ae_title,
             self.settings.node.dicom_port if self.settings.node.plain_dicom else "off",
             tls.port if tls is not None else "off",
+            self.settings.dicom.receiver_processes,
             ",".join(str(d) for d in self.devices) or "loading",
             ",".join(sorted(self.registry.names))
             or ("none" if self.routines_loaded.is_set() else "loading"),

@@ -8,6 +8,7 @@ SQLite state the processes share.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -20,6 +21,7 @@ import pytest
 from pydantic import ValidationError
 
 from node.config import BUILT_IN_CHEST_RULE, Settings
+from node.dicom.receivers import ReceiverProcesses
 from node.dicom.scp import check_port_free
 from tests.support.dcmtk import storescu
 from tests.support.net import wait_until
@@ -67,6 +69,43 @@ def test_a_shared_port_is_not_joined_when_another_listener_holds_it() -> None:
         other.listen()
         with pytest.raises(OSError):
             check_port_free(LOCALHOST, port)
+
+
+@pytest.mark.slow
+def test_a_receiver_process_that_keeps_dying_is_restarted_with_a_growing_wait(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Its port is held by a listener without SO_REUSEPORT: every start fails to bind."""
+    port = free_port()
+    settings = Settings.model_validate(
+        {
+            "node": {"dicom_port": port, "bind_address": LOCALHOST, "data_dir": str(tmp_path)},
+            "dicom": {
+                "receiver_processes": 2,
+                "receiver_restart_seconds": 0.2,
+                "receiver_restart_max_seconds": 0.5,
+            },
+        }
+    )
+    caplog.set_level(logging.INFO, logger="node.dicom.receivers")
+    receivers = ReceiverProcesses(settings, "flaky")
+    with socket.socket() as holder:
+        holder.bind((LOCALHOST, port))
+        holder.listen()
+        receivers.start()
+        try:
+            exits = lambda: [  # noqa: E731
+                r.getMessage() for r in caplog.records if "receiver process exited" in r.message
+            ]
+            wait_until(lambda: len(exits()) >= 4, 60, message="4 failed starts")
+            assert receivers.names == ["flaky/rx2"]
+            waits = [float(m.rsplit("=", 1)[1]) for m in exits()[:4]]
+            assert waits == [0.2, 0.4, 0.5, 0.5]  # doubled, up to the maximum
+            assert all("name=flaky/rx2 exit_code=1" in m for m in exits())
+        finally:
+            receivers.stop()
+    assert receivers.pids() == {"flaky/rx2": None}
+    assert "receiver process cannot listen name=flaky/rx2" in capfd.readouterr().err
 
 
 # -- process level ------------------------------------------------------------------------

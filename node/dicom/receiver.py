@@ -116,7 +116,12 @@ def main() -> int:
         stop.set()
 
     receiver = Receiver(settings)
-    receiver.start()
+    try:
+        receiver.start()
+    except OSError as exc:  # e.g. the port is held by a listener without SO_REUSEPORT
+        log.error("receiver process cannot listen name=%s error=%s", receiver.name, exc)
+        receiver.stop()
+        return 1
     threading.Thread(target=main_process_gone, name="stdin-watch", daemon=True).start()
     log.info("receiver process started name=%s pid=%d", receiver.name, os.getpid())
     _send({"ready": True})
