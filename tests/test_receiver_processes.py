@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import socket
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from node.dicom.receivers import ReceiverProcesses
 from node.dicom.scp import check_port_free
 from tests.support.dcmtk import storescu
 from tests.support.net import wait_until
+from tests.support.pki import make_pki
 from tests.test_several_nodes import chest_series, jobs_per_series, state_rows, wait_for_jobs
 from tools.net import LOCALHOST, free_port
 from tools.node_process import NodeProcess
@@ -246,3 +248,51 @@ def test_receiver_processes_exit_when_the_node_is_killed(tmp_path: Path) -> None
         (child,) = children
         os.kill(node.pid or 0, signal.SIGKILL)  # no chance to stop them
         wait_until(lambda: not alive(child), 15, message="rx2 exited with its node")
+
+
+@pytest.mark.slow
+def test_receiver_processes_serve_tls_with_the_nodes_access_control(tmp_path: Path) -> None:
+    """TLS only, mutual authentication and ``node.accept``: a receiver process applies them
+    as the main process does (each association lands on either; the kernel decides)."""
+    pki = make_pki(tmp_path / "pki")
+    tls_port = free_port()
+    url = f"sqlite:///{tmp_path / 'state.sqlite3'}"
+    config = {
+        "node": {
+            "name": "rx-tls",
+            "plain_dicom": False,
+            "tls": {
+                "port": tls_port,
+                "certificate": str(pki.server.certificate),
+                "private_key": str(pki.server.key),
+                "ca_certificates": str(pki.ca.certificate),
+                "require_client_certificate": True,
+            },
+            "accept": [{"ae_title": "CT_SCANNER"}],
+        },
+        "dicom": {"receiver_processes": 2},
+        "state": {"url": url},
+    }
+    (files,) = chest_series(1, tmp_path / "series", n_slices=20)
+    trusted = ["+tls", str(pki.client.key), str(pki.client.certificate)]
+    trusted += ["+cf", str(pki.ca.certificate), "-aec", "AINODE"]
+
+    def store(path: Path, calling_ae: str) -> int:
+        command = ["storescu", *trusted, "-aet", calling_ae, LOCALHOST, str(tls_port), str(path)]
+        env = {**os.environ, "TCP_NODELAY": "1"}
+        return subprocess.run(command, env=env, capture_output=True, timeout=60).returncode
+
+    node = NodeProcess(config, workdir=tmp_path / "node", wait_for_routines=False)
+    with node:
+        wait_until(lambda: "receiver process started" in node.log_text(), 30, message="rx2 up")
+        # An AE that node.accept does not list is refused by whichever process it reaches.
+        assert all(store(files[0], "INTRUDER") != 0 for _ in range(8))
+        assert received_by(url) == {}
+        # A listed AE's associations reach both processes.
+        for path in files:
+            assert store(path, "CT_SCANNER") == 0
+            if set(received_by(url)) == {"rx-tls", "rx-tls/rx2"}:
+                break
+        assert set(received_by(url)) == {"rx-tls", "rx-tls/rx2"}
+        refusals = node.log_text().count("reason=calling-ae-not-recognized")
+        assert refusals == 8
