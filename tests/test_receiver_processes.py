@@ -296,3 +296,30 @@ def test_receiver_processes_serve_tls_with_the_nodes_access_control(tmp_path: Pa
         assert set(received_by(url)) == {"rx-tls", "rx-tls/rx2"}
         refusals = node.log_text().count("reason=calling-ae-not-recognized")
         assert refusals == 8
+
+
+@pytest.mark.slow
+def test_receiver_processes_share_a_postgresql_state(tmp_path: Path, postgres_url: str) -> None:
+    """With PostgreSQL the receiver process records into the same database; the series
+    completes once and its job runs once."""
+    config = {
+        "node": {"name": "rx-pg"},
+        "dicom": {"receiver_processes": 2},
+        "state": {"url": postgres_url},
+        "workers": {"cpu_threads": 1},
+        "completion": {"series_quiet_seconds": 1.5, "poll_seconds": 0.2},
+        "rules": [BUILT_IN_CHEST_RULE],
+    }
+    (files,) = chest_series(1, tmp_path / "series", n_slices=20)
+    with NodeProcess(config, workdir=tmp_path / "node") as node:
+        wait_until(lambda: "receiver process started" in node.log_text(), 30, message="rx2 up")
+        sent = send_one_by_one_until(
+            node.dicom_port, files, lambda: len(received_by(postgres_url)) == 2
+        )
+        if files[sent:]:
+            storescu(node.dicom_port, files[sent:])
+        assert set(received_by(postgres_url)) == {"rx-pg", "rx-pg/rx2"}
+        assert sum(received_by(postgres_url).values()) == len(files)
+        wait_for_jobs(postgres_url, 1, 120, [node])
+        assert list(jobs_per_series(postgres_url).values()) == [1]
+        assert state_rows(postgres_url, "SELECT state FROM jobs") == [("done",)]
