@@ -20,6 +20,11 @@ from typing import Any
 import httpx
 import pytest
 from pydantic import ValidationError
+from pynetdicom import AE
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    UnifiedProcedureStepPull,
+    UnifiedProcedureStepPush,
+)
 
 from node.config import BUILT_IN_CHEST_RULE, Settings
 from node.dicom.receivers import ReceiverProcesses
@@ -28,6 +33,7 @@ from tests.support.dcmtk import storescu
 from tests.support.net import wait_until
 from tests.support.pki import make_pki
 from tests.test_several_nodes import chest_series, jobs_per_series, state_rows, wait_for_jobs
+from tests.test_ups_dimse import TASK, create, get
 from tools.net import LOCALHOST, free_port
 from tools.node_process import NodeProcess
 
@@ -323,3 +329,37 @@ def test_receiver_processes_share_a_postgresql_state(tmp_path: Path, postgres_ur
         wait_for_jobs(postgres_url, 1, 120, [node])
         assert list(jobs_per_series(postgres_url).values()) == [1]
         assert state_rows(postgres_url, "SELECT state FROM jobs") == [("done",)]
+
+
+@pytest.mark.slow
+def test_receiver_processes_serve_the_worklist_over_dimse(tmp_path: Path) -> None:
+    """A UPS association may land on either process: each N-CREATE on its own association
+    succeeds (8 associations: all on one process with probability 1/128), and every
+    workitem is found over another association."""
+    config = {
+        "node": {"name": "rx-ups"},
+        "dicom": {"receiver_processes": 2},
+        "rules": [{"name": "chest", "match": {"Modality": "CT"}, "plugin": "ct_lungs"}],
+        "worklist": {"tasks": {f"{TASK[0]}^{TASK[1]}": "chest"}},
+    }
+    scu = AE(ae_title="RIS")
+    scu.add_requested_context(UnifiedProcedureStepPush)
+    scu.add_requested_context(UnifiedProcedureStepPull)
+    with NodeProcess(config, workdir=tmp_path / "node", wait_for_routines=False) as node:
+        wait_until(lambda: "receiver process started" in node.log_text(), 30, message="rx2 up")
+        created = []
+        for _ in range(8):
+            assoc = scu.associate(LOCALHOST, node.dicom_port, ae_title=node.ae_title)
+            assert assoc.is_established
+            try:
+                status, uid = create(assoc)
+            finally:
+                assoc.release()
+            assert status == 0x0000
+            created.append(uid)
+        assoc = scu.associate(LOCALHOST, node.dicom_port, ae_title=node.ae_title)
+        try:
+            for uid in created:
+                assert get(assoc, uid)[0] == 0x0000
+        finally:
+            assoc.release()
