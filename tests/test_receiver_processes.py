@@ -8,6 +8,7 @@ SQLite state the processes share.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -27,6 +28,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from node.config import BUILT_IN_CHEST_RULE, Settings
+from node.dicom.receiver import receiver_settings, settings_message
 from node.dicom.receivers import ReceiverProcesses
 from node.dicom.scp import check_port_free
 from tests.support.dcmtk import storescu
@@ -363,3 +365,32 @@ def test_receiver_processes_serve_the_worklist_over_dimse(tmp_path: Path) -> Non
                 assert get(assoc, uid)[0] == 0x0000
         finally:
             assoc.release()
+
+
+def test_the_settings_a_receiver_process_gets_read_back_the_same() -> None:
+    """The sections sent to a receiver process (a source of each kind, a worklist, access
+    control) validate again there to equal values, under the process's own name."""
+    settings = Settings.model_validate(
+        {
+            "node": {"name": "main", "accept": [{"ae_title": "CT", "hosts": ["10.0.0.0/8"]}]},
+            "dicom": {"receiver_processes": 3},
+            "worklist": {"tasks": {"99AINODE^LUNGS": "chest"}},
+            "sources": {
+                "pacs": {"kind": "dimse", "ae_title": "PACS", "host": "10.1.1.1", "port": 104},
+                "web": {
+                    "kind": "dicomweb",
+                    "url": "https://pacs.example/dicom-web",
+                    "auth": {"type": "basic", "username": "ai", "password": "s3cret"},
+                },
+            },
+        }
+    )
+    spec = json.loads(settings_message(settings, "main/rx3"))
+    again = receiver_settings(Settings.model_validate(spec["settings"]), spec["name"])
+    for section in ("state", "completion", "dicom", "logging", "worklist", "sources"):
+        assert getattr(again, section) == getattr(settings, section)
+    assert again.node.identity == "main/rx3"
+    assert again.node.accept == settings.node.accept
+    assert again.spool_dir == settings.spool_dir  # the node's spool, its own subdirectory
+    assert again.spool_subdir == "main_rx3"
+    assert "ct_lungs" in spec["routines"]
