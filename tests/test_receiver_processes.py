@@ -248,6 +248,7 @@ def test_two_receiver_processes_share_the_port_and_survive_a_killed_child(
         wait_until(lambda: not alive(main), 30, message="node exited")
         assert not alive(restarted)
         assert "receiver processes stopped count=1" in node.log_text()
+        assert "node stopped" in node.log_text()  # a clean exit, not a crash
 
 
 @pytest.mark.slow
