@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pydicom
 import pytest
 from pydantic import ValidationError
 from pynetdicom import AE
@@ -395,3 +397,24 @@ def test_the_settings_a_receiver_process_gets_read_back_the_same() -> None:
     assert again.spool_dir == settings.spool_dir  # the node's spool, its own subdirectory
     assert again.spool_subdir == "main_rx3"
     assert "ct_lungs" in spec["routines"]
+
+
+@pytest.mark.slow
+def test_a_restarted_receiver_process_re_records_its_own_spool_files(tmp_path: Path) -> None:
+    """A file the process fsynced but had not recorded when it died (planted here in its
+    spool subdirectory) is recorded, as received by it, when it starts again; a file in the
+    main process's part of the spool is left to the main process's own start-up."""
+    (files,) = chest_series(1, tmp_path / "series", n_slices=2)
+    headers = [pydicom.dcmread(path, stop_before_pixels=True) for path in files]
+    with node_with_receivers(tmp_path) as (node, url, children):
+        spool = node.data_dir / "spool"
+        owners = ("rx-test_rx2", "")  # the receiver process's subdirectory; the main's part
+        for owner, path, header in zip(owners, files, headers, strict=True):
+            folder = spool / owner / header.StudyInstanceUID / header.SeriesInstanceUID
+            folder.mkdir(parents=True)
+            shutil.copy(path, folder / f"{header.SOPInstanceUID}.dcm")
+        (child,) = children
+        os.kill(child, signal.SIGKILL)
+        wait_until(lambda: node.log_text().count("receiver process started name=") == 2, 30)
+        recorded = state_rows(url, "SELECT sop_uid, received_by FROM instances")
+        assert recorded == [(str(headers[0].SOPInstanceUID), RX2)]
