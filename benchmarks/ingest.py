@@ -8,7 +8,9 @@ it neither fsyncs nor indexes). Orthanc (Debian's binary through
 :class:`~tools.orthanc.OrthancServer`) runs with its default ``SyncStorageArea`` (each
 file fsynced) and indexes every instance in SQLite. The node runs with no rules, so
 nothing but reception happens; it fsyncs each instance and records it before answering
-success.
+success. It is measured twice in the same run: ``node`` (one process, the default) and
+``node-2rx`` (``dicom.receiver_processes: 2``: a second process on the same port, the kernel
+spreading the associations; same durability promise).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import contextlib
 import os
 import shutil
 import socket
+import sqlite3
 import statistics
 import subprocess
 import time
@@ -31,7 +34,9 @@ from tools.orthanc import OrthancServer
 
 MAX_PDU = 131072
 MODES = (1, 4)
-RECEIVERS = ("storescp", "orthanc", "node")
+#: Each node row and its ``dicom.receiver_processes``.
+NODES = {"node": 1, "node-2rx": 2}
+RECEIVERS = ("storescp", "orthanc", *NODES)
 
 
 def dcmtk_env() -> dict[str, str]:
@@ -47,6 +52,8 @@ class IngestResult:
     images: int
     seconds: list[float] = field(default_factory=list)
     stored: list[int | None] = field(default_factory=list)
+    #: A node's instances per receiving process (``received_by``), per run.
+    spread: list[dict[str, int]] = field(default_factory=list)
 
     @property
     def rates(self) -> list[float]:
@@ -102,6 +109,21 @@ def _count_dicom(directory: Path) -> int:
     return sum(1 for p in directory.rglob("*") if p.is_file() and not p.name.endswith(".tmp"))
 
 
+def _received_by(state: Path, files: list[Path]) -> dict[str, int]:
+    """How many of ``files`` (named by SOP Instance UID) each node process received."""
+    import pydicom
+
+    uids = [str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID) for path in files]
+    marks = ",".join("?" * len(uids))
+    with contextlib.closing(sqlite3.connect(state, timeout=30)) as db:
+        rows = db.execute(
+            f"SELECT received_by, COUNT(*) FROM instances WHERE sop_uid IN ({marks})"
+            " GROUP BY received_by",
+            uids,
+        ).fetchall()
+    return {str(name): int(count) for name, count in rows}
+
+
 @contextlib.contextmanager
 def _storescp(workdir: Path, fork: bool) -> Any:
     """A storescp on a free port writing into ``workdir/out``; yields (port, out)."""
@@ -144,7 +166,6 @@ def run_ingest(workdir: Path, count: int = 303, repeat: int = 3) -> dict[str, An
         for receiver in RECEIVERS
         for mode in MODES
     }
-    node_error: str | None = None
     file_kib = 0.0
     with contextlib.ExitStack() as stack:
         plain_port, plain_out = stack.enter_context(_storescp(workdir / "storescp", False))
@@ -157,13 +178,18 @@ def run_ingest(workdir: Path, count: int = 303, repeat: int = 3) -> dict[str, An
                 graceful_stop=False,
             )
         )
-        node: NodeProcess | None = None
-        try:
-            node = stack.enter_context(
-                NodeProcess({"rules": [], "node": {"max_pdu": MAX_PDU}}, workdir=workdir / "node")
-            )
-        except NodeStartError as exc:
-            node_error = str(exc)
+        nodes: dict[str, NodeProcess] = {}
+        node_errors: dict[str, str] = {}
+        for name, processes in NODES.items():
+            config = {
+                "rules": [],
+                "node": {"max_pdu": MAX_PDU},
+                "dicom": {"receiver_processes": processes},
+            }
+            try:
+                nodes[name] = stack.enter_context(NodeProcess(config, workdir=workdir / name))
+            except NodeStartError as exc:
+                node_errors[name] = str(exc)
         for run in range(repeat):
             for mode in MODES:
                 series_dir = workdir / f"series-{run}-{mode}"
@@ -180,14 +206,15 @@ def run_ingest(workdir: Path, count: int = 303, repeat: int = 3) -> dict[str, An
                     send_with_storescu(files, orthanc.aet, orthanc.dicom_port, mode)
                 )
                 entry.stored.append(None)
-                if node is not None:
-                    spool = node.data_dir / "spool"
+                for name, node in nodes.items():
+                    spool = node.data_dir / "spool"  # a receiver process's files included
                     before = _count_dicom(spool) if spool.is_dir() else 0
-                    entry = results[("node", mode)]
+                    entry = results[(name, mode)]
                     entry.seconds.append(
                         send_with_storescu(files, node.ae_title, node.dicom_port, mode)
                     )
                     entry.stored.append(_count_dicom(spool) - before if spool.is_dir() else None)
+                    entry.spread.append(_received_by(node.data_dir / "state.sqlite3", files))
                 shutil.rmtree(series_dir)
 
     result: dict[str, Any] = {
@@ -203,17 +230,25 @@ def run_ingest(workdir: Path, count: int = 303, repeat: int = 3) -> dict[str, An
     for mode in MODES:
         for receiver in RECEIVERS:
             key = f"{receiver}/{mode}"
-            if receiver == "node" and node_error is not None:
-                result["receivers"][key] = {"error": node_error}
+            if receiver in node_errors:
+                result["receivers"][key] = {"error": node_errors[receiver]}
                 continue
             result["receivers"][key] = results[(receiver, mode)].as_dict()
-        if node_error is None:
-            node_rate = results[("node", mode)].median_rate
-            result["ratios"][str(mode)] = {
-                "node_over_orthanc": round(node_rate / results[("orthanc", mode)].median_rate, 3),
-                "node_over_storescp": round(node_rate / results[("storescp", mode)].median_rate, 3),
-            }
+        ratios: dict[str, float] = {}
+        for name in NODES:
+            if name in node_errors:
+                continue
+            rate = results[(name, mode)].median_rate
+            prefix = name.replace("-", "_")
+            for other in ("orthanc", "storescp"):
+                ratios[f"{prefix}_over_{other}"] = round(
+                    rate / results[(other, mode)].median_rate, 3
+                )
+        result["ratios"][str(mode)] = ratios
     return result
+
+
+_SHOWN = {"orthanc": "Orthanc"}
 
 
 def ingest_table(result: dict[str, Any]) -> list[str]:
@@ -233,10 +268,11 @@ def ingest_table(result: dict[str, Any]) -> list[str]:
         runs = ", ".join(f"{r:.0f}" for r in entry["images_per_s"])
         lines.append(f"  {receiver:<10} {mode:>6} {entry['median_images_per_s']:>12.1f}   {runs}")
     for mode, ratios in result["ratios"].items():
-        lines.append(
-            f"  {mode} association(s): node/Orthanc {ratios['node_over_orthanc']:.2f}, "
-            f"node/storescp {ratios['node_over_storescp']:.2f}"
-        )
+        shown = []
+        for key, value in ratios.items():
+            name, _, other = key.partition("_over_")
+            shown.append(f"{name.replace('_', '-')}/{_SHOWN.get(other, other)} {value:.2f}")
+        lines.append(f"  {mode} association(s): {', '.join(shown)}")
     return lines
 
 

@@ -25,6 +25,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from node.admin.service import AdminService
 from node.config import Settings, check_plugins_known
+from node.dicom.receivers import ReceiverProcesses
 from node.dicom.scp import StorageSCP
 from node.dicom.ups import EventReportSender, Peer, UpsHandlers, known_peers
 from node.export.exporter import Exporter, RecoveryProbe
@@ -101,12 +102,18 @@ class Node:
             min_free_bytes=settings.node.min_free_disk_mb * 1024 * 1024,
             node_name=self.name,
         )
+        several = settings.dicom.receiver_processes > 1
         self.scp = StorageSCP(
             settings.node,
             self.ingestor,
             aborted_grace_seconds=settings.completion.aborted_grace_seconds,
             audit=self.dicom_audit,
+            shared_port="first" if several else None,
         )
+        #: The receive-only processes sharing the DICOM port(s) (``dicom.receiver_processes``).
+        self.receivers = ReceiverProcesses(settings, self.name) if several else None
+        if self.receivers is not None:
+            self.scp.add_counts(self.receivers.counts)
         #: One per device, made with the routines (:meth:`_make_workers`).
         self.devices: list[torch.device] = []
         self.workers: list[InferenceWorker] = []
@@ -394,6 +401,8 @@ class Node:
             log.info("jobs re-queued after restart job_ids=%s", ",".join(map(str, requeued)))
         self.ups_events.start()
         self.scp.start()
+        if self.receivers is not None:  # they join the port the line above bound
+            self.receivers.start()
         self.completion_loop.start()
         scheduler = BackgroundScheduler(daemon=True)
         self._schedule_retention(scheduler)
@@ -419,11 +428,12 @@ class Node:
             log.info("no destination configured: results stay in %s", self.results_dir.resolve())
         tls = self.settings.node.tls
         log.info(
-            "node started ae_title=%s dicom_port=%s dicom_tls_port=%s devices=%s plugins=%s"
-            " data_dir=%s",
+            "node started ae_title=%s dicom_port=%s dicom_tls_port=%s receiver_processes=%d"
+            " devices=%s plugins=%s data_dir=%s",
             self.settings.node.ae_title,
             self.settings.node.dicom_port if self.settings.node.plain_dicom else "off",
             tls.port if tls is not None else "off",
+            self.settings.dicom.receiver_processes,
             ",".join(str(d) for d in self.devices) or "loading",
             ",".join(sorted(self.registry.names))
             or ("none" if self.routines_loaded.is_set() else "loading"),
@@ -484,6 +494,8 @@ class Node:
         self.remote_performer.stop()
         self.puller.stop()
         self.sender_counts.stop()
+        if self.receivers is not None:
+            self.receivers.stop()
         self.scp.stop()
         self.ups_events.stop()
         self.completion_loop.stop()

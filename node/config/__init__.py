@@ -25,6 +25,7 @@ from node.config.destinations import (
     RetrySettings,
     TlsSettings,
 )
+from node.config.dicom import DicomSettings
 from node.config.dicomweb import ApiTokenSettings, DicomWebSettings
 from node.config.executor import ExecutorSettings
 from node.config.loading import (
@@ -85,6 +86,7 @@ __all__ = [
     "BundleModelSettings",
     "CompletionSettings",
     "DestinationSettings",
+    "DicomSettings",
     "DicomTlsClientSettings",
     "DicomTlsListenerSettings",
     "DicomWebDestinationSettings",

@@ -12,6 +12,7 @@ from pydantic import Field, model_validator
 from node.config.base import _KeyedError, _Strict
 from node.config.completion import CompletionSettings
 from node.config.destinations import AnyDestination
+from node.config.dicom import DicomSettings
 from node.config.dicomweb import DicomWebSettings
 from node.config.executor import ExecutorSettings
 from node.config.logs import LoggingSettings
@@ -30,6 +31,8 @@ class Settings(_Strict):
     """The whole configuration."""
 
     node: NodeSettings = NodeSettings()
+    #: The processes receiving on the DICOM port(s) (README "Several receiver processes").
+    dicom: DicomSettings = DicomSettings()
     completion: CompletionSettings = CompletionSettings()
     retention: RetentionSettings = RetentionSettings()
     destinations: dict[str, AnyDestination] = Field(default_factory=dict)
@@ -87,6 +90,12 @@ class Settings(_Strict):
                 "must be above node.min_free_disk_mb, so old series go before instances are"
                 " refused",
             )
+        if self.dicom.receiver_processes > 1 and self.state_in_memory:
+            raise _KeyedError(
+                ("dicom", "receiver_processes"),
+                "several receiver processes share one state: use an SQLite file or"
+                " PostgreSQL, not an in-memory database",
+            )
         names = [rule.name for rule in self.rules]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -123,6 +132,14 @@ class Settings(_Strict):
     @property
     def results_dir(self) -> Path:
         return self.node.results_dir or self.node.data_dir / "results"
+
+    @property
+    def state_in_memory(self) -> bool:
+        """The SQLite state lives in one process's memory (``sqlite:///:memory:``)."""
+        if self.state.is_postgres:
+            return False
+        path = str(self.database_path)
+        return path == ":memory:" or path.startswith("file::memory:") or "mode=memory" in path
 
     @property
     def database_path(self) -> Path:

@@ -18,9 +18,11 @@ from __future__ import annotations
 import copy
 import ipaddress
 import logging
+import socket
 import ssl
 import threading
 from collections import Counter
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -149,8 +151,35 @@ def access_refusal(settings: NodeSettings, calling: str, called: str, address: s
     return None
 
 
+class _SharedPortServer(ThreadedAssociationServer):
+    """A listener that binds with ``SO_REUSEPORT``: several processes accept on one port
+    and the kernel spreads the incoming connections across them."""
+
+    def server_bind(self) -> None:
+        assert self.socket is not None
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+
+def check_port_free(address: str, port: int) -> None:
+    """Raise ``OSError`` (EADDRINUSE) when something already listens on ``port``.
+
+    A socket bound with ``SO_REUSEPORT`` joins any listener of the same user that set it
+    too, so a second node started by mistake on the port would silently share it; this
+    bind without the option fails as a plain listener's would.
+    """
+    with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((address, port))
+
+
 class StorageSCP:
-    """A pynetdicom application entity serving C-ECHO and C-STORE."""
+    """A pynetdicom application entity serving C-ECHO and C-STORE.
+
+    ``shared_port``: bind the listener(s) with ``SO_REUSEPORT`` (``"first"``: the node's
+    own process, which first checks that nobody listens yet; ``"join"``: a receiver
+    process joining it; None: a plain exclusive listener).
+    """
 
     def __init__(
         self,
@@ -159,8 +188,14 @@ class StorageSCP:
         *,
         aborted_grace_seconds: float = 300.0,
         audit: DicomAudit | None = None,
+        shared_port: str | None = None,
     ) -> None:
+        if shared_port not in (None, "first", "join"):
+            raise ValueError(f"shared_port is None, 'first' or 'join', not {shared_port!r}")
         self._settings = settings
+        self._shared_port = shared_port
+        #: Other processes' counters added to :attr:`counts` (the receiver processes).
+        self._more_counts: list[Callable[[], Mapping[str, int]]] = []
         #: The UPS Push/Pull/Watch/Event handlers (the worklist over DIMSE), if any.
         self._ups: UpsHandlers | None = None
         self._ingestor = ingestor
@@ -191,9 +226,23 @@ class StorageSCP:
 
     @property
     def counts(self) -> dict[str, int]:
-        """Counters since start: stored, bytes, duplicates, refused, associations."""
+        """Counters since start: stored, bytes, duplicates, refused, associations; with
+        receiver processes (:meth:`add_counts`) the sum over all of them."""
+        with self._counts_lock:
+            total = Counter(self._counts)
+        for more in self._more_counts:
+            total.update(more())
+        return dict(total)
+
+    @property
+    def own_counts(self) -> dict[str, int]:
+        """This process's counters only."""
         with self._counts_lock:
             return dict(self._counts)
+
+    def add_counts(self, source: Callable[[], Mapping[str, int]]) -> None:
+        """Add ``source()`` (another process's counters) to :attr:`counts`."""
+        self._more_counts.append(source)
 
     def _count(self, key: str, amount: int = 1) -> None:
         with self._counts_lock:
@@ -225,13 +274,7 @@ class StorageSCP:
         if tls is not None:
             listeners.append((tls.port, tls.context()))
         for port, context in listeners:
-            server = self._ae.start_server(
-                (self._settings.bind_address, port),
-                block=False,
-                evt_handlers=handlers,  # type: ignore[arg-type]
-                ssl_context=context,
-            )
-            assert server is not None  # block=False returns the running server
+            server = self._listen(port, context, handlers)
             server.contexts = [_SharedUIDContext.of(cx) for cx in server.contexts]
             self._servers.append(server)
             log.info(
@@ -241,6 +284,29 @@ class StorageSCP:
                 "off" if context is None else "on",
                 self._settings.max_pdu,
             )
+
+    def _listen(
+        self, port: int, context: ssl.SSLContext | None, handlers: list[Any]
+    ) -> ThreadedAssociationServer:
+        """A running listener on ``port`` (shared with ``SO_REUSEPORT`` if so configured)."""
+        address = (self._settings.bind_address, port)
+        if self._shared_port is None:
+            server = self._ae.start_server(
+                address, block=False, evt_handlers=handlers, ssl_context=context
+            )
+            assert server is not None  # block=False returns the running server
+            return server
+        if self._shared_port == "first":
+            check_port_free(*address)
+        # AE.start_server(block=False) with the server class swapped.
+        shared = self._ae.make_server(
+            address, ssl_context=context, evt_handlers=handlers, server_class=_SharedPortServer
+        )
+        threading.Thread(
+            target=shared.serve_forever, name=f"AcceptorServer@{port}", daemon=True
+        ).start()
+        self._ae._servers.append(shared)
+        return shared
 
     def stop(self) -> None:
         while self._servers:

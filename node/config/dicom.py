@@ -1,0 +1,27 @@
+"""How the node receives DICOM: the processes behind its listener port(s)."""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from node.config.base import _Strict
+
+
+class DicomSettings(_Strict):
+    """``dicom``: the receiving side of the DICOM listener."""
+
+    #: Processes accepting associations on the node's DICOM port(s). 1: the node's own
+    #: process only. N > 1: N-1 receive-only processes bind the same port(s) with
+    #: ``SO_REUSEPORT`` (Linux spreads associations across all N), each with its own GIL;
+    #: they need a state every process can open (an SQLite file or PostgreSQL).
+    receiver_processes: int = Field(1, ge=1, le=32)
+    #: First wait before a receiver process that died is started again; doubled after
+    #: each quick death, up to ``receiver_restart_max_seconds``.
+    receiver_restart_seconds: float = Field(1.0, gt=0, le=60)
+    receiver_restart_max_seconds: float = Field(30.0, gt=0, le=600)
+
+    @model_validator(mode="after")
+    def _backoff_ordered(self) -> DicomSettings:
+        if self.receiver_restart_max_seconds < self.receiver_restart_seconds:
+            raise ValueError("receiver_restart_max_seconds is below receiver_restart_seconds")
+        return self

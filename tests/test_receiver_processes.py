@@ -1,0 +1,420 @@
+"""Several receiver processes behind one DICOM port (``dicom.receiver_processes``, issue 14).
+
+The process-level tests start a real ``ainode serve`` with 2 receiver processes (its own
+and one ``…/rx2``), send with real dcmtk ``storescu`` (``TCP_NODELAY=1``) and read the
+SQLite state the processes share.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pydicom
+import pytest
+from pydantic import ValidationError
+from pynetdicom import AE
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    UnifiedProcedureStepPull,
+    UnifiedProcedureStepPush,
+)
+
+from node.config import BUILT_IN_CHEST_RULE, Settings
+from node.dicom.receiver import receiver_settings, settings_message
+from node.dicom.receivers import ReceiverProcesses
+from node.dicom.scp import check_port_free
+from tests.support.dcmtk import storescu
+from tests.support.net import wait_until
+from tests.support.pki import make_pki
+from tests.test_several_nodes import chest_series, jobs_per_series, state_rows, wait_for_jobs
+from tests.test_ups_dimse import TASK, create, get
+from tools.net import LOCALHOST, free_port
+from tools.node_process import NodeProcess
+
+RX2 = "rx-test/rx2"
+
+
+# -- configuration ------------------------------------------------------------------------
+
+
+def test_receiver_processes_default_to_one_and_refuse_zero() -> None:
+    assert Settings().dicom.receiver_processes == 1
+    with pytest.raises(ValidationError, match="greater than or equal to 1"):
+        Settings.model_validate({"dicom": {"receiver_processes": 0}})
+
+
+def test_several_receiver_processes_refuse_an_in_memory_state(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="not an in-memory database"):
+        Settings.model_validate(
+            {"dicom": {"receiver_processes": 2}, "state": {"url": "sqlite:///:memory:"}}
+        )
+    # One process may keep it in memory; several may share a file.
+    Settings.model_validate({"state": {"url": "sqlite:///:memory:"}})
+    shared = f"sqlite:///{tmp_path / 'state.sqlite3'}"
+    Settings.model_validate({"dicom": {"receiver_processes": 2}, "state": {"url": shared}})
+
+
+def test_restart_backoff_must_be_ordered() -> None:
+    with pytest.raises(ValidationError, match="below receiver_restart_seconds"):
+        Settings.model_validate(
+            {"dicom": {"receiver_restart_seconds": 5, "receiver_restart_max_seconds": 2}}
+        )
+
+
+def test_a_shared_port_is_not_joined_when_another_listener_holds_it() -> None:
+    """SO_REUSEPORT would silently share a port with another node that set it too."""
+    port = free_port()
+    check_port_free(LOCALHOST, port)  # nobody there
+    with socket.socket() as other:
+        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        other.bind((LOCALHOST, port))
+        other.listen()
+        with pytest.raises(OSError):
+            check_port_free(LOCALHOST, port)
+
+
+@pytest.mark.slow
+def test_a_receiver_process_that_keeps_dying_is_restarted_with_a_growing_wait(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Its port is held by a listener without SO_REUSEPORT: every start fails to bind."""
+    port = free_port()
+    settings = Settings.model_validate(
+        {
+            "node": {"dicom_port": port, "bind_address": LOCALHOST, "data_dir": str(tmp_path)},
+            "dicom": {
+                "receiver_processes": 2,
+                "receiver_restart_seconds": 0.2,
+                "receiver_restart_max_seconds": 0.5,
+            },
+        }
+    )
+    caplog.set_level(logging.INFO, logger="node.dicom.receivers")
+    receivers = ReceiverProcesses(settings, "flaky")
+    with socket.socket() as holder:
+        holder.bind((LOCALHOST, port))
+        holder.listen()
+        receivers.start()
+        try:
+            exits = lambda: [  # noqa: E731
+                r.getMessage() for r in caplog.records if "receiver process exited" in r.message
+            ]
+            wait_until(lambda: len(exits()) >= 4, 60, message="4 failed starts")
+            assert receivers.names == ["flaky/rx2"]
+            waits = [float(m.rsplit("=", 1)[1]) for m in exits()[:4]]
+            assert waits == [0.2, 0.4, 0.5, 0.5]  # doubled, up to the maximum
+            assert all("name=flaky/rx2 exit_code=1" in m for m in exits())
+        finally:
+            receivers.stop()
+    assert receivers.pids() == {"flaky/rx2": None}
+    assert "receiver process cannot listen name=flaky/rx2" in capfd.readouterr().err
+
+
+# -- process level ------------------------------------------------------------------------
+
+
+def receiver_pids(node_pid: int) -> list[int]:
+    """The receiver processes the node ``node_pid`` started."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            command = (entry / "cmdline").read_bytes()
+            if ppid == node_pid and b"node.dicom.receiver" in command:
+                found.append(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    """``pid`` runs and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@contextlib.contextmanager
+def node_with_receivers(tmp_path: Path, **dicom: Any) -> Any:
+    """A node named ``rx-test`` with 2 receiver processes; its children are killed on exit
+    whatever happened (the test checks that the node stops them itself)."""
+    url = f"sqlite:///{tmp_path / 'state.sqlite3'}"
+    config = {
+        "node": {"name": "rx-test"},
+        "dicom": {"receiver_processes": 2, **dicom},
+        "state": {"url": url},
+        "workers": {"cpu_threads": 1},
+        "completion": {"series_quiet_seconds": 1.5, "poll_seconds": 0.2},
+        "rules": [BUILT_IN_CHEST_RULE],
+    }
+    node = NodeProcess(config, workdir=tmp_path / "node")
+    children: set[int] = set()
+    try:
+        node.start()
+        assert node.pid is not None
+        wait_until(lambda: len(receiver_pids(node.pid or 0)) == 1, 30, message="rx2 started")
+        wait_until(lambda: "receiver process started" in node.log_text(), 30, message="rx2 up")
+        children.update(receiver_pids(node.pid))
+        yield node, url, children
+    finally:
+        if node.pid is not None:
+            children.update(receiver_pids(node.pid))
+        node.stop()
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def received_by(url: str) -> dict[str, int]:
+    rows = state_rows(url, "SELECT received_by, COUNT(*) FROM instances GROUP BY received_by")
+    return {str(name): int(count) for name, count in rows}
+
+
+def send_one_by_one_until(port: int, files: list[Path], done: Any) -> int:
+    """One association per file until ``done()``; how many were sent."""
+    for sent, path in enumerate(files, start=1):
+        storescu(port, [path])
+        if done():
+            return sent
+    raise AssertionError(f"not done after {len(files)} associations")
+
+
+@pytest.mark.slow
+def test_two_receiver_processes_share_the_port_and_survive_a_killed_child(
+    tmp_path: Path,
+) -> None:
+    series = chest_series(6, tmp_path / "series", n_slices=20)
+    with node_with_receivers(tmp_path, receiver_restart_seconds=3.0) as (node, url, children):
+        # (1) 4 concurrent associations, one series each.
+        with ThreadPoolExecutor(4) as pool:
+            for done in [pool.submit(storescu, node.dicom_port, files) for files in series[:4]]:
+                done.result()
+        # The kernel's spread is not deterministic (a hash of the connection): one file per
+        # association of a fifth series until both processes have received something.
+        if len(received_by(url)) < 2:
+            sent = send_one_by_one_until(
+                node.dicom_port, series[4], lambda: len(received_by(url)) == 2
+            )
+            if series[4][sent:]:
+                storescu(node.dicom_port, series[4][sent:])
+        else:
+            storescu(node.dicom_port, series[4])
+        assert set(received_by(url)) == {"rx-test", RX2}
+        wait_for_jobs(url, 5, 180, [node])
+        sent = sum(len(files) for files in series[:5])
+        assert sum(received_by(url).values()) == sent  # each instance recorded once
+        per_series = state_rows(
+            url, "SELECT series_uid, COUNT(*) FROM instances GROUP BY series_uid"
+        )
+        assert sorted(count for _, count in per_series) == [20] * 5
+        assert sorted(jobs_per_series(url).values()) == [1] * 5  # each series ran once
+        assert {state for (state,) in state_rows(url, "SELECT state FROM jobs")} == {"done"}
+        # What an admin sees counts every process's instances.
+        health = lambda: httpx.get(f"{node.url}/healthz").json()["dicom"]  # noqa: E731
+        wait_until(lambda: health().get("stored") == sent, 10, message="counts aggregated")
+
+        # (2) SIGKILL the receiver process: the node keeps receiving, and restarts it.
+        (child,) = receiver_pids(node.pid or 0)
+        os.kill(child, signal.SIGKILL)
+        wait_until(lambda: not alive(child), 10, message="rx2 killed")
+        storescu(node.dicom_port, series[5][:6])  # within the 3 s restart wait
+        wait_until(lambda: "receiver process exited name=rx-test/rx2" in node.log_text(), 10)
+        wait_until(
+            lambda: [p for p in receiver_pids(node.pid or 0) if p != child], 30, message="rx2 back"
+        )
+        (restarted,) = receiver_pids(node.pid or 0)
+        children.add(restarted)
+        wait_until(lambda: node.log_text().count("receiver process started name=") == 2, 30)
+        before = received_by(url)[RX2]
+        send_one_by_one_until(
+            node.dicom_port, series[5][6:], lambda: received_by(url)[RX2] > before
+        )
+        # Counters never go down: the killed process's count stays in the sum.
+        wait_until(lambda: health().get("stored") == sum(received_by(url).values()), 10)
+
+        # (3) SIGTERM to the node's process alone: it stops its receiver and exits cleanly.
+        main = node.pid or 0
+        os.kill(main, signal.SIGTERM)
+        wait_until(lambda: not alive(main), 30, message="node exited")
+        assert not alive(restarted)
+        assert "receiver processes stopped count=1" in node.log_text()
+        assert "node stopped" in node.log_text()  # a clean exit, not a crash
+
+
+@pytest.mark.slow
+def test_receiver_processes_exit_when_the_node_is_killed(tmp_path: Path) -> None:
+    with node_with_receivers(tmp_path) as (node, _url, children):
+        (child,) = children
+        os.kill(node.pid or 0, signal.SIGKILL)  # no chance to stop them
+        wait_until(lambda: not alive(child), 15, message="rx2 exited with its node")
+
+
+@pytest.mark.slow
+def test_receiver_processes_serve_tls_with_the_nodes_access_control(tmp_path: Path) -> None:
+    """TLS only, mutual authentication and ``node.accept``: a receiver process applies them
+    as the main process does (each association lands on either; the kernel decides)."""
+    pki = make_pki(tmp_path / "pki")
+    tls_port = free_port()
+    url = f"sqlite:///{tmp_path / 'state.sqlite3'}"
+    config = {
+        "node": {
+            "name": "rx-tls",
+            "plain_dicom": False,
+            "tls": {
+                "port": tls_port,
+                "certificate": str(pki.server.certificate),
+                "private_key": str(pki.server.key),
+                "ca_certificates": str(pki.ca.certificate),
+                "require_client_certificate": True,
+            },
+            "accept": [{"ae_title": "CT_SCANNER"}],
+        },
+        "dicom": {"receiver_processes": 2},
+        "state": {"url": url},
+    }
+    (files,) = chest_series(1, tmp_path / "series", n_slices=20)
+    trusted = ["+tls", str(pki.client.key), str(pki.client.certificate)]
+    trusted += ["+cf", str(pki.ca.certificate), "-aec", "AINODE"]
+
+    def store(path: Path, calling_ae: str) -> int:
+        command = ["storescu", *trusted, "-aet", calling_ae, LOCALHOST, str(tls_port), str(path)]
+        env = {**os.environ, "TCP_NODELAY": "1"}
+        return subprocess.run(command, env=env, capture_output=True, timeout=60).returncode
+
+    node = NodeProcess(config, workdir=tmp_path / "node", wait_for_routines=False)
+    with node:
+        wait_until(lambda: "receiver process started" in node.log_text(), 30, message="rx2 up")
+        # An AE that node.accept does not list is refused by whichever process it reaches.
+        assert all(store(files[0], "INTRUDER") != 0 for _ in range(8))
+        assert received_by(url) == {}
+        # A listed AE's associations reach both processes.
+        for path in files:
+            assert store(path, "CT_SCANNER") == 0
+            if set(received_by(url)) == {"rx-tls", "rx-tls/rx2"}:
+                break
+        assert set(received_by(url)) == {"rx-tls", "rx-tls/rx2"}
+        refusals = node.log_text().count("reason=calling-ae-not-recognized")
+        assert refusals == 8
+
+
+@pytest.mark.slow
+def test_receiver_processes_share_a_postgresql_state(tmp_path: Path, postgres_url: str) -> None:
+    """With PostgreSQL the receiver process records into the same database; the series
+    completes once and its job runs once."""
+    config = {
+        "node": {"name": "rx-pg"},
+        "dicom": {"receiver_processes": 2},
+        "state": {"url": postgres_url},
+        "workers": {"cpu_threads": 1},
+        "completion": {"series_quiet_seconds": 1.5, "poll_seconds": 0.2},
+        "rules": [BUILT_IN_CHEST_RULE],
+    }
+    (files,) = chest_series(1, tmp_path / "series", n_slices=20)
+    with NodeProcess(config, workdir=tmp_path / "node") as node:
+        wait_until(lambda: "receiver process started" in node.log_text(), 30, message="rx2 up")
+        sent = send_one_by_one_until(
+            node.dicom_port, files, lambda: len(received_by(postgres_url)) == 2
+        )
+        if files[sent:]:
+            storescu(node.dicom_port, files[sent:])
+        assert set(received_by(postgres_url)) == {"rx-pg", "rx-pg/rx2"}
+        assert sum(received_by(postgres_url).values()) == len(files)
+        wait_for_jobs(postgres_url, 1, 120, [node])
+        assert list(jobs_per_series(postgres_url).values()) == [1]
+        assert state_rows(postgres_url, "SELECT state FROM jobs") == [("done",)]
+
+
+@pytest.mark.slow
+def test_receiver_processes_serve_the_worklist_over_dimse(tmp_path: Path) -> None:
+    """A UPS association may land on either process: each N-CREATE on its own association
+    succeeds (8 associations: all on one process with probability 1/128), and every
+    workitem is found over another association."""
+    config = {
+        "node": {"name": "rx-ups"},
+        "dicom": {"receiver_processes": 2},
+        "rules": [{"name": "chest", "match": {"Modality": "CT"}, "plugin": "ct_lungs"}],
+        "worklist": {"tasks": {f"{TASK[0]}^{TASK[1]}": "chest"}},
+    }
+    scu = AE(ae_title="RIS")
+    scu.add_requested_context(UnifiedProcedureStepPush)
+    scu.add_requested_context(UnifiedProcedureStepPull)
+    with NodeProcess(config, workdir=tmp_path / "node", wait_for_routines=False) as node:
+        wait_until(lambda: "receiver process started" in node.log_text(), 30, message="rx2 up")
+        created = []
+        for _ in range(8):
+            assoc = scu.associate(LOCALHOST, node.dicom_port, ae_title=node.ae_title)
+            assert assoc.is_established
+            try:
+                status, uid = create(assoc)
+            finally:
+                assoc.release()
+            assert status == 0x0000
+            created.append(uid)
+        assoc = scu.associate(LOCALHOST, node.dicom_port, ae_title=node.ae_title)
+        try:
+            for uid in created:
+                assert get(assoc, uid)[0] == 0x0000
+        finally:
+            assoc.release()
+
+
+def test_the_settings_a_receiver_process_gets_read_back_the_same() -> None:
+    """The sections sent to a receiver process (a source of each kind, a worklist, access
+    control) validate again there to equal values, under the process's own name."""
+    settings = Settings.model_validate(
+        {
+            "node": {"name": "main", "accept": [{"ae_title": "CT", "hosts": ["10.0.0.0/8"]}]},
+            "dicom": {"receiver_processes": 3},
+            "worklist": {"tasks": {"99AINODE^LUNGS": "chest"}},
+            "sources": {
+                "pacs": {"kind": "dimse", "ae_title": "PACS", "host": "10.1.1.1", "port": 104},
+                "web": {
+                    "kind": "dicomweb",
+                    "url": "https://pacs.example/dicom-web",
+                    "auth": {"type": "basic", "username": "ai", "password": "s3cret"},
+                },
+            },
+        }
+    )
+    spec = json.loads(settings_message(settings, "main/rx3"))
+    again = receiver_settings(Settings.model_validate(spec["settings"]), spec["name"])
+    for section in ("state", "completion", "dicom", "logging", "worklist", "sources"):
+        assert getattr(again, section) == getattr(settings, section)
+    assert again.node.identity == "main/rx3"
+    assert again.node.accept == settings.node.accept
+    assert again.spool_dir == settings.spool_dir  # the node's spool, its own subdirectory
+    assert again.spool_subdir == "main_rx3"
+    assert "ct_lungs" in spec["routines"]
+
+
+@pytest.mark.slow
+def test_a_restarted_receiver_process_re_records_its_own_spool_files(tmp_path: Path) -> None:
+    """A file the process fsynced but had not recorded when it died (planted here in its
+    spool subdirectory) is recorded, as received by it, when it starts again; a file in the
+    main process's part of the spool is left to the main process's own start-up."""
+    (files,) = chest_series(1, tmp_path / "series", n_slices=2)
+    headers = [pydicom.dcmread(path, stop_before_pixels=True) for path in files]
+    with node_with_receivers(tmp_path) as (node, url, children):
+        spool = node.data_dir / "spool"
+        owners = ("rx-test_rx2", "")  # the receiver process's subdirectory; the main's part
+        for owner, path, header in zip(owners, files, headers, strict=True):
+            folder = spool / owner / header.StudyInstanceUID / header.SeriesInstanceUID
+            folder.mkdir(parents=True)
+            shutil.copy(path, folder / f"{header.SOPInstanceUID}.dcm")
+        (child,) = children
+        os.kill(child, signal.SIGKILL)
+        wait_until(lambda: node.log_text().count("receiver process started name=") == 2, 30)
+        recorded = state_rows(url, "SELECT sop_uid, received_by FROM instances")
+        assert recorded == [(str(headers[0].SOPInstanceUID), RX2)]
