@@ -120,6 +120,13 @@ def test_diameter_of_special_cases() -> None:
     assert measure.largest_axial_diameter_mm(line, spacing) == _reference_diameter(
         line, spacing, (0, 0)
     )
+    assert math.isnan(measure.largest_axial_diameter_mm(np.zeros((2, 3, 0), bool), spacing))
+    counts = np.zeros((1, 4, 5), dtype=np.uint8)  # a non-boolean mask: nonzero is inside
+    counts[0, 1, 1:4] = (1, 3, 2)
+    assert measure.largest_axial_diameter_mm(counts, spacing) == _reference_diameter(
+        counts, spacing, (0, 0)
+    )
+    assert measure.surface_area_mm2(counts, spacing) == _reference_surface_area(counts, spacing)
     two = np.zeros((2, 40, 40), dtype=bool)
     two[0, 2:6, 2:6] = True  # two components on one slice: across both
     two[0, 30:38, 30:38] = True

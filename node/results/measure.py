@@ -151,6 +151,7 @@ def hull_candidates(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         ``(slices, 4 * rows + 2)``: which points exist (an empty row has none; a half
         row with one differing column has one).
     """
+    mask = np.asarray(mask, dtype=bool)  # argmax finds the first True, not a nonzero
     slices, rows, _ = mask.shape
     first, last, found = _first_last(mask)  # (slices, rows)
     padded = np.zeros((slices, rows + 2, mask.shape[2]), dtype=bool)
@@ -184,6 +185,8 @@ def largest_axial_diameter_mm(
     and each distance is computed from the same coordinates: the value of measuring
     every outline point of every slice.
     """
+    if mask.size == 0:
+        return math.nan
     points, valid = hull_candidates(mask)
     present = np.flatnonzero(valid.any(axis=1))
     if present.size == 0:
