@@ -182,3 +182,18 @@ def test_surface_area_across_byte_boundaries() -> None:
         assert measure.surface_area_mm2(mask, (1.0, 0.7, 0.4)) == _reference_surface_area(
             mask, (1.0, 0.7, 0.4)
         )
+
+
+@settings(max_examples=60, deadline=None)
+@given(mask=_masks(), spacing=_SPACINGS)
+def test_diameter_bounds_in_small_chunks(
+    mask: np.ndarray, spacing: tuple[float, float, float]
+) -> None:
+    """The slices' bounds computed a few slices at a time give the same diameter."""
+    original = measure._PROJECTED_VALUES
+    measure._PROJECTED_VALUES = 1  # one slice per chunk
+    try:
+        got = measure.largest_axial_diameter_mm(mask, spacing)
+    finally:
+        measure._PROJECTED_VALUES = original
+    assert _same(got, _reference_diameter(mask, spacing, (0, 0)))
