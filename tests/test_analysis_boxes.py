@@ -21,6 +21,7 @@ from scipy import ndimage
 from node.contract.plugin import Prediction
 from node.contract.template import ResultTemplate, load_template
 from node.contract.volume import Volume
+from node.errors import TemplateError
 from node.results import analysis as analysis_module
 from node.results import measure
 from node.results.analysis import Analysis, segment_boxes
@@ -219,3 +220,33 @@ def test_compared_slab_boxes_equal_find_objects(label_map: np.ndarray, slab_voxe
         assert segment_boxes(label_map, len(_LABELS)) == expected
     finally:
         analysis_module._SLAB_VOXELS = original
+
+
+@st.composite
+def _any_label_maps(draw: st.DrawFn) -> np.ndarray:
+    dtype = draw(st.sampled_from([np.uint8, np.uint16, np.int16, np.bool_]))
+    elements = st.booleans() if dtype is np.bool_ else st.integers(0, 5)
+    shape = st.tuples(st.integers(0, 3), st.integers(1, 5), st.integers(1, 5))
+    return draw(arrays(dtype, shape, elements=elements))
+
+
+@settings(max_examples=200, deadline=None)
+@given(label_map=_any_label_maps(), declared=st.sets(st.integers(1, 6)))
+def test_undeclared_labels_are_the_values_outside_the_template(
+    label_map: np.ndarray, declared: set[int]
+) -> None:
+    """The ``max`` shortcut finds what counting every value finds (gaps, values above,
+    boolean and signed maps)."""
+    expected = sorted(set(np.unique(label_map).tolist()) - {0} - declared)
+    assert analysis_module.undeclared_labels(label_map, declared) == expected
+
+
+def test_undeclared_label_below_the_largest_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "gap.yaml"
+    path.write_text(_template_text((1, 3), {"volume_mm3": ("volume", "mm3")}), encoding="utf-8")
+    label_map = np.zeros((2, 3, 3), dtype=np.uint8)
+    label_map[0, 0, 0] = 3
+    label_map[1, 1, 1] = 2
+    volume = _volume(np.zeros(label_map.shape, dtype=np.float32), (1.0, 1.0, 1.0))
+    with pytest.raises(TemplateError, match=r"label values \[2\]"):
+        Analysis(volume, Prediction(label_map=label_map), load_template(path))
