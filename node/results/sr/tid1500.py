@@ -17,7 +17,8 @@ Sequence.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import highdicom as hd
@@ -48,6 +49,7 @@ from node.results.provenance import (
     sr_algorithm_identification,
 )
 from node.results.reference import SOPReference
+from node.results.sr import encoded
 from node.results.sr.radiomics import declare_private_scheme, sr_measurement_items
 
 log = logging.getLogger(__name__)
@@ -534,10 +536,14 @@ class _LibraryEncoder:
         _put(item, _UID, "UI", UID(value))
         return item
 
-    def container(self, name: tuple[str, str, str], children: list[Dataset]) -> Dataset:
+    def container(
+        self, name: tuple[str, str, str], children: list[Dataset] | DicomSequence
+    ) -> Dataset:
         item = self.item("CONTAINS", "CONTAINER", name)
         _put(item, _CONTINUITY, "CS", "CONTINUOUS")
-        _put(item, _CONTENT_SEQUENCE, "SQ", DicomSequence(children))
+        if not isinstance(children, DicomSequence):
+            children = DicomSequence(children)
+        _put(item, _CONTENT_SEQUENCE, "SQ", children)
         return item
 
     def entry(self, image: Dataset) -> Dataset:
@@ -563,9 +569,7 @@ class _LibraryEncoder:
             num(("110902", "DCM", "Image Position (Patient) Y"), position[1], _MM),
             num(("110903", "DCM", "Image Position (Patient) Z"), position[2], _MM),
         ]
-        for index, axis in enumerate(
-            ("Row X", "Row Y", "Row Z", "Column X", "Column Y", "Column Z")
-        ):
+        for index, axis in enumerate(_AXES):
             name = (str(110904 + index), "DCM", f"Image Orientation (Patient) {axis}")
             descriptors.append(num(name, orientation[index], _UNITLESS))
         if "SpacingBetweenSlices" in image:
@@ -579,6 +583,123 @@ class _LibraryEncoder:
         _put(entry, _REFERENCED_SOP_SEQUENCE, "SQ", DicomSequence([reference]))
         _put(entry, _CONTENT_SEQUENCE, "SQ", DicomSequence(descriptors))
         return entry
+
+
+class _LibraryBytes:
+    """Encodes Image Library entries as :class:`_LibraryEncoder` makes them, to bytes.
+
+    Code items, the modality and frame-of-reference descriptors and each NUM descriptor
+    by its value are encoded once per library: from slice to slice only the position
+    along the stack and the instance UID usually change.
+    """
+
+    def __init__(self) -> None:
+        self._codes: dict[tuple[str, str, str], bytes] = {}
+        self._items: dict[tuple[Any, ...], bytes] = {}
+
+    def code(self, name: tuple[str, str, str]) -> bytes:
+        item = self._codes.get(name)
+        if item is None:
+            item = self._codes[name] = (
+                encoded.text(_CODE_VALUE, b"SH", name[0])
+                + encoded.text(_CODING_SCHEME, b"SH", name[1])
+                + encoded.text(_CODE_MEANING, b"LO", name[2])
+            )
+        return item
+
+    def head(self, relationship: str, value_type: str, name: tuple[str, str, str]) -> bytes:
+        return (
+            encoded.text(_RELATIONSHIP_TYPE, b"CS", relationship)
+            + encoded.text(_VALUE_TYPE, b"CS", value_type)
+            + encoded.sequence(_CONCEPT_NAME, [self.code(name)])
+        )
+
+    def num(self, name: tuple[str, str, str], value: object, unit: tuple[str, str, str]) -> bytes:
+        key = (
+            name,
+            unit,
+            type(value),
+            value,
+            getattr(value, "original_string", None),
+            getattr(value, "auto_format", None),
+        )
+        item = self._items.get(key)
+        if item is None:
+            if not isinstance(value, int | float):
+                raise TypeError(f"numeric descriptor {name[2]} is {value!r}")
+            measured = encoded.sequence(_UNITS_CODE, [self.code(unit)])
+            if isinstance(value, float):
+                measured += encoded.floating(_FLOATING_POINT_VALUE, value)
+            measured += encoded.decimal_string(_NUMERIC_VALUE, DS(value, auto_format=True))
+            item = self.head("HAS ACQ CONTEXT", "NUM", name) + encoded.sequence(
+                _MEASURED_VALUE, [measured]
+            )
+            if value == value:  # NaN is never found again
+                self._items[key] = item
+        return item
+
+    def once(self, key: tuple[Any, ...], make: Callable[[], bytes]) -> bytes:
+        item = self._items.get(key)
+        if item is None:
+            item = self._items[key] = make()
+        return item
+
+    def entry(self, image: Dataset) -> bytes:
+        """TID 1601 entry of ``image``, the bytes of :meth:`_LibraryEncoder.entry`'s."""
+        num = self.num
+        modality = _coded_modality(str(image.SOPClassUID))
+        descriptors = [
+            self.once(
+                ("modality", modality),
+                lambda: (
+                    self.head("HAS ACQ CONTEXT", "CODE", ("121139", "DCM", "Modality"))
+                    + encoded.sequence(_CONCEPT_CODE, [self.code(modality)])
+                ),
+            )
+        ]
+        if "FrameOfReferenceUID" in image:
+            uid = str(image.FrameOfReferenceUID)
+            descriptors.append(
+                self.once(
+                    ("uidref", uid),
+                    lambda: (
+                        self.head(
+                            "HAS ACQ CONTEXT", "UIDREF", ("112227", "DCM", "Frame of Reference UID")
+                        )
+                        + encoded.text(_UID, b"UI", uid)
+                    ),
+                )
+            )
+        descriptors.append(num(("110910", "DCM", "Pixel Data Rows"), image.Rows, _PIXELS))
+        descriptors.append(num(("110911", "DCM", "Pixel Data Columns"), image.Columns, _PIXELS))
+        spacing = image.PixelSpacing
+        position = image.ImagePositionPatient
+        orientation = image.ImageOrientationPatient
+        descriptors += [
+            num(("111026", "DCM", "Horizontal Pixel Spacing"), spacing[1], _MM),
+            num(("111066", "DCM", "Vertical Pixel Spacing"), spacing[0], _MM),
+            num(("112225", "DCM", "Slice Thickness"), image.SliceThickness, _MM),
+            num(("110901", "DCM", "Image Position (Patient) X"), position[0], _MM),
+            num(("110902", "DCM", "Image Position (Patient) Y"), position[1], _MM),
+            num(("110903", "DCM", "Image Position (Patient) Z"), position[2], _MM),
+        ]
+        for index, axis in enumerate(_AXES):
+            name = (str(110904 + index), "DCM", f"Image Orientation (Patient) {axis}")
+            descriptors.append(num(name, orientation[index], _UNITLESS))
+        if "SpacingBetweenSlices" in image:
+            descriptors.append(
+                num(("112226", "DCM", "Spacing between slices"), image.SpacingBetweenSlices, _MM)
+            )
+        reference = encoded.text(_REFERENCED_SOP_CLASS, b"UI", str(image.SOPClassUID))
+        reference += encoded.text(_REFERENCED_SOP_INSTANCE, b"UI", str(image.SOPInstanceUID))
+        return (
+            encoded.sequence(_REFERENCED_SOP_SEQUENCE, [reference])
+            + self.head("CONTAINS", "IMAGE", ("260753009", "SCT", "Source"))
+            + encoded.sequence(_CONTENT_SEQUENCE, descriptors)
+        )
+
+
+_AXES = ("Row X", "Row Y", "Row Z", "Column X", "Column Y", "Column Z")
 
 
 def _code(code: Code) -> tuple[str, str, str]:
@@ -618,6 +739,12 @@ def _coded_modality(sop_class_uid: str) -> tuple[str, str, str]:
     return _CODED_MODALITY[sop_class_uid]
 
 
+def _entries(images: list[Dataset]) -> list[Dataset]:
+    """Entries of ``images`` as data sets (code items shared between these only)."""
+    encoder = _LibraryEncoder()
+    return [encoder.entry(image) for image in images]
+
+
 def image_library(images: Sequence[Dataset]) -> Dataset:
     """TID 1600 Image Library container of ``images``, the same as highdicom's.
 
@@ -642,11 +769,17 @@ def image_library(images: Sequence[Dataset]) -> Dataset:
             if "FrameOfReferenceUID" in image
             else (modality[0],)
         )
-        groups.setdefault(key, []).append(encoder.entry(image))
+        groups.setdefault(key, []).append(image)
     # highdicom groups by modality and frame of reference but puts no shared
     # descriptors on the group (TID 1600 makes them optional); neither do we.
-    children = [
-        encoder.container(("126200", "DCM", "Image Library Group"), entries)
-        for entries in groups.values()
-    ]
+    # A group's entries are held encoded (EncodedSequence), made as data sets by
+    # _LibraryEncoder only when something reads them.
+    direct = _LibraryBytes()
+    children = []
+    for members in groups.values():
+        entries = encoded.EncodedSequence(
+            encoded.items(direct.entry(image) for image in members),
+            partial(_entries, members),
+        )
+        children.append(encoder.container(("126200", "DCM", "Image Library Group"), entries))
     return encoder.container(("111028", "DCM", "Image Library"), children)
