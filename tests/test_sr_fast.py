@@ -267,3 +267,12 @@ def test_held_entries_read_copied_and_pickled_as_items() -> None:
     assert entries.encoded_items() is None and len(entries.text_items) == 3
     entries[0].ContentSequence[2].MeasuredValueSequence[0].NumericValue = "98765"
     assert b"98765 " in encode_file(_as_file(library))  # a change after reading is written
+
+
+def test_image_library_of_a_source_without_slice_thickness_fails_as_highdicoms() -> None:
+    images = _library_sources(Path(), 2, "plain")
+    del images[1].SliceThickness
+    with pytest.raises(AttributeError):
+        hd.sr.ImageLibrary(images)
+    with pytest.raises(AttributeError, match=r"\(0018,0050\)"):
+        image_library(images)

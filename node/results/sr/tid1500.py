@@ -646,8 +646,18 @@ class _LibraryBytes:
 
     def entry(self, image: Dataset) -> bytes:
         """TID 1601 entry of ``image``, the bytes of :meth:`_LibraryEncoder.entry`'s."""
+        try:
+            return self._entry(image)
+        except KeyError as error:  # as the data sets' path (pydicom's attribute access)
+            raise AttributeError(f"source image lacks {error}") from None
+
+    def _entry(self, image: Dataset) -> bytes:
         num = self.num
-        modality = _coded_modality(str(image.SOPClassUID))
+
+        def value(tag: BaseTag) -> Any:
+            return image[tag].value  # by tag: no keyword look-up per attribute
+
+        modality = _coded_modality(str(value(_SOP_CLASS)))
         descriptors = [
             self.once(
                 ("modality", modality),
@@ -657,8 +667,8 @@ class _LibraryBytes:
                 ),
             )
         ]
-        if "FrameOfReferenceUID" in image:
-            uid = str(image.FrameOfReferenceUID)
+        if _FRAME_OF_REFERENCE in image:
+            uid = str(value(_FRAME_OF_REFERENCE))
             descriptors.append(
                 self.once(
                     ("uidref", uid),
@@ -670,15 +680,15 @@ class _LibraryBytes:
                     ),
                 )
             )
-        descriptors.append(num(("110910", "DCM", "Pixel Data Rows"), image.Rows, _PIXELS))
-        descriptors.append(num(("110911", "DCM", "Pixel Data Columns"), image.Columns, _PIXELS))
-        spacing = image.PixelSpacing
-        position = image.ImagePositionPatient
-        orientation = image.ImageOrientationPatient
+        descriptors.append(num(("110910", "DCM", "Pixel Data Rows"), value(_ROWS), _PIXELS))
+        descriptors.append(num(("110911", "DCM", "Pixel Data Columns"), value(_COLUMNS), _PIXELS))
+        spacing = value(_PIXEL_SPACING)
+        position = value(_POSITION)
+        orientation = value(_ORIENTATION)
         descriptors += [
             num(("111026", "DCM", "Horizontal Pixel Spacing"), spacing[1], _MM),
             num(("111066", "DCM", "Vertical Pixel Spacing"), spacing[0], _MM),
-            num(("112225", "DCM", "Slice Thickness"), image.SliceThickness, _MM),
+            num(("112225", "DCM", "Slice Thickness"), value(_SLICE_THICKNESS), _MM),
             num(("110901", "DCM", "Image Position (Patient) X"), position[0], _MM),
             num(("110902", "DCM", "Image Position (Patient) Y"), position[1], _MM),
             num(("110903", "DCM", "Image Position (Patient) Z"), position[2], _MM),
@@ -686,12 +696,14 @@ class _LibraryBytes:
         for index, axis in enumerate(_AXES):
             name = (str(110904 + index), "DCM", f"Image Orientation (Patient) {axis}")
             descriptors.append(num(name, orientation[index], _UNITLESS))
-        if "SpacingBetweenSlices" in image:
+        if _SPACING_BETWEEN_SLICES in image:
             descriptors.append(
-                num(("112226", "DCM", "Spacing between slices"), image.SpacingBetweenSlices, _MM)
+                num(
+                    ("112226", "DCM", "Spacing between slices"), value(_SPACING_BETWEEN_SLICES), _MM
+                )
             )
-        reference = encoded.text(_REFERENCED_SOP_CLASS, b"UI", str(image.SOPClassUID))
-        reference += encoded.text(_REFERENCED_SOP_INSTANCE, b"UI", str(image.SOPInstanceUID))
+        reference = encoded.text(_REFERENCED_SOP_CLASS, b"UI", str(value(_SOP_CLASS)))
+        reference += encoded.text(_REFERENCED_SOP_INSTANCE, b"UI", str(value(_SOP_INSTANCE)))
         return (
             encoded.sequence(_REFERENCED_SOP_SEQUENCE, [reference])
             + self.head("CONTAINS", "IMAGE", ("260753009", "SCT", "Source"))
@@ -699,6 +711,16 @@ class _LibraryBytes:
         )
 
 
+_SOP_CLASS = BaseTag(0x00080016)
+_SOP_INSTANCE = BaseTag(0x00080018)
+_SLICE_THICKNESS = BaseTag(0x00180050)
+_SPACING_BETWEEN_SLICES = BaseTag(0x00180088)
+_POSITION = BaseTag(0x00200032)
+_ORIENTATION = BaseTag(0x00200037)
+_FRAME_OF_REFERENCE = BaseTag(0x00200052)
+_ROWS = BaseTag(0x00280010)
+_COLUMNS = BaseTag(0x00280011)
+_PIXEL_SPACING = BaseTag(0x00280030)
 _AXES = ("Row X", "Row Y", "Row Z", "Column X", "Column Y", "Column Z")
 
 
