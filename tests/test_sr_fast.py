@@ -276,3 +276,24 @@ def test_image_library_of_a_source_without_slice_thickness_fails_as_highdicoms()
         hd.sr.ImageLibrary(images)
     with pytest.raises(AttributeError, match=r"\(0018,0050\)"):
         image_library(images)
+
+
+def test_quality_warnings_added_to_an_sr_whose_library_is_held() -> None:
+    from node.results.quality_note import add_quality_warnings_to_srs, quality_warnings_of
+
+    datasets, truth = make_chest_ct(
+        n_slices=12, rows=48, columns=48, pixel_spacing_mm=7.0, slice_thickness_mm=12.0
+    )
+    volume = assemble_volume(datasets)
+    results = build_results(
+        volume, lung_prediction(volume, truth), load_template_by_name("ct_lungs")
+    )
+    sr = results.sr
+    add_quality_warnings_to_srs(results.tagged(), ["Slice spacing irregular"])
+    assert _held(_library_of(sr))
+    written = encode_file(sr)
+    assert _held(_library_of(sr))
+    assert written == _written(copy.deepcopy(sr))  # pydicom writes the items it makes
+    read = pydicom.dcmread(io.BytesIO(written))
+    assert quality_warnings_of(read) == ["Slice spacing irregular"]
+    assert len(_library_of(read).ContentSequence[0].ContentSequence) == 12
