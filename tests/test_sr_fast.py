@@ -297,3 +297,25 @@ def test_quality_warnings_added_to_an_sr_whose_library_is_held() -> None:
     read = pydicom.dcmread(io.BytesIO(written))
     assert quality_warnings_of(read) == ["Slice spacing irregular"]
     assert len(_library_of(read).ContentSequence[0].ContentSequence) == 12
+
+
+def test_evidence_references_equal_highdicoms_for_mixed_studies_and_duplicates() -> None:
+    from highdicom.sr.utils import collect_evidence
+
+    from node.results.sr.tid1500 import _evidence_references
+
+    images = _library_sources(Path(), 4, "plain")
+    images[2].SeriesInstanceUID = "2.25.77"
+    images[3].StudyInstanceUID = "2.25.78"
+    evidence = [*images, images[1]]  # an instance twice
+    study = str(images[0].StudyInstanceUID)
+    ours = _evidence_references(evidence, study)
+    content = Dataset()
+    content.ContentSequence = []
+    theirs = collect_evidence(evidence, content, study_instance_uid=study)
+    for mine, reference in zip(ours, theirs, strict=True):
+        assert len(mine) == len(reference) == 1
+        holder, expected = Dataset(), Dataset()
+        holder.ContentSequence, expected.ContentSequence = mine, reference
+        assert dataset_differences(holder, expected) == []
+    assert len(ours[0][0].ReferencedSeriesSequence) == 2

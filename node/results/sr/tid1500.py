@@ -324,7 +324,7 @@ class MeasurementReportSR(hd.sr.Comprehensive3DSR):
 
     @classmethod
     def with_groups_spliced(
-        cls, report: hd.sr.MeasurementReport, **arguments: Any
+        cls, report: hd.sr.MeasurementReport, *, record_evidence: bool = True, **arguments: Any
     ) -> MeasurementReportSR:
         """The SR of ``report``, made by the constructor without the measurement groups.
 
@@ -343,10 +343,23 @@ class MeasurementReportSR(hd.sr.Comprehensive3DSR):
         )
         groups = container.ContentSequence
         container.ContentSequence = ContentSequence()
+        # highdicom makes an item per evidence instance through pydicom's attribute
+        # setters; the constructor gets the first (its patient and study) and the
+        # evidence sequences are then made directly, as collect_evidence makes them.
+        evidence: Sequence[Dataset] = arguments.pop("evidence")
         try:
-            sr = cls(content=report, **arguments)
+            sr = cls(content=report, evidence=list(evidence[:1]), **arguments)
         finally:
             container.ContentSequence = groups
+        current, other = _evidence_references(evidence, str(sr.StudyInstanceUID))
+        for keyword, items in (
+            ("CurrentRequestedProcedureEvidenceSequence", current),
+            ("PertinentOtherEvidenceSequence", other),
+        ):
+            if items and (keyword != "PertinentOtherEvidenceSequence" or record_evidence):
+                setattr(sr, keyword, items)
+            elif keyword in sr:
+                delattr(sr, keyword)
         sr._content_is_stale = True
         return sr
 
@@ -406,6 +419,41 @@ class MeasurementReportSR(hd.sr.Comprehensive3DSR):
         return self._content
 
 
+def _evidence_references(
+    evidence: Sequence[Dataset], study_instance_uid: str
+) -> tuple[list[Dataset], list[Dataset]]:
+    """Items of the Current Requested Procedure and Pertinent Other Evidence sequences,
+    as highdicom's ``collect_evidence`` makes them: each instance once, grouped by
+    study and series in the order first seen, this study's in the first."""
+    groups: tuple[dict[tuple[str, str], list[Dataset]], ...] = ({}, {})
+    seen: set[str] = set()
+    for source in evidence:
+        instance = source.SOPInstanceUID
+        if instance in seen:
+            continue
+        seen.add(instance)
+        item = _new_item()
+        _put(item, _REFERENCED_SOP_CLASS, "UI", source.SOPClassUID)
+        _put(item, _REFERENCED_SOP_INSTANCE, "UI", instance)
+        study = source.StudyInstanceUID
+        key = (study, source.SeriesInstanceUID)
+        groups[study != study_instance_uid].setdefault(key, []).append(item)
+    references: tuple[list[Dataset], list[Dataset]] = ([], [])
+    for group, found in zip(groups, references, strict=True):
+        studies: dict[str, list[Dataset]] = {}
+        for (study, series), items in group.items():
+            series_item = _new_item()
+            _put(series_item, _SERIES_INSTANCE, "UI", series)
+            _put(series_item, _REFERENCED_SOP_SEQUENCE, "SQ", DicomSequence(items))
+            studies.setdefault(study, []).append(series_item)
+        for study, series_items in studies.items():
+            study_item = _new_item()
+            _put(study_item, _STUDY_INSTANCE, "UI", study)
+            _put(study_item, _REFERENCED_SERIES_SEQUENCE, "SQ", DicomSequence(series_items))
+            found.append(study_item)
+    return references
+
+
 #: Code value of TID 1500's Imaging Measurements container (the Image Library precedes it).
 IMAGING_MEASUREMENTS_CODE = "126010"
 _TRACKING_UID_CODE = "112040"
@@ -447,6 +495,9 @@ _CODE_MEANING = BaseTag(0x00080104)
 _REFERENCED_SOP_CLASS = BaseTag(0x00081150)
 _REFERENCED_SOP_INSTANCE = BaseTag(0x00081155)
 _REFERENCED_SOP_SEQUENCE = BaseTag(0x00081199)
+_REFERENCED_SERIES_SEQUENCE = BaseTag(0x00081115)
+_STUDY_INSTANCE = BaseTag(0x0020000D)
+_SERIES_INSTANCE = BaseTag(0x0020000E)
 _UNITS_CODE = BaseTag(0x004008EA)
 _RELATIONSHIP_TYPE = BaseTag(0x0040A010)
 _VALUE_TYPE = BaseTag(0x0040A040)
