@@ -334,7 +334,9 @@ class MeasurementReportSR(hd.sr.Comprehensive3DSR):
         Measurements container while it runs and putting its groups back gives the
         dataset the plain constructor gives (a test compares them). The search only
         checks that every referenced instance is in the evidence: the groups reference
-        the source images and the SEG, which the evidence always lists.
+        the source images and the SEG, which the evidence always lists. The constructor
+        gets only the first evidence instance (its patient and study); the evidence
+        sequences of all are then made by :func:`_evidence_references`, the same items.
         """
         container = next(
             item
