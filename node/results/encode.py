@@ -333,6 +333,14 @@ class _Encoder:
         ancestors: tuple[Dataset, ...],
     ) -> None:
         tag = elem.tag
+        # A sequence held encoded until read (an SR's Image Library entries): its items'
+        # bytes as they are, when still unread (their text is ASCII, as in any charset).
+        encoded_items = getattr(elem._value, "encoded_items", None)
+        held = encoded_items() if encoded_items is not None else None
+        if held is not None and not elem.is_undefined_length:
+            out.append(_TAG_VR_LEN32.pack(tag >> 16, tag & 0xFFFF, b"SQ", len(held)))
+            out.append(held)
+            return
         body = bytearray()
         for item in elem._value:
             if not isinstance(item, Dataset):

@@ -24,10 +24,12 @@ from codecs import lookup as codec_lookup
 from collections.abc import Iterator, Sequence
 
 from pydicom.charset import python_encoding
-from pydicom.dataelem import RawDataElement
+from pydicom.datadict import dictionary_has_tag, dictionary_VR
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.tag import Tag
+from pydicom.tag import BaseTag, Tag
+from pydicom.valuerep import AMBIGUOUS_VR, PersonName
 
 from node.contract.volume import Volume
 
@@ -51,6 +53,9 @@ UNICODE = "ISO_IR 192"
 #: Value representations encoded with Specific Character Set (PS3.5 6.1.2.3).
 _TEXT_VRS = frozenset({"SH", "LO", "ST", "LT", "UT", "PN", "UC"})
 #: Python codecs that encode every character.
+#: Raw elements converted when a header is prepared: their value may need the source's
+#: character set (text, sequences, VRs read as UN or implicitly, or ambiguous ones).
+_DECODED = _TEXT_VRS | {"SQ", "UN", *(str(vr) for vr in AMBIGUOUS_VR)}
 _ALL_OF_UNICODE = frozenset({"utf-8", "gb18030"})
 #: Terms of the default repertoire (ASCII).
 _DEFAULT_REPERTOIRE = frozenset({"", "ISO_IR 6", "ISO 2022 IR 6"})
@@ -70,20 +75,80 @@ def character_set(source: Dataset) -> CharacterSet:
     return str(value)
 
 
-def buildable_header(source: Dataset) -> Dataset:
+def _shareable(raw: RawDataElement) -> bool:
+    """Whether a raw element reads the same in any data set: its value is held (not
+    deferred) and its VR, explicit or (for a public tag read as implicit VR) the
+    dictionary's, is neither text, a sequence, UN nor ambiguous."""
+    if raw.value is None and raw.length:
+        return False
+    vr = raw.VR
+    if vr is None:
+        shareable = _IMPLICIT_SHAREABLE.get(raw.tag)
+        if shareable is None:
+            shareable = _IMPLICIT_SHAREABLE[raw.tag] = (
+                not raw.tag.is_private
+                and dictionary_has_tag(raw.tag)
+                and dictionary_VR(raw.tag) not in _DECODED
+            )
+        return shareable
+    return vr not in _DECODED
+
+
+#: :func:`_shareable` of public tags read as implicit VR, by tag.
+_IMPLICIT_SHAREABLE: dict[int, bool] = {}
+
+
+#: Text decoded once per series: ``(tag, VR, raw value, character set) -> element``.
+_Decoded = dict[tuple[int, str | None, bytes, tuple[str, ...]], DataElement]
+
+
+def _decoded(source: Dataset, tag: BaseTag, raw: RawDataElement, cache: _Decoded) -> DataElement:
+    """``source[tag]`` (converted with the source's character set); a public tag's
+    single value (most text of a series is the same in every header) is decoded once
+    per ``cache`` and each header gets its own element of it."""
+    if tag.is_private or not isinstance(raw.value, bytes):
+        return source[tag]
+    charset = source.original_character_set or source._character_set
+    key = (tag, raw.VR, raw.value, tuple(charset) if isinstance(charset, list) else (charset,))
+    done = cache.get(key)
+    if done is None:
+        done = source[tag]
+        if isinstance(done.value, str | PersonName):  # immutable: shareable
+            cache[key] = done
+        return done
+    return DataElement(
+        tag,
+        done.VR,
+        done.value,
+        raw.value_tell,
+        done.is_undefined_length,
+        already_converted=True,
+        validation_mode=done.validation_mode,
+    )
+
+
+def buildable_header(source: Dataset, decoded: _Decoded | None = None) -> Dataset:
     """A copy of a source header with its text decoded, without Specific Character Set
     and with every :data:`TYPE_2_PATIENT_STUDY` attribute, Manufacturer and (with a Frame
     of Reference) Position Reference Indicator: empty where the source lacks them.
 
     The elements are shared with ``source`` (nothing in it changes); the copy is for the
-    builders only.
+    builders only. Raw elements whose value does not depend on the character set (numbers,
+    UIDs, codes, dates: most of a header) are shared still raw, converted when a builder
+    reads them (a raw element is immutable); the others (text, sequences, UN, ambiguous
+    VRs, private tags read as implicit VR) are converted here with the source's character set.
     """
     header = Dataset()
     if hasattr(source, "file_meta"):
         header.file_meta = source.file_meta
-    for element in source:  # converts raw elements, decoding with the source's set
-        if element.tag != _SPECIFIC_CHARACTER_SET:
-            header.add(element)
+    elements = header._dict
+    for tag, element in source._dict.items():
+        if tag == _SPECIFIC_CHARACTER_SET:
+            continue
+        if isinstance(element, RawDataElement) and not _shareable(element):
+            # converted, decoding with the source's character set
+            element = source[tag] if decoded is None else _decoded(source, tag, element, decoded)
+        elements[tag] = element
     for keyword in TYPE_2_PATIENT_STUDY:
         if keyword not in header:
             setattr(header, keyword, "")
@@ -101,9 +166,10 @@ def buildable_volume(volume: Volume) -> Volume:
     object for all its frames)."""
     prepared: dict[int, Dataset] = {}
     headers = []
+    decoded: _Decoded = {}
     for source in volume.datasets:
         if id(source) not in prepared:
-            prepared[id(source)] = buildable_header(source)
+            prepared[id(source)] = buildable_header(source, decoded)
         headers.append(prepared[id(source)])
     return dataclasses.replace(volume, datasets=tuple(headers))
 

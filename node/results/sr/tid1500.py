@@ -17,7 +17,8 @@ Sequence.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import highdicom as hd
@@ -48,6 +49,7 @@ from node.results.provenance import (
     sr_algorithm_identification,
 )
 from node.results.reference import SOPReference
+from node.results.sr import encoded
 from node.results.sr.radiomics import declare_private_scheme, sr_measurement_items
 
 log = logging.getLogger(__name__)
@@ -322,7 +324,7 @@ class MeasurementReportSR(hd.sr.Comprehensive3DSR):
 
     @classmethod
     def with_groups_spliced(
-        cls, report: hd.sr.MeasurementReport, **arguments: Any
+        cls, report: hd.sr.MeasurementReport, *, record_evidence: bool = True, **arguments: Any
     ) -> MeasurementReportSR:
         """The SR of ``report``, made by the constructor without the measurement groups.
 
@@ -332,7 +334,9 @@ class MeasurementReportSR(hd.sr.Comprehensive3DSR):
         Measurements container while it runs and putting its groups back gives the
         dataset the plain constructor gives (a test compares them). The search only
         checks that every referenced instance is in the evidence: the groups reference
-        the source images and the SEG, which the evidence always lists.
+        the source images and the SEG, which the evidence always lists. The constructor
+        gets only the first evidence instance (its patient and study); the evidence
+        sequences of all are then made by :func:`_evidence_references`, the same items.
         """
         container = next(
             item
@@ -341,10 +345,23 @@ class MeasurementReportSR(hd.sr.Comprehensive3DSR):
         )
         groups = container.ContentSequence
         container.ContentSequence = ContentSequence()
+        # highdicom makes an item per evidence instance through pydicom's attribute
+        # setters; the constructor gets the first (its patient and study) and the
+        # evidence sequences are then made directly, as collect_evidence makes them.
+        evidence: Sequence[Dataset] = arguments.pop("evidence")
         try:
-            sr = cls(content=report, **arguments)
+            sr = cls(content=report, evidence=list(evidence[:1]), **arguments)
         finally:
             container.ContentSequence = groups
+        current, other = _evidence_references(evidence, str(sr.StudyInstanceUID))
+        for keyword, items in (
+            ("CurrentRequestedProcedureEvidenceSequence", current),
+            ("PertinentOtherEvidenceSequence", other),
+        ):
+            if items and (keyword != "PertinentOtherEvidenceSequence" or record_evidence):
+                setattr(sr, keyword, items)
+            elif keyword in sr:
+                delattr(sr, keyword)
         sr._content_is_stale = True
         return sr
 
@@ -404,6 +421,41 @@ class MeasurementReportSR(hd.sr.Comprehensive3DSR):
         return self._content
 
 
+def _evidence_references(
+    evidence: Sequence[Dataset], study_instance_uid: str
+) -> tuple[list[Dataset], list[Dataset]]:
+    """Items of the Current Requested Procedure and Pertinent Other Evidence sequences,
+    as highdicom's ``collect_evidence`` makes them: each instance once, grouped by
+    study and series in the order first seen, this study's in the first."""
+    groups: tuple[dict[tuple[str, str], list[Dataset]], ...] = ({}, {})
+    seen: set[str] = set()
+    for source in evidence:
+        instance = source.SOPInstanceUID
+        if instance in seen:
+            continue
+        seen.add(instance)
+        item = _new_item()
+        _put(item, _REFERENCED_SOP_CLASS, "UI", source.SOPClassUID)
+        _put(item, _REFERENCED_SOP_INSTANCE, "UI", instance)
+        study = source.StudyInstanceUID
+        key = (study, source.SeriesInstanceUID)
+        groups[study != study_instance_uid].setdefault(key, []).append(item)
+    references: tuple[list[Dataset], list[Dataset]] = ([], [])
+    for group, found in zip(groups, references, strict=True):
+        studies: dict[str, list[Dataset]] = {}
+        for (study, series), items in group.items():
+            series_item = _new_item()
+            _put(series_item, _SERIES_INSTANCE, "UI", series)
+            _put(series_item, _REFERENCED_SOP_SEQUENCE, "SQ", DicomSequence(items))
+            studies.setdefault(study, []).append(series_item)
+        for study, series_items in studies.items():
+            study_item = _new_item()
+            _put(study_item, _STUDY_INSTANCE, "UI", study)
+            _put(study_item, _REFERENCED_SERIES_SEQUENCE, "SQ", DicomSequence(series_items))
+            found.append(study_item)
+    return references
+
+
 #: Code value of TID 1500's Imaging Measurements container (the Image Library precedes it).
 IMAGING_MEASUREMENTS_CODE = "126010"
 _TRACKING_UID_CODE = "112040"
@@ -445,6 +497,9 @@ _CODE_MEANING = BaseTag(0x00080104)
 _REFERENCED_SOP_CLASS = BaseTag(0x00081150)
 _REFERENCED_SOP_INSTANCE = BaseTag(0x00081155)
 _REFERENCED_SOP_SEQUENCE = BaseTag(0x00081199)
+_REFERENCED_SERIES_SEQUENCE = BaseTag(0x00081115)
+_STUDY_INSTANCE = BaseTag(0x0020000D)
+_SERIES_INSTANCE = BaseTag(0x0020000E)
 _UNITS_CODE = BaseTag(0x004008EA)
 _RELATIONSHIP_TYPE = BaseTag(0x0040A010)
 _VALUE_TYPE = BaseTag(0x0040A040)
@@ -534,10 +589,14 @@ class _LibraryEncoder:
         _put(item, _UID, "UI", UID(value))
         return item
 
-    def container(self, name: tuple[str, str, str], children: list[Dataset]) -> Dataset:
+    def container(
+        self, name: tuple[str, str, str], children: list[Dataset] | DicomSequence
+    ) -> Dataset:
         item = self.item("CONTAINS", "CONTAINER", name)
         _put(item, _CONTINUITY, "CS", "CONTINUOUS")
-        _put(item, _CONTENT_SEQUENCE, "SQ", DicomSequence(children))
+        if not isinstance(children, DicomSequence):
+            children = DicomSequence(children)
+        _put(item, _CONTENT_SEQUENCE, "SQ", children)
         return item
 
     def entry(self, image: Dataset) -> Dataset:
@@ -563,9 +622,7 @@ class _LibraryEncoder:
             num(("110902", "DCM", "Image Position (Patient) Y"), position[1], _MM),
             num(("110903", "DCM", "Image Position (Patient) Z"), position[2], _MM),
         ]
-        for index, axis in enumerate(
-            ("Row X", "Row Y", "Row Z", "Column X", "Column Y", "Column Z")
-        ):
+        for index, axis in enumerate(_AXES):
             name = (str(110904 + index), "DCM", f"Image Orientation (Patient) {axis}")
             descriptors.append(num(name, orientation[index], _UNITLESS))
         if "SpacingBetweenSlices" in image:
@@ -579,6 +636,145 @@ class _LibraryEncoder:
         _put(entry, _REFERENCED_SOP_SEQUENCE, "SQ", DicomSequence([reference]))
         _put(entry, _CONTENT_SEQUENCE, "SQ", DicomSequence(descriptors))
         return entry
+
+
+class _LibraryBytes:
+    """Encodes Image Library entries as :class:`_LibraryEncoder` makes them, to bytes.
+
+    Code items, the modality and frame-of-reference descriptors and each NUM descriptor
+    by its value are encoded once per library: from slice to slice only the position
+    along the stack and the instance UID usually change.
+    """
+
+    def __init__(self) -> None:
+        self._codes: dict[tuple[str, str, str], bytes] = {}
+        self._items: dict[tuple[Any, ...], bytes] = {}
+
+    def code(self, name: tuple[str, str, str]) -> bytes:
+        item = self._codes.get(name)
+        if item is None:
+            item = self._codes[name] = (
+                encoded.text(_CODE_VALUE, b"SH", name[0])
+                + encoded.text(_CODING_SCHEME, b"SH", name[1])
+                + encoded.text(_CODE_MEANING, b"LO", name[2])
+            )
+        return item
+
+    def head(self, relationship: str, value_type: str, name: tuple[str, str, str]) -> bytes:
+        return (
+            encoded.text(_RELATIONSHIP_TYPE, b"CS", relationship)
+            + encoded.text(_VALUE_TYPE, b"CS", value_type)
+            + encoded.sequence(_CONCEPT_NAME, [self.code(name)])
+        )
+
+    def num(self, name: tuple[str, str, str], value: object, unit: tuple[str, str, str]) -> bytes:
+        key = (
+            name,
+            unit,
+            type(value),
+            value,
+            getattr(value, "original_string", None),
+            getattr(value, "auto_format", None),
+        )
+        item = self._items.get(key)
+        if item is None:
+            if not isinstance(value, int | float):
+                raise TypeError(f"numeric descriptor {name[2]} is {value!r}")
+            measured = encoded.sequence(_UNITS_CODE, [self.code(unit)])
+            if isinstance(value, float):
+                measured += encoded.floating(_FLOATING_POINT_VALUE, value)
+            measured += encoded.decimal_string(_NUMERIC_VALUE, DS(value, auto_format=True))
+            item = self.head("HAS ACQ CONTEXT", "NUM", name) + encoded.sequence(
+                _MEASURED_VALUE, [measured]
+            )
+            if value == value:  # NaN is never found again
+                self._items[key] = item
+        return item
+
+    def once(self, key: tuple[Any, ...], make: Callable[[], bytes]) -> bytes:
+        item = self._items.get(key)
+        if item is None:
+            item = self._items[key] = make()
+        return item
+
+    def entry(self, image: Dataset) -> bytes:
+        """TID 1601 entry of ``image``, the bytes of :meth:`_LibraryEncoder.entry`'s."""
+        try:
+            return self._entry(image)
+        except KeyError as error:  # as the data sets' path (pydicom's attribute access)
+            raise AttributeError(f"source image lacks {error}") from None
+
+    def _entry(self, image: Dataset) -> bytes:
+        num = self.num
+
+        def value(tag: BaseTag) -> Any:
+            return image[tag].value  # by tag: no keyword look-up per attribute
+
+        modality = _coded_modality(str(value(_SOP_CLASS)))
+        descriptors = [
+            self.once(
+                ("modality", modality),
+                lambda: (
+                    self.head("HAS ACQ CONTEXT", "CODE", ("121139", "DCM", "Modality"))
+                    + encoded.sequence(_CONCEPT_CODE, [self.code(modality)])
+                ),
+            )
+        ]
+        if _FRAME_OF_REFERENCE in image:
+            uid = str(value(_FRAME_OF_REFERENCE))
+            descriptors.append(
+                self.once(
+                    ("uidref", uid),
+                    lambda: (
+                        self.head(
+                            "HAS ACQ CONTEXT", "UIDREF", ("112227", "DCM", "Frame of Reference UID")
+                        )
+                        + encoded.text(_UID, b"UI", uid)
+                    ),
+                )
+            )
+        descriptors.append(num(("110910", "DCM", "Pixel Data Rows"), value(_ROWS), _PIXELS))
+        descriptors.append(num(("110911", "DCM", "Pixel Data Columns"), value(_COLUMNS), _PIXELS))
+        spacing = value(_PIXEL_SPACING)
+        position = value(_POSITION)
+        orientation = value(_ORIENTATION)
+        descriptors += [
+            num(("111026", "DCM", "Horizontal Pixel Spacing"), spacing[1], _MM),
+            num(("111066", "DCM", "Vertical Pixel Spacing"), spacing[0], _MM),
+            num(("112225", "DCM", "Slice Thickness"), value(_SLICE_THICKNESS), _MM),
+            num(("110901", "DCM", "Image Position (Patient) X"), position[0], _MM),
+            num(("110902", "DCM", "Image Position (Patient) Y"), position[1], _MM),
+            num(("110903", "DCM", "Image Position (Patient) Z"), position[2], _MM),
+        ]
+        for index, axis in enumerate(_AXES):
+            name = (str(110904 + index), "DCM", f"Image Orientation (Patient) {axis}")
+            descriptors.append(num(name, orientation[index], _UNITLESS))
+        if _SPACING_BETWEEN_SLICES in image:
+            descriptors.append(
+                num(
+                    ("112226", "DCM", "Spacing between slices"), value(_SPACING_BETWEEN_SLICES), _MM
+                )
+            )
+        reference = encoded.text(_REFERENCED_SOP_CLASS, b"UI", str(value(_SOP_CLASS)))
+        reference += encoded.text(_REFERENCED_SOP_INSTANCE, b"UI", str(value(_SOP_INSTANCE)))
+        return (
+            encoded.sequence(_REFERENCED_SOP_SEQUENCE, [reference])
+            + self.head("CONTAINS", "IMAGE", ("260753009", "SCT", "Source"))
+            + encoded.sequence(_CONTENT_SEQUENCE, descriptors)
+        )
+
+
+_SOP_CLASS = BaseTag(0x00080016)
+_SOP_INSTANCE = BaseTag(0x00080018)
+_SLICE_THICKNESS = BaseTag(0x00180050)
+_SPACING_BETWEEN_SLICES = BaseTag(0x00180088)
+_POSITION = BaseTag(0x00200032)
+_ORIENTATION = BaseTag(0x00200037)
+_FRAME_OF_REFERENCE = BaseTag(0x00200052)
+_ROWS = BaseTag(0x00280010)
+_COLUMNS = BaseTag(0x00280011)
+_PIXEL_SPACING = BaseTag(0x00280030)
+_AXES = ("Row X", "Row Y", "Row Z", "Column X", "Column Y", "Column Z")
 
 
 def _code(code: Code) -> tuple[str, str, str]:
@@ -618,12 +814,20 @@ def _coded_modality(sop_class_uid: str) -> tuple[str, str, str]:
     return _CODED_MODALITY[sop_class_uid]
 
 
+def _entries(images: list[Dataset]) -> list[Dataset]:
+    """Entries of ``images`` as data sets (code items shared between these only)."""
+    encoder = _LibraryEncoder()
+    return [encoder.entry(image) for image in images]
+
+
 def image_library(images: Sequence[Dataset]) -> Dataset:
     """TID 1600 Image Library container of ``images``, the same as highdicom's.
 
-    Cross-sectional images (CT, MR, PT) are encoded directly, ~30 times faster than
-    through :class:`highdicom.sr.ImageLibrary`; a test compares the two item by item.
-    Other images go through highdicom.
+    Cross-sectional images (CT, MR, PT) are encoded directly to bytes, ~100 times
+    faster than through :class:`highdicom.sr.ImageLibrary`: each group's entries are an
+    :class:`~node.results.sr.encoded.EncodedSequence` that the node's writer copies and
+    that makes the entries as data sets when read (tests/test_sr_fast.py compares the
+    bytes, tests/test_result_parts.py the items). Other images go through highdicom.
     """
     if not images:
         raise ValueError("an Image Library needs at least one image")
@@ -642,11 +846,17 @@ def image_library(images: Sequence[Dataset]) -> Dataset:
             if "FrameOfReferenceUID" in image
             else (modality[0],)
         )
-        groups.setdefault(key, []).append(encoder.entry(image))
+        groups.setdefault(key, []).append(image)
     # highdicom groups by modality and frame of reference but puts no shared
     # descriptors on the group (TID 1600 makes them optional); neither do we.
-    children = [
-        encoder.container(("126200", "DCM", "Image Library Group"), entries)
-        for entries in groups.values()
-    ]
+    # A group's entries are held encoded (EncodedSequence), made as data sets by
+    # _LibraryEncoder only when something reads them.
+    direct = _LibraryBytes()
+    children = []
+    for members in groups.values():
+        entries = encoded.EncodedSequence(
+            encoded.items(direct.entry(image) for image in members),
+            partial(_entries, members),
+        )
+        children.append(encoder.container(("126200", "DCM", "Image Library Group"), entries))
     return encoder.container(("111028", "DCM", "Image Library"), children)

@@ -1,0 +1,149 @@
+"""Headers prepared for the builders share the source's raw non-text elements, and the
+results built from them are the results built from fully converted headers, byte for byte.
+
+Sources are written to files and read back (so their elements are raw, as at load) in
+three character sets, explicit and implicit VR, with and without the Type 2 attributes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from node.contract.assemble import assemble_volume
+from node.contract.template import load_template_by_name
+from node.results import build_results
+from node.results.encode import encode_file
+from node.results.source import TYPE_2_PATIENT_STUDY, buildable_header, buildable_volume
+from tests.support.datasets import dataset_differences
+from tests.test_results import lung_prediction
+from tools.synthetic.chest_ct import make_chest_ct
+
+#: Differ between any two builds.
+_PER_BUILD = ("InstanceCreationDate", "InstanceCreationTime", "ContentDate", "ContentTime")
+
+#: (Specific Character Set, patient name, a description) in each character set.
+_TEXTS = {
+    "latin1": ("ISO_IR 100", "Müller^Jürgen", "Thorax natif, poumons (réf.)"),
+    "utf8": ("ISO_IR 192", "Wang^XiaoDong=王^小東", "胸部 CT Ωmega"),
+    "japanese": (["", "ISO 2022 IR 87"], "Yamada^Tarou=山田^太郎=やまだ^たろう", "胸部ＣＴ"),
+}
+
+
+def _write_sources(
+    folder: Path, charset: str, implicit: bool, type_2: bool
+) -> tuple[list[Path], object]:
+    datasets, truth = make_chest_ct(
+        n_slices=6, rows=48, columns=48, pixel_spacing_mm=7.0, slice_thickness_mm=12.0
+    )
+    specific, name, text = _TEXTS[charset]
+    folder.mkdir()
+    paths = []
+    for index, dataset in enumerate(datasets):
+        dataset.SpecificCharacterSet = specific
+        dataset.PatientName = name
+        dataset.StudyDescription = text
+        dataset.SeriesDescription = text
+        dataset.InstitutionName = text
+        block = dataset.private_block(0x0009, "AINODE TEST", create=True)
+        block.add_new(0x01, "LO", text)
+        block.add_new(0x02, "DS", "1.5")
+        if not type_2:
+            for keyword in TYPE_2_PATIENT_STUDY[2:]:  # keep the patient's name and ID
+                if keyword in dataset:
+                    delattr(dataset, keyword)
+            for keyword in ("Manufacturer", "PositionReferenceIndicator"):
+                if keyword in dataset:
+                    delattr(dataset, keyword)
+        dataset.file_meta.TransferSyntaxUID = (
+            ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
+        )
+        path = folder / f"{index:03d}.dcm"
+        dataset.save_as(path, implicit_vr=implicit, little_endian=True, enforce_file_format=True)
+        paths.append(path)
+    return paths, truth
+
+
+def _results(paths: list[Path], truth: object, convert_all: bool) -> list[Dataset]:
+    sources = [pydicom.dcmread(path) for path in paths]
+    if convert_all:  # what the headers were before: every element converted
+        for source in sources:
+            for _ in source:
+                pass
+            assert not any(isinstance(e, RawDataElement) for e in source._dict.values())
+    volume = assemble_volume(sources)
+    if not convert_all:
+        header = buildable_volume(volume).datasets[0]
+        assert sum(isinstance(e, RawDataElement) for e in header._dict.values()) > 20
+    results = build_results(
+        volume,
+        lung_prediction(volume, truth),
+        load_template_by_name("ct_lungs"),  # type: ignore[arg-type]
+    )
+    return [results.seg, results.sr]
+
+
+@pytest.mark.parametrize("type_2", [True, False], ids=["type2", "anonymised"])
+@pytest.mark.parametrize("implicit", [False, True], ids=["explicit", "implicit"])
+@pytest.mark.parametrize("charset", sorted(_TEXTS))
+def test_results_from_shared_raw_elements_equal_those_from_converted_headers(
+    tmp_path: Path, charset: str, implicit: bool, type_2: bool
+) -> None:
+    paths, truth = _write_sources(tmp_path / "series", charset, implicit, type_2)
+    fast = _results(paths, truth, convert_all=False)
+    reference = _results(paths, truth, convert_all=True)
+    for mine, theirs in zip(fast, reference, strict=True):
+        for keyword in _PER_BUILD:
+            if keyword in theirs:
+                setattr(mine, keyword, theirs[keyword].value)
+        for a, b in zip(
+            mine.ContributingEquipmentSequence, theirs.ContributingEquipmentSequence, strict=True
+        ):
+            if "ContributionDateTime" in b:
+                a.ContributionDateTime = b.ContributionDateTime
+        # highdicom makes a new Dimension Organization UID per build.
+        for sequence in ("DimensionOrganizationSequence", "DimensionIndexSequence"):
+            for a, b in zip(mine.get(sequence, []), theirs.get(sequence, []), strict=True):
+                a.DimensionOrganizationUID = b.DimensionOrganizationUID
+        written = encode_file(mine)  # the SR's Image Library written as held, encoded
+        assert written == encode_file(theirs)
+        assert dataset_differences(mine, theirs, _PER_BUILD) == []
+        assert encode_file(mine) == written  # and as items, once read
+        assert mine.PatientName == _TEXTS[charset][1]
+        assert mine.SpecificCharacterSet == _TEXTS[charset][0]
+        if not type_2:
+            assert mine.PatientSex == "" and mine.AccessionNumber == ""
+
+
+def test_header_shares_non_text_raw_elements_and_decodes_text(tmp_path: Path) -> None:
+    paths, _ = _write_sources(tmp_path / "series", "latin1", implicit=False, type_2=True)
+    source = pydicom.dcmread(paths[0])
+    header = buildable_header(source)
+    rows = source._dict[pydicom.tag.Tag("Rows")]
+    assert isinstance(rows, RawDataElement)
+    assert header._dict[pydicom.tag.Tag("Rows")] is rows  # shared, still raw
+    assert header.Rows == 48
+    name = header._dict[pydicom.tag.Tag("PatientName")]
+    assert isinstance(name, DataElement)  # decoded with the source's ISO_IR 100
+    assert str(name.value) == "Müller^Jürgen"
+    assert "SpecificCharacterSet" not in header
+
+
+def test_header_of_an_implicit_vr_source_decodes_text_and_reads_the_rest_by_dictionary(
+    tmp_path: Path,
+) -> None:
+    paths, _ = _write_sources(tmp_path / "series", "utf8", implicit=True, type_2=True)
+    source = pydicom.dcmread(paths[0])
+    header = buildable_header(source)
+    rows = header._dict[pydicom.tag.Tag("Rows")]
+    assert isinstance(rows, RawDataElement) and rows.VR is None  # shared, still raw
+    assert header["Rows"].VR == "US" and header.Rows == 48
+    text = header._dict[pydicom.tag.Tag("StudyDescription")]
+    assert isinstance(text, DataElement) and text.value == "胸部 CT Ωmega"
+    pixels = header._dict[pydicom.tag.Tag("PixelData")]  # OB or OW: converted here
+    assert isinstance(pixels, DataElement) and pixels.VR == "OW"
