@@ -11,8 +11,10 @@ a configured wait) and the routine's own run; what is left is the node's **overh
 
 split by stage from the job's events, read from the node's state database (the API's
 job timeline needs a login): completion beyond the quiet period, queue wait, load,
-encode, record, export (results written → both series visible in Orthanc, polled every
-20 ms) and the hand-offs (everything else: prepare, the gaps between stages).
+encode, record, export (results written → the destination acknowledged every object:
+Orthanc's C-STORE responses come once it has stored them), visible (acknowledged → both
+series found over Orthanc's REST API, polled every 20 ms) and the hand-offs (everything
+else: prepare, the gaps between stages).
 """
 
 from __future__ import annotations
@@ -32,7 +34,17 @@ from tools.orthanc_rest import lookup_study, send_to_modality, upload_many, wait
 from tools.synthetic.chest_ct import make_chest_ct
 
 #: Stages of the overhead, in the order they happen (plotted bottom to top).
-STAGES = ("completion", "queue", "load", "infer", "encode", "record", "export", "handoffs")
+STAGES = (
+    "completion",
+    "queue",
+    "load",
+    "infer",
+    "encode",
+    "record",
+    "export",
+    "visible",
+    "handoffs",
+)
 #: Stages that are not overhead: the quiet period is inside ``completion``.
 NOT_OVERHEAD = ("infer",)
 
@@ -95,7 +107,10 @@ def stage_split(
         split["encode"] = _seconds(first["encoded"]["detail"])
     if "encoded" in first and "results_written" in first:
         split["record"] = first["results_written"]["at"] - first["encoded"]["at"]
-    if "results_written" in first:  # until Orthanc shows the results
+    if "results_written" in first and "sent" in last:  # every destination acknowledged
+        split["export"] = last["sent"]["at"] - first["results_written"]["at"]
+        split["visible"] = found_at - last["sent"]["at"]
+    elif "results_written" in first:  # no "sent" event: until Orthanc shows the results
         split["export"] = found_at - first["results_written"]["at"]
     split["handoffs"] = total - quiet_seconds - sum(split.values())
     return {stage: round(value, 3) for stage, value in split.items()}
