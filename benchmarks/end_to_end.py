@@ -11,8 +11,11 @@ a configured wait) and the routine's own run; what is left is the node's **overh
 
 split by stage from the job's events, read from the node's state database (the API's
 job timeline needs a login): completion beyond the quiet period, queue wait, load,
-encode, record, export (results written → both series visible in Orthanc, polled every
-20 ms) and the hand-offs (everything else: prepare, the gaps between stages).
+encode, record, export (results written → the node recorded that the destination
+acknowledged every object: Orthanc answers a C-STORE once it has stored the object),
+visible (that record → both series found over Orthanc's REST API, polled every 20 ms;
+negative when Orthanc showed them before the node recorded the acknowledgement) and the
+hand-offs (everything else: prepare, the gaps between stages).
 """
 
 from __future__ import annotations
@@ -32,17 +35,33 @@ from tools.orthanc_rest import lookup_study, send_to_modality, upload_many, wait
 from tools.synthetic.chest_ct import make_chest_ct
 
 #: Stages of the overhead, in the order they happen (plotted bottom to top).
-STAGES = ("completion", "queue", "load", "infer", "encode", "record", "export", "handoffs")
+STAGES = (
+    "completion",
+    "queue",
+    "load",
+    "infer",
+    "encode",
+    "record",
+    "export",
+    "visible",
+    "handoffs",
+)
 #: Stages that are not overhead: the quiet period is inside ``completion``.
 NOT_OVERHEAD = ("infer",)
 
 
-def node_config(pacs: OrthancServer, quiet_seconds: float) -> dict[str, Any]:
-    """The node's configuration: results go back to ``pacs``; the chest rule runs ct_lungs."""
+def node_config(pacs: OrthancServer, quiet_seconds: float, associations: int = 1) -> dict[str, Any]:
+    """The node's configuration: results go back to ``pacs`` (over ``associations``
+    associations at once); the chest rule runs ct_lungs."""
     return {
         "completion": {"series_quiet_seconds": quiet_seconds, "poll_seconds": 0.2},
         "destinations": {
-            "pacs": {"ae_title": pacs.aet, "host": pacs.host, "port": pacs.dicom_port}
+            "pacs": {
+                "ae_title": pacs.aet,
+                "host": pacs.host,
+                "port": pacs.dicom_port,
+                "associations": associations,
+            }
         },
         "rules": [{**BUILT_IN_CHEST_RULE, "send_to": ["pacs"]}],
     }
@@ -95,7 +114,10 @@ def stage_split(
         split["encode"] = _seconds(first["encoded"]["detail"])
     if "encoded" in first and "results_written" in first:
         split["record"] = first["results_written"]["at"] - first["encoded"]["at"]
-    if "results_written" in first:  # until Orthanc shows the results
+    if "results_written" in first and "sent" in last:  # every destination acknowledged
+        split["export"] = last["sent"]["at"] - first["results_written"]["at"]
+        split["visible"] = found_at - last["sent"]["at"]
+    elif "results_written" in first:  # no "sent" event: until Orthanc shows the results
         split["export"] = found_at - first["results_written"]["at"]
     split["handoffs"] = total - quiet_seconds - sum(split.values())
     return {stage: round(value, 3) for stage, value in split.items()}
@@ -109,13 +131,16 @@ def run_end_to_end(
     quiet_seconds: float = 2.0,
     timeout: float = 900.0,
     workdir: Path | None = None,
+    associations: int = 1,
 ) -> dict[str, Any]:
-    """Start Orthanc and the node, then time ``runs`` studies of each size in ``slices``."""
+    """Start Orthanc and the node, then time ``runs`` studies of each size in ``slices``;
+    the node sends the results over ``associations`` associations at once."""
     workdir = workdir or Path(tempfile.mkdtemp(prefix="bench-e2e-"))
     measured: list[dict[str, Any]] = []
     with OrthancServer(workdir=workdir / "orthanc", graceful_stop=False) as pacs:
         node_started = time.perf_counter()
-        with NodeProcess(node_config(pacs, quiet_seconds), workdir=workdir / "node") as node:
+        config = node_config(pacs, quiet_seconds, associations)
+        with NodeProcess(config, workdir=workdir / "node") as node:
             node_start_s = time.perf_counter() - node_started
             pacs.client.put_modalities_id(
                 "ainode", json={"AET": node.ae_title, "Host": node.host, "Port": node.dicom_port}
@@ -135,6 +160,7 @@ def run_end_to_end(
         "rows": rows,
         "columns": rows,
         "quiet_seconds": quiet_seconds,
+        "associations": associations,
         "node_start_s": round(node_start_s, 2),
         "runs": measured,
         "load_comparison": loads,
@@ -169,7 +195,7 @@ def _one_run(
     found = wait_for_series(pacs.client, study_uid, ["SEG", "SR"], timeout=timeout, interval=0.02)
     found_at = time.time()
     results = time.perf_counter()
-    events = [e for e in job_timeline(database) if e["job_id"] == _job_of(database, study_uid)]
+    events = _events_until_sent(database, study_uid, timeout=10.0)
     stages = stage_split(events, acked_at, found_at, quiet_seconds)
     total = results - sent
     return {
@@ -213,6 +239,18 @@ def load_comparison(paths: Sequence[Path], repeat: int = 2) -> dict[str, Any]:
     }
 
 
+def _events_until_sent(database: Path, study_uid: str, timeout: float) -> list[dict[str, Any]]:
+    """The events of ``study_uid``'s job once it has its ``sent`` event (Orthanc may show
+    the results before the node has recorded their acknowledgement), or after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        job_id = _job_of(database, study_uid)
+        events = [e for e in job_timeline(database) if e["job_id"] == job_id]
+        if any(e["event"] == "sent" for e in events) or time.monotonic() > deadline:
+            return events
+        time.sleep(0.05)
+
+
 def _instance_paths(database: Path, study_uid: str) -> list[Path]:
     with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
         rows = db.execute("SELECT path FROM instances WHERE study_uid = ?", (study_uid,))
@@ -231,7 +269,8 @@ def e2e_table(result: dict[str, Any]) -> list[str]:
     lines = [
         f"End to end: {'/'.join(map(str, result['slices']))}-slice "
         f"{result['rows']}x{result['columns']} chest phantom, Orthanc -> node -> Orthanc, "
-        f"quiet period {result['quiet_seconds']} s (node start {result['node_start_s']} s)",
+        f"quiet period {result['quiet_seconds']} s, results over "
+        f"{result.get('associations', 1)} association(s) (node start {result['node_start_s']} s)",
         f"  {'slices':>6} {'total':>7} {'overhead':>8}  "
         + " ".join(f"{s[:8]:>8}" for s in STAGES)
         + "   (seconds)",

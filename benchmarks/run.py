@@ -41,6 +41,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=3, help="ingest runs per receiver")
     parser.add_argument("--e2e-runs", type=int, default=1, help="studies sent end to end")
     parser.add_argument(
+        "--e2e-associations",
+        type=int,
+        default=1,
+        help="associations the node sends a job's results over at once (e2e)",
+    )
+    parser.add_argument(
         "--slices",
         type=int,
         nargs="+",
@@ -138,6 +144,7 @@ def _e2e(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         rows=args.rows,
         quiet_seconds=args.quiet_seconds,
         workdir=workdir,
+        associations=args.e2e_associations,
     )
 
 

@@ -81,6 +81,9 @@ class DestinationSettings(DestinationBase):
     host: str
     port: Port
     timeout_seconds: float = Field(30.0, gt=0)
+    #: Associations opened at once to send one job's results, each object over one of
+    #: them (the largest first): the peer stores them in parallel. 1: one association.
+    associations: int = Field(1, ge=1, le=16)
     #: DICOM TLS to this peer (omit for plain DICOM).
     tls: DicomTlsClientSettings | None = None
 

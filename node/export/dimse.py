@@ -1,13 +1,17 @@
 """The ``dimse`` destination kind: result files to a DICOM peer with C-STORE.
 
 Files are sent as they were written (no decode/re-encode); the socket gets TCP_NODELAY
-as soon as it opens (:mod:`node.dicom.network`).
+as soon as it opens (:mod:`node.dicom.network`). A job's objects go over up to
+``associations`` associations at once (see :func:`send_files`).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pydicom
@@ -53,9 +57,79 @@ def echo(destination: DestinationSettings, *, calling_ae: str) -> int:
 def send_files(
     destination: DestinationSettings, paths: Sequence[Path], *, calling_ae: str
 ) -> list[Acknowledgement]:
-    """C-STORE every file in one association; return each file's status (success or a
-    warning), or raise ExportError naming what failed with the refusal's status."""
+    """C-STORE every file; return each file's status (success or a warning) in the order
+    of ``paths``, or raise ExportError naming what failed with the refusal's status.
+
+    The files are shared out, the largest first, over up to ``destination.associations``
+    associations opened at once, so that the peer stores them in parallel (Orthanc parses
+    each object in its association's thread). Nothing is returned unless every file was
+    acknowledged: one refusal or failed association fails the whole send.
+    """
     headers = [(path, pydicom.dcmread(path, stop_before_pixels=True)) for path in paths]
+    shares = _shares(headers, destination.associations)
+    first_sent = _FirstSent(len(headers))
+    if len(shares) == 1:
+        acknowledged = _send_over_one(destination, shares[0], calling_ae, first_sent)
+    else:
+        with ThreadPoolExecutor(len(shares), thread_name_prefix="export-assoc") as pool:
+            futures = [
+                pool.submit(_send_over_one, destination, share, calling_ae, first_sent)
+                for share in shares
+            ]
+        errors: list[ExportError] = []
+        acknowledged = []
+        for future in futures:  # the pool has joined: every future is done
+            try:
+                acknowledged.extend(future.result())
+            except ExportError as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+    order = {path: index for index, path in enumerate(paths)}
+    return sorted(acknowledged, key=lambda ack: order[ack.path])
+
+
+Header = tuple[Path, pydicom.Dataset]
+
+
+def _shares(headers: Sequence[Header], associations: int) -> list[list[Header]]:
+    """``headers`` over at most ``associations`` shares, each file (the largest first) to
+    the share with the fewest bytes so far; a share keeps the files' order."""
+    count = max(1, min(associations, len(headers)))
+    if count == 1:
+        return [list(headers)]
+    sizes = {path: path.stat().st_size for path, _ in headers}
+    loads = [0] * count
+    picked: list[list[int]] = [[] for _ in range(count)]
+    for index in sorted(range(len(headers)), key=lambda i: -sizes[headers[i][0]]):
+        lightest = loads.index(min(loads))
+        picked[lightest].append(index)
+        loads[lightest] += sizes[headers[index][0]]
+    return [[headers[i] for i in sorted(indices)] for indices in picked]
+
+
+class _FirstSent:
+    """Hits the ``export_first_object_sent`` fault point once, at the first object
+    acknowledged of a send of several (whichever association it came over)."""
+
+    def __init__(self, total: int) -> None:
+        self._armed = total > 1
+        self._lock = threading.Lock()
+
+    def acknowledged(self) -> None:
+        with self._lock:
+            armed, self._armed = self._armed, False
+        if armed:
+            fault_point("export_first_object_sent")
+
+
+def _send_over_one(
+    destination: DestinationSettings,
+    headers: Sequence[Header],
+    calling_ae: str,
+    first_sent: _FirstSent,
+) -> list[Acknowledgement]:
+    """C-STORE ``headers``' files over one association; raise ExportError on a refusal."""
     ae = requestor(calling_ae, destination.timeout_seconds)
     contexts: dict[str, set[str]] = {}
     for _, header in headers:
@@ -77,7 +151,8 @@ def send_files(
         raise ExportError(f"association with {where} failed: {reason}")
     acknowledged: list[Acknowledgement] = []
     try:
-        for index, (path, header) in enumerate(headers):
+        for path, header in headers:
+            started = time.perf_counter()
             result = assoc.send_c_store(path)
             code = int(result.Status) if "Status" in result else None
             if code is None:
@@ -88,13 +163,13 @@ def send_files(
                 )
             acknowledged.append(Acknowledgement(path, str(header.SOPInstanceUID), code))
             log.info(
-                "result sent destination=%s sop_uid=%s status=0x%04X",
+                "result sent destination=%s sop_uid=%s status=0x%04X seconds=%.3f",
                 destination.ae_title,
                 header.SOPInstanceUID,
                 code,
+                time.perf_counter() - started,
             )
-            if index == 0 and len(headers) > 1:
-                fault_point("export_first_object_sent")
+            first_sent.acknowledged()
     finally:
         if assoc.is_established:
             assoc.release()
@@ -157,6 +232,6 @@ KIND = SenderKind(
         ),
         test_label="Test (C-ECHO)",
         # The form has no TLS fields: an edit keeps the destination's DICOM TLS settings.
-        keep_on_edit=("tls",),
+        keep_on_edit=("tls", "associations"),
     ),
 )
