@@ -238,4 +238,4 @@ def test_a_150_slice_sr_is_written_with_pydicoms_bytes() -> None:
     assert encode_body(sr) is not None  # taken by the one-pass writer, not handed to dcmwrite
     encoded = encode_file(sr)
     assert encoded == _pydicom(sr)
-    assert len(encoded) > 300_000  # the Image Library of 150 entries
+    assert len(encoded) > 100_000  # the Image Library of 150 entries, a position each

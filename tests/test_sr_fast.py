@@ -36,7 +36,7 @@ from node.results.identity import SeriesIdentity
 from node.results.source import buildable_header, buildable_volume
 from node.results.sr.encoded import EncodedSequence
 from node.results.sr.tid1500 import build_sr, image_library
-from tests.support.datasets import dataset_differences
+from tests.support.datasets import dataset_differences, with_group_descriptors
 from tests.test_results import lung_prediction
 from tools.synthetic.chest_ct import make_chest_ct
 
@@ -171,6 +171,11 @@ def _held(library: Dataset) -> list[EncodedSequence]:
     ]
 
 
+def _images(content: DicomSequence) -> list[Dataset]:
+    """A library group's entries (after the descriptors the group holds for all of them)."""
+    return [item for item in content if item.ValueType == "IMAGE"]
+
+
 def _library_sources(tmp_path: Path, count: int, variant: str) -> list[Dataset]:
     first = make_chest_ct(n_slices=1, rows=16, columns=16, slice_thickness_mm=1.25)[0][0]
     del first.PixelData
@@ -226,7 +231,8 @@ def test_image_library_written_from_its_encoded_entries_equals_highdicoms(
     assert len(held) == (2 if variant == "optional" and count > 1 else 1)
     fast = encode_file(_as_file(library))
     assert _held(library) == held  # written from the encoded entries, not made
-    reference = hd.sr.ImageLibrary(images)[0]
+    # highdicom's entries, with what every entry of a group says once on the group.
+    reference = with_group_descriptors(hd.sr.ImageLibrary(images)[0])
     # The writer walking highdicom's items (equal to dcmwrite, tests/test_encode.py;
     # dcmwrite itself takes seconds for 300 entries).
     assert encode_file(_as_file(reference)) == fast
@@ -243,7 +249,7 @@ def test_image_library_of_1000_sources_written_encoded_equals_its_items(tmp_path
     library = image_library(images)
     fast = encode_file(_as_file(library))
     assert len(_held(library)) == 1
-    assert len(library.ContentSequence[0].ContentSequence) == 1000  # reading makes the items
+    assert len(_images(library.ContentSequence[0].ContentSequence)) == 1000  # reading makes them
     assert _held(library) == []
     made = encode_file(_as_file(library))  # the writer walks the items made
     assert made == fast
@@ -256,16 +262,18 @@ def test_held_entries_read_copied_and_pickled_as_items() -> None:
     assert entries.text_items == []  # nothing to walk for text while held
     copied = copy.deepcopy(library).ContentSequence[0].ContentSequence
     assert isinstance(copied, EncodedSequence) and copied.encoded_items() is not None
-    assert copied[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == "2.25.1000"
+    assert _images(copied)[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == "2.25.1000"
     assert copied.encoded_items() is None and entries.encoded_items() is not None
     assert type(copy.deepcopy(copied)) is DicomSequence  # a copy of made items
     pickled = pickle.loads(pickle.dumps(entries))
     assert type(pickled) is DicomSequence and pickled == copied
     assert entries.encoded_items() is not None  # pickling made items for the copy only
-    assert entries[2].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == "2.25.1002"
+    assert _images(entries)[2].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == "2.25.1002"
     assert entries == copied and entries[0] is not copied[0]
-    assert entries.encoded_items() is None and len(entries.text_items) == 3
-    entries[0].ContentSequence[2].MeasuredValueSequence[0].NumericValue = "98765"
+    assert entries.encoded_items() is None and len(entries.text_items) == len(entries)
+    # The three positions differ along z only: each entry keeps that descriptor.
+    (z,) = _images(entries)[0].ContentSequence
+    z.MeasuredValueSequence[0].NumericValue = "98765"
     assert b"98765 " in encode_file(_as_file(library))  # a change after reading is written
 
 
@@ -296,7 +304,7 @@ def test_quality_warnings_added_to_an_sr_whose_library_is_held() -> None:
     assert written == _written(copy.deepcopy(sr))  # pydicom writes the items it makes
     read = pydicom.dcmread(io.BytesIO(written))
     assert quality_warnings_of(read) == ["Slice spacing irregular"]
-    assert len(_library_of(read).ContentSequence[0].ContentSequence) == 12
+    assert len(_images(_library_of(read).ContentSequence[0].ContentSequence)) == 12
 
 
 def test_evidence_references_equal_highdicoms_for_mixed_studies_and_duplicates() -> None:
@@ -319,3 +327,27 @@ def test_evidence_references_equal_highdicoms_for_mixed_studies_and_duplicates()
         holder.ContentSequence, expected.ContentSequence = mine, reference
         assert dataset_differences(holder, expected) == []
     assert len(ours[0][0].ReferencedSeriesSequence) == 2
+
+
+def _element_count(dataset: Dataset) -> int:
+    return sum(
+        1 + sum(_element_count(item) for item in element.value) if element.VR == "SQ" else 1
+        for element in dataset
+    )
+
+
+def test_descriptors_every_image_shares_are_written_once_on_their_group(tmp_path: Path) -> None:
+    """A PACS stores an SR's elements one by one (Orthanc: most of its store time), so the
+    300-slice library says once what highdicom's repeats on every entry."""
+    images = _library_sources(tmp_path, 300, "plain")
+    library = image_library(images)
+    (group,) = library.ContentSequence
+    shared = [item for item in group.ContentSequence if item.ValueType != "IMAGE"]
+    names = [item.ConceptNameCodeSequence[0].CodeMeaning for item in shared]
+    assert "Modality" in names and "Slice Thickness" in names
+    assert "Image Position (Patient) Z" not in names
+    for entry in _images(group.ContentSequence):  # only what differs: the position along z
+        (own,) = entry.ContentSequence
+        assert own.ConceptNameCodeSequence[0].CodeMeaning == "Image Position (Patient) Z"
+    theirs = _element_count(hd.sr.ImageLibrary(images)[0])
+    assert _element_count(library) < theirs / 4

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Collection
 
 from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
 
 
 def dataset_differences(
@@ -31,3 +34,32 @@ def dataset_differences(
         elif mine.value != theirs.value:
             found.append(f"{path}/{mine.keyword}: {mine.value!r:.60} != {theirs.value!r:.60}")
     return found
+
+
+def with_group_descriptors(library: Dataset) -> Dataset:
+    """A copy of highdicom's TID 1600 Image Library with the descriptors that every entry
+    of a group has equal (as written) moved onto the group's container, TID 1600 row 3:
+    the form the node writes. A group of one entry is left as it is."""
+    library = copy.deepcopy(library)
+    for group in library.ContentSequence:
+        entries = list(group.ContentSequence)
+        if len(entries) < 2:
+            continue
+        keyed = [[(_item_bytes(item), item) for item in entry.ContentSequence] for entry in entries]
+        common = set.intersection(*({key for key, _ in own} for own in keyed))
+        shared = [item for key, item in keyed[0] if key in common]
+        for entry, own in zip(entries, keyed, strict=True):
+            rest = [item for key, item in own if key not in common]
+            if rest:
+                entry.ContentSequence = rest
+            else:
+                del entry.ContentSequence
+        group.ContentSequence = shared + entries
+    return library
+
+
+def _item_bytes(item: Dataset) -> bytes:
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, False
+    write_dataset(buffer, item)
+    return buffer.getvalue()

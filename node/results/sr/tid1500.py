@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import highdicom as hd
 import numpy as np
@@ -599,42 +599,28 @@ class _LibraryEncoder:
         _put(item, _CONTENT_SEQUENCE, "SQ", children)
         return item
 
-    def entry(self, image: Dataset) -> Dataset:
-        """TID 1601 entry with TID 1602/1604 descriptors, as highdicom's ImageLibrary has it."""
-        num = self.num
-        modality = _coded_modality(str(image.SOPClassUID))
-        descriptors = [self.item("HAS ACQ CONTEXT", "CODE", ("121139", "DCM", "Modality"))]
-        _put(descriptors[0], _CONCEPT_CODE, "SQ", DicomSequence([self.code(*modality)]))
-        if "FrameOfReferenceUID" in image:
-            descriptors.append(
-                self.uidref(("112227", "DCM", "Frame of Reference UID"), image.FrameOfReferenceUID)
-            )
-        descriptors.append(num(("110910", "DCM", "Pixel Data Rows"), image.Rows, _PIXELS))
-        descriptors.append(num(("110911", "DCM", "Pixel Data Columns"), image.Columns, _PIXELS))
-        spacing = image.PixelSpacing
-        position = image.ImagePositionPatient
-        orientation = image.ImageOrientationPatient
-        descriptors += [
-            num(("111026", "DCM", "Horizontal Pixel Spacing"), spacing[1], _MM),
-            num(("111066", "DCM", "Vertical Pixel Spacing"), spacing[0], _MM),
-            num(("112225", "DCM", "Slice Thickness"), image.SliceThickness, _MM),
-            num(("110901", "DCM", "Image Position (Patient) X"), position[0], _MM),
-            num(("110902", "DCM", "Image Position (Patient) Y"), position[1], _MM),
-            num(("110903", "DCM", "Image Position (Patient) Z"), position[2], _MM),
-        ]
-        for index, axis in enumerate(_AXES):
-            name = (str(110904 + index), "DCM", f"Image Orientation (Patient) {axis}")
-            descriptors.append(num(name, orientation[index], _UNITLESS))
-        if "SpacingBetweenSlices" in image:
-            descriptors.append(
-                num(("112226", "DCM", "Spacing between slices"), image.SpacingBetweenSlices, _MM)
-            )
+    def descriptor(self, descriptor: _Descriptor) -> Dataset:
+        """A TID 1602 descriptor item, as highdicom's ImageLibrary makes it."""
+        kind, name, value, unit = descriptor
+        if kind == "num":
+            assert unit is not None
+            return self.num(name, value, unit)
+        if kind == "uidref":
+            return self.uidref(name, value)
+        item = self.item("HAS ACQ CONTEXT", "CODE", name)
+        _put(item, _CONCEPT_CODE, "SQ", DicomSequence([self.code(*value)]))
+        return item
+
+    def entry(self, image: Dataset, own: Sequence[_Descriptor]) -> Dataset:
+        """TID 1601 entry of ``image`` with the descriptors its group does not hold."""
         entry = self.item("CONTAINS", "IMAGE", ("260753009", "SCT", "Source"))
         reference = _new_item()
-        _put(reference, _REFERENCED_SOP_CLASS, "UI", UID(image.SOPClassUID))
-        _put(reference, _REFERENCED_SOP_INSTANCE, "UI", UID(image.SOPInstanceUID))
+        _put(reference, _REFERENCED_SOP_CLASS, "UI", UID(image[_SOP_CLASS].value))
+        _put(reference, _REFERENCED_SOP_INSTANCE, "UI", UID(image[_SOP_INSTANCE].value))
         _put(entry, _REFERENCED_SOP_SEQUENCE, "SQ", DicomSequence([reference]))
-        _put(entry, _CONTENT_SEQUENCE, "SQ", DicomSequence(descriptors))
+        if own:
+            items = [self.descriptor(descriptor) for descriptor in own]
+            _put(entry, _CONTENT_SEQUENCE, "SQ", DicomSequence(items))
         return entry
 
 
@@ -697,71 +683,132 @@ class _LibraryBytes:
             item = self._items[key] = make()
         return item
 
-    def entry(self, image: Dataset) -> bytes:
-        """TID 1601 entry of ``image``, the bytes of :meth:`_LibraryEncoder.entry`'s."""
-        try:
-            return self._entry(image)
-        except KeyError as error:  # as the data sets' path (pydicom's attribute access)
-            raise AttributeError(f"source image lacks {error}") from None
-
-    def _entry(self, image: Dataset) -> bytes:
-        num = self.num
-
-        def value(tag: BaseTag) -> Any:
-            return image[tag].value  # by tag: no keyword look-up per attribute
-
-        modality = _coded_modality(str(value(_SOP_CLASS)))
-        descriptors = [
-            self.once(
-                ("modality", modality),
+    def descriptor(self, descriptor: _Descriptor) -> bytes:
+        """The bytes of :meth:`_LibraryEncoder.descriptor`'s item."""
+        kind, name, value, unit = descriptor
+        if kind == "num":
+            assert unit is not None
+            return self.num(name, value, unit)
+        if kind == "uidref":
+            return self.once(
+                ("uidref", name, value),
                 lambda: (
-                    self.head("HAS ACQ CONTEXT", "CODE", ("121139", "DCM", "Modality"))
-                    + encoded.sequence(_CONCEPT_CODE, [self.code(modality)])
+                    self.head("HAS ACQ CONTEXT", "UIDREF", name) + encoded.text(_UID, b"UI", value)
                 ),
             )
-        ]
-        if _FRAME_OF_REFERENCE in image:
-            uid = str(value(_FRAME_OF_REFERENCE))
-            descriptors.append(
-                self.once(
-                    ("uidref", uid),
-                    lambda: (
-                        self.head(
-                            "HAS ACQ CONTEXT", "UIDREF", ("112227", "DCM", "Frame of Reference UID")
-                        )
-                        + encoded.text(_UID, b"UI", uid)
-                    ),
-                )
-            )
-        descriptors.append(num(("110910", "DCM", "Pixel Data Rows"), value(_ROWS), _PIXELS))
-        descriptors.append(num(("110911", "DCM", "Pixel Data Columns"), value(_COLUMNS), _PIXELS))
-        spacing = value(_PIXEL_SPACING)
-        position = value(_POSITION)
-        orientation = value(_ORIENTATION)
-        descriptors += [
-            num(("111026", "DCM", "Horizontal Pixel Spacing"), spacing[1], _MM),
-            num(("111066", "DCM", "Vertical Pixel Spacing"), spacing[0], _MM),
-            num(("112225", "DCM", "Slice Thickness"), value(_SLICE_THICKNESS), _MM),
-            num(("110901", "DCM", "Image Position (Patient) X"), position[0], _MM),
-            num(("110902", "DCM", "Image Position (Patient) Y"), position[1], _MM),
-            num(("110903", "DCM", "Image Position (Patient) Z"), position[2], _MM),
-        ]
-        for index, axis in enumerate(_AXES):
-            name = (str(110904 + index), "DCM", f"Image Orientation (Patient) {axis}")
-            descriptors.append(num(name, orientation[index], _UNITLESS))
-        if _SPACING_BETWEEN_SLICES in image:
-            descriptors.append(
-                num(
-                    ("112226", "DCM", "Spacing between slices"), value(_SPACING_BETWEEN_SLICES), _MM
-                )
-            )
-        reference = encoded.text(_REFERENCED_SOP_CLASS, b"UI", str(value(_SOP_CLASS)))
-        reference += encoded.text(_REFERENCED_SOP_INSTANCE, b"UI", str(value(_SOP_INSTANCE)))
-        return (
-            encoded.sequence(_REFERENCED_SOP_SEQUENCE, [reference])
-            + self.head("CONTAINS", "IMAGE", ("260753009", "SCT", "Source"))
-            + encoded.sequence(_CONTENT_SEQUENCE, descriptors)
+        return self.once(
+            ("code", name, value),
+            lambda: (
+                self.head("HAS ACQ CONTEXT", "CODE", name)
+                + encoded.sequence(_CONCEPT_CODE, [self.code(value)])
+            ),
         )
+
+    def entry(self, image: Dataset, own: Sequence[_Descriptor]) -> bytes:
+        """The bytes of :meth:`_LibraryEncoder.entry`'s item."""
+        reference = encoded.text(_REFERENCED_SOP_CLASS, b"UI", str(image[_SOP_CLASS].value))
+        reference += encoded.text(_REFERENCED_SOP_INSTANCE, b"UI", str(image[_SOP_INSTANCE].value))
+        entry = encoded.sequence(_REFERENCED_SOP_SEQUENCE, [reference]) + self.head(
+            "CONTAINS", "IMAGE", ("260753009", "SCT", "Source")
+        )
+        if own:
+            entry += encoded.sequence(
+                _CONTENT_SEQUENCE, [self.descriptor(descriptor) for descriptor in own]
+            )
+        return entry
+
+
+class _Descriptor(NamedTuple):
+    """One TID 1602 descriptor of an image: ``kind`` is ``code``, ``uidref`` or ``num``
+    (``value`` a coded concept, a UID string, a number with ``unit``)."""
+
+    kind: str
+    name: tuple[str, str, str]
+    value: Any
+    unit: tuple[str, str, str] | None = None
+
+    @property
+    def key(self) -> tuple[Any, ...]:
+        """Equal for two descriptors exactly when their items' bytes are equal."""
+        value = self.value
+        return (
+            self.kind,
+            self.name,
+            self.unit,
+            type(value),
+            value,
+            getattr(value, "original_string", None),
+            getattr(value, "auto_format", None),
+        )
+
+
+def _descriptors(image: Dataset) -> list[_Descriptor]:
+    """The TID 1602/1604 descriptors highdicom's ImageLibrary gives ``image``, in its order.
+
+    Raises ``AttributeError`` naming what a cross-sectional image lacks, as highdicom does.
+    """
+    try:
+        return _read_descriptors(image)
+    except KeyError as error:  # as highdicom's (pydicom's attribute access)
+        raise AttributeError(f"source image lacks {error}") from None
+
+
+def _read_descriptors(image: Dataset) -> list[_Descriptor]:
+    def value(tag: BaseTag) -> Any:
+        return image[tag].value  # by tag: no keyword look-up per attribute
+
+    described = [
+        _Descriptor("code", ("121139", "DCM", "Modality"), _coded_modality(str(value(_SOP_CLASS))))
+    ]
+    if _FRAME_OF_REFERENCE in image:
+        described.append(
+            _Descriptor(
+                "uidref",
+                ("112227", "DCM", "Frame of Reference UID"),
+                str(value(_FRAME_OF_REFERENCE)),
+            )
+        )
+    spacing = value(_PIXEL_SPACING)
+    position = value(_POSITION)
+    orientation = value(_ORIENTATION)
+    described += [
+        _Descriptor("num", ("110910", "DCM", "Pixel Data Rows"), value(_ROWS), _PIXELS),
+        _Descriptor("num", ("110911", "DCM", "Pixel Data Columns"), value(_COLUMNS), _PIXELS),
+        _Descriptor("num", ("111026", "DCM", "Horizontal Pixel Spacing"), spacing[1], _MM),
+        _Descriptor("num", ("111066", "DCM", "Vertical Pixel Spacing"), spacing[0], _MM),
+        _Descriptor("num", ("112225", "DCM", "Slice Thickness"), value(_SLICE_THICKNESS), _MM),
+        _Descriptor("num", ("110901", "DCM", "Image Position (Patient) X"), position[0], _MM),
+        _Descriptor("num", ("110902", "DCM", "Image Position (Patient) Y"), position[1], _MM),
+        _Descriptor("num", ("110903", "DCM", "Image Position (Patient) Z"), position[2], _MM),
+    ]
+    for index, axis in enumerate(_AXES):
+        name = (str(110904 + index), "DCM", f"Image Orientation (Patient) {axis}")
+        described.append(_Descriptor("num", name, orientation[index], _UNITLESS))
+    if _SPACING_BETWEEN_SLICES in image:
+        described.append(
+            _Descriptor(
+                "num",
+                ("112226", "DCM", "Spacing between slices"),
+                value(_SPACING_BETWEEN_SLICES),
+                _MM,
+            )
+        )
+    return described
+
+
+def shared_descriptors(
+    described: Sequence[Sequence[_Descriptor]],
+) -> tuple[list[_Descriptor], list[list[_Descriptor]]]:
+    """The descriptors every image of a group has with the same value (for the group's
+    container, TID 1600 row 3), and each image's others (for its entry, TID 1601).
+
+    A group of one image keeps all of its descriptors on its entry, as highdicom does.
+    """
+    if len(described) < 2:
+        return [], [list(own) for own in described]
+    common = set.intersection(*({d.key for d in own} for own in described))
+    shared = [d for d in described[0] if d.key in common]
+    return shared, [[d for d in own if d.key not in common] for own in described]
 
 
 _SOP_CLASS = BaseTag(0x00080016)
@@ -814,20 +861,34 @@ def _coded_modality(sop_class_uid: str) -> tuple[str, str, str]:
     return _CODED_MODALITY[sop_class_uid]
 
 
-def _entries(images: list[Dataset]) -> list[Dataset]:
-    """Entries of ``images`` as data sets (code items shared between these only)."""
+def _group_items(
+    shared: list[_Descriptor], members: list[Dataset], owns: list[list[_Descriptor]]
+) -> list[Dataset]:
+    """A group's content as data sets: its shared descriptors, then its entries (code
+    items shared between these only)."""
     encoder = _LibraryEncoder()
-    return [encoder.entry(image) for image in images]
+    return [encoder.descriptor(descriptor) for descriptor in shared] + [
+        encoder.entry(image, own) for image, own in zip(members, owns, strict=True)
+    ]
 
 
 def image_library(images: Sequence[Dataset]) -> Dataset:
-    """TID 1600 Image Library container of ``images``, the same as highdicom's.
+    """TID 1600 Image Library container of ``images``.
 
-    Cross-sectional images (CT, MR, PT) are encoded directly to bytes, ~100 times
-    faster than through :class:`highdicom.sr.ImageLibrary`: each group's entries are an
-    :class:`~node.results.sr.encoded.EncodedSequence` that the node's writer copies and
-    that makes the entries as data sets when read (tests/test_sr_fast.py compares the
-    bytes, tests/test_result_parts.py the items). Other images go through highdicom.
+    Cross-sectional images (CT, MR, PT) are grouped by modality and frame of reference
+    as highdicom groups them. The TID 1602 descriptors every image of a group has with
+    the same value (modality, frame of reference, rows, columns, pixel spacing, slice
+    thickness, orientation…) are written once, on the group's container (TID 1600 row 3
+    says they then apply to each of its entries); each entry keeps the rest (its
+    position). highdicom's ImageLibrary repeats them on every entry: a 300-slice library
+    had 62,000 elements, and a PACS such as Orthanc spends most of an SR's store time
+    on each element (benchmarks/README.md, "Export against storescu"). Each entry with
+    its group's descriptors says exactly what highdicom's entry says
+    (tests/test_sr_fast.py).
+
+    The content is encoded directly to bytes: each group's items are an
+    :class:`~node.results.sr.encoded.EncodedSequence` that the node's writer copies
+    and that makes them as data sets when read. Other images go through highdicom.
     """
     if not images:
         raise ValueError("an Image Library needs at least one image")
@@ -847,16 +908,15 @@ def image_library(images: Sequence[Dataset]) -> Dataset:
             else (modality[0],)
         )
         groups.setdefault(key, []).append(image)
-    # highdicom groups by modality and frame of reference but puts no shared
-    # descriptors on the group (TID 1600 makes them optional); neither do we.
-    # A group's entries are held encoded (EncodedSequence), made as data sets by
-    # _LibraryEncoder only when something reads them.
     direct = _LibraryBytes()
     children = []
     for members in groups.values():
-        entries = encoded.EncodedSequence(
-            encoded.items(direct.entry(image) for image in members),
-            partial(_entries, members),
+        shared, owns = shared_descriptors([_descriptors(image) for image in members])
+        content = [direct.descriptor(descriptor) for descriptor in shared] + [
+            direct.entry(image, own) for image, own in zip(members, owns, strict=True)
+        ]
+        items = encoded.EncodedSequence(
+            encoded.items(content), partial(_group_items, shared, members, owns)
         )
-        children.append(encoder.container(("126200", "DCM", "Image Library Group"), entries))
+        children.append(encoder.container(("126200", "DCM", "Image Library Group"), items))
     return encoder.container(("111028", "DCM", "Image Library"), children)
