@@ -40,7 +40,10 @@ from scipy import ndimage
 
 from node.contract.volume import Volume
 from node.results.encode import Streamed, encode_body, iter_bytes, materialize
+from node.results.seg import iod
 from node.results.source import frame_keys
+
+iod.install()
 
 #: Frames packed at a time: bounds each Pixel Data chunk (and its temporary mask).
 CHUNK_FRAMES = 32
