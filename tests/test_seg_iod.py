@@ -58,3 +58,17 @@ def test_seg_build_walks_the_tables_once_per_question(
     # probe and the reference): without the cache, 48+ walks.
     assert len(walks) == len(set(walks)) < 10, walks
     assert int(fast.NumberOfFrames) == int(reference.NumberOfFrames) == 72
+
+
+def test_highdicoms_lookup_is_the_function_the_cache_replaces() -> None:
+    """A new highdicom that renames or moves the lookup fails here (node/results/seg/iod.py)."""
+    import inspect
+
+    assert list(inspect.signature(iod._ORIGINAL).parameters) == [
+        "attribute",
+        "sop_class_uid",
+        "exclude_path_elements",
+    ]
+    # is_multiframe_image finds the lookup through its module's globals: the installed one.
+    assert _standard_utils.is_multiframe_image.__globals__ is vars(_standard_utils)
+    assert "is_attribute_in_iod" in _standard_utils.is_multiframe_image.__code__.co_names
