@@ -284,3 +284,32 @@ def test_other_results_leave_the_seg_values_unmade(tmp_path: Path) -> None:
     )
     assert set(results.objects) == set(tags)
     assert _streamed(results.seg) == ["PerFrameFunctionalGroupsSequence", "PixelData"]
+
+
+def test_plane_items_spliced_from_the_first_are_highdicoms(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Planes after the first get the first's Derivation Image bytes with their source's
+    UID spliced in (odd and even UID lengths, slices given out of order): the file is
+    still highdicom's, and every plane but the first took the splice."""
+    _, paths = write_ct_series(tmp_path / "ct", 9, rows=16, columns=16)
+    datasets = [pydicom.dcmread(path) for path in paths]
+    for index, dataset in enumerate(datasets):
+        dataset.SOPInstanceUID = f"2.25.{7 * 10**index + index}"  # lengths 6..14
+    order = [4, 0, 8, 2, 6, 1, 7, 3, 5]
+    volume = buildable_volume(assemble_volume([datasets[i] for i in order]))
+    spliced: list[bool] = []
+    plane = frames._UIDSplice.plane
+
+    def counted(self: frames._UIDSplice, item: Dataset) -> tuple[bytes, bytes, bytes] | None:
+        result = plane(self, item)
+        spliced.append(result is not None)
+        return result
+
+    monkeypatch.setattr(frames._UIDSplice, "plane", counted)
+    label_map = blob_label_map(volume.shape, 3)
+    fast, reference = _build_both(tmp_path, volume, 3, label_map)
+    assert spliced == [True] * 8
+    streamed = encode_file(fast)
+    _align(reference, fast)
+    assert streamed == _dcmwrite(reference)

@@ -40,7 +40,10 @@ from scipy import ndimage
 
 from node.contract.volume import Volume
 from node.results.encode import Streamed, encode_body, iter_bytes, materialize
+from node.results.seg import iod
 from node.results.source import frame_keys
+
+iod.install()
 
 #: Frames packed at a time: bounds each Pixel Data chunk (and its temporary mask).
 CHUNK_FRAMES = 32
@@ -56,6 +59,11 @@ _REFERENCED_SEGMENT_NUMBER = Tag(0x0062000B)
 _DERIVATION_IMAGE = Tag(0x00089124)
 _SOURCE_IMAGE = Tag(0x00082112)
 _PER_FRAME = Tag(0x52009230)
+_REFERENCED_SOP_INSTANCE_UID = 0x00081155
+#: VRs whose length takes 4 bytes (after 2 reserved) in Explicit VR Little Endian.
+_LONG_VRS = frozenset(
+    {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"}
+)
 _PIXEL_DATA = Tag(0x7FE00010)
 _ITEM = struct.Struct("<HHL")
 
@@ -179,10 +187,16 @@ class FrameItems(Streamed):
     @classmethod
     def of(cls, items: list[Dataset], segments: int) -> FrameItems | None:
         """From the one-segment build's items; None when one is not as expected."""
-        planes = []
+        planes: list[tuple[bytes, bytes, bytes]] = []
+        splice: _UIDSplice | None = None
         for plane, item in enumerate(items, start=1):
             if getattr(item, "is_undefined_length_sequence_item", False):
                 return None
+            if splice is not None:
+                encoded_plane = splice.plane(item)
+                if encoded_plane is not None:
+                    planes.append(encoded_plane)
+                    continue
             content = item.get(_FRAME_CONTENT)
             if (
                 content is None
@@ -210,6 +224,8 @@ class FrameItems(Streamed):
                     return None
                 encoded.append(b"".join(iter_bytes(body)))
             planes.append((encoded[0], encoded[1], encoded[2]))
+            if plane == 1:
+                splice = _UIDSplice.of(item, encoded[0])
         return cls(items, planes, segments)
 
     def __len__(self) -> int:
@@ -261,6 +277,125 @@ class FrameItems(Streamed):
 
     def materialize(self) -> list[Dataset]:
         return list(self)
+
+
+class _UIDSplice:
+    """Plane items' bytes from the first plane's: highdicom makes every Derivation Image
+    item the same way from its source image, so planes differ in the source's SOP Instance
+    UID (spliced into the first plane's bytes, the enclosing lengths adjusted) and in the
+    elements after Derivation Image (Plane Position: encoded per plane)."""
+
+    def __init__(self, first: Dataset, data: bytes, found: tuple[int, int, list[int]]):
+        self.data = data
+        self.value_offset, self.value_length, self.lengths = found
+        self.derivation_keys = list(first[_DERIVATION_IMAGE].value[0].keys())
+        source = first[_DERIVATION_IMAGE].value[0][_SOURCE_IMAGE].value[0]
+        self.source_keys = list(source.keys())
+        self.class_uid = source.ReferencedSOPClassUID
+
+    @classmethod
+    def of(cls, first: Dataset, before: bytes) -> _UIDSplice | None:
+        """From the first plane's item and its encoded elements before Frame Content;
+        None where they are not one Derivation Image item of one source image."""
+        derivation = first.get(_DERIVATION_IMAGE)
+        if (
+            [e.tag for e in first.elements() if e.tag < _FRAME_CONTENT] != [_DERIVATION_IMAGE]
+            or derivation is None
+            or len(derivation.value) != 1
+            or _SOURCE_IMAGE not in derivation.value[0]
+            or len(derivation.value[0][_SOURCE_IMAGE].value) != 1
+        ):
+            return None
+        found = _find_element(before, 0, len(before), _REFERENCED_SOP_INSTANCE_UID, [])
+        return None if found is None else cls(first, before, found)
+
+    def plane(self, item: Dataset) -> tuple[bytes, bytes, bytes] | None:
+        """The item's three encoded groups, or None where it is not made like the first."""
+        derivation = item.get(_DERIVATION_IMAGE)
+        if derivation is None or len(derivation.value) != 1:
+            return None
+        derivation_item = derivation.value[0]
+        sources = derivation_item.get(_SOURCE_IMAGE)
+        if (
+            sources is None
+            or len(sources.value) != 1
+            or list(derivation_item.keys()) != self.derivation_keys
+            or list(sources.value[0].keys()) != self.source_keys
+            or sources.value[0].ReferencedSOPClassUID != self.class_uid
+        ):
+            return None
+        uid = str(sources.value[0].ReferencedSOPInstanceUID)
+        if not uid.isascii():
+            return None
+        value = uid.encode() + (b"\0" if len(uid) % 2 else b"")
+        delta = len(value) - self.value_length
+        start = self.value_offset
+        data = bytearray(self.data[: start - 2])
+        data += struct.pack("<H", len(value))
+        data += value
+        data += self.data[start + self.value_length :]
+        for offset in self.lengths:
+            (length,) = struct.unpack_from("<L", data, offset)
+            struct.pack_into("<L", data, offset, length + delta)
+        rest: tuple[list[DataElement], list[DataElement]] = ([], [])
+        for element in item.elements():
+            if element.tag in (_DERIVATION_IMAGE, _FRAME_CONTENT):
+                continue
+            if element.tag < _FRAME_CONTENT or not isinstance(element, DataElement):
+                return None
+            if not _ascii(element):
+                return None
+            rest[element.tag > _SEGMENT_IDENTIFICATION].append(element)
+        encoded = []
+        for group in rest:
+            holder = Dataset()
+            for element in group:
+                holder.add(element)
+            body = encode_body(holder)
+            if body is None:
+                return None
+            encoded.append(b"".join(iter_bytes(body)))
+        return bytes(data), encoded[0], encoded[1]
+
+
+def _find_element(
+    data: bytes, start: int, end: int, tag: int, lengths: list[int]
+) -> tuple[int, int, list[int]] | None:
+    """Where ``tag`` (a short-length element) is in Explicit VR Little Endian ``data``:
+    its value's offset and length, and the offsets of the lengths of the sequences and
+    items around it. None when absent or inside an undefined length."""
+    position = start
+    while position + 8 <= end:
+        group, number, vr = struct.unpack_from("<HH2s", data, position)
+        if (group << 16 | number) == tag:
+            (length,) = struct.unpack_from("<H", data, position + 6)
+            return position + 8, length, lengths
+        if vr.decode("latin-1") in _LONG_VRS:
+            (length,) = struct.unpack_from("<L", data, position + 8)
+            if length == 0xFFFFFFFF:
+                return None
+            value = position + 12
+            if vr == b"SQ":
+                item = value
+                while item + 8 <= value + length:
+                    (item_length,) = struct.unpack_from("<L", data, item + 4)
+                    if item_length == 0xFFFFFFFF:
+                        return None
+                    found = _find_element(
+                        data,
+                        item + 8,
+                        item + 8 + item_length,
+                        tag,
+                        [*lengths, position + 8, item + 4],
+                    )
+                    if found is not None:
+                        return found
+                    item += 8 + item_length
+            position = value + length
+        else:
+            (length,) = struct.unpack_from("<H", data, position + 6)
+            position += 8 + length
+    return None
 
 
 def _ascii(element: DataElement) -> bool:
