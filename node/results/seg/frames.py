@@ -214,15 +214,9 @@ class FrameItems(Streamed):
                     return None  # text outside ASCII would depend on the character set
                 position = (element.tag > _FRAME_CONTENT) + (element.tag > _SEGMENT_IDENTIFICATION)
                 groups[position].append(element)
-            encoded = []
-            for group in groups:
-                holder = Dataset()
-                for element in group:
-                    holder.add(element)
-                body = encode_body(holder)
-                if body is None:
-                    return None
-                encoded.append(b"".join(iter_bytes(body)))
+            encoded = _encoded_groups(groups)
+            if encoded is None:
+                return None
             planes.append((encoded[0], encoded[1], encoded[2]))
             if plane == 1:
                 splice = _UIDSplice.of(item, encoded[0])
@@ -346,15 +340,9 @@ class _UIDSplice:
             if not _ascii(element):
                 return None
             rest[element.tag > _SEGMENT_IDENTIFICATION].append(element)
-        encoded = []
-        for group in rest:
-            holder = Dataset()
-            for element in group:
-                holder.add(element)
-            body = encode_body(holder)
-            if body is None:
-                return None
-            encoded.append(b"".join(iter_bytes(body)))
+        encoded = _encoded_groups(rest)
+        if encoded is None:
+            return None
         return bytes(data), encoded[0], encoded[1]
 
 
@@ -524,3 +512,18 @@ def build_binary_seg(
     seg[_PIXEL_DATA]._value = PackedFrames(segment_numbers, frame_slices, segments)
     seg.__class__ = StreamedSegmentation
     return seg  # type: ignore[return-value]
+
+
+def _encoded_groups(groups: Sequence[list[DataElement]]) -> list[bytes] | None:
+    """Each group of elements encoded as a data set body, or None when one of them is
+    left to pydicom (:func:`encode_body` declines it)."""
+    encoded = []
+    for group in groups:
+        holder = Dataset()
+        for element in group:
+            holder.add(element)
+        body = encode_body(holder)
+        if body is None:
+            return None
+        encoded.append(b"".join(iter_bytes(body)))
+    return encoded
