@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -72,3 +74,23 @@ def test_highdicoms_lookup_is_the_function_the_cache_replaces() -> None:
     # is_multiframe_image finds the lookup through its module's globals: the installed one.
     assert _standard_utils.is_multiframe_image.__globals__ is vars(_standard_utils)
     assert "is_attribute_in_iod" in _standard_utils.is_multiframe_image.__code__.co_names
+
+
+def test_warm_loads_the_standards_tables_the_first_result_would_wait_for() -> None:
+    """The node warms at start (node/app.py) what the first SEG would otherwise load."""
+    code = (
+        "from highdicom import _standard_utils as s\n"
+        "from node.results.seg.iod import warm\n"
+        "assert s.get_module_attribute_map.cache_info().currsize == 0\n"
+        "warm()\n"
+        "print(s.get_module_attribute_map.cache_info().currsize)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "1"

@@ -43,3 +43,9 @@ is_attribute_in_iod.__wrapped_iod__ = _ORIGINAL  # type: ignore[attr-defined]
 def install() -> None:
     """Make highdicom's own lookups (``is_multiframe_image``, …) use the cached one."""
     _standard_utils.is_attribute_in_iod = is_attribute_in_iod
+
+
+def warm() -> None:
+    """Load the standard's tables highdicom reads on first use (~0.6 s of JSON), so the
+    first result a node builds after start does not wait for them."""
+    is_attribute_in_iod("PixelData", "1.2.840.10008.5.1.4.1.1.2")  # CT Image Storage
