@@ -36,7 +36,6 @@ from node.orchestration.ingest import Ingestor
 from node.orchestration.registry import PluginRegistry, plugin_names, select_devices
 from node.pull.service import PullService, SenderCountChecker
 from node.pull.worklist import RemoteWorklistPerformer
-from node.results.seg.iod import warm as warm_result_builders
 from node.spool import Spool
 from node.state.backend import open_database
 from node.state.dicom_audit import DicomAudit
@@ -333,6 +332,9 @@ class Node:
         try:
             delay_point("routines_loading")
             self.registry.load(self.settings.models, self.settings.templates_dir)
+            # Imported here: the start path imports no highdicom (tests/test_startup.py).
+            from node.results.seg.iod import warm as warm_result_builders
+
             warm_result_builders()  # else the first job's results wait ~0.6 s for it
             self._make_workers()
         except Exception as exc:
