@@ -29,12 +29,14 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Iterator, Sequence
+from io import BytesIO
 from typing import Any
 
 import highdicom as hd
 import numpy as np
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.filereader import read_dataset
 from pydicom.tag import Tag
 from scipy import ndimage
 
@@ -66,6 +68,20 @@ _LONG_VRS = frozenset(
 )
 _PIXEL_DATA = Tag(0x7FE00010)
 _ITEM = struct.Struct("<HHL")
+
+#: What highdicom's ``_build_luts`` sets: built on first use where the object was not
+#: made by its constructor.
+_LUT_ATTRIBUTES = frozenset(
+    {
+        "_db_con",
+        "_coordinate_system",
+        "_is_tiled_full",
+        "_dim_ind_pointers",
+        "_dim_ind_col_names",
+        "_missing_reference_instances",
+        "_has_frame_references",
+    }
+)
 
 #: ``build(descriptions, pixel_array) -> Segmentation`` with every other argument bound.
 Build = Callable[[Sequence[hd.seg.SegmentDescription], np.ndarray], hd.seg.Segmentation]
@@ -152,9 +168,14 @@ class StreamedSegmentation(hd.seg.Segmentation):
         return super().get_item(key, keep_deferred=keep_deferred)
 
     def __getattr__(self, name: str) -> Any:
-        if name == "_db_con":  # dropped with the one-segment build's frame tables
-            materialize(self)
-            self._build_luts()
+        if name in _LUT_ATTRIBUTES and "_building_luts" not in self.__dict__:
+            # The frame tables: dropped or not yet built.
+            self.__dict__["_building_luts"] = True
+            try:
+                materialize(self)
+                self._build_luts()
+            finally:
+                del self.__dict__["_building_luts"]
             return object.__getattribute__(self, name)
         return super().__getattr__(name)
 
@@ -168,20 +189,30 @@ class FrameItems(Streamed):
 
     ``planes[p]`` is the encoded elements of plane ``p`` (1-based ``p + 1``) around the
     two per-frame ones: before Frame Content, between it and Segment Identification,
-    after; ``items`` are the probe's items (their elements are shared when materialized).
+    after; ``items`` are the probe's items (their elements are shared when materialized),
+    or None: the items are then read back from the bytes. Without ``identified`` the
+    frames carry no Segment Identification (one segment: it is shared).
     """
 
     def __init__(
-        self, items: list[Dataset], planes: list[tuple[bytes, bytes, bytes]], segments: int
+        self,
+        items: list[Dataset] | None,
+        planes: list[tuple[bytes, bytes, bytes]],
+        segments: int,
+        *,
+        identified: bool = True,
     ):
         self.items = items
         self.planes = planes
         self.segments = segments
         self._content = _encoded_template(_frame_content(1, 1), 8)
-        self._identification = _encoded_template(_segment_identification(1), 2)
+        # One segment's identification is in the shared functional groups (not per frame).
+        self._identification = (
+            _encoded_template(_segment_identification(1), 2) if identified else b""
+        )
+        identification = len(self._identification) + 2 if identified else 0
         self._sizes = [
-            sum(map(len, parts)) + len(self._content) + 8 + len(self._identification) + 2
-            for parts in planes
+            sum(map(len, parts)) + len(self._content) + 8 + identification for parts in planes
         ]
 
     @classmethod
@@ -239,20 +270,37 @@ class FrameItems(Streamed):
                     content,
                     struct.pack("<LL", segment, plane),
                     between,
-                    identification,
-                    number,
-                    after,
                 )
+                if identification:
+                    parts += (identification, number)
+                parts.append(after)
             yield b"".join(parts)
 
     @property
     def text_items(self) -> list[Dataset]:
-        """Items holding every text value of the sequence (the one-segment build's: the
-        others add numbers only), for a walk over text such as the character set check."""
+        """Items holding every text value of the sequence (the one-segment build's, or
+        the first item read back: planes differ in UIDs and numbers only), for a walk
+        over text such as the character set check."""
+        if self.items is None:
+            return self._read(self._first_item())
         return self.items
+
+    def _first_item(self) -> bytes:
+        return next(iter(self.chunks()))[: 8 + self._sizes[0]]
+
+    @staticmethod
+    def _read(items: bytes) -> list[Dataset]:
+        """Items of Explicit VR Little Endian bytes, as pydicom reads them."""
+        header = struct.pack("<HH2s2xL", 0x5200, 0x9230, b"SQ", len(items))
+        read = read_dataset(BytesIO(header + items), is_implicit_VR=False, is_little_endian=True)
+        return list(read[_PER_FRAME].value)
 
     def __iter__(self) -> Iterator[Dataset]:
         """The items, each made when reached (not kept)."""
+        if self.items is None:
+            for chunk in self.chunks():
+                yield from self._read(chunk)
+            return
         shared = self._shared()
         for segment in range(1, self.segments + 1):
             identification = _segment_identification(segment)
@@ -260,6 +308,7 @@ class FrameItems(Streamed):
                 yield _frame_item(elements, plane, identification)
 
     def _shared(self) -> list[list[DataElement]]:
+        assert self.items is not None
         return [
             [
                 item[element.tag]

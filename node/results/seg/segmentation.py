@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import highdicom as hd
 import numpy as np
@@ -32,6 +33,7 @@ from node.results.provenance import (
     instance_arguments,
     seg_algorithm_identification,
 )
+from node.results.seg.direct import build_direct_seg
 from node.results.seg.frames import build_binary_seg
 from node.results.uids import ResultUIDs
 
@@ -102,9 +104,10 @@ def build_seg(
     segment_numbers
         The label map already re-coded to segment numbers (computed when omitted).
     fast
-        Build a BINARY SEG with :func:`node.results.seg.frames.build_binary_seg` (the
-        same object, frames packed with numpy); False builds it through highdicom's
-        per-frame loop (the reference the tests compare with).
+        Build a BINARY SEG directly (:func:`node.results.seg.direct.build_direct_seg`),
+        or where that does not apply with :func:`node.results.seg.frames.build_binary_seg`
+        (the same object, frames packed with numpy); False builds it through highdicom's
+        constructor and per-frame loop (the reference the tests compare with).
 
     Raises
     ------
@@ -134,6 +137,15 @@ def build_seg(
         descriptions.append(segment_description(template, segment, number, tracking_uid))
 
     algorithm = template.algorithm
+    arguments: dict[str, Any] = {
+        "segmentation_type": kind,
+        "content_label": template.output.content_label,
+        "content_description": f"{algorithm.name} {algorithm.version} revision {revision}"[:64],
+        "omit_empty_frames": False,
+        **instance_arguments(template, series, sop_instance_uid),
+        **equipment_arguments(series),
+        **extra,
+    }
 
     def build(
         segments: Sequence[hd.seg.SegmentDescription], pixels: np.ndarray
@@ -141,19 +153,16 @@ def build_seg(
         return hd.seg.Segmentation(
             source_images=list(volume.datasets),
             pixel_array=pixels,
-            segmentation_type=kind,
             segment_descriptions=segments,
-            content_label=template.output.content_label,
-            content_description=f"{algorithm.name} {algorithm.version} revision {revision}"[:64],
-            omit_empty_frames=False,
-            **instance_arguments(template, series, sop_instance_uid),
-            **equipment_arguments(series),
-            **extra,  # type: ignore[arg-type]
+            **arguments,
         )
 
     seg: hd.seg.Segmentation | None = None
     if kind is hd.seg.SegmentationTypeValues.BINARY and fast:
-        seg = build_binary_seg(volume, pixel_array, descriptions, build)
+        seg = build_direct_seg(volume, pixel_array, descriptions, arguments)
+        if seg is None:
+            log.debug("seg built through highdicom's constructor (outside the direct case)")
+            seg = build_binary_seg(volume, pixel_array, descriptions, build)
     if seg is None:
         seg = build(descriptions, pixel_array)
     seg.DeviceUID = series.device_uid  # General Equipment: the algorithm made this

@@ -1,0 +1,410 @@
+"""A single-frame series' BINARY SEG built directly: highdicom's object, not its constructor.
+
+``highdicom.seg.Segmentation.__init__`` spends most of its time on the source images,
+one at a time: plane positions as datasets, a derivation item and a per-frame functional
+groups item of fresh datasets per frame, then its frame tables. Here the object is
+assembled as highdicom assembles it, in the same steps, but:
+
+* the module attributes (SOP Common, Patient, Study, General Series and Equipment,
+  Specimen, Contributing Equipment, Content Identification, Segment Sequence, Dimension
+  Index) come from the same highdicom helpers the constructor calls, once each;
+* the plane order is the constructor's (``np.unique`` of the distances along the normal),
+  computed with numpy from every source's Image Position (Patient);
+* the per-frame items are bytes (:class:`node.results.seg.frames.FrameItems`): the first
+  plane's item is highdicom's own (``_get_pffg_item``), encoded once; every other plane is
+  that encoding with its source's SOP Instance UID and its Image Position (Patient) spliced
+  in (the enclosing lengths adjusted);
+* Pixel Data is :class:`node.results.seg.frames.PackedFrames`; highdicom's frame tables
+  (``_build_luts``) are built on first use.
+
+The written bytes equal ``dcmwrite`` of highdicom's construction: tests/test_seg_direct.py.
+
+Falls back (returns None, the caller then builds through highdicom) outside the case it
+reproduces: another highdicom version (the steps are its 0.28 constructor's); a
+Segmentation Type other than BINARY; constructor arguments other than those
+:func:`node.results.seg.segmentation.build_seg` passes (plane positions, pixel
+measures, orientation, tiling, palettes, omitted empty frames, …); multi-frame or tiled
+sources; sources without a patient frame of reference (no Frame of Reference UID, slide
+coordinates); sources of several series, frame sizes or frames of reference, or whose
+orientations differ; a label map of another frame size than the sources, or
+``rows x columns`` not a multiple of 8 (:func:`~node.results.seg.frames.packable`);
+duplicate plane positions; source UIDs or positions whose bytes cannot be spliced (not
+ASCII, an element left to pydicom).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import highdicom as hd
+import numpy as np
+from highdicom import image as hd_image
+from highdicom import spatial as hd_spatial
+from highdicom.content import (
+    PixelMeasuresSequence,
+    PlaneOrientationSequence,
+    PlanePositionSequence,
+    _add_content_information,
+)
+from highdicom.seg import sop as hd_seg_sop
+from highdicom.volume import ChannelDescriptor
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.valuerep import DS, format_number_as_ds
+
+from node.contract.volume import Volume
+from node.results.seg import frames
+
+#: highdicom versions whose constructor these steps reproduce.
+VERSIONS = ("0.28.",)
+#: ``build_seg``'s constructor arguments besides the sources, pixels and descriptions.
+_ARGUMENTS = frozenset(
+    {
+        "series_instance_uid",
+        "series_number",
+        "sop_instance_uid",
+        "instance_number",
+        "series_description",
+        "manufacturer",
+        "manufacturer_model_name",
+        "software_versions",
+        "device_serial_number",
+        "contributing_equipment",
+        "content_label",
+        "content_description",
+        "segmentation_type",
+        "omit_empty_frames",
+    }
+)
+_PATIENT = hd.CoordinateSystemNames.PATIENT
+_REFERENCED_SOP_INSTANCE_UID = 0x00081155
+_IMAGE_POSITION_PATIENT = 0x00200032
+
+
+class _Splice:
+    """Encoded bytes with one short element's value replaceable: the value's offset and
+    length, and the offsets of the lengths of the sequences and items around it."""
+
+    def __init__(self, data: bytes, tag: int):
+        found = frames._find_element(data, 0, len(data), tag, [])
+        if found is None:
+            raise LookupError(tag)
+        self.data = data
+        self.offset, self.length, self.lengths = found
+
+    def with_value(self, value: bytes) -> bytes:
+        """The bytes with ``value`` (even length) in place of the element's value."""
+        delta = len(value) - self.length
+        data = bytearray(self.data[: self.offset - 2])
+        data += struct.pack("<H", len(value))
+        data += value
+        data += self.data[self.offset + self.length :]
+        for offset in self.lengths:
+            (length,) = struct.unpack_from("<L", data, offset)
+            struct.pack_into("<L", data, offset, length + delta)
+        return bytes(data)
+
+
+def _uid_value(uid: str) -> bytes | None:
+    value = str(uid)
+    if not value.isascii() or len(value) > 64:
+        return None
+    return value.encode() + (b"\0" if len(value) % 2 else b"")
+
+
+class _Positions:
+    """Image Position (Patient) values as highdicom writes them (``DS(v, auto_format=True)``),
+    each distinct source value formatted once."""
+
+    def __init__(self) -> None:
+        self._formatted: dict[tuple[Any, ...], str] = {}
+
+    def value(self, position: Sequence[Any]) -> bytes | None:
+        parts = []
+        for number in position:
+            key = (
+                type(number),
+                number if isinstance(number, str) else float(number),
+                getattr(number, "original_string", None),
+                getattr(number, "auto_format", None),
+            )
+            text = self._formatted.get(key)
+            if text is None:
+                text = self._formatted[key] = str(DS(number, auto_format=True))
+            parts.append(text)
+        joined = "\\".join(parts)
+        if not joined.isascii() or len(joined) > 0xFFFE:
+            return None
+        encoded = joined.encode()
+        return encoded + (b" " if len(encoded) % 2 else b"")
+
+
+def _single_series(sources: Sequence[Dataset], rows: int, columns: int) -> bool:
+    """Every source a single-frame image of one series, frame size and frame of reference,
+    in patient coordinates, with one orientation (what the constructor checks or assumes)."""
+    first = sources[0]
+    if (
+        hd_spatial.get_image_coordinate_system(first) is not _PATIENT
+        or "ImagePositionPatient" not in first
+        or "PixelSpacing" not in first
+        or "SliceThickness" not in first
+        or hd.utils.is_multiframe_image(first)
+        or hd.utils.is_tiled_image(first)
+        or (int(first.Rows), int(first.Columns)) != (rows, columns)
+    ):
+        return False
+    criteria = (
+        first.StudyInstanceUID,
+        first.SeriesInstanceUID,
+        first.Rows,
+        first.Columns,
+        first.FrameOfReferenceUID,
+        first.ImageOrientationPatient,
+        first.SOPClassUID,
+    )
+    return all(
+        (
+            source.StudyInstanceUID,
+            source.SeriesInstanceUID,
+            source.Rows,
+            source.Columns,
+            source.get("FrameOfReferenceUID"),
+            source.ImageOrientationPatient,
+            source.SOPClassUID,
+        )
+        == criteria
+        and "ImagePositionPatient" in source
+        and "NumberOfFrames" not in source
+        for source in sources
+    )
+
+
+def build_direct_seg(
+    volume: Volume,
+    segment_numbers: np.ndarray,
+    descriptions: Sequence[hd.seg.SegmentDescription],
+    arguments: Mapping[str, Any],
+) -> frames.StreamedSegmentation | None:
+    """highdicom's BINARY SEG of ``segment_numbers`` (values 1..len(descriptions)), every
+    frame kept, or None outside the case reproduced (module docstring).
+
+    ``arguments`` are the constructor's keywords besides ``source_images``,
+    ``pixel_array`` and ``segment_descriptions``. ``segment_numbers`` is kept (not copied)
+    until the object is written.
+    """
+    sources = list(volume.datasets)
+    if (
+        not hd.__version__.startswith(VERSIONS)
+        or set(arguments) - _ARGUMENTS
+        or hd.seg.SegmentationTypeValues(arguments.get("segmentation_type", "BINARY"))
+        is not hd.seg.SegmentationTypeValues.BINARY
+        or arguments.get("omit_empty_frames", True) is not False
+        or not descriptions
+        or not frames.packable(volume, segment_numbers)
+        or len(sources) != segment_numbers.shape[0]
+        or not _single_series(sources, *segment_numbers.shape[1:3])
+    ):
+        return None
+    # Plane order: the constructor's sort of the distances along the normal.
+    orientation = PlaneOrientationSequence(
+        coordinate_system=_PATIENT, image_orientation=sources[0].ImageOrientationPatient
+    )
+    positions = np.array([source.ImagePositionPatient for source in sources], dtype=float)
+    if positions.shape != (len(sources), 3):
+        return None
+    normal = hd_spatial.get_normal_vector(
+        orientation[0].ImageOrientationPatient,
+        index_convention=hd_spatial.VOLUME_INDEX_CONVENTION,
+    )
+    distances = hd_spatial._get_slice_distances(positions, normal)
+    _, sort_index = np.unique(distances, return_index=True)
+    if len(sort_index) != len(sources):
+        return None  # duplicate positions: the constructor raises
+    planes = _plane_items(sources, sort_index, len(descriptions) > 1)
+    if planes is None:
+        return None
+
+    seg = object.__new__(frames.StreamedSegmentation)
+    _module_attributes(seg, sources[0], descriptions, arguments)
+    _multiframe_attributes(seg, sources, segment_numbers.shape, orientation, positions)
+    segments = len(descriptions)
+    shared = Dataset()
+    shared.PlaneOrientationSequence = orientation
+    measures = PixelMeasuresSequence(
+        pixel_spacing=sources[0].PixelSpacing,
+        slice_thickness=sources[0].SliceThickness,
+        spacing_between_slices=sources[0].get("SpacingBetweenSlices", None),
+    )
+    if "SpacingBetweenSlices" not in measures[0]:
+        spacing, _ = hd_spatial.get_volume_positions(
+            image_positions=positions,  # type: ignore[arg-type]  # highdicom passes an array
+            image_orientation=orientation[0].ImageOrientationPatient,
+        )
+        if spacing is not None:
+            measures[0].SpacingBetweenSlices = format_number_as_ds(spacing)
+    shared.PixelMeasuresSequence = measures
+    if segments == 1:
+        shared.add(frames._segment_identification(1))
+    seg.SharedFunctionalGroupsSequence = [shared]
+    organization = Dataset()
+    organization.DimensionOrganizationUID = seg.DimensionIndexSequence[0].DimensionOrganizationUID
+    seg.DimensionOrganizationSequence = [organization]
+    if len(sources) > 1 and segments == 1:
+        spacing, _ = hd_spatial.get_volume_positions(
+            image_positions=positions,  # type: ignore[arg-type]
+            image_orientation=orientation[0].ImageOrientationPatient,
+            sort=False,
+        )
+        if spacing is not None and spacing > 0.0:
+            seg.DimensionOrganizationType = "3D"
+    seg.NumberOfFrames = len(sources) * segments
+    # Streamed values are set after the elements are made (pydicom checks a value's type).
+    seg.add(DataElement(frames._PER_FRAME, "SQ", []))
+    seg[frames._PER_FRAME]._value = frames.FrameItems(
+        None, planes, segments, identified=segments > 1
+    )
+    seg.PixelData = b""  # "OB or OW" until written, as highdicom leaves it
+    seg[frames._PIXEL_DATA]._value = frames.PackedFrames(
+        segment_numbers, [int(i) for i in sort_index], segments
+    )
+    return seg
+
+
+def _plane_items(
+    sources: Sequence[Dataset], sort_index: np.ndarray, identified: bool
+) -> list[tuple[bytes, bytes, bytes]] | None:
+    """Each plane's encoded elements around Frame Content and Segment Identification,
+    in plane order: the first from highdicom's own item, the others spliced from it."""
+    first = sources[int(sort_index[0])]
+    item = hd_image._Image._get_pffg_item(
+        dimension_index_values=[1, 1],
+        plane_position=PlanePositionSequence(
+            coordinate_system=_PATIENT, image_position=first.ImagePositionPatient
+        ),
+        derivation_source_image_items=[
+            hd_image._Image._get_derivation_source_image_item(
+                source_image=first, frame_number=None, locations_preserved=True
+            )
+        ],
+        coordinate_system=_PATIENT,
+        derivation=hd_seg_sop._DERIVATION_CODE,
+    )
+    encoded = frames.FrameItems.of([item], 2 if identified else 1)
+    if encoded is None:
+        return None
+    before, between, after = encoded.planes[0]
+    if after:
+        return None
+    try:
+        derivation = _Splice(before, _REFERENCED_SOP_INSTANCE_UID)
+        position = _Splice(between, _IMAGE_POSITION_PATIENT)
+    except LookupError:
+        return None
+    values = _Positions()
+    planes = []
+    for index in sort_index:
+        source = sources[int(index)]
+        uid = _uid_value(source.SOPInstanceUID)
+        ipp = values.value(source.ImagePositionPatient)
+        if uid is None or ipp is None:
+            return None
+        planes.append((derivation.with_value(uid), position.with_value(ipp), b""))
+    return planes
+
+
+def _module_attributes(
+    seg: hd.seg.Segmentation,
+    source: Dataset,
+    descriptions: Sequence[hd.seg.SegmentDescription],
+    arguments: Mapping[str, Any],
+) -> None:
+    """What ``Segmentation.__init__`` sets before ``_init_multiframe_image``, by its helpers."""
+    hd.base.SOPClass.__init__(
+        seg,
+        study_instance_uid=source.StudyInstanceUID,
+        series_instance_uid=arguments["series_instance_uid"],
+        series_number=arguments["series_number"],
+        sop_instance_uid=arguments["sop_instance_uid"],
+        instance_number=arguments["instance_number"],
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.66.4",
+        manufacturer=arguments["manufacturer"],
+        modality="SEG",
+        transfer_syntax_uid=hd_seg_sop.ExplicitVRLittleEndian,
+        patient_id=source.PatientID,
+        patient_name=source.PatientName,
+        patient_birth_date=source.PatientBirthDate,
+        patient_sex=source.PatientSex,
+        accession_number=source.AccessionNumber,
+        study_id=source.StudyID,
+        study_date=source.StudyDate,
+        study_time=source.StudyTime,
+        referring_physician_name=getattr(source, "ReferringPhysicianName", None),
+        manufacturer_model_name=arguments["manufacturer_model_name"],
+        device_serial_number=arguments["device_serial_number"],
+        software_versions=arguments["software_versions"],
+        specific_character_set=source.get("SpecificCharacterSet"),
+        series_description=arguments.get("series_description"),
+    )
+    seg.copy_specimen_information(source)
+    seg.copy_patient_and_study_information(source)
+    seg._add_contributing_equipment(arguments.get("contributing_equipment"), source)
+    numbers = np.array([int(item.SegmentNumber) for item in descriptions])
+    kind = hd.seg.SegmentationTypeValues.BINARY
+    hd.seg.Segmentation._check_segment_numbers(numbers, kind)
+    seg.SegmentationType = kind.value
+    content_label = arguments.get("content_label")
+    _add_content_information(
+        dataset=seg,
+        content_label=content_label if content_label is not None else f"{source.Modality}_SEG",
+        content_description=arguments.get("content_description"),
+        content_creator_name=None,
+        content_creator_identification=None,
+    )
+    photometric = seg._configure_color(
+        segmentation_type=kind,
+        palette_color_lut_transformation=None,
+        icc_profile=None,
+        segment_descriptions=descriptions,
+        max_described_segment=int(numbers.max()),
+    )
+    seg.PhotometricInterpretation = photometric.value
+    seg._add_segment_descriptions(descriptions, kind)
+    seg.SegmentsOverlap = hd.seg.SegmentsOverlapValues.NO.value  # a map of segment numbers
+
+
+def _multiframe_attributes(
+    seg: hd.seg.Segmentation,
+    sources: Sequence[Dataset],
+    shape: tuple[int, ...],
+    orientation: PlaneOrientationSequence,
+    positions: np.ndarray,
+) -> None:
+    """What ``_init_multiframe_image`` sets besides the functional groups and frames."""
+    source = sources[0]
+    seg.FrameOfReferenceUID = source.FrameOfReferenceUID
+    seg.PositionReferenceIndicator = getattr(source, "PositionReferenceIndicator", None)
+    seg.BitsAllocated = 1
+    seg.SamplesPerPixel = 1
+    seg.BitsStored = 1
+    seg.HighBit = 0
+    seg.PixelRepresentation = 0
+    seg.ImageType = ["DERIVED", "PRIMARY"]
+    seg.PresentationLUTShape = (
+        "INVERSE" if seg.PhotometricInterpretation == "MONOCHROME1" else "IDENTITY"
+    )
+    seg._add_source_image_references(source_images=sources, further_source_images=None)
+    seg.LossyImageCompression = getattr(source, "LossyImageCompression", "00")
+    if seg.LossyImageCompression == "01":
+        if "LossyImageCompressionRatio" in source:
+            seg.LossyImageCompressionRatio = source.LossyImageCompressionRatio
+        if "LossyImageCompressionMethod" in source:
+            seg.LossyImageCompressionMethod = source.LossyImageCompressionMethod
+    seg.Rows = shape[1]
+    seg.Columns = shape[2]
+    seg.DimensionIndexSequence = hd_image._DimensionIndexSequence(
+        coordinate_system=_PATIENT,
+        functional_groups_module="segmentation-multi-frame-functional-groups",
+        channel_dimensions=[ChannelDescriptor(0x0062000B)],
+    )

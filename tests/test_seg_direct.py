@@ -1,0 +1,187 @@
+"""The BINARY SEG built directly (node/results/seg/direct.py) is highdicom's, byte for byte."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+
+from benchmarks.ct_series import write_ct_series
+from benchmarks.encoding import blob_label_map
+from node.contract.assemble import assemble_volume
+from node.contract.volume import Volume
+from node.results.encode import encode_file
+from node.results.seg import direct, segmentation
+from node.results.source import buildable_volume
+from tests.support.validators import dciodvfy_errors
+from tests.test_seg_frames import _align, _build_both, _dcmwrite, _streamed, _volume
+
+
+@pytest.fixture
+def direct_builds(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Whether each ``build_seg`` (fast) was built directly (True) or fell back (False)."""
+    taken: list[bool] = []
+    build = direct.build_direct_seg
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        seg = build(*args, **kwargs)
+        taken.append(seg is not None)
+        return seg
+
+    monkeypatch.setattr(segmentation, "build_direct_seg", counted)
+    return taken
+
+
+def _series(directory: Path, slices: int, size: int, edit: Any = None) -> list[Dataset]:
+    _, paths = write_ct_series(directory / "ct", slices, rows=size, columns=size)
+    datasets = [pydicom.dcmread(path) for path in paths]
+    for index, dataset in enumerate(datasets):
+        if edit is not None:
+            edit(index, dataset)
+    return datasets
+
+
+def _flipped(index: int, dataset: Dataset) -> None:
+    """Rows right to left and columns anterior to posterior, slices stacked downwards."""
+    dataset.ImageOrientationPatient = [-1.0, 0.0, 0.0, 0.0, -1.0, 0.0]
+    dataset.ImagePositionPatient = [179.2, 179.2, -2.5 * index]
+
+
+def _optional(index: int, dataset: Dataset) -> None:
+    """Optional Patient/Study/Series attributes and ISO_IR 100 text."""
+    dataset.SpecificCharacterSet = "ISO_IR 100"
+    dataset.PatientName = "Müller^Jürgen"
+    dataset.PatientAge = "042Y"
+    dataset.PatientWeight = "71.5"
+    dataset.StudyDescription = "Thorax nativ für Lungen"
+    dataset.Laterality = "R"
+    dataset.Manufacturer = "Gerät GmbH"
+    dataset.PatientBirthDate = "19820304"
+    dataset.PatientSex = "M"
+    dataset.AccessionNumber = "ACC123"
+    dataset.SpacingBetweenSlices = "1.0"
+
+
+def _bare(index: int, dataset: Dataset) -> None:
+    """No Referring Physician, Body Part, Manufacturer, Window or Slice Location."""
+    for keyword in (
+        "ReferringPhysicianName",
+        "BodyPartExamined",
+        "Manufacturer",
+        "WindowCenter",
+        "WindowWidth",
+        "SliceLocation",
+    ):
+        if keyword in dataset:
+            delattr(dataset, keyword)
+
+
+def _assert_highdicoms(directory: Path, volume: Volume, labels: int, dicom: bool = True) -> None:
+    label_map = blob_label_map(volume.shape, labels)
+    fast, reference = _build_both(directory, volume, labels, label_map)
+    assert _streamed(fast) == ["PerFrameFunctionalGroupsSequence", "PixelData"]
+    streamed = encode_file(fast)
+    path = directory / "direct.dcm"
+    path.write_bytes(streamed)
+    _align(reference, fast)
+    assert streamed == _dcmwrite(reference)
+    assert streamed == _dcmwrite(fast)  # the in-memory object, its values made on access
+    if dicom:
+        assert dciodvfy_errors(path) == []
+    # highdicom's frame queries on the built object answer as on its own construction.
+    uids = [str(d.SOPInstanceUID) for d in volume.datasets]
+    numbers = list(range(1, labels + 1))
+    np.testing.assert_array_equal(
+        fast.get_pixels_by_source_instance(uids, segment_numbers=numbers),
+        reference.get_pixels_by_source_instance(uids, segment_numbers=numbers),
+    )
+
+
+@pytest.mark.parametrize("labels", [1, 3])
+@pytest.mark.parametrize(
+    "case", ["axial", "long small grid", "flipped", "turned", "oblique", "unsorted", "optional"]
+)
+def test_direct_seg_is_highdicoms_construction(
+    tmp_path: Path, direct_builds: list[bool], case: str, labels: int
+) -> None:
+    if case == "long small grid":
+        volume = _volume(tmp_path, slices=150, size=8)
+    elif case in ("turned", "oblique"):
+        volume = _volume(
+            tmp_path,
+            slices=10,
+            size=16,
+            turn=30.0 if case == "turned" else 0.0,
+            tilt=25.0 if case == "oblique" else 0.0,
+        )
+    elif case == "flipped":
+        volume = buildable_volume(assemble_volume(_series(tmp_path, 7, 16, _flipped)))
+    elif case == "optional":
+        volume = buildable_volume(assemble_volume(_series(tmp_path, 6, 16, _optional)))
+    elif case == "unsorted":  # sources not in the order of their positions
+        volume = _volume(tmp_path, slices=9, size=16)
+        order = [4, 0, 8, 2, 6, 1, 7, 3, 5]
+        volume = dataclasses.replace(
+            volume,
+            array=volume.array[order],
+            datasets=tuple(volume.datasets[i] for i in order),
+        )
+    else:
+        volume = _volume(tmp_path, slices=12, size=24)
+    _assert_highdicoms(tmp_path, volume, labels, dicom=case in ("axial", "flipped"))
+    assert direct_builds == [True]
+
+
+def test_direct_seg_without_optional_source_attributes(
+    tmp_path: Path, direct_builds: list[bool]
+) -> None:
+    volume = buildable_volume(assemble_volume(_series(tmp_path, 5, 16, _bare)))
+    _assert_highdicoms(tmp_path, volume, 2, dicom=False)
+    assert direct_builds == [True]
+
+
+def test_direct_seg_one_slice(tmp_path: Path, direct_builds: list[bool]) -> None:
+    """One plane: no spacing between slices, no "3D" organization."""
+    volume = _volume(tmp_path, slices=1, size=16)
+    _assert_highdicoms(tmp_path, volume, 1, dicom=False)
+    assert direct_builds == [True]
+
+
+def test_outside_the_direct_case_the_seg_is_still_highdicoms(
+    tmp_path: Path, direct_builds: list[bool], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another highdicom version falls back to the constructor: the same object."""
+    monkeypatch.setattr(hd, "__version__", "0.29.0")
+    volume = _volume(tmp_path, slices=6, size=16)
+    label_map = blob_label_map(volume.shape, 3)
+    fast, reference = _build_both(tmp_path, volume, 3, label_map)
+    assert direct_builds == [False]
+    streamed = encode_file(fast)
+    _align(reference, fast)
+    assert streamed == _dcmwrite(reference)
+
+
+def test_direct_seg_declines_what_it_does_not_reproduce(tmp_path: Path) -> None:
+    volume = _volume(tmp_path, slices=4, size=16)
+    label_map = blob_label_map(volume.shape, 2)
+    descriptions = [object()]  # never reached: each case declines first
+    arguments = {"segmentation_type": "BINARY", "omit_empty_frames": False}
+    build = direct.build_direct_seg
+    assert build(volume, label_map, descriptions, {**arguments, "workers": 2}) is None  # type: ignore[arg-type]
+    assert build(volume, label_map, descriptions, {**arguments, "omit_empty_frames": True}) is None  # type: ignore[arg-type]
+    fractional = {**arguments, "segmentation_type": "FRACTIONAL"}
+    assert build(volume, label_map, descriptions, fractional) is None  # type: ignore[arg-type]
+    turned = [pydicom.Dataset(d) for d in volume.datasets]  # one orientation differs
+    turned[2].ImageOrientationPatient = [0.0, 1.0, 0.0, 1.0, 0.0, 0.0]
+    other = dataclasses.replace(volume, datasets=tuple(turned))
+    assert build(other, label_map, descriptions, arguments) is None  # type: ignore[arg-type]
+    same = [pydicom.Dataset(d) for d in volume.datasets]  # two planes at one position
+    same[1].ImagePositionPatient = same[0].ImagePositionPatient
+    duplicate = dataclasses.replace(volume, datasets=tuple(same))
+    assert build(duplicate, label_map, descriptions, arguments) is None  # type: ignore[arg-type]
