@@ -20,7 +20,14 @@ from node.results.encode import encode_file
 from node.results.seg import direct, segmentation
 from node.results.source import buildable_volume
 from tests.support.validators import dciodvfy_errors
-from tests.test_seg_frames import _align, _build_both, _dcmwrite, _streamed, _volume
+from tests.test_seg_frames import (
+    DIRECT_STREAMED,
+    _align,
+    _build_both,
+    _dcmwrite,
+    _streamed,
+    _volume,
+)
 
 
 @pytest.fixture
@@ -85,7 +92,7 @@ def _bare(index: int, dataset: Dataset) -> None:
 def _assert_highdicoms(directory: Path, volume: Volume, labels: int, dicom: bool = True) -> None:
     label_map = blob_label_map(volume.shape, labels)
     fast, reference = _build_both(directory, volume, labels, label_map)
-    assert _streamed(fast) == ["PerFrameFunctionalGroupsSequence", "PixelData"]
+    assert _streamed(fast) == DIRECT_STREAMED
     streamed = encode_file(fast)
     path = directory / "direct.dcm"
     path.write_bytes(streamed)

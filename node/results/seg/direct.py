@@ -35,7 +35,7 @@ ASCII, an element left to pydicom).
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import highdicom as hd
@@ -55,6 +55,7 @@ from pydicom.dataset import Dataset
 from pydicom.valuerep import DS, format_number_as_ds
 
 from node.contract.volume import Volume
+from node.results.encode import Streamed
 from node.results.seg import frames
 
 #: highdicom versions whose constructor these steps reproduce.
@@ -81,30 +82,52 @@ _ARGUMENTS = frozenset(
 _PATIENT = hd.CoordinateSystemNames.PATIENT
 _REFERENCED_SOP_INSTANCE_UID = 0x00081155
 _IMAGE_POSITION_PATIENT = 0x00200032
+_NUMBER_OF_FRAMES = 0x00280008
+#: Study, Series, Rows, Columns, Frame of Reference, orientation, SOP Class: one per series.
+_ONE_PER_SERIES = (
+    0x0020000D,
+    0x0020000E,
+    0x00280010,
+    0x00280011,
+    0x00200052,
+    0x00200037,
+    0x00080016,
+)
+_UL = struct.Struct("<L")
+_ITEM = struct.Struct("<HHL")
+_SQ = struct.Struct("<HH2s2xL")
+_US = struct.Struct("<H")
+_SOP_INSTANCE_UID = 0x00080018
+_SOP_CLASS_UID = 0x00080016
+_SOURCE_IMAGES = 0x00082112
+_REFERENCED_SERIES = 0x00081115
+_REFERENCED_INSTANCES = 0x0008114A
 
 
 class _Splice:
-    """Encoded bytes with one short element's value replaceable: the value's offset and
-    length, and the offsets of the lengths of the sequences and items around it."""
+    """Encoded bytes with one short element's value replaceable: the bytes around the
+    value and the lengths of the sequences and items enclosing it (adjusted per value)."""
 
     def __init__(self, data: bytes, tag: int):
         found = frames._find_element(data, 0, len(data), tag, [])
         if found is None:
             raise LookupError(tag)
-        self.data = data
-        self.offset, self.length, self.lengths = found
+        offset, length, offsets = found
+        self.length = length
+        cuts = sorted(offsets)
+        self.lengths = [struct.unpack_from("<L", data, at)[0] for at in cuts]
+        starts = [0, *(at + 4 for at in cuts)]
+        self.parts = [data[a:b] for a, b in zip(starts, [*cuts, offset - 2], strict=True)]
+        self.rest = data[offset + length :]
 
     def with_value(self, value: bytes) -> bytes:
         """The bytes with ``value`` (even length) in place of the element's value."""
         delta = len(value) - self.length
-        data = bytearray(self.data[: self.offset - 2])
-        data += struct.pack("<H", len(value))
-        data += value
-        data += self.data[self.offset + self.length :]
-        for offset in self.lengths:
-            (length,) = struct.unpack_from("<L", data, offset)
-            struct.pack_into("<L", data, offset, length + delta)
-        return bytes(data)
+        out = [self.parts[0]]
+        for length, part in zip(self.lengths, self.parts[1:], strict=True):
+            out += (_UL.pack(length + delta), part)
+        out += (_US.pack(len(value)), value, self.rest)
+        return b"".join(out)
 
 
 def _uid_value(uid: str) -> bytes | None:
@@ -141,6 +164,11 @@ class _Positions:
         return encoded + (b" " if len(encoded) % 2 else b"")
 
 
+def _series_values(source: Dataset) -> list[Any]:
+    elements = [source.get(tag) for tag in _ONE_PER_SERIES]
+    return [None if element is None else element.value for element in elements]
+
+
 def _single_series(sources: Sequence[Dataset], rows: int, columns: int) -> bool:
     """Every source a single-frame image of one series, frame size and frame of reference,
     in patient coordinates, with one orientation (what the constructor checks or assumes)."""
@@ -155,30 +183,78 @@ def _single_series(sources: Sequence[Dataset], rows: int, columns: int) -> bool:
         or (int(first.Rows), int(first.Columns)) != (rows, columns)
     ):
         return False
-    criteria = (
-        first.StudyInstanceUID,
-        first.SeriesInstanceUID,
-        first.Rows,
-        first.Columns,
-        first.FrameOfReferenceUID,
-        first.ImageOrientationPatient,
-        first.SOPClassUID,
-    )
+    criteria = _series_values(first)
     return all(
-        (
-            source.StudyInstanceUID,
-            source.SeriesInstanceUID,
-            source.Rows,
-            source.Columns,
-            source.get("FrameOfReferenceUID"),
-            source.ImageOrientationPatient,
-            source.SOPClassUID,
-        )
-        == criteria
-        and "ImagePositionPatient" in source
-        and "NumberOfFrames" not in source
+        _series_values(source) == criteria
+        and _IMAGE_POSITION_PATIENT in source
+        and _NUMBER_OF_FRAMES not in source
         for source in sources
     )
+
+
+class References(Streamed):
+    """Source Image Sequence (``series`` None) or Referenced Series Sequence (its one item,
+    the items in Referenced Instance Sequence, then ``series``: the encoded Series
+    Instance UID) of encoded reference items, as highdicom's ``_add_source_image_references``
+    makes them for one series."""
+
+    def __init__(self, tag: int, items: list[bytes], series: bytes | None = None):
+        self.tag = tag
+        self.items = items
+        self.series = series
+        self._length = sum(map(len, items))
+
+    def __len__(self) -> int:
+        if self.series is None:
+            return self._length
+        return 8 + 12 + self._length + len(self.series)
+
+    def chunks(self) -> Iterator[bytes]:
+        if self.series is not None:
+            body = 12 + self._length + len(self.series)
+            yield _ITEM.pack(0xFFFE, 0xE000, body) + _SQ.pack(0x0008, 0x114A, b"SQ", self._length)
+        yield b"".join(self.items)
+        if self.series is not None:
+            yield self.series
+
+    @property
+    def text_items(self) -> list[Dataset]:
+        """None: the items hold UIDs only (not text to check against a character set)."""
+        return []
+
+    def materialize(self) -> list[Dataset]:
+        return frames.read_items(self.tag, b"".join(self.chunks()))
+
+
+def _references(
+    sources: Sequence[Dataset], uids: list[bytes]
+) -> tuple[References, References] | None:
+    """Source Image and Referenced Series Sequences: highdicom's items for the first
+    source, encoded once, with each source's SOP Instance UID spliced in."""
+    scratch = Dataset()
+    hd_image._Image._add_source_image_references(
+        scratch,  # type: ignore[arg-type]  # sets two attributes only
+        source_images=sources[:1],
+        further_source_images=None,
+    )
+    series_item = scratch.ReferencedSeriesSequence[0]
+    if sorted(series_item.keys()) != [_REFERENCED_INSTANCES, 0x0020000E]:
+        return None
+    encoded = frames._encoded_groups(
+        [list(scratch.SourceImageSequence[0].elements()), [series_item[0x0020000E]]]
+    )
+    if encoded is None:
+        return None
+    body, series = encoded
+    try:
+        splice = _Splice(body, _REFERENCED_SOP_INSTANCE_UID)
+    except LookupError:
+        return None
+    items = []
+    for uid in uids:
+        item = splice.with_value(uid)
+        items.append(_ITEM.pack(0xFFFE, 0xE000, len(item)) + item)
+    return References(_SOURCE_IMAGES, items), References(_REFERENCED_SERIES, items, series)
 
 
 def build_direct_seg(
@@ -222,13 +298,18 @@ def build_direct_seg(
     _, sort_index = np.unique(distances, return_index=True)
     if len(sort_index) != len(sources):
         return None  # duplicate positions: the constructor raises
-    planes = _plane_items(sources, sort_index, len(descriptions) > 1)
-    if planes is None:
+    values = [_uid_value(source[_SOP_INSTANCE_UID].value) for source in sources]
+    uids = [uid for uid in values if uid is not None]
+    if len(uids) != len(sources):
+        return None
+    planes = _plane_items(sources, uids, sort_index, len(descriptions) > 1)
+    references = _references(sources, uids)
+    if planes is None or references is None:
         return None
 
     seg = object.__new__(frames.StreamedSegmentation)
     _module_attributes(seg, sources[0], descriptions, arguments)
-    _multiframe_attributes(seg, sources, segment_numbers.shape, orientation, positions)
+    _multiframe_attributes(seg, sources, segment_numbers.shape, references)
     segments = len(descriptions)
     shared = Dataset()
     shared.PlaneOrientationSequence = orientation
@@ -273,7 +354,7 @@ def build_direct_seg(
 
 
 def _plane_items(
-    sources: Sequence[Dataset], sort_index: np.ndarray, identified: bool
+    sources: Sequence[Dataset], uids: list[bytes], sort_index: np.ndarray, identified: bool
 ) -> list[tuple[bytes, bytes, bytes]] | None:
     """Each plane's encoded elements around Frame Content and Segment Identification,
     in plane order: the first from highdicom's own item, the others spliced from it."""
@@ -304,13 +385,11 @@ def _plane_items(
         return None
     values = _Positions()
     planes = []
-    for index in sort_index:
-        source = sources[int(index)]
-        uid = _uid_value(source.SOPInstanceUID)
-        ipp = values.value(source.ImagePositionPatient)
-        if uid is None or ipp is None:
+    for index in sort_index.tolist():
+        ipp = values.value(sources[index][_IMAGE_POSITION_PATIENT].value)
+        if ipp is None:
             return None
-        planes.append((derivation.with_value(uid), position.with_value(ipp), b""))
+        planes.append((derivation.with_value(uids[index]), position.with_value(ipp), b""))
     return planes
 
 
@@ -378,8 +457,7 @@ def _multiframe_attributes(
     seg: hd.seg.Segmentation,
     sources: Sequence[Dataset],
     shape: tuple[int, ...],
-    orientation: PlaneOrientationSequence,
-    positions: np.ndarray,
+    references: tuple[References, References],
 ) -> None:
     """What ``_init_multiframe_image`` sets besides the functional groups and frames."""
     source = sources[0]
@@ -394,7 +472,9 @@ def _multiframe_attributes(
     seg.PresentationLUTShape = (
         "INVERSE" if seg.PhotometricInterpretation == "MONOCHROME1" else "IDENTITY"
     )
-    seg._add_source_image_references(source_images=sources, further_source_images=None)
+    for tag, value in zip((_SOURCE_IMAGES, _REFERENCED_SERIES), references, strict=True):
+        seg.add(DataElement(tag, "SQ", []))
+        seg[tag]._value = value  # made when written or read
     seg.LossyImageCompression = getattr(source, "LossyImageCompression", "00")
     if seg.LossyImageCompression == "01":
         if "LossyImageCompressionRatio" in source:

@@ -290,10 +290,7 @@ class FrameItems(Streamed):
 
     @staticmethod
     def _read(items: bytes) -> list[Dataset]:
-        """Items of Explicit VR Little Endian bytes, as pydicom reads them."""
-        header = struct.pack("<HH2s2xL", 0x5200, 0x9230, b"SQ", len(items))
-        read = read_dataset(BytesIO(header + items), is_implicit_VR=False, is_little_endian=True)
-        return list(read[_PER_FRAME].value)
+        return read_items(_PER_FRAME, items)
 
     def __iter__(self) -> Iterator[Dataset]:
         """The items, each made when reached (not kept)."""
@@ -433,6 +430,14 @@ def _find_element(
             (length,) = struct.unpack_from("<H", data, position + 6)
             position += 8 + length
     return None
+
+
+def read_items(tag: int, items: bytes) -> list[Dataset]:
+    """The items of a sequence ``tag`` from their Explicit VR Little Endian bytes, as
+    pydicom reads them."""
+    header = struct.pack("<HH2s2xL", tag >> 16, tag & 0xFFFF, b"SQ", len(items))
+    read = read_dataset(BytesIO(header + items), is_implicit_VR=False, is_little_endian=True)
+    return list(read[tag].value)
 
 
 def _ascii(element: DataElement) -> bool:
