@@ -13,11 +13,16 @@ import pytest
 from pydicom.dataset import Dataset
 
 from benchmarks.ct_series import write_ct_series
-from benchmarks.encoding import blob_label_map
+from benchmarks.encoding import blob_label_map, write_template
 from node.contract.assemble import assemble_volume
+from node.contract.plugin import Prediction
 from node.contract.volume import Volume
+from node.results import build_results, load_template
+from node.results.analysis import segment_boxes
 from node.results.encode import encode_file
-from node.results.seg import direct, segmentation
+from node.results.identity import SeriesIdentity
+from node.results.seg import direct, frames, segmentation
+from node.results.seg.segmentation import build_seg
 from node.results.source import buildable_volume
 from tests.support.validators import dciodvfy_errors
 from tests.test_seg_frames import (
@@ -192,3 +197,57 @@ def test_direct_seg_declines_what_it_does_not_reproduce(tmp_path: Path) -> None:
     same[1].ImagePositionPatient = same[0].ImagePositionPatient
     duplicate = dataclasses.replace(volume, datasets=tuple(same))
     assert build(duplicate, label_map, descriptions, arguments) is None  # type: ignore[arg-type]
+
+
+def test_frames_packed_inside_the_analysis_boxes_are_highdicoms(tmp_path: Path) -> None:
+    """The Analysis' bounding boxes bound the packing (few segments: otherwise the whole
+    map is compared): the file is still highdicom's, and build_results hands them on."""
+    volume = _volume(tmp_path, slices=12, size=32)
+    label_map = np.zeros(volume.shape, dtype=np.uint8)
+    label_map[2:5, 3:9, 17:30] = 1  # boxes narrower than the map, off byte boundaries
+    label_map[7:11, 20:31, 1:6] = 2
+    label_map[8, 22, 3] = 0
+    boxes = segment_boxes(label_map, 3)  # segment 3 empty
+    template = load_template(write_template(tmp_path, 3))
+    series = SeriesIdentity.of(
+        template, series_instance_uid="2.25.1", series_number=9001, series_description="AI SEG"
+    )
+    fast, reference = (
+        build_seg(
+            volume,
+            Prediction(label_map=label_map),
+            template,
+            series=series,
+            sop_instance_uid="2.25.2",
+            revision=1,
+            boxes=boxes if fast else None,
+            fast=fast,
+        )
+        for fast in (True, False)
+    )
+    packed = fast._dict[0x7FE00010]._value  # not made (reading the element makes it)
+    assert isinstance(packed, frames.PackedFrames) and packed.boxes() == boxes
+    streamed = encode_file(fast)
+    _align(reference, fast)
+    assert streamed == _dcmwrite(reference)
+
+    results = build_results(volume, Prediction(label_map=label_map), template, tags=["seg"])
+    assert results.seg._dict[0x7FE00010]._value.boxes() == boxes
+
+
+@pytest.mark.parametrize(
+    ("slices", "view"),
+    [
+        ([3, 4, 5, 6], True),
+        ([6, 5, 4], True),
+        ([2, 1, 0], True),  # down to the first slice
+        ([5], False),
+        ([1, 3, 4], False),
+        ([4, 3, 5], False),
+    ],
+)
+def test_planes_are_views_where_consecutive(slices: list[int], view: bool) -> None:
+    volume = np.arange(8 * 2 * 2).reshape(8, 2, 2)
+    planes = frames._planes(volume, np.array(slices))
+    np.testing.assert_array_equal(planes, volume[slices])
+    assert np.shares_memory(planes, volume) == view

@@ -39,6 +39,7 @@ class SegBuilder(KindBuilder):
                 tracking_uids=context.tracking_uids,
                 segmentation_type=self.segmentation_type,
                 segment_numbers=analysis.segment_numbers,
+                boxes=analysis.boxes,
             )
         ]
 

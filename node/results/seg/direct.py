@@ -262,13 +262,15 @@ def build_direct_seg(
     segment_numbers: np.ndarray,
     descriptions: Sequence[hd.seg.SegmentDescription],
     arguments: Mapping[str, Any],
+    boxes: Sequence[Any] | None = None,
 ) -> frames.StreamedSegmentation | None:
     """highdicom's BINARY SEG of ``segment_numbers`` (values 1..len(descriptions)), every
     frame kept, or None outside the case reproduced (module docstring).
 
     ``arguments`` are the constructor's keywords besides ``source_images``,
-    ``pixel_array`` and ``segment_descriptions``. ``segment_numbers`` is kept (not copied)
-    until the object is written.
+    ``pixel_array`` and ``segment_descriptions``; ``boxes`` as for
+    :class:`~node.results.seg.frames.PackedFrames`. ``segment_numbers`` is kept (not
+    copied) until the object is written.
     """
     sources = list(volume.datasets)
     if (
@@ -348,7 +350,7 @@ def build_direct_seg(
     )
     seg.PixelData = b""  # "OB or OW" until written, as highdicom leaves it
     seg[frames._PIXEL_DATA]._value = frames.PackedFrames(
-        segment_numbers, [int(i) for i in sort_index], segments
+        segment_numbers, sort_index.tolist(), segments, boxes
     )
     return seg
 

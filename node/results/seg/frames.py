@@ -469,17 +469,25 @@ class PackedFrames(Streamed):
 
     ``frame_slices[p]`` is the volume slice of plane ``p``. Only the slices and the
     rectangle inside each segment's bounding box are compared and packed; other frames
-    are zeros. Padded to an even length with ``"0"``, as highdicom does.
+    are zeros. ``boxes`` are those boxes where known (``(z, y, x)`` slices holding each
+    segment, None: empty; the Analysis finds them), else they are found here. Padded to
+    an even length with ``"0"``, as highdicom does.
     """
 
-    def __init__(self, segment_numbers: np.ndarray, frame_slices: list[int], segments: int):
+    def __init__(
+        self,
+        segment_numbers: np.ndarray,
+        frame_slices: list[int],
+        segments: int,
+        boxes: Sequence[Any] | None = None,
+    ):
         self.segment_numbers = segment_numbers
         self.frame_slices = np.asarray(frame_slices, dtype=np.intp)
         self.segments = segments
         planes, rows, columns = segment_numbers.shape
         self.frame_bytes = rows * columns // 8
         self.size = segments * planes * self.frame_bytes
-        self._boxes: list[Any] | None = None
+        self._boxes: list[Any] | None = None if boxes is None else list(boxes)
 
     def __len__(self) -> int:
         return self.size + self.size % 2
@@ -514,19 +522,30 @@ class PackedFrames(Streamed):
         inside = np.flatnonzero((slices >= z.start) & (slices < z.stop))
         if not len(inside):
             return
+        planes = _planes(self.segment_numbers, slices[inside])
         _, rows, columns = self.segment_numbers.shape
         if columns % 8 == 0:  # each row a whole number of bytes: pack the box's bytes only
             first, last = x.start // 8, -(-x.stop // 8)
-            region = self.segment_numbers[slices[inside], y, first * 8 : last * 8] == segment
+            region = planes[:, y, first * 8 : last * 8] == segment
             packed = np.packbits(region, axis=-1, bitorder="little")
             frames.reshape(len(frames), rows, columns // 8)[inside, y, first:last] = packed
             return
         masks = np.zeros((len(inside), rows, columns), dtype=bool)
-        masks[:, y, x] = self.segment_numbers[slices[inside], y, x] == segment
+        masks[:, y, x] = planes[:, y, x] == segment
         frames[inside] = np.packbits(masks.reshape(len(inside), -1), axis=1, bitorder="little")
 
     def materialize(self) -> bytes:
         return b"".join(self.chunks())
+
+
+def _planes(volume: np.ndarray, slices: np.ndarray) -> np.ndarray:
+    """``volume[slices]``: a view where the slices are consecutive (either way), else a copy."""
+    if len(slices) > 1:
+        step = int(slices[1] - slices[0])
+        if step in (1, -1) and bool(np.all(np.diff(slices) == step)):
+            first, last = int(slices[0]), int(slices[-1])
+            return volume[first : (last + step if last + step >= 0 else None) : step]
+    return volume[slices]
 
 
 def build_binary_seg(
@@ -534,11 +553,13 @@ def build_binary_seg(
     segment_numbers: np.ndarray,
     descriptions: Sequence[hd.seg.SegmentDescription],
     build: Build,
+    boxes: Sequence[Any] | None = None,
 ) -> StreamedSegmentation | None:
     """The BINARY SEG of ``segment_numbers`` (values 1..len(descriptions)), every frame kept.
 
     ``build`` is highdicom's construction with every argument but the descriptions and
-    the pixel array bound (``omit_empty_frames=False``). Returns None where the fast path
+    the pixel array bound (``omit_empty_frames=False``); ``boxes`` as for
+    :class:`PackedFrames`. Returns None where the fast path
     does not apply (see :func:`packable`; sources not one per plane; per-frame items not
     as expected): the caller then builds through highdicom. ``segment_numbers`` is kept
     (not copied) until the object is written.
@@ -563,7 +584,7 @@ def build_binary_seg(
             del seg.DimensionOrganizationType  # highdicom infers "3D" for one segment only
         seg[_PER_FRAME]._value = items
         object.__delattr__(seg, "_db_con")  # the probe's frame tables: rebuilt on use
-    seg[_PIXEL_DATA]._value = PackedFrames(segment_numbers, frame_slices, segments)
+    seg[_PIXEL_DATA]._value = PackedFrames(segment_numbers, frame_slices, segments, boxes)
     seg.__class__ = StreamedSegmentation
     return seg  # type: ignore[return-value]
 

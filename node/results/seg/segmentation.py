@@ -26,7 +26,7 @@ from node.contract.plugin import Prediction
 from node.contract.template import ResultTemplate, SegmentSpec
 from node.contract.volume import Volume
 from node.errors import TemplateError
-from node.results.analysis import segment_numbers_map
+from node.results.analysis import Box, segment_numbers_map
 from node.results.identity import SeriesIdentity
 from node.results.provenance import (
     equipment_arguments,
@@ -77,6 +77,7 @@ def build_seg(
     tracking_uids: Mapping[int, str] | None = None,
     segmentation_type: str = "BINARY",
     segment_numbers: np.ndarray | None = None,
+    boxes: Sequence[Box | None] | None = None,
     fast: bool = True,
 ) -> hd.seg.Segmentation:
     """Build the SEG of a prediction.
@@ -103,6 +104,10 @@ def build_seg(
         ``BINARY``, ``LABELMAP`` or ``FRACTIONAL`` (needs ``prediction.probabilities``).
     segment_numbers
         The label map already re-coded to segment numbers (computed when omitted).
+    boxes
+        Each segment's bounding box in ``segment_numbers`` (None: empty), as the
+        Analysis found them: a BINARY SEG's frames are packed inside them only (found
+        again when omitted).
     fast
         Build a BINARY SEG directly (:func:`node.results.seg.direct.build_direct_seg`),
         or where that does not apply with :func:`node.results.seg.frames.build_binary_seg`
@@ -159,10 +164,10 @@ def build_seg(
 
     seg: hd.seg.Segmentation | None = None
     if kind is hd.seg.SegmentationTypeValues.BINARY and fast:
-        seg = build_direct_seg(volume, pixel_array, descriptions, arguments)
+        seg = build_direct_seg(volume, pixel_array, descriptions, arguments, boxes)
         if seg is None:
             log.debug("seg built through highdicom's constructor (outside the direct case)")
-            seg = build_binary_seg(volume, pixel_array, descriptions, build)
+            seg = build_binary_seg(volume, pixel_array, descriptions, build, boxes)
     if seg is None:
         seg = build(descriptions, pixel_array)
     seg.DeviceUID = series.device_uid  # General Equipment: the algorithm made this
