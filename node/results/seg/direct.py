@@ -130,7 +130,10 @@ class _Splice:
         return b"".join(out)
 
 
-def _uid_value(uid: str) -> bytes | None:
+def _uid_value(uid: str | None) -> bytes | None:
+    """A UID's encoded value (null-padded), or None where it cannot be spliced."""
+    if uid is None:
+        return None
     value = str(uid)
     if not value.isascii() or len(value) > 64:
         return None
@@ -164,9 +167,19 @@ class _Positions:
         return encoded + (b" " if len(encoded) % 2 else b"")
 
 
+def _value(source: Dataset, tag: int) -> Any:
+    """``source[tag].value`` (None when absent), without the look-up's layers for an
+    element already converted."""
+    element = source._dict.get(tag)  # type: ignore[call-overload]
+    if element is None:
+        return None
+    if type(element) is DataElement:
+        return element.value
+    return source[tag].value
+
+
 def _series_values(source: Dataset) -> list[Any]:
-    elements = [source.get(tag) for tag in _ONE_PER_SERIES]
-    return [None if element is None else element.value for element in elements]
+    return [_value(source, tag) for tag in _ONE_PER_SERIES]
 
 
 def _single_series(sources: Sequence[Dataset], rows: int, columns: int) -> bool:
@@ -186,8 +199,8 @@ def _single_series(sources: Sequence[Dataset], rows: int, columns: int) -> bool:
     criteria = _series_values(first)
     return all(
         _series_values(source) == criteria
-        and _IMAGE_POSITION_PATIENT in source
-        and _NUMBER_OF_FRAMES not in source
+        and _IMAGE_POSITION_PATIENT in source._dict
+        and _NUMBER_OF_FRAMES not in source._dict
         for source in sources
     )
 
@@ -300,7 +313,7 @@ def build_direct_seg(
     _, sort_index = np.unique(distances, return_index=True)
     if len(sort_index) != len(sources):
         return None  # duplicate positions: the constructor raises
-    values = [_uid_value(source[_SOP_INSTANCE_UID].value) for source in sources]
+    values = [_uid_value(_value(source, _SOP_INSTANCE_UID)) for source in sources]
     uids = [uid for uid in values if uid is not None]
     if len(uids) != len(sources):
         return None
@@ -388,7 +401,7 @@ def _plane_items(
     values = _Positions()
     planes = []
     for index in sort_index.tolist():
-        ipp = values.value(sources[index][_IMAGE_POSITION_PATIENT].value)
+        ipp = values.value(_value(sources[index], _IMAGE_POSITION_PATIENT))
         if ipp is None:
             return None
         planes.append((derivation.with_value(uids[index]), position.with_value(ipp), b""))
