@@ -23,6 +23,10 @@ written, never held whole):
 Reading either value (``seg.PixelData``, ``seg[tag]``, ``dcmwrite``) makes it in place;
 highdicom's frame queries rebuild their tables from the made items. The written bytes
 equal ``dcmwrite`` of highdicom's own construction: tests/test_seg_frames.py.
+
+For single-frame series (the common case) :mod:`node.results.seg.direct` builds the
+same object without highdicom's constructor, with these same values; the one-segment
+build here is its fallback.
 """
 
 from __future__ import annotations
