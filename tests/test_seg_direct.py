@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -251,3 +253,14 @@ def test_planes_are_views_where_consecutive(slices: list[int], view: bool) -> No
     planes = frames._planes(volume, np.array(slices))
     np.testing.assert_array_equal(planes, volume[slices])
     assert np.shares_memory(planes, volume) == view
+
+
+def test_direct_seg_pickles_and_copies_as_highdicoms(tmp_path: Path) -> None:
+    """A pickled (another process) or deep-copied direct SEG is the same object."""
+    volume = _volume(tmp_path, slices=5, size=16)
+    label_map = blob_label_map(volume.shape, 3)
+    fast, reference = _build_both(tmp_path, volume, 3, label_map)
+    _align(reference, fast)
+    expected = _dcmwrite(reference)
+    assert _dcmwrite(pickle.loads(pickle.dumps(fast))) == expected
+    assert encode_file(copy.deepcopy(fast)) == expected
