@@ -14,8 +14,13 @@ assembled as highdicom assembles it, in the same steps, but:
   plane's item is highdicom's own (``_get_pffg_item``), encoded once; every other plane is
   that encoding with its source's SOP Instance UID and its Image Position (Patient) spliced
   in (the enclosing lengths adjusted);
-* Pixel Data is :class:`node.results.seg.frames.PackedFrames`; highdicom's frame tables
-  (``_build_luts``) are built on first use.
+* Source Image Sequence and Referenced Series Sequence (:class:`References`) are the
+  items highdicom makes for the first source, encoded once, each source's UID spliced in;
+* Pixel Data is :class:`node.results.seg.frames.PackedFrames` (inside the Analysis'
+  bounding boxes where given); highdicom's frame tables (``_build_luts``) are built on
+  first use.
+
+These four values stay bytes until written (or read: then made as pydicom items).
 
 The written bytes equal ``dcmwrite`` of highdicom's construction: tests/test_seg_direct.py.
 
@@ -25,8 +30,9 @@ Segmentation Type other than BINARY; constructor arguments other than those
 :func:`node.results.seg.segmentation.build_seg` passes (plane positions, pixel
 measures, orientation, tiling, palettes, omitted empty frames, …); multi-frame or tiled
 sources; sources without a patient frame of reference (no Frame of Reference UID, slide
-coordinates); sources of several series, frame sizes or frames of reference, or whose
-orientations differ; a label map of another frame size than the sources, or
+coordinates) or without Image Position (Patient), Pixel Spacing or Slice Thickness;
+sources of several studies, series, SOP classes, frame sizes or frames of reference, or
+whose orientations differ; a label map of another frame size than the sources, or
 ``rows x columns`` not a multiple of 8 (:func:`~node.results.seg.frames.packable`);
 duplicate plane positions; source UIDs or positions whose bytes cannot be spliced (not
 ASCII, an element left to pydicom).
