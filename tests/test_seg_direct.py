@@ -199,6 +199,20 @@ def test_direct_seg_declines_what_it_does_not_reproduce(tmp_path: Path) -> None:
     same[1].ImagePositionPatient = same[0].ImagePositionPatient
     duplicate = dataclasses.replace(volume, datasets=tuple(same))
     assert build(duplicate, label_map, descriptions, arguments) is None  # type: ignore[arg-type]
+    for change in ("multi-frame", "no spacing", "other series", "no frame of reference"):
+        edited = [pydicom.Dataset(d) for d in volume.datasets]
+        if change == "multi-frame":
+            edited[3].NumberOfFrames = 1
+        elif change == "no spacing":
+            del edited[0].PixelSpacing
+        elif change == "other series":
+            edited[1].SeriesInstanceUID = "2.25.9"
+        else:
+            for dataset in edited:
+                del dataset.FrameOfReferenceUID
+        other = dataclasses.replace(volume, datasets=tuple(edited))
+        assert build(other, label_map, descriptions, arguments) is None, change  # type: ignore[arg-type]
+    assert build(volume, label_map[:3], descriptions, arguments) is None  # type: ignore[arg-type]
 
 
 def test_frames_packed_inside_the_analysis_boxes_are_highdicoms(tmp_path: Path) -> None:
