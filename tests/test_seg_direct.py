@@ -80,6 +80,15 @@ def _optional(index: int, dataset: Dataset) -> None:
     dataset.PatientSex = "M"
     dataset.AccessionNumber = "ACC123"
     dataset.SpacingBetweenSlices = "1.0"
+    dataset.LossyImageCompression = "01"
+    dataset.LossyImageCompressionRatio = "9.5"
+    dataset.LossyImageCompressionMethod = "ISO_10918_1"
+
+
+def _gap(index: int, dataset: Dataset) -> None:
+    """Irregular spacing: a slice missing after the fourth (no spacing, no "3D")."""
+    x, y, _ = dataset.ImagePositionPatient
+    dataset.ImagePositionPatient = [x, y, float(index + (index >= 4))]
 
 
 def _bare(index: int, dataset: Dataset) -> None:
@@ -96,7 +105,8 @@ def _bare(index: int, dataset: Dataset) -> None:
             delattr(dataset, keyword)
 
 
-def _assert_highdicoms(directory: Path, volume: Volume, labels: int, dicom: bool = True) -> None:
+def _assert_highdicoms(directory: Path, volume: Volume, labels: int, dicom: bool = True) -> Dataset:
+    """The direct SEG of ``labels`` blobs on ``volume`` after checking it is highdicom's."""
     label_map = blob_label_map(volume.shape, labels)
     fast, reference = _build_both(directory, volume, labels, label_map)
     assert _streamed(fast) == DIRECT_STREAMED
@@ -115,11 +125,13 @@ def _assert_highdicoms(directory: Path, volume: Volume, labels: int, dicom: bool
         fast.get_pixels_by_source_instance(uids, segment_numbers=numbers),
         reference.get_pixels_by_source_instance(uids, segment_numbers=numbers),
     )
+    return fast
 
 
 @pytest.mark.parametrize("labels", [1, 3])
 @pytest.mark.parametrize(
-    "case", ["axial", "long small grid", "flipped", "turned", "oblique", "unsorted", "optional"]
+    "case",
+    ["axial", "long small grid", "flipped", "turned", "oblique", "unsorted", "optional", "gap"],
 )
 def test_direct_seg_is_highdicoms_construction(
     tmp_path: Path, direct_builds: list[bool], case: str, labels: int
@@ -138,6 +150,12 @@ def test_direct_seg_is_highdicoms_construction(
         volume = buildable_volume(assemble_volume(_series(tmp_path, 7, 16, _flipped)))
     elif case == "optional":
         volume = buildable_volume(assemble_volume(_series(tmp_path, 6, 16, _optional)))
+    elif case == "gap":  # the node refuses such a series; highdicom's SEG takes it
+        volume = _volume(tmp_path, slices=8, size=16)
+        headers = [pydicom.Dataset(d) for d in volume.datasets]
+        for index, header in enumerate(headers):
+            _gap(index, header)
+        volume = dataclasses.replace(volume, datasets=tuple(headers))
     elif case == "unsorted":  # sources not in the order of their positions
         volume = _volume(tmp_path, slices=9, size=16)
         order = [4, 0, 8, 2, 6, 1, 7, 3, 5]
@@ -148,8 +166,12 @@ def test_direct_seg_is_highdicoms_construction(
         )
     else:
         volume = _volume(tmp_path, slices=12, size=24)
-    _assert_highdicoms(tmp_path, volume, labels, dicom=case in ("axial", "flipped"))
+    seg = _assert_highdicoms(tmp_path, volume, labels, dicom=case in ("axial", "flipped"))
     assert direct_builds == [True]
+    measures = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    # Both depend on a regular spacing; "3D" on one segment too (highdicom's rules).
+    assert ("SpacingBetweenSlices" in measures) == (case != "gap")
+    assert ("DimensionOrganizationType" in seg) == (case != "gap" and labels == 1)
 
 
 def test_direct_seg_without_optional_source_attributes(
