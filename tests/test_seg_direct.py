@@ -189,14 +189,15 @@ def test_direct_seg_one_slice(tmp_path: Path, direct_builds: list[bool]) -> None
     assert direct_builds == [True]
 
 
+@pytest.mark.parametrize("labels", [1, 3])
 def test_outside_the_direct_case_the_seg_is_still_highdicoms(
-    tmp_path: Path, direct_builds: list[bool], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, direct_builds: list[bool], monkeypatch: pytest.MonkeyPatch, labels: int
 ) -> None:
     """Another highdicom version falls back to the constructor: the same object."""
     monkeypatch.setattr(hd, "__version__", "0.29.0")
     volume = _volume(tmp_path, slices=6, size=16)
-    label_map = blob_label_map(volume.shape, 3)
-    fast, reference = _build_both(tmp_path, volume, 3, label_map)
+    label_map = blob_label_map(volume.shape, labels)
+    fast, reference = _build_both(tmp_path, volume, labels, label_map)
     assert direct_builds == [False]
     streamed = encode_file(fast)
     _align(reference, fast)
