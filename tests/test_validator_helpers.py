@@ -16,12 +16,12 @@ def _latin1_file(path: Path) -> Path:
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.SOPClassUID = SecondaryCaptureImageStorage
     ds.SOPInstanceUID = generate_uid()
-    ds.StudyDescription = "Thorax \u00e9t\u00e9 " + "\u00fc" * 80  # too long for LO: quoted
+    with pytest.warns(UserWarning, match="exceeds the maximum length"):
+        ds.StudyDescription = "Thorax \u00e9t\u00e9 " + "\u00fc" * 80  # too long for LO: quoted
     ds.Modality = "OT"
     ds.file_meta = Dataset()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    with pytest.warns(UserWarning, match="exceeds the maximum length"):
-        ds.save_as(path, enforce_file_format=True)
+    ds.save_as(path, enforce_file_format=True)
     return path
 
 
