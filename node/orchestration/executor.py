@@ -109,7 +109,7 @@ class QuietReads:
                 return False
             future = self._pool.submit(self._read, series_uid, paths)
             self._held = (series_uid, paths, self._monotonic(), future)
-        log.debug("quiet read-ahead started series_uid=%s instances=%d", series_uid, len(paths))
+        log.info("quiet read-ahead started series_uid=%s instances=%d", series_uid, len(paths))
         return True
 
     def _read(self, series_uid: str, paths: tuple[Path, ...]) -> tuple[Volume, FileKey] | None:
