@@ -124,6 +124,9 @@ def test_one_series_at_a_time_and_dropped_when_no_job_takes_it(paths, caplog):
         assert not reads.holds(paths)
         assert any("no job took it" in r.getMessage() for r in caplog.records)
         assert reads.offer("1.3", paths[:3])  # room again
+        assert not reads.offer("1.3", paths[:3])  # read already
+        assert reads.offer("1.3", paths[:4])  # an instance more: the stale read is replaced
+        assert reads.holds(paths[:4]) and not reads.holds(paths[:3])
     finally:
         reads.shutdown()
 

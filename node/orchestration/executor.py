@@ -71,8 +71,8 @@ def file_key(paths: tuple[Path, ...]) -> FileKey:
 class QuietReads:
     """Reads one series during its completion quiet period, before it becomes a job.
 
-    :meth:`offer` starts reading a series (on one background thread) unless a read is
-    held already; the read is skipped when the volume would exceed ``budget_bytes``
+    :meth:`offer` starts reading a series (on one background thread) unless a read of
+    another series is held; the read is skipped when the volume would exceed ``budget_bytes``
     (estimated as twice the files' size, float32 pixels; checked again on the volume).
     :meth:`take` hands the volume to the job whose instance files are exactly the ones
     read and unchanged (same paths, sizes, change times, inodes), else None; a read no
@@ -102,11 +102,16 @@ class QuietReads:
             return self._held is not None and self._held[1] == paths
 
     def offer(self, series_uid: str, paths: tuple[Path, ...]) -> bool:
-        """Start reading ``paths`` unless a read is held (one at a time); True if started."""
+        """Start reading ``paths`` unless a read of another series, or of these paths, is
+        held (one at a time); a held read of fewer instances of this series is replaced.
+        True if started."""
         self.expire()
         with self._lock:
-            if self._held is not None or not paths:
+            held = self._held
+            if not paths or (held is not None and (held[0] != series_uid or held[1] == paths)):
                 return False
+            if held is not None:  # more instances arrived since: the old read is stale
+                held[3].cancel()
             future = self._pool.submit(self._read, series_uid, paths)
             self._held = (series_uid, paths, self._monotonic(), future)
         log.info("quiet read-ahead started series_uid=%s instances=%d", series_uid, len(paths))
