@@ -42,7 +42,7 @@ from node.state.dicom_audit import DicomAudit
 from node.state.jobs import JobQueue
 from node.state.performed import PerformedStore
 from node.state.pulls import PullStore
-from node.state.series import SeriesStore
+from node.state.series import SeriesRow, SeriesStore
 from node.state.workitems import WorkitemStore
 from node.worklist.events import EventBus
 from node.worklist.performer import WorklistPerformer
@@ -51,6 +51,7 @@ from node.worklist.service import WorklistService
 if TYPE_CHECKING:
     import torch
 
+    from node.orchestration.executor import QuietReads
     from node.orchestration.ray_executor import RayExecutor
     from node.orchestration.worker import InferenceWorker
 
@@ -119,6 +120,8 @@ class Node:
         self.workers: list[InferenceWorker] = []
         #: The Ray executor (``executor.kind: ray``), made with the workers.
         self.remote_executor: RayExecutor | None = None
+        #: Series read during their quiet period (local executor, ``workers.read_ahead_mb``).
+        self.quiet_reads: QuietReads | None = None
         # Rules and destinations live in the database (seeded from the YAML on first start).
         self.admin = AdminService(
             self.db,
@@ -165,6 +168,7 @@ class Node:
             max_receiving_seconds=settings.completion.max_receiving_seconds or math.inf,
             max_generations=settings.completion.max_generations_per_hour,
             generation_window=settings.completion.generation_window_seconds,
+            on_quieting=self._read_quiet if settings.workers.read_ahead_mb > 0 else None,
         )
         self.completion_loop = CompletionLoop(
             self.completion, poll_seconds=settings.completion.poll_seconds, clock=clock
@@ -266,6 +270,16 @@ class Node:
             self.admin.device = self.devices[0]
             self.admin.worker_devices = [f"ray:{settings.executor.address}"]
             return
+        from node.orchestration.completion import READ_AHEAD_FRACTION
+        from node.orchestration.executor import QuietReads
+
+        quiet = settings.completion.series_quiet_seconds
+        if settings.workers.read_ahead_mb > 0:
+            # Dropped unless a job takes it within the rest of the quiet period and 30 s.
+            self.quiet_reads = QuietReads(
+                settings.workers.read_ahead_mb << 20,
+                keep_seconds=quiet * (1 - READ_AHEAD_FRACTION) + 30.0,
+            )
         self.workers = [
             InferenceWorker(
                 self.queue,
@@ -282,12 +296,27 @@ class Node:
                 destinations=self.admin.destinations.mapping,
                 rules=lambda: self.admin.rules.active(),
                 node_name=self.name,
+                quiet_reads=self.quiet_reads,
             )
             for device in devices
         ]
         self.devices = devices
         self.admin.device = devices[0]
         self.admin.worker_devices = [str(device) for device in devices]
+
+    def _read_quiet(self, rows: list[SeriesRow]) -> None:
+        """Read ahead the first quiet series (nearest deadline) some rule routes to a job."""
+        reads = self.quiet_reads
+        if reads is None:  # the Ray executor, or the workers not made yet
+            return
+        reads.expire()
+        for row in rows:
+            paths = tuple(self.series.instance_paths(row.series_uid))
+            if reads.holds(paths):
+                return
+            if self.dispatcher.routes(row):
+                reads.offer(row.series_uid, paths)
+                return
 
     def _ray_worker(self) -> InferenceWorker:
         """One worker keeping jobs on the Ray cluster's actors (``executor.kind: ray``)."""
@@ -510,6 +539,8 @@ class Node:
             worker.stop()
         if self.remote_executor is not None:
             self.remote_executor.shutdown()
+        if self.quiet_reads is not None:
+            self.quiet_reads.shutdown()
         self.recovery_probe.stop()
         self.exporter.stop()
         self.registry.unload_all()

@@ -67,6 +67,13 @@ class Dispatcher:
             return HeaderSubject(dataset, calling_ae=row.calling_ae, called_ae=row.called_ae)
         return None
 
+    def routes(self, row: SeriesRow) -> bool:
+        """Whether some rule would queue a job for ``row`` now (no pull-requested rule)."""
+        if self._requested_rule(row) is not None:
+            return False
+        subject = self.header(row)
+        return subject is not None and bool(matching_rules(list(self._rules()), subject))
+
     def dispatch(self, row: SeriesRow) -> list[int]:
         subject = self.header(row)
         if subject is None:

@@ -14,6 +14,7 @@ there is), and a reader thread that reads the next queued series while a job run
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -57,23 +58,149 @@ class QueueingExecutor(Executor, Protocol):
         ...
 
 
+#: A file's identity for a read-ahead: its path, size, change time and inode.
+FileKey = tuple[tuple[Path, int, int, int], ...]
+
+
+def file_key(paths: tuple[Path, ...]) -> FileKey:
+    """What must be unchanged for a volume read earlier to be the series' volume now."""
+    stats = [(path, path.stat()) for path in paths]
+    return tuple((path, st.st_size, st.st_mtime_ns, st.st_ino) for path, st in stats)
+
+
+class QuietReads:
+    """Reads one series during its completion quiet period, before it becomes a job.
+
+    :meth:`offer` starts reading a series (on one background thread) unless a read of
+    another series is held; the read is skipped when the volume would exceed ``budget_bytes``
+    (estimated as twice the files' size, float32 pixels; checked again on the volume).
+    :meth:`take` hands the volume to the job whose instance files are exactly the ones
+    read and unchanged (same paths, sizes, change times, inodes), else None; a read no
+    job took ``keep_seconds`` after it started is dropped (:meth:`expire`).
+    """
+
+    def __init__(
+        self,
+        budget_bytes: int,
+        *,
+        keep_seconds: float,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._budget = budget_bytes
+        self._keep = keep_seconds
+        self._monotonic = monotonic
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-quiet")
+        self._lock = threading.Lock()
+        #: series UID, paths, started, and the read (its volume and file key, or None).
+        self._held: (
+            tuple[str, tuple[Path, ...], float, Future[tuple[Volume, FileKey] | None]] | None
+        ) = None
+
+    def holds(self, paths: tuple[Path, ...]) -> bool:
+        """True while a read of exactly ``paths`` is held."""
+        with self._lock:
+            return self._held is not None and self._held[1] == paths
+
+    def offer(self, series_uid: str, paths: tuple[Path, ...]) -> bool:
+        """Start reading ``paths`` unless a read of another series, or of these paths, is
+        held (one at a time); a held read of fewer instances of this series is replaced.
+        True if started."""
+        self.expire()
+        with self._lock:
+            held = self._held
+            if not paths or (held is not None and (held[0] != series_uid or held[1] == paths)):
+                return False
+            if held is not None:  # more instances arrived since: the old read is stale
+                held[3].cancel()
+            future = self._pool.submit(self._read, series_uid, paths)
+            self._held = (series_uid, paths, self._monotonic(), future)
+        log.info("quiet read-ahead started series_uid=%s instances=%d", series_uid, len(paths))
+        return True
+
+    def _read(self, series_uid: str, paths: tuple[Path, ...]) -> tuple[Volume, FileKey] | None:
+        key = file_key(paths)
+        estimate = 2 * sum(size for _, size, _, _ in key)
+        if estimate > self._budget:
+            log.info(
+                "series not read ahead: over the read-ahead budget series_uid=%s"
+                " estimate_mb=%d budget_mb=%d",
+                series_uid,
+                estimate >> 20,
+                self._budget >> 20,
+            )
+            return None
+        volume = load_volume(paths)
+        if volume.array.nbytes > self._budget:
+            log.info("read-ahead dropped: volume over the budget series_uid=%s", series_uid)
+            return None
+        return volume, key
+
+    def take(self, paths: tuple[Path, ...]) -> Volume | None:
+        """The volume read ahead of exactly ``paths``, unchanged since (else None); waits
+        for a read still in progress."""
+        with self._lock:
+            held = self._held
+            if held is None or held[1] != paths:
+                return None
+            self._held = None
+        try:
+            read = held[3].result()
+        except Exception:  # the job's own read names the fault
+            log.info("read-ahead failed: reading again series_uid=%s", held[0], exc_info=True)
+            return None
+        if read is None:
+            return None
+        volume, key = read
+        try:
+            same = file_key(paths) == key
+        except OSError:
+            same = False
+        if not same:
+            log.info("read-ahead stale (a file changed): reading again series_uid=%s", held[0])
+            return None
+        return volume
+
+    def expire(self) -> None:
+        """Drop a read no job took within ``keep_seconds`` (its memory is returned)."""
+        with self._lock:
+            held = self._held
+            if held is None or self._monotonic() - held[2] < self._keep:
+                return
+            self._held = None
+        held[3].cancel()
+        log.info("read-ahead dropped: no job took it series_uid=%s", held[0])
+
+    def shutdown(self) -> None:
+        with self._lock:
+            self._held = None
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
 class ReadAhead:
     """Reads series on one background thread; a read is used only by the job it was for
-    and only while that job's instances are unchanged."""
+    and only while that job's instances are unchanged. A series read during its quiet
+    period (``quiet``) is used by the first job whose instance files are exactly those."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, quiet: QuietReads | None = None) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"read-{name}")
         self._pending: tuple[int, tuple[Path, ...], Future[Volume]] | None = None
+        self._quiet = quiet
 
     def read(self, job_id: int, paths: tuple[Path, ...]) -> tuple[Volume, bool]:
         pending, self._pending = self._pending, None
         if pending is not None and pending[:2] == (job_id, paths):
             return pending[2].result(), True
+        if self._quiet is not None:
+            volume = self._quiet.take(paths)
+            if volume is not None:
+                return volume, True
         return load_volume(paths), False
 
     def read_ahead(self, job_id: int, paths: tuple[Path, ...]) -> None:
         if self._pending is not None and self._pending[:2] == (job_id, paths):
             return
+        if self._quiet is not None and self._quiet.holds(paths):
+            return  # read during its quiet period already
         self._pending = (job_id, paths, self._pool.submit(load_volume, paths))
         log.debug("prefetch started job_id=%d instances=%d", job_id, len(paths))
 
@@ -84,9 +211,9 @@ class ReadAhead:
 class _Device:
     """One device's job thread and reader."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, quiet: QuietReads | None = None) -> None:
         self.device = device
-        self.reader = ReadAhead(str(device))
+        self.reader = ReadAhead(str(device), quiet)
         self.pool = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"execute-{device}", initializer=self._select
         )
@@ -105,12 +232,13 @@ class LocalExecutor:
         devices: Sequence[torch.device],
         *,
         monotonic: Callable[[], float] = time.monotonic,
+        quiet_reads: QuietReads | None = None,
     ) -> None:
         if not devices:
             raise ValueError("a LocalExecutor needs at least one device")
         self._registry = registry
         self._monotonic = monotonic
-        self._devices = {str(device): _Device(device) for device in devices}
+        self._devices = {str(device): _Device(device, quiet_reads) for device in devices}
         self._fallback = next(iter(self._devices.values()))
 
     def submit(self, job: JobInput) -> Future[JobOutput]:

@@ -30,7 +30,13 @@ import torch
 
 from node.config import AnyDestination, RuleSettings
 from node.orchestration.execute import lease_lost
-from node.orchestration.executor import Executor, JobLost, LocalExecutor, QueueingExecutor
+from node.orchestration.executor import (
+    Executor,
+    JobLost,
+    LocalExecutor,
+    QueueingExecutor,
+    QuietReads,
+)
 from node.orchestration.job import DONE, JobOutput
 from node.orchestration.prepare import Sources, prepare
 from node.orchestration.record import log_end, record_end, record_events
@@ -69,6 +75,7 @@ class InferenceWorker(PollingThread):
         rules: Callable[[], Sequence[RuleSettings]] = list,
         executor: Executor | None = None,
         node_name: str = "",
+        quiet_reads: QuietReads | None = None,
     ) -> None:
         super().__init__(f"worker-{device}")
         self._queue = queue
@@ -89,7 +96,7 @@ class InferenceWorker(PollingThread):
         )
         self._owns_executor = executor is None
         self._executor: Executor = executor or LocalExecutor(
-            registry, [device], monotonic=monotonic
+            registry, [device], monotonic=monotonic, quiet_reads=quiet_reads
         )
         #: Why the worker cannot record a job's state (for ``/readyz``), or None.
         self.problem: str | None = None

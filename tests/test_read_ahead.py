@@ -1,0 +1,162 @@
+"""Issue 14, the ``load`` stage: a series read during its completion quiet period is used
+by its job only when the instance files are exactly those read (no stale volume), within
+the memory budget, and dropped when no job takes it."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom.dataset import Dataset
+
+from node.contract.assemble import load_volume
+from node.orchestration.completion import READ_AHEAD_FRACTION, CompletionMonitor
+from node.orchestration.executor import QuietReads, ReadAhead
+from node.state.series import SeriesRow, SeriesStore
+from tests.test_completion_and_jobs import record
+from tools.synthetic.chest_ct import make_chest_ct, write_series
+
+BIG = 1 << 30
+
+
+@pytest.fixture(scope="module")
+def series() -> list[Dataset]:
+    datasets, _ = make_chest_ct(n_slices=10, rows=32, columns=32, seed=5)
+    return datasets
+
+
+@pytest.fixture
+def paths(series, tmp_path) -> tuple[Path, ...]:
+    return tuple(write_series(series, tmp_path / "s"))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _reads(budget: int = BIG, keep: float = 60.0, clock: Clock | None = None) -> QuietReads:
+    return QuietReads(budget, keep_seconds=keep, monotonic=clock or Clock())
+
+
+def test_the_job_takes_the_volume_read_ahead_identical_to_its_own_read(paths):
+    reads = _reads()
+    try:
+        assert reads.offer("1.2", paths)
+        reader = ReadAhead("t", reads)
+        volume, prefetched = reader.read(7, paths)
+        assert prefetched
+        reference = load_volume(paths)
+        assert np.array_equal(volume.array, reference.array)
+        assert np.array_equal(volume.affine, reference.affine)
+        assert volume.spacing == reference.spacing
+        assert volume.datasets == reference.datasets
+        assert not reads.holds(paths)  # taken once: the next read is its own
+        assert reader.read(8, paths)[1] is False
+    finally:
+        reads.shutdown()
+
+
+def test_a_late_instance_makes_the_job_read_again(paths, series, tmp_path):
+    reads = _reads()
+    try:
+        reads.offer("1.2", paths[:-1])  # read before the last instance arrived
+        volume, prefetched = ReadAhead("t", reads).read(1, paths)
+        assert not prefetched and volume.shape[0] == len(paths)
+    finally:
+        reads.shutdown()
+
+
+def test_a_replaced_file_makes_the_job_read_again(paths, series):
+    reads = _reads()
+    try:
+        reads.offer("1.2", paths)
+        assert reads.holds(paths)
+        reads._held[3].result()  # the read is done, then a file is replaced
+        replaced = series[0].copy()
+        replaced.PixelData = bytes(len(series[0].PixelData))
+        tmp = paths[0].with_suffix(".new")
+        replaced.save_as(tmp, enforce_file_format=True)
+        tmp.replace(paths[0])
+        volume, prefetched = ReadAhead("t", reads).read(1, paths)
+        assert not prefetched
+        assert np.array_equal(volume.array, load_volume(paths).array)
+    finally:
+        reads.shutdown()
+
+
+def test_a_series_over_the_budget_is_not_read_ahead(paths, caplog):
+    caplog.set_level(logging.INFO, logger="node.orchestration.executor")
+    size = sum(path.stat().st_size for path in paths)
+    reads = _reads(budget=size)  # the volume needs about twice the files' size
+    try:
+        reads.offer("1.2", paths)
+        assert ReadAhead("t", reads).read(1, paths)[1] is False
+        assert any("over the read-ahead budget" in r.getMessage() for r in caplog.records)
+    finally:
+        reads.shutdown()
+    fits = _reads(budget=4 * size)
+    try:
+        fits.offer("1.2", paths)
+        assert ReadAhead("t", fits).read(1, paths)[1] is True
+    finally:
+        fits.shutdown()
+
+
+def test_one_series_at_a_time_and_dropped_when_no_job_takes_it(paths, caplog):
+    caplog.set_level(logging.INFO, logger="node.orchestration.executor")
+    clock = Clock()
+    reads = _reads(keep=30.0, clock=clock)
+    try:
+        assert reads.offer("1.2", paths)
+        assert not reads.offer("1.3", paths[:3])  # one held: the rest are skipped
+        clock.now += 29.0
+        reads.expire()
+        assert reads.holds(paths)
+        clock.now += 2.0
+        reads.expire()
+        assert not reads.holds(paths)
+        assert any("no job took it" in r.getMessage() for r in caplog.records)
+        assert reads.offer("1.3", paths[:3])  # room again
+        assert not reads.offer("1.3", paths[:3])  # read already
+        assert reads.offer("1.3", paths[:4])  # an instance more: the stale read is replaced
+        assert reads.holds(paths[:4]) and not reads.holds(paths[:3])
+    finally:
+        reads.shutdown()
+
+
+def test_shutdown_stops_the_reader_thread(paths):
+    before = {t.name for t in threading.enumerate()}
+    reads = _reads()
+    reads.offer("1.2", paths)
+    reads.shutdown()
+    assert {t.name for t in threading.enumerate()} - before == set()
+
+
+def test_completion_offers_series_quiet_for_part_of_the_period(database, clock):
+    store = SeriesStore(database)
+    seen: list[list[SeriesRow]] = []
+    mon = CompletionMonitor(
+        store,
+        quiet_seconds=10.0,
+        clock=clock,
+        on_complete=lambda row: None,
+        on_quieting=seen.append,
+    )
+    store.record_instance(record("1.9.1"), clock())
+    assert mon.next_quiet_at() == pytest.approx(clock() + 10.0 * READ_AHEAD_FRACTION)
+    mon.poll()
+    assert seen[-1] == []
+    clock.advance(10.0 * READ_AHEAD_FRACTION)
+    assert mon.poll() == []  # not complete yet, but quiet long enough to read ahead
+    assert [row.series_uid for row in seen[-1]] == ["1.2.3.1"]
+    assert mon.next_quiet_at() == pytest.approx(clock() + 10.0 * (1 - READ_AHEAD_FRACTION))
+    clock.advance(10.0)
+    assert [row.series_uid for row in mon.poll()] == ["1.2.3.1"]
+    assert seen[-1] == []  # complete: no longer read ahead

@@ -1,0 +1,80 @@
+"""Issue 14, the ``load`` stage end to end: a real node process reads a series during its
+quiet period; its job records ``prefetched=True`` with the same SEG pixels as a node that
+does not read ahead, and an instance arriving after the read started makes the job read
+the whole series again."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from tests.support.dcmtk import storescu
+from tests.support.net import wait_until
+from tests.test_completion_bounds import rows
+from tools.node_process import NodeProcess
+from tools.synthetic.chest_ct import make_chest_ct, write_series
+
+
+def config(read_ahead_mb: int, quiet: float) -> dict[str, object]:
+    return {
+        "completion": {"poll_seconds": 0.2, "series_quiet_seconds": quiet},
+        "workers": {"read_ahead_mb": read_ahead_mb},
+        "rules": [{"name": "chest", "match": {"Modality": "CT"}, "plugin": "ct_lungs"}],
+    }
+
+
+@pytest.fixture(scope="module")
+def ct_files(tmp_path_factory) -> list[Path]:
+    datasets, _ = make_chest_ct(n_slices=40, rows=128, columns=128, pixel_spacing_mm=3.0, seed=3)
+    return write_series(datasets, tmp_path_factory.mktemp("ahead"))
+
+
+def _job(node: NodeProcess) -> tuple[str, str]:
+    """The one job's final state and its ``volume_loaded`` detail."""
+    wait_until(
+        lambda: [r["state"] for r in rows(node, "SELECT state FROM jobs")] == ["done"],
+        60,
+        message="job done",
+    )
+    (loaded,) = rows(node, "SELECT detail FROM job_events WHERE code = 'inference.volume_loaded'")
+    return "done", str(loaded["detail"])
+
+
+def _seg_pixels(node: NodeProcess) -> bytes:
+    (seg,) = [
+        ds
+        for ds in (pydicom.dcmread(p) for p in node.results_dir.rglob("*.dcm"))
+        if ds.Modality == "SEG"
+    ]
+    return bytes(seg.PixelData)
+
+
+@pytest.mark.slow
+def test_real_node_reads_the_series_in_its_quiet_period(tmp_path, ct_files):
+    with NodeProcess(config(1536, 2.0), workdir=tmp_path / "ahead") as node:
+        storescu(node.dicom_port, ct_files, called_ae=node.ae_title)
+        _, detail = _job(node)
+        assert "prefetched=True" in detail and f"slices={len(ct_files)}" in detail
+        assert "quiet read-ahead started" in node.log_text()
+        ahead = _seg_pixels(node)
+    with NodeProcess(config(0, 2.0), workdir=tmp_path / "plain") as node:
+        storescu(node.dicom_port, ct_files, called_ae=node.ae_title)
+        _, detail = _job(node)
+        assert "prefetched=False" in detail
+        assert "quiet read-ahead" not in node.log_text()
+        assert _seg_pixels(node) == ahead
+
+
+@pytest.mark.slow
+def test_real_node_reads_again_after_a_late_instance(tmp_path, ct_files):
+    with NodeProcess(config(1536, 4.0), workdir=tmp_path / "late") as node:
+        storescu(node.dicom_port, ct_files[:-1], called_ae=node.ae_title)
+        wait_until(lambda: "quiet read-ahead started" in node.log_text(), 3, message="read-ahead")
+        time.sleep(0.2)
+        storescu(node.dicom_port, ct_files[-1:], called_ae=node.ae_title)
+        _, detail = _job(node)
+        assert "prefetched=False" in detail and f"slices={len(ct_files)}" in detail
+        assert rows(node, "SELECT instance_count FROM series")[0][0] == len(ct_files)
