@@ -90,11 +90,14 @@ class Spool:
         study_uid: str,
         series_uid: str,
         sop_uid: str,
-        data: bytes | memoryview,
+        data: bytes | memoryview | tuple[bytes | memoryview, ...],
         *,
         sync_parent: bool = True,
     ) -> Path:
         """Write ``data`` durably and return its final path.
+
+        ``data`` may be a tuple of parts, written one after the other (a received data set
+        after its file header, without joining them into one copy first).
 
         With ``sync_parent=False`` the file's bytes are fsynced but its name is durable
         only once the caller has synced its directory (:func:`sync_directory`).
@@ -105,7 +108,8 @@ class Spool:
         final = self.path_for(study_uid, series_uid, sop_uid)
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
-            write_durably(final, lambda handle: handle.write(data), sync_parent=sync_parent)
+            parts = data if isinstance(data, tuple) else (data,)
+            write_durably(final, lambda handle: handle.writelines(parts), sync_parent=sync_parent)
         except OSError as exc:
             raise SpoolError(f"cannot write {final.name}: {exc.strerror or exc}") from exc
         return final

@@ -364,3 +364,28 @@ def test_called_ae_title_is_the_one_the_sender_asked_for_and_routes(series_files
         assert row == ("SCANNER", "OTHER")
         assert jobs() == ["other-title"]
         assert "called_ae=OTHER" in node.log_text()
+
+
+def test_an_instance_given_in_parts_is_written_whole_without_joining_them(
+    tmp_path, database, clock, series_files
+):
+    """The SCP hands the file header and pynetdicom's buffer of the data set as two parts
+    (no joined copy of each instance): the file and its recorded size are the whole."""
+    source = series_files[0].read_bytes()
+    dataset = pydicom.dcmread(series_files[0], stop_before_pixels=True)
+    split = len(source) - len(dataset_bytes(series_files[0]))
+    store = SeriesStore(database)
+    ingestor = Ingestor(Spool(tmp_path / "spool"), store, clock=clock)
+    incoming = IncomingInstance(
+        sop_uid=str(dataset.SOPInstanceUID),
+        sop_class_uid=str(dataset.SOPClassUID),
+        series_uid=str(dataset.SeriesInstanceUID),
+        study_uid=str(dataset.StudyInstanceUID),
+        transfer_syntax=str(dataset.file_meta.TransferSyntaxUID),
+    )
+    parts = (source[:split], memoryview(source)[split:])
+    assert ingestor.accept(incoming, parts) is Outcome.STORED
+    stored = store.stored_instance(incoming.sop_uid)
+    assert stored is not None and stored[1].read_bytes() == source
+    rows = database.query(f"SELECT size FROM instances WHERE sop_uid = '{incoming.sop_uid}'")
+    assert [row["size"] for row in rows] == [len(source)]

@@ -473,19 +473,21 @@ class StorageSCP:
             calling_ae=calling,
             called_ae=called,
         )
-        # The data set exactly as the sender encoded it, after a file header (one copy).
+        # The data set exactly as the sender encoded it, written after a file header from
+        # pynetdicom's buffer (no joined copy of the instance).
+        header = file_header(requested_class, sop_uid, transfer_syntax)
         with event.request.DataSet.getbuffer() as received:
-            encoded = b"".join((file_header(requested_class, sop_uid, transfer_syntax), received))
-        try:
-            outcome = self._ingestor.accept(incoming, encoded)
-        except OutOfResources as exc:
-            return self._refuse(status.OUT_OF_RESOURCES, sop_uid, str(exc))
-        except SpoolError as exc:
-            return self._refuse(status.OUT_OF_RESOURCES, sop_uid, str(exc))
+            size = len(header) + len(received)
+            try:
+                outcome = self._ingestor.accept(incoming, (header, received))
+            except OutOfResources as exc:
+                return self._refuse(status.OUT_OF_RESOURCES, sop_uid, str(exc))
+            except SpoolError as exc:
+                return self._refuse(status.OUT_OF_RESOURCES, sop_uid, str(exc))
         self._count("duplicates" if outcome is Outcome.DUPLICATE else "stored")
         with self._counts_lock:
             self._carried.setdefault(event.assoc, Counter())[series_uid] += 1
         if outcome is Outcome.STORED:
-            self._count("bytes", len(encoded))
+            self._count("bytes", size)
         fault_point("instance_stored")
         return status.SUCCESS

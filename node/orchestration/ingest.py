@@ -69,8 +69,15 @@ class Ingestor:
         self._min_free_bytes = min_free_bytes
         self.commits = GroupCommit(series, sync_directory)
 
-    def accept(self, instance: IncomingInstance, encoded: bytes | memoryview) -> Outcome:
+    def accept(
+        self,
+        instance: IncomingInstance,
+        encoded: bytes | memoryview | tuple[bytes | memoryview, ...],
+    ) -> Outcome:
         """Store one encoded instance (preamble, file meta and data set).
+
+        ``encoded`` may be a tuple of parts (the file header, the data set as received):
+        they are written in order, never joined into one copy.
 
         Raises
         ------
@@ -85,7 +92,8 @@ class Ingestor:
             if stored[0] == instance.series_uid:  # the sender is (re-)sending this series
                 self._series.touch_receiving(instance.series_uid, self._clock())
             return Outcome.DUPLICATE
-        if self._min_free_bytes and self._spool.free_bytes() < self._min_free_bytes + len(encoded):
+        size = sum(map(len, encoded)) if isinstance(encoded, tuple) else len(encoded)
+        if self._min_free_bytes and self._spool.free_bytes() < self._min_free_bytes + size:
             raise OutOfResources("free disk space is below the configured minimum")
         # The file's bytes are fsynced here (concurrently with other associations); its
         # name is made durable with the row, in a commit pass shared with them.
@@ -99,7 +107,7 @@ class Ingestor:
             sop_class_uid=instance.sop_class_uid,
             transfer_syntax=instance.transfer_syntax,
             path=path,
-            size=len(encoded),
+            size=size,
             modality=instance.modality,
             calling_ae=instance.calling_ae,
             called_ae=instance.called_ae,
