@@ -17,17 +17,19 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from node.admin.service import AdminService
-from node.config import Settings, check_plugins_known
+from node.config import RuleSettings, Settings, check_plugins_known
+from node.contract.plugin import ValidatedInput
 from node.dicom.receivers import ReceiverProcesses
 from node.dicom.scp import StorageSCP
 from node.dicom.ups import EventReportSender, Peer, UpsHandlers, known_peers
+from node.errors import PluginError
 from node.export.exporter import Exporter, RecoveryProbe
 from node.faults import check_fault_setting, delay_point
 from node.orchestration.completion import CompletionLoop, CompletionMonitor
@@ -314,9 +316,22 @@ class Node:
             paths = tuple(self.series.instance_paths(row.series_uid))
             if reads.holds(paths):
                 return
-            if self.dispatcher.routes(row):
-                reads.offer(row.series_uid, paths)
+            rules = self.dispatcher.routes(row)
+            if rules:
+                reads.offer(row.series_uid, paths, self._validated_inputs(rules))
                 return
+
+    def _validated_inputs(self, rules: Sequence[RuleSettings]) -> list[ValidatedInput]:
+        """What the routines of ``rules`` were validated on (their input-quality gates)."""
+        inputs = []
+        for rule in rules:
+            try:
+                validated = self.registry.plugin_info(rule.plugin).validated_on
+            except PluginError:  # the job will say so
+                continue
+            if validated is not None:
+                inputs.append(validated)
+        return inputs
 
     def _ray_worker(self) -> InferenceWorker:
         """One worker keeping jobs on the Ray cluster's actors (``executor.kind: ray``)."""

@@ -12,9 +12,13 @@ import numpy as np
 import pytest
 from pydicom.dataset import Dataset
 
+from node.config import QualitySettings
 from node.contract.assemble import load_volume
+from node.contract.plugin import ValidatedInput
+from node.engine.quality import Measurements, measure, slice_layout
 from node.orchestration.completion import READ_AHEAD_FRACTION, CompletionMonitor
 from node.orchestration.executor import QuietReads, ReadAhead
+from node.orchestration.gate import gate_series
 from node.state.series import SeriesRow, SeriesStore
 from tests.test_completion_and_jobs import record
 from tools.synthetic.chest_ct import make_chest_ct, write_series
@@ -160,3 +164,47 @@ def test_completion_offers_series_quiet_for_part_of_the_period(database, clock):
     clock.advance(10.0)
     assert [row.series_uid for row in mon.poll()] == ["1.2.3.1"]
     assert seen[-1] == []  # complete: no longer read ahead
+
+
+def test_the_quiet_read_measures_for_the_routine_and_the_gate_only_decides(paths):
+    validated = ValidatedInput(modalities=("CT",), metal_threshold=2000.0)
+    other = ValidatedInput(modalities=("CT",), metal_threshold=3000.0)
+    reads = _reads()
+    try:
+        assert reads.offer("1.2", paths, [validated, validated])
+        reader = ReadAhead("t", reads)
+        volume, prefetched = reader.read(7, paths)
+        assert prefetched
+        reference = load_volume(paths)
+        expected = measure(reference.array, reference.datasets, validated)
+        assert reader.measured(volume, validated) == expected
+        assert reader.measured(volume, other) is None  # measured only for what was offered
+        assert reader.measured(reference, validated) is None  # another volume
+
+        gated = gate_series(
+            lambda: volume, paths, validated, QualitySettings(), premeasured=reader.measured
+        )
+        assert gated.measured_ahead and gated.measured == expected
+        plain = gate_series(lambda: reference, paths, validated, QualitySettings())
+        assert not plain.measured_ahead
+        assert plain.measured == gated.measured and plain.decision == gated.decision
+
+        # The next read is the job's own: nothing measured ahead is offered for it.
+        again, prefetched = reader.read(8, paths)
+        assert not prefetched and reader.measured(again, validated) is None
+    finally:
+        reads.shutdown()
+
+
+def test_the_gate_uses_what_the_reader_measured(paths):
+    volume = load_volume(paths)
+    validated = ValidatedInput(modalities=("CT",))
+    made_earlier = Measurements(slice_layout(volume.datasets), noise=1234.5)
+    gated = gate_series(
+        lambda: volume,
+        paths,
+        validated,
+        QualitySettings(),
+        premeasured=lambda v, val: made_earlier if v is volume and val == validated else None,
+    )
+    assert gated.measured is made_earlier and gated.measured_ahead

@@ -5,6 +5,7 @@ the whole series again."""
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -43,6 +44,12 @@ def _job(node: NodeProcess) -> tuple[str, str]:
     return "done", str(loaded["detail"])
 
 
+def _quality(node: NodeProcess) -> str:
+    """The job's ``quality_checked`` detail without its timing."""
+    (checked,) = rows(node, "SELECT detail FROM job_events WHERE code = 'quality.checked'")
+    return re.sub(r" seconds=[0-9.]+", "", str(checked["detail"]))
+
+
 def _seg_pixels(node: NodeProcess) -> bytes:
     (seg,) = [
         ds
@@ -60,12 +67,15 @@ def test_real_node_reads_the_series_in_its_quiet_period(tmp_path, ct_files):
         assert "prefetched=True" in detail and f"slices={len(ct_files)}" in detail
         assert "quiet read-ahead started" in node.log_text()
         ahead = _seg_pixels(node)
+        measured_ahead = _quality(node)  # ct_lungs' gate measured by the read-ahead
+        assert measured_ahead.endswith(" measured=ahead")
     with NodeProcess(config(0, 2.0), workdir=tmp_path / "plain") as node:
         storescu(node.dicom_port, ct_files, called_ae=node.ae_title)
         _, detail = _job(node)
         assert "prefetched=False" in detail
         assert "quiet read-ahead" not in node.log_text()
         assert _seg_pixels(node) == ahead
+        assert _quality(node) + " measured=ahead" == measured_ahead
 
 
 @pytest.mark.slow
@@ -76,5 +86,11 @@ def test_real_node_reads_again_after_a_late_instance(tmp_path, ct_files):
         time.sleep(0.2)
         storescu(node.dicom_port, ct_files[-1:], called_ae=node.ae_title)
         _, detail = _job(node)
-        assert "prefetched=False" in detail and f"slices={len(ct_files)}" in detail
+        # The late instance restarted the quiet period: the series was read again, whole,
+        # and the job took that read (never the stale one of one instance fewer).
+        started = re.findall(
+            r"quiet read-ahead started series_uid=\S+ instances=(\d+)", node.log_text()
+        )
+        assert started[:1] == [str(len(ct_files) - 1)] and started[-1] == str(len(ct_files))
+        assert f"slices={len(ct_files)}" in detail
         assert rows(node, "SELECT instance_count FROM series")[0][0] == len(ct_files)

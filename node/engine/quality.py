@@ -703,13 +703,17 @@ def assess(
     validated: ValidatedInput,
     policy: QualitySettings,
     layout: SliceLayout | None = None,
+    measured: Measurements | None = None,
 ) -> tuple[Measurements, Decision]:
     """Measure a series and decide (``array`` None: the series could not be assembled).
 
     ``layout`` is the slice layout of the series as received, when ``headers`` are
     those of an assembled volume from which duplicates were already dropped.
+    ``measured``: what :func:`measure` returned for this ``array``, ``headers`` and
+    ``validated`` earlier (a series read and measured ahead); only the decision is made.
     """
-    measured = measure(array, headers, validated, layout)
+    if measured is None:
+        measured = measure(array, headers, validated, layout)
     checks = header_checks(headers, validated) + measured_checks(measured, validated)
     return measured, decide(checks, policy)
 

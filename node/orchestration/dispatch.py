@@ -67,12 +67,12 @@ class Dispatcher:
             return HeaderSubject(dataset, calling_ae=row.calling_ae, called_ae=row.called_ae)
         return None
 
-    def routes(self, row: SeriesRow) -> bool:
-        """Whether some rule would queue a job for ``row`` now (no pull-requested rule)."""
+    def routes(self, row: SeriesRow) -> list[RuleSettings]:
+        """The rules that would queue a job for ``row`` now (none for a pull-requested rule)."""
         if self._requested_rule(row) is not None:
-            return False
+            return []
         subject = self.header(row)
-        return subject is not None and bool(matching_rules(list(self._rules()), subject))
+        return [] if subject is None else matching_rules(list(self._rules()), subject)
 
     def dispatch(self, row: SeriesRow) -> list[int]:
         subject = self.header(row)

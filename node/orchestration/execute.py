@@ -33,8 +33,9 @@ from pydicom.dataset import Dataset
 
 from node.contract.assemble import load_volume
 from node.contract.kinds import ResultKind, file_name, file_tag, tag_kind
-from node.contract.plugin import InferencePlugin, Prediction, RunContext
+from node.contract.plugin import InferencePlugin, Prediction, RunContext, ValidatedInput
 from node.contract.volume import Volume
+from node.engine.quality import Measurements
 from node.errors import InputRejected, InputSkipped, JobTimeout
 from node.faults import delay_point, fault_point
 from node.orchestration.gate import GateResult, QualitySkipped, gate_series
@@ -68,6 +69,11 @@ class SeriesReader(Protocol):
         """Start reading the series of the job that comes next, if the reader can."""
         ...
 
+    def measured(self, volume: Volume, validated: ValidatedInput) -> Measurements | None:
+        """The input-quality measurements of ``volume`` (as :meth:`read` returned it)
+        against ``validated``, when they were made while it was read ahead."""
+        ...
+
 
 class DirectReader:
     """Reads each series when asked; never ahead."""
@@ -76,6 +82,9 @@ class DirectReader:
         return load_volume(paths), False
 
     def read_ahead(self, job_id: int, paths: tuple[Path, ...]) -> None:
+        return None
+
+    def measured(self, volume: Volume, validated: ValidatedInput) -> Measurements | None:
         return None
 
 
@@ -217,7 +226,13 @@ class _Run:
             volume = load()
         else:
             try:
-                gated = gate_series(load, job.instance_paths, plugin.validated_on, job.quality)
+                gated = gate_series(
+                    load,
+                    job.instance_paths,
+                    plugin.validated_on,
+                    job.quality,
+                    premeasured=reader.measured,
+                )
             except QualitySkipped as exc:
                 self.event(EventCode.QUALITY_SKIPPED, str(exc))
                 raise
@@ -226,7 +241,8 @@ class _Run:
             decision = gated.decision
             self.event(
                 EventCode.QUALITY_CHECKED,
-                f"{decision.action} {gated.measured.summary()} seconds={gated.seconds:.3f}",
+                f"{decision.action} {gated.measured.summary()} seconds={gated.seconds:.3f}"
+                + (" measured=ahead" if gated.measured_ahead else ""),
             )
             for warning in decision.warnings:
                 self.event(EventCode.QUALITY_WARNING, warning)

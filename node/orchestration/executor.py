@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
@@ -25,7 +26,9 @@ from typing import Protocol
 import torch
 
 from node.contract.assemble import load_volume
+from node.contract.plugin import ValidatedInput
 from node.contract.volume import Volume
+from node.engine.quality import Measurements, measure
 from node.orchestration.execute import execute
 from node.orchestration.job import JobInput, JobOutput
 from node.orchestration.registry import PluginRegistry
@@ -61,6 +64,9 @@ class QueueingExecutor(Executor, Protocol):
 #: A file's identity for a read-ahead: its path, size, change time and inode.
 FileKey = tuple[tuple[Path, int, int, int], ...]
 
+#: Input-quality measurements of a volume read ahead, per routine input they were made for.
+Premeasured = dict[ValidatedInput, Measurements]
+
 
 def file_key(paths: tuple[Path, ...]) -> FileKey:
     """What must be unchanged for a volume read earlier to be the series' volume now."""
@@ -76,7 +82,10 @@ class QuietReads:
     (estimated as twice the files' size, float32 pixels; checked again on the volume).
     :meth:`take` hands the volume to the job whose instance files are exactly the ones
     read and unchanged (same paths, sizes, change times, inodes), else None; a read no
-    job took ``keep_seconds`` after it started is dropped (:meth:`expire`).
+    job took ``keep_seconds`` after it started is dropped (:meth:`expire`). The volume is
+    also measured against each routine input offered with it (``validated``: the
+    input-quality gate of the routines the matching rules name), so the job's gate only
+    decides.
     """
 
     def __init__(
@@ -91,9 +100,10 @@ class QuietReads:
         self._monotonic = monotonic
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-quiet")
         self._lock = threading.Lock()
-        #: series UID, paths, started, and the read (its volume and file key, or None).
+        #: series UID, paths, started, and the read (volume, file key, measurements; or None).
         self._held: (
-            tuple[str, tuple[Path, ...], float, Future[tuple[Volume, FileKey] | None]] | None
+            tuple[str, tuple[Path, ...], float, Future[tuple[Volume, FileKey, Premeasured] | None]]
+            | None
         ) = None
 
     def holds(self, paths: tuple[Path, ...]) -> bool:
@@ -101,7 +111,12 @@ class QuietReads:
         with self._lock:
             return self._held is not None and self._held[1] == paths
 
-    def offer(self, series_uid: str, paths: tuple[Path, ...]) -> bool:
+    def offer(
+        self,
+        series_uid: str,
+        paths: tuple[Path, ...],
+        validated: Sequence[ValidatedInput] = (),
+    ) -> bool:
         """Start reading ``paths`` unless a read of another series, or of these paths, is
         held (one at a time); a held read of fewer instances of this series is replaced.
         True if started."""
@@ -112,12 +127,14 @@ class QuietReads:
                 return False
             if held is not None:  # more instances arrived since: the old read is stale
                 held[3].cancel()
-            future = self._pool.submit(self._read, series_uid, paths)
+            future = self._pool.submit(self._read, series_uid, paths, tuple(validated))
             self._held = (series_uid, paths, self._monotonic(), future)
         log.info("quiet read-ahead started series_uid=%s instances=%d", series_uid, len(paths))
         return True
 
-    def _read(self, series_uid: str, paths: tuple[Path, ...]) -> tuple[Volume, FileKey] | None:
+    def _read(
+        self, series_uid: str, paths: tuple[Path, ...], validated: tuple[ValidatedInput, ...]
+    ) -> tuple[Volume, FileKey, Premeasured] | None:
         key = file_key(paths)
         estimate = 2 * sum(size for _, size, _, _ in key)
         if estimate > self._budget:
@@ -133,11 +150,12 @@ class QuietReads:
         if volume.array.nbytes > self._budget:
             log.info("read-ahead dropped: volume over the budget series_uid=%s", series_uid)
             return None
-        return volume, key
+        measured = {v: measure(volume.array, volume.datasets, v) for v in dict.fromkeys(validated)}
+        return volume, key, measured
 
-    def take(self, paths: tuple[Path, ...]) -> Volume | None:
-        """The volume read ahead of exactly ``paths``, unchanged since (else None); waits
-        for a read still in progress."""
+    def take(self, paths: tuple[Path, ...]) -> tuple[Volume, Premeasured] | None:
+        """The volume read ahead of exactly ``paths``, unchanged since, and its measurements
+        (else None); waits for a read still in progress."""
         with self._lock:
             held = self._held
             if held is None or held[1] != paths:
@@ -150,7 +168,7 @@ class QuietReads:
             return None
         if read is None:
             return None
-        volume, key = read
+        volume, key, measured = read
         try:
             same = file_key(paths) == key
         except OSError:
@@ -158,7 +176,7 @@ class QuietReads:
         if not same:
             log.info("read-ahead stale (a file changed): reading again series_uid=%s", held[0])
             return None
-        return volume
+        return volume, measured
 
     def expire(self) -> None:
         """Drop a read no job took within ``keep_seconds`` (its memory is returned)."""
@@ -185,16 +203,27 @@ class ReadAhead:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"read-{name}")
         self._pending: tuple[int, tuple[Path, ...], Future[Volume]] | None = None
         self._quiet = quiet
+        #: The last volume taken from ``quiet`` (weakly: the job owns it) and its measurements.
+        self._measured: tuple[weakref.ref[Volume], Premeasured] | None = None
 
     def read(self, job_id: int, paths: tuple[Path, ...]) -> tuple[Volume, bool]:
         pending, self._pending = self._pending, None
+        self._measured = None
         if pending is not None and pending[:2] == (job_id, paths):
             return pending[2].result(), True
         if self._quiet is not None:
-            volume = self._quiet.take(paths)
-            if volume is not None:
-                return volume, True
+            taken = self._quiet.take(paths)
+            if taken is not None:
+                self._measured = (weakref.ref(taken[0]), taken[1])
+                return taken[0], True
         return load_volume(paths), False
+
+    def measured(self, volume: Volume, validated: ValidatedInput) -> Measurements | None:
+        """What the quiet read measured of ``volume`` against ``validated``, if it did."""
+        held = self._measured
+        if held is None or held[0]() is not volume:
+            return None
+        return held[1].get(validated)
 
     def read_ahead(self, job_id: int, paths: tuple[Path, ...]) -> None:
         if self._pending is not None and self._pending[:2] == (job_id, paths):

@@ -49,6 +49,8 @@ class GateResult:
     decision: Decision
     #: Time spent measuring (not loading).
     seconds: float = 0.0
+    #: Whether the measurements were made when the series was read ahead.
+    measured_ahead: bool = False
 
 
 def _skip(decision: Decision) -> QualitySkipped:
@@ -68,6 +70,7 @@ def gate_series(
     paths: Sequence[Path],
     validated: ValidatedInput,
     policy: QualitySettings,
+    premeasured: Callable[[Volume, ValidatedInput], Measurements | None] | None = None,
 ) -> GateResult:
     """Load, measure and decide; raise :class:`QualitySkipped` when the decision is skip.
 
@@ -81,6 +84,9 @@ def gate_series(
         What the routine was validated on.
     policy
         The rule's actions per failed check.
+    premeasured
+        The measurements of the loaded volume against ``validated`` made when it was read
+        ahead, or None (then they are made here).
 
     Raises
     ------
@@ -110,11 +116,14 @@ def gate_series(
             without_duplicate_positions([pydicom.dcmread(path) for path in paths])
         )
     started = time.perf_counter()
-    measured, decision = assess(volume.array, volume.datasets, validated, policy, layout)
+    earlier = premeasured(volume, validated) if premeasured is not None and layout is None else None
+    measured, decision = assess(
+        volume.array, volume.datasets, validated, policy, layout, measured=earlier
+    )
     seconds = time.perf_counter() - started
     if decision.action == "skip":
         raise _skip(decision)
-    return GateResult(volume, measured, decision, seconds)
+    return GateResult(volume, measured, decision, seconds, measured_ahead=earlier is not None)
 
 
 __all__ = ["GateResult", "QualitySkipped", "gate_series"]
