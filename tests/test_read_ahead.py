@@ -208,3 +208,17 @@ def test_the_gate_uses_what_the_reader_measured(paths):
         premeasured=lambda v, val: made_earlier if v is volume and val == validated else None,
     )
     assert gated.measured is made_earlier and gated.measured_ahead
+
+
+def test_a_read_superseded_while_running_is_not_measured(paths):
+    validated = ValidatedInput(modalities=("CT",))
+    reads = _reads()
+    try:
+        assert reads.offer("1.2", paths, [validated])
+        # The read of one instance fewer, finishing after the whole series was offered:
+        # it is dropped before its measurements are made.
+        assert reads._read("1.2", paths[:-1], (validated,)) is None
+        taken = reads.take(paths)
+        assert taken is not None and list(taken[1]) == [validated]
+    finally:
+        reads.shutdown()

@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 #: The part of the quiet period after which a quiet series is read ahead
 #: (``on_quieting``): 0.25 of the default 2 s leaves 1.5 s to read it, while senders'
 #: gaps inside a series (milliseconds) are far shorter, so a read rarely starts early.
+#: (0.1 was tried: a PACS sending 1000 slices under load pauses for 0.2-2 s now and then,
+#: and reads of the partial series then competed with the receive and delayed the whole
+#: read; see benchmarks/README.md.)
 READ_AHEAD_FRACTION = 0.25
 
 #: Seconds between two dispatch attempts of a complete series whose dispatch failed.

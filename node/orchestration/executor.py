@@ -150,6 +150,10 @@ class QuietReads:
         if volume.array.nbytes > self._budget:
             log.info("read-ahead dropped: volume over the budget series_uid=%s", series_uid)
             return None
+        with self._lock:
+            superseded = self._held is not None and self._held[1] != paths  # None: taken
+        if superseded:  # more instances arrived while reading: no use measuring this one
+            return None
         measured = {v: measure(volume.array, volume.datasets, v) for v in dict.fromkeys(validated)}
         return volume, key, measured
 
