@@ -52,6 +52,7 @@ from node.dicom.file_meta import file_header
 from node.dicom.network import read_whole_pdus, set_nodelay
 from node.dicom.reactor import stop_waking, wake_on_work
 from node.dicom.refusals import association_refused
+from node.dicom.store_response import respond_fast
 from node.dicom.ups import UPS_SOP_CLASSES, UpsHandlers
 from node.errors import SpoolError
 from node.faults import fault_point
@@ -256,6 +257,7 @@ class StorageSCP:
         handlers = [
             (evt.EVT_CONN_OPEN, set_nodelay),
             (evt.EVT_CONN_OPEN, read_whole_pdus),
+            (evt.EVT_CONN_OPEN, respond_fast),
             (evt.EVT_CONN_OPEN, wake_on_work),
             (evt.EVT_CONN_CLOSE, stop_waking),
             (evt.EVT_REQUESTED, self._on_requested),
