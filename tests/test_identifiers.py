@@ -165,6 +165,16 @@ def test_the_scan_finds_the_problems_pydicom_finds() -> None:
     assert verdicts == {True, False}
 
 
+#: A private UN element of undefined length (implicit VR items inside explicit VR).
+_UN_UNDEFINED = (
+    b"\x09\x00\x10\x10UN\x00\x00\xff\xff\xff\xff"
+    + b"\xfe\xff\x00\xe0\xff\xff\xff\xff"
+    + b"\x08\x00\x00\x01\x02\x00\x00\x00AB"
+    + b"\xfe\xff\x0d\xe0\x00\x00\x00\x00"
+    + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+)
+
+
 @pytest.mark.parametrize(
     ("encoded", "syntax"),
     [
@@ -176,6 +186,7 @@ def test_the_scan_finds_the_problems_pydicom_finds() -> None:
         (b"\x08\x00\x18\x00ZZ", ExplicitVRLittleEndian),  # a header cut short
         (b"\x08\x00\x18\x00\x00\x00", ImplicitVRLittleEndian),
         (b"\x08\x00\x18\x00u1\x04\x001.2.", ExplicitVRLittleEndian),  # not a VR
+        (_UN_UNDEFINED + _encoded(_image(), ExplicitVRLittleEndian), ExplicitVRLittleEndian),
     ],
 )
 def test_the_scan_declines_what_it_cannot_read_with_certainty(encoded: bytes, syntax: str) -> None:

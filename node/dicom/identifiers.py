@@ -11,7 +11,8 @@ exactly as it would in the whole data set, and the length of the pixel data elem
 It declines (returns None, and the caller decodes the whole data set with pydicom) for
 anything it does not step over with certainty: a syntax other than little endian
 explicit or implicit VR, a length running past the end, a wanted value that is not plain
-ASCII (its decoding could depend on the character set) or is multi-valued.
+ASCII (its decoding could depend on the character set) or is multi-valued, an undefined
+length on anything but a sequence (a UN holding implicit VR items, encapsulated pixels).
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ class _Walker:
             if length == _UNDEFINED:
                 if tag == _ITEM:
                     at = self.skip_undefined(at, _ITEM_END)
-                elif self.implicit or vr in (b"SQ", b"UN"):  # a sequence (or its UN form)
+                elif self.implicit or vr == b"SQ":
                     at = self.skip_undefined(at, _SEQUENCE_END)
                 else:
                     raise _Decline
@@ -122,8 +123,10 @@ def _scan(walker: _Walker) -> tuple[Dataset, int]:
     while at < end:
         tag, vr, length, start = walker.header(at)
         if length == _UNDEFINED:
-            if tag in WANTED or tag in PIXELS or tag >> 16 == 0xFFFE:
-                raise _Decline  # not in a native syntax's data set: pydicom's path
+            # Only a sequence steps over here: a UN of undefined length holds implicit VR
+            # items inside explicit VR, encapsulated pixels are not native.
+            if tag in WANTED or tag in PIXELS or tag >> 16 == 0xFFFE or vr not in (None, b"SQ"):
+                raise _Decline
             at = walker.skip_undefined(start, _SEQUENCE_END)
             continue
         at = start + length
