@@ -38,11 +38,15 @@ def _int(dataset: Dataset, keyword: str, default: int | None = None) -> int | No
     return int(value)
 
 
-def pixel_data_problem(dataset: Dataset, transfer_syntax: str) -> str | None:
+def pixel_data_problem(
+    dataset: Dataset, transfer_syntax: str, *, pixel_length: int | None = None
+) -> str | None:
     """Why the uncompressed pixel data of ``dataset`` does not match its description, or
     None when it does (or there is none, or it is encapsulated).
 
     The reason names attributes and sizes only, never a value of the patient's.
+    ``pixel_length``: the pixel data element's length when its value is left out of
+    ``dataset`` (the listener's receive-time scan).
     """
     present = [(tag, name, bits) for tag, name, bits in _PIXEL_ELEMENTS if tag in dataset]
     if not present:
@@ -76,7 +80,10 @@ def pixel_data_problem(dataset: Dataset, transfer_syntax: str) -> str | None:
         return size // 3 * 2 if name == "PixelData" and photometric == "YBR_FULL_422" else size
 
     expected = length(rows * columns * samples * frames)
-    actual = len(value) if isinstance(value, bytes | bytearray) else 0
+    if pixel_length is not None:
+        actual = pixel_length
+    else:
+        actual = len(value) if isinstance(value, bytes | bytearray) else 0
     # Trailing bytes short of a frame are padding (decoders ignore them); a frame or more
     # means the header describes another image.
     if expected <= actual < expected + max(length(rows * columns * samples), 2):

@@ -49,9 +49,11 @@ from pynetdicom.transport import ThreadedAssociationServer
 from node.config import NodeSettings
 from node.dicom import status
 from node.dicom.file_meta import file_header
+from node.dicom.identifiers import scan
 from node.dicom.network import read_whole_pdus, set_nodelay
 from node.dicom.reactor import stop_waking, wake_on_work
 from node.dicom.refusals import association_refused
+from node.dicom.store_response import respond_fast
 from node.dicom.ups import UPS_SOP_CLASSES, UpsHandlers
 from node.errors import SpoolError
 from node.faults import fault_point
@@ -256,6 +258,7 @@ class StorageSCP:
         handlers = [
             (evt.EVT_CONN_OPEN, set_nodelay),
             (evt.EVT_CONN_OPEN, read_whole_pdus),
+            (evt.EVT_CONN_OPEN, respond_fast),
             (evt.EVT_CONN_OPEN, wake_on_work),
             (evt.EVT_CONN_CLOSE, stop_waking),
             (evt.EVT_REQUESTED, self._on_requested),
@@ -426,8 +429,12 @@ class StorageSCP:
         request = event.request
         requested_sop = str(request.AffectedSOPInstanceUID or "")
         requested_class = str(request.AffectedSOPClassUID or "")
+        transfer_syntax = str(event.context.transfer_syntax)
+        with request.DataSet.getbuffer() as received:
+            scanned = scan(received, transfer_syntax)
         try:
-            dataset: Dataset = event.dataset
+            # The elements read here only, or (scan declined) the whole data set by pydicom.
+            dataset: Dataset = event.dataset if scanned is None else scanned[0]
             sop_uid = str(dataset.get("SOPInstanceUID", "") or "")
             sop_class = str(dataset.get("SOPClassUID", "") or "")
             series_uid = str(dataset.get("SeriesInstanceUID", "") or "")
@@ -458,8 +465,8 @@ class StorageSCP:
                 requested_sop,
                 "SOPClassUID differs from the request's Affected SOP Class UID",
             )
-        transfer_syntax = str(event.context.transfer_syntax)
-        problem = pixel_data_problem(dataset, transfer_syntax)
+        pixel_length = None if scanned is None or scanned[1] < 0 else scanned[1]
+        problem = pixel_data_problem(dataset, transfer_syntax, pixel_length=pixel_length)
         if problem is not None:
             return self._refuse(status.PIXEL_DATA_MISMATCH, sop_uid, problem)
         calling, called = _peer(event)
