@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
@@ -16,6 +17,7 @@ from node.config import QualitySettings
 from node.contract.assemble import load_volume
 from node.contract.plugin import ValidatedInput
 from node.engine.quality import Measurements, measure, slice_layout
+from node.errors import VolumeError
 from node.orchestration.completion import READ_AHEAD_FRACTION, CompletionMonitor
 from node.orchestration.executor import QuietReads, ReadAhead
 from node.orchestration.gate import gate_series
@@ -220,5 +222,23 @@ def test_a_read_superseded_while_running_is_not_measured(paths):
         assert reads._read("1.2", paths[:-1], (validated,)) is None
         taken = reads.take(paths)
         assert taken is not None and list(taken[1]) == [validated]
+    finally:
+        reads.shutdown()
+
+
+def test_a_failed_read_ahead_leaves_the_job_its_own_read_and_one_log_line(paths, caplog):
+    broken = pydicom.dcmread(paths[1])
+    del broken.PixelSpacing
+    broken.save_as(paths[1], enforce_file_format=True)
+    reads = _reads()
+    try:
+        assert reads.offer("1.2", paths)
+        with caplog.at_level(logging.INFO, logger="node.orchestration.executor"):
+            assert reads.take(paths) is None
+            with pytest.raises(VolumeError, match="lacks PixelSpacing"):
+                ReadAhead("t", reads).read(1, paths)  # the job meets the fault itself
+        failed = [r for r in caplog.records if "read-ahead failed" in r.getMessage()]
+        assert [r.getMessage().split("error=")[1] for r in failed] == ["VolumeError"]
+        assert all(r.exc_info is None for r in caplog.records)  # no traceback for bad input
     finally:
         reads.shutdown()

@@ -167,8 +167,12 @@ class QuietReads:
             self._held = None
         try:
             read = held[3].result()
-        except Exception:  # the job's own read names the fault
-            log.info("read-ahead failed: reading again series_uid=%s", held[0], exc_info=True)
+        except Exception as exc:  # the job's own read meets it again and names the fault
+            log.info(
+                "read-ahead failed: reading again series_uid=%s error=%s",
+                held[0],
+                type(exc).__name__,
+            )
             return None
         if read is None:
             return None
