@@ -179,7 +179,9 @@ def test_every_dashboard_panel_has_data_after_an_end_to_end_run(tmp_path: Path) 
 
         expected = dict.fromkeys(["AinodeJobsFailed", "AinodeExportFailing", "AinodeDown"], "ok")
         wait_until(lambda: rule_health() == expected, 30, message="alert rules evaluated")
-        # Prometheus may not have scraped since the skip (1 s interval, later under load).
-        skip_seen = 'delta(ainode_jobs{state="skipped"}[15m]) > 0'
+        # Prometheus may not have scraped since the skip (1 s interval, later under load), nor
+        # before it (a delta needs a sample from before the skip: its first scrape can come
+        # after it under load), so wait for a scraped sample that holds the skip.
+        skip_seen = 'max_over_time(ainode_jobs{state="skipped"}[15m]) >= 1'
         wait_until(lambda: has_data(skip_seen), 30, message="the skip in Prometheus")
         assert query(url, 'ALERTS{alertstate="firing"}') == []
