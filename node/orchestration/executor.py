@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import torch
 
@@ -74,6 +74,16 @@ def file_key(paths: tuple[Path, ...]) -> FileKey:
     return tuple((path, st.st_size, st.st_mtime_ns, st.st_ino) for path, st in stats)
 
 
+class _HeldRead(NamedTuple):
+    """A read of a quiet series: what was read, when it started, and its future (the
+    volume, its files' key and its measurements; None when it was skipped)."""
+
+    series_uid: str
+    paths: tuple[Path, ...]
+    started: float
+    read: Future[tuple[Volume, FileKey, Premeasured] | None]
+
+
 class QuietReads:
     """Reads one series during its completion quiet period, before it becomes a job.
 
@@ -100,16 +110,12 @@ class QuietReads:
         self._monotonic = monotonic
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-quiet")
         self._lock = threading.Lock()
-        #: series UID, paths, started, and the read (volume, file key, measurements; or None).
-        self._held: (
-            tuple[str, tuple[Path, ...], float, Future[tuple[Volume, FileKey, Premeasured] | None]]
-            | None
-        ) = None
+        self._held: _HeldRead | None = None
 
     def holds(self, paths: tuple[Path, ...]) -> bool:
         """True while a read of exactly ``paths`` is held."""
         with self._lock:
-            return self._held is not None and self._held[1] == paths
+            return self._held is not None and self._held.paths == paths
 
     def offer(
         self,
@@ -123,12 +129,14 @@ class QuietReads:
         self.expire()
         with self._lock:
             held = self._held
-            if not paths or (held is not None and (held[0] != series_uid or held[1] == paths)):
+            if not paths or (
+                held is not None and (held.series_uid != series_uid or held.paths == paths)
+            ):
                 return False
             if held is not None:  # more instances arrived since: the old read is stale
-                held[3].cancel()
+                held.read.cancel()
             future = self._pool.submit(self._read, series_uid, paths, tuple(validated))
-            self._held = (series_uid, paths, self._monotonic(), future)
+            self._held = _HeldRead(series_uid, paths, self._monotonic(), future)
         log.info("quiet read-ahead started series_uid=%s instances=%d", series_uid, len(paths))
         return True
 
@@ -151,7 +159,7 @@ class QuietReads:
             log.info("read-ahead dropped: volume over the budget series_uid=%s", series_uid)
             return None
         with self._lock:
-            superseded = self._held is not None and self._held[1] != paths  # None: taken
+            superseded = self._held is not None and self._held.paths != paths  # None: taken
         if superseded:  # more instances arrived while reading: no use measuring this one
             return None
         measured = {v: measure(volume.array, volume.datasets, v) for v in dict.fromkeys(validated)}
@@ -162,15 +170,15 @@ class QuietReads:
         (else None); waits for a read still in progress."""
         with self._lock:
             held = self._held
-            if held is None or held[1] != paths:
+            if held is None or held.paths != paths:
                 return None
             self._held = None
         try:
-            read = held[3].result()
+            read = held.read.result()
         except Exception as exc:  # the job's own read meets it again and names the fault
             log.info(
                 "read-ahead failed: reading again series_uid=%s error=%s",
-                held[0],
+                held.series_uid,
                 type(exc).__name__,
             )
             return None
@@ -182,7 +190,9 @@ class QuietReads:
         except OSError:
             same = False
         if not same:
-            log.info("read-ahead stale (a file changed): reading again series_uid=%s", held[0])
+            log.info(
+                "read-ahead stale (a file changed): reading again series_uid=%s", held.series_uid
+            )
             return None
         return volume, measured
 
@@ -190,11 +200,11 @@ class QuietReads:
         """Drop a read no job took within ``keep_seconds`` (its memory is returned)."""
         with self._lock:
             held = self._held
-            if held is None or self._monotonic() - held[2] < self._keep:
+            if held is None or self._monotonic() - held.started < self._keep:
                 return
             self._held = None
-        held[3].cancel()
-        log.info("read-ahead dropped: no job took it series_uid=%s", held[0])
+        held.read.cancel()
+        log.info("read-ahead dropped: no job took it series_uid=%s", held.series_uid)
 
     def shutdown(self) -> None:
         with self._lock:
