@@ -346,9 +346,7 @@ class Node:
         rules = self.dispatcher.routes(row)
         if not rules:
             return None
-        return reads.offer(
-            row.series_uid, paths, self._validated_inputs(rules), trigger=trigger
-        )
+        return reads.offer(row.series_uid, paths, self._validated_inputs(rules), trigger=trigger)
 
     def _validated_inputs(self, rules: Sequence[RuleSettings]) -> list[ValidatedInput]:
         """What the routines of ``rules`` were validated on (their input-quality gates)."""
