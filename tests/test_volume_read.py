@@ -260,3 +260,19 @@ def test_headers_parsed_from_the_first_bytes_are_pydicoms(series, tmp_path, synt
             _same_header(parsed[0], pydicom.dcmread(shipped, stop_before_pixels=True))
             taken += 1
     assert taken >= 10, taken
+
+
+def test_native_pixels_read_on_several_threads_are_identical(series, tmp_path, monkeypatch):
+    paths = _write(series, tmp_path)
+    threads: set[str] = set()
+    read_native = pixels._read_native
+
+    def spy(source, buffer=None):  # records the reading thread, reads for real
+        threads.add(threading.current_thread().name)
+        return read_native(source, buffer)
+
+    monkeypatch.setattr(pixels, "_read_native", spy)
+    monkeypatch.setattr(pixels, "FILL_THREADS", 3)
+    monkeypatch.setattr(pixels, "FILL_MIN_SLICES", 4)  # 12 slices: shares of 4
+    _assert_identical(load_volume(paths), _reference(paths))
+    assert len(threads) == 3 and all(name.startswith("fill") for name in threads)

@@ -14,6 +14,7 @@ as before, on a thread pool. Either way the values are those of ``ds.pixel_array
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import struct
 from collections.abc import Sequence
@@ -32,6 +33,10 @@ from node.errors import VolumeError
 _PIXEL_DATA = 0x7FE00010
 #: Decoder threads for pixel data pydicom must decode (compressed, big-endian...).
 DECODE_THREADS = max(1, min(8, os.cpu_count() or 1))
+#: Threads reading native pixel data into the volume, each a share of at least
+#: ``FILL_MIN_SLICES`` slices.
+FILL_THREADS = max(1, min(4, os.cpu_count() or 1))
+FILL_MIN_SLICES = 64
 
 
 @dataclass(frozen=True)
@@ -212,6 +217,14 @@ def _rescale_into(out: np.ndarray, pixels: np.ndarray, header: Dataset) -> None:
     np.add(out, intercept, out=out)
 
 
+def _fill_native(sources: Sequence[SourceFile], indices: Sequence[int], out: np.ndarray) -> None:
+    """``out[k]`` = source ``k``'s rescaled native pixels, for each ``k`` of ``indices``."""
+    buffer: np.ndarray | None = None
+    for k in indices:
+        buffer = _read_native(sources[k], buffer)
+        _rescale_into(out[k], buffer, sources[k].header)
+
+
 def fill_slices(sources: Sequence[SourceFile], out: np.ndarray) -> list[Dataset]:
     """Write image ``k``'s rescaled pixels into ``out[k]``; return each image's header.
 
@@ -221,11 +234,17 @@ def fill_slices(sources: Sequence[SourceFile], out: np.ndarray) -> list[Dataset]
     """
     headers = [source.header for source in sources]
     decode = [k for k, source in enumerate(sources) if source.pixel_offset is None]
-    buffer: np.ndarray | None = None
-    for k, source in enumerate(sources):
-        if source.pixel_offset is not None:
-            buffer = _read_native(source, buffer)
-            _rescale_into(out[k], buffer, source.header)
+    native = [k for k, source in enumerate(sources) if source.pixel_offset is not None]
+    parts = min(FILL_THREADS, max(1, len(native) // FILL_MIN_SLICES))
+    if parts > 1:
+        # Contiguous shares, one per thread; file reads and numpy release the GIL.
+        bounds = np.linspace(0, len(native), parts + 1).astype(int)
+        with ThreadPoolExecutor(max_workers=parts, thread_name_prefix="fill") as pool:
+            shares = [native[a:b] for a, b in itertools.pairwise(bounds)]
+            for done in [pool.submit(_fill_native, sources, share, out) for share in shares]:
+                done.result()
+    else:
+        _fill_native(sources, native, out)
     if not decode:
         return headers
 
