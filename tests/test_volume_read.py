@@ -264,15 +264,16 @@ def test_headers_parsed_from_the_first_bytes_are_pydicoms(series, tmp_path, synt
 
 def test_native_pixels_read_on_several_threads_are_identical(series, tmp_path, monkeypatch):
     paths = _write(series, tmp_path)
-    threads: set[str] = set()
-    read_native = pixels._read_native
+    shares: list[tuple[str, list[int]]] = []
+    fill_native = pixels._fill_native
 
-    def spy(source, buffer=None):  # records the reading thread, reads for real
-        threads.add(threading.current_thread().name)
-        return read_native(source, buffer)
+    def spy(sources, indices, out):  # records each share and its thread, reads for real
+        shares.append((threading.current_thread().name, list(indices)))
+        fill_native(sources, indices, out)
 
-    monkeypatch.setattr(pixels, "_read_native", spy)
+    monkeypatch.setattr(pixels, "_fill_native", spy)
     monkeypatch.setattr(pixels, "FILL_THREADS", 3)
     monkeypatch.setattr(pixels, "FILL_MIN_SLICES", 4)  # 12 slices: shares of 4
     _assert_identical(load_volume(paths), _reference(paths))
-    assert len(threads) == 3 and all(name.startswith("fill") for name in threads)
+    assert sorted(indices for _, indices in shares) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
+    assert all(name.startswith("fill") for name, _ in shares)
