@@ -57,7 +57,7 @@ def _same(ours: Dataset, theirs: Dataset) -> None:
     assert ours == theirs
     assert ours.file_meta is theirs.file_meta
     assert list(ours.keys()) and sorted(ours.keys()) == sorted(theirs.keys())
-    for tag in theirs.keys():
+    for tag in sorted(theirs.keys()):
         mine, reference = ours.get_item(tag), theirs.get_item(tag)
         assert type(mine) is type(reference)
         if isinstance(reference, RawDataElement):
