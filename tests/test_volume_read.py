@@ -277,3 +277,27 @@ def test_native_pixels_read_on_several_threads_are_identical(series, tmp_path, m
     _assert_identical(load_volume(paths), _reference(paths))
     assert sorted(indices for _, indices in shares) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
     assert all(name.startswith("fill") for name, _ in shares)
+
+
+@pytest.mark.parametrize("implicit", [False, True])
+def test_unsigned_reads_raw_us_values_as_pydicom_converts_them(series, tmp_path, implicit):
+    ds = copy.deepcopy(series[0])
+    ds.file_meta.TransferSyntaxUID = (
+        ImplicitVRLittleEndian if implicit else ds.file_meta.TransferSyntaxUID
+    )
+    path = tmp_path / "one.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    raw = pydicom.dcmread(path, stop_before_pixels=True)
+    converted = pydicom.dcmread(path, stop_before_pixels=True)
+    for keyword in ("Rows", "Columns", "BitsAllocated", "BitsStored", "PixelRepresentation"):
+        tag = int(pydicom.datadict.tag_for_keyword(keyword))
+        assert isinstance(raw.get_item(tag), pydicom.dataelem.RawDataElement)
+        assert pixels._unsigned(raw, tag) == int(converted[keyword].value)
+        assert isinstance(raw.get_item(tag), pydicom.dataelem.RawDataElement)  # left raw
+        assert pixels._unsigned(converted, tag) == int(converted[keyword].value)  # decoded
+    assert pixels._unsigned(raw, 0x00280002, 1) == int(raw.SamplesPerPixel)
+    del raw.SamplesPerPixel
+    assert pixels._unsigned(raw, 0x00280002, 1) == 1
+    with pytest.raises(KeyError):
+        pixels._unsigned(raw, 0x00280002)
+    assert pixels._native_dtype(raw) == np.dtype("<i2" if int(ds.PixelRepresentation) else "<u2")

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
@@ -111,6 +112,29 @@ def _source_from_chunk(path: Path, chunk: bytes, size: int) -> SourceFile | None
     return SourceFile(path, header, _pixel_offset(header, chunk[start : start + 12], start, size))
 
 
+_U16 = struct.Struct("<H")
+
+
+def _unsigned(header: Dataset, tag: int, default: int | None = None) -> int:
+    """``int(header[tag].value)`` of a US element (``default`` when absent; KeyError
+    without one), its raw little-endian value read as it is, without pydicom converting
+    it (the pixel module's US elements are read for every file of every series)."""
+    if tag not in header:
+        if default is None:
+            raise KeyError(tag)
+        return default
+    elem = header.get_item(tag)
+    if (
+        isinstance(elem, RawDataElement)
+        and elem.length == 2
+        and elem.is_little_endian
+        and elem.VR in (None, "US")
+        and isinstance(elem.value, bytes)
+    ):
+        return int(_U16.unpack(elem.value)[0])
+    return int(header[tag].value)
+
+
 def _native_dtype(header: Dataset) -> np.dtype | None:
     """The dtype of ``header``'s pixels when they can be read as stored, else None."""
     meta = getattr(header, "file_meta", None)
@@ -118,13 +142,13 @@ def _native_dtype(header: Dataset) -> np.dtype | None:
     if syntax not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
         return None
     try:
-        if int(header.get("SamplesPerPixel", 1)) != 1 or int(header.get("NumberOfFrames", 1)) != 1:
+        if _unsigned(header, 0x00280002, 1) != 1 or int(header.get("NumberOfFrames", 1)) != 1:
             return None
-        allocated = int(header.BitsAllocated)
-        stored = int(header.get("BitsStored", allocated))
-        signed = int(header.PixelRepresentation) == 1
-        int(header.Rows), int(header.Columns)
-    except (AttributeError, TypeError, ValueError):
+        allocated = _unsigned(header, 0x00280100)
+        stored = _unsigned(header, 0x00280101, allocated)
+        signed = _unsigned(header, 0x00280103) == 1
+        _unsigned(header, 0x00280010), _unsigned(header, 0x00280011)  # Rows, Columns
+    except (AttributeError, KeyError, TypeError, ValueError):
         return None
     if allocated not in (8, 16, 32) or not 0 < stored <= allocated:
         return None
