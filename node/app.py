@@ -318,9 +318,10 @@ class Node:
                 return
 
     def _read_delivered(self, carried: Mapping[str, int]) -> None:
-        """Read ahead, as soon as its association ended normally, a series that association
-        delivered whole (every instance of the series so far came over it): its sender has
-        said it is done, so the read need not wait for a quarter of the quiet period.
+        """Read ahead, as soon as its association (or STOW-RS request) ended normally, a
+        series it delivered whole (every instance of the series so far came over it): its
+        sender has said it is done, so the read need not wait for a quarter of the quiet
+        period.
 
         A series delivered over several associations (one per instance, or in parallel)
         waits for the quiet period as before: each ended association would start a read
@@ -334,7 +335,7 @@ class Node:
             row = self.series.series(series_uid)
             if row is None or row.state != "receiving" or row.instance_count != count:
                 continue
-            if self._offer_read(reads, row, "released") is not None:
+            if self._offer_read(reads, row, "delivered") is not None:
                 return
 
     def _offer_read(self, reads: QuietReads, row: SeriesRow, trigger: str) -> bool | None:

@@ -407,6 +407,6 @@ def test_an_association_ended_normally_tells_what_it_delivered(listener, series_
     listener.ingestor.on_delivered = fails
     with caplog.at_level(logging.ERROR, logger="node.orchestration.ingest"):
         result = storescu(listener.port, series_files[5:])
-        wait_until(lambda: "finished association" in caplog.text, 5, message="logged")
+        wait_until(lambda: "finished sender" in caplog.text, 5, message="logged")
     assert result.returncode == 0, result.stderr
     assert listener.store.series(series_uid).instance_count == len(series_files)

@@ -184,11 +184,16 @@ class Ingestor:
         their holds, then tell :attr:`on_delivered`."""
         for series_uid in self._series.release_hold(series, note):
             log.info("series completion hold ended series_uid=%s reason=%s", series_uid, note)
+        self.delivered(series)
+
+    def delivered(self, series: Mapping[str, int]) -> None:
+        """A sender finished normally (an association released, a STOW-RS request read to
+        its end) after storing ``series`` (UID -> instances): tell :attr:`on_delivered`."""
         if self.on_delivered is not None:
             try:
                 self.on_delivered(series)
-            except Exception:  # a hint for a read-ahead: never fail the association's end
-                log.exception("handling a finished association's series failed")
+            except Exception:  # a hint for a read-ahead: never fail the sender's end
+                log.exception("handling a finished sender's series failed")
 
     def recover(self) -> int:
         """Record spooled files that have no database row; return how many.
