@@ -19,7 +19,7 @@ from pydicom.uid import (
 )
 
 from node.contract import header, pixels
-from node.contract.assemble import assemble_volume, decimals, load_volume
+from node.contract.assemble import assemble_volume, load_volume
 from node.contract.pixels import fill_slices, read_source
 from node.contract.volume import Volume
 from node.errors import VolumeError
@@ -301,32 +301,3 @@ def test_unsigned_reads_raw_us_values_as_pydicom_converts_them(series, tmp_path,
     with pytest.raises(KeyError):
         pixels._unsigned(raw, 0x00280002)
     assert pixels._native_dtype(raw) == np.dtype("<i2" if int(ds.PixelRepresentation) else "<u2")
-
-
-@pytest.mark.parametrize(
-    "position", [["-175.5", "+12", "1e-3"], [" 0.25", "-0.0 ", "3.000000000001"], ["7", "8", "9"]]
-)
-def test_decimals_read_raw_ds_values_as_pydicom_converts_them(series, tmp_path, position):
-    ds = copy.deepcopy(series[0])
-    ds.ImagePositionPatient = pydicom.multival.MultiValue(str, position)
-    path = tmp_path / "one.dcm"
-    ds.save_as(path, enforce_file_format=True)
-    raw = pydicom.dcmread(path, stop_before_pixels=True)
-    converted = [float(v) for v in pydicom.dcmread(path).ImagePositionPatient]
-    assert decimals(raw, 0x00200032) == converted
-    assert isinstance(raw.get_item(0x00200032), pydicom.dataelem.RawDataElement)  # left raw
-    assert decimals(raw, 0x00200037) == [float(v) for v in raw.ImageOrientationPatient]
-    assert decimals(raw, 0x00200037) == [float(v) for v in raw.ImageOrientationPatient]  # decoded
-
-
-def test_decimals_leave_what_is_not_plain_numbers_to_pydicom(series, tmp_path):
-    ds = copy.deepcopy(series[0])
-    path = tmp_path / "one.dcm"
-    ds.save_as(path, enforce_file_format=True)
-    raw = pydicom.dcmread(path, stop_before_pixels=True)
-    elem = raw.get_item(0x00200032)
-    raw[0x00200032] = elem._replace(value=b"1\\\\3", length=4)  # an empty middle value
-    with pytest.raises((TypeError, ValueError)):
-        [float(v) for v in copy.deepcopy(raw).ImagePositionPatient]
-    with pytest.raises((TypeError, ValueError)):
-        decimals(raw, 0x00200032)

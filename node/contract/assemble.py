@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 
 from node.contract.image_attributes import is_localizer
@@ -26,21 +25,6 @@ from node.contract.volume import (
     strip_pixels,
 )
 from node.errors import VolumeError
-
-_POSITION, _ORIENTATION, _PIXEL_SPACING = 0x00200032, 0x00200037, 0x00280030
-
-
-def decimals(ds: Dataset, tag: int) -> list[float]:
-    """``[float(v) for v in ds[tag].value]`` of a DS element; a raw value of plain
-    ASCII numbers is read as it is, without pydicom converting (and validating) it,
-    since the geometry reads three of them for every slice of every series."""
-    elem = ds.get_item(tag)
-    if isinstance(elem, RawDataElement) and isinstance(elem.value, bytes) and elem.value:
-        try:
-            return [float(part) for part in elem.value.split(b"\\")]
-        except ValueError:
-            pass  # not plain numbers: as pydicom reads them (or refuses)
-    return [float(v) for v in ds[tag].value]
 
 
 def _slice_normal(orientation: Sequence[float]) -> np.ndarray:
@@ -112,20 +96,20 @@ def _geometry(images: Sequence[Dataset]) -> _Geometry:
         for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
             if keyword not in ds:
                 raise VolumeError(f"instance {ds.SOPInstanceUID} lacks {keyword}")
-    orientations = [decimals(ds, _ORIENTATION) for ds in images]
-    orientation = orientations[0]
-    if not _all_close(orientation, orientations[1:], atol=ORIENTATION_TOLERANCE):
+    orientation = [float(v) for v in images[0].ImageOrientationPatient]
+    others = [[float(v) for v in ds.ImageOrientationPatient] for ds in images[1:]]
+    if not _all_close(orientation, others, atol=ORIENTATION_TOLERANCE):
         raise VolumeError("series mixes image orientations")
     size = (int(images[0].Rows), int(images[0].Columns))
     if any((int(ds.Rows), int(ds.Columns)) != size for ds in images):
         raise VolumeError("series mixes image sizes")
-    spacings = [decimals(ds, _PIXEL_SPACING) for ds in images]
-    pixel_spacing = tuple(spacings[0])
+    pixel_spacing = tuple(float(v) for v in images[0].PixelSpacing)
+    spacings = [[float(v) for v in ds.PixelSpacing] for ds in images]
     if not _all_close(pixel_spacing, spacings, rtol=1e-4):
         raise VolumeError("series mixes pixel spacings")
 
     normal = _slice_normal(orientation)
-    origins = [decimals(ds, _POSITION) for ds in images]
+    origins = [[float(v) for v in ds.ImagePositionPatient] for ds in images]
     positions = [float(np.dot(normal, origin)) for origin in origins]
     order = [int(i) for i in np.argsort(positions, kind="stable")]
     images = [images[i] for i in order]
