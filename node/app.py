@@ -17,7 +17,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -282,6 +282,7 @@ class Node:
                 settings.workers.read_ahead_mb << 20,
                 keep_seconds=quiet * (1 - READ_AHEAD_FRACTION) + 30.0,
             )
+            self.ingestor.on_delivered = self._read_delivered
         self.workers = [
             InferenceWorker(
                 self.queue,
@@ -313,13 +314,40 @@ class Node:
             return
         reads.expire()
         for row in rows:
-            paths = tuple(self.series.instance_paths(row.series_uid))
-            if reads.holds(paths):
+            if self._offer_read(reads, row, "quiet") is not None:
                 return
-            rules = self.dispatcher.routes(row)
-            if rules:
-                reads.offer(row.series_uid, paths, self._validated_inputs(rules))
+
+    def _read_delivered(self, carried: Mapping[str, int]) -> None:
+        """Read ahead, as soon as its association (or STOW-RS request) ended normally, a
+        series it delivered whole (every instance of the series so far came over it): its
+        sender has said it is done, so the read need not wait for a quarter of the quiet
+        period.
+
+        A series delivered over several associations (one per instance, or in parallel)
+        waits for the quiet period as before: each ended association would start a read
+        of a part of it.
+        """
+        reads = self.quiet_reads
+        if reads is None:
+            return
+        reads.expire()
+        for series_uid, count in carried.items():
+            row = self.series.series(series_uid)
+            if row is None or row.state != "receiving" or row.instance_count != count:
+                continue
+            if self._offer_read(reads, row, "delivered") is not None:
                 return
+
+    def _offer_read(self, reads: QuietReads, row: SeriesRow, trigger: str) -> bool | None:
+        """Offer ``row``'s series to ``reads`` if a rule routes it: whether the read
+        started, or None when no rule routes it (the next series may be read)."""
+        paths = tuple(self.series.instance_paths(row.series_uid))
+        if reads.holds(paths):
+            return False
+        rules = self.dispatcher.routes(row)
+        if not rules:
+            return None
+        return reads.offer(row.series_uid, paths, self._validated_inputs(rules), trigger=trigger)
 
     def _validated_inputs(self, rules: Sequence[RuleSettings]) -> list[ValidatedInput]:
         """What the routines of ``rules`` were validated on (their input-quality gates)."""

@@ -9,12 +9,14 @@ import re
 import time
 from pathlib import Path
 
+import httpx
 import pydicom
 import pytest
 
 from tests.support.dcmtk import storescu
 from tests.support.net import wait_until
 from tests.test_completion_bounds import rows
+from tests.test_dicomweb import TOKEN, multipart, stow_headers
 from tools.node_process import NodeProcess
 from tools.synthetic.chest_ct import make_chest_ct, write_series
 
@@ -94,3 +96,54 @@ def test_real_node_reads_again_after_a_late_instance(tmp_path, ct_files):
         assert started[:1] == [str(len(ct_files) - 1)] and started[-1] == str(len(ct_files))
         assert f"slices={len(ct_files)}" in detail
         assert rows(node, "SELECT instance_count FROM series")[0][0] == len(ct_files)
+
+
+def _reads(node: NodeProcess) -> list[tuple[int, str]]:
+    """Each read-ahead started: (instances, trigger)."""
+    found = re.findall(
+        r"quiet read-ahead started series_uid=\S+ instances=(\d+) trigger=(\w+)", node.log_text()
+    )
+    return [(int(count), trigger) for count, trigger in found]
+
+
+@pytest.mark.slow
+def test_real_node_reads_a_series_as_soon_as_its_association_is_released(tmp_path, ct_files):
+    # A long quiet period: a read started by it would come 2 s after the last instance.
+    with NodeProcess(config(1536, 8.0), workdir=tmp_path / "released") as node:
+        storescu(node.dicom_port, ct_files, called_ae=node.ae_title)
+        wait_until(lambda: _reads(node), 5, message="read-ahead")
+        assert _reads(node) == [(len(ct_files), "delivered")]
+        _, detail = _job(node)
+        assert "prefetched=True" in detail and f"slices={len(ct_files)}" in detail
+        assert _reads(node) == [(len(ct_files), "delivered")]  # not read again
+
+
+@pytest.mark.slow
+def test_real_node_waits_for_the_quiet_period_when_a_series_came_over_two_associations(
+    tmp_path, ct_files
+):
+    half = len(ct_files) // 2
+    with NodeProcess(config(1536, 8.0), workdir=tmp_path / "two") as node:
+        storescu(node.dicom_port, ct_files[:half], called_ae=node.ae_title)
+        wait_until(lambda: _reads(node), 5, message="read-ahead of the first part")
+        storescu(node.dicom_port, ct_files[half:], called_ae=node.ae_title)
+        _, detail = _job(node)
+        # The first association held the whole series so far: read on its release. The
+        # second delivered only a part: the whole series was read when it turned quiet.
+        assert _reads(node) == [(half, "delivered"), (len(ct_files), "quiet")]
+        assert "prefetched=True" in detail and f"slices={len(ct_files)}" in detail
+
+
+@pytest.mark.slow
+def test_real_node_reads_a_series_as_soon_as_its_stow_rs_request_ends(tmp_path, ct_files):
+    settings = {**config(1536, 8.0), "dicomweb": {"tokens": [{"name": "t", "token": TOKEN}]}}
+    with NodeProcess(settings, workdir=tmp_path / "stow") as node:
+        body, boundary = multipart([("application/dicom", p.read_bytes()) for p in ct_files])
+        answer = httpx.post(
+            f"{node.url}/dicomweb/studies", content=body, headers=stow_headers(boundary), timeout=60
+        )
+        assert answer.status_code == 200, answer.text
+        wait_until(lambda: _reads(node), 5, message="read-ahead")
+        assert _reads(node) == [(len(ct_files), "delivered")]
+        _, detail = _job(node)
+        assert "prefetched=True" in detail and f"slices={len(ct_files)}" in detail

@@ -389,3 +389,24 @@ def test_an_instance_given_in_parts_is_written_whole_without_joining_them(
     assert stored is not None and stored[1].read_bytes() == source
     rows = database.query(f"SELECT size FROM instances WHERE sop_uid = '{incoming.sop_uid}'")
     assert [row["size"] for row in rows] == [len(source)]
+
+
+def test_an_association_ended_normally_tells_what_it_delivered(listener, series_files, caplog):
+    """The read-ahead hint: the series (UID -> instances) each normally ended association
+    carried; a failing handler is logged and changes nothing for the sender."""
+    delivered: list[dict[str, int]] = []
+    listener.ingestor.on_delivered = lambda series: delivered.append(dict(series))
+    assert storescu(listener.port, series_files[:5]).returncode == 0
+    series_uid = str(pydicom.dcmread(series_files[0]).SeriesInstanceUID)
+    wait_until(lambda: delivered, 5, message="on_delivered")
+    assert delivered == [{series_uid: 5}]
+
+    def fails(series: object) -> None:
+        raise RuntimeError("handler broke")
+
+    listener.ingestor.on_delivered = fails
+    with caplog.at_level(logging.ERROR, logger="node.orchestration.ingest"):
+        result = storescu(listener.port, series_files[5:])
+        wait_until(lambda: "finished sender" in caplog.text, 5, message="logged")
+    assert result.returncode == 0, result.stderr
+    assert listener.store.series(series_uid).instance_count == len(series_files)

@@ -260,3 +260,44 @@ def test_headers_parsed_from_the_first_bytes_are_pydicoms(series, tmp_path, synt
             _same_header(parsed[0], pydicom.dcmread(shipped, stop_before_pixels=True))
             taken += 1
     assert taken >= 10, taken
+
+
+def test_native_pixels_read_on_several_threads_are_identical(series, tmp_path, monkeypatch):
+    paths = _write(series, tmp_path)
+    shares: list[tuple[str, list[int]]] = []
+    fill_native = pixels._fill_native
+
+    def spy(sources, indices, out):  # records each share and its thread, reads for real
+        shares.append((threading.current_thread().name, list(indices)))
+        fill_native(sources, indices, out)
+
+    monkeypatch.setattr(pixels, "_fill_native", spy)
+    monkeypatch.setattr(pixels, "FILL_THREADS", 3)
+    monkeypatch.setattr(pixels, "FILL_MIN_SLICES", 4)  # 12 slices: shares of 4
+    _assert_identical(load_volume(paths), _reference(paths))
+    assert sorted(indices for _, indices in shares) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11]]
+    assert all(name.startswith("fill") for name, _ in shares)
+
+
+@pytest.mark.parametrize("implicit", [False, True])
+def test_unsigned_reads_raw_us_values_as_pydicom_converts_them(series, tmp_path, implicit):
+    ds = copy.deepcopy(series[0])
+    ds.file_meta.TransferSyntaxUID = (
+        ImplicitVRLittleEndian if implicit else ds.file_meta.TransferSyntaxUID
+    )
+    path = tmp_path / "one.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    raw = pydicom.dcmread(path, stop_before_pixels=True)
+    converted = pydicom.dcmread(path, stop_before_pixels=True)
+    for keyword in ("Rows", "Columns", "BitsAllocated", "BitsStored", "PixelRepresentation"):
+        tag = int(pydicom.datadict.tag_for_keyword(keyword))
+        assert isinstance(raw.get_item(tag), pydicom.dataelem.RawDataElement)
+        assert pixels._unsigned(raw, tag) == int(converted[keyword].value)
+        assert isinstance(raw.get_item(tag), pydicom.dataelem.RawDataElement)  # left raw
+        assert pixels._unsigned(converted, tag) == int(converted[keyword].value)  # decoded
+    assert pixels._unsigned(raw, 0x00280002, 1) == int(raw.SamplesPerPixel)
+    del raw.SamplesPerPixel
+    assert pixels._unsigned(raw, 0x00280002, 1) == 1
+    with pytest.raises(KeyError):
+        pixels._unsigned(raw, 0x00280002)
+    assert pixels._native_dtype(raw) == np.dtype("<i2" if int(ds.PixelRepresentation) else "<u2")

@@ -154,6 +154,7 @@ def dicomweb_router(node: Node, auth: TokenAuth | None = None) -> APIRouter:
                     await run_in_threadpool(receiver.store_part, part, result, study_uid=study_uid)
             if not parser.ended:
                 raise MultipartParseError("the body ended before the closing boundary")
+            await run_in_threadpool(receiver.finished, result)
         except MultipartParseError as exc:
             result.syntax_error = str(exc) or "malformed multipart body"
             log.warning("STOW-RS body malformed caller=%s error=%s", caller, result.syntax_error)

@@ -15,26 +15,19 @@ from __future__ import annotations
 import io
 import struct
 
-from pydicom.charset import convert_encodings, default_encoding
+from pydicom.charset import default_encoding
 from pydicom.dataelem import (
     DataElement,
     RawDataElement,
-    convert_raw_data_element,
     empty_value_for_VR,
 )
-from pydicom.dataset import Dataset, FileDataset
-from pydicom.filereader import (
-    _read_command_set_elements,
-    _read_file_meta_info,
-    read_preamble,
-)
+from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.tag import BaseTag
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
 
 #: Where ``stop_before_pixels`` stops (pydicom's ``_at_pixel_data``).
 _PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00009, 0x7FE00008})
-_SPECIFIC_CHARACTER_SET = 0x00080005
 #: Explicit VR bytes pydicom knows, decoded; and those with a 4-byte length.
 _VRS = {vr.encode(default_encoding): vr.encode(default_encoding).decode() for vr in VR}
 _LONG = frozenset(name for name in _VRS.values() if name in EXPLICIT_VR_LENGTH_32)
@@ -46,46 +39,48 @@ _U32 = struct.Struct("<L")
 def parse_header(chunk: bytes) -> tuple[FileDataset, int] | None:
     """The header of the file whose first bytes are ``chunk``, and the offset of the
     element pydicom stops before (Pixel Data); None when pydicom must read the file."""
-    fp = io.BytesIO(chunk)
-    try:
-        preamble = read_preamble(fp, False)
-        file_meta = _read_file_meta_info(fp)
-        if _read_command_set_elements(fp):
-            return None
-    except Exception:  # not a DICOM file, or its meta information ends past the chunk
-        return None
+    if chunk[128:132] != b"DICM":
+        return None  # no preamble: pydicom reads it, or says why not
+    walked_meta = _walk(chunk, 132, False, meta=True)
+    if walked_meta is None:
+        return None  # meta information pydicom reads another way, or ends past the chunk
+    meta_elements, position = walked_meta
+    file_meta = FileMetaDataset(meta_elements)
+    file_meta.set_original_encoding(False, True, default_encoding)
     syntax = file_meta.get("TransferSyntaxUID")
     if syntax not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
         return None
     implicit = syntax == ImplicitVRLittleEndian
-    walked = _walk(chunk, fp.tell(), implicit)
+    walked = _walk(chunk, position, implicit)
     if walked is None:
         return None
     elements, stop = walked
-    dataset = Dataset(elements, parent_encoding=default_encoding)
-    encoding: str | list[str] = default_encoding
-    if _SPECIFIC_CHARACTER_SET in elements:
-        raw = elements[BaseTag(_SPECIFIC_CHARACTER_SET)]
-        assert isinstance(raw, RawDataElement)
-        charset = convert_raw_data_element(raw).value
-        encoding = convert_encodings(charset)
-    dataset.set_original_encoding(implicit, True, encoding)
-    header = FileDataset(fp, dataset, preamble, file_meta, implicit, True)
-    header.set_original_encoding(implicit, True, dataset._character_set)
+    fp = io.BytesIO(chunk)
+    fp.seek(stop)
+    header = FileDataset(fp, elements, chunk[:128], file_meta, implicit, True)
+    # As pydicom does: its Specific Character Set decoded, the rest left raw.
+    header.set_original_encoding(implicit, True, header._character_set)
     return header, stop
 
 
 _Elements = dict[BaseTag, RawDataElement | DataElement]
 
 
-def _walk(chunk: bytes, position: int, implicit: bool) -> tuple[_Elements, int] | None:
-    """The raw elements from ``position`` up to the Pixel Data, and where it starts."""
+def _walk(
+    chunk: bytes, position: int, implicit: bool, *, meta: bool = False
+) -> tuple[_Elements, int] | None:
+    """The raw elements from ``position`` up to the Pixel Data (``meta``: up to the first
+    element after group 0002), and where it starts."""
     elements: _Elements = {}
     end = len(chunk)
     first = True
     while position + 8 <= end:
         group, number = _TAG.unpack_from(chunk, position)
         tag = group << 16 | number
+        if meta and group != 2:
+            return (elements, position) if elements else None
+        if group == 0 and not meta:
+            return None  # a command set: pydicom reads it
         raw_vr = chunk[position + 4 : position + 6]
         if first:  # pydicom's check that the data set's VRs match the transfer syntax
             looks_implicit = not (0x40 < raw_vr[0] < 0x5B and 0x40 < raw_vr[1] < 0x5B)

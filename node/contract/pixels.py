@@ -14,6 +14,7 @@ as before, on a thread pool. Either way the values are those of ``ds.pixel_array
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import struct
 from collections.abc import Sequence
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
@@ -32,6 +34,10 @@ from node.errors import VolumeError
 _PIXEL_DATA = 0x7FE00010
 #: Decoder threads for pixel data pydicom must decode (compressed, big-endian...).
 DECODE_THREADS = max(1, min(8, os.cpu_count() or 1))
+#: Threads reading native pixel data into the volume, each a share of at least
+#: ``FILL_MIN_SLICES`` slices.
+FILL_THREADS = max(1, min(4, os.cpu_count() or 1))
+FILL_MIN_SLICES = 64
 
 
 @dataclass(frozen=True)
@@ -106,6 +112,29 @@ def _source_from_chunk(path: Path, chunk: bytes, size: int) -> SourceFile | None
     return SourceFile(path, header, _pixel_offset(header, chunk[start : start + 12], start, size))
 
 
+_U16 = struct.Struct("<H")
+
+
+def _unsigned(header: Dataset, tag: int, default: int | None = None) -> int:
+    """``int(header[tag].value)`` of a US element (``default`` when absent; KeyError
+    without one), its raw little-endian value read as it is, without pydicom converting
+    it (the pixel module's US elements are read for every file of every series)."""
+    if tag not in header:
+        if default is None:
+            raise KeyError(tag)
+        return default
+    elem = header.get_item(tag)
+    if (
+        isinstance(elem, RawDataElement)
+        and elem.length == 2
+        and elem.is_little_endian
+        and elem.VR in (None, "US")
+        and isinstance(elem.value, bytes)
+    ):
+        return int(_U16.unpack(elem.value)[0])
+    return int(header[tag].value)
+
+
 def _native_dtype(header: Dataset) -> np.dtype | None:
     """The dtype of ``header``'s pixels when they can be read as stored, else None."""
     meta = getattr(header, "file_meta", None)
@@ -113,13 +142,13 @@ def _native_dtype(header: Dataset) -> np.dtype | None:
     if syntax not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian):
         return None
     try:
-        if int(header.get("SamplesPerPixel", 1)) != 1 or int(header.get("NumberOfFrames", 1)) != 1:
+        if _unsigned(header, 0x00280002, 1) != 1 or int(header.get("NumberOfFrames", 1)) != 1:
             return None
-        allocated = int(header.BitsAllocated)
-        stored = int(header.get("BitsStored", allocated))
-        signed = int(header.PixelRepresentation) == 1
-        int(header.Rows), int(header.Columns)
-    except (AttributeError, TypeError, ValueError):
+        allocated = _unsigned(header, 0x00280100)
+        stored = _unsigned(header, 0x00280101, allocated)
+        signed = _unsigned(header, 0x00280103) == 1
+        _unsigned(header, 0x00280010), _unsigned(header, 0x00280011)  # Rows, Columns
+    except (AttributeError, KeyError, TypeError, ValueError):
         return None
     if allocated not in (8, 16, 32) or not 0 < stored <= allocated:
         return None
@@ -212,6 +241,14 @@ def _rescale_into(out: np.ndarray, pixels: np.ndarray, header: Dataset) -> None:
     np.add(out, intercept, out=out)
 
 
+def _fill_native(sources: Sequence[SourceFile], indices: Sequence[int], out: np.ndarray) -> None:
+    """``out[k]`` = source ``k``'s rescaled native pixels, for each ``k`` of ``indices``."""
+    buffer: np.ndarray | None = None
+    for k in indices:
+        buffer = _read_native(sources[k], buffer)
+        _rescale_into(out[k], buffer, sources[k].header)
+
+
 def fill_slices(sources: Sequence[SourceFile], out: np.ndarray) -> list[Dataset]:
     """Write image ``k``'s rescaled pixels into ``out[k]``; return each image's header.
 
@@ -221,11 +258,17 @@ def fill_slices(sources: Sequence[SourceFile], out: np.ndarray) -> list[Dataset]
     """
     headers = [source.header for source in sources]
     decode = [k for k, source in enumerate(sources) if source.pixel_offset is None]
-    buffer: np.ndarray | None = None
-    for k, source in enumerate(sources):
-        if source.pixel_offset is not None:
-            buffer = _read_native(source, buffer)
-            _rescale_into(out[k], buffer, source.header)
+    native = [k for k, source in enumerate(sources) if source.pixel_offset is not None]
+    parts = min(FILL_THREADS, max(1, len(native) // FILL_MIN_SLICES))
+    if parts > 1:
+        # Contiguous shares, one per thread; file reads and numpy release the GIL.
+        bounds = np.linspace(0, len(native), parts + 1).astype(int)
+        with ThreadPoolExecutor(max_workers=parts, thread_name_prefix="fill") as pool:
+            shares = [native[a:b] for a, b in itertools.pairwise(bounds)]
+            for done in [pool.submit(_fill_native, sources, share, out) for share in shares]:
+                done.result()
+    else:
+        _fill_native(sources, native, out)
     if not decode:
         return headers
 

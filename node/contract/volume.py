@@ -16,7 +16,10 @@ import logging
 from dataclasses import dataclass, field
 
 import numpy as np
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.tag import BaseTag
+from pydicom.valuerep import VR
 
 from node.contract import image_attributes
 
@@ -190,9 +193,17 @@ def strip_pixels(ds: Dataset) -> Dataset:
     Elements not yet decoded are copied as read (``Dataset.elements()``): each is decoded
     when first used, not all of them for every slice of every series.
     """
-    header = Dataset()
+    plain: dict[BaseTag, DataElement | RawDataElement] = {}
+    rest = []
+    for tag, elem in ds.items():
+        if tag >> 16 == 0x7FE0:
+            continue
+        if tag.is_private or (isinstance(elem, DataElement) and elem.VR == VR.SQ):
+            rest.append((tag, elem))  # Dataset.__setitem__ does more for these
+        else:
+            plain[tag] = elem  # what __setitem__ would do: store it
+    header = Dataset(plain)
     header.file_meta = ds.file_meta
-    for elem in ds.elements():
-        if elem.tag.group != 0x7FE0:
-            header[elem.tag] = elem
+    for tag, elem in sorted(rest, key=lambda item: item[0]):
+        header[tag] = elem
     return header

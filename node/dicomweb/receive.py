@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import logging
 import tempfile
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -157,6 +158,8 @@ class StowResult:
     failed: list[tuple[str, str, int]] = field(default_factory=list)  # (class, instance, reason)
     syntax_error: str | None = None
     duplicates: int = 0
+    #: Instances newly stored, per series (what :meth:`StowReceiver.finished` hands on).
+    series: Counter[str] = field(default_factory=Counter)
 
     def http_status(self) -> int:
         if not self.failed and self.syntax_error is None:
@@ -364,6 +367,14 @@ class StowReceiver:
         result.stored.append((incoming.sop_class_uid, incoming.sop_uid))
         if outcome is Outcome.DUPLICATE:
             result.duplicates += 1
+        else:
+            result.series[incoming.series_uid] += 1
+
+    def finished(self, result: StowResult) -> None:
+        """A request whose body was read to its end: what it stored, per series, goes to
+        the ingestor's read-ahead hint (as an association that ended normally)."""
+        if result.series and result.syntax_error is None:
+            self._ingestor.delivered(result.series)
 
     def _check_part(
         self, part: _Part, study_uid: str | None, calling_ae: str

@@ -122,10 +122,13 @@ class QuietReads:
         series_uid: str,
         paths: tuple[Path, ...],
         validated: Sequence[ValidatedInput] = (),
+        *,
+        trigger: str = "quiet",
     ) -> bool:
         """Start reading ``paths`` unless a read of another series, or of these paths, is
         held (one at a time); a held read of fewer instances of this series is replaced.
-        True if started."""
+        True if started. ``trigger`` says why, in the log line (``quiet``: a part of the
+        quiet period passed; ``delivered``: the association or STOW-RS request that delivered it ended)."""
         self.expire()
         with self._lock:
             held = self._held
@@ -137,7 +140,12 @@ class QuietReads:
                 held.read.cancel()
             future = self._pool.submit(self._read, series_uid, paths, tuple(validated))
             self._held = _HeldRead(series_uid, paths, self._monotonic(), future)
-        log.info("quiet read-ahead started series_uid=%s instances=%d", series_uid, len(paths))
+        log.info(
+            "quiet read-ahead started series_uid=%s instances=%d trigger=%s",
+            series_uid,
+            len(paths),
+            trigger,
+        )
         return True
 
     def _read(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import pydicom
@@ -68,6 +68,10 @@ class Ingestor:
         self._clock = clock
         self._min_free_bytes = min_free_bytes
         self.commits = GroupCommit(series, sync_directory)
+        #: Called with the series (UID -> instances) an association delivered when it ends
+        #: normally: the node starts reading a series delivered whole by one association
+        #: then, instead of a quarter into its quiet period.
+        self.on_delivered: Callable[[Mapping[str, int]], object] | None = None
 
     def accept(
         self,
@@ -175,10 +179,21 @@ class Ingestor:
                     reason,
                 )
 
-    def sender_finished(self, series: Iterable[str], note: str) -> None:
-        """An association that carried ``series`` ended normally: end their holds."""
+    def sender_finished(self, series: Mapping[str, int], note: str) -> None:
+        """An association that carried ``series`` (UID -> instances) ended normally: end
+        their holds, then tell :attr:`on_delivered`."""
         for series_uid in self._series.release_hold(series, note):
             log.info("series completion hold ended series_uid=%s reason=%s", series_uid, note)
+        self.delivered(series)
+
+    def delivered(self, series: Mapping[str, int]) -> None:
+        """A sender finished normally (an association released, a STOW-RS request read to
+        its end) after storing ``series`` (UID -> instances): tell :attr:`on_delivered`."""
+        if self.on_delivered is not None:
+            try:
+                self.on_delivered(series)
+            except Exception:  # a hint for a read-ahead: never fail the sender's end
+                log.exception("handling a finished sender's series failed")
 
     def recover(self) -> int:
         """Record spooled files that have no database row; return how many.
