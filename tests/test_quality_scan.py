@@ -39,13 +39,14 @@ def _check_percentile(magnitudes: np.ndarray) -> None:
 
 def test_the_streak_percentile_is_numpys_at_every_size() -> None:
     """Every size up to 700 and sizes of whole slices (the interpolation weight depends
-    on the size alone: below and above a half), with ties, integer and fractional values."""
+    on the size alone: below and above a half), with ties, whole and fractional values."""
     rng = np.random.default_rng(11)
     sizes = [*range(1, 701), 20_001, 99_072, 131_071, 262_144]
     for size in sizes:
         integers = np.abs(np.rint(rng.normal(0, 40, size))).astype(np.float32)
         _check_percentile(integers)
         _check_percentile(np.abs(rng.normal(0, 1e3, size)).astype(np.float32))
+        _check_percentile(rng.integers(0, 3, size).astype(np.float32))  # mostly ties
     weights = {((n - 1) * quality._STREAK_QUANTILE) % 1 >= 0.5 for n in sizes}
     assert weights == {True, False}
 
@@ -61,7 +62,7 @@ def test_the_streak_percentile_is_numpys_at_every_size() -> None:
 )
 def test_the_streak_percentile_is_numpys_for_any_magnitudes(values: list[float]) -> None:
     """Ties, huge values (their difference overflows), infinities and NaN."""
-    magnitudes = np.asarray(values, dtype=np.float32)
+    magnitudes = np.abs(np.asarray(values, dtype=np.float32))  # no -0.0
     with np.errstate(all="ignore"):
         expected = _ref_percentile(magnitudes)
         found = quality._magnitude_percentile(magnitudes.copy())

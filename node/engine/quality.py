@@ -341,27 +341,38 @@ def slice_noise(array: np.ndarray, window: tuple[float, float] = TISSUE_HU) -> n
 _STREAK_QUANTILE = float(np.true_divide(_STREAK_PERCENTILE, 100))
 
 
+def _order_statistics(magnitudes: np.ndarray, at: int) -> tuple[np.float32, np.float32]:
+    """The ``at``-th smallest of float32 ``magnitudes`` (no sign bits: from ``np.abs``)
+    and the next; partitions the array in place.
+
+    Partitioned as int32: the bits of a float32 without its sign bit order as the float
+    does (NaN after infinity, as numpy sorts it), and numpy partitions int32 about twice
+    as fast.
+    """
+    magnitudes.view(np.int32).partition(at)
+    return magnitudes[at], magnitudes[at + 1 :].min()  # NaN, sorted last, if there is one
+
+
 def _magnitude_percentile(magnitudes: np.ndarray) -> float:
-    """``np.percentile(magnitudes, 95)`` of a float32 array, which it partitions in place.
+    """``np.percentile(magnitudes, 95)`` of a float32 array of magnitudes (from
+    ``np.abs``), which it partitions in place.
 
     numpy's ``linear`` method (the default) takes the order statistics at
     ``floor((n - 1) q)`` and the next, and interpolates between them by the fraction
     left; below is that arithmetic, operation for operation (float64 index, float32
     interpolation with a Python-float weight, as for a Python-float percentile). The two
-    order statistics come from one partition and a minimum: numpy's own four-point
-    partition (those two, the minimum and the maximum) was most of its time. Checked
-    against ``np.percentile`` in tests/test_quality_vectorised.py.
+    order statistics are found directly (:func:`_order_statistics`): numpy's own
+    four-point partition (those two, the minimum and the maximum) was most of its time.
+    Checked against ``np.percentile`` in tests/test_quality_scan.py.
     """
     size = magnitudes.size
     if size < 2 or magnitudes.dtype != np.float32:
         return float(np.percentile(magnitudes, _STREAK_PERCENTILE, overwrite_input=True))
     virtual = (size - 1) * _STREAK_QUANTILE  # below size - 1: there is a next one
     at = int(np.floor(virtual))
-    magnitudes.partition(at)
-    lower = magnitudes[at]
-    upper = magnitudes[at + 1 :].min()  # NaN, sorted last, when there is one
+    lower, upper = _order_statistics(magnitudes, at)
     weight = virtual - at
-    with np.errstate(invalid="ignore"):  # inf - inf is NaN, as in numpy
+    with np.errstate(over="ignore", invalid="ignore"):  # as in numpy (inf - inf is NaN)
         step = upper - lower
         if weight >= 0.5:
             return float(upper - step * (1 - weight))
