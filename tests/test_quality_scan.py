@@ -129,7 +129,11 @@ def test_blocks_on_threads_measure_as_the_reference(threads: int) -> None:
     with_nan = _ct_with(2 * block + 2, 32, 32, 5)
     with_nan[block + 3, 4, 4] = np.nan
     volumes.append(with_nan)
+    no_air = np.random.default_rng(7).normal(40.0, 30.0, (2 * block + 3, 24, 24))
+    volumes.append(np.clip(no_air, 0.0, 80.0).astype(np.float32))  # both ends count
+    volumes.append(np.clip(no_air, -999.0, 80.0).astype(np.float32)[::-1].copy())
     high_late = _ct_with(3 * block, 20, 20, 6, metal=True)
+
     high_late[2 * block + 1, 3, 3] = 5000.0
     high_late[1, 3, 3] = -3000.0
     volumes.append(high_late)

@@ -39,6 +39,9 @@ TISSUE_HU = (-150.0, 150.0)
 #: HU range of soft tissue (not lung, air or bone) for the streak index; wide enough to
 #: keep tissue that streaks brighten or darken by a few hundred HU.
 BODY_HU = (-400.0, 450.0)
+#: A CT series whose minimum is at or below this (HU) has air's floor there: its low end
+#: does not count as clipped.
+_AIR_FLOOR_HU = -1000.0
 #: Percentile of the Laplacian's magnitude that stands for a slice's high-frequency energy.
 _STREAK_PERCENTILE = 95.0
 #: The Laplacian ``[[0,1,0],[1,-4,1],[0,1,0]]`` multiplies white-noise variance by 20.
@@ -464,6 +467,7 @@ class _CtScan:
     maximum: float
     minimum: float
     at_maximum: int
+    #: Voxels at the minimum, counted only where it lies above :data:`_AIR_FLOOR_HU` (0 else).
     at_minimum: int
 
 
@@ -505,8 +509,12 @@ class _Scan:
             self.at_max[k] = (
                 0 if top is not None and high < top else np.count_nonzero(image == high)
             )
+            # Nor where the series' minimum is at air's floor or below (or NaN): its low
+            # end is not counted then.
             self.at_min[k] = (
-                0 if bottom is not None and low > bottom else np.count_nonzero(image == low)
+                0
+                if (bottom is not None and low > bottom) or not low > _AIR_FLOOR_HU
+                else np.count_nonzero(image == low)
             )
             top = high if top is None or high > top else top
             bottom = low if bottom is None or low < bottom else bottom
@@ -622,12 +630,14 @@ def measure(
             noise=noise_sd(array),
             metal_fraction=metal_fraction(array, validated.metal_threshold),
             streak_index=streak_index(array),
-            clipped_fraction=clipped_fraction(array, count_low_end=float(array.min()) > -1000.0),
+            clipped_fraction=clipped_fraction(
+                array, count_low_end=float(array.min()) > _AIR_FLOOR_HU
+            ),
         )
     scan = _scan_ct(array, validated.metal_threshold)
     total = max(1, array.size)
     clipped = float(scan.at_maximum) / total
-    if scan.minimum > -1000.0:  # the low end counts unless air's floor is there
+    if scan.minimum > _AIR_FLOOR_HU:  # the low end counts unless air's floor is there
         clipped += float(scan.at_minimum) / total
     return Measurements(
         layout,
