@@ -133,7 +133,6 @@ def test_blocks_on_threads_measure_as_the_reference(threads: int) -> None:
     volumes.append(np.clip(no_air, 0.0, 80.0).astype(np.float32))  # both ends count
     volumes.append(np.clip(no_air, -999.0, 80.0).astype(np.float32)[::-1].copy())
     high_late = _ct_with(3 * block, 20, 20, 6, metal=True)
-
     high_late[2 * block + 1, 3, 3] = 5000.0
     high_late[1, 3, 3] = -3000.0
     volumes.append(high_late)
