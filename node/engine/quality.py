@@ -21,7 +21,6 @@ The plumbing that reads files and records events is :mod:`node.orchestration.gat
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -473,8 +472,10 @@ class _CtScan:
 
 #: Slices per block of :func:`_scan_ct` (a unit of work for one thread).
 _SCAN_BLOCK = 16
-#: Threads for :func:`_scan_ct` (numpy releases the GIL in the per-slice work).
-_SCAN_THREADS = min(2, os.cpu_count() or 1)
+#: Threads for :func:`_scan_ct` (numpy releases the GIL in the per-slice work). One: on
+#: the 2-core VM, busy with the node's other work, two were no faster at 300 slices
+#: (0.43 vs 0.45 s, load 2) and slower at 1000 (2.3 vs 3.5 s, load 3.5).
+_SCAN_THREADS = 1
 
 
 class _Scan:
