@@ -51,6 +51,26 @@ def test_the_streak_percentile_is_numpys_at_every_size() -> None:
     assert weights == {True, False}
 
 
+def test_a_run_of_ties_in_the_sample_is_confirmed_by_counting() -> None:
+    """A sample all at one value while the wanted ranks hold others (the counts refuse
+    the sample's value), and runs of ties at, below and above the wanted ranks."""
+    rng = np.random.default_rng(5)
+    size = 8 * quality._TIE_SAMPLE
+    step = size // quality._TIE_SAMPLE
+    misleading = rng.uniform(0.0, 10.0, size).astype(np.float32)
+    misleading[::step] = 5.0  # every sampled magnitude
+    _check_percentile(misleading)
+    for value in (0.0, 1.0, 2.0, 3.0):
+        runs = np.where(rng.random(size) < 0.9, value, rng.integers(0, 4, size)).astype(np.float32)
+        _check_percentile(runs)
+    edge = np.zeros(size, dtype=np.float32)
+    at = int((size - 1) * quality._STREAK_QUANTILE)
+    edge[at + 1 :] = 7.0  # the run ends just at the wanted rank: the next one differs
+    _check_percentile(rng.permutation(edge))
+    edge[at:] = 7.0  # it starts there
+    _check_percentile(rng.permutation(edge))
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     values=st.lists(

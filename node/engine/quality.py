@@ -343,14 +343,32 @@ def slice_noise(array: np.ndarray, window: tuple[float, float] = TISSUE_HU) -> n
 _STREAK_QUANTILE = float(np.true_divide(_STREAK_PERCENTILE, 100))
 
 
+#: About this many evenly spread magnitudes are sorted to look for a run of ties.
+_TIE_SAMPLE = 1024
+#: Sampled ranks either side of the wanted one that must share its value.
+_TIE_RUN = 8
+
+
 def _order_statistics(magnitudes: np.ndarray, at: int) -> tuple[np.float32, np.float32]:
     """The ``at``-th smallest of float32 ``magnitudes`` (no sign bits: from ``np.abs``)
-    and the next; partitions the array in place.
+    and the next; may partition the array in place.
 
-    Partitioned as int32: the bits of a float32 without its sign bit order as the float
-    does (NaN after infinity, as numpy sorts it), and numpy partitions int32 about twice
-    as fast.
+    The Laplacian of whole HU values is whole: in smooth images most magnitudes share
+    a few values, where numpy's partition is slow (5x). When a sample shows a run of ties
+    over the wanted rank, two counts confirm that value (exactly: both ranks lie within
+    its run). Otherwise the array is partitioned as int32: the bits of a float32 without
+    its sign bit order as the float does (NaN after infinity, as numpy sorts it), and
+    numpy partitions int32 about twice as fast.
     """
+    size = magnitudes.size
+    sample = np.sort(magnitudes[:: max(1, size // _TIE_SAMPLE)])
+    wanted = at * sample.size // size
+    low, high = max(0, wanted - _TIE_RUN), min(sample.size - 1, wanted + _TIE_RUN)
+    if sample[low] == sample[high]:  # NaN never equals: partitioned
+        value = sample[wanted]
+        below = np.count_nonzero(magnitudes < value)
+        if below <= at and at + 1 < np.count_nonzero(magnitudes <= value):
+            return value, value
     magnitudes.view(np.int32).partition(at)
     return magnitudes[at], magnitudes[at + 1 :].min()  # NaN, sorted last, if there is one
 
