@@ -139,9 +139,10 @@ def without_duplicate_positions(datasets: Sequence[Dataset]) -> list[Dataset]:
 # -- image measurements (arrays shaped (slices, rows, columns), real-world values) ----
 #
 # The measurements walk the volume once, slice by slice (a slice stays in the cache for
-# every measurement on it), into buffers allocated once per volume. The Laplacian is
-# computed only at the homogeneous pixels (with the same float32 operations, in the
-# same order, as over the whole slice), which are found by a separable 5x5 erosion.
+# every measurement on it), into buffers allocated once per volume. The homogeneous
+# pixels are found by a separable 5x5 erosion on the flattened slice; the Laplacian is
+# computed over the rows they reach (the same float32 operations, in the same order, as
+# :func:`_laplacian`) and selected there.
 
 
 def _laplacian(image: np.ndarray) -> np.ndarray:
@@ -354,7 +355,7 @@ def _order_statistics(magnitudes: np.ndarray, at: int) -> tuple[np.float32, np.f
     and the next; may partition the array in place.
 
     The Laplacian of whole HU values is whole: in smooth images most magnitudes share
-    a few values, where numpy's partition is slow (5x). When a sample shows a run of ties
+    a few values, where numpy's partition is slow (~7x). When a sample shows a run of ties
     over the wanted rank, two counts confirm that value (exactly: both ranks lie within
     its run). Otherwise the array is partitioned as int32: the bits of a float32 without
     its sign bit order as the float does (NaN after infinity, as numpy sorts it), and
@@ -491,8 +492,8 @@ class _CtScan:
 #: Slices per block of :func:`_scan_ct` (a unit of work for one thread).
 _SCAN_BLOCK = 16
 #: Threads for :func:`_scan_ct` (numpy releases the GIL in the per-slice work). One: on
-#: the 2-core VM, busy with the node's other work, two were no faster at 300 slices
-#: (0.43 vs 0.45 s, load 2) and slower at 1000 (2.3 vs 3.5 s, load 3.5).
+#: the shared 2-core VM two were 1.3x faster at 1000 slices when it was quiet (load 0.8),
+#: no faster at 300 slices with load 2 and 1.5x slower at 1000 with load 3.5.
 _SCAN_THREADS = 1
 
 
