@@ -22,6 +22,7 @@ The plumbing that reads files and records events is :mod:`node.orchestration.gat
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,6 +38,9 @@ TISSUE_HU = (-150.0, 150.0)
 #: HU range of soft tissue (not lung, air or bone) for the streak index; wide enough to
 #: keep tissue that streaks brighten or darken by a few hundred HU.
 BODY_HU = (-400.0, 450.0)
+#: A CT series whose minimum is at or below this (HU) has air's floor there: its low end
+#: does not count as clipped.
+_AIR_FLOOR_HU = -1000.0
 #: Percentile of the Laplacian's magnitude that stands for a slice's high-frequency energy.
 _STREAK_PERCENTILE = 95.0
 #: The Laplacian ``[[0,1,0],[1,-4,1],[0,1,0]]`` multiplies white-noise variance by 20.
@@ -135,9 +139,10 @@ def without_duplicate_positions(datasets: Sequence[Dataset]) -> list[Dataset]:
 # -- image measurements (arrays shaped (slices, rows, columns), real-world values) ----
 #
 # The measurements walk the volume once, slice by slice (a slice stays in the cache for
-# every measurement on it), into buffers allocated once per volume. The Laplacian is
-# computed only at the homogeneous pixels (with the same float32 operations, in the
-# same order, as over the whole slice), which are found by a separable 5x5 erosion.
+# every measurement on it), into buffers allocated once per volume. The homogeneous
+# pixels are found by a separable 5x5 erosion on the flattened slice; the Laplacian is
+# computed over the rows they reach (the same float32 operations, in the same order, as
+# :func:`_laplacian`) and selected there.
 
 
 def _laplacian(image: np.ndarray) -> np.ndarray:
@@ -155,57 +160,109 @@ def homogeneous_mask(image: np.ndarray, window: tuple[float, float] = TISSUE_HU)
 
 
 class _Slices:
-    """Per-slice Laplacian values at homogeneous pixels, with buffers reused across slices.
+    """Per-slice homogeneous masks and Laplacians, into buffers reused across slices.
 
-    Equal, value for value and in the same order, to
-    ``_laplacian(image)[homogeneous_mask(image, window)]``: the mask's eroded pixels are
-    those at least 2 from the border whose 5x5 box lies within the window.
+    Everything is computed on the flattened slice. ``laplacian_of(image)[mask]`` with
+    ``mask = homogeneous_mask(image, window)`` equals, value for value and in the same
+    order, ``_laplacian(image)[homogeneous_mask(image, window)]`` (the module functions):
+    the mask's pixels are those at least 2 from the border whose 5x5 box lies within the
+    window, and the Laplacian is the same float32 operations in the same order.
     """
 
     def __init__(self, rows: int, columns: int) -> None:
         self.rows, self.columns = rows, columns
-        self.inside = np.empty((rows, columns), dtype=bool)
-        self.above = np.empty((rows, columns), dtype=bool)
-        self.h2 = np.empty((rows, columns - 1), dtype=bool)
-        self.h4 = np.empty((rows, columns - 3), dtype=bool)
-        self.h5 = np.empty((rows, columns - 4), dtype=bool)
-        self.v2 = np.empty((rows - 1, columns - 4), dtype=bool)
-        self.v4 = np.empty((rows - 3, columns - 4), dtype=bool)
-        # The eroded mask laid out as the slice (its 2-pixel border stays False), so that
-        # its flat nonzero indices are the slice's.
-        self.eroded = np.zeros((rows, columns), dtype=bool)
+        size = rows * columns
+        self.inside = np.empty(size, dtype=bool)
+        self.above = np.empty(size, dtype=bool)
+        self.first = np.empty(size, dtype=np.uint8)
+        self.second = np.empty(size, dtype=np.uint8)
+        self.third = np.empty(size, dtype=np.uint8)
+        # The eroded mask laid out as the flattened slice: its 2-pixel border stays False.
+        self.eroded = np.zeros(size, dtype=bool)
+        # The Laplacian laid out as the flattened slice (set where last computed).
+        self.laplacian = np.zeros(size, dtype=np.float32)
+        self.centre = np.empty(size, dtype=np.float32)
+
+    def homogeneous_mask(self, image: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+        """The pixels of ``image`` whose 5x5 box lies within ``window``, flattened (the
+        buffer is reused by the next call).
+
+        A separable 5x5 erosion in flat indices: a box that runs over a row's end wraps
+        onto the next row, and is centred on one of the border columns, which are cleared.
+        """
+        flat = image.reshape(-1)
+        columns, size = self.columns, flat.size
+        inside = np.greater_equal(flat, window[0], out=self.inside).view(np.uint8)
+        below = np.less_equal(flat, window[1], out=self.above).view(np.uint8)
+        np.bitwise_and(inside, below, out=inside)
+        # Pixels i..i+4 at [i] ...
+        h2, h4, h5 = self.first[: size - 1], self.second[: size - 3], self.first[: size - 4]
+        np.bitwise_and(inside[:-1], inside[1:], out=h2)
+        np.bitwise_and(h2[:-2], h2[2:], out=h4)
+        np.bitwise_and(h4[:-1], inside[4:], out=h5)
+        # ... then rows r..r+4 of those: the box centred 2 rows and 2 columns further on.
+        v2 = self.second[: size - 4 - columns]
+        v4 = self.third[: size - 4 - 3 * columns]
+        np.bitwise_and(h5[:-columns], h5[columns:], out=v2)
+        np.bitwise_and(v2[: -2 * columns], v2[2 * columns :], out=v4)
+        eroded = self.eroded.view(np.uint8)[2 * columns + 2 : size - 2 * columns - 2]
+        np.bitwise_and(v4[:-columns], h5[4 * columns :], out=eroded)
+        by_row = self.eroded.reshape(self.rows, columns)
+        by_row[:, :2] = False
+        by_row[:, -2:] = False
+        return self.eroded
 
     def homogeneous(self, image: np.ndarray, window: tuple[float, float]) -> np.ndarray:
         """Flat indices (into ``image``) of the pixels whose 5x5 box lies within ``window``."""
-        inside = np.greater_equal(image, window[0], out=self.inside)
-        np.logical_and(inside, np.less_equal(image, window[1], out=self.above), out=inside)
-        # Columns j..j+4 in h5[:, j], then rows i..i+4: the box centred (i+2, j+2).
-        np.logical_and(inside[:, :-1], inside[:, 1:], out=self.h2)
-        np.logical_and(self.h2[:, :-2], self.h2[:, 2:], out=self.h4)
-        np.logical_and(self.h4[:, :-1], inside[:, 4:], out=self.h5)
-        np.logical_and(self.h5[:-1], self.h5[1:], out=self.v2)
-        np.logical_and(self.v2[:-2], self.v2[2:], out=self.v4)
-        np.logical_and(self.v4[:-1], self.h5[4:], out=self.eroded[2:-2, 2:-2])
-        return np.flatnonzero(self.eroded)
+        return np.flatnonzero(self.homogeneous_mask(image, window))
 
-    def laplacian_at(self, image: np.ndarray, at: np.ndarray) -> np.ndarray:
-        """:func:`_laplacian` of ``image`` at the flat indices ``at`` (float32, same order
-        of operations)."""
+    def extent(self, mask: np.ndarray) -> tuple[int, int]:
+        """Flat indices from the first row of a flattened ``mask`` with a True to past
+        the last such row ((0, 0) when there is none)."""
+        rows: np.ndarray = np.any(mask.reshape(self.rows, self.columns), axis=1)
+        first = int(np.argmax(rows))
+        if not rows[first]:
+            return 0, 0
+        return first * self.columns, (self.rows - int(np.argmax(rows[::-1]))) * self.columns
+
+    def laplacian_of(
+        self, image: np.ndarray, start: int | None = None, stop: int | None = None
+    ) -> np.ndarray:
+        """:func:`_laplacian` of a C-contiguous float32 ``image``, laid out as its flattened
+        pixels and valid at its interior pixels from flat index ``start`` to ``stop``
+        (default: all); the buffer is reused by the next call.
+
+        Contiguous float32 operations over the slice: cheaper than gathering the five
+        neighbours of the homogeneous pixels. Non-finite pixels outside the mask may make
+        infinities or NaN here, which nothing reads.
+        """
         flat = image.reshape(-1)
         columns = self.columns
-        values = flat[at - columns] + flat[at + columns]
-        values += flat[at - 1]
-        values += flat[at + 1]
-        values -= 4.0 * flat[at]
-        return values
+        start = columns if start is None else max(start, columns)
+        stop = flat.size - columns if stop is None else min(stop, flat.size - columns)
+        if stop <= start:
+            return self.laplacian
+        values = self.laplacian[start:stop]
+        with np.errstate(over="ignore", invalid="ignore"):
+            np.add(
+                flat[start - columns : stop - columns],
+                flat[start + columns : stop + columns],
+                out=values,
+            )
+            values += flat[start - 1 : stop - 1]
+            values += flat[start + 1 : stop + 1]
+            values -= np.multiply(flat[start:stop], 4.0, out=self.centre[start:stop])
+        return self.laplacian
 
     def values(self, image: np.ndarray, window: tuple[float, float], every: int = 0) -> np.ndarray:
         """The Laplacian at the homogeneous pixels of ``image`` (float32, C-contiguous);
         with ``every``, only every ``max(1, count // every)``-th of them."""
-        at = self.homogeneous(image, window)
-        if every:
-            at = at[:: max(1, at.size // every)]
-        return self.laplacian_at(image, at)
+        mask = self.homogeneous_mask(image, window)
+        if not every:
+            start, stop = self.extent(mask)
+            return self.laplacian_of(image, start, stop)[start:stop][mask[start:stop]]
+        at = np.flatnonzero(mask)
+        return self.laplacian_of(image)[at[:: max(1, at.size // every)]]
 
 
 def _measurable(array: np.ndarray) -> bool:
@@ -283,19 +340,69 @@ def slice_noise(array: np.ndarray, window: tuple[float, float] = TISSUE_HU) -> n
     )
 
 
-def _percentile(values: np.ndarray) -> float:
-    """``np.percentile(np.abs(values), 95)``, with the magnitudes first permuted so that
-    the two order statistics it interpolates are in place: the percentile depends on the
-    values only, not their order, and numpy's own multi-point partition (four points)
-    then has almost nothing to do."""
-    magnitudes = np.abs(values)
+#: The streak percentile as the quantile numpy's ``percentile`` interpolates at.
+_STREAK_QUANTILE = float(np.true_divide(_STREAK_PERCENTILE, 100))
+
+
+#: About this many evenly spread magnitudes are sorted to look for a run of ties.
+_TIE_SAMPLE = 1024
+#: Sampled ranks either side of the wanted one that must share its value.
+_TIE_RUN = 8
+
+
+def _order_statistics(magnitudes: np.ndarray, at: int) -> tuple[np.float32, np.float32]:
+    """The ``at``-th smallest of float32 ``magnitudes`` (no sign bits: from ``np.abs``)
+    and the next; may partition the array in place.
+
+    The Laplacian of whole HU values is whole: in smooth images most magnitudes share
+    a few values, where numpy's partition is slow (~7x). When a sample shows a run of ties
+    over the wanted rank, two counts confirm that value (exactly: both ranks lie within
+    its run). Otherwise the array is partitioned as int32: the bits of a float32 without
+    its sign bit order as the float does (NaN after infinity, as numpy sorts it), and
+    numpy partitions int32 about twice as fast.
+    """
     size = magnitudes.size
-    if size > 2:
-        at = min(size - 2, int((size - 1) * _STREAK_PERCENTILE / 100.0))
-        magnitudes.partition(at)
-        above = at + 1 + int(np.argmin(magnitudes[at + 1 :]))
-        magnitudes[[at + 1, above]] = magnitudes[[above, at + 1]]
-    return float(np.percentile(magnitudes, _STREAK_PERCENTILE, overwrite_input=True))
+    sample = np.sort(magnitudes[:: max(1, size // _TIE_SAMPLE)])
+    wanted = at * sample.size // size
+    low, high = max(0, wanted - _TIE_RUN), min(sample.size - 1, wanted + _TIE_RUN)
+    if sample[low] == sample[high]:  # NaN never equals: partitioned
+        value = sample[wanted]
+        below = np.count_nonzero(magnitudes < value)
+        if below <= at and at + 1 < np.count_nonzero(magnitudes <= value):
+            return value, value
+    magnitudes.view(np.int32).partition(at)
+    return magnitudes[at], magnitudes[at + 1 :].min()  # NaN, sorted last, if there is one
+
+
+def _magnitude_percentile(magnitudes: np.ndarray) -> float:
+    """``np.percentile(magnitudes, 95)`` of a float32 array of magnitudes (from
+    ``np.abs``), which it partitions in place.
+
+    numpy's ``linear`` method (the default) takes the order statistics at
+    ``floor((n - 1) q)`` and the next, and interpolates between them by the fraction
+    left; below is that arithmetic, operation for operation (float64 index, float32
+    interpolation with a Python-float weight, as for a Python-float percentile). The two
+    order statistics are found directly (:func:`_order_statistics`): numpy's own
+    four-point partition (those two, the minimum and the maximum) was most of its time.
+    Checked against ``np.percentile`` in tests/test_quality_scan.py.
+    """
+    size = magnitudes.size
+    if size < 2 or magnitudes.dtype != np.float32:
+        return float(np.percentile(magnitudes, _STREAK_PERCENTILE, overwrite_input=True))
+    virtual = (size - 1) * _STREAK_QUANTILE  # below size - 1: there is a next one
+    at = int(np.floor(virtual))
+    lower, upper = _order_statistics(magnitudes, at)
+    weight = virtual - at
+    with np.errstate(over="ignore", invalid="ignore"):  # as in numpy (inf - inf is NaN)
+        step = upper - lower
+        if weight >= 0.5:
+            return float(upper - step * (1 - weight))
+        return float(lower + step * weight)
+
+
+def _percentile(values: np.ndarray) -> float:
+    """``np.percentile(np.abs(values), 95)`` (see :func:`_magnitude_percentile`)."""
+    return _magnitude_percentile(np.abs(values))
 
 
 def _energies(percentiles: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -378,57 +485,107 @@ class _CtScan:
     maximum: float
     minimum: float
     at_maximum: int
+    #: Voxels at the minimum, counted only where it lies above :data:`_AIR_FLOOR_HU` (0 else).
     at_minimum: int
 
 
-def _scan_ct(array: np.ndarray, metal_threshold: float) -> _CtScan:
+#: Slices per block of :func:`_scan_ct` (a unit of work for one thread).
+_SCAN_BLOCK = 16
+#: Threads for :func:`_scan_ct` (numpy releases the GIL in the per-slice work). One: on
+#: the shared 2-core VM two were 1.3x faster at 1000 slices when it was quiet (load 0.8),
+#: no faster at 300 slices with load 2 and 1.5x slower at 1000 with load 3.5.
+_SCAN_THREADS = 1
+
+
+class _Scan:
+    """Per-slice results of :func:`_scan_ct`, filled block by block (blocks may run on
+    different threads: each writes only its own slices)."""
+
+    def __init__(self, array: np.ndarray, metal_threshold: float) -> None:
+        count = array.shape[0]
+        self.array, self.metal_threshold = array, metal_threshold
+        self.maxima = np.empty(count, dtype=array.dtype)
+        self.minima = np.empty(count, dtype=array.dtype)
+        self.at_max = np.empty(count, dtype=np.int64)
+        self.at_min = np.empty(count, dtype=np.int64)
+        self.metal = np.zeros(count, dtype=np.int64)
+        self.measurable = _measurable(array)
+        self.stride = _noise_stride(count)
+        self.samples: dict[int, np.ndarray] = {}
+        self.counts = np.zeros(count, dtype=np.int64)
+        self.percentiles = np.full(count, np.nan)
+
+    def block(self, start: int, stop: int) -> None:
+        """Measure slices ``start`` to ``stop`` (each touched while it is in cache)."""
+        array, threshold = self.array, self.metal_threshold
+        slices = _Slices(*array.shape[1:]) if self.measurable else None
+        top = bottom = None
+        for k in range(start, stop):
+            image = array[k]
+            self.maxima[k] = high = image.max()
+            self.minima[k] = low = image.min()
+            # Counted only where the slice may hold the series' extreme (a NaN compares
+            # False, so it is counted, and makes every count moot: nothing equals NaN).
+            self.at_max[k] = (
+                0 if top is not None and high < top else np.count_nonzero(image == high)
+            )
+            # Nor where the series' minimum is at air's floor or below (or NaN): its low
+            # end is not counted then.
+            self.at_min[k] = (
+                0
+                if (bottom is not None and low > bottom) or not low > _AIR_FLOOR_HU
+                else np.count_nonzero(image == low)
+            )
+            top = high if top is None or high > top else top
+            bottom = low if bottom is None or low < bottom else bottom
+            if not high <= threshold:
+                self.metal[k] = np.count_nonzero(image > threshold)
+            if slices is None:
+                if k % self.stride == 0:
+                    self.samples[k] = np.zeros(0, dtype=np.float32)
+                continue
+            image32 = _slice32(image)
+            laplacian = None
+            if k % self.stride == 0:
+                at = slices.homogeneous(image32, TISSUE_HU)
+                laplacian = slices.laplacian_of(image32)
+                self.samples[k] = laplacian[at[:: max(1, at.size // _NOISE_SAMPLES_PER_SLICE)]]
+            mask = slices.homogeneous_mask(image32, BODY_HU)
+            self.counts[k] = count = np.count_nonzero(mask)
+            if count >= _MIN_PIXELS:  # the least that can count (see _energies)
+                # Only the rows the mask reaches (or the whole slice, computed above).
+                start, stop = slices.extent(mask)
+                if laplacian is None:
+                    laplacian = slices.laplacian_of(image32, start, stop)
+                magnitudes = laplacian[start:stop][mask[start:stop]]
+                self.percentiles[k] = _magnitude_percentile(np.abs(magnitudes, out=magnitudes))
+
+
+def _scan_ct(array: np.ndarray, metal_threshold: float, threads: int = 0) -> _CtScan:
     """:func:`noise_sd`, :func:`metal_fraction`, :func:`streak_index` and the extremes
     :func:`clipped_fraction` counts, in one pass over the slices of a 3D ``array``
-    (at least one voxel) with the same values as those functions."""
+    (at least one voxel) with the same values as those functions; on ``threads``
+    (default :data:`_SCAN_THREADS`), a block of slices at a time."""
     count = array.shape[0]
-    maxima = np.empty(count, dtype=array.dtype)
-    minima = np.empty(count, dtype=array.dtype)
-    at_max = np.empty(count, dtype=np.int64)
-    at_min = np.empty(count, dtype=np.int64)
-    metal = 0
-    measurable = _measurable(array)
-    slices = _Slices(*array.shape[1:]) if measurable else None
-    stride = _noise_stride(count)
-    samples: list[np.ndarray] = []
-    counts = np.zeros(count, dtype=np.int64)
-    percentiles = np.full(count, np.nan)
-    top = bottom = None
-    for k, image in enumerate(array):
-        maxima[k] = high = image.max()
-        minima[k] = low = image.min()
-        # Counted only where the slice may hold the series' extreme (a NaN compares
-        # False, so it is counted, and makes every count moot: nothing equals NaN).
-        at_max[k] = 0 if top is not None and high < top else np.count_nonzero(image == high)
-        at_min[k] = 0 if bottom is not None and low > bottom else np.count_nonzero(image == low)
-        top = high if top is None or high > top else top
-        bottom = low if bottom is None or low < bottom else bottom
-        if not high <= metal_threshold:
-            metal += int(np.count_nonzero(image > metal_threshold))
-        if slices is None:
-            if k % stride == 0:
-                samples.append(np.zeros(0, dtype=np.float32))
-            continue
-        image32 = _slice32(image)
-        if k % stride == 0:
-            samples.append(slices.values(image32, TISSUE_HU, _NOISE_SAMPLES_PER_SLICE))
-        values = slices.values(image32, BODY_HU)
-        counts[k] = values.size
-        if values.size >= _MIN_PIXELS:  # the least that can count (see _energies)
-            percentiles[k] = _percentile(values)
+    scan = _Scan(array, metal_threshold)
+    starts = range(0, count, _SCAN_BLOCK)
+    threads = min(threads or _SCAN_THREADS, len(starts))
+    if threads > 1:
+        with ThreadPoolExecutor(threads, thread_name_prefix="quality") as pool:
+            for done in [pool.submit(scan.block, s, min(count, s + _SCAN_BLOCK)) for s in starts]:
+                done.result()
+    else:
+        scan.block(0, count)
+    maxima, minima = scan.maxima, scan.minima
     maximum, minimum = maxima.max(), minima.min()
     return _CtScan(
-        noise=_pooled_noise(samples),
-        metal_fraction=float(metal) / max(1, array.size),
-        streak_index=_streak_of(_energies(percentiles, counts)),
+        noise=_pooled_noise([scan.samples[k] for k in sorted(scan.samples)]),
+        metal_fraction=float(scan.metal.sum()) / max(1, array.size),
+        streak_index=_streak_of(_energies(scan.percentiles, scan.counts)),
         maximum=float(maximum),
         minimum=float(minimum),
-        at_maximum=int(at_max[maxima == maximum].sum()),
-        at_minimum=int(at_min[minima == minimum].sum()),
+        at_maximum=int(scan.at_max[maxima == maximum].sum()),
+        at_minimum=int(scan.at_min[minima == minimum].sum()),
     )
 
 
@@ -493,12 +650,14 @@ def measure(
             noise=noise_sd(array),
             metal_fraction=metal_fraction(array, validated.metal_threshold),
             streak_index=streak_index(array),
-            clipped_fraction=clipped_fraction(array, count_low_end=float(array.min()) > -1000.0),
+            clipped_fraction=clipped_fraction(
+                array, count_low_end=float(array.min()) > _AIR_FLOOR_HU
+            ),
         )
     scan = _scan_ct(array, validated.metal_threshold)
     total = max(1, array.size)
     clipped = float(scan.at_maximum) / total
-    if scan.minimum > -1000.0:  # the low end counts unless air's floor is there
+    if scan.minimum > _AIR_FLOOR_HU:  # the low end counts unless air's floor is there
         clipped += float(scan.at_minimum) / total
     return Measurements(
         layout,
