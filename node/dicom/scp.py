@@ -47,10 +47,11 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from node.config import NodeSettings
-from node.dicom import status
+from node.dicom import known_uids, status
 from node.dicom.file_meta import file_header
 from node.dicom.identifiers import scan
 from node.dicom.network import read_whole_pdus, set_nodelay
+from node.dicom.quiet_logging import quiet_standard_logging
 from node.dicom.reactor import stop_waking, wake_on_work
 from node.dicom.refusals import association_refused
 from node.dicom.store_response import respond_fast
@@ -208,6 +209,7 @@ class StorageSCP:
         self._servers: list[ThreadedAssociationServer] = []
         self._counts: Counter[str] = Counter()
         self._counts_lock = threading.Lock()
+        known_uids.install()  # each association's proposed UIDs validated once per process
         ae = AE(ae_title=settings.ae_title)
         ae.maximum_pdu_size = settings.max_pdu
         ae.maximum_associations = 32
@@ -257,6 +259,7 @@ class StorageSCP:
     def start(self) -> None:
         handlers = [
             (evt.EVT_CONN_OPEN, set_nodelay),
+            (evt.EVT_CONN_OPEN, quiet_standard_logging),
             (evt.EVT_CONN_OPEN, read_whole_pdus),
             (evt.EVT_CONN_OPEN, respond_fast),
             (evt.EVT_CONN_OPEN, wake_on_work),
