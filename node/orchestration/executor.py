@@ -128,7 +128,8 @@ class QuietReads:
         """Start reading ``paths`` unless a read of another series, or of these paths, is
         held (one at a time); a held read of fewer instances of this series is replaced.
         True if started. ``trigger`` says why, in the log line (``quiet``: a part of the
-        quiet period passed; ``delivered``: the association or STOW-RS request that delivered it ended)."""
+        quiet period passed; ``delivered``: the association or STOW-RS request that
+        delivered it ended)."""
         self.expire()
         with self._lock:
             held = self._held
