@@ -75,7 +75,7 @@ def character_set(source: Dataset) -> CharacterSet:
     return str(value)
 
 
-def _shareable(raw: RawDataElement) -> bool:
+def shareable(raw: RawDataElement) -> bool:
     """Whether a raw element reads the same in any data set: its value is held (not
     deferred) and its VR, explicit or (for a public tag read as implicit VR) the
     dictionary's, is neither text, a sequence, UN nor ambiguous."""
@@ -94,7 +94,7 @@ def _shareable(raw: RawDataElement) -> bool:
     return vr not in _DECODED
 
 
-#: :func:`_shareable` of public tags read as implicit VR, by tag.
+#: :func:`shareable` of public tags read as implicit VR, by tag.
 _IMPLICIT_SHAREABLE: dict[int, bool] = {}
 
 
@@ -145,7 +145,7 @@ def buildable_header(source: Dataset, decoded: _Decoded | None = None) -> Datase
     for tag, element in source._dict.items():
         if tag == _SPECIFIC_CHARACTER_SET:
             continue
-        if isinstance(element, RawDataElement) and not _shareable(element):
+        if isinstance(element, RawDataElement) and not shareable(element):
             # converted, decoding with the source's character set
             element = source[tag] if decoded is None else _decoded(source, tag, element, decoded)
         elements[tag] = element
