@@ -430,16 +430,19 @@ def _evidence_references(
     study and series in the order first seen, this study's in the first."""
     groups: tuple[dict[tuple[str, str], list[Dataset]], ...] = ({}, {})
     seen: set[str] = set()
+    values = HeaderValues()  # the study, series and class of every source: converted once
     for source in evidence:
-        instance = source.SOPInstanceUID
+        instance = _attribute(source, _SOP_INSTANCE, "SOPInstanceUID", values)
         if instance in seen:
             continue
         seen.add(instance)
         item = _new_item()
-        _put(item, _REFERENCED_SOP_CLASS, "UI", source.SOPClassUID)
+        _put(
+            item, _REFERENCED_SOP_CLASS, "UI", _attribute(source, _SOP_CLASS, "SOPClassUID", values)
+        )
         _put(item, _REFERENCED_SOP_INSTANCE, "UI", instance)
-        study = source.StudyInstanceUID
-        key = (study, source.SeriesInstanceUID)
+        study = _attribute(source, _STUDY_INSTANCE, "StudyInstanceUID", values)
+        key = (study, _attribute(source, _SERIES_INSTANCE, "SeriesInstanceUID", values))
         groups[study != study_instance_uid].setdefault(key, []).append(item)
     references: tuple[list[Dataset], list[Dataset]] = ([], [])
     for group, found in zip(groups, references, strict=True):
@@ -961,8 +964,13 @@ def image_library(images: Sequence[Dataset]) -> Dataset:
 
 def _sop_class(image: Dataset, values: HeaderValues) -> Any:
     """``image.SOPClassUID`` (its AttributeError when it lacks one)."""
-    value = values.get(image, _SOP_CLASS, _NO_VALUE)
-    return image.SOPClassUID if value is _NO_VALUE else value
+    return _attribute(image, _SOP_CLASS, "SOPClassUID", values)
+
+
+def _attribute(dataset: Dataset, tag: int, keyword: str, values: HeaderValues) -> Any:
+    """``getattr(dataset, keyword)`` (its AttributeError when absent) through ``values``."""
+    value = values.get(dataset, tag, _NO_VALUE)
+    return getattr(dataset, keyword) if value is _NO_VALUE else value
 
 
 _NO_VALUE = object()
