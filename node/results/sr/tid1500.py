@@ -740,14 +740,18 @@ class _Descriptor(NamedTuple):
 
     @property
     def key(self) -> tuple[Any, ...]:
-        """Equal for two descriptors exactly when their items' bytes are equal."""
+        """Equal for two descriptors exactly when their items' bytes are equal.
+
+        A float value is in it as a plain float: the same equality as a DSfloat's
+        (which hashes and compares in Python), and NaN never equal, even to itself.
+        """
         value = self.value
         return (
             self.kind,
             self.name,
             self.unit,
             type(value),
-            value,
+            float(value) if isinstance(value, float) else value,
             getattr(value, "original_string", None),
             getattr(value, "auto_format", None),
         )
