@@ -22,6 +22,7 @@ import dataclasses
 import logging
 from codecs import lookup as codec_lookup
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 from pydicom.charset import python_encoding
 from pydicom.datadict import dictionary_has_tag, dictionary_VR
@@ -75,7 +76,7 @@ def character_set(source: Dataset) -> CharacterSet:
     return str(value)
 
 
-def _shareable(raw: RawDataElement) -> bool:
+def shareable(raw: RawDataElement) -> bool:
     """Whether a raw element reads the same in any data set: its value is held (not
     deferred) and its VR, explicit or (for a public tag read as implicit VR) the
     dictionary's, is neither text, a sequence, UN nor ambiguous."""
@@ -94,37 +95,39 @@ def _shareable(raw: RawDataElement) -> bool:
     return vr not in _DECODED
 
 
-#: :func:`_shareable` of public tags read as implicit VR, by tag.
+#: :func:`shareable` of public tags read as implicit VR, by tag.
 _IMPLICIT_SHAREABLE: dict[int, bool] = {}
 
 
-#: Text decoded once per series: ``(tag, VR, raw value, character set) -> element``.
-_Decoded = dict[tuple[int, str | None, bytes, tuple[str, ...]], DataElement]
+#: Text decoded once per series: ``(tag, VR, raw value, character set) -> (element, its
+#: state as converted)``.
+_Decoded = dict[tuple[int, str | None, bytes, tuple[str, ...]], tuple[DataElement, dict[str, Any]]]
 
 
 def _decoded(source: Dataset, tag: BaseTag, raw: RawDataElement, cache: _Decoded) -> DataElement:
     """``source[tag]`` (converted with the source's character set); a public tag's
     single value (most text of a series is the same in every header) is decoded once
-    per ``cache`` and each header gets its own element of it."""
+    per ``cache`` and each header gets its own element of it (the state of the first,
+    at its own offset in its file)."""
     if tag.is_private or not isinstance(raw.value, bytes):
         return source[tag]
     charset = source.original_character_set or source._character_set
     key = (tag, raw.VR, raw.value, tuple(charset) if isinstance(charset, list) else (charset,))
     done = cache.get(key)
     if done is None:
-        done = source[tag]
-        if isinstance(done.value, str | PersonName):  # immutable: shareable
-            cache[key] = done
-        return done
-    return DataElement(
-        tag,
-        done.VR,
-        done.value,
-        raw.value_tell,
-        done.is_undefined_length,
-        already_converted=True,
-        validation_mode=done.validation_mode,
-    )
+        element = source[tag]
+        if isinstance(element.value, str | PersonName):  # immutable: shareable
+            cache[key] = (element, dict(element.__dict__))
+        return element
+    # DataElement(tag, VR, value, raw.value_tell, ..., already_converted=True) without
+    # its constructor: the same attributes.
+    element = _new_element(DataElement)
+    element.__dict__.update(done[1])
+    element.file_tell = raw.value_tell
+    return element
+
+
+_new_element = DataElement.__new__
 
 
 def buildable_header(source: Dataset, decoded: _Decoded | None = None) -> Dataset:
@@ -143,22 +146,31 @@ def buildable_header(source: Dataset, decoded: _Decoded | None = None) -> Datase
         header.file_meta = source.file_meta
     elements = header._dict
     for tag, element in source._dict.items():
-        if tag == _SPECIFIC_CHARACTER_SET:
-            continue
-        if isinstance(element, RawDataElement) and not _shareable(element):
+        if (
+            isinstance(element, RawDataElement)
+            and not shareable(element)
+            and tag != _SPECIFIC_CHARACTER_SET
+        ):
             # converted, decoding with the source's character set
             element = source[tag] if decoded is None else _decoded(source, tag, element, decoded)
         elements[tag] = element
-    for keyword in TYPE_2_PATIENT_STUDY:
-        if keyword not in header:
+    elements.pop(_SPECIFIC_CHARACTER_SET, None)
+    for keyword, tag in _TYPE_2_TAGS:
+        if tag not in elements:
             setattr(header, keyword, "")
     # A derived image copies the source's header: Type 2 of General Equipment and Frame
     # of Reference (when it has one) too.
-    if "Manufacturer" not in header:
+    if _MANUFACTURER not in elements:
         header.Manufacturer = ""
-    if "FrameOfReferenceUID" in header and "PositionReferenceIndicator" not in header:
+    if _FRAME_OF_REFERENCE in elements and _POSITION_REFERENCE not in elements:
         header.PositionReferenceIndicator = ""
     return header
+
+
+_TYPE_2_TAGS = tuple((keyword, Tag(keyword)) for keyword in TYPE_2_PATIENT_STUDY)
+_MANUFACTURER = Tag("Manufacturer")
+_FRAME_OF_REFERENCE = Tag("FrameOfReferenceUID")
+_POSITION_REFERENCE = Tag("PositionReferenceIndicator")
 
 
 def buildable_volume(volume: Volume) -> Volume:

@@ -62,6 +62,7 @@ from pydicom.valuerep import DS, format_number_as_ds
 
 from node.contract.volume import Volume
 from node.results.encode import Streamed
+from node.results.header_values import HeaderValues
 from node.results.seg import frames
 
 #: highdicom versions whose constructor these steps reproduce.
@@ -184,8 +185,8 @@ def _value(source: Dataset, tag: int) -> Any:
     return source[tag].value
 
 
-def _series_values(source: Dataset) -> list[Any]:
-    return [_value(source, tag) for tag in _ONE_PER_SERIES]
+def _series_values(source: Dataset, values: HeaderValues) -> list[Any]:
+    return [values.get(source, tag) for tag in _ONE_PER_SERIES]
 
 
 def _single_series(sources: Sequence[Dataset], rows: int, columns: int) -> bool:
@@ -202,9 +203,10 @@ def _single_series(sources: Sequence[Dataset], rows: int, columns: int) -> bool:
         or (int(first.Rows), int(first.Columns)) != (rows, columns)
     ):
         return False
-    criteria = _series_values(first)
+    values = HeaderValues()  # each distinct value converted once, not once per source
+    criteria = _series_values(first, values)
     return all(
-        _series_values(source) == criteria
+        _series_values(source, values) == criteria
         and _IMAGE_POSITION_PATIENT in source._dict
         and _NUMBER_OF_FRAMES not in source._dict
         for source in sources

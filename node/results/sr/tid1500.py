@@ -41,6 +41,7 @@ from node.contract.volume import Volume
 from node.errors import TemplateError
 from node.results.analysis import Analysis
 from node.results.contour import polygon_area
+from node.results.header_values import HeaderValues
 from node.results.identity import SeriesIdentity
 from node.results.provenance import (
     device_observer,
@@ -429,16 +430,19 @@ def _evidence_references(
     study and series in the order first seen, this study's in the first."""
     groups: tuple[dict[tuple[str, str], list[Dataset]], ...] = ({}, {})
     seen: set[str] = set()
+    values = HeaderValues()  # the study, series and class of every source: converted once
     for source in evidence:
-        instance = source.SOPInstanceUID
+        instance = _attribute(source, _SOP_INSTANCE, "SOPInstanceUID", values)
         if instance in seen:
             continue
         seen.add(instance)
         item = _new_item()
-        _put(item, _REFERENCED_SOP_CLASS, "UI", source.SOPClassUID)
+        _put(
+            item, _REFERENCED_SOP_CLASS, "UI", _attribute(source, _SOP_CLASS, "SOPClassUID", values)
+        )
         _put(item, _REFERENCED_SOP_INSTANCE, "UI", instance)
-        study = source.StudyInstanceUID
-        key = (study, source.SeriesInstanceUID)
+        study = _attribute(source, _STUDY_INSTANCE, "StudyInstanceUID", values)
+        key = (study, _attribute(source, _SERIES_INSTANCE, "SeriesInstanceUID", values))
         groups[study != study_instance_uid].setdefault(key, []).append(item)
     references: tuple[list[Dataset], list[Dataset]] = ([], [])
     for group, found in zip(groups, references, strict=True):
@@ -635,6 +639,8 @@ class _LibraryBytes:
     def __init__(self) -> None:
         self._codes: dict[tuple[str, str, str], bytes] = {}
         self._items: dict[tuple[Any, ...], bytes] = {}
+        self._keyed: dict[tuple[Any, ...], bytes] = {}
+        self._source_head = self.head("CONTAINS", "IMAGE", ("260753009", "SCT", "Source"))
 
     def code(self, name: tuple[str, str, str]) -> bytes:
         item = self._codes.get(name)
@@ -704,17 +710,22 @@ class _LibraryBytes:
             ),
         )
 
-    def entry(self, image: Dataset, own: Sequence[_Descriptor]) -> bytes:
-        """The bytes of :meth:`_LibraryEncoder.entry`'s item."""
-        reference = encoded.text(_REFERENCED_SOP_CLASS, b"UI", str(image[_SOP_CLASS].value))
-        reference += encoded.text(_REFERENCED_SOP_INSTANCE, b"UI", str(image[_SOP_INSTANCE].value))
-        entry = encoded.sequence(_REFERENCED_SOP_SEQUENCE, [reference]) + self.head(
-            "CONTAINS", "IMAGE", ("260753009", "SCT", "Source")
-        )
+    def keyed(self, descriptor: _Descriptor, key: tuple[Any, ...]) -> bytes:
+        """:meth:`descriptor`, found by ``key`` (its :attr:`_Descriptor.key`) once made."""
+        item = self._keyed.get(key)
+        if item is None:
+            item = self.descriptor(descriptor)
+            if descriptor.value == descriptor.value:  # NaN is never found again
+                self._keyed[key] = item
+        return item
+
+    def entry(self, sop_class_uid: str, sop_instance_uid: str, own: Sequence[bytes]) -> bytes:
+        """The bytes of :meth:`_LibraryEncoder.entry`'s item, its descriptors encoded."""
+        reference = encoded.text(_REFERENCED_SOP_CLASS, b"UI", sop_class_uid)
+        reference += encoded.text(_REFERENCED_SOP_INSTANCE, b"UI", sop_instance_uid)
+        entry = encoded.sequence(_REFERENCED_SOP_SEQUENCE, [reference]) + self._source_head
         if own:
-            entry += encoded.sequence(
-                _CONTENT_SEQUENCE, [self.descriptor(descriptor) for descriptor in own]
-            )
+            entry += encoded.sequence(_CONTENT_SEQUENCE, own)
         return entry
 
 
@@ -729,67 +740,69 @@ class _Descriptor(NamedTuple):
 
     @property
     def key(self) -> tuple[Any, ...]:
-        """Equal for two descriptors exactly when their items' bytes are equal."""
+        """Equal for two descriptors exactly when their items' bytes are equal.
+
+        A float value is in it as a plain float: the same equality as a DSfloat's
+        (which hashes and compares in Python), and NaN never equal, even to itself.
+        """
         value = self.value
         return (
             self.kind,
             self.name,
             self.unit,
             type(value),
-            value,
+            float(value) if isinstance(value, float) else value,
             getattr(value, "original_string", None),
             getattr(value, "auto_format", None),
         )
 
 
-def _descriptors(image: Dataset) -> list[_Descriptor]:
-    """The TID 1602/1604 descriptors highdicom's ImageLibrary gives ``image``, in its order.
+def _descriptors(image: Dataset, values: HeaderValues | None = None) -> list[_Descriptor]:
+    """The TID 1602/1604 descriptors highdicom's ImageLibrary gives ``image``, in its order
+    (``values`` reads the header, :class:`~node.results.header_values.HeaderValues`).
 
     Raises ``AttributeError`` naming what a cross-sectional image lacks, as highdicom does.
     """
     try:
-        return _read_descriptors(image)
+        return _read_descriptors(image, HeaderValues() if values is None else values)
     except KeyError as error:  # as highdicom's (pydicom's attribute access)
         raise AttributeError(f"source image lacks {error}") from None
 
 
-def _read_descriptors(image: Dataset) -> list[_Descriptor]:
-    def value(tag: BaseTag) -> Any:
-        return image[tag].value  # by tag: no keyword look-up per attribute
-
+def _read_descriptors(image: Dataset, values: HeaderValues) -> list[_Descriptor]:
+    elements = image._dict
     described = [
-        _Descriptor("code", ("121139", "DCM", "Modality"), _coded_modality(str(value(_SOP_CLASS))))
+        _Descriptor("code", _MODALITY_NAME, _coded_modality(str(values(image, _SOP_CLASS))))
     ]
-    if _FRAME_OF_REFERENCE in image:
+    if _FRAME_OF_REFERENCE in elements:
         described.append(
-            _Descriptor(
-                "uidref",
-                ("112227", "DCM", "Frame of Reference UID"),
-                str(value(_FRAME_OF_REFERENCE)),
-            )
+            _Descriptor("uidref", _FRAME_OF_REFERENCE_NAME, str(values(image, _FRAME_OF_REFERENCE)))
         )
-    spacing = value(_PIXEL_SPACING)
-    position = value(_POSITION)
-    orientation = value(_ORIENTATION)
+    spacing = values(image, _PIXEL_SPACING)
+    position = values(image, _POSITION)
+    orientation = values(image, _ORIENTATION)
     described += [
-        _Descriptor("num", ("110910", "DCM", "Pixel Data Rows"), value(_ROWS), _PIXELS),
-        _Descriptor("num", ("110911", "DCM", "Pixel Data Columns"), value(_COLUMNS), _PIXELS),
+        _Descriptor("num", ("110910", "DCM", "Pixel Data Rows"), values(image, _ROWS), _PIXELS),
+        _Descriptor(
+            "num", ("110911", "DCM", "Pixel Data Columns"), values(image, _COLUMNS), _PIXELS
+        ),
         _Descriptor("num", ("111026", "DCM", "Horizontal Pixel Spacing"), spacing[1], _MM),
         _Descriptor("num", ("111066", "DCM", "Vertical Pixel Spacing"), spacing[0], _MM),
-        _Descriptor("num", ("112225", "DCM", "Slice Thickness"), value(_SLICE_THICKNESS), _MM),
+        _Descriptor(
+            "num", ("112225", "DCM", "Slice Thickness"), values(image, _SLICE_THICKNESS), _MM
+        ),
         _Descriptor("num", ("110901", "DCM", "Image Position (Patient) X"), position[0], _MM),
         _Descriptor("num", ("110902", "DCM", "Image Position (Patient) Y"), position[1], _MM),
         _Descriptor("num", ("110903", "DCM", "Image Position (Patient) Z"), position[2], _MM),
     ]
-    for index, axis in enumerate(_AXES):
-        name = (str(110904 + index), "DCM", f"Image Orientation (Patient) {axis}")
+    for index, name in enumerate(_ORIENTATION_NAMES):
         described.append(_Descriptor("num", name, orientation[index], _UNITLESS))
-    if _SPACING_BETWEEN_SLICES in image:
+    if _SPACING_BETWEEN_SLICES in elements:
         described.append(
             _Descriptor(
                 "num",
                 ("112226", "DCM", "Spacing between slices"),
-                value(_SPACING_BETWEEN_SLICES),
+                values(image, _SPACING_BETWEEN_SLICES),
                 _MM,
             )
         )
@@ -804,11 +817,20 @@ def shared_descriptors(
 
     A group of one image keeps all of its descriptors on its entry, as highdicom does.
     """
+    shared, owns = _shared_keyed([[(d.key, d) for d in own] for own in described])
+    return [d for _, d in shared], [[d for _, d in own] for own in owns]
+
+
+_Keyed = list[tuple[tuple[Any, ...], _Descriptor]]
+
+
+def _shared_keyed(described: Sequence[_Keyed]) -> tuple[_Keyed, list[_Keyed]]:
+    """:func:`shared_descriptors` of descriptors with their keys (each computed once)."""
     if len(described) < 2:
         return [], [list(own) for own in described]
-    common = set.intersection(*({d.key for d in own} for own in described))
-    shared = [d for d in described[0] if d.key in common]
-    return shared, [[d for d in own if d.key not in common] for own in described]
+    common = set.intersection(*({key for key, _ in own} for own in described))
+    shared = [keyed for keyed in described[0] if keyed[0] in common]
+    return shared, [[keyed for keyed in own if keyed[0] not in common] for own in described]
 
 
 _SOP_CLASS = BaseTag(0x00080016)
@@ -822,6 +844,13 @@ _ROWS = BaseTag(0x00280010)
 _COLUMNS = BaseTag(0x00280011)
 _PIXEL_SPACING = BaseTag(0x00280030)
 _AXES = ("Row X", "Row Y", "Row Z", "Column X", "Column Y", "Column Z")
+_MODALITY = BaseTag(0x00080060)
+_MODALITY_NAME = ("121139", "DCM", "Modality")
+_FRAME_OF_REFERENCE_NAME = ("112227", "DCM", "Frame of Reference UID")
+_ORIENTATION_NAMES = tuple(
+    (str(110904 + index), "DCM", f"Image Orientation (Patient) {axis}")
+    for index, axis in enumerate(_AXES)
+)
 
 
 def _code(code: Code) -> tuple[str, str, str]:
@@ -892,31 +921,60 @@ def image_library(images: Sequence[Dataset]) -> Dataset:
     """
     if not images:
         raise ValueError("an Image Library needs at least one image")
-    if any(
-        str(image.get("Modality", "")) not in _CROSS_SECTIONAL
-        or str(image.SOPClassUID) not in _CODED_MODALITY
-        for image in images
-    ):
-        return hd.sr.ImageLibrary(list(images))[0]
-    encoder = _LibraryEncoder()
-    groups: dict[tuple[str, ...], list[Dataset]] = {}
+    values = HeaderValues()  # most of each header holds what every other one holds
+    sop_classes = []
     for image in images:
-        modality = _coded_modality(str(image.SOPClassUID))
+        if str(values.get(image, _MODALITY, "")) not in _CROSS_SECTIONAL:
+            return hd.sr.ImageLibrary(list(images))[0]
+        sop_class = str(_sop_class(image, values))
+        if sop_class not in _CODED_MODALITY:
+            return hd.sr.ImageLibrary(list(images))[0]
+        sop_classes.append(sop_class)
+    encoder = _LibraryEncoder()
+    groups: dict[tuple[str, ...], list[tuple[Dataset, str]]] = {}
+    for image, sop_class in zip(images, sop_classes, strict=True):
+        modality = _coded_modality(sop_class)
         key = (
-            (modality[0], str(image.FrameOfReferenceUID))
-            if "FrameOfReferenceUID" in image
+            (modality[0], str(values(image, _FRAME_OF_REFERENCE)))
+            if _FRAME_OF_REFERENCE in image._dict
             else (modality[0],)
         )
-        groups.setdefault(key, []).append(image)
+        groups.setdefault(key, []).append((image, sop_class))
     direct = _LibraryBytes()
     children = []
-    for members in groups.values():
-        shared, owns = shared_descriptors([_descriptors(image) for image in members])
-        content = [direct.descriptor(descriptor) for descriptor in shared] + [
-            direct.entry(image, own) for image, own in zip(members, owns, strict=True)
-        ]
+    for grouped in groups.values():
+        members = [image for image, _ in grouped]
+        shared, owns = _shared_keyed(
+            [[(d.key, d) for d in _descriptors(image, values)] for image in members]
+        )
+        content = [direct.keyed(descriptor, key) for key, descriptor in shared]
+        for (image, sop_class), own in zip(grouped, owns, strict=True):
+            instance = str(values(image, _SOP_INSTANCE))
+            content.append(
+                direct.entry(sop_class, instance, [direct.keyed(d, key) for key, d in own])
+            )
         items = encoded.EncodedSequence(
-            encoded.items(content), partial(_group_items, shared, members, owns)
+            encoded.items(content),
+            partial(
+                _group_items,
+                [d for _, d in shared],
+                members,
+                [[d for _, d in own] for own in owns],
+            ),
         )
         children.append(encoder.container(("126200", "DCM", "Image Library Group"), items))
     return encoder.container(("111028", "DCM", "Image Library"), children)
+
+
+def _sop_class(image: Dataset, values: HeaderValues) -> Any:
+    """``image.SOPClassUID`` (its AttributeError when it lacks one)."""
+    return _attribute(image, _SOP_CLASS, "SOPClassUID", values)
+
+
+def _attribute(dataset: Dataset, tag: int, keyword: str, values: HeaderValues) -> Any:
+    """``getattr(dataset, keyword)`` (its AttributeError when absent) through ``values``."""
+    value = values.get(dataset, tag, _NO_VALUE)
+    return getattr(dataset, keyword) if value is _NO_VALUE else value
+
+
+_NO_VALUE = object()
