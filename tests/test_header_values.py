@@ -22,7 +22,6 @@ import pytest
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from node.contract.assemble import assemble_volume, load_volume
 from node.contract.template import load_template_by_name
@@ -31,11 +30,15 @@ from node.results.encode import encode_file
 from node.results.header_values import HeaderValues
 from node.results.source import buildable_header, buildable_volume
 from node.results.sr.tid1500 import _evidence_references, image_library
-from tests.support.datasets import dataset_differences
+from tests.support.datasets import (
+    PER_BUILD,
+    align_per_build,
+    dataset_differences,
+    save_little_endian,
+)
 from tests.test_results import lung_prediction
 from tools.synthetic.chest_ct import make_chest_ct
 
-_PER_BUILD = ("InstanceCreationDate", "InstanceCreationTime", "ContentDate", "ContentTime")
 #: Tags every source of a series holds with the same bytes.
 _REPEATED = ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID", "SliceThickness")
 
@@ -66,12 +69,7 @@ def _write(folder: Path, slices: int, edit: _Edit, implicit: bool) -> tuple[list
     for index, dataset in enumerate(datasets):
         if edit is not None:
             edit(index, dataset)
-        dataset.file_meta.TransferSyntaxUID = (
-            ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
-        )
-        path = folder / f"{index:03d}.dcm"
-        dataset.save_as(path, implicit_vr=implicit, little_endian=True, enforce_file_format=True)
-        paths.append(path)
+        paths.append(save_little_endian(dataset, folder / f"{index:03d}.dcm", implicit=implicit))
     return paths, truth
 
 
@@ -181,16 +179,6 @@ def test_results_equal_those_of_fully_converted_headers(tmp_path: Path, shape: s
         results = build_results(volume, lung_prediction(volume, truth), template)  # type: ignore[arg-type]
         built.append([results.seg, results.sr])
     for mine, theirs in zip(*built, strict=True):
-        for keyword in _PER_BUILD:
-            if keyword in theirs:
-                setattr(mine, keyword, theirs[keyword].value)
-        for a, b in zip(
-            mine.ContributingEquipmentSequence, theirs.ContributingEquipmentSequence, strict=True
-        ):
-            if "ContributionDateTime" in b:
-                a.ContributionDateTime = b.ContributionDateTime
-        for sequence in ("DimensionOrganizationSequence", "DimensionIndexSequence"):
-            for a, b in zip(mine.get(sequence, []), theirs.get(sequence, []), strict=True):
-                a.DimensionOrganizationUID = b.DimensionOrganizationUID
+        align_per_build(mine, theirs)
         assert encode_file(mine) == encode_file(theirs)
-        assert dataset_differences(mine, theirs, _PER_BUILD) == []
+        assert dataset_differences(mine, theirs, PER_BUILD) == []

@@ -13,19 +13,22 @@ import pydicom
 import pytest
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from node.contract.assemble import assemble_volume
 from node.contract.template import load_template_by_name
 from node.results import build_results
 from node.results.encode import encode_file
 from node.results.source import TYPE_2_PATIENT_STUDY, buildable_header, buildable_volume
-from tests.support.datasets import dataset_differences
+from tests.support.datasets import (
+    PER_BUILD,
+    align_per_build,
+    dataset_differences,
+    save_little_endian,
+)
 from tests.test_results import lung_prediction
 from tools.synthetic.chest_ct import make_chest_ct
 
 #: Differ between any two builds.
-_PER_BUILD = ("InstanceCreationDate", "InstanceCreationTime", "ContentDate", "ContentTime")
 
 #: (Specific Character Set, patient name, a description) in each character set.
 _TEXTS = {
@@ -60,12 +63,7 @@ def _write_sources(
             for keyword in ("Manufacturer", "PositionReferenceIndicator"):
                 if keyword in dataset:
                     delattr(dataset, keyword)
-        dataset.file_meta.TransferSyntaxUID = (
-            ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
-        )
-        path = folder / f"{index:03d}.dcm"
-        dataset.save_as(path, implicit_vr=implicit, little_endian=True, enforce_file_format=True)
-        paths.append(path)
+        paths.append(save_little_endian(dataset, folder / f"{index:03d}.dcm", implicit=implicit))
     return paths, truth
 
 
@@ -98,21 +96,10 @@ def test_results_from_shared_raw_elements_equal_those_from_converted_headers(
     fast = _results(paths, truth, convert_all=False)
     reference = _results(paths, truth, convert_all=True)
     for mine, theirs in zip(fast, reference, strict=True):
-        for keyword in _PER_BUILD:
-            if keyword in theirs:
-                setattr(mine, keyword, theirs[keyword].value)
-        for a, b in zip(
-            mine.ContributingEquipmentSequence, theirs.ContributingEquipmentSequence, strict=True
-        ):
-            if "ContributionDateTime" in b:
-                a.ContributionDateTime = b.ContributionDateTime
-        # highdicom makes a new Dimension Organization UID per build.
-        for sequence in ("DimensionOrganizationSequence", "DimensionIndexSequence"):
-            for a, b in zip(mine.get(sequence, []), theirs.get(sequence, []), strict=True):
-                a.DimensionOrganizationUID = b.DimensionOrganizationUID
+        align_per_build(mine, theirs)
         written = encode_file(mine)  # the SR's Image Library written as held, encoded
         assert written == encode_file(theirs)
-        assert dataset_differences(mine, theirs, _PER_BUILD) == []
+        assert dataset_differences(mine, theirs, PER_BUILD) == []
         assert encode_file(mine) == written  # and as items, once read
         assert mine.PatientName == _TEXTS[charset][1]
         assert mine.SpecificCharacterSet == _TEXTS[charset][0]
