@@ -309,13 +309,7 @@ class Node:
 
     def _read_quiet(self, rows: list[SeriesRow]) -> None:
         """Read ahead the first quiet series (nearest deadline) some rule routes to a job."""
-        reads = self.quiet_reads
-        if reads is None:  # the Ray executor, or the workers not made yet
-            return
-        reads.expire()
-        for row in rows:
-            if self._offer_read(reads, row, "quiet") is not None:
-                return
+        self._read_first(rows, "quiet")
 
     def _read_delivered(self, carried: Mapping[str, int]) -> None:
         """Read ahead, as soon as its association (or STOW-RS request) ended normally, a
@@ -327,15 +321,22 @@ class Node:
         waits for the quiet period as before: each ended association would start a read
         of a part of it.
         """
-        reads = self.quiet_reads
-        if reads is None:
-            return
-        reads.expire()
+        whole = []
         for series_uid, count in carried.items():
             row = self.series.series(series_uid)
-            if row is None or row.state != "receiving" or row.instance_count != count:
-                continue
-            if self._offer_read(reads, row, "delivered") is not None:
+            if row is not None and row.state == "receiving" and row.instance_count == count:
+                whole.append(row)
+        self._read_first(whole, "delivered")
+
+    def _read_first(self, rows: list[SeriesRow], trigger: str) -> None:
+        """Offer ``rows`` in order to the read-ahead until one is routed (one read at a
+        time); ``trigger`` names why in its log line."""
+        reads = self.quiet_reads
+        if reads is None:  # the Ray executor, or the workers not made yet
+            return
+        reads.expire()
+        for row in rows:
+            if self._offer_read(reads, row, trigger) is not None:
                 return
 
     def _offer_read(self, reads: QuietReads, row: SeriesRow, trigger: str) -> bool | None:

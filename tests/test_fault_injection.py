@@ -30,13 +30,13 @@ from node.dicom.network import set_nodelay
 from node.errors import DatabaseCorrupt
 from node.faults import POINTS
 from node.orchestration.completion import CompletionMonitor
-from node.orchestration.ingest import IncomingInstance, Ingestor, Outcome
+from node.orchestration.ingest import Ingestor, Outcome
 from node.spool import Spool
 from node.state.db import Database, check_integrity
 from node.state.series import SeriesStore
 from tests.support.net import wait_until
 from tests.support.pacs import node_config, orthanc_for_node
-from tests.support.spool import spool_series
+from tests.support.spool import incoming_instance, spool_series
 from tools.net import LOCALHOST
 from tools.node_process import NodeProcess, NodeStartError
 from tools.orthanc import OrthancServer
@@ -340,15 +340,7 @@ def test_a_resend_that_starts_with_held_instances_is_not_completed_half_way(
 
     def send(index: int) -> Outcome:
         dataset = datasets[index]
-        incoming = IncomingInstance(
-            sop_uid=str(dataset.SOPInstanceUID),
-            sop_class_uid=str(dataset.SOPClassUID),
-            series_uid=str(dataset.SeriesInstanceUID),
-            study_uid=str(dataset.StudyInstanceUID),
-            transfer_syntax=str(dataset.file_meta.TransferSyntaxUID),
-            modality="CT",
-        )
-        return ingestor.accept(incoming, files[index].read_bytes())
+        return ingestor.accept(incoming_instance(dataset, modality="CT"), files[index].read_bytes())
 
     assert [send(0), send(1)] == [Outcome.STORED] * 2  # then the sender is cut off
     clock.advance(60)

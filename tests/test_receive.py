@@ -18,11 +18,12 @@ from pynetdicom import AE, build_context
 from node.config import NodeSettings
 from node.dicom import status
 from node.dicom.scp import StorageSCP
-from node.orchestration.ingest import IncomingInstance, Ingestor, Outcome
+from node.orchestration.ingest import Ingestor, Outcome
 from node.spool import Spool
 from node.state.series import InstanceRecord, SeriesStore
 from tests.support.dcmtk import storescu as send
 from tests.support.net import free_port, wait_until
+from tests.support.spool import incoming_instance
 from tools.node_process import NodeProcess
 from tools.synthetic.chest_ct import make_chest_ct, write_series
 
@@ -221,12 +222,8 @@ def test_duplicate_that_loses_the_database_race_is_logged(
     dataset.save_as(racer, enforce_file_format=True)
     spool = Spool(tmp_path / "spool")
     ingestor = Ingestor(spool, LosesTheRace(database, racer, clock), clock=clock)
-    incoming = IncomingInstance(
-        sop_uid=str(dataset.SOPInstanceUID),
-        sop_class_uid=str(dataset.SOPClassUID),
-        series_uid=str(pydicom.dcmread(series_files[0]).SeriesInstanceUID),
-        study_uid=str(dataset.StudyInstanceUID),
-        transfer_syntax=str(dataset.file_meta.TransferSyntaxUID),
+    incoming = incoming_instance(
+        dataset, series_uid=str(pydicom.dcmread(series_files[0]).SeriesInstanceUID)
     )
     with caplog.at_level(logging.INFO, logger="node.orchestration.ingest"):
         assert ingestor.accept(incoming, series_files[0].read_bytes()) is Outcome.DUPLICATE
@@ -376,13 +373,7 @@ def test_an_instance_given_in_parts_is_written_whole_without_joining_them(
     split = len(source) - len(dataset_bytes(series_files[0]))
     store = SeriesStore(database)
     ingestor = Ingestor(Spool(tmp_path / "spool"), store, clock=clock)
-    incoming = IncomingInstance(
-        sop_uid=str(dataset.SOPInstanceUID),
-        sop_class_uid=str(dataset.SOPClassUID),
-        series_uid=str(dataset.SeriesInstanceUID),
-        study_uid=str(dataset.StudyInstanceUID),
-        transfer_syntax=str(dataset.file_meta.TransferSyntaxUID),
-    )
+    incoming = incoming_instance(dataset)
     parts = (source[:split], memoryview(source)[split:])
     assert ingestor.accept(incoming, parts) is Outcome.STORED
     stored = store.stored_instance(incoming.sop_uid)

@@ -68,9 +68,10 @@ class Ingestor:
         self._clock = clock
         self._min_free_bytes = min_free_bytes
         self.commits = GroupCommit(series, sync_directory)
-        #: Called with the series (UID -> instances) an association delivered when it ends
-        #: normally: the node starts reading a series delivered whole by one association
-        #: then, instead of a quarter into its quiet period.
+        #: Called with the series (UID -> instances) a sender delivered when it ends
+        #: normally (:meth:`delivered`: an association released, a STOW-RS request read):
+        #: the node starts reading a series delivered whole by it then, instead of a
+        #: quarter into its quiet period.
         self.on_delivered: Callable[[Mapping[str, int]], object] | None = None
 
     def accept(

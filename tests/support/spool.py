@@ -8,8 +8,22 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
+from node.orchestration.ingest import IncomingInstance
 from node.state.series import InstanceRecord, SeriesStore
 from tools.synthetic.chest_ct import write_series
+
+
+def incoming_instance(dataset: Dataset, **fields: str) -> IncomingInstance:
+    """What the SCP hands the ingestor for ``dataset`` (its identifiers and file meta's
+    transfer syntax); ``fields`` override or add (``modality``, ``calling_ae``...)."""
+    identifiers = {
+        "sop_uid": str(dataset.SOPInstanceUID),
+        "sop_class_uid": str(dataset.SOPClassUID),
+        "series_uid": str(dataset.SeriesInstanceUID),
+        "study_uid": str(dataset.StudyInstanceUID),
+        "transfer_syntax": str(dataset.file_meta.TransferSyntaxUID),
+    }
+    return IncomingInstance(**{**identifiers, **fields})
 
 
 def spool_series(
