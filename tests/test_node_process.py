@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.support.net import wait_until
 from tools.node_process import NodeProcess, NodeStartError, deep_merge
 
 #: The console script beside this interpreter (what `make run` calls).
@@ -49,6 +51,15 @@ def test_node_starts_answers_echo_and_stops(tmp_path: Path) -> None:
             timeout=30,
         )
         assert echo.returncode == 0, echo.stderr
+        # Once the routines have loaded, the start-up objects leave the collector's walks.
+        frozen = wait_until(
+            lambda: re.search(
+                r"start-up objects frozen .*objects=(\d+)", node.log_path.read_text()
+            ),
+            60,
+            message="the start-up objects frozen",
+        )
+        assert int(frozen.group(1)) > 100_000
         pid = node.pid
     assert not node.running()
     assert pid is not None

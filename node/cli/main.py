@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 def _serve(args: argparse.Namespace) -> int:
     from node.app import Node
     from node.config import load_settings
+    from node.heap import settle as settle_heap
     from node.logs import configure
 
     try:
@@ -69,6 +70,11 @@ def _serve(args: argparse.Namespace) -> int:
         while not server.started and not server.should_exit:
             time.sleep(0.01)
         node.start_routines()
+        while not node.routines_loaded.wait(0.5):
+            if server.should_exit or node.routines_problem:
+                return
+        frozen = settle_heap()
+        log.info("start-up objects frozen for the garbage collector objects=%d", frozen)
 
     threading.Thread(target=_routines_once_listening, name="routines-start", daemon=True).start()
     signal.signal(signal.SIGTERM, _terminate)
