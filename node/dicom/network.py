@@ -16,6 +16,7 @@ from pynetdicom import AE, evt
 from pynetdicom.association import Association
 
 from node.config import DicomTlsClientSettings
+from node.dicom.reactor_pause import pause_safely
 from node.tls import TlsFileError, handshake_error
 
 
@@ -73,12 +74,17 @@ def associate(
     tls: DicomTlsClientSettings | None,
     **kwargs: Any,
 ) -> tuple[Association | None, str]:
-    """Open an association (over TLS when ``tls`` is set), with TCP_NODELAY.
+    """Open an association (over TLS when ``tls`` is set), with TCP_NODELAY and the
+    reactor's pause without its race (:mod:`node.dicom.reactor_pause`).
 
     Returns the association (None when the TLS files cannot be used) and, when it is
     not established, why: the TLS failure (e.g. certificate verification) if any.
     """
-    handlers = [(evt.EVT_CONN_OPEN, set_nodelay), *kwargs.pop("evt_handlers", [])]
+    handlers = [
+        (evt.EVT_CONN_OPEN, set_nodelay),
+        (evt.EVT_CONN_OPEN, pause_safely),
+        *kwargs.pop("evt_handlers", []),
+    ]
     try:
         context = tls.context() if tls is not None else None
     except TlsFileError as exc:  # a file changed since the settings were checked

@@ -53,6 +53,7 @@ from node.dicom.identifiers import scan
 from node.dicom.network import read_whole_pdus, set_nodelay
 from node.dicom.quiet_logging import quiet_standard_logging
 from node.dicom.reactor import stop_waking, wake_on_work
+from node.dicom.reactor_pause import pause_safely
 from node.dicom.refusals import association_refused
 from node.dicom.store_response import respond_fast
 from node.dicom.ups import UPS_SOP_CLASSES, UpsHandlers
@@ -263,6 +264,7 @@ class StorageSCP:
             (evt.EVT_CONN_OPEN, read_whole_pdus),
             (evt.EVT_CONN_OPEN, respond_fast),
             (evt.EVT_CONN_OPEN, wake_on_work),
+            (evt.EVT_CONN_OPEN, pause_safely),
             (evt.EVT_CONN_CLOSE, stop_waking),
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ACCEPTED, self._on_accepted),
