@@ -1,11 +1,11 @@
 """The cyclic garbage collector of a long-running node process, once it has started.
 
-A started node holds about 400,000 objects the collector tracks (torch, MONAI, highdicom,
-pydicom's dictionaries, the loaded routines), none of which it will ever free. Each
-full collection walks all of them: about 0.2 s with the GIL held, stalling the DICOM
-receive, the API and every job. CPython runs one whenever the objects that survived
-since the last one reach a quarter of that count, which a 1000-slice job's headers and
-results do 1 to 4 times (0.2-0.7 s of a job's time).
+A started node holds about 650,000 objects the collector tracks (torch, MONAI,
+highdicom, pydicom's dictionaries, the loaded routines; 400,000 of them from the imports
+alone), none of which it will ever free. Each full collection walks all of them: about
+0.2 s with the GIL held, stalling the DICOM receive, the API and every job. CPython runs
+one whenever the objects that survived since the last one reach a quarter of that count,
+which a 1000-slice job's headers and results do 1 to 3 times (0.2-0.7 s of a job's time).
 
 :func:`settle` collects once, then moves every object alive at that point to the
 collector's permanent generation (:func:`gc.freeze`, as CPython's documentation suggests

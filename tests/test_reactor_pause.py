@@ -81,7 +81,8 @@ def test_the_checkpoint_unpauses_as_it_lets_the_reactor_pass() -> None:
     reactor.go_on.set()
     wait_until(lambda: reactor._is_paused, 10, message="the reactor back at the checkpoint")
     # ... where the reactor stops: the caller's response cannot be taken.
-    assert not reactor.join(0.3) and reactor.is_alive() and reactor.passed == 1
+    reactor.join(0.3)
+    assert reactor.is_alive() and reactor.passed == 1
     reactor._reactor_checkpoint.set()  # the caller is done
     reactor.join(10)
     assert reactor.passed == 2
