@@ -30,6 +30,7 @@ import httpx
 import yaml
 
 from node.config import BUILT_IN_CHEST_RULE
+from node.dicom.reactor_pause import pause_safely
 from tools.net import LOCALHOST, free_ports
 from tools.node_process import PROJECT_ROOT, default_config
 
@@ -50,13 +51,15 @@ def _first_ok(
 
 
 def _echo(port: int) -> bool:
-    from pynetdicom import AE
+    from pynetdicom import AE, evt
     from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
     ae = AE(ae_title="BENCH")
     ae.add_requested_context(Verification)
     ae.acse_timeout = ae.network_timeout = 2
-    assoc = ae.associate(LOCALHOST, port, ae_title="AINODE")
+    assoc = ae.associate(
+        LOCALHOST, port, ae_title="AINODE", evt_handlers=[(evt.EVT_CONN_OPEN, pause_safely)]
+    )
     if not assoc.is_established:
         return False
     try:

@@ -43,6 +43,7 @@ from tests.support.jobs import enqueue_series, job_with_results
 from tests.support.net import free_port, wait_until
 from tests.support.node import stepped_settings
 from tests.support.pacs import node_config, one_result_each, orthanc_for_node
+from tests.support.scu import associate
 from tests.support.spool import spool_series
 from tools.node_process import NodeProcess
 from tools.orthanc import OrthancServer
@@ -217,7 +218,7 @@ def test_aborted_association_holds_the_series_until_the_resend(tmp_path: Path) -
         with NodeProcess(config, workdir=tmp_path / "node") as node:
             ae = AE(ae_title="SCANNER")
             ae.requested_contexts = [build_context(datasets[0].SOPClassUID, ExplicitVRLittleEndian)]
-            assoc = ae.associate("127.0.0.1", node.dicom_port, ae_title=node.ae_title)
+            assoc = associate(ae, "127.0.0.1", node.dicom_port, ae_title=node.ae_title)
             assert assoc.is_established
             assert [int(assoc.send_c_store(p).Status) for p in ordered[:60]] == [0] * 60
             assoc.abort()  # the sender is cut off half-way

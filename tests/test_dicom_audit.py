@@ -21,6 +21,7 @@ from tests.support.admin import ADMIN_PASSWORD, login_session
 from tests.support.dcmtk import storescu
 from tests.support.net import wait_until
 from tests.support.postgres import INTEGRITY_ERRORS
+from tests.support.scu import associate
 from tools.net import LOCALHOST
 from tools.node_process import NodeProcess
 from tools.orthanc import OrthancServer
@@ -99,7 +100,7 @@ def hold_associations(port: int, count: int) -> tuple[list[object], int]:
     ae.add_requested_context(Verification)
     held, rejected = [], 0
     for _ in range(count):
-        assoc = ae.associate(LOCALHOST, port, ae_title="AINODE")
+        assoc = associate(ae, LOCALHOST, port, ae_title="AINODE")
         if assoc.is_established:
             held.append(assoc)
         elif assoc.is_rejected:

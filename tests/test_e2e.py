@@ -21,6 +21,7 @@ from node.config import BUILT_IN_CHEST_RULE
 from tests.support.dcmtk import storescu
 from tests.support.net import wait_until
 from tests.support.pacs import one_result_each, orthanc_and_node_process
+from tests.support.scu import associate
 from tests.support.validators import dciodvfy_errors
 from tools.node_process import NodeProcess
 from tools.orthanc import OrthancServer
@@ -128,7 +129,7 @@ def test_corrupt_instance_mid_association_loses_nothing_else(pacs_and_node, tmp_
     corrupt = truncated(extra, tmp_path / "corrupt.dcm")
     ae = AE(ae_title="SCANNER")
     ae.requested_contexts = [build_context(datasets[0].SOPClassUID, ["1.2.840.10008.1.2.1"])]
-    assoc = ae.associate("127.0.0.1", node.dicom_port, ae_title=node.ae_title)
+    assoc = associate(ae, "127.0.0.1", node.dicom_port, ae_title=node.ae_title)
     assert assoc.is_established
     statuses = [int(assoc.send_c_store(p).Status) for p in [*good[:15], corrupt, *good[15:]]]
     assoc.release()

@@ -36,6 +36,7 @@ from node.state.db import Database, check_integrity
 from node.state.series import SeriesStore
 from tests.support.net import wait_until
 from tests.support.pacs import node_config, orthanc_for_node
+from tests.support.scu import associate
 from tests.support.spool import incoming_instance, spool_series
 from tools.net import LOCALHOST
 from tools.node_process import NodeProcess, NodeStartError
@@ -113,8 +114,8 @@ def _send(port: int, source: Source) -> bool:
     ae = AE(ae_title="SCANNER")
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 20
     ae.requested_contexts = [build_context("1.2.840.10008.5.1.4.1.1.2", ExplicitVRLittleEndian)]
-    assoc = ae.associate(
-        LOCALHOST, port, ae_title="AINODE", evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay)]
+    assoc = associate(
+        ae, LOCALHOST, port, ae_title="AINODE", evt_handlers=[(evt.EVT_CONN_OPEN, set_nodelay)]
     )
     if not assoc.is_established:
         return False

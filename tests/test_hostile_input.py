@@ -49,6 +49,7 @@ from pynetdicom import AE, _config
 from node.state.db import Database
 from node.state.users import UserStore
 from tests.support.net import wait_until
+from tests.support.scu import associate
 from tools.net import LOCALHOST
 from tools.node_process import NodeProcess
 from tools.synthetic.chest_ct import make_chest_ct, write_series
@@ -286,7 +287,7 @@ def pynetdicom_send(
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
     ae.add_requested_context(context, [syntax])
     ae.add_requested_context("1.2.840.10008.1.1")  # Verification: the association stands
-    assoc = ae.associate(LOCALHOST, port, ae_title="AINODE")
+    assoc = associate(ae, LOCALHOST, port, ae_title="AINODE")
     assert assoc.is_established
     try:
         accepted = [c for c in assoc.accepted_contexts if c.abstract_syntax == context]

@@ -29,6 +29,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from node.config import BUILT_IN_CHEST_RULE
 from tests.support.dcmtk import storescu
 from tests.support.pacs import one_result_each, orthanc_and_node_process
+from tests.support.scu import associate
 from tools.net import LOCALHOST, free_port, wait_until
 from tools.synthetic import degraded
 from tools.synthetic.chest_ct import make_chest_ct, write_series
@@ -112,7 +113,7 @@ def held_associations(port: int, count: int) -> Iterator[list[Association]]:
     held: list[Association] = []
     try:
         for _ in range(count):
-            association = ae.associate(LOCALHOST, port, ae_title="AINODE")
+            association = associate(ae, LOCALHOST, port, ae_title="AINODE")
             assert association.is_established
             held.append(association)
         yield held

@@ -12,17 +12,17 @@ from typing import Any
 
 import pynetdicom.association
 import pynetdicom.dul
-from pynetdicom import AE, evt
+from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from node.config import NodeSettings
 from node.dicom.reactor import AssociationWaker, DulWaker, install, stop_waking, wake_on_work
-from node.dicom.reactor_pause import pause_safely
 from node.dicom.scp import StorageSCP
 from node.orchestration.ingest import Ingestor
 from node.spool import Spool
 from node.state.series import SeriesStore
 from tests.support.net import free_port, wait_until
+from tests.support.scu import associate
 
 #: Long enough that a wait which ran its course cannot pass for one woken by work.
 LONG = 5.0
@@ -180,14 +180,7 @@ def test_listener_associations_wake_on_work_and_close_their_wake_up_sockets(
     try:
         baseline = _open_descriptors()
         for _ in range(3):
-            # The client pauses its reactor without pynetdicom's race, as the node's own
-            # requestors do: otherwise it drops a fast C-ECHO response now and then.
-            assoc = requestor.associate(
-                "127.0.0.1",
-                settings.dicom_port,
-                ae_title="AINODE",
-                evt_handlers=[(evt.EVT_CONN_OPEN, pause_safely)],
-            )
+            assoc = associate(requestor, "127.0.0.1", settings.dicom_port, ae_title="AINODE")
             assert assoc.is_established
             (acceptor,) = [a for a in scp._ae.active_associations if a.is_acceptor]
             assert isinstance(acceptor._ainode_waker, AssociationWaker)

@@ -23,6 +23,7 @@ from node.spool import Spool
 from node.state.series import InstanceRecord, SeriesStore
 from tests.support.dcmtk import storescu as send
 from tests.support.net import free_port, wait_until
+from tests.support.scu import associate
 from tests.support.spool import incoming_instance
 from tools.node_process import NodeProcess
 from tools.synthetic.chest_ct import make_chest_ct, write_series
@@ -270,7 +271,7 @@ def corrupt_copy(source: Path, target: Path) -> Path:
 def send_with_pynetdicom(port: int, files: list[Path]) -> list[int]:
     ae = AE(ae_title="SCANNER")
     ae.requested_contexts = [build_context("1.2.840.10008.5.1.4.1.1.2", ["1.2.840.10008.1.2.1"])]
-    assoc = ae.associate("127.0.0.1", port, ae_title="AINODE")
+    assoc = associate(ae, "127.0.0.1", port, ae_title="AINODE")
     assert assoc.is_established
     try:
         return [int(assoc.send_c_store(path).Status) for path in files]

@@ -36,6 +36,7 @@ from node.dicom.scp import check_port_free
 from tests.support.dcmtk import storescu
 from tests.support.net import wait_until
 from tests.support.pki import make_pki
+from tests.support.scu import associate
 from tests.test_several_nodes import chest_series, jobs_per_series, state_rows, wait_for_jobs
 from tests.test_ups_dimse import TASK, create, get
 from tools.net import LOCALHOST, free_port
@@ -354,7 +355,7 @@ def test_receiver_processes_serve_the_worklist_over_dimse(tmp_path: Path) -> Non
         wait_until(lambda: "receiver process started" in node.log_text(), 30, message="rx2 up")
         created = []
         for _ in range(8):
-            assoc = scu.associate(LOCALHOST, node.dicom_port, ae_title=node.ae_title)
+            assoc = associate(scu, LOCALHOST, node.dicom_port, ae_title=node.ae_title)
             assert assoc.is_established
             try:
                 status, uid = create(assoc)
@@ -362,7 +363,7 @@ def test_receiver_processes_serve_the_worklist_over_dimse(tmp_path: Path) -> Non
                 assoc.release()
             assert status == 0x0000
             created.append(uid)
-        assoc = scu.associate(LOCALHOST, node.dicom_port, ae_title=node.ae_title)
+        assoc = associate(scu, LOCALHOST, node.dicom_port, ae_title=node.ae_title)
         try:
             for uid in created:
                 assert get(assoc, uid)[0] == 0x0000

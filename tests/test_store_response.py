@@ -23,6 +23,7 @@ from node.spool import Spool
 from node.state.series import SeriesStore
 from tests.support.dcmtk import storescu
 from tests.support.net import free_port
+from tests.support.scu import associate
 
 
 def _response(sop_class: str, message_id: int, code: int, sop_uid: str) -> C_STORE:
@@ -90,7 +91,8 @@ def test_the_listener_answers_stores_without_pynetdicoms_encoder(
         sender = AE(ae_title="SCU")
         sender.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
         received: list[Any] = []  # the response command sets as the SCU decoded them
-        assoc = sender.associate(
+        assoc = associate(
+            sender,
             "127.0.0.1",
             settings.dicom_port,
             ae_title="AINODE",

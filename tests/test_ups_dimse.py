@@ -27,6 +27,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from tests.support.net import free_port, wait_until
+from tests.support.scu import associate
 from tools.node_process import NodeProcess
 
 pytestmark = pytest.mark.slow
@@ -93,7 +94,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             for context in (UnifiedProcedureStepPush, UnifiedProcedureStepPull,
                             UnifiedProcedureStepWatch):  # fmt: skip
                 scu.add_requested_context(context)
-            assoc = scu.associate("127.0.0.1", node.dicom_port, ae_title=node.ae_title)
+            assoc = associate(scu, "127.0.0.1", node.dicom_port, ae_title=node.ae_title)
             assert assoc.is_established
             try:
                 yield Stack(node, watcher, assoc)
