@@ -17,8 +17,9 @@ among the objects frozen here would never be collected, and those are what lives
 whole process anyway.
 
 The node's process entry point calls it once the routines have loaded
-(``ainode serve``); a :class:`~node.app.Node` made in some other process (tests, tools)
-leaves that process's collector alone.
+(``ainode serve``), and so does each Ray actor once its routine has loaded
+(:class:`~node.orchestration.ray_actor.RoutineHost`); a :class:`~node.app.Node` made in
+some other process (tests, tools) leaves that process's collector alone.
 """
 
 from __future__ import annotations

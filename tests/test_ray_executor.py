@@ -261,6 +261,8 @@ def test_a_node_with_the_ray_executor_lists_its_actors(ray_session, tmp_path):
         (actor,) = plugins["ct_lungs"]["ray_actors"]
         assert actor["state"] == "ready" and actor["device"] == "cpu" and actor["node_id"]
         assert actor["pid"] != os.getpid() and actor["in_flight"] == 0
+        # The actor froze its start-up objects (torch, MONAI, the routine) as `serve` does.
+        assert actor["heap_frozen"] > 100_000
         page_client, _ = login_session(served.url, "viewer", VIEWER_PASSWORD)
         try:
             page = page_client.get("/plugins")

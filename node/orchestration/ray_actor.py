@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from node.contract.plugin import InferencePlugin
+from node.heap import settle as settle_heap
 from node.orchestration.execute import execute
 from node.orchestration.job import JobInput, JobOutput
 from node.orchestration.registry import PluginRegistry
@@ -53,6 +54,8 @@ class HostInfo:
     gpu_ids: tuple[str, ...]
     workdir: str
     load_error: str | None
+    #: Objects moved out of the collector's reach once the routine loaded (:mod:`node.heap`).
+    heap_frozen: int = 0
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,9 @@ class RoutineHost:
             self._registry.get(plugin, torch.device(self._device))
         except Exception as exc:  # a job for it fails with the reason
             load_error = f"{type(exc).__name__}: {exc}"
+        # The actor lives as long as a served node and runs the same jobs: its start-up
+        # objects (torch, MONAI, the routine) are kept out of every full collection.
+        heap_frozen = settle_heap()
         self._info = HostInfo(
             plugin=plugin,
             host=socket.gethostname(),
@@ -128,6 +134,7 @@ class RoutineHost:
             gpu_ids=gpu_ids,
             workdir=str(self._workdir),
             load_error=load_error,
+            heap_frozen=heap_frozen,
         )
 
     def info(self) -> HostInfo:

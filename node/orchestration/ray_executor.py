@@ -455,7 +455,8 @@ class RayExecutor:
     # -- inspection and end ---------------------------------------------------------------
 
     def actors(self) -> list[dict[str, Any]]:
-        """Each actor: routine, name, node, host, pid, device, GPUs, jobs away, state."""
+        """Each actor: routine, name, node, host, pid, device, GPUs, jobs away, state, and
+        the objects its start-up froze for the garbage collector (:mod:`node.heap`)."""
         with self._lock:
             pools = {plugin: list(pool) for plugin, pool in self._pools.items()}
         rows = []
@@ -474,6 +475,7 @@ class RayExecutor:
                         "gpu_ids": list(info.gpu_ids) if info else [],
                         "in_flight": actor.in_flight,
                         "load_error": info.load_error if info else None,
+                        "heap_frozen": info.heap_frozen if info else None,
                     }
                 )
         return rows
