@@ -22,16 +22,17 @@ from tools.synthetic.chest_ct import make_chest_ct, write_series
 
 pytestmark = pytest.mark.slow
 
-#: Series after the warm-up one. Enough that the arena steps of the first few jobs (below;
-#: the load's decode pool and the group committer add threads, so up to five steps of
-#: 4-20 MB were seen) are a minority and the median measures the steady state.
+#: Series after the warm-up one; the median step is taken over the second half of them.
 SOAK_SERIES = 16
 #: A job that leaks its Analysis (40 x 256 x 256 volume, label map, segment numbers,
 #: datasets) grows RSS by ~20 MB here, every job (measured: 686 -> 882 MB over 10 jobs).
-#: Without a leak most jobs add nothing, but glibc's per-thread malloc arenas grow in
-#: steps of ~20 MB during the first few jobs (worker, prefetch and exporter threads),
-#: then RSS is flat. So the *median* step must stay under 2 MB (a leak of a tenth of a
-#: job's arrays fails it) and the total under half of what the leak added.
+#: Without a leak RSS still grows by 30-40 MB over the first jobs, then is flat: glibc's
+#: per-thread malloc arenas (worker, prefetch, decode pool, scan pool, exporter) grow in
+#: steps, and reference cycles wait for a full collection, which the node runs rarely
+#: (node.heap). Those steps came as five of 4-20 MB, or as eleven of 2.5-6 MB (a median of
+#: 2.5 MB over all sixteen jobs), always over by the twelfth job. So the *median* step of
+#: the second half must stay under 2 MB (a leak of a tenth of a job's arrays, every job,
+#: fails it) and the total under half of what the leak added.
 MAX_MEDIAN_STEP_MB = 2.0
 MAX_TOTAL_GROWTH_MB = 100.0
 
@@ -86,6 +87,7 @@ def test_rss_stays_flat_over_many_series_in_one_process(tmp_path: Path) -> None:
         pacs.stop()
     steps = [after - before for before, after in itertools.pairwise(rss)]
     print("rss MB after each job:", " ".join(f"{value:.1f}" for value in rss))
-    assert statistics.median(steps) < MAX_MEDIAN_STEP_MB, rss
+    steady = steps[len(steps) // 2 :]
+    assert statistics.median(steady) < MAX_MEDIAN_STEP_MB, rss
     assert rss[-1] - rss[0] < MAX_TOTAL_GROWTH_MB, rss
     assert len(pacs.received()) == 2 * (SOAK_SERIES + 1)
