@@ -2,7 +2,8 @@
 
 A synthetic chest CT (``--slices`` x 512 x 512) is written once under ``--work``; the job
 runs twice through :func:`node.orchestration.execute.execute` (the worker's call, no
-database, no network), and the second run is cProfiled. Prints each run's stage seconds
+database, no network), and the second run is cProfiled, after the heap is settled as
+``ainode serve`` settles it (:mod:`node.heap`). Prints each run's stage seconds
 and the profile's top functions by cumulative time; the profile is kept for ``pstats``
 or snakeviz. Measures; asserts nothing.
 
@@ -22,6 +23,7 @@ from pathlib import Path
 import pydicom
 
 from node.contract.kinds import profile_tags
+from node.heap import settle as settle_heap
 from node.orchestration.execute import execute
 from node.orchestration.job import JobInput
 from node.orchestration.registry import PluginRegistry
@@ -87,6 +89,10 @@ def main() -> None:
             f"{time.perf_counter() - started:.3f} s {seconds}"
         )
         shutil.rmtree(result_dir, ignore_errors=True)
+        if run == 0:
+            # As `ainode serve` once its routines have loaded: without it, full garbage
+            # collections over the start-up objects land in whichever stage allocates.
+            settle_heap()
     pstats.Stats(str(profile_path)).sort_stats("cumulative").print_stats(args.top)
     print(f"profile: {profile_path}")
 
