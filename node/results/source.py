@@ -104,15 +104,27 @@ _IMPLICIT_SHAREABLE: dict[int, bool] = {}
 _Decoded = dict[tuple[int, str | None, bytes, tuple[str, ...]], tuple[DataElement, dict[str, Any]]]
 
 
-def _decoded(source: Dataset, tag: BaseTag, raw: RawDataElement, cache: _Decoded) -> DataElement:
-    """``source[tag]`` (converted with the source's character set); a public tag's
-    single value (most text of a series is the same in every header) is decoded once
-    per ``cache`` and each header gets its own element of it (the state of the first,
-    at its own offset in its file)."""
+def _charset_key(source: Dataset) -> tuple[str, ...]:
+    """The Python codecs ``source``'s text is decoded with, as a :data:`_Decoded` key part."""
+    charset = source.original_character_set or source._character_set
+    return (charset,) if isinstance(charset, str) else tuple(charset)
+
+
+def _decoded(
+    source: Dataset,
+    tag: BaseTag,
+    raw: RawDataElement,
+    cache: _Decoded,
+    charset: tuple[str, ...],
+) -> DataElement:
+    """``source[tag]`` (converted with the source's character set, whose codecs are
+    ``charset``: :func:`_charset_key`, once per header); a public tag's single value
+    (most text of a series is the same in every header) is decoded once per ``cache``
+    and each header gets its own element of it (the state of the first, at its own
+    offset in its file)."""
     if tag.is_private or not isinstance(raw.value, bytes):
         return source[tag]
-    charset = source.original_character_set or source._character_set
-    key = (tag, raw.VR, raw.value, tuple(charset) if isinstance(charset, list) else (charset,))
+    key = (tag, raw.VR, raw.value, charset)
     done = cache.get(key)
     if done is None:
         element = source[tag]
@@ -145,6 +157,7 @@ def buildable_header(source: Dataset, decoded: _Decoded | None = None) -> Datase
     if hasattr(source, "file_meta"):
         header.file_meta = source.file_meta
     elements = header._dict
+    charset: tuple[str, ...] | None = None  # pydicom works it out anew on each look-up
     for tag, element in source._dict.items():
         if (
             isinstance(element, RawDataElement)
@@ -152,7 +165,11 @@ def buildable_header(source: Dataset, decoded: _Decoded | None = None) -> Datase
             and tag != _SPECIFIC_CHARACTER_SET
         ):
             # converted, decoding with the source's character set
-            element = source[tag] if decoded is None else _decoded(source, tag, element, decoded)
+            if decoded is None:
+                element = source[tag]
+            else:
+                charset = _charset_key(source) if charset is None else charset
+                element = _decoded(source, tag, element, decoded, charset)
         elements[tag] = element
     elements.pop(_SPECIFIC_CHARACTER_SET, None)
     for keyword, tag in _TYPE_2_TAGS:
