@@ -134,3 +134,25 @@ def test_header_of_an_implicit_vr_source_decodes_text_and_reads_the_rest_by_dict
     assert isinstance(text, DataElement) and text.value == "胸部 CT Ωmega"
     pixels = header._dict[pydicom.tag.Tag("PixelData")]  # OB or OW: converted here
     assert isinstance(pixels, DataElement) and pixels.VR == "OW"
+
+
+def test_the_character_set_is_worked_out_once_per_header(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pydicom converts Specific Character Set again on each look-up: a header's text
+    elements (5 here, ~11 in a scanner's header) share one look-up."""
+    from node.results import source as source_module
+
+    paths, _ = _write_sources(tmp_path / "series", "japanese", implicit=False, type_2=True)
+    volume = assemble_volume(pydicom.dcmread(path) for path in paths)
+    looked_up: list[int] = []
+    real = source_module._charset_key
+
+    def counted(dataset: Dataset) -> tuple[str, ...]:
+        looked_up.append(id(dataset))
+        return real(dataset)
+
+    monkeypatch.setattr(source_module, "_charset_key", counted)
+    headers = buildable_volume(volume).datasets
+    assert sorted(looked_up) == sorted({id(d) for d in volume.datasets})  # each once
+    assert {str(h.PatientName) for h in headers} == {_TEXTS["japanese"][1]}
