@@ -13,7 +13,6 @@ multi-frame instance, in instance order, with no slice geometry.
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,7 +20,7 @@ from pydicom import config
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
-from pydicom.uid import UID
+from pydicom.uid import RE_VALID_UID, UID
 from pydicom.valuerep import VR
 
 from node.contract import image_attributes
@@ -191,8 +190,6 @@ class Volume:
 
 
 _SOP_INSTANCE_UID = BaseTag(0x00080018)
-#: A valid UID (PS3.5 9.1): what pydicom would accept without a warning.
-_VALID_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
 
 
 def uid_value(ds: Dataset, tag: BaseTag) -> str:
@@ -211,7 +208,8 @@ def uid_value(ds: Dataset, tag: BaseTag) -> str:
         value = raw.value
         if isinstance(value, bytes):
             text = value.decode("latin-1").rstrip("\0 ")  # as pydicom's convert_UI
-            if len(text) <= 64 and _VALID_UID.fullmatch(text):
+            # pydicom's own test of a valid UID (PS3.5 9.1), as its validation applies it
+            if len(text) <= 64 and RE_VALID_UID.fullmatch(text):
                 uid = UID(text, validation_mode=config.IGNORE)
                 element = DataElement(
                     tag, VR.UI, uid, raw.value_tell, False, True, validation_mode=config.IGNORE
