@@ -53,8 +53,8 @@ from node.worklist.service import WorklistService
 if TYPE_CHECKING:
     import torch
 
-    from node.orchestration.executor import QuietReads
     from node.orchestration.ray_executor import RayExecutor
+    from node.orchestration.read_ahead import QuietReads
     from node.orchestration.worker import InferenceWorker
 
 log = logging.getLogger(__name__)
@@ -273,7 +273,7 @@ class Node:
             self.admin.worker_devices = [f"ray:{settings.executor.address}"]
             return
         from node.orchestration.completion import READ_AHEAD_FRACTION
-        from node.orchestration.executor import QuietReads
+        from node.orchestration.read_ahead import QuietReads
 
         quiet = settings.completion.series_quiet_seconds
         if settings.workers.read_ahead_mb > 0:

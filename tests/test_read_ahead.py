@@ -19,8 +19,8 @@ from node.contract.plugin import ValidatedInput
 from node.engine.quality import Measurements, measure, slice_layout
 from node.errors import VolumeError
 from node.orchestration.completion import READ_AHEAD_FRACTION, CompletionMonitor
-from node.orchestration.executor import QuietReads, ReadAhead
 from node.orchestration.gate import gate_series
+from node.orchestration.read_ahead import QuietReads, ReadAhead
 from node.state.series import SeriesRow, SeriesStore
 from tests.test_completion_and_jobs import record
 from tools.synthetic.chest_ct import make_chest_ct, write_series
@@ -98,7 +98,7 @@ def test_a_replaced_file_makes_the_job_read_again(paths, series):
 
 
 def test_a_series_over_the_budget_is_not_read_ahead(paths, caplog):
-    caplog.set_level(logging.INFO, logger="node.orchestration.executor")
+    caplog.set_level(logging.INFO, logger="node.orchestration.read_ahead")
     size = sum(path.stat().st_size for path in paths)
     reads = _reads(budget=size)  # the volume needs about twice the files' size
     try:
@@ -116,7 +116,7 @@ def test_a_series_over_the_budget_is_not_read_ahead(paths, caplog):
 
 
 def test_one_series_at_a_time_and_dropped_when_no_job_takes_it(paths, caplog):
-    caplog.set_level(logging.INFO, logger="node.orchestration.executor")
+    caplog.set_level(logging.INFO, logger="node.orchestration.read_ahead")
     clock = Clock()
     reads = _reads(keep=30.0, clock=clock)
     try:
@@ -233,7 +233,7 @@ def test_a_failed_read_ahead_leaves_the_job_its_own_read_and_one_log_line(paths,
     reads = _reads()
     try:
         assert reads.offer("1.2", paths)
-        with caplog.at_level(logging.INFO, logger="node.orchestration.executor"):
+        with caplog.at_level(logging.INFO, logger="node.orchestration.read_ahead"):
             assert reads.take(paths) is None
             with pytest.raises(VolumeError, match="lacks PixelSpacing"):
                 ReadAhead("t", reads).read(1, paths)  # the job meets the fault itself

@@ -35,10 +35,10 @@ from node.orchestration.executor import (
     JobLost,
     LocalExecutor,
     QueueingExecutor,
-    QuietReads,
 )
 from node.orchestration.job import DONE, JobOutput
 from node.orchestration.prepare import Sources, prepare
+from node.orchestration.read_ahead import QuietReads
 from node.orchestration.record import log_end, record_end, record_events
 from node.orchestration.registry import PluginRegistry
 from node.polling import PollingThread

@@ -1,0 +1,229 @@
+"""Reading a series before its job needs it.
+
+:class:`QuietReads` reads one series during its completion quiet period, before it becomes
+a job, and measures it for the input-quality gate of the routines its rules name;
+:class:`ReadAhead` is a device's reader: it hands a job the volume read for exactly its
+files, else reads the next queued series while the current job runs, else reads the
+job's files itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import NamedTuple
+
+from node.contract.assemble import load_volume
+from node.contract.plugin import ValidatedInput
+from node.contract.volume import Volume
+from node.engine.quality import Measurements, measure
+
+log = logging.getLogger(__name__)
+
+
+#: A file's identity for a read-ahead: its path, size, change time and inode.
+FileKey = tuple[tuple[Path, int, int, int], ...]
+
+#: Input-quality measurements of a volume read ahead, per routine input they were made for.
+Premeasured = dict[ValidatedInput, Measurements]
+
+
+def file_key(paths: tuple[Path, ...]) -> FileKey:
+    """What must be unchanged for a volume read earlier to be the series' volume now."""
+    stats = [(path, path.stat()) for path in paths]
+    return tuple((path, st.st_size, st.st_mtime_ns, st.st_ino) for path, st in stats)
+
+
+class _HeldRead(NamedTuple):
+    """A read of a quiet series: what was read, when it started, and its future (the
+    volume, its files' key and its measurements; None when it was skipped)."""
+
+    series_uid: str
+    paths: tuple[Path, ...]
+    started: float
+    read: Future[tuple[Volume, FileKey, Premeasured] | None]
+
+
+class QuietReads:
+    """Reads one series during its completion quiet period, before it becomes a job.
+
+    :meth:`offer` starts reading a series (on one background thread) unless a read of
+    another series is held; the read is skipped when the volume would exceed ``budget_bytes``
+    (estimated as twice the files' size, float32 pixels; checked again on the volume).
+    :meth:`take` hands the volume to the job whose instance files are exactly the ones
+    read and unchanged (same paths, sizes, change times, inodes), else None; a read no
+    job took ``keep_seconds`` after it started is dropped (:meth:`expire`). The volume is
+    also measured against each routine input offered with it (``validated``: the
+    input-quality gate of the routines the matching rules name), so the job's gate only
+    decides.
+    """
+
+    def __init__(
+        self,
+        budget_bytes: int,
+        *,
+        keep_seconds: float,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._budget = budget_bytes
+        self._keep = keep_seconds
+        self._monotonic = monotonic
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-quiet")
+        self._lock = threading.Lock()
+        self._held: _HeldRead | None = None
+
+    def holds(self, paths: tuple[Path, ...]) -> bool:
+        """True while a read of exactly ``paths`` is held."""
+        with self._lock:
+            return self._held is not None and self._held.paths == paths
+
+    def offer(
+        self,
+        series_uid: str,
+        paths: tuple[Path, ...],
+        validated: Sequence[ValidatedInput] = (),
+        *,
+        trigger: str = "quiet",
+    ) -> bool:
+        """Start reading ``paths`` unless a read of another series, or of these paths, is
+        held (one at a time); a held read of fewer instances of this series is replaced.
+        True if started. ``trigger`` says why, in the log line (``quiet``: a part of the
+        quiet period passed; ``delivered``: the association or STOW-RS request that
+        delivered it ended)."""
+        self.expire()
+        with self._lock:
+            held = self._held
+            if not paths or (
+                held is not None and (held.series_uid != series_uid or held.paths == paths)
+            ):
+                return False
+            if held is not None:  # more instances arrived since: the old read is stale
+                held.read.cancel()
+            future = self._pool.submit(self._read, series_uid, paths, tuple(validated))
+            self._held = _HeldRead(series_uid, paths, self._monotonic(), future)
+        log.info(
+            "quiet read-ahead started series_uid=%s instances=%d trigger=%s",
+            series_uid,
+            len(paths),
+            trigger,
+        )
+        return True
+
+    def _read(
+        self, series_uid: str, paths: tuple[Path, ...], validated: tuple[ValidatedInput, ...]
+    ) -> tuple[Volume, FileKey, Premeasured] | None:
+        key = file_key(paths)
+        estimate = 2 * sum(size for _, size, _, _ in key)
+        if estimate > self._budget:
+            log.info(
+                "series not read ahead: over the read-ahead budget series_uid=%s"
+                " estimate_mb=%d budget_mb=%d",
+                series_uid,
+                estimate >> 20,
+                self._budget >> 20,
+            )
+            return None
+        volume = load_volume(paths)
+        if volume.array.nbytes > self._budget:
+            log.info("read-ahead dropped: volume over the budget series_uid=%s", series_uid)
+            return None
+        with self._lock:
+            superseded = self._held is not None and self._held.paths != paths  # None: taken
+        if superseded:  # more instances arrived while reading: no use measuring this one
+            return None
+        measured = {v: measure(volume.array, volume.datasets, v) for v in dict.fromkeys(validated)}
+        return volume, key, measured
+
+    def take(self, paths: tuple[Path, ...]) -> tuple[Volume, Premeasured] | None:
+        """The volume read ahead of exactly ``paths``, unchanged since, and its measurements
+        (else None); waits for a read still in progress."""
+        with self._lock:
+            held = self._held
+            if held is None or held.paths != paths:
+                return None
+            self._held = None
+        try:
+            read = held.read.result()
+        except Exception as exc:  # the job's own read meets it again and names the fault
+            log.info(
+                "read-ahead failed: reading again series_uid=%s error=%s",
+                held.series_uid,
+                type(exc).__name__,
+            )
+            return None
+        if read is None:
+            return None
+        volume, key, measured = read
+        try:
+            same = file_key(paths) == key
+        except OSError:
+            same = False
+        if not same:
+            log.info(
+                "read-ahead stale (a file changed): reading again series_uid=%s", held.series_uid
+            )
+            return None
+        return volume, measured
+
+    def expire(self) -> None:
+        """Drop a read no job took within ``keep_seconds`` (its memory is returned)."""
+        with self._lock:
+            held = self._held
+            if held is None or self._monotonic() - held.started < self._keep:
+                return
+            self._held = None
+        held.read.cancel()
+        log.info("read-ahead dropped: no job took it series_uid=%s", held.series_uid)
+
+    def shutdown(self) -> None:
+        with self._lock:
+            self._held = None
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class ReadAhead:
+    """Reads series on one background thread; a read is used only by the job it was for
+    and only while that job's instances are unchanged. A series read during its quiet
+    period (``quiet``) is used by the first job whose instance files are exactly those."""
+
+    def __init__(self, name: str, quiet: QuietReads | None = None) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"read-{name}")
+        self._pending: tuple[int, tuple[Path, ...], Future[Volume]] | None = None
+        self._quiet = quiet
+        #: The last volume taken from ``quiet`` (weakly: the job owns it) and its measurements.
+        self._measured: tuple[weakref.ref[Volume], Premeasured] | None = None
+
+    def read(self, job_id: int, paths: tuple[Path, ...]) -> tuple[Volume, bool]:
+        pending, self._pending = self._pending, None
+        self._measured = None
+        if pending is not None and pending[:2] == (job_id, paths):
+            return pending[2].result(), True
+        if self._quiet is not None:
+            taken = self._quiet.take(paths)
+            if taken is not None:
+                self._measured = (weakref.ref(taken[0]), taken[1])
+                return taken[0], True
+        return load_volume(paths), False
+
+    def measured(self, volume: Volume, validated: ValidatedInput) -> Measurements | None:
+        """What the quiet read measured of ``volume`` against ``validated``, if it did."""
+        held = self._measured
+        if held is None or held[0]() is not volume:
+            return None
+        return held[1].get(validated)
+
+    def read_ahead(self, job_id: int, paths: tuple[Path, ...]) -> None:
+        if self._pending is not None and self._pending[:2] == (job_id, paths):
+            return
+        if self._quiet is not None and self._quiet.holds(paths):
+            return  # read during its quiet period already
+        self._pending = (job_id, paths, self._pool.submit(load_volume, paths))
+        log.debug("prefetch started job_id=%d instances=%d", job_id, len(paths))
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
