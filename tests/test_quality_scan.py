@@ -201,3 +201,39 @@ def test_two_dimensional_images_measure_as_the_reference() -> None:
     found = _measured(plane)
     assert found[0] is None  # no noise measured on a single plane
     assert all(_same(a, b) for a, b in zip(found, _ref_measure(plane, 2500.0), strict=True))
+
+
+def test_slices_scanned_one_at_a_time_measure_as_the_series_scan() -> None:
+    """Slices scanned on their own as they arrive (:func:`quality.scan_slice`, in any
+    order, some not at all, with several metal thresholds) give the series' measurements
+    bit for bit; a threshold they were not scanned for is scanned again."""
+    block = quality._SCAN_BLOCK
+    high_late = _ct_with(3 * block, 20, 20, 6, metal=True)
+    high_late[2 * block + 1, 3, 3] = 5000.0
+    high_late[1, 3, 3] = -3000.0
+    no_air = np.random.default_rng(7).normal(40.0, 30.0, (2 * block + 3, 24, 24))
+    with_nan = _ct_with(2 * block + 2, 32, 32, 5)
+    with_nan[block + 3, 4, 4] = np.nan
+    volumes = [
+        _ct_with(70, 24, 24, 3),
+        high_late,
+        np.clip(no_air, 0.0, 80.0).astype(np.float32),  # both ends count
+        with_nan,
+        _ct_with(3, 5, 5, 8),  # too small to measure: no Laplacian
+    ]
+    rng = np.random.default_rng(2)
+    for array in volumes:
+        scan = quality.slice_scanner(array.shape[1:])
+        scanned: list[quality.SliceScan | None] = [None] * array.shape[0]
+        for k in rng.permutation(array.shape[0]):  # arrival order is not the volume's
+            scanned[k] = scan(array[k], (2500.0, 100.0))
+        scanned[rng.integers(array.shape[0])] = None  # one slice not read ahead
+        for threshold in (2500.0, 100.0, 40.0):
+            validated = quality.ValidatedInput(modalities=("CT",), metal_threshold=threshold)
+            header = Dataset()
+            header.Modality = "CT"
+            plain = quality.measure(array, [header], validated)
+            known = quality.measure(array, [header], validated, scanned=scanned)
+            assert repr(known) == repr(plain), (threshold, known, plain)
+    with pytest.raises(ValueError, match="2 slices scanned for a volume of 3"):
+        quality.measure(volumes[-1], [header], validated, scanned=[None, None])

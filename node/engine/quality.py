@@ -21,9 +21,10 @@ The plumbing that reads files and records events is :mod:`node.orchestration.gat
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -497,13 +498,100 @@ _SCAN_BLOCK = 16
 _SCAN_THREADS = 1
 
 
+@dataclass(frozen=True)
+class SliceScan:
+    """What the CT scan measures of one slice on its own (:func:`scan_slice`): everything
+    but the noise, whose slices depend on the series' order and length.
+
+    Attributes
+    ----------
+    maximum, minimum
+        The slice's extremes (the array's dtype).
+    at_maximum
+        Voxels at the maximum; 0 when the scan was told the series holds a larger one.
+    at_minimum
+        Voxels at the minimum, counted only where it lies above :data:`_AIR_FLOOR_HU`
+        (0 else, or when the series holds a smaller one).
+    metal
+        Voxels above each metal threshold the scan was given.
+    body
+        Soft-tissue pixels (5x5 box within :data:`BODY_HU`).
+    percentile
+        The high percentile of the Laplacian's magnitude there (NaN below
+        :data:`_MIN_PIXELS` pixels, or for a slice too small to measure).
+    """
+
+    maximum: np.generic
+    minimum: np.generic
+    at_maximum: int
+    at_minimum: int
+    metal: dict[float, int]
+    body: int
+    percentile: float
+
+
+def scan_slice(
+    image: np.ndarray,
+    thresholds: Sequence[float],
+    slices: _Slices | None = None,
+    *,
+    top: np.generic | None = None,
+    bottom: np.generic | None = None,
+) -> SliceScan:
+    """Scan one 2D CT slice (HU) for :func:`measure`; the same values as the series scan.
+
+    ``slices`` holds the work buffers (made for the slice's shape when omitted, None for
+    a slice too small to measure is fine). ``top`` and ``bottom``, the largest maximum
+    and smallest minimum seen so far in the series, skip counting voxels at an extreme
+    that cannot be the series' own.
+    """
+    high, low = image.max(), image.min()
+    # Counted only where the slice may hold the series' extreme (a NaN compares False,
+    # so it is counted, and makes every count moot: nothing equals NaN).
+    at_maximum = 0 if top is not None and high < top else int(np.count_nonzero(image == high))
+    # Nor where the minimum is at air's floor or below (or NaN): the low end is not
+    # counted then.
+    at_minimum = (
+        0
+        if (bottom is not None and low > bottom) or not low > _AIR_FLOOR_HU
+        else int(np.count_nonzero(image == low))
+    )
+    metal = {t: 0 if high <= t else int(np.count_nonzero(image > t)) for t in thresholds}
+    body, percentile = 0, float("nan")
+    if _measurable(image[np.newaxis]):
+        if slices is None:
+            slices = _Slices(*image.shape)
+        image32 = _slice32(image)
+        mask = slices.homogeneous_mask(image32, BODY_HU)
+        body = int(np.count_nonzero(mask))
+        if body >= _MIN_PIXELS:  # the least that can count (see _energies)
+            # Only the rows the mask reaches.
+            start, stop = slices.extent(mask)
+            magnitudes = slices.laplacian_of(image32, start, stop)[start:stop][mask[start:stop]]
+            percentile = _magnitude_percentile(np.abs(magnitudes, out=magnitudes))
+    return SliceScan(high, low, at_maximum, at_minimum, metal, body, percentile)
+
+
+def slice_scanner(shape: tuple[int, int]) -> Callable[[np.ndarray, Sequence[float]], SliceScan]:
+    """:func:`scan_slice` for slices of ``shape``, its work buffers made once."""
+    slices = _Slices(*shape) if min(shape) >= 7 else None
+    return lambda image, thresholds: scan_slice(image, thresholds, slices)
+
+
 class _Scan:
     """Per-slice results of :func:`_scan_ct`, filled block by block (blocks may run on
-    different threads: each writes only its own slices)."""
+    different threads: each writes only its own slices). ``known`` gives slices scanned
+    earlier (:func:`scan_slice`, with this threshold): only their noise is measured."""
 
-    def __init__(self, array: np.ndarray, metal_threshold: float) -> None:
+    def __init__(
+        self,
+        array: np.ndarray,
+        metal_threshold: float,
+        known: Sequence[SliceScan | None] | None = None,
+    ) -> None:
         count = array.shape[0]
         self.array, self.metal_threshold = array, metal_threshold
+        self.known = known
         self.maxima = np.empty(count, dtype=array.dtype)
         self.minima = np.empty(count, dtype=array.dtype)
         self.at_max = np.empty(count, dtype=np.int64)
@@ -515,59 +603,52 @@ class _Scan:
         self.counts = np.zeros(count, dtype=np.int64)
         self.percentiles = np.full(count, np.nan)
 
+    def _known(self, k: int) -> SliceScan | None:
+        scanned = None if self.known is None else self.known[k]
+        return scanned if scanned is not None and self.metal_threshold in scanned.metal else None
+
     def block(self, start: int, stop: int) -> None:
         """Measure slices ``start`` to ``stop`` (each touched while it is in cache)."""
         array, threshold = self.array, self.metal_threshold
         slices = _Slices(*array.shape[1:]) if self.measurable else None
-        top = bottom = None
+        top: Any = None  # numpy scalars of the array's dtype
+        bottom: Any = None
         for k in range(start, stop):
             image = array[k]
-            self.maxima[k] = high = image.max()
-            self.minima[k] = low = image.min()
-            # Counted only where the slice may hold the series' extreme (a NaN compares
-            # False, so it is counted, and makes every count moot: nothing equals NaN).
-            self.at_max[k] = (
-                0 if top is not None and high < top else np.count_nonzero(image == high)
-            )
-            # Nor where the series' minimum is at air's floor or below (or NaN): its low
-            # end is not counted then.
-            self.at_min[k] = (
-                0
-                if (bottom is not None and low > bottom) or not low > _AIR_FLOOR_HU
-                else np.count_nonzero(image == low)
-            )
+            scanned = self._known(k)
+            if scanned is None:
+                scanned = scan_slice(image, (threshold,), slices, top=top, bottom=bottom)
+            self.maxima[k] = high = scanned.maximum
+            self.minima[k] = low = scanned.minimum
+            self.at_max[k], self.at_min[k] = scanned.at_maximum, scanned.at_minimum
+            self.metal[k] = scanned.metal[threshold]
+            self.counts[k], self.percentiles[k] = scanned.body, scanned.percentile
             top = high if top is None or high > top else top
             bottom = low if bottom is None or low < bottom else bottom
-            if not high <= threshold:
-                self.metal[k] = np.count_nonzero(image > threshold)
+            if k % self.stride:
+                continue
             if slices is None:
-                if k % self.stride == 0:
-                    self.samples[k] = np.zeros(0, dtype=np.float32)
+                self.samples[k] = np.zeros(0, dtype=np.float32)
                 continue
             image32 = _slice32(image)
-            laplacian = None
-            if k % self.stride == 0:
-                at = slices.homogeneous(image32, TISSUE_HU)
-                laplacian = slices.laplacian_of(image32)
-                self.samples[k] = laplacian[at[:: max(1, at.size // _NOISE_SAMPLES_PER_SLICE)]]
-            mask = slices.homogeneous_mask(image32, BODY_HU)
-            self.counts[k] = count = np.count_nonzero(mask)
-            if count >= _MIN_PIXELS:  # the least that can count (see _energies)
-                # Only the rows the mask reaches (or the whole slice, computed above).
-                start, stop = slices.extent(mask)
-                if laplacian is None:
-                    laplacian = slices.laplacian_of(image32, start, stop)
-                magnitudes = laplacian[start:stop][mask[start:stop]]
-                self.percentiles[k] = _magnitude_percentile(np.abs(magnitudes, out=magnitudes))
+            at = slices.homogeneous(image32, TISSUE_HU)
+            laplacian = slices.laplacian_of(image32)
+            self.samples[k] = laplacian[at[:: max(1, at.size // _NOISE_SAMPLES_PER_SLICE)]]
 
 
-def _scan_ct(array: np.ndarray, metal_threshold: float, threads: int = 0) -> _CtScan:
+def _scan_ct(
+    array: np.ndarray,
+    metal_threshold: float,
+    threads: int = 0,
+    known: Sequence[SliceScan | None] | None = None,
+) -> _CtScan:
     """:func:`noise_sd`, :func:`metal_fraction`, :func:`streak_index` and the extremes
     :func:`clipped_fraction` counts, in one pass over the slices of a 3D ``array``
     (at least one voxel) with the same values as those functions; on ``threads``
-    (default :data:`_SCAN_THREADS`), a block of slices at a time."""
+    (default :data:`_SCAN_THREADS`), a block of slices at a time. ``known``: slices
+    scanned earlier, in the array's order (None where not)."""
     count = array.shape[0]
-    scan = _Scan(array, metal_threshold)
+    scan = _Scan(array, metal_threshold, known)
     starts = range(0, count, _SCAN_BLOCK)
     threads = min(threads or _SCAN_THREADS, len(starts))
     if threads > 1:
@@ -633,8 +714,14 @@ def measure(
     headers: Sequence[Dataset],
     validated: ValidatedInput,
     layout: SliceLayout | None = None,
+    scanned: Sequence[SliceScan | None] | None = None,
 ) -> Measurements:
-    """Measure a series: slice layout from ``headers`` (unless given), the rest from ``array``."""
+    """Measure a series: slice layout from ``headers`` (unless given), the rest from ``array``.
+
+    ``scanned``: the slices of a CT ``array`` already scanned (:func:`scan_slice`, in the
+    array's order, None where not, with ``validated.metal_threshold`` among the
+    thresholds); only their noise is then measured, and the values are the same.
+    """
     layout = slice_layout(headers) if layout is None else layout
     if array is None:
         return Measurements(layout)
@@ -654,7 +741,9 @@ def measure(
                 array, count_low_end=float(array.min()) > _AIR_FLOOR_HU
             ),
         )
-    scan = _scan_ct(array, validated.metal_threshold)
+    if scanned is not None and len(scanned) != array.shape[0]:
+        raise ValueError(f"{len(scanned)} slices scanned for a volume of {array.shape[0]}")
+    scan = _scan_ct(array, validated.metal_threshold, known=scanned)
     total = max(1, array.size)
     clipped = float(scan.at_maximum) / total
     if scan.minimum > _AIR_FLOOR_HU:  # the low end counts unless air's floor is there
