@@ -17,6 +17,7 @@ import math
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -124,6 +125,9 @@ class Node:
         self.remote_executor: RayExecutor | None = None
         #: Series read during their quiet period (local executor, ``workers.read_ahead_mb``).
         self.quiet_reads: QuietReads | None = None
+        #: Instances stored per series lately (``workers.read_while_arriving``).
+        self._arriving_counts: OrderedDict[str, int] = OrderedDict()
+        self._arriving_lock = threading.Lock()
         # Rules and destinations live in the database (seeded from the YAML on first start).
         self.admin = AdminService(
             self.db,
@@ -283,6 +287,8 @@ class Node:
                 keep_seconds=quiet * (1 - READ_AHEAD_FRACTION) + 30.0,
             )
             self.ingestor.on_delivered = self._read_delivered
+            if settings.workers.read_while_arriving:
+                self.ingestor.on_stored = self._read_arriving
         self.workers = [
             InferenceWorker(
                 self.queue,
@@ -327,6 +333,31 @@ class Node:
             if row is not None and row.state == "receiving" and row.instance_count == count:
                 whole.append(row)
         self._read_first(whole, "delivered")
+
+    def _read_arriving(self, series_uid: str) -> None:
+        """Count an instance stored; every ``arriving_batch`` of a series, have the
+        read-ahead read its new files (on its thread: this is the receiving one)."""
+        reads = self.quiet_reads
+        if reads is None:
+            return
+        with self._arriving_lock:
+            stored = self._arriving_counts.pop(series_uid, 0) + 1
+            self._arriving_counts[series_uid] = stored  # the most recent last
+            while len(self._arriving_counts) > 64:
+                self._arriving_counts.popitem(last=False)
+        if stored % reads.arriving_batch == 0:
+            reads.arriving(series_uid, lambda: self._arriving_files(series_uid))
+
+    def _arriving_files(self, series_uid: str) -> tuple[list[Path], list[ValidatedInput]] | None:
+        """A series' files so far and its routines' validated inputs, while it is still
+        receiving and some rule routes it (else None)."""
+        row = self.series.series(series_uid)
+        if row is None or row.state != "receiving":
+            return None
+        rules = self.dispatcher.routes(row)
+        if not rules:
+            return None
+        return self.series.instance_paths(series_uid), self._validated_inputs(rules)
 
     def _read_first(self, rows: list[SeriesRow], trigger: str) -> None:
         """Offer ``rows`` in order to the read-ahead until one is routed (one read at a

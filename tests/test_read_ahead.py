@@ -242,3 +242,155 @@ def test_a_failed_read_ahead_leaves_the_job_its_own_read_and_one_log_line(paths,
         assert all(r.exc_info is None for r in caplog.records)  # no traceback for bad input
     finally:
         reads.shutdown()
+
+
+# -- read while arriving ------------------------------------------------------------
+
+
+def _drained(reads: QuietReads) -> None:
+    """Wait until the reader thread has done everything queued so far."""
+    reads._pool.submit(lambda: None).result()
+
+
+def _done_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "quiet read-ahead done" in r.getMessage()]
+
+
+def test_a_series_read_while_arriving_gives_the_same_volume_and_measurements(paths, caplog):
+    caplog.set_level(logging.INFO, logger="node.orchestration.read_ahead")
+    validated = ValidatedInput(modalities=("CT",), metal_threshold=2000.0)
+    reads = _reads()
+    try:
+        assert reads.arriving("1.2", lambda: (paths[:6], [validated]))
+        _drained(reads)
+        assert reads.arriving("1.2", lambda: (paths[:8], [validated]))
+        _drained(reads)
+        arrived = reads._arrived["1.2"].files
+        assert sorted(arrived) == sorted(paths[:8])
+        assert all(f.scan is not None and 2000.0 in f.scan.metal for f in arrived.values())
+        assert reads.offer("1.2", paths, [validated])
+        reader = ReadAhead("t", reads)
+        volume, prefetched = reader.read(1, paths)
+        assert prefetched
+        reference = load_volume(paths)
+        assert np.array_equal(volume.array, reference.array)
+        assert np.array_equal(volume.affine, reference.affine)
+        assert volume.datasets == reference.datasets
+        expected = measure(reference.array, reference.datasets, validated)
+        assert reader.measured(volume, validated) == expected
+        (done,) = _done_lines(caplog)
+        assert f"instances={len(paths)} read_while_arriving=8 " in done
+        assert "1.2" not in reads._arrived  # taken: the series' files are forgotten
+    finally:
+        reads.shutdown()
+
+
+def test_a_file_replaced_after_it_was_read_while_arriving_is_read_again(paths, series, caplog):
+    caplog.set_level(logging.INFO, logger="node.orchestration.read_ahead")
+    validated = ValidatedInput(modalities=("CT",), metal_threshold=2000.0)
+    reads = _reads()
+    try:
+        reads.arriving("1.2", lambda: (paths, [validated]))
+        _drained(reads)
+        stale = reads._arrived["1.2"].files[paths[3]].scan
+        assert stale is not None and stale.metal[2000.0] == 0
+        replaced = pydicom.dcmread(paths[3])
+        pixels = replaced.pixel_array.copy()
+        pixels[: pixels.shape[0] // 2] = 4095  # metal over half the slice
+        replaced.PixelData = pixels.tobytes()
+        tmp = paths[3].with_suffix(".new")
+        replaced.save_as(tmp, enforce_file_format=True)
+        tmp.replace(paths[3])
+        reads.offer("1.2", paths, [validated])
+        reader = ReadAhead("t", reads)
+        volume, prefetched = reader.read(1, paths)
+        assert prefetched
+        reference = load_volume(paths)
+        assert np.array_equal(volume.array, reference.array)
+        measured = reader.measured(volume, validated)
+        assert measured == measure(reference.array, reference.datasets, validated)
+        assert measured is not None and measured.metal_fraction
+        (done,) = _done_lines(caplog)
+        assert f"read_while_arriving={len(paths) - 1} " in done
+    finally:
+        reads.shutdown()
+
+
+def test_reading_while_arriving_only_what_is_routed_and_readable(paths, caplog):
+    caplog.set_level(logging.INFO, logger="node.orchestration.read_ahead")
+    reads = _reads()
+    try:
+        reads.arriving("not.routed", lambda: None)
+
+        def broken() -> None:
+            raise RuntimeError("database gone")
+
+        reads.arriving("1.3", broken)  # type: ignore[arg-type]
+        # No routine gates the series: headers only, nothing scanned.
+        reads.arriving("1.4", lambda: (paths, []))
+        _drained(reads)
+        assert set(reads._arrived) == {"1.4"}
+        assert all(f.scan is None for f in reads._arrived["1.4"].files.values())
+        stopped = [
+            r.getMessage() for r in caplog.records if "arriving series stopped" in r.getMessage()
+        ]
+        assert stopped == ["reading an arriving series stopped series_uid=1.3 error=RuntimeError"]
+
+        paths[2].write_bytes(b"not DICOM " * 50)  # a sender's garbage
+        reads.arriving("1.5", lambda: (paths, [ValidatedInput(modalities=("CT",))]))
+        _drained(reads)
+        assert sorted(reads._arrived["1.5"].files) == sorted(set(paths) - {paths[2]})
+        assert any(
+            "arriving files not read ahead series_uid=1.5 unreadable=1" in r.getMessage()
+            for r in caplog.records
+        )
+        # The quiet read meets the file and names it; the job reads (and fails) on its own.
+        reads.offer("1.5", paths)
+        assert reads.take(paths) is None
+        with pytest.raises(VolumeError, match=paths[2].name):
+            ReadAhead("t", reads).read(1, paths)
+    finally:
+        reads.shutdown()
+
+
+def test_series_read_while_arriving_are_bounded_and_expire(paths):
+    clock = Clock()
+    reads = _reads(keep=30.0, clock=clock)
+    try:
+        for uid in ("a", "b", "c", "d", "e"):
+            reads.arriving(uid, lambda: (paths[:2], []))
+            _drained(reads)
+            clock.now += 1.0
+        assert list(reads._arrived) == ["b", "c", "d", "e"]  # the least recent dropped
+        clock.now += 26.5  # "b" idle for 30 s, "c" for 29
+        reads.expire()
+        assert list(reads._arrived) == ["c", "d", "e"]
+        clock.now += 10.0
+        reads.expire()
+        assert not reads._arrived
+    finally:
+        reads.shutdown()
+
+
+def test_one_read_of_an_arriving_series_queued_at_a_time_and_none_over_the_budget(paths):
+    size = sum(path.stat().st_size for path in paths)
+    reads = _reads(budget=size)  # the volume needs about twice the files' size
+    try:
+        gate = threading.Event()
+        reads._pool.submit(gate.wait)  # the reader is busy
+        calls: list[int] = []
+
+        def resolve() -> tuple[tuple[Path, ...], list[ValidatedInput]]:
+            calls.append(1)
+            return paths, []
+
+        assert reads.arriving("1.2", resolve)
+        assert not reads.arriving("1.2", resolve)  # one queued already: it reads the latest
+        assert reads.arriving("1.3", resolve)
+        gate.set()
+        _drained(reads)
+        assert len(calls) == 2
+        assert not reads._arrived  # over the budget: not read
+        assert reads.arriving("1.2", resolve)  # queued no longer
+    finally:
+        reads.shutdown()

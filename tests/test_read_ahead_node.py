@@ -21,10 +21,10 @@ from tools.node_process import NodeProcess
 from tools.synthetic.chest_ct import make_chest_ct, write_series
 
 
-def config(read_ahead_mb: int, quiet: float) -> dict[str, object]:
+def config(read_ahead_mb: int, quiet: float, *, while_arriving: bool = True) -> dict[str, object]:
     return {
         "completion": {"poll_seconds": 0.2, "series_quiet_seconds": quiet},
-        "workers": {"read_ahead_mb": read_ahead_mb},
+        "workers": {"read_ahead_mb": read_ahead_mb, "read_while_arriving": while_arriving},
         "rules": [{"name": "chest", "match": {"Modality": "CT"}, "plugin": "ct_lungs"}],
     }
 
@@ -68,6 +68,11 @@ def test_real_node_reads_the_series_in_its_quiet_period(tmp_path, ct_files):
         _, detail = _job(node)
         assert "prefetched=True" in detail and f"slices={len(ct_files)}" in detail
         assert "quiet read-ahead started" in node.log_text()
+        # Read while arriving: at the 32nd instance stored, every file stored by then.
+        (arrived,) = re.findall(
+            r"quiet read-ahead done .* read_while_arriving=(\d+)", node.log_text()
+        )
+        assert 32 <= int(arrived) <= len(ct_files)
         ahead = _seg_pixels(node)
         measured_ahead = _quality(node)  # ct_lungs' gate measured by the read-ahead
         assert measured_ahead.endswith(" measured=ahead")
@@ -109,13 +114,15 @@ def _reads(node: NodeProcess) -> list[tuple[int, str]]:
 @pytest.mark.slow
 def test_real_node_reads_a_series_as_soon_as_its_association_is_released(tmp_path, ct_files):
     # A long quiet period: a read started by it would come 2 s after the last instance.
-    with NodeProcess(config(1536, 8.0), workdir=tmp_path / "released") as node:
+    config_ = config(1536, 8.0, while_arriving=False)
+    with NodeProcess(config_, workdir=tmp_path / "released") as node:
         storescu(node.dicom_port, ct_files, called_ae=node.ae_title)
         wait_until(lambda: _reads(node), 5, message="read-ahead")
         assert _reads(node) == [(len(ct_files), "delivered")]
         _, detail = _job(node)
         assert "prefetched=True" in detail and f"slices={len(ct_files)}" in detail
         assert _reads(node) == [(len(ct_files), "delivered")]  # not read again
+        assert "read_while_arriving=0 " in node.log_text()  # switched off: all read now
 
 
 @pytest.mark.slow

@@ -36,3 +36,8 @@ class WorkerSettings(_Strict):
     #: job starts (one series at a time, the one nearest its deadline; local executor
     #: only). 0 disables it. 1536 fits a 1000-slice 512x512 CT (float32, 1 GiB).
     read_ahead_mb: int = Field(1536, ge=0)
+    #: Also read a series routed to a job while it arrives (each header parsed and each
+    #: CT slice scanned for the input-quality gate once per 32 instances stored), so that
+    #: the read in the quiet period only assembles it. Needs ``read_ahead_mb``; series
+    #: received by other receiver processes are read in the quiet period only.
+    read_while_arriving: bool = True

@@ -16,7 +16,7 @@ from pydicom.dataset import Dataset
 
 from node.contract.image_attributes import is_localizer
 from node.contract.images import assemble_images, is_image_series
-from node.contract.pixels import fill_slices, read_source, read_whole
+from node.contract.pixels import SourceFile, fill_slices, read_source, read_whole
 from node.contract.volume import (
     ORIENTATION_TOLERANCE,
     SHEAR_TOLERANCE,
@@ -165,20 +165,27 @@ def load_volume(paths: Iterable[Path]) -> Volume:
     and the pixels written straight into their slice (:mod:`node.contract.pixels`).
     Series of 2D images are read whole and assembled by :func:`assemble_images`.
     """
-    sources = [read_source(path) for path in paths]
+    return assemble_sources([read_source(path) for path in paths])[0]
+
+
+def assemble_sources(sources: Sequence[SourceFile]) -> tuple[Volume, tuple[SourceFile, ...]]:
+    """:func:`load_volume` of files whose headers were read already (:func:`read_source`),
+    and the files of the volume's slices in its order (none for a series of 2D images,
+    which is assembled from whole files)."""
     kept = [source for source in sources if not is_localizer(source.header)]
     if not kept:
         raise VolumeError("series has no non-localizer images")
     if is_image_series([source.header for source in kept]):
-        return assemble_volume(read_whole(source.path) for source in sources)
+        return assemble_volume(read_whole(source.path) for source in sources), ()
     geometry = _geometry([source.header for source in kept])
     kept = [kept[i] for i in geometry.order]
     rows, columns = int(kept[0].header.Rows), int(kept[0].header.Columns)
     array = np.empty((len(kept), rows, columns), dtype=np.float32)
     headers = fill_slices(kept, array)
-    return Volume(
+    volume = Volume(
         array=array,
         spacing=geometry.spacing,
         affine=geometry.affine,
         datasets=tuple(strip_pixels(header) for header in headers),
     )
+    return volume, tuple(kept)

@@ -249,6 +249,22 @@ def _fill_native(sources: Sequence[SourceFile], indices: Sequence[int], out: np.
         _rescale_into(out[k], buffer, sources[k].header)
 
 
+def read_slice(
+    source: SourceFile, out: np.ndarray, buffer: np.ndarray | None = None
+) -> np.ndarray | None:
+    """Write the file's rescaled pixels into ``out`` (float32, the image's shape): the
+    values :func:`fill_slices` writes into its slice. ``buffer``, reused when it has the
+    stored pixels' shape and dtype, holds them on the way (native files); the buffer
+    used is returned for the next call."""
+    if source.pixel_offset is not None:
+        buffer = _read_native(source, buffer)
+        _rescale_into(out, buffer, source.header)
+        return buffer
+    dataset = read_whole(source.path)
+    _rescale_into(out, np.asarray(dataset.pixel_array), dataset)
+    return buffer
+
+
 def fill_slices(sources: Sequence[SourceFile], out: np.ndarray) -> list[Dataset]:
     """Write image ``k``'s rescaled pixels into ``out[k]``; return each image's header.
 

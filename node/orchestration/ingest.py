@@ -73,6 +73,9 @@ class Ingestor:
         #: the node starts reading a series delivered whole by it then, instead of a
         #: quarter into its quiet period.
         self.on_delivered: Callable[[Mapping[str, int]], object] | None = None
+        #: Called with the series UID of each instance stored (on the receiving thread:
+        #: it must return at once); the node reads a series as it arrives.
+        self.on_stored: Callable[[str], object] | None = None
 
     def accept(
         self,
@@ -135,6 +138,11 @@ class Ingestor:
                 instance.series_uid,
                 instance.sop_uid,
             )
+        if self.on_stored is not None:
+            try:
+                self.on_stored(instance.series_uid)
+            except Exception:  # a hint for a read-ahead: never fail the instance
+                log.exception("handling a stored instance failed")
         return Outcome.STORED
 
     @staticmethod

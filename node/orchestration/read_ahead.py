@@ -13,15 +13,20 @@ import logging
 import threading
 import time
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
-from node.contract.assemble import load_volume
+import numpy as np
+
+from node.contract import image_attributes
+from node.contract.assemble import assemble_sources, load_volume
+from node.contract.pixels import SourceFile, read_slice, read_source
 from node.contract.plugin import ValidatedInput
 from node.contract.volume import Volume
-from node.engine.quality import Measurements, measure
+from node.engine.quality import Measurements, SliceScan, measure, slice_scanner
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +42,69 @@ def file_key(paths: tuple[Path, ...]) -> FileKey:
     """What must be unchanged for a volume read earlier to be the series' volume now."""
     stats = [(path, path.stat()) for path in paths]
     return tuple((path, st.st_size, st.st_mtime_ns, st.st_ino) for path, st in stats)
+
+
+#: A series still arriving is read each time this many more of its instances are stored.
+ARRIVING_BATCH = 32
+#: Series whose files read while arriving are kept at once (the least recently read
+#: is dropped first); each keeps headers and per-slice scans, not pixels.
+ARRIVING_SERIES = 4
+
+
+class _ArrivedFile(NamedTuple):
+    """A file read while its series arrived: its identity then (size, change time,
+    inode), its header and, for a CT slice, its input-quality scan."""
+
+    key: tuple[int, int, int]
+    source: SourceFile
+    scan: SliceScan | None
+
+
+class _Arrived:
+    """The files of one series read so far while it arrives (reader thread only, but for
+    :attr:`touched`)."""
+
+    def __init__(self, touched: float) -> None:
+        self.files: dict[Path, _ArrivedFile] = {}
+        self.touched = touched
+        self._shape: tuple[int, int] | None = None
+        self._scan: Callable[[np.ndarray, Sequence[float]], SliceScan] | None = None
+        self._pixels = np.empty(0, dtype=np.float32)
+        self._stored: np.ndarray | None = None
+
+    def read(self, path: Path, key: tuple[int, int, int], thresholds: tuple[float, ...]) -> None:
+        """Parse ``path``'s header and, for a CT slice some routine gates, scan its pixels
+        (the values its slice of the volume will hold)."""
+        source = read_source(path)
+        header = source.header
+        # Converted now, in the arrival's time, rather than when the series is assembled.
+        for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
+            header.get(keyword)
+        scan = None
+        if (
+            thresholds
+            and header.get("Modality") == "CT"
+            and not image_attributes.is_image_sop_class(str(header.get("SOPClassUID", "")))
+            and not image_attributes.is_localizer(header)
+        ):
+            shape = (int(header.Rows), int(header.Columns))
+            if shape != self._shape:
+                self._shape, self._scan = shape, slice_scanner(shape)
+                self._pixels = np.empty(shape, dtype=np.float32)
+            assert self._scan is not None
+            self._stored = read_slice(source, self._pixels, self._stored)
+            scan = self._scan(self._pixels, thresholds)
+        self.files[path] = _ArrivedFile(key, source, scan)
+
+
+def _thresholds(validated: Sequence[ValidatedInput]) -> tuple[float, ...]:
+    """The metal thresholds the routines' gates measure with (none: nothing to scan)."""
+    return tuple(sorted({v.metal_threshold for v in validated}))
+
+
+def _identity(path: Path) -> tuple[int, int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns, st.st_ino
 
 
 class _HeldRead(NamedTuple):
@@ -61,6 +129,12 @@ class QuietReads:
     also measured against each routine input offered with it (``validated``: the
     input-quality gate of the routines the matching rules name), so the job's gate only
     decides.
+
+    While a series still arrives, :meth:`arriving` reads its new files on the same thread:
+    each header is parsed and each CT slice scanned for the gate (:func:`scan_slice
+    <node.engine.quality.scan_slice>`) then, so the read in the quiet period only
+    assembles the volume (pixels read into place) and measures its noise. A file read
+    then is used only while its size, change time and inode are unchanged.
     """
 
     def __init__(
@@ -69,13 +143,18 @@ class QuietReads:
         *,
         keep_seconds: float,
         monotonic: Callable[[], float] = time.monotonic,
+        arriving_batch: int = ARRIVING_BATCH,
     ) -> None:
+        #: A series still arriving is read each time this many more instances are stored.
+        self.arriving_batch = arriving_batch
         self._budget = budget_bytes
         self._keep = keep_seconds
         self._monotonic = monotonic
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-quiet")
         self._lock = threading.Lock()
         self._held: _HeldRead | None = None
+        self._arrived: OrderedDict[str, _Arrived] = OrderedDict()
+        self._arriving_queued: set[str] = set()
 
     def holds(self, paths: tuple[Path, ...]) -> bool:
         """True while a read of exactly ``paths`` is held."""
@@ -114,9 +193,80 @@ class QuietReads:
         )
         return True
 
+    def arriving(
+        self,
+        series_uid: str,
+        resolve: Callable[[], tuple[Sequence[Path], Sequence[ValidatedInput]] | None],
+    ) -> bool:
+        """Read the files of a series still arriving that are not read yet, on the reader
+        thread (after any read queued before). ``resolve``, called there, gives the
+        series' files and the inputs its routines were validated on, or None when no rule
+        routes it. False when a read of this series is queued already."""
+        with self._lock:
+            if series_uid in self._arriving_queued:
+                return False
+            self._arriving_queued.add(series_uid)
+        try:
+            self._pool.submit(self._read_arriving, series_uid, resolve)
+        except RuntimeError:  # shut down
+            return False
+        return True
+
+    def _read_arriving(
+        self,
+        series_uid: str,
+        resolve: Callable[[], tuple[Sequence[Path], Sequence[ValidatedInput]] | None],
+    ) -> None:
+        with self._lock:
+            self._arriving_queued.discard(series_uid)
+        try:
+            resolved = resolve()
+            if resolved is None:
+                return
+            paths, validated = resolved
+            self._remember(series_uid, tuple(paths), _thresholds(validated))
+        except Exception as exc:  # the quiet read, or the job, meets it again and names it
+            log.info(
+                "reading an arriving series stopped series_uid=%s error=%s",
+                series_uid,
+                type(exc).__name__,
+            )
+
+    def _remember(
+        self, series_uid: str, paths: tuple[Path, ...], thresholds: tuple[float, ...]
+    ) -> None:
+        """Read the files of ``paths`` not read yet (or changed since) into the series'
+        arrivals, unless the series is over the budget."""
+        identities = {path: _identity(path) for path in paths}
+        if 2 * sum(size for size, _, _ in identities.values()) > self._budget:
+            return  # the quiet read will say so
+        with self._lock:
+            arrived = self._arrived.get(series_uid)
+            if arrived is None:
+                arrived = self._arrived[series_uid] = _Arrived(self._monotonic())
+                while len(self._arrived) > ARRIVING_SERIES:
+                    self._arrived.popitem(last=False)
+            self._arrived.move_to_end(series_uid)
+            arrived.touched = self._monotonic()
+        unreadable = 0
+        for path, identity in identities.items():
+            known = arrived.files.get(path)
+            if known is None or known.key != identity:
+                try:
+                    arrived.read(path, identity, thresholds)
+                except Exception:  # pydicom raises many types; the quiet read or job names it
+                    unreadable += 1
+        if unreadable:
+            log.info(
+                "arriving files not read ahead series_uid=%s unreadable=%d",
+                series_uid,
+                unreadable,
+            )
+
     def _read(
         self, series_uid: str, paths: tuple[Path, ...], validated: tuple[ValidatedInput, ...]
     ) -> tuple[Volume, FileKey, Premeasured] | None:
+        started = time.perf_counter()
         key = file_key(paths)
         estimate = 2 * sum(size for _, size, _, _ in key)
         if estimate > self._budget:
@@ -128,7 +278,19 @@ class QuietReads:
                 self._budget >> 20,
             )
             return None
-        volume = load_volume(paths)
+        with self._lock:
+            arrived = self._arrived.get(series_uid)
+        files = {} if arrived is None else arrived.files
+        sources: list[SourceFile] = []
+        scans: dict[Path, SliceScan | None] = {}  # of the files read while arriving
+        for path, size, changed, inode in key:
+            known = files.get(path)
+            if known is not None and known.key == (size, changed, inode):
+                sources.append(known.source)
+                scans[path] = known.scan
+            else:
+                sources.append(read_source(path))
+        volume, slices = assemble_sources(sources)
         if volume.array.nbytes > self._budget:
             log.info("read-ahead dropped: volume over the budget series_uid=%s", series_uid)
             return None
@@ -136,7 +298,20 @@ class QuietReads:
             superseded = self._held is not None and self._held.paths != paths  # None: taken
         if superseded:  # more instances arrived while reading: no use measuring this one
             return None
-        measured = {v: measure(volume.array, volume.datasets, v) for v in dict.fromkeys(validated)}
+        scanned = [scans.get(source.path) for source in slices] if slices else None
+        if scanned is not None and not any(scanned):
+            scanned = None
+        measured = {
+            v: measure(volume.array, volume.datasets, v, scanned=scanned)
+            for v in dict.fromkeys(validated)
+        }
+        log.info(
+            "quiet read-ahead done series_uid=%s instances=%d read_while_arriving=%d seconds=%.3f",
+            series_uid,
+            len(paths),
+            len(scans),
+            time.perf_counter() - started,
+        )
         return volume, key, measured
 
     def take(self, paths: tuple[Path, ...]) -> tuple[Volume, Premeasured] | None:
@@ -156,6 +331,9 @@ class QuietReads:
                 type(exc).__name__,
             )
             return None
+        finally:  # the series is a job now: what was read while it arrived is done with
+            with self._lock:
+                self._arrived.pop(held.series_uid, None)
         if read is None:
             return None
         volume, key, measured = read
@@ -171,8 +349,14 @@ class QuietReads:
         return volume, measured
 
     def expire(self) -> None:
-        """Drop a read no job took within ``keep_seconds`` (its memory is returned)."""
+        """Drop a read no job took within ``keep_seconds`` (its memory is returned), and
+        the files of series that have not arrived for as long."""
         with self._lock:
+            now = self._monotonic()
+            for series_uid in [
+                u for u, a in self._arrived.items() if now - a.touched >= self._keep
+            ]:
+                del self._arrived[series_uid]
             held = self._held
             if held is None or self._monotonic() - held.started < self._keep:
                 return
@@ -183,6 +367,7 @@ class QuietReads:
     def shutdown(self) -> None:
         with self._lock:
             self._held = None
+            self._arrived.clear()
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
