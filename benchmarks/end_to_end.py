@@ -50,7 +50,7 @@ STAGES = (
 NOT_OVERHEAD = ("infer",)
 
 
-def node_config(pacs: OrthancServer, quiet_seconds: float, associations: int = 1) -> dict[str, Any]:
+def node_config(pacs: OrthancServer, quiet_seconds: float, associations: int = 2) -> dict[str, Any]:
     """The node's configuration: results go back to ``pacs`` (over ``associations``
     associations at once); the chest rule runs ct_lungs."""
     return {
@@ -131,7 +131,7 @@ def run_end_to_end(
     quiet_seconds: float = 2.0,
     timeout: float = 900.0,
     workdir: Path | None = None,
-    associations: int = 1,
+    associations: int = 2,
 ) -> dict[str, Any]:
     """Start Orthanc and the node, then time ``runs`` studies of each size in ``slices``;
     the node sends the results over ``associations`` associations at once."""

@@ -43,8 +43,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--e2e-associations",
         type=int,
-        default=1,
-        help="associations the node sends a job's results over at once (e2e)",
+        default=2,
+        help="associations the node sends a job's results over at once (e2e; the node's"
+        " default, 2)",
     )
     parser.add_argument(
         "--slices",

@@ -241,7 +241,12 @@ class RefusingSCP:
 
 
 def pacs(port: int) -> DestinationSettings:
-    return DestinationSettings(ae_title="PACS", host="127.0.0.1", port=port, timeout_seconds=5)
+    """A destination for :class:`RefusingSCP`, over one association: its statuses are
+    answered in the order the C-STOREs arrive (the default, 2 at once, is
+    tests/test_export_associations.py's)."""
+    return DestinationSettings(
+        ae_title="PACS", host="127.0.0.1", port=port, timeout_seconds=5, associations=1
+    )
 
 
 def test_c_store_acknowledges_each_instance_with_its_status(result_files: list[Path]) -> None:

@@ -4,7 +4,10 @@ acknowledged. Real peers: Orthanc, and a pynetdicom SCP that proves the overlap.
 
 from __future__ import annotations
 
+import logging
+import re
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -112,6 +115,59 @@ def test_one_association_sends_one_after_the_other(result_files: list[Path]) -> 
     """The same peer refuses a send over one association: the overlap above is real."""
     with OverlapSCP() as scp, pytest.raises(ExportError, match="0xA700"):
         send_files(dest(scp.port, 1), result_files, calling_ae="AINODE")
+
+
+class OneAtATimeSCP:
+    """A storage SCP that accepts one association at a time (pynetdicom rejects the next,
+    "local limit exceeded", while one is open), recording what each stored."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.ae = AE(ae_title="PACS")
+        self.ae.maximum_associations = 1
+        self.ae.add_supported_context(CT, [ExplicitVRLittleEndian])
+        self._lock = threading.Lock()
+        self.stored: dict[int, list[str]] = {}
+
+    def _store(self, event: evt.Event) -> int:
+        time.sleep(0.3)  # long enough for the second association to be tried meanwhile
+        with self._lock:
+            self.stored.setdefault(id(event.assoc), []).append(
+                str(event.request.AffectedSOPInstanceUID)
+            )
+        return 0x0000
+
+    def __enter__(self) -> OneAtATimeSCP:
+        self.server = self.ae.start_server(
+            ("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._store)]
+        )
+        return self
+
+    def __exit__(self, *args: object) -> None:
+        self.server.shutdown()
+
+
+def test_a_peer_refusing_the_second_association_gets_its_files_over_one_more(
+    result_files: list[Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="node.export.dimse"), OneAtATimeSCP() as scp:
+        acknowledged = send_files(dest(scp.port, 2), result_files, calling_ae="AINODE")
+    assert [(a.path, a.status) for a in acknowledged] == [(p, 0) for p in result_files]
+    # Every file stored once, one association at a time: the peer refused the second
+    # association (or both, opened at the same moment) and got the rest over one more.
+    stored = list(scp.stored.values())
+    assert sorted(u for share in stored for u in share) == sorted(map(uid, result_files))
+    assert len(stored) in (1, 2)
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "node.export.dimse"]
+    assert re.match(r"destination rejected [12] of 2 associations at once", warning)
+
+
+def test_a_peer_refusing_every_association_fails_the_send(result_files: list[Path]) -> None:
+    with OneAtATimeSCP() as scp:
+        scp.ae.require_calling_aet = ["SOMEONE"]  # refuses this node's AE title
+        with pytest.raises(ExportError, match=r"association with PACS@127\.0\.0\.1"):
+            send_files(dest(scp.port, 2), result_files, calling_ae="AINODE")
+    assert not scp.stored
 
 
 @pytest.fixture

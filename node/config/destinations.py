@@ -82,8 +82,10 @@ class DestinationSettings(DestinationBase):
     port: Port
     timeout_seconds: float = Field(30.0, gt=0)
     #: Associations opened at once to send one job's results, each object over one of
-    #: them (the largest first): the peer stores them in parallel. 1: one association.
-    associations: int = Field(1, ge=1, le=16)
+    #: them (the largest first): the peer stores them in parallel (a 1000-slice job's SEG
+    #: and SR: export 1.84/2.36 -> 1.46/2.03 s into Orthanc). Objects whose extra
+    #: association the peer refuses follow over one more. 1: one association.
+    associations: int = Field(2, ge=1, le=16)
     #: DICOM TLS to this peer (omit for plain DICOM).
     tls: DicomTlsClientSettings | None = None
 

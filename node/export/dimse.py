@@ -62,8 +62,11 @@ def send_files(
 
     The files are shared out, the largest first, over up to ``destination.associations``
     associations opened at once, so that the peer stores them in parallel (Orthanc parses
-    each object in its association's thread). Nothing is returned unless every file was
-    acknowledged: one refusal or failed association fails the whole send.
+    each object in its association's thread). A peer that refuses the extra associations
+    (a limit per calling AE) while it accepts one gets their files over one more
+    association afterwards (tried again while the peer still counts the ones just
+    released), with a warning. Nothing is returned unless every file was
+    acknowledged: one refused object or failed send fails the whole send.
     """
     headers = [(path, pydicom.dcmread(path, stop_before_pixels=True)) for path in paths]
     shares = _shares(headers, destination.associations)
@@ -76,20 +79,42 @@ def send_files(
                 pool.submit(_send_over_one, destination, share, calling_ae, first_sent)
                 for share in shares
             ]
-        errors: list[ExportError] = []
         acknowledged = []
-        for future in futures:  # the pool has joined: every future is done
+        errors: list[ExportError] = []
+        rejected_files: list[Header] = []
+        for share, future in zip(shares, futures, strict=True):  # the pool has joined
             try:
                 acknowledged.extend(future.result())
+            except _AssociationRejected as exc:
+                errors.append(exc)
+                rejected_files.extend(share)
             except ExportError as exc:
                 errors.append(exc)
-        if errors:
+        # Rejected associations only (a peer's limit; two opened at once may both be
+        # rejected): what they would have carried goes over one association after.
+        if errors and all(isinstance(e, _AssociationRejected) for e in errors):
+            log.warning(
+                "destination rejected %d of %d associations at once; sending the rest over one"
+                " destination=%s reason=%s",
+                len(errors),
+                len(shares),
+                destination.ae_title,
+                errors[0],
+            )
+            order = {path: index for index, path in enumerate(paths)}
+            rest = sorted(rejected_files, key=lambda header: order[header[0]])
+            acknowledged.extend(_send_after_release(destination, rest, calling_ae, first_sent))
+        elif errors:
             raise errors[0]
     order = {path: index for index, path in enumerate(paths)}
     return sorted(acknowledged, key=lambda ack: order[ack.path])
 
 
 Header = tuple[Path, pydicom.Dataset]
+
+
+class _AssociationRejected(ExportError):
+    """The peer rejected the association (A-ASSOCIATE-RJ): nothing was sent over it."""
 
 
 def _shares(headers: Sequence[Header], associations: int) -> list[list[Header]]:
@@ -106,6 +131,29 @@ def _shares(headers: Sequence[Header], associations: int) -> list[list[Header]]:
         picked[lightest].append(index)
         loads[lightest] += sizes[headers[index][0]]
     return [[headers[i] for i in sorted(indices)] for indices in picked]
+
+
+#: Waits before each new try of an association refused while another was just released
+#: (a peer counts an association until its own thread ends).
+RELEASE_WAITS = (0.1, 0.3, 1.0)
+
+
+def _send_after_release(
+    destination: DestinationSettings,
+    headers: Sequence[Header],
+    calling_ae: str,
+    first_sent: _FirstSent,
+) -> list[Acknowledgement]:
+    """:func:`_send_over_one`, tried again a few times while the peer refuses the
+    association (its limit still counts the one just released)."""
+    for wait in (*RELEASE_WAITS, None):
+        try:
+            return _send_over_one(destination, headers, calling_ae, first_sent)
+        except _AssociationRejected:
+            if wait is None:
+                raise
+            time.sleep(wait)
+    raise AssertionError("unreachable")
 
 
 class _FirstSent:
@@ -148,7 +196,10 @@ def _send_over_one(
         max_pdu=131072,
     )
     if assoc is None or not assoc.is_established:
-        raise ExportError(f"association with {where} failed: {reason}")
+        message = f"association with {where} failed: {reason}"
+        if assoc is not None and assoc.is_rejected:  # the peer answered: it may take fewer
+            raise _AssociationRejected(message)
+        raise ExportError(message)  # unreachable, aborted: no use trying another one now
     acknowledged: list[Acknowledgement] = []
     try:
         for path, header in headers:
