@@ -65,17 +65,37 @@ def test_files_are_shared_out_largest_first(result_files: list[Path]) -> None:
     assert len(_shares(headers, 8)) == 3  # never more associations than files
 
 
-class OverlapSCP:
-    """A storage SCP whose C-STORE answers success only once two associations are open
-    at the same time (else 0xA700 after 3 s)."""
+class StorageSCP:
+    """A pynetdicom storage SCP for CT on a free port (a context manager); subclasses
+    answer each C-STORE (:meth:`_store`) and record what each association stored."""
 
     def __init__(self) -> None:
         self.port = free_port()
         self.ae = AE(ae_title="PACS")
         self.ae.add_supported_context(CT, [ExplicitVRLittleEndian])
-        self._both_open = threading.Barrier(2, timeout=3)
         self._lock = threading.Lock()
         self.stored: dict[int, list[str]] = {}
+
+    def _store(self, event: evt.Event) -> int:
+        raise NotImplementedError
+
+    def __enter__(self) -> StorageSCP:
+        self.server = self.ae.start_server(
+            ("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._store)]
+        )
+        return self
+
+    def __exit__(self, *args: object) -> None:
+        self.server.shutdown()
+
+
+class OverlapSCP(StorageSCP):
+    """Answers success only once two associations are open at the same time (else 0xA700
+    after 3 s)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._both_open = threading.Barrier(2, timeout=3)
 
     def _store(self, event: evt.Event) -> int:
         with self._lock:
@@ -90,14 +110,22 @@ class OverlapSCP:
             self.stored[id(event.assoc)].append(str(event.request.AffectedSOPInstanceUID))
         return 0x0000
 
-    def __enter__(self) -> OverlapSCP:
-        self.server = self.ae.start_server(
-            ("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._store)]
-        )
-        return self
 
-    def __exit__(self, *args: object) -> None:
-        self.server.shutdown()
+class OneAtATimeSCP(StorageSCP):
+    """Accepts one association at a time (pynetdicom rejects the next, "local limit
+    exceeded", while one is open)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ae.maximum_associations = 1
+
+    def _store(self, event: evt.Event) -> int:
+        time.sleep(0.3)  # long enough for the second association to be tried meanwhile
+        with self._lock:
+            self.stored.setdefault(id(event.assoc), []).append(
+                str(event.request.AffectedSOPInstanceUID)
+            )
+        return 0x0000
 
 
 def test_two_associations_are_open_at_once(result_files: list[Path]) -> None:
@@ -115,36 +143,6 @@ def test_one_association_sends_one_after_the_other(result_files: list[Path]) -> 
     """The same peer refuses a send over one association: the overlap above is real."""
     with OverlapSCP() as scp, pytest.raises(ExportError, match="0xA700"):
         send_files(dest(scp.port, 1), result_files, calling_ae="AINODE")
-
-
-class OneAtATimeSCP:
-    """A storage SCP that accepts one association at a time (pynetdicom rejects the next,
-    "local limit exceeded", while one is open), recording what each stored."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.ae = AE(ae_title="PACS")
-        self.ae.maximum_associations = 1
-        self.ae.add_supported_context(CT, [ExplicitVRLittleEndian])
-        self._lock = threading.Lock()
-        self.stored: dict[int, list[str]] = {}
-
-    def _store(self, event: evt.Event) -> int:
-        time.sleep(0.3)  # long enough for the second association to be tried meanwhile
-        with self._lock:
-            self.stored.setdefault(id(event.assoc), []).append(
-                str(event.request.AffectedSOPInstanceUID)
-            )
-        return 0x0000
-
-    def __enter__(self) -> OneAtATimeSCP:
-        self.server = self.ae.start_server(
-            ("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._store)]
-        )
-        return self
-
-    def __exit__(self, *args: object) -> None:
-        self.server.shutdown()
 
 
 def test_a_peer_refusing_the_second_association_gets_its_files_over_one_more(

@@ -16,6 +16,7 @@ from pydicom.dataset import Dataset
 from node.config import QualitySettings
 from node.contract.assemble import load_volume
 from node.contract.plugin import ValidatedInput
+from node.contract.volume import Volume
 from node.engine.quality import Measurements, measure, slice_layout
 from node.errors import VolumeError
 from node.orchestration.completion import READ_AHEAD_FRACTION, CompletionMonitor
@@ -47,6 +48,16 @@ class Clock:
         return self.now
 
 
+def assert_same_volume(volume: Volume, paths: tuple[Path, ...]) -> Volume:
+    """``volume`` is the series' own read (``load_volume``), which is returned."""
+    reference = load_volume(paths)
+    assert np.array_equal(volume.array, reference.array)
+    assert np.array_equal(volume.affine, reference.affine)
+    assert volume.spacing == reference.spacing
+    assert volume.datasets == reference.datasets
+    return reference
+
+
 def _reads(budget: int = BIG, keep: float = 60.0, clock: Clock | None = None) -> QuietReads:
     return QuietReads(budget, keep_seconds=keep, monotonic=clock or Clock())
 
@@ -58,11 +69,7 @@ def test_the_job_takes_the_volume_read_ahead_identical_to_its_own_read(paths):
         reader = ReadAhead("t", reads)
         volume, prefetched = reader.read(7, paths)
         assert prefetched
-        reference = load_volume(paths)
-        assert np.array_equal(volume.array, reference.array)
-        assert np.array_equal(volume.affine, reference.affine)
-        assert volume.spacing == reference.spacing
-        assert volume.datasets == reference.datasets
+        assert_same_volume(volume, paths)
         assert not reads.holds(paths)  # taken once: the next read is its own
         assert reader.read(8, paths)[1] is False
     finally:
@@ -272,10 +279,7 @@ def test_a_series_read_while_arriving_gives_the_same_volume_and_measurements(pat
         reader = ReadAhead("t", reads)
         volume, prefetched = reader.read(1, paths)
         assert prefetched
-        reference = load_volume(paths)
-        assert np.array_equal(volume.array, reference.array)
-        assert np.array_equal(volume.affine, reference.affine)
-        assert volume.datasets == reference.datasets
+        reference = assert_same_volume(volume, paths)
         expected = measure(reference.array, reference.datasets, validated)
         assert reader.measured(volume, validated) == expected
         (done,) = _done_lines(caplog)

@@ -44,6 +44,10 @@ def file_key(paths: tuple[Path, ...]) -> FileKey:
     return tuple((path, st.st_size, st.st_mtime_ns, st.st_ino) for path, st in stats)
 
 
+#: Gives a series' files so far and the inputs its routines were validated on, or None
+#: when no rule routes it (called on the reader thread).
+ArrivingFiles = Callable[[], tuple[Sequence[Path], Sequence[ValidatedInput]] | None]
+
 #: A series still arriving is read each time this many more of its instances are stored.
 ARRIVING_BATCH = 32
 #: Series whose files read while arriving are kept at once (the least recently read
@@ -196,7 +200,7 @@ class QuietReads:
     def arriving(
         self,
         series_uid: str,
-        resolve: Callable[[], tuple[Sequence[Path], Sequence[ValidatedInput]] | None],
+        resolve: ArrivingFiles,
     ) -> bool:
         """Read the files of a series still arriving that are not read yet, on the reader
         thread (after any read queued before). ``resolve``, called there, gives the
@@ -215,7 +219,7 @@ class QuietReads:
     def _read_arriving(
         self,
         series_uid: str,
-        resolve: Callable[[], tuple[Sequence[Path], Sequence[ValidatedInput]] | None],
+        resolve: ArrivingFiles,
     ) -> None:
         with self._lock:
             self._arriving_queued.discard(series_uid)
