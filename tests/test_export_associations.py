@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.uid import ExplicitVRLittleEndian
-from pynetdicom import AE, evt
+from pynetdicom import evt
 
 from node.config import DestinationSettings
 from node.errors import ExportError
@@ -22,7 +21,7 @@ from node.export.dimse import _shares, send_files
 from node.export.exporter import Exporter
 from node.state.jobs import JobQueue
 from tests.support.jobs import job_with_results
-from tests.support.net import free_port
+from tests.support.scp import StoringSCP
 from tools.orthanc import DICOMWEB_PLUGIN, PYTHON_PLUGIN, OrthancServer
 from tools.synthetic.chest_ct import make_chest_ct, write_series
 
@@ -65,28 +64,12 @@ def test_files_are_shared_out_largest_first(result_files: list[Path]) -> None:
     assert len(_shares(headers, 8)) == 3  # never more associations than files
 
 
-class StorageSCP:
-    """A pynetdicom storage SCP for CT on a free port (a context manager); subclasses
-    answer each C-STORE (:meth:`_store`) and record what each association stored."""
+class StorageSCP(StoringSCP):
+    """Accepts CT; records what each association stored."""
 
     def __init__(self) -> None:
-        self.port = free_port()
-        self.ae = AE(ae_title="PACS")
-        self.ae.add_supported_context(CT, [ExplicitVRLittleEndian])
-        self._lock = threading.Lock()
+        super().__init__("PACS", [CT])
         self.stored: dict[int, list[str]] = {}
-
-    def _store(self, event: evt.Event) -> int:
-        raise NotImplementedError
-
-    def __enter__(self) -> StorageSCP:
-        self.server = self.ae.start_server(
-            ("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._store)]
-        )
-        return self
-
-    def __exit__(self, *args: object) -> None:
-        self.server.shutdown()
 
 
 class OverlapSCP(StorageSCP):

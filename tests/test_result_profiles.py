@@ -7,13 +7,11 @@ destination wants SEG + SR, the other (a PACS that shows neither) SC + GSPS + KO
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, evt
+from pynetdicom import evt
 
 from node.config import DestinationSettings, settings_from_mapping
 from node.contract.kinds import file_name, file_tag, profile_tags, required_tags
@@ -23,7 +21,7 @@ from node.errors import ConfigError
 from node.export.exporter import Exporter, result_files
 from node.orchestration.prepare import result_tags
 from tests.support.jobs import enqueue_series
-from tests.support.net import free_port
+from tests.support.scp import StoringSCP
 from tests.support.spool import spool_series
 from tests.support.worker import cpu_worker
 from tests.test_results import lung_prediction
@@ -141,30 +139,17 @@ class PhantomLungs(InferencePlugin):
         return lung_prediction(volume, self.truth)
 
 
-class StorageSCP:
+class StorageSCP(StoringSCP):
     """A pynetdicom storage SCP that keeps what it receives."""
 
     def __init__(self, ae_title: str) -> None:
+        super().__init__(ae_title, SOP_CLASSES.values())
         self.received: list[pydicom.Dataset] = []
-        self.port = free_port()
-        self.ae = AE(ae_title=ae_title)
-        for uid in SOP_CLASSES.values():
-            self.ae.add_supported_context(uid, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-        self._lock = threading.Lock()
 
     def _store(self, event: evt.Event) -> int:
         with self._lock:
             self.received.append(event.dataset)
         return 0x0000
-
-    def __enter__(self) -> StorageSCP:
-        self.server = self.ae.start_server(
-            ("127.0.0.1", self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, self._store)]
-        )
-        return self
-
-    def __exit__(self, *args: object) -> None:
-        self.server.shutdown()
 
     @property
     def sop_classes(self) -> set[str]:
