@@ -437,9 +437,13 @@ class Node:
             delay_point("routines_loading")
             self.registry.load(self.settings.models, self.settings.templates_dir)
             # Imported here: the start path imports no highdicom (tests/test_startup.py).
+            from node.contract.template import warm_templates
             from node.results.seg.iod import warm as warm_result_builders
 
             warm_result_builders()  # else the first job's results wait ~0.6 s for it
+            templates = [info.template for info in self.registry.info() if info.template]
+            for name, problem in warm_templates(templates, self.settings.templates_dir).items():
+                log.warning("result template does not load template=%s problem=%s", name, problem)
             self._make_workers()
         except Exception as exc:
             self.routines_problem = f"routines failed to load: {type(exc).__name__}: {exc}"

@@ -16,6 +16,7 @@ from node.contract.template import (
     default_template_dir,
     load_template,
     load_template_by_name,
+    warm_templates,
 )
 from node.errors import TemplateError
 
@@ -372,3 +373,17 @@ def test_computed_measurements_and_findings_of_the_shipped_template() -> None:
     assert size.rule is not None
     assert size.rule.evaluate(999.0).meaning == "Small"
     assert size.rule.evaluate(1000.0).meaning == "Normal"
+
+
+def test_warming_templates_loads_the_code_tables_and_names_what_fails(tmp_path: Path) -> None:
+    """At start-up the node loads its routines' templates once, so that the first job
+    does not wait for the tables the template checks read (pydicom's SCT and DCM
+    dictionaries); a template that does not load is named, not raised."""
+    from node.contract import template_checks
+
+    template_checks._known_meanings.cache_clear()
+    (tmp_path / "broken.yaml").write_text("name: [", encoding="utf-8")
+    problems = warm_templates(["ct_lungs", "broken", "ct_lungs", "missing"], tmp_path)
+    assert sorted(problems) == ["broken", "missing"]
+    assert "broken.yaml" in problems["broken"] and "no template 'missing'" in problems["missing"]
+    assert template_checks._known_meanings.cache_info().currsize == 1

@@ -235,6 +235,20 @@ def load_template_by_name(name: str, directory: Path | str | None = None) -> Res
     )
 
 
+def warm_templates(names: Iterable[str], directory: Path | str | None = None) -> dict[str, str]:
+    """Load each named template once (:func:`load_template_by_name`), so that the code
+    tables its checks read (pydicom's SCT and DCM dictionaries, ~0.25 s) are loaded before
+    the first job needs them; returns each template that failed with why (its jobs say
+    so again)."""
+    problems = {}
+    for name in dict.fromkeys(names):
+        try:
+            load_template_by_name(name, directory)
+        except TemplateError as exc:
+            problems[name] = str(exc)
+    return problems
+
+
 def load_template(path: Path | str) -> ResultTemplate:
     """Read, parse and validate one template file.
 
