@@ -709,6 +709,14 @@ class Measurements:
         )
 
 
+def is_scanned_as_ct(header: Dataset) -> bool:
+    """Whether :func:`measure` scans a series of such images slice by slice as CT (HU):
+    Modality CT, and not projection images or photographs."""
+    return str(header.get("Modality", "")) == "CT" and not image_attributes.is_image_sop_class(
+        str(header.get("SOPClassUID", ""))
+    )
+
+
 def measure(
     array: np.ndarray | None,
     headers: Sequence[Dataset],

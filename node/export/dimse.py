@@ -69,6 +69,7 @@ def send_files(
     acknowledged: one refused object or failed send fails the whole send.
     """
     headers = [(path, pydicom.dcmread(path, stop_before_pixels=True)) for path in paths]
+    order = {path: index for index, path in enumerate(paths)}
     shares = _shares(headers, destination.associations)
     first_sent = _FirstSent(len(headers))
     if len(shares) == 1:
@@ -101,12 +102,10 @@ def send_files(
                 destination.ae_title,
                 errors[0],
             )
-            order = {path: index for index, path in enumerate(paths)}
             rest = sorted(rejected_files, key=lambda header: order[header[0]])
             acknowledged.extend(_send_after_release(destination, rest, calling_ae, first_sent))
         elif errors:
             raise errors[0]
-    order = {path: index for index, path in enumerate(paths)}
     return sorted(acknowledged, key=lambda ack: order[ack.path])
 
 

@@ -26,22 +26,35 @@ from node.contract.assemble import assemble_sources, load_volume
 from node.contract.pixels import SourceFile, read_slice, read_source
 from node.contract.plugin import ValidatedInput
 from node.contract.volume import Volume
-from node.engine.quality import Measurements, SliceScan, measure, slice_scanner
+from node.engine.quality import (
+    Measurements,
+    SliceScan,
+    is_scanned_as_ct,
+    measure,
+    slice_scanner,
+)
 
 log = logging.getLogger(__name__)
 
 
-#: A file's identity for a read-ahead: its path, size, change time and inode.
+#: A file's identity: its size, change time (ns) and inode.
+Identity = tuple[int, int, int]
+#: The identities of a series' files for a read-ahead, with their paths.
 FileKey = tuple[tuple[Path, int, int, int], ...]
 
 #: Input-quality measurements of a volume read ahead, per routine input they were made for.
 Premeasured = dict[ValidatedInput, Measurements]
 
 
+def identity(path: Path) -> Identity:
+    """What must be unchanged for something read of ``path`` to stand for it now."""
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns, st.st_ino
+
+
 def file_key(paths: tuple[Path, ...]) -> FileKey:
     """What must be unchanged for a volume read earlier to be the series' volume now."""
-    stats = [(path, path.stat()) for path in paths]
-    return tuple((path, st.st_size, st.st_mtime_ns, st.st_ino) for path, st in stats)
+    return tuple((path, *identity(path)) for path in paths)
 
 
 #: Gives a series' files so far and the inputs its routines were validated on, or None
@@ -59,7 +72,7 @@ class _ArrivedFile(NamedTuple):
     """A file read while its series arrived: its identity then (size, change time,
     inode), its header and, for a CT slice, its input-quality scan."""
 
-    key: tuple[int, int, int]
+    key: Identity
     source: SourceFile
     scan: SliceScan | None
 
@@ -76,7 +89,7 @@ class _Arrived:
         self._pixels = np.empty(0, dtype=np.float32)
         self._stored: np.ndarray | None = None
 
-    def read(self, path: Path, key: tuple[int, int, int], thresholds: tuple[float, ...]) -> None:
+    def read(self, path: Path, key: Identity, thresholds: tuple[float, ...]) -> None:
         """Parse ``path``'s header and, for a CT slice some routine gates, scan its pixels
         (the values its slice of the volume will hold)."""
         source = read_source(path)
@@ -85,12 +98,7 @@ class _Arrived:
         for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
             header.get(keyword)
         scan = None
-        if (
-            thresholds
-            and header.get("Modality") == "CT"
-            and not image_attributes.is_image_sop_class(str(header.get("SOPClassUID", "")))
-            and not image_attributes.is_localizer(header)
-        ):
+        if thresholds and is_scanned_as_ct(header) and not image_attributes.is_localizer(header):
             shape = (int(header.Rows), int(header.Columns))
             if shape != self._shape:
                 self._shape, self._scan = shape, slice_scanner(shape)
@@ -104,11 +112,6 @@ class _Arrived:
 def _thresholds(validated: Sequence[ValidatedInput]) -> tuple[float, ...]:
     """The metal thresholds the routines' gates measure with (none: nothing to scan)."""
     return tuple(sorted({v.metal_threshold for v in validated}))
-
-
-def _identity(path: Path) -> tuple[int, int, int]:
-    st = path.stat()
-    return st.st_size, st.st_mtime_ns, st.st_ino
 
 
 class _HeldRead(NamedTuple):
@@ -241,7 +244,7 @@ class QuietReads:
     ) -> None:
         """Read the files of ``paths`` not read yet (or changed since) into the series'
         arrivals, unless the series is over the budget."""
-        identities = {path: _identity(path) for path in paths}
+        identities = {path: identity(path) for path in paths}
         if 2 * sum(size for size, _, _ in identities.values()) > self._budget:
             return  # the quiet read will say so
         with self._lock:
@@ -253,11 +256,11 @@ class QuietReads:
             self._arrived.move_to_end(series_uid)
             arrived.touched = self._monotonic()
         unreadable = 0
-        for path, identity in identities.items():
+        for path, seen in identities.items():
             known = arrived.files.get(path)
-            if known is None or known.key != identity:
+            if known is None or known.key != seen:
                 try:
-                    arrived.read(path, identity, thresholds)
+                    arrived.read(path, seen, thresholds)
                 except Exception:  # pydicom raises many types; the quiet read or job names it
                     unreadable += 1
         if unreadable:
