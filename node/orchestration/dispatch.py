@@ -68,11 +68,16 @@ class Dispatcher:
         return None
 
     def routes(self, row: SeriesRow) -> list[RuleSettings]:
-        """The rules that would queue a job for ``row`` now (none for a pull-requested rule)."""
-        if self._requested_rule(row) is not None:
+        """The rules that would queue a job for ``row`` now (none for a pull-requested rule).
+
+        With no rule enabled no header is read: a node that only receives (the read-ahead
+        asks every 32 instances of an arriving series) pays nothing for asking.
+        """
+        rules = list(self._rules())
+        if not rules or self._requested_rule(row) is not None:
             return []
         subject = self.header(row)
-        return [] if subject is None else matching_rules(list(self._rules()), subject)
+        return [] if subject is None else matching_rules(rules, subject)
 
     def dispatch(self, row: SeriesRow) -> list[int]:
         subject = self.header(row)
