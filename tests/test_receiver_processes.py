@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -167,6 +168,11 @@ def node_with_receivers(tmp_path: Path, **dicom: Any) -> Any:
         assert node.pid is not None
         wait_until(lambda: len(receiver_pids(node.pid or 0)) == 1, 30, message="rx2 started")
         wait_until(lambda: "receiver process started" in node.log_text(), 30, message="rx2 up")
+        # Its start-up objects are frozen for the collector, as the node's own are.
+        frozen = re.search(
+            r"receiver process started name=\S+ pid=\d+ frozen_objects=(\d+)", node.log_text()
+        )
+        assert frozen is not None and int(frozen[1]) > 10_000, node.log_text()[-2000:]
         children.update(receiver_pids(node.pid))
         yield node, url, children
     finally:

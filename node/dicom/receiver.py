@@ -149,6 +149,7 @@ def _send(message: dict[str, Any]) -> None:
 
 
 def main() -> int:
+    from node.heap import settle as settle_heap
     from node.logs import configure
 
     spec = json.loads(sys.stdin.readline())
@@ -171,7 +172,15 @@ def main() -> int:
         receiver.stop()
         return 1
     threading.Thread(target=main_process_gone, name="stdin-watch", daemon=True).start()
-    log.info("receiver process started name=%s pid=%d", receiver.name, os.getpid())
+    # As the node's own process does once its routines loaded (node.heap): the full
+    # collections that would stall receiving walk only what is made from now on.
+    frozen = settle_heap()
+    log.info(
+        "receiver process started name=%s pid=%d frozen_objects=%d",
+        receiver.name,
+        os.getpid(),
+        frozen,
+    )
     _send({"ready": True})
     sent: dict[str, int] = {}
     try:
