@@ -165,6 +165,7 @@ def run_case(workdir: Path, labels: int, slices: int, rows: int) -> dict[str, An
     del results
     gc.collect()
     labelmap = _labelmap_case(volume, prediction, template)
+    statistics = _statistics_case(volume, label_map, labels)
     # A second build under tracemalloc (slower, so not timed): Python + numpy peak.
     tracemalloc.start()
     again = build_results(volume, prediction, template, tags=["seg", "sr"])
@@ -186,7 +187,26 @@ def run_case(workdir: Path, labels: int, slices: int, rows: int) -> dict[str, An
         "tracemalloc_peak_ratio": round(traced_peak / nbytes, 3),
         "rss_peak_ratio": round(max(0, rss_peak - rss_before) * 1024 / nbytes, 3),
         "labelmap_seg": labelmap,
+        "label_statistics": statistics,
     }
+
+
+def _statistics_case(volume: Any, label_map: np.ndarray, labels: int) -> dict[str, Any]:
+    """``label_statistics`` (a model routine's measurements, node/engine/measure.py)
+    against measuring every label over the whole volume, as it did before round 9."""
+    from node.engine.measure import label_statistics
+
+    wanted = list(range(1, labels + 1))
+    _ = volume.array[label_map == 1]  # the first full-volume mask's page faults, untimed
+    started = time.perf_counter()
+    label_statistics(volume, label_map, wanted)
+    node_s = time.perf_counter() - started
+    started = time.perf_counter()
+    for label in wanted:
+        values = volume.array[label_map == label]
+        _ = (values.mean(dtype=np.float64), values.std(dtype=np.float64))
+    whole_s = time.perf_counter() - started
+    return {"node_s": round(node_s, 3), "whole_volume_s": round(whole_s, 3)}
 
 
 def _labelmap_case(volume: Any, prediction: Any, template: Any) -> dict[str, Any]:
@@ -263,6 +283,16 @@ def encoding_table(result: dict[str, Any]) -> list[str]:
         "  total = build_results (analysis, SEG, SR) + writing both; mem/map = tracemalloc "
         "peak, rss/map = RSS high-water above the RSS before, over the label map's nbytes"
     )
+    measured = [case for case in result["cases"] if "label_statistics" in case]
+    if measured:
+        lines.append("  label_statistics (a model routine's measurements), seconds")
+        lines.append(f"  {'labels':>6} {'node':>7} {'whole volume, label by label':>29}")
+        for case in measured:
+            statistics = case["label_statistics"]
+            lines.append(
+                f"  {case['labels']:>6} {statistics['node_s']:>7.2f} "
+                f"{statistics['whole_volume_s']:>29.2f}"
+            )
     labelmaps = [case for case in result["cases"] if "labelmap_seg" in case]
     if labelmaps:
         lines.append("  LABELMAP SEG alone (build_results with tags=[labelmap_seg], then written)")
