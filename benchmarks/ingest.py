@@ -54,6 +54,9 @@ class IngestResult:
     stored: list[int | None] = field(default_factory=list)
     #: A node's instances per receiving process (``received_by``), per run.
     spread: list[dict[str, int]] = field(default_factory=list)
+    #: CPU seconds (user + system) the receiver's processes used per run, None where
+    #: the receiver's process is not known.
+    cpu_seconds: list[float | None] = field(default_factory=list)
 
     @property
     def rates(self) -> list[float]:
@@ -63,11 +66,21 @@ class IngestResult:
     def median_rate(self) -> float:
         return statistics.median(self.rates)
 
+    @property
+    def cpu_ms_per_instance(self) -> float | None:
+        """Median CPU milliseconds per instance over the runs (None: not measured)."""
+        measured = [c for c in self.cpu_seconds if c is not None]
+        if not measured:
+            return None
+        return round(statistics.median(measured) * 1000 / self.images, 2)
+
     def as_dict(self) -> dict[str, Any]:
         return {
             **asdict(self),
+            "cpu_seconds": [None if c is None else round(c, 3) for c in self.cpu_seconds],
             "images_per_s": [round(r, 1) for r in self.rates],
             "median_images_per_s": round(self.median_rate, 1),
+            "cpu_ms_per_instance": self.cpu_ms_per_instance,
         }
 
 
@@ -75,6 +88,44 @@ def _listening(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.5)
         return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """``/proc/<pid>/stat`` after the command name (which may hold spaces), or None."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # gone, or not Linux
+        return None
+    return text.rpartition(")")[2].split()
+
+
+def tree_cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU seconds of ``pid``, of its children it has waited for, and of
+    its live descendants (a node's receiver processes, storescp's forked children)."""
+    if pid is None:
+        return None
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            fields = _stat_fields(int(entry.name))
+            if fields is not None:
+                children.setdefault(int(fields[1]), []).append(int(entry.name))
+    ticks = os.sysconf("SC_CLK_TCK")
+    total, pending, seen = 0, [pid], False
+    while pending:
+        current = pending.pop()
+        fields = _stat_fields(current)
+        if fields is None:
+            continue
+        seen = True
+        # utime, stime, cutime, cstime: fields 14-17 of stat, 12-15 after the name.
+        total += sum(int(value) for value in fields[11:15])
+        pending.extend(children.get(current, ()))
+    return total / ticks if seen else None
+
+
+def _used(before: float | None, after: float | None) -> float | None:
+    return None if before is None or after is None else after - before
 
 
 def send_with_storescu(files: list[Path], aet: str, port: int, associations: int = 1) -> float:
@@ -126,7 +177,7 @@ def _received_by(state: Path, files: list[Path]) -> dict[str, int]:
 
 @contextlib.contextmanager
 def _storescp(workdir: Path, fork: bool) -> Any:
-    """A storescp on a free port writing into ``workdir/out``; yields (port, out)."""
+    """A storescp on a free port writing into ``workdir/out``; yields (port, out, pid)."""
     port = free_port()
     out = workdir / "out"
     out.mkdir(parents=True)
@@ -145,7 +196,7 @@ def _storescp(workdir: Path, fork: bool) -> Any:
         )
     try:
         wait_until(lambda: _listening(port), 30, interval=0.05, message="storescp")
-        yield port, out
+        yield port, out, process.pid
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, 15)
@@ -168,8 +219,13 @@ def run_ingest(workdir: Path, count: int = 303, repeat: int = 3) -> dict[str, An
     }
     file_kib = 0.0
     with contextlib.ExitStack() as stack:
-        plain_port, plain_out = stack.enter_context(_storescp(workdir / "storescp", False))
-        fork_port, fork_out = stack.enter_context(_storescp(workdir / "storescp-fork", True))
+        plain_port, plain_out, plain_pid = stack.enter_context(
+            _storescp(workdir / "storescp", False)
+        )
+        fork_port, fork_out, fork_pid = stack.enter_context(
+            _storescp(workdir / "storescp-fork", True)
+        )
+        scp_pid = {mode: plain_pid if mode == 1 else fork_pid for mode in MODES}
         orthanc = stack.enter_context(
             OrthancServer(
                 workdir=workdir / "orthanc",
@@ -197,22 +253,28 @@ def run_ingest(workdir: Path, count: int = 303, repeat: int = 3) -> dict[str, An
                 file_kib = round(files[0].stat().st_size / 1024, 1)
                 scp_port, scp_out = (plain_port, plain_out) if mode == 1 else (fork_port, fork_out)
                 entry = results[("storescp", mode)]
+                before_cpu = tree_cpu_seconds(scp_pid[mode])
                 entry.seconds.append(send_with_storescu(files, "BASELINE", scp_port, mode))
+                entry.cpu_seconds.append(_used(before_cpu, tree_cpu_seconds(scp_pid[mode])))
                 entry.stored.append(_count_dicom(scp_out))
                 shutil.rmtree(scp_out)
                 scp_out.mkdir()
                 entry = results[("orthanc", mode)]
+                before_cpu = tree_cpu_seconds(orthanc.pid)
                 entry.seconds.append(
                     send_with_storescu(files, orthanc.aet, orthanc.dicom_port, mode)
                 )
+                entry.cpu_seconds.append(_used(before_cpu, tree_cpu_seconds(orthanc.pid)))
                 entry.stored.append(None)
                 for name, node in nodes.items():
                     spool = node.data_dir / "spool"  # a receiver process's files included
                     before = _count_dicom(spool) if spool.is_dir() else 0
                     entry = results[(name, mode)]
+                    before_cpu = tree_cpu_seconds(node.pid)
                     entry.seconds.append(
                         send_with_storescu(files, node.ae_title, node.dicom_port, mode)
                     )
+                    entry.cpu_seconds.append(_used(before_cpu, tree_cpu_seconds(node.pid)))
                     entry.stored.append(_count_dicom(spool) - before if spool.is_dir() else None)
                     entry.spread.append(_received_by(node.data_dir / "state.sqlite3", files))
                 shutil.rmtree(series_dir)
@@ -257,7 +319,7 @@ def ingest_table(result: dict[str, Any]) -> list[str]:
         f"Ingest: {result['runs']} runs x {result['images_per_run']} instances "
         f"({result['image']}, {result['file_kib']} KiB/file), "
         f"storescu, max PDU {result['max_pdu']}",
-        f"  {'receiver':<10} {'assocs':>6} {'median img/s':>12}   runs (img/s)",
+        f"  {'receiver':<10} {'assocs':>6} {'median img/s':>12} {'CPU ms/img':>10}   runs (img/s)",
     ]
     for key, entry in result["receivers"].items():
         receiver, mode = key.split("/")
@@ -266,7 +328,12 @@ def ingest_table(result: dict[str, Any]) -> list[str]:
             lines.append(f"  {receiver:<10} {mode:>6} {'-':>12}   not measured: {first}")
             continue
         runs = ", ".join(f"{r:.0f}" for r in entry["images_per_s"])
-        lines.append(f"  {receiver:<10} {mode:>6} {entry['median_images_per_s']:>12.1f}   {runs}")
+        cpu = entry.get("cpu_ms_per_instance")
+        shown_cpu = "-" if cpu is None else f"{cpu:.2f}"
+        lines.append(
+            f"  {receiver:<10} {mode:>6} {entry['median_images_per_s']:>12.1f} {shown_cpu:>10}"
+            f"   {runs}"
+        )
     for mode, ratios in result["ratios"].items():
         shown = []
         for key, value in ratios.items():
