@@ -112,9 +112,9 @@ class Node:
             self.ingestor,
             aborted_grace_seconds=settings.completion.aborted_grace_seconds,
             audit=self.dicom_audit,
-            shared_port="first" if several else None,
         )
-        #: The receive-only processes sharing the DICOM port(s) (``dicom.receiver_processes``).
+        #: The receive-only processes the listener hands connections to
+        #: (``dicom.receiver_processes``).
         self.receivers = ReceiverProcesses(settings, self.name) if several else None
         if self.receivers is not None:
             self.scp.add_counts(self.receivers.counts)
@@ -513,8 +513,9 @@ class Node:
             log.info("jobs re-queued after restart job_ids=%s", ",".join(map(str, requeued)))
         self.ups_events.start()
         self.scp.start()
-        if self.receivers is not None:  # they join the port the line above bound
+        if self.receivers is not None:  # the listener above hands them connections
             self.receivers.start()
+            self.scp.hand_off_with(self.receivers.hand_off, self.receivers.own_closed)
         self.completion_loop.start()
         scheduler = BackgroundScheduler(daemon=True)
         self._schedule_retention(scheduler)

@@ -16,6 +16,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,6 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from node.config import BUILT_IN_CHEST_RULE, Settings
 from node.dicom.receiver import receiver_settings, settings_message
 from node.dicom.receivers import ReceiverProcesses
-from node.dicom.scp import check_port_free
 from tests.support.dcmtk import storescu
 from tests.support.net import wait_until
 from tests.support.pki import make_pki
@@ -73,27 +73,75 @@ def test_restart_backoff_must_be_ordered() -> None:
         )
 
 
-def test_a_shared_port_is_not_joined_when_another_listener_holds_it() -> None:
-    """SO_REUSEPORT would silently share a port with another node that set it too."""
-    port = free_port()
-    check_port_free(LOCALHOST, port)  # nobody there
-    with socket.socket() as other:
-        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        other.bind((LOCALHOST, port))
-        other.listen()
-        with pytest.raises(OSError):
-            check_port_free(LOCALHOST, port)
+def test_connections_go_to_the_process_with_the_fewest_open_ones_in_turn(
+    tmp_path: Path,
+) -> None:
+    """The spread itself, on real sockets and descriptors (no process started): each
+    accepted connection goes to the least busy process, ties in turn, and a process's
+    reported closes make it the least busy again."""
+    settings = Settings.model_validate(
+        {"node": {"data_dir": str(tmp_path)}, "dicom": {"receiver_processes": 3}}
+    )
+    receivers = ReceiverProcesses(settings, "spread")
+    ends: dict[str, socket.socket] = {}
+    for slot in receivers._slots:  # what _spawn sets up, without a process
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        slot.channel, ends[slot.name] = ours, theirs
+        slot.ready.set()
+        threading.Thread(target=receivers._read_closes, args=(slot, ours), daemon=True).start()
+    listener = socket.create_server((LOCALHOST, 0))
+    port = listener.getsockname()[1]
+    clients, kept = [], []
+
+    def accept_one(tls: bool = False) -> str:
+        clients.append(socket.create_connection((LOCALHOST, port)))
+        server_side, _ = listener.accept()
+        if not receivers.hand_off(server_side, tls):
+            kept.append(server_side)
+            return "main"
+        server_side.close()  # as the listener does once handed
+        for name, end in ends.items():
+            if end.fileno() == -1:  # closed by the test: that process is gone
+                continue
+            end.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                kind, fds, _, _ = socket.recv_fds(end, 1, 1)
+                (fd,) = fds
+                with socket.socket(fileno=fd) as handed:  # the same connection
+                    clients[-1].sendall(b"x")
+                    assert handed.recv(1) == b"x" and kind == (b"T" if tls else b"P")
+                return name
+        raise AssertionError("handed to no process")
+
+    try:
+        first = [accept_one(tls=n == 4) for n in range(6)]
+        assert first == ["spread/rx2", "spread/rx3", "main"] * 2  # ties in turn
+        assert receivers.open_connections() == {"spread/rx2": 2, "spread/rx3": 2}
+        ends["spread/rx3"].send(b"c")  # rx3 reports a connection closed
+        wait_until(lambda: receivers.open_connections()["spread/rx3"] == 1, 5)
+        assert accept_one() == "spread/rx3"
+        receivers.own_closed()
+        receivers.own_closed()  # both of the main process's connections closed
+        assert [accept_one(), accept_one()] == ["main", "main"]
+        assert accept_one() == "spread/rx2"  # all at 2 again: the next in turn
+        ends["spread/rx2"].close()  # rx2's process is gone: never chosen again
+        wait_until(lambda: receivers._slots[0].channel is None, 5)
+        assert {accept_one() for _ in range(4)} == {"main", "spread/rx3"}
+    finally:
+        for sock in [*clients, *kept, listener, *ends.values()]:
+            sock.close()
 
 
 @pytest.mark.slow
 def test_a_receiver_process_that_keeps_dying_is_restarted_with_a_growing_wait(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    """Its port is held by a listener without SO_REUSEPORT: every start fails to bind."""
-    port = free_port()
+    """Its data directory is a file: every start fails to open the state."""
+    not_a_directory = tmp_path / "data"
+    not_a_directory.write_text("a file")
     settings = Settings.model_validate(
         {
-            "node": {"dicom_port": port, "bind_address": LOCALHOST, "data_dir": str(tmp_path)},
+            "node": {"bind_address": LOCALHOST, "data_dir": str(not_a_directory)},
             "dicom": {
                 "receiver_processes": 2,
                 "receiver_restart_seconds": 0.2,
@@ -103,23 +151,20 @@ def test_a_receiver_process_that_keeps_dying_is_restarted_with_a_growing_wait(
     )
     caplog.set_level(logging.INFO, logger="node.dicom.receivers")
     receivers = ReceiverProcesses(settings, "flaky")
-    with socket.socket() as holder:
-        holder.bind((LOCALHOST, port))
-        holder.listen()
-        receivers.start()
-        try:
-            exits = lambda: [  # noqa: E731
-                r.getMessage() for r in caplog.records if "receiver process exited" in r.message
-            ]
-            wait_until(lambda: len(exits()) >= 4, 60, message="4 failed starts")
-            assert receivers.names == ["flaky/rx2"]
-            waits = [float(m.rsplit("=", 1)[1]) for m in exits()[:4]]
-            assert waits == [0.2, 0.4, 0.5, 0.5]  # doubled, up to the maximum
-            assert all("name=flaky/rx2 exit_code=1" in m for m in exits())
-        finally:
-            receivers.stop()
+    receivers.start()
+    try:
+        exits = lambda: [  # noqa: E731
+            r.getMessage() for r in caplog.records if "receiver process exited" in r.message
+        ]
+        wait_until(lambda: len(exits()) >= 4, 60, message="4 failed starts")
+        assert receivers.names == ["flaky/rx2"]
+        waits = [float(m.rsplit("=", 1)[1]) for m in exits()[:4]]
+        assert waits == [0.2, 0.4, 0.5, 0.5]  # doubled, up to the maximum
+        assert all("name=flaky/rx2 exit_code=1" in m for m in exits())
+    finally:
+        receivers.stop()
     assert receivers.pids() == {"flaky/rx2": None}
-    assert "receiver process cannot listen name=flaky/rx2" in capfd.readouterr().err
+    assert "receiver process cannot start name=flaky/rx2" in capfd.readouterr().err
 
 
 # -- process level ------------------------------------------------------------------------
@@ -204,20 +249,13 @@ def test_two_receiver_processes_share_the_port_and_survive_a_killed_child(
 ) -> None:
     series = chest_series(6, tmp_path / "series", n_slices=20)
     with node_with_receivers(tmp_path, receiver_restart_seconds=3.0) as (node, url, children):
-        # (1) 4 concurrent associations, one series each.
+        # (1) 4 concurrent associations, one series each: 2 to each process, whatever the
+        # kernel would have hashed (the listener hands each to the least busy process).
         with ThreadPoolExecutor(4) as pool:
             for done in [pool.submit(storescu, node.dicom_port, files) for files in series[:4]]:
                 done.result()
-        # The kernel's spread is not deterministic (a hash of the connection): one file per
-        # association of a fifth series until both processes have received something.
-        if len(received_by(url)) < 2:
-            sent = send_one_by_one_until(
-                node.dicom_port, series[4], lambda: len(received_by(url)) == 2
-            )
-            if series[4][sent:]:
-                storescu(node.dicom_port, series[4][sent:])
-        else:
-            storescu(node.dicom_port, series[4])
+        assert received_by(url) == {"rx-test": 40, RX2: 40}
+        storescu(node.dicom_port, series[4])
         assert set(received_by(url)) == {"rx-test", RX2}
         wait_for_jobs(url, 5, 180, [node])
         sent = sum(len(files) for files in series[:5])

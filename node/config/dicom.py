@@ -10,10 +10,11 @@ from node.config.base import _Strict
 class DicomSettings(_Strict):
     """``dicom``: the receiving side of the DICOM listener."""
 
-    #: Processes accepting associations on the node's DICOM port(s). 1: the node's own
-    #: process only. N > 1: N-1 receive-only processes bind the same port(s) with
-    #: ``SO_REUSEPORT`` (Linux spreads associations across all N), each with its own GIL;
-    #: they need a state every process can open (an SQLite file or PostgreSQL).
+    #: Processes serving associations on the node's DICOM port(s). 1: the node's own
+    #: process only. N > 1: the node's listener hands each connection to the process
+    #: (of N: itself and N-1 receive-only ones) with the fewest open connections, each
+    #: with its own GIL; they need a state every process can open (an SQLite file or
+    #: PostgreSQL).
     receiver_processes: int = Field(1, ge=1, le=32)
     #: First wait before a receiver process that died is started again; doubled after
     #: each quick death, up to ``receiver_restart_max_seconds``.

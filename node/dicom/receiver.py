@@ -1,18 +1,22 @@
 """A receive-only process (``dicom.receiver_processes`` > 1): ``python -m node.dicom.receiver``.
 
 It runs the node's SCP (access control, TLS, audit, group commit, the UPS SOP classes) and
-ingest path into the node's state and spool, on the node's DICOM port(s) shared with
-``SO_REUSEPORT``, as an ingest node of its own name (``<node name>/rx<k>``:
+ingest path into the node's state and spool, for the connections the node's listener hands
+it over a Unix socket pair (it listens on no port itself), as an ingest node of its own
+name (``<node name>/rx<k>``:
 ``instances.received_by``, its own spool subdirectory, its own start-up recovery).
 Completion, dispatch, workers, export and the API stay in the node's main process, which
 starts and supervises this one (:mod:`node.dicom.receivers`).
 
 Protocol with the main process: one JSON line on stdin, ``{"name": ..., "settings": {...},
-"routines": [...]}`` (the ``node``, ``state``, ``completion``, ``dicom``, ``logging``,
-``worklist`` and ``sources`` sections; the plugin names); then JSON lines on stdout,
-``{"ready": true}`` once listening and ``{"counts": {...}}`` (the SCP's counters) when they
-change. The process stops on SIGTERM or when stdin reaches its end (the main
-process is gone); SIGINT is left to the main process, which stops it.
+"routines": [...], "channel_fd": n}`` (the ``node``, ``state``, ``completion``, ``dicom``,
+``logging``, ``worklist`` and ``sources`` sections; the plugin names; its end of the socket
+pair); then JSON lines on stdout, ``{"ready": true}`` once it takes connections and
+``{"counts": {...}}`` (the SCP's counters) when they change. Over the socket pair it
+receives one record per connection, ``P`` (plain) or ``T`` (TLS port) with the socket's
+descriptor, and writes one byte back as each of them closes. The process stops on SIGTERM
+or when stdin reaches its end (the main process is gone); SIGINT is left to the main
+process, which stops it.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -56,13 +61,14 @@ def receiver_settings(settings: Settings, name: str) -> Settings:
     return settings.model_copy(update={"node": node})
 
 
-def settings_message(settings: Settings, name: str) -> str:
+def settings_message(settings: Settings, name: str, channel_fd: int = -1) -> str:
     """The first line the main process writes to a receiver process's stdin."""
     sections = ("node", "state", "completion", "dicom", "logging", "worklist", "sources")
     dumped = {key: _dump(getattr(settings, key)) for key in sections}
     # The routines a UPS task may name besides the rules (found without importing any).
     routines = sorted(plugin_names(settings.models))
-    return json.dumps({"name": name, "settings": dumped, "routines": routines}) + "\n"
+    message = {"name": name, "settings": dumped, "routines": routines, "channel_fd": channel_fd}
+    return json.dumps(message) + "\n"
 
 
 def _dump(section: Any) -> Any:
@@ -101,7 +107,7 @@ class Receiver:
             self.ingestor,
             aborted_grace_seconds=settings.completion.aborted_grace_seconds,
             audit=DicomAudit(self.db, time.time),
-            shared_port="join",
+            handed=True,
         )
         rules, destinations = RuleStore(self.db), DestinationStore(self.db)
         events = EventBus()
@@ -137,6 +143,24 @@ class Receiver:
         self.ups_events.start()
         self.scp.start()
 
+    def take_connections(self, channel: socket.socket) -> None:
+        """Serve each connection the main process hands over ``channel`` (on this thread)
+        until the main process closes its end; one byte back as each one closes."""
+
+        def closed() -> None:
+            with contextlib.suppress(OSError):  # the main process is gone
+                channel.send(b"c")
+
+        while True:
+            try:
+                kind, fds, _, _ = socket.recv_fds(channel, 1, 1)
+            except OSError:
+                return
+            if not kind:
+                return
+            for fd in fds:
+                self.scp.take(socket.socket(fileno=fd), kind == b"T", closed)
+
     def stop(self) -> None:
         self.scp.stop()
         self.ups_events.stop()
@@ -164,14 +188,22 @@ def main() -> int:
             pass
         stop.set()
 
-    receiver = Receiver(settings, frozenset(spec.get("routines", ())))
+    try:
+        receiver = Receiver(settings, frozenset(spec.get("routines", ())))
+    except Exception as exc:  # e.g. the state or the spool cannot be opened
+        log.error("receiver process cannot start name=%s error=%s", settings.node.identity, exc)
+        return 1
     try:
         receiver.start()
-    except OSError as exc:  # e.g. the port is held by a listener without SO_REUSEPORT
-        log.error("receiver process cannot listen name=%s error=%s", receiver.name, exc)
+    except Exception as exc:
+        log.error("receiver process cannot start name=%s error=%s", receiver.name, exc)
         receiver.stop()
         return 1
     threading.Thread(target=main_process_gone, name="stdin-watch", daemon=True).start()
+    channel = socket.socket(fileno=int(spec["channel_fd"]))
+    threading.Thread(
+        target=receiver.take_connections, args=(channel,), name="handed", daemon=True
+    ).start()
     # As the node's own process does once its routines loaded (node.heap): the full
     # collections that would stall receiving walk only what is made from now on.
     frozen = settle_heap()

@@ -1,9 +1,13 @@
-"""The node's receiver processes (``dicom.receiver_processes`` > 1): start, restart, stop.
+"""The node's receiver processes (``dicom.receiver_processes`` > 1): start, restart, stop,
+and the spread of associations across them.
 
-The main process binds its DICOM port(s) first (``SO_REUSEPORT``), then
-:class:`ReceiverProcesses` starts N-1 ``python -m node.dicom.receiver`` processes that bind
-the same port(s); Linux spreads incoming associations across all N processes, so
-associations no longer share one GIL. A receiver process that exits while the node runs is
+The main process listens on the DICOM port(s); :class:`ReceiverProcesses` starts N-1
+``python -m node.dicom.receiver`` processes, each with a Unix socket pair to the main
+process. The main process hands each connection it accepts to the process with the fewest
+open connections, itself included (:meth:`ReceiverProcesses.hand_off`: the socket's
+descriptor over the pair, ties taken in turn), so concurrent associations are spread
+evenly and do not share one GIL; each receiver process writes a byte back as a
+connection it served closes. A receiver process that exits while the node runs is
 started again after a wait (``dicom.receiver_restart_seconds``, doubled after each quick
 death up to ``receiver_restart_max_seconds``), logged. On stop each gets SIGTERM, then
 SIGKILL after ``stop_timeout``; each also stops by itself when its stdin (a pipe from this
@@ -15,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import socket
 import subprocess
 import sys
 import threading
@@ -47,6 +52,10 @@ class _Slot:
     backoff: float = 0.0
     next_start: float = 0.0
     reader: threading.Thread | None = None
+    #: The main process's end of the socket pair (None while no process runs).
+    channel: socket.socket | None = None
+    #: Connections handed to the running process and not yet closed.
+    open: int = 0
 
 
 class ReceiverProcesses:
@@ -74,6 +83,10 @@ class ReceiverProcesses:
             for k in range(2, dicom.receiver_processes + 1)
         ]
         self._lock = threading.Lock()
+        #: Guards the open-connection counts and the channels (:meth:`hand_off`).
+        self._spread = threading.Lock()
+        self._own_open = 0  # connections served by the main process
+        self._last = 0  # the process chosen last (0: the main process), for ties
         self._stopping = threading.Event()
         self._supervisor: threading.Thread | None = None
 
@@ -116,27 +129,97 @@ class ReceiverProcesses:
                 total.update(slot.counts)
         return dict(total)
 
+    def hand_off(self, client: socket.socket, tls: bool) -> bool:
+        """Give ``client`` (just accepted, TLS not yet negotiated) to the process with the
+        fewest open connections; False when that is the main process (serve it here)."""
+        with self._spread:
+            ready = [
+                (slot.open, k, slot)
+                for k, slot in enumerate(self._slots, start=1)
+                if slot.channel is not None and slot.ready.is_set()
+            ]
+            turns = len(self._slots) + 1
+            candidates = [(self._own_open, 0, None), *ready]
+            _, chosen, slot = min(candidates, key=lambda c: (c[0], (c[1] - self._last - 1) % turns))
+            self._last = chosen
+            if slot is not None and slot.channel is not None:
+                try:
+                    socket.send_fds(slot.channel, [b"T" if tls else b"P"], [client.fileno()])
+                except OSError as exc:  # it is going away: serve the connection here
+                    log.warning("connection not handed name=%s error=%s", slot.name, exc)
+                else:
+                    slot.open += 1
+                    return True
+            self._own_open += 1
+            return False
+
+    def own_closed(self) -> None:
+        """A connection the main process served closed (or was dropped)."""
+        with self._spread:
+            self._own_open = max(0, self._own_open - 1)
+
+    def open_connections(self) -> dict[str, int]:
+        """Open connections per receiver process, as the main process counts them."""
+        with self._spread:
+            return {slot.name: slot.open for slot in self._slots}
+
     def _spawn(self, slot: _Slot) -> None:
-        """Start ``slot``'s process and its stdout reader (called with the lock held)."""
-        process = subprocess.Popen(
-            [sys.executable, "-m", "node.dicom.receiver"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            close_fds=True,
-        )
-        assert process.stdin is not None and process.stdout is not None
+        """Start ``slot``'s process, its socket pair and readers (called with the lock held)."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ours.settimeout(2.0)  # a hand-off never waits long on a process that stopped reading
+        child_fd = theirs.fileno()  # the same number in the child (pass_fds)
         try:
-            process.stdin.write(settings_message(self._settings, slot.name).encode())
+            process = subprocess.Popen(
+                [sys.executable, "-m", "node.dicom.receiver"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                close_fds=True,
+                pass_fds=(theirs.fileno(),),
+            )
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        assert process.stdin is not None and process.stdout is not None
+        message = settings_message(self._settings, slot.name, channel_fd=child_fd)
+        try:
+            process.stdin.write(message.encode())
             process.stdin.flush()
         except OSError:
             pass  # it died at once: the supervisor sees it exit
         slot.process, slot.started, slot.counts = process, time.monotonic(), {}
         slot.ready.clear()
+        with self._spread:
+            slot.channel, slot.open = ours, 0
         slot.reader = threading.Thread(
             target=self._read, args=(slot, process.stdout), name="receiver-reader", daemon=True
         )
         slot.reader.start()
+        threading.Thread(
+            target=self._read_closes, args=(slot, ours), name="receiver-closes", daemon=True
+        ).start()
         log.info("receiver process starting name=%s pid=%d", slot.name, process.pid)
+
+    def _read_closes(self, slot: _Slot, channel: socket.socket) -> None:
+        """Count down ``slot``'s open connections as its process reports them closed,
+        until the process is gone (the pair's end)."""
+        while True:
+            try:
+                data = channel.recv(64)
+            except TimeoutError:
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                break
+            with self._spread:
+                if slot.channel is channel:
+                    slot.open = max(0, slot.open - len(data))
+        with self._spread:
+            if slot.channel is channel:
+                slot.channel, slot.open = None, 0
+        channel.close()
 
     def _read(self, slot: _Slot, stdout: IO[bytes]) -> None:
         """Take ``ready`` and ``counts`` messages from one process until it closes stdout."""

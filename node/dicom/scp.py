@@ -15,6 +15,7 @@ waits for the sender's retry; one that is released ends such a hold.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import ipaddress
 import logging
@@ -155,34 +156,60 @@ def access_refusal(settings: NodeSettings, calling: str, called: str, address: s
     return None
 
 
-class _SharedPortServer(ThreadedAssociationServer):
-    """A listener that binds with ``SO_REUSEPORT``: several processes accept on one port
-    and the kernel spreads the incoming connections across them."""
+#: Hands an accepted, not yet wrapped connection to another process: ``(socket, tls)`` ->
+#: True when it was handed (the caller closes its copy), False to serve it here.
+HandOff = Callable[[socket.socket, bool], bool]
+
+
+class _HandingServer(ThreadedAssociationServer):
+    """The node's listener: each accepted connection is offered to :attr:`hand_off` (the
+    receiver processes) before it is served here."""
+
+    hand_off: HandOff | None = None
+    #: Called when a connection kept here could not be served after all (TLS refused).
+    on_dropped: Callable[[], None] | None = None
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        assert self.socket is not None
+        client, address = self.socket.accept()
+        hand_off = self.hand_off
+        if hand_off is not None and hand_off(client, self.ssl_context is not None):
+            client.close()  # the receiver process holds its own descriptor
+            # socketserver ignores an OSError from get_request: nothing to serve here.
+            raise OSError("connection handed to a receiver process")
+        if self.ssl_context is not None:
+            try:
+                client = self.ssl_context.wrap_socket(client, server_side=True)
+            except OSError:
+                client.close()
+                if self.on_dropped is not None:
+                    self.on_dropped()
+                raise
+        return client, address
+
+
+class _HandedServer(ThreadedAssociationServer):
+    """A receiver process's server: it never listens; the connections it serves are handed
+    to it by the node's listener (:meth:`StorageSCP.take`)."""
 
     def server_bind(self) -> None:
-        assert self.socket is not None
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
+        pass
 
+    def server_activate(self) -> None:
+        pass
 
-def check_port_free(address: str, port: int) -> None:
-    """Raise ``OSError`` (EADDRINUSE) when something already listens on ``port``.
-
-    A socket bound with ``SO_REUSEPORT`` joins any listener of the same user that set it
-    too, so a second node started by mistake on the port would silently share it; this
-    bind without the option fails as a plain listener's would.
-    """
-    with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        probe.bind((address, port))
+    def shutdown(self) -> None:  # no serve_forever loop to stop
+        self.server_close()
+        with contextlib.suppress(ValueError):
+            self.ae._servers.remove(self)
 
 
 class StorageSCP:
     """A pynetdicom application entity serving C-ECHO and C-STORE.
 
-    ``shared_port``: bind the listener(s) with ``SO_REUSEPORT`` (``"first"``: the node's
-    own process, which first checks that nobody listens yet; ``"join"``: a receiver
-    process joining it; None: a plain exclusive listener).
+    ``handed``: a receiver process's SCP, which does not listen: the node's listener hands
+    it connections (:meth:`take`). The node's own SCP may hand its connections on
+    (:meth:`hand_off_with`).
     """
 
     def __init__(
@@ -192,12 +219,13 @@ class StorageSCP:
         *,
         aborted_grace_seconds: float = 300.0,
         audit: DicomAudit | None = None,
-        shared_port: str | None = None,
+        handed: bool = False,
     ) -> None:
-        if shared_port not in (None, "first", "join"):
-            raise ValueError(f"shared_port is None, 'first' or 'join', not {shared_port!r}")
         self._settings = settings
-        self._shared_port = shared_port
+        self._handed = handed
+        #: Called as each connection this process served closes (:meth:`hand_off_with`,
+        #: :meth:`take`): the count of open associations per process stays exact.
+        self._on_closed: Callable[[], None] | None = None
         #: Other processes' counters added to :attr:`counts` (the receiver processes).
         self._more_counts: list[Callable[[], Mapping[str, int]]] = []
         #: The UPS Push/Pull/Watch/Event handlers (the worklist over DIMSE), if any.
@@ -266,6 +294,7 @@ class StorageSCP:
             (evt.EVT_CONN_OPEN, wake_on_work),
             (evt.EVT_CONN_OPEN, pause_safely),
             (evt.EVT_CONN_CLOSE, stop_waking),
+            (evt.EVT_CONN_CLOSE, self._closed),
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_REJECTED, self._on_rejected),
@@ -296,25 +325,52 @@ class StorageSCP:
     def _listen(
         self, port: int, context: ssl.SSLContext | None, handlers: list[Any]
     ) -> ThreadedAssociationServer:
-        """A running listener on ``port`` (shared with ``SO_REUSEPORT`` if so configured)."""
+        """A running listener on ``port``, or (``handed``) a server that only serves the
+        connections handed to it."""
         address = (self._settings.bind_address, port)
-        if self._shared_port is None:
-            server = self._ae.start_server(
-                address, block=False, evt_handlers=handlers, ssl_context=context
-            )
-            assert server is not None  # block=False returns the running server
-            return server
-        if self._shared_port == "first":
-            check_port_free(*address)
-        # AE.start_server(block=False) with the server class swapped.
-        shared = self._ae.make_server(
-            address, ssl_context=context, evt_handlers=handlers, server_class=_SharedPortServer
+        server_class = _HandedServer if self._handed else _HandingServer
+        server = self._ae.make_server(
+            address, ssl_context=context, evt_handlers=handlers, server_class=server_class
         )
-        threading.Thread(
-            target=shared.serve_forever, name=f"AcceptorServer@{port}", daemon=True
-        ).start()
-        self._ae._servers.append(shared)
-        return shared
+        if not self._handed:  # AE.start_server(block=False), with the server class swapped
+            threading.Thread(
+                target=server.serve_forever, name=f"AcceptorServer@{port}", daemon=True
+            ).start()
+        self._ae._servers.append(server)
+        return server
+
+    def hand_off_with(self, hand_off: HandOff, on_closed: Callable[[], None]) -> None:
+        """Offer each accepted connection to ``hand_off`` (the receiver processes) before
+        serving it here; ``on_closed`` is called as each connection served here closes, or
+        is dropped before its association started (a TLS handshake refused)."""
+        self._on_closed = on_closed
+        for server in self._servers:
+            if isinstance(server, _HandingServer):
+                server.on_dropped = on_closed
+                server.hand_off = hand_off
+
+    def take(self, client: socket.socket, tls: bool, on_closed: Callable[[], None]) -> None:
+        """Serve a connection the node's listener accepted (a receiver process): TLS is
+        negotiated here when it came to the TLS port. ``on_closed`` as for
+        :meth:`hand_off_with`."""
+        self._on_closed = on_closed
+        server = next((s for s in self._servers if (s.ssl_context is not None) == tls), None)
+        try:
+            if server is None:
+                raise OSError(f"this process serves no {'TLS' if tls else 'plain'} port")
+            if server.ssl_context is not None:
+                client = server.ssl_context.wrap_socket(client, server_side=True)
+            address = client.getpeername()
+        except OSError as exc:
+            log.warning("handed connection dropped tls=%s error=%s", tls, exc)
+            client.close()
+            on_closed()
+            return
+        server.process_request(client, address)
+
+    def _closed(self, event: Any) -> None:
+        if self._on_closed is not None:
+            self._on_closed()
 
     def stop(self) -> None:
         while self._servers:
