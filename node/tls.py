@@ -85,8 +85,8 @@ def _harden(context: ssl.SSLContext) -> None:
 class _ListenerContext(ssl.SSLContext):
     """Server context whose handshake has a time limit and whose refusals are logged.
 
-    pynetdicom wraps each accepted socket on its accepting thread; without a limit a
-    peer that connects and sends nothing would hold the TLS listener.
+    The node negotiates TLS in each connection's own thread (:mod:`node.dicom.scp`);
+    without a limit a peer that connects and sends nothing would hold that thread.
     """
 
     handshake_timeout = 10.0

@@ -161,13 +161,36 @@ def access_refusal(settings: NodeSettings, calling: str, called: str, address: s
 HandOff = Callable[[socket.socket, bool], bool]
 
 
-class _HandingServer(ThreadedAssociationServer):
+class _TlsInItsThread(ThreadedAssociationServer):
+    """Negotiates TLS in the connection's own thread, not in the thread that accepts (or
+    is handed) connections: a client that connects and stays silent holds only its own
+    thread, until the listener context's handshake timeout (:mod:`node.tls`)."""
+
+    #: Called when a connection could not be served after all (its TLS handshake failed).
+    on_dropped: Callable[[], None] | None = None
+
+    def finish_request(
+        self, request: socket.socket | tuple[bytes, socket.socket], client_address: Any
+    ) -> None:
+        context = self.ssl_context
+        plain = isinstance(request, socket.socket) and not isinstance(request, ssl.SSLSocket)
+        if context is not None and plain:
+            assert isinstance(request, socket.socket)
+            try:  # the node's context limits the handshake's time and logs a refusal
+                request = context.wrap_socket(request, server_side=True)
+            except OSError:
+                request.close()
+                if self.on_dropped is not None:
+                    self.on_dropped()
+                return
+        super().finish_request(request, client_address)
+
+
+class _HandingServer(_TlsInItsThread):
     """The node's listener: each accepted connection is offered to :attr:`hand_off` (the
     receiver processes) before it is served here."""
 
     hand_off: HandOff | None = None
-    #: Called when a connection kept here could not be served after all (TLS refused).
-    on_dropped: Callable[[], None] | None = None
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         assert self.socket is not None
@@ -177,18 +200,10 @@ class _HandingServer(ThreadedAssociationServer):
             client.close()  # the receiver process holds its own descriptor
             # socketserver ignores an OSError from get_request: nothing to serve here.
             raise OSError("connection handed to a receiver process")
-        if self.ssl_context is not None:
-            try:
-                client = self.ssl_context.wrap_socket(client, server_side=True)
-            except OSError:
-                client.close()
-                if self.on_dropped is not None:
-                    self.on_dropped()
-                raise
-        return client, address
+        return client, address  # TLS is negotiated in its own thread (finish_request)
 
 
-class _HandedServer(ThreadedAssociationServer):
+class _HandedServer(_TlsInItsThread):
     """A receiver process's server: it never listens; the connections it serves are handed
     to it by the node's listener (:meth:`StorageSCP.take`)."""
 
@@ -358,15 +373,15 @@ class StorageSCP:
         try:
             if server is None:
                 raise OSError(f"this process serves no {'TLS' if tls else 'plain'} port")
-            if server.ssl_context is not None:
-                client = server.ssl_context.wrap_socket(client, server_side=True)
             address = client.getpeername()
         except OSError as exc:
             log.warning("handed connection dropped tls=%s error=%s", tls, exc)
             client.close()
             on_closed()
             return
-        server.process_request(client, address)
+        if isinstance(server, _TlsInItsThread):
+            server.on_dropped = on_closed
+        server.process_request(client, address)  # its thread negotiates TLS
 
     def _closed(self, event: Any) -> None:
         if self._on_closed is not None:
