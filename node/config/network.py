@@ -28,8 +28,8 @@ class DicomTlsListenerSettings(_Strict):
     ca_certificates: Path | None = None
     #: Mutual TLS: refuse clients without a certificate from ``ca_certificates``.
     require_client_certificate: bool = False
-    #: A client must finish its TLS handshake within this time (handshakes are accepted
-    #: one at a time, so a peer that connects and stays silent holds the port this long).
+    #: A client must finish its TLS handshake within this time (each handshake runs in
+    #: its connection's own thread: a peer that connects and stays silent holds only that).
     handshake_timeout_seconds: float = Field(10.0, gt=0, le=120)
 
     @model_validator(mode="after")
