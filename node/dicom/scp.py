@@ -330,7 +330,8 @@ class StorageSCP:
             server.contexts = [_SharedUIDContext.of(cx) for cx in server.contexts]
             self._servers.append(server)
             log.info(
-                "DICOM listener up ae_title=%s port=%s tls=%s max_pdu=%s",
+                "DICOM %s ae_title=%s port=%s tls=%s max_pdu=%s",
+                "connections handed from the node's listener" if self._handed else "listener up",
                 self._settings.ae_title,
                 port,
                 "off" if context is None else "on",
