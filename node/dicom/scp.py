@@ -196,7 +196,12 @@ class _HandingServer(_TlsInItsThread):
         assert self.socket is not None
         client, address = self.socket.accept()
         hand_off = self.hand_off
-        if hand_off is not None and hand_off(client, self.ssl_context is not None):
+        try:
+            handed = hand_off is not None and hand_off(client, self.ssl_context is not None)
+        except Exception:  # never let the accept loop die: serve the connection here
+            log.exception("handing a connection to a receiver process failed")
+            handed = False
+        if handed:
             client.close()  # the receiver process holds its own descriptor
             # socketserver ignores an OSError from get_request: nothing to serve here.
             raise OSError("connection handed to a receiver process")
