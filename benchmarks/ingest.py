@@ -31,6 +31,7 @@ from benchmarks.ct_series import write_ct_series
 from tools.net import free_port, tail, wait_until
 from tools.node_process import NodeProcess, NodeStartError
 from tools.orthanc import OrthancServer
+from tools.proc import descendants, stat_fields
 
 MAX_PDU = 131072
 MODES = (1, 4)
@@ -90,37 +91,19 @@ def _listening(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _stat_fields(pid: int) -> list[str] | None:
-    """``/proc/<pid>/stat`` after the command name (which may hold spaces), or None."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:  # gone, or not Linux
-        return None
-    return text.rpartition(")")[2].split()
-
-
 def tree_cpu_seconds(pid: int | None) -> float | None:
     """User + system CPU seconds of ``pid``, of its children it has waited for, and of
     its live descendants (a node's receiver processes, storescp's forked children)."""
     if pid is None:
         return None
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            fields = _stat_fields(int(entry.name))
-            if fields is not None:
-                children.setdefault(int(fields[1]), []).append(int(entry.name))
     ticks = os.sysconf("SC_CLK_TCK")
-    total, pending, seen = 0, [pid], False
-    while pending:
-        current = pending.pop()
-        fields = _stat_fields(current)
-        if fields is None:
+    total, seen = 0, False
+    for current in [pid, *descendants(pid)]:
+        fields = stat_fields(current)
+        if fields is None:  # gone meanwhile
             continue
         seen = True
-        # utime, stime, cutime, cstime: fields 14-17 of stat, 12-15 after the name.
-        total += sum(int(value) for value in fields[11:15])
-        pending.extend(children.get(current, ()))
+        total += sum(int(value) for value in fields[11:15])  # utime, stime, cutime, cstime
     return total / ticks if seen else None
 
 

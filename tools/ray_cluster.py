@@ -36,6 +36,7 @@ from pathlib import Path
 from types import TracebackType
 
 from tools.net import LOCALHOST, free_port
+from tools.proc import descendants
 
 RAY = str(Path(sys.executable).with_name("ray"))
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -57,26 +58,6 @@ def ray_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     }
     env.update(extra or {})
     return env
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (children, their children, ...), read from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(entry.name))
-    found: list[int] = []
-    stack = [pid]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            found.append(child)
-            stack.append(child)
-    return found
 
 
 def kill_tree(process: subprocess.Popen[bytes]) -> None:
