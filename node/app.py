@@ -515,7 +515,8 @@ class Node:
         self.scp.start()
         if self.receivers is not None:  # the listener above hands them connections
             self.receivers.start()
-            self.scp.hand_off_with(self.receivers.hand_off, self.receivers.own_closed)
+            self.scp.report_closes(self.receivers.own_closed)
+            self.scp.hand_off_with(self.receivers.hand_off)
         self.completion_loop.start()
         scheduler = BackgroundScheduler(daemon=True)
         self._schedule_retention(scheduler)

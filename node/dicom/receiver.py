@@ -151,6 +151,7 @@ class Receiver:
             with contextlib.suppress(OSError):  # the main process is gone
                 channel.send(b"c")
 
+        self.scp.report_closes(closed)
         while True:
             try:
                 kind, fds, _, _ = socket.recv_fds(channel, 1, 1)
@@ -159,7 +160,7 @@ class Receiver:
             if not kind:
                 return
             for fd in fds:
-                self.scp.take(socket.socket(fileno=fd), kind == b"T", closed)
+                self.scp.take(socket.socket(fileno=fd), kind == b"T")
 
     def stop(self) -> None:
         self.scp.stop()

@@ -173,9 +173,11 @@ class _TlsInItsThread(ThreadedAssociationServer):
         self, request: socket.socket | tuple[bytes, socket.socket], client_address: Any
     ) -> None:
         context = self.ssl_context
-        plain = isinstance(request, socket.socket) and not isinstance(request, ssl.SSLSocket)
-        if context is not None and plain:
-            assert isinstance(request, socket.socket)
+        if (
+            context is not None
+            and isinstance(request, socket.socket)
+            and not isinstance(request, ssl.SSLSocket)
+        ):
             try:  # the node's context limits the handshake's time and logs a refusal
                 request = context.wrap_socket(request, server_side=True)
             except OSError:
@@ -243,8 +245,7 @@ class StorageSCP:
     ) -> None:
         self._settings = settings
         self._handed = handed
-        #: Called as each connection this process served closes (:meth:`hand_off_with`,
-        #: :meth:`take`): the count of open associations per process stays exact.
+        #: Called as each connection this process served closes (:meth:`report_closes`).
         self._on_closed: Callable[[], None] | None = None
         #: Other processes' counters added to :attr:`counts` (the receiver processes).
         self._more_counts: list[Callable[[], Mapping[str, int]]] = []
@@ -360,21 +361,25 @@ class StorageSCP:
         self._ae._servers.append(server)
         return server
 
-    def hand_off_with(self, hand_off: HandOff, on_closed: Callable[[], None]) -> None:
-        """Offer each accepted connection to ``hand_off`` (the receiver processes) before
-        serving it here; ``on_closed`` is called as each connection served here closes, or
-        is dropped before its association started (a TLS handshake refused)."""
+    def report_closes(self, on_closed: Callable[[], None]) -> None:
+        """Call ``on_closed`` as each connection this process serves closes, or is dropped
+        before its association started (a TLS handshake refused): the count of open
+        connections per process stays exact (before :meth:`hand_off_with` or :meth:`take`)."""
         self._on_closed = on_closed
         for server in self._servers:
-            if isinstance(server, _HandingServer):
+            if isinstance(server, _TlsInItsThread):
                 server.on_dropped = on_closed
+
+    def hand_off_with(self, hand_off: HandOff) -> None:
+        """Offer each accepted connection to ``hand_off`` (the receiver processes) before
+        serving it here."""
+        for server in self._servers:
+            if isinstance(server, _HandingServer):
                 server.hand_off = hand_off
 
-    def take(self, client: socket.socket, tls: bool, on_closed: Callable[[], None]) -> None:
+    def take(self, client: socket.socket, tls: bool) -> None:
         """Serve a connection the node's listener accepted (a receiver process): TLS is
-        negotiated here when it came to the TLS port. ``on_closed`` as for
-        :meth:`hand_off_with`."""
-        self._on_closed = on_closed
+        negotiated in its own thread when it came to the TLS port."""
         server = next((s for s in self._servers if (s.ssl_context is not None) == tls), None)
         try:
             if server is None:
@@ -383,11 +388,10 @@ class StorageSCP:
         except OSError as exc:
             log.warning("handed connection dropped tls=%s error=%s", tls, exc)
             client.close()
-            on_closed()
+            if self._on_closed is not None:
+                self._on_closed()
             return
-        if isinstance(server, _TlsInItsThread):
-            server.on_dropped = on_closed
-        server.process_request(client, address)  # its thread negotiates TLS
+        server.process_request(client, address)
 
     def _closed(self, event: Any) -> None:
         if self._on_closed is not None:
