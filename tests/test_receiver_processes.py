@@ -42,6 +42,7 @@ from tests.test_several_nodes import chest_series, jobs_per_series, state_rows, 
 from tests.test_ups_dimse import TASK, create, get
 from tools.net import LOCALHOST, free_port
 from tools.node_process import NodeProcess
+from tools.proc import stat_fields
 
 RX2 = "rx-test/rx2"
 
@@ -174,23 +175,19 @@ def receiver_pids(node_pid: int) -> list[int]:
     """The receiver processes the node ``node_pid`` started."""
     found = []
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+        fields = stat_fields(int(entry.name)) if entry.name.isdigit() else None
+        if fields is None or int(fields[1]) != node_pid:
             continue
         with contextlib.suppress(OSError):
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            command = (entry / "cmdline").read_bytes()
-            if ppid == node_pid and b"node.dicom.receiver" in command:
+            if b"node.dicom.receiver" in (entry / "cmdline").read_bytes():
                 found.append(int(entry.name))
     return found
 
 
 def alive(pid: int) -> bool:
     """``pid`` runs and is not a zombie."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+    fields = stat_fields(pid)
+    return fields is not None and fields[0] != "Z"
 
 
 @contextlib.contextmanager
