@@ -27,7 +27,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from node.admin.service import AdminService
 from node.config import RuleSettings, Settings, check_plugins_known
 from node.contract.plugin import ValidatedInput
-from node.dicom.receivers import ReceiverProcesses
+from node.dicom.receivers import ReceiverProcesses, ReceiverReports
 from node.dicom.scp import StorageSCP
 from node.dicom.ups import EventReportSender, Peer, UpsHandlers, known_peers
 from node.errors import PluginError
@@ -115,7 +115,16 @@ class Node:
         )
         #: The receive-only processes the listener hands connections to
         #: (``dicom.receiver_processes``).
-        self.receivers = ReceiverProcesses(settings, self.name) if several else None
+        # What they report is taken as if it happened here (the worklist is made below).
+        reports = ReceiverReports(
+            stored=self.ingestor.stored,
+            delivered=self.ingestor.delivered,
+            ups_event=lambda event: self.worklist_events.publish(event),
+            workitem_created=lambda: self.worklist_performer.wake(),
+        )
+        self.receivers = (
+            ReceiverProcesses(settings, self.name, reports=reports) if several else None
+        )
         if self.receivers is not None:
             self.scp.add_counts(self.receivers.counts)
         #: One per device, made with the routines (:meth:`_make_workers`).

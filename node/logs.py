@@ -17,6 +17,7 @@ import re
 import sys
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -158,6 +159,8 @@ class RecentRecords(logging.Handler):
         super().__init__(level)
         self._records: collections.deque[dict[str, Any]] = collections.deque(maxlen=capacity)
         self._guard = threading.Lock()
+        #: Also given each entry (a receiver process passes its own to the node's process).
+        self.forward: Callable[[dict[str, Any]], object] | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -170,6 +173,12 @@ class RecentRecords(logging.Handler):
             "logger": record.name,
             "message": message,
         }
+        self.add(entry)
+        if self.forward is not None:
+            self.forward(entry)
+
+    def add(self, entry: dict[str, Any]) -> None:
+        """Keep ``entry`` (time, level, logger, message), e.g. one another process logged."""
         with self._guard:
             self._records.append(entry)
 

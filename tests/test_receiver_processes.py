@@ -16,7 +16,9 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -32,14 +34,19 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from node.config import BUILT_IN_CHEST_RULE, Settings
-from node.dicom.receiver import receiver_settings, settings_message
-from node.dicom.receivers import ReceiverProcesses
+from node.dicom.receiver import MainChannel, receiver_settings, settings_message
+from node.dicom.receivers import ReceiverProcesses, ReceiverReports
+from node.dicom.refusals import refused_associations
+from node.logs import RECENT
+from node.worklist.events import EventType as UpsEventType
+from node.worklist.events import UpsEvent
+from tests.support.admin import login_session
 from tests.support.dcmtk import storescu
 from tests.support.net import wait_until
 from tests.support.pki import make_pki
 from tests.support.scu import associate
 from tests.test_several_nodes import chest_series, jobs_per_series, state_rows, wait_for_jobs
-from tests.test_ups_dimse import TASK, create, get
+from tests.test_ups_dimse import TASK, create, get, state_of, workitem
 from tools.net import LOCALHOST, free_port
 from tools.node_process import NodeProcess
 from tools.proc import stat_fields
@@ -78,8 +85,9 @@ def test_connections_go_to_the_process_with_the_fewest_open_ones_in_turn(
     tmp_path: Path,
 ) -> None:
     """The spread itself, on real sockets and descriptors (no process started): each
-    accepted connection goes to the least busy process, ties in turn, and a process's
-    reported closes make it the least busy again."""
+    accepted connection goes to the least busy process, on a tie a receive-only one before
+    the main process and those in turn, and a process's reported closes make it the least
+    busy again."""
     settings = Settings.model_validate(
         {"node": {"data_dir": str(tmp_path)}, "dicom": {"receiver_processes": 3}}
     )
@@ -89,7 +97,7 @@ def test_connections_go_to_the_process_with_the_fewest_open_ones_in_turn(
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         slot.channel, ends[slot.name] = ours, theirs
         slot.ready.set()
-        threading.Thread(target=receivers._read_closes, args=(slot, ours), daemon=True).start()
+        threading.Thread(target=receivers._read_reports, args=(slot, ours), daemon=True).start()
     listener = socket.create_server((LOCALHOST, 0))
     port = listener.getsockname()[1]
     clients, kept = [], []
@@ -116,7 +124,7 @@ def test_connections_go_to_the_process_with_the_fewest_open_ones_in_turn(
 
     try:
         first = [accept_one(tls=n == 4) for n in range(6)]
-        assert first == ["spread/rx2", "spread/rx3", "main"] * 2  # ties in turn
+        assert first == ["spread/rx2", "spread/rx3", "main"] * 2  # the main process last
         assert receivers.open_connections() == {"spread/rx2": 2, "spread/rx3": 2}
         ends["spread/rx3"].send(b"c")  # rx3 reports a connection closed
         wait_until(lambda: receivers.open_connections()["spread/rx3"] == 1, 5)
@@ -131,6 +139,60 @@ def test_connections_go_to_the_process_with_the_fewest_open_ones_in_turn(
     finally:
         for sock in [*clients, *kept, listener, *ends.values()]:
             sock.close()
+
+
+def test_what_a_receiver_process_reports_is_taken_as_the_main_process_own(
+    tmp_path: Path,
+) -> None:
+    """Each record a receiver process writes (:class:`MainChannel`, over a real socket
+    pair) reaches the main process's hooks, counters and recent log lines; a record it
+    cannot take is logged and the next ones are still read."""
+    settings = Settings.model_validate(
+        {"node": {"data_dir": str(tmp_path)}, "dicom": {"receiver_processes": 2}}
+    )
+    taken: list[Any] = []
+    reports = ReceiverReports(
+        stored=lambda uid: taken.append(("stored", uid)),
+        delivered=lambda series: taken.append(("delivered", dict(series))),
+        ups_event=lambda event: taken.append(("ups", event)),
+        workitem_created=lambda: taken.append(("created",)),
+    )
+    receivers = ReceiverProcesses(settings, "reports", reports=reports)
+    slot = receivers._slots[0]
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    slot.channel, slot.open = ours, 2
+    reader = threading.Thread(target=receivers._read_reports, args=(slot, ours), daemon=True)
+    reader.start()
+    main = MainChannel(theirs)
+    refused_before = refused_associations().get("calling_ae_not_recognized", 0)
+    event = UpsEvent("1.2.3.4", UpsEventType.STATE_REPORT, {"00741000": {"vr": "CS"}}, ("W",))
+    many = {f"1.2.{n}": n for n in range(300)}  # more series than one record carries
+    try:
+        main.stored("1.2.3")
+        main.delivered({"1.2.3": 2})
+        main.refused("calling_ae_not_recognized")
+        main.logged({"time": 1.0, "level": "WARNING", "logger": "x", "message": "from rx2"})
+        theirs.send(b"?what")  # not a record the main process knows
+        main.ups_event(event)
+        main.workitem_created()
+        main.delivered(many)
+        main.closed()
+        wait_until(lambda: slot.open == 1, 5)
+        assert taken[:5] == [
+            ("stored", "1.2.3"),
+            ("delivered", {"1.2.3": 2}),
+            ("ups", event),
+            ("created",),
+            ("delivered", dict(list(many.items())[:256])),
+        ]
+        assert taken[5] == ("delivered", dict(list(many.items())[256:]))
+        assert refused_associations()["calling_ae_not_recognized"] == refused_before + 1
+        assert RECENT.records(text="from rx2")[0]["message"] == "from rx2"
+        theirs.close()  # the process is gone
+        reader.join(5)
+        assert slot.channel is None and slot.open == 0
+    finally:
+        theirs.close()
 
 
 @pytest.mark.slow
@@ -231,6 +293,20 @@ def received_by(url: str) -> dict[str, int]:
     return {str(name): int(count) for name, count in rows}
 
 
+@contextlib.contextmanager
+def connection_held(port: int) -> Any:
+    """An association held open (to the receive-only process, while the processes are
+    idle): the next connection goes to the main process."""
+    scu = AE(ae_title="HOLDER")
+    scu.add_requested_context("1.2.840.10008.1.1")
+    assoc = associate(scu, LOCALHOST, port, ae_title="AINODE")
+    assert assoc.is_established
+    try:
+        yield
+    finally:
+        assoc.release()
+
+
 def send_one_by_one_until(port: int, files: list[Path], done: Any) -> int:
     """One association per file until ``done()``; how many were sent."""
     for sent, path in enumerate(files, start=1):
@@ -252,8 +328,8 @@ def test_two_receiver_processes_share_the_port_and_survive_a_killed_child(
             for done in [pool.submit(storescu, node.dicom_port, files) for files in series[:4]]:
                 done.result()
         assert received_by(url) == {"rx-test": 40, RX2: 40}
-        storescu(node.dicom_port, series[4])
-        assert set(received_by(url)) == {"rx-test", RX2}
+        storescu(node.dicom_port, series[4])  # alone: to the receive-only process
+        assert received_by(url) == {"rx-test": 40, RX2: 60}
         wait_for_jobs(url, 5, 180, [node])
         sent = sum(len(files) for files in series[:5])
         assert sum(received_by(url).values()) == sent  # each instance recorded once
@@ -306,7 +382,8 @@ def test_receiver_processes_exit_when_the_node_is_killed(tmp_path: Path) -> None
 @pytest.mark.slow
 def test_receiver_processes_serve_tls_with_the_nodes_access_control(tmp_path: Path) -> None:
     """TLS only, mutual authentication and ``node.accept``: a receiver process applies them
-    as the main process does (each association lands on either; the kernel decides)."""
+    as the main process does (one association at a time goes to the receive-only process),
+    and the node's refusal counters count its refusals."""
     pki = make_pki(tmp_path / "pki")
     tls_port = free_port()
     url = f"sqlite:///{tmp_path / 'state.sqlite3'}"
@@ -338,17 +415,32 @@ def test_receiver_processes_serve_tls_with_the_nodes_access_control(tmp_path: Pa
     node = NodeProcess(config, workdir=tmp_path / "node", wait_for_routines=False)
     with node:
         wait_until(lambda: "receiver process started" in node.log_text(), 30, message="rx2 up")
-        # An AE that node.accept does not list is refused by whichever process it reaches.
+        # An AE that node.accept does not list is refused by the receiver process.
         assert all(store(files[0], "INTRUDER") != 0 for _ in range(8))
         assert received_by(url) == {}
-        # A listed AE's associations reach both processes.
-        for path in files:
+        # A listed AE's associations are served there.
+        for path in files[:4]:
             assert store(path, "CT_SCANNER") == 0
-            if set(received_by(url)) == {"rx-tls", "rx-tls/rx2"}:
-                break
-        assert set(received_by(url)) == {"rx-tls", "rx-tls/rx2"}
+        assert received_by(url) == {"rx-tls/rx2": 4}
         refusals = node.log_text().count("reason=calling-ae-not-recognized")
         assert refusals == 8
+        # The main process counts them (/metrics) and shows them (its recent log lines).
+        metrics = httpx.get(f"{node.url}/metrics", timeout=10).text
+        assert 'ainode_associations_refused_total{reason="calling_ae_not_recognized"} 8.0' in (
+            metrics
+        )
+        subprocess.run(
+            [sys.executable, "-m", "node", "users", "add", "admin", "--role", "admin",
+             "--password-stdin", "--config", str(node.config_path)],
+            input="rx-test-password-1\n", text=True, check=True, capture_output=True,
+            timeout=60,
+        )  # fmt: skip
+        client, _ = login_session(node.url, "admin", "rx-test-password-1")
+        try:
+            logged = client.get("/api/log", params={"text": "calling-ae-not-recognized"})
+        finally:
+            client.close()
+        assert logged.status_code == 200 and len(logged.json()) == 8, logged.text
 
 
 @pytest.mark.slow
@@ -366,12 +458,14 @@ def test_receiver_processes_share_a_postgresql_state(tmp_path: Path, postgres_ur
     (files,) = chest_series(1, tmp_path / "series", n_slices=20)
     with NodeProcess(config, workdir=tmp_path / "node") as node:
         wait_until(lambda: "receiver process started" in node.log_text(), 30, message="rx2 up")
-        sent = send_one_by_one_until(
-            node.dicom_port, files, lambda: len(received_by(postgres_url)) == 2
-        )
-        if files[sent:]:
-            storescu(node.dicom_port, files[sent:])
-        assert set(received_by(postgres_url)) == {"rx-pg", "rx-pg/rx2"}
+        storescu(node.dicom_port, files[:10])  # a lone association: the receive-only process
+        # Its sender's release, reported by rx2, starts the node's read-ahead at once.
+        uid = pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID
+        started = f"quiet read-ahead started series_uid={uid} instances=10 trigger=delivered"
+        wait_until(lambda: started in node.log_text(), 10, message="read when delivered")
+        with connection_held(node.dicom_port):  # rx2 busy: the next one is the main process's
+            storescu(node.dicom_port, files[10:])
+        assert received_by(postgres_url) == {"rx-pg/rx2": 10, "rx-pg": 10}
         assert sum(received_by(postgres_url).values()) == len(files)
         wait_for_jobs(postgres_url, 1, 120, [node])
         assert list(jobs_per_series(postgres_url).values()) == [1]
@@ -381,35 +475,43 @@ def test_receiver_processes_share_a_postgresql_state(tmp_path: Path, postgres_ur
 @pytest.mark.slow
 def test_receiver_processes_serve_the_worklist_over_dimse(tmp_path: Path) -> None:
     """A UPS association may land on either process: each N-CREATE on its own association
-    succeeds (8 associations: all on one process with probability 1/128), and every
-    workitem is found over another association."""
+    (the receive-only process's) succeeds, every workitem is found over another association
+    (held while another is open: the main process's), and the node's performer looks at the
+    workitems created in the receiver process at once (its look is a minute away)."""
     config = {
         "node": {"name": "rx-ups"},
         "dicom": {"receiver_processes": 2},
         "rules": [{"name": "chest", "match": {"Modality": "CT"}, "plugin": "ct_lungs"}],
-        "worklist": {"tasks": {f"{TASK[0]}^{TASK[1]}": "chest"}},
+        "worklist": {"tasks": {f"{TASK[0]}^{TASK[1]}": "chest"}, "poll_seconds": 60},
     }
     scu = AE(ae_title="RIS")
     scu.add_requested_context(UnifiedProcedureStepPush)
     scu.add_requested_context(UnifiedProcedureStepPull)
+    due_now = workitem()
+    due_now.ScheduledProcedureStepStartDateTime = time.strftime("%Y%m%d%H%M%S")
     with NodeProcess(config, workdir=tmp_path / "node", wait_for_routines=False) as node:
         wait_until(lambda: "receiver process started" in node.log_text(), 30, message="rx2 up")
         created = []
-        for _ in range(8):
+        for n in range(4):
             assoc = associate(scu, LOCALHOST, node.dicom_port, ae_title=node.ae_title)
             assert assoc.is_established
             try:
-                status, uid = create(assoc)
+                status, uid = create(assoc, due_now if n == 3 else None)
             finally:
                 assoc.release()
             assert status == 0x0000
             created.append(uid)
-        assoc = associate(scu, LOCALHOST, node.dicom_port, ae_title=node.ae_title)
-        try:
-            for uid in created:
-                assert get(assoc, uid)[0] == 0x0000
-        finally:
-            assoc.release()
+        with connection_held(node.dicom_port):
+            assoc = associate(scu, LOCALHOST, node.dicom_port, ae_title=node.ae_title)
+            try:
+                for uid in created:
+                    assert get(assoc, uid)[0] == 0x0000
+                # Due now, its input not on the node: the performer, told by the receiver
+                # process, claims it and cancels it within seconds, not a minute.
+                wait_until(lambda: state_of(assoc, created[3]) == "CANCELED", 15)
+                assert state_of(assoc, created[0]) == "SCHEDULED"
+            finally:
+                assoc.release()
 
 
 def test_the_settings_a_receiver_process_gets_read_back_the_same() -> None:

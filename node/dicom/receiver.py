@@ -1,4 +1,4 @@
-"""A receive-only process (``dicom.receiver_processes`` > 1): ``python -m node.dicom.receiver``.
+"""A receive-only process (``dicom.receiver_processes``): ``python -m node.dicom.receiver``.
 
 It runs the node's SCP (access control, TLS, audit, group commit, the UPS SOP classes) and
 ingest path into the node's state and spool, for the connections the node's listener hands
@@ -14,7 +14,11 @@ Protocol with the main process: one JSON line on stdin, ``{"name": ..., "setting
 pair); then JSON lines on stdout, ``{"ready": true}`` once it takes connections and
 ``{"counts": {...}}`` (the SCP's counters) when they change. Over the socket pair it
 receives one record per connection, ``P`` (plain) or ``T`` (TLS port) with the socket's
-descriptor, and writes one byte back as each of them closes. The process stops on SIGTERM
+descriptor, and writes back records (:class:`MainChannel`): a connection closed, an
+instance stored, a sender that ended normally, an association refused, a warning logged, a
+worklist change. The main process takes each as if it had happened there: its read-ahead
+reads the series received here, its counters, console and worklist event reports include
+what happened here. The process stops on SIGTERM
 or when stdin reaches its end (the main process is gone); SIGINT is left to the main
 process, which stops it.
 """
@@ -30,11 +34,14 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from node.config import Settings
+from node.dicom.refusals import forward_refusals
 from node.dicom.scp import StorageSCP
-from node.dicom.ups import EventReportSender, Peer, UpsHandlers, known_peers
+from node.dicom.ups import Peer, UpsHandlers, known_peers
+from node.logs import RECENT
 from node.orchestration.ingest import Ingestor
 from node.orchestration.registry import plugin_names
 from node.spool import Spool
@@ -45,13 +52,74 @@ from node.state.dicom_audit import DicomAudit
 from node.state.rules import RuleStore
 from node.state.series import SeriesStore
 from node.state.workitems import WorkitemStore
-from node.worklist.events import EventBus
+from node.worklist.events import EventBus, UpsEvent
 from node.worklist.service import WorklistService
 
 log = logging.getLogger("node.dicom.receiver")  # also when run as __main__
 
 #: Seconds between two looks at the counters (sent only when they changed).
 REPORT_SECONDS = 0.5
+
+#: The records a receiver process writes to the main process over its socket pair: the
+#: first byte says what happened, the rest (if any) is its subject.
+CLOSED = b"c"  # a connection this process served closed (or was dropped)
+STORED = b"s"  # + the series UID: an instance of that series is stored
+DELIVERED = b"d"  # + JSON {series UID: instances}: the sender of those ended normally
+REFUSED = b"r"  # + the reason: an association refused (node.dicom.refusals)
+LOGGED = b"w"  # + JSON (time, level, logger, message): a warning or error logged here
+UPS_EVENT = b"u"  # + JSON (UpsEvent.as_json): a worklist change made here, to report
+WORKITEM_CREATED = b"n"  # a workitem created here: the node's performer looks at once
+#: The largest record the main process reads (a larger one is not sent, and logged).
+RECORD_MAX = 1 << 18
+#: Series per ``DELIVERED`` record.
+DELIVERED_SERIES = 256
+
+
+class MainChannel:
+    """The receiver process's end of its socket pair, as the main process reads it
+    (:meth:`node.dicom.receivers.ReceiverProcesses.hand_off` the other way round).
+
+    ``closed``, ``refused`` and ``ups_event`` wait for room in the pair: the main process's
+    count of open connections, its refusal counters and the worklist's event reports must
+    not miss one. ``stored``, ``delivered`` and ``logged`` never make the caller wait: they
+    are hints for the main process's read-ahead (a series not read early is read when
+    its quiet period ends) and copies of log lines already written to stderr, dropped when
+    the pair is full.
+    """
+
+    def __init__(self, channel: socket.socket) -> None:
+        self._channel = channel
+
+    def closed(self) -> None:
+        self._send(CLOSED)
+
+    def refused(self, reason: str) -> None:
+        self._send(REFUSED + reason.encode("ascii", "replace"))
+
+    def ups_event(self, event: UpsEvent) -> None:
+        self._send(UPS_EVENT + json.dumps(event.as_json()).encode())
+
+    def workitem_created(self) -> None:
+        self._send(WORKITEM_CREATED)
+
+    def stored(self, series_uid: str) -> None:
+        self._send(STORED + series_uid.encode("ascii", "replace"), wait=False)
+
+    def delivered(self, series: Mapping[str, int]) -> None:
+        items = list(series.items())
+        for start in range(0, len(items), DELIVERED_SERIES):
+            chunk = dict(items[start : start + DELIVERED_SERIES])
+            self._send(DELIVERED + json.dumps(chunk).encode(), wait=False)
+
+    def logged(self, entry: Mapping[str, Any]) -> None:
+        self._send(LOGGED + json.dumps(entry).encode(), wait=False)
+
+    def _send(self, record: bytes, *, wait: bool = True) -> None:
+        if len(record) > RECORD_MAX:  # not from the logger: it would report this again
+            sys.stderr.write(f"record for the main process too long: {len(record)} bytes\n")
+            return
+        with contextlib.suppress(OSError):  # full (without wait), or the main process gone
+            self._channel.send(record, 0 if wait else socket.MSG_DONTWAIT)
 
 
 def receiver_settings(settings: Settings, name: str) -> Settings:
@@ -82,10 +150,9 @@ class Receiver:
     """The SCP and ingest path of one receiver process (no completion, jobs or export).
 
     It also serves the UPS SOP classes over the shared state, as the main process does:
-    an association for the worklist may land on any process. Event reports of the changes
-    made here go to their DIMSE subscribers from here (the main process's UPS-RS WebSocket
-    channel does not see them), and the main process's performer finds a workitem created
-    here at its next look (``worklist.poll_seconds``).
+    an association for the worklist may land on any process. The main process sends the
+    event reports of the changes made here (over DIMSE and its UPS-RS WebSocket channel)
+    and its performer looks at a workitem created here at once (:meth:`report_to`).
 
     ``routines``: the plugin names a UPS task may map to besides the rules.
     """
@@ -110,7 +177,9 @@ class Receiver:
             handed=True,
         )
         rules, destinations = RuleStore(self.db), DestinationStore(self.db)
-        events = EventBus()
+        #: The worklist changes made here, for the main process to report (:meth:`report_to`).
+        self.ups_events = EventBus()
+        self._on_workitem_created: Callable[[], None] = lambda: None
 
         def peers() -> dict[str, Peer]:
             return known_peers(destinations.mapping(), settings.sources)
@@ -121,13 +190,27 @@ class Receiver:
         worklist = WorklistService(
             WorkitemStore(self.db),
             AuditLog(self.db),
-            events,
+            self.ups_events,
             tasks=lambda: settings.worklist.tasks,
             known_routine=known_routine,
             clock=time.time,
+            on_created=lambda: self._on_workitem_created(),
         )
         self.scp.serve_ups(UpsHandlers(worklist, peers))
-        self.ups_events = EventReportSender(events, peers, calling_ae=settings.node.ae_title)
+
+    def report_to(self, main: MainChannel) -> None:
+        """Tell the main process what it needs to know: the connections that close (its
+        count of open ones), the instances stored and the senders that end (its
+        read-ahead), the associations refused (its counters), the warnings and errors
+        logged (its console), the worklist changes (it sends their event reports, over
+        DIMSE and its UPS-RS WebSocket channel) and the workitems created (its performer)."""
+        self.scp.report_closes(main.closed)
+        self.ingestor.on_stored = main.stored
+        self.ingestor.on_delivered = main.delivered
+        forward_refusals(main.refused)
+        RECENT.forward = main.logged
+        self.ups_events.listen(main.ups_event)
+        self._on_workitem_created = main.workitem_created
 
     def start(self) -> None:
         """Re-record this process's own spool files, hold the series it was receiving
@@ -140,18 +223,11 @@ class Receiver:
         )
         if held:
             log.warning("series held after restart count=%d name=%s", len(held), self.name)
-        self.ups_events.start()
         self.scp.start()
 
     def take_connections(self, channel: socket.socket) -> None:
         """Serve each connection the main process hands over ``channel`` (on this thread)
-        until the main process closes its end; one byte back as each one closes."""
-
-        def closed() -> None:
-            with contextlib.suppress(OSError):  # the main process is gone
-                channel.send(b"c")
-
-        self.scp.report_closes(closed)
+        until the main process closes its end."""
         while True:
             try:
                 kind, fds, _, _ = socket.recv_fds(channel, 1, 1)
@@ -164,7 +240,6 @@ class Receiver:
 
     def stop(self) -> None:
         self.scp.stop()
-        self.ups_events.stop()
         self.db.close()
 
 
@@ -189,11 +264,13 @@ def main() -> int:
             pass
         stop.set()
 
+    channel = socket.socket(fileno=int(spec["channel_fd"]))
     try:
         receiver = Receiver(settings, frozenset(spec.get("routines", ())))
     except Exception as exc:  # e.g. the state or the spool cannot be opened
         log.error("receiver process cannot start name=%s error=%s", settings.node.identity, exc)
         return 1
+    receiver.report_to(MainChannel(channel))
     try:
         receiver.start()
     except Exception as exc:
@@ -201,7 +278,6 @@ def main() -> int:
         receiver.stop()
         return 1
     threading.Thread(target=main_process_gone, name="stdin-watch", daemon=True).start()
-    channel = socket.socket(fileno=int(spec["channel_fd"]))
     threading.Thread(
         target=receiver.take_connections, args=(channel,), name="handed", daemon=True
     ).start()

@@ -1,17 +1,21 @@
-"""The node's receiver processes (``dicom.receiver_processes`` > 1): start, restart, stop,
-and the spread of associations across them.
+"""The node's receiver processes (``dicom.receiver_processes`` > 1): start, restart, stop, and
+the spread of associations across them.
 
 The main process listens on the DICOM port(s); :class:`ReceiverProcesses` starts N-1
 ``python -m node.dicom.receiver`` processes, each with a Unix socket pair to the main
 process. The main process hands each connection it accepts to the process with the fewest
 open connections, itself included (:meth:`ReceiverProcesses.hand_off`: the socket's
-descriptor over the pair, ties taken in turn), so concurrent associations are spread
-evenly and do not share one GIL; each receiver process writes a byte back as a
-connection it served closes. A receiver process that exits while the node runs is
-started again after a wait (``dicom.receiver_restart_seconds``, doubled after each quick
-death up to ``receiver_restart_max_seconds``), logged. On stop each gets SIGTERM, then
-SIGKILL after ``stop_timeout``; each also stops by itself when its stdin (a pipe from this
-process) closes, so none outlives a main process that was killed.
+descriptor over the pair; on a tie a receive-only process before the main one, which also
+runs the jobs, in turn), so concurrent associations are spread evenly and do not share
+one GIL. Each receiver process writes records back over its pair: a connection it served
+closed, an instance stored, a sender that ended normally; the last two go to the main
+process's ingest hooks, so its read-ahead reads those series as it reads its own.
+
+A receiver process that exits while the node runs is started again after a wait
+(``dicom.receiver_restart_seconds``, doubled after each quick death up to
+``receiver_restart_max_seconds``), logged. On stop each gets SIGTERM, then SIGKILL after
+``stop_timeout``; each also stops by itself when its stdin (a pipe from this process)
+closes, so none outlives a main process that was killed.
 """
 
 from __future__ import annotations
@@ -25,16 +29,42 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import IO
 
 from node.config import Settings
+from node.dicom import receiver as records
 from node.dicom.receiver import settings_message
+from node.dicom.refusals import association_refused
+from node.logs import RECENT
+from node.worklist.events import UpsEvent
 
 log = logging.getLogger(__name__)
 
 #: A receiver process that ran this long before exiting restarts after the first wait again.
 STEADY_SECONDS = 30.0
+
+
+def _ignore(*args: object) -> None:
+    pass
+
+
+@dataclass
+class ReceiverReports:
+    """Where the main process puts what its receiver processes report (besides their
+    connections closing, their refusals, counted by :mod:`node.dicom.refusals`, and their
+    warnings, kept by :data:`node.logs.RECENT`), as if it had happened in the main process.
+    """
+
+    #: An instance of this series stored (``Ingestor.stored``: the read-while-arriving).
+    stored: Callable[[str], object] = _ignore
+    #: A sender ended normally after these series (``Ingestor.delivered``: the read-ahead).
+    delivered: Callable[[Mapping[str, int]], object] = _ignore
+    #: A worklist change to report (the node's worklist event bus).
+    ups_event: Callable[[UpsEvent], object] = _ignore
+    #: A workitem created (the node's worklist performer looks at once).
+    workitem_created: Callable[[], object] = _ignore
 
 
 @dataclass
@@ -68,25 +98,35 @@ class ReceiverProcesses:
         ``completion``, ``dicom`` and ``logging`` sections).
     node_name
         The node's identity; process k (2..N) is named ``<node_name>/rx<k>``.
+    reports
+        Where the receiver processes' reports go (:class:`ReceiverReports`).
     stop_timeout
         Seconds a process has to exit after SIGTERM before it is killed.
     """
 
-    def __init__(self, settings: Settings, node_name: str, *, stop_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        node_name: str,
+        *,
+        reports: ReceiverReports | None = None,
+        stop_timeout: float = 10.0,
+    ) -> None:
         self._settings = settings
+        self._reports = reports or ReceiverReports()
         dicom = settings.dicom
         self._first_wait = dicom.receiver_restart_seconds
         self._max_wait = dicom.receiver_restart_max_seconds
         self._stop_timeout = stop_timeout
         self._slots = [
             _Slot(f"{node_name}/rx{k}", backoff=self._first_wait)
-            for k in range(2, dicom.receiver_processes + 1)
+            for k in range(2, settings.dicom.receiver_processes + 1)
         ]
         self._lock = threading.Lock()
         #: Guards the open-connection counts and the channels (:meth:`hand_off`).
         self._spread = threading.Lock()
         self._own_open = 0  # connections served by the main process
-        self._last = 0  # the process chosen last (0: the main process), for ties
+        self._last = 0  # the receive-only process chosen last (1..N-1), for ties
         self._stopping = threading.Event()
         self._supervisor: threading.Thread | None = None
 
@@ -131,7 +171,12 @@ class ReceiverProcesses:
 
     def hand_off(self, client: socket.socket, tls: bool) -> bool:
         """Give ``client`` (just accepted, TLS not yet negotiated) to the process with the
-        fewest open connections; False when that is the main process (serve it here)."""
+        fewest open connections; False when that is the main process (serve it here).
+
+        On a tie a receive-only process goes before the main process, whose interpreter
+        lock the jobs share (completion, reading, encoding, export, the API); the
+        receive-only ones take ties in turn.
+        """
         with self._spread:
             ready = [
                 (slot.open, k, slot)
@@ -140,9 +185,11 @@ class ReceiverProcesses:
             ]
             turns = len(self._slots) + 1
             candidates = [(self._own_open, 0, None), *ready]
-            _, chosen, slot = min(candidates, key=lambda c: (c[0], (c[1] - self._last - 1) % turns))
-            self._last = chosen
+            _, chosen, slot = min(
+                candidates, key=lambda c: (c[0], c[1] == 0, (c[1] - self._last - 1) % turns)
+            )
             if slot is not None and slot.channel is not None:
+                self._last = chosen
                 try:
                     socket.send_fds(slot.channel, [b"T" if tls else b"P"], [client.fileno()])
                 except OSError as exc:  # it is going away: serve the connection here
@@ -197,29 +244,56 @@ class ReceiverProcesses:
         )
         slot.reader.start()
         threading.Thread(
-            target=self._read_closes, args=(slot, ours), name="receiver-closes", daemon=True
+            target=self._read_reports, args=(slot, ours), name="receiver-reports", daemon=True
         ).start()
         log.info("receiver process starting name=%s pid=%d", slot.name, process.pid)
 
-    def _read_closes(self, slot: _Slot, channel: socket.socket) -> None:
-        """Count down ``slot``'s open connections as its process reports them closed,
+    def _read_reports(self, slot: _Slot, channel: socket.socket) -> None:
+        """Take ``slot``'s process's records (:class:`~node.dicom.receiver.MainChannel`)
         until the process is gone (the pair's end)."""
+        buffer = bytearray(records.RECORD_MAX)
         while True:
             try:
-                data = channel.recv(64)
+                size = channel.recv_into(buffer)
             except TimeoutError:
                 continue
             except OSError:
-                data = b""
-            if not data:
+                size = 0
+            if not size:
                 break
-            with self._spread:
-                if slot.channel is channel:
-                    slot.open = max(0, slot.open - len(data))
+            kind, subject = buffer[:1], bytes(buffer[1:size])
+            if kind == records.CLOSED:
+                with self._spread:
+                    if slot.channel is channel:
+                        slot.open = max(0, slot.open - 1)
+                continue
+            try:
+                self._report(kind, subject)
+            except Exception as exc:  # a report must not end the reading of the next ones
+                log.warning("receiver report not taken name=%s error=%s", slot.name, exc)
         with self._spread:
             if slot.channel is channel:
                 slot.channel, slot.open = None, 0
         channel.close()
+
+    def _report(self, kind: bytes | bytearray, subject: bytes) -> None:
+        """One record other than a connection closed (see :class:`ReceiverReports`)."""
+        reports = self._reports
+        if kind == records.STORED:
+            reports.stored(subject.decode("ascii"))
+        elif kind == records.DELIVERED:
+            series = json.loads(subject)
+            reports.delivered({str(uid): int(n) for uid, n in series.items()})
+        elif kind == records.REFUSED:
+            association_refused(subject.decode("ascii"))
+        elif kind == records.LOGGED:
+            RECENT.add(json.loads(subject))
+        elif kind == records.UPS_EVENT:
+            reports.ups_event(UpsEvent.from_json(json.loads(subject)))
+        elif kind == records.WORKITEM_CREATED:
+            reports.workitem_created()
+        else:
+            raise ValueError(f"unknown record {bytes(kind)!r}")
 
     def _read(self, slot: _Slot, stdout: IO[bytes]) -> None:
         """Take ``ready`` and ``counts`` messages from one process until it closes stdout."""

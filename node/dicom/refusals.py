@@ -7,9 +7,18 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from collections.abc import Callable
 
 _refused: Counter[str] = Counter()
 _refused_lock = threading.Lock()
+#: Also told each refusal (a receiver process's are counted by the node's process).
+_forward: Callable[[str], object] | None = None
+
+
+def forward_refusals(to: Callable[[str], object]) -> None:
+    """Also pass each refusal's reason to ``to`` (a receiver process: to the main one)."""
+    global _forward
+    _forward = to
 
 
 def association_refused(reason: str) -> None:
@@ -20,6 +29,8 @@ def association_refused(reason: str) -> None:
     """
     with _refused_lock:
         _refused[reason] += 1
+    if _forward is not None:
+        _forward(reason)
 
 
 def refused_associations() -> dict[str, int]:

@@ -138,12 +138,17 @@ class Ingestor:
                 instance.series_uid,
                 instance.sop_uid,
             )
+        self.stored(instance.series_uid)
+        return Outcome.STORED
+
+    def stored(self, series_uid: str) -> None:
+        """An instance of ``series_uid`` was stored (by this process, or reported by a
+        receiver process): tell :attr:`on_stored`."""
         if self.on_stored is not None:
             try:
-                self.on_stored(instance.series_uid)
+                self.on_stored(series_uid)
             except Exception:  # a hint for a read-ahead: never fail the instance
                 log.exception("handling a stored instance failed")
-        return Outcome.STORED
 
     @staticmethod
     def _log_duplicate(instance: IncomingInstance, kept_series_uid: str, *, race: bool) -> None:

@@ -43,6 +43,29 @@ class UpsEvent:
     at: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def as_json(self) -> dict[str, Any]:
+        """The event as JSON (a receiver process hands its events to the node's process)."""
+        return {
+            "workitem_uid": self.workitem_uid,
+            "event_type": int(self.event_type),
+            "attributes": self.attributes,
+            "subscribers": list(self.subscribers),
+            "at": self.at,
+            "extra": self.extra,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> UpsEvent:
+        """The event :meth:`as_json` wrote."""
+        return cls(
+            workitem_uid=str(data["workitem_uid"]),
+            event_type=EventType(int(data["event_type"])),
+            attributes=dict(data["attributes"]),
+            subscribers=tuple(str(ae) for ae in data["subscribers"]),
+            at=float(data.get("at", 0.0)),
+            extra=dict(data.get("extra", {})),
+        )
+
     def dicom_json(self) -> dict[str, Any]:
         """The report as PS3.18 sends it on the WebSocket channel: the Affected SOP Instance
         UID, the Event Type ID and the event's attributes."""
