@@ -8,9 +8,10 @@ it neither fsyncs nor indexes). Orthanc (Debian's binary through
 :class:`~tools.orthanc.OrthancServer`) runs with its default ``SyncStorageArea`` (each
 file fsynced) and indexes every instance in SQLite. The node runs with no rules, so
 nothing but reception happens; it fsyncs each instance and records it before answering
-success. It is measured twice in the same run: ``node`` (one process, the default) and
-``node-2rx`` (``dicom.receiver_processes: 2``: a second process on the same port, the kernel
-spreading the associations; same durability promise).
+success. It is measured twice in the same run: ``node`` (the default,
+``dicom.receiver_processes: auto``: one process per usable CPU up to 4, the node's listener
+handing each association to the least busy) and ``node-1proc`` (one process, all
+associations sharing its interpreter lock); same durability promise.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.ct_series import write_ct_series
+from node.config import settings_from_mapping
 from tools.net import free_port, tail, wait_until
 from tools.node_process import NodeProcess, NodeStartError
 from tools.orthanc import OrthancServer
@@ -36,7 +38,7 @@ from tools.proc import descendants, stat_fields
 MAX_PDU = 131072
 MODES = (1, 4)
 #: Each node row and its ``dicom.receiver_processes``.
-NODES = {"node": 1, "node-2rx": 2}
+NODES: dict[str, int | str] = {"node": "auto", "node-1proc": 1}
 RECEIVERS = ("storescp", "orthanc", *NODES)
 
 
@@ -269,6 +271,7 @@ def run_ingest(workdir: Path, count: int = 303, repeat: int = 3) -> dict[str, An
         "runs": repeat,
         "max_pdu": MAX_PDU,
         "modes": list(MODES),
+        "receiver_processes": {name: receiver_processes(wanted) for name, wanted in NODES.items()},
         "receivers": {},
         "ratios": {},
     }
@@ -296,6 +299,13 @@ def run_ingest(workdir: Path, count: int = 303, repeat: int = 3) -> dict[str, An
 _SHOWN = {"orthanc": "Orthanc"}
 
 
+def receiver_processes(wanted: int | str) -> int:
+    """The processes a node on this machine receives in with ``receiver_processes: wanted``
+    (and its SQLite file state)."""
+    settings = settings_from_mapping({"dicom": {"receiver_processes": wanted}}, environ={})
+    return settings.receiver_process_count
+
+
 def ingest_table(result: dict[str, Any]) -> list[str]:
     """Printed lines: one per receiver and mode, then the ratios per mode."""
     lines = [
@@ -304,6 +314,9 @@ def ingest_table(result: dict[str, Any]) -> list[str]:
         f"storescu, max PDU {result['max_pdu']}",
         f"  {'receiver':<10} {'assocs':>6} {'median img/s':>12} {'CPU ms/img':>10}   runs (img/s)",
     ]
+    if result.get("receiver_processes"):
+        counts = ", ".join(f"{name} {n}" for name, n in result["receiver_processes"].items())
+        lines.insert(1, f"  receiving processes: {counts}")
     for key, entry in result["receivers"].items():
         receiver, mode = key.split("/")
         if "error" in entry:

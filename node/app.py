@@ -106,7 +106,7 @@ class Node:
             min_free_bytes=settings.node.min_free_disk_mb * 1024 * 1024,
             node_name=self.name,
         )
-        several = settings.dicom.receiver_processes > 1
+        several = settings.receiver_process_count > 1
         self.scp = StorageSCP(
             settings.node,
             self.ingestor,
@@ -556,7 +556,7 @@ class Node:
             self.settings.node.ae_title,
             self.settings.node.dicom_port if self.settings.node.plain_dicom else "off",
             tls.port if tls is not None else "off",
-            self.settings.dicom.receiver_processes,
+            self.settings.receiver_process_count,
             ",".join(str(d) for d in self.devices) or "loading",
             ",".join(sorted(self.registry.names))
             or ("none" if self.routines_loaded.is_set() else "loading"),

@@ -41,27 +41,29 @@ def test_table_has_a_line_per_receiver_and_mode_and_the_ratios() -> None:
     assert lines[-1] == "  4 association(s): node/Orthanc 0.79, node/storescp 0.21"
 
 
-def test_table_shows_the_node_with_two_receiver_processes_as_its_own_row() -> None:
+def test_table_shows_the_node_in_one_process_as_its_own_row_and_the_process_counts() -> None:
     result = {
         **RESULT,
+        "receiver_processes": {"node": 2, "node-1proc": 1},
         "receivers": {
             **RESULT["receivers"],  # type: ignore[dict-item]
-            "node-2rx/4": {"images_per_s": [150.0, 160.0], "median_images_per_s": 155.0},
+            "node-1proc/4": {"images_per_s": [150.0, 160.0], "median_images_per_s": 155.0},
         },
         "ratios": {
             "4": {
                 "node_over_orthanc": 0.791,
                 "node_over_storescp": 0.209,
-                "node_2rx_over_orthanc": 1.348,
-                "node_2rx_over_storescp": 0.356,
+                "node_1proc_over_orthanc": 1.348,
+                "node_1proc_over_storescp": 0.356,
             }
         },
     }
     lines = ingest_table(result)
-    assert any(line.split()[:3] == ["node-2rx", "4", "155.0"] for line in lines)
+    assert lines[1] == "  receiving processes: node 2, node-1proc 1"
+    assert any(line.split()[:3] == ["node-1proc", "4", "155.0"] for line in lines)
     assert lines[-1] == (
         "  4 association(s): node/Orthanc 0.79, node/storescp 0.21,"
-        " node-2rx/Orthanc 1.35, node-2rx/storescp 0.36"
+        " node-1proc/Orthanc 1.35, node-1proc/storescp 0.36"
     )
 
 

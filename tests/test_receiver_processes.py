@@ -33,10 +33,11 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     UnifiedProcedureStepPush,
 )
 
-from node.config import BUILT_IN_CHEST_RULE, Settings
+from node.config import BUILT_IN_CHEST_RULE, Settings, load_settings
 from node.dicom.receiver import MainChannel, receiver_settings, settings_message
 from node.dicom.receivers import ReceiverProcesses, ReceiverReports
 from node.dicom.refusals import refused_associations
+from node.host import usable_cpus
 from node.logs import RECENT
 from node.worklist.events import EventType as UpsEventType
 from node.worklist.events import UpsEvent
@@ -57,10 +58,30 @@ RX2 = "rx-test/rx2"
 # -- configuration ------------------------------------------------------------------------
 
 
-def test_receiver_processes_default_to_one_and_refuse_zero() -> None:
-    assert Settings().dicom.receiver_processes == 1
-    with pytest.raises(ValidationError, match="greater than or equal to 1"):
-        Settings.model_validate({"dicom": {"receiver_processes": 0}})
+def test_receiver_processes_default_to_one_per_usable_cpu_up_to_four() -> None:
+    settings = Settings()
+    assert settings.dicom.receiver_processes == "auto"
+    assert settings.receiver_process_count == min(4, usable_cpus()) >= 1
+    assert load_settings(environ={}).dicom.receiver_processes == "auto"  # make run's defaults
+    fixed = Settings.model_validate({"dicom": {"receiver_processes": 3}})
+    assert fixed.receiver_process_count == 3
+    for wrong in (0, 33, "many"):
+        with pytest.raises(ValidationError, match="receiver_processes"):
+            Settings.model_validate({"dicom": {"receiver_processes": wrong}})
+
+
+def test_usable_cpus_follow_the_affinity_and_the_cgroup_quota(tmp_path: Path) -> None:
+    affinity = len(os.sched_getaffinity(0))
+    cpu_max = tmp_path / "cpu.max"
+    assert usable_cpus(cpu_max) == affinity  # no cgroup v2 file
+    cpu_max.write_text("max 100000\n")
+    assert usable_cpus(cpu_max) == affinity
+    cpu_max.write_text("50000 100000\n")  # docker run --cpus 0.5
+    assert usable_cpus(cpu_max) == 1
+    cpu_max.write_text("150000 100000\n")  # --cpus 1.5: 2 CPUs used part of the time
+    assert usable_cpus(cpu_max) == min(affinity, 2)
+    cpu_max.write_text("garbage\n")
+    assert usable_cpus(cpu_max) == affinity
 
 
 def test_several_receiver_processes_refuse_an_in_memory_state(tmp_path: Path) -> None:
@@ -68,8 +89,10 @@ def test_several_receiver_processes_refuse_an_in_memory_state(tmp_path: Path) ->
         Settings.model_validate(
             {"dicom": {"receiver_processes": 2}, "state": {"url": "sqlite:///:memory:"}}
         )
-    # One process may keep it in memory; several may share a file.
-    Settings.model_validate({"state": {"url": "sqlite:///:memory:"}})
+    # One process may keep it in memory (auto then means the node's own only); several may
+    # share a file.
+    in_memory = Settings.model_validate({"state": {"url": "sqlite:///:memory:"}})
+    assert in_memory.receiver_process_count == 1
     shared = f"sqlite:///{tmp_path / 'state.sqlite3'}"
     Settings.model_validate({"dicom": {"receiver_processes": 2}, "state": {"url": shared}})
 

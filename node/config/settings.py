@@ -12,7 +12,7 @@ from pydantic import Field, model_validator
 from node.config.base import _KeyedError, _Strict
 from node.config.completion import CompletionSettings
 from node.config.destinations import AnyDestination
-from node.config.dicom import DicomSettings
+from node.config.dicom import AUTO_RECEIVER_PROCESSES_MAX, DicomSettings
 from node.config.dicomweb import DicomWebSettings
 from node.config.executor import ExecutorSettings
 from node.config.logs import LoggingSettings
@@ -25,6 +25,7 @@ from node.config.sources import AnySource
 from node.config.state import StateSettings
 from node.config.workers import WorkerSettings
 from node.config.worklist import WorklistSettings
+from node.host import usable_cpus
 
 
 class Settings(_Strict):
@@ -90,7 +91,11 @@ class Settings(_Strict):
                 "must be above node.min_free_disk_mb, so old series go before instances are"
                 " refused",
             )
-        if self.dicom.receiver_processes > 1 and self.state_in_memory:
+        if (
+            self.dicom.receiver_processes != "auto"
+            and self.receiver_process_count > 1
+            and (self.state_in_memory)
+        ):
             raise _KeyedError(
                 ("dicom", "receiver_processes"),
                 "several receiver processes share one state: use an SQLite file or"
@@ -132,6 +137,19 @@ class Settings(_Strict):
     @property
     def results_dir(self) -> Path:
         return self.node.results_dir or self.node.data_dir / "results"
+
+    @property
+    def receiver_process_count(self) -> int:
+        """Processes receiving on the DICOM port(s), the node's own included
+        (``dicom.receiver_processes``; ``auto``: one per usable CPU up to
+        :data:`~node.config.dicom.AUTO_RECEIVER_PROCESSES_MAX`, only the node's own with an
+        in-memory state, which no other process can open)."""
+        wanted = self.dicom.receiver_processes
+        if wanted != "auto":
+            return wanted
+        if self.state_in_memory:
+            return 1
+        return min(AUTO_RECEIVER_PROCESSES_MAX, usable_cpus())
 
     @property
     def state_in_memory(self) -> bool:

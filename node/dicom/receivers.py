@@ -1,4 +1,4 @@
-"""The node's receiver processes (``dicom.receiver_processes`` > 1): start, restart, stop, and
+"""The node's receiver processes (``dicom.receiver_processes``): start, restart, stop, and
 the spread of associations across them.
 
 The main process listens on the DICOM port(s); :class:`ReceiverProcesses` starts N-1
@@ -120,7 +120,7 @@ class ReceiverProcesses:
         self._stop_timeout = stop_timeout
         self._slots = [
             _Slot(f"{node_name}/rx{k}", backoff=self._first_wait)
-            for k in range(2, settings.dicom.receiver_processes + 1)
+            for k in range(2, settings.receiver_process_count + 1)
         ]
         self._lock = threading.Lock()
         #: Guards the open-connection counts and the channels (:meth:`hand_off`).
