@@ -505,10 +505,12 @@ class Node:
         self.ingestor.recover()
         # A series still receiving lost its sender with the restart: give the sender's retry
         # the grace period instead of completing a partial series after the quiet period.
+        # The receiver processes restarted with this one: their series too, before the
+        # completion below runs (each holds its own again once it has started).
         held = self.series.hold_receiving(
             self.clock() + self.settings.completion.aborted_grace_seconds,
             "node restarted before the series completed",
-            received_by=self.name,
+            received_by=[self.name, *(self.receivers.names if self.receivers else [])],
         )
         if held:
             log.warning(

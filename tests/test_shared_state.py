@@ -211,6 +211,18 @@ def test_start_up_holds_only_the_series_this_node_was_receiving(
     assert held == ["1.2.3.7"]  # node-b's own series keeps completing after its quiet period
 
 
+def test_start_up_holds_the_series_of_the_node_and_its_receiver_processes(
+    database: Connection, second: Connection, clock
+) -> None:
+    a, b = SeriesStore(database), SeriesStore(second)
+    _record(a, "1.2.3.9", 0, clock(), "node-a/rx2")  # received by node-a's receiver process
+    _record(a, "1.2.3.10", 0, clock(), "node-a")
+    _record(b, "1.2.3.11", 0, clock(), "node-b/rx2")
+    names = ["node-a", "node-a/rx2", "node-a/rx3"]
+    held = a.hold_receiving(clock() + 60, "node restarted", received_by=names)
+    assert sorted(held) == ["1.2.3.10", "1.2.3.9"]
+
+
 def _spool_one(ingestor: Ingestor, dataset) -> None:
     encoded = _encoded(dataset)
     ingestor.accept(

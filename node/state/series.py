@@ -7,7 +7,7 @@ decided by a query with an injected ``now`` instead of timers in memory.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -325,23 +325,25 @@ class SeriesStore:
         return held
 
     def hold_receiving(
-        self, until: float, reason: str, *, received_by: str | None = None
+        self, until: float, reason: str, *, received_by: str | Sequence[str] | None = None
     ) -> list[str]:
         """Hold every series still receiving (at start-up: its sender was cut off).
 
-        ``received_by``: only the series of which that node (or a node before node names)
-        received an instance of the current generation; other nodes sharing the state keep
-        receiving theirs.
+        ``received_by``: only the series of which that node (or one of those nodes, e.g. a
+        node and its receiver processes; or a node before node names) received an instance
+        of the current generation; other nodes sharing the state keep receiving theirs.
         """
         if received_by is None:
             rows = self._db.query("SELECT series_uid FROM series WHERE state = 'receiving'")
         else:
+            names = [received_by] if isinstance(received_by, str) else list(received_by)
+            marks = ", ".join("?" for _ in names)
             rows = self._db.query(
                 "SELECT series_uid FROM series s WHERE state = 'receiving' AND EXISTS"
                 " (SELECT 1 FROM instances i WHERE i.series_uid = s.series_uid"
-                " AND i.received_by IN (?, '')"
+                f" AND i.received_by IN ({marks}, '')"
                 " AND i.received_at >= COALESCE(s.generation_started, s.first_received))",
-                (received_by,),
+                tuple(names),
             )
         return self.hold([row["series_uid"] for row in rows], until, reason)
 
