@@ -528,6 +528,7 @@ class Node:
             self.receivers.start()
             self.scp.report_closes(self.receivers.own_closed)
             self.scp.hand_off_with(self.receivers.hand_off)
+            self.scp.limit_over_all(self.receivers.open_over_all)
         self.completion_loop.start()
         scheduler = BackgroundScheduler(daemon=True)
         self._schedule_retention(scheduler)

@@ -37,6 +37,7 @@ from node.config import BUILT_IN_CHEST_RULE, Settings, load_settings
 from node.dicom.receiver import MainChannel, receiver_settings, settings_message
 from node.dicom.receivers import ReceiverProcesses, ReceiverReports
 from node.dicom.refusals import refused_associations
+from node.dicom.scp import MAXIMUM_ASSOCIATIONS
 from node.host import usable_cpus
 from node.logs import RECENT
 from node.worklist.events import EventType as UpsEventType
@@ -161,6 +162,33 @@ def test_connections_go_to_the_process_with_the_fewest_open_ones_in_turn(
         assert {accept_one() for _ in range(4)} == {"main", "spread/rx3"}
     finally:
         for sock in [*clients, *kept, listener, *ends.values()]:
+            sock.close()
+
+
+def test_past_the_node_limit_a_connection_stays_with_the_main_process_to_be_rejected(
+    tmp_path: Path,
+) -> None:
+    """The association limit is the node's, over all its processes: with 32 connections
+    open (wherever), the 33rd is served by the main process, whose SCP rejects it."""
+    settings = Settings.model_validate(
+        {"node": {"data_dir": str(tmp_path)}, "dicom": {"receiver_processes": 2}}
+    )
+    receivers = ReceiverProcesses(settings, "limit")
+    (slot,) = receivers._slots
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    slot.channel, slot.open = ours, 1
+    slot.ready.set()
+    receivers._own_open = MAXIMUM_ASSOCIATIONS - 1
+    client, server_side = socket.socketpair()
+    try:
+        assert receivers.open_over_all() == MAXIMUM_ASSOCIATIONS
+        assert not receivers.hand_off(server_side, False)  # kept here, to be rejected
+        assert receivers.open_over_all() == MAXIMUM_ASSOCIATIONS + 1
+        receivers.own_closed()
+        slot.open -= 1  # one of rx2's closed: room again, and rx2 is the least busy
+        assert receivers.hand_off(server_side, False)
+    finally:
+        for sock in (ours, theirs, client, server_side):
             sock.close()
 
 

@@ -37,6 +37,7 @@ from node.config import Settings
 from node.dicom import receiver as records
 from node.dicom.receiver import settings_message
 from node.dicom.refusals import association_refused
+from node.dicom.scp import MAXIMUM_ASSOCIATIONS
 from node.logs import RECENT
 from node.worklist.events import UpsEvent
 
@@ -178,6 +179,9 @@ class ReceiverProcesses:
         receive-only ones take ties in turn.
         """
         with self._spread:
+            if self._open_over_all() >= MAXIMUM_ASSOCIATIONS:  # the main process rejects it
+                self._own_open += 1
+                return False
             ready = [
                 (slot.open, k, slot)
                 for k, slot in enumerate(self._slots, start=1)
@@ -199,6 +203,14 @@ class ReceiverProcesses:
                     return True
             self._own_open += 1
             return False
+
+    def open_over_all(self) -> int:
+        """Open connections of every receiving process, the main one's included."""
+        with self._spread:
+            return self._open_over_all()
+
+    def _open_over_all(self) -> int:  # with self._spread held
+        return self._own_open + sum(slot.open for slot in self._slots)
 
     def own_closed(self) -> None:
         """A connection the main process served closed (or was dropped)."""

@@ -126,6 +126,10 @@ def _peer(event: Any) -> tuple[str, str]:
 CALLING_AE_NOT_RECOGNIZED = 0x03
 CALLED_AE_NOT_RECOGNIZED = 0x07
 
+#: Associations the node serves at once, over all its receiving processes; one more is
+#: rejected (PS3.8: rejected-transient, service-provider presentation, local limit exceeded).
+MAXIMUM_ASSOCIATIONS = 32
+
 
 def access_refusal(settings: NodeSettings, calling: str, called: str, address: str) -> str | None:
     """Why ``node.accept`` refuses this association, or None when it is allowed.
@@ -249,6 +253,8 @@ class StorageSCP:
         self._on_closed: Callable[[], None] | None = None
         #: Other processes' counters added to :attr:`counts` (the receiver processes).
         self._more_counts: list[Callable[[], Mapping[str, int]]] = []
+        #: Open connections over every receiving process (:meth:`limit_over_all`).
+        self._open_over_all: Callable[[], int] | None = None
         #: The UPS Push/Pull/Watch/Event handlers (the worklist over DIMSE), if any.
         self._ups: UpsHandlers | None = None
         self._ingestor = ingestor
@@ -262,7 +268,7 @@ class StorageSCP:
         known_uids.install()  # each association's proposed UIDs validated once per process
         ae = AE(ae_title=settings.ae_title)
         ae.maximum_pdu_size = settings.max_pdu
-        ae.maximum_associations = 32
+        ae.maximum_associations = MAXIMUM_ASSOCIATIONS
         ae.network_timeout = 60
         ae.dimse_timeout = 60
         ae.require_called_aet = False
@@ -370,6 +376,12 @@ class StorageSCP:
             if isinstance(server, _TlsInItsThread):
                 server.on_dropped = on_closed
 
+    def limit_over_all(self, open_connections: Callable[[], int]) -> None:
+        """Reject an association while ``open_connections()`` (those of every receiving
+        process, this one's included) is over :data:`MAXIMUM_ASSOCIATIONS`: the node's
+        limit, not each process's (the listener serves such a connection here)."""
+        self._open_over_all = open_connections
+
     def hand_off_with(self, hand_off: HandOff) -> None:
         """Offer each accepted connection to ``hand_off`` (the receiver processes) before
         serving it here."""
@@ -404,9 +416,16 @@ class StorageSCP:
     # -- event handlers -------------------------------------------------------
 
     def _on_requested(self, event: Any) -> None:
-        """Reject an association ``node.accept`` does not allow (PS3.8 A-ASSOCIATE-RJ)."""
+        """Reject an association ``node.accept`` does not allow, or one over the node's
+        limit (PS3.8 A-ASSOCIATE-RJ)."""
         assoc = event.assoc
         calling, called = _peer(event)
+        if self._open_over_all is not None and self._open_over_all() > MAXIMUM_ASSOCIATIONS:
+            association_refused("too_many_associations")
+            assoc.acse.send_reject(0x02, 0x03, 0x02)  # transient: local limit exceeded
+            evt.trigger(assoc, evt.EVT_REJECTED, {})  # logged and audited there
+            assoc.kill()
+            return
         address = str(assoc.requestor.address)
         refusal = access_refusal(self._settings, calling, called, address)
         if refusal is None:
