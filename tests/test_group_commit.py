@@ -168,9 +168,10 @@ def test_a_kill_between_the_sync_and_the_commit_is_recovered_at_start_up(tmp_pat
     datasets, _ = make_chest_ct(n_slices=5, rows=32, columns=32, seed=7)
     files = sorted(write_series(datasets, tmp_path / "series"))
     workdir = tmp_path / "node"
-    with NodeProcess(
-        {"rules": []}, workdir=workdir, env={"AINODE_FAULT": "instances_synced:3"}
-    ) as node:
+    # One receiving process: the fault is to kill the node's own (a receiver process that
+    # dies is restarted, test_receiver_processes.py).
+    config = {"rules": [], "dicom": {"receiver_processes": 1}}
+    with NodeProcess(config, workdir=workdir, env={"AINODE_FAULT": "instances_synced:3"}) as node:
         result = subprocess.run(
             [
                 "storescu",

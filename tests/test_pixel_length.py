@@ -153,8 +153,10 @@ def uid_of(path: Path) -> str:
 
 
 def held(node: NodeProcess, study_uid: str) -> tuple[set[str], set[str]]:
-    """SOP Instance UIDs of the study in the spool and in the database."""
-    files = {p.stem for p in (node.data_dir / "spool" / study_uid).rglob("*.dcm")}
+    """SOP Instance UIDs of the study in the spool (a receiver process's subdirectory
+    included) and in the database."""
+    spool = node.data_dir / "spool"
+    files = {p.stem for p in spool.rglob("*.dcm") if study_uid in p.relative_to(spool).parts}
     with sqlite3.connect(node.data_dir / "state.sqlite3") as db:
         rows = {
             str(r[0])
