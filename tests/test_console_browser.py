@@ -9,16 +9,14 @@ changes in the audit log. Screenshots go to ``test-artifacts/console/``.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import pydicom
 import pytest
 
+from tests.support.admin import add_console_user
 from tests.support.browser import browser_page, log_in, logged_in_page, needs_chromium
 from tests.support.dcmtk import storescu
 from tools.net import wait_until
@@ -171,17 +169,7 @@ def test_admin_writes_tests_and_uses_a_rule(tmp_path: Path) -> None:
 
 def add_user(node: NodeProcess, name: str = "admin", role: str = "admin") -> None:
     """Add a console user with the test password through the console script."""
-    added = subprocess.run(
-        [sys.executable, "-m", "node", "users", "add", name, "--role", role,
-         "--password-stdin", "--config", str(node.config_path)],
-        input=PASSWORD + "\n",
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=PROJECT_ROOT,
-        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
-    )  # fmt: skip
-    assert added.returncode == 0, added.stderr
+    add_console_user(node, name, PASSWORD, role)
 
 
 def test_new_rule_form_is_quiet_until_typed_and_destination_form_keeps_day_budget(

@@ -17,7 +17,7 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from node.state.dicom_audit import AuditOutcome, DicomAudit, EventType, parse_since
-from tests.support.admin import ADMIN_PASSWORD, login_session
+from tests.support.admin import ADMIN_PASSWORD, add_console_user, login_session
 from tests.support.dcmtk import storescu
 from tests.support.net import wait_until
 from tests.support.postgres import INTEGRITY_ERRORS
@@ -78,17 +78,7 @@ def test_times_are_taken_as_epoch_iso_or_an_age() -> None:
 
 def add_admin(node: NodeProcess) -> httpx.Client:
     """An admin user made with ``ainode users add`` against the running node's database."""
-    result = subprocess.run(
-        [
-            *(sys.executable, "-m", "node", "users", "add", "auditor", "--role", "admin"),
-            *("--password-stdin", "--config", str(node.config_path)),
-        ],
-        input=ADMIN_PASSWORD + "\n",
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
+    add_console_user(node, "auditor", ADMIN_PASSWORD)
     client, _ = login_session(node.url, "auditor", ADMIN_PASSWORD)
     return client
 

@@ -169,6 +169,10 @@ def test_kills_at_every_fault_point_lose_nothing_and_send_each_result_once(
     with orthanc_for_node(tmp_path) as (pacs, node_port):
         config = node_config(node_port, pacs, [RULE], quiet_seconds=1.0)
         config["completion"]["aborted_grace_seconds"] = 5.0
+        # One receiving process: each fault kills the node's own (a receiver process
+        # killed while receiving is restarted and re-records its files:
+        # test_receiver_processes.py).
+        config["dicom"] = {"receiver_processes": 1}
         workdir = tmp_path / "node"
         for life, (point, hit) in enumerate(PLAN):
             # Re-send as soon as the listener is up, as a PACS would: within the aborted

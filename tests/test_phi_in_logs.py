@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -20,7 +18,7 @@ import httpx
 import pytest
 
 from node.config import BUILT_IN_CHEST_RULE
-from tests.support.admin import login_session
+from tests.support.admin import add_console_user, login_session
 from tests.support.dcmtk import storescu
 from tests.support.pacs import node_config, one_result_each, orthanc_for_node
 from tools.net import LOCALHOST, free_port, wait_until
@@ -128,12 +126,7 @@ def test_no_patient_data_in_any_log_line(tmp_path: Path, log_format: str) -> Non
             for study in (dimse_study, stow_study):
                 one_result_each(pacs, study, ["SEG", "SR"])
 
-            subprocess.run(
-                [sys.executable, "-m", "node", "users", "add", "admin", "--role", "admin",
-                 "--password-stdin", "--config", str(node.config_path)],
-                input="phi-test-password-1\n", text=True, check=True, capture_output=True,
-                timeout=60,
-            )  # fmt: skip
+            add_console_user(node, "admin", "phi-test-password-1")
             client, _ = login_session(node.url, "admin", "phi-test-password-1")
             try:
 

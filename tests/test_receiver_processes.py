@@ -16,7 +16,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -42,7 +41,7 @@ from node.host import usable_cpus
 from node.logs import RECENT
 from node.worklist.events import EventType as UpsEventType
 from node.worklist.events import UpsEvent
-from tests.support.admin import login_session
+from tests.support.admin import add_console_user, login_session
 from tests.support.dcmtk import storescu
 from tests.support.net import wait_until
 from tests.support.pki import make_pki
@@ -480,12 +479,7 @@ def test_receiver_processes_serve_tls_with_the_nodes_access_control(tmp_path: Pa
         assert 'ainode_associations_refused_total{reason="calling_ae_not_recognized"} 8.0' in (
             metrics
         )
-        subprocess.run(
-            [sys.executable, "-m", "node", "users", "add", "admin", "--role", "admin",
-             "--password-stdin", "--config", str(node.config_path)],
-            input="rx-test-password-1\n", text=True, check=True, capture_output=True,
-            timeout=60,
-        )  # fmt: skip
+        add_console_user(node, "admin", "rx-test-password-1")
         client, _ = login_session(node.url, "admin", "rx-test-password-1")
         try:
             logged = client.get("/api/log", params={"text": "calling-ae-not-recognized"})

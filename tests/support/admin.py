@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -17,7 +20,7 @@ from node.api.app import create_app
 from node.app import Node
 from node.config import settings_from_mapping
 from tools.net import LOCALHOST, free_ports, http_ok, wait_until
-from tools.node_process import deep_merge, default_config
+from tools.node_process import PROJECT_ROOT, NodeProcess, deep_merge, default_config
 
 ADMIN_PASSWORD = "admin-password-1"
 VIEWER_PASSWORD = "viewer-password-1"
@@ -69,6 +72,22 @@ def served_node(data_dir: Path, config: Mapping[str, Any] | None = None) -> Iter
         server.should_exit = True
         thread.join(timeout=30)
         node.stop()
+
+
+def add_console_user(node: NodeProcess, name: str, password: str, role: str = "admin") -> None:
+    """Add a console user to a running node's database with ``ainode users add``, as an
+    admin would (the checkout's code, from its root)."""
+    added = subprocess.run(
+        [sys.executable, "-m", "node", "users", "add", name, "--role", role,
+         "--password-stdin", "--config", str(node.config_path)],
+        input=password + "\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
 
 
 def login_session(url: str, username: str, password: str) -> tuple[httpx.Client, str]:
