@@ -20,7 +20,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -325,6 +325,19 @@ class Node:
     def _read_quiet(self, rows: list[SeriesRow]) -> None:
         """Read ahead the first quiet series (nearest deadline) some rule routes to a job."""
         self._read_first(rows, "quiet")
+
+    def receiving(self) -> dict[str, Any]:
+        """The processes receiving on the DICOM port(s) and, with receiver processes, the
+        connections each serves now (``/healthz``'s ``receiving``)."""
+        if self.receivers is None:
+            return {"processes": 1}
+        return {
+            "processes": 1 + len(self.receivers.names),
+            "open_connections": {
+                self.name: self.receivers.own_open(),
+                **self.receivers.open_connections(),
+            },
+        }
 
     def _read_delivered(self, carried: Mapping[str, int]) -> None:
         """Read ahead, as soon as its association (or STOW-RS request) ended normally, a

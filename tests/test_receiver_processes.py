@@ -343,6 +343,11 @@ def received_by(url: str) -> dict[str, int]:
     return {str(name): int(count) for name, count in rows}
 
 
+def idle(node: NodeProcess) -> bool:
+    """No connection open in any of the node's receiving processes (``/healthz``)."""
+    return not any(node.healthz()["receiving"]["open_connections"].values())
+
+
 @contextlib.contextmanager
 def connection_held(port: int) -> Any:
     """An association held open (to the receive-only process, while the processes are
@@ -378,6 +383,7 @@ def test_two_receiver_processes_share_the_port_and_survive_a_killed_child(
             for done in [pool.submit(storescu, node.dicom_port, files) for files in series[:4]]:
                 done.result()
         assert received_by(url) == {"rx-test": 40, RX2: 40}
+        wait_until(lambda: idle(node), 10, message="their closes counted")
         storescu(node.dicom_port, series[4])  # alone: to the receive-only process
         assert received_by(url) == {"rx-test": 40, RX2: 60}
         wait_for_jobs(url, 5, 180, [node])
@@ -503,11 +509,16 @@ def test_receiver_processes_share_a_postgresql_state(tmp_path: Path, postgres_ur
     (files,) = chest_series(1, tmp_path / "series", n_slices=20)
     with NodeProcess(config, workdir=tmp_path / "node") as node:
         wait_until(lambda: "receiver process started" in node.log_text(), 30, message="rx2 up")
+        assert node.healthz()["receiving"] == {
+            "processes": 2,
+            "open_connections": {"rx-pg": 0, "rx-pg/rx2": 0},
+        }
         storescu(node.dicom_port, files[:10])  # a lone association: the receive-only process
         # Its sender's release, reported by rx2, starts the node's read-ahead at once.
         uid = pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID
         started = f"quiet read-ahead started series_uid={uid} instances=10 trigger=delivered"
         wait_until(lambda: started in node.log_text(), 10, message="read when delivered")
+        wait_until(lambda: idle(node), 10, message="its close counted")
         with connection_held(node.dicom_port):  # rx2 busy: the next one is the main process's
             storescu(node.dicom_port, files[10:])
         assert received_by(postgres_url) == {"rx-pg/rx2": 10, "rx-pg": 10}
@@ -546,6 +557,7 @@ def test_receiver_processes_serve_the_worklist_over_dimse(tmp_path: Path) -> Non
                 assoc.release()
             assert status == 0x0000
             created.append(uid)
+        wait_until(lambda: idle(node), 10, message="their closes counted")
         with connection_held(node.dicom_port):
             assoc = associate(scu, LOCALHOST, node.dicom_port, ae_title=node.ae_title)
             try:

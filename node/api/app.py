@@ -215,6 +215,7 @@ def create_app(node: Node) -> FastAPI:
             "plugin_errors": node.registry.errors,
             "jobs": node.queue.depth(),
             "dicom": node.scp.counts,
+            "receiving": node.receiving(),
         }
         return JSONResponse(body, status_code=200 if node.scp.running else 503)
 

@@ -222,6 +222,11 @@ class ReceiverProcesses:
         with self._spread:
             return {slot.name: slot.open for slot in self._slots}
 
+    def own_open(self) -> int:
+        """Open connections the main process serves."""
+        with self._spread:
+            return self._own_open
+
     def _spawn(self, slot: _Slot) -> None:
         """Start ``slot``'s process, its socket pair and readers (called with the lock held)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
