@@ -91,11 +91,8 @@ class Settings(_Strict):
                 "must be above node.min_free_disk_mb, so old series go before instances are"
                 " refused",
             )
-        if (
-            self.dicom.receiver_processes != "auto"
-            and self.receiver_process_count > 1
-            and (self.state_in_memory)
-        ):
+        wanted = self.dicom.receiver_processes  # auto means 1 with an in-memory state
+        if wanted != "auto" and wanted > 1 and self.state_in_memory:
             raise _KeyedError(
                 ("dicom", "receiver_processes"),
                 "several receiver processes share one state: use an SQLite file or"

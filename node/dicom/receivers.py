@@ -7,9 +7,12 @@ process. The main process hands each connection it accepts to the process with t
 open connections, itself included (:meth:`ReceiverProcesses.hand_off`: the socket's
 descriptor over the pair; on a tie a receive-only process before the main one, which also
 runs the jobs, in turn), so concurrent associations are spread evenly and do not share
-one GIL. Each receiver process writes records back over its pair: a connection it served
-closed, an instance stored, a sender that ended normally; the last two go to the main
-process's ingest hooks, so its read-ahead reads those series as it reads its own.
+one GIL. Each receiver process writes records back over its pair
+(:class:`~node.dicom.receiver.MainChannel`): a connection it served closed (its count of
+open ones), an instance stored and a sender that ended normally (its read-ahead), an
+association refused, a warning logged, a worklist change and a workitem created (its
+counters, console, event reports and performer): :meth:`ReceiverProcesses._read_reports`
+takes each as if it had happened in the main process.
 
 A receiver process that exits while the node runs is started again after a wait
 (``dicom.receiver_restart_seconds``, doubled after each quick death up to
