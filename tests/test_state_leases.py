@@ -132,6 +132,21 @@ def test_an_expired_lease_is_reclaimed_by_another_owner(database: Database) -> N
     assert queue.get(job_id).lease_expires_at == T0 + 61 + 60  # type: ignore[union-attr]
 
 
+def test_a_claim_never_starts_a_job_before_it_was_queued(database: Database) -> None:
+    """A worker reads its clock, then waits for the database while the dispatcher queues a
+    job: the job's start is the moment it was queued, not the earlier reading."""
+    queue = JobQueue(database, lease_seconds=60)
+    (job_id,) = _enqueue(queue, 1, now=T0 + 5)
+    job = queue.claim_next(T0, "late-reader")
+    assert job is not None and job.started_at == T0 + 5 and job.updated_at == T0 + 5
+    events = [(e.code, e.at) for e in queue.events(job_id)]
+    assert events == [(EventCode.JOB_QUEUED, T0 + 5), (EventCode.JOB_STARTED, T0 + 5)]
+    (later_id,) = _enqueue(queue, 1, now=T0 + 6)
+    later = queue.claim_next(T0 + 7, "on-time")  # a reading after the queueing is kept
+    assert later is not None and later.id == later_id and later.started_at == T0 + 7
+    assert queue.events(later_id)[-1].at == T0 + 7
+
+
 def test_a_renewing_owner_keeps_its_job(database: Database) -> None:
     queue = JobQueue(database, lease_seconds=60)
     (job_id,) = _enqueue(queue, 1)

@@ -157,7 +157,7 @@ def test_skip_locked_takes_the_next_job_instead_of_waiting(postgres_url: str) ->
     first, second = (enqueue_job(queue_a, T0, series_uid=f"1.2.{i}") for i in range(2))
     got: list[object] = []
     with a.transaction() as cursor:
-        held = lease.claim(cursor, JOB_LEASE, "node-a", T0, 60.0, (T0, T0))
+        held = lease.claim(cursor, JOB_LEASE, "node-a", T0, 60.0)
         assert held is not None and held.id == first
         claimer = threading.Thread(target=lambda: got.append(queue_b.claim_next(T0, "node-b")))
         started = time.monotonic()

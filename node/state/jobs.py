@@ -88,7 +88,14 @@ JOB_LEASE = lease.LeaseTable(
     running_state="running",
     due="1 = 1",
     order="priority, id",
-    claim_set="attempts = attempts + 1, started_at = ?, updated_at = ?, error = NULL",
+    # A claimer reads its clock before it waits for the database; the job may have been
+    # queued (or given back) meanwhile, later than that reading. Its start is then the
+    # moment it was queued, so that no timeline shows "started" before "queued".
+    claim_set=(
+        "attempts = attempts + 1, error = NULL,"
+        " started_at = CASE WHEN updated_at > ? THEN updated_at ELSE ? END,"
+        " updated_at = CASE WHEN updated_at > ? THEN updated_at ELSE ? END"
+    ),
 )
 #: Ends a job's lease (the worker records its outcome or the node gives it back).
 _RELEASE = lease.release_columns()
@@ -168,22 +175,22 @@ class JobQueue:
         """
         owner = owner or lease.owner_name("worker")
         with self._db.transaction() as cursor:
-            claimed = lease.claim(
-                cursor, JOB_LEASE, owner, now, self.lease_seconds, claim_parameters=(now, now)
-            )
+            claimed = lease.claim(cursor, JOB_LEASE, owner, now, self.lease_seconds)
             if claimed is None:
                 return None
+            cursor.execute("SELECT * FROM jobs WHERE id = ?", (claimed.id,))
+            job = _job(cursor.fetchone())
+            started = job.started_at if job.started_at is not None else now
             if claimed.reclaimed:
                 self._event(
                     cursor,
                     claimed.id,
-                    now,
+                    started,
                     EventCode.JOB_LEASE_EXPIRED,
                     f"lease of {claimed.previous_owner} expired; taken over by {owner}",
                 )
-            self._event(cursor, claimed.id, now, EventCode.JOB_STARTED, f"owner={owner}")
-            cursor.execute("SELECT * FROM jobs WHERE id = ?", (claimed.id,))
-            return _job(cursor.fetchone())
+            self._event(cursor, claimed.id, started, EventCode.JOB_STARTED, f"owner={owner}")
+            return job
 
     def renew_lease(self, job_id: int, owner: str, now: float) -> bool:
         """Extend ``owner``'s lease on its running job; False when it lost the job."""

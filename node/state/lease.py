@@ -72,7 +72,7 @@ class LeaseTable:
     ``due`` is the SQL condition of a waiting row that may start (``?`` placeholders
     bound to ``now`` as many times as it has them); ``order`` its ``ORDER BY``;
     ``claim_set`` extra assignments made by a claim (their ``?`` bound to the claim's
-    ``claim_parameters``).
+    ``now`` too).
     """
 
     table: str
@@ -147,7 +147,6 @@ def claim(
     owner: str,
     now: float,
     lease_seconds: float,
-    claim_parameters: tuple[object, ...] = (),
 ) -> Claimed | None:
     """Claim the most urgent due row of ``spec.table`` for ``owner`` (inside a transaction)."""
     candidates = locking_candidates_sql(spec) if locks_rows(cursor) else candidates_sql(spec)
@@ -164,7 +163,7 @@ def claim(
                 spec.running_state,
                 owner,
                 now + lease_seconds,
-                *claim_parameters,
+                *(now,) * spec.claim_set.count("?"),
                 row["id"],
                 *spec.claimable_parameters(now),
             ),

@@ -167,9 +167,7 @@ class PullStore:
         pull whose lease expired is taken over)."""
         owner = owner or lease.owner_name("puller")
         with self._db.transaction() as cursor:
-            claimed = lease.claim(
-                cursor, PULL_LEASE, owner, now, self.lease_seconds, claim_parameters=(now,)
-            )
+            claimed = lease.claim(cursor, PULL_LEASE, owner, now, self.lease_seconds)
             if claimed is None:
                 return None
             cursor.execute("SELECT * FROM pulls WHERE id = ?", (claimed.id,))
