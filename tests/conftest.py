@@ -16,6 +16,10 @@ import pytest
 
 from node.state.connection import Connection
 from node.state.db import Database
+from tests.support.machine_report import (  # noqa: F401
+    pytest_runtest_makereport,
+    pytest_runtest_setup,
+)
 
 # pytest-xdist: serial tests skipped on workers, module fixtures kept on one worker, slow
 # tests handed out first (tests/README.md). A run without -n is unchanged.

@@ -171,7 +171,7 @@ def test_every_dashboard_panel_has_data_after_an_end_to_end_run(tmp_path: Path) 
             if no_gpu and "ainode_gpu_memory_bytes" in expr:
                 assert query(url, expr) == []  # a CPU node exports no GPU samples
                 continue
-            wait_until(lambda e=expr: has_data(e), 30, message=f"data for {title!r}: {expr}")
+            wait_until(lambda e=expr: has_data(e), 120, message=f"data for {title!r}: {expr}")
 
         # The alert rules load; a skip moved the skipped count but fires no failure alert.
         def rule_health() -> dict[str, str]:
@@ -179,10 +179,10 @@ def test_every_dashboard_panel_has_data_after_an_end_to_end_run(tmp_path: Path) 
             return {r["name"]: r["health"] for g in groups for r in g["rules"]}
 
         expected = dict.fromkeys(["AinodeJobsFailed", "AinodeExportFailing", "AinodeDown"], "ok")
-        wait_until(lambda: rule_health() == expected, 30, message="alert rules evaluated")
+        wait_until(lambda: rule_health() == expected, 120, message="alert rules evaluated")
         # Prometheus may not have scraped since the skip (1 s interval, later under load), nor
         # before it (a delta needs a sample from before the skip: its first scrape can come
         # after it under load), so wait for a scraped sample that holds the skip.
         skip_seen = 'max_over_time(ainode_jobs{state="skipped"}[15m]) >= 1'
-        wait_until(lambda: has_data(skip_seen), 30, message="the skip in Prometheus")
+        wait_until(lambda: has_data(skip_seen), 120, message="the skip in Prometheus")
         assert query(url, 'ALERTS{alertstate="firing"}') == []

@@ -37,6 +37,7 @@ from typing import Any
 import httpx
 import yaml
 
+from tools import machine
 from tools.local_process import LocalProcess
 from tools.net import LOCALHOST, free_ports, tail
 
@@ -208,7 +209,8 @@ class NodeProcess(LocalProcess):
                 cwd=self._cwd,
                 start_new_session=True,
             )
-        started = time.monotonic()
+        before = machine.sample()
+        started = before.at
         deadline = started + self._startup_timeout
         with httpx.Client(timeout=2.0, verify=self.verify) as client:
             while time.monotonic() < deadline:
@@ -236,7 +238,8 @@ class NodeProcess(LocalProcess):
                     pass
                 time.sleep(0.1)
         raise NodeStartError(
-            f"node did not answer /healthz within {self._startup_timeout:.0f} s; "
+            f"node did not answer /healthz within {self._startup_timeout:.0f} s (process "
+            f"{machine.process_state(self._process.pid)}; machine {machine.since(before)}); "
             f"log {self.log_path} tail:\n{tail(self.log_path)}"
         )
 
