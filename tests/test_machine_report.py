@@ -43,8 +43,9 @@ def test_cpu_contention_shows_as_cpu_pressure() -> None:
 def test_process_state_names_the_wait() -> None:
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
-        deadline = time.monotonic() + 10
-        while (state := machine.process_state(sleeper.pid)).startswith("R"):
+        deadline = time.monotonic() + 30
+        # Until it is in time.sleep (starting, it may run or wait for the disk).
+        while not (state := machine.process_state(sleeper.pid)).endswith("nanosleep"):
             assert time.monotonic() < deadline, state
             time.sleep(0.05)
         assert state.startswith("S (sleeping) in "), state
