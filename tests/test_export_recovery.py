@@ -243,6 +243,7 @@ def test_pacs_down_longer_than_the_old_budget_gets_the_results_when_it_returns(
         assert scheduled[-1].startswith("waiting for pacs: pacs: association with ORTHANC@")
         assert "next attempt in 32 s" in scheduled[-1]
         next_attempt = job["next_attempt_at"]
+        starting = time.time()
         with OrthancServer(
             http_port=http_port, dicom_port=dicom_port, workdir=tmp_path / "orthanc"
         ) as orthanc:
@@ -253,6 +254,12 @@ def test_pacs_down_longer_than_the_old_budget_gets_the_results_when_it_returns(
                 orthanc.client, str(datasets[0].StudyInstanceUID), ["SEG", "SR"], 10
             )
         assert set(found) == {"SEG", "SR"}
-        assert done - up < 5 and done < next_attempt - 10, (up, done, next_attempt)
-        events = [(e, d) for e, d, _ in job_event_rows(node, job["id"])]
-        assert ("export_released", "pacs answered the probe") in events
+        # The probe, not the next backoff attempt, sent the results: released once Orthanc
+        # answered (its DICOM port opens just before its HTTP one), before that attempt.
+        # Done seconds later on an idle machine; 9.8 s was seen at load 15.
+        (released,) = [
+            at for e, d, at in job_event_rows(node, job["id"])
+            if (e, d) == ("export_released", "pacs answered the probe")
+        ]  # fmt: skip
+        timeline = (starting, up, released, done, next_attempt)
+        assert starting < released < next_attempt and done - up < 20, timeline
