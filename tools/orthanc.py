@@ -73,6 +73,8 @@ BASE_CONFIG: dict[str, Any] = {
 #: Orthanc starts in under a second; a shared CI machine has stalled every process for
 #: over 30 s (the error then says so, from :mod:`tools.machine`).
 STARTUP_TIMEOUT = 120.0
+#: A REST call to it: as long, for the same reason (a stalled call failed CI at 60 s).
+REQUEST_TIMEOUT = 120.0
 
 
 class OrthancError(RuntimeError):
@@ -151,7 +153,9 @@ class OrthancServer(LocalProcess):
         self._process: subprocess.Popen[bytes] | None = None
         self.credentials = credentials
         #: Orthanc's REST API (a :class:`pyorthanc.Orthanc`, an httpx client).
-        self.client: pyorthanc.Orthanc = connect(self.url, credentials=credentials)
+        self.client: pyorthanc.Orthanc = connect(
+            self.url, credentials=credentials, timeout=REQUEST_TIMEOUT
+        )
 
     @property
     def url(self) -> str:
@@ -194,7 +198,7 @@ class OrthancServer(LocalProcess):
         # Most likely a port taken between picking and binding: pick again.
         self.http_port, self.dicom_port = free_ports(2)
         self.client.close()
-        self.client = connect(self.url, credentials=self.credentials)
+        self.client = connect(self.url, credentials=self.credentials, timeout=REQUEST_TIMEOUT)
         return True
 
     def _launch(self) -> None:
