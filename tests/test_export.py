@@ -182,7 +182,7 @@ def test_down_dicomweb_destination_is_retried_with_backoff_then_delivered(
 
     started = time.monotonic()
     assert exporter.run_once()  # attempt 1: connection refused
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 15  # at once: no hidden client retries
     job = queue.get(job_id)
     assert job.state == "exporting" and job.next_attempt_at == clock() + 2
     assert f"STOW-RS to http://127.0.0.1:{http_port}/dicom-web failed" in job.error
