@@ -390,7 +390,7 @@ def test_an_association_ended_normally_tells_what_it_delivered(listener, series_
     listener.ingestor.on_delivered = lambda series: delivered.append(dict(series))
     assert storescu(listener.port, series_files[:5]).returncode == 0
     series_uid = str(pydicom.dcmread(series_files[0]).SeriesInstanceUID)
-    wait_until(lambda: delivered, 5, message="on_delivered")
+    wait_until(lambda: delivered, 30, message="on_delivered")
     assert delivered == [{series_uid: 5}]
 
     def fails(series: object) -> None:
@@ -399,6 +399,6 @@ def test_an_association_ended_normally_tells_what_it_delivered(listener, series_
     listener.ingestor.on_delivered = fails
     with caplog.at_level(logging.ERROR, logger="node.orchestration.ingest"):
         result = storescu(listener.port, series_files[5:])
-        wait_until(lambda: "finished sender" in caplog.text, 5, message="logged")
+        wait_until(lambda: "finished sender" in caplog.text, 30, message="logged")
     assert result.returncode == 0, result.stderr
     assert listener.store.series(series_uid).instance_count == len(series_files)
