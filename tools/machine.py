@@ -10,7 +10,9 @@ Examples
 --------
 >>> before = sample()
 >>> ...  # a wait that timed out
->>> print(since(before))  # "over 31.0 s: IO fully stalled 24.5 s, stolen 0.0 s, load 9.1"
+>>> print(since(before))
+over 31.0 s: IO fully stalled 24.5 s, memory fully stalled 0.0 s, CPU wanted by some 3.2 s, \
+stolen by the host 0.0 s, load 9.1
 """
 
 from __future__ import annotations
