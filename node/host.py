@@ -1,4 +1,5 @@
-"""What the host lends this process: the CPUs it may run on."""
+"""What the host lends this process: the CPUs it may run on; whether another process of
+this host still runs."""
 
 from __future__ import annotations
 
@@ -24,3 +25,14 @@ def usable_cpus(cpu_max: Path = CGROUP_CPU_MAX) -> int:
     except (OSError, ValueError):  # no cgroup v2 limit to read
         pass
     return max(1, cpus)
+
+
+def process_runs(pid: int) -> bool:
+    """True when a process ``pid`` runs on this host (one of another user counts too)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

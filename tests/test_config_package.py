@@ -86,15 +86,15 @@ def test_config_problems_reports_what_the_callers_model_check_found(tmp_path):
     assert problems == [("models.mine", "no such bundle")]
 
 
-def test_config_imports_no_layer_above_it():
+def test_config_imports_no_layer_above_it(tmp_path):
     """Loading and checking a configuration imports neither the plugin registry nor the
     engine, orchestration, state, network, API or admin layers (the caller passes the
     plugin names in); only the plain contract types its result profiles name."""
     code = (
-        "import sys, pathlib, tempfile\n"
+        "import sys, pathlib\n"
         "from node.config import config_problems, load_settings\n"
         "load_settings(None, environ={})\n"
-        "path = pathlib.Path(tempfile.mkdtemp()) / 'a.yaml'\n"
+        f"path = pathlib.Path({str(tmp_path / 'a.yaml')!r})\n"
         "path.write_text('rules: []\\n')\n"
         "config_problems(path, set(), environ={})\n"
         "above = ('node.export', 'node.api', 'node.admin', 'node.dicom', 'node.dicomweb',"

@@ -12,6 +12,10 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -199,6 +203,8 @@ def test_a_job_whose_actor_dies_is_requeued_and_runs_again(ray_session, tmp_path
 
         detail = wait_until(lambda: submitted()[0] if submitted() else None, 120, message="sent")
         pid = int(detail.split(" pid=")[1].split()[0])
+        killed_workdirs = Path(tempfile.gettempdir()).glob(f"ainode-actor-{pid}@*")
+        assert len(list(killed_workdirs)) == 1
         os.kill(pid, signal.SIGKILL)  # the actor's process dies mid-job
         wait_until(lambda: queue.get(job_id).state == "done", 180, message="job done")
     finally:
@@ -214,6 +220,29 @@ def test_a_job_whose_actor_dies_is_requeued_and_runs_again(ray_session, tmp_path
     assert f"pid={pid}" not in second  # a new actor process (Ray restarted it)
     job = queue.get(job_id)
     assert job.attempts == 2 and check_results(job.result_dir) is None
+    # The new actor removed the killed one's directory, with the job's instances in it.
+    assert list(Path(tempfile.gettempdir()).glob(f"ainode-actor-{pid}@*")) == []
+
+
+def test_actor_directories_of_processes_gone_from_this_host_are_removed(tmp_path):
+    from node.orchestration.ray_actor import remove_stale_workdirs
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    host = socket.gethostname()
+    names = {
+        "gone": f"ainode-actor-{gone.pid}@{host}-ab_12cd",
+        "running": f"ainode-actor-{os.getpid()}@{host}-xy34z_9q",
+        "other host": f"ainode-actor-{gone.pid}@{host}x-ab_12cd",
+        "not ours": f"ainode-data-{gone.pid}@{host}-ab_12cd",
+    }
+    for name in names.values():
+        (tmp_path / name / "job-1-0f0f0f0f" / "in").mkdir(parents=True)
+        (tmp_path / name / "job-1-0f0f0f0f" / "in" / "000000-CT.dcm").write_bytes(b"x")
+    assert remove_stale_workdirs(tmp_path) == [tmp_path / names["gone"]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        name for key, name in names.items() if key != "gone"
+    )
 
 
 def test_a_lost_job_fails_its_future_with_job_lost(ray_session, tmp_path):

@@ -8,10 +8,17 @@ as a :class:`~node.orchestration.job.JobInput` and, with the object-store transf
 actor writes them under its own temporary directory, points the job at them, runs it
 and sends back the :class:`~node.orchestration.job.JobOutput` with the result files'
 bytes (:class:`Returned`). The node writes those under the job's result directory.
+
+The temporary directory (``ainode-actor-<pid>@<host>-…``) goes when the actor exits normally. An
+actor killed mid-job (``ray.kill``, a node stopped, a host out of memory) cannot remove
+it, and it holds that job's instances; so each new actor on the host removes the
+directories of actors that no longer run (:func:`remove_stale_workdirs`).
 """
 
 from __future__ import annotations
 
+import atexit
+import logging
 import os
 import shutil
 import socket
@@ -25,6 +32,7 @@ from typing import Any
 
 from node.contract.plugin import InferencePlugin
 from node.heap import settle as settle_heap
+from node.host import process_runs
 from node.orchestration.execute import execute
 from node.orchestration.job import JobInput, JobOutput
 from node.orchestration.registry import PluginRegistry
@@ -72,6 +80,36 @@ class Returned:
     ended_at: float
 
 
+log = logging.getLogger(__name__)
+
+WORKDIR_PREFIX = "ainode-actor-"
+
+
+def _workdir_prefix() -> str:
+    """This process's actor directory prefix: ``ainode-actor-<pid>@<host>-`` (the host
+    because containers with their own process ids may share a temporary directory)."""
+    return f"{WORKDIR_PREFIX}{os.getpid()}@{socket.gethostname()}-"
+
+
+def remove_stale_workdirs(parent: Path) -> list[Path]:
+    """Remove the actor directories in ``parent`` whose actor process no longer runs on
+    this host (killed before it could remove its own); the ones removed."""
+    host = socket.gethostname()
+    removed = []
+    for path in parent.glob(f"{WORKDIR_PREFIX}*@*-*"):
+        owner = path.name.removeprefix(WORKDIR_PREFIX).rpartition("-")[0]
+        pid, _, owner_host = owner.partition("@")
+        if owner_host != host or not pid.isdigit() or not path.is_dir():
+            continue
+        if process_runs(int(pid)):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    if removed:
+        log.info("removed %d directories of actors that no longer run", len(removed))
+    return removed
+
+
 def read_blobs(paths: Sequence[Path]) -> tuple[Blob, ...]:
     """``paths`` as (name, bytes); names are made unique by their position."""
     return tuple(
@@ -104,7 +142,9 @@ class RoutineHost:
         import torch
 
         self._plugin = plugin
-        self._workdir = Path(tempfile.mkdtemp(prefix="ainode-actor-"))
+        remove_stale_workdirs(Path(tempfile.gettempdir()))
+        self._workdir = Path(tempfile.mkdtemp(prefix=_workdir_prefix()))
+        atexit.register(shutil.rmtree, self._workdir, ignore_errors=True)
         templates_dir: Path | None = None
         if templates:
             templates_dir = self._workdir / "templates"

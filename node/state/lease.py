@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from node.host import process_runs
 from node.state.connection import Cursor
 
 log = logging.getLogger(__name__)
@@ -54,15 +55,7 @@ def owner_is_dead(owner: str | None) -> bool:
     if host != socket.gethostname() or not pid_text.isdigit():
         return False
     pid = int(pid_text)
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    return pid == os.getpid() or not process_runs(pid)
 
 
 @dataclass(frozen=True)
