@@ -12,7 +12,7 @@ Examples
 >>> ...  # a wait that timed out
 >>> print(since(before))
 over 31.0 s: IO fully stalled 24.5 s, memory fully stalled 0.0 s, CPU wanted by some 3.2 s, \
-stolen by the host 0.0 s, load 9.1
+stolen by the host 0.0 s, load 9.10
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ class Sample:
     io_full_us: int | None
     cpu_some_us: int | None
     memory_full_us: int | None
-    steal_s: float | None
+    steal_us: int | None
 
 
 def _pressure_total(resource: str, line: str) -> int | None:
@@ -50,12 +50,12 @@ def _pressure_total(resource: str, line: str) -> int | None:
     return None
 
 
-def _steal_seconds() -> float | None:
+def _steal_us() -> int | None:
     try:
         first = (PROC / "stat").read_text(encoding="ascii").splitlines()[0].split()
     except (OSError, IndexError):
         return None
-    return int(first[8]) / _TICK if len(first) > 8 else None
+    return int(first[8]) * 1_000_000 // _TICK if len(first) > 8 else None
 
 
 def sample() -> Sample:
@@ -65,7 +65,7 @@ def sample() -> Sample:
         io_full_us=_pressure_total("io", "full"),
         cpu_some_us=_pressure_total("cpu", "some"),
         memory_full_us=_pressure_total("memory", "full"),
-        steal_s=_steal_seconds(),
+        steal_us=_steal_us(),
     )
 
 
@@ -76,21 +76,13 @@ def _delta_s(after: int | None, before: int | None) -> str:
 def since(before: Sample) -> str:
     """One line: how long the machine stalled since ``before``, and its load now."""
     now = sample()
-    steal = (
-        "?"
-        if now.steal_s is None or before.steal_s is None
-        else f"{now.steal_s - before.steal_s:.1f} s"
-    )
-    try:
-        load = (PROC / "loadavg").read_text(encoding="ascii").split()[0]
-    except OSError:
-        load = "?"
-    io = _delta_s(now.io_full_us, before.io_full_us)
     return (
-        f"over {now.at - before.at:.1f} s: IO fully stalled {io}, "
+        f"over {now.at - before.at:.1f} s: "
+        f"IO fully stalled {_delta_s(now.io_full_us, before.io_full_us)}, "
         f"memory fully stalled {_delta_s(now.memory_full_us, before.memory_full_us)}, "
         f"CPU wanted by some {_delta_s(now.cpu_some_us, before.cpu_some_us)}, "
-        f"stolen by the host {steal}, load {load}"
+        f"stolen by the host {_delta_s(now.steal_us, before.steal_us)}, "
+        f"load {os.getloadavg()[0]:.2f}"
     )
 
 
