@@ -16,7 +16,15 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from node.config import NodeSettings
-from node.dicom.reactor import AssociationWaker, DulWaker, install, stop_waking, wake_on_work
+from node.dicom.reactor import (
+    IDLE_AFTER,
+    IDLE_WAIT,
+    AssociationWaker,
+    DulWaker,
+    install,
+    stop_waking,
+    wake_on_work,
+)
 from node.dicom.scp import StorageSCP
 from node.orchestration.ingest import Ingestor
 from node.spool import Spool
@@ -33,10 +41,15 @@ def _association(sock: socket.socket, delay: float) -> SimpleNamespace:
     dul = SimpleNamespace(
         socket=SimpleNamespace(socket=sock),
         to_provider_queue=queue.Queue(),
+        to_user_queue=queue.Queue(),
         event_queue=queue.Queue(),
         _run_loop_delay=delay,
+        stop_dul=lambda: True,
+        kill_dul=lambda: None,
     )
-    return SimpleNamespace(dul=dul, dimse=SimpleNamespace(msg_queue=queue.Queue()))
+    return SimpleNamespace(
+        dul=dul, dimse=SimpleNamespace(msg_queue=queue.Queue()), kill=lambda: None
+    )
 
 
 def _timed(wait: Any, *args: Any) -> float:
@@ -132,6 +145,74 @@ def test_waits_without_work_last_their_whole_delay() -> None:
         peer.close()
 
 
+def test_a_release_or_abort_request_for_the_association_thread_wakes_it() -> None:
+    """The peer's A-RELEASE or A-ABORT reaches the association thread through the DUL's
+    ``to_user_queue``, not the DIMSE queue: queueing it ends the wait too."""
+    ours, peer = socket.socketpair()
+    assoc = _association(ours, 0.001)
+    wake_on_work(SimpleNamespace(assoc=assoc))
+    try:
+        waker = assoc._ainode_waker
+        _later(lambda: assoc.dul.to_user_queue.put("A-RELEASE"))
+        assert _timed(waker.wait, LONG) < LONG / 2
+    finally:
+        stop_waking(SimpleNamespace(assoc=assoc))
+        ours.close()
+        peer.close()
+
+
+def test_an_idle_association_waits_longer_and_work_ends_the_wait_at_once() -> None:
+    """After ``idle_after`` seconds without work a wait lasts ``idle_wait``, not the 1 ms
+    delay; work arriving ends it at once and brings the 1 ms waits back."""
+    ours, peer = socket.socketpair()
+    assoc = _association(ours, 0.001)
+    idle = {"idle_after": 0.3, "idle_wait": 1.0}
+    dul_waker = DulWaker(assoc.dul, ours, **idle)
+    assoc_waker = AssociationWaker(assoc, **idle)
+    try:
+        for wait in (dul_waker.wait, assoc_waker.wait):
+            assert _timed(wait, 0.001) < 0.5  # busy: pynetdicom's delay
+        time.sleep(0.35)
+        for wait in (dul_waker.wait, assoc_waker.wait):
+            assert _timed(wait, 0.001) >= 0.95  # idle: the longer wait
+        # Work ends an idle wait at once, and the association is busy again.
+        _later(lambda: peer.send(b"\x04"))
+        assert _timed(dul_waker.wait, 0.001) < 0.9
+        ours.recv(1)
+        assert _timed(dul_waker.wait, 0.001) < 0.5
+        _later(assoc_waker.notify)
+        assert _timed(assoc_waker.wait, 0.001) < 0.9
+        assert _timed(assoc_waker.wait, 0.001) < 0.5
+    finally:
+        dul_waker.close()
+        ours.close()
+        peer.close()
+
+
+def test_stopping_an_idle_association_wakes_its_threads() -> None:
+    """A kill (an abort, a shutdown) sets flags no waker watches: stopping the DUL and
+    killing the association wake their threads, so an idle one ends without its long wait."""
+    ours, peer = socket.socketpair()
+    assoc = _association(ours, 0.001)
+    wake_on_work(SimpleNamespace(assoc=assoc))
+    dul_waker, assoc_waker = assoc.dul._ainode_waker, assoc._ainode_waker
+    try:
+        for waker in (dul_waker, assoc_waker):  # idle, and their waits long
+            waker._idle_after, waker._idle_wait, waker._worked_at = 0.0, LONG, 0.0
+        for stop, wait in (
+            (assoc.dul.stop_dul, dul_waker.wait),
+            (assoc.dul.kill_dul, dul_waker.wait),
+            (assoc.kill, assoc_waker.wait),
+        ):
+            _later(stop)
+            assert _timed(wait, 0.001) < LONG / 2
+            dul_waker._worked_at = assoc_waker._worked_at = 0.0
+    finally:
+        stop_waking(SimpleNamespace(assoc=assoc))
+        ours.close()
+        peer.close()
+
+
 def test_only_the_reactor_sleep_of_a_thread_with_a_waker_waits_for_work() -> None:
     install()
     ours, peer = socket.socketpair()
@@ -161,6 +242,51 @@ def test_only_the_reactor_sleep_of_a_thread_with_a_waker_waits_for_work() -> Non
         waker.close()
         ours.close()
         peer.close()
+
+
+def _count_calls(owner: Any, name: str, counts: dict[str, int]) -> None:
+    method = getattr(owner, name)
+
+    def counted(*args: Any) -> None:
+        counts[type(owner).__name__] += 1
+        method(*args)
+
+    setattr(owner, name, counted)
+
+
+def test_an_association_held_open_without_traffic_rarely_wakes_its_threads(
+    tmp_path, database, clock
+) -> None:
+    """A sender may hold associations open for minutes: each costs its two reactor
+    threads a wake-up per :data:`IDLE_WAIT` (pynetdicom: 1000 a second each, 32 held kept
+    a core busy), and still answers at once when it is used again."""
+    settings = NodeSettings(ae_title="AINODE", dicom_port=free_port(), bind_address="127.0.0.1")
+    scp = StorageSCP(
+        settings, Ingestor(Spool(tmp_path / "spool"), SeriesStore(database), clock=clock)
+    )
+    scp.start()
+    requestor = AE(ae_title="HOLDER")
+    requestor.add_requested_context(Verification)
+    try:
+        assoc = associate(requestor, "127.0.0.1", settings.dicom_port, ae_title="AINODE")
+        assert assoc.is_established
+        (acceptor,) = [a for a in scp._ae.active_associations if a.is_acceptor]
+        counts = {"DulWaker": 0, "AssociationWaker": 0}
+        _count_calls(acceptor.dul._ainode_waker, "wait", counts)
+        _count_calls(acceptor._ainode_waker, "wait", counts)
+        time.sleep(IDLE_AFTER + 0.5)
+        counts.update(DulWaker=0, AssociationWaker=0)
+        time.sleep(1.0)
+        # At most ~1 / IDLE_WAIT each (20), against ~1000 without the idle waits.
+        limit = 1.0 / IDLE_WAIT + 10
+        assert counts["DulWaker"] <= limit and counts["AssociationWaker"] <= limit, counts
+        assert counts["DulWaker"] >= 1 and counts["AssociationWaker"] >= 1, counts
+        assert assoc.send_c_echo().Status == 0x0000
+        assoc.release()
+        assert assoc.is_released
+        wait_until(lambda: not scp._ae.active_associations, 10, message="acceptor ended")
+    finally:
+        scp.stop()
 
 
 def _open_descriptors() -> int:
