@@ -7,6 +7,7 @@ import os
 import shutil
 import sqlite3
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -47,13 +48,17 @@ def dataset_bytes(path: Path) -> bytes:
 
 
 class Listener:
-    def __init__(self, root: Path, database, clock, min_free_bytes: int = 0) -> None:
+    def __init__(
+        self, root: Path, database, clock, min_free_bytes: int = 0, **node: object
+    ) -> None:
         self.port = free_port()
         self.spool = Spool(root / "spool")
         self.store = SeriesStore(database)
         self.database = database
         self.ingestor = Ingestor(self.spool, self.store, clock=clock, min_free_bytes=min_free_bytes)
-        settings = NodeSettings(ae_title="AINODE", dicom_port=self.port, bind_address="127.0.0.1")
+        settings = NodeSettings(
+            ae_title="AINODE", dicom_port=self.port, bind_address="127.0.0.1", **node
+        )
         self.scp = StorageSCP(settings, self.ingestor)
 
     def spooled(self) -> list[Path]:
@@ -293,6 +298,28 @@ def test_corrupt_instance_mid_association(listener, series_files, tmp_path, capl
     spooled_names = {p.name for p in listener.spooled()}
     assert f"{corrupt_uid}.dcm" not in spooled_names
     assert len(spooled_names) == len(series_files) - 1
+
+
+def test_an_association_idle_past_the_configured_timeout_is_aborted(tmp_path, database, clock):
+    """``node.idle_timeout_seconds``: the node aborts an association without traffic for
+    that long, and one used within it stays open."""
+    node = Listener(tmp_path, database, clock, idle_timeout_seconds=1.5)
+    node.scp.start()
+    requestor = AE(ae_title="HOLDER")
+    requestor.add_requested_context("1.2.840.10008.1.1")
+    requestor.network_timeout = None  # the node, not this client, ends it
+    try:
+        busy = associate(requestor, "127.0.0.1", node.port, ae_title="AINODE")
+        idle = associate(requestor, "127.0.0.1", node.port, ae_title="AINODE")
+        assert busy.is_established and idle.is_established
+        for _ in range(6):  # 3 s of echoes, each well within the timeout
+            assert busy.send_c_echo().Status == 0x0000
+            time.sleep(0.5)
+        assert busy.is_established
+        wait_until(lambda: idle.is_aborted, 30, message="idle association aborted")
+        busy.release()
+    finally:
+        node.scp.stop()
 
 
 def test_low_disk_space_refuses_with_out_of_resources(tmp_path, database, clock, series_files):

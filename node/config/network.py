@@ -129,6 +129,10 @@ class NodeSettings(_Strict):
     results_dir: Path | None = None
     #: Largest PDU the SCP accepts; 128 KiB or more speeds up large images.
     max_pdu: int = Field(131072, ge=16384)
+    #: An association with no traffic for this many seconds is aborted by the node
+    #: (pynetdicom's network timeout; Orthanc's ``DicomScpTimeout``). Raise it for a
+    #: sender that keeps its associations open between studies.
+    idle_timeout_seconds: float = Field(60.0, gt=0, le=86400)
     #: Refuse new instances (0xA700) when free disk space falls below this.
     min_free_disk_mb: int = Field(512, ge=0)
     #: Calling AEs allowed to associate (None: any AE from any host, as before);

@@ -269,7 +269,7 @@ class StorageSCP:
         ae = AE(ae_title=settings.ae_title)
         ae.maximum_pdu_size = settings.max_pdu
         ae.maximum_associations = MAXIMUM_ASSOCIATIONS
-        ae.network_timeout = 60
+        ae.network_timeout = settings.idle_timeout_seconds
         ae.dimse_timeout = 60
         ae.require_called_aet = False
         ae.add_supported_context(Verification)
