@@ -22,14 +22,11 @@ from typing import Any
 
 import httpx
 import pytest
-from pynetdicom import AE
-from pynetdicom.association import Association
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from node.config import BUILT_IN_CHEST_RULE
 from tests.support.dcmtk import storescu
 from tests.support.pacs import one_result_each, orthanc_and_node_process
-from tests.support.scu import associate
+from tools.held_associations import held_associations
 from tools.net import LOCALHOST, free_port, wait_until
 from tools.synthetic import degraded
 from tools.synthetic.chest_ct import make_chest_ct, write_series
@@ -105,23 +102,6 @@ def query(url: str, expr: str) -> list[dict[str, Any]]:
     return list(answer["data"]["result"])
 
 
-@contextmanager
-def held_associations(port: int, count: int) -> Iterator[list[Association]]:
-    """``count`` open associations to the node (its listener's limit)."""
-    ae = AE(ae_title="HOLDER")
-    ae.add_requested_context(Verification)
-    held: list[Association] = []
-    try:
-        for _ in range(count):
-            association = associate(ae, LOCALHOST, port, ae_title="AINODE")
-            assert association.is_established
-            held.append(association)
-        yield held
-    finally:
-        for association in held:
-            association.release()
-
-
 def test_every_dashboard_panel_has_data_after_an_end_to_end_run(tmp_path: Path) -> None:
     dashboard = json.loads(DASHBOARD.read_text())
     queries = panel_queries(dashboard)
@@ -138,7 +118,8 @@ def test_every_dashboard_panel_has_data_after_an_end_to_end_run(tmp_path: Path) 
         storescu(node.dicom_port, write_series(good, tmp_path / "good"))
         one_result_each(pacs, good[0].StudyInstanceUID, ["SEG", "SR"])
         storescu(node.dicom_port, write_series(gapped, tmp_path / "gapped"))
-        with held_associations(node.dicom_port, 32):
+        with held_associations(node.dicom_port, 32) as (held, rejected):
+            assert (len(held), rejected) == (32, 0)
             refused = subprocess.run(
                 ["echoscu", "-aec", "AINODE", LOCALHOST, str(node.dicom_port)],
                 env={**os.environ, "TCP_NODELAY": "1"},

@@ -146,13 +146,17 @@ def _plain_associations(path: Path) -> list[int]:
     return lines
 
 
-def test_every_test_and_benchmark_client_pauses_its_reactor_safely() -> None:
+def test_every_test_tool_and_benchmark_client_pauses_its_reactor_safely() -> None:
     """A plain ``ae.associate(...)`` in a test client drops a fast response now and then
     (the race above) and fails a test for a reason that is not the node's: clients use
     :func:`tests.support.scu.associate`."""
     root = Path(__file__).resolve().parent.parent
     helper = root / "tests" / "support" / "scu.py"
-    sources = [*root.joinpath("tests").rglob("*.py"), *root.joinpath("benchmarks").rglob("*.py")]
+    sources = [
+        path
+        for folder in ("tests", "benchmarks", "tools")
+        for path in root.joinpath(folder).rglob("*.py")
+    ]
     plain = [
         f"{path.relative_to(root)}:{line}"
         for path in sorted(sources)

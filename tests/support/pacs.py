@@ -83,13 +83,19 @@ def one_result_each(
 
 @contextmanager
 def orthanc_and_node_process(
-    tmp_path: Path, rules: Iterable[Mapping[str, Any]], *, results: Sequence[str] | None = None
+    tmp_path: Path,
+    rules: Iterable[Mapping[str, Any]],
+    *,
+    results: Sequence[str] | None = None,
+    node: Mapping[str, Any] | None = None,
 ) -> Iterator[tuple[OrthancServer, NodeProcess]]:
-    """Orthanc and the node as a real process (``python -m node``) under ``tmp_path``."""
+    """Orthanc and the node as a real process (``python -m node``) under ``tmp_path``;
+    ``node``: more of the config's ``node`` section."""
     with orthanc_for_node(tmp_path) as (pacs, node_port):
         config = node_config(node_port, pacs, rules, results=results)
-        with NodeProcess(config, workdir=tmp_path / "node") as node:
-            yield pacs, node
+        config["node"].update(node or {})
+        with NodeProcess(config, workdir=tmp_path / "node") as process:
+            yield pacs, process
 
 
 @contextmanager
