@@ -96,6 +96,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--ray-series", type=int, default=12, help="series per executor (ray)")
     parser.add_argument("--ray-slices", type=int, default=24, help="slices per series (ray)")
     parser.add_argument("--ray-workers", default="1,2,4", help="Ray worker counts (ray)")
+    parser.add_argument(
+        "--idle-associations", type=int, default=32, help="associations held open (idle)"
+    )
+    parser.add_argument("--idle-seconds", type=float, default=10.0, help="CPU window (idle)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     return parser.parse_args(argv)
 
@@ -199,6 +203,12 @@ def _encoding(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     return run_encoding(workdir, labels=labels, slices=args.encoding_slices)
 
 
+def _idle(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    from benchmarks.idle_associations import run_idle_associations
+
+    return run_idle_associations(workdir, count=args.idle_associations, seconds=args.idle_seconds)
+
+
 def _ray(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     from benchmarks.ray_scaling import run_ray_scaling
 
@@ -214,6 +224,9 @@ SECTIONS: tuple[Section, ...] = (
     Section("completion", "completion", _completion, _table("completion", "completion_table")),
     Section("inference", "inference", _inference, _table("inference", "inference_table")),
     Section("startup", "startup", _startup, _table("startup", "startup_table")),
+    Section(
+        "idle", "idle_associations", _idle, _table("idle_associations", "idle_associations_table")
+    ),
     Section("urgent", "urgent", _urgent, _table("urgent", "urgent_table")),
     Section("soak", "soak", _soak, _table("soak", "soak_table")),
     Section("eta", "eta_accuracy", eta_accuracy.run, eta_accuracy.table),
