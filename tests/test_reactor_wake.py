@@ -7,6 +7,9 @@ import queue
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -244,6 +247,26 @@ def test_only_the_reactor_sleep_of_a_thread_with_a_waker_waits_for_work() -> Non
         peer.close()
 
 
+@contextmanager
+def _listener(tmp_path: Path, database: Any, clock: Any) -> Iterator[tuple[StorageSCP, int]]:
+    """The node's real SCP on a free port, stopped on exit."""
+    settings = NodeSettings(ae_title="AINODE", dicom_port=free_port(), bind_address="127.0.0.1")
+    scp = StorageSCP(
+        settings, Ingestor(Spool(tmp_path / "spool"), SeriesStore(database), clock=clock)
+    )
+    scp.start()
+    try:
+        yield scp, settings.dicom_port
+    finally:
+        scp.stop()
+
+
+def _requestor(ae_title: str) -> AE:
+    requestor = AE(ae_title=ae_title)
+    requestor.add_requested_context(Verification)
+    return requestor
+
+
 def _count_calls(owner: Any, name: str, counts: dict[str, int]) -> None:
     method = getattr(owner, name)
 
@@ -260,15 +283,8 @@ def test_an_association_held_open_without_traffic_rarely_wakes_its_threads(
     """A sender may hold associations open for minutes: each costs its two reactor
     threads a wake-up per :data:`IDLE_WAIT` (pynetdicom: 1000 a second each, 32 held kept
     a core busy), and still answers at once when it is used again."""
-    settings = NodeSettings(ae_title="AINODE", dicom_port=free_port(), bind_address="127.0.0.1")
-    scp = StorageSCP(
-        settings, Ingestor(Spool(tmp_path / "spool"), SeriesStore(database), clock=clock)
-    )
-    scp.start()
-    requestor = AE(ae_title="HOLDER")
-    requestor.add_requested_context(Verification)
-    try:
-        assoc = associate(requestor, "127.0.0.1", settings.dicom_port, ae_title="AINODE")
+    with _listener(tmp_path, database, clock) as (scp, port):
+        assoc = associate(_requestor("HOLDER"), "127.0.0.1", port, ae_title="AINODE")
         assert assoc.is_established
         (acceptor,) = [a for a in scp._ae.active_associations if a.is_acceptor]
         counts = {"DulWaker": 0, "AssociationWaker": 0}
@@ -285,8 +301,6 @@ def test_an_association_held_open_without_traffic_rarely_wakes_its_threads(
         assoc.release()
         assert assoc.is_released
         wait_until(lambda: not scp._ae.active_associations, 10, message="acceptor ended")
-    finally:
-        scp.stop()
 
 
 def _open_descriptors() -> int:
@@ -296,17 +310,11 @@ def _open_descriptors() -> int:
 def test_listener_associations_wake_on_work_and_close_their_wake_up_sockets(
     tmp_path, database, clock
 ) -> None:
-    settings = NodeSettings(ae_title="AINODE", dicom_port=free_port(), bind_address="127.0.0.1")
-    scp = StorageSCP(
-        settings, Ingestor(Spool(tmp_path / "spool"), SeriesStore(database), clock=clock)
-    )
-    scp.start()
-    requestor = AE(ae_title="ECHOSCU")
-    requestor.add_requested_context(Verification)
-    try:
+    requestor = _requestor("ECHOSCU")
+    with _listener(tmp_path, database, clock) as (scp, port):
         baseline = _open_descriptors()
         for _ in range(3):
-            assoc = associate(requestor, "127.0.0.1", settings.dicom_port, ae_title="AINODE")
+            assoc = associate(requestor, "127.0.0.1", port, ae_title="AINODE")
             assert assoc.is_established
             (acceptor,) = [a for a in scp._ae.active_associations if a.is_acceptor]
             assert isinstance(acceptor._ainode_waker, AssociationWaker)
@@ -318,5 +326,3 @@ def test_listener_associations_wake_on_work_and_close_their_wake_up_sockets(
             assert acceptor.dul._ainode_waker is None
         # Three associations later, no wake-up socket is left open.
         wait_until(lambda: _open_descriptors() <= baseline, 10, message="descriptors closed")
-    finally:
-        scp.stop()
