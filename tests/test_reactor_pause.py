@@ -103,6 +103,19 @@ def test_the_checkpoint_keeps_an_events_interface() -> None:
     assert checkpoint.wait(10) is True
 
 
+def test_clearing_the_checkpoint_wakes_a_reactor_in_a_long_idle_wait() -> None:
+    """The caller of ``send_*`` spins until the reactor stops at the checkpoint: a
+    reactor waiting for work (node.dicom.reactor) is woken by the clear, not left to
+    finish an idle wait of up to 50 ms."""
+    notified: list[bool] = []
+    owner = threading.Thread()
+    owner._ainode_waker = type("Waker", (), {"notify": lambda self: notified.append(True)})()  # type: ignore[attr-defined]
+    checkpoint = ReactorCheckpoint(owner)
+    checkpoint.clear()
+    assert notified == [True]
+    ReactorCheckpoint(threading.Thread()).clear()  # no waker: nothing to wake
+
+
 def test_the_nodes_requestor_and_listener_use_it_and_lose_no_response(
     tmp_path, database, clock, caplog: pytest.LogCaptureFixture
 ) -> None:

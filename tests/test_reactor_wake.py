@@ -15,10 +15,11 @@ from typing import Any
 
 import pynetdicom.association
 import pynetdicom.dul
-from pynetdicom import AE
+from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from node.config import NodeSettings
+from node.dicom import reactor
 from node.dicom.reactor import (
     IDLE_AFTER,
     IDLE_WAIT,
@@ -232,14 +233,20 @@ def test_only_the_reactor_sleep_of_a_thread_with_a_waker_waits_for_work() -> Non
     other_length = threading.Thread(target=reactor_sleep, args=("other", 0.3))
     other_length._ainode_waker = waker  # type: ignore[attr-defined]
     other_length._ainode_delay = LONG  # type: ignore[attr-defined]
+    # The association thread sleeps in dul.py too (stop_dul, while the DUL thread ends).
+    other_loop = threading.Thread(target=reactor_sleep, args=("other loop", 0.3))
+    other_loop._ainode_waker = AssociationWaker(assoc)  # type: ignore[attr-defined]
+    other_loop._ainode_delay = 0.3  # type: ignore[attr-defined]
     try:
-        for thread in (with_waker, other_length):
+        for thread in (with_waker, other_length, other_loop):
             thread.start()
         _later(waker.notify)
-        for thread in (with_waker, other_length):
+        _later(lambda: assoc.dimse.msg_queue.put((1, "C-ECHO-RQ")))
+        for thread in (with_waker, other_length, other_loop):
             thread.join(LONG * 2)
         assert took["reactor"] < LONG / 2
         assert took["other"] >= 0.29  # any other sleep is a plain sleep
+        assert took["other loop"] >= 0.29  # and so is another loop's waker's
         assert pynetdicom.association.time.time() > 0  # the rest is the real module
     finally:
         waker.close()
@@ -301,6 +308,30 @@ def test_an_association_held_open_without_traffic_rarely_wakes_its_threads(
         assoc.release()
         assert assoc.is_released
         wait_until(lambda: not scp._ae.active_associations, 10, message="acceptor ended")
+
+
+def test_a_requestor_idle_for_a_while_sends_and_releases_without_waiting_out_its_wait(
+    tmp_path, database, clock, monkeypatch
+) -> None:
+    """A client association with the wakers (tools.held_associations) does its work in
+    the caller's thread: ``send_*`` and ``release`` pause the reactor, and that pause must
+    end an idle wait (here LONG) at once."""
+    monkeypatch.setattr(reactor, "IDLE_AFTER", 0.2)
+    monkeypatch.setattr(reactor, "IDLE_WAIT", LONG)
+    waking = [(evt.EVT_CONN_OPEN, wake_on_work), (evt.EVT_CONN_CLOSE, stop_waking)]
+    with _listener(tmp_path, database, clock) as (_, port):
+        assoc = associate(
+            _requestor("HOLDER"), "127.0.0.1", port, ae_title="AINODE", evt_handlers=waking
+        )
+        assert assoc.is_established
+        time.sleep(0.6)  # both sides idle, their waits LONG
+        started = time.monotonic()
+        assert assoc.send_c_echo().Status == 0x0000
+        time.sleep(0.6)
+        assoc.release()
+        took = time.monotonic() - started - 0.6
+        assert assoc.is_released
+        assert took < LONG / 2, took
 
 
 def _open_descriptors() -> int:

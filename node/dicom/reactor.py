@@ -55,16 +55,16 @@ class DulWaker:
         dul: Any,
         sock: socket.socket,
         *,
-        idle_after: float = IDLE_AFTER,
-        idle_wait: float = IDLE_WAIT,
+        idle_after: float | None = None,
+        idle_wait: float | None = None,
     ) -> None:
         self._dul = dul
         self._socket = sock
         self._read, self._write = socket.socketpair()
         self._read.setblocking(False)
         self._write.setblocking(False)
-        self._idle_after = idle_after
-        self._idle_wait = idle_wait
+        self._idle_after = IDLE_AFTER if idle_after is None else idle_after
+        self._idle_wait = IDLE_WAIT if idle_wait is None else idle_wait
         self._worked_at = time.monotonic()
 
     def notify(self) -> None:
@@ -105,16 +105,18 @@ class AssociationWaker:
     """The association thread waits on its DIMSE message queue's condition."""
 
     def __init__(
-        self, assoc: Any, *, idle_after: float = IDLE_AFTER, idle_wait: float = IDLE_WAIT
+        self, assoc: Any, *, idle_after: float | None = None, idle_wait: float | None = None
     ) -> None:
         self._queue = assoc.dimse.msg_queue
-        self._idle_after = idle_after
-        self._idle_wait = idle_wait
+        self._idle_after = IDLE_AFTER if idle_after is None else idle_after
+        self._idle_wait = IDLE_WAIT if idle_wait is None else idle_wait
         self._worked_at = time.monotonic()
         self._notified = False  # with the queue's mutex held
 
     def notify(self) -> None:
-        """Something other than a DIMSE message is there to look at (a release request)."""
+        """Something other than a DIMSE message is there to look at: a release or abort
+        request, or another thread pausing the reactor to send and receive itself (a
+        requestor's ``send_*`` and ``release``; :mod:`node.dicom.reactor_pause`)."""
         queue = self._queue
         with queue.not_empty:
             self._notified = True
@@ -143,17 +145,21 @@ class AssociationWaker:
 
 
 class _Time:
-    """pynetdicom's ``time`` module as its reactor modules see it: the reactor sleep of
-    a thread with a waker waits for work; everything else is the real module."""
+    """pynetdicom's ``time`` module as one reactor module sees it: the reactor sleep of a
+    thread whose waker belongs to that module's loop (``loop``) waits for work; everything
+    else is the real module. (The association thread also sleeps in ``dul.py``, in
+    ``stop_dul`` while the DUL thread ends: a plain sleep, never an idle wait.)"""
+
+    def __init__(self, loop: type[DulWaker | AssociationWaker]) -> None:
+        self._loop = loop
 
     def __getattr__(self, name: str) -> Any:
         return getattr(time, name)
 
-    @staticmethod
-    def sleep(seconds: float) -> None:
+    def sleep(self, seconds: float) -> None:
         thread = threading.current_thread()
         waker = getattr(thread, "_ainode_waker", None)
-        if waker is None or seconds != getattr(thread, "_ainode_delay", None):
+        if not isinstance(waker, self._loop) or seconds != getattr(thread, "_ainode_delay", None):
             _real_sleep(seconds)
             return
         waker.wait(seconds)
@@ -163,8 +169,8 @@ def install() -> None:
     """Route the sleeps of pynetdicom's reactor modules through :class:`_Time` (once)."""
     with _installed:
         if not isinstance(pynetdicom.dul.time, _Time):
-            pynetdicom.dul.time = _Time()  # type: ignore[assignment]
-            pynetdicom.association.time = _Time()  # type: ignore[assignment]
+            pynetdicom.dul.time = _Time(DulWaker)  # type: ignore[assignment]
+            pynetdicom.association.time = _Time(AssociationWaker)  # type: ignore[assignment]
 
 
 def _after_put(queue: Any, then: Callable[[], None]) -> None:

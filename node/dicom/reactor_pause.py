@@ -60,6 +60,11 @@ class ReactorCheckpoint:
     def clear(self) -> None:
         with self._condition:
             self._open = False
+        # A reactor in a long idle wait (node.dicom.reactor) must reach the checkpoint
+        # now: the caller spins until it is paused there.
+        notify = getattr(getattr(self._assoc, "_ainode_waker", None), "notify", None)
+        if notify is not None:
+            notify()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until open; the association's own thread leaves it unpaused, atomically
