@@ -252,6 +252,9 @@ def test_a_ups_scu_creates_claims_updates_and_cancels_with_event_reports(stack: 
 
 def test_cancel_requests_and_unknown_workitems(stack: Stack) -> None:
     assoc, watcher = stack.assoc, stack.watcher
+    # Its own subscription, so that it also passes alone (or on another xdist worker).
+    assert action(assoc, GLOBAL, 3, UnifiedProcedureStepWatch, ReceivingAE="WATCHER",
+                  DeletionLock="FALSE") == 0x0000  # fmt: skip
     # Request Cancel (UPS Push N-ACTION 2) on a SCHEDULED workitem cancels it at once.
     code, uid = create(assoc)
     assert code == 0x0000
