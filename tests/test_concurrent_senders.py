@@ -31,7 +31,7 @@ def test_eight_concurrent_senders_and_a_resend_lose_and_duplicate_nothing(
 ) -> None:
     series: dict[str, list[Path]] = {}
     for index in range(STUDIES):
-        datasets, _ = make_chest_ct(n_slices=16, rows=256, columns=256, seed=100 + index)
+        datasets, _ = make_chest_ct(n_slices=40, rows=256, columns=256, seed=100 + index)
         series[str(datasets[0].SeriesInstanceUID)] = write_series(
             datasets, tmp_path / f"study{index}"
         )
