@@ -47,7 +47,26 @@ _real_sleep = time.sleep
 _installed = threading.Lock()
 
 
-class DulWaker:
+class _IdleWaits:
+    """When a waker's thread last had work, and how long its waits may last: the loop's
+    own delay while it has work, at least ``idle_wait`` once it has had none for
+    ``idle_after`` seconds (default :data:`IDLE_AFTER`, :data:`IDLE_WAIT`, read when made)."""
+
+    def __init__(self, idle_after: float | None, idle_wait: float | None) -> None:
+        self._idle_after = IDLE_AFTER if idle_after is None else idle_after
+        self._idle_wait = IDLE_WAIT if idle_wait is None else idle_wait
+        self._worked_at = time.monotonic()
+
+    def _worked(self) -> None:
+        self._worked_at = time.monotonic()
+
+    def _wait_length(self, seconds: float) -> float:
+        if time.monotonic() - self._worked_at >= self._idle_after:
+            return max(seconds, self._idle_wait)
+        return seconds
+
+
+class DulWaker(_IdleWaits):
     """The DUL thread waits on its socket and on :meth:`notify` (a primitive to send)."""
 
     def __init__(
@@ -58,14 +77,12 @@ class DulWaker:
         idle_after: float | None = None,
         idle_wait: float | None = None,
     ) -> None:
+        super().__init__(idle_after, idle_wait)
         self._dul = dul
         self._socket = sock
         self._read, self._write = socket.socketpair()
         self._read.setblocking(False)
         self._write.setblocking(False)
-        self._idle_after = IDLE_AFTER if idle_after is None else idle_after
-        self._idle_wait = IDLE_WAIT if idle_wait is None else idle_wait
-        self._worked_at = time.monotonic()
 
     def notify(self) -> None:
         with contextlib.suppress(OSError):  # full (a wake-up is pending) or closed
@@ -75,17 +92,15 @@ class DulWaker:
         """Up to ``seconds`` (:data:`IDLE_WAIT` once idle), less as soon as data arrives or
         a primitive is queued."""
         dul = self._dul
-        now = time.monotonic()
         pending = getattr(self._socket, "pending", None)  # TLS: decrypted bytes buffered
         if (
             dul.to_provider_queue.qsize()
             or dul.event_queue.qsize()
             or (pending is not None and pending())
         ):
-            self._worked_at = now
+            self._worked()
             return
-        if now - self._worked_at >= self._idle_after:
-            seconds = max(seconds, self._idle_wait)
+        seconds = self._wait_length(seconds)
         try:
             ready, _, _ = select.select([self._socket, self._read], [], [], seconds)
             with contextlib.suppress(BlockingIOError):
@@ -94,23 +109,21 @@ class DulWaker:
             _real_sleep(seconds)
             return
         if ready:
-            self._worked_at = time.monotonic()
+            self._worked()
 
     def close(self) -> None:
         self._read.close()
         self._write.close()
 
 
-class AssociationWaker:
+class AssociationWaker(_IdleWaits):
     """The association thread waits on its DIMSE message queue's condition."""
 
     def __init__(
         self, assoc: Any, *, idle_after: float | None = None, idle_wait: float | None = None
     ) -> None:
+        super().__init__(idle_after, idle_wait)
         self._queue = assoc.dimse.msg_queue
-        self._idle_after = IDLE_AFTER if idle_after is None else idle_after
-        self._idle_wait = IDLE_WAIT if idle_wait is None else idle_wait
-        self._worked_at = time.monotonic()
         self._notified = False  # with the queue's mutex held
 
     def notify(self) -> None:
@@ -129,14 +142,11 @@ class AssociationWaker:
         message is queued or :meth:`notify` is called."""
         queue = self._queue
         with queue.not_empty:  # holds the queue's mutex: _qsize, not qsize (it locks)
-            now = time.monotonic()
             if not queue._qsize() and not self._notified:
-                if now - self._worked_at >= self._idle_after:
-                    seconds = max(seconds, self._idle_wait)
-                queue.not_empty.wait(seconds)
+                queue.not_empty.wait(self._wait_length(seconds))
             if self._notified or queue._qsize():
                 self._notified = False
-                self._worked_at = time.monotonic()
+                self._worked()
             if queue._qsize():
                 # A put notifies one waiter. Another thread may be blocked in the queue's
                 # get() (a DIMSE-N caller waiting for its response): pass the wake-up on,
