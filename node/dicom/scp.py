@@ -53,6 +53,7 @@ from node.dicom.file_meta import file_header
 from node.dicom.identifiers import scan
 from node.dicom.inline_store import serve_stores_on_reader
 from node.dicom.network import read_whole_pdus, set_nodelay
+from node.dicom.pdata import decode_pdata_directly
 from node.dicom.quiet_logging import quiet_standard_logging
 from node.dicom.reactor import stop_waking, wake_on_work
 from node.dicom.reactor_pause import pause_safely
@@ -318,6 +319,7 @@ class StorageSCP:
             (evt.EVT_CONN_OPEN, set_nodelay),
             (evt.EVT_CONN_OPEN, quiet_standard_logging),
             (evt.EVT_CONN_OPEN, read_whole_pdus),
+            (evt.EVT_CONN_OPEN, decode_pdata_directly),
             (evt.EVT_CONN_OPEN, respond_fast),
             (evt.EVT_CONN_OPEN, serve_stores_on_reader),
             (evt.EVT_CONN_OPEN, wake_on_work),
