@@ -109,6 +109,11 @@ CASES = {
     "float bits": {"PixelData": None, "FloatPixelData": bytes(48)},
     "no modality": {"Modality": None},
     "bad uid": {"SeriesInstanceUID": "1..2"},
+    "odd uid": {"SOPInstanceUID": "1.2.826.0.1.3680043.8.498.12"},  # padded with a null
+    "odd modality": {"Modality": "MRI"},  # padded with a space (not a real modality)
+    "spaced frames": {"NumberOfFrames": " 2 ", "PixelData": bytes(96)},
+    "empty frames": {"NumberOfFrames": ""},
+    "empty modality": {"Modality": ""},
 }
 
 
