@@ -15,6 +15,7 @@ from typing import Any
 
 import pynetdicom.association
 import pynetdicom.dul
+import pytest
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
@@ -50,6 +51,7 @@ def _association(sock: socket.socket, delay: float) -> SimpleNamespace:
         _run_loop_delay=delay,
         stop_dul=lambda: True,
         kill_dul=lambda: None,
+        ident=None,  # a thread not started: every put comes from elsewhere
     )
     return SimpleNamespace(
         dul=dul, dimse=SimpleNamespace(msg_queue=queue.Queue()), kill=lambda: None
@@ -88,6 +90,25 @@ def test_dul_wait_ends_when_data_arrives_or_a_primitive_is_queued() -> None:
         ours.close()
         peer.close()
     assert assoc.dul._ainode_waker is None
+
+
+def test_a_primitive_the_dul_thread_queues_itself_needs_no_wake_up() -> None:
+    """The DUL thread queues its own C-STORE responses (node.dicom.inline_store): it sees
+    them before it waits, so no wake-up byte is written (and read back) for them."""
+    ours, peer = socket.socketpair()
+    assoc = _association(ours, LONG)
+    assoc.dul.ident = threading.get_ident()  # this thread plays the DUL thread
+    wake_on_work(SimpleNamespace(assoc=assoc))
+    waker = assoc.dul._ainode_waker
+    try:
+        assoc.dul.to_provider_queue.put("P-DATA")
+        with pytest.raises(BlockingIOError):
+            waker._read.recv(1)  # nothing written
+        assert _timed(waker.wait, LONG) < LONG / 2  # the queued primitive ends the wait
+    finally:
+        stop_waking(SimpleNamespace(assoc=assoc))
+        ours.close()
+        peer.close()
 
 
 def test_association_wait_ends_when_a_dimse_message_is_queued() -> None:

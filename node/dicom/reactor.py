@@ -88,6 +88,13 @@ class DulWaker(_IdleWaits):
         with contextlib.suppress(OSError):  # full (a wake-up is pending) or closed
             self._write.send(b"\0")
 
+    def notify_from_elsewhere(self) -> None:
+        """:meth:`notify`, unless called on the DUL thread itself: it queued the primitive
+        (a C-STORE response, :mod:`node.dicom.inline_store`) and looks at its queue
+        before it waits, so a wake-up would only cost it two system calls."""
+        if threading.get_ident() != self._dul.ident:
+            self.notify()
+
     def wait(self, seconds: float) -> None:
         """Up to ``seconds`` (:data:`IDLE_WAIT` once idle), less as soon as data arrives or
         a primitive is queued."""
@@ -217,7 +224,7 @@ def wake_on_work(event: Any) -> None:
         return
     install()
     dul_waker = DulWaker(dul, sock)
-    _after_put(dul.to_provider_queue, dul_waker.notify)
+    _after_put(dul.to_provider_queue, dul_waker.notify_from_elsewhere)
     dul._ainode_delay = dul._run_loop_delay
     dul._ainode_waker = dul_waker
     assoc_waker = AssociationWaker(assoc)
