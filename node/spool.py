@@ -71,10 +71,15 @@ class Spool:
     touches a file another node is writing or has not recorded yet.
     """
 
+    #: Series directories remembered as made (a receiver writes hundreds of instances into
+    #: each; asking the filesystem each time cost a system call per instance).
+    KNOWN_DIRECTORIES = 1024
+
     def __init__(self, root: Path, node_dir: str | None = None) -> None:
         self.root = root
         self.own = root / node_dir if node_dir else root
         self.own.mkdir(parents=True, exist_ok=True)
+        self._made: set[Path] = set()
 
     def path_for(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
         for name, uid in (("study", study_uid), ("series", series_uid), ("SOP instance", sop_uid)):
@@ -106,10 +111,23 @@ class Spool:
         the temporary file.
         """
         final = self.path_for(study_uid, series_uid, sop_uid)
-        try:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            parts = data if isinstance(data, tuple) else (data,)
+        parts = data if isinstance(data, tuple) else (data,)
+
+        def write() -> None:
             write_durably(final, lambda handle: handle.writelines(parts), sync_parent=sync_parent)
+
+        try:
+            if final.parent in self._made:
+                try:
+                    write()
+                    return final
+                except FileNotFoundError:  # removed since (retention, an operator): again
+                    self._made.discard(final.parent)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            if len(self._made) >= self.KNOWN_DIRECTORIES:
+                self._made.clear()
+            self._made.add(final.parent)
+            write()
         except OSError as exc:
             raise SpoolError(f"cannot write {final.name}: {exc.strerror or exc}") from exc
         return final
