@@ -55,7 +55,7 @@ class Served:
 
 
 @contextmanager
-def _listener(served: Served, *, inline: bool = True) -> Iterator[tuple[AE, int]]:
+def _listener(served: Served, *extra: Any, inline: bool = True) -> Iterator[tuple[AE, int]]:
     ae = AE(ae_title="AINODE")
     ae.add_supported_context(Verification)
     ae.add_supported_context(CTImageStorage, ExplicitVRLittleEndian)
@@ -63,6 +63,7 @@ def _listener(served: Served, *, inline: bool = True) -> Iterator[tuple[AE, int]
         *(NODE_HANDLERS if inline else NODE_HANDLERS[1:]),
         (evt.EVT_C_STORE, served.on_store),
         (evt.EVT_C_ECHO, served.on_echo),
+        *extra,
     ]
     port = free_port()
     server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=handlers)
@@ -193,6 +194,28 @@ def _non_storage_store_outcome(inline: bool) -> tuple[bool, int]:
         aborted = assoc.is_aborted
         wait_until(lambda: not ae.active_associations, 10, message="acceptor ended")
     return aborted, len(served.calls)
+
+
+def test_a_store_that_arrives_before_the_association_is_established_is_answered() -> None:
+    """pynetdicom sends the A-ASSOCIATE-AC, then runs the EVT_ACCEPTED handlers (the
+    node's audit record), then marks the association established. A sender's first
+    C-STORE arriving meanwhile must wait for the association thread: served on the reader,
+    the storage service would find the association not established and answer nothing
+    (the sender waited out its DIMSE timeout; seen with the node's audit write)."""
+    served = Served()
+    slow_accept = (evt.EVT_ACCEPTED, lambda event: time.sleep(0.5))
+    with _listener(served, slow_accept) as (ae, port):
+        requestor = _requestor()
+        requestor.dimse_timeout = 10
+        assoc = associate(requestor, "127.0.0.1", port, ae_title="AINODE")
+        assert assoc.is_established
+        started = time.monotonic()
+        assert assoc.send_c_store(_ct(0)).Status == 0x0000
+        assert time.monotonic() - started < 5
+        assoc.release()
+        wait_until(lambda: not ae.active_associations, 10, message="acceptor ended")
+    ((kind, thread, acceptor),) = served.calls
+    assert kind == "store" and thread is acceptor  # queued for the association thread
 
 
 def test_a_store_pynetdicom_does_not_serve_is_left_to_it() -> None:

@@ -17,6 +17,10 @@ services, responses to the node's own requests), the release and the abort are s
 the association thread's. A C-STORE request is left to it too, queued as pynetdicom
 queues it, whenever serving it here could change what pynetdicom would do:
 
+- the association is not established yet: pynetdicom sends the A-ASSOCIATE-AC, runs the
+  ``EVT_ACCEPTED`` handlers (the node's audit record), and only then marks it
+  established and starts the association thread's loop, while a sender's first request
+  may already have arrived;
 - another message is queued or being served (a lock both threads take to serve), or a
   caller has paused the reactor to send (``send_*``): the order of messages is kept;
 - the association is being released, the request's context was not accepted, or its SOP
@@ -81,6 +85,10 @@ def serve_stores_on_reader(event: Any) -> None:
         context = storage_context(assoc, message, context_id)
         if (
             context is None
+            # Not yet: the association thread is still in EVT_ACCEPTED's handlers (the
+            # A-ASSOCIATE-AC went out first, so the request can already be here), and the
+            # storage service answers nothing on an association that is not established.
+            or not assoc.is_established
             or not assoc._reactor_checkpoint.is_set()  # a caller is sending: its turn
             or messages.qsize()
             or not serving.acquire(blocking=False)
