@@ -11,8 +11,9 @@ is exactly what pydicom would read, without pydicom's per-element machinery arou
 (hooks, validation, conversion on access: a tenth of the listener's interpreter time,
 issue #14). An element whose VR is not its dictionary VR, an empty one, or one whose
 value the converter refuses, stays raw for pydicom to convert (and warn about) on access.
-pydicom's reading validation is not run on the converted ones: a malformed UID is the
-handler's to refuse (``is_valid_uid``), with its own log line.
+pydicom's ``UID`` still warns about a malformed UID as it is made (and the handler refuses
+it, ``is_valid_uid``); the reading validation of the other VRs (a CS over 16 characters,
+say) is not run here.
 
 It declines (returns None, and the caller decodes the whole data set with pydicom) for
 anything it does not step over with certainty: a syntax other than little endian
