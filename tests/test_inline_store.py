@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from io import BytesIO
 from typing import Any
 
@@ -13,7 +11,7 @@ from pydicom import Dataset, dcmread
 from pydicom.data import get_testdata_file
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-from pynetdicom import AE, evt
+from pynetdicom import evt
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.dsutils import encode
 from pynetdicom.presentation import PresentationContext
@@ -23,8 +21,9 @@ from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[at
 from node.dicom.inline_store import serve_stores_on_reader, storage_context
 from node.dicom.reactor import stop_waking, wake_on_work
 from node.dicom.reactor_pause import pause_safely
-from tests.support.net import free_port, wait_until
-from tests.support.scu import associate
+from tests.support.net import wait_until
+from tests.support.scp import ct_listener
+from tests.support.scu import associate, ct_requestor
 
 #: The node's handlers that change how an association's threads work, in its order.
 NODE_HANDLERS = [
@@ -54,30 +53,15 @@ class Served:
         return 0x0000
 
 
-@contextmanager
-def _listener(served: Served, *extra: Any, inline: bool = True) -> Iterator[tuple[AE, int]]:
-    ae = AE(ae_title="AINODE")
-    ae.add_supported_context(Verification)
-    ae.add_supported_context(CTImageStorage, ExplicitVRLittleEndian)
-    handlers = [
-        *(NODE_HANDLERS if inline else NODE_HANDLERS[1:]),
-        (evt.EVT_C_STORE, served.on_store),
-        (evt.EVT_C_ECHO, served.on_echo),
-        *extra,
-    ]
-    port = free_port()
-    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=handlers)
-    try:
-        yield ae, port
-    finally:
-        server.shutdown()
-
-
-def _requestor() -> AE:
-    ae = AE(ae_title="SENDER")
-    ae.add_requested_context(Verification)
-    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
-    return ae
+def _listener(served: Served, *extra: Any, inline: bool = True) -> Any:
+    return ct_listener(
+        [
+            *(NODE_HANDLERS if inline else NODE_HANDLERS[1:]),
+            (evt.EVT_C_STORE, served.on_store),
+            (evt.EVT_C_ECHO, served.on_echo),
+            *extra,
+        ]
+    )
 
 
 def _ct(number: int) -> Dataset:
@@ -101,7 +85,7 @@ def _context_id(assoc: Any, abstract_syntax: str) -> int:
 def test_stores_are_served_by_the_reader_and_other_requests_by_the_association_thread() -> None:
     served = Served()
     with _listener(served) as (ae, port):
-        assoc = associate(_requestor(), "127.0.0.1", port, ae_title="AINODE")
+        assoc = associate(ct_requestor(), "127.0.0.1", port, ae_title="AINODE")
         assert assoc.is_established
         sent = [_ct(n) for n in range(3)]
         statuses = [assoc.send_c_store(ds).Status for ds in sent]
@@ -125,7 +109,7 @@ def test_a_real_file_is_stored_whole_on_the_reader() -> None:
     assert path is not None
     served = Served()
     with _listener(served) as (ae, port):
-        requestor = _requestor()
+        requestor = ct_requestor()
         requestor.maximum_pdu_size = 16384
         ae.maximum_pdu_size = 16384
         assoc = associate(requestor, "127.0.0.1", port, ae_title="AINODE")
@@ -144,7 +128,7 @@ def test_a_store_arriving_while_another_request_is_served_waits_its_turn() -> No
     served after it, by the association thread, as pynetdicom would."""
     served = Served(echo_seconds=0.5)
     with _listener(served) as (ae, port):
-        assoc = associate(_requestor(), "127.0.0.1", port, ae_title="AINODE")
+        assoc = associate(ct_requestor(), "127.0.0.1", port, ae_title="AINODE")
         assert assoc.is_established
         # Pause our own reactor so that both responses come to us (as send_* does).
         assoc._reactor_checkpoint.clear()
@@ -178,7 +162,7 @@ def _non_storage_store_outcome(inline: bool) -> tuple[bool, int]:
     aborts. Returns (aborted, store handler calls)."""
     served = Served()
     with _listener(served, inline=inline) as (ae, port):
-        assoc = associate(_requestor(), "127.0.0.1", port, ae_title="AINODE")
+        assoc = associate(ct_requestor(), "127.0.0.1", port, ae_title="AINODE")
         assert assoc.is_established
         store = C_STORE()
         store.MessageID = 1
@@ -205,7 +189,7 @@ def test_a_store_that_arrives_before_the_association_is_established_is_answered(
     served = Served()
     slow_accept = (evt.EVT_ACCEPTED, lambda event: time.sleep(0.5))
     with _listener(served, slow_accept) as (ae, port):
-        requestor = _requestor()
+        requestor = ct_requestor()
         requestor.dimse_timeout = 10
         assoc = associate(requestor, "127.0.0.1", port, ae_title="AINODE")
         assert assoc.is_established
@@ -233,7 +217,7 @@ def test_an_error_escaping_the_storage_service_aborts_the_association(monkeypatc
     monkeypatch.setattr(StorageServiceClass, "SCP", broken)
     served = Served()
     with _listener(served) as (ae, port):
-        assoc = associate(_requestor(), "127.0.0.1", port, ae_title="AINODE")
+        assoc = associate(ct_requestor(), "127.0.0.1", port, ae_title="AINODE")
         assert assoc.is_established
         started = time.monotonic()
         status = assoc.send_c_store(_ct(0))
@@ -242,7 +226,7 @@ def test_an_error_escaping_the_storage_service_aborts_the_association(monkeypatc
         wait_until(lambda: not ae.active_associations, 10, message="acceptor ended")
         assert time.monotonic() - started < 10
         # The listener still serves the next sender.
-        assoc = associate(_requestor(), "127.0.0.1", port, ae_title="AINODE")
+        assoc = associate(ct_requestor(), "127.0.0.1", port, ae_title="AINODE")
         assert assoc.send_c_echo().Status == 0x0000
         assoc.release()
 
@@ -250,7 +234,7 @@ def test_an_error_escaping_the_storage_service_aborts_the_association(monkeypatc
 def test_storage_context_is_pynetdicoms_choice_of_service() -> None:
     served = Served()
     with _listener(served) as (ae, port):
-        assoc = associate(_requestor(), "127.0.0.1", port, ae_title="AINODE")
+        assoc = associate(ct_requestor(), "127.0.0.1", port, ae_title="AINODE")
         assert assoc.is_established
         wait_until(lambda: ae.active_associations, 5, message="acceptor")
         (acceptor,) = ae.active_associations

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -13,16 +11,17 @@ import pytest
 from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-from pynetdicom import AE, evt
+from pynetdicom import evt
 from pynetdicom.dsutils import encode
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
-from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
+from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
 from node.dicom.pdata import decode_pdata_directly, presentation_data_values
 from node.dicom.quiet_logging import quiet_standard_logging
-from tests.support.net import free_port, wait_until
-from tests.support.scu import associate
+from tests.support.net import wait_until
+from tests.support.scp import ct_listener
+from tests.support.scu import associate, ct_requestor
 
 
 def _encoded(values: list[tuple[int, bytes]]) -> bytes:
@@ -69,34 +68,16 @@ class Received:
         return 0x0000
 
 
-@contextmanager
-def _listener(received: Received, *handlers: Any) -> Iterator[tuple[AE, int]]:
-    ae = AE(ae_title="AINODE")
-    ae.maximum_pdu_size = 16384  # an instance in many PDUs
-    ae.add_supported_context(Verification)
-    ae.add_supported_context(CTImageStorage, ExplicitVRLittleEndian)
-    port = free_port()
-    server = ae.start_server(
-        ("127.0.0.1", port),
-        block=False,
-        evt_handlers=[
+def _listener(received: Received, *handlers: Any) -> Any:
+    return ct_listener(
+        [
             (evt.EVT_CONN_OPEN, decode_pdata_directly),
             (evt.EVT_CONN_OPEN, quiet_standard_logging),  # as the node: no PDU logging
             (evt.EVT_C_STORE, received.on_store),
             *handlers,
         ],
+        max_pdu=16384,  # an instance in many PDUs
     )
-    try:
-        yield ae, port
-    finally:
-        server.shutdown()
-
-
-def _requestor() -> AE:
-    ae = AE(ae_title="SENDER")
-    ae.add_requested_context(Verification)
-    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
-    return ae
 
 
 def _ct() -> Dataset:
@@ -140,7 +121,7 @@ def test_a_multi_pdu_instance_arrives_byte_for_byte(monkeypatch: Any, pdu_handle
     received = Received()
     sent = [_ct() for _ in range(3)]
     with _listener(received, *extra) as (ae, port):
-        assoc = associate(_requestor(), "127.0.0.1", port, ae_title="AINODE")
+        assoc = associate(ct_requestor(), "127.0.0.1", port, ae_title="AINODE")
         assert assoc.is_established
         assert [assoc.send_c_store(ds).Status for ds in sent] == [0, 0, 0]
         assert assoc.send_c_echo().Status == 0
@@ -166,7 +147,7 @@ def _malformed_outcome(direct: bool) -> bool:
     handlers = [] if direct else [(evt.EVT_PDU_RECV, lambda event: None)]
     received = Received()
     with _listener(received, *handlers) as (ae, port):
-        assoc = associate(_requestor(), "127.0.0.1", port, ae_title="AINODE")
+        assoc = associate(ct_requestor(), "127.0.0.1", port, ae_title="AINODE")
         assert assoc.is_established
         bad = bytearray(_encoded([(1, b"\x03abcd")]))
         bad[6:10] = struct.pack(">L", 50)

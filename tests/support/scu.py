@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
+from pynetdicom.sop_class import CTImageStorage, Verification  # type: ignore[attr-defined]
 
 from node.dicom.reactor_pause import pause_safely
 
@@ -21,3 +23,12 @@ def associate(ae: AE, host: str, port: int, *, ae_title: str, **kwargs: Any) -> 
     """``ae.associate(...)`` with :func:`~node.dicom.reactor_pause.pause_safely` bound."""
     handlers = [(evt.EVT_CONN_OPEN, pause_safely), *kwargs.pop("evt_handlers", [])]
     return ae.associate(host, port, ae_title=ae_title, evt_handlers=handlers, **kwargs)
+
+
+def ct_requestor() -> AE:
+    """An AE "SENDER" proposing Verification and CT Image Storage (explicit VR little
+    endian), as :func:`tests.support.scp.ct_listener` accepts them."""
+    ae = AE(ae_title="SENDER")
+    ae.add_requested_context(Verification)
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    return ae
