@@ -177,14 +177,13 @@ def _element(
     """A wanted element, converted as pydicom converts it, or raw where pydicom must."""
     key = Tag(tag)
     expected = _VRS[tag]
+    stated = None if vr is None else vr.decode()
     # pydicom gives empty values of its own (None or ""): left to it.
-    if value and (vr is None or vr.decode() == expected):
+    if value and stated in (None, expected):
         try:
             converted = _CONVERTERS[expected](value, True)
         except Exception:  # pydicom decides (and says) what to make of it on access
             pass
         else:
             return DataElement(key, expected, converted, start, already_converted=True)
-    return RawDataElement(
-        key, None if vr is None else vr.decode(), len(value), value, start, implicit, True
-    )
+    return RawDataElement(key, stated, len(value), value, start, implicit, True)
